@@ -1,0 +1,138 @@
+"""Reading images and label maps from disk, with errors that name the file at fault.
+
+Every problem with a user's file (missing, not an image, truncated, wrong number of channels) raises
+`digseg.errors.DataError` with a one-line message naming the path, so the CLI can print it without a
+traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from digseg.errors import DataError
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+PathLike = str | os.PathLike[str]
+
+
+def _open(path: PathLike, what: str) -> Image.Image:
+    """Open and fully decode `path` (so truncated files fail here), or raise `DataError`."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{what} not found: {p}")
+    if p.is_dir():
+        raise DataError(f"cannot read {what} {p}: it is a directory")
+    try:
+        with open(p, "rb") as f:  # our own handle: closed even when decoding fails
+            img = Image.open(f)
+            img.load()  # decode now (pixels stay in memory), so truncated files fail here
+    except UnidentifiedImageError as exc:
+        raise DataError(f"cannot read {what} {p}: not a recognised image format") from exc
+    except Exception as exc:  # PIL raises many types on corrupt input (OSError, SyntaxError, ...)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"cannot read {what} {p}: {reason}") from exc
+    return img
+
+
+def _to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Map a high-bit-depth or float grey image to uint8 (values already in 0..255 are kept)."""
+    is_float = arr.dtype.kind == "f"
+    arr = arr.astype(np.float64)
+    finite = arr[np.isfinite(arr)]
+    if finite.size == 0:
+        return np.zeros(arr.shape, dtype=np.uint8)
+    lo, hi = float(finite.min()), float(finite.max())
+    if is_float and hi <= 1.0 and lo >= 0.0:
+        arr = arr * 255.0  # float image stored in [0, 1]
+    elif lo < 0.0 or hi > 255.0:
+        arr = (arr - min(lo, 0.0)) / max(hi - min(lo, 0.0), 1e-12) * 255.0  # stretch to 0..255
+    return np.clip(np.nan_to_num(arr), 0, 255).round().astype(np.uint8)
+
+
+def load_image(path: PathLike) -> Image.Image:
+    """Load an image file as an RGB `PIL.Image.Image`.
+
+    Any mode is converted: grey ('L', '1') is replicated to three channels; alpha ('RGBA', 'LA') is
+    dropped; palette ('P') is expanded to its colours; 16-bit and float grey ('I;16', 'I', 'F') are
+    scaled to 8 bits (kept as-is when already in 0..255, otherwise stretched to the image's range).
+
+    Raises:
+        DataError: "image not found: <path>" or "cannot read image <path>: <reason>".
+    """
+    img = _open(path, "image")
+    try:
+        if img.mode == "RGB":
+            return img
+        if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+            grey = _to_uint8(np.asarray(img))
+            return Image.fromarray(grey).convert("RGB")
+        if img.mode == "P" and "transparency" in img.info:
+            img = img.convert("RGBA")  # avoids Pillow's palette-transparency warning
+        return img.convert("RGB")  # alpha, if any, is dropped
+    except Exception as exc:
+        raise DataError(f"cannot read image {Path(path)}: cannot convert mode {img.mode} to RGB "
+                        f"({exc})") from exc
+
+
+def load_label(path: PathLike) -> np.ndarray:
+    """Load a label map as an integer array `[H, W]`, values as stored.
+
+    uint8 / uint16 / int32 values are kept unchanged; palette ('P') PNGs give their palette indices,
+    not colours; '1' gives 0/1. An RGB(A) label whose three colour channels are equal is accepted as
+    its first channel (alpha ignored); float labels are accepted only if every value is an integer.
+
+    Raises:
+        DataError: file missing or unreadable, or the label is not single-channel.
+    """
+    p = Path(path)
+    img = _open(p, "label")
+    mode = img.mode
+    if mode in ("RGB", "RGBA", "RGBX", "LA", "PA"):
+        arr = np.asarray(img)  # [H, W, C]
+        if mode in ("LA", "PA"):
+            return np.array(arr[..., 0])
+        rgb = arr[..., :3]
+        if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+            raise DataError(f"label {p} must be single-channel (class ids), but it is a {mode} "
+                            "image with different colour channels; save it as a grey or palette PNG")
+        return np.array(rgb[..., 0])
+    if mode == "1":
+        return np.asarray(img, dtype=np.uint8)
+    if mode in ("L", "P", "I", "I;16", "I;16B", "I;16L", "I;16N"):
+        arr = np.asarray(img)
+        if arr.dtype.byteorder == ">":
+            arr = arr.astype(arr.dtype.newbyteorder("="))
+        return np.array(arr)
+    if mode == "F":
+        arr = np.asarray(img)
+        if not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.round(arr)):
+            raise DataError(f"label {p} holds non-integer float values; labels must be class ids")
+        return arr.astype(np.int32)
+    raise DataError(f"label {p} must be single-channel (class ids), but its mode is {mode}")
+
+
+def list_images(folder: PathLike) -> list[Path]:
+    """Sorted image files (by `IMAGE_EXTENSIONS`, case-insensitive) directly inside `folder`.
+
+    Hidden files (names starting with '.') are skipped.
+
+    Raises:
+        DataError: the folder is missing, is not a folder, or holds no image.
+    """
+    d = Path(folder)
+    if not d.exists():
+        raise DataError(f"image folder not found: {d}")
+    if not d.is_dir():
+        raise DataError(f"not a folder: {d}")
+    files = sorted(
+        f for f in d.iterdir()
+        if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_EXTENSIONS
+    )
+    if not files:
+        raise DataError(f"no images ({' '.join(IMAGE_EXTENSIONS)}) in folder {d}")
+    return files

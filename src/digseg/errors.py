@@ -1,0 +1,20 @@
+"""User-facing errors.
+
+`DigsegError` marks a problem with the user's input (a file, a value, a folder). The CLI prints its
+message on one line and exits with status 2, without a traceback. Anything else is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+
+class DigsegError(Exception):
+    """A problem with user input; the message names the file or value at fault."""
+
+
+class DataError(DigsegError):
+    """A dataset sample (image, mask, class file) is missing, unreadable or inconsistent."""
+
+
+class ConfigError(DigsegError):
+    """A configuration value or command-line flag is invalid."""

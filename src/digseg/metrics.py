@@ -1,0 +1,221 @@
+"""Confusion-matrix segmentation metrics; memory independent of dataset size.
+
+`SegmentationMetric` accumulates one int64 ``[K, K]`` confusion matrix (rows = label, cols = pred)
+over a whole dataset, with ignore pixels removed, and reports mmsegmentation-style percentages
+(mIoU, aAcc, mAcc, mDice) or the CAT-Seg open-vocabulary protocol (``present_only=True``).
+`binary_scores` gives the road-style IoU / precision / recall / F1 of one class from a dataset-level
+matrix; `per_image_dice_iou` gives the medical per-image foreground Dice and IoU.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+__all__ = [
+    "SegmentationMetric",
+    "binary_scores",
+    "per_image_dice_iou",
+    "format_markdown_table",
+]
+
+ArrayLike = torch.Tensor | np.ndarray
+
+
+def _as_long(x: ArrayLike) -> torch.Tensor:
+    """Integer array -> flat int64 CPU tensor ``[N]``."""
+    if isinstance(x, np.ndarray):
+        if not np.issubdtype(x.dtype, np.integer) and x.dtype != np.bool_:
+            raise ValueError(f"expected an integer array, got dtype {x.dtype}")
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64)).reshape(-1)
+    if not isinstance(x, torch.Tensor):
+        x = torch.as_tensor(x)
+    if x.is_floating_point() or x.is_complex():
+        raise ValueError(f"expected an integer tensor, got dtype {x.dtype}")
+    return x.detach().reshape(-1).to(device="cpu", dtype=torch.int64)
+
+
+def _pct(num: torch.Tensor, den: torch.Tensor) -> list[float | None]:
+    """Elementwise ``100 * num / den`` as Python floats; None where ``den == 0``."""
+    return [100.0 * float(n) / float(d) if d > 0 else None for n, d in zip(num.tolist(), den.tolist())]
+
+
+def _mean(values: list[float | None], keep: list[bool]) -> float:
+    """Mean of ``values`` where ``keep`` (and not None); NaN if nothing is kept."""
+    vals = [v for v, k in zip(values, keep) if k and v is not None]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+class SegmentationMetric:
+    """Dataset-level semantic segmentation metric over ``num_classes`` classes.
+
+    Attributes:
+        confusion: int64 ``[K, K]``, rows = label class, cols = predicted class.
+        invalid_pred: int64 ``[K]``, per label class, pixels whose prediction was outside [0, K)
+            (e.g. 255 "none"): they count in the label's area but in no prediction column.
+    """
+
+    def __init__(
+        self, num_classes: int, ignore_index: int = 255, class_names: list[str] | None = None
+    ) -> None:
+        if int(num_classes) < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = int(num_classes)
+        self.ignore_index = int(ignore_index)
+        if 0 <= self.ignore_index < self.num_classes:
+            raise ValueError(
+                f"ignore_index {ignore_index} collides with a class id in [0, {num_classes})"
+            )
+        if class_names is None:
+            class_names = [str(i) for i in range(self.num_classes)]
+        if len(class_names) != self.num_classes:
+            raise ValueError(f"got {len(class_names)} class names for {self.num_classes} classes")
+        self.class_names = list(class_names)
+        self.reset()
+
+    def reset(self) -> None:
+        """Zero the accumulated counts."""
+        k = self.num_classes
+        self.confusion: torch.Tensor = torch.zeros(k, k, dtype=torch.int64)  # [K, K]
+        self.invalid_pred: torch.Tensor = torch.zeros(k, dtype=torch.int64)  # [K]
+
+    def update(self, pred: ArrayLike, label: ArrayLike) -> None:
+        """Add one batch: ``pred`` and ``label`` integer arrays of the same (any) shape.
+
+        Pixels with ``label == ignore_index`` are dropped. Raises ValueError on a shape mismatch or
+        a label value outside [0, K) that is not ignore_index.
+        """
+        p_shape = tuple(pred.shape)
+        l_shape = tuple(label.shape)
+        if p_shape != l_shape:
+            raise ValueError(f"pred shape {p_shape} != label shape {l_shape}")
+        p, lab = _as_long(pred), _as_long(label)  # [N], [N]
+        k = self.num_classes
+        keep = lab != self.ignore_index
+        p, lab = p[keep], lab[keep]
+        bad = (lab < 0) | (lab >= k)
+        if bool(bad.any()):
+            values = torch.unique(lab[bad]).tolist()[:10]
+            raise ValueError(
+                f"label values out of range [0, {k}) and not ignore_index ({self.ignore_index}): "
+                + ", ".join(str(v) for v in values)
+            )
+        valid = (p >= 0) & (p < k)
+        idx = lab[valid] * k + p[valid]
+        self.confusion += torch.bincount(idx, minlength=k * k).view(k, k)
+        self.invalid_pred += torch.bincount(lab[~valid], minlength=k)
+
+    def merge(self, other: "SegmentationMetric") -> None:
+        """Add another metric's counts (e.g. from another process)."""
+        if other.num_classes != self.num_classes:
+            raise ValueError(f"cannot merge {other.num_classes} classes into {self.num_classes}")
+        self.confusion += other.confusion.to(self.confusion.device)
+        self.invalid_pred += other.invalid_pred.to(self.invalid_pred.device)
+
+    def areas(self) -> dict[str, torch.Tensor]:
+        """Per-class int64 ``[K]`` areas: ``intersect``, ``pred``, ``label``, ``union``."""
+        inter = self.confusion.diagonal().clone()
+        area_pred = self.confusion.sum(dim=0)
+        area_label = self.confusion.sum(dim=1) + self.invalid_pred
+        return {
+            "intersect": inter,
+            "pred": area_pred,
+            "label": area_label,
+            "union": area_pred + area_label - inter,
+        }
+
+    def compute(self, present_only: bool = False) -> dict[str, Any]:
+        """Percentages (x100): ``mIoU``, ``aAcc``, ``mAcc``, ``mDice``, ``per_class``, ``per_class_acc``.
+
+        Default (mmsegmentation): mIoU / mDice average over classes with union > 0 (a class predicted
+        but absent from the ground truth has IoU 0 and counts); mAcc over classes present in the
+        label. ``present_only=True`` (CAT-Seg): all means over classes present in the ground truth.
+        ``per_class`` / ``per_class_acc`` map class name -> value, None where undefined (union == 0,
+        resp. label area == 0). Means with no eligible class are NaN.
+        """
+        a = self.areas()
+        iou = _pct(a["intersect"], a["union"])
+        acc = _pct(a["intersect"], a["label"])
+        dice = _pct(2 * a["intersect"], a["pred"] + a["label"])
+        present = (a["label"] > 0).tolist()
+        in_union = (a["union"] > 0).tolist()
+        keep = present if present_only else in_union
+        total = int(a["label"].sum())
+        return {
+            "mIoU": _mean(iou, keep),
+            "aAcc": 100.0 * int(a["intersect"].sum()) / total if total > 0 else float("nan"),
+            "mAcc": _mean(acc, present),
+            "mDice": _mean(dice, keep),
+            "per_class": dict(zip(self.class_names, iou)),
+            "per_class_acc": dict(zip(self.class_names, acc)),
+        }
+
+
+def binary_scores(
+    confusion: torch.Tensor | np.ndarray | SegmentationMetric, positive: int = 1
+) -> dict[str, float]:
+    """IoU, precision, recall, F1 (percent) of class ``positive`` from a ``[K, K]`` confusion matrix.
+
+    Passing a `SegmentationMetric` also counts its out-of-range predictions as missed positives.
+    Undefined ratios (0 / 0) are NaN.
+    """
+    missed = 0
+    if isinstance(confusion, SegmentationMetric):
+        missed = int(confusion.invalid_pred[positive])
+        confusion = confusion.confusion
+    cm = torch.as_tensor(confusion)
+    tp = int(cm[positive, positive])
+    fp = int(cm[:, positive].sum()) - tp
+    fn = int(cm[positive, :].sum()) - tp + missed
+
+    def ratio(n: int, d: int) -> float:
+        return 100.0 * n / d if d > 0 else float("nan")
+
+    return {
+        "IoU": ratio(tp, tp + fp + fn),
+        "precision": ratio(tp, tp + fp),
+        "recall": ratio(tp, tp + fn),
+        "F1": ratio(2 * tp, 2 * tp + fp + fn),
+    }
+
+
+def per_image_dice_iou(
+    pred: ArrayLike, label: ArrayLike, positive: int = 1, ignore_index: int = 255
+) -> tuple[float, float]:
+    """Foreground Dice and IoU of one image, as fractions in [0, 1].
+
+    ``pred`` and ``label`` are integer maps of the same shape (e.g. ``[H, W]``); pixels with
+    ``label == ignore_index`` are dropped. Empty prediction vs empty ground truth gives (1.0, 1.0).
+    """
+    if tuple(pred.shape) != tuple(label.shape):
+        raise ValueError(f"pred shape {tuple(pred.shape)} != label shape {tuple(label.shape)}")
+    p, lab = _as_long(pred), _as_long(label)
+    keep = lab != ignore_index
+    p_pos, l_pos = p[keep] == positive, lab[keep] == positive
+    inter = int((p_pos & l_pos).sum())
+    sp, sl = int(p_pos.sum()), int(l_pos.sum())
+    union = sp + sl - inter
+    if union == 0:
+        return 1.0, 1.0
+    return 2.0 * inter / (sp + sl), inter / union
+
+
+def _fmt(v: Any, digits: int) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.{digits}f}"
+    return str(v)
+
+
+def format_markdown_table(rows: list[dict], columns: Sequence[str], digits: int = 2) -> str:
+    """Markdown table of ``rows`` restricted to ``columns``; floats to ``digits`` places, None -> '-'."""
+    cells = [[_fmt(r.get(c), digits) for c in columns] for r in rows]
+    widths = [max([len(str(c))] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    head = "| " + " | ".join(str(c).ljust(w) for c, w in zip(columns, widths)) + " |"
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    body = ["| " + " | ".join(v.ljust(w) for v, w in zip(row, widths)) + " |" for row in cells]
+    return "\n".join([head, sep, *body])

@@ -1,0 +1,121 @@
+"""Building a DiGSeg model from a Stable-Diffusion-layout checkpoint.
+
+- `widen_conv_in`: 4 -> 8 input channels, pretrained kernel duplicated and halved (image latent first), so
+  the widened U-Net fed [z, z] computes exactly what the pretrained one computed on z.
+- `load_backbone`: reads `model_index.json`-style folders (unet/, vae/, text_encoder/, tokenizer/,
+  scheduler/) or a hub id, with clear errors for a missing or incomplete folder.
+- `encode_latents` / `decode_latents`: the frozen VAE, posterior mean times the scaling factor.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from torch import nn
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from ..errors import DigsegError
+
+PREDICTION_TYPES = ("sample", "v_prediction", "epsilon")
+BACKBONE_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+@torch.no_grad()
+def widen_conv_in(unet: UNet2DConditionModel, in_channels: int = 8) -> UNet2DConditionModel:
+    """Widen `unet.conv_in` to `in_channels` by repeating the pretrained kernel and dividing by the repeat count."""
+    old = unet.conv_in
+    if old.in_channels == in_channels:
+        return unet
+    if in_channels % old.in_channels:
+        raise ValueError(f"cannot widen conv_in from {old.in_channels} to {in_channels} channels")
+    repeats = in_channels // old.in_channels
+    new = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
+                    device=old.weight.device, dtype=old.weight.dtype)
+    new.weight.copy_(old.weight.repeat(1, repeats, 1, 1) / repeats)  # [C_out, 8, 3, 3]
+    new.bias.copy_(old.bias)
+    unet.conv_in = new
+    unet.register_to_config(in_channels=in_channels)
+    return unet
+
+
+def vae_scale_factor(vae: AutoencoderKL) -> int:
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def unet_downsample_factor(unet: UNet2DConditionModel) -> int:
+    return 2 ** (len(unet.config.block_out_channels) - 1)
+
+
+def encode_latents(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
+    """images [B, 3, H, W] in [-1, 1] -> latents [B, C, H/f, W/f] (posterior mean, scaled)."""
+    mean = vae.encode(images.to(vae.dtype)).latent_dist.mean
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return (mean - shift) * vae.config.scaling_factor
+
+
+def decode_latents(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
+    """latents [B, C, h, w] -> images [B, 3, h*f, w*f], roughly in [-1, 1]."""
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor + shift).sample
+
+
+@dataclass
+class Backbone:
+    """The parts of a Stable Diffusion checkpoint that DiGSeg uses."""
+
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    scheduler: DDIMScheduler
+
+
+def check_backbone_folder(path: Path) -> None:
+    if not path.exists():
+        raise DigsegError(f"model folder not found: {path}")
+    if not path.is_dir():
+        raise DigsegError(f"not a model folder: {path}")
+    missing = [name for name in BACKBONE_SUBFOLDERS if not (path / name).is_dir()]
+    if missing:
+        raise DigsegError(f"{path} is not a Stable Diffusion folder: missing {', '.join(m + '/' for m in missing)}")
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """'org/name' with no leading '.', '/' or '~' (anything else is treated as a local path)."""
+    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and all(name.split("/"))
+
+
+def load_backbone(path_or_id: str | os.PathLike, torch_dtype: torch.dtype | None = None) -> Backbone:
+    """Load the SD components from a local diffusers folder or (with network) a hub id."""
+    path = Path(path_or_id).expanduser()
+    if path.exists() or not looks_like_hub_id(str(path_or_id)):
+        check_backbone_folder(path)
+        path_or_id = str(path)
+    kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+    try:
+        unet = UNet2DConditionModel.from_pretrained(path_or_id, subfolder="unet", **kwargs)
+        vae = AutoencoderKL.from_pretrained(path_or_id, subfolder="vae", **kwargs)
+        text_encoder = CLIPTextModel.from_pretrained(path_or_id, subfolder="text_encoder", **kwargs)
+        tokenizer = CLIPTokenizer.from_pretrained(path_or_id, subfolder="tokenizer")
+        scheduler = DDIMScheduler.from_pretrained(path_or_id, subfolder="scheduler")
+    except OSError as exc:  # hub id unreachable / not found, or a broken file
+        raise DigsegError(f"cannot load Stable Diffusion backbone {path_or_id!s}: {str(exc).splitlines()[0]}") from exc
+    return Backbone(unet, vae, text_encoder, tokenizer, scheduler)
+
+
+def make_scheduler(base: DDIMScheduler, prediction_type: str) -> DDIMScheduler:
+    """DDIM with the backbone's noise schedule, trailing timestep spacing and the chosen prediction target."""
+    if prediction_type not in PREDICTION_TYPES:
+        raise DigsegError(f"unknown prediction type {prediction_type!r}; choose one of {', '.join(PREDICTION_TYPES)}")
+    return DDIMScheduler.from_config(
+        base.config,
+        prediction_type=prediction_type,
+        timestep_spacing="trailing",
+        clip_sample=False,
+        set_alpha_to_one=True,
+        steps_offset=0,
+    )

@@ -1,0 +1,158 @@
+"""Text pathway: a frozen CLIP-aligned text encoder and learned per-scale projections into the U-Net.
+
+Multi-scale injection: the U-Net has `num_levels` resolution levels (len(block_out_channels)). Level l
+gets its own projection P_l: encoder features [B, L, D] -> [B, L, C] (C = the U-Net's
+cross_attention_dim). Every cross-attention layer at level l attends to P_l(features). The projections
+live in `TextPathway` (saved in its own folder), not in the U-Net, so the U-Net stays a stock
+`UNet2DConditionModel` that diffusers saves and loads; small attention processors route each level's
+features to its layers.
+
+With the backbone's own text encoder (D == C) every P_l starts as the identity, so at step 0 the
+pathway reproduces the pretrained U-Net exactly. With another encoder (D != C) all levels start from the
+same rectangular identity ("shared" initialisation): the first min(D, C) feature dimensions pass through.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from diffusers import ModelMixin, UNet2DConditionModel
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.attention_processor import AttnProcessor2_0
+from torch import nn
+
+from ..errors import DigsegError
+
+
+class CLIPPromptEncoder:
+    """Frozen transformers CLIP text encoder + tokenizer with a per-prompt embedding cache.
+
+    `encode(prompts)` -> float [N, L, D] (last hidden state, as Stable Diffusion conditions on it).
+    The same prompt is tokenized and encoded once per encoder, however often it is asked for.
+    """
+
+    def __init__(self, text_encoder: nn.Module, tokenizer) -> None:
+        self.text_encoder = text_encoder.requires_grad_(False).eval()
+        self.tokenizer = tokenizer
+        self._cache: dict[str, torch.Tensor] = {}
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.text_encoder.config.hidden_size)
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str]) -> torch.Tensor:
+        for prompt in prompts:
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise DigsegError(f"empty prompt {prompt!r}: give a class name or a phrase")
+        missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
+        if missing:
+            device = self.text_encoder.device
+            ids = self.tokenizer(
+                missing,
+                padding="max_length",
+                max_length=self.tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids.to(device)
+            states = self.text_encoder(ids)[0]  # [M, L, D]
+            for prompt, state in zip(missing, states):
+                self._cache[prompt] = state
+        return torch.stack([self._cache[p] for p in prompts])  # [N, L, D]
+
+
+class TextPathway(ModelMixin, ConfigMixin):
+    """One learned linear projection per U-Net resolution level.
+
+    forward(states [B, L, D]) -> list of num_levels tensors [B, L, C].
+    """
+
+    config_name = "config.json"
+
+    @register_to_config
+    def __init__(self, encoder_dim: int, cross_attention_dim: int, num_levels: int) -> None:
+        super().__init__()
+        self.projections = nn.ModuleList(nn.Linear(encoder_dim, cross_attention_dim) for _ in range(num_levels))
+        self.reset_to_identity()
+
+    @torch.no_grad()
+    def reset_to_identity(self) -> None:
+        """Identity when D == C (step 0 = pretrained U-Net); rectangular identity shared by all levels otherwise."""
+        for proj in self.projections:
+            nn.init.eye_(proj.weight)
+            nn.init.zeros_(proj.bias)
+
+    def forward(self, states: torch.Tensor) -> list[torch.Tensor]:
+        return [proj(states) for proj in self.projections]
+
+
+def unet_level_of(processor_name: str, num_levels: int) -> int | None:
+    """Resolution level of an attention processor, or None for self-attention.
+
+    down_blocks.i -> i; mid_block -> num_levels - 1; up_blocks.j -> num_levels - 1 - j.
+    """
+    if ".attn2." not in processor_name:
+        return None
+    parts = processor_name.split(".")
+    if parts[0] == "down_blocks":
+        return int(parts[1])
+    if parts[0] == "up_blocks":
+        return num_levels - 1 - int(parts[1])
+    if parts[0] == "mid_block":
+        return num_levels - 1
+    raise ValueError(f"unexpected attention processor name {processor_name}")
+
+
+class _LevelContext:
+    """Per-call holder of the projected text features, shared by the processors of one U-Net."""
+
+    def __init__(self) -> None:
+        self.levels: list[torch.Tensor] | None = None
+
+
+class LevelCrossAttnProcessor:
+    """Cross-attention that attends to its level's projected text instead of the U-Net's shared input."""
+
+    def __init__(self, level: int, context: _LevelContext) -> None:
+        self.level = level
+        self.context = context
+        self.base = AttnProcessor2_0()
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+        if self.context.levels is not None:
+            encoder_hidden_states = self.context.levels[self.level]
+        return self.base(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+
+
+def install_level_processors(unet: UNet2DConditionModel) -> _LevelContext:
+    """Give every cross-attention layer a level-routing processor; returns the shared context."""
+    num_levels = len(unet.config.block_out_channels)
+    context = _LevelContext()
+    processors = {}
+    for name, processor in unet.attn_processors.items():
+        level = unet_level_of(name, num_levels)
+        processors[name] = processor if level is None else LevelCrossAttnProcessor(level, context)
+    unet.set_attn_processor(processors)
+    return context
+
+
+def unet_forward_with_text(
+    unet: UNet2DConditionModel,
+    context: _LevelContext,
+    sample: torch.Tensor,
+    timestep: torch.Tensor,
+    text_levels: list[torch.Tensor],
+) -> torch.Tensor:
+    """Run the U-Net with per-level text features.
+
+    sample [B, 8, h, w]; timestep [B] or scalar; text_levels: num_levels x [B, L, C] -> prediction [B, 4, h, w].
+    """
+    context.levels = text_levels
+    try:
+        return unet(sample, timestep, encoder_hidden_states=text_levels[0], return_dict=False)[0]
+    finally:
+        context.levels = None

@@ -1,0 +1,161 @@
+"""Tiny random Stable-Diffusion components, built offline, in the same diffusers layout as a real checkpoint.
+
+No weights can be downloaded on the machines this project is developed and tested on, so tests and
+`digseg quickstart` build a tiny backbone here and write it with diffusers' own
+`StableDiffusionPipeline.save_pretrained`. Every loader that serves a real SD folder is then the code
+path the tests exercise.
+
+Sizes (defaults): images 64x64, VAE downsampling 4 -> latents [B, 4, 16, 16]; U-Net channels (32, 64);
+CLIP text encoder width 32, 2 layers; a byte-level BPE tokenizer with a small, fixed merge table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+# Words given whole-word tokens in the tiny tokenizer (anything else falls back to characters).
+_TINY_WORDS = (
+    "a an the of in on with photo picture image this that and or "
+    "background circle square triangle object shape thing "
+    "red green blue yellow magenta cyan white orange black "
+    "road car person sky building tree grass cup disc nucleus nuclei crop weed soil"
+).split()
+
+TINY_MAX_LENGTH = 32
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP byte -> printable unicode character table (the standard byte-level BPE alphabet)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs]))
+
+
+def tiny_tokenizer(max_length: int = TINY_MAX_LENGTH) -> CLIPTokenizer:
+    """A CLIP tokenizer over the byte alphabet plus whole-word merges for `_TINY_WORDS`."""
+    chars = list(_bytes_to_unicode().values())
+    vocab: dict[str, int] = {}
+    for token in chars + [c + "</w>" for c in chars]:
+        vocab.setdefault(token, len(vocab))
+    merges: list[tuple[str, str]] = []
+    for word in _TINY_WORDS:
+        symbols = list(word[:-1]) + [word[-1] + "</w>"]
+        current = symbols[0]
+        for symbol in symbols[1:]:
+            merged = current + symbol
+            if merged not in vocab:
+                merges.append((current, symbol))
+                vocab[merged] = len(vocab)
+            current = merged
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+    return CLIPTokenizer(
+        vocab=vocab,
+        merges=merges,
+        unk_token="<|endoftext|>",
+        bos_token="<|startoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        model_max_length=max_length,
+    )
+
+
+def tiny_text_encoder(tokenizer: CLIPTokenizer, hidden_size: int = 32, seed: int = 0) -> CLIPTextModel:
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        projection_dim=hidden_size,
+    )
+    return CLIPTextModel(config).eval()
+
+
+def tiny_vae(seed: int = 0) -> AutoencoderKL:
+    """VAE with downsampling factor 4 (three blocks), 4 latent channels."""
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(16, 32, 32),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        mid_block_add_attention=False,
+        sample_size=64,
+        scaling_factor=1.0,
+    )
+
+
+def tiny_unet(cross_attention_dim: int = 32, block_out_channels: tuple[int, ...] = (32, 64), seed: int = 0) -> UNet2DConditionModel:
+    """A 4-channel (pretrained-style, not yet widened) conditional U-Net; one cross-attention per level."""
+    torch.manual_seed(seed)
+    n = len(block_out_channels)
+    return UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
+        block_out_channels=block_out_channels,
+        layers_per_block=1,
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=8,
+        norm_num_groups=16,
+    )
+
+
+def tiny_scheduler() -> DDIMScheduler:
+    """Stable Diffusion's training schedule (scaled-linear betas, 1000 steps)."""
+    return DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="epsilon",
+    )
+
+
+def save_tiny_backbone(path: str | Path, seed: int = 0, vae: AutoencoderKL | None = None) -> Path:
+    """Write a tiny random Stable Diffusion folder with diffusers' `StableDiffusionPipeline.save_pretrained`.
+
+    `vae` replaces the random VAE (e.g. one trained by `digseg.training.vae.train_tiny_vae`).
+    """
+    from diffusers import StableDiffusionPipeline
+
+    tokenizer = tiny_tokenizer()
+    text_encoder = tiny_text_encoder(tokenizer, seed=seed)
+    pipe = StableDiffusionPipeline(
+        vae=vae if vae is not None else tiny_vae(seed),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=tiny_unet(cross_attention_dim=text_encoder.config.hidden_size, seed=seed),
+        scheduler=tiny_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    path = Path(path)
+    pipe.save_pretrained(path)
+    return path

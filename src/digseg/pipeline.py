@@ -1,0 +1,298 @@
+"""`DiGSegPipeline`: text-prompted segmentation by few-step latent diffusion.
+
+Three ways to ask (chosen by the arguments of `__call__`):
+- `prompt="cup"` (or one prompt per image): binary, foreground/background, K = 2.
+- nothing (or `classes` equal to the model's own class list): palette, one pass per image over the closed
+  class set the model was trained on, K = len(class_names).
+- `classes=[...]` of any other names: one binary query per class, label = per-pixel argmax of the class
+  scores (the exact open-vocabulary path).
+
+Per batch of images: each image is encoded once; prompts are encoded once per call (cached); E ensemble
+members start from independent noise and are denoised in K DDIM steps with trailing spacing; each member
+is decoded, read back to per-class probabilities, and the members are averaged. The per-pixel standard
+deviation across members (mean over classes) is the uncertainty map.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from .errors import DigsegError
+from .image_processing import resize_and_pad, to_image_list, unpad_and_resize
+from .masks import MaskCodec
+from .models.digseg_model import (
+    decode_latents,
+    encode_latents,
+    load_backbone,
+    looks_like_hub_id,
+    make_scheduler,
+    unet_downsample_factor,
+    vae_scale_factor,
+    widen_conv_in,
+)
+from .models.text import CLIPPromptEncoder, TextPathway, install_level_processors, unet_forward_with_text
+
+
+@dataclass
+class DiGSegOutput(BaseOutput):
+    """labels [N, H, W] int64; probabilities [N, K, H, W]; uncertainty [N, H, W] (None when E == 1)."""
+
+    labels: np.ndarray | torch.Tensor
+    probabilities: np.ndarray | torch.Tensor
+    uncertainty: np.ndarray | torch.Tensor | None
+    class_names: list[str]
+
+
+class DiGSegPipeline(DiffusionPipeline):
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        vae: AutoencoderKL,
+        scheduler: DDIMScheduler,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        text_pathway: TextPathway,
+        class_names: list[str] | None = None,
+        prompt_template: str = "{}",
+        default_denoising_steps: int = 1,
+        default_processing_resolution: int = 512,
+    ) -> None:
+        super().__init__()
+        self.register_modules(
+            unet=unet, vae=vae, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer,
+            text_pathway=text_pathway,
+        )
+        self.register_to_config(
+            class_names=list(class_names) if class_names else None,
+            prompt_template=prompt_template,
+            default_denoising_steps=default_denoising_steps,
+            default_processing_resolution=default_processing_resolution,
+        )
+        self.level_context = install_level_processors(unet)
+        self.prompt_encoder = CLIPPromptEncoder(text_encoder, tokenizer)
+        self.binary_codec = MaskCodec("binary")
+        self.palette_codec = MaskCodec("palette", len(class_names)) if class_names and len(class_names) >= 2 else None
+
+    # ----------------------------------------------------------------------------------------- building
+    @classmethod
+    def from_backbone(
+        cls,
+        pretrained: str | Path,
+        class_names: Sequence[str] | None = None,
+        prediction_type: str = "sample",
+        prompt_template: str = "{}",
+        processing_resolution: int | None = None,
+        torch_dtype: torch.dtype | None = None,
+    ) -> "DiGSegPipeline":
+        """A fresh (untrained) DiGSeg model from a Stable Diffusion checkpoint: widened U-Net, identity pathway."""
+        backbone = load_backbone(pretrained, torch_dtype=torch_dtype)
+        unet = widen_conv_in(backbone.unet)
+        backbone.vae.requires_grad_(False)
+        backbone.text_encoder.requires_grad_(False)
+        pathway = TextPathway(
+            encoder_dim=backbone.text_encoder.config.hidden_size,
+            cross_attention_dim=unet.config.cross_attention_dim,
+            num_levels=len(unet.config.block_out_channels),
+        )
+        if torch_dtype is not None:
+            pathway.to(torch_dtype)
+        if processing_resolution is None:
+            processing_resolution = unet.config.sample_size * vae_scale_factor(backbone.vae)
+        return cls(
+            unet=unet, vae=backbone.vae, scheduler=make_scheduler(backbone.scheduler, prediction_type),
+            text_encoder=backbone.text_encoder, tokenizer=backbone.tokenizer, text_pathway=pathway,
+            class_names=list(class_names) if class_names else None, prompt_template=prompt_template,
+            default_processing_resolution=processing_resolution,
+        )
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "DiGSegPipeline":
+        path = Path(str(pretrained_model_name_or_path)).expanduser()
+        if path.exists() or not looks_like_hub_id(str(pretrained_model_name_or_path)):
+            if not path.is_dir():
+                raise DigsegError(f"model folder not found: {path}")
+            if not (path / "model_index.json").is_file():
+                raise DigsegError(f"{path} is not a DiGSeg model folder: model_index.json is missing")
+            pretrained_model_name_or_path = str(path)
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except (OSError, ValueError) as exc:
+            raise DigsegError(f"cannot load DiGSeg model {pretrained_model_name_or_path}: {str(exc).splitlines()[0]}") from exc
+
+    # ----------------------------------------------------------------------------------------- helpers
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.config.class_names
+
+    @property
+    def palette_prompt(self) -> str:
+        """The text that conditions palette mode: the model's class list."""
+        return ", ".join(self.config.class_names or [])
+
+    @property
+    def pad_multiple(self) -> int:
+        return vae_scale_factor(self.vae) * unet_downsample_factor(self.unet)
+
+    def format_prompt(self, name: str) -> str:
+        if not isinstance(name, str) or not name.strip():
+            raise DigsegError(f"empty prompt {name!r}: give a class name or a phrase")
+        return self.config.prompt_template.format(name.strip())
+
+    def text_levels(self, prompts: Sequence[str]) -> list[torch.Tensor]:
+        """Per-level projected text features for a list of prompts: num_levels x [N, L, C].
+
+        Each distinct prompt is encoded (and projected) once; rows are then gathered per item.
+        """
+        unique = list(dict.fromkeys(prompts))
+        states = self.prompt_encoder.encode(unique).to(self.unet.device, self.unet.dtype)  # [U, L, D]
+        index = torch.tensor([unique.index(p) for p in prompts], device=states.device)
+        return [level[index] for level in self.text_pathway(states)]
+
+    def _resolve_queries(self, num_images: int, prompt, classes) -> tuple[str, list[list[str]], list[str]]:
+        """-> (mode, per-image query prompts, class names of the output channels)."""
+        if prompt is not None and classes is not None:
+            raise DigsegError("give either prompt or classes, not both")
+        if prompt is not None:
+            prompts = [prompt] * num_images if isinstance(prompt, str) else list(prompt)
+            if len(prompts) != num_images:
+                raise DigsegError(f"got {len(prompts)} prompts for {num_images} images")
+            names = ["background", prompts[0]] if len(set(prompts)) == 1 else ["background", "foreground"]
+            return "binary", [[self.format_prompt(p)] for p in prompts], names
+        own = self.config.class_names
+        if classes is None or (own and list(classes) == list(own)):
+            if self.palette_codec is None:
+                raise DigsegError("this model has no class list: pass prompt=... or classes=[...]")
+            return "palette", [[self.palette_prompt]] * num_images, list(own)
+        classes = list(classes)
+        if not classes:
+            raise DigsegError("classes is empty")
+        queries = [self.format_prompt(c) for c in classes]
+        return "per_class", [queries] * num_images, classes
+
+    # ----------------------------------------------------------------------------------------- denoising
+    def denoise(self, image_latents: torch.Tensor, text: list[torch.Tensor], num_inference_steps: int, generator=None) -> torch.Tensor:
+        """image_latents [M, 4, h, w], text num_levels x [M, L, C] -> mask latents [M, 4, h, w]."""
+        latents = randn_tensor(image_latents.shape, generator=generator, device=image_latents.device, dtype=image_latents.dtype)
+        self.scheduler.set_timesteps(num_inference_steps, device=image_latents.device)
+        for t in self.scheduler.timesteps:
+            model_input = torch.cat([image_latents, latents], dim=1)  # [M, 8, h, w]
+            pred = unet_forward_with_text(self.unet, self.level_context, model_input, t, text)
+            latents = self.scheduler.step(pred, t, latents).prev_sample
+        return latents
+
+    def _segment_batch(self, pixels, queries, mode, ensemble_size, steps, generator, max_batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """pixels [B, 3, H, W]; queries: B lists of Q prompts -> (probs [B, K, H, W], uncertainty [B, H, W] or None)."""
+        device, dtype = self.unet.device, self.unet.dtype
+        image_latents = encode_latents(self.vae, pixels.to(device, dtype))  # [B, 4, h, w], once per image
+        num_queries = len(queries[0])
+        # items ordered (image, query, member): [B * Q * E]
+        item_image = torch.arange(len(queries), device=device).repeat_interleave(num_queries * ensemble_size)
+        item_prompts = [q for qs in queries for q in qs for _ in range(ensemble_size)]
+        codec = self.palette_codec if mode == "palette" else self.binary_codec
+        member_probs = []
+        for start in range(0, len(item_prompts), max_batch):
+            stop = min(start + max_batch, len(item_prompts))
+            text = self.text_levels(item_prompts[start:stop])
+            latents = self.denoise(image_latents[item_image[start:stop]], text, steps, generator)
+            probs = codec.decode(decode_latents(self.vae, latents).float())  # [m, K_codec, H, W]
+            member_probs.append(probs if mode == "palette" else probs[:, 1:])
+        probs = torch.cat(member_probs)  # [B*Q*E, K_codec or 1, H, W]
+        b = len(queries)
+        probs = probs.view(b, num_queries, ensemble_size, *probs.shape[1:])
+        if mode == "palette":
+            probs = probs[:, 0]  # [B, E, K, H, W]
+        else:
+            probs = probs[:, :, :, 0].transpose(1, 2)  # [B, E, Q, H, W]
+            if mode == "binary":
+                probs = torch.cat([1 - probs, probs], dim=2)  # [B, E, 2, H, W]
+        uncertainty = probs.std(dim=1).mean(dim=1) if ensemble_size > 1 else None
+        return probs.mean(dim=1), uncertainty
+
+    # ----------------------------------------------------------------------------------------- call
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: Any,
+        prompt: str | Sequence[str] | None = None,
+        classes: Sequence[str] | None = None,
+        ensemble_size: int = 1,
+        num_inference_steps: int | None = None,
+        processing_resolution: int | None = None,
+        batch_size: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "np",
+        threshold: float = 0.5,
+        no_class_threshold: float | None = None,
+        max_unet_batch: int = 64,
+        show_progress_bar: bool = True,
+        return_dict: bool = True,
+    ) -> DiGSegOutput | tuple:
+        """Segment `image` (one or a list). Returns labels [N, H, W], probabilities [N, K, H, W], uncertainty [N, H, W].
+
+        Binary prompts: a pixel is foreground when its probability exceeds `threshold`. Per-class queries: a
+        pixel whose best class score is below `no_class_threshold` (if given) is labelled 255, "no class".
+        """
+        if ensemble_size < 1:
+            raise DigsegError(f"ensemble_size must be >= 1, got {ensemble_size}")
+        steps = num_inference_steps or self.config.default_denoising_steps
+        if steps < 1:
+            raise DigsegError(f"num_inference_steps must be >= 1, got {steps}")
+        resolution = self.config.default_processing_resolution if processing_resolution is None else processing_resolution
+        if output_type not in ("np", "pt"):
+            raise DigsegError(f"output_type must be 'np' or 'pt', got {output_type!r}")
+
+        images = to_image_list(image)
+        mode, queries, names = self._resolve_queries(len(images), prompt, classes)
+        per_batch = max(1, batch_size)
+        all_probs: list[torch.Tensor] = [None] * len(images)  # type: ignore[list-item]
+        all_unc: list[torch.Tensor | None] = [None] * len(images)
+        prepared = [resize_and_pad(img, resolution, self.pad_multiple) for img in images]
+        # consecutive images with the same processed shape share a batch
+        batches: list[list[int]] = []
+        for i, (pixels, _) in enumerate(prepared):
+            if batches and len(batches[-1]) < per_batch and prepared[batches[-1][0]][0].shape == pixels.shape:
+                batches[-1].append(i)
+            else:
+                batches.append([i])
+        for batch in self.progress_bar(batches) if show_progress_bar else batches:
+            pixels = torch.stack([prepared[i][0] for i in batch])  # [B, 3, H', W']
+            probs, unc = self._segment_batch(
+                pixels, [queries[i] for i in batch], mode, ensemble_size, steps, generator, max_unet_batch
+            )
+            for j, i in enumerate(batch):
+                size = tuple(images[i].shape[-2:])
+                all_probs[i] = unpad_and_resize(probs[j : j + 1], prepared[i][1], size)[0].cpu()
+                if unc is not None:
+                    all_unc[i] = unpad_and_resize(unc[j : j + 1, None], prepared[i][1], size)[0, 0].cpu()
+
+        labels = []
+        for probs in all_probs:
+            if mode == "binary":
+                labels.append((probs[1] > threshold).long())
+            else:
+                label = probs.argmax(dim=0)
+                if mode == "per_class" and no_class_threshold is not None:
+                    label[probs.max(dim=0).values < no_class_threshold] = 255
+                labels.append(label)
+        same_size = len({tuple(p.shape) for p in all_probs}) == 1
+        stack = (lambda xs: torch.stack(xs)) if same_size else (lambda xs: list(xs))
+        out_labels, out_probs = stack(labels), stack(all_probs)
+        out_unc = stack(all_unc) if ensemble_size > 1 else None
+        if output_type == "np":
+            convert = lambda x: x.numpy() if isinstance(x, torch.Tensor) else [t.numpy() for t in x]  # noqa: E731
+            out_labels, out_probs = convert(out_labels), convert(out_probs)
+            out_unc = convert(out_unc) if out_unc is not None else None
+        if not return_dict:
+            return out_labels, out_probs, out_unc, names
+        return DiGSegOutput(labels=out_labels, probabilities=out_probs, uncertainty=out_unc, class_names=names)

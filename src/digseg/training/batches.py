@@ -1,0 +1,138 @@
+"""Deterministic training batches: which samples, which query, and the frozen VAE's latents.
+
+Everything random about micro-step m (sample order, binary-or-palette, which class is queried, noise,
+timesteps) is drawn from generators seeded by (seed, m, process), so a run resumed at step m continues
+the exact trajectory of an uninterrupted run, with no RNG state to save.
+
+Queries: `palette` renders all classes with the model's palette and is conditioned on the class list
+(", ".join(class_names)); `binary` picks one class (present, or with `negative_prob` an absent one whose
+target is an empty mask) and is conditioned on `prompt_template.format(name)`. Classes named
+"background" are never queried on their own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import DataError
+from ..masks import MaskCodec
+from ..models.digseg_model import encode_latents
+
+
+def step_generator(seed: int, step: int, process: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, process]).generate_state(1)[0]))
+
+
+def sample_indices(num_samples: int, global_batch: int, micro_step: int, seed: int) -> list[int]:
+    """Indices of micro-step `micro_step`: consecutive slices of per-epoch permutations seeded by (seed, epoch)."""
+    start = micro_step * global_batch
+    out: list[int] = []
+    while len(out) < global_batch:
+        epoch, offset = divmod(start + len(out), num_samples)
+        perm = np.random.default_rng([seed, epoch]).permutation(num_samples)
+        out.extend(perm[offset : offset + global_batch - len(out)].tolist())
+    return out
+
+
+@dataclass
+class Batch:
+    image_latents: torch.Tensor  # [B, 4, h, w]
+    mask_latents: torch.Tensor  # [B, 4, h, w]
+    keep: torch.Tensor  # [B, 1, h, w], 0 where the latent cell covers an "ignore" pixel
+    prompts: list[str]
+
+
+class LatentBatcher:
+    """Builds `Batch`es from a dataset, encoding images/masks with the frozen VAE (cached when asked)."""
+
+    def __init__(self, dataset: Dataset, class_names: list[str], vae, task: str, prompt_template: str,
+                 negative_prob: float, cache: bool, ignore_index: int = 255) -> None:
+        self.dataset = dataset
+        self.class_names = class_names
+        self.vae = vae
+        self.task = task
+        self.prompt_template = prompt_template
+        self.negative_prob = negative_prob
+        self.cache_enabled = cache
+        self.ignore_index = ignore_index
+        self.palette_prompt = ", ".join(class_names)
+        self.binary_codec = MaskCodec("binary", ignore_index=ignore_index)
+        self.palette_codec = MaskCodec("palette", len(class_names), ignore_index=ignore_index)
+        self.queryable = [c for c, n in enumerate(class_names) if n.strip().lower() != "background"]
+        self._latents: dict[tuple[int, str], torch.Tensor] = {}  # (index, "image"|"palette"|"class<c>") -> [4, h, w]
+        self._info: dict[int, tuple[list[int], torch.Tensor]] = {}  # index -> (present classes, keep [1, h, w])
+
+    def _choose_query(self, present: list[int], gen: torch.Generator) -> tuple[str, str]:
+        """-> (latent key, prompt)."""
+        use_palette = self.task == "palette" or (self.task == "both" and torch.rand(1, generator=gen).item() < 0.5)
+        if use_palette or not self.queryable:
+            return "palette", self.palette_prompt
+        candidates = [c for c in self.queryable if c in present]
+        absent = [c for c in self.queryable if c not in present]
+        if absent and (not candidates or torch.rand(1, generator=gen).item() < self.negative_prob):
+            candidates = absent
+        c = candidates[int(torch.randint(len(candidates), (1,), generator=gen))]
+        return f"class{c}", self.prompt_template.format(self.class_names[c])
+
+    def _load(self, index: int) -> dict:
+        sample = self.dataset[index]
+        label = sample["label"]
+        bad = label[(label >= len(self.class_names)) & (label != self.ignore_index)]
+        if bad.numel():
+            raise DataError(f"sample {sample.get('stem', index)}: label value {int(bad[0])} is outside the "
+                            f"{len(self.class_names)} classes (255 = ignore)")
+        return sample
+
+    def _target_image(self, label: torch.Tensor, key: str) -> torch.Tensor:
+        """label [H, W] -> mask image [3, H, W] in [-1, 1] for the query `key`."""
+        if key == "palette":
+            return self.palette_codec.encode(label[None])[0]
+        c = int(key[len("class"):])
+        binary = (label == c).long()
+        binary[label == self.ignore_index] = self.ignore_index
+        return self.binary_codec.encode(binary[None])[0]
+
+    @torch.no_grad()
+    def make_batch(self, indices: list[int], gen: torch.Generator) -> Batch:
+        device = self.vae.device
+        samples: dict[int, dict] = {}
+        for i in indices:
+            if i not in self._info:
+                samples[i] = self._load(i)
+                label = samples[i]["label"]
+                present = sorted(int(v) for v in torch.unique(label) if int(v) != self.ignore_index)
+                self._info[i] = (present, None)
+        keys = [self._choose_query(self._info[i][0], gen) for i in indices]
+        wanted = [(i, "image") for i in indices] + [(i, k) for i, (k, _) in zip(indices, keys)]
+        missing = list(dict.fromkeys(w for w in wanted if w not in self._latents))
+        found: dict[tuple[int, str], torch.Tensor] = {w: self._latents[w] for w in wanted if w in self._latents}
+        if missing:
+            pixels = []
+            for i, key in missing:
+                if i not in samples:
+                    samples[i] = self._load(i)
+                pixels.append(samples[i]["image"] if key == "image" else self._target_image(samples[i]["label"], key))
+            latents = encode_latents(self.vae, torch.stack(pixels).to(device)).float().cpu()  # [M, 4, h, w]
+            for w, z in zip(missing, latents):
+                found[w] = z
+                if self.cache_enabled:
+                    self._latents[w] = z
+        h, w = found[(indices[0], "image")].shape[-2:]
+        keep = []
+        for i in indices:
+            present, weights = self._info[i]
+            if weights is None:
+                label = samples[i]["label"] if i in samples else self._load(i)["label"]
+                weights = self.palette_codec.ignore_weights(label[None], (h, w))[0]  # [1, h, w]
+                self._info[i] = (present, weights if self.cache_enabled else None)
+            keep.append(weights)
+        return Batch(
+            image_latents=torch.stack([found[(i, "image")] for i in indices]).to(device),
+            mask_latents=torch.stack([found[(i, k)] for i, (k, _) in zip(indices, keys)]).to(device),
+            keep=torch.stack(keep).to(device),
+            prompts=[p for _, p in keys],
+        )

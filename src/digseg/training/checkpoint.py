@@ -1,0 +1,133 @@
+"""Training checkpoints: safetensors for every tensor, JSON for the rest, written atomically.
+
+Layout: `<output_dir>/checkpoints/step-00000100/` with
+  unet.safetensors, text_pathway.safetensors    trainable weights
+  optimizer.safetensors                         AdamW moments, flattened ("state.<param>.<key>")
+  ema.safetensors                               EMA shadow weights (when EMA is on)
+  trainer_state.json                            step, optimizer param groups, LR schedule, EMA scalars
+A checkpoint is written into a hidden temporary folder and renamed into place, so a folder named
+`step-*` is always complete; an interrupted write leaves only a `.tmp-*` folder, which is never read.
+Nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import DigsegError
+
+PREFIX = "step-"
+STATE_FILE = "trainer_state.json"
+
+
+def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+
+
+def optimizer_to_flat(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split `optimizer.state_dict()` into tensors (for safetensors) and JSON-able metadata."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for param_id, entries in state_dict["state"].items():
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{param_id}.{key}"] = value
+            else:
+                scalars.setdefault(str(param_id), {})[key] = value
+    return _contiguous(tensors), {"param_groups": state_dict["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        _, param_id, key = name.split(".", 2)
+        state.setdefault(int(param_id), {})[key] = value
+    for param_id, entries in meta.get("scalars", {}).items():
+        state.setdefault(int(param_id), {}).update(entries)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(
+    root: Path,
+    step: int,
+    weights: dict[str, dict[str, torch.Tensor]],
+    optimizer_state: dict[str, Any],
+    extra_state: dict[str, Any],
+    keep: int,
+) -> Path:
+    """Write `root/step-<step>` atomically; keep the newest `keep` complete checkpoints. Returns its path."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{PREFIX}{step:08d}"
+    tmp = root / f".tmp-{PREFIX}{step:08d}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    for name, tensors in weights.items():
+        save_file(_contiguous(tensors), str(tmp / f"{name}.safetensors"))
+    opt_tensors, opt_meta = optimizer_to_flat(optimizer_state)
+    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+    state = {"step": step, "optimizer": opt_meta, **extra_state}
+    (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+    for file in tmp.iterdir():
+        with open(file, "rb") as handle:
+            os.fsync(handle.fileno())
+    _fsync_dir(tmp)
+    if final.exists():  # a re-run of the same step (after resume): replace it
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    for old in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints under `root`, oldest first."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def resolve_resume(resume: str, output_dir: Path) -> Path | None:
+    """`latest` -> newest complete checkpoint in output_dir (None if there is none); else a checkpoint path."""
+    if resume == "latest":
+        found = list_checkpoints(output_dir / "checkpoints")
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / STATE_FILE).is_file():
+        raise DigsegError(f"not a complete checkpoint folder: {path} ({STATE_FILE} missing)")
+    return path
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any], dict[str, Any]]:
+    """-> (weights by name, optimizer state_dict, trainer state)."""
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
+        weights = {
+            f.name[: -len(".safetensors")]: load_file(str(f))
+            for f in path.glob("*.safetensors")
+            if f.name != "optimizer.safetensors"
+        }
+        optimizer = optimizer_from_flat(load_file(str(path / "optimizer.safetensors")), state.pop("optimizer"))
+    except (OSError, ValueError, KeyError) as exc:
+        raise DigsegError(f"cannot read checkpoint {path}: {exc}") from exc
+    return weights, optimizer, state

@@ -1,0 +1,186 @@
+"""The DiGSeg trainer, on accelerate.
+
+Trains the widened U-Net and the text pathway (VAE and text encoder frozen) with MSE on the scheduler's
+prediction target (x0 by default), masking latent cells that cover "ignore" pixels. AdamW, warm-up +
+decay, gradient accumulation, mixed precision, optional EMA, tqdm progress, periodic atomic safetensors
+checkpoints and `resume="latest"`. The run folder gets `config.yaml` at the start and the trained
+pipeline (model_index.json, unet/, vae/, ...) at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from torch import nn
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from ..errors import DigsegError
+from ..models.text import unet_forward_with_text
+from ..pipeline import DiGSegPipeline
+from .batches import Batch, LatentBatcher, sample_indices, step_generator
+from .checkpoint import list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
+from .config import TrainConfig
+
+logger = logging.getLogger("digseg.train")
+
+
+def diffusion_loss(pipe: DiGSegPipeline, unet: nn.Module, pathway: nn.Module, batch: Batch, gen: torch.Generator) -> torch.Tensor:
+    """MSE between the U-Net's prediction and the scheduler's target, ignore cells masked out. -> scalar.
+
+    `unet` and `pathway` may be the accelerate-wrapped modules (so DDP syncs their gradients).
+    """
+    scheduler = pipe.scheduler
+    z0 = batch.mask_latents  # [B, 4, h, w]
+    noise = torch.randn(z0.shape, generator=gen).to(z0.device)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (z0.shape[0],), generator=gen).to(z0.device)
+    z_t = scheduler.add_noise(z0, noise, t)
+    kind = scheduler.config.prediction_type
+    target = {"epsilon": noise, "sample": z0}.get(kind)
+    if target is None:
+        target = scheduler.get_velocity(z0, noise, t)
+    text = pathway(pipe.prompt_encoder.encode(batch.prompts).to(z0.device))  # num_levels x [B, L, C]
+    pred = unet_forward_with_text(unet, pipe.level_context, torch.cat([batch.image_latents, z_t], 1), t, text)
+    weights = batch.keep.expand_as(pred)  # [B, 4, h, w]
+    return ((pred.float() - target.float()) ** 2 * weights).sum() / weights.sum().clamp(min=1.0)
+
+
+class Trainer:
+    """`Trainer(config, pipe, dataset).train()`; `pipe` is a (fresh or pretrained) DiGSegPipeline."""
+
+    def __init__(self, config: TrainConfig, pipe: DiGSegPipeline, dataset: Dataset, show_progress: bool = True) -> None:
+        self.config = config.validate()
+        self.pipe = pipe
+        self.dataset = dataset
+        self.show_progress = show_progress
+        self.output_dir = Path(config.output_dir)
+        self.accelerator = Accelerator(
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            mixed_precision=config.mixed_precision,
+        )
+        pipe.to(self.accelerator.device)
+        self.batcher = LatentBatcher(
+            dataset, list(pipe.config.class_names), pipe.vae, config.task, config.prompt_template,
+            config.negative_prob, config.cache_latents, getattr(dataset, "ignore_index", 255),
+        )
+        pipe.unet.train().requires_grad_(True)
+        pipe.text_pathway.train().requires_grad_(True)
+        params = list(pipe.unet.parameters()) + list(pipe.text_pathway.parameters())
+        self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.lr_scheduler = get_scheduler(
+            config.lr_scheduler, self.optimizer,
+            num_warmup_steps=config.lr_warmup_steps, num_training_steps=config.max_steps,
+        )
+        self.unet, self.text_pathway, self.optimizer = self.accelerator.prepare(pipe.unet, pipe.text_pathway, self.optimizer)
+        self.ema = EMAModel(params, decay=config.ema_decay) if config.use_ema else None
+        self.step = 0
+        self.last_loss = float("nan")
+
+    # ------------------------------------------------------------------------------------ checkpoints
+    def _trainable_weights(self) -> dict[str, dict[str, torch.Tensor]]:
+        unwrap = self.accelerator.unwrap_model
+        weights = {"unet": unwrap(self.unet).state_dict(), "text_pathway": unwrap(self.text_pathway).state_dict()}
+        if self.ema is not None:
+            weights["ema"] = {f"{i:06d}": p for i, p in enumerate(self.ema.shadow_params)}
+        return weights
+
+    def save_checkpoint(self) -> Path | None:
+        self.accelerator.wait_for_everyone()
+        if not self.accelerator.is_main_process:
+            return None
+        extra = {
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "ema": {"optimization_step": self.ema.optimization_step} if self.ema else None,
+            "loss": self.last_loss,
+        }
+        return save_checkpoint(self.output_dir / "checkpoints", self.step, self._trainable_weights(),
+                               self.optimizer.state_dict(), extra, self.config.keep_checkpoints)
+
+    def load_checkpoint(self, path: Path) -> None:
+        weights, optimizer_state, state = load_checkpoint(path)
+        unwrap = self.accelerator.unwrap_model
+        unwrap(self.unet).load_state_dict(weights["unet"])
+        unwrap(self.text_pathway).load_state_dict(weights["text_pathway"])
+        self.optimizer.load_state_dict(optimizer_state)
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if self.ema is not None:
+            if "ema" not in weights:
+                raise DigsegError(f"checkpoint {path} has no EMA weights but use_ema is on")
+            shadow = weights["ema"]
+            self.ema.shadow_params = [shadow[k].to(self.accelerator.device) for k in sorted(shadow)]
+            self.ema.optimization_step = state["ema"]["optimization_step"]
+        self.step = int(state["step"])
+        logger.info("resumed from %s at step %d", path, self.step)
+
+    # ------------------------------------------------------------------------------------ loop
+    def train(self, resume: str | None = None) -> DiGSegPipeline:
+        cfg, acc = self.config, self.accelerator
+        if acc.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            cfg.save(self.output_dir / "config.yaml")
+        if resume:
+            path = resolve_resume(resume, self.output_dir)
+            if path is not None:
+                self.load_checkpoint(path)
+            elif resume != "latest":
+                raise DigsegError(f"no checkpoint to resume from: {resume}")
+        global_batch = cfg.batch_size * acc.num_processes
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", disable=not (self.show_progress and acc.is_main_process))
+        history = []
+        while self.step < cfg.max_steps:
+            for micro in range(cfg.gradient_accumulation_steps):
+                micro_step = self.step * cfg.gradient_accumulation_steps + micro
+                indices = sample_indices(len(self.dataset), global_batch, micro_step, cfg.seed)
+                mine = indices[acc.process_index * cfg.batch_size : (acc.process_index + 1) * cfg.batch_size]
+                gen = step_generator(cfg.seed, micro_step, acc.process_index)
+                with acc.accumulate(self.unet, self.text_pathway):
+                    batch = self.batcher.make_batch(mine, gen)
+                    with acc.autocast():
+                        loss = diffusion_loss(self.pipe, self.unet, self.text_pathway, batch, gen)
+                    if not torch.isfinite(loss):
+                        last = list_checkpoints(self.output_dir / "checkpoints")
+                        hint = f"resume from {last[-1]} with a lower learning rate" if last else "lower the learning rate"
+                        raise DigsegError(f"loss became {loss.item()} at step {self.step}; nothing was saved from this step; {hint}")
+                    acc.backward(loss)
+                    if acc.sync_gradients and cfg.max_grad_norm > 0:
+                        acc.clip_grad_norm_(list(self.unet.parameters()) + list(self.text_pathway.parameters()), cfg.max_grad_norm)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+            self.lr_scheduler.step()
+            if self.ema is not None:
+                self.ema.step(list(self.unet.parameters()) + list(self.text_pathway.parameters()))
+            self.step += 1
+            self.last_loss = loss.item()
+            history.append(self.last_loss)
+            bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                recent = history[-cfg.log_every:]
+                bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", lr=f"{self.lr_scheduler.get_last_lr()[0]:.2e}")
+                if acc.is_main_process:
+                    with open(self.output_dir / "log.jsonl", "a") as log:
+                        log.write(json.dumps({"step": self.step, "loss": sum(recent) / len(recent),
+                                              "lr": self.lr_scheduler.get_last_lr()[0]}) + "\n")
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
+                self.save_checkpoint()
+        bar.close()
+        return self.finish()
+
+    def finish(self) -> DiGSegPipeline:
+        """Put the trained (EMA, if on) weights into the pipeline, in eval mode, and save it in the run folder."""
+        unwrap = self.accelerator.unwrap_model
+        unet, pathway = unwrap(self.unet), unwrap(self.text_pathway)
+        if self.ema is not None:
+            self.ema.copy_to(list(unet.parameters()) + list(pathway.parameters()))
+        unet.eval().requires_grad_(False)
+        pathway.eval().requires_grad_(False)
+        self.pipe.register_modules(unet=unet, text_pathway=pathway)
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            self.pipe.save_pretrained(self.output_dir)
+        return self.pipe
