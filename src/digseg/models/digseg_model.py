@@ -108,7 +108,13 @@ def load_backbone(path_or_id: str | os.PathLike, torch_dtype: torch.dtype | None
 
 
 def make_scheduler(base: DDIMScheduler, prediction_type: str) -> DDIMScheduler:
-    """DDIM with the backbone's noise schedule, trailing timestep spacing and the chosen prediction target."""
+    """DDIM with the backbone's noise schedule, trailing timestep spacing and the chosen prediction target.
+
+    For x0 and v prediction the betas are rescaled to zero terminal SNR: Stable Diffusion's schedule keeps
+    sqrt(alpha_bar) ~ 0.07 of the signal at t = T-1, so training there leaks the target mask that inference,
+    which starts from pure noise, never sees. (Epsilon prediction is undefined at zero SNR, so it keeps the
+    original schedule.)
+    """
     if prediction_type not in PREDICTION_TYPES:
         raise DigsegError(f"unknown prediction type {prediction_type!r}; choose one of {', '.join(PREDICTION_TYPES)}")
     return DDIMScheduler.from_config(
@@ -118,4 +124,5 @@ def make_scheduler(base: DDIMScheduler, prediction_type: str) -> DDIMScheduler:
         clip_sample=False,
         set_alpha_to_one=True,
         steps_offset=0,
+        rescale_betas_zero_snr=prediction_type != "epsilon",
     )

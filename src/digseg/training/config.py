@@ -23,6 +23,9 @@ class TrainConfig:
     pretrained: str = ""  # Stable Diffusion folder or hub id
     prediction_type: str = "sample"  # sample (x0) | v_prediction | epsilon; x0 trains best in few steps
     prompt_template: str = "{}"
+    # share of training samples at the last timestep (T-1), where few-step trailing inference starts; the rest
+    # are uniform over [0, T). Uniform alone spends most updates on nearly noise-free, easy inputs.
+    max_timestep_prob: float = 0.5
     # data
     dataset: str = "synthetic"  # synthetic | folder
     data_root: str | None = None
@@ -63,6 +66,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.learning_rate > 0:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not 0.0 <= self.max_timestep_prob <= 1.0:
+            raise ConfigError(f"max_timestep_prob must be in [0, 1], got {self.max_timestep_prob}")
         if "{}" not in self.prompt_template:
             raise ConfigError(f"prompt_template must contain '{{}}', got {self.prompt_template!r}")
         return self

@@ -31,7 +31,15 @@ from .config import TrainConfig
 logger = logging.getLogger("digseg.train")
 
 
-def diffusion_loss(pipe: DiGSegPipeline, unet: nn.Module, pathway: nn.Module, batch: Batch, gen: torch.Generator) -> torch.Tensor:
+def sample_timesteps(num: int, num_train_timesteps: int, max_timestep_prob: float, gen: torch.Generator) -> torch.Tensor:
+    """[num] int64: T-1 with probability `max_timestep_prob`, otherwise uniform over [0, T)."""
+    t = torch.randint(0, num_train_timesteps, (num,), generator=gen)
+    at_max = torch.rand(num, generator=gen) < max_timestep_prob
+    return torch.where(at_max, torch.full_like(t, num_train_timesteps - 1), t)
+
+
+def diffusion_loss(pipe: DiGSegPipeline, unet: nn.Module, pathway: nn.Module, batch: Batch, gen: torch.Generator,
+                   max_timestep_prob: float = 0.0) -> torch.Tensor:
     """MSE between the U-Net's prediction and the scheduler's target, ignore cells masked out. -> scalar.
 
     `unet` and `pathway` may be the accelerate-wrapped modules (so DDP syncs their gradients).
@@ -39,7 +47,7 @@ def diffusion_loss(pipe: DiGSegPipeline, unet: nn.Module, pathway: nn.Module, ba
     scheduler = pipe.scheduler
     z0 = batch.mask_latents  # [B, 4, h, w]
     noise = torch.randn(z0.shape, generator=gen).to(z0.device)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (z0.shape[0],), generator=gen).to(z0.device)
+    t = sample_timesteps(z0.shape[0], scheduler.config.num_train_timesteps, max_timestep_prob, gen).to(z0.device)
     z_t = scheduler.add_noise(z0, noise, t)
     kind = scheduler.config.prediction_type
     target = {"epsilon": noise, "sample": z0}.get(kind)
@@ -142,7 +150,7 @@ class Trainer:
                 with acc.accumulate(self.unet, self.text_pathway):
                     batch = self.batcher.make_batch(mine, gen)
                     with acc.autocast():
-                        loss = diffusion_loss(self.pipe, self.unet, self.text_pathway, batch, gen)
+                        loss = diffusion_loss(self.pipe, self.unet, self.text_pathway, batch, gen, cfg.max_timestep_prob)
                     if not torch.isfinite(loss):
                         last = list_checkpoints(self.output_dir / "checkpoints")
                         hint = f"resume from {last[-1]} with a lower learning rate" if last else "lower the learning rate"

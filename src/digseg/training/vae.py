@@ -55,7 +55,7 @@ def train_tiny_vae(
             x = x[:, :, top : top + crop, left : left + crop]
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample(generator=gen)).sample
-        loss = (recon - x).abs().mean() + kl_weight * posterior.kl().mean()
+        loss = ((recon - x) ** 2).mean() + kl_weight * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
