@@ -21,6 +21,11 @@ def _quiet_libraries() -> None:
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="transformers")
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    transformers.utils.logging.disable_progress_bar()  # per-file weight loading bars; ours stay
+    diffusers.utils.logging.disable_progress_bar()
 
 
 # ---------------------------------------------------------------------------------------------- quickstart
@@ -58,19 +63,20 @@ def cmd_train(args: argparse.Namespace) -> None:
     if not config.pretrained:
         raise ConfigError("no backbone: pass --pretrained (a Stable Diffusion folder or hub id, "
                           "e.g. the backbone/ folder `digseg quickstart` writes) or set `pretrained` in the config")
+    pretrained = Path(config.pretrained)
+    if (pretrained / "text_pathway").is_dir():  # continue training a DiGSeg model
+        pipe = DiGSegPipeline.from_pretrained(pretrained)
+    else:
+        pipe = DiGSegPipeline.from_backbone(config.pretrained, prediction_type=config.prediction_type,
+                                            prompt_template=config.prompt_template)
+    config.resolution = config.resolution or pipe.config.default_processing_resolution  # 0 = native
     dataset = build_dataset(config.dataset, config.data_root, size=config.resolution,
                             num_scenes=config.num_scenes, seed=config.seed)
     names = config.class_names or list(dataset.class_names)
     if len(names) != len(dataset.class_names):
         raise ConfigError(f"config lists {len(names)} class names but dataset {config.dataset} has {len(dataset.class_names)}")
     config.class_names = names
-    pretrained = Path(config.pretrained)
-    if (pretrained / "text_pathway").is_dir():  # continue training a DiGSeg model
-        pipe = DiGSegPipeline.from_pretrained(pretrained)
-        pipe.register_to_config(class_names=names)
-    else:
-        pipe = DiGSegPipeline.from_backbone(config.pretrained, class_names=names, prediction_type=config.prediction_type,
-                                            prompt_template=config.prompt_template)
+    pipe.set_class_names(names)
     Trainer(config, pipe, dataset).train(resume=args.resume)
     print(f"saved trained model to {config.output_dir}")
 
@@ -125,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quickstart", help="train a tiny model on synthetic scenes, evaluate, save overlays (CPU, minutes)")
     q.add_argument("--output", default="digseg-quickstart", help="output folder (default: ./digseg-quickstart)")
     q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--train-steps", type=int, default=None, help="DiGSeg training steps (default 1200)")
+    q.add_argument("--train-steps", type=int, default=None, help="DiGSeg training steps (default 1500)")
     q.set_defaults(func=cmd_quickstart)
 
     t = sub.add_parser("train", help="train DiGSeg from a Stable Diffusion backbone")

@@ -74,7 +74,6 @@ class DiGSegPipeline(DiffusionPipeline):
             text_pathway=text_pathway,
         )
         self.register_to_config(
-            class_names=list(class_names) if class_names else None,
             prompt_template=prompt_template,
             default_denoising_steps=default_denoising_steps,
             default_processing_resolution=default_processing_resolution,
@@ -82,7 +81,7 @@ class DiGSegPipeline(DiffusionPipeline):
         self.level_context = install_level_processors(unet)
         self.prompt_encoder = CLIPPromptEncoder(text_encoder, tokenizer)
         self.binary_codec = MaskCodec("binary")
-        self.palette_codec = MaskCodec("palette", len(class_names)) if class_names and len(class_names) >= 2 else None
+        self.set_class_names(class_names)
 
     # ----------------------------------------------------------------------------------------- building
     @classmethod
@@ -131,6 +130,12 @@ class DiGSegPipeline(DiffusionPipeline):
             raise DigsegError(f"cannot load DiGSeg model {pretrained_model_name_or_path}: {str(exc).splitlines()[0]}") from exc
 
     # ----------------------------------------------------------------------------------------- helpers
+    def set_class_names(self, class_names: Sequence[str] | None) -> None:
+        """Change the closed class set (palette mode) of this model, e.g. before training on a new dataset."""
+        names = list(class_names) if class_names else None
+        self.register_to_config(class_names=names)
+        self.palette_codec = MaskCodec("palette", len(names)) if names and len(names) >= 2 else None
+
     @property
     def class_names(self) -> list[str] | None:
         return self.config.class_names

@@ -1,7 +1,10 @@
 """Built-in synthetic, text-prompted scenes: circles, squares and triangles on textured backgrounds.
 
 Scenes are seeded and reproducible: scene `i` of `SyntheticScenes(seed=s)` depends only on `(s, i)`.
-Shape colour is drawn independently of shape kind, so a model must recognise shapes by their form.
+Each kind of shape has its own family of colours (circles warm: red, orange, yellow; squares green or
+cyan; triangles blue, magenta or white), so colour and form both tell the kinds apart. With colour drawn
+independently of kind, a tiny model trained for a few CPU minutes did not learn to tell the kinds apart
+(binary foreground IoU ~0 after 600 steps); with families it reaches ~80 (see `digseg quickstart`).
 Rasterisation is numpy only (meshgrid + inside tests), roughly a few thousand 64px scenes per second.
 """
 
@@ -28,6 +31,8 @@ _COLOURS = np.array(
      [220, 40, 220], [30, 220, 230], [245, 245, 245], [250, 140, 20]],
     dtype=np.float32,
 )
+# Colour family (indices into _COLOURS) of each kind.
+_FAMILY = {_CIRCLE: (0, 7, 3), _SQUARE: (1, 5), _TRIANGLE: (2, 4, 6)}
 # Extent (farthest point from the centre) of each kind in units of its radius `r`.
 _EXTENT = {_CIRCLE: 1.0, _SQUARE: 0.85 * np.sqrt(2.0), _TRIANGLE: 1.4}
 
@@ -106,8 +111,8 @@ def make_scene(rng: np.random.Generator, size: int = 64) -> tuple[np.ndarray, np
     label = np.zeros((size, size), dtype=np.uint8)
     owner = np.full((size, size), -1, dtype=np.int8)  # which shape (index) owns each pixel
     areas: list[int] = []
-    # Colours far from the background's base colour first, so shapes stay findable.
-    far = [i for i in range(len(_COLOURS)) if np.linalg.norm(_COLOURS[i] - base) > 110.0]
+    # Colours of the kind's family, far from the background's base colour first, so shapes stay findable.
+    far = {i for i in range(len(_COLOURS)) if np.linalg.norm(_COLOURS[i] - base) > 110.0}
     used: list[int] = []
     for kind in _sample_kinds(rng):
         for _ in range(6):
@@ -121,7 +126,8 @@ def make_scene(rng: np.random.Generator, size: int = 64) -> tuple[np.ndarray, np
                 break
         else:
             continue
-        pool = [i for i in far if i not in used] or [i for i in range(len(_COLOURS)) if i not in used]
+        family = _FAMILY[kind]
+        pool = [i for i in family if i in far and i not in used] or [i for i in family if i not in used] or list(family)
         ci = int(rng.choice(pool))
         used.append(ci)
         g = rng.normal(0.0, 40.0, size=2)  # mild linear shading across the shape

@@ -137,7 +137,8 @@ def tiny_scheduler() -> DDIMScheduler:
     )
 
 
-def save_tiny_backbone(path: str | Path, seed: int = 0, vae: AutoencoderKL | None = None) -> Path:
+def save_tiny_backbone(path: str | Path, seed: int = 0, vae: AutoencoderKL | None = None,
+                       unet_channels: tuple[int, ...] = (32, 64)) -> Path:
     """Write a tiny random Stable Diffusion folder with diffusers' `StableDiffusionPipeline.save_pretrained`.
 
     `vae` replaces the random VAE (e.g. one trained by `digseg.training.vae.train_tiny_vae`).
@@ -150,7 +151,7 @@ def save_tiny_backbone(path: str | Path, seed: int = 0, vae: AutoencoderKL | Non
         vae=vae if vae is not None else tiny_vae(seed),
         text_encoder=text_encoder,
         tokenizer=tokenizer,
-        unet=tiny_unet(cross_attention_dim=text_encoder.config.hidden_size, seed=seed),
+        unet=tiny_unet(cross_attention_dim=text_encoder.config.hidden_size, block_out_channels=unet_channels, seed=seed),
         scheduler=tiny_scheduler(),
         safety_checker=None,
         feature_extractor=None,

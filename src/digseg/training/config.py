@@ -30,16 +30,16 @@ class TrainConfig:
     dataset: str = "synthetic"  # synthetic | folder
     data_root: str | None = None
     num_scenes: int = 2000  # synthetic only
-    resolution: int = 64  # training images are resized to resolution x resolution
+    resolution: int = 0  # training images are resized to resolution x resolution; 0 = the backbone's native size
     task: str = "both"  # binary (prompt -> mask) | palette (closed-set classes) | both (alternating at random)
     negative_prob: float = 0.1  # binary: chance of querying a class absent from the image (target: empty mask)
     cache_latents: bool = True  # keep the frozen VAE's latents in memory after their first use
     # optimisation
     output_dir: str = "runs/digseg"
     max_steps: int = 1000
-    batch_size: int = 16  # per process, per micro-step
+    batch_size: int = 4  # per process, per micro-step
     gradient_accumulation_steps: int = 1
-    learning_rate: float = 3e-4
+    learning_rate: float = 3e-5  # fine-tuning a pretrained U-Net; a tiny model from scratch wants ~5e-4
     lr_scheduler: str = "cosine"  # any name diffusers.optimization.get_scheduler accepts
     lr_warmup_steps: int = 50
     weight_decay: float = 1e-2
@@ -61,9 +61,11 @@ class TrainConfig:
             raise ConfigError(f"prediction_type must be sample, v_prediction or epsilon, got {self.prediction_type!r}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ConfigError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
-        for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "checkpoint_every", "keep_checkpoints", "resolution"):
+        for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.resolution < 0:
+            raise ConfigError(f"resolution must be >= 0 (0 = native), got {self.resolution}")
         if not self.learning_rate > 0:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
         if not 0.0 <= self.max_timestep_prob <= 1.0:

@@ -1,0 +1,125 @@
+"""The `digseg` command: predict, train and quickstart end to end, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from digseg.cli import main
+from digseg.data.synthetic import SyntheticScenes, save_scenes_as_folder
+
+
+@pytest.fixture
+def saved_model(tiny_pipe, tmp_path):
+    tiny_pipe.save_pretrained(tmp_path / "model")
+    return tmp_path / "model"
+
+
+@pytest.fixture
+def image_file(tmp_path):
+    path = tmp_path / "photo.png"
+    Image.fromarray((np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert "Traceback" not in err[0]
+    return err[0]
+
+
+def test_predict_writes_labels_overlays_and_probabilities(saved_model, image_file, tmp_path, capsys):
+    out = tmp_path / "pred"
+    assert main(["predict", "--model", str(saved_model), "--image", str(image_file), "--prompt", "circle",
+                 "--ensemble-size", "2", "--output", str(out)]) == 0
+    label = np.asarray(Image.open(out / "photo_label.png"))
+    assert label.shape == (48, 64) and set(np.unique(label)) <= {0, 1}
+    assert Image.open(out / "photo_label.png").mode == "P"
+    for name in ("photo_overlay.png", "photo_prob_circle.png", "photo_uncertainty.png"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert abs(sum(summary["photo.png"].values()) - 1.0) < 1e-3
+
+    out2 = tmp_path / "pred2"
+    assert main(["predict", "--model", str(saved_model), "--image", str(image_file.parent), "--classes",
+                 "sky, road,car", "--output", str(out2)]) == 0
+    assert {p.name for p in out2.glob("photo_prob_*.png")} == {"photo_prob_sky.png", "photo_prob_road.png", "photo_prob_car.png"}
+    assert np.asarray(Image.open(out2 / "photo_label.png")).max() <= 2
+
+
+def test_predict_bad_inputs_give_one_line_errors(saved_model, image_file, tmp_path, capsys):
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_text("this is not an image")
+    assert main(["predict", "--model", str(saved_model), "--image", str(corrupt), "--prompt", "x", "--output", str(tmp_path / "o")]) == 2
+    assert "corrupt.jpg" in _error_line(capsys)
+    assert main(["predict", "--model", str(saved_model), "--image", str(tmp_path / "none.png"), "--prompt", "x", "--output", str(tmp_path / "o")]) == 2
+    assert "none.png" in _error_line(capsys)
+    assert main(["predict", "--model", str(tmp_path / "no-model"), "--image", str(image_file), "--prompt", "x", "--output", str(tmp_path / "o")]) == 2
+    assert "no-model" in _error_line(capsys)
+    assert main(["predict", "--model", str(saved_model), "--image", str(image_file), "--prompt", "", "--output", str(tmp_path / "o")]) == 2
+    assert "empty prompt" in _error_line(capsys)
+    assert main(["predict", "--model", str(saved_model), "--image", str(image_file), "--classes", "a,,b", "--output", str(tmp_path / "o")]) == 2
+    assert "empty class name" in _error_line(capsys)
+
+
+def test_console_script_prints_no_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "digseg.cli", "predict", "--model", str(tmp_path / "missing"), "--image", "x.png",
+         "--prompt", "cup", "--output", str(tmp_path)], capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "x.png" in result.stderr
+
+
+def test_train_on_a_folder_dataset_and_resume(tiny_backbone, tmp_path, capsys):
+    data = save_scenes_as_folder(SyntheticScenes(6, seed=0), tmp_path / "data")
+    run = tmp_path / "run"
+    args = ["train", "--pretrained", str(tiny_backbone), "--dataset", "folder", "--data-root", str(data),
+            "--output", str(run), "--batch-size", "2", "--resolution", "64", "--checkpoint-every", "2"]
+    assert main(args + ["--max-steps", "2"]) == 0
+    assert (run / "model_index.json").is_file() and (run / "checkpoints" / "step-00000002").is_dir()
+    assert main(args + ["--max-steps", "3", "--resume", "latest"]) == 0
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 3 and [entry["step"] for entry in log].count(1) == 0
+    from digseg import DiGSegPipeline
+
+    assert DiGSegPipeline.from_pretrained(run).config.class_names == ["background", "circle", "square", "triangle"]
+
+
+def test_train_bad_data_is_named(tiny_backbone, tmp_path, capsys):
+    data = save_scenes_as_folder(SyntheticScenes(2, seed=0), tmp_path / "data")
+    base = ["train", "--pretrained", str(tiny_backbone), "--dataset", "folder", "--data-root", str(data),
+            "--output", str(tmp_path / "run"), "--max-steps", "1", "--batch-size", "2"]
+    mask = sorted((data / "masks").glob("*.png"))[0]
+    Image.fromarray(np.full((10, 12), 1, dtype=np.uint8)).save(mask)
+    assert main(base) == 2
+    assert mask.name in _error_line(capsys)
+    Image.fromarray(np.full((64, 64), 9, dtype=np.uint8)).save(mask)  # 9 >= 4 classes
+    assert main(base) == 2
+    line = _error_line(capsys)
+    assert mask.name in line and "9" in line
+    assert main(["train", "--dataset", "folder", "--data-root", str(data)]) == 2
+    assert "--pretrained" in _error_line(capsys)
+    assert main(["train", "--pretrained", str(tmp_path / "nowhere"), "--max-steps", "1"]) == 2
+    assert "nowhere" in _error_line(capsys)
+
+
+def test_quickstart_smoke(tmp_path, capsys):
+    from digseg.quickstart import QuickstartSettings, run_quickstart
+
+    settings = QuickstartSettings(vae_steps=3, train_steps=3, batch_size=4, num_train_scenes=8, num_eval_scenes=3,
+                                  settings=("1x1", "2x2"), num_overlays=2)
+    metrics = run_quickstart(tmp_path / "qs", settings, show_progress=False)
+    saved = json.loads((tmp_path / "qs" / "metrics.json").read_text())
+    assert saved["binary"].keys() == saved["palette"].keys() == {"1x1", "2x2"}
+    assert 0 <= saved["binary"]["1x1"]["mIoU"] <= 100 and saved["palette"]["2x2"]["images_per_s"] > 0
+    assert metrics["binary"]["1x1"]["queries"] == 9  # 3 scenes x 3 shape prompts
+    assert len(list((tmp_path / "qs" / "overlays").glob("*.png"))) == 4
+    assert (tmp_path / "qs" / "model" / "model_index.json").is_file()
+    assert "tiny model, synthetic data" in capsys.readouterr().out

@@ -1,0 +1,115 @@
+"""DiGSegPipeline: outputs, modes, determinism, save/load, input handling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from digseg import DiGSegPipeline
+from digseg.errors import DigsegError
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_binary_output_shapes_and_uncertainty(tiny_pipe):
+    images = [torch.rand(3, 64, 64), torch.rand(3, 64, 64)]
+    out = tiny_pipe(images, prompt="circle", ensemble_size=3, num_inference_steps=2, batch_size=2, generator=_gen())
+    assert out.labels.shape == (2, 64, 64) and out.labels.dtype == np.int64
+    assert set(np.unique(out.labels)) <= {0, 1}
+    assert out.probabilities.shape == (2, 2, 64, 64)
+    np.testing.assert_allclose(out.probabilities.sum(1), 1.0, atol=1e-5)
+    assert out.uncertainty.shape == (2, 64, 64) and (out.uncertainty >= 0).all() and out.uncertainty.max() > 0
+    assert out.class_names == ["background", "circle"]
+    np.testing.assert_array_equal(out.labels, (out.probabilities[:, 1] > 0.5).astype(np.int64))
+
+
+def test_palette_and_per_class_modes(tiny_pipe):
+    image = Image.fromarray((np.random.default_rng(0).random((40, 56, 3)) * 255).astype(np.uint8))
+    palette = tiny_pipe(image, generator=_gen(), output_type="pt")
+    assert palette.class_names == ["background", "circle", "square", "triangle"]
+    assert palette.probabilities.shape == (1, 4, 40, 56) and palette.uncertainty is None
+    assert torch.equal(palette.labels, palette.probabilities.argmax(1))
+    same = tiny_pipe(image, classes=["background", "circle", "square", "triangle"], generator=_gen(), output_type="pt")
+    assert torch.equal(same.labels, palette.labels)  # own class list = palette mode
+    open_vocab = tiny_pipe(image, classes=["cat", "road", "sky"], generator=_gen())
+    assert open_vocab.probabilities.shape == (1, 3, 40, 56)
+    np.testing.assert_array_equal(open_vocab.labels, open_vocab.probabilities.argmax(1))
+    none = tiny_pipe(image, classes=["cat", "road"], no_class_threshold=1.01, generator=_gen())
+    assert (none.labels == 255).all()
+
+
+def test_generator_determinism(tiny_pipe):
+    image = torch.rand(3, 64, 64)
+    a = tiny_pipe(image, prompt="square", generator=_gen(1)).probabilities
+    b = tiny_pipe(image, prompt="square", generator=_gen(1)).probabilities
+    c = tiny_pipe(image, prompt="square", generator=_gen(2)).probabilities
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_resize_back_to_input_size(tiny_pipe):
+    out = tiny_pipe(torch.rand(3, 50, 90), prompt="circle", processing_resolution=64, generator=_gen())
+    assert out.labels.shape == (1, 50, 90)
+    mixed = tiny_pipe([torch.rand(3, 30, 30), torch.rand(3, 64, 48)], prompt="circle", generator=_gen())
+    assert [lab.shape for lab in mixed.labels] == [(30, 30), (64, 48)]
+
+
+def test_save_and_load_reproduce_predictions_bit_for_bit(tiny_pipe, tmp_path):
+    with torch.no_grad():  # make the model differ from its initialisation, so loading has something to restore
+        for p in tiny_pipe.text_pathway.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+        tiny_pipe.unet.conv_in.weight.mul_(1.5)
+    image = torch.rand(3, 64, 64)
+    kwargs = dict(ensemble_size=2, num_inference_steps=2)
+    before_binary = tiny_pipe(image, prompt="triangle", generator=_gen(7), **kwargs)
+    before_palette = tiny_pipe(image, generator=_gen(7), **kwargs)
+    tiny_pipe.save_pretrained(tmp_path / "model")
+    loaded = DiGSegPipeline.from_pretrained(tmp_path / "model")
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.config.class_names == tiny_pipe.config.class_names
+    after_binary = loaded(image, prompt="triangle", generator=_gen(7), **kwargs)
+    after_palette = loaded(image, generator=_gen(7), **kwargs)
+    np.testing.assert_array_equal(after_binary.probabilities, before_binary.probabilities)
+    np.testing.assert_array_equal(after_palette.probabilities, before_palette.probabilities)
+    np.testing.assert_array_equal(after_palette.uncertainty, before_palette.uncertainty)
+    assert (tmp_path / "model" / "text_pathway" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(prompt="a", classes=["b"]), "either prompt or classes"),
+        (dict(prompt=""), "empty prompt"),
+        (dict(prompt="   "), "empty prompt"),
+        (dict(classes=[]), "classes is empty"),
+        (dict(prompt="a", ensemble_size=0), "ensemble_size"),
+        (dict(prompt=["a", "b"]), "2 prompts for 1 images"),
+        (dict(prompt="a", output_type="pil"), "output_type"),
+    ],
+)
+def test_bad_arguments(tiny_pipe, kwargs, message):
+    with pytest.raises(DigsegError, match=message):
+        tiny_pipe(torch.rand(3, 64, 64), **kwargs)
+
+
+def test_bad_images(tiny_pipe, tmp_path):
+    with pytest.raises(DigsegError, match="values in \\[0, 1\\]"):
+        tiny_pipe(torch.rand(3, 8, 8) * 5, prompt="a")
+    with pytest.raises(DigsegError, match="NaN"):
+        tiny_pipe(torch.full((3, 8, 8), float("nan")), prompt="a")
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(DigsegError, match="broken.png"):
+        tiny_pipe(str(bad), prompt="a")
+
+
+def test_missing_model_folder(tmp_path):
+    with pytest.raises(DigsegError, match="model folder not found"):
+        DiGSegPipeline.from_pretrained(tmp_path / "absent")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DigsegError, match="model_index.json is missing"):
+        DiGSegPipeline.from_pretrained(tmp_path / "empty")
