@@ -28,10 +28,11 @@ def image_file(tmp_path):
 
 
 def _error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    assert "Traceback" not in err[0]
-    return err[0]
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, err
+    return lines[0]
 
 
 def test_predict_writes_labels_overlays_and_probabilities(saved_model, image_file, tmp_path, capsys):

@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quickstart", help="train a tiny model on synthetic scenes, evaluate, save overlays (CPU, minutes)")
     q.add_argument("--output", default="digseg-quickstart", help="output folder (default: ./digseg-quickstart)")
     q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--train-steps", type=int, default=None, help="DiGSeg training steps (default 1500)")
+    q.add_argument("--train-steps", type=int, default=None, help="DiGSeg training steps (default 2000)")
     q.set_defaults(func=cmd_quickstart)
 
     t = sub.add_parser("train", help="train DiGSeg from a Stable Diffusion backbone")

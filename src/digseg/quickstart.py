@@ -34,7 +34,7 @@ from .visualize import overlay, side_by_side
 class QuickstartSettings:
     seed: int = 0
     vae_steps: int = 400
-    train_steps: int = 1500
+    train_steps: int = 2000
     batch_size: int = 16
     learning_rate: float = 5e-4
     num_train_scenes: int = 2000

@@ -86,7 +86,8 @@ class Trainer:
             num_warmup_steps=config.lr_warmup_steps, num_training_steps=config.max_steps,
         )
         self.unet, self.text_pathway, self.optimizer = self.accelerator.prepare(pipe.unet, pipe.text_pathway, self.optimizer)
-        self.ema = EMAModel(params, decay=config.ema_decay) if config.use_ema else None
+        self.params = list(self.unet.parameters()) + list(self.text_pathway.parameters())  # trainable
+        self.ema = EMAModel(self.params, decay=config.ema_decay) if config.use_ema else None
         self.step = 0
         self.last_loss = float("nan")
 
@@ -138,8 +139,14 @@ class Trainer:
                 self.load_checkpoint(path)
             elif resume != "latest":
                 raise DigsegError(f"no checkpoint to resume from: {resume}")
-        global_batch = cfg.batch_size * acc.num_processes
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", disable=not (self.show_progress and acc.is_main_process))
+        with bar:  # closed (its line ended) before any error below reaches the user
+            self._run_steps(bar)
+        return self.finish()
+
+    def _run_steps(self, bar) -> None:
+        cfg, acc = self.config, self.accelerator
+        global_batch = cfg.batch_size * acc.num_processes
         history = []
         while self.step < cfg.max_steps:
             for micro in range(cfg.gradient_accumulation_steps):
@@ -157,12 +164,12 @@ class Trainer:
                         raise DigsegError(f"loss became {loss.item()} at step {self.step}; nothing was saved from this step; {hint}")
                     acc.backward(loss)
                     if acc.sync_gradients and cfg.max_grad_norm > 0:
-                        acc.clip_grad_norm_(list(self.unet.parameters()) + list(self.text_pathway.parameters()), cfg.max_grad_norm)
+                        acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
             self.lr_scheduler.step()
             if self.ema is not None:
-                self.ema.step(list(self.unet.parameters()) + list(self.text_pathway.parameters()))
+                self.ema.step(self.params)
             self.step += 1
             self.last_loss = loss.item()
             history.append(self.last_loss)
@@ -176,8 +183,6 @@ class Trainer:
                                               "lr": self.lr_scheduler.get_last_lr()[0]}) + "\n")
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
                 self.save_checkpoint()
-        bar.close()
-        return self.finish()
 
     def finish(self) -> DiGSegPipeline:
         """Put the trained (EMA, if on) weights into the pipeline, in eval mode, and save it in the run folder."""
