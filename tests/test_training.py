@@ -181,3 +181,17 @@ def test_config_yaml_base_and_errors(tmp_path):
         TrainConfig(task="depth").validate()
     with pytest.raises(ConfigError, match="config file not found"):
         TrainConfig.load(tmp_path / "missing.yaml")
+
+
+def test_bf16_mixed_precision_trains(tiny_backbone, tmp_path):
+    pipe = Trainer(_config(tmp_path, max_steps=2, mixed_precision="bf16"), _fresh(tiny_backbone), SyntheticScenes(4),
+                   show_progress=False).train()
+    assert all(torch.isfinite(p).all() for p in pipe.unet.parameters())
+    assert (tmp_path / "run" / "checkpoints" / "step-00000002").is_dir()
+
+
+def test_example_config_is_valid():
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).parent.parent / "configs").glob("*.yaml")):
+        TrainConfig.load(path)

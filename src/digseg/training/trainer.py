@@ -59,6 +59,21 @@ def diffusion_loss(pipe: DiGSegPipeline, unet: nn.Module, pathway: nn.Module, ba
     return ((pred.float() - target.float()) ** 2 * weights).sum() / weights.sum().clamp(min=1.0)
 
 
+def _make_accelerator(config: TrainConfig) -> Accelerator:
+    """An Accelerator for this run. accelerate keeps one process-wide state; a second trainer in the same
+    Python session (a notebook, a test) with another precision resets it instead of failing."""
+    kwargs = dict(gradient_accumulation_steps=config.gradient_accumulation_steps, mixed_precision=config.mixed_precision)
+    try:
+        return Accelerator(**kwargs)
+    except ValueError as exc:
+        if "already been initialized" not in str(exc):
+            raise
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state()
+        return Accelerator(**kwargs)
+
+
 class Trainer:
     """`Trainer(config, pipe, dataset).train()`; `pipe` is a (fresh or pretrained) DiGSegPipeline."""
 
@@ -68,10 +83,7 @@ class Trainer:
         self.dataset = dataset
         self.show_progress = show_progress
         self.output_dir = Path(config.output_dir)
-        self.accelerator = Accelerator(
-            gradient_accumulation_steps=config.gradient_accumulation_steps,
-            mixed_precision=config.mixed_precision,
-        )
+        self.accelerator = _make_accelerator(config)
         pipe.to(self.accelerator.device)
         self.batcher = LatentBatcher(
             dataset, list(pipe.config.class_names), pipe.vae, config.task, config.prompt_template,
