@@ -235,7 +235,7 @@ class DiGSegPipeline(DiffusionPipeline):
         num_inference_steps: int | None = None,
         processing_resolution: int | None = None,
         batch_size: int = 1,
-        generator: torch.Generator | list[torch.Generator] | None = None,
+        generator: torch.Generator | None = None,
         output_type: str = "np",
         threshold: float = 0.5,
         no_class_threshold: float | None = None,
@@ -245,7 +245,8 @@ class DiGSegPipeline(DiffusionPipeline):
     ) -> DiGSegOutput | tuple:
         """Segment `image` (one or a list). Returns labels [N, H, W], probabilities [N, K, H, W], uncertainty [N, H, W].
 
-        Binary prompts: a pixel is foreground when its probability exceeds `threshold`. Per-class queries: a
+        `generator` (one torch.Generator) draws the starting noise of every member, in order, so a fixed seed
+        gives the same output. Binary prompts: a pixel is foreground when its probability exceeds `threshold`. Per-class queries: a
         pixel whose best class score is below `no_class_threshold` (if given) is labelled 255, "no class".
         """
         if ensemble_size < 1:
