@@ -1,0 +1,131 @@
+"""Base class for datasets read from disk in their official layouts, and the registry by name.
+
+A reader subclasses `SegmentationDataset`, sets its class attributes and implements `find_samples`
+(and `convert_label` when the stored values are not already contiguous class ids):
+
+    @register_dataset
+    class ADE20K150(SegmentationDataset):
+        name = "ade20k-150"
+        metric = "semantic"
+        class_names = read_class_file("ade20k_150.txt")
+        splits = {"train": "training", "val": "validation"}
+        def find_samples(self): ...            # -> list[Sample]
+        def convert_label(self, raw, path):    # raw stored values -> contiguous ids, ignore_index elsewhere
+            ...
+
+Samples are {"image": float [3, H, W] in [-1, 1], "label": int64 [H, W], "stem": str}; `load_pair(i)` gives
+the native-size PIL image and label array for evaluation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from ..errors import ConfigError, DataError
+from .io import load_image, load_label
+
+METRIC_KINDS = ("semantic", "open_vocab", "road", "medical")
+
+
+@dataclass(frozen=True)
+class Sample:
+    stem: str
+    image: Path
+    label: Path | None  # None only where the reader allows unlabelled images (never for eval)
+
+
+def read_class_file(filename: str) -> list[str]:
+    """Class names shipped in `digseg/data/classes/<filename>`, one per line (line index = class id)."""
+    text = resources.files("digseg.data").joinpath("classes", filename).read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+class SegmentationDataset(Dataset):
+    name: ClassVar[str] = ""
+    metric: ClassVar[str] = "semantic"  # semantic | open_vocab | road | medical: how `digseg eval` scores it
+    class_names: ClassVar[list[str]] = []
+    ignore_index: ClassVar[int] = 255
+    splits: ClassVar[dict[str, str]] = {"train": "train", "val": "val"}  # our split name -> the layout's
+    prompt_template: ClassVar[str] = "{}"  # default prompt per class name, e.g. "a photo of a {}."
+
+    def __init__(self, root: str | Path, split: str = "val", size: int | None = None) -> None:
+        self.root = Path(root).expanduser()
+        if split not in self.splits:
+            raise ConfigError(f"{self.name} has no split {split!r}; choose from {', '.join(self.splits)}")
+        if not self.root.is_dir():
+            raise DataError(f"{self.name}: data root not found: {self.root}")
+        self.split = split
+        self.size = size
+        self.samples: list[Sample] = self.find_samples()
+        if not self.samples:
+            raise DataError(f"{self.name}: no images found for split {split!r} under {self.root} "
+                            f"({self.layout_hint()})")
+
+    # ---- to implement
+    def find_samples(self) -> list[Sample]:
+        raise NotImplementedError
+
+    def layout_hint(self) -> str:
+        """One line telling where images and labels are expected (used in error messages)."""
+        return "see README: datasets"
+
+    def convert_label(self, raw: np.ndarray, path: Path) -> np.ndarray:
+        """Stored label values -> contiguous class ids with `ignore_index` for unlabelled pixels."""
+        return raw
+
+    # ---- shared
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def read_label(self, sample: Sample) -> np.ndarray:
+        if sample.label is None:
+            raise DataError(f"{self.name}: image {sample.image} has no label")
+        label = self.convert_label(load_label(sample.label), sample.label).astype(np.int64)
+        bad = label[(label >= self.num_classes) | (label < 0)]
+        bad = bad[bad != self.ignore_index]
+        if bad.size:
+            raise DataError(f"label {sample.label} has values {sorted(set(bad.tolist()))[:5]} outside the "
+                            f"{self.num_classes} classes of {self.name}")
+        return label
+
+    def load_pair(self, i: int) -> tuple[Image.Image, np.ndarray]:
+        """Native-size (RGB image, int64 label [H, W]); DataError naming the file on any problem."""
+        sample = self.samples[i]
+        image = load_image(sample.image)
+        label = self.read_label(sample)
+        if label.shape != (image.height, image.width):
+            raise DataError(f"label {sample.label} is {label.shape[1]}x{label.shape[0]} but image {sample.image} "
+                            f"is {image.width}x{image.height}")
+        return image, label
+
+    def __getitem__(self, i: int) -> dict:
+        image, label = self.load_pair(i)
+        if self.size:
+            image = image.resize((self.size, self.size), Image.BILINEAR)
+            label = np.asarray(Image.fromarray(label.astype(np.int32)).resize((self.size, self.size), Image.NEAREST))
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1).contiguous()
+        return {"image": pixels, "label": torch.from_numpy(label.astype(np.int64)), "stem": self.samples[i].stem}
+
+
+DATASETS: dict[str, type[SegmentationDataset]] = {}
+
+
+def register_dataset(cls: type[SegmentationDataset]) -> type[SegmentationDataset]:
+    if not cls.name or cls.name in DATASETS:
+        raise ValueError(f"dataset name {cls.name!r} is empty or registered twice")
+    if cls.metric not in METRIC_KINDS:
+        raise ValueError(f"{cls.name}: metric must be one of {METRIC_KINDS}")
+    DATASETS[cls.name] = cls
+    return cls
