@@ -1,4 +1,4 @@
-"""The `digseg` command: quickstart | train | predict.
+"""The `digseg` command: quickstart | train | predict | eval.
 
 User errors (a missing file, a bad value) print one line, `error: ...`, and exit with status 2; no traceback.
 """
@@ -67,16 +67,17 @@ def cmd_train(args: argparse.Namespace) -> None:
     if (pretrained / "text_pathway").is_dir():  # continue training a DiGSeg model
         pipe = DiGSegPipeline.from_pretrained(pretrained)
     else:
-        pipe = DiGSegPipeline.from_backbone(config.pretrained, prediction_type=config.prediction_type,
-                                            prompt_template=config.prompt_template)
+        pipe = DiGSegPipeline.from_backbone(config.pretrained, prediction_type=config.prediction_type)
     config.resolution = config.resolution or pipe.config.default_processing_resolution  # 0 = native
-    dataset = build_dataset(config.dataset, config.data_root, size=config.resolution,
+    dataset = build_dataset(config.dataset, config.data_root, split="train", size=config.resolution,
                             num_scenes=config.num_scenes, seed=config.seed)
     names = config.class_names or list(dataset.class_names)
     if len(names) != len(dataset.class_names):
         raise ConfigError(f"config lists {len(names)} class names but dataset {config.dataset} has {len(dataset.class_names)}")
     config.class_names = names
+    config.prompt_template = config.prompt_template or getattr(dataset, "prompt_template", "{}")
     pipe.set_class_names(names)
+    pipe.register_to_config(prompt_template=config.prompt_template)
     Trainer(config, pipe, dataset).train(resume=args.resume)
     print(f"saved trained model to {config.output_dir}")
 
@@ -123,6 +124,54 @@ def cmd_predict(args: argparse.Namespace) -> None:
     print(f"wrote predictions for {len(paths)} image(s) to {out_dir}")
 
 
+# ---------------------------------------------------------------------------------------------- eval
+def cmd_eval(args: argparse.Namespace) -> None:
+    from .data.registry import get_dataset_class
+    from .dataset_eval import predict_dataset, score_predictions, search_threshold
+    from .metrics import format_markdown_table
+
+    if (args.predictions is None) == (args.model is None):
+        raise ConfigError("give exactly one of --predictions DIR (score label PNGs) or --model DIR (predict, then score)")
+    if not args.data_root:
+        raise ConfigError("--data-root is required")
+    dataset = get_dataset_class(args.dataset)(args.data_root, split=args.split)
+    output = Path(args.output)
+    predictions = Path(args.predictions) if args.predictions else output.with_suffix("").parent / f"{output.stem}_predictions"
+    info: dict = {}
+    if args.model:
+        from .pipeline import DiGSegPipeline
+
+        pipe = DiGSegPipeline.from_pretrained(args.model)
+        if args.prompt_template:
+            pipe.register_to_config(prompt_template=args.prompt_template)
+        kwargs = dict(ensemble_size=args.ensemble_size, num_inference_steps=args.steps,
+                      processing_resolution=args.processing_resolution, seed=args.seed)
+        threshold = 0.5
+        if args.threshold_search:
+            search_set = get_dataset_class(args.dataset)(args.data_root, split=args.search_split)
+            threshold, dice = search_threshold(pipe, search_set, **kwargs)
+            info["threshold_search"] = {"split": args.search_split, "threshold": threshold, "Dice": dice}
+            print(f"threshold search on {args.search_split}: {threshold:.2f} (Dice {dice:.2f})")
+        report = predict_dataset(pipe, dataset, predictions, threshold=threshold, **kwargs)
+        info.update(model=str(args.model), ensemble_size=args.ensemble_size, steps=args.steps or pipe.config.default_denoising_steps,
+                    predictions=str(predictions), prediction_skipped=report["skipped"])
+    metrics = score_predictions(dataset, predictions, present_only=True if args.present_only else None)
+    metrics.update(info)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(metrics, indent=2))
+    columns = {"semantic": ["mIoU", "aAcc", "mAcc", "mDice"], "open_vocab": ["mIoU", "aAcc", "mAcc"],
+               "road": ["IoU", "precision", "recall", "F1"], "medical": ["Dice", "IoU"]}[metrics["metric"]]
+    row = {"dataset": f"{dataset.name} ({dataset.split})", **{c: metrics[c] for c in columns}, "images": metrics["num_images"]}
+    print(format_markdown_table([row], list(row)))
+    if metrics["metric"] == "medical":
+        for name, values in metrics["per_target"].items():
+            print(f"  {name}: Dice {values['Dice']:.2f}  IoU {values['IoU']:.2f}")
+    skipped = metrics["skipped"] + len(info.get("prediction_skipped", []))
+    if skipped:
+        print(f"skipped {skipped} sample(s) that could not be read; see 'skipped_samples' in {output}")
+    print(f"wrote {output}")
+
+
 # ---------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="digseg", description="Diffusion models as generalist, text-prompted segmenters.")
@@ -137,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train DiGSeg from a Stable Diffusion backbone")
     t.add_argument("--config", help="YAML config; flags below override it")
     t.add_argument("--pretrained", help="Stable Diffusion folder or hub id (or a DiGSeg model folder to continue)")
-    t.add_argument("--dataset", help="synthetic | folder (default synthetic)")
+    t.add_argument("--dataset", help="synthetic (default), folder, or a dataset name such as ade20k-150")
     t.add_argument("--data-root", help="dataset root folder")
     t.add_argument("--output", help="run folder: config.yaml, checkpoints/, the trained model")
     t.add_argument("--max-steps", type=int)
@@ -167,6 +216,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--processing-resolution", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_predict)
+
+    e = sub.add_parser("eval", help="score label PNGs, or run a model over a dataset split and score it")
+    e.add_argument("--dataset", required=True, help="a registered dataset name, e.g. ade20k-150, cityscapes, folder")
+    e.add_argument("--data-root", help="the dataset's root folder, in its official layout")
+    e.add_argument("--split", default="val")
+    src = e.add_mutually_exclusive_group()
+    src.add_argument("--predictions", help="folder of <stem>.png label maps to score")
+    src.add_argument("--model", help="a DiGSeg model folder: predict the split, then score")
+    e.add_argument("--output", default="metrics.json", help="metrics JSON (predictions go beside it with --model)")
+    e.add_argument("--ensemble-size", type=int, default=1)
+    e.add_argument("--steps", type=int, default=None)
+    e.add_argument("--processing-resolution", type=int, default=None)
+    e.add_argument("--prompt-template", help="override the model's prompt template, e.g. 'a photo of a {}.'")
+    e.add_argument("--present-only", action="store_true", help="mean over classes present in the ground truth (CAT-Seg)")
+    e.add_argument("--threshold-search", action="store_true", help="binary datasets: pick the threshold on --search-split")
+    e.add_argument("--search-split", default="val")
+    e.add_argument("--seed", type=int, default=0)
+    e.set_defaults(func=cmd_eval)
     return parser
 
 

@@ -12,6 +12,7 @@ A reader subclasses `SegmentationDataset`, sets its class attributes and impleme
         def find_samples(self): ...            # -> list[Sample]
         def convert_label(self, raw, path):    # raw stored values -> contiguous ids, ignore_index elsewhere
             ...
+        # labels that are not images (XML polygons): override read_raw_label(sample) instead
 
 Samples are {"image": float [3, H, W] in [-1, 1], "label": int64 [H, W], "stem": str}; `load_pair(i)` gives
 the native-size PIL image and label array for evaluation.
@@ -89,10 +90,15 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def read_raw_label(self, sample: Sample) -> np.ndarray:
+        """The label file as class ids (override for labels that are not images, e.g. XML polygons)."""
+        return self.convert_label(load_label(sample.label), sample.label)
+
     def read_label(self, sample: Sample) -> np.ndarray:
+        """int64 [H, W] class ids with `ignore_index`; DataError naming the file if missing or out of range."""
         if sample.label is None:
             raise DataError(f"{self.name}: image {sample.image} has no label")
-        label = self.convert_label(load_label(sample.label), sample.label).astype(np.int64)
+        label = self.read_raw_label(sample).astype(np.int64)
         bad = label[(label >= self.num_classes) | (label < 0)]
         bad = bad[bad != self.ignore_index]
         if bad.size:

@@ -1,7 +1,8 @@
-"""Datasets by name: `build_dataset("synthetic" | "folder", root, ...)`.
+"""Datasets by name: `build_dataset(name, root, split, size)`.
 
-Every dataset returns samples {"image": [3, H, W] in [-1, 1], "label": int64 [H, W], "stem": str} and has
-`class_names` and `ignore_index`.
+"synthetic" is the built-in generator; every other name is a `SegmentationDataset` reader registered in
+`digseg.data.semantic` (ADE20K, PASCAL-Context, COCO-Stuff) or `digseg.data.domains` (Cityscapes,
+BDD100K, DeepGlobe, MoNuSeg, REFUGE2, PhenoBench, and "folder" for a user's own data).
 """
 
 from __future__ import annotations
@@ -9,20 +10,32 @@ from __future__ import annotations
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
+from .base import DATASETS
 
-DATASETS = ("synthetic", "folder")
+
+def _load_readers() -> None:
+    from . import domains, semantic  # noqa: F401  (registering imports)
 
 
-def build_dataset(name: str, root: str | None = None, size: int | None = None, num_scenes: int = 2000,
-                  seed: int = 0) -> Dataset:
+def dataset_names() -> list[str]:
+    _load_readers()
+    return ["synthetic", *sorted(DATASETS)]
+
+
+def get_dataset_class(name: str):
+    _load_readers()
+    if name not in DATASETS:
+        raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(dataset_names())}")
+    return DATASETS[name]
+
+
+def build_dataset(name: str, root: str | None = None, split: str = "train", size: int | None = None,
+                  num_scenes: int = 2000, seed: int = 0) -> Dataset:
     if name == "synthetic":
         from .synthetic import SyntheticScenes
 
-        return SyntheticScenes(num_scenes, size=size or 64, seed=seed)
-    if name == "folder":
-        if not root:
-            raise ConfigError("--dataset folder needs --data-root DIR (with images/, masks/ and classes.txt)")
-        from .folder import FolderDataset
-
-        return FolderDataset(root, size=size)
-    raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+        return SyntheticScenes(num_scenes, size=size or 64, seed=seed if split == "train" else seed + 1)
+    cls = get_dataset_class(name)
+    if not root:
+        raise ConfigError(f"--dataset {name} needs --data-root DIR")
+    return cls(root, split=split, size=size)

@@ -22,7 +22,7 @@ class TrainConfig:
     # model
     pretrained: str = ""  # Stable Diffusion folder or hub id
     prediction_type: str = "sample"  # sample (x0) | v_prediction | epsilon; x0 trains best in few steps
-    prompt_template: str = "{}"
+    prompt_template: str = ""  # "" = the dataset's default (e.g. "a photo of a {}."); must contain "{}"
     # share of training samples at the last timestep (T-1), where few-step trailing inference starts; the rest
     # are uniform over [0, T). Uniform alone spends most updates on nearly noise-free, easy inputs.
     max_timestep_prob: float = 0.5
@@ -70,7 +70,7 @@ class TrainConfig:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
         if not 0.0 <= self.max_timestep_prob <= 1.0:
             raise ConfigError(f"max_timestep_prob must be in [0, 1], got {self.max_timestep_prob}")
-        if "{}" not in self.prompt_template:
+        if self.prompt_template and "{}" not in self.prompt_template:
             raise ConfigError(f"prompt_template must contain '{{}}', got {self.prompt_template!r}")
         return self
 

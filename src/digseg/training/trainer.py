@@ -79,6 +79,8 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, pipe: DiGSegPipeline, dataset: Dataset, show_progress: bool = True) -> None:
         self.config = config.validate()
+        if not config.prompt_template:
+            config.prompt_template = pipe.config.prompt_template
         self.pipe = pipe
         self.dataset = dataset
         self.show_progress = show_progress

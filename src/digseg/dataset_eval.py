@@ -1,0 +1,181 @@
+"""`digseg eval`: run a model over a dataset split (writing label PNGs) and score label PNGs, kept apart.
+
+Prediction files: `<predictions>/<stem>.png`, values = class ids of the dataset; "none" = 255 (8-bit PNG)
+for datasets of at most 255 classes, 65535 (16-bit PNG) above that. Any value outside the class range counts
+as a wrong prediction for the pixel's true class.
+
+Scoring by the dataset's `metric`:
+- semantic: one dataset-level confusion matrix; mIoU over classes whose union > 0 (mmsegmentation);
+- open_vocab: the same matrix, mean over classes present in the ground truth (CAT-Seg protocol);
+- road: IoU, precision, recall, F1 of class 1 (road), from the dataset-level matrix;
+- medical: foreground Dice and IoU per image for each target (`medical_targets`), averaged over images.
+Memory is one K x K matrix (or one running sum per target) whatever the dataset size. A sample that cannot be
+read (corrupt image, missing or malformed label, missing prediction, size mismatch) is reported and skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .data.base import SegmentationDataset
+from .errors import DataError, DigsegError
+from .metrics import SegmentationMetric, binary_scores, per_image_dice_iou
+
+logger = logging.getLogger("digseg.eval")
+
+
+def none_value(num_classes: int) -> int:
+    return 255 if num_classes <= 255 else 65535
+
+
+def save_label_png(path: Path, labels: np.ndarray, num_classes: int) -> None:
+    """labels [H, W] int -> 8-bit PNG (K <= 255) or 16-bit PNG; out-of-range ids written as "none"."""
+    none = none_value(num_classes)
+    labels = np.where((labels >= 0) & (labels < num_classes), labels, none)
+    Image.fromarray(labels.astype(np.uint8 if none == 255 else np.uint16)).save(path)
+
+
+def medical_targets(dataset: SegmentationDataset) -> dict[str, tuple[int, ...]]:
+    return getattr(dataset, "medical_targets", None) or {dataset.class_names[-1]: (len(dataset.class_names) - 1,)}
+
+
+def _read_prediction(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    if not path.is_file():
+        raise DataError(f"no prediction {path}")
+    try:
+        with Image.open(path) as im:
+            pred = np.asarray(im).astype(np.int64)
+    except OSError as exc:
+        raise DataError(f"cannot read prediction {path}: {exc}") from exc
+    if pred.shape != shape:
+        raise DataError(f"prediction {path} is {pred.shape[1]}x{pred.shape[0]} but its label is {shape[1]}x{shape[0]}")
+    return pred
+
+
+def score_predictions(dataset: SegmentationDataset, predictions: str | Path, present_only: bool | None = None,
+                      show_progress: bool = True) -> dict:
+    """Score `<predictions>/<stem>.png` against the dataset's labels. Returns percentages and `skipped`."""
+    pred_dir = Path(predictions)
+    if not pred_dir.is_dir():
+        raise DigsegError(f"predictions folder not found: {pred_dir}")
+    kind = dataset.metric
+    confusion = SegmentationMetric(dataset.num_classes, dataset.ignore_index, list(dataset.class_names))
+    targets = medical_targets(dataset) if kind == "medical" else {}
+    per_image = {name: [] for name in targets}  # name -> [(dice, iou)]
+    skipped: list[str] = []
+    for sample in tqdm(dataset.samples, desc="score", disable=not show_progress):
+        try:
+            label = dataset.read_label(sample)
+            pred = _read_prediction(pred_dir / f"{sample.stem}.png", label.shape)
+        except DataError as exc:
+            skipped.append(str(exc))
+            logger.warning("skipped: %s", exc)
+            continue
+        confusion.update(pred, label)
+        for name, ids in targets.items():
+            valid = label != dataset.ignore_index
+            per_image[name].append(per_image_dice_iou(np.isin(pred, ids) & valid, np.isin(label, ids) & valid))
+    if len(skipped) == len(dataset.samples):
+        raise DigsegError(f"every sample was skipped; first problem: {skipped[0]}")
+    if present_only is None:
+        present_only = kind == "open_vocab"
+    result = confusion.compute(present_only=present_only)
+    out: dict = {"dataset": dataset.name, "split": dataset.split, "metric": kind, "num_images": len(dataset.samples) - len(skipped),
+                 "mIoU": result["mIoU"], "aAcc": result["aAcc"], "mAcc": result["mAcc"], "mDice": result["mDice"],
+                 "per_class": result["per_class"], "present_only": present_only}
+    if kind == "road":
+        out.update(binary_scores(confusion, positive=1))
+    if kind == "medical":
+        out["per_target"] = {
+            name: {"Dice": 100 * float(np.mean([d for d, _ in scores])), "IoU": 100 * float(np.mean([i for _, i in scores]))}
+            for name, scores in per_image.items()
+        }
+        out["Dice"] = float(np.mean([t["Dice"] for t in out["per_target"].values()]))
+        out["IoU"] = float(np.mean([t["IoU"] for t in out["per_target"].values()]))
+    out["skipped"] = len(skipped)
+    out["skipped_samples"] = skipped
+    return out
+
+
+def _query_kwargs(pipe, dataset: SegmentationDataset) -> dict:
+    """How to ask the model about this dataset's classes.
+
+    The model's own class list -> palette (one pass); a 2-class dataset whose class 0 is "background" -> one
+    binary prompt for class 1; otherwise one binary query per class name (open vocabulary).
+    """
+    names = list(dataset.class_names)
+    if pipe.config.class_names and list(pipe.config.class_names) == names:
+        return {}
+    if len(names) == 2 and names[0].lower() == "background":
+        return {"prompt": names[1]}
+    return {"classes": names}
+
+
+def predict_dataset(pipe, dataset: SegmentationDataset, out_dir: str | Path, ensemble_size: int = 1,
+                    num_inference_steps: int | None = None, processing_resolution: int | None = None,
+                    threshold: float = 0.5, seed: int = 0, show_progress: bool = True,
+                    return_probabilities: bool = False) -> dict:
+    """Write `<out_dir>/<stem>.png` for every readable image; returns {"written", "skipped", "probabilities"?}."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    query = _query_kwargs(pipe, dataset)
+    generator = torch.Generator().manual_seed(seed)
+    written, skipped, probabilities = 0, [], {}
+    from .data.io import load_image
+
+    for sample in tqdm(dataset.samples, desc=f"predict {dataset.name}", disable=not show_progress):
+        try:
+            image = load_image(sample.image)
+        except DataError as exc:
+            skipped.append(str(exc))
+            logger.warning("skipped: %s", exc)
+            continue
+        result = pipe(image, ensemble_size=ensemble_size, num_inference_steps=num_inference_steps,
+                      processing_resolution=processing_resolution, generator=generator, threshold=threshold,
+                      show_progress_bar=False, **query)
+        save_label_png(out / f"{sample.stem}.png", result.labels[0], dataset.num_classes)
+        if return_probabilities and "prompt" in query:
+            probabilities[sample.stem] = result.probabilities[0, 1].astype(np.float16)  # [H, W] foreground
+        written += 1
+    report = {"written": written, "skipped": skipped}
+    if return_probabilities:
+        report["probabilities"] = probabilities
+    return report
+
+
+def search_threshold(pipe, dataset: SegmentationDataset, grid: np.ndarray | None = None, **predict_kwargs) -> tuple[float, float]:
+    """Binary datasets: the threshold on the foreground probability that maximises mean per-image Dice.
+
+    Runs the model once over `dataset` (a validation split) and scores every threshold of `grid`. -> (threshold, Dice %).
+    """
+    if dataset.num_classes != 2:
+        raise DigsegError(f"threshold search applies to 2-class datasets; {dataset.name} has {dataset.num_classes}")
+    grid = np.round(np.arange(0.05, 0.96, 0.05), 2) if grid is None else grid
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        report = predict_dataset(pipe, dataset, tmp, return_probabilities=True, **predict_kwargs)
+    dice = np.zeros(len(grid))
+    count = 0
+    for sample in dataset.samples:
+        probs = report["probabilities"].get(sample.stem)
+        if probs is None:
+            continue
+        try:
+            label = dataset.read_label(sample)
+        except DataError:
+            continue
+        valid = label != dataset.ignore_index
+        for j, t in enumerate(grid):
+            dice[j] += per_image_dice_iou((probs > t) & valid, (label == 1) & valid)[0]
+        count += 1
+    if count == 0:
+        raise DigsegError(f"threshold search: no readable sample in {dataset.name} {dataset.split}")
+    best = int(np.argmax(dice))
+    return float(grid[best]), 100 * float(dice[best] / count)

@@ -1,0 +1,159 @@
+"""`digseg eval`: scoring label PNGs by metric kind (hand-computed), skipping bad samples, the two CLI forms."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from digseg.cli import main
+from digseg.data.base import Sample, SegmentationDataset
+from digseg.dataset_eval import save_label_png, score_predictions, search_threshold
+from digseg.errors import DigsegError
+
+
+class Toy(SegmentationDataset):
+    """root/images/<stem>.png + root/labels/<stem>.png, values = class ids (test-only reader)."""
+
+    name = "toy"
+    class_names = ["background", "cat", "dog"]
+    splits = {"val": "."}
+
+    def find_samples(self):
+        return [Sample(p.stem, p, self.root / "labels" / p.name) for p in sorted((self.root / "images").glob("*.png"))]
+
+
+def _write(root, labels: dict[str, np.ndarray], preds: dict[str, np.ndarray] | None = None):
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    (root / "preds").mkdir()
+    for stem, label in labels.items():
+        Image.fromarray(np.zeros((*label.shape, 3), np.uint8)).save(root / "images" / f"{stem}.png")
+        Image.fromarray(label.astype(np.uint8)).save(root / "labels" / f"{stem}.png")
+    for stem, pred in (preds or {}).items():
+        Image.fromarray(pred.astype(np.uint8)).save(root / "preds" / f"{stem}.png")
+
+
+def _kind(metric, names=("background", "cat", "dog"), **extra):
+    return type(f"Toy_{metric}", (Toy,), {"metric": metric, "class_names": list(names), **extra})
+
+
+def test_semantic_scores_hand_computed(tmp_path):
+    label = np.array([[0, 0, 1, 1], [0, 0, 1, 255]])
+    pred = np.array([[0, 1, 1, 1], [0, 255, 2, 2]])
+    _write(tmp_path, {"a": label}, {"a": pred})
+    # valid pixels (label != 255): 7. class 0: label 4 px, pred 2 correct + 1 wrong (pred 1) + 1 none
+    #   -> I=2, label=4, pred=2 -> U=4, IoU 50. class 1: label 3 px (0,2),(0,3),(1,2); pred 1 at (0,1),(0,2),(0,3)
+    #   -> I=2, pred=3, U=4 -> IoU 50. class 2: predicted at (1,2) only among valid pixels (the (1,3) pixel is ignored)
+    #   -> I=0, pred=1, label=0, U=1 -> IoU 0 (predicted but absent: counts under mmseg semantics).
+    result = score_predictions(_kind("semantic")(tmp_path), tmp_path / "preds", show_progress=False)
+    assert result["mIoU"] == pytest.approx((50 + 50 + 0) / 3)
+    assert result["aAcc"] == pytest.approx(100 * 4 / 7)
+    assert result["mAcc"] == pytest.approx((50 + 100 * 2 / 3) / 2)  # classes present in the label
+    assert result["per_class"] == {"background": pytest.approx(50), "cat": pytest.approx(50), "dog": 0.0}
+    assert result["skipped"] == 0 and result["num_images"] == 1
+    present = score_predictions(_kind("open_vocab")(tmp_path), tmp_path / "preds", show_progress=False)
+    assert present["present_only"] and present["mIoU"] == pytest.approx(50)  # dog absent from GT: excluded
+
+
+def test_road_scores_hand_computed(tmp_path):
+    label = np.array([[1, 1, 1, 0], [0, 0, 0, 0]])
+    pred = np.array([[1, 1, 0, 1], [1, 0, 0, 0]])
+    _write(tmp_path, {"r": label}, {"r": pred})
+    # road: TP 2, FP 2, FN 1 -> IoU 2/5, precision 2/4, recall 2/3, F1 2PR/(P+R) = 4/7
+    result = score_predictions(_kind("road", ("background", "road"))(tmp_path), tmp_path / "preds", show_progress=False)
+    assert result["IoU"] == pytest.approx(40)
+    assert result["precision"] == pytest.approx(50)
+    assert result["recall"] == pytest.approx(100 * 2 / 3)
+    assert result["F1"] == pytest.approx(100 * 4 / 7)
+
+
+def test_medical_per_image_average(tmp_path):
+    labels = {"m1": np.array([[1, 1], [0, 0]]), "m2": np.array([[1, 1], [1, 1]])}
+    preds = {"m1": np.array([[1, 1], [0, 0]]), "m2": np.array([[1, 0], [0, 0]])}
+    _write(tmp_path, labels, preds)
+    # m1 perfect: Dice 1, IoU 1. m2: TP 1, pred 1, label 4 -> Dice 2/5, IoU 1/4. Averaged over images.
+    kind = _kind("medical", ("background", "nucleus"), medical_targets={"nucleus": (1,)})
+    result = score_predictions(kind(tmp_path), tmp_path / "preds", show_progress=False)
+    assert result["per_target"]["nucleus"]["Dice"] == pytest.approx(100 * (1 + 0.4) / 2)
+    assert result["per_target"]["nucleus"]["IoU"] == pytest.approx(100 * (1 + 0.25) / 2)
+    assert result["Dice"] == pytest.approx(70)
+
+
+def test_bad_samples_are_reported_and_skipped(tmp_path):
+    good = np.array([[0, 1], [1, 2]])
+    _write(tmp_path, {"good": good, "nopred": good, "badlabel": good, "wrongsize": good},
+           {"good": good, "badlabel": good, "wrongsize": np.zeros((3, 3))})
+    (tmp_path / "labels" / "badlabel.png").write_bytes(b"garbage")
+    result = score_predictions(_kind("semantic")(tmp_path), tmp_path / "preds", show_progress=False)
+    assert result["skipped"] == 3 and result["num_images"] == 1 and result["mIoU"] == pytest.approx(100)
+    joined = " ".join(result["skipped_samples"])
+    assert "nopred.png" in joined and "badlabel.png" in joined and "wrongsize.png" in joined
+    (tmp_path / "preds" / "good.png").unlink()
+    Image.fromarray(np.zeros((2, 2), np.uint8)).save(tmp_path / "preds" / "nopred.png")
+    (tmp_path / "labels" / "nopred.png").write_bytes(b"x")
+    with pytest.raises(DigsegError, match="every sample was skipped"):
+        score_predictions(_kind("semantic")(tmp_path), tmp_path / "preds", show_progress=False)
+
+
+def test_label_png_bit_depth(tmp_path):
+    save_label_png(tmp_path / "a.png", np.array([[0, 300, 846, 900]]), 847)
+    save_label_png(tmp_path / "b.png", np.array([[0, 2, 7]]), 3)
+    assert np.asarray(Image.open(tmp_path / "a.png")).tolist() == [[0, 300, 846, 65535]]
+    assert np.asarray(Image.open(tmp_path / "b.png")).tolist() == [[0, 2, 255]]
+
+
+def _folder_dataset(tmp_path, n=3):
+    from digseg.data.synthetic import SyntheticScenes, save_scenes_as_folder
+
+    return save_scenes_as_folder(SyntheticScenes(n, seed=4), tmp_path / "data")
+
+
+def test_cli_eval_scores_a_predictions_folder(tmp_path, capsys):
+    data = _folder_dataset(tmp_path)
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    for mask in (data / "masks").glob("*.png"):  # perfect predictions
+        Image.open(mask).save(preds / mask.name)
+    assert main(["eval", "--dataset", "folder", "--data-root", str(data), "--predictions", str(preds),
+                 "--output", str(tmp_path / "m.json")]) == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["mIoU"] == pytest.approx(100) and metrics["aAcc"] == pytest.approx(100)
+    assert set(metrics["per_class"]) == {"background", "circle", "square", "triangle"}
+    out = capsys.readouterr().out
+    assert "mIoU" in out and "folder (val)" in out and "100.00" in out
+
+
+def test_cli_eval_runs_a_model_and_skips_corrupt_images(tiny_pipe, tmp_path, capsys):
+    data = _folder_dataset(tmp_path)
+    tiny_pipe.save_pretrained(tmp_path / "model")
+    corrupt = sorted((data / "images").glob("*.png"))[0]
+    corrupt.write_bytes(b"not an image")
+    assert main(["eval", "--dataset", "folder", "--data-root", str(data), "--model", str(tmp_path / "model"),
+                 "--ensemble-size", "2", "--steps", "2", "--output", str(tmp_path / "out" / "m.json")]) == 0
+    metrics = json.loads((tmp_path / "out" / "m.json").read_text())
+    assert metrics["num_images"] == 2 and metrics["ensemble_size"] == 2 and metrics["steps"] == 2
+    assert len(list((tmp_path / "out" / "m_predictions").glob("*.png"))) == 2
+    out = capsys.readouterr().out
+    assert "skipped 2 sample(s)" in out  # the corrupt image: once when predicting, once when scoring
+    assert 0 <= metrics["mIoU"] <= 100
+
+
+def test_threshold_search_on_a_binary_dataset(tiny_pipe, tmp_path):
+    root = tmp_path / "bin"
+    rng = np.random.default_rng(0)
+    _write(root, {f"s{i}": (rng.random((64, 64)) > 0.5).astype(np.uint8) for i in range(2)})
+    kind = _kind("medical", ("background", "nucleus"))
+    threshold, dice = search_threshold(tiny_pipe, kind(root), show_progress=False)
+    assert 0.05 <= threshold <= 0.95 and 0 <= dice <= 100
+    with pytest.raises(DigsegError, match="2-class"):
+        search_threshold(tiny_pipe, _kind("medical")(root))
+
+
+def test_cli_eval_argument_errors(tmp_path, capsys):
+    assert main(["eval", "--dataset", "folder", "--data-root", str(tmp_path)]) == 2
+    assert "exactly one of --predictions" in capsys.readouterr().err
+    assert main(["eval", "--dataset", "nope", "--data-root", str(tmp_path), "--predictions", str(tmp_path)]) == 2
+    assert "unknown dataset 'nope'" in capsys.readouterr().err
