@@ -23,9 +23,14 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .data.base import SegmentationDataset
+import tempfile
+from typing import Callable
+
+from .data.base import Sample, SegmentationDataset
+from .data.io import load_image
 from .errors import DataError, DigsegError
 from .metrics import SegmentationMetric, binary_scores, per_image_dice_iou
+from .pipeline import DiGSegOutput
 
 logger = logging.getLogger("digseg.eval")
 
@@ -120,15 +125,16 @@ def _query_kwargs(pipe, dataset: SegmentationDataset) -> dict:
 def predict_dataset(pipe, dataset: SegmentationDataset, out_dir: str | Path, ensemble_size: int = 1,
                     num_inference_steps: int | None = None, processing_resolution: int | None = None,
                     threshold: float = 0.5, seed: int = 0, show_progress: bool = True,
-                    return_probabilities: bool = False) -> dict:
-    """Write `<out_dir>/<stem>.png` for every readable image; returns {"written", "skipped", "probabilities"?}."""
+                    on_result: Callable[[Sample, DiGSegOutput], None] | None = None) -> dict:
+    """Write `<out_dir>/<stem>.png` for every readable image; returns {"written", "skipped"}.
+
+    `on_result(sample, output)` sees each image's pipeline output (e.g. to score thresholds) as it is made.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     query = _query_kwargs(pipe, dataset)
     generator = torch.Generator().manual_seed(seed)
-    written, skipped, probabilities = 0, [], {}
-    from .data.io import load_image
-
+    written, skipped = 0, []
     for sample in tqdm(dataset.samples, desc=f"predict {dataset.name}", disable=not show_progress):
         try:
             image = load_image(sample.image)
@@ -140,13 +146,10 @@ def predict_dataset(pipe, dataset: SegmentationDataset, out_dir: str | Path, ens
                       processing_resolution=processing_resolution, generator=generator, threshold=threshold,
                       show_progress_bar=False, **query)
         save_label_png(out / f"{sample.stem}.png", result.labels[0], dataset.num_classes)
-        if return_probabilities and "prompt" in query:
-            probabilities[sample.stem] = result.probabilities[0, 1].astype(np.float16)  # [H, W] foreground
+        if on_result is not None:
+            on_result(sample, result)
         written += 1
-    report = {"written": written, "skipped": skipped}
-    if return_probabilities:
-        report["probabilities"] = probabilities
-    return report
+    return {"written": written, "skipped": skipped}
 
 
 def search_threshold(pipe, dataset: SegmentationDataset, grid: np.ndarray | None = None, **predict_kwargs) -> tuple[float, float]:
@@ -157,24 +160,23 @@ def search_threshold(pipe, dataset: SegmentationDataset, grid: np.ndarray | None
     if dataset.num_classes != 2:
         raise DigsegError(f"threshold search applies to 2-class datasets; {dataset.name} has {dataset.num_classes}")
     grid = np.round(np.arange(0.05, 0.96, 0.05), 2) if grid is None else grid
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        report = predict_dataset(pipe, dataset, tmp, return_probabilities=True, **predict_kwargs)
-    dice = np.zeros(len(grid))
+    dice = np.zeros(len(grid))  # running sums: memory independent of the number of images
     count = 0
-    for sample in dataset.samples:
-        probs = report["probabilities"].get(sample.stem)
-        if probs is None:
-            continue
+
+    def score(sample: Sample, result: DiGSegOutput) -> None:
+        nonlocal count
         try:
             label = dataset.read_label(sample)
         except DataError:
-            continue
+            return
+        probs = result.probabilities[0, 1]  # [H, W] foreground
         valid = label != dataset.ignore_index
         for j, t in enumerate(grid):
             dice[j] += per_image_dice_iou((probs > t) & valid, (label == 1) & valid)[0]
         count += 1
+
+    with tempfile.TemporaryDirectory() as tmp:
+        predict_dataset(pipe, dataset, tmp, on_result=score, **predict_kwargs)
     if count == 0:
         raise DigsegError(f"threshold search: no readable sample in {dataset.name} {dataset.split}")
     best = int(np.argmax(dice))
