@@ -43,7 +43,7 @@ _TRAIN_FLAGS = {  # flag -> (config key, type)
     "pretrained": str, "dataset": str, "data_root": str, "output": str, "max_steps": int, "batch_size": int,
     "learning_rate": float, "task": str, "prediction_type": str, "mixed_precision": str,
     "gradient_accumulation_steps": int, "checkpoint_every": int, "keep_checkpoints": int, "resolution": int,
-    "seed": int,
+    "seed": int, "text_encoder": str,
 }
 
 
@@ -67,7 +67,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     if (pretrained / "text_pathway").is_dir():  # continue training a DiGSeg model
         pipe = DiGSegPipeline.from_pretrained(pretrained)
     else:
-        pipe = DiGSegPipeline.from_backbone(config.pretrained, prediction_type=config.prediction_type)
+        pipe = DiGSegPipeline.from_backbone(config.pretrained, prediction_type=config.prediction_type,
+                                            text_encoder=config.text_encoder or None)
     config.resolution = config.resolution or pipe.config.default_processing_resolution  # 0 = native
     dataset = build_dataset(config.dataset, config.data_root, split="train", size=config.resolution,
                             num_scenes=config.num_scenes, seed=config.seed)
@@ -93,9 +94,13 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     if args.prompt is not None and args.classes is not None:
         raise ConfigError("give either --prompt or --classes, not both")
+    from .prompts import read_classes_file
+
     classes = [c.strip() for c in args.classes.split(",")] if args.classes is not None else None
     if classes is not None and not all(classes):
         raise ConfigError(f"--classes has an empty class name: {args.classes!r}")
+    if args.classes_file is not None:
+        classes = read_classes_file(args.classes_file)
     paths: list[Path] = []
     for item in args.image:
         p = Path(item)
@@ -113,7 +118,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
     for path, image in zip(paths, images):
         result = pipe(image, prompt=args.prompt, classes=classes, ensemble_size=args.ensemble_size,
                       num_inference_steps=args.steps, processing_resolution=args.processing_resolution,
-                      generator=generator, show_progress_bar=False)
+                      generator=generator, templates=args.templates, top_k=args.top_k,
+                      no_class_threshold=args.no_class_threshold, show_progress_bar=False)
         labels, probs = result.labels[0], result.probabilities[0]
         unc = result.uncertainty[0] if result.uncertainty is not None else None
         save_prediction(out_dir, path.stem, np.asarray(image), labels, probs, result.class_names, unc)
@@ -200,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-every", type=int)
     t.add_argument("--keep-checkpoints", type=int)
     t.add_argument("--seed", type=int)
+    t.add_argument("--text-encoder", help="another CLIP text encoder (folder or hub id), e.g. openai/clip-vit-large-patch14")
     t.add_argument("--use-ema", action="store_true")
     t.add_argument("--resume", help="'latest' or a checkpoint folder")
     t.set_defaults(func=cmd_train)
@@ -210,6 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--prompt", help="binary: segment what this text describes")
     group.add_argument("--classes", help="comma-separated class names (default: the model's own classes)")
+    group.add_argument("--classes-file", help="a text file with one class name per line ('wall, walls': synonyms)")
+    p.add_argument("--templates", help="prompt templates: single | photo | ensemble, or one template with {}")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="open vocabulary: rank all classes in one pass, then run exact queries for the top k only")
+    p.add_argument("--no-class-threshold", type=float, default=None, help="label 255 where no class scores above this")
     p.add_argument("--output", required=True)
     p.add_argument("--ensemble-size", type=int, default=1)
     p.add_argument("--steps", type=int, default=None)

@@ -29,10 +29,12 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from .errors import DigsegError
 from .image_processing import resize_and_pad, to_image_list, unpad_and_resize
 from .masks import MaskCodec
+from .prompts import class_prompts, resolve_templates
 from .models.digseg_model import (
     decode_latents,
     encode_latents,
     load_backbone,
+    load_clip_text_encoder,
     looks_like_hub_id,
     make_scheduler,
     unet_downsample_factor,
@@ -93,9 +95,16 @@ class DiGSegPipeline(DiffusionPipeline):
         prompt_template: str = "{}",
         processing_resolution: int | None = None,
         torch_dtype: torch.dtype | None = None,
+        text_encoder: str | Path | None = None,
     ) -> "DiGSegPipeline":
-        """A fresh (untrained) DiGSeg model from a Stable Diffusion checkpoint: widened U-Net, identity pathway."""
+        """A fresh (untrained) DiGSeg model from a Stable Diffusion checkpoint: widened U-Net, identity pathway.
+
+        `text_encoder` swaps in another transformers CLIP text encoder (e.g. CLIP ViT-L/14 or ViT-B/16) for the
+        backbone's own; its features reach every U-Net level through the learned per-level projections.
+        """
         backbone = load_backbone(pretrained, torch_dtype=torch_dtype)
+        if text_encoder is not None:
+            backbone.text_encoder, backbone.tokenizer = load_clip_text_encoder(text_encoder, torch_dtype)
         unet = widen_conv_in(backbone.unet)
         backbone.vae.requires_grad_(False)
         backbone.text_encoder.requires_grad_(False)
@@ -164,31 +173,47 @@ class DiGSegPipeline(DiffusionPipeline):
         index = torch.tensor([unique.index(p) for p in prompts], device=states.device)
         return [level[index] for level in self.text_pathway(states)]
 
-    def _resolve_queries(self, num_images: int, prompt, classes) -> tuple[str, list[list[str]], list[str]]:
-        """-> (mode, per-image query prompts, class names of the output channels)."""
+    def query_levels(self, table: Sequence[Sequence[str]]) -> list[torch.Tensor]:
+        """Features of Q queries, each the average over its prompt variants: num_levels x [Q, L, C]."""
+        sizes = [len(variants) for variants in table]
+        levels = self.text_levels([p for variants in table for p in variants])  # num_levels x [sum(sizes), L, C]
+        return [torch.stack([chunk.mean(0) for chunk in level.split(sizes)]) for level in levels]
+
+    def _resolve_queries(self, num_images: int, prompt, classes, templates) -> tuple[str, list[list[str]], list[list[int]], list[str]]:
+        """-> (mode, query table: prompt variants per query, per-image query ids, output class names)."""
         if prompt is not None and classes is not None:
             raise DigsegError("give either prompt or classes, not both")
         if prompt is not None:
             prompts = [prompt] * num_images if isinstance(prompt, str) else list(prompt)
             if len(prompts) != num_images:
                 raise DigsegError(f"got {len(prompts)} prompts for {num_images} images")
-            names = ["background", prompts[0]] if len(set(prompts)) == 1 else ["background", "foreground"]
-            return "binary", [[self.format_prompt(p)] for p in prompts], names
+            for p in prompts:
+                self.format_prompt(p)  # rejects empty prompts
+            unique = list(dict.fromkeys(p.strip() for p in prompts))
+            table = [[t.format(p) for t in resolve_templates(templates, self.config.prompt_template)] for p in unique]
+            names = ["background", prompts[0]] if len(unique) == 1 else ["background", "foreground"]
+            return "binary", table, [[unique.index(p.strip())] for p in prompts], names
         own = self.config.class_names
         if classes is None or (own and list(classes) == list(own)):
             if self.palette_codec is None:
                 raise DigsegError("this model has no class list: pass prompt=... or classes=[...]")
-            return "palette", [[self.palette_prompt]] * num_images, list(own)
+            return "palette", [[self.palette_prompt]], [[0]] * num_images, list(own)
         classes = list(classes)
         if not classes:
             raise DigsegError("classes is empty")
-        queries = [self.format_prompt(c) for c in classes]
-        return "per_class", [queries] * num_images, classes
+        chosen = resolve_templates(templates, self.config.prompt_template)
+        table = [class_prompts(c, chosen) for c in classes]  # DigsegError for an empty name
+        return "per_class", table, [list(range(len(classes)))] * num_images, classes
 
     # ----------------------------------------------------------------------------------------- denoising
-    def denoise(self, image_latents: torch.Tensor, text: list[torch.Tensor], num_inference_steps: int, generator=None) -> torch.Tensor:
-        """image_latents [M, 4, h, w], text num_levels x [M, L, C] -> mask latents [M, 4, h, w]."""
-        latents = randn_tensor(image_latents.shape, generator=generator, device=image_latents.device, dtype=image_latents.dtype)
+    def denoise(self, image_latents: torch.Tensor, text: list[torch.Tensor], num_inference_steps: int,
+                generator=None, latents: torch.Tensor | None = None) -> torch.Tensor:
+        """image_latents [M, 4, h, w], text num_levels x [M, L, C] -> mask latents [M, 4, h, w].
+
+        `latents` is the starting noise (drawn from `generator` when not given).
+        """
+        if latents is None:
+            latents = randn_tensor(image_latents.shape, generator=generator, device=image_latents.device, dtype=image_latents.dtype)
         self.scheduler.set_timesteps(num_inference_steps, device=image_latents.device)
         for t in self.scheduler.timesteps:
             model_input = torch.cat([image_latents, latents], dim=1)  # [M, 8, h, w]
@@ -196,33 +221,74 @@ class DiGSegPipeline(DiffusionPipeline):
             latents = self.scheduler.step(pred, t, latents).prev_sample
         return latents
 
-    def _segment_batch(self, pixels, queries, mode, ensemble_size, steps, generator, max_batch) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """pixels [B, 3, H, W]; queries: B lists of Q prompts -> (probs [B, K, H, W], uncertainty [B, H, W] or None)."""
+    @torch.no_grad()
+    def class_relevance(self, image_latents: torch.Tensor, levels: list[torch.Tensor], noise: torch.Tensor) -> torch.Tensor:
+        """One U-Net pass attending to a "bag" of all Q class vectors -> relevance [B, Q].
+
+        image_latents [B, 4, h, w]; levels num_levels x [Q, L, C] (each class pooled over its tokens into one key);
+        noise [B, 4, h, w]. Relevance of a class = its cross-attention probability, averaged over heads, maxed over
+        positions, averaged over cross-attention layers. Used to prune classes before exact queries.
+        """
+        b = image_latents.shape[0]
+        bag = [level.mean(dim=1)[None].expand(b, -1, -1) for level in levels]  # num_levels x [B, Q, C]
+        self.scheduler.set_timesteps(1, device=image_latents.device)
+        t = self.scheduler.timesteps[0]
+        self.level_context.record = []
+        try:
+            unet_forward_with_text(self.unet, self.level_context, torch.cat([image_latents, noise], 1), t, bag)
+            return torch.stack(self.level_context.record).mean(0)  # [B, Q]
+        finally:
+            self.level_context.record = None
+
+    def _segment_batch(self, pixels, query_ids, levels, mode, ensemble_size, steps, generator, max_batch, top_k):
+        """pixels [B, 3, H, W]; query_ids: B lists of Q ids into `levels` (num_levels x [U, L, C]).
+
+        -> (probs [B, K, H, W], uncertainty [B, H, W] or None, kept [B, K] bool or None). Each (image, member) draws its noise once and
+        shares it across the image's queries, so class scores are comparable and an N-class query equals N
+        single-class queries with the same seed. With `top_k`, per-class queries first rank all classes by
+        `class_relevance` and run only the top k; the others get probability 0.
+        """
         device, dtype = self.unet.device, self.unet.dtype
         image_latents = encode_latents(self.vae, pixels.to(device, dtype))  # [B, 4, h, w], once per image
-        num_queries = len(queries[0])
-        # items ordered (image, query, member): [B * Q * E]
-        item_image = torch.arange(len(queries), device=device).repeat_interleave(num_queries * ensemble_size)
-        item_prompts = [q for qs in queries for q in qs for _ in range(ensemble_size)]
+        b = len(query_ids)
+        noise = randn_tensor((b, ensemble_size, *image_latents.shape[1:]), generator=generator, device=device, dtype=dtype)
+        all_ids = torch.tensor(query_ids, device=device)  # [B, Q]
+        if mode == "per_class" and top_k and top_k < all_ids.shape[1]:
+            relevance = self.class_relevance(image_latents, [lv[all_ids[0]] for lv in levels], noise[:, 0])  # [B, Q]
+            keep = relevance.topk(top_k, dim=1).indices.sort(dim=1).values  # [B, k] positions into the Q classes
+            run_ids = torch.gather(all_ids, 1, keep)
+        else:
+            keep, run_ids = None, all_ids
+        q = run_ids.shape[1]
+        # items ordered (image, query, member): [B * q * E]
+        item_image = torch.arange(b, device=device).repeat_interleave(q * ensemble_size)
+        item_member = torch.arange(ensemble_size, device=device).repeat(b * q)
+        item_query = run_ids.repeat_interleave(ensemble_size, dim=1).reshape(-1)
         codec = self.palette_codec if mode == "palette" else self.binary_codec
         member_probs = []
-        for start in range(0, len(item_prompts), max_batch):
-            stop = min(start + max_batch, len(item_prompts))
-            text = self.text_levels(item_prompts[start:stop])
-            latents = self.denoise(image_latents[item_image[start:stop]], text, steps, generator)
+        for start in range(0, item_image.numel(), max_batch):
+            sl = slice(start, min(start + max_batch, item_image.numel()))
+            text = [level[item_query[sl]] for level in levels]
+            latents = self.denoise(image_latents[item_image[sl]], text, steps, latents=noise[item_image[sl], item_member[sl]])
             probs = codec.decode(decode_latents(self.vae, latents).float())  # [m, K_codec, H, W]
             member_probs.append(probs if mode == "palette" else probs[:, 1:])
-        probs = torch.cat(member_probs)  # [B*Q*E, K_codec or 1, H, W]
-        b = len(queries)
-        probs = probs.view(b, num_queries, ensemble_size, *probs.shape[1:])
+        probs = torch.cat(member_probs)  # [B*q*E, K_codec or 1, H, W]
+        probs = probs.view(b, q, ensemble_size, *probs.shape[1:])
         if mode == "palette":
             probs = probs[:, 0]  # [B, E, K, H, W]
         else:
-            probs = probs[:, :, :, 0].transpose(1, 2)  # [B, E, Q, H, W]
+            probs = probs[:, :, :, 0].transpose(1, 2)  # [B, E, q, H, W]
             if mode == "binary":
                 probs = torch.cat([1 - probs, probs], dim=2)  # [B, E, 2, H, W]
+            elif keep is not None:  # scatter the k run classes back among all Q
+                full = probs.new_zeros(b, ensemble_size, all_ids.shape[1], *probs.shape[-2:])
+                index = keep[:, None, :, None, None].expand(-1, ensemble_size, -1, *probs.shape[-2:])
+                probs = full.scatter(2, index, probs)
         uncertainty = probs.std(dim=1).mean(dim=1) if ensemble_size > 1 else None
-        return probs.mean(dim=1), uncertainty
+        kept = None
+        if keep is not None:
+            kept = torch.zeros(all_ids.shape, dtype=torch.bool, device=device).scatter(1, keep, True)  # [B, Q]
+        return probs.mean(dim=1), uncertainty, kept
 
     # ----------------------------------------------------------------------------------------- call
     @torch.no_grad()
@@ -239,6 +305,8 @@ class DiGSegPipeline(DiffusionPipeline):
         output_type: str = "np",
         threshold: float = 0.5,
         no_class_threshold: float | None = None,
+        templates: str | Sequence[str] | None = None,
+        top_k: int | None = None,
         max_unet_batch: int = 64,
         show_progress_bar: bool = True,
         return_dict: bool = True,
@@ -259,10 +327,14 @@ class DiGSegPipeline(DiffusionPipeline):
             raise DigsegError(f"output_type must be 'np' or 'pt', got {output_type!r}")
 
         images = to_image_list(image)
-        mode, queries, names = self._resolve_queries(len(images), prompt, classes)
+        mode, table, query_ids, names = self._resolve_queries(len(images), prompt, classes, templates)
+        if top_k is not None and top_k < 1:
+            raise DigsegError(f"top_k must be >= 1, got {top_k}")
+        levels = self.query_levels(table)  # num_levels x [U, L, C]: every query encoded once per call
         per_batch = max(1, batch_size)
         all_probs: list[torch.Tensor] = [None] * len(images)  # type: ignore[list-item]
         all_unc: list[torch.Tensor | None] = [None] * len(images)
+        all_kept: list[torch.Tensor | None] = [None] * len(images)  # per-class queries pruned by top_k
         prepared = [resize_and_pad(img, resolution, self.pad_multiple) for img in images]
         # consecutive images with the same processed shape share a batch
         batches: list[list[int]] = []
@@ -273,21 +345,24 @@ class DiGSegPipeline(DiffusionPipeline):
                 batches.append([i])
         for batch in self.progress_bar(batches) if show_progress_bar else batches:
             pixels = torch.stack([prepared[i][0] for i in batch])  # [B, 3, H', W']
-            probs, unc = self._segment_batch(
-                pixels, [queries[i] for i in batch], mode, ensemble_size, steps, generator, max_unet_batch
+            probs, unc, kept = self._segment_batch(
+                pixels, [query_ids[i] for i in batch], levels, mode, ensemble_size, steps, generator, max_unet_batch, top_k
             )
             for j, i in enumerate(batch):
                 size = tuple(images[i].shape[-2:])
                 all_probs[i] = unpad_and_resize(probs[j : j + 1], prepared[i][1], size)[0].cpu()
+                if kept is not None:
+                    all_kept[i] = kept[j].cpu()
                 if unc is not None:
                     all_unc[i] = unpad_and_resize(unc[j : j + 1, None], prepared[i][1], size)[0, 0].cpu()
 
         labels = []
-        for probs in all_probs:
+        for probs, kept in zip(all_probs, all_kept):
             if mode == "binary":
                 labels.append((probs[1] > threshold).long())
             else:
-                label = probs.argmax(dim=0)
+                scores = probs if kept is None else probs.masked_fill(~kept[:, None, None], -1.0)  # pruned never win
+                label = scores.argmax(dim=0)
                 if mode == "per_class" and no_class_threshold is not None:
                     label[probs.max(dim=0).values < no_class_threshold] = 255
                 labels.append(label)

@@ -3,94 +3,20 @@
 Registered names: "cityscapes", "bdd100k", "deepglobe-roads", "refuge2", "phenobench", "folder" (a user's
 own image/mask pairs), and "monuseg" (in `digseg.data.medical`, imported at the end of this module).
 
-`find_samples` only lists folders (sorted); pixel checks (sizes, label range) run when a sample is read.
-Label conversions are 256-entry (or slightly larger) lookup tables applied to the whole array at once.
+`find_samples` only lists folders (sorted, via `digseg.data.layout`); pixel checks (sizes, label range) run when a
+sample is read. Label conversions are 256-entry lookup tables applied to the whole array at once; stored values
+outside a table are ignored (255).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
-from PIL import Image
 
-from ..errors import DataError
 from .base import Sample, SegmentationDataset, register_dataset
 from .folder import read_class_names
-from .io import IMAGE_EXTENSIONS, load_label
-
-# ---------------------------------------------------------------------------------------------- helpers
-
-
-def apply_lut(raw: np.ndarray, lut: np.ndarray, default: int = 255) -> np.ndarray:
-    """Map stored values through `lut` (index = stored value); values outside the table -> `default`."""
-    raw = np.asarray(raw)
-    if raw.dtype == np.uint8 and lut.size >= 256:
-        return lut[raw]
-    values = raw.astype(np.int64)
-    inside = (values >= 0) & (values < lut.size)
-    out = np.full(values.shape, default, dtype=lut.dtype)
-    out[inside] = lut[values[inside]]
-    return out
-
-
-def make_lut(pairs: dict[int, int], size: int = 256, default: int = 255) -> np.ndarray:
-    lut = np.full(size, default, dtype=np.uint8)
-    for src, dst in pairs.items():
-        lut[src] = dst
-    return lut
-
-
-def read_first_channel(path: Path) -> np.ndarray:
-    """Like `load_label`, but an RGB(A) mask whose channels differ (JPEG noise, resizing) gives its first
-    channel instead of an error. Missing or corrupt files still raise `load_label`'s DataError."""
-    try:
-        return load_label(path)
-    except DataError as exc:
-        error = exc
-    try:
-        with open(path, "rb") as f, Image.open(f) as im:
-            if im.mode in ("RGB", "RGBA", "RGBX"):
-                return np.array(im.convert("RGB"))[..., 0]
-    except Exception:  # unreadable: report load_label's message below
-        pass
-    raise error
-
-
-class DomainDataset(SegmentationDataset):
-    """Shared listing helpers for the readers below (not registered itself)."""
-
-    def split_dir(self, *parts: str) -> Path:
-        """`root/<parts>` that must exist, else DataError naming it."""
-        folder = self.root.joinpath(*parts)
-        if not folder.is_dir():
-            raise DataError(f"{self.name}: split folder not found: {folder} ({self.layout_hint()})")
-        return folder
-
-    @staticmethod
-    def list_files(folder: Path, suffixes: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
-        """Sorted non-hidden files directly in `folder` whose name ends with one of `suffixes` (any case)."""
-        ends = tuple(s.lower() for s in suffixes)
-        return sorted(f for f in folder.iterdir()
-                      if f.is_file() and not f.name.startswith(".") and f.name.lower().endswith(ends))
-
-    def pair(self, images: list[Path], label_for: Callable[[Path], tuple[str, Sequence[Path]]]) -> list[Sample]:
-        """One Sample per image; `label_for(image)` -> (stem, candidate label paths, preferred first).
-        DataError for an image with no label (naming the image and the expected path) or a repeated stem."""
-        samples: list[Sample] = []
-        seen: dict[str, Path] = {}
-        for image in images:
-            stem, candidates = label_for(image)
-            if stem in seen:
-                raise DataError(f"{self.name}: two images share the stem {stem!r}: {seen[stem]} and {image}")
-            seen[stem] = image
-            label = next((c for c in candidates if c.is_file()), None)
-            if label is None:
-                raise DataError(f"{self.name}: image {image} has no label; expected {candidates[0]}")
-            samples.append(Sample(stem, image, label))
-        return samples
-
+from .layout import list_files, make_lut, pair_by_image, read_first_channel, remap, require_dir
 
 CITYSCAPES_CLASSES = ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
                       "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
@@ -107,7 +33,7 @@ CITYSCAPES_LUT = make_lut(CITYSCAPES_ID_TO_TRAINID)
 
 
 @register_dataset
-class Cityscapes(DomainDataset):
+class Cityscapes(SegmentationDataset):
     name = "cityscapes"
     metric = "semantic"
     class_names = CITYSCAPES_CLASSES
@@ -120,27 +46,25 @@ class Cityscapes(DomainDataset):
 
     def find_samples(self) -> list[Sample]:
         split = self.splits[self.split]
-        image_root = self.split_dir("leftImg8bit", split)
-        label_root = self.root / "gtFine" / split
-        images: list[Path] = []
-        for city in sorted(d for d in image_root.iterdir() if d.is_dir() and not d.name.startswith(".")):
-            images += self.list_files(city, (self.IMAGE_SUFFIX,))
+        image_root = require_dir(self, self.root / "leftImg8bit" / split, "image")
+        cities = sorted(d for d in image_root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        images = list_files(self, cities, (self.IMAGE_SUFFIX,))
+        labels = self.root / "gtFine" / split
 
-        def label_for(image: Path) -> tuple[str, list[Path]]:
-            stem = image.name[: -len(self.IMAGE_SUFFIX)]
-            city = label_root / image.parent.name
-            return stem, [city / f"{stem}_gtFine_labelTrainIds.png", city / f"{stem}_gtFine_labelIds.png"]
+        def label_for(stem: str, image: Path) -> list[Path]:
+            city = labels / image.parent.name
+            return [city / f"{stem}_gtFine_labelTrainIds.png", city / f"{stem}_gtFine_labelIds.png"]
 
-        return self.pair(images, label_for)
+        return pair_by_image(self, images, label_for)
 
     def convert_label(self, raw: np.ndarray, path: Path) -> np.ndarray:
         if path.name.endswith("_labelIds.png"):
-            return apply_lut(raw, CITYSCAPES_LUT)
+            return remap(self, raw, CITYSCAPES_LUT, path, strict=False)
         return raw  # labelTrainIds: already 0..18 / 255
 
 
 @register_dataset
-class BDD100K(DomainDataset):
+class BDD100K(SegmentationDataset):
     name = "bdd100k"
     metric = "semantic"
     class_names = CITYSCAPES_CLASSES
@@ -151,13 +75,13 @@ class BDD100K(DomainDataset):
 
     def find_samples(self) -> list[Sample]:
         split = self.splits[self.split]
-        images = self.list_files(self.split_dir("images", "10k", split), (".jpg", ".jpeg", ".png"))
+        images = list_files(self, self.root / "images" / "10k" / split, (".jpg", ".jpeg", ".png"))
         labels = self.root / "labels" / "sem_seg" / "masks" / split
-        return self.pair(images, lambda im: (im.stem, [labels / f"{im.stem}.png"]))
+        return pair_by_image(self, images, lambda stem, _: [labels / f"{stem}.png"])
 
 
 @register_dataset
-class DeepGlobeRoads(DomainDataset):
+class DeepGlobeRoads(SegmentationDataset):
     name = "deepglobe-roads"
     metric = "road"
     class_names = ["background", "road"]
@@ -168,14 +92,9 @@ class DeepGlobeRoads(DomainDataset):
         return "expected <split>/<id>_sat.jpg with <id>_mask.png beside it (split folders train, valid, test)"
 
     def find_samples(self) -> list[Sample]:
-        folder = self.split_dir(self.splits[self.split])
-        images = self.list_files(folder, (self.IMAGE_SUFFIX,))
-
-        def label_for(image: Path) -> tuple[str, list[Path]]:
-            stem = image.name[: -len(self.IMAGE_SUFFIX)]
-            return stem, [folder / f"{stem}_mask.png"]
-
-        return self.pair(images, label_for)
+        folder = require_dir(self, self.root / self.splits[self.split], "split")
+        images = list_files(self, folder, (self.IMAGE_SUFFIX,))
+        return pair_by_image(self, images, lambda stem, _: [folder / f"{stem}_mask.png"])
 
     def read_raw_label(self, sample: Sample) -> np.ndarray:
         return (read_first_channel(sample.label) >= 128).astype(np.int64)  # road = white
@@ -185,7 +104,7 @@ REFUGE2_LUT = np.array([2 if v <= 64 else 1 if v < 192 else 0 for v in range(256
 
 
 @register_dataset
-class REFUGE2(DomainDataset):
+class REFUGE2(SegmentationDataset):
     name = "refuge2"
     metric = "medical"
     class_names = ["background", "optic disc", "optic cup"]
@@ -196,10 +115,10 @@ class REFUGE2(DomainDataset):
         return "expected <split>/images/<stem>.jpg and <split>/mask/<stem>.bmp (or <split>/masks/)"
 
     def find_samples(self) -> list[Sample]:
-        folder = self.split_dir(self.splits[self.split])
-        images = self.list_files(self.split_dir(self.splits[self.split], "images"), (".jpg", ".jpeg", ".png"))
-        return self.pair(images, lambda im: (im.stem, [folder / "mask" / f"{im.stem}.bmp",
-                                                       folder / "masks" / f"{im.stem}.bmp"]))
+        folder = require_dir(self, self.root / self.splits[self.split], "split")
+        images = list_files(self, folder / "images", (".jpg", ".jpeg", ".png"))
+        return pair_by_image(self, images, lambda stem, _: [folder / "mask" / f"{stem}.bmp",
+                                                            folder / "masks" / f"{stem}.bmp"])
 
     def read_raw_label(self, sample: Sample) -> np.ndarray:
         raw = np.clip(read_first_channel(sample.label).astype(np.int64), 0, 255)  # >255 is nearest to 255
@@ -207,7 +126,7 @@ class REFUGE2(DomainDataset):
 
 
 @register_dataset
-class PhenoBench(DomainDataset):
+class PhenoBench(SegmentationDataset):
     name = "phenobench"
     metric = "semantic"
     class_names = ["soil", "crop", "weed"]
@@ -219,16 +138,16 @@ class PhenoBench(DomainDataset):
 
     def find_samples(self) -> list[Sample]:
         split = self.splits[self.split]
-        images = self.list_files(self.split_dir(split, "images"))
+        images = list_files(self, self.root / split / "images")
         semantics = self.root / split / "semantics"
-        return self.pair(images, lambda im: (im.stem, [semantics / f"{im.stem}.png"]))
+        return pair_by_image(self, images, lambda stem, _: [semantics / f"{stem}.png"])
 
     def convert_label(self, raw: np.ndarray, path: Path) -> np.ndarray:
-        return apply_lut(raw, self.LUT)
+        return remap(self, raw, self.LUT, path, strict=False)
 
 
 @register_dataset
-class FolderPairs(DomainDataset):
+class FolderPairs(SegmentationDataset):
     """A user's own data: root/images/<stem>.*, root/masks/<stem>.png (value = class id, 255 ignore) and
     root/classes.txt (one name per line). Every split is the whole folder; `class_names` is per instance."""
 
@@ -241,9 +160,9 @@ class FolderPairs(DomainDataset):
 
     def find_samples(self) -> list[Sample]:
         self.class_names = read_class_names(self.root / "classes.txt")  # instance attribute, set before use
-        images = self.list_files(self.split_dir(self.splits[self.split], "images"))
+        images = list_files(self, self.root / "images")
         masks = self.root / "masks"
-        return self.pair(images, lambda im: (im.stem, [masks / f"{im.stem}.png"]))
+        return pair_by_image(self, images, lambda stem, _: [masks / f"{stem}.png"])
 
 
-from . import medical as _medical  # noqa: E402,F401  (registers "monuseg"; imports the helpers above)
+from . import medical as _medical  # noqa: E402,F401  (registers "monuseg")

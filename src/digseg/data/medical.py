@@ -18,9 +18,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..errors import DataError
-from .base import Sample, register_dataset
-from .domains import DomainDataset
+from .base import Sample, SegmentationDataset, register_dataset
 from .io import load_image
+from .layout import list_files, pair_by_image, require_dir
 
 
 def read_aperio_polygons(path: Path) -> list[list[tuple[float, float]]]:
@@ -61,7 +61,7 @@ def rasterise(polygons: list[list[tuple[float, float]]], width: int, height: int
 
 
 @register_dataset
-class MoNuSeg(DomainDataset):
+class MoNuSeg(SegmentationDataset):
     name = "monuseg"
     metric = "medical"
     class_names = ["background", "nucleus"]
@@ -73,12 +73,11 @@ class MoNuSeg(DomainDataset):
                 "and MoNuSegTestData/<stem>.tif + <stem>.xml")
 
     def find_samples(self) -> list[Sample]:
-        folder = self.split_dir(self.splits[self.split])
+        folder = require_dir(self, self.root / self.splits[self.split], "split")
         tissue, notes = folder / "Tissue Images", folder / "Annotations"
-        image_dir = tissue if tissue.is_dir() else folder
-        images = self.list_files(image_dir, (".tif", ".tiff"))
+        images = list_files(self, tissue if tissue.is_dir() else folder, (".tif", ".tiff"))
         label_dirs = [notes, folder] if notes.is_dir() else [folder]
-        return self.pair(images, lambda im: (im.stem, [d / f"{im.stem}.xml" for d in label_dirs]))
+        return pair_by_image(self, images, lambda stem, _: [d / f"{stem}.xml" for d in label_dirs])
 
     def read_raw_label(self, sample: Sample) -> np.ndarray:
         width, height = load_image(sample.image).size

@@ -107,6 +107,27 @@ def load_backbone(path_or_id: str | os.PathLike, torch_dtype: torch.dtype | None
     return Backbone(unet, vae, text_encoder, tokenizer, scheduler)
 
 
+def load_clip_text_encoder(path_or_id: str | os.PathLike, torch_dtype: torch.dtype | None = None) -> tuple[CLIPTextModel, CLIPTokenizer]:
+    """A transformers CLIP text encoder + tokenizer from a CLIP folder / hub id (e.g. openai/clip-vit-large-patch14)
+    or from the text_encoder/ + tokenizer/ of a Stable Diffusion folder."""
+    path = Path(path_or_id).expanduser()
+    kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+    if path.exists() or not looks_like_hub_id(str(path_or_id)):
+        if not path.is_dir():
+            raise DigsegError(f"text encoder folder not found: {path}")
+        sd_layout = (path / "text_encoder").is_dir() and (path / "tokenizer").is_dir()
+        enc_args, tok_args = ((str(path), {"subfolder": "text_encoder"}), (str(path), {"subfolder": "tokenizer"})) if sd_layout \
+            else ((str(path), {}), (str(path), {}))
+    else:
+        enc_args = tok_args = (str(path_or_id), {})
+    try:
+        encoder = CLIPTextModel.from_pretrained(enc_args[0], **enc_args[1], **kwargs)
+        tokenizer = CLIPTokenizer.from_pretrained(tok_args[0], **tok_args[1])
+    except (OSError, ValueError) as exc:
+        raise DigsegError(f"cannot load CLIP text encoder {path_or_id!s}: {str(exc).splitlines()[0]}") from exc
+    return encoder.requires_grad_(False).eval(), tokenizer
+
+
 def make_scheduler(base: DDIMScheduler, prediction_type: str) -> DDIMScheduler:
     """DDIM with the backbone's noise schedule, trailing timestep spacing and the chosen prediction target.
 

@@ -112,6 +112,9 @@ class _LevelContext:
 
     def __init__(self) -> None:
         self.levels: list[torch.Tensor] | None = None
+        # when a list: each cross-attention layer appends its attention probabilities, averaged over heads and
+        # maxed over positions, [B, K] (see DiGSegPipeline.class_relevance)
+        self.record: list[torch.Tensor] | None = None
 
 
 class LevelCrossAttnProcessor:
@@ -125,6 +128,12 @@ class LevelCrossAttnProcessor:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
         if self.context.levels is not None:
             encoder_hidden_states = self.context.levels[self.level]
+        if self.context.record is not None:
+            query = attn.head_to_batch_dim(attn.to_q(hidden_states))
+            key = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
+            probs = attn.get_attention_scores(query, key, None)  # [B*heads, HW, K]
+            b = hidden_states.shape[0]
+            self.context.record.append(probs.view(b, attn.heads, -1, probs.shape[-1]).mean(1).amax(1))  # [B, K]
         return self.base(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
 
 

@@ -22,6 +22,7 @@ class TrainConfig:
     # model
     pretrained: str = ""  # Stable Diffusion folder or hub id
     prediction_type: str = "sample"  # sample (x0) | v_prediction | epsilon; x0 trains best in few steps
+    text_encoder: str = ""  # "" = the backbone's own; else a CLIP text encoder folder or hub id
     prompt_template: str = ""  # "" = the dataset's default (e.g. "a photo of a {}."); must contain "{}"
     # share of training samples at the last timestep (T-1), where few-step trailing inference starts; the rest
     # are uniform over [0, T). Uniform alone spends most updates on nearly noise-free, easy inputs.

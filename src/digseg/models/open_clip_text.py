@@ -1,0 +1,354 @@
+"""Optional text encoders from open_clip: CLIP variants and BiomedCLIP (an HF BERT text tower + projection).
+
+Install the extra with `pip install --no-deps open_clip_torch ftfy regex` (`--no-deps` keeps pip from pulling
+in torchvision and timm).
+
+Why the torchvision stubs: `import open_clip` (3.x) imports torchvision at module level, for image transforms
+(open_clip/transform.py: `torchvision.transforms`, `torchvision.transforms.functional`) and for
+`torchvision.ops.misc.FrozenBatchNorm2d` (open_clip/utils.py). digseg uses only the text tower, never those
+transforms. Where torchvision is not installed (on some machines the only torchvision wheel that fits the
+installed torch is a build that breaks `import transformers`, so it must stay uninstalled), `import_open_clip()`
+puts inert placeholder modules for exactly those names in `sys.modules` for the duration of the import and
+removes them right after, so `transformers`' torchvision detection (`importlib.util.find_spec`) still sees no
+torchvision. The placeholders raise if anything ever calls them (an open_clip image transform).
+
+Why `from_pretrained` builds the text tower only: `open_clip.create_model_from_pretrained` also builds the image
+transforms (torchvision), and `open_clip.create_model` builds the vision tower, which for BiomedCLIP is a timm ViT
+(timm requires torchvision). `OpenCLIPPromptEncoder.from_pretrained` therefore resolves the config and the
+checkpoint the way `open_clip.create_model` does, builds only the text tower with open_clip's own
+`_build_text_tower`, and loads the `text.*` weights. Weights are read by `open_clip.factory.load_state_dict`
+with `weights_only=True`: a `.safetensors` file through `safetensors.torch.load_file`, anything else through
+`torch.load(weights_only=True)` (never plain unpickling). For `hf-hub:` ids open_clip's download helper prefers
+`open_clip_model.safetensors` over `open_clip_pytorch_model.bin`. (open_clip's `load_openai_model`, which
+unpickles TorchScript archives, is never used; in open_clip 3.x the `openai` tags are hub safetensors/bin files.)
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+import importlib.machinery
+import importlib.util
+import json
+import os
+import sys
+import types
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..errors import DigsegError
+
+INSTALL_HINT = "open_clip text encoders need: pip install --no-deps open_clip_torch ftfy regex"
+
+# Names open_clip 3.x imports from torchvision at import time (transform.py, utils.py).
+_TRANSFORM_NAMES = (
+    "Normalize", "Compose", "RandomResizedCrop", "ToTensor", "Resize", "CenterCrop", "ColorJitter", "Grayscale",
+)
+_FUNCTIONAL_NAMES = ("resize", "get_dimensions", "pad", "crop", "to_tensor")
+_STUB_FLAG = "__digseg_torchvision_stub__"
+
+
+class _TorchvisionPlaceholder:
+    """Base of the placeholder classes: subclassable at import time, unusable at run time."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        raise RuntimeError(
+            f"{type(self).__name__} is a placeholder: torchvision is not installed, and digseg loads open_clip "
+            "for its text tower only (image transforms are unavailable)"
+        )
+
+
+def _placeholder_class(name: str) -> type:
+    return type(name, (_TorchvisionPlaceholder,), {"__module__": "torchvision (digseg placeholder)"})
+
+
+def _placeholder_function(name: str):
+    def unavailable(*args, **kwargs):
+        raise RuntimeError(f"torchvision.transforms.functional.{name} is a placeholder: torchvision is not installed")
+
+    unavailable.__name__ = name
+    return unavailable
+
+
+class _InterpolationMode(enum.Enum):
+    """Stand-in for torchvision.transforms.InterpolationMode (used in open_clip default arguments)."""
+
+    NEAREST = "nearest"
+    NEAREST_EXACT = "nearest-exact"
+    BILINEAR = "bilinear"
+    BICUBIC = "bicubic"
+    BOX = "box"
+    HAMMING = "hamming"
+    LANCZOS = "lanczos"
+
+
+def _stub_module(name: str) -> types.ModuleType:
+    module = types.ModuleType(name, "digseg placeholder for torchvision while importing open_clip")
+    module.__spec__ = importlib.machinery.ModuleSpec(name, loader=None, is_package=True)
+    module.__path__ = []
+    setattr(module, _STUB_FLAG, True)
+    return module
+
+
+def _torchvision_stubs() -> dict[str, types.ModuleType]:
+    root = _stub_module("torchvision")
+    transforms = _stub_module("torchvision.transforms")
+    functional = _stub_module("torchvision.transforms.functional")
+    ops = _stub_module("torchvision.ops")
+    misc = _stub_module("torchvision.ops.misc")
+    for name in _TRANSFORM_NAMES:
+        setattr(transforms, name, _placeholder_class(name))
+    transforms.InterpolationMode = _InterpolationMode
+    for name in _FUNCTIONAL_NAMES:
+        setattr(functional, name, _placeholder_function(name))
+    misc.FrozenBatchNorm2d = _placeholder_class("FrozenBatchNorm2d")
+    root.transforms, transforms.functional, root.ops, ops.misc = transforms, functional, ops, misc
+    return {m.__name__: m for m in (root, transforms, functional, ops, misc)}
+
+
+def _real_torchvision_installed() -> bool:
+    module = sys.modules.get("torchvision")
+    if module is not None:
+        return not getattr(module, _STUB_FLAG, False)
+    try:
+        return importlib.util.find_spec("torchvision") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _prewarm_transformers() -> None:
+    """Import what open_clip takes from transformers, and settle transformers' (cached) torchvision check,
+    before the stubs exist, so nothing in transformers ever observes them."""
+    try:
+        import transformers
+        from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig  # noqa: F401
+        from transformers import modeling_outputs  # noqa: F401
+
+        transformers.utils.is_torchvision_available()
+    except Exception:  # transformers is optional for open_clip itself; open_clip handles its absence
+        pass
+
+
+def import_open_clip():
+    """Import and return `open_clip`, with temporary torchvision placeholders where torchvision is absent.
+
+    Raises DigsegError when open_clip is not installed.
+    """
+    if "open_clip" in sys.modules:
+        return sys.modules["open_clip"]
+    try:
+        if importlib.util.find_spec("open_clip") is None:
+            raise DigsegError(INSTALL_HINT)
+    except (ImportError, ValueError) as exc:
+        raise DigsegError(INSTALL_HINT) from exc
+    if _real_torchvision_installed():
+        try:
+            return importlib.import_module("open_clip")
+        except ImportError as exc:
+            raise DigsegError(f"import open_clip failed ({exc}); {INSTALL_HINT}") from exc
+
+    _prewarm_transformers()
+    stubs = _torchvision_stubs()
+    sys.modules.update(stubs)
+    try:
+        return importlib.import_module("open_clip")
+    except ImportError as exc:
+        for name in [n for n in sys.modules if n == "open_clip" or n.startswith("open_clip.")]:
+            del sys.modules[name]  # a half-imported open_clip must not be mistaken for a working one
+        raise DigsegError(
+            f"import open_clip failed without torchvision ({exc}); digseg's placeholders cover open_clip 3.x. "
+            f"{INSTALL_HINT}"
+        ) from exc
+    finally:
+        for name, stub in stubs.items():
+            if sys.modules.get(name) is stub:
+                del sys.modules[name]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Text-tower-only loading (see the module docstring).
+
+_CLIP_TEXT_PREFIXES = ("text_projection", "positional_embedding", "token_embedding", "transformer", "ln_final")
+
+
+def _resolve_config_and_checkpoint(name: str, pretrained: str | None, cache_dir: str | None):
+    """(model_cfg, checkpoint path, quick_gelu, tokenizer name) the way open_clip.create_model resolves them."""
+    from open_clip import factory
+    from open_clip import pretrained as oc_pretrained
+
+    schema, identifier = factory.parse_model_name(name)
+    if schema == "hf-hub":
+        config = factory._get_hf_config(identifier, cache_dir=cache_dir)
+        if "model_cfg" not in config:
+            raise DigsegError(f"{name}: open_clip_config.json has no model_cfg")
+        checkpoint = oc_pretrained.download_pretrained_from_hf(identifier, cache_dir=cache_dir)
+        return config["model_cfg"], checkpoint, False, name
+    if schema == "local-dir":
+        folder = Path(identifier)
+        config_path = folder / "open_clip_config.json"
+        if not config_path.is_file():
+            raise DigsegError(f"{name}: {config_path} not found")
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        if "model_cfg" not in config:
+            raise DigsegError(f"{name}: {config_path} has no model_cfg")
+        checkpoint = factory._find_checkpoint_in_dir(folder)
+        if checkpoint is None:
+            raise DigsegError(f"{name}: no .safetensors/.bin/.pth weights in {folder}")
+        return config["model_cfg"], checkpoint, False, name
+
+    model_name = identifier.replace("/", "-")
+    model_cfg = factory.get_model_config(model_name)
+    if model_cfg is None:
+        raise DigsegError(f"unknown open_clip model {name!r}; see open_clip.list_models(), or use hf-hub:org/name")
+    if not pretrained:
+        tags = oc_pretrained.list_pretrained_tags_by_model(model_name)
+        raise DigsegError(f"{name}: give a pretrained tag ({', '.join(tags) or 'none known'}) or a weights file")
+    tag_cfg = oc_pretrained.get_pretrained_cfg(model_name, pretrained)
+    if tag_cfg:
+        checkpoint = oc_pretrained.download_pretrained(tag_cfg, cache_dir=cache_dir)
+        # create_model only warns on a QuickGELU mismatch; the text tower must use the activation it was trained with
+        quick_gelu = bool(model_cfg.get("quick_gelu", False) or tag_cfg.get("quick_gelu", False))
+    elif os.path.isfile(pretrained):
+        checkpoint, quick_gelu = pretrained, bool(model_cfg.get("quick_gelu", False))
+    else:
+        tags = oc_pretrained.list_pretrained_tags_by_model(model_name)
+        raise DigsegError(f"{name}: {pretrained!r} is neither a pretrained tag ({', '.join(tags)}) nor a file")
+    if not checkpoint:
+        raise DigsegError(f"{name}: no weights found for pretrained={pretrained!r}")
+    return model_cfg, checkpoint, quick_gelu, model_name
+
+
+def _text_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The text tower's keys of a full open_clip checkpoint (CLIP layout or CustomTextCLIP `text.*` layout)."""
+    if not any(key.startswith("text.") for key in state):
+        state = {("text." + k if k.startswith(_CLIP_TEXT_PREFIXES) else k): v for k, v in state.items()}
+    text = {k[len("text."):]: v for k, v in state.items() if k.startswith("text.")}
+    text.pop("transformer.embeddings.position_ids", None)  # not a parameter in current transformers
+    return text
+
+
+def load_open_clip_text_tower(name: str, pretrained: str | None = None, cache_dir: str | None = None):
+    """(text tower, tokenizer) of an open_clip model, without building its vision tower."""
+    open_clip = import_open_clip()
+    from open_clip import factory
+    from open_clip.model import _build_text_tower
+
+    model_cfg, checkpoint, quick_gelu, tokenizer_name = _resolve_config_and_checkpoint(name, pretrained, cache_dir)
+    if Path(checkpoint).suffix in (".npz", ".npy"):
+        raise DigsegError(f"{name}: numpy (big_vision) checkpoints are not supported; use an open_clip/hub checkpoint")
+    text_cfg = dict(model_cfg["text_cfg"])
+    if text_cfg.get("hf_model_name"):
+        text_cfg["hf_model_pretrained"] = False  # the full checkpoint below holds the text weights
+    tower = _build_text_tower(model_cfg["embed_dim"], text_cfg, quick_gelu=quick_gelu, cast_dtype=None)
+    state = _text_state_dict(factory.load_state_dict(checkpoint, device="cpu", weights_only=True))
+    missing, unexpected = tower.load_state_dict(state, strict=False)
+    if missing:
+        raise DigsegError(
+            f"{name}: checkpoint {Path(checkpoint).name} lacks {len(missing)} text-tower weights, e.g. {missing[:3]}"
+        )
+    tokenizer = open_clip.get_tokenizer(tokenizer_name, cache_dir=cache_dir)
+    return tower, tokenizer
+
+
+# --------------------------------------------------------------------------------------------------------------
+
+
+class OpenCLIPPromptEncoder:
+    """Frozen open_clip text tower + tokenizer with a per-prompt embedding cache.
+
+    Same interface as `CLIPPromptEncoder`: `encode(prompts)` -> float [N, L, D] per-token features, `hidden_size`
+    (= D), `clear_cache()`. `model` is a built open_clip model (`CLIP`, `CustomTextCLIP`) or its bare text tower
+    (`TextTransformer`, `HFTextEncoder`); `tokenizer` is open_clip's (`open_clip.get_tokenizer(...)`), giving
+    [N, context_length] token ids.
+
+    Per-token features are the tower's final token states mapped by its projection, so D is the joint
+    (image-text) embedding width and the pooled token equals open_clip's `encode_text(normalize=False)`:
+    - built-in CLIP text transformer: token + positional embedding -> transformer (causal mask) -> ln_final
+      -> text_projection, for every token (the EOT/pooled token is CLIP's text embedding);
+    - HF text tower (BiomedCLIP's PubMedBERT): the HF model's last_hidden_state (padding masked) -> proj, for
+      every token (the [CLS] token is the embedding with a CLS pooler).
+    """
+
+    def __init__(self, model: nn.Module, tokenizer) -> None:
+        self.model = model.requires_grad_(False).eval()
+        self.tokenizer = tokenizer
+        text = getattr(model, "text", None)
+        self.tower = text if isinstance(text, nn.Module) else model
+        if all(hasattr(self.tower, a) for a in ("transformer", "proj", "config")):
+            self.kind = "hf"
+        elif all(hasattr(self.tower, a) for a in ("token_embedding", "positional_embedding", "transformer", "ln_final")):
+            self.kind = "clip"
+            if getattr(self.tower, "cls_emb", None) is not None:
+                raise DigsegError("open_clip text towers with an appended CLS embedding (CoCa) are not supported")
+        else:
+            raise DigsegError(f"{type(model).__name__} is not an open_clip CLIP model or text tower")
+        self._cache: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str, pretrained: str | None = None, cache_dir: str | None = None
+    ) -> "OpenCLIPPromptEncoder":
+        """`hf-hub:org/name` (e.g. hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224),
+        `local-dir:/folder` (open_clip_config.json + weights), or an open_clip model name with a `pretrained`
+        tag or weights file (e.g. "ViT-B-16", pretrained="laion2b_s34b_b88k"). Builds the text tower only."""
+        try:
+            tower, tokenizer = load_open_clip_text_tower(name_or_path, pretrained, cache_dir)
+        except DigsegError:
+            raise
+        except Exception as exc:
+            detail = (str(exc).strip().splitlines() or [""])[0]
+            raise DigsegError(
+                f"could not load open_clip text encoder {name_or_path!r}: {type(exc).__name__}: {detail}"
+            ) from exc
+        return cls(tower, tokenizer)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.tower.parameters()).device
+
+    @property
+    def hidden_size(self) -> int:
+        if self.kind == "hf":
+            return int(self.tower.output_dim)
+        proj = self.tower.text_projection
+        if proj is None:
+            return int(self.tower.transformer.width)
+        return int(proj.out_features if isinstance(proj, nn.Linear) else proj.shape[1])
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    def _token_states(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [M, L] -> per-token projected features [M, L, D]."""
+        tower = self.tower
+        if self.kind == "hf":
+            mask = (ids != tower.config.pad_token_id).long()
+            states = tower.transformer(input_ids=ids, attention_mask=mask).last_hidden_state
+            return tower.proj(states)
+        if hasattr(tower, "_embeds"):  # TextTransformer: embeddings + causal (and, if configured, padding) mask
+            x, attn_mask = tower._embeds(ids)
+        else:  # CLIP keeps the text tower's parts as its own attributes (as in CLIP.encode_text)
+            cast_dtype = tower.transformer.get_cast_dtype()
+            x = tower.token_embedding(ids).to(cast_dtype) + tower.positional_embedding.to(cast_dtype)
+            attn_mask = tower.attn_mask
+        x = tower.ln_final(tower.transformer(x, attn_mask=attn_mask))
+        proj = tower.text_projection
+        if proj is None:
+            return x
+        return proj(x) if isinstance(proj, nn.Linear) else x @ proj
+
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str]) -> torch.Tensor:
+        for prompt in prompts:
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise DigsegError(f"empty prompt {prompt!r}: give a class name or a phrase")
+        missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
+        if missing:
+            ids = self.tokenizer(missing).to(self.device)  # [M, L]
+            states = self._token_states(ids)  # [M, L, D]
+            for prompt, state in zip(missing, states):
+                self._cache[prompt] = state
+        return torch.stack([self._cache[p] for p in prompts])  # [N, L, D]

@@ -1,0 +1,76 @@
+"""Prompts for class names: templates, template ensembles, synonyms and class files.
+
+A class name may list synonyms separated by commas ("wall, walls", "building, edifice"), as the ADE20K and
+PASCAL-Context lists do. A class is conditioned on the average (per U-Net level) of the projected text
+features of every template x synonym combination: one cached encoding per distinct prompt, averaged once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from .errors import DataError, DigsegError
+
+SINGLE_TEMPLATE = ("{}",)
+PHOTO_TEMPLATE = ("a photo of a {}.",)
+# A compact template ensemble in the spirit of CLIP's prompt engineering (written for segmentation crops).
+ENSEMBLE_TEMPLATES = (
+    "a photo of a {}.",
+    "a photo of the {}.",
+    "a photo of a small {}.",
+    "a photo of a large {}.",
+    "a cropped photo of a {}.",
+    "a close-up photo of a {}.",
+    "a bright photo of a {}.",
+    "a dark photo of a {}.",
+    "a blurry photo of a {}.",
+    "a good photo of a {}.",
+    "there is a {} in the scene.",
+    "a {} in the scene.",
+)
+TEMPLATE_SETS = {"single": SINGLE_TEMPLATE, "photo": PHOTO_TEMPLATE, "ensemble": ENSEMBLE_TEMPLATES}
+
+
+def synonyms(name: str) -> list[str]:
+    """'wall, walls' -> ['wall', 'walls'] (order kept, blanks and repeats dropped)."""
+    parts = [p.strip() for p in name.split(",")]
+    out = list(dict.fromkeys(p for p in parts if p))
+    if not out:
+        raise DigsegError(f"empty class name {name!r}")
+    return out
+
+
+def resolve_templates(templates: str | Sequence[str] | None, default: str) -> list[str]:
+    """None -> [default]; a set name ('single', 'photo', 'ensemble') or a list of templates containing '{}'."""
+    if templates is None:
+        return [default]
+    if isinstance(templates, str):
+        if templates in TEMPLATE_SETS:
+            return list(TEMPLATE_SETS[templates])
+        templates = [templates]
+    templates = list(templates)
+    bad = [t for t in templates if "{}" not in t]
+    if not templates or bad:
+        raise DigsegError(f"prompt templates must contain '{{}}'; got {bad or templates!r}")
+    return templates
+
+
+def class_prompts(name: str, templates: Sequence[str]) -> list[str]:
+    """Every template x synonym prompt of one class."""
+    return [t.format(s) for t in templates for s in synonyms(name)]
+
+
+def read_classes_file(path: str | Path) -> list[str]:
+    """One class name per line (blank lines and lines starting with '#' skipped); any length."""
+    p = Path(path)
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise DataError(f"class file not found: {p}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read class file {p}: {exc}") from exc
+    names = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not names:
+        raise DataError(f"class file {p} lists no class names")
+    return names
