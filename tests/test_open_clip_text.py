@@ -151,7 +151,8 @@ def test_from_pretrained_local_dir_biomedclip_like_without_timm(tmp_path, bert_d
     folder = tmp_path / "tiny-biomedclip"
     vision_cfg = {"timm_model_name": "vit_base_patch16_224", "timm_model_pretrained": False, "timm_pool": "",
                   "timm_proj": "linear", "image_size": 224}
-    _save_local_dir(folder, hf_model, {"embed_dim": EMBED_DIM, "vision_cfg": vision_cfg, "text_cfg": _hf_text_cfg(bert_dir)})
+    model_cfg = {"embed_dim": EMBED_DIM, "vision_cfg": vision_cfg, "text_cfg": _hf_text_cfg(bert_dir)}
+    _save_local_dir(folder, hf_model, model_cfg)
     for name in ("vocab.txt", "tokenizer_config.json", "tokenizer.json", "special_tokens_map.json"):
         if (bert_dir / name).is_file():  # get_tokenizer("local-dir:...") reads the tokenizer from that folder
             (folder / name).write_bytes((bert_dir / name).read_bytes())
@@ -202,3 +203,25 @@ def test_fresh_interpreter_open_clip_first_then_transformers():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().endswith("ok")
+
+
+def test_pipeline_with_an_open_clip_text_tower_round_trips(tmp_path, clip_model, tiny_backbone):
+    """`text_encoder="open_clip:<name>"`: the model saves the name and re-creates the tower on load."""
+    import numpy as np
+
+    from digseg import DiGSegPipeline
+
+    folder = tmp_path / "oc"
+    _save_local_dir(folder, clip_model, {"embed_dim": EMBED_DIM, "vision_cfg": VISION_CFG, "text_cfg": CLIP_TEXT_CFG})
+    pipe = DiGSegPipeline.from_backbone(tiny_backbone, class_names=["background", "nucleus"],
+                                        text_encoder=f"open_clip:local-dir:{folder}")
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.text_pathway.config.encoder_dim == EMBED_DIM and pipe.text_encoder is None
+    image = torch.rand(3, 64, 64)
+    before = pipe(image, prompt="nucleus", generator=torch.Generator().manual_seed(0)).probabilities
+    pipe.save_pretrained(tmp_path / "model")
+    loaded = DiGSegPipeline.from_pretrained(tmp_path / "model")
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.config.open_clip_text_encoder == f"local-dir:{folder}"
+    after = loaded(image, prompt="nucleus", generator=torch.Generator().manual_seed(0)).probabilities
+    np.testing.assert_array_equal(after, before)

@@ -152,13 +152,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
             pipe.register_to_config(prompt_template=args.prompt_template)
         kwargs = dict(ensemble_size=args.ensemble_size, num_inference_steps=args.steps,
                       processing_resolution=args.processing_resolution, seed=args.seed)
+        query = dict(top_k=args.top_k, templates=args.templates)
         threshold = 0.5
         if args.threshold_search:
             search_set = get_dataset_class(args.dataset)(args.data_root, split=args.search_split)
             threshold, dice = search_threshold(pipe, search_set, **kwargs)
             info["threshold_search"] = {"split": args.search_split, "threshold": threshold, "Dice": dice}
             print(f"threshold search on {args.search_split}: {threshold:.2f} (Dice {dice:.2f})")
-        report = predict_dataset(pipe, dataset, predictions, threshold=threshold, **kwargs)
+        report = predict_dataset(pipe, dataset, predictions, threshold=threshold, **kwargs, **query)
         info.update(model=str(args.model), ensemble_size=args.ensemble_size, steps=args.steps or pipe.config.default_denoising_steps,
                     predictions=str(predictions), prediction_skipped=report["skipped"])
     metrics = score_predictions(dataset, predictions, present_only=True if args.present_only else None)
@@ -241,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--steps", type=int, default=None)
     e.add_argument("--processing-resolution", type=int, default=None)
     e.add_argument("--prompt-template", help="override the model's prompt template, e.g. 'a photo of a {}.'")
+    e.add_argument("--top-k", type=int, default=None, help="open vocabulary: exact queries for the k most relevant classes only")
+    e.add_argument("--templates", help="prompt templates for per-class queries: single | photo | ensemble")
     e.add_argument("--present-only", action="store_true", help="mean over classes present in the ground truth (CAT-Seg)")
     e.add_argument("--threshold-search", action="store_true", help="binary datasets: pick the threshold on --search-split")
     e.add_argument("--search-split", default="val")

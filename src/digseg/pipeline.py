@@ -15,6 +15,7 @@ deviation across members (mean over classes) is the uncertainty map.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -44,6 +45,14 @@ from .models.digseg_model import (
 from .models.text import CLIPPromptEncoder, TextPathway, install_level_processors, unet_forward_with_text
 
 
+@functools.lru_cache(maxsize=2)
+def _open_clip_encoder(name: str):
+    """One frozen open_clip text encoder per name per process (from_backbone and __init__ both ask for it)."""
+    from .models.open_clip_text import OpenCLIPPromptEncoder
+
+    return OpenCLIPPromptEncoder.from_pretrained(name)
+
+
 @dataclass
 class DiGSegOutput(BaseOutput):
     """labels [N, H, W] int64; probabilities [N, K, H, W]; uncertainty [N, H, W] (None when E == 1)."""
@@ -56,16 +65,18 @@ class DiGSegOutput(BaseOutput):
 
 class DiGSegPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->unet->vae"
+    _optional_components = ["text_encoder", "tokenizer"]  # None with an open_clip text tower
 
     def __init__(
         self,
         unet: UNet2DConditionModel,
         vae: AutoencoderKL,
         scheduler: DDIMScheduler,
-        text_encoder: CLIPTextModel,
-        tokenizer: CLIPTokenizer,
+        text_encoder: CLIPTextModel | None,
+        tokenizer: CLIPTokenizer | None,
         text_pathway: TextPathway,
         class_names: list[str] | None = None,
+        open_clip_text_encoder: str | None = None,
         prompt_template: str = "{}",
         default_denoising_steps: int = 1,
         default_processing_resolution: int = 512,
@@ -76,12 +87,16 @@ class DiGSegPipeline(DiffusionPipeline):
             text_pathway=text_pathway,
         )
         self.register_to_config(
+            open_clip_text_encoder=open_clip_text_encoder,
             prompt_template=prompt_template,
             default_denoising_steps=default_denoising_steps,
             default_processing_resolution=default_processing_resolution,
         )
         self.level_context = install_level_processors(unet)
-        self.prompt_encoder = CLIPPromptEncoder(text_encoder, tokenizer)
+        if open_clip_text_encoder:  # an open_clip text tower (e.g. BiomedCLIP), re-created from its name
+            self.prompt_encoder = _open_clip_encoder(open_clip_text_encoder)
+        else:
+            self.prompt_encoder = CLIPPromptEncoder(text_encoder, tokenizer)
         self.binary_codec = MaskCodec("binary")
         self.set_class_names(class_names)
 
@@ -99,17 +114,27 @@ class DiGSegPipeline(DiffusionPipeline):
     ) -> "DiGSegPipeline":
         """A fresh (untrained) DiGSeg model from a Stable Diffusion checkpoint: widened U-Net, identity pathway.
 
-        `text_encoder` swaps in another transformers CLIP text encoder (e.g. CLIP ViT-L/14 or ViT-B/16) for the
-        backbone's own; its features reach every U-Net level through the learned per-level projections.
+        `text_encoder` swaps in another text encoder for the backbone's own: a transformers CLIP text encoder
+        folder or hub id (e.g. CLIP ViT-L/14 or ViT-B/16), or "open_clip:<name>" for an open_clip text tower
+        ("open_clip:hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224", "open_clip:local-dir:/m").
+        Its features reach every U-Net level through the learned per-level projections.
         """
         backbone = load_backbone(pretrained, torch_dtype=torch_dtype)
-        if text_encoder is not None:
+        open_clip_name = None
+        if text_encoder is not None and str(text_encoder).startswith("open_clip:"):
+            open_clip_name = str(text_encoder)[len("open_clip:"):]
+            backbone.text_encoder = backbone.tokenizer = None  # the pipeline builds the open_clip encoder itself
+        elif text_encoder is not None:
             backbone.text_encoder, backbone.tokenizer = load_clip_text_encoder(text_encoder, torch_dtype)
         unet = widen_conv_in(backbone.unet)
         backbone.vae.requires_grad_(False)
-        backbone.text_encoder.requires_grad_(False)
+        if backbone.text_encoder is not None:
+            backbone.text_encoder.requires_grad_(False)
+        encoder_dim = backbone.text_encoder.config.hidden_size if open_clip_name is None else None
+        if open_clip_name is not None:
+            encoder_dim = _open_clip_encoder(open_clip_name).hidden_size
         pathway = TextPathway(
-            encoder_dim=backbone.text_encoder.config.hidden_size,
+            encoder_dim=encoder_dim,
             cross_attention_dim=unet.config.cross_attention_dim,
             num_levels=len(unet.config.block_out_channels),
         )
@@ -121,7 +146,7 @@ class DiGSegPipeline(DiffusionPipeline):
             unet=unet, vae=backbone.vae, scheduler=make_scheduler(backbone.scheduler, prediction_type),
             text_encoder=backbone.text_encoder, tokenizer=backbone.tokenizer, text_pathway=pathway,
             class_names=list(class_names) if class_names else None, prompt_template=prompt_template,
-            default_processing_resolution=processing_resolution,
+            default_processing_resolution=processing_resolution, open_clip_text_encoder=open_clip_name,
         )
 
     @classmethod

@@ -279,7 +279,7 @@ class OpenCLIPPromptEncoder:
         self.tower = text if isinstance(text, nn.Module) else model
         if all(hasattr(self.tower, a) for a in ("transformer", "proj", "config")):
             self.kind = "hf"
-        elif all(hasattr(self.tower, a) for a in ("token_embedding", "positional_embedding", "transformer", "ln_final")):
+        elif all(hasattr(self.tower, a) for a in ("token_embedding", "positional_embedding", "ln_final")):
             self.kind = "clip"
             if getattr(self.tower, "cls_emb", None) is not None:
                 raise DigsegError("open_clip text towers with an appended CLS embedding (CoCa) are not supported")

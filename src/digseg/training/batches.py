@@ -6,7 +6,8 @@ the exact trajectory of an uninterrupted run, with no RNG state to save.
 
 Queries: `palette` renders all classes with the model's palette and is conditioned on the class list
 (", ".join(class_names)); `binary` picks one class (present, or with `negative_prob` an absent one whose
-target is an empty mask) and is conditioned on `prompt_template.format(name)`. Classes named
+target is an empty mask) and is conditioned on `prompt_template.format(name)`, with one of the class's
+comma-separated synonyms drawn at random. Classes named
 "background" are never queried on their own.
 """
 
@@ -21,6 +22,7 @@ from torch.utils.data import Dataset
 from ..errors import DataError
 from ..masks import MaskCodec
 from ..models.digseg_model import encode_latents
+from ..prompts import synonyms
 
 
 def step_generator(seed: int, step: int, process: int = 0) -> torch.Generator:
@@ -76,7 +78,9 @@ class LatentBatcher:
         if absent and (not candidates or torch.rand(1, generator=gen).item() < self.negative_prob):
             candidates = absent
         c = candidates[int(torch.randint(len(candidates), (1,), generator=gen))]
-        return f"class{c}", self.prompt_template.format(self.class_names[c])
+        names = synonyms(self.class_names[c])  # "wall, walls": one synonym per query, as inference averages them
+        name = names[int(torch.randint(len(names), (1,), generator=gen))] if len(names) > 1 else names[0]
+        return f"class{c}", self.prompt_template.format(name)
 
     def _load(self, index: int) -> dict:
         sample = self.dataset[index]
