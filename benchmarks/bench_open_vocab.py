@@ -27,7 +27,7 @@ where the fast and exact label maps are equal (same seed), which only shows whet
 
 Usage::
 
-    python benchmarks/bench_open_vocab.py            # full run (tiny + sd2), ~10 min on 2 CPU cores
+    python benchmarks/bench_open_vocab.py            # full run (tiny + sd2), ~8 min on 2 CPU cores
     python benchmarks/bench_open_vocab.py --quick    # smoke run: tiny only, N = 1, 8, 64
 """
 
@@ -146,7 +146,10 @@ def query_table(pipe: DiGSegPipeline, names: list[str]) -> list[list[str]]:
 
 
 def text_costs(pipe: DiGSegPipeline, names: list[str]) -> tuple[int, float, float]:
-    """-> (distinct prompts, one-time encode s from a cold cache, per-call projection s on a warm cache).
+    """-> (distinct prompts, one-time encode s from a cold cache, per-call gather s on a warm cache).
+
+    Per call the pipeline gathers the cached encoder features and averages each class's prompt variants
+    (`query_states`); the per-level projections run later, only on pooled vectors and queried classes.
 
     Leaves the cache warm for `names`.
     """
@@ -156,11 +159,11 @@ def text_costs(pipe: DiGSegPipeline, names: list[str]) -> tuple[int, float, floa
     t0 = time.perf_counter()
     pipe.prompt_encoder.encode(prompts)
     encode_s = time.perf_counter() - t0
-    pipe.query_levels(table)  # warm (allocator) once
+    pipe.query_states(table)  # warm (allocator) once
     t0 = time.perf_counter()
-    levels = pipe.query_levels(table)
+    states = pipe.query_states(table)
     project_s = time.perf_counter() - t0
-    del levels
+    del states
     return len(prompts), encode_s, project_s
 
 
@@ -242,13 +245,13 @@ def bench_model(key: str, sizes: list[int], exact_sizes: list[int], top_k: int, 
     print(f"load average (1/5/15 min) before timing: {', '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     image = torch.rand(3, size, size, generator=torch.Generator().manual_seed(seed))
 
-    # text: one-time encoding per vocabulary (cold cache), then the per-call projection (warm cache)
+    # text: one-time encoding per vocabulary (cold cache), then the per-call gather of cached features (warm cache)
     text = {}
     for n in sizes:
         text[n] = text_costs(pipe, all_names[:n])
         print(f"N={n}: {text[n][0]} prompts, one-time encode {text[n][1]:.3f} s, "
-              f"per-call text projection {text[n][2]:.3f} s", flush=True)
-    pipe.query_levels(query_table(pipe, all_names[: max(sizes)]))  # whole vocabulary cached from here on
+              f"per-call text gather {text[n][2]:.3f} s", flush=True)
+    pipe.query_states(query_table(pipe, all_names[: max(sizes)]))  # whole vocabulary cached from here on
 
     # one untimed call so one-time costs (first touch of the weights, allocator growth) are not counted
     t0 = time.perf_counter()
@@ -298,21 +301,21 @@ def bench_model(key: str, sizes: list[int], exact_sizes: list[int], top_k: int, 
     for n in sizes:
         f = fast[n].seconds
         if n in exact:
-            e, e_txt, e_mem = exact[n].seconds, fmt(exact[n].seconds), fmt(exact[n].peak_mib, 4)
+            e, e_txt, e_mem = exact[n].seconds, fmt(exact[n].seconds), fmt(exact[n].peak_mib)
             agree = f"{float((fast[n].labels == exact[n].labels).mean()):.3f}"
         else:
             e = intercept + n * per_class if per_class is not None else None
             e_txt, e_mem, agree = f"{fmt(e)} (extrapolated)", "n/a", "n/a"
         ratios[n] = f / one if one else None
         e_ratio = fmt(e / one) + (" (extrapolated)" if n not in exact else "") if (one and e is not None) else "n/a"
-        lines.append(f"| {n} | {fmt(f)} | {e_txt} | {fmt(fast[n].peak_mib, 4)} | {e_mem} | "
+        lines.append(f"| {n} | {fmt(f)} | {e_txt} | {fmt(fast[n].peak_mib)} | {e_mem} | "
                      f"{fmt(ratios[n])} | {e_ratio} | {agree} |")
     lines += [
         "",
         "Text costs (not in the table above: encoding is one-time per vocabulary and cached; the projection is "
         "inside every call):",
         "",
-        "| N | distinct prompts | one-time text encode s | per-call text projection s |",
+        "| N | distinct prompts | one-time text encode s | per-call text gather s |",
         "|---:|---:|---:|---:|",
     ]
     for n in sizes:
@@ -342,7 +345,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds per tiny-model cell (default 7; --quick 3)")
     parser.add_argument("--tiny-exact", default="1,8,64", help="sizes where the tiny model's exact path is measured")
     parser.add_argument("--sd2-exact", default="1,8", help="sizes where the SD2-sized exact path is measured")
+    parser.add_argument("--sd2-repeats", type=int, default=3, help="timed rounds per SD2-sized cell (default 3)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's default)")
     args = parser.parse_args(argv)
 
     models = (args.models or ("tiny" if args.quick else "tiny,sd2")).split(",")
@@ -350,6 +355,8 @@ def main(argv: list[str] | None = None) -> None:
     if 1 not in sizes:
         parser.error("--sizes must include 1 (the one-class reference)")
     repeats = args.repeats or (3 if args.quick else 7)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     all_names = read_class_file("ade20k_847.txt")
     if max(sizes) > len(all_names):
         all_names = all_names + [f"class {i}" for i in range(len(all_names), max(sizes))]
@@ -369,7 +376,8 @@ def main(argv: list[str] | None = None) -> None:
         if 1 not in exact_sizes:
             exact_sizes = [1] + exact_sizes
         results[key] = bench_model(key, sizes, exact_sizes, args.top_k,
-                                   repeats if key == "tiny" else 1, 1 if key == "tiny" else 0, args.seed, all_names)
+                                   repeats if key == "tiny" else args.sd2_repeats, 1 if key == "tiny" else 0, args.seed,
+                                   all_names)
     print("\n# Summary\n")
     for key, res in results.items():
         print(res["table"] + "\n")

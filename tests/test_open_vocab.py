@@ -64,9 +64,9 @@ def test_fast_path_agrees_wherever_the_exact_class_was_kept(trained_like):
 
 
 def test_class_relevance_ranks_every_class(trained_like):
-    levels = trained_like.query_levels([[n] for n in NAMES])
+    states = trained_like.query_states([[n] for n in NAMES])
     z = torch.randn(2, 4, 16, 16)
-    relevance = trained_like.class_relevance(z, levels, torch.randn(2, 4, 16, 16))
+    relevance = trained_like.class_relevance(z, states, torch.randn(2, 4, 16, 16))
     assert relevance.shape == (2, len(NAMES)) and torch.isfinite(relevance).all()
     assert trained_like.level_context.record is None  # recording switched off again
 

@@ -188,21 +188,23 @@ class DiGSegPipeline(DiffusionPipeline):
             raise DigsegError(f"empty prompt {name!r}: give a class name or a phrase")
         return self.config.prompt_template.format(name.strip())
 
-    def text_levels(self, prompts: Sequence[str]) -> list[torch.Tensor]:
-        """Per-level projected text features for a list of prompts: num_levels x [N, L, C].
+    def query_states(self, table: Sequence[Sequence[str]]) -> torch.Tensor:
+        """Encoder features of Q queries, each the mean over its prompt variants: [Q, L, D] (before projection).
 
-        Each distinct prompt is encoded (and projected) once; rows are then gathered per item.
+        The per-level projections are affine, so projecting this mean equals averaging the projected variants;
+        projecting late means only the rows a step needs are projected (pooled vectors for ranking, the queried
+        classes for denoising), not every prompt of a large vocabulary on every call.
         """
-        unique = list(dict.fromkeys(prompts))
-        states = self.prompt_encoder.encode(unique).to(self.unet.device, self.unet.dtype)  # [U, L, D]
-        index = torch.tensor([unique.index(p) for p in prompts], device=states.device)
-        return [level[index] for level in self.text_pathway(states)]
+        sizes = [len(variants) for variants in table]
+        states = self.prompt_encoder.encode([p for variants in table for p in variants])  # [sum(sizes), L, D]
+        states = states.to(self.unet.device, self.text_pathway.dtype)
+        if max(sizes) == 1:
+            return states
+        return torch.stack([chunk.mean(0) for chunk in states.split(sizes)])
 
     def query_levels(self, table: Sequence[Sequence[str]]) -> list[torch.Tensor]:
-        """Features of Q queries, each the average over its prompt variants: num_levels x [Q, L, C]."""
-        sizes = [len(variants) for variants in table]
-        levels = self.text_levels([p for variants in table for p in variants])  # num_levels x [sum(sizes), L, C]
-        return [torch.stack([chunk.mean(0) for chunk in level.split(sizes)]) for level in levels]
+        """Projected features of Q queries: num_levels x [Q, L, C]."""
+        return self.text_pathway(self.query_states(table))
 
     def _resolve_queries(self, num_images: int, prompt, classes, templates) -> tuple[str, list[list[str]], list[list[int]], list[str]]:
         """-> (mode, query table: prompt variants per query, per-image query ids, output class names)."""
@@ -247,15 +249,16 @@ class DiGSegPipeline(DiffusionPipeline):
         return latents
 
     @torch.no_grad()
-    def class_relevance(self, image_latents: torch.Tensor, levels: list[torch.Tensor], noise: torch.Tensor) -> torch.Tensor:
+    def class_relevance(self, image_latents: torch.Tensor, states: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """One U-Net pass attending to a "bag" of all Q class vectors -> relevance [B, Q].
 
-        image_latents [B, 4, h, w]; levels num_levels x [Q, L, C] (each class pooled over its tokens into one key);
-        noise [B, 4, h, w]. Relevance of a class = its cross-attention probability, averaged over heads, maxed over
+        image_latents [B, 4, h, w]; states [Q, L, D] encoder features (each class pooled over its tokens into one
+        key, then projected per level); noise [B, 4, h, w]. Relevance of a class = its cross-attention probability, averaged over heads, maxed over
         positions, averaged over cross-attention layers. Used to prune classes before exact queries.
         """
         b = image_latents.shape[0]
-        bag = [level.mean(dim=1)[None].expand(b, -1, -1) for level in levels]  # num_levels x [B, Q, C]
+        pooled = self.text_pathway(states.mean(dim=1))  # num_levels x [Q, C]
+        bag = [level[None].expand(b, -1, -1) for level in pooled]  # num_levels x [B, Q, C]
         self.scheduler.set_timesteps(1, device=image_latents.device)
         t = self.scheduler.timesteps[0]
         self.level_context.record = []
@@ -265,8 +268,8 @@ class DiGSegPipeline(DiffusionPipeline):
         finally:
             self.level_context.record = None
 
-    def _segment_batch(self, pixels, query_ids, levels, mode, ensemble_size, steps, generator, max_batch, top_k):
-        """pixels [B, 3, H, W]; query_ids: B lists of Q ids into `levels` (num_levels x [U, L, C]).
+    def _segment_batch(self, pixels, query_ids, states, mode, ensemble_size, steps, generator, max_batch, top_k):
+        """pixels [B, 3, H, W]; query_ids: B lists of Q ids into `states` ([U, L, D] encoder features).
 
         -> (probs [B, K, H, W], uncertainty [B, H, W] or None, kept [B, K] bool or None). Each (image, member) draws its noise once and
         shares it across the image's queries, so class scores are comparable and an N-class query equals N
@@ -279,7 +282,7 @@ class DiGSegPipeline(DiffusionPipeline):
         noise = randn_tensor((b, ensemble_size, *image_latents.shape[1:]), generator=generator, device=device, dtype=dtype)
         all_ids = torch.tensor(query_ids, device=device)  # [B, Q]
         if mode == "per_class" and top_k and top_k < all_ids.shape[1]:
-            relevance = self.class_relevance(image_latents, [lv[all_ids[0]] for lv in levels], noise[:, 0])  # [B, Q]
+            relevance = self.class_relevance(image_latents, states[all_ids[0]], noise[:, 0])  # [B, Q]
             keep = relevance.topk(top_k, dim=1).indices.sort(dim=1).values  # [B, k] positions into the Q classes
             run_ids = torch.gather(all_ids, 1, keep)
         else:
@@ -293,7 +296,7 @@ class DiGSegPipeline(DiffusionPipeline):
         member_probs = []
         for start in range(0, item_image.numel(), max_batch):
             sl = slice(start, min(start + max_batch, item_image.numel()))
-            text = [level[item_query[sl]] for level in levels]
+            text = self.text_pathway(states[item_query[sl]])  # num_levels x [m, L, C]
             latents = self.denoise(image_latents[item_image[sl]], text, steps, latents=noise[item_image[sl], item_member[sl]])
             probs = codec.decode(decode_latents(self.vae, latents).float())  # [m, K_codec, H, W]
             member_probs.append(probs if mode == "palette" else probs[:, 1:])
@@ -355,7 +358,7 @@ class DiGSegPipeline(DiffusionPipeline):
         mode, table, query_ids, names = self._resolve_queries(len(images), prompt, classes, templates)
         if top_k is not None and top_k < 1:
             raise DigsegError(f"top_k must be >= 1, got {top_k}")
-        levels = self.query_levels(table)  # num_levels x [U, L, C]: every query encoded once per call
+        states = self.query_states(table)  # [U, L, D]: every prompt encoded once (cached), projected when used
         per_batch = max(1, batch_size)
         all_probs: list[torch.Tensor] = [None] * len(images)  # type: ignore[list-item]
         all_unc: list[torch.Tensor | None] = [None] * len(images)
@@ -371,7 +374,7 @@ class DiGSegPipeline(DiffusionPipeline):
         for batch in self.progress_bar(batches) if show_progress_bar else batches:
             pixels = torch.stack([prepared[i][0] for i in batch])  # [B, 3, H', W']
             probs, unc, kept = self._segment_batch(
-                pixels, [query_ids[i] for i in batch], levels, mode, ensemble_size, steps, generator, max_unet_batch, top_k
+                pixels, [query_ids[i] for i in batch], states, mode, ensemble_size, steps, generator, max_unet_batch, top_k
             )
             for j, i in enumerate(batch):
                 size = tuple(images[i].shape[-2:])
