@@ -312,7 +312,7 @@ def bench_model(key: str, sizes: list[int], exact_sizes: list[int], top_k: int, 
                      f"{fmt(ratios[n])} | {e_ratio} | {agree} |")
     lines += [
         "",
-        "Text costs (not in the table above: encoding is one-time per vocabulary and cached; the projection is "
+        "Text costs (not in the table above: encoding is one-time per vocabulary and cached; the gather is "
         "inside every call):",
         "",
         "| N | distinct prompts | one-time text encode s | per-call text gather s |",

@@ -43,23 +43,24 @@ _TRAIN_FLAGS = {  # flag -> (config key, type)
     "pretrained": str, "dataset": str, "data_root": str, "output": str, "max_steps": int, "batch_size": int,
     "learning_rate": float, "task": str, "prediction_type": str, "mixed_precision": str,
     "gradient_accumulation_steps": int, "checkpoint_every": int, "keep_checkpoints": int, "resolution": int,
-    "seed": int, "text_encoder": str,
+    "seed": int, "text_encoder": str, "latent_cache": str, "num_scenes": int,
 }
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .data.registry import build_dataset
-    from .pipeline import DiGSegPipeline
-    from .training.config import TrainConfig
     from .training.trainer import Trainer
 
-    overrides = {("output_dir" if k == "output" else k): getattr(args, k) for k in _TRAIN_FLAGS}
-    if args.use_ema:
-        overrides["use_ema"] = True
-    if args.config:
-        config = TrainConfig.load(args.config, overrides)
-    else:
-        config = TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
+    config = _train_config(args)
+    pipe, dataset = _pipe_and_dataset(config)
+    Trainer(config, pipe, dataset).train(resume=args.resume)
+    print(f"saved trained model to {config.output_dir}")
+
+
+def _pipe_and_dataset(config, split: str = "train"):
+    """The (fresh or continued) pipeline and the training dataset a config describes."""
+    from .data.registry import build_dataset
+    from .pipeline import DiGSegPipeline
+
     if not config.pretrained:
         raise ConfigError("no backbone: pass --pretrained (a Stable Diffusion folder or hub id, "
                           "e.g. the backbone/ folder `digseg quickstart` writes) or set `pretrained` in the config")
@@ -70,7 +71,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         pipe = DiGSegPipeline.from_backbone(config.pretrained, prediction_type=config.prediction_type,
                                             text_encoder=config.text_encoder or None)
     config.resolution = config.resolution or pipe.config.default_processing_resolution  # 0 = native
-    dataset = build_dataset(config.dataset, config.data_root, split="train", size=config.resolution,
+    dataset = build_dataset(config.dataset, config.data_root, split=split, size=config.resolution,
                             num_scenes=config.num_scenes, seed=config.seed)
     names = config.class_names or list(dataset.class_names)
     if len(names) != len(dataset.class_names):
@@ -79,8 +80,28 @@ def cmd_train(args: argparse.Namespace) -> None:
     config.prompt_template = config.prompt_template or getattr(dataset, "prompt_template", "{}")
     pipe.set_class_names(names)
     pipe.register_to_config(prompt_template=config.prompt_template)
-    Trainer(config, pipe, dataset).train(resume=args.resume)
-    print(f"saved trained model to {config.output_dir}")
+    return pipe, dataset
+
+
+def _train_config(args: argparse.Namespace):
+    from .training.config import TrainConfig
+
+    overrides = {("output_dir" if k == "output" else k): getattr(args, k, None) for k in _TRAIN_FLAGS}
+    for flag in ("use_ema", "gradient_checkpointing"):
+        if getattr(args, flag, False):
+            overrides[flag] = True
+    if args.config:
+        return TrainConfig.load(args.config, overrides)
+    return TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
+
+
+def cmd_cache_latents(args: argparse.Namespace) -> None:
+    from .training.latent_cache import build_latent_cache
+
+    config = _train_config(args)
+    pipe, dataset = _pipe_and_dataset(config)
+    out = build_latent_cache(dataset, config.class_names, pipe.vae, args.cache, config.resolution, task=config.task)
+    print(f"wrote latents of {len(dataset)} samples to {out}; train with --latent-cache {out}")
 
 
 # ---------------------------------------------------------------------------------------------- predict
@@ -210,7 +231,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--text-encoder", help="another CLIP text encoder (folder or hub id), e.g. openai/clip-vit-large-patch14")
     t.add_argument("--use-ema", action="store_true")
     t.add_argument("--resume", help="'latest' or a checkpoint folder")
+    t.add_argument("--num-scenes", type=int, help="synthetic dataset size (default 2000)")
+    t.add_argument("--latent-cache", help="a folder from `digseg cache-latents` (the VAE is then never run)")
+    t.add_argument("--gradient-checkpointing", action="store_true")
     t.set_defaults(func=cmd_train)
+
+    c = sub.add_parser("cache-latents", help="encode a training set's images and masks once with the frozen VAE")
+    c.add_argument("--cache", required=True, help="output folder")
+    for action in t._actions:  # the same data/model flags as `train`
+        if action.dest in ("config", "pretrained", "dataset", "data_root", "resolution", "task", "seed", "text_encoder", "num_scenes"):
+            c._add_action(action)
+    c.set_defaults(func=cmd_cache_latents)
 
     p = sub.add_parser("predict", help="segment images with a trained model")
     p.add_argument("--model", required=True, help="a DiGSeg model folder (e.g. digseg-quickstart/model)")

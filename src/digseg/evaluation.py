@@ -44,7 +44,7 @@ def _load(dataset: Dataset, limit: int | None) -> tuple[list[torch.Tensor], list
 
 @torch.no_grad()
 def evaluate_binary(pipe: DiGSegPipeline, dataset: Dataset, setting: EStep, seed: int = 0, batch_size: int = 32,
-                    limit: int | None = None) -> dict:
+                    limit: int | None = None, **call_kwargs) -> dict:
     images, labels = _load(dataset, limit)
     names = dataset.class_names
     ignore = getattr(dataset, "ignore_index", 255)
@@ -55,7 +55,8 @@ def evaluate_binary(pipe: DiGSegPipeline, dataset: Dataset, setting: EStep, seed
             continue
         start = time.perf_counter()
         out = pipe(images, prompt=name, ensemble_size=setting.ensemble_size, num_inference_steps=setting.steps,
-                   batch_size=batch_size, generator=torch.Generator().manual_seed(seed), show_progress_bar=False)
+                   batch_size=batch_size, generator=torch.Generator().manual_seed(seed), show_progress_bar=False,
+                   **call_kwargs)
         seconds += time.perf_counter() - start
         queried += len(images)
         for label, pred in zip(labels, out.labels):
@@ -69,12 +70,12 @@ def evaluate_binary(pipe: DiGSegPipeline, dataset: Dataset, setting: EStep, seed
 
 @torch.no_grad()
 def evaluate_palette(pipe: DiGSegPipeline, dataset: Dataset, setting: EStep, seed: int = 0, batch_size: int = 32,
-                     limit: int | None = None) -> dict:
+                     limit: int | None = None, **call_kwargs) -> dict:
     images, labels = _load(dataset, limit)
     metric = SegmentationMetric(len(dataset.class_names), getattr(dataset, "ignore_index", 255), list(dataset.class_names))
     start = time.perf_counter()
     out = pipe(images, ensemble_size=setting.ensemble_size, num_inference_steps=setting.steps, batch_size=batch_size,
-               generator=torch.Generator().manual_seed(seed), show_progress_bar=False)
+               generator=torch.Generator().manual_seed(seed), show_progress_bar=False, **call_kwargs)
     seconds = time.perf_counter() - start
     for label, pred in zip(labels, out.labels):
         metric.update(torch.as_tensor(pred), label)

@@ -8,9 +8,11 @@ Three ways to ask (chosen by the arguments of `__call__`):
   scores (the exact open-vocabulary path).
 
 Per batch of images: each image is encoded once; prompts are encoded once per call (cached); E ensemble
-members start from independent noise and are denoised in K DDIM steps with trailing spacing; each member
-is decoded, read back to per-class probabilities, and the members are averaged. The per-pixel standard
-deviation across members (mean over classes) is the uncertainty map.
+members start from independent noise and are denoised in K DDIM steps with trailing spacing; the members'
+latents are averaged and decoded once (the VAE decoder is the largest cost), then read back to per-class
+probabilities. The uncertainty map is the members' per-pixel spread: the standard deviation of their latents
+(mean over channels, upsampled), or with `decode_members=True` (every member decoded, as Marigold does) the
+standard deviation of their probabilities (mean over classes).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
@@ -55,7 +58,7 @@ def _open_clip_encoder(name: str):
 
 @dataclass
 class DiGSegOutput(BaseOutput):
-    """labels [N, H, W] int64; probabilities [N, K, H, W]; uncertainty [N, H, W] (None when E == 1)."""
+    """labels [N, H, W] int64; probabilities [N, K, H, W]; uncertainty [N, H, W]: members' spread (None when E == 1)."""
 
     labels: np.ndarray | torch.Tensor
     probabilities: np.ndarray | torch.Tensor
@@ -268,12 +271,15 @@ class DiGSegPipeline(DiffusionPipeline):
         finally:
             self.level_context.record = None
 
-    def _segment_batch(self, pixels, query_ids, states, mode, ensemble_size, steps, generator, max_batch, top_k):
+    def _segment_batch(self, pixels, query_ids, states, mode, ensemble_size, steps, generator, max_batch, top_k,
+                       decode_members=False):
         """pixels [B, 3, H, W]; query_ids: B lists of Q ids into `states` ([U, L, D] encoder features).
 
         -> (probs [B, K, H, W], uncertainty [B, H, W] or None, kept [B, K] bool or None). Each (image, member) draws its noise once and
         shares it across the image's queries, so class scores are comparable and an N-class query equals N
-        single-class queries with the same seed. With `top_k`, per-class queries first rank all classes by
+        single-class queries with the same seed. Ensemble members are averaged in latent space and decoded once
+        per query (the VAE decoder is the largest cost); `decode_members=True` decodes every member and averages
+        probabilities instead, as Marigold does. With `top_k`, per-class queries first rank all classes by
         `class_relevance` and run only the top k; the others get probability 0.
         """
         device, dtype = self.unet.device, self.unet.dtype
@@ -293,26 +299,37 @@ class DiGSegPipeline(DiffusionPipeline):
         item_member = torch.arange(ensemble_size, device=device).repeat(b * q)
         item_query = run_ids.repeat_interleave(ensemble_size, dim=1).reshape(-1)
         codec = self.palette_codec if mode == "palette" else self.binary_codec
-        member_probs = []
-        for start in range(0, item_image.numel(), max_batch):
-            sl = slice(start, min(start + max_batch, item_image.numel()))
+        combine = not decode_members and ensemble_size > 1  # average members' latents, decode once per query
+        chunk = max(ensemble_size, max_batch // ensemble_size * ensemble_size) if combine else max_batch
+        member_probs, spreads = [], []
+        for start in range(0, item_image.numel(), chunk):
+            sl = slice(start, min(start + chunk, item_image.numel()))
             text = self.text_pathway(states[item_query[sl]])  # num_levels x [m, L, C]
             latents = self.denoise(image_latents[item_image[sl]], text, steps, latents=noise[item_image[sl], item_member[sl]])
-            probs = codec.decode(decode_latents(self.vae, latents).float())  # [m, K_codec, H, W]
+            if combine:
+                latents = latents.view(-1, ensemble_size, *latents.shape[1:])  # [m/E, E, 4, h, w]
+                spreads.append(latents.float().std(dim=1).mean(dim=1))  # [m/E, h, w]: members' disagreement
+                latents = latents.mean(dim=1)
+            probs = codec.decode(decode_latents(self.vae, latents).float())  # [m or m/E, K_codec, H, W]
             member_probs.append(probs if mode == "palette" else probs[:, 1:])
-        probs = torch.cat(member_probs)  # [B*q*E, K_codec or 1, H, W]
-        probs = probs.view(b, q, ensemble_size, *probs.shape[1:])
+        members = 1 if combine else ensemble_size
+        probs = torch.cat(member_probs)  # [B*q*members, K_codec or 1, H, W]
+        probs = probs.view(b, q, members, *probs.shape[1:])
         if mode == "palette":
-            probs = probs[:, 0]  # [B, E, K, H, W]
+            probs = probs[:, 0]  # [B, members, K, H, W]
         else:
-            probs = probs[:, :, :, 0].transpose(1, 2)  # [B, E, q, H, W]
+            probs = probs[:, :, :, 0].transpose(1, 2)  # [B, members, q, H, W]
             if mode == "binary":
-                probs = torch.cat([1 - probs, probs], dim=2)  # [B, E, 2, H, W]
+                probs = torch.cat([1 - probs, probs], dim=2)  # [B, members, 2, H, W]
             elif keep is not None:  # scatter the k run classes back among all Q
-                full = probs.new_zeros(b, ensemble_size, all_ids.shape[1], *probs.shape[-2:])
-                index = keep[:, None, :, None, None].expand(-1, ensemble_size, -1, *probs.shape[-2:])
+                full = probs.new_zeros(b, members, all_ids.shape[1], *probs.shape[-2:])
+                index = keep[:, None, :, None, None].expand(-1, members, -1, *probs.shape[-2:])
                 probs = full.scatter(2, index, probs)
-        uncertainty = probs.std(dim=1).mean(dim=1) if ensemble_size > 1 else None
+        if combine:  # latent-space spread, upsampled to pixels
+            spread = torch.cat(spreads).view(b, q, *spreads[0].shape[-2:]).mean(dim=1, keepdim=True)  # [B, 1, h, w]
+            uncertainty = F.interpolate(spread, size=probs.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        else:
+            uncertainty = probs.std(dim=1).mean(dim=1) if ensemble_size > 1 else None
         kept = None
         if keep is not None:
             kept = torch.zeros(all_ids.shape, dtype=torch.bool, device=device).scatter(1, keep, True)  # [B, Q]
@@ -335,6 +352,7 @@ class DiGSegPipeline(DiffusionPipeline):
         no_class_threshold: float | None = None,
         templates: str | Sequence[str] | None = None,
         top_k: int | None = None,
+        decode_members: bool = False,
         max_unet_batch: int = 64,
         show_progress_bar: bool = True,
         return_dict: bool = True,
@@ -374,7 +392,8 @@ class DiGSegPipeline(DiffusionPipeline):
         for batch in self.progress_bar(batches) if show_progress_bar else batches:
             pixels = torch.stack([prepared[i][0] for i in batch])  # [B, 3, H', W']
             probs, unc, kept = self._segment_batch(
-                pixels, [query_ids[i] for i in batch], states, mode, ensemble_size, steps, generator, max_unet_batch, top_k
+                pixels, [query_ids[i] for i in batch], states, mode, ensemble_size, steps, generator, max_unet_batch, top_k,
+                decode_members,
             )
             for j, i in enumerate(batch):
                 size = tuple(images[i].shape[-2:])

@@ -52,7 +52,7 @@ class LatentBatcher:
     """Builds `Batch`es from a dataset, encoding images/masks with the frozen VAE (cached when asked)."""
 
     def __init__(self, dataset: Dataset, class_names: list[str], vae, task: str, prompt_template: str,
-                 negative_prob: float, cache: bool, ignore_index: int = 255) -> None:
+                 negative_prob: float, cache: bool, ignore_index: int = 255, store=None) -> None:
         self.dataset = dataset
         self.class_names = class_names
         self.vae = vae
@@ -65,7 +65,8 @@ class LatentBatcher:
         self.binary_codec = MaskCodec("binary", ignore_index=ignore_index)
         self.palette_codec = MaskCodec("palette", len(class_names), ignore_index=ignore_index)
         self.queryable = [c for c, n in enumerate(class_names) if n.strip().lower() != "background"]
-        self._latents: dict[tuple[int, str], torch.Tensor] = {}  # (index, "image"|"palette"|"class<c>") -> [4, h, w]
+        self.store = store  # a LatentCache on disk (`digseg cache-latents`), read before encoding anything
+        self._latents: dict[tuple[int, str], torch.Tensor] = {}  # (index, "image"|"palette"|"class<c>"|"empty") -> [4, h, w]
         self._info: dict[int, tuple[list[int], torch.Tensor]] = {}  # index -> (present classes, keep [1, h, w])
 
     def _choose_query(self, present: list[int], gen: torch.Generator) -> tuple[str, str]:
@@ -80,7 +81,8 @@ class LatentBatcher:
         c = candidates[int(torch.randint(len(candidates), (1,), generator=gen))]
         names = synonyms(self.class_names[c])  # "wall, walls": one synonym per query, as inference averages them
         name = names[int(torch.randint(len(names), (1,), generator=gen))] if len(names) > 1 else names[0]
-        return f"class{c}", self.prompt_template.format(name)
+        key = f"class{c}" if c in present else "empty"  # every absent class has the same (empty) target
+        return key, self.prompt_template.format(name)
 
     def _load(self, index: int) -> dict:
         sample = self.dataset[index]
@@ -95,16 +97,32 @@ class LatentBatcher:
         """label [H, W] -> mask image [3, H, W] in [-1, 1] for the query `key`."""
         if key == "palette":
             return self.palette_codec.encode(label[None])[0]
-        c = int(key[len("class"):])
+        c = int(key[len("class"):]) if key != "empty" else -1
         binary = (label == c).long()
         binary[label == self.ignore_index] = self.ignore_index
         return self.binary_codec.encode(binary[None])[0]
+
+    @torch.no_grad()
+    def encode_all(self, index: int, with_palette: bool = True, with_classes: bool = True) -> dict:
+        """Every latent sample `index` can need: image, palette, each present class, empty (for `cache-latents`)."""
+        sample = self._load(index)
+        label = sample["label"]
+        present = sorted(int(v) for v in torch.unique(label) if int(v) != self.ignore_index)
+        keys = ["image"] + (["palette"] if with_palette else [])
+        if with_classes:
+            keys += [f"class{c}" for c in self.queryable if c in present] + ["empty"]
+        pixels = [sample["image"] if k == "image" else self._target_image(label, k) for k in keys]
+        latents = encode_latents(self.vae, torch.stack(pixels).to(self.vae.device)).float().cpu()  # [M, 4, h, w]
+        keep = self.palette_codec.ignore_weights(label[None], tuple(latents.shape[-2:]))[0]  # [1, h, w]
+        return {"latents": dict(zip(keys, latents)), "keep": keep, "present": present}
 
     @torch.no_grad()
     def make_batch(self, indices: list[int], gen: torch.Generator) -> Batch:
         device = self.vae.device
         samples: dict[int, dict] = {}
         for i in indices:
+            if i not in self._info and self.store is not None and self.store.has(i):
+                self._info[i] = self.store.info(i)
             if i not in self._info:
                 samples[i] = self._load(i)
                 label = samples[i]["label"]
@@ -114,6 +132,12 @@ class LatentBatcher:
         wanted = [(i, "image") for i in indices] + [(i, k) for i, (k, _) in zip(indices, keys)]
         missing = list(dict.fromkeys(w for w in wanted if w not in self._latents))
         found: dict[tuple[int, str], torch.Tensor] = {w: self._latents[w] for w in wanted if w in self._latents}
+        if self.store is not None:
+            for w in [w for w in missing if self.store.has(w[0])]:
+                z = self.store.get(*w)
+                if z is not None:
+                    found[w] = z
+            missing = [w for w in missing if w not in found]
         if missing:
             pixels = []
             for i, key in missing:

@@ -35,6 +35,7 @@ class TrainConfig:
     task: str = "both"  # binary (prompt -> mask) | palette (closed-set classes) | both (alternating at random)
     negative_prob: float = 0.1  # binary: chance of querying a class absent from the image (target: empty mask)
     cache_latents: bool = True  # keep the frozen VAE's latents in memory after their first use
+    latent_cache: str = ""  # a folder written by `digseg cache-latents`: the trainer reads latents, never runs the VAE
     # optimisation
     output_dir: str = "runs/digseg"
     max_steps: int = 1000
@@ -46,6 +47,7 @@ class TrainConfig:
     weight_decay: float = 1e-2
     max_grad_norm: float = 1.0
     mixed_precision: str = "no"  # no | fp16 | bf16
+    gradient_checkpointing: bool = False  # recompute U-Net activations in backward: less memory, ~30% slower
     use_ema: bool = False
     ema_decay: float = 0.999
     # bookkeeping

@@ -87,10 +87,18 @@ class Trainer:
         self.output_dir = Path(config.output_dir)
         self.accelerator = _make_accelerator(config)
         pipe.to(self.accelerator.device)
+        store = None
+        if config.latent_cache:
+            from .latent_cache import LatentCache
+
+            resolution = config.resolution or pipe.config.default_processing_resolution
+            store = LatentCache(config.latent_cache, list(pipe.config.class_names), pipe.vae, resolution)
         self.batcher = LatentBatcher(
             dataset, list(pipe.config.class_names), pipe.vae, config.task, config.prompt_template,
-            config.negative_prob, config.cache_latents, getattr(dataset, "ignore_index", 255),
+            config.negative_prob, config.cache_latents, getattr(dataset, "ignore_index", 255), store=store,
         )
+        if config.gradient_checkpointing:
+            pipe.unet.enable_gradient_checkpointing()
         pipe.unet.train().requires_grad_(True)
         pipe.text_pathway.train().requires_grad_(True)
         params = list(pipe.unet.parameters()) + list(pipe.text_pathway.parameters())

@@ -1,0 +1,113 @@
+"""`digseg cache-latents`: the frozen VAE's latents of a dataset, written once, read by the trainer.
+
+Layout of a cache folder:
+  index.json                  class names, resolution, VAE fingerprint, and per sample: shard, present classes
+  shard-00000.safetensors     "<i>.image", "<i>.palette", "<i>.class<c>" latents [4, h, w] and "<i>.keep" [1, h, w]
+For sample i it stores the image latent, the palette-mask latent, and the binary-mask latent of every class
+present in the image (absent classes are empty masks: one shared "empty" latent). The trainer then never
+runs the VAE. A cache is only valid for the VAE and resolution it was built with; both are checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from ..errors import DataError, DigsegError
+from .batches import LatentBatcher
+
+INDEX = "index.json"
+
+
+def vae_fingerprint(vae) -> str:
+    """A short hash of the VAE's weights: a cache built with another VAE is refused."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(vae.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes()[:4096])
+    return digest.hexdigest()[:16]
+
+
+@torch.no_grad()
+def build_latent_cache(dataset: Dataset, class_names: list[str], vae, out_dir: str | Path, resolution: int,
+                       task: str = "both", shard_size: int = 256, batch_size: int = 16, show_progress: bool = True) -> Path:
+    """Encode every sample once; samples that cannot be read are reported in index.json and left out."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    batcher = LatentBatcher(dataset, class_names, vae, task, "{}", 0.0, cache=False,
+                            ignore_index=getattr(dataset, "ignore_index", 255))
+    samples: dict[str, dict] = {}
+    skipped: list[str] = []
+    shard: dict[str, torch.Tensor] = {}
+    shard_id = 0
+
+    def flush() -> None:
+        nonlocal shard, shard_id
+        if shard:
+            save_file(shard, str(out / f"shard-{shard_id:05d}.safetensors"))
+            shard, shard_id = {}, shard_id + 1
+
+    for start in tqdm(range(0, len(dataset), batch_size), desc="cache latents", disable=not show_progress):
+        for i in range(start, min(start + batch_size, len(dataset))):
+            try:
+                entry = batcher.encode_all(i, with_palette=task != "binary", with_classes=task != "palette")
+            except DataError as exc:
+                skipped.append(str(exc))
+                continue
+            for key, value in entry["latents"].items():
+                shard[f"{i}.{key}"] = value.contiguous()
+            shard[f"{i}.keep"] = entry["keep"].contiguous()
+            samples[str(i)] = {"shard": shard_id, "present": entry["present"]}
+            if len(samples) % shard_size == 0:
+                flush()
+    flush()
+    index = {"class_names": list(class_names), "resolution": resolution, "task": task,
+             "vae": vae_fingerprint(vae), "num_samples": len(dataset), "samples": samples, "skipped": skipped}
+    (out / INDEX).write_text(json.dumps(index))
+    return out
+
+
+class LatentCache:
+    """Read side: `get(i, key)` -> latent [4, h, w] (None if absent), `info(i)` -> (present, keep)."""
+
+    def __init__(self, path: str | Path, class_names: list[str], vae, resolution: int) -> None:
+        self.path = Path(path)
+        if not (self.path / INDEX).is_file():
+            raise DigsegError(f"not a latent cache: {self.path} ({INDEX} missing; build one with `digseg cache-latents`)")
+        self.index = json.loads((self.path / INDEX).read_text())
+        if self.index["class_names"] != list(class_names):
+            raise DigsegError(f"latent cache {self.path} was built for other classes")
+        if self.index["resolution"] != resolution:
+            raise DigsegError(f"latent cache {self.path} is at resolution {self.index['resolution']}, training uses {resolution}")
+        if self.index["vae"] != vae_fingerprint(vae):
+            raise DigsegError(f"latent cache {self.path} was built with another VAE")
+        self._handles: dict[int, object] = {}
+
+    def _shard(self, i: int):
+        entry = self.index["samples"].get(str(i))
+        if entry is None:
+            return None
+        shard = entry["shard"]
+        if shard not in self._handles:
+            self._handles[shard] = safe_open(str(self.path / f"shard-{shard:05d}.safetensors"), framework="pt")
+        return self._handles[shard]
+
+    def has(self, i: int) -> bool:
+        return str(i) in self.index["samples"]
+
+    def get(self, i: int, key: str) -> torch.Tensor | None:
+        handle = self._shard(i)
+        name = f"{i}.{key}"
+        if handle is None or name not in handle.keys():
+            return None
+        return handle.get_tensor(name)
+
+    def info(self, i: int) -> tuple[list[int], torch.Tensor]:
+        return self.index["samples"][str(i)]["present"], self.get(i, "keep")
