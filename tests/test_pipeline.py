@@ -113,3 +113,22 @@ def test_missing_model_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DigsegError, match="model_index.json is missing"):
         DiGSegPipeline.from_pretrained(tmp_path / "empty")
+
+
+def test_channels_last_keeps_outputs(tiny_pipe):
+    image = torch.rand(3, 64, 64)
+    before = tiny_pipe(image, prompt="circle", ensemble_size=2, generator=_gen(4)).probabilities
+    after = tiny_pipe.enable_speedups(channels_last=True)(image, prompt="circle", ensemble_size=2, generator=_gen(4)).probabilities
+    np.testing.assert_allclose(after, before, atol=1e-5)
+
+
+def test_latent_mean_ensemble_and_per_member_decode(tiny_pipe):
+    image = torch.rand(3, 64, 64)
+    mean = tiny_pipe(image, prompt="square", ensemble_size=3, generator=_gen(5))
+    each = tiny_pipe(image, prompt="square", ensemble_size=3, generator=_gen(5), decode_members=True)
+    assert mean.probabilities.shape == each.probabilities.shape == (1, 2, 64, 64)
+    assert mean.uncertainty.shape == each.uncertainty.shape == (1, 64, 64)
+    assert not np.array_equal(mean.probabilities, each.probabilities)  # two different reductions
+    single = tiny_pipe(image, prompt="square", ensemble_size=1, generator=_gen(5), decode_members=True)
+    one = tiny_pipe(image, prompt="square", ensemble_size=1, generator=_gen(5))
+    np.testing.assert_array_equal(single.probabilities, one.probabilities)  # E = 1: the same path
