@@ -34,12 +34,12 @@ import os
 import sys
 import types
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
 
 from ..errors import DigsegError
+from .text import CachedPromptEncoder
 
 INSTALL_HINT = "open_clip text encoders need: pip install --no-deps open_clip_torch ftfy regex"
 
@@ -256,7 +256,7 @@ def load_open_clip_text_tower(name: str, pretrained: str | None = None, cache_di
 # --------------------------------------------------------------------------------------------------------------
 
 
-class OpenCLIPPromptEncoder:
+class OpenCLIPPromptEncoder(CachedPromptEncoder):
     """Frozen open_clip text tower + tokenizer with a per-prompt embedding cache.
 
     Same interface as `CLIPPromptEncoder`: `encode(prompts)` -> float [N, L, D] per-token features, `hidden_size`
@@ -273,6 +273,7 @@ class OpenCLIPPromptEncoder:
     """
 
     def __init__(self, model: nn.Module, tokenizer) -> None:
+        super().__init__()
         self.model = model.requires_grad_(False).eval()
         self.tokenizer = tokenizer
         text = getattr(model, "text", None)
@@ -285,7 +286,6 @@ class OpenCLIPPromptEncoder:
                 raise DigsegError("open_clip text towers with an appended CLS embedding (CoCa) are not supported")
         else:
             raise DigsegError(f"{type(model).__name__} is not an open_clip CLIP model or text tower")
-        self._cache: dict[str, torch.Tensor] = {}
 
     @classmethod
     def from_pretrained(
@@ -318,9 +318,6 @@ class OpenCLIPPromptEncoder:
             return int(self.tower.transformer.width)
         return int(proj.out_features if isinstance(proj, nn.Linear) else proj.shape[1])
 
-    def clear_cache(self) -> None:
-        self._cache.clear()
-
     def _token_states(self, ids: torch.Tensor) -> torch.Tensor:
         """ids [M, L] -> per-token projected features [M, L, D]."""
         tower = self.tower
@@ -340,15 +337,5 @@ class OpenCLIPPromptEncoder:
             return x
         return proj(x) if isinstance(proj, nn.Linear) else x @ proj
 
-    @torch.no_grad()
-    def encode(self, prompts: Sequence[str]) -> torch.Tensor:
-        for prompt in prompts:
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise DigsegError(f"empty prompt {prompt!r}: give a class name or a phrase")
-        missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
-        if missing:
-            ids = self.tokenizer(missing).to(self.device)  # [M, L]
-            states = self._token_states(ids)  # [M, L, D]
-            for prompt, state in zip(missing, states):
-                self._cache[prompt] = state
-        return torch.stack([self._cache[p] for p in prompts])  # [N, L, D]
+    def _encode_new(self, prompts: list[str]) -> torch.Tensor:
+        return self._token_states(self.tokenizer(prompts).to(self.device))  # [M, L, D]

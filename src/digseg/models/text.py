@@ -25,21 +25,22 @@ from torch import nn
 from ..errors import DigsegError
 
 
-class CLIPPromptEncoder:
-    """Frozen transformers CLIP text encoder + tokenizer with a per-prompt embedding cache.
+class CachedPromptEncoder:
+    """A frozen text encoder with a per-prompt cache: `encode(prompts)` -> float [N, L, D].
 
-    `encode(prompts)` -> float [N, L, D] (last hidden state, as Stable Diffusion conditions on it).
-    The same prompt is tokenized and encoded once per encoder, however often it is asked for.
+    Each distinct prompt is encoded once per encoder, however often it is asked for. Subclasses implement
+    `_encode_new(prompts) -> [M, L, D]` and `hidden_size`.
     """
 
-    def __init__(self, text_encoder: nn.Module, tokenizer) -> None:
-        self.text_encoder = text_encoder.requires_grad_(False).eval()
-        self.tokenizer = tokenizer
+    def __init__(self) -> None:
         self._cache: dict[str, torch.Tensor] = {}
 
     @property
     def hidden_size(self) -> int:
-        return int(self.text_encoder.config.hidden_size)
+        raise NotImplementedError
+
+    def _encode_new(self, prompts: list[str]) -> torch.Tensor:
+        raise NotImplementedError
 
     def clear_cache(self) -> None:
         self._cache.clear()
@@ -51,18 +52,29 @@ class CLIPPromptEncoder:
                 raise DigsegError(f"empty prompt {prompt!r}: give a class name or a phrase")
         missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
         if missing:
-            device = self.text_encoder.device
-            ids = self.tokenizer(
-                missing,
-                padding="max_length",
-                max_length=self.tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids.to(device)
-            states = self.text_encoder(ids)[0]  # [M, L, D]
-            for prompt, state in zip(missing, states):
+            for prompt, state in zip(missing, self._encode_new(missing)):  # [M, L, D]
                 self._cache[prompt] = state
         return torch.stack([self._cache[p] for p in prompts])  # [N, L, D]
+
+
+class CLIPPromptEncoder(CachedPromptEncoder):
+    """transformers CLIP text encoder + tokenizer (last hidden state, as Stable Diffusion conditions on it)."""
+
+    def __init__(self, text_encoder: nn.Module, tokenizer) -> None:
+        super().__init__()
+        self.text_encoder = text_encoder.requires_grad_(False).eval()
+        self.tokenizer = tokenizer
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.text_encoder.config.hidden_size)
+
+    def _encode_new(self, prompts: list[str]) -> torch.Tensor:
+        ids = self.tokenizer(
+            prompts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.text_encoder.device)
+        return self.text_encoder(ids)[0]  # [M, L, D]
 
 
 class TextPathway(ModelMixin, ConfigMixin):
