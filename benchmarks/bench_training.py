@@ -24,8 +24,11 @@ the cell for the next step, and stops the loop (by raising) after the last step.
 of the previous step's bookkeeping to this ``update()``: data (cache read or VAE encode), text, forward,
 backward, gradient clipping, AdamW step, LR scheduler. The cells run round-robin (one step each per round):
 one untimed warm-up round (allocates AdamW state, first touches), then ``--repeats`` timed rounds; s/step =
-median. Peak extra RSS per cell = max RSS during its steps (sampled every 5 ms) minus the RSS of the loaded
-model before the Trainer was built, so it includes gradients and AdamW state (~4x the U-Net's weights).
+median. Also per step: time inside ``make_batch`` (data: cache read or VAE encode) and inside the optimizer step
+(AdamW). Peak extra RSS per cell = max RSS during its steps (sampled every 5 ms) minus the RSS of the loaded
+model before the Trainer was built, so it includes gradients and AdamW state (~3x the U-Net's weights); and
+the peak above the RSS at the step's start (after ``malloc_trim``; gradients are freed between steps by
+``zero_grad(set_to_none=True)``), i.e. this step's gradients (~1x the weights) plus its activations.
 
 Usage::
 
@@ -109,25 +112,25 @@ class StepClock:
         self.schedule = schedule  # cell index of every step
         self.set_cell = set_cell
         self.sampler = sampler
-        self.records: list[tuple[int, float, int]] = []  # (cell, seconds, peak RSS bytes)
+        self.records: list[tuple[int, float, int, int]] = []  # (cell, seconds, peak RSS, RSS at step start)
         self.i = 0
 
-    def start(self) -> None:
-        self.set_cell(self.schedule[0])
+    def _begin(self) -> None:
+        self.set_cell(self.schedule[self.i])  # not timed
         _trim()
-        self.sampler.take()
+        self.rss0 = self.sampler.take()
         self.t0 = time.perf_counter()
+
+    def start(self) -> None:
+        self._begin()
 
     def update(self, n: int = 1) -> None:
         dt = time.perf_counter() - self.t0
-        self.records.append((self.schedule[self.i], dt, self.sampler.take()))
+        self.records.append((self.schedule[self.i], dt, self.sampler.take(), self.rss0))
         self.i += 1
         if self.i == len(self.schedule):
             raise _Done
-        self.set_cell(self.schedule[self.i])  # not timed
-        _trim()
-        self.sampler.take()
-        self.t0 = time.perf_counter()
+        self._begin()
 
     def set_postfix(self, **kwargs) -> None:
         pass
@@ -161,6 +164,21 @@ def bench_size(pipe: DiGSegPipeline, size: int, tmp: Path, scenes: int, repeats:
     fly_batcher = LatentBatcher(dataset, names, pipe.vae, config.task, config.prompt_template, config.negative_prob,
                                 False, getattr(dataset, "ignore_index", 255), store=None)
     unet = trainer.accelerator.unwrap_model(trainer.unet)
+    # breakdown: time in make_batch (data: cache read or VAE encode) and in the optimizer step, per step
+    parts: dict[str, list[float]] = {"data": [], "optimizer": []}
+
+    def timing(fn, key):
+        def wrapper(*a, **kw):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                parts[key].append(time.perf_counter() - t)
+        return wrapper
+
+    for b in (cached_batcher, fly_batcher):
+        b.make_batch = timing(b.make_batch, "data")
+    trainer.optimizer.step = timing(trainer.optimizer.step, "optimizer")
 
     def set_cell(c: int) -> None:
         source, checkpointing = CELLS[c]
@@ -190,32 +208,40 @@ def bench_size(pipe: DiGSegPipeline, size: int, tmp: Path, scenes: int, repeats:
     assert not any("checkpoint" in s for s in saved), f"a checkpoint was written: {saved}"
 
     warm = len(CELLS)
-    per_cell = {c: [dt for cc, dt, _ in clock.records[warm:] if cc == c] for c in range(len(CELLS))}
-    peak = {c: max(p for cc, _, p in clock.records if cc == c) - base_rss for c in range(len(CELLS))}
-    for i, (c, dt, p) in enumerate(clock.records):
+    assert len(parts["data"]) == len(parts["optimizer"]) == len(clock.records)
+    timed_steps = range(warm, len(clock.records))
+    per_cell = {c: [clock.records[i][1] for i in timed_steps if clock.records[i][0] == c] for c in range(len(CELLS))}
+    part_med = {(c, key): statistics.median(parts[key][i] for i in timed_steps if clock.records[i][0] == c)
+                for c in range(len(CELLS)) for key in parts}
+    peak = {c: max(r[2] for r in clock.records if r[0] == c) - base_rss for c in range(len(CELLS))}
+    transient = {c: max(r[2] - r[3] for r in clock.records[warm:] if r[0] == c) for c in range(len(CELLS))}
+    for i, (c, dt, p, p0) in enumerate(clock.records):
         source, ck = CELLS[c]
         print(f"  step {i + 1}{' (warm-up)' if i < warm else ''}: {source}, checkpointing {'on' if ck else 'off'}: "
-              f"{dt:.2f} s, peak +{(p - base_rss) / 2**30:.2f} GiB", flush=True)
+              f"{dt:.2f} s (data {parts['data'][i]:.2f} s, optimizer {parts['optimizer'][i]:.2f} s), "
+              f"peak +{(p - base_rss) / 2**30:.2f} GiB over the loaded model, +{(p - p0) / 2**30:.2f} GiB over the "
+              f"step's start", flush=True)
     med = {c: statistics.median(v) for c, v in per_cell.items()}
     lines = [
-        f"| size | latents | grad. checkpointing | s/step (median) | steps/s | runs (s) | peak extra RSS GiB |",
-        "|---:|---|---|---:|---:|---|---:|",
+        "| size | latents | grad. checkpointing | s/step (median) | steps/s | runs (s) | of which data s | "
+        "of which AdamW step s | peak extra RSS GiB (over loaded model) | peak GiB over step start |",
+        "|---:|---|---|---:|---:|---|---:|---:|---:|---:|",
     ]
     for c, (source, ck) in enumerate(CELLS):
         lines.append(f"| {size} | {source} | {'on' if ck else 'off'} | {fmt(med[c])} | {fmt(1 / med[c])} | "
-                     f"{', '.join(f'{t:.3g}' for t in per_cell[c])} | {peak[c] / 2**30:.2f} |")
+                     f"{', '.join(f'{t:.3g}' for t in per_cell[c])} | {fmt(part_med[c, 'data'])} | "
+                     f"{fmt(part_med[c, 'optimizer'])} | {peak[c] / 2**30:.2f} | {transient[c] / 2**30:.2f} |")
     goals = []
     for ck in (False, True):
         fly = next(c for c, cell in enumerate(CELLS) if cell == ("on the fly", ck))
         cached = next(c for c, cell in enumerate(CELLS) if cell == ("latent cache", ck))
         ratio = med[fly] / med[cached]  # = steps/s cached / steps/s on the fly
-        lines.append("")
         goals.append(
             f"GOAL ({size}px, gradient checkpointing {'on' if ck else 'off'}): training with the latent cache at least "
             f"{GOAL_RATIO}x the steps/s of encoding on the fly -> {'PASS' if ratio >= GOAL_RATIO else 'FAIL'} "
             f"(cache/no-cache steps/s = {ratio:.2f}x; {1 / med[cached]:.3g} vs {1 / med[fly]:.3g} steps/s)")
     ck_cost = {src: med[CELLS.index((src, True))] / med[CELLS.index((src, False))] for src in ("on the fly", "latent cache")}
-    table = "\n".join(l for l in lines if l)
+    table = "\n".join(lines)
     note = (f"gradient checkpointing step-time factor: on the fly {ck_cost['on the fly']:.2f}x, "
             f"latent cache {ck_cost['latent cache']:.2f}x; latent cache one-time build {build_s:.1f} s for {scenes} scenes")
     print("\n" + table + "\n\n" + note + "\n" + "\n".join(goals), flush=True)
