@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
             if (1, 1) in have:
                 r = ratios[dname, size, 1, 1]
                 print(f"GOAL ({dname}, {size}px): ours no slower at 1x1 (Marigold / ours >= {1 - NO_SLOWER_TOL:.2f}) "
-                      f"-> {'PASS' if r >= 1 - NO_SLOWER_TOL else 'FAIL'} ({r:.2f}x)")
+                      f"-> {'PASS' if r >= 1 - NO_SLOWER_TOL else 'FAIL'} ({r:.3f}x)")
     print(f"\nload average at end: {load_avg()} on {os.cpu_count()} CPUs")
     print(f"total wall time {time.perf_counter() - t_all:.0f} s")
 

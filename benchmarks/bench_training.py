@@ -28,12 +28,13 @@ median. Also per step: time inside ``make_batch`` (data: cache read or VAE encod
 (AdamW). Peak extra RSS per cell = max RSS during its steps (sampled every 5 ms) minus the RSS of the loaded
 model before the Trainer was built, so it includes gradients and AdamW state (~3x the U-Net's weights); and
 the peak above the RSS at the step's start (after ``malloc_trim``; gradients are freed between steps by
-``zero_grad(set_to_none=True)``), i.e. this step's gradients (~1x the weights) plus its activations.
+``zero_grad(set_to_none=True)``): the step's gradients and activations, as far as the allocator returns freed
+memory to the OS (it does not always, so read it as a rough figure).
 
 Usage::
 
-    python benchmarks/bench_training.py                  # SD2-sized, 256 px (~10 min, 2 cores, ~16 GB RAM)
-    python benchmarks/bench_training.py --sizes 256,512  # + 512 px (more memory: ~20+ GB)
+    python benchmarks/bench_training.py                  # SD2-sized, 256 px (~5 min on 2 cores, ~17 GB RAM)
+    python benchmarks/bench_training.py --sizes 512 --scenes 4 --repeats 2   # 512 px only (more memory)
     python benchmarks/bench_training.py --quick          # tiny model, 64 px, smoke run
 """
 

@@ -19,7 +19,7 @@ from digseg.training.trainer import Trainer, diffusion_loss
 
 def _config(tmp_path, **kw):
     base = dict(pretrained="unused", output_dir=str(tmp_path / "run"), max_steps=6, batch_size=4, learning_rate=1e-3,
-                lr_warmup_steps=2, checkpoint_every=3, keep_checkpoints=2, log_every=2, seed=0,
+                lr_warmup_steps=2, checkpoint_every=3, keep_checkpoints=2, log_every=2, seed=0, log_with="none",
                 class_names=list(SYNTHETIC_CLASSES))
     base.update(kw)
     return TrainConfig(**base)

@@ -1,4 +1,4 @@
-"""The `digseg` command: quickstart | train | predict | eval.
+"""The `digseg` command: quickstart | train | predict | eval | demo.
 
 User errors (a missing file, a bad value) print one line, `error: ...`, and exit with status 2; no traceback.
 """
@@ -106,12 +106,14 @@ def cmd_cache_latents(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------------------------------- predict
 def cmd_predict(args: argparse.Namespace) -> None:
-    import numpy as np
     import torch
+    from tqdm import tqdm
 
-    from .data.io import IMAGE_EXTENSIONS, load_image
+    from .data.io import load_image
+    from .inputs import display_names, expand_image_inputs, unique_stems
     from .pipeline import DiGSegPipeline
-    from .visualize import save_prediction
+    from .predict_outputs import write_image_outputs
+    from .report import write_report
 
     if args.prompt is not None and args.classes is not None:
         raise ConfigError("give either --prompt or --classes, not both")
@@ -122,39 +124,45 @@ def cmd_predict(args: argparse.Namespace) -> None:
         raise ConfigError(f"--classes has an empty class name: {args.classes!r}")
     if args.classes_file is not None:
         classes = read_classes_file(args.classes_file)
-    paths: list[Path] = []
-    for item in args.image:
-        p = Path(item)
-        if p.is_dir():
-            paths.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_EXTENSIONS))
-        else:
-            paths.append(p)
-    if not paths:
-        raise ConfigError("no input images found")
-    images = [load_image(p) for p in paths]  # fails early, naming the file, before the model loads
+    paths = expand_image_inputs(args.image)  # files, folders, glob patterns; ConfigError naming an empty one
+    for p in paths:
+        load_image(p)  # fails early, naming the file, before the model loads (read again below: memory stays flat)
     pipe = DiGSegPipeline.from_pretrained(args.model)
     out_dir = Path(args.output)
-    generator = torch.Generator().manual_seed(args.seed)
-    summary = {}
-    for path, image in zip(paths, images):
+    generator = torch.Generator().manual_seed(args.seed)  # one generator, drawn in input order
+    settings = {
+        "model": str(args.model), "prompt": args.prompt,
+        "classes": None if args.prompt is not None else (classes or list(pipe.config.class_names or [])),
+        "ensemble_size": args.ensemble_size, "steps": args.steps or pipe.config.default_denoising_steps,
+        "seed": args.seed, "processing_resolution": args.processing_resolution
+        if args.processing_resolution is not None else pipe.config.default_processing_resolution,
+        "templates": args.templates, "top_k": args.top_k, "no_class_threshold": args.no_class_threshold,
+    }
+    records, summary = [], {}
+    bar = tqdm(list(zip(paths, display_names(paths), unique_stems(paths))), desc="predict", unit="image",
+               disable=True if args.no_progress else None)  # None: off when stderr is not a terminal
+    for path, name, stem in bar:
+        image = load_image(path)
         result = pipe(image, prompt=args.prompt, classes=classes, ensemble_size=args.ensemble_size,
                       num_inference_steps=args.steps, processing_resolution=args.processing_resolution,
                       generator=generator, templates=args.templates, top_k=args.top_k,
                       no_class_threshold=args.no_class_threshold, show_progress_bar=False)
-        labels, probs = result.labels[0], result.probabilities[0]
         unc = result.uncertainty[0] if result.uncertainty is not None else None
-        save_prediction(out_dir, path.stem, np.asarray(image), labels, probs, result.class_names, unc)
-        counts = np.bincount(labels[labels < len(result.class_names)].ravel(), minlength=len(result.class_names))
-        summary[path.name] = {name: round(float(n) / labels.size, 4) for name, n in zip(result.class_names, counts) if n}
-        print(f"{path.name}: " + ", ".join(f"{k} {v:.1%}" for k, v in summary[path.name].items()))
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"wrote predictions for {len(paths)} image(s) to {out_dir}")
+        record = write_image_outputs(out_dir, stem, name, path, image, result.labels[0], result.probabilities[0],
+                                     result.class_names, unc, settings)
+        records.append(record)
+        summary[name] = {c["name"]: c["fraction"] for c in record["classes"]}
+        bar.write(f"{name}: " + ", ".join(f"{c['name']} {c['fraction']:.1%}" for c in record["classes"]))
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+    report = write_report(out_dir, records, settings)
+    print(f"wrote predictions for {len(paths)} image(s) to {out_dir}; report: {report}")
 
 
 # ---------------------------------------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> None:
     from .data.registry import get_dataset_class
     from .dataset_eval import predict_dataset, score_predictions, search_threshold
+    from .distributed import is_main_process
     from .metrics import format_markdown_table
 
     if (args.predictions is None) == (args.model is None):
@@ -179,12 +187,15 @@ def cmd_eval(args: argparse.Namespace) -> None:
             search_set = get_dataset_class(args.dataset)(args.data_root, split=args.search_split)
             threshold, dice = search_threshold(pipe, search_set, **kwargs)
             info["threshold_search"] = {"split": args.search_split, "threshold": threshold, "Dice": dice}
-            print(f"threshold search on {args.search_split}: {threshold:.2f} (Dice {dice:.2f})")
+            if is_main_process():
+                print(f"threshold search on {args.search_split}: {threshold:.2f} (Dice {dice:.2f})")
         report = predict_dataset(pipe, dataset, predictions, threshold=threshold, **kwargs, **query)
         info.update(model=str(args.model), ensemble_size=args.ensemble_size, steps=args.steps or pipe.config.default_denoising_steps,
                     predictions=str(predictions), prediction_skipped=report["skipped"])
     metrics = score_predictions(dataset, predictions, present_only=True if args.present_only else None)
     metrics.update(info)
+    if not is_main_process():  # under accelerate launch / torchrun: every process has the same metrics
+        return
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(metrics, indent=2))
     columns = {"semantic": ["mIoU", "aAcc", "mAcc", "mDice"], "open_vocab": ["mIoU", "aAcc", "mAcc"],
@@ -198,6 +209,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if skipped:
         print(f"skipped {skipped} sample(s) that could not be read; see 'skipped_samples' in {output}")
     print(f"wrote {output}")
+
+
+# ---------------------------------------------------------------------------------------------- demo
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import launch_demo
+
+    launch_demo(args.model, host=args.host, port=args.port, max_pixels=args.max_pixels)
 
 
 # ---------------------------------------------------------------------------------------------- parser
@@ -245,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="segment images with a trained model")
     p.add_argument("--model", required=True, help="a DiGSeg model folder (e.g. digseg-quickstart/model)")
-    p.add_argument("--image", nargs="+", required=True, help="image files or folders")
+    p.add_argument("--image", nargs="+", required=True,
+                   help="image files, folders or glob patterns (quoted: 'photos/*.jpg'; '**' spans folders)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--prompt", help="binary: segment what this text describes")
     group.add_argument("--classes", help="comma-separated class names (default: the model's own classes)")
@@ -254,7 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None,
                    help="open vocabulary: rank all classes in one pass, then run exact queries for the top k only")
     p.add_argument("--no-class-threshold", type=float, default=None, help="label 255 where no class scores above this")
-    p.add_argument("--output", required=True)
+    p.add_argument("--output", required=True,
+                   help="output folder: per-image maps and JSON, summary.json, index.html (see docs/predict.md)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--ensemble-size", type=int, default=1)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--processing-resolution", type=int, default=None)
@@ -280,6 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--search-split", default="val")
     e.add_argument("--seed", type=int, default=0)
     e.set_defaults(func=cmd_eval)
+
+    d = sub.add_parser("demo", help="a local web app (Gradio) to try a model in the browser")
+    d.add_argument("--model", default=None, help="a DiGSeg model folder (default: digseg-quickstart/model)")
+    d.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    d.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
+    d.add_argument("--max-pixels", type=int, default=4096 * 4096, help="largest upload, in pixels (default 4096x4096)")
+    d.set_defaults(func=cmd_demo)
     return parser
 
 

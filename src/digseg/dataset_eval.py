@@ -11,6 +11,10 @@ Scoring by the dataset's `metric`:
 - medical: foreground Dice and IoU per image for each target (`medical_targets`), averaged over images.
 Memory is one K x K matrix (or one running sum per target) whatever the dataset size. A sample that cannot be
 read (corrupt image, missing or malformed label, missing prediction, size mismatch) is reported and skipped.
+
+Under `accelerate launch` / `torchrun` with N processes, each process predicts and scores every N-th sample
+(`digseg.distributed.shard`); confusion matrices are summed and per-image scores gathered in sample order, so
+the metrics equal a single process's exactly. Each image's noise is seeded by (seed, sample index).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Callable
 
 from .data.base import Sample, SegmentationDataset
 from .data.io import load_image
+from .distributed import gather_objects, is_main_process, shard, sum_tensor, wait_for_everyone
 from .errors import DataError, DigsegError
 from .metrics import SegmentationMetric, binary_scores, per_image_dice_iou
 from .pipeline import DiGSegOutput
@@ -72,20 +77,25 @@ def score_predictions(dataset: SegmentationDataset, predictions: str | Path, pre
     kind = dataset.metric
     confusion = SegmentationMetric(dataset.num_classes, dataset.ignore_index, list(dataset.class_names))
     targets = medical_targets(dataset) if kind == "medical" else {}
-    per_image = {name: [] for name in targets}  # name -> [(dice, iou)]
-    skipped: list[str] = []
-    for sample in tqdm(dataset.samples, desc="score", disable=not show_progress):
+    per_image = {name: [] for name in targets}  # name -> [(sample index, (dice, iou))]
+    skipped: list[tuple[int, str]] = []
+    for index, sample in tqdm(shard(dataset.samples), desc="score", disable=not (show_progress and is_main_process())):
         try:
             label = dataset.read_label(sample)
             pred = _read_prediction(pred_dir / f"{sample.stem}.png", label.shape)
         except DataError as exc:
-            skipped.append(str(exc))
+            skipped.append((index, str(exc)))
             logger.warning("skipped: %s", exc)
             continue
         confusion.update(pred, label)
         for name, ids in targets.items():
             valid = label != dataset.ignore_index
-            per_image[name].append(per_image_dice_iou(np.isin(pred, ids) & valid, np.isin(label, ids) & valid))
+            per_image[name].append((index, per_image_dice_iou(np.isin(pred, ids) & valid, np.isin(label, ids) & valid)))
+    # all processes: sum the matrices, gather per-image scores and problems back into sample order
+    confusion.confusion = sum_tensor(confusion.confusion)
+    confusion.invalid_pred = sum_tensor(confusion.invalid_pred)
+    per_image = {name: [v for _, v in sorted(gather_objects(scores))] for name, scores in per_image.items()}
+    skipped = [message for _, message in sorted(gather_objects(skipped))]
     if len(skipped) == len(dataset.samples):
         raise DigsegError(f"every sample was skipped; first problem: {skipped[0]}")
     if present_only is None:
@@ -126,16 +136,19 @@ def predict_dataset(pipe, dataset: SegmentationDataset, out_dir: str | Path, ens
                     num_inference_steps: int | None = None, processing_resolution: int | None = None,
                     threshold: float = 0.5, seed: int = 0, show_progress: bool = True, top_k: int | None = None,
                     templates: str | None = None, on_result: Callable[[Sample, DiGSegOutput], None] | None = None) -> dict:
-    """Write `<out_dir>/<stem>.png` for every readable image; returns {"written", "skipped"}.
+    """Write `<out_dir>/<stem>.png` for every readable image; returns {"written", "skipped"} (all processes').
 
+    Image i's noise comes from a generator seeded by (seed, i), so a prediction does not depend on which
+    process makes it or on the other images. With N processes each writes its own share of the PNGs.
     `on_result(sample, output)` sees each image's pipeline output (e.g. to score thresholds) as it is made.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     query = _query_kwargs(pipe, dataset)
-    generator = torch.Generator().manual_seed(seed)
     written, skipped = 0, []
-    for sample in tqdm(dataset.samples, desc=f"predict {dataset.name}", disable=not show_progress):
+    for index, sample in tqdm(shard(dataset.samples), desc=f"predict {dataset.name}",
+                              disable=not (show_progress and is_main_process())):
+        generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, index]).generate_state(1)[0]))
         try:
             image = load_image(sample.image)
         except DataError as exc:
@@ -149,7 +162,8 @@ def predict_dataset(pipe, dataset: SegmentationDataset, out_dir: str | Path, ens
         if on_result is not None:
             on_result(sample, result)
         written += 1
-    return {"written": written, "skipped": skipped}
+    wait_for_everyone()  # every PNG is written before anyone scores them
+    return {"written": int(sum_tensor(torch.tensor(written))), "skipped": gather_objects(skipped)}
 
 
 def search_threshold(pipe, dataset: SegmentationDataset, grid: np.ndarray | None = None, **predict_kwargs) -> tuple[float, float]:
@@ -175,8 +189,10 @@ def search_threshold(pipe, dataset: SegmentationDataset, grid: np.ndarray | None
             dice[j] += per_image_dice_iou((probs > t) & valid, (label == 1) & valid)[0]
         count += 1
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:  # per process; the PNGs are not needed, only the scores
         predict_dataset(pipe, dataset, tmp, on_result=score, **predict_kwargs)
+    dice = sum_tensor(torch.from_numpy(dice)).numpy()
+    count = int(sum_tensor(torch.tensor(count)))
     if count == 0:
         raise DigsegError(f"threshold search: no readable sample in {dataset.name} {dataset.split}")
     best = int(np.argmax(dice))

@@ -1,11 +1,12 @@
-"""Turning predictions into pictures: palette label PNGs, colour overlays, probability and uncertainty maps."""
+"""Turning predictions into pictures: palette label PNGs, colour overlays (with a legend), probability and uncertainty maps."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from .masks import make_palette
 
@@ -62,24 +63,131 @@ def safe_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in text.strip())[:60] or "class"
 
 
+def tints_class_zero(class_names: list[str]) -> bool:
+    """Whether overlays colour class 0: not when it is called "background" (binary prompts, most class lists)."""
+    return class_names[0].strip().lower() != "background"
+
+
+def hex_colour(colour) -> str:
+    """(r, g, b) -> '#rrggbb'."""
+    return "#{:02x}{:02x}{:02x}".format(*(int(v) for v in colour))
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's built-in font at `size` px (FreeType builds), else its fixed bitmap font."""
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ImportError, OSError):
+        return ImageFont.load_default()
+
+
+def _draw_text(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, font) -> None:
+    try:
+        draw.text(xy, text, fill=(0, 0, 0), font=font)
+    except UnicodeError:  # the bitmap fallback font is latin-1 only
+        draw.text(xy, text.encode("latin-1", "replace").decode("latin-1"), fill=(0, 0, 0), font=font)
+
+
+def legend(rows: list[tuple[str, tuple[int, int, int] | None]], font_size: int = 12) -> Image.Image:
+    """A white RGB panel listing `rows` of (text, swatch colour): a filled, outlined square per colour, a
+    crossed-out white square for None (pixels the overlay leaves untinted), then the text."""
+    font = _font(font_size)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    boxes = [measure.textbbox((0, 0), text, font=font) for text, _ in rows]
+    text_h = max([b[3] for b in boxes] + [font_size])
+    pad = max(3, font_size // 3)
+    swatch = max(8, text_h)
+    row_h = swatch + pad
+    width = pad + swatch + pad + max([b[2] for b in boxes] + [0]) + pad
+    panel = Image.new("RGB", (width, pad + row_h * len(rows)), (255, 255, 255))
+    draw = ImageDraw.Draw(panel)
+    for i, (text, colour) in enumerate(rows):
+        y = pad + i * row_h
+        box = (pad, y, pad + swatch - 1, y + swatch - 1)
+        fill = (255, 255, 255) if colour is None else tuple(int(v) for v in colour)
+        draw.rectangle(box, fill=fill, outline=(0, 0, 0))  # 1 px outline, the pure class colour inside
+        if colour is None:  # crossed out, unlike a white class colour
+            draw.line((box[0] + 1, box[3] - 1, box[2] - 1, box[1] + 1), fill=(128, 128, 128), width=max(1, swatch // 8))
+        _draw_text(draw, (pad + swatch + pad, y + (swatch - text_h) // 2), text, font)
+    return panel
+
+
+def legend_rows(labels: np.ndarray, class_names: list[str]) -> list[tuple[str, tuple[int, int, int] | None]]:
+    """labels [H, W] -> legend rows for the classes present (and "no class" for label 255), in class order."""
+    k = len(class_names)
+    colours = palette_for(k)
+    present = np.bincount(labels[labels < k].ravel(), minlength=k) > 0
+    rows: list[tuple[str, tuple[int, int, int] | None]] = []
+    for c in np.flatnonzero(present):
+        if c == 0 and not tints_class_zero(class_names):
+            rows.append((f"{class_names[0]} (untinted)", None))
+        else:
+            rows.append((class_names[c], tuple(int(v) for v in colours[c])))
+    if (labels >= k).any():
+        rows.append(("no class (untinted)", None))
+    return rows
+
+
+def overlay_with_legend(image: np.ndarray, labels: np.ndarray, class_names: list[str], alpha: float = 0.5) -> Image.Image:
+    """image uint8 [H, W, 3], labels [H, W] -> RGB [max(H, legend height), W + legend width]: the overlay,
+    with a legend of the classes present to its right (font size scaled with the image height)."""
+    k = len(class_names)
+    tinted = overlay(image, labels, k, alpha=alpha, skip_background=not tints_class_zero(class_names))
+    size = int(np.clip(round(image.shape[0] / 30), 11, 64))
+    panel = legend(legend_rows(labels, class_names), font_size=size)
+    canvas = Image.new("RGB", (tinted.width + panel.width, max(tinted.height, panel.height)), (255, 255, 255))
+    canvas.paste(tinted, (0, 0))
+    canvas.paste(panel, (tinted.width, 0))
+    return canvas
+
+
+@dataclass
+class PredictionFiles:
+    """The files `save_prediction` wrote, by role; `probabilities` lists (class name, its grey map)."""
+
+    label: Path
+    overlay: Path
+    overlay_legend: Path
+    probabilities: list[tuple[str, Path]] = field(default_factory=list)
+    uncertainty: Path | None = None
+
+
 def save_prediction(out_dir: Path, stem: str, image: np.ndarray, labels: np.ndarray, probabilities: np.ndarray,
-                    class_names: list[str], uncertainty: np.ndarray | None = None) -> list[Path]:
-    """Write <stem>_label.png, <stem>_overlay.png, <stem>_prob_<class>.png and <stem>_uncertainty.png."""
+                    class_names: list[str], uncertainty: np.ndarray | None = None) -> PredictionFiles:
+    """Write the pictures of one prediction into `out_dir`.
+
+    image uint8 [H, W, 3]; labels [H, W] int (255 = no class); probabilities [K, H, W] in [0, 1];
+    uncertainty [H, W] or None. Files (all H x W unless noted):
+
+    - ``<stem>_label.png``: 'P' mode, pixel = class id, the class palette attached;
+    - ``<stem>_overlay.png``: RGB, the image tinted with the class colours (class 0 untinted when it is
+      called "background");
+    - ``<stem>_overlay_legend.png``: the overlay with a legend of the classes present to its right (wider, and
+      taller when the legend needs it);
+    - ``<stem>_prob_<class>.png``: 'L' mode, probability x 255, one per class (two classes, the first
+      called "background", as for a binary prompt: the foreground only, as background = 1 - foreground);
+      ``-<id>`` is added when two names map to the same file name;
+    - ``<stem>_uncertainty.png``: 'L' mode, the ensemble's spread scaled to its maximum (only when given).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     k = len(class_names)
-    written = []
-    for name, picture in [("label", label_png(labels, k)), ("overlay", overlay(image, labels, k))]:
-        path = out_dir / f"{stem}_{name}.png"
-        picture.save(path)
-        written.append(path)
+    files = PredictionFiles(label=out_dir / f"{stem}_label.png", overlay=out_dir / f"{stem}_overlay.png",
+                            overlay_legend=out_dir / f"{stem}_overlay_legend.png")
+    label_png(labels, k).save(files.label)
+    overlay(image, labels, k, skip_background=not tints_class_zero(class_names)).save(files.overlay)
+    overlay_with_legend(image, labels, class_names).save(files.overlay_legend)
+    used: set[str] = set()
     for c, name in enumerate(class_names):
-        if k == 2 and c == 0:
-            continue  # binary: the background map is 1 - foreground
-        path = out_dir / f"{stem}_prob_{safe_name(name)}.png"
+        if k == 2 and c == 0 and not tints_class_zero(class_names):
+            continue  # binary prompt: the background map is 1 - foreground
+        fragment = safe_name(name)
+        if fragment in used:
+            fragment = f"{fragment}-{c}"
+        used.add(fragment)
+        path = out_dir / f"{stem}_prob_{fragment}.png"
         grey_map(probabilities[c]).save(path)
-        written.append(path)
+        files.probabilities.append((name, path))
     if uncertainty is not None:
-        path = out_dir / f"{stem}_uncertainty.png"
-        grey_map(uncertainty, vmax=max(float(uncertainty.max()), 1e-6)).save(path)
-        written.append(path)
-    return written
+        files.uncertainty = out_dir / f"{stem}_uncertainty.png"
+        grey_map(uncertainty, vmax=max(float(uncertainty.max()), 1e-6)).save(files.uncertainty)
+    return files

@@ -50,17 +50,25 @@ def unet_downsample_factor(unet: UNet2DConditionModel) -> int:
     return 2 ** (len(unet.config.block_out_channels) - 1)
 
 
-def encode_latents(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
-    """images [B, 3, H, W] in [-1, 1] -> latents [B, C, H/f, W/f] (posterior mean, scaled)."""
-    mean = vae.encode(images.to(vae.dtype)).latent_dist.mean
+def encode_latents(vae: AutoencoderKL, images: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
+    """images [B, 3, H, W] in [-1, 1] -> latents [B, C, H/f, W/f] (posterior mean, scaled).
+
+    channels_last: the input goes in channels-last, so oneDNN runs the whole VAE in that layout. That halves its
+    time in bf16 on CPU (SD's VAE at 256 px: 0.50 -> 0.20 s) and costs nothing in fp32. The trainer passes False:
+    in the default layout a sample's latent does not depend on which other samples share its batch (to float
+    precision), which keeps resumed runs on the uninterrupted trajectory.
+    """
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    mean = vae.encode(images.to(vae.dtype, memory_format=layout)).latent_dist.mean
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     return (mean - shift) * vae.config.scaling_factor
 
 
 def decode_latents(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
-    """latents [B, C, h, w] -> images [B, 3, h*f, w*f], roughly in [-1, 1]."""
+    """latents [B, C, h, w] -> images [B, 3, h*f, w*f], roughly in [-1, 1] (channels-last, as encode_latents)."""
     shift = getattr(vae.config, "shift_factor", None) or 0.0
-    return vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor + shift).sample
+    latents = latents.to(vae.dtype, memory_format=torch.channels_last)
+    return vae.decode(latents / vae.config.scaling_factor + shift).sample
 
 
 @dataclass

@@ -1,8 +1,11 @@
 """Deterministic training batches: which samples, which query, and the frozen VAE's latents.
 
-Everything random about micro-step m (sample order, binary-or-palette, which class is queried, noise,
-timesteps) is drawn from generators seeded by (seed, m, process), so a run resumed at step m continues
-the exact trajectory of an uninterrupted run, with no RNG state to save.
+Everything random about micro-step m is drawn from generators seeded by the run's seed and m: the sample
+order from (seed, epoch), and each sample's query (binary-or-palette, which class), noise and timestep from
+its own generator seeded by (seed, m, slot), where slot is the sample's place in the global batch. So:
+- a run resumed at step m continues the exact trajectory of an uninterrupted run, with no RNG state to save;
+- N processes with batch B each draw exactly what one process with batch N*B draws (process i takes slots
+  i*B .. i*B+B-1), so the trajectory does not depend on how the global batch is split.
 
 Queries: `palette` renders all classes with the model's palette and is conditioned on the class list
 (", ".join(class_names)); `binary` picks one class (present, or with `negative_prob` an absent one whose
@@ -25,8 +28,23 @@ from ..models.digseg_model import encode_latents
 from ..prompts import synonyms
 
 
-def step_generator(seed: int, step: int, process: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, process]).generate_state(1)[0]))
+def step_generator(seed: int, step: int, slot: int = 0) -> torch.Generator:
+    """The generator of one sample slot of micro-step `step` (a CPU generator, whatever the device)."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, slot]).generate_state(1)[0]))
+
+
+def slot_generators(seed: int, step: int, slots: range | list[int]) -> list[torch.Generator]:
+    """One generator per global-batch slot, e.g. `range(rank * B, rank * B + B)` on process `rank`."""
+    return [step_generator(seed, step, slot) for slot in slots]
+
+
+def per_sample(gen: torch.Generator | list[torch.Generator], n: int) -> list[torch.Generator]:
+    """A list of n generators: `gen` itself if it is a list (checked), else n times the same generator."""
+    if isinstance(gen, torch.Generator):
+        return [gen] * n
+    if len(gen) != n:
+        raise ValueError(f"{len(gen)} generators for {n} samples")
+    return list(gen)
 
 
 def sample_indices(num_samples: int, global_batch: int, micro_step: int, seed: int) -> list[int]:
@@ -112,13 +130,15 @@ class LatentBatcher:
         if with_classes:
             keys += [f"class{c}" for c in self.queryable if c in present] + ["empty"]
         pixels = [sample["image"] if k == "image" else self._target_image(label, k) for k in keys]
-        latents = encode_latents(self.vae, torch.stack(pixels).to(self.vae.device)).float().cpu()  # [M, 4, h, w]
+        latents = encode_latents(self.vae, torch.stack(pixels).to(self.vae.device), channels_last=False).float().cpu()  # [M, 4, h, w]
         keep = self.palette_codec.ignore_weights(label[None], tuple(latents.shape[-2:]))[0]  # [1, h, w]
         return {"latents": dict(zip(keys, latents)), "keep": keep, "present": present}
 
     @torch.no_grad()
-    def make_batch(self, indices: list[int], gen: torch.Generator) -> Batch:
+    def make_batch(self, indices: list[int], gen: torch.Generator | list[torch.Generator]) -> Batch:
+        """`gen`: one generator per sample (see `slot_generators`), or one shared by all samples."""
         device = self.vae.device
+        gens = per_sample(gen, len(indices))
         samples: dict[int, dict] = {}
         for i in indices:
             if i not in self._info and self.store is not None and self.store.has(i):
@@ -128,7 +148,7 @@ class LatentBatcher:
                 label = samples[i]["label"]
                 present = sorted(int(v) for v in torch.unique(label) if int(v) != self.ignore_index)
                 self._info[i] = (present, None)
-        keys = [self._choose_query(self._info[i][0], gen) for i in indices]
+        keys = [self._choose_query(self._info[i][0], g) for i, g in zip(indices, gens)]
         wanted = [(i, "image") for i in indices] + [(i, k) for i, (k, _) in zip(indices, keys)]
         missing = list(dict.fromkeys(w for w in wanted if w not in self._latents))
         found: dict[tuple[int, str], torch.Tensor] = {w: self._latents[w] for w in wanted if w in self._latents}
@@ -144,7 +164,7 @@ class LatentBatcher:
                 if i not in samples:
                     samples[i] = self._load(i)
                 pixels.append(samples[i]["image"] if key == "image" else self._target_image(samples[i]["label"], key))
-            latents = encode_latents(self.vae, torch.stack(pixels).to(device)).float().cpu()  # [M, 4, h, w]
+            latents = encode_latents(self.vae, torch.stack(pixels).to(device), channels_last=False).float().cpu()  # [M, 4, h, w]
             for w, z in zip(missing, latents):
                 found[w] = z
                 if self.cache_enabled:

@@ -5,9 +5,13 @@ Layout: `<output_dir>/checkpoints/step-00000100/` with
   optimizer.safetensors                         AdamW moments, flattened ("state.<param>.<key>")
   ema.safetensors                               EMA shadow weights (when EMA is on)
   trainer_state.json                            step, optimizer param groups, LR schedule, EMA scalars
-A checkpoint is written into a hidden temporary folder and renamed into place, so a folder named
-`step-*` is always complete; an interrupted write leaves only a `.tmp-*` folder, which is never read.
-Nothing is unpickled.
+A checkpoint is written into a hidden temporary folder, every file fsync'ed, and renamed into place, so a folder
+named `step-*` is always complete; an interrupted write (SIGKILL, power loss) leaves only a `.tmp-*` folder,
+which is never read and is removed by the next save. Nothing is unpickled.
+
+Fault injection for tests: with `DIGSEG_KILL_AT=<point>` in the environment the process SIGKILLs itself at
+that point, e.g. `checkpoint-3:weights` (step 3's weight files written, state file not yet) or
+`checkpoint-3:before-rename`. See `tests/test_resume_kill.py`.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +59,12 @@ def optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) 
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+def kill_point(name: str) -> None:
+    """SIGKILL this process if `DIGSEG_KILL_AT` names this point (fault-injection tests); otherwise nothing."""
+    if os.environ.get("DIGSEG_KILL_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -77,11 +88,12 @@ def save_checkpoint(
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:08d}"
     tmp = root / f".tmp-{PREFIX}{step:08d}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    for stale in root.glob(f".tmp-{PREFIX}*"):  # left by a killed writer (one writer per run: the main process)
+        shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir()
     for name, tensors in weights.items():
         save_file(_contiguous(tensors), str(tmp / f"{name}.safetensors"))
+    kill_point(f"checkpoint-{step}:weights")
     opt_tensors, opt_meta = optimizer_to_flat(optimizer_state)
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
     state = {"step": step, "optimizer": opt_meta, **extra_state}
@@ -90,6 +102,7 @@ def save_checkpoint(
         with open(file, "rb") as handle:
             os.fsync(handle.fileno())
     _fsync_dir(tmp)
+    kill_point(f"checkpoint-{step}:before-rename")
     if final.exists():  # a re-run of the same step (after resume): replace it
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -46,7 +46,7 @@ class TrainConfig:
     lr_warmup_steps: int = 50
     weight_decay: float = 1e-2
     max_grad_norm: float = 1.0
-    mixed_precision: str = "no"  # no | fp16 | bf16
+    mixed_precision: str = ""  # no | fp16 | bf16 | "" = what the launcher says (accelerate config), else no
     gradient_checkpointing: bool = False  # recompute U-Net activations in backward: less memory, ~30% slower
     use_ema: bool = False
     ema_decay: float = 0.999
@@ -54,6 +54,9 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     log_every: int = 25
+    log_with: str = "tensorboard"  # tensorboard (<output_dir>/logs, when installed) | none; log.jsonl is always written
+    sample_every: int = 250  # predictions on a fixed batch of training images into TensorBoard; 0 = never
+    num_sample_images: int = 4
     seed: int = 0
     class_names: list[str] = field(default_factory=list)  # filled from the dataset when empty
 
@@ -62,11 +65,16 @@ class TrainConfig:
             raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.prediction_type not in ("sample", "v_prediction", "epsilon"):
             raise ConfigError(f"prediction_type must be sample, v_prediction or epsilon, got {self.prediction_type!r}")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
+        if self.mixed_precision not in ("", "no", "fp16", "bf16"):
             raise ConfigError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.log_with not in ("tensorboard", "none"):
+            raise ConfigError(f"log_with must be tensorboard or none, got {self.log_with!r}")
+        if self.sample_every < 0 or self.num_sample_images < 1:
+            raise ConfigError(f"sample_every must be >= 0 and num_sample_images >= 1, got {self.sample_every}, "
+                              f"{self.num_sample_images}")
         if self.resolution < 0:
             raise ConfigError(f"resolution must be >= 0 (0 = native), got {self.resolution}")
         if not self.learning_rate > 0:

@@ -9,8 +9,8 @@ pipeline (model_index.json, unet/, vae/, ...) at the end.
 
 from __future__ import annotations
 
-import json
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -21,12 +21,14 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from ..distributed import launched_without_accelerator
 from ..errors import DigsegError
 from ..models.text import unet_forward_with_text
 from ..pipeline import DiGSegPipeline
-from .batches import Batch, LatentBatcher, sample_indices, step_generator
-from .checkpoint import list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
+from .batches import Batch, LatentBatcher, per_sample, sample_indices, slot_generators
+from .checkpoint import kill_point, list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
 from .config import TrainConfig
+from .tracking import TrainingLogger
 
 logger = logging.getLogger("digseg.train")
 
@@ -38,16 +40,22 @@ def sample_timesteps(num: int, num_train_timesteps: int, max_timestep_prob: floa
     return torch.where(at_max, torch.full_like(t, num_train_timesteps - 1), t)
 
 
-def diffusion_loss(pipe: DiGSegPipeline, unet: nn.Module, pathway: nn.Module, batch: Batch, gen: torch.Generator,
-                   max_timestep_prob: float = 0.0) -> torch.Tensor:
+def diffusion_loss(pipe: DiGSegPipeline, unet: nn.Module, pathway: nn.Module, batch: Batch,
+                   gen: torch.Generator | list[torch.Generator], max_timestep_prob: float = 0.0) -> torch.Tensor:
     """MSE between the U-Net's prediction and the scheduler's target, ignore cells masked out. -> scalar.
 
+    Each sample's squared error is averaged over its kept cells, then samples are averaged, so the mean of N
+    processes' losses (what DDP's gradient averaging computes) equals the loss of their concatenated batch.
+    `gen`: one generator per sample (noise and timestep of that sample) or one for all.
     `unet` and `pathway` may be the accelerate-wrapped modules (so DDP syncs their gradients).
     """
     scheduler = pipe.scheduler
     z0 = batch.mask_latents  # [B, 4, h, w]
-    noise = torch.randn(z0.shape, generator=gen).to(z0.device)
-    t = sample_timesteps(z0.shape[0], scheduler.config.num_train_timesteps, max_timestep_prob, gen).to(z0.device)
+    gens = per_sample(gen, z0.shape[0])
+    T = scheduler.config.num_train_timesteps
+    draws = [(torch.randn(z0.shape[1:], generator=g), sample_timesteps(1, T, max_timestep_prob, g)) for g in gens]
+    noise = torch.stack([n for n, _ in draws]).to(z0.device)  # [B, 4, h, w]
+    t = torch.cat([t for _, t in draws]).to(z0.device)  # [B]
     z_t = scheduler.add_noise(z0, noise, t)
     kind = scheduler.config.prediction_type
     target = {"epsilon": noise, "sample": z0}.get(kind)
@@ -56,13 +64,18 @@ def diffusion_loss(pipe: DiGSegPipeline, unet: nn.Module, pathway: nn.Module, ba
     text = pathway(pipe.prompt_encoder.encode(batch.prompts).to(z0.device))  # num_levels x [B, L, C]
     pred = unet_forward_with_text(unet, pipe.level_context, torch.cat([batch.image_latents, z_t], 1), t, text)
     weights = batch.keep.expand_as(pred)  # [B, 4, h, w]
-    return ((pred.float() - target.float()) ** 2 * weights).sum() / weights.sum().clamp(min=1.0)
+    per_sample_loss = ((pred.float() - target.float()) ** 2 * weights).flatten(1).sum(1)  # [B]
+    return (per_sample_loss / weights.flatten(1).sum(1).clamp(min=1.0)).mean()
 
 
 def _make_accelerator(config: TrainConfig) -> Accelerator:
     """An Accelerator for this run. accelerate keeps one process-wide state; a second trainer in the same
     Python session (a notebook, a test) with another precision resets it instead of failing."""
-    kwargs = dict(gradient_accumulation_steps=config.gradient_accumulation_steps, mixed_precision=config.mixed_precision)
+    # "" = the launcher's choice: `accelerate launch` exports its config's mixed_precision
+    precision = config.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    kwargs = dict(gradient_accumulation_steps=config.gradient_accumulation_steps, mixed_precision=precision,
+                  cpu=launched_without_accelerator(),
+                  **TrainingLogger.tracker_kwargs(config.log_with, Path(config.output_dir)))
     try:
         return Accelerator(**kwargs)
     except ValueError as exc:
@@ -72,6 +85,17 @@ def _make_accelerator(config: TrainConfig) -> Accelerator:
 
         AcceleratorState._reset_state()
         return Accelerator(**kwargs)
+
+
+def make_adamw(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW, fused (one kernel over all tensors) where torch has a fused kernel for the parameters' device.
+
+    On CPU the fused step is about 6x faster than the default for-each step (0.13 vs 0.81 s for 200 M
+    parameters); for the SD2 U-Net that is seconds per step. Results match the unfused step to float rounding.
+    """
+    device = params[0].device.type
+    fused = device in ("cpu", "cuda", "xpu", "mps") and all(p.dtype.is_floating_point for p in params)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
 class Trainer:
@@ -102,7 +126,7 @@ class Trainer:
         pipe.unet.train().requires_grad_(True)
         pipe.text_pathway.train().requires_grad_(True)
         params = list(pipe.unet.parameters()) + list(pipe.text_pathway.parameters())
-        self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.optimizer = make_adamw(params, config.learning_rate, config.weight_decay)
         self.lr_scheduler = get_scheduler(
             config.lr_scheduler, self.optimizer,
             num_warmup_steps=config.lr_warmup_steps, num_training_steps=config.max_steps,
@@ -112,26 +136,34 @@ class Trainer:
         self.ema = EMAModel(self.params, decay=config.ema_decay) if config.use_ema else None
         self.step = 0
         self.last_loss = float("nan")
+        self.logs = TrainingLogger(self.accelerator, self.output_dir, config.to_dict(),
+                                   use_tensorboard=bool(self.accelerator.log_with))
 
     # ------------------------------------------------------------------------------------ checkpoints
     def _trainable_weights(self) -> dict[str, dict[str, torch.Tensor]]:
-        unwrap = self.accelerator.unwrap_model
-        weights = {"unet": unwrap(self.unet).state_dict(), "text_pathway": unwrap(self.text_pathway).state_dict()}
+        """Full (unsharded) state dicts; a collective under FSDP, so every process calls it."""
+        get = self.accelerator.get_state_dict
+        weights = {"unet": get(self.unet), "text_pathway": get(self.text_pathway)}
         if self.ema is not None:
             weights["ema"] = {f"{i:06d}": p for i, p in enumerate(self.ema.shadow_params)}
         return weights
 
     def save_checkpoint(self) -> Path | None:
+        """Every process calls this; the main process writes `checkpoints/step-<step>` and returns its path."""
         self.accelerator.wait_for_everyone()
+        weights = self._trainable_weights()
         if not self.accelerator.is_main_process:
+            self.accelerator.wait_for_everyone()
             return None
         extra = {
             "lr_scheduler": self.lr_scheduler.state_dict(),
             "ema": {"optimization_step": self.ema.optimization_step} if self.ema else None,
             "loss": self.last_loss,
         }
-        return save_checkpoint(self.output_dir / "checkpoints", self.step, self._trainable_weights(),
+        path = save_checkpoint(self.output_dir / "checkpoints", self.step, weights,
                                self.optimizer.state_dict(), extra, self.config.keep_checkpoints)
+        self.accelerator.wait_for_everyone()  # nobody runs ahead (or is killed) before the checkpoint exists
+        return path
 
     def load_checkpoint(self, path: Path) -> None:
         weights, optimizer_state, state = load_checkpoint(path)
@@ -147,6 +179,7 @@ class Trainer:
             self.ema.shadow_params = [shadow[k].to(self.accelerator.device) for k in sorted(shadow)]
             self.ema.optimization_step = state["ema"]["optimization_step"]
         self.step = int(state["step"])
+        self.logs.truncate_after(self.step)
         logger.info("resumed from %s at step %d", path, self.step)
 
     # ------------------------------------------------------------------------------------ loop
@@ -174,8 +207,9 @@ class Trainer:
             for micro in range(cfg.gradient_accumulation_steps):
                 micro_step = self.step * cfg.gradient_accumulation_steps + micro
                 indices = sample_indices(len(self.dataset), global_batch, micro_step, cfg.seed)
-                mine = indices[acc.process_index * cfg.batch_size : (acc.process_index + 1) * cfg.batch_size]
-                gen = step_generator(cfg.seed, micro_step, acc.process_index)
+                slots = range(acc.process_index * cfg.batch_size, (acc.process_index + 1) * cfg.batch_size)
+                mine = [indices[s] for s in slots]
+                gen = slot_generators(cfg.seed, micro_step, slots)
                 with acc.accumulate(self.unet, self.text_pathway):
                     batch = self.batcher.make_batch(mine, gen)
                     with acc.autocast():
@@ -198,13 +232,25 @@ class Trainer:
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                 recent = history[-cfg.log_every:]
-                bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", lr=f"{self.lr_scheduler.get_last_lr()[0]:.2e}")
-                if acc.is_main_process:
-                    with open(self.output_dir / "log.jsonl", "a") as log:
-                        log.write(json.dumps({"step": self.step, "loss": sum(recent) / len(recent),
-                                              "lr": self.lr_scheduler.get_last_lr()[0]}) + "\n")
+                mean_loss, lr = sum(recent) / len(recent), self.lr_scheduler.get_last_lr()[0]
+                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
+                self.logs.log_scalars(self.step, mean_loss, lr)
+            if cfg.sample_every and (self.step % cfg.sample_every == 0 or self.step == cfg.max_steps):
+                self._log_samples()
+            kill_point(f"step-{self.step}")
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
                 self.save_checkpoint()
+
+    def _log_samples(self) -> None:
+        """Predictions for the first `num_sample_images` training samples (the same every time) into TensorBoard."""
+        cfg = self.config
+        if not self.logs.use_tensorboard or not self.accelerator.is_main_process:
+            return
+        if not hasattr(self, "_sample_batch"):
+            count = min(cfg.num_sample_images, len(self.dataset))
+            self._sample_batch = [self.batcher._load(i) for i in range(count)]
+        resolution = cfg.resolution or self.pipe.config.default_processing_resolution
+        self.logs.log_samples(self.step, self.pipe, self._sample_batch, resolution, cfg.seed)
 
     def finish(self) -> DiGSegPipeline:
         """Put the trained (EMA, if on) weights into the pipeline, in eval mode, and save it in the run folder."""
@@ -218,4 +264,5 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             self.pipe.save_pretrained(self.output_dir)
+        self.logs.end()
         return self.pipe

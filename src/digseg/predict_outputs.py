@@ -1,0 +1,88 @@
+"""The files `digseg predict` writes for one image: a copy of the input as segmented, the pictures
+(`visualize.save_prediction`) and a JSON summary, `<stem>_summary.json`.
+
+The summary (also what `report.write_report` reads) is a dict:
+
+    name            the input's display name (its file name; the path as given if two inputs share one)
+    source          the input path as given
+    image_size      {"width": W, "height": H}
+    classes         [{"id", "name", "pixels", "fraction", "colour": "#rrggbb", "tinted"}] for the classes
+                    present, in class order; fraction = pixels / (W * H)
+    unlabelled_fraction   share of pixels labelled 255 ("no class", from --no-class-threshold)
+    files           file names relative to the output folder: input, label, overlay, overlay_legend,
+                    summary, probabilities [{"class", "file"}], uncertainty (None without an ensemble)
+    uncertainty_note      why there is no uncertainty map (only when there is none)
+    settings        the run's settings (model, prompt or classes, ensemble size, steps, seed, ...)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .visualize import hex_colour, palette_for, save_prediction, tints_class_zero
+
+NO_UNCERTAINTY = "no uncertainty map: ensemble size 1 (pass --ensemble-size 2 or more)"
+
+
+def class_fractions(labels: np.ndarray, class_names: list[str]) -> tuple[list[dict], float]:
+    """labels [H, W] int (255 = no class) -> (one dict per class present, fraction of unlabelled pixels)."""
+    k = len(class_names)
+    counts = np.bincount(labels[labels < k].ravel(), minlength=k)
+    colours = palette_for(k)
+    total = labels.size
+    classes = [
+        {"id": int(c), "name": class_names[c], "pixels": int(counts[c]), "fraction": round(float(counts[c]) / total, 4),
+         "colour": hex_colour(colours[c]), "tinted": bool(c != 0 or tints_class_zero(class_names))}
+        for c in np.flatnonzero(counts)
+    ]
+    return classes, round(float(total - counts.sum()) / total, 4)
+
+
+def save_input_copy(out_dir: Path, stem: str, source: Path, image: Image.Image) -> Path:
+    """The RGB pixels that were segmented (no EXIF rotation, so they line up with the label map), as
+    `<stem>_input.jpg` (quality 92) for JPEG inputs and `<stem>_input.png` otherwise: browsers show it,
+    whatever the input format (TIFF, 16-bit, ...)."""
+    if source.suffix.lower() in (".jpg", ".jpeg"):
+        path = out_dir / f"{stem}_input.jpg"
+        image.save(path, quality=92)
+    else:
+        path = out_dir / f"{stem}_input.png"
+        image.save(path)
+    return path
+
+
+def write_image_outputs(out_dir: Path, stem: str, name: str, source: Path, image: Image.Image, labels: np.ndarray,
+                        probabilities: np.ndarray, class_names: list[str], uncertainty: np.ndarray | None,
+                        settings: dict) -> dict:
+    """Write every file for one image and return its summary (see the module docstring).
+
+    image RGB, W x H; labels [H, W] int; probabilities [K, H, W]; uncertainty [H, W] or None.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pixels = np.asarray(image)
+    files = save_prediction(out_dir, stem, pixels, labels, probabilities, class_names, uncertainty)
+    copy = save_input_copy(out_dir, stem, source, image)
+    classes, unlabelled = class_fractions(labels, class_names)
+    summary_path = out_dir / f"{stem}_summary.json"
+    record = {
+        "name": name,
+        "source": str(source),
+        "image_size": {"width": image.width, "height": image.height},
+        "classes": classes,
+        "unlabelled_fraction": unlabelled,
+        "files": {
+            "input": copy.name, "label": files.label.name, "overlay": files.overlay.name,
+            "overlay_legend": files.overlay_legend.name, "summary": summary_path.name,
+            "probabilities": [{"class": c, "file": p.name} for c, p in files.probabilities],
+            "uncertainty": files.uncertainty.name if files.uncertainty else None,
+        },
+        "settings": settings,
+    }
+    if files.uncertainty is None:
+        record["uncertainty_note"] = NO_UNCERTAINTY
+    summary_path.write_text(json.dumps(record, indent=2, ensure_ascii=False), encoding="utf-8")
+    return record

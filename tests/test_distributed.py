@@ -1,0 +1,123 @@
+"""Two processes on CPU (gloo) against one: training weights and evaluation metrics.
+
+The runs are real subprocesses started by `accelerate launch` (training) and `torchrun` (evaluation), as a user
+would start them, on the tiny backbone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from digseg.data.synthetic import SyntheticScenes, save_scenes_as_folder
+
+REPO = Path(__file__).resolve().parents[1]
+ACCELERATE_CPU = REPO / "configs" / "accelerate" / "cpu_2proc.yaml"
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error",
+               DIFFUSERS_VERBOSITY="error", PYTHONWARNINGS="ignore")
+    env.pop("DIGSEG_KILL_AT", None)
+    return env
+
+
+def _run(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=REPO)
+    assert result.returncode == 0, f"{' '.join(cmd)}\n--- stdout\n{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-5000:]}"
+    return result
+
+
+def _accelerate_2proc() -> list[str]:
+    exe = shutil.which("accelerate")
+    if exe is None:
+        pytest.skip("the accelerate launcher is not on PATH")
+    return [exe, "launch", "--config_file", str(ACCELERATE_CPU), "--main_process_port", str(_free_port()),
+            "-m", "digseg.cli"]
+
+
+def _torchrun_2proc() -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "digseg.cli"]
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    out = {}
+    for part in ("unet", "text_pathway"):
+        for name, value in load_file(str(run / part / "diffusion_pytorch_model.safetensors")).items():
+            out[f"{part}.{name}"] = value
+    return out
+
+
+@pytest.fixture(scope="module")
+def scenes_folder(tmp_path_factory) -> Path:
+    return save_scenes_as_folder(SyntheticScenes(10, size=32, seed=3), tmp_path_factory.mktemp("scenes") / "data")
+
+
+def test_two_processes_train_the_same_weights_as_one(tiny_backbone, scenes_folder, tmp_path):
+    (tmp_path / "run.yaml").write_text("lr_scheduler: constant\nlr_warmup_steps: 0\nlog_every: 1\n")
+    common = ["train", "--config", str(tmp_path / "run.yaml"), "--pretrained", str(tiny_backbone), "--dataset", "folder", "--data-root", str(scenes_folder),
+              "--resolution", "32", "--max-steps", "3", "--learning-rate", "1e-3", "--checkpoint-every", "2"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run([sys.executable, "-m", "digseg.cli", *common, "--batch-size", "4", "--output", str(one)])
+    _run([*_accelerate_2proc(), *common, "--batch-size", "2", "--output", str(two)])  # global batch 2 x 2 = 4
+
+    a, b = _weights(one), _weights(two)
+    start = _weights_of_backbone(tiny_backbone)
+    assert a.keys() == b.keys()
+    moved = max((a[k].float() - start[k].float()).abs().max().item() for k in start if k in a)
+    assert moved > 1e-3, "training did not change the weights; the comparison would be empty"
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst < 1e-5, f"2-process weights differ from 1-process weights by {worst} (training moved them {moved})"
+    # only the main process wrote: one log line per logged step, checkpoints from one writer
+    steps = [json.loads(line)["step"] for line in (two / "log.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 3
+    assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["step-00000002", "step-00000003"]
+
+
+def _weights_of_backbone(backbone: Path) -> dict[str, torch.Tensor]:
+    """The U-Net weights training started from (conv_in differs: it is widened when the pipeline is built)."""
+    unet = load_file(str(backbone / "unet" / "diffusion_pytorch_model.safetensors"))
+    return {f"unet.{k}": v for k, v in unet.items() if not k.startswith("conv_in")}
+
+
+def test_two_process_eval_gives_exactly_the_single_process_metrics(tiny_backbone, scenes_folder, tmp_path):
+    model = tmp_path / "model"
+    _run([sys.executable, "-m", "digseg.cli", "train", "--pretrained", str(tiny_backbone), "--dataset", "folder",
+          "--data-root", str(scenes_folder), "--resolution", "32", "--max-steps", "2", "--batch-size", "2",
+          "--output", str(model)])
+    # a corrupt image: both runs must report and skip it the same way
+    (scenes_folder.parent / "eval").mkdir(exist_ok=True)
+    data = Path(shutil.copytree(scenes_folder, scenes_folder.parent / "eval" / "data", dirs_exist_ok=True))
+    broken = sorted((data / "images").iterdir())[4]
+    broken.write_bytes(b"not an image")
+    common = ["eval", "--model", str(model), "--dataset", "folder", "--data-root", str(data),
+              "--ensemble-size", "2", "--steps", "2"]
+    _run([sys.executable, "-m", "digseg.cli", *common, "--output", str(tmp_path / "one.json")])
+    _run([*_torchrun_2proc(), *common, "--output", str(tmp_path / "two.json")])
+    one = json.loads((tmp_path / "one.json").read_text())
+    two = json.loads((tmp_path / "two.json").read_text())
+    for result in (one, two):
+        result.pop("predictions")
+        assert [Path(m.split()[-1]).name for m in result.pop("skipped_samples")] == [broken.stem + ".png"]
+        assert result["num_images"] == 9 and len(result["prediction_skipped"]) == 1
+        assert broken.name in result["prediction_skipped"][0]
+    assert one == two
+    pngs_one = sorted(p.name for p in (tmp_path / "one_predictions").iterdir())
+    assert pngs_one == sorted(p.name for p in (tmp_path / "two_predictions").iterdir()) and len(pngs_one) == 9

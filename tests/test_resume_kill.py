@@ -1,0 +1,89 @@
+"""SIGKILL a training run at several points, resume with `--resume latest`, and finish where an uninterrupted
+run finishes. A killed checkpoint write must never be picked up.
+
+Kill points are set with DIGSEG_KILL_AT (the process SIGKILLs itself there, see training/checkpoint.py), plus one
+kill sent from outside at whatever point the run has reached.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from digseg.data.synthetic import SyntheticScenes, save_scenes_as_folder
+from digseg.training.checkpoint import list_checkpoints, load_checkpoint
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
+
+
+def _train(args: list[str], kill_at: str | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+    env.pop("DIGSEG_KILL_AT", None)
+    if kill_at:
+        env["DIGSEG_KILL_AT"] = kill_at
+    return subprocess.run([sys.executable, "-m", "digseg.cli", "train", *args], capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def _final_weights(run: Path) -> dict[str, torch.Tensor]:
+    return {f"{part}.{k}": v for part in ("unet", "text_pathway")
+            for k, v in load_file(str(run / part / "diffusion_pytorch_model.safetensors")).items()}
+
+
+def _assert_only_complete_checkpoints(run: Path) -> list[int]:
+    """Every `step-*` folder loads in full; returns their steps."""
+    steps = []
+    for path in list_checkpoints(run / "checkpoints"):
+        weights, optimizer, state = load_checkpoint(path)
+        assert {"unet", "text_pathway"} <= weights.keys() and optimizer["state"] and state["step"] == int(path.name[5:])
+        steps.append(state["step"])
+    return steps
+
+
+def test_sigkill_at_several_points_then_resume_gives_the_uninterrupted_weights(tiny_backbone, tmp_path):
+    data = save_scenes_as_folder(SyntheticScenes(8, size=32, seed=5), tmp_path / "data")
+    common = ["--pretrained", str(tiny_backbone), "--dataset", "folder", "--data-root", str(data), "--resolution", "32",
+              "--batch-size", "2", "--max-steps", "8", "--checkpoint-every", "2", "--keep-checkpoints", "2",
+              "--learning-rate", "1e-3"]
+    reference, run = tmp_path / "reference", tmp_path / "killed"
+    assert _train([*common, "--output", str(reference)]).returncode == 0
+
+    # 1) killed right after step 3 (step 2 is checkpointed), 2) during step 4's checkpoint write (weights written,
+    # state not), 3) after step 6's checkpoint is complete in its temporary folder but before it is renamed
+    for kill_at, newest_complete in (("step-3", 2), ("checkpoint-4:weights", 2), ("checkpoint-6:before-rename", 4)):
+        result = _train([*common, "--output", str(run), "--resume", "latest"], kill_at=kill_at)
+        assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
+        assert _assert_only_complete_checkpoints(run)[-1] == newest_complete
+        assert not (run / "model_index.json").exists()
+    assert any(p.name.startswith(".tmp-") for p in (run / "checkpoints").iterdir())  # the killed write's leftovers
+
+    # 4) killed from outside, at whatever point it has reached once step 6 is checkpointed
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+    env.pop("DIGSEG_KILL_AT", None)
+    proc = subprocess.Popen([sys.executable, "-m", "digseg.cli", "train", *common, "--output", str(run), "--resume",
+                             "latest"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 240
+    while not (run / "checkpoints" / "step-00000006").is_dir() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert 6 <= _assert_only_complete_checkpoints(run)[-1] <= 8
+
+    final = _train([*common, "--output", str(run), "--resume", "latest"])
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert not any(p.name.startswith(".tmp-") for p in (run / "checkpoints").iterdir())
+    assert _assert_only_complete_checkpoints(run) == [6, 8]
+    want, got = _final_weights(reference), _final_weights(run)
+    assert want.keys() == got.keys()
+    worst = max((want[k] - got[k]).abs().max().item() for k in want)
+    assert worst < 1e-6, f"resumed run ends {worst} away from the uninterrupted run"
+    steps = [int(line.split('"step": ')[1].split(",")[0]) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 8  # killed runs' extra log lines were dropped on resume
