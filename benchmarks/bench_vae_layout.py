@@ -1,0 +1,64 @@
+"""VAE and U-Net time with NCHW vs channels-last input, SD-sized random weights, CPU (speed only).
+
+    python benchmarks/bench_vae_layout.py            # 256 px, bf16 and fp32 (~2 min on 2 cores)
+
+Why digseg's `encode_latents` / `decode_latents` pass channels-last tensors to the VAE (see docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+
+
+def median_time(fn, repeats: int = 3) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[repeats // 2]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=256)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4).eval()
+    unet = UNet2DConditionModel(
+        in_channels=8, out_channels=4, block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=1024,
+        attention_head_dim=(5, 10, 20, 20), use_linear_projection=True,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3).eval()
+    cl = torch.channels_last
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {args.size} px, random weights (speed only)")
+    print("| dtype | module | NCHW s | channels-last input s | NCHW / channels-last |")
+    print("|---|---|---:|---:|---:|")
+    h = args.size // 8
+    for dtype in (torch.bfloat16, torch.float32):
+        vae.to(dtype)
+        unet.to(dtype)
+        x = torch.randn(1, 3, args.size, args.size, dtype=dtype)
+        z = torch.randn(1, 4, h, h, dtype=dtype)
+        zz = torch.randn(1, 8, h, h, dtype=dtype)
+        text = torch.randn(1, 2, 1024, dtype=dtype)
+        cells = {
+            "VAE encode": (lambda t: vae.encode(t).latent_dist.mean, x),
+            "VAE decode": (lambda t: vae.decode(t).sample, z),
+            "U-Net": (lambda t: unet(t, 999, text).sample, zz),
+        }
+        with torch.no_grad():
+            for name, (fn, inp) in cells.items():
+                a = median_time(lambda: fn(inp))
+                b = median_time(lambda: fn(inp.contiguous(memory_format=cl)))
+                print(f"| {str(dtype).replace('torch.', '')} | {name} | {a:.3f} | {b:.3f} | {a / b:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
