@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from torch import nn
@@ -148,6 +149,9 @@ class Trainer:
             weights["ema"] = {f"{i:06d}": p for i, p in enumerate(self.ema.shadow_params)}
         return weights
 
+    def _optimizer_is_sharded(self) -> bool:
+        return self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
     def save_checkpoint(self) -> Path | None:
         """Every process calls this; the main process writes `checkpoints/step-<step>` and returns its path."""
         self.accelerator.wait_for_everyone()
@@ -155,13 +159,18 @@ class Trainer:
         if not self.accelerator.is_main_process:
             self.accelerator.wait_for_everyone()
             return None
+        sharded = self._optimizer_is_sharded()
         extra = {
             "lr_scheduler": self.lr_scheduler.state_dict(),
             "ema": {"optimization_step": self.ema.optimization_step} if self.ema else None,
             "loss": self.last_loss,
+            "optimizer_saved": not sharded,
         }
+        # under FSDP / ZeRO the main process holds only its shard of the AdamW moments: rather than write a part
+        # that would be loaded as if it were whole, write none (resume then restarts the moments; see docs)
+        optimizer_state = {"state": {}, "param_groups": []} if sharded else self.optimizer.state_dict()
         path = save_checkpoint(self.output_dir / "checkpoints", self.step, weights,
-                               self.optimizer.state_dict(), extra, self.config.keep_checkpoints)
+                               optimizer_state, extra, self.config.keep_checkpoints)
         self.accelerator.wait_for_everyone()  # nobody runs ahead (or is killed) before the checkpoint exists
         return path
 
@@ -170,7 +179,11 @@ class Trainer:
         unwrap = self.accelerator.unwrap_model
         unwrap(self.unet).load_state_dict(weights["unet"])
         unwrap(self.text_pathway).load_state_dict(weights["text_pathway"])
-        self.optimizer.load_state_dict(optimizer_state)
+        if state.get("optimizer_saved", True) and not self._optimizer_is_sharded():
+            self.optimizer.load_state_dict(optimizer_state)
+        else:
+            logger.warning("%s: AdamW moments not restored (sharded optimizer state is not checkpointed); "
+                           "weights, step, LR schedule and data order are", path)
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         if self.ema is not None:
             if "ema" not in weights:

@@ -1,0 +1,302 @@
+"""`digseg demo`: a local Gradio web app around a trained `DiGSegPipeline`.
+
+`build_demo(pipe)` takes a built pipeline and returns a `gr.Blocks`; `launch_demo(model_dir, host, port)`
+loads the model and serves it. Gradio is an optional extra (`pip install "digseg[demo]"`).
+
+Safety defaults: bound to 127.0.0.1; no share link; Gradio analytics off; system fonts only (the page fetches
+nothing from the internet). Uploads are checked by `check_image_file` before the model sees them: the pixel
+count is read from the file header and checked against `max_pixels` before the image is decoded, then the
+image is decoded with `digseg.data.io.load_image`, which rejects anything that is not a readable image.
+"""
+
+from __future__ import annotations
+
+import base64
+import inspect
+import io
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .data.io import IMAGE_EXTENSIONS, load_image
+from .errors import ConfigError, DataError, DigsegError
+from .visualize import grey_map, overlay, overlay_with_legend, tints_class_zero
+
+DEFAULT_MODEL = Path("digseg-quickstart") / "model"
+DEFAULT_MAX_PIXELS = 4096 * 4096  # 16.7 megapixels
+MAX_UPLOAD_SIZE = "100mb"  # Gradio rejects larger uploads before they reach `check_image_file`
+MAX_ENSEMBLE, MAX_STEPS = 20, 50
+VIEW_HEIGHT = 320  # pixels: each picture in the page
+MIN_DISPLAY_SIDE = 256  # smaller images are shown enlarged (pixels repeated), e.g. quickstart scenes
+MODE_PROMPT, MODE_CLASSES = "prompt", "classes"
+INSTALL_HINT = 'the demo needs Gradio: pip install "digseg[demo]"'
+
+
+# ---------------------------------------------------------------------------------------------- checks
+def check_image_file(path: str | os.PathLike[str] | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """An uploaded file -> RGB image, or `DataError` with a message fit to show the user.
+
+    The size is read from the header (`Image.open(...).size` decodes no pixels), so an oversized image, or a
+    decompression bomb, is rejected before it is decoded. Files that are not images fail in `load_image`.
+    Messages name the file by its name only, not by the folder the upload was stored in.
+    """
+    if path is None or str(path) == "":
+        raise DataError("no image: upload an image first")
+    p = Path(path)
+    size = None
+    try:
+        with Image.open(p) as header:  # lazy: reads the header only
+            size = header.size
+    except Image.DecompressionBombError as exc:  # more than 2 x Image.MAX_IMAGE_PIXELS: certainly too large
+        raise DataError(f"image {p.name} is too large ({exc}); the limit is {max_pixels:,} pixels") from exc
+    except Exception:  # not an image, missing, truncated header: load_image says which, naming the file
+        pass
+    if size is not None and size[0] * size[1] > max_pixels:
+        w, h = size
+        raise DataError(f"image {p.name} is too large: {w}x{h} = {w * h:,} pixels; the limit is {max_pixels:,} "
+                        "pixels (digseg demo --max-pixels)")
+    try:
+        return load_image(p)
+    except DataError as exc:  # name the file, not the server's upload folder
+        raise DataError(str(exc).replace(str(p), p.name)) from exc
+
+
+def parse_classes(text: str) -> list[str] | None:
+    """'sky, road,car' -> ['sky', 'road', 'car']; '' -> None (the model's own classes)."""
+    if not text or not text.strip():
+        return None
+    names = [c.strip() for c in text.split(",")]
+    if not all(names):
+        raise ConfigError(f"the class list has an empty class name: {text!r}")
+    return names
+
+
+def is_loopback(host: str) -> bool:
+    """True for 'localhost' and loopback addresses (127.0.0.0/8, ::1)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:  # a host name other than localhost
+        return False
+
+
+def resolve_model_dir(model_dir: str | os.PathLike[str] | None) -> Path:
+    """The model folder to serve: `model_dir`, or the quickstart model when None."""
+    if model_dir is None:
+        if not (DEFAULT_MODEL / "model_index.json").is_file():
+            raise DigsegError(f"no model at {DEFAULT_MODEL}: run `digseg quickstart` first, or pass --model DIR "
+                              "(a DiGSeg model folder)")
+        return DEFAULT_MODEL
+    return Path(model_dir)
+
+
+# ---------------------------------------------------------------------------------------------- pictures
+def display_factor(height: int, width: int, min_side: int = MIN_DISPLAY_SIDE) -> int:
+    """Whole-number zoom that brings the longer side of a small image to at least `min_side` (1 for large)."""
+    return max(1, -(-min_side // max(height, width, 1)))
+
+
+def enlarge(array: np.ndarray, factor: int) -> np.ndarray:
+    """[H, W, ...] -> [H * factor, W * factor, ...], each pixel repeated (no smoothing: labels stay labels)."""
+    return array if factor == 1 else array.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+def slider_html(before: Image.Image, after: Image.Image) -> str:
+    """A before/after comparison with a drag slider, for Gradio versions without `gr.ImageSlider`."""
+    def uri(im: Image.Image) -> str:
+        buf = io.BytesIO()
+        im.convert("RGB").save(buf, format="PNG")
+        return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+    after = after.resize(before.size)
+    return (
+        '<div style="position:relative;display:inline-block;max-width:100%">'
+        f'<img src="{uri(before)}" style="display:block;max-width:100%">'
+        f'<img src="{uri(after)}" style="position:absolute;top:0;left:0;width:100%;clip-path:inset(0 0 0 50%)">'
+        '<input type="range" min="0" max="100" value="50" aria-label="compare input and prediction" '
+        'style="width:100%" oninput="this.previousElementSibling.style.clipPath=`inset(0 0 0 ${this.value}%)`">'
+        "</div>"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- running
+@dataclass
+class DemoResult:
+    """What one run shows: the overlay with its legend, the (input, overlay) pair for the comparison slider,
+    the uncertainty map (None for an ensemble of 1) and a one-line summary of the settings."""
+
+    overlay: Image.Image
+    comparison: tuple[Image.Image, Image.Image]
+    uncertainty: Image.Image | None
+    summary: str
+
+
+def segment(pipe: Any, path: str | os.PathLike[str] | None, mode: str, text: str, ensemble_size: int, steps: int,
+            seed: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> DemoResult:
+    """Check the upload, run the pipeline once, and build the pictures. Raises `DigsegError` for bad input.
+
+    Pictures of images smaller than MIN_DISPLAY_SIDE are enlarged by a whole factor (pixels repeated).
+
+    mode "prompt": `text` is one prompt (binary, K = 2); mode "classes": `text` is a comma-separated class
+    list. Empty `text` in either mode: the model's own classes (palette).
+    """
+    import torch
+
+    image = check_image_file(path, max_pixels)
+    prompt = classes = None
+    if mode == MODE_PROMPT and text and text.strip():
+        prompt = text.strip()
+    elif mode == MODE_CLASSES:
+        classes = parse_classes(text)
+    elif mode != MODE_PROMPT:
+        raise ConfigError(f"unknown mode {mode!r}: choose {MODE_PROMPT!r} or {MODE_CLASSES!r}")
+    ensemble_size, steps = int(ensemble_size), int(steps)
+    if not 1 <= ensemble_size <= MAX_ENSEMBLE:
+        raise ConfigError(f"ensemble size must be 1..{MAX_ENSEMBLE}, got {ensemble_size}")
+    if not 1 <= steps <= MAX_STEPS:
+        raise ConfigError(f"steps must be 1..{MAX_STEPS}, got {steps}")
+    try:
+        seed = int(seed)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"seed must be a whole number, got {seed!r}") from exc
+    result = pipe(image, prompt=prompt, classes=classes, ensemble_size=ensemble_size, num_inference_steps=steps,
+                  generator=torch.Generator().manual_seed(seed), show_progress_bar=False)
+    names = result.class_names
+    zoom = display_factor(image.height, image.width)
+    rgb = enlarge(np.asarray(image), zoom)  # [H', W', 3]
+    labels = enlarge(np.asarray(result.labels[0]), zoom)  # [H', W']
+    picture = overlay_with_legend(rgb, labels, names)
+    plain = overlay(rgb, labels, len(names), skip_background=not tints_class_zero(names))
+    unc = None
+    if result.uncertainty is not None:
+        u = enlarge(np.asarray(result.uncertainty[0]), zoom)
+        unc = grey_map(u, vmax=max(float(u.max()), 1e-6))
+    ask = f"prompt {prompt!r}" if prompt else ("classes " + ", ".join(classes) if classes else "the model's own classes")
+    summary = (f"{image.width}x{image.height} image; {ask}; ensemble {ensemble_size}, {steps} step(s), seed {seed}"
+               + ("" if unc is not None else "; uncertainty needs ensemble size > 1"))
+    return DemoResult(overlay=picture, comparison=(Image.fromarray(rgb), plain), uncertainty=unc, summary=summary)
+
+
+# ---------------------------------------------------------------------------------------------- the app
+def import_gradio():
+    """`gradio`, imported with analytics off, or `DigsegError` saying how to install it."""
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    try:
+        import gradio as gr
+    except ImportError as exc:
+        raise DigsegError(f"{INSTALL_HINT} ({exc})") from exc
+    return gr
+
+
+def _system_theme(gr):
+    """Gradio's default look with system fonts (the default theme of Gradio 4 and 5 fetches Google fonts)."""
+    sans = ["ui-sans-serif", "system-ui", "sans-serif"]
+    mono = ["ui-monospace", "Consolas", "monospace"]
+    return gr.themes.Default(font=sans, font_mono=mono)
+
+
+def _accepts(fn, name: str) -> bool:
+    return name in inspect.signature(fn).parameters
+
+
+def start_demo(demo: Any, host: str = "127.0.0.1", port: int | None = None, block: bool = True) -> None:
+    """Launch a built demo with the safe defaults: no share link, uploads capped at MAX_UPLOAD_SIZE, one run at
+    a time, system fonts, no run history kept in the browser. `block=False` returns at once (tests; stop it
+    with `demo.close()`). Options the installed Gradio does not know are left out."""
+    gr = import_gradio()
+    options = dict(server_name=host, server_port=port, share=False, prevent_thread_lock=not block, quiet=not block,
+                   max_file_size=MAX_UPLOAD_SIZE, theme=_system_theme(gr), run_history=False)
+    options = {k: v for k, v in options.items() if _accepts(demo.launch, k)}  # Gradio 4 to 6
+    demo.queue(default_concurrency_limit=1).launch(**options)
+
+
+def build_demo(pipe: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
+    """A built `DiGSegPipeline` -> `gr.Blocks` (not launched).
+
+    Components carry element ids (digseg-upload, digseg-mode, digseg-text, digseg-ensemble, digseg-steps,
+    digseg-seed, digseg-run, digseg-overlay, digseg-compare, digseg-uncertainty, digseg-summary) for
+    browser tests.
+    """
+    gr = import_gradio()
+    has_slider = hasattr(gr, "ImageSlider")
+    own = ", ".join(pipe.class_names or []) or "none: give a prompt or classes"
+    # Gradio < 6 takes the theme here, Gradio >= 6 in launch() (see `start_demo`)
+    theme = {} if _accepts(gr.Blocks.launch, "theme") else {"theme": _system_theme(gr)}
+    with gr.Blocks(title="DiGSeg demo", analytics_enabled=False, **theme) as demo:
+        gr.Markdown(f"# DiGSeg demo\nText-prompted segmentation by latent diffusion. Model classes: {own}.\n\n"
+                    f"Images up to {max_pixels:,} pixels ({', '.join(IMAGE_EXTENSIONS)}).")
+        with gr.Row():
+            with gr.Column():
+                upload = gr.File(label="Image", type="filepath", elem_id="digseg-upload")
+                preview = gr.Image(label="Input", type="pil", interactive=False, height=VIEW_HEIGHT,
+                                   elem_id="digseg-preview")
+                mode = gr.Radio([MODE_PROMPT, MODE_CLASSES], value=MODE_PROMPT, label="Ask with",
+                                info="prompt: one thing (binary); classes: a comma-separated list",
+                                elem_id="digseg-mode")
+                text = gr.Textbox(label="Prompt or classes", placeholder="empty: the model's own classes",
+                                  elem_id="digseg-text")
+                ensemble = gr.Slider(1, MAX_ENSEMBLE, value=1, step=1, label="Ensemble size", elem_id="digseg-ensemble")
+                steps = gr.Slider(1, MAX_STEPS, value=min(max(1, pipe.config.default_denoising_steps), MAX_STEPS), step=1,
+                                  label="Denoising steps", elem_id="digseg-steps")
+                seed = gr.Number(value=0, precision=0, label="Seed", elem_id="digseg-seed")
+                run = gr.Button("Segment", variant="primary", elem_id="digseg-run")
+            with gr.Column():
+                result = gr.Image(label="Prediction", type="pil", interactive=False, format="png",
+                                  height=VIEW_HEIGHT, elem_id="digseg-overlay")
+                if has_slider:
+                    compare = gr.ImageSlider(label="Input | prediction", type="pil", interactive=False,
+                                             height=VIEW_HEIGHT, elem_id="digseg-compare")
+                else:
+                    compare = gr.HTML(label="Input | prediction", elem_id="digseg-compare")
+                uncertainty = gr.Image(label="Uncertainty (ensemble spread; brighter = less sure)", type="pil",
+                                       interactive=False, format="png", height=VIEW_HEIGHT,
+                                       elem_id="digseg-uncertainty")
+                summary = gr.Markdown(elem_id="digseg-summary")
+
+        def on_upload(path):
+            try:
+                image = check_image_file(path, max_pixels)
+            except DigsegError as exc:
+                raise gr.Error(str(exc)) from exc
+            return Image.fromarray(enlarge(np.asarray(image), display_factor(image.height, image.width)))
+
+        def on_run(path, mode_value, text_value, ensemble_value, steps_value, seed_value):
+            try:
+                out = segment(pipe, path, mode_value, text_value, ensemble_value, steps_value, seed_value, max_pixels)
+            except DigsegError as exc:
+                raise gr.Error(str(exc)) from exc
+            pair = out.comparison if has_slider else slider_html(*out.comparison)
+            return out.overlay, pair, out.uncertainty, out.summary
+
+        upload.upload(on_upload, inputs=upload, outputs=preview)
+        upload.clear(lambda: None, outputs=preview)
+        run.click(on_run, inputs=[upload, mode, text, ensemble, steps, seed],
+                  outputs=[result, compare, uncertainty, summary], concurrency_limit=1)
+    return demo
+
+
+def launch_demo(model_dir: str | os.PathLike[str] | None = None, host: str = "127.0.0.1", port: int | None = None,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Load the model and serve the demo until interrupted (Ctrl-C)."""
+    if max_pixels < 1:
+        raise ConfigError(f"--max-pixels must be >= 1, got {max_pixels}")
+    model = resolve_model_dir(model_dir)
+    import_gradio()  # fail early, before the model loads
+    from .pipeline import DiGSegPipeline
+
+    pipe = DiGSegPipeline.from_pretrained(model)
+    pipe.set_progress_bar_config(disable=True)
+    # PIL's own decompression-bomb guard: warn above the demo's limit, refuse outright at twice it
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    if not is_loopback(host):
+        print(f"warning: serving on {host}, not a loopback address: anyone who can reach this machine can use "
+              "the demo (there is no login)")
+    demo = build_demo(pipe, max_pixels)
+    print(f"serving model {model}; press Ctrl-C to stop")
+    start_demo(demo, host, port)
