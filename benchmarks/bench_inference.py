@@ -36,6 +36,14 @@ Usage::
     python benchmarks/bench_inference.py                     # SD2-sized, 256 px, fp32 + bf16 (~15 min, 2 cores)
     python benchmarks/bench_inference.py --sizes 256,512     # + 512 px cells (1x1 and 4x2 by default)
     python benchmarks/bench_inference.py --quick             # tiny model, 64 px, smoke run
+    # on a GPU: 512 px, bf16, 8 images per call, torch.compile; FPS printed beside the paper's
+    python benchmarks/bench_inference.py --device cuda --sizes 512 --dtypes bf16 --batch 8 --compile \
+        --settings 1x1,1x2,4x2,8x2
+
+On a GPU, timing synchronises the device, and peak memory is ``torch.cuda.max_memory_allocated`` above the
+memory in use before the call. ``--batch B`` passes B images per call to both pipelines (ours denoises B x E
+latents in one U-Net batch; Marigold gets the list), so images/s = B / seconds per call. ``--compile`` compiles
+the shared U-Net and VAE in place (``nn.Module.compile``), so both pipelines run the same compiled modules.
 """
 
 from __future__ import annotations
@@ -65,6 +73,8 @@ from digseg.models.tiny import save_tiny_backbone  # noqa: E402
 GOAL_SPEEDUP = 1.5  # ours >= 1.5x faster than Marigold at 4x2 and 8x2
 NO_SLOWER_TOL = 0.03  # "no slower" at 1x1: Marigold / ours >= 1 - 3% (timing noise allowance)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+PAPER_FPS_512 = {(1, 1): 11.27, (1, 2): 10.61, (4, 2): 5.82, (8, 2): 3.15, (20, 50): 0.12}  # its GPU, 512x512
+GPU_GOAL_FPS = 60.0  # 1x1 at 512 px with batching, on a GPU
 
 
 @dataclass
@@ -146,16 +156,25 @@ def run_marigold(marigold, image, e, k, size, seed):
                     match_input_resolution=True, generator=gen, output_type="np")
 
 
-def timed(fn, *args) -> tuple[float, float, float]:
-    """-> (seconds, peak extra MiB, own CPU time / (seconds x torch threads): < 1 when others took the cores)."""
+def timed(fn, *args, device: torch.device = torch.device("cpu")) -> tuple[float, float, float]:
+    """-> (seconds, peak extra MiB, own CPU time / (seconds x torch threads): < 1 when others took the cores).
+
+    On CUDA: the device is synchronised around the call, and the peak is GPU memory above what was in use."""
     proc = psutil.Process(os.getpid())
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
     with PeakRSS() as mem:
         c0 = sum(proc.cpu_times()[:2])
         t0 = time.perf_counter()
         fn(*args)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         dt = time.perf_counter() - t0
         cpu = sum(proc.cpu_times()[:2]) - c0
-    return dt, mem.extra_mib, cpu / (dt * torch.get_num_threads())
+    peak = mem.extra_mib if device.type != "cuda" else (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    return dt, peak, cpu / (dt * torch.get_num_threads())
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -179,7 +198,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 3; --quick 2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--device", default="auto", help="cpu | cuda | auto (cuda when available)")
+    parser.add_argument("--batch", type=int, default=1, help="images per call (images/s = batch / s per call)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the shared U-Net and VAE in place")
     args = parser.parse_args(argv)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
 
     from diffusers.utils import logging as dlogging
     dlogging.set_verbosity_error()
@@ -199,7 +223,9 @@ def main(argv: list[str] | None = None) -> None:
     print("# digseg inference benchmark: ours (latent-mean ensemble) vs diffusers MarigoldDepthPipeline")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
           f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, {platform.processor() or platform.machine()}, "
-          f"no GPU, model {model} (random weights: speed only), {repeats} timed rounds per cell")
+          f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'no GPU'}, device {device}, "
+          f"model {model} (random weights: speed only), {repeats} timed rounds per cell, {args.batch} image(s) "
+          f"per call{', torch.compile' if args.compile else ''}")
     print(f"load average (1/5/15 min) at start: {load_avg()}", flush=True)
     torch.set_grad_enabled(False)
     t_all = time.perf_counter()
@@ -211,6 +237,10 @@ def main(argv: list[str] | None = None) -> None:
           f"{pipe.unet.config.in_channels}; VAE {sum(p.numel() for p in pipe.vae.parameters()) / 1e6:.1f} M)",
           flush=True)
     diff = check_shared_unet(pipe, sizes[0])
+    pipe.to(device)  # the Marigold pipeline shares every module
+    if args.compile:  # in place: both pipelines run the same compiled modules
+        for module in (pipe.unet, pipe.vae.encoder, pipe.vae.decoder):
+            module.compile()
     print(f"shared U-Net check: digseg processors without per-level text vs stock processors, max |diff| = "
           f"{diff:.2e} -> {'OK (Marigold sees the stock U-Net)' if diff < 1e-4 else 'MISMATCH'}", flush=True)
 
@@ -228,11 +258,14 @@ def main(argv: list[str] | None = None) -> None:
     marigold.ensemble_depth = timed_ensemble
 
     rng = np.random.default_rng(args.seed)
-    images = {s: Image.fromarray(rng.integers(0, 256, (s, s, 3), dtype=np.uint8)) for s in sizes}
+    images = {s: [Image.fromarray(rng.integers(0, 256, (s, s, 3), dtype=np.uint8)) for _ in range(args.batch)]
+              for s in sizes}
+    if args.batch == 1:
+        images = {s: batch[0] for s, batch in images.items()}
     results: dict[tuple, Cell] = {}
     for dname in dtypes:
         dtype = DTYPES[dname]
-        pipe.to(dtype)  # the Marigold pipeline shares every module
+        pipe.to(device, dtype)  # the Marigold pipeline shares every module
         _trim()
         print(f"\n## {dname}: warm-up (one untimed call per pipeline and cell); load average {load_avg()}", flush=True)
         for size, (e, k) in cells:
@@ -248,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
                 for name, fn, p in order:
                     cell = results.setdefault((dname, size, e, k, name), Cell())
                     align_log.clear()
-                    dt, mib, cpu = timed(fn, p, images[size], e, k, size, args.seed)
+                    dt, mib, cpu = timed(fn, p, images[size], e, k, size, args.seed, device=device)
                     cell.times.append(dt)
                     cell.cpu.append(cpu)
                     cell.peak_mib = max(cell.peak_mib, mib)
@@ -261,8 +294,9 @@ def main(argv: list[str] | None = None) -> None:
     # ------------------------------------------------------------------ report
     lines = [
         "| dtype | size | E x K | ours s/img | ours img/s | ours peak MiB | Marigold s/img | Marigold img/s | "
-        "Marigold peak MiB | of which Marigold align+ensemble s | Marigold / ours | (Marigold - align) / ours |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "Marigold peak MiB | of which Marigold align+ensemble s | Marigold / ours | (Marigold - align) / ours | "
+        "paper FPS (its GPU, 512 px) |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     ratios, ratios_noalign = {}, {}
     for dname in dtypes:
@@ -272,10 +306,13 @@ def main(argv: list[str] | None = None) -> None:
             ratios[dname, size, e, k] = ratio
             align = statistics.median(m.align_s) if e > 1 else 0.0
             ratios_noalign[dname, size, e, k] = (m.seconds - align) / o.seconds
+            b = args.batch  # images per call
+            paper = PAPER_FPS_512.get((e, k)) if size == 512 else None
             lines.append(
-                f"| {dname} | {size} | {e}x{k} | {fmt(o.seconds)} | {fmt(1 / o.seconds)} | {o.peak_mib:.0f} | "
-                f"{fmt(m.seconds)} | {fmt(1 / m.seconds)} | {m.peak_mib:.0f} | "
-                f"{fmt(align) if e > 1 else '-'} | {ratio:.2f} | {(m.seconds - align) / o.seconds:.2f} |")
+                f"| {dname} | {size} | {e}x{k} | {fmt(o.seconds / b)} | {fmt(b / o.seconds)} | {o.peak_mib:.0f} | "
+                f"{fmt(m.seconds / b)} | {fmt(b / m.seconds)} | {m.peak_mib:.0f} | "
+                f"{fmt(align) if e > 1 else '-'} | {ratio:.2f} | {(m.seconds - align) / o.seconds:.2f} | "
+                f"{paper if paper else '-'} |")
     table = "\n".join(lines)
     print("\n# Results (median over rounds; runs listed below)\n")
     print(table)
@@ -301,6 +338,11 @@ def main(argv: list[str] | None = None) -> None:
                 r = ratios[dname, size, 1, 1]
                 print(f"GOAL ({dname}, {size}px): ours no slower at 1x1 (Marigold / ours >= {1 - NO_SLOWER_TOL:.2f}) "
                       f"-> {'PASS' if r >= 1 - NO_SLOWER_TOL else 'FAIL'} ({r:.3f}x)")
+            if device.type == "cuda" and size == 512 and (1, 1) in have:
+                fps = args.batch / results[dname, size, 1, 1, "ours"].seconds
+                print(f"GOAL (GPU, {dname}, 512px): ours 1x1 >= {GPU_GOAL_FPS:.0f} FPS with batching ({args.batch} "
+                      f"images per call) -> {'PASS' if fps >= GPU_GOAL_FPS else 'FAIL'} ({fps:.1f} FPS; "
+                      f"paper {PAPER_FPS_512[1, 1]} FPS)")
     print(f"\nload average at end: {load_avg()} on {os.cpu_count()} CPUs")
     print(f"total wall time {time.perf_counter() - t_all:.0f} s")
 

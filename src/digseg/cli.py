@@ -52,7 +52,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     config = _train_config(args)
     pipe, dataset = _pipe_and_dataset(config)
-    Trainer(config, pipe, dataset).train(resume=args.resume)
+    Trainer(config, pipe, dataset, preview_dataset=_preview_dataset(config)).train(resume=args.resume)
     print(f"saved trained model to {config.output_dir}")
 
 
@@ -81,6 +81,20 @@ def _pipe_and_dataset(config, split: str = "train"):
     pipe.set_class_names(names)
     pipe.register_to_config(prompt_template=config.prompt_template)
     return pipe, dataset
+
+
+def _preview_dataset(config):
+    """The validation split whose first images TensorBoard shows predictions for; None: use training images."""
+    from .data.registry import build_dataset
+
+    if not config.sample_every or config.log_with == "none":
+        return None
+    try:
+        return build_dataset(config.dataset, config.data_root, split="val", size=config.resolution,
+                             num_scenes=max(config.num_sample_images, 8), seed=config.seed)
+    except (DigsegError, OSError, ValueError) as exc:
+        print(f"sample previews use training images: no validation split ({exc})", file=sys.stderr)
+        return None
 
 
 def _train_config(args: argparse.Namespace):

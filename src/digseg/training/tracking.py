@@ -2,8 +2,10 @@
 
 TensorBoard (`<output_dir>/logs/digseg/`, `tensorboard --logdir <output_dir>/logs`) gets
   train/loss, train/lr                  every `log_every` steps (the loss averaged over those steps)
-  samples/prediction                    every `sample_every` steps: for a fixed batch of training images, rows of
-                                        input | ground truth | prediction (1x1, the model's own classes)
+  samples/prediction                    every `sample_every` steps: for a fixed batch of images (the first
+                                        `num_sample_images` of the validation split; training images if there
+                                        is none), rows of input | ground truth | prediction (1x1, the model's
+                                        own classes)
 Only the main process writes. Without the `tensorboard` package, log.jsonl is still written and one warning
 says how to get TensorBoard.
 """

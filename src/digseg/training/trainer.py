@@ -102,12 +102,16 @@ def make_adamw(params: list[torch.nn.Parameter], lr: float, weight_decay: float)
 class Trainer:
     """`Trainer(config, pipe, dataset).train()`; `pipe` is a (fresh or pretrained) DiGSegPipeline."""
 
-    def __init__(self, config: TrainConfig, pipe: DiGSegPipeline, dataset: Dataset, show_progress: bool = True) -> None:
+    def __init__(self, config: TrainConfig, pipe: DiGSegPipeline, dataset: Dataset, show_progress: bool = True,
+                 preview_dataset: Dataset | None = None) -> None:
+        """`preview_dataset`: images whose predictions TensorBoard shows every `sample_every` steps (its first
+        `num_sample_images`; a validation split); None = the first training images."""
         self.config = config.validate()
         if not config.prompt_template:
             config.prompt_template = pipe.config.prompt_template
         self.pipe = pipe
         self.dataset = dataset
+        self.preview_dataset = preview_dataset
         self.show_progress = show_progress
         self.output_dir = Path(config.output_dir)
         self.accelerator = _make_accelerator(config)
@@ -255,13 +259,18 @@ class Trainer:
                 self.save_checkpoint()
 
     def _log_samples(self) -> None:
-        """Predictions for the first `num_sample_images` training samples (the same every time) into TensorBoard."""
+        """Predictions for the same `num_sample_images` images (validation, else training) into TensorBoard."""
         cfg = self.config
         if not self.logs.use_tensorboard or not self.accelerator.is_main_process:
             return
         if not hasattr(self, "_sample_batch"):
-            count = min(cfg.num_sample_images, len(self.dataset))
-            self._sample_batch = [self.batcher._load(i) for i in range(count)]
+            source = self.preview_dataset if self.preview_dataset is not None else self.dataset
+            self._sample_batch = []
+            for i in range(min(cfg.num_sample_images, len(source))):
+                try:
+                    self._sample_batch.append(source[i])
+                except DigsegError as exc:  # a preview is not worth stopping training for
+                    logger.warning("sample preview skips image %d: %s", i, exc)
         resolution = cfg.resolution or self.pipe.config.default_processing_resolution
         self.logs.log_samples(self.step, self.pipe, self._sample_batch, resolution, cfg.seed)
 
