@@ -1,12 +1,13 @@
-"""Does averaging ensemble members in latent space (one decode) keep accuracy? Quickstart model, held-out scenes.
+"""Does combining ensemble members in latent space (one decode) keep accuracy? Quickstart model, held-out scenes.
 
     digseg quickstart                                   # writes digseg-quickstart/model
     python benchmarks/bench_ensemble_decode.py --model digseg-quickstart/model
 
-For each E-Step setting it segments the same held-out synthetic scenes twice with the same seed: members'
-latents averaged and decoded once (digseg's default) vs every member decoded and probabilities averaged (as
-diffusers' Marigold pipeline does). Prints mIoU (binary prompts and palette), images/s, the mIoU difference
-and the speed ratio, measured in one run. Figures are a tiny model on synthetic data.
+For each E-Step setting it segments the same held-out synthetic scenes with the same seed: members' latents
+combined by element-wise median (digseg's default) or mean and decoded once, vs every member decoded and
+probabilities averaged (as diffusers' Marigold pipeline does). Prints mIoU (binary prompts and palette),
+images/s, the mIoU differences and the speed ratio, measured in one run. The goal is checked for the default
+(median). Figures are a tiny model on synthetic data.
 """
 
 from __future__ import annotations
@@ -36,19 +37,21 @@ def main() -> None:
     for text in args.settings.split(","):
         setting = EStep.parse(text)
         for name, evaluate in (("binary", evaluate_binary), ("palette", evaluate_palette)):
-            latent = evaluate(pipe, scenes, setting, decode_members=False)
+            median = evaluate(pipe, scenes, setting, decode_members=False, ensemble_reduction="median")
+            mean = evaluate(pipe, scenes, setting, decode_members=False, ensemble_reduction="mean")
             each = evaluate(pipe, scenes, setting, decode_members=True)
             rows.append({
                 "E-Step": text, "mode": name,
-                "mIoU latent mean": latent["mIoU"], "mIoU decode each": each["mIoU"],
-                "mIoU diff": latent["mIoU"] - each["mIoU"],
-                "img/s latent mean": latent["images_per_s"], "img/s decode each": each["images_per_s"],
-                "speed ratio": latent["images_per_s"] / each["images_per_s"],
+                "mIoU latent median": median["mIoU"], "mIoU latent mean": mean["mIoU"], "mIoU decode each": each["mIoU"],
+                "diff median": median["mIoU"] - each["mIoU"], "diff mean": mean["mIoU"] - each["mIoU"],
+                "img/s latent median": median["images_per_s"], "img/s decode each": each["images_per_s"],
+                "speed ratio": median["images_per_s"] / each["images_per_s"],
             })
     print(format_markdown_table(rows, list(rows[0])))
-    worst = max(abs(r["mIoU diff"]) for r in rows)
-    print(f"\nGOAL: mIoU within 1 point of the per-member-decode path -> {'PASS' if worst <= 1.0 else 'FAIL'} "
-          f"(largest difference {worst:.2f})")
+    worst = max(abs(r["diff median"]) for r in rows)
+    print(f"\nGOAL: mIoU (latent median, the default) within 1 point of the per-member-decode path -> "
+          f"{'PASS' if worst <= 1.0 else 'FAIL'} (largest difference {worst:.2f}; "
+          f"latent mean: {max(abs(r['diff mean']) for r in rows):.2f})")
 
 
 if __name__ == "__main__":

@@ -122,6 +122,31 @@ def test_channels_last_keeps_outputs(tiny_pipe):
     np.testing.assert_allclose(after, before, atol=1e-5)
 
 
+def test_combine_member_latents_median_and_mean():
+    from digseg.pipeline import combine_member_latents
+
+    z = torch.randn(2, 5, 4, 3, 3)
+    torch.testing.assert_close(combine_member_latents(z, "median"), z.median(dim=1).values)  # odd E: the middle one
+    torch.testing.assert_close(combine_member_latents(z, "mean"), z.mean(dim=1))
+    pair = z[:, :2]
+    torch.testing.assert_close(combine_member_latents(pair, "median"), pair.mean(dim=1))  # E = 2: the mean
+    four = z[:, :4]
+    middle = four.sort(dim=1).values[:, 1:3].mean(dim=1)
+    torch.testing.assert_close(combine_member_latents(four, "median"), middle)
+    outlier = z[:, :3].clone()
+    outlier[:, 0] = 1e6  # one wild member moves the mean, not the median
+    assert combine_member_latents(outlier, "median").abs().max() < 1e3 < combine_member_latents(outlier, "mean").abs().max()
+
+
+def test_ensemble_reduction_is_an_option(tiny_pipe):
+    image = torch.rand(3, 64, 64)
+    median = tiny_pipe(image, prompt="square", ensemble_size=3, generator=_gen(5))
+    mean = tiny_pipe(image, prompt="square", ensemble_size=3, generator=_gen(5), ensemble_reduction="mean")
+    assert not np.array_equal(median.probabilities, mean.probabilities)
+    with pytest.raises(DigsegError, match="ensemble_reduction"):
+        tiny_pipe(image, prompt="square", ensemble_size=3, ensemble_reduction="max")
+
+
 def test_latent_mean_ensemble_and_per_member_decode(tiny_pipe):
     image = torch.rand(3, 64, 64)
     mean = tiny_pipe(image, prompt="square", ensemble_size=3, generator=_gen(5))

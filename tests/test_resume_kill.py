@@ -57,21 +57,25 @@ def test_sigkill_at_several_points_then_resume_gives_the_uninterrupted_weights(t
     assert _train([*common, "--output", str(reference)]).returncode == 0
 
     # 1) killed right after step 3 (step 2 is checkpointed), 2) during step 4's checkpoint write (weights written,
-    # state not), 3) after step 6's checkpoint is complete in its temporary folder but before it is renamed
-    for kill_at, newest_complete in (("step-3", 2), ("checkpoint-4:weights", 2), ("checkpoint-6:before-rename", 4)):
+    # state not), 3) after step 6's checkpoint is complete in its temporary folder but before it is renamed,
+    # 4) while step 2's checkpoint is being deleted (keep 2: step 6 landed, so step 2 goes)
+    for kill_at, newest_complete in (("step-3", 2), ("checkpoint-4:weights", 2), ("checkpoint-6:before-rename", 4),
+                                     ("delete-step-00000002", 6)):
         result = _train([*common, "--output", str(run), "--resume", "latest"], kill_at=kill_at)
         assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
         assert _assert_only_complete_checkpoints(run)[-1] == newest_complete
         assert not (run / "model_index.json").exists()
     assert any(p.name.startswith(".tmp-") for p in (run / "checkpoints").iterdir())  # the killed write's leftovers
 
-    # 4) killed from outside, at whatever point it has reached once step 6 is checkpointed
+    # 5) killed from outside, at whatever point it has reached once step 8's checkpoint has landed (pruning step 4,
+    # saving the final model). A kill while pruning once left a step-* folder without its optimizer file; old
+    # checkpoints are now renamed out of step-* before they are deleted.
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
     env.pop("DIGSEG_KILL_AT", None)
     proc = subprocess.Popen([sys.executable, "-m", "digseg.cli", "train", *common, "--output", str(run), "--resume",
                              "latest"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 240
-    while not (run / "checkpoints" / "step-00000006").is_dir() and proc.poll() is None and time.monotonic() < deadline:
+    while not (run / "checkpoints" / "step-00000008").is_dir() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)

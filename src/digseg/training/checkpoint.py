@@ -88,8 +88,7 @@ def save_checkpoint(
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:08d}"
     tmp = root / f".tmp-{PREFIX}{step:08d}-{os.getpid()}"
-    for stale in root.glob(f".tmp-{PREFIX}*"):  # left by a killed writer (one writer per run: the main process)
-        shutil.rmtree(stale, ignore_errors=True)
+    remove_stale(root)
     tmp.mkdir()
     for name, tensors in weights.items():
         save_file(_contiguous(tensors), str(tmp / f"{name}.safetensors"))
@@ -104,12 +103,28 @@ def save_checkpoint(
     _fsync_dir(tmp)
     kill_point(f"checkpoint-{step}:before-rename")
     if final.exists():  # a re-run of the same step (after resume): replace it
-        shutil.rmtree(final)
+        _remove_checkpoint(final)
     os.replace(tmp, final)
     _fsync_dir(root)
     for old in list_checkpoints(root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove_checkpoint(old)
     return final
+
+
+def remove_stale(root: Path) -> None:
+    """Delete `.tmp-*` folders left by a killed write or delete. Call from the one writer (the main process)."""
+    for stale in root.glob(".tmp-*") if root.is_dir() else ():
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _remove_checkpoint(path: Path) -> None:
+    """Delete a checkpoint so that it is never seen half-deleted: rename it out of `step-*` first (atomic),
+    then delete the renamed folder (a kill during that leaves a `.tmp-*` folder, removed by the next save)."""
+    doomed = path.with_name(f".tmp-delete-{path.name}-{os.getpid()}")
+    os.replace(path, doomed)
+    _fsync_dir(path.parent)
+    kill_point(f"delete-{path.name}")
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def list_checkpoints(root: Path) -> list[Path]:

@@ -27,7 +27,7 @@ from ..errors import DigsegError
 from ..models.text import unet_forward_with_text
 from ..pipeline import DiGSegPipeline
 from .batches import Batch, LatentBatcher, per_sample, sample_indices, slot_generators
-from .checkpoint import kill_point, list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
+from .checkpoint import kill_point, list_checkpoints, load_checkpoint, remove_stale, resolve_resume, save_checkpoint
 from .config import TrainConfig
 from .tracking import TrainingLogger
 
@@ -205,6 +205,7 @@ class Trainer:
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             cfg.save(self.output_dir / "config.yaml")
+            remove_stale(self.output_dir / "checkpoints")  # a killed run's half-written or half-deleted folders
         if resume:
             path = resolve_resume(resume, self.output_dir)
             if path is not None:
