@@ -20,15 +20,14 @@ the metrics equal a single process's exactly. Each image's noise is seeded by (s
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
-
-import tempfile
-from typing import Callable
 
 from .data.base import Sample, SegmentationDataset
 from .data.io import load_image

@@ -112,6 +112,7 @@ class Trainer:
         self.pipe = pipe
         self.dataset = dataset
         self.preview_dataset = preview_dataset
+        self._preview_samples: list[dict] | None = None  # read at the first preview
         self.show_progress = show_progress
         self.output_dir = Path(config.output_dir)
         self.accelerator = _make_accelerator(config)
@@ -264,16 +265,16 @@ class Trainer:
         cfg = self.config
         if not self.logs.use_tensorboard or not self.accelerator.is_main_process:
             return
-        if not hasattr(self, "_sample_batch"):
+        if self._preview_samples is None:
             source = self.preview_dataset if self.preview_dataset is not None else self.dataset
-            self._sample_batch = []
+            self._preview_samples = []
             for i in range(min(cfg.num_sample_images, len(source))):
                 try:
-                    self._sample_batch.append(source[i])
+                    self._preview_samples.append(source[i])
                 except DigsegError as exc:  # a preview is not worth stopping training for
                     logger.warning("sample preview skips image %d: %s", i, exc)
         resolution = cfg.resolution or self.pipe.config.default_processing_resolution
-        self.logs.log_samples(self.step, self.pipe, self._sample_batch, resolution, cfg.seed)
+        self.logs.log_samples(self.step, self.pipe, self._preview_samples, resolution, cfg.seed)
 
     def finish(self) -> DiGSegPipeline:
         """Put the trained (EMA, if on) weights into the pipeline, in eval mode, and save it in the run folder."""
