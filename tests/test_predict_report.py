@@ -246,3 +246,14 @@ def test_report_renders_in_headless_chromium(predicted, tmp_path):
         shot = save_screenshot(driver, "predict-report.png", tmp_path)
     assert (tmp_path / "predict-report.png").is_file() and shot.is_file()
     assert Image.open(shot).width > 0
+
+
+def test_an_image_is_seeded_by_its_place_not_by_the_other_images(predicted, tmp_path):
+    """Image i draws from (seed, i), as `digseg eval` does: b.jpg second after d.png (another size, so another
+    amount of noise drawn before it) = b.jpg second after a.png in the full run."""
+    alone = tmp_path / "alone"
+    assert main(["predict", "--model", str(predicted.root / "model"), "--output", str(alone), "--ensemble-size", "2",
+                 "--steps", "1", "--no-progress", "--image", str(predicted.root / "deep" / "x" / "d.png"),
+                 str(predicted.root / "photos" / "b.jpg")]) == 0
+    for name in ("b_label.png", "b_uncertainty.png"):
+        np.testing.assert_array_equal(np.asarray(Image.open(alone / name)), np.asarray(Image.open(predicted.out / name)))

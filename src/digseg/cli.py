@@ -120,7 +120,6 @@ def cmd_cache_latents(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------------------------------- predict
 def cmd_predict(args: argparse.Namespace) -> None:
-    import torch
     from tqdm import tqdm
 
     from .data.io import load_image
@@ -128,6 +127,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from .pipeline import DiGSegPipeline
     from .predict_outputs import write_image_outputs
     from .report import write_report
+    from .seeding import seeded_generator
 
     if args.prompt is not None and args.classes is not None:
         raise ConfigError("give either --prompt or --classes, not both")
@@ -143,7 +143,6 @@ def cmd_predict(args: argparse.Namespace) -> None:
         load_image(p)  # fails early, naming the file, before the model loads (read again below: memory stays flat)
     pipe = DiGSegPipeline.from_pretrained(args.model)
     out_dir = Path(args.output)
-    generator = torch.Generator().manual_seed(args.seed)  # one generator, drawn in input order
     settings = {
         "model": str(args.model), "prompt": args.prompt,
         "classes": None if args.prompt is not None else (classes or list(pipe.config.class_names or [])),
@@ -155,8 +154,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
     records, summary = [], {}
     bar = tqdm(list(zip(paths, display_names(paths), unique_stems(paths))), desc="predict", unit="image",
                disable=True if args.no_progress else None)  # None: off when stderr is not a terminal
-    for path, name, stem in bar:
+    for index, (path, name, stem) in enumerate(bar):
         image = load_image(path)
+        generator = seeded_generator(args.seed, index)  # image i's noise: as `digseg eval` draws it
         result = pipe(image, prompt=args.prompt, classes=classes, ensemble_size=args.ensemble_size,
                       num_inference_steps=args.steps, processing_resolution=args.processing_resolution,
                       generator=generator, templates=args.templates, top_k=args.top_k,

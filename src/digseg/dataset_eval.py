@@ -35,6 +35,7 @@ from .distributed import gather_objects, is_main_process, shard, sum_tensor, wai
 from .errors import DataError, DigsegError
 from .metrics import SegmentationMetric, binary_scores, per_image_dice_iou
 from .pipeline import DiGSegOutput
+from .seeding import seeded_generator
 
 logger = logging.getLogger("digseg.eval")
 
@@ -147,7 +148,7 @@ def predict_dataset(pipe, dataset: SegmentationDataset, out_dir: str | Path, ens
     written, skipped = 0, []
     for index, sample in tqdm(shard(dataset.samples), desc=f"predict {dataset.name}",
                               disable=not (show_progress and is_main_process())):
-        generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, index]).generate_state(1)[0]))
+        generator = seeded_generator(seed, index)
         try:
             image = load_image(sample.image)
         except DataError as exc:

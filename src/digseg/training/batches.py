@@ -26,11 +26,12 @@ from ..errors import DataError
 from ..masks import MaskCodec
 from ..models.digseg_model import encode_latents
 from ..prompts import synonyms
+from ..seeding import seeded_generator
 
 
 def step_generator(seed: int, step: int, slot: int = 0) -> torch.Generator:
     """The generator of one sample slot of micro-step `step` (a CPU generator, whatever the device)."""
-    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, slot]).generate_state(1)[0]))
+    return seeded_generator(seed, step, slot)
 
 
 def slot_generators(seed: int, step: int, slots: range | list[int]) -> list[torch.Generator]:
