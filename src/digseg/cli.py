@@ -56,7 +56,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"saved trained model to {config.output_dir}")
 
 
-def _pipe_and_dataset(config, split: str = "train"):
+def _pipe_and_dataset(config):
     """The (fresh or continued) pipeline and the training dataset a config describes."""
     from .data.registry import build_dataset
     from .pipeline import DiGSegPipeline
@@ -71,7 +71,7 @@ def _pipe_and_dataset(config, split: str = "train"):
         pipe = DiGSegPipeline.from_backbone(config.pretrained, prediction_type=config.prediction_type,
                                             text_encoder=config.text_encoder or None)
     config.resolution = config.resolution or pipe.config.default_processing_resolution  # 0 = native
-    dataset = build_dataset(config.dataset, config.data_root, split=split, size=config.resolution,
+    dataset = build_dataset(config.dataset, config.data_root, split="train", size=config.resolution,
                             num_scenes=config.num_scenes, seed=config.seed)
     names = config.class_names or list(dataset.class_names)
     if len(names) != len(dataset.class_names):
@@ -227,9 +227,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> None:
-    from .demo import launch_demo
+    from .demo import DEFAULT_MAX_PIXELS, launch_demo
 
-    launch_demo(args.model, host=args.host, port=args.port, max_pixels=args.max_pixels)
+    launch_demo(args.model, host=args.host, port=args.port,
+                max_pixels=DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels)
 
 
 # ---------------------------------------------------------------------------------------------- parser
@@ -320,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", default=None, help="a DiGSeg model folder (default: digseg-quickstart/model)")
     d.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     d.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
-    d.add_argument("--max-pixels", type=int, default=4096 * 4096, help="largest upload, in pixels (default 4096x4096)")
+    d.add_argument("--max-pixels", type=int, default=None, help="largest upload, in pixels (default 4096x4096)")
     d.set_defaults(func=cmd_demo)
     return parser
 

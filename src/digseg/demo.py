@@ -25,7 +25,7 @@ from PIL import Image
 
 from .data.io import IMAGE_EXTENSIONS, load_image
 from .errors import ConfigError, DataError, DigsegError
-from .visualize import grey_map, overlay, overlay_with_legend, tints_class_zero
+from .visualize import class_overlay, grey_map, with_legend
 
 DEFAULT_MODEL = Path("digseg-quickstart") / "model"
 DEFAULT_MAX_PIXELS = 4096 * 4096  # 16.7 megapixels
@@ -171,8 +171,8 @@ def segment(pipe: Any, path: str | os.PathLike[str] | None, mode: str, text: str
     zoom = display_factor(image.height, image.width)
     rgb = enlarge(np.asarray(image), zoom)  # [H', W', 3]
     labels = enlarge(np.asarray(result.labels[0]), zoom)  # [H', W']
-    picture = overlay_with_legend(rgb, labels, names)
-    plain = overlay(rgb, labels, len(names), skip_background=not tints_class_zero(names))
+    plain = class_overlay(rgb, labels, names)
+    picture = with_legend(plain, labels, names)
     unc = None
     if result.uncertainty is not None:
         u = enlarge(np.asarray(result.uncertainty[0]), zoom)

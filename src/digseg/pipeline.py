@@ -329,7 +329,7 @@ class DiGSegPipeline(DiffusionPipeline):
         item_member = torch.arange(ensemble_size, device=device).repeat(b * q)
         item_query = run_ids.repeat_interleave(ensemble_size, dim=1).reshape(-1)
         codec = self.palette_codec if mode == "palette" else self.binary_codec
-        combine = not decode_members and ensemble_size > 1  # average members' latents, decode once per query
+        combine = not decode_members and ensemble_size > 1  # combine members' latents, decode once per query
         chunk = max(ensemble_size, max_batch // ensemble_size * ensemble_size) if combine else max_batch
         member_probs, spreads = [], []
         for start in range(0, item_image.numel(), chunk):

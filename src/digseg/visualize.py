@@ -128,12 +128,15 @@ def legend_rows(labels: np.ndarray, class_names: list[str]) -> list[tuple[str, t
     return rows
 
 
-def overlay_with_legend(image: np.ndarray, labels: np.ndarray, class_names: list[str], alpha: float = 0.5) -> Image.Image:
-    """image uint8 [H, W, 3], labels [H, W] -> RGB [max(H, legend height), W + legend width]: the overlay,
-    with a legend of the classes present to its right (font size scaled with the image height)."""
-    k = len(class_names)
-    tinted = overlay(image, labels, k, alpha=alpha, skip_background=not tints_class_zero(class_names))
-    size = int(np.clip(round(image.shape[0] / 30), 11, 64))
+def class_overlay(image: np.ndarray, labels: np.ndarray, class_names: list[str], alpha: float = 0.5) -> Image.Image:
+    """`overlay` with class 0 untinted only when it is called "background"."""
+    return overlay(image, labels, len(class_names), alpha=alpha, skip_background=not tints_class_zero(class_names))
+
+
+def with_legend(tinted: Image.Image, labels: np.ndarray, class_names: list[str]) -> Image.Image:
+    """An overlay (W x H) + labels [H, W] -> RGB [max(H, legend height), W + legend width]: the overlay, with a
+    legend of the classes present to its right (font size scaled with the image height)."""
+    size = int(np.clip(round(tinted.height / 30), 11, 64))
     panel = legend(legend_rows(labels, class_names), font_size=size)
     canvas = Image.new("RGB", (tinted.width + panel.width, max(tinted.height, panel.height)), (255, 255, 255))
     canvas.paste(tinted, (0, 0))
@@ -174,8 +177,9 @@ def save_prediction(out_dir: Path, stem: str, image: np.ndarray, labels: np.ndar
     files = PredictionFiles(label=out_dir / f"{stem}_label.png", overlay=out_dir / f"{stem}_overlay.png",
                             overlay_legend=out_dir / f"{stem}_overlay_legend.png")
     label_png(labels, k).save(files.label)
-    overlay(image, labels, k, skip_background=not tints_class_zero(class_names)).save(files.overlay)
-    overlay_with_legend(image, labels, class_names).save(files.overlay_legend)
+    tinted = class_overlay(image, labels, class_names)
+    tinted.save(files.overlay)
+    with_legend(tinted, labels, class_names).save(files.overlay_legend)
     used: set[str] = set()
     for c, name in enumerate(class_names):
         if k == 2 and c == 0 and not tints_class_zero(class_names):

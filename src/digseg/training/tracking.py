@@ -23,6 +23,7 @@ import torch
 from accelerate import Accelerator
 from PIL import Image
 
+from ..data.synthetic import tensor_to_image
 from ..visualize import overlay, side_by_side
 
 logger = logging.getLogger("digseg.train")
@@ -44,11 +45,6 @@ def _hparams(config: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, (bool, int, float, str)):
             out[key] = value
     return out
-
-
-def _to_uint8(image: torch.Tensor) -> np.ndarray:
-    """[3, H, W] in [-1, 1] -> uint8 [H, W, 3]."""
-    return ((image.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
 class TrainingLogger:
@@ -96,7 +92,7 @@ class TrainingLogger:
         was_training = unet.training, pathway.training
         unet.eval(), pathway.eval()
         try:
-            images = [_to_uint8(s["image"]) for s in samples]
+            images = [tensor_to_image(s["image"]) for s in samples]  # uint8 [H, W, 3]
             result = pipe(images, ensemble_size=1, num_inference_steps=1, processing_resolution=resolution,
                           generator=torch.Generator().manual_seed(seed), show_progress_bar=False)
         finally:

@@ -91,8 +91,8 @@ def _make_accelerator(config: TrainConfig) -> Accelerator:
 def make_adamw(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
     """AdamW, fused (one kernel over all tensors) where torch has a fused kernel for the parameters' device.
 
-    On CPU the fused step is about 6x faster than the default for-each step (0.13 vs 0.81 s for 200 M
-    parameters); for the SD2 U-Net that is seconds per step. Results match the unfused step to float rounding.
+    On CPU the fused step over the SD2 U-Net's 866 M parameters took 0.6-0.7 s instead of 3.2-3.9 s
+    (benchmarks/bench_training.py, docs/benchmarks.md). Results match the unfused step to float rounding.
     """
     device = params[0].device.type
     fused = device in ("cpu", "cuda", "xpu", "mps") and all(p.dtype.is_floating_point for p in params)
