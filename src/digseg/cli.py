@@ -1,4 +1,4 @@
-"""The `digseg` command: quickstart | train | predict | eval | demo.
+"""The `digseg` command: quickstart | train | cache-latents | train-mask-decoder | predict | eval | demo.
 
 User errors (a missing file, a bad value) print one line, `error: ...`, and exit with status 2; no traceback.
 """
@@ -118,6 +118,32 @@ def cmd_cache_latents(args: argparse.Namespace) -> None:
     print(f"wrote latents of {len(dataset)} samples to {out}; train with --latent-cache {out}")
 
 
+def cmd_train_mask_decoder(args: argparse.Namespace) -> None:
+    from .data.registry import build_dataset
+    from .pipeline import DiGSegPipeline
+    from .training.mask_decoder import fit_light_mask_decoder
+
+    pipe = DiGSegPipeline.from_pretrained(args.model)
+    resolution = args.resolution or pipe.config.default_processing_resolution
+    dataset = build_dataset(args.dataset, args.data_root, split="train", size=resolution,
+                            num_scenes=args.num_scenes, seed=args.seed)
+    _, losses, data = fit_light_mask_decoder(
+        pipe, dataset, resolution, task=args.task, latent_cache=args.latent_cache, num_samples=args.num_samples,
+        steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        latent_noise=args.latent_noise, seed=args.seed)
+    for reason in data.skipped:
+        print(f"skipped {reason}", file=sys.stderr)
+    out = Path(args.output)
+    if out.exists() and out.resolve() == Path(args.model).resolve():  # in place: only mask_decoder/ and the index
+        pipe.mask_decoder.save_pretrained(out / "mask_decoder")  # the loaded weights may be memory-mapped
+        pipe.save_config(out)  # model_index.json, now naming the mask decoder
+    else:
+        pipe.save_pretrained(out)
+    print(f"light mask decoder: {len(data)} mask latents of {len(data.labels)} samples, {args.steps} steps, "
+          f"final loss {sum(losses[-20:]) / len(losses[-20:]):.4f}; wrote the model with it to {args.output} "
+          f"(it decodes masks by default; pass --mask-decoder vae to use the VAE)")
+
+
 # ---------------------------------------------------------------------------------------------- predict
 def cmd_predict(args: argparse.Namespace) -> None:
     from tqdm import tqdm
@@ -150,6 +176,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         "seed": args.seed, "processing_resolution": args.processing_resolution
         if args.processing_resolution is not None else pipe.config.default_processing_resolution,
         "templates": args.templates, "top_k": args.top_k, "no_class_threshold": args.no_class_threshold,
+        "mask_decoder": args.mask_decoder,
     }
     records, summary = [], {}
     bar = tqdm(list(zip(paths, display_names(paths), unique_stems(paths))), desc="predict", unit="image",
@@ -160,7 +187,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
         result = pipe(image, prompt=args.prompt, classes=classes, ensemble_size=args.ensemble_size,
                       num_inference_steps=args.steps, processing_resolution=args.processing_resolution,
                       generator=generator, templates=args.templates, top_k=args.top_k,
-                      no_class_threshold=args.no_class_threshold, show_progress_bar=False)
+                      no_class_threshold=args.no_class_threshold, mask_decoder=args.mask_decoder,
+                      show_progress_bar=False)
         unc = result.uncertainty[0] if result.uncertainty is not None else None
         record = write_image_outputs(out_dir, stem, name, path, image, result.labels[0], result.probabilities[0],
                                      result.class_names, unc, settings)
@@ -194,7 +222,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         if args.prompt_template:
             pipe.register_to_config(prompt_template=args.prompt_template)
         kwargs = dict(ensemble_size=args.ensemble_size, num_inference_steps=args.steps,
-                      processing_resolution=args.processing_resolution, seed=args.seed)
+                      processing_resolution=args.processing_resolution, seed=args.seed, mask_decoder=args.mask_decoder)
         query = dict(top_k=args.top_k, templates=args.templates)
         threshold = 0.5
         if args.threshold_search:
@@ -234,6 +262,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- parser
+_MASK_DECODER_FLAG = dict(choices=["auto", "light", "vae"], default="auto",
+                          help="decode masks with the model's light mask decoder (auto: when it has one) or the VAE")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="digseg", description="Diffusion models as generalist, text-prompted segmenters.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -276,6 +308,23 @@ def build_parser() -> argparse.ArgumentParser:
             c._add_action(action)
     c.set_defaults(func=cmd_cache_latents)
 
+    m = sub.add_parser("train-mask-decoder", help="train a light mask decoder that replaces the VAE decoder for masks")
+    m.add_argument("--model", required=True, help="a trained DiGSeg model folder")
+    m.add_argument("--output", required=True, help="where to write the model with its mask_decoder/ (may be --model)")
+    m.add_argument("--dataset", default="synthetic", help="the model's training dataset (default: synthetic)")
+    m.add_argument("--data-root", help="dataset root folder")
+    m.add_argument("--resolution", type=int, help="default: the model's processing resolution")
+    m.add_argument("--num-scenes", type=int, default=2000, help="synthetic dataset size (default 2000)")
+    m.add_argument("--num-samples", type=int, help="use the first N samples (default: all)")
+    m.add_argument("--latent-cache", help="a folder from `digseg cache-latents` for the same VAE and resolution")
+    m.add_argument("--task", choices=["binary", "palette", "both"], default="both", help="which mask renderings")
+    m.add_argument("--steps", type=int, default=2000)
+    m.add_argument("--batch-size", type=int, default=32)
+    m.add_argument("--learning-rate", type=float, default=1e-3)
+    m.add_argument("--latent-noise", type=float, default=0.2, help="largest std of the noise added to training latents")
+    m.add_argument("--seed", type=int, default=0)
+    m.set_defaults(func=cmd_train_mask_decoder)
+
     p = sub.add_parser("predict", help="segment images with a trained model")
     p.add_argument("--model", required=True, help="a DiGSeg model folder (e.g. digseg-quickstart/model)")
     p.add_argument("--image", nargs="+", required=True,
@@ -295,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--processing-resolution", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mask-decoder", **_MASK_DECODER_FLAG)
     p.set_defaults(func=cmd_predict)
 
     e = sub.add_parser("eval", help="score label PNGs, or run a model over a dataset split and score it")
@@ -315,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--threshold-search", action="store_true", help="binary datasets: pick the threshold on --search-split")
     e.add_argument("--search-split", default="val")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--mask-decoder", **_MASK_DECODER_FLAG)
     e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("demo", help="a local web app (Gradio) to try a model in the browser")

@@ -135,7 +135,7 @@ def _query_kwargs(pipe, dataset: SegmentationDataset) -> dict:
 def predict_dataset(pipe, dataset: SegmentationDataset, out_dir: str | Path, ensemble_size: int = 1,
                     num_inference_steps: int | None = None, processing_resolution: int | None = None,
                     threshold: float = 0.5, seed: int = 0, show_progress: bool = True, top_k: int | None = None,
-                    templates: str | None = None, on_result: Callable[[Sample, DiGSegOutput], None] | None = None) -> dict:
+                    templates: str | None = None, mask_decoder: str = "auto", on_result: Callable[[Sample, DiGSegOutput], None] | None = None) -> dict:
     """Write `<out_dir>/<stem>.png` for every readable image; returns {"written", "skipped"} (all processes').
 
     Image i's noise comes from a generator seeded by (seed, i), so a prediction does not depend on which
@@ -157,7 +157,7 @@ def predict_dataset(pipe, dataset: SegmentationDataset, out_dir: str | Path, ens
             continue
         result = pipe(image, ensemble_size=ensemble_size, num_inference_steps=num_inference_steps,
                       processing_resolution=processing_resolution, generator=generator, threshold=threshold,
-                      show_progress_bar=False, **query, **({"top_k": top_k, "templates": templates} if "classes" in query else {}))
+                      show_progress_bar=False, mask_decoder=mask_decoder, **query, **({"top_k": top_k, "templates": templates} if "classes" in query else {}))
         save_label_png(out / f"{sample.stem}.png", result.labels[0], dataset.num_classes)
         if on_result is not None:
             on_result(sample, result)

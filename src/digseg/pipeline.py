@@ -45,6 +45,7 @@ from .models.digseg_model import (
     vae_scale_factor,
     widen_conv_in,
 )
+from .models.mask_decoder import LightMaskDecoder
 from .models.text import CLIPPromptEncoder, TextPathway, install_level_processors, unet_forward_with_text
 
 
@@ -57,6 +58,7 @@ def _open_clip_encoder(name: str):
 
 
 ENSEMBLE_REDUCTIONS = ("median", "mean")
+MASK_DECODERS = ("auto", "light", "vae")
 
 
 def combine_member_latents(latents: torch.Tensor, how: str = "median") -> torch.Tensor:
@@ -84,8 +86,9 @@ class DiGSegOutput(BaseOutput):
 
 
 class DiGSegPipeline(DiffusionPipeline):
-    model_cpu_offload_seq = "text_encoder->unet->vae"
-    _optional_components = ["text_encoder", "tokenizer"]  # None with an open_clip text tower
+    model_cpu_offload_seq = "text_encoder->unet->vae->mask_decoder"
+    # text_encoder, tokenizer: None with an open_clip text tower; mask_decoder: None until one is trained
+    _optional_components = ["text_encoder", "tokenizer", "mask_decoder"]
 
     def __init__(
         self,
@@ -100,11 +103,12 @@ class DiGSegPipeline(DiffusionPipeline):
         prompt_template: str = "{}",
         default_denoising_steps: int = 1,
         default_processing_resolution: int = 512,
+        mask_decoder: LightMaskDecoder | None = None,
     ) -> None:
         super().__init__()
         self.register_modules(
             unet=unet, vae=vae, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer,
-            text_pathway=text_pathway,
+            text_pathway=text_pathway, mask_decoder=mask_decoder,
         )
         self.register_to_config(
             open_clip_text_encoder=open_clip_text_encoder,
@@ -185,16 +189,44 @@ class DiGSegPipeline(DiffusionPipeline):
 
     def enable_speedups(self, channels_last: bool = True, compile: bool = False, compile_mode: str | None = None) -> "DiGSegPipeline":
         """Channels-last memory format for the U-Net and VAE (faster convolutions on most CPUs and GPUs) and,
-        optionally, `torch.compile` of the U-Net and the VAE encoder and decoder (slow first call; pays off on long runs).
+        optionally, `torch.compile` of the U-Net, the VAE encoder and decoder, and the light mask decoder if any
+        (slow first call; pays off on long runs).
         Outputs are unchanged up to float rounding. Returns self."""
+        light = [self.mask_decoder] if self.mask_decoder is not None else []
         if channels_last:
-            self.unet.to(memory_format=torch.channels_last)
-            self.vae.to(memory_format=torch.channels_last)
+            for module in [self.unet, self.vae] + light:
+                module.to(memory_format=torch.channels_last)
         if compile:  # in place (nn.Module.compile): the pipeline keeps its modules, checkpoints keep their keys
-            self.unet.compile(mode=compile_mode)
-            self.vae.encoder.compile(mode=compile_mode)
-            self.vae.decoder.compile(mode=compile_mode)
+            for module in [self.unet, self.vae.encoder, self.vae.decoder] + light:
+                module.compile(mode=compile_mode)
         return self
+
+    def set_mask_decoder(self, mask_decoder: LightMaskDecoder | None) -> None:
+        """Install (or with None remove) a light mask decoder; `save_pretrained` then writes it to mask_decoder/."""
+        if mask_decoder is not None:
+            mask_decoder = mask_decoder.to(self.device).eval().requires_grad_(False)
+            if mask_decoder.dtype != self.unet.dtype:
+                mask_decoder = mask_decoder.to(self.unet.dtype)
+        self.register_modules(mask_decoder=mask_decoder)
+
+    def _light_mask_decoder(self, choice: str) -> LightMaskDecoder | None:
+        """The light decoder that `choice` ("auto", "light", "vae") selects, or None for the VAE."""
+        if choice not in MASK_DECODERS:
+            raise DigsegError(f"mask_decoder must be one of {', '.join(MASK_DECODERS)}, got {choice!r}")
+        if choice == "light" and self.mask_decoder is None:
+            raise DigsegError("this model has no light mask decoder: train one with `digseg train-mask-decoder`, "
+                              "or use mask_decoder='vae'")
+        return None if choice == "vae" else self.mask_decoder
+
+    def decode_masks(self, latents: torch.Tensor, mask_decoder: str = "auto") -> torch.Tensor:
+        """Mask latents [M, C, h, w] -> mask images [M, 3, H, W] (float32), by the light decoder or the VAE.
+
+        mask_decoder: "auto" (the light decoder when the model has one, else the VAE), "light" or "vae".
+        """
+        light = self._light_mask_decoder(mask_decoder)
+        if light is None:
+            return decode_latents(self.vae, latents).float()
+        return light(latents.to(light.dtype, memory_format=torch.channels_last)).float()
 
     # ----------------------------------------------------------------------------------------- helpers
     def set_class_names(self, class_names: Sequence[str] | None) -> None:
@@ -302,7 +334,7 @@ class DiGSegPipeline(DiffusionPipeline):
             self.level_context.record = None
 
     def _segment_batch(self, pixels, query_ids, states, mode, ensemble_size, steps, generator, max_batch, top_k,
-                       decode_members=False, ensemble_reduction="median"):
+                       decode_members=False, ensemble_reduction="median", mask_decoder="auto"):
         """pixels [B, 3, H, W]; query_ids: B lists of Q ids into `states` ([U, L, D] encoder features).
 
         -> (probs [B, K, H, W], uncertainty [B, H, W] or None, kept [B, K] bool or None). Each (image, member) draws its noise once and
@@ -340,7 +372,7 @@ class DiGSegPipeline(DiffusionPipeline):
                 latents = latents.view(-1, ensemble_size, *latents.shape[1:])  # [m/E, E, 4, h, w]
                 spreads.append(latents.float().std(dim=1).mean(dim=1))  # [m/E, h, w]: members' disagreement
                 latents = combine_member_latents(latents, ensemble_reduction)  # [m/E, 4, h, w]
-            probs = codec.decode(decode_latents(self.vae, latents).float())  # [m or m/E, K_codec, H, W]
+            probs = codec.decode(self.decode_masks(latents, mask_decoder))  # [m or m/E, K_codec, H, W]
             member_probs.append(probs if mode == "palette" else probs[:, 1:])
         members = 1 if combine else ensemble_size
         probs = torch.cat(member_probs)  # [B*q*members, K_codec or 1, H, W]
@@ -384,6 +416,7 @@ class DiGSegPipeline(DiffusionPipeline):
         top_k: int | None = None,
         decode_members: bool = False,
         ensemble_reduction: str = "median",
+        mask_decoder: str = "auto",
         max_unet_batch: int = 64,
         show_progress_bar: bool = True,
         return_dict: bool = True,
@@ -395,12 +428,14 @@ class DiGSegPipeline(DiffusionPipeline):
         pixel whose best class score is below `no_class_threshold` (if given) is labelled 255, "no class".
         Ensembles (E > 1) combine the members' final latents by `ensemble_reduction` ("median", element-wise,
         the default; or "mean") and decode once; `decode_members=True` decodes every member and averages the
-        probabilities instead (E decodes).
+        probabilities instead (E decodes). `mask_decoder`: "auto" decodes masks with the model's light mask
+        decoder when it has one (`digseg train-mask-decoder`), else with the VAE; "vae" or "light" choose.
         """
         if ensemble_reduction not in ENSEMBLE_REDUCTIONS:
             raise DigsegError(f"ensemble_reduction must be one of {', '.join(ENSEMBLE_REDUCTIONS)}, got {ensemble_reduction!r}")
         if ensemble_size < 1:
             raise DigsegError(f"ensemble_size must be >= 1, got {ensemble_size}")
+        self._light_mask_decoder(mask_decoder)  # a clear error for a bad choice, before any work
         steps = num_inference_steps or self.config.default_denoising_steps
         if steps < 1:
             raise DigsegError(f"num_inference_steps must be >= 1, got {steps}")
@@ -429,7 +464,7 @@ class DiGSegPipeline(DiffusionPipeline):
             pixels = torch.stack([prepared[i][0] for i in batch])  # [B, 3, H', W']
             probs, unc, kept = self._segment_batch(
                 pixels, [query_ids[i] for i in batch], states, mode, ensemble_size, steps, generator, max_unet_batch, top_k,
-                decode_members, ensemble_reduction,
+                decode_members, ensemble_reduction, mask_decoder,
             )
             for j, i in enumerate(batch):
                 size = tuple(images[i].shape[-2:])

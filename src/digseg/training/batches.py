@@ -112,7 +112,7 @@ class LatentBatcher:
                             f"{len(self.class_names)} classes (255 = ignore)")
         return sample
 
-    def _target_image(self, label: torch.Tensor, key: str) -> torch.Tensor:
+    def target_image(self, label: torch.Tensor, key: str) -> torch.Tensor:
         """label [H, W] -> mask image [3, H, W] in [-1, 1] for the query `key`."""
         if key == "palette":
             return self.palette_codec.encode(label[None])[0]
@@ -130,7 +130,7 @@ class LatentBatcher:
         keys = ["image"] + (["palette"] if with_palette else [])
         if with_classes:
             keys += [f"class{c}" for c in self.queryable if c in present] + ["empty"]
-        pixels = [sample["image"] if k == "image" else self._target_image(label, k) for k in keys]
+        pixels = [sample["image"] if k == "image" else self.target_image(label, k) for k in keys]
         latents = encode_latents(self.vae, torch.stack(pixels).to(self.vae.device), channels_last=False).float().cpu()  # [M, 4, h, w]
         keep = self.palette_codec.ignore_weights(label[None], tuple(latents.shape[-2:]))[0]  # [1, h, w]
         return {"latents": dict(zip(keys, latents)), "keep": keep, "present": present}
@@ -164,7 +164,7 @@ class LatentBatcher:
             for i, key in missing:
                 if i not in samples:
                     samples[i] = self._load(i)
-                pixels.append(samples[i]["image"] if key == "image" else self._target_image(samples[i]["label"], key))
+                pixels.append(samples[i]["image"] if key == "image" else self.target_image(samples[i]["label"], key))
             latents = encode_latents(self.vae, torch.stack(pixels).to(device), channels_last=False).float().cpu()  # [M, 4, h, w]
             for w, z in zip(missing, latents):
                 found[w] = z

@@ -1,0 +1,134 @@
+"""Training a `LightMaskDecoder` (`digseg train-mask-decoder`): from the frozen VAE's mask latents to the mask.
+
+The U-Net is trained to produce the VAE's latents of rendered masks, so the light decoder learns to invert
+exactly those: for every sample, the latents of its palette rendering and of each present class's binary
+mask (and the empty mask), as `digseg cache-latents` stores them. A latent cache built for the same VAE and
+resolution is read instead of running the VAE. The target is the rendered mask itself (not the VAE's
+reconstruction of it), and the loss is the mean squared error over labelled pixels.
+
+Generated latents are not exactly encoder latents, so each training latent gets Gaussian noise of a standard
+deviation drawn uniformly from [0, latent_noise] (per sample). Whether the result keeps accuracy is checked
+on a trained model by `benchmarks/bench_mask_decoder.py`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import DataError, DigsegError
+from ..models.mask_decoder import LightMaskDecoder
+from .batches import LatentBatcher
+
+
+@dataclass
+class MaskLatents:
+    """N (latent, mask) training pairs over S samples."""
+
+    latents: torch.Tensor  # [N, C, h, w] float32, the VAE's scaled posterior means
+    labels: torch.Tensor  # [S, H, W] int64, each sample's label map
+    sample: torch.Tensor  # [N] int64, index into labels
+    keys: list[str]  # [N] "palette" | "class<c>" | "empty": which rendering of the label map
+    skipped: list[str]  # samples that could not be read, with the reason
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+@torch.no_grad()
+def collect_mask_latents(batcher: LatentBatcher, indices: list[int] | range, store=None,
+                         show_progress: bool = True) -> MaskLatents:
+    """The mask latents of the given samples: read from `store` (a `LatentCache`) where it has them, else encoded."""
+    with_palette = batcher.task != "binary"
+    with_classes = batcher.task != "palette"
+    latents, labels, sample, keys, skipped = [], [], [], [], []
+    for i in tqdm(indices, desc="mask latents", disable=not show_progress):
+        try:
+            label = batcher.dataset[i]["label"]  # [H, W]
+            if store is not None and store.has(i):
+                present, _ = store.info(i)
+                wanted = (["palette"] if with_palette else []) + (
+                    [f"class{c}" for c in batcher.queryable if c in present] + ["empty"] if with_classes else [])
+                found = {key: store.get(i, key) for key in wanted}
+                found = {key: z for key, z in found.items() if z is not None}
+            else:
+                found = batcher.encode_all(i, with_palette=with_palette, with_classes=with_classes)["latents"]
+                found.pop("image")
+        except (DataError, OSError, ValueError) as exc:
+            skipped.append(f"sample {i}: {exc}")
+            continue
+        for key, z in found.items():
+            latents.append(z.float())
+            sample.append(len(labels))
+            keys.append(key)
+        labels.append(label.long())
+    if not latents:
+        raise DigsegError(f"no mask latents: none of {len(indices)} samples could be read" +
+                          (f" (first: {skipped[0]})" if skipped else ""))
+    return MaskLatents(torch.stack(latents), torch.stack(labels), torch.tensor(sample), keys, skipped)
+
+
+def train_mask_decoder(decoder: LightMaskDecoder, data: MaskLatents, batcher: LatentBatcher, steps: int = 2000,
+                       batch_size: int = 32, learning_rate: float = 1e-3, latent_noise: float = 0.2, seed: int = 0,
+                       show_progress: bool = True) -> list[float]:
+    """Fit `decoder` (in place, on its own device) to map `data`'s latents to their rendered masks.
+
+    AdamW with cosine decay; returns the loss of every step. Raises DigsegError on a non-finite loss.
+    """
+    if steps < 1 or batch_size < 1:
+        raise DigsegError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
+    device = decoder.device
+    decoder.train().requires_grad_(True)
+    optimizer = torch.optim.AdamW(decoder.parameters(), lr=learning_rate, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    gen = torch.Generator().manual_seed(seed)
+    ignore = batcher.ignore_index
+    losses: list[float] = []
+    bar = tqdm(range(steps), desc="train mask decoder", disable=not show_progress)
+    for step in bar:
+        pick = torch.randint(len(data), (batch_size,), generator=gen)  # [B]
+        z = data.latents[pick]  # [B, C, h, w]
+        sigma = torch.rand(batch_size, 1, 1, 1, generator=gen) * latent_noise
+        z = z + sigma * torch.randn(z.shape, generator=gen)
+        label = data.labels[data.sample[pick]]  # [B, H, W]
+        target = torch.stack([batcher.target_image(l, data.keys[int(j)]) for l, j in zip(label, pick)])  # [B, 3, H, W]
+        weight = (label != ignore).unsqueeze(1).float()  # [B, 1, H, W]
+        pred = decoder(z.to(device))  # [B, 3, H, W]
+        err = (pred - target.to(device)).pow(2) * weight.to(device)
+        loss = err.sum() / (weight.sum().to(device) * 3).clamp(min=1)
+        if not torch.isfinite(loss):
+            raise DigsegError(f"mask decoder training: loss is {loss.item()} at step {step}; lower --learning-rate")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        if step % 50 == 0 or step == steps - 1:
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    decoder.eval().requires_grad_(False)
+    return losses
+
+
+def fit_light_mask_decoder(pipe, dataset, resolution: int, task: str = "both", latent_cache: str | None = None,
+                           num_samples: int | None = None, block_channels=None, show_progress: bool = True,
+                           **train_kwargs):
+    """Collect `dataset`'s mask latents with `pipe`'s VAE, train a `LightMaskDecoder` on them and install it
+    in `pipe` (`pipe.set_mask_decoder`). `block_channels`: its widths (default `LightMaskDecoder.for_vae`'s).
+    `train_kwargs` go to `train_mask_decoder`. -> (decoder, losses, data)."""
+    from .latent_cache import LatentCache
+
+    names = list(pipe.config.class_names or dataset.class_names)
+    if len(names) != len(dataset.class_names):
+        raise DigsegError(f"the model has {len(names)} classes but the dataset has {len(dataset.class_names)}")
+    batcher = LatentBatcher(dataset, names, pipe.vae, task, "{}", 0.0, cache=False,
+                            ignore_index=getattr(dataset, "ignore_index", 255))
+    store = LatentCache(latent_cache, names, pipe.vae, resolution) if latent_cache else None
+    n = len(dataset) if num_samples is None else min(num_samples, len(dataset))
+    data = collect_mask_latents(batcher, range(n), store, show_progress=show_progress)
+    decoder = LightMaskDecoder.for_vae(pipe.vae, block_channels).to(pipe.device)
+    losses = train_mask_decoder(decoder, data, batcher, show_progress=show_progress, **train_kwargs)
+    pipe.set_mask_decoder(decoder)
+    return decoder, losses, data
