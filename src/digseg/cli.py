@@ -123,14 +123,19 @@ def cmd_train_mask_decoder(args: argparse.Namespace) -> None:
     from .pipeline import DiGSegPipeline
     from .training.mask_decoder import fit_light_mask_decoder
 
+    try:
+        widths = [int(w) for w in args.widths.split(",")] if args.widths else None
+    except ValueError:
+        raise ConfigError(f"--widths must be comma-separated integers, got {args.widths!r}") from None
     pipe = DiGSegPipeline.from_pretrained(args.model)
     resolution = args.resolution or pipe.config.default_processing_resolution
     dataset = build_dataset(args.dataset, args.data_root, split="train", size=resolution,
                             num_scenes=args.num_scenes, seed=args.seed)
     _, losses, data = fit_light_mask_decoder(
         pipe, dataset, resolution, task=args.task, latent_cache=args.latent_cache, num_samples=args.num_samples,
+        block_channels=widths,
         steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        latent_noise=args.latent_noise, seed=args.seed)
+        latent_noise=args.latent_noise, target=args.target, seed=args.seed)
     for reason in data.skipped:
         print(f"skipped {reason}", file=sys.stderr)
     out = Path(args.output)
@@ -318,10 +323,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--num-samples", type=int, help="use the first N samples (default: all)")
     m.add_argument("--latent-cache", help="a folder from `digseg cache-latents` for the same VAE and resolution")
     m.add_argument("--task", choices=["binary", "palette", "both"], default="both", help="which mask renderings")
+    m.add_argument("--widths", help="channel widths, one per resolution, e.g. 64,32,16 (default 128,64,32[,16])")
     m.add_argument("--steps", type=int, default=2000)
     m.add_argument("--batch-size", type=int, default=32)
     m.add_argument("--learning-rate", type=float, default=1e-3)
     m.add_argument("--latent-noise", type=float, default=0.2, help="largest std of the noise added to training latents")
+    m.add_argument("--target", choices=["mask", "vae"], default="mask",
+                   help="learn the rendered mask (default) or imitate the VAE decoder's output (runs the VAE each step)")
     m.add_argument("--seed", type=int, default=0)
     m.set_defaults(func=cmd_train_mask_decoder)
 

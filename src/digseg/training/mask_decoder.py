@@ -3,8 +3,11 @@
 The U-Net is trained to produce the VAE's latents of rendered masks, so the light decoder learns to invert
 exactly those: for every sample, the latents of its palette rendering and of each present class's binary
 mask (and the empty mask), as `digseg cache-latents` stores them. A latent cache built for the same VAE and
-resolution is read instead of running the VAE. The target is the rendered mask itself (not the VAE's
-reconstruction of it), and the loss is the mean squared error over labelled pixels.
+resolution is read instead of running the VAE. The loss is the mean squared error over labelled pixels
+against a target that is either
+- `target="mask"` (default): the rendered mask itself, or
+- `target="vae"`: the frozen VAE decoder's output for the same (noised) latent, so the light decoder learns to
+  reproduce the VAE's reading, also off the encoder's latents. This runs the VAE decoder every step.
 
 Generated latents are not exactly encoder latents, so each training latent gets Gaussian noise of a standard
 deviation drawn uniformly from [0, latent_noise] (per sample). Whether the result keeps accuracy is checked
@@ -20,8 +23,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import DataError, DigsegError
+from ..models.digseg_model import decode_latents
 from ..models.mask_decoder import LightMaskDecoder
 from .batches import LatentBatcher
+
+TARGETS = ("mask", "vae")
 
 
 @dataclass
@@ -73,11 +79,14 @@ def collect_mask_latents(batcher: LatentBatcher, indices: list[int] | range, sto
 
 def train_mask_decoder(decoder: LightMaskDecoder, data: MaskLatents, batcher: LatentBatcher, steps: int = 2000,
                        batch_size: int = 32, learning_rate: float = 1e-3, latent_noise: float = 0.2, seed: int = 0,
-                       show_progress: bool = True) -> list[float]:
+                       target: str = "mask", vae=None, show_progress: bool = True) -> list[float]:
     """Fit `decoder` (in place, on its own device) to map `data`'s latents to their rendered masks.
 
     AdamW with cosine decay; returns the loss of every step. Raises DigsegError on a non-finite loss.
+    `target="vae"` needs `vae` (the frozen VAE whose decoder is imitated).
     """
+    if target not in TARGETS or (target == "vae" and vae is None):
+        raise DigsegError(f"target must be one of {', '.join(TARGETS)} (\"vae\" needs the VAE), got {target!r}")
     if steps < 1 or batch_size < 1:
         raise DigsegError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
     device = decoder.device
@@ -94,10 +103,14 @@ def train_mask_decoder(decoder: LightMaskDecoder, data: MaskLatents, batcher: La
         sigma = torch.rand(batch_size, 1, 1, 1, generator=gen) * latent_noise
         z = z + sigma * torch.randn(z.shape, generator=gen)
         label = data.labels[data.sample[pick]]  # [B, H, W]
-        target = torch.stack([batcher.target_image(l, data.keys[int(j)]) for l, j in zip(label, pick)])  # [B, 3, H, W]
+        if target == "vae":
+            with torch.no_grad():
+                goal = decode_latents(vae, z.to(vae.device)).float()  # [B, 3, H, W]
+        else:
+            goal = torch.stack([batcher.target_image(l, data.keys[int(j)]) for l, j in zip(label, pick)])  # [B, 3, H, W]
         weight = (label != ignore).unsqueeze(1).float()  # [B, 1, H, W]
         pred = decoder(z.to(device))  # [B, 3, H, W]
-        err = (pred - target.to(device)).pow(2) * weight.to(device)
+        err = (pred - goal.to(device)).pow(2) * weight.to(device)
         loss = err.sum() / (weight.sum().to(device) * 3).clamp(min=1)
         if not torch.isfinite(loss):
             raise DigsegError(f"mask decoder training: loss is {loss.item()} at step {step}; lower --learning-rate")
@@ -128,7 +141,10 @@ def fit_light_mask_decoder(pipe, dataset, resolution: int, task: str = "both", l
     store = LatentCache(latent_cache, names, pipe.vae, resolution) if latent_cache else None
     n = len(dataset) if num_samples is None else min(num_samples, len(dataset))
     data = collect_mask_latents(batcher, range(n), store, show_progress=show_progress)
-    decoder = LightMaskDecoder.for_vae(pipe.vae, block_channels).to(pipe.device)
-    losses = train_mask_decoder(decoder, data, batcher, show_progress=show_progress, **train_kwargs)
+    try:
+        decoder = LightMaskDecoder.for_vae(pipe.vae, block_channels).to(pipe.device)
+    except ValueError as exc:
+        raise DigsegError(f"light mask decoder: {exc}") from exc
+    losses = train_mask_decoder(decoder, data, batcher, vae=pipe.vae, show_progress=show_progress, **train_kwargs)
     pipe.set_mask_decoder(decoder)
     return decoder, losses, data

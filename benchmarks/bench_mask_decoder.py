@@ -1,0 +1,159 @@
+"""Light mask decoder vs the VAE decoder: accuracy on a trained model, speed at Stable Diffusion size.
+
+    digseg quickstart --output digseg-quickstart
+    digseg train-mask-decoder --model digseg-quickstart/model --output digseg-quickstart/model-light \
+        --widths 64,32,16 --steps 600
+    python benchmarks/bench_mask_decoder.py --model digseg-quickstart/model-light          # ~4 min, 2 cores
+    python benchmarks/bench_mask_decoder.py --skip-accuracy --pipeline                     # + SD2-sized pipeline
+
+1. Accuracy (`--model`, a model folder with a `mask_decoder/`): the same held-out synthetic scenes and seed,
+   masks decoded by the VAE or by the light decoder; mIoU of binary prompts and palette, the difference, and
+   images/s. Goal: within 1 point. These are a tiny model on synthetic data.
+2. Decoder speed: SD's VAE decoder (`decode_latents`) against `LightMaskDecoder.for_vae` (widths 128, 64,
+   32, 16), both with random weights (speed only), one latent [1, 4, S/8, S/8] per call, channels-last, at
+   each size and dtype: GFLOP (`count_flops`), median seconds over `--repeats` after one warm-up, and the ratio.
+3. `--pipeline`: the SD2-sized DiGSeg pipeline (random weights, `bench_open_vocab.save_sd2_sized_backbone`) at
+   256 px, 1x1 and 4x2, seconds per image with `mask_decoder="vae"` and `"light"`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import diffusers
+import torch
+from diffusers import AutoencoderKL
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from digseg import DiGSegPipeline  # noqa: E402
+from digseg.data.synthetic import SyntheticScenes  # noqa: E402
+from digseg.evaluation import EStep, evaluate_binary, evaluate_palette  # noqa: E402
+from digseg.metrics import format_markdown_table  # noqa: E402
+from digseg.models.digseg_model import decode_latents  # noqa: E402
+from digseg.models.mask_decoder import LightMaskDecoder, count_flops  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def accuracy(model: str, scenes: int, settings: list[str], seed: int) -> None:
+    pipe = DiGSegPipeline.from_pretrained(model)
+    if pipe.mask_decoder is None:
+        sys.exit(f"{model} has no mask_decoder/: run `digseg train-mask-decoder --model {model} --output ...` first")
+    pipe.set_progress_bar_config(disable=True)
+    held_out = SyntheticScenes(scenes, seed=seed + 1)  # the quickstart's held-out scenes
+    print(f"## Accuracy: {model} (light decoder widths {list(pipe.mask_decoder.config.block_channels)}), "
+          f"{scenes} held-out synthetic scenes (tiny model, synthetic data)\n")
+    rows = []
+    for text in settings:
+        for name, evaluate in (("binary", evaluate_binary), ("palette", evaluate_palette)):
+            vae = evaluate(pipe, held_out, EStep.parse(text), seed=seed, mask_decoder="vae")
+            light = evaluate(pipe, held_out, EStep.parse(text), seed=seed, mask_decoder="light")
+            rows.append({"E-Step": text, "mode": name, "mIoU VAE": vae["mIoU"], "mIoU light": light["mIoU"],
+                         "diff": light["mIoU"] - vae["mIoU"], "img/s VAE": vae["images_per_s"],
+                         "img/s light": light["images_per_s"], "speed ratio": light["images_per_s"] / vae["images_per_s"]})
+    print(format_markdown_table(rows, list(rows[0])))
+    worst = max(abs(r["diff"]) for r in rows)
+    print(f"\nGOAL: mIoU with the light mask decoder within 1 point of the VAE decoder -> "
+          f"{'PASS' if worst <= 1.0 else 'FAIL'} (largest difference {worst:.2f})\n")
+
+
+@torch.no_grad()
+def decoder_speed(sizes: list[int], dtypes: list[str], repeats: int) -> None:
+    torch.manual_seed(0)
+    vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                        scaling_factor=0.18215).eval()
+    light = LightMaskDecoder.for_vae(vae).eval()
+    params = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
+    print(f"## Decoder speed: SD's VAE decoder ({params(vae.decoder):.1f} M parameters) vs LightMaskDecoder "
+          f"{list(light.config.block_channels)} ({params(light):.2f} M), random weights (speed only), "
+          f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}\n")
+    rows = []
+    for dtype_name in dtypes:
+        dtype = DTYPES[dtype_name]
+        vae.to(dtype, memory_format=torch.channels_last)
+        light.to(dtype, memory_format=torch.channels_last)
+        for size in sizes:
+            z = torch.randn(1, 4, size // 8, size // 8, dtype=dtype)
+            vae_s = median_time(lambda: decode_latents(vae, z), repeats)
+            light_s = median_time(lambda: light(z.contiguous(memory_format=torch.channels_last)), repeats)
+            rows.append({"dtype": dtype_name, "size": size,
+                         "VAE GFLOP": count_flops(vae.decoder, z.float().to(dtype)), "light GFLOP": count_flops(light, z),
+                         "VAE decode s": f"{vae_s:.3f}", "light decode s": f"{light_s:.4f}",
+                         "VAE / light": vae_s / light_s})
+            print(f"  {dtype_name} {size}px: VAE {vae_s:.3f} s, light {light_s:.4f} s", flush=True)
+    print()
+    print(format_markdown_table(rows, list(rows[0])))
+    print()
+
+
+def pipeline_speed(dtypes: list[str], repeats: int, size: int = 256) -> None:
+    from bench_open_vocab import _trim, save_sd2_sized_backbone
+
+    with tempfile.TemporaryDirectory() as tmp:
+        save_sd2_sized_backbone(Path(tmp) / "sd2")
+        _trim()
+        pipe = DiGSegPipeline.from_backbone(Path(tmp) / "sd2", processing_resolution=size)
+    pipe.set_mask_decoder(LightMaskDecoder.for_vae(pipe.vae))
+    pipe.set_progress_bar_config(disable=True)
+    image = torch.rand(3, size, size)
+    print(f"## SD2-sized pipeline, {size} px, random weights (speed only), load average {os.getloadavg()[0]:.2f}\n")
+    rows = []
+    for dtype_name in dtypes:
+        pipe.to(DTYPES[dtype_name])
+        for text in ("1x1", "4x2"):
+            s = EStep.parse(text)
+            call = lambda choice: pipe(image, prompt="object", ensemble_size=s.ensemble_size,  # noqa: E731
+                                       num_inference_steps=s.steps, generator=torch.Generator().manual_seed(0),
+                                       mask_decoder=choice, show_progress_bar=False)
+            vae_s = median_time(lambda: call("vae"), repeats)
+            light_s = median_time(lambda: call("light"), repeats)
+            rows.append({"dtype": dtype_name, "E-Step": text, "s/img VAE decoder": f"{vae_s:.3f}",
+                         "s/img light decoder": f"{light_s:.3f}", "VAE / light": vae_s / light_s})
+            print(f"  {dtype_name} {text}: VAE {vae_s:.2f} s, light {light_s:.2f} s", flush=True)
+    print()
+    print(format_markdown_table(rows, list(rows[0])))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="digseg-quickstart/model-light", help="a model folder with mask_decoder/")
+    parser.add_argument("--scenes", type=int, default=100)
+    parser.add_argument("--settings", default="1x1,4x2")
+    parser.add_argument("--seed", type=int, default=0, help="the quickstart's held-out scenes use seed + 1")
+    parser.add_argument("--sizes", default="256,512", help="decoder-speed sizes ('' to skip that part)")
+    parser.add_argument("--dtypes", default="fp32,bf16")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--pipeline", action="store_true", help="also time the SD2-sized pipeline at 256 px")
+    args = parser.parse_args()
+    diffusers.utils.logging.set_verbosity_error()  # no "kept in float32" notes when casting random models
+    dtypes = args.dtypes.split(",")
+    if not args.skip_accuracy:
+        accuracy(args.model, args.scenes, args.settings.split(","), args.seed)
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    if sizes:
+        decoder_speed(sizes, dtypes, args.repeats)
+    if args.pipeline:
+        pipeline_speed(dtypes, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
