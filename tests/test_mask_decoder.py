@@ -123,3 +123,22 @@ def test_cli_trains_in_place_and_predict_chooses(tiny_pipe, tmp_path, capsys):
                      "--no-progress", "--mask-decoder", choice]) == 0
         settings = json.loads((tmp_path / choice / "in_summary.json").read_text())
         assert settings["settings"]["mask_decoder"] == choice
+
+
+def test_target_vae_imitates_the_vae_decoder(tiny_pipe):
+    """--target vae: the loss is the distance to the VAE decoder's output, and it falls."""
+    _, losses, _ = fit_light_mask_decoder(
+        tiny_pipe, SyntheticScenes(8, seed=0), 64, block_channels=(16, 16, 8), steps=40, batch_size=8,
+        learning_rate=3e-3, target="vae", show_progress=False)
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+
+
+def test_cli_rejects_bad_widths(tiny_pipe, tmp_path, capsys):
+    model = tmp_path / "model"
+    tiny_pipe.save_pretrained(model)
+    base = ["train-mask-decoder", "--model", str(model), "--output", str(model), "--steps", "1", "--num-scenes", "2"]
+    assert main(base + ["--widths", "a,b"]) == 2
+    assert "--widths must be comma-separated integers" in capsys.readouterr().err
+    assert main(base + ["--widths", "16,8"]) == 2  # the tiny VAE downsamples by 4: three widths
+    assert "needs 3 block_channels" in capsys.readouterr().err
+    assert not (model / "mask_decoder").exists()
