@@ -83,8 +83,15 @@ def test_two_processes_train_the_same_weights_as_one(tiny_backbone, scenes_folde
     assert a.keys() == b.keys()
     moved = max((a[k].float() - start[k].float()).abs().max().item() for k in start if k in a)
     assert moved > 1e-3, "training did not change the weights; the comparison would be empty"
+    # Adam's first steps move every weight by about lr * sign(g), so a weight whose gradient is near zero can move
+    # differently when the two runs sum the batch in another order (float rounding; 7e-5 seen on an AMD EPYC, under
+    # 1e-5 on an Intel Xeon). So: the update as a whole must agree to 1e-3 of its size, and no weight may be far off.
+    update_a = torch.cat([(a[k].float() - start[k].float()).flatten() for k in start if k in a])
+    update_b = torch.cat([(b[k].float() - start[k].float()).flatten() for k in start if k in a])
+    relative = ((update_a - update_b).norm() / update_a.norm()).item()
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
-    assert worst < 1e-5, f"2-process weights differ from 1-process weights by {worst} (training moved them {moved})"
+    assert relative < 1e-3, f"2-process update differs from the 1-process update by {relative:.2e} of its norm"
+    assert worst < 0.1 * moved, f"2-process weights differ from 1-process weights by {worst} (training moved them {moved})"
     # only the main process wrote: one log line per logged step, checkpoints from one writer
     steps = [json.loads(line)["step"] for line in (two / "log.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == 3
