@@ -224,4 +224,5 @@ def test_pipeline_with_an_open_clip_text_tower_round_trips(tmp_path, clip_model,
     loaded.set_progress_bar_config(disable=True)
     assert loaded.config.open_clip_text_encoder == f"local-dir:{folder}"
     after = loaded(image, prompt="nucleus", generator=torch.Generator().manual_seed(0)).probabilities
-    np.testing.assert_array_equal(after, before)
+    # same weights; not bit-for-bit on every CPU (2e-6 apart on an AMD EPYC: kernels chosen per allocation)
+    np.testing.assert_allclose(after, before, rtol=0, atol=1e-5)

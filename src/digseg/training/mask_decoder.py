@@ -126,8 +126,8 @@ def train_mask_decoder(decoder: LightMaskDecoder, data: MaskLatents, batcher: La
 
 
 def fit_light_mask_decoder(pipe, dataset, resolution: int, task: str = "both", latent_cache: str | None = None,
-                           num_samples: int | None = None, block_channels=None, show_progress: bool = True,
-                           **train_kwargs):
+                           num_samples: int | None = None, block_channels=None, seed: int = 0,
+                           show_progress: bool = True, **train_kwargs):
     """Collect `dataset`'s mask latents with `pipe`'s VAE, train a `LightMaskDecoder` on them and install it
     in `pipe` (`pipe.set_mask_decoder`). `block_channels`: its widths (default `LightMaskDecoder.for_vae`'s).
     `train_kwargs` go to `train_mask_decoder`. -> (decoder, losses, data)."""
@@ -142,9 +142,12 @@ def fit_light_mask_decoder(pipe, dataset, resolution: int, task: str = "both", l
     n = len(dataset) if num_samples is None else min(num_samples, len(dataset))
     data = collect_mask_latents(batcher, range(n), store, show_progress=show_progress)
     try:
-        decoder = LightMaskDecoder.for_vae(pipe.vae, block_channels).to(pipe.device)
+        with torch.random.fork_rng(devices=[]):  # the initial weights depend on `seed` alone
+            torch.manual_seed(seed)
+            decoder = LightMaskDecoder.for_vae(pipe.vae, block_channels).to(pipe.device)
     except ValueError as exc:
         raise DigsegError(f"light mask decoder: {exc}") from exc
-    losses = train_mask_decoder(decoder, data, batcher, vae=pipe.vae, show_progress=show_progress, **train_kwargs)
+    losses = train_mask_decoder(decoder, data, batcher, vae=pipe.vae, seed=seed, show_progress=show_progress,
+                                **train_kwargs)
     pipe.set_mask_decoder(decoder)
     return decoder, losses, data
