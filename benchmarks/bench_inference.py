@@ -36,6 +36,7 @@ Usage::
     python benchmarks/bench_inference.py                     # SD2-sized, 256 px, fp32 + bf16 (~15 min, 2 cores)
     python benchmarks/bench_inference.py --sizes 256,512     # + 512 px cells (1x1 and 4x2 by default)
     python benchmarks/bench_inference.py --quick             # tiny model, 64 px, smoke run
+    python benchmarks/bench_inference.py --light-decoder     # ours with a light mask decoder (docs/mask_decoder.md)
     # on a GPU: 512 px, bf16, 8 images per call, torch.compile; FPS printed beside the paper's
     python benchmarks/bench_inference.py --device cuda --sizes 512 --dtypes bf16 --batch 8 --compile \
         --settings 1x1,1x2,4x2,8x2
@@ -68,6 +69,7 @@ from bench_open_vocab import PeakRSS, _trim, save_sd2_sized_backbone  # noqa: E4
 
 from digseg import DiGSegPipeline  # noqa: E402
 from digseg.models.digseg_model import vae_scale_factor  # noqa: E402
+from digseg.models.mask_decoder import LightMaskDecoder  # noqa: E402
 from digseg.models.tiny import save_tiny_backbone  # noqa: E402
 
 GOAL_SPEEDUP = 1.5  # ours >= 1.5x faster than Marigold at 4x2 and 8x2
@@ -201,6 +203,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="auto", help="cpu | cuda | auto (cuda when available)")
     parser.add_argument("--batch", type=int, default=1, help="images per call (images/s = batch / s per call)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the shared U-Net and VAE in place")
+    parser.add_argument("--light-decoder", action="store_true",
+                        help="ours decodes masks with a LightMaskDecoder (random weights; Marigold keeps the VAE)")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
@@ -237,9 +241,13 @@ def main(argv: list[str] | None = None) -> None:
           f"{pipe.unet.config.in_channels}; VAE {sum(p.numel() for p in pipe.vae.parameters()) / 1e6:.1f} M)",
           flush=True)
     diff = check_shared_unet(pipe, sizes[0])
+    if args.light_decoder:  # ours only: mask_decoder="auto" picks it up
+        pipe.set_mask_decoder(LightMaskDecoder.for_vae(pipe.vae))
+        print(f"ours decodes masks with LightMaskDecoder {list(pipe.mask_decoder.config.block_channels)} "
+              "(random weights: speed only); Marigold decodes with the VAE", flush=True)
     pipe.to(device)  # the Marigold pipeline shares every module
     if args.compile:  # in place: both pipelines run the same compiled modules
-        for module in (pipe.unet, pipe.vae.encoder, pipe.vae.decoder):
+        for module in [pipe.unet, pipe.vae.encoder, pipe.vae.decoder] + ([pipe.mask_decoder] if args.light_decoder else []):
             module.compile()
     print(f"shared U-Net check: digseg processors without per-level text vs stock processors, max |diff| = "
           f"{diff:.2e} -> {'OK (Marigold sees the stock U-Net)' if diff < 1e-4 else 'MISMATCH'}", flush=True)
