@@ -20,17 +20,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import diffusers
 import torch
-from diffusers import AutoencoderKL
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_vae_layout import median_time, sd_vae  # noqa: E402
 
 from digseg import DiGSegPipeline  # noqa: E402
 from digseg.data.synthetic import SyntheticScenes  # noqa: E402
@@ -40,16 +39,6 @@ from digseg.models.digseg_model import decode_latents  # noqa: E402
 from digseg.models.mask_decoder import LightMaskDecoder, count_flops  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def accuracy(model: str, scenes: int, settings: list[str], seed: int) -> None:
@@ -77,9 +66,7 @@ def accuracy(model: str, scenes: int, settings: list[str], seed: int) -> None:
 @torch.no_grad()
 def decoder_speed(sizes: list[int], dtypes: list[str], repeats: int) -> None:
     torch.manual_seed(0)
-    vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-                        scaling_factor=0.18215).eval()
+    vae = sd_vae()
     light = LightMaskDecoder.for_vae(vae).eval()
     params = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
     print(f"## Decoder speed: SD's VAE decoder ({params(vae.decoder):.1f} M parameters) vs LightMaskDecoder "
