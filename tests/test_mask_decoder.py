@@ -155,3 +155,24 @@ def test_cli_rejects_bad_widths(tiny_pipe, tmp_path, capsys):
     assert main(base + ["--widths", "16,8"]) == 2  # the tiny VAE downsamples by 4: three widths
     assert "needs 3 block_channels" in capsys.readouterr().err
     assert not (model / "mask_decoder").exists()
+
+
+def test_cli_eval_chooses_the_decoder(tiny_pipe, tmp_path, capsys):
+    from digseg.data.synthetic import save_scenes_as_folder
+
+    data = save_scenes_as_folder(SyntheticScenes(3, size=64, seed=3), tmp_path / "data")
+    plain, light = tmp_path / "plain", tmp_path / "light"
+    tiny_pipe.save_pretrained(plain)
+    run = lambda model, choice: main(["eval", "--dataset", "folder", "--data-root", str(data), "--model", str(model),  # noqa: E731
+                                      "--mask-decoder", choice, "--output", str(tmp_path / f"{model.name}-{choice}.json")])
+    assert run(plain, "light") == 2
+    assert "no light mask decoder" in capsys.readouterr().err
+    assert main(["train-mask-decoder", "--model", str(plain), "--output", str(light), "--steps", "2",
+                 "--batch-size", "2", "--num-scenes", "4", "--widths", "16,8,8"]) == 0
+    assert run(plain, "auto") == run(light, "vae") == run(light, "light") == 0
+    metrics = {name: json.loads((tmp_path / f"{name}.json").read_text())
+               for name in ("plain-auto", "light-vae", "light-light")}
+    assert metrics["light-vae"]["mIoU"] == metrics["plain-auto"]["mIoU"]  # --mask-decoder vae: the VAE path
+    assert 0 <= metrics["light-light"]["mIoU"] <= 100
+    pngs = lambda name: [p.read_bytes() for p in sorted((tmp_path / f"{name}_predictions").glob("*.png"))]  # noqa: E731
+    assert pngs("light-vae") == pngs("plain-auto") and pngs("light-light") != pngs("light-vae")
