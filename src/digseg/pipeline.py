@@ -10,7 +10,8 @@ Three ways to ask (chosen by the arguments of `__call__`):
 Per batch of images: each image is encoded once; prompts are encoded once per call (cached); E ensemble
 members start from independent noise and are denoised in K DDIM steps with trailing spacing; the members'
 latents are combined (element-wise median by default, or mean) and decoded once (the VAE decoder is the
-largest cost), then read back to per-class probabilities. The uncertainty map is the members' per-pixel spread: the standard deviation of their latents
+largest cost; a model with a `LightMaskDecoder`, from `digseg train-mask-decoder`, decodes masks with that
+instead), then read back to per-class probabilities. The uncertainty map is the members' per-pixel spread: the standard deviation of their latents
 (mean over channels, upsampled), or with `decode_members=True` (every member decoded, as Marigold does) the
 standard deviation of their probabilities (mean over classes).
 """
