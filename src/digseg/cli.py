@@ -388,14 +388,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
+    from .distributed import shutdown
+
     try:
         args.func(args)
     except DigsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        shutdown(wait=False)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
+        shutdown(wait=False)
         return 130
+    shutdown()  # under torchrun / accelerate launch: leave the process group cleanly
     return 0
 
 

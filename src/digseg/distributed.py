@@ -77,3 +77,14 @@ def gather_objects(values: list[Any]) -> list[Any]:
 def wait_for_everyone() -> None:
     if process_info()[1] > 1:
         _state().wait_for_everyone()
+
+
+def shutdown(wait: bool = True) -> None:
+    """End this process's part in the process group, if there is one: wait for the others (when `wait`), then
+    destroy it. Without this, gloo's threads can still be running at interpreter exit, and the process then
+    aborts ("terminate called without an active exception", SIGABRT) after its work is done."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    if wait:
+        torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
