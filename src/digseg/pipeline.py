@@ -25,12 +25,12 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from .ensemble import ENSEMBLE_REDUCTIONS, assemble_probabilities, combine_member_latents, latent_spread_map
 from .errors import DigsegError
 from .image_processing import resize_and_pad, to_image_list, unpad_and_resize
 from .masks import MaskCodec
@@ -58,22 +58,7 @@ def _open_clip_encoder(name: str):
     return OpenCLIPPromptEncoder.from_pretrained(name)
 
 
-ENSEMBLE_REDUCTIONS = ("median", "mean")
 MASK_DECODERS = ("auto", "light", "vae")
-
-
-def combine_member_latents(latents: torch.Tensor, how: str = "median") -> torch.Tensor:
-    """[n, E, C, h, w] ensemble members' final latents -> [n, C, h, w].
-
-    "median": element-wise median (the mean of the two middle values when E is even, so E = 2 is the mean).
-    On the quickstart model (400 scenes) it kept mIoU within 0.71 points of decoding every member, where the
-    mean lost up to 1.05 on palette queries (benchmarks/bench_ensemble_decode.py, docs/benchmarks.md).
-    """
-    if how == "mean":
-        return latents.mean(dim=1)
-    ordered = latents.sort(dim=1).values
-    e = latents.shape[1]
-    return (ordered[:, (e - 1) // 2] + ordered[:, e // 2]) / 2
 
 
 @dataclass
@@ -376,21 +361,9 @@ class DiGSegPipeline(DiffusionPipeline):
             probs = codec.decode(self.decode_masks(latents, mask_decoder))  # [m or m/E, K_codec, H, W]
             member_probs.append(probs if mode == "palette" else probs[:, 1:])
         members = 1 if combine else ensemble_size
-        probs = torch.cat(member_probs)  # [B*q*members, K_codec or 1, H, W]
-        probs = probs.view(b, q, members, *probs.shape[1:])
-        if mode == "palette":
-            probs = probs[:, 0]  # [B, members, K, H, W]
-        else:
-            probs = probs[:, :, :, 0].transpose(1, 2)  # [B, members, q, H, W]
-            if mode == "binary":
-                probs = torch.cat([1 - probs, probs], dim=2)  # [B, members, 2, H, W]
-            elif keep is not None:  # scatter the k run classes back among all Q
-                full = probs.new_zeros(b, members, all_ids.shape[1], *probs.shape[-2:])
-                index = keep[:, None, :, None, None].expand(-1, members, -1, *probs.shape[-2:])
-                probs = full.scatter(2, index, probs)
+        probs = assemble_probabilities(torch.cat(member_probs), b, q, members, mode, keep, all_ids.shape[1])
         if combine:  # latent-space spread, upsampled to pixels
-            spread = torch.cat(spreads).view(b, q, *spreads[0].shape[-2:]).mean(dim=1, keepdim=True)  # [B, 1, h, w]
-            uncertainty = F.interpolate(spread, size=probs.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+            uncertainty = latent_spread_map(torch.cat(spreads), b, q, tuple(probs.shape[-2:]))
         else:
             uncertainty = probs.std(dim=1).mean(dim=1) if ensemble_size > 1 else None
         kept = None
