@@ -26,6 +26,7 @@ from diffusers import ModelMixin
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from .digseg_model import vae_scale_factor
 
@@ -84,26 +85,8 @@ class LightMaskDecoder(ModelMixin, ConfigMixin):
 
 
 def count_flops(module: nn.Module, example: torch.Tensor) -> float:
-    """Multiply-adds x 2 of the convolutions and linear layers of one forward pass on `example` (GFLOP).
-
-    Counted from the output shapes with forward hooks; normalisation, activations and attention's
-    matrix products are left out (small next to the convolutions of a decoder).
-    """
-    total = 0
-
-    def hook(layer, _inputs, output):
-        nonlocal total
-        if isinstance(layer, nn.Conv2d):
-            k = layer.kernel_size[0] * layer.kernel_size[1] * layer.in_channels // layer.groups
-            total += 2 * output.numel() * k
-        elif isinstance(layer, nn.Linear):
-            total += 2 * output.numel() * layer.in_features
-
-    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    try:
-        with torch.no_grad():
-            module(example)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return total / 1e9
+    """GFLOP of one forward pass of `module` on `example`, counted by torch's `FlopCounterMode`
+    (2 x multiply-adds of convolutions and matrix products; element-wise work is not counted)."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        module(example)
+    return counter.get_total_flops() / 1e9
