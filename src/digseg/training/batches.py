@@ -123,7 +123,8 @@ class LatentBatcher:
 
     @torch.no_grad()
     def encode_all(self, index: int, with_palette: bool = True, with_classes: bool = True) -> dict:
-        """Every latent sample `index` can need: image, palette, each present class, empty (for `cache-latents`)."""
+        """Every latent sample `index` can need: image, palette, each present class, empty (for `cache-latents`);
+        also its label map [H, W], its present classes and the latent-cell keep mask [1, h, w]."""
         sample = self._load(index)
         label = sample["label"]
         present = sorted(int(v) for v in torch.unique(label) if int(v) != self.ignore_index)
@@ -133,7 +134,7 @@ class LatentBatcher:
         pixels = [sample["image"] if k == "image" else self.target_image(label, k) for k in keys]
         latents = encode_latents(self.vae, torch.stack(pixels).to(self.vae.device), channels_last=False).float().cpu()  # [M, 4, h, w]
         keep = self.palette_codec.ignore_weights(label[None], tuple(latents.shape[-2:]))[0]  # [1, h, w]
-        return {"latents": dict(zip(keys, latents)), "keep": keep, "present": present}
+        return {"latents": dict(zip(keys, latents)), "keep": keep, "present": present, "label": label}
 
     @torch.no_grad()
     def make_batch(self, indices: list[int], gen: torch.Generator | list[torch.Generator]) -> Batch:

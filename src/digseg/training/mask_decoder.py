@@ -53,15 +53,16 @@ def collect_mask_latents(batcher: LatentBatcher, indices: list[int] | range, sto
     latents, labels, sample, keys, skipped = [], [], [], [], []
     for i in tqdm(indices, desc="mask latents", disable=not show_progress):
         try:
-            label = batcher.dataset[i]["label"]  # [H, W]
             if store is not None and store.has(i):
+                label = batcher.dataset[i]["label"]  # [H, W]: the targets are rendered from it
                 present, _ = store.info(i)
                 wanted = (["palette"] if with_palette else []) + (
                     [f"class{c}" for c in batcher.queryable if c in present] + ["empty"] if with_classes else [])
                 found = {key: store.get(i, key) for key in wanted}
                 found = {key: z for key, z in found.items() if z is not None}
-            else:
-                found = batcher.encode_all(i, with_palette=with_palette, with_classes=with_classes)["latents"]
+            else:  # one read of the sample: encode_all returns its label too
+                entry = batcher.encode_all(i, with_palette=with_palette, with_classes=with_classes)
+                found, label = entry["latents"], entry["label"]
                 found.pop("image")
         except (DataError, OSError, ValueError) as exc:
             skipped.append(f"sample {i}: {exc}")
