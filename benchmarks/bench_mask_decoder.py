@@ -29,7 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_vae_layout import median_time, sd_vae  # noqa: E402
+from bench_open_vocab import _trim, save_sd2_sized_backbone, sd_vae  # noqa: E402
+from bench_vae_layout import median_time  # noqa: E402
 
 from digseg import DiGSegPipeline  # noqa: E402
 from digseg.data.synthetic import SyntheticScenes  # noqa: E402
@@ -92,8 +93,6 @@ def decoder_speed(sizes: list[int], dtypes: list[str], repeats: int) -> None:
 
 
 def pipeline_speed(dtypes: list[str], repeats: int, size: int = 256) -> None:
-    from bench_open_vocab import _trim, save_sd2_sized_backbone
-
     with tempfile.TemporaryDirectory() as tmp:
         save_sd2_sized_backbone(Path(tmp) / "sd2")
         _trim()

@@ -173,9 +173,34 @@ def build_tiny(tmp: Path) -> tuple[DiGSegPipeline, int]:
     return DiGSegPipeline.from_backbone(tmp / "tiny"), 64
 
 
+def sd2_unet(in_channels: int = 4):
+    """Stable Diffusion 2's U-Net architecture (865 M parameters with 4 input channels), random weights."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=96, in_channels=in_channels, out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, attention_head_dim=(5, 10, 20, 20),
+        cross_attention_dim=1024, use_linear_projection=True,
+    ).eval()
+
+
+def sd_vae():
+    """Stable Diffusion's VAE architecture (84 M parameters), random weights."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=768,
+        scaling_factor=0.18215,
+    ).eval()
+
+
 def save_sd2_sized_backbone(path: Path, seed: int = 0) -> Path:
     """SD2's U-Net + SD's VAE (random weights), a 2-layer 1024-wide CLIP text encoder, tiny tokenizer (77 tokens)."""
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionPipeline
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
@@ -185,19 +210,8 @@ def save_sd2_sized_backbone(path: Path, seed: int = 0) -> Path:
         num_attention_heads=16, max_position_embeddings=77, hidden_act="gelu", projection_dim=1024,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )).eval()
-    unet = UNet2DConditionModel(
-        sample_size=96, in_channels=4, out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, attention_head_dim=(5, 10, 20, 20),
-        cross_attention_dim=1024, use_linear_projection=True,
-    )
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=768,
-        scaling_factor=0.18215,
-    )
+    unet = sd2_unet()
+    vae = sd_vae()
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=tiny_scheduler(),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,

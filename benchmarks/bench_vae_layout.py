@@ -8,10 +8,14 @@ Why digseg's `encode_latents` / `decode_latents` pass channels-last tensors to t
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_open_vocab import sd2_unet, sd_vae  # noqa: E402
 
 
 def median_time(fn, repeats: int = 3) -> float:
@@ -24,24 +28,13 @@ def median_time(fn, repeats: int = 3) -> float:
     return sorted(times)[repeats // 2]
 
 
-def sd_vae() -> AutoencoderKL:
-    """Stable Diffusion's VAE architecture (84 M parameters) with random weights."""
-    return AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                         block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-                         scaling_factor=0.18215).eval()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256)
     args = parser.parse_args()
     torch.manual_seed(0)
     vae = sd_vae()
-    unet = UNet2DConditionModel(
-        in_channels=8, out_channels=4, block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=1024,
-        attention_head_dim=(5, 10, 20, 20), use_linear_projection=True,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3).eval()
+    unet = sd2_unet(in_channels=8)
     cl = torch.channels_last
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {args.size} px, random weights (speed only)")
     print("| dtype | module | NCHW s | channels-last input s | NCHW / channels-last |")
