@@ -50,6 +50,7 @@ the shared U-Net and VAE in place (``nn.Module.compile``), so both pipelines run
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -101,17 +102,16 @@ def load_avg() -> str:
 
 
 # ------------------------------------------------------------------------------------------------ models
-def build(model: str, tmp: Path, resolution: int):
-    """-> (digseg pipeline, Marigold pipeline sharing its modules)."""
+def build(model: str, tmp: Path, resolution: int, backbone_dir: Path | None = None):
+    """-> (digseg pipeline, Marigold pipeline sharing its modules). `backbone_dir`: the random backbone is saved
+    there once and loaded by later runs (several runs in one job build it once)."""
     from diffusers import MarigoldDepthPipeline
 
-    if model == "tiny":
-        save_tiny_backbone(tmp / "tiny")
-        pipe = DiGSegPipeline.from_backbone(tmp / "tiny", processing_resolution=resolution)
-    else:
-        save_sd2_sized_backbone(tmp / "sd2")
+    folder = backbone_dir or tmp / model
+    if not (folder / "model_index.json").is_file():
+        (save_tiny_backbone if model == "tiny" else save_sd2_sized_backbone)(folder)
         _trim()
-        pipe = DiGSegPipeline.from_backbone(tmp / "sd2", processing_resolution=resolution)
+    pipe = DiGSegPipeline.from_backbone(folder, processing_resolution=resolution)
     marigold = MarigoldDepthPipeline(
         unet=pipe.unet, vae=pipe.vae, scheduler=pipe.scheduler, text_encoder=pipe.text_encoder,
         tokenizer=pipe.tokenizer, prediction_type="depth", default_denoising_steps=1,
@@ -203,6 +203,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="auto", help="cpu | cuda | auto (cuda when available)")
     parser.add_argument("--batch", type=int, default=1, help="images per call (images/s = batch / s per call)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the shared U-Net and VAE in place")
+    parser.add_argument("--backbone-dir", type=Path, default=None,
+                        help="save the random backbone here once and reuse it in later runs (default: a temp folder)")
+    parser.add_argument("--json", type=Path, default=None, help="also write every cell's figures to this JSON file")
     parser.add_argument("--light-decoder", action="store_true",
                         help="ours decodes masks with a LightMaskDecoder (random weights; Marigold keeps the VAE)")
     args = parser.parse_args(argv)
@@ -235,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_inference_") as tmp:
         t0 = time.perf_counter()
-        pipe, marigold = build(model, Path(tmp), sizes[0])
+        pipe, marigold = build(model, Path(tmp), sizes[0], args.backbone_dir)
     print(f"built + saved + loaded in {time.perf_counter() - t0:.1f} s (U-Net "
           f"{sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.1f} M params, in_channels "
           f"{pipe.unet.config.in_channels}; VAE {sum(p.numel() for p in pipe.vae.parameters()) / 1e6:.1f} M)",
@@ -356,6 +359,15 @@ def main(argv: list[str] | None = None) -> None:
                       f"paper {PAPER_FPS_512[1, 1]} FPS)")
     print(f"\nload average at end: {load_avg()} on {os.cpu_count()} CPUs")
     print(f"total wall time {time.perf_counter() - t_all:.0f} s")
+    if args.json:
+        device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        args.json.write_text(json.dumps({
+            "device": device_name, "model": model, "batch": args.batch, "compile": args.compile,
+            "light_decoder": args.light_decoder, "table": table,
+            "cells": [{"dtype": d, "size": s, "setting": f"{e}x{k}", "pipeline": n, "seconds_per_call": c.seconds,
+                       "images_per_s": args.batch / c.seconds, "peak_mib": c.peak_mib}
+                      for (d, s, e, k, n), c in results.items()],
+        }, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# The GPU check: one command that measures digseg on a lent H100/H200 within 9 minutes.
+#
+#   bash benchmarks/gpu_check.sh --prepare     # here, once: download the wheels the GPU image lacks into .whl/
+#   bash benchmarks/gpu_check.sh               # on the GPU machine (device tool: carry [".whl"])
+#   bash benchmarks/gpu_check.sh --cpu-smoke   # every step at tiny sizes on this CPU (< 5 min): the script works
+#
+# Steps, each under its own time budget (a step that runs out is cut and reported; later steps still run):
+#   1. the tests marked `gpu` (tests/test_gpu.py): every pipeline path on CUDA, bf16, the trainer, torch.compile
+#   2. inference, 512 px, bf16, E-Step 1x1/1x2/4x2/8x2, 8 images per call, against diffusers' Marigold on the
+#      same modules: eager with the VAE decoder, eager with the light mask decoder, compiled with the light decoder
+#   3. training throughput, 512 px, SD2-sized, bf16: batch 4 and 8, gradient checkpointing off/on
+#   4. the data stage (benchmarks/bench_data.py), when it exists
+# Everything goes to $OUT (the device tool returns that folder; default ./gpu-check-out): gpu_check.log (all
+# output), gpu_check.md (every table), *.json (figures). The last line printed is a one-line summary.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+MODE=gpu
+case "${1:-}" in
+    "") ;;
+    --cpu-smoke) MODE=smoke ;;
+    --prepare) MODE=prepare ;;
+    *) echo "usage: bash benchmarks/gpu_check.sh [--prepare | --cpu-smoke]" >&2; exit 2 ;;
+esac
+
+WHEELS=.whl  # ignored by git (.gitignore); carried to the device machine
+if [ "$MODE" = prepare ]; then
+    # The GPU image has torch, transformers, accelerate, safetensors, huggingface_hub, tensorboard, psutil, PyYAML;
+    # it lacks diffusers and importlib_metadata (diffusers needs it). Same versions as this machine's.
+    versions=$(python3 -c "import diffusers, importlib_metadata as m; print(f'diffusers=={diffusers.__version__} importlib_metadata=={m.version(\"importlib_metadata\")}')")
+    rm -rf "$WHEELS" && mkdir -p "$WHEELS"
+    # shellcheck disable=SC2086
+    python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d "$WHEELS" $versions || exit 1
+    ls -l "$WHEELS"; du -sh "$WHEELS"
+    exit 0
+fi
+
+OUT=${OUT:-$PWD/gpu-check-out}
+mkdir -p "$OUT"
+LOG="$OUT/gpu_check.log"
+MD="$OUT/gpu_check.md"
+: >"$LOG"
+: >"$MD"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error DIFFUSERS_VERBOSITY=error
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+START=$(date +%s)
+TOTAL_BUDGET=525  # seconds: the whole check ends within 9 minutes
+declare -a RESULTS=()
+
+log() { echo "$*" | tee -a "$LOG"; }
+
+# run_step NAME BUDGET_SECONDS COMMAND...: runs under `timeout`, never past the total budget; records the outcome
+run_step() {
+    local name=$1 budget=$2; shift 2
+    local left=$((TOTAL_BUDGET - ($(date +%s) - START)))
+    [ "$budget" -gt "$left" ] && budget=$left
+    if [ "$budget" -lt 20 ]; then
+        log "## $name: SKIPPED (only ${left}s of the ${TOTAL_BUDGET}s budget left)"
+        RESULTS+=("$name=skipped"); return
+    fi
+    log "## $name (budget ${budget}s): $*"
+    local t0=$(date +%s) rc
+    timeout --kill-after=10 "$budget" "$@" 2>&1 | tee -a "$LOG"
+    rc=${PIPESTATUS[0]}
+    local dt=$(($(date +%s) - t0))
+    case $rc in
+        0) RESULTS+=("$name=ok(${dt}s)") ;;
+        124|137) RESULTS+=("$name=TIMEOUT(${dt}s)") ;;
+        *) RESULTS+=("$name=FAILED(rc=$rc)") ;;
+    esac
+    log "## $name: rc=$rc in ${dt}s"
+}
+
+if [ "$MODE" = gpu ]; then
+    if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+            "$WHEELS"/*.whl 2>&1 | tee -a "$LOG" && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+    fi
+    python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'" || { log "no CUDA device: use --cpu-smoke"; exit 2; }
+    DEVICE=cuda; SIZE=512; BATCH=8; INF_FLAGS=(--sizes 512 --dtypes bf16 --repeats 3); TRAIN_FLAGS=(--size 512)
+    TEST_ENV=(); BACKBONE=/tmp/digseg-sd2-backbone
+    B_TESTS=150; B_INF=110; B_LIGHT=80; B_TRAIN=120; B_DATA=40; B_COMPILE=400; COMPILE_SETTINGS=1x1,1x2,4x2,8x2
+else
+    DEVICE=cpu; SIZE=64; BATCH=2; INF_FLAGS=(--quick --dtypes bf16 --repeats 1); TRAIN_FLAGS=(--quick --repeats 1)
+    TEST_ENV=(env DIGSEG_TEST_DEVICE=cpu); BACKBONE=/tmp/digseg-tiny-backbone-smoke; rm -rf "$BACKBONE"
+    B_TESTS=150; B_INF=45; B_LIGHT=45; B_TRAIN=40; B_DATA=40; B_COMPILE=160; TOTAL_BUDGET=295
+    COMPILE_SETTINGS=1x1  # each further shape recompiles: minutes on a CPU
+    # one thread: on 2 shared cores OpenMP's spinning barriers made a tiny call 70x slower (6 s instead of 0.08 s)
+    export OMP_NUM_THREADS=1
+fi
+python3 - <<'EOF' 2>&1 | tee -a "$LOG"
+import os, platform, torch
+name = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+print(f"# digseg GPU check: {name}, torch {torch.__version__}, CUDA {torch.version.cuda}, {os.cpu_count()} CPUs, "
+      f"python {platform.python_version()}")
+EOF
+SETTINGS=1x1,1x2,4x2,8x2
+INF=(python3 benchmarks/bench_inference.py --device "$DEVICE" --batch "$BATCH" --settings "$SETTINGS"
+     --backbone-dir "$BACKBONE" "${INF_FLAGS[@]}")
+
+run_step tests "$B_TESTS" "${TEST_ENV[@]}" python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider
+run_step inference_eager_vae "$B_INF" "${INF[@]}" --json "$OUT/inference_eager_vae.json"
+run_step inference_eager_light "$B_LIGHT" "${INF[@]}" --light-decoder --json "$OUT/inference_eager_light.json"
+run_step training "$B_TRAIN" python3 benchmarks/bench_train_throughput.py --device "$DEVICE" "${TRAIN_FLAGS[@]}" \
+    --backbone-dir "$BACKBONE" --json "$OUT/training.json"
+if [ -f benchmarks/bench_data.py ]; then
+    run_step data "$B_DATA" python3 benchmarks/bench_data.py --gpu-check --json "$OUT/data.json"
+fi
+run_step inference_compiled_light "$B_COMPILE" "${INF[@]}" --light-decoder --compile --settings "$COMPILE_SETTINGS" --json "$OUT/inference_compiled_light.json"
+
+# every table into gpu_check.md, then the one-line summary (last line printed)
+python3 - "$OUT" "$(($(date +%s) - START))" "${RESULTS[@]}" <<'EOF' 2>&1 | tee -a "$LOG"
+import json, sys
+from pathlib import Path
+
+out, seconds, results = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
+tables, parts, device = [], [], "?"
+for name in ("inference_eager_vae", "inference_eager_light", "inference_compiled_light", "training", "data"):
+    path = out / f"{name}.json"
+    if not path.is_file():
+        continue
+    data = json.loads(path.read_text())
+    device = data.get("device", device)
+    tables.append(f"## {name}\n\n{data['table']}\n")
+    if name.startswith("inference"):
+        fps = {(c["pipeline"], c["setting"]): c["images_per_s"] for c in data["cells"]}
+        shown = [k for k in ("1x1", "8x2") if ("ours", k) in fps]
+        parts.append(f"{name.removeprefix('inference_')} FPS " + ", ".join(
+            f"{k} {fps['ours', k]:.1f} (Marigold {fps['marigold', k]:.1f})" for k in shown))
+    elif name == "training":
+        best = max(data["cells"], key=lambda c: c["images_per_s"])
+        peak = f", peak {best['peak_gib']:.1f} GiB" if best["peak_gib"] else ""
+        parts.append(f"train {best['images_per_s']:.1f} img/s (batch {best['batch']}, ckpt "
+                     f"{'on' if best['checkpointing'] else 'off'}{peak})")
+    elif name == "data":
+        parts.append(data.get("summary", "data stage measured"))
+(out / "gpu_check.md").write_text("\n".join(tables))
+print("\n".join(tables))
+print(f"GPU CHECK {device}: {' | '.join(parts) or 'no figures'} | goal 1x1 >= 60 FPS, paper 1x1/1x2/4x2/8x2 "
+      f"11.27/10.61/5.82/3.15 | steps {' '.join(results)} | {seconds}s")
+EOF
