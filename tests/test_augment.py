@@ -118,7 +118,8 @@ def expected_offset(seed: int, label: np.ndarray, crop: tuple[int, int], ratio: 
     margin_h, margin_w = label.shape[0] - crop[0], label.shape[1] - crop[1]
     tries = CROP_TRIES if ratio < 1.0 else 0  # mmseg checks candidates only when cat_max_ratio < 1
     for k in range(tries + 1):
-        top, left = int(u[augment._U_CROP + 2 * k] * (margin_h + 1)), int(u[augment._U_CROP + 2 * k + 1] * (margin_w + 1))
+        top = int(u[augment._U_CROP + 2 * k] * (margin_h + 1))
+        left = int(u[augment._U_CROP + 2 * k + 1] * (margin_w + 1))
         if k == tries or crop_ok(label[top:top + crop[0], left:left + crop[1]], ratio):
             return top, left
 

@@ -259,7 +259,8 @@ def apply_augmentation(image: Image.Image, label: np.ndarray, aug: Augmentation,
     crop_h, crop_w = aug.crop_size
     if not aug.enabled:  # the plain squash to the crop, deterministic
         window = _label_window(label, (crop_h, crop_w), 0, 0, (crop_h, crop_w))
-        return _to_tensor(image.resize((crop_w, crop_h), Image.BILINEAR)), torch.from_numpy(np.ascontiguousarray(window))
+        pixels = _to_tensor(image.resize((crop_w, crop_h), Image.BILINEAR))
+        return pixels, torch.from_numpy(np.ascontiguousarray(window))
 
     u = torch.rand(NUM_DRAWS, generator=gen, dtype=torch.float64).numpy()
     new_w, new_h = _resized_size(image.width, image.height, aug, float(u[_U_RATIO]))
@@ -281,7 +282,7 @@ def apply_augmentation(image: Image.Image, label: np.ndarray, aug: Augmentation,
 
 
 def _to_tensor(image: Image.Image) -> torch.Tensor:
-    """RGB image -> float32 [3, H, W] in [-1, 1]; the same values as `image_to_tensor`, in one strided copy."""
+    """RGB image -> float32 [3, H, W] in [-1, 1]; the same values as `synthetic.image_to_tensor`, in one strided copy."""
     pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1).to(torch.float32, memory_format=torch.contiguous_format)
     return pixels.div_(127.5).sub_(1.0)
 
