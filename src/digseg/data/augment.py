@@ -1,0 +1,294 @@
+"""Training augmentation, as mmsegmentation does it: keep-ratio random rescale, random crop with
+`cat_max_ratio` retries, flips, photometric distortion and padding to the crop.
+
+    aug = Augmentation(scale=(2048, 512), crop_size=(512, 512))          # mmseg's ADE20K recipe
+    image, label = apply_augmentation(pil_rgb, label_hw, aug, gen, ignore_index=255)
+    # image float32 [3, 512, 512] in [-1, 1], label int64 [512, 512]
+
+Steps, in mmseg's order (RandomResize -> RandomCrop -> RandomFlip -> PhotoMetricDistortion -> pad):
+
+1. Rescale, aspect ratio kept (mmseg `RandomResize(scale, ratio_range, keep_ratio=True)`): a ratio r is drawn
+   from `ratio_range`, the scale becomes (int(long * r), int(short * r)) and the image is resized by
+   f = min(long' / max(H, W), short' / min(H, W)) to (int(W f + 0.5), int(H f + 0.5)) (mmcv `rescale_size`).
+   `scale=None` keeps the native pixel size times r, for data with a fixed physical resolution.
+2. Crop `crop_size` (h, w) at a uniform offset. With `cat_max_ratio < 1`, up to 10 candidates are checked
+   and the first whose most frequent class (ignore pixels excluded) covers < cat_max_ratio of the labelled
+   pixels, with at least two classes present, is kept; after 10 misses the 11th candidate is taken
+   unchecked (mmseg `RandomCrop`). A side shorter than the crop is taken whole.
+3. Horizontal flip with `flip_prob`, vertical flip with `vflip_prob`.
+4. Photometric distortion (mmseg `PhotoMetricDistortion`) on the uint8 crop, each step with chance 0.5:
+   brightness +-32, contrast x[0.5, 1.5] (before or after the HSV steps, at random), saturation
+   x[0.5, 1.5], hue +-18 OpenCV units (+-36 degrees). Saturation and hue share one HSV round trip (mmseg
+   makes one each), and the hue delta is symmetric, -18..18.
+5. Pad to `crop_size` at the bottom/right: label `ignore_index`, image `IMAGE_PAD_VALUE`.
+
+Resizing fuses steps 1 and 2: only the crop window is resampled (PIL `resize(box=...)`, the same pixels as
+resizing the whole image and cropping). Images use PIL BILINEAR (antialiased when downscaling), labels
+nearest neighbour (source pixel floor((i + 0.5) * H / h), as PIL's NEAREST).
+
+Randomness: one call `torch.rand(NUM_DRAWS, generator=gen, dtype=torch.float64)` per sample, whatever the
+settings and the image, with each value's role fixed (`_U_*` below). The same generator state gives
+bit-identical output, and a sample's draws never shift another's; turning a step off (e.g. `photometric`)
+leaves the geometry of every sample unchanged. `enabled=False` squashes to `crop_size` and draws nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import ConfigError, DataError
+
+# Padding value of the image in the normalised [-1, 1] output: 0.0 = mid-grey (127.5). mmseg pads after
+# normalising (SegDataPreProcessor, pad_val=0), i.e. with the dataset's mean colour; mid-grey is our mean
+# and the VAE's neutral input. The padded label is ignore_index, so no loss sees these pixels' classes.
+IMAGE_PAD_VALUE = 0.0
+
+CROP_TRIES = 10  # mmseg RandomCrop: candidates checked against cat_max_ratio before taking the next one blindly
+
+# Layout of the uniform draws u[0..NUM_DRAWS) of one sample.
+_U_RATIO = 0
+_U_CROP = 1  # (y, x) of candidate k at _U_CROP + 2k, _U_CROP + 2k + 1, k = 0..CROP_TRIES
+_U_FLIP = _U_CROP + 2 * (CROP_TRIES + 1)
+_U_VFLIP = _U_FLIP + 1
+_U_BRIGHT, _U_BRIGHT_DELTA = _U_VFLIP + 1, _U_VFLIP + 2
+_U_CONTRAST_FIRST = _U_VFLIP + 3
+_U_CONTRAST, _U_CONTRAST_ALPHA = _U_VFLIP + 4, _U_VFLIP + 5
+_U_SAT, _U_SAT_ALPHA = _U_VFLIP + 6, _U_VFLIP + 7
+_U_HUE, _U_HUE_DELTA = _U_VFLIP + 8, _U_VFLIP + 9
+NUM_DRAWS = _U_HUE_DELTA + 1
+
+# mmseg PhotoMetricDistortion defaults.
+BRIGHTNESS_DELTA = 32.0
+CONTRAST_RANGE = (0.5, 1.5)
+SATURATION_RANGE = (0.5, 1.5)
+HUE_DELTA = 18  # OpenCV hue units (0..180 for 360 degrees)
+
+
+def _int_pair(name: str, value: Any, allow_none: bool = False) -> tuple[int, int] | None:
+    if value is None and allow_none:
+        return None
+    if (isinstance(value, (list, tuple)) and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+        return (int(value[0]), int(value[1]))
+    raise ConfigError(f"augmentation {name} must be two positive integers{' or null' if allow_none else ''}, "
+                      f"got {value!r}")
+
+
+def _number(name: str, value: Any, low: float, high: float, low_open: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok and (low < value <= high if low_open else low <= value <= high):
+        return float(value)
+    raise ConfigError(f"augmentation {name} must be a number in {'(' if low_open else '['}{low}, {high}], "
+                      f"got {value!r}")
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Per-sample training transforms in mmsegmentation's vocabulary (see the module docstring).
+
+    scale: keep-ratio target (long side cap, short side) before the ratio; None = native pixel size.
+    ratio_range: (low, high) factor drawn uniformly per sample; None = exactly `scale`.
+    crop_size: (height, width) of every output sample; non-square allowed.
+    cat_max_ratio: crop retry threshold for the most frequent class's share; 1.0 = no retries.
+    """
+
+    scale: tuple[int, int] | None = (2048, 512)
+    ratio_range: tuple[float, float] | None = (0.5, 2.0)
+    crop_size: tuple[int, int] = (512, 512)
+    cat_max_ratio: float = 0.75
+    flip_prob: float = 0.5
+    vflip_prob: float = 0.0
+    photometric: bool = True
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731  (frozen dataclass)
+        put("scale", _int_pair("scale", self.scale, allow_none=True))
+        put("crop_size", _int_pair("crop_size", self.crop_size))
+        pair = self.ratio_range
+        if pair is not None:
+            numbers = isinstance(pair, (list, tuple)) and len(pair) == 2 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in pair)
+            if not (numbers and 0 < pair[0] <= pair[1]):
+                raise ConfigError(f"augmentation ratio_range must be (low, high) with 0 < low <= high, or null, "
+                                  f"got {pair!r}")
+            put("ratio_range", (float(pair[0]), float(pair[1])))
+        put("cat_max_ratio", _number("cat_max_ratio", self.cat_max_ratio, 0.0, 1.0, low_open=True))
+        put("flip_prob", _number("flip_prob", self.flip_prob, 0.0, 1.0))
+        put("vflip_prob", _number("vflip_prob", self.vflip_prob, 0.0, 1.0))
+        for name in ("photometric", "enabled"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"augmentation {name} must be true or false, got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (pairs as lists), as a config file's `augmentation:` section holds them."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | bool | None,
+                  base: "Augmentation | None" = None) -> "Augmentation":
+        """`base` (default: `Augmentation()`) with the keys of `values` overriding it.
+
+        `values` False turns augmentation off; True or None keeps `base`. Lists become tuples."""
+        base = base if base is not None else cls()
+        if values is None or values is True:
+            return base
+        if values is False:
+            return dataclasses.replace(base, enabled=False)
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"augmentation must be a mapping of settings, true or false, got {values!r}")
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown augmentation key(s): {', '.join(map(str, unknown))}; "
+                              f"valid: {', '.join(known)}")
+        return dataclasses.replace(base, **dict(values))
+
+
+def rescale_size(width: int, height: int, scale: tuple[int, int]) -> tuple[int, int]:
+    """(new_width, new_height) fitting `scale` = (long cap, short side) with the aspect ratio kept (mmcv rule)."""
+    factor = min(max(scale) / max(width, height), min(scale) / min(width, height))
+    return max(1, int(width * factor + 0.5)), max(1, int(height * factor + 0.5))
+
+
+def _resized_size(width: int, height: int, aug: Augmentation, u_ratio: float) -> tuple[int, int]:
+    ratio = 1.0 if aug.ratio_range is None else aug.ratio_range[0] + u_ratio * (aug.ratio_range[1] - aug.ratio_range[0])
+    if aug.scale is None:
+        return max(1, int(width * ratio + 0.5)), max(1, int(height * ratio + 0.5))
+    return rescale_size(width, height, (int(aug.scale[0] * ratio), int(aug.scale[1] * ratio)))
+
+
+def _nearest_rows(start: int, count: int, size: int, new_size: int) -> np.ndarray:
+    """Source indices [count] of output pixels start..start+count on an axis resized size -> new_size."""
+    centres = (np.arange(start, start + count, dtype=np.float64) + 0.5) * (size / new_size)
+    return np.minimum(centres.astype(np.int64), size - 1)
+
+
+def _label_window(label: np.ndarray, new_hw: tuple[int, int], top: int, left: int,
+                  hw: tuple[int, int]) -> np.ndarray:
+    """Window [h, w] at (top, left) of `label` [H, W] resized (nearest) to new_hw, without resizing the rest."""
+    rows = _nearest_rows(top, hw[0], label.shape[0], new_hw[0])
+    cols = _nearest_rows(left, hw[1], label.shape[1], new_hw[1])
+    return np.take(np.take(label, rows, axis=0), cols, axis=1)  # rows first: whole-row copies
+
+
+def _image_window(image: Image.Image, new_hw: tuple[int, int], top: int, left: int,
+                  hw: tuple[int, int]) -> Image.Image:
+    """Window of `image` resized to new_hw (BILINEAR, antialiased), resampling only that window."""
+    if new_hw == (image.height, image.width):
+        return image.crop((left, top, left + hw[1], top + hw[0]))
+    sy, sx = image.height / new_hw[0], image.width / new_hw[1]
+    box = (left * sx, top * sy, (left + hw[1]) * sx, (top + hw[0]) * sy)
+    return image.resize((hw[1], hw[0]), Image.BILINEAR, box=box)
+
+
+def _crop_ok(window: np.ndarray, cat_max_ratio: float, ignore_index: int) -> bool:
+    """mmseg's test: >= 2 classes among labelled pixels and the largest covers < cat_max_ratio of them."""
+    values = window[window != ignore_index]
+    if values.size == 0:
+        return False
+    counts = np.bincount(values) if values.min() >= 0 else np.unique(values, return_counts=True)[1]
+    counts = counts[counts > 0]
+    return len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio
+
+
+def _choose_crop(label: np.ndarray, new_hw: tuple[int, int], hw: tuple[int, int], aug: Augmentation,
+                 u: np.ndarray, ignore_index: int) -> tuple[int, int, np.ndarray]:
+    """(top, left, label window [h, w]) of the kept crop candidate."""
+    margin_h, margin_w = new_hw[0] - hw[0], new_hw[1] - hw[1]
+    tries = CROP_TRIES if aug.cat_max_ratio < 1.0 else 0
+    for k in range(tries + 1):
+        top = min(int(u[_U_CROP + 2 * k] * (margin_h + 1)), margin_h)
+        left = min(int(u[_U_CROP + 2 * k + 1] * (margin_w + 1)), margin_w)
+        window = _label_window(label, new_hw, top, left, hw)
+        if k == tries or _crop_ok(window, aug.cat_max_ratio, ignore_index):
+            return top, left, window
+    raise AssertionError("unreachable")
+
+
+def _lut(alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
+    """uint8 lookup table of v -> uint8(clip(v * alpha + beta, 0, 255)), mmseg's `convert`."""
+    return np.clip(np.arange(256, dtype=np.float32) * np.float32(alpha) + np.float32(beta), 0, 255).astype(np.uint8)
+
+
+def photometric_distortion(image: Image.Image, u: np.ndarray) -> Image.Image:
+    """mmseg PhotoMetricDistortion on an RGB image, driven by the draws u[_U_BRIGHT.._U_HUE_DELTA]."""
+    identity = np.arange(256, dtype=np.uint8)
+    rgb = identity
+    if u[_U_BRIGHT] < 0.5:
+        rgb = _lut(beta=(2.0 * u[_U_BRIGHT_DELTA] - 1.0) * BRIGHTNESS_DELTA)
+    contrast = None
+    if u[_U_CONTRAST] < 0.5:
+        contrast = _lut(alpha=CONTRAST_RANGE[0] + u[_U_CONTRAST_ALPHA] * (CONTRAST_RANGE[1] - CONTRAST_RANGE[0]))
+    contrast_first = u[_U_CONTRAST_FIRST] < 0.5
+    if contrast is not None and contrast_first:
+        rgb = contrast[rgb]  # composed tables: each step still clips and truncates to uint8, as mmseg
+    if rgb is not identity:
+        image = image.point(np.tile(rgb, 3).tolist())
+    if u[_U_SAT] < 0.5 or u[_U_HUE] < 0.5:
+        h, s, v = image.convert("HSV").split()
+        if u[_U_SAT] < 0.5:
+            lo, hi = SATURATION_RANGE
+            s = s.point(_lut(alpha=lo + u[_U_SAT_ALPHA] * (hi - lo)).tolist())
+        if u[_U_HUE] < 0.5:
+            delta = min(int(u[_U_HUE_DELTA] * (2 * HUE_DELTA + 1)), 2 * HUE_DELTA) - HUE_DELTA  # -18..18
+            shift = round(delta * 255 / 180)  # PIL hue: 0..255 for 360 degrees; OpenCV: 0..180
+            h = h.point(((np.arange(256) + shift) % 255).tolist())
+        image = Image.merge("HSV", (h, s, v)).convert("RGB")
+    if contrast is not None and not contrast_first:
+        image = image.point(np.tile(contrast, 3).tolist())
+    return image
+
+
+def apply_augmentation(image: Image.Image, label: np.ndarray, aug: Augmentation, gen: torch.Generator,
+                       ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training sample: RGB image + int label [H, W] -> (float32 [3, h, w] in [-1, 1], int64 [h, w]),
+    (h, w) == aug.crop_size. Draws exactly NUM_DRAWS values from `gen` when enabled, none when disabled."""
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    label = np.asarray(label)
+    if label.shape != (image.height, image.width):
+        raise DataError(f"label is {label.shape[1]}x{label.shape[0]} but its image is {image.width}x{image.height}")
+    label = label.astype(np.int64, copy=False)
+    crop_h, crop_w = aug.crop_size
+    if not aug.enabled:  # the plain squash to the crop, deterministic
+        window = _label_window(label, (crop_h, crop_w), 0, 0, (crop_h, crop_w))
+        pixels = _to_tensor(image.resize((crop_w, crop_h), Image.BILINEAR))
+        return pixels, torch.from_numpy(np.ascontiguousarray(window))
+
+    u = torch.rand(NUM_DRAWS, generator=gen, dtype=torch.float64).numpy()
+    new_w, new_h = _resized_size(image.width, image.height, aug, float(u[_U_RATIO]))
+    hw = (min(crop_h, new_h), min(crop_w, new_w))  # a side shorter than the crop is taken whole, then padded
+    top, left, window = _choose_crop(label, (new_h, new_w), hw, aug, u, ignore_index)
+    crop = _image_window(image, (new_h, new_w), top, left, hw)
+    if u[_U_FLIP] < aug.flip_prob:
+        crop, window = crop.transpose(Image.FLIP_LEFT_RIGHT), window[:, ::-1]
+    if u[_U_VFLIP] < aug.vflip_prob:
+        crop, window = crop.transpose(Image.FLIP_TOP_BOTTOM), window[::-1, :]
+    if aug.photometric:
+        crop = photometric_distortion(crop, u)
+
+    pixels, target = _to_tensor(crop), torch.from_numpy(np.ascontiguousarray(window))  # [3, h', w'], [h', w']
+    if hw != (crop_h, crop_w):
+        pixels = _pad(pixels, aug.crop_size, IMAGE_PAD_VALUE)
+        target = _pad(target, aug.crop_size, ignore_index)
+    return pixels, target
+
+
+def _to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB image -> float32 [3, H, W] in [-1, 1]; the same values as `synthetic.image_to_tensor`, in one strided copy."""
+    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1).to(torch.float32, memory_format=torch.contiguous_format)
+    return pixels.div_(127.5).sub_(1.0)
+
+
+def _pad(tensor: torch.Tensor, size: tuple[int, int], value: float | int) -> torch.Tensor:
+    """[..., h, w] -> [..., size[0], size[1]], `value` at the bottom/right (mmseg Pad)."""
+    out = torch.full((*tensor.shape[:-2], *size), value, dtype=tensor.dtype)
+    out[..., : tensor.shape[-2], : tensor.shape[-1]] = tensor
+    return out
