@@ -1,4 +1,4 @@
-"""The `digseg` command: quickstart | train | cache-latents | train-mask-decoder | predict | eval | demo.
+"""The `digseg` command: quickstart | train | cache-latents | browse-data | train-mask-decoder | predict | eval | demo.
 
 User errors (a missing file, a bad value) print one line, `error: ...`, and exit with status 2; no traceback.
 """
@@ -39,83 +39,79 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- train
-_TRAIN_FLAGS = {  # flag -> (config key, type)
-    "pretrained": str, "dataset": str, "data_root": str, "output": str, "max_steps": int, "batch_size": int,
-    "learning_rate": float, "task": str, "prediction_type": str, "mixed_precision": str,
-    "gradient_accumulation_steps": int, "checkpoint_every": int, "keep_checkpoints": int, "resolution": int,
-    "seed": int, "text_encoder": str, "latent_cache": str, "num_scenes": int,
+_TRAIN_FLAGS = {  # command-line flag (argparse dest) -> (config section, key)
+    "pretrained": ("model", "pretrained"), "prediction_type": ("model", "prediction_type"),
+    "text_encoder": ("model", "text_encoder"),
+    "dataset": ("data", "dataset"), "data_root": ("data", "data_root"), "num_scenes": ("data", "num_scenes"),
+    "crop_size": ("data", "crop_size"), "task": ("data", "task"), "latent_cache": ("data", "latent_cache"),
+    "num_workers": ("data", "num_workers"), "cache_latents": ("data", "cache_latents"),
+    "max_steps": ("optim", "max_steps"), "batch_size": ("optim", "batch_size"),
+    "learning_rate": ("optim", "learning_rate"), "gradient_accumulation_steps": ("optim", "gradient_accumulation_steps"),
+    "mixed_precision": ("optim", "mixed_precision"), "use_ema": ("optim", "use_ema"),
+    "gradient_checkpointing": ("optim", "gradient_checkpointing"),
+    "output": ("run", "output_dir"), "checkpoint_every": ("run", "checkpoint_every"),
+    "keep_checkpoints": ("run", "keep_checkpoints"), "seed": ("run", "seed"),
 }
 
 
-def cmd_train(args: argparse.Namespace) -> None:
-    from .training.trainer import Trainer
-
-    config = _train_config(args)
-    pipe, dataset = _pipe_and_dataset(config)
-    Trainer(config, pipe, dataset, preview_dataset=_preview_dataset(config)).train(resume=args.resume)
-    print(f"saved trained model to {config.output_dir}")
-
-
-def _pipe_and_dataset(config):
-    """The (fresh or continued) pipeline and the training dataset a config describes."""
-    from .data.registry import build_dataset
-    from .pipeline import DiGSegPipeline
-
-    if not config.pretrained:
-        raise ConfigError("no backbone: pass --pretrained (a Stable Diffusion folder or hub id, "
-                          "e.g. the backbone/ folder `digseg quickstart` writes) or set `pretrained` in the config")
-    pretrained = Path(config.pretrained)
-    if (pretrained / "text_pathway").is_dir():  # continue training a DiGSeg model
-        pipe = DiGSegPipeline.from_pretrained(pretrained)
-    else:
-        pipe = DiGSegPipeline.from_backbone(config.pretrained, prediction_type=config.prediction_type,
-                                            text_encoder=config.text_encoder or None)
-    config.resolution = config.resolution or pipe.config.default_processing_resolution  # 0 = native
-    dataset = build_dataset(config.dataset, config.data_root, split="train", size=config.resolution,
-                            num_scenes=config.num_scenes, seed=config.seed)
-    names = config.class_names or list(dataset.class_names)
-    if len(names) != len(dataset.class_names):
-        raise ConfigError(f"config lists {len(names)} class names but dataset {config.dataset} has {len(dataset.class_names)}")
-    config.class_names = names
-    config.prompt_template = config.prompt_template or getattr(dataset, "prompt_template", "{}")
-    pipe.set_class_names(names)
-    pipe.register_to_config(prompt_template=config.prompt_template)
-    return pipe, dataset
-
-
-def _preview_dataset(config):
-    """The validation split whose first images TensorBoard shows predictions for; None: use training images."""
-    from .data.registry import build_dataset
-
-    if not config.sample_every or config.log_with == "none":
-        return None
+def _crop_size(text: str) -> list[int]:
+    """"512" or "512,1024" (height, width) -> [h, w]."""
     try:
-        return build_dataset(config.dataset, config.data_root, split="val", size=config.resolution,
-                             num_scenes=max(config.num_sample_images, 8), seed=config.seed)
-    except (DigsegError, OSError, ValueError) as exc:
-        print(f"sample previews use training images: no validation split ({exc})", file=sys.stderr)
-        return None
+        sizes = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected H or H,W in pixels, got {text!r}") from None
+    if len(sizes) not in (1, 2) or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected H or H,W of positive integers, got {text!r}")
+    return sizes * 2 if len(sizes) == 1 else sizes
 
 
 def _train_config(args: argparse.Namespace):
+    """The --config file (if any) with the flags that were given on top."""
     from .training.config import TrainConfig
 
-    overrides = {("output_dir" if k == "output" else k): getattr(args, k, None) for k in _TRAIN_FLAGS}
-    for flag in ("use_ema", "gradient_checkpointing"):
-        if getattr(args, flag, False):
-            overrides[flag] = True
-    if args.config:
-        return TrainConfig.load(args.config, overrides)
-    return TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
+    if getattr(args, "resolution", None) is not None:  # --resolution N: a square crop
+        if getattr(args, "crop_size", None) is not None:
+            raise ConfigError("give --resolution or --crop-size, not both")
+        args.crop_size = [args.resolution, args.resolution]
+    overrides: dict[str, dict] = {}
+    for flag, (section, key) in _TRAIN_FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is not None and value is not False:  # store_true flags left off do not override the file
+            overrides.setdefault(section, {})[key] = value
+    if getattr(args, "no_augmentation", False):
+        overrides.setdefault("data", {})["augmentation"] = False
+    return TrainConfig.load(args.config, overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .training.run import build_run
+
+    config = _train_config(args)
+    build_run(config).trainer.train(resume=args.resume)
+    print(f"saved trained model to {config.run.output_dir}")
 
 
 def cmd_cache_latents(args: argparse.Namespace) -> None:
     from .training.latent_cache import build_latent_cache
+    from .training.run import build_dataset, build_pipeline, build_training_data
 
     config = _train_config(args)
-    pipe, dataset = _pipe_and_dataset(config)
-    out = build_latent_cache(dataset, config.class_names, pipe.vae, args.cache, config.resolution, task=config.task)
-    print(f"wrote latents of {len(dataset)} samples to {out}; train with --latent-cache {out}")
+    if config.data.augments:
+        raise ConfigError("cache-latents stores fixed samples: add --no-augmentation (and train with it too)")
+    pipe = build_pipeline(config.model)
+    dataset = build_dataset(config.data, config.run.seed)
+    data = build_training_data(config.data, pipe, dataset, config.run.seed)
+    out = build_latent_cache(dataset, data.batcher.class_names, pipe.vae, args.cache, data.crop_size[0],
+                             task=config.data.task)
+    print(f"wrote latents of {len(dataset)} samples to {out}; train with --latent-cache {out} --no-augmentation")
+
+
+def cmd_browse_data(args: argparse.Namespace) -> None:
+    from .training.browse import write_training_samples
+
+    config = _train_config(args)
+    written = write_training_samples(config, args.output, args.num)
+    print(f"wrote {written} training samples, as the trainer sees them, to {args.output}")
 
 
 def cmd_train_mask_decoder(args: argparse.Namespace) -> None:
@@ -281,37 +277,53 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--train-steps", type=int, default=None, help="DiGSeg training steps (default 2000)")
     q.set_defaults(func=cmd_quickstart)
 
-    t = sub.add_parser("train", help="train DiGSeg from a Stable Diffusion backbone")
+    t = sub.add_parser("train", help="train DiGSeg from a Stable Diffusion backbone",
+                       epilog="Config files hold the sections model, data, optim and run (docs/training.md).")
+    data_flags = t.add_argument_group("data (config section `data`)")
     t.add_argument("--config", help="YAML config; flags below override it")
     t.add_argument("--pretrained", help="Stable Diffusion folder or hub id (or a DiGSeg model folder to continue)")
-    t.add_argument("--dataset", help="synthetic (default), folder, or a dataset name such as ade20k-150")
-    t.add_argument("--data-root", help="dataset root folder")
+    data_flags.add_argument("--dataset", help="synthetic (default), folder, or a dataset name such as ade20k-150")
+    data_flags.add_argument("--data-root", help="dataset root folder")
+    data_flags.add_argument("--crop-size", type=_crop_size, metavar="H[,W]",
+                            help="training crop (default: the dataset's preset, docs/augmentation.md)")
+    data_flags.add_argument("--resolution", type=int, help="a square training crop: same as --crop-size N")
+    data_flags.add_argument("--no-augmentation", action="store_true",
+                            help="squash every sample to the crop instead of the dataset's augmentation")
+    data_flags.add_argument("--num-workers", type=int, help="DataLoader workers reading and augmenting samples (default 0)")
+    data_flags.add_argument("--num-scenes", type=int, help="synthetic dataset size (default 2000)")
+    data_flags.add_argument("--task", choices=["binary", "palette", "both"])
+    data_flags.add_argument("--cache-latents", action="store_true", help="keep latents in memory (needs --no-augmentation)")
+    data_flags.add_argument("--latent-cache", help="a folder from `digseg cache-latents` (needs --no-augmentation)")
     t.add_argument("--output", help="run folder: config.yaml, checkpoints/, the trained model")
     t.add_argument("--max-steps", type=int)
     t.add_argument("--batch-size", type=int)
     t.add_argument("--learning-rate", type=float)
     t.add_argument("--gradient-accumulation-steps", type=int)
-    t.add_argument("--task", choices=["binary", "palette", "both"])
     t.add_argument("--prediction-type", choices=["sample", "v_prediction", "epsilon"])
     t.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"])
-    t.add_argument("--resolution", type=int)
     t.add_argument("--checkpoint-every", type=int)
     t.add_argument("--keep-checkpoints", type=int)
     t.add_argument("--seed", type=int)
     t.add_argument("--text-encoder", help="another CLIP text encoder (folder or hub id), e.g. openai/clip-vit-large-patch14")
     t.add_argument("--use-ema", action="store_true")
     t.add_argument("--resume", help="'latest' or a checkpoint folder")
-    t.add_argument("--num-scenes", type=int, help="synthetic dataset size (default 2000)")
-    t.add_argument("--latent-cache", help="a folder from `digseg cache-latents` (the VAE is then never run)")
     t.add_argument("--gradient-checkpointing", action="store_true")
     t.set_defaults(func=cmd_train)
 
     c = sub.add_parser("cache-latents", help="encode a training set's images and masks once with the frozen VAE")
     c.add_argument("--cache", required=True, help="output folder")
-    for action in t._actions:  # the same data/model flags as `train`
-        if action.dest in ("config", "pretrained", "dataset", "data_root", "resolution", "task", "seed", "text_encoder", "num_scenes"):
+    for action in t._actions:  # the same model and data flags as `train`
+        if action.dest in ("config", "pretrained", "text_encoder", "seed") or action in data_flags._group_actions:
             c._add_action(action)
     c.set_defaults(func=cmd_cache_latents)
+
+    b = sub.add_parser("browse-data", help="write training samples exactly as the trainer sees them (augmented)")
+    b.add_argument("--output", required=True, help="folder for <k>_image.png, <k>_label.png, <k>_overlay.png")
+    b.add_argument("--num", type=int, default=16, help="how many samples (default 16)")
+    for action in t._actions:  # the same data flags as `train`
+        if action.dest in ("config", "seed", "batch_size") or action in data_flags._group_actions:
+            b._add_action(action)
+    b.set_defaults(func=cmd_browse_data)
 
     m = sub.add_parser("train-mask-decoder", help="train a light mask decoder that replaces the VAE decoder for masks")
     m.add_argument("--model", required=True, help="a trained DiGSeg model folder")

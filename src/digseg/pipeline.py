@@ -283,6 +283,25 @@ class DiGSegPipeline(DiffusionPipeline):
         table = [class_prompts(c, chosen) for c in classes]  # DigsegError for an empty name
         return "per_class", table, [list(range(len(classes)))] * num_images, classes
 
+    # ----------------------------------------------------------------------------------------- training interface
+    def prompt_states(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Frozen text-encoder features of one prompt per sample (cached by prompt): [B, L, D]."""
+        return self.prompt_encoder.encode(list(prompts))
+
+    def unet_prediction(self, unet: torch.nn.Module, model_input: torch.Tensor, timesteps: torch.Tensor,
+                        text_levels: list[torch.Tensor]) -> torch.Tensor:
+        """[B, 8, h, w] -> [B, 4, h, w] with per-level text (num_levels x [B, L, C]); `unet` may be a wrapped
+        (DDP, FSDP, compiled) copy of `self.unet`."""
+        return unet_forward_with_text(unet, self.level_context, model_input, timesteps, text_levels)
+
+    def noisy_latents_and_target(self, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mask latents z0 [B, 4, h, w] noised to timesteps t [B], and the regression target of the scheduler's
+        prediction type (noise, z0 or v)."""
+        z_t = self.scheduler.add_noise(z0, noise, t)
+        kind = self.scheduler.config.prediction_type
+        target = {"epsilon": noise, "sample": z0}.get(kind)
+        return z_t, (self.scheduler.get_velocity(z0, noise, t) if target is None else target)
+
     # ----------------------------------------------------------------------------------------- denoising
     def denoise(self, image_latents: torch.Tensor, text: list[torch.Tensor], num_inference_steps: int,
                 generator=None, latents: torch.Tensor | None = None) -> torch.Tensor:
@@ -295,7 +314,7 @@ class DiGSegPipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps, device=image_latents.device)
         for t in self.scheduler.timesteps:
             model_input = torch.cat([image_latents, latents], dim=1)  # [M, 8, h, w]
-            pred = unet_forward_with_text(self.unet, self.level_context, model_input, t, text)
+            pred = self.unet_prediction(self.unet, model_input, t, text)
             latents = self.scheduler.step(pred, t, latents).prev_sample
         return latents
 

@@ -181,6 +181,11 @@ class SyntheticScenes(Dataset):
             raise IndexError(f"scene index {i} out of range for {self.num_scenes} scenes")
         return make_scene(np.random.default_rng([self.seed, i]), self.size)
 
+    def load_pair(self, i: int) -> tuple[Image.Image, np.ndarray]:
+        """Scene `i` as (RGB PIL image, int64 label [H, W]), as dataset readers give their samples."""
+        image, label = self.scene(i)
+        return Image.fromarray(image), label.astype(np.int64)
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         i = int(i)
         idx = i + self.num_scenes if i < 0 else i

@@ -71,14 +71,21 @@ class LatentBatcher:
     """Builds `Batch`es from a dataset, encoding images/masks with the frozen VAE (cached when asked)."""
 
     def __init__(self, dataset: Dataset, class_names: list[str], vae, task: str, prompt_template: str,
-                 negative_prob: float, cache: bool, ignore_index: int = 255, store=None) -> None:
+                 negative_prob: float, cache: bool, ignore_index: int = 255, store=None,
+                 fixed_samples: bool = True, cache_max_mib: float = 2048) -> None:
+        """`fixed_samples`: sample i is the same at every step (no augmentation), so its latents, present classes
+        and loss weights may be kept by index (`cache`, `store`); with augmentation every batch is encoded anew.
+        `cache_max_mib`: memory cap of the in-memory cache; latents past it are not kept."""
         self.dataset = dataset
         self.class_names = class_names
         self.vae = vae
         self.task = task
         self.prompt_template = prompt_template
         self.negative_prob = negative_prob
-        self.cache_enabled = cache
+        self.fixed_samples = fixed_samples
+        self.cache_enabled = cache and fixed_samples
+        self.cache_max_bytes = int(cache_max_mib * 2**20)
+        self.cache_bytes = 0  # bytes held by _latents and the keep masks in _info
         self.ignore_index = ignore_index
         self.palette_prompt = ", ".join(class_names)
         self.binary_codec = MaskCodec("binary", ignore_index=ignore_index)
@@ -105,11 +112,7 @@ class LatentBatcher:
 
     def _load(self, index: int) -> dict:
         sample = self.dataset[index]
-        label = sample["label"]
-        bad = label[(label >= len(self.class_names)) & (label != self.ignore_index)]
-        if bad.numel():
-            raise DataError(f"sample {sample.get('stem', index)}: label value {int(bad[0])} is outside the "
-                            f"{len(self.class_names)} classes (255 = ignore)")
+        self._check_labels(sample["label"], f"sample {sample.get('stem', index)}")
         return sample
 
     def target_image(self, label: torch.Tensor, key: str) -> torch.Tensor:
@@ -136,17 +139,35 @@ class LatentBatcher:
         keep = self.palette_codec.ignore_weights(label[None], tuple(latents.shape[-2:]))[0]  # [1, h, w]
         return {"latents": dict(zip(keys, latents)), "keep": keep, "present": present, "label": label}
 
+    def _check_labels(self, labels: torch.Tensor, what: str) -> None:
+        bad = labels[(labels >= len(self.class_names)) & (labels != self.ignore_index)]
+        if bad.numel():
+            raise DataError(f"{what}: label value {int(bad[0])} is outside the {len(self.class_names)} classes "
+                            f"({self.ignore_index} = ignore)")
+
+    def _keep_in_cache(self, nbytes: int) -> bool:
+        """Room for `nbytes` more in the in-memory cache (which never grows past its cap)?"""
+        if not self.cache_enabled or self.cache_bytes + nbytes > self.cache_max_bytes:
+            return False
+        self.cache_bytes += nbytes
+        return True
+
     @torch.no_grad()
-    def make_batch(self, indices: list[int], gen: torch.Generator | list[torch.Generator]) -> Batch:
-        """`gen`: one generator per sample (see `slot_generators`), or one shared by all samples."""
-        device = self.vae.device
+    def make_batch(self, indices: list[int], gen: torch.Generator | list[torch.Generator], read=None) -> Batch:
+        """`gen`: one generator per sample (see `slot_generators`), or one shared by all samples.
+        `read`: the micro-step's `SampleBatch` (images and labels the data loader read); None: read here."""
         gens = per_sample(gen, len(indices))
+        if not self.fixed_samples:
+            return self._encode_batch(read.images, read.labels, gens)
+        device = self.vae.device
+        given = {} if read is None or read.images is None else {
+            i: {"image": read.images[j], "label": read.labels[j]} for j, i in enumerate(indices)}
         samples: dict[int, dict] = {}
         for i in indices:
             if i not in self._info and self.store is not None and self.store.has(i):
                 self._info[i] = self.store.info(i)
             if i not in self._info:
-                samples[i] = self._load(i)
+                samples[i] = given.get(i) or self._load(i)
                 label = samples[i]["label"]
                 present = sorted(int(v) for v in torch.unique(label) if int(v) != self.ignore_index)
                 self._info[i] = (present, None)
@@ -164,21 +185,22 @@ class LatentBatcher:
             pixels = []
             for i, key in missing:
                 if i not in samples:
-                    samples[i] = self._load(i)
+                    samples[i] = given.get(i) or self._load(i)
                 pixels.append(samples[i]["image"] if key == "image" else self.target_image(samples[i]["label"], key))
             latents = encode_latents(self.vae, torch.stack(pixels).to(device), channels_last=False).float().cpu()  # [M, 4, h, w]
             for w, z in zip(missing, latents):
                 found[w] = z
-                if self.cache_enabled:
+                if self._keep_in_cache(z.numel() * z.element_size()):
                     self._latents[w] = z
         h, w = found[(indices[0], "image")].shape[-2:]
         keep = []
         for i in indices:
             present, weights = self._info[i]
             if weights is None:
-                label = samples[i]["label"] if i in samples else self._load(i)["label"]
+                label = samples[i]["label"] if i in samples else (given.get(i) or self._load(i))["label"]
                 weights = self.palette_codec.ignore_weights(label[None], (h, w))[0]  # [1, h, w]
-                self._info[i] = (present, weights if self.cache_enabled else None)
+                if self._keep_in_cache(weights.numel() * weights.element_size()):
+                    self._info[i] = (present, weights)
             keep.append(weights)
         return Batch(
             image_latents=torch.stack([found[(i, "image")] for i in indices]).to(device),
@@ -186,3 +208,17 @@ class LatentBatcher:
             keep=torch.stack(keep).to(device),
             prompts=[p for _, p in keys],
         )
+
+    def _encode_batch(self, images: torch.Tensor, labels: torch.Tensor, gens: list[torch.Generator]) -> Batch:
+        """Augmented samples, new at every step: images [B, 3, h, w], labels [B, h, w] -> Batch, one VAE call."""
+        self._check_labels(labels, "an augmented training sample")
+        device = self.vae.device
+        present = [sorted(int(v) for v in torch.unique(lab) if int(v) != self.ignore_index) for lab in labels]
+        keys = [self._choose_query(p, g) for p, g in zip(present, gens)]
+        targets = torch.stack([self.target_image(lab, k) for lab, (k, _) in zip(labels, keys)])  # [B, 3, h, w]
+        pixels = torch.cat([images, targets]).to(device, non_blocking=True)  # [2B, 3, h, w]
+        latents = encode_latents(self.vae, pixels, channels_last=False).float()  # [2B, 4, h/f, w/f]
+        b = len(keys)
+        keep = self.palette_codec.ignore_weights(labels, tuple(latents.shape[-2:]))  # [B, 1, h/f, w/f]
+        return Batch(image_latents=latents[:b], mask_latents=latents[b:], keep=keep.to(device),
+                     prompts=[p for _, p in keys])

@@ -1,6 +1,12 @@
-"""Training configuration: one dataclass, read from / written to YAML, overridden by command-line flags.
+"""Training configuration: four sections, each read in one place, written to / read from YAML.
 
-A YAML file may name a parent with `base: other.yaml` (one level of inheritance, path relative to the file).
+    model: what to fine-tune            -> read by `digseg.training.run.build_pipeline`
+    data:  samples, augmentation, cache -> read by `digseg.training.run.build_training_data`
+    optim: the optimisation             -> read by `Trainer`
+    run:   bookkeeping (folder, seed, checkpoints, logs) -> read by `Trainer`
+
+A YAML file holds these sections as mappings (`optim: {learning_rate: 3.0e-5}`); it may name a parent with
+`base: other.yaml` (one level of inheritance, path relative to the file), merged section by section.
 """
 
 from __future__ import annotations
@@ -15,29 +21,67 @@ import yaml
 from ..errors import ConfigError
 
 TASKS = ("binary", "palette", "both")
+PREDICTION_TYPES = ("sample", "v_prediction", "epsilon")
+MIXED_PRECISION = ("", "no", "fp16", "bf16")
 
 
 @dataclass
-class TrainConfig:
-    # model
-    pretrained: str = ""  # Stable Diffusion folder or hub id
+class ModelConfig:
+    pretrained: str = ""  # Stable Diffusion folder or hub id, or a DiGSeg model folder to continue training
     prediction_type: str = "sample"  # sample (x0) | v_prediction | epsilon; x0 trains best in few steps
-    text_encoder: str = ""  # "" = the backbone's own; else a CLIP text encoder folder or hub id
+    text_encoder: str = ""  # "" = the backbone's own; else a CLIP text encoder folder or hub id, or open_clip:<name>
     prompt_template: str = ""  # "" = the dataset's default (e.g. "a photo of a {}."); must contain "{}"
-    # share of training samples at the last timestep (T-1), where few-step trailing inference starts; the rest
-    # are uniform over [0, T). Uniform alone spends most updates on nearly noise-free, easy inputs.
-    max_timestep_prob: float = 0.5
-    # data
-    dataset: str = "synthetic"  # synthetic | folder
+
+    def validate(self) -> None:
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ConfigError(f"model.prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {self.prediction_type!r}")
+        if self.prompt_template and "{}" not in self.prompt_template:
+            raise ConfigError(f"model.prompt_template must contain '{{}}', got {self.prompt_template!r}")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "synthetic"  # a registered reader (`digseg train --help` lists them)
     data_root: str | None = None
     num_scenes: int = 2000  # synthetic only
-    resolution: int = 0  # training images are resized to resolution x resolution; 0 = the backbone's native size
+    # training crop, height x width (an int: square). None = the dataset preset's crop (docs/augmentation.md)
+    crop_size: int | list[int] | None = None
+    # overrides of the dataset's augmentation preset (keys of digseg.data.augment.Augmentation);
+    # false turns augmentation off (every sample squashed to crop_size, as evaluation-free latent caches need)
+    augmentation: dict[str, Any] | bool = True
     task: str = "both"  # binary (prompt -> mask) | palette (closed-set classes) | both (alternating at random)
     negative_prob: float = 0.1  # binary: chance of querying a class absent from the image (target: empty mask)
-    cache_latents: bool = True  # keep the frozen VAE's latents in memory after their first use
-    latent_cache: str = ""  # a folder written by `digseg cache-latents`: the trainer reads latents, never runs the VAE
-    # optimisation
-    output_dir: str = "runs/digseg"
+    class_names: list[str] = field(default_factory=list)  # renames the dataset's classes (same count); [] = its own
+    num_workers: int = 0  # DataLoader worker processes reading, decoding and augmenting samples
+    prefetch_factor: int = 2  # micro-batches each worker prepares ahead (with num_workers > 0)
+    cache_latents: bool = False  # keep the frozen VAE's latents in memory (only without augmentation)
+    cache_max_mib: int = 2048  # memory cap of that cache; latents past it are encoded again at each use
+    latent_cache: str = ""  # a folder written by `digseg cache-latents` (only without augmentation)
+
+    def validate(self) -> None:
+        if self.task not in TASKS:
+            raise ConfigError(f"data.task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.num_workers < 0 or self.prefetch_factor < 1 or self.cache_max_mib < 0:
+            raise ConfigError(f"data.num_workers and data.cache_max_mib must be >= 0 and prefetch_factor >= 1, got "
+                              f"{self.num_workers}, {self.cache_max_mib}, {self.prefetch_factor}")
+        if not 0.0 <= self.negative_prob <= 1.0:
+            raise ConfigError(f"data.negative_prob must be in [0, 1], got {self.negative_prob}")
+        if not isinstance(self.augmentation, (bool, dict)):
+            raise ConfigError(f"data.augmentation must be true, false or a mapping of overrides, got {self.augmentation!r}")
+        if self.augments and (self.cache_latents or self.latent_cache):
+            raise ConfigError("latent caches (data.cache_latents, data.latent_cache / --latent-cache) need fixed samples: "
+                              "turn augmentation off (data.augmentation: false, or --no-augmentation) to use them")
+
+    @property
+    def augments(self) -> bool:
+        """True unless augmentation is turned off (`false` or `{enabled: false}`)."""
+        if isinstance(self.augmentation, dict):
+            return bool(self.augmentation.get("enabled", True))
+        return bool(self.augmentation)
+
+
+@dataclass
+class OptimConfig:
     max_steps: int = 1000
     batch_size: int = 4  # per process, per micro-step
     gradient_accumulation_steps: int = 1
@@ -50,39 +94,56 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # recompute U-Net activations in backward: less memory, ~30% slower
     use_ema: bool = False
     ema_decay: float = 0.999
-    # bookkeeping
+    # share of training samples at the last timestep (T-1), where few-step trailing inference starts; the rest
+    # are uniform over [0, T). Uniform alone spends most updates on nearly noise-free, easy inputs.
+    max_timestep_prob: float = 0.5
+
+    def validate(self) -> None:
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ConfigError(f"optim.mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        for name in ("max_steps", "batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"optim.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"optim.learning_rate must be > 0, got {self.learning_rate}")
+        if not 0.0 <= self.max_timestep_prob <= 1.0:
+            raise ConfigError(f"optim.max_timestep_prob must be in [0, 1], got {self.max_timestep_prob}")
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs/digseg"
+    seed: int = 0
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     log_every: int = 25
     log_with: str = "tensorboard"  # tensorboard (<output_dir>/logs, when installed) | none; log.jsonl is always written
-    sample_every: int = 250  # predictions on a fixed batch of training images into TensorBoard; 0 = never
+    sample_every: int = 250  # predictions on a fixed batch of validation images into TensorBoard; 0 = never
     num_sample_images: int = 4
-    seed: int = 0
-    class_names: list[str] = field(default_factory=list)  # filled from the dataset when empty
+
+    def validate(self) -> None:
+        for name in ("checkpoint_every", "keep_checkpoints", "log_every", "num_sample_images"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"run.{name} must be >= 1, got {getattr(self, name)}")
+        if self.log_with not in ("tensorboard", "none"):
+            raise ConfigError(f"run.log_with must be tensorboard or none, got {self.log_with!r}")
+        if self.sample_every < 0 or self.seed < 0:
+            raise ConfigError(f"run.sample_every and run.seed must be >= 0, got {self.sample_every}, {self.seed}")
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "run": RunConfig}
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
 
     def validate(self) -> "TrainConfig":
-        if self.task not in TASKS:
-            raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
-        if self.prediction_type not in ("sample", "v_prediction", "epsilon"):
-            raise ConfigError(f"prediction_type must be sample, v_prediction or epsilon, got {self.prediction_type!r}")
-        if self.mixed_precision not in ("", "no", "fp16", "bf16"):
-            raise ConfigError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
-        for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "checkpoint_every", "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.log_with not in ("tensorboard", "none"):
-            raise ConfigError(f"log_with must be tensorboard or none, got {self.log_with!r}")
-        if self.sample_every < 0 or self.num_sample_images < 1:
-            raise ConfigError(f"sample_every must be >= 0 and num_sample_images >= 1, got {self.sample_every}, "
-                              f"{self.num_sample_images}")
-        if self.resolution < 0:
-            raise ConfigError(f"resolution must be >= 0 (0 = native), got {self.resolution}")
-        if not self.learning_rate > 0:
-            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if not 0.0 <= self.max_timestep_prob <= 1.0:
-            raise ConfigError(f"max_timestep_prob must be in [0, 1], got {self.max_timestep_prob}")
-        if self.prompt_template and "{}" not in self.prompt_template:
-            raise ConfigError(f"prompt_template must contain '{{}}', got {self.prompt_template!r}")
+        for name in SECTIONS:
+            getattr(self, name).validate()
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -93,20 +154,34 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        """{"model": {...}, "data": {...}, "optim": {...}, "run": {...}} (each optional) -> a validated config."""
+        unknown = sorted(set(values) - set(SECTIONS))
         if unknown:
-            raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
-        return cls(**values).validate()
+            raise ConfigError(f"unknown config section(s): {', '.join(unknown)}; sections are {', '.join(SECTIONS)} "
+                              "(e.g. `optim: {learning_rate: 1.0e-4}`)")
+        parts = {}
+        for name, section in SECTIONS.items():
+            given = values.get(name) or {}
+            if not isinstance(given, dict):
+                raise ConfigError(f"config section {name} must be a mapping, got {given!r}")
+            known = {f.name for f in dataclasses.fields(section)}
+            bad = sorted(set(given) - known)
+            if bad:
+                raise ConfigError(f"unknown key(s) in section {name}: {', '.join(bad)}; known: {', '.join(sorted(known))}")
+            parts[name] = section(**given)
+        return cls(**parts).validate()
 
     @classmethod
-    def load(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> "TrainConfig":
-        values = read_yaml_with_base(Path(path))
-        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    def load(cls, path: str | Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> "TrainConfig":
+        """The YAML file (if any), then `overrides` ({section: {key: value}}, None values skipped) on top."""
+        values = read_yaml_with_base(Path(path)) if path else {}
+        for section, keys in (overrides or {}).items():
+            values.setdefault(section, {})
+            values[section] = {**(values[section] or {}), **{k: v for k, v in keys.items() if v is not None}}
         return cls.from_dict(values)
 
 
-def read_yaml_with_base(path: Path) -> dict[str, Any]:
+def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -114,14 +189,23 @@ def read_yaml_with_base(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise ConfigError(f"cannot parse {path}: {exc}") from exc
     if not isinstance(values, dict):
-        raise ConfigError(f"{path} must hold a mapping of config keys")
+        raise ConfigError(f"{path} must hold a mapping of config sections")
+    return values
+
+
+def read_yaml_with_base(path: Path) -> dict[str, Any]:
+    values = _read_yaml(path)
     base = values.pop("base", None)
     if base is None:
         return values
     base_path = (path.parent / base).resolve()
     if not base_path.is_file():
         raise ConfigError(f"base config {base_path} (named in {path}) not found")
-    parent = yaml.safe_load(base_path.read_text()) or {}
+    parent = _read_yaml(base_path)
     if "base" in parent:
         raise ConfigError(f"{base_path}: configs inherit one level at most")
-    return {**parent, **values}
+    merged = dict(parent)
+    for section, keys in values.items():  # section by section: the child's keys win
+        both = isinstance(keys, dict) and isinstance(parent.get(section), dict)
+        merged[section] = {**parent[section], **keys} if both else keys
+    return merged

@@ -35,9 +35,12 @@ def tensorboard_available() -> bool:
 
 
 def _hparams(config: dict[str, Any]) -> dict[str, Any]:
-    """The config's scalar entries (what TensorBoard's hparams accept); lists are joined."""
+    """The config's scalar entries as "section.key" (what TensorBoard's hparams accept); lists are joined."""
     out = {}
-    for key, value in config.items():
+    flat = {f"{section}.{key}": value for section, keys in config.items() for key, value in keys.items()}
+    for key, value in flat.items():
+        if isinstance(value, dict):
+            value = str(value)
         if isinstance(value, (list, tuple)):
             value = ", ".join(map(str, value))[:500]
         if value is None:

@@ -24,11 +24,11 @@ from tqdm.auto import tqdm
 
 from ..distributed import launched_without_accelerator
 from ..errors import DigsegError
-from ..models.text import unet_forward_with_text
 from ..pipeline import DiGSegPipeline
-from .batches import Batch, LatentBatcher, per_sample, sample_indices, slot_generators
+from .batches import Batch, per_sample, slot_generators
 from .checkpoint import kill_point, list_checkpoints, load_checkpoint, remove_stale, resolve_resume, save_checkpoint
-from .config import TrainConfig
+from .config import OptimConfig, RunConfig, TrainConfig
+from .run import TrainingData
 from .tracking import TrainingLogger
 
 logger = logging.getLogger("digseg.train")
@@ -50,33 +50,28 @@ def diffusion_loss(pipe: DiGSegPipeline, unet: nn.Module, pathway: nn.Module, ba
     `gen`: one generator per sample (noise and timestep of that sample) or one for all.
     `unet` and `pathway` may be the accelerate-wrapped modules (so DDP syncs their gradients).
     """
-    scheduler = pipe.scheduler
     z0 = batch.mask_latents  # [B, 4, h, w]
     gens = per_sample(gen, z0.shape[0])
-    T = scheduler.config.num_train_timesteps
+    T = pipe.scheduler.config.num_train_timesteps
     draws = [(torch.randn(z0.shape[1:], generator=g), sample_timesteps(1, T, max_timestep_prob, g)) for g in gens]
     noise = torch.stack([n for n, _ in draws]).to(z0.device)  # [B, 4, h, w]
     t = torch.cat([t for _, t in draws]).to(z0.device)  # [B]
-    z_t = scheduler.add_noise(z0, noise, t)
-    kind = scheduler.config.prediction_type
-    target = {"epsilon": noise, "sample": z0}.get(kind)
-    if target is None:
-        target = scheduler.get_velocity(z0, noise, t)
-    text = pathway(pipe.prompt_encoder.encode(batch.prompts).to(z0.device))  # num_levels x [B, L, C]
-    pred = unet_forward_with_text(unet, pipe.level_context, torch.cat([batch.image_latents, z_t], 1), t, text)
+    z_t, target = pipe.noisy_latents_and_target(z0, noise, t)
+    text = pathway(pipe.prompt_states(batch.prompts).to(z0.device))  # num_levels x [B, L, C]
+    pred = pipe.unet_prediction(unet, torch.cat([batch.image_latents, z_t], 1), t, text)  # [B, 4, h, w]
     weights = batch.keep.expand_as(pred)  # [B, 4, h, w]
     per_sample_loss = ((pred.float() - target.float()) ** 2 * weights).flatten(1).sum(1)  # [B]
     return (per_sample_loss / weights.flatten(1).sum(1).clamp(min=1.0)).mean()
 
 
-def _make_accelerator(config: TrainConfig) -> Accelerator:
+def _make_accelerator(optim: OptimConfig, run: RunConfig) -> Accelerator:
     """An Accelerator for this run. accelerate keeps one process-wide state; a second trainer in the same
     Python session (a notebook, a test) with another precision resets it instead of failing."""
     # "" = the launcher's choice: `accelerate launch` exports its config's mixed_precision
-    precision = config.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
-    kwargs = dict(gradient_accumulation_steps=config.gradient_accumulation_steps, mixed_precision=precision,
+    precision = optim.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    kwargs = dict(gradient_accumulation_steps=optim.gradient_accumulation_steps, mixed_precision=precision,
                   cpu=launched_without_accelerator(),
-                  **TrainingLogger.tracker_kwargs(config.log_with, Path(config.output_dir)))
+                  **TrainingLogger.tracker_kwargs(run.log_with, Path(run.output_dir)))
     try:
         return Accelerator(**kwargs)
     except ValueError as exc:
@@ -100,46 +95,36 @@ def make_adamw(params: list[torch.nn.Parameter], lr: float, weight_decay: float)
 
 
 class Trainer:
-    """`Trainer(config, pipe, dataset).train()`; `pipe` is a (fresh or pretrained) DiGSegPipeline."""
+    """`Trainer(config, pipe, data).train()`, built by `digseg.training.run.build_run`; reads `config.optim` and
+    `config.run` (the `model` and `data` sections were read when `pipe` and `data` were built)."""
 
-    def __init__(self, config: TrainConfig, pipe: DiGSegPipeline, dataset: Dataset, show_progress: bool = True,
+    def __init__(self, config: TrainConfig, pipe: DiGSegPipeline, data: TrainingData, show_progress: bool = True,
                  preview_dataset: Dataset | None = None) -> None:
         """`preview_dataset`: images whose predictions TensorBoard shows every `sample_every` steps (its first
         `num_sample_images`; a validation split); None = the first training images."""
         self.config = config.validate()
-        if not config.prompt_template:
-            config.prompt_template = pipe.config.prompt_template
+        self.optim, self.run = opt, run = config.optim, config.run
         self.pipe = pipe
-        self.dataset = dataset
+        self.data = data
         self.preview_dataset = preview_dataset
         self._preview_samples: list[dict] | None = None  # read at the first preview
         self.show_progress = show_progress
-        self.output_dir = Path(config.output_dir)
-        self.accelerator = _make_accelerator(config)
+        self.output_dir = Path(run.output_dir)
+        self.accelerator = _make_accelerator(opt, run)
         pipe.to(self.accelerator.device)
-        store = None
-        if config.latent_cache:
-            from .latent_cache import LatentCache
-
-            resolution = config.resolution or pipe.config.default_processing_resolution
-            store = LatentCache(config.latent_cache, list(pipe.config.class_names), pipe.vae, resolution)
-        self.batcher = LatentBatcher(
-            dataset, list(pipe.config.class_names), pipe.vae, config.task, config.prompt_template,
-            config.negative_prob, config.cache_latents, getattr(dataset, "ignore_index", 255), store=store,
-        )
-        if config.gradient_checkpointing:
+        if opt.gradient_checkpointing:
             pipe.unet.enable_gradient_checkpointing()
         pipe.unet.train().requires_grad_(True)
         pipe.text_pathway.train().requires_grad_(True)
         params = list(pipe.unet.parameters()) + list(pipe.text_pathway.parameters())
-        self.optimizer = make_adamw(params, config.learning_rate, config.weight_decay)
+        self.optimizer = make_adamw(params, opt.learning_rate, opt.weight_decay)
         self.lr_scheduler = get_scheduler(
-            config.lr_scheduler, self.optimizer,
-            num_warmup_steps=config.lr_warmup_steps, num_training_steps=config.max_steps,
+            opt.lr_scheduler, self.optimizer,
+            num_warmup_steps=opt.lr_warmup_steps, num_training_steps=opt.max_steps,
         )
         self.unet, self.text_pathway, self.optimizer = self.accelerator.prepare(pipe.unet, pipe.text_pathway, self.optimizer)
         self.params = list(self.unet.parameters()) + list(self.text_pathway.parameters())  # trainable
-        self.ema = EMAModel(self.params, decay=config.ema_decay) if config.use_ema else None
+        self.ema = EMAModel(self.params, decay=opt.ema_decay) if opt.use_ema else None
         self.step = 0
         self.last_loss = float("nan")
         self.logs = TrainingLogger(self.accelerator, self.output_dir, config.to_dict(),
@@ -175,7 +160,7 @@ class Trainer:
         # that would be loaded as if it were whole, write none (resume then restarts the moments; see docs)
         optimizer_state = {"state": {}, "param_groups": []} if sharded else self.optimizer.state_dict()
         path = save_checkpoint(self.output_dir / "checkpoints", self.step, weights,
-                               optimizer_state, extra, self.config.keep_checkpoints)
+                               optimizer_state, extra, self.run.keep_checkpoints)
         self.accelerator.wait_for_everyone()  # nobody runs ahead (or is killed) before the checkpoint exists
         return path
 
@@ -202,10 +187,10 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ loop
     def train(self, resume: str | None = None) -> DiGSegPipeline:
-        cfg, acc = self.config, self.accelerator
+        acc = self.accelerator
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            cfg.save(self.output_dir / "config.yaml")
+            self.config.save(self.output_dir / "config.yaml")
             remove_stale(self.output_dir / "checkpoints")  # a killed run's half-written or half-deleted folders
         if resume:
             path = resolve_resume(resume, self.output_dir)
@@ -213,33 +198,34 @@ class Trainer:
                 self.load_checkpoint(path)
             elif resume != "latest":
                 raise DigsegError(f"no checkpoint to resume from: {resume}")
-        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", disable=not (self.show_progress and acc.is_main_process))
+        bar = tqdm(total=self.optim.max_steps, initial=self.step, desc="train", disable=not (self.show_progress and acc.is_main_process))
         with bar:  # closed (its line ended) before any error below reaches the user
             self._run_steps(bar)
         return self.finish()
 
     def _run_steps(self, bar) -> None:
-        cfg, acc = self.config, self.accelerator
-        global_batch = cfg.batch_size * acc.num_processes
+        opt, run, acc = self.optim, self.run, self.accelerator
+        accum = opt.gradient_accumulation_steps
+        batches = self.data.micro_steps(self.step * accum, opt.max_steps * accum, opt.batch_size, acc.num_processes,
+                                        acc.process_index, run.seed, pin_memory=acc.device.type == "cuda")
         history = []
-        while self.step < cfg.max_steps:
-            for micro in range(cfg.gradient_accumulation_steps):
-                micro_step = self.step * cfg.gradient_accumulation_steps + micro
-                indices = sample_indices(len(self.dataset), global_batch, micro_step, cfg.seed)
-                slots = range(acc.process_index * cfg.batch_size, (acc.process_index + 1) * cfg.batch_size)
-                mine = [indices[s] for s in slots]
-                gen = slot_generators(cfg.seed, micro_step, slots)
+        while self.step < opt.max_steps:
+            for micro in range(accum):
+                micro_step = self.step * accum + micro
+                samples = next(batches)  # read (and augmented) by the loader's workers
+                assert samples.micro_step == micro_step, (samples.micro_step, micro_step)
+                gen = slot_generators(run.seed, micro_step, samples.slots)
                 with acc.accumulate(self.unet, self.text_pathway):
-                    batch = self.batcher.make_batch(mine, gen)
+                    batch = self.data.batcher.make_batch(samples.indices, gen, samples)
                     with acc.autocast():
-                        loss = diffusion_loss(self.pipe, self.unet, self.text_pathway, batch, gen, cfg.max_timestep_prob)
+                        loss = diffusion_loss(self.pipe, self.unet, self.text_pathway, batch, gen, opt.max_timestep_prob)
                     if not torch.isfinite(loss):
                         last = list_checkpoints(self.output_dir / "checkpoints")
                         hint = f"resume from {last[-1]} with a lower learning rate" if last else "lower the learning rate"
                         raise DigsegError(f"loss became {loss.item()} at step {self.step}; nothing was saved from this step; {hint}")
                     acc.backward(loss)
-                    if acc.sync_gradients and cfg.max_grad_norm > 0:
-                        acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                    if acc.sync_gradients and opt.max_grad_norm > 0:
+                        acc.clip_grad_norm_(self.params, opt.max_grad_norm)
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
             self.lr_scheduler.step()
@@ -249,32 +235,31 @@ class Trainer:
             self.last_loss = loss.item()
             history.append(self.last_loss)
             bar.update(1)
-            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                recent = history[-cfg.log_every:]
+            if self.step % run.log_every == 0 or self.step == opt.max_steps:
+                recent = history[-run.log_every:]
                 mean_loss, lr = sum(recent) / len(recent), self.lr_scheduler.get_last_lr()[0]
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
                 self.logs.log_scalars(self.step, mean_loss, lr)
-            if cfg.sample_every and (self.step % cfg.sample_every == 0 or self.step == cfg.max_steps):
+            if run.sample_every and (self.step % run.sample_every == 0 or self.step == opt.max_steps):
                 self._log_samples()
             kill_point(f"step-{self.step}")
-            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
+            if self.step % run.checkpoint_every == 0 or self.step == opt.max_steps:
                 self.save_checkpoint()
 
     def _log_samples(self) -> None:
         """Predictions for the same `num_sample_images` images (validation, else training) into TensorBoard."""
-        cfg = self.config
+        run = self.run
         if not self.logs.use_tensorboard or not self.accelerator.is_main_process:
             return
         if self._preview_samples is None:
-            source = self.preview_dataset if self.preview_dataset is not None else self.dataset
+            source = self.preview_dataset if self.preview_dataset is not None else self.data.samples.dataset
             self._preview_samples = []
-            for i in range(min(cfg.num_sample_images, len(source))):
+            for i in range(min(run.num_sample_images, len(source))):
                 try:
                     self._preview_samples.append(source[i])
                 except DigsegError as exc:  # a preview is not worth stopping training for
                     logger.warning("sample preview skips image %d: %s", i, exc)
-        resolution = cfg.resolution or self.pipe.config.default_processing_resolution
-        self.logs.log_samples(self.step, self.pipe, self._preview_samples, resolution, cfg.seed)
+        self.logs.log_samples(self.step, self.pipe, self._preview_samples, max(self.data.crop_size), run.seed)
 
     def finish(self) -> DiGSegPipeline:
         """Put the trained (EMA, if on) weights into the pipeline, in eval mode, and save it in the run folder."""

@@ -1,0 +1,54 @@
+"""`digseg browse-data` (as mmsegmentation's browse_dataset): training samples exactly as the trainer reads them.
+
+Sample k is the k-th sample the trainer reads with this config: micro-step k // B, slot k % B (B =
+optim.batch_size of one process), read and augmented by the same `TrainingSamples` with the same generators,
+so what is written is what a run trains on, crop, flip and colour distortion included.
+
+    <k>_image.png    the augmented RGB crop (padding in mid-grey)
+    <k>_label.png    class ids ('P' PNG with a viewing palette, 255 = ignore; 16-bit PNG, 65535 = ignore, for
+                     vocabularies over 255 classes)
+    <k>_overlay.png  the crop tinted by class (ignore and padding untinted)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..data.synthetic import tensor_to_image
+from ..errors import DataError
+from ..visualize import class_overlay, label_png
+from .config import TrainConfig
+from .run import build_dataset, training_augmentation
+from .samples import MicroStepSampler, TrainingSamples
+
+
+def write_training_samples(config: TrainConfig, output: str | Path, num: int) -> int:
+    """Write the first `num` training samples of `config` to `output`; -> how many were written."""
+    if num < 1:
+        raise DataError(f"--num must be >= 1, got {num}")
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = build_dataset(config.data, config.run.seed)
+    names = list(config.data.class_names) or list(dataset.class_names)
+    ignore = getattr(dataset, "ignore_index", 255)
+    samples = TrainingSamples(dataset, training_augmentation(config.data), config.run.seed, ignore)
+    batch = config.optim.batch_size
+    sampler = MicroStepSampler(len(dataset), batch, 1, 0, config.run.seed, 0, -(-num // batch))
+    requests = [r for step in sampler for r in step][:num]
+    for k, request in enumerate(requests):
+        sample = samples[request]
+        if "error" in sample:
+            raise DataError(sample["error"])
+        image = tensor_to_image(sample["image"])  # uint8 [h, w, 3]
+        label = sample["label"].numpy()  # int64 [h, w]
+        Image.fromarray(image).save(out / f"{k:04d}_image.png")
+        if len(names) < 255:
+            label_png(np.where(label == ignore, 255, label), len(names)).save(out / f"{k:04d}_label.png")
+        else:
+            Image.fromarray(np.where(label == ignore, 65535, label).astype(np.uint16)).save(out / f"{k:04d}_label.png")
+        shown = np.where(label == ignore, len(names), label)  # ignore: untinted
+        class_overlay(image, shown, names).save(out / f"{k:04d}_overlay.png")
+    return len(requests)

@@ -1,0 +1,135 @@
+"""One function builds a training run from a `TrainConfig`, for the CLI, `quickstart`, benchmarks and tests alike.
+
+    run = build_run(TrainConfig.load("configs/ade20k_150.yaml"))
+    run.trainer.train(resume="latest")
+
+`build_pipeline` reads the `model` section, `build_training_data` the `data` section; the `Trainer` reads
+`optim` and `run`. Each field is read in exactly one of these places.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from torch.utils.data import Dataset
+
+from ..data.augment import Augmentation
+from ..data.augment_presets import augmentation_for
+from ..errors import ConfigError, DigsegError
+from ..pipeline import DiGSegPipeline
+from .batches import LatentBatcher
+from .config import DataConfig, ModelConfig, TrainConfig
+from .samples import MicroStepSampler, SampleBatch, TrainingSamples, micro_step_batches
+
+
+@dataclass
+class TrainingData:
+    """What the trainer reads: samples (read and augmented in `num_workers` DataLoader workers) and the
+    batcher that turns them into latents on the model's device."""
+
+    samples: TrainingSamples
+    batcher: LatentBatcher
+    num_workers: int = 0
+    prefetch_factor: int = 2
+
+    @property
+    def crop_size(self) -> tuple[int, int]:
+        return self.samples.augmentation.crop_size
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def micro_steps(self, start: int, stop: int, batch_size: int, num_processes: int = 1, process_index: int = 0,
+                    seed: int = 0, pin_memory: bool = False) -> Iterator[SampleBatch]:
+        """This process's samples of micro-steps [start, stop), in order."""
+        sampler = MicroStepSampler(len(self.samples), batch_size, num_processes, process_index, seed, start, stop)
+        return micro_step_batches(self.samples, sampler, self.num_workers, self.prefetch_factor, pin_memory)
+
+
+@dataclass
+class Run:
+    pipe: DiGSegPipeline
+    data: TrainingData
+    trainer: "Trainer"  # noqa: F821
+
+
+def build_pipeline(model: ModelConfig) -> DiGSegPipeline:
+    """A fresh DiGSeg model on a Stable Diffusion backbone, or a DiGSeg model folder to continue training."""
+    if not model.pretrained:
+        raise ConfigError("no backbone: pass --pretrained (a Stable Diffusion folder or hub id, e.g. the backbone/ "
+                          "folder `digseg quickstart` writes) or set model.pretrained in the config")
+    if (Path(model.pretrained) / "text_pathway").is_dir():  # continue training a DiGSeg model
+        return DiGSegPipeline.from_pretrained(model.pretrained)
+    return DiGSegPipeline.from_backbone(model.pretrained, prediction_type=model.prediction_type,
+                                        text_encoder=model.text_encoder or None)
+
+
+def training_augmentation(data: DataConfig) -> Augmentation:
+    """The dataset's preset, at `data.crop_size`, with the config's overrides (or turned off)."""
+    overrides = data.augmentation if isinstance(data.augmentation, dict) else {"enabled": bool(data.augmentation)}
+    return augmentation_for(data.dataset, data.crop_size, overrides)
+
+
+def build_dataset(data: DataConfig, seed: int, split: str = "train") -> Dataset:
+    """The dataset a `data` section names (synthetic scenes of the crop's size; readers at native size)."""
+    from ..data.registry import build_dataset as build
+
+    crop = training_augmentation(data).crop_size
+    return build(data.dataset, data.data_root, split=split, size=crop[0] if crop[0] == crop[1] else None,
+                 num_scenes=data.num_scenes, seed=seed)
+
+
+def build_training_data(data: DataConfig, pipe: DiGSegPipeline, dataset: Dataset, seed: int) -> TrainingData:
+    """Class names and latent caches checked against the dataset; the pipeline gets the dataset's classes."""
+    names = list(data.class_names) or list(dataset.class_names)
+    if len(names) != len(dataset.class_names):
+        raise ConfigError(f"data.class_names lists {len(names)} names but dataset {data.dataset} has "
+                          f"{len(dataset.class_names)} classes")
+    pipe.set_class_names(names)
+    augmentation = training_augmentation(data)
+    ignore_index = getattr(dataset, "ignore_index", 255)
+    store = None
+    if data.latent_cache:
+        from .latent_cache import LatentCache
+
+        h, w = augmentation.crop_size
+        if h != w:
+            raise ConfigError(f"latent caches hold square samples; data.crop_size is {h}x{w}")
+        store = LatentCache(data.latent_cache, names, pipe.vae, h)
+    batcher = LatentBatcher(dataset, names, pipe.vae, data.task, pipe.config.prompt_template, data.negative_prob,
+                            data.cache_latents, ignore_index, store=store, fixed_samples=not augmentation.enabled,
+                            cache_max_mib=data.cache_max_mib)
+    samples = TrainingSamples(dataset, augmentation, seed, ignore_index, read=store is None)
+    return TrainingData(samples, batcher, data.num_workers, data.prefetch_factor)
+
+
+def preview_dataset(config: TrainConfig) -> Dataset | None:
+    """The validation split whose first images TensorBoard shows predictions for; None: use training images."""
+    if not config.run.sample_every or config.run.log_with == "none":
+        return None
+    try:
+        return build_dataset(config.data, config.run.seed, split="val")
+    except (DigsegError, OSError, ValueError) as exc:
+        print(f"sample previews use training images: no validation split ({exc})", file=sys.stderr)
+        return None
+
+
+def build_run(config: TrainConfig, pipe: DiGSegPipeline | None = None, dataset: Dataset | None = None,
+              show_progress: bool = True, preview: Dataset | None = None) -> Run:
+    """Pipeline (from `config.model` unless given), training data (from `config.data`, over `dataset` if
+    given) and a `Trainer` over them. The pipeline's prompt template becomes the config's, else the dataset's."""
+    from .trainer import Trainer
+
+    config.validate()
+    if preview is None and dataset is None:
+        preview = preview_dataset(config)
+    pipe = pipe if pipe is not None else build_pipeline(config.model)
+    dataset = dataset if dataset is not None else build_dataset(config.data, config.run.seed)
+    template = config.model.prompt_template or getattr(dataset, "prompt_template", None) or pipe.config.prompt_template
+    pipe.register_to_config(prompt_template=template)
+    data = build_training_data(config.data, pipe, dataset, config.run.seed)
+    trainer = Trainer(config, pipe, data, show_progress=show_progress, preview_dataset=preview)
+    return Run(pipe, data, trainer)
