@@ -17,6 +17,7 @@ import torch
 
 from digseg.data.synthetic import SyntheticScenes
 from digseg.models.mask_decoder import LightMaskDecoder
+from training_helpers import train_config, trainer
 
 DEVICE = os.environ.get("DIGSEG_TEST_DEVICE") or ("cuda" if torch.cuda.is_available() else None)
 pytestmark = [
@@ -79,16 +80,15 @@ def test_bf16_pipeline_close_to_fp32(tiny_pipe):
 
 def test_trainer_learns_on_the_device_with_bf16_autocast(tiny_pipe, tmp_path):
     from digseg.training.batches import LatentBatcher, step_generator
-    from digseg.training.config import TrainConfig
-    from digseg.training.trainer import Trainer, diffusion_loss
+    from digseg.training.trainer import diffusion_loss
 
     pipe = tiny_pipe
     data = SyntheticScenes(8, seed=0)
-    config = TrainConfig(output_dir=str(tmp_path / "run"), max_steps=25, batch_size=8, learning_rate=2e-3,
-                         lr_warmup_steps=2, checkpoint_every=25, log_with="none", seed=0, mixed_precision="bf16",
-                         class_names=list(pipe.config.class_names))
-    trainer = Trainer(config, pipe, data, show_progress=False)
-    assert trainer.accelerator.device.type == torch.device(DEVICE).type
+    config = train_config(output_dir=str(tmp_path / "run"), max_steps=25, batch_size=8, learning_rate=2e-3,
+                          lr_warmup_steps=2, checkpoint_every=25, log_with="none", seed=0, mixed_precision="bf16",
+                          class_names=list(pipe.config.class_names))
+    tr = trainer(config, pipe, data, show_progress=False)
+    assert tr.accelerator.device.type == torch.device(DEVICE).type
     batcher = LatentBatcher(data, list(pipe.config.class_names), pipe.vae, "both", "{}", 0.1, cache=True)
     batch = batcher.make_batch(list(range(8)), step_generator(0, 0))
     assert batch.mask_latents.device.type == torch.device(DEVICE).type
@@ -98,7 +98,7 @@ def test_trainer_learns_on_the_device_with_bf16_autocast(tiny_pipe, tmp_path):
             return diffusion_loss(pipe, pipe.unet, pipe.text_pathway, batch, step_generator(123, 0), 0.5).item()
 
     before = fixed_loss()
-    trainer.train()
+    tr.train()
     after = fixed_loss()
     assert np.isfinite(after) and after < 0.7 * before, (before, after)
     assert _on_device(pipe.unet)

@@ -9,20 +9,19 @@ from digseg import DiGSegPipeline
 from digseg.cli import main
 from digseg.data.synthetic import SYNTHETIC_CLASSES, SyntheticScenes
 from digseg.errors import DigsegError
-from digseg.training.config import TrainConfig
+from training_helpers import train_config, trainer
 from digseg.training.latent_cache import LatentCache
-from digseg.training.trainer import Trainer
 
 
 def _train(backbone, out, **extra):
     pipe = DiGSegPipeline.from_backbone(backbone, class_names=list(SYNTHETIC_CLASSES))
-    config = TrainConfig(pretrained=str(backbone), output_dir=str(out), max_steps=4, batch_size=4, learning_rate=1e-3,
+    config = train_config(pretrained=str(backbone), output_dir=str(out), max_steps=4, batch_size=4, learning_rate=1e-3,
                          lr_warmup_steps=1, checkpoint_every=100, seed=0, num_scenes=12, resolution=64,
                          class_names=list(SYNTHETIC_CLASSES), sample_every=0, **extra)  # no sample previews:
     calls = []  # they are inference and would run the VAE
     hook = pipe.vae.encoder.register_forward_hook(lambda *a: calls.append(1))
     try:
-        trained = Trainer(config, pipe, SyntheticScenes(12, seed=0), show_progress=False).train()
+        trained = trainer(config, pipe, SyntheticScenes(12, seed=0), show_progress=False).train()
     finally:
         hook.remove()
     return trained, len(calls)
@@ -31,7 +30,7 @@ def _train(backbone, out, **extra):
 def test_cache_latents_then_train_without_the_vae(tiny_backbone, tmp_path, capsys):
     cache = tmp_path / "cache"
     assert main(["cache-latents", "--pretrained", str(tiny_backbone), "--dataset", "synthetic", "--resolution", "64",
-                 "--num-scenes", "12", "--cache", str(cache)]) == 0
+                 "--num-scenes", "12", "--cache", str(cache), "--no-augmentation"]) == 0
     assert (cache / "index.json").is_file() and list(cache.glob("shard-*.safetensors"))
     cached, encoder_calls = _train(tiny_backbone, tmp_path / "a", latent_cache=str(cache))
     assert encoder_calls == 0
@@ -41,10 +40,13 @@ def test_cache_latents_then_train_without_the_vae(tiny_backbone, tmp_path, capsy
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)  # same trajectory, no VAE
 
 
-def test_cache_is_refused_for_another_vae_or_resolution(tiny_backbone, tmp_path):
+def test_cache_is_refused_for_another_vae_or_resolution(tiny_backbone, tmp_path, capsys):
     cache = tmp_path / "cache"
-    assert main(["cache-latents", "--pretrained", str(tiny_backbone), "--dataset", "synthetic", "--resolution", "64",
-                 "--num-scenes", "4", "--cache", str(cache)]) == 0
+    args = ["cache-latents", "--pretrained", str(tiny_backbone), "--dataset", "synthetic", "--resolution", "64",
+            "--num-scenes", "4", "--cache", str(cache)]
+    assert main(args) == 2  # augmented samples are never the same twice: nothing to cache
+    assert "add --no-augmentation" in capsys.readouterr().err
+    assert main(args + ["--no-augmentation"]) == 0
     pipe = DiGSegPipeline.from_backbone(tiny_backbone, class_names=list(SYNTHETIC_CLASSES))
     with pytest.raises(DigsegError, match="resolution 64, training uses 32"):
         LatentCache(cache, list(SYNTHETIC_CLASSES), pipe.vae, 32)

@@ -8,8 +8,7 @@ from digseg import DiGSegPipeline
 from digseg.data.synthetic import SYNTHETIC_CLASSES, SyntheticScenes
 from digseg.evaluation import EStep, evaluate_binary
 from digseg.models.tiny import save_tiny_backbone, tiny_vae
-from digseg.training.config import TrainConfig
-from digseg.training.trainer import Trainer
+from training_helpers import train_config, trainer
 from digseg.training.vae import train_tiny_vae
 
 
@@ -27,9 +26,9 @@ def test_short_training_run_learns(tmp_path):
         return pipe
 
     untrained = evaluate_binary(fresh(), held_out, EStep(1, 1))
-    config = TrainConfig(pretrained=str(backbone), output_dir=str(tmp_path / "run"), max_steps=300, batch_size=16,
+    config = train_config(pretrained=str(backbone), output_dir=str(tmp_path / "run"), max_steps=300, batch_size=16,
                          learning_rate=5e-4, lr_warmup_steps=20, task="binary", checkpoint_every=1000, seed=0,
                          class_names=list(SYNTHETIC_CLASSES))
-    trained = evaluate_binary(Trainer(config, fresh(), train_set, show_progress=False).train(), held_out, EStep(1, 1))
+    trained = evaluate_binary(trainer(config, fresh(), train_set, show_progress=False).train(), held_out, EStep(1, 1))
     assert trained["IoU_foreground"] > untrained["IoU_foreground"] + 20, (untrained, trained)
     assert trained["mIoU"] > untrained["mIoU"] + 10, (untrained, trained)

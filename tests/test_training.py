@@ -14,7 +14,8 @@ from digseg.errors import ConfigError, DigsegError
 from digseg.training.batches import Batch, LatentBatcher, sample_indices, step_generator
 from digseg.training.checkpoint import list_checkpoints, optimizer_from_flat, optimizer_to_flat, resolve_resume
 from digseg.training.config import TrainConfig
-from digseg.training.trainer import Trainer, diffusion_loss
+from training_helpers import train_config, trainer
+from digseg.training.trainer import diffusion_loss
 
 
 def _config(tmp_path, **kw):
@@ -22,7 +23,7 @@ def _config(tmp_path, **kw):
                 lr_warmup_steps=2, checkpoint_every=3, keep_checkpoints=2, log_every=2, seed=0, log_with="none",
                 class_names=list(SYNTHETIC_CLASSES))
     base.update(kw)
-    return TrainConfig(**base)
+    return train_config(**base)
 
 
 def _fresh(tiny_backbone):
@@ -43,12 +44,12 @@ def test_few_training_steps_lower_the_loss(tiny_backbone, tmp_path):
     batch = batcher.make_batch(list(range(8)), step_generator(0, 0))
     before = _fixed_loss(pipe, batch)
     config = _config(tmp_path, max_steps=25, batch_size=8, checkpoint_every=100, learning_rate=2e-3)
-    trained = Trainer(config, pipe, data, show_progress=False).train()
+    trained = trainer(config, pipe, data, show_progress=False).train()
     after = _fixed_loss(trained, batch)
     assert after < 0.7 * before, (before, after)
     assert (tmp_path / "run" / "model_index.json").is_file()  # the run folder is a pipeline folder
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    assert saved["max_steps"] == 25 and saved["class_names"] == list(SYNTHETIC_CLASSES)
+    assert saved["optim"]["max_steps"] == 25 and saved["data"]["class_names"] == list(SYNTHETIC_CLASSES)
 
 
 def _weights(pipe):
@@ -60,7 +61,7 @@ def _weights(pipe):
 def test_resume_continues_the_same_run(tiny_backbone, tmp_path, use_ema):
     data = SyntheticScenes(10, seed=0)
     config = _config(tmp_path / "a", use_ema=use_ema, gradient_accumulation_steps=2)
-    straight = _weights(Trainer(config, _fresh(tiny_backbone), data, show_progress=False).train())
+    straight = _weights(trainer(config, _fresh(tiny_backbone), data, show_progress=False).train())
     steps = [int(p.name.split("-")[1]) for p in list_checkpoints(tmp_path / "a" / "run" / "checkpoints")]
     assert steps == [3, 6]
 
@@ -69,9 +70,9 @@ def test_resume_continues_the_same_run(tiny_backbone, tmp_path, use_ema):
     (resumed_dir / "checkpoints").mkdir(parents=True)
     shutil.copytree(tmp_path / "a" / "run" / "checkpoints" / "step-00000003", resumed_dir / "checkpoints" / "step-00000003")
     (resumed_dir / "checkpoints" / ".tmp-step-00000004-999").mkdir()  # an interrupted write: never read
-    trainer = Trainer(_config(tmp_path / "b", use_ema=use_ema, gradient_accumulation_steps=2), _fresh(tiny_backbone),
+    tr = trainer(_config(tmp_path / "b", use_ema=use_ema, gradient_accumulation_steps=2), _fresh(tiny_backbone),
                       data, show_progress=False)
-    resumed = _weights(trainer.train(resume="latest"))
+    resumed = _weights(tr.train(resume="latest"))
     for name, value in straight.items():
         torch.testing.assert_close(resumed[name], value, atol=1e-6, rtol=1e-5, msg=name)
 
@@ -127,7 +128,7 @@ def test_nan_loss_stops_with_a_clear_error(tiny_backbone, tmp_path):
     with torch.no_grad():
         pipe.unet.conv_out.bias.fill_(float("nan"))
     with pytest.raises(DigsegError, match="loss became nan at step 0"):
-        Trainer(_config(tmp_path), pipe, SyntheticScenes(4), show_progress=False).train()
+        trainer(_config(tmp_path), pipe, SyntheticScenes(4), show_progress=False).train()
 
 
 def test_label_outside_class_range_is_named(tiny_pipe):
@@ -168,23 +169,28 @@ def test_optimizer_state_round_trips_through_safetensors_layout():
 
 
 def test_config_yaml_base_and_errors(tmp_path):
-    (tmp_path / "base.yaml").write_text("max_steps: 100\nbatch_size: 2\n")
-    (tmp_path / "exp.yaml").write_text("base: base.yaml\nbatch_size: 8\n")
-    config = TrainConfig.load(tmp_path / "exp.yaml", {"max_steps": 5, "seed": None})
-    assert (config.max_steps, config.batch_size, config.seed) == (5, 8, 0)
+    (tmp_path / "base.yaml").write_text("optim: {max_steps: 100, batch_size: 2}\ndata: {task: palette}\n")
+    (tmp_path / "exp.yaml").write_text("base: base.yaml\noptim: {batch_size: 8}\n")
+    config = TrainConfig.load(tmp_path / "exp.yaml", {"optim": {"max_steps": 5}, "run": {"seed": None}})
+    assert (config.optim.max_steps, config.optim.batch_size, config.data.task, config.run.seed) == (5, 8, "palette", 0)
     config.save(tmp_path / "saved.yaml")
     assert TrainConfig.load(tmp_path / "saved.yaml") == config
-    (tmp_path / "typo.yaml").write_text("max_stpes: 3\n")
-    with pytest.raises(ConfigError, match="unknown config key.*max_stpes"):
+    (tmp_path / "typo.yaml").write_text("optim: {max_stpes: 3}\n")
+    with pytest.raises(ConfigError, match="unknown key.*in section optim: max_stpes"):
         TrainConfig.load(tmp_path / "typo.yaml")
+    (tmp_path / "flat.yaml").write_text("max_steps: 3\n")
+    with pytest.raises(ConfigError, match="unknown config section.*max_steps"):
+        TrainConfig.load(tmp_path / "flat.yaml")
     with pytest.raises(ConfigError, match="task must be"):
-        TrainConfig(task="depth").validate()
+        train_config(task="depth")
+    with pytest.raises(ConfigError, match="need fixed samples"):
+        train_config(augmentation=True, cache_latents=True)
     with pytest.raises(ConfigError, match="config file not found"):
         TrainConfig.load(tmp_path / "missing.yaml")
 
 
 def test_bf16_mixed_precision_trains(tiny_backbone, tmp_path):
-    pipe = Trainer(_config(tmp_path, max_steps=2, mixed_precision="bf16"), _fresh(tiny_backbone), SyntheticScenes(4),
+    pipe = trainer(_config(tmp_path, max_steps=2, mixed_precision="bf16"), _fresh(tiny_backbone), SyntheticScenes(4),
                    show_progress=False).train()
     assert all(torch.isfinite(p).all() for p in pipe.unet.parameters())
     assert (tmp_path / "run" / "checkpoints" / "step-00000002").is_dir()

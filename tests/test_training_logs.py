@@ -11,8 +11,7 @@ from PIL import Image
 
 from digseg import DiGSegPipeline
 from digseg.data.synthetic import SYNTHETIC_CLASSES, SyntheticScenes
-from digseg.training.config import TrainConfig
-from digseg.training.trainer import Trainer
+from training_helpers import train_config, trainer
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 
@@ -21,11 +20,11 @@ def test_tensorboard_gets_loss_lr_and_sample_predictions(tiny_backbone, tmp_path
     pipe = DiGSegPipeline.from_backbone(tiny_backbone, class_names=list(SYNTHETIC_CLASSES))
     pipe.set_progress_bar_config(disable=True)
     run = tmp_path / "run"
-    config = TrainConfig(pretrained="unused", output_dir=str(run), max_steps=5, batch_size=2, learning_rate=1e-3,
+    config = train_config(pretrained="unused", output_dir=str(run), max_steps=5, batch_size=2, learning_rate=1e-3,
                          lr_warmup_steps=2, checkpoint_every=100, log_every=1, sample_every=2, num_sample_images=3,
                          resolution=32, class_names=list(SYNTHETIC_CLASSES))
     previews = SyntheticScenes(3, size=32, seed=7)  # a "validation" set: not the training scenes
-    Trainer(config, pipe, SyntheticScenes(6, size=32, seed=1), show_progress=False, preview_dataset=previews).train()
+    trainer(config, pipe, SyntheticScenes(6, size=32, seed=1), show_progress=False, preview=previews).train()
 
     event_files = list((run / "logs").rglob("events.out.tfevents.*"))
     assert event_files, f"no TensorBoard event file under {run / 'logs'}"
@@ -50,7 +49,7 @@ def test_tensorboard_gets_loss_lr_and_sample_predictions(tiny_backbone, tmp_path
 def test_logs_can_be_switched_off(tiny_backbone, tmp_path):
     pipe = DiGSegPipeline.from_backbone(tiny_backbone, class_names=list(SYNTHETIC_CLASSES))
     run = tmp_path / "run"
-    config = TrainConfig(pretrained="unused", output_dir=str(run), max_steps=2, batch_size=2, checkpoint_every=100,
+    config = train_config(pretrained="unused", output_dir=str(run), max_steps=2, batch_size=2, checkpoint_every=100,
                          log_every=1, log_with="none", resolution=32, class_names=list(SYNTHETIC_CLASSES))
-    Trainer(config, pipe, SyntheticScenes(4, size=32, seed=1), show_progress=False).train()
+    trainer(config, pipe, SyntheticScenes(4, size=32, seed=1), show_progress=False).train()
     assert not (run / "logs").exists() and len((run / "log.jsonl").read_text().splitlines()) == 2
