@@ -1,7 +1,8 @@
 """Training throughput: images/s and peak memory per (batch size, gradient checkpointing), as a GPU user trains.
 
 Per batch size, one ``digseg.training.trainer.Trainer`` over synthetic scenes at ``--size`` px, latents encoded by the frozen VAE
-every step (no latent cache: how training with augmentation runs), mixed precision ``--precision`` (bf16 by
+every step (no latent cache: how training with augmentation runs; the scenes themselves are
+generated at the crop size by ``--num-workers`` DataLoader workers, without augmentation), mixed precision ``--precision`` (bf16 by
 default, accelerate's autocast), AdamW. Gradient checkpointing is switched off/on between
 optimisation steps on the same trainer (one AdamW state), round-robin: one untimed warm-up round (AdamW state,
 cuDNN autotuning, first touches), then ``--repeats`` timed rounds; s/step = median; images/s = batch / s/step.
@@ -40,7 +41,8 @@ from bench_open_vocab import save_sd2_sized_backbone  # noqa: E402
 from digseg import DiGSegPipeline  # noqa: E402
 from digseg.data.synthetic import SyntheticScenes  # noqa: E402
 from digseg.models.tiny import save_tiny_backbone  # noqa: E402
-from digseg.training.config import TrainConfig  # noqa: E402
+from digseg.training.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig  # noqa: E402
+from digseg.training.run import build_run  # noqa: E402
 from digseg.training.trainer import Trainer  # noqa: E402
 
 
@@ -94,6 +96,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--precision", default="bf16", choices=["no", "fp16", "bf16"])
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds")
     parser.add_argument("--scenes", type=int, default=16)
+    parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers generating the scenes")
     parser.add_argument("--device", default="auto", help="cuda | cpu | auto (cuda when available)")
     parser.add_argument("--backbone-dir", type=Path, default=None,
                         help="the random backbone: saved here once, loaded by later runs (default: a temp folder)")
@@ -117,13 +120,15 @@ def main(argv: list[str] | None = None) -> str:
         dataset = SyntheticScenes(args.scenes, size=size, seed=0)
         print(f"backbone built in {time.perf_counter() - t0:.0f} s", flush=True)
         for batch in batch_sizes:  # a fresh model and trainer per batch size (the loop's batch is fixed)
-            pipe = DiGSegPipeline.from_backbone(backbone, class_names=list(dataset.class_names), processing_resolution=size)
+            pipe = DiGSegPipeline.from_backbone(backbone, processing_resolution=size)
             pipe.set_progress_bar_config(disable=True)
-            config = TrainConfig(output_dir=str(tmp / "run"), max_steps=10**6, checkpoint_every=10**9, log_every=10**9,
-                                 sample_every=0, log_with="none", batch_size=batch, resolution=size,
-                                 cache_latents=False, mixed_precision=args.precision, lr_warmup_steps=0,
-                                 class_names=list(dataset.class_names))
-            trainer = Trainer(config, pipe, dataset, show_progress=False)
+            config = TrainConfig(
+                model=ModelConfig(pretrained=str(backbone)),
+                data=DataConfig(dataset="synthetic", crop_size=size, augmentation=False, num_workers=args.num_workers),
+                optim=OptimConfig(max_steps=10**6, batch_size=batch, mixed_precision=args.precision, lr_warmup_steps=0),
+                run=RunConfig(output_dir=str(tmp / "run"), checkpoint_every=10**9, log_every=10**9, sample_every=0,
+                              log_with="none"))
+            trainer = build_run(config, pipe=pipe, dataset=dataset, show_progress=False).trainer
             device = trainer.accelerator.device
             clock = CellClock(trainer, [False, True], 1 + args.repeats)
             clock.start()

@@ -6,7 +6,7 @@ the tiny test model at 64 px (a smoke run, < 1 min).
 
 Per size S: a small synthetic dataset (``SyntheticScenes(n, size=S)``, its class names), a latent cache built
 with ``build_latent_cache`` (one-time cost reported), then ONE ``digseg.training.trainer.Trainer`` (batch size 1,
-fp32, AdamW, ``TrainConfig(latent_cache=<cache>, cache_latents=False, resolution=S)``) runs four cells:
+fp32, AdamW, data section ``latent_cache=<cache>``, ``augmentation=False``, ``crop_size=S``) runs four cells:
 
 - ``on the fly``: the trainer's ``LatentBatcher`` swapped for one without the cache (built exactly as the
   Trainer builds its own, ``store=None``) and ``cache_latents=False``: every step encodes the image and the
@@ -60,9 +60,9 @@ from digseg import DiGSegPipeline  # noqa: E402
 from digseg.data.synthetic import SyntheticScenes  # noqa: E402
 from digseg.models.tiny import save_tiny_backbone  # noqa: E402
 from digseg.training.batches import LatentBatcher  # noqa: E402
-from digseg.training.config import TrainConfig  # noqa: E402
+from digseg.training.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig  # noqa: E402
 from digseg.training.latent_cache import build_latent_cache  # noqa: E402
-from digseg.training.trainer import Trainer  # noqa: E402
+from digseg.training.run import build_run  # noqa: E402
 
 GOAL_RATIO = 1.5
 CELLS = [("on the fly", False), ("latent cache", False), ("on the fly", True), ("latent cache", True)]
@@ -153,16 +153,17 @@ def bench_size(pipe: DiGSegPipeline, size: int, tmp: Path, scenes: int, repeats:
     print(f"latent cache for {scenes} scenes built in {build_s:.1f} s ({build_s / scenes:.2f} s/scene, one-time)",
           flush=True)
     config = TrainConfig(
-        output_dir=str(tmp / f"run{size}"), max_steps=10**6, checkpoint_every=10**9, log_every=10**9,
-        batch_size=1, resolution=size, latent_cache=str(cache), cache_latents=False, task="both",
-        mixed_precision="no", lr_warmup_steps=0, seed=seed, class_names=names,
+        model=ModelConfig(pretrained="(built above)"),
+        data=DataConfig(dataset="synthetic", crop_size=size, augmentation=False, latent_cache=str(cache), task="both"),
+        optim=OptimConfig(max_steps=10**6, batch_size=1, mixed_precision="no", lr_warmup_steps=0),
+        run=RunConfig(output_dir=str(tmp / f"run{size}"), checkpoint_every=10**9, log_every=10**9, seed=seed),
     )
     _trim()
     sampler = RSSSampler()
     base_rss = sampler.take()  # loaded model, before the trainer exists
-    trainer = Trainer(config, pipe, dataset, show_progress=False)
-    cached_batcher = trainer.batcher
-    fly_batcher = LatentBatcher(dataset, names, pipe.vae, config.task, config.prompt_template, config.negative_prob,
+    trainer = build_run(config, pipe=pipe, dataset=dataset, show_progress=False).trainer
+    cached_batcher = trainer.data.batcher
+    fly_batcher = LatentBatcher(dataset, names, pipe.vae, "both", pipe.config.prompt_template, config.data.negative_prob,
                                 False, getattr(dataset, "ignore_index", 255), store=None)
     unet = trainer.accelerator.unwrap_model(trainer.unet)
     # breakdown: time in make_batch (data: cache read or VAE encode) and in the optimizer step, per step
@@ -183,7 +184,7 @@ def bench_size(pipe: DiGSegPipeline, size: int, tmp: Path, scenes: int, repeats:
 
     def set_cell(c: int) -> None:
         source, checkpointing = CELLS[c]
-        trainer.batcher = cached_batcher if source == "latent cache" else fly_batcher
+        trainer.data.batcher = cached_batcher if source == "latent cache" else fly_batcher
         if checkpointing:
             unet.enable_gradient_checkpointing()
         else:
@@ -192,7 +193,7 @@ def bench_size(pipe: DiGSegPipeline, size: int, tmp: Path, scenes: int, repeats:
     rounds = 1 + repeats
     schedule = [c for r in range(rounds) for c in (range(len(CELLS)) if r % 2 == 0 else reversed(range(len(CELLS))))]
     clock = StepClock(schedule, set_cell, sampler)
-    output = Path(config.output_dir)
+    output = Path(config.run.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     print(f"load average before the steps: {load_avg()}", flush=True)
     t0 = time.perf_counter()

@@ -71,7 +71,7 @@ def scenes_folder(tmp_path_factory) -> Path:
 
 
 def test_two_processes_train_the_same_weights_as_one(tiny_backbone, scenes_folder, tmp_path):
-    (tmp_path / "run.yaml").write_text("lr_scheduler: constant\nlr_warmup_steps: 0\nlog_every: 1\n")
+    (tmp_path / "run.yaml").write_text("optim: {lr_scheduler: constant, lr_warmup_steps: 0}\nrun: {log_every: 1}\n")
     common = ["train", "--config", str(tmp_path / "run.yaml"), "--pretrained", str(tiny_backbone), "--dataset", "folder", "--data-root", str(scenes_folder),
               "--resolution", "32", "--max-steps", "3", "--learning-rate", "1e-3", "--checkpoint-every", "2"]
     one, two = tmp_path / "one", tmp_path / "two"

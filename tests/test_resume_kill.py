@@ -1,5 +1,7 @@
 """SIGKILL a training run at several points, resume with `--resume latest`, and finish where an uninterrupted
-run finishes. A killed checkpoint write must never be picked up.
+run finishes. A killed checkpoint write must never be picked up. Augmentation is on (the folder preset: random
+rescale, crop, flip, colour distortion), and the killed runs read samples in 2 DataLoader workers while the
+reference run reads them in the training process: the trajectory depends on neither.
 
 Kill points are set with DIGSEG_KILL_AT (the process SIGKILLs itself there, see training/checkpoint.py), plus one
 kill sent from outside at whatever point the run has reached.
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from digseg.data.synthetic import SyntheticScenes, save_scenes_as_folder
@@ -55,6 +58,8 @@ def test_sigkill_at_several_points_then_resume_gives_the_uninterrupted_weights(t
               "--learning-rate", "1e-3"]
     reference, run = tmp_path / "reference", tmp_path / "killed"
     assert _train([*common, "--output", str(reference)]).returncode == 0
+    assert yaml.safe_load((reference / "config.yaml").read_text())["data"]["augmentation"] is True
+    common += ["--num-workers", "2"]
 
     # 1) killed right after step 3 (step 2 is checkpointed), 2) during step 4's checkpoint write (weights written,
     # state not), 3) after step 6's checkpoint is complete in its temporary folder but before it is renamed,
@@ -68,8 +73,9 @@ def test_sigkill_at_several_points_then_resume_gives_the_uninterrupted_weights(t
     assert any(p.name.startswith(".tmp-") for p in (run / "checkpoints").iterdir())  # the killed write's leftovers
 
     # 5) killed from outside, at whatever point it has reached once step 8's checkpoint has landed (pruning step 4,
-    # saving the final model). A kill while pruning once left a step-* folder without its optimizer file; old
-    # checkpoints are now renamed out of step-* before they are deleted.
+    # saving the final model; a kill before pruning leaves step 4, which the resume prunes). A kill while pruning
+    # once left a step-* folder without its optimizer file; old checkpoints are now renamed out of step-* before
+    # they are deleted.
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
     env.pop("DIGSEG_KILL_AT", None)
     proc = subprocess.Popen([sys.executable, "-m", "digseg.cli", "train", *common, "--output", str(run), "--resume",

@@ -106,9 +106,15 @@ def save_checkpoint(
         _remove_checkpoint(final)
     os.replace(tmp, final)
     _fsync_dir(root)
+    prune_checkpoints(root, keep)
+    return final
+
+
+def prune_checkpoints(root: Path, keep: int) -> None:
+    """Delete all but the newest `keep` complete checkpoints (after each save, and on resume: a run killed
+    between a save and its pruning leaves one too many)."""
     for old in list_checkpoints(root)[:-keep]:
         _remove_checkpoint(old)
-    return final
 
 
 def remove_stale(root: Path) -> None:

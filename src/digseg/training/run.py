@@ -102,7 +102,9 @@ def build_training_data(data: DataConfig, pipe: DiGSegPipeline, dataset: Dataset
     batcher = LatentBatcher(dataset, names, pipe.vae, data.task, pipe.config.prompt_template, data.negative_prob,
                             data.cache_latents, ignore_index, store=store, fixed_samples=not augmentation.enabled,
                             cache_max_mib=data.cache_max_mib)
-    samples = TrainingSamples(dataset, augmentation, seed, ignore_index, read=store is None)
+    # fixed samples with a latent cache: the batcher reads a sample itself, only when its latents are not cached
+    cached = store is not None or (data.cache_latents and not augmentation.enabled)
+    samples = TrainingSamples(dataset, augmentation, seed, ignore_index, read=not cached)
     return TrainingData(samples, batcher, data.num_workers, data.prefetch_factor)
 
 

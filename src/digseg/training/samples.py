@@ -51,8 +51,8 @@ def read_pair(dataset: Dataset, index: int) -> tuple[Image.Image, np.ndarray]:
 
 class TrainingSamples(Dataset):
     """Request (index, micro_step, slot) -> {"image": float [3, h, w] in [-1, 1], "label": int64 [h, w]} at the
-    training crop (h, w), or {"error": "one line"}; with `read=False`, {} (the trainer reads latents from a disk
-    cache instead)."""
+    training crop (h, w), or {"error": "one line"}; with `read=False`, {} (latents come from a cache, and the
+    batcher reads a sample itself only when its latents are missing)."""
 
     def __init__(self, dataset: Dataset, augmentation: Augmentation, seed: int, ignore_index: int = 255,
                  read: bool = True) -> None:

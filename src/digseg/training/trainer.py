@@ -26,7 +26,8 @@ from ..distributed import launched_without_accelerator
 from ..errors import DigsegError
 from ..pipeline import DiGSegPipeline
 from .batches import Batch, per_sample, slot_generators
-from .checkpoint import kill_point, list_checkpoints, load_checkpoint, remove_stale, resolve_resume, save_checkpoint
+from .checkpoint import (kill_point, list_checkpoints, load_checkpoint, prune_checkpoints, remove_stale, resolve_resume,
+                         save_checkpoint)
 from .config import OptimConfig, RunConfig, TrainConfig
 from .run import TrainingData
 from .tracking import TrainingLogger
@@ -192,6 +193,7 @@ class Trainer:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             self.config.save(self.output_dir / "config.yaml")
             remove_stale(self.output_dir / "checkpoints")  # a killed run's half-written or half-deleted folders
+            prune_checkpoints(self.output_dir / "checkpoints", self.run.keep_checkpoints)  # ... or unpruned ones
         if resume:
             path = resolve_resume(resume, self.output_dir)
             if path is not None:
