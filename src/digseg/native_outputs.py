@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 
 PROBABILITY_CLASSES_KEPT = 16  # default number of classes whose native-size probabilities are returned
-ARGMAX_CHUNK = 32  # classes resized to the native size at a time
+# classes resized to the native size at a time; a multiple of 8: torch's CPU bilinear kernel was seen to round
+# differently (1e-7) for chunks of fewer than 8 channels, which can flip near-ties against the full argmax
+ARGMAX_CHUNK = 32
 
 
 def resize_probs(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
