@@ -34,9 +34,9 @@ from .ensemble import ENSEMBLE_REDUCTIONS, assemble_probabilities, combine_membe
 from .errors import DigsegError
 from .image_processing import processed_size, resize_to, to_image_list
 from .masks import MaskCodec
-from .native_outputs import PROBABILITY_CLASSES_KEPT, native_outputs, resize_probs
-from .prompts import class_prompts, resolve_templates
-from .sliding import SlideViews, check_test_protocol, combine_views, group_views, make_views, pair
+from .native_outputs import PROBABILITY_CLASSES_KEPT, native_outputs, resize_probs, stack_outputs
+from .prompts import palette_prompt, resolve_queries
+from .sliding import check_test_protocol, combine_views, group_views, make_views, pair, view_noise
 from .models.digseg_model import (
     decode_latents,
     encode_latents,
@@ -232,7 +232,7 @@ class DiGSegPipeline(DiffusionPipeline):
     @property
     def palette_prompt(self) -> str:
         """The text that conditions palette mode: the model's class list."""
-        return ", ".join(self.config.class_names or [])
+        return palette_prompt(self.config.class_names or [])
 
     @property
     def pad_multiple(self) -> int:
@@ -260,32 +260,6 @@ class DiGSegPipeline(DiffusionPipeline):
     def query_levels(self, table: Sequence[Sequence[str]]) -> list[torch.Tensor]:
         """Projected features of Q queries: num_levels x [Q, L, C]."""
         return self.text_pathway(self.query_states(table))
-
-    def _resolve_queries(self, num_images: int, prompt, classes, templates) -> tuple[str, list[list[str]], list[list[int]], list[str]]:
-        """-> (mode, query table: prompt variants per query, per-image query ids, output class names)."""
-        if prompt is not None and classes is not None:
-            raise DigsegError("give either prompt or classes, not both")
-        if prompt is not None:
-            prompts = [prompt] * num_images if isinstance(prompt, str) else list(prompt)
-            if len(prompts) != num_images:
-                raise DigsegError(f"got {len(prompts)} prompts for {num_images} images")
-            for p in prompts:
-                self.format_prompt(p)  # rejects empty prompts
-            unique = list(dict.fromkeys(p.strip() for p in prompts))
-            table = [[t.format(p) for t in resolve_templates(templates, self.config.prompt_template)] for p in unique]
-            names = ["background", prompts[0]] if len(unique) == 1 else ["background", "foreground"]
-            return "binary", table, [[unique.index(p.strip())] for p in prompts], names
-        own = self.config.class_names
-        if classes is None or (own and list(classes) == list(own)):
-            if self.palette_codec is None:
-                raise DigsegError("this model has no class list: pass prompt=... or classes=[...]")
-            return "palette", [[self.palette_prompt]], [[0]] * num_images, list(own)
-        classes = list(classes)
-        if not classes:
-            raise DigsegError("classes is empty")
-        chosen = resolve_templates(templates, self.config.prompt_template)
-        table = [class_prompts(c, chosen) for c in classes]  # DigsegError for an empty name
-        return "per_class", table, [list(range(len(classes)))] * num_images, classes
 
     # ----------------------------------------------------------------------------------------- denoising
     def denoise(self, image_latents: torch.Tensor, text: list[torch.Tensor], num_inference_steps: int,
@@ -452,10 +426,12 @@ class DiGSegPipeline(DiffusionPipeline):
         images = to_image_list(image)
         if isinstance(generator, list) and len(generator) != len(images):
             raise DigsegError(f"got {len(generator)} generators for {len(images)} images")
-        mode_q, table, query_ids, names = self._resolve_queries(len(images), prompt, classes, templates)
+        mode_q, table, query_ids, names = resolve_queries(len(images), prompt, classes, templates,
+                                                          self.config.prompt_template, self.config.class_names)
         if top_k is not None and top_k < 1:
             raise DigsegError(f"top_k must be >= 1, got {top_k}")
         states = self.query_states(table)  # [U, L, D]: every prompt encoded once (cached), projected when used
+        latent_channels, latent_scale = self.vae.config.latent_channels, vae_scale_factor(self.vae)
         views = []
         for img in images:  # resized to the test scale, cut into views (one, the whole image, in whole mode)
             resized = resize_to(img, processed_size(*img.shape[-2:], resolution, scale, keep_ratio))
@@ -465,7 +441,8 @@ class DiGSegPipeline(DiffusionPipeline):
         groups = group_views(views, max(1, batch_size))  # consecutive images whose views share a shape
         for group in self.progress_bar(groups) if show_progress_bar else groups:
             pixels = torch.cat([views[i].pixels for i in group])  # [V, 3, h, w]
-            noise = torch.cat([self._draw_noise(views[i], ensemble_size, generator, i) for i in group])
+            noise = torch.cat([view_noise(views[i], (ensemble_size, latent_channels, latent_scale), generator, i,
+                                          self.unet.device, self.unet.dtype) for i in group])
             ids = [query_ids[i] for i in group for _ in range(len(views[i].pixels))]
             probs, unc, kept = self._segment_batch(
                 pixels, ids, states, mode_q, ensemble_size, steps, generator, max_unet_batch, top_k,
@@ -483,24 +460,9 @@ class DiGSegPipeline(DiffusionPipeline):
                 class_ids.append(cid)
                 if unc is not None:
                     uncertainty.append(resize_probs(combine_views(views[i], unc[part, None]).cpu(), size)[0])
-        return self._output(labels, probabilities, class_ids, uncertainty or None, names, output_type, return_dict)
-
-    def _draw_noise(self, views: SlideViews, ensemble_size: int, generator, index: int) -> torch.Tensor:
-        """Starting noise of one image's views [V, E, 4, h, w]: one draw per window (and global view), from the
-        call's generator (or generator[index]); a mirrored view reuses its unmirrored view's draw."""
-        h, w = (s // vae_scale_factor(self.vae) for s in views.pixels.shape[-2:])
-        gen = generator[index] if isinstance(generator, list) else generator
-        shape = (views.num_unique, ensemble_size, self.vae.config.latent_channels, h, w)
-        return randn_tensor(shape, generator=gen, device=self.unet.device, dtype=self.unet.dtype)[views.noise_index()]
-
-    @staticmethod
-    def _output(labels, probabilities, class_ids, uncertainty, names, output_type, return_dict):
-        same_size = len({tuple(p.shape) for p in probabilities}) == 1
-        stack = (lambda xs: torch.stack(xs)) if same_size else (lambda xs: list(xs))
-        out = [stack(labels), stack(probabilities), stack(uncertainty) if uncertainty else None, torch.stack(class_ids)]
-        if output_type == "np":
-            out = [x if x is None else x.numpy() if isinstance(x, torch.Tensor) else [t.numpy() for t in x] for x in out]
+        out = stack_outputs(labels, probabilities, uncertainty, class_ids, numpy=output_type == "np")
         if not return_dict:
             return out[0], out[1], out[2], names, out[3]
         return DiGSegOutput(labels=out[0], probabilities=out[1], uncertainty=out[2], class_names=names,
                             probability_class_ids=out[3])
+

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from diffusers.utils.torch_utils import randn_tensor
 
 from .errors import DigsegError
-
-INFERENCE_MODES = ("whole", "slide")
+from .protocols import INFERENCE_MODES
 
 
 def pair(value: int | tuple[int, int] | list[int] | None, what: str) -> tuple[int, int] | None:
@@ -118,6 +118,18 @@ class SlideViews:
         """For each view, which of the `num_unique` noise draws it uses: [V]."""
         unique = torch.arange(self.num_unique)
         return torch.cat([unique, unique]) if self.flip else unique
+
+
+def view_noise(views: SlideViews, member_shape: tuple[int, int, int], generator, index: int,
+               device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Starting noise of one image's views [V, E, C, h, w]: one draw per window (and global view) from the call's
+    generator, or generator[index] when it is a list; a mirrored view reuses its unmirrored view's draw.
+    member_shape: (E, latent channels, VAE downsampling factor)."""
+    ensemble_size, channels, factor = member_shape
+    h, w = (s // factor for s in views.pixels.shape[-2:])
+    gen = generator[index] if isinstance(generator, list) else generator
+    noise = randn_tensor((views.num_unique, ensemble_size, channels, h, w), generator=gen, device=device, dtype=dtype)
+    return noise[views.noise_index().to(noise.device)]
 
 
 def make_views(image: torch.Tensor, crop: tuple[int, int], stride: tuple[int, int], multiple: int,
