@@ -119,11 +119,12 @@ def test_per_class_slide_is_the_argmax_of_single_class_slides(tiny_pipe):
 def test_flip_tta_of_a_flip_symmetric_input(tiny_pipe):
     half = torch.rand(3, 64, 32)
     image = torch.cat([half, half.flip(-1)], dim=-1)  # [3, 64, 64], mirror-symmetric
-    for kwargs in [dict(prompt="square"), dict(mode="slide", crop_size=(64, 40), stride=24)]:
+    for kwargs in [dict(prompt="square"), dict(mode="slide", crop_size=(64, 40), stride=24),
+                   dict(mode="slide", crop_size=(48, 40), stride=(16, 20), global_view=True, classes=["a", "b", "c"])]:
         plain = tiny_pipe(image, generator=_gen(2), output_type="pt", **kwargs).probabilities[0]
         flipped = tiny_pipe(image, generator=_gen(2), output_type="pt", flip=True, **kwargs).probabilities[0]
         torch.testing.assert_close(flipped, flipped.flip(-1), rtol=0, atol=1e-6)  # the output is symmetric too
-        torch.testing.assert_close(flipped, (plain + plain.flip(-1)) / 2, rtol=0, atol=1e-5)  # mirrored views share noise (batch rounding)
+        torch.testing.assert_close(flipped, (plain + plain.flip(-1)) / 2, rtol=0, atol=1e-5)  # same noise per grid position (batch rounding)
         assert not torch.allclose(plain, plain.flip(-1), atol=1e-3)  # without TTA the model is not symmetric
 
 

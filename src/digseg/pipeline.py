@@ -401,8 +401,8 @@ class DiGSegPipeline(DiffusionPipeline):
         without, exactly (width, height)), else its longer side to `processing_resolution`. `mode="whole"` runs
         it at once; `mode="slide"` runs `crop_size` windows every `stride` pixels (mmseg's grid; defaults: the
         processing resolution, 2/3 of it) batched through the U-Net and decoder, combined in probability space
-        (`digseg.sliding`), plus the whole image as one more window with `global_view` (CAT-Seg). `flip` adds
-        mirrored views (horizontal flip TTA, either mode). Labels are a chunked argmax at the native size;
+        (`digseg.sliding`), plus the whole image as one more window with `global_view` (CAT-Seg). `flip` also runs
+        the mirrored image (same windows, same noise; flipped back and averaged: flip TTA, either mode). Labels are a chunked argmax at the native size;
         probabilities are returned for the `max_probability_classes` classes with most pixels (None: all).
         """
         if ensemble_reduction not in ENSEMBLE_REDUCTIONS:

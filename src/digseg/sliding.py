@@ -11,9 +11,9 @@ Optional extras:
 - a global view (CAT-Seg, cat_seg/cat_seg_model.py `inference_sliding_window`): the whole image resized to
   the window size is run with the windows; its probabilities, resized back, are averaged 50/50 with the
   combined windows;
-- horizontal flip: every view is also run mirrored, with the same starting noise as its unmirrored view, and
-  the mirrored result, flipped back, is averaged with it (so a flip-symmetric input gives a flip-symmetric
-  output).
+- horizontal flip (as mmseg's flip test-time augmentation): the mirrored image is run too, cut into the same
+  windows, each with the same starting noise as the image's window at that grid position; its result, flipped
+  back, is averaged with the image's (so a flip-symmetric input gives a flip-symmetric output).
 
 Views of one image all have the same shape (min(crop, image) per axis); each is padded (replicate) to the
 U-Net's multiple, so they are batched through the U-Net and the decoder together.
@@ -21,7 +21,7 @@ U-Net's multiple, so they are batched through the U-Net and the decoder together
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -100,7 +100,8 @@ def combine_windows(probs: torch.Tensor, boxes: list[tuple[int, int, int, int]],
 @dataclass
 class SlideViews:
     """The views of one image: windows in grid order, then the global view (if any); then, with flip, the same
-    views mirrored. `pixels` [V, 3, h', w'] padded to the U-Net multiple; `window` (h, w) before padding."""
+    views of the mirrored image. `pixels` [V, 3, h', w'] padded to the U-Net multiple; `window` (h, w) before
+    padding."""
 
     pixels: torch.Tensor
     boxes: list[tuple[int, int, int, int]]
@@ -111,7 +112,7 @@ class SlideViews:
 
     @property
     def num_unique(self) -> int:
-        """Views with their own noise (a mirrored view reuses its unmirrored view's noise)."""
+        """Views with their own noise (a view of the mirrored image reuses the noise of the same grid position)."""
         return len(self.boxes) + int(self.global_view)
 
     def noise_index(self) -> torch.Tensor:
@@ -123,7 +124,7 @@ class SlideViews:
 def view_noise(views: SlideViews, member_shape: tuple[int, int, int], generator, index: int,
                device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """Starting noise of one image's views [V, E, C, h, w]: one draw per window (and global view) from the call's
-    generator, or generator[index] when it is a list; a mirrored view reuses its unmirrored view's draw.
+    generator, or generator[index] when it is a list; views of the mirrored image reuse the same draws.
     member_shape: (E, latent channels, VAE downsampling factor)."""
     ensemble_size, channels, factor = member_shape
     h, w = (s // factor for s in views.pixels.shape[-2:])
@@ -138,12 +139,14 @@ def make_views(image: torch.Tensor, crop: tuple[int, int], stride: tuple[int, in
     size = (image.shape[-2], image.shape[-1])
     boxes = window_grid(*size, crop, stride)
     window = (boxes[0][1] - boxes[0][0], boxes[0][3] - boxes[0][2])
-    views = [image[:, y1:y2, x1:x2] for y1, y2, x1, x2 in boxes]
-    if global_view:
-        views.append(F.interpolate(image[None], size=window, mode="bilinear", antialias=True, align_corners=False)[0])
-    pixels = torch.stack(views)  # [n, 3, h, w]
-    if flip:
-        pixels = torch.cat([pixels, pixels.flip(-1)])
+
+    def cut(picture: torch.Tensor) -> list[torch.Tensor]:
+        views = [picture[:, y1:y2, x1:x2] for y1, y2, x1, x2 in boxes]
+        if global_view:
+            views.append(F.interpolate(picture[None], size=window, mode="bilinear", antialias=True, align_corners=False)[0])
+        return views
+
+    pixels = torch.stack(cut(image) + (cut(image.flip(-1)) if flip else []))  # [V, 3, h, w]
     pad_h, pad_w = (-window[0]) % multiple, (-window[1]) % multiple
     if pad_h or pad_w:
         pixels = F.pad(pixels, (0, pad_w, 0, pad_h), mode="replicate")
@@ -164,9 +167,10 @@ def group_views(views: list[SlideViews], max_images: int) -> list[list[int]]:
 def combine_views(views: SlideViews, probs: torch.Tensor) -> torch.Tensor:
     """The views' probabilities [V, K, h', w'] (padded) -> [K, H, W] over the image at the test scale."""
     probs = probs[:, :, : views.window[0], : views.window[1]]
-    if views.flip:
+    if views.flip:  # the mirrored image's result, flipped back, averaged with the image's
         plain, mirrored = probs.chunk(2)
-        probs = (plain + mirrored.flip(-1)) / 2
+        return (combine_views(replace(views, flip=False), plain)
+                + combine_views(replace(views, flip=False), mirrored).flip(-1)) / 2
     combined = combine_windows(probs[: len(views.boxes)], views.boxes, views.size)
     if views.global_view:  # CAT-Seg: (windows + global view resized back) / 2
         whole = F.interpolate(probs[-1:], size=views.size, mode="bilinear", align_corners=False)[0]
