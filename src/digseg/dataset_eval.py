@@ -156,7 +156,8 @@ def predict_dataset(pipe, dataset: SegmentationDataset, out_dir: str | Path, ens
     """Write `<out_dir>/<stem>.png` for every readable image; returns {"written", "skipped"} (all processes').
 
     Image i's noise comes from a generator seeded by (seed, i), so a prediction does not depend on which
-    process makes it, on the other images, or on `batch_size` (images per pipeline call). `protocol`: test
+    process makes it, on the other images, or on `batch_size` (images per pipeline call; up to the float
+    rounding of batched U-Net passes: the label maps were identical in tests and benchmarks). `protocol`: test
     mode, windows and scale (default: whole image at `processing_resolution`). With N processes each writes
     its own share of the PNGs. `on_result(sample, output)` sees each image's output (e.g. to score thresholds).
     """
