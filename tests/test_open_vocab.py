@@ -73,9 +73,13 @@ def test_class_relevance_ranks_every_class(trained_like):
 
 def test_large_vocabulary_runs_in_bounded_chunks(trained_like):
     names = [f"thing {i}" for i in range(300)]
-    out = trained_like(torch.rand(3, 64, 64), classes=names, top_k=4, max_unet_batch=16, generator=_gen())
+    out = trained_like(torch.rand(3, 64, 64), classes=names, top_k=4, max_unet_batch=16, generator=_gen(),
+                       max_probability_classes=None)  # every class's probabilities, on request
     assert out.probabilities.shape == (1, 300, 64, 64)
     assert (out.probabilities[0].reshape(300, -1).max(1) > 0).sum() <= 4
+    kept = trained_like(torch.rand(3, 64, 64), classes=names, top_k=4, max_unet_batch=16, generator=_gen())
+    assert kept.probabilities.shape == (1, 16, 64, 64)  # by default: the 16 best classes only
+    assert set(np.unique(kept.labels)) <= set(kept.probability_class_ids[0].tolist())  # <= 4 classes can win
 
 
 def test_templates_and_synonyms(trained_like):

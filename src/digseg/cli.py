@@ -153,6 +153,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from .inputs import display_names, expand_image_inputs, unique_stems
     from .pipeline import DiGSegPipeline
     from .predict_outputs import write_image_outputs
+    from .protocols import TestProtocol, protocol_from_args
     from .report import write_report
     from .seeding import seeded_generator
 
@@ -168,6 +169,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     paths = expand_image_inputs(args.image)  # files, folders, glob patterns; ConfigError naming an empty one
     for p in paths:
         load_image(p)  # fails early, naming the file, before the model loads (read again below: memory stays flat)
+    protocol = protocol_from_args(args, TestProtocol())
     pipe = DiGSegPipeline.from_pretrained(args.model)
     out_dir = Path(args.output)
     settings = {
@@ -177,7 +179,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         "seed": args.seed, "processing_resolution": args.processing_resolution
         if args.processing_resolution is not None else pipe.config.default_processing_resolution,
         "templates": args.templates, "top_k": args.top_k, "no_class_threshold": args.no_class_threshold,
-        "mask_decoder": args.mask_decoder,
+        "mask_decoder": args.mask_decoder, "protocol": protocol.to_dict(),
     }
     records, summary = [], {}
     bar = tqdm(list(zip(paths, display_names(paths), unique_stems(paths))), desc="predict", unit="image",
@@ -189,10 +191,10 @@ def cmd_predict(args: argparse.Namespace) -> None:
                       num_inference_steps=args.steps, processing_resolution=args.processing_resolution,
                       generator=generator, templates=args.templates, top_k=args.top_k,
                       no_class_threshold=args.no_class_threshold, mask_decoder=args.mask_decoder,
-                      show_progress_bar=False)
+                      show_progress_bar=False, **protocol.call_kwargs())
         unc = result.uncertainty[0] if result.uncertainty is not None else None
         record = write_image_outputs(out_dir, stem, name, path, image, result.labels[0], result.probabilities[0],
-                                     result.class_names, unc, settings)
+                                     result.class_names, unc, settings, result.probability_class_ids[0])
         records.append(record)
         summary[name] = {c["name"]: c["fraction"] for c in record["classes"]}
         bar.write(f"{name}: " + ", ".join(f"{c['name']} {c['fraction']:.1%}" for c in record["classes"]))
@@ -204,7 +206,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> None:
     from .data.registry import get_dataset_class
-    from .dataset_eval import predict_dataset, score_predictions, search_threshold
+    from .dataset_eval import default_protocol, predict_dataset, score_predictions, search_threshold
     from .distributed import is_main_process
     from .metrics import format_markdown_table
 
@@ -222,8 +224,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
         pipe = DiGSegPipeline.from_pretrained(args.model)
         if args.prompt_template:
             pipe.register_to_config(prompt_template=args.prompt_template)
-        kwargs = dict(ensemble_size=args.ensemble_size, num_inference_steps=args.steps,
-                      processing_resolution=args.processing_resolution, seed=args.seed, mask_decoder=args.mask_decoder)
+        from .protocols import protocol_from_args
+
+        protocol = protocol_from_args(args, default_protocol(pipe, dataset))
+        kwargs = dict(ensemble_size=args.ensemble_size, num_inference_steps=args.steps, protocol=protocol,
+                      processing_resolution=args.processing_resolution, seed=args.seed, mask_decoder=args.mask_decoder,
+                      batch_size=args.batch_size)
         query = dict(top_k=args.top_k, templates=args.templates)
         threshold = 0.5
         if args.threshold_search:
@@ -234,7 +240,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
                 print(f"threshold search on {args.search_split}: {threshold:.2f} (Dice {dice:.2f})")
         report = predict_dataset(pipe, dataset, predictions, threshold=threshold, **kwargs, **query)
         info.update(model=str(args.model), ensemble_size=args.ensemble_size, steps=args.steps or pipe.config.default_denoising_steps,
-                    predictions=str(predictions), prediction_skipped=report["skipped"])
+                    predictions=str(predictions), prediction_skipped=report["skipped"], protocol=protocol.to_dict(),
+                    batch_size=args.batch_size)
     metrics = score_predictions(dataset, predictions, present_only=True if args.present_only else None)
     metrics.update(info)
     if not is_main_process():  # under accelerate launch / torchrun: every process has the same metrics
@@ -268,6 +275,8 @@ _MASK_DECODER_FLAG = dict(choices=["auto", "light", "vae"], default="auto",
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .protocols import add_protocol_flags
+
     parser = argparse.ArgumentParser(prog="digseg", description="Diffusion models as generalist, text-prompted segmenters.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -365,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--processing-resolution", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mask-decoder", **_MASK_DECODER_FLAG)
+    add_protocol_flags(p, "default: whole image at the processing resolution")
     p.set_defaults(func=cmd_predict)
 
     e = sub.add_parser("eval", help="score label PNGs, or run a model over a dataset split and score it")
@@ -386,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--search-split", default="val")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--mask-decoder", **_MASK_DECODER_FLAG)
+    e.add_argument("--batch-size", type=int, default=8, help="images per pipeline call (default 8)")
+    add_protocol_flags(e, "default: the dataset's preset, mmseg's or CAT-Seg's")
     e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("demo", help="a local web app (Gradio) to try a model in the browser")

@@ -35,6 +35,7 @@ from .distributed import gather_objects, is_main_process, shard, sum_tensor, wai
 from .errors import DataError, DigsegError
 from .metrics import SegmentationMetric, binary_scores, per_image_dice_iou
 from .pipeline import DiGSegOutput
+from .protocols import TestProtocol, protocol_for
 from .seeding import seeded_generator
 
 logger = logging.getLogger("digseg.eval")
@@ -132,36 +133,67 @@ def _query_kwargs(pipe, dataset: SegmentationDataset) -> dict:
     return {"classes": names}
 
 
+def default_protocol(pipe, dataset: SegmentationDataset) -> TestProtocol:
+    """The dataset's preset (`digseg.protocols`): CAT-Seg's when its classes are queried one by one (open
+    vocabulary), else the closed-set one."""
+    open_vocab = dataset.metric == "open_vocab" or "classes" in _query_kwargs(pipe, dataset)
+    return protocol_for(dataset.name, open_vocab)
+
+
+def _one_image(result: DiGSegOutput, j: int) -> DiGSegOutput:
+    """Image j of a batched pipeline output, as a one-image output."""
+    take = lambda x: None if x is None else x[j][None]  # noqa: E731  (arrays or lists of arrays)
+    return DiGSegOutput(labels=take(result.labels), probabilities=take(result.probabilities),
+                        uncertainty=take(result.uncertainty), class_names=result.class_names,
+                        probability_class_ids=take(result.probability_class_ids))
+
+
 def predict_dataset(pipe, dataset: SegmentationDataset, out_dir: str | Path, ensemble_size: int = 1,
                     num_inference_steps: int | None = None, processing_resolution: int | None = None,
                     threshold: float = 0.5, seed: int = 0, show_progress: bool = True, top_k: int | None = None,
-                    templates: str | None = None, mask_decoder: str = "auto", on_result: Callable[[Sample, DiGSegOutput], None] | None = None) -> dict:
+                    templates: str | None = None, mask_decoder: str = "auto", protocol: TestProtocol | None = None,
+                    batch_size: int = 1, on_result: Callable[[Sample, DiGSegOutput], None] | None = None) -> dict:
     """Write `<out_dir>/<stem>.png` for every readable image; returns {"written", "skipped"} (all processes').
 
     Image i's noise comes from a generator seeded by (seed, i), so a prediction does not depend on which
-    process makes it or on the other images. With N processes each writes its own share of the PNGs.
-    `on_result(sample, output)` sees each image's pipeline output (e.g. to score thresholds) as it is made.
+    process makes it, on the other images, or on `batch_size` (images per pipeline call; up to the float
+    rounding of batched U-Net passes: the label maps were identical in tests and benchmarks). `protocol`: test
+    mode, windows and scale (default: whole image at `processing_resolution`). With N processes each writes
+    its own share of the PNGs. `on_result(sample, output)` sees each image's output (e.g. to score thresholds).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     query = _query_kwargs(pipe, dataset)
+    if "classes" in query:
+        query.update(top_k=top_k, templates=templates)
+    settings = (protocol or TestProtocol()).call_kwargs()
     written, skipped = 0, []
+    pending: list[tuple[int, Sample, Image.Image]] = []
+
+    def run() -> None:
+        nonlocal written
+        result = pipe([image for _, _, image in pending], ensemble_size=ensemble_size,
+                      num_inference_steps=num_inference_steps, processing_resolution=processing_resolution,
+                      generator=[seeded_generator(seed, index) for index, _, _ in pending], threshold=threshold,
+                      batch_size=len(pending), show_progress_bar=False, mask_decoder=mask_decoder, **query, **settings)
+        for j, (_, sample, _) in enumerate(pending):
+            save_label_png(out / f"{sample.stem}.png", result.labels[j], dataset.num_classes)
+            if on_result is not None:
+                on_result(sample, _one_image(result, j))
+        written += len(pending)
+        pending.clear()
+
     for index, sample in tqdm(shard(dataset.samples), desc=f"predict {dataset.name}",
                               disable=not (show_progress and is_main_process())):
-        generator = seeded_generator(seed, index)
         try:
-            image = load_image(sample.image)
+            pending.append((index, sample, load_image(sample.image)))
         except DataError as exc:
             skipped.append(str(exc))
             logger.warning("skipped: %s", exc)
-            continue
-        result = pipe(image, ensemble_size=ensemble_size, num_inference_steps=num_inference_steps,
-                      processing_resolution=processing_resolution, generator=generator, threshold=threshold,
-                      show_progress_bar=False, mask_decoder=mask_decoder, **query, **({"top_k": top_k, "templates": templates} if "classes" in query else {}))
-        save_label_png(out / f"{sample.stem}.png", result.labels[0], dataset.num_classes)
-        if on_result is not None:
-            on_result(sample, result)
-        written += 1
+        if len(pending) >= max(1, batch_size):
+            run()
+    if pending:
+        run()
     wait_for_everyone()  # every PNG is written before anyone scores them
     return {"written": int(sum_tensor(torch.tensor(written))), "skipped": gather_objects(skipped)}
 

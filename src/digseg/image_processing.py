@@ -71,23 +71,45 @@ def to_image_list(images: Any) -> list[torch.Tensor]:
     return out
 
 
-def processed_size(height: int, width: int, resolution: int) -> tuple[int, int]:
-    """Size after resizing the longer side to `resolution` (0 = keep the native size)."""
+def processed_size(height: int, width: int, resolution: int, scale: tuple[int, int] | None = None,
+                   keep_ratio: bool = True) -> tuple[int, int]:
+    """Size the model sees: with `scale`, mmseg's test resize; else the longer side resized to `resolution`
+    (0 = keep the native size).
+
+    scale with keep_ratio (mmcv `rescale_size`): the largest size whose long side is at most max(scale) and
+    short side at most min(scale), e.g. (2048, 512): short side 512 unless the long side would pass 2048.
+    scale without keep_ratio: exactly (width, height) = scale (CAT-Seg resizes to 640 x 640).
+    """
+    if scale is not None:
+        if not keep_ratio:
+            return int(scale[1]), int(scale[0])
+        factor = min(max(scale) / max(height, width), min(scale) / min(height, width))
+        return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
     if resolution <= 0:
         return height, width
-    scale = resolution / max(height, width)
-    return max(1, round(height * scale)), max(1, round(width * scale))
+    factor = resolution / max(height, width)
+    return max(1, round(height * factor)), max(1, round(width * factor))
+
+
+def resize_to(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[3, H, W] -> [3, *size] (antialiased bilinear; unchanged when the size already matches)."""
+    if tuple(size) == tuple(image.shape[-2:]):
+        return image
+    return F.interpolate(image[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+
+
+def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
+    """[..., H, W] -> [..., H', W'] with H', W' multiples of `multiple` (replicated border, bottom and right)."""
+    pad_h, pad_w = (-image.shape[-2]) % multiple, (-image.shape[-1]) % multiple
+    if not (pad_h or pad_w):
+        return image
+    return F.pad(image[None], (0, pad_w, 0, pad_h), mode="replicate")[0]
 
 
 def resize_and_pad(image: torch.Tensor, resolution: int, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """[3, H, W] -> ([3, H', W'] padded to a multiple of `multiple`, (h, w) before padding)."""
-    h, w = processed_size(image.shape[-2], image.shape[-1], resolution)
-    if (h, w) != tuple(image.shape[-2:]):
-        image = F.interpolate(image[None], size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0]
-    pad_h, pad_w = (-h) % multiple, (-w) % multiple
-    if pad_h or pad_w:
-        image = F.pad(image[None], (0, pad_w, 0, pad_h), mode="replicate")[0]
-    return image, (h, w)
+    image = resize_to(image, processed_size(image.shape[-2], image.shape[-1], resolution))
+    return pad_to_multiple(image, multiple), tuple(image.shape[-2:])
 
 
 def unpad_and_resize(probs: torch.Tensor, valid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:

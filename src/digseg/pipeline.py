@@ -32,9 +32,11 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from .ensemble import ENSEMBLE_REDUCTIONS, assemble_probabilities, combine_member_latents, latent_spread_map
 from .errors import DigsegError
-from .image_processing import resize_and_pad, to_image_list, unpad_and_resize
+from .image_processing import processed_size, resize_to, to_image_list
 from .masks import MaskCodec
-from .prompts import class_prompts, resolve_templates
+from .native_outputs import PROBABILITY_CLASSES_KEPT, native_outputs, resize_probs, stack_outputs
+from .prompts import palette_prompt, resolve_queries
+from .sliding import check_test_protocol, combine_views, group_views, make_views, pair, view_noise
 from .models.digseg_model import (
     decode_latents,
     encode_latents,
@@ -63,12 +65,14 @@ MASK_DECODERS = ("auto", "light", "vae")
 
 @dataclass
 class DiGSegOutput(BaseOutput):
-    """labels [N, H, W] int64; probabilities [N, K, H, W]; uncertainty [N, H, W]: members' spread (None when E == 1)."""
+    """labels [N, H, W] int64; probabilities [N, n, H, W] of the classes probability_class_ids [N, n] (n = K unless
+    fewer were asked for); uncertainty [N, H, W]: members' spread (None when E == 1)."""
 
     labels: np.ndarray | torch.Tensor
     probabilities: np.ndarray | torch.Tensor
     uncertainty: np.ndarray | torch.Tensor | None
     class_names: list[str]
+    probability_class_ids: np.ndarray | torch.Tensor | None = None
 
 
 class DiGSegPipeline(DiffusionPipeline):
@@ -228,7 +232,7 @@ class DiGSegPipeline(DiffusionPipeline):
     @property
     def palette_prompt(self) -> str:
         """The text that conditions palette mode: the model's class list."""
-        return ", ".join(self.config.class_names or [])
+        return palette_prompt(self.config.class_names or [])
 
     @property
     def pad_multiple(self) -> int:
@@ -256,32 +260,6 @@ class DiGSegPipeline(DiffusionPipeline):
     def query_levels(self, table: Sequence[Sequence[str]]) -> list[torch.Tensor]:
         """Projected features of Q queries: num_levels x [Q, L, C]."""
         return self.text_pathway(self.query_states(table))
-
-    def _resolve_queries(self, num_images: int, prompt, classes, templates) -> tuple[str, list[list[str]], list[list[int]], list[str]]:
-        """-> (mode, query table: prompt variants per query, per-image query ids, output class names)."""
-        if prompt is not None and classes is not None:
-            raise DigsegError("give either prompt or classes, not both")
-        if prompt is not None:
-            prompts = [prompt] * num_images if isinstance(prompt, str) else list(prompt)
-            if len(prompts) != num_images:
-                raise DigsegError(f"got {len(prompts)} prompts for {num_images} images")
-            for p in prompts:
-                self.format_prompt(p)  # rejects empty prompts
-            unique = list(dict.fromkeys(p.strip() for p in prompts))
-            table = [[t.format(p) for t in resolve_templates(templates, self.config.prompt_template)] for p in unique]
-            names = ["background", prompts[0]] if len(unique) == 1 else ["background", "foreground"]
-            return "binary", table, [[unique.index(p.strip())] for p in prompts], names
-        own = self.config.class_names
-        if classes is None or (own and list(classes) == list(own)):
-            if self.palette_codec is None:
-                raise DigsegError("this model has no class list: pass prompt=... or classes=[...]")
-            return "palette", [[self.palette_prompt]], [[0]] * num_images, list(own)
-        classes = list(classes)
-        if not classes:
-            raise DigsegError("classes is empty")
-        chosen = resolve_templates(templates, self.config.prompt_template)
-        table = [class_prompts(c, chosen) for c in classes]  # DigsegError for an empty name
-        return "per_class", table, [list(range(len(classes)))] * num_images, classes
 
     # ----------------------------------------------------------------------------------------- training interface
     def prompt_states(self, prompts: Sequence[str]) -> torch.Tensor:
@@ -333,14 +311,15 @@ class DiGSegPipeline(DiffusionPipeline):
         t = self.scheduler.timesteps[0]
         self.level_context.record = []
         try:
-            unet_forward_with_text(self.unet, self.level_context, torch.cat([image_latents, noise], 1), t, bag)
+            self.unet_prediction(self.unet, torch.cat([image_latents, noise], 1), t, bag)
             return torch.stack(self.level_context.record).mean(0)  # [B, Q]
         finally:
             self.level_context.record = None
 
     def _segment_batch(self, pixels, query_ids, states, mode, ensemble_size, steps, generator, max_batch, top_k,
-                       decode_members=False, ensemble_reduction="median", mask_decoder="auto"):
-        """pixels [B, 3, H, W]; query_ids: B lists of Q ids into `states` ([U, L, D] encoder features).
+                       decode_members=False, ensemble_reduction="median", mask_decoder="auto", noise=None):
+        """pixels [B, 3, H, W]; query_ids: B lists of Q ids into `states` ([U, L, D] encoder features); noise
+        [B, E, 4, h, w] starting latents (drawn from `generator` when None).
 
         -> (probs [B, K, H, W], uncertainty [B, H, W] or None, kept [B, K] bool or None). Each (image, member) draws its noise once and
         shares it across the image's queries, so class scores are comparable and an N-class query equals N
@@ -352,7 +331,9 @@ class DiGSegPipeline(DiffusionPipeline):
         device, dtype = self.unet.device, self.unet.dtype
         image_latents = encode_latents(self.vae, pixels.to(device, dtype))  # [B, 4, h, w], once per image
         b = len(query_ids)
-        noise = randn_tensor((b, ensemble_size, *image_latents.shape[1:]), generator=generator, device=device, dtype=dtype)
+        if noise is None:
+            noise = randn_tensor((b, ensemble_size, *image_latents.shape[1:]), generator=generator, device=device, dtype=dtype)
+        noise = noise.to(device, dtype)
         all_ids = torch.tensor(query_ids, device=device)  # [B, Q]
         if mode == "per_class" and top_k and top_k < all_ids.shape[1]:
             relevance = self.class_relevance(image_latents, states[all_ids[0]], noise[:, 0])  # [B, Q]
@@ -401,7 +382,7 @@ class DiGSegPipeline(DiffusionPipeline):
         num_inference_steps: int | None = None,
         processing_resolution: int | None = None,
         batch_size: int = 1,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "np",
         threshold: float = 0.5,
         no_class_threshold: float | None = None,
@@ -410,19 +391,38 @@ class DiGSegPipeline(DiffusionPipeline):
         decode_members: bool = False,
         ensemble_reduction: str = "median",
         mask_decoder: str = "auto",
+        mode: str = "whole",
+        crop_size: int | tuple[int, int] | None = None,
+        stride: int | tuple[int, int] | None = None,
+        global_view: bool = False,
+        flip: bool = False,
+        scale: tuple[int, int] | None = None,
+        keep_ratio: bool = True,
+        max_probability_classes: int | None = PROBABILITY_CLASSES_KEPT,
         max_unet_batch: int = 64,
         show_progress_bar: bool = True,
         return_dict: bool = True,
     ) -> DiGSegOutput | tuple:
-        """Segment `image` (one or a list). Returns labels [N, H, W], probabilities [N, K, H, W], uncertainty [N, H, W].
+        """Segment `image` (one or a list). Returns labels [N, H, W], probabilities [N, n, H, W] of the classes
+        `probability_class_ids` [N, n], uncertainty [N, H, W].
 
-        `generator` (one torch.Generator) draws the starting noise of every member, in order, so a fixed seed
-        gives the same output. Binary prompts: a pixel is foreground when its probability exceeds `threshold`. Per-class queries: a
+        `generator`: one torch.Generator drawing every image's noise in order, or a list with one per image
+        (image i's noise then depends on generator[i] only, so batching images does not change results).
+        Binary prompts: a pixel is foreground when its probability exceeds `threshold`. Per-class queries: a
         pixel whose best class score is below `no_class_threshold` (if given) is labelled 255, "no class".
         Ensembles (E > 1) combine the members' final latents by `ensemble_reduction` ("median", element-wise,
         the default; or "mean") and decode once; `decode_members=True` decodes every member and averages the
         probabilities instead (E decodes). `mask_decoder`: "auto" decodes masks with the model's light mask
         decoder when it has one (`digseg train-mask-decoder`), else with the VAE; "vae" or "light" choose.
+
+        Test protocol (docs/eval_protocols.md): the image is resized to `scale` when given (mmseg's test
+        resize: with `keep_ratio`, long side <= max(scale) and short side <= min(scale), e.g. (2048, 512);
+        without, exactly (width, height)), else its longer side to `processing_resolution`. `mode="whole"` runs
+        it at once; `mode="slide"` runs `crop_size` windows every `stride` pixels (mmseg's grid; defaults: the
+        processing resolution, 2/3 of it) batched through the U-Net and decoder, combined in probability space
+        (`digseg.sliding`), plus the whole image as one more window with `global_view` (CAT-Seg). `flip` also runs
+        the mirrored image (same windows, same noise; flipped back and averaged: flip TTA, either mode). Labels are a chunked argmax at the native size;
+        probabilities are returned for the `max_probability_classes` classes with most pixels (None: all).
         """
         if ensemble_reduction not in ENSEMBLE_REDUCTIONS:
             raise DigsegError(f"ensemble_reduction must be one of {', '.join(ENSEMBLE_REDUCTIONS)}, got {ensemble_reduction!r}")
@@ -432,59 +432,56 @@ class DiGSegPipeline(DiffusionPipeline):
         steps = num_inference_steps or self.config.default_denoising_steps
         if steps < 1:
             raise DigsegError(f"num_inference_steps must be >= 1, got {steps}")
+        if scale is not None and processing_resolution is not None:
+            raise DigsegError("give either scale or processing_resolution, not both")
         resolution = self.config.default_processing_resolution if processing_resolution is None else processing_resolution
         if output_type not in ("np", "pt"):
             raise DigsegError(f"output_type must be 'np' or 'pt', got {output_type!r}")
+        if max_probability_classes is not None and max_probability_classes < 1:
+            raise DigsegError(f"max_probability_classes must be >= 1 or None, got {max_probability_classes}")
+        window = check_test_protocol(mode, crop_size, stride, global_view, resolution or self.config.default_processing_resolution)
+        scale = pair(scale, "scale")
 
         images = to_image_list(image)
-        mode, table, query_ids, names = self._resolve_queries(len(images), prompt, classes, templates)
+        if isinstance(generator, list) and len(generator) != len(images):
+            raise DigsegError(f"got {len(generator)} generators for {len(images)} images")
+        mode_q, table, query_ids, names = resolve_queries(len(images), prompt, classes, templates,
+                                                          self.config.prompt_template, self.config.class_names)
         if top_k is not None and top_k < 1:
             raise DigsegError(f"top_k must be >= 1, got {top_k}")
         states = self.query_states(table)  # [U, L, D]: every prompt encoded once (cached), projected when used
-        per_batch = max(1, batch_size)
-        all_probs: list[torch.Tensor] = [None] * len(images)  # type: ignore[list-item]
-        all_unc: list[torch.Tensor | None] = [None] * len(images)
-        all_kept: list[torch.Tensor | None] = [None] * len(images)  # per-class queries pruned by top_k
-        prepared = [resize_and_pad(img, resolution, self.pad_multiple) for img in images]
-        # consecutive images with the same processed shape share a batch
-        batches: list[list[int]] = []
-        for i, (pixels, _) in enumerate(prepared):
-            if batches and len(batches[-1]) < per_batch and prepared[batches[-1][0]][0].shape == pixels.shape:
-                batches[-1].append(i)
-            else:
-                batches.append([i])
-        for batch in self.progress_bar(batches) if show_progress_bar else batches:
-            pixels = torch.stack([prepared[i][0] for i in batch])  # [B, 3, H', W']
+        latent_channels, latent_scale = self.vae.config.latent_channels, vae_scale_factor(self.vae)
+        views = []
+        for img in images:  # resized to the test scale, cut into views (one, the whole image, in whole mode)
+            resized = resize_to(img, processed_size(*img.shape[-2:], resolution, scale, keep_ratio))
+            crop, step = window or (tuple(resized.shape[-2:]),) * 2
+            views.append(make_views(resized, crop, step, self.pad_multiple, global_view, flip))
+        labels, probabilities, class_ids, uncertainty = [], [], [], []
+        groups = group_views(views, max(1, batch_size))  # consecutive images whose views share a shape
+        for group in self.progress_bar(groups) if show_progress_bar else groups:
+            pixels = torch.cat([views[i].pixels for i in group])  # [V, 3, h, w]
+            noise = torch.cat([view_noise(views[i], (ensemble_size, latent_channels, latent_scale), generator, i,
+                                          self.unet.device, self.unet.dtype) for i in group])
+            ids = [query_ids[i] for i in group for _ in range(len(views[i].pixels))]
             probs, unc, kept = self._segment_batch(
-                pixels, [query_ids[i] for i in batch], states, mode, ensemble_size, steps, generator, max_unet_batch, top_k,
-                decode_members, ensemble_reduction, mask_decoder,
-            )
-            for j, i in enumerate(batch):
+                pixels, ids, states, mode_q, ensemble_size, steps, generator, max_unet_batch, top_k,
+                decode_members, ensemble_reduction, mask_decoder, noise=noise)
+            start = 0
+            for i in group:
+                part = slice(start, start + len(views[i].pixels))
+                start = part.stop
                 size = tuple(images[i].shape[-2:])
-                all_probs[i] = unpad_and_resize(probs[j : j + 1], prepared[i][1], size)[0].cpu()
-                if kept is not None:
-                    all_kept[i] = kept[j].cpu()
-                if unc is not None:
-                    all_unc[i] = unpad_and_resize(unc[j : j + 1, None], prepared[i][1], size)[0, 0].cpu()
-
-        labels = []
-        for probs, kept in zip(all_probs, all_kept):
-            if mode == "binary":
-                labels.append((probs[1] > threshold).long())
-            else:
-                scores = probs if kept is None else probs.masked_fill(~kept[:, None, None], -1.0)  # pruned never win
-                label = scores.argmax(dim=0)
-                if mode == "per_class" and no_class_threshold is not None:
-                    label[probs.max(dim=0).values < no_class_threshold] = 255
+                excluded = None if kept is None else ~kept[part].any(dim=0).cpu()  # pruned in every view
+                label, prob, cid = native_outputs(combine_views(views[i], probs[part]).cpu(), size, mode_q, threshold,
+                                                  no_class_threshold, excluded, max_probability_classes)
                 labels.append(label)
-        same_size = len({tuple(p.shape) for p in all_probs}) == 1
-        stack = (lambda xs: torch.stack(xs)) if same_size else (lambda xs: list(xs))
-        out_labels, out_probs = stack(labels), stack(all_probs)
-        out_unc = stack(all_unc) if ensemble_size > 1 else None
-        if output_type == "np":
-            convert = lambda x: x.numpy() if isinstance(x, torch.Tensor) else [t.numpy() for t in x]  # noqa: E731
-            out_labels, out_probs = convert(out_labels), convert(out_probs)
-            out_unc = convert(out_unc) if out_unc is not None else None
+                probabilities.append(prob)
+                class_ids.append(cid)
+                if unc is not None:
+                    uncertainty.append(resize_probs(combine_views(views[i], unc[part, None]).cpu(), size)[0])
+        out = stack_outputs(labels, probabilities, uncertainty, class_ids, numpy=output_type == "np")
         if not return_dict:
-            return out_labels, out_probs, out_unc, names
-        return DiGSegOutput(labels=out_labels, probabilities=out_probs, uncertainty=out_unc, class_names=names)
+            return out[0], out[1], out[2], names, out[3]
+        return DiGSegOutput(labels=out[0], probabilities=out[1], uncertainty=out[2], class_names=names,
+                            probability_class_ids=out[3])
+

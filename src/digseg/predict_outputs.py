@@ -10,7 +10,8 @@ The summary (also what `report.write_report` reads) is a dict:
                     present, in class order; fraction = pixels / (W * H)
     unlabelled_fraction   share of pixels labelled 255 ("no class", from --no-class-threshold)
     files           file names relative to the output folder: input, label, overlay, overlay_legend,
-                    summary, probabilities [{"class", "file"}], uncertainty (None without an ensemble)
+                    summary, probabilities [{"class", "file"}] (the classes the pipeline kept: at most 16 by
+                    default), uncertainty (None without an ensemble)
     uncertainty_note      why there is no uncertainty map (only when there is none)
     settings        the run's settings (model, prompt or classes, ensemble size, steps, seed, ...)
 """
@@ -57,14 +58,17 @@ def save_input_copy(out_dir: Path, stem: str, source: Path, image: Image.Image) 
 
 def write_image_outputs(out_dir: Path, stem: str, name: str, source: Path, image: Image.Image, labels: np.ndarray,
                         probabilities: np.ndarray, class_names: list[str], uncertainty: np.ndarray | None,
-                        settings: dict) -> dict:
+                        settings: dict, probability_class_ids: np.ndarray | None = None) -> dict:
     """Write every file for one image and return its summary (see the module docstring).
 
-    image RGB, W x H; labels [H, W] int; probabilities [K, H, W]; uncertainty [H, W] or None.
+    image RGB, W x H; labels [H, W] int; probabilities [n, H, W] of the classes `probability_class_ids` [n]
+    (default: all K): one probability map each. The pipeline keeps the best classes of a large vocabulary
+    (most pixels, then highest peak; `DiGSegPipeline(max_probability_classes=16)`), so 847 class names give
+    16 maps, not 847. uncertainty [H, W] or None.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     pixels = np.asarray(image)
-    files = save_prediction(out_dir, stem, pixels, labels, probabilities, class_names, uncertainty)
+    files = save_prediction(out_dir, stem, pixels, labels, probabilities, class_names, uncertainty, probability_class_ids)
     copy = save_input_copy(out_dir, stem, source, image)
     classes, unlabelled = class_fractions(labels, class_names)
     summary_path = out_dir / f"{stem}_summary.json"

@@ -61,6 +61,42 @@ def class_prompts(name: str, templates: Sequence[str]) -> list[str]:
     return [t.format(s) for t in templates for s in synonyms(name)]
 
 
+def palette_prompt(class_names: Sequence[str]) -> str:
+    """The text that conditions palette mode: the model's class list."""
+    return ", ".join(class_names)
+
+
+def resolve_queries(num_images: int, prompt, classes, templates, default_template: str,
+                    own_classes: Sequence[str] | None) -> tuple[str, list[list[str]], list[list[int]], list[str]]:
+    """What a pipeline call asks -> (mode, query table: prompt variants per query, per-image query ids, output
+    class names). Modes: "binary" (prompt), "palette" (no classes, or the model's own list `own_classes`),
+    "per_class" (any other class list)."""
+    if prompt is not None and classes is not None:
+        raise DigsegError("give either prompt or classes, not both")
+    if prompt is not None:
+        prompts = [prompt] * num_images if isinstance(prompt, str) else list(prompt)
+        if len(prompts) != num_images:
+            raise DigsegError(f"got {len(prompts)} prompts for {num_images} images")
+        for p in prompts:
+            if not isinstance(p, str) or not p.strip():
+                raise DigsegError(f"empty prompt {p!r}: give a class name or a phrase")
+        unique = list(dict.fromkeys(p.strip() for p in prompts))
+        table = [[t.format(p) for t in resolve_templates(templates, default_template)] for p in unique]
+        names = ["background", prompts[0]] if len(unique) == 1 else ["background", "foreground"]
+        return "binary", table, [[unique.index(p.strip())] for p in prompts], names
+    own = list(own_classes or [])
+    if classes is None or (own and list(classes) == own):
+        if len(own) < 2:
+            raise DigsegError("this model has no class list: pass prompt=... or classes=[...]")
+        return "palette", [[palette_prompt(own)]], [[0]] * num_images, own
+    classes = list(classes)
+    if not classes:
+        raise DigsegError("classes is empty")
+    chosen = resolve_templates(templates, default_template)
+    table = [class_prompts(c, chosen) for c in classes]  # DigsegError for an empty name
+    return "per_class", table, [list(range(len(classes)))] * num_images, classes
+
+
 def read_classes_file(path: str | Path) -> list[str]:
     """One class name per line (blank lines and lines starting with '#' skipped); any length."""
     p = Path(path)

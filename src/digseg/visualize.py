@@ -156,18 +156,20 @@ class PredictionFiles:
 
 
 def save_prediction(out_dir: Path, stem: str, image: np.ndarray, labels: np.ndarray, probabilities: np.ndarray,
-                    class_names: list[str], uncertainty: np.ndarray | None = None) -> PredictionFiles:
+                    class_names: list[str], uncertainty: np.ndarray | None = None,
+                    probability_ids: np.ndarray | None = None) -> PredictionFiles:
     """Write the pictures of one prediction into `out_dir`.
 
-    image uint8 [H, W, 3]; labels [H, W] int (255 = no class); probabilities [K, H, W] in [0, 1];
-    uncertainty [H, W] or None. Files (all H x W unless noted):
+    image uint8 [H, W, 3]; labels [H, W] int (255 = no class); probabilities [n, H, W] in [0, 1] of the
+    classes `probability_ids` [n] (default: every class, n = K); uncertainty [H, W] or None.
+    Files (all H x W unless noted):
 
     - ``<stem>_label.png``: 'P' mode, pixel = class id, the class palette attached;
     - ``<stem>_overlay.png``: RGB, the image tinted with the class colours (class 0 untinted when it is
       called "background");
     - ``<stem>_overlay_legend.png``: the overlay with a legend of the classes present to its right (wider, and
       taller when the legend needs it);
-    - ``<stem>_prob_<class>.png``: 'L' mode, probability x 255, one per class (two classes, the first
+    - ``<stem>_prob_<class>.png``: 'L' mode, probability x 255, one per class given (two classes, the first
       called "background", as for a binary prompt: the foreground only, as background = 1 - foreground);
       ``-<id>`` is added when two names map to the same file name;
     - ``<stem>_uncertainty.png``: 'L' mode, the ensemble's spread scaled to its maximum (only when given).
@@ -181,15 +183,17 @@ def save_prediction(out_dir: Path, stem: str, image: np.ndarray, labels: np.ndar
     tinted.save(files.overlay)
     with_legend(tinted, labels, class_names).save(files.overlay_legend)
     used: set[str] = set()
-    for c, name in enumerate(class_names):
+    ids = range(k) if probability_ids is None else [int(c) for c in probability_ids]
+    for row, c in enumerate(ids):
         if k == 2 and c == 0 and not tints_class_zero(class_names):
             continue  # binary prompt: the background map is 1 - foreground
+        name = class_names[c]
         fragment = safe_name(name)
         if fragment in used:
             fragment = f"{fragment}-{c}"
         used.add(fragment)
         path = out_dir / f"{stem}_prob_{fragment}.png"
-        grey_map(probabilities[c]).save(path)
+        grey_map(probabilities[row]).save(path)
         files.probabilities.append((name, path))
     if uncertainty is not None:
         files.uncertainty = out_dir / f"{stem}_uncertainty.png"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from torch.utils.data import Dataset
 
@@ -23,6 +23,9 @@ from ..pipeline import DiGSegPipeline
 from .batches import LatentBatcher
 from .config import DataConfig, ModelConfig, TrainConfig
 from .samples import MicroStepSampler, SampleBatch, TrainingSamples, micro_step_batches
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
 
 
 @dataclass
@@ -53,7 +56,7 @@ class TrainingData:
 class Run:
     pipe: DiGSegPipeline
     data: TrainingData
-    trainer: "Trainer"  # noqa: F821
+    trainer: Trainer
 
 
 def build_pipeline(model: ModelConfig) -> DiGSegPipeline:

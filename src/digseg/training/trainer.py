@@ -218,8 +218,8 @@ class Trainer:
                 assert samples.micro_step == micro_step, (samples.micro_step, micro_step)
                 gen = slot_generators(run.seed, micro_step, samples.slots)
                 with acc.accumulate(self.unet, self.text_pathway):
-                    batch = self.data.batcher.make_batch(samples.indices, gen, samples)
-                    with acc.autocast():
+                    with acc.autocast():  # the frozen VAE encodes in the run's precision too (bf16 on GPUs)
+                        batch = self.data.batcher.make_batch(samples.indices, gen, samples)
                         loss = diffusion_loss(self.pipe, self.unet, self.text_pathway, batch, gen, opt.max_timestep_prob)
                     if not torch.isfinite(loss):
                         last = list_checkpoints(self.output_dir / "checkpoints")

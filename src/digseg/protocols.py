@@ -1,0 +1,121 @@
+"""Test protocols: how a benchmark's published tables were produced, one preset per dataset (registry name).
+
+A `TestProtocol` is the pipeline's test-time settings (`mode`, `crop_size`, `stride`, `scale`, `keep_ratio`,
+`global_view`, `flip`; see `DiGSegPipeline.__call__`). `digseg eval` uses `protocol_for(dataset, open_vocab)`
+by default; every field can be overridden on the command line (`add_protocol_flags`, `protocol_from_args`),
+and `metrics.json` records the protocol used.
+
+Sources (read, not copied):
+- closed-set semantic: mmsegmentation. Test scale from configs/_base_/datasets/*.py `test_pipeline`
+  (`Resize(scale=..., keep_ratio=True)`): ade20k.py and coco-stuff164k.py (2048, 512), cityscapes.py
+  (2048, 1024), pascal_context_59.py (520, 520). Slide settings from the models' `test_cfg`: 512 / 341 for
+  ADE20K / COCO-Stuff 512x512 models (ViT, SETR, BEiT, Swin configs), 1024 / 768 for Cityscapes 1024x1024
+  models (SegFormer), 480 / 320 for PASCAL-Context (mmseg's pascal_context configs).
+- open vocabulary: CAT-Seg (cat_seg/cat_seg_model.py `inference_sliding_window`, eval.sh sets
+  TEST.SLIDING_WINDOW for all six benchmarks): image resized to 640 x 640 (not keeping the ratio), 384
+  windows with overlap 0.333 (stride int(384 * 0.667) = 256), plus the whole image as a global view.
+Datasets without a field protocol (roads, medical, plant, a user's folder) get the model's own setting:
+whole image at its processing resolution.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, replace
+
+from .errors import ConfigError
+
+INFERENCE_MODES = ("whole", "slide")
+
+
+@dataclass(frozen=True)
+class TestProtocol:
+    __test__ = False  # not a pytest test class
+
+    mode: str = "whole"
+    crop_size: tuple[int, int] | None = None
+    stride: tuple[int, int] | None = None
+    scale: tuple[int, int] | None = None  # None: the model's processing resolution
+    keep_ratio: bool = True
+    global_view: bool = False
+    flip: bool = False
+    source: str = "the model's processing resolution, whole image"
+
+    def call_kwargs(self) -> dict:
+        """Keyword arguments for `DiGSegPipeline.__call__`."""
+        return {k: v for k, v in asdict(self).items() if k != "source"}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+MMSEG_ADE = "mmseg: configs/_base_/datasets/ade20k.py scale (2048, 512) keep_ratio; slide 512 / 341"
+PRESETS: dict[str, TestProtocol] = {  # closed-set (palette) evaluation, by dataset registry name
+    "ade20k-150": TestProtocol("slide", (512, 512), (341, 341), (2048, 512), source=MMSEG_ADE),
+    "coco-stuff-171": TestProtocol("slide", (512, 512), (341, 341), (2048, 512),
+                                   source="mmseg: configs/_base_/datasets/coco-stuff164k.py scale (2048, 512) keep_ratio; slide 512 / 341"),
+    "pascal-context-59": TestProtocol("slide", (480, 480), (320, 320), (520, 520),
+                                      source="mmseg: configs/_base_/datasets/pascal_context_59.py scale (520, 520) keep_ratio; slide 480 / 320"),
+    "cityscapes": TestProtocol("slide", (1024, 1024), (768, 768), (2048, 1024),
+                               source="mmseg: configs/_base_/datasets/cityscapes.py scale (2048, 1024) keep_ratio; slide 1024 / 768"),
+    "bdd100k": TestProtocol("slide", (1024, 1024), (768, 768), (2048, 1024),
+                            source="mmseg: Cityscapes' protocol, applied to BDD100K (the same 19 classes)"),
+}
+CATSEG = TestProtocol("slide", (384, 384), (256, 256), (640, 640), keep_ratio=False, global_view=True,
+                      source="CAT-Seg: cat_seg_model.py inference_sliding_window (640 x 640, kernel 384, overlap 0.333, global view)")
+
+
+def protocol_for(dataset_name: str, open_vocab: bool = False) -> TestProtocol:
+    """The preset for a dataset: CAT-Seg's for open-vocabulary evaluation (any dataset queried class by class),
+    else mmseg's for the closed-set benchmarks above, else whole image at the model's resolution."""
+    if open_vocab:
+        return CATSEG
+    return PRESETS.get(dataset_name, TestProtocol())
+
+
+# ---------------------------------------------------------------------------------------------- command line
+def parse_pair(text: str) -> tuple[int, int]:
+    """'512' -> (512, 512); '512,1024' -> (512, 1024)."""
+    try:
+        values = [int(v) for v in text.replace("x", ",").split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or N,M (positive integers), got {text!r}") from None
+    if len(values) == 1:
+        values *= 2
+    if len(values) != 2 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected N or N,M (positive integers), got {text!r}")
+    return values[0], values[1]
+
+
+def add_protocol_flags(parser: argparse.ArgumentParser, preset_note: str) -> None:
+    """--mode, --crop-size, --stride, --scale, --keep-ratio, --global-view, --flip (all default: unset)."""
+    g = parser.add_argument_group("test protocol", f"how images are resized and tiled ({preset_note}); "
+                                  "see docs/eval_protocols.md")
+    g.add_argument("--mode", choices=INFERENCE_MODES, default=None, help="whole image, or sliding windows")
+    g.add_argument("--crop-size", type=parse_pair, default=None, metavar="H[,W]", help="slide: window size")
+    g.add_argument("--stride", type=parse_pair, default=None, metavar="H[,W]", help="slide: window step")
+    g.add_argument("--scale", type=parse_pair, default=None, metavar="LONG,SHORT",
+                   help="test resize: keep-ratio (long cap, short side), e.g. 2048,512; with --no-keep-ratio exactly W,H")
+    g.add_argument("--keep-ratio", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--global-view", action=argparse.BooleanOptionalAction, default=None,
+                   help="slide: also run the whole image as one window (CAT-Seg)")
+    g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="horizontal flip test-time augmentation")
+
+
+def protocol_from_args(args: argparse.Namespace, preset: TestProtocol) -> TestProtocol:
+    """`preset` with every flag the user gave overriding its field. --processing-resolution drops the preset's
+    scale (the two are alternatives); whole mode drops the preset's window settings."""
+    if getattr(args, "processing_resolution", None) is not None:
+        if args.scale is not None:
+            raise ConfigError("give either --scale or --processing-resolution, not both")
+        preset = replace(preset, scale=None)
+    fields = ("mode", "crop_size", "stride", "scale", "keep_ratio", "global_view", "flip")
+    given = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
+    protocol = replace(preset, **given)
+    if protocol.mode == "whole":
+        if "crop_size" in given or "stride" in given or given.get("global_view"):
+            raise ConfigError("--crop-size, --stride and --global-view need --mode slide")
+        protocol = replace(protocol, crop_size=None, stride=None, global_view=False)
+    if given:
+        protocol = replace(protocol, source=f"{preset.source}; overridden: {', '.join(sorted(given))}")
+    return protocol

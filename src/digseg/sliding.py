@@ -1,0 +1,178 @@
+"""Sliding-window inference: the window grid, the views run through the model, and combining them.
+
+Grid (mmsegmentation's `slide_inference`, mmseg/models/segmentors/encoder_decoder.py): along each axis
+windows start every `stride` pixels, `max(size - crop + stride - 1, 0) // stride + 1` of them; the last one
+is shifted back so it ends at the border; a crop larger than the image becomes the image size (no padding).
+Overlaps are combined in probability space: the windows' probabilities are summed and divided by the count
+map (how many windows cover each pixel). mmseg sums logits; DiGSeg's outputs are probabilities, as CAT-Seg's
+sigmoid outputs are.
+
+Optional extras:
+- a global view (CAT-Seg, cat_seg/cat_seg_model.py `inference_sliding_window`): the whole image resized to
+  the window size is run with the windows; its probabilities, resized back, are averaged 50/50 with the
+  combined windows;
+- horizontal flip (as mmseg's flip test-time augmentation): the mirrored image is run too, cut into the same
+  windows, each with the same starting noise as the image's window at that grid position; its result, flipped
+  back, is averaged with the image's (so a flip-symmetric input gives a flip-symmetric output).
+
+Views of one image all have the same shape (min(crop, image) per axis); each is padded (replicate) to the
+U-Net's multiple, so they are batched through the U-Net and the decoder together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from diffusers.utils.torch_utils import randn_tensor
+
+from .errors import DigsegError
+from .protocols import INFERENCE_MODES
+
+
+def pair(value: int | tuple[int, int] | list[int] | None, what: str) -> tuple[int, int] | None:
+    """An int or (H, W) -> (H, W) of positive ints; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, int):
+        value = (value, value)
+    if len(value) != 2 or not all(isinstance(v, int) and v >= 1 for v in value):
+        raise DigsegError(f"{what} must be a positive int or (height, width), got {value!r}")
+    return int(value[0]), int(value[1])
+
+
+def slide_settings(crop_size, stride, default_crop: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Checked (crop, stride): crop defaults to `default_crop` square, stride to 2/3 of the crop (mmseg's
+    512 / 341 ratio); a stride larger than the crop would leave pixels that no window covers."""
+    crop = pair(crop_size, "crop_size") or (default_crop, default_crop)
+    step = pair(stride, "stride") or (max(1, crop[0] * 2 // 3), max(1, crop[1] * 2 // 3))
+    if step[0] > crop[0] or step[1] > crop[1]:
+        raise DigsegError(f"stride {step} is larger than crop_size {crop}: some pixels would be in no window")
+    return crop, step
+
+
+def check_test_protocol(mode: str, crop_size, stride, global_view: bool,
+                        default_crop: int) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """(crop, stride) for mode "slide"; None for "whole" (where crop_size, stride and global_view mean nothing)."""
+    if mode not in INFERENCE_MODES:
+        raise DigsegError(f"mode must be one of {', '.join(INFERENCE_MODES)}, got {mode!r}")
+    if mode == "slide":
+        return slide_settings(crop_size, stride, default_crop)
+    if crop_size is not None or stride is not None or global_view:
+        raise DigsegError("crop_size, stride and global_view apply to mode='slide' only")
+    return None
+
+
+def axis_starts(size: int, crop: int, stride: int) -> list[int]:
+    """Window starts along one axis (mmseg's grid, the last window shifted to end at the border)."""
+    count = max(size - crop + stride - 1, 0) // stride + 1
+    last = max(size - crop, 0)
+    return [min(i * stride, last) for i in range(count)]
+
+
+def window_grid(height: int, width: int, crop: tuple[int, int], stride: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+    """(y1, y2, x1, x2) of every window over a height x width image, row by row."""
+    ch, cw = min(crop[0], height), min(crop[1], width)
+    return [(y, y + ch, x, x + cw) for y in axis_starts(height, crop[0], stride[0])
+            for x in axis_starts(width, crop[1], stride[1])]
+
+
+def count_map(boxes: list[tuple[int, int, int, int]], size: tuple[int, int]) -> torch.Tensor:
+    """How many windows cover each pixel: [H, W] float32."""
+    count = torch.zeros(size)
+    for y1, y2, x1, x2 in boxes:
+        count[y1:y2, x1:x2] += 1
+    return count
+
+
+def combine_windows(probs: torch.Tensor, boxes: list[tuple[int, int, int, int]], size: tuple[int, int]) -> torch.Tensor:
+    """Window probabilities [n, K, h, w] -> [K, H, W]: summed where windows overlap, divided by the count."""
+    total = probs.new_zeros(probs.shape[1], *size)
+    for window, (y1, y2, x1, x2) in zip(probs, boxes):
+        total[:, y1:y2, x1:x2] += window
+    count = count_map(boxes, size).to(total)
+    if bool((count == 0).any()):
+        raise DigsegError("sliding window: some pixels are in no window")  # cannot happen with window_grid
+    return total.div_(count)
+
+
+@dataclass
+class SlideViews:
+    """The views of one image: windows in grid order, then the global view (if any); then, with flip, the same
+    views of the mirrored image. `pixels` [V, 3, h', w'] padded to the U-Net multiple; `window` (h, w) before
+    padding."""
+
+    pixels: torch.Tensor
+    boxes: list[tuple[int, int, int, int]]
+    size: tuple[int, int]
+    window: tuple[int, int]
+    global_view: bool
+    flip: bool
+
+    @property
+    def num_unique(self) -> int:
+        """Views with their own noise (a view of the mirrored image reuses the noise of the same grid position)."""
+        return len(self.boxes) + int(self.global_view)
+
+    def noise_index(self) -> torch.Tensor:
+        """For each view, which of the `num_unique` noise draws it uses: [V]."""
+        unique = torch.arange(self.num_unique)
+        return torch.cat([unique, unique]) if self.flip else unique
+
+
+def view_noise(views: SlideViews, member_shape: tuple[int, int, int], generator, index: int,
+               device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Starting noise of one image's views [V, E, C, h, w]: one draw per window (and global view) from the call's
+    generator, or generator[index] when it is a list; views of the mirrored image reuse the same draws.
+    member_shape: (E, latent channels, VAE downsampling factor)."""
+    ensemble_size, channels, factor = member_shape
+    h, w = (s // factor for s in views.pixels.shape[-2:])
+    gen = generator[index] if isinstance(generator, list) else generator
+    noise = randn_tensor((views.num_unique, ensemble_size, channels, h, w), generator=gen, device=device, dtype=dtype)
+    return noise[views.noise_index().to(noise.device)]
+
+
+def make_views(image: torch.Tensor, crop: tuple[int, int], stride: tuple[int, int], multiple: int,
+               global_view: bool = False, flip: bool = False) -> SlideViews:
+    """image [3, H, W] (already at the test scale) -> its views, padded for the U-Net."""
+    size = (image.shape[-2], image.shape[-1])
+    boxes = window_grid(*size, crop, stride)
+    window = (boxes[0][1] - boxes[0][0], boxes[0][3] - boxes[0][2])
+
+    def cut(picture: torch.Tensor) -> list[torch.Tensor]:
+        views = [picture[:, y1:y2, x1:x2] for y1, y2, x1, x2 in boxes]
+        if global_view:
+            views.append(F.interpolate(picture[None], size=window, mode="bilinear", antialias=True, align_corners=False)[0])
+        return views
+
+    pixels = torch.stack(cut(image) + (cut(image.flip(-1)) if flip else []))  # [V, 3, h, w]
+    pad_h, pad_w = (-window[0]) % multiple, (-window[1]) % multiple
+    if pad_h or pad_w:
+        pixels = F.pad(pixels, (0, pad_w, 0, pad_h), mode="replicate")
+    return SlideViews(pixels, boxes, size, window, global_view, flip)
+
+
+def group_views(views: list[SlideViews], max_images: int) -> list[list[int]]:
+    """Consecutive images whose views have the same shape, up to `max_images` per group (one U-Net batch)."""
+    groups: list[list[int]] = []
+    for i, v in enumerate(views):
+        if groups and len(groups[-1]) < max_images and views[groups[-1][0]].pixels.shape[1:] == v.pixels.shape[1:]:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def combine_views(views: SlideViews, probs: torch.Tensor) -> torch.Tensor:
+    """The views' probabilities [V, K, h', w'] (padded) -> [K, H, W] over the image at the test scale."""
+    probs = probs[:, :, : views.window[0], : views.window[1]]
+    if views.flip:  # the mirrored image's result, flipped back, averaged with the image's
+        plain, mirrored = probs.chunk(2)
+        return (combine_views(replace(views, flip=False), plain)
+                + combine_views(replace(views, flip=False), mirrored).flip(-1)) / 2
+    combined = combine_windows(probs[: len(views.boxes)], views.boxes, views.size)
+    if views.global_view:  # CAT-Seg: (windows + global view resized back) / 2
+        whole = F.interpolate(probs[-1:], size=views.size, mode="bilinear", align_corners=False)[0]
+        combined = (combined + whole) / 2
+    return combined

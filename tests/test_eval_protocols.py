@@ -1,0 +1,103 @@
+"""Per-dataset test protocol presets, their command-line overrides, batched `digseg eval`, and `digseg predict`
+with large vocabularies (probability maps for the kept classes only)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from digseg.cli import build_parser, main
+from digseg.data.registry import dataset_names
+from digseg.dataset_eval import predict_dataset
+from digseg.errors import ConfigError
+from digseg.protocols import CATSEG, PRESETS, TestProtocol, protocol_for, protocol_from_args
+
+
+def test_presets_follow_mmseg_and_catseg():
+    assert set(PRESETS) <= set(dataset_names())  # keyed by registry name
+    ade = protocol_for("ade20k-150")
+    assert (ade.mode, ade.crop_size, ade.stride, ade.scale, ade.keep_ratio) == ("slide", (512, 512), (341, 341), (2048, 512), True)
+    city = protocol_for("cityscapes")
+    assert (city.crop_size, city.stride, city.scale) == ((1024, 1024), (768, 768), (2048, 1024))
+    assert protocol_for("ade20k-150", open_vocab=True) is CATSEG is protocol_for("ade20k-847", open_vocab=True)
+    assert (CATSEG.scale, CATSEG.keep_ratio, CATSEG.crop_size, CATSEG.stride, CATSEG.global_view) == (
+        (640, 640), False, (384, 384), (256, 256), True)
+    assert protocol_for("monuseg") == TestProtocol()  # no field protocol: the model's own setting
+
+
+def _eval_args(*flags):
+    return build_parser().parse_args(["eval", "--dataset", "ade20k-150", "--predictions", "x", *flags])
+
+
+def test_every_preset_field_can_be_overridden():
+    ade = protocol_for("ade20k-150")
+    same = protocol_from_args(_eval_args(), ade)
+    assert same == ade
+    custom = protocol_from_args(_eval_args("--crop-size", "256,384", "--stride", "128", "--flip", "--global-view",
+                                           "--scale", "1024,256"), ade)
+    assert (custom.crop_size, custom.stride, custom.flip, custom.global_view, custom.scale) == (
+        (256, 384), (128, 128), True, True, (1024, 256))
+    assert "overridden" in custom.source and "crop_size" in custom.source
+    whole = protocol_from_args(_eval_args("--mode", "whole"), ade)
+    assert (whole.mode, whole.crop_size, whole.stride, whole.scale) == ("whole", None, None, (2048, 512))
+    native = protocol_from_args(_eval_args("--processing-resolution", "64"), ade)
+    assert native.scale is None and native.mode == "slide"  # --processing-resolution replaces the preset's scale
+    stretched = protocol_from_args(_eval_args("--no-keep-ratio", "--scale", "640,480"), TestProtocol())
+    assert stretched.keep_ratio is False and stretched.scale == (640, 480)
+    with pytest.raises(ConfigError, match="either --scale or --processing-resolution"):
+        protocol_from_args(_eval_args("--scale", "64", "--processing-resolution", "64"), ade)
+    with pytest.raises(ConfigError, match="need --mode slide"):
+        protocol_from_args(_eval_args("--mode", "whole", "--crop-size", "64"), ade)
+    with pytest.raises(SystemExit):
+        _eval_args("--crop-size", "0,5")
+
+
+def _folder(tmp_path, n=5):
+    from digseg.data.synthetic import SyntheticScenes, save_scenes_as_folder
+    from digseg.data.registry import get_dataset_class
+
+    root = save_scenes_as_folder(SyntheticScenes(n, seed=4), tmp_path / "data")
+    return get_dataset_class("folder")(root, split="val")
+
+
+@pytest.mark.parametrize("protocol", [TestProtocol(), TestProtocol("slide", (48, 48), (32, 32), flip=True)])
+def test_batched_eval_equals_one_image_per_call(tiny_pipe, tmp_path, protocol):
+    dataset = _folder(tmp_path)
+    one = predict_dataset(tiny_pipe, dataset, tmp_path / "one", seed=3, protocol=protocol, batch_size=1, show_progress=False)
+    many = predict_dataset(tiny_pipe, dataset, tmp_path / "many", seed=3, protocol=protocol, batch_size=3, show_progress=False)
+    assert one["written"] == many["written"] == 5
+    for png in sorted((tmp_path / "one").glob("*.png")):
+        np.testing.assert_array_equal(np.asarray(Image.open(png)), np.asarray(Image.open(tmp_path / "many" / png.name)))
+
+
+def test_cli_eval_records_the_protocol(tiny_pipe, tmp_path):
+    dataset = _folder(tmp_path, n=3)
+    tiny_pipe.save_pretrained(tmp_path / "model")
+    assert main(["eval", "--dataset", "folder", "--data-root", str(dataset.root), "--model", str(tmp_path / "model"),
+                 "--mode", "slide", "--crop-size", "48", "--stride", "32", "--flip", "--batch-size", "2",
+                 "--output", str(tmp_path / "m.json")]) == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["protocol"]["mode"] == "slide" and metrics["protocol"]["crop_size"] == [48, 48]
+    assert metrics["protocol"]["flip"] is True and metrics["batch_size"] == 2 and metrics["num_images"] == 3
+
+
+def test_predict_writes_maps_for_the_kept_classes_only(tiny_pipe, tmp_path):
+    tiny_pipe.save_pretrained(tmp_path / "model")
+    Image.fromarray((np.random.default_rng(0).random((40, 70, 3)) * 255).astype(np.uint8)).save(tmp_path / "p.png")
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(f"thing {i}" for i in range(40)))
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(tmp_path / "model"), "--image", str(tmp_path / "p.png"), "--classes-file",
+                 str(names), "--mode", "slide", "--crop-size", "32", "--no-progress", "--output", str(out)]) == 0
+    maps = sorted(out.glob("p_prob_*.png"))
+    record = json.loads((out / "p_summary.json").read_text())
+    assert len(maps) == len(record["files"]["probabilities"]) == 16
+    pixels = {c["name"]: c["pixels"] for c in record["classes"]}  # the classes found
+    mapped = {m["class"] for m in record["files"]["probabilities"]}
+    assert min(pixels.get(n, 0) for n in mapped) >= max([0] + [p for n, p in pixels.items() if n not in mapped])
+    assert len(pixels) > 16 or set(pixels) <= mapped  # the classes with most pixels get maps
+    assert record["settings"]["protocol"]["mode"] == "slide"
+    assert np.asarray(Image.open(out / "p_label.png")).shape == (40, 70)
