@@ -1,6 +1,6 @@
 """Image pre- and post-processing for the pipeline: input normalisation, resize, pad, unpad.
 
-Accepted images: a path, a PIL image, a numpy array [H, W, 3] (uint8 0..255 or float 0..1) or
+Accepted images: a path (read as displayed: its EXIF orientation is applied), a PIL image, a numpy array [H, W, 3] (uint8 0..255 or float 0..1) or
 [H, W] grey, a torch tensor [3, H, W] or [N, 3, H, W] with values in [0, 1], or a list of those.
 Everything becomes float tensors [3, H, W] in [-1, 1].
 """
@@ -59,7 +59,7 @@ def to_image_list(images: Any) -> list[torch.Tensor]:
     out = []
     for image in images:
         if isinstance(image, (str, os.PathLike)):
-            out.append(_from_pil(load_image(Path(image))))
+            out.append(_from_pil(load_image(Path(image), exif_transpose=True)))
         elif isinstance(image, Image.Image):
             out.append(_from_pil(image))
         elif isinstance(image, np.ndarray):
@@ -79,8 +79,15 @@ def processed_size(height: int, width: int, resolution: int) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
+def padded_size(height: int, width: int, resolution: int, multiple: int) -> tuple[int, int]:
+    """(H', W'): the size of the tensor the model sees, `processed_size` padded up to a multiple of `multiple`.
+    Images with the same padded size can share a batch."""
+    h, w = processed_size(height, width, resolution)
+    return h + (-h) % multiple, w + (-w) % multiple
+
+
 def resize_and_pad(image: torch.Tensor, resolution: int, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """[3, H, W] -> ([3, H', W'] padded to a multiple of `multiple`, (h, w) before padding)."""
+    """[3, H, W] -> ([3, H', W'] padded to a multiple of `multiple` (see `padded_size`), (h, w) before padding)."""
     h, w = processed_size(image.shape[-2], image.shape[-1], resolution)
     if (h, w) != tuple(image.shape[-2:]):
         image = F.interpolate(image[None], size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0]

@@ -382,7 +382,7 @@ class DiGSegPipeline(DiffusionPipeline):
         num_inference_steps: int | None = None,
         processing_resolution: int | None = None,
         batch_size: int = 1,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "np",
         threshold: float = 0.5,
         no_class_threshold: float | None = None,
@@ -398,7 +398,9 @@ class DiGSegPipeline(DiffusionPipeline):
         """Segment `image` (one or a list). Returns labels [N, H, W], probabilities [N, K, H, W], uncertainty [N, H, W].
 
         `generator` (one torch.Generator) draws the starting noise of every member, in order, so a fixed seed
-        gives the same output. Binary prompts: a pixel is foreground when its probability exceeds `threshold`. Per-class queries: a
+        gives the same output. A list of generators, one per image (diffusers' convention), draws each image's
+        noise from its own generator, so an image's result does not depend on `batch_size` or on the other
+        images. Binary prompts: a pixel is foreground when its probability exceeds `threshold`. Per-class queries: a
         pixel whose best class score is below `no_class_threshold` (if given) is labelled 255, "no class".
         Ensembles (E > 1) combine the members' final latents by `ensemble_reduction` ("median", element-wise,
         the default; or "mean") and decode once; `decode_members=True` decodes every member and averages the
@@ -418,6 +420,8 @@ class DiGSegPipeline(DiffusionPipeline):
             raise DigsegError(f"output_type must be 'np' or 'pt', got {output_type!r}")
 
         images = to_image_list(image)
+        if isinstance(generator, (list, tuple)) and len(generator) != len(images):
+            raise DigsegError(f"got {len(generator)} generators for {len(images)} images (give one, or one per image)")
         mode, table, query_ids, names = self._resolve_queries(len(images), prompt, classes, templates)
         if top_k is not None and top_k < 1:
             raise DigsegError(f"top_k must be >= 1, got {top_k}")
@@ -436,8 +440,9 @@ class DiGSegPipeline(DiffusionPipeline):
                 batches.append([i])
         for batch in self.progress_bar(batches) if show_progress_bar else batches:
             pixels = torch.stack([prepared[i][0] for i in batch])  # [B, 3, H', W']
+            batch_generator = [generator[i] for i in batch] if isinstance(generator, (list, tuple)) else generator
             probs, unc, kept = self._segment_batch(
-                pixels, [query_ids[i] for i in batch], states, mode, ensemble_size, steps, generator, max_unet_batch, top_k,
+                pixels, [query_ids[i] for i in batch], states, mode, ensemble_size, steps, batch_generator, max_unet_batch, top_k,
                 decode_members, ensemble_reduction, mask_decoder,
             )
             for j, i in enumerate(batch):

@@ -18,6 +18,7 @@ The summary (also what `report.write_report` reads) is a dict:
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,7 @@ def class_fractions(labels: np.ndarray, class_names: list[str]) -> tuple[list[di
 
 
 def save_input_copy(out_dir: Path, stem: str, source: Path, image: Image.Image) -> Path:
-    """The RGB pixels that were segmented (no EXIF rotation, so they line up with the label map), as
+    """The RGB pixels that were segmented (as displayed: EXIF orientation applied, no tag kept), as
     `<stem>_input.jpg` (quality 92) for JPEG inputs and `<stem>_input.png` otherwise: browsers show it,
     whatever the input format (TIFF, 16-bit, ...)."""
     if source.suffix.lower() in (".jpg", ".jpeg"):
@@ -86,3 +87,11 @@ def write_image_outputs(out_dir: Path, stem: str, name: str, source: Path, image
         record["uncertainty_note"] = NO_UNCERTAINTY
     summary_path.write_text(json.dumps(record, indent=2, ensure_ascii=False), encoding="utf-8")
     return record
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write `path` through a temporary file beside it and `os.replace`: readers see the old or the new file,
+    never half of one (an interrupted run leaves the previous summary.json / index.html intact)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
