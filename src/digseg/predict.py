@@ -182,8 +182,7 @@ def run_predict(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir)  # created when the first file is written: a bad flag the pipeline finds leaves nothing
     settings = json.loads(json.dumps(settings))  # as the summaries store them, so earlier runs compare equal
     names, stems = display_names(paths), unique_stems(paths)
     records: list[dict | None] = [None] * len(paths)
@@ -236,6 +235,7 @@ def run_predict(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
 
     done = [r for r in records if r is not None]
     missed = [skipped[i] for i in sorted(skipped)]
+    out_dir.mkdir(parents=True, exist_ok=True)
     summary = out_dir / "summary.json"
     write_text_atomically(summary, json.dumps({
         "images": {r["name"]: {c["name"]: c["fraction"] for c in r["classes"]} for r in done},
