@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import ConfigError, DigsegError
+from .errors import EXIT_SKIPPED, ConfigError, DigsegError
 
 
 def _quiet_libraries() -> None:
@@ -250,7 +250,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- parser
-_PREDICT_EPILOG = """\
+_PREDICT_EPILOG = f"""\
 A file that cannot be read (missing, empty, not an image, truncated) is named on stderr and skipped; the
 run goes on and lists it in summary.json and index.html. EXIF orientation is applied: outputs line up with
 the image as viewers show it. Each image's files appear atomically; --skip-existing continues a run.
@@ -258,7 +258,7 @@ the image as viewers show it. Each image's files appear atomically; --skip-exist
 exit status:
   0    every image was predicted
   2    a user error (bad model, flags or image selection); nothing was predicted
-  3    the run finished, but some files could not be read and were skipped
+  {EXIT_SKIPPED}    the run finished, but some files could not be read and were skipped
   130  interrupted (Ctrl-C); run again with --skip-existing to continue
   1    anything else (a crash, with a traceback)
 """

@@ -37,14 +37,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .data.io import load_image
-from .errors import ConfigError, DataError
+from .errors import EXIT_SKIPPED, ConfigError, DataError
 from .image_processing import padded_size
 from .inputs import display_names, unique_stems
 from .predict_outputs import write_image_outputs, write_text_atomically
 from .report import write_report
 from .seeding import seeded_generator
 
-EXIT_SKIPPED = 3  # `digseg predict` finished, but some files could not be read (1: a crash, 2: a user error)
 PARTIAL_DIR = ".partial"  # inside the output folder: images being written
 READ_AHEAD = 1  # images decoded on a thread while the model runs
 
