@@ -4,6 +4,7 @@ orientation, batching with per-image seeds, atomic per-image outputs and `--skip
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -246,3 +247,17 @@ def test_image_list_adds_files_named_one_per_line(model, tmp_path, monkeypatch):
         read_image_list(tmp_path / "missing.txt")
     with pytest.raises(ConfigError, match="no input images"):
         select_images(None, None)
+
+
+def test_the_progress_bar_counts_images_and_shows_the_time_left(tiny_pipe, tmp_path, capsys):
+    from digseg.predict import run_predict
+
+    paths = []
+    for k in range(3):
+        paths.append(tmp_path / f"i{k}.png")
+        Image.fromarray(_noise(16, 16, k)).save(paths[-1])
+    result = run_predict(tiny_pipe, paths, tmp_path / "out", {"num_inference_steps": 1}, {"seed": 0},
+                         show_progress=True)
+    assert result.exit_status == 0 and result.written == 3 and len(result.records) == 3
+    bar = capsys.readouterr().err.replace("\r", "\n").splitlines()[-1]
+    assert "3/3" in bar and re.search(r"\[\d\d:\d\d<\d\d:\d\d", bar), bar  # [elapsed<remaining]
