@@ -258,6 +258,6 @@ def test_the_progress_bar_counts_images_and_shows_the_time_left(tiny_pipe, tmp_p
         Image.fromarray(_noise(16, 16, k)).save(paths[-1])
     result = run_predict(tiny_pipe, paths, tmp_path / "out", {"num_inference_steps": 1}, {"seed": 0},
                          show_progress=True)
-    assert result.exit_status == 0 and result.written == 3 and len(result.records) == 3
+    assert result.exit_status == 0 and result.written == result.images == 3 and result.reused == 0
     bar = capsys.readouterr().err.replace("\r", "\n").splitlines()[-1]
     assert "3/3" in bar and re.search(r"\[\d\d:\d\d<\d\d:\d\d", bar), bar  # [elapsed<remaining]

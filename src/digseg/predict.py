@@ -5,8 +5,9 @@ past files that cannot be read.
     sys.exit(result.exit_status)  # 0, or EXIT_SKIPPED when some files could not be read
 
 - **Streaming.** Images are decoded as they are processed (one is read ahead on a thread while the model
-  runs), never all up front. Besides the per-image summaries kept for the report (a few hundred bytes each),
-  at most `2 x batch_size` decoded images wait for a batch, so memory stays flat over thousands of images.
+  runs), never all up front, and at most `2 x batch_size` decoded images wait for a batch. The run keeps no
+  per-image results: `summary.json` and `index.html` are written at the end by reading the per-image
+  summaries back from disk, one at a time. Memory stays flat over thousands of images.
 - **Batching.** Images whose processed size (`image_processing.padded_size`) is the same go to the pipeline
   together, up to `batch_size` per call. When more than `2 x batch_size` images are waiting (many different
   sizes), the size waiting longest goes out as a smaller batch.
@@ -34,13 +35,13 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from .data.io import load_image
 from .errors import EXIT_SKIPPED, ConfigError, DataError
 from .image_processing import padded_size
 from .inputs import display_names, unique_stems
-from .predict_outputs import write_image_outputs, write_text_atomically
+from .predict_outputs import open_atomically, write_image_outputs
 from .report import write_report
 from .seeding import seeded_generator
 
@@ -50,14 +51,13 @@ READ_AHEAD = 1  # images decoded on a thread while the model runs
 
 @dataclass
 class PredictResult:
-    """What a run did. records: the per-image summaries (see predict_outputs), in input order, for the images
-    predicted now and those kept from an earlier run; skipped: {"name", "source", "reason"} per file that could
-    not be read."""
+    """What a run did: `images` finished (`written` now + `reused` from an earlier run); `skipped`:
+    {"name", "source", "reason"} per file that could not be read; where summary.json and index.html are."""
 
-    records: list[dict]
-    skipped: list[dict]
+    images: int
     written: int
     reused: int
+    skipped: list[dict]
     summary: Path
     report: Path
 
@@ -68,9 +68,9 @@ class PredictResult:
     def message(self) -> str:
         """The run's last line: counts, where things are, and what to do about skipped files."""
         kept = f" ({self.reused} kept from an earlier run)" if self.reused else ""
-        text = f"wrote predictions for {len(self.records)} image(s) to {self.summary.parent}{kept}; report: {self.report}"
+        text = f"wrote predictions for {self.images} image(s) to {self.summary.parent}{kept}; report: {self.report}"
         if self.skipped:
-            text += (f"\nskipped {len(self.skipped)} of {len(self.records) + len(self.skipped)} image(s) that could not "
+            text += (f"\nskipped {len(self.skipped)} of {self.images + len(self.skipped)} image(s) that could not "
                      f"be read (listed in {self.summary.name} and the report); exit status {EXIT_SKIPPED}")
         return text
 
@@ -134,11 +134,6 @@ def listed_files(record: dict) -> list[str]:
     return names + [m["file"] for m in files.get("probabilities") or []]
 
 
-def _for_report(record: dict) -> dict:
-    """A per-image summary as the run keeps it for the report: without its settings (the run's, listed once)."""
-    return {k: v for k, v in record.items() if k != "settings"}
-
-
 def publish(staging: Path, out_dir: Path, summary_name: str) -> None:
     """Move an image's files from `staging` into `out_dir` (os.replace: each atomic), the summary last."""
     for path in sorted(staging.iterdir()):
@@ -184,15 +179,11 @@ def run_predict(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
     out_dir = Path(out_dir)  # created when the first file is written: a bad flag the pipeline finds leaves nothing
     settings = json.loads(json.dumps(settings))  # as the summaries store them, so earlier runs compare equal
     names, stems = display_names(paths), unique_stems(paths)
-    records: list[dict | None] = [None] * len(paths)
-    if skip_existing:
-        for i, (path, stem) in enumerate(zip(paths, stems)):
-            record = finished_record(out_dir, stem, path, settings)
-            records[i] = _for_report(record) if record is not None else None
-    todo = [i for i, r in enumerate(records) if r is None]
-    reused = len(paths) - len(todo)
-    if reused:
-        print(f"--skip-existing: {reused} of {len(paths)} image(s) already finished in {out_dir}")
+    finished = [skip_existing and finished_record(out_dir, stem, path, settings) is not None
+                for path, stem in zip(paths, stems)]
+    todo = [i for i, done in enumerate(finished) if not done]
+    if len(todo) < len(paths):
+        print(f"--skip-existing: {len(paths) - len(todo)} of {len(paths)} image(s) already finished in {out_dir}")
     resolution = call_kwargs.get("processing_resolution")
     resolution = pipe.config.default_processing_resolution if resolution is None else resolution
     skipped: dict[int, dict] = {}
@@ -209,7 +200,7 @@ def run_predict(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
             record = write_image_outputs(staging, stems[i], names[i], paths[i], image, result.labels[j],
                                          result.probabilities[j], result.class_names, unc, settings)
             publish(staging, out_dir, record["files"]["summary"])
-            records[i] = _for_report(record)
+            finished[i] = True
             bar.write(f"{names[i]}: " + ", ".join(f"{c['name']} {c['fraction']:.1%}" for c in record["classes"]))
             bar.update(1)
 
@@ -232,14 +223,32 @@ def run_predict(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
     except OSError:  # absent, or not empty (another run writing into the same folder)
         pass
 
-    done = [r for r in records if r is not None]
+    done = [i for i, ok in enumerate(finished) if ok]
     missed = [skipped[i] for i in sorted(skipped)]
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = out_dir / "summary.json"
-    write_text_atomically(summary, json.dumps({
-        "images": {r["name"]: {c["name"]: c["fraction"] for c in r["classes"]} for r in done},
-        "skipped": missed,
-    }, indent=2, ensure_ascii=False))
-    report = write_report(out_dir, done, settings, skipped=missed)
-    return PredictResult(records=done, skipped=missed, written=len(todo) - len(missed), reused=reused,
-                         summary=summary, report=report)
+    summary = write_run_summary(out_dir, (_read_record(out_dir, stems[i]) for i in done), missed)
+    report = write_report(out_dir, (_read_record(out_dir, stems[i]) for i in done), settings, skipped=missed,
+                          num_entries=len(done))
+    return PredictResult(images=len(done), written=len(todo) - len(missed), reused=len(paths) - len(todo),
+                         skipped=missed, summary=summary, report=report)
+
+
+def _read_record(out_dir: Path, stem: str) -> dict:
+    """A finished image's summary, read back for the run's summary and report, without its settings."""
+    record = json.loads((out_dir / f"{stem}_summary.json").read_text(encoding="utf-8"))
+    record.pop("settings", None)  # the run's, listed once at the top of the report
+    return record
+
+
+def write_run_summary(out_dir: Path, records: Iterable[dict], skipped: list[dict]) -> Path:
+    """`<out_dir>/summary.json`: {"images": {name: {class: fraction}}, "skipped": [{"name", "source", "reason"}]},
+    written one image at a time (records may be an iterator) and replaced atomically."""
+    path = out_dir / "summary.json"
+    with open_atomically(path) as f:
+        f.write('{\n  "images": {')
+        for k, r in enumerate(records):
+            fractions = {c["name"]: c["fraction"] for c in r["classes"]}
+            f.write(f'{"," if k else ""}\n    {json.dumps(r["name"], ensure_ascii=False)}: '
+                    f'{json.dumps(fractions, ensure_ascii=False)}')
+        f.write('\n  },\n  "skipped": ' + json.dumps(skipped, indent=4, ensure_ascii=False) + "\n}\n")
+    return path

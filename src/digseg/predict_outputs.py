@@ -17,9 +17,11 @@ The summary (also what `report.write_report` reads) is a dict:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
+from typing import Iterator, TextIO
 
 import numpy as np
 from PIL import Image
@@ -89,9 +91,15 @@ def write_image_outputs(out_dir: Path, stem: str, name: str, source: Path, image
     return record
 
 
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write `path` through a temporary file beside it and `os.replace`: readers see the old or the new file,
-    never half of one (an interrupted run leaves the previous summary.json / index.html intact)."""
+@contextlib.contextmanager
+def open_atomically(path: Path) -> Iterator[TextIO]:
+    """A text file to write `path` through: a temporary file beside it, moved over `path` with `os.replace`
+    when the block ends without error (removed otherwise). Readers see the old file or the new one, never half
+    of one: an interrupted run leaves the previous summary.json / index.html intact."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

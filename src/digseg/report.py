@@ -16,9 +16,10 @@ import html
 import json
 import re
 from pathlib import Path
+from typing import Iterable
 from urllib.parse import quote
 
-from .predict_outputs import write_text_atomically
+from .predict_outputs import open_atomically
 
 _HEX = re.compile(r"^#[0-9a-fA-F]{6}$")
 THUMBNAILS_ALWAYS = 8  # show every probability map as a thumbnail up to this many; else only present classes
@@ -195,16 +196,20 @@ def _skipped_block(skipped: list[dict]) -> str:
             f'that could not be read</h2><ul>{items}</ul></section>')
 
 
-def write_report(out_dir: Path, entries: list[dict], settings: dict | None = None, title: str = "digseg predict",
-                 skipped: list[dict] | None = None) -> Path:
+def write_report(out_dir: Path, entries: Iterable[dict], settings: dict | None = None, title: str = "digseg predict",
+                 skipped: list[dict] | None = None, num_entries: int | None = None) -> Path:
     """Write `<out_dir>/index.html` for `entries` (the per-image summaries of `predict_outputs`, whose
     file names are relative to `out_dir`) and return its path. `settings` are listed at the top, then the
-    `skipped` files ({"name", "reason"} each), if any. The page replaces an earlier one atomically."""
+    `skipped` files ({"name", "reason"} each), if any.
+
+    `entries` may be an iterator (pass `num_entries` then): each panel is written to the file as it comes, so
+    a report over many thousands of images is never held in memory. The page replaces an earlier one
+    atomically."""
     out_dir = Path(out_dir)
     skipped = skipped or []
-    count = f"{len(entries)} image{'s' if len(entries) != 1 else ''}" + (f", {len(skipped)} skipped" if skipped else "")
-    body = "".join(_figure(i, e) for i, e in enumerate(entries))
-    page = f"""<!DOCTYPE html>
+    n = len(entries) if num_entries is None else num_entries  # type: ignore[arg-type]
+    count = f"{n} image{'s' if n != 1 else ''}" + (f", {len(skipped)} skipped" if skipped else "")
+    head = f"""<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -220,12 +225,16 @@ def write_report(out_dir: Path, entries: list[dict], settings: dict | None = Non
   the input right of it. Percentages are shares of all pixels.</p>
   {_skipped_block(skipped)}
 </header>
-<main>{body}
+<main>"""
+    path = out_dir / "index.html"
+    with open_atomically(path) as f:
+        f.write(head)
+        for i, entry in enumerate(entries):
+            f.write(_figure(i, entry))
+        f.write(f"""
 </main>
 <script>{_JS}</script>
 </body>
 </html>
-"""
-    path = out_dir / "index.html"
-    write_text_atomically(path, page)
+""")
     return path
