@@ -17,13 +17,19 @@ into `<work>/images-<count>/`.
 Usage::
 
     python benchmarks/bench_predict.py                              # 100 and 1000 images, batch 1 and 8
-    python benchmarks/bench_predict.py --counts 200 --batch-sizes 1,8 --work /tmp/bench-predict
+    python benchmarks/bench_predict.py --counts 200 --repeats 5     # speed: 5 alternating rounds, medians
+
+With ``--repeats R``, each count runs R rounds; each round runs every batch size once, in alternating order, so
+background load hits them alike. The table gives the median images/s and wall time and the largest peak RSS
+over the rounds; the load average is printed before and after.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -89,6 +95,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="1,8", help="--batch-size values, comma-separated")
     parser.add_argument("--size", type=int, default=64, help="image side in pixels")
     parser.add_argument("--threads", type=int, default=2, help="torch / OpenMP threads of the command")
+    parser.add_argument("--repeats", type=int, default=1, help="alternating rounds per count (medians reported)")
     parser.add_argument("--work", default="/tmp/bench-predict", help="model, images and outputs go here")
     args = parser.parse_args()
     work = Path(args.work)
@@ -97,17 +104,24 @@ def main() -> None:
     counts = [int(c) for c in args.counts.split(",")]
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     print(f"load average {os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs; tiny random model; {args.size} px PNGs")
+    print(f"{args.repeats} round(s) per count")
     print("| images | --batch-size | peak RSS (MiB) | images/s (steady) | wall (s) |")
     print("|---:|---:|---:|---:|---:|")
     for count in counts:
         images = write_images(work / f"images-{count}", count, args.size)
-        for batch_size in batch_sizes:
-            out = work / f"out-{count}-b{batch_size}"
-            subprocess.run(["rm", "-rf", str(out)], check=True)
-            r = run_predict(model, images, out, batch_size, args.threads)
-            assert r["images"] == count, r
-            print(f"| {count} | {batch_size} | {r['peak_rss_mib']:.0f} | {r['images_per_s']:.1f} | {r['wall_s']:.0f} |",
-                  flush=True)
+        runs: dict[int, list[dict]] = {b: [] for b in batch_sizes}
+        for round_ in range(args.repeats):
+            for batch_size in batch_sizes if round_ % 2 == 0 else batch_sizes[::-1]:
+                out = work / f"out-{count}-b{batch_size}"
+                shutil.rmtree(out, ignore_errors=True)
+                r = run_predict(model, images, out, batch_size, args.threads)
+                assert r["images"] == count, r
+                runs[batch_size].append(r)
+        for batch_size, rs in runs.items():
+            rate = statistics.median(r["images_per_s"] for r in rs)
+            wall = statistics.median(r["wall_s"] for r in rs)
+            rss = max(r["peak_rss_mib"] for r in rs)
+            print(f"| {count} | {batch_size} | {rss:.0f} | {rate:.1f} | {wall:.0f} |", flush=True)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

@@ -66,7 +66,7 @@ class PredictResult:
         return EXIT_SKIPPED if self.skipped else 0
 
     def message(self) -> str:
-        """The run's last line: counts, where things are, and what to do about skipped files."""
+        """The run's closing line(s): counts, where things are, and the skipped files if any."""
         kept = f" ({self.reused} kept from an earlier run)" if self.reused else ""
         text = f"wrote predictions for {self.images} image(s) to {self.summary.parent}{kept}; report: {self.report}"
         if self.skipped:
