@@ -114,7 +114,9 @@ def test_every_output_file_exists_with_its_size_and_mode(predicted):
 
 def test_fractions_cover_the_labelled_pixels(predicted):
     records = _records(predicted)
-    summary = json.loads((predicted.out / "summary.json").read_text(encoding="utf-8"))
+    run = json.loads((predicted.out / "summary.json").read_text(encoding="utf-8"))
+    assert run["skipped"] == []
+    summary = run["images"]
     assert list(summary) == predicted.names
     for name, record in records.items():
         w, h = record["image_size"]["width"], record["image_size"]["height"]

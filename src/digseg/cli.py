@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import ConfigError, DigsegError
+from .errors import EXIT_SKIPPED, ConfigError, DigsegError
 
 
 def _quiet_libraries() -> None:
@@ -146,32 +146,26 @@ def cmd_train_mask_decoder(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- predict
-def cmd_predict(args: argparse.Namespace) -> None:
-    from tqdm import tqdm
-
-    from .data.io import load_image
-    from .inputs import display_names, expand_image_inputs, unique_stems
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Checks the flags, the selection and the model before any work; the run itself is `predict.run_predict`."""
+    from .inputs import select_images
     from .pipeline import DiGSegPipeline
-    from .predict_outputs import write_image_outputs
+    from .predict import run_predict
+    from .prompts import read_classes_file
     from .protocols import TestProtocol, protocol_from_args
-    from .report import write_report
-    from .seeding import seeded_generator
 
     if args.prompt is not None and args.classes is not None:
         raise ConfigError("give either --prompt or --classes, not both")
-    from .prompts import read_classes_file
-
     classes = [c.strip() for c in args.classes.split(",")] if args.classes is not None else None
     if classes is not None and not all(classes):
         raise ConfigError(f"--classes has an empty class name: {args.classes!r}")
     if args.classes_file is not None:
         classes = read_classes_file(args.classes_file)
-    paths = expand_image_inputs(args.image)  # files, folders, glob patterns; ConfigError naming an empty one
-    for p in paths:
-        load_image(p)  # fails early, naming the file, before the model loads (read again below: memory stays flat)
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    paths = select_images(args.image, args.image_list)  # files, folders, patterns, a list file; nothing decoded yet
     protocol = protocol_from_args(args, TestProtocol())
     pipe = DiGSegPipeline.from_pretrained(args.model)
-    out_dir = Path(args.output)
     settings = {
         "model": str(args.model), "prompt": args.prompt,
         "classes": None if args.prompt is not None else (classes or list(pipe.config.class_names or [])),
@@ -181,26 +175,15 @@ def cmd_predict(args: argparse.Namespace) -> None:
         "templates": args.templates, "top_k": args.top_k, "no_class_threshold": args.no_class_threshold,
         "mask_decoder": args.mask_decoder, "protocol": protocol.to_dict(),
     }
-    records, summary = [], {}
-    bar = tqdm(list(zip(paths, display_names(paths), unique_stems(paths))), desc="predict", unit="image",
-               disable=True if args.no_progress else None)  # None: off when stderr is not a terminal
-    for index, (path, name, stem) in enumerate(bar):
-        image = load_image(path)
-        generator = seeded_generator(args.seed, index)  # image i's noise: as `digseg eval` draws it
-        result = pipe(image, prompt=args.prompt, classes=classes, ensemble_size=args.ensemble_size,
-                      num_inference_steps=args.steps, processing_resolution=args.processing_resolution,
-                      generator=generator, templates=args.templates, top_k=args.top_k,
-                      no_class_threshold=args.no_class_threshold, mask_decoder=args.mask_decoder,
-                      show_progress_bar=False, **protocol.call_kwargs())
-        unc = result.uncertainty[0] if result.uncertainty is not None else None
-        record = write_image_outputs(out_dir, stem, name, path, image, result.labels[0], result.probabilities[0],
-                                     result.class_names, unc, settings, result.probability_class_ids[0])
-        records.append(record)
-        summary[name] = {c["name"]: c["fraction"] for c in record["classes"]}
-        bar.write(f"{name}: " + ", ".join(f"{c['name']} {c['fraction']:.1%}" for c in record["classes"]))
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
-    report = write_report(out_dir, records, settings)
-    print(f"wrote predictions for {len(paths)} image(s) to {out_dir}; report: {report}")
+    call_kwargs = dict(prompt=args.prompt, classes=classes, ensemble_size=args.ensemble_size,
+                       num_inference_steps=args.steps, processing_resolution=args.processing_resolution,
+                       templates=args.templates, top_k=args.top_k, no_class_threshold=args.no_class_threshold,
+                       mask_decoder=args.mask_decoder, **protocol.call_kwargs())
+    result = run_predict(pipe, paths, Path(args.output), call_kwargs, settings, seed=args.seed,
+                         batch_size=args.batch_size, skip_existing=args.skip_existing,
+                         show_progress=False if args.no_progress else None)
+    print(result.message())
+    return result.exit_status
 
 
 # ---------------------------------------------------------------------------------------------- eval
@@ -270,6 +253,19 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- parser
+_PREDICT_EPILOG = f"""\
+A file that cannot be read (missing, empty, not an image, truncated) is named on stderr and skipped; the
+run goes on and lists it in summary.json and index.html. EXIF orientation is applied: outputs line up with
+the image as viewers show it. Each image's files appear atomically; --skip-existing continues a run.
+
+exit status:
+  0    every image was predicted
+  2    a user error (bad model, flags or image selection); nothing was predicted
+  {EXIT_SKIPPED}    the run finished, but some files could not be read and were skipped
+  130  interrupted (Ctrl-C); run again with --skip-existing to continue
+  1    anything else (a crash, with a traceback)
+"""
+
 _MASK_DECODER_FLAG = dict(choices=["auto", "light", "vae"], default="auto",
                           help="decode masks with the model's light mask decoder (auto: when it has one) or the VAE")
 
@@ -354,10 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--seed", type=int, default=0)
     m.set_defaults(func=cmd_train_mask_decoder)
 
-    p = sub.add_parser("predict", help="segment images with a trained model")
+    p = sub.add_parser("predict", help="segment images with a trained model", epilog=_PREDICT_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="a DiGSeg model folder (e.g. digseg-quickstart/model)")
-    p.add_argument("--image", nargs="+", required=True,
+    p.add_argument("--image", nargs="+",
                    help="image files, folders or glob patterns (quoted: 'photos/*.jpg'; '**' spans folders)")
+    p.add_argument("--image-list", help="a text file with one image path per line (with or instead of --image)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--prompt", help="binary: segment what this text describes")
     group.add_argument("--classes", help="comma-separated class names (default: the model's own classes)")
@@ -369,6 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True,
                    help="output folder: per-image maps and JSON, summary.json, index.html (see docs/predict.md)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="images of the same processed size per pipeline call (same labels as 1; more memory)")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="continue an interrupted run: keep images whose outputs are complete in --output")
     p.add_argument("--ensemble-size", type=int, default=1)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--processing-resolution", type=int, default=None)
@@ -415,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     from .distributed import shutdown
 
     try:
-        args.func(args)
+        status = args.func(args) or 0  # a command may return a non-zero status (predict: 3, files skipped)
     except DigsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         shutdown(wait=False)
@@ -425,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         shutdown(wait=False)
         return 130
     shutdown()  # under torchrun / accelerate launch: leave the process group cleanly
-    return 0
+    return status
 
 
 if __name__ == "__main__":

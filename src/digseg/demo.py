@@ -6,7 +6,8 @@ loads the model and serves it. Gradio is an optional extra (`pip install "digseg
 Safety defaults: bound to 127.0.0.1; no share link; Gradio analytics off; system fonts only (the page fetches
 nothing from the internet). Uploads are checked by `check_image_file` before the model sees them: the pixel
 count is read from the file header and checked against `max_pixels` before the image is decoded, then the
-image is decoded with `digseg.data.io.load_image`, which rejects anything that is not a readable image.
+image is decoded with `digseg.data.io.load_image`, which rejects anything that is not a readable image, and
+turned as its EXIF orientation says (a phone's portrait photo is segmented and shown upright).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def check_image_file(path: str | os.PathLike[str] | None, max_pixels: int = DEFA
         raise DataError(f"image {p.name} is too large: {w}x{h} = {w * h:,} pixels; the limit is {max_pixels:,} "
                         "pixels (digseg demo --max-pixels)")
     try:
-        return load_image(p)
+        return load_image(p, exif_transpose=True)  # as displayed: the pictures line up with the photo
     except DataError as exc:  # name the file, not the server's upload folder
         raise DataError(str(exc).replace(str(p), p.name)) from exc
 

@@ -7,6 +7,8 @@ traceback.
 
 from __future__ import annotations
 
+EXIT_SKIPPED = 3  # a batch command (`digseg predict`) finished but skipped inputs it could not read
+
 
 class DigsegError(Exception):
     """A problem with user input; the message names the file or value at fault."""

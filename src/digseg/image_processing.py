@@ -1,6 +1,6 @@
 """Image pre- and post-processing for the pipeline: input normalisation, resize, pad, unpad.
 
-Accepted images: a path, a PIL image, a numpy array [H, W, 3] (uint8 0..255 or float 0..1) or
+Accepted images: a path (read as displayed: its EXIF orientation is applied), a PIL image, a numpy array [H, W, 3] (uint8 0..255 or float 0..1) or
 [H, W] grey, a torch tensor [3, H, W] or [N, 3, H, W] with values in [0, 1], or a list of those.
 Everything becomes float tensors [3, H, W] in [-1, 1].
 """
@@ -59,7 +59,7 @@ def to_image_list(images: Any) -> list[torch.Tensor]:
     out = []
     for image in images:
         if isinstance(image, (str, os.PathLike)):
-            out.append(_from_pil(load_image(Path(image))))
+            out.append(_from_pil(load_image(Path(image), exif_transpose=True)))
         elif isinstance(image, Image.Image):
             out.append(_from_pil(image))
         elif isinstance(image, np.ndarray):
@@ -106,8 +106,16 @@ def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(image[None], (0, pad_w, 0, pad_h), mode="replicate")[0]
 
 
+def padded_size(height: int, width: int, resolution: int, multiple: int, scale: tuple[int, int] | None = None,
+                keep_ratio: bool = True) -> tuple[int, int]:
+    """(H', W'): the size of the tensor the model sees, `processed_size` padded up to a multiple of `multiple`.
+    Images with the same padded size can share a batch."""
+    h, w = processed_size(height, width, resolution, scale, keep_ratio)
+    return h + (-h) % multiple, w + (-w) % multiple
+
+
 def resize_and_pad(image: torch.Tensor, resolution: int, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """[3, H, W] -> ([3, H', W'] padded to a multiple of `multiple`, (h, w) before padding)."""
+    """[3, H, W] -> ([3, H', W'] padded to a multiple of `multiple` (see `padded_size`), (h, w) before padding)."""
     image = resize_to(image, processed_size(image.shape[-2], image.shape[-1], resolution))
     return pad_to_multiple(image, multiple), tuple(image.shape[-2:])
 

@@ -1,6 +1,7 @@
-"""Which image files a command line names: files, folders and glob patterns.
+"""Which image files a command line names: files, folders, glob patterns and list files.
 
-`digseg predict --image a.jpg photos/ 'shots/**/*.png'` -> the image paths, in order, each once.
+`digseg predict --image a.jpg photos/ 'shots/**/*.png' --image-list more.txt` -> the image paths, in
+order, each once.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def expand_image_inputs(items: list[str]) -> list[Path]:
 
     - an existing folder: its image files (by extension, not recursive), sorted by name;
     - an existing file, or a name without glob characters: kept as is (a missing or unreadable
-      file fails later, in `load_image`, naming it);
+      file fails later, when it is read, naming it);
     - a pattern with ``*``, ``?`` or ``[``: `glob.glob(pattern, recursive=True)` (so ``**`` spans
       folders), image files only, sorted.
 
@@ -45,12 +46,48 @@ def expand_image_inputs(items: list[str]) -> list[Path]:
         else:
             found = [p]
         paths.extend(found)
+    if not paths:
+        raise ConfigError("no input images given")
+    return first_of_each(paths)
+
+
+def first_of_each(paths: list[Path]) -> list[Path]:
+    """`paths` with a file reached twice (by its resolved path) kept once, at its first place."""
     unique: dict[Path, Path] = {}
     for path in paths:
         unique.setdefault(path.resolve(), path)
-    if not unique:
-        raise ConfigError("no input images given")
     return list(unique.values())
+
+
+def read_image_list(path: str | Path) -> list[str]:
+    """A text file with one image path per line -> the paths, as written (relative ones are relative to the
+    current folder, as on the command line). Blank lines and lines starting with '#' are ignored; each path is
+    a file name, never a pattern (names may contain '*' or '['). ConfigError when the file cannot be read or
+    lists no path."""
+    p = Path(path)
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read image list {p}: {exc.strerror if isinstance(exc, OSError) else exc}") from exc
+    items = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    if not items:
+        raise ConfigError(f"image list {p} names no images")
+    return items
+
+
+def select_images(items: list[str] | None, image_list: str | Path | None = None) -> list[Path]:
+    """`--image` items (files, folders, patterns; see `expand_image_inputs`) followed by the files an
+    `--image-list` names, duplicates dropped. ConfigError when nothing is selected, or when not one of the
+    selected files exists (a typo, not a run with a few bad files: those are skipped and reported later)."""
+    if not items and image_list is None:
+        raise ConfigError("no input images: pass --image (files, folders, patterns) and/or --image-list FILE")
+    paths = expand_image_inputs(items) if items else []
+    if image_list is not None:
+        paths = first_of_each(paths + [Path(item) for item in read_image_list(image_list)])
+    if not any(p.exists() for p in paths):
+        shown = ", ".join(str(p) for p in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        raise ConfigError(f"image not found: {shown}")
+    return paths
 
 
 def unique_stems(paths: list[Path]) -> list[str]:

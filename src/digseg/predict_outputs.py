@@ -18,8 +18,11 @@ The summary (also what `report.write_report` reads) is a dict:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from pathlib import Path
+from typing import Iterator, TextIO
 
 import numpy as np
 from PIL import Image
@@ -44,7 +47,7 @@ def class_fractions(labels: np.ndarray, class_names: list[str]) -> tuple[list[di
 
 
 def save_input_copy(out_dir: Path, stem: str, source: Path, image: Image.Image) -> Path:
-    """The RGB pixels that were segmented (no EXIF rotation, so they line up with the label map), as
+    """The RGB pixels that were segmented (as displayed: EXIF orientation applied, no tag kept), as
     `<stem>_input.jpg` (quality 92) for JPEG inputs and `<stem>_input.png` otherwise: browsers show it,
     whatever the input format (TIFF, 16-bit, ...)."""
     if source.suffix.lower() in (".jpg", ".jpeg"):
@@ -90,3 +93,17 @@ def write_image_outputs(out_dir: Path, stem: str, name: str, source: Path, image
         record["uncertainty_note"] = NO_UNCERTAINTY
     summary_path.write_text(json.dumps(record, indent=2, ensure_ascii=False), encoding="utf-8")
     return record
+
+
+@contextlib.contextmanager
+def open_atomically(path: Path) -> Iterator[TextIO]:
+    """A text file to write `path` through: a temporary file beside it, moved over `path` with `os.replace`
+    when the block ends without error (removed otherwise). Readers see the old file or the new one, never half
+    of one: an interrupted run leaves the previous summary.json / index.html intact."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

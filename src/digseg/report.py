@@ -3,8 +3,9 @@
 One page, inline CSS and JS, no external URLs. Per image: the input with the colour overlay on top,
 clipped by a vertical divider the reader drags (or moves with the range input under the image); the
 legend with each class's share of the pixels; links to the label map, the overlay with legend, the
-per-image JSON, the per-class probability maps and the uncertainty map. Images are referenced by
-paths relative to the report, so the output folder can be moved or zipped as a whole.
+per-image JSON, the per-class probability maps and the uncertainty map. Files that could not be read are
+listed at the top, each with the reason. Images are referenced by paths relative to the report, so the
+output folder can be moved or zipped as a whole.
 
 All text (file names, class names, settings) is HTML-escaped, and file names in links are URL-quoted.
 """
@@ -15,7 +16,10 @@ import html
 import json
 import re
 from pathlib import Path
+from typing import Iterable
 from urllib.parse import quote
+
+from .predict_outputs import open_atomically
 
 _HEX = re.compile(r"^#[0-9a-fA-F]{6}$")
 THUMBNAILS_ALWAYS = 8  # show every probability map as a thumbnail up to this many; else only present classes
@@ -56,6 +60,8 @@ ul.legend li { display: flex; align-items: center; gap: 0.5rem; padding: 0.15rem
   color: inherit; max-width: 7rem; }
 .maps img { width: 6rem; height: auto; border: 1px solid #ccc; background: #000; }
 .note { color: #666; font-size: 0.85rem; }
+section.skipped { margin: 1rem 0; padding: 0.5rem 1rem; background: #fff4f0; border: 1px solid #e0b4a8; border-radius: 8px; }
+section.skipped li { overflow-wrap: anywhere; }
 @media (max-width: 800px) { figure.entry { grid-template-columns: 1fr; } }
 """
 
@@ -182,13 +188,28 @@ def _figure(index: int, entry: dict) -> str:
 </figure>"""
 
 
-def write_report(out_dir: Path, entries: list[dict], settings: dict | None = None, title: str = "digseg predict") -> Path:
+def _skipped_block(skipped: list[dict]) -> str:
+    if not skipped:
+        return ""
+    items = "".join(f'<li><span class="skipped-name">{_esc(e["name"])}</span>: {_esc(e["reason"])}</li>' for e in skipped)
+    return (f'<section class="skipped"><h2>Skipped: {len(skipped)} file{"s" if len(skipped) != 1 else ""} '
+            f'that could not be read</h2><ul>{items}</ul></section>')
+
+
+def write_report(out_dir: Path, entries: Iterable[dict], settings: dict | None = None, title: str = "digseg predict",
+                 skipped: list[dict] | None = None, num_entries: int | None = None) -> Path:
     """Write `<out_dir>/index.html` for `entries` (the per-image summaries of `predict_outputs`, whose
-    file names are relative to `out_dir`) and return its path. `settings` are listed at the top."""
+    file names are relative to `out_dir`) and return its path. `settings` are listed at the top, then the
+    `skipped` files ({"name", "reason"} each), if any.
+
+    `entries` may be an iterator (pass `num_entries` then): each panel is written to the file as it comes, so
+    a report over many thousands of images is never held in memory. The page replaces an earlier one
+    atomically."""
     out_dir = Path(out_dir)
-    count = f"{len(entries)} image{'s' if len(entries) != 1 else ''}"
-    body = "".join(_figure(i, e) for i, e in enumerate(entries))
-    page = f"""<!DOCTYPE html>
+    skipped = skipped or []
+    n = len(entries) if num_entries is None else num_entries  # type: ignore[arg-type]
+    count = f"{n} image{'s' if n != 1 else ''}" + (f", {len(skipped)} skipped" if skipped else "")
+    head = f"""<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -202,13 +223,18 @@ def write_report(out_dir: Path, entries: list[dict], settings: dict | None = Non
   {_settings_block(settings or {})}
   <p class="hint">Drag across an image, or move the slider under it: the prediction is left of the divider,
   the input right of it. Percentages are shares of all pixels.</p>
+  {_skipped_block(skipped)}
 </header>
-<main>{body}
+<main>"""
+    path = out_dir / "index.html"
+    with open_atomically(path) as f:
+        f.write(head)
+        for i, entry in enumerate(entries):
+            f.write(_figure(i, entry))
+        f.write(f"""
 </main>
 <script>{_JS}</script>
 </body>
 </html>
-"""
-    path = out_dir / "index.html"
-    path.write_text(page, encoding="utf-8")
+""")
     return path

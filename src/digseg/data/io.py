@@ -3,6 +3,12 @@
 Every problem with a user's file (missing, not an image, truncated, wrong number of channels) raises
 `digseg.errors.DataError` with a one-line message naming the path, so the CLI can print it without a
 traceback.
+
+EXIF orientation: photos from phones and cameras often store their pixels sideways and an EXIF
+"Orientation" tag that viewers apply. `load_image(path, exif_transpose=True)` applies it, so the pixels are
+the image as displayed; `digseg predict`, the demo and the pipeline given a path read images that way.
+Dataset readers keep the default, `exif_transpose=False`, the stored pixels: label maps are aligned with the
+stored pixels (annotation tools and dataset converters work on them), whatever the tag says.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from digseg.errors import DataError
 
@@ -54,8 +60,11 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
     return np.clip(np.nan_to_num(arr), 0, 255).round().astype(np.uint8)
 
 
-def load_image(path: PathLike) -> Image.Image:
+def load_image(path: PathLike, exif_transpose: bool = False) -> Image.Image:
     """Load an image file as an RGB `PIL.Image.Image`.
+
+    exif_transpose: apply the file's EXIF orientation (the image as viewers display it; e.g. orientation 6,
+    a phone's portrait photo, turns stored W x H pixels into H x W). False (datasets): the stored pixels.
 
     Any mode is converted: grey ('L', '1') is replicated to three channels; alpha ('RGBA', 'LA') is
     dropped; palette ('P') is expanded to its colours; 16-bit and float grey ('I;16', 'I', 'F') are
@@ -65,6 +74,11 @@ def load_image(path: PathLike) -> Image.Image:
         DataError: "image not found: <path>" or "cannot read image <path>: <reason>".
     """
     img = _open(path, "image")
+    if exif_transpose:
+        try:
+            img = ImageOps.exif_transpose(img)  # a no-op without an orientation tag
+        except Exception as exc:  # a malformed EXIF block
+            raise DataError(f"cannot read image {Path(path)}: bad EXIF orientation ({exc})") from exc
     try:
         if img.mode == "RGB":
             return img

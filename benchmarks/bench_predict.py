@@ -1,0 +1,129 @@
+"""`digseg predict` over many small images: peak memory (does it stay flat?) and images/s by batch size.
+
+Runs the real command, `python -m digseg.cli predict ...`, as a subprocess per (image count, batch size) and
+reports for each:
+
+- peak RSS: the child's own maximum resident set size, from `os.wait4` (the kernel's ru_maxrss, which counts
+  every page the process ever had resident; no sampling);
+- images/s: steady state, from the times the per-image result lines reach stdout (`PYTHONUNBUFFERED=1`):
+  the images printed after the first batch's lines, divided by the time from the first batch's lines to the
+  last line. Model loading and start-up are so left out;
+- wall time of the whole command.
+
+Model: the tiny RANDOM test model (`digseg.models.tiny`, 64 px processing), so these are speed and memory
+figures of the predict loop, not of a real model. Images: random RGB PNGs, `--size` px square, written once
+into `<work>/images-<count>/`.
+
+Usage::
+
+    python benchmarks/bench_predict.py                              # 100 and 1000 images, batch 1 and 8
+    python benchmarks/bench_predict.py --counts 200 --repeats 5     # speed: 5 alternating rounds, medians
+
+With ``--repeats R``, each count runs R rounds; each round runs every batch size once, in alternating order, so
+background load hits them alike. The table gives the median images/s and wall time and the largest peak RSS
+over the rounds; the load average is printed before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def build_model(work: Path) -> Path:
+    """The tiny random DiGSeg model (the synthetic scenes' 4 classes), saved once under `work`."""
+    model = work / "model"
+    if (model / "model_index.json").is_file():
+        return model
+    from digseg import DiGSegPipeline
+    from digseg.data.synthetic import SYNTHETIC_CLASSES
+    from digseg.models.tiny import save_tiny_backbone
+
+    backbone = save_tiny_backbone(work / "tiny-sd", seed=0)
+    DiGSegPipeline.from_backbone(backbone, class_names=list(SYNTHETIC_CLASSES)).save_pretrained(model)
+    return model
+
+
+def write_images(folder: Path, count: int, size: int) -> Path:
+    """`count` random RGB PNGs, size x size (kept between runs)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for k in range(count):
+        path = folder / f"img{k:05d}.png"
+        if not path.exists():
+            Image.fromarray((rng.random((size, size, 3)) * 255).astype(np.uint8)).save(path)
+    return folder
+
+
+def run_predict(model: Path, images: Path, out: Path, batch_size: int, threads: int) -> dict:
+    """One `digseg predict` subprocess -> {peak_rss_mib, wall_s, images_per_s, images}."""
+    command = [sys.executable, "-m", "digseg.cli", "predict", "--model", str(model), "--image", str(images),
+               "--output", str(out), "--steps", "1", "--no-progress", "--batch-size", str(batch_size)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(threads),
+               PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    stamps = []
+    for line in proc.stdout:
+        if ": " in line and not line.startswith(("wrote ", "skipped")):
+            stamps.append(time.perf_counter())
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} exited with {proc.returncode}")
+    first = stamps[0]
+    later = [t for t in stamps if t - first > 1e-3]  # the lines after the first batch's
+    rate = len(later) / (stamps[-1] - first) if later else float("nan")
+    return {"images": len(stamps), "peak_rss_mib": usage.ru_maxrss / 1024, "wall_s": wall, "images_per_s": rate}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--counts", default="100,1000", help="image counts, comma-separated")
+    parser.add_argument("--batch-sizes", default="1,8", help="--batch-size values, comma-separated")
+    parser.add_argument("--size", type=int, default=64, help="image side in pixels")
+    parser.add_argument("--threads", type=int, default=2, help="torch / OpenMP threads of the command")
+    parser.add_argument("--repeats", type=int, default=1, help="alternating rounds per count (medians reported)")
+    parser.add_argument("--work", default="/tmp/bench-predict", help="model, images and outputs go here")
+    args = parser.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    model = build_model(work)
+    counts = [int(c) for c in args.counts.split(",")]
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    print(f"load average {os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs; tiny random model; {args.size} px PNGs")
+    print(f"{args.repeats} round(s) per count")
+    print("| images | --batch-size | peak RSS (MiB) | images/s (steady) | wall (s) |")
+    print("|---:|---:|---:|---:|---:|")
+    for count in counts:
+        images = write_images(work / f"images-{count}", count, args.size)
+        runs: dict[int, list[dict]] = {b: [] for b in batch_sizes}
+        for round_ in range(args.repeats):
+            for batch_size in batch_sizes if round_ % 2 == 0 else batch_sizes[::-1]:
+                out = work / f"out-{count}-b{batch_size}"
+                shutil.rmtree(out, ignore_errors=True)
+                r = run_predict(model, images, out, batch_size, args.threads)
+                assert r["images"] == count, r
+                runs[batch_size].append(r)
+        for batch_size, rs in runs.items():
+            rate = statistics.median(r["images_per_s"] for r in rs)
+            wall = statistics.median(r["wall_s"] for r in rs)
+            rss = max(r["peak_rss_mib"] for r in rs)
+            print(f"| {count} | {batch_size} | {rss:.0f} | {rate:.1f} | {wall:.0f} |", flush=True)
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
