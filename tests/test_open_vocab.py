@@ -125,7 +125,7 @@ def test_predict_with_a_classes_file(tiny_pipe, tmp_path, capsys):
     assert read_classes_file(tmp_path / "classes.txt") == names
     assert main(["predict", "--model", str(tmp_path / "model"), "--image", str(tmp_path / "x.png"), "--classes-file",
                  str(tmp_path / "classes.txt"), "--top-k", "3", "--output", str(tmp_path / "out")]) == 0
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())["x.png"]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())["images"]["x.png"]
     assert 1 <= len(summary) <= 3 and set(summary) <= set(names)
     assert main(["predict", "--model", str(tmp_path / "model"), "--image", str(tmp_path / "x.png"), "--classes-file",
                  str(tmp_path / "none.txt"), "--output", str(tmp_path / "out")]) == 2
