@@ -15,7 +15,8 @@ Data stage: `TrainingData.micro_steps` (`TrainingSamples` + `MicroStepSampler` i
 trainer reads it, with a consumer that does nothing: the figure is what the workers can supply. images/s is
 the steady rate after the first batch of every worker (worker start-up excluded: one loader spans a run).
 "cores used" = CPU seconds of this process and its workers per wall second: below the worker count when
-other jobs hold the cores. Per-image cost: `read_pair` (JPEG + PNG decode) and `apply_augmentation` in this
+other jobs hold the cores. "training-process CPU ms/image": what the data stage still costs the process that
+drives the GPU (with workers: receiving and stacking the float32 crops; with 0 workers: everything). Per-image cost: `read_pair` (JPEG + PNG decode) and `apply_augmentation` in this
 process, one thread, median wall and CPU ms (CPU ms is what one dedicated core would spend).
 
 Training: `build_run` on a tiny backbone (`save_tiny_backbone`) over the ade20k-sized folder at a small crop
@@ -68,10 +69,14 @@ def load_average() -> str:
     return "load average " + " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
-def cpu_seconds() -> float:
-    """CPU seconds of this process and its reaped children (finished DataLoader workers)."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+def cpu_seconds(children: bool = True) -> float:
+    """CPU seconds of this process and (by default) its reaped children (finished DataLoader workers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    total = own.ru_utime + own.ru_stime
+    if children:
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        total += kids.ru_utime + kids.ru_stime
+    return total
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -135,7 +140,7 @@ def loader_rate(dataset, aug, workers: int, batch_size: int, steps: int) -> dict
     """images/s that `workers` DataLoader workers supply through `TrainingData.micro_steps`, consumer idle."""
     data = TrainingData(TrainingSamples(dataset, aug, seed=0), batcher=None, num_workers=workers, prefetch_factor=2)
     gc.collect()
-    cpu0, start = cpu_seconds(), time.perf_counter()
+    cpu0, main0, start = cpu_seconds(), cpu_seconds(children=False), time.perf_counter()
     arrivals = []
     batches = data.micro_steps(0, steps, batch_size)
     for batch in batches:
@@ -144,10 +149,11 @@ def loader_rate(dataset, aug, workers: int, batch_size: int, steps: int) -> dict
     batches.close()  # ends the loader: its workers are joined, so their CPU time is counted
     del batches
     gc.collect()
-    wall = time.perf_counter() - start
+    wall, main = time.perf_counter() - start, cpu_seconds(children=False) - main0
     first = max(1, workers)  # steady state: from the first batch of the last worker to start
     steady = (len(arrivals) - first) * batch_size / (arrivals[-1] - arrivals[first - 1])
-    return {"images_per_s": steady, "first_batch_s": arrivals[0] - start, "cores_used": (cpu_seconds() - cpu0) / wall}
+    return {"images_per_s": steady, "first_batch_s": arrivals[0] - start, "cores_used": (cpu_seconds() - cpu0) / wall,
+            "main_cpu_ms": 1000 * main / (len(arrivals) * batch_size)}
 
 
 class StepClock:
@@ -262,6 +268,7 @@ def main() -> None:
                 rate = loader_rate(dataset, aug, w, args.batch, steps)
                 loader_rows.append({"case": name, "crop": crop, "workers": w, "images/s": rate["images_per_s"],
                                     "ms/image": 1000 / rate["images_per_s"], "cores used": rate["cores_used"],
+                                    "training-process CPU ms/image": rate["main_cpu_ms"],
                                     "first batch s": rate["first_batch_s"], "load avg (1 min)": os.getloadavg()[0]})
                 print(markdown(loader_rows[-1:]).splitlines()[-1], flush=True)
 
