@@ -16,14 +16,17 @@ trainer reads it, with a consumer that does nothing: the figure is what the work
 the steady rate after the first batch of every worker (worker start-up excluded: one loader spans a run).
 "cores used" = CPU seconds of this process and its workers per wall second: below the worker count when
 other jobs hold the cores. "training-process CPU ms/image": what the data stage still costs the process that
-drives the GPU (with workers: receiving and stacking the float32 crops; with 0 workers: everything). Per-image cost: `read_pair` (JPEG + PNG decode) and `apply_augmentation` in this
+drives the GPU (with workers: receiving and stacking the float32 crops; with 0 workers: everything). Rows with
+consumer "make_batch, no VAE" also run the trainer's `LatentBatcher.make_batch` on each batch with a zero-cost
+stand-in for the VAE (queries, mask targets, keep masks: the CPU work the training process adds per image). Per-image cost: `read_pair` (JPEG + PNG decode) and `apply_augmentation` in this
 process, one thread, median wall and CPU ms (CPU ms is what one dedicated core would spend).
 
 Training: `build_run` on a tiny backbone (`save_tiny_backbone`) over the ade20k-sized folder at a small crop
 (`--train-crop`, the ADE preset's scale follows the crop), augmentation on, `--train-steps` steps; steps/s
 from the 4th step on (the trainer's own loop, `Trainer._run_steps`, timed at each step's end).
 
-Workers needed: per-image CPU cost x images/s of one GPU. No GPU is measured here: the GPU rate is an
+Workers needed: per-image CPU cost x images/s of one GPU; beside it, the CPU the training process itself
+spends per image (receiving the batch and `make_batch` without the VAE) x the same rate, in cores. No GPU is measured here: the GPU rate is an
 ASSUMPTION (ASSUMED_GPU_IMAGES_PER_S below), unless `--gpu-images-per-s` is given or a `training.json` written
 by benchmarks/bench_train_throughput.py lies beside `--json` (as in gpu_check.sh), whose best images/s is used.
 """
@@ -50,6 +53,7 @@ from PIL import Image
 from digseg.data.augment import apply_augmentation
 from digseg.data.augment_presets import augmentation_for
 from digseg.data.registry import build_dataset
+from digseg.training.batches import LatentBatcher, slot_generators
 from digseg.training.run import TrainingData
 from digseg.training.samples import TrainingSamples, augmentation_generator, read_pair
 
@@ -136,15 +140,43 @@ def per_image_cost(dataset, aug, count: int) -> dict:
             "read_cpu_ms": med(cpus["read"]), "augment_cpu_ms": med(cpus["augment"]), "cpu_ms": med(total)}
 
 
-def loader_rate(dataset, aug, workers: int, batch_size: int, steps: int) -> dict:
-    """images/s that `workers` DataLoader workers supply through `TrainingData.micro_steps`, consumer idle."""
-    data = TrainingData(TrainingSamples(dataset, aug, seed=0), batcher=None, num_workers=workers, prefetch_factor=2)
+class NoVAE:
+    """Stands in for the frozen VAE: zero latents at SD's downsampling (8), at no cost, so the trainer's own
+    `LatentBatcher._encode_batch` (queries, mask targets, keep masks) runs as in training, minus the VAE."""
+
+    device, dtype = torch.device("cpu"), torch.float32
+
+    class config:  # noqa: N801  (diffusers' attribute name)
+        scaling_factor, shift_factor = 1.0, None
+
+    class _Out:
+        def __init__(self, mean: torch.Tensor) -> None:
+            self.latent_dist = self
+            self.mean = mean
+
+    def encode(self, images: torch.Tensor) -> "_Out":
+        b, _, h, w = images.shape
+        return self._Out(torch.zeros(b, 4, h // 8, w // 8))
+
+
+def trainer_batcher(dataset) -> LatentBatcher:
+    """The trainer's batcher for augmented samples (task both, negative_prob 0.1), over `NoVAE`."""
+    return LatentBatcher(dataset, list(dataset.class_names), NoVAE(), "both", "{}", 0.1, cache=False,
+                         fixed_samples=False)
+
+
+def loader_rate(dataset, aug, workers: int, batch_size: int, steps: int, batcher: LatentBatcher | None = None) -> dict:
+    """images/s that `workers` DataLoader workers supply through `TrainingData.micro_steps`; the consumer does
+    nothing, or (`batcher`) the trainer's `make_batch` without the VAE."""
+    data = TrainingData(TrainingSamples(dataset, aug, seed=0), batcher=batcher, num_workers=workers, prefetch_factor=2)
     gc.collect()
     cpu0, main0, start = cpu_seconds(), cpu_seconds(children=False), time.perf_counter()
     arrivals = []
     batches = data.micro_steps(0, steps, batch_size)
     for batch in batches:
         assert batch.images.shape[-2:] == aug.crop_size, batch.images.shape
+        if batcher is not None:
+            batcher.make_batch(batch.indices, slot_generators(0, batch.micro_step, batch.slots), batch)
         arrivals.append(time.perf_counter())
     batches.close()  # ends the loader: its workers are joined, so their CPU time is counted
     del batches
@@ -258,15 +290,19 @@ def main() -> None:
             dataset = build_dataset("folder", str(roots[name]), split="train")
             aug = augmentation_for(preset)
             crop = f"{aug.crop_size[0]}x{aug.crop_size[1]}"
-            costs[name] = cost = per_image_cost(dataset, aug, count=min(images, 12 if small else 24))
+            costs[name] = cost = per_image_cost(dataset, aug, count=min(images, 8 if small else 24))
             cost_rows.append({"case": name, "input": f"{width}x{height} JPEG", "preset": preset, "crop": crop,
                               "decode ms": cost["read_ms"], "augment ms": cost["augment_ms"],
                               "total ms": cost["wall_ms"], "decode CPU ms": cost["read_cpu_ms"],
                               "augment CPU ms": cost["augment_cpu_ms"], "total CPU ms": cost["cpu_ms"]})
             print(markdown(cost_rows[-1:]).splitlines()[-1], flush=True)
-            for w in workers:
-                rate = loader_rate(dataset, aug, w, args.batch, steps)
-                loader_rows.append({"case": name, "crop": crop, "workers": w, "images/s": rate["images_per_s"],
+            with_batcher = (max(workers),) if small else (0, max(workers))
+            runs = [(w, None) for w in workers] + [(w, trainer_batcher(dataset)) for w in with_batcher]
+            for w, batcher in runs:
+                rate = loader_rate(dataset, aug, w, args.batch, steps, batcher)
+                loader_rows.append({"case": name, "crop": crop, "workers": w,
+                                    "consumer": "idle" if batcher is None else "make_batch, no VAE",
+                                    "images/s": rate["images_per_s"],
                                     "ms/image": 1000 / rate["images_per_s"], "cores used": rate["cores_used"],
                                     "training-process CPU ms/image": rate["main_cpu_ms"],
                                     "first batch s": rate["first_batch_s"], "load avg (1 min)": os.getloadavg()[0]})
@@ -288,13 +324,17 @@ def main() -> None:
     rates, source = gpu_rates(args)
     need_rows = []
     for name, cost in costs.items():
+        main_ms = [row["training-process CPU ms/image"] for row in loader_rows
+                   if row["case"] == name and row["consumer"] != "idle" and row["workers"] == max(workers)][0]
         for r in rates:
             need_rows.append({"case": name, "GPU images/s": r, "data CPU ms/image": cost["cpu_ms"],
-                              "workers needed": math.ceil(cost["cpu_ms"] / 1000 * r)})
+                              "workers needed": math.ceil(cost["cpu_ms"] / 1000 * r),
+                              f"training-process CPU ms/image ({max(workers)} workers, make_batch)": main_ms,
+                              "training-process cores needed": main_ms / 1000 * r})
     wall = time.perf_counter() - started
     tables = [
         "Per-image cost, one thread in this process (median):\n\n" + markdown(cost_rows),
-        "Data stage through `TrainingData.micro_steps` (consumer idle):\n\n" + markdown(loader_rows),
+        "Data stage through `TrainingData.micro_steps`:\n\n" + markdown(loader_rows),
     ]
     if train_rows:
         tables.append("Tiny-model training, augmentation on:\n\n" + markdown(train_rows))
@@ -306,9 +346,13 @@ def main() -> None:
     kind = "measured" if source.startswith("MEASURED") else "given" if source.startswith("given") else "ASSUMED"
     summary = "data: " + ", ".join(
         f"{name} {costs[name]['cpu_ms']:.0f} CPU ms/img, loader up to "
-        f"{max(r['images/s'] for r in loader_rows if r['case'] == name):.0f} img/s" for name in costs) + (
+        f"{max(r['images/s'] for r in loader_rows if r['case'] == name and r['consumer'] == 'idle'):.0f} img/s"
+        for name in costs) + (
         f" (workers {','.join(map(str, workers))}); workers per GPU at {'/'.join(f'{r:.0f}' for r in rates)} img/s "
-        f"({kind}): " + ", ".join(f"{name} " + "/".join(str(need[name, r]) for r in rates) for name in costs))
+        f"({kind}): " + ", ".join(f"{name} " + "/".join(str(need[name, r]) for r in rates) for name in costs)
+        + "; training process " + ", ".join(
+            f"{row[f'training-process CPU ms/image ({max(workers)} workers, make_batch)']:.0f}" for row in need_rows[::len(rates)])
+        + " CPU ms/img")
     print(f"\n{summary}\n# wall time {wall:.0f} s; {load_average()}")
     if args.json:
         Path(args.json).write_text(json.dumps({
