@@ -129,10 +129,10 @@ def markdown(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=800, help="training steps of each run")
+    parser.add_argument("--steps", type=int, default=500, help="training steps of each run")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--vae-steps", type=int, default=400)
+    parser.add_argument("--vae-steps", type=int, default=300)
     parser.add_argument("--train-scenes", type=int, default=2000)
     parser.add_argument("--eval-scenes", type=int, default=64)
     parser.add_argument("--setting", default="1x1", help="E-Step of the evaluation, ExK")
