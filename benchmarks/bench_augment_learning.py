@@ -1,8 +1,11 @@
 """Why augmentation matters: one tiny model trained with and one without augmentation, then evaluated on
 held-out synthetic scenes as drawn and with their objects at other scales and aspect ratios.
 
-    python benchmarks/bench_augment_learning.py                  # ~15 min on 2 shared cores
+    python benchmarks/bench_augment_learning.py                  # 500 steps each: ~13 min on 2 shared cores
+    python benchmarks/bench_augment_learning.py --steps 1000     # ~16 min on a quiet machine
     python benchmarks/bench_augment_learning.py --quick          # smoke run, ~2 min
+    python benchmarks/bench_augment_learning.py --runs augmented --augmentation '{"ratio_range": [0.5, 1.0]}'
+                                                                 # one augmented run with preset overrides
 
 1. As `digseg quickstart`: a tiny VAE trained on the training scenes (`train_tiny_vae`), then a tiny
    backbone with it (`save_tiny_backbone(vae=...)`). Both runs start from this same backbone.
@@ -160,7 +163,8 @@ def main() -> None:
     sets = eval_sets(args.eval_scenes, args.seed)
     if args.save_examples:
         rows = [np.concatenate([d.scene(i)[0] for i in range(6)], 1) for d in sets.values()]  # [64, 384, 3] each
-        Image.fromarray(np.concatenate(rows, 0)).resize((6 * 128, len(rows) * 128), Image.NEAREST).save(args.save_examples)
+        sheet = Image.fromarray(np.concatenate(rows, 0))  # one row of 6 scenes per evaluation set
+        sheet.resize((6 * 128, len(rows) * 128), Image.NEAREST).save(args.save_examples)
 
     results: dict = {"args": vars(args), "runs": {}}
     with tempfile.TemporaryDirectory(prefix="bench-augment-learning-") as tmp:
@@ -176,7 +180,8 @@ def main() -> None:
         results["vae"] = {**vae_report, "seconds": round(vae_s, 1)}
 
         rows = []
-        for augment in {"both": (False, args.augmentation), "augmented": (args.augmentation,), "plain": (False,)}[args.runs]:
+        runs = {"both": (False, args.augmentation), "augmented": (args.augmentation,), "plain": (False,)}[args.runs]
+        for augment in runs:
             name = "no augmentation" if augment is False else "augmentation"
             pipe, train_s = train(backbone, train_set, augment, args, Path(tmp) / name.replace(" ", "-"))
             print(f"# {name}: {args.steps} steps in {train_s:.0f} s ({args.steps / train_s:.2f} steps/s); "

@@ -1,9 +1,9 @@
 """The data stage's throughput: JPEG decode + augmentation to training crops in 0/1/2 DataLoader workers, and
 tiny-model training steps/s with 0 and 2 workers; then how many workers an SD2-sized GPU step needs.
 
-    python benchmarks/bench_data.py                                      # full run, ~4 min on 2 shared cores
-    python benchmarks/bench_data.py --quick                              # smoke run, ~1.5 min
-    python benchmarks/bench_data.py --gpu-check --json $OUT/data.json    # < 40 s (benchmarks/gpu_check.sh)
+    python benchmarks/bench_data.py                                      # ~45 s on a quiet machine, 2 cores
+    python benchmarks/bench_data.py --quick                              # smoke run, ~25 s
+    python benchmarks/bench_data.py --gpu-check --json $OUT/data.json    # short run for benchmarks/gpu_check.sh
 
 Data: photo-like images (per-region colours, smooth shading, sensor noise) written as JPEG (quality 90) with
 PNG label maps into a temporary folder in the `folder` layout (images/<stem>.jpg, masks/<stem>.png,
@@ -11,24 +11,26 @@ classes.txt), read by the registered `folder` reader, as a user's dataset is:
 - cityscapes-sized: 2048x1024, 19 classes, the `cityscapes` preset (scale (2048, 1024), crop 512x1024);
 - ade20k-sized: 683x512, 150 classes, the `ade20k-150` preset (scale (2048, 512), crop 512x512).
 
+Per-image cost: `read_pair` (JPEG + PNG decode) and `apply_augmentation` in this process, one thread, median
+wall and CPU ms (CPU ms is what one dedicated core would spend, whatever the load).
+
 Data stage: `TrainingData.micro_steps` (`TrainingSamples` + `MicroStepSampler` in a torch DataLoader), as the
-trainer reads it, with a consumer that does nothing: the figure is what the workers can supply. images/s is
-the steady rate after the first batch of every worker (worker start-up excluded: one loader spans a run).
-"cores used" = CPU seconds of this process and its workers per wall second: below the worker count when
-other jobs hold the cores. "training-process CPU ms/image": what the data stage still costs the process that
-drives the GPU (with workers: receiving and stacking the float32 crops; with 0 workers: everything). Rows with
-consumer "make_batch, no VAE" also run the trainer's `LatentBatcher.make_batch` on each batch with a zero-cost
-stand-in for the VAE (queries, mask targets, keep masks: the CPU work the training process adds per image). Per-image cost: `read_pair` (JPEG + PNG decode) and `apply_augmentation` in this
-process, one thread, median wall and CPU ms (CPU ms is what one dedicated core would spend).
+trainer reads it. The consumer does nothing ("idle": what the workers can supply), or runs the trainer's
+`LatentBatcher.make_batch` with a zero-cost stand-in for the VAE ("make_batch, no VAE": queries, mask targets,
+keep masks, the CPU work the training process adds per image). images/s is the steady rate after the first
+batch of every worker (start-up excluded: one loader spans a run). "cores used" = CPU seconds of this process
+and its workers per wall second (below the worker count when other jobs hold the cores). "training-process CPU
+ms/image" = what the data stage costs the process that drives the GPU (with workers: receiving and stacking
+the float32 crops, plus make_batch where it runs).
 
 Training: `build_run` on a tiny backbone (`save_tiny_backbone`) over the ade20k-sized folder at a small crop
 (`--train-crop`, the ADE preset's scale follows the crop), augmentation on, `--train-steps` steps; steps/s
 from the 4th step on (the trainer's own loop, `Trainer._run_steps`, timed at each step's end).
 
-Workers needed: per-image CPU cost x images/s of one GPU; beside it, the CPU the training process itself
-spends per image (receiving the batch and `make_batch` without the VAE) x the same rate, in cores. No GPU is measured here: the GPU rate is an
-ASSUMPTION (ASSUMED_GPU_IMAGES_PER_S below), unless `--gpu-images-per-s` is given or a `training.json` written
-by benchmarks/bench_train_throughput.py lies beside `--json` (as in gpu_check.sh), whose best images/s is used.
+Workers needed = per-image CPU cost x images/s of one GPU; beside it, the training process's own CPU per image
+(make_batch rows) x the same rate, in cores. No GPU is measured here: the GPU rate is an ASSUMPTION
+(ASSUMED_GPU_IMAGES_PER_S below), unless `--gpu-images-per-s` is given or a `training.json` written by
+benchmarks/bench_train_throughput.py lies beside `--json` (as in gpu_check.sh): then its best images/s is used.
 """
 
 from __future__ import annotations
@@ -220,8 +222,9 @@ def train_rate(root: Path, backbone: Path, workers: int, crop: int, batch_size: 
     gc.collect()  # the loader's generator is gone: its workers are joined
     skip = min(3, steps - 1)
     wall = clock.times[-1] - clock.times[0]
-    return {"steps_per_s": (steps - skip) / (clock.times[-1] - clock.times[skip]), "loss": run.trainer.last_loss,
-            "cores_used": (cpu_seconds() - cpu0) / wall, "images_per_s": batch_size * (steps - skip) / (clock.times[-1] - clock.times[skip])}
+    steps_per_s = (steps - skip) / (clock.times[-1] - clock.times[skip])
+    return {"steps_per_s": steps_per_s, "images_per_s": batch_size * steps_per_s, "loss": run.trainer.last_loss,
+            "cores_used": (cpu_seconds() - cpu0) / wall}
 
 
 # ------------------------------------------------------------------------------------------------- report
@@ -245,7 +248,8 @@ def gpu_rates(args: argparse.Namespace) -> tuple[list[float], str]:
 
 def markdown(rows: list[dict]) -> str:
     keys = list(rows[0])
-    lines = ["| " + " | ".join(keys) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(keys))) + "|"]
+    rule = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(keys))) + "|"
+    lines = ["| " + " | ".join(keys) + " |", rule]
     for row in rows:
         lines.append("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
     return "\n".join(lines)
@@ -266,10 +270,13 @@ def main() -> None:
     parser.add_argument("--gpu-images-per-s", type=float, default=None, help="GPU rate to size workers for")
     args = parser.parse_args()
     small = args.quick or args.gpu_check
-    workers = [int(w) for w in (args.workers or ("0,1,2,4" if args.gpu_check and (os.cpu_count() or 1) >= 8 else "0,1,2")).split(",")]
+    many_cores = args.gpu_check and (os.cpu_count() or 1) >= 8  # the GPU machine: 4 workers too
+    workers = [int(w) for w in (args.workers or ("0,1,2,4" if many_cores else "0,1,2")).split(",")]
     images = args.images or (8 if small else 24)
     steps = max(args.steps or (8 if small else 16), 3 * max(workers))  # several batches per worker
-    train_steps = args.train_steps if args.train_steps is not None else (0 if args.gpu_check else 12 if args.quick else 30)
+    train_steps = args.train_steps
+    if train_steps is None:
+        train_steps = 0 if args.gpu_check else 12 if args.quick else 30
     torch.set_num_threads(1)
     started = time.perf_counter()
     print(f"# bench_data: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
@@ -323,13 +330,14 @@ def main() -> None:
 
     rates, source = gpu_rates(args)
     need_rows = []
+    main_key = f"training-process CPU ms/image ({max(workers)} workers, make_batch)"
     for name, cost in costs.items():
         main_ms = [row["training-process CPU ms/image"] for row in loader_rows
                    if row["case"] == name and row["consumer"] != "idle" and row["workers"] == max(workers)][0]
         for r in rates:
             need_rows.append({"case": name, "GPU images/s": r, "data CPU ms/image": cost["cpu_ms"],
                               "workers needed": math.ceil(cost["cpu_ms"] / 1000 * r),
-                              f"training-process CPU ms/image ({max(workers)} workers, make_batch)": main_ms,
+                              main_key: main_ms,
                               "training-process cores needed": main_ms / 1000 * r})
     wall = time.perf_counter() - started
     tables = [
@@ -351,7 +359,7 @@ def main() -> None:
         f" (workers {','.join(map(str, workers))}); workers per GPU at {'/'.join(f'{r:.0f}' for r in rates)} img/s "
         f"({kind}): " + ", ".join(f"{name} " + "/".join(str(need[name, r]) for r in rates) for name in costs)
         + "; training process " + ", ".join(
-            f"{row[f'training-process CPU ms/image ({max(workers)} workers, make_batch)']:.0f}" for row in need_rows[::len(rates)])
+            f"{row[main_key]:.0f}" for row in need_rows[::len(rates)])
         + " CPU ms/img")
     print(f"\n{summary}\n# wall time {wall:.0f} s; {load_average()}")
     if args.json:
