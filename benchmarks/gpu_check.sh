@@ -10,7 +10,7 @@
 #   2. inference, 512 px, bf16, E-Step 1x1/1x2/4x2/8x2, 8 images per call, against diffusers' Marigold on the
 #      same modules: eager with the VAE decoder, eager with the light mask decoder, compiled with the light decoder
 #   3. training throughput, 512 px, SD2-sized, bf16: batch 4 and 8, gradient checkpointing off/on
-#   4. the data stage (benchmarks/bench_data.py), when it exists
+#   4. the data stage (benchmarks/bench_data.py --gpu-check): decode + augment with loader workers, workers per GPU
 # Everything goes to $OUT (the device tool returns that folder; default ./gpu-check-out): gpu_check.log (all
 # output), gpu_check.md (every table), *.json (figures). The last line printed is a one-line summary.
 set -uo pipefail

@@ -88,9 +88,9 @@ class SampleBatch:
     labels: torch.Tensor | None  # [B, h, w] int64
 
     def pin_memory(self) -> "SampleBatch":
-        """Page-locked copies (faster, asynchronous host-to-GPU transfers)."""
+        """Page-locked images (faster, asynchronous host-to-GPU transfer; labels stay on the CPU)."""
         if self.images is not None:
-            self.images, self.labels = self.images.pin_memory(), self.labels.pin_memory()
+            self.images = self.images.pin_memory()
         return self
 
 
