@@ -241,9 +241,9 @@ def test_image_list_adds_files_named_one_per_line(model, tmp_path, monkeypatch):
     assert list(json.loads((tmp_path / "out" / "summary.json").read_text())["images"]) == ["b[1].png", "c.png", "a.png"]
 
     listing.write_text("# nothing\n\n", encoding="utf-8")
-    with pytest.raises(ConfigError, match="names no images"):
+    with pytest.raises(ConfigError, match="image list file .* lists nothing"):
         read_image_list(listing)
-    with pytest.raises(ConfigError, match="cannot read image list"):
+    with pytest.raises(ConfigError, match="image list file not found"):
         read_image_list(tmp_path / "missing.txt")
     with pytest.raises(ConfigError, match="no input images"):
         select_images(None, None)

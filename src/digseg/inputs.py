@@ -9,7 +9,7 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
-from .data.io import IMAGE_EXTENSIONS
+from .data.io import IMAGE_EXTENSIONS, read_list_file
 from .errors import ConfigError
 
 _GLOB_CHARS = set("*?[")
@@ -64,15 +64,7 @@ def read_image_list(path: str | Path) -> list[str]:
     current folder, as on the command line). Blank lines and lines starting with '#' are ignored; each path is
     a file name, never a pattern (names may contain '*' or '['). ConfigError when the file cannot be read or
     lists no path."""
-    p = Path(path)
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read image list {p}: {exc.strerror if isinstance(exc, OSError) else exc}") from exc
-    items = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
-    if not items:
-        raise ConfigError(f"image list {p} names no images")
-    return items
+    return read_list_file(path, "image list", ConfigError)
 
 
 def select_images(items: list[str] | None, image_list: str | Path | None = None) -> list[Path]:

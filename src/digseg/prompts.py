@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from .data.io import read_list_file
 from .errors import DataError, DigsegError
 
 SINGLE_TEMPLATE = ("{}",)
@@ -99,14 +100,4 @@ def resolve_queries(num_images: int, prompt, classes, templates, default_templat
 
 def read_classes_file(path: str | Path) -> list[str]:
     """One class name per line (blank lines and lines starting with '#' skipped); any length."""
-    p = Path(path)
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DataError(f"class file not found: {p}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read class file {p}: {exc}") from exc
-    names = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    if not names:
-        raise DataError(f"class file {p} lists no class names")
-    return names
+    return read_list_file(path, "class", DataError)

@@ -150,3 +150,19 @@ def list_images(folder: PathLike) -> list[Path]:
     if not files:
         raise DataError(f"no images ({' '.join(IMAGE_EXTENSIONS)}) in folder {d}")
     return files
+
+
+def read_list_file(path: str | os.PathLike[str], what: str, error: type[Exception] = DataError) -> list[str]:
+    """The entries of a text file, one per line, stripped; blank lines and lines starting with '#' skipped.
+    `error` (naming the file and `what` it should list) when it is missing, unreadable or lists nothing."""
+    p = Path(path)
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise error(f"{what} file not found: {p}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"cannot read {what} file {p}: {exc.strerror if isinstance(exc, OSError) else exc}") from exc
+    items = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    if not items:
+        raise error(f"{what} file {p} lists nothing")
+    return items
