@@ -14,8 +14,9 @@ A reader subclasses `SegmentationDataset`, sets its class attributes and impleme
             ...
         # labels that are not images (XML polygons): override read_raw_label(sample) instead
 
-Samples are {"image": float [3, H, W] in [-1, 1], "label": int64 [H, W], "stem": str}; `load_pair(i)` gives
-the native-size PIL image and label array for evaluation.
+`load_pair(i)` gives the native-size PIL image and label array: evaluation reads it, and so does training,
+which augments it (`digseg.training.samples`). Items, `dataset[i]`, are {"image": float [3, H, W] in [-1, 1],
+"label": int64 [H, W], "stem": str} squashed to `size` x `size`: the fixed samples of latent caches and previews.
 """
 
 from __future__ import annotations
