@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .data.augment import rescale_size
 from .errors import DigsegError
 
 
@@ -83,8 +84,8 @@ def processed_size(height: int, width: int, resolution: int, scale: tuple[int, i
     if scale is not None:
         if not keep_ratio:
             return int(scale[1]), int(scale[0])
-        factor = min(max(scale) / max(height, width), min(scale) / min(height, width))
-        return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
+        new_width, new_height = rescale_size(width, height, scale)  # the same rule as training's RandomResize
+        return new_height, new_width
     if resolution <= 0:
         return height, width
     factor = resolution / max(height, width)
@@ -98,12 +99,14 @@ def resize_to(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(image[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
 
 
-def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
-    """[..., H, W] -> [..., H', W'] with H', W' multiples of `multiple` (replicated border, bottom and right)."""
-    pad_h, pad_w = (-image.shape[-2]) % multiple, (-image.shape[-1]) % multiple
+def pad_to_multiple(images: torch.Tensor, multiple: int) -> torch.Tensor:
+    """[3, H, W] or [V, 3, H, W] -> H', W' multiples of `multiple` (replicated border, bottom and right)."""
+    pad_h, pad_w = (-images.shape[-2]) % multiple, (-images.shape[-1]) % multiple
     if not (pad_h or pad_w):
-        return image
-    return F.pad(image[None], (0, pad_w, 0, pad_h), mode="replicate")[0]
+        return images
+    batch = images if images.dim() == 4 else images[None]
+    padded = F.pad(batch, (0, pad_w, 0, pad_h), mode="replicate")
+    return padded if images.dim() == 4 else padded[0]
 
 
 def padded_size(height: int, width: int, resolution: int, multiple: int, scale: tuple[int, int] | None = None,
@@ -112,17 +115,3 @@ def padded_size(height: int, width: int, resolution: int, multiple: int, scale: 
     Images with the same padded size can share a batch."""
     h, w = processed_size(height, width, resolution, scale, keep_ratio)
     return h + (-h) % multiple, w + (-w) % multiple
-
-
-def resize_and_pad(image: torch.Tensor, resolution: int, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """[3, H, W] -> ([3, H', W'] padded to a multiple of `multiple` (see `padded_size`), (h, w) before padding)."""
-    image = resize_to(image, processed_size(image.shape[-2], image.shape[-1], resolution))
-    return pad_to_multiple(image, multiple), tuple(image.shape[-2:])
-
-
-def unpad_and_resize(probs: torch.Tensor, valid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
-    """probs [N, K, H', W'] -> [N, K, *size]: crop the padding, then bilinear resize to the input size."""
-    probs = probs[:, :, : valid[0], : valid[1]]
-    if tuple(probs.shape[-2:]) != tuple(size):
-        probs = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
-    return probs

@@ -316,10 +316,10 @@ class DiGSegPipeline(DiffusionPipeline):
         finally:
             self.level_context.record = None
 
-    def _segment_batch(self, pixels, query_ids, states, mode, ensemble_size, steps, generator, max_batch, top_k,
-                       decode_members=False, ensemble_reduction="median", mask_decoder="auto", noise=None):
+    def _segment_batch(self, pixels, query_ids, states, mode, ensemble_size, steps, noise, max_batch, top_k,
+                       decode_members=False, ensemble_reduction="median", mask_decoder="auto"):
         """pixels [B, 3, H, W]; query_ids: B lists of Q ids into `states` ([U, L, D] encoder features); noise
-        [B, E, 4, h, w] starting latents (drawn from `generator` when None).
+        [B, E, 4, h, w] starting latents (`sliding.view_noise`).
 
         -> (probs [B, K, H, W], uncertainty [B, H, W] or None, kept [B, K] bool or None). Each (image, member) draws its noise once and
         shares it across the image's queries, so class scores are comparable and an N-class query equals N
@@ -331,8 +331,6 @@ class DiGSegPipeline(DiffusionPipeline):
         device, dtype = self.unet.device, self.unet.dtype
         image_latents = encode_latents(self.vae, pixels.to(device, dtype))  # [B, 4, h, w], once per image
         b = len(query_ids)
-        if noise is None:
-            noise = randn_tensor((b, ensemble_size, *image_latents.shape[1:]), generator=generator, device=device, dtype=dtype)
         noise = noise.to(device, dtype)
         all_ids = torch.tensor(query_ids, device=device)  # [B, Q]
         if mode == "per_class" and top_k and top_k < all_ids.shape[1]:
@@ -464,8 +462,8 @@ class DiGSegPipeline(DiffusionPipeline):
                                           self.unet.device, self.unet.dtype) for i in group])
             ids = [query_ids[i] for i in group for _ in range(len(views[i].pixels))]
             probs, unc, kept = self._segment_batch(
-                pixels, ids, states, mode_q, ensemble_size, steps, generator, max_unet_batch, top_k,
-                decode_members, ensemble_reduction, mask_decoder, noise=noise)
+                pixels, ids, states, mode_q, ensemble_size, steps, noise, max_unet_batch, top_k,
+                decode_members, ensemble_reduction, mask_decoder)
             start = 0
             for i in group:
                 part = slice(start, start + len(views[i].pixels))

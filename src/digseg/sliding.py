@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 
 from .errors import DigsegError
+from .image_processing import pad_to_multiple
 from .protocols import INFERENCE_MODES
 
 
@@ -91,10 +92,7 @@ def combine_windows(probs: torch.Tensor, boxes: list[tuple[int, int, int, int]],
     total = probs.new_zeros(probs.shape[1], *size)
     for window, (y1, y2, x1, x2) in zip(probs, boxes):
         total[:, y1:y2, x1:x2] += window
-    count = count_map(boxes, size).to(total)
-    if bool((count == 0).any()):
-        raise DigsegError("sliding window: some pixels are in no window")  # cannot happen with window_grid
-    return total.div_(count)
+    return total.div_(count_map(boxes, size).to(total))  # window_grid leaves no pixel uncovered
 
 
 @dataclass
@@ -146,10 +144,7 @@ def make_views(image: torch.Tensor, crop: tuple[int, int], stride: tuple[int, in
             views.append(F.interpolate(picture[None], size=window, mode="bilinear", antialias=True, align_corners=False)[0])
         return views
 
-    pixels = torch.stack(cut(image) + (cut(image.flip(-1)) if flip else []))  # [V, 3, h, w]
-    pad_h, pad_w = (-window[0]) % multiple, (-window[1]) % multiple
-    if pad_h or pad_w:
-        pixels = F.pad(pixels, (0, pad_w, 0, pad_h), mode="replicate")
+    pixels = pad_to_multiple(torch.stack(cut(image) + (cut(image.flip(-1)) if flip else [])), multiple)  # [V, 3, h', w']
     return SlideViews(pixels, boxes, size, window, global_view, flip)
 
 
