@@ -54,21 +54,12 @@ _TRAIN_FLAGS = {  # command-line flag (argparse dest) -> (config section, key)
 }
 
 
-def _crop_size(text: str) -> list[int]:
-    """"512" or "512,1024" (height, width) -> [h, w]."""
-    try:
-        sizes = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected H or H,W in pixels, got {text!r}") from None
-    if len(sizes) not in (1, 2) or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"expected H or H,W of positive integers, got {text!r}")
-    return sizes * 2 if len(sizes) == 1 else sizes
-
-
 def _train_config(args: argparse.Namespace):
     """The --config file (if any) with the flags that were given on top."""
     from .training.config import TrainConfig
 
+    if getattr(args, "crop_size", None) is not None:
+        args.crop_size = list(args.crop_size)  # YAML (the run's config.yaml) holds lists, not tuples
     if getattr(args, "resolution", None) is not None:  # --resolution N: a square crop
         if getattr(args, "crop_size", None) is not None:
             raise ConfigError("give --resolution or --crop-size, not both")
@@ -271,7 +262,7 @@ _MASK_DECODER_FLAG = dict(choices=["auto", "light", "vae"], default="auto",
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .protocols import add_protocol_flags
+    from .protocols import add_protocol_flags, parse_pair
 
     parser = argparse.ArgumentParser(prog="digseg", description="Diffusion models as generalist, text-prompted segmenters.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -289,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--pretrained", help="Stable Diffusion folder or hub id (or a DiGSeg model folder to continue)")
     data_flags.add_argument("--dataset", help="synthetic (default), folder, or a dataset name such as ade20k-150")
     data_flags.add_argument("--data-root", help="dataset root folder")
-    data_flags.add_argument("--crop-size", type=_crop_size, metavar="H[,W]",
+    data_flags.add_argument("--crop-size", type=parse_pair, metavar="H[,W]",
                             help="training crop (default: the dataset's preset, docs/augmentation.md)")
     data_flags.add_argument("--resolution", type=int, help="a square training crop: same as --crop-size N")
     data_flags.add_argument("--no-augmentation", action="store_true",

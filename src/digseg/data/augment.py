@@ -43,6 +43,7 @@ import torch
 from PIL import Image
 
 from ..errors import ConfigError, DataError
+from .synthetic import image_to_tensor
 
 # Padding value of the image in the normalised [-1, 1] output: 0.0 = mid-grey (127.5). mmseg pads after
 # normalising (SegDataPreProcessor, pad_val=0), i.e. with the dataset's mean colour; mid-grey is our mean
@@ -259,7 +260,7 @@ def apply_augmentation(image: Image.Image, label: np.ndarray, aug: Augmentation,
     crop_h, crop_w = aug.crop_size
     if not aug.enabled:  # the plain squash to the crop, deterministic
         window = _label_window(label, (crop_h, crop_w), 0, 0, (crop_h, crop_w))
-        pixels = _to_tensor(image.resize((crop_w, crop_h), Image.BILINEAR))
+        pixels = image_to_tensor(image.resize((crop_w, crop_h), Image.BILINEAR))
         return pixels, torch.from_numpy(np.ascontiguousarray(window))
 
     u = torch.rand(NUM_DRAWS, generator=gen, dtype=torch.float64).numpy()
@@ -274,17 +275,11 @@ def apply_augmentation(image: Image.Image, label: np.ndarray, aug: Augmentation,
     if aug.photometric:
         crop = photometric_distortion(crop, u)
 
-    pixels, target = _to_tensor(crop), torch.from_numpy(np.ascontiguousarray(window))  # [3, h', w'], [h', w']
+    pixels, target = image_to_tensor(crop), torch.from_numpy(np.ascontiguousarray(window))  # [3, h', w'], [h', w']
     if hw != (crop_h, crop_w):
         pixels = _pad(pixels, aug.crop_size, IMAGE_PAD_VALUE)
         target = _pad(target, aug.crop_size, ignore_index)
     return pixels, target
-
-
-def _to_tensor(image: Image.Image) -> torch.Tensor:
-    """RGB image -> float32 [3, H, W] in [-1, 1]; the same values as `synthetic.image_to_tensor`, in one strided copy."""
-    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1).to(torch.float32, memory_format=torch.contiguous_format)
-    return pixels.div_(127.5).sub_(1.0)
 
 
 def _pad(tensor: torch.Tensor, size: tuple[int, int], value: float | int) -> torch.Tensor:

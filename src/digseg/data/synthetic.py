@@ -140,10 +140,10 @@ def make_scene(rng: np.random.Generator, size: int = 64) -> tuple[np.ndarray, np
     return np.clip(img, 0.0, 255.0).round().astype(np.uint8), label
 
 
-def image_to_tensor(image: np.ndarray) -> torch.Tensor:
-    """uint8 [H, W, 3] -> float32 [3, H, W] in [-1, 1]."""
-    arr = np.asarray(image, dtype=np.float32).transpose(2, 0, 1)  # copy: input may be read-only
-    return torch.from_numpy(np.ascontiguousarray(arr)) / 127.5 - 1.0
+def image_to_tensor(image: np.ndarray | Image.Image) -> torch.Tensor:
+    """uint8 [H, W, 3] (or an RGB PIL image) -> float32 [3, H, W] in [-1, 1], in one strided copy."""
+    pixels = torch.from_numpy(np.array(image, dtype=np.uint8))  # a copy: the input may be read-only
+    return pixels.permute(2, 0, 1).to(torch.float32, memory_format=torch.contiguous_format).div_(127.5).sub_(1.0)
 
 
 def tensor_to_image(image: torch.Tensor) -> np.ndarray:

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from ..errors import DataError
 from ..masks import MaskCodec
 from ..models.digseg_model import encode_latents
-from ..prompts import synonyms
+from ..prompts import palette_prompt, synonyms
 from ..seeding import seeded_generator
 
 
@@ -87,7 +87,7 @@ class LatentBatcher:
         self.cache_max_bytes = int(cache_max_mib * 2**20)
         self.cache_bytes = 0  # bytes held by _latents and the keep masks in _info
         self.ignore_index = ignore_index
-        self.palette_prompt = ", ".join(class_names)
+        self.palette_prompt = palette_prompt(class_names)  # as the pipeline asks at inference
         self.binary_codec = MaskCodec("binary", ignore_index=ignore_index)
         self.palette_codec = MaskCodec("palette", len(class_names), ignore_index=ignore_index)
         self.queryable = [c for c, n in enumerate(class_names) if n.strip().lower() != "background"]

@@ -5,8 +5,8 @@ optim.batch_size of one process), read and augmented by the same `TrainingSample
 so what is written is what a run trains on, crop, flip and colour distortion included.
 
     <k>_image.png    the augmented RGB crop (padding in mid-grey)
-    <k>_label.png    class ids ('P' PNG with a viewing palette, 255 = ignore; 16-bit PNG, 65535 = ignore, for
-                     vocabularies over 255 classes)
+    <k>_label.png    class ids, as `digseg eval` writes predictions (255 = ignore; 16-bit with 65535 over 255
+                     classes)
     <k>_overlay.png  the crop tinted by class (ignore and padding untinted)
 """
 
@@ -18,8 +18,9 @@ import numpy as np
 from PIL import Image
 
 from ..data.synthetic import tensor_to_image
+from ..dataset_eval import save_label_png
 from ..errors import DataError
-from ..visualize import class_overlay, label_png
+from ..visualize import class_overlay
 from .config import TrainConfig
 from .run import build_dataset, training_augmentation
 from .samples import MicroStepSampler, TrainingSamples
@@ -45,10 +46,7 @@ def write_training_samples(config: TrainConfig, output: str | Path, num: int) ->
         image = tensor_to_image(sample["image"])  # uint8 [h, w, 3]
         label = sample["label"].numpy()  # int64 [h, w]
         Image.fromarray(image).save(out / f"{k:04d}_image.png")
-        if len(names) < 255:
-            label_png(np.where(label == ignore, 255, label), len(names)).save(out / f"{k:04d}_label.png")
-        else:
-            Image.fromarray(np.where(label == ignore, 65535, label).astype(np.uint16)).save(out / f"{k:04d}_label.png")
+        save_label_png(out / f"{k:04d}_label.png", label, len(names))  # ignore: 255 (65535 over 255 classes)
         shown = np.where(label == ignore, len(names), label)  # ignore: untinted
         class_overlay(image, shown, names).save(out / f"{k:04d}_overlay.png")
     return len(requests)
