@@ -118,7 +118,7 @@ def train(backbone: Path, train_set: SyntheticScenes, augment: bool | dict, args
     )
     torch.manual_seed(args.seed)  # the same initial widened U-Net and text pathway in both runs
     start = time.perf_counter()
-    pipe = build_run(config, dataset=train_set, show_progress=args.progress).trainer.train()
+    pipe = build_run(config, dataset=train_set, show_progress=args.progress).train()
     return pipe, time.perf_counter() - start
 
 

@@ -11,7 +11,7 @@ classes.txt), read by the registered `folder` reader, as a user's dataset is:
 - cityscapes-sized: 2048x1024, 19 classes, the `cityscapes` preset (scale (2048, 1024), crop 512x1024);
 - ade20k-sized: 683x512, 150 classes, the `ade20k-150` preset (scale (2048, 512), crop 512x512).
 
-Per-image cost: `read_pair` (JPEG + PNG decode) and `apply_augmentation` in this process, one thread, median
+Per-image cost: `load_pair` (JPEG + PNG decode) and `apply_augmentation` in this process, one thread, median
 wall and CPU ms (CPU ms is what one dedicated core would spend, whatever the load).
 
 Data stage: `TrainingData.micro_steps` (`TrainingSamples` + `MicroStepSampler` in a torch DataLoader), as the
@@ -57,7 +57,7 @@ from digseg.data.augment_presets import augmentation_for
 from digseg.data.registry import build_dataset
 from digseg.training.batches import LatentBatcher, slot_generators
 from digseg.training.run import TrainingData
-from digseg.training.samples import TrainingSamples, augmentation_generator, read_pair
+from digseg.training.samples import TrainingSamples, augmentation_generator
 
 # ASSUMPTION, not a measurement: images/s of one SD2-sized DiGSeg training step (512x512, bf16, U-Net forward +
 # backward, two VAE encodes per image: ~4.2 TFLOP per image from the FLOP counts in docs/benchmarks.md) on one
@@ -128,7 +128,7 @@ def per_image_cost(dataset, aug, count: int) -> dict:
     cpus: dict[str, list[float]] = {"read": [], "augment": []}
     for k in range(count + 1):
         w0, c0 = time.perf_counter(), time.process_time()
-        image, label = read_pair(dataset, k % len(dataset))
+        image, label = dataset.load_pair(k % len(dataset))
         w1, c1 = time.perf_counter(), time.process_time()
         apply_augmentation(image, label, aug, augmentation_generator(0, k, 0), 255)
         w2, c2 = time.perf_counter(), time.process_time()
@@ -214,16 +214,16 @@ def train_rate(root: Path, backbone: Path, workers: int, crop: int, batch_size: 
         optim=OptimConfig(max_steps=steps, batch_size=batch_size, learning_rate=5e-4, lr_warmup_steps=5),
         run=RunConfig(output_dir=str(out), log_with="none", sample_every=0, checkpoint_every=10**6, log_every=10**6),
     )
-    run = build_run(config, show_progress=False)
+    trainer = build_run(config, show_progress=False)
     out.mkdir(parents=True, exist_ok=True)  # Trainer.train() makes it; _run_steps logs into it
     clock = StepClock()
     cpu0 = cpu_seconds()
-    run.trainer._run_steps(clock)  # the trainer's loop, without the final save
+    trainer._run_steps(clock)  # the trainer's loop, without the final save
     gc.collect()  # the loader's generator is gone: its workers are joined
     skip = min(3, steps - 1)
     wall = clock.times[-1] - clock.times[0]
     steps_per_s = (steps - skip) / (clock.times[-1] - clock.times[skip])
-    return {"steps_per_s": steps_per_s, "images_per_s": batch_size * steps_per_s, "loss": run.trainer.last_loss,
+    return {"steps_per_s": steps_per_s, "images_per_s": batch_size * steps_per_s, "loss": trainer.last_loss,
             "cores_used": (cpu_seconds() - cpu0) / wall}
 
 

@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> str:
                 optim=OptimConfig(max_steps=10**6, batch_size=batch, mixed_precision=args.precision, lr_warmup_steps=0),
                 run=RunConfig(output_dir=str(tmp / "run"), checkpoint_every=10**9, log_every=10**9, sample_every=0,
                               log_with="none"))
-            trainer = build_run(config, pipe=pipe, dataset=dataset, show_progress=False).trainer
+            trainer = build_run(config, pipe=pipe, dataset=dataset, show_progress=False)
             device = trainer.accelerator.device
             clock = CellClock(trainer, [False, True], 1 + args.repeats)
             clock.start()

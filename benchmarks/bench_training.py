@@ -161,7 +161,7 @@ def bench_size(pipe: DiGSegPipeline, size: int, tmp: Path, scenes: int, repeats:
     _trim()
     sampler = RSSSampler()
     base_rss = sampler.take()  # loaded model, before the trainer exists
-    trainer = build_run(config, pipe=pipe, dataset=dataset, show_progress=False).trainer
+    trainer = build_run(config, pipe=pipe, dataset=dataset, show_progress=False)
     cached_batcher = trainer.data.batcher
     fly_batcher = LatentBatcher(dataset, names, pipe.vae, "both", pipe.config.prompt_template, config.data.negative_prob,
                                 False, getattr(dataset, "ignore_index", 255), store=None)

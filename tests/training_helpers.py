@@ -23,5 +23,5 @@ def train_config(**flat) -> TrainConfig:
 
 
 def trainer(config: TrainConfig, pipe, dataset, **kwargs):
-    """The Trainer of `build_run` over a given pipeline and dataset."""
-    return build_run(config, pipe=pipe, dataset=dataset, **kwargs).trainer
+    """`build_run` over a given pipeline and dataset."""
+    return build_run(config, pipe=pipe, dataset=dataset, **kwargs)

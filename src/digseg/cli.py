@@ -78,7 +78,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .training.run import build_run
 
     config = _train_config(args)
-    build_run(config).trainer.train(resume=args.resume)
+    build_run(config).train(resume=args.resume)
     print(f"saved trained model to {config.run.output_dir}")
 
 

@@ -86,7 +86,7 @@ def run_quickstart(output: str | Path, settings: QuickstartSettings | None = Non
                           lr_warmup_steps=50),
         run=RunConfig(output_dir=str(out / "model"), checkpoint_every=s.train_steps, keep_checkpoints=1, seed=s.seed),
     )
-    pipe = build_run(config, dataset=train_set, show_progress=show_progress).trainer.train()
+    pipe = build_run(config, dataset=train_set, show_progress=show_progress).train()
     train_done = time.perf_counter()
 
     print(f"[3/4] evaluation on {s.num_eval_scenes} held-out scenes", flush=True)

@@ -1,7 +1,7 @@
 """One function builds a training run from a `TrainConfig`, for the CLI, `quickstart`, benchmarks and tests alike.
 
-    run = build_run(TrainConfig.load("configs/ade20k_150.yaml"))
-    run.trainer.train(resume="latest")
+    trainer = build_run(TrainConfig.load("configs/ade20k_150.yaml"))
+    pipe = trainer.train(resume="latest")
 
 `build_pipeline` reads the `model` section, `build_training_data` the `data` section; the `Trainer` reads
 `optim` and `run`. Each field is read in exactly one of these places.
@@ -50,13 +50,6 @@ class TrainingData:
         """This process's samples of micro-steps [start, stop), in order."""
         sampler = MicroStepSampler(len(self.samples), batch_size, num_processes, process_index, seed, start, stop)
         return micro_step_batches(self.samples, sampler, self.num_workers, self.prefetch_factor, pin_memory)
-
-
-@dataclass
-class Run:
-    pipe: DiGSegPipeline
-    data: TrainingData
-    trainer: Trainer
 
 
 def build_pipeline(model: ModelConfig) -> DiGSegPipeline:
@@ -123,9 +116,9 @@ def preview_dataset(config: TrainConfig) -> Dataset | None:
 
 
 def build_run(config: TrainConfig, pipe: DiGSegPipeline | None = None, dataset: Dataset | None = None,
-              show_progress: bool = True, preview: Dataset | None = None) -> Run:
-    """Pipeline (from `config.model` unless given), training data (from `config.data`, over `dataset` if
-    given) and a `Trainer` over them. The pipeline's prompt template becomes the config's, else the dataset's."""
+              show_progress: bool = True, preview: Dataset | None = None) -> Trainer:
+    """The `Trainer` of a run: the pipeline (from `config.model` unless given) and training data (from
+    `config.data`, over `dataset` if given); `trainer.pipe` and `trainer.data` are those. The pipeline's prompt template becomes the config's, else the dataset's."""
     from .trainer import Trainer
 
     config.validate()
@@ -136,5 +129,4 @@ def build_run(config: TrainConfig, pipe: DiGSegPipeline | None = None, dataset: 
     template = config.model.prompt_template or getattr(dataset, "prompt_template", None) or pipe.config.prompt_template
     pipe.register_to_config(prompt_template=template)
     data = build_training_data(config.data, pipe, dataset, config.run.seed)
-    trainer = Trainer(config, pipe, data, show_progress=show_progress, preview_dataset=preview)
-    return Run(pipe, data, trainer)
+    return Trainer(config, pipe, data, show_progress=show_progress, preview_dataset=preview)

@@ -11,22 +11,21 @@ number of workers, the process split, or where a run was resumed. A torch `DataL
 One DataLoader spans the whole run (all remaining micro-steps are one pass of its sampler), so its workers
 live as long as the run: persistent by construction.
 
-A sample that cannot be read does not raise inside the worker (where PyTorch would wrap the error in a
-multi-line traceback): it comes back as an error record, and `collate_samples`' caller raises the usual
-one-line `DataError` naming the file in the training process.
+The workers also stack each micro-step's samples (`collate_samples`), and the DataLoader pins the stacked
+images on CUDA, so the training process only receives ready batches. A sample that cannot be read does not
+raise inside the worker (where PyTorch would wrap the error in a multi-line traceback): its batch carries the
+error, and the training process raises the usual one-line `DataError` naming the file.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..data.augment import Augmentation, apply_augmentation
-from ..errors import DataError, DigsegError
+from ..errors import ConfigError, DataError, DigsegError
 from ..seeding import seeded_generator
 from .batches import sample_indices
 
@@ -40,22 +39,19 @@ def augmentation_generator(seed: int, micro_step: int, slot: int) -> torch.Gener
     return seeded_generator(seed, micro_step, slot, AUGMENT_STREAM)
 
 
-def read_pair(dataset: Dataset, index: int) -> tuple[Image.Image, np.ndarray]:
-    """Native-size (RGB PIL image, int64 label [H, W]) of sample `index`; DataError naming the file if unreadable."""
-    if hasattr(dataset, "load_pair"):
-        return dataset.load_pair(index)
-    sample = dataset[index]  # a plain dataset of {"image": [3, H, W] in [-1, 1], "label": [H, W]} items
-    pixels = ((sample["image"].float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return Image.fromarray(pixels.permute(1, 2, 0).numpy()), sample["label"].numpy().astype(np.int64)
-
-
 class TrainingSamples(Dataset):
-    """Request (index, micro_step, slot) -> {"image": float [3, h, w] in [-1, 1], "label": int64 [h, w]} at the
-    training crop (h, w), or {"error": "one line"}; with `read=False`, {} (latents come from a cache, and the
-    batcher reads a sample itself only when its latents are missing)."""
+    """Request (index, micro_step, slot) -> {"request", "image": float [3, h, w] in [-1, 1], "label": int64
+    [h, w]} at the training crop (h, w), or {"request", "error": "one line"}; with `read=False`, {"request"}
+    alone (latents come from a cache, and the batcher reads a sample itself only when its latents are missing).
+
+    `dataset` gives native samples through `load_pair(i)` -> (RGB PIL image, int label [H, W]), as every
+    registered reader and `SyntheticScenes` do."""
 
     def __init__(self, dataset: Dataset, augmentation: Augmentation, seed: int, ignore_index: int = 255,
                  read: bool = True) -> None:
+        if not hasattr(dataset, "load_pair"):
+            raise ConfigError(f"{type(dataset).__name__} has no load_pair(i) -> (RGB image, label): training "
+                              "reads native samples to augment them")
         self.dataset, self.augmentation, self.seed = dataset, augmentation, seed
         self.ignore_index, self.read = ignore_index, read
 
@@ -63,18 +59,18 @@ class TrainingSamples(Dataset):
         return len(self.dataset)
 
     def sample(self, index: int, micro_step: int, slot: int) -> dict:
-        image, label = read_pair(self.dataset, index)
+        image, label = self.dataset.load_pair(index)  # DataError naming the file when unreadable
         gen = augmentation_generator(self.seed, micro_step, slot)
         pixels, label = apply_augmentation(image, label, self.augmentation, gen, self.ignore_index)
         return {"image": pixels, "label": label}
 
     def __getitem__(self, request: Request) -> dict:
         if not self.read:
-            return {}
+            return {"request": request}
         try:
-            return self.sample(*request)
+            return {"request": request, **self.sample(*request)}
         except (DigsegError, OSError, ValueError) as exc:  # DataError names the file; the others come from PIL
-            return {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
+            return {"request": request, "error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
 
 
 @dataclass
@@ -86,41 +82,26 @@ class SampleBatch:
     slots: list[int]
     images: torch.Tensor | None  # [B, 3, h, w] in [-1, 1]; None when latents come from a disk cache
     labels: torch.Tensor | None  # [B, h, w] int64
+    error: str | None = None  # a sample that could not be read (raised by the training process)
 
     def pin_memory(self) -> "SampleBatch":
-        """Page-locked images (faster, asynchronous host-to-GPU transfer; labels stay on the CPU)."""
+        """Page-locked images (the DataLoader's pin thread calls this on CUDA): asynchronous host-to-GPU copies."""
         if self.images is not None:
             self.images = self.images.pin_memory()
         return self
 
 
-def collate_samples(items: list[tuple[Request, dict]]) -> SampleBatch:
-    """[(request, sample)] of one micro-step -> SampleBatch; DataError (one line) if any sample failed."""
-    for _, sample in items:
-        if "error" in sample:
-            raise DataError(sample["error"])
-    requests = [r for r, _ in items]
-    samples = [s for _, s in items]
-    read = bool(samples and samples[0])
+def collate_samples(items: list[dict]) -> SampleBatch:
+    """The samples of one micro-step -> SampleBatch (in the workers)."""
+    requests = [s["request"] for s in items]
+    errors = [s["error"] for s in items if "error" in s]
+    read = not errors and "image" in items[0]
     return SampleBatch(
         micro_step=requests[0][1], indices=[r[0] for r in requests], slots=[r[2] for r in requests],
-        images=torch.stack([s["image"] for s in samples]) if read else None,
-        labels=torch.stack([s["label"] for s in samples]) if read else None,
+        images=torch.stack([s["image"] for s in items]) if read else None,
+        labels=torch.stack([s["label"] for s in items]) if read else None,
+        error=errors[0] if errors else None,
     )
-
-
-class _WithRequest(Dataset):
-    """Returns (request, sample): the collate function needs both."""
-
-    def __init__(self, samples: TrainingSamples) -> None:
-        self.samples = samples
-
-    def __getitem__(self, request: Request) -> tuple[Request, dict]:
-        return request, self.samples[request]
-
-
-def _keep_items(items: list[tuple[Request, dict]]) -> list[tuple[Request, dict]]:
-    return items  # collated in the training process, where a failed sample's error is raised
 
 
 class MicroStepSampler(Sampler[list[Request]]):
@@ -147,10 +128,11 @@ def micro_step_batches(samples: TrainingSamples, sampler: MicroStepSampler, num_
                        prefetch_factor: int = 2, pin_memory: bool = False):
     """Yields one `SampleBatch` per micro-step of `sampler`, read (and augmented) by `num_workers` workers."""
     loader = DataLoader(
-        _WithRequest(samples), batch_sampler=sampler, num_workers=num_workers, collate_fn=_keep_items,
-        pin_memory=False, prefetch_factor=prefetch_factor if num_workers else None,
+        samples, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate_samples, pin_memory=pin_memory,
+        prefetch_factor=prefetch_factor if num_workers else None,
         persistent_workers=False,  # one pass spans the run: the workers already live as long as it
     )
-    for items in loader:
-        batch = collate_samples(items)
-        yield batch.pin_memory() if pin_memory else batch
+    for batch in loader:
+        if batch.error:
+            raise DataError(batch.error)
+        yield batch
