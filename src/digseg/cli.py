@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .errors import EXIT_SKIPPED, ConfigError, DigsegError
+from .training.config import MASK_DECODERS, OBJECTIVES, PREDICTION_TYPES
 
 
 def _quiet_libraries() -> None:
@@ -41,7 +42,8 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------------------------- train
 _TRAIN_FLAGS = {  # command-line flag (argparse dest) -> (config section, key)
     "pretrained": ("model", "pretrained"), "prediction_type": ("model", "prediction_type"),
-    "text_encoder": ("model", "text_encoder"),
+    "text_encoder": ("model", "text_encoder"), "objective": ("model", "objective"),
+    "one_step_decoder": ("model", "one_step_decoder"),
     "dataset": ("data", "dataset"), "data_root": ("data", "data_root"), "num_scenes": ("data", "num_scenes"),
     "crop_size": ("data", "crop_size"), "task": ("data", "task"), "latent_cache": ("data", "latent_cache"),
     "num_workers": ("data", "num_workers"), "cache_latents": ("data", "cache_latents"),
@@ -257,8 +259,9 @@ exit status:
   1    anything else (a crash, with a traceback)
 """
 
-_MASK_DECODER_FLAG = dict(choices=["auto", "light", "vae"], default="auto",
-                          help="decode masks with the model's light mask decoder (auto: when it has one) or the VAE")
+_MASK_DECODER_FLAG = dict(choices=MASK_DECODERS, default="auto",
+                          help="decode masks with the model's light mask decoder or the VAE (auto: the decoder a "
+                               "one-step model was trained through, else the light one when the model has one)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -295,7 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int)
     t.add_argument("--learning-rate", type=float)
     t.add_argument("--gradient-accumulation-steps", type=int)
-    t.add_argument("--prediction-type", choices=["sample", "v_prediction", "epsilon"])
+    t.add_argument("--prediction-type", choices=PREDICTION_TYPES)
+    t.add_argument("--objective", choices=OBJECTIVES,
+                   help="diffusion (default: the paper's denoising MSE) or one-step (one deterministic pass trained "
+                        "with cross-entropy on the labels; docs/training.md)")
+    t.add_argument("--one-step-decoder", choices=MASK_DECODERS,
+                   help="one-step: the mask decoder trained through (default auto: the light one if the model has one)")
     t.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"])
     t.add_argument("--checkpoint-every", type=int)
     t.add_argument("--keep-checkpoints", type=int)

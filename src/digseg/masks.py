@@ -132,11 +132,13 @@ class MaskCodec:
         return image.permute(0, 3, 1, 2).contiguous()  # [B, 3, H, W]
 
     # ------------------------------------------------------------------ decode
-    def _palette_logits(self, images: torch.Tensor) -> torch.Tensor:
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, K, H, W]`` (float32) = ``-||x - c_k||^2 / (T * 12)`` up to a per-pixel constant.
 
         Uses ``-||x||^2 + 2 x.c - ||c||^2``; the ``||x||^2`` term is the same for every k and cancels
-        in the softmax / argmax, so it is dropped. Never builds ``[B, K, 3, H, W]``.
+        in the softmax / argmax, so it is dropped. Never builds ``[B, K, 3, H, W]``. Differentiable: the
+        one-step objective trains on their cross-entropy. In binary mode (colours black, white) the
+        foreground logit minus the background one is ``mean_c(x) / T``, so its sign is `decode`'s threshold.
         """
         x = images.float()
         c = self.palette.to(device=x.device)  # [K, 3]
@@ -160,7 +162,7 @@ class MaskCodec:
         if self.mode == "binary":
             p_fg = ((images.float().mean(dim=1, keepdim=True) + 1.0) / 2.0).clamp(0.0, 1.0)
             return torch.cat([1.0 - p_fg, p_fg], dim=1)  # [B, 2, H, W]
-        logits = self._palette_logits(images)  # [B, K, H, W]
+        logits = self.logits(images)  # [B, K, H, W]
         # in-place softmax: one [B, K, H, W] buffer
         logits.sub_(logits.amax(dim=1, keepdim=True)).exp_()
         logits.div_(logits.sum(dim=1, keepdim=True))
@@ -185,7 +187,7 @@ class MaskCodec:
             return self.labels_from_probs(self.decode(images), threshold)
         if images.dim() == 3:
             images = images.unsqueeze(0)
-        return self._palette_logits(images).argmax(dim=1)
+        return self.logits(images).argmax(dim=1)
 
     # ------------------------------------------------------------------ loss mask
     def ignore_weights(

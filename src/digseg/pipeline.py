@@ -36,6 +36,7 @@ from .image_processing import processed_size, resize_to, to_image_list
 from .masks import MaskCodec
 from .native_outputs import PROBABILITY_CLASSES_KEPT, native_outputs, resize_probs, stack_outputs
 from .prompts import palette_prompt, resolve_queries
+from .training.config import MASK_DECODERS, OBJECTIVES
 from .sliding import check_test_protocol, combine_views, group_views, make_views, pair, view_noise
 from .models.digseg_model import (
     decode_latents,
@@ -58,9 +59,6 @@ def _open_clip_encoder(name: str):
     from .models.open_clip_text import OpenCLIPPromptEncoder
 
     return OpenCLIPPromptEncoder.from_pretrained(name)
-
-
-MASK_DECODERS = ("auto", "light", "vae")
 
 
 @dataclass
@@ -94,7 +92,15 @@ class DiGSegPipeline(DiffusionPipeline):
         default_denoising_steps: int = 1,
         default_processing_resolution: int = 512,
         mask_decoder: LightMaskDecoder | None = None,
+        objective: str = "diffusion",
+        one_step_decoder: str | None = None,
     ) -> None:
+        """`objective`: how the U-Net was trained: "diffusion" (denoising, any ensemble and step count) or
+        "one-step" (one deterministic pass from a zero latent at t = T-1, see `one_step_latents`);
+        `one_step_decoder`: the mask decoder a one-step model was trained through ("light" or "vae"), which
+        `mask_decoder="auto"` then uses."""
+        if objective not in OBJECTIVES:
+            raise DigsegError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
         super().__init__()
         self.register_modules(
             unet=unet, vae=vae, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer,
@@ -105,6 +111,8 @@ class DiGSegPipeline(DiffusionPipeline):
             prompt_template=prompt_template,
             default_denoising_steps=default_denoising_steps,
             default_processing_resolution=default_processing_resolution,
+            objective=objective,
+            one_step_decoder=one_step_decoder,
         )
         self.level_context = install_level_processors(unet)
         if open_clip_text_encoder:  # an open_clip text tower (e.g. BiomedCLIP), re-created from its name
@@ -200,9 +208,12 @@ class DiGSegPipeline(DiffusionPipeline):
         self.register_modules(mask_decoder=mask_decoder)
 
     def _light_mask_decoder(self, choice: str) -> LightMaskDecoder | None:
-        """The light decoder that `choice` ("auto", "light", "vae") selects, or None for the VAE."""
+        """The light decoder that `choice` ("auto", "light", "vae") selects, or None for the VAE. "auto" is the
+        decoder a one-step model was trained through, else the light one when the model has one."""
         if choice not in MASK_DECODERS:
             raise DigsegError(f"mask_decoder must be one of {', '.join(MASK_DECODERS)}, got {choice!r}")
+        if choice == "auto" and self.config.objective == "one-step":
+            choice = self.config.one_step_decoder or "auto"
         if choice == "light" and self.mask_decoder is None:
             raise DigsegError("this model has no light mask decoder: train one with `digseg train-mask-decoder`, "
                               "or use mask_decoder='vae'")
@@ -280,13 +291,41 @@ class DiGSegPipeline(DiffusionPipeline):
         target = {"epsilon": noise, "sample": z0}.get(kind)
         return z_t, (self.scheduler.get_velocity(z0, noise, t) if target is None else target)
 
+    def predicted_sample(self, pred: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The U-Net's prediction [B, 4, h, w] at timesteps t [B] (or a scalar) read as the clean latent z0,
+        whatever the scheduler's prediction type (x0 itself, noise, or v)."""
+        kind = self.scheduler.config.prediction_type
+        if kind == "sample":
+            return pred
+        alpha = self.scheduler.alphas_cumprod.to(z_t.device)[t].view(-1, 1, 1, 1).to(pred.dtype)  # [B or 1, 1, 1, 1]
+        if kind == "epsilon":
+            return (z_t - (1 - alpha).sqrt() * pred) / alpha.sqrt()
+        return alpha.sqrt() * z_t - (1 - alpha).sqrt() * pred  # v-prediction
+
+    def one_step_latents(self, unet: torch.nn.Module, image_latents: torch.Tensor,
+                         text_levels: list[torch.Tensor]) -> torch.Tensor:
+        """The one-step objective's single deterministic pass: image_latents [B, 4, h, w] and per-level text
+        (num_levels x [B, L, C]) -> predicted mask latents z0 [B, 4, h, w].
+
+        The U-Net sees the last timestep T-1 and, in place of noise, zeros (the noise's mean), as E2E-FT and
+        Lotus do; the same function serves training (with `unet` the wrapped copy) and inference.
+        """
+        z_t = torch.zeros_like(image_latents)  # [B, 4, h, w]
+        t = torch.full((image_latents.shape[0],), self.scheduler.config.num_train_timesteps - 1,
+                       device=image_latents.device, dtype=torch.long)  # [B]
+        pred = self.unet_prediction(unet, torch.cat([image_latents, z_t], dim=1), t, text_levels)
+        return self.predicted_sample(pred, z_t, t)
+
     # ----------------------------------------------------------------------------------------- denoising
     def denoise(self, image_latents: torch.Tensor, text: list[torch.Tensor], num_inference_steps: int,
                 generator=None, latents: torch.Tensor | None = None) -> torch.Tensor:
         """image_latents [M, 4, h, w], text num_levels x [M, L, C] -> mask latents [M, 4, h, w].
 
-        `latents` is the starting noise (drawn from `generator` when not given).
+        `latents` is the starting noise (drawn from `generator` when not given). A one-step model ignores it and
+        the step count: its one pass is `one_step_latents`.
         """
+        if self.config.objective == "one-step":
+            return self.one_step_latents(self.unet, image_latents, text)
         if latents is None:
             latents = randn_tensor(image_latents.shape, generator=generator, device=image_latents.device, dtype=image_latents.dtype)
         self.scheduler.set_timesteps(num_inference_steps, device=image_latents.device)
@@ -430,6 +469,11 @@ class DiGSegPipeline(DiffusionPipeline):
         steps = num_inference_steps or self.config.default_denoising_steps
         if steps < 1:
             raise DigsegError(f"num_inference_steps must be >= 1, got {steps}")
+        one_step = self.config.objective == "one-step"
+        if one_step and (ensemble_size > 1 or steps > 1):
+            raise DigsegError(f"this model was trained with the one-step objective: it runs one deterministic pass, "
+                              f"so {ensemble_size} ensemble members x {steps} steps would repeat the same result; "
+                              "use ensemble_size=1 and num_inference_steps=1 (E-Step 1x1)")
         if scale is not None and processing_resolution is not None:
             raise DigsegError("give either scale or processing_resolution, not both")
         resolution = self.config.default_processing_resolution if processing_resolution is None else processing_resolution
@@ -460,6 +504,8 @@ class DiGSegPipeline(DiffusionPipeline):
             pixels = torch.cat([views[i].pixels for i in group])  # [V, 3, h, w]
             noise = torch.cat([view_noise(views[i], (ensemble_size, latent_channels, latent_scale), generator, i,
                                           self.unet.device, self.unet.dtype) for i in group])
+            if one_step:  # deterministic: the input is zeros (top-k's relevance pass too), no generator draws count
+                noise = torch.zeros_like(noise)
             ids = [query_ids[i] for i in group for _ in range(len(views[i].pixels))]
             probs, unc, kept = self._segment_batch(
                 pixels, ids, states, mode_q, ensemble_size, steps, noise, max_unet_batch, top_k,

@@ -62,9 +62,11 @@ def sample_indices(num_samples: int, global_batch: int, micro_step: int, seed: i
 @dataclass
 class Batch:
     image_latents: torch.Tensor  # [B, 4, h, w]
-    mask_latents: torch.Tensor  # [B, 4, h, w]
+    mask_latents: torch.Tensor | None  # [B, 4, h, w]; None with label targets (the one-step objective)
     keep: torch.Tensor  # [B, 1, h, w], 0 where the latent cell covers an "ignore" pixel
     prompts: list[str]
+    targets: torch.Tensor | None = None  # [B, H, W] int64 labels of each query (ignore kept); label targets only
+    palette: list[bool] | None = None  # [B] which samples are palette queries (else binary); label targets only
 
 
 class LatentBatcher:
@@ -72,10 +74,12 @@ class LatentBatcher:
 
     def __init__(self, dataset: Dataset, class_names: list[str], vae, task: str, prompt_template: str,
                  negative_prob: float, cache: bool, ignore_index: int = 255, store=None,
-                 fixed_samples: bool = True, cache_max_mib: float = 2048) -> None:
+                 fixed_samples: bool = True, cache_max_mib: float = 2048, label_targets: bool = False) -> None:
         """`fixed_samples`: sample i is the same at every step (no augmentation), so its latents, present classes
         and loss weights may be kept by index (`cache`, `store`); with augmentation every batch is encoded anew.
-        `cache_max_mib`: memory cap of the in-memory cache; latents past it are not kept."""
+        `cache_max_mib`: memory cap of the in-memory cache; latents past it are not kept.
+        `label_targets`: batches carry each query's label map (`Batch.targets`) instead of its mask latents (the
+        one-step objective's task loss); masks are then never rendered or encoded."""
         self.dataset = dataset
         self.class_names = class_names
         self.vae = vae
@@ -85,6 +89,7 @@ class LatentBatcher:
         self.fixed_samples = fixed_samples
         self.cache_enabled = cache and fixed_samples
         self.cache_max_bytes = int(cache_max_mib * 2**20)
+        self.label_targets = label_targets
         self.cache_bytes = 0  # bytes held by _latents and the keep masks in _info
         self.ignore_index = ignore_index
         self.palette_prompt = palette_prompt(class_names)  # as the pipeline asks at inference
@@ -115,14 +120,31 @@ class LatentBatcher:
         self._check_labels(sample["label"], f"sample {sample.get('stem', index)}")
         return sample
 
-    def target_image(self, label: torch.Tensor, key: str) -> torch.Tensor:
-        """label [H, W] -> mask image [3, H, W] in [-1, 1] for the query `key`."""
+    def target_labels(self, label: torch.Tensor, key: str) -> torch.Tensor:
+        """label [H, W] -> the query `key`'s labels [H, W] int64: the classes (palette) or 1 = the class, 0 = not
+        (binary); ignore pixels stay ignore."""
         if key == "palette":
-            return self.palette_codec.encode(label[None])[0]
+            return label.long()
         c = int(key[len("class"):]) if key != "empty" else -1
         binary = (label == c).long()
         binary[label == self.ignore_index] = self.ignore_index
-        return self.binary_codec.encode(binary[None])[0]
+        return binary
+
+    def target_image(self, label: torch.Tensor, key: str) -> torch.Tensor:
+        """label [H, W] -> mask image [3, H, W] in [-1, 1] for the query `key`."""
+        codec = self.palette_codec if key == "palette" else self.binary_codec
+        return codec.encode(self.target_labels(label, key)[None])[0]
+
+    def _query_batch(self, image_latents: torch.Tensor, mask_latents: torch.Tensor | None, keep: torch.Tensor,
+                     keys: list[tuple[str, str]], labels: list[torch.Tensor] | None) -> Batch:
+        """The Batch of queries `keys` ((latent key, prompt) per sample); `labels` [H, W] per sample give the
+        label targets (with `label_targets`)."""
+        targets = None
+        if self.label_targets:
+            targets = torch.stack([self.target_labels(lab, k) for lab, (k, _) in zip(labels, keys)])  # [B, H, W]
+            targets = targets.to(image_latents.device)
+        return Batch(image_latents=image_latents, mask_latents=mask_latents, keep=keep, prompts=[p for _, p in keys],
+                     targets=targets, palette=[k == "palette" for k, _ in keys] if self.label_targets else None)
 
     @torch.no_grad()
     def encode_all(self, index: int, with_palette: bool = True, with_classes: bool = True) -> dict:
@@ -177,7 +199,9 @@ class LatentBatcher:
                 present = self.present_classes(label)
                 self._info[i] = (present, None)
         keys = [self._choose_query(self._info[i][0], g) for i, g in zip(indices, gens)]
-        wanted = [(i, "image") for i in indices] + [(i, k) for i, (k, _) in zip(indices, keys)]
+        wanted = [(i, "image") for i in indices]
+        if not self.label_targets:
+            wanted += [(i, k) for i, (k, _) in zip(indices, keys)]
         missing = list(dict.fromkeys(w for w in wanted if w not in self._latents))
         found: dict[tuple[int, str], torch.Tensor] = {w: self._latents[w] for w in wanted if w in self._latents}
         if self.store is not None:
@@ -199,6 +223,9 @@ class LatentBatcher:
                     self._latents[w] = z
         h, w = found[(indices[0], "image")].shape[-2:]
         keep = []
+        if self.label_targets:  # every label is needed: read what the loader did not hand over
+            for i in indices:
+                samples.setdefault(i, given.get(i) or self._load(i))
         for i in indices:
             present, weights = self._info[i]
             if weights is None:
@@ -207,12 +234,12 @@ class LatentBatcher:
                 if self._keep_in_cache(weights.numel() * weights.element_size()):
                     self._info[i] = (present, weights)
             keep.append(weights)
-        return Batch(
-            image_latents=torch.stack([found[(i, "image")] for i in indices]).to(device),
-            mask_latents=torch.stack([found[(i, k)] for i, (k, _) in zip(indices, keys)]).to(device),
-            keep=torch.stack(keep).to(device),
-            prompts=[p for _, p in keys],
-        )
+        mask_latents = None
+        if not self.label_targets:
+            mask_latents = torch.stack([found[(i, k)] for i, (k, _) in zip(indices, keys)]).to(device)
+        labels = [samples[i]["label"] for i in indices] if self.label_targets else None
+        return self._query_batch(torch.stack([found[(i, "image")] for i in indices]).to(device), mask_latents,
+                                 torch.stack(keep).to(device), keys, labels)
 
     def _encode_batch(self, images: torch.Tensor, labels: torch.Tensor, gens: list[torch.Generator]) -> Batch:
         """Augmented samples, new at every step: images [B, 3, h, w], labels [B, h, w] -> Batch, one VAE call."""
@@ -220,11 +247,13 @@ class LatentBatcher:
         device = self.vae.device
         present = [self.present_classes(lab) for lab in labels]
         keys = [self._choose_query(p, g) for p, g in zip(present, gens)]
-        targets = torch.stack([self.target_image(lab, k) for lab, (k, _) in zip(labels, keys)])  # [B, 3, h, w]
         # images may be pinned: copied as they are (asynchronously), then joined on the device
-        pixels = torch.cat([images.to(device, non_blocking=True), targets.to(device)])  # [2B, 3, h, w]
-        latents = encode_latents(self.vae, pixels, channels_last=False).float()  # [2B, 4, h/f, w/f]
+        pixels = images.to(device, non_blocking=True)  # [B, 3, h, w]
+        if not self.label_targets:  # the rendered masks are encoded in the same VAE call
+            targets = torch.stack([self.target_image(lab, k) for lab, (k, _) in zip(labels, keys)])  # [B, 3, h, w]
+            pixels = torch.cat([pixels, targets.to(device)])  # [2B, 3, h, w]
+        latents = encode_latents(self.vae, pixels, channels_last=False).float()  # [B or 2B, 4, h/f, w/f]
         b = len(keys)
         keep = self.palette_codec.ignore_weights(labels, tuple(latents.shape[-2:]))  # [B, 1, h/f, w/f]
-        return Batch(image_latents=latents[:b], mask_latents=latents[b:], keep=keep.to(device),
-                     prompts=[p for _, p in keys])
+        mask_latents = None if self.label_targets else latents[b:]
+        return self._query_batch(latents[:b], mask_latents, keep.to(device), keys, list(labels))

@@ -22,6 +22,8 @@ from ..errors import ConfigError
 
 TASKS = ("binary", "palette", "both")
 PREDICTION_TYPES = ("sample", "v_prediction", "epsilon")
+OBJECTIVES = ("diffusion", "one-step")
+MASK_DECODERS = ("auto", "light", "vae")  # auto: the model's light mask decoder if it has one, else the VAE
 MIXED_PRECISION = ("", "no", "fp16", "bf16")
 
 
@@ -31,10 +33,19 @@ class ModelConfig:
     prediction_type: str = "sample"  # sample (x0) | v_prediction | epsilon; x0 trains best in few steps
     text_encoder: str = ""  # "" = the backbone's own; else a CLIP text encoder folder or hub id, or open_clip:<name>
     prompt_template: str = ""  # "" = the dataset's default (e.g. "a photo of a {}."); must contain "{}"
+    # diffusion: MSE on the scheduler's target at random timesteps (the paper). one-step: one deterministic pass
+    # (t = T-1, zero input) decoded to class scores and trained with cross-entropy on the labels (docs/training.md)
+    objective: str = "diffusion"
+    one_step_decoder: str = "auto"  # one-step: the mask decoder trained through (light | vae | auto), kept for inference
 
     def validate(self) -> None:
         if self.prediction_type not in PREDICTION_TYPES:
             raise ConfigError(f"model.prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {self.prediction_type!r}")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"model.objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.one_step_decoder not in MASK_DECODERS:
+            raise ConfigError(f"model.one_step_decoder must be one of {', '.join(MASK_DECODERS)}, "
+                              f"got {self.one_step_decoder!r}")
         if self.prompt_template and "{}" not in self.prompt_template:
             raise ConfigError(f"model.prompt_template must contain '{{}}', got {self.prompt_template!r}")
 

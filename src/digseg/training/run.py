@@ -95,11 +95,12 @@ def build_training_data(data: DataConfig, pipe: DiGSegPipeline, dataset: Dataset
         if h != w:
             raise ConfigError(f"latent caches hold square samples; data.crop_size is {h}x{w}")
         store = LatentCache(data.latent_cache, names, pipe.vae, h)
+    label_targets = pipe.config.objective == "one-step"  # the task loss needs every sample's labels
     batcher = LatentBatcher(dataset, names, pipe.vae, data.task, pipe.config.prompt_template, data.negative_prob,
                             data.cache_latents, ignore_index, store=store, fixed_samples=not augmentation.enabled,
-                            cache_max_mib=data.cache_max_mib)
+                            cache_max_mib=data.cache_max_mib, label_targets=label_targets)
     # fixed samples with a latent cache: the batcher reads a sample itself, only when its latents are not cached
-    cached = store is not None or (data.cache_latents and not augmentation.enabled)
+    cached = not label_targets and (store is not None or (data.cache_latents and not augmentation.enabled))
     samples = TrainingSamples(dataset, augmentation, seed, ignore_index, read=not cached)
     return TrainingData(samples, batcher, data.num_workers, data.prefetch_factor)
 
@@ -115,10 +116,25 @@ def preview_dataset(config: TrainConfig) -> Dataset | None:
         return None
 
 
+def set_objective(pipe: DiGSegPipeline, model: ModelConfig) -> None:
+    """Record the training objective (and for one-step, the mask decoder it trains through) in the pipeline's
+    config, which the trainer, the data and the saved model read."""
+    decoder = None
+    if model.objective == "one-step":
+        decoder = model.one_step_decoder
+        if decoder == "auto":
+            decoder = "light" if pipe.mask_decoder is not None else "vae"
+        if decoder == "light" and pipe.mask_decoder is None:
+            raise ConfigError("model.one_step_decoder is light but the model has no light mask decoder: train one "
+                              "with `digseg train-mask-decoder`, or use vae")
+    pipe.register_to_config(objective=model.objective, one_step_decoder=decoder)
+
+
 def build_run(config: TrainConfig, pipe: DiGSegPipeline | None = None, dataset: Dataset | None = None,
               show_progress: bool = True, preview: Dataset | None = None) -> Trainer:
     """The `Trainer` of a run: the pipeline (from `config.model` unless given) and training data (from
-    `config.data`, over `dataset` if given); `trainer.pipe` and `trainer.data` are those. The pipeline's prompt template becomes the config's, else the dataset's."""
+    `config.data`, over `dataset` if given); `trainer.pipe` and `trainer.data` are those. The pipeline's prompt
+    template becomes the config's, else the dataset's; its objective becomes the config's."""
     from .trainer import Trainer
 
     config.validate()
@@ -128,5 +144,6 @@ def build_run(config: TrainConfig, pipe: DiGSegPipeline | None = None, dataset: 
     dataset = dataset if dataset is not None else build_dataset(config.data, config.run.seed)
     template = config.model.prompt_template or getattr(dataset, "prompt_template", None) or pipe.config.prompt_template
     pipe.register_to_config(prompt_template=template)
+    set_objective(pipe, config.model)
     data = build_training_data(config.data, pipe, dataset, config.run.seed)
     return Trainer(config, pipe, data, show_progress=show_progress, preview_dataset=preview)

@@ -1,7 +1,8 @@
 """The DiGSeg trainer, on accelerate.
 
 Trains the widened U-Net and the text pathway (VAE and text encoder frozen) with MSE on the scheduler's
-prediction target (x0 by default), masking latent cells that cover "ignore" pixels. AdamW, warm-up +
+prediction target (x0 by default), masking latent cells that cover "ignore" pixels; or, for a pipeline whose
+config names the one-step objective, with its task loss (`one_step.py`). AdamW, warm-up +
 decay, gradient accumulation, mixed precision, optional EMA, tqdm progress, periodic atomic safetensors
 checkpoints and `resume="latest"`. The run folder gets `config.yaml` at the start and the trained
 pipeline (model_index.json, unet/, vae/, ...) at the end.
@@ -29,6 +30,7 @@ from .batches import Batch, per_sample, slot_generators
 from .checkpoint import (kill_point, list_checkpoints, load_checkpoint, prune_checkpoints, remove_stale, resolve_resume,
                          save_checkpoint)
 from .config import OptimConfig, RunConfig, TrainConfig
+from .one_step import one_step_loss
 from .run import TrainingData
 from .tracking import TrainingLogger
 
@@ -113,8 +115,11 @@ class Trainer:
         self.output_dir = Path(run.output_dir)
         self.accelerator = _make_accelerator(opt, run)
         pipe.to(self.accelerator.device)
+        self.one_step = pipe.config.objective == "one-step"
         if opt.gradient_checkpointing:
             pipe.unet.enable_gradient_checkpointing()
+            if self.one_step and pipe.config.one_step_decoder == "vae":  # backward runs through the VAE decoder
+                pipe.vae.enable_gradient_checkpointing()
         pipe.unet.train().requires_grad_(True)
         pipe.text_pathway.train().requires_grad_(True)
         params = list(pipe.unet.parameters()) + list(pipe.text_pathway.parameters())
@@ -220,7 +225,7 @@ class Trainer:
                 with acc.accumulate(self.unet, self.text_pathway):
                     with acc.autocast():  # the frozen VAE encodes in the run's precision too (bf16 on GPUs)
                         batch = self.data.batcher.make_batch(samples.indices, gen, samples)
-                        loss = diffusion_loss(self.pipe, self.unet, self.text_pathway, batch, gen, opt.max_timestep_prob)
+                        loss = self._loss(batch, gen)
                     if not torch.isfinite(loss):
                         last = list_checkpoints(self.output_dir / "checkpoints")
                         hint = f"resume from {last[-1]} with a lower learning rate" if last else "lower the learning rate"
@@ -247,6 +252,14 @@ class Trainer:
             kill_point(f"step-{self.step}")
             if self.step % run.checkpoint_every == 0 or self.step == opt.max_steps:
                 self.save_checkpoint()
+
+    def _loss(self, batch: Batch, gen: list[torch.Generator]) -> torch.Tensor:
+        """The objective's loss of one micro-batch (the pipeline's config names the objective)."""
+        if self.one_step:
+            batcher = self.data.batcher
+            return one_step_loss(self.pipe, self.unet, self.text_pathway, batch, batcher.palette_codec,
+                                 batcher.binary_codec, self.pipe.config.one_step_decoder)
+        return diffusion_loss(self.pipe, self.unet, self.text_pathway, batch, gen, self.optim.max_timestep_prob)
 
     def _log_samples(self) -> None:
         """Predictions for the same `num_sample_images` images (validation, else training) into TensorBoard."""

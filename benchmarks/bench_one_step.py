@@ -1,0 +1,141 @@
+"""One-step fine-tuning against the diffusion model's E-Step ensembles: held-out accuracy and speed.
+
+Accuracy (`--quickstart DIR --one-step DIR`): the quickstart's diffusion model (DIR/model, `digseg quickstart`)
+at the E-Step settings 1x1, 4x2 and 8x2 against the one-step model trained from it
+(`digseg train --pretrained DIR/model --objective one-step ...`), in one deterministic pass, on held-out
+synthetic scenes of another seed than training (`--eval-seed`, default 1 as the quickstart's evaluation).
+Palette mIoU (one pass over the 4 classes) and binary mIoU (one query per shape), `digseg.evaluation`.
+These are a tiny model on synthetic data: they say whether the objective works, not what the paper reports.
+
+Speed (`--speed`): seconds per image of each setting at SD2 size (SD2 U-Net + SD VAE, RANDOM weights, built
+by `bench_open_vocab.save_sd2_sized_backbone`), palette query, fp32 on this machine's CPU by default. Both
+models are the same modules; the one-step one only records the objective (`pipe.register_to_config`). One
+untimed warm-up call per setting, then `--repeats` rounds over all settings; median seconds per image.
+
+    python benchmarks/bench_one_step.py --quickstart digseg-quickstart --one-step runs/one-step --speed
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_open_vocab import _trim, save_sd2_sized_backbone  # noqa: E402
+
+from digseg import DiGSegPipeline  # noqa: E402
+from digseg.data.synthetic import SyntheticScenes  # noqa: E402
+from digseg.evaluation import EStep, evaluate_binary, evaluate_palette  # noqa: E402
+
+DIFFUSION_SETTINGS = ("1x1", "4x2", "8x2")
+
+
+def load(folder: Path) -> DiGSegPipeline:
+    pipe = DiGSegPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def accuracy(quickstart: Path, one_step: Path, num_scenes: int, eval_seed: int, seed: int) -> list[dict]:
+    """Rows (model, setting, palette mIoU, binary mIoU, binary fg IoU) on held-out scenes."""
+    scenes = SyntheticScenes(num_scenes, seed=eval_seed)
+    runs = [("diffusion", load(quickstart / "model"), s) for s in DIFFUSION_SETTINGS]
+    runs.append(("one-step", load(one_step), "1x1"))
+    rows = []
+    for name, pipe, text in runs:
+        setting = EStep.parse(text)
+        palette = evaluate_palette(pipe, scenes, setting, seed=seed)
+        binary = evaluate_binary(pipe, scenes, setting, seed=seed)
+        rows.append({"model": name, "setting": text, "palette_mIoU": palette["mIoU"], "binary_mIoU": binary["mIoU"],
+                     "binary_IoU_fg": binary["IoU_foreground"]})
+        print(f"{name:9s} {text:4s}  palette mIoU {palette['mIoU']:6.2f}  binary mIoU {binary['mIoU']:6.2f}", flush=True)
+    return rows
+
+
+@torch.no_grad()
+def speed(size: int, repeats: int, dtype: str, backbone_dir: Path | None) -> list[dict]:
+    """Seconds per image of diffusion 1x1/4x2/8x2 and one-step, same SD2-sized random modules."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = backbone_dir or Path(tmp) / "sd2"
+        if not (folder / "model_index.json").is_file():
+            save_sd2_sized_backbone(folder)
+            _trim()
+        pipe = DiGSegPipeline.from_backbone(folder, class_names=["background", "circle", "square", "triangle"],
+                                            processing_resolution=size)
+    pipe.to(dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[dtype])
+    pipe.set_progress_bar_config(disable=True)
+    image = torch.rand(3, size, size, generator=torch.Generator().manual_seed(0))
+    cells = [("diffusion", EStep.parse(s)) for s in DIFFUSION_SETTINGS] + [("one-step", EStep(1, 1))]
+
+    def call(objective: str, setting: EStep) -> float:
+        pipe.register_to_config(objective=objective, one_step_decoder="vae" if objective == "one-step" else None)
+        start = time.perf_counter()
+        pipe(image, ensemble_size=setting.ensemble_size, num_inference_steps=setting.steps,
+             generator=torch.Generator().manual_seed(0), show_progress_bar=False)
+        return time.perf_counter() - start
+
+    for cell in cells:
+        call(*cell)  # warm-up
+    times: dict[tuple, list[float]] = {cell: [] for cell in cells}
+    for _ in range(repeats):
+        for cell in cells:
+            times[cell].append(call(*cell))
+    rows = []
+    one_step_s = statistics.median(times[cells[-1]])
+    for (objective, setting), values in times.items():
+        s = statistics.median(values)
+        rows.append({"model": objective, "setting": str(setting), "s_per_image": s, "ratio_to_one_step": s / one_step_s})
+        print(f"{objective:9s} {str(setting):4s}  {s:7.2f} s/image  ({s / one_step_s:.2f}x the one-step time)", flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quickstart", type=Path, help="a `digseg quickstart` output folder (its model/)")
+    parser.add_argument("--one-step", type=Path, help="the one-step model trained from it")
+    parser.add_argument("--num-scenes", type=int, default=100, help="held-out scenes (default 100, as the quickstart)")
+    parser.add_argument("--eval-seed", type=int, default=1, help="scene seed of the held-out set (training used 0)")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed of the diffusion model's ensembles")
+    parser.add_argument("--speed", action="store_true", help="also time each setting at SD2 size (random weights)")
+    parser.add_argument("--size", type=int, default=256, help="processing resolution of the speed cells")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--backbone-dir", type=Path, help="keep the SD2-sized random backbone here between runs")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    args = parser.parse_args(argv)
+    if (args.quickstart is None) != (args.one_step is None):
+        parser.error("give both --quickstart and --one-step (or neither, with --speed)")
+    if args.quickstart is None and not args.speed:
+        parser.error("nothing to measure: give --quickstart and --one-step, and/or --speed")
+    started = time.perf_counter()
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; load {os.getloadavg()[0]:.2f}", flush=True)
+    result: dict = {}
+    if args.quickstart is not None:
+        print(f"held-out accuracy: {args.num_scenes} synthetic scenes of seed {args.eval_seed} (tiny model, mIoU in %)")
+        result["accuracy"] = accuracy(args.quickstart, args.one_step, args.num_scenes, args.eval_seed, args.seed)
+        best = max(r["palette_mIoU"] for r in result["accuracy"] if r["model"] == "diffusion")
+        one = result["accuracy"][-1]["palette_mIoU"]
+        print(f"one-step palette mIoU {one:.2f} vs the diffusion model's best {best:.2f}: "
+              f"{'reaches' if one >= best else 'below'} it ({one - best:+.2f})")
+    if args.speed:
+        print(f"speed: SD2-sized model, RANDOM weights, {args.size} px, {args.dtype}, palette query, "
+              f"{args.repeats} rounds (median)")
+        result["speed"] = speed(args.size, args.repeats, args.dtype, args.backbone_dir)
+    result["wall_s"] = round(time.perf_counter() - started, 1)
+    print(f"wall time {result['wall_s']:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

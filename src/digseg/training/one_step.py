@@ -1,0 +1,58 @@
+"""The one-step objective: one deterministic U-Net pass, decoded, trained with a task loss on the labels.
+
+The paper's diffusion objective regresses the scheduler's target at random timesteps, and inference then
+trades accuracy for speed through the E-Step (ensemble x steps). E2E-FT (Garcia et al., "Fine-Tuning
+Image-Conditional Diffusion Models is Easier than You Think") and Lotus showed for depth and normals that
+fixing the timestep at T-1, feeding a deterministic input instead of noise, and training the single-step x0
+prediction end to end with a loss in the task's own space gives one pass that matches multi-step ensembles.
+
+Here (`model.objective: one-step`, `digseg train --objective one-step`):
+1. `DiGSegPipeline.one_step_latents`: the U-Net sees the image latent and zeros at t = T-1 and predicts the
+   mask latent z0 (read as x0 whatever the prediction type);
+2. the mask decoder the run names (the light decoder or the frozen VAE decoder; frozen either way) turns z0
+   into a mask image, and `MaskCodec.logits` into per-class scores: palette queries over the K classes,
+   binary queries over (not the class, the class), the same reading inference uses;
+3. the loss is their cross-entropy with the query's labels (for binary queries this is BCE on the
+   foreground logit), ignore pixels masked out, averaged per sample and then over samples (as
+   `diffusion_loss`, so that N processes' mean equals their concatenated batch's loss).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..masks import MaskCodec
+from ..pipeline import DiGSegPipeline
+from .batches import Batch
+
+
+def one_step_loss(pipe: DiGSegPipeline, unet: nn.Module, pathway: nn.Module, batch: Batch, palette_codec: MaskCodec,
+                  binary_codec: MaskCodec, mask_decoder: str) -> torch.Tensor:
+    """Cross-entropy of the decoded one-step prediction against `batch.targets` -> scalar.
+
+    `batch` must carry label targets (`LatentBatcher(label_targets=True)`); `mask_decoder` is "light" or "vae";
+    `unet` and `pathway` may be the accelerate-wrapped modules.
+    """
+    if batch.targets is None or batch.palette is None:
+        raise ValueError("the one-step loss needs label targets: build the LatentBatcher with label_targets=True")
+    device = batch.image_latents.device
+    text = pathway(pipe.prompt_states(batch.prompts).to(device))  # num_levels x [B, L, C]
+    z0 = pipe.one_step_latents(unet, batch.image_latents, text)  # [B, 4, h, w]
+    images = pipe.decode_masks(z0, mask_decoder)  # [B, 3, H', W'], float32, differentiable
+    targets = batch.targets  # [B, H, W]
+    if tuple(images.shape[-2:]) != tuple(targets.shape[-2:]):  # a crop that is not a multiple of the VAE's factor
+        images = F.interpolate(images, size=targets.shape[-2:], mode="bilinear", align_corners=False)
+    is_palette = torch.tensor(batch.palette, device=device)  # [B] bool
+    per_sample = images.new_zeros(len(batch.palette))  # [B]
+    with torch.autocast(device.type, enabled=False):  # palette logits of many classes need float32
+        for codec, rows in ((palette_codec, is_palette), (binary_codec, ~is_palette)):
+            if not bool(rows.any()):
+                continue
+            logits = codec.logits(images[rows].float())  # [n, K, H, W]
+            target = targets[rows]  # [n, H, W]
+            pixel = F.cross_entropy(logits, target, ignore_index=codec.ignore_index, reduction="none")  # [n, H, W]
+            counted = (target != codec.ignore_index).flatten(1).sum(1).clamp(min=1)  # [n]
+            per_sample = per_sample.index_put((rows.nonzero()[:, 0],), pixel.flatten(1).sum(1) / counted)
+    return per_sample.mean()
