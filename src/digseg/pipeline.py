@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
 from diffusers.utils import BaseOutput
-from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from .ensemble import ENSEMBLE_REDUCTIONS, assemble_probabilities, combine_member_latents, latent_spread_map
+from .ensemble import ENSEMBLE_REDUCTIONS
+from .latent_segmentation import LatentSegmentationMixin, SegmentSettings
 from .errors import DigsegError
 from .image_processing import processed_size, resize_to, to_image_list
 from .masks import MaskCodec
@@ -40,7 +40,6 @@ from .training.config import MASK_DECODERS, OBJECTIVES
 from .sliding import check_test_protocol, combine_views, group_views, make_views, pair, view_noise
 from .models.digseg_model import (
     decode_latents,
-    encode_latents,
     load_backbone,
     load_clip_text_encoder,
     looks_like_hub_id,
@@ -50,7 +49,7 @@ from .models.digseg_model import (
     widen_conv_in,
 )
 from .models.mask_decoder import LightMaskDecoder
-from .models.text import CLIPPromptEncoder, TextPathway, install_level_processors, unet_forward_with_text
+from .models.text import CLIPPromptEncoder, TextPathway, install_level_processors
 
 
 @functools.lru_cache(maxsize=2)
@@ -64,17 +63,17 @@ def _open_clip_encoder(name: str):
 @dataclass
 class DiGSegOutput(BaseOutput):
     """labels [N, H, W] int64; probabilities [N, n, H, W] of the classes probability_class_ids [N, n] (n = K unless
-    fewer were asked for); uncertainty [N, H, W]: members' spread (None when E == 1)."""
+    fewer were asked for); uncertainty [N, H, W]: members' spread (None when E == 1). When the N images' sizes
+    differ, labels, probabilities and uncertainty are lists of per-image arrays ([H_i, W_i], [n, H_i, W_i], ...)."""
 
-    labels: np.ndarray | torch.Tensor
-    probabilities: np.ndarray | torch.Tensor
-    uncertainty: np.ndarray | torch.Tensor | None
+    labels: np.ndarray | torch.Tensor | list[np.ndarray] | list[torch.Tensor]
+    probabilities: np.ndarray | torch.Tensor | list[np.ndarray] | list[torch.Tensor]
+    uncertainty: np.ndarray | torch.Tensor | list[np.ndarray] | list[torch.Tensor] | None
     class_names: list[str]
     probability_class_ids: np.ndarray | torch.Tensor | None = None
 
 
-class DiGSegPipeline(DiffusionPipeline):
-    model_cpu_offload_seq = "text_encoder->unet->vae->mask_decoder"
+class DiGSegPipeline(LatentSegmentationMixin, DiffusionPipeline):
     # text_encoder, tokenizer: None with an open_clip text tower; mask_decoder: None until one is trained
     _optional_components = ["text_encoder", "tokenizer", "mask_decoder"]
 
@@ -272,141 +271,35 @@ class DiGSegPipeline(DiffusionPipeline):
         """Projected features of Q queries: num_levels x [Q, L, C]."""
         return self.text_pathway(self.query_states(table))
 
-    # ----------------------------------------------------------------------------------------- training interface
-    def prompt_states(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Frozen text-encoder features of one prompt per sample (cached by prompt): [B, L, D]."""
-        return self.prompt_encoder.encode(list(prompts))
-
-    def unet_prediction(self, unet: torch.nn.Module, model_input: torch.Tensor, timesteps: torch.Tensor,
-                        text_levels: list[torch.Tensor]) -> torch.Tensor:
-        """[B, 8, h, w] -> [B, 4, h, w] with per-level text (num_levels x [B, L, C]); `unet` may be a wrapped
-        (DDP, FSDP, compiled) copy of `self.unet`."""
-        return unet_forward_with_text(unet, self.level_context, model_input, timesteps, text_levels)
-
-    def noisy_latents_and_target(self, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mask latents z0 [B, 4, h, w] noised to timesteps t [B], and the regression target of the scheduler's
-        prediction type (noise, z0 or v)."""
-        z_t = self.scheduler.add_noise(z0, noise, t)
-        kind = self.scheduler.config.prediction_type
-        target = {"epsilon": noise, "sample": z0}.get(kind)
-        return z_t, (self.scheduler.get_velocity(z0, noise, t) if target is None else target)
-
-    def predicted_sample(self, pred: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The U-Net's prediction [B, 4, h, w] at timesteps t [B] (or a scalar) read as the clean latent z0,
-        whatever the scheduler's prediction type (x0 itself, noise, or v)."""
-        kind = self.scheduler.config.prediction_type
-        if kind == "sample":
-            return pred
-        alpha = self.scheduler.alphas_cumprod.to(z_t.device)[t].view(-1, 1, 1, 1).to(pred.dtype)  # [B or 1, 1, 1, 1]
-        if kind == "epsilon":
-            return (z_t - (1 - alpha).sqrt() * pred) / alpha.sqrt()
-        return alpha.sqrt() * z_t - (1 - alpha).sqrt() * pred  # v-prediction
-
-    def one_step_latents(self, unet: torch.nn.Module, image_latents: torch.Tensor,
-                         text_levels: list[torch.Tensor]) -> torch.Tensor:
-        """The one-step objective's single deterministic pass: image_latents [B, 4, h, w] and per-level text
-        (num_levels x [B, L, C]) -> predicted mask latents z0 [B, 4, h, w].
-
-        The U-Net sees the last timestep T-1 and, in place of noise, zeros (the noise's mean), as E2E-FT and
-        Lotus do; the same function serves training (with `unet` the wrapped copy) and inference.
-        """
-        z_t = torch.zeros_like(image_latents)  # [B, 4, h, w]
-        t = torch.full((image_latents.shape[0],), self.scheduler.config.num_train_timesteps - 1,
-                       device=image_latents.device, dtype=torch.long)  # [B]
-        pred = self.unet_prediction(unet, torch.cat([image_latents, z_t], dim=1), t, text_levels)
-        return self.predicted_sample(pred, z_t, t)
-
-    # ----------------------------------------------------------------------------------------- denoising
-    def denoise(self, image_latents: torch.Tensor, text: list[torch.Tensor], num_inference_steps: int,
-                generator=None, latents: torch.Tensor | None = None) -> torch.Tensor:
-        """image_latents [M, 4, h, w], text num_levels x [M, L, C] -> mask latents [M, 4, h, w].
-
-        `latents` is the starting noise (drawn from `generator` when not given). A one-step model ignores it and
-        the step count: its one pass is `one_step_latents`.
-        """
-        if self.config.objective == "one-step":
-            return self.one_step_latents(self.unet, image_latents, text)
-        if latents is None:
-            latents = randn_tensor(image_latents.shape, generator=generator, device=image_latents.device, dtype=image_latents.dtype)
-        self.scheduler.set_timesteps(num_inference_steps, device=image_latents.device)
-        for t in self.scheduler.timesteps:
-            model_input = torch.cat([image_latents, latents], dim=1)  # [M, 8, h, w]
-            pred = self.unet_prediction(self.unet, model_input, t, text)
-            latents = self.scheduler.step(pred, t, latents).prev_sample
-        return latents
-
-    @torch.no_grad()
-    def class_relevance(self, image_latents: torch.Tensor, states: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """One U-Net pass attending to a "bag" of all Q class vectors -> relevance [B, Q].
-
-        image_latents [B, 4, h, w]; states [Q, L, D] encoder features (each class pooled over its tokens into one
-        key, then projected per level); noise [B, 4, h, w]. Relevance of a class = its cross-attention probability, averaged over heads, maxed over
-        positions, averaged over cross-attention layers. Used to prune classes before exact queries.
-        """
-        b = image_latents.shape[0]
-        pooled = self.text_pathway(states.mean(dim=1))  # num_levels x [Q, C]
-        bag = [level[None].expand(b, -1, -1) for level in pooled]  # num_levels x [B, Q, C]
-        self.scheduler.set_timesteps(1, device=image_latents.device)
-        t = self.scheduler.timesteps[0]
-        self.level_context.record = []
-        try:
-            self.unet_prediction(self.unet, torch.cat([image_latents, noise], 1), t, bag)
-            return torch.stack(self.level_context.record).mean(0)  # [B, Q]
-        finally:
-            self.level_context.record = None
-
-    def _segment_batch(self, pixels, query_ids, states, mode, ensemble_size, steps, noise, max_batch, top_k,
-                       decode_members=False, ensemble_reduction="median", mask_decoder="auto"):
-        """pixels [B, 3, H, W]; query_ids: B lists of Q ids into `states` ([U, L, D] encoder features); noise
-        [B, E, 4, h, w] starting latents (`sliding.view_noise`).
-
-        -> (probs [B, K, H, W], uncertainty [B, H, W] or None, kept [B, K] bool or None). Each (image, member) draws its noise once and
-        shares it across the image's queries, so class scores are comparable and an N-class query equals N
-        single-class queries with the same seed. Ensemble members are combined in latent space
-        (`combine_member_latents`) and decoded once per query (the VAE decoder is the largest cost); `decode_members=True` decodes every member and averages
-        probabilities instead, as Marigold does. With `top_k`, per-class queries first rank all classes by
-        `class_relevance` and run only the top k; the others get probability 0.
-        """
-        device, dtype = self.unet.device, self.unet.dtype
-        image_latents = encode_latents(self.vae, pixels.to(device, dtype))  # [B, 4, h, w], once per image
-        b = len(query_ids)
-        noise = noise.to(device, dtype)
-        all_ids = torch.tensor(query_ids, device=device)  # [B, Q]
-        if mode == "per_class" and top_k and top_k < all_ids.shape[1]:
-            relevance = self.class_relevance(image_latents, states[all_ids[0]], noise[:, 0])  # [B, Q]
-            keep = relevance.topk(top_k, dim=1).indices.sort(dim=1).values  # [B, k] positions into the Q classes
-            run_ids = torch.gather(all_ids, 1, keep)
-        else:
-            keep, run_ids = None, all_ids
-        q = run_ids.shape[1]
-        # items ordered (image, query, member): [B * q * E]
-        item_image = torch.arange(b, device=device).repeat_interleave(q * ensemble_size)
-        item_member = torch.arange(ensemble_size, device=device).repeat(b * q)
-        item_query = run_ids.repeat_interleave(ensemble_size, dim=1).reshape(-1)
-        codec = self.palette_codec if mode == "palette" else self.binary_codec
-        combine = not decode_members and ensemble_size > 1  # combine members' latents, decode once per query
-        chunk = max(ensemble_size, max_batch // ensemble_size * ensemble_size) if combine else max_batch
-        member_probs, spreads = [], []
-        for start in range(0, item_image.numel(), chunk):
-            sl = slice(start, min(start + chunk, item_image.numel()))
-            text = self.text_pathway(states[item_query[sl]])  # num_levels x [m, L, C]
-            latents = self.denoise(image_latents[item_image[sl]], text, steps, latents=noise[item_image[sl], item_member[sl]])
-            if combine:
-                latents = latents.view(-1, ensemble_size, *latents.shape[1:])  # [m/E, E, 4, h, w]
-                spreads.append(latents.float().std(dim=1).mean(dim=1))  # [m/E, h, w]: members' disagreement
-                latents = combine_member_latents(latents, ensemble_reduction)  # [m/E, 4, h, w]
-            probs = codec.decode(self.decode_masks(latents, mask_decoder))  # [m or m/E, K_codec, H, W]
-            member_probs.append(probs if mode == "palette" else probs[:, 1:])
-        members = 1 if combine else ensemble_size
-        probs = assemble_probabilities(torch.cat(member_probs), b, q, members, mode, keep, all_ids.shape[1])
-        if combine:  # latent-space spread, upsampled to pixels
-            uncertainty = latent_spread_map(torch.cat(spreads), b, q, tuple(probs.shape[-2:]))
-        else:
-            uncertainty = probs.std(dim=1).mean(dim=1) if ensemble_size > 1 else None
-        kept = None
-        if keep is not None:
-            kept = torch.zeros(all_ids.shape, dtype=torch.bool, device=device).scatter(1, keep, True)  # [B, Q]
-        return probs.mean(dim=1), uncertainty, kept
+    def check_inputs(self, num_images: int, generator, ensemble_size: int, steps: int, ensemble_reduction: str,
+                     mask_decoder: str, output_type: str, top_k: int | None, max_probability_classes: int | None,
+                     processing_resolution: int | None, scale, mode: str, crop_size, stride, global_view: bool):
+        """Every argument of `__call__` checked before any work: a one-line DigsegError naming a bad value.
+        -> (processing resolution, sliding window (crop, stride) or None, scale (w, h) or None)."""
+        if ensemble_reduction not in ENSEMBLE_REDUCTIONS:
+            raise DigsegError(f"ensemble_reduction must be one of {', '.join(ENSEMBLE_REDUCTIONS)}, got {ensemble_reduction!r}")
+        if ensemble_size < 1:
+            raise DigsegError(f"ensemble_size must be >= 1, got {ensemble_size}")
+        self._light_mask_decoder(mask_decoder)
+        if steps < 1:
+            raise DigsegError(f"num_inference_steps must be >= 1, got {steps}")
+        if self.config.objective == "one-step" and (ensemble_size > 1 or steps > 1):
+            raise DigsegError(f"this model was trained with the one-step objective: it runs one deterministic pass, "
+                              f"so {ensemble_size} ensemble members x {steps} steps would repeat the same result; "
+                              "use ensemble_size=1 and num_inference_steps=1 (E-Step 1x1)")
+        if scale is not None and processing_resolution is not None:
+            raise DigsegError("give either scale or processing_resolution, not both")
+        if output_type not in ("np", "pt"):
+            raise DigsegError(f"output_type must be 'np' or 'pt', got {output_type!r}")
+        if max_probability_classes is not None and max_probability_classes < 1:
+            raise DigsegError(f"max_probability_classes must be >= 1 or None, got {max_probability_classes}")
+        if isinstance(generator, list) and len(generator) != num_images:
+            raise DigsegError(f"got {len(generator)} generators for {num_images} images")
+        if top_k is not None and top_k < 1:
+            raise DigsegError(f"top_k must be >= 1, got {top_k}")
+        resolution = self.config.default_processing_resolution if processing_resolution is None else processing_resolution
+        window = check_test_protocol(mode, crop_size, stride, global_view, resolution or self.config.default_processing_resolution)
+        return resolution, window, pair(scale, "scale")
 
     # ----------------------------------------------------------------------------------------- call
     @torch.no_grad()
@@ -441,7 +334,10 @@ class DiGSegPipeline(DiffusionPipeline):
         return_dict: bool = True,
     ) -> DiGSegOutput | tuple:
         """Segment `image` (one or a list). Returns labels [N, H, W], probabilities [N, n, H, W] of the classes
-        `probability_class_ids` [N, n], uncertainty [N, H, W].
+        `probability_class_ids` [N, n], uncertainty [N, H, W]; when the images' sizes differ, labels,
+        probabilities and uncertainty are lists of N arrays ([H_i, W_i], ...) instead. A one-step model
+        (`config.objective`) runs one deterministic pass: the generator is not used, and E-Steps other than 1x1
+        are refused.
 
         `generator`: one torch.Generator drawing every image's noise in order, or a list with one per image
         (image i's noise then depends on generator[i] only, so batching images does not change results).
@@ -461,71 +357,59 @@ class DiGSegPipeline(DiffusionPipeline):
         the mirrored image (same windows, same noise; flipped back and averaged: flip TTA, either mode). Labels are a chunked argmax at the native size;
         probabilities are returned for the `max_probability_classes` classes with most pixels (None: all).
         """
-        if ensemble_reduction not in ENSEMBLE_REDUCTIONS:
-            raise DigsegError(f"ensemble_reduction must be one of {', '.join(ENSEMBLE_REDUCTIONS)}, got {ensemble_reduction!r}")
-        if ensemble_size < 1:
-            raise DigsegError(f"ensemble_size must be >= 1, got {ensemble_size}")
-        self._light_mask_decoder(mask_decoder)  # a clear error for a bad choice, before any work
+        # 1. check the inputs
+        images = to_image_list(image)  # N x [3, H, W] in [0, 1]
         steps = num_inference_steps or self.config.default_denoising_steps
-        if steps < 1:
-            raise DigsegError(f"num_inference_steps must be >= 1, got {steps}")
-        one_step = self.config.objective == "one-step"
-        if one_step and (ensemble_size > 1 or steps > 1):
-            raise DigsegError(f"this model was trained with the one-step objective: it runs one deterministic pass, "
-                              f"so {ensemble_size} ensemble members x {steps} steps would repeat the same result; "
-                              "use ensemble_size=1 and num_inference_steps=1 (E-Step 1x1)")
-        if scale is not None and processing_resolution is not None:
-            raise DigsegError("give either scale or processing_resolution, not both")
-        resolution = self.config.default_processing_resolution if processing_resolution is None else processing_resolution
-        if output_type not in ("np", "pt"):
-            raise DigsegError(f"output_type must be 'np' or 'pt', got {output_type!r}")
-        if max_probability_classes is not None and max_probability_classes < 1:
-            raise DigsegError(f"max_probability_classes must be >= 1 or None, got {max_probability_classes}")
-        window = check_test_protocol(mode, crop_size, stride, global_view, resolution or self.config.default_processing_resolution)
-        scale = pair(scale, "scale")
+        resolution, window, scale = self.check_inputs(
+            len(images), generator, ensemble_size, steps, ensemble_reduction, mask_decoder, output_type, top_k,
+            max_probability_classes, processing_resolution, scale, mode, crop_size, stride, global_view)
 
-        images = to_image_list(image)
-        if isinstance(generator, list) and len(generator) != len(images):
-            raise DigsegError(f"got {len(generator)} generators for {len(images)} images")
-        mode_q, table, query_ids, names = resolve_queries(len(images), prompt, classes, templates,
-                                                          self.config.prompt_template, self.config.class_names)
-        if top_k is not None and top_k < 1:
-            raise DigsegError(f"top_k must be >= 1, got {top_k}")
-        states = self.query_states(table)  # [U, L, D]: every prompt encoded once (cached), projected when used
-        latent_channels, latent_scale = self.vae.config.latent_channels, vae_scale_factor(self.vae)
+        # 2. what is asked (binary prompts, the palette, or per-class queries); every prompt encoded once (cached)
+        queries = resolve_queries(len(images), prompt, classes, templates, self.config.prompt_template,
+                                  self.config.class_names)
+        settings = SegmentSettings(queries.mode, ensemble_size, steps, max_unet_batch, top_k, decode_members,
+                                   ensemble_reduction, mask_decoder)
+        states = self.query_states(queries.table)  # [U, L, D], projected per level when used
+
+        # 3. each image resized to the test scale and cut into views (one, the whole image, in whole mode)
         views = []
-        for img in images:  # resized to the test scale, cut into views (one, the whole image, in whole mode)
-            resized = resize_to(img, processed_size(*img.shape[-2:], resolution, scale, keep_ratio))
+        for img in images:
+            resized = resize_to(img, processed_size(*img.shape[-2:], resolution, scale, keep_ratio))  # [3, h, w]
             crop, step = window or (tuple(resized.shape[-2:]),) * 2
             views.append(make_views(resized, crop, step, self.pad_multiple, global_view, flip))
+
+        # 4. groups of consecutive images whose views share a shape: noise, denoise, decode; views combined and
+        #    read at each image's native size
+        latent_channels, latent_scale = self.vae.config.latent_channels, vae_scale_factor(self.vae)
+        one_step = self.config.objective == "one-step"
         labels, probabilities, class_ids, uncertainty = [], [], [], []
-        groups = group_views(views, max(1, batch_size))  # consecutive images whose views share a shape
+        groups = group_views(views, max(1, batch_size))
         for group in self.progress_bar(groups) if show_progress_bar else groups:
             pixels = torch.cat([views[i].pixels for i in group])  # [V, 3, h, w]
             noise = torch.cat([view_noise(views[i], (ensemble_size, latent_channels, latent_scale), generator, i,
-                                          self.unet.device, self.unet.dtype) for i in group])
-            if one_step:  # deterministic: the input is zeros (top-k's relevance pass too), no generator draws count
+                                          self.unet.device, self.unet.dtype) for i in group])  # [V, E, 4, h/f, w/f]
+            if one_step:  # deterministic: the input is zeros (top-k's relevance pass too)
                 noise = torch.zeros_like(noise)
-            ids = [query_ids[i] for i in group for _ in range(len(views[i].pixels))]
-            probs, unc, kept = self._segment_batch(
-                pixels, ids, states, mode_q, ensemble_size, steps, noise, max_unet_batch, top_k,
-                decode_members, ensemble_reduction, mask_decoder)
+            ids = [queries.query_ids[i] for i in group for _ in range(len(views[i].pixels))]
+            probs, unc, kept = self._segment_batch(pixels, ids, states, noise, settings)  # [V, K, h, w], [V, h, w]
             start = 0
             for i in group:
                 part = slice(start, start + len(views[i].pixels))
                 start = part.stop
                 size = tuple(images[i].shape[-2:])
                 excluded = None if kept is None else ~kept[part].any(dim=0).cpu()  # pruned in every view
-                label, prob, cid = native_outputs(combine_views(views[i], probs[part]).cpu(), size, mode_q, threshold,
-                                                  no_class_threshold, excluded, max_probability_classes)
+                label, prob, cid = native_outputs(combine_views(views[i], probs[part]).cpu(), size, queries.mode,
+                                                  threshold, no_class_threshold, excluded, max_probability_classes)
                 labels.append(label)
                 probabilities.append(prob)
                 class_ids.append(cid)
                 if unc is not None:
                     uncertainty.append(resize_probs(combine_views(views[i], unc[part, None]).cpu(), size)[0])
+
+        # 5. stacked into [N, ...] (lists when the images' sizes differ)
         out = stack_outputs(labels, probabilities, uncertainty, class_ids, numpy=output_type == "np")
         if not return_dict:
-            return out[0], out[1], out[2], names, out[3]
-        return DiGSegOutput(labels=out[0], probabilities=out[1], uncertainty=out[2], class_names=names,
+            return out[0], out[1], out[2], queries.class_names, out[3]
+        return DiGSegOutput(labels=out[0], probabilities=out[1], uncertainty=out[2], class_names=queries.class_names,
                             probability_class_ids=out[3])
 

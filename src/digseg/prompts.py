@@ -7,6 +7,7 @@ features of every template x synonym combination: one cached encoding per distin
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -67,11 +68,21 @@ def palette_prompt(class_names: Sequence[str]) -> str:
     return ", ".join(class_names)
 
 
+@dataclass(frozen=True)
+class Queries:
+    """What a pipeline call asks. mode: "binary" (a prompt per image: foreground / background), "palette" (the
+    model's own closed class list, one pass) or "per_class" (one binary query per class of any list)."""
+
+    mode: str
+    table: list[list[str]]  # [Q] queries, each its prompt variants (templates, synonyms), averaged when encoded
+    query_ids: list[list[int]]  # [N] images, each the ids into `table` it is asked
+    class_names: list[str]  # the output's classes: label i is class_names[i]
+
+
 def resolve_queries(num_images: int, prompt, classes, templates, default_template: str,
-                    own_classes: Sequence[str] | None) -> tuple[str, list[list[str]], list[list[int]], list[str]]:
-    """What a pipeline call asks -> (mode, query table: prompt variants per query, per-image query ids, output
-    class names). Modes: "binary" (prompt), "palette" (no classes, or the model's own list `own_classes`),
-    "per_class" (any other class list)."""
+                    own_classes: Sequence[str] | None) -> Queries:
+    """The `prompt` / `classes` / `templates` arguments of a pipeline call over `num_images` images -> Queries.
+    No prompt and no classes (or `classes` equal to the model's own list `own_classes`) is palette mode."""
     if prompt is not None and classes is not None:
         raise DigsegError("give either prompt or classes, not both")
     if prompt is not None:
@@ -84,18 +95,18 @@ def resolve_queries(num_images: int, prompt, classes, templates, default_templat
         unique = list(dict.fromkeys(p.strip() for p in prompts))
         table = [[t.format(p) for t in resolve_templates(templates, default_template)] for p in unique]
         names = ["background", prompts[0]] if len(unique) == 1 else ["background", "foreground"]
-        return "binary", table, [[unique.index(p.strip())] for p in prompts], names
+        return Queries("binary", table, [[unique.index(p.strip())] for p in prompts], names)
     own = list(own_classes or [])
     if classes is None or (own and list(classes) == own):
         if len(own) < 2:
             raise DigsegError("this model has no class list: pass prompt=... or classes=[...]")
-        return "palette", [[palette_prompt(own)]], [[0]] * num_images, own
+        return Queries("palette", [[palette_prompt(own)]], [[0]] * num_images, own)
     classes = list(classes)
     if not classes:
         raise DigsegError("classes is empty")
     chosen = resolve_templates(templates, default_template)
     table = [class_prompts(c, chosen) for c in classes]  # DigsegError for an empty name
-    return "per_class", table, [list(range(len(classes)))] * num_images, classes
+    return Queries("per_class", table, [list(range(len(classes)))] * num_images, classes)
 
 
 def read_classes_file(path: str | Path) -> list[str]:

@@ -1,0 +1,180 @@
+"""The pipeline's work in latent space: a batch of image views and queries -> per-class probabilities.
+
+`LatentSegmentationMixin` is mixed into `DiGSegPipeline` (diffusers composes pipelines from mixins the same way);
+it uses the pipeline's modules (`unet`, `vae`, `scheduler`, `text_pathway`, `level_context`) and its mask
+reading (`decode_masks`, `palette_codec`, `binary_codec`). It holds
+- the interface training shares with inference: `prompt_states`, `unet_prediction`, `noisy_latents_and_target`,
+  `predicted_sample`, `one_step_latents`;
+- denoising (`denoise`: DDIM with trailing spacing, or the one-step pass), `class_relevance` (top-k pruning);
+- `_segment_batch`: encode, denoise every (view, query, member) item in U-Net batches, combine members, decode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from .ensemble import assemble_probabilities, combine_member_latents, latent_spread_map
+from .models.digseg_model import encode_latents
+from .models.text import unet_forward_with_text
+
+
+@dataclass(frozen=True)
+class SegmentSettings:
+    """How `_segment_batch` runs a batch of views: the query mode, the E-Step, and how members are combined."""
+
+    mode: str = "palette"  # "binary" | "palette" | "per_class" (`prompts.Queries.mode`)
+    ensemble_size: int = 1
+    steps: int = 1
+    max_unet_batch: int = 64  # (view, query, member) items per U-Net call
+    top_k: int | None = None  # per-class queries: run only the k most relevant classes
+    decode_members: bool = False  # decode every member (Marigold) instead of their combined latent
+    ensemble_reduction: str = "median"
+    mask_decoder: str = "auto"
+
+
+class LatentSegmentationMixin:
+    """Latent-space methods of `DiGSegPipeline` (see the module docstring)."""
+
+    # ----------------------------------------------------------------------------------------- training interface
+    def prompt_states(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Frozen text-encoder features of one prompt per sample (cached by prompt): [B, L, D]."""
+        return self.prompt_encoder.encode(list(prompts))
+
+    def unet_prediction(self, unet: torch.nn.Module, model_input: torch.Tensor, timesteps: torch.Tensor,
+                        text_levels: list[torch.Tensor]) -> torch.Tensor:
+        """[B, 8, h, w] -> [B, 4, h, w] with per-level text (num_levels x [B, L, C]); `unet` may be a wrapped
+        (DDP, FSDP, compiled) copy of `self.unet`."""
+        return unet_forward_with_text(unet, self.level_context, model_input, timesteps, text_levels)
+
+    def noisy_latents_and_target(self, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mask latents z0 [B, 4, h, w] noised to timesteps t [B], and the regression target of the scheduler's
+        prediction type (noise, z0 or v)."""
+        z_t = self.scheduler.add_noise(z0, noise, t)
+        kind = self.scheduler.config.prediction_type
+        target = {"epsilon": noise, "sample": z0}.get(kind)
+        return z_t, (self.scheduler.get_velocity(z0, noise, t) if target is None else target)
+
+    def predicted_sample(self, pred: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The U-Net's prediction [B, 4, h, w] at timesteps t [B] (or a scalar) read as the clean latent z0,
+        whatever the scheduler's prediction type (x0 itself, noise, or v)."""
+        kind = self.scheduler.config.prediction_type
+        if kind == "sample":
+            return pred
+        alpha = self.scheduler.alphas_cumprod.to(z_t.device)[t].view(-1, 1, 1, 1).to(pred.dtype)  # [B or 1, 1, 1, 1]
+        if kind == "epsilon":
+            return (z_t - (1 - alpha).sqrt() * pred) / alpha.sqrt()
+        return alpha.sqrt() * z_t - (1 - alpha).sqrt() * pred  # v-prediction
+
+    def one_step_latents(self, unet: torch.nn.Module, image_latents: torch.Tensor,
+                         text_levels: list[torch.Tensor]) -> torch.Tensor:
+        """The one-step objective's single deterministic pass: image_latents [B, 4, h, w] and per-level text
+        (num_levels x [B, L, C]) -> predicted mask latents z0 [B, 4, h, w].
+
+        The U-Net sees the last timestep T-1 and, in place of noise, zeros (the noise's mean), as E2E-FT and
+        Lotus do; the same function serves training (with `unet` the wrapped copy) and inference.
+        """
+        z_t = torch.zeros_like(image_latents)  # [B, 4, h, w]
+        t = torch.full((image_latents.shape[0],), self.scheduler.config.num_train_timesteps - 1,
+                       device=image_latents.device, dtype=torch.long)  # [B]
+        pred = self.unet_prediction(unet, torch.cat([image_latents, z_t], dim=1), t, text_levels)
+        return self.predicted_sample(pred, z_t, t)
+
+    # ----------------------------------------------------------------------------------------- denoising
+    def denoise(self, image_latents: torch.Tensor, text: list[torch.Tensor], num_inference_steps: int,
+                generator=None, latents: torch.Tensor | None = None) -> torch.Tensor:
+        """image_latents [M, 4, h, w], text num_levels x [M, L, C] -> mask latents [M, 4, h, w].
+
+        `latents` is the starting noise (drawn from `generator` when not given). A one-step model ignores it and
+        the step count: its one pass is `one_step_latents`.
+        """
+        if self.config.objective == "one-step":
+            return self.one_step_latents(self.unet, image_latents, text)
+        if latents is None:
+            latents = randn_tensor(image_latents.shape, generator=generator, device=image_latents.device, dtype=image_latents.dtype)
+        self.scheduler.set_timesteps(num_inference_steps, device=image_latents.device)
+        for t in self.scheduler.timesteps:
+            model_input = torch.cat([image_latents, latents], dim=1)  # [M, 8, h, w]
+            pred = self.unet_prediction(self.unet, model_input, t, text)
+            latents = self.scheduler.step(pred, t, latents).prev_sample
+        return latents
+
+    @torch.no_grad()
+    def class_relevance(self, image_latents: torch.Tensor, states: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """One U-Net pass attending to a "bag" of all Q class vectors -> relevance [B, Q].
+
+        image_latents [B, 4, h, w]; states [Q, L, D] encoder features (each class pooled over its tokens into one
+        key, then projected per level); noise [B, 4, h, w]. Relevance of a class = its cross-attention probability, averaged over heads, maxed over
+        positions, averaged over cross-attention layers. Used to prune classes before exact queries.
+        """
+        b = image_latents.shape[0]
+        pooled = self.text_pathway(states.mean(dim=1))  # num_levels x [Q, C]
+        bag = [level[None].expand(b, -1, -1) for level in pooled]  # num_levels x [B, Q, C]
+        self.scheduler.set_timesteps(1, device=image_latents.device)
+        t = self.scheduler.timesteps[0]
+        self.level_context.record = []
+        try:
+            self.unet_prediction(self.unet, torch.cat([image_latents, noise], 1), t, bag)
+            return torch.stack(self.level_context.record).mean(0)  # [B, Q]
+        finally:
+            self.level_context.record = None
+
+    def _segment_batch(self, pixels: torch.Tensor, query_ids: list[list[int]], states: torch.Tensor,
+                       noise: torch.Tensor, settings: SegmentSettings):
+        """pixels [B, 3, H, W]; query_ids: B lists of Q ids into `states` ([U, L, D] encoder features); noise
+        [B, E, 4, h, w] starting latents (`sliding.view_noise`).
+
+        -> (probs [B, K, H, W], uncertainty [B, H, W] or None, kept [B, K] bool or None). Each (image, member) draws its noise once and
+        shares it across the image's queries, so class scores are comparable and an N-class query equals N
+        single-class queries with the same seed. Ensemble members are combined in latent space
+        (`combine_member_latents`) and decoded once per query (the VAE decoder is the largest cost); `decode_members=True` decodes every member and averages
+        probabilities instead, as Marigold does. With `top_k`, per-class queries first rank all classes by
+        `class_relevance` and run only the top k; the others get probability 0.
+        """
+        mode, ensemble_size = settings.mode, settings.ensemble_size
+        device, dtype = self.unet.device, self.unet.dtype
+        image_latents = encode_latents(self.vae, pixels.to(device, dtype))  # [B, 4, h, w], once per image
+        b = len(query_ids)
+        noise = noise.to(device, dtype)
+        all_ids = torch.tensor(query_ids, device=device)  # [B, Q]
+        top_k = settings.top_k
+        if mode == "per_class" and top_k and top_k < all_ids.shape[1]:
+            relevance = self.class_relevance(image_latents, states[all_ids[0]], noise[:, 0])  # [B, Q]
+            keep = relevance.topk(top_k, dim=1).indices.sort(dim=1).values  # [B, k] positions into the Q classes
+            run_ids = torch.gather(all_ids, 1, keep)
+        else:
+            keep, run_ids = None, all_ids
+        q = run_ids.shape[1]
+        # items ordered (image, query, member): [B * q * E]
+        item_image = torch.arange(b, device=device).repeat_interleave(q * ensemble_size)
+        item_member = torch.arange(ensemble_size, device=device).repeat(b * q)
+        item_query = run_ids.repeat_interleave(ensemble_size, dim=1).reshape(-1)
+        codec = self.palette_codec if mode == "palette" else self.binary_codec
+        combine = not settings.decode_members and ensemble_size > 1  # combine members' latents, decode once per query
+        max_batch = settings.max_unet_batch
+        chunk = max(ensemble_size, max_batch // ensemble_size * ensemble_size) if combine else max_batch
+        member_probs, spreads = [], []
+        for start in range(0, item_image.numel(), chunk):
+            sl = slice(start, min(start + chunk, item_image.numel()))
+            text = self.text_pathway(states[item_query[sl]])  # num_levels x [m, L, C]
+            latents = self.denoise(image_latents[item_image[sl]], text, settings.steps,
+                                   latents=noise[item_image[sl], item_member[sl]])  # [m, 4, h, w]
+            if combine:
+                latents = latents.view(-1, ensemble_size, *latents.shape[1:])  # [m/E, E, 4, h, w]
+                spreads.append(latents.float().std(dim=1).mean(dim=1))  # [m/E, h, w]: members' disagreement
+                latents = combine_member_latents(latents, settings.ensemble_reduction)  # [m/E, 4, h, w]
+            probs = codec.decode(self.decode_masks(latents, settings.mask_decoder))  # [m or m/E, K_codec, H, W]
+            member_probs.append(probs if mode == "palette" else probs[:, 1:])
+        members = 1 if combine else ensemble_size
+        probs = assemble_probabilities(torch.cat(member_probs), b, q, members, mode, keep, all_ids.shape[1])
+        if combine:  # latent-space spread, upsampled to pixels
+            uncertainty = latent_spread_map(torch.cat(spreads), b, q, tuple(probs.shape[-2:]))
+        else:
+            uncertainty = probs.std(dim=1).mean(dim=1) if ensemble_size > 1 else None
+        kept = None
+        if keep is not None:
+            kept = torch.zeros(all_ids.shape, dtype=torch.bool, device=device).scatter(1, keep, True)  # [B, Q]
+        return probs.mean(dim=1), uncertainty, kept
