@@ -16,6 +16,7 @@ from digseg.data.synthetic import SYNTHETIC_CLASSES, SyntheticScenes, save_scene
 from digseg.errors import ConfigError, DigsegError
 from digseg.models.mask_decoder import LightMaskDecoder
 from digseg.training.batches import LatentBatcher, step_generator
+from digseg.training.config import PREDICTION_TYPES
 from digseg.training.latent_key import EMPTY, IMAGE, PALETTE, LatentKey
 from digseg.training.one_step import one_step_loss
 from training_helpers import train_config, trainer
@@ -80,7 +81,7 @@ def test_ignore_pixels_do_not_reach_the_loss(tiny_pipe):
     assert _loss(tiny_pipe, batcher, batch) == 0.0
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
 def test_predicted_sample_reads_each_prediction_type_as_x0(tiny_backbone, prediction_type):
     pipe = DiGSegPipeline.from_backbone(tiny_backbone, prediction_type=prediction_type)
     g = torch.Generator().manual_seed(0)

@@ -26,9 +26,8 @@ from ..errors import DataError, DigsegError
 from ..models.digseg_model import decode_latents
 from ..models.mask_decoder import LightMaskDecoder
 from .batches import LatentBatcher
+from .config import MASK_DECODER_TARGETS
 from .latent_key import IMAGE, LatentKey
-
-TARGETS = ("mask", "vae")
 
 
 @dataclass
@@ -85,8 +84,9 @@ def train_mask_decoder(decoder: LightMaskDecoder, data: MaskLatents, batcher: La
     AdamW with cosine decay; returns the loss of every step. Raises DigsegError on a non-finite loss.
     `target="vae"` needs `vae` (the frozen VAE whose decoder is imitated).
     """
-    if target not in TARGETS or (target == "vae" and vae is None):
-        raise DigsegError(f"target must be one of {', '.join(TARGETS)} (\"vae\" needs the VAE), got {target!r}")
+    if target not in MASK_DECODER_TARGETS or (target == "vae" and vae is None):
+        raise DigsegError(f"target must be one of {', '.join(MASK_DECODER_TARGETS)} (\"vae\" needs the VAE), "
+                          f"got {target!r}")
     if steps < 1 or batch_size < 1:
         raise DigsegError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
     device = decoder.device
