@@ -40,7 +40,10 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- train
-_TRAIN_FLAGS = {  # command-line flag (argparse dest) -> (config section, key)
+# argparse dest -> the TrainConfig field (section, key) it sets. `_train_config` (train, cache-latents, browse-data)
+# lays each dest given on the command line over the --config file: not None, and for store_true flags only when
+# set; a dest its command lacks is skipped. --resolution and --no-augmentation are mapped there, not here.
+_TRAIN_FLAGS = {
     "pretrained": ("model", "pretrained"), "prediction_type": ("model", "prediction_type"),
     "text_encoder": ("model", "text_encoder"), "objective": ("model", "objective"),
     "one_step_decoder": ("model", "one_step_decoder"),
@@ -281,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     data_flags = t.add_argument_group("data (config section `data`)")
     t.add_argument("--config", help="YAML config; flags below override it")
     t.add_argument("--pretrained", help="Stable Diffusion folder or hub id (or a DiGSeg model folder to continue)")
-    data_flags.add_argument("--dataset", help="synthetic (default), folder, or a dataset name such as ade20k-150")
+    data_flags.add_argument("--dataset", help="synthetic (default), folder, or a registered dataset name such as "
+                                              "ade20k-150 (an unknown name's error lists them all)")
     data_flags.add_argument("--data-root", help="dataset root folder")
     data_flags.add_argument("--crop-size", type=parse_pair, metavar="H[,W]",
                             help="training crop (default: the dataset's preset, docs/augmentation.md)")

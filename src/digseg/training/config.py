@@ -55,7 +55,9 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = "synthetic"  # a registered reader (`digseg train --help` lists them)
+    # a name in the dataset registry, digseg.data.registry.dataset_names(): "synthetic", "folder" or a reader such
+    # as ade20k-150 (`digseg train --help`; an unknown name's error lists them all)
+    dataset: str = "synthetic"
     data_root: str | None = None
     num_scenes: int = 2000  # synthetic only
     # training crop, height x width (an int: square). None = the dataset preset's crop (docs/augmentation.md)
