@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from digseg import DiGSegPipeline
 from digseg.cli import main
 from digseg.data.synthetic import SYNTHETIC_CLASSES, SyntheticScenes
 from digseg.errors import DigsegError
 from training_helpers import train_config, trainer
-from digseg.training.latent_cache import LatentCache
+from digseg.training.batches import LatentBatcher
+from digseg.training.latent_cache import LatentCache, build_latent_cache
+from digseg.training.latent_key import EMPTY, IMAGE, PALETTE, LatentKey
 
 
 def _train(backbone, out, **extra):
@@ -56,3 +61,40 @@ def test_cache_is_refused_for_another_vae_or_resolution(tiny_backbone, tmp_path,
         LatentCache(cache, list(SYNTHETIC_CLASSES), pipe.vae, 64)
     with pytest.raises(DigsegError, match="not a latent cache"):
         LatentCache(tmp_path, list(SYNTHETIC_CLASSES), pipe.vae, 64)
+
+
+def test_latent_keys_name_the_shard_tensors_as_before(tiny_pipe, tmp_path):
+    """Each LatentKey reads the tensor that `cache-latents` wrote under its name, and caches written before the
+    keys were typed ("<i>.image", "<i>.palette", "<i>.class<c>", "<i>.empty", "<i>.keep") still read."""
+    data = SyntheticScenes(2, seed=0)
+    cache = build_latent_cache(data, list(SYNTHETIC_CLASSES), tiny_pipe.vae, tmp_path / "new", 64, show_progress=False)
+    store = LatentCache(cache, list(SYNTHETIC_CLASSES), tiny_pipe.vae, 64)
+    batcher = LatentBatcher(data, list(SYNTHETIC_CLASSES), tiny_pipe.vae, "both", "{}", 0.0, cache=False)
+    for i in range(2):
+        entry = batcher.encode_all(i)
+        assert LatentKey.of_class(entry["present"][-1]) in entry["latents"]  # a class latent, not only the fixed ones
+        for key, latent in entry["latents"].items():
+            torch.testing.assert_close(store.get(i, key), latent, rtol=0, atol=0)
+        assert store.info(i)[0] == entry["present"] and torch.equal(store.info(i)[1], entry["keep"])
+    assert store.get(0, LatentKey.of_class(99)) is None and store.get(7, PALETTE) is None
+
+    old = tmp_path / "old"  # a cache in the shard format, written by hand
+    old.mkdir()
+    names = ["0.image", "0.palette", "0.class2", "0.empty"]
+    tensors = {name: torch.full((4, 8, 8), float(k)) for k, name in enumerate(names)}
+    save_file({**tensors, "0.keep": torch.ones(1, 8, 8)}, str(old / "shard-00000.safetensors"))
+    index = json.loads((cache / "index.json").read_text())
+    index["samples"] = {"0": {"shard": 0, "present": [0, 2]}}
+    (old / "index.json").write_text(json.dumps(index))
+    store = LatentCache(old, list(SYNTHETIC_CLASSES), tiny_pipe.vae, 64)
+    for k, key in enumerate([IMAGE, PALETTE, LatentKey.of_class(2), EMPTY]):
+        assert store.get(0, key).unique().tolist() == [float(k)]
+    assert store.info(0)[0] == [0, 2] and store.info(0)[1].shape == (1, 8, 8)
+
+
+def test_latent_key_kinds_are_checked():
+    assert LatentKey.of_class(3) == LatentKey("class", 3) != LatentKey.of_class(4)
+    assert len({IMAGE, PALETTE, EMPTY, LatentKey("empty")}) == 3  # hashable: dict keys of the latent caches
+    for kind, class_id in [("mask", None), ("class", None), ("palette", 1)]:
+        with pytest.raises(ValueError, match="latent key"):
+            LatentKey(kind, class_id)

@@ -74,6 +74,8 @@ def test_mask_decoder_choice_at_inference(tiny_pipe):
 
 def test_saved_with_the_pipeline(tiny_pipe, tmp_path):
     tiny_pipe.save_pretrained(tmp_path / "plain")
+    index = json.loads((tmp_path / "plain" / "model_index.json").read_text())  # custom parts: by defining module
+    assert index["mask_decoder"] == [None, None] and index["text_pathway"] == ["digseg.models.text", "TextPathway"]
     assert DiGSegPipeline.from_pretrained(tmp_path / "plain").mask_decoder is None  # a model without one loads
     decoder = LightMaskDecoder.for_vae(tiny_pipe.vae, (16, 8, 8))
     tiny_pipe.set_mask_decoder(decoder)

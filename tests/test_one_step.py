@@ -16,6 +16,8 @@ from digseg.data.synthetic import SYNTHETIC_CLASSES, SyntheticScenes, save_scene
 from digseg.errors import ConfigError, DigsegError
 from digseg.models.mask_decoder import LightMaskDecoder
 from digseg.training.batches import LatentBatcher, step_generator
+from digseg.training.config import PREDICTION_TYPES
+from digseg.training.latent_key import EMPTY, IMAGE, PALETTE, LatentKey
 from digseg.training.one_step import one_step_loss
 from training_helpers import train_config, trainer
 
@@ -51,9 +53,11 @@ def test_label_targets_follow_the_query():
     data = SyntheticScenes(2, seed=0)
     batcher = LatentBatcher(data, list(SYNTHETIC_CLASSES), None, "both", "{}", 0.1, cache=False, label_targets=True)
     label = torch.tensor([[0, 1, 2], [255, 1, 3]])
-    assert batcher.target_labels(label, "palette").tolist() == label.tolist()
-    assert batcher.target_labels(label, "class1").tolist() == [[0, 1, 0], [255, 1, 0]]
-    assert batcher.target_labels(label, "empty").tolist() == [[0, 0, 0], [255, 0, 0]]
+    assert batcher.target_labels(label, PALETTE).tolist() == label.tolist()
+    assert batcher.target_labels(label, LatentKey.of_class(1)).tolist() == [[0, 1, 0], [255, 1, 0]]
+    assert batcher.target_labels(label, EMPTY).tolist() == [[0, 0, 0], [255, 0, 0]]
+    with pytest.raises(ValueError, match="not a query target"):
+        batcher.target_labels(label, IMAGE)
 
 
 def test_one_step_batches_carry_labels_not_mask_latents(tiny_pipe):
@@ -77,7 +81,7 @@ def test_ignore_pixels_do_not_reach_the_loss(tiny_pipe):
     assert _loss(tiny_pipe, batcher, batch) == 0.0
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
 def test_predicted_sample_reads_each_prediction_type_as_x0(tiny_backbone, prediction_type):
     pipe = DiGSegPipeline.from_backbone(tiny_backbone, prediction_type=prediction_type)
     g = torch.Generator().manual_seed(0)

@@ -147,13 +147,13 @@ def test_ensemble_reduction_is_an_option(tiny_pipe):
         tiny_pipe(image, prompt="square", ensemble_size=3, ensemble_reduction="max")
 
 
-def test_latent_mean_ensemble_and_per_member_decode(tiny_pipe):
+def test_latent_median_ensemble_and_per_member_decode(tiny_pipe):
     image = torch.rand(3, 64, 64)
-    mean = tiny_pipe(image, prompt="square", ensemble_size=3, generator=_gen(5))
+    median = tiny_pipe(image, prompt="square", ensemble_size=3, generator=_gen(5))  # the default reduction
     each = tiny_pipe(image, prompt="square", ensemble_size=3, generator=_gen(5), decode_members=True)
-    assert mean.probabilities.shape == each.probabilities.shape == (1, 2, 64, 64)
-    assert mean.uncertainty.shape == each.uncertainty.shape == (1, 64, 64)
-    assert not np.array_equal(mean.probabilities, each.probabilities)  # two different reductions
+    assert median.probabilities.shape == each.probabilities.shape == (1, 2, 64, 64)
+    assert median.uncertainty.shape == each.uncertainty.shape == (1, 64, 64)
+    assert not np.array_equal(median.probabilities, each.probabilities)  # two different reductions
     single = tiny_pipe(image, prompt="square", ensemble_size=1, generator=_gen(5), decode_members=True)
     one = tiny_pipe(image, prompt="square", ensemble_size=1, generator=_gen(5))
     np.testing.assert_array_equal(single.probabilities, one.probabilities)  # E = 1: the same path

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from .errors import EXIT_SKIPPED, ConfigError, DigsegError
-from .training.config import MASK_DECODERS, OBJECTIVES, PREDICTION_TYPES
+from .training.config import MASK_DECODER_TARGETS, MASK_DECODERS, MIXED_PRECISION, OBJECTIVES, PREDICTION_TYPES, TASKS
 
 
 def _quiet_libraries() -> None:
@@ -40,7 +40,10 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- train
-_TRAIN_FLAGS = {  # command-line flag (argparse dest) -> (config section, key)
+# argparse dest -> the TrainConfig field (section, key) it sets. `_train_config` (train, cache-latents, browse-data)
+# lays each dest given on the command line over the --config file: not None, and for store_true flags only when
+# set; a dest its command lacks is skipped. --resolution and --no-augmentation are mapped there, not here.
+_TRAIN_FLAGS = {
     "pretrained": ("model", "pretrained"), "prediction_type": ("model", "prediction_type"),
     "text_encoder": ("model", "text_encoder"), "objective": ("model", "objective"),
     "one_step_decoder": ("model", "one_step_decoder"),
@@ -281,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     data_flags = t.add_argument_group("data (config section `data`)")
     t.add_argument("--config", help="YAML config; flags below override it")
     t.add_argument("--pretrained", help="Stable Diffusion folder or hub id (or a DiGSeg model folder to continue)")
-    data_flags.add_argument("--dataset", help="synthetic (default), folder, or a dataset name such as ade20k-150")
+    data_flags.add_argument("--dataset", help="synthetic (default), folder, or a registered dataset name such as "
+                                              "ade20k-150 (an unknown name's error lists them all)")
     data_flags.add_argument("--data-root", help="dataset root folder")
     data_flags.add_argument("--crop-size", type=parse_pair, metavar="H[,W]",
                             help="training crop (default: the dataset's preset, docs/augmentation.md)")
@@ -290,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="squash every sample to the crop instead of the dataset's augmentation")
     data_flags.add_argument("--num-workers", type=int, help="DataLoader workers reading and augmenting samples (default 0)")
     data_flags.add_argument("--num-scenes", type=int, help="synthetic dataset size (default 2000)")
-    data_flags.add_argument("--task", choices=["binary", "palette", "both"])
+    data_flags.add_argument("--task", choices=TASKS)
     data_flags.add_argument("--cache-latents", action="store_true", help="keep latents in memory (needs --no-augmentation)")
     data_flags.add_argument("--latent-cache", help="a folder from `digseg cache-latents` (needs --no-augmentation)")
     t.add_argument("--output", help="run folder: config.yaml, checkpoints/, the trained model")
@@ -304,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "with cross-entropy on the labels; docs/training.md)")
     t.add_argument("--one-step-decoder", choices=MASK_DECODERS,
                    help="one-step: the mask decoder trained through (default auto: the light one if the model has one)")
-    t.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"])
+    t.add_argument("--mixed-precision", choices=MIXED_PRECISION)
     t.add_argument("--checkpoint-every", type=int)
     t.add_argument("--keep-checkpoints", type=int)
     t.add_argument("--seed", type=int)
@@ -338,13 +342,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--num-scenes", type=int, default=2000, help="synthetic dataset size (default 2000)")
     m.add_argument("--num-samples", type=int, help="use the first N samples (default: all)")
     m.add_argument("--latent-cache", help="a folder from `digseg cache-latents` for the same VAE and resolution")
-    m.add_argument("--task", choices=["binary", "palette", "both"], default="both", help="which mask renderings")
+    m.add_argument("--task", choices=TASKS, default="both", help="which mask renderings")
     m.add_argument("--widths", help="channel widths, one per resolution, e.g. 64,32,16 (default 128,64,32[,16])")
     m.add_argument("--steps", type=int, default=2000)
     m.add_argument("--batch-size", type=int, default=32)
     m.add_argument("--learning-rate", type=float, default=1e-3)
     m.add_argument("--latent-noise", type=float, default=0.2, help="largest std of the noise added to training latents")
-    m.add_argument("--target", choices=["mask", "vae"], default="mask",
+    m.add_argument("--target", choices=MASK_DECODER_TARGETS, default="mask",
                    help="learn the rendered mask (default) or imitate the VAE decoder's output (runs the VAE each step)")
     m.add_argument("--seed", type=int, default=0)
     m.set_defaults(func=cmd_train_mask_decoder)

@@ -19,8 +19,8 @@ from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from ..errors import DigsegError
+from ..training.config import PREDICTION_TYPES
 
-PREDICTION_TYPES = ("sample", "v_prediction", "epsilon")
 BACKBONE_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 

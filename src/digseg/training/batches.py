@@ -27,6 +27,7 @@ from ..masks import MaskCodec
 from ..models.digseg_model import encode_latents
 from ..prompts import palette_prompt, synonyms
 from ..seeding import seeded_generator
+from .latent_key import EMPTY, IMAGE, PALETTE, LatentKey
 
 
 def step_generator(seed: int, step: int, slot: int = 0) -> torch.Generator:
@@ -97,14 +98,14 @@ class LatentBatcher:
         self.palette_codec = MaskCodec("palette", len(class_names), ignore_index=ignore_index)
         self.queryable = [c for c, n in enumerate(class_names) if n.strip().lower() != "background"]
         self.store = store  # a LatentCache on disk (`digseg cache-latents`), read before encoding anything
-        self._latents: dict[tuple[int, str], torch.Tensor] = {}  # (index, "image"|"palette"|"class<c>"|"empty") -> [4, h, w]
+        self._latents: dict[tuple[int, LatentKey], torch.Tensor] = {}  # (index, key) -> [4, h, w]
         self._info: dict[int, tuple[list[int], torch.Tensor]] = {}  # index -> (present classes, keep [1, h, w])
 
-    def _choose_query(self, present: list[int], gen: torch.Generator) -> tuple[str, str]:
-        """-> (latent key, prompt)."""
+    def _choose_query(self, present: list[int], gen: torch.Generator) -> tuple[LatentKey, str]:
+        """-> (the query's target, prompt)."""
         use_palette = self.task == "palette" or (self.task == "both" and torch.rand(1, generator=gen).item() < 0.5)
         if use_palette or not self.queryable:
-            return "palette", self.palette_prompt
+            return PALETTE, self.palette_prompt
         candidates = [c for c in self.queryable if c in present]
         absent = [c for c in self.queryable if c not in present]
         if absent and (not candidates or torch.rand(1, generator=gen).item() < self.negative_prob):
@@ -112,7 +113,7 @@ class LatentBatcher:
         c = candidates[int(torch.randint(len(candidates), (1,), generator=gen))]
         names = synonyms(self.class_names[c])  # "wall, walls": one synonym per query, as inference averages them
         name = names[int(torch.randint(len(names), (1,), generator=gen))] if len(names) > 1 else names[0]
-        key = f"class{c}" if c in present else "empty"  # every absent class has the same (empty) target
+        key = LatentKey.of_class(c) if c in present else EMPTY  # every absent class has the same (empty) target
         return key, self.prompt_template.format(name)
 
     def _load(self, index: int) -> dict:
@@ -120,46 +121,52 @@ class LatentBatcher:
         self._check_labels(sample["label"], f"sample {sample.get('stem', index)}")
         return sample
 
-    def target_labels(self, label: torch.Tensor, key: str) -> torch.Tensor:
-        """label [H, W] -> the query `key`'s labels [H, W] int64: the classes (palette) or 1 = the class, 0 = not
-        (binary); ignore pixels stay ignore."""
-        if key == "palette":
+    def target_labels(self, label: torch.Tensor, key: LatentKey) -> torch.Tensor:
+        """label [H, W] -> the query target `key`'s labels [H, W] int64: the classes (PALETTE) or 1 = the class,
+        0 = not (a class's binary mask; EMPTY: all 0); ignore pixels stay ignore."""
+        if key == PALETTE:
             return label.long()
-        c = int(key[len("class"):]) if key != "empty" else -1
-        binary = (label == c).long()
+        if key == IMAGE:
+            raise ValueError("the image latent is not a query target")
+        binary = (label == (-1 if key == EMPTY else key.class_id)).long()
         binary[label == self.ignore_index] = self.ignore_index
         return binary
 
-    def target_image(self, label: torch.Tensor, key: str) -> torch.Tensor:
-        """label [H, W] -> mask image [3, H, W] in [-1, 1] for the query `key`."""
-        codec = self.palette_codec if key == "palette" else self.binary_codec
+    def target_image(self, label: torch.Tensor, key: LatentKey) -> torch.Tensor:
+        """label [H, W] -> mask image [3, H, W] in [-1, 1] for the query target `key`."""
+        codec = self.palette_codec if key == PALETTE else self.binary_codec
         return codec.encode(self.target_labels(label, key)[None])[0]
 
     def _query_batch(self, image_latents: torch.Tensor, mask_latents: torch.Tensor | None, keep: torch.Tensor,
-                     keys: list[tuple[str, str]], labels: list[torch.Tensor] | None) -> Batch:
-        """The Batch of queries `keys` ((latent key, prompt) per sample); `labels` [H, W] per sample give the
+                     keys: list[tuple[LatentKey, str]], labels: list[torch.Tensor] | None) -> Batch:
+        """The Batch of queries `keys` ((target, prompt) per sample); `labels` [H, W] per sample give the
         label targets (with `label_targets`)."""
         targets = None
         if self.label_targets:
             targets = torch.stack([self.target_labels(lab, k) for lab, (k, _) in zip(labels, keys)])  # [B, H, W]
             targets = targets.to(image_latents.device)
         return Batch(image_latents=image_latents, mask_latents=mask_latents, keep=keep, prompts=[p for _, p in keys],
-                     targets=targets, palette=[k == "palette" for k, _ in keys] if self.label_targets else None)
+                     targets=targets, palette=[k == PALETTE for k, _ in keys] if self.label_targets else None)
 
     @torch.no_grad()
     def encode_all(self, index: int, with_palette: bool = True, with_classes: bool = True) -> dict:
-        """Every latent sample `index` can need: image, palette, each present class, empty (for `cache-latents`);
-        also its label map [H, W], its present classes and the latent-cell keep mask [1, h, w]."""
+        """Every latent sample `index` can need (for `cache-latents`), {LatentKey: [4, h, w]}: IMAGE, PALETTE, each
+        present class, EMPTY; also its label map [H, W], its present classes and the latent-cell keep mask [1, h, w]."""
         sample = self._load(index)
         label = sample["label"]
         present = self.present_classes(label)
-        keys = ["image"] + (["palette"] if with_palette else [])
-        if with_classes:
-            keys += [f"class{c}" for c in self.queryable if c in present] + ["empty"]
-        pixels = [sample["image"] if k == "image" else self.target_image(label, k) for k in keys]
+        keys = [IMAGE] + self.mask_keys(present, with_palette, with_classes)
+        pixels = [sample["image"] if k == IMAGE else self.target_image(label, k) for k in keys]
         latents = encode_latents(self.vae, torch.stack(pixels).to(self.vae.device), channels_last=False).float().cpu()  # [M, 4, h, w]
         keep = self.palette_codec.ignore_weights(label[None], tuple(latents.shape[-2:]))[0]  # [1, h, w]
         return {"latents": dict(zip(keys, latents)), "keep": keep, "present": present, "label": label}
+
+    def mask_keys(self, present: list[int], with_palette: bool = True, with_classes: bool = True) -> list[LatentKey]:
+        """The query targets of a sample with classes `present`: PALETTE, each present queryable class, EMPTY."""
+        keys = [PALETTE] if with_palette else []
+        if with_classes:
+            keys += [LatentKey.of_class(c) for c in self.queryable if c in present] + [EMPTY]
+        return keys
 
     def present_classes(self, label: torch.Tensor) -> list[int]:
         """Sorted class ids in label [H, W] (ignore left out); a bincount, ~15x faster than torch.unique here."""
@@ -199,11 +206,11 @@ class LatentBatcher:
                 present = self.present_classes(label)
                 self._info[i] = (present, None)
         keys = [self._choose_query(self._info[i][0], g) for i, g in zip(indices, gens)]
-        wanted = [(i, "image") for i in indices]
+        wanted = [(i, IMAGE) for i in indices]
         if not self.label_targets:
             wanted += [(i, k) for i, (k, _) in zip(indices, keys)]
         missing = list(dict.fromkeys(w for w in wanted if w not in self._latents))
-        found: dict[tuple[int, str], torch.Tensor] = {w: self._latents[w] for w in wanted if w in self._latents}
+        found: dict[tuple[int, LatentKey], torch.Tensor] = {w: self._latents[w] for w in wanted if w in self._latents}
         if self.store is not None:
             for w in [w for w in missing if self.store.has(w[0])]:
                 z = self.store.get(*w)
@@ -215,13 +222,13 @@ class LatentBatcher:
             for i, key in missing:
                 if i not in samples:
                     samples[i] = given.get(i) or self._load(i)
-                pixels.append(samples[i]["image"] if key == "image" else self.target_image(samples[i]["label"], key))
+                pixels.append(samples[i]["image"] if key == IMAGE else self.target_image(samples[i]["label"], key))
             latents = encode_latents(self.vae, torch.stack(pixels).to(device), channels_last=False).float().cpu()  # [M, 4, h, w]
             for w, z in zip(missing, latents):
                 found[w] = z
                 if self._keep_in_cache(z.numel() * z.element_size()):
                     self._latents[w] = z
-        h, w = found[(indices[0], "image")].shape[-2:]
+        h, w = found[(indices[0], IMAGE)].shape[-2:]
         keep = []
         if self.label_targets:  # every label is needed: read what the loader did not hand over
             for i in indices:
@@ -238,7 +245,7 @@ class LatentBatcher:
         if not self.label_targets:
             mask_latents = torch.stack([found[(i, k)] for i, (k, _) in zip(indices, keys)]).to(device)
         labels = [samples[i]["label"] for i in indices] if self.label_targets else None
-        return self._query_batch(torch.stack([found[(i, "image")] for i in indices]).to(device), mask_latents,
+        return self._query_batch(torch.stack([found[(i, IMAGE)] for i in indices]).to(device), mask_latents,
                                  torch.stack(keep).to(device), keys, labels)
 
     def _encode_batch(self, images: torch.Tensor, labels: torch.Tensor, gens: list[torch.Generator]) -> Batch:

@@ -20,11 +20,14 @@ import yaml
 
 from ..errors import ConfigError
 
+# The choices of the fields below and of the `digseg` flags that set them, listed once (cli.py, the pipeline,
+# the model builder and the mask decoder training import them from here).
 TASKS = ("binary", "palette", "both")
 PREDICTION_TYPES = ("sample", "v_prediction", "epsilon")
 OBJECTIVES = ("diffusion", "one-step")
 MASK_DECODERS = ("auto", "light", "vae")  # auto: the model's light mask decoder if it has one, else the VAE
-MIXED_PRECISION = ("", "no", "fp16", "bf16")
+MASK_DECODER_TARGETS = ("mask", "vae")  # what `digseg train-mask-decoder --target` learns (training/mask_decoder.py)
+MIXED_PRECISION = ("no", "fp16", "bf16")  # optim.mixed_precision may also be "": the launcher's choice
 
 
 @dataclass
@@ -52,7 +55,9 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = "synthetic"  # a registered reader (`digseg train --help` lists them)
+    # a name in the dataset registry, digseg.data.registry.dataset_names(): "synthetic", "folder" or a reader such
+    # as ade20k-150 (`digseg train --help`; an unknown name's error lists them all)
+    dataset: str = "synthetic"
     data_root: str | None = None
     num_scenes: int = 2000  # synthetic only
     # training crop, height x width (an int: square). None = the dataset preset's crop (docs/augmentation.md)
@@ -110,8 +115,9 @@ class OptimConfig:
     max_timestep_prob: float = 0.5
 
     def validate(self) -> None:
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ConfigError(f"optim.mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.mixed_precision and self.mixed_precision not in MIXED_PRECISION:
+            raise ConfigError(f"optim.mixed_precision must be one of {', '.join(MIXED_PRECISION)}, "
+                              f"got {self.mixed_precision!r}")
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"optim.{name} must be >= 1, got {getattr(self, name)}")

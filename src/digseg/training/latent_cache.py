@@ -2,10 +2,12 @@
 
 Layout of a cache folder:
   index.json                  class names, resolution, VAE fingerprint, and per sample: shard, present classes
-  shard-00000.safetensors     "<i>.image", "<i>.palette", "<i>.class<c>" latents [4, h, w] and "<i>.keep" [1, h, w]
+  shard-00000.safetensors     "<i>.image", "<i>.palette", "<i>.class<c>", "<i>.empty" latents [4, h, w] and
+                              "<i>.keep" [1, h, w]
 For sample i it stores the image latent, the palette-mask latent, and the binary-mask latent of every class
 present in the image (absent classes are empty masks: one shared "empty" latent). The trainer then never
 runs the VAE. A cache is only valid for the VAE and resolution it was built with; both are checked.
+In memory a latent is named by its `LatentKey`; `tensor_name` spells it as the shards do.
 """
 
 from __future__ import annotations
@@ -22,8 +24,19 @@ from tqdm.auto import tqdm
 
 from ..errors import DataError, DigsegError
 from .batches import LatentBatcher
+from .latent_key import LatentKey
 
 INDEX = "index.json"
+
+
+def tensor_name(index: int, key: LatentKey) -> str:
+    """The shard tensor of sample `index`'s latent `key`: "<i>.image", "<i>.palette", "<i>.class<c>", "<i>.empty"."""
+    return f"{index}.class{key.class_id}" if key.kind == "class" else f"{index}.{key.kind}"
+
+
+def keep_name(index: int) -> str:
+    """The shard tensor holding sample `index`'s latent-cell keep mask [1, h, w]."""
+    return f"{index}.keep"
 
 
 def vae_fingerprint(vae) -> str:
@@ -62,8 +75,8 @@ def build_latent_cache(dataset: Dataset, class_names: list[str], vae, out_dir: s
                 skipped.append(str(exc))
                 continue
             for key, value in entry["latents"].items():
-                shard[f"{i}.{key}"] = value.contiguous()
-            shard[f"{i}.keep"] = entry["keep"].contiguous()
+                shard[tensor_name(i, key)] = value.contiguous()
+            shard[keep_name(i)] = entry["keep"].contiguous()
             samples[str(i)] = {"shard": shard_id, "present": entry["present"]}
             if len(samples) % shard_size == 0:
                 flush()
@@ -75,7 +88,7 @@ def build_latent_cache(dataset: Dataset, class_names: list[str], vae, out_dir: s
 
 
 class LatentCache:
-    """Read side: `get(i, key)` -> latent [4, h, w] (None if absent), `info(i)` -> (present, keep)."""
+    """Read side: `get(i, key)` -> latent `key` [4, h, w] of sample i (None if absent), `info(i)` -> (present, keep)."""
 
     def __init__(self, path: str | Path, class_names: list[str], vae, resolution: int) -> None:
         self.path = Path(path)
@@ -102,12 +115,14 @@ class LatentCache:
     def has(self, i: int) -> bool:
         return str(i) in self.index["samples"]
 
-    def get(self, i: int, key: str) -> torch.Tensor | None:
+    def _tensor(self, i: int, name: str) -> torch.Tensor | None:
         handle = self._shard(i)
-        name = f"{i}.{key}"
         if handle is None or name not in handle.keys():
             return None
         return handle.get_tensor(name)
 
+    def get(self, i: int, key: LatentKey) -> torch.Tensor | None:
+        return self._tensor(i, tensor_name(i, key))
+
     def info(self, i: int) -> tuple[list[int], torch.Tensor]:
-        return self.index["samples"][str(i)]["present"], self.get(i, "keep")
+        return self.index["samples"][str(i)]["present"], self._tensor(i, keep_name(i))

@@ -26,8 +26,8 @@ from ..errors import DataError, DigsegError
 from ..models.digseg_model import decode_latents
 from ..models.mask_decoder import LightMaskDecoder
 from .batches import LatentBatcher
-
-TARGETS = ("mask", "vae")
+from .config import MASK_DECODER_TARGETS
+from .latent_key import IMAGE, LatentKey
 
 
 @dataclass
@@ -37,7 +37,7 @@ class MaskLatents:
     latents: torch.Tensor  # [N, C, h, w] float32, the VAE's scaled posterior means
     labels: torch.Tensor  # [S, H, W] int64, each sample's label map
     sample: torch.Tensor  # [N] int64, index into labels
-    keys: list[str]  # [N] "palette" | "class<c>" | "empty": which rendering of the label map
+    keys: list[LatentKey]  # [N] PALETTE | LatentKey.of_class(c) | EMPTY: which rendering of the label map
     skipped: list[str]  # samples that could not be read, with the reason
 
     def __len__(self) -> int:
@@ -56,14 +56,12 @@ def collect_mask_latents(batcher: LatentBatcher, indices: list[int] | range, sto
             if store is not None and store.has(i):
                 label = batcher.dataset[i]["label"]  # [H, W]: the targets are rendered from it
                 present, _ = store.info(i)
-                wanted = (["palette"] if with_palette else []) + (
-                    [f"class{c}" for c in batcher.queryable if c in present] + ["empty"] if with_classes else [])
-                found = {key: store.get(i, key) for key in wanted}
+                found = {key: store.get(i, key) for key in batcher.mask_keys(present, with_palette, with_classes)}
                 found = {key: z for key, z in found.items() if z is not None}
             else:  # one read of the sample: encode_all returns its label too
                 entry = batcher.encode_all(i, with_palette=with_palette, with_classes=with_classes)
                 found, label = entry["latents"], entry["label"]
-                found.pop("image")
+                found.pop(IMAGE)
         except (DataError, OSError, ValueError) as exc:
             skipped.append(f"sample {i}: {exc}")
             continue
@@ -86,8 +84,9 @@ def train_mask_decoder(decoder: LightMaskDecoder, data: MaskLatents, batcher: La
     AdamW with cosine decay; returns the loss of every step. Raises DigsegError on a non-finite loss.
     `target="vae"` needs `vae` (the frozen VAE whose decoder is imitated).
     """
-    if target not in TARGETS or (target == "vae" and vae is None):
-        raise DigsegError(f"target must be one of {', '.join(TARGETS)} (\"vae\" needs the VAE), got {target!r}")
+    if target not in MASK_DECODER_TARGETS or (target == "vae" and vae is None):
+        raise DigsegError(f"target must be one of {', '.join(MASK_DECODER_TARGETS)} (\"vae\" needs the VAE), "
+                          f"got {target!r}")
     if steps < 1 or batch_size < 1:
         raise DigsegError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
     device = decoder.device

@@ -51,7 +51,8 @@ def _hparams(config: dict[str, Any]) -> dict[str, Any]:
 
 
 class TrainingLogger:
-    """Owns the run's logs. `accelerator` must have been built with `log_with_for(config)`."""
+    """Owns the run's logs. With `use_tensorboard`, `accelerator` must have been built with the arguments
+    `tracker_kwargs` returns (its TensorBoard tracker)."""
 
     def __init__(self, accelerator: Accelerator, output_dir: Path, config: dict[str, Any], use_tensorboard: bool) -> None:
         self.accelerator = accelerator
