@@ -47,11 +47,9 @@ from digseg.training.config import DataConfig, ModelConfig, OptimConfig, RunConf
 from digseg.training.run import build_run
 from digseg.training.vae import train_tiny_vae
 
+from common import load_average
+
 SIZE = 64  # the synthetic scenes' and the tiny model's size
-
-
-def load_average() -> str:
-    return "load average " + " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def _resize(image: np.ndarray, label: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -155,7 +153,7 @@ def main() -> None:
     setting = EStep.parse(args.setting)
     started = time.perf_counter()
     print(f"# bench_augment_learning: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} torch threads; {load_average()}")
+          f"{torch.get_num_threads()} torch threads; load average {load_average(' ')}")
     print(f"# args: {' '.join(sys.argv[1:]) or '(none)'} -> " + ", ".join(
         f"{k}={json.dumps(v) if k == 'augmentation' else v}" for k, v in vars(args).items()
         if k not in ("json", "progress", "save_examples")), flush=True)
@@ -176,7 +174,8 @@ def main() -> None:
         backbone = save_tiny_backbone(Path(tmp) / "backbone", seed=args.seed, vae=vae)
         vae_s = time.perf_counter() - t0
         print(f"# tiny VAE: {args.vae_steps} steps in {vae_s:.0f} s; reconstruction L1 masks "
-              f"{vae_report['mask_l1']:.3f}, images {vae_report['image_l1']:.3f}; {load_average()}", flush=True)
+              f"{vae_report['mask_l1']:.3f}, images {vae_report['image_l1']:.3f}; "
+              f"load average {load_average(' ')}", flush=True)
         results["vae"] = {**vae_report, "seconds": round(vae_s, 1)}
 
         rows = []
@@ -185,7 +184,7 @@ def main() -> None:
             name = "no augmentation" if augment is False else "augmentation"
             pipe, train_s = train(backbone, train_set, augment, args, Path(tmp) / name.replace(" ", "-"))
             print(f"# {name}: {args.steps} steps in {train_s:.0f} s ({args.steps / train_s:.2f} steps/s); "
-                  f"{load_average()}", flush=True)
+                  f"load average {load_average(' ')}", flush=True)
             t1 = time.perf_counter()
             run = {"train_s": round(train_s, 1), "eval": {}}
             for set_name, dataset in sets.items():
@@ -208,7 +207,8 @@ def main() -> None:
                        "palette mIoU: aug - no aug": a["palette_mIoU"] - b["palette_mIoU"]})
     delta_table = markdown(deltas).replace("|---|---|---:|", "|---|---:|---:|") if deltas else ""
     print(f"\n(tiny model, synthetic data, {args.eval_scenes} held-out scenes per set, E-Step {setting}; "
-          f"mIoU in percent)\n\n{table}\n\n{delta_table}\n\n# wall time {wall:.0f} s; {load_average()}")
+          f"mIoU in percent)\n\n{table}\n\n{delta_table}\n\n# wall time {wall:.0f} s; "
+          f"load average {load_average(' ')}")
     results.update(table=table, deltas=deltas, wall_s=round(wall, 1), load_average=os.getloadavg())
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=str))

@@ -59,6 +59,8 @@ from digseg.training.batches import LatentBatcher, slot_generators
 from digseg.training.run import TrainingData
 from digseg.training.samples import TrainingSamples, augmentation_generator
 
+from common import load_average
+
 # ASSUMPTION, not a measurement: images/s of one SD2-sized DiGSeg training step (512x512, bf16, U-Net forward +
 # backward, two VAE encodes per image: ~4.2 TFLOP per image from the FLOP counts in docs/benchmarks.md) on one
 # H100-class GPU. 30 img/s ~ 13% of the H100's dense bf16 peak (plausible for SD fine-tuning with its VAE
@@ -69,10 +71,6 @@ CASES = {  # name -> (width, height, number of classes, augmentation preset)
     "cityscapes-sized": (2048, 1024, 19, "cityscapes"),
     "ade20k-sized": (683, 512, 150, "ade20k-150"),
 }
-
-
-def load_average() -> str:
-    return "load average " + " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def cpu_seconds(children: bool = True) -> float:
@@ -280,7 +278,7 @@ def main() -> None:
     torch.set_num_threads(1)
     started = time.perf_counter()
     print(f"# bench_data: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
-          f"{torch.__version__}, 1 torch thread per process; {load_average()}")
+          f"{torch.__version__}, 1 torch thread per process; load average {load_average(' ')}")
     print(f"# args: {' '.join(sys.argv[1:]) or '(none)'} -> workers {workers}, {images} images per case, "
           f"{steps} micro-steps x batch {args.batch} per worker count, {train_steps} training steps", flush=True)
 
@@ -361,7 +359,7 @@ def main() -> None:
         + "; training process " + ", ".join(
             f"{row[main_key]:.0f}" for row in need_rows[::len(rates)])
         + " CPU ms/img")
-    print(f"\n{summary}\n# wall time {wall:.0f} s; {load_average()}")
+    print(f"\n{summary}\n# wall time {wall:.0f} s; load average {load_average(' ')}")
     if args.json:
         Path(args.json).write_text(json.dumps({
             "table": table, "summary": summary, "loader": loader_rows, "cost": cost_rows, "train": train_rows,

@@ -22,7 +22,7 @@ when no per-level text is set, which is the case in Marigold's calls; this is ch
 one U-Net pass through the installed processors with one through stock ``AttnProcessor2_0`` processors.
 
 Model: ``sd2`` = the Stable Diffusion 2 U-Net + SD VAE architecture with RANDOM weights (built by
-``bench_open_vocab.save_sd2_sized_backbone``), so the figures are speed only. ``--quick``: the tiny test model
+``common.save_sd2_sized_backbone``), so the figures are speed only. ``--quick``: the tiny test model
 at 64 px (a smoke run, < 1 min; its ratios say nothing about the SD2-sized model).
 
 dtypes: fp32, then bf16 by casting ALL modules of the shared model to bfloat16 (``pipe.to(torch.bfloat16)``),
@@ -52,26 +52,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import psutil
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_open_vocab import PeakRSS, _trim, save_sd2_sized_backbone  # noqa: E402
+from digseg import DiGSegPipeline
+from digseg.models.digseg_model import vae_scale_factor
+from digseg.models.mask_decoder import LightMaskDecoder
 
-from digseg import DiGSegPipeline  # noqa: E402
-from digseg.models.digseg_model import vae_scale_factor  # noqa: E402
-from digseg.models.mask_decoder import LightMaskDecoder  # noqa: E402
-from digseg.models.tiny import save_tiny_backbone  # noqa: E402
+from common import CallCost, format_number, load_average, machine_summary, random_backbone, trim_memory
 
 GOAL_SPEEDUP = 1.5  # ours >= 1.5x faster than Marigold at 4x2 and 8x2
 NO_SLOWER_TOL = 0.03  # "no slower" at 1x1: Marigold / ours >= 1 - 3% (timing noise allowance)
@@ -97,20 +92,13 @@ def parse_setting(text: str) -> tuple[int, int]:
     return int(e), int(k)
 
 
-def load_avg() -> str:
-    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
 # ------------------------------------------------------------------------------------------------ models
 def build(model: str, tmp: Path, resolution: int, backbone_dir: Path | None = None):
     """-> (digseg pipeline, Marigold pipeline sharing its modules). `backbone_dir`: the random backbone is saved
     there once and loaded by later runs (several runs in one job build it once)."""
     from diffusers import MarigoldDepthPipeline
 
-    folder = backbone_dir or tmp / model
-    if not (folder / "model_index.json").is_file():
-        (save_tiny_backbone if model == "tiny" else save_sd2_sized_backbone)(folder)
-        _trim()
+    folder = random_backbone(backbone_dir or tmp / model, model)
     pipe = DiGSegPipeline.from_backbone(folder, processing_resolution=resolution)
     marigold = MarigoldDepthPipeline(
         unet=pipe.unet, vae=pipe.vae, scheduler=pipe.scheduler, text_encoder=pipe.text_encoder,
@@ -162,32 +150,19 @@ def timed(fn, *args, device: torch.device = torch.device("cpu")) -> tuple[float,
     """-> (seconds, peak extra MiB, own CPU time / (seconds x torch threads): < 1 when others took the cores).
 
     On CUDA: the device is synchronised around the call, and the peak is GPU memory above what was in use."""
-    proc = psutil.Process(os.getpid())
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
-    with PeakRSS() as mem:
-        c0 = sum(proc.cpu_times()[:2])
-        t0 = time.perf_counter()
+    with CallCost() as cost:
         fn(*args)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        dt = time.perf_counter() - t0
-        cpu = sum(proc.cpu_times()[:2]) - c0
-    peak = mem.extra_mib if device.type != "cuda" else (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    return dt, peak, cpu / (dt * torch.get_num_threads())
+    peak = cost.extra_mib if device.type != "cuda" else (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    return cost.seconds, peak, cost.cpu_share
 
 
 # ------------------------------------------------------------------------------------------------ main
-def fmt(x: float) -> str:
-    if x >= 100:
-        return f"{x:.0f}"
-    if x >= 10:
-        return f"{x:.1f}"
-    return f"{x:.3g}"
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny model at 64 px, 2 rounds")
@@ -228,12 +203,10 @@ def main(argv: list[str] | None = None) -> None:
         cells += [(size, s) for s in settings]
 
     print("# digseg inference benchmark: ours (latent-mean ensemble) vs diffusers MarigoldDepthPipeline")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-          f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, {platform.processor() or platform.machine()}, "
-          f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'no GPU'}, device {device}, "
-          f"model {model} (random weights: speed only), {repeats} timed rounds per cell, {args.batch} image(s) "
-          f"per call{', torch.compile' if args.compile else ''}")
-    print(f"load average (1/5/15 min) at start: {load_avg()}", flush=True)
+    print(f"{machine_summary()}, {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'no GPU'}, "
+          f"device {device}, model {model} (random weights: speed only), {repeats} timed rounds per cell, "
+          f"{args.batch} image(s) per call{', torch.compile' if args.compile else ''}")
+    print(f"load average (1/5/15 min) at start: {load_average()}", flush=True)
     torch.set_grad_enabled(False)
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_inference_") as tmp:
@@ -277,9 +250,9 @@ def main(argv: list[str] | None = None) -> None:
     for dname in dtypes:
         dtype = DTYPES[dname]
         pipe.to(device, dtype)  # the Marigold pipeline shares every module
-        _trim()
+        trim_memory()
         print(f"\n## {dname}: warm-up (one untimed call per pipeline and cell; none for 20x50, whose modules are "
-              f"warm from the other cells); load average {load_avg()}", flush=True)
+              f"warm from the other cells); load average {load_average()}", flush=True)
         for size, (e, k) in cells:
             if (e, k) == (20, 50):
                 continue
@@ -303,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
                         cell.align_s.append(sum(align_log))
                     print(f"  round {r + 1} {dname} {size}px {e}x{k} {name}: {dt:.3f} s, peak +{mib:.0f} MiB, own CPU {cpu:.0%}",
                           flush=True)
-        print(f"load average after {dname}: {load_avg()}", flush=True)
+        print(f"load average after {dname}: {load_average()}", flush=True)
 
     # ------------------------------------------------------------------ report
     lines = [
@@ -323,9 +296,10 @@ def main(argv: list[str] | None = None) -> None:
             b = args.batch  # images per call
             paper = PAPER_FPS_512.get((e, k)) if size == 512 else None
             lines.append(
-                f"| {dname} | {size} | {e}x{k} | {fmt(o.seconds / b)} | {fmt(b / o.seconds)} | {o.peak_mib:.0f} | "
-                f"{fmt(m.seconds / b)} | {fmt(b / m.seconds)} | {m.peak_mib:.0f} | "
-                f"{fmt(align) if e > 1 else '-'} | {ratio:.2f} | {(m.seconds - align) / o.seconds:.2f} | "
+                f"| {dname} | {size} | {e}x{k} | {format_number(o.seconds / b)} | {format_number(b / o.seconds)} | "
+                f"{o.peak_mib:.0f} | "
+                f"{format_number(m.seconds / b)} | {format_number(b / m.seconds)} | {m.peak_mib:.0f} | "
+                f"{format_number(align) if e > 1 else '-'} | {ratio:.2f} | {(m.seconds - align) / o.seconds:.2f} | "
                 f"{paper if paper else '-'} |")
     table = "\n".join(lines)
     print("\n# Results (median over rounds; runs listed below)\n")
@@ -357,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"GOAL (GPU, {dname}, 512px): ours 1x1 >= {GPU_GOAL_FPS:.0f} FPS with batching ({args.batch} "
                       f"images per call) -> {'PASS' if fps >= GPU_GOAL_FPS else 'FAIL'} ({fps:.1f} FPS; "
                       f"paper {PAPER_FPS_512[1, 1]} FPS)")
-    print(f"\nload average at end: {load_avg()} on {os.cpu_count()} CPUs")
+    print(f"\nload average at end: {load_average()} on {os.cpu_count()} CPUs")
     print(f"total wall time {time.perf_counter() - t_all:.0f} s")
     if args.json:
         device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

@@ -12,7 +12,7 @@
 2. Decoder speed: SD's VAE decoder (`decode_latents`) against `LightMaskDecoder.for_vae` (widths 128, 64,
    32, 16), both with random weights (speed only), one latent [1, 4, S/8, S/8] per call, channels-last, at
    each size and dtype: GFLOP (`count_flops`), median seconds over `--repeats` after one warm-up, and the ratio.
-3. `--pipeline`: the SD2-sized DiGSeg pipeline (random weights, `bench_open_vocab.save_sd2_sized_backbone`) at
+3. `--pipeline`: the SD2-sized DiGSeg pipeline (random weights, `common.save_sd2_sized_backbone`) at
    256 px, 1x1 and 4x2, seconds per image with `mask_decoder="vae"` and `"light"`.
 """
 
@@ -27,17 +27,14 @@ from pathlib import Path
 import diffusers
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from digseg import DiGSegPipeline
+from digseg.data.synthetic import SyntheticScenes
+from digseg.evaluation import EStep, evaluate_binary, evaluate_palette
+from digseg.metrics import format_markdown_table
+from digseg.models.digseg_model import decode_latents
+from digseg.models.mask_decoder import LightMaskDecoder, count_flops
 
-from bench_open_vocab import _trim, save_sd2_sized_backbone, sd_vae  # noqa: E402
-from bench_vae_layout import median_time  # noqa: E402
-
-from digseg import DiGSegPipeline  # noqa: E402
-from digseg.data.synthetic import SyntheticScenes  # noqa: E402
-from digseg.evaluation import EStep, evaluate_binary, evaluate_palette  # noqa: E402
-from digseg.metrics import format_markdown_table  # noqa: E402
-from digseg.models.digseg_model import decode_latents  # noqa: E402
-from digseg.models.mask_decoder import LightMaskDecoder, count_flops  # noqa: E402
+from common import median_time, random_backbone, sd_vae
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -94,9 +91,8 @@ def decoder_speed(sizes: list[int], dtypes: list[str], repeats: int) -> None:
 
 def pipeline_speed(dtypes: list[str], repeats: int, size: int = 256) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        save_sd2_sized_backbone(Path(tmp) / "sd2")
-        _trim()
-        pipe = DiGSegPipeline.from_backbone(Path(tmp) / "sd2", processing_resolution=size)
+        backbone = random_backbone(Path(tmp) / "sd2", "sd2")
+        pipe = DiGSegPipeline.from_backbone(backbone, processing_resolution=size)
     pipe.set_mask_decoder(LightMaskDecoder.for_vae(pipe.vae))
     pipe.set_progress_bar_config(disable=True)
     image = torch.rand(3, size, size)

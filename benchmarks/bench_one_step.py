@@ -8,7 +8,7 @@ Palette mIoU (one pass over the 4 classes) and binary mIoU (one query per shape)
 These are a tiny model on synthetic data: they say whether the objective works, not what the paper reports.
 
 Speed (`--speed`): seconds per image of each setting at SD2 size (SD2 U-Net + SD VAE, RANDOM weights, built
-by `bench_open_vocab.save_sd2_sized_backbone`), palette query, fp32 on this machine's CPU by default. Both
+by `common.save_sd2_sized_backbone`), palette query, fp32 on this machine's CPU by default. Both
 models are the same modules; the one-step one only records the objective (`pipe.register_to_config`). One
 untimed warm-up call per setting, then `--repeats` rounds over all settings; median seconds per image.
 
@@ -22,19 +22,17 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_open_vocab import _trim, save_sd2_sized_backbone  # noqa: E402
+from digseg import DiGSegPipeline
+from digseg.data.synthetic import SyntheticScenes
+from digseg.evaluation import EStep, evaluate_binary, evaluate_palette
 
-from digseg import DiGSegPipeline  # noqa: E402
-from digseg.data.synthetic import SyntheticScenes  # noqa: E402
-from digseg.evaluation import EStep, evaluate_binary, evaluate_palette  # noqa: E402
+from common import random_backbone
 
 DIFFUSION_SETTINGS = ("1x1", "4x2", "8x2")
 
@@ -65,10 +63,7 @@ def accuracy(quickstart: Path, one_step: Path, num_scenes: int, eval_seed: int, 
 def speed(size: int, repeats: int, dtype: str, backbone_dir: Path | None) -> list[dict]:
     """Seconds per image of diffusion 1x1/4x2/8x2 and one-step, same SD2-sized random modules."""
     with tempfile.TemporaryDirectory() as tmp:
-        folder = backbone_dir or Path(tmp) / "sd2"
-        if not (folder / "model_index.json").is_file():
-            save_sd2_sized_backbone(folder)
-            _trim()
+        folder = random_backbone(backbone_dir or Path(tmp) / "sd2", "sd2")
         pipe = DiGSegPipeline.from_backbone(folder, class_names=["background", "circle", "square", "triangle"],
                                             processing_resolution=size)
     pipe.to(dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[dtype])

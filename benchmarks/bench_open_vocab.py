@@ -34,75 +34,28 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import os
-import platform
 import statistics
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import psutil
 import torch
 
 from digseg import DiGSegPipeline
 from digseg.data.base import read_class_file
-from digseg.models.tiny import save_tiny_backbone, tiny_scheduler, tiny_tokenizer
+from digseg.models.tiny import save_tiny_backbone
 from digseg.prompts import class_prompts, resolve_templates
+
+from common import CallCost, format_number, load_average, machine_summary, random_backbone, trim_memory
 
 GOAL_RATIO = 10.0
 GOAL_N = 847
 
-try:
-    _LIBC = ctypes.CDLL("libc.so.6")
-except OSError:  # not glibc
-    _LIBC = None
-
-
-def _trim() -> None:
-    gc.collect()
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
 
 # ------------------------------------------------------------------------------------------------ measuring
-class PeakRSS:
-    """Context manager: peak RSS above the RSS at entry, sampled by a background thread."""
-
-    def __init__(self, interval: float = 0.003) -> None:
-        self.interval = interval
-        self.proc = psutil.Process(os.getpid())
-        self.extra_bytes = 0
-
-    def _poll(self) -> None:
-        while not self._stop.is_set():
-            self._peak = max(self._peak, self.proc.memory_info().rss)
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> "PeakRSS":
-        _trim()
-        self.base = self.proc.memory_info().rss
-        self._peak = self.base
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._peak = max(self._peak, self.proc.memory_info().rss)
-        self.extra_bytes = self._peak - self.base
-
-    @property
-    def extra_mib(self) -> float:
-        return self.extra_bytes / 2**20
-
-
 @dataclass
 class Measure:
     times: list[float] = field(default_factory=list)
@@ -123,19 +76,14 @@ class Measure:
 def one_call(pipe: DiGSegPipeline, image: torch.Tensor, names: list[str], top_k: int | None, seed: int,
              into: Measure | None) -> None:
     """One timed call (fresh generator with `seed`, so fast and exact draw the same noise); adds to `into`."""
-    proc = psutil.Process(os.getpid())
     gen = torch.Generator().manual_seed(seed)
-    with PeakRSS() as mem:
-        c0 = sum(proc.cpu_times()[:2])
-        t0 = time.perf_counter()
+    with CallCost() as cost:
         out = pipe(image, classes=names, top_k=top_k, ensemble_size=1, num_inference_steps=1,
                    generator=gen, show_progress_bar=False)
-        dt = time.perf_counter() - t0
-        cpu = sum(proc.cpu_times()[:2]) - c0
     if into is not None:
-        into.times.append(dt)
-        into.cpu.append(cpu / (dt * torch.get_num_threads()))
-        into.peak_mib = max(into.peak_mib, mem.extra_mib)
+        into.times.append(cost.seconds)
+        into.cpu.append(cost.cpu_share)
+        into.peak_mib = max(into.peak_mib, cost.extra_mib)
         into.labels = out.labels[0]
 
 
@@ -173,57 +121,8 @@ def build_tiny(tmp: Path) -> tuple[DiGSegPipeline, int]:
     return DiGSegPipeline.from_backbone(tmp / "tiny"), 64
 
 
-def sd2_unet(in_channels: int = 4):
-    """Stable Diffusion 2's U-Net architecture (865 M parameters with 4 input channels), random weights."""
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(
-        sample_size=96, in_channels=in_channels, out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, attention_head_dim=(5, 10, 20, 20),
-        cross_attention_dim=1024, use_linear_projection=True,
-    ).eval()
-
-
-def sd_vae():
-    """Stable Diffusion's VAE architecture (84 M parameters), random weights."""
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(
-        in_channels=3, out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=768,
-        scaling_factor=0.18215,
-    ).eval()
-
-
-def save_sd2_sized_backbone(path: Path, seed: int = 0) -> Path:
-    """SD2's U-Net + SD's VAE (random weights), a 2-layer 1024-wide CLIP text encoder, tiny tokenizer (77 tokens)."""
-    from diffusers import StableDiffusionPipeline
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    torch.manual_seed(seed)
-    tokenizer = tiny_tokenizer(max_length=77)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=1024, intermediate_size=4096, num_hidden_layers=2,
-        num_attention_heads=16, max_position_embeddings=77, hidden_act="gelu", projection_dim=1024,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )).eval()
-    unet = sd2_unet()
-    vae = sd_vae()
-    pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=tiny_scheduler(),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
-    pipe.save_pretrained(path)
-    return path
-
-
 def build_sd2(tmp: Path) -> tuple[DiGSegPipeline, int]:
-    save_sd2_sized_backbone(tmp / "sd2")
-    _trim()
-    return DiGSegPipeline.from_backbone(tmp / "sd2", processing_resolution=256), 256
+    return DiGSegPipeline.from_backbone(random_backbone(tmp / "sd2", "sd2"), processing_resolution=256), 256
 
 
 MODELS = {
@@ -234,16 +133,6 @@ MODELS = {
 
 
 # ------------------------------------------------------------------------------------------------ report
-def fmt(x: float | None, digits: int = 3) -> str:
-    if x is None:
-        return "n/a"
-    if x >= 100:
-        return f"{x:.0f}"
-    if x >= 10:
-        return f"{x:.1f}"
-    return f"{x:.{digits}g}"
-
-
 def bench_model(key: str, sizes: list[int], exact_sizes: list[int], top_k: int, repeats: int, warmup: int,
                 seed: int, all_names: list[str]) -> dict:
     spec = MODELS[key]
@@ -256,7 +145,7 @@ def bench_model(key: str, sizes: list[int], exact_sizes: list[int], top_k: int, 
               f"VAE {sum(p.numel() for p in pipe.vae.parameters()) / 1e6:.1f} M, "
               f"text encoder {sum(p.numel() for p in pipe.text_encoder.parameters()) / 1e6:.1f} M)", flush=True)
     pipe.set_progress_bar_config(disable=True)
-    print(f"load average (1/5/15 min) before timing: {', '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    print(f"load average (1/5/15 min) before timing: {load_average()}", flush=True)
     image = torch.rand(3, size, size, generator=torch.Generator().manual_seed(seed))
 
     # text: one-time encoding per vocabulary (cold cache), then the per-call gather of cached features (warm cache)
@@ -286,7 +175,7 @@ def bench_model(key: str, sizes: list[int], exact_sizes: list[int], top_k: int, 
             if r == warmup + repeats - 1:
                 print(f"N={n} {mode}{f' (top_k={k})' if mode == 'fast' else ''}: {results[n, mode].describe()}",
                       flush=True)
-    print(f"load average (1/5/15 min) after timing: {', '.join(f'{x:.2f}' for x in os.getloadavg())} "
+    print(f"load average (1/5/15 min) after timing: {load_average()} "
           f"on {os.cpu_count()} CPUs", flush=True)
     fast = {n: results[n, "fast"] for n in sizes}
     exact = {n: results[n, "exact"] for n in sizes if n in exact_sizes}
@@ -306,7 +195,7 @@ def bench_model(key: str, sizes: list[int], exact_sizes: list[int], top_k: int, 
         "",
         f"Per image, text cache warm; fast = top_k={top_k} (top_k = N when N <= {top_k}: nothing pruned, same path as "
         f"exact). {'Median of ' + str(repeats) + ' runs (round-robin over cells)' if repeats > 1 else '1 run'} per cell. "
-        f"Exact per-class cost {fmt(per_class)} s (from N={measured[0]}..{measured[-1]}).",
+        f"Exact per-class cost {format_number(per_class)} s (from N={measured[0]}..{measured[-1]}).",
         "",
         "| N | fast s/image | exact s/image | fast peak MiB | exact peak MiB | fast / one-class | exact / one-class | fast vs exact labels agree |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -315,15 +204,16 @@ def bench_model(key: str, sizes: list[int], exact_sizes: list[int], top_k: int, 
     for n in sizes:
         f = fast[n].seconds
         if n in exact:
-            e, e_txt, e_mem = exact[n].seconds, fmt(exact[n].seconds), fmt(exact[n].peak_mib)
+            e, e_txt, e_mem = exact[n].seconds, format_number(exact[n].seconds), format_number(exact[n].peak_mib)
             agree = f"{float((fast[n].labels == exact[n].labels).mean()):.3f}"
         else:
             e = intercept + n * per_class if per_class is not None else None
-            e_txt, e_mem, agree = f"{fmt(e)} (extrapolated)", "n/a", "n/a"
+            e_txt, e_mem, agree = f"{format_number(e)} (extrapolated)", "n/a", "n/a"
         ratios[n] = f / one if one else None
-        e_ratio = fmt(e / one) + (" (extrapolated)" if n not in exact else "") if (one and e is not None) else "n/a"
-        lines.append(f"| {n} | {fmt(f)} | {e_txt} | {fmt(fast[n].peak_mib)} | {e_mem} | "
-                     f"{fmt(ratios[n])} | {e_ratio} | {agree} |")
+        e_ratio = (format_number(e / one) + (" (extrapolated)" if n not in exact else "")
+                   if (one and e is not None) else "n/a")
+        lines.append(f"| {n} | {format_number(f)} | {e_txt} | {format_number(fast[n].peak_mib)} | {e_mem} | "
+                     f"{format_number(ratios[n])} | {e_ratio} | {agree} |")
     lines += [
         "",
         "Text costs (not in the table above: encoding is one-time per vocabulary and cached; the gather is "
@@ -333,7 +223,7 @@ def bench_model(key: str, sizes: list[int], exact_sizes: list[int], top_k: int, 
         "|---:|---:|---:|---:|",
     ]
     for n in sizes:
-        lines.append(f"| {n} | {text[n][0]} | {fmt(text[n][1])} | {fmt(text[n][2])} |")
+        lines.append(f"| {n} | {text[n][0]} | {format_number(text[n][1])} | {format_number(text[n][2])} |")
     table = "\n".join(lines)
     print("\n" + table + "\n", flush=True)
 
@@ -346,7 +236,7 @@ def bench_model(key: str, sizes: list[int], exact_sizes: list[int], top_k: int, 
         goal = f"GOAL ({key}): {GOAL_N} classes cost at most {GOAL_RATIO:g}x one class -> not checked ({GOAL_N} not in sizes)"
     print(goal, flush=True)
     del pipe
-    _trim()
+    trim_memory()
     return dict(table=table, goal=goal)
 
 
@@ -376,9 +266,7 @@ def main(argv: list[str] | None = None) -> None:
         all_names = all_names + [f"class {i}" for i in range(len(all_names), max(sizes))]
 
     print("# digseg open-vocabulary benchmark")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-          f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, {platform.processor() or platform.machine()}, "
-          f"float32, no_grad, ensemble 1, 1 step, class names = first N of ADE20K-847")
+    print(f"{machine_summary()}, float32, no_grad, ensemble 1, 1 step, class names = first N of ADE20K-847")
     torch.set_grad_enabled(False)
     t_all = time.perf_counter()
     results = {}

@@ -28,26 +28,19 @@ import gc
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_open_vocab import save_sd2_sized_backbone  # noqa: E402
+from digseg import DiGSegPipeline
+from digseg.data.synthetic import SyntheticScenes
+from digseg.training.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
+from digseg.training.run import build_run
+from digseg.training.trainer import Trainer
 
-from digseg import DiGSegPipeline  # noqa: E402
-from digseg.data.synthetic import SyntheticScenes  # noqa: E402
-from digseg.models.tiny import save_tiny_backbone  # noqa: E402
-from digseg.training.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig  # noqa: E402
-from digseg.training.run import build_run  # noqa: E402
-from digseg.training.trainer import Trainer  # noqa: E402
-
-
-class _Done(Exception):
-    pass
+from common import StopSteps, random_backbone
 
 
 class CellClock:
@@ -81,7 +74,7 @@ class CellClock:
             self.peak[cell] = max(self.peak[cell], torch.cuda.max_memory_allocated() / 2**30)
         self.i += 1
         if self.i == len(self.schedule):
-            raise _Done
+            raise StopSteps
         self.start()
 
     def set_postfix(self, **kwargs) -> None:
@@ -114,9 +107,8 @@ def main(argv: list[str] | None = None) -> str:
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
-        backbone = args.backbone_dir or tmp / ("tiny" if args.quick else "sd2")
-        if not (backbone / "model_index.json").is_file():
-            (save_tiny_backbone if args.quick else save_sd2_sized_backbone)(backbone)
+        model = "tiny" if args.quick else "sd2"
+        backbone = random_backbone(args.backbone_dir or tmp / model, model)
         dataset = SyntheticScenes(args.scenes, size=size, seed=0)
         print(f"backbone built in {time.perf_counter() - t0:.0f} s", flush=True)
         for batch in batch_sizes:  # a fresh model and trainer per batch size (the loop's batch is fixed)
@@ -134,7 +126,7 @@ def main(argv: list[str] | None = None) -> str:
             clock.start()
             try:
                 trainer._run_steps(clock)
-            except _Done:
+            except StopSteps:
                 pass
             for ck in (False, True):
                 times[batch, ck], peaks[batch, ck] = clock.times[ck], clock.peak[ck]

@@ -1,7 +1,7 @@
 """Training step speed: latent cache vs encoding on the fly, gradient checkpointing off/on.
 
 Model: ``sd2`` = the Stable Diffusion 2 U-Net (widened to 8 input channels) + SD VAE with RANDOM weights and a
-2-layer 1024-wide CLIP text encoder (``bench_open_vocab.save_sd2_sized_backbone``): speed only. ``--quick``:
+2-layer 1024-wide CLIP text encoder (``common.save_sd2_sized_backbone``): speed only. ``--quick``:
 the tiny test model at 64 px (a smoke run, < 1 min).
 
 Per size S: a small synthetic dataset (``SyntheticScenes(n, size=S)``, its class names), a latent cache built
@@ -42,9 +42,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -53,23 +51,17 @@ from pathlib import Path
 import psutil
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_open_vocab import _trim, save_sd2_sized_backbone  # noqa: E402
+from digseg import DiGSegPipeline
+from digseg.data.synthetic import SyntheticScenes
+from digseg.training.batches import LatentBatcher
+from digseg.training.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
+from digseg.training.latent_cache import build_latent_cache
+from digseg.training.run import build_run
 
-from digseg import DiGSegPipeline  # noqa: E402
-from digseg.data.synthetic import SyntheticScenes  # noqa: E402
-from digseg.models.tiny import save_tiny_backbone  # noqa: E402
-from digseg.training.batches import LatentBatcher  # noqa: E402
-from digseg.training.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig  # noqa: E402
-from digseg.training.latent_cache import build_latent_cache  # noqa: E402
-from digseg.training.run import build_run  # noqa: E402
+from common import StopSteps, load_average, machine_summary, random_backbone, trim_memory
 
 GOAL_RATIO = 1.5
 CELLS = [("on the fly", False), ("latent cache", False), ("on the fly", True), ("latent cache", True)]
-
-
-def load_avg() -> str:
-    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 class RSSSampler:
@@ -102,10 +94,6 @@ class RSSSampler:
         self._thread.join()
 
 
-class _Done(Exception):
-    pass
-
-
 class StepClock:
     """Stands in for the trainer's tqdm bar: times every step, switches cells between steps, stops the loop."""
 
@@ -118,7 +106,7 @@ class StepClock:
 
     def _begin(self) -> None:
         self.set_cell(self.schedule[self.i])  # not timed
-        _trim()
+        trim_memory()
         self.rss0 = self.sampler.take()
         self.t0 = time.perf_counter()
 
@@ -130,7 +118,7 @@ class StepClock:
         self.records.append((self.schedule[self.i], dt, self.sampler.take(), self.rss0))
         self.i += 1
         if self.i == len(self.schedule):
-            raise _Done
+            raise StopSteps
         self._begin()
 
     def set_postfix(self, **kwargs) -> None:
@@ -158,7 +146,7 @@ def bench_size(pipe: DiGSegPipeline, size: int, tmp: Path, scenes: int, repeats:
         optim=OptimConfig(max_steps=10**6, batch_size=1, mixed_precision="no", lr_warmup_steps=0),
         run=RunConfig(output_dir=str(tmp / f"run{size}"), checkpoint_every=10**9, log_every=10**9, seed=seed),
     )
-    _trim()
+    trim_memory()
     sampler = RSSSampler()
     base_rss = sampler.take()  # loaded model, before the trainer exists
     trainer = build_run(config, pipe=pipe, dataset=dataset, show_progress=False)
@@ -195,16 +183,16 @@ def bench_size(pipe: DiGSegPipeline, size: int, tmp: Path, scenes: int, repeats:
     clock = StepClock(schedule, set_cell, sampler)
     output = Path(config.run.output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    print(f"load average before the steps: {load_avg()}", flush=True)
+    print(f"load average before the steps: {load_average()}", flush=True)
     t0 = time.perf_counter()
     clock.start()
     try:
         trainer._run_steps(clock)
-    except _Done:
+    except StopSteps:
         pass
     total = time.perf_counter() - t0
     sampler.close()
-    print(f"{len(schedule)} steps in {total:.0f} s; load average after: {load_avg()}", flush=True)
+    print(f"{len(schedule)} steps in {total:.0f} s; load average after: {load_average()}", flush=True)
     unet.disable_gradient_checkpointing()
     saved = sorted(p.name for p in output.rglob("*") if p.is_file())
     assert not any("checkpoint" in s for s in saved), f"a checkpoint was written: {saved}"
@@ -248,7 +236,7 @@ def bench_size(pipe: DiGSegPipeline, size: int, tmp: Path, scenes: int, repeats:
             f"latent cache {ck_cost['latent cache']:.2f}x; latent cache one-time build {build_s:.1f} s for {scenes} scenes")
     print("\n" + table + "\n\n" + note + "\n" + "\n".join(goals), flush=True)
     del trainer, cached_batcher, fly_batcher
-    _trim()
+    trim_memory()
     return dict(table=table, goals=goals, note=note)
 
 
@@ -271,20 +259,14 @@ def main(argv: list[str] | None = None) -> None:
     repeats = args.repeats or (2 if args.quick else 3)
     model = "tiny" if args.quick else "sd2"
     print("# digseg training-step benchmark: latent cache vs on-the-fly VAE encoding, gradient checkpointing")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-          f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, {platform.processor() or platform.machine()}, no GPU, "
-          f"model {model} (random weights: speed only), fp32, batch size 1, AdamW")
-    print(f"load average (1/5/15 min) at start: {load_avg()}", flush=True)
+    print(f"{machine_summary()}, no GPU, model {model} (random weights: speed only), fp32, batch size 1, AdamW")
+    print(f"load average (1/5/15 min) at start: {load_average()}", flush=True)
     t_all = time.perf_counter()
     results = []
     with tempfile.TemporaryDirectory(prefix="bench_training_") as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
-        if model == "tiny":
-            backbone = save_tiny_backbone(tmp / "tiny")
-        else:
-            backbone = save_sd2_sized_backbone(tmp / "sd2")
-            _trim()
+        backbone = random_backbone(tmp / model, model)
         pipe = DiGSegPipeline.from_backbone(backbone, processing_resolution=sizes[0])
         print(f"built + saved + loaded in {time.perf_counter() - t0:.1f} s (U-Net "
               f"{sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.1f} M params)", flush=True)
@@ -295,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
         print(res["table"] + "\n\n" + res["note"] + "\n")
     for res in results:
         print("\n".join(res["goals"]))
-    print(f"\nload average at end: {load_avg()} on {os.cpu_count()} CPUs")
+    print(f"\nload average at end: {load_average()} on {os.cpu_count()} CPUs")
     print(f"total wall time {time.perf_counter() - t_all:.0f} s")
 
 

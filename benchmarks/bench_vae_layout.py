@@ -8,24 +8,10 @@ Why digseg's `encode_latents` / `decode_latents` pass channels-last tensors to t
 from __future__ import annotations
 
 import argparse
-import sys
-import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_open_vocab import sd2_unet, sd_vae  # noqa: E402
-
-
-def median_time(fn, repeats: int = 3) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[repeats // 2]
+from common import median_time, sd2_unet, sd_vae
 
 
 def main() -> None:

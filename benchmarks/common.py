@@ -1,0 +1,193 @@
+"""Helpers shared by the scripts in benchmarks/: memory trimming and peak RSS, call timing and CPU share, machine
+and load reports, and the Stable-Diffusion-sized random backbone.
+
+The scripts run as `python benchmarks/X.py`, so this folder is on `sys.path` and they import `from common import
+...`. Every helper here is used by more than one benchmark; one benchmark's own helpers stay in its script.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import os
+import platform
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import torch
+
+from digseg.models.tiny import save_tiny_backbone, tiny_scheduler, tiny_tokenizer
+
+try:
+    _LIBC = ctypes.CDLL("libc.so.6")
+except OSError:  # not glibc
+    _LIBC = None
+
+
+# ------------------------------------------------------------------------------------------------ memory
+def trim_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc `malloc_trim`), so the next RSS reading
+    is the memory in use rather than what the allocator kept."""
+    gc.collect()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+class PeakRSS:
+    """Context manager: peak RSS above the RSS at entry, sampled by a background thread.
+
+    On entry memory is trimmed (`trim_memory`) and the RSS read; a thread then samples the RSS every `interval`
+    seconds until exit. `extra_bytes` / `extra_mib`: the largest sample minus the RSS at entry, i.e. the extra
+    memory the code inside the block needed on top of what was already loaded.
+    """
+
+    def __init__(self, interval: float = 0.003) -> None:
+        self.interval = interval
+        self.proc = psutil.Process(os.getpid())
+        self.extra_bytes = 0
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self._peak = max(self._peak, self.proc.memory_info().rss)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "PeakRSS":
+        trim_memory()
+        self.base = self.proc.memory_info().rss
+        self._peak = self.base
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._peak = max(self._peak, self.proc.memory_info().rss)
+        self.extra_bytes = self._peak - self.base
+
+    @property
+    def extra_mib(self) -> float:
+        return self.extra_bytes / 2**20
+
+
+# ------------------------------------------------------------------------------------------------ timing
+class CallCost(PeakRSS):
+    """Context manager around one call: its wall time, own CPU share and peak extra RSS (`PeakRSS`).
+
+    `seconds`: wall time from just after the RSS baseline to the end of the block (on a GPU, synchronise the
+    device inside the block). `cpu_share`: this process's user + system CPU time over the block divided by
+    (`seconds` x torch intra-op threads); well below 1 means other processes took the cores during the call.
+    """
+
+    def __enter__(self) -> "CallCost":
+        super().__enter__()
+        self._cpu0 = sum(self.proc.cpu_times()[:2])
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self._t0
+        cpu = sum(self.proc.cpu_times()[:2]) - self._cpu0
+        super().__exit__(*exc)
+        self.cpu_share = cpu / (self.seconds * torch.get_num_threads())
+
+
+def median_time(fn, repeats: int = 3) -> float:
+    """Median wall seconds of `fn()` over `repeats` calls, after one untimed warm-up call."""
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[repeats // 2]
+
+
+# ------------------------------------------------------------------------------------------------ reports
+def load_average(separator: str = ", ") -> str:
+    """The 1, 5 and 15 minute load averages of the machine, two decimals each, joined by `separator`."""
+    return separator.join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def machine_summary() -> str:
+    """One line on what a figure was measured with: torch version and threads, CPUs, RAM, processor."""
+    return (f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+            f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, {platform.processor() or platform.machine()}")
+
+
+def format_number(x: float | None, digits: int = 3) -> str:
+    """A figure for a table: no decimals from 100 up, one from 10, else `digits` significant digits; "n/a" for None."""
+    if x is None:
+        return "n/a"
+    if x >= 100:
+        return f"{x:.0f}"
+    if x >= 10:
+        return f"{x:.1f}"
+    return f"{x:.{digits}g}"
+
+
+# ------------------------------------------------------------------------------------------------ models
+def sd2_unet(in_channels: int = 4):
+    """Stable Diffusion 2's U-Net architecture (865 M parameters with 4 input channels), random weights."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=96, in_channels=in_channels, out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, attention_head_dim=(5, 10, 20, 20),
+        cross_attention_dim=1024, use_linear_projection=True,
+    ).eval()
+
+
+def sd_vae():
+    """Stable Diffusion's VAE architecture (84 M parameters), random weights."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=768,
+        scaling_factor=0.18215,
+    ).eval()
+
+
+def save_sd2_sized_backbone(path: Path, seed: int = 0) -> Path:
+    """SD2's U-Net + SD's VAE (random weights), a 2-layer 1024-wide CLIP text encoder, tiny tokenizer (77 tokens)."""
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer(max_length=77)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=1024, intermediate_size=4096, num_hidden_layers=2,
+        num_attention_heads=16, max_position_embeddings=77, hidden_act="gelu", projection_dim=1024,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )).eval()
+    unet = sd2_unet()
+    vae = sd_vae()
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=tiny_scheduler(),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(path)
+    return path
+
+
+def random_backbone(folder: Path, model: str) -> Path:
+    """The random Stable Diffusion backbone `model` ("tiny": `digseg.models.tiny`, "sd2": `save_sd2_sized_backbone`)
+    in `folder`: saved there (then memory trimmed) unless a model_index.json is there already, so several runs
+    of one job can share one folder and build it once. Returns `folder`."""
+    if not (folder / "model_index.json").is_file():
+        (save_tiny_backbone if model == "tiny" else save_sd2_sized_backbone)(folder)
+        trim_memory()
+    return folder
+
+
+# ------------------------------------------------------------------------------------------------ training
+class StopSteps(Exception):
+    """Raised by a benchmark's stand-in for the trainer's progress bar to end `Trainer._run_steps` after the
+    last timed step (no checkpoint, no final save)."""
