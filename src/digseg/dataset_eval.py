@@ -35,6 +35,7 @@ from .distributed import gather_objects, is_main_process, shard, sum_tensor, wai
 from .errors import DataError, DigsegError
 from .metrics import SegmentationMetric, binary_scores, per_image_dice_iou
 from .pipeline import DiGSegOutput
+from .prompts import is_background
 from .protocols import TestProtocol, protocol_for
 from .seeding import seeded_generator
 
@@ -128,7 +129,7 @@ def _query_kwargs(pipe, dataset: SegmentationDataset) -> dict:
     names = list(dataset.class_names)
     if pipe.config.class_names and list(pipe.config.class_names) == names:
         return {}
-    if len(names) == 2 and names[0].lower() == "background":
+    if len(names) == 2 and is_background(names[0]):
         return {"prompt": names[1]}
     return {"classes": names}
 

@@ -1,6 +1,6 @@
 """Evaluating a pipeline on a labelled dataset, in binary-prompt and palette modes, with throughput.
 
-- binary: every image is queried once per class (classes named "background" excepted) with that class's
+- binary: every image is queried once per class (the background class, `is_background`, excepted) with that class's
   prompt; the target is label == class. One dataset-level 2-class confusion matrix (background,
   foreground) over all queries -> mIoU (mean of the two IoUs) and the foreground IoU.
 - palette: one pass per image over the model's own classes -> K-class mIoU.
@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from .metrics import SegmentationMetric
 from .pipeline import DiGSegPipeline
+from .prompts import is_background
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ def evaluate_binary(pipe: DiGSegPipeline, dataset: Dataset, setting: EStep, seed
     metric = SegmentationMetric(2, ignore_index=ignore)
     queried, seconds = 0, 0.0
     for c, name in enumerate(names):
-        if name.strip().lower() == "background":
+        if is_background(name):
             continue
         start = time.perf_counter()
         out = pipe(images, prompt=name, ensemble_size=setting.ensemble_size, num_inference_steps=setting.steps,

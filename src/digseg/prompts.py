@@ -31,6 +31,14 @@ ENSEMBLE_TEMPLATES = (
     "a {} in the scene.",
 )
 TEMPLATE_SETS = {"single": SINGLE_TEMPLATE, "photo": PHOTO_TEMPLATE, "ensemble": ENSEMBLE_TEMPLATES}
+BACKGROUND = "background"  # the class a binary prompt's "not the prompt" pixels get, and never queried on its own
+
+
+def is_background(name: str) -> bool:
+    """Whether class `name` is the background: "background" in any case, surrounding blanks ignored
+    (" Background " yes; "background, void" and "backgrounds" no). Binary evaluation and training never query it
+    on its own; overlays leave it untinted; a 2-class dataset starting with it is asked one binary prompt."""
+    return name.strip().lower() == BACKGROUND
 
 
 def synonyms(name: str) -> list[str]:
@@ -83,7 +91,7 @@ def resolve_queries(num_images: int, prompt, classes, templates, default_templat
                 raise DigsegError(f"empty prompt {p!r}: give a class name or a phrase")
         unique = list(dict.fromkeys(p.strip() for p in prompts))
         table = [[t.format(p) for t in resolve_templates(templates, default_template)] for p in unique]
-        names = ["background", prompts[0]] if len(unique) == 1 else ["background", "foreground"]
+        names = [BACKGROUND, prompts[0]] if len(unique) == 1 else [BACKGROUND, "foreground"]
         return "binary", table, [[unique.index(p.strip())] for p in prompts], names
     own = list(own_classes or [])
     if classes is None or (own and list(classes) == own):
