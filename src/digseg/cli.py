@@ -141,10 +141,10 @@ def cmd_train_mask_decoder(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------------------------- predict
 def cmd_predict(args: argparse.Namespace) -> int:
     """Checks the flags, the selection and the model before any work; the run itself is `predict.run_predict`."""
+    from .data.io import read_class_list
     from .inputs import select_images
     from .pipeline import DiGSegPipeline
     from .predict import run_predict
-    from .prompts import read_classes_file
     from .protocols import TestProtocol, protocol_from_args
 
     if args.prompt is not None and args.classes is not None:
@@ -153,7 +153,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if classes is not None and not all(classes):
         raise ConfigError(f"--classes has an empty class name: {args.classes!r}")
     if args.classes_file is not None:
-        classes = read_classes_file(args.classes_file)
+        classes = read_class_list(args.classes_file)
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     paths = select_images(args.image, args.image_list)  # files, folders, patterns, a list file; nothing decoded yet
@@ -358,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--prompt", help="binary: segment what this text describes")
     group.add_argument("--classes", help="comma-separated class names (default: the model's own classes)")
-    group.add_argument("--classes-file", help="a text file with one class name per line ('wall, walls': synonyms)")
+    group.add_argument("--classes-file", help="a text file with one class name per line ('wall, walls': synonyms; '#' comments)")
     p.add_argument("--templates", help="prompt templates: single | photo | ensemble, or one template with {}")
     p.add_argument("--top-k", type=int, default=None,
                    help="open vocabulary: rank all classes in one pass, then run exact queries for the top k only")

@@ -1,4 +1,4 @@
-"""Prompts for class names: templates, template ensembles, synonyms and class files.
+"""Prompts for class names: templates, template ensembles, synonyms and the background class.
 
 A class name may list synonyms separated by commas ("wall, walls", "building, edifice"), as the ADE20K and
 PASCAL-Context lists do. A class is conditioned on the average (per U-Net level) of the projected text
@@ -7,11 +7,9 @@ features of every template x synonym combination: one cached encoding per distin
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
-from .data.io import read_list_file
-from .errors import DataError, DigsegError
+from .errors import DigsegError
 
 SINGLE_TEMPLATE = ("{}",)
 PHOTO_TEMPLATE = ("a photo of a {}.",)
@@ -104,8 +102,3 @@ def resolve_queries(num_images: int, prompt, classes, templates, default_templat
     chosen = resolve_templates(templates, default_template)
     table = [class_prompts(c, chosen) for c in classes]  # DigsegError for an empty name
     return "per_class", table, [list(range(len(classes)))] * num_images, classes
-
-
-def read_classes_file(path: str | Path) -> list[str]:
-    """One class name per line (blank lines and lines starting with '#' skipped); any length."""
-    return read_list_file(path, "class", DataError)

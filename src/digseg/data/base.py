@@ -32,7 +32,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError
-from .io import load_image, load_label
+from .io import load_image, load_label, read_class_list
 
 METRIC_KINDS = ("semantic", "open_vocab", "road", "medical")
 
@@ -45,9 +45,9 @@ class Sample:
 
 
 def read_class_file(filename: str) -> list[str]:
-    """Class names shipped in `digseg/data/classes/<filename>`, one per line (line index = class id)."""
-    text = resources.files("digseg.data").joinpath("classes", filename).read_text(encoding="utf-8")
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    """Class names shipped in `digseg/data/classes/<filename>`, read by the class-file rule (`read_class_list`)."""
+    with resources.as_file(resources.files("digseg.data").joinpath("classes", filename)) as path:
+        return read_class_list(path)
 
 
 class SegmentationDataset(Dataset):

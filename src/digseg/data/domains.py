@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DataError
 from .base import Sample, SegmentationDataset, register_dataset
-from .folder import read_class_names
+from .io import read_class_list
 from .layout import list_files, make_lut, pair_by_image, read_first_channel, remap, require_dir
 
 CITYSCAPES_CLASSES = ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
@@ -149,7 +150,8 @@ class PhenoBench(SegmentationDataset):
 @register_dataset
 class FolderPairs(SegmentationDataset):
     """A user's own data: root/images/<stem>.*, root/masks/<stem>.png (value = class id, 255 ignore) and
-    root/classes.txt (one name per line). Every split is the whole folder; `class_names` is per instance."""
+    root/classes.txt (a class file, `read_class_list`; at most 255 classes, as 255 marks ignored pixels). Every split
+    is the whole folder; `class_names` is per instance."""
 
     name = "folder"
     metric = "semantic"
@@ -159,7 +161,11 @@ class FolderPairs(SegmentationDataset):
         return "expected images/<stem>.*, masks/<stem>.png and classes.txt (one class name per line)"
 
     def find_samples(self) -> list[Sample]:
-        self.class_names = read_class_names(self.root / "classes.txt")  # instance attribute, set before use
+        classes = self.root / "classes.txt"
+        self.class_names = read_class_list(classes)  # instance attribute, set before use
+        if len(self.class_names) > self.ignore_index:
+            raise DataError(f"class list {classes} lists {len(self.class_names)} classes; at most {self.ignore_index} "
+                            f"are supported because mask value {self.ignore_index} means 'ignore'")
         images = list_files(self, self.root / "images")
         masks = self.root / "masks"
         return pair_by_image(self, images, lambda stem, _: [masks / f"{stem}.png"])
