@@ -87,7 +87,8 @@ def _write(tmp_path: Path, data: str | bytes, name: str = "classes.txt") -> Path
 
 
 def test_one_class_per_line_in_order_stripped(tmp_path):
-    assert read_class_list(_write(tmp_path, "background\r\n  cat \n\tdog\t\nbird")) == ["background", "cat", "dog", "bird"]
+    names = read_class_list(_write(tmp_path, "background\r\n  cat \n\tdog\t\nbird"))  # CRLF, no final newline
+    assert names == ["background", "cat", "dog", "bird"]
 
 
 def test_blank_lines_are_skipped_and_do_not_take_an_id(tmp_path):

@@ -14,10 +14,12 @@ from digseg.data.io import list_images, load_image, load_label
 from digseg.data.synthetic import (
     SYNTHETIC_CLASSES,
     SyntheticScenes,
+    image_to_tensor,
     make_scene,
     save_scenes_as_folder,
 )
 from digseg.errors import DataError, DigsegError
+from digseg.image_processing import to_image_list
 
 
 # ----------------------------------------------------------------------------- synthetic scenes
@@ -95,6 +97,35 @@ def test_synthetic_dataset_items() -> None:
         ds[5]
     with pytest.raises(DataError):
         SyntheticScenes(-1)
+
+
+# ----------------------------------------------------------------------------- image -> tensor
+def test_one_image_to_tensor_conversion(tmp_path: Path) -> None:
+    """A uint8 image reaches the model as float32 [3, H, W] = value / 127.5 - 1, bit for bit, by every door:
+    `image_to_tensor` (synthetic scenes, augmentation), dataset items, and the pipeline's PIL, path and array inputs."""
+    array = np.random.default_rng(0).integers(0, 256, (23, 37, 3), dtype=np.uint8)
+    array.reshape(-1)[:256] = np.arange(256)  # every value
+    expected = torch.from_numpy(array.astype(np.float32) / np.float32(127.5) - np.float32(1.0)).permute(2, 0, 1)
+    tensor = image_to_tensor(array)
+    assert tensor.dtype == torch.float32 and tensor.is_contiguous() and torch.equal(tensor, expected)
+    assert tensor.min() == -1.0 and tensor.max() == 1.0
+    image = Image.fromarray(array)
+    image.save(tmp_path / "x.png")
+    alpha = np.concatenate([array, np.full(array.shape[:2] + (1,), 7, np.uint8)], axis=2)
+    for given in (image, image.convert("RGBA"), tmp_path / "x.png", str(tmp_path / "x.png"), array, alpha):
+        out = to_image_list(given)[0]
+        assert out.dtype == torch.float32 and out.is_contiguous() and torch.equal(out, expected), type(given)
+    grey = array[..., 0]
+    assert torch.equal(to_image_list(grey)[0], to_image_list(Image.fromarray(grey))[0])
+    assert torch.equal(to_image_list(grey)[0][2], expected[0])
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    image.save(tmp_path / "images" / "x.png")
+    Image.fromarray(np.zeros((23, 37), np.uint8)).save(tmp_path / "masks" / "x.png")
+    (tmp_path / "classes.txt").write_text("background\nthing\n")
+    assert torch.equal(FolderPairs(tmp_path)[0]["image"], expected)  # SegmentationDataset.__getitem__
+    scenes = SyntheticScenes(2, size=16, seed=1)
+    assert torch.equal(scenes[1]["image"], image_to_tensor(scenes.scene(1)[0]))
 
 
 # ----------------------------------------------------------------------------- folder round trip

@@ -33,6 +33,7 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError
 from .io import load_image, load_label, read_class_list
+from .synthetic import image_to_tensor
 
 METRIC_KINDS = ("semantic", "open_vocab", "road", "medical")
 
@@ -122,8 +123,8 @@ class SegmentationDataset(Dataset):
         if self.size:
             image = image.resize((self.size, self.size), Image.BILINEAR)
             label = np.asarray(Image.fromarray(label.astype(np.int32)).resize((self.size, self.size), Image.NEAREST))
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1).contiguous()
-        return {"image": pixels, "label": torch.from_numpy(label.astype(np.int64)), "stem": self.samples[i].stem}
+        return {"image": image_to_tensor(image),  # [3, H, W] float32 in [-1, 1]
+                "label": torch.from_numpy(label.astype(np.int64)), "stem": self.samples[i].stem}
 
 
 DATASETS: dict[str, type[SegmentationDataset]] = {}
