@@ -181,8 +181,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> None:
+    from .data.base import MetricKind
     from .data.registry import get_dataset_class
-    from .dataset_eval import default_protocol, predict_dataset, score_predictions, search_threshold
+    from .dataset_eval import SUMMARY_COLUMNS, default_protocol, predict_dataset, score_predictions, search_threshold
     from .distributed import is_main_process
     from .metrics import format_markdown_table
 
@@ -224,11 +225,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
         return
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(metrics, indent=2))
-    columns = {"semantic": ["mIoU", "aAcc", "mAcc", "mDice"], "open_vocab": ["mIoU", "aAcc", "mAcc"],
-               "road": ["IoU", "precision", "recall", "F1"], "medical": ["Dice", "IoU"]}[metrics["metric"]]
-    row = {"dataset": f"{dataset.name} ({dataset.split})", **{c: metrics[c] for c in columns}, "images": metrics["num_images"]}
+    kind = MetricKind(metrics["metric"])
+    row = {"dataset": f"{dataset.name} ({dataset.split})", **{c: metrics[c] for c in SUMMARY_COLUMNS[kind]},
+           "images": metrics["num_images"]}
     print(format_markdown_table([row], list(row)))
-    if metrics["metric"] == "medical":
+    if kind is MetricKind.MEDICAL:
         for name, values in metrics["per_target"].items():
             print(f"  {name}: Dice {values['Dice']:.2f}  IoU {values['IoU']:.2f}")
     skipped = metrics["skipped"] + len(info.get("prediction_skipped", []))

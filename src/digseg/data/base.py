@@ -6,7 +6,7 @@ A reader subclasses `SegmentationDataset`, sets its class attributes and impleme
     @register_dataset
     class ADE20K150(SegmentationDataset):
         name = "ade20k-150"
-        metric = "semantic"
+        metric = MetricKind.SEMANTIC
         class_names = read_class_file("ade20k_150.txt")
         splits = {"train": "training", "val": "validation"}
         def find_samples(self): ...            # -> list[Sample]
@@ -22,6 +22,7 @@ which augments it (`digseg.training.samples`). Items, `dataset[i]`, are {"image"
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from importlib import resources
 from pathlib import Path
 from typing import ClassVar
@@ -35,7 +36,19 @@ from ..errors import ConfigError, DataError
 from .io import load_image, load_label, read_class_list
 from .synthetic import image_to_tensor
 
-METRIC_KINDS = ("semantic", "open_vocab", "road", "medical")
+
+
+class MetricKind(str, Enum):
+    """How `digseg eval` scores a dataset (its `metric`; details in `digseg.dataset_eval`). A str, so a reader may
+    also write the value ("semantic"); `register_dataset` turns it into the member."""
+
+    SEMANTIC = "semantic"  # one confusion matrix; mIoU over classes whose union > 0 (mmsegmentation)
+    OPEN_VOCAB = "open_vocab"  # the same matrix; means over classes present in the ground truth (CAT-Seg)
+    ROAD = "road"  # IoU, precision, recall, F1 of class 1
+    MEDICAL = "medical"  # per-image foreground Dice and IoU of each target, averaged over images
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True)
@@ -53,7 +66,7 @@ def read_class_file(filename: str) -> list[str]:
 
 class SegmentationDataset(Dataset):
     name: ClassVar[str] = ""
-    metric: ClassVar[str] = "semantic"  # semantic | open_vocab | road | medical: how `digseg eval` scores it
+    metric: ClassVar[MetricKind] = MetricKind.SEMANTIC  # how `digseg eval` scores it
     class_names: ClassVar[list[str]] = []
     ignore_index: ClassVar[int] = 255
     splits: ClassVar[dict[str, str]] = {"train": "train", "val": "val"}  # our split name -> the layout's
@@ -133,7 +146,10 @@ DATASETS: dict[str, type[SegmentationDataset]] = {}
 def register_dataset(cls: type[SegmentationDataset]) -> type[SegmentationDataset]:
     if not cls.name or cls.name in DATASETS:
         raise ValueError(f"dataset name {cls.name!r} is empty or registered twice")
-    if cls.metric not in METRIC_KINDS:
-        raise ValueError(f"{cls.name}: metric must be one of {METRIC_KINDS}")
+    try:
+        cls.metric = MetricKind(cls.metric)
+    except ValueError:
+        raise ValueError(f"{cls.name}: metric must be one of {', '.join(k.value for k in MetricKind)}, "
+                         f"got {cls.metric!r}") from None
     DATASETS[cls.name] = cls
     return cls
