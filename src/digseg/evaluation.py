@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from .metrics import SegmentationMetric
 from .pipeline import DiGSegPipeline
-from .prompts import is_background
+from .prompts import BACKGROUND, FOREGROUND, is_background
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def evaluate_binary(pipe: DiGSegPipeline, dataset: Dataset, setting: EStep, seed
     images, labels = _load(dataset, limit)
     names = dataset.class_names
     ignore = getattr(dataset, "ignore_index", 255)
-    metric = SegmentationMetric(2, ignore_index=ignore)
+    metric = SegmentationMetric(2, ignore_index=ignore, class_names=[BACKGROUND, FOREGROUND])  # targets: 1 = the class
     queried, seconds = 0, 0.0
     for c, name in enumerate(names):
         if is_background(name):
@@ -65,7 +65,7 @@ def evaluate_binary(pipe: DiGSegPipeline, dataset: Dataset, setting: EStep, seed
             target[label == ignore] = ignore
             metric.update(torch.as_tensor(pred), target)
     result = metric.compute()
-    return {"mIoU": result["mIoU"], "IoU_foreground": result["per_class"]["1"] or 0.0,
+    return {"mIoU": result["mIoU"], "IoU_foreground": result["per_class"][FOREGROUND] or 0.0,
             "images_per_s": queried / seconds, "queries": queried}
 
 

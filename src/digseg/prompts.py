@@ -30,6 +30,7 @@ ENSEMBLE_TEMPLATES = (
 )
 TEMPLATE_SETS = {"single": SINGLE_TEMPLATE, "photo": PHOTO_TEMPLATE, "ensemble": ENSEMBLE_TEMPLATES}
 BACKGROUND = "background"  # the class a binary prompt's "not the prompt" pixels get, and never queried on its own
+FOREGROUND = "foreground"  # a binary query's class 1 when the prompts differ between images
 
 
 def is_background(name: str) -> bool:
@@ -89,7 +90,7 @@ def resolve_queries(num_images: int, prompt, classes, templates, default_templat
                 raise DigsegError(f"empty prompt {p!r}: give a class name or a phrase")
         unique = list(dict.fromkeys(p.strip() for p in prompts))
         table = [[t.format(p) for t in resolve_templates(templates, default_template)] for p in unique]
-        names = [BACKGROUND, prompts[0]] if len(unique) == 1 else [BACKGROUND, "foreground"]
+        names = [BACKGROUND, prompts[0]] if len(unique) == 1 else [BACKGROUND, FOREGROUND]
         return "binary", table, [[unique.index(p.strip())] for p in prompts], names
     own = list(own_classes or [])
     if classes is None or (own and list(classes) == own):
