@@ -13,7 +13,7 @@ Memory is one K x K matrix (or one running sum per target) whatever the dataset 
 read (corrupt image, missing or malformed label, missing prediction, size mismatch) is reported and skipped.
 
 Under `accelerate launch` / `torchrun` with N processes, each process predicts and scores every N-th sample
-(`digseg.distributed.shard`); confusion matrices are summed and per-image scores gathered in sample order, so
+(`digseg.distributed.shard`); confusion matrices are merged and per-image scores gathered in sample order, so
 the metrics equal a single process's exactly. Each image's noise is seeded by (seed, sample index).
 """
 
@@ -85,7 +85,7 @@ def score_predictions(dataset: SegmentationDataset, predictions: str | Path, pre
     if not pred_dir.is_dir():
         raise DigsegError(f"predictions folder not found: {pred_dir}")
     kind = MetricKind(dataset.metric)
-    confusion = SegmentationMetric(dataset.num_classes, dataset.ignore_index, list(dataset.class_names))
+    this_process = SegmentationMetric(dataset.num_classes, dataset.ignore_index, list(dataset.class_names))
     targets = medical_targets(dataset) if kind is MetricKind.MEDICAL else {}
     per_image = {name: [] for name in targets}  # name -> [(sample index, (dice, iou))]
     skipped: list[tuple[int, str]] = []
@@ -97,13 +97,14 @@ def score_predictions(dataset: SegmentationDataset, predictions: str | Path, pre
             skipped.append((index, str(exc)))
             logger.warning("skipped: %s", exc)
             continue
-        confusion.update(pred, label)
+        this_process.update(pred, label)
         for name, ids in targets.items():
             valid = label != dataset.ignore_index
             per_image[name].append((index, per_image_dice_iou(np.isin(pred, ids) & valid, np.isin(label, ids) & valid)))
-    # all processes: sum the matrices, gather per-image scores and problems back into sample order
-    confusion.confusion = sum_tensor(confusion.confusion)
-    confusion.invalid_pred = sum_tensor(confusion.invalid_pred)
+    # all processes: merge the matrices, gather per-image scores and problems back into sample order
+    confusion = SegmentationMetric(dataset.num_classes, dataset.ignore_index, list(dataset.class_names))
+    for part in gather_objects([this_process]):
+        confusion.merge(part)
     per_image = {name: [v for _, v in sorted(gather_objects(scores))] for name, scores in per_image.items()}
     skipped = [message for _, message in sorted(gather_objects(skipped))]
     if len(skipped) == len(dataset.samples):
