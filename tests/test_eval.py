@@ -108,6 +108,28 @@ def test_metric_kinds_are_one_fact():
         DATASETS.pop("toy-registered", None)
 
 
+@pytest.mark.parametrize("kind, columns, extra", [
+    ("road", ["IoU", "precision", "recall", "F1"], None),
+    ("medical", ["Dice", "IoU"], "  nucleus: Dice 100.00  IoU 100.00"),
+])
+def test_cli_eval_prints_the_columns_of_the_kind(tmp_path, capsys, kind, columns, extra):
+    label = np.array([[0, 1], [1, 1]])
+    _write(tmp_path, {"a": label}, {"a": label})
+    name = f"toy-{kind}"
+    register_dataset(type(f"Toy_{kind}", (Toy,), {"name": name, "metric": kind, "class_names": ["background", "nucleus"]}))
+    try:
+        assert main(["eval", "--dataset", name, "--data-root", str(tmp_path), "--split", "val", "--predictions",
+                     str(tmp_path / "preds"), "--output", str(tmp_path / "m.json")]) == 0
+    finally:
+        DATASETS.pop(name)
+    printed = capsys.readouterr().out
+    header = printed.splitlines()[0]
+    assert [c.strip() for c in header.strip("|").split("|")] == ["dataset", *columns, "images"]
+    assert json.loads((tmp_path / "m.json").read_text())["metric"] == kind
+    if extra:
+        assert extra in printed
+
+
 def test_binary_evaluation_reports_the_foreground_iou():
     class Pipe:
         def __call__(self, images, prompt=None, **_):
