@@ -1,4 +1,4 @@
-"""Tests for digseg.data: image/label IO, synthetic scenes, folder-of-pairs datasets."""
+"""Tests for digseg.data: image/label IO, synthetic scenes, a folder of pairs read by `FolderPairs`."""
 
 from __future__ import annotations
 
@@ -9,15 +9,17 @@ import pytest
 import torch
 from PIL import Image
 
-from digseg.data.folder import FolderDataset
+from digseg.data.domains import FolderPairs
 from digseg.data.io import list_images, load_image, load_label
 from digseg.data.synthetic import (
     SYNTHETIC_CLASSES,
     SyntheticScenes,
+    image_to_tensor,
     make_scene,
     save_scenes_as_folder,
 )
 from digseg.errors import DataError, DigsegError
+from digseg.image_processing import to_image_list
 
 
 # ----------------------------------------------------------------------------- synthetic scenes
@@ -97,6 +99,35 @@ def test_synthetic_dataset_items() -> None:
         SyntheticScenes(-1)
 
 
+# ----------------------------------------------------------------------------- image -> tensor
+def test_one_image_to_tensor_conversion(tmp_path: Path) -> None:
+    """A uint8 image reaches the model as float32 [3, H, W] = value / 127.5 - 1, bit for bit, by every door:
+    `image_to_tensor` (synthetic scenes, augmentation), dataset items, and the pipeline's PIL, path and array inputs."""
+    array = np.random.default_rng(0).integers(0, 256, (23, 37, 3), dtype=np.uint8)
+    array.reshape(-1)[:256] = np.arange(256)  # every value
+    expected = torch.from_numpy(array.astype(np.float32) / np.float32(127.5) - np.float32(1.0)).permute(2, 0, 1)
+    tensor = image_to_tensor(array)
+    assert tensor.dtype == torch.float32 and tensor.is_contiguous() and torch.equal(tensor, expected)
+    assert tensor.min() == -1.0 and tensor.max() == 1.0
+    image = Image.fromarray(array)
+    image.save(tmp_path / "x.png")
+    alpha = np.concatenate([array, np.full(array.shape[:2] + (1,), 7, np.uint8)], axis=2)
+    for given in (image, image.convert("RGBA"), tmp_path / "x.png", str(tmp_path / "x.png"), array, alpha):
+        out = to_image_list(given)[0]
+        assert out.dtype == torch.float32 and out.is_contiguous() and torch.equal(out, expected), type(given)
+    grey = array[..., 0]
+    assert torch.equal(to_image_list(grey)[0], to_image_list(Image.fromarray(grey))[0])
+    assert torch.equal(to_image_list(grey)[0][2], expected[0])
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    image.save(tmp_path / "images" / "x.png")
+    Image.fromarray(np.zeros((23, 37), np.uint8)).save(tmp_path / "masks" / "x.png")
+    (tmp_path / "classes.txt").write_text("background\nthing\n")
+    assert torch.equal(FolderPairs(tmp_path)[0]["image"], expected)  # SegmentationDataset.__getitem__
+    scenes = SyntheticScenes(2, size=16, seed=1)
+    assert torch.equal(scenes[1]["image"], image_to_tensor(scenes.scene(1)[0]))
+
+
 # ----------------------------------------------------------------------------- folder round trip
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
@@ -105,13 +136,13 @@ def folder(tmp_path: Path) -> Path:
 
 def test_folder_round_trip(folder: Path) -> None:
     src = SyntheticScenes(4, size=32, seed=5)
-    ds = FolderDataset(folder)
+    ds = FolderPairs(folder)
     assert ds.class_names == list(SYNTHETIC_CLASSES) and ds.ignore_index == 255 and len(ds) == 4
     for i in range(4):
         a, b = src[i], ds[i]
         assert a["stem"] == b["stem"]
         assert torch.equal(a["label"], b["label"]) and b["label"].dtype == torch.int64
-        assert (a["image"] - b["image"]).abs().max() <= 1 / 127.5 + 1e-6
+        assert torch.equal(a["image"], b["image"]) and b["image"].dtype == torch.float32  # PNG: lossless
 
 
 def test_folder_resize_and_ignore(folder: Path) -> None:
@@ -119,7 +150,7 @@ def test_folder_resize_and_ignore(folder: Path) -> None:
     label[:4] = 255  # ignore pixels are allowed
     Image.fromarray(label).save(folder / "masks" / "scene_00000.png")
     Image.fromarray(label).save(folder / "masks" / "orphan.png")  # mask without image: ignored
-    ds = FolderDataset(folder, size=20)
+    ds = FolderPairs(folder, size=20)
     assert len(ds) == 4
     item = ds[0]
     assert item["image"].shape == (3, 20, 20) and item["label"].shape == (20, 20)
@@ -138,7 +169,7 @@ def _raises_naming(name: str, fn, *args, **kwargs) -> str:
 
 def test_corrupt_image(folder: Path) -> None:
     (folder / "images" / "scene_00001.png").write_bytes(b"\x00garbage" * 20)
-    ds = FolderDataset(folder)  # construction only checks file presence
+    ds = FolderPairs(folder)  # construction only checks file presence
     _raises_naming("scene_00001.png", ds.__getitem__, 1)
 
 
@@ -152,46 +183,26 @@ def test_truncated_image(tmp_path: Path) -> None:
 def test_text_file_named_jpg(folder: Path) -> None:
     (folder / "images" / "notes.jpg").write_text("this is not an image\n")
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(folder / "masks" / "notes.png")
-    ds = FolderDataset(folder)
-    idx = [s[0] for s in ds.samples].index("notes")
+    ds = FolderPairs(folder)
+    idx = [s.stem for s in ds.samples].index("notes")
     _raises_naming("notes.jpg", ds.__getitem__, idx)
 
 
 def test_missing_files(tmp_path: Path) -> None:
     _raises_naming("nope.png", load_image, tmp_path / "nope.png")
     _raises_naming("nope.png", load_label, tmp_path / "nope.png")
-    _raises_naming("missing_root", FolderDataset, tmp_path / "missing_root")
-
-
-def test_mask_size_mismatch(folder: Path) -> None:
-    Image.fromarray(np.zeros((16, 24), np.uint8)).save(folder / "masks" / "scene_00002.png")
-    msg = _raises_naming("scene_00002.png", FolderDataset(folder).__getitem__, 2)
-    assert "24x16" in msg and "32x32" in msg
-
-
-def test_label_out_of_range(folder: Path) -> None:
-    label = np.zeros((32, 32), np.uint8)
-    label[0, 0], label[1, 1] = 7, 255
-    Image.fromarray(label).save(folder / "masks" / "scene_00003.png")
-    msg = _raises_naming("scene_00003.png", FolderDataset(folder).__getitem__, 3)
-    assert "7" in msg and "4 classes" in msg and "255," not in msg
-
-
-def test_image_without_mask(folder: Path) -> None:
-    (folder / "masks" / "scene_00001.png").unlink()
-    msg = _raises_naming("scene_00001", FolderDataset, folder)
-    assert str(Path("masks") / "scene_00001.png") in msg  # suggests the expected mask path
-    ds = FolderDataset(folder, validate=False)  # deferred to load time
-    _raises_naming("scene_00001", ds.__getitem__, 1)
+    _raises_naming("missing_root", FolderPairs, tmp_path / "missing_root")
 
 
 def test_classes_txt_problems(folder: Path) -> None:
     (folder / "classes.txt").write_text("\n  \n")
-    _raises_naming("classes.txt", FolderDataset, folder)
+    _raises_naming("classes.txt", FolderPairs, folder)
     (folder / "classes.txt").unlink()
-    _raises_naming("classes.txt", FolderDataset, folder)
+    _raises_naming("classes.txt", FolderPairs, folder)
     (folder / "classes.txt").write_text("  background \n\ncircle\nsquare\ntriangle\n")
-    assert FolderDataset(folder).class_names == list(SYNTHETIC_CLASSES)
+    assert FolderPairs(folder).class_names == list(SYNTHETIC_CLASSES)
+    (folder / "classes.txt").write_text("".join(f"class {i}\n" for i in range(256)))
+    assert "256 classes" in _raises_naming("classes.txt", FolderPairs, folder)  # mask value 255 means ignore
 
 
 # ----------------------------------------------------------------------------- io details

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from digseg.cli import main
-from digseg.data.base import Sample, SegmentationDataset
-from digseg.dataset_eval import save_label_png, score_predictions, search_threshold
+from digseg.data.base import DATASETS, MetricKind, Sample, SegmentationDataset, register_dataset
+from digseg.dataset_eval import SUMMARY_COLUMNS, save_label_png, score_predictions, search_threshold
 from digseg.errors import DigsegError
+from digseg.evaluation import EStep, evaluate_binary
 
 
 class Toy(SegmentationDataset):
@@ -80,6 +83,71 @@ def test_medical_per_image_average(tmp_path):
     assert result["per_target"]["nucleus"]["Dice"] == pytest.approx(100 * (1 + 0.4) / 2)
     assert result["per_target"]["nucleus"]["IoU"] == pytest.approx(100 * (1 + 0.25) / 2)
     assert result["Dice"] == pytest.approx(70)
+
+
+@pytest.mark.parametrize("kind", list(MetricKind))
+def test_every_metric_kind_reports_its_summary_columns(tmp_path, kind):
+    label = np.array([[0, 1], [1, 0]])
+    _write(tmp_path, {"a": label}, {"a": label})
+    result = score_predictions(_kind(kind, ("background", "thing"))(tmp_path), tmp_path / "preds", show_progress=False)
+    assert type(result["metric"]) is str and result["metric"] == kind.value  # the JSON holds the plain value
+    assert [result[c] for c in SUMMARY_COLUMNS[kind]] == pytest.approx([100.0] * len(SUMMARY_COLUMNS[kind]))
+    assert result["present_only"] is (kind is MetricKind.OPEN_VOCAB)
+
+
+def test_metric_kinds_are_one_fact():
+    assert set(SUMMARY_COLUMNS) == set(MetricKind)
+    assert DATASETS and all(type(cls.metric) is MetricKind for cls in DATASETS.values())
+    try:  # a reader may write the value: registering turns it into the member, and refuses an unknown kind
+        assert register_dataset(type("Registered", (Toy,), {"name": "toy-registered", "metric": "road"})).metric \
+            is MetricKind.ROAD
+        with pytest.raises(ValueError, match="semantic, open_vocab, road, medical.*'panoptic'"):
+            register_dataset(type("Unknown", (Toy,), {"name": "toy-unknown", "metric": "panoptic"}))
+        assert "toy-unknown" not in DATASETS
+    finally:
+        DATASETS.pop("toy-registered", None)
+
+
+@pytest.mark.parametrize("kind, columns, extra", [
+    ("road", ["IoU", "precision", "recall", "F1"], None),
+    ("medical", ["Dice", "IoU"], "  nucleus: Dice 100.00  IoU 100.00"),
+])
+def test_cli_eval_prints_the_columns_of_the_kind(tmp_path, capsys, kind, columns, extra):
+    label = np.array([[0, 1], [1, 1]])
+    _write(tmp_path, {"a": label}, {"a": label})
+    name = f"toy-{kind}"
+    register_dataset(type(f"Toy_{kind}", (Toy,), {"name": name, "metric": kind, "class_names": ["background", "nucleus"]}))
+    try:
+        assert main(["eval", "--dataset", name, "--data-root", str(tmp_path), "--split", "val", "--predictions",
+                     str(tmp_path / "preds"), "--output", str(tmp_path / "m.json")]) == 0
+    finally:
+        DATASETS.pop(name)
+    printed = capsys.readouterr().out
+    header = printed.splitlines()[0]
+    assert [c.strip() for c in header.strip("|").split("|")] == ["dataset", *columns, "images"]
+    assert json.loads((tmp_path / "m.json").read_text())["metric"] == kind
+    if extra:
+        assert extra in printed
+
+
+def test_binary_evaluation_reports_the_foreground_iou():
+    class Pipe:
+        def __call__(self, images, prompt=None, **_):
+            return SimpleNamespace(labels=[np.array([[1, 1], [0, 0]]) for _ in images])
+
+    class Data:
+        class_names = ["background", "cat"]
+
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            return {"image": torch.zeros(3, 2, 2), "label": torch.tensor([[0, 1], [1, 1]])}
+
+    # cat: label 3 px, pred 2 px, 1 shared -> IoU 1/4; background: label 1 px, pred 2 px, none shared -> IoU 0
+    result = evaluate_binary(Pipe(), Data(), EStep(1, 1))
+    assert result["IoU_foreground"] == pytest.approx(25) and result["mIoU"] == pytest.approx(12.5)
+    assert result["queries"] == 1
 
 
 def test_bad_samples_are_reported_and_skipped(tmp_path):

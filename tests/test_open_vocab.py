@@ -11,9 +11,10 @@ from PIL import Image
 
 from digseg import DiGSegPipeline
 from digseg.cli import main
+from digseg.data.io import read_class_list
 from digseg.errors import DigsegError
 from digseg.models.tiny import tiny_text_encoder, tiny_tokenizer
-from digseg.prompts import ENSEMBLE_TEMPLATES, class_prompts, read_classes_file, resolve_templates, synonyms
+from digseg.prompts import ENSEMBLE_TEMPLATES, class_prompts, resolve_templates, synonyms
 
 NAMES = ["cat", "road", "sky", "tree", "person"]
 
@@ -122,7 +123,7 @@ def test_predict_with_a_classes_file(tiny_pipe, tmp_path, capsys):
     Image.fromarray((np.random.default_rng(0).random((40, 40, 3)) * 255).astype(np.uint8)).save(tmp_path / "x.png")
     names = [f"class {i}" for i in range(40)] + ["wall, walls"]
     (tmp_path / "classes.txt").write_text("# a comment\n" + "\n".join(names) + "\n\n")
-    assert read_classes_file(tmp_path / "classes.txt") == names
+    assert read_class_list(tmp_path / "classes.txt") == names
     assert main(["predict", "--model", str(tmp_path / "model"), "--image", str(tmp_path / "x.png"), "--classes-file",
                  str(tmp_path / "classes.txt"), "--top-k", "3", "--output", str(tmp_path / "out")]) == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())["images"]["x.png"]

@@ -144,10 +144,10 @@ def cmd_train_mask_decoder(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------------------------- predict
 def cmd_predict(args: argparse.Namespace) -> int:
     """Checks the flags, the selection and the model before any work; the run itself is `predict.run_predict`."""
+    from .data.io import read_class_list
     from .inputs import select_images
     from .pipeline import DiGSegPipeline
     from .predict import run_predict
-    from .prompts import read_classes_file
     from .protocols import TestProtocol, protocol_from_args
 
     if args.prompt is not None and args.classes is not None:
@@ -156,7 +156,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if classes is not None and not all(classes):
         raise ConfigError(f"--classes has an empty class name: {args.classes!r}")
     if args.classes_file is not None:
-        classes = read_classes_file(args.classes_file)
+        classes = read_class_list(args.classes_file)
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     paths = select_images(args.image, args.image_list)  # files, folders, patterns, a list file; nothing decoded yet
@@ -184,8 +184,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> None:
+    from .data.base import MetricKind
     from .data.registry import get_dataset_class
-    from .dataset_eval import default_protocol, predict_dataset, score_predictions, search_threshold
+    from .dataset_eval import SUMMARY_COLUMNS, default_protocol, predict_dataset, score_predictions, search_threshold
     from .distributed import is_main_process
     from .metrics import format_markdown_table
 
@@ -227,11 +228,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
         return
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(metrics, indent=2))
-    columns = {"semantic": ["mIoU", "aAcc", "mAcc", "mDice"], "open_vocab": ["mIoU", "aAcc", "mAcc"],
-               "road": ["IoU", "precision", "recall", "F1"], "medical": ["Dice", "IoU"]}[metrics["metric"]]
-    row = {"dataset": f"{dataset.name} ({dataset.split})", **{c: metrics[c] for c in columns}, "images": metrics["num_images"]}
+    kind = MetricKind(metrics["metric"])
+    row = {"dataset": f"{dataset.name} ({dataset.split})", **{c: metrics[c] for c in SUMMARY_COLUMNS[kind]},
+           "images": metrics["num_images"]}
     print(format_markdown_table([row], list(row)))
-    if metrics["metric"] == "medical":
+    if kind is MetricKind.MEDICAL:
         for name, values in metrics["per_target"].items():
             print(f"  {name}: Dice {values['Dice']:.2f}  IoU {values['IoU']:.2f}")
     skipped = metrics["skipped"] + len(info.get("prediction_skipped", []))
@@ -362,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--prompt", help="binary: segment what this text describes")
     group.add_argument("--classes", help="comma-separated class names (default: the model's own classes)")
-    group.add_argument("--classes-file", help="a text file with one class name per line ('wall, walls': synonyms)")
+    group.add_argument("--classes-file", help="a text file with one class name per line ('wall, walls': synonyms; '#' comments)")
     p.add_argument("--templates", help="prompt templates: single | photo | ensemble, or one template with {}")
     p.add_argument("--top-k", type=int, default=None,
                    help="open vocabulary: rank all classes in one pass, then run exact queries for the top k only")

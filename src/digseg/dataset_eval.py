@@ -4,7 +4,7 @@ Prediction files: `<predictions>/<stem>.png`, values = class ids of the dataset;
 for datasets of at most 255 classes, 65535 (16-bit PNG) above that. Any value outside the class range counts
 as a wrong prediction for the pixel's true class.
 
-Scoring by the dataset's `metric`:
+Scoring by the dataset's `metric` (`digseg.data.base.MetricKind`):
 - semantic: one dataset-level confusion matrix; mIoU over classes whose union > 0 (mmsegmentation);
 - open_vocab: the same matrix, mean over classes present in the ground truth (CAT-Seg protocol);
 - road: IoU, precision, recall, F1 of class 1 (road), from the dataset-level matrix;
@@ -13,7 +13,7 @@ Memory is one K x K matrix (or one running sum per target) whatever the dataset 
 read (corrupt image, missing or malformed label, missing prediction, size mismatch) is reported and skipped.
 
 Under `accelerate launch` / `torchrun` with N processes, each process predicts and scores every N-th sample
-(`digseg.distributed.shard`); confusion matrices are summed and per-image scores gathered in sample order, so
+(`digseg.distributed.shard`); confusion matrices are merged and per-image scores gathered in sample order, so
 the metrics equal a single process's exactly. Each image's noise is seeded by (seed, sample index).
 """
 
@@ -29,16 +29,25 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .data.base import Sample, SegmentationDataset
+from .data.base import MetricKind, Sample, SegmentationDataset
 from .data.io import load_image
 from .distributed import gather_objects, is_main_process, shard, sum_tensor, wait_for_everyone
 from .errors import DataError, DigsegError
 from .metrics import SegmentationMetric, binary_scores, per_image_dice_iou
 from .pipeline import DiGSegOutput
+from .prompts import is_background
 from .protocols import TestProtocol, protocol_for
 from .seeding import seeded_generator
 
 logger = logging.getLogger("digseg.eval")
+
+# The scores `digseg eval` prints for each kind of metric (all are in the metrics JSON).
+SUMMARY_COLUMNS: dict[MetricKind, tuple[str, ...]] = {
+    MetricKind.SEMANTIC: ("mIoU", "aAcc", "mAcc", "mDice"),
+    MetricKind.OPEN_VOCAB: ("mIoU", "aAcc", "mAcc"),
+    MetricKind.ROAD: ("IoU", "precision", "recall", "F1"),
+    MetricKind.MEDICAL: ("Dice", "IoU"),
+}
 
 
 def none_value(num_classes: int) -> int:
@@ -75,9 +84,9 @@ def score_predictions(dataset: SegmentationDataset, predictions: str | Path, pre
     pred_dir = Path(predictions)
     if not pred_dir.is_dir():
         raise DigsegError(f"predictions folder not found: {pred_dir}")
-    kind = dataset.metric
-    confusion = SegmentationMetric(dataset.num_classes, dataset.ignore_index, list(dataset.class_names))
-    targets = medical_targets(dataset) if kind == "medical" else {}
+    kind = MetricKind(dataset.metric)
+    this_process = SegmentationMetric(dataset.num_classes, dataset.ignore_index, list(dataset.class_names))
+    targets = medical_targets(dataset) if kind is MetricKind.MEDICAL else {}
     per_image = {name: [] for name in targets}  # name -> [(sample index, (dice, iou))]
     skipped: list[tuple[int, str]] = []
     for index, sample in tqdm(shard(dataset.samples), desc="score", disable=not (show_progress and is_main_process())):
@@ -88,26 +97,28 @@ def score_predictions(dataset: SegmentationDataset, predictions: str | Path, pre
             skipped.append((index, str(exc)))
             logger.warning("skipped: %s", exc)
             continue
-        confusion.update(pred, label)
+        this_process.update(pred, label)
         for name, ids in targets.items():
             valid = label != dataset.ignore_index
             per_image[name].append((index, per_image_dice_iou(np.isin(pred, ids) & valid, np.isin(label, ids) & valid)))
-    # all processes: sum the matrices, gather per-image scores and problems back into sample order
-    confusion.confusion = sum_tensor(confusion.confusion)
-    confusion.invalid_pred = sum_tensor(confusion.invalid_pred)
+    # all processes: merge the matrices, gather per-image scores and problems back into sample order
+    confusion = SegmentationMetric(dataset.num_classes, dataset.ignore_index, list(dataset.class_names))
+    for part in gather_objects([this_process]):
+        confusion.merge(part)
     per_image = {name: [v for _, v in sorted(gather_objects(scores))] for name, scores in per_image.items()}
     skipped = [message for _, message in sorted(gather_objects(skipped))]
     if len(skipped) == len(dataset.samples):
         raise DigsegError(f"every sample was skipped; first problem: {skipped[0]}")
     if present_only is None:
-        present_only = kind == "open_vocab"
+        present_only = kind is MetricKind.OPEN_VOCAB
     result = confusion.compute(present_only=present_only)
-    out: dict = {"dataset": dataset.name, "split": dataset.split, "metric": kind, "num_images": len(dataset.samples) - len(skipped),
+    out: dict = {"dataset": dataset.name, "split": dataset.split, "metric": kind.value,
+                 "num_images": len(dataset.samples) - len(skipped),
                  "mIoU": result["mIoU"], "aAcc": result["aAcc"], "mAcc": result["mAcc"], "mDice": result["mDice"],
                  "per_class": result["per_class"], "present_only": present_only}
-    if kind == "road":
+    if kind is MetricKind.ROAD:
         out.update(binary_scores(confusion, positive=1))
-    if kind == "medical":
+    if kind is MetricKind.MEDICAL:
         out["per_target"] = {
             name: {"Dice": 100 * float(np.mean([d for d, _ in scores])), "IoU": 100 * float(np.mean([i for _, i in scores]))}
             for name, scores in per_image.items()
@@ -128,7 +139,7 @@ def _query_kwargs(pipe, dataset: SegmentationDataset) -> dict:
     names = list(dataset.class_names)
     if pipe.config.class_names and list(pipe.config.class_names) == names:
         return {}
-    if len(names) == 2 and names[0].lower() == "background":
+    if len(names) == 2 and is_background(names[0]):
         return {"prompt": names[1]}
     return {"classes": names}
 
@@ -136,7 +147,7 @@ def _query_kwargs(pipe, dataset: SegmentationDataset) -> dict:
 def default_protocol(pipe, dataset: SegmentationDataset) -> TestProtocol:
     """The dataset's preset (`digseg.protocols`): CAT-Seg's when its classes are queried one by one (open
     vocabulary), else the closed-set one."""
-    open_vocab = dataset.metric == "open_vocab" or "classes" in _query_kwargs(pipe, dataset)
+    open_vocab = MetricKind(dataset.metric) is MetricKind.OPEN_VOCAB or "classes" in _query_kwargs(pipe, dataset)
     return protocol_for(dataset.name, open_vocab)
 
 

@@ -1,6 +1,6 @@
 """Evaluating a pipeline on a labelled dataset, in binary-prompt and palette modes, with throughput.
 
-- binary: every image is queried once per class (classes named "background" excepted) with that class's
+- binary: every image is queried once per class (the background class, `is_background`, excepted) with that class's
   prompt; the target is label == class. One dataset-level 2-class confusion matrix (background,
   foreground) over all queries -> mIoU (mean of the two IoUs) and the foreground IoU.
 - palette: one pass per image over the model's own classes -> K-class mIoU.
@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from .metrics import SegmentationMetric
 from .pipeline import DiGSegPipeline
+from .prompts import BACKGROUND, FOREGROUND, is_background
 
 
 @dataclass(frozen=True)
@@ -48,10 +49,10 @@ def evaluate_binary(pipe: DiGSegPipeline, dataset: Dataset, setting: EStep, seed
     images, labels = _load(dataset, limit)
     names = dataset.class_names
     ignore = getattr(dataset, "ignore_index", 255)
-    metric = SegmentationMetric(2, ignore_index=ignore)
+    metric = SegmentationMetric(2, ignore_index=ignore, class_names=[BACKGROUND, FOREGROUND])  # targets: 1 = the class
     queried, seconds = 0, 0.0
     for c, name in enumerate(names):
-        if name.strip().lower() == "background":
+        if is_background(name):
             continue
         start = time.perf_counter()
         out = pipe(images, prompt=name, ensemble_size=setting.ensemble_size, num_inference_steps=setting.steps,
@@ -64,7 +65,7 @@ def evaluate_binary(pipe: DiGSegPipeline, dataset: Dataset, setting: EStep, seed
             target[label == ignore] = ignore
             metric.update(torch.as_tensor(pred), target)
     result = metric.compute()
-    return {"mIoU": result["mIoU"], "IoU_foreground": result["per_class"]["1"] or 0.0,
+    return {"mIoU": result["mIoU"], "IoU_foreground": result["per_class"][FOREGROUND] or 0.0,
             "images_per_s": queried / seconds, "queries": queried}
 
 

@@ -17,12 +17,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .data.augment import rescale_size
+from .data.synthetic import image_to_tensor
 from .errors import DigsegError
 
 
 def _from_pil(image: Image.Image) -> torch.Tensor:
-    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0  # [H, W, 3]
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()  # [3, H, W]
+    return image_to_tensor(image if image.mode == "RGB" else image.convert("RGB"))  # [3, H, W]
 
 
 def _from_numpy(array: np.ndarray) -> torch.Tensor:
@@ -32,10 +32,8 @@ def _from_numpy(array: np.ndarray) -> torch.Tensor:
         raise DigsegError(f"image array must be [H, W, 3], got shape {tuple(array.shape)}")
     array = array[:, :, :3] if array.shape[2] != 1 else np.repeat(array, 3, axis=2)
     if array.dtype == np.uint8:
-        values = array.astype(np.float32) / 255.0
-    else:
-        values = array.astype(np.float32)
-    return _check_unit_range(torch.from_numpy(values).permute(2, 0, 1).contiguous()) * 2 - 1
+        return image_to_tensor(array)  # [3, H, W]
+    return _check_unit_range(torch.from_numpy(array.astype(np.float32)).permute(2, 0, 1).contiguous()) * 2 - 1
 
 
 def _check_unit_range(tensor: torch.Tensor) -> torch.Tensor:

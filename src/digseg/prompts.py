@@ -1,4 +1,4 @@
-"""Prompts for class names: templates, template ensembles, synonyms and class files.
+"""Prompts for class names: templates, template ensembles, synonyms and the background class.
 
 A class name may list synonyms separated by commas ("wall, walls", "building, edifice"), as the ADE20K and
 PASCAL-Context lists do. A class is conditioned on the average (per U-Net level) of the projected text
@@ -8,11 +8,9 @@ features of every template x synonym combination: one cached encoding per distin
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
-from .data.io import read_list_file
-from .errors import DataError, DigsegError
+from .errors import DigsegError
 
 SINGLE_TEMPLATE = ("{}",)
 PHOTO_TEMPLATE = ("a photo of a {}.",)
@@ -32,6 +30,15 @@ ENSEMBLE_TEMPLATES = (
     "a {} in the scene.",
 )
 TEMPLATE_SETS = {"single": SINGLE_TEMPLATE, "photo": PHOTO_TEMPLATE, "ensemble": ENSEMBLE_TEMPLATES}
+BACKGROUND = "background"  # the class a binary prompt's "not the prompt" pixels get, and never queried on its own
+FOREGROUND = "foreground"  # a binary query's class 1 when the prompts differ between images
+
+
+def is_background(name: str) -> bool:
+    """Whether class `name` is the background: "background" in any case, surrounding blanks ignored
+    (" Background " yes; "background, void" and "backgrounds" no). Binary evaluation and training never query it
+    on its own; overlays leave it untinted; a 2-class dataset starting with it is asked one binary prompt."""
+    return name.strip().lower() == BACKGROUND
 
 
 def synonyms(name: str) -> list[str]:
@@ -94,7 +101,7 @@ def resolve_queries(num_images: int, prompt, classes, templates, default_templat
                 raise DigsegError(f"empty prompt {p!r}: give a class name or a phrase")
         unique = list(dict.fromkeys(p.strip() for p in prompts))
         table = [[t.format(p) for t in resolve_templates(templates, default_template)] for p in unique]
-        names = ["background", prompts[0]] if len(unique) == 1 else ["background", "foreground"]
+        names = [BACKGROUND, prompts[0]] if len(unique) == 1 else [BACKGROUND, FOREGROUND]
         return Queries("binary", table, [[unique.index(p.strip())] for p in prompts], names)
     own = list(own_classes or [])
     if classes is None or (own and list(classes) == own):
@@ -107,8 +114,3 @@ def resolve_queries(num_images: int, prompt, classes, templates, default_templat
     chosen = resolve_templates(templates, default_template)
     table = [class_prompts(c, chosen) for c in classes]  # DigsegError for an empty name
     return Queries("per_class", table, [list(range(len(classes)))] * num_images, classes)
-
-
-def read_classes_file(path: str | Path) -> list[str]:
-    """One class name per line (blank lines and lines starting with '#' skipped); any length."""
-    return read_list_file(path, "class", DataError)

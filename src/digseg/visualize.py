@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .masks import make_palette
+from .prompts import is_background
 
 NO_CLASS_COLOUR = (0, 0, 0)
 
@@ -65,7 +66,7 @@ def safe_name(text: str) -> str:
 
 def tints_class_zero(class_names: list[str]) -> bool:
     """Whether overlays colour class 0: not when it is called "background" (binary prompts, most class lists)."""
-    return class_names[0].strip().lower() != "background"
+    return not is_background(class_names[0])
 
 
 def hex_colour(colour) -> str:

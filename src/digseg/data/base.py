@@ -6,7 +6,7 @@ A reader subclasses `SegmentationDataset`, sets its class attributes and impleme
     @register_dataset
     class ADE20K150(SegmentationDataset):
         name = "ade20k-150"
-        metric = "semantic"
+        metric = MetricKind.SEMANTIC
         class_names = read_class_file("ade20k_150.txt")
         splits = {"train": "training", "val": "validation"}
         def find_samples(self): ...            # -> list[Sample]
@@ -22,6 +22,7 @@ which augments it (`digseg.training.samples`). Items, `dataset[i]`, are {"image"
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from importlib import resources
 from pathlib import Path
 from typing import ClassVar
@@ -32,9 +33,22 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError
-from .io import load_image, load_label
+from .io import load_image, load_label, read_class_list
+from .synthetic import image_to_tensor
 
-METRIC_KINDS = ("semantic", "open_vocab", "road", "medical")
+
+
+class MetricKind(str, Enum):
+    """How `digseg eval` scores a dataset (its `metric`; details in `digseg.dataset_eval`). A str, so a reader may
+    also write the value ("semantic"); `register_dataset` turns it into the member."""
+
+    SEMANTIC = "semantic"  # one confusion matrix; mIoU over classes whose union > 0 (mmsegmentation)
+    OPEN_VOCAB = "open_vocab"  # the same matrix; means over classes present in the ground truth (CAT-Seg)
+    ROAD = "road"  # IoU, precision, recall, F1 of class 1
+    MEDICAL = "medical"  # per-image foreground Dice and IoU of each target, averaged over images
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True)
@@ -45,14 +59,14 @@ class Sample:
 
 
 def read_class_file(filename: str) -> list[str]:
-    """Class names shipped in `digseg/data/classes/<filename>`, one per line (line index = class id)."""
-    text = resources.files("digseg.data").joinpath("classes", filename).read_text(encoding="utf-8")
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    """Class names shipped in `digseg/data/classes/<filename>`, read by the class-file rule (`read_class_list`)."""
+    with resources.as_file(resources.files("digseg.data").joinpath("classes", filename)) as path:
+        return read_class_list(path)
 
 
 class SegmentationDataset(Dataset):
     name: ClassVar[str] = ""
-    metric: ClassVar[str] = "semantic"  # semantic | open_vocab | road | medical: how `digseg eval` scores it
+    metric: ClassVar[MetricKind] = MetricKind.SEMANTIC  # how `digseg eval` scores it
     class_names: ClassVar[list[str]] = []
     ignore_index: ClassVar[int] = 255
     splits: ClassVar[dict[str, str]] = {"train": "train", "val": "val"}  # our split name -> the layout's
@@ -122,8 +136,8 @@ class SegmentationDataset(Dataset):
         if self.size:
             image = image.resize((self.size, self.size), Image.BILINEAR)
             label = np.asarray(Image.fromarray(label.astype(np.int32)).resize((self.size, self.size), Image.NEAREST))
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1).contiguous()
-        return {"image": pixels, "label": torch.from_numpy(label.astype(np.int64)), "stem": self.samples[i].stem}
+        return {"image": image_to_tensor(image),  # [3, H, W] float32 in [-1, 1]
+                "label": torch.from_numpy(label.astype(np.int64)), "stem": self.samples[i].stem}
 
 
 DATASETS: dict[str, type[SegmentationDataset]] = {}
@@ -132,7 +146,10 @@ DATASETS: dict[str, type[SegmentationDataset]] = {}
 def register_dataset(cls: type[SegmentationDataset]) -> type[SegmentationDataset]:
     if not cls.name or cls.name in DATASETS:
         raise ValueError(f"dataset name {cls.name!r} is empty or registered twice")
-    if cls.metric not in METRIC_KINDS:
-        raise ValueError(f"{cls.name}: metric must be one of {METRIC_KINDS}")
+    try:
+        cls.metric = MetricKind(cls.metric)
+    except ValueError:
+        raise ValueError(f"{cls.name}: metric must be one of {', '.join(k.value for k in MetricKind)}, "
+                         f"got {cls.metric!r}") from None
     DATASETS[cls.name] = cls
     return cls

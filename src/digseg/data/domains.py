@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Sample, SegmentationDataset, register_dataset
-from .folder import read_class_names
+from ..errors import DataError
+from .base import MetricKind, Sample, SegmentationDataset, register_dataset
+from .io import read_class_list
 from .layout import list_files, make_lut, pair_by_image, read_first_channel, remap, require_dir
 
 CITYSCAPES_CLASSES = ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
@@ -35,7 +36,7 @@ CITYSCAPES_LUT = make_lut(CITYSCAPES_ID_TO_TRAINID)
 @register_dataset
 class Cityscapes(SegmentationDataset):
     name = "cityscapes"
-    metric = "semantic"
+    metric = MetricKind.SEMANTIC
     class_names = CITYSCAPES_CLASSES
     splits = {"train": "train", "val": "val", "test": "test"}
     IMAGE_SUFFIX = "_leftImg8bit.png"
@@ -66,7 +67,7 @@ class Cityscapes(SegmentationDataset):
 @register_dataset
 class BDD100K(SegmentationDataset):
     name = "bdd100k"
-    metric = "semantic"
+    metric = MetricKind.SEMANTIC
     class_names = CITYSCAPES_CLASSES
     splits = {"train": "train", "val": "val"}
 
@@ -83,7 +84,7 @@ class BDD100K(SegmentationDataset):
 @register_dataset
 class DeepGlobeRoads(SegmentationDataset):
     name = "deepglobe-roads"
-    metric = "road"
+    metric = MetricKind.ROAD
     class_names = ["background", "road"]
     splits = {"train": "train", "val": "valid", "test": "test"}
     IMAGE_SUFFIX = "_sat.jpg"
@@ -106,7 +107,7 @@ REFUGE2_LUT = np.array([2 if v <= 64 else 1 if v < 192 else 0 for v in range(256
 @register_dataset
 class REFUGE2(SegmentationDataset):
     name = "refuge2"
-    metric = "medical"
+    metric = MetricKind.MEDICAL
     class_names = ["background", "optic disc", "optic cup"]
     splits = {"train": "train", "val": "val", "test": "test"}
     medical_targets = {"disc": (1, 2), "cup": (2,)}
@@ -128,7 +129,7 @@ class REFUGE2(SegmentationDataset):
 @register_dataset
 class PhenoBench(SegmentationDataset):
     name = "phenobench"
-    metric = "semantic"
+    metric = MetricKind.SEMANTIC
     class_names = ["soil", "crop", "weed"]
     splits = {"train": "train", "val": "val"}
     LUT = make_lut({0: 0, 1: 1, 2: 2, 3: 1, 4: 2})  # 3 partial crop -> crop, 4 partial weed -> weed
@@ -149,17 +150,22 @@ class PhenoBench(SegmentationDataset):
 @register_dataset
 class FolderPairs(SegmentationDataset):
     """A user's own data: root/images/<stem>.*, root/masks/<stem>.png (value = class id, 255 ignore) and
-    root/classes.txt (one name per line). Every split is the whole folder; `class_names` is per instance."""
+    root/classes.txt (a class file, `read_class_list`; at most 255 classes, as 255 marks ignored pixels). Every split
+    is the whole folder; `class_names` is per instance."""
 
     name = "folder"
-    metric = "semantic"
+    metric = MetricKind.SEMANTIC
     splits = {"train": ".", "val": ".", "test": "."}
 
     def layout_hint(self) -> str:
         return "expected images/<stem>.*, masks/<stem>.png and classes.txt (one class name per line)"
 
     def find_samples(self) -> list[Sample]:
-        self.class_names = read_class_names(self.root / "classes.txt")  # instance attribute, set before use
+        classes = self.root / "classes.txt"
+        self.class_names = read_class_list(classes)  # instance attribute, set before use
+        if len(self.class_names) > self.ignore_index:
+            raise DataError(f"class list {classes} lists {len(self.class_names)} classes; at most {self.ignore_index} "
+                            f"are supported because mask value {self.ignore_index} means 'ignore'")
         images = list_files(self, self.root / "images")
         masks = self.root / "masks"
         return pair_by_image(self, images, lambda stem, _: [masks / f"{stem}.png"])

@@ -154,10 +154,11 @@ def list_images(folder: PathLike) -> list[Path]:
 
 def read_list_file(path: str | os.PathLike[str], what: str, error: type[Exception] = DataError) -> list[str]:
     """The entries of a text file, one per line, stripped; blank lines and lines starting with '#' skipped.
-    `error` (naming the file and `what` it should list) when it is missing, unreadable or lists nothing."""
+    UTF-8 (a leading byte-order mark is dropped). `error` (naming the file and `what` it should list) when it is
+    missing, unreadable or lists nothing."""
     p = Path(path)
     try:
-        lines = p.read_text(encoding="utf-8").splitlines()
+        lines = p.read_text(encoding="utf-8-sig").splitlines()
     except FileNotFoundError:
         raise error(f"{what} file not found: {p}") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -166,3 +167,24 @@ def read_list_file(path: str | os.PathLike[str], what: str, error: type[Exceptio
     if not items:
         raise error(f"{what} file {p} lists nothing")
     return items
+
+
+def read_class_list(path: str | os.PathLike[str]) -> list[str]:
+    """Class names from a class file: a dataset's `classes.txt`, `digseg predict --classes-file`, the lists
+    shipped in `digseg/data/classes/`. The one rule for all of them:
+
+    - UTF-8 text; a leading byte-order mark is dropped;
+    - one class per line, surrounding blanks stripped; its place among the kept lines is its class id;
+    - blank lines, and lines whose first non-blank character is '#' (comments), are skipped;
+    - "wall, walls" is ONE class whose synonyms are separated by commas: the line is kept as written and
+      `digseg.prompts.synonyms` splits it when the class is prompted;
+    - DataError naming the file when it is missing, unreadable, lists nothing or lists a name twice.
+    Limits that depend on the use (at most 255 classes in 8-bit masks) are checked by the reader that has them.
+    """
+    names = read_list_file(path, "class", DataError)
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise DataError(f"class file {Path(path)} lists {name!r} twice")
+        seen.add(name)
+    return names

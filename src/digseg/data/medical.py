@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..errors import DataError
-from .base import Sample, SegmentationDataset, register_dataset
+from .base import MetricKind, Sample, SegmentationDataset, register_dataset
 from .io import load_image
 from .layout import list_files, pair_by_image, require_dir
 
@@ -63,7 +63,7 @@ def rasterise(polygons: list[list[tuple[float, float]]], width: int, height: int
 @register_dataset
 class MoNuSeg(SegmentationDataset):
     name = "monuseg"
-    metric = "medical"
+    metric = MetricKind.MEDICAL
     class_names = ["background", "nucleus"]
     splits = {"train": "MoNuSegTrainingData", "val": "MoNuSegTestData", "test": "MoNuSegTestData"}
     medical_targets = {"nucleus": (1,)}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Sample, SegmentationDataset, read_class_file, register_dataset
+from .base import MetricKind, Sample, SegmentationDataset, read_class_file, register_dataset
 from .layout import list_files, make_lut, pair_by_image, pair_by_label, pick_root, remap, require_dir
 
 PHOTO_PROMPT = "a photo of a {}."
@@ -63,7 +63,7 @@ class _ImagesFirst(SegmentationDataset):
 @register_dataset
 class ADE20K150(_ImagesFirst):
     name = "ade20k-150"
-    metric = "semantic"
+    metric = MetricKind.SEMANTIC
     class_names = read_class_file("ade20k_150.txt")
     splits = {"train": "training", "val": "validation"}
     prompt_template = PHOTO_PROMPT
@@ -82,7 +82,7 @@ class ADE20K150(_ImagesFirst):
 @register_dataset
 class ADE20K847(_ImagesFirst):
     name = "ade20k-847"
-    metric = "open_vocab"
+    metric = MetricKind.OPEN_VOCAB
     class_names = read_class_file("ade20k_847.txt")
     ignore_index = 65535
     splits = {"train": "training", "val": "validation"}
@@ -120,7 +120,7 @@ class _PascalContext(SegmentationDataset):
 @register_dataset
 class PascalContext59(_PascalContext):
     name = "pascal-context-59"
-    metric = "open_vocab"
+    metric = MetricKind.OPEN_VOCAB
     class_names = read_class_file("pascal_context_59.txt")
     splits = {"train": "pc59_train", "val": "pc59_val"}
     prompt_template = PHOTO_PROMPT
@@ -129,7 +129,7 @@ class PascalContext59(_PascalContext):
 @register_dataset
 class PascalContext459(_PascalContext):
     name = "pascal-context-459"
-    metric = "open_vocab"
+    metric = MetricKind.OPEN_VOCAB
     class_names = read_class_file("pascal_context_459.txt")
     ignore_index = 65535
     splits = {"train": "pc459_train", "val": "pc459_val"}
@@ -140,7 +140,7 @@ class PascalContext459(_PascalContext):
 @register_dataset
 class COCOStuff171(_ImagesFirst):
     name = "coco-stuff-171"
-    metric = "semantic"
+    metric = MetricKind.SEMANTIC
     class_names = read_class_file("coco_stuff_171.txt")
     splits = {"train": "train2017", "val": "val2017"}
     prompt_template = PHOTO_PROMPT

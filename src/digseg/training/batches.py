@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from ..errors import DataError
 from ..masks import MaskCodec
 from ..models.digseg_model import encode_latents
-from ..prompts import palette_prompt, synonyms
+from ..prompts import is_background, palette_prompt, synonyms
 from ..seeding import seeded_generator
 from .latent_key import EMPTY, IMAGE, PALETTE, LatentKey
 
@@ -96,7 +96,7 @@ class LatentBatcher:
         self.palette_prompt = palette_prompt(class_names)  # as the pipeline asks at inference
         self.binary_codec = MaskCodec("binary", ignore_index=ignore_index)
         self.palette_codec = MaskCodec("palette", len(class_names), ignore_index=ignore_index)
-        self.queryable = [c for c, n in enumerate(class_names) if n.strip().lower() != "background"]
+        self.queryable = [c for c, n in enumerate(class_names) if not is_background(n)]
         self.store = store  # a LatentCache on disk (`digseg cache-latents`), read before encoding anything
         self._latents: dict[tuple[int, LatentKey], torch.Tensor] = {}  # (index, key) -> [4, h, w]
         self._info: dict[int, tuple[list[int], torch.Tensor]] = {}  # index -> (present classes, keep [1, h, w])
