@@ -10,11 +10,10 @@ import torch
 from PIL import Image
 
 from digseg.data.domains import FolderPairs
-from digseg.data.io import list_images, load_image, load_label
+from digseg.data.io import image_to_tensor, list_images, load_image, load_label
 from digseg.data.synthetic import (
     SYNTHETIC_CLASSES,
     SyntheticScenes,
-    image_to_tensor,
     make_scene,
     save_scenes_as_folder,
 )

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .errors import EXIT_SKIPPED, ConfigError, DigsegError
+from .protocols import add_protocol_flags, parse_pair
 from .training.config import MASK_DECODER_TARGETS, MASK_DECODERS, MIXED_PRECISION, OBJECTIVES, PREDICTION_TYPES, TASKS
 
 
@@ -268,18 +269,17 @@ _MASK_DECODER_FLAG = dict(choices=MASK_DECODERS, default="auto",
                                "one-step model was trained through, else the light one when the model has one)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .protocols import add_protocol_flags, parse_pair
-
-    parser = argparse.ArgumentParser(prog="digseg", description="Diffusion models as generalist, text-prompted segmenters.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_quickstart(sub) -> None:
+    """`digseg quickstart`."""
     q = sub.add_parser("quickstart", help="train a tiny model on synthetic scenes, evaluate, save overlays (CPU, minutes)")
     q.add_argument("--output", default="digseg-quickstart", help="output folder (default: ./digseg-quickstart)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--train-steps", type=int, default=None, help="DiGSeg training steps (default 2000)")
     q.set_defaults(func=cmd_quickstart)
 
+
+def _add_train(sub) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
+    """`digseg train`; returns the parser and its data-flag group, which cache-latents and browse-data share."""
     t = sub.add_parser("train", help="train DiGSeg from a Stable Diffusion backbone",
                        epilog="Config files hold the sections model, data, optim and run (docs/training.md).")
     data_flags = t.add_argument_group("data (config section `data`)")
@@ -318,22 +318,32 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", help="'latest' or a checkpoint folder")
     t.add_argument("--gradient-checkpointing", action="store_true")
     t.set_defaults(func=cmd_train)
+    return t, data_flags
 
+
+def _add_cache_latents(sub, train: argparse.ArgumentParser, data_flags) -> None:
+    """`digseg cache-latents`, with the model and data flags of `train`."""
     c = sub.add_parser("cache-latents", help="encode a training set's images and masks once with the frozen VAE")
     c.add_argument("--cache", required=True, help="output folder")
-    for action in t._actions:  # the same model and data flags as `train`
+    for action in train._actions:  # the same model and data flags as `train`
         if action.dest in ("config", "pretrained", "text_encoder", "seed") or action in data_flags._group_actions:
             c._add_action(action)
     c.set_defaults(func=cmd_cache_latents)
 
+
+def _add_browse_data(sub, train: argparse.ArgumentParser, data_flags) -> None:
+    """`digseg browse-data`, with the model and data flags of `train`."""
     b = sub.add_parser("browse-data", help="write training samples exactly as the trainer sees them (augmented)")
     b.add_argument("--output", required=True, help="folder for <k>_image.png, <k>_label.png, <k>_overlay.png")
     b.add_argument("--num", type=int, default=16, help="how many samples (default 16)")
-    for action in t._actions:  # the same data flags as `train`
+    for action in train._actions:  # the same data flags as `train`
         if action.dest in ("config", "seed", "batch_size") or action in data_flags._group_actions:
             b._add_action(action)
     b.set_defaults(func=cmd_browse_data)
 
+
+def _add_train_mask_decoder(sub) -> None:
+    """`digseg train-mask-decoder`."""
     m = sub.add_parser("train-mask-decoder", help="train a light mask decoder that replaces the VAE decoder for masks")
     m.add_argument("--model", required=True, help="a trained DiGSeg model folder")
     m.add_argument("--output", required=True, help="where to write the model with its mask_decoder/ (may be --model)")
@@ -354,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--seed", type=int, default=0)
     m.set_defaults(func=cmd_train_mask_decoder)
 
+
+def _add_predict(sub) -> None:
+    """`digseg predict`."""
     p = sub.add_parser("predict", help="segment images with a trained model", epilog=_PREDICT_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="a DiGSeg model folder (e.g. digseg-quickstart/model)")
@@ -383,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_protocol_flags(p, "default: whole image at the processing resolution")
     p.set_defaults(func=cmd_predict)
 
+
+def _add_eval(sub) -> None:
+    """`digseg eval`."""
     e = sub.add_parser("eval", help="score label PNGs, or run a model over a dataset split and score it")
     e.add_argument("--dataset", required=True, help="a registered dataset name, e.g. ade20k-150, cityscapes, folder")
     e.add_argument("--data-root", help="the dataset's root folder, in its official layout")
@@ -406,12 +422,28 @@ def build_parser() -> argparse.ArgumentParser:
     add_protocol_flags(e, "default: the dataset's preset, mmseg's or CAT-Seg's")
     e.set_defaults(func=cmd_eval)
 
+
+def _add_demo(sub) -> None:
+    """`digseg demo`."""
     d = sub.add_parser("demo", help="a local web app (Gradio) to try a model in the browser")
     d.add_argument("--model", default=None, help="a DiGSeg model folder (default: digseg-quickstart/model)")
     d.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     d.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
     d.add_argument("--max-pixels", type=int, default=None, help="largest upload, in pixels (default 4096x4096)")
     d.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="digseg", description="Diffusion models as generalist, text-prompted segmenters.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_quickstart(sub)
+    train, data_flags = _add_train(sub)
+    _add_cache_latents(sub, train, data_flags)
+    _add_browse_data(sub, train, data_flags)
+    _add_train_mask_decoder(sub)
+    _add_predict(sub)
+    _add_eval(sub)
+    _add_demo(sub)
     return parser
 
 

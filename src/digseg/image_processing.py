@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .data.augment import rescale_size
-from .data.synthetic import image_to_tensor
+from .data.io import image_to_tensor
 from .errors import DigsegError
 
 

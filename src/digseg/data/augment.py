@@ -43,7 +43,7 @@ import torch
 from PIL import Image
 
 from ..errors import ConfigError, DataError
-from .synthetic import image_to_tensor
+from .io import image_to_tensor
 
 # Padding value of the image in the normalised [-1, 1] output: 0.0 = mid-grey (127.5). mmseg pads after
 # normalising (SegDataPreProcessor, pad_val=0), i.e. with the dataset's mean colour; mid-grey is our mean

@@ -33,8 +33,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError
-from .io import load_image, load_label, read_class_list
-from .synthetic import image_to_tensor
+from .io import image_to_tensor, load_image, load_label, read_class_list
 
 
 

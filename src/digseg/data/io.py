@@ -9,6 +9,9 @@ EXIF orientation: photos from phones and cameras often store their pixels sidewa
 the image as displayed; `digseg predict`, the demo and the pipeline given a path read images that way.
 Dataset readers keep the default, `exif_transpose=False`, the stored pixels: label maps are aligned with the
 stored pixels (annotation tools and dataset converters work on them), whatever the tag says.
+
+`image_to_tensor` is the one conversion of uint8 RGB pixels to the model's float [-1, 1] tensors (dataset
+items, synthetic scenes, augmentation, the pipeline's PIL and uint8 inputs), `tensor_to_image` its inverse.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from digseg.errors import DataError
@@ -188,3 +192,15 @@ def read_class_list(path: str | os.PathLike[str]) -> list[str]:
             raise DataError(f"class file {Path(path)} lists {name!r} twice")
         seen.add(name)
     return names
+
+
+def image_to_tensor(image: np.ndarray | Image.Image) -> torch.Tensor:
+    """uint8 [H, W, 3] (or an RGB PIL image) -> float32 [3, H, W] in [-1, 1], in one strided copy."""
+    pixels = torch.from_numpy(np.array(image, dtype=np.uint8))  # a copy: the input may be read-only
+    return pixels.permute(2, 0, 1).to(torch.float32, memory_format=torch.contiguous_format).div_(127.5).sub_(1.0)
+
+
+def tensor_to_image(image: torch.Tensor) -> np.ndarray:
+    """float [3, H, W] in [-1, 1] -> uint8 [H, W, 3] (inverse of `image_to_tensor`)."""
+    arr = ((image.detach().float().cpu() + 1.0) * 127.5).round().clamp(0, 255)
+    return arr.to(torch.uint8).permute(1, 2, 0).numpy()

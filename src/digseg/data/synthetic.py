@@ -22,6 +22,8 @@ from torch.utils.data import Dataset
 
 from digseg.errors import DataError
 
+from .io import image_to_tensor, tensor_to_image
+
 SYNTHETIC_CLASSES: tuple[str, ...] = ("background", "circle", "square", "triangle")
 _CIRCLE, _SQUARE, _TRIANGLE = 1, 2, 3
 
@@ -138,18 +140,6 @@ def make_scene(rng: np.random.Generator, size: int = 64) -> tuple[np.ndarray, np
         areas.append(int(np.count_nonzero(mask)))
     img += rng.normal(0.0, 5.0, size=img.shape).astype(np.float32)  # slight per-pixel noise
     return np.clip(img, 0.0, 255.0).round().astype(np.uint8), label
-
-
-def image_to_tensor(image: np.ndarray | Image.Image) -> torch.Tensor:
-    """uint8 [H, W, 3] (or an RGB PIL image) -> float32 [3, H, W] in [-1, 1], in one strided copy."""
-    pixels = torch.from_numpy(np.array(image, dtype=np.uint8))  # a copy: the input may be read-only
-    return pixels.permute(2, 0, 1).to(torch.float32, memory_format=torch.contiguous_format).div_(127.5).sub_(1.0)
-
-
-def tensor_to_image(image: torch.Tensor) -> np.ndarray:
-    """float [3, H, W] in [-1, 1] -> uint8 [H, W, 3] (inverse of `image_to_tensor`)."""
-    arr = ((image.detach().float().cpu() + 1.0) * 127.5).round().clamp(0, 255)
-    return arr.to(torch.uint8).permute(1, 2, 0).numpy()
 
 
 class SyntheticScenes(Dataset):

@@ -193,24 +193,41 @@ class LatentBatcher:
         gens = per_sample(gen, len(indices))
         if not self.fixed_samples:
             return self._encode_batch(read.images, read.labels, gens)
-        device = self.vae.device
         given = {} if read is None or read.images is None else {
             i: {"image": read.images[j], "label": read.labels[j]} for j, i in enumerate(indices)}
         samples: dict[int, dict] = {}
+
+        def sample(i: int) -> dict:
+            """Sample i, read at most once per batch: from the loader's batch, else from the dataset."""
+            if i not in samples:
+                samples[i] = given.get(i) or self._load(i)
+            return samples[i]
+
         for i in indices:
             if i not in self._info and self.store is not None and self.store.has(i):
                 self._info[i] = self.store.info(i)
             if i not in self._info:
-                samples[i] = given.get(i) or self._load(i)
-                label = samples[i]["label"]
-                present = self.present_classes(label)
-                self._info[i] = (present, None)
+                self._info[i] = (self.present_classes(sample(i)["label"]), None)
         keys = [self._choose_query(self._info[i][0], g) for i, g in zip(indices, gens)]
         wanted = [(i, IMAGE) for i in indices]
         if not self.label_targets:
             wanted += [(i, k) for i, (k, _) in zip(indices, keys)]
+        found = self._fixed_latents(wanted, sample)
+        size = tuple(found[(indices[0], IMAGE)].shape[-2:])
+        device = self.vae.device
+        keep = torch.stack([self._keep_mask(i, sample, size) for i in indices]).to(device)  # [B, 1, h, w]
+        mask_latents = None
+        if not self.label_targets:
+            mask_latents = torch.stack([found[(i, k)] for i, (k, _) in zip(indices, keys)]).to(device)  # [B, 4, h, w]
+        labels = [sample(i)["label"] for i in indices] if self.label_targets else None
+        return self._query_batch(torch.stack([found[(i, IMAGE)] for i in indices]).to(device), mask_latents, keep,
+                                 keys, labels)
+
+    def _fixed_latents(self, wanted: list[tuple[int, LatentKey]], sample) -> dict[tuple[int, LatentKey], torch.Tensor]:
+        """The latents [4, h, w] of (index, key) pairs: from memory, the on-disk cache, else encoded in one VAE
+        call (and kept in memory while the cap allows). `sample(i)` reads sample i."""
         missing = list(dict.fromkeys(w for w in wanted if w not in self._latents))
-        found: dict[tuple[int, LatentKey], torch.Tensor] = {w: self._latents[w] for w in wanted if w in self._latents}
+        found = {w: self._latents[w] for w in wanted if w in self._latents}
         if self.store is not None:
             for w in [w for w in missing if self.store.has(w[0])]:
                 z = self.store.get(*w)
@@ -218,35 +235,24 @@ class LatentBatcher:
                     found[w] = z
             missing = [w for w in missing if w not in found]
         if missing:
-            pixels = []
-            for i, key in missing:
-                if i not in samples:
-                    samples[i] = given.get(i) or self._load(i)
-                pixels.append(samples[i]["image"] if key == IMAGE else self.target_image(samples[i]["label"], key))
-            latents = encode_latents(self.vae, torch.stack(pixels).to(device), channels_last=False).float().cpu()  # [M, 4, h, w]
+            pixels = [sample(i)["image"] if key == IMAGE else self.target_image(sample(i)["label"], key)
+                      for i, key in missing]
+            latents = encode_latents(self.vae, torch.stack(pixels).to(self.vae.device), channels_last=False).float().cpu()  # [M, 4, h, w]
             for w, z in zip(missing, latents):
                 found[w] = z
                 if self._keep_in_cache(z.numel() * z.element_size()):
                     self._latents[w] = z
-        h, w = found[(indices[0], IMAGE)].shape[-2:]
-        keep = []
-        if self.label_targets:  # every label is needed: read what the loader did not hand over
-            for i in indices:
-                samples.setdefault(i, given.get(i) or self._load(i))
-        for i in indices:
-            present, weights = self._info[i]
-            if weights is None:
-                label = samples[i]["label"] if i in samples else (given.get(i) or self._load(i))["label"]
-                weights = self.palette_codec.ignore_weights(label[None], (h, w))[0]  # [1, h, w]
-                if self._keep_in_cache(weights.numel() * weights.element_size()):
-                    self._info[i] = (present, weights)
-            keep.append(weights)
-        mask_latents = None
-        if not self.label_targets:
-            mask_latents = torch.stack([found[(i, k)] for i, (k, _) in zip(indices, keys)]).to(device)
-        labels = [samples[i]["label"] for i in indices] if self.label_targets else None
-        return self._query_batch(torch.stack([found[(i, IMAGE)] for i in indices]).to(device), mask_latents,
-                                 torch.stack(keep).to(device), keys, labels)
+        return found
+
+    def _keep_mask(self, i: int, sample, size: tuple[int, int]) -> torch.Tensor:
+        """Sample i's loss weights at latent size [1, h, w] (0 where a cell covers an ignore pixel), kept in memory
+        while the cap allows."""
+        present, weights = self._info[i]
+        if weights is None:
+            weights = self.palette_codec.ignore_weights(sample(i)["label"][None], size)[0]  # [1, h, w]
+            if self._keep_in_cache(weights.numel() * weights.element_size()):
+                self._info[i] = (present, weights)
+        return weights
 
     def _encode_batch(self, images: torch.Tensor, labels: torch.Tensor, gens: list[torch.Generator]) -> Batch:
         """Augmented samples, new at every step: images [B, 3, h, w], labels [B, h, w] -> Batch, one VAE call."""

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..data.synthetic import tensor_to_image
+from ..data.io import tensor_to_image
 from ..dataset_eval import save_label_png
 from ..errors import DataError
 from ..visualize import class_overlay

@@ -23,7 +23,7 @@ import torch
 from accelerate import Accelerator
 from PIL import Image
 
-from ..data.synthetic import tensor_to_image
+from ..data.io import tensor_to_image
 from ..visualize import overlay, side_by_side
 
 logger = logging.getLogger("digseg.train")
