@@ -3,6 +3,7 @@ ensembles are refused, resume is exact, and predict / eval run it unchanged."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -67,6 +68,28 @@ def test_one_step_batches_carry_labels_not_mask_latents(tiny_pipe):
     for j, is_palette in enumerate(batch.palette):
         values = set(batch.targets[j].unique().tolist())
         assert values <= ({0, 1, 2, 3} if is_palette else {0, 1})
+
+
+def test_loss_of_a_batch_is_the_mean_of_its_halves(tiny_pipe):
+    """What DDP computes (the mean of processes' gradients) equals one process's gradient on the whole batch."""
+    data = SyntheticScenes(4, seed=3)
+    batcher = _batcher(tiny_pipe, data)
+    batch = batcher.make_batch([0, 1, 2, 3], [step_generator(0, 0, s) for s in range(4)])
+    assert set(batch.palette) == {True, False}  # both kinds of query in the batch
+    params = list(tiny_pipe.unet.requires_grad_(True).parameters())
+
+    def grads(part):
+        tiny_pipe.unet.zero_grad()
+        one_step_loss(tiny_pipe, tiny_pipe.unet, tiny_pipe.text_pathway, part, batcher.palette_codec,
+                      batcher.binary_codec, "vae").backward()
+        return torch.cat([p.grad.flatten() for p in params if p.grad is not None])
+
+    def half(rows):
+        return dataclasses.replace(batch, image_latents=batch.image_latents[rows], keep=batch.keep[rows],
+                                   prompts=batch.prompts[rows], targets=batch.targets[rows], palette=batch.palette[rows])
+
+    whole, first, second = grads(batch), grads(half(slice(0, 2))), grads(half(slice(2, 4)))
+    assert ((whole - (first + second) / 2).norm() / whole.norm()).item() < 1e-4
 
 
 def test_ignore_pixels_do_not_reach_the_loss(tiny_pipe):
