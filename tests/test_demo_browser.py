@@ -232,3 +232,20 @@ def test_demo_in_headless_chromium(tiny_pipe, image_file, not_an_image, tmp_path
             save_screenshot(driver, "demo_bad_upload", tmp_path)
     finally:
         demo.close()
+
+
+def test_one_step_model_runs_in_the_demo_with_fixed_ensemble_and_steps(tiny_pipe, image_file):
+    tiny_pipe.register_to_config(objective="one-step", one_step_decoder="vae")
+    out = segment(tiny_pipe, image_file, "prompt", "circle", ensemble_size=1, steps=1, seed=0)
+    assert out.uncertainty is None and "circle" in out.summary
+    with pytest.raises(DigsegError, match="one-step objective"):
+        segment(tiny_pipe, image_file, "prompt", "circle", ensemble_size=2, steps=1, seed=0)
+    _need(importlib.util.find_spec("gradio") is not None, 'gradio is not installed (pip install "digseg[demo]")')
+    from digseg.demo import build_demo
+
+    demo = build_demo(tiny_pipe)
+    try:
+        sliders = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None) in ("digseg-ensemble", "digseg-steps")}
+        assert len(sliders) == 2 and all(s.interactive is False for s in sliders.values())
+    finally:
+        demo.close()

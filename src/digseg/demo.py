@@ -242,9 +242,12 @@ def build_demo(pipe: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
                                 elem_id="digseg-mode")
                 text = gr.Textbox(label="Prompt or classes", placeholder="empty: the model's own classes",
                                   elem_id="digseg-text")
-                ensemble = gr.Slider(1, MAX_ENSEMBLE, value=1, step=1, label="Ensemble size", elem_id="digseg-ensemble")
+                one_step = pipe.config.objective == "one-step"  # one deterministic pass: no ensemble, one step
+                note = "one-step model: one deterministic pass" if one_step else None
+                ensemble = gr.Slider(1, MAX_ENSEMBLE, value=1, step=1, label="Ensemble size", elem_id="digseg-ensemble",
+                                     interactive=not one_step, info=note)
                 steps = gr.Slider(1, MAX_STEPS, value=min(max(1, pipe.config.default_denoising_steps), MAX_STEPS), step=1,
-                                  label="Denoising steps", elem_id="digseg-steps")
+                                  label="Denoising steps", elem_id="digseg-steps", interactive=not one_step, info=note)
                 seed = gr.Number(value=0, precision=0, label="Seed", elem_id="digseg-seed")
                 run = gr.Button("Segment", variant="primary", elem_id="digseg-run")
             with gr.Column():
