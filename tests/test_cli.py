@@ -126,3 +126,13 @@ def test_quickstart_smoke(tmp_path, capsys):
     assert len(list((tmp_path / "qs" / "overlays").glob("*.png"))) == 4
     assert (tmp_path / "qs" / "model" / "model_index.json").is_file()
     assert "tiny model, synthetic data" in capsys.readouterr().out
+
+
+def test_every_command_of_the_parser_has_an_implementation():
+    import argparse
+
+    from digseg.cli import COMMANDS
+    from digseg.cli_parser import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) == set(COMMANDS)

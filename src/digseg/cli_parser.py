@@ -1,0 +1,199 @@
+"""The `digseg` command line's arguments: one function per command adds its parser; `build_parser` joins them.
+
+What each command does is in `digseg.cli` (`COMMANDS`, keyed by the command name argparse stores in `command`).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .errors import EXIT_SKIPPED
+from .protocols import add_protocol_flags, parse_pair
+from .training.config import MASK_DECODER_TARGETS, MASK_DECODERS, MIXED_PRECISION, OBJECTIVES, PREDICTION_TYPES, TASKS
+
+_PREDICT_EPILOG = f"""\
+A file that cannot be read (missing, empty, not an image, truncated) is named on stderr and skipped; the
+run goes on and lists it in summary.json and index.html. EXIF orientation is applied: outputs line up with
+the image as viewers show it. Each image's files appear atomically; --skip-existing continues a run.
+
+exit status:
+  0    every image was predicted
+  2    a user error (bad model, flags or image selection); nothing was predicted
+  {EXIT_SKIPPED}    the run finished, but some files could not be read and were skipped
+  130  interrupted (Ctrl-C); run again with --skip-existing to continue
+  1    anything else (a crash, with a traceback)
+"""
+
+_MASK_DECODER_FLAG = dict(choices=MASK_DECODERS, default="auto",
+                          help="decode masks with the model's light mask decoder or the VAE (auto: the decoder a "
+                               "one-step model was trained through, else the light one when the model has one)")
+
+
+def _add_quickstart(sub) -> None:
+    """`digseg quickstart`."""
+    q = sub.add_parser("quickstart", help="train a tiny model on synthetic scenes, evaluate, save overlays (CPU, minutes)")
+    q.add_argument("--output", default="digseg-quickstart", help="output folder (default: ./digseg-quickstart)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--train-steps", type=int, default=None, help="DiGSeg training steps (default 2000)")
+
+
+def _add_train(sub) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
+    """`digseg train`; returns the parser and its data-flag group, which cache-latents and browse-data share."""
+    t = sub.add_parser("train", help="train DiGSeg from a Stable Diffusion backbone",
+                       epilog="Config files hold the sections model, data, optim and run (docs/training.md).")
+    data_flags = t.add_argument_group("data (config section `data`)")
+    t.add_argument("--config", help="YAML config; flags below override it")
+    t.add_argument("--pretrained", help="Stable Diffusion folder or hub id (or a DiGSeg model folder to continue)")
+    data_flags.add_argument("--dataset", help="synthetic (default), folder, or a registered dataset name such as "
+                                              "ade20k-150 (an unknown name's error lists them all)")
+    data_flags.add_argument("--data-root", help="dataset root folder")
+    data_flags.add_argument("--crop-size", type=parse_pair, metavar="H[,W]",
+                            help="training crop (default: the dataset's preset, docs/augmentation.md)")
+    data_flags.add_argument("--resolution", type=int, help="a square training crop: same as --crop-size N")
+    data_flags.add_argument("--no-augmentation", action="store_true",
+                            help="squash every sample to the crop instead of the dataset's augmentation")
+    data_flags.add_argument("--num-workers", type=int, help="DataLoader workers reading and augmenting samples (default 0)")
+    data_flags.add_argument("--num-scenes", type=int, help="synthetic dataset size (default 2000)")
+    data_flags.add_argument("--task", choices=TASKS)
+    data_flags.add_argument("--cache-latents", action="store_true", help="keep latents in memory (needs --no-augmentation)")
+    data_flags.add_argument("--latent-cache", help="a folder from `digseg cache-latents` (needs --no-augmentation)")
+    t.add_argument("--output", help="run folder: config.yaml, checkpoints/, the trained model")
+    t.add_argument("--max-steps", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--learning-rate", type=float)
+    t.add_argument("--gradient-accumulation-steps", type=int)
+    t.add_argument("--prediction-type", choices=PREDICTION_TYPES)
+    t.add_argument("--objective", choices=OBJECTIVES,
+                   help="diffusion (default: the paper's denoising MSE) or one-step (one deterministic pass trained "
+                        "with cross-entropy on the labels; docs/training.md)")
+    t.add_argument("--one-step-decoder", choices=MASK_DECODERS,
+                   help="one-step: the mask decoder trained through (default auto: the light one if the model has one)")
+    t.add_argument("--mixed-precision", choices=MIXED_PRECISION)
+    t.add_argument("--checkpoint-every", type=int)
+    t.add_argument("--keep-checkpoints", type=int)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--text-encoder", help="another CLIP text encoder (folder or hub id), e.g. openai/clip-vit-large-patch14")
+    t.add_argument("--use-ema", action="store_true")
+    t.add_argument("--resume", help="'latest' or a checkpoint folder")
+    t.add_argument("--gradient-checkpointing", action="store_true")
+    return t, data_flags
+
+
+def _add_cache_latents(sub, train: argparse.ArgumentParser, data_flags) -> None:
+    """`digseg cache-latents`, with the model and data flags of `train`."""
+    c = sub.add_parser("cache-latents", help="encode a training set's images and masks once with the frozen VAE")
+    c.add_argument("--cache", required=True, help="output folder")
+    for action in train._actions:  # the same model and data flags as `train`
+        if action.dest in ("config", "pretrained", "text_encoder", "seed") or action in data_flags._group_actions:
+            c._add_action(action)
+
+
+def _add_browse_data(sub, train: argparse.ArgumentParser, data_flags) -> None:
+    """`digseg browse-data`, with the model and data flags of `train`."""
+    b = sub.add_parser("browse-data", help="write training samples exactly as the trainer sees them (augmented)")
+    b.add_argument("--output", required=True, help="folder for <k>_image.png, <k>_label.png, <k>_overlay.png")
+    b.add_argument("--num", type=int, default=16, help="how many samples (default 16)")
+    for action in train._actions:  # the same data flags as `train`
+        if action.dest in ("config", "seed", "batch_size") or action in data_flags._group_actions:
+            b._add_action(action)
+
+
+def _add_train_mask_decoder(sub) -> None:
+    """`digseg train-mask-decoder`."""
+    m = sub.add_parser("train-mask-decoder", help="train a light mask decoder that replaces the VAE decoder for masks")
+    m.add_argument("--model", required=True, help="a trained DiGSeg model folder")
+    m.add_argument("--output", required=True, help="where to write the model with its mask_decoder/ (may be --model)")
+    m.add_argument("--dataset", default="synthetic", help="the model's training dataset (default: synthetic)")
+    m.add_argument("--data-root", help="dataset root folder")
+    m.add_argument("--resolution", type=int, help="default: the model's processing resolution")
+    m.add_argument("--num-scenes", type=int, default=2000, help="synthetic dataset size (default 2000)")
+    m.add_argument("--num-samples", type=int, help="use the first N samples (default: all)")
+    m.add_argument("--latent-cache", help="a folder from `digseg cache-latents` for the same VAE and resolution")
+    m.add_argument("--task", choices=TASKS, default="both", help="which mask renderings")
+    m.add_argument("--widths", help="channel widths, one per resolution, e.g. 64,32,16 (default 128,64,32[,16])")
+    m.add_argument("--steps", type=int, default=2000)
+    m.add_argument("--batch-size", type=int, default=32)
+    m.add_argument("--learning-rate", type=float, default=1e-3)
+    m.add_argument("--latent-noise", type=float, default=0.2, help="largest std of the noise added to training latents")
+    m.add_argument("--target", choices=MASK_DECODER_TARGETS, default="mask",
+                   help="learn the rendered mask (default) or imitate the VAE decoder's output (runs the VAE each step)")
+    m.add_argument("--seed", type=int, default=0)
+
+
+def _add_predict(sub) -> None:
+    """`digseg predict`."""
+    p = sub.add_parser("predict", help="segment images with a trained model", epilog=_PREDICT_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="a DiGSeg model folder (e.g. digseg-quickstart/model)")
+    p.add_argument("--image", nargs="+",
+                   help="image files, folders or glob patterns (quoted: 'photos/*.jpg'; '**' spans folders)")
+    p.add_argument("--image-list", help="a text file with one image path per line (with or instead of --image)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--prompt", help="binary: segment what this text describes")
+    group.add_argument("--classes", help="comma-separated class names (default: the model's own classes)")
+    group.add_argument("--classes-file", help="a text file with one class name per line ('wall, walls': synonyms; '#' comments)")
+    p.add_argument("--templates", help="prompt templates: single | photo | ensemble, or one template with {}")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="open vocabulary: rank all classes in one pass, then run exact queries for the top k only")
+    p.add_argument("--no-class-threshold", type=float, default=None, help="label 255 where no class scores above this")
+    p.add_argument("--output", required=True,
+                   help="output folder: per-image maps and JSON, summary.json, index.html (see docs/predict.md)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="images of the same processed size per pipeline call (same labels as 1; more memory)")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="continue an interrupted run: keep images whose outputs are complete in --output")
+    p.add_argument("--ensemble-size", type=int, default=1)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--processing-resolution", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mask-decoder", **_MASK_DECODER_FLAG)
+    add_protocol_flags(p, "default: whole image at the processing resolution")
+
+
+def _add_eval(sub) -> None:
+    """`digseg eval`."""
+    e = sub.add_parser("eval", help="score label PNGs, or run a model over a dataset split and score it")
+    e.add_argument("--dataset", required=True, help="a registered dataset name, e.g. ade20k-150, cityscapes, folder")
+    e.add_argument("--data-root", help="the dataset's root folder, in its official layout")
+    e.add_argument("--split", default="val")
+    src = e.add_mutually_exclusive_group()
+    src.add_argument("--predictions", help="folder of <stem>.png label maps to score")
+    src.add_argument("--model", help="a DiGSeg model folder: predict the split, then score")
+    e.add_argument("--output", default="metrics.json", help="metrics JSON (predictions go beside it with --model)")
+    e.add_argument("--ensemble-size", type=int, default=1)
+    e.add_argument("--steps", type=int, default=None)
+    e.add_argument("--processing-resolution", type=int, default=None)
+    e.add_argument("--prompt-template", help="override the model's prompt template, e.g. 'a photo of a {}.'")
+    e.add_argument("--top-k", type=int, default=None, help="open vocabulary: exact queries for the k most relevant classes only")
+    e.add_argument("--templates", help="prompt templates for per-class queries: single | photo | ensemble")
+    e.add_argument("--present-only", action="store_true", help="mean over classes present in the ground truth (CAT-Seg)")
+    e.add_argument("--threshold-search", action="store_true", help="binary datasets: pick the threshold on --search-split")
+    e.add_argument("--search-split", default="val")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--mask-decoder", **_MASK_DECODER_FLAG)
+    e.add_argument("--batch-size", type=int, default=8, help="images per pipeline call (default 8)")
+    add_protocol_flags(e, "default: the dataset's preset, mmseg's or CAT-Seg's")
+
+
+def _add_demo(sub) -> None:
+    """`digseg demo`."""
+    d = sub.add_parser("demo", help="a local web app (Gradio) to try a model in the browser")
+    d.add_argument("--model", default=None, help="a DiGSeg model folder (default: digseg-quickstart/model)")
+    d.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    d.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
+    d.add_argument("--max-pixels", type=int, default=None, help="largest upload, in pixels (default 4096x4096)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="digseg", description="Diffusion models as generalist, text-prompted segmenters.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_quickstart(sub)
+    train, data_flags = _add_train(sub)
+    _add_cache_latents(sub, train, data_flags)
+    _add_browse_data(sub, train, data_flags)
+    _add_train_mask_decoder(sub)
+    _add_predict(sub)
+    _add_eval(sub)
+    _add_demo(sub)
+    return parser
