@@ -14,6 +14,10 @@ one call, `output_type="pt"`, a light mask decoder (seeded random weights) and, 
 model; (b) the files `digseg eval` and `digseg predict` write (metrics JSON, label PNGs, overlays, summaries).
 `compare` checks arrays bit for bit and files byte for byte; JSON values that are timings (keys naming seconds,
 time or a rate per second) and the timing line of index.html are left out.
+
+Write both snapshots with the same number of threads (e.g. `OMP_NUM_THREADS=1`): float sums are reduced in
+another order with another thread count, which moves probabilities by about 1e-5. `write` records the count,
+and `compare` says when the two differ.
 """
 
 from __future__ import annotations
@@ -93,6 +97,7 @@ def write(model: Path, out: Path, one_step: Path | None) -> None:
         arrays.update(_arrays("one_step_palette", step(scenes[:2])))
         arrays.update(_arrays("one_step_per_class", step(scenes[0], classes=names[1:])))
     np.savez(out / "pipeline.npz", **arrays)
+    (out / "threads.json").write_text(json.dumps({"torch_threads": torch.get_num_threads()}))
 
     folder = save_scenes_as_folder(data, out / "data")
     cli = out / "cli"
@@ -132,6 +137,10 @@ def _normalised(path: Path, root: Path) -> bytes:
 
 def compare(a: Path, b: Path) -> int:
     left, right = np.load(a / "pipeline.npz"), np.load(b / "pipeline.npz")
+    threads = [json.loads((p / "threads.json").read_text())["torch_threads"] if (p / "threads.json").is_file() else None
+               for p in (a, b)]
+    if threads[0] != threads[1]:
+        print(f"note: written with {threads[0]} and {threads[1]} torch threads: float sums may differ by rounding")
     problems = []
     if set(left.files) != set(right.files):
         problems.append(f"arrays differ in names: {sorted(set(left.files) ^ set(right.files))}")
