@@ -14,6 +14,10 @@ largest cost; a model with a `LightMaskDecoder`, from `digseg train-mask-decoder
 instead), then read back to per-class probabilities. The uncertainty map is the members' per-pixel spread: the standard deviation of their latents
 (mean over channels, upsampled), or with `decode_members=True` (every member decoded, as Marigold does) the
 standard deviation of their probabilities (mean over classes).
+
+A model trained with the one-step objective (`config.objective == "one-step"`, `digseg.training.one_step`) runs
+one deterministic pass instead: zeros at t = T-1, its x0 prediction decoded by the decoder it was trained through.
+The latent-space work lives in `digseg.latent_segmentation`, mixed into this class.
 """
 
 from __future__ import annotations
