@@ -390,10 +390,9 @@ class DiGSegPipeline(LatentSegmentationMixin, DiffusionPipeline):
         groups = group_views(views, max(1, batch_size))
         for group in self.progress_bar(groups) if show_progress_bar else groups:
             pixels = torch.cat([views[i].pixels for i in group])  # [V, 3, h, w]
+            # [V, E, 4, h/f, w/f]; a one-step model's input is zeros (top-k's relevance pass too)
             noise = torch.cat([view_noise(views[i], (ensemble_size, latent_channels, latent_scale), generator, i,
-                                          self.unet.device, self.unet.dtype) for i in group])  # [V, E, 4, h/f, w/f]
-            if one_step:  # deterministic: the input is zeros (top-k's relevance pass too)
-                noise = torch.zeros_like(noise)
+                                          self.unet.device, self.unet.dtype, deterministic=one_step) for i in group])
             ids = [queries.query_ids[i] for i in group for _ in range(len(views[i].pixels))]
             probs, unc, kept = self._segment_batch(pixels, ids, states, noise, settings)  # [V, K, h, w], [V, h, w]
             start = 0

@@ -120,12 +120,15 @@ class SlideViews:
 
 
 def view_noise(views: SlideViews, member_shape: tuple[int, int, int], generator, index: int,
-               device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+               device: torch.device, dtype: torch.dtype, deterministic: bool = False) -> torch.Tensor:
     """Starting noise of one image's views [V, E, C, h, w]: one draw per window (and global view) from the call's
     generator, or generator[index] when it is a list; views of the mirrored image reuse the same draws.
-    member_shape: (E, latent channels, VAE downsampling factor)."""
+    member_shape: (E, latent channels, VAE downsampling factor). `deterministic` (a one-step model): zeros, and
+    nothing is drawn."""
     ensemble_size, channels, factor = member_shape
     h, w = (s // factor for s in views.pixels.shape[-2:])
+    if deterministic:
+        return torch.zeros((len(views.pixels), ensemble_size, channels, h, w), device=device, dtype=dtype)
     gen = generator[index] if isinstance(generator, list) else generator
     noise = randn_tensor((views.num_unique, ensemble_size, channels, h, w), generator=gen, device=device, dtype=dtype)
     return noise[views.noise_index().to(noise.device)]
