@@ -59,7 +59,7 @@ from digseg.training.batches import LatentBatcher, slot_generators
 from digseg.training.run import TrainingData
 from digseg.training.samples import TrainingSamples, augmentation_generator
 
-from common import load_average
+from common import StopSteps, load_average
 
 # ASSUMPTION, not a measurement: images/s of one SD2-sized DiGSeg training step (512x512, bf16, U-Net forward +
 # backward, two VAE encodes per image: ~4.2 TFLOP per image from the FLOP counts in docs/benchmarks.md) on one
@@ -189,13 +189,19 @@ def loader_rate(dataset, aug, workers: int, batch_size: int, steps: int, batcher
 
 
 class StepClock:
-    """Stands in for the trainer's progress bar: records the time at the end of every optimisation step."""
+    """Stands in for the trainer's progress bar: records the time at the end of every optimisation step, and
+    after the last of `steps` records the CPU time and stops the loop (before its checkpoint and final save)."""
 
-    def __init__(self) -> None:
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
         self.times = [time.perf_counter()]
+        self.cpu_end = 0.0
 
     def update(self, n: int = 1) -> None:
         self.times.append(time.perf_counter())
+        if len(self.times) > self.steps:
+            self.cpu_end = cpu_seconds()
+            raise StopSteps
 
     def set_postfix(self, **_) -> None:
         pass
@@ -214,15 +220,18 @@ def train_rate(root: Path, backbone: Path, workers: int, crop: int, batch_size: 
     )
     trainer = build_run(config, show_progress=False)
     out.mkdir(parents=True, exist_ok=True)  # Trainer.train() makes it; _run_steps logs into it
-    clock = StepClock()
+    clock = StepClock(steps)
     cpu0 = cpu_seconds()
-    trainer._run_steps(clock)  # the trainer's loop, without the final save
+    try:
+        trainer._run_steps(clock)  # the trainer's loop, stopped after the last step (no checkpoint, no final save)
+    except StopSteps:
+        pass
     gc.collect()  # the loader's generator is gone: its workers are joined
     skip = min(3, steps - 1)
     wall = clock.times[-1] - clock.times[0]
     steps_per_s = (steps - skip) / (clock.times[-1] - clock.times[skip])
     return {"steps_per_s": steps_per_s, "images_per_s": batch_size * steps_per_s, "loss": trainer.last_loss,
-            "cores_used": (cpu_seconds() - cpu0) / wall}
+            "cores_used": (clock.cpu_end - cpu0) / wall}
 
 
 # ------------------------------------------------------------------------------------------------- report
