@@ -52,21 +52,24 @@ def accuracy(quickstart: Path, one_step: list[Path], num_scenes: int, eval_seed:
     each E-Step, the same model read in one step without fine-tuning (zero input at T-1, its x0 prediction
     decoded by the VAE), and each one-step model."""
     scenes = SyntheticScenes(num_scenes, seed=eval_seed)
-    runs = [("diffusion", load(quickstart / "model"), s) for s in DIFFUSION_SETTINGS]
-    untuned = load(quickstart / "model")
-    untuned.register_to_config(objective="one-step", one_step_decoder="vae")
-    runs.append(("diffusion read in one step (not fine-tuned)", untuned, "1x1"))
-    for folder in one_step:
-        pipe = load(folder)
-        runs.append((f"one-step {folder.name} ({pipe.config.one_step_decoder} decoder)", pipe, "1x1"))
     rows = []
-    for name, pipe, text in runs:
+
+    def score(name: str, pipe: DiGSegPipeline, text: str) -> None:
         setting = EStep.parse(text)
         palette = evaluate_palette(pipe, scenes, setting, seed=seed)
         binary = evaluate_binary(pipe, scenes, setting, seed=seed)
         rows.append({"model": name, "setting": text, "palette_mIoU": palette["mIoU"], "binary_mIoU": binary["mIoU"],
                      "binary_IoU_fg": binary["IoU_foreground"]})
         print(f"{name:50s} {text:4s}  palette mIoU {palette['mIoU']:6.2f}  binary mIoU {binary['mIoU']:6.2f}", flush=True)
+
+    diffusion = load(quickstart / "model")
+    for text in DIFFUSION_SETTINGS:
+        score("diffusion", diffusion, text)
+    diffusion.register_to_config(objective="one-step", one_step_decoder="vae")  # the same weights, one pass
+    score("diffusion read in one step (not fine-tuned)", diffusion, "1x1")
+    for folder in one_step:
+        pipe = load(folder)
+        score(f"one-step {folder.name} ({pipe.config.one_step_decoder} decoder)", pipe, "1x1")
     return rows
 
 
@@ -101,7 +104,7 @@ def speed(size: int, repeats: int, dtype: str, backbone_dir: Path | None) -> lis
         for cell in cells:
             times[cell].append(call(*cell))
     rows = []
-    one_step_s = statistics.median(times[cells[-2]])  # one-step through the VAE decoder
+    one_step_s = statistics.median(times[("one-step", EStep(1, 1), "vae")])
     for (objective, setting, decoder), values in times.items():
         s = statistics.median(values)
         rows.append({"model": objective, "setting": str(setting), "decoder": decoder, "s_per_image": s,
