@@ -70,14 +70,16 @@ def bench_wide(pipe: DiGSegPipeline, count: int, scenes: int, seed: int) -> None
     for i, image in enumerate(images):  # the same scenes one at a time: what the model can do
         for j in range(scenes):
             part = slice(j * 64, (j + 1) * 64)
-            out = pipe(image[:, part], generator=torch.Generator().manual_seed(seed + i), show_progress_bar=False)
+            out = pipe(image[:, part], num_inference_steps=1, generator=torch.Generator().manual_seed(seed + i),
+                       show_progress_bar=False)
             reference.update(torch.as_tensor(out.labels[0]), torch.as_tensor(labels[i][:, part]))
     print(f"| (reference: the same scenes one at a time, 64x64) | {reference.compute()['mIoU']:.2f} | - |", flush=True)
     for name, kwargs in modes.items():
         metric = SegmentationMetric(len(pipe.config.class_names), 255, list(pipe.config.class_names))
         start = time.perf_counter()
         for i, (image, label) in enumerate(zip(images, labels)):
-            out = pipe(image, generator=torch.Generator().manual_seed(seed + i), show_progress_bar=False, **kwargs)
+            out = pipe(image, num_inference_steps=1, generator=torch.Generator().manual_seed(seed + i),
+                       show_progress_bar=False, **kwargs)
             metric.update(torch.as_tensor(out.labels[0]), torch.as_tensor(label))
         seconds = (time.perf_counter() - start) / len(images)
         print(f"| {name} | {metric.compute()['mIoU']:.2f} | {seconds:.3f} |", flush=True)
@@ -128,13 +130,13 @@ def bench_throughput(pipe: DiGSegPipeline, count: int, repeats: int = 5) -> None
                                (f"slide {size // 2} / {size // 3}", TestProtocol("slide", (size // 2,) * 2, (size // 3,) * 2))):
             results = {1: 0.0, 8: 0.0}
             for batch in results:  # warm-up
-                predict_dataset(pipe, dataset, Path(tmp) / f"{name[:5]}-{batch}", protocol=protocol, batch_size=batch,
-                                show_progress=False)
+                predict_dataset(pipe, dataset, Path(tmp) / f"{name[:5]}-{batch}", num_inference_steps=1,
+                                protocol=protocol, batch_size=batch, show_progress=False)
             for _ in range(repeats):  # interleaved; the best of `repeats` (the machine is shared)
                 for batch in results:
                     start = time.perf_counter()
-                    predict_dataset(pipe, dataset, Path(tmp) / f"{name[:5]}-{batch}", protocol=protocol,
-                                    batch_size=batch, show_progress=False)
+                    predict_dataset(pipe, dataset, Path(tmp) / f"{name[:5]}-{batch}", num_inference_steps=1,
+                                    protocol=protocol, batch_size=batch, show_progress=False)
                     results[batch] = max(results[batch], count / (time.perf_counter() - start))
             for batch, rate in results.items():
                 print(f"| {name} | {batch} | {rate:.1f} |", flush=True)
