@@ -107,13 +107,16 @@ def test_slide_on_one_window_equals_whole(tiny_pipe):
 
 
 def test_per_class_slide_is_the_argmax_of_single_class_slides(tiny_pipe):
-    image = torch.rand(3, 64, 112)  # windows 64 x 48 every 32 px: 4 windows, overlapping
+    image = torch.rand(3, 64, 112, generator=_gen(9))  # windows 64 x 48 every 32 px: 4 windows, overlapping
     names = ["cat", "road", "sky"]
     kwargs = dict(mode="slide", crop_size=(64, 48), stride=32, processing_resolution=0, ensemble_size=2)
     joint = tiny_pipe(image, classes=names, generator=_gen(5), **kwargs)
     single = np.stack([tiny_pipe(image, classes=[n], generator=_gen(5), **kwargs).probabilities[0, 0] for n in names])
     np.testing.assert_allclose(joint.probabilities[0], single, atol=1e-5)  # U-Net batch rounding
-    np.testing.assert_array_equal(joint.labels[0], single.argmax(0))
+    top2 = np.sort(single, axis=0)[-2:]
+    clear = (top2[1] - top2[0]) > 1e-4  # pixels whose two best classes are not tied within that rounding
+    assert clear.mean() > 0.9
+    np.testing.assert_array_equal(joint.labels[0][clear], single.argmax(0)[clear])
 
 
 def test_flip_tta_of_a_flip_symmetric_input(tiny_pipe):
@@ -147,20 +150,26 @@ def test_slide_with_global_view_and_flip_in_every_query_mode(tiny_pipe, kwargs):
 
 
 def test_test_scale_and_batched_generators(tiny_pipe):
-    images = [torch.rand(3, 40, 60), torch.rand(3, 40, 60), torch.rand(3, 30, 30)]
+    images = [torch.rand(3, 40, 60, generator=_gen(11)), torch.rand(3, 40, 60, generator=_gen(12)),
+              torch.rand(3, 30, 30, generator=_gen(13))]
     out = tiny_pipe(images, prompt="circle", scale=(96, 32), generator=[_gen(1), _gen(2), _gen(3)], batch_size=3,
                     output_type="pt")
-    for image, seed, label in zip(images, (1, 2, 3), out.labels):
+    for image, seed, label, probs in zip(images, (1, 2, 3), out.labels, out.probabilities):
         alone = tiny_pipe(image, prompt="circle", scale=(96, 32), generator=_gen(seed), output_type="pt")
-        assert torch.equal(alone.labels[0], label)  # batching images does not change any image's result
+        # batching images does not change any image's result (up to U-Net batch rounding at the threshold)
+        torch.testing.assert_close(alone.probabilities[0], probs, rtol=0, atol=1e-5)
+        clear = (probs[1] - 0.5).abs() > 1e-4
+        assert torch.equal(alone.labels[0][clear], label[clear])
     assert [tuple(x.shape) for x in out.labels] == [(40, 60), (40, 60), (30, 30)]
 
 
 def test_probabilities_for_the_best_classes_only(tiny_pipe):
     names = [f"class {i}" for i in range(20)]
-    out = tiny_pipe(torch.rand(3, 64, 64), classes=names, generator=_gen(), max_probability_classes=4)
+    out = tiny_pipe(torch.rand(3, 64, 64, generator=_gen(4)), classes=names, generator=_gen(), max_probability_classes=4)
     assert out.probabilities.shape == (1, 4, 64, 64) and out.probability_class_ids.shape == (1, 4)
-    assert set(np.unique(out.labels)) <= set(out.probability_class_ids[0].tolist()) or len(np.unique(out.labels)) > 4
+    pixels = np.bincount(out.labels[0].ravel(), minlength=len(names))  # [20]
+    kept = out.probability_class_ids[0].tolist()
+    assert min(pixels[kept]) >= max(np.delete(pixels, kept))  # the kept classes are those with most pixels
     full = tiny_pipe(torch.rand(3, 64, 64), classes=names[:3], generator=_gen())
     assert full.probability_class_ids.tolist() == [[0, 1, 2]]
 
