@@ -95,7 +95,8 @@ def test_two_processes_train_the_same_weights_as_one(tiny_backbone, scenes_folde
     relative = ((update_a - update_b).norm() / update_a.norm()).item()
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
     assert relative < 1e-3, f"2-process update differs from the 1-process update by {relative:.2e} of its norm"
-    assert worst < 0.2 * moved, f"2-process weights differ from 1-process weights by {worst} (training moved them {moved})"
+    bound = 0.2 if objective == "one-step" else 0.1
+    assert worst < bound * moved, f"2-process weights differ from 1-process weights by {worst} (training moved them {moved})"
     # only the main process wrote: one log line per logged step, checkpoints from one writer
     steps = [json.loads(line)["step"] for line in (two / "log.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == 3

@@ -169,10 +169,11 @@ def test_optimizer_state_round_trips_through_safetensors_layout():
 
 
 def test_config_yaml_base_and_errors(tmp_path):
-    (tmp_path / "base.yaml").write_text("optim: {max_steps: 100, batch_size: 2}\ndata: {task: palette}\n")
+    (tmp_path / "base.yaml").write_text("optim: {max_steps: 100, batch_size: 2, lr_warmup_steps: 7}\ndata: {task: palette}\n")
     (tmp_path / "exp.yaml").write_text("base: base.yaml\noptim: {batch_size: 8}\n")
     config = TrainConfig.load(tmp_path / "exp.yaml", {"optim": {"max_steps": 5}, "run": {"seed": None}})
     assert (config.optim.max_steps, config.optim.batch_size, config.data.task, config.run.seed) == (5, 8, "palette", 0)
+    assert config.optim.lr_warmup_steps == 7  # a section is merged key by key: the base's other keys stay
     config.save(tmp_path / "saved.yaml")
     assert TrainConfig.load(tmp_path / "saved.yaml") == config
     (tmp_path / "typo.yaml").write_text("optim: {max_stpes: 3}\n")
