@@ -54,7 +54,7 @@ class MetricKind(str, Enum):
 class Sample:
     stem: str
     image: Path
-    label: Path | None  # None only where the reader allows unlabelled images (never for eval)
+    label: Path
 
 
 def read_class_file(filename: str) -> list[str]:
@@ -110,8 +110,6 @@ class SegmentationDataset(Dataset):
 
     def read_label(self, sample: Sample) -> np.ndarray:
         """int64 [H, W] class ids with `ignore_index`; DataError naming the file if missing or out of range."""
-        if sample.label is None:
-            raise DataError(f"{self.name}: image {sample.image} has no label")
         label = self.read_raw_label(sample).astype(np.int64)
         bad = label[(label >= self.num_classes) | (label < 0)]
         bad = bad[bad != self.ignore_index]
