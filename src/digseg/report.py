@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterable
 from urllib.parse import quote
 
-from .predict_outputs import open_atomically
+from .predict_records import open_atomically
 
 _HEX = re.compile(r"^#[0-9a-fA-F]{6}$")
 THUMBNAILS_ALWAYS = 8  # show every probability map as a thumbnail up to this many; else only present classes
