@@ -29,22 +29,27 @@ def _quiet_libraries() -> None:
     diffusers.utils.logging.disable_progress_bar()
 
 
-def _load_model(model, args: argparse.Namespace):
-    """The model folder, loaded in the --dtype (not loaded in fp32 and cast) and moved to the --device; both
-    are checked first, so an impossible request fails in one line before anything loads."""
+def _placement(args: argparse.Namespace):
+    """(torch.device, torch.dtype) from --device and --dtype (`digseg.devices`). Commands call this first, so an
+    impossible request fails in one line before any work."""
     from .devices import resolve_device_and_dtype
+
+    return resolve_device_and_dtype(args.device, args.dtype)
+
+
+def _load_model(model, placement):
+    """The model folder, loaded in the dtype (not loaded in fp32 and cast) and moved to the device."""
     from .pipeline import DiGSegPipeline
 
-    device, dtype = resolve_device_and_dtype(args.device, args.dtype)
+    device, dtype = placement
     return DiGSegPipeline.from_pretrained(model, torch_dtype=dtype).to(device)
 
 
 # ---------------------------------------------------------------------------------------------- quickstart
 def cmd_quickstart(args: argparse.Namespace) -> None:
-    from .devices import resolve_device_and_dtype
     from .quickstart import QuickstartSettings, run_quickstart
 
-    device, dtype = resolve_device_and_dtype(args.device, args.dtype)
+    device, dtype = _placement(args)
     if device.type == "cpu":
         os.environ["ACCELERATE_USE_CPU"] = "true"  # accelerate's own switch (`accelerate launch --cpu`): train here too
     settings = QuickstartSettings(seed=args.seed)
@@ -130,11 +135,12 @@ def cmd_train_mask_decoder(args: argparse.Namespace) -> None:
     from .data.registry import build_dataset
     from .training.mask_decoder import fit_light_mask_decoder
 
+    placement = _placement(args)
     try:
         widths = [int(w) for w in args.widths.split(",")] if args.widths else None
     except ValueError:
         raise ConfigError(f"--widths must be comma-separated integers, got {args.widths!r}") from None
-    pipe = _load_model(args.model, args)
+    pipe = _load_model(args.model, placement)
     resolution = args.resolution or pipe.config.default_processing_resolution
     dataset = build_dataset(args.dataset, args.data_root, split="train", size=resolution,
                             num_scenes=args.num_scenes, seed=args.seed)
@@ -168,6 +174,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .predict_records import parse_outputs
     from .protocols import TestProtocol, protocol_from_args, tiling_scale
 
+    placement = _placement(args)
     if args.prompt is not None and args.classes is not None:
         raise ConfigError("give either --prompt or --classes, not both")
     classes = [c.strip() for c in args.classes.split(",")] if args.classes is not None else None
@@ -180,7 +187,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     outputs = parse_outputs(args.outputs)
     paths = select_images(args.image, args.image_list)  # files, folders, patterns, a list file; nothing decoded yet
     protocol = protocol_from_args(args, TestProtocol())
-    pipe = _load_model(args.model, args)
+    pipe = _load_model(args.model, placement)
     protocol = tiling_scale(protocol, pipe.config.default_processing_resolution, args.processing_resolution is not None)
     settings = {
         "model": str(args.model), "prompt": args.prompt,
@@ -215,6 +222,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         raise ConfigError("give exactly one of --predictions DIR (score label PNGs) or --model DIR (predict, then score)")
     if not args.data_root:
         raise ConfigError("--data-root is required")
+    placement = _placement(args) if args.model else None
     dataset = get_dataset_class(args.dataset)(args.data_root, split=args.split)
     output = Path(args.output)
     predictions = Path(args.predictions) if args.predictions else output.with_suffix("").parent / f"{output.stem}_predictions"
@@ -223,7 +231,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         from .devices import runtime_info
         from .protocols import protocol_from_args, tiling_scale
 
-        pipe = _load_model(args.model, args)
+        pipe = _load_model(args.model, placement)
         if args.prompt_template:
             pipe.register_to_config(prompt_template=args.prompt_template)
         protocol = tiling_scale(protocol_from_args(args, default_protocol(pipe, dataset)),

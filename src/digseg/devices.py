@@ -99,8 +99,9 @@ def _bf16_supported(device: "torch.device") -> bool:
     import torch
 
     if device.type == "cuda":
-        with torch.cuda.device(device):
-            return torch.cuda.is_bf16_supported(including_emulation=False)
+        if torch.version.hip:  # ROCm: torch knows which AMD GPUs have it
+            return torch.cuda.is_bf16_supported()
+        return torch.cuda.get_device_capability(device)[0] >= 8  # NVIDIA: Ampere (sm_80) and newer
     return True  # the CPU runs bf16 kernels; MPS does on the macOS versions torch supports it on
 
 

@@ -168,9 +168,9 @@ def run_predict(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
     todo = [i for i, done in enumerate(finished) if not done]
     if len(todo) < len(paths) and rank == 0:
         print(f"--skip-existing: {len(paths) - len(todo)} of {len(paths)} image(s) already finished in {out_dir}")
-    wait_for_everyone()  # every process has read the records before the main process starts the run
-    if rank == 0:
-        predict_records.start_run(out_dir, settings, keep_records=skip_existing)
+    wait_for_everyone()  # every process has read the records before the main process may drop them
+    if rank == 0 and not skip_existing:
+        predict_records.clear_records(out_dir)
     wait_for_everyone()
 
     # 2. this process's share, batched by processed size
@@ -180,7 +180,7 @@ def run_predict(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
     skipped: dict[int, dict] = {}
     bar = tqdm(total=len(mine), desc="predict", unit="image",
                disable=rank != 0 or ((not show_progress) if show_progress is not None else None))
-    records = RecordWriter(out_dir, rank)
+    records = RecordWriter(out_dir, rank, settings)
 
     def run_batch(batch: list[tuple[int, Any]]) -> None:
         images = [image for _, image in batch]

@@ -1,13 +1,14 @@
 """The files a `digseg predict` run can write (`OUTPUTS`, chosen with `--outputs`), and what the run keeps about
 itself in `<output>/.digseg-predict/`, whichever files it writes:
 
-    run.json               {"settings": ...}: the run's settings (model, classes, E-Step, seed, outputs, ...),
-                           written by the main process before any image; `--skip-existing` continues a run
-                           only when they are the same
-    records-<rank>.jsonl   one line per finished image, appended by the process (rank) that made it: the
-                           image's record (`predict_outputs.write_image_outputs`), after its files are in place.
-                           A line is the mark that the image is finished; a line cut short by a kill is ignored
+    records-<rank>.jsonl   written by the process (rank) that made the images: first a line {"settings": ...}
+                           (the run's model, classes, E-Step, seed, outputs, ...), then one line per finished
+                           image, its record (`predict_outputs.write_image_outputs`), appended after its files
+                           are in place. A line is the mark that the image is finished; a line cut short by a
+                           kill is ignored. `--skip-existing` continues a run only when the settings are the same
     partial/<stem>/        an image's files while they are written, moved into the output folder when complete
+
+Nothing is created before the first image is finished, so a run stopped by a bad flag leaves no folder.
 
 One record file per process: processes never write the same file, and a run continued with another process
 count reads every file. summary.json and the report are written from the records (`RecordIndex`) one image at
@@ -41,7 +42,6 @@ def parse_outputs(text: str) -> tuple[str, ...]:
     return tuple(k for k in OUTPUTS if k in kinds)
 
 STATE_DIR = ".digseg-predict"
-RUN_FILE = "run.json"
 PARTIAL_DIR = "partial"
 
 
@@ -58,30 +58,30 @@ def records_path(out_dir: Path, rank: int) -> Path:
     return state_dir(out_dir) / f"records-{rank:05d}.jsonl"
 
 
+def _settings_of(path: Path) -> dict | None:
+    """The settings line a records file starts with (None: no complete settings line)."""
+    with open(path, "rb") as f:
+        try:
+            return json.loads(f.readline())["settings"]
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
 def check_same_settings(out_dir: Path, settings: dict) -> None:
     """For --skip-existing: ConfigError when `out_dir` holds a run with other settings (naming them), since its
     images are not this run's. A folder without a run (new, or none finished yet) passes."""
-    path = state_dir(out_dir) / RUN_FILE
-    try:
-        earlier = json.loads(path.read_text(encoding="utf-8")).get("settings") or {}
-    except (OSError, ValueError, AttributeError):
-        return
-    if earlier != settings:
-        changed = sorted(k for k in set(settings) | set(earlier) if settings.get(k) != earlier.get(k))
-        raise ConfigError(f"--skip-existing: {out_dir} holds a run with other settings ({', '.join(changed)}); "
-                          "use another --output, or drop --skip-existing to predict every image again")
+    for path in sorted(state_dir(out_dir).glob("records-*.jsonl")):
+        earlier = _settings_of(path)
+        if earlier is not None and earlier != settings:
+            changed = sorted(k for k in set(settings) | set(earlier) if settings.get(k) != earlier.get(k))
+            raise ConfigError(f"--skip-existing: {out_dir} holds a run with other settings ({', '.join(changed)}); "
+                              "use another --output, or drop --skip-existing to predict every image again")
 
 
-def start_run(out_dir: Path, settings: dict, keep_records: bool) -> None:
-    """The main process, before any image: write run.json; without `keep_records` (a new run, not a
-    continuation) drop the records of an earlier run in the same folder."""
-    state = state_dir(out_dir)
-    if not keep_records and state.is_dir():
-        for path in state.glob("records-*.jsonl"):
-            path.unlink()
-    state.mkdir(parents=True, exist_ok=True)
-    with open_atomically(state / RUN_FILE) as f:
-        f.write(json.dumps({"settings": settings}, indent=2, ensure_ascii=False))
+def clear_records(out_dir: Path) -> None:
+    """A new run (not a continuation) into `out_dir`: forget the images of an earlier run there."""
+    for path in state_dir(out_dir).glob("records-*.jsonl"):
+        path.unlink()
 
 
 def publish(staging: Path, out_dir: Path) -> None:
@@ -100,21 +100,32 @@ def clean_partial(out_dir: Path) -> None:
 
 
 class RecordWriter:
-    """Appends this process's finished images to its records file, one line each, flushed at once."""
+    """Appends this process's finished images to its records file, one line each, flushed at once. The file (and
+    its settings line) is made at the first image; one of the same settings from an earlier run is continued."""
 
-    def __init__(self, out_dir: Path, rank: int):
-        self.path = records_path(out_dir, rank)
+    def __init__(self, out_dir: Path, rank: int, settings: dict):
+        self.path, self.settings = records_path(out_dir, rank), settings
+        self._file = None
+
+    def _open(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a", encoding="utf-8")
-        if self._file.tell() and not _ends_with_newline(self.path):
-            self._file.write("\n")  # a line cut short by a kill stays alone on its line
+        if self.path.is_file() and _settings_of(self.path) == self.settings:
+            self._file = open(self.path, "a", encoding="utf-8")
+            if not _ends_with_newline(self.path):
+                self._file.write("\n")  # a line cut short by a kill stays alone on its line
+        else:
+            self._file = open(self.path, "w", encoding="utf-8")
+            self._file.write(json.dumps({"settings": self.settings}, ensure_ascii=False) + "\n")
+        return self._file
 
     def add(self, stem: str, record: dict) -> None:
-        self._file.write(json.dumps({"stem": stem, **record}, ensure_ascii=False) + "\n")
-        self._file.flush()
+        f = self._file or self._open()
+        f.write(json.dumps({"stem": stem, **record}, ensure_ascii=False) + "\n")
+        f.flush()
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
 
 def _ends_with_newline(path: Path) -> bool:
@@ -131,7 +142,7 @@ class RecordIndex:
         self.where: dict[str, tuple[Path, int]] = {}
         for path in sorted(state_dir(out_dir).glob("records-*.jsonl")):
             with open(path, "rb") as f:
-                offset = 0
+                offset = len(f.readline())  # the settings line
                 for line in f:
                     try:
                         stem = json.loads(line)["stem"]

@@ -151,5 +151,6 @@ def fit_light_mask_decoder(pipe, dataset, resolution: int, task: str = "both", l
         raise DigsegError(f"light mask decoder: {exc}") from exc
     losses = train_mask_decoder(decoder, data, batcher, vae=pipe.vae, seed=seed, show_progress=show_progress,
                                 **train_kwargs)
-    pipe.set_mask_decoder(copy.deepcopy(decoder))  # the pipe's copy takes its dtype; the returned one stays fp32
+    same_dtype = decoder.dtype == pipe.unet.dtype
+    pipe.set_mask_decoder(decoder if same_dtype else copy.deepcopy(decoder))  # a copy takes a bf16/fp16 pipe's dtype
     return decoder, losses, data
