@@ -133,3 +133,56 @@ def test_two_process_eval_gives_exactly_the_single_process_metrics(tiny_backbone
     assert one == two
     pngs_one = sorted(p.name for p in (tmp_path / "one_predictions").iterdir())
     assert pngs_one == sorted(p.name for p in (tmp_path / "two_predictions").iterdir()) and len(pngs_one) == 9
+
+
+def test_predict_under_two_processes_writes_the_files_of_one(tiny_backbone, tmp_path):
+    """`torchrun --nproc_per_node 2 digseg predict`: each process predicts its share on its own device (here the
+    CPU), the main process writes one summary.json and one report after both finished, and every file equals the
+    single process's. A continued run (--skip-existing) with another process count keeps what is done."""
+    import numpy as np
+    from PIL import Image
+
+    from digseg import DiGSegPipeline
+    from digseg.data.synthetic import SYNTHETIC_CLASSES
+
+    model = tmp_path / "model"
+    DiGSegPipeline.from_backbone(tiny_backbone, class_names=list(SYNTHETIC_CLASSES)).save_pretrained(model)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for k, (h, w) in enumerate([(32, 48), (40, 40), (32, 48), (24, 56), (40, 40)]):
+        Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)).save(photos / f"p{k}.png")
+    (photos / "p5.png").write_bytes(b"broken")  # skipped by whichever process owns it, listed once
+    common = ["predict", "--model", str(model), "--image", str(photos), "--ensemble-size", "2", "--steps", "2",
+              "--device", "cpu", "--no-progress"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    single = subprocess.run([sys.executable, "-m", "digseg.cli", *common, "--output", str(one)],
+                            capture_output=True, text=True, env=_env(), cwd=REPO, timeout=300)
+    assert single.returncode == 3, single.stderr[-3000:]  # the broken file: skipped, reported
+    launched = _run([*_torchrun_2proc(), *common, "--output", str(two)])  # launched: 0, or torchrun reports a crash
+    assert launched.stdout.count("wrote predictions for 5 image(s)") == 1 and "skipped 1 of 6" in launched.stdout
+
+    files = lambda run: sorted(p.name for p in run.iterdir() if not p.name.startswith("."))  # noqa: E731
+    assert files(one) == files(two) and "index.html" in files(one) and len(files(one)) > 5 * 8
+    for name in files(one):
+        a, b = (run / name for run in (one, two))
+        if name.endswith("_label.png"):
+            np.testing.assert_array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)), err_msg=name)
+        elif name.endswith(".png") or name.endswith(".jpg"):
+            diff = np.abs(np.asarray(Image.open(a), dtype=int) - np.asarray(Image.open(b), dtype=int))
+            assert diff.max() <= 1, name  # float rounding of the model's sums, at most one grey level
+        elif name == "summary.json":
+            sa, sb = (json.loads(p.read_text()) for p in (a, b))
+            assert (sa.pop("runtime")["num_processes"], sb.pop("runtime")["num_processes"]) == (1, 2)
+            assert sa == sb and len(sa["images"]) == 5 and [s["name"] for s in sa["skipped"]] == ["p5.png"]
+        elif name == "index.html":
+            assert a.read_text().count('<figure class="entry"') == b.read_text().count('<figure class="entry"') == 5
+        else:
+            assert json.loads(a.read_text()) == json.loads(b.read_text()), name
+    assert sorted(p.name for p in (two / ".digseg-predict").iterdir()) == ["records-00000.jsonl", "records-00001.jsonl"]
+
+    # continued by one process: nothing is predicted again, the summary still covers every image
+    again = subprocess.run([sys.executable, "-m", "digseg.cli", *common, "--output", str(two), "--skip-existing"],
+                           capture_output=True, text=True, env=_env(), cwd=REPO, timeout=300)
+    assert again.returncode == 3 and "5 of 6 image(s) already finished" in again.stdout, again.stdout
+    assert len(json.loads((two / "summary.json").read_text())["images"]) == 5

@@ -4,16 +4,18 @@ with large vocabularies (probability maps for the kept classes only)."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from digseg.cli import build_parser, main
 from digseg.data.registry import dataset_names
 from digseg.dataset_eval import predict_dataset
 from digseg.errors import ConfigError
-from digseg.protocols import CATSEG, PRESETS, TestProtocol, protocol_for, protocol_from_args
+from digseg.protocols import CATSEG, PRESETS, TestProtocol, protocol_for, protocol_from_args, tiling_scale
 
 
 def test_presets_follow_mmseg_and_catseg():
@@ -101,3 +103,40 @@ def test_predict_writes_maps_for_the_kept_classes_only(tiny_pipe, tmp_path):
     assert len(pixels) > 16 or set(pixels) <= mapped  # the classes with most pixels get maps
     assert record["settings"]["protocol"]["mode"] == "slide"
     assert np.asarray(Image.open(out / "p_label.png")).shape == (40, 70)
+
+
+def test_predict_slide_without_a_scale_tiles_a_large_image(tiny_pipe, tmp_path, monkeypatch):
+    """`--mode slide --crop-size 512` on a 2048 x 1024 photo: resized keep-ratio to (2048, 512) (short side = the
+    crop), so 512 windows tile 1024 x 512 (three of them), instead of one window covering the image squashed to
+    the processing resolution (which would equal whole mode)."""
+    import digseg.pipeline
+
+    tiny_pipe.save_pretrained(tmp_path / "model")
+    Image.fromarray((np.random.default_rng(1).random((1024, 2048, 3)) * 255).astype(np.uint8)).save(tmp_path / "wide.png")
+    made = []
+    real = digseg.pipeline.make_views
+    monkeypatch.setattr(digseg.pipeline, "make_views", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(tmp_path / "model"), "--image", str(tmp_path / "wide.png"), "--mode", "slide",
+                 "--crop-size", "512", "--outputs", "labels,json", "--no-progress", "--output", str(out)]) == 0
+    assert made[0].size == (512, 1024) and made[0].boxes == [(0, 512, 0, 512), (0, 512, 341, 853), (0, 512, 512, 1024)]
+    protocol = json.loads((out / "wide_summary.json").read_text())["settings"]["protocol"]
+    assert protocol["scale"] == [2048, 512] and "windows tile the image" in protocol["source"]
+    assert np.asarray(Image.open(out / "wide_label.png")).shape == (1024, 2048)
+
+
+def test_slide_that_cannot_slide_warns(tiny_pipe):
+    with pytest.warns(UserWarning, match="one 64x64 window covers the whole 64x48 processed image"):
+        tiny_pipe(torch.rand(3, 48, 64), mode="slide", crop_size=64, show_progress_bar=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tiny_pipe(torch.rand(3, 48, 64), mode="slide", crop_size=32, show_progress_bar=False)  # windows slide: quiet
+
+
+def test_tiling_scale_applies_to_slide_without_a_scale_only():
+    slide = TestProtocol("slide", crop_size=(512, 1024))
+    assert tiling_scale(slide, 512).scale == (4096, 1024)
+    assert tiling_scale(TestProtocol("slide"), 384).scale == (1536, 384)  # the window defaults to the resolution
+    assert tiling_scale(slide, 512, resolution_given=True) == slide  # --processing-resolution: the user's choice
+    ade = protocol_for("ade20k-150")
+    assert tiling_scale(ade, 512) == ade and tiling_scale(TestProtocol(), 512) == TestProtocol()

@@ -265,3 +265,35 @@ def test_the_progress_bar_counts_images_and_shows_the_time_left(tiny_pipe, tmp_p
     assert result.exit_status == 0 and result.written == result.images == 3 and result.reused == 0
     bar = capsys.readouterr().err.replace("\r", "\n").splitlines()[-1]
     assert "3/3" in bar and re.search(r"\[\d\d:\d\d<\d\d:\d\d", bar), bar  # [elapsed<remaining]
+
+
+# ---------------------------------------------------------------------------------------------- outputs at scale
+def test_outputs_labels_over_1000_images_writes_one_file_per_image(model, tmp_path):
+    """--outputs labels: 1,000 label maps, summary.json and the run's records; nothing else per image."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    pixels = _noise(8, 8, 0)
+    for k in range(1000):
+        Image.fromarray(pixels).save(folder / f"{k:04d}.png")
+    out = tmp_path / "out"
+    assert _predict(model, out, "--image", str(folder), "--outputs", "labels", "--batch-size", "50",
+                    "--processing-resolution", "16") == 0
+    visible = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert visible == sorted([f"{k:04d}_label.png" for k in range(1000)] + ["summary.json"])
+    assert [p.name for p in (out / ".digseg-predict").iterdir()] == ["records-00000.jsonl"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["images"]) == 1000 and summary["runtime"]["device"] == "cpu"
+    record = RecordIndex(out).get("0999")
+    assert record["files"]["label"] == "0999_label.png" and record["files"]["overlay"] is None
+
+
+def test_outputs_choose_the_files_of_each_image(model, tmp_path, capsys):
+    image = tmp_path / "a.png"
+    Image.fromarray(_noise(16, 16, 0)).save(image)
+    assert _predict(model, tmp_path / "o", "--image", str(image), "--outputs", "overlay,json,report",
+                    "--ensemble-size", "2") == 0
+    assert sorted(p.name for p in (tmp_path / "o").iterdir() if not p.name.startswith(".")) == [
+        "a_overlay.png", "a_overlay_legend.png", "a_summary.json", "index.html", "summary.json"]
+    assert json.loads((tmp_path / "o" / "a_summary.json").read_text())["settings"]["outputs"] == ["overlay", "json", "report"]
+    assert _predict(model, tmp_path / "p", "--image", str(image), "--outputs", "labels,maps") == 2
+    assert "unknown kind(s) maps" in capsys.readouterr().err and not (tmp_path / "p").exists()

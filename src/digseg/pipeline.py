@@ -387,7 +387,7 @@ class DiGSegPipeline(LatentSegmentationMixin, DiffusionPipeline):
             h, w = single[0]
             warnings.warn(f"mode='slide': one {window[0][0]}x{window[0][1]} window covers the whole {w}x{h} processed "
                           f"image ({len(single)} of {len(views)} image(s)), which equals mode='whole'; give a larger "
-                          "scale or a smaller crop_size", UserWarning, stacklevel=2)
+                          "scale or a smaller crop_size", UserWarning, stacklevel=3)
 
         # 4. groups of consecutive images whose views share a shape: noise, denoise, decode; views combined and
         #    read at each image's native size

@@ -73,10 +73,13 @@ class PredictResult:
     skipped: list[dict]
     summary: Path
     report: Path | None
+    num_processes: int = 1
 
     @property
     def exit_status(self) -> int:
-        return EXIT_SKIPPED if self.skipped else 0
+        """EXIT_SKIPPED when files were skipped, in a single process. Launched processes exit 0: a launcher takes
+        any other status for a crash, reports the job as failed and may restart it (torchrun --max-restarts)."""
+        return EXIT_SKIPPED if self.skipped and self.num_processes == 1 else 0
 
     def message(self) -> str:
         """The run's closing line(s): counts, where things are, and the skipped files if any."""
@@ -85,7 +88,7 @@ class PredictResult:
         text += f"; report: {self.report}" if self.report is not None else f"; summary: {self.summary}"
         if self.skipped:
             text += (f"\nskipped {len(self.skipped)} of {self.images + len(self.skipped)} image(s) that could not "
-                     f"be read (listed in {self.summary.name} and the report); exit status {EXIT_SKIPPED}")
+                     f"be read (listed in {self.summary.name} and the report); exit status {self.exit_status}")
         return text
 
 
@@ -238,7 +241,7 @@ def run_predict(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
     elif "report" in outputs:
         report = out_dir / "index.html"
     return PredictResult(images=len(done), written=written, reused=len(paths) - len(todo), skipped=missed,
-                         summary=summary, report=report)
+                         summary=summary, report=report, num_processes=world)
 
 
 def write_run_summary(out_dir: Path, records: Iterable[dict], skipped: list[dict], runtime: dict) -> Path:
