@@ -41,6 +41,7 @@ from digseg import DiGSegPipeline
 from digseg.data.base import read_class_file
 from digseg.data.synthetic import SyntheticScenes, save_scenes_as_folder
 from digseg.metrics import SegmentationMetric
+from digseg.protocols import TestProtocol, tiling_scale
 
 
 def wide_images(count: int, scenes: int, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -57,9 +58,12 @@ def wide_images(count: int, scenes: int, seed: int) -> tuple[list[np.ndarray], l
 def bench_wide(pipe: DiGSegPipeline, count: int, scenes: int, seed: int) -> None:
     images, labels = wide_images(count, scenes, seed)
     size = pipe.config.default_processing_resolution
+    tiled = tiling_scale(TestProtocol(mode="slide"), size)  # what `digseg predict --mode slide` runs
     modes = {
         f"whole, longer side -> {size} px (default)": dict(),
         "whole, native size": dict(processing_resolution=0),
+        f"slide {size} / {size * 2 // 3}, no scale given: keep-ratio {tiled.scale} (`predict --mode slide`)":
+            tiled.call_kwargs(),
         f"slide {size} / {size * 2 // 3}, native size": dict(processing_resolution=0, mode="slide"),
         "slide + flip": dict(processing_resolution=0, mode="slide", flip=True),
         "slide + global view": dict(processing_resolution=0, mode="slide", global_view=True),

@@ -18,6 +18,12 @@ Usage::
 
     python benchmarks/bench_predict.py                              # 100 and 1000 images, batch 1 and 8
     python benchmarks/bench_predict.py --counts 200 --repeats 5     # speed: 5 alternating rounds, medians
+    python benchmarks/bench_predict.py --disk --model M             # disk use per image, by --outputs
+
+``--disk`` runs `digseg predict` once per `--outputs` choice over `--disk-images` photo-like JPEGs (synthetic
+scenes, `--disk-size` px square, quality 90) and prints the files and bytes written per image, and the fixed
+files of the run. `--model` (default: the tiny random model) should be a trained one: a random model's noisy
+label maps compress worse than real ones.
 
 With ``--repeats R``, each count runs R rounds; each round runs every batch size once, in alternating order, so
 background load hits them alike. The table gives the median images/s and wall time and the largest peak RSS
@@ -89,6 +95,40 @@ def run_predict(model: Path, images: Path, out: Path, batch_size: int, threads: 
     return {"images": len(stamps), "peak_rss_mib": usage.ru_maxrss / 1024, "wall_s": wall, "images_per_s": rate}
 
 
+DISK_OUTPUTS = ["all", "labels,overlay,json,report", "labels,json", "labels"]
+
+
+def bench_disk(model: Path, work: Path, count: int, size: int, threads: int) -> None:
+    """Files and bytes per image that `digseg predict` writes, by --outputs (see the module docstring)."""
+    from digseg.data.synthetic import SyntheticScenes
+
+    images = work / f"scenes-{count}-{size}"
+    images.mkdir(parents=True, exist_ok=True)
+    scenes = SyntheticScenes(count, size=size, seed=1)
+    for k in range(count):
+        path = images / f"scene{k:04d}.jpg"
+        if not path.exists():
+            Image.fromarray(scenes.scene(k)[0]).save(path, quality=90)
+    source = sum(p.stat().st_size for p in images.iterdir()) / count
+    print(f"{count} synthetic scenes, {size}x{size} JPEG (quality 90, {source / 1024:.1f} KiB each); model {model}")
+    print("| --outputs | files per image | KiB per image | x input | run files (summary, report, records) |")
+    print("|---|---:|---:|---:|---:|")
+    for outputs in DISK_OUTPUTS:
+        out = work / f"disk-{outputs.replace(',', '+')}"
+        shutil.rmtree(out, ignore_errors=True)
+        command = [sys.executable, "-m", "digseg.cli", "predict", "--model", str(model), "--image", str(images),
+                   "--output", str(out), "--no-progress", "--batch-size", "8", "--outputs", outputs]
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads),
+                   PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        files = [p for p in out.rglob("*") if p.is_file()]
+        per_image = [p for p in files if p.name.startswith("scene")]
+        run_files = len(files) - len(per_image)
+        size_per_image = sum(p.stat().st_size for p in per_image) / count
+        print(f"| {outputs} | {len(per_image) / count:.1f} | {size_per_image / 1024:.1f} | "
+              f"{size_per_image / source:.2f} | {run_files} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--counts", default="100,1000", help="image counts, comma-separated")
@@ -97,10 +137,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch / OpenMP threads of the command")
     parser.add_argument("--repeats", type=int, default=1, help="alternating rounds per count (medians reported)")
     parser.add_argument("--work", default="/tmp/bench-predict", help="model, images and outputs go here")
+    parser.add_argument("--disk", action="store_true", help="measure disk use per image by --outputs instead")
+    parser.add_argument("--model", help="--disk: a trained model folder (default: the tiny random model)")
+    parser.add_argument("--disk-images", type=int, default=50)
+    parser.add_argument("--disk-size", type=int, default=512)
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    model = build_model(work)
+    model = Path(args.model) if args.model else build_model(work)
+    if args.disk:
+        bench_disk(model, work, args.disk_images, args.disk_size, args.threads)
+        return
     counts = [int(c) for c in args.counts.split(",")]
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     print(f"load average {os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs; tiny random model; {args.size} px PNGs")

@@ -100,6 +100,19 @@ def test_commands_refuse_an_impossible_device_before_any_work(tmp_path, capsys):
     assert "no CUDA device" in capsys.readouterr().err
 
 
+def test_models_load_in_the_dtype_asked(tiny_pipe, tmp_path):
+    """Loaded in bf16 (not loaded in fp32, then cast): every component's weights, whichever keyword names it."""
+    from digseg import DiGSegPipeline
+
+    tiny_pipe.save_pretrained(tmp_path / "model")
+    for keyword in ("dtype", "torch_dtype"):
+        pipe = DiGSegPipeline.from_pretrained(tmp_path / "model", **{keyword: torch.bfloat16})
+        for module in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_pathway):
+            assert {p.dtype for p in module.parameters()} == {torch.bfloat16}, (keyword, type(module).__name__)
+        out = pipe(torch.rand(3, 32, 32), prompt="circle", show_progress_bar=False)
+        assert out.labels.shape == (1, 32, 32)
+
+
 def test_runtime_info_says_where_a_run_was(monkeypatch):
     info = devices.runtime_info("cpu", torch.bfloat16, num_processes=2)
     assert info["device"] == "cpu" and info["dtype"] == "bf16" and info["num_processes"] == 2

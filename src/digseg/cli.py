@@ -42,7 +42,7 @@ def _load_model(model, placement):
     from .pipeline import DiGSegPipeline
 
     device, dtype = placement
-    return DiGSegPipeline.from_pretrained(model, torch_dtype=dtype).to(device)
+    return DiGSegPipeline.from_pretrained(model, dtype=dtype).to(device)
 
 
 # ---------------------------------------------------------------------------------------------- quickstart

@@ -21,7 +21,8 @@ the image as viewers show it. Each image's files appear atomically; --skip-exist
 exit status:
   0    every image was predicted
   2    a user error (bad model, flags or image selection); nothing was predicted
-  {EXIT_SKIPPED}    the run finished, but some files could not be read and were skipped
+  {EXIT_SKIPPED}    the run finished, but some files could not be read and were skipped (0 under
+       accelerate launch / torchrun, which take any other status for a crash)
   130  interrupted (Ctrl-C); run again with --skip-existing to continue
   1    anything else (a crash, with a traceback)
 """

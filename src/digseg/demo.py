@@ -307,7 +307,7 @@ def launch_demo(model_dir: str | os.PathLike[str] | None = None, host: str = "12
     import_gradio()  # fail early, before the model loads
     from .pipeline import DiGSegPipeline
 
-    pipe = DiGSegPipeline.from_pretrained(model, torch_dtype=dtype).to(device)
+    pipe = DiGSegPipeline.from_pretrained(model, dtype=dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
     # PIL's own decompression-bomb guard: warn above the demo's limit, refuse outright at twice it
     Image.MAX_IMAGE_PIXELS = max_pixels

@@ -1,7 +1,7 @@
 """Where a command runs and in which precision: one rule for every command, the demo and Python users.
 
     device, dtype = resolve_device_and_dtype()            # "auto", "auto"
-    pipe = DiGSegPipeline.from_pretrained("my-model", torch_dtype=dtype).to(device)
+    pipe = DiGSegPipeline.from_pretrained("my-model", dtype=dtype).to(device)
 
 Device `auto`: the launched process's own accelerator under `accelerate launch` or `torchrun` (cuda:LOCAL_RANK),
 else CUDA when available, else Apple's MPS, else the CPU. `cuda` alone under a launcher also means this

@@ -57,6 +57,14 @@ from .models.mask_decoder import LightMaskDecoder
 from .models.text import CLIPPromptEncoder, TextPathway, install_level_processors
 
 
+try:  # diffusers renamed from_pretrained's `torch_dtype` to `dtype` (the old name warns)
+    from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
+
+    _DIFFUSERS_TAKES_DTYPE = True
+except ImportError:
+    _DIFFUSERS_TAKES_DTYPE = False
+
+
 @functools.lru_cache(maxsize=2)
 def _open_clip_encoder(name: str):
     """One frozen open_clip text encoder per name per process (from_backbone and __init__ both ask for it)."""
@@ -177,6 +185,12 @@ class DiGSegPipeline(LatentSegmentationMixin, DiffusionPipeline):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "DiGSegPipeline":
+        """diffusers' `from_pretrained`; the load dtype may be given as `dtype` or `torch_dtype` (diffusers renamed
+        it), and is passed on under the name the installed diffusers knows."""
+        if "torch_dtype" in kwargs or "dtype" in kwargs:
+            dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
+            kwargs.pop("torch_dtype", None)
+            kwargs["dtype" if _DIFFUSERS_TAKES_DTYPE else "torch_dtype"] = dtype
         path = Path(str(pretrained_model_name_or_path)).expanduser()
         if path.exists() or not looks_like_hub_id(str(pretrained_model_name_or_path)):
             if not path.is_dir():
