@@ -125,6 +125,7 @@ def test_two_process_eval_gives_exactly_the_single_process_metrics(tiny_backbone
     _run([*_torchrun_2proc(), *common, "--output", str(tmp_path / "two.json")])
     one = json.loads((tmp_path / "one.json").read_text())
     two = json.loads((tmp_path / "two.json").read_text())
+    assert (one.pop("runtime")["num_processes"], two.pop("runtime")["num_processes"]) == (1, 2)
     for result in (one, two):
         result.pop("predictions")
         assert [Path(m.split()[-1]).name for m in result.pop("skipped_samples")] == [broken.stem + ".png"]
