@@ -60,8 +60,8 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------------------------------- train
 # argparse dest -> the TrainConfig field (section, key) it sets. `_train_config` (train, cache-latents, browse-data)
-# lays each dest given on the command line over the --config file: not None, and for store_true flags only when
-# set; a dest its command lacks is skipped. --resolution and --no-augmentation are mapped there, not here.
+# lays each dest given on the command line over the --config file (every boolean has --x and --no-x, so a flag can
+# turn a config's setting either way); a dest its command lacks is skipped. --resolution is mapped there, not here.
 _TRAIN_FLAGS = {
     "pretrained": ("model", "pretrained"), "prediction_type": ("model", "prediction_type"),
     "text_encoder": ("model", "text_encoder"), "objective": ("model", "objective"),
@@ -69,9 +69,11 @@ _TRAIN_FLAGS = {
     "dataset": ("data", "dataset"), "data_root": ("data", "data_root"), "num_scenes": ("data", "num_scenes"),
     "crop_size": ("data", "crop_size"), "task": ("data", "task"), "latent_cache": ("data", "latent_cache"),
     "num_workers": ("data", "num_workers"), "cache_latents": ("data", "cache_latents"),
+    "augmentation": ("data", "augmentation"),
     "max_steps": ("optim", "max_steps"), "batch_size": ("optim", "batch_size"),
     "learning_rate": ("optim", "learning_rate"), "gradient_accumulation_steps": ("optim", "gradient_accumulation_steps"),
     "mixed_precision": ("optim", "mixed_precision"), "use_ema": ("optim", "use_ema"),
+    "ema_device": ("optim", "ema_device"),
     "gradient_checkpointing": ("optim", "gradient_checkpointing"),
     "output": ("run", "output_dir"), "checkpoint_every": ("run", "checkpoint_every"),
     "keep_checkpoints": ("run", "keep_checkpoints"), "seed": ("run", "seed"),
@@ -91,10 +93,8 @@ def _train_config(args: argparse.Namespace):
     overrides: dict[str, dict] = {}
     for flag, (section, key) in _TRAIN_FLAGS.items():
         value = getattr(args, flag, None)
-        if value is not None and value is not False:  # store_true flags left off do not override the file
+        if value is not None:  # a flag left off does not override the file
             overrides.setdefault(section, {})[key] = value
-    if getattr(args, "no_augmentation", False):
-        overrides.setdefault("data", {})["augmentation"] = False
     return TrainConfig.load(args.config, overrides)
 
 

@@ -11,7 +11,8 @@ from .devices import DEVICE_CHOICES_TEXT, DTYPE_CHOICES
 from .errors import EXIT_SKIPPED
 from .predict_records import OUTPUTS
 from .protocols import add_protocol_flags, parse_pair
-from .training.config import MASK_DECODER_TARGETS, MASK_DECODERS, MIXED_PRECISION, OBJECTIVES, PREDICTION_TYPES, TASKS
+from .training.config import (EMA_DEVICES, MASK_DECODER_TARGETS, MASK_DECODERS, MIXED_PRECISION, OBJECTIVES,
+                              PREDICTION_TYPES, TASKS)
 
 _PREDICT_EPILOG = f"""\
 A file that cannot be read (missing, empty, not an image, truncated) is named on stderr and skipped; the
@@ -64,12 +65,14 @@ def _add_train(sub) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
     data_flags.add_argument("--crop-size", type=parse_pair, metavar="H[,W]",
                             help="training crop (default: the dataset's preset, docs/augmentation.md)")
     data_flags.add_argument("--resolution", type=int, help="a square training crop: same as --crop-size N")
-    data_flags.add_argument("--no-augmentation", action="store_true",
-                            help="squash every sample to the crop instead of the dataset's augmentation")
+    data_flags.add_argument("--augmentation", action=argparse.BooleanOptionalAction, default=None,
+                            help="--no-augmentation: squash every sample to the crop instead of the dataset's "
+                                 "augmentation; --augmentation: the dataset's preset")
     data_flags.add_argument("--num-workers", type=int, help="DataLoader workers reading and augmenting samples (default 0)")
     data_flags.add_argument("--num-scenes", type=int, help="synthetic dataset size (default 2000)")
     data_flags.add_argument("--task", choices=TASKS)
-    data_flags.add_argument("--cache-latents", action="store_true", help="keep latents in memory (needs --no-augmentation)")
+    data_flags.add_argument("--cache-latents", action=argparse.BooleanOptionalAction, default=None,
+                            help="keep latents in memory (needs --no-augmentation)")
     data_flags.add_argument("--latent-cache", help="a folder from `digseg cache-latents` (needs --no-augmentation)")
     t.add_argument("--output", help="run folder: config.yaml, checkpoints/, the trained model")
     t.add_argument("--max-steps", type=int)
@@ -87,9 +90,13 @@ def _add_train(sub) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
     t.add_argument("--keep-checkpoints", type=int)
     t.add_argument("--seed", type=int)
     t.add_argument("--text-encoder", help="another CLIP text encoder (folder or hub id), e.g. openai/clip-vit-large-patch14")
-    t.add_argument("--use-ema", action="store_true")
+    t.add_argument("--use-ema", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep an exponential moving average of the weights (the saved model uses it)")
+    t.add_argument("--ema-device", choices=EMA_DEVICES,
+                   help="where the EMA copy lives between updates (cpu: off the GPU, one copy of the weights less)")
     t.add_argument("--resume", help="'latest' or a checkpoint folder")
-    t.add_argument("--gradient-checkpointing", action="store_true")
+    t.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                   help="recompute U-Net activations in the backward pass: less memory, slower steps")
     return t, data_flags
 
 

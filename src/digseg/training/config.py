@@ -28,6 +28,7 @@ OBJECTIVES = ("diffusion", "one-step")
 MASK_DECODERS = ("auto", "light", "vae")  # auto: the model's light mask decoder if it has one, else the VAE
 MASK_DECODER_TARGETS = ("mask", "vae")  # what `digseg train-mask-decoder --target` learns (training/mask_decoder.py)
 MIXED_PRECISION = ("no", "fp16", "bf16")  # optim.mixed_precision may also be "": the launcher's choice
+EMA_DEVICES = ("accelerator", "cpu")  # where optim.use_ema keeps its copy of the weights between steps
 
 
 @dataclass
@@ -110,6 +111,9 @@ class OptimConfig:
     gradient_checkpointing: bool = False  # recompute U-Net activations in backward: less memory, ~30% slower
     use_ema: bool = False
     ema_decay: float = 0.999
+    # cpu: the EMA copy lives in host memory and visits the accelerator only for its update, after the step's
+    # activations and gradients are freed (diffusers' --offload_ema): one copy of the weights less at the peak
+    ema_device: str = "accelerator"
     # share of training samples at the last timestep (T-1), where few-step trailing inference starts; the rest
     # are uniform over [0, T). Uniform alone spends most updates on nearly noise-free, easy inputs.
     max_timestep_prob: float = 0.5
@@ -123,6 +127,8 @@ class OptimConfig:
                 raise ConfigError(f"optim.{name} must be >= 1, got {getattr(self, name)}")
         if not self.learning_rate > 0:
             raise ConfigError(f"optim.learning_rate must be > 0, got {self.learning_rate}")
+        if self.ema_device not in EMA_DEVICES:
+            raise ConfigError(f"optim.ema_device must be one of {', '.join(EMA_DEVICES)}, got {self.ema_device!r}")
         if not 0.0 <= self.max_timestep_prob <= 1.0:
             raise ConfigError(f"optim.max_timestep_prob must be in [0, 1], got {self.max_timestep_prob}")
 

@@ -131,6 +131,9 @@ class Trainer:
         self.unet, self.text_pathway, self.optimizer = self.accelerator.prepare(pipe.unet, pipe.text_pathway, self.optimizer)
         self.params = list(self.unet.parameters()) + list(self.text_pathway.parameters())  # trainable
         self.ema = EMAModel(self.params, decay=opt.ema_decay) if opt.use_ema else None
+        self.ema_device = torch.device("cpu") if opt.ema_device == "cpu" else self.accelerator.device
+        if self.ema is not None:
+            self.ema.to(self.ema_device)
         self.step = 0
         self.last_loss = float("nan")
         self.logs = TrainingLogger(self.accelerator, self.output_dir, config.to_dict(),
@@ -185,7 +188,7 @@ class Trainer:
             if "ema" not in weights:
                 raise DigsegError(f"checkpoint {path} has no EMA weights but use_ema is on")
             shadow = weights["ema"]
-            self.ema.shadow_params = [shadow[k].to(self.accelerator.device) for k in sorted(shadow)]
+            self.ema.shadow_params = [shadow[k].to(self.ema_device) for k in sorted(shadow)]
             self.ema.optimization_step = state["ema"]["optimization_step"]
         self.step = int(state["step"])
         self.logs.truncate_after(self.step)
@@ -237,7 +240,7 @@ class Trainer:
                     self.optimizer.zero_grad(set_to_none=True)
             self.lr_scheduler.step()
             if self.ema is not None:
-                self.ema.step(self.params)
+                self._ema_step()
             self.step += 1
             self.last_loss = loss.item()
             history.append(self.last_loss)
@@ -252,6 +255,16 @@ class Trainer:
             kill_point(f"step-{self.step}")
             if self.step % run.checkpoint_every == 0 or self.step == opt.max_steps:
                 self.save_checkpoint()
+
+    def _ema_step(self) -> None:
+        """Update the EMA from the weights just stepped; an EMA kept off the accelerator visits it for the update
+        (the step's gradients are freed by then) and goes back, as diffusers' --offload_ema does."""
+        away = self.ema_device != self.accelerator.device
+        if away:
+            self.ema.to(self.accelerator.device, non_blocking=True)
+        self.ema.step(self.params)
+        if away:
+            self.ema.to(self.ema_device, non_blocking=True)
 
     def _loss(self, batch: Batch, gen: list[torch.Generator]) -> torch.Tensor:
         """The objective's loss of one micro-batch (the pipeline's config names the objective)."""
