@@ -67,6 +67,7 @@ _TRAIN_FLAGS = {
     "text_encoder": ("model", "text_encoder"), "objective": ("model", "objective"),
     "one_step_decoder": ("model", "one_step_decoder"),
     "dataset": ("data", "dataset"), "data_root": ("data", "data_root"), "num_scenes": ("data", "num_scenes"),
+    "val_fraction": ("data", "val_fraction"), "split_file": ("data", "split_file"),
     "crop_size": ("data", "crop_size"), "task": ("data", "task"), "latent_cache": ("data", "latent_cache"),
     "num_workers": ("data", "num_workers"), "cache_latents": ("data", "cache_latents"),
     "augmentation": ("data", "augmentation"),
@@ -214,6 +215,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> None:
     from .data.base import MetricKind
     from .data.registry import get_dataset_class
+    from .data.splits import split_options
     from .dataset_eval import SUMMARY_COLUMNS, default_protocol, predict_dataset, score_predictions, search_threshold
     from .distributed import is_main_process, process_info
     from .metrics import format_markdown_table
@@ -223,7 +225,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if not args.data_root:
         raise ConfigError("--data-root is required")
     placement = _placement(args) if args.model else None
-    dataset = get_dataset_class(args.dataset)(args.data_root, split=args.split)
+    splits = split_options(args.dataset, args.val_fraction, args.split_file)  # a folder dataset's splits
+    dataset = get_dataset_class(args.dataset)(args.data_root, split=args.split, **splits)
     output = Path(args.output)
     predictions = Path(args.predictions) if args.predictions else output.with_suffix("").parent / f"{output.stem}_predictions"
     info: dict = {}
@@ -242,7 +245,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         query = dict(top_k=args.top_k, templates=args.templates)
         threshold = 0.5
         if args.threshold_search:
-            search_set = get_dataset_class(args.dataset)(args.data_root, split=args.search_split)
+            search_set = get_dataset_class(args.dataset)(args.data_root, split=args.search_split, **splits)
             threshold, dice = search_threshold(pipe, search_set, **kwargs)
             info["threshold_search"] = {"split": args.search_split, "threshold": threshold, "Dice": dice}
             if is_main_process():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+from .data.splits import DEFAULT_VAL_FRACTION
 from .devices import DEVICE_CHOICES_TEXT, DTYPE_CHOICES
 from .errors import EXIT_SKIPPED
 from .predict_records import OUTPUTS
@@ -62,6 +63,9 @@ def _add_train(sub) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
     data_flags.add_argument("--dataset", help="synthetic (default), folder, or a registered dataset name such as "
                                               "ade20k-150 (an unknown name's error lists them all)")
     data_flags.add_argument("--data-root", help="dataset root folder")
+    data_flags.add_argument("--val-fraction", type=float, help="folder dataset, flat: share of images held out for "
+                            f"val by file-name hash, not trained on (default {DEFAULT_VAL_FRACTION:g})")
+    data_flags.add_argument("--split-file", help="folder dataset: a text file of the training images' stems, one per line")
     data_flags.add_argument("--crop-size", type=parse_pair, metavar="H[,W]",
                             help="training crop (default: the dataset's preset, docs/augmentation.md)")
     data_flags.add_argument("--resolution", type=int, help="a square training crop: same as --crop-size N")
@@ -186,6 +190,9 @@ def _add_eval(sub) -> None:
     e.add_argument("--dataset", required=True, help="a registered dataset name, e.g. ade20k-150, cityscapes, folder")
     e.add_argument("--data-root", help="the dataset's root folder, in its official layout")
     e.add_argument("--split", default="val")
+    e.add_argument("--val-fraction", type=float, help="folder dataset, flat: share of images held out for val by "
+                   f"file-name hash (default {DEFAULT_VAL_FRACTION:g}; 1 scores every image)")
+    e.add_argument("--split-file", help="folder dataset: a text file of the stems to score, one per line")
     src = e.add_mutually_exclusive_group()
     src.add_argument("--predictions", help="folder of <stem>.png label maps to score")
     src.add_argument("--model", help="a DiGSeg model folder: predict the split, then score")

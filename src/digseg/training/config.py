@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from ..data.splits import split_options
 from ..errors import ConfigError
 
 # The choices of the fields below and of the `digseg` flags that set them, listed once (cli.py, the pipeline,
@@ -61,6 +62,10 @@ class DataConfig:
     dataset: str = "synthetic"
     data_root: str | None = None
     num_scenes: int = 2000  # synthetic only
+    # folder only (digseg.data.splits): share of a flat folder held out for val by file-name hash (None: 0.1), and a
+    # text file of the training images' stems (None: splits/train.txt, images/train/ or the held-out fraction)
+    val_fraction: float | None = None
+    split_file: str | None = None
     # training crop, height x width (an int: square). None = the dataset preset's crop (docs/augmentation.md)
     crop_size: int | list[int] | None = None
     # overrides of the dataset's augmentation preset (keys of digseg.data.augment.Augmentation);
@@ -76,6 +81,7 @@ class DataConfig:
     latent_cache: str = ""  # a folder written by `digseg cache-latents` (only without augmentation)
 
     def validate(self) -> None:
+        split_options(self.dataset, self.val_fraction, self.split_file)
         if self.task not in TASKS:
             raise ConfigError(f"data.task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.num_workers < 0 or self.prefetch_factor < 1 or self.cache_max_mib < 0:

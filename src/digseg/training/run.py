@@ -70,12 +70,14 @@ def training_augmentation(data: DataConfig) -> Augmentation:
 
 
 def build_dataset(data: DataConfig, seed: int, split: str = "train") -> Dataset:
-    """The dataset a `data` section names (synthetic scenes of the crop's size; readers at native size)."""
+    """The dataset a `data` section names (synthetic scenes of the crop's size; readers at native size).
+    `data.split_file` names the training images, so it applies to split "train" only."""
     from ..data.registry import build_dataset as build
 
     crop = training_augmentation(data).crop_size
     return build(data.dataset, data.data_root, split=split, size=crop[0] if crop[0] == crop[1] else None,
-                 num_scenes=data.num_scenes, seed=seed)
+                 num_scenes=data.num_scenes, seed=seed, val_fraction=data.val_fraction,
+                 split_file=data.split_file if split == "train" else None)
 
 
 def build_training_data(data: DataConfig, pipe: DiGSegPipeline, dataset: Dataset, seed: int) -> TrainingData:
