@@ -92,6 +92,10 @@ def _add_train(sub) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
     t.add_argument("--mixed-precision", choices=MIXED_PRECISION)
     t.add_argument("--checkpoint-every", type=int)
     t.add_argument("--keep-checkpoints", type=int)
+    t.add_argument("--eval-every", type=int, metavar="N",
+                   help="score the validation split every N steps and at the last (default 0: never); the best "
+                        "step's checkpoint is kept in checkpoints/best/ (docs/training.md)")
+    t.add_argument("--eval-samples", type=int, metavar="N", help="validation: score the first N images (default 50)")
     t.add_argument("--seed", type=int)
     t.add_argument("--text-encoder", help="another CLIP text encoder (folder or hub id), e.g. openai/clip-vit-large-patch14")
     t.add_argument("--use-ema", action=argparse.BooleanOptionalAction, default=None,

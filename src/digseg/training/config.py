@@ -149,15 +149,20 @@ class RunConfig:
     log_with: str = "tensorboard"  # tensorboard (<output_dir>/logs, when installed) | none; log.jsonl is always written
     sample_every: int = 250  # predictions on a fixed batch of validation images into TensorBoard; 0 = never
     num_sample_images: int = 4
+    # score the validation split every `eval_every` steps and at the last step (0 = never), E-Step 1x1 on its first
+    # `eval_samples` images; the best step's checkpoint is kept in checkpoints/best/ (docs/training.md)
+    eval_every: int = 0
+    eval_samples: int = 50
 
     def validate(self) -> None:
-        for name in ("checkpoint_every", "keep_checkpoints", "log_every", "num_sample_images"):
+        for name in ("checkpoint_every", "keep_checkpoints", "log_every", "num_sample_images", "eval_samples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"run.{name} must be >= 1, got {getattr(self, name)}")
         if self.log_with not in ("tensorboard", "none"):
             raise ConfigError(f"run.log_with must be tensorboard or none, got {self.log_with!r}")
-        if self.sample_every < 0 or self.seed < 0:
-            raise ConfigError(f"run.sample_every and run.seed must be >= 0, got {self.sample_every}, {self.seed}")
+        for name in ("sample_every", "eval_every", "seed"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"run.{name} must be >= 0, got {getattr(self, name)}")
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "run": RunConfig}
