@@ -18,7 +18,7 @@ from digseg.data.splits import DEFAULT_VAL_FRACTION, is_held_out, split_options
 from digseg.errors import ConfigError, DataError
 from digseg.training.config import TrainConfig
 from digseg.training.run import build_dataset as build_training_dataset
-from digseg.training.run import preview_dataset
+from digseg.training.run import validation_split
 
 
 def write_pairs(root: Path, names, split_folder: str = "") -> Path:
@@ -172,7 +172,7 @@ def test_training_config_takes_the_split_options(tmp_path):
     assert config.data.val_fraction == 0.3 and config.data.split_file is None
     train = build_training_dataset(config.data, seed=0)  # training reads split "train": the images not held out
     assert train.split == "train" and stems(train) == [s for s in NAMES[:40] if not is_held_out(s, 0.3)]
-    preview = preview_dataset(config)  # TensorBoard previews read the held-out images
+    preview = validation_split(config)  # TensorBoard previews read the held-out images
     assert preview is not None and stems(preview) == [s for s in NAMES[:40] if is_held_out(s, 0.3)]
 
     listed = tmp_path / "train.txt"
@@ -182,7 +182,7 @@ def test_training_config_takes_the_split_options(tmp_path):
     config = _train_config(args)
     assert config.data.val_fraction == 0.3 and config.data.split_file == str(listed)
     assert stems(build_training_dataset(config.data, seed=0)) == ["img_0001", "img_0002"]
-    assert stems(preview_dataset(config)) == [s for s in NAMES[:40] if is_held_out(s, 0.3)]  # the file names train
+    assert stems(validation_split(config)) == [s for s in NAMES[:40] if is_held_out(s, 0.3)]  # the file names train
     with pytest.raises(ConfigError, match="0 to 1"):
         TrainConfig.load(None, {"data": {"dataset": "folder", "val_fraction": 1.5}})
     with pytest.raises(ConfigError, match="own splits"):
