@@ -122,7 +122,7 @@ def test_one_image_to_tensor_conversion(tmp_path: Path) -> None:
     image.save(tmp_path / "images" / "x.png")
     Image.fromarray(np.zeros((23, 37), np.uint8)).save(tmp_path / "masks" / "x.png")
     (tmp_path / "classes.txt").write_text("background\nthing\n")
-    assert torch.equal(FolderPairs(tmp_path)[0]["image"], expected)  # SegmentationDataset.__getitem__
+    assert torch.equal(FolderPairs(tmp_path, val_fraction=1)[0]["image"], expected)  # SegmentationDataset.__getitem__
     scenes = SyntheticScenes(2, size=16, seed=1)
     assert torch.equal(scenes[1]["image"], image_to_tensor(scenes.scene(1)[0]))
 
@@ -135,7 +135,7 @@ def folder(tmp_path: Path) -> Path:
 
 def test_folder_round_trip(folder: Path) -> None:
     src = SyntheticScenes(4, size=32, seed=5)
-    ds = FolderPairs(folder)
+    ds = FolderPairs(folder, val_fraction=1)  # val = every image
     assert ds.class_names == list(SYNTHETIC_CLASSES) and ds.ignore_index == 255 and len(ds) == 4
     for i in range(4):
         a, b = src[i], ds[i]
@@ -149,7 +149,7 @@ def test_folder_resize_and_ignore(folder: Path) -> None:
     label[:4] = 255  # ignore pixels are allowed
     Image.fromarray(label).save(folder / "masks" / "scene_00000.png")
     Image.fromarray(label).save(folder / "masks" / "orphan.png")  # mask without image: ignored
-    ds = FolderPairs(folder, size=20)
+    ds = FolderPairs(folder, size=20, val_fraction=1)
     assert len(ds) == 4
     item = ds[0]
     assert item["image"].shape == (3, 20, 20) and item["label"].shape == (20, 20)
@@ -168,7 +168,7 @@ def _raises_naming(name: str, fn, *args, **kwargs) -> str:
 
 def test_corrupt_image(folder: Path) -> None:
     (folder / "images" / "scene_00001.png").write_bytes(b"\x00garbage" * 20)
-    ds = FolderPairs(folder)  # construction only checks file presence
+    ds = FolderPairs(folder, val_fraction=1)  # construction only checks file presence
     _raises_naming("scene_00001.png", ds.__getitem__, 1)
 
 
@@ -182,7 +182,7 @@ def test_truncated_image(tmp_path: Path) -> None:
 def test_text_file_named_jpg(folder: Path) -> None:
     (folder / "images" / "notes.jpg").write_text("this is not an image\n")
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(folder / "masks" / "notes.png")
-    ds = FolderPairs(folder)
+    ds = FolderPairs(folder, val_fraction=1)
     idx = [s.stem for s in ds.samples].index("notes")
     _raises_naming("notes.jpg", ds.__getitem__, idx)
 
@@ -199,7 +199,7 @@ def test_classes_txt_problems(folder: Path) -> None:
     (folder / "classes.txt").unlink()
     _raises_naming("classes.txt", FolderPairs, folder)
     (folder / "classes.txt").write_text("  background \n\ncircle\nsquare\ntriangle\n")
-    assert FolderPairs(folder).class_names == list(SYNTHETIC_CLASSES)
+    assert FolderPairs(folder, val_fraction=1).class_names == list(SYNTHETIC_CLASSES)
     (folder / "classes.txt").write_text("".join(f"class {i}\n" for i in range(256)))
     assert "256 classes" in _raises_naming("classes.txt", FolderPairs, folder)  # mask value 255 means ignore
 

@@ -119,7 +119,7 @@ def test_two_process_eval_gives_exactly_the_single_process_metrics(tiny_backbone
     data = Path(shutil.copytree(scenes_folder, scenes_folder.parent / "eval" / "data", dirs_exist_ok=True))
     broken = sorted((data / "images").iterdir())[4]
     broken.write_bytes(b"not an image")
-    common = ["eval", "--model", str(model), "--dataset", "folder", "--data-root", str(data),
+    common = ["eval", "--model", str(model), "--dataset", "folder", "--data-root", str(data), "--val-fraction", "1",
               "--ensemble-size", "2", "--steps", "2"]
     _run([sys.executable, "-m", "digseg.cli", *common, "--output", str(tmp_path / "one.json")])
     _run([*_torchrun_2proc(), *common, "--output", str(tmp_path / "two.json")])

@@ -186,7 +186,7 @@ def test_cli_eval_scores_a_predictions_folder(tmp_path, capsys):
     for mask in (data / "masks").glob("*.png"):  # perfect predictions
         Image.open(mask).save(preds / mask.name)
     assert main(["eval", "--dataset", "folder", "--data-root", str(data), "--predictions", str(preds),
-                 "--output", str(tmp_path / "m.json")]) == 0
+                 "--val-fraction", "1", "--output", str(tmp_path / "m.json")]) == 0  # val: every image
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["mIoU"] == pytest.approx(100) and metrics["aAcc"] == pytest.approx(100)
     assert set(metrics["per_class"]) == {"background", "circle", "square", "triangle"}
@@ -200,8 +200,8 @@ def test_cli_eval_runs_a_model_and_skips_corrupt_images(tiny_pipe, tmp_path, cap
     corrupt = sorted((data / "images").glob("*.png"))[0]
     corrupt.write_bytes(b"not an image")
     assert main(["eval", "--dataset", "folder", "--data-root", str(data), "--model", str(tmp_path / "model"),
-                 "--ensemble-size", "2", "--steps", "2", "--output", str(tmp_path / "out" / "m.json"),
-                 "--device", "cpu", "--dtype", "bf16"]) == 0
+                 "--val-fraction", "1", "--ensemble-size", "2", "--steps", "2",
+                 "--output", str(tmp_path / "out" / "m.json"), "--device", "cpu", "--dtype", "bf16"]) == 0
     metrics = json.loads((tmp_path / "out" / "m.json").read_text())
     assert metrics["num_images"] == 2 and metrics["ensemble_size"] == 2 and metrics["steps"] == 2
     assert metrics["runtime"]["device"] == "cpu" and metrics["runtime"]["dtype"] == "bf16"

@@ -62,7 +62,7 @@ def _folder(tmp_path, n=5):
     from digseg.data.registry import get_dataset_class
 
     root = save_scenes_as_folder(SyntheticScenes(n, seed=4), tmp_path / "data")
-    return get_dataset_class("folder")(root, split="val")
+    return get_dataset_class("folder")(root, split="val", val_fraction=1)  # val: every image
 
 
 @pytest.mark.parametrize("protocol", [TestProtocol(), TestProtocol("slide", (48, 48), (32, 32), flip=True)])
@@ -79,8 +79,8 @@ def test_cli_eval_records_the_protocol(tiny_pipe, tmp_path):
     dataset = _folder(tmp_path, n=3)
     tiny_pipe.save_pretrained(tmp_path / "model")
     assert main(["eval", "--dataset", "folder", "--data-root", str(dataset.root), "--model", str(tmp_path / "model"),
-                 "--mode", "slide", "--crop-size", "48", "--stride", "32", "--flip", "--batch-size", "2",
-                 "--output", str(tmp_path / "m.json")]) == 0
+                 "--val-fraction", "1", "--mode", "slide", "--crop-size", "48", "--stride", "32", "--flip",
+                 "--batch-size", "2", "--output", str(tmp_path / "m.json")]) == 0
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["protocol"]["mode"] == "slide" and metrics["protocol"]["crop_size"] == [48, 48]
     assert metrics["protocol"]["flip"] is True and metrics["batch_size"] == 2 and metrics["num_images"] == 3

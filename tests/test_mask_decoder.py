@@ -171,7 +171,8 @@ def test_cli_eval_chooses_the_decoder(tiny_pipe, tmp_path, capsys):
     plain, light = tmp_path / "plain", tmp_path / "light"
     tiny_pipe.save_pretrained(plain)
     run = lambda model, choice: main(["eval", "--dataset", "folder", "--data-root", str(data), "--model", str(model),  # noqa: E731
-                                      "--mask-decoder", choice, "--output", str(tmp_path / f"{model.name}-{choice}.json")])
+                                      "--val-fraction", "1", "--mask-decoder", choice,
+                                      "--output", str(tmp_path / f"{model.name}-{choice}.json")])
     assert run(plain, "light") == 2
     assert "no light mask decoder" in capsys.readouterr().err
     assert main(["train-mask-decoder", "--model", str(plain), "--output", str(light), "--steps", "2",

@@ -57,10 +57,10 @@ def _weights(pipe):
             **{f"tp.{k}": v.clone() for k, v in pipe.text_pathway.state_dict().items()}}
 
 
-@pytest.mark.parametrize("use_ema", [False, True])
-def test_resume_continues_the_same_run(tiny_backbone, tmp_path, use_ema):
+@pytest.mark.parametrize("use_ema, ema_device", [(False, "accelerator"), (True, "accelerator"), (True, "cpu")])
+def test_resume_continues_the_same_run(tiny_backbone, tmp_path, use_ema, ema_device):
     data = SyntheticScenes(10, seed=0)
-    config = _config(tmp_path / "a", use_ema=use_ema, gradient_accumulation_steps=2)
+    config = _config(tmp_path / "a", use_ema=use_ema, gradient_accumulation_steps=2, ema_device=ema_device)
     straight = _weights(trainer(config, _fresh(tiny_backbone), data, show_progress=False).train())
     steps = [int(p.name.split("-")[1]) for p in list_checkpoints(tmp_path / "a" / "run" / "checkpoints")]
     assert steps == [3, 6]
@@ -70,8 +70,10 @@ def test_resume_continues_the_same_run(tiny_backbone, tmp_path, use_ema):
     (resumed_dir / "checkpoints").mkdir(parents=True)
     shutil.copytree(tmp_path / "a" / "run" / "checkpoints" / "step-00000003", resumed_dir / "checkpoints" / "step-00000003")
     (resumed_dir / "checkpoints" / ".tmp-step-00000004-999").mkdir()  # an interrupted write: never read
-    tr = trainer(_config(tmp_path / "b", use_ema=use_ema, gradient_accumulation_steps=2), _fresh(tiny_backbone),
-                      data, show_progress=False)
+    tr = trainer(_config(tmp_path / "b", use_ema=use_ema, gradient_accumulation_steps=2, ema_device=ema_device),
+                 _fresh(tiny_backbone), data, show_progress=False)
+    if use_ema:  # the EMA copy lives where asked (on a GPU machine, "cpu" keeps it off the GPU between updates)
+        assert {p.device.type for p in tr.ema.shadow_params} == {"cpu"}
     resumed = _weights(tr.train(resume="latest"))
     for name, value in straight.items():
         torch.testing.assert_close(resumed[name], value, atol=1e-6, rtol=1e-5, msg=name)

@@ -102,9 +102,9 @@ def write(model: Path, out: Path, one_step: Path | None) -> None:
     folder = save_scenes_as_folder(data, out / "data")
     cli = out / "cli"
     runs = [
-        ["eval", "--dataset", "folder", "--data-root", str(folder), "--model", str(model), "--ensemble-size", "2",
-         "--steps", "2", "--output", str(cli / "eval" / "metrics.json")],
-        ["eval", "--dataset", "folder", "--data-root", str(folder), "--predictions",
+        ["eval", "--dataset", "folder", "--data-root", str(folder), "--val-fraction", "1", "--model", str(model),
+         "--ensemble-size", "2", "--steps", "2", "--output", str(cli / "eval" / "metrics.json")],
+        ["eval", "--dataset", "folder", "--data-root", str(folder), "--val-fraction", "1", "--predictions",
          str(cli / "eval" / "metrics_predictions"), "--output", str(cli / "eval_scored" / "metrics.json")],
         ["predict", "--model", str(model), "--image", str(folder / "images"), "--prompt", names[1],
          "--output", str(cli / "predict_binary")],

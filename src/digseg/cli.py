@@ -60,21 +60,25 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------------------------------- train
 # argparse dest -> the TrainConfig field (section, key) it sets. `_train_config` (train, cache-latents, browse-data)
-# lays each dest given on the command line over the --config file: not None, and for store_true flags only when
-# set; a dest its command lacks is skipped. --resolution and --no-augmentation are mapped there, not here.
+# lays each dest given on the command line over the --config file (every boolean has --x and --no-x, so a flag can
+# turn a config's setting either way); a dest its command lacks is skipped. --resolution is mapped there, not here.
 _TRAIN_FLAGS = {
     "pretrained": ("model", "pretrained"), "prediction_type": ("model", "prediction_type"),
     "text_encoder": ("model", "text_encoder"), "objective": ("model", "objective"),
     "one_step_decoder": ("model", "one_step_decoder"),
     "dataset": ("data", "dataset"), "data_root": ("data", "data_root"), "num_scenes": ("data", "num_scenes"),
+    "val_fraction": ("data", "val_fraction"), "split_file": ("data", "split_file"),
     "crop_size": ("data", "crop_size"), "task": ("data", "task"), "latent_cache": ("data", "latent_cache"),
     "num_workers": ("data", "num_workers"), "cache_latents": ("data", "cache_latents"),
+    "augmentation": ("data", "augmentation"),
     "max_steps": ("optim", "max_steps"), "batch_size": ("optim", "batch_size"),
     "learning_rate": ("optim", "learning_rate"), "gradient_accumulation_steps": ("optim", "gradient_accumulation_steps"),
     "mixed_precision": ("optim", "mixed_precision"), "use_ema": ("optim", "use_ema"),
+    "ema_device": ("optim", "ema_device"),
     "gradient_checkpointing": ("optim", "gradient_checkpointing"),
     "output": ("run", "output_dir"), "checkpoint_every": ("run", "checkpoint_every"),
     "keep_checkpoints": ("run", "keep_checkpoints"), "seed": ("run", "seed"),
+    "eval_every": ("run", "eval_every"), "eval_samples": ("run", "eval_samples"),
 }
 
 
@@ -91,10 +95,8 @@ def _train_config(args: argparse.Namespace):
     overrides: dict[str, dict] = {}
     for flag, (section, key) in _TRAIN_FLAGS.items():
         value = getattr(args, flag, None)
-        if value is not None and value is not False:  # store_true flags left off do not override the file
+        if value is not None:  # a flag left off does not override the file
             overrides.setdefault(section, {})[key] = value
-    if getattr(args, "no_augmentation", False):
-        overrides.setdefault("data", {})["augmentation"] = False
     return TrainConfig.load(args.config, overrides)
 
 
@@ -214,6 +216,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> None:
     from .data.base import MetricKind
     from .data.registry import get_dataset_class
+    from .data.splits import split_options
     from .dataset_eval import SUMMARY_COLUMNS, default_protocol, predict_dataset, score_predictions, search_threshold
     from .distributed import is_main_process, process_info
     from .metrics import format_markdown_table
@@ -223,7 +226,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if not args.data_root:
         raise ConfigError("--data-root is required")
     placement = _placement(args) if args.model else None
-    dataset = get_dataset_class(args.dataset)(args.data_root, split=args.split)
+    splits = split_options(args.dataset, args.val_fraction, args.split_file)  # a folder dataset's splits
+    dataset = get_dataset_class(args.dataset)(args.data_root, split=args.split, **splits)
     output = Path(args.output)
     predictions = Path(args.predictions) if args.predictions else output.with_suffix("").parent / f"{output.stem}_predictions"
     info: dict = {}
@@ -242,7 +246,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         query = dict(top_k=args.top_k, templates=args.templates)
         threshold = 0.5
         if args.threshold_search:
-            search_set = get_dataset_class(args.dataset)(args.data_root, split=args.search_split)
+            search_set = get_dataset_class(args.dataset)(args.data_root, split=args.search_split, **splits)
             threshold, dice = search_threshold(pipe, search_set, **kwargs)
             info["threshold_search"] = {"split": args.search_split, "threshold": threshold, "Dice": dice}
             if is_main_process():

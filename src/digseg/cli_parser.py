@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse
 
+from .data.splits import DEFAULT_VAL_FRACTION
 from .devices import DEVICE_CHOICES_TEXT, DTYPE_CHOICES
 from .errors import EXIT_SKIPPED
 from .predict_records import OUTPUTS
 from .protocols import add_protocol_flags, parse_pair
-from .training.config import MASK_DECODER_TARGETS, MASK_DECODERS, MIXED_PRECISION, OBJECTIVES, PREDICTION_TYPES, TASKS
+from .training.config import (EMA_DEVICES, MASK_DECODER_TARGETS, MASK_DECODERS, MIXED_PRECISION, OBJECTIVES,
+                              PREDICTION_TYPES, TASKS)
 
 _PREDICT_EPILOG = f"""\
 A file that cannot be read (missing, empty, not an image, truncated) is named on stderr and skipped; the
@@ -61,15 +63,20 @@ def _add_train(sub) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
     data_flags.add_argument("--dataset", help="synthetic (default), folder, or a registered dataset name such as "
                                               "ade20k-150 (an unknown name's error lists them all)")
     data_flags.add_argument("--data-root", help="dataset root folder")
+    data_flags.add_argument("--val-fraction", type=float, help="folder dataset, flat: share of images held out for "
+                            f"val by file-name hash, not trained on (default {DEFAULT_VAL_FRACTION:g})")
+    data_flags.add_argument("--split-file", help="folder dataset: a text file of the training images' stems, one per line")
     data_flags.add_argument("--crop-size", type=parse_pair, metavar="H[,W]",
                             help="training crop (default: the dataset's preset, docs/augmentation.md)")
     data_flags.add_argument("--resolution", type=int, help="a square training crop: same as --crop-size N")
-    data_flags.add_argument("--no-augmentation", action="store_true",
-                            help="squash every sample to the crop instead of the dataset's augmentation")
+    data_flags.add_argument("--augmentation", action=argparse.BooleanOptionalAction, default=None,
+                            help="--no-augmentation: squash every sample to the crop instead of the dataset's "
+                                 "augmentation; --augmentation: the dataset's preset")
     data_flags.add_argument("--num-workers", type=int, help="DataLoader workers reading and augmenting samples (default 0)")
     data_flags.add_argument("--num-scenes", type=int, help="synthetic dataset size (default 2000)")
     data_flags.add_argument("--task", choices=TASKS)
-    data_flags.add_argument("--cache-latents", action="store_true", help="keep latents in memory (needs --no-augmentation)")
+    data_flags.add_argument("--cache-latents", action=argparse.BooleanOptionalAction, default=None,
+                            help="keep latents in memory (needs --no-augmentation)")
     data_flags.add_argument("--latent-cache", help="a folder from `digseg cache-latents` (needs --no-augmentation)")
     t.add_argument("--output", help="run folder: config.yaml, checkpoints/, the trained model")
     t.add_argument("--max-steps", type=int)
@@ -85,11 +92,19 @@ def _add_train(sub) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
     t.add_argument("--mixed-precision", choices=MIXED_PRECISION)
     t.add_argument("--checkpoint-every", type=int)
     t.add_argument("--keep-checkpoints", type=int)
+    t.add_argument("--eval-every", type=int, metavar="N",
+                   help="score the validation split every N steps and at the last (default 0: never); the best "
+                        "step's checkpoint is kept in checkpoints/best/ (docs/training.md)")
+    t.add_argument("--eval-samples", type=int, metavar="N", help="validation: score the first N images (default 50)")
     t.add_argument("--seed", type=int)
     t.add_argument("--text-encoder", help="another CLIP text encoder (folder or hub id), e.g. openai/clip-vit-large-patch14")
-    t.add_argument("--use-ema", action="store_true")
+    t.add_argument("--use-ema", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep an exponential moving average of the weights (the saved model uses it)")
+    t.add_argument("--ema-device", choices=EMA_DEVICES,
+                   help="where the EMA copy lives between updates (cpu: off the GPU, one copy of the weights less)")
     t.add_argument("--resume", help="'latest' or a checkpoint folder")
-    t.add_argument("--gradient-checkpointing", action="store_true")
+    t.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                   help="recompute U-Net activations in the backward pass: less memory, slower steps")
     return t, data_flags
 
 
@@ -179,6 +194,9 @@ def _add_eval(sub) -> None:
     e.add_argument("--dataset", required=True, help="a registered dataset name, e.g. ade20k-150, cityscapes, folder")
     e.add_argument("--data-root", help="the dataset's root folder, in its official layout")
     e.add_argument("--split", default="val")
+    e.add_argument("--val-fraction", type=float, help="folder dataset, flat: share of images held out for val by "
+                   f"file-name hash (default {DEFAULT_VAL_FRACTION:g}; 1 scores every image)")
+    e.add_argument("--split-file", help="folder dataset: a text file of the stems to score, one per line")
     src = e.add_mutually_exclusive_group()
     src.add_argument("--predictions", help="folder of <stem>.png label maps to score")
     src.add_argument("--model", help="a DiGSeg model folder: predict the split, then score")

@@ -48,6 +48,10 @@ SUMMARY_COLUMNS: dict[MetricKind, tuple[str, ...]] = {
     MetricKind.ROAD: ("IoU", "precision", "recall", "F1"),
     MetricKind.MEDICAL: ("Dice", "IoU"),
 }
+# The one score per kind of metric that validation during training tracks (higher is better; training/validation.py).
+HEADLINE_METRIC: dict[MetricKind, str] = {
+    MetricKind.SEMANTIC: "mIoU", MetricKind.OPEN_VOCAB: "mIoU", MetricKind.ROAD: "IoU", MetricKind.MEDICAL: "Dice",
+}
 
 
 def none_value(num_classes: int) -> int:

@@ -1,7 +1,8 @@
 """Readers for domain datasets in their official on-disk layouts (see DESIGN.md "Datasets: official layouts").
 
 Registered names: "cityscapes", "bdd100k", "deepglobe-roads", "refuge2", "phenobench", "folder" (a user's
-own image/mask pairs), and "monuseg" (in `digseg.data.medical`, imported at the end of this module).
+own image/mask pairs, split as `digseg.data.splits` describes), and "monuseg" (in `digseg.data.medical`,
+imported at the end of this module).
 
 `find_samples` only lists folders (sorted, via `digseg.data.layout`); pixel checks (sizes, label range) run when a
 sample is read. Label conversions are 256-entry lookup tables applied to the whole array at once; stored values
@@ -10,14 +11,16 @@ outside a table are ignored (255).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DataError
 from .base import MetricKind, Sample, SegmentationDataset, register_dataset
-from .io import read_class_list
+from .io import read_class_list, read_list_file
 from .layout import list_files, make_lut, pair_by_image, read_first_channel, remap, require_dir
+from .splits import DEFAULT_VAL_FRACTION, FOLDER_DATASET, check_val_fraction, is_held_out
 
 CITYSCAPES_CLASSES = ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
                       "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
@@ -150,15 +153,30 @@ class PhenoBench(SegmentationDataset):
 @register_dataset
 class FolderPairs(SegmentationDataset):
     """A user's own data: root/images/<stem>.*, root/masks/<stem>.png (value = class id, 255 ignore) and
-    root/classes.txt (a class file, `read_class_list`; at most 255 classes, as 255 marks ignored pixels). Every split
-    is the whole folder; `class_names` is per instance."""
+    root/classes.txt (a class file, `read_class_list`; at most 255 classes, as 255 marks ignored pixels), or the
+    same per split in images/<split>/ and masks/<split>/. The images of a split come from a split file,
+    root/splits/<split>.txt, split folders, or else a flat folder's held-out fraction (`val_fraction`, default
+    0.1, by file-name hash), in that order (`digseg.data.splits`); `split_rule` says which chose them.
+    `class_names` is per instance."""
 
-    name = "folder"
+    name = FOLDER_DATASET
     metric = MetricKind.SEMANTIC
-    splits = {"train": ".", "val": ".", "test": "."}
+    splits = {"train": "train", "val": "val", "test": "test"}  # split folders images/<name>/, files splits/<name>.txt
+
+    def __init__(self, root: str | Path, split: str = "val", size: int | None = None,
+                 val_fraction: float | None = None, split_file: str | Path | None = None) -> None:
+        self.val_fraction = check_val_fraction(DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction)
+        self.split_file = Path(split_file).expanduser() if split_file is not None else None
+        self.split_rule = ""  # how the split's images were chosen, set by find_samples
+        super().__init__(root, split=split, size=size)
+
+    def __repr__(self) -> str:
+        count = f"{len(self)} image{'' if len(self) == 1 else 's'}"
+        return f"FolderPairs({str(self.root)!r}, split={self.split!r}): {count} {self.split_rule}"
 
     def layout_hint(self) -> str:
-        return "expected images/<stem>.*, masks/<stem>.png and classes.txt (one class name per line)"
+        return ("expected images/<stem>.* and masks/<stem>.png (or images/<split>/ and masks/<split>/) and "
+                "classes.txt (one class name per line)")
 
     def find_samples(self) -> list[Sample]:
         classes = self.root / "classes.txt"
@@ -166,9 +184,83 @@ class FolderPairs(SegmentationDataset):
         if len(self.class_names) > self.ignore_index:
             raise DataError(f"class list {classes} lists {len(self.class_names)} classes; at most {self.ignore_index} "
                             f"are supported because mask value {self.ignore_index} means 'ignore'")
+        images, self.split_rule = self._images_of_split()
+        return pair_by_image(self, images, self._mask_for)
+
+    def _mask_for(self, stem: str, image: Path) -> list[Path]:
+        """masks/<stem>.png beside a flat folder's image, masks/<split>/<stem>.png for a split folder's."""
+        return [self.root / "masks" / image.parent.relative_to(self.root / "images") / f"{stem}.png"]
+
+    def _images_of_split(self) -> tuple[dict[str, Path], str]:
+        """{stem: image} of this split and the rule that chose them, by the precedence of `digseg.data.splits`."""
+        listed = self.split_file or self._split_list_in_root()
+        if listed is not None:
+            return self._listed_images(listed), f"listed in {listed}"
+        folders = self._split_folders()
+        if folders:
+            return self._split_folder_images(folders), f"in images/{self.splits[self.split]}/"
+        return self._held_out_images(), f"by file-name hash, val_fraction {self.val_fraction:g}"
+
+    def _split_list_in_root(self) -> Path | None:
+        """root/splits/<split>.txt when root/splits/ holds .txt files (None when it holds none); DataError naming
+        the files there when this split has none."""
+        folder = self.root / "splits"
+        present = sorted(p.name for p in folder.glob("*.txt")) if folder.is_dir() else []
+        if not present:
+            return None
+        wanted = folder / f"{self.splits[self.split]}.txt"
+        if wanted.name not in present:
+            raise DataError(f"{self.name}: split {self.split!r} has no split file {wanted}; the split files there "
+                            f"are {', '.join(present)}")
+        return wanted
+
+    def _split_folders(self) -> list[str]:
+        """The names of the folders in images/ (split folders), sorted; [] for a flat folder."""
+        images = self.root / "images"
+        if not images.is_dir():
+            return []
+        with os.scandir(images) as entries:
+            return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+
+    def _listed_images(self, split_file: Path) -> dict[str, Path]:
+        """The images a split file names, in its order (a stem listed twice counts once); DataError naming the
+        first stem that has no image, among images/* and the split folders."""
+        stems = dict.fromkeys(read_list_file(split_file, "split", DataError))
+        folders = [self.root / "images", *(self.root / "images" / name for name in self._split_folders())]
+        images = list_files(self, folders)
+        missing = [stem for stem in stems if stem not in images]
+        if missing:
+            more = f" ({len(missing) - 1} more listed stems have none)" if len(missing) > 1 else ""
+            raise DataError(f"{self.name}: split file {split_file} lists {missing[0]!r}, which has no image in "
+                            f"{self.root / 'images'}{more}")
+        return {stem: images[stem] for stem in stems}
+
+    def _split_folder_images(self, folders: list[str]) -> dict[str, Path]:
+        """The images in images/<split>/; DataError naming the split folders there when it is not one of them."""
+        name = self.splits[self.split]
+        if name not in folders:
+            raise DataError(f"{self.name}: split {self.split!r} has no folder {self.root / 'images' / name}; the "
+                            f"split folders there are {', '.join(folders)}")
+        return list_files(self, self.root / "images" / name)
+
+    def _held_out_images(self) -> dict[str, Path]:
+        """A flat folder's val images (held out by file-name hash) or the rest (train); DataError for test, and
+        for a split left empty, saying how to fill it."""
+        if self.split not in ("train", "val"):
+            raise DataError(f"{self.name}: {self.root} has no split {self.split!r}: a flat folder splits into train "
+                            f"and val only; put those images in images/{self.split}/ and masks/{self.split}/, or "
+                            f"list them in splits/{self.split}.txt or a split file")
         images = list_files(self, self.root / "images")
-        masks = self.root / "masks"
-        return pair_by_image(self, images, lambda stem, _: [masks / f"{stem}.png"])
+        want_val = self.split == "val"
+        chosen = {stem: path for stem, path in images.items() if is_held_out(stem, self.val_fraction) == want_val}
+        if images and not chosen:
+            change = "a larger" if want_val else "a smaller"
+            raise DataError(f"{self.name}: split {self.split!r} of {self.root} is empty: val_fraction "
+                            f"{self.val_fraction:g} holds out {'none' if want_val else 'all'} of its {len(images)} "
+                            f"images (by file-name hash); add images, give {change} --val-fraction "
+                            f"(data.val_fraction), or split the folder with images/{{train,val}}/ and "
+                            f"masks/{{train,val}}/ or a split file")
+        return chosen
 
 
 from . import medical as _medical  # noqa: E402,F401  (registers "monuseg")

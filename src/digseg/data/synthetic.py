@@ -22,7 +22,8 @@ from torch.utils.data import Dataset
 
 from digseg.errors import DataError
 
-from .io import image_to_tensor, tensor_to_image
+from .base import MetricKind, Sample, SegmentationDataset
+from .io import image_to_tensor, read_class_list, tensor_to_image
 
 SYNTHETIC_CLASSES: tuple[str, ...] = ("background", "circle", "square", "triangle")
 _CIRCLE, _SQUARE, _TRIANGLE = 1, 2, 3
@@ -187,8 +188,9 @@ class SyntheticScenes(Dataset):
         }
 
 
-def save_scenes_as_folder(dataset: Dataset, root: str | os.PathLike[str]) -> Path:
-    """Write `dataset` (items in the dict format above) as a folder-of-pairs dataset.
+def save_scenes_as_folder(dataset: Dataset, root: str | os.PathLike[str], limit: int | None = None) -> Path:
+    """Write `dataset` (items in the dict format above; its first `limit` items, if given) as a folder-of-pairs
+    dataset.
 
     Layout: `root/images/<stem>.png` (RGB), `root/masks/<stem>.png` (grey, pixel = class id,
     255 = ignore) and `root/classes.txt` (one class name per line). Returns `root` as a Path.
@@ -198,7 +200,8 @@ def save_scenes_as_folder(dataset: Dataset, root: str | os.PathLike[str]) -> Pat
     (root / "masks").mkdir(parents=True, exist_ok=True)
     names = list(getattr(dataset, "class_names"))
     (root / "classes.txt").write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
-    for i in range(len(dataset)):  # type: ignore[arg-type]
+    count = len(dataset) if limit is None else min(limit, len(dataset))  # type: ignore[arg-type]
+    for i in range(count):
         item = dataset[i]
         label = item["label"].cpu().numpy()  # [H, W]
         if label.min() < 0 or label.max() > 255:
@@ -206,3 +209,16 @@ def save_scenes_as_folder(dataset: Dataset, root: str | os.PathLike[str]) -> Pat
         Image.fromarray(tensor_to_image(item["image"])).save(root / "images" / f"{item['stem']}.png")
         Image.fromarray(label.astype(np.uint8)).save(root / "masks" / f"{item['stem']}.png")
     return root
+
+
+class ScenesFolder(SegmentationDataset):
+    """A folder written by `save_scenes_as_folder`, read as a dataset reader's samples are (so `digseg eval`'s
+    `predict_dataset` and `score_predictions` take it): every pair in it, whatever the split."""
+
+    name = "synthetic"
+    metric = MetricKind.SEMANTIC
+    splits = {"train": ".", "val": ".", "test": "."}
+
+    def find_samples(self) -> list[Sample]:
+        self.class_names = read_class_list(self.root / "classes.txt")  # instance attribute, set before use
+        return [Sample(p.stem, p, self.root / "masks" / p.name) for p in sorted((self.root / "images").glob("*.png"))]

@@ -9,9 +9,15 @@ A checkpoint is written into a hidden temporary folder, every file fsync'ed, and
 named `step-*` is always complete; an interrupted write (SIGKILL, power loss) leaves only a `.tmp-*` folder,
 which is never read and is removed by the next save. Nothing is unpickled.
 
+With validation during training (`run.eval_every`, training/validation.py), `checkpoints/best/` holds the same
+files for the best validated step, plus best.json ({"step", "metric", "value"}), written the same way. It is
+never pruned, and `latest` never picks it (only `step-*` folders count); `--resume <run>/checkpoints/best`
+resumes from it.
+
 Fault injection for tests: with `DIGSEG_KILL_AT=<point>` in the environment the process SIGKILLs itself at
-that point, e.g. `checkpoint-3:weights` (step 3's weight files written, state file not yet) or
-`checkpoint-3:before-rename`. See `tests/test_resume_kill.py`.
+that point, e.g. `checkpoint-3:weights` (step 3's weight files written, state file not yet),
+`checkpoint-3:before-rename`, or the same for the best checkpoint (`best-3:weights`). See
+`tests/test_resume_kill.py` and `tests/test_validation.py`.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from ..errors import DigsegError
 
 PREFIX = "step-"
 STATE_FILE = "trainer_state.json"
+BEST = "best"  # checkpoints/best/: the best validated step
+BEST_FILE = "best.json"
 
 
 def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -85,28 +93,46 @@ def save_checkpoint(
     keep: int,
 ) -> Path:
     """Write `root/step-<step>` atomically; keep the newest `keep` complete checkpoints. Returns its path."""
+    final = _write_checkpoint(root / f"{PREFIX}{step:08d}", step, weights, optimizer_state, extra_state, "checkpoint")
+    prune_checkpoints(root, keep)
+    return final
+
+
+def save_best(root: Path, step: int, weights: dict[str, dict[str, torch.Tensor]], optimizer_state: dict[str, Any],
+              extra_state: dict[str, Any], record: dict[str, Any]) -> Path:
+    """Write `root/best` atomically (replacing the previous best): the checkpoint files plus `record` as
+    best.json. Returns its path."""
+    return _write_checkpoint(root / BEST, step, weights, optimizer_state, extra_state, BEST, {BEST_FILE: record})
+
+
+def _write_checkpoint(final: Path, step: int, weights: dict[str, dict[str, torch.Tensor]],
+                      optimizer_state: dict[str, Any], extra_state: dict[str, Any], kind: str,
+                      notes: dict[str, dict[str, Any]] | None = None) -> Path:
+    """Write the checkpoint folder `final` through a `.tmp-*` folder and a rename; `notes`: more JSON files in it.
+    `kind` names its kill points (`<kind>-<step>:weights`, `<kind>-<step>:before-rename`)."""
+    root = final.parent
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{PREFIX}{step:08d}"
-    tmp = root / f".tmp-{PREFIX}{step:08d}-{os.getpid()}"
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
     remove_stale(root)
     tmp.mkdir()
     for name, tensors in weights.items():
         save_file(_contiguous(tensors), str(tmp / f"{name}.safetensors"))
-    kill_point(f"checkpoint-{step}:weights")
+    kill_point(f"{kind}-{step}:weights")
     opt_tensors, opt_meta = optimizer_to_flat(optimizer_state)
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
     state = {"step": step, "optimizer": opt_meta, **extra_state}
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+    for name, values in (notes or {}).items():
+        (tmp / name).write_text(json.dumps(values, indent=1))
     for file in tmp.iterdir():
         with open(file, "rb") as handle:
             os.fsync(handle.fileno())
     _fsync_dir(tmp)
-    kill_point(f"checkpoint-{step}:before-rename")
-    if final.exists():  # a re-run of the same step (after resume): replace it
+    kill_point(f"{kind}-{step}:before-rename")
+    if final.exists():  # a re-run of the same step (after resume), or a new best: replace it
         _remove_checkpoint(final)
     os.replace(tmp, final)
     _fsync_dir(root)
-    prune_checkpoints(root, keep)
     return final
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from ..data.splits import split_options
 from ..errors import ConfigError
 
 # The choices of the fields below and of the `digseg` flags that set them, listed once (cli.py, the pipeline,
@@ -28,6 +29,7 @@ OBJECTIVES = ("diffusion", "one-step")
 MASK_DECODERS = ("auto", "light", "vae")  # auto: the model's light mask decoder if it has one, else the VAE
 MASK_DECODER_TARGETS = ("mask", "vae")  # what `digseg train-mask-decoder --target` learns (training/mask_decoder.py)
 MIXED_PRECISION = ("no", "fp16", "bf16")  # optim.mixed_precision may also be "": the launcher's choice
+EMA_DEVICES = ("accelerator", "cpu")  # where optim.use_ema keeps its copy of the weights between steps
 
 
 @dataclass
@@ -60,6 +62,10 @@ class DataConfig:
     dataset: str = "synthetic"
     data_root: str | None = None
     num_scenes: int = 2000  # synthetic only
+    # folder only (digseg.data.splits): share of a flat folder held out for val by file-name hash (None: 0.1), and a
+    # text file of the training images' stems (None: splits/train.txt, images/train/ or the held-out fraction)
+    val_fraction: float | None = None
+    split_file: str | None = None
     # training crop, height x width (an int: square). None = the dataset preset's crop (docs/augmentation.md)
     crop_size: int | list[int] | None = None
     # overrides of the dataset's augmentation preset (keys of digseg.data.augment.Augmentation);
@@ -75,6 +81,7 @@ class DataConfig:
     latent_cache: str = ""  # a folder written by `digseg cache-latents` (only without augmentation)
 
     def validate(self) -> None:
+        split_options(self.dataset, self.val_fraction, self.split_file)
         if self.task not in TASKS:
             raise ConfigError(f"data.task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.num_workers < 0 or self.prefetch_factor < 1 or self.cache_max_mib < 0:
@@ -110,6 +117,9 @@ class OptimConfig:
     gradient_checkpointing: bool = False  # recompute U-Net activations in backward: less memory, ~30% slower
     use_ema: bool = False
     ema_decay: float = 0.999
+    # cpu: the EMA copy lives in host memory and visits the accelerator only for its update, after the step's
+    # activations and gradients are freed (diffusers' --offload_ema): one copy of the weights less at the peak
+    ema_device: str = "accelerator"
     # share of training samples at the last timestep (T-1), where few-step trailing inference starts; the rest
     # are uniform over [0, T). Uniform alone spends most updates on nearly noise-free, easy inputs.
     max_timestep_prob: float = 0.5
@@ -123,6 +133,8 @@ class OptimConfig:
                 raise ConfigError(f"optim.{name} must be >= 1, got {getattr(self, name)}")
         if not self.learning_rate > 0:
             raise ConfigError(f"optim.learning_rate must be > 0, got {self.learning_rate}")
+        if self.ema_device not in EMA_DEVICES:
+            raise ConfigError(f"optim.ema_device must be one of {', '.join(EMA_DEVICES)}, got {self.ema_device!r}")
         if not 0.0 <= self.max_timestep_prob <= 1.0:
             raise ConfigError(f"optim.max_timestep_prob must be in [0, 1], got {self.max_timestep_prob}")
 
@@ -137,15 +149,20 @@ class RunConfig:
     log_with: str = "tensorboard"  # tensorboard (<output_dir>/logs, when installed) | none; log.jsonl is always written
     sample_every: int = 250  # predictions on a fixed batch of validation images into TensorBoard; 0 = never
     num_sample_images: int = 4
+    # score the validation split every `eval_every` steps and at the last step (0 = never), E-Step 1x1 on its first
+    # `eval_samples` images; the best step's checkpoint is kept in checkpoints/best/ (docs/training.md)
+    eval_every: int = 0
+    eval_samples: int = 50
 
     def validate(self) -> None:
-        for name in ("checkpoint_every", "keep_checkpoints", "log_every", "num_sample_images"):
+        for name in ("checkpoint_every", "keep_checkpoints", "log_every", "num_sample_images", "eval_samples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"run.{name} must be >= 1, got {getattr(self, name)}")
         if self.log_with not in ("tensorboard", "none"):
             raise ConfigError(f"run.log_with must be tensorboard or none, got {self.log_with!r}")
-        if self.sample_every < 0 or self.seed < 0:
-            raise ConfigError(f"run.sample_every and run.seed must be >= 0, got {self.sample_every}, {self.seed}")
+        for name in ("sample_every", "eval_every", "seed"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"run.{name} must be >= 0, got {getattr(self, name)}")
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "run": RunConfig}

@@ -70,12 +70,14 @@ def training_augmentation(data: DataConfig) -> Augmentation:
 
 
 def build_dataset(data: DataConfig, seed: int, split: str = "train") -> Dataset:
-    """The dataset a `data` section names (synthetic scenes of the crop's size; readers at native size)."""
+    """The dataset a `data` section names (synthetic scenes of the crop's size; readers at native size).
+    `data.split_file` names the training images, so it applies to split "train" only."""
     from ..data.registry import build_dataset as build
 
     crop = training_augmentation(data).crop_size
     return build(data.dataset, data.data_root, split=split, size=crop[0] if crop[0] == crop[1] else None,
-                 num_scenes=data.num_scenes, seed=seed)
+                 num_scenes=data.num_scenes, seed=seed, val_fraction=data.val_fraction,
+                 split_file=data.split_file if split == "train" else None)
 
 
 def build_training_data(data: DataConfig, pipe: DiGSegPipeline, dataset: Dataset, seed: int) -> TrainingData:
@@ -105,13 +107,19 @@ def build_training_data(data: DataConfig, pipe: DiGSegPipeline, dataset: Dataset
     return TrainingData(samples, batcher, data.num_workers, data.prefetch_factor)
 
 
-def preview_dataset(config: TrainConfig) -> Dataset | None:
-    """The validation split whose first images TensorBoard shows predictions for; None: use training images."""
-    if not config.run.sample_every or config.run.log_with == "none":
+def validation_split(config: TrainConfig) -> Dataset | None:
+    """The validation split: scored every `run.eval_every` steps, and its first images shown with predictions in
+    TensorBoard. None when neither is on, or when there is no validation split and only previews want one
+    (they then show training images); without one, validation is an error."""
+    previews = config.run.sample_every and config.run.log_with != "none"
+    if not (previews or config.run.eval_every):
         return None
     try:
         return build_dataset(config.data, config.run.seed, split="val")
     except (DigsegError, OSError, ValueError) as exc:
+        if config.run.eval_every:
+            raise ConfigError(f"run.eval_every (--eval-every) scores the validation split, which cannot be read: "
+                              f"{exc}") from exc
         print(f"sample previews use training images: no validation split ({exc})", file=sys.stderr)
         return None
 
@@ -133,13 +141,14 @@ def set_objective(pipe: DiGSegPipeline, model: ModelConfig) -> None:
 def build_run(config: TrainConfig, pipe: DiGSegPipeline | None = None, dataset: Dataset | None = None,
               show_progress: bool = True, preview: Dataset | None = None) -> Trainer:
     """The `Trainer` of a run: the pipeline (from `config.model` unless given) and training data (from
-    `config.data`, over `dataset` if given); `trainer.pipe` and `trainer.data` are those. The pipeline's prompt
-    template becomes the config's, else the dataset's; its objective becomes the config's."""
+    `config.data`, over `dataset` if given); `trainer.pipe` and `trainer.data` are those. `preview`: the
+    validation split (previews, validation); built from `config.data` when neither it nor `dataset` is given.
+    The pipeline's prompt template becomes the config's, else the dataset's; its objective becomes the config's."""
     from .trainer import Trainer
 
     config.validate()
     if preview is None and dataset is None:
-        preview = preview_dataset(config)
+        preview = validation_split(config)
     pipe = pipe if pipe is not None else build_pipeline(config.model)
     dataset = dataset if dataset is not None else build_dataset(config.data, config.run.seed)
     template = config.model.prompt_template or getattr(dataset, "prompt_template", None) or pipe.config.prompt_template

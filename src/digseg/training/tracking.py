@@ -2,6 +2,7 @@
 
 TensorBoard (`<output_dir>/logs/digseg/`, `tensorboard --logdir <output_dir>/logs`) gets
   train/loss, train/lr                  every `log_every` steps (the loss averaged over those steps)
+  val/<score>                           every `eval_every` steps: the validation scores (training/validation.py)
   samples/prediction                    every `sample_every` steps: for a fixed batch of images (the first
                                         `num_sample_images` of the validation split; training images if there
                                         is none), rows of input | ground truth | prediction (1x1, the model's
@@ -71,21 +72,32 @@ class TrainingLogger:
             return {}
         return {"log_with": "tensorboard", "project_dir": str(output_dir / "logs")}
 
-    def truncate_after(self, step: int) -> None:
-        """Drop log.jsonl lines after `step` (written by a killed run after its last checkpoint)."""
+    def truncate_after(self, step: int, revalidate: bool = False) -> None:
+        """Drop log.jsonl lines after `step` (written by a killed run after its last checkpoint); with `revalidate`
+        also the validation line of `step` itself (the resumed run validates that step again)."""
         log = self.output_dir / "log.jsonl"
         if not (self.accelerator.is_main_process and log.is_file()):
             return
-        kept = [line for line in log.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        entries = [(line, json.loads(line)) for line in log.read_text().splitlines() if line.strip()]
+        kept = [line for line, entry in entries if entry["step"] < step
+                or (entry["step"] == step and not (revalidate and any(k.startswith("val/") for k in entry)))]
         log.write_text("".join(line + "\n" for line in kept))
 
     def log_scalars(self, step: int, loss: float, lr: float) -> None:
+        self._log(step, {"loss": loss, "lr": lr}, {"train/loss": loss, "train/lr": lr})
+
+    def log_validation(self, step: int, scores: dict[str, float]) -> None:
+        """`scores`: {"val/mIoU": 41.2, ...}, under the same names in log.jsonl and TensorBoard."""
+        self._log(step, scores, scores)
+
+    def _log(self, step: int, line: dict[str, float], tensorboard: dict[str, float]) -> None:
+        """One log.jsonl line {"step": step, **line}; `tensorboard`'s scalars at `step`. Main process only."""
         if not self.accelerator.is_main_process:
             return
         with open(self.output_dir / "log.jsonl", "a") as log:
-            log.write(json.dumps({"step": step, "loss": loss, "lr": lr}) + "\n")
+            log.write(json.dumps({"step": step, **line}) + "\n")
         if self.use_tensorboard:
-            self.accelerator.log({"train/loss": loss, "train/lr": lr}, step=step)
+            self.accelerator.log(tensorboard, step=step)
 
     @torch.no_grad()
     def log_samples(self, step: int, pipe, samples: list[dict], resolution: int, seed: int) -> None:

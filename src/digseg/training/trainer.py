@@ -4,8 +4,8 @@ Trains the widened U-Net and the text pathway (VAE and text encoder frozen) with
 prediction target (x0 by default), masking latent cells that cover "ignore" pixels; or, for a pipeline whose
 config names the one-step objective, with its task loss (`one_step.py`). AdamW, warm-up +
 decay, gradient accumulation, mixed precision, optional EMA, tqdm progress, periodic atomic safetensors
-checkpoints and `resume="latest"`. The run folder gets `config.yaml` at the start and the trained
-pipeline (model_index.json, unet/, vae/, ...) at the end.
+checkpoints and `resume="latest"`, optional validation with the best step kept (`validation.py`). The run folder
+gets `config.yaml` at the start and the trained pipeline (model_index.json, unet/, vae/, ...) at the end.
 """
 
 from __future__ import annotations
@@ -28,11 +28,12 @@ from ..errors import DigsegError
 from ..pipeline import DiGSegPipeline
 from .batches import Batch, per_sample, slot_generators
 from .checkpoint import (kill_point, list_checkpoints, load_checkpoint, prune_checkpoints, remove_stale, resolve_resume,
-                         save_checkpoint)
+                         save_best, save_checkpoint)
 from .config import OptimConfig, RunConfig, TrainConfig
 from .one_step import one_step_loss
 from .run import TrainingData
 from .tracking import TrainingLogger
+from .validation import check_can_validate, evaluate, evaluation_weights, is_better, validation_due
 
 logger = logging.getLogger("digseg.train")
 
@@ -103,8 +104,9 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, pipe: DiGSegPipeline, data: TrainingData, show_progress: bool = True,
                  preview_dataset: Dataset | None = None) -> None:
-        """`preview_dataset`: images whose predictions TensorBoard shows every `sample_every` steps (its first
-        `num_sample_images`; a validation split); None = the first training images."""
+        """`preview_dataset`: the validation split: images whose predictions TensorBoard shows every `sample_every`
+        steps (its first `num_sample_images`; None = the first training images), and that validation scores
+        every `eval_every` steps (needed then)."""
         self.config = config.validate()
         self.optim, self.run = opt, run = config.optim, config.run
         self.pipe = pipe
@@ -131,8 +133,13 @@ class Trainer:
         self.unet, self.text_pathway, self.optimizer = self.accelerator.prepare(pipe.unet, pipe.text_pathway, self.optimizer)
         self.params = list(self.unet.parameters()) + list(self.text_pathway.parameters())  # trainable
         self.ema = EMAModel(self.params, decay=opt.ema_decay) if opt.use_ema else None
+        self.ema_device = torch.device("cpu") if opt.ema_device == "cpu" else self.accelerator.device
+        if self.ema is not None:
+            self.ema.to(self.ema_device)
         self.step = 0
         self.last_loss = float("nan")
+        check_can_validate(run.eval_every, preview_dataset, self.accelerator.distributed_type)
+        self.best: dict | None = None  # {"step", "metric", "value"}: the best validated step so far (checkpointed)
         self.logs = TrainingLogger(self.accelerator, self.output_dir, config.to_dict(),
                                    use_tensorboard=bool(self.accelerator.log_with))
 
@@ -148,8 +155,9 @@ class Trainer:
     def _optimizer_is_sharded(self) -> bool:
         return self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
-    def save_checkpoint(self) -> Path | None:
-        """Every process calls this; the main process writes `checkpoints/step-<step>` and returns its path."""
+    def save_checkpoint(self, best: bool = False) -> Path | None:
+        """Every process calls this; the main process writes `checkpoints/step-<step>` (with `best`:
+        `checkpoints/best`, `self.best` in its best.json) and returns its path."""
         self.accelerator.wait_for_everyone()
         weights = self._trainable_weights()
         if not self.accelerator.is_main_process:
@@ -161,12 +169,16 @@ class Trainer:
             "ema": {"optimization_step": self.ema.optimization_step} if self.ema else None,
             "loss": self.last_loss,
             "optimizer_saved": not sharded,
+            "best": self.best,
         }
         # under FSDP / ZeRO the main process holds only its shard of the AdamW moments: rather than write a part
         # that would be loaded as if it were whole, write none (resume then restarts the moments; see docs)
         optimizer_state = {"state": {}, "param_groups": []} if sharded else self.optimizer.state_dict()
-        path = save_checkpoint(self.output_dir / "checkpoints", self.step, weights,
-                               optimizer_state, extra, self.run.keep_checkpoints)
+        root = self.output_dir / "checkpoints"
+        if best:
+            path = save_best(root, self.step, weights, optimizer_state, extra, self.best)
+        else:
+            path = save_checkpoint(root, self.step, weights, optimizer_state, extra, self.run.keep_checkpoints)
         self.accelerator.wait_for_everyone()  # nobody runs ahead (or is killed) before the checkpoint exists
         return path
 
@@ -185,10 +197,11 @@ class Trainer:
             if "ema" not in weights:
                 raise DigsegError(f"checkpoint {path} has no EMA weights but use_ema is on")
             shadow = weights["ema"]
-            self.ema.shadow_params = [shadow[k].to(self.accelerator.device) for k in sorted(shadow)]
+            self.ema.shadow_params = [shadow[k].to(self.ema_device) for k in sorted(shadow)]
             self.ema.optimization_step = state["ema"]["optimization_step"]
         self.step = int(state["step"])
-        self.logs.truncate_after(self.step)
+        self.best = state.get("best")
+        self.logs.truncate_after(self.step, revalidate=self._validation_due())
         logger.info("resumed from %s at step %d", path, self.step)
 
     # ------------------------------------------------------------------------------------ loop
@@ -203,6 +216,8 @@ class Trainer:
             path = resolve_resume(resume, self.output_dir)
             if path is not None:
                 self.load_checkpoint(path)
+                if self._validation_due():  # the checkpoint was written before its step's validation
+                    self.validate()
             elif resume != "latest":
                 raise DigsegError(f"no checkpoint to resume from: {resume}")
         bar = tqdm(total=self.optim.max_steps, initial=self.step, desc="train", disable=not (self.show_progress and acc.is_main_process))
@@ -237,7 +252,7 @@ class Trainer:
                     self.optimizer.zero_grad(set_to_none=True)
             self.lr_scheduler.step()
             if self.ema is not None:
-                self.ema.step(self.params)
+                self._ema_step()
             self.step += 1
             self.last_loss = loss.item()
             history.append(self.last_loss)
@@ -252,6 +267,18 @@ class Trainer:
             kill_point(f"step-{self.step}")
             if self.step % run.checkpoint_every == 0 or self.step == opt.max_steps:
                 self.save_checkpoint()
+            if self._validation_due():  # after the checkpoint: see validation.py
+                self.validate()
+
+    def _ema_step(self) -> None:
+        """Update the EMA from the weights just stepped; an EMA kept off the accelerator visits it for the update
+        (the step's gradients are freed by then) and goes back, as diffusers' --offload_ema does."""
+        away = self.ema_device != self.accelerator.device
+        if away:
+            self.ema.to(self.accelerator.device, non_blocking=True)
+        self.ema.step(self.params)
+        if away:
+            self.ema.to(self.ema_device, non_blocking=True)
 
     def _loss(self, batch: Batch, gen: list[torch.Generator]) -> torch.Tensor:
         """The objective's loss of one micro-batch (the pipeline's config names the objective)."""
@@ -275,6 +302,21 @@ class Trainer:
                 except DigsegError as exc:  # a preview is not worth stopping training for
                     logger.warning("sample preview skips image %d: %s", i, exc)
         self.logs.log_samples(self.step, self.pipe, self._preview_samples, max(self.data.crop_size), run.seed)
+
+    def _validation_due(self) -> bool:
+        return validation_due(self.step, self.run.eval_every, self.optim.max_steps)
+
+    def validate(self) -> None:
+        """Score this step's weights (the EMA ones, if on) on the validation split, log the scores, and on a new
+        best write `checkpoints/best`. Every process calls this (each predicts its share of the images)."""
+        with evaluation_weights([self.pipe.unet, self.pipe.text_pathway], self.ema, self.params):
+            result = evaluate(self.pipe, self.preview_dataset, self.run.eval_samples, self.run.seed,
+                              self.optim.batch_size)
+        kill_point(f"validation-{self.step}")
+        self.logs.log_validation(self.step, result.scores)
+        if is_better(result.value, self.best):
+            self.best = {"step": self.step, "metric": result.metric, "value": result.value}
+            self.save_checkpoint(best=True)
 
     def finish(self) -> DiGSegPipeline:
         """Put the trained (EMA, if on) weights into the pipeline, in eval mode, and save it in the run folder."""

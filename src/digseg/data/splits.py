@@ -1,0 +1,61 @@
+"""How the `folder` dataset (a user's own images and masks, `digseg.data.domains.FolderPairs`) is split.
+
+The images of a split are chosen by the first of these rules that applies:
+
+1. a split file given (`split_file=`, `--split-file`, `data.split_file`): a text file of stems, one per line
+   (blank lines and lines starting with '#' skipped), naming the images of the split that is read;
+2. `ROOT/splits/<split>.txt`, when `ROOT/splits/` holds `.txt` files (mmsegmentation's split lists);
+3. split folders, when `ROOT/images/` holds folders: `images/<split>/` with `masks/<split>/<stem>.png`
+   (mmsegmentation's custom-dataset layout; images directly in `images/` are then not read);
+4. a flat folder, `images/<stem>.*`: an image is held out for val when the position of its stem,
+   `stem_position` (the first 52 bits of the SHA-1 of the UTF-8 stem, as a fraction in [0, 1)), is below
+   `val_fraction` (default `DEFAULT_VAL_FRACTION`, 0.1); train is the rest. An image's split depends on its own
+   stem only, so adding images moves none of the others. The val share is close to the fraction on hundreds of
+   images; a handful may hold out none, which is an error saying what to do.
+
+Stems named by rules 1 and 2 are looked up among `images/*` and the split folders' images. Splits are train and
+val, and test with rules 1 to 3. This module imports no torch: the command line reads its default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+FOLDER_DATASET = "folder"  # the registered name of the reader these rules split
+DEFAULT_VAL_FRACTION = 0.1  # share of a flat folder held out for val when no fraction is given
+
+
+def stem_position(stem: str) -> float:
+    """A fixed, evenly spread number in [0, 1) for `stem`: the first 52 bits of its SHA-1 (exact in a float)."""
+    return int(hashlib.sha1(stem.encode("utf-8")).hexdigest()[:13], 16) / 16**13
+
+
+def is_held_out(stem: str, val_fraction: float) -> bool:
+    """True when the image `stem` of a flat folder belongs to val at this fraction (rule 4 above)."""
+    return stem_position(stem) < val_fraction
+
+
+def check_val_fraction(value: Any) -> float:
+    """`value` as a float if it is a number from 0 to 1, else ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ConfigError(f"the folder dataset's val fraction (--val-fraction, data.val_fraction) must be a number "
+                          f"from 0 to 1, got {value!r}")
+    return float(value)
+
+
+def split_options(dataset: str, val_fraction: float | None = None,
+                  split_file: str | Path | None = None) -> dict[str, Any]:
+    """The keyword arguments choosing a folder dataset's splits (those given), for its reader; {} when none is.
+    ConfigError for a fraction outside [0, 1], or for either option with another dataset (its splits are fixed)."""
+    options = {key: value for key, value in (("val_fraction", val_fraction), ("split_file", split_file))
+               if value is not None}
+    if options and dataset != FOLDER_DATASET:
+        raise ConfigError(f"--val-fraction and --split-file (data.val_fraction, data.split_file) choose the splits "
+                          f"of the {FOLDER_DATASET} dataset; {dataset} has its own splits")
+    if val_fraction is not None:
+        check_val_fraction(val_fraction)
+    return options

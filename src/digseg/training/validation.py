@@ -1,0 +1,115 @@
+"""Validation during training, as mmsegmentation's `val_interval` and `save_best`: every `run.eval_every` steps,
+and at the last step, the trainer scores the validation split with `digseg eval`'s own code and keeps the best
+step's checkpoint in `checkpoints/best/`.
+
+Protocol (cheap and fixed, so scores of different steps compare): the first `run.eval_samples` images of the
+split, E-Step 1x1, the whole image at the model's processing resolution, image i's noise seeded by
+(run seed, i), `optim.batch_size` images per pipeline call; classes queried as `digseg eval` queries them. With
+EMA on, the EMA weights are scored: they are what the run saves as its model. The scores are the dataset's
+summary columns (`dataset_eval.SUMMARY_COLUMNS`); the best step is the one with the highest headline score
+(`dataset_eval.HEADLINE_METRIC`: mIoU, road IoU or medical Dice), the earlier step on a tie.
+
+Under several processes each predicts its share of the images (`predict_dataset`), on its full copy of the
+weights (DDP); FSDP and DeepSpeed, which shard the weights, are refused.
+
+Order in a step that is due for both: the checkpoint `step-N` is written first, then step N is validated (and
+`best/` written). A checkpoint's state holds the best of the steps validated before it, and a run resumed from
+`step-N` validates step N again before training on. So after a kill during validation, or while `best/` is
+replaced, the resumed run validates again every step whose validation the killed run may not have finished
+recording (with eval steps on checkpoint steps, no training is redone), and ends with the uninterrupted run's
+weights, scores and best step.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate.utils import DistributedType
+from diffusers.training_utils import EMAModel
+from torch import nn
+from torch.utils.data import Dataset
+
+from ..data.base import MetricKind, SegmentationDataset
+from ..data.synthetic import ScenesFolder, save_scenes_as_folder
+from ..dataset_eval import HEADLINE_METRIC, SUMMARY_COLUMNS, predict_dataset, score_predictions
+from ..errors import ConfigError
+from ..protocols import TestProtocol
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    metric: str  # the headline score's name, e.g. "mIoU"
+    value: float  # its value (percent)
+    scores: dict[str, float]  # every summary score as "val/<name>", e.g. {"val/mIoU": 41.2, "val/aAcc": 80.3}
+
+
+def validation_due(step: int, every: int, max_steps: int) -> bool:
+    """Whether step `step` is validated: every `every` steps and the last one; never when `every` is 0."""
+    return every > 0 and (step % every == 0 or step == max_steps)
+
+
+def check_can_validate(every: int, dataset: Dataset | None, distributed_type: DistributedType) -> None:
+    """ConfigError, before training starts, for validation without a validation split or on sharded weights."""
+    if not every:
+        return
+    if dataset is None:
+        raise ConfigError("run.eval_every (--eval-every) needs a validation split: build the run with build_run "
+                          "from a config, or pass `preview=` the validation dataset")
+    if distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise ConfigError(f"run.eval_every (--eval-every) runs the pipeline on whole weights, which {distributed_type} "
+                          "shards: validate checkpoints with `digseg eval` instead")
+
+
+def is_better(value: float, best: dict | None) -> bool:
+    """A new best: the first score, or one strictly above the best so far (`{"value": ...}`)."""
+    return best is None or value > best["value"]
+
+
+@contextmanager
+def evaluation_weights(modules: Sequence[nn.Module], ema: EMAModel | None,
+                       params: list[nn.Parameter]) -> Iterator[None]:
+    """`modules` in eval mode under no_grad, holding the EMA weights (into `params`) if `ema` is given; their
+    weights and train mode are restored on exit."""
+    modes = [m.training for m in modules]
+    if ema is not None:
+        ema.store(params)
+        ema.copy_to(params)
+    try:
+        for m in modules:
+            m.eval()
+        with torch.no_grad():
+            yield
+    finally:
+        if ema is not None:
+            ema.restore(params)
+        for m, mode in zip(modules, modes):
+            m.train(mode)
+
+
+def evaluation_set(dataset: Dataset, limit: int, folder: Path) -> SegmentationDataset:
+    """The first `limit` images of `dataset` as a `SegmentationDataset` (what `predict_dataset` reads). A dataset
+    of items without files (synthetic scenes) is written into `folder` first."""
+    if isinstance(dataset, SegmentationDataset):
+        view = copy.copy(dataset)
+        view.samples = dataset.samples[:limit]
+        return view
+    return ScenesFolder(save_scenes_as_folder(dataset, folder, limit), split="val")
+
+
+def evaluate(pipe, dataset: Dataset, limit: int, seed: int, batch_size: int) -> ValidationResult:
+    """Score `pipe` on the first `limit` images of `dataset` with the protocol in the module docstring. Every
+    process calls this; predictions go to a temporary folder, deleted after scoring."""
+    with tempfile.TemporaryDirectory(prefix="digseg-val-") as tmp:
+        images = evaluation_set(dataset, limit, Path(tmp) / "images")
+        predict_dataset(pipe, images, Path(tmp) / "predictions", ensemble_size=1, num_inference_steps=1, seed=seed,
+                        show_progress=False, protocol=TestProtocol(), batch_size=batch_size)
+        metrics = score_predictions(images, Path(tmp) / "predictions", show_progress=False)
+    kind = MetricKind(metrics["metric"])
+    metric = HEADLINE_METRIC[kind]
+    return ValidationResult(metric, float(metrics[metric]), {f"val/{c}": float(metrics[c]) for c in SUMMARY_COLUMNS[kind]})
