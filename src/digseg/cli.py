@@ -74,7 +74,7 @@ _TRAIN_FLAGS = {
     "max_steps": ("optim", "max_steps"), "batch_size": ("optim", "batch_size"),
     "learning_rate": ("optim", "learning_rate"), "gradient_accumulation_steps": ("optim", "gradient_accumulation_steps"),
     "mixed_precision": ("optim", "mixed_precision"), "use_ema": ("optim", "use_ema"),
-    "ema_device": ("optim", "ema_device"),
+    "ema_device": ("optim", "ema_device"), "optimizer": ("optim", "optimizer"),
     "gradient_checkpointing": ("optim", "gradient_checkpointing"),
     "output": ("run", "output_dir"), "checkpoint_every": ("run", "checkpoint_every"),
     "keep_checkpoints": ("run", "keep_checkpoints"), "seed": ("run", "seed"),

@@ -13,7 +13,7 @@ from .errors import EXIT_SKIPPED
 from .predict_records import OUTPUTS
 from .protocols import add_protocol_flags, parse_pair
 from .training.config import (EMA_DEVICES, MASK_DECODER_TARGETS, MASK_DECODERS, MIXED_PRECISION, OBJECTIVES,
-                              PREDICTION_TYPES, TASKS)
+                              OPTIMIZERS, PREDICTION_TYPES, TASKS)
 
 _PREDICT_EPILOG = f"""\
 A file that cannot be read (missing, empty, not an image, truncated) is named on stderr and skipped; the
@@ -100,6 +100,9 @@ def _add_train(sub) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
     t.add_argument("--text-encoder", help="another CLIP text encoder (folder or hub id), e.g. openai/clip-vit-large-patch14")
     t.add_argument("--use-ema", action=argparse.BooleanOptionalAction, default=None,
                    help="keep an exponential moving average of the weights (the saved model uses it)")
+    t.add_argument("--optimizer", choices=OPTIMIZERS,
+                   help="adamw (default) or adamw8bit: moments in 8 bits, 6 bytes less per parameter "
+                        '(pip install "digseg[lowmem]")')
     t.add_argument("--ema-device", choices=EMA_DEVICES,
                    help="where the EMA copy lives between updates (cpu: off the GPU, one copy of the weights less)")
     t.add_argument("--resume", help="'latest' or a checkpoint folder")

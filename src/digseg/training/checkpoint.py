@@ -2,7 +2,8 @@
 
 Layout: `<output_dir>/checkpoints/step-00000100/` with
   unet.safetensors, text_pathway.safetensors    trainable weights
-  optimizer.safetensors                         AdamW moments, flattened ("state.<param>.<key>")
+  optimizer.safetensors                         AdamW moments, flattened ("state.<param>.<key>"; an 8-bit
+                                                optimizer's quantized moments as their inner tensors)
   ema.safetensors                               EMA shadow weights (when EMA is on)
   trainer_state.json                            step, optimizer param groups, LR schedule, EMA scalars
 A checkpoint is written into a hidden temporary folder, every file fsync'ed, and renamed into place, so a folder
@@ -45,26 +46,105 @@ def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def optimizer_to_flat(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split `optimizer.state_dict()` into tensors (for safetensors) and JSON-able metadata."""
+    """Split `optimizer.state_dict()` into tensors (for safetensors) and JSON-able metadata.
+
+    A state held as a tensor subclass (an 8-bit optimizer's quantized moments, e.g. torchao's OptimState8bit) is
+    stored as its inner tensors (`__tensor_flatten__`: "state.<param>.<key>.<inner>") with its class, context
+    and size in the metadata. Scalar tensors in the param groups (torchao keeps `lr` as one) stay in the metadata
+    (see `_scalar_tensors_to_json`)."""
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
+    subclasses: dict[str, dict[str, Any]] = {}
     for param_id, entries in state_dict["state"].items():
         for key, value in entries.items():
-            if isinstance(value, torch.Tensor):
+            if isinstance(value, torch.Tensor) and type(value) is not torch.Tensor:
+                inner, context = value.__tensor_flatten__()
+                for name in inner:
+                    tensors[f"state.{param_id}.{key}.{name}"] = getattr(value, name)
+                subclasses[f"{param_id}.{key}"] = {
+                    "class": f"{type(value).__module__}.{type(value).__qualname__}", "inner": list(inner),
+                    "context": _to_json(context), "size": list(value.size()), "stride": list(value.stride())}
+            elif isinstance(value, torch.Tensor):
                 tensors[f"state.{param_id}.{key}"] = value
             else:
                 scalars.setdefault(str(param_id), {})[key] = value
-    return _contiguous(tensors), {"param_groups": state_dict["param_groups"], "scalars": scalars}
+    return _contiguous(tensors), {"param_groups": state_dict["param_groups"], "scalars": scalars,
+                                  "subclasses": subclasses}
 
 
 def optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    subclasses = meta.get("subclasses", {})
     state: dict[int, dict[str, Any]] = {}
+    inner: dict[str, dict[str, torch.Tensor]] = {}
     for name, value in tensors.items():
         _, param_id, key = name.split(".", 2)
-        state.setdefault(int(param_id), {})[key] = value
+        owner = key.rsplit(".", 1)[0] if "." in key else None
+        if owner is not None and f"{param_id}.{owner}" in subclasses:
+            inner.setdefault(f"{param_id}.{owner}", {})[key.rsplit(".", 1)[1]] = value
+        else:
+            state.setdefault(int(param_id), {})[key] = value
+    for where, info in subclasses.items():
+        param_id, key = where.split(".", 1)
+        cls = _subclass(info["class"])
+        state.setdefault(int(param_id), {})[key] = cls.__tensor_unflatten__(
+            inner[where], _from_json(info["context"]), torch.Size(info["size"]), tuple(info["stride"]))
     for param_id, entries in meta.get("scalars", {}).items():
         state.setdefault(int(param_id), {}).update(entries)
     return {"state": state, "param_groups": meta["param_groups"]}
+
+
+_SUBCLASS_MODULES = ("torchao.",)  # optimizer-state classes a checkpoint may name (nothing else is imported)
+
+
+def _subclass(path: str) -> type:
+    import importlib
+
+    module, _, name = path.rpartition(".")
+    if not path.startswith(_SUBCLASS_MODULES):
+        raise DigsegError(f"checkpoint names an optimizer state class outside {_SUBCLASS_MODULES}: {path}")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise DigsegError(f"checkpoint needs {path} to restore its optimizer state: {exc}") from exc
+
+
+def _scalar_tensors_to_json(value: Any) -> Any:
+    """trainer_state.json's values with one-element tensors (torchao keeps `lr` as one, and so does the LR schedule
+    then) written as {"tensor": value, "dtype": name}; `_scalar_tensors_from_json` turns them back, bit for bit."""
+    if isinstance(value, torch.Tensor):
+        return {"tensor": value.item(), "dtype": str(value.dtype).removeprefix("torch.")}
+    if isinstance(value, dict):
+        return {k: _scalar_tensors_to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_scalar_tensors_to_json(v) for v in value]
+    return value
+
+
+def _scalar_tensors_from_json(value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {"tensor", "dtype"}:
+        return torch.tensor(value["tensor"], dtype=getattr(torch, value["dtype"]))
+    if isinstance(value, dict):
+        return {k: _scalar_tensors_from_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scalar_tensors_from_json(v) for v in value]
+    return value
+
+
+def _to_json(value: Any) -> Any:
+    """A subclass's flatten context (bools, numbers, dtypes, tuples) as JSON values."""
+    if isinstance(value, torch.dtype):
+        return {"dtype": str(value).removeprefix("torch.")}
+    if isinstance(value, (list, tuple)):
+        return [_to_json(v) for v in value]
+    return value
+
+
+def _from_json(value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {"dtype"}:
+        return getattr(torch, value["dtype"])
+    if isinstance(value, list):
+        return tuple(_from_json(v) for v in value)
+    return value
 
 
 def kill_point(name: str) -> None:
@@ -121,7 +201,7 @@ def _write_checkpoint(final: Path, step: int, weights: dict[str, dict[str, torch
     opt_tensors, opt_meta = optimizer_to_flat(optimizer_state)
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
     state = {"step": step, "optimizer": opt_meta, **extra_state}
-    (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+    (tmp / STATE_FILE).write_text(json.dumps(_scalar_tensors_to_json(state), indent=1))
     for name, values in (notes or {}).items():
         (tmp / name).write_text(json.dumps(values, indent=1))
     for file in tmp.iterdir():
@@ -181,7 +261,7 @@ def resolve_resume(resume: str, output_dir: Path) -> Path | None:
 def load_checkpoint(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any], dict[str, Any]]:
     """-> (weights by name, optimizer state_dict, trainer state)."""
     try:
-        state = json.loads((path / STATE_FILE).read_text())
+        state = _scalar_tensors_from_json(json.loads((path / STATE_FILE).read_text()))
         weights = {
             f.name[: -len(".safetensors")]: load_file(str(f))
             for f in path.glob("*.safetensors")

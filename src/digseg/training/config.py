@@ -29,6 +29,7 @@ OBJECTIVES = ("diffusion", "one-step")
 MASK_DECODERS = ("auto", "light", "vae")  # auto: the model's light mask decoder if it has one, else the VAE
 MASK_DECODER_TARGETS = ("mask", "vae")  # what `digseg train-mask-decoder --target` learns (training/mask_decoder.py)
 MIXED_PRECISION = ("no", "fp16", "bf16")  # optim.mixed_precision may also be "": the launcher's choice
+OPTIMIZERS = ("adamw", "adamw8bit")  # adamw8bit: torchao's AdamW8bit (pip install "digseg[lowmem]")
 EMA_DEVICES = ("accelerator", "cpu")  # where optim.use_ema keeps its copy of the weights between steps
 
 
@@ -113,6 +114,7 @@ class OptimConfig:
     lr_warmup_steps: int = 50
     weight_decay: float = 1e-2
     max_grad_norm: float = 1.0
+    optimizer: str = "adamw"  # adamw8bit: moments stored in 8 bits (a quarter of AdamW's 8 bytes per parameter)
     mixed_precision: str = ""  # no | fp16 | bf16 | "" = what the launcher says (accelerate config), else no
     gradient_checkpointing: bool = False  # recompute U-Net activations in backward: less memory, ~30% slower
     use_ema: bool = False
@@ -133,6 +135,8 @@ class OptimConfig:
                 raise ConfigError(f"optim.{name} must be >= 1, got {getattr(self, name)}")
         if not self.learning_rate > 0:
             raise ConfigError(f"optim.learning_rate must be > 0, got {self.learning_rate}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optim.optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.ema_device not in EMA_DEVICES:
             raise ConfigError(f"optim.ema_device must be one of {', '.join(EMA_DEVICES)}, got {self.ema_device!r}")
         if not 0.0 <= self.max_timestep_prob <= 1.0:
