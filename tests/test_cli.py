@@ -38,7 +38,7 @@ def _error_line(capsys) -> str:
 def test_predict_writes_labels_overlays_and_probabilities(saved_model, image_file, tmp_path, capsys):
     out = tmp_path / "pred"
     assert main(["predict", "--model", str(saved_model), "--image", str(image_file), "--prompt", "circle",
-                 "--ensemble-size", "2", "--output", str(out)]) == 0
+                 "--ensemble-size", "2", "--output", str(out), "--device", "cpu", "--dtype", "bf16"]) == 0
     label = np.asarray(Image.open(out / "photo_label.png"))
     assert label.shape == (48, 64) and set(np.unique(label)) <= {0, 1}
     assert Image.open(out / "photo_label.png").mode == "P"
@@ -46,6 +46,8 @@ def test_predict_writes_labels_overlays_and_probabilities(saved_model, image_fil
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
     assert abs(sum(summary["images"]["photo.png"].values()) - 1.0) < 1e-3
+    assert summary["runtime"]["device"] == "cpu" and summary["runtime"]["dtype"] == "bf16"  # where it ran
+    assert "cpu (" in (out / "index.html").read_text() and "bf16" in (out / "index.html").read_text()
 
     out2 = tmp_path / "pred2"
     assert main(["predict", "--model", str(saved_model), "--image", str(image_file.parent), "--classes",
@@ -111,6 +113,22 @@ def test_train_bad_data_is_named(tiny_backbone, tmp_path, capsys):
     assert "--pretrained" in _error_line(capsys)
     assert main(["train", "--pretrained", str(tmp_path / "nowhere"), "--max-steps", "1"]) == 2
     assert "nowhere" in _error_line(capsys)
+
+
+def test_quickstart_command_evaluates_on_the_device_and_dtype_asked(tmp_path, monkeypatch, capsys):
+    import digseg.quickstart
+
+    class Tiny(digseg.quickstart.QuickstartSettings):  # the command's own defaults train for minutes
+        def __init__(self, seed: int = 0):
+            super().__init__(seed=seed, vae_steps=2, batch_size=4, num_train_scenes=8, num_eval_scenes=2,
+                             settings=("1x1",), num_overlays=1)
+
+    monkeypatch.setattr(digseg.quickstart, "QuickstartSettings", Tiny)
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)  # the command sets it for --device cpu
+    assert main(["quickstart", "--output", str(tmp_path / "qs"), "--train-steps", "2", "--device", "cpu",
+                 "--dtype", "bf16"]) == 0
+    runtime = json.loads((tmp_path / "qs" / "metrics.json").read_text())["runtime"]
+    assert runtime["device"] == "cpu" and runtime["dtype"] == "bf16"
 
 
 def test_quickstart_smoke(tmp_path, capsys):

@@ -145,8 +145,9 @@ def test_launch_warns_off_loopback_and_sets_the_pil_guard(tiny_pipe, tmp_path, m
     digseg.demo.launch_demo(tmp_path / "model", host="0.0.0.0", port=7999, max_pixels=1000)
     assert served == {"host": "0.0.0.0", "port": 7999} and Image.MAX_IMAGE_PIXELS == 1000
     assert "warning: serving on 0.0.0.0" in capsys.readouterr().out
-    digseg.demo.launch_demo(tmp_path / "model", host="127.0.0.1", port=7999)
-    assert "warning" not in capsys.readouterr().out
+    digseg.demo.launch_demo(tmp_path / "model", host="127.0.0.1", port=7999, device="cpu", dtype="bf16")
+    printed = capsys.readouterr().out
+    assert "warning" not in printed and "on cpu (" in printed and "bf16" in printed
 
 
 def test_missing_gradio_gives_the_install_hint(monkeypatch):
@@ -216,6 +217,8 @@ def test_demo_in_headless_chromium(tiny_pipe, image_file, not_an_image, tmp_path
             assert result[0].get_attribute("src")
             wait.until(lambda d: "circle" in d.find_element(By.ID, "digseg-summary").text)
             assert "ensemble 2" in driver.find_element(By.ID, "digseg-summary").text
+            footer = driver.find_element(By.ID, "digseg-runtime").text  # where the model runs
+            assert "cpu (" in footer and "fp32" in footer and "torch " in footer, footer
             assert driver.find_elements(By.CSS_SELECTOR, "#digseg-compare img")  # the input/prediction slider
             assert driver.find_elements(By.CSS_SELECTOR, "#digseg-uncertainty img")
             save_screenshot(driver, "demo_result", tmp_path)

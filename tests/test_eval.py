@@ -200,9 +200,11 @@ def test_cli_eval_runs_a_model_and_skips_corrupt_images(tiny_pipe, tmp_path, cap
     corrupt = sorted((data / "images").glob("*.png"))[0]
     corrupt.write_bytes(b"not an image")
     assert main(["eval", "--dataset", "folder", "--data-root", str(data), "--model", str(tmp_path / "model"),
-                 "--ensemble-size", "2", "--steps", "2", "--output", str(tmp_path / "out" / "m.json")]) == 0
+                 "--ensemble-size", "2", "--steps", "2", "--output", str(tmp_path / "out" / "m.json"),
+                 "--device", "cpu", "--dtype", "bf16"]) == 0
     metrics = json.loads((tmp_path / "out" / "m.json").read_text())
     assert metrics["num_images"] == 2 and metrics["ensemble_size"] == 2 and metrics["steps"] == 2
+    assert metrics["runtime"]["device"] == "cpu" and metrics["runtime"]["dtype"] == "bf16"
     assert len(list((tmp_path / "out" / "m_predictions").glob("*.png"))) == 2
     out = capsys.readouterr().out
     assert "skipped 2 sample(s)" in out  # the corrupt image: once when predicting, once when scoring

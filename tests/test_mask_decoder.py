@@ -112,10 +112,15 @@ def test_fit_learns_to_read_masks_from_vae_latents(tiny_pipe):
 def test_cli_trains_in_place_and_predict_chooses(tiny_pipe, tmp_path, capsys):
     model = tmp_path / "model"
     tiny_pipe.save_pretrained(model)
+    unet = (model / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
     assert main(["train-mask-decoder", "--model", str(model), "--output", str(model), "--steps", "3",
-                 "--batch-size", "4", "--num-scenes", "6"]) == 0
+                 "--batch-size", "4", "--num-scenes", "6", "--device", "cpu", "--dtype", "bf16"]) == 0
     assert "light mask decoder" in capsys.readouterr().out
-    assert isinstance(DiGSegPipeline.from_pretrained(model).mask_decoder, LightMaskDecoder)
+    loaded = DiGSegPipeline.from_pretrained(model)
+    assert isinstance(loaded.mask_decoder, LightMaskDecoder)
+    # run in bf16, the model's own files stay as they were and the decoder is saved as trained, in fp32
+    assert (model / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == unet
+    assert loaded.mask_decoder.dtype == torch.float32 and loaded.unet.dtype == torch.float32
     image = tmp_path / "in.png"
     from PIL import Image
 

@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from browser import chromium_driver, save_screenshot
 from digseg.cli import main
 from digseg.data.synthetic import SYNTHETIC_CLASSES
 from digseg.inputs import display_names, expand_image_inputs, unique_stems
-from digseg.report import write_report
+from digseg.report import REPORT_PAGE_SIZE, write_report
 from digseg.visualize import palette_for
 
 ODD_NAME = "<b>&.png"  # user-chosen file names end up in HTML
@@ -259,3 +260,194 @@ def test_an_image_is_seeded_by_its_place_not_by_the_other_images(predicted, tmp_
                  str(predicted.root / "photos" / "b.jpg")]) == 0
     for name in ("b_label.png", "b_uncertainty.png"):
         np.testing.assert_array_equal(np.asarray(Image.open(alone / name)), np.asarray(Image.open(predicted.out / name)))
+
+
+# ---------------------------------------------------------------------------------------------- paged report
+
+
+def _write_fake_pictures(folder: Path) -> None:
+    """The few small PNGs every fake entry points to: an RGB picture, a greyscale map and a palette label map."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_image(folder / "picture.png", 24, 32, 0)
+    Image.fromarray(np.arange(24 * 32, dtype=np.uint8).reshape(24, 32)).save(folder / "map.png")
+    label = Image.fromarray((np.arange(24 * 32).reshape(24, 32) % 3).astype(np.uint8), mode="P")
+    label.putpalette([0, 0, 0, 230, 25, 75, 60, 180, 75] + [0] * (256 - 3) * 3)
+    label.save(folder / "label.png")
+
+
+def _fake_entry(i: int, **files) -> dict:
+    """A per-image summary as `predict_outputs` writes it, each file one of those `_write_fake_pictures` writes;
+    `files` replaces some of them (None: not written)."""
+    entry = {
+        "name": f"photo-{i:06d}.jpg", "image_size": {"width": 32, "height": 24},
+        "classes": [{"id": 0, "name": "background", "fraction": 0.6, "colour": "#000000", "tinted": False},
+                    {"id": 1, "name": "cat", "fraction": 0.4, "colour": "#e6194b", "tinted": True}],
+        "unlabelled_fraction": 0.0,
+        "files": {"input": "picture.png", "overlay": "picture.png", "overlay_legend": "picture.png",
+                  "label": "label.png", "summary": "map.png", "uncertainty": "map.png",
+                  "probabilities": [{"class": "background", "file": "map.png"}, {"class": "cat", "file": "map.png"}]},
+    }
+    entry["files"].update(files)
+    return entry
+
+
+def _fake_entries(count: int) -> Iterator[dict]:
+    return (_fake_entry(i) for i in range(count))
+
+
+def _pages(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob("index*.html"))
+
+
+def _assert_files_exist(folder: Path, page: str) -> None:
+    from urllib.parse import unquote
+
+    targets = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert targets and all((folder / unquote(t)).is_file() for t in targets)
+
+
+def test_report_pages_hold_at_most_100_panels_and_link_each_other(tmp_path):
+    _write_fake_pictures(tmp_path)
+    write_report(tmp_path, list(_fake_entries(1500)), {"model": "m"})
+    assert len(_pages(tmp_path)) == 15
+    index = write_report(tmp_path, _fake_entries(1000), {"model": "m"}, num_entries=1000)  # an iterator
+    assert index == tmp_path / "index.html"
+    names = ["index.html"] + [f"index-{k}.html" for k in range(2, 11)]
+    assert _pages(tmp_path) == sorted(names)  # index-11 ... index-15 of the earlier run are gone
+    for k, name in enumerate(names, start=1):
+        path = tmp_path / name
+        page = path.read_text(encoding="utf-8")
+        assert path.stat().st_size < 200_000
+        assert page.count('<figure class="entry"') == REPORT_PAGE_SIZE
+        first = (k - 1) * REPORT_PAGE_SIZE
+        assert f'id="image-{first}"' in page and f'id="image-{first + 99}"' in page
+        assert "<h1>digseg predict: 1,000 images</h1>" in page
+        assert f"<title>digseg predict: 1,000 images (page {k} of 10)</title>" in page
+        assert page.count(f'<span class="page-of">page {k} of 10</span>') == 2  # the navigation above and below
+        assert page.count(f'<span class="range">images {first + 1:,}-{first + 100:,} of 1,000</span>') == 2
+        assert ('rel="next"' in page) == (k < 10) and ('rel="prev"' in page) == (k > 1)
+        _assert_files_exist(tmp_path, page)
+    first_page = (tmp_path / "index.html").read_text(encoding="utf-8")
+    assert re.findall(r'<a href="([^"]+)" class="next" rel="next">', first_page) == ["index-2.html"] * 2
+    last_page = (tmp_path / "index-10.html").read_text(encoding="utf-8")
+    assert re.findall(r'<a href="([^"]+)" class="previous" rel="prev">', last_page) == ["index-9.html"] * 2
+    middle = (tmp_path / "index-5.html").read_text(encoding="utf-8")
+    links = re.search(r'<span class="page-links">(.*?)</span> <a href="index-6.html" class="next"', middle).group(1)
+    assert re.findall(r'href="index-?(\d*)\.html"', links) == ["", "3", "4", "6", "7", "10"]  # first, neighbours, last
+    assert links.count("&hellip;") == 2 and '<span class="current" aria-current="page">5</span>' in links
+
+
+def test_an_empty_report_is_one_page_and_removes_earlier_pages(tmp_path):
+    _write_fake_pictures(tmp_path)
+    write_report(tmp_path, _fake_entries(250), num_entries=250)
+    assert _pages(tmp_path) == ["index-2.html", "index-3.html", "index.html"]
+    write_report(tmp_path, [], skipped=[{"name": "x.png", "reason": "not an image"}])
+    assert _pages(tmp_path) == ["index.html"]
+    page = (tmp_path / "index.html").read_text(encoding="utf-8")
+    assert "0 images, 1 skipped" in page and "x.png" in page and '<nav class="pages"' not in page
+
+
+def test_skipped_files_are_listed_on_the_first_page_only(tmp_path):
+    _write_fake_pictures(tmp_path)
+    write_report(tmp_path, _fake_entries(5), skipped=[{"name": "bad.png", "reason": "truncated"}], num_entries=5,
+                 page_size=2)
+    first, second = ((tmp_path / name).read_text(encoding="utf-8") for name in ("index.html", "index-2.html"))
+    assert "5 images, 1 skipped" in first and "5 images, 1 skipped" in second
+    assert '<span class="skipped-name">bad.png</span>' in first and "bad.png" not in second
+    assert 'listed on <a href="index.html">page 1</a>' in second
+    assert "images 5-5 of 5" in (tmp_path / "index-3.html").read_text(encoding="utf-8")
+
+
+def test_entries_must_number_num_entries(tmp_path):
+    _write_fake_pictures(tmp_path)
+    with pytest.raises(ValueError, match="fewer"):
+        write_report(tmp_path, _fake_entries(3), num_entries=4)
+    with pytest.raises(ValueError, match="more"):
+        write_report(tmp_path, _fake_entries(5), num_entries=4)
+
+
+def _partial_entries() -> list[dict]:
+    """Entries whose outputs were only partly written: a label map only; input and label map; the input only;
+    no probability or uncertainty maps (and no note saying why); nothing at all; then a complete one."""
+    no_maps = _fake_entry(3, probabilities=[], uncertainty=None)
+    del no_maps["files"]["overlay_legend"], no_maps["files"]["summary"]
+    label_only = _fake_entry(0, input=None, overlay=None, overlay_legend=None, summary=None, uncertainty=None)
+    del label_only["files"]["probabilities"]
+    return [label_only,
+            {**_fake_entry(1), "files": {"input": "picture.png", "label": "label.png"}},
+            {**_fake_entry(2), "files": {"input": "picture.png"}},
+            no_maps,
+            {**_fake_entry(4), "files": {}},
+            _fake_entry(5)]
+
+
+def test_entries_with_missing_files_show_what_there_is(tmp_path):
+    _write_fake_pictures(tmp_path)
+    page = write_report(tmp_path, _partial_entries()).read_text(encoding="utf-8")
+    panels = page.split('<figure class="entry"')[1:]
+    assert len(panels) == 6
+    label_only, input_and_label, input_only, no_maps, nothing, complete = panels
+    assert '<img class="plain small" src="label.png" alt="label map for photo-000000.jpg"' in label_only
+    assert "compare" not in label_only and "Uncertainty" not in label_only and "probability" not in label_only
+    assert '<a href="label.png">label map</a>' in label_only and "overlay with legend" not in label_only
+    assert 'class="under" src="picture.png"' in input_and_label and 'class="over" src="label.png"' in input_and_label
+    assert '<img class="plain small" src="picture.png" alt="input photo-000002.jpg"' in input_only
+    assert 'class="links"' not in input_only
+    assert "compare" in no_maps and "Class probability maps" not in no_maps and "Uncertainty" not in no_maps
+    assert "no picture was written" in nothing and "<img" not in nothing
+    assert complete.count("<img") == 5 and "Uncertainty" in complete
+    _assert_files_exist(tmp_path, page)
+
+
+def _loaded_images(driver) -> list[tuple[str, bool]]:
+    """(src, loaded) of every image on the page, once all have finished loading or failing."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, 30).until(
+        lambda d: d.execute_script("return Array.from(document.images).every(i => i.complete)"))
+    return driver.execute_script(
+        "return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0])")
+
+
+def _panel_ids(driver) -> list[str]:
+    return driver.execute_script("return Array.from(document.querySelectorAll('figure.entry')).map(f => f.id)")
+
+
+def test_paged_report_renders_and_navigates_in_headless_chromium(tmp_path):
+    _write_fake_pictures(tmp_path)
+    write_report(tmp_path, _fake_entries(1000), num_entries=1000)
+    with chromium_driver(tmp_path) as driver:
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        driver.get((tmp_path / "index.html").as_uri())
+        images = _loaded_images(driver)
+        assert len(images) == 100 * 5 and all(ok for _, ok in images), [src for src, ok in images if not ok]
+        assert _panel_ids(driver) == [f"image-{i}" for i in range(100)]
+        nav = driver.find_element(By.CSS_SELECTOR, "nav.pages")
+        assert "page 1 of 10" in nav.text and "images 1-100 of 1,000" in nav.text
+        nav.find_element(By.LINK_TEXT, "next →").click()
+        WebDriverWait(driver, 30).until(lambda d: d.current_url.endswith("/index-2.html"))
+        assert all(ok for _, ok in _loaded_images(driver))
+        assert _panel_ids(driver) == [f"image-{i}" for i in range(100, 200)]
+        shown = driver.find_elements(By.CSS_SELECTOR, "figure.entry .file-name")
+        assert shown[0].text == "photo-000100.jpg" and shown[-1].text == "photo-000199.jpg"
+        assert "images 101-200 of 1,000" in driver.find_element(By.CSS_SELECTOR, "nav.pages").text
+        save_screenshot(driver, "predict-report-page-2.png", tmp_path, full_page=False)
+
+
+def test_entries_with_missing_files_render_in_headless_chromium(tmp_path):
+    _write_fake_pictures(tmp_path)
+    write_report(tmp_path, _partial_entries())
+    with chromium_driver(tmp_path) as driver:
+        driver.get((tmp_path / "index.html").as_uri())
+        images = _loaded_images(driver)
+        assert len(images) == 1 + 2 + 1 + 2 + 0 + 5 and all(ok for _, ok in images), images
+        figures = driver.find_elements("css selector", "figure.entry")
+        label_only = figures[0].find_element("css selector", "img.plain")
+        assert label_only.size["width"] > 100  # the label map is shown at the panel's width, not as a thumbnail
+        for figure in (figures[1], figures[5]):  # the divider script runs past the panels without one
+            driver.execute_script("const r = arguments[0].querySelector('input.split'); r.value = 90;"
+                                  "r.dispatchEvent(new Event('input'))", figure)
+            assert abs(_right_inset(driver, figure) - 10) < 1e-6
+        save_screenshot(driver, "predict-report-missing-files.png", tmp_path)

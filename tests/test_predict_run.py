@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import digseg.predict
+from digseg import predict_records
 from digseg.cli import main
 from digseg.data.io import load_image
 from digseg.data.synthetic import SYNTHETIC_CLASSES
 from digseg.errors import ConfigError
 from digseg.inputs import read_image_list, select_images
 from digseg.predict import EXIT_SKIPPED, SizeBatcher
+from digseg.predict_records import RecordIndex
 from digseg.seeding import seeded_generator
 
 
@@ -90,7 +91,7 @@ def test_unreadable_files_are_skipped_named_and_reported(model, tmp_path, capsys
     page = (out / "index.html").read_text(encoding="utf-8")
     assert page.count('<figure class="entry"') == 8 and "8 images, 3 skipped" in page
     assert all(f'<span class="skipped-name">{name}</span>' in page for name in bad)
-    assert not (out / ".partial").exists()
+    assert not predict_records.partial_dir(out).exists()
 
 
 def test_a_run_without_bad_files_exits_0_and_one_with_only_missing_files_fails_early(model, tmp_path, capsys):
@@ -189,21 +190,22 @@ def test_skip_existing_continues_a_run_killed_midway(model, tmp_path, monkeypatc
     assert _predict(model, tmp_path / "reference", *args) == EXIT_SKIPPED
 
     out = tmp_path / "out"
-    real_publish, published = digseg.predict.publish, []
+    real_publish, published = predict_records.publish, []
 
-    def killed_on_the_third(staging, out_dir, summary_name):  # killed while moving the third image's files
+    def killed_on_the_third(staging, out_dir):  # killed while moving the third image's files
         if len(published) == 2:
             first = sorted(staging.iterdir())[0]
-            first.replace(out_dir / first.name)  # one file landed, the summary did not
+            first.replace(out_dir / first.name)  # one file landed, the others and the record did not
             raise KeyboardInterrupt
-        real_publish(staging, out_dir, summary_name)
-        published.append(summary_name)
+        real_publish(staging, out_dir)
+        published.append(staging.name)
 
-    monkeypatch.setattr(digseg.predict, "publish", killed_on_the_third)
+    monkeypatch.setattr(predict_records, "publish", killed_on_the_third)
     assert _predict(model, out, *args) == 130
-    monkeypatch.setattr(digseg.predict, "publish", real_publish)
-    assert published == ["p0_summary.json", "p1_summary.json"]
-    assert not (out / "p2_summary.json").exists() and (out / ".partial" / "p2").is_dir()
+    monkeypatch.setattr(predict_records, "publish", real_publish)
+    assert published == ["p0", "p1"]
+    assert sorted(RecordIndex(out).where) == ["p0", "p1"]  # p2 is not finished: it has no record
+    assert (out / "p2_input.png").is_file() and predict_records.partial_dir(out).joinpath("p2").is_dir()
     assert not (out / "summary.json").exists()
     finished = {p.name: p.stat().st_mtime_ns for p in out.glob("p[01]_*")}
     capsys.readouterr()
@@ -212,7 +214,7 @@ def test_skip_existing_continues_a_run_killed_midway(model, tmp_path, monkeypatc
     printed = capsys.readouterr().out
     assert "2 of 6 image(s) already finished" in printed and "(2 kept from an earlier run)" in printed
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("p[01]_*")} == finished  # not redone
-    assert not (out / ".partial").exists()
+    assert not predict_records.partial_dir(out).exists()
     reference, resumed = _labels(tmp_path / "reference"), _labels(out)
     assert resumed.keys() == reference.keys() and len(resumed) == 5
     for name in reference:
@@ -225,6 +227,8 @@ def test_skip_existing_continues_a_run_killed_midway(model, tmp_path, monkeypatc
     assert _predict(model, out, *args, "--skip-existing", "--seed", "1") == 2  # other settings: not a continuation
     err = capsys.readouterr().err
     assert "other settings (seed)" in err and "--skip-existing" in err
+    assert _predict(model, out, *args, "--skip-existing", "--outputs", "labels") == 2  # other files: likewise
+    assert "other settings (outputs)" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------- image lists

@@ -29,14 +29,33 @@ def _quiet_libraries() -> None:
     diffusers.utils.logging.disable_progress_bar()
 
 
+def _placement(args: argparse.Namespace):
+    """(torch.device, torch.dtype) from --device and --dtype (`digseg.devices`). Commands call this first, so an
+    impossible request fails in one line before any work."""
+    from .devices import resolve_device_and_dtype
+
+    return resolve_device_and_dtype(args.device, args.dtype)
+
+
+def _load_model(model, placement):
+    """The model folder, loaded in the dtype (not loaded in fp32 and cast) and moved to the device."""
+    from .pipeline import DiGSegPipeline
+
+    device, dtype = placement
+    return DiGSegPipeline.from_pretrained(model, torch_dtype=dtype).to(device)
+
+
 # ---------------------------------------------------------------------------------------------- quickstart
 def cmd_quickstart(args: argparse.Namespace) -> None:
     from .quickstart import QuickstartSettings, run_quickstart
 
+    device, dtype = _placement(args)
+    if device.type == "cpu":
+        os.environ["ACCELERATE_USE_CPU"] = "true"  # accelerate's own switch (`accelerate launch --cpu`): train here too
     settings = QuickstartSettings(seed=args.seed)
     if args.train_steps:
         settings.train_steps = args.train_steps
-    run_quickstart(args.output, settings)
+    run_quickstart(args.output, settings, device=device, dtype=dtype)
 
 
 # ---------------------------------------------------------------------------------------------- train
@@ -111,31 +130,35 @@ def cmd_browse_data(args: argparse.Namespace) -> None:
 
 
 def cmd_train_mask_decoder(args: argparse.Namespace) -> None:
+    import shutil
+
     from .data.registry import build_dataset
-    from .pipeline import DiGSegPipeline
     from .training.mask_decoder import fit_light_mask_decoder
 
+    placement = _placement(args)
     try:
         widths = [int(w) for w in args.widths.split(",")] if args.widths else None
     except ValueError:
         raise ConfigError(f"--widths must be comma-separated integers, got {args.widths!r}") from None
-    pipe = DiGSegPipeline.from_pretrained(args.model)
+    pipe = _load_model(args.model, placement)
     resolution = args.resolution or pipe.config.default_processing_resolution
     dataset = build_dataset(args.dataset, args.data_root, split="train", size=resolution,
                             num_scenes=args.num_scenes, seed=args.seed)
-    _, losses, data = fit_light_mask_decoder(
+    decoder, losses, data = fit_light_mask_decoder(
         pipe, dataset, resolution, task=args.task, latent_cache=args.latent_cache, num_samples=args.num_samples,
         block_channels=widths,
         steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
         latent_noise=args.latent_noise, target=args.target, seed=args.seed)
     for reason in data.skipped:
         print(f"skipped {reason}", file=sys.stderr)
+    # the model's files stay as they are (whatever --dtype it ran in): a copy, plus mask_decoder/ (trained in
+    # fp32) and model_index.json naming it
     out = Path(args.output)
-    if out.exists() and out.resolve() == Path(args.model).resolve():  # in place: only mask_decoder/ and the index
-        pipe.mask_decoder.save_pretrained(out / "mask_decoder")  # the loaded weights may be memory-mapped
-        pipe.save_config(out)  # model_index.json, now naming the mask decoder
-    else:
-        pipe.save_pretrained(out)
+    if not (out.exists() and out.resolve() == Path(args.model).resolve()):
+        shutil.copytree(args.model, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("mask_decoder"))
+    shutil.rmtree(out / "mask_decoder", ignore_errors=True)
+    decoder.save_pretrained(out / "mask_decoder")
+    pipe.save_config(out)
     print(f"light mask decoder: {len(data)} mask latents of {len(data.labels)} samples, {args.steps} steps, "
           f"final loss {sum(losses[-20:]) / len(losses[-20:]):.4f}; wrote the model with it to {args.output} "
           f"(it decodes masks by default; pass --mask-decoder vae to use the VAE)")
@@ -145,11 +168,13 @@ def cmd_train_mask_decoder(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> int:
     """Checks the flags, the selection and the model before any work; the run itself is `predict.run_predict`."""
     from .data.io import read_class_list
+    from .distributed import is_main_process
     from .inputs import select_images
-    from .pipeline import DiGSegPipeline
     from .predict import run_predict
-    from .protocols import TestProtocol, protocol_from_args
+    from .predict_records import parse_outputs
+    from .protocols import TestProtocol, protocol_from_args, tiling_scale
 
+    placement = _placement(args)
     if args.prompt is not None and args.classes is not None:
         raise ConfigError("give either --prompt or --classes, not both")
     classes = [c.strip() for c in args.classes.split(",")] if args.classes is not None else None
@@ -159,9 +184,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         classes = read_class_list(args.classes_file)
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    outputs = parse_outputs(args.outputs)
     paths = select_images(args.image, args.image_list)  # files, folders, patterns, a list file; nothing decoded yet
     protocol = protocol_from_args(args, TestProtocol())
-    pipe = DiGSegPipeline.from_pretrained(args.model)
+    pipe = _load_model(args.model, placement)
+    protocol = tiling_scale(protocol, pipe.config.default_processing_resolution, args.processing_resolution is not None)
     settings = {
         "model": str(args.model), "prompt": args.prompt,
         "classes": None if args.prompt is not None else (classes or list(pipe.config.class_names or [])),
@@ -177,8 +204,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
                        mask_decoder=args.mask_decoder, **protocol.call_kwargs())
     result = run_predict(pipe, paths, Path(args.output), call_kwargs, settings, seed=args.seed,
                          batch_size=args.batch_size, skip_existing=args.skip_existing,
-                         show_progress=False if args.no_progress else None)
-    print(result.message())
+                         show_progress=False if args.no_progress else None, outputs=outputs)
+    if is_main_process():
+        print(result.message())
     return result.exit_status
 
 
@@ -187,26 +215,27 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .data.base import MetricKind
     from .data.registry import get_dataset_class
     from .dataset_eval import SUMMARY_COLUMNS, default_protocol, predict_dataset, score_predictions, search_threshold
-    from .distributed import is_main_process
+    from .distributed import is_main_process, process_info
     from .metrics import format_markdown_table
 
     if (args.predictions is None) == (args.model is None):
         raise ConfigError("give exactly one of --predictions DIR (score label PNGs) or --model DIR (predict, then score)")
     if not args.data_root:
         raise ConfigError("--data-root is required")
+    placement = _placement(args) if args.model else None
     dataset = get_dataset_class(args.dataset)(args.data_root, split=args.split)
     output = Path(args.output)
     predictions = Path(args.predictions) if args.predictions else output.with_suffix("").parent / f"{output.stem}_predictions"
     info: dict = {}
     if args.model:
-        from .pipeline import DiGSegPipeline
+        from .devices import runtime_info
+        from .protocols import protocol_from_args, tiling_scale
 
-        pipe = DiGSegPipeline.from_pretrained(args.model)
+        pipe = _load_model(args.model, placement)
         if args.prompt_template:
             pipe.register_to_config(prompt_template=args.prompt_template)
-        from .protocols import protocol_from_args
-
-        protocol = protocol_from_args(args, default_protocol(pipe, dataset))
+        protocol = tiling_scale(protocol_from_args(args, default_protocol(pipe, dataset)),
+                                pipe.config.default_processing_resolution, args.processing_resolution is not None)
         kwargs = dict(ensemble_size=args.ensemble_size, num_inference_steps=args.steps, protocol=protocol,
                       processing_resolution=args.processing_resolution, seed=args.seed, mask_decoder=args.mask_decoder,
                       batch_size=args.batch_size)
@@ -221,7 +250,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         report = predict_dataset(pipe, dataset, predictions, threshold=threshold, **kwargs, **query)
         info.update(model=str(args.model), ensemble_size=args.ensemble_size, steps=args.steps or pipe.config.default_denoising_steps,
                     predictions=str(predictions), prediction_skipped=report["skipped"], protocol=protocol.to_dict(),
-                    batch_size=args.batch_size)
+                    batch_size=args.batch_size, runtime=runtime_info(pipe.device, pipe.dtype, process_info()[1]))
     metrics = score_predictions(dataset, predictions, present_only=True if args.present_only else None)
     metrics.update(info)
     if not is_main_process():  # under accelerate launch / torchrun: every process has the same metrics
@@ -246,7 +275,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import DEFAULT_MAX_PIXELS, launch_demo
 
     launch_demo(args.model, host=args.host, port=args.port,
-                max_pixels=DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels)
+                max_pixels=DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels,
+                device=args.device, dtype=args.dtype)
 
 
 COMMANDS = {  # command name -> what it does; the arguments are in `digseg.cli_parser`

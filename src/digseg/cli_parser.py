@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 
+from .devices import DEVICE_CHOICES_TEXT, DTYPE_CHOICES
 from .errors import EXIT_SKIPPED
+from .predict_records import OUTPUTS
 from .protocols import add_protocol_flags, parse_pair
 from .training.config import MASK_DECODER_TARGETS, MASK_DECODERS, MIXED_PRECISION, OBJECTIVES, PREDICTION_TYPES, TASKS
 
@@ -29,12 +31,23 @@ _MASK_DECODER_FLAG = dict(choices=MASK_DECODERS, default="auto",
                                "one-step model was trained through, else the light one when the model has one)")
 
 
+def _add_device_flags(parser: argparse.ArgumentParser, what: str = "the model runs") -> None:
+    """--device and --dtype: one rule for every command (`digseg.devices`)."""
+    parser.add_argument("--device", default="auto", metavar="DEVICE",
+                        help=f"where {what}: {DEVICE_CHOICES_TEXT} (default auto: this process's GPU under "
+                             "accelerate launch / torchrun, else CUDA, else MPS, else CPU)")
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                        help="the model's precision (default auto: bf16 on CUDA GPUs that have it, fp16 on older "
+                             "ones and on MPS, fp32 on CPU); the model is loaded in it")
+
+
 def _add_quickstart(sub) -> None:
     """`digseg quickstart`."""
     q = sub.add_parser("quickstart", help="train a tiny model on synthetic scenes, evaluate, save overlays (CPU, minutes)")
     q.add_argument("--output", default="digseg-quickstart", help="output folder (default: ./digseg-quickstart)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--train-steps", type=int, default=None, help="DiGSeg training steps (default 2000)")
+    _add_device_flags(q, "the evaluation runs (training runs on accelerate's device, the CPU with --device cpu)")
 
 
 def _add_train(sub) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
@@ -118,6 +131,7 @@ def _add_train_mask_decoder(sub) -> None:
     m.add_argument("--target", choices=MASK_DECODER_TARGETS, default="mask",
                    help="learn the rendered mask (default) or imitate the VAE decoder's output (runs the VAE each step)")
     m.add_argument("--seed", type=int, default=0)
+    _add_device_flags(m, "the frozen model encodes and the decoder trains (the decoder itself trains in fp32)")
 
 
 def _add_predict(sub) -> None:
@@ -138,6 +152,11 @@ def _add_predict(sub) -> None:
     p.add_argument("--no-class-threshold", type=float, default=None, help="label 255 where no class scores above this")
     p.add_argument("--output", required=True,
                    help="output folder: per-image maps and JSON, summary.json, index.html (see docs/predict.md)")
+    p.add_argument("--outputs", default="all", metavar="KINDS",
+                   help=f"comma-separated files to write: {', '.join(OUTPUTS)}, or all (default). Per image: the "
+                        "label map, the colour overlay (and one with a legend), per-class probability maps, the "
+                        "ensemble's uncertainty map, a copy of the input, a JSON summary; report: index.html. "
+                        "summary.json is always written. For many images: --outputs labels")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--batch-size", type=int, default=1,
                    help="images of the same processed size per pipeline call (same labels as 1; more memory)")
@@ -148,7 +167,9 @@ def _add_predict(sub) -> None:
     p.add_argument("--processing-resolution", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mask-decoder", **_MASK_DECODER_FLAG)
-    add_protocol_flags(p, "default: whole image at the processing resolution")
+    _add_device_flags(p)
+    add_protocol_flags(p, "default: whole image at the processing resolution; slide without --scale: "
+                          "a keep-ratio scale whose short side is the crop")
 
 
 def _add_eval(sub) -> None:
@@ -173,6 +194,7 @@ def _add_eval(sub) -> None:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--mask-decoder", **_MASK_DECODER_FLAG)
     e.add_argument("--batch-size", type=int, default=8, help="images per pipeline call (default 8)")
+    _add_device_flags(e)
     add_protocol_flags(e, "default: the dataset's preset, mmseg's or CAT-Seg's")
 
 
@@ -183,6 +205,7 @@ def _add_demo(sub) -> None:
     d.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     d.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
     d.add_argument("--max-pixels", type=int, default=None, help="largest upload, in pixels (default 4096x4096)")
+    _add_device_flags(d)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -184,6 +184,15 @@ def segment(pipe: Any, path: str | os.PathLike[str] | None, mode: str, text: str
     return DemoResult(overlay=picture, comparison=(Image.fromarray(rgb), plain), uncertainty=unc, summary=summary)
 
 
+def runtime_footer(pipe: Any) -> str:
+    """Where the demo's model runs, for the page's footer: device (its name), dtype, torch and diffusers versions."""
+    from .devices import runtime_info
+
+    info = runtime_info(pipe.device, pipe.dtype)
+    return (f"{info['device']} ({info['device_name']}), {info['dtype']}; torch {info['torch']}, "
+            f"diffusers {info['diffusers']}, digseg {info['digseg']}")
+
+
 # ---------------------------------------------------------------------------------------------- the app
 def import_gradio():
     """`gradio`, imported with analytics off, or `DigsegError` saying how to install it."""
@@ -221,8 +230,8 @@ def build_demo(pipe: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
     """A built `DiGSegPipeline` -> `gr.Blocks` (not launched).
 
     Components carry element ids (digseg-upload, digseg-mode, digseg-text, digseg-ensemble, digseg-steps,
-    digseg-seed, digseg-run, digseg-overlay, digseg-compare, digseg-uncertainty, digseg-summary) for
-    browser tests.
+    digseg-seed, digseg-run, digseg-overlay, digseg-compare, digseg-uncertainty, digseg-summary,
+    digseg-runtime: the footer saying where the model runs) for browser tests.
     """
     gr = import_gradio()
     has_slider = hasattr(gr, "ImageSlider")
@@ -262,6 +271,7 @@ def build_demo(pipe: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
                                        interactive=False, format="png", height=VIEW_HEIGHT,
                                        elem_id="digseg-uncertainty")
                 summary = gr.Markdown(elem_id="digseg-summary")
+        gr.Markdown(f"Runs on {runtime_footer(pipe)}.", elem_id="digseg-runtime")
 
         def on_upload(path):
             try:
@@ -286,15 +296,18 @@ def build_demo(pipe: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
 
 
 def launch_demo(model_dir: str | os.PathLike[str] | None = None, host: str = "127.0.0.1", port: int | None = None,
-                max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-    """Load the model and serve the demo until interrupted (Ctrl-C)."""
+                max_pixels: int = DEFAULT_MAX_PIXELS, device: str = "auto", dtype: str = "auto") -> None:
+    """Load the model (in `dtype`, on `device`: `digseg.devices`) and serve the demo until interrupted (Ctrl-C)."""
+    from .devices import resolve_device_and_dtype
+
     if max_pixels < 1:
         raise ConfigError(f"--max-pixels must be >= 1, got {max_pixels}")
     model = resolve_model_dir(model_dir)
+    device, dtype = resolve_device_and_dtype(device, dtype)
     import_gradio()  # fail early, before the model loads
     from .pipeline import DiGSegPipeline
 
-    pipe = DiGSegPipeline.from_pretrained(model)
+    pipe = DiGSegPipeline.from_pretrained(model, torch_dtype=dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
     # PIL's own decompression-bomb guard: warn above the demo's limit, refuse outright at twice it
     Image.MAX_IMAGE_PIXELS = max_pixels
@@ -302,5 +315,5 @@ def launch_demo(model_dir: str | os.PathLike[str] | None = None, host: str = "12
         print(f"warning: serving on {host}, not a loopback address: anyone who can reach this machine can use "
               "the demo (there is no login)")
     demo = build_demo(pipe, max_pixels)
-    print(f"serving model {model}; press Ctrl-C to stop")
+    print(f"serving model {model} on {runtime_footer(pipe)}; press Ctrl-C to stop")
     start_demo(demo, host, port)

@@ -23,6 +23,7 @@ The latent-space work lives in `digseg.latent_segmentation`, mixed into this cla
 from __future__ import annotations
 
 import functools
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -381,6 +382,12 @@ class DiGSegPipeline(LatentSegmentationMixin, DiffusionPipeline):
             resized = resize_to(img, processed_size(*img.shape[-2:], resolution, scale, keep_ratio))  # [3, h, w]
             crop, step = window or (tuple(resized.shape[-2:]),) * 2
             views.append(make_views(resized, crop, step, self.pad_multiple, global_view, flip))
+        single = [v.size for v in views if window is not None and len(v.boxes) == 1]
+        if single:  # asked to slide, but nothing slides: the result is whole mode's
+            h, w = single[0]
+            warnings.warn(f"mode='slide': one {window[0][0]}x{window[0][1]} window covers the whole {w}x{h} processed "
+                          f"image ({len(single)} of {len(views)} image(s)), which equals mode='whole'; give a larger "
+                          "scale or a smaller crop_size", UserWarning, stacklevel=2)
 
         # 4. groups of consecutive images whose views share a shape: noise, denoise, decode; views combined and
         #    read at each image's native size

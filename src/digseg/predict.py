@@ -1,65 +1,78 @@
-"""The `digseg predict` run over many images: streamed, batched, atomic per image, resumable, and going on
-past files that cannot be read.
+"""The `digseg predict` run over many images: streamed, batched, atomic per image, resumable, shared between
+launched processes, and going on past files that cannot be read.
 
     result = run_predict(pipe, paths, out_dir, call_kwargs, settings, seed=0, batch_size=8, skip_existing=True)
     sys.exit(result.exit_status)  # 0, or EXIT_SKIPPED when some files could not be read
 
 - **Streaming.** Images are decoded as they are processed (one is read ahead on a thread while the model
   runs), never all up front, and at most `2 x batch_size` decoded images wait for a batch. The run keeps no
-  per-image results: `summary.json` and `index.html` are written at the end by reading the per-image
-  summaries back from disk, one at a time. Memory stays flat over thousands of images.
+  per-image results in memory: each finished image's record is appended to a records file
+  (`digseg.predict_records`), and `summary.json` and the report are written at the end by reading the
+  records back one at a time. Memory stays flat over thousands of images.
+- **Outputs.** `outputs` (`--outputs`) chooses the files: per image any of labels, overlay, probabilities,
+  uncertainty, input (a copy), json (`<stem>_summary.json`); for the run, the HTML report. `summary.json`
+  is always written. `--outputs labels` over N images writes N label maps and a fixed number of other files.
 - **Batching.** Images whose processed size (`image_processing.padded_size`) is the same go to the pipeline
   together, up to `batch_size` per call. When more than `2 x batch_size` images are waiting (many different
   sizes), the size waiting longest goes out as a smaller batch.
 - **Seeds.** Image i (its place in `paths`, skipped and finished images included) draws its noise from its own
-  generator, `seeded_generator(seed, i)`, as `digseg eval` does: its result depends neither on the batch size
-  nor on the other images.
+  generator, `seeded_generator(seed, i)`, as `digseg eval` does: its result depends neither on the batch size,
+  nor on the other images, nor on the number of processes.
+- **Processes.** Under `accelerate launch` / `torchrun` with N processes, process r takes the images still to
+  do at places r, r + N, r + 2N, ... of the list (`digseg.distributed.shard`), each on its own device. The main
+  process writes `summary.json` and the report after every process has finished. The files are those a
+  single process writes.
 - **Skip and report.** A file `load_image` cannot read (missing, empty, not an image, truncated) is named in
-  one line on stderr and skipped; the run goes on. `summary.json` and `index.html` list it, and
+  one line on stderr and skipped; the run goes on. `summary.json` and the report list it, and
   `exit_status` is EXIT_SKIPPED.
-- **Atomic per image.** An image's files are written into `<out>/.partial/<stem>/`, then moved into `<out>`
-  with `os.replace`, `<stem>_summary.json` last: an image is finished exactly when its summary exists.
-  `summary.json` and `index.html` are replaced atomically too.
-- **Resumable.** With `skip_existing`, an image whose summary names the same source and settings and whose
-  files all exist is not predicted again; its summary is read back, so the report still covers every image.
-  A summary written with other settings is an error (ConfigError, before any work), not silently kept.
+- **Atomic per image.** An image's files are written into a staging folder, then moved into `<out>` with
+  `os.replace`; its record line is appended after that: an image is finished exactly when its record exists.
+  `summary.json` and the report are replaced atomically too.
+- **Resumable.** With `skip_existing`, an image whose record names the same source and whose files all exist is
+  not predicted again. A run with other settings in the same folder is an error (ConfigError, before any
+  work), not silently continued.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
+import torch
+
+from . import predict_records
 from .data.io import load_image
+from .devices import runtime_info
+from .distributed import gather_objects, process_info, shard, sum_tensor, wait_for_everyone
 from .errors import EXIT_SKIPPED, ConfigError, DataError
 from .image_processing import padded_size
 from .inputs import display_names, unique_stems
-from .predict_outputs import open_atomically, write_image_outputs
+from .predict_outputs import write_image_outputs
+from .predict_records import OUTPUTS, PER_IMAGE_OUTPUTS, RecordIndex, RecordWriter, open_atomically
 from .report import write_report
 from .seeding import seeded_generator
 
-PARTIAL_DIR = ".partial"  # inside the output folder: images being written
 READ_AHEAD = 1  # images decoded on a thread while the model runs
 
 
 @dataclass
 class PredictResult:
-    """What a run did: `images` finished (`written` now + `reused` from an earlier run); `skipped`:
-    {"name", "source", "reason"} per file that could not be read; where summary.json and index.html are."""
+    """What a run did (every process's): `images` finished (`written` now + `reused` from an earlier run);
+    `skipped`: {"name", "source", "reason"} per file that could not be read; where summary.json and index.html
+    are (report None when not asked for)."""
 
     images: int
     written: int
     reused: int
     skipped: list[dict]
     summary: Path
-    report: Path
+    report: Path | None
 
     @property
     def exit_status(self) -> int:
@@ -68,7 +81,8 @@ class PredictResult:
     def message(self) -> str:
         """The run's closing line(s): counts, where things are, and the skipped files if any."""
         kept = f" ({self.reused} kept from an earlier run)" if self.reused else ""
-        text = f"wrote predictions for {self.images} image(s) to {self.summary.parent}{kept}; report: {self.report}"
+        text = f"wrote predictions for {self.images} image(s) to {self.summary.parent}{kept}"
+        text += f"; report: {self.report}" if self.report is not None else f"; summary: {self.summary}"
         if self.skipped:
             text += (f"\nskipped {len(self.skipped)} of {self.images + len(self.skipped)} image(s) that could not "
                      f"be read (listed in {self.summary.name} and the report); exit status {EXIT_SKIPPED}")
@@ -104,45 +118,6 @@ class SizeBatcher:
         return batch
 
 
-def finished_record(out_dir: Path, stem: str, source: Path, settings: dict) -> dict | None:
-    """The summary of `source` from an earlier run into `out_dir`, or None when it must be predicted (no
-    summary, an unreadable one, another source under this stem, or a listed file missing).
-
-    Raises ConfigError when the summary was written with other settings: a different run, not one to continue.
-    """
-    path = out_dir / f"{stem}_summary.json"
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict) or Path(str(record.get("source", ""))).resolve() != source.resolve():
-        return None
-    if not all((out_dir / name).is_file() for name in listed_files(record)):
-        return None
-    earlier = record.get("settings") or {}
-    if earlier != settings:
-        changed = sorted(k for k in set(settings) | set(earlier) if settings.get(k) != earlier.get(k))
-        raise ConfigError(f"--skip-existing: {path} was written with other settings ({', '.join(changed)}); "
-                          "use another --output, or drop --skip-existing to predict every image again")
-    return record
-
-
-def listed_files(record: dict) -> list[str]:
-    """Every file name a per-image summary lists (its own name included)."""
-    files = record.get("files") or {}
-    names = [v for k, v in files.items() if isinstance(v, str)]
-    return names + [m["file"] for m in files.get("probabilities") or []]
-
-
-def publish(staging: Path, out_dir: Path, summary_name: str) -> None:
-    """Move an image's files from `staging` into `out_dir` (os.replace: each atomic), the summary last."""
-    for path in sorted(staging.iterdir()):
-        if path.name != summary_name:
-            os.replace(path, out_dir / path.name)
-    os.replace(staging / summary_name, out_dir / summary_name)  # from here on the image counts as finished
-    staging.rmdir()
-
-
 def _read_ahead(paths: list[Path], indices: list[int]) -> Iterator[tuple[int, Any]]:
     """(i, RGB image as displayed, or the DataError saying why it cannot be read), decoding READ_AHEAD images
     ahead on a thread."""
@@ -165,49 +140,68 @@ def _read_ahead(paths: list[Path], indices: list[int]) -> Iterator[tuple[int, An
 
 
 def run_predict(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, settings: dict, seed: int = 0,
-                batch_size: int = 1, skip_existing: bool = False, show_progress: bool | None = None) -> PredictResult:
-    """Predict every image of `paths` into `out_dir` (see the module docstring); write summary.json and index.html.
+                batch_size: int = 1, skip_existing: bool = False, show_progress: bool | None = None,
+                outputs: Sequence[str] = OUTPUTS) -> PredictResult:
+    """Predict every image of `paths` into `out_dir` (see the module docstring); write summary.json and, with
+    "report" in `outputs`, index.html. Under a launcher, every process calls this with the same arguments.
 
     call_kwargs: the pipeline's arguments (prompt, classes, ensemble_size, num_inference_steps,
-    processing_resolution, ...), the same for every image; settings: what each summary records (JSON values).
-    show_progress: None shows the bar (with an ETA) only when stderr is a terminal.
+    processing_resolution, ...), the same for every image; settings: what the run records (JSON values; the
+    outputs are added). show_progress: None shows the bar (with an ETA) only when stderr is a terminal.
     """
     from tqdm import tqdm
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    rank, world = process_info()
     out_dir = Path(out_dir)  # created when the first file is written: a bad flag the pipeline finds leaves nothing
-    settings = json.loads(json.dumps(settings))  # as the summaries store them, so earlier runs compare equal
+    kinds = [k for k in PER_IMAGE_OUTPUTS if k in outputs]
+    settings = json.loads(json.dumps({**settings, "outputs": list(outputs)}))  # as stored: earlier runs compare equal
     names, stems = display_names(paths), unique_stems(paths)
-    finished = [skip_existing and finished_record(out_dir, stem, path, settings) is not None
-                for path, stem in zip(paths, stems)]
+
+    # 1. what is left to do: with skip_existing, the images an earlier run of the same settings finished
+    finished = [False] * len(paths)
+    if skip_existing:
+        predict_records.check_same_settings(out_dir, settings)
+        index = RecordIndex(out_dir)
+        finished = [index.finished(stem, path) for path, stem in zip(paths, stems)]
     todo = [i for i, done in enumerate(finished) if not done]
-    if len(todo) < len(paths):
+    if len(todo) < len(paths) and rank == 0:
         print(f"--skip-existing: {len(paths) - len(todo)} of {len(paths)} image(s) already finished in {out_dir}")
+    wait_for_everyone()  # every process has read the records before the main process may drop them
+    if rank == 0 and not skip_existing:
+        predict_records.clear_records(out_dir)
+    wait_for_everyone()
+
+    # 2. this process's share, batched by processed size
+    mine = [i for _, i in shard(todo)]
     resolution = call_kwargs.get("processing_resolution")
     resolution = pipe.config.default_processing_resolution if resolution is None else resolution
     skipped: dict[int, dict] = {}
-    bar = tqdm(total=len(todo), desc="predict", unit="image", disable=(not show_progress) if show_progress is not None else None)
+    bar = tqdm(total=len(mine), desc="predict", unit="image",
+               disable=rank != 0 or ((not show_progress) if show_progress is not None else None))
+    records = RecordWriter(out_dir, rank, settings)
 
     def run_batch(batch: list[tuple[int, Any]]) -> None:
         images = [image for _, image in batch]
         result = pipe(images, generator=[seeded_generator(seed, i) for i, _ in batch], batch_size=len(batch),
                       show_progress_bar=False, **call_kwargs)
         for j, (i, image) in enumerate(batch):
-            staging = out_dir / PARTIAL_DIR / stems[i]
+            staging = predict_records.partial_dir(out_dir) / stems[i]
             shutil.rmtree(staging, ignore_errors=True)  # left by a run killed while writing this image
             unc = result.uncertainty[j] if result.uncertainty is not None else None
             record = write_image_outputs(staging, stems[i], names[i], paths[i], image, result.labels[j],
                                          result.probabilities[j], result.class_names, unc, settings,
-                                         result.probability_class_ids[j])
-            publish(staging, out_dir, record["files"]["summary"])
+                                         result.probability_class_ids[j], kinds)
+            predict_records.publish(staging, out_dir)
+            records.add(stems[i], record)  # from here on the image counts as finished
             finished[i] = True
             bar.write(f"{names[i]}: " + ", ".join(f"{c['name']} {c['fraction']:.1%}" for c in record["classes"]))
             bar.update(1)
 
     batcher = SizeBatcher(batch_size, max_pending=2 * batch_size)
     try:
-        for i, image in _read_ahead(paths, todo):
+        for i, image in _read_ahead(paths, mine):
             if isinstance(image, DataError):
                 skipped[i] = {"name": names[i], "source": str(paths[i]), "reason": str(image)}
                 bar.write(f"skipped: {image}", file=sys.stderr)  # the reason names the file
@@ -221,34 +215,39 @@ def run_predict(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
             run_batch(batch)
     finally:
         bar.close()
-    try:
-        (out_dir / PARTIAL_DIR).rmdir()
-    except OSError:  # absent, or not empty (another run writing into the same folder)
-        pass
+        records.close()
 
-    done = [i for i, ok in enumerate(finished) if ok]
-    missed = [skipped[i] for i in sorted(skipped)]
+    # 3. every process's outcome; the main process writes summary.json and the report
+    wait_for_everyone()
+    every_skipped = dict(gather_objects(list(skipped.items())))  # {image index: entry}, all processes'
+    missed = [every_skipped[i] for i in sorted(every_skipped)]
+    written = int(sum_tensor(torch.tensor(len(mine) - len(skipped))))
+    done = [i for i in range(len(paths)) if i not in every_skipped]
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = write_run_summary(out_dir, (_read_record(out_dir, stems[i]) for i in done), missed)
-    report = write_report(out_dir, (_read_record(out_dir, stems[i]) for i in done), settings, skipped=missed,
-                          num_entries=len(done))
-    return PredictResult(images=len(done), written=len(todo) - len(missed), reused=len(paths) - len(todo),
-                         skipped=missed, summary=summary, report=report)
+    summary, report = out_dir / "summary.json", None
+    if rank == 0:
+        predict_records.clean_partial(out_dir)
+        index = RecordIndex(out_dir)
+        runtime = runtime_info(pipe.device, pipe.dtype, world)
+        summary = write_run_summary(out_dir, index.records([stems[i] for i in done]), missed, runtime)
+        if "report" in outputs:
+            shown = dict(settings, runtime=f"{runtime['device']} ({runtime['device_name']}), {runtime['dtype']}, "
+                                           f"torch {runtime['torch']}, diffusers {runtime['diffusers']}")
+            report = write_report(out_dir, index.records([stems[i] for i in done]), shown, skipped=missed,
+                                  num_entries=len(done))
+    elif "report" in outputs:
+        report = out_dir / "index.html"
+    return PredictResult(images=len(done), written=written, reused=len(paths) - len(todo), skipped=missed,
+                         summary=summary, report=report)
 
 
-def _read_record(out_dir: Path, stem: str) -> dict:
-    """A finished image's summary, read back for the run's summary and report, without its settings."""
-    record = json.loads((out_dir / f"{stem}_summary.json").read_text(encoding="utf-8"))
-    record.pop("settings", None)  # the run's, listed once at the top of the report
-    return record
-
-
-def write_run_summary(out_dir: Path, records: Iterable[dict], skipped: list[dict]) -> Path:
-    """`<out_dir>/summary.json`: {"images": {name: {class: fraction}}, "skipped": [{"name", "source", "reason"}]},
-    written one image at a time (records may be an iterator) and replaced atomically."""
+def write_run_summary(out_dir: Path, records: Iterable[dict], skipped: list[dict], runtime: dict) -> Path:
+    """`<out_dir>/summary.json`: {"runtime": where it ran (`devices.runtime_info`), "images": {name: {class:
+    fraction}}, "skipped": [{"name", "source", "reason"}]}, written one image at a time (records may be an
+    iterator) and replaced atomically."""
     path = out_dir / "summary.json"
     with open_atomically(path) as f:
-        f.write('{\n  "images": {')
+        f.write('{\n  "runtime": ' + json.dumps(runtime, ensure_ascii=False) + ',\n  "images": {')
         for k, r in enumerate(records):
             fractions = {c["name"]: c["fraction"] for c in r["classes"]}
             f.write(f'{"," if k else ""}\n    {json.dumps(r["name"], ensure_ascii=False)}: '

@@ -1,7 +1,9 @@
-"""The files `digseg predict` writes for one image: a copy of the input as segmented, the pictures
-(`visualize.save_prediction`) and a JSON summary, `<stem>_summary.json`.
+"""The files `digseg predict` writes for one image: those of the output kinds asked for (`OUTPUTS`, `--outputs`):
+a copy of the input as segmented, the pictures (`visualize.save_prediction`) and a JSON summary,
+`<stem>_summary.json`.
 
-The summary (also what `report.write_report` reads) is a dict:
+Every image's record (the dict below, without settings) is also what the run keeps to write summary.json and the
+report (`report.write_report`), whichever files were asked for:
 
     name            the input's display name (its file name; the path as given if two inputs share one)
     source          the input path as given
@@ -9,24 +11,24 @@ The summary (also what `report.write_report` reads) is a dict:
     classes         [{"id", "name", "pixels", "fraction", "colour": "#rrggbb", "tinted"}] for the classes
                     present, in class order; fraction = pixels / (W * H)
     unlabelled_fraction   share of pixels labelled 255 ("no class", from --no-class-threshold)
-    files           file names relative to the output folder: input, label, overlay, overlay_legend,
-                    summary, probabilities [{"class", "file"}] (the classes the pipeline kept: at most 16 by
-                    default), uncertainty (None without an ensemble)
+    files           file names relative to the output folder, None when not written: input, label, overlay,
+                    overlay_legend, summary, probabilities [{"class", "file"}] (the classes the pipeline kept:
+                    at most 16 by default; [] when not asked for), uncertainty (None without an ensemble)
     uncertainty_note      why there is no uncertainty map (only when there is none)
-    settings        the run's settings (model, prompt or classes, ensemble size, steps, seed, ...)
+    settings        the run's settings (model, prompt or classes, ensemble size, steps, seed, outputs, ...):
+                    in `<stem>_summary.json` only
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from pathlib import Path
-from typing import Iterator, TextIO
+from typing import Collection
 
 import numpy as np
 from PIL import Image
 
+from .predict_records import PER_IMAGE_OUTPUTS
 from .visualize import hex_colour, palette_for, save_prediction, tints_class_zero
 
 NO_UNCERTAINTY = "no uncertainty map: ensemble size 1 (pass --ensemble-size 2 or more)"
@@ -61,8 +63,10 @@ def save_input_copy(out_dir: Path, stem: str, source: Path, image: Image.Image) 
 
 def write_image_outputs(out_dir: Path, stem: str, name: str, source: Path, image: Image.Image, labels: np.ndarray,
                         probabilities: np.ndarray, class_names: list[str], uncertainty: np.ndarray | None,
-                        settings: dict, probability_class_ids: np.ndarray | None = None) -> dict:
-    """Write every file for one image and return its summary (see the module docstring).
+                        settings: dict, probability_class_ids: np.ndarray | None = None,
+                        kinds: Collection[str] = PER_IMAGE_OUTPUTS) -> dict:
+    """Write the files of `kinds` for one image and return its record (see the module docstring; with "json",
+    also written as `<stem>_summary.json` with the settings).
 
     image RGB, W x H; labels [H, W] int; probabilities [n, H, W] of the classes `probability_class_ids` [n]
     (default: all K): one probability map each. The pipeline keeps the best classes of a large vocabulary
@@ -70,11 +74,12 @@ def write_image_outputs(out_dir: Path, stem: str, name: str, source: Path, image
     16 maps, not 847. uncertainty [H, W] or None.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    pixels = np.asarray(image)
-    files = save_prediction(out_dir, stem, pixels, labels, probabilities, class_names, uncertainty, probability_class_ids)
-    copy = save_input_copy(out_dir, stem, source, image)
+    files = save_prediction(out_dir, stem, np.asarray(image), labels, probabilities, class_names, uncertainty,
+                            probability_class_ids, kinds)
+    copy = save_input_copy(out_dir, stem, source, image) if "input" in kinds else None
     classes, unlabelled = class_fractions(labels, class_names)
-    summary_path = out_dir / f"{stem}_summary.json"
+    summary_path = out_dir / f"{stem}_summary.json" if "json" in kinds else None
+    name_of = lambda path: path.name if path is not None else None  # noqa: E731
     record = {
         "name": name,
         "source": str(source),
@@ -82,28 +87,15 @@ def write_image_outputs(out_dir: Path, stem: str, name: str, source: Path, image
         "classes": classes,
         "unlabelled_fraction": unlabelled,
         "files": {
-            "input": copy.name, "label": files.label.name, "overlay": files.overlay.name,
-            "overlay_legend": files.overlay_legend.name, "summary": summary_path.name,
+            "input": name_of(copy), "label": name_of(files.label), "overlay": name_of(files.overlay),
+            "overlay_legend": name_of(files.overlay_legend), "summary": name_of(summary_path),
             "probabilities": [{"class": c, "file": p.name} for c, p in files.probabilities],
-            "uncertainty": files.uncertainty.name if files.uncertainty else None,
+            "uncertainty": name_of(files.uncertainty),
         },
-        "settings": settings,
     }
-    if files.uncertainty is None:
+    if files.uncertainty is None and "uncertainty" in kinds:
         record["uncertainty_note"] = NO_UNCERTAINTY
-    summary_path.write_text(json.dumps(record, indent=2, ensure_ascii=False), encoding="utf-8")
+    if summary_path is not None:
+        summary_path.write_text(json.dumps({**record, "settings": settings}, indent=2, ensure_ascii=False),
+                                encoding="utf-8")
     return record
-
-
-@contextlib.contextmanager
-def open_atomically(path: Path) -> Iterator[TextIO]:
-    """A text file to write `path` through: a temporary file beside it, moved over `path` with `os.replace`
-    when the block ends without error (removed otherwise). Readers see the old file or the new one, never half
-    of one: an interrupted run leaves the previous summary.json / index.html intact."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            yield f
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

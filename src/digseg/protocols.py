@@ -16,6 +16,11 @@ Sources (read, not copied):
   windows with overlap 0.333 (stride int(384 * 0.667) = 256), plus the whole image as a global view.
 Datasets without a field protocol (roads, medical, plant, a user's folder) get the model's own setting:
 whole image at its processing resolution.
+
+Slide mode asked for without a test scale (`digseg predict --mode slide --crop-size 512`, or `--mode slide` on
+a dataset without a preset) gets mmseg's test scale for that crop, keep-ratio (4 x crop, crop): (2048, 512) for
+512 windows, as ADE20K and COCO-Stuff are tested (`tiling_scale`). Resizing the longer side to the processing
+resolution instead would make one window cover the whole image, and slide mode would equal whole mode.
 """
 
 from __future__ import annotations
@@ -119,3 +124,15 @@ def protocol_from_args(args: argparse.Namespace, preset: TestProtocol) -> TestPr
     if given:
         protocol = replace(protocol, source=f"{preset.source}; overridden: {', '.join(sorted(given))}")
     return protocol
+
+
+def tiling_scale(protocol: TestProtocol, default_crop: int, resolution_given: bool = False) -> TestProtocol:
+    """Slide mode with no test scale -> the keep-ratio scale (4 x crop, crop), so the windows tile the image (see
+    the module docstring); `default_crop`: the window when the protocol names none (the model's processing
+    resolution). Unchanged in whole mode, with a scale, or when the user gave a processing resolution."""
+    if protocol.mode != "slide" or protocol.scale is not None or resolution_given:
+        return protocol
+    crop = max(protocol.crop_size or (default_crop, default_crop))
+    return replace(protocol, scale=(4 * crop, crop), keep_ratio=True,
+                   source=f"{protocol.source}; slide without a scale: keep-ratio scale ({4 * crop}, {crop}) "
+                          "from the crop (mmseg's ratio), so that windows tile the image")

@@ -1,11 +1,17 @@
-"""`index.html`: a static, self-contained report of a `digseg predict` run.
+"""The report of a `digseg predict` run: static, self-contained HTML pages.
 
-One page, inline CSS and JS, no external URLs. Per image: the input with the colour overlay on top,
-clipped by a vertical divider the reader drags (or moves with the range input under the image); the
-legend with each class's share of the pixels; links to the label map, the overlay with legend, the
-per-image JSON, the per-class probability maps and the uncertainty map. Files that could not be read are
-listed at the top, each with the reason. Images are referenced by paths relative to the report, so the
-output folder can be moved or zipped as a whole.
+Pages of REPORT_PAGE_SIZE panels, `index.html` first, then `index-2.html`, `index-3.html`, ...; inline CSS and
+JS, no external URLs. Every page has the title with the total count, the settings and, when there is more than
+one page, a navigation bar above and below the panels (previous / next, links to the first, last and nearby
+pages, "page k of n", the range of images shown). Files that could not be read are listed on page 1, each with
+the reason (they could be many, and would make every page larger); later pages link to it.
+
+Per image: the input with the colour overlay on top, clipped by a vertical divider the reader drags (or
+moves with the range input under the image); the legend with each class's share of the pixels; links to the
+label map, the overlay with legend, the per-image JSON, the per-class probability maps and the uncertainty
+map. Any of those files may be missing: the panel shows what there is (the label map stands in for a missing
+overlay; a single picture is shown plain) and leaves out the links and sections it has nothing for. Images
+are referenced by paths relative to the pages, so the output folder can be moved or zipped as a whole.
 
 All text (file names, class names, settings) is HTML-escaped, and file names in links are URL-quoted.
 """
@@ -16,13 +22,17 @@ import html
 import json
 import re
 from pathlib import Path
-from typing import Iterable
+from itertools import islice
+from typing import Iterable, Iterator
 from urllib.parse import quote
 
-from .predict_outputs import open_atomically
+from .predict_records import open_atomically
 
 _HEX = re.compile(r"^#[0-9a-fA-F]{6}$")
 THUMBNAILS_ALWAYS = 8  # show every probability map as a thumbnail up to this many; else only present classes
+REPORT_PAGE_SIZE = 100  # panels per report page
+PAGE_NEIGHBOURS = 2  # the navigation links this many pages either side of the current one (and the first and last)
+_PAGE_FILE = re.compile(r"index-(\d+)\.html")
 
 _CSS = """
 :root { color-scheme: light; font-family: system-ui, -apple-system, "Segoe UI", sans-serif; }
@@ -41,7 +51,8 @@ figure.entry > figcaption { grid-column: 1 / -1; display: flex; gap: 1rem; align
 .compare { position: relative; width: 100%; max-width: 720px; overflow: hidden; cursor: ew-resize;
   touch-action: none; user-select: none; -webkit-user-select: none; background: #eee; }
 .compare img { position: absolute; inset: 0; width: 100%; height: 100%; display: block; pointer-events: none; }
-.compare.small img, .maps.small img { image-rendering: pixelated; }
+.compare.small img, .maps.small img, img.plain.small { image-rendering: pixelated; }
+img.plain { display: block; width: 100%; max-width: 720px; height: auto; background: #eee; }
 .divider { position: absolute; top: 0; bottom: 0; width: 2px; margin-left: -1px; background: #fff;
   box-shadow: 0 0 0 1px rgba(0, 0, 0, 0.5); pointer-events: none; }
 .tag { position: absolute; top: 4px; padding: 1px 6px; font-size: 0.75rem; color: #fff;
@@ -62,6 +73,13 @@ ul.legend li { display: flex; align-items: center; gap: 0.5rem; padding: 0.15rem
 .note { color: #666; font-size: 0.85rem; }
 section.skipped { margin: 1rem 0; padding: 0.5rem 1rem; background: #fff4f0; border: 1px solid #e0b4a8; border-radius: 8px; }
 section.skipped li { overflow-wrap: anywhere; }
+nav.pages { display: flex; flex-wrap: wrap; align-items: baseline; gap: 0.4rem 1rem; margin: 1rem 0;
+  padding: 0.5rem 1rem; background: #fff; border: 1px solid #ddd; border-radius: 8px; }
+nav.pages .page-links { display: flex; gap: 0.5rem; }
+nav.pages .current { font-weight: 600; }
+nav.pages .disabled, nav.pages .gap { color: #999; }
+nav.pages .page-of { margin-left: auto; }
+nav.pages .range { color: #555; }
 @media (max-width: 800px) { figure.entry { grid-template-columns: 1fr; } }
 """
 
@@ -73,8 +91,8 @@ _JS = """
     fig.querySelector('.divider').style.left = pct + '%';
     fig.querySelector('input.split').value = String(pct);
   }
-  document.querySelectorAll('figure.entry').forEach(function (fig) {
-    var box = fig.querySelector('.compare');
+  document.querySelectorAll('figure.entry .compare').forEach(function (box) {
+    var fig = box.closest('figure.entry');
     var range = fig.querySelector('input.split');
     range.addEventListener('input', function () { setSplit(fig, parseFloat(range.value)); });
     function follow(e) {
@@ -131,10 +149,13 @@ def _legend(entry: dict) -> str:
     return f'<ul class="legend">{"".join(items)}</ul>'
 
 
-def _maps(entry: dict, small: str) -> str:
-    files = entry["files"]
+def _probability_maps(entry: dict, small: str) -> str:
+    """The per-class probability maps: thumbnails (all of them up to THUMBNAILS_ALWAYS, else the classes in the
+    label map) and links for the rest; "" when the entry has none."""
+    maps = entry["files"].get("probabilities") or []
+    if not maps:
+        return ""
     present = {c["name"] for c in entry["classes"]}
-    maps = files.get("probabilities", [])
     thumbs, others = [], []
     for m in maps:
         name, file = _esc(m["class"]), _url(m["file"])
@@ -149,17 +170,49 @@ def _maps(entry: dict, small: str) -> str:
     if others:
         parts.append(f'<details><summary>{len(others)} more (classes not in the label map)</summary>'
                      f'<p class="links">{" ".join(others)}</p></details>')
-    parts.append('<h3>Uncertainty</h3>')
-    if files.get("uncertainty"):
-        u = _url(files["uncertainty"])
-        parts.append(f'<div class="maps{small}"><a href="{u}"><img src="{u}" alt="ensemble uncertainty" draggable="false">'
-                     '<span>ensemble spread (white = most)</span></a></div>')
-    else:
-        parts.append(f'<p class="note">{_esc(entry.get("uncertainty_note", "no uncertainty map"))}</p>')
     return "".join(parts)
 
 
+def _uncertainty(entry: dict, small: str) -> str:
+    """The uncertainty map, else the note saying why there is none; "" when the entry has neither."""
+    file = entry["files"].get("uncertainty")
+    if file:
+        u = _url(file)
+        return (f'<h3>Uncertainty</h3><div class="maps{small}"><a href="{u}"><img src="{u}" alt="ensemble uncertainty" '
+                'draggable="false"><span>ensemble spread (white = most)</span></a></div>')
+    if entry.get("uncertainty_note"):
+        return f'<h3>Uncertainty</h3><p class="note">{_esc(entry["uncertainty_note"])}</p>'
+    return ""
+
+
+def _compare(input_file: str, prediction: str, alt: str, name: str, w: int, h: int, small: str) -> str:
+    """The prediction picture over the input copy, clipped by a divider the reader drags or moves with the range."""
+    return f"""<div class="compare{small}" style="aspect-ratio: {w} / {h}">
+      <img class="under" src="{_url(input_file)}" alt="input {name}" width="{w}" height="{h}" draggable="false">
+      <img class="over" src="{_url(prediction)}" alt="{alt}" width="{w}" height="{h}"
+           draggable="false" style="clip-path: inset(0 50% 0 0)">
+      <div class="divider" style="left: 50%"></div>
+      <span class="tag left">prediction</span><span class="tag right">input</span>
+    </div>
+    <input class="split" type="range" min="0" max="100" step="0.5" value="50"
+           aria-label="divider between prediction and input for {name}">"""
+
+
+def _view(files: dict, name: str, w: int, h: int, small: str) -> str:
+    """The panel's main picture. The prediction is the overlay, else the label map; with an input copy too, the
+    two are compared under a divider. Otherwise whichever picture exists is shown plain, or a note when none does."""
+    prediction = files.get("overlay") or files.get("label")
+    alt = f"prediction for {name}" if files.get("overlay") else f"label map for {name}"
+    if prediction and files.get("input"):
+        return _compare(files["input"], prediction, alt, name, w, h, small)
+    picture, alt = (prediction, alt) if prediction else (files.get("input"), f"input {name}")
+    if not picture:
+        return '<p class="note">no picture was written for this image</p>'
+    return f'<img class="plain{small}" src="{_url(picture)}" alt="{alt}" width="{w}" height="{h}">'
+
+
 def _figure(index: int, entry: dict) -> str:
+    """One image's panel, `id="image-<index>"`; any of its files may be missing (None or no key)."""
     files = entry["files"]
     w, h = int(entry["image_size"]["width"]), int(entry["image_size"]["height"])
     name = _esc(entry["name"])
@@ -170,20 +223,12 @@ def _figure(index: int, entry: dict) -> str:
 <figure class="entry" id="image-{index}">
   <figcaption><h2 class="file-name">{name}</h2><span class="size">{w} &times; {h} px</span></figcaption>
   <div class="view">
-    <div class="compare{small}" style="aspect-ratio: {w} / {h}">
-      <img class="under" src="{_url(files["input"])}" alt="input {name}" width="{w}" height="{h}" draggable="false">
-      <img class="over" src="{_url(files["overlay"])}" alt="prediction for {name}" width="{w}" height="{h}"
-           draggable="false" style="clip-path: inset(0 50% 0 0)">
-      <div class="divider" style="left: 50%"></div>
-      <span class="tag left">prediction</span><span class="tag right">input</span>
-    </div>
-    <input class="split" type="range" min="0" max="100" step="0.5" value="50"
-           aria-label="divider between prediction and input for {name}">
+    {_view(files, name, w, h, small)}
   </div>
   <div class="details">
     {_legend(entry)}
-    <p class="links">{links}</p>
-    {_maps(entry, small)}
+    {f'<p class="links">{links}</p>' if links else ""}
+    {_probability_maps(entry, small)}{_uncertainty(entry, small)}
   </div>
 </figure>"""
 
@@ -196,45 +241,126 @@ def _skipped_block(skipped: list[dict]) -> str:
             f'that could not be read</h2><ul>{items}</ul></section>')
 
 
-def write_report(out_dir: Path, entries: Iterable[dict], settings: dict | None = None, title: str = "digseg predict",
-                 skipped: list[dict] | None = None, num_entries: int | None = None) -> Path:
-    """Write `<out_dir>/index.html` for `entries` (the per-image summaries of `predict_outputs`, whose
-    file names are relative to `out_dir`) and return its path. `settings` are listed at the top, then the
-    `skipped` files ({"name", "reason"} each), if any.
+def page_file_name(page: int) -> str:
+    """The file of report page `page` (from 1): 'index.html', then 'index-2.html', 'index-3.html', ..."""
+    return "index.html" if page == 1 else f"index-{page}.html"
 
-    `entries` may be an iterator (pass `num_entries` then): each panel is written to the file as it comes, so
-    a report over many thousands of images is never held in memory. The page replaces an earlier one
-    atomically."""
-    out_dir = Path(out_dir)
-    skipped = skipped or []
-    n = len(entries) if num_entries is None else num_entries  # type: ignore[arg-type]
-    count = f"{n} image{'s' if n != 1 else ''}" + (f", {len(skipped)} skipped" if skipped else "")
-    head = f"""<!DOCTYPE html>
+
+def _page_link(page: int, text: str, attributes: str = "") -> str:
+    """A link to report page `page`; `text` is HTML already."""
+    return f'<a href="{page_file_name(page)}"{attributes}>{text}</a>'
+
+
+def _linked_pages(page: int, pages: int) -> list[int]:
+    """The pages the navigation links directly: the first, the last and PAGE_NEIGHBOURS either side of `page`."""
+    near = range(max(1, page - PAGE_NEIGHBOURS), min(pages, page + PAGE_NEIGHBOURS) + 1)
+    return sorted({1, pages, *near})
+
+
+def _navigation(page: int, pages: int, page_size: int, total: int) -> str:
+    """The bar above and below a page's panels: previous / next, direct page links (a gap between two shown as
+    an ellipsis), "page k of n" and the images shown. "" for a report of one page."""
+    if pages == 1:
+        return ""
+    links, last_linked = [], 0
+    for k in _linked_pages(page, pages):
+        if k > last_linked + 1:
+            links.append('<span class="gap">&hellip;</span>')
+        links.append(f'<span class="current" aria-current="page">{k}</span>' if k == page else _page_link(k, str(k)))
+        last_linked = k
+    previous = (_page_link(page - 1, "&larr; previous", ' class="previous" rel="prev"') if page > 1
+                else '<span class="previous disabled">&larr; previous</span>')
+    following = (_page_link(page + 1, "next &rarr;", ' class="next" rel="next"') if page < pages
+                 else '<span class="next disabled">next &rarr;</span>')
+    first, last = (page - 1) * page_size + 1, min(page * page_size, total)
+    return (f'<nav class="pages" aria-label="report pages">{previous} '
+            f'<span class="page-links">{" ".join(links)}</span> '
+            f'{following} <span class="page-of">page {page} of {pages}</span> '
+            f'<span class="range">images {first:,}-{last:,} of {total:,}</span></nav>')
+
+
+def _page_head(title: str, count: str, page: int, pages: int, settings: dict, skipped: list[dict]) -> str:
+    """The page up to its first panel: title, settings, the hint and (page 1 only) the skipped files; later pages
+    point to page 1 for those."""
+    on_page = f" (page {page} of {pages})" if pages > 1 else ""
+    if page == 1:
+        skipped_block = _skipped_block(skipped)
+    else:
+        skipped_block = (f'<p class="hint">The files that could not be read are listed on '
+                         f'{_page_link(1, "page 1")}.</p>' if skipped else "")
+    return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{_esc(title)}: {count}</title>
+<title>{_esc(title)}: {count}{on_page}</title>
 <style>{_CSS}</style>
 </head>
 <body>
 <header>
   <h1>{_esc(title)}: {count}</h1>
-  {_settings_block(settings or {})}
+  {_settings_block(settings)}
   <p class="hint">Drag across an image, or move the slider under it: the prediction is left of the divider,
   the input right of it. Percentages are shares of all pixels.</p>
-  {_skipped_block(skipped)}
+  {skipped_block}
 </header>
-<main>"""
-    path = out_dir / "index.html"
+"""
+
+
+def _write_page(path: Path, head: str, navigation: str, panels: Iterator[tuple[int, dict]], expected: int) -> None:
+    """Write one page atomically: `head`, the navigation, the `expected` (index, entry) panels, the navigation
+    again. Fails, leaving the earlier file at `path`, if `panels` ends early."""
     with open_atomically(path) as f:
-        f.write(head)
-        for i, entry in enumerate(entries):
-            f.write(_figure(i, entry))
+        f.write(f"{head}{navigation}\n<main>")
+        written = 0
+        for index, entry in panels:
+            f.write(_figure(index, entry))
+            written += 1
+        if written != expected:
+            raise ValueError("entries has fewer items than num_entries")
         f.write(f"""
 </main>
+{navigation}
 <script>{_JS}</script>
 </body>
 </html>
 """)
-    return path
+
+
+def _remove_pages_after(out_dir: Path, pages: int) -> None:
+    """Delete the report pages numbered above `pages` that an earlier, larger run left in `out_dir`."""
+    for path in out_dir.glob("index-*.html"):
+        match = _PAGE_FILE.fullmatch(path.name)
+        if match and int(match.group(1)) > pages:
+            path.unlink(missing_ok=True)
+
+
+def write_report(out_dir: Path, entries: Iterable[dict], settings: dict | None = None, title: str = "digseg predict",
+                 skipped: list[dict] | None = None, num_entries: int | None = None,
+                 page_size: int = REPORT_PAGE_SIZE) -> Path:
+    """Write the report for `entries` (the per-image summaries of `predict_outputs`, whose file names are
+    relative to `out_dir`) in pages of `page_size` panels, `<out_dir>/index.html` first, then `index-2.html`,
+    ...; return the path of `index.html`. `settings` are listed at the top of every page; the `skipped` files
+    ({"name", "reason"} each), if any, on page 1.
+
+    `entries` may be an iterator (pass `num_entries` then, which fixes the number of pages): each panel is
+    written to its page as it comes, so a report over many thousands of images is never held in memory. Each
+    page replaces an earlier one atomically; pages of an earlier, larger report are removed. With no entries
+    there is one page, `index.html`."""
+    if page_size < 1:
+        raise ValueError(f"page_size must be at least 1, not {page_size}")
+    out_dir = Path(out_dir)
+    skipped = skipped or []
+    total = len(entries) if num_entries is None else num_entries  # type: ignore[arg-type]
+    count = f"{total:,} image{'s' if total != 1 else ''}" + (f", {len(skipped):,} skipped" if skipped else "")
+    pages = max(1, -(-total // page_size))
+    panels = enumerate(entries)
+    for page in range(1, pages + 1):
+        head = _page_head(title, count, page, pages, settings or {}, skipped)
+        on_page = min(page_size, total - (page - 1) * page_size)
+        _write_page(out_dir / page_file_name(page), head, _navigation(page, pages, page_size, total),
+                    islice(panels, on_page), on_page)
+    if next(panels, None) is not None:
+        raise ValueError(f"entries has more than num_entries={total} items")
+    _remove_pages_after(out_dir, pages)
+    return out_dir / page_file_name(1)

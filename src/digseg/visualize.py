@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Collection
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -147,19 +148,22 @@ def with_legend(tinted: Image.Image, labels: np.ndarray, class_names: list[str])
 
 @dataclass
 class PredictionFiles:
-    """The files `save_prediction` wrote, by role; `probabilities` lists (class name, its grey map)."""
+    """The files `save_prediction` wrote, by role (None: not asked for); `probabilities` lists (class name, its
+    grey map)."""
 
-    label: Path
-    overlay: Path
-    overlay_legend: Path
+    label: Path | None = None
+    overlay: Path | None = None
+    overlay_legend: Path | None = None
     probabilities: list[tuple[str, Path]] = field(default_factory=list)
     uncertainty: Path | None = None
 
 
 def save_prediction(out_dir: Path, stem: str, image: np.ndarray, labels: np.ndarray, probabilities: np.ndarray,
                     class_names: list[str], uncertainty: np.ndarray | None = None,
-                    probability_ids: np.ndarray | None = None) -> PredictionFiles:
-    """Write the pictures of one prediction into `out_dir`.
+                    probability_ids: np.ndarray | None = None,
+                    kinds: Collection[str] = ("labels", "overlay", "probabilities", "uncertainty")) -> PredictionFiles:
+    """Write the pictures of one prediction into `out_dir`: those of `kinds` ("labels", "overlay" (with the
+    legend version), "probabilities", "uncertainty").
 
     image uint8 [H, W, 3]; labels [H, W] int (255 = no class); probabilities [n, H, W] in [0, 1] of the
     classes `probability_ids` [n] (default: every class, n = K); uncertainty [H, W] or None.
@@ -177,14 +181,17 @@ def save_prediction(out_dir: Path, stem: str, image: np.ndarray, labels: np.ndar
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     k = len(class_names)
-    files = PredictionFiles(label=out_dir / f"{stem}_label.png", overlay=out_dir / f"{stem}_overlay.png",
-                            overlay_legend=out_dir / f"{stem}_overlay_legend.png")
-    label_png(labels, k).save(files.label)
-    tinted = class_overlay(image, labels, class_names)
-    tinted.save(files.overlay)
-    with_legend(tinted, labels, class_names).save(files.overlay_legend)
+    files = PredictionFiles()
+    if "labels" in kinds:
+        files.label = out_dir / f"{stem}_label.png"
+        label_png(labels, k).save(files.label)
+    if "overlay" in kinds:
+        files.overlay, files.overlay_legend = out_dir / f"{stem}_overlay.png", out_dir / f"{stem}_overlay_legend.png"
+        tinted = class_overlay(image, labels, class_names)
+        tinted.save(files.overlay)
+        with_legend(tinted, labels, class_names).save(files.overlay_legend)
     used: set[str] = set()
-    ids = range(k) if probability_ids is None else [int(c) for c in probability_ids]
+    ids = [] if "probabilities" not in kinds else range(k) if probability_ids is None else [int(c) for c in probability_ids]
     for row, c in enumerate(ids):
         if k == 2 and c == 0 and not tints_class_zero(class_names):
             continue  # binary prompt: the background map is 1 - foreground
@@ -196,7 +203,7 @@ def save_prediction(out_dir: Path, stem: str, image: np.ndarray, labels: np.ndar
         path = out_dir / f"{stem}_prob_{fragment}.png"
         grey_map(probabilities[row]).save(path)
         files.probabilities.append((name, path))
-    if uncertainty is not None:
+    if uncertainty is not None and "uncertainty" in kinds:
         files.uncertainty = out_dir / f"{stem}_uncertainty.png"
         grey_map(uncertainty, vmax=max(float(uncertainty.max()), 1e-6)).save(files.uncertainty)
     return files

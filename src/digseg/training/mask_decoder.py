@@ -16,6 +16,7 @@ on a trained model by `benchmarks/bench_mask_decoder.py`.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -129,8 +130,9 @@ def fit_light_mask_decoder(pipe, dataset, resolution: int, task: str = "both", l
                            num_samples: int | None = None, block_channels=None, seed: int = 0,
                            show_progress: bool = True, **train_kwargs):
     """Collect `dataset`'s mask latents with `pipe`'s VAE, train a `LightMaskDecoder` on them and install it
-    in `pipe` (`pipe.set_mask_decoder`). `block_channels`: its widths (default `LightMaskDecoder.for_vae`'s).
-    `train_kwargs` go to `train_mask_decoder`. -> (decoder, losses, data)."""
+    in `pipe` (`pipe.set_mask_decoder`, in the pipe's dtype). `block_channels`: its widths (default
+    `LightMaskDecoder.for_vae`'s). `train_kwargs` go to `train_mask_decoder`. -> (decoder, losses, data): the
+    decoder as trained, in fp32 whatever the pipe's dtype."""
     from .latent_cache import LatentCache
 
     names = list(pipe.config.class_names or dataset.class_names)
@@ -149,5 +151,6 @@ def fit_light_mask_decoder(pipe, dataset, resolution: int, task: str = "both", l
         raise DigsegError(f"light mask decoder: {exc}") from exc
     losses = train_mask_decoder(decoder, data, batcher, vae=pipe.vae, seed=seed, show_progress=show_progress,
                                 **train_kwargs)
-    pipe.set_mask_decoder(decoder)
+    same_dtype = decoder.dtype == pipe.unet.dtype
+    pipe.set_mask_decoder(decoder if same_dtype else copy.deepcopy(decoder))  # a copy takes a bf16/fp16 pipe's dtype
     return decoder, losses, data

@@ -1,0 +1,180 @@
+"""Where a command runs and in which precision: one rule for every command, the demo and Python users.
+
+    device, dtype = resolve_device_and_dtype()            # "auto", "auto"
+    pipe = DiGSegPipeline.from_pretrained("my-model", torch_dtype=dtype).to(device)
+
+Device `auto`: the launched process's own accelerator under `accelerate launch` or `torchrun` (cuda:LOCAL_RANK),
+else CUDA when available, else Apple's MPS, else the CPU. `cuda` alone under a launcher also means this
+process's GPU; `cuda:N` names one.
+Dtype `auto`: bf16 on CUDA devices that support it (fp16 on older ones), fp16 on MPS, fp32 on the CPU.
+A request the machine cannot meet (`cuda` without a CUDA device, `cuda:3` on a 2-GPU machine, bf16 on a GPU
+without it) is a one-line `ConfigError`, raised before any model is loaded.
+
+`runtime_info` is what every output records about where it ran (predict's summary.json, eval's metrics.json,
+the demo's footer): device, its name, dtype, library versions, the number of processes and the peak GPU memory.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported when a device is resolved, not with this module: `digseg --help` stays fast
+DTYPE_TORCH_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # --dtype spelling -> torch's
+DTYPE_CHOICES = ("auto", *DTYPE_TORCH_NAMES)
+DEVICE_CHOICES_TEXT = "auto, cpu, cuda, cuda:N or mps"  # --device takes any of these (cuda:N is open-ended)
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda)(?::(\d+))?$")
+
+
+def launched_local_rank() -> int | None:
+    """This process's index on its machine when a launcher (`accelerate launch`, `torchrun`) started several,
+    else None. Both launchers export LOCAL_RANK and WORLD_SIZE."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _dtypes() -> dict[str, "torch.dtype"]:
+    import torch
+
+    return {name: getattr(torch, torch_name) for name, torch_name in DTYPE_TORCH_NAMES.items()}
+
+
+def _mps_available() -> bool:
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def _no_cuda_reason() -> str:
+    import torch
+
+    return "this torch is built without CUDA" if torch.version.cuda is None else "torch sees no GPU"
+
+
+def resolve_device(device: "str | torch.device" = "auto") -> "torch.device":
+    """`auto`, `cpu`, `cuda`, `cuda:N` or `mps` -> the torch.device to run on (see the module docstring)."""
+    import torch
+
+    if isinstance(device, torch.device):
+        device = str(device)
+    match = _DEVICE.match(str(device).strip().lower())
+    if match is None or (match.group(2) is not None and match.group(1) != "cuda"):
+        raise ConfigError(f"unknown device {device!r}: choose {DEVICE_CHOICES_TEXT}")
+    kind, index = match.group(1), match.group(2)
+    local_rank = launched_local_rank()
+    if kind == "auto":
+        if torch.cuda.is_available():
+            kind = "cuda"
+        elif _mps_available():
+            kind = "mps"
+        else:
+            return torch.device("cpu")
+    if kind == "cpu":
+        return torch.device("cpu")
+    if kind == "mps":
+        if not _mps_available():
+            raise ConfigError(f"device {device!r}: Apple's MPS is not available on this machine")
+        return torch.device("mps")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r}: no CUDA device is available ({_no_cuda_reason()}); "
+                          "use --device cpu or auto")
+    count = torch.cuda.device_count()
+    n = int(index) if index is not None else (local_rank or 0)  # a launched process: its own GPU
+    if n >= count:
+        raise ConfigError(f"device {device!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    return torch.device("cuda", n)
+
+
+def _bf16_supported(device: "torch.device") -> bool:
+    import torch
+
+    if device.type == "cuda":
+        if torch.version.hip:  # ROCm: torch knows which AMD GPUs have it
+            return torch.cuda.is_bf16_supported()
+        return torch.cuda.get_device_capability(device)[0] >= 8  # NVIDIA: Ampere (sm_80) and newer
+    return True  # the CPU runs bf16 kernels; MPS does on the macOS versions torch supports it on
+
+
+def resolve_dtype(dtype: "str | torch.dtype" = "auto", device: "torch.device | str" = "cpu") -> "torch.dtype":
+    """`auto`, `fp32`, `bf16` or `fp16` (or a torch.dtype) for `device` -> the torch.dtype to load and run in."""
+    import torch
+
+    device, dtypes = torch.device(device), _dtypes()
+    if isinstance(dtype, torch.dtype):
+        names = {v: k for k, v in dtypes.items()}
+        if dtype not in names:
+            raise ConfigError(f"unsupported dtype {dtype}: choose {', '.join(DTYPE_CHOICES)}")
+        dtype = names[dtype]
+    dtype = str(dtype).strip().lower()
+    if dtype not in DTYPE_CHOICES:
+        raise ConfigError(f"unknown dtype {dtype!r}: choose {', '.join(DTYPE_CHOICES)}")
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if _bf16_supported(device) else torch.float16
+        return torch.float16 if device.type == "mps" else torch.float32
+    if dtype == "bf16" and not _bf16_supported(device):
+        raise ConfigError(f"dtype bf16: {device_name(device)} does not support bfloat16; use --dtype fp16 or fp32")
+    return dtypes[dtype]
+
+
+def resolve_device_and_dtype(device: "str | torch.device" = "auto",
+                             dtype: "str | torch.dtype" = "auto") -> "tuple[torch.device, torch.dtype]":
+    """Both choices at once, checked before any work: -> (torch.device, torch.dtype)."""
+    resolved = resolve_device(device)
+    return resolved, resolve_dtype(dtype, resolved)
+
+
+def dtype_name(dtype: "torch.dtype") -> str:
+    """torch.bfloat16 -> "bf16" (the --dtype spelling); other dtypes as torch names them."""
+    return {v: k for k, v in _dtypes().items()}.get(dtype, str(dtype).removeprefix("torch."))
+
+
+@lru_cache(maxsize=1)
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "CPU"
+
+
+def device_name(device: "torch.device | str") -> str:
+    """A person's name for the device: the GPU's model, or the CPU's model and core count."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return "Apple MPS"
+    return f"{_cpu_name()} ({os.cpu_count()} cores)"
+
+
+def runtime_info(device: "torch.device | str", dtype: "torch.dtype", num_processes: int = 1) -> dict:
+    """What an output records about where it ran (JSON values). On CUDA, `peak_memory_bytes` is this process's
+    `torch.cuda.max_memory_allocated`: at least the model's weights once the model ran there; None elsewhere."""
+    import diffusers
+    import torch
+
+    from . import __version__
+
+    device = torch.device(device)
+    return {
+        "device": str(device), "device_name": device_name(device), "dtype": dtype_name(dtype),
+        "num_processes": num_processes, "torch": torch.__version__, "diffusers": diffusers.__version__,
+        "digseg": __version__,
+        "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+    }
