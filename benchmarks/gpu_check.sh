@@ -89,7 +89,7 @@ if [ "$MODE" = gpu ]; then
     python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'" || { log "no CUDA device: use --cpu-smoke"; exit 2; }
     DEVICE=cuda; SIZE=512; BATCH=8; INF_FLAGS=(--sizes 512 --dtypes bf16 --repeats 3); TRAIN_FLAGS=(--size 512)
     TEST_ENV=(); BACKBONE=/tmp/digseg-sd2-backbone; CLI_EXPECT=(--expect-device cuda --expect-dtype bf16)
-    B_TESTS=150; B_CLI=60; B_INF=110; B_LIGHT=80; B_TRAIN=120; B_DATA=40; B_COMPILE=400; COMPILE_SETTINGS=1x1,1x2,4x2,8x2
+    B_TESTS=150; B_CLI=80; B_INF=110; B_LIGHT=80; B_TRAIN=120; B_DATA=40; B_COMPILE=400; COMPILE_SETTINGS=1x1,1x2,4x2,8x2
 else
     DEVICE=cpu; SIZE=64; BATCH=2; INF_FLAGS=(--quick --dtypes bf16 --repeats 1); TRAIN_FLAGS=(--quick --repeats 1)
     TEST_ENV=(env DIGSEG_TEST_DEVICE=cpu); BACKBONE=/tmp/digseg-tiny-backbone-smoke; rm -rf "$BACKBONE"
