@@ -11,11 +11,11 @@ both) and one denoising step:
 
 Each command writes a ``"runtime"`` record (``P/summary.json``, ``E/metrics.json``): the device it ran on
 ("cuda:0", "cpu", "mps"), its name, the dtype ("fp32", "bf16", "fp16"), the torch / diffusers / digseg
-versions and the peak CUDA memory (``torch.cuda.max_memory_allocated``; null off CUDA). The check fails (exit
-1, one line per problem) unless both commands exit 0 and both records show ``--expect-device`` and
-``--expect-dtype``; on CUDA, also unless each peak is at least the model's parameter bytes in that dtype (U-Net,
-VAE, text encoder and text pathway), i.e. unless the weights were really on the GPU. Off CUDA the peak must be
-null.
+versions, the number of processes and the peak CUDA memory (``torch.cuda.max_memory_allocated``; null off CUDA;
+``digseg.devices.runtime_info``). The check fails (exit 1, one line per problem) unless both commands exit 0 and
+both records show ``--expect-device`` and ``--expect-dtype``; on CUDA, also unless each peak is at least the
+model's parameter bytes in that dtype (U-Net, VAE, text encoder and text pathway), i.e. unless the weights were
+really on the GPU. Off CUDA the peak must be null.
 
 Usage::
 
