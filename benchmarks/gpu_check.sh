@@ -49,9 +49,11 @@ MD="$OUT/gpu_check.md"
 STEP_JSONS=(cli inference_eager_vae inference_eager_light training data inference_compiled_light)
 for name in "${STEP_JSONS[@]}"; do rm -f "$OUT/$name.json"; done  # a step that fails writes none: show no stale one
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error DIFFUSERS_VERBOSITY=error
-# the check's own torch.compile cache, emptied after a step is cut: a step cut while compiling can leave a truncated
-# kernel (a 0-byte .so) that breaks every later compile reading that cache ("file too short")
+# the check's own torch.compile cache, kept warm between runs; what a cut step wrote there is removed: a step cut
+# while compiling can leave a truncated kernel (a 0-byte .so) that breaks every later compile ("file too short")
 export TORCHINDUCTOR_CACHE_DIR=/tmp/digseg-gpu-check-inductor
+STEP_STAMP=$(mktemp)
+trap 'rm -f "$STEP_STAMP"' EXIT
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 START=$(date +%s)
 TOTAL_BUDGET=525  # seconds: the whole check ends within 9 minutes
@@ -70,12 +72,14 @@ run_step() {
     fi
     log "## $name (budget ${budget}s): $*"
     local t0=$(date +%s) rc
+    touch "$STEP_STAMP"
     timeout --kill-after=10 "$budget" "$@" 2>&1 | tee -a "$LOG"
     rc=${PIPESTATUS[0]}
     local dt=$(($(date +%s) - t0))
     case $rc in
         0) RESULTS+=("$name=ok(${dt}s)") ;;
-        124|137) RESULTS+=("$name=TIMEOUT(${dt}s)"); rm -rf "$TORCHINDUCTOR_CACHE_DIR" ;;
+        124|137) RESULTS+=("$name=TIMEOUT(${dt}s)")
+                 find "$TORCHINDUCTOR_CACHE_DIR" -newer "$STEP_STAMP" -type f -delete 2>/dev/null ;;
         *) RESULTS+=("$name=FAILED(rc=$rc)") ;;
     esac
     log "## $name: rc=$rc in ${dt}s"
