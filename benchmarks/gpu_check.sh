@@ -7,12 +7,16 @@
 #
 # Steps, each under its own time budget (a step that runs out is cut and reported; later steps still run):
 #   1. the tests marked `gpu` (tests/test_gpu.py): every pipeline path on CUDA, bf16, the trainer, torch.compile
-#   2. inference, 512 px, bf16, E-Step 1x1/1x2/4x2/8x2, 8 images per call, against diffusers' Marigold on the
+#   2. cli (benchmarks/cli_device_check.py): `digseg predict` and `digseg eval` with --device/--dtype auto run on
+#      CUDA in bf16 with the weights on the GPU (smoke: on the CPU in fp32)
+#   3. inference, 512 px, bf16, E-Step 1x1/1x2/4x2/8x2, 8 images per call, against diffusers' Marigold on the
 #      same modules: eager with the VAE decoder, eager with the light mask decoder, compiled with the light decoder
-#   3. training throughput, 512 px, SD2-sized, bf16: batch 4 and 8, gradient checkpointing off/on
-#   4. the data stage (benchmarks/bench_data.py --gpu-check): decode + augment with loader workers, workers per GPU
+#   4. training throughput, 512 px, SD2-sized, bf16: batch 4 and 8, gradient checkpointing off/on
+#   5. the data stage (benchmarks/bench_data.py --gpu-check): decode + augment with loader workers, workers per GPU
 # Everything goes to $OUT (the device tool returns that folder; default ./gpu-check-out): gpu_check.log (all
 # output), gpu_check.md (every table), *.json (figures). The last line printed is a one-line summary.
+# Exit status: 0 when every step passed; 1 when any failed, timed out or was skipped; 2 without a CUDA device.
+# Needs the `bench` extra beyond the base install (pip install -e ".[bench]"): pytest, scipy for Marigold.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 MODE=gpu
@@ -42,7 +46,14 @@ LOG="$OUT/gpu_check.log"
 MD="$OUT/gpu_check.md"
 : >"$LOG"
 : >"$MD"
+STEP_JSONS=(cli inference_eager_vae inference_eager_light training data inference_compiled_light)
+for name in "${STEP_JSONS[@]}"; do rm -f "$OUT/$name.json"; done  # a step that fails writes none: show no stale one
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error DIFFUSERS_VERBOSITY=error
+# the check's own torch.compile cache, kept warm between runs; what a cut step wrote there is removed: a step cut
+# while compiling can leave a truncated kernel (a 0-byte .so) that breaks every later compile ("file too short")
+export TORCHINDUCTOR_CACHE_DIR=/tmp/digseg-gpu-check-inductor
+STEP_STAMP=$(mktemp)
+trap 'rm -f "$STEP_STAMP"' EXIT
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 START=$(date +%s)
 TOTAL_BUDGET=525  # seconds: the whole check ends within 9 minutes
@@ -61,12 +72,14 @@ run_step() {
     fi
     log "## $name (budget ${budget}s): $*"
     local t0=$(date +%s) rc
+    touch "$STEP_STAMP"
     timeout --kill-after=10 "$budget" "$@" 2>&1 | tee -a "$LOG"
     rc=${PIPESTATUS[0]}
     local dt=$(($(date +%s) - t0))
     case $rc in
         0) RESULTS+=("$name=ok(${dt}s)") ;;
-        124|137) RESULTS+=("$name=TIMEOUT(${dt}s)") ;;
+        124|137) RESULTS+=("$name=TIMEOUT(${dt}s)")
+                 find "$TORCHINDUCTOR_CACHE_DIR" -newer "$STEP_STAMP" -type f -delete 2>/dev/null ;;
         *) RESULTS+=("$name=FAILED(rc=$rc)") ;;
     esac
     log "## $name: rc=$rc in ${dt}s"
@@ -79,12 +92,13 @@ if [ "$MODE" = gpu ]; then
     fi
     python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'" || { log "no CUDA device: use --cpu-smoke"; exit 2; }
     DEVICE=cuda; SIZE=512; BATCH=8; INF_FLAGS=(--sizes 512 --dtypes bf16 --repeats 3); TRAIN_FLAGS=(--size 512)
-    TEST_ENV=(); BACKBONE=/tmp/digseg-sd2-backbone
-    B_TESTS=150; B_INF=110; B_LIGHT=80; B_TRAIN=120; B_DATA=40; B_COMPILE=400; COMPILE_SETTINGS=1x1,1x2,4x2,8x2
+    TEST_ENV=(); BACKBONE=/tmp/digseg-sd2-backbone; CLI_EXPECT=(--expect-device cuda --expect-dtype bf16)
+    B_TESTS=150; B_CLI=80; B_INF=110; B_LIGHT=80; B_TRAIN=120; B_DATA=40; B_COMPILE=400; COMPILE_SETTINGS=1x1,1x2,4x2,8x2
 else
     DEVICE=cpu; SIZE=64; BATCH=2; INF_FLAGS=(--quick --dtypes bf16 --repeats 1); TRAIN_FLAGS=(--quick --repeats 1)
     TEST_ENV=(env DIGSEG_TEST_DEVICE=cpu); BACKBONE=/tmp/digseg-tiny-backbone-smoke; rm -rf "$BACKBONE"
-    B_TESTS=150; B_INF=45; B_LIGHT=45; B_TRAIN=40; B_DATA=40; B_COMPILE=160; TOTAL_BUDGET=295
+    CLI_EXPECT=(--expect-device cpu --expect-dtype fp32)
+    B_TESTS=150; B_CLI=60; B_INF=45; B_LIGHT=45; B_TRAIN=40; B_DATA=40; B_COMPILE=160; TOTAL_BUDGET=295
     COMPILE_SETTINGS=1x1  # each further shape recompiles: minutes on a CPU
     # one thread: on 2 shared cores OpenMP's spinning barriers made a tiny call 70x slower (6 s instead of 0.08 s)
     export OMP_NUM_THREADS=1
@@ -100,6 +114,8 @@ INF=(python3 benchmarks/bench_inference.py --device "$DEVICE" --batch "$BATCH" -
      --backbone-dir "$BACKBONE" "${INF_FLAGS[@]}")
 
 run_step tests "$B_TESTS" "${TEST_ENV[@]}" python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider
+run_step cli "$B_CLI" python3 benchmarks/cli_device_check.py "${CLI_EXPECT[@]}" --timeout $((B_CLI / 2 - 5)) \
+    --json "$OUT/cli.json"
 run_step inference_eager_vae "$B_INF" "${INF[@]}" --json "$OUT/inference_eager_vae.json"
 run_step inference_eager_light "$B_LIGHT" "${INF[@]}" --light-decoder --json "$OUT/inference_eager_light.json"
 run_step training "$B_TRAIN" python3 benchmarks/bench_train_throughput.py --device "$DEVICE" "${TRAIN_FLAGS[@]}" \
@@ -109,14 +125,14 @@ if [ -f benchmarks/bench_data.py ]; then
 fi
 run_step inference_compiled_light "$B_COMPILE" "${INF[@]}" --light-decoder --compile --settings "$COMPILE_SETTINGS" --json "$OUT/inference_compiled_light.json"
 
-# every table into gpu_check.md, then the one-line summary (last line printed)
+# every table into gpu_check.md, then the one-line summary (last line printed); exits 1 unless every step passed
 python3 - "$OUT" "$(($(date +%s) - START))" "${RESULTS[@]}" <<'EOF' 2>&1 | tee -a "$LOG"
 import json, sys
 from pathlib import Path
 
 out, seconds, results = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
 tables, parts, device = [], [], "?"
-for name in ("inference_eager_vae", "inference_eager_light", "inference_compiled_light", "training", "data"):
+for name in ("cli", "inference_eager_vae", "inference_eager_light", "inference_compiled_light", "training", "data"):
     path = out / f"{name}.json"
     if not path.is_file():
         continue
@@ -135,8 +151,14 @@ for name in ("inference_eager_vae", "inference_eager_light", "inference_compiled
                      f"{'on' if best['checkpointing'] else 'off'}{peak})")
     elif name == "data":
         parts.append(data.get("summary", "data stage measured"))
+    elif name == "cli":
+        parts.append(data["summary"])
 (out / "gpu_check.md").write_text("\n".join(tables))
 print("\n".join(tables))
+failed = [r.split("=")[0] for r in results if "=ok(" not in r]  # failed, timed out or skipped
+verdict = f"FAILED: {', '.join(failed)}" if failed else "all steps ok"
 print(f"GPU CHECK {device}: {' | '.join(parts) or 'no figures'} | goal 1x1 >= 60 FPS, paper 1x1/1x2/4x2/8x2 "
-      f"11.27/10.61/5.82/3.15 | steps {' '.join(results)} | {seconds}s")
+      f"11.27/10.61/5.82/3.15 | steps {' '.join(results)} | {seconds}s | {verdict}")
+sys.exit(1 if failed else 0)
 EOF
+exit "${PIPESTATUS[0]}"
