@@ -136,10 +136,10 @@ def test_every_reader_follows_the_rule(tmp_path, capsys):
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(root / "images" / "a.png")
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(root / "masks" / "a.png")
     _write(root, text)
-    assert FolderPairs(root).class_names == ["background", "wall, walls"]
+    assert FolderPairs(root, split="train").class_names == ["background", "wall, walls"]
     _write(root, "cat\ncat\n")
     with pytest.raises(DataError, match="twice"):
-        FolderPairs(root)
+        FolderPairs(root, split="train")
     # the CLI reads --classes-file before loading any model
     assert main(["predict", "--model", str(tmp_path / "no-model"), "--image", str(tmp_path), "--classes-file",
                  str(root / "classes.txt"), "--output", str(tmp_path / "out")]) == 2

@@ -124,7 +124,7 @@ def test_quickstart_command_evaluates_on_the_device_and_dtype_asked(tmp_path, mo
                              settings=("1x1",), num_overlays=1)
 
     monkeypatch.setattr(digseg.quickstart, "QuickstartSettings", Tiny)
-    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)  # the command sets it for --device cpu
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "false")  # the command sets it for --device cpu; restored after
     assert main(["quickstart", "--output", str(tmp_path / "qs"), "--train-steps", "2", "--device", "cpu",
                  "--dtype", "bf16"]) == 0
     runtime = json.loads((tmp_path / "qs" / "metrics.json").read_text())["runtime"]
