@@ -198,7 +198,6 @@ def run_predict(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
                                          result.probability_class_ids[j], kinds)
             predict_records.publish(staging, out_dir)
             records.add(stems[i], record)  # from here on the image counts as finished
-            finished[i] = True
             bar.write(f"{names[i]}: " + ", ".join(f"{c['name']} {c['fraction']:.1%}" for c in record["classes"]))
             bar.update(1)
 
