@@ -101,10 +101,22 @@ def _train_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from .distributed import process_info
+    from .training.resume_check import launch_facts, plan_resume
     from .training.run import build_run
+    from .training.run_lock import RunFolderLock
 
     config = _train_config(args)
-    build_run(config).train(resume=args.resume)
+    rank, world = process_info()
+    lock = RunFolderLock(config.run.output_dir)
+    if rank == 0:
+        lock.acquire()  # a second run on this folder stops here, before loading anything
+    try:
+        # a refused config change stops before the model is loaded (the trainer checks again before any step)
+        plan_resume(config, args.resume, args.allow_config_change, launch_facts(config.optim, world))
+        build_run(config).train(resume=args.resume, allow_config_change=args.allow_config_change)
+    finally:
+        lock.release()
     print(f"saved trained model to {config.run.output_dir}")
 
 

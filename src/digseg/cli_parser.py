@@ -105,7 +105,11 @@ def _add_train(sub) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
                         '(pip install "digseg[lowmem]")')
     t.add_argument("--ema-device", choices=EMA_DEVICES,
                    help="where the EMA copy lives between updates (cpu: off the GPU, one copy of the weights less)")
-    t.add_argument("--resume", help="'latest' or a checkpoint folder")
+    t.add_argument("--resume", help="'latest' or a checkpoint folder; the config is checked against the checkpoint's "
+                                    "(a change that alters the trajectory is refused: docs/training.md)")
+    t.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: continue with a changed config (new learning rate, schedule, data, ...) "
+                        "instead of refusing it; config.yaml records each change and the step it took effect")
     t.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="recompute U-Net activations in the backward pass: less memory, slower steps")
     return t, data_flags

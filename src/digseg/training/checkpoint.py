@@ -15,14 +15,24 @@ files for the best validated step, plus best.json ({"step", "metric", "value"}),
 never pruned, and `latest` never picks it (only `step-*` folders count); `--resume <run>/checkpoints/best`
 resumes from it.
 
+A write that fails (no space left, permission lost: an OSError, or safetensors' error wrapping one) removes its
+`.tmp-*` folder and stops the run with a one-line `DigsegError`; the earlier checkpoints are untouched, so
+`--resume latest` continues from the newest complete one once the disk has room.
+
+Each checkpoint's trainer_state.json also holds the run config it was trained under ("config"), the launch facts
+the config does not hold ("launch": process count, precision) and the history of config changes made on resume
+("config_changes"); `resume_check.py` compares them with the config of a resumed run.
+
 Fault injection for tests: with `DIGSEG_KILL_AT=<point>` in the environment the process SIGKILLs itself at
 that point, e.g. `checkpoint-3:weights` (step 3's weight files written, state file not yet),
-`checkpoint-3:before-rename`, or the same for the best checkpoint (`best-3:weights`). See
-`tests/test_resume_kill.py` and `tests/test_validation.py`.
+`checkpoint-3:before-rename`, or the same for the best checkpoint (`best-3:weights`); with
+`DIGSEG_FAIL_AT=<point>` it raises the OSError of a full disk (ENOSPC) there instead (`<point>=EACCES`: another
+errno). See `tests/test_resume_kill.py`, `tests/test_validation.py` and `tests/test_resume_config.py`.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -31,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import DigsegError
@@ -148,9 +159,14 @@ def _from_json(value: Any) -> Any:
 
 
 def kill_point(name: str) -> None:
-    """SIGKILL this process if `DIGSEG_KILL_AT` names this point (fault-injection tests); otherwise nothing."""
+    """Fault-injection tests: SIGKILL this process if `DIGSEG_KILL_AT` names this point; raise the OSError of a
+    full disk if `DIGSEG_FAIL_AT` names it (`<point>=EACCES`: that errno instead); otherwise nothing."""
     if os.environ.get("DIGSEG_KILL_AT") == name:
         os.kill(os.getpid(), signal.SIGKILL)
+    point, _, code = os.environ.get("DIGSEG_FAIL_AT", "").partition("=")
+    if point == name:
+        number = getattr(errno, code or "ENOSPC")
+        raise OSError(number, os.strerror(number))
 
 
 def _fsync_dir(path: Path) -> None:
@@ -189,10 +205,25 @@ def _write_checkpoint(final: Path, step: int, weights: dict[str, dict[str, torch
                       optimizer_state: dict[str, Any], extra_state: dict[str, Any], kind: str,
                       notes: dict[str, dict[str, Any]] | None = None) -> Path:
     """Write the checkpoint folder `final` through a `.tmp-*` folder and a rename; `notes`: more JSON files in it.
-    `kind` names its kill points (`<kind>-<step>:weights`, `<kind>-<step>:before-rename`)."""
+    `kind` names its kill and fault points (`<kind>-<step>:weights`, `<kind>-<step>:before-rename`). A write that
+    fails (disk full, permission lost) removes the `.tmp-*` folder and raises a one-line DigsegError."""
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    try:
+        return _write_through(tmp, final, step, weights, optimizer_state, extra_state, kind, notes)
+    except (OSError, SafetensorError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+        kept = list_checkpoints(final.parent)
+        earlier = f"the newest complete one, {kept[-1].name}, is intact" if kept else "there is no earlier one"
+        raise DigsegError(f"cannot write checkpoint {final}: {reason}; its partial write was removed and {earlier}: "
+                          "make room (or restore access), then run the same command with --resume latest") from exc
+
+
+def _write_through(tmp: Path, final: Path, step: int, weights: dict[str, dict[str, torch.Tensor]],
+                   optimizer_state: dict[str, Any], extra_state: dict[str, Any], kind: str,
+                   notes: dict[str, dict[str, Any]] | None) -> Path:
     root = final.parent
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
     remove_stale(root)
     tmp.mkdir()
     for name, tensors in weights.items():
@@ -258,10 +289,18 @@ def resolve_resume(resume: str, output_dir: Path) -> Path | None:
     return path
 
 
+def read_trainer_state(path: Path) -> dict[str, Any]:
+    """A checkpoint's trainer_state.json (step, config, schedule, ...); no tensor file is read."""
+    try:
+        return _scalar_tensors_from_json(json.loads((path / STATE_FILE).read_text()))
+    except (OSError, ValueError) as exc:
+        raise DigsegError(f"cannot read checkpoint {path}: {exc}") from exc
+
+
 def load_checkpoint(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any], dict[str, Any]]:
     """-> (weights by name, optimizer state_dict, trainer state)."""
+    state = read_trainer_state(path)
     try:
-        state = _scalar_tensors_from_json(json.loads((path / STATE_FILE).read_text()))
         weights = {
             f.name[: -len(".safetensors")]: load_file(str(f))
             for f in path.glob("*.safetensors")

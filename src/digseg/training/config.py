@@ -6,7 +6,9 @@
     run:   bookkeeping (folder, seed, checkpoints, logs) -> read by `Trainer`
 
 A YAML file holds these sections as mappings (`optim: {learning_rate: 3.0e-5}`); it may name a parent with
-`base: other.yaml` (one level of inheritance, path relative to the file), merged section by section.
+`base: other.yaml` (one level of inheritance, path relative to the file), merged section by section. A run
+folder's config.yaml may also hold `config_changes`, the changes made on resume (training/resume_check.py), which
+loading it as a config skips.
 """
 
 from __future__ import annotations
@@ -170,6 +172,7 @@ class RunConfig:
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "run": RunConfig}
+CHANGES_KEY = "config_changes"  # config.yaml's history of changes made on resume: not a section, skipped on load
 
 
 @dataclass
@@ -187,13 +190,19 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+    def save(self, path: str | Path, changes: list[dict[str, Any]] | None = None) -> None:
+        """The four sections as YAML; `changes`: the run's history of config changes on resume, after them."""
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if changes:
+            text += ("# changes made on resume, each from its step on: {field: [old, new]}; trajectory: changed = "
+                     "--allow-config-change,\n# the run no longer follows one config's trajectory (docs/training.md)\n")
+            text += yaml.safe_dump({CHANGES_KEY: changes}, sort_keys=False, default_flow_style=None)
+        Path(path).write_text(text)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         """{"model": {...}, "data": {...}, "optim": {...}, "run": {...}} (each optional) -> a validated config."""
-        unknown = sorted(set(values) - set(SECTIONS))
+        unknown = sorted(set(values) - set(SECTIONS) - {CHANGES_KEY})
         if unknown:
             raise ConfigError(f"unknown config section(s): {', '.join(unknown)}; sections are {', '.join(SECTIONS)} "
                               "(e.g. `optim: {learning_rate: 1.0e-4}`)")

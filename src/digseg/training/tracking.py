@@ -8,7 +8,8 @@ TensorBoard (`<output_dir>/logs/digseg/`, `tensorboard --logdir <output_dir>/log
                                         is none), rows of input | ground truth | prediction (1x1, the model's
                                         own classes)
 Only the main process writes. Without the `tensorboard` package, log.jsonl is still written and one warning
-says how to get TensorBoard.
+says how to get TensorBoard. A resume that changes the config writes a note line into log.jsonl,
+{"step", "config_change": {"section.field": [old, new]}, "trajectory": "kept" | "changed"} (resume_check.py).
 """
 
 from __future__ import annotations
@@ -74,17 +75,26 @@ class TrainingLogger:
 
     def truncate_after(self, step: int, revalidate: bool = False) -> None:
         """Drop log.jsonl lines after `step` (written by a killed run after its last checkpoint); with `revalidate`
-        also the validation line of `step` itself (the resumed run validates that step again)."""
+        also the validation line of `step` itself (the resumed run validates that step again), and always the
+        config-change note of `step` (a resume from `step` writes its own)."""
         log = self.output_dir / "log.jsonl"
         if not (self.accelerator.is_main_process and log.is_file()):
             return
         entries = [(line, json.loads(line)) for line in log.read_text().splitlines() if line.strip()]
         kept = [line for line, entry in entries if entry["step"] < step
-                or (entry["step"] == step and not (revalidate and any(k.startswith("val/") for k in entry)))]
+                or (entry["step"] == step and "config_change" not in entry
+                    and not (revalidate and any(k.startswith("val/") for k in entry)))]
         log.write_text("".join(line + "\n" for line in kept))
 
     def log_scalars(self, step: int, loss: float, lr: float) -> None:
         self._log(step, {"loss": loss, "lr": lr}, {"train/loss": loss, "train/lr": lr})
+
+    def log_config_change(self, change: dict[str, Any]) -> None:
+        """A resume's config changes (resume_check.history_entry: {"step", "trajectory", "fields"}), log.jsonl only."""
+        if self.accelerator.is_main_process:
+            with open(self.output_dir / "log.jsonl", "a") as log:
+                log.write(json.dumps({"step": change["step"], "config_change": change["fields"],
+                                      "trajectory": change["trajectory"]}) + "\n")
 
     def log_validation(self, step: int, scores: dict[str, float]) -> None:
         """`scores`: {"val/mIoU": 41.2, ...}, under the same names in log.jsonl and TensorBoard."""

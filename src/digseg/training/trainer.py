@@ -5,13 +5,15 @@ prediction target (x0 by default), masking latent cells that cover "ignore" pixe
 config names the one-step objective, with its task loss (`one_step.py`). AdamW, warm-up +
 decay, gradient accumulation, mixed precision, optional EMA, tqdm progress, periodic atomic safetensors
 checkpoints and `resume="latest"`, optional validation with the best step kept (`validation.py`). The run folder
-gets `config.yaml` at the start and the trained pipeline (model_index.json, unet/, vae/, ...) at the end.
+gets `config.yaml` at the start and the trained pipeline (model_index.json, unet/, vae/, ...) at the end. The main
+process holds the run folder's lock (`run_lock.py`) from the trainer's construction to the end of `train`; a
+resume checks the config against the checkpoint's before any step (`resume_check.py`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
+import weakref
 from pathlib import Path
 
 import torch
@@ -27,11 +29,13 @@ from ..distributed import launched_without_accelerator
 from ..errors import DigsegError
 from ..pipeline import DiGSegPipeline
 from .batches import Batch, per_sample, slot_generators
-from .checkpoint import (kill_point, list_checkpoints, load_checkpoint, prune_checkpoints, remove_stale, resolve_resume,
-                         save_best, save_checkpoint)
+from .checkpoint import (kill_point, list_checkpoints, load_checkpoint, prune_checkpoints, remove_stale, save_best,
+                         save_checkpoint)
 from .config import OptimConfig, RunConfig, TrainConfig
 from .one_step import one_step_loss
+from .resume_check import ResumePlan, launch_facts, mixed_precision_of, plan_resume
 from .run import TrainingData
+from .run_lock import RunFolderLock
 from .tracking import TrainingLogger
 from .validation import check_can_validate, evaluate, evaluation_weights, is_better, validation_due
 
@@ -71,9 +75,7 @@ def diffusion_loss(pipe: DiGSegPipeline, unet: nn.Module, pathway: nn.Module, ba
 def _make_accelerator(optim: OptimConfig, run: RunConfig) -> Accelerator:
     """An Accelerator for this run. accelerate keeps one process-wide state; a second trainer in the same
     Python session (a notebook, a test) with another precision resets it instead of failing."""
-    # "" = the launcher's choice: `accelerate launch` exports its config's mixed_precision
-    precision = optim.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
-    kwargs = dict(gradient_accumulation_steps=optim.gradient_accumulation_steps, mixed_precision=precision,
+    kwargs = dict(gradient_accumulation_steps=optim.gradient_accumulation_steps, mixed_precision=mixed_precision_of(optim),
                   cpu=launched_without_accelerator(),
                   **TrainingLogger.tracker_kwargs(run.log_with, Path(run.output_dir)))
     try:
@@ -129,6 +131,11 @@ class Trainer:
         self.show_progress = show_progress
         self.output_dir = Path(run.output_dir)
         self.accelerator = _make_accelerator(opt, run)
+        # one writer per run folder: taken before anything is written there, given back at the end of train()
+        self._lock = RunFolderLock(self.output_dir)
+        if self.accelerator.is_main_process:
+            self._lock.acquire()
+        self._unlock = weakref.finalize(self, self._lock.release)  # a trainer dropped untrained lets go too
         pipe.to(self.accelerator.device)
         self.one_step = pipe.config.objective == "one-step"
         if opt.gradient_checkpointing:
@@ -139,10 +146,7 @@ class Trainer:
         pipe.text_pathway.train().requires_grad_(True)
         params = list(pipe.unet.parameters()) + list(pipe.text_pathway.parameters())
         self.optimizer = make_optimizer(opt.optimizer, params, opt.learning_rate, opt.weight_decay)
-        self.lr_scheduler = get_scheduler(
-            opt.lr_scheduler, self.optimizer,
-            num_warmup_steps=opt.lr_warmup_steps, num_training_steps=opt.max_steps,
-        )
+        self.lr_scheduler = self._make_lr_scheduler(self.optimizer)
         self.unet, self.text_pathway, self.optimizer = self.accelerator.prepare(pipe.unet, pipe.text_pathway, self.optimizer)
         self.params = list(self.unet.parameters()) + list(self.text_pathway.parameters())  # trainable
         self.ema = EMAModel(self.params, decay=opt.ema_decay) if opt.use_ema else None
@@ -153,8 +157,19 @@ class Trainer:
         self.last_loss = float("nan")
         check_can_validate(run.eval_every, preview_dataset, self.accelerator.distributed_type)
         self.best: dict | None = None  # {"step", "metric", "value"}: the best validated step so far (checkpointed)
+        self.config_changes: list[dict] = []  # changes made on resume (resume_check.history_entry), checkpointed
         self.logs = TrainingLogger(self.accelerator, self.output_dir, config.to_dict(),
                                    use_tensorboard=bool(self.accelerator.log_with))
+
+    def _make_lr_scheduler(self, optimizer: torch.optim.Optimizer, step: int = 0):
+        """`optim.lr_scheduler` over `optim.max_steps`, at `step` (a resume with new values: the new schedule's
+        value at that step; the optimizer's param groups must then hold "initial_lr")."""
+        opt = self.optim
+        return get_scheduler(opt.lr_scheduler, optimizer, num_warmup_steps=opt.lr_warmup_steps,
+                             num_training_steps=opt.max_steps, last_epoch=step - 1)
+
+    def _launch(self) -> dict:
+        return launch_facts(self.optim, self.accelerator.num_processes)
 
     # ------------------------------------------------------------------------------------ checkpoints
     def _trainable_weights(self) -> dict[str, dict[str, torch.Tensor]]:
@@ -183,6 +198,9 @@ class Trainer:
             "loss": self.last_loss,
             "optimizer_saved": not sharded,
             "best": self.best,
+            "config": self.config.to_dict(),  # what a resume is checked against (resume_check.py)
+            "launch": self._launch(),
+            "config_changes": self.config_changes,
         }
         # under FSDP / ZeRO the main process holds only its shard of the AdamW moments: rather than write a part
         # that would be loaded as if it were whole, write none (resume then restarts the moments; see docs)
@@ -195,44 +213,87 @@ class Trainer:
         self.accelerator.wait_for_everyone()  # nobody runs ahead (or is killed) before the checkpoint exists
         return path
 
-    def load_checkpoint(self, path: Path) -> None:
+    def load_checkpoint(self, path: Path, new_values: bool = False) -> None:
+        """Continue from checkpoint `path`. `new_values`: the config leaves the checkpoint's trajectory (resumed with
+        --allow-config-change): the learning rate, weight decay and schedule are the config's, evaluated at the
+        checkpoint's step, not the checkpoint's; an optimizer of another kind, or an EMA turned on, starts afresh."""
         weights, optimizer_state, state = load_checkpoint(path)
+        self.step = int(state["step"])
         unwrap = self.accelerator.unwrap_model
-        unwrap(self.unet).load_state_dict(weights["unet"])
-        unwrap(self.text_pathway).load_state_dict(weights["text_pathway"])
-        if state.get("optimizer_saved", True) and not self._optimizer_is_sharded():
-            self.optimizer.load_state_dict(optimizer_state)
-        else:
+        try:
+            unwrap(self.unet).load_state_dict(weights["unet"])
+            unwrap(self.text_pathway).load_state_dict(weights["text_pathway"])
+        except RuntimeError as exc:
+            raise DigsegError(f"checkpoint {path} does not fit this run's model: {str(exc).splitlines()[0]}") from exc
+        saved_optimizer = ((state.get("config") or {}).get("optim") or {}).get("optimizer", self.optim.optimizer)
+        if not state.get("optimizer_saved", True) or self._optimizer_is_sharded():
             logger.warning("%s: AdamW moments not restored (sharded optimizer state is not checkpointed); "
                            "weights, step, LR schedule and data order are", path)
-        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        if self.ema is not None:
-            if "ema" not in weights:
-                raise DigsegError(f"checkpoint {path} has no EMA weights but use_ema is on")
+        elif saved_optimizer != self.optim.optimizer:
+            logger.warning("%s: optimizer %s -> %s: its moments start afresh", path, saved_optimizer, self.optim.optimizer)
+        else:
+            self.optimizer.load_state_dict(optimizer_state)
+        if new_values:
+            self._apply_optim_values()
+        else:
+            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if self.ema is not None and "ema" in weights:
             shadow = weights["ema"]
             self.ema.shadow_params = [shadow[k].to(self.ema_device) for k in sorted(shadow)]
             self.ema.optimization_step = state["ema"]["optimization_step"]
-        self.step = int(state["step"])
+        elif self.ema is not None and new_values:  # EMA turned on: it starts from the resumed weights
+            self.ema = EMAModel(self.params, decay=self.optim.ema_decay)
+            self.ema.to(self.ema_device)
+        elif self.ema is not None:
+            raise DigsegError(f"checkpoint {path} has no EMA weights but use_ema is on")
         self.best = state.get("best")
         self.logs.truncate_after(self.step, revalidate=self._validation_due())
         logger.info("resumed from %s at step %d", path, self.step)
 
+    def _resume(self, plan: ResumePlan) -> None:
+        self.load_checkpoint(plan.checkpoint, new_values=plan.trajectory_changed)
+        if plan.changes:
+            self.logs.log_config_change(plan.history[-1])
+            say = logger.warning if plan.trajectory_changed else logger.info
+            say("resumed at step %d with a changed config (recorded in config.yaml): %s", self.step,
+                ", ".join(map(str, plan.changes)))
+        if self._validation_due():  # the checkpoint was written before its step's validation
+            self.validate()
+
+    def _apply_optim_values(self) -> None:
+        """The config's learning rate and weight decay in the optimizer (a checkpoint's param groups hold its own),
+        and its schedule rebuilt at the current step."""
+        optimizer = self.lr_scheduler.optimizer  # the one under accelerate's wrapper, which the schedule drives
+        for group in optimizer.param_groups:
+            for key, value in (("lr", self.optim.learning_rate), ("initial_lr", self.optim.learning_rate),
+                               ("weight_decay", self.optim.weight_decay)):
+                if isinstance(group.get(key), torch.Tensor):  # torchao keeps lr as a tensor
+                    group[key].fill_(value)
+                else:
+                    group[key] = value
+        self.lr_scheduler = self._make_lr_scheduler(optimizer, self.step)
+
     # ------------------------------------------------------------------------------------ loop
-    def train(self, resume: str | None = None) -> DiGSegPipeline:
+    def train(self, resume: str | None = None, allow_config_change: bool = False) -> DiGSegPipeline:
+        """Train to `optim.max_steps`, from checkpoint `resume` ("latest": the newest in the run folder, if any).
+        A resume whose config leaves the checkpoint's trajectory is refused before any step, unless
+        `allow_config_change` (resume_check.py). Gives the run folder's lock back at the end, error or not."""
+        try:
+            return self._train(resume, allow_config_change)
+        finally:
+            self._unlock()
+
+    def _train(self, resume: str | None, allow_config_change: bool) -> DiGSegPipeline:
         acc = self.accelerator
+        plan = plan_resume(self.config, resume, allow_config_change, self._launch())  # before anything is written
+        self.config_changes = plan.history if plan is not None else []
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            self.config.save(self.output_dir / "config.yaml")
+            self.config.save(self.output_dir / "config.yaml", self.config_changes)
             remove_stale(self.output_dir / "checkpoints")  # a killed run's half-written or half-deleted folders
             prune_checkpoints(self.output_dir / "checkpoints", self.run.keep_checkpoints)  # ... or unpruned ones
-        if resume:
-            path = resolve_resume(resume, self.output_dir)
-            if path is not None:
-                self.load_checkpoint(path)
-                if self._validation_due():  # the checkpoint was written before its step's validation
-                    self.validate()
-            elif resume != "latest":
-                raise DigsegError(f"no checkpoint to resume from: {resume}")
+        if plan is not None:
+            self._resume(plan)
         bar = tqdm(total=self.optim.max_steps, initial=self.step, desc="train", disable=not (self.show_progress and acc.is_main_process))
         with bar:  # closed (its line ended) before any error below reaches the user
             self._run_steps(bar)

@@ -1,0 +1,216 @@
+"""What a resumed run may change: every config field classified once, the check against the checkpoint, the history.
+
+Every checkpoint records the config it was trained under, the launch facts the config does not hold (process
+count, the precision actually used) and the history of config changes made on resume (trainer_state.json:
+"config", "launch", "config_changes"). Before any step, `plan_resume` compares them with the given config:
+
+    trajectory fields (FIELD_KINDS)   change what is trained: refused with a one-line ConfigError listing each
+                                      `section.field: old -> new`, unless --allow-config-change
+    safe fields                       bookkeeping, speed and memory levers: accepted
+
+Two rules depend on other values: `optim.max_steps` is safe when the learning-rate schedule does not depend on it
+(`constant`, `constant_with_warmup`) or when no step is left to train (max_steps <= the checkpoint's step);
+`optim.batch_size` and `launch.num_processes` are safe while their product, the global batch, stays the same
+(each sample's draws follow its slot in the global batch, so the split over processes does not matter).
+
+Every accepted change is appended to the history, with the step from which it applies and whether the run still
+follows one config's trajectory ("kept") or not ("changed": --allow-config-change). The trainer writes that
+history into config.yaml and the next checkpoints, and a note into log.jsonl.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError
+from .checkpoint import read_trainer_state, resolve_resume
+from .config import CHANGES_KEY, SECTIONS, OptimConfig, TrainConfig
+
+logger = logging.getLogger("digseg.train")
+
+TRAJECTORY = "trajectory"  # a change leaves the run's trajectory: refused unless --allow-config-change
+SAFE = "safe"  # a change trains the same weights: accepted
+
+# Every field of the run config, and the launch facts a checkpoint records ("launch."), classified. A field added
+# to config.py must be added here (tests/test_resume_config.py fails until it is).
+FIELD_KINDS: dict[str, str] = {
+    # model: what is trained, and from what
+    "model.pretrained": TRAJECTORY, "model.prediction_type": TRAJECTORY, "model.text_encoder": TRAJECTORY,
+    "model.prompt_template": TRAJECTORY, "model.objective": TRAJECTORY, "model.one_step_decoder": TRAJECTORY,
+    # data: which samples, how augmented, how queried
+    "data.dataset": TRAJECTORY, "data.data_root": TRAJECTORY, "data.num_scenes": TRAJECTORY,
+    "data.val_fraction": TRAJECTORY, "data.split_file": TRAJECTORY, "data.crop_size": TRAJECTORY,
+    "data.augmentation": TRAJECTORY, "data.task": TRAJECTORY, "data.negative_prob": TRAJECTORY,
+    "data.class_names": TRAJECTORY,
+    "data.latent_cache": TRAJECTORY,  # latents written by another command, maybe in another precision
+    "data.num_workers": SAFE, "data.prefetch_factor": SAFE,  # who reads the samples: each depends on its request only
+    "data.cache_latents": SAFE, "data.cache_max_mib": SAFE,  # the run's own VAE latents, kept instead of recomputed
+    # optim: the optimisation
+    "optim.max_steps": TRAJECTORY,  # the schedule is built from it; safe in the cases `_safe_in_context` names
+    "optim.batch_size": TRAJECTORY,  # safe while the global batch (x launch.num_processes) stays the same
+    "optim.gradient_accumulation_steps": TRAJECTORY, "optim.learning_rate": TRAJECTORY,
+    "optim.lr_scheduler": TRAJECTORY, "optim.lr_warmup_steps": TRAJECTORY, "optim.weight_decay": TRAJECTORY,
+    "optim.max_grad_norm": TRAJECTORY, "optim.optimizer": TRAJECTORY, "optim.use_ema": TRAJECTORY,
+    "optim.ema_decay": TRAJECTORY, "optim.max_timestep_prob": TRAJECTORY,
+    "optim.mixed_precision": TRAJECTORY,  # compared as the precision used ("" resolved to the launcher's choice)
+    # the same math, but gradients summed in another order: AdamW turns that rounding into visible differences
+    "optim.gradient_checkpointing": TRAJECTORY,
+    "optim.ema_device": SAFE,  # where the EMA copy waits between updates
+    # run: bookkeeping
+    "run.seed": TRAJECTORY,
+    "run.output_dir": SAFE, "run.checkpoint_every": SAFE, "run.keep_checkpoints": SAFE, "run.log_every": SAFE,
+    "run.log_with": SAFE, "run.sample_every": SAFE, "run.num_sample_images": SAFE,
+    "run.eval_every": SAFE, "run.eval_samples": SAFE,  # validation leaves the training weights as they were
+    # launch facts (not in the config): the process count, with optim.batch_size the global batch
+    "launch.num_processes": TRAJECTORY,
+}
+
+# learning-rate schedules (diffusers' names) that do not depend on optim.max_steps: extending a run keeps the curve
+SCHEDULES_WITHOUT_END = ("constant", "constant_with_warmup", "piecewise_constant")
+
+
+def mixed_precision_of(optim: OptimConfig) -> str:
+    """The precision a run computes in: optim.mixed_precision, or for "" the launcher's (`accelerate launch`
+    exports its config's), else "no"."""
+    return optim.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+
+
+def launch_facts(optim: OptimConfig, num_processes: int) -> dict[str, Any]:
+    """What a checkpoint records besides the config: {"num_processes", "mixed_precision"}."""
+    return {"num_processes": num_processes, "mixed_precision": mixed_precision_of(optim)}
+
+
+@dataclass
+class Change:
+    field: str  # "section.field"
+    old: Any
+    new: Any
+    safe: bool
+    why: str = ""  # for a refused change that depends on other values: why it matters here
+
+    def __str__(self) -> str:
+        return f"{self.field}: {json.dumps(self.old)} -> {json.dumps(self.new)}" + (f" ({self.why})" if self.why else "")
+
+
+@dataclass
+class ResumePlan:
+    """What resuming from `checkpoint` does: the step it continues at, the config changes, the history."""
+
+    checkpoint: Path
+    step: int
+    changes: list[Change]  # every changed field, safe or not
+    history: list[dict[str, Any]]  # the checkpoint's config changes, plus this resume's (if any)
+
+    @property
+    def trajectory_changed(self) -> bool:
+        """True when this resume applies changes that leave the trajectory (--allow-config-change)."""
+        return any(not c.safe for c in self.changes)
+
+
+def _flat(config: dict[str, Any], launch: dict[str, Any] | None) -> dict[str, Any]:
+    """{"section.field": value} over the current fields (a missing one at its default, one no longer known
+    dropped), JSON-normalized (tuples are lists); a crop `n` is [n, n]. With `launch`, optim.mixed_precision is the
+    precision used and launch.num_processes is added."""
+    flat = {}
+    for section, cls in SECTIONS.items():
+        given = config.get(section) or {}
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            flat[f"{section}.{f.name}"] = json.loads(json.dumps(given.get(f.name, default)))
+    crop = flat["data.crop_size"]
+    if isinstance(crop, int):
+        flat["data.crop_size"] = [crop, crop]
+    if launch:
+        flat["optim.mixed_precision"] = launch["mixed_precision"]
+        flat["launch.num_processes"] = launch["num_processes"]
+    return flat
+
+
+def _safe_in_context(name: str, old: dict[str, Any], new: dict[str, Any], step: int) -> tuple[bool, str]:
+    """The two rules that depend on other values; (safe, why not)."""
+    if name == "optim.max_steps":
+        schedule = new["optim.lr_scheduler"]
+        if schedule in SCHEDULES_WITHOUT_END or new[name] <= step:
+            return True, ""
+        return False, f"the {schedule} learning-rate schedule is built from it"
+    if name in ("optim.batch_size", "launch.num_processes"):
+        before = old["optim.batch_size"] * old.get("launch.num_processes", 1)
+        after = new["optim.batch_size"] * new.get("launch.num_processes", 1)
+        if before == after:
+            return True, ""
+        return False, f"global batch {before} -> {after}"
+    return FIELD_KINDS.get(name, TRAJECTORY) == SAFE, ""
+
+
+def config_changes(saved: dict[str, Any], given: dict[str, Any], step: int, saved_launch: dict[str, Any] | None = None,
+                   given_launch: dict[str, Any] | None = None) -> list[Change]:
+    """The fields that differ between the checkpoint's config (`saved`, at `step`) and the `given` one, each
+    classified. Launch facts are compared when both sides have them."""
+    both = bool(saved_launch) and bool(given_launch)
+    old, new = _flat(saved, saved_launch if both else None), _flat(given, given_launch if both else None)
+    changes = []
+    for name in new:
+        if old.get(name) != new[name]:
+            safe, why = _safe_in_context(name, old, new, step)
+            changes.append(Change(name, old.get(name), new[name], safe, why))
+    return changes
+
+
+def check_changes(changes: list[Change], allow: bool, checkpoint: Path) -> None:
+    """A one-line ConfigError listing every change that leaves the trajectory, unless `allow`."""
+    refused = [c for c in changes if not c.safe]
+    if refused and not allow:
+        raise ConfigError(f"cannot resume from {checkpoint} with a changed config: {', '.join(map(str, refused))}; "
+                          "resume with the checkpoint's values, or add --allow-config-change to continue with the new "
+                          "ones (the run then no longer follows one config's trajectory)")
+
+
+def history_entry(step: int, changes: list[Change]) -> dict[str, Any]:
+    """One entry of config.yaml's `config_changes` (and log.jsonl's note): the new values apply from `step` on."""
+    return {"step": step, "trajectory": "changed" if any(not c.safe for c in changes) else "kept",
+            "fields": {c.field: [c.old, c.new] for c in changes}}
+
+
+def _saved_config(checkpoint: Path, state: dict[str, Any]) -> dict[str, Any] | None:
+    """The config a checkpoint was trained under. Checkpoints written before configs were recorded in them: the
+    config.yaml of their run folder, if there is one."""
+    if state.get("config"):
+        return state["config"]
+    legacy = checkpoint.parent.parent / "config.yaml"
+    if legacy.is_file():
+        values = yaml.safe_load(legacy.read_text()) or {}
+        values.pop(CHANGES_KEY, None)
+        return values
+    return None
+
+
+def plan_resume(config: TrainConfig, resume: str | None, allow: bool = False,
+                launch: dict[str, Any] | None = None) -> ResumePlan | None:
+    """Resolve `resume` ("latest" or a checkpoint folder) for the run of `config` and check the config against the
+    checkpoint's. None when there is nothing to resume from (no `resume`, or "latest" in a folder without
+    checkpoints). Raises ConfigError on a change that leaves the trajectory, unless `allow`. Reads only JSON."""
+    if not resume:
+        return None
+    path = resolve_resume(resume, Path(config.run.output_dir))
+    if path is None:
+        return None
+    state = read_trainer_state(path)
+    step = int(state["step"])
+    saved = _saved_config(path, state)
+    if saved is None:
+        logger.warning("%s records no config: the resumed config is not checked against it", path)
+        return ResumePlan(path, step, [], [])
+    changes = config_changes(saved, config.to_dict(), step, state.get("launch"), launch)
+    check_changes(changes, allow, path)
+    history = list(state.get("config_changes") or [])
+    if changes:
+        history.append(history_entry(step, changes))
+    return ResumePlan(path, step, changes, history)

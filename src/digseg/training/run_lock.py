@@ -1,0 +1,180 @@
+"""One writer per run folder: `<output_dir>/.digseg-train.lock`, held by the main process while it trains.
+
+    with RunFolderLock(output_dir):      # DigsegError at once if another run holds the folder
+        ...train...
+
+The lock file holds {"host", "pid", "started"} of its holder. It is created with O_CREAT | O_EXCL, so of two
+runs starting at once exactly one gets it, also on a network file system shared by several machines. It is
+removed when the holder releases it (the end of training, an error, Ctrl-C, process exit). A SIGKILLed or
+crashed run leaves its file behind; the next run on the same host finds that its pid is gone and takes the lock
+over with a warning. A lock of another host cannot be checked from here: it is refused, naming that host, and
+the user deletes the file once that run is known to be gone.
+
+Within one process the lock is re-entrant (`digseg train` takes it before loading the model, the trainer again
+when it is built), so a second Trainer on the same folder in the same Python session is not refused.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import socket
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ..errors import DigsegError
+
+logger = logging.getLogger("digseg.train")
+
+LOCK_FILE = ".digseg-train.lock"
+_HELD: dict[Path, int] = {}  # lock files this process holds -> how many holders in it
+
+
+def _me() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": datetime.now().astimezone().isoformat(timespec="seconds")}
+
+
+def describe(holder: dict[str, Any]) -> str:
+    """'pid 123 on host gpu-7, started 2026-05-01T10:00:00+00:00'."""
+    return f"pid {holder.get('pid')} on host {holder.get('host')}, started {holder.get('started')}"
+
+
+def _process_gone(pid: int) -> bool:
+    """True when no process `pid` runs on this machine (a zombie, exited but not yet reaped, counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's process
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+class RunFolderLock:
+    """The lock of run folder `folder` (created if missing). `acquire()` / `release()`, or a `with` block."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_FILE
+        self._held = False
+
+    def __enter__(self) -> RunFolderLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def _key(self) -> Path:
+        return self.path.resolve()
+
+    def acquire(self) -> None:
+        if self._held:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        key = self._key()
+        if key in _HELD:  # this process holds it already
+            _HELD[key] += 1
+            self._held = True
+            return
+        me = _me()
+        for _ in range(10):  # rounds: only a stale lock taken over by two runs at once needs more than two
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._read_holder()
+                if holder is None:  # released meanwhile
+                    continue
+                if holder.get("host") != me["host"]:
+                    raise DigsegError(f"run folder {self.folder} is in use by a training run on another machine "
+                                      f"({describe(holder)}); if that run has ended, delete {self.path}") from None
+                if holder.get("pid") == me["pid"] or _process_gone(int(holder.get("pid", -1))):
+                    self._take_over(holder)
+                    continue
+                raise DigsegError(f"run folder {self.folder} is in use by another training run ({describe(holder)}); "
+                                  "wait for it to end, or train into another --output") from None
+            try:
+                os.write(fd, json.dumps(me).encode())  # one write: a reader never sees half of it
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            _HELD[key] = 1
+            self._held = True
+            return
+        raise DigsegError(f"could not take the lock {self.path}: other runs keep taking it")
+
+    def _read_holder(self) -> dict[str, Any] | None:
+        """The holder named in the lock file; None if the file is gone. An empty file (its creator has not
+        written it yet) is read again for up to a second."""
+        for _ in range(20):
+            try:
+                text = self.path.read_text()
+            except FileNotFoundError:
+                return None
+            if text.strip():
+                try:
+                    holder = json.loads(text)
+                except ValueError:
+                    break
+                if isinstance(holder, dict):
+                    return holder
+                break
+            time.sleep(0.05)
+        raise DigsegError(f"run folder {self.folder} has an unreadable lock file {self.path}; delete it if no "
+                          "training run uses this folder")
+
+    def _take_over(self, holder: dict[str, Any]) -> None:
+        """Move the stale lock file aside (atomic), so that the next O_EXCL create decides who gets the lock.
+        If another run took it over between our read and the move, its fresh file is put back."""
+        aside = self.path.with_name(f"{LOCK_FILE}.stale-{os.getpid()}")
+        try:
+            os.replace(self.path, aside)
+        except FileNotFoundError:  # taken over by another run meanwhile
+            return
+        try:
+            if json.loads(aside.read_text() or "null") != holder:
+                try:
+                    os.link(aside, self.path)  # fails if yet another run holds it now: then that one has it
+                except OSError:
+                    pass
+                return
+        except ValueError:
+            pass
+        finally:
+            aside.unlink(missing_ok=True)
+        logger.warning("run folder %s: took over the lock of a training run that is gone (%s)", self.folder,
+                       describe(holder))
+
+    def release(self) -> None:
+        """Give the lock back; the file is removed when this process's last holder releases it."""
+        if not self._held:
+            return
+        self._held = False
+        key = self._key()
+        _HELD[key] -= 1
+        if _HELD[key] > 0:
+            return
+        del _HELD[key]
+        try:
+            holder = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return
+        if holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+            self.path.unlink(missing_ok=True)
+
+
+@atexit.register
+def _release_all() -> None:
+    """A process that ends without releasing (an uncaught error in a notebook's trainer, sys.exit) frees its locks."""
+    for key in list(_HELD):
+        _HELD[key] = 1
+        lock = RunFolderLock(key.parent)
+        lock._held = True
+        lock.release()

@@ -1,0 +1,372 @@
+"""Resume you can trust: a changed config is caught before any step (or applied, with --allow-config-change, and
+recorded), one writer per run folder, and a checkpoint write that fails (disk full) loses nothing."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from diffusers.optimization import get_scheduler
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from digseg import DiGSegPipeline
+from digseg.cli import main
+from digseg.data.synthetic import SYNTHETIC_CLASSES, SyntheticScenes
+from digseg.errors import ConfigError, DigsegError
+from digseg.training import checkpoint as checkpoint_module
+from digseg.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from digseg.training.config import SECTIONS, TrainConfig
+from digseg.training.resume_check import FIELD_KINDS, SAFE, TRAJECTORY, check_changes, config_changes
+from digseg.training.run_lock import LOCK_FILE, RunFolderLock
+from training_helpers import train_config, trainer
+
+LAUNCH = {"num_processes": 1, "mixed_precision": "no"}
+
+
+# ------------------------------------------------------------------------------------------ the field table
+def test_every_config_field_is_classified():
+    fields = {f"{section}.{f.name}" for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+    assert set(FIELD_KINDS) - {"launch.num_processes"} == fields, "classify new config fields in resume_check.FIELD_KINDS"
+    assert set(FIELD_KINDS.values()) == {SAFE, TRAJECTORY}
+
+
+def _other(value):
+    """A different value of the same kind."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, str):
+        return value + "x"
+    if isinstance(value, list):
+        return [*value, "x"]
+    return "x"  # None
+
+
+def _changed(name: str, value=None) -> tuple[dict, dict]:
+    """(saved, given) config dicts that differ in field `name` only."""
+    saved = TrainConfig().to_dict()
+    given = copy.deepcopy(saved)
+    section, key = name.split(".")
+    given[section][key] = _other(saved[section][key]) if value is None else value
+    return saved, given
+
+
+@pytest.mark.parametrize("name", [n for n, kind in FIELD_KINDS.items() if kind == TRAJECTORY])
+def test_each_trajectory_field_change_is_refused_with_both_values(name, tmp_path):
+    if name == "launch.num_processes":
+        saved = given = TrainConfig().to_dict()
+        changes = config_changes(saved, given, 10, LAUNCH, {**LAUNCH, "num_processes": 2})
+        old, new = 1, 2
+    elif name == "optim.mixed_precision":  # compared as the precision used
+        saved = given = TrainConfig().to_dict()
+        changes = config_changes(saved, given, 10, LAUNCH, {**LAUNCH, "mixed_precision": "bf16"})
+        old, new = "no", "bf16"
+    else:
+        saved, given = _changed(name)
+        changes = config_changes(saved, given, 10, LAUNCH, LAUNCH)
+        section, key = name.split(".")
+        old, new = saved[section][key], given[section][key]
+    with pytest.raises(ConfigError) as info:
+        check_changes(changes, allow=False, checkpoint=tmp_path / "step-00000010")
+    message = str(info.value)
+    assert "\n" not in message and f"{name}: {json.dumps(old)} -> {json.dumps(new)}" in message, message
+    assert "--allow-config-change" in message
+    check_changes(changes, allow=True, checkpoint=tmp_path)  # the explicit way on
+
+
+@pytest.mark.parametrize("name", [n for n, kind in FIELD_KINDS.items() if kind == SAFE])
+def test_each_safe_field_change_is_accepted(name, tmp_path):
+    saved, given = _changed(name)
+    changes = config_changes(saved, given, 10, LAUNCH, LAUNCH)
+    assert [(c.field, c.safe) for c in changes] == [(name, True)]
+    check_changes(changes, allow=False, checkpoint=tmp_path)
+
+
+def test_rules_that_depend_on_other_values(tmp_path):
+    saved = TrainConfig().to_dict()  # cosine over 1000 steps
+    longer = copy.deepcopy(saved)
+    longer["optim"]["max_steps"] = 2000
+    (change,) = config_changes(saved, longer, 1000, LAUNCH, LAUNCH)
+    assert not change.safe and "cosine" in str(change)  # the cosine curve is built from max_steps
+    constant = copy.deepcopy(saved)
+    constant["optim"]["lr_scheduler"] = "constant_with_warmup"
+    constant_longer = copy.deepcopy(constant)
+    constant_longer["optim"]["max_steps"] = 2000
+    assert [c.safe for c in config_changes(constant, constant_longer, 1000, LAUNCH, LAUNCH)] == [True]
+    shorter = copy.deepcopy(saved)
+    shorter["optim"]["max_steps"] = 300  # stop at the checkpoint's step: nothing left to train
+    assert [c.safe for c in config_changes(saved, shorter, 300, LAUNCH, LAUNCH)] == [True]
+    assert [c.safe for c in config_changes(saved, shorter, 200, LAUNCH, LAUNCH)] == [False]
+    # the global batch (batch_size x processes) decides: 4 x 1 -> 2 x 2 is the same run
+    halved = copy.deepcopy(saved)
+    halved["optim"]["batch_size"] = 2
+    assert all(c.safe for c in config_changes(saved, halved, 10, LAUNCH, {**LAUNCH, "num_processes": 2}))
+    # "" (the launcher's precision) that resolves to what the checkpoint used: no change
+    explicit = copy.deepcopy(saved)
+    explicit["optim"]["mixed_precision"] = "bf16"
+    assert config_changes(saved, explicit, 10, {**LAUNCH, "mixed_precision": "bf16"},
+                          {**LAUNCH, "mixed_precision": "bf16"}) == []
+    # a crop given as n or as [n, n] is the same crop
+    square, pair = copy.deepcopy(saved), copy.deepcopy(saved)
+    square["data"]["crop_size"], pair["data"]["crop_size"] = 64, [64, 64]
+    assert config_changes(square, pair, 10) == []
+
+
+# ------------------------------------------------------------------------------------------ the run folder lock
+def test_lock_refuses_a_live_holder_and_another_host_and_takes_over_a_dead_one(tmp_path, caplog):
+    lock_file = tmp_path / LOCK_FILE
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock_file.write_text(json.dumps({"host": socket.gethostname(), "pid": sleeper.pid, "started": "T0"}))
+        with pytest.raises(DigsegError, match=f"pid {sleeper.pid} on host {socket.gethostname()}, started T0"):
+            RunFolderLock(tmp_path).acquire()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    lock_file.write_text(json.dumps({"host": "other-machine", "pid": os.getpid(), "started": "T1"}))
+    with pytest.raises(DigsegError, match=f"host other-machine, started T1.*delete {lock_file}"):
+        RunFolderLock(tmp_path).acquire()
+
+    # a dead process on this host (the sleeper, reaped): its lock is taken over, with a warning
+    lock_file.write_text(json.dumps({"host": socket.gethostname(), "pid": sleeper.pid, "started": "T2"}))
+    with caplog.at_level(logging.WARNING, logger="digseg.train"):
+        with RunFolderLock(tmp_path) as lock:
+            assert f"pid {sleeper.pid}" in caplog.text and "took over" in caplog.text
+            assert json.loads(lock_file.read_text())["pid"] == os.getpid()
+            with RunFolderLock(tmp_path):  # re-entrant within the process (digseg train, then its trainer)
+                pass
+            assert lock_file.is_file()
+        assert not lock.path.exists() and not list(tmp_path.glob(f"{LOCK_FILE}*"))
+
+
+# ------------------------------------------------------------------------------------------ failed checkpoint writes
+def _tiny_state(value: float):
+    weights = {"unet": {"w": torch.full((4,), value)}, "text_pathway": {"b": torch.zeros(2)}}
+    optimizer = {"state": {0: {"exp_avg": torch.ones(4)}}, "param_groups": [{"lr": 1e-3, "params": [0]}]}
+    return weights, optimizer
+
+
+@pytest.mark.parametrize("how", ["EACCES", "safetensors"])
+def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_earlier_checkpoint(tmp_path, monkeypatch, how):
+    root = tmp_path / "checkpoints"
+    save_checkpoint(root, 2, *_tiny_state(2.0), {"lr_scheduler": {}}, keep=2)
+    if how == "EACCES":  # permission lost after the weight files were written
+        monkeypatch.setenv("DIGSEG_FAIL_AT", "checkpoint-4:weights=EACCES")
+        reason = "Permission denied"
+    else:  # safetensors reports I/O errors (ENOSPC included) as its own error type
+        def full_disk(*args, **kwargs):
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+        monkeypatch.setattr(checkpoint_module, "save_file", full_disk)
+        reason = "No space left on device"
+    with pytest.raises(DigsegError) as info:
+        save_checkpoint(root, 4, *_tiny_state(4.0), {"lr_scheduler": {}}, keep=2)
+    message = str(info.value)
+    assert "\n" not in message and reason in message and "step-00000002, is intact" in message, message
+    assert [p.name for p in root.iterdir()] == ["step-00000002"]  # no partial .tmp-* folder
+    weights, _, state = load_checkpoint(root / "step-00000002")
+    assert state["step"] == 2 and torch.equal(weights["unet"]["w"], torch.full((4,), 2.0))
+
+
+# ------------------------------------------------------------------------------------------ training runs
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_a_changed_config_is_refused_before_any_step_or_applied_with_allow_config_change(tiny_backbone, tmp_path,
+                                                                                        capsys):
+    """The run of the report: 4 steps at crop 64, batch 4, the default learning rate; then the same folder with
+    --max-steps 6 --crop-size 32 --batch-size 2 --learning-rate 1e-3."""
+    config = tmp_path / "short_warmup.yaml"
+    config.write_text(yaml.safe_dump({"optim": {"lr_warmup_steps": 1}, "run": {"log_every": 1, "log_with": "none"}}))
+    run = tmp_path / "run"
+    common = ["train", "--config", str(config), "--pretrained", str(tiny_backbone), "--dataset", "synthetic",
+              "--num-scenes", "8", "--checkpoint-every", "2", "--output", str(run)]
+    assert main([*common, "--crop-size", "64", "--batch-size", "4", "--max-steps", "4"]) == 0
+    before = _snapshot(run)
+    changed = [*common, "--resume", "latest", "--max-steps", "6", "--crop-size", "32", "--batch-size", "2",
+               "--learning-rate", "1e-3"]
+    capsys.readouterr()
+    assert main(changed) == 2
+    line = _error_line(capsys)
+    for field in ("data.crop_size: [64, 64] -> [32, 32]", "optim.max_steps: 4 -> 6", "optim.batch_size: 4 -> 2",
+                  "optim.learning_rate: 3e-05 -> 0.001"):
+        assert field in line, line
+    assert _snapshot(run) == before  # nothing trained, nothing written: log.jsonl, config.yaml, checkpoints
+
+    assert main([*changed, "--allow-config-change"]) == 0
+    log = _log(run)
+    note = next(entry for entry in log if "config_change" in entry)
+    assert note["step"] == 4 and note["trajectory"] == "changed"
+    assert note["config_change"]["optim.learning_rate"] == [3e-5, 1e-3]
+    # the learning rates of steps 5 and 6: the new schedule (cosine over 6 steps, peak 1e-3) at those steps
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-3)
+    schedule = get_scheduler("cosine", optimizer, num_warmup_steps=1, num_training_steps=6)
+    want = {}
+    for step in range(1, 7):
+        optimizer.step()
+        schedule.step()
+        want[step] = schedule.get_last_lr()[0]
+    got = {entry["step"]: entry["lr"] for entry in log if "lr" in entry}
+    assert got[5] == pytest.approx(want[5], rel=1e-6) and got[6] == pytest.approx(want[6], rel=1e-6), (got, want)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["optim"]["learning_rate"] == 1e-3 and saved["data"]["crop_size"] == [32, 32]
+    (change,) = saved["config_changes"]
+    assert change["step"] == 4 and change["trajectory"] == "changed"
+    assert change["fields"]["data.crop_size"] == [[64, 64], [32, 32]]
+    TrainConfig.load(run / "config.yaml")  # still a config file (`--config runs/x/config.yaml`)
+
+    # the run goes on under the new config: the same flags again are no change, and the history stays
+    assert main([*changed, "--max-steps", "8"]) == 2  # cosine: extending it is a change
+    assert "optim.max_steps: 6 -> 8" in _error_line(capsys)
+    assert main(changed) == 0  # nothing left to train: the model is saved again
+    assert yaml.safe_load((run / "config.yaml").read_text())["config_changes"] == [change]
+
+
+def _fresh(tiny_backbone):
+    pipe = DiGSegPipeline.from_backbone(tiny_backbone, class_names=list(SYNTHETIC_CLASSES))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_safe_changes_are_accepted_and_keep_the_trajectory(tiny_backbone, tmp_path):
+    """A constant-with-warmup schedule does not depend on max_steps: a run extended from 3 to 6 steps, with other
+    checkpointing, logging and data-loading settings, ends with the weights of a 6-step run."""
+    data = SyntheticScenes(8, size=32, seed=0)
+
+    def config(folder, **kw):
+        values = dict(pretrained="unused", output_dir=str(tmp_path / folder), max_steps=6, batch_size=2,
+                      learning_rate=1e-3, lr_scheduler="constant_with_warmup", lr_warmup_steps=2, checkpoint_every=3,
+                      log_every=1, seed=0, log_with="none", resolution=32, class_names=list(SYNTHETIC_CLASSES))
+        return train_config(**{**values, **kw})
+
+    straight = trainer(config("straight"), _fresh(tiny_backbone), data, show_progress=False).train()
+    trainer(config("run", max_steps=3), _fresh(tiny_backbone), data, show_progress=False).train()
+    with pytest.raises(ConfigError, match=r"run\.seed: 0 -> 1"):  # the Python API checks too, before any step
+        trainer(config("run", seed=1), _fresh(tiny_backbone), data, show_progress=False).train(resume="latest")
+    safe = dict(checkpoint_every=2, keep_checkpoints=3, log_every=2, num_workers=1, sample_every=5, cache_latents=True)
+    resumed = trainer(config("run", **safe), _fresh(tiny_backbone), data, show_progress=False).train(resume="latest")
+    for name, value in straight.unet.state_dict().items():
+        torch.testing.assert_close(resumed.unet.state_dict()[name], value, atol=1e-6, rtol=1e-5, msg=name)
+    (change,) = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["config_changes"]
+    assert change["step"] == 3 and change["trajectory"] == "kept"
+    assert set(change["fields"]) == {"optim.max_steps", *(f"{SECTION_OF[k]}.{k}" for k in safe)}
+    notes = [entry for entry in _log(tmp_path / "run") if "config_change" in entry]
+    assert notes == [{"step": 3, "config_change": change["fields"], "trajectory": "kept"}]
+
+
+SECTION_OF = {f.name: section for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+
+
+# ------------------------------------------------------------------------------------------ one writer, full disk
+def _train_args(tiny_backbone, output: Path) -> list[str]:
+    return ["train", "--pretrained", str(tiny_backbone), "--dataset", "synthetic", "--num-scenes", "8",
+            "--resolution", "32", "--batch-size", "2", "--max-steps", "6", "--checkpoint-every", "2",
+            "--learning-rate", "1e-3", "--output", str(output)]
+
+
+def _final_weights(run: Path) -> dict[str, torch.Tensor]:
+    return {f"{part}.{k}": v for part in ("unet", "text_pathway")
+            for k, v in load_file(str(run / part / "diffusion_pytorch_model.safetensors")).items()}
+
+
+def _assert_same_weights(want: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> None:
+    assert want.keys() == got.keys()
+    worst = max((want[k] - got[k]).abs().max().item() for k in want)
+    assert worst < 1e-6, f"{worst} away from the lone, uninterrupted run"
+
+
+@pytest.fixture(scope="module")
+def lone_run(tiny_backbone, tmp_path_factory):
+    """The run of `_train_args`, alone and uninterrupted, on one thread (as the `digseg train` subprocesses)."""
+    run = tmp_path_factory.mktemp("lone") / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(_train_args(tiny_backbone, run)) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return _final_weights(run)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGSTOP is POSIX")
+def test_a_second_run_on_a_folder_in_use_stops_at_once(tiny_backbone, lone_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+    env.pop("DIGSEG_KILL_AT", None)
+    env.pop("DIGSEG_FAIL_AT", None)
+    first = subprocess.Popen([sys.executable, "-m", "digseg.cli", *_train_args(tiny_backbone, run)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / LOCK_FILE).is_file() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        first.send_signal(signal.SIGSTOP)  # held mid-run, lock taken, while the second run tries
+        assert (run / LOCK_FILE).is_file(), "the first run ended before the second could try"
+        before = _snapshot(run)
+        capsys.readouterr()
+        assert main(_train_args(tiny_backbone, run)) == 2  # the second run (this process)
+        line = _error_line(capsys)
+        assert f"pid {first.pid} on host {socket.gethostname()}, started " in line and "in use" in line, line
+        assert _snapshot(run) == before  # it wrote nothing
+    finally:
+        first.send_signal(signal.SIGCONT)
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-3000:]
+    assert not (run / LOCK_FILE).exists()
+    _assert_same_weights(lone_run, _final_weights(run))
+
+
+def test_a_full_disk_during_a_checkpoint_write_loses_nothing(tiny_backbone, lone_run, tmp_path, monkeypatch, capsys,
+                                                            caplog):
+    run = tmp_path / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the lone run
+    try:
+        monkeypatch.setenv("DIGSEG_FAIL_AT", "checkpoint-4:weights")  # ENOSPC once step 4's weight files are written
+        capsys.readouterr()
+        assert main(_train_args(tiny_backbone, run)) == 2
+        line = _error_line(capsys)
+        assert "No space left on device" in line and "step-00000004" in line and "--resume latest" in line, line
+        assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000002"]  # no .tmp-* left
+        assert load_checkpoint(run / "checkpoints" / "step-00000002")[2]["step"] == 2
+        assert not (run / "model_index.json").exists() and not (run / LOCK_FILE).exists()
+
+        # space freed; the run that failed left no lock, but a SIGKILLed one would: its stale lock is taken over
+        monkeypatch.delenv("DIGSEG_FAIL_AT")
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+        (run / LOCK_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout),
+                                                 "started": "earlier"}))
+        with caplog.at_level(logging.WARNING, logger="digseg.train"):
+            assert main([*_train_args(tiny_backbone, run), "--resume", "latest"]) == 0
+        assert f"took over the lock of a training run that is gone (pid {int(dead.stdout)}" in caplog.text
+    finally:
+        torch.set_num_threads(threads)
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-00000004", "step-00000006"]
+    _assert_same_weights(lone_run, _final_weights(run))
