@@ -89,9 +89,13 @@ def test_train_on_a_folder_dataset_and_resume(tiny_backbone, tmp_path, capsys):
             "--output", str(run), "--batch-size", "2", "--resolution", "64", "--checkpoint-every", "2"]
     assert main(args + ["--max-steps", "2"]) == 0
     assert (run / "model_index.json").is_file() and (run / "checkpoints" / "step-00000002").is_dir()
-    assert main(args + ["--max-steps", "3", "--resume", "latest"]) == 0
+    # the cosine schedule is built from max_steps: extending the run is refused, or explicitly allowed
+    assert main(args + ["--max-steps", "3", "--resume", "latest"]) == 2
+    assert "optim.max_steps: 2 -> 3" in capsys.readouterr().err
+    assert main(args + ["--max-steps", "3", "--resume", "latest", "--allow-config-change"]) == 0
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == 3 and [entry["step"] for entry in log].count(1) == 0
+    assert log[-2] == {"step": 2, "config_change": {"optim.max_steps": [2, 3]}, "trajectory": "changed"}
     from digseg import DiGSegPipeline
 
     assert DiGSegPipeline.from_pretrained(run).config.class_names == ["background", "circle", "square", "triangle"]

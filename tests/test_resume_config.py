@@ -27,10 +27,11 @@ from digseg.cli import main
 from digseg.data.synthetic import SYNTHETIC_CLASSES, SyntheticScenes
 from digseg.errors import ConfigError, DigsegError
 from digseg.training import checkpoint as checkpoint_module
+from digseg.training import run_lock
 from digseg.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from digseg.training.config import SECTIONS, TrainConfig
 from digseg.training.resume_check import FIELD_KINDS, SAFE, TRAJECTORY, check_changes, config_changes
-from digseg.training.run_lock import LOCK_FILE, RunFolderLock
+from digseg.training.run_lock import LOCK_FILE, STALE_AFTER_S, RunFolderLock
 from training_helpers import train_config, trainer
 
 LAUNCH = {"num_processes": 1, "mixed_precision": "no"}
@@ -39,7 +40,7 @@ LAUNCH = {"num_processes": 1, "mixed_precision": "no"}
 # ------------------------------------------------------------------------------------------ the field table
 def test_every_config_field_is_classified():
     fields = {f"{section}.{f.name}" for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
-    assert set(FIELD_KINDS) - {"launch.num_processes"} == fields, "classify new config fields in resume_check.FIELD_KINDS"
+    assert set(FIELD_KINDS) - {"launch.num_processes"} == fields, "classify new fields in resume_check.FIELD_KINDS"
     assert set(FIELD_KINDS.values()) == {SAFE, TRAJECTORY}
 
 
@@ -127,7 +128,7 @@ def test_rules_that_depend_on_other_values(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ the run folder lock
-def test_lock_refuses_a_live_holder_and_another_host_and_takes_over_a_dead_one(tmp_path, caplog):
+def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path, caplog, monkeypatch):
     lock_file = tmp_path / LOCK_FILE
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
@@ -137,9 +138,23 @@ def test_lock_refuses_a_live_holder_and_another_host_and_takes_over_a_dead_one(t
     finally:
         sleeper.kill()
         sleeper.wait()
+    # another machine's run: refused while its heartbeat touches the file; taken over once it has stopped
     lock_file.write_text(json.dumps({"host": "other-machine", "pid": os.getpid(), "started": "T1"}))
     with pytest.raises(DigsegError, match=f"host other-machine, started T1.*delete {lock_file}"):
         RunFolderLock(tmp_path).acquire()
+    silent_since = time.time() - STALE_AFTER_S - 5
+    os.utime(lock_file, (silent_since, silent_since))
+    with caplog.at_level(logging.WARNING, logger="digseg.train"):
+        with RunFolderLock(tmp_path):
+            assert "host other-machine" in caplog.text and "no sign of life" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(run_lock, "HEARTBEAT_S", 0.05)  # the holder's heartbeat, sped up
+    with RunFolderLock(tmp_path):
+        os.utime(lock_file, (silent_since, silent_since))
+        deadline = time.monotonic() + 10
+        while lock_file.stat().st_mtime < time.time() - 60 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert lock_file.stat().st_mtime > time.time() - 60, "the holder does not touch its lock file"
 
     # a dead process on this host (the sleeper, reaped): its lock is taken over, with a warning
     lock_file.write_text(json.dumps({"host": socket.gethostname(), "pid": sleeper.pid, "started": "T2"}))

@@ -97,7 +97,8 @@ class Change:
     why: str = ""  # for a refused change that depends on other values: why it matters here
 
     def __str__(self) -> str:
-        return f"{self.field}: {json.dumps(self.old)} -> {json.dumps(self.new)}" + (f" ({self.why})" if self.why else "")
+        why = f" ({self.why})" if self.why else ""
+        return f"{self.field}: {json.dumps(self.old)} -> {json.dumps(self.new)}{why}"
 
 
 @dataclass

@@ -5,10 +5,13 @@
 
 The lock file holds {"host", "pid", "started"} of its holder. It is created with O_CREAT | O_EXCL, so of two
 runs starting at once exactly one gets it, also on a network file system shared by several machines. It is
-removed when the holder releases it (the end of training, an error, Ctrl-C, process exit). A SIGKILLed or
-crashed run leaves its file behind; the next run on the same host finds that its pid is gone and takes the lock
-over with a warning. A lock of another host cannot be checked from here: it is refused, naming that host, and
-the user deletes the file once that run is known to be gone.
+removed when the holder releases it (the end of training, an error, Ctrl-C, process exit). While held, a thread
+of the holder touches it every HEARTBEAT_S seconds.
+
+A SIGKILLed or crashed run leaves its file behind. On the same host the next run finds that the pid is gone and
+takes the lock over with a warning. The pid of another host cannot be checked from here: its lock is refused,
+naming that host, while it shows signs of life; one untouched for STALE_AFTER_S seconds (a run killed there, a
+pre-empted job requeued elsewhere) is taken over with a warning.
 
 Within one process the lock is re-entrant (`digseg train` takes it before loading the model, the trainer again
 when it is built), so a second Trainer on the same folder in the same Python session is not refused.
@@ -21,7 +24,9 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -31,11 +36,32 @@ from ..errors import DigsegError
 logger = logging.getLogger("digseg.train")
 
 LOCK_FILE = ".digseg-train.lock"
-_HELD: dict[Path, int] = {}  # lock files this process holds -> how many holders in it
+HEARTBEAT_S = 15  # the holder touches its lock file this often
+STALE_AFTER_S = 120  # a lock of another host untouched this long is taken over (clocks of two hosts may differ a bit)
+
+
+@dataclass
+class _Holding:
+    """A lock file this process holds: how many holders in it, and the heartbeat thread's stop switch."""
+
+    count: int = 1
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
+_HELD: dict[Path, _Holding] = {}
+
+
+def _heartbeat(path: Path, stop: threading.Event) -> None:
+    while not stop.wait(HEARTBEAT_S):
+        try:
+            os.utime(path)
+        except OSError:  # deleted by hand, or the file system is away for a moment: the holder trains on
+            pass
 
 
 def _me() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "started": datetime.now().astimezone().isoformat(timespec="seconds")}
+    started = datetime.now().astimezone().isoformat(timespec="seconds")
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": started}
 
 
 def describe(holder: dict[str, Any]) -> str:
@@ -81,7 +107,7 @@ class RunFolderLock:
         self.folder.mkdir(parents=True, exist_ok=True)
         key = self._key()
         if key in _HELD:  # this process holds it already
-            _HELD[key] += 1
+            _HELD[key].count += 1
             self._held = True
             return
         me = _me()
@@ -89,26 +115,38 @@ class RunFolderLock:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                holder = self._read_holder()
-                if holder is None:  # released meanwhile
-                    continue
-                if holder.get("host") != me["host"]:
-                    raise DigsegError(f"run folder {self.folder} is in use by a training run on another machine "
-                                      f"({describe(holder)}); if that run has ended, delete {self.path}") from None
-                if holder.get("pid") == me["pid"] or _process_gone(int(holder.get("pid", -1))):
-                    self._take_over(holder)
-                    continue
-                raise DigsegError(f"run folder {self.folder} is in use by another training run ({describe(holder)}); "
-                                  "wait for it to end, or train into another --output") from None
+                self._refuse_or_take_over(me)
+                continue
             try:
                 os.write(fd, json.dumps(me).encode())  # one write: a reader never sees half of it
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            _HELD[key] = 1
+            holding = _HELD[key] = _Holding()
+            threading.Thread(target=_heartbeat, args=(self.path, holding.stop), daemon=True,
+                             name="digseg-lock-heartbeat").start()
             self._held = True
             return
         raise DigsegError(f"could not take the lock {self.path}: other runs keep taking it")
+
+    def _refuse_or_take_over(self, me: dict[str, Any]) -> None:
+        """The lock file exists: a one-line DigsegError naming its holder if that run may be alive, else move the
+        stale file aside (then the next O_EXCL create decides)."""
+        holder = self._read_holder()
+        if holder is None:  # released meanwhile
+            return
+        if holder.get("host") != me["host"]:
+            silent = self._seconds_untouched()
+            if silent < STALE_AFTER_S:
+                raise DigsegError(f"run folder {self.folder} is in use by a training run on another machine "
+                                  f"({describe(holder)}, last sign of life {silent:.0f} s ago); if that run has ended, "
+                                  f"its lock expires {STALE_AFTER_S} s after that, or delete {self.path}")
+            self._take_over(holder, f"no sign of life for {silent:.0f} s")
+        elif holder.get("pid") == me["pid"] or _process_gone(int(holder.get("pid", -1))):
+            self._take_over(holder, "its process is gone")
+        else:
+            raise DigsegError(f"run folder {self.folder} is in use by another training run ({describe(holder)}); "
+                              "wait for it to end, or train into another --output")
 
     def _read_holder(self) -> dict[str, Any] | None:
         """The holder named in the lock file; None if the file is gone. An empty file (its creator has not
@@ -130,7 +168,13 @@ class RunFolderLock:
         raise DigsegError(f"run folder {self.folder} has an unreadable lock file {self.path}; delete it if no "
                           "training run uses this folder")
 
-    def _take_over(self, holder: dict[str, Any]) -> None:
+    def _seconds_untouched(self) -> float:
+        try:
+            return max(0.0, time.time() - self.path.stat().st_mtime)
+        except FileNotFoundError:
+            return 0.0
+
+    def _take_over(self, holder: dict[str, Any], why: str) -> None:
         """Move the stale lock file aside (atomic), so that the next O_EXCL create decides who gets the lock.
         If another run took it over between our read and the move, its fresh file is put back."""
         aside = self.path.with_name(f"{LOCK_FILE}.stale-{os.getpid()}")
@@ -149,8 +193,8 @@ class RunFolderLock:
             pass
         finally:
             aside.unlink(missing_ok=True)
-        logger.warning("run folder %s: took over the lock of a training run that is gone (%s)", self.folder,
-                       describe(holder))
+        logger.warning("run folder %s: took over the lock of a training run that is gone (%s: %s)", self.folder,
+                       describe(holder), why)
 
     def release(self) -> None:
         """Give the lock back; the file is removed when this process's last holder releases it."""
@@ -158,10 +202,10 @@ class RunFolderLock:
             return
         self._held = False
         key = self._key()
-        _HELD[key] -= 1
-        if _HELD[key] > 0:
+        _HELD[key].count -= 1
+        if _HELD[key].count > 0:
             return
-        del _HELD[key]
+        _HELD.pop(key).stop.set()
         try:
             holder = json.loads(self.path.read_text())
         except (OSError, ValueError):
@@ -174,7 +218,7 @@ class RunFolderLock:
 def _release_all() -> None:
     """A process that ends without releasing (an uncaught error in a notebook's trainer, sys.exit) frees its locks."""
     for key in list(_HELD):
-        _HELD[key] = 1
+        _HELD[key].count = 1
         lock = RunFolderLock(key.parent)
         lock._held = True
         lock.release()

@@ -75,7 +75,8 @@ def diffusion_loss(pipe: DiGSegPipeline, unet: nn.Module, pathway: nn.Module, ba
 def _make_accelerator(optim: OptimConfig, run: RunConfig) -> Accelerator:
     """An Accelerator for this run. accelerate keeps one process-wide state; a second trainer in the same
     Python session (a notebook, a test) with another precision resets it instead of failing."""
-    kwargs = dict(gradient_accumulation_steps=optim.gradient_accumulation_steps, mixed_precision=mixed_precision_of(optim),
+    kwargs = dict(gradient_accumulation_steps=optim.gradient_accumulation_steps,
+                  mixed_precision=mixed_precision_of(optim),
                   cpu=launched_without_accelerator(),
                   **TrainingLogger.tracker_kwargs(run.log_with, Path(run.output_dir)))
     try:
@@ -230,7 +231,8 @@ class Trainer:
             logger.warning("%s: AdamW moments not restored (sharded optimizer state is not checkpointed); "
                            "weights, step, LR schedule and data order are", path)
         elif saved_optimizer != self.optim.optimizer:
-            logger.warning("%s: optimizer %s -> %s: its moments start afresh", path, saved_optimizer, self.optim.optimizer)
+            logger.warning("%s: optimizer %s -> %s: its moments start afresh", path, saved_optimizer,
+                           self.optim.optimizer)
         else:
             self.optimizer.load_state_dict(optimizer_state)
         if new_values:
