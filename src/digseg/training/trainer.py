@@ -132,11 +132,6 @@ class Trainer:
         self.show_progress = show_progress
         self.output_dir = Path(run.output_dir)
         self.accelerator = _make_accelerator(opt, run)
-        # one writer per run folder: taken before anything is written there, given back at the end of train()
-        self._lock = RunFolderLock(self.output_dir)
-        if self.accelerator.is_main_process:
-            self._lock.acquire()
-        self._unlock = weakref.finalize(self, self._lock.release)  # a trainer dropped untrained lets go too
         pipe.to(self.accelerator.device)
         self.one_step = pipe.config.objective == "one-step"
         if opt.gradient_checkpointing:
@@ -159,6 +154,11 @@ class Trainer:
         check_can_validate(run.eval_every, preview_dataset, self.accelerator.distributed_type)
         self.best: dict | None = None  # {"step", "metric", "value"}: the best validated step so far (checkpointed)
         self.config_changes: list[dict] = []  # changes made on resume (resume_check.history_entry), checkpointed
+        # one writer per run folder: taken before anything is written there, given back at the end of train()
+        self._lock = RunFolderLock(self.output_dir)
+        if self.accelerator.is_main_process:
+            self._lock.acquire()
+        self._unlock = weakref.finalize(self, self._lock.release)  # a trainer dropped untrained lets go too
         self.logs = TrainingLogger(self.accelerator, self.output_dir, config.to_dict(),
                                    use_tensorboard=bool(self.accelerator.log_with))
 
