@@ -30,7 +30,8 @@ from digseg.training import checkpoint as checkpoint_module
 from digseg.training import run_lock
 from digseg.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from digseg.training.config import SECTIONS, TrainConfig
-from digseg.training.resume_check import FIELD_KINDS, SAFE, TRAJECTORY, check_changes, config_changes
+from digseg.training.resume_check import (FIELD_KINDS, SAFE, TRAJECTORY, check_changes, config_changes,
+                                         plan_resume)
 from digseg.training.run_lock import LOCK_FILE, STALE_AFTER_S, RunFolderLock
 from training_helpers import train_config, trainer
 
@@ -125,6 +126,19 @@ def test_rules_that_depend_on_other_values(tmp_path):
     square, pair = copy.deepcopy(saved), copy.deepcopy(saved)
     square["data"]["crop_size"], pair["data"]["crop_size"] = 64, [64, 64]
     assert config_changes(square, pair, 10) == []
+
+
+def test_a_checkpoint_without_a_recorded_config_is_checked_against_its_run_folder_config(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step-00000003").mkdir(parents=True)
+    (run / "checkpoints" / "step-00000003" / "trainer_state.json").write_text(json.dumps({"step": 3}))
+    old = TrainConfig.from_dict({"run": {"output_dir": str(run)}})
+    old.save(run / "config.yaml", [{"step": 1, "trajectory": "kept", "fields": {"run.log_every": [25, 5]}}])
+    assert plan_resume(old, "latest").changes == []
+    new = TrainConfig.from_dict({"run": {"output_dir": str(run)}, "optim": {"learning_rate": 1e-3}})
+    with pytest.raises(ConfigError, match=r"step-00000003 with a changed config: optim\.learning_rate: 3e-05 -> 0\.0"):
+        plan_resume(new, "latest")
+    assert plan_resume(new, None) is None and plan_resume(new, "latest", allow=True).trajectory_changed
 
 
 # ------------------------------------------------------------------------------------------ the run folder lock

@@ -32,7 +32,7 @@ import yaml
 
 from ..errors import ConfigError
 from .checkpoint import read_trainer_state, resolve_resume
-from .config import CHANGES_KEY, SECTIONS, OptimConfig, TrainConfig
+from .config import SECTIONS, OptimConfig, TrainConfig
 
 logger = logging.getLogger("digseg.train")
 
@@ -186,11 +186,13 @@ def _saved_config(checkpoint: Path, state: dict[str, Any]) -> dict[str, Any] | N
     if state.get("config"):
         return state["config"]
     legacy = checkpoint.parent.parent / "config.yaml"
-    if legacy.is_file():
+    if not legacy.is_file():
+        return None
+    try:
         values = yaml.safe_load(legacy.read_text()) or {}
-        values.pop(CHANGES_KEY, None)
-        return values
-    return None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"cannot parse {legacy}, the config of checkpoint {checkpoint}: {exc}") from exc
+    return values if isinstance(values, dict) else None
 
 
 def plan_resume(config: TrainConfig, resume: str | None, allow: bool = False,
