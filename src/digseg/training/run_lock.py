@@ -89,7 +89,7 @@ class RunFolderLock:
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
         self.path = self.folder / LOCK_FILE
-        self._held = False
+        self._held: Path | None = None  # the resolved lock file, while this object holds it
 
     def __enter__(self) -> RunFolderLock:
         self.acquire()
@@ -98,17 +98,14 @@ class RunFolderLock:
     def __exit__(self, *exc) -> None:
         self.release()
 
-    def _key(self) -> Path:
-        return self.path.resolve()
-
     def acquire(self) -> None:
         if self._held:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        key = self._key()
+        key = self.path.resolve()
         if key in _HELD:  # this process holds it already
             _HELD[key].count += 1
-            self._held = True
+            self._held = key
             return
         me = _me()
         for _ in range(10):  # rounds: only a stale lock taken over by two runs at once needs more than two
@@ -125,7 +122,7 @@ class RunFolderLock:
             holding = _HELD[key] = _Holding()
             threading.Thread(target=_heartbeat, args=(self.path, holding.stop), daemon=True,
                              name="digseg-lock-heartbeat").start()
-            self._held = True
+            self._held = key
             return
         raise DigsegError(f"could not take the lock {self.path}: other runs keep taking it")
 
@@ -198,20 +195,19 @@ class RunFolderLock:
 
     def release(self) -> None:
         """Give the lock back; the file is removed when this process's last holder releases it."""
-        if not self._held:
+        key, self._held = self._held, None
+        if key is None or key not in _HELD:
             return
-        self._held = False
-        key = self._key()
         _HELD[key].count -= 1
         if _HELD[key].count > 0:
             return
         _HELD.pop(key).stop.set()
         try:
-            holder = json.loads(self.path.read_text())
+            holder = json.loads(key.read_text())
         except (OSError, ValueError):
             return
         if holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
-            self.path.unlink(missing_ok=True)
+            key.unlink(missing_ok=True)
 
 
 @atexit.register
@@ -220,5 +216,5 @@ def _release_all() -> None:
     for key in list(_HELD):
         _HELD[key].count = 1
         lock = RunFolderLock(key.parent)
-        lock._held = True
+        lock._held = key
         lock.release()
