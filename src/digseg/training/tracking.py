@@ -1,7 +1,9 @@
 """Training logs: `log.jsonl` always, TensorBoard through accelerate's trackers, and sample predictions.
 
 TensorBoard (`<output_dir>/logs/digseg/`, `tensorboard --logdir <output_dir>/logs`) gets
-  train/loss, train/lr                  every `log_every` steps (the loss averaged over those steps)
+  train/loss, train/lr                  every `log_every` steps (the loss averaged over those steps); on CUDA
+                                        log.jsonl's line also holds memory_mib and memory_reserved_mib, the peak
+                                        GPU memory so far (devices.peak_memory_mib)
   val/<score>                           every `eval_every` steps: the validation scores (training/validation.py)
   samples/prediction                    every `sample_every` steps: for a fixed batch of images (the first
                                         `num_sample_images` of the validation split; training images if there
@@ -25,6 +27,7 @@ from accelerate import Accelerator
 from PIL import Image
 
 from ..data.io import tensor_to_image
+from ..devices import peak_memory_mib
 from ..visualize import overlay, side_by_side
 
 logger = logging.getLogger("digseg.train")
@@ -84,7 +87,8 @@ class TrainingLogger:
         log.write_text("".join(line + "\n" for line in kept))
 
     def log_scalars(self, step: int, loss: float, lr: float) -> None:
-        self._log(step, {"loss": loss, "lr": lr}, {"train/loss": loss, "train/lr": lr})
+        memory = peak_memory_mib(self.accelerator.device)
+        self._log(step, {"loss": loss, "lr": lr, **memory}, {"train/loss": loss, "train/lr": lr})
 
     def log_validation(self, step: int, scores: dict[str, float]) -> None:
         """`scores`: {"val/mIoU": 41.2, ...}, under the same names in log.jsonl and TensorBoard."""
