@@ -35,6 +35,7 @@ out of range.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -173,6 +174,29 @@ def class_names_of(source: str, label_feature, options: HFOptions) -> list[str]:
 # ---------------------------------------------------------------------------------------------- the reader
 
 
+def cell_name(where: str, row: int, column: str) -> str:
+    """How errors name a cell: "hf:beans (train) row 12 column 'label'"."""
+    return f"{where} row {row} column {column!r}"
+
+
+class RowSamples(Sequence):
+    """The samples of a table's `rows`, made when indexed (a million rows cost no million objects): row i is
+    Sample(stem "00000i", image and label naming their cells, row=i). Slices are RowSamples too."""
+
+    def __init__(self, where: str, image_column: str, label_column: str, rows: range) -> None:
+        self.where, self.image_column, self.label_column, self.rows = where, image_column, label_column, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return RowSamples(self.where, self.image_column, self.label_column, self.rows[i])
+        row = self.rows[i]
+        return Sample(f"{row:06d}", cell_name(self.where, row, self.image_column),
+                      cell_name(self.where, row, self.label_column), row=row)
+
+
 class HFSegmentation(SegmentationDataset):
     """One split of an hf: dataset; `name` is "hf:<source>", `split` digseg's split name (or the dataset's own),
     `hf_split` the dataset's name for it. Samples are rows: stems are row numbers (000000, 000001, ...)."""
@@ -198,8 +222,7 @@ class HFSegmentation(SegmentationDataset):
             raise ConfigError(f"--ignore-index {options.ignore_index} marks a class of {self.name}, which has "
                               f"{len(self.class_names)} classes (ids 0..{len(self.class_names) - 1})")
         self.table = self._raw_columns(table)
-        self.samples = [Sample(f"{i:06d}", self._cell_name(i, options.image_column),
-                               self._cell_name(i, options.label_column), row=i) for i in range(len(table))]
+        self.samples = RowSamples(self.where, options.image_column, options.label_column, range(len(table)))
         if not self.samples:
             raise DataError(f"{self.where} has no rows")
         self._row: tuple[int, dict] | None = None  # the last row read (its image and label are read one by one)
@@ -222,7 +245,7 @@ class HFSegmentation(SegmentationDataset):
         return table
 
     def _cell_name(self, row: int, column: str) -> str:
-        return f"{self.where} row {row} column {column!r}"
+        return cell_name(self.where, row, column)
 
     def _cell(self, sample: Sample, column: str):
         if self._row is None or self._row[0] != sample.row:

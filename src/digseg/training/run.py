@@ -112,7 +112,9 @@ def validation_split(config: TrainConfig) -> Dataset | None:
     """The validation split: scored every `run.eval_every` steps, and its first images shown with predictions in
     the trackers. None when neither is on, or when there is no validation split and only previews want one
     (they then show training images); without one, validation is an error."""
-    previews = config.run.sample_every and config.run.log_with != "none"
+    from .tracking import tracker_names
+
+    previews = config.run.sample_every and tracker_names(config.run.log_with)
     if not (previews or config.run.eval_every):
         return None
     try:

@@ -142,15 +142,14 @@ class TrainingLogger:
         """`scores`: {"val/mIoU": 41.2, ...}, under the same names in log.jsonl and TensorBoard."""
         self._log(step, scores, scores)
 
-    def _log(self, step: int, line: dict[str, float], tensorboard: dict[str, float]) -> None:
-        """One log.jsonl line {"step": step, **line}; `tensorboard`'s scalars at `step` to every tracker. Main
-        process only."""
+    def _log(self, step: int, line: dict[str, float], scalars: dict[str, float]) -> None:
+        """One log.jsonl line {"step": step, **line}; `scalars` at `step` to every tracker. Main process only."""
         if not self.accelerator.is_main_process:
             return
         with open(self.output_dir / "log.jsonl", "a") as log:
             log.write(json.dumps({"step": step, **line}) + "\n")
         if self.use_trackers:
-            self.accelerator.log(tensorboard, step=step)
+            self.accelerator.log(scalars, step=step)
 
     @torch.no_grad()
     def log_samples(self, step: int, pipe, samples: list[dict], resolution: int, seed: int) -> None:
