@@ -12,7 +12,8 @@ A reader subclasses `SegmentationDataset`, sets its class attributes and impleme
         def find_samples(self): ...            # -> list[Sample]
         def convert_label(self, raw, path):    # raw stored values -> contiguous ids, ignore_index elsewhere
             ...
-        # labels that are not images (XML polygons): override read_raw_label(sample) instead
+        # labels that are not images (XML polygons): override read_raw_label(sample) instead; images that are
+        # not files (a table's rows, `digseg.data.hf`): read_image(sample) too
 
 `load_pair(i)` gives the native-size PIL image and label array: evaluation reads it, and so does training,
 which augments it (`digseg.training.samples`). Items, `dataset[i]`, are {"image": float [3, H, W] in [-1, 1],
