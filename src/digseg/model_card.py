@@ -23,11 +23,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .protocols import protocol_for
+from .data.hf_options import HF_PREFIX
 
 CARD_FILE = "README.md"
 CARD_TAGS = ["digseg", "image-segmentation", "stable-diffusion", "diffusers"]
-HF_DATASET_PREFIX = "hf:"  # digseg.data.hf_options.HF_PREFIX (data/ sits below this module's layer)
 
 
 def _hub_id(name: str | None, allow_canonical: bool = False) -> str | None:
@@ -59,11 +58,12 @@ def model_facts(pipe) -> dict[str, Any]:
     }
 
 
-def run_facts(config: dict[str, Any], num_processes: int = 1, best: dict | None = None,
+def run_facts(config: dict[str, Any], eval_protocol: str, num_processes: int = 1, best: dict | None = None,
               scores: dict[str, Any] | None = None, previous: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A training run's facts from its config (`TrainConfig.to_dict()`), the best validated step (`{"step", "metric",
-    "value"}`), the last validation's scores (`{"step", "val/mIoU", ...}`) and the card of the model it continued
-    from (`previous`, whose base model and datasets it keeps)."""
+    """A training run's facts from its config (`TrainConfig.to_dict()`), the default `digseg eval` protocol of its
+    dataset (`TestProtocol.source`), the best validated step (`{"step", "metric", "value"}`), the last validation's
+    scores (`{"step", "val/mIoU", ...}`) and the card of the model it continued from (`previous`, whose base model
+    and datasets it keeps)."""
     model, data, optim, run = config["model"], config["data"], config["optim"], config["run"]
     previous = previous or {}
     pretrained = model["pretrained"]
@@ -78,7 +78,7 @@ def run_facts(config: dict[str, Any], num_processes: int = 1, best: dict | None 
             "learning_rate": optim["learning_rate"], "lr_scheduler": optim["lr_scheduler"],
             "mixed_precision": optim["mixed_precision"] or "no", "ema": optim["use_ema"], "seed": run["seed"],
         },
-        "evaluation": {"dataset": data["dataset"], "protocol": protocol_for(data["dataset"]).source},
+        "evaluation": {"dataset": data["dataset"], "protocol": eval_protocol},
     }
     if previous.get("base_model"):
         facts["continued_from"] = pretrained
@@ -166,10 +166,10 @@ def _validation_section(facts: dict[str, Any]) -> str:
 
 def _evaluation_section(facts: dict[str, Any], where: str) -> str:
     e = facts.get("evaluation")
-    if not e:
+    if not e or e["dataset"] == "synthetic":  # generated scenes: `digseg eval` reads datasets on disk
         return ""
     dataset = e["dataset"]
-    root = "" if dataset.startswith(HF_DATASET_PREFIX) or dataset == "synthetic" else " --data-root DATA_ROOT"
+    root = "" if dataset.startswith(HF_PREFIX) else " --data-root DATA_ROOT"
     return ("## Evaluation\n\n"
             f"```bash\ndigseg eval --dataset {dataset}{root} --split val --model {where} --output metrics.json\n```\n\n"
             f"Default test protocol for this data: {e['protocol']}. metrics.json records the protocol used.")
@@ -191,8 +191,8 @@ def render_model_card(facts: dict[str, Any], model_id: str | None = None, folder
     from huggingface_hub import ModelCard, ModelCardData
 
     where = model_id or str(folder)
-    datasets = [d.split(" (")[0][len(HF_DATASET_PREFIX):] for d in facts.get("datasets", [])
-                if d.startswith(HF_DATASET_PREFIX)]
+    datasets = [d.split(" (")[0][len(HF_PREFIX):] for d in facts.get("datasets", [])
+                if d.startswith(HF_PREFIX)]
     datasets = [d for d in (_hub_id(d, allow_canonical=True) for d in datasets) if d]
     data = ModelCardData(library_name="digseg", pipeline_tag="image-segmentation", tags=list(CARD_TAGS),
                          base_model=_hub_id(facts.get("base_model")), datasets=datasets or None, digseg=facts)

@@ -28,6 +28,7 @@ from ..distributed import launched_without_accelerator
 from ..errors import DigsegError
 from ..model_card import read_card_facts, run_facts
 from ..pipeline import DiGSegPipeline
+from ..protocols import protocol_for
 from .batches import Batch, per_sample, slot_generators
 from .checkpoint import (kill_point, list_checkpoints, load_checkpoint, prune_checkpoints, remove_stale, resolve_resume,
                          save_best, save_checkpoint)
@@ -346,7 +347,8 @@ class Trainer:
         self.pipe.register_modules(unet=unet, text_pathway=pathway)
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            card = run_facts(self.config.to_dict(), self.accelerator.num_processes, self.best, self.last_validation,
+            card = run_facts(self.config.to_dict(), protocol_for(self.config.data.dataset).source,
+                             self.accelerator.num_processes, self.best, self.last_validation,
                              previous=read_card_facts(self.config.model.pretrained))
             self.pipe.save_pretrained(self.output_dir, model_card=card)
         self.logs.end()
