@@ -1,24 +1,31 @@
-"""Peak memory of SD2-sized training steps by memory lever: the CPU proxy of the one-GPU recipe's table.
+"""Peak memory of SD2-sized training steps by memory lever: the one-GPU recipe's table.
 
 Each cell is one `digseg train` subprocess on the SD2-sized random backbone (`common.save_sd2_sized_backbone`:
 SD2's 865 M-parameter U-Net, SD's VAE), synthetic scenes at `--size` px without augmentation, bf16 autocast,
 `--steps` steps (AdamW's moments and the EMA copy exist from the first step on), no previews or trackers. The
-process kills itself after
-the last step (`DIGSEG_KILL_AT=step-N`), before any checkpoint or model is written, so saving does not count.
-Peak = the child's ru_maxrss from `os.wait4` (every page it ever had resident: weights, gradients, optimizer
-state, EMA, activations, and the frozen VAE and text encoder).
+process kills itself after the last step (`DIGSEG_KILL_AT=step-N`), before any checkpoint or model is written,
+so saving does not count.
+
+Peak, by device (`--device`, default cuda when there is one):
+- cpu: the child's ru_maxrss from `os.wait4`: every page it ever had resident (weights, gradients, optimizer
+  state, EMA, activations, the frozen VAE and text encoder, the Python runtime).
+- cuda: the peak GPU memory the run logs in log.jsonl at its last step (`devices.peak_memory_mib`): tensors
+  allocated, and in brackets the caching allocator's reserved pool (what the card must hold).
+A cell whose process is killed before its last step (the kernel's out-of-memory killer) or that stops with
+CUDA's out-of-memory error reads "out of memory".
 
 Levers (rows): none (EMA kept beside the weights), gradient checkpointing, 8-bit AdamW (torchao, `lowmem`
 extra), EMA on the CPU, no EMA, all (checkpointing + 8-bit + EMA on the CPU). On a CPU the accelerator's memory
-and host memory are one: "EMA on the CPU" cannot save anything here, and its row shows that; on a GPU it moves
+and host memory are one: "EMA on the CPU" cannot save anything there, and its row shows that; on a GPU it moves
 the EMA copy (4 bytes per trainable parameter) off the card.
 
-    python benchmarks/bench_train_memory.py --batches 1 --size 512     # about 10 min on 2 cores
+    python benchmarks/bench_train_memory.py --batches 1,2,4 --size 512     # about 40 min on 2 CPU cores
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -29,7 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import load_average, machine_summary, save_sd2_sized_backbone  # noqa: E402
+from common import load_average, machine_summary, random_backbone  # noqa: E402
 
 LEVERS = {  # row name -> `digseg train` flags (EMA on unless said otherwise)
     "none": ["--use-ema"],
@@ -42,8 +49,10 @@ LEVERS = {  # row name -> `digseg train` flags (EMA on unless said otherwise)
 }
 
 
-def run_cell(backbone: Path, work: Path, size: int, batch: int, steps: int, flags: list[str]) -> tuple[float, float]:
-    """One training subprocess -> (peak RSS GiB, wall seconds)."""
+def run_cell(backbone: Path, work: Path, device: str, size: int, batch: int, steps: int,
+             flags: list[str]) -> dict | None:
+    """One training subprocess -> {"gib": peak, "reserved_gib": (cuda only), "seconds": wall}; None when it ran
+    out of memory."""
     out = work / "run"
     shutil.rmtree(out, ignore_errors=True)
     config = work / "no_previews.yaml"  # TensorBoard previews run the pipeline at the last step: not a training cost
@@ -55,34 +64,67 @@ def run_cell(backbone: Path, work: Path, size: int, batch: int, steps: int, flag
                "--checkpoint-every", "1000000", "--output", str(out), *flags]
     env = dict(os.environ, DIGSEG_KILL_AT=f"step-{steps}", PYTHONPATH=str(ROOT / "src"),
                HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", DIFFUSERS_VERBOSITY="error")
+    if device == "cpu":
+        env["ACCELERATE_USE_CPU"] = "1"
     start = time.perf_counter()
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
     err = proc.stderr.read()
-    if os.WIFEXITED(status) or os.WTERMSIG(status) != 9:  # it must have reached its kill point
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    log = out / "log.jsonl"
+    lines = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+    last = next((line for line in lines if line.get("step") == steps), None)
+    if last is None:  # it never reached its kill point
+        if "out of memory" in err.lower() or (os.WIFSIGNALED(status) and os.WTERMSIG(status) == 9):
+            return None
         raise SystemExit(f"{' '.join(command)} ended with status {status} before step {steps}:\n{err[-2000:]}")
-    return usage.ru_maxrss / 2**20, time.perf_counter() - start
+    if device == "cpu":
+        return {"gib": usage.ru_maxrss / 2**20, "seconds": seconds}
+    return {"gib": last["memory_mib"] / 1024, "reserved_gib": last["memory_reserved_mib"] / 1024, "seconds": seconds}
+
+
+def format_cell(cell: dict | None) -> str:
+    if cell is None:
+        return "out of memory"
+    reserved = f" [{cell['reserved_gib']:.2f}]" if "reserved_gib" in cell else ""
+    return f"{cell['gib']:.2f}{reserved} ({cell['seconds']:.0f} s)"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when there is one")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--batches", default="1", help="batch sizes, comma-separated (e.g. 1,2,4)")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--levers", default=",".join(LEVERS), help="rows, comma-separated (names above)")
+    parser.add_argument("--model", choices=["sd2", "tiny"], default="sd2",
+                        help="sd2: the SD2-sized backbone the table is about; tiny: a seconds-long check of the script")
+    parser.add_argument("--backbone-dir", type=Path, default=None,
+                        help="keep the SD2-sized backbone here (built once, reused by later runs)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here, after every row")
     args = parser.parse_args()
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    where = torch.cuda.get_device_name() if device == "cuda" else machine_summary()
+    kind = "peak GPU memory allocated [reserved]" if device == "cuda" else "peak RSS"
     batches = [int(b) for b in args.batches.split(",")]
     levers = [name for name in LEVERS if name in args.levers.split(",")] or list(LEVERS)
-    print(f"{machine_summary()}; load {load_average()}; SD2-sized random backbone, {args.size} px, bf16 autocast, "
-          f"{args.steps} steps; peak RSS in GiB (wall s)")
-    print("| lever | " + " | ".join(f"batch {b}" for b in batches) + " |")
-    print("|---|" + "---:|" * len(batches))
+    header = (f"{where}; load {load_average()}; {args.model.upper()}-sized random backbone, {args.size} px, bf16 "
+              f"autocast, {args.steps} steps; {kind} in GiB (wall s)")
+    lines = ["| lever | " + " | ".join(f"batch {b}" for b in batches) + " |", "|---|" + "---:|" * len(batches)]
+    print(header, *lines, sep="\n", flush=True)
+    cells: dict[str, dict[int, dict | None]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        backbone = save_sd2_sized_backbone(work / "sd2")
+        backbone = random_backbone(args.backbone_dir or work / args.model, args.model)
         for name in levers:
-            cells = [run_cell(backbone, work, args.size, b, args.steps, LEVERS[name]) for b in batches]
-            print(f"| {name} | " + " | ".join(f"{gib:.2f} ({wall:.0f} s)" for gib, wall in cells) + " |", flush=True)
+            cells[name] = {b: run_cell(backbone, work, device, args.size, b, args.steps, LEVERS[name]) for b in batches}
+            lines.append(f"| {name} | " + " | ".join(format_cell(cells[name][b]) for b in batches) + " |")
+            print(lines[-1], flush=True)
+            if args.json:
+                args.json.write_text(json.dumps({"device": where, "kind": kind, "size": args.size, "steps": args.steps,
+                                                 "table": "\n".join([header, "", *lines]), "cells": cells}, indent=1))
     print(f"load after: {load_average()}")
 
 

@@ -13,10 +13,13 @@
 #      same modules: eager with the VAE decoder, eager with the light mask decoder, compiled with the light decoder
 #   4. training throughput, 512 px, SD2-sized, bf16: batch 4 and 8, gradient checkpointing off/on
 #   5. the data stage (benchmarks/bench_data.py --gpu-check): decode + augment with loader workers, workers per GPU
+#   6. training memory (benchmarks/bench_train_memory.py): peak GPU memory of an SD2-sized 512 px step by memory
+#      lever at batch 2 (the one-GPU recipe's micro-batch), docs/training.md's table measured on the card
 # Everything goes to $OUT (the device tool returns that folder; default ./gpu-check-out): gpu_check.log (all
 # output), gpu_check.md (every table), *.json (figures). The last line printed is a one-line summary.
 # Exit status: 0 when every step passed; 1 when any failed, timed out or was skipped; 2 without a CUDA device.
-# Needs the `bench` extra beyond the base install (pip install -e ".[bench]"): pytest, scipy for Marigold.
+# Needs the `bench` and `lowmem` extras beyond the base install (pip install -e ".[bench,lowmem]"): pytest, scipy for
+# Marigold, torchao for the 8-bit AdamW rows.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 MODE=gpu
@@ -30,8 +33,8 @@ esac
 WHEELS=.whl  # ignored by git (.gitignore); carried to the device machine
 if [ "$MODE" = prepare ]; then
     # The GPU image has torch, transformers, accelerate, safetensors, huggingface_hub, tensorboard, psutil, PyYAML;
-    # it lacks diffusers and importlib_metadata (diffusers needs it). Same versions as this machine's.
-    versions=$(python3 -c "import diffusers, importlib_metadata as m; print(f'diffusers=={diffusers.__version__} importlib_metadata=={m.version(\"importlib_metadata\")}')")
+    # it lacks diffusers, importlib_metadata (diffusers needs it) and torchao (8-bit AdamW). Same versions as here.
+    versions=$(python3 -c "import diffusers, importlib_metadata as m; print(' '.join(f'{n}=={m.version(n)}' for n in ('diffusers', 'importlib_metadata', 'torchao')))")
     rm -rf "$WHEELS" && mkdir -p "$WHEELS"
     # shellcheck disable=SC2086
     python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -46,7 +49,7 @@ LOG="$OUT/gpu_check.log"
 MD="$OUT/gpu_check.md"
 : >"$LOG"
 : >"$MD"
-STEP_JSONS=(cli inference_eager_vae inference_eager_light training data inference_compiled_light)
+STEP_JSONS=(cli inference_eager_vae inference_eager_light training data train_memory inference_compiled_light)
 for name in "${STEP_JSONS[@]}"; do rm -f "$OUT/$name.json"; done  # a step that fails writes none: show no stale one
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error DIFFUSERS_VERBOSITY=error
 # the check's own torch.compile cache, kept warm between runs; what a cut step wrote there is removed: a step cut
@@ -94,11 +97,13 @@ if [ "$MODE" = gpu ]; then
     DEVICE=cuda; SIZE=512; BATCH=8; INF_FLAGS=(--sizes 512 --dtypes bf16 --repeats 3); TRAIN_FLAGS=(--size 512)
     TEST_ENV=(); BACKBONE=/tmp/digseg-sd2-backbone; CLI_EXPECT=(--expect-device cuda --expect-dtype bf16)
     B_TESTS=150; B_CLI=80; B_INF=110; B_LIGHT=80; B_TRAIN=120; B_DATA=40; B_COMPILE=400; COMPILE_SETTINGS=1x1,1x2,4x2,8x2
+    B_MEM=150; MEM_FLAGS=(--model sd2 --size 512 --batches 2)
 else
     DEVICE=cpu; SIZE=64; BATCH=2; INF_FLAGS=(--quick --dtypes bf16 --repeats 1); TRAIN_FLAGS=(--quick --repeats 1)
     TEST_ENV=(env DIGSEG_TEST_DEVICE=cpu); BACKBONE=/tmp/digseg-tiny-backbone-smoke; rm -rf "$BACKBONE"
     CLI_EXPECT=(--expect-device cpu --expect-dtype fp32)
-    B_TESTS=150; B_CLI=60; B_INF=45; B_LIGHT=45; B_TRAIN=40; B_DATA=40; B_COMPILE=160; TOTAL_BUDGET=295
+    B_TESTS=150; B_CLI=60; B_INF=45; B_LIGHT=45; B_TRAIN=40; B_DATA=40; B_COMPILE=160; TOTAL_BUDGET=340
+    B_MEM=45; MEM_FLAGS=(--model tiny --size 64 --batches 1 --levers "none,no EMA")  # 8-bit AdamW compiles: minutes
     COMPILE_SETTINGS=1x1  # each further shape recompiles: minutes on a CPU
     # one thread: on 2 shared cores OpenMP's spinning barriers made a tiny call 70x slower (6 s instead of 0.08 s)
     export OMP_NUM_THREADS=1
@@ -123,6 +128,8 @@ run_step training "$B_TRAIN" python3 benchmarks/bench_train_throughput.py --devi
 if [ -f benchmarks/bench_data.py ]; then
     run_step data "$B_DATA" python3 benchmarks/bench_data.py --gpu-check --json "$OUT/data.json"
 fi
+run_step train_memory "$B_MEM" python3 benchmarks/bench_train_memory.py --device "$DEVICE" "${MEM_FLAGS[@]}" \
+    --backbone-dir "$BACKBONE" --json "$OUT/train_memory.json"
 run_step inference_compiled_light "$B_COMPILE" "${INF[@]}" --light-decoder --compile --settings "$COMPILE_SETTINGS" --json "$OUT/inference_compiled_light.json"
 
 # every table into gpu_check.md, then the one-line summary (last line printed); exits 1 unless every step passed
@@ -132,7 +139,8 @@ from pathlib import Path
 
 out, seconds, results = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
 tables, parts, device = [], [], "?"
-for name in ("cli", "inference_eager_vae", "inference_eager_light", "inference_compiled_light", "training", "data"):
+for name in ("cli", "inference_eager_vae", "inference_eager_light", "inference_compiled_light", "training", "data",
+             "train_memory"):
     path = out / f"{name}.json"
     if not path.is_file():
         continue
@@ -153,6 +161,10 @@ for name in ("cli", "inference_eager_vae", "inference_eager_light", "inference_c
         parts.append(data.get("summary", "data stage measured"))
     elif name == "cli":
         parts.append(data["summary"])
+    elif name == "train_memory":
+        parts.append("train memory " + ", ".join(
+            f"{lever} {cell['gib']:.1f} GiB" if cell else f"{lever} out of memory"
+            for lever, row in data["cells"].items() for cell in row.values()))
 (out / "gpu_check.md").write_text("\n".join(tables))
 print("\n".join(tables))
 failed = [r.split("=")[0] for r in results if "=ok(" not in r]  # failed, timed out or skipped

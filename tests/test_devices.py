@@ -118,3 +118,20 @@ def test_runtime_info_says_where_a_run_was(monkeypatch):
     assert info["device"] == "cpu" and info["dtype"] == "bf16" and info["num_processes"] == 2
     assert info["torch"] == torch.__version__ and info["peak_memory_bytes"] is None
     assert "cores" in info["device_name"] and info["diffusers"] and info["digseg"]
+
+
+def test_training_log_lines_carry_peak_gpu_memory_on_cuda_only(monkeypatch, tmp_path):
+    """log.jsonl's loss lines hold the peak GPU memory (MiB, mmsegmentation's `memory`) on CUDA, nothing on a CPU."""
+    from types import SimpleNamespace
+
+    from digseg.training.tracking import TrainingLogger
+
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 3 * 2**30 + 5)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device=None: 4 * 2**30)
+    lines = []
+    for device in ("cpu", "cuda:0"):
+        accelerator = SimpleNamespace(device=torch.device(device), is_main_process=True)
+        TrainingLogger(accelerator, tmp_path, {}, use_tensorboard=False).log_scalars(1, 0.5, 1e-4)
+        lines.append((tmp_path / "log.jsonl").read_text().splitlines()[-1])
+    assert lines[0] == '{"step": 1, "loss": 0.5, "lr": 0.0001}'
+    assert lines[1] == '{"step": 1, "loss": 0.5, "lr": 0.0001, "memory_mib": 3072, "memory_reserved_mib": 4096}'

@@ -6,6 +6,7 @@ User errors (a missing file, a bad value) print one line, `error: ...`, and exit
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -71,6 +72,10 @@ _TRAIN_FLAGS = {
     "crop_size": ("data", "crop_size"), "task": ("data", "task"), "latent_cache": ("data", "latent_cache"),
     "num_workers": ("data", "num_workers"), "cache_latents": ("data", "cache_latents"),
     "augmentation": ("data", "augmentation"),
+    "hf_image_column": ("data", "hf_image_column"), "hf_label_column": ("data", "hf_label_column"),
+    "hf_split": ("data", "hf_split"), "hf_val_split": ("data", "hf_val_split"),
+    "classes_file": ("data", "classes_file"), "ignore_index": ("data", "ignore_index"),
+    "reduce_zero_label": ("data", "reduce_zero_label"),
     "max_steps": ("optim", "max_steps"), "batch_size": ("optim", "batch_size"),
     "learning_rate": ("optim", "learning_rate"), "gradient_accumulation_steps": ("optim", "gradient_accumulation_steps"),
     "mixed_precision": ("optim", "mixed_precision"), "use_ema": ("optim", "use_ema"),
@@ -78,7 +83,7 @@ _TRAIN_FLAGS = {
     "gradient_checkpointing": ("optim", "gradient_checkpointing"),
     "output": ("run", "output_dir"), "checkpoint_every": ("run", "checkpoint_every"),
     "keep_checkpoints": ("run", "keep_checkpoints"), "seed": ("run", "seed"),
-    "eval_every": ("run", "eval_every"), "eval_samples": ("run", "eval_samples"),
+    "eval_every": ("run", "eval_every"), "eval_samples": ("run", "eval_samples"), "report_to": ("run", "log_with"),
 }
 
 
@@ -107,6 +112,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .training.run_lock import RunFolderLock
 
     config = _train_config(args)
+    if args.push_to_hub:
+        from .training.hub import check_hub_target
+
+        check_hub_target(args.push_to_hub, args.hub_token)  # before training, not after it
     rank, world = process_info()
     lock = RunFolderLock(config.run.output_dir)
     if rank == 0:
@@ -117,7 +126,23 @@ def cmd_train(args: argparse.Namespace) -> None:
         build_run(config).train(resume=args.resume, allow_config_change=args.allow_config_change)
     finally:
         lock.release()
+    if rank != 0:
+        return
     print(f"saved trained model to {config.run.output_dir}")
+    if args.push_to_hub:
+        from .training.hub import push_to_hub
+
+        url = push_to_hub(config.run.output_dir, args.push_to_hub, token=args.hub_token, private=args.hub_private)
+        print(f"pushed the model to {url}")
+
+
+def _hf_options(args: argparse.Namespace):
+    """The hf: dataset options of eval and train-mask-decoder (`digseg.data.hf_options`); None for other datasets."""
+    from .data.hf_options import hf_options
+
+    return hf_options(args.dataset, hf_image_column=args.hf_image_column, hf_label_column=args.hf_label_column,
+                      hf_split=args.hf_split, classes_file=args.classes_file, ignore_index=args.ignore_index,
+                      reduce_zero_label=args.reduce_zero_label)
 
 
 def cmd_cache_latents(args: argparse.Namespace) -> None:
@@ -147,6 +172,7 @@ def cmd_train_mask_decoder(args: argparse.Namespace) -> None:
     import shutil
 
     from .data.registry import build_dataset
+    from .model_card import model_facts, read_card_facts, write_model_card
     from .training.mask_decoder import fit_light_mask_decoder
 
     placement = _placement(args)
@@ -154,10 +180,11 @@ def cmd_train_mask_decoder(args: argparse.Namespace) -> None:
         widths = [int(w) for w in args.widths.split(",")] if args.widths else None
     except ValueError:
         raise ConfigError(f"--widths must be comma-separated integers, got {args.widths!r}") from None
+    hf = _hf_options(args)
     pipe = _load_model(args.model, placement)
     resolution = args.resolution or pipe.config.default_processing_resolution
     dataset = build_dataset(args.dataset, args.data_root, split="train", size=resolution,
-                            num_scenes=args.num_scenes, seed=args.seed)
+                            num_scenes=args.num_scenes, seed=args.seed, hf=hf)
     decoder, losses, data = fit_light_mask_decoder(
         pipe, dataset, resolution, task=args.task, latent_cache=args.latent_cache, num_samples=args.num_samples,
         block_channels=widths,
@@ -173,8 +200,13 @@ def cmd_train_mask_decoder(args: argparse.Namespace) -> None:
     shutil.rmtree(out / "mask_decoder", ignore_errors=True)
     decoder.save_pretrained(out / "mask_decoder")
     pipe.save_config(out)
+    final_loss = sum(losses[-20:]) / len(losses[-20:])
+    dataset_name = args.dataset + (f" ({args.data_root})" if args.data_root else "")
+    write_model_card(out, {**read_card_facts(out), "model": model_facts(pipe), "mask_decoder_training": {
+        "dataset": dataset_name, "samples": len(data.labels), "steps": args.steps, "target": args.target,
+        "resolution": resolution, "final_loss": round(final_loss, 5)}})
     print(f"light mask decoder: {len(data)} mask latents of {len(data.labels)} samples, {args.steps} steps, "
-          f"final loss {sum(losses[-20:]) / len(losses[-20:]):.4f}; wrote the model with it to {args.output} "
+          f"final loss {final_loss:.4f}; wrote the model with it to {args.output} "
           f"(it decodes masks by default; pass --mask-decoder vae to use the VAE)")
 
 
@@ -227,19 +259,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> None:
     from .data.base import MetricKind
-    from .data.registry import get_dataset_class
-    from .data.splits import split_options
+    from .data.registry import read_dataset
     from .dataset_eval import SUMMARY_COLUMNS, default_protocol, predict_dataset, score_predictions, search_threshold
     from .distributed import is_main_process, process_info
     from .metrics import format_markdown_table
 
     if (args.predictions is None) == (args.model is None):
         raise ConfigError("give exactly one of --predictions DIR (score label PNGs) or --model DIR (predict, then score)")
-    if not args.data_root:
-        raise ConfigError("--data-root is required")
     placement = _placement(args) if args.model else None
-    splits = split_options(args.dataset, args.val_fraction, args.split_file)  # a folder dataset's splits
-    dataset = get_dataset_class(args.dataset)(args.data_root, split=args.split, **splits)
+    # a folder dataset's splits, or how an hf: dataset is read
+    reader = dict(val_fraction=args.val_fraction, split_file=args.split_file, hf=_hf_options(args))
+    dataset = read_dataset(args.dataset, args.data_root, split=args.split, **reader)
     output = Path(args.output)
     predictions = Path(args.predictions) if args.predictions else output.with_suffix("").parent / f"{output.stem}_predictions"
     info: dict = {}
@@ -258,7 +288,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
         query = dict(top_k=args.top_k, templates=args.templates)
         threshold = 0.5
         if args.threshold_search:
-            search_set = get_dataset_class(args.dataset)(args.data_root, split=args.search_split, **splits)
+            search = {**reader, "hf": reader["hf"] and dataclasses.replace(reader["hf"], split=None)}  # not --hf-split
+            search_set = read_dataset(args.dataset, args.data_root, split=args.search_split, **search)
             threshold, dice = search_threshold(pipe, search_set, **kwargs)
             info["threshold_search"] = {"split": args.search_split, "threshold": threshold, "Dice": dice}
             if is_main_process():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+from .data.hf_options import HF_PREFIX, HFOptions
 from .data.splits import DEFAULT_VAL_FRACTION
 from .devices import DEVICE_CHOICES_TEXT, DTYPE_CHOICES
 from .errors import EXIT_SKIPPED
@@ -44,6 +45,31 @@ def _add_device_flags(parser: argparse.ArgumentParser, what: str = "the model ru
                              "ones and on MPS, fp32 on CPU); the model is loaded in it")
 
 
+def _add_hf_flags(group, training: bool = False) -> None:
+    """How an hf: dataset is read (`digseg.data.hf`); `training`: with the validation split's name too."""
+    defaults = HFOptions()
+    group.add_argument("--hf-image-column", metavar="NAME",
+                       help=f"{HF_PREFIX} datasets: the image column (default {defaults.image_column})")
+    group.add_argument("--hf-label-column", metavar="NAME",
+                       help=f"{HF_PREFIX} datasets: the label column, label images or 2-D class-id arrays "
+                            f"(default {defaults.label_column})")
+    group.add_argument("--hf-split", metavar="NAME", help=f"{HF_PREFIX} datasets: the split to read" +
+                       (" for training (default train)" if training else " (default: the dataset's name for "
+                        "--split: validation, val or valid for val)"))
+    if training:
+        group.add_argument("--hf-val-split", metavar="NAME", help=f"{HF_PREFIX} datasets: the split to validate on "
+                           "(default: the first of validation, val, valid)")
+    group.add_argument("--classes-file", metavar="FILE",
+                       help=f"{HF_PREFIX} datasets: class names, one per line (default: the label column's "
+                            "ClassLabel names, or classes.txt / id2label.json beside the data)")
+    group.add_argument("--ignore-index", type=int, metavar="V",
+                       help=f"{HF_PREFIX} datasets: the stored label value of unlabelled pixels "
+                            f"(default {defaults.ignore_index}, as the folder dataset's masks)")
+    group.add_argument("--reduce-zero-label", action=argparse.BooleanOptionalAction, default=None,
+                       help=f"{HF_PREFIX} datasets: stored 0 is unlabelled and v becomes v-1 (mmsegmentation's "
+                            "reduce_zero_label; default off)")
+
+
 def _add_quickstart(sub) -> None:
     """`digseg quickstart`."""
     q = sub.add_parser("quickstart", help="train a tiny model on synthetic scenes, evaluate, save overlays (CPU, minutes)")
@@ -60,8 +86,9 @@ def _add_train(sub) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
     data_flags = t.add_argument_group("data (config section `data`)")
     t.add_argument("--config", help="YAML config; flags below override it")
     t.add_argument("--pretrained", help="Stable Diffusion folder or hub id (or a DiGSeg model folder to continue)")
-    data_flags.add_argument("--dataset", help="synthetic (default), folder, or a registered dataset name such as "
-                                              "ade20k-150 (an unknown name's error lists them all)")
+    data_flags.add_argument("--dataset", help="synthetic (default), folder, a registered dataset name such as "
+                                              "ade20k-150 (an unknown name's error lists them all), or "
+                                              f"{HF_PREFIX}NAME_OR_PATH: a datasets-library dataset (docs/data.md)")
     data_flags.add_argument("--data-root", help="dataset root folder")
     data_flags.add_argument("--val-fraction", type=float, help="folder dataset, flat: share of images held out for "
                             f"val by file-name hash, not trained on (default {DEFAULT_VAL_FRACTION:g})")
@@ -78,6 +105,7 @@ def _add_train(sub) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
     data_flags.add_argument("--cache-latents", action=argparse.BooleanOptionalAction, default=None,
                             help="keep latents in memory (needs --no-augmentation)")
     data_flags.add_argument("--latent-cache", help="a folder from `digseg cache-latents` (needs --no-augmentation)")
+    _add_hf_flags(data_flags, training=True)
     t.add_argument("--output", help="run folder: config.yaml, checkpoints/, the trained model")
     t.add_argument("--max-steps", type=int)
     t.add_argument("--batch-size", type=int)
@@ -105,6 +133,14 @@ def _add_train(sub) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
                         '(pip install "digseg[lowmem]")')
     t.add_argument("--ema-device", choices=EMA_DEVICES,
                    help="where the EMA copy lives between updates (cpu: off the GPU, one copy of the weights less)")
+    t.add_argument("--report-to", metavar="TRACKERS",
+                   help="experiment trackers, comma-separated: tensorboard (default), wandb, mlflow, comet_ml, aim, "
+                        "clearml, dvclive, swanlab, trackio (any accelerate supports), all, or none (docs/training.md)")
+    t.add_argument("--push-to-hub", metavar="REPO",
+                   help="after training, upload the model and its model card to this Hugging Face Hub repository")
+    t.add_argument("--hub-token", help="--push-to-hub: a Hub token (default: HF_TOKEN or `hf auth login`'s)")
+    t.add_argument("--hub-private", action=argparse.BooleanOptionalAction, default=None,
+                   help="--push-to-hub: create the repository private (default: the Hub's default)")
     t.add_argument("--resume", help="'latest' or a checkpoint folder; the config is checked against the checkpoint's "
                                     "(a change that alters the trajectory is refused: docs/training.md)")
     t.add_argument("--allow-config-change", action="store_true",
@@ -139,8 +175,10 @@ def _add_train_mask_decoder(sub) -> None:
     m = sub.add_parser("train-mask-decoder", help="train a light mask decoder that replaces the VAE decoder for masks")
     m.add_argument("--model", required=True, help="a trained DiGSeg model folder")
     m.add_argument("--output", required=True, help="where to write the model with its mask_decoder/ (may be --model)")
-    m.add_argument("--dataset", default="synthetic", help="the model's training dataset (default: synthetic)")
+    m.add_argument("--dataset", default="synthetic",
+                   help=f"the model's training dataset (default: synthetic), or {HF_PREFIX}NAME_OR_PATH")
     m.add_argument("--data-root", help="dataset root folder")
+    _add_hf_flags(m)
     m.add_argument("--resolution", type=int, help="default: the model's processing resolution")
     m.add_argument("--num-scenes", type=int, default=2000, help="synthetic dataset size (default 2000)")
     m.add_argument("--num-samples", type=int, help="use the first N samples (default: all)")
@@ -198,8 +236,10 @@ def _add_predict(sub) -> None:
 def _add_eval(sub) -> None:
     """`digseg eval`."""
     e = sub.add_parser("eval", help="score label PNGs, or run a model over a dataset split and score it")
-    e.add_argument("--dataset", required=True, help="a registered dataset name, e.g. ade20k-150, cityscapes, folder")
+    e.add_argument("--dataset", required=True, help="a registered dataset name, e.g. ade20k-150, cityscapes, folder, "
+                   f"or {HF_PREFIX}NAME_OR_PATH (a datasets-library dataset)")
     e.add_argument("--data-root", help="the dataset's root folder, in its official layout")
+    _add_hf_flags(e)
     e.add_argument("--split", default="val")
     e.add_argument("--val-fraction", type=float, help="folder dataset, flat: share of images held out for val by "
                    f"file-name hash (default {DEFAULT_VAL_FRACTION:g}; 1 scores every image)")

@@ -30,7 +30,6 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .data.base import MetricKind, Sample, SegmentationDataset
-from .data.io import load_image
 from .distributed import gather_objects, is_main_process, shard, sum_tensor, wait_for_everyone
 from .errors import DataError, DigsegError
 from .metrics import SegmentationMetric, binary_scores, per_image_dice_iou
@@ -201,7 +200,7 @@ def predict_dataset(pipe, dataset: SegmentationDataset, out_dir: str | Path, ens
     for index, sample in tqdm(shard(dataset.samples), desc=f"predict {dataset.name}",
                               disable=not (show_progress and is_main_process())):
         try:
-            pending.append((index, sample, load_image(sample.image)))
+            pending.append((index, sample, dataset.read_image(sample)))
         except DataError as exc:
             skipped.append(str(exc))
             logger.warning("skipped: %s", exc)

@@ -163,6 +163,19 @@ def device_name(device: "torch.device | str") -> str:
     return f"{_cpu_name()} ({os.cpu_count()} cores)"
 
 
+def peak_memory_mib(device: "torch.device | str") -> dict[str, int]:
+    """The accelerator memory this process has needed so far, as mmsegmentation logs it: on CUDA
+    {"memory_mib": torch.cuda.max_memory_allocated, "memory_reserved_mib": max_memory_reserved (the caching
+    allocator's pool: what the card must hold)}, in MiB; {} on other devices (a CPU's memory is the process's RSS)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return {}
+    return {"memory_mib": torch.cuda.max_memory_allocated(device) // 2**20,
+            "memory_reserved_mib": torch.cuda.max_memory_reserved(device) // 2**20}
+
+
 def runtime_info(device: "torch.device | str", dtype: "torch.dtype", num_processes: int = 1) -> dict:
     """What an output records about where it ran (JSON values). On CUDA, `peak_memory_bytes` is this process's
     `torch.cuda.max_memory_allocated`: at least the model's weights once the model ran there; None elsewhere."""

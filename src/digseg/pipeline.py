@@ -39,6 +39,7 @@ from .latent_segmentation import LatentSegmentationMixin, SegmentSettings
 from .errors import DigsegError
 from .image_processing import processed_size, resize_to, to_image_list
 from .masks import MaskCodec
+from .model_card import model_facts, write_model_card
 from .native_outputs import PROBABILITY_CLASSES_KEPT, native_outputs, resize_probs, stack_outputs
 from .prompts import palette_prompt, resolve_queries
 from .training.config import MASK_DECODERS, OBJECTIVES
@@ -202,6 +203,12 @@ class DiGSegPipeline(LatentSegmentationMixin, DiffusionPipeline):
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         except (OSError, ValueError) as exc:
             raise DigsegError(f"cannot load DiGSeg model {pretrained_model_name_or_path}: {str(exc).splitlines()[0]}") from exc
+
+    def save_pretrained(self, save_directory: str | Path, *args, model_card: dict | None = None, **kwargs) -> None:
+        """diffusers' `save_pretrained`, and README.md: the model card (`digseg.model_card`) of this model's facts
+        and `model_card`'s (a training run's: base checkpoint, data, settings, validation)."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        write_model_card(save_directory, {**(model_card or {}), "model": model_facts(self)})
 
     def enable_speedups(self, channels_last: bool = True, compile: bool = False, compile_mode: str | None = None) -> "DiGSegPipeline":
         """Channels-last memory format for the U-Net and VAE (faster convolutions on most CPUs and GPUs) and,

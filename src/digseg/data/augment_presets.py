@@ -5,6 +5,7 @@
 Rules behind the presets (the table with reasons is in docs/augmentation.md):
 - Photographs follow mmsegmentation's dataset configs: scale (2048, 512) with crop 512 (ADE20K, COCO-Stuff),
   (2048, 1024) with crop 512x1024 (Cityscapes), ratio 0.5-2.0, cat_max_ratio 0.75, flip, photometric.
+- hf: datasets (`digseg.data.hf`) get the preset of a user's own photographs, "folder"'s.
 - Data with a fixed physical pixel size (satellite ground sampling, microscope magnification, a camera at
   a fixed height) keep their native pixels (`scale=None`) times the 0.5-2.0 ratio, and flip vertically too
   when there is no "up" (overhead and microscope views).
@@ -17,6 +18,8 @@ from typing import Any, Mapping
 
 from ..errors import ConfigError
 from .augment import Augmentation
+from .hf_options import is_hf_dataset
+from .splits import FOLDER_DATASET
 
 _ADE = Augmentation(scale=(2048, 512), ratio_range=(0.5, 2.0), crop_size=(512, 512))
 _CITYSCAPES = Augmentation(scale=(2048, 1024), ratio_range=(0.5, 2.0), crop_size=(512, 1024))
@@ -61,6 +64,8 @@ def augmentation_for(dataset_name: str, crop_size: tuple[int, int] | int | None 
     `crop_size` (the trainer's resolution; an int means square) also multiplies the preset's `scale` by the
     ratio of the short crop sides, so the crop keeps covering the same share of the image (e.g. ADE20K at
     crop 256: scale (1024, 256)). An explicit `scale` or `crop_size` in `overrides` wins over both."""
+    if is_hf_dataset(dataset_name):
+        dataset_name = FOLDER_DATASET
     if dataset_name not in AUGMENT_PRESETS:
         raise ConfigError(f"no augmentation preset for dataset {dataset_name!r}; "
                           f"known: {', '.join(sorted(AUGMENT_PRESETS))}")

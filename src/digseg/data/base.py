@@ -12,7 +12,8 @@ A reader subclasses `SegmentationDataset`, sets its class attributes and impleme
         def find_samples(self): ...            # -> list[Sample]
         def convert_label(self, raw, path):    # raw stored values -> contiguous ids, ignore_index elsewhere
             ...
-        # labels that are not images (XML polygons): override read_raw_label(sample) instead
+        # labels that are not images (XML polygons): override read_raw_label(sample) instead; images that are
+        # not files (a table's rows, `digseg.data.hf`): read_image(sample) too
 
 `load_pair(i)` gives the native-size PIL image and label array: evaluation reads it, and so does training,
 which augments it (`digseg.training.samples`). Items, `dataset[i]`, are {"image": float [3, H, W] in [-1, 1],
@@ -52,9 +53,13 @@ class MetricKind(str, Enum):
 
 @dataclass(frozen=True)
 class Sample:
+    """One image and its label: files, or for a table's row (`digseg.data.hf`) strings naming the row and column
+    (what error messages print) with `row` its index."""
+
     stem: str
-    image: Path
-    label: Path
+    image: Path | str
+    label: Path | str
+    row: int = -1  # a table's row; -1 for files
 
 
 def read_class_file(filename: str) -> list[str]:
@@ -104,6 +109,10 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def read_image(self, sample: Sample) -> Image.Image:
+        """The sample's RGB image, stored pixels (override for images that are not files)."""
+        return load_image(sample.image)
+
     def read_raw_label(self, sample: Sample) -> np.ndarray:
         """The label file as class ids (override for labels that are not images, e.g. XML polygons)."""
         return self.convert_label(load_label(sample.label), sample.label)
@@ -121,7 +130,7 @@ class SegmentationDataset(Dataset):
     def load_pair(self, i: int) -> tuple[Image.Image, np.ndarray]:
         """Native-size (RGB image, int64 label [H, W]); DataError naming the file on any problem."""
         sample = self.samples[i]
-        image = load_image(sample.image)
+        image = self.read_image(sample)
         label = self.read_label(sample)
         if label.shape != (image.height, image.width):
             raise DataError(f"label {sample.label} is {label.shape[1]}x{label.shape[0]} but image {sample.image} "

@@ -2,7 +2,8 @@
 
 Every problem with a user's file (missing, not an image, truncated, wrong number of channels) raises
 `digseg.errors.DataError` with a one-line message naming the path, so the CLI can print it without a
-traceback.
+traceback. Images and labels stored in tables (rows of a `datasets` dataset: `digseg.data.hf`) are decoded from
+their bytes by the same rules (`decode_image_bytes`, `image_to_rgb`, `label_to_array`), their errors naming the row.
 
 EXIF orientation: photos from phones and cameras often store their pixels sideways and an EXIF
 "Orientation" tag that viewers apply. `load_image(path, exif_transpose=True)` applies it, so the pixels are
@@ -16,8 +17,10 @@ items, synthetic scenes, augmentation, the pipeline's PIL and uint8 inputs), `te
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -38,15 +41,30 @@ def _open(path: PathLike, what: str) -> Image.Image:
     if p.is_dir():
         raise DataError(f"cannot read {what} {p}: it is a directory")
     try:
-        with open(p, "rb") as f:  # our own handle: closed even when decoding fails
-            img = Image.open(f)
-            img.load()  # decode now (pixels stay in memory), so truncated files fail here
+        f = open(p, "rb")  # our own handle: closed even when decoding fails
+    except OSError as exc:
+        raise DataError(f"cannot read {what} {p}: {exc.strerror or exc}") from exc
+    with f:
+        return _decode(f, f"{what} {p}")
+
+
+def _decode(file: BinaryIO, name: str) -> Image.Image:
+    """Fully decode the image in `file` (pixels kept in memory), or raise `DataError` "cannot read <name>: ..."."""
+    try:
+        img = Image.open(file)
+        img.load()  # decode now, so truncated files fail here
     except UnidentifiedImageError as exc:
-        raise DataError(f"cannot read {what} {p}: not a recognised image format") from exc
+        raise DataError(f"cannot read {name}: not a recognised image format") from exc
     except Exception as exc:  # PIL raises many types on corrupt input (OSError, SyntaxError, ...)
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"cannot read {what} {p}: {reason}") from exc
+        raise DataError(f"cannot read {name}: {reason}") from exc
     return img
+
+
+def decode_image_bytes(data: bytes, name: str) -> Image.Image:
+    """The image encoded in `data` (a PNG or JPEG file's bytes, as tables store images), fully decoded, in its
+    stored mode; DataError "cannot read <name>: <reason>" for bytes that are not a readable image."""
+    return _decode(io.BytesIO(data), name)
 
 
 def _to_uint8(arr: np.ndarray) -> np.ndarray:
@@ -83,6 +101,11 @@ def load_image(path: PathLike, exif_transpose: bool = False) -> Image.Image:
             img = ImageOps.exif_transpose(img)  # a no-op without an orientation tag
         except Exception as exc:  # a malformed EXIF block
             raise DataError(f"cannot read image {Path(path)}: bad EXIF orientation ({exc})") from exc
+    return image_to_rgb(img, f"image {Path(path)}")
+
+
+def image_to_rgb(img: Image.Image, name: str) -> Image.Image:
+    """`img` in RGB by `load_image`'s rules for modes; DataError "cannot read <name>: ..." when it cannot be."""
     try:
         if img.mode == "RGB":
             return img
@@ -93,8 +116,7 @@ def load_image(path: PathLike, exif_transpose: bool = False) -> Image.Image:
             img = img.convert("RGBA")  # avoids Pillow's palette-transparency warning
         return img.convert("RGB")  # alpha, if any, is dropped
     except Exception as exc:
-        raise DataError(f"cannot read image {Path(path)}: cannot convert mode {img.mode} to RGB "
-                        f"({exc})") from exc
+        raise DataError(f"cannot read {name}: cannot convert mode {img.mode} to RGB ({exc})") from exc
 
 
 def load_label(path: PathLike) -> np.ndarray:
@@ -108,7 +130,12 @@ def load_label(path: PathLike) -> np.ndarray:
         DataError: file missing or unreadable, or the label is not single-channel.
     """
     p = Path(path)
-    img = _open(p, "label")
+    return label_to_array(_open(p, "label"), f"label {p}")
+
+
+def label_to_array(img: Image.Image, name: str) -> np.ndarray:
+    """A decoded label image as an integer array [H, W] by `load_label`'s rules; DataError "<name> must be
+    single-channel ..." (or "<name> holds non-integer float values ...") otherwise."""
     mode = img.mode
     if mode in ("RGB", "RGBA", "RGBX", "LA", "PA"):
         arr = np.asarray(img)  # [H, W, C]
@@ -116,7 +143,7 @@ def load_label(path: PathLike) -> np.ndarray:
             return np.array(arr[..., 0])
         rgb = arr[..., :3]
         if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
-            raise DataError(f"label {p} must be single-channel (class ids), but it is a {mode} "
+            raise DataError(f"{name} must be single-channel (class ids), but it is a {mode} "
                             "image with different colour channels; save it as a grey or palette PNG")
         return np.array(rgb[..., 0])
     if mode == "1":
@@ -129,9 +156,9 @@ def load_label(path: PathLike) -> np.ndarray:
     if mode == "F":
         arr = np.asarray(img)
         if not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.round(arr)):
-            raise DataError(f"label {p} holds non-integer float values; labels must be class ids")
+            raise DataError(f"{name} holds non-integer float values; labels must be class ids")
         return arr.astype(np.int32)
-    raise DataError(f"label {p} must be single-channel (class ids), but its mode is {mode}")
+    raise DataError(f"{name} must be single-channel (class ids), but its mode is {mode}")
 
 
 def list_images(folder: PathLike) -> list[Path]:

@@ -1,6 +1,7 @@
-"""Datasets by name: `build_dataset(name, root, split, size)`.
+"""Datasets by name: `build_dataset(name, root, split, size)`, and `read_dataset` for the readers alone.
 
-"synthetic" is the built-in generator; every other name is a `SegmentationDataset` reader registered in
+"synthetic" is the built-in generator; "hf:<name or path>" is a dataset of the Hugging Face `datasets` library
+(`digseg.data.hf`, its options an `HFOptions`); every other name is a `SegmentationDataset` reader registered in
 `digseg.data.semantic` (ADE20K, PASCAL-Context, COCO-Stuff) or `digseg.data.domains` (Cityscapes,
 BDD100K, DeepGlobe, MoNuSeg, REFUGE2, PhenoBench, and "folder" for a user's own data, whose splits
 `val_fraction` and `split_file` choose: `digseg.data.splits`).
@@ -11,7 +12,8 @@ from __future__ import annotations
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
-from .base import DATASETS
+from .base import DATASETS, SegmentationDataset
+from .hf_options import HF_PREFIX, HFOptions, is_hf_dataset
 from .splits import split_options
 
 
@@ -27,21 +29,41 @@ def dataset_names() -> list[str]:
 def get_dataset_class(name: str):
     _load_readers()
     if name not in DATASETS:
-        raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(dataset_names())}")
+        raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(dataset_names())}, or "
+                          f"{HF_PREFIX}NAME_OR_PATH (a datasets-library dataset)")
     return DATASETS[name]
 
 
-def build_dataset(name: str, root: str | None = None, split: str = "train", size: int | None = None,
-                  num_scenes: int = 2000, seed: int = 0, val_fraction: float | None = None,
-                  split_file: str | None = None) -> Dataset:
-    """The dataset `name` (its `split`, items squashed to `size`); `val_fraction` and `split_file` choose a
-    folder dataset's splits (ConfigError for another dataset)."""
+def read_dataset(name: str, root: str | None = None, split: str = "val", size: int | None = None,
+                 val_fraction: float | None = None, split_file: str | None = None,
+                 hf: HFOptions | None = None) -> SegmentationDataset:
+    """The split of a reader: "hf:..." or a registered name (root: its folder). `val_fraction` and `split_file` choose
+    a folder dataset's splits, `hf` how an hf: dataset is read (ConfigError for another dataset)."""
     options = split_options(name, val_fraction, split_file)
-    if name == "synthetic":
-        from .synthetic import SyntheticScenes
+    if is_hf_dataset(name):
+        if root:
+            raise ConfigError(f"--dataset {name} names its data itself; leave out --data-root (data.data_root)")
+        from .hf import HFSegmentation
 
-        return SyntheticScenes(num_scenes, size=size or 64, seed=seed if split == "train" else seed + 1)
+        return HFSegmentation(name[len(HF_PREFIX):], split=split, size=size, options=hf)
+    if hf is not None:
+        raise ConfigError(f"hf options (columns, --classes-file, label conventions) apply to {HF_PREFIX} datasets; "
+                          f"{name} has its own")
     cls = get_dataset_class(name)
     if not root:
         raise ConfigError(f"--dataset {name} needs --data-root DIR")
     return cls(root, split=split, size=size, **options)
+
+
+def build_dataset(name: str, root: str | None = None, split: str = "train", size: int | None = None,
+                  num_scenes: int = 2000, seed: int = 0, val_fraction: float | None = None,
+                  split_file: str | None = None, hf: HFOptions | None = None) -> Dataset:
+    """The dataset `name` (its `split`, items squashed to `size`): synthetic scenes, or `read_dataset`'s."""
+    if name == "synthetic":
+        split_options(name, val_fraction, split_file)  # ConfigError: synthetic scenes have no folder splits
+        if hf is not None:
+            raise ConfigError(f"hf options apply to {HF_PREFIX} datasets; synthetic scenes have their own")
+        from .synthetic import SyntheticScenes
+
+        return SyntheticScenes(num_scenes, size=size or 64, seed=seed if split == "train" else seed + 1)
+    return read_dataset(name, root, split=split, size=size, val_fraction=val_fraction, split_file=split_file, hf=hf)

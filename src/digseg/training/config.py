@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from ..data.hf_options import hf_options
 from ..data.splits import split_options
 from ..errors import ConfigError
 
@@ -61,7 +62,8 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     # a name in the dataset registry, digseg.data.registry.dataset_names(): "synthetic", "folder" or a reader such
-    # as ade20k-150 (`digseg train --help`; an unknown name's error lists them all)
+    # as ade20k-150 (`digseg train --help`; an unknown name's error lists them all), or "hf:<name or path>", a
+    # dataset of the Hugging Face datasets library (digseg.data.hf)
     dataset: str = "synthetic"
     data_root: str | None = None
     num_scenes: int = 2000  # synthetic only
@@ -69,6 +71,16 @@ class DataConfig:
     # text file of the training images' stems (None: splits/train.txt, images/train/ or the held-out fraction)
     val_fraction: float | None = None
     split_file: str | None = None
+    # hf: datasets only (digseg.data.hf; None: its default): the image and label columns ("image", "label"), the
+    # dataset's splits read for training and validation (None: train; validation, val or valid), a class file,
+    # the stored label value of unlabelled pixels (255) and mmsegmentation's reduce_zero_label (false)
+    hf_image_column: str | None = None
+    hf_label_column: str | None = None
+    hf_split: str | None = None
+    hf_val_split: str | None = None
+    classes_file: str | None = None
+    ignore_index: int | None = None
+    reduce_zero_label: bool | None = None
     # training crop, height x width (an int: square). None = the dataset preset's crop (docs/augmentation.md)
     crop_size: int | list[int] | None = None
     # overrides of the dataset's augmentation preset (keys of digseg.data.augment.Augmentation);
@@ -85,6 +97,7 @@ class DataConfig:
 
     def validate(self) -> None:
         split_options(self.dataset, self.val_fraction, self.split_file)
+        self.hf_options("train")
         if self.task not in TASKS:
             raise ConfigError(f"data.task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.num_workers < 0 or self.prefetch_factor < 1 or self.cache_max_mib < 0:
@@ -97,6 +110,14 @@ class DataConfig:
         if self.augments and (self.cache_latents or self.latent_cache):
             raise ConfigError("latent caches (data.cache_latents, data.latent_cache / --latent-cache) need fixed samples: "
                               "turn augmentation off (data.augmentation: false, or --no-augmentation) to use them")
+
+    def hf_options(self, split: str):
+        """How an hf: dataset's `split` ("train" or "val") is read (`digseg.data.hf.HFOptions`); None for another
+        dataset, ConfigError when hf fields are set for one."""
+        return hf_options(self.dataset, val=split == "val", hf_image_column=self.hf_image_column,
+                          hf_label_column=self.hf_label_column, hf_split=self.hf_split, hf_val_split=self.hf_val_split,
+                          classes_file=self.classes_file, ignore_index=self.ignore_index,
+                          reduce_zero_label=self.reduce_zero_label)
 
     @property
     def augments(self) -> bool:
@@ -152,8 +173,11 @@ class RunConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     log_every: int = 25
-    log_with: str = "tensorboard"  # tensorboard (<output_dir>/logs, when installed) | none; log.jsonl is always written
-    sample_every: int = 250  # predictions on a fixed batch of validation images into TensorBoard; 0 = never
+    # experiment trackers (training/tracking.py): tensorboard (<output_dir>/logs), any tracker accelerate supports
+    # (wandb, mlflow, comet_ml, aim, clearml, dvclive, swanlab, trackio), several comma-separated, all (every one
+    # installed) or none; log.jsonl is always written
+    log_with: str | list[str] = "tensorboard"
+    sample_every: int = 250  # predictions on a fixed batch of validation images into the trackers; 0 = never
     num_sample_images: int = 4
     # score the validation split every `eval_every` steps and at the last step (0 = never), E-Step 1x1 on its first
     # `eval_samples` images; the best step's checkpoint is kept in checkpoints/best/ (docs/training.md)
@@ -164,8 +188,10 @@ class RunConfig:
         for name in ("checkpoint_every", "keep_checkpoints", "log_every", "num_sample_images", "eval_samples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"run.{name} must be >= 1, got {getattr(self, name)}")
-        if self.log_with not in ("tensorboard", "none"):
-            raise ConfigError(f"run.log_with must be tensorboard or none, got {self.log_with!r}")
+        names = self.log_with if isinstance(self.log_with, list) else [self.log_with]
+        if not names or not all(isinstance(name, str) and name.strip() for name in names):
+            raise ConfigError(f"run.log_with must name trackers (tensorboard, wandb, mlflow, ..., all, none), got "
+                              f"{self.log_with!r}")
         for name in ("sample_every", "eval_every", "seed"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"run.{name} must be >= 0, got {getattr(self, name)}")

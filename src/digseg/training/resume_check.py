@@ -50,6 +50,9 @@ FIELD_KINDS: dict[str, str] = {
     "data.val_fraction": TRAJECTORY, "data.split_file": TRAJECTORY, "data.crop_size": TRAJECTORY,
     "data.augmentation": TRAJECTORY, "data.task": TRAJECTORY, "data.negative_prob": TRAJECTORY,
     "data.class_names": TRAJECTORY,
+    "data.hf_image_column": TRAJECTORY, "data.hf_label_column": TRAJECTORY, "data.hf_split": TRAJECTORY,
+    "data.classes_file": TRAJECTORY, "data.ignore_index": TRAJECTORY, "data.reduce_zero_label": TRAJECTORY,
+    "data.hf_val_split": SAFE,  # what validation scores: training is the same without it
     "data.latent_cache": TRAJECTORY,  # latents written by another command, maybe in another precision
     "data.num_workers": SAFE, "data.prefetch_factor": SAFE,  # who reads the samples: each depends on its request only
     "data.cache_latents": SAFE, "data.cache_max_mib": SAFE,  # the run's own VAE latents, kept instead of recomputed

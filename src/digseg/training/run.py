@@ -71,13 +71,14 @@ def training_augmentation(data: DataConfig) -> Augmentation:
 
 def build_dataset(data: DataConfig, seed: int, split: str = "train") -> Dataset:
     """The dataset a `data` section names (synthetic scenes of the crop's size; readers at native size).
-    `data.split_file` names the training images, so it applies to split "train" only."""
+    `data.split_file` names the training images, so it applies to split "train" only; an hf: dataset's split is
+    `data.hf_split` or `data.hf_val_split`."""
     from ..data.registry import build_dataset as build
 
     crop = training_augmentation(data).crop_size
     return build(data.dataset, data.data_root, split=split, size=crop[0] if crop[0] == crop[1] else None,
                  num_scenes=data.num_scenes, seed=seed, val_fraction=data.val_fraction,
-                 split_file=data.split_file if split == "train" else None)
+                 split_file=data.split_file if split == "train" else None, hf=data.hf_options(split))
 
 
 def build_training_data(data: DataConfig, pipe: DiGSegPipeline, dataset: Dataset, seed: int) -> TrainingData:
@@ -109,9 +110,11 @@ def build_training_data(data: DataConfig, pipe: DiGSegPipeline, dataset: Dataset
 
 def validation_split(config: TrainConfig) -> Dataset | None:
     """The validation split: scored every `run.eval_every` steps, and its first images shown with predictions in
-    TensorBoard. None when neither is on, or when there is no validation split and only previews want one
+    the trackers. None when neither is on, or when there is no validation split and only previews want one
     (they then show training images); without one, validation is an error."""
-    previews = config.run.sample_every and config.run.log_with != "none"
+    from .tracking import tracker_names
+
+    previews = config.run.sample_every and tracker_names(config.run.log_with)
     if not (previews or config.run.eval_every):
         return None
     try:
@@ -144,9 +147,11 @@ def build_run(config: TrainConfig, pipe: DiGSegPipeline | None = None, dataset: 
     `config.data`, over `dataset` if given); `trainer.pipe` and `trainer.data` are those. `preview`: the
     validation split (previews, validation); built from `config.data` when neither it nor `dataset` is given.
     The pipeline's prompt template becomes the config's, else the dataset's; its objective becomes the config's."""
+    from .tracking import tracker_names
     from .trainer import Trainer
 
     config.validate()
+    tracker_names(config.run.log_with)  # an unknown tracker fails before the model loads
     if preview is None and dataset is None:
         preview = validation_split(config)
     pipe = pipe if pipe is not None else build_pipeline(config.model)

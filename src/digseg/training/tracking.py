@@ -1,15 +1,25 @@
-"""Training logs: `log.jsonl` always, TensorBoard through accelerate's trackers, and sample predictions.
+"""Training logs: `log.jsonl` always, experiment trackers through accelerate's, and sample predictions.
+
+`run.log_with` names the trackers (`tracker_names`): tensorboard (the default), any other tracker accelerate
+supports (wandb, mlflow, comet_ml, aim, clearml, dvclive, swanlab, trackio, or one registered with
+`accelerate.tracking.register_tracker_class`), several comma-separated, "all" (every one installed) or "none".
+Each gets the same scalars; sample predictions go to those that take images (`log_image`). Each tracker is set up
+as its library says (W&B: `wandb login` or WANDB_MODE=offline; MLflow: MLFLOW_TRACKING_URI; ...); those that
+write files locally (TensorBoard, Aim) write under `<output_dir>/logs`.
 
 TensorBoard (`<output_dir>/logs/digseg/`, `tensorboard --logdir <output_dir>/logs`) gets
-  train/loss, train/lr                  every `log_every` steps (the loss averaged over those steps)
+  train/loss, train/lr                  every `log_every` steps (the loss averaged over those steps); on CUDA
+                                        log.jsonl's line also holds memory_mib and memory_reserved_mib, the peak
+                                        GPU memory so far (devices.peak_memory_mib)
   val/<score>                           every `eval_every` steps: the validation scores (training/validation.py)
   samples/prediction                    every `sample_every` steps: for a fixed batch of images (the first
                                         `num_sample_images` of the validation split; training images if there
                                         is none), rows of input | ground truth | prediction (1x1, the model's
                                         own classes)
 Only the main process writes. Without the `tensorboard` package, log.jsonl is still written and one warning
-says how to get TensorBoard. A resume that changes the config writes a note line into log.jsonl,
-{"step", "config_change": {"section.field": [old, new]}, "trajectory": "kept" | "changed"} (resume_check.py).
+says how to get TensorBoard; any other tracker named but not installed is a ConfigError saying what to install.
+A resume that changes the config writes a note line into log.jsonl, {"step", "config_change": {"section.field":
+[old, new]}, "trajectory": "kept" | "changed"} (resume_check.py).
 """
 
 from __future__ import annotations
@@ -23,17 +33,46 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
 from PIL import Image
 
 from ..data.io import tensor_to_image
+from ..devices import peak_memory_mib
+from ..errors import ConfigError, DigsegError
 from ..visualize import overlay, side_by_side
 
 logger = logging.getLogger("digseg.train")
 
 
+DEFAULT_TRACKER = "tensorboard"  # run.log_with's default (config.py), installed with digseg
+
+
 def tensorboard_available() -> bool:
     """torch's SummaryWriter (accelerate's TensorBoard tracker) needs the `tensorboard` package."""
     return importlib.util.find_spec("tensorboard") is not None
+
+
+def tracker_names(log_with: str | list[str]) -> list[str]:
+    """`run.log_with` ("tensorboard", "wandb,mlflow", ["aim"], "all", "none") as accelerate's tracker names; [] for
+    "none". ConfigError naming the trackers accelerate knows for any other name."""
+    names = log_with.split(",") if isinstance(log_with, str) else list(log_with)
+    names = [str(name).strip() for name in names if str(name).strip()]
+    if names == ["none"]:
+        return []
+    known = sorted(LOGGER_TYPE_TO_CLASS)
+    bad = [name for name in names if name not in (*known, "all")]
+    if bad or not names:
+        raise ConfigError(f"run.log_with (--report-to) takes trackers accelerate supports, comma-separated: "
+                          f"{', '.join(known)}; or all, or none; got {log_with!r}")
+    return list(dict.fromkeys(names))
+
+
+def _installed(name: str) -> bool:
+    """A built-in tracker whose package is installed, or one registered with `register_tracker_class`."""
+    from accelerate.utils import LoggerType
+
+    available = {getattr(t, "value", t) for t in get_available_trackers()}
+    return name in available or name not in {t.value for t in LoggerType}
 
 
 def _hparams(config: dict[str, Any]) -> dict[str, Any]:
@@ -53,25 +92,42 @@ def _hparams(config: dict[str, Any]) -> dict[str, Any]:
 
 
 class TrainingLogger:
-    """Owns the run's logs. With `use_tensorboard`, `accelerator` must have been built with the arguments
-    `tracker_kwargs` returns (its TensorBoard tracker)."""
+    """Owns the run's logs. With `use_trackers`, `accelerator` must have been built with the arguments
+    `tracker_kwargs` returns (its trackers)."""
 
-    def __init__(self, accelerator: Accelerator, output_dir: Path, config: dict[str, Any], use_tensorboard: bool) -> None:
+    def __init__(self, accelerator: Accelerator, output_dir: Path, config: dict[str, Any], use_trackers: bool) -> None:
         self.accelerator = accelerator
         self.output_dir = output_dir
-        self.use_tensorboard = use_tensorboard
-        if use_tensorboard:
-            accelerator.init_trackers("digseg", config=_hparams(config))
+        self.use_trackers = use_trackers
+        self._no_images: set[str] = set()  # trackers already said to take no images
+        if use_trackers:
+            try:
+                accelerator.init_trackers("digseg", config=_hparams(config),
+                                          init_kwargs={"mlflow": {"run_name": output_dir.name},
+                                                       "wandb": {"name": output_dir.name}})
+            except DigsegError:
+                raise
+            except Exception as exc:  # a tracker's own setup (no login, an unreachable server...)
+                names = ", ".join(str(t) for t in accelerator.log_with)
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise ConfigError(f"cannot start the tracker(s) {names} of run.log_with (--report-to): {reason}") from exc
 
     @staticmethod
-    def tracker_kwargs(log_with: str, output_dir: Path) -> dict[str, Any]:
-        """Accelerator(...) arguments for this run's trackers."""
-        if log_with != "tensorboard":
-            return {}
-        if not tensorboard_available():
+    def tracker_kwargs(log_with: str | list[str], output_dir: Path) -> dict[str, Any]:
+        """Accelerator(...) arguments for this run's trackers (`tracker_names`); {} for none. TensorBoard, the
+        default, is dropped with a warning when not installed; another tracker that is not is a ConfigError."""
+        names = tracker_names(log_with)
+        if DEFAULT_TRACKER in names and not tensorboard_available():
             logger.warning("TensorBoard logs are off: `pip install tensorboard` to get them (log.jsonl is written)")
+            names.remove(DEFAULT_TRACKER)
+        missing = [name for name in names if name != "all" and not _installed(name)]
+        if missing:
+            raise ConfigError(f"run.log_with (--report-to) names {', '.join(missing)}, which is not installed: "
+                              f"pip install {' '.join(missing)}")
+        if names == ["all"] and not get_available_trackers():
+            logger.warning("run.log_with is all, but no tracker is installed (log.jsonl is written)")
             return {}
-        return {"log_with": "tensorboard", "project_dir": str(output_dir / "logs")}
+        return {"log_with": names, "project_dir": str(output_dir / "logs")} if names else {}
 
     def truncate_after(self, step: int, revalidate: bool = False) -> None:
         """Drop log.jsonl lines after `step` (written by a killed run after its last checkpoint); with `revalidate`
@@ -87,7 +143,8 @@ class TrainingLogger:
         log.write_text("".join(line + "\n" for line in kept))
 
     def log_scalars(self, step: int, loss: float, lr: float) -> None:
-        self._log(step, {"loss": loss, "lr": lr}, {"train/loss": loss, "train/lr": lr})
+        memory = peak_memory_mib(self.accelerator.device)
+        self._log(step, {"loss": loss, "lr": lr, **memory}, {"train/loss": loss, "train/lr": lr})
 
     def log_config_change(self, change: dict[str, Any]) -> None:
         """A resume's config changes (resume_check.history_entry: {"step", "trajectory", "fields"}), log.jsonl only."""
@@ -100,19 +157,19 @@ class TrainingLogger:
         """`scores`: {"val/mIoU": 41.2, ...}, under the same names in log.jsonl and TensorBoard."""
         self._log(step, scores, scores)
 
-    def _log(self, step: int, line: dict[str, float], tensorboard: dict[str, float]) -> None:
-        """One log.jsonl line {"step": step, **line}; `tensorboard`'s scalars at `step`. Main process only."""
+    def _log(self, step: int, line: dict[str, float], scalars: dict[str, float]) -> None:
+        """One log.jsonl line {"step": step, **line}; `scalars` at `step` to every tracker. Main process only."""
         if not self.accelerator.is_main_process:
             return
         with open(self.output_dir / "log.jsonl", "a") as log:
             log.write(json.dumps({"step": step, **line}) + "\n")
-        if self.use_tensorboard:
-            self.accelerator.log(tensorboard, step=step)
+        if self.use_trackers:
+            self.accelerator.log(scalars, step=step)
 
     @torch.no_grad()
     def log_samples(self, step: int, pipe, samples: list[dict], resolution: int, seed: int) -> None:
         """Predict `samples` (dataset items: image [3, H, W] in [-1, 1], label [H, W]) and log one grid image."""
-        if not (self.use_tensorboard and self.accelerator.is_main_process and samples):
+        if not (self.use_trackers and self.accelerator.is_main_process and samples):
             return
         unet, pathway = pipe.unet, pipe.text_pathway
         was_training = unet.training, pathway.training
@@ -128,9 +185,30 @@ class TrainingLogger:
                              overlay(img, labels, k, skip_background=False))
                 for img, s, labels in zip(images, samples, result.labels)]
         grid = np.concatenate([np.asarray(r) for r in rows], axis=0)  # [rows*H, 3*W, 3]
-        tracker = self.accelerator.get_tracker("tensorboard", unwrap=True)
-        tracker.add_image("samples/prediction", grid, global_step=step, dataformats="HWC")
+        for tracker in self.accelerator.trackers:
+            if not log_image(tracker, "samples/prediction", grid, step) and tracker.name not in self._no_images:
+                self._no_images.add(tracker.name)
+                logger.info("sample predictions are not sent to %s, which digseg logs no images to", tracker.name)
 
     def end(self) -> None:
-        if self.use_tensorboard:
+        if self.use_trackers:
             self.accelerator.end_training()
+
+
+def log_image(tracker, name: str, image: np.ndarray, step: int) -> bool:
+    """Log `image` (uint8 [H, W, 3]) as `name` at `step` to an accelerate tracker, as its library takes images;
+    False for a tracker without images here (comet_ml, dvclive, trackio, custom ones)."""
+    kind = tracker.name
+    if kind == "tensorboard":
+        tracker.writer.add_image(name, image, global_step=step, dataformats="HWC")
+    elif kind == "mlflow":
+        import mlflow
+
+        mlflow.log_image(image, key=name, step=step)
+    elif kind in ("wandb", "swanlab"):
+        tracker.log_images({name: [image]}, step=step)
+    elif kind in ("aim", "clearml"):
+        tracker.log_images({name: image}, step=step)
+    else:
+        return False
+    return True

@@ -5,9 +5,10 @@ prediction target (x0 by default), masking latent cells that cover "ignore" pixe
 config names the one-step objective, with its task loss (`one_step.py`). AdamW, warm-up +
 decay, gradient accumulation, mixed precision, optional EMA, tqdm progress, periodic atomic safetensors
 checkpoints and `resume="latest"`, optional validation with the best step kept (`validation.py`). The run folder
-gets `config.yaml` at the start and the trained pipeline (model_index.json, unet/, vae/, ...) at the end. The main
-process holds the run folder's lock (`run_lock.py`) from the trainer's construction to the end of `train`; a
-resume checks the config against the checkpoint's before any step (`resume_check.py`).
+gets `config.yaml` at the start and the trained pipeline (model_index.json, unet/, vae/, ..., and README.md, the
+model card of what the run knows: `digseg.model_card`) at the end. The main process holds the run folder's lock
+(`run_lock.py`) from the trainer's construction to the end of `train`; a resume checks the config against the
+checkpoint's before any step (`resume_check.py`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from tqdm.auto import tqdm
 
 from ..distributed import launched_without_accelerator
 from ..errors import DigsegError
+from ..model_card import read_card_facts, run_facts
 from ..pipeline import DiGSegPipeline
+from ..protocols import protocol_for
 from .batches import Batch, per_sample, slot_generators
 from .checkpoint import (kill_point, list_checkpoints, load_checkpoint, prune_checkpoints, remove_stale, save_best,
                          save_checkpoint)
@@ -120,7 +123,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, pipe: DiGSegPipeline, data: TrainingData, show_progress: bool = True,
                  preview_dataset: Dataset | None = None) -> None:
-        """`preview_dataset`: the validation split: images whose predictions TensorBoard shows every `sample_every`
+        """`preview_dataset`: the validation split: images whose predictions the trackers show every `sample_every`
         steps (its first `num_sample_images`; None = the first training images), and that validation scores
         every `eval_every` steps (needed then)."""
         self.config = config.validate()
@@ -153,6 +156,7 @@ class Trainer:
         self.last_loss = float("nan")
         check_can_validate(run.eval_every, preview_dataset, self.accelerator.distributed_type)
         self.best: dict | None = None  # {"step", "metric", "value"}: the best validated step so far (checkpointed)
+        self.last_validation: dict | None = None  # {"step", "val/mIoU", ...}: the latest scores (the model card's)
         self.config_changes: list[dict] = []  # changes made on resume (resume_check.history_entry), checkpointed
         # one writer per run folder: taken before anything is written there, given back at the end of train()
         self._lock = RunFolderLock(self.output_dir)
@@ -160,7 +164,7 @@ class Trainer:
             self._lock.acquire()
         self._unlock = weakref.finalize(self, self._lock.release)  # a trainer dropped untrained lets go too
         self.logs = TrainingLogger(self.accelerator, self.output_dir, config.to_dict(),
-                                   use_tensorboard=bool(self.accelerator.log_with))
+                                   use_trackers=bool(self.accelerator.log_with))
 
     def _make_lr_scheduler(self, optimizer: torch.optim.Optimizer, step: int = 0):
         """`optim.lr_scheduler` over `optim.max_steps`, at `step` (a resume with new values: the new schedule's
@@ -365,9 +369,9 @@ class Trainer:
         return diffusion_loss(self.pipe, self.unet, self.text_pathway, batch, gen, self.optim.max_timestep_prob)
 
     def _log_samples(self) -> None:
-        """Predictions for the same `num_sample_images` images (validation, else training) into TensorBoard."""
+        """Predictions for the same `num_sample_images` images (validation, else training) into the trackers."""
         run = self.run
-        if not self.logs.use_tensorboard or not self.accelerator.is_main_process:
+        if not self.logs.use_trackers or not self.accelerator.is_main_process:
             return
         if self._preview_samples is None:
             source = self.preview_dataset if self.preview_dataset is not None else self.data.samples.dataset
@@ -390,6 +394,7 @@ class Trainer:
                               self.optim.batch_size)
         kill_point(f"validation-{self.step}")
         self.logs.log_validation(self.step, result.scores)
+        self.last_validation = {"step": self.step, **result.scores}
         if is_better(result.value, self.best):
             self.best = {"step": self.step, "metric": result.metric, "value": result.value}
             self.save_checkpoint(best=True)
@@ -405,6 +410,9 @@ class Trainer:
         self.pipe.register_modules(unet=unet, text_pathway=pathway)
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            self.pipe.save_pretrained(self.output_dir)
+            card = run_facts(self.config.to_dict(), protocol_for(self.config.data.dataset).source,
+                             self.accelerator.num_processes, self.best, self.last_validation,
+                             previous=read_card_facts(self.config.model.pretrained))
+            self.pipe.save_pretrained(self.output_dir, model_card=card)
         self.logs.end()
         return self.pipe

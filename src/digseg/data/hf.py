@@ -1,0 +1,300 @@
+"""Datasets of the Hugging Face `datasets` library as digseg datasets: `--dataset hf:NAME_OR_PATH`.
+
+NAME_OR_PATH is opened with `datasets` (pip install "digseg[hf]") as a map-style dataset: memory-mapped Arrow
+tables, any row readable at any time and shared with DataLoader workers, so training reads them as it reads files
+(the (seed, step, slot) trajectory, loader workers and exact resume are unchanged). It is, the first that applies:
+- a folder written by `save_to_disk`: `datasets.load_from_disk` (a DatasetDict; one Dataset is split "train");
+- a data file (.parquet, .arrow, .csv, .json, .jsonl): `datasets.load_dataset(<its format>, data_files=...)`,
+  split "train";
+- another folder (data files, split by their names as `datasets` does), or a Hub dataset id: `load_dataset`.
+
+Columns: an image column (`image_column`, default "image") and a label column (`label_column`, default "label")
+holding images (the `Image` feature, or the bytes of PNG/JPEG files) or 2-D arrays of class ids. Both are decoded
+from their stored bytes by `digseg.data.io`'s rules (stored pixels, no EXIF rotation), exactly as the `folder`
+reader decodes its files, so the same image/mask pairs give the same samples.
+
+Splits: digseg's split names map to the dataset's, the first present of `SPLIT_NAMES` (val: validation, val,
+valid); `split` (--hf-split) names one directly, and any other split name is used as given.
+
+Labels: stored value = class id, `ignore_index` (default 255, as the folder reader's masks) = unlabelled;
+`reduce_zero_label` (mmsegmentation's): stored 0 is unlabelled too and v becomes v - 1. Inside digseg unlabelled
+pixels are 255 (65535 above 255 classes), as with every reader.
+
+Class names, the first of:
+1. `classes_file` (--classes-file): a class file (`read_class_list`) naming the ids after conversion;
+2. the label column's feature names (a `ClassLabel`), naming stored values;
+3. beside a local dataset (the folder, or the data file's folder) or in a Hub dataset's repository: `classes.txt`
+   (ids after conversion) or `id2label.json` ({"0": "road", ...}, stored values).
+Names of stored values drop stored 0's name under `reduce_zero_label` (it names the unlabelled pixels).
+
+Every problem is a one-line DataError naming the dataset, split, row and column: a missing column (listing those
+there are), an empty cell, a label that is not single-channel, of another size than its image, or with a class id
+out of range.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..errors import ConfigError, DataError, DigsegError
+from .base import MetricKind, Sample, SegmentationDataset
+from .hf_options import HF_PREFIX, INSTALL_HINT, SPLIT_NAMES, HFOptions
+from .io import decode_image_bytes, image_to_rgb, label_to_array, read_class_list
+
+DATA_FILE_FORMATS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".json": "json", ".jsonl": "json"}
+CLASS_FILES = ("classes.txt", "id2label.json")  # beside a dataset, in this order
+
+
+# ---------------------------------------------------------------------------------------------- opening
+
+
+def _datasets():
+    try:
+        import datasets
+    except ImportError as exc:
+        raise ConfigError(f"{HF_PREFIX} datasets are read with the datasets library: {INSTALL_HINT}") from exc
+    return datasets
+
+
+def _looks_like_hub_id(source: str) -> bool:
+    """'name' or 'org/name' with no leading '.', '/' or '~' (anything else is a local path)."""
+    return source.count("/") <= 1 and not source.startswith((".", "/", "~")) and all(source.split("/"))
+
+
+def _pick_split(available: list[str], split: str, hf_split: str | None, where: str) -> str:
+    """The dataset's split to read for digseg's `split` (or the named `hf_split`); DataError listing the splits."""
+    wanted = (hf_split,) if hf_split else SPLIT_NAMES.get(split, (split,))
+    found = next((name for name in wanted if name in available), None)
+    if found is None:
+        looked = " or ".join(repr(w) for w in wanted)
+        hint = "" if hf_split else " (name one with --hf-split)"
+        raise DataError(f"{where} has no split {looked}; its splits are {', '.join(available)}{hint}")
+    return found
+
+
+def open_split(source: str, split: str, hf_split: str | None = None):
+    """(the `datasets.Dataset` of `split`, the dataset's name for that split); DataError when it cannot be opened."""
+    datasets = _datasets()
+    where = f"{HF_PREFIX}{source}"
+    path = Path(source).expanduser()
+    try:
+        if path.is_dir() and any((path / f).is_file() for f in ("dataset_dict.json", "state.json")):
+            tables = datasets.load_from_disk(str(path))
+        elif path.is_file():
+            fmt = DATA_FILE_FORMATS.get(path.suffix.lower())
+            if fmt is None:
+                raise DataError(f"{where}: cannot read {path.suffix or 'suffix-less'} files; data files are "
+                                f"{', '.join(DATA_FILE_FORMATS)}")
+            tables = datasets.load_dataset(fmt, data_files={"train": str(path)})
+        elif path.is_dir():
+            tables = datasets.load_dataset(str(path))
+        elif _looks_like_hub_id(source):
+            name = _pick_split(datasets.get_dataset_split_names(source), split, hf_split, where)
+            return datasets.load_dataset(source, split=name), name
+        else:
+            raise DataError(f"{where}: no such file or folder: {path}")
+    except DigsegError:
+        raise
+    except Exception as exc:  # datasets and the Hub client raise many types (FileNotFoundError, ConnectionError...)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{where}: cannot open it with datasets: {reason}") from exc
+    if isinstance(tables, datasets.Dataset):  # one dataset without splits
+        tables = datasets.DatasetDict(train=tables)
+    name = _pick_split(list(tables), split, hf_split, where)
+    return tables[name], name
+
+
+# ---------------------------------------------------------------------------------------------- class names
+
+
+def _feature_names(feature) -> list[str] | None:
+    """The names of a ClassLabel feature, also inside sequences of them; None for other features."""
+    while feature is not None:
+        names = getattr(feature, "names", None)
+        if names:
+            return list(names)
+        feature = getattr(feature, "feature", None)
+    return None
+
+
+def _read_id2label(path: Path) -> list[str]:
+    """{"0": "road", "1": "sidewalk", ...} -> names by id; DataError naming the file unless ids are 0..n-1."""
+    try:
+        table = json.loads(Path(path).read_text(encoding="utf-8"))
+        names = {int(k): str(v) for k, v in table.items()}
+    except (OSError, ValueError, AttributeError) as exc:
+        raise DataError(f"cannot read class names from {path}: {exc}") from exc
+    if not names or sorted(names) != list(range(len(names))):
+        raise DataError(f"class file {path} must map the ids 0..n-1 to names, got ids {sorted(names)[:5]}...")
+    return [names[i] for i in range(len(names))]
+
+
+def _class_file(source: str) -> Path | None:
+    """classes.txt or id2label.json beside a local dataset, or in a Hub dataset's repository (when reachable)."""
+    path = Path(source).expanduser()
+    if path.exists():
+        folder = path if path.is_dir() else path.parent
+        return next((folder / name for name in CLASS_FILES if (folder / name).is_file()), None)
+    if not _looks_like_hub_id(source):
+        return None
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        return None
+    for name in CLASS_FILES:
+        try:
+            return Path(hf_hub_download(source, name, repo_type="dataset"))
+        except Exception:  # not in the repository, offline, no access: try the next source
+            continue
+    return None
+
+
+def class_names_of(source: str, label_feature, options: HFOptions) -> list[str]:
+    """The class names by the rules of the module docstring; DataError saying where names may come from."""
+    if options.classes_file:
+        return read_class_list(options.classes_file)
+    stored = _feature_names(label_feature)
+    if stored is None:
+        file = _class_file(source)
+        if file is not None and file.name == "classes.txt":
+            return read_class_list(file)
+        stored = _read_id2label(file) if file is not None else None
+    if stored is None:
+        raise DataError(f"{HF_PREFIX}{source}: no class names: the label column {options.label_column!r} has no "
+                        f"ClassLabel names and there is no {' or '.join(CLASS_FILES)} beside the data; pass "
+                        "--classes-file FILE (one class name per line)")
+    return stored[1:] if options.reduce_zero_label else stored
+
+
+# ---------------------------------------------------------------------------------------------- the reader
+
+
+def cell_name(where: str, row: int, column: str) -> str:
+    """How errors name a cell: "hf:beans (train) row 12 column 'label'"."""
+    return f"{where} row {row} column {column!r}"
+
+
+class RowSamples(Sequence):
+    """The samples of a table's `rows`, made when indexed (a million rows cost no million objects): row i is
+    Sample(stem "00000i", image and label naming their cells, row=i). Slices are RowSamples too."""
+
+    def __init__(self, where: str, image_column: str, label_column: str, rows: range) -> None:
+        self.where, self.image_column, self.label_column, self.rows = where, image_column, label_column, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return RowSamples(self.where, self.image_column, self.label_column, self.rows[i])
+        row = self.rows[i]
+        return Sample(f"{row:06d}", cell_name(self.where, row, self.image_column),
+                      cell_name(self.where, row, self.label_column), row=row)
+
+
+class HFSegmentation(SegmentationDataset):
+    """One split of an hf: dataset; `name` is "hf:<source>", `split` digseg's split name (or the dataset's own),
+    `hf_split` the dataset's name for it. Samples are rows: stems are row numbers (000000, 000001, ...)."""
+
+    metric = MetricKind.SEMANTIC
+
+    def __init__(self, source: str, split: str = "val", size: int | None = None,
+                 options: HFOptions | None = None) -> None:  # noqa: D107  (no super().__init__: rows, not files)
+        self.options = options = options or HFOptions()
+        self.source, self.root, self.split, self.size = source, source, split, size
+        self.name = f"{HF_PREFIX}{source}"
+        table, self.hf_split = open_split(source, split, options.split)
+        self.where = f"{self.name} ({self.hf_split})"
+        columns = list(table.column_names)
+        for flag, column in (("--hf-image-column", options.image_column), ("--hf-label-column", options.label_column)):
+            if column not in columns:
+                raise DataError(f"{self.where} has no column {column!r} (choose with {flag}); its columns are "
+                                f"{', '.join(columns)}")
+        self.class_names = class_names_of(source, table.features[options.label_column], options)
+        self.ignore_index = 255 if len(self.class_names) <= 255 else 65535
+        first_class = options.ignore_index - int(options.reduce_zero_label)
+        if 0 <= first_class < len(self.class_names):
+            raise ConfigError(f"--ignore-index {options.ignore_index} marks a class of {self.name}, which has "
+                              f"{len(self.class_names)} classes (ids 0..{len(self.class_names) - 1})")
+        self.table = self._raw_columns(table)
+        self.samples = RowSamples(self.where, options.image_column, options.label_column, range(len(table)))
+        if not self.samples:
+            raise DataError(f"{self.where} has no rows")
+        self._row: tuple[int, dict] | None = None  # the last row read (its image and label are read one by one)
+
+    def __repr__(self) -> str:
+        return f"HFSegmentation({self.source!r}, split={self.split!r}): {len(self)} rows of split {self.hf_split!r}"
+
+    def layout_hint(self) -> str:
+        return (f"an image column {self.options.image_column!r} and a label column {self.options.label_column!r} "
+                "(--hf-image-column, --hf-label-column)")
+
+    def _raw_columns(self, table):
+        """The two columns, images kept as their stored bytes (decoded here, by digseg's rules)."""
+        datasets = _datasets()
+        image, label = self.options.image_column, self.options.label_column
+        table = table.select_columns(list(dict.fromkeys([image, label])))
+        for column in dict.fromkeys([image, label]):
+            if isinstance(table.features[column], datasets.Image):
+                table = table.cast_column(column, datasets.Image(decode=False))
+        return table
+
+    def _cell_name(self, row: int, column: str) -> str:
+        return cell_name(self.where, row, column)
+
+    def _cell(self, sample: Sample, column: str):
+        if self._row is None or self._row[0] != sample.row:
+            self._row = (sample.row, self.table[sample.row])
+        value = self._row[1][column]
+        if value is None or (isinstance(value, dict) and not (value.get("bytes") or value.get("path"))):
+            raise DataError(f"{self._cell_name(sample.row, column)} is empty")
+        return value
+
+    def _decoded(self, value, name: str) -> Image.Image | np.ndarray:
+        """A cell as a decoded image (stored mode), or as an array when it holds pixel values."""
+        if isinstance(value, Image.Image):
+            return value
+        if isinstance(value, dict):  # the Image feature's storage: file bytes, or a path when not embedded
+            data = value.get("bytes")
+            if not data:
+                try:
+                    data = Path(value["path"]).read_bytes()
+                except OSError as exc:
+                    raise DataError(f"cannot read {name}: {exc.strerror or exc} ({value['path']})") from exc
+            return decode_image_bytes(data, name)
+        if isinstance(value, (bytes, bytearray)):
+            return decode_image_bytes(bytes(value), name)
+        return np.asarray(value)
+
+    def read_image(self, sample: Sample) -> Image.Image:
+        name = str(sample.image)
+        value = self._decoded(self._cell(sample, self.options.image_column), name)
+        if isinstance(value, np.ndarray):
+            if value.ndim not in (2, 3) or value.dtype.kind not in "uif":
+                raise DataError(f"cannot read {name}: an array of shape {value.shape} is not an image")
+            value = Image.fromarray(value.astype(np.uint8) if value.dtype != np.uint8 else value)
+        return image_to_rgb(value, name)
+
+    def read_raw_label(self, sample: Sample) -> np.ndarray:
+        name = str(sample.label)
+        value = self._decoded(self._cell(sample, self.options.label_column), name)
+        if isinstance(value, Image.Image):
+            value = label_to_array(value, name)
+        elif value.ndim != 2 or value.dtype.kind not in "iub":
+            raise DataError(f"{name} must be a 2-D array of class ids, got {value.dtype} of shape {value.shape}")
+        return self.convert_label(value, sample.label)
+
+    def convert_label(self, raw: np.ndarray, path) -> np.ndarray:
+        """Stored values -> class ids: the stored ignore value (and 0, with reduce_zero_label) -> `ignore_index`."""
+        values = raw.astype(np.int64)
+        unlabelled = values == self.options.ignore_index
+        if self.options.reduce_zero_label:
+            unlabelled |= values == 0
+            values = values - 1
+        return np.where(unlabelled, self.ignore_index, values)
+

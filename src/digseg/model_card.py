@@ -1,0 +1,220 @@
+"""The model card: a README.md in every saved DiGSeg model folder, as diffusers pipelines carry one.
+
+`write_model_card(folder, facts)` writes it; every save path calls it: `DiGSegPipeline.save_pretrained` (the trainer's
+final model, one-step models included, with the run's facts), `digseg train-mask-decoder` (adding its own), and
+`digseg train --push-to-hub` (again, with the repository id in the loading snippet). The card is YAML metadata (the
+Hub's fields: library_name, pipeline_tag, tags, base_model and datasets where they are Hub ids, and `digseg`: every
+fact below) and a text written from those facts alone, so a later save reads the earlier facts back
+(`read_card_facts`) and keeps them.
+
+Facts (a dict; each part optional):
+    model       what the model folder says (`model_facts`): classes, objective, decoders, resolution, steps
+    base_model  the Stable Diffusion checkpoint the model was made from; `continued_from`: a DiGSeg model it
+                was trained further from
+    datasets    the training data, as given to --dataset (with the data root where there is one)
+    training    the run's settings (`run_facts`): objective, steps, batch, crop, learning rate, seed, EMA
+    validation  the scores of the last validation, the best step, and the protocol they were measured with
+    evaluation  the `digseg eval` protocol of the training data (its dataset preset)
+    mask_decoder_training   what `digseg train-mask-decoder` did: data, steps, target, final loss
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .data.hf_options import HF_PREFIX
+
+CARD_FILE = "README.md"
+CARD_TAGS = ["digseg", "image-segmentation", "stable-diffusion", "diffusers"]
+
+
+def _hub_id(name: str | None, allow_canonical: bool = False) -> str | None:
+    """`name` if it reads as a Hub repository id and is no local path, else None (the Hub rejects paths)."""
+    if not name or Path(name).expanduser().exists() or name.startswith((".", "/", "~")):
+        return None
+    parts = name.split("/")
+    return name if all(parts) and (len(parts) == 2 or (allow_canonical and len(parts) == 1)) else None
+
+
+def model_facts(pipe) -> dict[str, Any]:
+    """What a DiGSeg pipeline says about itself (its config and components)."""
+    config = pipe.config
+    names = list(config.class_names or [])
+    if config.open_clip_text_encoder:
+        text = f"open_clip:{config.open_clip_text_encoder}"
+    else:
+        text = f"{type(pipe.text_encoder).__name__} ({pipe.text_encoder.config.hidden_size}-d)"
+    return {
+        "classes": names,
+        "objective": config.objective,
+        "one_step_decoder": config.one_step_decoder,
+        "light_mask_decoder": pipe.mask_decoder is not None,
+        "prediction_type": pipe.scheduler.config.prediction_type,
+        "processing_resolution": int(config.default_processing_resolution),
+        "denoising_steps": int(config.default_denoising_steps),
+        "prompt_template": config.prompt_template,
+        "text_encoder": str(text),
+    }
+
+
+def run_facts(config: dict[str, Any], eval_protocol: str, num_processes: int = 1, best: dict | None = None,
+              scores: dict[str, Any] | None = None, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A training run's facts from its config (`TrainConfig.to_dict()`), the default `digseg eval` protocol of its
+    dataset (`TestProtocol.source`), the best validated step (`{"step", "metric", "value"}`), the last validation's
+    scores (`{"step", "val/mIoU", ...}`) and the card of the model it continued from (`previous`, whose base model
+    and datasets it keeps)."""
+    model, data, optim, run = config["model"], config["data"], config["optim"], config["run"]
+    previous = previous or {}
+    pretrained = model["pretrained"]
+    dataset = data["dataset"] + (f" ({data['data_root']})" if data.get("data_root") else "")
+    facts: dict[str, Any] = {
+        "base_model": previous.get("base_model") or pretrained,
+        "datasets": list(dict.fromkeys([*previous.get("datasets", []), dataset])),
+        "training": {
+            "objective": model["objective"], "steps": optim["max_steps"], "batch_size": optim["batch_size"],
+            "processes": num_processes, "gradient_accumulation_steps": optim["gradient_accumulation_steps"],
+            "crop_size": data["crop_size"], "augmentation": bool(data["augmentation"]), "task": data["task"],
+            "learning_rate": optim["learning_rate"], "lr_scheduler": optim["lr_scheduler"],
+            "mixed_precision": optim["mixed_precision"] or "no", "ema": optim["use_ema"], "seed": run["seed"],
+        },
+        "evaluation": {"dataset": data["dataset"], "protocol": eval_protocol},
+    }
+    if previous.get("base_model"):
+        facts["continued_from"] = pretrained
+    if scores:
+        facts["validation"] = {
+            "step": scores.get("step"), "scores": {k: v for k, v in scores.items() if k != "step"},
+            "best": best, "protocol": f"the first {run['eval_samples']} images of the validation split, E-Step 1x1, "
+                                      f"whole image at the processing resolution, seed {run['seed']}",
+        }
+    return facts
+
+
+def read_card_facts(folder: str | Path) -> dict[str, Any]:
+    """The facts stored in `folder`'s model card ({} when it has none, or one digseg did not write)."""
+    path = Path(folder) / CARD_FILE
+    if not path.is_file():
+        return {}
+    from huggingface_hub import ModelCard
+
+    try:
+        facts = ModelCard.load(path).data.to_dict().get("digseg")
+    except Exception:  # a hand-written README without (valid) metadata
+        return {}
+    return dict(facts) if isinstance(facts, dict) else {}
+
+
+def _rows(pairs: list[tuple[str, Any]]) -> str:
+    lines = ["| | |", "|---|---|"]
+    lines += [f"| {key} | {value} |" for key, value in pairs if value not in (None, "", [])]
+    return "\n".join(lines)
+
+
+def _model_section(model: dict[str, Any], facts: dict[str, Any]) -> str:
+    names = model.get("classes", [])
+    shown = ", ".join(names[:20]) + (f", ... ({len(names) - 20} more)" if len(names) > 20 else "")
+    objective = model.get("objective", "diffusion")
+    if objective == "one-step":
+        objective += f" (one deterministic pass, trained through the {model.get('one_step_decoder')} mask decoder)"
+    else:
+        objective += f" (denoising; prediction type {model.get('prediction_type')})"
+    return "## Model\n\n" + _rows([
+        ("Base checkpoint", facts.get("base_model")), ("Continued from", facts.get("continued_from")),
+        ("Classes", f"{len(names)}: {shown}" if names else "none (prompted with text only)"),
+        ("Objective", objective),
+        ("Mask decoder", "light (mask_decoder/), used by default" if model.get("light_mask_decoder")
+         else "the VAE decoder"),
+        ("Text encoder", model.get("text_encoder")), ("Prompt template", f"`{model.get('prompt_template')}`"),
+        ("Processing resolution", model.get("processing_resolution")),
+        ("Default denoising steps", model.get("denoising_steps")),
+    ])
+
+
+def _training_section(facts: dict[str, Any]) -> str:
+    t = facts.get("training")
+    if not t:
+        return ""
+    crop = t.get("crop_size")
+    crop = "x".join(map(str, crop)) if isinstance(crop, list) else (crop or "the dataset preset's")
+    batch = f"{t['batch_size']} per process x {t['processes']} process(es) x {t['gradient_accumulation_steps']} " \
+            "accumulation step(s)"
+    return "## Training\n\n" + _rows([
+        ("Datasets", ", ".join(facts.get("datasets", []))), ("Objective", t.get("objective")),
+        ("Steps", t.get("steps")), ("Batch", batch), ("Crop", crop),
+        ("Augmentation", "the dataset's preset" if t.get("augmentation") else "off"), ("Task", t.get("task")),
+        ("Learning rate", f"{t.get('learning_rate')} ({t.get('lr_scheduler')})"),
+        ("Mixed precision", t.get("mixed_precision")), ("EMA", "yes" if t.get("ema") else "no"),
+        ("Seed", t.get("seed")),
+    ])
+
+
+def _validation_section(facts: dict[str, Any]) -> str:
+    v = facts.get("validation")
+    if not v:
+        return ""
+    scores = v.get("scores", {})
+    head = "| " + " | ".join(k.removeprefix("val/") for k in scores) + " |"
+    line = "|" + "---|" * len(scores)
+    values = "| " + " | ".join(f"{value:.2f}" for value in scores.values()) + " |"
+    best = v.get("best")
+    best_line = (f"\n\nBest step: {best['step']} ({best['metric']} {best['value']:.2f}); its checkpoint is kept in the "
+                 "run folder's checkpoints/best/.") if best else ""
+    return (f"## Validation\n\nAt step {v.get('step')} (the saved weights), on {v.get('protocol')}:\n\n"
+            f"{head}\n{line}\n{values}{best_line}")
+
+
+def _evaluation_section(facts: dict[str, Any], where: str) -> str:
+    e = facts.get("evaluation")
+    if not e or e["dataset"] == "synthetic":  # generated scenes: `digseg eval` reads datasets on disk
+        return ""
+    dataset = e["dataset"]
+    root = "" if dataset.startswith(HF_PREFIX) else " --data-root DATA_ROOT"
+    return ("## Evaluation\n\n"
+            f"```bash\ndigseg eval --dataset {dataset}{root} --split val --model {where} --output metrics.json\n```\n\n"
+            f"Default test protocol for this data: {e['protocol']}. metrics.json records the protocol used.")
+
+
+def _decoder_section(facts: dict[str, Any]) -> str:
+    m = facts.get("mask_decoder_training")
+    if not m:
+        return ""
+    return "## Light mask decoder training\n\n" + _rows([
+        ("Dataset", m.get("dataset")), ("Samples", m.get("samples")), ("Steps", m.get("steps")),
+        ("Target", m.get("target")), ("Resolution", m.get("resolution")), ("Final loss", m.get("final_loss")),
+    ])
+
+
+def render_model_card(facts: dict[str, Any], model_id: str | None = None, folder: str | Path = ".") -> str:
+    """The README.md text (YAML metadata + Markdown) for `facts`; the loading snippet names `model_id` (a Hub
+    repository) or `folder`."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    where = model_id or str(folder)
+    datasets = [d.split(" (")[0][len(HF_PREFIX):] for d in facts.get("datasets", [])
+                if d.startswith(HF_PREFIX)]
+    datasets = [d for d in (_hub_id(d, allow_canonical=True) for d in datasets) if d]
+    data = ModelCardData(library_name="digseg", pipeline_tag="image-segmentation", tags=list(CARD_TAGS),
+                         base_model=_hub_id(facts.get("base_model")), datasets=datasets or None, digseg=facts)
+    model = facts.get("model", {})
+    title = model_id or Path(folder).resolve().name
+    usage = (
+        "## How to use\n\n"
+        "```python\nfrom digseg import DiGSegPipeline\n\n"
+        f'pipe = DiGSegPipeline.from_pretrained("{where}")\n'
+        'result = pipe("photo.jpg")  # result.labels: [1, H, W] class ids over the classes above\n```\n\n'
+        "or from the command line, with digseg installed:\n\n"
+        f"```bash\ndigseg predict --model {where} --image photo.jpg --output predictions/\n```")
+    sections = [f"# {title}", "A DiGSeg text-prompted segmenter: a Stable Diffusion model fine-tuned to generate "
+                "segmentation masks, conditioned on the image and on class names.",
+                _model_section(model, facts), _training_section(facts), _validation_section(facts),
+                _evaluation_section(facts, where), _decoder_section(facts), usage]
+    content = "\n\n".join(s for s in sections if s) + "\n"
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n{content}"))
+
+
+def write_model_card(folder: str | Path, facts: dict[str, Any], model_id: str | None = None) -> Path:
+    """Write `folder`/README.md for `facts` (see the module docstring); -> its path."""
+    path = Path(folder) / CARD_FILE
+    path.write_text(render_model_card(facts, model_id, folder), encoding="utf-8")
+    return path
