@@ -180,6 +180,9 @@ def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path, caplog, 
                 pass
             assert lock_file.is_file()
         assert not lock.path.exists() and not list(tmp_path.glob(f"{LOCK_FILE}*"))
+    with RunFolderLock(tmp_path / "new"):  # a folder the lock had to create, left empty: removed on release
+        assert (tmp_path / "new" / LOCK_FILE).is_file()
+    assert not (tmp_path / "new").exists()
 
 
 # ------------------------------------------------------------------------------------------ failed checkpoint writes

@@ -42,10 +42,12 @@ STALE_AFTER_S = 120  # a lock of another host untouched this long is taken over 
 
 @dataclass
 class _Holding:
-    """A lock file this process holds: how many holders in it, and the heartbeat thread's stop switch."""
+    """A lock file this process holds: how many holders in it, the heartbeat thread's stop switch, and whether
+    taking the lock created the run folder (then a run that wrote nothing there leaves no folder behind)."""
 
     count: int = 1
     stop: threading.Event = field(default_factory=threading.Event)
+    created_folder: bool = False
 
 
 _HELD: dict[Path, _Holding] = {}
@@ -101,6 +103,7 @@ class RunFolderLock:
     def acquire(self) -> None:
         if self._held:
             return
+        created = not self.folder.exists()
         self.folder.mkdir(parents=True, exist_ok=True)
         key = self.path.resolve()
         if key in _HELD:  # this process holds it already
@@ -119,7 +122,7 @@ class RunFolderLock:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            holding = _HELD[key] = _Holding()
+            holding = _HELD[key] = _Holding(created_folder=created)
             threading.Thread(target=_heartbeat, args=(self.path, holding.stop), daemon=True,
                              name="digseg-lock-heartbeat").start()
             self._held = key
@@ -201,13 +204,19 @@ class RunFolderLock:
         _HELD[key].count -= 1
         if _HELD[key].count > 0:
             return
-        _HELD.pop(key).stop.set()
+        holding = _HELD.pop(key)
+        holding.stop.set()
         try:
             holder = json.loads(key.read_text())
         except (OSError, ValueError):
             return
         if holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
             key.unlink(missing_ok=True)
+            if holding.created_folder:
+                try:
+                    key.parent.rmdir()  # only if empty: a run refused before writing anything
+                except OSError:
+                    pass
 
 
 @atexit.register
