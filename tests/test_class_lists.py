@@ -36,8 +36,8 @@ def test_is_background(name, expected):
 class _RecordingPipe:
     """Stands in for a pipeline: records the prompts asked and answers "all background"."""
 
-    def __init__(self, class_names=None):
-        self.config = SimpleNamespace(class_names=class_names)
+    def __init__(self, class_names=None, task=None):
+        self.config = SimpleNamespace(class_names=class_names, task=task)
         self.prompts: list[str] = []
 
     def __call__(self, images, prompt=None, **_):
@@ -77,6 +77,15 @@ def test_other_first_classes_are_queried():
     assert LatentBatcher(None, names, None, "binary", "{}", 0.0, cache=False).queryable == [0, 1]
     assert tints_class_zero(names)
     assert _query_kwargs(_RecordingPipe(), _Names(names)) == {"classes": names}
+
+
+@pytest.mark.parametrize("task, expected", [(None, {}), ("palette", {}), ("both", {}), ("binary", "binary")])
+def test_a_model_is_asked_as_it_was_trained(task, expected):
+    """A model trained on the dataset's own classes is asked in one palette pass, unless it learned binary
+    queries only: then one prompt per class (a background-vs-X dataset: one prompt)."""
+    for names, binary in ((["background", "road"], {"prompt": "road"}), (["soil", "crop", "weed"], None)):
+        binary = binary or {"classes": names}
+        assert _query_kwargs(_RecordingPipe(names, task), _Names(names)) == (binary if expected == "binary" else {})
 
 
 # ----------------------------------------------------------------------------- the class-file rule

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -15,7 +16,12 @@ from digseg.training.batches import Batch, LatentBatcher, sample_indices, step_g
 from digseg.training.checkpoint import list_checkpoints, optimizer_from_flat, optimizer_to_flat, resolve_resume
 from digseg.training.config import TrainConfig
 from training_helpers import train_config, trainer
+from digseg.training.run import training_augmentation
 from digseg.training.trainer import diffusion_loss
+
+
+def trained_crop(config):
+    return training_augmentation(config.data).crop_size
 
 
 def _config(tmp_path, **kw):
@@ -50,6 +56,10 @@ def test_few_training_steps_lower_the_loss(tiny_backbone, tmp_path):
     assert (tmp_path / "run" / "model_index.json").is_file()  # the run folder is a pipeline folder
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["optim"]["max_steps"] == 25 and saved["data"]["class_names"] == list(SYNTHETIC_CLASSES)
+    # the model says what it was trained on: eval asks it that way, and it sees images at the training crop's size
+    index = json.loads((tmp_path / "run" / "model_index.json").read_text())
+    assert index["task"] == config.data.task == "both"
+    assert index["default_processing_resolution"] == max(trained_crop(config)) != 512
 
 
 def _weights(pipe):

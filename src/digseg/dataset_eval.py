@@ -136,11 +136,13 @@ def score_predictions(dataset: SegmentationDataset, predictions: str | Path, pre
 def _query_kwargs(pipe, dataset: SegmentationDataset) -> dict:
     """How to ask the model about this dataset's classes.
 
-    The model's own class list -> palette (one pass); a 2-class dataset whose class 0 is "background" -> one
-    binary prompt for class 1; otherwise one binary query per class name (open vocabulary).
+    The model's own class list, and a model trained with palette queries -> palette (one pass); a 2-class dataset
+    whose class 0 is "background" -> one binary prompt for class 1; otherwise one binary query per class name
+    (open vocabulary, and a model trained with binary queries only).
     """
     names = list(dataset.class_names)
-    if pipe.config.class_names and list(pipe.config.class_names) == names:
+    palette_trained = getattr(pipe.config, "task", None) != "binary"  # None: saved before the task was recorded
+    if palette_trained and pipe.config.class_names and list(pipe.config.class_names) == names:
         return {}
     if len(names) == 2 and is_background(names[0]):
         return {"prompt": names[1]}

@@ -107,11 +107,13 @@ class DiGSegPipeline(LatentSegmentationMixin, DiffusionPipeline):
         mask_decoder: LightMaskDecoder | None = None,
         objective: str = "diffusion",
         one_step_decoder: str | None = None,
+        task: str | None = None,
     ) -> None:
         """`objective`: how the U-Net was trained: "diffusion" (denoising, any ensemble and step count) or
         "one-step" (one deterministic pass from a zero latent at t = T-1, see `one_step_latents`);
         `one_step_decoder`: the mask decoder a one-step model was trained through ("light" or "vae"), which
-        `mask_decoder="auto"` then uses."""
+        `mask_decoder="auto"` then uses; `task`: the queries it was trained on ("binary": one prompt per class,
+        "palette": its own classes in one pass, "both"; None: not recorded), which `digseg eval` follows."""
         if objective not in OBJECTIVES:
             raise DigsegError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
         super().__init__()
@@ -126,6 +128,7 @@ class DiGSegPipeline(LatentSegmentationMixin, DiffusionPipeline):
             default_processing_resolution=default_processing_resolution,
             objective=objective,
             one_step_decoder=one_step_decoder,
+            task=task,
         )
         self.level_context = install_level_processors(unet)
         if open_clip_text_encoder:  # an open_clip text tower (e.g. BiomedCLIP), re-created from its name

@@ -89,6 +89,8 @@ def build_training_data(data: DataConfig, pipe: DiGSegPipeline, dataset: Dataset
                           f"{len(dataset.class_names)} classes")
     pipe.set_class_names(names)
     augmentation = training_augmentation(data)
+    # what the saved model was trained on: the queries `digseg eval` asks it with, and the size it sees by default
+    pipe.register_to_config(task=data.task, default_processing_resolution=max(augmentation.crop_size))
     ignore_index = getattr(dataset, "ignore_index", 255)
     store = None
     if data.latent_cache:
