@@ -192,6 +192,8 @@ def test_sdxl_one_step_light_decoder_predict_and_eval(folders, tmp_path):
     assert index["objective"] == "one-step" and index["one_step_decoder"] == "light"
     assert index["text_encoder_2"] == ["transformers", "CLIPTextModelWithProjection"]
     reloaded = DiGSegPipeline.from_pretrained(run)
+    with pytest.raises(DigsegError, match="is a DiGSeg model, not a Stable Diffusion backbone"):
+        DiGSegPipeline.from_backbone(run)
     image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(1))
     a, b = _predict(_fresh_memory(trained), image), _predict(_fresh_memory(reloaded), image)  # palette: the model's classes
     assert torch.equal(a.probabilities, b.probabilities) and a.probabilities.shape[1] == len(SYNTHETIC_CLASSES)
@@ -232,7 +234,7 @@ def _edited_unet(folders, tmp_path, **changes) -> Path:
      r"added condition addition_embed_type='image' is not supported"),
     (lambda folders, tmp: _edited_unet(folders, tmp, in_channels=9), r"takes 9 input channels .*inpainting"),
     (lambda folders, tmp: _edited_unet(folders, tmp, class_embed_type="projection"), r"class_embed_type='projection'"),
-])
+], ids=["sd3-transformer", "image-added-condition", "inpainting", "class-labels"])
 def test_unsupported_layouts_are_refused_in_one_line(make, message, folders, tmp_path, capsys):
     folder = make(folders, tmp_path)
     with pytest.raises(DigsegError, match=message):

@@ -99,6 +99,9 @@ def check_backbone_folder(path: Path) -> BackboneLayout:
         raise DigsegError(f"model folder not found: {path}")
     if not path.is_dir():
         raise DigsegError(f"not a model folder: {path}")
+    if (path / "text_pathway").is_dir():
+        raise DigsegError(f"{path} is a DiGSeg model, not a Stable Diffusion backbone: load it with "
+                          "DiGSegPipeline.from_pretrained (digseg train --pretrained continues training it)")
     layout = read_layout(str(path), local=True)
     check_subfolders(path, layout)
     return layout
