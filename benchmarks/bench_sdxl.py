@@ -78,8 +78,12 @@ def state_bytes(params: int, lever: str) -> int:
     return params * (4 + 4 + MOMENT_BYTES[optimizer] + (4 if ema else 0))
 
 
-def free_bytes(device: str) -> int:
-    return torch.cuda.mem_get_info()[0] if device == "cuda" else psutil.virtual_memory().available
+def device_memory(device: str) -> tuple[int, int]:
+    """(free, total) bytes of the GPU, or of the machine's RAM."""
+    if device == "cuda":
+        return torch.cuda.mem_get_info()
+    memory = psutil.virtual_memory()
+    return memory.available, memory.total
 
 
 def memory_now(device: str) -> int:
@@ -218,9 +222,9 @@ def main() -> None:
             params = trainable_parameters(model, folder)
             for lever in LEVERS:
                 need = state_bytes(params, lever)
-                free = free_bytes(args.device)
+                free, total = device_memory(args.device)
                 row = {"model": model, "lever": lever, "params": params, "state_gib": need / GIB,
-                       "free_gib": free / GIB, "fits": need < free}
+                       "free_gib": free / GIB, "total_gib": total / GIB, "fits": need < free}
                 if args.train and row["fits"]:
                     row.update(run_child(["training", str(folder), lever, str(train_size), str(args.train_batch),
                                           str(args.steps), "--device", args.device]))
@@ -248,13 +252,14 @@ def tables(report: dict, device: str, train_size: int, train_batch: int) -> str:
                      + " | ".join(f"{c['seconds']:.1f} ({c['extra_gib']:.2f})" for c in r["cells"]) + " |")
     lines += ["", f"# training: float32 weights + gradients + optimizer moments (+ EMA), before activations; "
                   f"run cells at {train_size} px, batch {train_batch}, bf16 autocast", "",
-              "| model | levers | trainable params | weights+grads+state GiB | free GiB | fits | s/step | peak GiB |",
+              "| model | levers | trainable params | weights+grads+state GiB | memory GiB (free) | fits | s/step | peak GiB |",
               "|---|---|---:|---:|---:|---|---:|---:|"]
     for r in report["training"]:
         ran = f"{r['seconds_per_step']:.1f} | {r['peak_gib']:.2f}" if "seconds_per_step" in r else (
             f"failed: {r['error']} | -" if "error" in r else "not run | -")
         lines.append(f"| {NAMES.get(r['model'], r['model'])} | {r['lever']} | {r['params'] / 1e9:.3f} B | "
-                     f"{r['state_gib']:.1f} | {r['free_gib']:.1f} | {'yes' if r['fits'] else 'no'} | {ran} |")
+                     f"{r['state_gib']:.1f} | {r['total_gib']:.1f} ({r['free_gib']:.1f}) | {'yes' if r['fits'] else 'no'} | "
+                     f"{ran} |")
     return "\n".join(lines)
 
 
