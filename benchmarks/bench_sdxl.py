@@ -7,10 +7,10 @@ carry 2-layer text encoders of their real widths; the real ones are frozen and a
 (SDXL) parameters of weights. ``--quick``: the tiny SD and SDXL test models at 64 and 128 px (a smoke run).
 
 Inference: one subprocess per (model, dtype), so each cell's memory is its own. It loads
-``DiGSegPipeline.from_backbone(folder, torch_dtype=dtype)`` (load seconds; RSS, or GPU memory, after loading),
-makes one untimed 1x1 call at 256 px, then one 1x1 call per size (a binary prompt: encode the image, one U-Net
-pass, one VAE decode, resize back): seconds, and peak extra RSS above the loaded model (CPU, sampled by a
-thread) or peak GPU memory above it (``torch.cuda.max_memory_allocated``).
+``DiGSegPipeline.from_backbone(folder, torch_dtype=dtype)`` (load seconds), makes one untimed 1x1 call at
+256 px (RSS, or GPU memory, after it: the loaded model, every weight resident), then one 1x1 call per size (a
+binary prompt: encode the image, one U-Net pass, one VAE decode, resize back): seconds, and peak extra RSS above
+the loaded model (CPU, sampled by a thread) or peak GPU memory above it (``torch.cuda.max_memory_allocated``).
 
 Training: per lever set of ``digseg train``, the bytes of a step's float32 master weights, gradients, optimizer
 moments and EMA copy, counted from the trainable parameters (the U-Net is built on the meta device: no memory
@@ -41,7 +41,8 @@ from pathlib import Path
 import psutil
 import torch
 
-from common import CallCost, StopSteps, load_average, machine_summary, random_backbone, sd2_unet, sdxl_unet
+from common import (CallCost, StopSteps, load_average, machine_summary, random_backbone, sd2_unet, sdxl_unet,
+                    trim_memory)
 
 GIB = 2**30
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -99,9 +100,10 @@ def inference_cell(folder: Path, dtype: str, sizes: list[int], device: str) -> d
     pipe = DiGSegPipeline.from_backbone(folder, torch_dtype=DTYPES[dtype]).to(device)
     pipe.set_progress_bar_config(disable=True)
     load_s = time.perf_counter() - t0
-    loaded = memory_now(device)
     gen = torch.Generator().manual_seed(0)
     pipe(torch.rand(3, 256, 256, generator=gen), prompt="object", processing_resolution=256)  # warm-up
+    trim_memory()
+    loaded = memory_now(device)  # after the warm-up: weights read from a memory-mapped file are resident by now
     cells = []
     for size in sizes:
         image = torch.rand(3, size, size, generator=gen)
