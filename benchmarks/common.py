@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import torch
 
-from digseg.models.tiny import save_tiny_backbone, tiny_scheduler, tiny_tokenizer
+from digseg.models.tiny import save_tiny_backbone, save_tiny_sdxl_backbone, tiny_scheduler, tiny_tokenizer
 
 try:
     _LIBC = ctypes.CDLL("libc.so.6")
@@ -177,12 +177,63 @@ def save_sd2_sized_backbone(path: Path, seed: int = 0) -> Path:
     return path
 
 
+def sdxl_unet(in_channels: int = 4):
+    """Stable Diffusion XL base's U-Net architecture (2.57 B parameters with 4 input channels), random weights:
+    no attention at the first level, 2 and 10 transformer layers at the next two, cross-attention width 2048, and
+    the added embedding of 6 size ids (256 sinusoids each) and the 1280-wide pooled text embedding."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=128, in_channels=in_channels, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(320, 640, 1280), layers_per_block=2, transformer_layers_per_block=(1, 2, 10),
+        attention_head_dim=(5, 10, 20), cross_attention_dim=2048, use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+    ).eval()
+
+
+def save_sdxl_sized_backbone(path: Path, seed: int = 0) -> Path:
+    """SDXL's U-Net + SD's VAE architecture (SDXL's VAE has SD's layout; scaling factor 0.13025), random weights,
+    written as an fp16-only download (*.fp16.safetensors, 5.1 GB for the U-Net), which digseg finds and loads in
+    the dtype asked for. Text encoders: 2-layer CLIP towers of SDXL's widths (768; 1280 with a 1280-wide
+    projection) and the tiny tokenizer (77 tokens); real SDXL's are 12 and 32 layers (0.8 B parameters, frozen)."""
+    from diffusers import StableDiffusionXLPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer(max_length=77)
+
+    def encoder(width: int, cls):
+        return cls(CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=width, intermediate_size=4 * width, num_hidden_layers=2,
+            num_attention_heads=width // 64, max_position_embeddings=77, hidden_act="gelu", projection_dim=width,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id)).eval()
+
+    vae = sd_vae()
+    vae.register_to_config(scaling_factor=0.13025)
+    pipe = StableDiffusionXLPipeline(
+        vae=vae, text_encoder=encoder(768, CLIPTextModel), text_encoder_2=encoder(1280, CLIPTextModelWithProjection),
+        tokenizer=tokenizer, tokenizer_2=tokenizer, unet=sdxl_unet(), scheduler=tiny_scheduler(),
+    )
+    pipe.to(torch.float16).save_pretrained(path, variant="fp16")  # in place: one copy of the weights in memory
+    return path
+
+
+BACKBONES = {  # random_backbone's models -> the function that writes them
+    "tiny": save_tiny_backbone, "tiny-sdxl": save_tiny_sdxl_backbone,
+    "sd2": save_sd2_sized_backbone, "sdxl": save_sdxl_sized_backbone,
+}
+
+
 def random_backbone(folder: Path, model: str) -> Path:
-    """The random Stable Diffusion backbone `model` ("tiny": `digseg.models.tiny`, "sd2": `save_sd2_sized_backbone`)
-    in `folder`: saved there (then memory trimmed) unless a model_index.json is there already, so several runs
-    of one job can share one folder and build it once. Returns `folder`."""
+    """The random Stable Diffusion backbone `model` (a key of `BACKBONES`: "tiny" and "tiny-sdxl" from
+    `digseg.models.tiny`, "sd2": `save_sd2_sized_backbone`, "sdxl": `save_sdxl_sized_backbone`) in `folder`: saved
+    there (then memory trimmed) unless a model_index.json is there already, so several runs of one job can share
+    one folder and build it once. Returns `folder`."""
     if not (folder / "model_index.json").is_file():
-        (save_tiny_backbone if model == "tiny" else save_sd2_sized_backbone)(folder)
+        BACKBONES[model](folder)
         trim_memory()
     return folder
 

@@ -132,6 +132,19 @@ run_step train_memory "$B_MEM" python3 benchmarks/bench_train_memory.py --device
     --backbone-dir "$BACKBONE" --json "$OUT/train_memory.json"
 run_step inference_compiled_light "$B_COMPILE" "${INF[@]}" --light-decoder --compile --settings "$COMPILE_SETTINGS" --json "$OUT/inference_compiled_light.json"
 
+# --- SDXL-sized step (separate block): benchmarks/bench_sdxl.py on the SDXL-sized random backbone (2.57 B U-Net):
+# 1x1 inference at 512 and 1024 px in bf16, and the training cells that fit the card (AdamW + EMA, AdamW, 8-bit
+# AdamW with checkpointing; 3 steps, 512 px, bf16 autocast, batch 4). SD2's figures are the steps above. Its table
+# goes to sdxl.json and is printed by bench_sdxl.py itself (not part of gpu_check.md's summary).
+if [ "$MODE" = gpu ]; then
+    SDXL_FLAGS=(--device cuda --models sdxl --dtypes bf16 --train --train-batch 4
+                --backbone-dir /tmp/digseg-size-backbones); B_SDXL=300
+else
+    SDXL_FLAGS=(--quick --models tiny-sdxl --dtypes fp32 --train); B_SDXL=90
+fi
+run_step sdxl "$B_SDXL" python3 benchmarks/bench_sdxl.py "${SDXL_FLAGS[@]}" --json "$OUT/sdxl.json"
+# --- end of the SDXL-sized step
+
 # every table into gpu_check.md, then the one-line summary (last line printed); exits 1 unless every step passed
 python3 - "$OUT" "$(($(date +%s) - START))" "${RESULTS[@]}" <<'EOF' 2>&1 | tee -a "$LOG"
 import json, sys

@@ -66,7 +66,9 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
 _TRAIN_FLAGS = {
     "pretrained": ("model", "pretrained"), "prediction_type": ("model", "prediction_type"),
     "text_encoder": ("model", "text_encoder"), "objective": ("model", "objective"),
-    "one_step_decoder": ("model", "one_step_decoder"),
+    "one_step_decoder": ("model", "one_step_decoder"), "variant": ("model", "variant"),
+    "revision": ("model", "revision"), "text_encoder_variant": ("model", "text_encoder_variant"),
+    "text_encoder_revision": ("model", "text_encoder_revision"),
     "dataset": ("data", "dataset"), "data_root": ("data", "data_root"), "num_scenes": ("data", "num_scenes"),
     "val_fraction": ("data", "val_fraction"), "split_file": ("data", "split_file"),
     "crop_size": ("data", "crop_size"), "task": ("data", "task"), "latent_cache": ("data", "latent_cache"),

@@ -85,7 +85,11 @@ def _add_train(sub) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
                        epilog="Config files hold the sections model, data, optim and run (docs/training.md).")
     data_flags = t.add_argument_group("data (config section `data`)")
     t.add_argument("--config", help="YAML config; flags below override it")
-    t.add_argument("--pretrained", help="Stable Diffusion folder or hub id (or a DiGSeg model folder to continue)")
+    t.add_argument("--pretrained", help="Stable Diffusion 1.x / 2.x / XL folder or hub id (or a DiGSeg model folder "
+                                        "to continue)")
+    t.add_argument("--variant", help="the backbone's weight files, e.g. fp16 for *.fp16.safetensors (default: the "
+                                     "plain files, or a local folder's only variant); loaded in float32 either way")
+    t.add_argument("--revision", help="the backbone's hub branch, tag or commit (default: main)")
     data_flags.add_argument("--dataset", help="synthetic (default), folder, a registered dataset name such as "
                                               "ade20k-150 (an unknown name's error lists them all), or "
                                               f"{HF_PREFIX}NAME_OR_PATH: a datasets-library dataset (docs/data.md)")
@@ -126,6 +130,8 @@ def _add_train(sub) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
     t.add_argument("--eval-samples", type=int, metavar="N", help="validation: score the first N images (default 50)")
     t.add_argument("--seed", type=int)
     t.add_argument("--text-encoder", help="another CLIP text encoder (folder or hub id), e.g. openai/clip-vit-large-patch14")
+    t.add_argument("--text-encoder-variant", help="--variant for --text-encoder")
+    t.add_argument("--text-encoder-revision", help="--revision for --text-encoder")
     t.add_argument("--use-ema", action=argparse.BooleanOptionalAction, default=None,
                    help="keep an exponential moving average of the weights (the saved model uses it)")
     t.add_argument("--optimizer", choices=OPTIMIZERS,
@@ -156,7 +162,8 @@ def _add_cache_latents(sub, train: argparse.ArgumentParser, data_flags) -> None:
     c = sub.add_parser("cache-latents", help="encode a training set's images and masks once with the frozen VAE")
     c.add_argument("--cache", required=True, help="output folder")
     for action in train._actions:  # the same model and data flags as `train`
-        if action.dest in ("config", "pretrained", "text_encoder", "seed") or action in data_flags._group_actions:
+        if action.dest in ("config", "pretrained", "variant", "revision", "text_encoder", "text_encoder_variant",
+                           "text_encoder_revision", "seed") or action in data_flags._group_actions:
             c._add_action(action)
 
 

@@ -18,7 +18,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from .ensemble import assemble_probabilities, combine_member_latents, latent_spread_map
-from .models.digseg_model import encode_latents
+from .models.digseg_model import encode_latents, vae_scale_factor
 from .models.text import unet_forward_with_text
 
 
@@ -46,9 +46,12 @@ class LatentSegmentationMixin:
 
     def unet_prediction(self, unet: torch.nn.Module, model_input: torch.Tensor, timesteps: torch.Tensor,
                         text_levels: list[torch.Tensor]) -> torch.Tensor:
-        """[B, 8, h, w] -> [B, 4, h, w] with per-level text (num_levels x [B, L, C]); `unet` may be a wrapped
-        (DDP, FSDP, compiled) copy of `self.unet`."""
-        return unet_forward_with_text(unet, self.level_context, model_input, timesteps, text_levels)
+        """[B, 8, h, w] -> [B, 4, h, w] with per-level text (num_levels x [B, L, C], then SDXL's pooled [B, P]);
+        `unet` may be a wrapped (DDP, FSDP, compiled) copy of `self.unet`. SDXL's size ids describe the processed
+        image: the latent's size times the VAE's factor."""
+        f = vae_scale_factor(self.vae)
+        size = (model_input.shape[-2] * f, model_input.shape[-1] * f)
+        return unet_forward_with_text(unet, self.level_context, model_input, timesteps, text_levels, size)
 
     def noisy_latents_and_target(self, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mask latents z0 [B, 4, h, w] noised to timesteps t [B], and the regression target of the scheduler's
@@ -111,8 +114,10 @@ class LatentSegmentationMixin:
         positions, averaged over cross-attention layers. Used to prune classes before exact queries.
         """
         b = image_latents.shape[0]
-        pooled = self.text_pathway(states.mean(dim=1))  # num_levels x [Q, C]
-        bag = [level[None].expand(b, -1, -1) for level in pooled]  # num_levels x [B, Q, C]
+        n = self.level_context.num_levels
+        pooled = self.text_pathway(states.mean(dim=1))  # num_levels x [Q, C] (then SDXL's pooled embeddings [Q, P])
+        bag = [level[None].expand(b, -1, -1) for level in pooled[:n]]  # num_levels x [B, Q, C]
+        bag += [extra.mean(0, keepdim=True).expand(b, -1) for extra in pooled[n:]]  # SDXL: the classes' mean [B, P]
         self.scheduler.set_timesteps(1, device=image_latents.device)
         t = self.scheduler.timesteps[0]
         self.level_context.record = []

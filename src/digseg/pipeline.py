@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
 from diffusers.utils import BaseOutput
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from .ensemble import ENSEMBLE_REDUCTIONS
 from .latent_segmentation import LatentSegmentationMixin, SegmentSettings
@@ -45,6 +45,7 @@ from .prompts import palette_prompt, resolve_queries
 from .training.config import MASK_DECODERS, OBJECTIVES
 from .sliding import check_test_protocol, combine_views, group_views, make_views, pair, view_noise
 from .models.digseg_model import (
+    DIFFUSERS_DTYPE_KWARG,
     decode_latents,
     load_backbone,
     load_clip_text_encoder,
@@ -55,15 +56,8 @@ from .models.digseg_model import (
     widen_conv_in,
 )
 from .models.mask_decoder import LightMaskDecoder
-from .models.text import CLIPPromptEncoder, TextPathway, install_level_processors
-
-
-try:  # diffusers renamed from_pretrained's `torch_dtype` to `dtype` (the old name warns)
-    from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
-
-    _DIFFUSERS_TAKES_DTYPE = True
-except ImportError:
-    _DIFFUSERS_TAKES_DTYPE = False
+from .models.sdxl import SDXLPromptEncoder
+from .models.text import CLIPPromptEncoder, TextPathway, cross_attention_levels, install_level_processors
 
 
 @functools.lru_cache(maxsize=2)
@@ -88,8 +82,9 @@ class DiGSegOutput(BaseOutput):
 
 
 class DiGSegPipeline(LatentSegmentationMixin, DiffusionPipeline):
-    # text_encoder, tokenizer: None with an open_clip text tower; mask_decoder: None until one is trained
-    _optional_components = ["text_encoder", "tokenizer", "mask_decoder"]
+    # text_encoder, tokenizer: None with an open_clip text tower; text_encoder_2, tokenizer_2: SDXL's second text
+    # encoder (None for SD 1.x / 2.x); mask_decoder: None until one is trained
+    _optional_components = ["text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "mask_decoder"]
 
     def __init__(
         self,
@@ -108,18 +103,24 @@ class DiGSegPipeline(LatentSegmentationMixin, DiffusionPipeline):
         objective: str = "diffusion",
         one_step_decoder: str | None = None,
         task: str | None = None,
+        text_encoder_2: CLIPTextModelWithProjection | None = None,
+        tokenizer_2: CLIPTokenizer | None = None,
+        backbone: dict | None = None,
     ) -> None:
         """`objective`: how the U-Net was trained: "diffusion" (denoising, any ensemble and step count) or
         "one-step" (one deterministic pass from a zero latent at t = T-1, see `one_step_latents`);
         `one_step_decoder`: the mask decoder a one-step model was trained through ("light" or "vae"), which
         `mask_decoder="auto"` then uses; `task`: the queries it was trained on ("binary": one prompt per class,
-        "palette": its own classes in one pass, "both"; None: not recorded), which `digseg eval` follows."""
+        "palette": its own classes in one pass, "both"; None: not recorded), which `digseg eval` follows.
+        `text_encoder_2`, `tokenizer_2`: SDXL's second text encoder (`digseg.models.sdxl`). `backbone`: the Stable
+        Diffusion checkpoint the model was built from ({"pretrained", "revision", "variant"}), recorded in
+        model_index.json."""
         if objective not in OBJECTIVES:
             raise DigsegError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
         super().__init__()
         self.register_modules(
             unet=unet, vae=vae, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer,
-            text_pathway=text_pathway, mask_decoder=mask_decoder,
+            text_pathway=text_pathway, mask_decoder=mask_decoder, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
         )
         self.register_to_config(
             open_clip_text_encoder=open_clip_text_encoder,
@@ -129,10 +130,13 @@ class DiGSegPipeline(LatentSegmentationMixin, DiffusionPipeline):
             objective=objective,
             one_step_decoder=one_step_decoder,
             task=task,
+            backbone=backbone,
         )
         self.level_context = install_level_processors(unet)
         if open_clip_text_encoder:  # an open_clip text tower (e.g. BiomedCLIP), re-created from its name
             self.prompt_encoder = _open_clip_encoder(open_clip_text_encoder)
+        elif text_encoder_2 is not None:  # SDXL: both encoders' tokens, and the second's pooled embedding
+            self.prompt_encoder = SDXLPromptEncoder(text_encoder, tokenizer, text_encoder_2, tokenizer_2)
         else:
             self.prompt_encoder = CLIPPromptEncoder(text_encoder, tokenizer)
         self.binary_codec = MaskCodec("binary")
@@ -149,32 +153,57 @@ class DiGSegPipeline(LatentSegmentationMixin, DiffusionPipeline):
         processing_resolution: int | None = None,
         torch_dtype: torch.dtype | None = None,
         text_encoder: str | Path | None = None,
+        variant: str | None = None,
+        revision: str | None = None,
+        text_encoder_variant: str | None = None,
+        text_encoder_revision: str | None = None,
     ) -> "DiGSegPipeline":
-        """A fresh (untrained) DiGSeg model from a Stable Diffusion checkpoint: widened U-Net, identity pathway.
+        """A fresh (untrained) DiGSeg model from a Stable Diffusion 1.x / 2.x / XL checkpoint: widened U-Net,
+        identity pathway.
 
-        `text_encoder` swaps in another text encoder for the backbone's own: a transformers CLIP text encoder
-        folder or hub id (e.g. CLIP ViT-L/14 or ViT-B/16), or "open_clip:<name>" for an open_clip text tower
+        `variant` ("fp16": the *.fp16.safetensors files) and `revision` (a hub branch, tag or commit) choose the
+        backbone's files as diffusers' `from_pretrained` does; a local folder that holds one variant only loads it
+        unasked. Weights load in `torch_dtype`, float32 when None (what training needs) whatever the files' dtype.
+        `text_encoder` swaps in another text encoder for the backbone's own (SD 1.x / 2.x only): a transformers
+        CLIP text encoder folder or hub id (e.g. CLIP ViT-L/14 or ViT-B/16; at `text_encoder_variant`,
+        `text_encoder_revision`), or "open_clip:<name>" for an open_clip text tower
         ("open_clip:hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224", "open_clip:local-dir:/m").
         Its features reach every U-Net level through the learned per-level projections.
         """
-        backbone = load_backbone(pretrained, torch_dtype=torch_dtype)
+        backbone = load_backbone(pretrained, torch_dtype=torch_dtype, variant=variant, revision=revision)
+        record = dict(backbone.record)
+        sdxl = backbone.text_encoder_2 is not None
+        if text_encoder is not None and sdxl:
+            raise DigsegError(f"--text-encoder {text_encoder}: an SDXL backbone is conditioned on its own two text "
+                              "encoders (tokens and pooled embedding); another text encoder replaces SD 1.x / 2.x's only")
         open_clip_name = None
         if text_encoder is not None and str(text_encoder).startswith("open_clip:"):
             open_clip_name = str(text_encoder)[len("open_clip:"):]
             backbone.text_encoder = backbone.tokenizer = None  # the pipeline builds the open_clip encoder itself
         elif text_encoder is not None:
-            backbone.text_encoder, backbone.tokenizer = load_clip_text_encoder(text_encoder, torch_dtype)
+            backbone.text_encoder, backbone.tokenizer = load_clip_text_encoder(
+                text_encoder, torch_dtype, variant=text_encoder_variant, revision=text_encoder_revision)
+            record.update(text_encoder=str(text_encoder), text_encoder_revision=text_encoder_revision,
+                          text_encoder_variant=text_encoder_variant)
         unet = widen_conv_in(backbone.unet)
         backbone.vae.requires_grad_(False)
-        if backbone.text_encoder is not None:
-            backbone.text_encoder.requires_grad_(False)
-        encoder_dim = backbone.text_encoder.config.hidden_size if open_clip_name is None else None
+        for encoder in (backbone.text_encoder, backbone.text_encoder_2):
+            if encoder is not None:
+                encoder.requires_grad_(False)
         if open_clip_name is not None:
             encoder_dim = _open_clip_encoder(open_clip_name).hidden_size
+        else:
+            encoder_dim = backbone.text_encoder.config.hidden_size
+        pooled_dim = 0
+        if sdxl:
+            encoder_dim += backbone.text_encoder_2.config.hidden_size
+            pooled_dim = int(backbone.text_encoder_2.config.projection_dim)
         pathway = TextPathway(
             encoder_dim=encoder_dim,
             cross_attention_dim=unet.config.cross_attention_dim,
             num_levels=len(unet.config.block_out_channels),
+            pooled_dim=pooled_dim,
+            levels=cross_attention_levels(unet),
         )
         if torch_dtype is not None:
             pathway.to(torch_dtype)
@@ -185,6 +214,7 @@ class DiGSegPipeline(LatentSegmentationMixin, DiffusionPipeline):
             text_encoder=backbone.text_encoder, tokenizer=backbone.tokenizer, text_pathway=pathway,
             class_names=list(class_names) if class_names else None, prompt_template=prompt_template,
             default_processing_resolution=processing_resolution, open_clip_text_encoder=open_clip_name,
+            text_encoder_2=backbone.text_encoder_2, tokenizer_2=backbone.tokenizer_2, backbone=record,
         )
 
     @classmethod
@@ -194,7 +224,7 @@ class DiGSegPipeline(LatentSegmentationMixin, DiffusionPipeline):
         if "torch_dtype" in kwargs or "dtype" in kwargs:
             dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
             kwargs.pop("torch_dtype", None)
-            kwargs["dtype" if _DIFFUSERS_TAKES_DTYPE else "torch_dtype"] = dtype
+            kwargs[DIFFUSERS_DTYPE_KWARG] = dtype
         path = Path(str(pretrained_model_name_or_path)).expanduser()
         if path.exists() or not looks_like_hub_id(str(pretrained_model_name_or_path)):
             if not path.is_dir():

@@ -2,8 +2,9 @@
 
 - `widen_conv_in`: 4 -> 8 input channels, pretrained kernel duplicated and halved (image latent first), so
   the widened U-Net fed [z, z] computes exactly what the pretrained one computed on z.
-- `load_backbone`: reads `model_index.json`-style folders (unet/, vae/, text_encoder/, tokenizer/,
-  scheduler/) or a hub id, with clear errors for a missing or incomplete folder.
+- `load_backbone`: reads `model_index.json`-style folders (unet/, vae/, text_encoder/, tokenizer/, scheduler/; SDXL
+  also text_encoder_2/, tokenizer_2/) or a hub id, at a revision and weight variant, in float32 unless told
+  otherwise, with one-line errors for a missing, incomplete or unsupported folder (`backbone_layout`).
 - `encode_latents` / `decode_latents`: the frozen VAE, posterior mean times the scaling factor.
 """
 
@@ -16,12 +17,19 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from torch import nn
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from ..errors import DigsegError
 from ..training.config import PREDICTION_TYPES
+from .backbone_layout import BackboneLayout, backbone_record, check_subfolders, read_layout, resolve_variant
 
-BACKBONE_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+try:  # diffusers renamed from_pretrained's `torch_dtype` to `dtype` (the old name warns)
+    from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
+
+    DIFFUSERS_TAKES_DTYPE = True
+except ImportError:
+    DIFFUSERS_TAKES_DTYPE = False
+DIFFUSERS_DTYPE_KWARG = "dtype" if DIFFUSERS_TAKES_DTYPE else "torch_dtype"
 
 
 @torch.no_grad()
@@ -73,23 +81,30 @@ def decode_latents(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Backbone:
-    """The parts of a Stable Diffusion checkpoint that DiGSeg uses."""
+    """The parts of a Stable Diffusion checkpoint that DiGSeg uses (SDXL: also its second text encoder)."""
 
     unet: UNet2DConditionModel
     vae: AutoencoderKL
     text_encoder: CLIPTextModel
     tokenizer: CLIPTokenizer
     scheduler: DDIMScheduler
+    text_encoder_2: CLIPTextModelWithProjection | None = None
+    tokenizer_2: CLIPTokenizer | None = None
+    record: dict | None = None  # `backbone_layout.backbone_record`: id, revision, variant
 
 
-def check_backbone_folder(path: Path) -> None:
+def check_backbone_folder(path: Path) -> BackboneLayout:
+    """The layout of a local backbone folder; one-line DigsegError if it is missing, incomplete or unsupported."""
     if not path.exists():
         raise DigsegError(f"model folder not found: {path}")
     if not path.is_dir():
         raise DigsegError(f"not a model folder: {path}")
-    missing = [name for name in BACKBONE_SUBFOLDERS if not (path / name).is_dir()]
-    if missing:
-        raise DigsegError(f"{path} is not a Stable Diffusion folder: missing {', '.join(m + '/' for m in missing)}")
+    if (path / "text_pathway").is_dir():
+        raise DigsegError(f"{path} is a DiGSeg model, not a Stable Diffusion backbone: load it with "
+                          "DiGSegPipeline.from_pretrained (digseg train --pretrained continues training it)")
+    layout = read_layout(str(path), local=True)
+    check_subfolders(path, layout)
+    return layout
 
 
 def looks_like_hub_id(name: str) -> bool:
@@ -97,42 +112,76 @@ def looks_like_hub_id(name: str) -> bool:
     return name.count("/") == 1 and not name.startswith((".", "/", "~")) and all(name.split("/"))
 
 
-def load_backbone(path_or_id: str | os.PathLike, torch_dtype: torch.dtype | None = None) -> Backbone:
-    """Load the SD components from a local diffusers folder or (with network) a hub id."""
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def load_backbone(path_or_id: str | os.PathLike, torch_dtype: torch.dtype | None = None, variant: str | None = None,
+                  revision: str | None = None) -> Backbone:
+    """Load the SD / SDXL components from a local diffusers folder or (with network) a hub id.
+
+    `variant`: the weight files' variant ("fp16" reads *.fp16.safetensors); None reads the plain files, or, in a
+    local folder that holds a single variant only, that one (`resolve_variant`, logged). `revision`: a hub
+    branch, tag or commit. Weights load in `torch_dtype`, float32 when None, whatever the files' dtype (training
+    keeps float32 master weights). Safetensors only.
+    """
     path = Path(path_or_id).expanduser()
-    if path.exists() or not looks_like_hub_id(str(path_or_id)):
-        check_backbone_folder(path)
+    local = path.exists() or not looks_like_hub_id(str(path_or_id))
+    if local:
+        layout = check_backbone_folder(path)
         path_or_id = str(path)
-    kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+        variant = resolve_variant(path, layout.weight_folders, variant)
+    else:
+        layout = read_layout(str(path_or_id), local=False, revision=revision)
+    dtype = torch_dtype or torch.float32
+    common = {"revision": revision, "variant": variant, "use_safetensors": True}
+    diffusers_kwargs = {**common, DIFFUSERS_DTYPE_KWARG: dtype}
     try:
-        unet = UNet2DConditionModel.from_pretrained(path_or_id, subfolder="unet", **kwargs)
-        vae = AutoencoderKL.from_pretrained(path_or_id, subfolder="vae", **kwargs)
-        text_encoder = CLIPTextModel.from_pretrained(path_or_id, subfolder="text_encoder", **kwargs)
-        tokenizer = CLIPTokenizer.from_pretrained(path_or_id, subfolder="tokenizer")
-        scheduler = DDIMScheduler.from_pretrained(path_or_id, subfolder="scheduler")
-    except OSError as exc:  # hub id unreachable / not found, or a broken file
-        raise DigsegError(f"cannot load Stable Diffusion backbone {path_or_id!s}: {str(exc).splitlines()[0]}") from exc
-    return Backbone(unet, vae, text_encoder, tokenizer, scheduler)
+        unet = UNet2DConditionModel.from_pretrained(path_or_id, subfolder="unet", **diffusers_kwargs)
+        vae = AutoencoderKL.from_pretrained(path_or_id, subfolder="vae", **diffusers_kwargs)
+        text_encoder = CLIPTextModel.from_pretrained(path_or_id, subfolder="text_encoder", torch_dtype=dtype, **common)
+        tokenizer = CLIPTokenizer.from_pretrained(path_or_id, subfolder="tokenizer", revision=revision)
+        scheduler = DDIMScheduler.from_pretrained(path_or_id, subfolder="scheduler", revision=revision)
+        text_encoder_2 = tokenizer_2 = None
+        if layout.family == "sdxl":
+            text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
+                path_or_id, subfolder="text_encoder_2", torch_dtype=dtype, **common)
+            tokenizer_2 = CLIPTokenizer.from_pretrained(path_or_id, subfolder="tokenizer_2", revision=revision)
+    except (OSError, ValueError) as exc:  # hub id unreachable / not found, or a broken file
+        hint = ""
+        if "no file named" in str(exc) and variant is None:
+            hint = " (a download of one weight variant only? pass it, e.g. --variant fp16)"
+        raise DigsegError(f"cannot load Stable Diffusion backbone {path_or_id!s}: {_first_line(exc)}{hint}") from exc
+    if text_encoder_2 is not None:
+        from .sdxl import check_added_embedding
+
+        check_added_embedding(unet, int(text_encoder_2.config.projection_dim), str(path_or_id))
+    return Backbone(unet, vae, text_encoder, tokenizer, scheduler, text_encoder_2, tokenizer_2,
+                    record=backbone_record(str(path_or_id), revision, variant))
 
 
-def load_clip_text_encoder(path_or_id: str | os.PathLike, torch_dtype: torch.dtype | None = None) -> tuple[CLIPTextModel, CLIPTokenizer]:
+def load_clip_text_encoder(path_or_id: str | os.PathLike, torch_dtype: torch.dtype | None = None,
+                           variant: str | None = None, revision: str | None = None) -> tuple[CLIPTextModel, CLIPTokenizer]:
     """A transformers CLIP text encoder + tokenizer from a CLIP folder / hub id (e.g. openai/clip-vit-large-patch14)
-    or from the text_encoder/ + tokenizer/ of a Stable Diffusion folder."""
+    or from the text_encoder/ + tokenizer/ of a Stable Diffusion folder, at a weight `variant` and hub `revision`
+    (a local folder holding a single variant only gets that one), in float32 unless `torch_dtype` says otherwise."""
     path = Path(path_or_id).expanduser()
-    kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
     if path.exists() or not looks_like_hub_id(str(path_or_id)):
         if not path.is_dir():
             raise DigsegError(f"text encoder folder not found: {path}")
         sd_layout = (path / "text_encoder").is_dir() and (path / "tokenizer").is_dir()
         enc_args, tok_args = ((str(path), {"subfolder": "text_encoder"}), (str(path), {"subfolder": "tokenizer"})) if sd_layout \
             else ((str(path), {}), (str(path), {}))
+        variant = resolve_variant(path, ["text_encoder" if sd_layout else "."], variant)
     else:
         enc_args = tok_args = (str(path_or_id), {})
     try:
-        encoder = CLIPTextModel.from_pretrained(enc_args[0], **enc_args[1], **kwargs)
-        tokenizer = CLIPTokenizer.from_pretrained(tok_args[0], **tok_args[1])
+        encoder = CLIPTextModel.from_pretrained(enc_args[0], **enc_args[1], torch_dtype=torch_dtype or torch.float32,
+                                                variant=variant, revision=revision, use_safetensors=True)
+        tokenizer = CLIPTokenizer.from_pretrained(tok_args[0], **tok_args[1], revision=revision)
     except (OSError, ValueError) as exc:
-        raise DigsegError(f"cannot load CLIP text encoder {path_or_id!s}: {str(exc).splitlines()[0]}") from exc
+        raise DigsegError(f"cannot load CLIP text encoder {path_or_id!s}: {_first_line(exc)}") from exc
     return encoder.requires_grad_(False).eval(), tokenizer
 
 

@@ -10,6 +10,11 @@ features to its layers.
 With the backbone's own text encoder (D == C) every P_l starts as the identity, so at step 0 the
 pathway reproduces the pretrained U-Net exactly. With another encoder (D != C) all levels start from the
 same rectangular identity ("shared" initialisation): the first min(D, C) feature dimensions pass through.
+
+Levels without cross-attention (SDXL's first) get no projection: their entry in the output repeats another
+level's, which no layer reads, so every trained parameter reaches the loss (as DDP requires).
+SDXL's pooled text embedding (`pooled_dim` > 0, `digseg.models.sdxl`) arrives as the last `pooled_dim` features of
+the encoder states and leaves, unprojected, as one more entry after the levels: the U-Net's `text_embeds`.
 """
 
 from __future__ import annotations
@@ -78,28 +83,48 @@ class CLIPPromptEncoder(CachedPromptEncoder):
 
 
 class TextPathway(ModelMixin, ConfigMixin):
-    """One learned linear projection per U-Net resolution level.
+    """One learned linear projection per U-Net resolution level that has cross-attention.
 
-    forward(states [B, L, D]) -> list of num_levels tensors [B, L, C].
+    forward(states [B, L, D + P] or [B, D + P]) -> num_levels tensors [B, L, C] (or [B, C]), followed, when
+    `pooled_dim` P > 0, by the pooled embedding [B, P] (the last P features of the first token).
+    `levels`: the levels with cross-attention (None: all, as models saved before this option).
     """
 
     config_name = "config.json"
 
     @register_to_config
-    def __init__(self, encoder_dim: int, cross_attention_dim: int, num_levels: int) -> None:
+    def __init__(self, encoder_dim: int, cross_attention_dim: int, num_levels: int, pooled_dim: int = 0,
+                 levels: list[int] | None = None) -> None:
         super().__init__()
-        self.projections = nn.ModuleList(nn.Linear(encoder_dim, cross_attention_dim) for _ in range(num_levels))
+        levels = list(range(num_levels)) if levels is None else sorted(levels)
+        if not levels or not all(0 <= level < num_levels for level in levels):
+            raise ValueError(f"levels must be a non-empty subset of 0..{num_levels - 1}, got {levels}")
+        # keys "0", "1", ...: the same state-dict names as the ModuleList of earlier saved models
+        self.projections = nn.ModuleDict({str(level): nn.Linear(encoder_dim, cross_attention_dim) for level in levels})
         self.reset_to_identity()
 
     @torch.no_grad()
     def reset_to_identity(self) -> None:
         """Identity when D == C (step 0 = pretrained U-Net); rectangular identity shared by all levels otherwise."""
-        for proj in self.projections:
+        for proj in self.projections.values():
             nn.init.eye_(proj.weight)
             nn.init.zeros_(proj.bias)
 
     def forward(self, states: torch.Tensor) -> list[torch.Tensor]:
-        return [proj(states) for proj in self.projections]
+        tokens = states[..., : self.config.encoder_dim]  # [B, L, D]
+        projected = {int(level): proj(tokens) for level, proj in self.projections.items()}  # [B, L, C] each
+        first = projected[min(projected)]
+        out = [projected.get(level, first) for level in range(self.config.num_levels)]
+        if self.config.pooled_dim:
+            pooled = states[..., self.config.encoder_dim:]  # [B, L, P] (the same on every token) or [B, P]
+            out.append(pooled[:, 0] if pooled.dim() == 3 else pooled)
+        return out
+
+
+def cross_attention_levels(unet: UNet2DConditionModel) -> list[int]:
+    """The resolution levels whose blocks have cross-attention layers."""
+    num_levels = len(unet.config.block_out_channels)
+    return sorted({level for name in unet.attn_processors if (level := unet_level_of(name, num_levels)) is not None})
 
 
 def unet_level_of(processor_name: str, num_levels: int) -> int | None:
@@ -122,7 +147,9 @@ def unet_level_of(processor_name: str, num_levels: int) -> int | None:
 class _LevelContext:
     """Per-call holder of the projected text features, shared by the processors of one U-Net."""
 
-    def __init__(self) -> None:
+    def __init__(self, num_levels: int, needs_size_ids: bool) -> None:
+        self.num_levels = num_levels
+        self.needs_size_ids = needs_size_ids  # SDXL: the U-Net also takes text_embeds and time_ids
         self.levels: list[torch.Tensor] | None = None
         # when a list: each cross-attention layer appends its attention probabilities, averaged over heads and
         # maxed over positions, [B, K] (see DiGSegPipeline.class_relevance)
@@ -152,7 +179,7 @@ class LevelCrossAttnProcessor:
 def install_level_processors(unet: UNet2DConditionModel) -> _LevelContext:
     """Give every cross-attention layer a level-routing processor; returns the shared context."""
     num_levels = len(unet.config.block_out_channels)
-    context = _LevelContext()
+    context = _LevelContext(num_levels, unet.config.addition_embed_type == "text_time")
     processors = {}
     for name, processor in unet.attn_processors.items():
         level = unet_level_of(name, num_levels)
@@ -167,13 +194,26 @@ def unet_forward_with_text(
     sample: torch.Tensor,
     timestep: torch.Tensor,
     text_levels: list[torch.Tensor],
+    image_size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Run the U-Net with per-level text features.
 
-    sample [B, 8, h, w]; timestep [B] or scalar; text_levels: num_levels x [B, L, C] -> prediction [B, 4, h, w].
+    sample [B, 8, h, w]; timestep [B] or scalar; text_levels: num_levels x [B, L, C] (then, for SDXL, the pooled
+    embedding [B, P]) -> prediction [B, 4, h, w]. `image_size`: (H, W) of the processed image, which SDXL's size
+    ids describe (`digseg.models.sdxl`); needed for SDXL only.
     """
-    context.levels = text_levels
+    added = None
+    if context.needs_size_ids:
+        from .sdxl import sdxl_time_ids
+
+        if len(text_levels) <= context.num_levels or image_size is None:
+            raise DigsegError("an SDXL U-Net needs the pooled text embedding and the image size")
+        pooled = text_levels[context.num_levels]  # [B, P]
+        added = {"text_embeds": pooled, "time_ids": sdxl_time_ids(pooled.shape[0], *image_size, pooled.device,
+                                                                  torch.float32)}
+    context.levels = text_levels[: context.num_levels]
     try:
-        return unet(sample, timestep, encoder_hidden_states=text_levels[0], return_dict=False)[0]
+        return unet(sample, timestep, encoder_hidden_states=text_levels[0], added_cond_kwargs=added,
+                    return_dict=False)[0]
     finally:
         context.levels = None

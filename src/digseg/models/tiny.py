@@ -7,15 +7,27 @@ path the tests exercise.
 
 Sizes (defaults): images 64x64, VAE downsampling 4 -> latents [B, 4, 16, 16]; U-Net channels (32, 64);
 CLIP text encoder width 32, 2 layers; a byte-level BPE tokenizer with a small, fixed merge table.
+
+Families (`save_tiny_backbone(family=...)`, `save_tiny_sdxl_backbone`), each in its real model's layout:
+- "sd1": SD 1.x: convolutional transformer projections, one head width, quick-GELU text encoder, epsilon;
+- "sd2": SD 2-base: linear projections, head widths per level, GELU text encoder, epsilon;
+- "sd2-v": SD 2 (768-v): as "sd2" with v-prediction;
+- SDXL: two text encoders (the second with a projection), no cross-attention at the first level, a U-Net with
+  `addition_embed_type="text_time"`, and SDXL's Euler scheduler.
+`variants` writes the weights as the Hub holds them: None the plain float32 files, "fp16" *.fp16.safetensors in
+float16 (both: a repository with both; ("fp16",) alone: an fp16-only download).
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
+from typing import Sequence
+
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from diffusers import AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 # Words given whole-word tokens in the tiny tokenizer (anything else falls back to characters).
 _TINY_WORDS = (
@@ -26,6 +38,8 @@ _TINY_WORDS = (
 ).split()
 
 TINY_MAX_LENGTH = 32
+TINY_FAMILIES = ("sd1", "sd2", "sd2-v")  # save_tiny_backbone's; SDXL: save_tiny_sdxl_backbone
+VARIANT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}  # the dtype each weight variant is written in
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -70,7 +84,9 @@ def tiny_tokenizer(max_length: int = TINY_MAX_LENGTH) -> CLIPTokenizer:
     )
 
 
-def tiny_text_encoder(tokenizer: CLIPTokenizer, hidden_size: int = 32, seed: int = 0) -> CLIPTextModel:
+def tiny_text_encoder(tokenizer: CLIPTokenizer, hidden_size: int = 32, seed: int = 0, hidden_act: str = "quick_gelu",
+                      with_projection: bool = False) -> CLIPTextModel:
+    """A 2-layer CLIP text encoder; `with_projection`: SDXL's second encoder (`CLIPTextModelWithProjection`)."""
     torch.manual_seed(seed)
     config = CLIPTextConfig(
         vocab_size=len(tokenizer),
@@ -79,12 +95,13 @@ def tiny_text_encoder(tokenizer: CLIPTokenizer, hidden_size: int = 32, seed: int
         num_hidden_layers=2,
         num_attention_heads=2,
         max_position_embeddings=tokenizer.model_max_length,
+        hidden_act=hidden_act,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         projection_dim=hidden_size,
     )
-    return CLIPTextModel(config).eval()
+    return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config).eval()
 
 
 def tiny_vae(seed: int = 0) -> AutoencoderKL:
@@ -105,10 +122,13 @@ def tiny_vae(seed: int = 0) -> AutoencoderKL:
     )
 
 
-def tiny_unet(cross_attention_dim: int = 32, block_out_channels: tuple[int, ...] = (32, 64), seed: int = 0) -> UNet2DConditionModel:
-    """A 4-channel (pretrained-style, not yet widened) conditional U-Net; one cross-attention per level."""
+def tiny_unet(cross_attention_dim: int = 32, block_out_channels: tuple[int, ...] = (32, 64), seed: int = 0,
+              family: str = "sd1") -> UNet2DConditionModel:
+    """A 4-channel (pretrained-style, not yet widened) conditional U-Net; one cross-attention per level but the
+    last (whose cross-attention is the mid block's). SD 2 layouts: linear projections, head widths per level."""
     torch.manual_seed(seed)
     n = len(block_out_channels)
+    sd2 = family.startswith("sd2")
     return UNet2DConditionModel(
         sample_size=16,
         in_channels=4,
@@ -118,12 +138,36 @@ def tiny_unet(cross_attention_dim: int = 32, block_out_channels: tuple[int, ...]
         block_out_channels=block_out_channels,
         layers_per_block=1,
         cross_attention_dim=cross_attention_dim,
-        attention_head_dim=8,
+        attention_head_dim=tuple(c // 8 for c in block_out_channels) if sd2 else 8,
+        use_linear_projection=sd2,
         norm_num_groups=16,
     )
 
 
-def tiny_scheduler() -> DDIMScheduler:
+def tiny_sdxl_unet(cross_attention_dim: int = 64, pooled_dim: int = 32, seed: int = 0) -> UNet2DConditionModel:
+    """SDXL's U-Net layout, tiny: no cross-attention at the first level, two transformer layers at the second,
+    linear projections, and the added embedding of 6 size ids (8 sinusoids each) and the pooled text embedding."""
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        transformer_layers_per_block=(1, 2),
+        attention_head_dim=(4, 8),
+        use_linear_projection=True,
+        cross_attention_dim=cross_attention_dim,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + pooled_dim,
+        norm_num_groups=16,
+    )
+
+
+def tiny_scheduler(prediction_type: str = "epsilon") -> DDIMScheduler:
     """Stable Diffusion's training schedule (scaled-linear betas, 1000 steps)."""
     return DDIMScheduler(
         num_train_timesteps=1000,
@@ -133,30 +177,61 @@ def tiny_scheduler() -> DDIMScheduler:
         clip_sample=False,
         set_alpha_to_one=False,
         steps_offset=1,
-        prediction_type="epsilon",
+        prediction_type=prediction_type,
     )
 
 
+def save_variants(pipe, path: str | Path, variants: Sequence[str | None] = (None,)) -> Path:
+    """`pipe.save_pretrained(path)` once per variant: None the plain float32 files, else *.<variant>.safetensors in
+    that variant's dtype (`VARIANT_DTYPES`)."""
+    path = Path(path)
+    for variant in variants:
+        if variant is None:
+            pipe.save_pretrained(path)
+        else:  # a copy: the caller's modules keep their float32 weights
+            copy.deepcopy(pipe).to(VARIANT_DTYPES[variant]).save_pretrained(path, variant=variant)
+    return path
+
+
 def save_tiny_backbone(path: str | Path, seed: int = 0, vae: AutoencoderKL | None = None,
-                       unet_channels: tuple[int, ...] = (32, 64)) -> Path:
+                       unet_channels: tuple[int, ...] = (32, 64), family: str = "sd1",
+                       variants: Sequence[str | None] = (None,)) -> Path:
     """Write a tiny random Stable Diffusion folder with diffusers' `StableDiffusionPipeline.save_pretrained`.
 
-    `vae` replaces the random VAE (e.g. one trained by `digseg.training.vae.train_tiny_vae`).
+    `vae` replaces the random VAE (e.g. one trained by `digseg.training.vae.train_tiny_vae`); `family`: one of
+    `TINY_FAMILIES`; `variants`: which weight files (`save_variants`).
     """
     from diffusers import StableDiffusionPipeline
 
+    if family not in TINY_FAMILIES:
+        raise ValueError(f"family must be one of {', '.join(TINY_FAMILIES)}, got {family!r}")
     tokenizer = tiny_tokenizer()
-    text_encoder = tiny_text_encoder(tokenizer, seed=seed)
+    text_encoder = tiny_text_encoder(tokenizer, seed=seed, hidden_act="gelu" if family.startswith("sd2") else "quick_gelu")
     pipe = StableDiffusionPipeline(
         vae=vae if vae is not None else tiny_vae(seed),
         text_encoder=text_encoder,
         tokenizer=tokenizer,
-        unet=tiny_unet(cross_attention_dim=text_encoder.config.hidden_size, block_out_channels=unet_channels, seed=seed),
-        scheduler=tiny_scheduler(),
+        unet=tiny_unet(cross_attention_dim=text_encoder.config.hidden_size, block_out_channels=unet_channels, seed=seed,
+                       family=family),
+        scheduler=tiny_scheduler("v_prediction" if family == "sd2-v" else "epsilon"),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    path = Path(path)
-    pipe.save_pretrained(path)
-    return path
+    return save_variants(pipe, path, variants)
+
+
+def save_tiny_sdxl_backbone(path: str | Path, seed: int = 0, variants: Sequence[str | None] = (None,)) -> Path:
+    """Write a tiny random Stable Diffusion XL folder with diffusers' `StableDiffusionXLPipeline.save_pretrained`:
+    text encoders of width 32 (the second with a 32-wide projection), cross-attention width 64 = 32 + 32."""
+    from diffusers import StableDiffusionXLPipeline
+
+    tokenizer = tiny_tokenizer()
+    text_encoder = tiny_text_encoder(tokenizer, seed=seed)
+    text_encoder_2 = tiny_text_encoder(tokenizer, seed=seed + 1, hidden_act="gelu", with_projection=True)
+    scheduler = EulerDiscreteScheduler.from_config(tiny_scheduler().config, timestep_spacing="leading")
+    pipe = StableDiffusionXLPipeline(
+        vae=tiny_vae(seed), text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+        tokenizer_2=tokenizer, unet=tiny_sdxl_unet(64, text_encoder_2.config.projection_dim, seed), scheduler=scheduler,
+    )
+    return save_variants(pipe, path, variants)

@@ -38,9 +38,15 @@ EMA_DEVICES = ("accelerator", "cpu")  # where optim.use_ema keeps its copy of th
 
 @dataclass
 class ModelConfig:
-    pretrained: str = ""  # Stable Diffusion folder or hub id, or a DiGSeg model folder to continue training
+    pretrained: str = ""  # Stable Diffusion 1.x / 2.x / XL folder or hub id, or a DiGSeg model folder to continue training
+    # the backbone's weight files: variant "fp16" reads *.fp16.safetensors (None: the plain files, or a local folder's
+    # only variant); revision: a hub branch, tag or commit (docs/backbones.md). Weights load in float32 either way.
+    variant: str | None = None
+    revision: str | None = None
     prediction_type: str = "sample"  # sample (x0) | v_prediction | epsilon; x0 trains best in few steps
     text_encoder: str = ""  # "" = the backbone's own; else a CLIP text encoder folder or hub id, or open_clip:<name>
+    text_encoder_variant: str | None = None  # as variant and revision, for that text encoder
+    text_encoder_revision: str | None = None
     prompt_template: str = ""  # "" = the dataset's default (e.g. "a photo of a {}."); must contain "{}"
     # diffusion: MSE on the scheduler's target at random timesteps (the paper). one-step: one deterministic pass
     # (t = T-1, zero input) decoded to class scores and trained with cross-entropy on the labels (docs/training.md)

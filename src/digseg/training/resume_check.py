@@ -45,6 +45,9 @@ FIELD_KINDS: dict[str, str] = {
     # model: what is trained, and from what
     "model.pretrained": TRAJECTORY, "model.prediction_type": TRAJECTORY, "model.text_encoder": TRAJECTORY,
     "model.prompt_template": TRAJECTORY, "model.objective": TRAJECTORY, "model.one_step_decoder": TRAJECTORY,
+    # which files of the backbone: another revision or variant (fp16 files) starts from other weights
+    "model.variant": TRAJECTORY, "model.revision": TRAJECTORY, "model.text_encoder_variant": TRAJECTORY,
+    "model.text_encoder_revision": TRAJECTORY,
     # data: which samples, how augmented, how queried
     "data.dataset": TRAJECTORY, "data.data_root": TRAJECTORY, "data.num_scenes": TRAJECTORY,
     "data.val_fraction": TRAJECTORY, "data.split_file": TRAJECTORY, "data.crop_size": TRAJECTORY,

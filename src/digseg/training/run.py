@@ -60,7 +60,9 @@ def build_pipeline(model: ModelConfig) -> DiGSegPipeline:
     if (Path(model.pretrained) / "text_pathway").is_dir():  # continue training a DiGSeg model
         return DiGSegPipeline.from_pretrained(model.pretrained)
     return DiGSegPipeline.from_backbone(model.pretrained, prediction_type=model.prediction_type,
-                                        text_encoder=model.text_encoder or None)
+                                        text_encoder=model.text_encoder or None, variant=model.variant,
+                                        revision=model.revision, text_encoder_variant=model.text_encoder_variant,
+                                        text_encoder_revision=model.text_encoder_revision)
 
 
 def training_augmentation(data: DataConfig) -> Augmentation:

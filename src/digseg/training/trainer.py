@@ -136,6 +136,8 @@ class Trainer:
         self.output_dir = Path(run.output_dir)
         self.accelerator = _make_accelerator(opt, run)
         pipe.to(self.accelerator.device)
+        pipe.unet.float()  # float32 master weights, whatever dtype the files or the caller's pipeline had
+        pipe.text_pathway.float()
         self.one_step = pipe.config.objective == "one-step"
         if opt.gradient_checkpointing:
             pipe.unet.enable_gradient_checkpointing()

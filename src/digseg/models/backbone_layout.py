@@ -1,0 +1,188 @@
+"""What a Stable Diffusion backbone folder (or hub id) holds, read from its config files before any weights load.
+
+- `read_layout`: the pipeline class of model_index.json and the U-Net's config -> a `BackboneLayout` whose
+  `family` is "sd" (one CLIP text encoder: SD 1.x, 2.x) or "sdxl" (two, and a U-Net with
+  `addition_embed_type="text_time"`), or a one-line `DigsegError` naming what is missing for backbones digseg
+  cannot use: transformer-based models (DiT / MMDiT: SD3, Flux, PixArt, ...), U-Nets conditioned on anything
+  but text (and SDXL's size ids), inpainting U-Nets (9 input channels).
+- `resolve_variant`: the weight variant to load (e.g. "fp16"). A local folder that holds a single variant and no
+  plain weights (an fp16-only download) gets that variant without being asked, and says so in one log line.
+- `backbone_record`: the backbone's id, revision and variant, as a saved DiGSeg model records them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import DigsegError
+
+logger = logging.getLogger("digseg.models")
+
+FAMILIES = ("sd", "sdxl")
+# the subfolders each family needs (tokenizer_2 / text_encoder_2: SDXL's second, OpenCLIP bigG, text encoder)
+SUBFOLDERS = {
+    "sd": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
+    "sdxl": ("unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler"),
+}
+WEIGHT_SUBFOLDERS = ("unet", "vae", "text_encoder", "text_encoder_2")  # those that hold weight files
+ADDED_CONDITIONS = {None: "sd", "text_time": "sdxl"}  # unet addition_embed_type -> family digseg supports
+SDXL_TIME_IDS = 6  # original size (h, w), crop top-left (y, x), target size (h, w)
+
+_SHARD = re.compile(r"-\d{5}-of-\d{5}$")
+_SNAPSHOT = re.compile(r"models--(?P<org>[^/]+?)--(?P<name>[^/]+)/snapshots/(?P<sha>[0-9a-f]{40})/?$")
+
+
+@dataclass
+class BackboneLayout:
+    """A backbone's family and configs (read from its files; no weights loaded)."""
+
+    family: str
+    unet_config: dict[str, Any]
+    pipeline_class: str | None = None  # model_index.json's _class_name, when there is one
+    index: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def subfolders(self) -> tuple[str, ...]:
+        return SUBFOLDERS[self.family]
+
+    @property
+    def weight_folders(self) -> tuple[str, ...]:
+        return tuple(name for name in WEIGHT_SUBFOLDERS if name in self.subfolders)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DigsegError(f"cannot read {path}: {exc}") from exc
+
+
+def _load_configs(path_or_id: str, local: bool, revision: str | None) -> tuple[dict, dict | None]:
+    """(model_index.json or {}, unet/config.json or None) of a local folder or a hub id."""
+    if local:
+        root = Path(path_or_id)
+        index = _read_json(root / "model_index.json") if (root / "model_index.json").is_file() else {}
+        unet = _read_json(root / "unet" / "config.json") if (root / "unet" / "config.json").is_file() else None
+        return index, unet
+    from diffusers import DiffusionPipeline, UNet2DConditionModel
+
+    try:
+        index = dict(DiffusionPipeline.load_config(path_or_id, revision=revision))
+    except (OSError, ValueError):
+        index = {}  # no model_index.json: the component configs decide
+    if "transformer" in index and "unet" not in index:
+        return index, None
+    try:
+        unet = dict(UNet2DConditionModel.load_config(path_or_id, subfolder="unet", revision=revision))
+    except (OSError, ValueError) as exc:
+        raise DigsegError(f"cannot load Stable Diffusion backbone {path_or_id}: {str(exc).splitlines()[0]}") from exc
+    return index, unet
+
+
+def family_of_unet(config: dict[str, Any], where: str) -> str:
+    """The family ("sd" / "sdxl") whose conditioning a U-Net config asks for, or a DigsegError naming what digseg
+    would need to condition it."""
+    name = config.get("_class_name", "UNet2DConditionModel")
+    if name != "UNet2DConditionModel":
+        raise DigsegError(f"{where}: unet/ is a {name}; digseg fine-tunes a text-conditioned UNet2DConditionModel "
+                          "(Stable Diffusion 1.x, 2.x or XL)")
+    added = config.get("addition_embed_type")
+    if added not in ADDED_CONDITIONS:
+        raise DigsegError(f"{where}: the U-Net's added condition addition_embed_type={added!r} is not supported; "
+                          "digseg conditions U-Nets on text alone (SD 1.x, 2.x) or on text and image size "
+                          "('text_time', SDXL)")
+    for key in ("class_embed_type", "num_class_embeds", "encoder_hid_dim_type"):
+        if config.get(key) is not None:
+            raise DigsegError(f"{where}: the U-Net needs an extra input ({key}={config[key]!r}) that a text-prompted "
+                              "segmenter cannot give; use a text-to-image Stable Diffusion 1.x, 2.x or XL backbone")
+    if config.get("in_channels", 4) != config.get("out_channels", 4):
+        raise DigsegError(f"{where}: the U-Net takes {config.get('in_channels')} input channels for "
+                          f"{config.get('out_channels')} latent channels (an inpainting or image-conditioned "
+                          "model); digseg needs a text-to-image U-Net")
+    return ADDED_CONDITIONS[added]
+
+
+def read_layout(path_or_id: str, local: bool, revision: str | None = None) -> BackboneLayout:
+    """The layout of a backbone folder or hub id; refuses, in one line, what digseg cannot fine-tune."""
+    index, unet = _load_configs(path_or_id, local, revision)
+    pipeline_class = index.get("_class_name")
+    if unet is None and ("transformer" in index or (local and (Path(path_or_id) / "transformer").is_dir())):
+        kind = index.get("transformer", [None, "a transformer"])[-1]
+        raise DigsegError(f"{path_or_id} is a transformer-based (DiT / MMDiT) diffusion model "
+                          f"({pipeline_class or 'transformer/'}: {kind}); digseg needs a U-Net backbone and "
+                          "unet/ is missing (use Stable Diffusion 1.x, 2.x or XL)")
+    if unet is None:  # the subfolder check names it (with anything else missing)
+        return BackboneLayout("sd", {}, pipeline_class, index)
+    return BackboneLayout(family_of_unet(unet, str(path_or_id)), unet, pipeline_class, index)
+
+
+def check_subfolders(path: Path, layout: BackboneLayout) -> None:
+    missing = [name for name in layout.subfolders if not (path / name).is_dir()]
+    if missing:
+        what = "a Stable Diffusion XL" if layout.family == "sdxl" else "a Stable Diffusion"
+        raise DigsegError(f"{path} is not {what} folder: missing {', '.join(m + '/' for m in missing)}")
+
+
+# ------------------------------------------------------------------------------------------------ variants
+def weight_variants(folder: Path) -> set[str | None]:
+    """The variants of the safetensors weights in one component folder: None for plain weights
+    (diffusion_pytorch_model.safetensors, model-00001-of-00002.safetensors), "fp16" for
+    diffusion_pytorch_model.fp16.safetensors, model.fp16-00001-of-00002.safetensors, ...
+
+    A folder with only pickled weights (*.bin) is refused: digseg loads safetensors only.
+    """
+    found: set[str | None] = set()
+    for file in folder.glob("*.safetensors"):
+        stem = _SHARD.sub("", file.name[: -len(".safetensors")])
+        found.add(_SHARD.sub("", stem.rsplit(".", 1)[1]) if "." in stem else None)
+    if not found and any(folder.glob("*.bin")):
+        raise DigsegError(f"{folder} holds only pickled .bin weights; digseg loads safetensors weights only "
+                          "(save the model again with safe_serialization, the diffusers default)")
+    return found
+
+
+def _names(variants) -> str:
+    return ", ".join(sorted("plain" if v is None else v for v in variants))
+
+
+def resolve_variant(path: Path, weight_folders: Sequence[str], requested: str | None) -> str | None:
+    """The variant to load from the `weight_folders` of local folder `path` ("." for the folder itself):
+    `requested` if every one has it; else plain weights if every one has them; else the one variant every one
+    has (logged). One-line DigsegError otherwise, naming what each holds."""
+    held = {path / name: weight_variants(path / name) for name in weight_folders}
+    empty = [str(folder) for folder, variants in held.items() if not variants]
+    if empty:
+        raise DigsegError(f"no safetensors weights in {', '.join(empty)}")
+    if requested is not None:
+        lacking = [folder for folder, variants in held.items() if requested not in variants]
+        if lacking:
+            raise DigsegError(f"no {requested!r} variant weights in {lacking[0]} (it holds: {_names(held[lacking[0]])}); "
+                              "choose a variant it holds, or none")
+        return requested
+    if all(None in variants for variants in held.values()):
+        return None
+    common = set.intersection(*held.values()) - {None}
+    if len(common) == 1:
+        variant = common.pop()
+        logger.warning("%s holds only the %s variant of its weights (*.%s.safetensors): loading that variant, "
+                       "in float32 unless a dtype is given (--variant %s)", path, variant, variant, variant)
+        return variant
+    detail = "; ".join(f"{folder.name}: {_names(v)}" for folder, v in held.items())
+    raise DigsegError(f"{path} has no plain weights and no single variant to load ({detail}): choose one with "
+                      "--variant")
+
+
+# ------------------------------------------------------------------------------------------------ record
+def backbone_record(pretrained: str, revision: str | None, variant: str | None) -> dict[str, str | None]:
+    """{"pretrained", "revision", "variant"} of a backbone. A folder in the Hugging Face cache
+    (.../models--org--name/snapshots/<commit>) is recorded as its hub id and commit."""
+    match = _SNAPSHOT.search(str(pretrained).replace("\\", "/"))
+    if match:
+        pretrained = f"{match['org']}/{match['name']}"
+        revision = revision or match["sha"]
+    return {"pretrained": str(pretrained), "revision": revision, "variant": variant}

@@ -1,0 +1,78 @@
+"""Stable Diffusion XL's conditioning, for DiGSeg: two text encoders and the size ids of the added embedding.
+
+SDXL's U-Net (`addition_embed_type="text_time"`) is conditioned, as diffusers' `StableDiffusionXLPipeline` does it, on
+- token features: the penultimate hidden states of CLIP ViT-L (768) and OpenCLIP bigG (1280), concatenated along
+  the feature axis -> [B, L, 2048], its cross-attention width;
+- `text_embeds`: the second encoder's pooled, projected embedding [B, 1280];
+- `time_ids`: (original height, width, crop top, left, target height, width) -> [B, 6], each embedded with
+  `addition_time_embed_dim` sinusoids.
+
+In DiGSeg the token features go through the per-level projections of the text pathway like any encoder's; the
+pooled embedding rides along in the same tensor (`SDXLPromptEncoder` appends it to every token's features, so the
+prompt cache, template averaging and indexing treat it as one tensor), and `TextPathway` splits it off unchanged.
+The size ids describe the processed image the U-Net sees: original = target = the latent's size times the VAE's
+factor, crop at (0, 0), which is what the SDXL pipeline passes by default for an image of that size.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import DigsegError
+from .backbone_layout import SDXL_TIME_IDS
+from .text import CachedPromptEncoder
+
+
+class SDXLPromptEncoder(CachedPromptEncoder):
+    """SDXL's two frozen CLIP text encoders: `encode(prompts)` -> [N, L, D1 + D2 + P].
+
+    The first D1 + D2 features of every token are the two encoders' penultimate hidden states (as SDXL's
+    `encode_prompt`); the last P are the second encoder's pooled `text_embeds`, repeated on every token.
+    """
+
+    def __init__(self, text_encoder: nn.Module, tokenizer, text_encoder_2: nn.Module, tokenizer_2) -> None:
+        super().__init__()
+        self.text_encoder = text_encoder.requires_grad_(False).eval()
+        self.text_encoder_2 = text_encoder_2.requires_grad_(False).eval()
+        self.tokenizer, self.tokenizer_2 = tokenizer, tokenizer_2
+
+    @property
+    def hidden_size(self) -> int:
+        """Token feature width D1 + D2 (what the U-Net's cross-attention reads)."""
+        return int(self.text_encoder.config.hidden_size + self.text_encoder_2.config.hidden_size)
+
+    @property
+    def pooled_size(self) -> int:
+        return int(self.text_encoder_2.config.projection_dim)
+
+    def _encode_new(self, prompts: list[str]) -> torch.Tensor:
+        states, pooled = [], None
+        for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
+            ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                            return_tensors="pt").input_ids.to(encoder.device)
+            out = encoder(ids, output_hidden_states=True)
+            states.append(out.hidden_states[-2])  # [M, L, D_i]
+            pooled = out[0]  # the last encoder's: CLIPTextModelWithProjection's text_embeds [M, P]
+        if states[0].shape[1] != states[1].shape[1]:
+            raise DigsegError(f"SDXL's tokenizers pad to different lengths ({states[0].shape[1]} and "
+                              f"{states[1].shape[1]}): their model_max_length must match")
+        tokens = torch.cat(states, dim=-1)  # [M, L, D1 + D2]
+        return torch.cat([tokens, pooled[:, None].expand(-1, tokens.shape[1], -1).to(tokens.dtype)], dim=-1)
+
+
+def sdxl_time_ids(batch: int, height: int, width: int, device, dtype) -> torch.Tensor:
+    """[batch, 6]: (height, width) of the processed image as original and target size, crop top-left (0, 0)."""
+    ids = torch.tensor([height, width, 0, 0, height, width], device=device, dtype=dtype)
+    return ids.expand(batch, SDXL_TIME_IDS)
+
+
+def check_added_embedding(unet, pooled_size: int, where: str) -> None:
+    """SDXL's U-Net must take exactly 6 size ids and the second encoder's pooled embedding (as diffusers checks);
+    the refiner (5 ids with an aesthetic score) and other variants are refused in one line."""
+    expected = unet.add_embedding.linear_1.in_features
+    given = unet.config.addition_time_embed_dim * SDXL_TIME_IDS + pooled_size
+    if expected != given:
+        raise DigsegError(f"{where}: the U-Net's added embedding takes {expected} features, but SDXL's 6 size ids x "
+                          f"{unet.config.addition_time_embed_dim} + text_encoder_2's pooled {pooled_size} give "
+                          f"{given} (an SDXL refiner or another variant, which digseg does not support)")
