@@ -4,8 +4,9 @@ Trains the widened U-Net and the text pathway (VAE and text encoder frozen) with
 prediction target (x0 by default), masking latent cells that cover "ignore" pixels; or, for a pipeline whose
 config names the one-step objective, with its task loss (`one_step.py`). AdamW, warm-up +
 decay, gradient accumulation, mixed precision, optional EMA, tqdm progress, periodic atomic safetensors
-checkpoints and `resume="latest"`, optional validation with the best step kept (`validation.py`). The run folder
-gets `config.yaml` at the start and the trained pipeline (model_index.json, unet/, vae/, ...) at the end.
+checkpoints and `resume="latest"`, optional validation with the best step kept (`validation.py`), optional FSDP2
+sharding of the trainable modules and their checkpoints (`sharding.py`). The run folder gets `config.yaml` at the
+start and the trained pipeline (model_index.json, unet/, vae/, ...) at the end.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from torch import nn
@@ -27,11 +27,12 @@ from ..distributed import launched_without_accelerator
 from ..errors import DigsegError
 from ..pipeline import DiGSegPipeline
 from .batches import Batch, per_sample, slot_generators
-from .checkpoint import (kill_point, list_checkpoints, load_checkpoint, prune_checkpoints, remove_stale, resolve_resume,
-                         save_best, save_checkpoint)
+from .checkpoint import (SHARDS, begin_staging, checkpoint_folder, kill_point, list_checkpoints, load_checkpoint,
+                         prune_checkpoints, remove_stale, resolve_resume, save_best, save_checkpoint, staging_folder)
 from .config import OptimConfig, RunConfig, TrainConfig
 from .one_step import one_step_loss
 from .run import TrainingData
+from .sharding import ShardedState, check_sharding, local_shards, shard_modules
 from .tracking import TrainingLogger
 from .validation import check_can_validate, evaluate, evaluation_weights, is_better, validation_due
 
@@ -129,6 +130,8 @@ class Trainer:
         self.show_progress = show_progress
         self.output_dir = Path(run.output_dir)
         self.accelerator = _make_accelerator(opt, run)
+        check_sharding(self.accelerator.distributed_type, run.sharding, opt.optimizer, self.accelerator.mixed_precision)
+        check_can_validate(run.eval_every, preview_dataset, run.sharding)
         pipe.to(self.accelerator.device)
         self.one_step = pipe.config.objective == "one-step"
         if opt.gradient_checkpointing:
@@ -137,80 +140,106 @@ class Trainer:
                 pipe.vae.enable_gradient_checkpointing()
         pipe.unet.train().requires_grad_(True)
         pipe.text_pathway.train().requires_grad_(True)
+        sharded = run.sharding == "fsdp"
+        if sharded:  # in place: the parameters become DTensors holding this process's chunks
+            shard_modules(pipe.unet, pipe.text_pathway, self.accelerator.device)
         params = list(pipe.unet.parameters()) + list(pipe.text_pathway.parameters())
         self.optimizer = make_optimizer(opt.optimizer, params, opt.learning_rate, opt.weight_decay)
         self.lr_scheduler = get_scheduler(
             opt.lr_scheduler, self.optimizer,
             num_warmup_steps=opt.lr_warmup_steps, num_training_steps=opt.max_steps,
         )
-        self.unet, self.text_pathway, self.optimizer = self.accelerator.prepare(pipe.unet, pipe.text_pathway, self.optimizer)
+        if sharded:  # FSDP2 reduces the gradients itself: accelerate wraps only the optimizer (accumulation, scaler)
+            self.unet, self.text_pathway = pipe.unet, pipe.text_pathway
+            self.optimizer = self.accelerator.prepare(self.optimizer)
+        else:
+            self.unet, self.text_pathway, self.optimizer = self.accelerator.prepare(pipe.unet, pipe.text_pathway,
+                                                                                   self.optimizer)
         self.params = list(self.unet.parameters()) + list(self.text_pathway.parameters())  # trainable
-        self.ema = EMAModel(self.params, decay=opt.ema_decay) if opt.use_ema else None
+        self.ema = EMAModel(self._ema_params(), decay=opt.ema_decay) if opt.use_ema else None
         self.ema_device = torch.device("cpu") if opt.ema_device == "cpu" else self.accelerator.device
         if self.ema is not None:
             self.ema.to(self.ema_device)
+        self.shards = ShardedState({"unet": self.unet, "text_pathway": self.text_pathway}, self.optimizer.optimizer,
+                                   self.params, self.ema) if sharded else None
+        if sharded and run.sample_every and run.log_with != "none" and self.accelerator.is_main_process:
+            logger.warning("sample previews are off with --sharding fsdp: the sharded U-Net runs only when every "
+                           "process runs it")
         self.step = 0
         self.last_loss = float("nan")
-        check_can_validate(run.eval_every, preview_dataset, self.accelerator.distributed_type)
         self.best: dict | None = None  # {"step", "metric", "value"}: the best validated step so far (checkpointed)
         self.logs = TrainingLogger(self.accelerator, self.output_dir, config.to_dict(),
                                    use_tensorboard=bool(self.accelerator.log_with))
 
     # ------------------------------------------------------------------------------------ checkpoints
     def _trainable_weights(self) -> dict[str, dict[str, torch.Tensor]]:
-        """Full (unsharded) state dicts; a collective under FSDP, so every process calls it."""
+        """Whole state dicts of the trainable modules (and the EMA), for an unsharded run's checkpoint."""
         get = self.accelerator.get_state_dict
         weights = {"unet": get(self.unet), "text_pathway": get(self.text_pathway)}
         if self.ema is not None:
             weights["ema"] = {f"{i:06d}": p for i, p in enumerate(self.ema.shadow_params)}
         return weights
 
-    def _optimizer_is_sharded(self) -> bool:
-        return self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    def _ema_params(self) -> list[torch.Tensor]:
+        """What the EMA averages: the trainable parameters, or under sharding this process's chunks of them."""
+        return local_shards(self.params) if self.run.sharding == "fsdp" else self.params
 
     def save_checkpoint(self, best: bool = False) -> Path | None:
         """Every process calls this; the main process writes `checkpoints/step-<step>` (with `best`:
-        `checkpoints/best`, `self.best` in its best.json) and returns its path."""
-        self.accelerator.wait_for_everyone()
-        weights = self._trainable_weights()
-        if not self.accelerator.is_main_process:
-            self.accelerator.wait_for_everyone()
+        `checkpoints/best`, `self.best` in its best.json) and returns its path. Under sharding every process first
+        writes its shards into the checkpoint's temporary folder."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        root = self.output_dir / "checkpoints"
+        staged = None
+        if self.shards is not None:
+            final = checkpoint_folder(root, self.step, best)
+            staged = begin_staging(final) if acc.is_main_process else None
+            acc.wait_for_everyone()  # the folder exists (and older leftovers are gone) before anyone writes
+            param_groups = self.shards.save(staging_folder(final) / SHARDS)  # every process writes its own file
+            weights, optimizer_state = {}, {"state": {}, "param_groups": param_groups}
+        else:
+            weights, optimizer_state = self._trainable_weights(), None
+        if not acc.is_main_process:
+            acc.wait_for_everyone()
             return None
-        sharded = self._optimizer_is_sharded()
         extra = {
             "lr_scheduler": self.lr_scheduler.state_dict(),
             "ema": {"optimization_step": self.ema.optimization_step} if self.ema else None,
             "loss": self.last_loss,
-            "optimizer_saved": not sharded,
             "best": self.best,
+            "sharding": self.run.sharding,
+            "num_processes": acc.num_processes,
         }
-        # under FSDP / ZeRO the main process holds only its shard of the AdamW moments: rather than write a part
-        # that would be loaded as if it were whole, write none (resume then restarts the moments; see docs)
-        optimizer_state = {"state": {}, "param_groups": []} if sharded else self.optimizer.state_dict()
-        root = self.output_dir / "checkpoints"
+        optimizer_state = optimizer_state or self.optimizer.state_dict()
         if best:
-            path = save_best(root, self.step, weights, optimizer_state, extra, self.best)
+            path = save_best(root, self.step, weights, optimizer_state, extra, self.best, staged)
         else:
-            path = save_checkpoint(root, self.step, weights, optimizer_state, extra, self.run.keep_checkpoints)
-        self.accelerator.wait_for_everyone()  # nobody runs ahead (or is killed) before the checkpoint exists
+            path = save_checkpoint(root, self.step, weights, optimizer_state, extra, self.run.keep_checkpoints, staged)
+        acc.wait_for_everyone()  # nobody runs ahead (or is killed) before the checkpoint exists
         return path
 
     def load_checkpoint(self, path: Path) -> None:
+        """Every process calls this (under sharding each reads its shards, resharded to this run's processes)."""
         weights, optimizer_state, state = load_checkpoint(path)
-        unwrap = self.accelerator.unwrap_model
-        unwrap(self.unet).load_state_dict(weights["unet"])
-        unwrap(self.text_pathway).load_state_dict(weights["text_pathway"])
-        if state.get("optimizer_saved", True) and not self._optimizer_is_sharded():
-            self.optimizer.load_state_dict(optimizer_state)
+        saved = state.get("sharding", "none")
+        if saved != self.run.sharding:
+            raise DigsegError(f"checkpoint {path} was written with --sharding {saved}: resume it with --sharding "
+                              f"{saved} (with any number of processes)")
+        if self.ema is not None and (state.get("ema") is None or (self.shards is None and "ema" not in weights)):
+            raise DigsegError(f"checkpoint {path} has no EMA weights but use_ema is on")
+        if self.shards is not None:
+            self.shards.load(path / SHARDS, optimizer_state["param_groups"])
         else:
-            logger.warning("%s: AdamW moments not restored (sharded optimizer state is not checkpointed); "
-                           "weights, step, LR schedule and data order are", path)
+            unwrap = self.accelerator.unwrap_model
+            unwrap(self.unet).load_state_dict(weights["unet"])
+            unwrap(self.text_pathway).load_state_dict(weights["text_pathway"])
+            self.optimizer.load_state_dict(optimizer_state)
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         if self.ema is not None:
-            if "ema" not in weights:
-                raise DigsegError(f"checkpoint {path} has no EMA weights but use_ema is on")
-            shadow = weights["ema"]
-            self.ema.shadow_params = [shadow[k].to(self.ema_device) for k in sorted(shadow)]
+            if self.shards is None:
+                shadow = weights["ema"]
+                self.ema.shadow_params = [shadow[k].to(self.ema_device) for k in sorted(shadow)]
             self.ema.optimization_step = state["ema"]["optimization_step"]
         self.step = int(state["step"])
         self.best = state.get("best")
@@ -289,7 +318,7 @@ class Trainer:
         away = self.ema_device != self.accelerator.device
         if away:
             self.ema.to(self.accelerator.device, non_blocking=True)
-        self.ema.step(self.params)
+        self.ema.step(self._ema_params())
         if away:
             self.ema.to(self.ema_device, non_blocking=True)
 
@@ -304,7 +333,7 @@ class Trainer:
     def _log_samples(self) -> None:
         """Predictions for the same `num_sample_images` images (validation, else training) into TensorBoard."""
         run = self.run
-        if not self.logs.use_tensorboard or not self.accelerator.is_main_process:
+        if not self.logs.use_tensorboard or not self.accelerator.is_main_process or self.shards is not None:
             return
         if self._preview_samples is None:
             source = self.preview_dataset if self.preview_dataset is not None else self.data.samples.dataset
@@ -333,10 +362,14 @@ class Trainer:
 
     def finish(self) -> DiGSegPipeline:
         """Put the trained (EMA, if on) weights into the pipeline, in eval mode, and save it in the run folder."""
-        unwrap = self.accelerator.unwrap_model
-        unet, pathway = unwrap(self.unet), unwrap(self.text_pathway)
-        if self.ema is not None:
-            self.ema.copy_to(list(unet.parameters()) + list(pathway.parameters()))
+        if self.shards is not None:  # every process gathers whole copies (with the EMA weights, if on)
+            whole = self.shards.whole_modules()
+            unet, pathway = whole["unet"], whole["text_pathway"]
+        else:
+            unwrap = self.accelerator.unwrap_model
+            unet, pathway = unwrap(self.unet), unwrap(self.text_pathway)
+            if self.ema is not None:
+                self.ema.copy_to(list(unet.parameters()) + list(pathway.parameters()))
         unet.eval().requires_grad_(False)
         pathway.eval().requires_grad_(False)
         self.pipe.register_modules(unet=unet, text_pathway=pathway)
