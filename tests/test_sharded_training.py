@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -40,23 +39,32 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _train(args: list[str], processes: int, kill_at: str | None = None) -> subprocess.CompletedProcess:
-    """`digseg train` in 1 process, or in 2 under torchrun (gloo on CPU)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error",
-               DIFFUSERS_VERBOSITY="error", PYTHONWARNINGS="ignore")
-    env.pop("DIGSEG_KILL_AT", None)
-    if kill_at:
-        env["DIGSEG_KILL_AT"] = kill_at
-    launcher = [sys.executable]
-    if processes > 1:
-        launcher += ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_addr", "127.0.0.1",
-                     "--master_port", str(_free_port())]
-    return subprocess.run([*launcher, "-m", "digseg.cli", "train", *args], capture_output=True, text=True,
-                          timeout=300, env=env, cwd=REPO)
+def _train(*runs: tuple[list[str], int, str | None]) -> list[subprocess.CompletedProcess]:
+    """`digseg train` runs (args, processes, DIGSEG_KILL_AT or None), all at once (most of a tiny run is start-up and
+    waiting on the other process): 1 process, or N under torchrun (gloo on CPU)."""
+    procs = []
+    for args, processes, kill_at in runs:
+        env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error",
+                   DIFFUSERS_VERBOSITY="error", PYTHONWARNINGS="ignore")
+        env.pop("DIGSEG_KILL_AT", None)
+        if kill_at:
+            env["DIGSEG_KILL_AT"] = kill_at
+        launcher = [sys.executable]
+        if processes > 1:
+            launcher += ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_addr",
+                         "127.0.0.1", "--master_port", str(_free_port())]
+        procs.append(subprocess.Popen([*launcher, "-m", "digseg.cli", "train", *args], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, env=env, cwd=REPO))
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=400)
+        results.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return results
 
 
-def _ok(result: subprocess.CompletedProcess) -> None:
-    assert result.returncode == 0, f"--- stdout\n{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-5000:]}"
+def _ok(*results: subprocess.CompletedProcess) -> None:
+    for result in results:
+        assert result.returncode == 0, f"--- stdout\n{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-5000:]}"
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
@@ -94,9 +102,10 @@ def runs(tiny_backbone, tmp_path_factory) -> dict:
               "--learning-rate", "1e-3", "--use-ema"]
     per_process = [*common, "--batch-size", "1"]  # 2 processes x 1 = a global batch of 2
     ddp, sharded, killed = tmp / "ddp", tmp / "sharded", tmp / "killed"
-    _ok(_train([*per_process, "--output", str(ddp)], 2))
-    _ok(_train([*per_process, "--sharding", "fsdp", "--output", str(sharded)], 2))
-    result = _train([*per_process, "--sharding", "fsdp", "--output", str(killed)], 2, kill_at=f"step-{KILLED_AT}")
+    *done, result = _train(([*per_process, "--output", str(ddp)], 2, None),
+                           ([*per_process, "--sharding", "fsdp", "--output", str(sharded)], 2, None),
+                           ([*per_process, "--sharding", "fsdp", "--output", str(killed)], 2, f"step-{KILLED_AT}"))
+    _ok(*done)
     assert result.returncode != 0 and "SIGKILL" in result.stderr, result.stderr[-3000:]
     return dict(common=common, per_process=per_process, ddp=ddp, sharded=sharded, killed=killed, tmp=tmp)
 
@@ -149,16 +158,15 @@ def test_killed_sharded_run_resumes_on_the_uninterrupted_trajectory(runs, tiny_b
     shutil.copytree(killed, negative)
     _zero_moments(negative / "checkpoints" / "step-00000002")
 
-    _ok(_train([*runs["per_process"], "--sharding", "fsdp", "--output", str(killed), "--resume", "latest"], 2))
+    one_process = [*runs["common"], "--batch-size", "2", "--sharding", "fsdp", "--resume", "latest"]
+    _ok(*_train(([*runs["per_process"], "--sharding", "fsdp", "--output", str(killed), "--resume", "latest"], 2, None),
+                ([*one_process, "--output", str(single)], 1, None), ([*one_process, "--output", str(negative)], 1, None)))
     want = _weights(runs["sharded"])
     worst = _max_diff(want, _weights(killed))
     assert worst < RESUME_BOUND, f"the resumed sharded run ends {worst} away from the uninterrupted one"
     steps = [json.loads(line)["step"] for line in (killed / "log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, STEPS + 1))
 
-    one_process = [*runs["common"], "--batch-size", "2", "--sharding", "fsdp", "--resume", "latest"]
-    _ok(_train([*one_process, "--output", str(single)], 1))
-    _ok(_train([*one_process, "--output", str(negative)], 1))
     got, restarted, start = _weights(single), _weights(negative), _start(tiny_backbone)
     # resharded from 2 processes to 1: the same trajectory up to the summation order of the gradient average (the
     # bound of test_sharded_training_follows_the_ddp_run)

@@ -33,18 +33,14 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 from accelerate import init_empty_weights
 from accelerate.utils import DistributedType
 from torch import nn
-from torch.distributed.checkpoint import HuggingFaceStorageReader, HuggingFaceStorageWriter
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
-                                                     set_state_dict)
-from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import FSDPModule, fully_shard
-from torch.distributed.tensor import DTensor
 
 from ..errors import ConfigError, DigsegError
+
+# torch.distributed's FSDP2 and checkpoint APIs used below are imported where used: they need torch >= 2.9
+# (`check_sharding` says so in one line), and an unsharded run must not depend on them
 
 UNET_BLOCKS = ("down_blocks", "mid_block", "up_blocks")  # the U-Net's children wrapped as one FSDP unit each
 _BACKENDS = {"cpu": "gloo", "cuda": "cpu:gloo,cuda:nccl"}  # a process group of one, for an unlaunched process
@@ -58,6 +54,12 @@ def check_sharding(distributed_type: DistributedType, sharding: str, optimizer: 
                           "with --sharding fsdp (docs/distributed.md)")
     if sharding != "fsdp":
         return
+    try:
+        from torch.distributed.checkpoint import HuggingFaceStorageWriter  # noqa: F401
+        from torch.distributed.fsdp import fully_shard  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(f"--sharding fsdp needs torch >= 2.9 (FSDP2 and torch.distributed.checkpoint's safetensors "
+                          f"storage); this is torch {torch.__version__} ({exc})") from exc
     if mixed_precision == "fp16":
         raise ConfigError("--sharding fsdp trains in fp32 or bf16: fp16's loss scaler checks each process's own "
                           "shards for overflow, so processes could skip different steps; use --mixed-precision bf16")
@@ -78,6 +80,9 @@ def _ensure_process_group(device: torch.device) -> None:
 def shard_modules(unet: nn.Module, pathway: nn.Module, device: torch.device) -> None:
     """Apply FSDP2 in place: each U-Net block, the U-Net, the text pathway. Their parameters become DTensors holding
     this process's chunk; call before the optimizer is built over them."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
     _ensure_process_group(device)
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     for name in UNET_BLOCKS:
@@ -114,6 +119,9 @@ class ShardedState:
     def _tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
         """-> (flat {key: tensor}, the optimizer's state dict by parameter name). Keys: model.<name>,
         optim.<name>.<exp_avg|exp_avg_sq|step>, ema.<name>; DTensors except AdamW's replicated `step` scalars."""
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+        from torch.distributed.tensor import DTensor
+
         model, optim = get_state_dict(self.container, self.optimizer)
         flat = {f"model.{name}": value for name, value in model.items()}
         for name, entries in optim["state"].items():
@@ -128,17 +136,25 @@ class ShardedState:
     def save(self, folder: Path) -> list[dict]:
         """Write this process's shards into `folder` (one safetensors file per process); returns the optimizer's
         param groups (hyperparameters, parameters by name) for the checkpoint's JSON state."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint import HuggingFaceStorageWriter
+
         flat, optim = self._tensors()
         dcp.save(flat, storage_writer=HuggingFaceStorageWriter(str(folder), save_distributed=True))
         return optim["param_groups"]
 
     def load(self, folder: Path, param_groups: list[dict]) -> None:
         """Read the shards in `folder` (written by any number of processes) into the weights, moments and EMA."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint import HuggingFaceStorageReader
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
         flat, optim = self._tensors()
         try:
             dcp.load(flat, storage_reader=HuggingFaceStorageReader(str(folder)))
-        except Exception as exc:  # DCP reports every process's failure as one CheckpointException
-            raise DigsegError(f"cannot read sharded checkpoint {folder}: {str(exc).splitlines()[0][:300]}") from exc
+        except Exception as exc:  # DCP reports each process's failure as a traceback in one CheckpointException
+            reason = [line for line in str(exc).splitlines() if line.strip()][-1][:300]  # e.g. "ValueError: Size ..."
+            raise DigsegError(f"cannot read sharded checkpoint {folder}: {reason}") from exc
         model = {key.removeprefix("model."): value for key, value in flat.items() if key.startswith("model.")}
         state = {name: {key: flat[f"optim.{name}.{key}"] for key in entries} for name, entries in optim["state"].items()}
         set_state_dict(self.container, self.optimizer, model_state_dict=model,
@@ -150,6 +166,8 @@ class ShardedState:
     def whole_modules(self) -> dict[str, nn.Module]:
         """Unsharded copies of the trained modules on every process, with the EMA weights if EMA is on. Ends
         training: the optimizer's moments and the gradients are freed first."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
         if self.ema is not None:
             self.ema.copy_to(local_shards(self.params))
         self.optimizer.state.clear()
@@ -162,6 +180,8 @@ class ShardedState:
 def _unsharded_copy(module: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Module:
     """A plain module of `module`'s class and config holding `weights` (its full state dict) and, for a U-Net, its
     attention processors (which route the text pathway's levels)."""
+    from torch.distributed.fsdp import FSDPModule
+
     cls = next(c for c in type(module).__mro__ if not issubclass(c, FSDPModule))
     with init_empty_weights():
         plain = cls.from_config(module.config)
