@@ -156,7 +156,8 @@ class ShardedState:
             reason = [line for line in str(exc).splitlines() if line.strip()][-1][:300]  # e.g. "ValueError: Size ..."
             raise DigsegError(f"cannot read sharded checkpoint {folder}: {reason}") from exc
         model = {key.removeprefix("model."): value for key, value in flat.items() if key.startswith("model.")}
-        state = {name: {key: flat[f"optim.{name}.{key}"] for key in entries} for name, entries in optim["state"].items()}
+        state = {name: {key: flat[f"optim.{name}.{key}"] for key in entries}
+                 for name, entries in optim["state"].items()}
         set_state_dict(self.container, self.optimizer, model_state_dict=model,
                        optim_state_dict={"state": state, "param_groups": param_groups})
         if self.ema is not None:
