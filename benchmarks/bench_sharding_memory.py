@@ -125,8 +125,8 @@ def main() -> None:
         with safe_open(str(backbone / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:
             count = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())
         print(f"2 processes (gloo), SD2-architecture U-Net with channels {channels} ({count / 1e6:.0f} M parameters), "
-              f"{args.size} px, bf16 autocast, batch 1 per process, {args.steps} steps, EMA {'on' if args.ema else 'off'}; "
-              "peak RSS per process")
+              f"{args.size} px, bf16 autocast, batch 1 per process, {args.steps} steps, "
+              f"EMA {'on' if args.ema else 'off'}; peak RSS per process")
         print("| sharding | the 2 processes (GiB) | launcher's max (GiB) | wall (s) |")
         print("|---|---:|---:|---:|")
         for mode in modes:
