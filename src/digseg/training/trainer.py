@@ -140,8 +140,8 @@ class Trainer:
                 pipe.vae.enable_gradient_checkpointing()
         pipe.unet.train().requires_grad_(True)
         pipe.text_pathway.train().requires_grad_(True)
-        sharded = run.sharding == "fsdp"
-        if sharded:  # in place: the parameters become DTensors holding this process's chunks
+        self.sharded = run.sharding == "fsdp"
+        if self.sharded:  # in place: the parameters become DTensors holding this process's chunks
             shard_modules(pipe.unet, pipe.text_pathway, self.accelerator.device)
         params = list(pipe.unet.parameters()) + list(pipe.text_pathway.parameters())
         self.optimizer = make_optimizer(opt.optimizer, params, opt.learning_rate, opt.weight_decay)
@@ -149,7 +149,7 @@ class Trainer:
             opt.lr_scheduler, self.optimizer,
             num_warmup_steps=opt.lr_warmup_steps, num_training_steps=opt.max_steps,
         )
-        if sharded:  # FSDP2 reduces the gradients itself: accelerate wraps only the optimizer (accumulation, scaler)
+        if self.sharded:  # FSDP2 reduces the gradients itself: accelerate wraps only the optimizer (accumulation, scaler)
             self.unet, self.text_pathway = pipe.unet, pipe.text_pathway
             self.optimizer = self.accelerator.prepare(self.optimizer)
         else:
@@ -161,8 +161,8 @@ class Trainer:
         if self.ema is not None:
             self.ema.to(self.ema_device)
         self.shards = ShardedState({"unet": self.unet, "text_pathway": self.text_pathway}, self.optimizer.optimizer,
-                                   self.params, self.ema) if sharded else None
-        if sharded and run.sample_every and run.log_with != "none" and self.accelerator.is_main_process:
+                                   self.params, self.ema) if self.sharded else None
+        if self.sharded and run.sample_every and run.log_with != "none" and self.accelerator.is_main_process:
             logger.warning("sample previews are off with --sharding fsdp: the sharded U-Net runs only when every "
                            "process runs it")
         self.step = 0
@@ -182,7 +182,7 @@ class Trainer:
 
     def _ema_params(self) -> list[torch.Tensor]:
         """What the EMA averages: the trainable parameters, or under sharding this process's chunks of them."""
-        return local_shards(self.params) if self.run.sharding == "fsdp" else self.params
+        return local_shards(self.params) if self.sharded else self.params
 
     def save_checkpoint(self, best: bool = False) -> Path | None:
         """Every process calls this; the main process writes `checkpoints/step-<step>` (with `best`:
