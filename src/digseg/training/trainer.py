@@ -149,7 +149,7 @@ class Trainer:
             opt.lr_scheduler, self.optimizer,
             num_warmup_steps=opt.lr_warmup_steps, num_training_steps=opt.max_steps,
         )
-        if self.sharded:  # FSDP2 reduces the gradients itself: accelerate wraps only the optimizer (accumulation, scaler)
+        if self.sharded:  # FSDP2 reduces the gradients itself; accelerate wraps the optimizer (accumulation, scaler)
             self.unet, self.text_pathway = pipe.unet, pipe.text_pathway
             self.optimizer = self.accelerator.prepare(self.optimizer)
         else:
