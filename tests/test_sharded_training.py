@@ -6,8 +6,9 @@ global batch). A negative control resumes from the same checkpoint with its Adam
 elsewhere, so the exact-resume checks can fail. EMA and gradient accumulation are on: the saved models hold the EMA
 weights, so the sharded EMA's checkpointing is checked too.
 
-Seen on an AMD EPYC (2 cores): sharded vs DDP 2.4e-5 max abs (1.3e-5 of the update's norm; training moved weights by
-4.5e-3); resumed by 2 processes: identical; resumed by 1 process: 1.2e-7; without the moments: 4.4e-3 (0.63).
+Seen on an AMD EPYC (2 cores): sharded vs DDP 3.3e-5 max abs (2.6e-5 of the update's norm; training moved weights by
+4.5e-3); resumed by 2 processes: identical; resumed by 1 process: 1.2e-7; without the moments: 4.4e-3 (0.67 of the
+update's norm).
 The test marked `gpu` runs the same path in one process on CUDA (benchmarks/gpu_check.sh).
 """
 
