@@ -130,15 +130,17 @@ def format_number(x: float | None, digits: int = 3) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ models
-def sd2_unet(in_channels: int = 4):
-    """Stable Diffusion 2's U-Net architecture (865 M parameters with 4 input channels), random weights."""
+def sd2_unet(in_channels: int = 4, width: float = 1.0):
+    """Stable Diffusion 2's U-Net architecture (865 M parameters with 4 input channels), random weights. `width`
+    scales every block's channels (0.5: the same blocks and heads at half the channels, 223 M parameters)."""
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
         sample_size=96, in_channels=in_channels, out_channels=4,
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, attention_head_dim=(5, 10, 20, 20),
+        block_out_channels=tuple(int(c * width) for c in (320, 640, 1280, 1280)), layers_per_block=2,
+        attention_head_dim=(5, 10, 20, 20),
         cross_attention_dim=1024, use_linear_projection=True,
     ).eval()
 
@@ -155,8 +157,9 @@ def sd_vae():
     ).eval()
 
 
-def save_sd2_sized_backbone(path: Path, seed: int = 0) -> Path:
-    """SD2's U-Net + SD's VAE (random weights), a 2-layer 1024-wide CLIP text encoder, tiny tokenizer (77 tokens)."""
+def save_sd2_sized_backbone(path: Path, seed: int = 0, unet_width: float = 1.0) -> Path:
+    """SD2's U-Net + SD's VAE (random weights), a 2-layer 1024-wide CLIP text encoder, tiny tokenizer (77 tokens).
+    `unet_width`: `sd2_unet`'s channel scale."""
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -167,7 +170,7 @@ def save_sd2_sized_backbone(path: Path, seed: int = 0) -> Path:
         num_attention_heads=16, max_position_embeddings=77, hidden_act="gelu", projection_dim=1024,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )).eval()
-    unet = sd2_unet()
+    unet = sd2_unet(width=unet_width)
     vae = sd_vae()
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=tiny_scheduler(),

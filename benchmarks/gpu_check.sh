@@ -15,6 +15,8 @@
 #   5. the data stage (benchmarks/bench_data.py --gpu-check): decode + augment with loader workers, workers per GPU
 #   6. training memory (benchmarks/bench_train_memory.py): peak GPU memory of an SD2-sized 512 px step by memory
 #      lever at batch 2 (the one-GPU recipe's micro-batch), docs/training.md's table measured on the card
+#   fsdp: sharded training (--sharding fsdp) in one process on CUDA: train, checkpoint, SIGKILL, resume (the test
+#      marked `gpu` in tests/test_sharded_training.py; 2-process sharding is tested on the CPU)
 # Everything goes to $OUT (the device tool returns that folder; default ./gpu-check-out): gpu_check.log (all
 # output), gpu_check.md (every table), *.json (figures). The last line printed is a one-line summary.
 # Exit status: 0 when every step passed; 1 when any failed, timed out or was skipped; 2 without a CUDA device.
@@ -125,6 +127,10 @@ run_step inference_eager_vae "$B_INF" "${INF[@]}" --json "$OUT/inference_eager_v
 run_step inference_eager_light "$B_LIGHT" "${INF[@]}" --light-decoder --json "$OUT/inference_eager_light.json"
 run_step training "$B_TRAIN" python3 benchmarks/bench_train_throughput.py --device "$DEVICE" "${TRAIN_FLAGS[@]}" \
     --backbone-dir "$BACKBONE" --json "$OUT/training.json"
+# ---- sharded training (FSDP2 + torch.distributed.checkpoint) on the GPU: one process proves the CUDA/NCCL path
+B_FSDP=90
+run_step fsdp "$B_FSDP" "${TEST_ENV[@]}" python3 -m pytest -q -m gpu tests/test_sharded_training.py -p no:cacheprovider
+# ---- end of sharded training
 if [ -f benchmarks/bench_data.py ]; then
     run_step data "$B_DATA" python3 benchmarks/bench_data.py --gpu-check --json "$OUT/data.json"
 fi

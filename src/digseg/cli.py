@@ -86,6 +86,7 @@ _TRAIN_FLAGS = {
     "output": ("run", "output_dir"), "checkpoint_every": ("run", "checkpoint_every"),
     "keep_checkpoints": ("run", "keep_checkpoints"), "seed": ("run", "seed"),
     "eval_every": ("run", "eval_every"), "eval_samples": ("run", "eval_samples"), "report_to": ("run", "log_with"),
+    "sharding": ("run", "sharding"),
 }
 
 

@@ -14,7 +14,7 @@ from .errors import EXIT_SKIPPED
 from .predict_records import OUTPUTS
 from .protocols import add_protocol_flags, parse_pair
 from .training.config import (EMA_DEVICES, MASK_DECODER_TARGETS, MASK_DECODERS, MIXED_PRECISION, OBJECTIVES,
-                              OPTIMIZERS, PREDICTION_TYPES, TASKS)
+                              OPTIMIZERS, PREDICTION_TYPES, SHARDING, TASKS)
 
 _PREDICT_EPILOG = f"""\
 A file that cannot be read (missing, empty, not an image, truncated) is named on stderr and skipped; the
@@ -154,6 +154,9 @@ def _add_train(sub) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
                         "instead of refusing it; config.yaml records each change and the step it took effect")
     t.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="recompute U-Net activations in the backward pass: less memory, slower steps")
+    t.add_argument("--sharding", choices=SHARDING,
+                   help="none (default: whole weights on every process) or fsdp: each of N launched processes keeps "
+                        "1/N of the weights, gradients, AdamW moments and EMA (docs/distributed.md)")
     return t, data_flags
 
 

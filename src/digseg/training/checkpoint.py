@@ -6,6 +6,10 @@ Layout: `<output_dir>/checkpoints/step-00000100/` with
                                                 optimizer's quantized moments as their inner tensors)
   ema.safetensors                               EMA shadow weights (when EMA is on)
   trainer_state.json                            step, optimizer param groups, LR schedule, EMA scalars
+A sharded run's checkpoint (`run.sharding: fsdp`, training/sharding.py) holds instead of the four safetensors files
+  shards/shard-0000<r>-model-00001-of-00001.safetensors   process r-1's shards of the weights, AdamW moments and EMA
+written by every process into the same temporary folder (`staging_folder`), which the main process then completes
+with trainer_state.json and renames.
 A checkpoint is written into a hidden temporary folder, every file fsync'ed, and renamed into place, so a folder
 named `step-*` is always complete; an interrupted write (SIGKILL, power loss) leaves only a `.tmp-*` folder,
 which is never read and is removed by the next save. Nothing is unpickled.
@@ -48,6 +52,7 @@ from ..errors import DigsegError
 
 PREFIX = "step-"
 STATE_FILE = "trainer_state.json"
+SHARDS = "shards"  # a sharded run's folder of per-process safetensors files
 BEST = "best"  # checkpoints/best/: the best validated step
 BEST_FILE = "best.json"
 
@@ -180,6 +185,27 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def checkpoint_folder(root: Path, step: int, best: bool = False) -> Path:
+    """Where step `step`'s checkpoint goes: `root/step-<step>`, or `root/best`."""
+    return root / (BEST if best else f"{PREFIX}{step:08d}")
+
+
+def staging_folder(final: Path) -> Path:
+    """The temporary folder of a sharded checkpoint `final`: a name every process computes alike. The main process
+    creates it (`begin_staging`), every process writes its shards into its `shards/`, and `save_checkpoint` /
+    `save_best` with `staged=` complete and rename it."""
+    return final.parent / f".tmp-{final.name}-sharded"
+
+
+def begin_staging(final: Path) -> Path:
+    """Create `staging_folder(final)` empty (the main process, before the others write into it). Returns it."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(final.parent)
+    staged = staging_folder(final)
+    staged.mkdir()
+    return staged
+
+
 def save_checkpoint(
     root: Path,
     step: int,
@@ -187,29 +213,35 @@ def save_checkpoint(
     optimizer_state: dict[str, Any],
     extra_state: dict[str, Any],
     keep: int,
+    staged: Path | None = None,
 ) -> Path:
-    """Write `root/step-<step>` atomically; keep the newest `keep` complete checkpoints. Returns its path."""
-    final = _write_checkpoint(root / f"{PREFIX}{step:08d}", step, weights, optimizer_state, extra_state, "checkpoint")
+    """Write `root/step-<step>` atomically; keep the newest `keep` complete checkpoints. Returns its path.
+    `staged`: a sharded checkpoint's `staging_folder`, holding its shards already."""
+    final = _write_checkpoint(checkpoint_folder(root, step), step, weights, optimizer_state, extra_state, "checkpoint",
+                              staged=staged)
     prune_checkpoints(root, keep)
     return final
 
 
 def save_best(root: Path, step: int, weights: dict[str, dict[str, torch.Tensor]], optimizer_state: dict[str, Any],
-              extra_state: dict[str, Any], record: dict[str, Any]) -> Path:
+              extra_state: dict[str, Any], record: dict[str, Any], staged: Path | None = None) -> Path:
     """Write `root/best` atomically (replacing the previous best): the checkpoint files plus `record` as
     best.json. Returns its path."""
-    return _write_checkpoint(root / BEST, step, weights, optimizer_state, extra_state, BEST, {BEST_FILE: record})
+    return _write_checkpoint(checkpoint_folder(root, step, best=True), step, weights, optimizer_state, extra_state,
+                             BEST, {BEST_FILE: record}, staged)
 
 
 def _write_checkpoint(final: Path, step: int, weights: dict[str, dict[str, torch.Tensor]],
                       optimizer_state: dict[str, Any], extra_state: dict[str, Any], kind: str,
-                      notes: dict[str, dict[str, Any]] | None = None) -> Path:
+                      notes: dict[str, dict[str, Any]] | None = None, staged: Path | None = None) -> Path:
     """Write the checkpoint folder `final` through a `.tmp-*` folder and a rename; `notes`: more JSON files in it.
-    `kind` names its kill and fault points (`<kind>-<step>:weights`, `<kind>-<step>:before-rename`). A write that
-    fails (disk full, permission lost) removes the `.tmp-*` folder and raises a one-line DigsegError."""
-    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    `kind` names its kill and fault points (`<kind>-<step>:weights`, `<kind>-<step>:before-rename`). With `staged`
+    (a sharded checkpoint's temporary folder, its shards written) the tensors are there already: `optimizer_state`
+    holds only the param groups. A write that fails (disk full, permission lost) removes the `.tmp-*` folder and
+    raises a one-line DigsegError."""
+    tmp = staged if staged is not None else final.parent / f".tmp-{final.name}-{os.getpid()}"
     try:
-        return _write_through(tmp, final, step, weights, optimizer_state, extra_state, kind, notes)
+        return _write_through(tmp, final, step, weights, optimizer_state, extra_state, kind, notes, staged is None)
     except (OSError, SafetensorError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
@@ -221,23 +253,29 @@ def _write_checkpoint(final: Path, step: int, weights: dict[str, dict[str, torch
 
 def _write_through(tmp: Path, final: Path, step: int, weights: dict[str, dict[str, torch.Tensor]],
                    optimizer_state: dict[str, Any], extra_state: dict[str, Any], kind: str,
-                   notes: dict[str, dict[str, Any]] | None) -> Path:
+                   notes: dict[str, dict[str, Any]] | None, fresh: bool) -> Path:
+    """`fresh`: `tmp` is made here (a staged sharded checkpoint's is made, and its shards written, before)."""
     root = final.parent
-    root.mkdir(parents=True, exist_ok=True)
-    remove_stale(root)
-    tmp.mkdir()
+    if fresh:
+        root.mkdir(parents=True, exist_ok=True)
+        remove_stale(root)
+        tmp.mkdir()
     for name, tensors in weights.items():
         save_file(_contiguous(tensors), str(tmp / f"{name}.safetensors"))
     kill_point(f"{kind}-{step}:weights")
     opt_tensors, opt_meta = optimizer_to_flat(optimizer_state)
-    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+    if fresh:
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
     state = {"step": step, "optimizer": opt_meta, **extra_state}
     (tmp / STATE_FILE).write_text(json.dumps(_scalar_tensors_to_json(state), indent=1))
     for name, values in (notes or {}).items():
         (tmp / name).write_text(json.dumps(values, indent=1))
-    for file in tmp.iterdir():
-        with open(file, "rb") as handle:
-            os.fsync(handle.fileno())
+    for file in sorted(tmp.rglob("*")):
+        if file.is_file():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+        else:
+            _fsync_dir(file)
     _fsync_dir(tmp)
     kill_point(f"{kind}-{step}:before-rename")
     if final.exists():  # a re-run of the same step (after resume), or a new best: replace it
@@ -298,7 +336,8 @@ def read_trainer_state(path: Path) -> dict[str, Any]:
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any], dict[str, Any]]:
-    """-> (weights by name, optimizer state_dict, trainer state)."""
+    """-> (weights by name, optimizer state_dict, trainer state). A sharded checkpoint's weights and optimizer
+    state are in its `shards/` folder (read by training/sharding.py): here no weights, and the param groups only."""
     state = read_trainer_state(path)
     try:
         weights = {
@@ -306,7 +345,10 @@ def load_checkpoint(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dic
             for f in path.glob("*.safetensors")
             if f.name != "optimizer.safetensors"
         }
-        optimizer = optimizer_from_flat(load_file(str(path / "optimizer.safetensors")), state.pop("optimizer"))
+        if (path / SHARDS).is_dir():
+            optimizer = {"state": {}, "param_groups": state.pop("optimizer")["param_groups"]}
+        else:
+            optimizer = optimizer_from_flat(load_file(str(path / "optimizer.safetensors")), state.pop("optimizer"))
     except (OSError, ValueError, KeyError) as exc:
         raise DigsegError(f"cannot read checkpoint {path}: {exc}") from exc
     return weights, optimizer, state

@@ -34,6 +34,7 @@ MASK_DECODER_TARGETS = ("mask", "vae")  # what `digseg train-mask-decoder --targ
 MIXED_PRECISION = ("no", "fp16", "bf16")  # optim.mixed_precision may also be "": the launcher's choice
 OPTIMIZERS = ("adamw", "adamw8bit")  # adamw8bit: torchao's AdamW8bit (pip install "digseg[lowmem]")
 EMA_DEVICES = ("accelerator", "cpu")  # where optim.use_ema keeps its copy of the weights between steps
+SHARDING = ("none", "fsdp")  # run.sharding: whole weights on every process (DDP), or FSDP2 (training/sharding.py)
 
 
 @dataclass
@@ -189,8 +190,13 @@ class RunConfig:
     # `eval_samples` images; the best step's checkpoint is kept in checkpoints/best/ (docs/training.md)
     eval_every: int = 0
     eval_samples: int = 50
+    # none: every process holds the whole trainable weights, gradients and AdamW moments (DDP). fsdp: each of N
+    # processes holds 1/N of them (FSDP2), checkpointed sharded and resumed exactly (docs/distributed.md)
+    sharding: str = "none"
 
     def validate(self) -> None:
+        if self.sharding not in SHARDING:
+            raise ConfigError(f"run.sharding must be one of {', '.join(SHARDING)}, got {self.sharding!r}")
         for name in ("checkpoint_every", "keep_checkpoints", "log_every", "num_sample_images", "eval_samples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"run.{name} must be >= 1, got {getattr(self, name)}")

@@ -72,6 +72,7 @@ FIELD_KINDS: dict[str, str] = {
     "optim.ema_device": SAFE,  # where the EMA copy waits between updates
     # run: bookkeeping
     "run.seed": TRAJECTORY,
+    "run.sharding": TRAJECTORY,  # a sharded checkpoint holds per-process shards: resumed with the same mode only
     "run.output_dir": SAFE, "run.checkpoint_every": SAFE, "run.keep_checkpoints": SAFE, "run.log_every": SAFE,
     "run.log_with": SAFE, "run.sample_every": SAFE, "run.num_sample_images": SAFE,
     "run.eval_every": SAFE, "run.eval_samples": SAFE,  # validation leaves the training weights as they were

@@ -4,11 +4,12 @@ Trains the widened U-Net and the text pathway (VAE and text encoder frozen) with
 prediction target (x0 by default), masking latent cells that cover "ignore" pixels; or, for a pipeline whose
 config names the one-step objective, with its task loss (`one_step.py`). AdamW, warm-up +
 decay, gradient accumulation, mixed precision, optional EMA, tqdm progress, periodic atomic safetensors
-checkpoints and `resume="latest"`, optional validation with the best step kept (`validation.py`). The run folder
-gets `config.yaml` at the start and the trained pipeline (model_index.json, unet/, vae/, ..., and README.md, the
-model card of what the run knows: `digseg.model_card`) at the end. The main process holds the run folder's lock
-(`run_lock.py`) from the trainer's construction to the end of `train`; a resume checks the config against the
-checkpoint's before any step (`resume_check.py`).
+checkpoints and `resume="latest"`, optional validation with the best step kept (`validation.py`), optional FSDP2
+sharding of the trainable modules and their checkpoints (`sharding.py`). The run folder gets `config.yaml` at the
+start and the trained pipeline (model_index.json, unet/, vae/, ..., and README.md, the model card of what the run
+knows: `digseg.model_card`) at the end. The main process holds the run folder's lock (`run_lock.py`) from the
+trainer's construction to the end of `train`; a resume checks the config against the checkpoint's before any
+step (`resume_check.py`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from torch import nn
@@ -32,13 +32,14 @@ from ..model_card import read_card_facts, run_facts
 from ..pipeline import DiGSegPipeline
 from ..protocols import protocol_for
 from .batches import Batch, per_sample, slot_generators
-from .checkpoint import (kill_point, list_checkpoints, load_checkpoint, prune_checkpoints, remove_stale, save_best,
-                         save_checkpoint)
+from .checkpoint import (SHARDS, begin_staging, checkpoint_folder, kill_point, list_checkpoints, load_checkpoint,
+                         prune_checkpoints, remove_stale, save_best, save_checkpoint, staging_folder)
 from .config import OptimConfig, RunConfig, TrainConfig
 from .one_step import one_step_loss
 from .resume_check import ResumePlan, launch_facts, mixed_precision_of, plan_resume
 from .run import TrainingData
 from .run_lock import RunFolderLock
+from .sharding import ShardedState, check_sharding, local_shards, shard_modules
 from .tracking import TrainingLogger
 from .validation import check_can_validate, evaluate, evaluation_weights, is_better, validation_due
 
@@ -135,6 +136,8 @@ class Trainer:
         self.show_progress = show_progress
         self.output_dir = Path(run.output_dir)
         self.accelerator = _make_accelerator(opt, run)
+        check_sharding(self.accelerator.distributed_type, run.sharding, opt.optimizer, self.accelerator.mixed_precision)
+        check_can_validate(run.eval_every, preview_dataset, run.sharding)
         pipe.to(self.accelerator.device)
         pipe.unet.float()  # float32 master weights, whatever dtype the files or the caller's pipeline had
         pipe.text_pathway.float()
@@ -145,18 +148,30 @@ class Trainer:
                 pipe.vae.enable_gradient_checkpointing()
         pipe.unet.train().requires_grad_(True)
         pipe.text_pathway.train().requires_grad_(True)
+        self.sharded = run.sharding == "fsdp"
+        if self.sharded:  # in place: the parameters become DTensors holding this process's chunks
+            shard_modules(pipe.unet, pipe.text_pathway, self.accelerator.device)
         params = list(pipe.unet.parameters()) + list(pipe.text_pathway.parameters())
         self.optimizer = make_optimizer(opt.optimizer, params, opt.learning_rate, opt.weight_decay)
         self.lr_scheduler = self._make_lr_scheduler(self.optimizer)
-        self.unet, self.text_pathway, self.optimizer = self.accelerator.prepare(pipe.unet, pipe.text_pathway, self.optimizer)
+        if self.sharded:  # FSDP2 reduces the gradients itself; accelerate wraps the optimizer (accumulation, scaler)
+            self.unet, self.text_pathway = pipe.unet, pipe.text_pathway
+            self.optimizer = self.accelerator.prepare(self.optimizer)
+        else:
+            self.unet, self.text_pathway, self.optimizer = self.accelerator.prepare(pipe.unet, pipe.text_pathway,
+                                                                                   self.optimizer)
         self.params = list(self.unet.parameters()) + list(self.text_pathway.parameters())  # trainable
-        self.ema = EMAModel(self.params, decay=opt.ema_decay) if opt.use_ema else None
+        self.ema = EMAModel(self._ema_params(), decay=opt.ema_decay) if opt.use_ema else None
         self.ema_device = torch.device("cpu") if opt.ema_device == "cpu" else self.accelerator.device
         if self.ema is not None:
             self.ema.to(self.ema_device)
+        self.shards = ShardedState({"unet": self.unet, "text_pathway": self.text_pathway}, self.optimizer.optimizer,
+                                   self.params, self.ema) if self.sharded else None
+        if self.sharded and run.sample_every and run.log_with != "none" and self.accelerator.is_main_process:
+            logger.warning("sample previews are off with --sharding fsdp: the sharded U-Net runs only when every "
+                           "process runs it")
         self.step = 0
         self.last_loss = float("nan")
-        check_can_validate(run.eval_every, preview_dataset, self.accelerator.distributed_type)
         self.best: dict | None = None  # {"step", "metric", "value"}: the best validated step so far (checkpointed)
         self.last_validation: dict | None = None  # {"step", "val/mIoU", ...}: the latest scores (the model card's)
         self.config_changes: list[dict] = []  # changes made on resume (resume_check.history_entry), checkpointed
@@ -180,74 +195,92 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ checkpoints
     def _trainable_weights(self) -> dict[str, dict[str, torch.Tensor]]:
-        """Full (unsharded) state dicts; a collective under FSDP, so every process calls it."""
+        """Whole state dicts of the trainable modules (and the EMA), for an unsharded run's checkpoint."""
         get = self.accelerator.get_state_dict
         weights = {"unet": get(self.unet), "text_pathway": get(self.text_pathway)}
         if self.ema is not None:
             weights["ema"] = {f"{i:06d}": p for i, p in enumerate(self.ema.shadow_params)}
         return weights
 
-    def _optimizer_is_sharded(self) -> bool:
-        return self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    def _ema_params(self) -> list[torch.Tensor]:
+        """What the EMA averages: the trainable parameters, or under sharding this process's chunks of them."""
+        return local_shards(self.params) if self.sharded else self.params
 
     def save_checkpoint(self, best: bool = False) -> Path | None:
         """Every process calls this; the main process writes `checkpoints/step-<step>` (with `best`:
-        `checkpoints/best`, `self.best` in its best.json) and returns its path."""
-        self.accelerator.wait_for_everyone()
-        weights = self._trainable_weights()
-        if not self.accelerator.is_main_process:
-            self.accelerator.wait_for_everyone()
+        `checkpoints/best`, `self.best` in its best.json) and returns its path. Under sharding every process first
+        writes its shards into the checkpoint's temporary folder."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        root = self.output_dir / "checkpoints"
+        staged = None
+        if self.shards is not None:
+            final = checkpoint_folder(root, self.step, best)
+            staged = begin_staging(final) if acc.is_main_process else None
+            acc.wait_for_everyone()  # the folder exists (and older leftovers are gone) before anyone writes
+            param_groups = self.shards.save(staging_folder(final) / SHARDS)  # every process writes its own file
+            weights, optimizer_state = {}, {"state": {}, "param_groups": param_groups}
+        else:
+            weights, optimizer_state = self._trainable_weights(), None
+        if not acc.is_main_process:
+            acc.wait_for_everyone()
             return None
-        sharded = self._optimizer_is_sharded()
         extra = {
             "lr_scheduler": self.lr_scheduler.state_dict(),
             "ema": {"optimization_step": self.ema.optimization_step} if self.ema else None,
             "loss": self.last_loss,
-            "optimizer_saved": not sharded,
             "best": self.best,
             "config": self.config.to_dict(),  # what a resume is checked against (resume_check.py)
             "launch": self._launch(),
             "config_changes": self.config_changes,
+            "sharding": self.run.sharding,
         }
-        # under FSDP / ZeRO the main process holds only its shard of the AdamW moments: rather than write a part
-        # that would be loaded as if it were whole, write none (resume then restarts the moments; see docs)
-        optimizer_state = {"state": {}, "param_groups": []} if sharded else self.optimizer.state_dict()
-        root = self.output_dir / "checkpoints"
+        optimizer_state = optimizer_state or self.optimizer.state_dict()
         if best:
-            path = save_best(root, self.step, weights, optimizer_state, extra, self.best)
+            path = save_best(root, self.step, weights, optimizer_state, extra, self.best, staged)
         else:
-            path = save_checkpoint(root, self.step, weights, optimizer_state, extra, self.run.keep_checkpoints)
-        self.accelerator.wait_for_everyone()  # nobody runs ahead (or is killed) before the checkpoint exists
+            path = save_checkpoint(root, self.step, weights, optimizer_state, extra, self.run.keep_checkpoints, staged)
+        acc.wait_for_everyone()  # nobody runs ahead (or is killed) before the checkpoint exists
         return path
 
     def load_checkpoint(self, path: Path, new_values: bool = False) -> None:
-        """Continue from checkpoint `path`. `new_values`: the config leaves the checkpoint's trajectory (resumed with
-        --allow-config-change): the learning rate, weight decay and schedule are the config's, evaluated at the
-        checkpoint's step, not the checkpoint's; an optimizer of another kind, or an EMA turned on, starts afresh."""
+        """Continue from checkpoint `path`; every process calls this (under sharding each reads its shards,
+        resharded to this run's processes). `new_values`: the config leaves the checkpoint's trajectory (resumed
+        with --allow-config-change): the learning rate, weight decay and schedule are the config's, evaluated at
+        the checkpoint's step, not the checkpoint's; an optimizer of another kind, or an EMA turned on, starts
+        afresh."""
         weights, optimizer_state, state = load_checkpoint(path)
+        saved = state.get("sharding", "none")
+        if saved != self.run.sharding:
+            raise DigsegError(f"checkpoint {path} was written with --sharding {saved}: resume it with --sharding "
+                              f"{saved} (with any number of processes)")
         self.step = int(state["step"])
-        unwrap = self.accelerator.unwrap_model
-        try:
-            unwrap(self.unet).load_state_dict(weights["unet"])
-            unwrap(self.text_pathway).load_state_dict(weights["text_pathway"])
-        except RuntimeError as exc:
-            raise DigsegError(f"checkpoint {path} does not fit this run's model: {str(exc).splitlines()[0]}") from exc
         saved_optimizer = ((state.get("config") or {}).get("optim") or {}).get("optimizer", self.optim.optimizer)
-        if not state.get("optimizer_saved", True) or self._optimizer_is_sharded():
-            logger.warning("%s: AdamW moments not restored (sharded optimizer state is not checkpointed); "
-                           "weights, step, LR schedule and data order are", path)
-        elif saved_optimizer != self.optim.optimizer:
-            logger.warning("%s: optimizer %s -> %s: its moments start afresh", path, saved_optimizer,
-                           self.optim.optimizer)
+        has_ema = state.get("ema") is not None and (self.shards is not None or "ema" in weights)
+        if self.shards is not None:
+            if saved_optimizer != self.optim.optimizer or (self.ema is not None and not has_ema):
+                raise DigsegError(f"checkpoint {path} is sharded: its optimizer and EMA cannot change on resume")
+            self.shards.load(path / SHARDS, optimizer_state["param_groups"])
         else:
-            self.optimizer.load_state_dict(optimizer_state)
+            unwrap = self.accelerator.unwrap_model
+            try:
+                unwrap(self.unet).load_state_dict(weights["unet"])
+                unwrap(self.text_pathway).load_state_dict(weights["text_pathway"])
+            except RuntimeError as exc:
+                raise DigsegError(f"checkpoint {path} does not fit this run's model: {str(exc).splitlines()[0]}") from exc
+            if saved_optimizer != self.optim.optimizer:
+                logger.warning("%s: optimizer %s -> %s: its moments start afresh", path, saved_optimizer,
+                               self.optim.optimizer)
+            else:
+                self.optimizer.load_state_dict(optimizer_state)
         if new_values:
             self._apply_optim_values()
         else:
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        if self.ema is not None and "ema" in weights:
-            shadow = weights["ema"]
-            self.ema.shadow_params = [shadow[k].to(self.ema_device) for k in sorted(shadow)]
+        if self.ema is not None and has_ema:
+            if self.shards is None:
+                shadow = weights["ema"]
+                self.ema.shadow_params = [shadow[k].to(self.ema_device) for k in sorted(shadow)]
             self.ema.optimization_step = state["ema"]["optimization_step"]
         elif self.ema is not None and new_values:  # EMA turned on: it starts from the resumed weights
             self.ema = EMAModel(self.params, decay=self.optim.ema_decay)
@@ -358,7 +391,7 @@ class Trainer:
         away = self.ema_device != self.accelerator.device
         if away:
             self.ema.to(self.accelerator.device, non_blocking=True)
-        self.ema.step(self.params)
+        self.ema.step(self._ema_params())
         if away:
             self.ema.to(self.ema_device, non_blocking=True)
 
@@ -373,7 +406,7 @@ class Trainer:
     def _log_samples(self) -> None:
         """Predictions for the same `num_sample_images` images (validation, else training) into the trackers."""
         run = self.run
-        if not self.logs.use_trackers or not self.accelerator.is_main_process:
+        if not self.logs.use_trackers or not self.accelerator.is_main_process or self.shards is not None:
             return
         if self._preview_samples is None:
             source = self.preview_dataset if self.preview_dataset is not None else self.data.samples.dataset
@@ -403,10 +436,14 @@ class Trainer:
 
     def finish(self) -> DiGSegPipeline:
         """Put the trained (EMA, if on) weights into the pipeline, in eval mode, and save it in the run folder."""
-        unwrap = self.accelerator.unwrap_model
-        unet, pathway = unwrap(self.unet), unwrap(self.text_pathway)
-        if self.ema is not None:
-            self.ema.copy_to(list(unet.parameters()) + list(pathway.parameters()))
+        if self.shards is not None:  # every process gathers whole copies (with the EMA weights, if on)
+            whole = self.shards.whole_modules()
+            unet, pathway = whole["unet"], whole["text_pathway"]
+        else:
+            unwrap = self.accelerator.unwrap_model
+            unet, pathway = unwrap(self.unet), unwrap(self.text_pathway)
+            if self.ema is not None:
+                self.ema.copy_to(list(unet.parameters()) + list(pathway.parameters()))
         unet.eval().requires_grad_(False)
         pathway.eval().requires_grad_(False)
         self.pipe.register_modules(unet=unet, text_pathway=pathway)

@@ -10,7 +10,7 @@ summary columns (`dataset_eval.SUMMARY_COLUMNS`); the best step is the one with 
 (`dataset_eval.HEADLINE_METRIC`: mIoU, road IoU or medical Dice), the earlier step on a tie.
 
 Under several processes each predicts its share of the images (`predict_dataset`), on its full copy of the
-weights (DDP); FSDP and DeepSpeed, which shard the weights, are refused.
+weights (DDP); sharded runs (`run.sharding: fsdp`) are refused.
 
 Order in a step that is due for both: the checkpoint `step-N` is written first, then step N is validated (and
 `best/` written). A checkpoint's state holds the best of the steps validated before it, and a run resumed from
@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate.utils import DistributedType
 from diffusers.training_utils import EMAModel
 from torch import nn
 from torch.utils.data import Dataset
@@ -54,16 +53,16 @@ def validation_due(step: int, every: int, max_steps: int) -> bool:
     return every > 0 and (step % every == 0 or step == max_steps)
 
 
-def check_can_validate(every: int, dataset: Dataset | None, distributed_type: DistributedType) -> None:
+def check_can_validate(every: int, dataset: Dataset | None, sharding: str = "none") -> None:
     """ConfigError, before training starts, for validation without a validation split or on sharded weights."""
     if not every:
         return
     if dataset is None:
         raise ConfigError("run.eval_every (--eval-every) needs a validation split: build the run with build_run "
                           "from a config, or pass `preview=` the validation dataset")
-    if distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        raise ConfigError(f"run.eval_every (--eval-every) runs the pipeline on whole weights, which {distributed_type} "
-                          "shards: validate checkpoints with `digseg eval` instead")
+    if sharding != "none":
+        raise ConfigError(f"run.eval_every (--eval-every) runs the pipeline on whole weights, which --sharding "
+                          f"{sharding} splits over the processes: score the trained model with `digseg eval` instead")
 
 
 def is_better(value: float, best: dict | None) -> bool:

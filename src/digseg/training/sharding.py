@@ -1,0 +1,192 @@
+"""Sharded training (`run.sharding: fsdp`, `digseg train --sharding fsdp`): FSDP2 over the trainable modules and
+their sharded checkpoints, one code path on every backend (CUDA with NCCL, CPU with gloo).
+
+Sharding. `torch.distributed.fsdp.fully_shard`, over one mesh of all processes, wraps each block of the U-Net
+(`down_blocks.i`, `mid_block`, `up_blocks.j`), then the U-Net itself (its remaining weights: conv_in, conv_out,
+time embedding, norms), then the text pathway. Each of N processes keeps a 1/N chunk (along dim 0) of every trainable
+weight, of its gradient and of its AdamW moments. A block's whole weights exist only while it runs: they are
+all-gathered before its forward and again before its backward, and its gradients are reduce-scattered (averaged
+over processes) after. The frozen VAE and text encoder stay whole on every process: they have neither gradients
+nor optimizer state. One process alone runs the same code over a process group of one.
+
+accelerate still launches the processes, picks the device, runs mixed precision (autocast), the gradient
+accumulation bookkeeping and the trackers. digseg applies FSDP2 itself because accelerate 1.16 applies it only on
+GPU-class devices: with `--cpu` (or no GPU) it selects DDP instead, so no CPU test could run its path; and its
+FSDP2 `prepare` takes one model, while a DiGSeg run trains two (the U-Net and the text pathway). accelerate's own
+FSDP and DeepSpeed modes are therefore refused (`check_sharding`).
+
+EMA. With `optim.use_ema` each process keeps the EMA of its own shards (one plain tensor per local shard). The EMA
+is elementwise, so these are exactly the shards of the whole EMA, and a whole copy would cost every process the
+memory that sharding saves. It is gathered once, into the saved model (`whole_modules`).
+
+Checkpoints. `dcp.save` through `HuggingFaceStorageWriter(save_distributed=True)`: every process writes its shards of
+the weights (`model.<name>`), the AdamW moments (`optim.<name>.<key>`) and the EMA (`ema.<name>`) into one
+safetensors file in the checkpoint's `shards/` folder; the file's JSON header records each shard's offsets in the
+whole tensor. `HuggingFaceStorageReader` reads them back with safetensors and JSON only. DCP's default format is not
+used: its `.metadata` file is a pickle, read back with `pickle.load`, and checkpoints never unpickle. Loading
+reshards, so a run may resume with another number of processes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from accelerate import init_empty_weights
+from accelerate.utils import DistributedType
+from torch import nn
+
+from ..errors import ConfigError, DigsegError
+
+# torch.distributed's FSDP2 and checkpoint APIs used below are imported where used: they need torch >= 2.9
+# (`check_sharding` says so in one line), and an unsharded run must not depend on them
+
+UNET_BLOCKS = ("down_blocks", "mid_block", "up_blocks")  # the U-Net's children wrapped as one FSDP unit each
+_BACKENDS = {"cpu": "gloo", "cuda": "cpu:gloo,cuda:nccl"}  # a process group of one, for an unlaunched process
+
+
+def check_sharding(distributed_type: DistributedType, sharding: str, optimizer: str, mixed_precision: str) -> None:
+    """ConfigError, before any weight is touched, for a launch or settings that sharded training cannot honour."""
+    if distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise ConfigError(f"digseg train does not use accelerate's {distributed_type.value} mode: launch with a DDP "
+                          "config (distributed_type: MULTI_GPU, e.g. configs/accelerate/ddp_8gpu.yaml) and shard "
+                          "with --sharding fsdp (docs/distributed.md)")
+    if sharding != "fsdp":
+        return
+    try:
+        from torch.distributed.checkpoint import HuggingFaceStorageWriter  # noqa: F401
+        from torch.distributed.fsdp import fully_shard  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(f"--sharding fsdp needs torch >= 2.9 (FSDP2 and torch.distributed.checkpoint's safetensors "
+                          f"storage); this is torch {torch.__version__} ({exc})") from exc
+    if mixed_precision == "fp16":
+        raise ConfigError("--sharding fsdp trains in fp32 or bf16: fp16's loss scaler checks each process's own "
+                          "shards for overflow, so processes could skip different steps; use --mixed-precision bf16")
+    if optimizer != "adamw":
+        raise ConfigError(f"--sharding fsdp checkpoints AdamW's moments as sharded tensors; optimizer {optimizer} "
+                          "keeps them in another form: use --optimizer adamw")
+
+
+def _ensure_process_group(device: torch.device) -> None:
+    """FSDP2 and DCP run over a process group; a process started without a launcher gets a group of one."""
+    if dist.is_initialized():
+        return
+    if device.type not in _BACKENDS:
+        raise ConfigError(f"--sharding fsdp runs on CUDA or CPU devices, not {device.type}")
+    dist.init_process_group(backend=_BACKENDS[device.type], store=dist.HashStore(), rank=0, world_size=1)
+
+
+def shard_modules(unet: nn.Module, pathway: nn.Module, device: torch.device) -> None:
+    """Apply FSDP2 in place: each U-Net block, the U-Net, the text pathway. Their parameters become DTensors holding
+    this process's chunk; call before the optimizer is built over them."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    _ensure_process_group(device)
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    for name in UNET_BLOCKS:
+        child = getattr(unet, name, None)
+        for block in (child if isinstance(child, nn.ModuleList) else [child] if child is not None else []):
+            fully_shard(block, mesh=mesh)
+    fully_shard(unet, mesh=mesh)
+    fully_shard(pathway, mesh=mesh)
+
+
+def local_shards(params: list[nn.Parameter]) -> list[torch.Tensor]:
+    """This process's chunk of each DTensor parameter: views of the storage that the optimizer updates in place,
+    requiring grad as the parameters do (diffusers' EMAModel averages only those)."""
+    with torch.enable_grad():
+        return [p.to_local() for p in params]
+
+
+class ShardedState:
+    """A sharded run's trainable state (weights, AdamW moments, EMA) as one flat dict of DTensors for DCP.
+    Every process calls every method (they are collectives)."""
+
+    def __init__(self, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
+                 ema=None) -> None:
+        """`modules`: the sharded modules by name ("unet", "text_pathway"), whose parameters in this order are
+        `params`; `optimizer`: the torch optimizer over them (not accelerate's wrapper); `ema`: diffusers' EMAModel
+        over `local_shards(params)`, or None."""
+        self.container = nn.ModuleDict(modules)  # parameter names "unet.<name>", "text_pathway.<name>"
+        self.optimizer = optimizer
+        self.params = params
+        self.ema = ema
+        self.names = [name for name, _ in self.container.named_parameters()]
+        assert len(self.names) == len(params), "params must be the modules' parameters, in order"
+
+    def _tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """-> (flat {key: tensor}, the optimizer's state dict by parameter name). Keys: model.<name>,
+        optim.<name>.<exp_avg|exp_avg_sq|step>, ema.<name>; DTensors except AdamW's replicated `step` scalars."""
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+        from torch.distributed.tensor import DTensor
+
+        model, optim = get_state_dict(self.container, self.optimizer)
+        flat = {f"model.{name}": value for name, value in model.items()}
+        for name, entries in optim["state"].items():
+            for key, value in entries.items():
+                flat[f"optim.{name}.{key}"] = value
+        if self.ema is not None:
+            for name, param, shadow in zip(self.names, self.params, self.ema.shadow_params):
+                flat[f"ema.{name}"] = DTensor.from_local(shadow.to(param.device), param.device_mesh, param.placements,
+                                                         run_check=False, shape=param.shape, stride=param.stride())
+        return flat, optim
+
+    def save(self, folder: Path) -> list[dict]:
+        """Write this process's shards into `folder` (one safetensors file per process); returns the optimizer's
+        param groups (hyperparameters, parameters by name) for the checkpoint's JSON state."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint import HuggingFaceStorageWriter
+
+        flat, optim = self._tensors()
+        dcp.save(flat, storage_writer=HuggingFaceStorageWriter(str(folder), save_distributed=True))
+        return optim["param_groups"]
+
+    def load(self, folder: Path, param_groups: list[dict]) -> None:
+        """Read the shards in `folder` (written by any number of processes) into the weights, moments and EMA."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint import HuggingFaceStorageReader
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        flat, optim = self._tensors()
+        try:
+            dcp.load(flat, storage_reader=HuggingFaceStorageReader(str(folder)))
+        except Exception as exc:  # DCP reports each process's failure as a traceback in one CheckpointException
+            reason = [line for line in str(exc).splitlines() if line.strip()][-1][:300]  # e.g. "ValueError: Size ..."
+            raise DigsegError(f"cannot read sharded checkpoint {folder}: {reason}") from exc
+        model = {key.removeprefix("model."): value for key, value in flat.items() if key.startswith("model.")}
+        state = {name: {key: flat[f"optim.{name}.{key}"] for key in entries}
+                 for name, entries in optim["state"].items()}
+        set_state_dict(self.container, self.optimizer, model_state_dict=model,
+                       optim_state_dict={"state": state, "param_groups": param_groups})
+        if self.ema is not None:
+            for name, shadow in zip(self.names, self.ema.shadow_params):
+                shadow.copy_(flat[f"ema.{name}"].to_local())
+
+    def whole_modules(self) -> dict[str, nn.Module]:
+        """Unsharded copies of the trained modules on every process, with the EMA weights if EMA is on. Ends
+        training: the optimizer's moments and the gradients are freed first."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        if self.ema is not None:
+            self.ema.copy_to(local_shards(self.params))
+        self.optimizer.state.clear()
+        self.optimizer.zero_grad(set_to_none=True)
+        options = StateDictOptions(full_state_dict=True)
+        return {name: _unsharded_copy(module, get_model_state_dict(module, options=options))
+                for name, module in self.container.items()}
+
+
+def _unsharded_copy(module: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Module:
+    """A plain module of `module`'s class and config holding `weights` (its full state dict) and, for a U-Net, its
+    attention processors (which route the text pathway's levels)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    cls = next(c for c in type(module).__mro__ if not issubclass(c, FSDPModule))
+    with init_empty_weights():
+        plain = cls.from_config(module.config)
+    plain.load_state_dict(weights, assign=True)
+    if hasattr(module, "attn_processors"):
+        plain.set_attn_processor(module.attn_processors)
+    return plain.to(next(iter(weights.values())).device)
