@@ -136,7 +136,7 @@ def test_sharded_training_follows_the_ddp_run(runs, tiny_backbone):
     assert {"model.unet.conv_in.weight", "optim.unet.conv_in.weight.exp_avg", "optim.unet.conv_in.weight.exp_avg_sq",
             "ema.unet.conv_in.weight"} <= keys
     state = json.loads((checkpoint / "trainer_state.json").read_text())
-    assert (state["sharding"], state["num_processes"], state["step"]) == ("fsdp", 2, STEPS)
+    assert (state["sharding"], state["launch"]["num_processes"], state["step"]) == ("fsdp", 2, STEPS)
     from digseg import DiGSegPipeline
 
     pipe = DiGSegPipeline.from_pretrained(runs["sharded"])  # one process, whole weights
