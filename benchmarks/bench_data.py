@@ -56,7 +56,7 @@ from digseg.data.augment import apply_augmentation
 from digseg.data.augment_presets import augmentation_for
 from digseg.data.registry import build_dataset
 from digseg.training.batches import LatentBatcher, slot_generators
-from digseg.training.run import TrainingData
+from digseg.training.samples import TrainingData
 from digseg.training.samples import TrainingSamples, augmentation_generator
 
 from common import StopSteps, load_average

@@ -354,6 +354,3 @@ def main(argv: list[str] | None = None) -> int:
     shutdown()  # under torchrun / accelerate launch: leave the process group cleanly
     return status
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -30,6 +30,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .data.base import MetricKind, Sample, SegmentationDataset
+from .data.io import save_label_png
 from .distributed import gather_objects, is_main_process, shard, sum_tensor, wait_for_everyone
 from .errors import DataError, DigsegError
 from .metrics import SegmentationMetric, binary_scores, per_image_dice_iou
@@ -51,17 +52,6 @@ SUMMARY_COLUMNS: dict[MetricKind, tuple[str, ...]] = {
 HEADLINE_METRIC: dict[MetricKind, str] = {
     MetricKind.SEMANTIC: "mIoU", MetricKind.OPEN_VOCAB: "mIoU", MetricKind.ROAD: "IoU", MetricKind.MEDICAL: "Dice",
 }
-
-
-def none_value(num_classes: int) -> int:
-    return 255 if num_classes <= 255 else 65535
-
-
-def save_label_png(path: Path, labels: np.ndarray, num_classes: int) -> None:
-    """labels [H, W] int -> 8-bit PNG (K <= 255) or 16-bit PNG; out-of-range ids written as "none"."""
-    none = none_value(num_classes)
-    labels = np.where((labels >= 0) & (labels < num_classes), labels, none)
-    Image.fromarray(labels.astype(np.uint8 if none == 255 else np.uint16)).save(path)
 
 
 def medical_targets(dataset: SegmentationDataset) -> dict[str, tuple[int, ...]]:

@@ -42,10 +42,11 @@ from .masks import MaskCodec
 from .model_card import model_facts, write_model_card
 from .native_outputs import PROBABILITY_CLASSES_KEPT, native_outputs, resize_probs, stack_outputs
 from .prompts import palette_prompt, resolve_queries
-from .training.config import MASK_DECODERS, OBJECTIVES
 from .sliding import check_test_protocol, combine_views, group_views, make_views, pair, view_noise
 from .models.digseg_model import (
     DIFFUSERS_DTYPE_KWARG,
+    MASK_DECODERS,
+    OBJECTIVES,
     decode_latents,
     load_backbone,
     load_clip_text_encoder,

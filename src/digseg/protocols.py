@@ -29,8 +29,8 @@ import argparse
 from dataclasses import asdict, dataclass, replace
 
 from .errors import ConfigError
+from .sliding import INFERENCE_MODES
 
-INFERENCE_MODES = ("whole", "slide")
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,8 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .errors import DigsegError
 from .image_processing import pad_to_multiple
-from .protocols import INFERENCE_MODES
+
+INFERENCE_MODES = ("whole", "slide")  # the whole image, or sliding windows
 
 
 def pair(value: int | tuple[int, int] | list[int] | None, what: str) -> tuple[int, int] | None:

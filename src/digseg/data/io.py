@@ -231,3 +231,15 @@ def tensor_to_image(image: torch.Tensor) -> np.ndarray:
     """float [3, H, W] in [-1, 1] -> uint8 [H, W, 3] (inverse of `image_to_tensor`)."""
     arr = ((image.detach().float().cpu() + 1.0) * 127.5).round().clamp(0, 255)
     return arr.to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def none_value(num_classes: int) -> int:
+    """The label value of "no class" in a label PNG of `num_classes` classes: 255, or 65535 above 255 classes."""
+    return 255 if num_classes <= 255 else 65535
+
+
+def save_label_png(path: Path, labels: np.ndarray, num_classes: int) -> None:
+    """labels [H, W] int -> 8-bit PNG (K <= 255) or 16-bit PNG; out-of-range ids written as "none"."""
+    none = none_value(num_classes)
+    labels = np.where((labels >= 0) & (labels < num_classes), labels, none)
+    Image.fromarray(labels.astype(np.uint8 if none == 255 else np.uint16)).save(path)

@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..data.io import tensor_to_image
-from ..dataset_eval import save_label_png
+from ..data.io import save_label_png, tensor_to_image
 from ..errors import DataError
 from ..visualize import class_overlay
 from .config import TrainConfig

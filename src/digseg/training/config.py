@@ -23,13 +23,11 @@ import yaml
 from ..data.hf_options import hf_options
 from ..data.splits import split_options
 from ..errors import ConfigError
+from ..models.digseg_model import MASK_DECODERS, OBJECTIVES, PREDICTION_TYPES  # noqa: F401  (re-read by the CLI)
 
 # The choices of the fields below and of the `digseg` flags that set them, listed once (cli.py, the pipeline,
 # the model builder and the mask decoder training import them from here).
 TASKS = ("binary", "palette", "both")
-PREDICTION_TYPES = ("sample", "v_prediction", "epsilon")
-OBJECTIVES = ("diffusion", "one-step")
-MASK_DECODERS = ("auto", "light", "vae")  # auto: the model's light mask decoder if it has one, else the VAE
 MASK_DECODER_TARGETS = ("mask", "vae")  # what `digseg train-mask-decoder --target` learns (training/mask_decoder.py)
 MIXED_PRECISION = ("no", "fp16", "bf16")  # optim.mixed_precision may also be "": the launcher's choice
 OPTIMIZERS = ("adamw", "adamw8bit")  # adamw8bit: torchao's AdamW8bit (pip install "digseg[lowmem]")

@@ -10,9 +10,8 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from torch.utils.data import Dataset
 
@@ -22,34 +21,10 @@ from ..errors import ConfigError, DigsegError
 from ..pipeline import DiGSegPipeline
 from .batches import LatentBatcher
 from .config import DataConfig, ModelConfig, TrainConfig
-from .samples import MicroStepSampler, SampleBatch, TrainingSamples, micro_step_batches
+from .samples import TrainingData, TrainingSamples
 
 if TYPE_CHECKING:
     from .trainer import Trainer
-
-
-@dataclass
-class TrainingData:
-    """What the trainer reads: samples (read and augmented in `num_workers` DataLoader workers) and the
-    batcher that turns them into latents on the model's device."""
-
-    samples: TrainingSamples
-    batcher: LatentBatcher
-    num_workers: int = 0
-    prefetch_factor: int = 2
-
-    @property
-    def crop_size(self) -> tuple[int, int]:
-        return self.samples.augmentation.crop_size
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def micro_steps(self, start: int, stop: int, batch_size: int, num_processes: int = 1, process_index: int = 0,
-                    seed: int = 0, pin_memory: bool = False) -> Iterator[SampleBatch]:
-        """This process's samples of micro-steps [start, stop), in order."""
-        sampler = MicroStepSampler(len(self.samples), batch_size, num_processes, process_index, seed, start, stop)
-        return micro_step_batches(self.samples, sampler, self.num_workers, self.prefetch_factor, pin_memory)
 
 
 def build_pipeline(model: ModelConfig) -> DiGSegPipeline:

@@ -15,11 +15,14 @@ The workers also stack each micro-step's samples (`collate_samples`), and the Da
 images on CUDA, so the training process only receives ready batches. A sample that cannot be read does not
 raise inside the worker (where PyTorch would wrap the error in a multi-line traceback): its batch carries the
 error, and the training process raises the usual one-line `DataError` naming the file.
+
+`TrainingData` bundles what the trainer reads: these samples and the batcher that turns them into latents.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -27,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..data.augment import Augmentation, apply_augmentation
 from ..errors import ConfigError, DataError, DigsegError
 from ..seeding import seeded_generator
-from .batches import sample_indices
+from .batches import LatentBatcher, sample_indices
 
 AUGMENT_STREAM = 1  # 4th seeding key: a slot's augmentation draws, apart from its query/noise/timestep draws
 
@@ -136,3 +139,27 @@ def micro_step_batches(samples: TrainingSamples, sampler: MicroStepSampler, num_
         if batch.error:
             raise DataError(batch.error)
         yield batch
+
+
+@dataclass
+class TrainingData:
+    """What the trainer reads: samples (read and augmented in `num_workers` DataLoader workers) and the
+    batcher that turns them into latents on the model's device."""
+
+    samples: TrainingSamples
+    batcher: LatentBatcher
+    num_workers: int = 0
+    prefetch_factor: int = 2
+
+    @property
+    def crop_size(self) -> tuple[int, int]:
+        return self.samples.augmentation.crop_size
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def micro_steps(self, start: int, stop: int, batch_size: int, num_processes: int = 1, process_index: int = 0,
+                    seed: int = 0, pin_memory: bool = False) -> Iterator[SampleBatch]:
+        """This process's samples of micro-steps [start, stop), in order."""
+        sampler = MicroStepSampler(len(self.samples), batch_size, num_processes, process_index, seed, start, stop)
+        return micro_step_batches(self.samples, sampler, self.num_workers, self.prefetch_factor, pin_memory)

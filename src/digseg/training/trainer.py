@@ -37,8 +37,8 @@ from .checkpoint import (SHARDS, begin_staging, checkpoint_folder, kill_point, l
 from .config import OptimConfig, RunConfig, TrainConfig
 from .one_step import one_step_loss
 from .resume_check import ResumePlan, launch_facts, mixed_precision_of, plan_resume
-from .run import TrainingData
 from .run_lock import RunFolderLock
+from .samples import TrainingData
 from .sharding import ShardedState, check_sharding, local_shards, shard_modules
 from .tracking import TrainingLogger
 from .validation import check_can_validate, evaluate, evaluation_weights, is_better, validation_due
