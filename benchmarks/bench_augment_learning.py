@@ -42,7 +42,7 @@ from torch.utils.data import Dataset
 
 from digseg.data.io import image_to_tensor
 from digseg.data.synthetic import SYNTHETIC_CLASSES, SyntheticScenes
-from digseg.evaluation import EStep, evaluate_binary, evaluate_palette
+from digseg.evaluation.estep import EStep, evaluate_binary, evaluate_palette
 from digseg.models.tiny import save_tiny_backbone, tiny_vae
 from digseg.training.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from digseg.training.run import build_run

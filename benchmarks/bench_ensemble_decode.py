@@ -18,8 +18,8 @@ import torch
 
 from digseg import DiGSegPipeline
 from digseg.data.synthetic import SyntheticScenes
-from digseg.evaluation import EStep, evaluate_binary, evaluate_palette
-from digseg.metrics import format_markdown_table
+from digseg.evaluation.estep import EStep, evaluate_binary, evaluate_palette
+from digseg.evaluation.metrics import format_markdown_table
 
 
 def main() -> None:

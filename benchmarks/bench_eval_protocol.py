@@ -10,7 +10,7 @@ train` on the synthetic scenes, 64 px):
   (stride 2/3 of it) with and without flip / global view. Same seed per image in every mode.
 - ``memory``: `digseg predict` on one 683 x 512 image with the 847 ADE20K-847 class names against one class
   name, in a subprocess: peak RSS (`/usr/bin/time -v`, "Maximum resident set size") and files written.
-- ``throughput``: `digseg.dataset_eval.predict_dataset` over `--images` synthetic scenes (a folder dataset),
+- ``throughput``: `digseg.evaluation.dataset_eval.predict_dataset` over `--images` synthetic scenes (a folder dataset),
   images per second with `batch_size` 1 (one image per pipeline call) and 8, whole and slide, best of 5
   interleaved runs; the label PNGs of the two batch sizes are compared (they must be identical: each image's
   noise is seeded by its index).
@@ -40,8 +40,8 @@ from PIL import Image
 from digseg import DiGSegPipeline
 from digseg.data.base import read_class_file
 from digseg.data.synthetic import SyntheticScenes, save_scenes_as_folder
-from digseg.metrics import SegmentationMetric
-from digseg.protocols import TestProtocol, tiling_scale
+from digseg.evaluation.metrics import SegmentationMetric
+from digseg.evaluation.protocols import TestProtocol, tiling_scale
 
 
 def wide_images(count: int, scenes: int, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -120,8 +120,8 @@ def bench_memory(model: str) -> None:
 
 def bench_throughput(pipe: DiGSegPipeline, count: int, repeats: int = 5) -> None:
     from digseg.data.registry import get_dataset_class
-    from digseg.dataset_eval import predict_dataset
-    from digseg.protocols import TestProtocol
+    from digseg.evaluation.dataset_eval import predict_dataset
+    from digseg.evaluation.protocols import TestProtocol
 
     size = pipe.config.default_processing_resolution
     with tempfile.TemporaryDirectory() as tmp:

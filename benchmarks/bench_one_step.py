@@ -5,7 +5,7 @@ quickstart`) at the E-Step settings 1x1, 4x2 and 8x2; the same model read in one
 input at t = T-1, its x0 prediction decoded by the VAE); and each one-step model trained from it (`digseg train
 --pretrained DIR/model --objective one-step ...`), in one deterministic pass. On held-out synthetic scenes of
 another seed than training (`--eval-seed`, default 1 as the quickstart's evaluation): palette mIoU (one pass over
-the 4 classes) and binary mIoU (one query per shape), `digseg.evaluation`. These are a tiny model on synthetic
+the 4 classes) and binary mIoU (one query per shape), `digseg.evaluation.estep`. These are a tiny model on synthetic
 data: they say whether the objective works, not what the paper reports.
 
 Speed (`--speed`): seconds per image of each setting at SD2 size (SD2 U-Net + SD VAE, RANDOM weights, built by
@@ -33,7 +33,7 @@ import torch
 
 from digseg import DiGSegPipeline
 from digseg.data.synthetic import SyntheticScenes
-from digseg.evaluation import EStep, evaluate_binary, evaluate_palette
+from digseg.evaluation.estep import EStep, evaluate_binary, evaluate_palette
 from digseg.models.mask_decoder import LightMaskDecoder
 
 from common import random_backbone

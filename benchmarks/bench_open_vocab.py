@@ -47,7 +47,7 @@ import torch
 from digseg import DiGSegPipeline
 from digseg.data.base import read_class_file
 from digseg.models.tiny import save_tiny_backbone
-from digseg.prompts import class_prompts, resolve_templates
+from digseg.pipelines.prompts import class_prompts, resolve_templates
 
 from common import CallCost, format_number, load_average, machine_summary, random_backbone, trim_memory
 

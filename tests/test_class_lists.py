@@ -1,4 +1,4 @@
-"""Class lists: the one background test (`digseg.prompts.is_background`) and the one class-file rule
+"""Class lists: the one background test (`digseg.pipelines.prompts.is_background`) and the one class-file rule
 (`digseg.data.io.read_class_list`), checked through every place that relies on them."""
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from digseg.cli import main
 from digseg.data.base import read_class_file
 from digseg.data.domains import FolderPairs
 from digseg.data.io import read_class_list
-from digseg.dataset_eval import _query_kwargs
+from digseg.evaluation.dataset_eval import _query_kwargs
 from digseg.errors import DataError
-from digseg.evaluation import EStep, evaluate_binary
-from digseg.prompts import is_background, synonyms
+from digseg.evaluation.estep import EStep, evaluate_binary
+from digseg.pipelines.prompts import is_background, synonyms
 from digseg.training.batches import LatentBatcher
-from digseg.visualize import tints_class_zero
+from digseg.pipelines.visualize import tints_class_zero
 
 
 # ----------------------------------------------------------------------------- background

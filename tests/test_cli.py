@@ -120,14 +120,14 @@ def test_train_bad_data_is_named(tiny_backbone, tmp_path, capsys):
 
 
 def test_quickstart_command_evaluates_on_the_device_and_dtype_asked(tmp_path, monkeypatch, capsys):
-    import digseg.quickstart
+    import digseg.cli.quickstart
 
-    class Tiny(digseg.quickstart.QuickstartSettings):  # the command's own defaults train for minutes
+    class Tiny(digseg.cli.quickstart.QuickstartSettings):  # the command's own defaults train for minutes
         def __init__(self, seed: int = 0):
             super().__init__(seed=seed, vae_steps=2, batch_size=4, num_train_scenes=8, num_eval_scenes=2,
                              settings=("1x1",), num_overlays=1)
 
-    monkeypatch.setattr(digseg.quickstart, "QuickstartSettings", Tiny)
+    monkeypatch.setattr(digseg.cli.quickstart, "QuickstartSettings", Tiny)
     monkeypatch.setenv("ACCELERATE_USE_CPU", "false")  # the command sets it for --device cpu; restored after
     assert main(["quickstart", "--output", str(tmp_path / "qs"), "--train-steps", "2", "--device", "cpu",
                  "--dtype", "bf16"]) == 0
@@ -136,7 +136,7 @@ def test_quickstart_command_evaluates_on_the_device_and_dtype_asked(tmp_path, mo
 
 
 def test_quickstart_smoke(tmp_path, capsys):
-    from digseg.quickstart import QuickstartSettings, run_quickstart
+    from digseg.cli.quickstart import QuickstartSettings, run_quickstart
 
     settings = QuickstartSettings(vae_steps=3, train_steps=3, batch_size=4, num_train_scenes=8, num_eval_scenes=3,
                                   settings=("1x1", "2x2"), num_overlays=2)
@@ -153,8 +153,8 @@ def test_quickstart_smoke(tmp_path, capsys):
 def test_every_command_of_the_parser_has_an_implementation():
     import argparse
 
-    from digseg.cli import COMMANDS
-    from digseg.cli_parser import build_parser
+    from digseg.cli.commands.commands import COMMANDS
+    from digseg.cli.parser import build_parser
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     assert set(sub.choices) == set(COMMANDS)

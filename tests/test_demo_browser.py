@@ -14,7 +14,7 @@ from browser import browser_required
 from PIL import Image
 
 from digseg.cli import main
-from digseg.demo import (
+from digseg.cli.demo import (
     DEFAULT_MAX_PIXELS,
     check_image_file,
     display_factor,
@@ -136,16 +136,16 @@ def test_demo_without_a_model_says_what_to_do(tmp_path, monkeypatch, capsys):
 
 def test_launch_warns_off_loopback_and_sets_the_pil_guard(tiny_pipe, tmp_path, monkeypatch, capsys):
     pytest.importorskip("gradio", reason='gradio is not installed (pip install "digseg[demo]")')
-    import digseg.demo
+    import digseg.cli.demo
 
     tiny_pipe.save_pretrained(tmp_path / "model")
     served = {}
-    monkeypatch.setattr(digseg.demo, "start_demo", lambda demo, host, port: served.update(host=host, port=port))
+    monkeypatch.setattr(digseg.cli.demo, "start_demo", lambda demo, host, port: served.update(host=host, port=port))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after the test
-    digseg.demo.launch_demo(tmp_path / "model", host="0.0.0.0", port=7999, max_pixels=1000)
+    digseg.cli.demo.launch_demo(tmp_path / "model", host="0.0.0.0", port=7999, max_pixels=1000)
     assert served == {"host": "0.0.0.0", "port": 7999} and Image.MAX_IMAGE_PIXELS == 1000
     assert "warning: serving on 0.0.0.0" in capsys.readouterr().out
-    digseg.demo.launch_demo(tmp_path / "model", host="127.0.0.1", port=7999, device="cpu", dtype="bf16")
+    digseg.cli.demo.launch_demo(tmp_path / "model", host="127.0.0.1", port=7999, device="cpu", dtype="bf16")
     printed = capsys.readouterr().out
     assert "warning" not in printed and "on cpu (" in printed and "bf16" in printed
 
@@ -189,7 +189,7 @@ def test_demo_in_headless_chromium(tiny_pipe, image_file, not_an_image, tmp_path
     _need(importlib.util.find_spec("gradio") is not None, 'gradio is not installed (pip install "digseg[demo]")')
     from browser import chromium_driver, save_screenshot  # skips (or fails) itself without Chromium/selenium
 
-    from digseg.demo import build_demo, start_demo
+    from digseg.cli.demo import build_demo, start_demo
 
     demo = build_demo(tiny_pipe)
     port = _free_port()
@@ -244,7 +244,7 @@ def test_one_step_model_runs_in_the_demo_with_fixed_ensemble_and_steps(tiny_pipe
     with pytest.raises(DigsegError, match="one-step objective"):
         segment(tiny_pipe, image_file, "prompt", "circle", ensemble_size=2, steps=1, seed=0)
     _need(importlib.util.find_spec("gradio") is not None, 'gradio is not installed (pip install "digseg[demo]")')
-    from digseg.demo import build_demo
+    from digseg.cli.demo import build_demo
 
     demo = build_demo(tiny_pipe)
     try:

@@ -14,9 +14,9 @@ from digseg.cli import main
 from digseg.data.base import DATASETS, MetricKind, Sample, SegmentationDataset, register_dataset
 from digseg.data.registry import dataset_names
 from digseg.data.io import save_label_png
-from digseg.dataset_eval import SUMMARY_COLUMNS, score_predictions, search_threshold
+from digseg.evaluation.dataset_eval import SUMMARY_COLUMNS, score_predictions, search_threshold
 from digseg.errors import DigsegError
-from digseg.evaluation import EStep, evaluate_binary
+from digseg.evaluation.estep import EStep, evaluate_binary
 
 
 class Toy(SegmentationDataset):

@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from digseg.cli import build_parser, main
+from digseg.cli.commands.commands import build_parser, main
 from digseg.data.registry import dataset_names
-from digseg.dataset_eval import predict_dataset
+from digseg.evaluation.dataset_eval import predict_dataset
 from digseg.errors import ConfigError
-from digseg.protocols import CATSEG, PRESETS, TestProtocol, protocol_for, protocol_from_args, tiling_scale
+from digseg.evaluation.protocols import CATSEG, PRESETS, TestProtocol, protocol_for, protocol_from_args, tiling_scale
 
 
 def test_presets_follow_mmseg_and_catseg():
@@ -109,13 +109,13 @@ def test_predict_slide_without_a_scale_tiles_a_large_image(tiny_pipe, tmp_path, 
     """`--mode slide --crop-size 512` on a 2048 x 1024 photo: resized keep-ratio to (2048, 512) (short side = the
     crop), so 512 windows tile 1024 x 512 (three of them), instead of one window covering the image squashed to
     the processing resolution (which would equal whole mode)."""
-    import digseg.pipeline
+    import digseg.pipelines.pipeline
 
     tiny_pipe.save_pretrained(tmp_path / "model")
     Image.fromarray((np.random.default_rng(1).random((1024, 2048, 3)) * 255).astype(np.uint8)).save(tmp_path / "wide.png")
     made = []
-    real = digseg.pipeline.make_views
-    monkeypatch.setattr(digseg.pipeline, "make_views", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    real = digseg.pipelines.pipeline.make_views
+    monkeypatch.setattr(digseg.pipelines.pipeline, "make_views", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
     out = tmp_path / "out"
     assert main(["predict", "--model", str(tmp_path / "model"), "--image", str(tmp_path / "wide.png"), "--mode", "slide",
                  "--crop-size", "512", "--outputs", "labels,json", "--no-progress", "--output", str(out)]) == 0

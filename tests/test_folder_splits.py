@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from digseg.cli import _train_config, main
-from digseg.cli_parser import build_parser
+from digseg.cli.commands.commands import _train_config, main
+from digseg.cli.parser import build_parser
 from digseg.data.domains import FolderPairs
 from digseg.data.registry import build_dataset
 from digseg.data.splits import DEFAULT_VAL_FRACTION, is_held_out, split_options

@@ -6,7 +6,7 @@ import torch
 
 from digseg import DiGSegPipeline
 from digseg.data.synthetic import SYNTHETIC_CLASSES, SyntheticScenes
-from digseg.evaluation import EStep, evaluate_binary
+from digseg.evaluation.estep import EStep, evaluate_binary
 from digseg.models.tiny import save_tiny_backbone, tiny_vae
 from training_helpers import train_config, trainer
 from digseg.training.vae import train_tiny_vae

@@ -12,7 +12,7 @@ from digseg import DiGSegPipeline
 from digseg.cli import main
 from digseg.data.synthetic import SyntheticScenes
 from digseg.errors import DigsegError
-from digseg.masks import MaskCodec
+from digseg.pipelines.masks import MaskCodec
 from digseg.models.mask_decoder import LightMaskDecoder, count_flops
 from digseg.training.mask_decoder import fit_light_mask_decoder
 

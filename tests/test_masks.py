@@ -1,4 +1,4 @@
-"""Tests for digseg.masks: palette, encode/decode round trips, ignore handling, config."""
+"""Tests for digseg.pipelines.masks: palette, encode/decode round trips, ignore handling, config."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from digseg.masks import MaskCodec, make_palette
-from digseg.native_outputs import native_outputs
+from digseg.pipelines.masks import MaskCodec, make_palette
+from digseg.pipelines.native_outputs import native_outputs
 
 
 def _min_pairwise(p: np.ndarray) -> float:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from digseg.cli import _train_config, main
-from digseg.cli_parser import build_parser
+from digseg.cli.commands.commands import _train_config, main
+from digseg.cli.parser import build_parser
 from digseg.data.synthetic import SyntheticScenes, save_scenes_as_folder
 
 REPO = Path(__file__).resolve().parents[1]

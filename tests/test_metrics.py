@@ -1,4 +1,4 @@
-"""Tests for digseg.metrics against hand-computed values."""
+"""Tests for digseg.evaluation.metrics against hand-computed values."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from digseg.metrics import (
+from digseg.evaluation.metrics import (
     SegmentationMetric,
     binary_scores,
     format_markdown_table,

@@ -14,7 +14,7 @@ from digseg.cli import main
 from digseg.data.io import read_class_list
 from digseg.errors import DigsegError
 from digseg.models.tiny import tiny_text_encoder, tiny_tokenizer
-from digseg.prompts import ENSEMBLE_TEMPLATES, class_prompts, resolve_templates, synonyms
+from digseg.pipelines.prompts import ENSEMBLE_TEMPLATES, class_prompts, resolve_templates, synonyms
 
 NAMES = ["cat", "road", "sky", "tree", "person"]
 

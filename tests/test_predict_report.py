@@ -16,9 +16,9 @@ from PIL import Image
 from browser import chromium_driver, save_screenshot
 from digseg.cli import main
 from digseg.data.synthetic import SYNTHETIC_CLASSES
-from digseg.inputs import display_names, expand_image_inputs, unique_stems
-from digseg.report import REPORT_PAGE_SIZE, write_report
-from digseg.visualize import palette_for
+from digseg.pipelines.inputs import display_names, expand_image_inputs, unique_stems
+from digseg.cli.report import REPORT_PAGE_SIZE, write_report
+from digseg.pipelines.visualize import palette_for
 
 ODD_NAME = "<b>&.png"  # user-chosen file names end up in HTML
 

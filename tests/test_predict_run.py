@@ -16,9 +16,9 @@ from digseg.cli import main
 from digseg.data.io import load_image
 from digseg.data.synthetic import SYNTHETIC_CLASSES
 from digseg.errors import ConfigError
-from digseg.inputs import read_image_list, select_images
-from digseg.predict import EXIT_SKIPPED, SizeBatcher
-from digseg.predict_records import RecordIndex
+from digseg.pipelines.inputs import read_image_list, select_images
+from digseg.cli.predict import EXIT_SKIPPED, SizeBatcher
+from digseg.cli.predict_records import RecordIndex
 from digseg.seeding import seeded_generator
 
 
@@ -119,7 +119,7 @@ def _portrait_jpeg(path: Path) -> np.ndarray:
 
 def test_exif_orientation_is_applied_to_predict_pipeline_and_demo_but_not_to_datasets(model, tmp_path):
     from digseg import DiGSegPipeline
-    from digseg.demo import check_image_file
+    from digseg.cli.demo import check_image_file
 
     path = tmp_path / "phone.jpg"
     displayed = _portrait_jpeg(path)  # [64, 32, 3]
@@ -254,7 +254,7 @@ def test_image_list_adds_files_named_one_per_line(model, tmp_path, monkeypatch):
 
 
 def test_the_progress_bar_counts_images_and_shows_the_time_left(tiny_pipe, tmp_path, capsys):
-    from digseg.predict import run_predict
+    from digseg.cli.predict import run_predict
 
     paths = []
     for k in range(3):

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from digseg.errors import DigsegError
-from digseg.image_processing import processed_size
-from digseg.native_outputs import best_classes, chunked_argmax, native_outputs
-from digseg.sliding import combine_windows, count_map, window_grid
+from digseg.pipelines.image_processing import processed_size
+from digseg.pipelines.native_outputs import best_classes, chunked_argmax, native_outputs
+from digseg.pipelines.sliding import combine_windows, count_map, window_grid
 
 
 def _gen(seed=0):

@@ -15,10 +15,10 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "DiGSegPipeline": "digseg.pipeline",
-    "DiGSegOutput": "digseg.pipeline",
+    "DiGSegPipeline": "digseg.pipelines.pipeline",
+    "DiGSegOutput": "digseg.pipelines.pipeline",
     "TextPathway": "digseg.models.text",
-    "MaskCodec": "digseg.masks",
+    "MaskCodec": "digseg.pipelines.masks",
     "DigsegError": "digseg.errors",
 }
 

@@ -39,7 +39,7 @@ from .io import image_to_tensor, load_image, load_label, read_class_list
 
 
 class MetricKind(str, Enum):
-    """How `digseg eval` scores a dataset (its `metric`; details in `digseg.dataset_eval`). A str, so a reader may
+    """How `digseg eval` scores a dataset (its `metric`; details in `digseg.evaluation.dataset_eval`). A str, so a reader may
     also write the value ("semantic"); `register_dataset` turns it into the member."""
 
     SEMANTIC = "semantic"  # one confusion matrix; mIoU over classes whose union > 0 (mmsegmentation)

@@ -208,7 +208,7 @@ def read_class_list(path: str | os.PathLike[str]) -> list[str]:
     - one class per line, surrounding blanks stripped; its place among the kept lines is its class id;
     - blank lines, and lines whose first non-blank character is '#' (comments), are skipped;
     - "wall, walls" is ONE class whose synonyms are separated by commas: the line is kept as written and
-      `digseg.prompts.synonyms` splits it when the class is prompted;
+      `digseg.pipelines.prompts.synonyms` splits it when the class is prompted;
     - DataError naming the file when it is missing, unreadable, lists nothing or lists a name twice.
     Limits that depend on the use (at most 255 classes in 8-bit masks) are checked by the reader that has them.
     """

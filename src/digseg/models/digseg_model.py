@@ -20,6 +20,7 @@ from torch import nn
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from ..errors import DigsegError
+from .choices import PREDICTION_TYPES
 from .backbone_layout import BackboneLayout, backbone_record, check_subfolders, read_layout, resolve_variant
 
 try:  # diffusers renamed from_pretrained's `torch_dtype` to `dtype` (the old name warns)
@@ -30,10 +31,6 @@ except ImportError:
     DIFFUSERS_TAKES_DTYPE = False
 DIFFUSERS_DTYPE_KWARG = "dtype" if DIFFUSERS_TAKES_DTYPE else "torch_dtype"
 
-# what a DiGSeg model can be: its prediction target, how it was trained, which decoder reads its masks
-PREDICTION_TYPES = ("sample", "v_prediction", "epsilon")
-OBJECTIVES = ("diffusion", "one-step")
-MASK_DECODERS = ("auto", "light", "vae")  # auto: the model's light mask decoder if it has one, else the VAE
 
 
 @torch.no_grad()

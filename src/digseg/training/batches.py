@@ -23,9 +23,9 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from ..masks import MaskCodec
+from ..pipelines.masks import MaskCodec
 from ..models.digseg_model import encode_latents
-from ..prompts import is_background, palette_prompt, synonyms
+from ..pipelines.prompts import is_background, palette_prompt, synonyms
 from ..seeding import seeded_generator
 from .latent_key import EMPTY, IMAGE, PALETTE, LatentKey
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from ..data.io import save_label_png, tensor_to_image
 from ..errors import DataError
-from ..visualize import class_overlay
+from ..pipelines.visualize import class_overlay
 from .config import TrainConfig
 from .run import build_dataset, training_augmentation
 from .samples import MicroStepSampler, TrainingSamples

@@ -23,7 +23,7 @@ import yaml
 from ..data.hf_options import hf_options
 from ..data.splits import split_options
 from ..errors import ConfigError
-from ..models.digseg_model import MASK_DECODERS, OBJECTIVES, PREDICTION_TYPES  # noqa: F401  (re-read by the CLI)
+from ..models.choices import MASK_DECODERS, OBJECTIVES, PREDICTION_TYPES  # noqa: F401  (re-read by the CLI)
 
 # The choices of the fields below and of the `digseg` flags that set them, listed once (cli.py, the pipeline,
 # the model builder and the mask decoder training import them from here).

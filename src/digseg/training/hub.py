@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from ..errors import ConfigError, DigsegError
-from ..model_card import CARD_FILE, read_card_facts, write_model_card
+from ..pipelines.model_card import CARD_FILE, read_card_facts, write_model_card
 
 RUN_FILES = ("model_index.json", CARD_FILE, "config.yaml", "log.jsonl")  # besides the component folders
 

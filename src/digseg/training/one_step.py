@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..masks import MaskCodec
-from ..pipeline import DiGSegPipeline
+from ..pipelines.masks import MaskCodec
+from ..pipelines.pipeline import DiGSegPipeline
 from .batches import Batch
 
 

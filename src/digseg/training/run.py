@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from ..data.augment import Augmentation
 from ..data.augment_presets import augmentation_for
 from ..errors import ConfigError, DigsegError
-from ..pipeline import DiGSegPipeline
+from ..pipelines.pipeline import DiGSegPipeline
 from .batches import LatentBatcher
 from .config import DataConfig, ModelConfig, TrainConfig
 from .samples import TrainingData, TrainingSamples

@@ -39,7 +39,7 @@ from PIL import Image
 from ..data.io import tensor_to_image
 from ..devices import peak_memory_mib
 from ..errors import ConfigError, DigsegError
-from ..visualize import overlay, side_by_side
+from ..pipelines.visualize import overlay, side_by_side
 
 logger = logging.getLogger("digseg.train")
 

@@ -7,7 +7,7 @@ decay, gradient accumulation, mixed precision, optional EMA, tqdm progress, peri
 checkpoints and `resume="latest"`, optional validation with the best step kept (`validation.py`), optional FSDP2
 sharding of the trainable modules and their checkpoints (`sharding.py`). The run folder gets `config.yaml` at the
 start and the trained pipeline (model_index.json, unet/, vae/, ..., and README.md, the model card of what the run
-knows: `digseg.model_card`) at the end. The main process holds the run folder's lock (`run_lock.py`) from the
+knows: `digseg.pipelines.model_card`) at the end. The main process holds the run folder's lock (`run_lock.py`) from the
 trainer's construction to the end of `train`; a resume checks the config against the checkpoint's before any
 step (`resume_check.py`).
 """
@@ -28,9 +28,9 @@ from tqdm.auto import tqdm
 
 from ..distributed import launched_without_accelerator
 from ..errors import DigsegError
-from ..model_card import read_card_facts, run_facts
-from ..pipeline import DiGSegPipeline
-from ..protocols import protocol_for
+from ..pipelines.model_card import read_card_facts, run_facts
+from ..pipelines.pipeline import DiGSegPipeline
+from ..evaluation.protocols import protocol_for
 from .batches import Batch, per_sample, slot_generators
 from .checkpoint import (SHARDS, begin_staging, checkpoint_folder, kill_point, list_checkpoints, load_checkpoint,
                          prune_checkpoints, remove_stale, save_best, save_checkpoint, staging_folder)

@@ -13,7 +13,7 @@ from diffusers import AutoencoderKL
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from ..masks import MaskCodec
+from ..pipelines.masks import MaskCodec
 
 
 def _mask_images(labels: torch.Tensor, num_classes: int, gen: torch.Generator) -> torch.Tensor:

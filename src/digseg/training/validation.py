@@ -36,9 +36,9 @@ from torch.utils.data import Dataset
 
 from ..data.base import MetricKind, SegmentationDataset
 from ..data.synthetic import ScenesFolder, save_scenes_as_folder
-from ..dataset_eval import HEADLINE_METRIC, SUMMARY_COLUMNS, predict_dataset, score_predictions
+from ..evaluation.dataset_eval import HEADLINE_METRIC, SUMMARY_COLUMNS, predict_dataset, score_predictions
 from ..errors import ConfigError
-from ..protocols import TestProtocol
+from ..evaluation.protocols import TestProtocol
 
 
 @dataclass(frozen=True)

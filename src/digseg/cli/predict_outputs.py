@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from .predict_records import PER_IMAGE_OUTPUTS
-from .visualize import hex_colour, palette_for, save_prediction, tints_class_zero
+from ..pipelines.visualize import hex_colour, palette_for, save_prediction, tints_class_zero
 
 NO_UNCERTAINTY = "no uncertainty map: ensemble size 1 (pass --ensemble-size 2 or more)"
 

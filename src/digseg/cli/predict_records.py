@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Iterator, TextIO
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 # what `digseg predict --outputs` can write: per image, then the run's HTML report (summary.json is always written)
 PER_IMAGE_OUTPUTS = ("labels", "overlay", "probabilities", "uncertainty", "input", "json")

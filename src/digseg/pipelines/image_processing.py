@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .data.augment import rescale_size
-from .data.io import image_to_tensor
-from .errors import DigsegError
+from ..data.augment import rescale_size
+from ..data.io import image_to_tensor
+from ..errors import DigsegError
 
 
 def _from_pil(image: Image.Image) -> torch.Tensor:
@@ -47,7 +47,7 @@ def _check_unit_range(tensor: torch.Tensor) -> torch.Tensor:
 
 def to_image_list(images: Any) -> list[torch.Tensor]:
     """Normalise pipeline input to a list of [3, H, W] float tensors in [-1, 1]."""
-    from .data.io import load_image  # local import: data.io is light, but keeps this module standalone
+    from ..data.io import load_image  # local import: data.io is light, but keeps this module standalone
 
     if isinstance(images, torch.Tensor) and images.ndim == 4:
         return [_check_unit_range(img) * 2 - 1 for img in images]

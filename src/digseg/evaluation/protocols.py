@@ -28,8 +28,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict, dataclass, replace
 
-from .errors import ConfigError
-from .sliding import INFERENCE_MODES
+from ..errors import ConfigError
+from ..pipelines.choices import INFERENCE_MODES
 
 
 

@@ -17,8 +17,8 @@ import torch
 from torch.utils.data import Dataset
 
 from .metrics import SegmentationMetric
-from .pipeline import DiGSegPipeline
-from .prompts import BACKGROUND, FOREGROUND, is_background
+from ..pipelines.pipeline import DiGSegPipeline
+from ..pipelines.prompts import BACKGROUND, FOREGROUND, is_background
 
 
 @dataclass(frozen=True)

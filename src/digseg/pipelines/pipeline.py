@@ -17,7 +17,7 @@ standard deviation of their probabilities (mean over classes).
 
 A model trained with the one-step objective (`config.objective == "one-step"`, `digseg.training.one_step`) runs
 one deterministic pass instead: zeros at t = T-1, its x0 prediction decoded by the decoder it was trained through.
-The latent-space work lives in `digseg.latent_segmentation`, mixed into this class.
+The latent-space work lives in `digseg.pipelines.latent_segmentation`, mixed into this class.
 """
 
 from __future__ import annotations
@@ -36,17 +36,16 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 
 from .ensemble import ENSEMBLE_REDUCTIONS
 from .latent_segmentation import LatentSegmentationMixin, SegmentSettings
-from .errors import DigsegError
+from ..errors import DigsegError
 from .image_processing import processed_size, resize_to, to_image_list
 from .masks import MaskCodec
 from .model_card import model_facts, write_model_card
 from .native_outputs import PROBABILITY_CLASSES_KEPT, native_outputs, resize_probs, stack_outputs
 from .prompts import palette_prompt, resolve_queries
 from .sliding import check_test_protocol, combine_views, group_views, make_views, pair, view_noise
-from .models.digseg_model import (
+from ..models.choices import MASK_DECODERS, OBJECTIVES
+from ..models.digseg_model import (
     DIFFUSERS_DTYPE_KWARG,
-    MASK_DECODERS,
-    OBJECTIVES,
     decode_latents,
     load_backbone,
     load_clip_text_encoder,
@@ -56,15 +55,15 @@ from .models.digseg_model import (
     vae_scale_factor,
     widen_conv_in,
 )
-from .models.mask_decoder import LightMaskDecoder
-from .models.sdxl import SDXLPromptEncoder
-from .models.text import CLIPPromptEncoder, TextPathway, cross_attention_levels, install_level_processors
+from ..models.mask_decoder import LightMaskDecoder
+from ..models.sdxl import SDXLPromptEncoder
+from ..models.text import CLIPPromptEncoder, TextPathway, cross_attention_levels, install_level_processors
 
 
 @functools.lru_cache(maxsize=2)
 def _open_clip_encoder(name: str):
     """One frozen open_clip text encoder per name per process (from_backbone and __init__ both ask for it)."""
-    from .models.open_clip_text import OpenCLIPPromptEncoder
+    from ..models.open_clip_text import OpenCLIPPromptEncoder
 
     return OpenCLIPPromptEncoder.from_pretrained(name)
 
@@ -239,7 +238,7 @@ class DiGSegPipeline(LatentSegmentationMixin, DiffusionPipeline):
             raise DigsegError(f"cannot load DiGSeg model {pretrained_model_name_or_path}: {str(exc).splitlines()[0]}") from exc
 
     def save_pretrained(self, save_directory: str | Path, *args, model_card: dict | None = None, **kwargs) -> None:
-        """diffusers' `save_pretrained`, and README.md: the model card (`digseg.model_card`) of this model's facts
+        """diffusers' `save_pretrained`, and README.md: the model card (`digseg.pipelines.model_card`) of this model's facts
         and `model_card`'s (a training run's: base checkpoint, data, settings, validation)."""
         super().save_pretrained(save_directory, *args, **kwargs)
         write_model_card(save_directory, {**(model_card or {}), "model": model_facts(self)})
@@ -413,7 +412,7 @@ class DiGSegPipeline(LatentSegmentationMixin, DiffusionPipeline):
         without, exactly (width, height)), else its longer side to `processing_resolution`. `mode="whole"` runs
         it at once; `mode="slide"` runs `crop_size` windows every `stride` pixels (mmseg's grid; defaults: the
         processing resolution, 2/3 of it) batched through the U-Net and decoder, combined in probability space
-        (`digseg.sliding`), plus the whole image as one more window with `global_view` (CAT-Seg). `flip` also runs
+        (`digseg.pipelines.sliding`), plus the whole image as one more window with `global_view` (CAT-Seg). `flip` also runs
         the mirrored image (same windows, same noise; flipped back and averaged: flip TTA, either mode). Labels are a chunked argmax at the native size;
         probabilities are returned for the `max_probability_classes` classes with most pixels (None: all).
         """

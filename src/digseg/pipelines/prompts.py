@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from .errors import DigsegError
+from ..errors import DigsegError
 
 SINGLE_TEMPLATE = ("{}",)
 PHOTO_TEMPLATE = ("a photo of a {}.",)

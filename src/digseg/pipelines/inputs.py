@@ -9,8 +9,8 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
-from .data.io import IMAGE_EXTENSIONS, read_list_file
-from .errors import ConfigError
+from ..data.io import IMAGE_EXTENSIONS, read_list_file
+from ..errors import ConfigError
 
 _GLOB_CHARS = set("*?[")
 

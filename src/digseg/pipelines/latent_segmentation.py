@@ -18,8 +18,8 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from .ensemble import assemble_probabilities, combine_member_latents, latent_spread_map
-from .models.digseg_model import encode_latents, vae_scale_factor
-from .models.text import unet_forward_with_text
+from ..models.digseg_model import encode_latents, vae_scale_factor
+from ..models.text import unet_forward_with_text
 
 
 @dataclass(frozen=True)

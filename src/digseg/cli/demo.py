@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .data.io import IMAGE_EXTENSIONS, load_image
-from .errors import ConfigError, DataError, DigsegError
-from .visualize import class_overlay, grey_map, with_legend
+from ..data.io import IMAGE_EXTENSIONS, load_image
+from ..errors import ConfigError, DataError, DigsegError
+from ..pipelines.visualize import class_overlay, grey_map, with_legend
 
 DEFAULT_MODEL = Path("digseg-quickstart") / "model"
 DEFAULT_MAX_PIXELS = 4096 * 4096  # 16.7 megapixels
@@ -186,7 +186,7 @@ def segment(pipe: Any, path: str | os.PathLike[str] | None, mode: str, text: str
 
 def runtime_footer(pipe: Any) -> str:
     """Where the demo's model runs, for the page's footer: device (its name), dtype, torch and diffusers versions."""
-    from .devices import runtime_info
+    from ..devices import runtime_info
 
     info = runtime_info(pipe.device, pipe.dtype)
     return (f"{info['device']} ({info['device_name']}), {info['dtype']}; torch {info['torch']}, "
@@ -298,14 +298,14 @@ def build_demo(pipe: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
 def launch_demo(model_dir: str | os.PathLike[str] | None = None, host: str = "127.0.0.1", port: int | None = None,
                 max_pixels: int = DEFAULT_MAX_PIXELS, device: str = "auto", dtype: str = "auto") -> None:
     """Load the model (in `dtype`, on `device`: `digseg.devices`) and serve the demo until interrupted (Ctrl-C)."""
-    from .devices import resolve_device_and_dtype
+    from ..devices import resolve_device_and_dtype
 
     if max_pixels < 1:
         raise ConfigError(f"--max-pixels must be >= 1, got {max_pixels}")
     model = resolve_model_dir(model_dir)
     device, dtype = resolve_device_and_dtype(device, dtype)
     import_gradio()  # fail early, before the model loads
-    from .pipeline import DiGSegPipeline
+    from ..pipelines.pipeline import DiGSegPipeline
 
     pipe = DiGSegPipeline.from_pretrained(model, dtype=dtype).to(device)
     pipe.set_progress_bar_config(disable=True)

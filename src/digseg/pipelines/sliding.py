@@ -27,10 +27,9 @@ import torch
 import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 
-from .errors import DigsegError
+from ..errors import DigsegError
+from .choices import INFERENCE_MODES
 from .image_processing import pad_to_multiple
-
-INFERENCE_MODES = ("whole", "slide")  # the whole image, or sliding windows
 
 
 def pair(value: int | tuple[int, int] | list[int] | None, what: str) -> tuple[int, int] | None:

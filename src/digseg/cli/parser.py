@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import argparse
 
-from .data.hf_options import HF_PREFIX, HFOptions
-from .data.splits import DEFAULT_VAL_FRACTION
-from .devices import DEVICE_CHOICES_TEXT, DTYPE_CHOICES
-from .errors import EXIT_SKIPPED
+from ..data.hf_options import HF_PREFIX, HFOptions
+from ..data.splits import DEFAULT_VAL_FRACTION
+from ..devices import DEVICE_CHOICES_TEXT, DTYPE_CHOICES
+from ..errors import EXIT_SKIPPED
 from .predict_records import OUTPUTS
-from .protocols import add_protocol_flags, parse_pair
-from .training.config import (EMA_DEVICES, MASK_DECODER_TARGETS, MASK_DECODERS, MIXED_PRECISION, OBJECTIVES,
+from ..evaluation.protocols import add_protocol_flags, parse_pair
+from ..training.config import (EMA_DEVICES, MASK_DECODER_TARGETS, MASK_DECODERS, MIXED_PRECISION, OBJECTIVES,
                               OPTIMIZERS, PREDICTION_TYPES, SHARDING, TASKS)
 
 _PREDICT_EPILOG = f"""\

@@ -7,7 +7,7 @@ launched processes, and going on past files that cannot be read.
 - **Streaming.** Images are decoded as they are processed (one is read ahead on a thread while the model
   runs), never all up front, and at most `2 x batch_size` decoded images wait for a batch. The run keeps no
   per-image results in memory: each finished image's record is appended to a records file
-  (`digseg.predict_records`), and `summary.json` and the report are written at the end by reading the
+  (`digseg.cli.predict_records`), and `summary.json` and the report are written at the end by reading the
   records back one at a time. Memory stays flat over thousands of images.
 - **Outputs.** `outputs` (`--outputs`) chooses the files: per image any of labels, overlay, probabilities,
   uncertainty, input (a copy), json (`<stem>_summary.json`); for the run, the HTML report. `summary.json`
@@ -47,16 +47,16 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 
 from . import predict_records
-from .data.io import load_image
-from .devices import runtime_info
-from .distributed import gather_objects, process_info, shard, sum_tensor, wait_for_everyone
-from .errors import EXIT_SKIPPED, ConfigError, DataError
-from .image_processing import padded_size
-from .inputs import display_names, unique_stems
+from ..data.io import load_image
+from ..devices import runtime_info
+from ..distributed import gather_objects, process_info, shard, sum_tensor, wait_for_everyone
+from ..errors import EXIT_SKIPPED, ConfigError, DataError
+from ..pipelines.image_processing import padded_size
+from ..pipelines.inputs import display_names, unique_stems
 from .predict_outputs import write_image_outputs
 from .predict_records import OUTPUTS, PER_IMAGE_OUTPUTS, RecordIndex, RecordWriter, open_atomically
 from .report import write_report
-from .seeding import seeded_generator
+from ..seeding import seeded_generator
 
 READ_AHEAD = 1  # images decoded on a thread while the model runs
 

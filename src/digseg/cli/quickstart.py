@@ -19,15 +19,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data.synthetic import SYNTHETIC_CLASSES, SyntheticScenes
-from .evaluation import EStep, evaluate_binary, evaluate_palette
-from .metrics import format_markdown_table
-from .models.tiny import save_tiny_backbone, tiny_vae
-from .pipeline import DiGSegPipeline
-from .training.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
-from .training.run import build_run
-from .training.vae import train_tiny_vae
-from .visualize import overlay, side_by_side
+from ..data.synthetic import SYNTHETIC_CLASSES, SyntheticScenes
+from ..evaluation.estep import EStep, evaluate_binary, evaluate_palette
+from ..evaluation.metrics import format_markdown_table
+from ..models.tiny import save_tiny_backbone, tiny_vae
+from ..pipelines.pipeline import DiGSegPipeline
+from ..training.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
+from ..training.run import build_run
+from ..training.vae import train_tiny_vae
+from ..pipelines.visualize import overlay, side_by_side
 
 
 @dataclass
@@ -64,7 +64,7 @@ def run_quickstart(output: str | Path, settings: QuickstartSettings | None = Non
                    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> dict:
     """Steps 1-4 of the module docstring into `output`; training runs on accelerate's device, the evaluation and
     overlays on `device` in `dtype` (`digseg.devices`), and metrics.json records where ("runtime")."""
-    from .devices import runtime_info
+    from ..devices import runtime_info
 
     s = settings or QuickstartSettings()
     out = Path(output)

@@ -29,15 +29,15 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .data.base import MetricKind, Sample, SegmentationDataset
-from .data.io import save_label_png
-from .distributed import gather_objects, is_main_process, shard, sum_tensor, wait_for_everyone
-from .errors import DataError, DigsegError
+from ..data.base import MetricKind, Sample, SegmentationDataset
+from ..data.io import save_label_png
+from ..distributed import gather_objects, is_main_process, shard, sum_tensor, wait_for_everyone
+from ..errors import DataError, DigsegError
 from .metrics import SegmentationMetric, binary_scores, per_image_dice_iou
-from .pipeline import DiGSegOutput
-from .prompts import is_background
+from ..pipelines.pipeline import DiGSegOutput
+from ..pipelines.prompts import is_background
 from .protocols import TestProtocol, protocol_for
-from .seeding import seeded_generator
+from ..seeding import seeded_generator
 
 logger = logging.getLogger("digseg.eval")
 
@@ -140,7 +140,7 @@ def _query_kwargs(pipe, dataset: SegmentationDataset) -> dict:
 
 
 def default_protocol(pipe, dataset: SegmentationDataset) -> TestProtocol:
-    """The dataset's preset (`digseg.protocols`): CAT-Seg's when its classes are queried one by one (open
+    """The dataset's preset (`digseg.evaluation.protocols`): CAT-Seg's when its classes are queried one by one (open
     vocabulary), else the closed-set one."""
     open_vocab = MetricKind(dataset.metric) is MetricKind.OPEN_VOCAB or "classes" in _query_kwargs(pipe, dataset)
     return protocol_for(dataset.name, open_vocab)

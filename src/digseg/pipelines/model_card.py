@@ -23,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .data.hf_options import HF_PREFIX
+from ..data.hf_options import HF_PREFIX
 
 CARD_FILE = "README.md"
 CARD_TAGS = ["digseg", "image-segmentation", "stable-diffusion", "diffusers"]

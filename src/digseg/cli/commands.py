@@ -12,8 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import ConfigError, DigsegError
-from .cli_parser import build_parser
+from ..errors import ConfigError, DigsegError
+from .parser import build_parser
 
 
 def _quiet_libraries() -> None:
@@ -33,14 +33,14 @@ def _quiet_libraries() -> None:
 def _placement(args: argparse.Namespace):
     """(torch.device, torch.dtype) from --device and --dtype (`digseg.devices`). Commands call this first, so an
     impossible request fails in one line before any work."""
-    from .devices import resolve_device_and_dtype
+    from ..devices import resolve_device_and_dtype
 
     return resolve_device_and_dtype(args.device, args.dtype)
 
 
 def _load_model(model, placement):
     """The model folder, loaded in the dtype (not loaded in fp32 and cast) and moved to the device."""
-    from .pipeline import DiGSegPipeline
+    from ..pipelines.pipeline import DiGSegPipeline
 
     device, dtype = placement
     return DiGSegPipeline.from_pretrained(model, dtype=dtype).to(device)
@@ -92,7 +92,7 @@ _TRAIN_FLAGS = {
 
 def _train_config(args: argparse.Namespace):
     """The --config file (if any) with the flags that were given on top."""
-    from .training.config import TrainConfig
+    from ..training.config import TrainConfig
 
     if getattr(args, "crop_size", None) is not None:
         args.crop_size = list(args.crop_size)  # YAML (the run's config.yaml) holds lists, not tuples
@@ -109,14 +109,14 @@ def _train_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .distributed import process_info
-    from .training.resume_check import launch_facts, plan_resume
-    from .training.run import build_run
-    from .training.run_lock import RunFolderLock
+    from ..distributed import process_info
+    from ..training.resume_check import launch_facts, plan_resume
+    from ..training.run import build_run
+    from ..training.run_lock import RunFolderLock
 
     config = _train_config(args)
     if args.push_to_hub:
-        from .training.hub import check_hub_target
+        from ..training.hub import check_hub_target
 
         check_hub_target(args.push_to_hub, args.hub_token)  # before training, not after it
     rank, world = process_info()
@@ -133,7 +133,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         return
     print(f"saved trained model to {config.run.output_dir}")
     if args.push_to_hub:
-        from .training.hub import push_to_hub
+        from ..training.hub import push_to_hub
 
         url = push_to_hub(config.run.output_dir, args.push_to_hub, token=args.hub_token, private=args.hub_private)
         print(f"pushed the model to {url}")
@@ -141,7 +141,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def _hf_options(args: argparse.Namespace):
     """The hf: dataset options of eval and train-mask-decoder (`digseg.data.hf_options`); None for other datasets."""
-    from .data.hf_options import hf_options
+    from ..data.hf_options import hf_options
 
     return hf_options(args.dataset, hf_image_column=args.hf_image_column, hf_label_column=args.hf_label_column,
                       hf_split=args.hf_split, classes_file=args.classes_file, ignore_index=args.ignore_index,
@@ -149,8 +149,8 @@ def _hf_options(args: argparse.Namespace):
 
 
 def cmd_cache_latents(args: argparse.Namespace) -> None:
-    from .training.latent_cache import build_latent_cache
-    from .training.run import build_dataset, build_pipeline, build_training_data
+    from ..training.latent_cache import build_latent_cache
+    from ..training.run import build_dataset, build_pipeline, build_training_data
 
     config = _train_config(args)
     if config.data.augments:
@@ -164,7 +164,7 @@ def cmd_cache_latents(args: argparse.Namespace) -> None:
 
 
 def cmd_browse_data(args: argparse.Namespace) -> None:
-    from .training.browse import write_training_samples
+    from ..training.browse import write_training_samples
 
     config = _train_config(args)
     written = write_training_samples(config, args.output, args.num)
@@ -174,9 +174,9 @@ def cmd_browse_data(args: argparse.Namespace) -> None:
 def cmd_train_mask_decoder(args: argparse.Namespace) -> None:
     import shutil
 
-    from .data.registry import build_dataset
-    from .model_card import model_facts, read_card_facts, write_model_card
-    from .training.mask_decoder import fit_light_mask_decoder
+    from ..data.registry import build_dataset
+    from ..pipelines.model_card import model_facts, read_card_facts, write_model_card
+    from ..training.mask_decoder import fit_light_mask_decoder
 
     placement = _placement(args)
     try:
@@ -216,12 +216,12 @@ def cmd_train_mask_decoder(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------------------------- predict
 def cmd_predict(args: argparse.Namespace) -> int:
     """Checks the flags, the selection and the model before any work; the run itself is `predict.run_predict`."""
-    from .data.io import read_class_list
-    from .distributed import is_main_process
-    from .inputs import select_images
+    from ..data.io import read_class_list
+    from ..distributed import is_main_process
+    from ..pipelines.inputs import select_images
     from .predict import run_predict
     from .predict_records import parse_outputs
-    from .protocols import TestProtocol, protocol_from_args, tiling_scale
+    from ..evaluation.protocols import TestProtocol, protocol_from_args, tiling_scale
 
     placement = _placement(args)
     if args.prompt is not None and args.classes is not None:
@@ -261,11 +261,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> None:
-    from .data.base import MetricKind
-    from .data.registry import read_dataset
-    from .dataset_eval import SUMMARY_COLUMNS, default_protocol, predict_dataset, score_predictions, search_threshold
-    from .distributed import is_main_process, process_info
-    from .metrics import format_markdown_table
+    from ..data.base import MetricKind
+    from ..data.registry import read_dataset
+    from ..evaluation.dataset_eval import SUMMARY_COLUMNS, default_protocol, predict_dataset, score_predictions, search_threshold
+    from ..distributed import is_main_process, process_info
+    from ..evaluation.metrics import format_markdown_table
 
     if (args.predictions is None) == (args.model is None):
         raise ConfigError("give exactly one of --predictions DIR (score label PNGs) or --model DIR (predict, then score)")
@@ -277,8 +277,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     predictions = Path(args.predictions) if args.predictions else output.with_suffix("").parent / f"{output.stem}_predictions"
     info: dict = {}
     if args.model:
-        from .devices import runtime_info
-        from .protocols import protocol_from_args, tiling_scale
+        from ..devices import runtime_info
+        from ..evaluation.protocols import protocol_from_args, tiling_scale
 
         pipe = _load_model(args.model, placement)
         if args.prompt_template:
@@ -329,7 +329,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
                 device=args.device, dtype=args.dtype)
 
 
-COMMANDS = {  # command name -> what it does; the arguments are in `digseg.cli_parser`
+COMMANDS = {  # command name -> what it does; the arguments are in `digseg.cli.parser`
     "quickstart": cmd_quickstart, "train": cmd_train, "cache-latents": cmd_cache_latents,
     "browse-data": cmd_browse_data, "train-mask-decoder": cmd_train_mask_decoder, "predict": cmd_predict,
     "eval": cmd_eval, "demo": cmd_demo,
@@ -339,7 +339,7 @@ COMMANDS = {  # command name -> what it does; the arguments are in `digseg.cli_p
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
-    from .distributed import shutdown
+    from ..distributed import shutdown
 
     try:
         status = COMMANDS[args.command](args) or 0  # a command may return a non-zero status (predict: 3, files skipped)
