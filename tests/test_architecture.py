@@ -77,3 +77,11 @@ def test_no_import_cycle_between_training_modules():
 
     cycles = [m for m in graph if m.startswith("digseg.training.") and reaches(m, m, set())]
     assert not cycles, f"modules that import themselves back: {cycles}"
+
+
+def test_docs_list_the_layers_in_order():
+    """docs/architecture.md's package table names the layers this test enforces, in the same order."""
+    doc = (SRC.parents[1] / "docs" / "architecture.md").read_text()
+    rows = [line.split("|")[1].strip() for line in doc.splitlines() if line.startswith("| `digseg")]
+    named = ["shared" if row.startswith("`digseg` (shared") else row.strip("`").split(".")[1] for row in rows]
+    assert named == LAYERS

@@ -78,7 +78,7 @@ def diffusion_loss(pipe: DiGSegPipeline, unet: nn.Module, pathway: nn.Module, ba
 
 def _make_accelerator(optim: OptimConfig, run: RunConfig) -> Accelerator:
     """An Accelerator for this run. accelerate keeps one process-wide state; a second trainer in the same
-    Python session (a notebook, a test) with another precision resets it instead of failing."""
+    Python process (a notebook, a test) with another precision resets it instead of failing."""
     kwargs = dict(gradient_accumulation_steps=optim.gradient_accumulation_steps,
                   mixed_precision=mixed_precision_of(optim),
                   cpu=launched_without_accelerator(),
