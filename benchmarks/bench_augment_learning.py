@@ -1,7 +1,7 @@
 """Why augmentation matters: one tiny model trained with and one without augmentation, then evaluated on
 held-out synthetic scenes as drawn and with their objects at other scales and aspect ratios.
 
-    python benchmarks/bench_augment_learning.py                  # 500 steps each: ~13 min on 2 shared cores
+    python benchmarks/bench_augment_learning.py                  # 500 steps each: ~13 min on 2 CPU cores
     python benchmarks/bench_augment_learning.py --steps 1000     # ~16 min on a quiet machine
     python benchmarks/bench_augment_learning.py --quick          # smoke run, ~2 min
     python benchmarks/bench_augment_learning.py --runs augmented --augmentation '{"ratio_range": [0.5, 1.0]}'

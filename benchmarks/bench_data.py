@@ -19,7 +19,7 @@ trainer reads it. The consumer does nothing ("idle": what the workers can supply
 `LatentBatcher.make_batch` with a zero-cost stand-in for the VAE ("make_batch, no VAE": queries, mask targets,
 keep masks, the CPU work the training process adds per image). images/s is the steady rate after the first
 batch of every worker (start-up excluded: one loader spans a run). "cores used" = CPU seconds of this process
-and its workers per wall second (below the worker count when other jobs hold the cores). "training-process CPU
+and its workers per wall second (below the worker count when other processes hold the cores). "training-process CPU
 ms/image" = what the data stage costs the process that drives the GPU (with workers: receiving and stacking
 the float32 crops, plus make_batch where it runs).
 

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The GPU check: one command that measures digseg on a lent H100/H200 within 9 minutes.
+# The GPU check: one command that measures digseg on a machine with a CUDA GPU (written for one
+# H100/H200) within 9 minutes.
 #
-#   bash benchmarks/gpu_check.sh --prepare     # here, once: download the wheels the GPU image lacks into .whl/
-#   bash benchmarks/gpu_check.sh               # on the GPU machine (device tool: carry [".whl"])
-#   bash benchmarks/gpu_check.sh --cpu-smoke   # every step at tiny sizes on this CPU (< 5 min): the script works
+#   bash benchmarks/gpu_check.sh --prepare     # on a machine with internet, once: download the wheels the GPU
+#                                              # image lacks into .whl/
+#   bash benchmarks/gpu_check.sh               # on the GPU machine (copy .whl/ along with the checkout)
+#   bash benchmarks/gpu_check.sh --cpu-smoke   # every step at tiny sizes on the CPU (< 5 min): the script works
 #
 # Steps, each under its own time budget (a step that runs out is cut and reported; later steps still run):
 #   1. the tests marked `gpu` (tests/test_gpu.py): every pipeline path on CUDA, bf16, the trainer, torch.compile
@@ -17,8 +19,11 @@
 #      lever at batch 2 (the one-GPU recipe's micro-batch), docs/training.md's table measured on the card
 #   fsdp: sharded training (--sharding fsdp) in one process on CUDA: train, checkpoint, SIGKILL, resume (the test
 #      marked `gpu` in tests/test_sharded_training.py; 2-process sharding is tested on the CPU)
-# Everything goes to $OUT (the device tool returns that folder; default ./gpu-check-out): gpu_check.log (all
-# output), gpu_check.md (every table), *.json (figures). The last line printed is a one-line summary.
+#   compiled inference (step 3's light decoder under torch.compile) runs after the training-memory step
+#   sdxl (benchmarks/bench_sdxl.py): the SDXL-sized random backbone, 1x1 inference at 512 and 1024 px in bf16 and the
+#      training cells that fit the card
+# Everything goes to $OUT (default ./gpu-check-out): gpu_check.log (all output), gpu_check.md (every table),
+# *.json (figures). The last line printed is a one-line summary.
 # Exit status: 0 when every step passed; 1 when any failed, timed out or was skipped; 2 without a CUDA device.
 # Needs the `bench` and `lowmem` extras beyond the base install (pip install -e ".[bench,lowmem]"): pytest, scipy for
 # Marigold, torchao for the 8-bit AdamW rows.
@@ -32,10 +37,11 @@ case "${1:-}" in
     *) echo "usage: bash benchmarks/gpu_check.sh [--prepare | --cpu-smoke]" >&2; exit 2 ;;
 esac
 
-WHEELS=.whl  # ignored by git (.gitignore); carried to the device machine
+WHEELS=.whl  # ignored by git (.gitignore); copy it along with the checkout to the GPU machine
 if [ "$MODE" = prepare ]; then
     # The GPU image has torch, transformers, accelerate, safetensors, huggingface_hub, tensorboard, psutil, PyYAML;
-    # it lacks diffusers, importlib_metadata (diffusers needs it) and torchao (8-bit AdamW). Same versions as here.
+    # it lacks diffusers, importlib_metadata (diffusers needs it) and torchao (8-bit AdamW). Same versions as the machine
+    # that runs --prepare.
     versions=$(python3 -c "import diffusers, importlib_metadata as m; print(' '.join(f'{n}=={m.version(n)}' for n in ('diffusers', 'importlib_metadata', 'torchao')))")
     rm -rf "$WHEELS" && mkdir -p "$WHEELS"
     # shellcheck disable=SC2086
@@ -107,7 +113,7 @@ else
     B_TESTS=150; B_CLI=60; B_INF=45; B_LIGHT=45; B_TRAIN=40; B_DATA=40; B_COMPILE=160; TOTAL_BUDGET=340
     B_MEM=45; MEM_FLAGS=(--model tiny --size 64 --batches 1 --levers "none,no EMA")  # 8-bit AdamW compiles: minutes
     COMPILE_SETTINGS=1x1  # each further shape recompiles: minutes on a CPU
-    # one thread: on 2 shared cores OpenMP's spinning barriers made a tiny call 70x slower (6 s instead of 0.08 s)
+    # one thread: on 2 busy cores OpenMP's spinning barriers made a tiny call 70x slower (6 s instead of 0.08 s)
     export OMP_NUM_THREADS=1
 fi
 python3 - <<'EOF' 2>&1 | tee -a "$LOG"
