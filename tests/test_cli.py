@@ -153,7 +153,7 @@ def test_quickstart_smoke(tmp_path, capsys):
 def test_every_command_of_the_parser_has_an_implementation():
     import argparse
 
-    from digseg.cli.commands.commands import COMMANDS
+    from digseg.cli.commands import COMMANDS
     from digseg.cli.parser import build_parser
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))

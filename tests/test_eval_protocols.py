@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from digseg.cli.commands.commands import build_parser, main
+from digseg.cli.commands import build_parser, main
 from digseg.data.registry import dataset_names
 from digseg.evaluation.dataset_eval import predict_dataset
 from digseg.errors import ConfigError

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from digseg.cli.commands.commands import _train_config, main
+from digseg.cli.commands import _train_config, main
 from digseg.cli.parser import build_parser
 from digseg.data.domains import FolderPairs
 from digseg.data.registry import build_dataset

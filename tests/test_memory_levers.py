@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from digseg.cli.commands.commands import _train_config, main
+from digseg.cli.commands import _train_config, main
 from digseg.cli.parser import build_parser
 from digseg.data.synthetic import SyntheticScenes, save_scenes_as_folder
 

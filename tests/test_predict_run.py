@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from digseg import predict_records
+from digseg.cli import predict_records
 from digseg.cli import main
 from digseg.data.io import load_image
 from digseg.data.synthetic import SYNTHETIC_CLASSES

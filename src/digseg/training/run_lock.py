@@ -14,7 +14,7 @@ naming that host, while it shows signs of life; one untouched for STALE_AFTER_S 
 pre-empted job requeued elsewhere) is taken over with a warning.
 
 Within one process the lock is re-entrant (`digseg train` takes it before loading the model, the trainer again
-when it is built), so a second Trainer on the same folder in the same Python session is not refused.
+when it is built), so a second Trainer on the same folder in the same Python process is not refused.
 """
 
 from __future__ import annotations
