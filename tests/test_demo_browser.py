@@ -135,7 +135,7 @@ def test_demo_without_a_model_says_what_to_do(tmp_path, monkeypatch, capsys):
 
 
 def test_launch_warns_off_loopback_and_sets_the_pil_guard(tiny_pipe, tmp_path, monkeypatch, capsys):
-    pytest.importorskip("gradio", reason='gradio is not installed (pip install "digseg[demo]")')
+    pytest.importorskip("gradio", reason='gradio is not installed (pip install -e ".[demo]")')
     import digseg.cli.demo
 
     tiny_pipe.save_pretrained(tmp_path / "model")
@@ -186,7 +186,7 @@ def _need(condition: bool, reason: str) -> None:
 
 
 def test_demo_in_headless_chromium(tiny_pipe, image_file, not_an_image, tmp_path):
-    _need(importlib.util.find_spec("gradio") is not None, 'gradio is not installed (pip install "digseg[demo]")')
+    _need(importlib.util.find_spec("gradio") is not None, 'gradio is not installed (pip install -e ".[demo]")')
     from browser import chromium_driver, save_screenshot  # skips (or fails) itself without Chromium/selenium
 
     from digseg.cli.demo import build_demo, start_demo
@@ -243,7 +243,7 @@ def test_one_step_model_runs_in_the_demo_with_fixed_ensemble_and_steps(tiny_pipe
     assert out.uncertainty is None and "circle" in out.summary
     with pytest.raises(DigsegError, match="one-step objective"):
         segment(tiny_pipe, image_file, "prompt", "circle", ensemble_size=2, steps=1, seed=0)
-    _need(importlib.util.find_spec("gradio") is not None, 'gradio is not installed (pip install "digseg[demo]")')
+    _need(importlib.util.find_spec("gradio") is not None, 'gradio is not installed (pip install -e ".[demo]")')
     from digseg.cli.demo import build_demo
 
     demo = build_demo(tiny_pipe)

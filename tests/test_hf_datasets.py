@@ -21,7 +21,7 @@ from digseg.training.samples import MicroStepSampler, TrainingSamples, micro_ste
 from hf_fixtures import CLASSES, write_hf_copies, write_pairs
 from training_helpers import train_config
 
-datasets = pytest.importorskip("datasets", reason='hf: datasets need the datasets library: pip install "digseg[hf]"')
+datasets = pytest.importorskip("datasets", reason='hf: datasets need the datasets library: pip install -e ".[hf]"')
 
 
 @pytest.fixture(scope="module")

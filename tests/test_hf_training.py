@@ -17,7 +17,7 @@ from digseg.errors import ConfigError
 from digseg.training.tracking import tracker_names
 from hf_fixtures import CLASSES, write_hf_copies, write_pairs
 
-pytest.importorskip("datasets", reason='hf: datasets need the datasets library: pip install "digseg[hf]"')
+pytest.importorskip("datasets", reason='hf: datasets need the datasets library: pip install -e ".[hf]"')
 HAVE_MLFLOW = importlib.util.find_spec("mlflow") is not None  # the test extra installs mlflow-skinny
 
 STEPS = 4

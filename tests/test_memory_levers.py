@@ -66,7 +66,7 @@ def test_8bit_adamw_trains_and_resumes_exactly(tiny_backbone, tmp_path):
     safetensors checkpoint as their inner tensors, and a resumed run ends with the uninterrupted run's weights."""
     import pytest
 
-    pytest.importorskip("torchao.optim", reason='torchao is not installed (pip install "digseg[lowmem]")')
+    pytest.importorskip("torchao.optim", reason='torchao is not installed (pip install -e ".[lowmem]")')
     full = _eight_bit_run(tiny_backbone, tmp_path / "full", 12)
     losses = [json.loads(line)["loss"] for line in (tmp_path / "full" / "log.jsonl").read_text().splitlines()
               if "loss" in json.loads(line)]

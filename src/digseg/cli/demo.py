@@ -1,7 +1,7 @@
 """`digseg demo`: a local Gradio web app around a trained `DiGSegPipeline`.
 
 `build_demo(pipe)` takes a built pipeline and returns a `gr.Blocks`; `launch_demo(model_dir, host, port)`
-loads the model and serves it. Gradio is an optional extra (`pip install "digseg[demo]"`).
+loads the model and serves it. Gradio is an optional extra (`pip install -e ".[demo]"`).
 
 Safety defaults: bound to 127.0.0.1; no share link; Gradio analytics off; system fonts only (the page fetches
 nothing from the internet). Uploads are checked by `check_image_file` before the model sees them: the pixel
@@ -35,7 +35,7 @@ MAX_ENSEMBLE, MAX_STEPS = 20, 50
 VIEW_HEIGHT = 320  # pixels: each picture in the page
 MIN_DISPLAY_SIDE = 256  # smaller images are shown enlarged (pixels repeated), e.g. quickstart scenes
 MODE_PROMPT, MODE_CLASSES = "prompt", "classes"
-INSTALL_HINT = 'the demo needs Gradio: pip install "digseg[demo]"'
+INSTALL_HINT = 'the demo needs Gradio: pip install -e ".[demo]"'
 
 
 # ---------------------------------------------------------------------------------------------- checks

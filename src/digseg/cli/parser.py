@@ -136,7 +136,7 @@ def _add_train(sub) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
                    help="keep an exponential moving average of the weights (the saved model uses it)")
     t.add_argument("--optimizer", choices=OPTIMIZERS,
                    help="adamw (default) or adamw8bit: moments in 8 bits, 6 bytes less per parameter "
-                        '(pip install "digseg[lowmem]")')
+                        '(pip install -e ".[lowmem]")')
     t.add_argument("--ema-device", choices=EMA_DEVICES,
                    help="where the EMA copy lives between updates (cpu: off the GPU, one copy of the weights less)")
     t.add_argument("--report-to", metavar="TRACKERS",
@@ -160,13 +160,18 @@ def _add_train(sub) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
     return t, data_flags
 
 
+# data flags of `train` that only training reads: not offered by cache-latents and browse-data
+TRAINING_ONLY = ("cache_latents", "latent_cache", "num_workers")
+
+
 def _add_cache_latents(sub, train: argparse.ArgumentParser, data_flags) -> None:
     """`digseg cache-latents`, with the model and data flags of `train`."""
     c = sub.add_parser("cache-latents", help="encode a training set's images and masks once with the frozen VAE")
     c.add_argument("--cache", required=True, help="output folder")
     for action in train._actions:  # the same model and data flags as `train`
-        if action.dest in ("config", "pretrained", "variant", "revision", "text_encoder", "text_encoder_variant",
-                           "text_encoder_revision", "seed") or action in data_flags._group_actions:
+        if (action.dest in ("config", "pretrained", "variant", "revision", "text_encoder", "text_encoder_variant",
+                           "text_encoder_revision", "seed") or action in data_flags._group_actions) \
+                and action.dest not in TRAINING_ONLY:
             c._add_action(action)
 
 
@@ -176,7 +181,8 @@ def _add_browse_data(sub, train: argparse.ArgumentParser, data_flags) -> None:
     b.add_argument("--output", required=True, help="folder for <k>_image.png, <k>_label.png, <k>_overlay.png")
     b.add_argument("--num", type=int, default=16, help="how many samples (default 16)")
     for action in train._actions:  # the same data flags as `train`
-        if action.dest in ("config", "seed", "batch_size") or action in data_flags._group_actions:
+        if (action.dest in ("config", "seed", "batch_size") or action in data_flags._group_actions) \
+                and action.dest not in TRAINING_ONLY:
             b._add_action(action)
 
 
@@ -250,24 +256,26 @@ def _add_eval(sub) -> None:
                    f"or {HF_PREFIX}NAME_OR_PATH (a datasets-library dataset)")
     e.add_argument("--data-root", help="the dataset's root folder, in its official layout")
     _add_hf_flags(e)
-    e.add_argument("--split", default="val")
+    e.add_argument("--split", default="val", help="the split to score (default val)")
     e.add_argument("--val-fraction", type=float, help="folder dataset, flat: share of images held out for val by "
                    f"file-name hash (default {DEFAULT_VAL_FRACTION:g}; 1 scores every image)")
     e.add_argument("--split-file", help="folder dataset: a text file of the stems to score, one per line")
     src = e.add_mutually_exclusive_group()
     src.add_argument("--predictions", help="folder of <stem>.png label maps to score")
     src.add_argument("--model", help="a DiGSeg model folder: predict the split, then score")
-    e.add_argument("--output", default="metrics.json", help="metrics JSON (predictions go beside it with --model)")
-    e.add_argument("--ensemble-size", type=int, default=1)
-    e.add_argument("--steps", type=int, default=None)
-    e.add_argument("--processing-resolution", type=int, default=None)
+    e.add_argument("--output", default="metrics.json",
+                   help="metrics JSON (default metrics.json; predictions go beside it with --model)")
+    e.add_argument("--ensemble-size", type=int, default=1, help="E-Step ensemble members (default 1)")
+    e.add_argument("--steps", type=int, default=None, help="E-Step DDIM steps (default: the model's, 1 for a new model)")
+    e.add_argument("--processing-resolution", type=int, default=None,
+                   help="longer side the image is resized to (default: the protocol's test scale, else the model's)")
     e.add_argument("--prompt-template", help="override the model's prompt template, e.g. 'a photo of a {}.'")
     e.add_argument("--top-k", type=int, default=None, help="open vocabulary: exact queries for the k most relevant classes only")
-    e.add_argument("--templates", help="prompt templates for per-class queries: single | photo | ensemble")
+    e.add_argument("--templates", help="prompt templates for per-class queries: single | photo | ensemble (default: the model's template)")
     e.add_argument("--present-only", action="store_true", help="mean over classes present in the ground truth (CAT-Seg)")
     e.add_argument("--threshold-search", action="store_true", help="binary datasets: pick the threshold on --search-split")
-    e.add_argument("--search-split", default="val")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--search-split", default="val", help="--threshold-search: the split it searches on (default val)")
+    e.add_argument("--seed", type=int, default=0, help="noise seed; each image draws from (seed, image) (default 0)")
     e.add_argument("--mask-decoder", **_MASK_DECODER_FLAG)
     e.add_argument("--batch-size", type=int, default=8, help="images per pipeline call (default 8)")
     _add_device_flags(e)

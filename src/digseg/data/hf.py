@@ -1,6 +1,6 @@
 """Datasets of the Hugging Face `datasets` library as digseg datasets: `--dataset hf:NAME_OR_PATH`.
 
-NAME_OR_PATH is opened with `datasets` (pip install "digseg[hf]") as a map-style dataset: memory-mapped Arrow
+NAME_OR_PATH is opened with `datasets` (pip install -e ".[hf]") as a map-style dataset: memory-mapped Arrow
 tables, any row readable at any time and shared with DataLoader workers, so training reads them as it reads files
 (the (seed, step, slot) trajectory, loader workers and exact resume are unchanged). It is, the first that applies:
 - a folder written by `save_to_disk`: `datasets.load_from_disk` (a DatasetDict; one Dataset is split "train");

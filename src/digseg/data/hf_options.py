@@ -11,7 +11,7 @@ from typing import Any
 from ..errors import ConfigError
 
 HF_PREFIX = "hf:"
-INSTALL_HINT = 'pip install "digseg[hf]"'
+INSTALL_HINT = 'pip install -e ".[hf]"'
 SPLIT_NAMES = {"train": ("train",), "val": ("validation", "val", "valid"), "test": ("test",)}  # first present
 
 

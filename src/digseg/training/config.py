@@ -30,7 +30,7 @@ from ..models.choices import MASK_DECODERS, OBJECTIVES, PREDICTION_TYPES  # noqa
 TASKS = ("binary", "palette", "both")
 MASK_DECODER_TARGETS = ("mask", "vae")  # what `digseg train-mask-decoder --target` learns (training/mask_decoder.py)
 MIXED_PRECISION = ("no", "fp16", "bf16")  # optim.mixed_precision may also be "": the launcher's choice
-OPTIMIZERS = ("adamw", "adamw8bit")  # adamw8bit: torchao's AdamW8bit (pip install "digseg[lowmem]")
+OPTIMIZERS = ("adamw", "adamw8bit")  # adamw8bit: torchao's AdamW8bit (pip install -e ".[lowmem]")
 EMA_DEVICES = ("accelerator", "cpu")  # where optim.use_ema keeps its copy of the weights between steps
 SHARDING = ("none", "fsdp")  # run.sharding: whole weights on every process (DDP), or FSDP2 (training/sharding.py)
 

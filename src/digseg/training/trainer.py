@@ -114,7 +114,7 @@ def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float, weigh
     try:
         from torchao.optim import AdamW8bit
     except ImportError as exc:
-        raise DigsegError(f'optimizer adamw8bit needs torchao: pip install "digseg[lowmem]" ({exc})') from exc
+        raise DigsegError(f'optimizer adamw8bit needs torchao: pip install -e ".[lowmem]" ({exc})') from exc
     return AdamW8bit(params, lr=lr, weight_decay=weight_decay)
 
 
