@@ -12,6 +12,7 @@ from PIL import Image
 
 from digseg.cli import main
 from digseg.data.synthetic import SyntheticScenes, save_scenes_as_folder
+from training_helpers import error_line
 
 
 @pytest.fixture
@@ -25,14 +26,6 @@ def image_file(tmp_path):
     path = tmp_path / "photo.png"
     Image.fromarray((np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8)).save(path)
     return path
-
-
-def _error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def test_predict_writes_labels_overlays_and_probabilities(saved_model, image_file, tmp_path, capsys):
@@ -59,17 +52,17 @@ def test_predict_writes_labels_overlays_and_probabilities(saved_model, image_fil
 def test_predict_bad_inputs_give_one_line_errors(saved_model, image_file, tmp_path, capsys):
     # (a file that exists but cannot be read is skipped, not an error: tests/test_predict_run.py)
     assert main(["predict", "--model", str(saved_model), "--image", str(tmp_path / "none.png"), "--prompt", "x", "--output", str(tmp_path / "o")]) == 2
-    assert "none.png" in _error_line(capsys)
+    assert "none.png" in error_line(capsys)
     assert main(["predict", "--model", str(tmp_path / "no-model"), "--image", str(image_file), "--prompt", "x", "--output", str(tmp_path / "o")]) == 2
-    assert "no-model" in _error_line(capsys)
+    assert "no-model" in error_line(capsys)
     assert main(["predict", "--model", str(saved_model), "--image", str(image_file), "--prompt", "", "--output", str(tmp_path / "o")]) == 2
-    assert "empty prompt" in _error_line(capsys)
+    assert "empty prompt" in error_line(capsys)
     assert main(["predict", "--model", str(saved_model), "--image", str(image_file), "--classes", "a,,b", "--output", str(tmp_path / "o")]) == 2
-    assert "empty class name" in _error_line(capsys)
+    assert "empty class name" in error_line(capsys)
     assert main(["predict", "--model", str(saved_model), "--image", str(image_file), "--batch-size", "0", "--output", str(tmp_path / "o")]) == 2
-    assert "--batch-size" in _error_line(capsys)
+    assert "--batch-size" in error_line(capsys)
     assert main(["predict", "--model", str(saved_model), "--output", str(tmp_path / "o")]) == 2
-    assert "--image" in _error_line(capsys)
+    assert "--image" in error_line(capsys)
     assert not (tmp_path / "o").exists()  # every error above comes before any work
 
 
@@ -108,15 +101,15 @@ def test_train_bad_data_is_named(tiny_backbone, tmp_path, capsys):
     mask = sorted((data / "masks").glob("*.png"))[0]
     Image.fromarray(np.full((10, 12), 1, dtype=np.uint8)).save(mask)
     assert main(base) == 2
-    assert mask.name in _error_line(capsys)
+    assert mask.name in error_line(capsys)
     Image.fromarray(np.full((64, 64), 9, dtype=np.uint8)).save(mask)  # 9 >= 4 classes
     assert main(base) == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert mask.name in line and "9" in line
     assert main(["train", "--dataset", "folder", "--data-root", str(data)]) == 2
-    assert "--pretrained" in _error_line(capsys)
+    assert "--pretrained" in error_line(capsys)
     assert main(["train", "--pretrained", str(tmp_path / "nowhere"), "--max-steps", "1"]) == 2
-    assert "nowhere" in _error_line(capsys)
+    assert "nowhere" in error_line(capsys)
 
 
 def test_quickstart_command_evaluates_on_the_device_and_dtype_asked(tmp_path, monkeypatch, capsys):

@@ -131,7 +131,7 @@ def test_training_log_lines_carry_peak_gpu_memory_on_cuda_only(monkeypatch, tmp_
     lines = []
     for device in ("cpu", "cuda:0"):
         accelerator = SimpleNamespace(device=torch.device(device), is_main_process=True)
-        TrainingLogger(accelerator, tmp_path, {}, use_tensorboard=False).log_scalars(1, 0.5, 1e-4)
+        TrainingLogger(accelerator, tmp_path, {}, use_trackers=False).log_scalars(1, 0.5, 1e-4)
         lines.append((tmp_path / "log.jsonl").read_text().splitlines()[-1])
     assert lines[0] == '{"step": 1, "loss": 0.5, "lr": 0.0001}'
     assert lines[1] == '{"step": 1, "loss": 0.5, "lr": 0.0001, "memory_mib": 3072, "memory_reserved_mib": 4096}'

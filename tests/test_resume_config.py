@@ -20,7 +20,6 @@ import torch
 import yaml
 from diffusers.optimization import get_scheduler
 from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from digseg import DiGSegPipeline
 from digseg.cli import main
@@ -33,7 +32,7 @@ from digseg.training.config import SECTIONS, TrainConfig
 from digseg.training.resume_check import (FIELD_KINDS, SAFE, TRAJECTORY, check_changes, config_changes,
                                          plan_resume)
 from digseg.training.run_lock import LOCK_FILE, STALE_AFTER_S, RunFolderLock
-from training_helpers import train_config, trainer
+from training_helpers import assert_same_weights, error_line, final_weights, train_config, trainer
 
 LAUNCH = {"num_processes": 1, "mixed_precision": "no"}
 
@@ -215,14 +214,6 @@ def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_earlier_checkpoint(
 
 
 # ------------------------------------------------------------------------------------------ training runs
-def _error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, err
-    return lines[0]
-
-
 def _snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -246,7 +237,7 @@ def test_a_changed_config_is_refused_before_any_step_or_applied_with_allow_confi
                "--learning-rate", "1e-3"]
     capsys.readouterr()
     assert main(changed) == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     for field in ("data.crop_size: [64, 64] -> [32, 32]", "optim.max_steps: 4 -> 6", "optim.batch_size: 4 -> 2",
                   "optim.learning_rate: 3e-05 -> 0.001"):
         assert field in line, line
@@ -276,7 +267,7 @@ def test_a_changed_config_is_refused_before_any_step_or_applied_with_allow_confi
 
     # the run goes on under the new config: the same flags again are no change, and the history stays
     assert main([*changed, "--max-steps", "8"]) == 2  # cosine: extending it is a change
-    assert "optim.max_steps: 6 -> 8" in _error_line(capsys)
+    assert "optim.max_steps: 6 -> 8" in error_line(capsys)
     assert main(changed) == 0  # nothing left to train: the model is saved again
     assert yaml.safe_load((run / "config.yaml").read_text())["config_changes"] == [change]
 
@@ -323,17 +314,6 @@ def _train_args(tiny_backbone, output: Path) -> list[str]:
             "--learning-rate", "1e-3", "--output", str(output)]
 
 
-def _final_weights(run: Path) -> dict[str, torch.Tensor]:
-    return {f"{part}.{k}": v for part in ("unet", "text_pathway")
-            for k, v in load_file(str(run / part / "diffusion_pytorch_model.safetensors")).items()}
-
-
-def _assert_same_weights(want: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> None:
-    assert want.keys() == got.keys()
-    worst = max((want[k] - got[k]).abs().max().item() for k in want)
-    assert worst < 1e-6, f"{worst} away from the lone, uninterrupted run"
-
-
 @pytest.fixture(scope="module")
 def lone_run(tiny_backbone, tmp_path_factory):
     """The run of `_train_args`, alone and uninterrupted, on one thread (as the `digseg train` subprocesses)."""
@@ -344,7 +324,7 @@ def lone_run(tiny_backbone, tmp_path_factory):
         assert main(_train_args(tiny_backbone, run)) == 0
     finally:
         torch.set_num_threads(threads)
-    return _final_weights(run)
+    return final_weights(run)
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGSTOP is POSIX")
@@ -364,7 +344,7 @@ def test_a_second_run_on_a_folder_in_use_stops_at_once(tiny_backbone, lone_run, 
         before = _snapshot(run)
         capsys.readouterr()
         assert main(_train_args(tiny_backbone, run)) == 2  # the second run (this process)
-        line = _error_line(capsys)
+        line = error_line(capsys)
         assert f"pid {first.pid} on host {socket.gethostname()}, started " in line and "in use" in line, line
         assert _snapshot(run) == before  # it wrote nothing
     finally:
@@ -372,7 +352,7 @@ def test_a_second_run_on_a_folder_in_use_stops_at_once(tiny_backbone, lone_run, 
     _, err = first.communicate(timeout=300)
     assert first.returncode == 0, err[-3000:]
     assert not (run / LOCK_FILE).exists()
-    _assert_same_weights(lone_run, _final_weights(run))
+    assert_same_weights(lone_run, final_weights(run))
 
 
 def test_a_full_disk_during_a_checkpoint_write_loses_nothing(tiny_backbone, lone_run, tmp_path, monkeypatch, capsys,
@@ -384,7 +364,7 @@ def test_a_full_disk_during_a_checkpoint_write_loses_nothing(tiny_backbone, lone
         monkeypatch.setenv("DIGSEG_FAIL_AT", "checkpoint-4:weights")  # ENOSPC once step 4's weight files are written
         capsys.readouterr()
         assert main(_train_args(tiny_backbone, run)) == 2
-        line = _error_line(capsys)
+        line = error_line(capsys)
         assert "No space left on device" in line and "step-00000004" in line and "--resume latest" in line, line
         assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000002"]  # no .tmp-* left
         assert load_checkpoint(run / "checkpoints" / "step-00000002")[2]["step"] == 2
@@ -401,4 +381,4 @@ def test_a_full_disk_during_a_checkpoint_write_loses_nothing(tiny_backbone, lone
     finally:
         torch.set_num_threads(threads)
     assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-00000004", "step-00000006"]
-    _assert_same_weights(lone_run, _final_weights(run))
+    assert_same_weights(lone_run, final_weights(run))

@@ -23,6 +23,7 @@ from digseg.training.checkpoint import list_checkpoints
 from digseg.training.config import TrainConfig
 from digseg.training.run import build_dataset
 from digseg.training.validation import evaluate
+from training_helpers import assert_same_weights, final_weights
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
 
@@ -58,17 +59,6 @@ def _scores(run: Path) -> dict[int, float]:
 
 def _best(run: Path) -> dict:
     return json.loads((run / "checkpoints" / "best" / "best.json").read_text())
-
-
-def _final_weights(run: Path) -> dict[str, torch.Tensor]:
-    return {f"{part}.{k}": v for part in ("unet", "text_pathway")
-            for k, v in load_file(str(run / part / "diffusion_pytorch_model.safetensors")).items()}
-
-
-def _assert_same_weights(want: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> None:
-    assert want.keys() == got.keys()
-    worst = max((want[k] - got[k]).abs().max().item() for k in want)
-    assert worst < 1e-6, f"weights differ by {worst}"
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +119,7 @@ def test_sigkill_during_validation_then_resume_gives_the_same_weights_and_best(r
     final = _train(args, tmp_path)
     assert final.returncode == 0, final.stderr[-3000:]
 
-    _assert_same_weights(_final_weights(reference), _final_weights(run))
+    assert_same_weights(final_weights(reference), final_weights(run))
     assert _scores(run) == _scores(reference)
     assert _best(run) == _best(reference)
     best = load_file(str(run / "checkpoints" / "best" / "ema.safetensors"))
@@ -145,5 +135,5 @@ def test_eval_every_0_adds_nothing_and_validation_leaves_training_alone(referenc
     assert not any("val/mIoU" in entry for entry in _log(run))
     assert json.loads((run / "checkpoints" / "step-00000008" / "trainer_state.json").read_text())["best"] is None
     # the validated run trained the same weights: validation (EMA swapped in and out, eval mode) changed nothing
-    _assert_same_weights(_final_weights(reference), _final_weights(run))
+    assert_same_weights(final_weights(reference), final_weights(run))
     assert [e for e in _log(run)] == [e for e in _log(reference) if "loss" in e]

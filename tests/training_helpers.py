@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
 
 from digseg.training.config import SECTIONS, TrainConfig
 from digseg.training.run import build_run
@@ -25,3 +29,24 @@ def train_config(**flat) -> TrainConfig:
 def trainer(config: TrainConfig, pipe, dataset, **kwargs):
     """`build_run` over a given pipeline and dataset."""
     return build_run(config, pipe=pipe, dataset=dataset, **kwargs)
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    """The trained U-Net's and text pathway's weights of a finished run folder, by "<part>.<name>"."""
+    return {f"{part}.{k}": v for part in ("unet", "text_pathway")
+            for k, v in load_file(str(run / part / "diffusion_pytorch_model.safetensors")).items()}
+
+
+def assert_same_weights(want: dict[str, torch.Tensor], got: dict[str, torch.Tensor], what: str = "the reference") -> None:
+    assert want.keys() == got.keys()
+    worst = max((want[k] - got[k]).abs().max().item() for k in want)
+    assert worst < 1e-6, f"{worst} away from {what}"
+
+
+def error_line(capsys) -> str:
+    """The one `error: ...` line a command printed on stderr (and no traceback)."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, err
+    return lines[0]
