@@ -1,12 +1,13 @@
 """Sharded training (`run.sharding: fsdp`, `digseg train --sharding fsdp`): FSDP2 over the trainable modules and
 their sharded checkpoints, one code path on every backend (CUDA with NCCL, CPU with gloo).
 
-Sharding. `torch.distributed.fsdp.fully_shard`, over one mesh of all processes, wraps each block of the U-Net
-(`down_blocks.i`, `mid_block`, `up_blocks.j`), then the U-Net itself (its remaining weights: conv_in, conv_out,
-time embedding, norms), then the text pathway. Each of N processes keeps a 1/N chunk (along dim 0) of every trainable
-weight, of its gradient and of its AdamW moments. A block's whole weights exist only while it runs: they are
-all-gathered before its forward and again before its backward, and its gradients are reduce-scattered (averaged
-over processes) after. The frozen VAE and text encoder stay whole on every process: they have neither gradients
+Sharding. `torch.distributed.fsdp.fully_shard`, over one mesh of all processes, wraps each part of each U-Net block
+(every resnet, attention and down/upsampler of `down_blocks.i`, `mid_block`, `up_blocks.j`), then the U-Net itself
+(its remaining weights: conv_in, conv_out, time embedding, norms), then the text pathway. Each of N processes keeps a
+1/N chunk (along dim 0) of every trainable weight, of its gradient and of its AdamW moments. A part's whole weights
+exist only while it runs: they are all-gathered before its forward and again before its backward, and its gradients
+are reduce-scattered (averaged over processes) after. Parts, not whole blocks, are the unit so that what is whole at
+once stays small: SD2's largest block (up_blocks.1) has 260 M parameters, its largest part 49 M. The frozen VAE and text encoder stay whole on every process: they have neither gradients
 nor optimizer state. One process alone runs the same code over a process group of one.
 
 accelerate still launches the processes, picks the device, runs mixed precision (autocast), the gradient
@@ -42,7 +43,7 @@ from ..errors import ConfigError, DigsegError
 # torch.distributed's FSDP2 and checkpoint APIs used below are imported where used: they need torch >= 2.9
 # (`check_sharding` says so in one line), and an unsharded run must not depend on them
 
-UNET_BLOCKS = ("down_blocks", "mid_block", "up_blocks")  # the U-Net's children wrapped as one FSDP unit each
+UNET_BLOCKS = ("down_blocks", "mid_block", "up_blocks")  # each part of these blocks is one FSDP unit
 _BACKENDS = {"cpu": "gloo", "cuda": "cpu:gloo,cuda:nccl"}  # a process group of one, for an unlaunched process
 
 
@@ -77,18 +78,28 @@ def _ensure_process_group(device: torch.device) -> None:
     dist.init_process_group(backend=_BACKENDS[device.type], store=dist.HashStore(), rank=0, world_size=1)
 
 
+def _units(module: nn.Module | None) -> list[nn.Module]:
+    """`module` itself, or the modules a ModuleList holds (a block's resnets, attentions, samplers); [] for None."""
+    if module is None:
+        return []
+    if isinstance(module, nn.ModuleList):
+        return [unit for child in module for unit in _units(child)]
+    return [module]
+
+
 def shard_modules(unet: nn.Module, pathway: nn.Module, device: torch.device) -> None:
-    """Apply FSDP2 in place: each U-Net block, the U-Net, the text pathway. Their parameters become DTensors holding
-    this process's chunk; call before the optimizer is built over them."""
+    """Apply FSDP2 in place: each part of each U-Net block, the U-Net, the text pathway. Their parameters become
+    DTensors holding this process's chunk; call before the optimizer is built over them."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     _ensure_process_group(device)
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     for name in UNET_BLOCKS:
-        child = getattr(unet, name, None)
-        for block in (child if isinstance(child, nn.ModuleList) else [child] if child is not None else []):
-            fully_shard(block, mesh=mesh)
+        for block in _units(getattr(unet, name, None)):
+            for part in (unit for group in block.children() for unit in _units(group)):
+                if next(part.parameters(), None) is not None:
+                    fully_shard(part, mesh=mesh)
     fully_shard(unet, mesh=mesh)
     fully_shard(pathway, mesh=mesh)
 
