@@ -3,6 +3,7 @@ headless Chromium (skipped when Gradio or the browser is missing, unless DIGSEG_
 
 from __future__ import annotations
 
+import re
 import importlib.util
 import socket
 import struct
@@ -13,6 +14,7 @@ import pytest
 from browser import browser_required
 from PIL import Image
 
+from digseg.cli.demo import INSTALL_HINT
 from digseg.cli import main
 from digseg.cli.demo import (
     DEFAULT_MAX_PIXELS,
@@ -161,7 +163,7 @@ def test_missing_gradio_gives_the_install_hint(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_gradio)
-    with pytest.raises(DigsegError, match=r'pip install "digseg\[demo\]"'):
+    with pytest.raises(DigsegError, match=re.escape(INSTALL_HINT)):
         import_gradio()
 
 
