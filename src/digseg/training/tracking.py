@@ -148,10 +148,7 @@ class TrainingLogger:
 
     def log_config_change(self, change: dict[str, Any]) -> None:
         """A resume's config changes (resume_check.history_entry: {"step", "trajectory", "fields"}), log.jsonl only."""
-        if self.accelerator.is_main_process:
-            with open(self.output_dir / "log.jsonl", "a") as log:
-                log.write(json.dumps({"step": change["step"], "config_change": change["fields"],
-                                      "trajectory": change["trajectory"]}) + "\n")
+        self._log(change["step"], {"config_change": change["fields"], "trajectory": change["trajectory"]}, {})
 
     def log_validation(self, step: int, scores: dict[str, float]) -> None:
         """`scores`: {"val/mIoU": 41.2, ...}, under the same names in log.jsonl and TensorBoard."""
@@ -163,7 +160,7 @@ class TrainingLogger:
             return
         with open(self.output_dir / "log.jsonl", "a") as log:
             log.write(json.dumps({"step": step, **line}) + "\n")
-        if self.use_trackers:
+        if self.use_trackers and scalars:
             self.accelerator.log(scalars, step=step)
 
     @torch.no_grad()

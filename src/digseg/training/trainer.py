@@ -167,7 +167,7 @@ class Trainer:
             self.ema.to(self.ema_device)
         self.shards = ShardedState({"unet": self.unet, "text_pathway": self.text_pathway}, self.optimizer.optimizer,
                                    self.params, self.ema) if self.sharded else None
-        if self.sharded and run.sample_every and run.log_with != "none" and self.accelerator.is_main_process:
+        if self.sharded and run.sample_every and self.accelerator.log_with and self.accelerator.is_main_process:
             logger.warning("sample previews are off with --sharding fsdp: the sharded U-Net runs only when every "
                            "process runs it")
         self.step = 0
