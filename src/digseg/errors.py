@@ -20,3 +20,9 @@ class DataError(DigsegError):
 
 class ConfigError(DigsegError):
     """A configuration value or command-line flag is invalid."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of `exc`'s message, or its type's name when the message is empty (never raises)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

@@ -1,4 +1,5 @@
-"""The `digseg` command: quickstart | train | cache-latents | browse-data | train-mask-decoder | predict | eval | demo.
+"""The `digseg` command: quickstart | train | cache-latents | browse-data | check-data | train-mask-decoder | predict |
+eval | demo.
 
 User errors (a missing file, a bad value) print one line, `error: ...`, and exit with status 2; no traceback.
 """
@@ -73,7 +74,7 @@ _TRAIN_FLAGS = {
     "val_fraction": ("data", "val_fraction"), "split_file": ("data", "split_file"),
     "crop_size": ("data", "crop_size"), "task": ("data", "task"), "latent_cache": ("data", "latent_cache"),
     "num_workers": ("data", "num_workers"), "cache_latents": ("data", "cache_latents"),
-    "augmentation": ("data", "augmentation"),
+    "augmentation": ("data", "augmentation"), "bad_samples": ("data", "bad_samples"),
     "hf_image_column": ("data", "hf_image_column"), "hf_label_column": ("data", "hf_label_column"),
     "hf_split": ("data", "hf_split"), "hf_val_split": ("data", "hf_val_split"),
     "classes_file": ("data", "classes_file"), "ignore_index": ("data", "ignore_index"),
@@ -150,13 +151,13 @@ def _hf_options(args: argparse.Namespace):
 
 def cmd_cache_latents(args: argparse.Namespace) -> None:
     from ..training.latent_cache import build_latent_cache
-    from ..training.run import build_dataset, build_pipeline, build_training_data
+    from ..training.run import build_dataset, build_pipeline, build_training_data, checked_dataset
 
     config = _train_config(args)
     if config.data.augments:
         raise ConfigError("cache-latents stores fixed samples: add --no-augmentation (and train with it too)")
+    dataset, _ = checked_dataset(config.data, build_dataset(config.data, config.run.seed), None)  # before the model
     pipe = build_pipeline(config.model)
-    dataset = build_dataset(config.data, config.run.seed)
     data = build_training_data(config.data, pipe, dataset, config.run.seed)
     out = build_latent_cache(dataset, data.batcher.class_names, pipe.vae, args.cache, data.crop_size[0],
                              task=config.data.task)
@@ -171,9 +172,40 @@ def cmd_browse_data(args: argparse.Namespace) -> None:
     print(f"wrote {written} training samples, as the trainer sees them, to {args.output}")
 
 
+def cmd_check_data(args: argparse.Namespace) -> int:
+    """Read every sample of the training split, and of the validation split if there is one; list every bad one.
+    -> 0 when every sample is good, 1 otherwise."""
+    from ..data.check import describe_bad
+    from ..training.run import build_dataset, checked_dataset
+
+    config = _train_config(args)
+    run_dir = args.output or (config.run.output_dir if args.config else None)  # where `digseg train` will look
+    found = 0
+    for split in ("train", "val"):
+        try:
+            dataset = build_dataset(config.data, config.run.seed, split=split)
+        except DigsegError as exc:
+            if split == "train":
+                raise
+            print(f"val: not checked ({exc})")
+            continue
+        _, check = checked_dataset(dataclasses.replace(config.data, bad_samples="skip"), dataset, run_dir, split)
+        if check is None:
+            print(f"{split}: {config.data.dataset} is generated, not read from storage: nothing to check")
+            continue
+        found += len(check.bad)
+        print(f"{split}: {len(check.names)} samples, {len(check.bad)} bad" + (":" if check.bad else ""))
+        if check.bad:
+            print(describe_bad(check.bad, limit=None))
+    if found:
+        print("train with --bad-samples skip to leave them out, or fix them and check again")
+    return 1 if found else 0
+
+
 def cmd_train_mask_decoder(args: argparse.Namespace) -> None:
     import shutil
 
+    from ..data.check import check_dataset, keep_good
     from ..data.registry import build_dataset
     from ..pipelines.model_card import model_facts, read_card_facts, write_model_card
     from ..training.mask_decoder import fit_light_mask_decoder
@@ -188,6 +220,7 @@ def cmd_train_mask_decoder(args: argparse.Namespace) -> None:
     resolution = args.resolution or pipe.config.default_processing_resolution
     dataset = build_dataset(args.dataset, args.data_root, split="train", size=resolution,
                             num_scenes=args.num_scenes, seed=args.seed, hf=hf)
+    dataset = keep_good(dataset, check_dataset(dataset), args.bad_samples, "train split")
     decoder, losses, data = fit_light_mask_decoder(
         pipe, dataset, resolution, task=args.task, latent_cache=args.latent_cache, num_samples=args.num_samples,
         block_channels=widths,
@@ -331,7 +364,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 COMMANDS = {  # command name -> what it does; the arguments are in `digseg.cli.parser`
     "quickstart": cmd_quickstart, "train": cmd_train, "cache-latents": cmd_cache_latents,
-    "browse-data": cmd_browse_data, "train-mask-decoder": cmd_train_mask_decoder, "predict": cmd_predict,
+    "browse-data": cmd_browse_data, "check-data": cmd_check_data, "train-mask-decoder": cmd_train_mask_decoder, "predict": cmd_predict,
     "eval": cmd_eval, "demo": cmd_demo,
 }
 

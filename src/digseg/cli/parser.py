@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..data.check import BAD_SAMPLES
 from ..data.hf_options import HF_PREFIX, HFOptions
 from ..data.splits import DEFAULT_VAL_FRACTION
 from ..devices import DEVICE_CHOICES_TEXT, DTYPE_CHOICES
@@ -104,6 +105,9 @@ def _add_train(sub) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
                             help="--no-augmentation: squash every sample to the crop instead of the dataset's "
                                  "augmentation; --augmentation: the dataset's preset")
     data_flags.add_argument("--num-workers", type=int, help="DataLoader workers reading and augmenting samples (default 0)")
+    data_flags.add_argument("--bad-samples", choices=BAD_SAMPLES,
+                            help="every sample is read once before step 1: error (default) refuses a dataset with "
+                                 "unreadable or inconsistent samples, listing them all; skip trains without them")
     data_flags.add_argument("--num-scenes", type=int, help="synthetic dataset size (default 2000)")
     data_flags.add_argument("--task", choices=TASKS)
     data_flags.add_argument("--cache-latents", action=argparse.BooleanOptionalAction, default=None,
@@ -186,6 +190,18 @@ def _add_browse_data(sub, train: argparse.ArgumentParser, data_flags) -> None:
             b._add_action(action)
 
 
+def _add_check_data(sub, train: argparse.ArgumentParser, data_flags) -> None:
+    """`digseg check-data`, with the data flags of `train`."""
+    c = sub.add_parser("check-data", help="read every sample of the training and validation splits once and list "
+                                          "every unreadable or inconsistent one (what train does before step 1)")
+    c.add_argument("--output", help="a run folder: the result is kept there, and `digseg train --output` with the "
+                                    "same folder does not read unchanged files again")
+    for action in train._actions:  # the same data flags as `train`
+        if (action.dest in ("config", "seed") or action in data_flags._group_actions) \
+                and action.dest not in ("cache_latents", "latent_cache"):
+            c._add_action(action)
+
+
 def _add_train_mask_decoder(sub) -> None:
     """`digseg train-mask-decoder`."""
     m = sub.add_parser("train-mask-decoder", help="train a light mask decoder that replaces the VAE decoder for masks")
@@ -198,6 +214,9 @@ def _add_train_mask_decoder(sub) -> None:
     m.add_argument("--resolution", type=int, help="default: the model's processing resolution")
     m.add_argument("--num-scenes", type=int, default=2000, help="synthetic dataset size (default 2000)")
     m.add_argument("--num-samples", type=int, help="use the first N samples (default: all)")
+    m.add_argument("--bad-samples", choices=BAD_SAMPLES, default="error",
+                   help="every sample is read once first: error (default) refuses a dataset with unreadable or "
+                        "inconsistent samples, listing them all; skip trains without them")
     m.add_argument("--latent-cache", help="a folder from `digseg cache-latents` for the same VAE and resolution")
     m.add_argument("--task", choices=TASKS, default="both", help="which mask renderings")
     m.add_argument("--widths", help="channel widths, one per resolution, e.g. 64,32,16 (default 128,64,32[,16])")
@@ -299,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     train, data_flags = _add_train(sub)
     _add_cache_latents(sub, train, data_flags)
     _add_browse_data(sub, train, data_flags)
+    _add_check_data(sub, train, data_flags)
     _add_train_mask_decoder(sub)
     _add_predict(sub)
     _add_eval(sub)

@@ -21,7 +21,7 @@ from ..data.io import save_label_png, tensor_to_image
 from ..errors import DataError
 from ..pipelines.visualize import class_overlay
 from .config import TrainConfig
-from .run import build_dataset, training_augmentation
+from .run import build_dataset, checked_dataset, training_augmentation
 from .samples import MicroStepSampler, TrainingSamples
 
 
@@ -31,10 +31,11 @@ def write_training_samples(config: TrainConfig, output: str | Path, num: int) ->
         raise DataError(f"--num must be >= 1, got {num}")
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    dataset = build_dataset(config.data, config.run.seed)
+    dataset, _ = checked_dataset(config.data, build_dataset(config.data, config.run.seed), None)  # as training
     names = list(config.data.class_names) or list(dataset.class_names)
     ignore = getattr(dataset, "ignore_index", 255)
-    samples = TrainingSamples(dataset, training_augmentation(config.data), config.run.seed, ignore)
+    samples = TrainingSamples(dataset, training_augmentation(config.data), config.run.seed, ignore,
+                              skip_bad=config.data.bad_samples == "skip")
     batch = config.optim.batch_size
     sampler = MicroStepSampler(len(dataset), batch, 1, 0, config.run.seed, 0, -(-num // batch))
     requests = [r for step in sampler for r in step][:num]

@@ -14,12 +14,14 @@ loading it as a config skips.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ..data.check import BAD_SAMPLES
 from ..data.hf_options import hf_options
 from ..data.splits import split_options
 from ..errors import ConfigError
@@ -99,10 +101,15 @@ class DataConfig:
     cache_latents: bool = False  # keep the frozen VAE's latents in memory (only without augmentation)
     cache_max_mib: int = 2048  # memory cap of that cache; latents past it are encoded again at each use
     latent_cache: str = ""  # a folder written by `digseg cache-latents` (only without augmentation)
+    # every sample is read once before step 1 (digseg.data.check); error: refuse a dataset with bad samples, listing
+    # them all; skip: train without them (listed in log.jsonl and <output_dir>/data-check.json)
+    bad_samples: str = "error"
 
     def validate(self) -> None:
         split_options(self.dataset, self.val_fraction, self.split_file)
         self.hf_options("train")
+        if self.bad_samples not in BAD_SAMPLES:
+            raise ConfigError(f"data.bad_samples must be one of {', '.join(BAD_SAMPLES)}, got {self.bad_samples!r}")
         if self.task not in TASKS:
             raise ConfigError(f"data.task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.num_workers < 0 or self.prefetch_factor < 1 or self.cache_max_mib < 0:
@@ -153,14 +160,20 @@ class OptimConfig:
     # share of training samples at the last timestep (T-1), where few-step trailing inference starts; the rest
     # are uniform over [0, T). Uniform alone spends most updates on nearly noise-free, easy inputs.
     max_timestep_prob: float = 0.5
+    # a step whose gradients are not finite is skipped (no update, logged); this many in a row stop the run, naming
+    # the last healthy checkpoint (docs/training.md)
+    max_consecutive_skips: int = 20
 
     def validate(self) -> None:
         if self.mixed_precision and self.mixed_precision not in MIXED_PRECISION:
             raise ConfigError(f"optim.mixed_precision must be one of {', '.join(MIXED_PRECISION)}, "
                               f"got {self.mixed_precision!r}")
-        for name in ("max_steps", "batch_size", "gradient_accumulation_steps"):
+        for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "max_consecutive_skips"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"optim.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("weight_decay", "max_grad_norm"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"optim.{name} must be >= 0, got {getattr(self, name)}")
         if not self.learning_rate > 0:
             raise ConfigError(f"optim.learning_rate must be > 0, got {self.learning_rate}")
         if self.optimizer not in OPTIMIZERS:
@@ -220,7 +233,12 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         for name in SECTIONS:
-            getattr(self, name).validate()
+            section = getattr(self, name)
+            for f in dataclasses.fields(section):  # inf or nan in any number: a one-line error naming the field
+                value = getattr(section, f.name)
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise ConfigError(f"{name}.{f.name} must be a finite number, got {value}")
+            section.validate()
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
+from ..data.check import DataCheck, read_sample_list
 from .checkpoint import read_trainer_state, resolve_resume
 from .config import SECTIONS, OptimConfig, TrainConfig
 
@@ -56,6 +57,7 @@ FIELD_KINDS: dict[str, str] = {
     "data.hf_image_column": TRAJECTORY, "data.hf_label_column": TRAJECTORY, "data.hf_split": TRAJECTORY,
     "data.classes_file": TRAJECTORY, "data.ignore_index": TRAJECTORY, "data.reduce_zero_label": TRAJECTORY,
     "data.hf_val_split": SAFE,  # what validation scores: training is the same without it
+    "data.bad_samples": SAFE,  # what it does to the sample list is compared itself ("data.samples", below)
     "data.latent_cache": TRAJECTORY,  # latents written by another command, maybe in another precision
     "data.num_workers": SAFE, "data.prefetch_factor": SAFE,  # who reads the samples: each depends on its request only
     "data.cache_latents": SAFE, "data.cache_max_mib": SAFE,  # the run's own VAE latents, kept instead of recomputed
@@ -70,6 +72,7 @@ FIELD_KINDS: dict[str, str] = {
     # the same math, but gradients summed in another order: AdamW turns that rounding into visible differences
     "optim.gradient_checkpointing": TRAJECTORY,
     "optim.ema_device": SAFE,  # where the EMA copy waits between updates
+    "optim.max_consecutive_skips": SAFE,  # when to give up: the steps taken until then are the same
     # run: bookkeeping
     "run.seed": TRAJECTORY,
     "run.sharding": TRAJECTORY,  # a sharded checkpoint holds per-process shards: resumed with the same mode only
@@ -202,11 +205,33 @@ def _saved_config(checkpoint: Path, state: dict[str, Any]) -> dict[str, Any] | N
     return values if isinstance(values, dict) else None
 
 
+def samples_facts(check: DataCheck | None) -> dict[str, Any] | None:
+    """What a checkpoint records of the samples trained on ({"digest", "count"}); None for generated data."""
+    return None if check is None else {"digest": check.kept_digest(), "count": len(check.kept)}
+
+
+def samples_change(saved: dict[str, Any] | None, check: DataCheck | None, run_dir: Path) -> Change | None:
+    """A change of the list of samples trained on (files added or removed, a file gone bad under
+    data.bad_samples: skip), named file by file when the run folder kept the checkpoint's list; None if the same."""
+    now = samples_facts(check)
+    if saved is None or now is None or saved["digest"] == now["digest"]:
+        return None
+    old_names, new_names = read_sample_list(run_dir, saved["digest"]), check.kept_names()
+    why = "the samples differ"
+    if old_names is not None:
+        added, removed = sorted(set(new_names) - set(old_names)), sorted(set(old_names) - set(new_names))
+        parts = [f"{label} {len(names)}: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}"
+                 for label, names in (("added", added), ("removed", removed)) if names]
+        why = "; ".join(parts) or "the same samples in another order"
+    return Change("data.samples", f"{saved['count']} samples", f"{now['count']} samples", False, why)
+
+
 def plan_resume(config: TrainConfig, resume: str | None, allow: bool = False,
-                launch: dict[str, Any] | None = None) -> ResumePlan | None:
+                launch: dict[str, Any] | None = None, samples: DataCheck | None = None) -> ResumePlan | None:
     """Resolve `resume` ("latest" or a checkpoint folder) for the run of `config` and check the config against the
-    checkpoint's. None when there is nothing to resume from (no `resume`, or "latest" in a folder without
-    checkpoints). Raises ConfigError on a change that leaves the trajectory, unless `allow`. Reads only JSON."""
+    checkpoint's, and with `samples` (the check of the training data) the list of samples trained on. None when
+    there is nothing to resume from (no `resume`, or "latest" in a folder without checkpoints). Raises ConfigError
+    on a change that leaves the trajectory, unless `allow`. Reads only JSON (and the run folder's sample lists)."""
     if not resume:
         return None
     path = resolve_resume(resume, Path(config.run.output_dir))
@@ -219,6 +244,8 @@ def plan_resume(config: TrainConfig, resume: str | None, allow: bool = False,
         logger.warning("%s records no config: the resumed config is not checked against it", path)
         return ResumePlan(path, step, [], [])
     changes = config_changes(saved, config.to_dict(), step, state.get("launch"), launch)
+    data_change = samples_change(state.get("samples"), samples, Path(config.run.output_dir))
+    changes += [data_change] if data_change else []
     check_changes(changes, allow, path)
     history = list(state.get("config_changes") or [])
     if changes:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from torch.utils.data import Dataset
 
 from ..data.augment import Augmentation
+from ..data.check import DataCheck, check_dataset, keep_good
 from ..data.augment_presets import augmentation_for
 from ..errors import ConfigError, DigsegError
 from ..pipelines.pipeline import DiGSegPipeline
@@ -58,8 +59,20 @@ def build_dataset(data: DataConfig, seed: int, split: str = "train") -> Dataset:
                  split_file=data.split_file if split == "train" else None, hf=data.hf_options(split))
 
 
-def build_training_data(data: DataConfig, pipe: DiGSegPipeline, dataset: Dataset, seed: int) -> TrainingData:
-    """Class names and latent caches checked against the dataset; the pipeline gets the dataset's classes."""
+def checked_dataset(data: DataConfig, dataset: Dataset, run_dir: str | Path | None, split: str = "train",
+                    show_progress: bool = True) -> tuple[Dataset, DataCheck | None]:
+    """Every sample of `dataset` read once (`digseg.data.check`; the result kept in `<run_dir>/data-check.json`, or
+    data-check-<split>.json, so that a resume of unchanged files reads none again) -> (the dataset
+    `data.bad_samples` leaves, the check). A DataError listing every bad sample under policy "error"."""
+    cache = Path(run_dir) / ("data-check.json" if split == "train" else f"data-check-{split}.json") if run_dir else None
+    check = check_dataset(dataset, cache, data.num_workers, show_progress, desc=f"check {split} data")
+    return keep_good(dataset, check, data.bad_samples, f"{split} split"), check
+
+
+def build_training_data(data: DataConfig, pipe: DiGSegPipeline, dataset: Dataset, seed: int,
+                        check: DataCheck | None = None) -> TrainingData:
+    """Class names and latent caches checked against the dataset; the pipeline gets the dataset's classes.
+    `check`: the data check that left `dataset` (`checked_dataset`), recorded by the trainer."""
     names = list(data.class_names) or list(dataset.class_names)
     if len(names) != len(dataset.class_names):
         raise ConfigError(f"data.class_names lists {len(names)} names but dataset {data.dataset} has "
@@ -83,8 +96,9 @@ def build_training_data(data: DataConfig, pipe: DiGSegPipeline, dataset: Dataset
                             cache_max_mib=data.cache_max_mib, label_targets=label_targets)
     # fixed samples with a latent cache: the batcher reads a sample itself, only when its latents are not cached
     cached = not label_targets and (store is not None or (data.cache_latents and not augmentation.enabled))
-    samples = TrainingSamples(dataset, augmentation, seed, ignore_index, read=not cached)
-    return TrainingData(samples, batcher, data.num_workers, data.prefetch_factor)
+    samples = TrainingSamples(dataset, augmentation, seed, ignore_index, read=not cached,
+                              skip_bad=data.bad_samples == "skip")
+    return TrainingData(samples, batcher, data.num_workers, data.prefetch_factor, check)
 
 
 def validation_split(config: TrainConfig) -> Dataset | None:
@@ -125,7 +139,9 @@ def build_run(config: TrainConfig, pipe: DiGSegPipeline | None = None, dataset: 
     """The `Trainer` of a run: the pipeline (from `config.model` unless given) and training data (from
     `config.data`, over `dataset` if given); `trainer.pipe` and `trainer.data` are those. `preview`: the
     validation split (previews, validation); built from `config.data` when neither it nor `dataset` is given.
+    The data is checked (`checked_dataset`) before the model loads.
     The pipeline's prompt template becomes the config's, else the dataset's; its objective becomes the config's."""
+    from ..distributed import is_main_process
     from .tracking import tracker_names
     from .trainer import Trainer
 
@@ -133,10 +149,14 @@ def build_run(config: TrainConfig, pipe: DiGSegPipeline | None = None, dataset: 
     tracker_names(config.run.log_with)  # an unknown tracker fails before the model loads
     if preview is None and dataset is None:
         preview = validation_split(config)
-    pipe = pipe if pipe is not None else build_pipeline(config.model)
     dataset = dataset if dataset is not None else build_dataset(config.data, config.run.seed)
+    show = show_progress and is_main_process()
+    dataset, check = checked_dataset(config.data, dataset, config.run.output_dir, "train", show)
+    if preview is not None and config.run.eval_every:  # validation reads all of it (previews skip what they cannot read)
+        preview, _ = checked_dataset(config.data, preview, config.run.output_dir, "val", show)
+    pipe = pipe if pipe is not None else build_pipeline(config.model)
     template = config.model.prompt_template or getattr(dataset, "prompt_template", None) or pipe.config.prompt_template
     pipe.register_to_config(prompt_template=template)
     set_objective(pipe, config.model)
-    data = build_training_data(config.data, pipe, dataset, config.run.seed)
+    data = build_training_data(config.data, pipe, dataset, config.run.seed, check)
     return Trainer(config, pipe, data, show_progress=show_progress, preview_dataset=preview)

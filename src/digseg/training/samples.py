@@ -14,7 +14,9 @@ live as long as the run: persistent by construction.
 The workers also stack each micro-step's samples (`collate_samples`), and the DataLoader pins the stacked
 images on CUDA, so the training process only receives ready batches. A sample that cannot be read does not
 raise inside the worker (where PyTorch would wrap the error in a multi-line traceback): its batch carries the
-error, and the training process raises the usual one-line `DataError` naming the file.
+error, and the training process raises the usual one-line `DataError` naming the file. With `skip_bad`
+(data.bad_samples: skip) a sample that went bad after the data check is replaced by the next readable one in
+dataset order (the same replacement on every run, so resume stays exact), and its batch lists it in `skipped`.
 
 `TrainingData` bundles what the trainer reads: these samples and the batcher that turns them into latents.
 """
@@ -28,7 +30,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..data.augment import Augmentation, apply_augmentation
-from ..errors import ConfigError, DataError, DigsegError
+from ..data.check import DataCheck
+from ..errors import ConfigError, DataError, DigsegError, first_line
 from ..seeding import seeded_generator
 from .batches import LatentBatcher, sample_indices
 
@@ -51,12 +54,12 @@ class TrainingSamples(Dataset):
     registered reader and `SyntheticScenes` do."""
 
     def __init__(self, dataset: Dataset, augmentation: Augmentation, seed: int, ignore_index: int = 255,
-                 read: bool = True) -> None:
+                 read: bool = True, skip_bad: bool = False) -> None:
         if not hasattr(dataset, "load_pair"):
             raise ConfigError(f"{type(dataset).__name__} has no load_pair(i) -> (RGB image, label): training "
                               "reads native samples to augment them")
         self.dataset, self.augmentation, self.seed = dataset, augmentation, seed
-        self.ignore_index, self.read = ignore_index, read
+        self.ignore_index, self.read, self.skip_bad = ignore_index, read, skip_bad
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -68,12 +71,20 @@ class TrainingSamples(Dataset):
         return {"image": pixels, "label": label}
 
     def __getitem__(self, request: Request) -> dict:
+        """{"request", "image", "label", "skipped": [problems of unreadable samples replaced]} or {"request",
+        "error"}; the request's index is the sample's actually read."""
         if not self.read:
             return {"request": request}
-        try:
-            return {"request": request, **self.sample(*request)}
-        except (DigsegError, OSError, ValueError) as exc:  # DataError names the file; the others come from PIL
-            return {"request": request, "error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
+        index, micro_step, slot = request
+        skipped: list[str] = []
+        for offset in range(len(self) if self.skip_bad else 1):
+            i = (index + offset) % len(self)
+            try:
+                return {"request": (i, micro_step, slot), **self.sample(i, micro_step, slot), "skipped": skipped}
+            except (DigsegError, OSError, ValueError) as exc:  # DataError names the file; the others come from PIL
+                skipped.append(first_line(exc))
+        return {"request": request, "error": skipped[0] if len(skipped) == 1 else
+                f"none of the {len(self)} samples can be read (first: {skipped[0]})"}
 
 
 @dataclass
@@ -86,6 +97,7 @@ class SampleBatch:
     images: torch.Tensor | None  # [B, 3, h, w] in [-1, 1]; None when latents come from a disk cache
     labels: torch.Tensor | None  # [B, h, w] int64
     error: str | None = None  # a sample that could not be read (raised by the training process)
+    skipped: list[str] | None = None  # samples that could not be read and were replaced (data.bad_samples: skip)
 
     def pin_memory(self) -> "SampleBatch":
         """Page-locked images (the DataLoader's pin thread calls this on CUDA): asynchronous host-to-GPU copies."""
@@ -104,6 +116,7 @@ def collate_samples(items: list[dict]) -> SampleBatch:
         images=torch.stack([s["image"] for s in items]) if read else None,
         labels=torch.stack([s["label"] for s in items]) if read else None,
         error=errors[0] if errors else None,
+        skipped=[problem for s in items for problem in s.get("skipped", ())],
     )
 
 
@@ -150,6 +163,7 @@ class TrainingData:
     batcher: LatentBatcher
     num_workers: int = 0
     prefetch_factor: int = 2
+    check: DataCheck | None = None  # the data check the samples passed (None: generated data, not checked)
 
     @property
     def crop_size(self) -> tuple[int, int]:

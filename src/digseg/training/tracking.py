@@ -19,7 +19,9 @@ TensorBoard (`<output_dir>/logs/digseg/`, `tensorboard --logdir <output_dir>/log
 Only the main process writes. Without the `tensorboard` package, log.jsonl is still written and one warning
 says how to get TensorBoard; any other tracker named but not installed is a ConfigError saying what to install.
 A resume that changes the config writes a note line into log.jsonl, {"step", "config_change": {"section.field":
-[old, new]}, "trajectory": "kept" | "changed"} (resume_check.py).
+[old, new]}, "trajectory": "kept" | "changed"} (resume_check.py). Notes of bad data and divergence
+(digseg.data.check, divergence.py): {"step", "bad_samples": [{"name", "problem"}]} when a run trains without bad
+samples, {"step", "bad_sample": problem} for one gone bad mid-run, {"step", "skipped_step": why, "skipped_steps": n}.
 """
 
 from __future__ import annotations
@@ -132,13 +134,13 @@ class TrainingLogger:
     def truncate_after(self, step: int, revalidate: bool = False) -> None:
         """Drop log.jsonl lines after `step` (written by a killed run after its last checkpoint); with `revalidate`
         also the validation line of `step` itself (the resumed run validates that step again), and always the
-        config-change note of `step` (a resume from `step` writes its own)."""
+        config-change and bad-samples notes of `step` (a resume from `step` writes its own)."""
         log = self.output_dir / "log.jsonl"
         if not (self.accelerator.is_main_process and log.is_file()):
             return
         entries = [(line, json.loads(line)) for line in log.read_text().splitlines() if line.strip()]
         kept = [line for line, entry in entries if entry["step"] < step
-                or (entry["step"] == step and "config_change" not in entry
+                or (entry["step"] == step and "config_change" not in entry and "bad_samples" not in entry
                     and not (revalidate and any(k.startswith("val/") for k in entry)))]
         log.write_text("".join(line + "\n" for line in kept))
 
@@ -149,6 +151,10 @@ class TrainingLogger:
     def log_config_change(self, change: dict[str, Any]) -> None:
         """A resume's config changes (resume_check.history_entry: {"step", "trajectory", "fields"}), log.jsonl only."""
         self._log(change["step"], {"config_change": change["fields"], "trajectory": change["trajectory"]}, {})
+
+    def log_note(self, step: int, **note: Any) -> None:
+        """Facts of a step (bad samples trained without, a skipped step), log.jsonl only."""
+        self._log(step, note, {})
 
     def log_validation(self, step: int, scores: dict[str, float]) -> None:
         """`scores`: {"val/mIoU": 41.2, ...}, under the same names in log.jsonl and TensorBoard."""

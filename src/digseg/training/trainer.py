@@ -15,6 +15,7 @@ step (`resume_check.py`).
 from __future__ import annotations
 
 import logging
+import math
 import weakref
 from pathlib import Path
 
@@ -27,16 +28,18 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ..distributed import launched_without_accelerator
+from ..data.check import write_sample_list
 from ..errors import DigsegError
 from ..pipelines.model_card import read_card_facts, run_facts
 from ..pipelines.pipeline import DiGSegPipeline
 from ..evaluation.protocols import protocol_for
 from .batches import Batch, per_sample, slot_generators
-from .checkpoint import (SHARDS, begin_staging, checkpoint_folder, kill_point, list_checkpoints, load_checkpoint,
+from .checkpoint import (SHARDS, begin_staging, checkpoint_folder, kill_point, load_checkpoint,
                          prune_checkpoints, remove_stale, save_best, save_checkpoint, staging_folder)
 from .config import OptimConfig, RunConfig, TrainConfig
+from .divergence import DivergenceGuard, all_finite, finite_on_every_process
 from .one_step import one_step_loss
-from .resume_check import ResumePlan, launch_facts, mixed_precision_of, plan_resume
+from .resume_check import ResumePlan, launch_facts, mixed_precision_of, plan_resume, samples_facts
 from .run_lock import RunFolderLock
 from .samples import TrainingData
 from .sharding import ShardedState, check_sharding, local_shards, shard_modules
@@ -175,6 +178,7 @@ class Trainer:
         self.best: dict | None = None  # {"step", "metric", "value"}: the best validated step so far (checkpointed)
         self.last_validation: dict | None = None  # {"step", "val/mIoU", ...}: the latest scores (the model card's)
         self.config_changes: list[dict] = []  # changes made on resume (resume_check.history_entry), checkpointed
+        self.guard = DivergenceGuard(self.output_dir, opt.max_consecutive_skips, opt.learning_rate)  # checkpointed
         # one writer per run folder: taken before anything is written there, given back at the end of train()
         self._lock = RunFolderLock(self.output_dir)
         if self.accelerator.is_main_process:
@@ -212,6 +216,8 @@ class Trainer:
         writes its shards into the checkpoint's temporary folder."""
         acc = self.accelerator
         acc.wait_for_everyone()
+        if not all_finite(self._checkpointed_tensors(), acc):
+            self.guard.stop(f"the weights after step {self.step} are not finite", self.step)
         root = self.output_dir / "checkpoints"
         staged = None
         if self.shards is not None:
@@ -234,12 +240,17 @@ class Trainer:
             "launch": self._launch(),
             "config_changes": self.config_changes,
             "sharding": self.run.sharding,
+            "samples": samples_facts(self.data.check),  # the list of samples trained on (resume_check.py)
+            "skips": self.guard.state_dict(),
         }
         optimizer_state = optimizer_state or self.optimizer.state_dict()
         if best:
             path = save_best(root, self.step, weights, optimizer_state, extra, self.best, staged)
         else:
-            path = save_checkpoint(root, self.step, weights, optimizer_state, extra, self.run.keep_checkpoints, staged)
+            # one more kept until the newest proves healthy (divergence.py): the error of a diverging run names it
+            path = save_checkpoint(root, self.step, weights, optimizer_state, extra, self.run.keep_checkpoints + 1,
+                                   staged)
+            self.guard.prune_pending = True
         acc.wait_for_everyone()  # nobody runs ahead (or is killed) before the checkpoint exists
         return path
 
@@ -288,6 +299,7 @@ class Trainer:
         elif self.ema is not None:
             raise DigsegError(f"checkpoint {path} has no EMA weights but use_ema is on")
         self.best = state.get("best")
+        self.guard.load_state_dict(state.get("skips"))
         self.logs.truncate_after(self.step, revalidate=self._validation_due())
         logger.info("resumed from %s at step %d", path, self.step)
 
@@ -326,15 +338,23 @@ class Trainer:
 
     def _train(self, resume: str | None, allow_config_change: bool) -> DiGSegPipeline:
         acc = self.accelerator
-        plan = plan_resume(self.config, resume, allow_config_change, self._launch())  # before anything is written
+        check = self.data.check
+        plan = plan_resume(self.config, resume, allow_config_change, self._launch(), check)  # before anything is written
         self.config_changes = plan.history if plan is not None else []
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             self.config.save(self.output_dir / "config.yaml", self.config_changes)
+            if check is not None:
+                write_sample_list(self.output_dir, check)  # what a later resume names added and removed files by
             remove_stale(self.output_dir / "checkpoints")  # a killed run's half-written or half-deleted folders
-            prune_checkpoints(self.output_dir / "checkpoints", self.run.keep_checkpoints)  # ... or unpruned ones
+            # ... or unpruned ones (one more kept: the newest may not have proved healthy, divergence.py)
+            prune_checkpoints(self.output_dir / "checkpoints", self.run.keep_checkpoints + 1)
         if plan is not None:
             self._resume(plan)
+        if check is not None and check.bad:
+            logger.warning("training without %d bad sample(s) (data.bad_samples: skip), listed in %s",
+                           len(check.bad), self.output_dir / "data-check.json")
+            self.logs.log_note(self.step, bad_samples=[{"name": b.name, "problem": b.problem} for b in check.bad])
         bar = tqdm(total=self.optim.max_steps, initial=self.step, desc="train", disable=not (self.show_progress and acc.is_main_process))
         with bar:  # closed (its line ended) before any error below reaches the user
             self._run_steps(bar)
@@ -347,27 +367,30 @@ class Trainer:
                                         acc.process_index, run.seed, pin_memory=acc.device.type == "cuda")
         history = []
         while self.step < opt.max_steps:
+            updated = True
             for micro in range(accum):
                 micro_step = self.step * accum + micro
                 samples = next(batches)  # read (and augmented) by the loader's workers
                 assert samples.micro_step == micro_step, (samples.micro_step, micro_step)
+                for problem in samples.skipped or ():  # a file gone bad since the data check (data.bad_samples: skip)
+                    logger.warning("skipped a sample that cannot be read: %s", problem)
+                    self.logs.log_note(self.step + 1, bad_sample=problem)
                 gen = slot_generators(run.seed, micro_step, samples.slots)
                 with acc.accumulate(self.unet, self.text_pathway):
                     with acc.autocast():  # the frozen VAE encodes in the run's precision too (bf16 on GPUs)
                         batch = self.data.batcher.make_batch(samples.indices, gen, samples)
                         loss = self._loss(batch, gen)
-                    if not torch.isfinite(loss):
-                        last = list_checkpoints(self.output_dir / "checkpoints")
-                        hint = f"resume from {last[-1]} with a lower learning rate" if last else "lower the learning rate"
-                        raise DigsegError(f"loss became {loss.item()} at step {self.step}; nothing was saved from this step; {hint}")
+                    if not finite_on_every_process(loss, acc):
+                        self.guard.stop(f"loss became {loss.item()} at step {self.step}", self.step)
                     acc.backward(loss)
-                    if acc.sync_gradients and opt.max_grad_norm > 0:
-                        acc.clip_grad_norm_(self.params, opt.max_grad_norm)
-                    self.optimizer.step()
+                    if acc.sync_gradients:
+                        updated = self._optimizer_step()
                     self.optimizer.zero_grad(set_to_none=True)
             self.lr_scheduler.step()
-            if self.ema is not None:
+            if updated and self.ema is not None:
                 self._ema_step()
+            if updated and self.guard.updated() and acc.is_main_process:  # the newest checkpoint proved healthy
+                prune_checkpoints(self.output_dir / "checkpoints", run.keep_checkpoints)
             self.step += 1
             self.last_loss = loss.item()
             history.append(self.last_loss)
@@ -380,10 +403,36 @@ class Trainer:
             if run.sample_every and (self.step % run.sample_every == 0 or self.step == opt.max_steps):
                 self._log_samples()
             kill_point(f"step-{self.step}")
-            if self.step % run.checkpoint_every == 0 or self.step == opt.max_steps:
-                self.save_checkpoint()
+            if (self.step % run.checkpoint_every == 0 or self.step == opt.max_steps) and not self.guard.consecutive:
+                self.save_checkpoint()  # not during a row of skipped steps: their weights failed (divergence.py)
             if self._validation_due():  # after the checkpoint: see validation.py
                 self.validate()
+
+    def _optimizer_step(self) -> bool:
+        """Clip the gradients (to `optim.max_grad_norm`, if > 0), then update the weights unless the gradients are not
+        finite (divergence.py). -> whether the weights were updated."""
+        acc = self.accelerator
+        limit = self.optim.max_grad_norm if self.optim.max_grad_norm > 0 else math.inf
+        norm = acc.clip_grad_norm_(self.params, limit)  # unscaled first under fp16; reduced over every process
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: a DTensor
+        if acc.scaler is not None:  # fp16: the GradScaler skips a step with inf/nan gradients (and lowers its scale)
+            self.optimizer.step()
+            finite = not self.optimizer.step_was_skipped
+        else:
+            finite = bool(torch.isfinite(norm))
+            if finite:
+                self.optimizer.step()
+        if not finite:
+            message = self.guard.skipped_step(self.step, float(norm))
+            logger.warning(message)
+            self.logs.log_note(self.step + 1, skipped_step=message, skipped_steps=self.guard.skipped)
+        return finite
+
+    def _checkpointed_tensors(self) -> list[torch.Tensor]:
+        """The weights, EMA weights and optimizer moments a checkpoint holds (this process's shards)."""
+        moments = [v for state in self.optimizer.optimizer.state.values() for v in state.values()
+                   if isinstance(v, torch.Tensor)]
+        return self.params + (list(self.ema.shadow_params) if self.ema is not None else []) + moments
 
     def _ema_step(self) -> None:
         """Update the EMA from the weights just stepped; an EMA kept off the accelerator visits it for the update
@@ -446,9 +495,12 @@ class Trainer:
                 self.ema.copy_to(list(unet.parameters()) + list(pathway.parameters()))
         unet.eval().requires_grad_(False)
         pathway.eval().requires_grad_(False)
+        if not all_finite(list(unet.parameters()) + list(pathway.parameters())):  # the EMA's, if on
+            self.guard.stop("the trained weights are not finite", self.step)
         self.pipe.register_modules(unet=unet, text_pathway=pathway)
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
+            prune_checkpoints(self.output_dir / "checkpoints", self.run.keep_checkpoints)
             card = run_facts(self.config.to_dict(), protocol_for(self.config.data.dataset).source,
                              self.accelerator.num_processes, self.best, self.last_validation,
                              previous=read_card_facts(self.config.model.pretrained))

@@ -1,0 +1,226 @@
+"""Checking a dataset before it is used: every sample decoded, sizes compared, label values checked.
+
+    check = scan_dataset(dataset, num_workers=4)       # DataCheck: every sample's name, the bad ones
+    dataset = keep_good(dataset, check, "skip")        # "error": DataError listing every bad sample
+
+A sample is checked by reading it the way training reads it (`load_pair`: decode the image and the label, label
+values within the classes or the ignore index, label and image of one size), in DataLoader workers with a
+progress bar. Every problem is collected, not just the first: a user fixes them all in one go.
+
+Only datasets read from storage are checked: those with `samples` (files, or a table's rows, `digseg.data.hf`).
+Synthetic scenes are generated in memory and cannot be bad.
+
+`check_dataset(dataset, cache=<run folder>/data-check.json)` keeps the result, keyed by the file list, sizes and
+modification times (`scan_key`; a table's fingerprint for an hf: dataset), so a resume of an unchanged dataset is
+not scanned again.
+
+Policy `data.bad_samples`: "error" (the default) refuses the dataset with the list; "skip" drops the bad samples,
+and the samples that remain (`DataCheck.kept`) are the dataset that is trained on, so every draw is a pure function
+of (seed, step, slot) over that list. `kept_digest` names that list: a checkpoint records it, and a resume on
+another list is a change of trajectory (training/resume_check.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ..errors import DataError, DigsegError, first_line
+
+BAD_SAMPLES = ("error", "skip")  # data.bad_samples: refuse a dataset with bad samples, or train without them
+LISTED = 20  # bad samples an error message lists (the rest are counted; `digseg check-data` lists them all)
+
+
+@dataclass
+class BadSample:
+    index: int  # in the dataset as read
+    name: str  # the sample's image (a file, or a table's cell)
+    problem: str  # one line, naming the file at fault
+
+
+@dataclass
+class DataCheck:
+    """What a scan found: every sample's name in dataset order, and the bad ones."""
+
+    names: list[str]
+    bad: list[BadSample] = field(default_factory=list)
+    key: str = ""  # what was scanned (scan_key): a cached check is reused while it is the same
+
+    @property
+    def kept(self) -> list[int]:
+        """Indices of the good samples, in dataset order."""
+        bad = {b.index for b in self.bad}
+        return [i for i in range(len(self.names)) if i not in bad]
+
+    def kept_names(self) -> list[str]:
+        return [self.names[i] for i in self.kept]
+
+    def kept_digest(self) -> str:
+        """A name for the list of good samples (their names, in order)."""
+        return hashlib.sha256("\n".join(self.kept_names()).encode()).hexdigest()[:16]
+
+    def to_json(self) -> dict:
+        return {"key": self.key, "names": self.names, "bad": [asdict(b) for b in self.bad]}
+
+    @classmethod
+    def from_json(cls, values: dict) -> "DataCheck":
+        return cls(list(values["names"]), [BadSample(**b) for b in values["bad"]], values["key"])
+
+
+def stored_samples(dataset) -> Sequence | None:
+    """The samples of a dataset read from storage (`SegmentationDataset.samples`); None for generated data."""
+    samples = getattr(dataset, "samples", None)
+    return samples if samples is not None and hasattr(dataset, "load_pair") else None
+
+
+def _file_facts(path) -> str:
+    try:
+        st = os.stat(path)
+    except (OSError, TypeError, ValueError):
+        return "-"
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def scan_key(dataset) -> str:
+    """What a check of `dataset` depends on: its class count and ignore index, and each sample's files with their
+    sizes and modification times (a table: its fingerprint and row count)."""
+    samples = stored_samples(dataset)
+    h = hashlib.sha256(f"{type(dataset).__name__}|{len(getattr(dataset, 'class_names', []))}|"
+                       f"{getattr(dataset, 'ignore_index', 255)}|{len(samples)}".encode())
+    table = getattr(dataset, "table", None)
+    if table is not None:  # an hf: dataset's rows: the datasets library's fingerprint of the table
+        h.update(f"table:{getattr(table, '_fingerprint', None) or id(table)}".encode())
+        return h.hexdigest()
+    for s in samples:
+        h.update(f"{s.image}|{_file_facts(s.image)}|{s.label}|{_file_facts(s.label)}\n".encode())
+    return h.hexdigest()
+
+
+class _ScanItems:
+    """(A map-style dataset for torch's DataLoader.) Index i -> (i, None) or (i, "problem"), reading sample i as training does."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[int, str | None]:
+        try:
+            self.dataset.load_pair(i)
+        except DigsegError as exc:  # names the file
+            return i, first_line(exc)
+        except Exception as exc:  # noqa: BLE001 (a scan reports every problem, of whatever kind, and goes on)
+            return i, f"sample {self.dataset.samples[i].image}: {type(exc).__name__}: {first_line(exc)}"
+        return i, None
+
+
+def _as_list(items: list) -> list:
+    return items
+
+
+def scan_dataset(dataset, num_workers: int = 0, show_progress: bool = True,
+                 desc: str = "check data") -> DataCheck:
+    """Read every sample of `dataset` (in `num_workers` DataLoader workers) -> DataCheck with every problem."""
+    from torch.utils.data import DataLoader  # here: the training config imports this module, and --help no torch
+
+    samples = stored_samples(dataset)
+    if samples is None:
+        raise DataError(f"{type(dataset).__name__} is not read from storage: nothing to check")
+    names = [str(s.image) for s in samples]
+    loader = DataLoader(_ScanItems(dataset), batch_size=16, num_workers=num_workers, collate_fn=_as_list)
+    bad = []
+    with tqdm(total=len(names), desc=desc, unit="img", disable=not show_progress) as bar:
+        for chunk in loader:
+            bad += [BadSample(i, names[i], problem) for i, problem in chunk if problem is not None]
+            bar.update(len(chunk))
+    return DataCheck(names, sorted(bad, key=lambda b: b.index), scan_key(dataset))
+
+
+def check_dataset(dataset, cache: Path | None = None, num_workers: int = 0,
+                  show_progress: bool = True, desc: str = "check data") -> DataCheck | None:
+    """`scan_dataset`, or the check kept in `cache` (a JSON file) when it is of the same files; the new check is
+    kept there (written atomically). None for a dataset that is not read from storage."""
+    if stored_samples(dataset) is None:
+        return None
+    if cache is not None and cache.is_file():
+        try:
+            kept = DataCheck.from_json(json.loads(cache.read_text()))
+        except (OSError, ValueError, KeyError, TypeError):
+            kept = None  # unreadable: scan again and replace it
+        if kept is not None and kept.key == scan_key(dataset):
+            return kept
+    check = scan_dataset(dataset, num_workers, show_progress, desc)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(check.to_json()))
+        os.replace(tmp, cache)
+    return check
+
+
+def describe_bad(bad: list[BadSample], limit: int | None = LISTED) -> str:
+    """One line per bad sample ("  <problem>"), the first `limit` of them, then how many more."""
+    shown = bad if limit is None else bad[:limit]
+    lines = [f"  {b.problem}" for b in shown]
+    if len(bad) > len(shown):
+        lines.append(f"  ... and {len(bad) - len(shown)} more")
+    return "\n".join(lines)
+
+
+class _Subset(Sequence):
+    """The items of `items` at `indices` (a view: a table's million rows stay unmade)."""
+
+    def __init__(self, items: Sequence, indices: list[int]) -> None:
+        self.items, self.indices = items, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return _Subset(self.items, self.indices[i])
+        return self.items[self.indices[i]]
+
+
+def keep_good(dataset, check: DataCheck | None, policy: str, where: str = ""):
+    """`dataset` without its bad samples (policy "skip"), or itself when it has none; policy "error": a DataError
+    whose first line counts the bad samples and says what to do, then one line per sample."""
+    if policy not in BAD_SAMPLES:
+        raise DataError(f"data.bad_samples must be one of {', '.join(BAD_SAMPLES)}, got {policy!r}")
+    if check is None or not check.bad:
+        return dataset
+    if policy == "error":
+        where = f" ({where})" if where else ""
+        raise DataError(f"{len(check.bad)} of {len(check.names)} samples of {getattr(dataset, 'name', 'the dataset')}"
+                        f"{where} cannot be used; fix or remove them, or train without them with --bad-samples skip "
+                        f"(data.bad_samples: skip):\n{describe_bad(check.bad)}")
+    kept = copy.copy(dataset)  # the same reader over the good samples only
+    kept.samples = _Subset(stored_samples(dataset), check.kept)
+    return kept
+
+
+SAMPLE_LISTS = "sample-lists"  # <run folder>/sample-lists/<kept_digest>.txt: the names of each list trained on
+
+
+def write_sample_list(run_dir: Path, check: DataCheck) -> None:
+    """Keep the names of the samples trained on, under their digest (what a checkpoint records)."""
+    path = Path(run_dir) / SAMPLE_LISTS / f"{check.kept_digest()}.txt"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text("".join(f"{name}\n" for name in check.kept_names()))
+        os.replace(tmp, path)
+
+
+def read_sample_list(run_dir: Path, digest: str) -> list[str] | None:
+    """The names written by `write_sample_list` under `digest`; None when they were not kept."""
+    path = Path(run_dir) / SAMPLE_LISTS / f"{digest}.txt"
+    return path.read_text().splitlines() if path.is_file() else None

@@ -1,0 +1,124 @@
+"""What a diverging run does: skip steps with non-finite gradients, stop naming the last healthy checkpoint.
+
+Weights w_k are those after k updates (checkpoint `step-k` holds them). The step that makes update k+1 computes
+the loss of w_k, its gradients, and then:
+
+- gradients not finite (their norm, the same on every process: DDP and FSDP reduce them first): the step is
+  skipped, as a GradScaler does (no update, no EMA update; the learning-rate schedule and the data go on), counted
+  and logged. Under fp16 the GradScaler itself skips, and lowers its scale.
+- `optim.max_consecutive_skips` skipped steps in a row, or a loss that is not finite (on any process), or weights
+  found non-finite when a checkpoint is written: the run stops with a one-line `DigsegError` naming the last healthy
+  checkpoint, the newest one from before the weights that failed (a checkpoint written right after the update that
+  broke the run holds those weights, finite or not, so it is not healthy), and the command that resumes from it
+  with a tenth of the learning rate (or the rate that checkpoint was trained at, if lower).
+
+Nothing non-finite is written: a checkpoint, the best checkpoint and the final model are checked first
+(`all_finite`). No checkpoint is written during a row of skipped steps (the weights have not changed since the row
+began, and those weights failed), and checkpoints are pruned to `run.keep_checkpoints` only once the newest one has
+proved healthy (`updated`), so the healthy checkpoint the error names still exists.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from ..errors import DigsegError
+from .checkpoint import PREFIX, list_checkpoints, read_trainer_state
+
+logger = logging.getLogger("digseg.train")
+
+
+def all_finite(tensors: Iterable[torch.Tensor], accelerator=None) -> bool:
+    """True when every floating-point tensor (this process's shard of a DTensor) holds only finite values, on every
+    process of `accelerator` (a collective call: every process must make it)."""
+    bad = 0
+    for t in tensors:
+        t = t.to_local() if hasattr(t, "to_local") else t
+        if type(t) is torch.Tensor and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad += 1
+    if accelerator is not None and accelerator.num_processes > 1:
+        count = torch.tensor([float(bad)], device=accelerator.device)
+        bad = int(accelerator.reduce(count, reduction="sum").item())
+    return bad == 0
+
+
+def finite_on_every_process(value: torch.Tensor, accelerator) -> bool:
+    """True when the scalar `value` is finite on every process (a collective call)."""
+    bad = (~torch.isfinite(value.detach().float())).float().reshape(1)
+    if accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad, reduction="sum")
+    return bad.item() == 0
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.name[len(PREFIX):])
+
+
+class DivergenceGuard:
+    """The skipped-step counters of a run (checkpointed with it) and the error that stops a diverging run."""
+
+    def __init__(self, output_dir: Path, max_consecutive: int, learning_rate: float) -> None:
+        self.output_dir, self.max_consecutive, self.learning_rate = Path(output_dir), max_consecutive, learning_rate
+        self.skipped = 0  # skipped steps in all
+        self.consecutive = 0  # skipped steps in a row, up to now
+        self.since = 0  # the weights (w_k) the current row of skips started from
+        self.prune_pending = False  # the newest checkpoint has not yet proved healthy
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped": self.skipped, "consecutive": self.consecutive, "since": self.since}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        state = state or {}
+        self.skipped, self.consecutive = int(state.get("skipped", 0)), int(state.get("consecutive", 0))
+        self.since = int(state.get("since", 0))
+
+    def updated(self) -> bool:
+        """A step updated the weights: its starting weights were healthy. -> whether older checkpoints may now be
+        pruned (the newest one has proved healthy)."""
+        self.consecutive = 0
+        due, self.prune_pending = self.prune_pending, False
+        return due
+
+    def skipped_step(self, weights_step: int, norm: float) -> str:
+        """The step from w_`weights_step` was skipped (gradient norm `norm`). -> the warning to log; raises the
+        stopping error at the `max_consecutive`-th skip in a row."""
+        if self.consecutive == 0:
+            self.since = weights_step
+        self.skipped += 1
+        self.consecutive += 1
+        if self.consecutive >= self.max_consecutive:
+            self.stop(f"{self.consecutive} steps in a row had non-finite gradients (from step {self.since + 1})",
+                      self.since)
+        return (f"step {weights_step + 1} skipped: gradient norm {norm} is not finite ({self.consecutive} in a row, "
+                f"{self.skipped} in all; the run stops at {self.max_consecutive} in a row)")
+
+    def healthy_checkpoint(self, bad_weights_step: int) -> Path | None:
+        """The newest complete checkpoint from before w_`bad_weights_step`, the weights that failed."""
+        found = [p for p in list_checkpoints(self.output_dir / "checkpoints") if checkpoint_step(p) < bad_weights_step]
+        return found[-1] if found else None
+
+    def safer_learning_rate(self, healthy: Path | None) -> float:
+        """A tenth of this run's learning rate, or the one `healthy` was trained at if that is lower."""
+        lr = self.learning_rate / 10
+        if healthy is not None:
+            try:
+                lr = min(lr, float(read_trainer_state(healthy)["config"]["optim"]["learning_rate"]))
+            except (DigsegError, KeyError, TypeError, ValueError):
+                pass  # a checkpoint that records no config: a tenth
+        return lr
+
+    def stop(self, reason: str, bad_weights_step: int):
+        """Raise the one-line error of a run that cannot go on from w_`bad_weights_step`."""
+        healthy = self.healthy_checkpoint(bad_weights_step)
+        config, lr = self.output_dir / "config.yaml", f"{self.safer_learning_rate(healthy):g}"
+        if healthy is not None:
+            todo = (f"the last healthy checkpoint is {healthy}; resume from it with a lower learning rate: "
+                    f"digseg train --config {config} --resume {healthy} --learning-rate {lr} --allow-config-change")
+        else:
+            todo = (f"no checkpoint is older than step {bad_weights_step}; start again with a lower learning rate: "
+                    f"digseg train --config {config} --learning-rate {lr}")
+        raise DigsegError(f"training stopped: {reason}; nothing non-finite was saved; {todo}")
