@@ -99,10 +99,11 @@ def test_in_memory_cache_stays_under_its_cap(tiny_pipe):
 
 def test_a_bad_file_in_a_worker_is_one_line_naming_it(tiny_backbone, tmp_path):
     root = save_scenes_as_folder(SyntheticScenes(6, size=32, seed=1), tmp_path / "data")
-    (root / "images" / "scene_00003.png").write_bytes(b"not a png")
     config = _config(tmp_path, dataset="folder", data_root=str(root), num_workers=2, crop_size=32, max_steps=4)
+    run = trainer(config, _fresh(tiny_backbone), build_dataset(config.data, seed=3), show_progress=False)
+    (root / "images" / "scene_00003.png").write_bytes(b"not a png")  # gone bad after the data check
     with pytest.raises(DataError) as info:
-        trainer(config, _fresh(tiny_backbone), build_dataset(config.data, seed=3), show_progress=False).train()
+        run.train()
     message = str(info.value)
     assert "scene_00003.png" in message and "\n" not in message and "Traceback" not in message
 

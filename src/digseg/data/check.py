@@ -192,7 +192,7 @@ class _Subset(Sequence):
 
 def keep_good(dataset, check: DataCheck | None, policy: str, where: str = ""):
     """`dataset` without its bad samples (policy "skip"), or itself when it has none; policy "error": a DataError
-    whose first line counts the bad samples and says what to do, then one line per sample."""
+    whose first line counts the bad samples, names the first and says what to do, then one line per sample."""
     if policy not in BAD_SAMPLES:
         raise DataError(f"data.bad_samples must be one of {', '.join(BAD_SAMPLES)}, got {policy!r}")
     if check is None or not check.bad:
@@ -200,8 +200,9 @@ def keep_good(dataset, check: DataCheck | None, policy: str, where: str = ""):
     if policy == "error":
         where = f" ({where})" if where else ""
         raise DataError(f"{len(check.bad)} of {len(check.names)} samples of {getattr(dataset, 'name', 'the dataset')}"
-                        f"{where} cannot be used; fix or remove them, or train without them with --bad-samples skip "
-                        f"(data.bad_samples: skip):\n{describe_bad(check.bad)}")
+                        f"{where} cannot be used (the first: {check.bad[0].problem}); fix or remove them, or train "
+                        f"without them with --bad-samples skip (data.bad_samples: skip); all of them:\n"
+                        f"{describe_bad(check.bad)}")
     kept = copy.copy(dataset)  # the same reader over the good samples only
     kept.samples = _Subset(stored_samples(dataset), check.kept)
     return kept

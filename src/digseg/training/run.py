@@ -28,11 +28,15 @@ if TYPE_CHECKING:
     from .trainer import Trainer
 
 
-def build_pipeline(model: ModelConfig) -> DiGSegPipeline:
-    """A fresh DiGSeg model on a Stable Diffusion backbone, or a DiGSeg model folder to continue training."""
+def require_backbone(model: ModelConfig) -> None:
     if not model.pretrained:
         raise ConfigError("no backbone: pass --pretrained (a Stable Diffusion folder or hub id, e.g. the backbone/ "
                           "folder `digseg quickstart` writes) or set model.pretrained in the config")
+
+
+def build_pipeline(model: ModelConfig) -> DiGSegPipeline:
+    """A fresh DiGSeg model on a Stable Diffusion backbone, or a DiGSeg model folder to continue training."""
+    require_backbone(model)
     if (Path(model.pretrained) / "text_pathway").is_dir():  # continue training a DiGSeg model
         return DiGSegPipeline.from_pretrained(model.pretrained)
     return DiGSegPipeline.from_backbone(model.pretrained, prediction_type=model.prediction_type,
@@ -147,6 +151,8 @@ def build_run(config: TrainConfig, pipe: DiGSegPipeline | None = None, dataset: 
 
     config.validate()
     tracker_names(config.run.log_with)  # an unknown tracker fails before the model loads
+    if pipe is None:
+        require_backbone(config.model)  # before the data is read
     if preview is None and dataset is None:
         preview = validation_split(config)
     dataset = dataset if dataset is not None else build_dataset(config.data, config.run.seed)
