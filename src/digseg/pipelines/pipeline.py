@@ -39,6 +39,7 @@ from .latent_segmentation import LatentSegmentationMixin, SegmentSettings
 from ..errors import DigsegError
 from .image_processing import processed_size, resize_to, to_image_list
 from .masks import MaskCodec
+from .model_folder import OPTIONAL_COMPONENTS, TRAINED_COMPONENTS, check_finite, check_model_folder, check_model_index
 from .model_card import model_facts, write_model_card
 from .native_outputs import PROBABILITY_CLASSES_KEPT, native_outputs, resize_probs, stack_outputs
 from .prompts import palette_prompt, resolve_queries
@@ -84,7 +85,7 @@ class DiGSegOutput(BaseOutput):
 class DiGSegPipeline(LatentSegmentationMixin, DiffusionPipeline):
     # text_encoder, tokenizer: None with an open_clip text tower; text_encoder_2, tokenizer_2: SDXL's second text
     # encoder (None for SD 1.x / 2.x); mask_decoder: None until one is trained
-    _optional_components = ["text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "mask_decoder"]
+    _optional_components = list(OPTIONAL_COMPONENTS)
 
     def __init__(
         self,
@@ -219,23 +220,50 @@ class DiGSegPipeline(LatentSegmentationMixin, DiffusionPipeline):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "DiGSegPipeline":
-        """diffusers' `from_pretrained`; the load dtype may be given as `dtype` or `torch_dtype` (diffusers renamed
-        it), and is passed on under the name the installed diffusers knows."""
+        """diffusers' `from_pretrained` of a checked folder (`digseg.pipelines.model_folder`: only the components
+        digseg writes, no code; a hub id is checked in its local snapshot), refused if its trained weights hold a
+        non-finite value. The load dtype may be given as `dtype` or `torch_dtype` (diffusers renamed it), and is
+        passed on under the name the installed diffusers knows."""
         if "torch_dtype" in kwargs or "dtype" in kwargs:
             dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
             kwargs.pop("torch_dtype", None)
             kwargs[DIFFUSERS_DTYPE_KWARG] = dtype
-        path = Path(str(pretrained_model_name_or_path)).expanduser()
-        if path.exists() or not looks_like_hub_id(str(pretrained_model_name_or_path)):
-            if not path.is_dir():
-                raise DigsegError(f"model folder not found: {path}")
-            if not (path / "model_index.json").is_file():
-                raise DigsegError(f"{path} is not a DiGSeg model folder: model_index.json is missing")
-            pretrained_model_name_or_path = str(path)
+        for refused in ("custom_pipeline", "trust_remote_code"):
+            if kwargs.get(refused):
+                raise DigsegError(f"{refused}={kwargs[refused]!r}: digseg runs no code from a model folder")
+        where = str(pretrained_model_name_or_path)
+        path = Path(where).expanduser()
         try:
-            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+            if path.exists() or not looks_like_hub_id(where):
+                if not path.is_dir():
+                    raise DigsegError(f"model folder not found: {path}")
+                if not (path / "model_index.json").is_file():
+                    raise DigsegError(f"{path} is not a DiGSeg model folder: model_index.json is missing")
+                where = str(path)
+                check_model_folder(path, cls, where)
+            else:
+                path = cls._hub_snapshot(where, kwargs)
+                check_model_folder(path, cls, f"{where} (snapshot {path})")
+            pipe = super().from_pretrained(str(path), **kwargs)
         except (OSError, ValueError) as exc:
-            raise DigsegError(f"cannot load DiGSeg model {pretrained_model_name_or_path}: {str(exc).splitlines()[0]}") from exc
+            raise DigsegError(f"cannot load DiGSeg model {where}: {str(exc).splitlines()[0]}") from exc
+        check_finite(where, {name: getattr(pipe, name, None) for name in TRAINED_COMPONENTS})
+        return pipe
+
+    @classmethod
+    def _hub_snapshot(cls, repo_id: str, kwargs: dict) -> Path:
+        """The local snapshot of a hub model, resolved as diffusers' `from_pretrained` would (`download`, from the
+        cache when offline), after its model_index.json alone has been fetched and checked."""
+        import json
+
+        from huggingface_hub import hf_hub_download
+
+        hub = {k: kwargs[k] for k in ("cache_dir", "force_download", "local_files_only", "token", "revision")
+               if k in kwargs}
+        index = hf_hub_download(repo_id, cls.config_name, **hub)
+        check_model_index(json.loads(Path(index).read_text()), repo_id, cls)
+        files = {k: kwargs[k] for k in ("variant", "use_safetensors") if k in kwargs}
+        return Path(cls.download(repo_id, **hub, **files))
 
     def save_pretrained(self, save_directory: str | Path, *args, model_card: dict | None = None, **kwargs) -> None:
         """diffusers' `save_pretrained`, and README.md: the model card (`digseg.pipelines.model_card`) of this model's facts

@@ -1,0 +1,116 @@
+"""A saved DiGSeg model folder is data: what `DiGSegPipeline.from_pretrained` checks before and after loading one.
+
+diffusers resolves each component of model_index.json from its [library, class] entry, and releases before
+0.42.1 imported whatever module an entry named; a folder can also ship .py files that a `_class_name` of the
+form [file, class] (or a component's library named after a file) asks diffusers to run. So before diffusers
+sees a folder, `check_model_folder` refuses, in one line naming the entry or file:
+- a component entry that is not one of the (library, class) pairs digseg writes (`COMPONENTS`), or [null, null]
+  for a component other than the optional ones;
+- any other entry shaped like a component entry ([library, class]) that is not one of the pipeline's settings;
+- a `_class_name` other than "DiGSegPipeline";
+- any *.py file anywhere in the folder (no code in a model folder is ever run).
+Hub ids: model_index.json alone is fetched and checked first; then the snapshot diffusers' own `download`
+resolves (in the Hugging Face cache, offline from the cache when HF_HUB_OFFLINE is set) is checked as a local
+folder before it is loaded from there.
+
+After loading, `check_finite` refuses a model whose trained tensors (unet, text_pathway, mask_decoder) hold a
+NaN or an infinity (a diverged run): one max-abs norm per tensor, batched, then a count on the offending ones.
+Stable Diffusion backbones are not checked here: `load_backbone` loads fixed classes from fixed subfolders and
+never resolves a class named by the folder.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import DigsegError
+
+# component -> the (library, class) pairs digseg writes for it ("digseg.*": recorded under the full module path)
+COMPONENTS: dict[str, frozenset[tuple[str, str]]] = {
+    "unet": frozenset({("diffusers", "UNet2DConditionModel")}),
+    "vae": frozenset({("diffusers", "AutoencoderKL")}),
+    "scheduler": frozenset({("diffusers", "DDIMScheduler")}),
+    "text_encoder": frozenset({("transformers", "CLIPTextModel")}),
+    "tokenizer": frozenset({("transformers", "CLIPTokenizer")}),
+    "text_pathway": frozenset({("digseg.models.text", "TextPathway")}),
+    "mask_decoder": frozenset({("digseg.models.mask_decoder", "LightMaskDecoder")}),
+    "text_encoder_2": frozenset({("transformers", "CLIPTextModelWithProjection")}),  # SDXL's second encoder
+    "tokenizer_2": frozenset({("transformers", "CLIPTokenizer")}),
+}
+# [null, null] allowed: open_clip text towers (no transformers encoder), SD 1.x / 2.x (no second encoder), no
+# light mask decoder trained yet
+OPTIONAL_COMPONENTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "mask_decoder")
+TRAINED_COMPONENTS = ("unet", "text_pathway", "mask_decoder")
+PIPELINE_CLASS = "DiGSegPipeline"
+
+
+def _allowed(key: str) -> str:
+    """What digseg loads for entry `key` of model_index.json, in words."""
+    if key not in COMPONENTS:
+        return f"digseg writes no such component (its components: {', '.join(COMPONENTS)})"
+    pairs = " or ".join(f"{library}.{name}" for library, name in sorted(COMPONENTS[key]))
+    return f'digseg loads "{key}" only as {pairs}' + (", or null when absent" if key in OPTIONAL_COMPONENTS else "")
+
+
+def _looks_like_entry(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) == 2 and all(v is None or isinstance(v, str) for v in value)
+
+
+def check_model_index(index: Any, where: str, pipeline_class: type) -> None:
+    """One-line DigsegError for any entry of model_index.json (`index`) that digseg does not write."""
+    if not isinstance(index, dict):
+        raise DigsegError(f"model folder {where}: model_index.json is not a JSON object")
+    settings = set(inspect.signature(pipeline_class.__init__).parameters) - set(COMPONENTS) - {"self"}
+    if index.get("_class_name") != PIPELINE_CLASS:
+        raise DigsegError(f"model folder {where}: model_index.json _class_name is {index.get('_class_name')!r}; "
+                          f"digseg loads only {PIPELINE_CLASS!r} folders and runs no pipeline code from a folder")
+    for key, value in index.items():
+        if key in COMPONENTS:
+            pair = tuple(value) if _looks_like_entry(value) else None
+            if pair == (None, None) and key in OPTIONAL_COMPONENTS:
+                continue
+            if pair in COMPONENTS[key]:
+                continue
+        elif key == "_class_name" or key in settings or not _looks_like_entry(value):
+            continue
+        shown = json.dumps(value)
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        raise DigsegError(f'model folder {where}: model_index.json entry "{key}" names {shown}, which digseg does '
+                          f"not load; {_allowed(key)}")
+
+
+def check_model_folder(folder: Path, pipeline_class: type, where: str | None = None) -> None:
+    """Check a local model folder's model_index.json (`check_model_index`) and refuse any *.py file in it."""
+    where = where or str(folder)
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise DigsegError(f"model folder {where}: cannot read model_index.json: {exc}") from exc
+    check_model_index(index, where, pipeline_class)
+    for file in sorted(folder.rglob("*.py")):
+        raise DigsegError(f"model folder {where} holds code ({file.relative_to(folder)}); a model folder is data "
+                          "and digseg runs no code from one: remove the file")
+
+
+@torch.no_grad()
+def check_finite(where: str, components: dict[str, torch.nn.Module | None]) -> None:
+    """One-line DigsegError if a tensor of the given (loaded) components holds a NaN or an infinity."""
+    for component, module in components.items():
+        if module is None:
+            continue
+        named = [(n, t) for n, t in [*module.named_parameters(), *module.named_buffers()]
+                 if t.is_floating_point() and t.device.type != "meta" and t.numel()]
+        if not named:
+            continue
+        norms = torch._foreach_norm([t.detach() for _, t in named], ord=float("inf"))  # max |x|: NaN/inf propagate
+        bad = (~torch.isfinite(torch.stack([n.float() for n in norms]))).nonzero().flatten().tolist()
+        if bad:
+            count = sum(int((~torch.isfinite(named[i][1])).sum()) for i in bad)
+            raise DigsegError(f"model folder {where}: {component} holds {count} non-finite value(s) (NaN or inf; "
+                              f"first in {named[bad[0]][0]}, {len(bad)} tensor(s)); digseg does not load "
+                              "non-finite weights (a diverged training run?)")
