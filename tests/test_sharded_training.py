@@ -185,6 +185,21 @@ def test_killed_sharded_run_resumes_on_the_uninterrupted_trajectory(runs, tiny_b
     assert _relative_update_diff(want, restarted, start) > 1e-2
 
 
+def test_a_nan_gradient_on_one_process_is_skipped_by_every_process(runs, monkeypatch):
+    """NaN gradients at step 3 on process 1 only: DDP and FSDP reduce them, so both processes skip that step (no
+    hang, no update), log it, and finish; nothing non-finite is written."""
+    tmp = runs["tmp"]
+    args = [*runs["per_process"], "--max-steps", "4", "--output"]
+    monkeypatch.setenv("DIGSEG_NAN_GRADIENT_AT", "2@1")  # the step from w_2, i.e. step 3
+    _ok(*_train(([*args, str(tmp / "nan-ddp")], 2, None), ([*args, str(tmp / "nan-fsdp"), "--sharding", "fsdp"], 2, None)))
+    for run in (tmp / "nan-ddp", tmp / "nan-fsdp"):
+        log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+        assert [entry["step"] for entry in log if "skipped_step" in entry] == [3], run
+        for file in run.rglob("*.safetensors"):
+            with safe_open(str(file), "pt") as f:
+                assert all(torch.isfinite(f.get_tensor(k)).all() for k in f.keys()), file
+
+
 def test_sharding_settings_it_cannot_honour_are_refused(runs, tiny_pipe, tmp_path):
     """fp16, 8-bit AdamW and validation under sharding, and resuming a sharded checkpoint without sharding: one-line
     errors before training."""

@@ -16,11 +16,15 @@ Nothing non-finite is written: a checkpoint, the best checkpoint and the final m
 (`all_finite`). No checkpoint is written during a row of skipped steps (the weights have not changed since the row
 began, and those weights failed), and checkpoints are pruned to `run.keep_checkpoints` only once the newest one has
 proved healthy (`updated`), so the healthy checkpoint the error names still exists.
+
+Fault injection for tests: with `DIGSEG_NAN_GRADIENT_AT=<k>` (or `<k>@<rank>`: on that process only) the step
+from w_k gets NaN gradients (`inject_nan_gradient`); see tests/test_sharded_training.py.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -52,6 +56,26 @@ def finite_on_every_process(value: torch.Tensor, accelerator) -> bool:
     if accelerator.num_processes > 1:
         bad = accelerator.reduce(bad, reduction="sum")
     return bad.item() == 0
+
+
+class _NanGradient(torch.autograd.Function):
+    """The identity forward; NaN gradients backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+def inject_nan_gradient(loss: torch.Tensor, weights_step: int, rank: int) -> torch.Tensor:
+    """`loss`, or with `DIGSEG_NAN_GRADIENT_AT` naming this step (and process) the same loss with NaN gradients."""
+    at, _, on = os.environ.get("DIGSEG_NAN_GRADIENT_AT", "").partition("@")
+    if at and int(at) == weights_step and (not on or int(on) == rank):
+        return _NanGradient.apply(loss)
+    return loss
 
 
 def checkpoint_step(path: Path) -> int:

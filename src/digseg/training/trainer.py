@@ -37,7 +37,7 @@ from .batches import Batch, per_sample, slot_generators
 from .checkpoint import (SHARDS, begin_staging, checkpoint_folder, kill_point, load_checkpoint,
                          prune_checkpoints, remove_stale, save_best, save_checkpoint, staging_folder)
 from .config import OptimConfig, RunConfig, TrainConfig
-from .divergence import DivergenceGuard, all_finite, finite_on_every_process
+from .divergence import DivergenceGuard, all_finite, finite_on_every_process, inject_nan_gradient
 from .one_step import one_step_loss
 from .resume_check import ResumePlan, launch_facts, mixed_precision_of, plan_resume, samples_facts
 from .run_lock import RunFolderLock
@@ -379,7 +379,7 @@ class Trainer:
                 with acc.accumulate(self.unet, self.text_pathway):
                     with acc.autocast():  # the frozen VAE encodes in the run's precision too (bf16 on GPUs)
                         batch = self.data.batcher.make_batch(samples.indices, gen, samples)
-                        loss = self._loss(batch, gen)
+                        loss = inject_nan_gradient(self._loss(batch, gen), self.step, acc.process_index)
                     if not finite_on_every_process(loss, acc):
                         self.guard.stop(f"loss became {loss.item()} at step {self.step}", self.step)
                     acc.backward(loss)
