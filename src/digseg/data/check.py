@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from ..errors import DataError, DigsegError, first_line
 
 BAD_SAMPLES = ("error", "skip")  # data.bad_samples: refuse a dataset with bad samples, or train without them
+SMALL = 1000  # a dataset of fewer samples is scanned in the calling process
 LISTED = 20  # bad samples an error message lists (the rest are counted; `digseg check-data` lists them all)
 
 
@@ -128,13 +129,16 @@ def _as_list(items: list) -> list:
 
 def scan_dataset(dataset, num_workers: int = 0, show_progress: bool = True,
                  desc: str = "check data") -> DataCheck:
-    """Read every sample of `dataset` (in `num_workers` DataLoader workers) -> DataCheck with every problem."""
+    """Read every sample of `dataset` (in `num_workers` DataLoader workers, at most one per core; none below SMALL
+    samples) -> DataCheck with every problem."""
     from torch.utils.data import DataLoader  # here: the training config imports this module, and --help no torch
 
     samples = stored_samples(dataset)
     if samples is None:
         raise DataError(f"{type(dataset).__name__} is not read from storage: nothing to check")
     names = [str(s.image) for s in samples]
+    # no more workers than cores, and none for a small dataset (starting them costs more than its scan)
+    num_workers = 0 if len(names) < SMALL else min(num_workers, os.cpu_count() or 1)
     loader = DataLoader(_ScanItems(dataset), batch_size=16, num_workers=num_workers, collate_fn=_as_list)
     bad = []
     with tqdm(total=len(names), desc=desc, unit="img", disable=not show_progress) as bar:
