@@ -16,19 +16,8 @@ from digseg.data.synthetic import SYNTHETIC_CLASSES, SyntheticScenes
 from digseg.errors import ConfigError, DigsegError
 from digseg.pipelines.pipeline import DiGSegPipeline
 from digseg.training.checkpoint import list_checkpoints, load_checkpoint
+from digseg.training.divergence import NanGradient
 from training_helpers import error_line, train_config, trainer
-
-
-class _NanGradient(torch.autograd.Function):
-    """The identity forward; NaN gradients backward (a fault at one step, as an overflow would make)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad * float("nan")
 
 
 def _run(backbone, tmp_path, nan_at, **kw):
@@ -44,7 +33,7 @@ def _run(backbone, tmp_path, nan_at, **kw):
     def loss(batch, gen):
         seen[tr.step] = [p.detach().clone() for p in tr.params]  # the weights this step starts from
         value = loss_of(batch, gen)
-        return _NanGradient.apply(value) if tr.step in nan_at else value
+        return NanGradient.apply(value) if tr.step in nan_at else value
 
     tr._loss = loss
     return tr, seen

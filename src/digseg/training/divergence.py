@@ -58,7 +58,7 @@ def finite_on_every_process(value: torch.Tensor, accelerator) -> bool:
     return bad.item() == 0
 
 
-class _NanGradient(torch.autograd.Function):
+class NanGradient(torch.autograd.Function):
     """The identity forward; NaN gradients backward."""
 
     @staticmethod
@@ -74,7 +74,7 @@ def inject_nan_gradient(loss: torch.Tensor, weights_step: int, rank: int) -> tor
     """`loss`, or with `DIGSEG_NAN_GRADIENT_AT` naming this step (and process) the same loss with NaN gradients."""
     at, _, on = os.environ.get("DIGSEG_NAN_GRADIENT_AT", "").partition("@")
     if at and int(at) == weights_step and (not on or int(on) == rank):
-        return _NanGradient.apply(loss)
+        return NanGradient.apply(loss)
     return loss
 
 
