@@ -5,7 +5,7 @@
 #   bash benchmarks/gpu_check.sh --prepare     # on a machine with internet, once: download the wheels the GPU
 #                                              # image lacks into .whl/
 #   bash benchmarks/gpu_check.sh               # on the GPU machine (copy .whl/ along with the checkout)
-#   bash benchmarks/gpu_check.sh --cpu-smoke   # every step at tiny sizes on the CPU (5-8 min): the script works
+#   bash benchmarks/gpu_check.sh --cpu-smoke   # every step at tiny sizes on the CPU (3-7 min): the script works
 #
 # Steps, each under its own time budget (a step that runs out is cut and reported; later steps still run):
 #   1. the tests marked `gpu` (tests/test_gpu.py): every pipeline path on CUDA, bf16, the trainer, torch.compile
