@@ -6,8 +6,11 @@ both) and one denoising step:
 
     python -m digseg.cli predict --model M --image D/images --output P --device auto --dtype auto --steps 1 \
         --no-progress
-    python -m digseg.cli eval --model M --dataset folder --data-root D --output E/metrics.json --device auto \
-        --dtype auto --steps 1
+    python -m digseg.cli eval --model M --dataset folder --data-root D --val-fraction 1 --output E/metrics.json \
+        --device auto --dtype auto --steps 1
+
+The folder is flat (images/, masks/), so eval's val split is its share held out by file-name hash (default 10%),
+which for 8 images can be none: ``--val-fraction 1`` scores every image, on any machine.
 
 Each command writes a ``"runtime"`` record (``P/summary.json``, ``E/metrics.json``): the device it ran on
 ("cuda:0", "cpu", "mps"), its name, the dtype ("fp32", "bf16", "fp16"), the torch / diffusers / digseg
@@ -158,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                                     "--output", str(work / "predict"), *flags, "--no-progress"],
                         work / "predict" / "summary.json", args.timeout),
             run_command("eval", ["eval", "--model", str(model), "--dataset", "folder", "--data-root", str(data),
-                                 "--output", str(work / "eval" / "metrics.json"), *flags],
+                                 "--val-fraction", "1", "--output", str(work / "eval" / "metrics.json"), *flags],
                         work / "eval" / "metrics.json", args.timeout),
         ]
 

@@ -26,14 +26,15 @@ from digseg.cli import main
 from digseg.data.synthetic import SYNTHETIC_CLASSES, SyntheticScenes
 from digseg.errors import ConfigError, DigsegError
 from digseg.training import checkpoint as checkpoint_module
-from digseg.training import run_lock
+from digseg import run_lock
 from digseg.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from digseg.training.config import SECTIONS, TrainConfig
 from digseg.training.resume_check import (FIELD_KINDS, SAFE, TRAJECTORY, check_changes, config_changes,
                                          plan_resume)
-from digseg.training.run_lock import LOCK_FILE, STALE_AFTER_S, RunFolderLock
+from digseg.run_lock import STALE_AFTER_S, TRAIN, RunFolderLock
 from training_helpers import assert_same_weights, error_line, final_weights, train_config, trainer
 
+LOCK_FILE = TRAIN.file
 LAUNCH = {"num_processes": 1, "mixed_precision": "no"}
 
 
@@ -147,22 +148,22 @@ def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path, caplog, 
     try:
         lock_file.write_text(json.dumps({"host": socket.gethostname(), "pid": sleeper.pid, "started": "T0"}))
         with pytest.raises(DigsegError, match=f"pid {sleeper.pid} on host {socket.gethostname()}, started T0"):
-            RunFolderLock(tmp_path).acquire()
+            RunFolderLock(tmp_path, TRAIN).acquire()
     finally:
         sleeper.kill()
         sleeper.wait()
     # another machine's run: refused while its heartbeat touches the file; taken over once it has stopped
     lock_file.write_text(json.dumps({"host": "other-machine", "pid": os.getpid(), "started": "T1"}))
     with pytest.raises(DigsegError, match=f"host other-machine, started T1.*delete {lock_file}"):
-        RunFolderLock(tmp_path).acquire()
+        RunFolderLock(tmp_path, TRAIN).acquire()
     silent_since = time.time() - STALE_AFTER_S - 5
     os.utime(lock_file, (silent_since, silent_since))
     with caplog.at_level(logging.WARNING, logger="digseg.train"):
-        with RunFolderLock(tmp_path):
+        with RunFolderLock(tmp_path, TRAIN):
             assert "host other-machine" in caplog.text and "no sign of life" in caplog.text
     caplog.clear()
     monkeypatch.setattr(run_lock, "HEARTBEAT_S", 0.05)  # the holder's heartbeat, sped up
-    with RunFolderLock(tmp_path):
+    with RunFolderLock(tmp_path, TRAIN):
         os.utime(lock_file, (silent_since, silent_since))
         deadline = time.monotonic() + 10
         while lock_file.stat().st_mtime < time.time() - 60 and time.monotonic() < deadline:
@@ -172,14 +173,14 @@ def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path, caplog, 
     # a dead process on this host (the sleeper, reaped): its lock is taken over, with a warning
     lock_file.write_text(json.dumps({"host": socket.gethostname(), "pid": sleeper.pid, "started": "T2"}))
     with caplog.at_level(logging.WARNING, logger="digseg.train"):
-        with RunFolderLock(tmp_path) as lock:
+        with RunFolderLock(tmp_path, TRAIN) as lock:
             assert f"pid {sleeper.pid}" in caplog.text and "took over" in caplog.text
             assert json.loads(lock_file.read_text())["pid"] == os.getpid()
-            with RunFolderLock(tmp_path):  # re-entrant within the process (digseg train, then its trainer)
+            with RunFolderLock(tmp_path, TRAIN):  # re-entrant within the process (digseg train, then its trainer)
                 pass
             assert lock_file.is_file()
         assert not lock.path.exists() and not list(tmp_path.glob(f"{LOCK_FILE}*"))
-    with RunFolderLock(tmp_path / "new"):  # a folder the lock had to create, left empty: removed on release
+    with RunFolderLock(tmp_path / "new", TRAIN):  # a folder the lock had to create, left empty: removed on release
         assert (tmp_path / "new" / LOCK_FILE).is_file()
     assert not (tmp_path / "new").exists()
 

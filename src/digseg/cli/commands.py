@@ -113,7 +113,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from ..distributed import process_info
     from ..training.resume_check import launch_facts, plan_resume
     from ..training.run import build_run
-    from ..training.run_lock import RunFolderLock
+    from ..run_lock import TRAIN, RunFolderLock
 
     config = _train_config(args)
     if args.push_to_hub:
@@ -121,7 +121,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
         check_hub_target(args.push_to_hub, args.hub_token)  # before training, not after it
     rank, world = process_info()
-    lock = RunFolderLock(config.run.output_dir)
+    lock = RunFolderLock(config.run.output_dir, TRAIN)
     if rank == 0:
         lock.acquire()  # a second run on this folder stops here, before loading anything
     try:
@@ -248,10 +248,12 @@ def cmd_train_mask_decoder(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------------------------------- predict
 def cmd_predict(args: argparse.Namespace) -> int:
-    """Checks the flags, the selection and the model before any work; the run itself is `predict.run_predict`."""
+    """Checks the flags, the selection and the model before any work, holding the output folder's lock
+    (`digseg.run_lock`) from before the model loads; the run itself is `predict.run_predict`."""
     from ..data.io import read_class_list
     from ..distributed import is_main_process
     from ..pipelines.inputs import select_images
+    from ..run_lock import PREDICT, main_process_holds
     from .predict import run_predict
     from .predict_records import parse_outputs
     from ..evaluation.protocols import TestProtocol, protocol_from_args, tiling_scale
@@ -269,24 +271,27 @@ def cmd_predict(args: argparse.Namespace) -> int:
     outputs = parse_outputs(args.outputs)
     paths = select_images(args.image, args.image_list)  # files, folders, patterns, a list file; nothing decoded yet
     protocol = protocol_from_args(args, TestProtocol())
-    pipe = _load_model(args.model, placement)
-    protocol = tiling_scale(protocol, pipe.config.default_processing_resolution, args.processing_resolution is not None)
-    settings = {
-        "model": str(args.model), "prompt": args.prompt,
-        "classes": None if args.prompt is not None else (classes or list(pipe.config.class_names or [])),
-        "ensemble_size": args.ensemble_size, "steps": args.steps or pipe.config.default_denoising_steps,
-        "seed": args.seed, "processing_resolution": args.processing_resolution
-        if args.processing_resolution is not None else pipe.config.default_processing_resolution,
-        "templates": args.templates, "top_k": args.top_k, "no_class_threshold": args.no_class_threshold,
-        "mask_decoder": args.mask_decoder, "protocol": protocol.to_dict(),
-    }
-    call_kwargs = dict(prompt=args.prompt, classes=classes, ensemble_size=args.ensemble_size,
-                       num_inference_steps=args.steps, processing_resolution=args.processing_resolution,
-                       templates=args.templates, top_k=args.top_k, no_class_threshold=args.no_class_threshold,
-                       mask_decoder=args.mask_decoder, **protocol.call_kwargs())
-    result = run_predict(pipe, paths, Path(args.output), call_kwargs, settings, seed=args.seed,
-                         batch_size=args.batch_size, skip_existing=args.skip_existing,
-                         show_progress=False if args.no_progress else None, outputs=outputs)
+    # one writer per output folder: a second run into it stops here, naming the first, before the model loads
+    with main_process_holds(args.output, PREDICT):
+        pipe = _load_model(args.model, placement)
+        protocol = tiling_scale(protocol, pipe.config.default_processing_resolution,
+                                args.processing_resolution is not None)
+        settings = {
+            "model": str(args.model), "prompt": args.prompt,
+            "classes": None if args.prompt is not None else (classes or list(pipe.config.class_names or [])),
+            "ensemble_size": args.ensemble_size, "steps": args.steps or pipe.config.default_denoising_steps,
+            "seed": args.seed, "processing_resolution": args.processing_resolution
+            if args.processing_resolution is not None else pipe.config.default_processing_resolution,
+            "templates": args.templates, "top_k": args.top_k, "no_class_threshold": args.no_class_threshold,
+            "mask_decoder": args.mask_decoder, "protocol": protocol.to_dict(),
+        }
+        call_kwargs = dict(prompt=args.prompt, classes=classes, ensemble_size=args.ensemble_size,
+                           num_inference_steps=args.steps, processing_resolution=args.processing_resolution,
+                           templates=args.templates, top_k=args.top_k, no_class_threshold=args.no_class_threshold,
+                           mask_decoder=args.mask_decoder, **protocol.call_kwargs())
+        result = run_predict(pipe, paths, Path(args.output), call_kwargs, settings, seed=args.seed,
+                             batch_size=args.batch_size, skip_existing=args.skip_existing,
+                             show_progress=False if args.no_progress else None, outputs=outputs)
     if is_main_process():
         print(result.message())
     return result.exit_status

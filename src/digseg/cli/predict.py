@@ -31,6 +31,10 @@ launched processes, and going on past files that cannot be read.
 - **Resumable.** With `skip_existing`, an image whose record names the same source and whose files all exist is
   not predicted again. A run with other settings in the same folder is an error (ConfigError, before any
   work), not silently continued.
+- **One writer.** The main process holds `<out>/.digseg-predict.lock` (`digseg.run_lock`, PREDICT) for the
+  whole run: a second run into the same folder, while this one runs, stops with a DigsegError naming it, before
+  it reads or clears any record. `digseg predict` takes the lock before loading the model; `run_predict` takes it
+  again (re-entrant), so a caller of the Python function is protected too.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from ..distributed import gather_objects, process_info, shard, sum_tensor, wait_
 from ..errors import EXIT_SKIPPED, ConfigError, DataError
 from ..pipelines.image_processing import padded_size
 from ..pipelines.inputs import display_names, unique_stems
+from ..run_lock import PREDICT, main_process_holds
 from .predict_outputs import write_image_outputs
 from .predict_records import OUTPUTS, PER_IMAGE_OUTPUTS, RecordIndex, RecordWriter, open_atomically
 from .report import write_report
@@ -151,13 +156,24 @@ def run_predict(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
     call_kwargs: the pipeline's arguments (prompt, classes, ensemble_size, num_inference_steps,
     processing_resolution, ...), the same for every image; settings: what the run records (JSON values; the
     outputs are added). show_progress: None shows the bar (with an ETA) only when stderr is a terminal.
+    DigsegError, before any work, when another run holds `out_dir` (its lock, `digseg.run_lock`).
     """
-    from tqdm import tqdm
-
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    with main_process_holds(out_dir, PREDICT):
+        return _run_locked(pipe, paths, Path(out_dir), call_kwargs, settings, seed, batch_size, skip_existing,
+                           show_progress, outputs)
+
+
+def _run_locked(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, settings: dict, seed: int,
+                batch_size: int, skip_existing: bool, show_progress: bool | None,
+                outputs: Sequence[str]) -> PredictResult:
+    """`run_predict` while this run holds the folder's lock."""
+    from tqdm import tqdm
+
     rank, world = process_info()
-    out_dir = Path(out_dir)  # created when the first file is written: a bad flag the pipeline finds leaves nothing
+    # the lock created out_dir if it was missing, and removes it again if the run writes nothing there: a bad flag
+    # the pipeline finds leaves nothing
     kinds = [k for k in PER_IMAGE_OUTPUTS if k in outputs]
     settings = json.loads(json.dumps({**settings, "outputs": list(outputs)}))  # as stored: earlier runs compare equal
     names, stems = display_names(paths), unique_stems(paths)

@@ -7,9 +7,9 @@ decay, gradient accumulation, mixed precision, optional EMA, tqdm progress, peri
 checkpoints and `resume="latest"`, optional validation with the best step kept (`validation.py`), optional FSDP2
 sharding of the trainable modules and their checkpoints (`sharding.py`). The run folder gets `config.yaml` at the
 start and the trained pipeline (model_index.json, unet/, vae/, ..., and README.md, the model card of what the run
-knows: `digseg.pipelines.model_card`) at the end. The main process holds the run folder's lock (`run_lock.py`) from the
-trainer's construction to the end of `train`; a resume checks the config against the checkpoint's before any
-step (`resume_check.py`).
+knows: `digseg.pipelines.model_card`) at the end. The main process holds the run folder's lock
+(`digseg.run_lock`) from the trainer's construction to the end of `train`; a resume checks the config against the
+checkpoint's before any step (`resume_check.py`).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from .config import OptimConfig, RunConfig, TrainConfig
 from .divergence import DivergenceGuard, all_finite, finite_on_every_process, inject_nan_gradient
 from .one_step import one_step_loss
 from .resume_check import ResumePlan, launch_facts, mixed_precision_of, plan_resume, samples_facts
-from .run_lock import RunFolderLock
+from ..run_lock import TRAIN, RunFolderLock
 from .samples import TrainingData
 from .sharding import ShardedState, check_sharding, local_shards, shard_modules
 from .tracking import TrainingLogger
@@ -180,7 +180,7 @@ class Trainer:
         self.config_changes: list[dict] = []  # changes made on resume (resume_check.history_entry), checkpointed
         self.guard = DivergenceGuard(self.output_dir, opt.max_consecutive_skips, opt.learning_rate)  # checkpointed
         # one writer per run folder: taken before anything is written there, given back at the end of train()
-        self._lock = RunFolderLock(self.output_dir)
+        self._lock = RunFolderLock(self.output_dir, TRAIN)
         if self.accelerator.is_main_process:
             self._lock.acquire()
         self._unlock = weakref.finalize(self, self._lock.release)  # a trainer dropped untrained lets go too

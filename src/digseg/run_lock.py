@@ -1,11 +1,19 @@
-"""One writer per run folder: `<output_dir>/.digseg-train.lock`, held by the main process while it trains.
+"""One writer per run folder: a lock file in the folder, held by the main process of the run that writes there.
 
-    with RunFolderLock(output_dir):      # DigsegError at once if another run holds the folder
+    with RunFolderLock(output_dir, TRAIN):      # DigsegError at once if another run holds the folder
         ...train...
+    with main_process_holds(output_dir, PREDICT):   # every process of a launched run: the main one holds it
+        ...predict...
+
+Each kind of run has its own lock file: `digseg train` `.digseg-train.lock` (`TRAIN`), `digseg predict`
+`.digseg-predict.lock` (`PREDICT`). Under a launcher (`accelerate launch`, `torchrun`) the processes of one run
+share the lock: only the main process takes it, and `main_process_holds` tells every process of the run whether
+it could, so that a refused run stops in all of them with the holder's one-line error instead of waiting at a
+barrier for a main process that has gone.
 
 The lock file holds {"host", "pid", "started"} of its holder. It is created with O_CREAT | O_EXCL, so of two
 runs starting at once exactly one gets it, also on a network file system shared by several machines. It is
-removed when the holder releases it (the end of training, an error, Ctrl-C, process exit). While held, a thread
+removed when the holder releases it (the end of the run, an error, Ctrl-C, process exit). While held, a thread
 of the holder touches it every HEARTBEAT_S seconds.
 
 A SIGKILLed or crashed run leaves its file behind. On the same host the next run finds that the pid is gone and
@@ -14,12 +22,14 @@ naming that host, while it shows signs of life; one untouched for STALE_AFTER_S 
 pre-empted job requeued elsewhere) is taken over with a warning.
 
 Within one process the lock is re-entrant (`digseg train` takes it before loading the model, the trainer again
-when it is built), so a second Trainer on the same folder in the same Python process is not refused.
+when it is built; `digseg predict` before loading the model, `run_predict` again), so a second Trainer on the
+same folder in the same Python process is not refused.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import os
@@ -29,15 +39,29 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from ..errors import DigsegError
+from .errors import DigsegError
 
-logger = logging.getLogger("digseg.train")
-
-LOCK_FILE = ".digseg-train.lock"
 HEARTBEAT_S = 15  # the holder touches its lock file this often
 STALE_AFTER_S = 120  # a lock of another host untouched this long is taken over (clocks of two hosts may differ a bit)
+
+
+@dataclass(frozen=True)
+class LockKind:
+    """Whose lock: its file in the folder, how messages name the folder and the run, the logger of the take-over
+    warning, and what a refused run is told to do."""
+
+    file: str
+    folder: str  # "run folder"
+    run: str  # "training run"
+    logger: str
+    advice: str
+
+
+TRAIN = LockKind(".digseg-train.lock", "run folder", "training run", "digseg.train", "train into another --output")
+PREDICT = LockKind(".digseg-predict.lock", "output folder", "predict run", "digseg.predict",
+                   "predict into another --output")
 
 
 @dataclass
@@ -57,7 +81,7 @@ def _heartbeat(path: Path, stop: threading.Event) -> None:
     while not stop.wait(HEARTBEAT_S):
         try:
             os.utime(path)
-        except OSError:  # deleted by hand, or the file system is away for a moment: the holder trains on
+        except OSError:  # deleted by hand, or the file system is away for a moment: the holder runs on
             pass
 
 
@@ -86,11 +110,12 @@ def _process_gone(pid: int) -> bool:
 
 
 class RunFolderLock:
-    """The lock of run folder `folder` (created if missing). `acquire()` / `release()`, or a `with` block."""
+    """The `kind` lock of run folder `folder` (created if missing). `acquire()` / `release()`, or a `with` block."""
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, kind: LockKind) -> None:
         self.folder = Path(folder)
-        self.path = self.folder / LOCK_FILE
+        self.kind = kind
+        self.path = self.folder / kind.file
         self._held: Path | None = None  # the resolved lock file, while this object holds it
 
     def __enter__(self) -> RunFolderLock:
@@ -127,7 +152,7 @@ class RunFolderLock:
                              name="digseg-lock-heartbeat").start()
             self._held = key
             return
-        raise DigsegError(f"could not take the lock {self.path}: other runs keep taking it")
+        raise DigsegError(f"could not take the lock {self.path}: other {self.kind.run}s keep taking it")
 
     def _refuse_or_take_over(self, me: dict[str, Any]) -> None:
         """The lock file exists: a one-line DigsegError naming its holder if that run may be alive, else move the
@@ -135,18 +160,19 @@ class RunFolderLock:
         holder = self._read_holder()
         if holder is None:  # released meanwhile
             return
+        kind = self.kind
         if holder.get("host") != me["host"]:
             silent = self._seconds_untouched()
             if silent < STALE_AFTER_S:
-                raise DigsegError(f"run folder {self.folder} is in use by a training run on another machine "
+                raise DigsegError(f"{kind.folder} {self.folder} is in use by a {kind.run} on another machine "
                                   f"({describe(holder)}, last sign of life {silent:.0f} s ago); if that run has ended, "
                                   f"its lock expires {STALE_AFTER_S} s after that, or delete {self.path}")
             self._take_over(holder, f"no sign of life for {silent:.0f} s")
         elif holder.get("pid") == me["pid"] or _process_gone(int(holder.get("pid", -1))):
             self._take_over(holder, "its process is gone")
         else:
-            raise DigsegError(f"run folder {self.folder} is in use by another training run ({describe(holder)}); "
-                              "wait for it to end, or train into another --output")
+            raise DigsegError(f"{kind.folder} {self.folder} is in use by another {kind.run} ({describe(holder)}); "
+                              f"wait for it to end, or {kind.advice}")
 
     def _read_holder(self) -> dict[str, Any] | None:
         """The holder named in the lock file; None if the file is gone. An empty file (its creator has not
@@ -165,8 +191,8 @@ class RunFolderLock:
                     return holder
                 break
             time.sleep(0.05)
-        raise DigsegError(f"run folder {self.folder} has an unreadable lock file {self.path}; delete it if no "
-                          "training run uses this folder")
+        raise DigsegError(f"{self.kind.folder} {self.folder} has an unreadable lock file {self.path}; delete it if "
+                          f"no {self.kind.run} uses this folder")
 
     def _seconds_untouched(self) -> float:
         try:
@@ -177,7 +203,7 @@ class RunFolderLock:
     def _take_over(self, holder: dict[str, Any], why: str) -> None:
         """Move the stale lock file aside (atomic), so that the next O_EXCL create decides who gets the lock.
         If another run took it over between our read and the move, its fresh file is put back."""
-        aside = self.path.with_name(f"{LOCK_FILE}.stale-{os.getpid()}")
+        aside = self.path.with_name(f"{self.path.name}.stale-{os.getpid()}")
         try:
             os.replace(self.path, aside)
         except FileNotFoundError:  # taken over by another run meanwhile
@@ -193,37 +219,70 @@ class RunFolderLock:
             pass
         finally:
             aside.unlink(missing_ok=True)
-        logger.warning("run folder %s: took over the lock of a training run that is gone (%s: %s)", self.folder,
-                       describe(holder), why)
+        logging.getLogger(self.kind.logger).warning("%s %s: took over the lock of a %s that is gone (%s: %s)",
+                                                    self.kind.folder, self.folder, self.kind.run, describe(holder), why)
 
     def release(self) -> None:
         """Give the lock back; the file is removed when this process's last holder releases it."""
         key, self._held = self._held, None
-        if key is None or key not in _HELD:
-            return
-        _HELD[key].count -= 1
-        if _HELD[key].count > 0:
-            return
-        holding = _HELD.pop(key)
-        holding.stop.set()
-        try:
-            holder = json.loads(key.read_text())
-        except (OSError, ValueError):
-            return
-        if holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
-            key.unlink(missing_ok=True)
-            if holding.created_folder:
-                try:
-                    key.parent.rmdir()  # only if empty: a run refused before writing anything
-                except OSError:
-                    pass
+        if key is not None:
+            _release(key)
+
+
+def _release(key: Path, every_holder: bool = False) -> None:
+    """One holder (`every_holder`: all of them) of this process lets go of lock file `key`; the last removes it,
+    and the folder too if taking the lock created it and the run wrote nothing there."""
+    if key not in _HELD:
+        return
+    _HELD[key].count = 0 if every_holder else _HELD[key].count - 1
+    if _HELD[key].count > 0:
+        return
+    holding = _HELD.pop(key)
+    holding.stop.set()
+    try:
+        holder = json.loads(key.read_text())
+    except (OSError, ValueError):
+        return
+    if holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+        key.unlink(missing_ok=True)
+        if holding.created_folder:
+            try:
+                key.parent.rmdir()  # only if empty: a run refused before writing anything
+            except OSError:
+                pass
 
 
 @atexit.register
 def _release_all() -> None:
     """A process that ends without releasing (an uncaught error in a notebook's trainer, sys.exit) frees its locks."""
     for key in list(_HELD):
-        _HELD[key].count = 1
-        lock = RunFolderLock(key.parent)
-        lock._held = key
+        _release(key, every_holder=True)
+
+
+@contextlib.contextmanager
+def main_process_holds(folder: str | Path, kind: LockKind) -> Iterator[None]:
+    """The `kind` lock of `folder` for every process of a run, held by its main process until the block ends
+    (error and Ctrl-C included). When the main process cannot take it (another run holds the folder), every
+    process of the run raises the same one-line DigsegError naming the holder; none waits for the others.
+    In a single process this is `with RunFolderLock(folder, kind):`."""
+    from .distributed import gather_objects, process_info
+
+    rank, world = process_info()
+    lock = RunFolderLock(folder, kind)
+    error: Exception | None = None
+    refusal: str | None = None
+    if rank == 0:
+        try:
+            lock.acquire()
+        except Exception as exc:  # noqa: BLE001 - told to the other processes, then raised here as it is
+            error, refusal = exc, str(exc) if isinstance(exc, DigsegError) else f"{kind.folder} {folder}: {exc}"
+    if world > 1:  # the main process's outcome, to every process
+        refusal = gather_objects([refusal] if rank == 0 else [])[0]
+    if error is not None:
+        raise error
+    if refusal is not None:
+        raise DigsegError(refusal)
+    try:
+        yield
+    finally:
         lock.release()
