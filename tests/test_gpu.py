@@ -1,7 +1,7 @@
 """GPU checks (marker `gpu`): every pipeline path on the device, bf16, the trainer and torch.compile on CUDA.
 
-Skipped without CUDA. `benchmarks/gpu_check.sh` runs them on a lent GPU (`pytest -m gpu`); its `--cpu-smoke`
-mode runs them on this CPU with `DIGSEG_TEST_DEVICE=cpu`, so the file is known to work before a GPU is lent.
+Skipped without CUDA. `benchmarks/gpu_check.sh` runs them on a GPU machine (`pytest -m gpu`); its `--cpu-smoke`
+mode runs them on this CPU with `DIGSEG_TEST_DEVICE=cpu`, so the file is known to work before it meets a GPU.
 Each test compares the device's result with the CPU's from the same seeds (the starting noise is drawn on the
 CPU generator and moved, so both runs denoise the same noise): equal up to float rounding (cuDNN's TF32
 convolutions, bf16), not bit for bit.

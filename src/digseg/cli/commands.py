@@ -113,7 +113,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from ..distributed import process_info
     from ..training.resume_check import launch_facts, plan_resume
     from ..training.run import build_run
-    from ..run_lock import TRAIN, RunFolderLock
+    from ..run_lock import TRAIN, main_process_holds
 
     config = _train_config(args)
     if args.push_to_hub:
@@ -121,15 +121,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 
         check_hub_target(args.push_to_hub, args.hub_token)  # before training, not after it
     rank, world = process_info()
-    lock = RunFolderLock(config.run.output_dir, TRAIN)
-    if rank == 0:
-        lock.acquire()  # a second run on this folder stops here, before loading anything
-    try:
+    with main_process_holds(config.run.output_dir, TRAIN):  # a second run on this folder stops here, every process
         # a refused config change stops before the model is loaded (the trainer checks again before any step)
         plan_resume(config, args.resume, args.allow_config_change, launch_facts(config.optim, world))
         build_run(config).train(resume=args.resume, allow_config_change=args.allow_config_change)
-    finally:
-        lock.release()
     if rank != 0:
         return
     print(f"saved trained model to {config.run.output_dir}")
