@@ -2,7 +2,7 @@
 
     digseg quickstart --output digseg-quickstart
     digseg train-mask-decoder --model digseg-quickstart/model --output digseg-quickstart/model-light \
-        --widths 64,32,16 --steps 600
+        --widths 64,32,16 --max-steps 600
     python benchmarks/bench_mask_decoder.py --model digseg-quickstart/model-light          # ~4 min, 2 cores
     python benchmarks/bench_mask_decoder.py --skip-accuracy --pipeline                     # + SD2-sized pipeline
 

@@ -87,8 +87,8 @@ def run_cell(backbone: Path, work: Path, size: int, steps: int, flags: list[str]
     config.write_text("run: {sample_every: 0, log_with: none}\n")
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
                "--master_port", str(_free_port()), "-m", "digseg.cli", "train", "--config", str(config),
-               "--pretrained", str(backbone), "--dataset", "synthetic", "--num-scenes", "8", "--resolution", str(size),
-               "--no-augmentation", "--batch-size", "1", "--max-steps", str(steps), "--mixed-precision", "bf16",
+               "--pretrained", str(backbone), "--dataset", "synthetic", "--num-scenes", "8", "--crop-size", str(size),
+               "--no-augmentation", "--batch-size", "1", "--max-steps", str(steps), "--dtype", "bf16",
                "--checkpoint-every", "1000000", "--output", str(out), *flags]
     env = dict(os.environ, DIGSEG_KILL_AT=f"step-{steps}", PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1",
                HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", DIFFUSERS_VERBOSITY="error")

@@ -59,8 +59,8 @@ def run_cell(backbone: Path, work: Path, device: str, size: int, batch: int, ste
     config.write_text("run: {sample_every: 0, log_with: none}\n")
     command = [sys.executable, "-m", "digseg.cli", "train", "--config", str(config), "--pretrained", str(backbone),
                "--dataset", "synthetic",
-               "--num-scenes", str(max(8, batch)), "--resolution", str(size), "--no-augmentation",
-               "--batch-size", str(batch), "--max-steps", str(steps), "--mixed-precision", "bf16",
+               "--num-scenes", str(max(8, batch)), "--crop-size", str(size), "--no-augmentation",
+               "--batch-size", str(batch), "--max-steps", str(steps), "--dtype", "bf16",
                "--checkpoint-every", "1000000", "--output", str(out), *flags]
     env = dict(os.environ, DIGSEG_KILL_AT=f"step-{steps}", PYTHONPATH=str(ROOT / "src"),
                HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", DIFFUSERS_VERBOSITY="error")

@@ -44,7 +44,7 @@ def _bad_folder(root: Path) -> tuple[Path, dict[str, str]]:
 
 def _args(backbone, data, run, *extra) -> list[str]:
     return ["train", "--pretrained", str(backbone), "--dataset", "folder", "--data-root", str(data), "--output",
-            str(run), "--resolution", "32", "--batch-size", "2", "--learning-rate", "1e-3", "--checkpoint-every", "2",
+            str(run), "--crop-size", "32", "--batch-size", "2", "--learning-rate", "1e-3", "--checkpoint-every", "2",
             "--report-to", "none", "--no-augmentation", *extra]
 
 

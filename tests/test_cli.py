@@ -79,7 +79,7 @@ def test_train_on_a_folder_dataset_and_resume(tiny_backbone, tmp_path, capsys):
     data = save_scenes_as_folder(SyntheticScenes(6, seed=0), tmp_path / "data")
     run = tmp_path / "run"
     args = ["train", "--pretrained", str(tiny_backbone), "--dataset", "folder", "--data-root", str(data),
-            "--output", str(run), "--batch-size", "2", "--resolution", "64", "--checkpoint-every", "2"]
+            "--output", str(run), "--batch-size", "2", "--crop-size", "64", "--checkpoint-every", "2"]
     assert main(args + ["--max-steps", "2"]) == 0
     assert (run / "model_index.json").is_file() and (run / "checkpoints" / "step-00000002").is_dir()
     # the cosine schedule is built from max_steps: extending the run is refused, or explicitly allowed
@@ -122,7 +122,7 @@ def test_quickstart_command_evaluates_on_the_device_and_dtype_asked(tmp_path, mo
 
     monkeypatch.setattr(digseg.cli.quickstart, "QuickstartSettings", Tiny)
     monkeypatch.setenv("ACCELERATE_USE_CPU", "false")  # the command sets it for --device cpu; restored after
-    assert main(["quickstart", "--output", str(tmp_path / "qs"), "--train-steps", "2", "--device", "cpu",
+    assert main(["quickstart", "--output", str(tmp_path / "qs"), "--max-steps", "2", "--device", "cpu",
                  "--dtype", "bf16"]) == 0
     runtime = json.loads((tmp_path / "qs" / "metrics.json").read_text())["runtime"]
     assert runtime["device"] == "cpu" and runtime["dtype"] == "bf16"

@@ -74,7 +74,7 @@ def scenes_folder(tmp_path_factory) -> Path:
 def test_two_processes_train_the_same_weights_as_one(tiny_backbone, scenes_folder, tmp_path, objective):
     (tmp_path / "run.yaml").write_text("optim: {lr_scheduler: constant, lr_warmup_steps: 0}\nrun: {log_every: 1}\n")
     common = ["train", "--config", str(tmp_path / "run.yaml"), "--pretrained", str(tiny_backbone), "--dataset", "folder", "--data-root", str(scenes_folder),
-              "--resolution", "32", "--max-steps", "3", "--learning-rate", "1e-3", "--checkpoint-every", "2",
+              "--crop-size", "32", "--max-steps", "3", "--learning-rate", "1e-3", "--checkpoint-every", "2",
               "--objective", objective]
     one, two = tmp_path / "one", tmp_path / "two"
     _run([sys.executable, "-m", "digseg.cli", *common, "--batch-size", "4", "--output", str(one)])
@@ -112,7 +112,7 @@ def _weights_of_backbone(backbone: Path) -> dict[str, torch.Tensor]:
 def test_two_process_eval_gives_exactly_the_single_process_metrics(tiny_backbone, scenes_folder, tmp_path):
     model = tmp_path / "model"
     _run([sys.executable, "-m", "digseg.cli", "train", "--pretrained", str(tiny_backbone), "--dataset", "folder",
-          "--data-root", str(scenes_folder), "--resolution", "32", "--max-steps", "2", "--batch-size", "2",
+          "--data-root", str(scenes_folder), "--crop-size", "32", "--max-steps", "2", "--batch-size", "2",
           "--output", str(model)])
     # a corrupt image: both runs must report and skip it the same way
     (scenes_folder.parent / "eval").mkdir(exist_ok=True)

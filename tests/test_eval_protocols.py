@@ -38,7 +38,7 @@ def test_every_preset_field_can_be_overridden():
     ade = protocol_for("ade20k-150")
     same = protocol_from_args(_eval_args(), ade)
     assert same == ade
-    custom = protocol_from_args(_eval_args("--crop-size", "256,384", "--stride", "128", "--flip", "--global-view",
+    custom = protocol_from_args(_eval_args("--window-size", "256,384", "--stride", "128", "--flip", "--global-view",
                                            "--scale", "1024,256"), ade)
     assert (custom.crop_size, custom.stride, custom.flip, custom.global_view, custom.scale) == (
         (256, 384), (128, 128), True, True, (1024, 256))
@@ -52,9 +52,9 @@ def test_every_preset_field_can_be_overridden():
     with pytest.raises(ConfigError, match="either --scale or --processing-resolution"):
         protocol_from_args(_eval_args("--scale", "64", "--processing-resolution", "64"), ade)
     with pytest.raises(ConfigError, match="need --mode slide"):
-        protocol_from_args(_eval_args("--mode", "whole", "--crop-size", "64"), ade)
+        protocol_from_args(_eval_args("--mode", "whole", "--window-size", "64"), ade)
     with pytest.raises(SystemExit):
-        _eval_args("--crop-size", "0,5")
+        _eval_args("--window-size", "0,5")
 
 
 def _folder(tmp_path, n=5):
@@ -79,7 +79,7 @@ def test_cli_eval_records_the_protocol(tiny_pipe, tmp_path):
     dataset = _folder(tmp_path, n=3)
     tiny_pipe.save_pretrained(tmp_path / "model")
     assert main(["eval", "--dataset", "folder", "--data-root", str(dataset.root), "--model", str(tmp_path / "model"),
-                 "--val-fraction", "1", "--mode", "slide", "--crop-size", "48", "--stride", "32", "--flip",
+                 "--val-fraction", "1", "--mode", "slide", "--window-size", "48", "--stride", "32", "--flip",
                  "--batch-size", "2", "--output", str(tmp_path / "m.json")]) == 0
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["protocol"]["mode"] == "slide" and metrics["protocol"]["crop_size"] == [48, 48]
@@ -93,7 +93,7 @@ def test_predict_writes_maps_for_the_kept_classes_only(tiny_pipe, tmp_path):
     names.write_text("\n".join(f"thing {i}" for i in range(40)))
     out = tmp_path / "out"
     assert main(["predict", "--model", str(tmp_path / "model"), "--image", str(tmp_path / "p.png"), "--classes-file",
-                 str(names), "--mode", "slide", "--crop-size", "32", "--no-progress", "--output", str(out)]) == 0
+                 str(names), "--mode", "slide", "--window-size", "32", "--no-progress", "--output", str(out)]) == 0
     maps = sorted(out.glob("p_prob_*.png"))
     record = json.loads((out / "p_summary.json").read_text())
     assert len(maps) == len(record["files"]["probabilities"]) == 16
@@ -106,7 +106,7 @@ def test_predict_writes_maps_for_the_kept_classes_only(tiny_pipe, tmp_path):
 
 
 def test_predict_slide_without_a_scale_tiles_a_large_image(tiny_pipe, tmp_path, monkeypatch):
-    """`--mode slide --crop-size 512` on a 2048 x 1024 photo: resized keep-ratio to (2048, 512) (short side = the
+    """`--mode slide --window-size 512` on a 2048 x 1024 photo: resized keep-ratio to (2048, 512) (short side = the
     crop), so 512 windows tile 1024 x 512 (three of them), instead of one window covering the image squashed to
     the processing resolution (which would equal whole mode)."""
     import digseg.pipelines.pipeline
@@ -118,7 +118,7 @@ def test_predict_slide_without_a_scale_tiles_a_large_image(tiny_pipe, tmp_path, 
     monkeypatch.setattr(digseg.pipelines.pipeline, "make_views", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
     out = tmp_path / "out"
     assert main(["predict", "--model", str(tmp_path / "model"), "--image", str(tmp_path / "wide.png"), "--mode", "slide",
-                 "--crop-size", "512", "--outputs", "labels,json", "--no-progress", "--output", str(out)]) == 0
+                 "--window-size", "512", "--outputs", "labels,json", "--no-progress", "--output", str(out)]) == 0
     assert made[0].size == (512, 1024) and made[0].boxes == [(0, 512, 0, 512), (0, 512, 341, 853), (0, 512, 512, 1024)]
     protocol = json.loads((out / "wide_summary.json").read_text())["settings"]["protocol"]
     assert protocol["scale"] == [2048, 512] and "windows tile the image" in protocol["source"]

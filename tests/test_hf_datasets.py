@@ -75,8 +75,8 @@ def test_a_parquet_file_is_split_train_and_browse_data_reads_it(data, tmp_path, 
     with pytest.raises(DataError, match=r"has no split 'validation' or 'val' or 'valid'; its splits are train"):
         read_dataset(f"hf:{data['parquet']}", split="val", hf=HFOptions(classes_file=str(data["pairs"] / "classes.txt")))
     out = tmp_path / "browse"
-    assert main(["browse-data", "--dataset", f"hf:{data['parquet']}", "--classes-file",
-                 str(data["pairs"] / "classes.txt"), "--resolution", "24", "--num", "3", "--output", str(out)]) == 0
+    assert main(["browse-data", "--dataset", f"hf:{data['parquet']}", "--hf-classes-file",
+                 str(data["pairs"] / "classes.txt"), "--crop-size", "24", "--num", "3", "--output", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir())[:3] == ["0000_image.png", "0000_label.png", "0000_overlay.png"]
     assert np.asarray(Image.open(out / "0000_label.png")).shape == (24, 24)
 
@@ -139,7 +139,7 @@ def test_bad_rows_give_one_line_errors_naming_the_row(tmp_path, capsys):
         read_dataset(f"hf:{tmp_path / 'bad'}", split="train", hf=HFOptions(label_column="mask"))
     # through the command line: status 2 and one line
     capsys.readouterr()
-    assert main(["browse-data", "--dataset", f"hf:{tmp_path / 'bad'}", "--resolution", "8", "--no-augmentation",
+    assert main(["browse-data", "--dataset", f"hf:{tmp_path / 'bad'}", "--crop-size", "8", "--no-augmentation",
                  "--batch-size", "5", "--num", "5", "--output", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and f"{where} " in err and "\n" not in err, err

@@ -34,7 +34,7 @@ def run(tiny_backbone, tmp_path_factory) -> dict:
     with pytest.MonkeyPatch.context() as env:
         env.setenv("MLFLOW_TRACKING_URI", f"file:{store}")
         env.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 asks for a database unless told a folder is fine
-        assert main(["train", "--pretrained", str(tiny_backbone), "--dataset", f"hf:{saved}", "--resolution", "32",
+        assert main(["train", "--pretrained", str(tiny_backbone), "--dataset", f"hf:{saved}", "--crop-size", "32",
                      "--batch-size", "2", "--max-steps", str(STEPS), "--checkpoint-every", "2", "--learning-rate",
                      "1e-3", "--eval-every", "2", "--eval-samples", "2", "--report-to", "tensorboard,mlflow" if HAVE_MLFLOW else "tensorboard",
                      "--output", str(out)]) == 0
@@ -95,7 +95,7 @@ def test_eval_and_the_mask_decoder_trainer_read_the_hf_dataset(run, tmp_path, ca
                                                                                     "000002.png"]
     decoded = tmp_path / "with-decoder"
     assert main(["train-mask-decoder", "--model", str(run["out"]), "--output", str(decoded), "--dataset",
-                 f"hf:{run['saved']}", "--steps", "2", "--batch-size", "2", "--num-samples", "2"]) == 0
+                 f"hf:{run['saved']}", "--max-steps", "2", "--batch-size", "2", "--num-samples", "2"]) == 0
     facts = ModelCard.load(decoded / "README.md").data.to_dict()["digseg"]
     assert facts["model"]["light_mask_decoder"] and facts["mask_decoder_training"]["steps"] == 2
     assert facts["mask_decoder_training"]["dataset"] == f"hf:{run['saved']}"
@@ -120,7 +120,7 @@ def test_push_to_hub_uploads_the_model_folder_with_its_card(run, tiny_backbone, 
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     out = tmp_path / "one-step"
     assert main(["train", "--pretrained", str(run["out"]), "--dataset", f"hf:{run['saved']}", "--no-augmentation",
-                 "--resolution", "32", "--batch-size", "2", "--max-steps", "1", "--objective", "one-step",
+                 "--crop-size", "32", "--batch-size", "2", "--max-steps", "1", "--objective", "one-step",
                  "--report-to", "none", "--output", str(out), "--push-to-hub", "someone/digseg-tiny",
                  "--hub-token", "hf_test", "--hub-private"]) == 0
     repo, kwargs, token = calls["create"]

@@ -113,7 +113,7 @@ def test_cli_trains_in_place_and_predict_chooses(tiny_pipe, tmp_path, capsys):
     model = tmp_path / "model"
     tiny_pipe.save_pretrained(model)
     unet = (model / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
-    assert main(["train-mask-decoder", "--model", str(model), "--output", str(model), "--steps", "3",
+    assert main(["train-mask-decoder", "--model", str(model), "--output", str(model), "--max-steps", "3",
                  "--batch-size", "4", "--num-scenes", "6", "--device", "cpu", "--dtype", "bf16"]) == 0
     assert "light mask decoder" in capsys.readouterr().out
     loaded = DiGSegPipeline.from_pretrained(model)
@@ -156,7 +156,7 @@ def test_target_vae_imitates_the_vae_decoder(tiny_pipe):
 def test_cli_rejects_bad_widths(tiny_pipe, tmp_path, capsys):
     model = tmp_path / "model"
     tiny_pipe.save_pretrained(model)
-    base = ["train-mask-decoder", "--model", str(model), "--output", str(model), "--steps", "1", "--num-scenes", "2"]
+    base = ["train-mask-decoder", "--model", str(model), "--output", str(model), "--max-steps", "1", "--num-scenes", "2"]
     assert main(base + ["--widths", "a,b"]) == 2
     assert "--widths must be comma-separated integers" in capsys.readouterr().err
     assert main(base + ["--widths", "16,8"]) == 2  # the tiny VAE downsamples by 4: three widths
@@ -175,7 +175,7 @@ def test_cli_eval_chooses_the_decoder(tiny_pipe, tmp_path, capsys):
                                       "--output", str(tmp_path / f"{model.name}-{choice}.json")])
     assert run(plain, "light") == 2
     assert "no light mask decoder" in capsys.readouterr().err
-    assert main(["train-mask-decoder", "--model", str(plain), "--output", str(light), "--steps", "2",
+    assert main(["train-mask-decoder", "--model", str(plain), "--output", str(light), "--max-steps", "2",
                  "--batch-size", "2", "--num-scenes", "4", "--widths", "16,8,8"]) == 0
     assert run(plain, "auto") == run(light, "vae") == run(light, "light") == 0
     metrics = {name: json.loads((tmp_path / f"{name}.json").read_text())

@@ -40,7 +40,7 @@ def test_the_one_gpu_recipe_for_own_data_trains_end_to_end(tiny_backbone, tmp_pa
     data = save_scenes_as_folder(SyntheticScenes(8, size=32, seed=3), tmp_path / "my_data")
     out = tmp_path / "run"
     assert main(["train", "--config", str(REPO / "configs" / "own_data_1gpu.yaml"), "--pretrained", str(tiny_backbone),
-                 "--data-root", str(data), "--output", str(out), "--resolution", "32", "--max-steps", "2",
+                 "--data-root", str(data), "--output", str(out), "--crop-size", "32", "--max-steps", "2",
                  "--batch-size", "2", "--gradient-accumulation-steps", "1", "--num-workers", "0"]) == 0
     config = (out / "config.yaml").read_text()
     for setting in ("ema_device: cpu", "gradient_checkpointing: true", "use_ema: true", "dataset: folder"):

@@ -311,7 +311,7 @@ SECTION_OF = {f.name: section for section, cls in SECTIONS.items() for f in data
 # ------------------------------------------------------------------------------------------ one writer, full disk
 def _train_args(tiny_backbone, output: Path) -> list[str]:
     return ["train", "--pretrained", str(tiny_backbone), "--dataset", "synthetic", "--num-scenes", "8",
-            "--resolution", "32", "--batch-size", "2", "--max-steps", "6", "--checkpoint-every", "2",
+            "--crop-size", "32", "--batch-size", "2", "--max-steps", "6", "--checkpoint-every", "2",
             "--learning-rate", "1e-3", "--output", str(output)]
 
 

@@ -53,7 +53,7 @@ def _assert_only_complete_checkpoints(run: Path) -> list[int]:
 
 def test_sigkill_at_several_points_then_resume_gives_the_uninterrupted_weights(tiny_backbone, tmp_path):
     data = save_scenes_as_folder(SyntheticScenes(8, size=32, seed=5), tmp_path / "data")
-    common = ["--pretrained", str(tiny_backbone), "--dataset", "folder", "--data-root", str(data), "--resolution", "32",
+    common = ["--pretrained", str(tiny_backbone), "--dataset", "folder", "--data-root", str(data), "--crop-size", "32",
               "--batch-size", "2", "--max-steps", "8", "--checkpoint-every", "2", "--keep-checkpoints", "2",
               "--learning-rate", "1e-3"]
     reference, run = tmp_path / "reference", tmp_path / "killed"

@@ -104,7 +104,7 @@ def runs(tiny_backbone, tmp_path_factory) -> dict:
     (tmp / "run.yaml").write_text("optim: {lr_scheduler: constant, lr_warmup_steps: 0}\n"
                                   "run: {log_every: 1, sample_every: 0, log_with: none}\n")
     common = ["--config", str(tmp / "run.yaml"), "--pretrained", str(tiny_backbone), "--dataset", "folder",
-              "--data-root", str(data), "--resolution", "32", "--max-steps", str(STEPS), "--checkpoint-every", "2",
+              "--data-root", str(data), "--crop-size", "32", "--max-steps", str(STEPS), "--checkpoint-every", "2",
               "--learning-rate", "1e-3", "--use-ema", "--gradient-accumulation-steps", "2"]
     per_process = [*common, "--batch-size", "1"]  # 2 processes x 1 = a global batch of 2
     ddp, sharded, killed = tmp / "ddp", tmp / "sharded", tmp / "killed"
@@ -223,8 +223,8 @@ def test_sharded_training_on_the_gpu(tiny_backbone, tmp_path):
     data = save_scenes_as_folder(SyntheticScenes(8, size=32, seed=5), tmp_path / "data")
     (tmp_path / "run.yaml").write_text("run: {sample_every: 0, log_with: none}\n")
     common = ["--config", str(tmp_path / "run.yaml"), "--pretrained", str(tiny_backbone), "--dataset", "folder",
-              "--data-root", str(data), "--resolution", "32", "--max-steps", "4", "--checkpoint-every", "2",
-              "--learning-rate", "1e-3", "--batch-size", "2", "--use-ema", "--mixed-precision", "bf16",
+              "--data-root", str(data), "--crop-size", "32", "--max-steps", "4", "--checkpoint-every", "2",
+              "--learning-rate", "1e-3", "--batch-size", "2", "--use-ema", "--dtype", "bf16",
               "--sharding", "fsdp"]
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     done, dead = _train(([*common, "--output", str(reference)], 1, None),

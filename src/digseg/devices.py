@@ -134,6 +134,24 @@ def resolve_device_and_dtype(device: "str | torch.device" = "auto",
     return resolved, resolve_dtype(dtype, resolved)
 
 
+def best_mixed_precision() -> str:
+    """Training's precision by the same rule as `--dtype auto`, in accelerate's words: "bf16" on CUDA GPUs that
+    have it, "fp16" on older ones, "no" (fp32) on a CPU (and under ACCELERATE_USE_CPU)."""
+    import torch
+
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available():
+        return "no"
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}[resolve_dtype("auto", torch.device("cuda"))]
+
+
+def training_precision(dtype: str) -> str:
+    """A --dtype choice as `optim.mixed_precision`: auto -> "" (the launcher's, else `best_mixed_precision`),
+    fp32 -> "no", bf16 and fp16 as they are."""
+    if dtype not in DTYPE_CHOICES:
+        raise ConfigError(f"unknown dtype {dtype!r}: choose {', '.join(DTYPE_CHOICES)}")
+    return {"auto": "", "fp32": "no"}.get(dtype, dtype)
+
+
 def dtype_name(dtype: "torch.dtype") -> str:
     """torch.bfloat16 -> "bf16" (the --dtype spelling); other dtypes as torch names them."""
     return {v: k for k, v in _dtypes().items()}.get(dtype, str(dtype).removeprefix("torch."))

@@ -55,58 +55,73 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
     if device.type == "cpu":
         os.environ["ACCELERATE_USE_CPU"] = "true"  # accelerate's own switch (`accelerate launch --cpu`): train here too
     settings = QuickstartSettings(seed=args.seed)
-    if args.train_steps:
-        settings.train_steps = args.train_steps
+    if args.max_steps:
+        settings.train_steps = args.max_steps
     run_quickstart(args.output, settings, device=device, dtype=dtype)
 
 
 # ---------------------------------------------------------------------------------------------- train
-# argparse dest -> the TrainConfig field (section, key) it sets. `_train_config` (train, cache-latents, browse-data)
-# lays each dest given on the command line over the --config file (every boolean has --x and --no-x, so a flag can
-# turn a config's setting either way); a dest its command lacks is skipped. --resolution is mapped there, not here.
-_TRAIN_FLAGS = {
-    "pretrained": ("model", "pretrained"), "prediction_type": ("model", "prediction_type"),
-    "text_encoder": ("model", "text_encoder"), "objective": ("model", "objective"),
-    "one_step_decoder": ("model", "one_step_decoder"), "variant": ("model", "variant"),
-    "revision": ("model", "revision"), "text_encoder_variant": ("model", "text_encoder_variant"),
-    "text_encoder_revision": ("model", "text_encoder_revision"),
-    "dataset": ("data", "dataset"), "data_root": ("data", "data_root"), "num_scenes": ("data", "num_scenes"),
-    "val_fraction": ("data", "val_fraction"), "split_file": ("data", "split_file"),
-    "crop_size": ("data", "crop_size"), "task": ("data", "task"), "latent_cache": ("data", "latent_cache"),
-    "num_workers": ("data", "num_workers"), "cache_latents": ("data", "cache_latents"),
-    "augmentation": ("data", "augmentation"), "bad_samples": ("data", "bad_samples"),
-    "hf_image_column": ("data", "hf_image_column"), "hf_label_column": ("data", "hf_label_column"),
-    "hf_split": ("data", "hf_split"), "hf_val_split": ("data", "hf_val_split"),
-    "classes_file": ("data", "classes_file"), "ignore_index": ("data", "ignore_index"),
-    "reduce_zero_label": ("data", "reduce_zero_label"),
-    "max_steps": ("optim", "max_steps"), "batch_size": ("optim", "batch_size"),
-    "learning_rate": ("optim", "learning_rate"), "gradient_accumulation_steps": ("optim", "gradient_accumulation_steps"),
-    "mixed_precision": ("optim", "mixed_precision"), "use_ema": ("optim", "use_ema"),
-    "ema_device": ("optim", "ema_device"), "optimizer": ("optim", "optimizer"),
-    "gradient_checkpointing": ("optim", "gradient_checkpointing"),
-    "output": ("run", "output_dir"), "checkpoint_every": ("run", "checkpoint_every"),
-    "keep_checkpoints": ("run", "keep_checkpoints"), "seed": ("run", "seed"),
-    "eval_every": ("run", "eval_every"), "eval_samples": ("run", "eval_samples"), "report_to": ("run", "log_with"),
-    "sharding": ("run", "sharding"),
-}
+# argparse dest -> the TrainConfig field (section, key) it sets: a flag named after a field sets that field
+# (--learning-rate: optim.learning_rate), and two flags keep the names users know from other tools. `_train_config`
+# (train, cache-latents, browse-data, check-data) lays --cfg-options, then each dest given on the command line, over
+# the --config file (every boolean has --x and --no-x, so a flag can turn a config's setting either way).
+_FLAG_ALIASES = {"output": ("run", "output_dir"), "report_to": ("run", "log_with"),
+                 "dtype": ("optim", "mixed_precision")}  # --dtype as training's precision: devices.training_precision
+
+
+def _config_field(dest: str) -> tuple[str, str] | None:
+    from ..training.config import SECTIONS
+
+    if dest in _FLAG_ALIASES:
+        return _FLAG_ALIASES[dest]
+    return next(((section, dest) for section, cls in SECTIONS.items()
+                 if dest in {f.name for f in dataclasses.fields(cls)}), None)
+
+
+def _run_config_file(args: argparse.Namespace) -> str | None:
+    """The config a run starts from: --config; else, resuming, the run folder's own config.yaml (so that
+    `digseg train --output RUN --resume latest` continues RUN with the values it was trained with)."""
+    if getattr(args, "config", None) or not getattr(args, "resume", None):
+        return getattr(args, "config", None)
+    from ..training.config import RunConfig
+
+    run = Path(args.resume).parent.parent if args.resume != "latest" else Path(args.output or RunConfig().output_dir)
+    return str(run / "config.yaml") if (run / "config.yaml").is_file() else None
 
 
 def _train_config(args: argparse.Namespace):
-    """The --config file (if any) with the flags that were given on top."""
-    from ..training.config import TrainConfig
+    """The --config file (or a resumed run's own config.yaml), --cfg-options, and the flags given, on top."""
+    from ..training.config import TrainConfig, parse_overrides
 
     if getattr(args, "crop_size", None) is not None:
         args.crop_size = list(args.crop_size)  # YAML (the run's config.yaml) holds lists, not tuples
-    if getattr(args, "resolution", None) is not None:  # --resolution N: a square crop
-        if getattr(args, "crop_size", None) is not None:
-            raise ConfigError("give --resolution or --crop-size, not both")
-        args.crop_size = [args.resolution, args.resolution]
-    overrides: dict[str, dict] = {}
-    for flag, (section, key) in _TRAIN_FLAGS.items():
-        value = getattr(args, flag, None)
-        if value is not None:  # a flag left off does not override the file
-            overrides.setdefault(section, {})[key] = value
-    return TrainConfig.load(args.config, overrides)
+    overrides = parse_overrides(getattr(args, "cfg_options", None) or [])
+    for dest, value in vars(args).items():
+        field = _config_field(dest)
+        if field is None or value is None:  # a flag left off does not override the file
+            continue
+        section, key = field
+        if dest == "dtype":
+            from ..devices import training_precision
+
+            value = training_precision(value)
+        if key in overrides.get(section, {}):
+            raise ConfigError(f"{section}.{key} is given twice: by --cfg-options and by its own flag")
+        overrides.setdefault(section, {})[key] = value
+    return TrainConfig.load(_run_config_file(args), overrides)
+
+
+def _training_device(args: argparse.Namespace) -> None:
+    """--device for training: accelerate places each process (the launcher's GPU, else the GPU, else the CPU);
+    `cpu` tells accelerate to stay on the CPU, as `accelerate launch --cpu` does. Checked before any work."""
+    from ..devices import resolve_device
+
+    device = resolve_device(args.device)
+    if device.type == "cpu":
+        os.environ["ACCELERATE_USE_CPU"] = "true"  # accelerate's own switch
+    elif device.index not in (None, int(os.environ.get("LOCAL_RANK", "0"))):
+        raise ConfigError(f"--device {args.device}: training runs each process on the GPU its launcher gives it; "
+                          f"choose the GPU with CUDA_VISIBLE_DEVICES={device.index} and --device cuda")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -115,6 +130,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from ..training.run import build_run
     from ..run_lock import TRAIN, main_process_holds
 
+    _training_device(args)
     config = _train_config(args)
     if args.push_to_hub:
         from ..training.hub import check_hub_target
@@ -140,7 +156,7 @@ def _hf_options(args: argparse.Namespace):
     from ..data.hf_options import hf_options
 
     return hf_options(args.dataset, hf_image_column=args.hf_image_column, hf_label_column=args.hf_label_column,
-                      hf_split=args.hf_split, classes_file=args.classes_file, ignore_index=args.ignore_index,
+                      hf_split=args.hf_split, hf_classes_file=args.hf_classes_file, ignore_index=args.ignore_index,
                       reduce_zero_label=args.reduce_zero_label)
 
 
@@ -151,10 +167,12 @@ def cmd_cache_latents(args: argparse.Namespace) -> None:
     config = _train_config(args)
     if config.data.augments:
         raise ConfigError("cache-latents stores fixed samples: add --no-augmentation (and train with it too)")
+    device, dtype = _placement(args)
     dataset, _ = checked_dataset(config.data, build_dataset(config.data, config.run.seed), None)  # before the model
     pipe = build_pipeline(config.model)
+    pipe.vae.to(device, dtype)  # the frozen VAE encodes there; latents are stored in fp32
     data = build_training_data(config.data, pipe, dataset, config.run.seed)
-    out = build_latent_cache(dataset, data.batcher.class_names, pipe.vae, args.cache, data.crop_size[0],
+    out = build_latent_cache(dataset, data.batcher.class_names, pipe.vae, args.output, data.crop_size[0],
                              task=config.data.task)
     print(f"wrote latents of {len(dataset)} samples to {out}; train with --latent-cache {out} --no-augmentation")
 
@@ -212,14 +230,14 @@ def cmd_train_mask_decoder(args: argparse.Namespace) -> None:
         raise ConfigError(f"--widths must be comma-separated integers, got {args.widths!r}") from None
     hf = _hf_options(args)
     pipe = _load_model(args.model, placement)
-    resolution = args.resolution or pipe.config.default_processing_resolution
+    resolution = args.processing_resolution or pipe.config.default_processing_resolution
     dataset = build_dataset(args.dataset, args.data_root, split="train", size=resolution,
                             num_scenes=args.num_scenes, seed=args.seed, hf=hf)
     dataset = keep_good(dataset, check_dataset(dataset), args.bad_samples, "train split")
     decoder, losses, data = fit_light_mask_decoder(
         pipe, dataset, resolution, task=args.task, latent_cache=args.latent_cache, num_samples=args.num_samples,
         block_channels=widths,
-        steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        steps=args.max_steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
         latent_noise=args.latent_noise, target=args.target, seed=args.seed)
     for reason in data.skipped:
         print(f"skipped {reason}", file=sys.stderr)
@@ -234,9 +252,9 @@ def cmd_train_mask_decoder(args: argparse.Namespace) -> None:
     final_loss = sum(losses[-20:]) / len(losses[-20:])
     dataset_name = args.dataset + (f" ({args.data_root})" if args.data_root else "")
     write_model_card(out, {**read_card_facts(out), "model": model_facts(pipe), "mask_decoder_training": {
-        "dataset": dataset_name, "samples": len(data.labels), "steps": args.steps, "target": args.target,
+        "dataset": dataset_name, "samples": len(data.labels), "steps": args.max_steps, "target": args.target,
         "resolution": resolution, "final_loss": round(final_loss, 5)}})
-    print(f"light mask decoder: {len(data)} mask latents of {len(data.labels)} samples, {args.steps} steps, "
+    print(f"light mask decoder: {len(data)} mask latents of {len(data.labels)} samples, {args.max_steps} steps, "
           f"final loss {final_loss:.4f}; wrote the model with it to {args.output} "
           f"(it decodes masks by default; pass --mask-decoder vae to use the VAE)")
 
@@ -314,8 +332,6 @@ def cmd_eval(args: argparse.Namespace) -> None:
         from ..evaluation.protocols import protocol_from_args, tiling_scale
 
         pipe = _load_model(args.model, placement)
-        if args.prompt_template:
-            pipe.register_to_config(prompt_template=args.prompt_template)
         protocol = tiling_scale(protocol_from_args(args, default_protocol(pipe, dataset)),
                                 pipe.config.default_processing_resolution, args.processing_resolution is not None)
         kwargs = dict(ensemble_size=args.ensemble_size, num_inference_steps=args.steps, protocol=protocol,

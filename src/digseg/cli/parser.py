@@ -14,7 +14,7 @@ from ..devices import DEVICE_CHOICES_TEXT, DTYPE_CHOICES
 from ..errors import EXIT_SKIPPED
 from .predict_records import OUTPUTS
 from ..evaluation.protocols import add_protocol_flags, parse_pair
-from ..training.config import (EMA_DEVICES, MASK_DECODER_TARGETS, MASK_DECODERS, MIXED_PRECISION, OBJECTIVES,
+from ..training.config import (EMA_DEVICES, MASK_DECODER_TARGETS, MASK_DECODERS, OBJECTIVES,
                               OPTIMIZERS, PREDICTION_TYPES, SHARDING, TASKS)
 
 _PREDICT_EPILOG = f"""\
@@ -36,14 +36,48 @@ _MASK_DECODER_FLAG = dict(choices=MASK_DECODERS, default="auto",
                                "one-step model was trained through, else the light one when the model has one)")
 
 
-def _add_device_flags(parser: argparse.ArgumentParser, what: str = "the model runs") -> None:
-    """--device and --dtype: one rule for every command (`digseg.devices`)."""
+# The help of flags that several commands share: one meaning each (tests/test_cli_flags.py compares every command's
+# help of a flag up to its first parenthesis). `--output`, `--model` and `--batch-size` say what they are for their
+# command.
+HELP = {
+    "seed": "random seed (default 0): every draw is seeded by it and the sample's index or step",
+    "data_root": "the dataset's root folder, in its official layout (folder: images/, masks/, classes.txt)",
+    "dataset": f"synthetic, folder, a registered dataset such as ade20k-150 (an unknown name's error lists them), or "
+               f"{HF_PREFIX}NAME_OR_PATH: a datasets-library dataset (docs/data.md)",
+    "val_fraction": f"folder dataset, flat: the share of images held out for val by file-name hash, the rest being "
+                    f"train (default {DEFAULT_VAL_FRACTION:g}; 1: every image is val)",
+    "task": "queries: binary (a prompt -> its mask), palette (all classes in one pass) or both",
+    "max_steps": "optimizer steps",
+    "learning_rate": "peak learning rate",
+    "ensemble_size": "E-Step ensemble members, each from its own noise (default 1)",
+    "steps": "E-Step denoising (DDIM) steps (default: the model's)",
+    "processing_resolution": "the longer side images are resized to before the VAE",
+    "latent_cache": "a folder written by `digseg cache-latents` for the same VAE and size",
+    "templates": "prompt templates of per-class and binary queries: single | photo | ensemble, or one template "
+                 "with {}, e.g. 'a photo of a {}.' (default: the model's template)",
+    "top_k": "open vocabulary: rank all classes in one pass, then run exact queries for the k most relevant only",
+    "bad_samples": "every sample is read once before training: error (default) refuses a dataset with unreadable "
+                   "or inconsistent samples, listing them all; skip trains without them",
+    "split_file": "folder dataset: a text file of the stems of the split read, one per line",
+    "hf_split": f"{HF_PREFIX} datasets: the dataset's split to read (default: the one named like the split read: "
+                "train; validation, val or valid for val)",
+}
+
+
+def _add_device_flags(parser: argparse.ArgumentParser, training: bool = False) -> None:
+    """--device and --dtype: one rule for every command (`digseg.devices`). `training`: --dtype is the precision
+    the training computes in (optim.mixed_precision; the weights stay fp32), by default the config's."""
     parser.add_argument("--device", default="auto", metavar="DEVICE",
-                        help=f"where {what}: {DEVICE_CHOICES_TEXT} (default auto: this process's GPU under "
+                        help=f"where the model runs: {DEVICE_CHOICES_TEXT} (default auto: this process's GPU under "
                              "accelerate launch / torchrun, else CUDA, else MPS, else CPU)")
-    parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
-                        help="the model's precision (default auto: bf16 on CUDA GPUs that have it, fp16 on older "
-                             "ones and on MPS, fp32 on CPU); the model is loaded in it")
+    auto = "auto: bf16 on CUDA GPUs that have it, fp16 on older ones (and on MPS, inference), fp32 on CPU"
+    if training:
+        parser.add_argument("--dtype", default=None, choices=DTYPE_CHOICES,
+                            help=f"the model's precision (default: optim.mixed_precision of the config, else {auto}); "
+                                 "training computes in it (autocast) and keeps fp32 weights")
+    else:
+        parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                            help=f"the model's precision (default {auto}); the model is loaded in it")
 
 
 def _add_hf_flags(group, training: bool = False) -> None:
@@ -54,13 +88,11 @@ def _add_hf_flags(group, training: bool = False) -> None:
     group.add_argument("--hf-label-column", metavar="NAME",
                        help=f"{HF_PREFIX} datasets: the label column, label images or 2-D class-id arrays "
                             f"(default {defaults.label_column})")
-    group.add_argument("--hf-split", metavar="NAME", help=f"{HF_PREFIX} datasets: the split to read" +
-                       (" for training (default train)" if training else " (default: the dataset's name for "
-                        "--split: validation, val or valid for val)"))
+    group.add_argument("--hf-split", metavar="NAME", help=HELP["hf_split"])
     if training:
         group.add_argument("--hf-val-split", metavar="NAME", help=f"{HF_PREFIX} datasets: the split to validate on "
                            "(default: the first of validation, val, valid)")
-    group.add_argument("--classes-file", metavar="FILE",
+    group.add_argument("--hf-classes-file", metavar="FILE",
                        help=f"{HF_PREFIX} datasets: class names, one per line (default: the label column's "
                             "ClassLabel names, or classes.txt / id2label.json beside the data)")
     group.add_argument("--ignore-index", type=int, metavar="V",
@@ -75,9 +107,9 @@ def _add_quickstart(sub) -> None:
     """`digseg quickstart`."""
     q = sub.add_parser("quickstart", help="train a tiny model on synthetic scenes, evaluate, save overlays (CPU, minutes)")
     q.add_argument("--output", default="digseg-quickstart", help="output folder (default: ./digseg-quickstart)")
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--train-steps", type=int, default=None, help="DiGSeg training steps (default 2000)")
-    _add_device_flags(q, "the evaluation runs (training runs on accelerate's device, the CPU with --device cpu)")
+    q.add_argument("--seed", type=int, default=0, help=HELP["seed"])
+    q.add_argument("--max-steps", type=int, default=None, help=HELP["max_steps"] + " (default 2000)")
+    _add_device_flags(q)
 
 
 def _add_train(sub) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
@@ -85,54 +117,54 @@ def _add_train(sub) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
     t = sub.add_parser("train", help="train DiGSeg from a Stable Diffusion backbone",
                        epilog="Config files hold the sections model, data, optim and run (docs/training.md).")
     data_flags = t.add_argument_group("data (config section `data`)")
-    t.add_argument("--config", help="YAML config; flags below override it")
+    t.add_argument("--config", help="YAML config (default: resuming, the run folder's config.yaml); the flags below "
+                                    "and --cfg-options override it")
+    t.add_argument("--cfg-options", nargs="+", metavar="SECTION.FIELD=VALUE",
+                   help="set any config field, typed and checked, e.g. optim.lr_warmup_steps=0 "
+                        "run.checkpoint_every=100 (every field: docs/training.md, src/digseg/training/config.py)")
     t.add_argument("--pretrained", help="Stable Diffusion 1.x / 2.x / XL folder or hub id (or a DiGSeg model folder "
                                         "to continue)")
     t.add_argument("--variant", help="the backbone's weight files, e.g. fp16 for *.fp16.safetensors (default: the "
                                      "plain files, or a local folder's only variant); loaded in float32 either way")
     t.add_argument("--revision", help="the backbone's hub branch, tag or commit (default: main)")
-    data_flags.add_argument("--dataset", help="synthetic (default), folder, a registered dataset name such as "
-                                              "ade20k-150 (an unknown name's error lists them all), or "
-                                              f"{HF_PREFIX}NAME_OR_PATH: a datasets-library dataset (docs/data.md)")
-    data_flags.add_argument("--data-root", help="dataset root folder")
-    data_flags.add_argument("--val-fraction", type=float, help="folder dataset, flat: share of images held out for "
-                            f"val by file-name hash, not trained on (default {DEFAULT_VAL_FRACTION:g})")
-    data_flags.add_argument("--split-file", help="folder dataset: a text file of the training images' stems, one per line")
+    data_flags.add_argument("--dataset", help=HELP["dataset"] + " (default synthetic)")
+    data_flags.add_argument("--data-root", help=HELP["data_root"])
+    data_flags.add_argument("--val-fraction", type=float, help=HELP["val_fraction"])
+    data_flags.add_argument("--split-file", help=HELP["split_file"] + " (here: the training images)")
     data_flags.add_argument("--crop-size", type=parse_pair, metavar="H[,W]",
-                            help="training crop (default: the dataset's preset, docs/augmentation.md)")
-    data_flags.add_argument("--resolution", type=int, help="a square training crop: same as --crop-size N")
+                            help="training crop, H,W or N for N x N (default: the dataset's preset, "
+                                 "docs/augmentation.md)")
     data_flags.add_argument("--augmentation", action=argparse.BooleanOptionalAction, default=None,
                             help="--no-augmentation: squash every sample to the crop instead of the dataset's "
                                  "augmentation; --augmentation: the dataset's preset")
     data_flags.add_argument("--num-workers", type=int, help="DataLoader workers reading and augmenting samples (default 0)")
-    data_flags.add_argument("--bad-samples", choices=BAD_SAMPLES,
-                            help="every sample is read once before step 1: error (default) refuses a dataset with "
-                                 "unreadable or inconsistent samples, listing them all; skip trains without them")
+    data_flags.add_argument("--bad-samples", choices=BAD_SAMPLES, help=HELP["bad_samples"])
     data_flags.add_argument("--num-scenes", type=int, help="synthetic dataset size (default 2000)")
-    data_flags.add_argument("--task", choices=TASKS)
+    data_flags.add_argument("--task", choices=TASKS, help=HELP["task"] + " (default both)")
     data_flags.add_argument("--cache-latents", action=argparse.BooleanOptionalAction, default=None,
                             help="keep latents in memory (needs --no-augmentation)")
-    data_flags.add_argument("--latent-cache", help="a folder from `digseg cache-latents` (needs --no-augmentation)")
+    data_flags.add_argument("--latent-cache", help=HELP["latent_cache"] + " (needs --no-augmentation)")
     _add_hf_flags(data_flags, training=True)
     t.add_argument("--output", help="run folder: config.yaml, checkpoints/, the trained model")
-    t.add_argument("--max-steps", type=int)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--learning-rate", type=float)
-    t.add_argument("--gradient-accumulation-steps", type=int)
-    t.add_argument("--prediction-type", choices=PREDICTION_TYPES)
+    t.add_argument("--max-steps", type=int, help=HELP["max_steps"] + " (default 1000)")
+    t.add_argument("--batch-size", type=int, help="samples per process and micro-step; the global batch is this x "
+                                                  "processes x --gradient-accumulation-steps (default 4)")
+    t.add_argument("--learning-rate", type=float, help=HELP["learning_rate"] + " (default 3e-5)")
+    t.add_argument("--gradient-accumulation-steps", type=int, help="micro-steps per optimizer step (default 1)")
+    t.add_argument("--prediction-type", choices=PREDICTION_TYPES,
+                   help="what the U-Net predicts (default sample: x0, which trains best in few steps)")
     t.add_argument("--objective", choices=OBJECTIVES,
                    help="diffusion (default: the paper's denoising MSE) or one-step (one deterministic pass trained "
                         "with cross-entropy on the labels; docs/training.md)")
     t.add_argument("--one-step-decoder", choices=MASK_DECODERS,
                    help="one-step: the mask decoder trained through (default auto: the light one if the model has one)")
-    t.add_argument("--mixed-precision", choices=MIXED_PRECISION)
-    t.add_argument("--checkpoint-every", type=int)
-    t.add_argument("--keep-checkpoints", type=int)
+    t.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 500)")
+    t.add_argument("--keep-checkpoints", type=int, help="newest checkpoints kept (default 2; checkpoints/best/ too)")
     t.add_argument("--eval-every", type=int, metavar="N",
                    help="score the validation split every N steps and at the last (default 0: never); the best "
                         "step's checkpoint is kept in checkpoints/best/ (docs/training.md)")
     t.add_argument("--eval-samples", type=int, metavar="N", help="validation: score the first N images (default 50)")
-    t.add_argument("--seed", type=int)
+    t.add_argument("--seed", type=int, help=HELP["seed"])
     t.add_argument("--text-encoder", help="another CLIP text encoder (folder or hub id), e.g. openai/clip-vit-large-patch14")
     t.add_argument("--text-encoder-variant", help="--variant for --text-encoder")
     t.add_argument("--text-encoder-revision", help="--revision for --text-encoder")
@@ -161,6 +193,7 @@ def _add_train(sub) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
     t.add_argument("--sharding", choices=SHARDING,
                    help="none (default: whole weights on every process) or fsdp: each of N launched processes keeps "
                         "1/N of the weights, gradients, AdamW moments and EMA (docs/distributed.md)")
+    _add_device_flags(t, training=True)
     return t, data_flags
 
 
@@ -171,10 +204,11 @@ TRAINING_ONLY = ("cache_latents", "latent_cache", "num_workers")
 def _add_cache_latents(sub, train: argparse.ArgumentParser, data_flags) -> None:
     """`digseg cache-latents`, with the model and data flags of `train`."""
     c = sub.add_parser("cache-latents", help="encode a training set's images and masks once with the frozen VAE")
-    c.add_argument("--cache", required=True, help="output folder")
+    c.add_argument("--output", required=True, help="the latent cache's folder (train with --latent-cache FOLDER)")
+    _add_device_flags(c)  # where the frozen VAE encodes, in which precision (latents are stored in fp32)
     for action in train._actions:  # the same model and data flags as `train`
         if (action.dest in ("config", "pretrained", "variant", "revision", "text_encoder", "text_encoder_variant",
-                           "text_encoder_revision", "seed") or action in data_flags._group_actions) \
+                           "text_encoder_revision", "seed", "cfg_options") or action in data_flags._group_actions) \
                 and action.dest not in TRAINING_ONLY:
             c._add_action(action)
 
@@ -185,7 +219,7 @@ def _add_browse_data(sub, train: argparse.ArgumentParser, data_flags) -> None:
     b.add_argument("--output", required=True, help="folder for <k>_image.png, <k>_label.png, <k>_overlay.png")
     b.add_argument("--num", type=int, default=16, help="how many samples (default 16)")
     for action in train._actions:  # the same data flags as `train`
-        if (action.dest in ("config", "seed", "batch_size") or action in data_flags._group_actions) \
+        if (action.dest in ("config", "seed", "batch_size", "cfg_options") or action in data_flags._group_actions) \
                 and action.dest not in TRAINING_ONLY:
             b._add_action(action)
 
@@ -197,7 +231,7 @@ def _add_check_data(sub, train: argparse.ArgumentParser, data_flags) -> None:
     c.add_argument("--output", help="a run folder: the result is kept there, and `digseg train --output` with the "
                                     "same folder does not read unchanged files again")
     for action in train._actions:  # the same data flags as `train`
-        if (action.dest in ("config", "seed") or action in data_flags._group_actions) \
+        if (action.dest in ("config", "seed", "cfg_options") or action in data_flags._group_actions) \
                 and action.dest not in ("cache_latents", "latent_cache"):
             c._add_action(action)
 
@@ -207,27 +241,25 @@ def _add_train_mask_decoder(sub) -> None:
     m = sub.add_parser("train-mask-decoder", help="train a light mask decoder that replaces the VAE decoder for masks")
     m.add_argument("--model", required=True, help="a trained DiGSeg model folder")
     m.add_argument("--output", required=True, help="where to write the model with its mask_decoder/ (may be --model)")
-    m.add_argument("--dataset", default="synthetic",
-                   help=f"the model's training dataset (default: synthetic), or {HF_PREFIX}NAME_OR_PATH")
-    m.add_argument("--data-root", help="dataset root folder")
+    m.add_argument("--dataset", default="synthetic", help=HELP["dataset"] + " (default synthetic)")
+    m.add_argument("--data-root", help=HELP["data_root"])
     _add_hf_flags(m)
-    m.add_argument("--resolution", type=int, help="default: the model's processing resolution")
+    m.add_argument("--processing-resolution", type=int,
+                   help=HELP["processing_resolution"] + " (default: the model's, its training crop)")
     m.add_argument("--num-scenes", type=int, default=2000, help="synthetic dataset size (default 2000)")
     m.add_argument("--num-samples", type=int, help="use the first N samples (default: all)")
-    m.add_argument("--bad-samples", choices=BAD_SAMPLES, default="error",
-                   help="every sample is read once first: error (default) refuses a dataset with unreadable or "
-                        "inconsistent samples, listing them all; skip trains without them")
-    m.add_argument("--latent-cache", help="a folder from `digseg cache-latents` for the same VAE and resolution")
-    m.add_argument("--task", choices=TASKS, default="both", help="which mask renderings")
+    m.add_argument("--bad-samples", choices=BAD_SAMPLES, default="error", help=HELP["bad_samples"])
+    m.add_argument("--latent-cache", help=HELP["latent_cache"])
+    m.add_argument("--task", choices=TASKS, default="both", help=HELP["task"] + " (default both): the masks rendered")
     m.add_argument("--widths", help="channel widths, one per resolution, e.g. 64,32,16 (default 128,64,32[,16])")
-    m.add_argument("--steps", type=int, default=2000)
-    m.add_argument("--batch-size", type=int, default=32)
-    m.add_argument("--learning-rate", type=float, default=1e-3)
+    m.add_argument("--max-steps", type=int, default=2000, help=HELP["max_steps"] + " (default 2000)")
+    m.add_argument("--batch-size", type=int, default=32, help="mask latents per step (default 32)")
+    m.add_argument("--learning-rate", type=float, default=1e-3, help=HELP["learning_rate"] + " (default 1e-3)")
     m.add_argument("--latent-noise", type=float, default=0.2, help="largest std of the noise added to training latents")
     m.add_argument("--target", choices=MASK_DECODER_TARGETS, default="mask",
                    help="learn the rendered mask (default) or imitate the VAE decoder's output (runs the VAE each step)")
-    m.add_argument("--seed", type=int, default=0)
-    _add_device_flags(m, "the frozen model encodes and the decoder trains (the decoder itself trains in fp32)")
+    m.add_argument("--seed", type=int, default=0, help=HELP["seed"])
+    _add_device_flags(m)  # the decoder itself trains in fp32
 
 
 def _add_predict(sub) -> None:
@@ -242,9 +274,8 @@ def _add_predict(sub) -> None:
     group.add_argument("--prompt", help="binary: segment what this text describes")
     group.add_argument("--classes", help="comma-separated class names (default: the model's own classes)")
     group.add_argument("--classes-file", help="a text file with one class name per line ('wall, walls': synonyms; '#' comments)")
-    p.add_argument("--templates", help="prompt templates: single | photo | ensemble, or one template with {}")
-    p.add_argument("--top-k", type=int, default=None,
-                   help="open vocabulary: rank all classes in one pass, then run exact queries for the top k only")
+    p.add_argument("--templates", help=HELP["templates"])
+    p.add_argument("--top-k", type=int, default=None, help=HELP["top_k"])
     p.add_argument("--no-class-threshold", type=float, default=None, help="label 255 where no class scores above this")
     p.add_argument("--output", required=True,
                    help="output folder: per-image maps and JSON, summary.json, index.html (see docs/predict.md)")
@@ -258,10 +289,11 @@ def _add_predict(sub) -> None:
                    help="images of the same processed size per pipeline call (same labels as 1; more memory)")
     p.add_argument("--skip-existing", action="store_true",
                    help="continue an interrupted run: keep images whose outputs are complete in --output")
-    p.add_argument("--ensemble-size", type=int, default=1)
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--processing-resolution", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ensemble-size", type=int, default=1, help=HELP["ensemble_size"])
+    p.add_argument("--steps", type=int, default=None, help=HELP["steps"])
+    p.add_argument("--processing-resolution", type=int, default=None,
+                   help=HELP["processing_resolution"] + " (default: the model's, its training crop)")
+    p.add_argument("--seed", type=int, default=0, help=HELP["seed"])
     p.add_argument("--mask-decoder", **_MASK_DECODER_FLAG)
     _add_device_flags(p)
     add_protocol_flags(p, "default: whole image at the processing resolution; slide without --scale: "
@@ -271,30 +303,27 @@ def _add_predict(sub) -> None:
 def _add_eval(sub) -> None:
     """`digseg eval`."""
     e = sub.add_parser("eval", help="score label PNGs, or run a model over a dataset split and score it")
-    e.add_argument("--dataset", required=True, help="a registered dataset name, e.g. ade20k-150, cityscapes, folder, "
-                   f"or {HF_PREFIX}NAME_OR_PATH (a datasets-library dataset)")
-    e.add_argument("--data-root", help="the dataset's root folder, in its official layout")
+    e.add_argument("--dataset", required=True, help=HELP["dataset"])
+    e.add_argument("--data-root", help=HELP["data_root"])
     _add_hf_flags(e)
     e.add_argument("--split", default="val", help="the split to score (default val)")
-    e.add_argument("--val-fraction", type=float, help="folder dataset, flat: share of images held out for val by "
-                   f"file-name hash (default {DEFAULT_VAL_FRACTION:g}; 1 scores every image)")
-    e.add_argument("--split-file", help="folder dataset: a text file of the stems to score, one per line")
+    e.add_argument("--val-fraction", type=float, help=HELP["val_fraction"])
+    e.add_argument("--split-file", help=HELP["split_file"] + " (here: the images scored)")
     src = e.add_mutually_exclusive_group()
     src.add_argument("--predictions", help="folder of <stem>.png label maps to score")
     src.add_argument("--model", help="a DiGSeg model folder: predict the split, then score")
     e.add_argument("--output", default="metrics.json",
                    help="metrics JSON (default metrics.json; predictions go beside it with --model)")
-    e.add_argument("--ensemble-size", type=int, default=1, help="E-Step ensemble members (default 1)")
-    e.add_argument("--steps", type=int, default=None, help="E-Step DDIM steps (default: the model's, 1 for a new model)")
+    e.add_argument("--ensemble-size", type=int, default=1, help=HELP["ensemble_size"])
+    e.add_argument("--steps", type=int, default=None, help=HELP["steps"])
     e.add_argument("--processing-resolution", type=int, default=None,
-                   help="longer side the image is resized to (default: the protocol's test scale, else the model's)")
-    e.add_argument("--prompt-template", help="override the model's prompt template, e.g. 'a photo of a {}.'")
-    e.add_argument("--top-k", type=int, default=None, help="open vocabulary: exact queries for the k most relevant classes only")
-    e.add_argument("--templates", help="prompt templates for per-class queries: single | photo | ensemble (default: the model's template)")
+                   help=HELP["processing_resolution"] + " (default: the dataset protocol's test scale, else the model's)")
+    e.add_argument("--top-k", type=int, default=None, help=HELP["top_k"])
+    e.add_argument("--templates", help=HELP["templates"])
     e.add_argument("--present-only", action="store_true", help="mean over classes present in the ground truth (CAT-Seg)")
     e.add_argument("--threshold-search", action="store_true", help="binary datasets: pick the threshold on --search-split")
     e.add_argument("--search-split", default="val", help="--threshold-search: the split it searches on (default val)")
-    e.add_argument("--seed", type=int, default=0, help="noise seed; each image draws from (seed, image) (default 0)")
+    e.add_argument("--seed", type=int, default=0, help=HELP["seed"])
     e.add_argument("--mask-decoder", **_MASK_DECODER_FLAG)
     e.add_argument("--batch-size", type=int, default=8, help="images per pipeline call (default 8)")
     _add_device_flags(e)

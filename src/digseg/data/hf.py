@@ -21,7 +21,7 @@ Labels: stored value = class id, `ignore_index` (default 255, as the folder read
 pixels are 255 (65535 above 255 classes), as with every reader.
 
 Class names, the first of:
-1. `classes_file` (--classes-file): a class file (`read_class_list`) naming the ids after conversion;
+1. `classes_file` (--hf-classes-file, data.hf_classes_file): a class file (`read_class_list`) naming the ids after conversion;
 2. the label column's feature names (a `ClassLabel`), naming stored values;
 3. beside a local dataset (the folder, or the data file's folder) or in a Hub dataset's repository: `classes.txt`
    (ids after conversion) or `id2label.json` ({"0": "road", ...}, stored values).
@@ -167,7 +167,7 @@ def class_names_of(source: str, label_feature, options: HFOptions) -> list[str]:
     if stored is None:
         raise DataError(f"{HF_PREFIX}{source}: no class names: the label column {options.label_column!r} has no "
                         f"ClassLabel names and there is no {' or '.join(CLASS_FILES)} beside the data; pass "
-                        "--classes-file FILE (one class name per line)")
+                        "--hf-classes-file FILE (one class name per line)")
     return stored[1:] if options.reduce_zero_label else stored
 
 

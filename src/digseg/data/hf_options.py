@@ -34,7 +34,7 @@ class HFOptions:
 # HFOptions field -> the DataConfig field (and, with dashes, the flag) that sets it; a training run reads its
 # validation split as `hf_val_split` says
 CONFIG_FIELDS = {"image_column": "hf_image_column", "label_column": "hf_label_column", "split": "hf_split",
-                 "classes_file": "classes_file", "ignore_index": "ignore_index",
+                 "classes_file": "hf_classes_file", "ignore_index": "ignore_index",
                  "reduce_zero_label": "reduce_zero_label"}
 VAL_SPLIT_FIELD = "hf_val_split"
 

@@ -170,8 +170,8 @@ def predict_dataset(pipe, dataset: SegmentationDataset, out_dir: str | Path, ens
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     query = _query_kwargs(pipe, dataset)
-    if "classes" in query:
-        query.update(top_k=top_k, templates=templates)
+    if query:  # binary or per-class queries (a palette query has no template)
+        query.update(templates=templates, **({"top_k": top_k} if "classes" in query else {}))
     settings = (protocol or TestProtocol()).call_kwargs()
     written, skipped = 0, []
     pending: list[tuple[int, Sample, Image.Image]] = []

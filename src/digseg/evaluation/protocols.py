@@ -17,7 +17,7 @@ Sources (read, not copied):
 Datasets without a field protocol (roads, medical, plant, a user's folder) get the model's own setting:
 whole image at its processing resolution.
 
-Slide mode asked for without a test scale (`digseg predict --mode slide --crop-size 512`, or `--mode slide` on
+Slide mode asked for without a test scale (`digseg predict --mode slide --window-size 512`, or `--mode slide` on
 a dataset without a preset) gets mmseg's test scale for that crop, keep-ratio (4 x crop, crop): (2048, 512) for
 512 windows, as ADE20K and COCO-Stuff are tested (`tiling_scale`). Resizing the longer side to the processing
 resolution instead would make one window cover the whole image, and slide mode would equal whole mode.
@@ -93,15 +93,18 @@ def parse_pair(text: str) -> tuple[int, int]:
 
 
 def add_protocol_flags(parser: argparse.ArgumentParser, preset_note: str) -> None:
-    """--mode, --crop-size, --stride, --scale, --keep-ratio, --global-view, --flip (all default: unset)."""
+    """--mode, --window-size, --stride, --scale, --keep-ratio, --global-view, --flip (all default: unset);
+    --window-size sets the protocol's `crop_size` (mmsegmentation's name for the slide window), named apart from
+    training's crop."""
     g = parser.add_argument_group("test protocol", f"how images are resized and tiled ({preset_note}); "
                                   "see docs/eval_protocols.md")
     g.add_argument("--mode", choices=INFERENCE_MODES, default=None, help="whole image, or sliding windows")
-    g.add_argument("--crop-size", type=parse_pair, default=None, metavar="H[,W]", help="slide: window size")
+    g.add_argument("--window-size", type=parse_pair, default=None, metavar="H[,W]", help="slide: window size")
     g.add_argument("--stride", type=parse_pair, default=None, metavar="H[,W]", help="slide: window step")
     g.add_argument("--scale", type=parse_pair, default=None, metavar="LONG,SHORT",
                    help="test resize: keep-ratio (long cap, short side), e.g. 2048,512; with --no-keep-ratio exactly W,H")
-    g.add_argument("--keep-ratio", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--keep-ratio", action=argparse.BooleanOptionalAction, default=None,
+                   help="test resize: keep the aspect ratio (default: the protocol's; --no-keep-ratio: exactly --scale)")
     g.add_argument("--global-view", action=argparse.BooleanOptionalAction, default=None,
                    help="slide: also run the whole image as one window (CAT-Seg)")
     g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="horizontal flip test-time augmentation")
@@ -114,12 +117,13 @@ def protocol_from_args(args: argparse.Namespace, preset: TestProtocol) -> TestPr
         if args.scale is not None:
             raise ConfigError("give either --scale or --processing-resolution, not both")
         preset = replace(preset, scale=None)
-    fields = ("mode", "crop_size", "stride", "scale", "keep_ratio", "global_view", "flip")
-    given = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
+    flags = {"mode": "mode", "crop_size": "window_size", "stride": "stride", "scale": "scale",
+             "keep_ratio": "keep_ratio", "global_view": "global_view", "flip": "flip"}  # field -> the flag's dest
+    given = {f: getattr(args, dest) for f, dest in flags.items() if getattr(args, dest, None) is not None}
     protocol = replace(preset, **given)
     if protocol.mode == "whole":
         if "crop_size" in given or "stride" in given or given.get("global_view"):
-            raise ConfigError("--crop-size, --stride and --global-view need --mode slide")
+            raise ConfigError("--window-size, --stride and --global-view need --mode slide")
         protocol = replace(protocol, crop_size=None, stride=None, global_view=False)
     if given:
         protocol = replace(protocol, source=f"{preset.source}; overridden: {', '.join(sorted(given))}")

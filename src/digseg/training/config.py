@@ -6,9 +6,13 @@
     run:   bookkeeping (folder, seed, checkpoints, logs) -> read by `Trainer`
 
 A YAML file holds these sections as mappings (`optim: {learning_rate: 3.0e-5}`); it may name a parent with
-`base: other.yaml` (one level of inheritance, path relative to the file), merged section by section. A run
-folder's config.yaml may also hold `config_changes`, the changes made on resume (training/resume_check.py), which
-loading it as a config skips.
+`base: other.yaml` (path relative to the file; the parent may name its own, to any depth), merged section by
+section, the child's keys winning. A run folder's config.yaml may also hold `config_changes`, the changes made on
+resume (training/resume_check.py), which loading it as a config skips.
+
+`parse_overrides(["optim.learning_rate=1e-4", ...])` turns the command line's `--cfg-options` into overrides, each
+value read as YAML and then as the field's type (`1e-4` is a float for a float field), so that every field is
+reachable from the command line.
 """
 
 from __future__ import annotations
@@ -85,7 +89,7 @@ class DataConfig:
     hf_label_column: str | None = None
     hf_split: str | None = None
     hf_val_split: str | None = None
-    classes_file: str | None = None
+    hf_classes_file: str | None = None
     ignore_index: int | None = None
     reduce_zero_label: bool | None = None
     # training crop, height x width (an int: square). None = the dataset preset's crop (docs/augmentation.md)
@@ -128,7 +132,7 @@ class DataConfig:
         dataset, ConfigError when hf fields are set for one."""
         return hf_options(self.dataset, val=split == "val", hf_image_column=self.hf_image_column,
                           hf_label_column=self.hf_label_column, hf_split=self.hf_split, hf_val_split=self.hf_val_split,
-                          classes_file=self.classes_file, ignore_index=self.ignore_index,
+                          hf_classes_file=self.hf_classes_file, ignore_index=self.ignore_index,
                           reduce_zero_label=self.reduce_zero_label)
 
     @property
@@ -294,7 +298,11 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return values
 
 
-def read_yaml_with_base(path: Path) -> dict[str, Any]:
+def read_yaml_with_base(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The config file's sections merged over those of its `base` chain (any depth)."""
+    path = path.resolve()
+    if path in _seen:
+        raise ConfigError(f"config {path} names itself as a base (through {' -> '.join(p.name for p in _seen)})")
     values = _read_yaml(path)
     base = values.pop("base", None)
     if base is None:
@@ -302,11 +310,51 @@ def read_yaml_with_base(path: Path) -> dict[str, Any]:
     base_path = (path.parent / base).resolve()
     if not base_path.is_file():
         raise ConfigError(f"base config {base_path} (named in {path}) not found")
-    parent = _read_yaml(base_path)
-    if "base" in parent:
-        raise ConfigError(f"{base_path}: configs inherit one level at most")
+    parent = read_yaml_with_base(base_path, (*_seen, path))
     merged = dict(parent)
     for section, keys in values.items():  # section by section: the child's keys win
         both = isinstance(keys, dict) and isinstance(parent.get(section), dict)
         merged[section] = {**parent[section], **keys} if both else keys
     return merged
+
+
+def _field_types(annotation: str) -> set[str]:
+    """The plain types a field's annotation admits ("int | list[int] | None" -> {"int", "list", "None"})."""
+    return {part.strip().split("[")[0] for part in annotation.split("|")}
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+    """["section.field=value", ...] (`--cfg-options`) -> {section: {field: value}}; each value read as YAML, then
+    as the field's type. ConfigError naming the item for an unknown field or a value of the wrong type."""
+    fields = {section: {f.name: str(f.type) for f in dataclasses.fields(cls)} for section, cls in SECTIONS.items()}
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, eq, text = item.partition("=")
+        section, _, name = key.strip().partition(".")
+        if not eq or not name:
+            raise ConfigError(f"--cfg-options takes section.field=value, got {item!r} (e.g. optim.lr_warmup_steps=0)")
+        if section not in fields or name not in fields[section]:
+            known = ", ".join(sorted(fields[section])) if section in fields else ", ".join(SECTIONS)
+            raise ConfigError(f"--cfg-options {item}: no field {key!r}; known: {known}")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--cfg-options {item}: cannot read the value: {exc}") from exc
+        types = _field_types(fields[section][name])
+        if isinstance(value, str) and ("float" in types or "int" in types):
+            for kind in (int, float) if "int" in types else (float,):
+                try:
+                    value = kind(value)
+                    break
+                except ValueError:
+                    pass
+        if isinstance(value, int) and not isinstance(value, bool) and "float" in types and "int" not in types:
+            value = float(value)
+        admitted = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict}
+        ok = (value is None and "None" in types) or any(
+            isinstance(value, admitted[t]) and not (t in ("int", "float") and isinstance(value, bool))
+            for t in types if t in admitted)
+        if not ok:
+            raise ConfigError(f"--cfg-options {item}: {key} takes {fields[section][name]}, got {value!r}")
+        out.setdefault(section, {})[name] = value
+    return out

@@ -141,7 +141,8 @@ class DivergenceGuard:
         config, lr = self.output_dir / "config.yaml", f"{self.safer_learning_rate(healthy):g}"
         if healthy is not None:
             todo = (f"the last healthy checkpoint is {healthy}; resume from it with a lower learning rate: "
-                    f"digseg train --config {config} --resume {healthy} --learning-rate {lr} --allow-config-change")
+                    f"digseg train --output {self.output_dir} --resume {healthy} --learning-rate {lr} "
+                    "--allow-config-change")
         else:
             todo = (f"no checkpoint is older than step {bad_weights_step}; start again with a lower learning rate: "
                     f"digseg train --config {config} --learning-rate {lr}")

@@ -55,7 +55,7 @@ FIELD_KINDS: dict[str, str] = {
     "data.augmentation": TRAJECTORY, "data.task": TRAJECTORY, "data.negative_prob": TRAJECTORY,
     "data.class_names": TRAJECTORY,
     "data.hf_image_column": TRAJECTORY, "data.hf_label_column": TRAJECTORY, "data.hf_split": TRAJECTORY,
-    "data.classes_file": TRAJECTORY, "data.ignore_index": TRAJECTORY, "data.reduce_zero_label": TRAJECTORY,
+    "data.hf_classes_file": TRAJECTORY, "data.ignore_index": TRAJECTORY, "data.reduce_zero_label": TRAJECTORY,
     "data.hf_val_split": SAFE,  # what validation scores: training is the same without it
     "data.bad_samples": SAFE,  # what it does to the sample list is compared itself ("data.samples", below)
     "data.latent_cache": TRAJECTORY,  # latents written by another command, maybe in another precision
@@ -89,8 +89,10 @@ SCHEDULES_WITHOUT_END = ("constant", "constant_with_warmup", "piecewise_constant
 
 def mixed_precision_of(optim: OptimConfig) -> str:
     """The precision a run computes in: optim.mixed_precision, or for "" the launcher's (`accelerate launch`
-    exports its config's), else "no"."""
-    return optim.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    exports its config's), else the best for the machine (`digseg.devices.best_mixed_precision`)."""
+    from ..devices import best_mixed_precision
+
+    return optim.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION") or best_mixed_precision()
 
 
 def launch_facts(optim: OptimConfig, num_processes: int) -> dict[str, Any]:
@@ -179,9 +181,11 @@ def check_changes(changes: list[Change], allow: bool, checkpoint: Path) -> None:
     """A one-line ConfigError listing every change that leaves the trajectory, unless `allow`."""
     refused = [c for c in changes if not c.safe]
     if refused and not allow:
+        run = checkpoint.parent.parent
         raise ConfigError(f"cannot resume from {checkpoint} with a changed config: {', '.join(map(str, refused))}; "
-                          "resume with the checkpoint's values, or add --allow-config-change to continue with the new "
-                          "ones (the run then no longer follows one config's trajectory)")
+                          f"to continue with the run's own values, give none of these: `digseg train --output {run} "
+                          f"--resume {checkpoint}` reads them from {run / 'config.yaml'}; or add --allow-config-change "
+                          "to continue with the new ones (the run then no longer follows one config's trajectory)")
 
 
 def history_entry(step: int, changes: list[Change]) -> dict[str, Any]:

@@ -63,7 +63,7 @@ def check_sharding(distributed_type: DistributedType, sharding: str, optimizer: 
                           f"storage); this is torch {torch.__version__} ({exc})") from exc
     if mixed_precision == "fp16":
         raise ConfigError("--sharding fsdp trains in fp32 or bf16: fp16's loss scaler checks each process's own "
-                          "shards for overflow, so processes could skip different steps; use --mixed-precision bf16")
+                          "shards for overflow, so processes could skip different steps; use --dtype bf16")
     if optimizer != "adamw":
         raise ConfigError(f"--sharding fsdp checkpoints AdamW's moments as sharded tensors; optimizer {optimizer} "
                           "keeps them in another form: use --optimizer adamw")

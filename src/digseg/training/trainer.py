@@ -157,6 +157,11 @@ class Trainer:
         params = list(pipe.unet.parameters()) + list(pipe.text_pathway.parameters())
         self.optimizer = make_optimizer(opt.optimizer, params, opt.learning_rate, opt.weight_decay)
         self.lr_scheduler = self._make_lr_scheduler(self.optimizer)
+        if opt.lr_warmup_steps >= opt.max_steps and opt.lr_scheduler != "constant":
+            logger.warning("optim.max_steps (%d) <= optim.lr_warmup_steps (%d): the learning rate never reaches %g "
+                           "(at most %.2g); lower the warm-up: --cfg-options optim.lr_warmup_steps=N", opt.max_steps,
+                           opt.lr_warmup_steps, opt.learning_rate,
+                           opt.learning_rate * opt.max_steps / max(opt.lr_warmup_steps, 1))
         if self.sharded:  # FSDP2 reduces the gradients itself; accelerate wraps the optimizer (accumulation, scaler)
             self.unet, self.text_pathway = pipe.unet, pipe.text_pathway
             self.optimizer = self.accelerator.prepare(self.optimizer)
