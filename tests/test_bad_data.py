@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -48,17 +49,19 @@ def _args(backbone, data, run, *extra) -> list[str]:
             "--report-to", "none", "--no-augmentation", *extra]
 
 
-def test_every_bad_sample_is_listed_before_the_model_loads(tmp_path, capsys):
+def test_every_bad_sample_is_listed_before_the_model_loads(tmp_path, capsys, caplog):
     data, broken = _bad_folder(tmp_path / "data")
     config = TrainConfig.from_dict({"model": {"pretrained": str(tmp_path / "no-such-backbone")},
                                     "data": {"dataset": "folder", "data_root": str(data)},
                                     "run": {"output_dir": str(tmp_path / "run"), "log_with": "none"}})
-    with pytest.raises(DataError) as caught:  # the data error, not the missing backbone's: data is read first
-        build_run(config, show_progress=False)
+    with caplog.at_level(logging.ERROR, logger="digseg.data"):
+        with pytest.raises(DataError) as caught:  # the data error, not the missing backbone's: data is read first
+            build_run(config, show_progress=False)
     message = str(caught.value)
-    assert message.splitlines()[0].startswith("4 of ") and "--bad-samples skip" in message.splitlines()[0]
-    for file, problem in broken.items():
-        line = next(line for line in message.splitlines() if file in line)
+    assert message.startswith("4 of ") and "--bad-samples skip" in message and "\n" not in message
+    listed = [record.getMessage() for record in caplog.records]
+    for file, problem in broken.items():  # every one listed, not just the first
+        line = next(line for line in listed if file in line)
         assert problem in line, (problem, line)
 
     assert main(["check-data", "--dataset", "folder", "--data-root", str(data), "--output", str(tmp_path / "c")]) == 1

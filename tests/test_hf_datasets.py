@@ -19,7 +19,7 @@ from digseg.errors import ConfigError, DataError
 from digseg.training.run import build_dataset, training_augmentation
 from digseg.training.samples import MicroStepSampler, TrainingSamples, micro_step_batches
 from hf_fixtures import CLASSES, write_hf_copies, write_pairs
-from training_helpers import train_config
+from training_helpers import error_line, train_config
 
 datasets = pytest.importorskip("datasets", reason='hf: datasets need the datasets library: pip install -e ".[hf]"')
 
@@ -141,8 +141,8 @@ def test_bad_rows_give_one_line_errors_naming_the_row(tmp_path, capsys):
     capsys.readouterr()
     assert main(["browse-data", "--dataset", f"hf:{tmp_path / 'bad'}", "--crop-size", "8", "--no-augmentation",
                  "--batch-size", "5", "--num", "5", "--output", str(tmp_path / "out")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and f"{where} " in err and "\n" not in err, err
+    line = error_line(capsys)  # every bad row listed before it
+    assert line.startswith("error: 4 of 5 samples") and f"{where} 1 " in line, line
 
 
 def test_hf_options_belong_to_hf_datasets():

@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,6 +34,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..errors import DataError, DigsegError, first_line
+
+logger = logging.getLogger("digseg.data")
 
 BAD_SAMPLES = ("error", "skip")  # data.bad_samples: refuse a dataset with bad samples, or train without them
 SMALL = 1000  # a dataset of fewer samples is scanned in the calling process
@@ -141,7 +144,7 @@ def scan_dataset(dataset, num_workers: int = 0, show_progress: bool = True,
     num_workers = 0 if len(names) < SMALL else min(num_workers, os.cpu_count() or 1)
     loader = DataLoader(_ScanItems(dataset), batch_size=16, num_workers=num_workers, collate_fn=_as_list)
     bad = []
-    with tqdm(total=len(names), desc=desc, unit="img", disable=not show_progress) as bar:
+    with tqdm(total=len(names), desc=desc, unit="img", disable=not show_progress or len(names) < SMALL) as bar:
         for chunk in loader:
             bad += [BadSample(i, names[i], problem) for i, problem in chunk if problem is not None]
             bar.update(len(chunk))
@@ -195,18 +198,20 @@ class _Subset(Sequence):
 
 
 def keep_good(dataset, check: DataCheck | None, policy: str, where: str = ""):
-    """`dataset` without its bad samples (policy "skip"), or itself when it has none; policy "error": a DataError
-    whose first line counts the bad samples, names the first and says what to do, then one line per sample."""
+    """`dataset` without its bad samples (policy "skip"), or itself when it has none; policy "error": every bad
+    sample logged (one line each, on stderr), then a one-line DataError that counts them, names the first and says
+    what to do."""
     if policy not in BAD_SAMPLES:
         raise DataError(f"data.bad_samples must be one of {', '.join(BAD_SAMPLES)}, got {policy!r}")
     if check is None or not check.bad:
         return dataset
     if policy == "error":
+        for bad in check.bad:
+            logger.error("bad sample: %s", bad.problem)
         where = f" ({where})" if where else ""
         raise DataError(f"{len(check.bad)} of {len(check.names)} samples of {getattr(dataset, 'name', 'the dataset')}"
-                        f"{where} cannot be used (the first: {check.bad[0].problem}); fix or remove them, or train "
-                        f"without them with --bad-samples skip (data.bad_samples: skip); all of them:\n"
-                        f"{describe_bad(check.bad)}")
+                        f"{where} cannot be used, each listed above (the first: {check.bad[0].problem}); fix or "
+                        "remove them, or train without them with --bad-samples skip (data.bad_samples: skip)")
     kept = copy.copy(dataset)  # the same reader over the good samples only
     kept.samples = _Subset(stored_samples(dataset), check.kept)
     return kept
