@@ -216,11 +216,13 @@ def cmd_check_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train_mask_decoder(args: argparse.Namespace) -> None:
+    import functools
     import shutil
 
     from ..data.check import check_dataset, keep_good
     from ..data.registry import build_dataset
     from ..pipelines.model_card import model_facts, read_card_facts, write_model_card
+    from ..pipelines.model_folder import configured_setting
     from ..training.mask_decoder import fit_light_mask_decoder
 
     placement = _placement(args)
@@ -229,11 +231,18 @@ def cmd_train_mask_decoder(args: argparse.Namespace) -> None:
     except ValueError:
         raise ConfigError(f"--widths must be comma-separated integers, got {args.widths!r}") from None
     hf = _hf_options(args)
+    # the data before the model (root, split, class list, every sample), at the model's resolution as its
+    # model_index.json says (read without loading weights; a hub model not cached yet: after it loads)
+    resolution = args.processing_resolution or configured_setting(args.model, "default_processing_resolution")
+    train_split = functools.partial(build_dataset, args.dataset, args.data_root, split="train",
+                                    num_scenes=args.num_scenes, seed=args.seed, hf=hf)
+    dataset = train_split(size=resolution)
+    check = check_dataset(dataset)
+    dataset = keep_good(dataset, check, args.bad_samples, "train split")
     pipe = _load_model(args.model, placement)
-    resolution = args.processing_resolution or pipe.config.default_processing_resolution
-    dataset = build_dataset(args.dataset, args.data_root, split="train", size=resolution,
-                            num_scenes=args.num_scenes, seed=args.seed, hf=hf)
-    dataset = keep_good(dataset, check_dataset(dataset), args.bad_samples, "train split")
+    if not resolution:
+        resolution = pipe.config.default_processing_resolution
+        dataset = keep_good(train_split(size=resolution), check, args.bad_samples, "train split")
     decoder, losses, data = fit_light_mask_decoder(
         pipe, dataset, resolution, task=args.task, latent_cache=args.latent_cache, num_samples=args.num_samples,
         block_channels=widths,
@@ -324,6 +333,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
     # a folder dataset's splits, or how an hf: dataset is read
     reader = dict(val_fraction=args.val_fraction, split_file=args.split_file, hf=_hf_options(args))
     dataset = read_dataset(args.dataset, args.data_root, split=args.split, **reader)
+    search_set = None
+    if args.model and args.threshold_search:  # its split read before the model loads too
+        search = {**reader, "hf": reader["hf"] and dataclasses.replace(reader["hf"], split=None)}  # not --hf-split
+        search_set = read_dataset(args.dataset, args.data_root, split=args.search_split, **search)
     output = Path(args.output)
     predictions = Path(args.predictions) if args.predictions else output.with_suffix("").parent / f"{output.stem}_predictions"
     info: dict = {}
@@ -339,9 +352,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
                       batch_size=args.batch_size)
         query = dict(top_k=args.top_k, templates=args.templates)
         threshold = 0.5
-        if args.threshold_search:
-            search = {**reader, "hf": reader["hf"] and dataclasses.replace(reader["hf"], split=None)}  # not --hf-split
-            search_set = read_dataset(args.dataset, args.data_root, split=args.search_split, **search)
+        if search_set is not None:
             threshold, dice = search_threshold(pipe, search_set, **kwargs)
             info["threshold_search"] = {"split": args.search_split, "threshold": threshold, "Dice": dice}
             if is_main_process():

@@ -42,6 +42,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ConfigError, DataError, DigsegError
+from ..hub_ids import looks_like_hub_id
 from .base import MetricKind, Sample, SegmentationDataset
 from .hf_options import HF_PREFIX, INSTALL_HINT, SPLIT_NAMES, HFOptions
 from .io import decode_image_bytes, image_to_rgb, label_to_array, read_class_list
@@ -59,11 +60,6 @@ def _datasets():
     except ImportError as exc:
         raise ConfigError(f"{HF_PREFIX} datasets are read with the datasets library: {INSTALL_HINT}") from exc
     return datasets
-
-
-def _looks_like_hub_id(source: str) -> bool:
-    """'name' or 'org/name' with no leading '.', '/' or '~' (anything else is a local path)."""
-    return source.count("/") <= 1 and not source.startswith((".", "/", "~")) and all(source.split("/"))
 
 
 def _pick_split(available: list[str], split: str, hf_split: str | None, where: str) -> str:
@@ -93,7 +89,7 @@ def open_split(source: str, split: str, hf_split: str | None = None):
             tables = datasets.load_dataset(fmt, data_files={"train": str(path)})
         elif path.is_dir():
             tables = datasets.load_dataset(str(path))
-        elif _looks_like_hub_id(source):
+        elif looks_like_hub_id(source, canonical=True):  # 'name' or 'org/name'
             name = _pick_split(datasets.get_dataset_split_names(source), split, hf_split, where)
             return datasets.load_dataset(source, split=name), name
         else:
@@ -140,7 +136,7 @@ def _class_file(source: str) -> Path | None:
     if path.exists():
         folder = path if path.is_dir() else path.parent
         return next((folder / name for name in CLASS_FILES if (folder / name).is_file()), None)
-    if not _looks_like_hub_id(source):
+    if not looks_like_hub_id(source, canonical=True):
         return None
     try:
         from huggingface_hub import hf_hub_download

@@ -4,7 +4,8 @@
   the widened U-Net fed [z, z] computes exactly what the pretrained one computed on z.
 - `load_backbone`: reads `model_index.json`-style folders (unet/, vae/, text_encoder/, tokenizer/, scheduler/; SDXL
   also text_encoder_2/, tokenizer_2/) or a hub id, at a revision and weight variant, in float32 unless told
-  otherwise, with one-line errors for a missing, incomplete or unsupported folder (`backbone_layout`).
+  otherwise, with one-line errors for a missing, incomplete or unsupported folder (`backbone_layout`) and for a
+  hub id that is neither cached nor on a reachable Hub (`digseg.hub_ids`).
 - `encode_latents` / `decode_latents`: the frozen VAE, posterior mean times the scaling factor.
 """
 
@@ -20,6 +21,7 @@ from torch import nn
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from ..errors import DigsegError
+from ..hub_ids import check_hub_id, hub_id_or_none
 from .choices import PREDICTION_TYPES
 from .backbone_layout import BackboneLayout, backbone_record, check_subfolders, read_layout, resolve_variant
 
@@ -108,11 +110,6 @@ def check_backbone_folder(path: Path) -> BackboneLayout:
     return layout
 
 
-def looks_like_hub_id(name: str) -> bool:
-    """'org/name' with no leading '.', '/' or '~' (anything else is treated as a local path)."""
-    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and all(name.split("/"))
-
-
 def _first_line(exc: Exception) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
@@ -128,12 +125,13 @@ def load_backbone(path_or_id: str | os.PathLike, torch_dtype: torch.dtype | None
     keeps float32 master weights). Safetensors only.
     """
     path = Path(path_or_id).expanduser()
-    local = path.exists() or not looks_like_hub_id(str(path_or_id))
-    if local:
+    if hub_id_or_none(str(path_or_id)) is None:  # a local folder
         layout = check_backbone_folder(path)
         path_or_id = str(path)
         variant = resolve_variant(path, layout.weight_folders, variant)
-    else:
+    else:  # cached, or the Hub reachable and holding it: else one line now, not a minute of retries
+        check_hub_id(str(path_or_id), "Stable Diffusion backbone", "unet/config.json",
+                     "a local Stable Diffusion folder", revision=revision)
         layout = read_layout(str(path_or_id), local=False, revision=revision)
     dtype = torch_dtype or torch.float32
     common = {"revision": revision, "variant": variant, "use_safetensors": True}
@@ -162,15 +160,27 @@ def load_backbone(path_or_id: str | os.PathLike, torch_dtype: torch.dtype | None
                     record=backbone_record(str(path_or_id), revision, variant))
 
 
+def check_clip_text_encoder(path_or_id: str | os.PathLike, revision: str | None = None) -> Path | None:
+    """The local folder a CLIP text encoder is read from, or None for a hub id that is cached or on a reachable Hub;
+    a one-line DigsegError for a missing folder or an id that cannot be had. Reads no weights, so
+    `DiGSegPipeline.from_backbone` asks it before the backbone loads."""
+    path = Path(path_or_id).expanduser()
+    if hub_id_or_none(str(path_or_id)) is None:  # a local folder
+        if not path.is_dir():
+            raise DigsegError(f"text encoder folder not found: {path}")
+        return path
+    check_hub_id(str(path_or_id), "CLIP text encoder", "config.json",
+                 "a local CLIP text encoder folder (or a Stable Diffusion folder: its text_encoder/)", revision=revision)
+    return None
+
+
 def load_clip_text_encoder(path_or_id: str | os.PathLike, torch_dtype: torch.dtype | None = None,
                            variant: str | None = None, revision: str | None = None) -> tuple[CLIPTextModel, CLIPTokenizer]:
     """A transformers CLIP text encoder + tokenizer from a CLIP folder / hub id (e.g. openai/clip-vit-large-patch14)
     or from the text_encoder/ + tokenizer/ of a Stable Diffusion folder, at a weight `variant` and hub `revision`
     (a local folder holding a single variant only gets that one), in float32 unless `torch_dtype` says otherwise."""
-    path = Path(path_or_id).expanduser()
-    if path.exists() or not looks_like_hub_id(str(path_or_id)):
-        if not path.is_dir():
-            raise DigsegError(f"text encoder folder not found: {path}")
+    path = check_clip_text_encoder(path_or_id, revision)
+    if path is not None:
         sd_layout = (path / "text_encoder").is_dir() and (path / "tokenizer").is_dir()
         enc_args, tok_args = ((str(path), {"subfolder": "text_encoder"}), (str(path), {"subfolder": "tokenizer"})) if sd_layout \
             else ((str(path), {}), (str(path), {}))

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from ..errors import DigsegError
+from ..hub_ids import check_hub_id, looks_like_hub_id
 from .text import CachedPromptEncoder
 
 INSTALL_HINT = "open_clip text encoders need: pip install --no-deps open_clip_torch ftfy regex"
@@ -181,6 +182,11 @@ def _resolve_config_and_checkpoint(name: str, pretrained: str | None, cache_dir:
 
     schema, identifier = factory.parse_model_name(name)
     if schema == "hf-hub":
+        if looks_like_hub_id(identifier):  # cached, or the Hub reachable and holding it: else one line, no retries
+            check_hub_id(identifier, "open_clip text encoder", "open_clip_config.json",
+                         "a local open_clip folder (local-dir:FOLDER; --text-encoder open_clip:local-dir:FOLDER)",
+                         cache_dir=cache_dir,
+                         named_as_hub_id=True)
         config = factory._get_hf_config(identifier, cache_dir=cache_dir)
         if "model_cfg" not in config:
             raise DigsegError(f"{name}: open_clip_config.json has no model_cfg")

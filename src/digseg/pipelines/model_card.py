@@ -24,17 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from ..data.hf_options import HF_PREFIX
+from ..hub_ids import hub_id_or_none
 
 CARD_FILE = "README.md"
 CARD_TAGS = ["digseg", "image-segmentation", "stable-diffusion", "diffusers"]
-
-
-def _hub_id(name: str | None, allow_canonical: bool = False) -> str | None:
-    """`name` if it reads as a Hub repository id and is no local path, else None (the Hub rejects paths)."""
-    if not name or Path(name).expanduser().exists() or name.startswith((".", "/", "~")):
-        return None
-    parts = name.split("/")
-    return name if all(parts) and (len(parts) == 2 or (allow_canonical and len(parts) == 1)) else None
 
 
 def model_facts(pipe) -> dict[str, Any]:
@@ -193,9 +186,9 @@ def render_model_card(facts: dict[str, Any], model_id: str | None = None, folder
     where = model_id or str(folder)
     datasets = [d.split(" (")[0][len(HF_PREFIX):] for d in facts.get("datasets", [])
                 if d.startswith(HF_PREFIX)]
-    datasets = [d for d in (_hub_id(d, allow_canonical=True) for d in datasets) if d]
+    datasets = [d for d in (hub_id_or_none(d, canonical=True) for d in datasets) if d]
     data = ModelCardData(library_name="digseg", pipeline_tag="image-segmentation", tags=list(CARD_TAGS),
-                         base_model=_hub_id(facts.get("base_model")), datasets=datasets or None, digseg=facts)
+                         base_model=hub_id_or_none(facts.get("base_model")), datasets=datasets or None, digseg=facts)
     model = facts.get("model", {})
     title = model_id or Path(folder).resolve().name
     usage = (

@@ -13,6 +13,9 @@ Hub ids: model_index.json alone is fetched and checked first; then the snapshot 
 resolves (in the Hugging Face cache, offline from the cache when HF_HUB_OFFLINE is set) is checked as a local
 folder before it is loaded from there.
 
+`configured_setting` reads one setting of a model's model_index.json (a local folder's, or a hub model's cached
+one) without loading anything, for commands that check their data, at the model's resolution, before the load.
+
 After loading, `check_finite` refuses a model whose trained tensors (unet, text_pathway, mask_decoder) hold a
 NaN or an infinity (a diverged run): one max-abs norm per tensor, batched, then a count on the offending ones.
 Stable Diffusion backbones are not checked here: `load_backbone` loads fixed classes from fixed subfolders and
@@ -95,6 +98,25 @@ def check_model_folder(folder: Path, pipeline_class: type, where: str | None = N
     for file in sorted(folder.rglob("*.py")):
         raise DigsegError(f"model folder {where} holds code ({file.relative_to(folder)}); a model folder is data "
                           "and digseg runs no code from one: remove the file")
+
+
+def configured_setting(model: str | Path, key: str) -> Any:
+    """Setting `key` of model `model`'s model_index.json, read without loading any weights: the file of a local
+    folder, or of a hub model in the local Hugging Face cache; None when there is no such file here or it cannot
+    be read (loading the model then says why)."""
+    from ..hub_ids import hub_id_or_none
+
+    index = Path(model).expanduser() / "model_index.json"
+    if hub_id_or_none(str(model)) is not None:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(str(model), "model_index.json")
+        index = Path(cached) if isinstance(cached, str) else None
+    try:
+        values = json.loads(index.read_text()) if index is not None and index.is_file() else {}
+    except (OSError, ValueError):
+        return None
+    return values.get(key) if isinstance(values, dict) else None
 
 
 @torch.no_grad()

@@ -37,6 +37,7 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 from .ensemble import ENSEMBLE_REDUCTIONS
 from .latent_segmentation import LatentSegmentationMixin, SegmentSettings
 from ..errors import DigsegError
+from ..hub_ids import check_hub_id, hub_id_or_none
 from .image_processing import processed_size, resize_to, to_image_list
 from .masks import MaskCodec
 from .model_folder import OPTIONAL_COMPONENTS, TRAINED_COMPONENTS, check_finite, check_model_folder, check_model_index
@@ -47,10 +48,10 @@ from .sliding import check_test_protocol, combine_views, group_views, make_views
 from ..models.choices import MASK_DECODERS, OBJECTIVES
 from ..models.digseg_model import (
     DIFFUSERS_DTYPE_KWARG,
+    check_clip_text_encoder,
     decode_latents,
     load_backbone,
     load_clip_text_encoder,
-    looks_like_hub_id,
     make_scheduler,
     unet_downsample_factor,
     vae_scale_factor,
@@ -171,6 +172,8 @@ class DiGSegPipeline(LatentSegmentationMixin, DiffusionPipeline):
         ("open_clip:hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224", "open_clip:local-dir:/m").
         Its features reach every U-Net level through the learned per-level projections.
         """
+        if text_encoder is not None and not str(text_encoder).startswith("open_clip:"):
+            check_clip_text_encoder(text_encoder, text_encoder_revision)  # before the backbone's weights load
         backbone = load_backbone(pretrained, torch_dtype=torch_dtype, variant=variant, revision=revision)
         record = dict(backbone.record)
         sdxl = backbone.text_encoder_2 is not None
@@ -234,7 +237,7 @@ class DiGSegPipeline(LatentSegmentationMixin, DiffusionPipeline):
         where = str(pretrained_model_name_or_path)
         path = Path(where).expanduser()
         try:
-            if path.exists() or not looks_like_hub_id(where):
+            if hub_id_or_none(where) is None:  # a local folder
                 if not path.is_dir():
                     raise DigsegError(f"model folder not found: {path}")
                 if not (path / "model_index.json").is_file():
@@ -253,13 +256,16 @@ class DiGSegPipeline(LatentSegmentationMixin, DiffusionPipeline):
     @classmethod
     def _hub_snapshot(cls, repo_id: str, kwargs: dict) -> Path:
         """The local snapshot of a hub model, resolved as diffusers' `from_pretrained` would (`download`, from the
-        cache when offline), after its model_index.json alone has been fetched and checked."""
+        cache when offline), after its model_index.json alone has been fetched and checked. A hub id that is not
+        cached while the Hub cannot be reached, or that the Hub does not have, fails at once (`check_hub_id`)."""
         import json
 
         from huggingface_hub import hf_hub_download
 
         hub = {k: kwargs[k] for k in ("cache_dir", "force_download", "local_files_only", "token", "revision")
                if k in kwargs}
+        check_hub_id(repo_id, "DiGSeg model", cls.config_name, "a local DiGSeg model folder",
+                     **{k: v for k, v in hub.items() if k != "force_download"})
         index = hf_hub_download(repo_id, cls.config_name, **hub)
         check_model_index(json.loads(Path(index).read_text()), repo_id, cls)
         files = {k: kwargs[k] for k in ("variant", "use_safetensors") if k in kwargs}

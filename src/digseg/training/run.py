@@ -63,11 +63,23 @@ def build_dataset(data: DataConfig, seed: int, split: str = "train") -> Dataset:
                  split_file=data.split_file if split == "train" else None, hf=data.hf_options(split))
 
 
+def class_names(data: DataConfig, dataset: Dataset) -> list[str]:
+    """The class names to train on: `data.class_names` when given (as many as the dataset has), else the dataset's;
+    ConfigError on a count that differs."""
+    names = list(data.class_names) or list(dataset.class_names)
+    if len(names) != len(dataset.class_names):
+        raise ConfigError(f"data.class_names lists {len(names)} names but dataset {data.dataset} has "
+                          f"{len(dataset.class_names)} classes")
+    return names
+
+
 def checked_dataset(data: DataConfig, dataset: Dataset, run_dir: str | Path | None, split: str = "train",
                     show_progress: bool = True) -> tuple[Dataset, DataCheck | None]:
-    """Every sample of `dataset` read once (`digseg.data.check`; the result kept in `<run_dir>/data-check.json`, or
-    data-check-<split>.json, so that a resume of unchanged files reads none again) -> (the dataset
-    `data.bad_samples` leaves, the check). A DataError listing every bad sample under policy "error"."""
+    """The class list checked (`class_names`), then every sample of `dataset` read once (`digseg.data.check`; the
+    result kept in `<run_dir>/data-check.json`, or data-check-<split>.json, so that a resume of unchanged files
+    reads none again) -> (the dataset `data.bad_samples` leaves, the check). A DataError listing every bad sample
+    under policy "error". Commands call it before the model loads."""
+    class_names(data, dataset)
     cache = Path(run_dir) / ("data-check.json" if split == "train" else f"data-check-{split}.json") if run_dir else None
     check = check_dataset(dataset, cache, data.num_workers, show_progress, desc=f"check {split} data")
     return keep_good(dataset, check, data.bad_samples, f"{split} split"), check
@@ -77,10 +89,7 @@ def build_training_data(data: DataConfig, pipe: DiGSegPipeline, dataset: Dataset
                         check: DataCheck | None = None) -> TrainingData:
     """Class names and latent caches checked against the dataset; the pipeline gets the dataset's classes.
     `check`: the data check that left `dataset` (`checked_dataset`), recorded by the trainer."""
-    names = list(data.class_names) or list(dataset.class_names)
-    if len(names) != len(dataset.class_names):
-        raise ConfigError(f"data.class_names lists {len(names)} names but dataset {data.dataset} has "
-                          f"{len(dataset.class_names)} classes")
+    names = class_names(data, dataset)
     pipe.set_class_names(names)
     augmentation = training_augmentation(data)
     # what the saved model was trained on: the queries `digseg eval` asks it with, and the size it sees by default
@@ -153,9 +162,10 @@ def build_run(config: TrainConfig, pipe: DiGSegPipeline | None = None, dataset: 
     tracker_names(config.run.log_with)  # an unknown tracker fails before the model loads
     if pipe is None:
         require_backbone(config.model)  # before the data is read
-    if preview is None and dataset is None:
+    own_preview = preview is None and dataset is None
+    dataset = dataset if dataset is not None else build_dataset(config.data, config.run.seed)  # its errors first
+    if own_preview:
         preview = validation_split(config)
-    dataset = dataset if dataset is not None else build_dataset(config.data, config.run.seed)
     show = show_progress and is_main_process()
     dataset, check = checked_dataset(config.data, dataset, config.run.output_dir, "train", show)
     if preview is not None and config.run.eval_every:  # validation reads all of it (previews skip what they cannot read)
