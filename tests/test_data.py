@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from digseg.data.domains import FolderPairs
-from digseg.data.io import image_to_tensor, list_images, load_image, load_label
+from digseg.data.io import image_to_tensor, load_image, load_label
 from digseg.data.synthetic import (
     SYNTHETIC_CLASSES,
     SyntheticScenes,
@@ -240,11 +240,3 @@ def test_load_image_modes(tmp_path: Path) -> None:
     assert np.asarray(load_image(tmp_path / "g.png"))[0, 0].tolist() == [77, 77, 77]
 
 
-def test_list_images(tmp_path: Path) -> None:
-    _raises_naming("imgs", list_images, tmp_path / "imgs")
-    (tmp_path / "imgs").mkdir()
-    (tmp_path / "imgs" / "readme.txt").write_text("x")
-    _raises_naming("imgs", list_images, tmp_path / "imgs")
-    for n in ("b.JPG", "a.png", "c.tiff"):
-        (tmp_path / "imgs" / n).write_bytes(b"")
-    assert [p.name for p in list_images(tmp_path / "imgs")] == ["a.png", "b.JPG", "c.tiff"]

@@ -77,7 +77,7 @@ def test_every_command_names_an_uncached_hub_id_offline_in_one_line_quickly(empt
         "train --text-encoder": ["train", "--pretrained", str(tiny_backbone), "--text-encoder", "org/clip",
                                  "--num-scenes", "2", "--max-steps", "1", "--output", out],
         "cache-latents": ["cache-latents", "--pretrained", HUB_ID, "--num-scenes", "2", "--no-augmentation",
-                          "--cache", out],
+                          "--output", out],
         "predict": ["predict", "--model", HUB_ID, "--image", str(image), "--prompt", "cup", "--output", out],
         "eval": ["eval", "--model", HUB_ID, "--dataset", "folder", "--data-root", str(data), "--val-fraction", "1",
                  "--output", f"{out}/m.json"],

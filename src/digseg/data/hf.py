@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import ConfigError, DataError, DigsegError
+from ..errors import ConfigError, DataError, DigsegError, first_line
 from ..hub_ids import looks_like_hub_id
 from .base import MetricKind, Sample, SegmentationDataset
 from .hf_options import HF_PREFIX, INSTALL_HINT, SPLIT_NAMES, HFOptions
@@ -97,7 +97,7 @@ def open_split(source: str, split: str, hf_split: str | None = None):
     except DigsegError:
         raise
     except Exception as exc:  # datasets and the Hub client raise many types (FileNotFoundError, ConnectionError...)
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise DataError(f"{where}: cannot open it with datasets: {reason}") from exc
     if isinstance(tables, datasets.Dataset):  # one dataset without splits
         tables = datasets.DatasetDict(train=tables)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from digseg.errors import DataError
+from digseg.errors import DataError, first_line
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -56,7 +56,7 @@ def _decode(file: BinaryIO, name: str) -> Image.Image:
     except UnidentifiedImageError as exc:
         raise DataError(f"cannot read {name}: not a recognised image format") from exc
     except Exception as exc:  # PIL raises many types on corrupt input (OSError, SyntaxError, ...)
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise DataError(f"cannot read {name}: {reason}") from exc
     return img
 
@@ -159,28 +159,6 @@ def label_to_array(img: Image.Image, name: str) -> np.ndarray:
             raise DataError(f"{name} holds non-integer float values; labels must be class ids")
         return arr.astype(np.int32)
     raise DataError(f"{name} must be single-channel (class ids), but its mode is {mode}")
-
-
-def list_images(folder: PathLike) -> list[Path]:
-    """Sorted image files (by `IMAGE_EXTENSIONS`, case-insensitive) directly inside `folder`.
-
-    Hidden files (names starting with '.') are skipped.
-
-    Raises:
-        DataError: the folder is missing, is not a folder, or holds no image.
-    """
-    d = Path(folder)
-    if not d.exists():
-        raise DataError(f"image folder not found: {d}")
-    if not d.is_dir():
-        raise DataError(f"not a folder: {d}")
-    files = sorted(
-        f for f in d.iterdir()
-        if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_EXTENSIONS
-    )
-    if not files:
-        raise DataError(f"no images ({' '.join(IMAGE_EXTENSIONS)}) in folder {d}")
-    return files
 
 
 def read_list_file(path: str | os.PathLike[str], what: str, error: type[Exception] = DataError) -> list[str]:

@@ -23,7 +23,6 @@ from ..errors import DigsegError
 
 logger = logging.getLogger("digseg.models")
 
-FAMILIES = ("sd", "sdxl")
 # the subfolders each family needs (tokenizer_2 / text_encoder_2: SDXL's second, OpenCLIP bigG, text encoder)
 SUBFOLDERS = {
     "sd": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),

@@ -341,11 +341,6 @@ class DiGSegPipeline(LatentSegmentationMixin, DiffusionPipeline):
     def pad_multiple(self) -> int:
         return vae_scale_factor(self.vae) * unet_downsample_factor(self.unet)
 
-    def format_prompt(self, name: str) -> str:
-        if not isinstance(name, str) or not name.strip():
-            raise DigsegError(f"empty prompt {name!r}: give a class name or a phrase")
-        return self.config.prompt_template.format(name.strip())
-
     def query_states(self, table: Sequence[Sequence[str]]) -> torch.Tensor:
         """Encoder features of Q queries, each the mean over its prompt variants: [Q, L, D] (before projection).
 

@@ -12,8 +12,6 @@ from PIL import Image, ImageDraw, ImageFont
 from .masks import make_palette
 from .prompts import is_background
 
-NO_CLASS_COLOUR = (0, 0, 0)
-
 
 def palette_for(num_classes: int) -> np.ndarray:
     """Display colours uint8 [K, 3]: the codec palette, with class 0 shown grey instead of black."""

@@ -48,7 +48,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..errors import DigsegError
+from ..errors import DigsegError, first_line
 
 PREFIX = "step-"
 STATE_FILE = "trainer_state.json"
@@ -244,7 +244,7 @@ def _write_checkpoint(final: Path, step: int, weights: dict[str, dict[str, torch
         return _write_through(tmp, final, step, weights, optimizer_state, extra_state, kind, notes, staged is None)
     except (OSError, SafetensorError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
         kept = list_checkpoints(final.parent)
         earlier = f"the newest complete one, {kept[-1].name}, is intact" if kept else "there is no earlier one"
         raise DigsegError(f"cannot write checkpoint {final}: {reason}; its partial write was removed and {earlier}: "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import ConfigError, DigsegError
+from ..errors import ConfigError, DigsegError, first_line
 from ..pipelines.model_card import CARD_FILE, read_card_facts, write_model_card
 
 RUN_FILES = ("model_index.json", CARD_FILE, "config.yaml", "log.jsonl")  # besides the component folders
@@ -54,6 +54,6 @@ def push_to_hub(folder: str | Path, repo_id: str, token: str | None = None, priv
         api.upload_folder(repo_id=repo_id, folder_path=str(folder), allow_patterns=upload_patterns(folder),
                           repo_type="model", commit_message="Upload DiGSeg model")
     except Exception as exc:  # network, authentication and Hub errors have many types
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise DigsegError(f"pushing {folder} to the Hub repository {repo_id} failed: {reason}") from exc
     return str(url)

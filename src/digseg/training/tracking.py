@@ -40,7 +40,7 @@ from PIL import Image
 
 from ..data.io import tensor_to_image
 from ..devices import peak_memory_mib
-from ..errors import ConfigError, DigsegError
+from ..errors import ConfigError, DigsegError, first_line
 from ..pipelines.visualize import overlay, side_by_side
 
 logger = logging.getLogger("digseg.train")
@@ -111,7 +111,7 @@ class TrainingLogger:
                 raise
             except Exception as exc:  # a tracker's own setup (no login, an unreachable server...)
                 names = ", ".join(str(t) for t in accelerator.log_with)
-                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                reason = first_line(exc)
                 raise ConfigError(f"cannot start the tracker(s) {names} of run.log_with (--report-to): {reason}") from exc
 
     @staticmethod

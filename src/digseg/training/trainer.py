@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ..distributed import launched_without_accelerator
 from ..data.check import write_sample_list
-from ..errors import DigsegError
+from ..errors import DigsegError, first_line
 from ..pipelines.model_card import read_card_facts, run_facts
 from ..pipelines.pipeline import DiGSegPipeline
 from ..evaluation.protocols import protocol_for
@@ -283,7 +283,7 @@ class Trainer:
                 unwrap(self.unet).load_state_dict(weights["unet"])
                 unwrap(self.text_pathway).load_state_dict(weights["text_pathway"])
             except RuntimeError as exc:
-                raise DigsegError(f"checkpoint {path} does not fit this run's model: {str(exc).splitlines()[0]}") from exc
+                raise DigsegError(f"checkpoint {path} does not fit this run's model: {first_line(exc)}") from exc
             if saved_optimizer != self.optim.optimizer:
                 logger.warning("%s: optimizer %s -> %s: its moments start afresh", path, saved_optimizer,
                                self.optim.optimizer)
