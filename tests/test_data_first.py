@@ -106,5 +106,5 @@ def test_train_mask_decoder_reads_the_resolution_from_the_model_folder(tiny_pipe
 
     monkeypatch.setattr(registry, "build_dataset", recording)
     assert main(["train-mask-decoder", "--model", str(tmp_path / "model"), "--output", str(tmp_path / "out"),
-                 "--num-scenes", "2", "--steps", "1", "--batch-size", "1", "--widths", "16,8,8"]) == 0
+                 "--num-scenes", "2", "--max-steps", "1", "--batch-size", "1", "--widths", "16,8,8"]) == 0
     assert sizes == [48]  # once, before the model loaded, at the model's resolution

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import DigsegError
+from ..errors import DigsegError, first_line
 
 logger = logging.getLogger("digseg.models")
 
@@ -79,7 +79,7 @@ def _load_configs(path_or_id: str, local: bool, revision: str | None) -> tuple[d
     try:
         unet = dict(UNet2DConditionModel.load_config(path_or_id, subfolder="unet", revision=revision))
     except (OSError, ValueError) as exc:
-        raise DigsegError(f"cannot load Stable Diffusion backbone {path_or_id}: {str(exc).splitlines()[0]}") from exc
+        raise DigsegError(f"cannot load Stable Diffusion backbone {path_or_id}: {first_line(exc)}") from exc
     return index, unet
 
 

@@ -36,7 +36,7 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 
 from .ensemble import ENSEMBLE_REDUCTIONS
 from .latent_segmentation import LatentSegmentationMixin, SegmentSettings
-from ..errors import DigsegError
+from ..errors import DigsegError, first_line
 from ..hub_ids import check_hub_id, hub_id_or_none
 from .image_processing import processed_size, resize_to, to_image_list
 from .masks import MaskCodec
@@ -249,7 +249,7 @@ class DiGSegPipeline(LatentSegmentationMixin, DiffusionPipeline):
                 check_model_folder(path, cls, f"{where} (snapshot {path})")
             pipe = super().from_pretrained(str(path), **kwargs)
         except (OSError, ValueError) as exc:
-            raise DigsegError(f"cannot load DiGSeg model {where}: {str(exc).splitlines()[0]}") from exc
+            raise DigsegError(f"cannot load DiGSeg model {where}: {first_line(exc)}") from exc
         check_finite(where, {name: getattr(pipe, name, None) for name in TRAINED_COMPONENTS})
         return pipe
 
