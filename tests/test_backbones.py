@@ -134,7 +134,7 @@ def test_cli_variant_flags_and_errors(folders, tmp_path, capsys):
     config.write_text("run: {log_with: none}\n")
     args = ["train", "--config", str(config), "--dataset", "synthetic", "--num-scenes", "2", "--crop-size", "32",
             "--max-steps", "1", "--batch-size", "2", "--no-augmentation", "--output", str(tmp_path / "run")]
-    assert main(args + ["--pretrained", str(two), "--variant", "fp16", "--revision", "main"]) == 0
+    assert main(args + ["--pretrained", str(two), "--variant", "fp16", "--cfg-options", "model.revision=main"]) == 0
     record = json.loads((tmp_path / "run" / "model_index.json").read_text())["backbone"]
     assert record == {"pretrained": str(two), "revision": "main", "variant": "fp16"}
     capsys.readouterr()

@@ -36,7 +36,7 @@ def run(tiny_backbone, tmp_path_factory) -> dict:
         env.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 asks for a database unless told a folder is fine
         assert main(["train", "--pretrained", str(tiny_backbone), "--dataset", f"hf:{saved}", "--crop-size", "32",
                      "--batch-size", "2", "--max-steps", str(STEPS), "--checkpoint-every", "2", "--learning-rate",
-                     "1e-3", "--eval-every", "2", "--eval-samples", "2", "--report-to", "tensorboard,mlflow" if HAVE_MLFLOW else "tensorboard",
+                     "1e-3", "--eval-every", "2", "--cfg-options", "run.eval_samples=2", "--report-to", "tensorboard,mlflow" if HAVE_MLFLOW else "tensorboard",
                      "--output", str(out)]) == 0
     return {"out": out, "saved": saved, "store": store, "root": root}
 

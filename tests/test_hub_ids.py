@@ -64,8 +64,8 @@ def image(tmp_path):
     return path
 
 
-def test_every_command_names_an_uncached_hub_id_offline_in_one_line_quickly(empty_offline_hub, tiny_backbone, image,
-                                                                            tmp_path, capsys):
+def test_every_command_names_an_uncached_hub_id_offline_in_one_line_without_retrying(
+        empty_offline_hub, tiny_backbone, image, tmp_path, capsys, monkeypatch):
     pytest.importorskip("gradio")
     data = tmp_path / "data"
     from digseg.data.synthetic import SyntheticScenes, save_scenes_as_folder
@@ -84,12 +84,12 @@ def test_every_command_names_an_uncached_hub_id_offline_in_one_line_quickly(empt
         "train-mask-decoder": ["train-mask-decoder", "--model", HUB_ID, "--num-scenes", "2", "--output", out],
         "demo": ["demo", "--model", HUB_ID],
     }
+    slept = []
+    monkeypatch.setattr(time, "sleep", slept.append)  # a retry loop waits between its tries
     for name, argv in commands.items():
-        start = time.monotonic()
         assert main(argv) == 2, name
-        elapsed = time.monotonic() - start
         _assert_offline_line(error_line(capsys), "org/clip" if "--text-encoder" in name else HUB_ID)
-        assert elapsed < 10, (name, elapsed)
+        assert sum(slept) < 1, (name, slept)
     assert not any(empty_offline_hub.rglob("*.json"))  # nothing was fetched
 
 
@@ -117,23 +117,25 @@ def test_a_cached_hub_id_passes_offline(empty_offline_hub, tiny_pipe):
 
 
 # ------------------------------------------------------------------------------------ not offline: one request
-_TIMED_MAIN = ("import sys, time; from digseg.cli import main; start = time.monotonic(); status = main(sys.argv[1:]); "
-               "print(f'elapsed {time.monotonic() - start:.2f}', file=sys.stderr); sys.exit(status)")
+# the command, with time.sleep counted instead of slept: a retry loop (diffusers' waits about 50 s in all) shows as
+# the seconds it asked to wait
+_COUNTED_SLEEP_MAIN = ("import sys, time; slept = []; time.sleep = slept.append; from digseg.cli import main; "
+                       "status = main(sys.argv[1:]); print(f'slept {sum(slept):.2f}', file=sys.stderr); sys.exit(status)")
 
 
 def _run_cli(argv: list[str], endpoint: str, tmp_path) -> tuple[str, float]:
     """The command in a fresh process (huggingface_hub reads HF_ENDPOINT at import): its error line, and the
-    seconds the command itself took (imports not counted)."""
+    seconds it asked to sleep (waits between retries)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0", "HF_ENDPOINT": endpoint,
            "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_TELEMETRY": "1"}
     env.pop("HF_HUB_CACHE", None)
-    result = subprocess.run([sys.executable, "-c", _TIMED_MAIN, *argv], capture_output=True, text=True, env=env,
+    result = subprocess.run([sys.executable, "-c", _COUNTED_SLEEP_MAIN, *argv], capture_output=True, text=True, env=env,
                             timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, result.stderr
-    elapsed = float(next(line for line in result.stderr.splitlines() if line.startswith("elapsed ")).split()[1])
-    return errors[0], elapsed
+    slept = float(next(line for line in result.stderr.splitlines() if line.startswith("slept ")).split()[1])
+    return errors[0], slept
 
 
 def _free_port() -> int:
@@ -144,10 +146,10 @@ def _free_port() -> int:
 
 def test_an_unreachable_hub_fails_at_once_not_after_retries(image, tmp_path):
     """Without offline mode, a Hub that refuses connections: diffusers alone retries for about 50 s."""
-    line, elapsed = _run_cli(["predict", "--model", HUB_ID, "--image", str(image), "--prompt", "cup",
-                              "--output", str(tmp_path / "out")], f"http://127.0.0.1:{_free_port()}", tmp_path)
+    line, slept = _run_cli(["predict", "--model", HUB_ID, "--image", str(image), "--prompt", "cup",
+                            "--output", str(tmp_path / "out")], f"http://127.0.0.1:{_free_port()}", tmp_path)
     assert repr(HUB_ID) in line and "not in the local cache" in line and "cannot be reached" in line, line
-    assert elapsed < 10, elapsed
+    assert slept < 1, slept
 
 
 class _NoSuchRepo(http.server.BaseHTTPRequestHandler):
@@ -170,10 +172,10 @@ def test_a_repository_the_hub_does_not_have_is_named(tiny_backbone, tmp_path):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NoSuchRepo)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        line, elapsed = _run_cli(["train", "--pretrained", HUB_ID, "--num-scenes", "2", "--max-steps", "1",
+        line, slept = _run_cli(["train", "--pretrained", HUB_ID, "--num-scenes", "2", "--max-steps", "1",
                                   "--output", str(tmp_path / "run")], f"http://127.0.0.1:{server.server_port}", tmp_path)
     finally:
         server.shutdown()
         server.server_close()
     assert "Stable Diffusion backbone" in line and "has no repository" in line and repr(HUB_ID) in line, line
-    assert elapsed < 10, elapsed
+    assert slept < 1, slept

@@ -15,7 +15,7 @@ from ..errors import EXIT_SKIPPED
 from .predict_records import OUTPUTS
 from ..evaluation.protocols import add_protocol_flags, parse_pair
 from ..training.config import (EMA_DEVICES, MASK_DECODER_TARGETS, MASK_DECODERS, OBJECTIVES,
-                              OPTIMIZERS, PREDICTION_TYPES, SHARDING, TASKS)
+                              OPTIMIZERS, SHARDING, TASKS)
 
 _PREDICT_EPILOG = f"""\
 A file that cannot be read (missing, empty, not an image, truncated) is named on stderr and skipped; the
@@ -126,7 +126,6 @@ def _add_train(sub) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
                                         "to continue)")
     t.add_argument("--variant", help="the backbone's weight files, e.g. fp16 for *.fp16.safetensors (default: the "
                                      "plain files, or a local folder's only variant); loaded in float32 either way")
-    t.add_argument("--revision", help="the backbone's hub branch, tag or commit (default: main)")
     data_flags.add_argument("--dataset", help=HELP["dataset"] + " (default synthetic)")
     data_flags.add_argument("--data-root", help=HELP["data_root"])
     data_flags.add_argument("--val-fraction", type=float, help=HELP["val_fraction"])
@@ -141,8 +140,6 @@ def _add_train(sub) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
     data_flags.add_argument("--bad-samples", choices=BAD_SAMPLES, help=HELP["bad_samples"])
     data_flags.add_argument("--num-scenes", type=int, help="synthetic dataset size (default 2000)")
     data_flags.add_argument("--task", choices=TASKS, help=HELP["task"] + " (default both)")
-    data_flags.add_argument("--cache-latents", action=argparse.BooleanOptionalAction, default=None,
-                            help="keep latents in memory (needs --no-augmentation)")
     data_flags.add_argument("--latent-cache", help=HELP["latent_cache"] + " (needs --no-augmentation)")
     _add_hf_flags(data_flags, training=True)
     t.add_argument("--output", help="run folder: config.yaml, checkpoints/, the trained model")
@@ -151,23 +148,16 @@ def _add_train(sub) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
                                                   "processes x --gradient-accumulation-steps (default 4)")
     t.add_argument("--learning-rate", type=float, help=HELP["learning_rate"] + " (default 3e-5)")
     t.add_argument("--gradient-accumulation-steps", type=int, help="micro-steps per optimizer step (default 1)")
-    t.add_argument("--prediction-type", choices=PREDICTION_TYPES,
-                   help="what the U-Net predicts (default sample: x0, which trains best in few steps)")
     t.add_argument("--objective", choices=OBJECTIVES,
                    help="diffusion (default: the paper's denoising MSE) or one-step (one deterministic pass trained "
                         "with cross-entropy on the labels; docs/training.md)")
-    t.add_argument("--one-step-decoder", choices=MASK_DECODERS,
-                   help="one-step: the mask decoder trained through (default auto: the light one if the model has one)")
     t.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 500)")
     t.add_argument("--keep-checkpoints", type=int, help="newest checkpoints kept (default 2; checkpoints/best/ too)")
     t.add_argument("--eval-every", type=int, metavar="N",
                    help="score the validation split every N steps and at the last (default 0: never); the best "
                         "step's checkpoint is kept in checkpoints/best/ (docs/training.md)")
-    t.add_argument("--eval-samples", type=int, metavar="N", help="validation: score the first N images (default 50)")
     t.add_argument("--seed", type=int, help=HELP["seed"])
     t.add_argument("--text-encoder", help="another CLIP text encoder (folder or hub id), e.g. openai/clip-vit-large-patch14")
-    t.add_argument("--text-encoder-variant", help="--variant for --text-encoder")
-    t.add_argument("--text-encoder-revision", help="--revision for --text-encoder")
     t.add_argument("--use-ema", action=argparse.BooleanOptionalAction, default=None,
                    help="keep an exponential moving average of the weights (the saved model uses it)")
     t.add_argument("--optimizer", choices=OPTIMIZERS,
@@ -198,7 +188,7 @@ def _add_train(sub) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
 
 
 # data flags of `train` that only training reads: not offered by cache-latents and browse-data
-TRAINING_ONLY = ("cache_latents", "latent_cache", "num_workers")
+TRAINING_ONLY = ("latent_cache", "num_workers")
 
 
 def _add_cache_latents(sub, train: argparse.ArgumentParser, data_flags) -> None:
@@ -207,8 +197,8 @@ def _add_cache_latents(sub, train: argparse.ArgumentParser, data_flags) -> None:
     c.add_argument("--output", required=True, help="the latent cache's folder (train with --latent-cache FOLDER)")
     _add_device_flags(c)  # where the frozen VAE encodes, in which precision (latents are stored in fp32)
     for action in train._actions:  # the same model and data flags as `train`
-        if (action.dest in ("config", "pretrained", "variant", "revision", "text_encoder", "text_encoder_variant",
-                           "text_encoder_revision", "seed", "cfg_options") or action in data_flags._group_actions) \
+        if (action.dest in ("config", "pretrained", "variant", "text_encoder", "seed", "cfg_options")
+                or action in data_flags._group_actions) \
                 and action.dest not in TRAINING_ONLY:
             c._add_action(action)
 
@@ -232,7 +222,7 @@ def _add_check_data(sub, train: argparse.ArgumentParser, data_flags) -> None:
                                     "same folder does not read unchanged files again")
     for action in train._actions:  # the same data flags as `train`
         if (action.dest in ("config", "seed", "cfg_options") or action in data_flags._group_actions) \
-                and action.dest not in ("cache_latents", "latent_cache"):
+                and action.dest != "latent_cache":
             c._add_action(action)
 
 
