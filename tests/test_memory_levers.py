@@ -25,8 +25,8 @@ def test_every_boolean_turns_a_config_setting_either_way(tmp_path):
     base.write_text("optim: {use_ema: true, gradient_checkpointing: true}\ndata: {cache_latents: true, augmentation: false}\n")
     config = _config("--config", str(base))
     assert config.optim.use_ema and config.optim.gradient_checkpointing and config.data.cache_latents
-    off = _config("--config", str(base), "--no-use-ema", "--no-gradient-checkpointing", "--no-cache-latents",
-                  "--augmentation")
+    off = _config("--config", str(base), "--no-use-ema", "--no-gradient-checkpointing", "--augmentation",
+                  "--cfg-options", "data.cache_latents=false")
     assert not off.optim.use_ema and not off.optim.gradient_checkpointing and not off.data.cache_latents
     assert off.data.augmentation is True  # the dataset's preset again
     assert _config("--no-augmentation").data.augmentation is False
