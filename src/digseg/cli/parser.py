@@ -14,8 +14,8 @@ from ..devices import DEVICE_CHOICES_TEXT, DTYPE_CHOICES
 from ..errors import EXIT_SKIPPED
 from .predict_records import OUTPUTS
 from ..evaluation.protocols import add_protocol_flags, parse_pair
-from ..training.config import (EMA_DEVICES, MASK_DECODER_TARGETS, MASK_DECODERS, MIXED_PRECISION, OBJECTIVES,
-                              OPTIMIZERS, PREDICTION_TYPES, SHARDING, TASKS)
+from ..training.config import (EMA_DEVICES, MASK_DECODER_STEPS, MASK_DECODER_TARGETS, MASK_DECODERS, MIXED_PRECISION,
+                              OBJECTIVES, OPTIMIZERS, PREDICTION_TYPES, SHARDING, TASKS, DataConfig)
 
 _PREDICT_EPILOG = f"""\
 A file that cannot be read (missing, empty, not an image, truncated) is named on stderr and skipped; the
@@ -207,12 +207,17 @@ def _add_train_mask_decoder(sub) -> None:
     m = sub.add_parser("train-mask-decoder", help="train a light mask decoder that replaces the VAE decoder for masks")
     m.add_argument("--model", required=True, help="a trained DiGSeg model folder")
     m.add_argument("--output", required=True, help="where to write the model with its mask_decoder/ (may be --model)")
-    m.add_argument("--dataset", default="synthetic",
-                   help=f"the model's training dataset (default: synthetic), or {HF_PREFIX}NAME_OR_PATH")
-    m.add_argument("--data-root", help="dataset root folder")
+    m.add_argument("--dataset", help="the data to train on (default: the data the model records it was trained on, "
+                                     f"else synthetic), a registered name, folder, or {HF_PREFIX}NAME_OR_PATH")
+    m.add_argument("--data-root", help="dataset root folder (default: the model's, for its dataset)")
+    m.add_argument("--val-fraction", type=float, help="folder dataset, flat: share of images held out for val, "
+                   "not trained on (default: the model's split rule, else 0.1)")
+    m.add_argument("--split-file", help="folder dataset: a text file of the training images' stems (default: the "
+                                        "model's, if it was trained with one)")
     _add_hf_flags(m)
     m.add_argument("--resolution", type=int, help="default: the model's processing resolution")
-    m.add_argument("--num-scenes", type=int, default=2000, help="synthetic dataset size (default 2000)")
+    m.add_argument("--num-scenes", type=int, help=f"synthetic dataset size (default: the model's, else "
+                                                  f"{DataConfig.num_scenes})")
     m.add_argument("--num-samples", type=int, help="use the first N samples (default: all)")
     m.add_argument("--bad-samples", choices=BAD_SAMPLES, default="error",
                    help="every sample is read once first: error (default) refuses a dataset with unreadable or "
@@ -220,7 +225,8 @@ def _add_train_mask_decoder(sub) -> None:
     m.add_argument("--latent-cache", help="a folder from `digseg cache-latents` for the same VAE and resolution")
     m.add_argument("--task", choices=TASKS, default="both", help="which mask renderings")
     m.add_argument("--widths", help="channel widths, one per resolution, e.g. 64,32,16 (default 128,64,32[,16])")
-    m.add_argument("--steps", type=int, default=2000)
+    m.add_argument("--steps", type=int, default=MASK_DECODER_STEPS,
+                   help=f"optimizer steps of the decoder (default {MASK_DECODER_STEPS}; docs/mask_decoder.md)")
     m.add_argument("--batch-size", type=int, default=32)
     m.add_argument("--learning-rate", type=float, default=1e-3)
     m.add_argument("--latent-noise", type=float, default=0.2, help="largest std of the noise added to training latents")
@@ -277,8 +283,10 @@ def _add_eval(sub) -> None:
     _add_hf_flags(e)
     e.add_argument("--split", default="val", help="the split to score (default val)")
     e.add_argument("--val-fraction", type=float, help="folder dataset, flat: share of images held out for val by "
-                   f"file-name hash (default {DEFAULT_VAL_FRACTION:g}; 1 scores every image)")
-    e.add_argument("--split-file", help="folder dataset: a text file of the stems to score, one per line")
+                   f"file-name hash (default: the --model's split rule on its own data, else {DEFAULT_VAL_FRACTION:g}; "
+                   "1 scores every image)")
+    e.add_argument("--split-file", help="folder dataset: a text file of the stems to score, one per line (default: "
+                                        "the --model's split rule on its own data)")
     src = e.add_mutually_exclusive_group()
     src.add_argument("--predictions", help="folder of <stem>.png label maps to score")
     src.add_argument("--model", help="a DiGSeg model folder: predict the split, then score")
