@@ -14,6 +14,15 @@
    each size and dtype: GFLOP (`count_flops`), median seconds over `--repeats` after one warm-up, and the ratio.
 3. `--pipeline`: the SD2-sized DiGSeg pipeline (random weights, `common.save_sd2_sized_backbone`) at
    256 px, 1x1 and 4x2, seconds per image with `mask_decoder="vae"` and `"light"`.
+4. `--readback` (with `--model`, instead of 1): the decoder alone, without the U-Net. The VAE encoder's latents
+   of the held-out scenes' rendered masks (the palette rendering, and each class's binary mask) are decoded by
+   the VAE and by the light decoder; mIoU of the masks read back against the labels. The U-Net plays no part,
+   so a quickstart model trained for one step (`digseg quickstart --train-steps 1`: the same trained VAE)
+   measures a decoder as well as the full quickstart model does:
+
+    digseg quickstart --output qs1 --train-steps 1 --device cpu
+    digseg train-mask-decoder --model qs1/model --output qs1/light --max-steps 500
+    python benchmarks/bench_mask_decoder.py --model qs1/light --readback --sizes ""
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from digseg.evaluation.estep import EStep, evaluate_binary, evaluate_palette
 from digseg.evaluation.metrics import format_markdown_table
 from digseg.models.digseg_model import decode_latents
 from digseg.models.mask_decoder import LightMaskDecoder, count_flops
+from digseg.pipelines.masks import MaskCodec
 
 from common import median_time, random_backbone, sd_vae
 
@@ -59,6 +69,40 @@ def accuracy(model: str, scenes: int, settings: list[str], seed: int) -> None:
     worst = max(abs(r["diff"]) for r in rows)
     print(f"\nGOAL: mIoU with the light mask decoder within 1 point of the VAE decoder -> "
           f"{'PASS' if worst <= 1.0 else 'FAIL'} (largest difference {worst:.2f})\n")
+
+
+def _miou(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> float:
+    """Mean IoU (percent) of label maps [N, H, W] over the classes present in either."""
+    both = torch.bincount((label * num_classes + pred).flatten(), minlength=num_classes ** 2)
+    confusion = both.reshape(num_classes, num_classes).double()  # [true, predicted]
+    union = confusion.sum(0) + confusion.sum(1) - confusion.diag()
+    return float(100 * (confusion.diag()[union > 0] / union[union > 0]).mean())
+
+
+@torch.no_grad()
+def readback(model: str, scenes: int, seed: int) -> None:
+    pipe = DiGSegPipeline.from_pretrained(model)
+    if pipe.mask_decoder is None:
+        sys.exit(f"{model} has no mask_decoder/: run `digseg train-mask-decoder --model {model} --output ...` first")
+    held_out = SyntheticScenes(scenes, seed=seed + 1)  # the quickstart's held-out scenes
+    labels = torch.stack([held_out[i]["label"] for i in range(len(held_out))])  # [N, H, W]
+    k = len(held_out.class_names)
+    vae = pipe.vae
+
+    def read(codec: MaskCodec, target: torch.Tensor, choice: str) -> torch.Tensor:
+        z = vae.encode(codec.encode(target)).latent_dist.mean * vae.config.scaling_factor  # [N, C, h, w]
+        return codec.decode(pipe.decode_masks(z, choice)).argmax(dim=1)  # [N, H, W]
+
+    print(f"## Read-back: {model} (light decoder widths {list(pipe.mask_decoder.config.block_channels)}), "
+          f"{scenes} held-out synthetic scenes, the VAE encoder's mask latents, no U-Net\n")
+    rows = []
+    palette, binary = MaskCodec("palette", k), MaskCodec("binary", 2)
+    for choice in ("vae", "light"):
+        binary_miou = [_miou(read(binary, (labels == c).long(), choice), (labels == c).long(), 2) for c in range(1, k)]
+        rows.append({"decoder": choice, "palette mIoU": _miou(read(palette, labels, choice), labels, k),
+                     "binary mIoU (mean over classes)": sum(binary_miou) / len(binary_miou)})
+    print(format_markdown_table(rows, list(rows[0])))
+    print()
 
 
 @torch.no_grad()
@@ -125,10 +169,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--pipeline", action="store_true", help="also time the SD2-sized pipeline at 256 px")
+    parser.add_argument("--readback", action="store_true",
+                        help="instead of the accuracy of whole calls: the masks the decoders read back from the VAE "
+                             "encoder's latents (no U-Net)")
     args = parser.parse_args()
     diffusers.utils.logging.set_verbosity_error()  # no "kept in float32" notes when casting random models
     dtypes = args.dtypes.split(",")
-    if not args.skip_accuracy:
+    if args.readback:
+        readback(args.model, args.scenes, args.seed)
+    elif not args.skip_accuracy:
         accuracy(args.model, args.scenes, args.settings.split(","), args.seed)
     sizes = [int(s) for s in args.sizes.split(",") if s]
     if sizes:

@@ -116,6 +116,25 @@ def test_precedence_split_file_then_splits_txt_then_split_folders_then_hash(tmp_
     assert stems(FolderPairs(flat, split="val", val_fraction=0.5)) == [s for s in NAMES[:40] if is_held_out(s, 0.5)]
 
 
+def test_a_training_list_leaves_its_images_out_of_every_other_split(tmp_path):
+    flat = write_pairs(tmp_path / "flat", NAMES[:10])
+    listed = tmp_path / "train.txt"
+    listed.write_text("img_0001\nimg_0004\n")
+    assert stems(FolderPairs(flat, split="train", train_split_file=listed)) == ["img_0001", "img_0004"]
+    val = FolderPairs(flat, split="val", train_split_file=listed, size=None)
+    assert stems(val) == [n for n in NAMES[:10] if n not in ("img_0001", "img_0004")]  # not the hash's share
+    assert val.split_by == "split file" and "not listed in the training list" in repr(val)
+    assert "train and val only" in one_line_error(DataError, FolderPairs, flat, split="test", train_split_file=listed)
+    folders = write_pairs(tmp_path / "folders", ["a", "b"], "train")
+    write_pairs(folders, ["c", "d"], "val")
+    listed.write_text("a\nd\n")  # lists a val image too: it is left out of val
+    val = FolderPairs(folders, split="val", train_split_file=listed)
+    assert stems(val) == ["c"] and "less the 1 listed in the training list" in repr(val)
+    listed.write_text("\n".join(NAMES[:10]) + "\n")
+    message = one_line_error(DataError, FolderPairs, flat, split="val", train_split_file=listed)
+    assert "empty" in message and "names all of its 10 images" in message
+
+
 # ---------------------------------------------------------------------------------------------- errors
 
 
@@ -131,7 +150,12 @@ def test_an_empty_split_says_how_to_fix_it(tmp_path):
 
 def test_split_options_belong_to_the_folder_dataset():
     assert split_options("folder") == {} and split_options("cityscapes") == {}
-    assert split_options("folder", 0.2, "v.txt") == {"val_fraction": 0.2, "split_file": "v.txt"}
+    assert split_options("folder", 0.2) == {"val_fraction": 0.2}
+    assert split_options("folder", split_file="v.txt") == {"split_file": "v.txt"}
+    assert split_options("folder", train_split_file="t.txt") == {"train_split_file": "t.txt"}
+    assert "not both" in one_line_error(ConfigError, split_options, "folder", 0.2, "v.txt")
+    assert "not both" in one_line_error(ConfigError, split_options, "folder", 0.2, train_split_file="t.txt")
+    assert "give one" in one_line_error(ConfigError, split_options, "folder", split_file="v.txt", train_split_file="t")
     assert "own splits" in one_line_error(ConfigError, split_options, "cityscapes", 0.2)
     assert "own splits" in one_line_error(ConfigError, build_dataset, "synthetic", split_file="v.txt")
     assert "0 to 1" in one_line_error(ConfigError, split_options, "folder", 2.0)
@@ -178,11 +202,17 @@ def test_training_config_takes_the_split_options(tmp_path):
     listed = tmp_path / "train.txt"
     listed.write_text("img_0001\nimg_0002\n")
     args = build_parser().parse_args(["train", "--dataset", "folder", "--data-root", str(root),
-                                      "--val-fraction", "0.3", "--split-file", str(listed)])
+                                      "--split-file", str(listed)])
     config = _train_config(args)
-    assert config.data.val_fraction == 0.3 and config.data.split_file == str(listed)
+    assert config.data.val_fraction is None and config.data.split_file == str(listed)
     assert stems(build_training_dataset(config.data, seed=0)) == ["img_0001", "img_0002"]
-    assert stems(validation_split(config)) == [s for s in NAMES[:40] if is_held_out(s, 0.3)]  # the file names train
+    val = validation_split(config)  # the file names train: val is every other image
+    assert stems(val) == [s for s in NAMES[:40] if s not in ("img_0001", "img_0002")]
+    assert "not listed in the training list" in repr(val)
+    args = build_parser().parse_args(["train", "--dataset", "folder", "--data-root", str(root),
+                                      "--val-fraction", "0.3", "--split-file", str(listed)])
+    with pytest.raises(ConfigError, match="not both"):  # val would be the unlisted images, not the fraction
+        _train_config(args)
     with pytest.raises(ConfigError, match="0 to 1"):
         TrainConfig.load(None, {"data": {"dataset": "folder", "val_fraction": 1.5}})
     with pytest.raises(ConfigError, match="own splits"):

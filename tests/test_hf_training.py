@@ -83,6 +83,7 @@ def test_the_saved_model_has_a_model_card_and_still_loads(run, tiny_backbone):
         assert words in text, words
     pipe = DiGSegPipeline.from_pretrained(run["out"])
     assert pipe.config.class_names == CLASSES
+    assert pipe.config.training_data == {"dataset": f"hf:{run['saved']}", "hf_split": "train"}  # digseg.data.model_data
 
 
 def test_eval_and_the_mask_decoder_trainer_read_the_hf_dataset(run, tmp_path, capsys):
@@ -93,6 +94,11 @@ def test_eval_and_the_mask_decoder_trainer_read_the_hf_dataset(run, tmp_path, ca
     assert scores["dataset"] == f"hf:{run['saved']}" and scores["split"] == "val" and scores["num_images"] == 3
     assert sorted(p.name for p in (tmp_path / "metrics_predictions").iterdir()) == ["000000.png", "000001.png",
                                                                                     "000002.png"]
+    assert "warning" not in capsys.readouterr().err
+    assert main(["eval", "--dataset", f"hf:{run['saved']}", "--model", str(run["out"]), "--split", "train",
+                 "--output", str(tmp_path / "train.json"), "--batch-size", "4"]) == 0
+    trained = json.loads((tmp_path / "train.json").read_text())["num_images"]
+    assert f"warning: {trained} of the {trained} images scored were in the model's training split" in capsys.readouterr().err
     decoded = tmp_path / "with-decoder"
     assert main(["train-mask-decoder", "--model", str(run["out"]), "--output", str(decoded), "--dataset",
                  f"hf:{run['saved']}", "--max-steps", "2", "--batch-size", "2", "--num-samples", "2"]) == 0

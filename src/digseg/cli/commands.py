@@ -215,6 +215,32 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     return 1 if found else 0
 
 
+def _model_data_flags(args: argparse.Namespace) -> int:
+    """train-mask-decoder: the data flags left out, taken from the model's record of its training data
+    (`digseg.data.model_data`) when --dataset is left out or names that data; else synthetic scenes
+    (`DataConfig.num_scenes` of them). The split flags come as a pair (either given: neither is taken).
+    -> the seed of synthetic scenes."""
+    from ..data.model_data import model_training_data
+
+    record = model_training_data(args.model)
+    if record is not None and record.same_data(args.dataset or record.dataset, args.data_root or record.data_root):
+        defaults = record.flag_defaults()
+        if args.val_fraction is not None or args.split_file is not None:
+            defaults.pop("val_fraction", None)
+            defaults.pop("split_file", None)
+        for flag, value in defaults.items():
+            if getattr(args, flag, 0) is None:
+                setattr(args, flag, value)
+        if record.dataset == "synthetic" and record.seed is not None:
+            return record.seed
+    args.dataset = args.dataset or "synthetic"
+    if args.num_scenes is None:
+        from ..training.config import DataConfig
+
+        args.num_scenes = DataConfig.num_scenes
+    return args.seed
+
+
 def cmd_train_mask_decoder(args: argparse.Namespace) -> None:
     import functools
     import shutil
@@ -230,12 +256,14 @@ def cmd_train_mask_decoder(args: argparse.Namespace) -> None:
         widths = [int(w) for w in args.widths.split(",")] if args.widths else None
     except ValueError:
         raise ConfigError(f"--widths must be comma-separated integers, got {args.widths!r}") from None
+    data_seed = _model_data_flags(args)
     hf = _hf_options(args)
     # the data before the model (root, split, class list, every sample), at the model's resolution as its
     # model_index.json says (read without loading weights; a hub model not cached yet: after it loads)
     resolution = args.processing_resolution or configured_setting(args.model, "default_processing_resolution")
     train_split = functools.partial(build_dataset, args.dataset, args.data_root, split="train",
-                                    num_scenes=args.num_scenes, seed=args.seed, hf=hf)
+                                    num_scenes=args.num_scenes, seed=data_seed, hf=hf, val_fraction=args.val_fraction,
+                                    train_split_file=args.split_file)
     dataset = train_split(size=resolution)
     check = check_dataset(dataset)
     dataset = keep_good(dataset, check, args.bad_samples, "train split")
@@ -322,6 +350,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> None:
     from ..data.base import MetricKind
+    from ..data.model_data import EVAL_SPLIT_FLAGS, model_training_data
     from ..data.registry import read_dataset
     from ..evaluation.dataset_eval import SUMMARY_COLUMNS, default_protocol, predict_dataset, score_predictions, search_threshold
     from ..distributed import is_main_process, process_info
@@ -330,13 +359,21 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if (args.predictions is None) == (args.model is None):
         raise ConfigError("give exactly one of --predictions DIR (score label PNGs) or --model DIR (predict, then score)")
     placement = _placement(args) if args.model else None
-    # a folder dataset's splits, or how an hf: dataset is read
+    # a folder dataset's splits, or how an hf: dataset is read; on the model's own data with no split flag given,
+    # the model's split rule (`digseg.data.model_data`): its validation split for --split val
     reader = dict(val_fraction=args.val_fraction, split_file=args.split_file, hf=_hf_options(args))
+    record = model_training_data(args.model) if args.model else None
+    if record is not None:
+        reader.update(record.default_reader(args.dataset, args.data_root, args.split,
+                                            {flag: getattr(args, flag) for flag in EVAL_SPLIT_FLAGS}))
     dataset = read_dataset(args.dataset, args.data_root, split=args.split, **reader)
     search_set = None
     if args.model and args.threshold_search:  # its split read before the model loads too
         search = {**reader, "hf": reader["hf"] and dataclasses.replace(reader["hf"], split=None)}  # not --hf-split
         search_set = read_dataset(args.dataset, args.data_root, split=args.search_split, **search)
+    warning = record.overlap_warning(dataset) if record is not None else None
+    if warning and is_main_process():
+        print(warning, file=sys.stderr)
     output = Path(args.output)
     predictions = Path(args.predictions) if args.predictions else output.with_suffix("").parent / f"{output.stem}_predictions"
     info: dict = {}

@@ -14,8 +14,8 @@ from ..devices import DEVICE_CHOICES_TEXT, DTYPE_CHOICES
 from ..errors import EXIT_SKIPPED
 from .predict_records import OUTPUTS
 from ..evaluation.protocols import add_protocol_flags, parse_pair
-from ..training.config import (EMA_DEVICES, MASK_DECODER_TARGETS, MASK_DECODERS, OBJECTIVES,
-                              OPTIMIZERS, SHARDING, TASKS)
+from ..training.config import (EMA_DEVICES, MASK_DECODER_STEPS, MASK_DECODER_TARGETS, MASK_DECODERS, OBJECTIVES,
+                              OPTIMIZERS, SHARDING, TASKS, DataConfig)
 
 _PREDICT_EPILOG = f"""\
 A file that cannot be read (missing, empty, not an image, truncated) is named on stderr and skipped; the
@@ -231,18 +231,24 @@ def _add_train_mask_decoder(sub) -> None:
     m = sub.add_parser("train-mask-decoder", help="train a light mask decoder that replaces the VAE decoder for masks")
     m.add_argument("--model", required=True, help="a trained DiGSeg model folder")
     m.add_argument("--output", required=True, help="where to write the model with its mask_decoder/ (may be --model)")
-    m.add_argument("--dataset", default="synthetic", help=HELP["dataset"] + " (default synthetic)")
-    m.add_argument("--data-root", help=HELP["data_root"])
+    m.add_argument("--dataset", help=HELP["dataset"] + " (default: the data the model records it was trained on, "
+                                                   "else synthetic)")
+    m.add_argument("--data-root", help=HELP["data_root"] + " (default: the model's, for its dataset)")
+    m.add_argument("--val-fraction", type=float, help=HELP["val_fraction"] + " (default: the model's split rule)")
+    m.add_argument("--split-file", help=HELP["split_file"] + " (here: the training images; default: the model's, if "
+                                                             "it was trained with one)")
     _add_hf_flags(m)
     m.add_argument("--processing-resolution", type=int,
                    help=HELP["processing_resolution"] + " (default: the model's, its training crop)")
-    m.add_argument("--num-scenes", type=int, default=2000, help="synthetic dataset size (default 2000)")
+    m.add_argument("--num-scenes", type=int, help=f"synthetic dataset size (default: the model's, else "
+                                                  f"{DataConfig.num_scenes})")
     m.add_argument("--num-samples", type=int, help="use the first N samples (default: all)")
     m.add_argument("--bad-samples", choices=BAD_SAMPLES, default="error", help=HELP["bad_samples"])
     m.add_argument("--latent-cache", help=HELP["latent_cache"])
     m.add_argument("--task", choices=TASKS, default="both", help=HELP["task"] + " (default both): the masks rendered")
     m.add_argument("--widths", help="channel widths, one per resolution, e.g. 64,32,16 (default 128,64,32[,16])")
-    m.add_argument("--max-steps", type=int, default=2000, help=HELP["max_steps"] + " (default 2000)")
+    m.add_argument("--max-steps", type=int, default=MASK_DECODER_STEPS,
+                   help=HELP["max_steps"] + f" (default {MASK_DECODER_STEPS}; docs/mask_decoder.md)")
     m.add_argument("--batch-size", type=int, default=32, help="mask latents per step (default 32)")
     m.add_argument("--learning-rate", type=float, default=1e-3, help=HELP["learning_rate"] + " (default 1e-3)")
     m.add_argument("--latent-noise", type=float, default=0.2, help="largest std of the noise added to training latents")
@@ -297,8 +303,10 @@ def _add_eval(sub) -> None:
     e.add_argument("--data-root", help=HELP["data_root"])
     _add_hf_flags(e)
     e.add_argument("--split", default="val", help="the split to score (default val)")
-    e.add_argument("--val-fraction", type=float, help=HELP["val_fraction"])
-    e.add_argument("--split-file", help=HELP["split_file"] + " (here: the images scored)")
+    e.add_argument("--val-fraction", type=float, help=HELP["val_fraction"] + " (default: the --model's split rule "
+                                                                        "on its own data)")
+    e.add_argument("--split-file", help=HELP["split_file"] + " (here: the images scored; default: the --model's "
+                                                             "split rule on its own data)")
     src = e.add_mutually_exclusive_group()
     src.add_argument("--predictions", help="folder of <stem>.png label maps to score")
     src.add_argument("--model", help="a DiGSeg model folder: predict the split, then score")

@@ -20,7 +20,8 @@ from ..errors import DataError
 from .base import MetricKind, Sample, SegmentationDataset, register_dataset
 from .io import read_class_list, read_list_file
 from .layout import list_files, make_lut, pair_by_image, read_first_channel, remap, require_dir
-from .splits import DEFAULT_VAL_FRACTION, FOLDER_DATASET, check_val_fraction, is_held_out
+from .splits import (BY_HASH, BY_SPLIT_FILE, BY_SPLIT_FOLDERS, BY_SPLIT_LISTS, DEFAULT_VAL_FRACTION, FOLDER_DATASET,
+                     check_val_fraction, is_held_out, split_options)
 
 CITYSCAPES_CLASSES = ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
                       "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
@@ -156,18 +157,25 @@ class FolderPairs(SegmentationDataset):
     root/classes.txt (a class file, `read_class_list`; at most 255 classes, as 255 marks ignored pixels), or the
     same per split in images/<split>/ and masks/<split>/. The images of a split come from a split file,
     root/splits/<split>.txt, split folders, or else a flat folder's held-out fraction (`val_fraction`, default
-    0.1, by file-name hash), in that order (`digseg.data.splits`); `split_rule` says which chose them.
-    `class_names` is per instance."""
+    0.1, by file-name hash), in that order (`digseg.data.splits`); `split_rule` says which chose them, in words,
+    and `split_by` by its name in `SPLIT_RULES`. `train_split_file`, a training list, leaves its images out of
+    every split but train (`digseg.data.splits`). `class_names` is per instance."""
 
     name = FOLDER_DATASET
     metric = MetricKind.SEMANTIC
     splits = {"train": "train", "val": "val", "test": "test"}  # split folders images/<name>/, files splits/<name>.txt
 
     def __init__(self, root: str | Path, split: str = "val", size: int | None = None,
-                 val_fraction: float | None = None, split_file: str | Path | None = None) -> None:
+                 val_fraction: float | None = None, split_file: str | Path | None = None,
+                 train_split_file: str | Path | None = None) -> None:
+        split_options(self.name, val_fraction, split_file, train_split_file)  # ConfigError for a bad combination
         self.val_fraction = check_val_fraction(DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction)
+        if train_split_file is not None and split == "train":  # the training list names split train's images
+            split_file, train_split_file = train_split_file, None
         self.split_file = Path(split_file).expanduser() if split_file is not None else None
-        self.split_rule = ""  # how the split's images were chosen, set by find_samples
+        self.train_split_file = Path(train_split_file).expanduser() if train_split_file is not None else None
+        self.split_rule = ""  # how the split's images were chosen, in words, set by find_samples
+        self.split_by = ""  # the same as one of SPLIT_RULES
         super().__init__(root, split=split, size=size)
 
     def __repr__(self) -> str:
@@ -184,22 +192,43 @@ class FolderPairs(SegmentationDataset):
         if len(self.class_names) > self.ignore_index:
             raise DataError(f"class list {classes} lists {len(self.class_names)} classes; at most {self.ignore_index} "
                             f"are supported because mask value {self.ignore_index} means 'ignore'")
-        images, self.split_rule = self._images_of_split()
+        images, self.split_rule, self.split_by = self._images_of_split()
+        if self.train_split_file is not None:
+            images = self._less_training_images(images)
         return pair_by_image(self, images, self._mask_for)
 
     def _mask_for(self, stem: str, image: Path) -> list[Path]:
         """masks/<stem>.png beside a flat folder's image, masks/<split>/<stem>.png for a split folder's."""
         return [self.root / "masks" / image.parent.relative_to(self.root / "images") / f"{stem}.png"]
 
-    def _images_of_split(self) -> tuple[dict[str, Path], str]:
-        """{stem: image} of this split and the rule that chose them, by the precedence of `digseg.data.splits`."""
-        listed = self.split_file or self._split_list_in_root()
+    def _images_of_split(self) -> tuple[dict[str, Path], str, str]:
+        """{stem: image} of this split, and the rule that chose them in words and by name (`SPLIT_RULES`), by
+        the precedence of `digseg.data.splits`."""
+        if self.split_file is not None:
+            return self._listed_images(self.split_file), f"listed in {self.split_file}", BY_SPLIT_FILE
+        listed = self._split_list_in_root()
         if listed is not None:
-            return self._listed_images(listed), f"listed in {listed}"
+            return self._listed_images(listed), f"listed in {listed}", BY_SPLIT_LISTS
         folders = self._split_folders()
         if folders:
-            return self._split_folder_images(folders), f"in images/{self.splits[self.split]}/"
-        return self._held_out_images(), f"by file-name hash, val_fraction {self.val_fraction:g}"
+            return self._split_folder_images(folders), f"in images/{self.splits[self.split]}/", BY_SPLIT_FOLDERS
+        if self.train_split_file is not None:  # a flat folder's val: every image the training list leaves out
+            return (self._held_out_images(everything=True), f"not listed in the training list {self.train_split_file}",
+                    BY_SPLIT_FILE)
+        return self._held_out_images(), f"by file-name hash, val_fraction {self.val_fraction:g}", BY_HASH
+
+    def _less_training_images(self, images: dict[str, Path]) -> dict[str, Path]:
+        """`images` without those the training list names; DataError when that leaves none."""
+        training = set(read_list_file(self.train_split_file, "split", DataError))
+        kept = {stem: path for stem, path in images.items() if stem not in training}
+        if images and not kept:
+            raise DataError(f"{self.name}: split {self.split!r} of {self.root} is empty: the training list "
+                            f"{self.train_split_file} names all of its {len(images)} images; leave some out of the "
+                            f"list, or add images")
+        if len(kept) < len(images) and self.split_by != BY_SPLIT_FILE:
+            left_out = len(images) - len(kept)
+            self.split_rule += f", less the {left_out} listed in the training list {self.train_split_file}"
+        return kept
 
     def _split_list_in_root(self) -> Path | None:
         """root/splits/<split>.txt when root/splits/ holds .txt files (None when it holds none); DataError naming
@@ -243,14 +272,17 @@ class FolderPairs(SegmentationDataset):
                             f"split folders there are {', '.join(folders)}")
         return list_files(self, self.root / "images" / name)
 
-    def _held_out_images(self) -> dict[str, Path]:
-        """A flat folder's val images (held out by file-name hash) or the rest (train); DataError for test, and
-        for a split left empty, saying how to fill it."""
+    def _held_out_images(self, everything: bool = False) -> dict[str, Path]:
+        """A flat folder's val images (held out by file-name hash; `everything`: all of them, for the training
+        list to leave its own out) or the rest (train); DataError for test, and for a split left empty, saying how
+        to fill it."""
         if self.split not in ("train", "val"):
             raise DataError(f"{self.name}: {self.root} has no split {self.split!r}: a flat folder splits into train "
                             f"and val only; put those images in images/{self.split}/ and masks/{self.split}/, or "
                             f"list them in splits/{self.split}.txt or a split file")
         images = list_files(self, self.root / "images")
+        if everything:
+            return images
         want_val = self.split == "val"
         chosen = {stem: path for stem, path in images.items() if is_held_out(stem, self.val_fraction) == want_val}
         if images and not chosen:

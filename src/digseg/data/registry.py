@@ -4,7 +4,7 @@
 (`digseg.data.hf`, its options an `HFOptions`); every other name is a `SegmentationDataset` reader registered in
 `digseg.data.semantic` (ADE20K, PASCAL-Context, COCO-Stuff) or `digseg.data.domains` (Cityscapes,
 BDD100K, DeepGlobe, MoNuSeg, REFUGE2, PhenoBench, and "folder" for a user's own data, whose splits
-`val_fraction` and `split_file` choose: `digseg.data.splits`).
+`val_fraction`, `split_file` and `train_split_file` choose: `digseg.data.splits`).
 """
 
 from __future__ import annotations
@@ -36,10 +36,11 @@ def get_dataset_class(name: str):
 
 def read_dataset(name: str, root: str | None = None, split: str = "val", size: int | None = None,
                  val_fraction: float | None = None, split_file: str | None = None,
-                 hf: HFOptions | None = None) -> SegmentationDataset:
-    """The split of a reader: "hf:..." or a registered name (root: its folder). `val_fraction` and `split_file` choose
-    a folder dataset's splits, `hf` how an hf: dataset is read (ConfigError for another dataset)."""
-    options = split_options(name, val_fraction, split_file)
+                 hf: HFOptions | None = None, train_split_file: str | None = None) -> SegmentationDataset:
+    """The split of a reader: "hf:..." or a registered name (root: its folder). `val_fraction`, `split_file` and
+    `train_split_file` (a training list) choose a folder dataset's splits, `hf` how an hf: dataset is read
+    (ConfigError for another dataset)."""
+    options = split_options(name, val_fraction, split_file, train_split_file)
     if is_hf_dataset(name):
         if root:
             raise ConfigError(f"--dataset {name} names its data itself; leave out --data-root (data.data_root)")
@@ -57,13 +58,15 @@ def read_dataset(name: str, root: str | None = None, split: str = "val", size: i
 
 def build_dataset(name: str, root: str | None = None, split: str = "train", size: int | None = None,
                   num_scenes: int = 2000, seed: int = 0, val_fraction: float | None = None,
-                  split_file: str | None = None, hf: HFOptions | None = None) -> Dataset:
+                  split_file: str | None = None, hf: HFOptions | None = None,
+                  train_split_file: str | None = None) -> Dataset:
     """The dataset `name` (its `split`, items squashed to `size`): synthetic scenes, or `read_dataset`'s."""
     if name == "synthetic":
-        split_options(name, val_fraction, split_file)  # ConfigError: synthetic scenes have no folder splits
+        split_options(name, val_fraction, split_file, train_split_file)  # ConfigError: no folder splits
         if hf is not None:
             raise ConfigError(f"hf options apply to {HF_PREFIX} datasets; synthetic scenes have their own")
         from .synthetic import SyntheticScenes
 
         return SyntheticScenes(num_scenes, size=size or 64, seed=seed if split == "train" else seed + 1)
-    return read_dataset(name, root, split=split, size=size, val_fraction=val_fraction, split_file=split_file, hf=hf)
+    return read_dataset(name, root, split=split, size=size, val_fraction=val_fraction, split_file=split_file, hf=hf,
+                        train_split_file=train_split_file)

@@ -2,8 +2,8 @@
 
 The images of a split are chosen by the first of these rules that applies:
 
-1. a split file given (`split_file=`, `--split-file`, `data.split_file`): a text file of stems, one per line
-   (blank lines and lines starting with '#' skipped), naming the images of the split that is read;
+1. a split file given (`split_file=`, `--split-file`): a text file of stems, one per line (blank lines and lines
+   starting with '#' skipped), naming the images of the split that is read;
 2. `ROOT/splits/<split>.txt`, when `ROOT/splits/` holds `.txt` files (mmsegmentation's split lists);
 3. split folders, when `ROOT/images/` holds folders: `images/<split>/` with `masks/<split>/<stem>.png`
    (mmsegmentation's custom-dataset layout; images directly in `images/` are then not read);
@@ -14,7 +14,15 @@ The images of a split are chosen by the first of these rules that applies:
    images; a handful may hold out none, which is an error saying what to do.
 
 Stems named by rules 1 and 2 are looked up among `images/*` and the split folders' images. Splits are train and
-val, and test with rules 1 to 3. This module imports no torch: the command line reads its default.
+val, and test with rules 1 to 3.
+
+A training list (`train_split_file=`; what `data.split_file` / `digseg train --split-file` gives, and what a model
+trained with one records) names the training images: split train is the listed images (rule 1), and every other
+split is the split that rules 2 and 3 give, less the listed images, or for a flat folder's val, every image not
+listed. Validation then never scores a training image.
+
+`SPLIT_RULES` names these rules in the record a trained model keeps of its data (`digseg.data.model_data`). This
+module imports no torch: the command line reads its default.
 """
 
 from __future__ import annotations
@@ -27,6 +35,10 @@ from ..errors import ConfigError
 
 FOLDER_DATASET = "folder"  # the registered name of the reader these rules split
 DEFAULT_VAL_FRACTION = 0.1  # share of a flat folder held out for val when no fraction is given
+# the rules above by number (1 to 4), as a model's record of its data names the one that chose its splits
+BY_SPLIT_FILE, BY_SPLIT_LISTS, BY_SPLIT_FOLDERS, BY_HASH = SPLIT_RULES = (
+    "split file", "split lists", "split folders", "file-name hash")
+HASH_RULE = "sha1-52"  # rule 4's position of a stem (`stem_position`), as a model's record names it
 
 
 def stem_position(stem: str) -> float:
@@ -47,15 +59,23 @@ def check_val_fraction(value: Any) -> float:
     return float(value)
 
 
-def split_options(dataset: str, val_fraction: float | None = None,
-                  split_file: str | Path | None = None) -> dict[str, Any]:
+def split_options(dataset: str, val_fraction: float | None = None, split_file: str | Path | None = None,
+                  train_split_file: str | Path | None = None) -> dict[str, Any]:
     """The keyword arguments choosing a folder dataset's splits (those given), for its reader; {} when none is.
-    ConfigError for a fraction outside [0, 1], or for either option with another dataset (its splits are fixed)."""
-    options = {key: value for key, value in (("val_fraction", val_fraction), ("split_file", split_file))
-               if value is not None}
+    ConfigError for a fraction outside [0, 1], for a fraction with a split file or training list (which then
+    chooses val), for both files, or for any option with another dataset (its splits are fixed)."""
+    options = {key: value for key, value in (("val_fraction", val_fraction), ("split_file", split_file),
+                                             ("train_split_file", train_split_file)) if value is not None}
     if options and dataset != FOLDER_DATASET:
         raise ConfigError(f"--val-fraction and --split-file (data.val_fraction, data.split_file) choose the splits "
                           f"of the {FOLDER_DATASET} dataset; {dataset} has its own splits")
     if val_fraction is not None:
         check_val_fraction(val_fraction)
+        if split_file is not None or train_split_file is not None:
+            raise ConfigError(f"give --val-fraction or --split-file (data.val_fraction or data.split_file), not both: "
+                              f"a split file chooses the images itself, and a training list's val is every image it "
+                              f"does not name (fraction {val_fraction:g}, file {split_file or train_split_file})")
+    if split_file is not None and train_split_file is not None:
+        raise ConfigError(f"a split file ({split_file}) names the images of the split read, a training list "
+                          f"({train_split_file}) those left out of every split but train: give one")
     return options

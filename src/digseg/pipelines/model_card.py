@@ -8,23 +8,27 @@ fact below) and a text written from those facts alone, so a later save reads the
 (`read_card_facts`) and keeps them.
 
 Facts (a dict; each part optional):
-    model       what the model folder says (`model_facts`): classes, objective, decoders, resolution, steps
+    model       what the model folder says (`model_facts`): classes, objective, decoders, resolution, steps, and
+                the data and split rule it was trained with (`training_data`, `digseg.data.model_data`)
     base_model  the Stable Diffusion checkpoint the model was made from; `continued_from`: a DiGSeg model it
                 was trained further from
     datasets    the training data, as given to --dataset (with the data root where there is one)
     training    the run's settings (`run_facts`): objective, steps, batch, crop, learning rate, seed, EMA
     validation  the scores of the last validation, the best step, and the protocol they were measured with
-    evaluation  the `digseg eval` protocol of the training data (its dataset preset)
+    evaluation  the `digseg eval` protocol of the training data (its dataset preset); the card's eval command
+                reads the validation split by the model's `training_data`
     mask_decoder_training   what `digseg train-mask-decoder` did: data, steps, target, final loss
 """
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
 from ..data.hf_options import HF_PREFIX
 from ..hub_ids import hub_id_or_none
+from ..data.model_data import TRAINING_DATA_KEY, TrainingDataRecord
 
 CARD_FILE = "README.md"
 CARD_TAGS = ["digseg", "image-segmentation", "stable-diffusion", "diffusers"]
@@ -38,6 +42,7 @@ def model_facts(pipe) -> dict[str, Any]:
         text = f"open_clip:{config.open_clip_text_encoder}"
     else:
         text = f"{type(pipe.text_encoder).__name__} ({pipe.text_encoder.config.hidden_size}-d)"
+    record = config.get(TRAINING_DATA_KEY)
     return {
         "classes": names,
         "objective": config.objective,
@@ -48,6 +53,7 @@ def model_facts(pipe) -> dict[str, Any]:
         "denoising_steps": int(config.default_denoising_steps),
         "prompt_template": config.prompt_template,
         "text_encoder": str(text),
+        **({TRAINING_DATA_KEY: dict(record)} if record else {}),
     }
 
 
@@ -162,10 +168,16 @@ def _evaluation_section(facts: dict[str, Any], where: str) -> str:
     if not e or e["dataset"] == "synthetic":  # generated scenes: `digseg eval` reads datasets on disk
         return ""
     dataset = e["dataset"]
-    root = "" if dataset.startswith(HF_PREFIX) else " --data-root DATA_ROOT"
+    record = TrainingDataRecord.from_config(facts.get("model") or {})  # the model's data and split rule
+    if record is not None and record.dataset == dataset:
+        data = " ".join(shlex.quote(flag) for flag in record.eval_flags())
+        split = f"It scores the validation split the model was validated on: {record.describe_val()}. "
+    else:  # a model that records no data
+        data = f"--dataset {dataset}" + ("" if dataset.startswith(HF_PREFIX) else " --data-root DATA_ROOT")
+        split = ""
     return ("## Evaluation\n\n"
-            f"```bash\ndigseg eval --dataset {dataset}{root} --split val --model {where} --output metrics.json\n```\n\n"
-            f"Default test protocol for this data: {e['protocol']}. metrics.json records the protocol used.")
+            f"```bash\ndigseg eval {data} --split val --model {shlex.quote(where)} --output metrics.json\n```\n\n"
+            f"{split}Default test protocol for this data: {e['protocol']}. metrics.json records the protocol used.")
 
 
 def _decoder_section(facts: dict[str, Any]) -> str:

@@ -105,6 +105,7 @@ class DiGSegPipeline(LatentSegmentationMixin, DiffusionPipeline):
         objective: str = "diffusion",
         one_step_decoder: str | None = None,
         task: str | None = None,
+        training_data: dict | None = None,
         text_encoder_2: CLIPTextModelWithProjection | None = None,
         tokenizer_2: CLIPTokenizer | None = None,
         backbone: dict | None = None,
@@ -113,7 +114,9 @@ class DiGSegPipeline(LatentSegmentationMixin, DiffusionPipeline):
         "one-step" (one deterministic pass from a zero latent at t = T-1, see `one_step_latents`);
         `one_step_decoder`: the mask decoder a one-step model was trained through ("light" or "vae"), which
         `mask_decoder="auto"` then uses; `task`: the queries it was trained on ("binary": one prompt per class,
-        "palette": its own classes in one pass, "both"; None: not recorded), which `digseg eval` follows.
+        "palette": its own classes in one pass, "both"; None: not recorded), which `digseg eval` follows;
+        `training_data`: the data and split rule it was trained and validated with (`digseg.data.model_data`; None:
+        not recorded), which `digseg eval` and `digseg train-mask-decoder` default to.
         `text_encoder_2`, `tokenizer_2`: SDXL's second text encoder (`digseg.models.sdxl`). `backbone`: the Stable
         Diffusion checkpoint the model was built from ({"pretrained", "revision", "variant"}), recorded in
         model_index.json."""
@@ -132,6 +135,7 @@ class DiGSegPipeline(LatentSegmentationMixin, DiffusionPipeline):
             objective=objective,
             one_step_decoder=one_step_decoder,
             task=task,
+            training_data=training_data,
             backbone=backbone,
         )
         self.level_context = install_level_processors(unet)

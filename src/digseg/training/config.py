@@ -35,6 +35,9 @@ from ..models.choices import MASK_DECODERS, OBJECTIVES, PREDICTION_TYPES  # noqa
 # the model builder and the mask decoder training import them from here).
 TASKS = ("binary", "palette", "both")
 MASK_DECODER_TARGETS = ("mask", "vae")  # what `digseg train-mask-decoder --target` learns (training/mask_decoder.py)
+# `digseg train-mask-decoder --steps` by default: minutes on 2 CPU cores for the quickstart's model, and its decoder
+# then reads masks back as well as the VAE does (docs/mask_decoder.md, "Steps", has the measurement)
+MASK_DECODER_STEPS = 500
 MIXED_PRECISION = ("no", "fp16", "bf16")  # optim.mixed_precision may also be "": the launcher's choice
 OPTIMIZERS = ("adamw", "adamw8bit")  # adamw8bit: torchao's AdamW8bit (pip install -e ".[lowmem]")
 EMA_DEVICES = ("accelerator", "cpu")  # where optim.use_ema keeps its copy of the weights between steps

@@ -27,7 +27,7 @@ from ..errors import DataError, DigsegError
 from ..models.digseg_model import decode_latents
 from ..models.mask_decoder import LightMaskDecoder
 from .batches import LatentBatcher
-from .config import MASK_DECODER_TARGETS
+from .config import MASK_DECODER_STEPS, MASK_DECODER_TARGETS
 from .latent_key import IMAGE, LatentKey
 
 
@@ -77,7 +77,8 @@ def collect_mask_latents(batcher: LatentBatcher, indices: list[int] | range, sto
     return MaskLatents(torch.stack(latents), torch.stack(labels), torch.tensor(sample), keys, skipped)
 
 
-def train_mask_decoder(decoder: LightMaskDecoder, data: MaskLatents, batcher: LatentBatcher, steps: int = 2000,
+def train_mask_decoder(decoder: LightMaskDecoder, data: MaskLatents, batcher: LatentBatcher,
+                       steps: int = MASK_DECODER_STEPS,
                        batch_size: int = 32, learning_rate: float = 1e-3, latent_noise: float = 0.2, seed: int = 0,
                        target: str = "mask", vae=None, show_progress: bool = True) -> list[float]:
     """Fit `decoder` (in place, on its own device) to map `data`'s latents to their rendered masks.

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 from ..data.augment import Augmentation
 from ..data.check import DataCheck, check_dataset, keep_good
 from ..data.augment_presets import augmentation_for
+from ..data.model_data import record_training_data
 from ..errors import ConfigError, DigsegError
 from ..pipelines.pipeline import DiGSegPipeline
 from .batches import LatentBatcher
@@ -53,14 +54,15 @@ def training_augmentation(data: DataConfig) -> Augmentation:
 
 def build_dataset(data: DataConfig, seed: int, split: str = "train") -> Dataset:
     """The dataset a `data` section names (synthetic scenes of the crop's size; readers at native size).
-    `data.split_file` names the training images, so it applies to split "train" only; an hf: dataset's split is
+    `data.split_file` names the training images: split "train" reads them, and every other split leaves them out
+    (a flat folder's val is every image not listed: `digseg.data.splits`); an hf: dataset's split is
     `data.hf_split` or `data.hf_val_split`."""
     from ..data.registry import build_dataset as build
 
     crop = training_augmentation(data).crop_size
     return build(data.dataset, data.data_root, split=split, size=crop[0] if crop[0] == crop[1] else None,
                  num_scenes=data.num_scenes, seed=seed, val_fraction=data.val_fraction,
-                 split_file=data.split_file if split == "train" else None, hf=data.hf_options(split))
+                 train_split_file=data.split_file, hf=data.hf_options(split))
 
 
 def class_names(data: DataConfig, dataset: Dataset) -> list[str]:
@@ -92,8 +94,10 @@ def build_training_data(data: DataConfig, pipe: DiGSegPipeline, dataset: Dataset
     names = class_names(data, dataset)
     pipe.set_class_names(names)
     augmentation = training_augmentation(data)
-    # what the saved model was trained on: the queries `digseg eval` asks it with, and the size it sees by default
-    pipe.register_to_config(task=data.task, default_processing_resolution=max(augmentation.crop_size))
+    # what the saved model was trained on: the queries `digseg eval` asks it with, the size it sees by default, and
+    # the data and split rule (`digseg.data.model_data`) that eval and train-mask-decoder default to
+    pipe.register_to_config(task=data.task, default_processing_resolution=max(augmentation.crop_size),
+                            training_data=record_training_data(data, dataset))
     ignore_index = getattr(dataset, "ignore_index", 255)
     store = None
     if data.latent_cache:

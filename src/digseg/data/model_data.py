@@ -1,0 +1,230 @@
+"""What a trained model was trained and validated on: the `training_data` record in its config.
+
+`digseg.training.run.build_training_data` writes it (`record_training_data`) into the pipeline's config, which
+model_index.json keeps, as it keeps `task`; `TrainingDataRecord.from_config` is the one reader (of a loaded
+pipeline's config, of a model folder's model_index.json through `model_training_data`, of a model card's facts).
+With it:
+
+- `digseg eval --model M` on the model's data (the same dataset name and data root) with no split option scores
+  the model's validation split (`default_reader`), and warns when the split it scores holds images of the model's
+  training split (`overlap_warning`);
+- `digseg train-mask-decoder --model M` trains on the model's training split unless told otherwise (`flag_defaults`);
+- the model card's eval command names the data and the split flags (`eval_flags`, `describe_val`).
+
+The record (a JSON object; a field is left out when it does not apply):
+
+    dataset       the name given to --dataset: "folder", a reader such as "cityscapes", "hf:NAME", "synthetic"
+    data_root     the data's root folder, absolute (datasets read from a folder)
+    split_rule    folder: the rule that chose the training images, one of `digseg.data.splits.SPLIT_RULES`
+    val_fraction  folder, rule "file-name hash": the share held out for val; `hash`: the position rule (HASH_RULE)
+    split_file    folder, rule "split file": the training list, absolute; val is every image it does not name
+    hf            hf: the reader options given for training ({DataConfig field: value}, e.g. hf_val_split)
+    hf_split      hf: the dataset's split trained on
+    num_scenes, seed   synthetic: the scenes trained on (scene i depends on (seed, i))
+
+Split lists and split folders need no more than the rule: the data root's layout rebuilds them. A model saved
+before the record existed, or trained on a dataset given as an object no name rebuilds, has none; the commands
+then do what they did without it. This module imports no torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import DigsegError
+from .hf_options import CONFIG_FIELDS, VAL_SPLIT_FIELD, hf_options, is_hf_dataset
+from .splits import BY_HASH, BY_SPLIT_FILE, BY_SPLIT_FOLDERS, BY_SPLIT_LISTS, FOLDER_DATASET, HASH_RULE
+
+TRAINING_DATA_KEY = "training_data"  # the pipeline config's field (model_index.json)
+HF_FIELDS = (*CONFIG_FIELDS.values(), VAL_SPLIT_FIELD)  # the DataConfig fields of an hf: dataset's reader
+# the `digseg eval` flags (argparse dests) that choose the split read; given any, the model's rule is not applied
+EVAL_SPLIT_FLAGS = ("val_fraction", "split_file", *CONFIG_FIELDS.values())
+
+
+def _absolute(path: str | Path) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
+@dataclass(frozen=True)
+class TrainingDataRecord:
+    """A model's record of its training data (the module docstring lists the fields)."""
+
+    dataset: str
+    data_root: str | None = None
+    split_rule: str | None = None
+    val_fraction: float | None = None
+    hash: str | None = None
+    split_file: str | None = None
+    hf: dict[str, Any] | None = None
+    hf_split: str | None = None
+    num_scenes: int | None = None
+    seed: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {key: value for key, value in dataclasses.asdict(self).items() if value is not None}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> TrainingDataRecord | None:
+        """The record under `TRAINING_DATA_KEY` of a config (a pipeline's, model_index.json, a card's model facts);
+        None when there is none. Fields this version does not know are skipped."""
+        value = config.get(TRAINING_DATA_KEY) if isinstance(config, Mapping) else None
+        if not isinstance(value, Mapping) or not isinstance(value.get("dataset"), str):
+            return None
+        known = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{key: item for key, item in value.items() if key in known})
+
+    # ------------------------------------------------------------------------------------------- which data
+    def same_data(self, dataset: str | None, data_root: str | None) -> bool:
+        """True when `dataset` at `data_root` is the data the model was trained on (same name, same folder)."""
+        if dataset != self.dataset:
+            return False
+        if self.data_root is None or not data_root:
+            return self.data_root is None and not data_root
+        return _absolute(data_root) == self.data_root
+
+    def split_options(self) -> dict[str, Any]:
+        """The folder reader's keyword arguments that rebuild the model's splits (any split: a training list
+        gives split train its images and leaves them out of the others); {} for other datasets."""
+        if self.split_rule == BY_HASH and self.val_fraction is not None:
+            return {"val_fraction": self.val_fraction}
+        if self.split_rule == BY_SPLIT_FILE and self.split_file:
+            return {"train_split_file": self.split_file}
+        return {}
+
+    def hf_reader(self, split: str):
+        """The `HFOptions` that read `split` of the model's hf: dataset as training read it (val: its validation
+        split); None for other datasets."""
+        given = dict(self.hf or {})
+        if split not in ("train", "val"):  # the recorded split names are train's and val's
+            given.pop(CONFIG_FIELDS["split"], None)
+            given.pop(VAL_SPLIT_FIELD, None)
+        return hf_options(self.dataset, val=split == "val", **given)
+
+    def default_reader(self, dataset: str, data_root: str | None, split: str,
+                       given: Mapping[str, Any]) -> dict[str, Any]:
+        """`digseg eval`'s reader options for `split` of `dataset` at `data_root` when it is the model's data and
+        `given` ({EVAL_SPLIT_FLAGS dest: value}) holds no value: the model's split rule. {} otherwise."""
+        if not self.same_data(dataset, data_root) or any(given.get(key) is not None for key in EVAL_SPLIT_FLAGS):
+            return {}
+        if is_hf_dataset(self.dataset):
+            return {"hf": self.hf_reader(split)}
+        return self.split_options()
+
+    def flag_defaults(self) -> dict[str, Any]:
+        """{argparse dest: value} of the flags `digseg train` / `train-mask-decoder` read the training split with
+        (--dataset, --data-root, --val-fraction, --split-file, the hf: flags, --num-scenes)."""
+        split = self.split_options()
+        flags = {"dataset": self.dataset, "data_root": self.data_root, "num_scenes": self.num_scenes,
+                 "val_fraction": split.get("val_fraction"), "split_file": split.get("train_split_file"),
+                 **(self.hf or {})}
+        return {key: value for key, value in flags.items() if value is not None}
+
+    # ------------------------------------------------------------------------------------------- in words
+    def describe(self) -> str:
+        """The training split in words, e.g. "folder data at /data/mine, by file-name hash, val_fraction 0.1"."""
+        where = self.dataset + (f" data at {self.data_root}" if self.data_root else "")
+        how = {BY_HASH: f"by file-name hash, val_fraction {self.val_fraction or 0:g}",
+               BY_SPLIT_FILE: f"listed in {self.split_file}", BY_SPLIT_LISTS: "listed in splits/train.txt",
+               BY_SPLIT_FOLDERS: "in images/train/"}.get(self.split_rule or "")
+        if how is None:
+            how = f"split {self.hf_split or 'train'}"
+        return f"{where}, {how}"
+
+    def describe_val(self) -> str:
+        """The validation split in words: what `digseg eval` scores by default on the model's data."""
+        rules = {BY_HASH: f"the images held out by file-name hash at val_fraction {self.val_fraction or 0:g}",
+                 BY_SPLIT_FILE: f"every image not listed in the training list {self.split_file}",
+                 BY_SPLIT_LISTS: "the images listed in splits/val.txt", BY_SPLIT_FOLDERS: "the images in images/val/"}
+        if self.split_rule in rules:
+            return rules[self.split_rule]
+        named = (self.hf or {}).get(VAL_SPLIT_FIELD)
+        return "the dataset's validation split" + (f" {named}" if named else "")
+
+    def eval_flags(self) -> list[str]:
+        """`digseg eval` arguments that read the model's validation split on any machine with the data at
+        `data_root`: --dataset, --data-root, --val-fraction, and an hf: dataset's reader flags (a training list
+        has no eval flag: `digseg eval` applies the model's own, as for every split option left out)."""
+        flags = ["--dataset", self.dataset]
+        if self.data_root:
+            flags += ["--data-root", self.data_root]
+        if "val_fraction" in self.split_options():
+            flags += ["--val-fraction", f"{self.val_fraction:g}"]
+        for key, value in (self.hf or {}).items():
+            if key == CONFIG_FIELDS["split"]:  # the training split's name
+                continue
+            flag = "--hf-split" if key == VAL_SPLIT_FIELD else f"--{key.replace('_', '-')}"
+            if isinstance(value, bool):
+                flags.append(flag if value else flag.replace("--", "--no-", 1))
+            else:
+                flags += [flag, str(value)]
+        return flags
+
+    # ------------------------------------------------------------------------------------------- overlap
+    def training_overlap(self, dataset) -> int | None:
+        """How many samples of `dataset` (a reader's split, e.g. the one `digseg eval` scores) were in the model's
+        training split; None when `dataset` is other data or the training split cannot be rebuilt."""
+        name = getattr(dataset, "name", None)
+        if name != self.dataset or not hasattr(dataset, "samples"):
+            return None
+        if is_hf_dataset(name):
+            return len(dataset) if self.hf_split and getattr(dataset, "hf_split", None) == self.hf_split else 0
+        root = getattr(dataset, "root", None)
+        if root is None or not self.same_data(name, str(root)):
+            return None
+        from .registry import read_dataset
+
+        try:
+            train = read_dataset(name, str(root), split="train", **self.split_options())
+        except (DigsegError, OSError):
+            return None
+        seen = {str(sample.image) for sample in train.samples}
+        return sum(str(sample.image) in seen for sample in dataset.samples)
+
+    def overlap_warning(self, dataset) -> str | None:
+        """A one-line warning when `dataset` holds images of the model's training split; None when it holds none
+        (or cannot tell)."""
+        count = self.training_overlap(dataset)
+        if not count:
+            return None
+        return (f"warning: {count} of the {len(dataset)} images scored were in the model's training split "
+                f"({self.describe()}); their scores overstate accuracy on unseen images (leave out --val-fraction "
+                f"and --split-file to score the model's validation split: {self.describe_val()})")
+
+
+def record_training_data(data, dataset) -> dict[str, Any] | None:
+    """The record (a dict, for the pipeline's config) of training on `dataset` (the training split a `DataConfig`
+    `data` built: its reader, or synthetic scenes); None for a dataset no name rebuilds."""
+    from .synthetic import SyntheticScenes
+
+    if isinstance(dataset, SyntheticScenes):
+        return TrainingDataRecord("synthetic", num_scenes=len(dataset), seed=dataset.seed).to_dict()
+    name = getattr(dataset, "name", None)
+    if not isinstance(name, str) or not name:
+        return None
+    if is_hf_dataset(name):
+        given = {key: getattr(data, key) for key in HF_FIELDS if getattr(data, key, None) is not None}
+        return TrainingDataRecord(name, hf=given if data.dataset == name and given else None,
+                                  hf_split=getattr(dataset, "hf_split", None)).to_dict()
+    root = _absolute(dataset.root)
+    if name != FOLDER_DATASET:
+        return TrainingDataRecord(name, root).to_dict()
+    rule = dataset.split_by
+    return TrainingDataRecord(
+        name, root, split_rule=rule, val_fraction=dataset.val_fraction if rule == BY_HASH else None,
+        hash=HASH_RULE if rule == BY_HASH else None,
+        split_file=_absolute(dataset.split_file) if rule == BY_SPLIT_FILE else None).to_dict()
+
+
+def model_training_data(model: str | Path) -> TrainingDataRecord | None:
+    """The record in a local model folder's model_index.json, read before the model loads; None when the folder
+    has none (or is no local folder: a hub id)."""
+    index = Path(model).expanduser() / "model_index.json"
+    try:
+        return TrainingDataRecord.from_config(json.loads(index.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return None
