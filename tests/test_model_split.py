@@ -61,7 +61,7 @@ def listed_model(tiny_backbone, data, tmp_path_factory) -> dict:
     listed.write_text("".join(f"{stem}\n" for stem in LISTED))
     out = folder / "model"
     args = build_parser().parse_args([*_train_flags(tiny_backbone, data, out), "--split-file", str(listed),
-                                      "--max-steps", "2", "--eval-every", "1", "--eval-samples", "50"])
+                                      "--max-steps", "2", "--eval-every", "1", "--cfg-options", "run.eval_samples=50"])
     trainer = build_run(_train_config(args), show_progress=False)
     validated = [sample.stem for sample in trainer.preview_dataset.samples]
     trainer.train()
