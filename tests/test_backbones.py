@@ -118,7 +118,7 @@ def test_variant_and_dtype_of_the_loaded_weights(folders):
 
 def test_ambiguous_or_pickled_weights_are_named(folders, tmp_path):
     both = save_tiny_backbone(tmp_path / "fp16-bf16", variants=("fp16", "bf16"))
-    with pytest.raises(DigsegError, match=r"no plain weights and no single variant .*unet: bf16, fp16.*--variant"):
+    with pytest.raises(DigsegError, match=r"no plain weights and no single variant .*unet: bf16, fp16.*model.variant"):
         load_backbone(both)
     assert load_backbone(both, variant="bf16").unet.dtype == torch.float32
     pickled = shutil.copytree(folders("sd1"), tmp_path / "pickled")
@@ -132,16 +132,16 @@ def test_cli_variant_flags_and_errors(folders, tmp_path, capsys):
     two = folders("two-variants")
     config = tmp_path / "quiet.yaml"
     config.write_text("run: {log_with: none}\n")
-    args = ["train", "--config", str(config), "--dataset", "synthetic", "--num-scenes", "2", "--crop-size", "32",
-            "--max-steps", "1", "--batch-size", "2", "--no-augmentation", "--output", str(tmp_path / "run")]
-    assert main(args + ["--pretrained", str(two), "--variant", "fp16", "--cfg-options", "model.revision=main"]) == 0
+    args = ["train", "--config", str(config), "--dataset", "synthetic", "--cfg-options", "data.num_scenes=2", "--crop-size", "32",
+            "--max-steps", "1", "--batch-size", "2", "--cfg-options", "data.augmentation=false", "--output", str(tmp_path / "run")]
+    assert main(args + ["--pretrained", str(two), "--cfg-options", "model.variant=fp16", "model.revision=main"]) == 0
     record = json.loads((tmp_path / "run" / "model_index.json").read_text())["backbone"]
     assert record == {"pretrained": str(two), "revision": "main", "variant": "fp16"}
     capsys.readouterr()
-    assert main(args + ["--pretrained", str(two), "--variant", "bf16"]) == 2
+    assert main(args + ["--pretrained", str(two), "--cfg-options", "model.variant=bf16"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: no 'bf16' variant weights")
-    assert main(args + ["--pretrained", str(folders("sdxl")), "--text-encoder", str(two)]) == 2
+    assert main(args + ["--pretrained", str(folders("sdxl")), "--cfg-options", f"model.text_encoder={two}"]) == 2
     assert "SDXL backbone is conditioned on its own two text encoders" in capsys.readouterr().err
 
 

@@ -46,7 +46,7 @@ def _bad_folder(root: Path) -> tuple[Path, dict[str, str]]:
 def _args(backbone, data, run, *extra) -> list[str]:
     return ["train", "--pretrained", str(backbone), "--dataset", "folder", "--data-root", str(data), "--output",
             str(run), "--crop-size", "32", "--batch-size", "2", "--learning-rate", "1e-3", "--checkpoint-every", "2",
-            "--report-to", "none", "--no-augmentation", *extra]
+            "--cfg-options", "run.log_with=none", "data.augmentation=false", *extra]
 
 
 def test_every_bad_sample_is_listed_before_the_model_loads(tmp_path, capsys, caplog):
@@ -89,7 +89,7 @@ def test_skip_trains_without_bad_samples_and_resumes_exactly(tiny_backbone, tmp_
     assert len(note["bad_samples"]) == 4
 
     # killed after step 3 (its last checkpoint is step 2), in 2 loader workers, then resumed
-    run = _train(_args(tiny_backbone, data, killed, "--max-steps", "4", "--bad-samples", "skip", "--num-workers", "2"),
+    run = _train(_args(tiny_backbone, data, killed, "--max-steps", "4", "--bad-samples", "skip", "--cfg-options", "data.num_workers=2"),
                  kill_at="step-3")
     assert run.returncode == -9, run.stderr
     import digseg.data.check as check_module

@@ -48,6 +48,7 @@ def test_one_flag_one_meaning_on_every_command():
         assert gone not in flags
     assert {c for c, _ in flags["--crop-size"]} == {"train", "cache-latents", "browse-data", "check-data"}
     assert {c for c, _ in flags["--steps"]} == {"predict", "eval"}  # denoising steps; optimizer steps: --max-steps
+    assert sum(c == "train" for uses in flags.values() for c, _ in uses) <= 20  # the rest: --cfg-options
 
 
 def test_cfg_options_reach_every_field_typed():
@@ -56,9 +57,19 @@ def test_cfg_options_reach_every_field_typed():
         "optim": {"learning_rate": 1e-4, "use_ema": True}, "data": {"crop_size": [32, 48], "val_fraction": None},
         "run": {"log_with": "none"}}
     for bad, said in (("optim.learning_rate=fast", "takes float"), ("optim.max_steps=2.5", "takes int"),
-                      ("optim.nope=1", "no field 'optim.nope'"), ("learning_rate", "section.field=value")):
+                      ("optim.nope=1", "no field 'optim.nope'"), ("learning_rate", "section.field=value"),
+                      ("data.hf.ignore_index=x", "takes int"), ("data.hf.column=x", "known: image_column"),
+                      ("data.task.x=1", "data.task is no mapping")):
         with pytest.raises(ConfigError, match=said):
             parse_overrides([bad])
+
+
+def test_cfg_options_set_a_mappings_keys_over_the_files(tmp_path):
+    (tmp_path / "c.yaml").write_text("data: {dataset: 'hf:x', hf: {label_column: mask, val_split: dev}}\n")
+    overrides = parse_overrides(["data.hf.val_split=2017", "data.hf.reduce_zero_label=true"])
+    assert overrides == {"data": {"hf": {"val_split": "2017", "reduce_zero_label": True}}}  # a name stays a name
+    config = TrainConfig.load(tmp_path / "c.yaml", overrides)
+    assert config.data.hf == {"label_column": "mask", "val_split": "2017", "reduce_zero_label": True}
 
 
 def test_base_configs_chain_to_any_depth(tmp_path):
@@ -74,8 +85,8 @@ def test_base_configs_chain_to_any_depth(tmp_path):
 
 def test_resume_is_one_command_and_a_refusal_names_the_fix(tiny_backbone, tmp_path, capsys, caplog):
     run = tmp_path / "run"
-    first = ["train", "--pretrained", str(tiny_backbone), "--num-scenes", "4", "--crop-size", "32", "--batch-size",
-             "2", "--max-steps", "2", "--checkpoint-every", "1", "--report-to", "none", "--no-augmentation",
+    first = ["train", "--pretrained", str(tiny_backbone), "--cfg-options", "data.num_scenes=4", "--crop-size", "32", "--batch-size",
+             "2", "--max-steps", "2", "--checkpoint-every", "1", "--cfg-options", "run.log_with=none", "data.augmentation=false",
              "--output", str(run), "--cfg-options", "optim.lr_warmup_steps=4", "optim.learning_rate=1e-3"]
     with caplog.at_level(logging.WARNING, logger="digseg.train"):
         assert main(first) == 0

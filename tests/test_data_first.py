@@ -36,7 +36,7 @@ def _names_data_not_model(capsys, data_word: str) -> str:
 
 @pytest.mark.parametrize("command", [
     ["train", "--pretrained", "{model}", "--max-steps", "1"],
-    ["cache-latents", "--pretrained", "{model}", "--output", "{tmp}/cache", "--no-augmentation"],
+    ["cache-latents", "--pretrained", "{model}", "--output", "{tmp}/cache", "--cfg-options", "data.augmentation=false"],
     ["train-mask-decoder", "--model", "{model}"],
     ["eval", "--model", "{model}"],
 ], ids=lambda c: c[0])
@@ -51,7 +51,7 @@ def test_a_wrong_data_root_is_named_before_the_model_loads(command, no_model_loa
 
 @pytest.mark.parametrize("command", [
     ["train", "--pretrained", "{model}", "--max-steps", "1", "--output", "{tmp}/run"],
-    ["cache-latents", "--pretrained", "{model}", "--output", "{tmp}/cache", "--no-augmentation"],
+    ["cache-latents", "--pretrained", "{model}", "--output", "{tmp}/cache", "--cfg-options", "data.augmentation=false"],
     ["train-mask-decoder", "--model", "{model}", "--output", "{tmp}/out"],
     ["eval", "--model", "{model}", "--output", "{tmp}/m.json", "--val-fraction", "1"],
 ], ids=lambda c: c[0])

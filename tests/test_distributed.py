@@ -75,7 +75,7 @@ def test_two_processes_train_the_same_weights_as_one(tiny_backbone, scenes_folde
     (tmp_path / "run.yaml").write_text("optim: {lr_scheduler: constant, lr_warmup_steps: 0}\nrun: {log_every: 1}\n")
     common = ["train", "--config", str(tmp_path / "run.yaml"), "--pretrained", str(tiny_backbone), "--dataset", "folder", "--data-root", str(scenes_folder),
               "--crop-size", "32", "--max-steps", "3", "--learning-rate", "1e-3", "--checkpoint-every", "2",
-              "--objective", objective]
+              "--cfg-options", f"model.objective={objective}"]
     one, two = tmp_path / "one", tmp_path / "two"
     _run([sys.executable, "-m", "digseg.cli", *common, "--batch-size", "4", "--output", str(one)])
     _run([*_accelerate_2proc(), *common, "--batch-size", "2", "--output", str(two)])  # global batch 2 x 2 = 4

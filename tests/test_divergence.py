@@ -88,8 +88,8 @@ def test_non_finite_numbers_in_the_config_are_refused(capsys):
 def test_a_blown_up_run_names_a_checkpoint_from_before_and_its_command_resumes(tiny_backbone, tmp_path, capsys):
     run = tmp_path / "run"
     common = ["train", "--pretrained", str(tiny_backbone), "--output", str(run), "--crop-size", "32",
-              "--num-scenes", "6", "--batch-size", "2", "--checkpoint-every", "1", "--keep-checkpoints", "1",
-              "--report-to", "none", "--no-augmentation"]
+              "--cfg-options", "data.num_scenes=6", "--batch-size", "2", "--checkpoint-every", "1", "--cfg-options", "run.keep_checkpoints=1",
+              "run.log_with=none", "data.augmentation=false"]
     assert main([*common, "--max-steps", "2", "--learning-rate", "1e-3"]) == 0
     capsys.readouterr()
     # continued at a learning rate that ruins the weights in one update: w_3 gives a NaN loss

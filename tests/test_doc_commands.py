@@ -59,3 +59,20 @@ def test_documented_command_parses(where, args):
             build_parser().parse_args(argv)
         except SystemExit as exc:
             assert not exc.code, f"{where}: digseg {args}\n{stderr.getvalue().strip()}"
+
+
+def test_the_training_docs_list_every_config_field():
+    """docs/training.md's section table names every field of every section (and of data.hf), so a new field cannot
+    go undocumented."""
+    import dataclasses
+
+    from digseg.data.hf_options import HFOptions
+    from digseg.training.config import SECTIONS
+
+    rows = {line.split("|")[1].strip(" `"): line for line in (ROOT / "docs" / "training.md").read_text().splitlines()
+            if line.startswith("| `") and line.split("|")[1].strip(" `") in SECTIONS}
+    for section, cls in SECTIONS.items():
+        for field in dataclasses.fields(cls):
+            assert f"`{field.name}`" in rows[section], f"docs/training.md: {section}.{field.name} is not listed"
+    for field in dataclasses.fields(HFOptions):
+        assert f"`{field.name}`" in rows["data"], f"docs/training.md: data.hf.{field.name} is not listed"

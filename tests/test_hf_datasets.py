@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from digseg.cli import main
-from digseg.data.hf_options import HFOptions, hf_options
+from digseg.data.hf_options import HFOptions, hf_options, parse_hf_pairs
 from digseg.data.registry import read_dataset
 from digseg.errors import ConfigError, DataError
 from digseg.training.run import build_dataset, training_augmentation
@@ -75,8 +75,9 @@ def test_a_parquet_file_is_split_train_and_browse_data_reads_it(data, tmp_path, 
     with pytest.raises(DataError, match=r"has no split 'validation' or 'val' or 'valid'; its splits are train"):
         read_dataset(f"hf:{data['parquet']}", split="val", hf=HFOptions(classes_file=str(data["pairs"] / "classes.txt")))
     out = tmp_path / "browse"
-    assert main(["browse-data", "--dataset", f"hf:{data['parquet']}", "--hf-classes-file",
-                 str(data["pairs"] / "classes.txt"), "--crop-size", "24", "--num", "3", "--output", str(out)]) == 0
+    assert main(["browse-data", "--dataset", f"hf:{data['parquet']}", "--cfg-options",
+                 f"data.hf.classes_file={data['pairs'] / 'classes.txt'}", "--crop-size", "24", "--num", "3",
+                 "--output", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir())[:3] == ["0000_image.png", "0000_label.png", "0000_overlay.png"]
     assert np.asarray(Image.open(out / "0000_label.png")).shape == (24, 24)
 
@@ -93,7 +94,7 @@ def test_class_names_from_a_class_label_feature_and_id2label_json_with_label_con
     ds = read_dataset(f"hf:{tmp_path / 'a'}", split="train", hf=HFOptions(label_column="mask", reduce_zero_label=True))
     assert ds.class_names == ["road", "car"]  # ClassLabel names the stored values; stored 0's name is dropped
     assert ds.read_label(ds.samples[0]).tolist() == [[255, 0, 1], [1, 0, 255]]  # 0 unlabelled, v -> v-1
-    # a plain integer column (9: unlabelled, --ignore-index 9), names from id2label.json beside the data
+    # a plain integer column (9: unlabelled, ignore_index=9), names from id2label.json beside the data
     Dataset.from_dict({"image": [image], "label": [[[0, 1, 2], [2, 1, 9]]]},
                       features=Features({"image": ImageFeature(),
                                          "label": Sequence(Sequence(datasets.Value("uint8")))})
@@ -101,7 +102,7 @@ def test_class_names_from_a_class_label_feature_and_id2label_json_with_label_con
     (tmp_path / "b" / "id2label.json").write_text(json.dumps({"0": "sky", "1": "road", "2": "car"}))
     ds = read_dataset(f"hf:{tmp_path / 'b'}", split="train", hf=HFOptions(ignore_index=9))
     assert ds.class_names == ["sky", "road", "car"] and ds.read_label(ds.samples[0]).tolist() == [[0, 1, 2], [2, 1, 255]]
-    with pytest.raises(ConfigError, match="--ignore-index 1 marks a class"):
+    with pytest.raises(ConfigError, match="ignore_index=1 marks a class"):
         read_dataset(f"hf:{tmp_path / 'b'}", split="train", hf=HFOptions(ignore_index=1))
 
 
@@ -134,24 +135,29 @@ def test_bad_rows_give_one_line_errors_naming_the_row(tmp_path, capsys):
             ds.load_pair(row)
         text = str(exc.value)
         assert f"{where} {row} column 'label'" in text and message in text and "\n" not in text, text
-    with pytest.raises(DataError, match=r"has no column 'mask' \(choose with --hf-label-column\); its columns are "
+    with pytest.raises(DataError, match=r"has no column 'mask' \(choose with the hf option label_column\); its columns are "
                                         r"image, label"):
         read_dataset(f"hf:{tmp_path / 'bad'}", split="train", hf=HFOptions(label_column="mask"))
     # through the command line: status 2 and one line
     capsys.readouterr()
-    assert main(["browse-data", "--dataset", f"hf:{tmp_path / 'bad'}", "--crop-size", "8", "--no-augmentation",
-                 "--batch-size", "5", "--num", "5", "--output", str(tmp_path / "out")]) == 2
+    assert main(["browse-data", "--dataset", f"hf:{tmp_path / 'bad'}", "--crop-size", "8", "--cfg-options",
+                 "data.augmentation=false", "--batch-size", "5", "--num", "5", "--output", str(tmp_path / "out")]) == 2
     line = error_line(capsys)  # every bad row listed before it
     assert line.startswith("error: 4 of 5 samples") and f"{where} 1 " in line, line
 
 
-def test_hf_options_belong_to_hf_datasets():
-    with pytest.raises(ConfigError, match=r"--ignore-index \(data.ignore_index\) set how an hf: dataset is read"):
-        train_config(dataset="folder", data_root="x", ignore_index=0)
-    with pytest.raises(ConfigError, match="--hf-val-split"):
-        hf_options("synthetic", hf_val_split="dev")
-    assert hf_options("hf:x", val=True, hf_split="a", hf_val_split="dev").split == "dev"
-    assert hf_options("hf:x", hf_split="a", hf_val_split="dev").split == "a"
+def test_hf_options_belong_to_hf_datasets_and_are_typed():
+    with pytest.raises(ConfigError, match=r"data.hf \(ignore_index\) sets how an hf: dataset is read"):
+        train_config(dataset="folder", data_root="x", hf={"ignore_index": 0})
+    with pytest.raises(ConfigError, match=r"--hf \(val_split\) sets how an hf: dataset is read; synthetic"):
+        hf_options("synthetic", {"val_split": "dev"}, "--hf")
+    with pytest.raises(ConfigError, match="unknown option.* split; known: image_column"):
+        hf_options("hf:x", {"split": "dev"})
+    with pytest.raises(ConfigError, match="ignore_index must be a label value from 0 to 65535, got 70000"):
+        hf_options("hf:x", parse_hf_pairs(["ignore_index=70000"]))
+    options = hf_options("hf:x", parse_hf_pairs(["train_split=a", "val_split=2017", "reduce_zero_label=true"]))
+    assert (options.split_name("train"), options.split_name("val"), options.split_name("test")) == ("a", "2017", None)
+    assert options.reduce_zero_label is True
     with pytest.raises(ConfigError, match="leave out --data-root"):
         read_dataset("hf:x", "some/root")
     with pytest.raises(DataError, match="no such file or folder"):

@@ -1,6 +1,6 @@
 """A `digseg train` run on an hf: dataset reporting to TensorBoard and MLflow (a tracker that runs offline, on a
 local file store), its model card, `digseg eval` and `digseg train-mask-decoder` on the same data, and
-`--push-to-hub` (tested offline up to huggingface_hub's upload call)."""
+`run.push_to_hub` (tested offline up to huggingface_hub's upload call)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ def run(tiny_backbone, tmp_path_factory) -> dict:
         env.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 asks for a database unless told a folder is fine
         assert main(["train", "--pretrained", str(tiny_backbone), "--dataset", f"hf:{saved}", "--crop-size", "32",
                      "--batch-size", "2", "--max-steps", str(STEPS), "--checkpoint-every", "2", "--learning-rate",
-                     "1e-3", "--eval-every", "2", "--cfg-options", "run.eval_samples=2", "--report-to", "tensorboard,mlflow" if HAVE_MLFLOW else "tensorboard",
+                     "1e-3", "--eval-every", "2", "--cfg-options", "run.eval_samples=2",
+                     "run.log_with=tensorboard,mlflow" if HAVE_MLFLOW else "run.log_with=tensorboard",
                      "--output", str(out)]) == 0
     return {"out": out, "saved": saved, "store": store, "root": root}
 
@@ -124,13 +125,14 @@ def test_push_to_hub_uploads_the_model_folder_with_its_card(run, tiny_backbone, 
 
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    monkeypatch.setenv("HF_TOKEN", "hf_test")  # huggingface_hub's own token lookup
     out = tmp_path / "one-step"
-    assert main(["train", "--pretrained", str(run["out"]), "--dataset", f"hf:{run['saved']}", "--no-augmentation",
-                 "--crop-size", "32", "--batch-size", "2", "--max-steps", "1", "--objective", "one-step",
-                 "--report-to", "none", "--output", str(out), "--push-to-hub", "someone/digseg-tiny",
-                 "--hub-token", "hf_test", "--hub-private"]) == 0
-    repo, kwargs, token = calls["create"]
-    assert repo == "someone/digseg-tiny" and kwargs["private"] is True and token == "hf_test"
+    assert main(["train", "--pretrained", str(run["out"]), "--dataset", f"hf:{run['saved']}", "--crop-size", "32",
+                 "--batch-size", "2", "--max-steps", "1", "--output", str(out),
+                 "--cfg-options", "data.augmentation=false", "model.objective=one-step", "run.log_with=none",
+                 "run.push_to_hub=someone/digseg-tiny", "run.hub_private=true"]) == 0
+    repo, kwargs, _ = calls["create"]
+    assert repo == "someone/digseg-tiny" and kwargs["private"] is True
     upload = calls["upload"]
     assert upload["repo_id"] == "someone/digseg-tiny" and Path(upload["folder_path"]) == out
     assert 'DiGSegPipeline.from_pretrained("someone/digseg-tiny")' in upload["card"]
@@ -144,14 +146,15 @@ def test_push_to_hub_uploads_the_model_folder_with_its_card(run, tiny_backbone, 
     assert any(f.startswith("checkpoints/") for f in upload["files"])  # present locally, but not uploaded
 
 
-def test_tracker_names_and_bad_push_targets(tiny_backbone, tmp_path, capsys):
+def test_tracker_names_and_bad_push_targets(tiny_backbone, tmp_path, capsys, monkeypatch):
     assert tracker_names("tensorboard, mlflow") == ["tensorboard", "mlflow"] and tracker_names(["all"]) == ["all"]
     assert tracker_names("none") == []
     with pytest.raises(ConfigError, match="trackers accelerate supports"):
         tracker_names("tensorbord")
     args = ["train", "--pretrained", str(tiny_backbone), "--output", str(tmp_path / "x"), "--max-steps", "1"]
-    assert main([*args, "--push-to-hub", "not a repo id", "--hub-token", "t"]) == 2
+    monkeypatch.setenv("HF_TOKEN", "t")
+    assert main([*args, "--cfg-options", "run.push_to_hub=not a repo id"]) == 2
     assert "is not a Hub repository id" in capsys.readouterr().err
-    assert main([*args, "--report-to", "wandb,nope"]) == 2
+    assert main([*args, "--cfg-options", "run.log_with=wandb,nope"]) == 2
     assert "trackers accelerate supports" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()  # refused before anything ran

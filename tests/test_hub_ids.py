@@ -73,10 +73,12 @@ def test_every_command_names_an_uncached_hub_id_offline_in_one_line_without_retr
     save_scenes_as_folder(SyntheticScenes(2, seed=0), data)
     out = str(tmp_path / "out")
     commands = {
-        "train": ["train", "--pretrained", HUB_ID, "--num-scenes", "2", "--max-steps", "1", "--output", out],
-        "train --text-encoder": ["train", "--pretrained", str(tiny_backbone), "--text-encoder", "org/clip",
-                                 "--num-scenes", "2", "--max-steps", "1", "--output", out],
-        "cache-latents": ["cache-latents", "--pretrained", HUB_ID, "--num-scenes", "2", "--no-augmentation",
+        "train": ["train", "--pretrained", HUB_ID, "--cfg-options", "data.num_scenes=2", "--max-steps", "1",
+                  "--output", out],
+        "train model.text_encoder": ["train", "--pretrained", str(tiny_backbone), "--max-steps", "1", "--output", out,
+                                     "--cfg-options", "model.text_encoder=org/clip", "data.num_scenes=2"],
+        "cache-latents": ["cache-latents", "--pretrained", HUB_ID, "--cfg-options", "data.num_scenes=2",
+                          "data.augmentation=false",
                           "--output", out],
         "predict": ["predict", "--model", HUB_ID, "--image", str(image), "--prompt", "cup", "--output", out],
         "eval": ["eval", "--model", HUB_ID, "--dataset", "folder", "--data-root", str(data), "--val-fraction", "1",
@@ -88,7 +90,7 @@ def test_every_command_names_an_uncached_hub_id_offline_in_one_line_without_retr
     monkeypatch.setattr(time, "sleep", slept.append)  # a retry loop waits between its tries
     for name, argv in commands.items():
         assert main(argv) == 2, name
-        _assert_offline_line(error_line(capsys), "org/clip" if "--text-encoder" in name else HUB_ID)
+        _assert_offline_line(error_line(capsys), "org/clip" if "text_encoder" in name else HUB_ID)
         assert sum(slept) < 1, (name, slept)
     assert not any(empty_offline_hub.rglob("*.json"))  # nothing was fetched
 
@@ -172,7 +174,7 @@ def test_a_repository_the_hub_does_not_have_is_named(tiny_backbone, tmp_path):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NoSuchRepo)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        line, slept = _run_cli(["train", "--pretrained", HUB_ID, "--num-scenes", "2", "--max-steps", "1",
+        line, slept = _run_cli(["train", "--pretrained", HUB_ID, "--cfg-options", "data.num_scenes=2", "--max-steps", "1",
                                   "--output", str(tmp_path / "run")], f"http://127.0.0.1:{server.server_port}", tmp_path)
     finally:
         server.shutdown()

@@ -35,7 +35,7 @@ def _train(backbone, out, **extra):
 def test_cache_latents_then_train_without_the_vae(tiny_backbone, tmp_path, capsys):
     cache = tmp_path / "cache"
     assert main(["cache-latents", "--pretrained", str(tiny_backbone), "--dataset", "synthetic", "--crop-size", "64",
-                 "--num-scenes", "12", "--output", str(cache), "--no-augmentation"]) == 0
+                 "--cfg-options", "data.num_scenes=12", "--output", str(cache), "--cfg-options", "data.augmentation=false"]) == 0
     assert (cache / "index.json").is_file() and list(cache.glob("shard-*.safetensors"))
     cached, encoder_calls = _train(tiny_backbone, tmp_path / "a", latent_cache=str(cache))
     assert encoder_calls == 0
@@ -48,10 +48,10 @@ def test_cache_latents_then_train_without_the_vae(tiny_backbone, tmp_path, capsy
 def test_cache_is_refused_for_another_vae_or_resolution(tiny_backbone, tmp_path, capsys):
     cache = tmp_path / "cache"
     args = ["cache-latents", "--pretrained", str(tiny_backbone), "--dataset", "synthetic", "--crop-size", "64",
-            "--num-scenes", "4", "--output", str(cache)]
+            "--cfg-options", "data.num_scenes=4", "--output", str(cache)]
     assert main(args) == 2  # augmented samples are never the same twice: nothing to cache
-    assert "add --no-augmentation" in capsys.readouterr().err
-    assert main(args + ["--no-augmentation"]) == 0
+    assert "add --cfg-options data.augmentation=false" in capsys.readouterr().err
+    assert main(args + ["--cfg-options", "data.augmentation=false"]) == 0
     pipe = DiGSegPipeline.from_backbone(tiny_backbone, class_names=list(SYNTHETIC_CLASSES))
     with pytest.raises(DigsegError, match="resolution 64, training uses 32"):
         LatentCache(cache, list(SYNTHETIC_CLASSES), pipe.vae, 32)

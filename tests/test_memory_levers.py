@@ -1,5 +1,5 @@
 """Training's memory levers from the command line: every boolean of the config turns either way (--x / --no-x),
-the EMA kept off the accelerator (--ema-device cpu; its resume is tested in test_training.py), and the one-GPU
+the EMA kept off the accelerator (optim.ema_device: cpu; its resume is tested in test_training.py), and the one-GPU
 recipe for a user's own data."""
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ def test_every_boolean_turns_a_config_setting_either_way(tmp_path):
     base.write_text("optim: {use_ema: true, gradient_checkpointing: true}\ndata: {cache_latents: true, augmentation: false}\n")
     config = _config("--config", str(base))
     assert config.optim.use_ema and config.optim.gradient_checkpointing and config.data.cache_latents
-    off = _config("--config", str(base), "--no-use-ema", "--no-gradient-checkpointing", "--augmentation",
-                  "--cfg-options", "data.cache_latents=false")
+    off = _config("--config", str(base), "--cfg-options", "optim.use_ema=false", "optim.gradient_checkpointing=false", "data.augmentation=true",
+                  "data.cache_latents=false")
     assert not off.optim.use_ema and not off.optim.gradient_checkpointing and not off.data.cache_latents
     assert off.data.augmentation is True  # the dataset's preset again
-    assert _config("--no-augmentation").data.augmentation is False
-    assert _config("--use-ema", "--ema-device", "cpu").optim.ema_device == "cpu"
+    assert _config("--cfg-options", "data.augmentation=false").data.augmentation is False
+    assert _config("--cfg-options", "optim.use_ema=true", "optim.ema_device=cpu").optim.ema_device == "cpu"
     # a flag left off keeps the file's value
-    assert _config("--config", str(base), "--no-use-ema").optim.gradient_checkpointing
+    assert _config("--config", str(base), "--cfg-options", "optim.use_ema=false").optim.gradient_checkpointing
 
 
 def test_the_one_gpu_recipe_for_own_data_trains_end_to_end(tiny_backbone, tmp_path):
@@ -41,7 +41,7 @@ def test_the_one_gpu_recipe_for_own_data_trains_end_to_end(tiny_backbone, tmp_pa
     out = tmp_path / "run"
     assert main(["train", "--config", str(REPO / "configs" / "own_data_1gpu.yaml"), "--pretrained", str(tiny_backbone),
                  "--data-root", str(data), "--output", str(out), "--crop-size", "32", "--max-steps", "2",
-                 "--batch-size", "2", "--gradient-accumulation-steps", "1", "--num-workers", "0"]) == 0
+                 "--batch-size", "2", "--cfg-options", "optim.gradient_accumulation_steps=1", "data.num_workers=0"]) == 0
     config = (out / "config.yaml").read_text()
     for setting in ("ema_device: cpu", "gradient_checkpointing: true", "use_ema: true", "dataset: folder"):
         assert setting in config, setting

@@ -34,8 +34,8 @@ LISTED = STEMS[:10]  # the training list of the split-file model
 
 def _train_flags(backbone: Path, root: Path, output: Path) -> list[str]:
     return ["train", "--pretrained", str(backbone), "--dataset", "folder", "--data-root", str(root),
-            "--crop-size", "32", "--no-augmentation", "--batch-size", "2", "--learning-rate", "1e-3",
-            "--report-to", "none", "--output", str(output)]
+            "--crop-size", "32", "--cfg-options", "data.augmentation=false", "--batch-size", "2", "--learning-rate", "1e-3",
+            "--cfg-options", "run.log_with=none", "--output", str(output)]
 
 
 @pytest.fixture(scope="module")

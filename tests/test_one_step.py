@@ -176,8 +176,8 @@ def test_light_decoder_is_required_when_asked(tiny_backbone, tmp_path):
 
 def test_cli_trains_one_step_then_predict_and_eval_run_it(tiny_backbone, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--pretrained", str(tiny_backbone), "--objective", "one-step", "--dataset", "synthetic",
-                 "--num-scenes", "8", "--crop-size", "64", "--no-augmentation", "--max-steps", "2", "--batch-size", "2",
+    assert main(["train", "--pretrained", str(tiny_backbone), "--cfg-options", "model.objective=one-step", "--dataset", "synthetic",
+                 "--cfg-options", "data.num_scenes=8", "--crop-size", "64", "--cfg-options", "data.augmentation=false", "--max-steps", "2", "--batch-size", "2",
                  "--output", str(run)]) == 0
     assert json.loads((run / "model_index.json").read_text())["objective"] == "one-step"
     data = save_scenes_as_folder(SyntheticScenes(3, seed=1), tmp_path / "data")

@@ -29,8 +29,8 @@ from digseg.training import checkpoint as checkpoint_module
 from digseg import run_lock
 from digseg.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from digseg.training.config import SECTIONS, TrainConfig
-from digseg.training.resume_check import (FIELD_KINDS, SAFE, TRAJECTORY, check_changes, config_changes,
-                                         plan_resume)
+from digseg.data.hf_options import HFOptions
+from digseg.training.resume_check import SAFE_FIELDS, check_changes, config_changes, plan_resume
 from digseg.run_lock import STALE_AFTER_S, TRAIN, RunFolderLock
 from training_helpers import assert_same_weights, error_line, final_weights, train_config, trainer
 
@@ -39,12 +39,6 @@ LAUNCH = {"num_processes": 1, "mixed_precision": "no"}
 
 
 # ------------------------------------------------------------------------------------------ the field table
-def test_every_config_field_is_classified():
-    fields = {f"{section}.{f.name}" for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
-    assert set(FIELD_KINDS) - {"launch.num_processes"} == fields, "classify new fields in resume_check.FIELD_KINDS"
-    assert set(FIELD_KINDS.values()) == {SAFE, TRAJECTORY}
-
-
 def _other(value):
     """A different value of the same kind."""
     if isinstance(value, bool):
@@ -58,44 +52,44 @@ def _other(value):
     return "x"  # None
 
 
-def _changed(name: str, value=None) -> tuple[dict, dict]:
-    """(saved, given) config dicts that differ in field `name` only."""
+def _changed(name: str) -> tuple[dict, dict]:
+    """(saved, given) config dicts that differ in field `name` only ("data.hf.val_split": a key of data.hf)."""
     saved = TrainConfig().to_dict()
     given = copy.deepcopy(saved)
-    section, key = name.split(".")
-    given[section][key] = _other(saved[section][key]) if value is None else value
+    section, key, *sub = name.split(".")
+    if sub:
+        given[section][key] = {sub[0]: _other(getattr(HFOptions(), sub[0]))}
+    else:
+        given[section][key] = _other(saved[section][key])
     return saved, given
 
 
-@pytest.mark.parametrize("name", [n for n, kind in FIELD_KINDS.items() if kind == TRAJECTORY])
-def test_each_trajectory_field_change_is_refused_with_both_values(name, tmp_path):
-    if name == "launch.num_processes":
-        saved = given = TrainConfig().to_dict()
-        changes = config_changes(saved, given, 10, LAUNCH, {**LAUNCH, "num_processes": 2})
-        old, new = 1, 2
-    elif name == "optim.mixed_precision":  # compared as the precision used
-        saved = given = TrainConfig().to_dict()
-        changes = config_changes(saved, given, 10, LAUNCH, {**LAUNCH, "mixed_precision": "bf16"})
-        old, new = "no", "bf16"
-    else:
+def _every_field() -> list[str]:
+    names = [f"{section}.{f.name}" for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+    return [n for n in names if n != "data.hf"] + [f"data.hf.{f.name}" for f in dataclasses.fields(HFOptions)]
+
+
+def test_safe_fields_are_accepted_and_every_other_field_is_refused_with_both_values(tmp_path):
+    assert SAFE_FIELDS <= set(_every_field()), "SAFE_FIELDS names a field the config does not have"
+    for name in _every_field():
+        if name == "optim.mixed_precision":
+            continue  # compared as the precision used: below
         saved, given = _changed(name)
         changes = config_changes(saved, given, 10, LAUNCH, LAUNCH)
-        section, key = name.split(".")
-        old, new = saved[section][key], given[section][key]
-    with pytest.raises(ConfigError) as info:
-        check_changes(changes, allow=False, checkpoint=tmp_path / "step-00000010")
-    message = str(info.value)
-    assert "\n" not in message and f"{name}: {json.dumps(old)} -> {json.dumps(new)}" in message, message
-    assert "--allow-config-change" in message
-    check_changes(changes, allow=True, checkpoint=tmp_path)  # the explicit way on
-
-
-@pytest.mark.parametrize("name", [n for n, kind in FIELD_KINDS.items() if kind == SAFE])
-def test_each_safe_field_change_is_accepted(name, tmp_path):
-    saved, given = _changed(name)
-    changes = config_changes(saved, given, 10, LAUNCH, LAUNCH)
-    assert [(c.field, c.safe) for c in changes] == [(name, True)]
-    check_changes(changes, allow=False, checkpoint=tmp_path)
+        assert [c.field for c in changes] == [name]
+        if name in SAFE_FIELDS:
+            check_changes(changes, allow=False, checkpoint=tmp_path)
+            continue
+        with pytest.raises(ConfigError) as info:
+            check_changes(changes, allow=False, checkpoint=tmp_path / "step-00000010")
+        message = str(info.value)
+        assert "\n" not in message and f"{name}: {json.dumps(changes[0].old)} -> {json.dumps(changes[0].new)}" \
+            in message and "--allow-config-change" in message, message
+        check_changes(changes, allow=True, checkpoint=tmp_path)  # the explicit way on
+    for launch in ({**LAUNCH, "num_processes": 2}, {**LAUNCH, "mixed_precision": "bf16"}):  # the launch facts
+        saved = TrainConfig().to_dict()
+        (change,) = config_changes(saved, saved, 10, LAUNCH, launch)
+        assert not change.safe and change.field in ("launch.num_processes", "optim.mixed_precision")
 
 
 def test_rules_that_depend_on_other_values(tmp_path):
@@ -128,20 +122,6 @@ def test_rules_that_depend_on_other_values(tmp_path):
     assert config_changes(square, pair, 10) == []
 
 
-def test_a_checkpoint_without_a_recorded_config_is_checked_against_its_run_folder_config(tmp_path):
-    run = tmp_path / "run"
-    (run / "checkpoints" / "step-00000003").mkdir(parents=True)
-    (run / "checkpoints" / "step-00000003" / "trainer_state.json").write_text(json.dumps({"step": 3}))
-    old = TrainConfig.from_dict({"run": {"output_dir": str(run)}})
-    old.save(run / "config.yaml", [{"step": 1, "trajectory": "kept", "fields": {"run.log_every": [25, 5]}}])
-    assert plan_resume(old, "latest").changes == []
-    new = TrainConfig.from_dict({"run": {"output_dir": str(run)}, "optim": {"learning_rate": 1e-3}})
-    with pytest.raises(ConfigError, match=r"step-00000003 with a changed config: optim\.learning_rate: 3e-05 -> 0\.0"):
-        plan_resume(new, "latest")
-    assert plan_resume(new, None) is None and plan_resume(new, "latest", allow=True).trajectory_changed
-
-
-# ------------------------------------------------------------------------------------------ the run folder lock
 def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path, caplog, monkeypatch):
     lock_file = tmp_path / LOCK_FILE
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -231,7 +211,7 @@ def test_a_changed_config_is_refused_before_any_step_or_applied_with_allow_confi
     config.write_text(yaml.safe_dump({"optim": {"lr_warmup_steps": 1}, "run": {"log_every": 1, "log_with": "none"}}))
     run = tmp_path / "run"
     common = ["train", "--config", str(config), "--pretrained", str(tiny_backbone), "--dataset", "synthetic",
-              "--num-scenes", "8", "--checkpoint-every", "2", "--output", str(run)]
+              "--cfg-options", "data.num_scenes=8", "--checkpoint-every", "2", "--output", str(run)]
     assert main([*common, "--crop-size", "64", "--batch-size", "4", "--max-steps", "4"]) == 0
     before = _snapshot(run)
     changed = [*common, "--resume", "latest", "--max-steps", "6", "--crop-size", "32", "--batch-size", "2",
@@ -310,7 +290,7 @@ SECTION_OF = {f.name: section for section, cls in SECTIONS.items() for f in data
 
 # ------------------------------------------------------------------------------------------ one writer, full disk
 def _train_args(tiny_backbone, output: Path) -> list[str]:
-    return ["train", "--pretrained", str(tiny_backbone), "--dataset", "synthetic", "--num-scenes", "8",
+    return ["train", "--pretrained", str(tiny_backbone), "--dataset", "synthetic", "--cfg-options", "data.num_scenes=8",
             "--crop-size", "32", "--batch-size", "2", "--max-steps", "6", "--checkpoint-every", "2",
             "--learning-rate", "1e-3", "--output", str(output)]
 

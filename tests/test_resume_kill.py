@@ -54,12 +54,12 @@ def _assert_only_complete_checkpoints(run: Path) -> list[int]:
 def test_sigkill_at_several_points_then_resume_gives_the_uninterrupted_weights(tiny_backbone, tmp_path):
     data = save_scenes_as_folder(SyntheticScenes(8, size=32, seed=5), tmp_path / "data")
     common = ["--pretrained", str(tiny_backbone), "--dataset", "folder", "--data-root", str(data), "--crop-size", "32",
-              "--batch-size", "2", "--max-steps", "8", "--checkpoint-every", "2", "--keep-checkpoints", "2",
+              "--batch-size", "2", "--max-steps", "8", "--checkpoint-every", "2", "--cfg-options", "run.keep_checkpoints=2",
               "--learning-rate", "1e-3"]
     reference, run = tmp_path / "reference", tmp_path / "killed"
     assert _train([*common, "--output", str(reference)]).returncode == 0
     assert yaml.safe_load((reference / "config.yaml").read_text())["data"]["augmentation"] is True
-    common += ["--num-workers", "2"]
+    common += ["--cfg-options", "data.num_workers=2"]
 
     # 1) killed right after step 3 (step 2 is checkpointed), 2) during step 4's checkpoint write (weights written,
     # state not), 3) after step 6's checkpoint is complete in its temporary folder but before it is renamed,

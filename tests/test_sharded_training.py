@@ -1,4 +1,4 @@
-"""Sharded training (`--sharding fsdp`, FSDP2) with 2 CPU processes (gloo), as a user starts it.
+"""Sharded training (`run.sharding: fsdp`, FSDP2) with 2 CPU processes (gloo), as a user starts it.
 
 One uninterrupted sharded run is compared with the DDP run of the same settings, and is the reference of a sharded
 run killed with SIGKILL after its step-2 checkpoint and resumed (by 2 processes, and by 1 process with the same
@@ -105,12 +105,12 @@ def runs(tiny_backbone, tmp_path_factory) -> dict:
                                   "run: {log_every: 1, sample_every: 0, log_with: none}\n")
     common = ["--config", str(tmp / "run.yaml"), "--pretrained", str(tiny_backbone), "--dataset", "folder",
               "--data-root", str(data), "--crop-size", "32", "--max-steps", str(STEPS), "--checkpoint-every", "2",
-              "--learning-rate", "1e-3", "--use-ema", "--gradient-accumulation-steps", "2"]
+              "--learning-rate", "1e-3", "--cfg-options", "optim.use_ema=true", "optim.gradient_accumulation_steps=2"]
     per_process = [*common, "--batch-size", "1"]  # 2 processes x 1 = a global batch of 2
     ddp, sharded, killed = tmp / "ddp", tmp / "sharded", tmp / "killed"
     *done, result = _train(([*per_process, "--output", str(ddp)], 2, None),
-                           ([*per_process, "--sharding", "fsdp", "--output", str(sharded)], 2, None),
-                           ([*per_process, "--sharding", "fsdp", "--output", str(killed)], 2, f"step-{KILLED_AT}"))
+                           ([*per_process, "--cfg-options", "run.sharding=fsdp", "--output", str(sharded)], 2, None),
+                           ([*per_process, "--cfg-options", "run.sharding=fsdp", "--output", str(killed)], 2, f"step-{KILLED_AT}"))
     _ok(*done)
     assert result.returncode != 0 and "SIGKILL" in result.stderr, result.stderr[-3000:]
     return dict(common=common, per_process=per_process, ddp=ddp, sharded=sharded, killed=killed, tmp=tmp)
@@ -164,8 +164,8 @@ def test_killed_sharded_run_resumes_on_the_uninterrupted_trajectory(runs, tiny_b
     shutil.copytree(killed, negative)
     _zero_moments(negative / "checkpoints" / "step-00000002")
 
-    one_process = [*runs["common"], "--batch-size", "2", "--sharding", "fsdp", "--resume", "latest"]
-    _ok(*_train(([*runs["per_process"], "--sharding", "fsdp", "--output", str(killed), "--resume", "latest"], 2, None),
+    one_process = [*runs["common"], "--batch-size", "2", "--cfg-options", "run.sharding=fsdp", "--resume", "latest"]
+    _ok(*_train(([*runs["per_process"], "--cfg-options", "run.sharding=fsdp", "--output", str(killed), "--resume", "latest"], 2, None),
                 ([*one_process, "--output", str(single)], 1, None),
                 ([*one_process, "--output", str(negative)], 1, None)))
     want = _weights(runs["sharded"])
@@ -191,7 +191,7 @@ def test_a_nan_gradient_on_one_process_is_skipped_by_every_process(runs, monkeyp
     tmp = runs["tmp"]
     args = [*runs["per_process"], "--max-steps", "4", "--output"]
     monkeypatch.setenv("DIGSEG_NAN_GRADIENT_AT", "2@1")  # the step from w_2, i.e. step 3
-    _ok(*_train(([*args, str(tmp / "nan-ddp")], 2, None), ([*args, str(tmp / "nan-fsdp"), "--sharding", "fsdp"], 2, None)))
+    _ok(*_train(([*args, str(tmp / "nan-ddp")], 2, None), ([*args, str(tmp / "nan-fsdp"), "--cfg-options", "run.sharding=fsdp"], 2, None)))
     for run in (tmp / "nan-ddp", tmp / "nan-fsdp"):
         log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
         assert [entry["step"] for entry in log if "skipped_step" in entry] == [3], run
@@ -210,7 +210,7 @@ def test_sharding_settings_it_cannot_honour_are_refused(runs, tiny_pipe, tmp_pat
         with pytest.raises(ConfigError, match=message):
             trainer(train_config(**base, sharding="fsdp", **extra), tiny_pipe, dataset, preview=dataset)
     unsharded = trainer(train_config(**base), tiny_pipe, dataset)
-    with pytest.raises(DigsegError, match="resume it with --sharding fsdp"):
+    with pytest.raises(DigsegError, match="resume it with --cfg-options run.sharding=fsdp"):
         unsharded.load_checkpoint(runs["sharded"] / "checkpoints" / f"step-{STEPS:08d}")
 
 
@@ -224,8 +224,8 @@ def test_sharded_training_on_the_gpu(tiny_backbone, tmp_path):
     (tmp_path / "run.yaml").write_text("run: {sample_every: 0, log_with: none}\n")
     common = ["--config", str(tmp_path / "run.yaml"), "--pretrained", str(tiny_backbone), "--dataset", "folder",
               "--data-root", str(data), "--crop-size", "32", "--max-steps", "4", "--checkpoint-every", "2",
-              "--learning-rate", "1e-3", "--batch-size", "2", "--use-ema", "--dtype", "bf16",
-              "--sharding", "fsdp"]
+              "--learning-rate", "1e-3", "--batch-size", "2", "--cfg-options", "optim.use_ema=true", "--dtype", "bf16",
+              "--cfg-options", "run.sharding=fsdp"]
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     done, dead = _train(([*common, "--output", str(reference)], 1, None),
                         ([*common, "--output", str(killed)], 1, "step-3"))

@@ -110,7 +110,7 @@ def test_a_bad_file_in_a_worker_is_one_line_naming_it(tiny_backbone, tmp_path):
 
 def test_browse_data_writes_what_the_trainer_reads(tmp_path, capsys):
     out = tmp_path / "browse"
-    assert main(["browse-data", "--dataset", "synthetic", "--num-scenes", "8", "--num", "5", "--batch-size", "2",
+    assert main(["browse-data", "--dataset", "synthetic", "--cfg-options", "data.num_scenes=8", "--num", "5", "--batch-size", "2",
                  "--crop-size", "48,64", "--seed", "3", "--output", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir())[:3] == ["0000_image.png", "0000_label.png", "0000_overlay.png"]
     assert len(list(out.glob("*_image.png"))) == 5

@@ -40,9 +40,9 @@ def _train(args: list[str], tmp: Path, kill_at: str | None = None) -> subprocess
 
 
 def _common(backbone: Path) -> list[str]:
-    return ["--pretrained", str(backbone), "--dataset", "synthetic", "--num-scenes", "8", "--crop-size", "32",
+    return ["--pretrained", str(backbone), "--dataset", "synthetic", "--cfg-options", "data.num_scenes=8", "--crop-size", "32",
             "--batch-size", "2", "--max-steps", "8", "--checkpoint-every", "2", "--learning-rate", "1e-3",
-            "--use-ema", "--cfg-options", "run.eval_samples=3"]
+            "--cfg-options", "optim.use_ema=true", "run.eval_samples=3"]
 
 
 def _log(run: Path) -> list[dict]:

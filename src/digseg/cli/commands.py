@@ -64,8 +64,8 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
 # argparse dest -> the TrainConfig field (section, key) it sets: a flag named after a field sets that field
 # (--learning-rate: optim.learning_rate), and two flags keep the names users know from other tools. `_train_config`
 # (train, cache-latents, browse-data, check-data) lays --cfg-options, then each dest given on the command line, over
-# the --config file (every boolean has --x and --no-x, so a flag can turn a config's setting either way).
-_FLAG_ALIASES = {"output": ("run", "output_dir"), "report_to": ("run", "log_with"),
+# the --config file.
+_FLAG_ALIASES = {"output": ("run", "output_dir"),
                  "dtype": ("optim", "mixed_precision")}  # --dtype as training's precision: devices.training_precision
 
 
@@ -132,10 +132,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     _training_device(args)
     config = _train_config(args)
-    if args.push_to_hub:
+    if config.run.push_to_hub:
         from ..training.hub import check_hub_target
 
-        check_hub_target(args.push_to_hub, args.hub_token)  # before training, not after it
+        check_hub_target(config.run.push_to_hub)  # before training, not after it
     rank, world = process_info()
     with main_process_holds(config.run.output_dir, TRAIN):  # a second run on this folder stops here, every process
         # a refused config change stops before the model is loaded (the trainer checks again before any step)
@@ -144,20 +144,19 @@ def cmd_train(args: argparse.Namespace) -> None:
     if rank != 0:
         return
     print(f"saved trained model to {config.run.output_dir}")
-    if args.push_to_hub:
+    if config.run.push_to_hub:
         from ..training.hub import push_to_hub
 
-        url = push_to_hub(config.run.output_dir, args.push_to_hub, token=args.hub_token, private=args.hub_private)
+        url = push_to_hub(config.run.output_dir, config.run.push_to_hub, private=config.run.hub_private)
         print(f"pushed the model to {url}")
 
 
 def _hf_options(args: argparse.Namespace):
-    """The hf: dataset options of eval and train-mask-decoder (`digseg.data.hf_options`); None for other datasets."""
-    from ..data.hf_options import hf_options
+    """--hf of eval and train-mask-decoder (`digseg.data.hf_options`); None for datasets other than hf:."""
+    from ..data.hf_options import hf_options, parse_hf_pairs
 
-    return hf_options(args.dataset, hf_image_column=args.hf_image_column, hf_label_column=args.hf_label_column,
-                      hf_split=args.hf_split, hf_classes_file=args.hf_classes_file, ignore_index=args.ignore_index,
-                      reduce_zero_label=args.reduce_zero_label)
+    given = args.hf if isinstance(args.hf, dict) else parse_hf_pairs(args.hf)  # a dict: the model's record
+    return hf_options(args.dataset, given, "--hf")
 
 
 def cmd_cache_latents(args: argparse.Namespace) -> None:
@@ -166,7 +165,8 @@ def cmd_cache_latents(args: argparse.Namespace) -> None:
 
     config = _train_config(args)
     if config.data.augments:
-        raise ConfigError("cache-latents stores fixed samples: add --no-augmentation (and train with it too)")
+        raise ConfigError("cache-latents stores fixed samples: add --cfg-options data.augmentation=false (and train "
+                          "with it too)")
     device, dtype = _placement(args)
     dataset, _ = checked_dataset(config.data, build_dataset(config.data, config.run.seed), None)  # before the model
     pipe = build_pipeline(config.model)
@@ -174,7 +174,8 @@ def cmd_cache_latents(args: argparse.Namespace) -> None:
     data = build_training_data(config.data, pipe, dataset, config.run.seed)
     out = build_latent_cache(dataset, data.batcher.class_names, pipe.vae, args.output, data.crop_size[0],
                              task=config.data.task)
-    print(f"wrote latents of {len(dataset)} samples to {out}; train with --latent-cache {out} --no-augmentation")
+    print(f"wrote latents of {len(dataset)} samples to {out}; train with --cfg-options data.latent_cache={out} "
+          "data.augmentation=false")
 
 
 def cmd_browse_data(args: argparse.Namespace) -> None:
@@ -364,13 +365,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
     reader = dict(val_fraction=args.val_fraction, split_file=args.split_file, hf=_hf_options(args))
     record = model_training_data(args.model) if args.model else None
     if record is not None:
-        reader.update(record.default_reader(args.dataset, args.data_root, args.split,
+        reader.update(record.default_reader(args.dataset, args.data_root,
                                             {flag: getattr(args, flag) for flag in EVAL_SPLIT_FLAGS}))
     dataset = read_dataset(args.dataset, args.data_root, split=args.split, **reader)
     search_set = None
     if args.model and args.threshold_search:  # its split read before the model loads too
-        search = {**reader, "hf": reader["hf"] and dataclasses.replace(reader["hf"], split=None)}  # not --hf-split
-        search_set = read_dataset(args.dataset, args.data_root, split=args.search_split, **search)
+        search_set = read_dataset(args.dataset, args.data_root, split=args.search_split, **reader)
     warning = record.overlap_warning(dataset) if record is not None else None
     if warning and is_main_process():
         print(warning, file=sys.stderr)

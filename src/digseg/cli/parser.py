@@ -8,14 +8,14 @@ from __future__ import annotations
 import argparse
 
 from ..data.check import BAD_SAMPLES
-from ..data.hf_options import HF_PREFIX, HFOptions
+from ..data.hf_options import FIELDS as HF_FIELDS
+from ..data.hf_options import HF_PREFIX
 from ..data.splits import DEFAULT_VAL_FRACTION
 from ..devices import DEVICE_CHOICES_TEXT, DTYPE_CHOICES
 from ..errors import EXIT_SKIPPED
 from .predict_records import OUTPUTS
 from ..evaluation.protocols import add_protocol_flags, parse_pair
-from ..training.config import (EMA_DEVICES, MASK_DECODER_STEPS, MASK_DECODER_TARGETS, MASK_DECODERS, OBJECTIVES,
-                              OPTIMIZERS, SHARDING, TASKS, DataConfig)
+from ..training.config import MASK_DECODER_STEPS, MASK_DECODER_TARGETS, MASK_DECODERS, TASKS, DataConfig
 
 _PREDICT_EPILOG = f"""\
 A file that cannot be read (missing, empty, not an image, truncated) is named on stderr and skipped; the
@@ -52,15 +52,12 @@ HELP = {
     "ensemble_size": "E-Step ensemble members, each from its own noise (default 1)",
     "steps": "E-Step denoising (DDIM) steps (default: the model's)",
     "processing_resolution": "the longer side images are resized to before the VAE",
-    "latent_cache": "a folder written by `digseg cache-latents` for the same VAE and size",
     "templates": "prompt templates of per-class and binary queries: single | photo | ensemble, or one template "
                  "with {}, e.g. 'a photo of a {}.' (default: the model's template)",
     "top_k": "open vocabulary: rank all classes in one pass, then run exact queries for the k most relevant only",
     "bad_samples": "every sample is read once before training: error (default) refuses a dataset with unreadable "
                    "or inconsistent samples, listing them all; skip trains without them",
     "split_file": "folder dataset: a text file of the stems of the split read, one per line",
-    "hf_split": f"{HF_PREFIX} datasets: the dataset's split to read (default: the one named like the split read: "
-                "train; validation, val or valid for val)",
 }
 
 
@@ -80,27 +77,11 @@ def _add_device_flags(parser: argparse.ArgumentParser, training: bool = False) -
                             help=f"the model's precision (default {auto}); the model is loaded in it")
 
 
-def _add_hf_flags(group, training: bool = False) -> None:
-    """How an hf: dataset is read (`digseg.data.hf`); `training`: with the validation split's name too."""
-    defaults = HFOptions()
-    group.add_argument("--hf-image-column", metavar="NAME",
-                       help=f"{HF_PREFIX} datasets: the image column (default {defaults.image_column})")
-    group.add_argument("--hf-label-column", metavar="NAME",
-                       help=f"{HF_PREFIX} datasets: the label column, label images or 2-D class-id arrays "
-                            f"(default {defaults.label_column})")
-    group.add_argument("--hf-split", metavar="NAME", help=HELP["hf_split"])
-    if training:
-        group.add_argument("--hf-val-split", metavar="NAME", help=f"{HF_PREFIX} datasets: the split to validate on "
-                           "(default: the first of validation, val, valid)")
-    group.add_argument("--hf-classes-file", metavar="FILE",
-                       help=f"{HF_PREFIX} datasets: class names, one per line (default: the label column's "
-                            "ClassLabel names, or classes.txt / id2label.json beside the data)")
-    group.add_argument("--ignore-index", type=int, metavar="V",
-                       help=f"{HF_PREFIX} datasets: the stored label value of unlabelled pixels "
-                            f"(default {defaults.ignore_index}, as the folder dataset's masks)")
-    group.add_argument("--reduce-zero-label", action=argparse.BooleanOptionalAction, default=None,
-                       help=f"{HF_PREFIX} datasets: stored 0 is unlabelled and v becomes v-1 (mmsegmentation's "
-                            "reduce_zero_label; default off)")
+def _add_hf_flag(parser: argparse.ArgumentParser) -> None:
+    """--hf KEY=VALUE: how an hf: dataset is read (`digseg.data.hf_options`), as a training config's data.hf."""
+    parser.add_argument("--hf", nargs="+", action="extend", metavar="KEY=VALUE",
+                        help=f"{HF_PREFIX} datasets: how they are read, e.g. label_column=mask reduce_zero_label=true "
+                             f"(keys: {', '.join(HF_FIELDS)}; docs/data.md)")
 
 
 def _add_quickstart(sub) -> None:
@@ -113,19 +94,19 @@ def _add_quickstart(sub) -> None:
 
 
 def _add_train(sub) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
-    """`digseg train`; returns the parser and its data-flag group, which cache-latents and browse-data share."""
+    """`digseg train`: the options of most runs; every other config field through --cfg-options. Returns the parser
+    and its data-flag group, which cache-latents, browse-data and check-data share."""
     t = sub.add_parser("train", help="train DiGSeg from a Stable Diffusion backbone",
-                       epilog="Config files hold the sections model, data, optim and run (docs/training.md).")
-    data_flags = t.add_argument_group("data (config section `data`)")
+                       epilog="Config files hold the sections model, data, optim and run; --cfg-options sets any of "
+                              "their fields (docs/training.md lists them all).")
     t.add_argument("--config", help="YAML config (default: resuming, the run folder's config.yaml); the flags below "
                                     "and --cfg-options override it")
-    t.add_argument("--cfg-options", nargs="+", metavar="SECTION.FIELD=VALUE",
-                   help="set any config field, typed and checked, e.g. optim.lr_warmup_steps=0 "
-                        "run.checkpoint_every=100 (every field: docs/training.md, src/digseg/training/config.py)")
+    t.add_argument("--cfg-options", nargs="+", action="extend", metavar="SECTION.FIELD=VALUE",
+                   help="set any config field, typed and checked, e.g. optim.lr_warmup_steps=0 data.num_workers=4 "
+                        "data.hf.label_column=mask (every field: docs/training.md)")
     t.add_argument("--pretrained", help="Stable Diffusion 1.x / 2.x / XL folder or hub id (or a DiGSeg model folder "
                                         "to continue)")
-    t.add_argument("--variant", help="the backbone's weight files, e.g. fp16 for *.fp16.safetensors (default: the "
-                                     "plain files, or a local folder's only variant); loaded in float32 either way")
+    data_flags = t.add_argument_group("data (config section `data`)")
     data_flags.add_argument("--dataset", help=HELP["dataset"] + " (default synthetic)")
     data_flags.add_argument("--data-root", help=HELP["data_root"])
     data_flags.add_argument("--val-fraction", type=float, help=HELP["val_fraction"])
@@ -133,73 +114,33 @@ def _add_train(sub) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
     data_flags.add_argument("--crop-size", type=parse_pair, metavar="H[,W]",
                             help="training crop, H,W or N for N x N (default: the dataset's preset, "
                                  "docs/augmentation.md)")
-    data_flags.add_argument("--augmentation", action=argparse.BooleanOptionalAction, default=None,
-                            help="--no-augmentation: squash every sample to the crop instead of the dataset's "
-                                 "augmentation; --augmentation: the dataset's preset")
-    data_flags.add_argument("--num-workers", type=int, help="DataLoader workers reading and augmenting samples (default 0)")
     data_flags.add_argument("--bad-samples", choices=BAD_SAMPLES, help=HELP["bad_samples"])
-    data_flags.add_argument("--num-scenes", type=int, help="synthetic dataset size (default 2000)")
-    data_flags.add_argument("--task", choices=TASKS, help=HELP["task"] + " (default both)")
-    data_flags.add_argument("--latent-cache", help=HELP["latent_cache"] + " (needs --no-augmentation)")
-    _add_hf_flags(data_flags, training=True)
     t.add_argument("--output", help="run folder: config.yaml, checkpoints/, the trained model")
     t.add_argument("--max-steps", type=int, help=HELP["max_steps"] + " (default 1000)")
     t.add_argument("--batch-size", type=int, help="samples per process and micro-step; the global batch is this x "
-                                                  "processes x --gradient-accumulation-steps (default 4)")
+                                                  "processes x optim.gradient_accumulation_steps (default 4)")
     t.add_argument("--learning-rate", type=float, help=HELP["learning_rate"] + " (default 3e-5)")
-    t.add_argument("--gradient-accumulation-steps", type=int, help="micro-steps per optimizer step (default 1)")
-    t.add_argument("--objective", choices=OBJECTIVES,
-                   help="diffusion (default: the paper's denoising MSE) or one-step (one deterministic pass trained "
-                        "with cross-entropy on the labels; docs/training.md)")
     t.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 500)")
-    t.add_argument("--keep-checkpoints", type=int, help="newest checkpoints kept (default 2; checkpoints/best/ too)")
     t.add_argument("--eval-every", type=int, metavar="N",
                    help="score the validation split every N steps and at the last (default 0: never); the best "
                         "step's checkpoint is kept in checkpoints/best/ (docs/training.md)")
     t.add_argument("--seed", type=int, help=HELP["seed"])
-    t.add_argument("--text-encoder", help="another CLIP text encoder (folder or hub id), e.g. openai/clip-vit-large-patch14")
-    t.add_argument("--use-ema", action=argparse.BooleanOptionalAction, default=None,
-                   help="keep an exponential moving average of the weights (the saved model uses it)")
-    t.add_argument("--optimizer", choices=OPTIMIZERS,
-                   help="adamw (default) or adamw8bit: moments in 8 bits, 6 bytes less per parameter "
-                        '(pip install -e ".[lowmem]")')
-    t.add_argument("--ema-device", choices=EMA_DEVICES,
-                   help="where the EMA copy lives between updates (cpu: off the GPU, one copy of the weights less)")
-    t.add_argument("--report-to", metavar="TRACKERS",
-                   help="experiment trackers, comma-separated: tensorboard (default), wandb, mlflow, comet_ml, aim, "
-                        "clearml, dvclive, swanlab, trackio (any accelerate supports), all, or none (docs/training.md)")
-    t.add_argument("--push-to-hub", metavar="REPO",
-                   help="after training, upload the model and its model card to this Hugging Face Hub repository")
-    t.add_argument("--hub-token", help="--push-to-hub: a Hub token (default: HF_TOKEN or `hf auth login`'s)")
-    t.add_argument("--hub-private", action=argparse.BooleanOptionalAction, default=None,
-                   help="--push-to-hub: create the repository private (default: the Hub's default)")
     t.add_argument("--resume", help="'latest' or a checkpoint folder; the config is checked against the checkpoint's "
                                     "(a change that alters the trajectory is refused: docs/training.md)")
     t.add_argument("--allow-config-change", action="store_true",
                    help="with --resume: continue with a changed config (new learning rate, schedule, data, ...) "
                         "instead of refusing it; config.yaml records each change and the step it took effect")
-    t.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
-                   help="recompute U-Net activations in the backward pass: less memory, slower steps")
-    t.add_argument("--sharding", choices=SHARDING,
-                   help="none (default: whole weights on every process) or fsdp: each of N launched processes keeps "
-                        "1/N of the weights, gradients, AdamW moments and EMA (docs/distributed.md)")
     _add_device_flags(t, training=True)
     return t, data_flags
-
-
-# data flags of `train` that only training reads: not offered by cache-latents and browse-data
-TRAINING_ONLY = ("latent_cache", "num_workers")
 
 
 def _add_cache_latents(sub, train: argparse.ArgumentParser, data_flags) -> None:
     """`digseg cache-latents`, with the model and data flags of `train`."""
     c = sub.add_parser("cache-latents", help="encode a training set's images and masks once with the frozen VAE")
-    c.add_argument("--output", required=True, help="the latent cache's folder (train with --latent-cache FOLDER)")
+    c.add_argument("--output", required=True, help="the latent cache's folder (train with --cfg-options data.latent_cache=FOLDER)")
     _add_device_flags(c)  # where the frozen VAE encodes, in which precision (latents are stored in fp32)
     for action in train._actions:  # the same model and data flags as `train`
-        if (action.dest in ("config", "pretrained", "variant", "text_encoder", "seed", "cfg_options")
-                or action in data_flags._group_actions) \
-                and action.dest not in TRAINING_ONLY:
+        if action.dest in ("config", "pretrained", "seed", "cfg_options") or action in data_flags._group_actions:
             c._add_action(action)
 
 
@@ -209,8 +150,7 @@ def _add_browse_data(sub, train: argparse.ArgumentParser, data_flags) -> None:
     b.add_argument("--output", required=True, help="folder for <k>_image.png, <k>_label.png, <k>_overlay.png")
     b.add_argument("--num", type=int, default=16, help="how many samples (default 16)")
     for action in train._actions:  # the same data flags as `train`
-        if (action.dest in ("config", "seed", "batch_size", "cfg_options") or action in data_flags._group_actions) \
-                and action.dest not in TRAINING_ONLY:
+        if action.dest in ("config", "seed", "batch_size", "cfg_options") or action in data_flags._group_actions:
             b._add_action(action)
 
 
@@ -221,8 +161,7 @@ def _add_check_data(sub, train: argparse.ArgumentParser, data_flags) -> None:
     c.add_argument("--output", help="a run folder: the result is kept there, and `digseg train --output` with the "
                                     "same folder does not read unchanged files again")
     for action in train._actions:  # the same data flags as `train`
-        if (action.dest in ("config", "seed", "cfg_options") or action in data_flags._group_actions) \
-                and action.dest != "latent_cache":
+        if action.dest in ("config", "seed", "cfg_options") or action in data_flags._group_actions:
             c._add_action(action)
 
 
@@ -237,14 +176,14 @@ def _add_train_mask_decoder(sub) -> None:
     m.add_argument("--val-fraction", type=float, help=HELP["val_fraction"] + " (default: the model's split rule)")
     m.add_argument("--split-file", help=HELP["split_file"] + " (here: the training images; default: the model's, if "
                                                              "it was trained with one)")
-    _add_hf_flags(m)
+    _add_hf_flag(m)
     m.add_argument("--processing-resolution", type=int,
                    help=HELP["processing_resolution"] + " (default: the model's, its training crop)")
     m.add_argument("--num-scenes", type=int, help=f"synthetic dataset size (default: the model's, else "
                                                   f"{DataConfig.num_scenes})")
     m.add_argument("--num-samples", type=int, help="use the first N samples (default: all)")
     m.add_argument("--bad-samples", choices=BAD_SAMPLES, default="error", help=HELP["bad_samples"])
-    m.add_argument("--latent-cache", help=HELP["latent_cache"])
+    m.add_argument("--latent-cache", help="a folder written by `digseg cache-latents` for the same VAE and size")
     m.add_argument("--task", choices=TASKS, default="both", help=HELP["task"] + " (default both): the masks rendered")
     m.add_argument("--widths", help="channel widths, one per resolution, e.g. 64,32,16 (default 128,64,32[,16])")
     m.add_argument("--max-steps", type=int, default=MASK_DECODER_STEPS,
@@ -301,7 +240,7 @@ def _add_eval(sub) -> None:
     e = sub.add_parser("eval", help="score label PNGs, or run a model over a dataset split and score it")
     e.add_argument("--dataset", required=True, help=HELP["dataset"])
     e.add_argument("--data-root", help=HELP["data_root"])
-    _add_hf_flags(e)
+    _add_hf_flag(e)
     e.add_argument("--split", default="val", help="the split to score (default val)")
     e.add_argument("--val-fraction", type=float, help=HELP["val_fraction"] + " (default: the --model's split rule "
                                                                         "on its own data)")

@@ -14,14 +14,14 @@ from their stored bytes by `digseg.data.io`'s rules (stored pixels, no EXIF rota
 reader decodes its files, so the same image/mask pairs give the same samples.
 
 Splits: digseg's split names map to the dataset's, the first present of `SPLIT_NAMES` (val: validation, val,
-valid); `split` (--hf-split) names one directly, and any other split name is used as given.
+valid); `train_split` and `val_split` name them directly, and any other split name is used as given.
 
 Labels: stored value = class id, `ignore_index` (default 255, as the folder reader's masks) = unlabelled;
 `reduce_zero_label` (mmsegmentation's): stored 0 is unlabelled too and v becomes v - 1. Inside digseg unlabelled
 pixels are 255 (65535 above 255 classes), as with every reader.
 
 Class names, the first of:
-1. `classes_file` (--hf-classes-file, data.hf_classes_file): a class file (`read_class_list`) naming the ids after conversion;
+1. `classes_file`: a class file (`read_class_list`) naming the ids after conversion;
 2. the label column's feature names (a `ClassLabel`), naming stored values;
 3. beside a local dataset (the folder, or the data file's folder) or in a Hub dataset's repository: `classes.txt`
    (ids after conversion) or `id2label.json` ({"0": "road", ...}, stored values).
@@ -68,7 +68,7 @@ def _pick_split(available: list[str], split: str, hf_split: str | None, where: s
     found = next((name for name in wanted if name in available), None)
     if found is None:
         looked = " or ".join(repr(w) for w in wanted)
-        hint = "" if hf_split else " (name one with --hf-split)"
+        hint = "" if hf_split else " (name it with the hf option train_split or val_split: docs/data.md)"
         raise DataError(f"{where} has no split {looked}; its splits are {', '.join(available)}{hint}")
     return found
 
@@ -162,8 +162,8 @@ def class_names_of(source: str, label_feature, options: HFOptions) -> list[str]:
         stored = _read_id2label(file) if file is not None else None
     if stored is None:
         raise DataError(f"{HF_PREFIX}{source}: no class names: the label column {options.label_column!r} has no "
-                        f"ClassLabel names and there is no {' or '.join(CLASS_FILES)} beside the data; pass "
-                        "--hf-classes-file FILE (one class name per line)")
+                        f"ClassLabel names and there is no {' or '.join(CLASS_FILES)} beside the data; give the "
+                        "hf option classes_file=FILE (one class name per line)")
     return stored[1:] if options.reduce_zero_label else stored
 
 
@@ -204,18 +204,18 @@ class HFSegmentation(SegmentationDataset):
         self.options = options = options or HFOptions()
         self.source, self.root, self.split, self.size = source, source, split, size
         self.name = f"{HF_PREFIX}{source}"
-        table, self.hf_split = open_split(source, split, options.split)
+        table, self.hf_split = open_split(source, split, options.split_name(split))
         self.where = f"{self.name} ({self.hf_split})"
         columns = list(table.column_names)
-        for flag, column in (("--hf-image-column", options.image_column), ("--hf-label-column", options.label_column)):
+        for option, column in (("image_column", options.image_column), ("label_column", options.label_column)):
             if column not in columns:
-                raise DataError(f"{self.where} has no column {column!r} (choose with {flag}); its columns are "
+                raise DataError(f"{self.where} has no column {column!r} (choose with the hf option {option}); its columns are "
                                 f"{', '.join(columns)}")
         self.class_names = class_names_of(source, table.features[options.label_column], options)
         self.ignore_index = 255 if len(self.class_names) <= 255 else 65535
         first_class = options.ignore_index - int(options.reduce_zero_label)
         if 0 <= first_class < len(self.class_names):
-            raise ConfigError(f"--ignore-index {options.ignore_index} marks a class of {self.name}, which has "
+            raise ConfigError(f"the hf option ignore_index={options.ignore_index} marks a class of {self.name}, which has "
                               f"{len(self.class_names)} classes (ids 0..{len(self.class_names) - 1})")
         self.table = self._raw_columns(table)
         self.samples = RowSamples(self.where, options.image_column, options.label_column, range(len(table)))
@@ -228,7 +228,7 @@ class HFSegmentation(SegmentationDataset):
 
     def layout_hint(self) -> str:
         return (f"an image column {self.options.image_column!r} and a label column {self.options.label_column!r} "
-                "(--hf-image-column, --hf-label-column)")
+                "(the hf options image_column, label_column)")
 
     def _raw_columns(self, table):
         """The two columns, images kept as their stored bytes (decoded here, by digseg's rules)."""

@@ -1,12 +1,18 @@
 """The options of `--dataset hf:NAME_OR_PATH` (`digseg.data.hf` reads such datasets): which columns, splits, class
-names and label conventions, set by `DataConfig` fields and flags of the same names. This module imports neither
-torch nor `datasets`: the command line and the training config read it.
+names and label conventions. One form everywhere: the fields of `HFOptions`, given as the training config's
+`data.hf` mapping (`--cfg-options data.hf.label_column=mask`) and as `--hf label_column=mask` in `digseg eval` and
+`digseg train-mask-decoder`. This module imports neither torch nor `datasets`: the command line and the training
+config read it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import yaml
 
 from ..errors import ConfigError
 
@@ -21,44 +27,63 @@ def is_hf_dataset(name: str) -> bool:
 
 @dataclass(frozen=True)
 class HFOptions:
-    """How to read an hf: dataset; each field is the `DataConfig` field `CONFIG_FIELDS` names."""
+    """How to read an hf: dataset (docs/data.md)."""
 
     image_column: str = "image"
     label_column: str = "label"
-    split: str | None = None  # the dataset's split to read; None: the one SPLIT_NAMES maps the digseg split to
-    classes_file: str | None = None
+    # the dataset's splits read as digseg's train and val splits (None: the first present of SPLIT_NAMES)
+    train_split: str | None = None
+    val_split: str | None = None
+    classes_file: str | None = None  # class names, one per line (None: the label column's or a file beside the data)
     ignore_index: int = 255  # the stored label value of unlabelled pixels
-    reduce_zero_label: bool = False
+    reduce_zero_label: bool = False  # mmsegmentation's: stored 0 is unlabelled and v becomes v - 1
+
+    def split_name(self, split: str) -> str | None:
+        """The dataset's split named for digseg's `split` ("train", "val"); None: by `SPLIT_NAMES` (or as given)."""
+        return {"train": self.train_split, "val": self.val_split}.get(split)
 
 
-# HFOptions field -> the DataConfig field (and, with dashes, the flag) that sets it; a training run reads its
-# validation split as `hf_val_split` says
-CONFIG_FIELDS = {"image_column": "hf_image_column", "label_column": "hf_label_column", "split": "hf_split",
-                 "classes_file": "hf_classes_file", "ignore_index": "ignore_index",
-                 "reduce_zero_label": "reduce_zero_label"}
-VAL_SPLIT_FIELD = "hf_val_split"
+FIELDS = tuple(f.name for f in dataclasses.fields(HFOptions))
 
 
-def hf_options(dataset: str, val: bool = False, **given: Any) -> HFOptions | None:
-    """The options of an hf: dataset from `given` ({DataConfig field: value}, None = the default), for its training
-    split or with `val` its validation split; None for another dataset. ConfigError for an option given with another
-    dataset, or an ignore index outside 0..65535."""
-    unknown = set(given) - {*CONFIG_FIELDS.values(), VAL_SPLIT_FIELD}
-    if unknown:
-        raise TypeError(f"unknown hf option(s) {sorted(unknown)}")
-    given = {key: value for key, value in given.items() if value is not None}
+def hf_options(dataset: str, given: Mapping[str, Any] | None, where: str = "data.hf") -> HFOptions | None:
+    """The options of an hf: dataset from `given` ({HFOptions field: value}; `where` names them in errors, e.g.
+    "--hf"); None for another dataset. ConfigError for an unknown field, a value of the wrong type, or options
+    given with another dataset."""
+    given = dict(given or {})
     if not is_hf_dataset(dataset):
         if given:
-            named = ", ".join(f"--{key.replace('_', '-')} (data.{key})" for key in given)
-            raise ConfigError(f"{named} set how an {HF_PREFIX} dataset is read; {dataset} has its own layout and labels")
+            raise ConfigError(f"{where} ({', '.join(given)}) sets how an {HF_PREFIX} dataset is read; {dataset} has its "
+                              "own layout and labels")
         return None
-    value = given.get("ignore_index")
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535):
-        raise ConfigError(f"--ignore-index (data.ignore_index) must be a label value from 0 to 65535, got {value!r}")
-    val_split = given.pop(VAL_SPLIT_FIELD, None)
-    if val:
-        given.pop(CONFIG_FIELDS["split"], None)
-        if val_split is not None:
-            given[CONFIG_FIELDS["split"]] = val_split
-    by_config = {config: option for option, config in CONFIG_FIELDS.items()}
-    return HFOptions(**{by_config[key]: value for key, value in given.items()})
+    unknown = sorted(set(given) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown option(s) {', '.join(unknown)}; known: {', '.join(FIELDS)}")
+    for name, value in given.items():
+        if name == "ignore_index":
+            ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 65535
+            kind = "a label value from 0 to 65535"
+        elif name == "reduce_zero_label":
+            ok, kind = isinstance(value, bool), "true or false"
+        else:  # a column, a split, a file: text (a split or the class file may also be left at None)
+            ok, kind = isinstance(value, str) or (value is None and not name.endswith("_column")), "a name"
+        if not ok:
+            raise ConfigError(f"{where}: {name} must be {kind}, got {value!r}")
+    return HFOptions(**given)
+
+
+def parse_hf_pairs(items: list[str] | None) -> dict[str, Any]:
+    """`--hf KEY=VALUE ...` -> {KEY: VALUE}, each value read as YAML (`reduce_zero_label=true`, `ignore_index=0`);
+    names stay text (`val_split=2017` is the split "2017"). Checked by `hf_options`."""
+    given: dict[str, Any] = {}
+    for item in items or []:
+        key, eq, text = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"--hf takes KEY=VALUE, got {item!r} (e.g. label_column=mask; keys: {', '.join(FIELDS)})")
+        key = key.strip()
+        try:
+            value = yaml.safe_load(text) if key in ("ignore_index", "reduce_zero_label") else text
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--hf {item}: cannot read the value: {exc}") from exc
+        given[key] = value
+    return given

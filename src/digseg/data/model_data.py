@@ -18,7 +18,7 @@ The record (a JSON object; a field is left out when it does not apply):
     split_rule    folder: the rule that chose the training images, one of `digseg.data.splits.SPLIT_RULES`
     val_fraction  folder, rule "file-name hash": the share held out for val; `hash`: the position rule (HASH_RULE)
     split_file    folder, rule "split file": the training list, absolute; val is every image it does not name
-    hf            hf: the reader options given for training ({DataConfig field: value}, e.g. hf_val_split)
+    hf            hf: the reader options given for training ({HFOptions field: value}, e.g. val_split)
     hf_split      hf: the dataset's split trained on
     num_scenes, seed   synthetic: the scenes trained on (scene i depends on (seed, i))
 
@@ -37,13 +37,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DigsegError
-from .hf_options import CONFIG_FIELDS, VAL_SPLIT_FIELD, hf_options, is_hf_dataset
+from .hf_options import hf_options, is_hf_dataset
 from .splits import BY_HASH, BY_SPLIT_FILE, BY_SPLIT_FOLDERS, BY_SPLIT_LISTS, FOLDER_DATASET, HASH_RULE
 
 TRAINING_DATA_KEY = "training_data"  # the pipeline config's field (model_index.json)
-HF_FIELDS = (*CONFIG_FIELDS.values(), VAL_SPLIT_FIELD)  # the DataConfig fields of an hf: dataset's reader
 # the `digseg eval` flags (argparse dests) that choose the split read; given any, the model's rule is not applied
-EVAL_SPLIT_FLAGS = ("val_fraction", "split_file", *CONFIG_FIELDS.values())
+EVAL_SPLIT_FLAGS = ("val_fraction", "split_file", "hf")
 
 
 def _absolute(path: str | Path) -> str:
@@ -96,32 +95,26 @@ class TrainingDataRecord:
             return {"train_split_file": self.split_file}
         return {}
 
-    def hf_reader(self, split: str):
-        """The `HFOptions` that read `split` of the model's hf: dataset as training read it (val: its validation
-        split); None for other datasets."""
-        given = dict(self.hf or {})
-        if split not in ("train", "val"):  # the recorded split names are train's and val's
-            given.pop(CONFIG_FIELDS["split"], None)
-            given.pop(VAL_SPLIT_FIELD, None)
-        return hf_options(self.dataset, val=split == "val", **given)
+    def hf_reader(self):
+        """The `HFOptions` that read the model's hf: dataset as training read it; None for other datasets."""
+        return hf_options(self.dataset, self.hf)
 
-    def default_reader(self, dataset: str, data_root: str | None, split: str,
-                       given: Mapping[str, Any]) -> dict[str, Any]:
-        """`digseg eval`'s reader options for `split` of `dataset` at `data_root` when it is the model's data and
+    def default_reader(self, dataset: str, data_root: str | None, given: Mapping[str, Any]) -> dict[str, Any]:
+        """`digseg eval`'s reader options for `dataset` at `data_root` when it is the model's data and
         `given` ({EVAL_SPLIT_FLAGS dest: value}) holds no value: the model's split rule. {} otherwise."""
         if not self.same_data(dataset, data_root) or any(given.get(key) is not None for key in EVAL_SPLIT_FLAGS):
             return {}
         if is_hf_dataset(self.dataset):
-            return {"hf": self.hf_reader(split)}
+            return {"hf": self.hf_reader()}
         return self.split_options()
 
     def flag_defaults(self) -> dict[str, Any]:
         """{argparse dest: value} of the flags `digseg train` / `train-mask-decoder` read the training split with
-        (--dataset, --data-root, --val-fraction, --split-file, the hf: flags, --num-scenes)."""
+        (--dataset, --data-root, --val-fraction, --split-file, --hf, --num-scenes)."""
         split = self.split_options()
         flags = {"dataset": self.dataset, "data_root": self.data_root, "num_scenes": self.num_scenes,
                  "val_fraction": split.get("val_fraction"), "split_file": split.get("train_split_file"),
-                 **(self.hf or {})}
+                 "hf": self.hf}
         return {key: value for key, value in flags.items() if value is not None}
 
     # ------------------------------------------------------------------------------------------- in words
@@ -142,26 +135,21 @@ class TrainingDataRecord:
                  BY_SPLIT_LISTS: "the images listed in splits/val.txt", BY_SPLIT_FOLDERS: "the images in images/val/"}
         if self.split_rule in rules:
             return rules[self.split_rule]
-        named = (self.hf or {}).get(VAL_SPLIT_FIELD)
+        named = (self.hf or {}).get("val_split")
         return "the dataset's validation split" + (f" {named}" if named else "")
 
     def eval_flags(self) -> list[str]:
         """`digseg eval` arguments that read the model's validation split on any machine with the data at
-        `data_root`: --dataset, --data-root, --val-fraction, and an hf: dataset's reader flags (a training list
+        `data_root`: --dataset, --data-root, --val-fraction, and an hf: dataset's --hf options (a training list
         has no eval flag: `digseg eval` applies the model's own, as for every split option left out)."""
         flags = ["--dataset", self.dataset]
         if self.data_root:
             flags += ["--data-root", self.data_root]
         if "val_fraction" in self.split_options():
             flags += ["--val-fraction", f"{self.val_fraction:g}"]
-        for key, value in (self.hf or {}).items():
-            if key == CONFIG_FIELDS["split"]:  # the training split's name
-                continue
-            flag = "--hf-split" if key == VAL_SPLIT_FIELD else f"--{key.replace('_', '-')}"
-            if isinstance(value, bool):
-                flags.append(flag if value else flag.replace("--", "--no-", 1))
-            else:
-                flags += [flag, str(value)]
+        if self.hf:
+            flags += ["--hf", *(f"{key}={json.dumps(value) if isinstance(value, bool) else value}"
+                                 for key, value in self.hf.items())]
         return flags
 
     # ------------------------------------------------------------------------------------------- overlap
@@ -207,8 +195,7 @@ def record_training_data(data, dataset) -> dict[str, Any] | None:
     if not isinstance(name, str) or not name:
         return None
     if is_hf_dataset(name):
-        given = {key: getattr(data, key) for key in HF_FIELDS if getattr(data, key, None) is not None}
-        return TrainingDataRecord(name, hf=given if data.dataset == name and given else None,
+        return TrainingDataRecord(name, hf=dict(data.hf) if data.dataset == name and data.hf else None,
                                   hf_split=getattr(dataset, "hf_split", None)).to_dict()
     root = _absolute(dataset.root)
     if name != FOLDER_DATASET:

@@ -48,8 +48,8 @@ def read_dataset(name: str, root: str | None = None, split: str = "val", size: i
 
         return HFSegmentation(name[len(HF_PREFIX):], split=split, size=size, options=hf)
     if hf is not None:
-        raise ConfigError(f"hf options (columns, --hf-classes-file, label conventions) apply to {HF_PREFIX} datasets; "
-                          f"{name} has its own")
+        raise ConfigError(f"hf options (columns, splits, class file, label conventions) apply to {HF_PREFIX} "
+                          f"datasets; {name} has its own")
     cls = get_dataset_class(name)
     if not root:
         raise ConfigError(f"--dataset {name} needs --data-root DIR")

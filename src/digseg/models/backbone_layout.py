@@ -169,11 +169,11 @@ def resolve_variant(path: Path, weight_folders: Sequence[str], requested: str | 
     if len(common) == 1:
         variant = common.pop()
         logger.warning("%s holds only the %s variant of its weights (*.%s.safetensors): loading that variant, "
-                       "in float32 unless a dtype is given (--variant %s)", path, variant, variant, variant)
+                       "in float32 unless a dtype is given (model.variant=%s)", path, variant, variant, variant)
         return variant
     detail = "; ".join(f"{folder.name}: {_names(v)}" for folder, v in held.items())
     raise DigsegError(f"{path} has no plain weights and no single variant to load ({detail}): choose one with "
-                      "--variant")
+                      "model.variant (--cfg-options model.variant=NAME)")
 
 
 # ------------------------------------------------------------------------------------------------ record

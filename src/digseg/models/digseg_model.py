@@ -150,7 +150,7 @@ def load_backbone(path_or_id: str | os.PathLike, torch_dtype: torch.dtype | None
     except (OSError, ValueError) as exc:  # hub id unreachable / not found, or a broken file
         hint = ""
         if "no file named" in str(exc) and variant is None:
-            hint = " (a download of one weight variant only? pass it, e.g. --variant fp16)"
+            hint = " (a download of one weight variant only? pass it, e.g. --cfg-options model.variant=fp16)"
         raise DigsegError(f"cannot load Stable Diffusion backbone {path_or_id!s}: {_first_line(exc)}{hint}") from exc
     if text_encoder_2 is not None:
         from .sdxl import check_added_embedding

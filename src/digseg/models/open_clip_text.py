@@ -184,7 +184,7 @@ def _resolve_config_and_checkpoint(name: str, pretrained: str | None, cache_dir:
     if schema == "hf-hub":
         if looks_like_hub_id(identifier):  # cached, or the Hub reachable and holding it: else one line, no retries
             check_hub_id(identifier, "open_clip text encoder", "open_clip_config.json",
-                         "a local open_clip folder (local-dir:FOLDER; --text-encoder open_clip:local-dir:FOLDER)",
+                         "a local open_clip folder (local-dir:FOLDER; model.text_encoder=open_clip:local-dir:FOLDER)",
                          cache_dir=cache_dir,
                          named_as_hub_id=True)
         config = factory._get_hf_config(identifier, cache_dir=cache_dir)

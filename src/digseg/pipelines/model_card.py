@@ -2,7 +2,7 @@
 
 `write_model_card(folder, facts)` writes it; every save path calls it: `DiGSegPipeline.save_pretrained` (the trainer's
 final model, one-step models included, with the run's facts), `digseg train-mask-decoder` (adding its own), and
-`digseg train --push-to-hub` (again, with the repository id in the loading snippet). The card is YAML metadata (the
+`run.push_to_hub` (again, with the repository id in the loading snippet). The card is YAML metadata (the
 Hub's fields: library_name, pipeline_tag, tags, base_model and datasets where they are Hub ids, and `digseg`: every
 fact below) and a text written from those facts alone, so a later save reads the earlier facts back
 (`read_card_facts`) and keeps them.

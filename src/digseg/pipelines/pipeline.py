@@ -182,7 +182,7 @@ class DiGSegPipeline(LatentSegmentationMixin, DiffusionPipeline):
         record = dict(backbone.record)
         sdxl = backbone.text_encoder_2 is not None
         if text_encoder is not None and sdxl:
-            raise DigsegError(f"--text-encoder {text_encoder}: an SDXL backbone is conditioned on its own two text "
+            raise DigsegError(f"model.text_encoder {text_encoder}: an SDXL backbone is conditioned on its own two text "
                               "encoders (tokens and pooled embedding); another text encoder replaces SD 1.x / 2.x's only")
         open_clip_name = None
         if text_encoder is not None and str(text_encoder).startswith("open_clip:"):

@@ -85,16 +85,9 @@ class DataConfig:
     # text file of the training images' stems (None: splits/train.txt, images/train/ or the held-out fraction)
     val_fraction: float | None = None
     split_file: str | None = None
-    # hf: datasets only (digseg.data.hf; None: its default): the image and label columns ("image", "label"), the
-    # dataset's splits read for training and validation (None: train; validation, val or valid), a class file,
-    # the stored label value of unlabelled pixels (255) and mmsegmentation's reduce_zero_label (false)
-    hf_image_column: str | None = None
-    hf_label_column: str | None = None
-    hf_split: str | None = None
-    hf_val_split: str | None = None
-    hf_classes_file: str | None = None
-    ignore_index: int | None = None
-    reduce_zero_label: bool | None = None
+    # hf: datasets only: how they are read, {option: value} over digseg.data.hf_options.HFOptions (columns, the
+    # dataset's splits read as train and val, a class file, label conventions; docs/data.md)
+    hf: dict[str, Any] = field(default_factory=dict)
     # training crop, height x width (an int: square). None = the dataset preset's crop (docs/augmentation.md)
     crop_size: int | list[int] | None = None
     # overrides of the dataset's augmentation preset (keys of digseg.data.augment.Augmentation);
@@ -114,7 +107,7 @@ class DataConfig:
 
     def validate(self) -> None:
         split_options(self.dataset, self.val_fraction, self.split_file)
-        self.hf_options("train")
+        self.hf_options()
         if self.bad_samples not in BAD_SAMPLES:
             raise ConfigError(f"data.bad_samples must be one of {', '.join(BAD_SAMPLES)}, got {self.bad_samples!r}")
         if self.task not in TASKS:
@@ -127,16 +120,13 @@ class DataConfig:
         if not isinstance(self.augmentation, (bool, dict)):
             raise ConfigError(f"data.augmentation must be true, false or a mapping of overrides, got {self.augmentation!r}")
         if self.augments and (self.cache_latents or self.latent_cache):
-            raise ConfigError("latent caches (data.cache_latents, data.latent_cache / --latent-cache) need fixed samples: "
-                              "turn augmentation off (data.augmentation: false, or --no-augmentation) to use them")
+            raise ConfigError("latent caches (data.cache_latents, data.latent_cache) need fixed samples: "
+                              "turn augmentation off (data.augmentation: false) to use them")
 
-    def hf_options(self, split: str):
-        """How an hf: dataset's `split` ("train" or "val") is read (`digseg.data.hf.HFOptions`); None for another
-        dataset, ConfigError when hf fields are set for one."""
-        return hf_options(self.dataset, val=split == "val", hf_image_column=self.hf_image_column,
-                          hf_label_column=self.hf_label_column, hf_split=self.hf_split, hf_val_split=self.hf_val_split,
-                          hf_classes_file=self.hf_classes_file, ignore_index=self.ignore_index,
-                          reduce_zero_label=self.reduce_zero_label)
+    def hf_options(self):
+        """How an hf: dataset is read (`digseg.data.hf_options.HFOptions`); None for another dataset, ConfigError
+        when `hf` is set for one."""
+        return hf_options(self.dataset, self.hf)
 
     @property
     def augments(self) -> bool:
@@ -211,6 +201,10 @@ class RunConfig:
     # none: every process holds the whole trainable weights, gradients and AdamW moments (DDP). fsdp: each of N
     # processes holds 1/N of them (FSDP2), checkpointed sharded and resumed exactly (docs/distributed.md)
     sharding: str = "none"
+    # after training, upload the model and its model card to this Hugging Face Hub repository (user/name; the token:
+    # HF_TOKEN or `hf auth login`'s), created private when hub_private (None: the Hub's default)
+    push_to_hub: str = ""
+    hub_private: bool | None = None
 
     def validate(self) -> None:
         if self.sharding not in SHARDING:
@@ -281,11 +275,18 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> "TrainConfig":
-        """The YAML file (if any), then `overrides` ({section: {key: value}}, None values skipped) on top."""
+        """The YAML file (if any), then `overrides` ({section: {key: value}}, None values skipped; a mapping's keys
+        merged over the file's mapping) on top."""
         values = read_yaml_with_base(Path(path)) if path else {}
         for section, keys in (overrides or {}).items():
             values.setdefault(section, {})
-            values[section] = {**(values[section] or {}), **{k: v for k, v in keys.items() if v is not None}}
+            merged = dict(values[section] or {})
+            for key, value in keys.items():
+                if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                    merged[key] = {**merged[key], **value}  # a mapping's keys: over the file's mapping
+                elif value is not None:
+                    merged[key] = value
+            values[section] = merged
         return cls.from_dict(values)
 
 
@@ -326,38 +327,71 @@ def _field_types(annotation: str) -> set[str]:
     return {part.strip().split("[")[0] for part in annotation.split("|")}
 
 
+def _mapping_fields() -> dict[tuple[str, str], dict[str, str]]:
+    """The mapping fields whose keys --cfg-options sets one by one (`data.hf.label_column=mask`): {(section, field):
+    {key: its annotation}}, from the dataclass each mapping overrides."""
+    from ..data.augment import Augmentation
+    from ..data.hf_options import HFOptions
+
+    return {(section, name): {f.name: str(f.type) for f in dataclasses.fields(cls)}
+            for (section, name), cls in {("data", "hf"): HFOptions, ("data", "augmentation"): Augmentation}.items()}
+
+
+def _typed(item: str, key: str, annotation: str, text: str) -> Any:
+    """`text` read as YAML, then as the `annotation`'s type (`1e-4` is a float for a float field, `2017` a name for
+    a str field); ConfigError naming the --cfg-options `item` for a value of another type."""
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--cfg-options {item}: cannot read the value: {exc}") from exc
+    types = _field_types(annotation)
+    if isinstance(value, str) and ("float" in types or "int" in types):
+        for kind in (int, float) if "int" in types else (float,):
+            try:
+                value = kind(value)
+                break
+            except ValueError:
+                pass
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and types & {"int", "float"} == set() \
+            and "str" in types:
+        value = text.strip()  # a name that looks like a number
+    if isinstance(value, int) and not isinstance(value, bool) and "float" in types and "int" not in types:
+        value = float(value)
+    admitted = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "tuple": list, "dict": dict}
+    ok = (value is None and "None" in types) or any(
+        isinstance(value, admitted[t]) and not (t in ("int", "float") and isinstance(value, bool))
+        for t in types if t in admitted)
+    if not ok:
+        raise ConfigError(f"--cfg-options {item}: {key} takes {annotation}, got {value!r}")
+    return value
+
+
 def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
-    """["section.field=value", ...] (`--cfg-options`) -> {section: {field: value}}; each value read as YAML, then
-    as the field's type. ConfigError naming the item for an unknown field or a value of the wrong type."""
+    """["section.field=value", "section.mapping.key=value", ...] (`--cfg-options`) -> {section: {field: value}}
+    (a mapping key: {section: {mapping: {key: value}}}, merged over the file's mapping by `TrainConfig.load`); each
+    value read as YAML, then as the field's type. ConfigError naming the item for an unknown field or a value of
+    the wrong type."""
     fields = {section: {f.name: str(f.type) for f in dataclasses.fields(cls)} for section, cls in SECTIONS.items()}
+    mappings = _mapping_fields()
     out: dict[str, dict[str, Any]] = {}
     for item in items:
         key, eq, text = item.partition("=")
         section, _, name = key.strip().partition(".")
+        name, _, sub = name.partition(".")
         if not eq or not name:
             raise ConfigError(f"--cfg-options takes section.field=value, got {item!r} (e.g. optim.lr_warmup_steps=0)")
         if section not in fields or name not in fields[section]:
             known = ", ".join(sorted(fields[section])) if section in fields else ", ".join(SECTIONS)
-            raise ConfigError(f"--cfg-options {item}: no field {key!r}; known: {known}")
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--cfg-options {item}: cannot read the value: {exc}") from exc
-        types = _field_types(fields[section][name])
-        if isinstance(value, str) and ("float" in types or "int" in types):
-            for kind in (int, float) if "int" in types else (float,):
-                try:
-                    value = kind(value)
-                    break
-                except ValueError:
-                    pass
-        if isinstance(value, int) and not isinstance(value, bool) and "float" in types and "int" not in types:
-            value = float(value)
-        admitted = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict}
-        ok = (value is None and "None" in types) or any(
-            isinstance(value, admitted[t]) and not (t in ("int", "float") and isinstance(value, bool))
-            for t in types if t in admitted)
-        if not ok:
-            raise ConfigError(f"--cfg-options {item}: {key} takes {fields[section][name]}, got {value!r}")
-        out.setdefault(section, {})[name] = value
+            raise ConfigError(f"--cfg-options {item}: no field '{section}.{name}'; known: {known}")
+        if not sub:
+            out.setdefault(section, {})[name] = _typed(item, key, fields[section][name], text)
+            continue
+        keys = mappings.get((section, name))
+        if keys is None or sub not in keys:
+            known = f"known: {', '.join(keys)}" if keys else f"{section}.{name} is no mapping"
+            raise ConfigError(f"--cfg-options {item}: no field {key!r}; {known}")
+        mapping = out.setdefault(section, {}).setdefault(name, {})
+        if not isinstance(mapping, dict):
+            raise ConfigError(f"--cfg-options {item}: {section}.{name} is also given whole")
+        mapping[sub] = _typed(item, key, keys[sub], text)
     return out

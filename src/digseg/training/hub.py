@@ -1,9 +1,9 @@
-"""`digseg train --push-to-hub REPO`: a trained model folder uploaded to a Hugging Face Hub model repository.
+"""`run.push_to_hub: REPO` (`digseg train --cfg-options run.push_to_hub=user/name`): a trained model folder uploaded to a Hugging Face Hub model repository.
 
 The upload holds the model (model_index.json and the component folders it names: unet/, vae/, text_pathway/, ...),
 its model card README.md (rewritten first, so its loading snippet names the repository), and the run's config.yaml
-and log.jsonl; checkpoints/ and tracker logs stay local. The token is huggingface_hub's: `hub_token`, else HF_TOKEN
-or the one `hf auth login` stored.
+and log.jsonl; checkpoints/ and tracker logs stay local. The token is huggingface_hub's: HF_TOKEN, else the one
+`hf auth login` stored.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from ..pipelines.model_card import CARD_FILE, read_card_facts, write_model_card
 RUN_FILES = ("model_index.json", CARD_FILE, "config.yaml", "log.jsonl")  # besides the component folders
 
 
-def check_hub_target(repo_id: str, token: str | None = None) -> None:
+def check_hub_target(repo_id: str) -> None:
     """ConfigError, before a run trains, for a repository id the Hub would refuse or when no token is found."""
     from huggingface_hub import get_token
     from huggingface_hub.utils import HFValidationError, validate_repo_id
@@ -25,10 +25,9 @@ def check_hub_target(repo_id: str, token: str | None = None) -> None:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as exc:
-        raise ConfigError(f"--push-to-hub {repo_id!r} is not a Hub repository id (user/name): {exc}") from None
-    if not (token or get_token()):
-        raise ConfigError("--push-to-hub needs a Hub token with write access: `hf auth login`, HF_TOKEN, or "
-                          "--hub-token")
+        raise ConfigError(f"run.push_to_hub {repo_id!r} is not a Hub repository id (user/name): {exc}") from None
+    if not get_token():
+        raise ConfigError("run.push_to_hub needs a Hub token with write access: `hf auth login` or HF_TOKEN")
 
 
 def upload_patterns(folder: Path) -> list[str]:
@@ -38,7 +37,7 @@ def upload_patterns(folder: Path) -> list[str]:
     return [*RUN_FILES, *(f"{name}/*" for name in components)]
 
 
-def push_to_hub(folder: str | Path, repo_id: str, token: str | None = None, private: bool | None = None) -> str:
+def push_to_hub(folder: str | Path, repo_id: str, private: bool | None = None) -> str:
     """Upload the model in `folder` to the model repository `repo_id` (created if needed; `private` as
     huggingface_hub's create_repo takes it, None: the Hub's default); -> the repository's URL. DigsegError when the
     Hub refuses (no network, no write access)."""
@@ -48,7 +47,7 @@ def push_to_hub(folder: str | Path, repo_id: str, token: str | None = None, priv
     if not (folder / "model_index.json").is_file():
         raise DigsegError(f"cannot push {folder} to the Hub: it holds no model (model_index.json is missing)")
     write_model_card(folder, read_card_facts(folder), model_id=repo_id)
-    api = HfApi(token=token)
+    api = HfApi()
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         api.upload_folder(repo_id=repo_id, folder_path=str(folder), allow_patterns=upload_patterns(folder),

@@ -6,7 +6,7 @@ Image-Conditional Diffusion Models is Easier than You Think") and Lotus showed f
 fixing the timestep at T-1, feeding a deterministic input instead of noise, and training the single-step x0
 prediction end to end with a loss in the task's own space gives one pass that matches multi-step ensembles.
 
-Here (`model.objective: one-step`, `digseg train --objective one-step`):
+Here (`model.objective: one-step`, `--cfg-options model.objective=one-step`):
 1. `DiGSegPipeline.one_step_latents`: the U-Net sees the image latent and zeros at t = T-1 and predicts the
    mask latent z0 (read as x0 whatever the prediction type);
 2. the mask decoder the run names (the light decoder or the frozen VAE decoder; frozen either way) turns z0

@@ -4,9 +4,9 @@ Every checkpoint records the config it was trained under, the launch facts the c
 count, the precision actually used) and the history of config changes made on resume (trainer_state.json:
 "config", "launch", "config_changes"). Before any step, `plan_resume` compares them with the given config:
 
-    trajectory fields (FIELD_KINDS)   change what is trained: refused with a one-line ConfigError listing each
-                                      `section.field: old -> new`, unless --allow-config-change
-    safe fields                       bookkeeping, speed and memory levers: accepted
+    safe fields (SAFE_FIELDS)   bookkeeping, speed and memory levers: accepted
+    every other field           changes what is trained: refused with a one-line ConfigError listing each
+                                `section.field: old -> new`, unless --allow-config-change
 
 Two rules depend on other values: `optim.max_steps` is safe when the learning-rate schedule does not depend on it
 (`constant`, `constant_with_warmup`) or when no step is left to train (max_steps <= the checkpoint's step);
@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from ..errors import ConfigError
 from ..data.check import DataCheck, read_sample_list
@@ -37,51 +36,22 @@ from .config import SECTIONS, OptimConfig, TrainConfig
 
 logger = logging.getLogger("digseg.train")
 
-TRAJECTORY = "trajectory"  # a change leaves the run's trajectory: refused unless --allow-config-change
-SAFE = "safe"  # a change trains the same weights: accepted
-
-# Every field of the run config, and the launch facts a checkpoint records ("launch."), classified. A field added
-# to config.py must be added here (tests/test_resume_config.py fails until it is).
-FIELD_KINDS: dict[str, str] = {
-    # model: what is trained, and from what
-    "model.pretrained": TRAJECTORY, "model.prediction_type": TRAJECTORY, "model.text_encoder": TRAJECTORY,
-    "model.prompt_template": TRAJECTORY, "model.objective": TRAJECTORY, "model.one_step_decoder": TRAJECTORY,
-    # which files of the backbone: another revision or variant (fp16 files) starts from other weights
-    "model.variant": TRAJECTORY, "model.revision": TRAJECTORY, "model.text_encoder_variant": TRAJECTORY,
-    "model.text_encoder_revision": TRAJECTORY,
-    # data: which samples, how augmented, how queried
-    "data.dataset": TRAJECTORY, "data.data_root": TRAJECTORY, "data.num_scenes": TRAJECTORY,
-    "data.val_fraction": TRAJECTORY, "data.split_file": TRAJECTORY, "data.crop_size": TRAJECTORY,
-    "data.augmentation": TRAJECTORY, "data.task": TRAJECTORY, "data.negative_prob": TRAJECTORY,
-    "data.class_names": TRAJECTORY,
-    "data.hf_image_column": TRAJECTORY, "data.hf_label_column": TRAJECTORY, "data.hf_split": TRAJECTORY,
-    "data.hf_classes_file": TRAJECTORY, "data.ignore_index": TRAJECTORY, "data.reduce_zero_label": TRAJECTORY,
-    "data.hf_val_split": SAFE,  # what validation scores: training is the same without it
-    "data.bad_samples": SAFE,  # what it does to the sample list is compared itself ("data.samples", below)
-    "data.latent_cache": TRAJECTORY,  # latents written by another command, maybe in another precision
-    "data.num_workers": SAFE, "data.prefetch_factor": SAFE,  # who reads the samples: each depends on its request only
-    "data.cache_latents": SAFE, "data.cache_max_mib": SAFE,  # the run's own VAE latents, kept instead of recomputed
-    # optim: the optimisation
-    "optim.max_steps": TRAJECTORY,  # the schedule is built from it; safe in the cases `_safe_in_context` names
-    "optim.batch_size": TRAJECTORY,  # safe while the global batch (x launch.num_processes) stays the same
-    "optim.gradient_accumulation_steps": TRAJECTORY, "optim.learning_rate": TRAJECTORY,
-    "optim.lr_scheduler": TRAJECTORY, "optim.lr_warmup_steps": TRAJECTORY, "optim.weight_decay": TRAJECTORY,
-    "optim.max_grad_norm": TRAJECTORY, "optim.optimizer": TRAJECTORY, "optim.use_ema": TRAJECTORY,
-    "optim.ema_decay": TRAJECTORY, "optim.max_timestep_prob": TRAJECTORY,
-    "optim.mixed_precision": TRAJECTORY,  # compared as the precision used ("" resolved to the launcher's choice)
-    # the same math, but gradients summed in another order: AdamW turns that rounding into visible differences
-    "optim.gradient_checkpointing": TRAJECTORY,
-    "optim.ema_device": SAFE,  # where the EMA copy waits between updates
-    "optim.max_consecutive_skips": SAFE,  # when to give up: the steps taken until then are the same
-    # run: bookkeeping
-    "run.seed": TRAJECTORY,
-    "run.sharding": TRAJECTORY,  # a sharded checkpoint holds per-process shards: resumed with the same mode only
-    "run.output_dir": SAFE, "run.checkpoint_every": SAFE, "run.keep_checkpoints": SAFE, "run.log_every": SAFE,
-    "run.log_with": SAFE, "run.sample_every": SAFE, "run.num_sample_images": SAFE,
-    "run.eval_every": SAFE, "run.eval_samples": SAFE,  # validation leaves the training weights as they were
-    # launch facts (not in the config): the process count, with optim.batch_size the global batch
-    "launch.num_processes": TRAJECTORY,
-}
+# The fields whose change trains the same weights: accepted on resume. Every other field of the config (and the
+# process count a checkpoint records, "launch.num_processes") leaves the run's trajectory: refused unless
+# --allow-config-change. `data.hf` is compared key by key ("data.hf.val_split").
+SAFE_FIELDS = frozenset({
+    "data.hf.val_split",  # what validation scores: training is the same without it
+    "data.bad_samples",  # what it does to the sample list is compared itself ("data.samples", below)
+    "data.num_workers", "data.prefetch_factor",  # who reads the samples: each depends on its request only
+    "data.cache_latents", "data.cache_max_mib",  # the run's own VAE latents, kept instead of recomputed
+    "optim.ema_device",  # where the EMA copy waits between updates
+    "optim.max_consecutive_skips",  # when to give up: the steps taken until then are the same
+    "run.output_dir", "run.checkpoint_every", "run.keep_checkpoints", "run.log_every", "run.log_with",
+    "run.sample_every", "run.num_sample_images", "run.push_to_hub", "run.hub_private",
+    "run.eval_every", "run.eval_samples",  # validation leaves the training weights as they were
+})
+# Two trajectory fields are safe in context (`_safe_in_context`): optim.max_steps, optim.batch_size with the
+# process count. optim.mixed_precision is compared as the precision used ("" resolved to the launcher's choice).
 
 # learning-rate schedules (diffusers' names) that do not depend on optim.max_steps: extending a run keeps the curve
 SCHEDULES_WITHOUT_END = ("constant", "constant_with_warmup", "piecewise_constant")
@@ -138,6 +108,11 @@ def _flat(config: dict[str, Any], launch: dict[str, Any] | None) -> dict[str, An
         for f in dataclasses.fields(cls):
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             flat[f"{section}.{f.name}"] = json.loads(json.dumps(given.get(f.name, default)))
+    from ..data.hf_options import HFOptions
+
+    hf = flat.pop("data.hf") or {}
+    for key, default in dataclasses.asdict(HFOptions()).items():
+        flat[f"data.hf.{key}"] = hf.get(key, default)
     crop = flat["data.crop_size"]
     if isinstance(crop, int):
         flat["data.crop_size"] = [crop, crop]
@@ -160,7 +135,7 @@ def _safe_in_context(name: str, old: dict[str, Any], new: dict[str, Any], step: 
         if before == after:
             return True, ""
         return False, f"global batch {before} -> {after}"
-    return FIELD_KINDS.get(name, TRAJECTORY) == SAFE, ""
+    return name in SAFE_FIELDS, ""
 
 
 def config_changes(saved: dict[str, Any], given: dict[str, Any], step: int, saved_launch: dict[str, Any] | None = None,
@@ -192,21 +167,6 @@ def history_entry(step: int, changes: list[Change]) -> dict[str, Any]:
     """One entry of config.yaml's `config_changes` (and log.jsonl's note): the new values apply from `step` on."""
     return {"step": step, "trajectory": "changed" if any(not c.safe for c in changes) else "kept",
             "fields": {c.field: [c.old, c.new] for c in changes}}
-
-
-def _saved_config(checkpoint: Path, state: dict[str, Any]) -> dict[str, Any] | None:
-    """The config a checkpoint was trained under. Checkpoints written before configs were recorded in them: the
-    config.yaml of their run folder, if there is one."""
-    if state.get("config"):
-        return state["config"]
-    legacy = checkpoint.parent.parent / "config.yaml"
-    if not legacy.is_file():
-        return None
-    try:
-        values = yaml.safe_load(legacy.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"cannot parse {legacy}, the config of checkpoint {checkpoint}: {exc}") from exc
-    return values if isinstance(values, dict) else None
 
 
 def samples_facts(check: DataCheck | None) -> dict[str, Any] | None:
@@ -243,7 +203,7 @@ def plan_resume(config: TrainConfig, resume: str | None, allow: bool = False,
         return None
     state = read_trainer_state(path)
     step = int(state["step"])
-    saved = _saved_config(path, state)
+    saved = state.get("config")
     if saved is None:
         logger.warning("%s records no config: the resumed config is not checked against it", path)
         return ResumePlan(path, step, [], [])

@@ -56,13 +56,13 @@ def build_dataset(data: DataConfig, seed: int, split: str = "train") -> Dataset:
     """The dataset a `data` section names (synthetic scenes of the crop's size; readers at native size).
     `data.split_file` names the training images: split "train" reads them, and every other split leaves them out
     (a flat folder's val is every image not listed: `digseg.data.splits`); an hf: dataset's split is
-    `data.hf_split` or `data.hf_val_split`."""
+    the `data.hf` option `train_split` or `val_split`."""
     from ..data.registry import build_dataset as build
 
     crop = training_augmentation(data).crop_size
     return build(data.dataset, data.data_root, split=split, size=crop[0] if crop[0] == crop[1] else None,
                  num_scenes=data.num_scenes, seed=seed, val_fraction=data.val_fraction,
-                 train_split_file=data.split_file, hf=data.hf_options(split))
+                 train_split_file=data.split_file, hf=data.hf_options())
 
 
 def class_names(data: DataConfig, dataset: Dataset) -> list[str]:

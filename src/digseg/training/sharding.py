@@ -1,4 +1,4 @@
-"""Sharded training (`run.sharding: fsdp`, `digseg train --sharding fsdp`): FSDP2 over the trainable modules and
+"""Sharded training (`run.sharding: fsdp`): FSDP2 over the trainable modules and
 their sharded checkpoints, one code path on every backend (CUDA with NCCL, CPU with gloo).
 
 Sharding. `torch.distributed.fsdp.fully_shard`, over one mesh of all processes, wraps each part of each U-Net block
@@ -52,21 +52,21 @@ def check_sharding(distributed_type: DistributedType, sharding: str, optimizer: 
     if distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
         raise ConfigError(f"digseg train does not use accelerate's {distributed_type.value} mode: launch with a DDP "
                           "config (distributed_type: MULTI_GPU, e.g. configs/accelerate/ddp_8gpu.yaml) and shard "
-                          "with --sharding fsdp (docs/distributed.md)")
+                          "with run.sharding fsdp (docs/distributed.md)")
     if sharding != "fsdp":
         return
     try:
         from torch.distributed.checkpoint import HuggingFaceStorageWriter  # noqa: F401
         from torch.distributed.fsdp import fully_shard  # noqa: F401
     except ImportError as exc:
-        raise ConfigError(f"--sharding fsdp needs torch >= 2.9 (FSDP2 and torch.distributed.checkpoint's safetensors "
+        raise ConfigError(f"run.sharding fsdp needs torch >= 2.9 (FSDP2 and torch.distributed.checkpoint's safetensors "
                           f"storage); this is torch {torch.__version__} ({exc})") from exc
     if mixed_precision == "fp16":
-        raise ConfigError("--sharding fsdp trains in fp32 or bf16: fp16's loss scaler checks each process's own "
+        raise ConfigError("run.sharding fsdp trains in fp32 or bf16: fp16's loss scaler checks each process's own "
                           "shards for overflow, so processes could skip different steps; use --dtype bf16")
     if optimizer != "adamw":
-        raise ConfigError(f"--sharding fsdp checkpoints AdamW's moments as sharded tensors; optimizer {optimizer} "
-                          "keeps them in another form: use --optimizer adamw")
+        raise ConfigError(f"run.sharding fsdp checkpoints AdamW's moments as sharded tensors; optimizer {optimizer} "
+                          "keeps them in another form: use optim.optimizer adamw")
 
 
 def _ensure_process_group(device: torch.device) -> None:
@@ -74,7 +74,7 @@ def _ensure_process_group(device: torch.device) -> None:
     if dist.is_initialized():
         return
     if device.type not in _BACKENDS:
-        raise ConfigError(f"--sharding fsdp runs on CUDA or CPU devices, not {device.type}")
+        raise ConfigError(f"run.sharding fsdp runs on CUDA or CPU devices, not {device.type}")
     dist.init_process_group(backend=_BACKENDS[device.type], store=dist.HashStore(), rank=0, world_size=1)
 
 

@@ -64,7 +64,7 @@ def tracker_names(log_with: str | list[str]) -> list[str]:
     known = sorted(LOGGER_TYPE_TO_CLASS)
     bad = [name for name in names if name not in (*known, "all")]
     if bad or not names:
-        raise ConfigError(f"run.log_with (--report-to) takes trackers accelerate supports, comma-separated: "
+        raise ConfigError(f"run.log_with takes trackers accelerate supports, comma-separated: "
                           f"{', '.join(known)}; or all, or none; got {log_with!r}")
     return list(dict.fromkeys(names))
 
@@ -112,7 +112,7 @@ class TrainingLogger:
             except Exception as exc:  # a tracker's own setup (no login, an unreachable server...)
                 names = ", ".join(str(t) for t in accelerator.log_with)
                 reason = first_line(exc)
-                raise ConfigError(f"cannot start the tracker(s) {names} of run.log_with (--report-to): {reason}") from exc
+                raise ConfigError(f"cannot start the tracker(s) {names} of run.log_with: {reason}") from exc
 
     @staticmethod
     def tracker_kwargs(log_with: str | list[str], output_dir: Path) -> dict[str, Any]:
@@ -124,7 +124,7 @@ class TrainingLogger:
             names.remove(DEFAULT_TRACKER)
         missing = [name for name in names if name != "all" and not _installed(name)]
         if missing:
-            raise ConfigError(f"run.log_with (--report-to) names {', '.join(missing)}, which is not installed: "
+            raise ConfigError(f"run.log_with names {', '.join(missing)}, which is not installed: "
                               f"pip install {' '.join(missing)}")
         if names == ["all"] and not get_available_trackers():
             logger.warning("run.log_with is all, but no tracker is installed (log.jsonl is written)")

@@ -176,7 +176,7 @@ class Trainer:
         self.shards = ShardedState({"unet": self.unet, "text_pathway": self.text_pathway}, self.optimizer.optimizer,
                                    self.params, self.ema) if self.sharded else None
         if self.sharded and run.sample_every and self.accelerator.log_with and self.accelerator.is_main_process:
-            logger.warning("sample previews are off with --sharding fsdp: the sharded U-Net runs only when every "
+            logger.warning("sample previews are off with run.sharding fsdp: the sharded U-Net runs only when every "
                            "process runs it")
         self.step = 0
         self.last_loss = float("nan")
@@ -268,8 +268,8 @@ class Trainer:
         weights, optimizer_state, state = load_checkpoint(path)
         saved = state.get("sharding", "none")
         if saved != self.run.sharding:
-            raise DigsegError(f"checkpoint {path} was written with --sharding {saved}: resume it with --sharding "
-                              f"{saved} (with any number of processes)")
+            raise DigsegError(f"checkpoint {path} was written with run.sharding {saved}: resume it with --cfg-options "
+                              f"run.sharding={saved} (with any number of processes)")
         self.step = int(state["step"])
         saved_optimizer = ((state.get("config") or {}).get("optim") or {}).get("optimizer", self.optim.optimizer)
         has_ema = state.get("ema") is not None and (self.shards is not None or "ema" in weights)
