@@ -6,7 +6,7 @@ both) and one denoising step:
 
     python -m digseg.cli predict --model M --image D/images --output P --device auto --dtype auto --steps 1 \
         --no-progress
-    python -m digseg.cli eval --model M --dataset folder --data-root D --val-fraction 1 --output E/metrics.json \
+    python -m digseg.cli eval --model M --dataset folder --data-root D --val-fraction 1 --output E \
         --device auto --dtype auto --steps 1
 
 The folder is flat (images/, masks/), so eval's val split is its share held out by file-name hash (default 10%),
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                                     "--output", str(work / "predict"), *flags, "--no-progress"],
                         work / "predict" / "summary.json", args.timeout),
             run_command("eval", ["eval", "--model", str(model), "--dataset", "folder", "--data-root", str(data),
-                                 "--val-fraction", "1", "--output", str(work / "eval" / "metrics.json"), *flags],
+                                 "--val-fraction", "1", "--output", str(work / "eval"), *flags],
                         work / "eval" / "metrics.json", args.timeout),
         ]
 

@@ -199,8 +199,8 @@ def test_sdxl_one_step_light_decoder_predict_and_eval(folders, tmp_path):
     assert torch.equal(a.probabilities, b.probabilities) and a.probabilities.shape[1] == len(SYNTHETIC_CLASSES)
     folder = save_scenes_as_folder(SyntheticScenes(2, size=32, seed=1), tmp_path / "data")
     assert main(["eval", "--model", str(run), "--dataset", "folder", "--data-root", str(folder), "--val-fraction",
-                 "1", "--output", str(tmp_path / "m.json")]) == 0
-    assert 0 <= json.loads((tmp_path / "m.json").read_text())["mIoU"] <= 100
+                 "1", "--output", str(tmp_path / "eval")]) == 0
+    assert 0 <= json.loads((tmp_path / "eval" / "metrics.json").read_text())["mIoU"] <= 100
     assert main(["predict", "--model", str(run), "--image", str(folder / "images"), "--classes", "circle,square",
                  "--top-k", "1", "--outputs", "labels", "--output", str(tmp_path / "pred")]) == 0
     assert len(list((tmp_path / "pred").glob("*.png"))) == 2

@@ -53,7 +53,7 @@ def test_a_wrong_data_root_is_named_before_the_model_loads(command, no_model_loa
     ["train", "--pretrained", "{model}", "--max-steps", "1", "--output", "{tmp}/run"],
     ["cache-latents", "--pretrained", "{model}", "--output", "{tmp}/cache", "--cfg-options", "data.augmentation=false"],
     ["train-mask-decoder", "--model", "{model}", "--output", "{tmp}/out"],
-    ["eval", "--model", "{model}", "--output", "{tmp}/m.json", "--val-fraction", "1"],
+    ["eval", "--model", "{model}", "--output", "{tmp}/eval", "--val-fraction", "1"],
 ], ids=lambda c: c[0])
 def test_a_missing_class_file_is_named_before_the_model_loads(command, data, no_model_loads, tmp_path, capsys):
     (data / "classes.txt").unlink()
@@ -73,7 +73,7 @@ def test_train_names_a_class_list_of_the_wrong_length_before_the_model_loads(dat
 def test_eval_reads_its_threshold_search_split_before_the_model_loads(data, no_model_loads, tmp_path, capsys):
     assert main(["eval", "--model", no_model_loads, "--dataset", "folder", "--data-root", str(data),
                  "--val-fraction", "1", "--threshold-search", "--search-split", "nosuch",
-                 "--output", str(tmp_path / "m.json")]) == 2
+                 "--output", str(tmp_path / "eval")]) == 2
     _names_data_not_model(capsys, "nosuch")
 
 

@@ -90,7 +90,7 @@ def test_commands_refuse_an_impossible_device_before_any_work(tmp_path, capsys):
     out = tmp_path / "out"
     for argv in (["predict", "--model", str(tmp_path / "no-model"), "--image", str(image), "--output", str(out)],
                  ["eval", "--model", str(tmp_path / "no-model"), "--dataset", "folder", "--data-root", str(tmp_path),
-                  "--output", str(out / "m.json")],
+                  "--output", str(out / "eval")],
                  ["train-mask-decoder", "--model", str(tmp_path / "no-model"), "--output", str(out)]):
         assert main([*argv, "--device", "cuda"]) == 2
         err = capsys.readouterr().err.strip()

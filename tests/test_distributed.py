@@ -121,10 +121,10 @@ def test_two_process_eval_gives_exactly_the_single_process_metrics(tiny_backbone
     broken.write_bytes(b"not an image")
     common = ["eval", "--model", str(model), "--dataset", "folder", "--data-root", str(data), "--val-fraction", "1",
               "--ensemble-size", "2", "--steps", "2"]
-    _run([sys.executable, "-m", "digseg.cli", *common, "--output", str(tmp_path / "one.json")])
-    _run([*_torchrun_2proc(), *common, "--output", str(tmp_path / "two.json")])
-    one = json.loads((tmp_path / "one.json").read_text())
-    two = json.loads((tmp_path / "two.json").read_text())
+    _run([sys.executable, "-m", "digseg.cli", *common, "--output", str(tmp_path / "one")])
+    _run([*_torchrun_2proc(), *common, "--output", str(tmp_path / "two")])
+    one = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert (one.pop("runtime")["num_processes"], two.pop("runtime")["num_processes"]) == (1, 2)
     for result in (one, two):
         result.pop("predictions")
@@ -132,8 +132,8 @@ def test_two_process_eval_gives_exactly_the_single_process_metrics(tiny_backbone
         assert result["num_images"] == 9 and len(result["prediction_skipped"]) == 1
         assert broken.name in result["prediction_skipped"][0]
     assert one == two
-    pngs_one = sorted(p.name for p in (tmp_path / "one_predictions").iterdir())
-    assert pngs_one == sorted(p.name for p in (tmp_path / "two_predictions").iterdir()) and len(pngs_one) == 9
+    pngs_one = sorted(p.name for p in (tmp_path / "one" / "predictions").iterdir())
+    assert pngs_one == sorted(p.name for p in (tmp_path / "two" / "predictions").iterdir()) and len(pngs_one) == 9
 
 
 def test_predict_under_two_processes_writes_the_files_of_one(tiny_backbone, tmp_path):

@@ -121,13 +121,13 @@ def test_cli_eval_prints_the_columns_of_the_kind(tmp_path, capsys, kind, columns
     register_dataset(type(f"Toy_{kind}", (Toy,), {"name": name, "metric": kind, "class_names": ["background", "nucleus"]}))
     try:
         assert main(["eval", "--dataset", name, "--data-root", str(tmp_path), "--split", "val", "--predictions",
-                     str(tmp_path / "preds"), "--output", str(tmp_path / "m.json")]) == 0
+                     str(tmp_path / "preds"), "--output", str(tmp_path / "eval")]) == 0
     finally:
         DATASETS.pop(name)
     printed = capsys.readouterr().out
     header = printed.splitlines()[0]
     assert [c.strip() for c in header.strip("|").split("|")] == ["dataset", *columns, "images"]
-    assert json.loads((tmp_path / "m.json").read_text())["metric"] == kind
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["metric"] == kind
     if extra:
         assert extra in printed
 
@@ -188,8 +188,8 @@ def test_cli_eval_scores_a_predictions_folder(tmp_path, capsys):
     for mask in (data / "masks").glob("*.png"):  # perfect predictions
         Image.open(mask).save(preds / mask.name)
     assert main(["eval", "--dataset", "folder", "--data-root", str(data), "--predictions", str(preds),
-                 "--val-fraction", "1", "--output", str(tmp_path / "m.json")]) == 0  # val: every image
-    metrics = json.loads((tmp_path / "m.json").read_text())
+                 "--val-fraction", "1", "--output", str(tmp_path / "eval")]) == 0  # val: every image
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["mIoU"] == pytest.approx(100) and metrics["aAcc"] == pytest.approx(100)
     assert set(metrics["per_class"]) == {"background", "circle", "square", "triangle"}
     out = capsys.readouterr().out
@@ -203,14 +203,40 @@ def test_cli_eval_runs_a_model_and_skips_corrupt_images(tiny_pipe, tmp_path, cap
     corrupt.write_bytes(b"not an image")
     assert main(["eval", "--dataset", "folder", "--data-root", str(data), "--model", str(tmp_path / "model"),
                  "--val-fraction", "1", "--ensemble-size", "2", "--steps", "2",
-                 "--output", str(tmp_path / "out" / "m.json"), "--device", "cpu", "--dtype", "bf16"]) == 0
-    metrics = json.loads((tmp_path / "out" / "m.json").read_text())
+                 "--output", str(tmp_path / "out"), "--device", "cpu", "--dtype", "bf16"]) == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["num_images"] == 2 and metrics["ensemble_size"] == 2 and metrics["steps"] == 2
     assert metrics["runtime"]["device"] == "cpu" and metrics["runtime"]["dtype"] == "bf16"
-    assert len(list((tmp_path / "out" / "m_predictions").glob("*.png"))) == 2
+    assert len(list((tmp_path / "out" / "predictions").glob("*.png"))) == 2
     out = capsys.readouterr().out
     assert "skipped 2 sample(s)" in out  # the corrupt image: once when predicting, once when scoring
+    assert f"see 'skipped_samples' in {tmp_path / 'out' / 'metrics.json'}" in out
     assert 0 <= metrics["mIoU"] <= 100
+
+
+def test_cli_eval_output_is_a_folder(tiny_pipe, tmp_path, capsys):
+    data = _folder_dataset(tmp_path, n=2)
+    tiny_pipe.save_pretrained(tmp_path / "model")
+    common = ["eval", "--dataset", "folder", "--data-root", str(data), "--val-fraction", "1"]
+    run = tmp_path / "run"
+    assert main([*common, "--model", str(tmp_path / "model"), "--steps", "1", "--output", str(run)]) == 0
+    assert f"wrote {run / 'metrics.json'}" in capsys.readouterr().out
+    assert sorted(p.name for p in run.iterdir()) == ["metrics.json", "predictions"]
+    pngs = sorted(p.name for p in (run / "predictions").iterdir())
+    assert pngs == sorted(p.name for p in (data / "images").iterdir()) and len(pngs) == 2  # <stem>.png
+    scored = tmp_path / "scored"
+    assert main([*common, "--predictions", str(run / "predictions"), "--output", str(scored)]) == 0
+    assert [p.name for p in scored.iterdir()] == ["metrics.json"]
+    metrics = [json.loads((folder / "metrics.json").read_text()) for folder in (run, scored)]
+    assert metrics[0]["mIoU"] == metrics[1]["mIoU"]
+    capsys.readouterr()
+    old = tmp_path / "metrics.json"  # a metrics file where the folder would go: refused before the model loads
+    old.write_text("{}")
+    for source in (["--model", str(tmp_path / "no-model")], ["--predictions", str(run / "predictions")]):
+        assert main([*common, *source, "--output", str(old)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: --output {old} is a file") and "a folder" in err and "\n" not in err, err
+    assert old.read_text() == "{}"
 
 
 def test_threshold_search_on_a_binary_dataset(tiny_pipe, tmp_path):

@@ -80,8 +80,8 @@ def test_cli_eval_records_the_protocol(tiny_pipe, tmp_path):
     tiny_pipe.save_pretrained(tmp_path / "model")
     assert main(["eval", "--dataset", "folder", "--data-root", str(dataset.root), "--model", str(tmp_path / "model"),
                  "--val-fraction", "1", "--mode", "slide", "--window-size", "48", "--stride", "32", "--flip",
-                 "--batch-size", "2", "--output", str(tmp_path / "m.json")]) == 0
-    metrics = json.loads((tmp_path / "m.json").read_text())
+                 "--batch-size", "2", "--output", str(tmp_path / "eval")]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["protocol"]["mode"] == "slide" and metrics["protocol"]["crop_size"] == [48, 48]
     assert metrics["protocol"]["flip"] is True and metrics["batch_size"] == 2 and metrics["num_images"] == 3
 

@@ -172,10 +172,10 @@ def test_cli_eval_scores_only_the_held_out_images(tmp_path, capsys):
         Image.open(mask).save(preds / mask.name)
 
     def scored(*flags: str) -> int:
-        out = tmp_path / "m.json"
+        out = tmp_path / "eval"
         assert main(["eval", "--dataset", "folder", "--data-root", str(root), "--split", "val",
                      "--predictions", str(preds), "--output", str(out), *flags]) == 0
-        return json.loads(out.read_text())["num_images"]
+        return json.loads((out / "metrics.json").read_text())["num_images"]
 
     held_out = [s for s in NAMES[:60] if is_held_out(s, DEFAULT_VAL_FRACTION)]
     assert 0 < len(held_out) < 60

@@ -88,17 +88,17 @@ def test_the_saved_model_has_a_model_card_and_still_loads(run, tiny_backbone):
 
 
 def test_eval_and_the_mask_decoder_trainer_read_the_hf_dataset(run, tmp_path, capsys):
-    metrics = tmp_path / "metrics.json"
-    assert main(["eval", "--dataset", f"hf:{run['saved']}", "--model", str(run["out"]), "--output", str(metrics),
+    out = tmp_path / "eval"
+    assert main(["eval", "--dataset", f"hf:{run['saved']}", "--model", str(run["out"]), "--output", str(out),
                  "--batch-size", "3"]) == 0
-    scores = json.loads(metrics.read_text())
+    scores = json.loads((out / "metrics.json").read_text())
     assert scores["dataset"] == f"hf:{run['saved']}" and scores["split"] == "val" and scores["num_images"] == 3
-    assert sorted(p.name for p in (tmp_path / "metrics_predictions").iterdir()) == ["000000.png", "000001.png",
+    assert sorted(p.name for p in (out / "predictions").iterdir()) == ["000000.png", "000001.png",
                                                                                     "000002.png"]
     assert "warning" not in capsys.readouterr().err
     assert main(["eval", "--dataset", f"hf:{run['saved']}", "--model", str(run["out"]), "--split", "train",
-                 "--output", str(tmp_path / "train.json"), "--batch-size", "4"]) == 0
-    trained = json.loads((tmp_path / "train.json").read_text())["num_images"]
+                 "--output", str(tmp_path / "train"), "--batch-size", "4"]) == 0
+    trained = json.loads((tmp_path / "train" / "metrics.json").read_text())["num_images"]
     assert f"warning: {trained} of the {trained} images scored were in the model's training split" in capsys.readouterr().err
     decoded = tmp_path / "with-decoder"
     assert main(["train-mask-decoder", "--model", str(run["out"]), "--output", str(decoded), "--dataset",

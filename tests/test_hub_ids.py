@@ -82,7 +82,7 @@ def test_every_command_names_an_uncached_hub_id_offline_in_one_line_without_retr
                           "--output", out],
         "predict": ["predict", "--model", HUB_ID, "--image", str(image), "--prompt", "cup", "--output", out],
         "eval": ["eval", "--model", HUB_ID, "--dataset", "folder", "--data-root", str(data), "--val-fraction", "1",
-                 "--output", f"{out}/m.json"],
+                 "--output", f"{out}/eval"],
         "train-mask-decoder": ["train-mask-decoder", "--model", HUB_ID, "--num-scenes", "2", "--output", out],
         "demo": ["demo", "--model", HUB_ID],
     }

@@ -172,15 +172,15 @@ def test_cli_eval_chooses_the_decoder(tiny_pipe, tmp_path, capsys):
     tiny_pipe.save_pretrained(plain)
     run = lambda model, choice: main(["eval", "--dataset", "folder", "--data-root", str(data), "--model", str(model),  # noqa: E731
                                       "--val-fraction", "1", "--mask-decoder", choice,
-                                      "--output", str(tmp_path / f"{model.name}-{choice}.json")])
+                                      "--output", str(tmp_path / f"{model.name}-{choice}")])
     assert run(plain, "light") == 2
     assert "no light mask decoder" in capsys.readouterr().err
     assert main(["train-mask-decoder", "--model", str(plain), "--output", str(light), "--max-steps", "2",
                  "--batch-size", "2", "--num-scenes", "4", "--widths", "16,8,8"]) == 0
     assert run(plain, "auto") == run(light, "vae") == run(light, "light") == 0
-    metrics = {name: json.loads((tmp_path / f"{name}.json").read_text())
+    metrics = {name: json.loads((tmp_path / name / "metrics.json").read_text())
                for name in ("plain-auto", "light-vae", "light-light")}
     assert metrics["light-vae"]["mIoU"] == metrics["plain-auto"]["mIoU"]  # --mask-decoder vae: the VAE path
     assert 0 <= metrics["light-light"]["mIoU"] <= 100
-    pngs = lambda name: [p.read_bytes() for p in sorted((tmp_path / f"{name}_predictions").glob("*.png"))]  # noqa: E731
+    pngs = lambda name: [p.read_bytes() for p in sorted((tmp_path / name / "predictions").glob("*.png"))]  # noqa: E731
     assert pngs("light-vae") == pngs("plain-auto") and pngs("light-light") != pngs("light-vae")

@@ -71,7 +71,7 @@ def listed_model(tiny_backbone, data, tmp_path_factory) -> dict:
 def _eval(model: Path, data: Path, out: Path, *flags: str) -> int:
     assert main(["eval", "--dataset", "folder", "--data-root", str(data), "--model", str(model),
                  "--output", str(out), *flags]) == 0
-    return json.loads(out.read_text())["num_images"]
+    return json.loads((out / "metrics.json").read_text())["num_images"]
 
 
 def test_a_trained_model_records_its_data_and_split_rule(hash_model, listed_model, data):
@@ -106,30 +106,30 @@ def test_a_split_file_run_validates_on_no_training_image(listed_model):
 
 def test_eval_scores_the_models_validation_split_and_warns_on_training_images(hash_model, listed_model, data,
                                                                               tmp_path, capsys):
-    assert _eval(hash_model, data, tmp_path / "default.json") == len(HELD_OUT)  # not the 0.1 of a bare folder
+    assert _eval(hash_model, data, tmp_path / "default") == len(HELD_OUT)  # not the 0.1 of a bare folder
     assert "warning" not in capsys.readouterr().err
-    assert _eval(hash_model, data, tmp_path / "all.json", "--val-fraction", "1") == 16
+    assert _eval(hash_model, data, tmp_path / "all", "--val-fraction", "1") == 16
     trained = 16 - len(HELD_OUT)
     assert (f"warning: {trained} of the 16 images scored were in the model's training split (folder data at "
             f"{data.resolve()}, by file-name hash, val_fraction 0.5)") in capsys.readouterr().err
     mixed = tmp_path / "mixed.txt"
     first, second = [s for s in STEMS if s not in HELD_OUT][:2]
     mixed.write_text(f"{HELD_OUT[0]}\n{first}\n{second}\n")  # one val image, two training images
-    assert _eval(hash_model, data, tmp_path / "mixed.json", "--split-file", str(mixed)) == 3
+    assert _eval(hash_model, data, tmp_path / "mixed", "--split-file", str(mixed)) == 3
     assert "warning: 2 of the 3 images scored" in capsys.readouterr().err
 
-    assert _eval(listed_model["out"], data, tmp_path / "listed.json") == 6  # the images not in the training list
+    assert _eval(listed_model["out"], data, tmp_path / "listed") == 6  # the images not in the training list
     assert "warning" not in capsys.readouterr().err
-    assert _eval(listed_model["out"], data, tmp_path / "listed-all.json", "--val-fraction", "1") == 16
+    assert _eval(listed_model["out"], data, tmp_path / "listed-all", "--val-fraction", "1") == 16
     assert "warning: 10 of the 16 images scored" in capsys.readouterr().err
-    assert _eval(listed_model["out"], data, tmp_path / "train.json", "--split", "train") == 10
+    assert _eval(listed_model["out"], data, tmp_path / "train", "--split", "train") == 10
     assert "warning: 10 of the 10 images scored" in capsys.readouterr().err
 
 
 def test_other_data_gets_no_default_and_no_warning(hash_model, data, tmp_path, capsys):
     copy = save_scenes_as_folder(SyntheticScenes(16, size=32, seed=5), tmp_path / "copy")  # same names, elsewhere
     assert not any(is_held_out(s, 0.1) for s in STEMS)
-    assert _eval(hash_model, copy, tmp_path / "copy.json", "--val-fraction", "1") == 16
+    assert _eval(hash_model, copy, tmp_path / "copy-eval", "--val-fraction", "1") == 16
     assert "warning" not in capsys.readouterr().err
     # no split flag: a bare folder's rule (0.1, which holds out none of these 16), not the model's 0.5
     assert main(["eval", "--dataset", "folder", "--data-root", str(copy), "--model", str(hash_model)]) == 2
@@ -150,10 +150,10 @@ def test_the_model_cards_eval_command_scores_the_validation_split(which, hash_mo
     assert command[:5] == ["digseg", "eval", "--dataset", "folder", "--data-root"] and command[5] == str(data.resolve())
     if which == "hash":
         assert command[6:8] == ["--val-fraction", "0.5"]
-    monkeypatch.chdir(tmp_path)  # as written: metrics.json in the working folder
+    monkeypatch.chdir(tmp_path)  # as written: eval_val/ in the working folder
     assert main(command[1:]) == 0
     assert "warning" not in capsys.readouterr().err
-    scored = json.loads((tmp_path / "metrics.json").read_text())["num_images"]
+    scored = json.loads((tmp_path / "eval_val" / "metrics.json").read_text())["num_images"]
     assert scored == (len(HELD_OUT) if which == "hash" else 6)
     assert "validation split the model was validated on" in (model / "README.md").read_text()
 

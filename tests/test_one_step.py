@@ -182,10 +182,10 @@ def test_cli_trains_one_step_then_predict_and_eval_run_it(tiny_backbone, tmp_pat
     assert json.loads((run / "model_index.json").read_text())["objective"] == "one-step"
     data = save_scenes_as_folder(SyntheticScenes(3, seed=1), tmp_path / "data")
     assert main(["eval", "--model", str(run), "--dataset", "folder", "--data-root", str(data), "--val-fraction", "1",
-                 "--output", str(tmp_path / "m.json")]) == 0
-    assert 0 <= json.loads((tmp_path / "m.json").read_text())["mIoU"] <= 100
+                 "--output", str(tmp_path / "eval")]) == 0
+    assert 0 <= json.loads((tmp_path / "eval" / "metrics.json").read_text())["mIoU"] <= 100
     assert main(["eval", "--model", str(run), "--dataset", "folder", "--data-root", str(data), "--val-fraction", "1",
-                 "--ensemble-size", "4", "--output", str(tmp_path / "m4.json")]) == 2
+                 "--ensemble-size", "4", "--output", str(tmp_path / "eval4")]) == 2
     assert "one-step objective" in capsys.readouterr().err
     out = tmp_path / "pred"
     assert main(["predict", "--model", str(run), "--image", str(data / "images"), "--prompt", "circle",

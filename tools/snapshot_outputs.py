@@ -103,9 +103,9 @@ def write(model: Path, out: Path, one_step: Path | None) -> None:
     cli = out / "cli"
     runs = [
         ["eval", "--dataset", "folder", "--data-root", str(folder), "--val-fraction", "1", "--model", str(model),
-         "--ensemble-size", "2", "--steps", "2", "--output", str(cli / "eval" / "metrics.json")],
+         "--ensemble-size", "2", "--steps", "2", "--output", str(cli / "eval")],
         ["eval", "--dataset", "folder", "--data-root", str(folder), "--val-fraction", "1", "--predictions",
-         str(cli / "eval" / "metrics_predictions"), "--output", str(cli / "eval_scored" / "metrics.json")],
+         str(cli / "eval" / "predictions"), "--output", str(cli / "eval_scored")],
         ["predict", "--model", str(model), "--image", str(folder / "images"), "--prompt", names[1],
          "--output", str(cli / "predict_binary")],
         ["predict", "--model", str(model), "--image", str(folder / "images"), "--classes", ",".join(names[1:]),

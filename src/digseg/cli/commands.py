@@ -359,6 +359,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     if (args.predictions is None) == (args.model is None):
         raise ConfigError("give exactly one of --predictions DIR (score label PNGs) or --model DIR (predict, then score)")
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"--output {output} is a file: eval's --output is now a folder, holding metrics.json "
+                          "(and the predicted label PNGs in predictions/ with --model)")
     placement = _placement(args) if args.model else None
     # a folder dataset's splits, or how an hf: dataset is read; on the model's own data with no split flag given,
     # the model's split rule (`digseg.data.model_data`): its validation split for --split val
@@ -374,8 +378,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     warning = record.overlap_warning(dataset) if record is not None else None
     if warning and is_main_process():
         print(warning, file=sys.stderr)
-    output = Path(args.output)
-    predictions = Path(args.predictions) if args.predictions else output.with_suffix("").parent / f"{output.stem}_predictions"
+    predictions = Path(args.predictions) if args.predictions else output / "predictions"
     info: dict = {}
     if args.model:
         from ..devices import runtime_info
@@ -402,8 +405,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     metrics.update(info)
     if not is_main_process():  # under accelerate launch / torchrun: every process has the same metrics
         return
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(metrics, indent=2))
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "metrics.json").write_text(json.dumps(metrics, indent=2))
     kind = MetricKind(metrics["metric"])
     row = {"dataset": f"{dataset.name} ({dataset.split})", **{c: metrics[c] for c in SUMMARY_COLUMNS[kind]},
            "images": metrics["num_images"]}
@@ -413,8 +416,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
             print(f"  {name}: Dice {values['Dice']:.2f}  IoU {values['IoU']:.2f}")
     skipped = metrics["skipped"] + len(info.get("prediction_skipped", []))
     if skipped:
-        print(f"skipped {skipped} sample(s) that could not be read; see 'skipped_samples' in {output}")
-    print(f"wrote {output}")
+        print(f"skipped {skipped} sample(s) that could not be read; see 'skipped_samples' in {output / 'metrics.json'}")
+    print(f"wrote {output / 'metrics.json'}")
 
 
 # ---------------------------------------------------------------------------------------------- demo

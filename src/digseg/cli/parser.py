@@ -249,8 +249,8 @@ def _add_eval(sub) -> None:
     src = e.add_mutually_exclusive_group()
     src.add_argument("--predictions", help="folder of <stem>.png label maps to score")
     src.add_argument("--model", help="a DiGSeg model folder: predict the split, then score")
-    e.add_argument("--output", default="metrics.json",
-                   help="metrics JSON (default metrics.json; predictions go beside it with --model)")
+    e.add_argument("--output", default="digseg-eval",
+                   help="folder for metrics.json and, with --model, the label PNGs in predictions/ (default digseg-eval)")
     e.add_argument("--ensemble-size", type=int, default=1, help=HELP["ensemble_size"])
     e.add_argument("--steps", type=int, default=None, help=HELP["steps"])
     e.add_argument("--processing-resolution", type=int, default=None,

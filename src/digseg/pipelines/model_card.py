@@ -176,8 +176,9 @@ def _evaluation_section(facts: dict[str, Any], where: str) -> str:
         data = f"--dataset {dataset}" + ("" if dataset.startswith(HF_PREFIX) else " --data-root DATA_ROOT")
         split = ""
     return ("## Evaluation\n\n"
-            f"```bash\ndigseg eval {data} --split val --model {shlex.quote(where)} --output metrics.json\n```\n\n"
-            f"{split}Default test protocol for this data: {e['protocol']}. metrics.json records the protocol used.")
+            f"```bash\ndigseg eval {data} --split val --model {shlex.quote(where)} --output eval_val\n```\n\n"
+            f"{split}Default test protocol for this data: {e['protocol']}. It writes eval_val/metrics.json, which "
+            "records the protocol used, and the predicted label maps in eval_val/predictions/.")
 
 
 def _decoder_section(facts: dict[str, Any]) -> str:
