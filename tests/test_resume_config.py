@@ -6,13 +6,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import logging
 import os
-import signal
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,13 +21,13 @@ from digseg.cli import main
 from digseg.data.synthetic import SYNTHETIC_CLASSES, SyntheticScenes
 from digseg.errors import ConfigError, DigsegError
 from digseg.training import checkpoint as checkpoint_module
-from digseg import run_lock
 from digseg.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from digseg.training.config import SECTIONS, TrainConfig
 from digseg.data.hf_options import HFOptions
 from digseg.training.resume_check import SAFE_FIELDS, check_changes, config_changes, plan_resume
-from digseg.run_lock import STALE_AFTER_S, TRAIN, RunFolderLock
-from training_helpers import assert_same_weights, error_line, final_weights, train_config, trainer
+from digseg.run_lock import PREDICT, TRAIN, RunFolderLock
+from training_helpers import (assert_same_weights, error_line, final_weights, lock_held_elsewhere, refusal_elsewhere,
+                              train_config, trainer)
 
 LOCK_FILE = TRAIN.file
 LAUNCH = {"num_processes": 1, "mixed_precision": "no"}
@@ -122,44 +117,28 @@ def test_rules_that_depend_on_other_values(tmp_path):
     assert config_changes(square, pair, 10) == []
 
 
-def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path, caplog, monkeypatch):
-    lock_file = tmp_path / LOCK_FILE
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        lock_file.write_text(json.dumps({"host": socket.gethostname(), "pid": sleeper.pid, "started": "T0"}))
-        with pytest.raises(DigsegError, match=f"pid {sleeper.pid} on host {socket.gethostname()}, started T0"):
+def test_lock_refuses_another_process_naming_it_and_is_free_once_that_process_is_killed(tmp_path):
+    host = socket.gethostname()
+    with lock_held_elsewhere(tmp_path, "TRAIN") as holder:
+        record = json.loads((tmp_path / f"{LOCK_FILE}.json").read_text())
+        assert record["pid"] == holder.pid and record["host"] == host
+        with pytest.raises(DigsegError) as refused:
             RunFolderLock(tmp_path, TRAIN).acquire()
-    finally:
-        sleeper.kill()
-        sleeper.wait()
-    # another machine's run: refused while its heartbeat touches the file; taken over once it has stopped
-    lock_file.write_text(json.dumps({"host": "other-machine", "pid": os.getpid(), "started": "T1"}))
-    with pytest.raises(DigsegError, match=f"host other-machine, started T1.*delete {lock_file}"):
-        RunFolderLock(tmp_path, TRAIN).acquire()
-    silent_since = time.time() - STALE_AFTER_S - 5
-    os.utime(lock_file, (silent_since, silent_since))
-    with caplog.at_level(logging.WARNING, logger="digseg.train"):
-        with RunFolderLock(tmp_path, TRAIN):
-            assert "host other-machine" in caplog.text and "no sign of life" in caplog.text
-    caplog.clear()
-    monkeypatch.setattr(run_lock, "HEARTBEAT_S", 0.05)  # the holder's heartbeat, sped up
-    with RunFolderLock(tmp_path, TRAIN):
-        os.utime(lock_file, (silent_since, silent_since))
-        deadline = time.monotonic() + 10
-        while lock_file.stat().st_mtime < time.time() - 60 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert lock_file.stat().st_mtime > time.time() - 60, "the holder does not touch its lock file"
-
-    # a dead process on this host (the sleeper, reaped): its lock is taken over, with a warning
-    lock_file.write_text(json.dumps({"host": socket.gethostname(), "pid": sleeper.pid, "started": "T2"}))
-    with caplog.at_level(logging.WARNING, logger="digseg.train"):
-        with RunFolderLock(tmp_path, TRAIN) as lock:
-            assert f"pid {sleeper.pid}" in caplog.text and "took over" in caplog.text
-            assert json.loads(lock_file.read_text())["pid"] == os.getpid()
-            with RunFolderLock(tmp_path, TRAIN):  # re-entrant within the process (digseg train, then its trainer)
+        assert str(refused.value) == (f"run folder {tmp_path} is in use by another training run (pid {holder.pid} on "
+                                      f"host {host}, started {record['started']}); wait for it to end, or train into "
+                                      "another --output")
+        with RunFolderLock(tmp_path, PREDICT):  # each kind of run has its own lock
+            pass
+        holder.kill()  # SIGKILL: nothing of the holder runs, its files stay behind
+        holder.wait()
+        assert (tmp_path / LOCK_FILE).is_file()
+        with RunFolderLock(tmp_path, TRAIN):  # the kernel let go of its lock
+            assert json.loads((tmp_path / f"{LOCK_FILE}.json").read_text())["pid"] == os.getpid()
+            with RunFolderLock(tmp_path, TRAIN):  # held by this process already (digseg train, then its trainer)
                 pass
-            assert lock_file.is_file()
-        assert not lock.path.exists() and not list(tmp_path.glob(f"{LOCK_FILE}*"))
+            assert f"pid {os.getpid()} on host {host}" in refusal_elsewhere(tmp_path, "TRAIN")  # still held
+        assert not list(tmp_path.glob(".digseg-train*"))  # a release removes its files
+        assert refusal_elsewhere(tmp_path, "TRAIN") == ""
     with RunFolderLock(tmp_path / "new", TRAIN):  # a folder the lock had to create, left empty: removed on release
         assert (tmp_path / "new" / LOCK_FILE).is_file()
     assert not (tmp_path / "new").exists()
@@ -297,7 +276,7 @@ def _train_args(tiny_backbone, output: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def lone_run(tiny_backbone, tmp_path_factory):
-    """The run of `_train_args`, alone and uninterrupted, on one thread (as the `digseg train` subprocesses)."""
+    """The run of `_train_args`, alone and uninterrupted, on one thread (as the full-disk run)."""
     run = tmp_path_factory.mktemp("lone") / "run"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -308,36 +287,31 @@ def lone_run(tiny_backbone, tmp_path_factory):
     return final_weights(run)
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="SIGSTOP is POSIX")
-def test_a_second_run_on_a_folder_in_use_stops_at_once(tiny_backbone, lone_run, tmp_path, capsys):
+def test_a_second_run_on_a_folder_in_use_stops_before_loading_the_model(tiny_backbone, tmp_path, capsys,
+                                                                       monkeypatch):
+    """`digseg train` stops before it builds the model; a Trainer built from Python is refused too."""
     run = tmp_path / "run"
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
-    env.pop("DIGSEG_KILL_AT", None)
-    env.pop("DIGSEG_FAIL_AT", None)
-    first = subprocess.Popen([sys.executable, "-m", "digseg.cli", *_train_args(tiny_backbone, run)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        deadline = time.monotonic() + 120
-        while not (run / LOCK_FILE).is_file() and first.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        first.send_signal(signal.SIGSTOP)  # held mid-run, lock taken, while the second run tries
-        assert (run / LOCK_FILE).is_file(), "the first run ended before the second could try"
+    with lock_held_elsewhere(run, "TRAIN") as holder:
         before = _snapshot(run)
+        monkeypatch.setattr("digseg.training.run.build_run", _not_reached)
         capsys.readouterr()
         assert main(_train_args(tiny_backbone, run)) == 2  # the second run (this process)
         line = error_line(capsys)
-        assert f"pid {first.pid} on host {socket.gethostname()}, started " in line and "in use" in line, line
+        assert line.startswith(f"error: run folder {run} is in use by another training run (pid {holder.pid} on host "
+                               f"{socket.gethostname()}, started ") and line.endswith("train into another --output")
         assert _snapshot(run) == before  # it wrote nothing
-    finally:
-        first.send_signal(signal.SIGCONT)
-    _, err = first.communicate(timeout=300)
-    assert first.returncode == 0, err[-3000:]
-    assert not (run / LOCK_FILE).exists()
-    assert_same_weights(lone_run, final_weights(run))
+        config = train_config(pretrained="unused", output_dir=str(run), resolution=32, log_with="none",
+                              class_names=list(SYNTHETIC_CLASSES))
+        with pytest.raises(DigsegError, match=f"in use by another training run \\(pid {holder.pid} "):
+            trainer(config, _fresh(tiny_backbone), SyntheticScenes(8, size=32, seed=0), show_progress=False)  # Python
+        assert _snapshot(run) == before
 
 
-def test_a_full_disk_during_a_checkpoint_write_loses_nothing(tiny_backbone, lone_run, tmp_path, monkeypatch, capsys,
-                                                            caplog):
+def _not_reached(*args, **kwargs):
+    raise AssertionError("a refused run went on to build its model")
+
+
+def test_a_full_disk_during_a_checkpoint_write_loses_nothing(tiny_backbone, lone_run, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the lone run
@@ -351,14 +325,13 @@ def test_a_full_disk_during_a_checkpoint_write_loses_nothing(tiny_backbone, lone
         assert load_checkpoint(run / "checkpoints" / "step-00000002")[2]["step"] == 2
         assert not (run / "model_index.json").exists() and not (run / LOCK_FILE).exists()
 
-        # space freed; the run that failed left no lock, but a SIGKILLed one would: its stale lock is taken over
+        # space freed; the run that failed released its lock, and the files a SIGKILLed holder leaves block nothing
         monkeypatch.delenv("DIGSEG_FAIL_AT")
-        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-        (run / LOCK_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout),
-                                                 "started": "earlier"}))
-        with caplog.at_level(logging.WARNING, logger="digseg.train"):
-            assert main([*_train_args(tiny_backbone, run), "--resume", "latest"]) == 0
-        assert f"took over the lock of a training run that is gone (pid {int(dead.stdout)}" in caplog.text
+        with lock_held_elsewhere(run, "TRAIN"):
+            pass
+        assert (run / LOCK_FILE).is_file()
+        assert main([*_train_args(tiny_backbone, run), "--resume", "latest"]) == 0
+        assert not (run / LOCK_FILE).exists()
     finally:
         torch.set_num_threads(threads)
     assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-00000004", "step-00000006"]

@@ -1,9 +1,14 @@
-"""Test helpers: a TrainConfig from flat keys, and the trainer `build_run` makes from it."""
+"""Test helpers: a TrainConfig from flat keys, the trainer `build_run` makes from it, and a run-folder lock held by
+another process."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import subprocess
+import sys
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from safetensors.torch import load_file
@@ -50,3 +55,38 @@ def error_line(capsys) -> str:
     lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error: ")]
     assert len(lines) == 1, err
     return lines[0]
+
+
+# takes the lock argv[2] ("TRAIN", "PREDICT") of folder argv[1] and holds it until stdin closes; a refusal: exit 1
+_HOLD = """import sys
+from digseg import run_lock
+from digseg.errors import DigsegError
+lock = run_lock.RunFolderLock(sys.argv[1], getattr(run_lock, sys.argv[2]))
+try:
+    lock.acquire()
+except DigsegError as exc:
+    sys.exit(str(exc))
+print("held", flush=True)
+sys.stdin.read()
+lock.release()
+"""
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(folder: Path, kind: str) -> Iterator[subprocess.Popen]:
+    """Another process that holds the `kind` lock ("TRAIN", "PREDICT") of `folder` until the block ends, then is
+    SIGKILLed (if still running): it never releases the lock itself."""
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(folder), kind], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n", holder.communicate()[1]
+        yield holder
+    finally:
+        holder.kill()
+        holder.communicate()
+
+
+def refusal_elsewhere(folder: Path, kind: str) -> str:
+    """The refusal another process gets for the `kind` lock of `folder` ("" if it could take it, then let go)."""
+    return subprocess.run([sys.executable, "-c", _HOLD, str(folder), kind], input="", capture_output=True,
+                          text=True).stderr.strip()

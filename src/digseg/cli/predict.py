@@ -33,8 +33,8 @@ launched processes, and going on past files that cannot be read.
   work), not silently continued.
 - **One writer.** The main process holds `<out>/.digseg-predict.lock` (`digseg.run_lock`, PREDICT) for the
   whole run: a second run into the same folder, while this one runs, stops with a DigsegError naming it, before
-  it reads or clears any record. `digseg predict` takes the lock before loading the model; `run_predict` takes it
-  again (re-entrant), so a caller of the Python function is protected too.
+  it reads or clears any record. `digseg predict` takes the lock before loading the model, and `run_predict` takes
+  it when this process does not hold it yet, so a caller of the Python function is protected too.
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ checkpoints and `resume="latest"`, optional validation with the best step kept (
 sharding of the trainable modules and their checkpoints (`sharding.py`). The run folder gets `config.yaml` at the
 start and the trained pipeline (model_index.json, unet/, vae/, ..., and README.md, the model card of what the run
 knows: `digseg.pipelines.model_card`) at the end. The main process holds the run folder's lock
-(`digseg.run_lock`) from the trainer's construction to the end of `train`; a resume checks the config against the
-checkpoint's before any step (`resume_check.py`).
+(`digseg.run_lock`) from the trainer's construction to the end of `train`, unless it holds it already (`digseg
+train` takes it before loading the model); a resume checks the config against the checkpoint's before any step
+(`resume_check.py`).
 """
 
 from __future__ import annotations
@@ -184,7 +185,8 @@ class Trainer:
         self.last_validation: dict | None = None  # {"step", "val/mIoU", ...}: the latest scores (the model card's)
         self.config_changes: list[dict] = []  # changes made on resume (resume_check.history_entry), checkpointed
         self.guard = DivergenceGuard(self.output_dir, opt.max_consecutive_skips, opt.learning_rate)  # checkpointed
-        # one writer per run folder: taken before anything is written there, given back at the end of train()
+        # one writer per run folder: taken (if this process does not hold it yet) before anything is written there,
+        # given back at the end of train()
         self._lock = RunFolderLock(self.output_dir, TRAIN)
         if self.accelerator.is_main_process:
             self._lock.acquire()
