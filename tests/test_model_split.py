@@ -63,7 +63,7 @@ def listed_model(tiny_backbone, data, tmp_path_factory) -> dict:
     args = build_parser().parse_args([*_train_flags(tiny_backbone, data, out), "--split-file", str(listed),
                                       "--max-steps", "2", "--eval-every", "1", "--cfg-options", "run.eval_samples=50"])
     trainer = build_run(_train_config(args), show_progress=False)
-    validated = [sample.stem for sample in trainer.preview_dataset.samples]
+    validated = [sample.stem for sample in trainer.val_dataset.samples]
     trainer.train()
     return {"out": out, "listed": listed, "validated": validated}
 

@@ -208,7 +208,7 @@ def test_sharding_settings_it_cannot_honour_are_refused(runs, tiny_pipe, tmp_pat
     for extra, message in ((dict(mixed_precision="fp16"), "fp16"), (dict(optimizer="adamw8bit"), "adamw8bit"),
                            (dict(eval_every=1), "eval_every")):
         with pytest.raises(ConfigError, match=message):
-            trainer(train_config(**base, sharding="fsdp", **extra), tiny_pipe, dataset, preview=dataset)
+            trainer(train_config(**base, sharding="fsdp", **extra), tiny_pipe, dataset, val_dataset=dataset)
     unsharded = trainer(train_config(**base), tiny_pipe, dataset)
     with pytest.raises(DigsegError, match="resume it with --cfg-options run.sharding=fsdp"):
         unsharded.load_checkpoint(runs["sharded"] / "checkpoints" / f"step-{STEPS:08d}")

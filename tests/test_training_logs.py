@@ -24,7 +24,7 @@ def test_tensorboard_gets_loss_lr_and_sample_predictions(tiny_backbone, tmp_path
                          lr_warmup_steps=2, checkpoint_every=100, log_every=1, sample_every=2, num_sample_images=3,
                          resolution=32, class_names=list(SYNTHETIC_CLASSES))
     previews = SyntheticScenes(3, size=32, seed=7)  # a "validation" set: not the training scenes
-    trainer(config, pipe, SyntheticScenes(6, size=32, seed=1), show_progress=False, preview=previews).train()
+    trainer(config, pipe, SyntheticScenes(6, size=32, seed=1), show_progress=False, val_dataset=previews).train()
 
     event_files = list((run / "logs").rglob("events.out.tfevents.*"))
     assert event_files, f"no TensorBoard event file under {run / 'logs'}"

@@ -152,9 +152,9 @@ def set_objective(pipe: DiGSegPipeline, model: ModelConfig) -> None:
 
 
 def build_run(config: TrainConfig, pipe: DiGSegPipeline | None = None, dataset: Dataset | None = None,
-              show_progress: bool = True, preview: Dataset | None = None) -> Trainer:
+              show_progress: bool = True, val_dataset: Dataset | None = None) -> Trainer:
     """The `Trainer` of a run: the pipeline (from `config.model` unless given) and training data (from
-    `config.data`, over `dataset` if given); `trainer.pipe` and `trainer.data` are those. `preview`: the
+    `config.data`, over `dataset` if given); `trainer.pipe` and `trainer.data` are those. `val_dataset`: the
     validation split (previews, validation); built from `config.data` when neither it nor `dataset` is given.
     The data is checked (`checked_dataset`) before the model loads.
     The pipeline's prompt template becomes the config's, else the dataset's; its objective becomes the config's."""
@@ -166,17 +166,17 @@ def build_run(config: TrainConfig, pipe: DiGSegPipeline | None = None, dataset: 
     tracker_names(config.run.log_with)  # an unknown tracker fails before the model loads
     if pipe is None:
         require_backbone(config.model)  # before the data is read
-    own_preview = preview is None and dataset is None
+    own_val = val_dataset is None and dataset is None
     dataset = dataset if dataset is not None else build_dataset(config.data, config.run.seed)  # its errors first
-    if own_preview:
-        preview = validation_split(config)
+    if own_val:
+        val_dataset = validation_split(config)
     show = show_progress and is_main_process()
     dataset, check = checked_dataset(config.data, dataset, config.run.output_dir, "train", show)
-    if preview is not None and config.run.eval_every:  # validation reads all of it (previews skip what they cannot read)
-        preview, _ = checked_dataset(config.data, preview, config.run.output_dir, "val", show)
+    if val_dataset is not None and config.run.eval_every:  # validation reads all of it (previews skip)
+        val_dataset, _ = checked_dataset(config.data, val_dataset, config.run.output_dir, "val", show)
     pipe = pipe if pipe is not None else build_pipeline(config.model)
     template = config.model.prompt_template or getattr(dataset, "prompt_template", None) or pipe.config.prompt_template
     pipe.register_to_config(prompt_template=template)
     set_objective(pipe, config.model)
     data = build_training_data(config.data, pipe, dataset, config.run.seed, check)
-    return Trainer(config, pipe, data, show_progress=show_progress, preview_dataset=preview)
+    return Trainer(config, pipe, data, show_progress=show_progress, val_dataset=val_dataset)

@@ -127,21 +127,21 @@ class Trainer:
     `config.run` (the `model` and `data` sections were read when `pipe` and `data` were built)."""
 
     def __init__(self, config: TrainConfig, pipe: DiGSegPipeline, data: TrainingData, show_progress: bool = True,
-                 preview_dataset: Dataset | None = None) -> None:
-        """`preview_dataset`: the validation split: images whose predictions the trackers show every `sample_every`
+                 val_dataset: Dataset | None = None) -> None:
+        """`val_dataset`: the validation split: images whose predictions the trackers show every `sample_every`
         steps (its first `num_sample_images`; None = the first training images), and that validation scores
         every `eval_every` steps (needed then)."""
         self.config = config.validate()
         self.optim, self.run = opt, run = config.optim, config.run
         self.pipe = pipe
         self.data = data
-        self.preview_dataset = preview_dataset
+        self.val_dataset = val_dataset
         self._preview_samples: list[dict] | None = None  # read at the first preview
         self.show_progress = show_progress
         self.output_dir = Path(run.output_dir)
         self.accelerator = _make_accelerator(opt, run)
         check_sharding(self.accelerator.distributed_type, run.sharding, opt.optimizer, self.accelerator.mixed_precision)
-        check_can_validate(run.eval_every, preview_dataset, run.sharding)
+        check_can_validate(run.eval_every, val_dataset, run.sharding)
         pipe.to(self.accelerator.device)
         pipe.unet.float()  # float32 master weights, whatever dtype the files or the caller's pipeline had
         pipe.text_pathway.float()
@@ -465,7 +465,7 @@ class Trainer:
         if not self.logs.use_trackers or not self.accelerator.is_main_process or self.shards is not None:
             return
         if self._preview_samples is None:
-            source = self.preview_dataset if self.preview_dataset is not None else self.data.samples.dataset
+            source = self.val_dataset if self.val_dataset is not None else self.data.samples.dataset
             self._preview_samples = []
             for i in range(min(run.num_sample_images, len(source))):
                 try:
@@ -481,7 +481,7 @@ class Trainer:
         """Score this step's weights (the EMA ones, if on) on the validation split, log the scores, and on a new
         best write `checkpoints/best`. Every process calls this (each predicts its share of the images)."""
         with evaluation_weights([self.pipe.unet, self.pipe.text_pathway], self.ema, self.params):
-            result = evaluate(self.pipe, self.preview_dataset, self.run.eval_samples, self.run.seed,
+            result = evaluate(self.pipe, self.val_dataset, self.run.eval_samples, self.run.seed,
                               self.optim.batch_size)
         kill_point(f"validation-{self.step}")
         self.logs.log_validation(self.step, result.scores)

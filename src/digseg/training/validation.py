@@ -59,7 +59,7 @@ def check_can_validate(every: int, dataset: Dataset | None, sharding: str = "non
         return
     if dataset is None:
         raise ConfigError("run.eval_every (--eval-every) needs a validation split: build the run with build_run "
-                          "from a config, or pass `preview=` the validation dataset")
+                          "from a config, or pass `val_dataset=` the validation split")
     if sharding != "none":
         raise ConfigError(f"run.eval_every (--eval-every) runs the pipeline on whole weights, which run.sharding "
                           f"{sharding} splits over the processes: score the trained model with `digseg eval` instead")
