@@ -30,7 +30,7 @@ from the 4th step on (the trainer's own loop, `Trainer._run_steps`, timed at eac
 Workers needed = per-image CPU cost x images/s of one GPU; beside it, the training process's own CPU per image
 (make_batch rows) x the same rate, in cores. No GPU is measured here: the GPU rate is an ASSUMPTION
 (ASSUMED_GPU_IMAGES_PER_S below), unless `--gpu-images-per-s` is given or a `training.json` written by
-benchmarks/bench_train_throughput.py lies beside `--json` (as in gpu_check.sh): then its best images/s is used.
+benchmarks/bench_training.py lies beside `--json` (as in gpu_check.sh): then its best images/s is used.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ from common import StopSteps, load_average
 # ASSUMPTION, not a measurement: images/s of one SD2-sized DiGSeg training step (512x512, bf16, U-Net forward +
 # backward, two VAE encodes per image: ~4.2 TFLOP per image from the FLOP counts in docs/benchmarks.md) on one
 # H100-class GPU. 30 img/s ~ 13% of the H100's dense bf16 peak (plausible for SD fine-tuning with its VAE
-# encodes); 90 img/s ~ 40% of peak (an upper bound). benchmarks/bench_train_throughput.py measures it on a GPU.
+# encodes); 90 img/s ~ 40% of peak (an upper bound). benchmarks/bench_training.py measures it on a GPU.
 ASSUMED_GPU_IMAGES_PER_S = (30.0, 90.0)
 
 CASES = {  # name -> (width, height, number of classes, augmentation preset)
@@ -247,7 +247,7 @@ def gpu_rates(args: argparse.Namespace) -> tuple[list[float], str]:
             cells = json.loads(measured.read_text()).get("cells", [])
             if cells:
                 best = max(cells, key=lambda c: c["images_per_s"])
-                return [float(best["images_per_s"])], (f"MEASURED by bench_train_throughput.py ({measured}: batch "
+                return [float(best["images_per_s"])], (f"MEASURED by bench_training.py ({measured}: batch "
                                                        f"{best['batch']}, checkpointing {best['checkpointing']})")
     return list(ASSUMED_GPU_IMAGES_PER_S), ("ASSUMED (not measured): SD2-sized step, 512 px, bf16, one H100-class "
                                             "GPU; see ASSUMED_GPU_IMAGES_PER_S in this script")

@@ -9,7 +9,7 @@ train` on the synthetic scenes, 64 px):
   (the longer side shrunk to 64 px), whole at the native size, and sliding windows of the model's size
   (stride 2/3 of it) with and without flip / global view. Same seed per image in every mode.
 - ``memory``: `digseg predict` on one 683 x 512 image with the 847 ADE20K-847 class names against one class
-  name, in a subprocess: peak RSS (`/usr/bin/time -v`, "Maximum resident set size") and files written.
+  name, in a subprocess: peak RSS (`os.wait4`'s ru_maxrss) and files written.
 - ``throughput``: `digseg.evaluation.dataset_eval.predict_dataset` over `--images` synthetic scenes (a folder dataset),
   images per second with `batch_size` 1 (one image per pipeline call) and 8, whole and slide, best of 5
   interleaved runs; the label PNGs of the two batch sizes are compared (they must be identical: each image's
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,8 @@ from digseg.data.base import read_class_file
 from digseg.data.synthetic import SyntheticScenes, save_scenes_as_folder
 from digseg.evaluation.metrics import SegmentationMetric
 from digseg.evaluation.protocols import TestProtocol, tiling_scale
+
+from common import gib, wait_for_child
 
 
 def wide_images(count: int, scenes: int, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -90,16 +91,17 @@ def bench_wide(pipe: DiGSegPipeline, count: int, scenes: int, seed: int) -> None
 
 
 def _predict_peak(model: str, image: Path, names: list[str], out: Path) -> tuple[float, int]:
-    """Peak RSS (MiB) of a `digseg predict` subprocess and the number of files it wrote."""
+    """Peak RSS (GiB) of a `digseg predict` subprocess and the number of files it wrote."""
     classes = out.parent / f"{out.name}_classes.txt"
     classes.write_text("\n".join(names), encoding="utf-8")
-    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "digseg.cli", "predict", "--model", model, "--image", str(image),
+    cmd = [sys.executable, "-m", "digseg.cli", "predict", "--model", model, "--image", str(image),
            "--classes-file", str(classes), "--no-progress", "--output", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ), check=False)
-    if done.returncode != 0:
-        raise SystemExit(done.stderr[-2000:])
-    peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr).group(1))
-    return peak_kb / 1024, sum(1 for p in out.iterdir() if p.is_file())
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    err = proc.stderr.read()
+    peak = wait_for_child(proc)
+    if proc.returncode != 0:
+        raise SystemExit(err[-2000:])
+    return gib(peak), sum(1 for p in out.iterdir() if p.is_file())
 
 
 def bench_memory(model: str) -> None:
@@ -109,13 +111,13 @@ def bench_memory(model: str) -> None:
         rng = np.random.default_rng(0)
         Image.fromarray((rng.random((512, 683, 3)) * 255).astype(np.uint8)).save(image)
         print("\n## digseg predict on one 683x512 image: peak RSS and files written")
-        print("| class names | peak RSS (MiB) | files |\n| --- | --- | --- |")
+        print("| class names | peak RSS (GiB) | files |\n| --- | --- | --- |")
         rows = {}
         for label, chosen in (("1", names[:1]), ("847 (ADE20K-847)", names)):
             rows[label] = _predict_peak(model, image, chosen, Path(tmp) / f"out{len(chosen)}")
-            print(f"| {label} | {rows[label][0]:.0f} | {rows[label][1]} |", flush=True)
-        (one_mb, one_files), (big_mb, big_files) = rows.values()
-        print(f"847 / 1: memory x{big_mb / one_mb:.2f}, {big_files - one_files} more files")
+            print(f"| {label} | {rows[label][0]:.3f} | {rows[label][1]} |", flush=True)
+        (one_gib, one_files), (big_gib, big_files) = rows.values()
+        print(f"847 / 1: memory x{big_gib / one_gib:.2f}, {big_files - one_files} more files")
 
 
 def bench_throughput(pipe: DiGSegPipeline, count: int, repeats: int = 5) -> None:

@@ -1,11 +1,12 @@
-"""Inference speed: digseg (latent-mean ensemble, one decode) vs diffusers' Marigold (every member decoded).
+"""Inference speed: digseg (latent ensemble, one decode) vs diffusers' Marigold (every member decoded).
 
 The paper's E-Step table (ensemble size E x denoising steps K: 1x1, 1x2, 4x2, 8x2; 20x50 with
 ``--with-20x50``), per image, for:
 
 - ``ours``: ``DiGSegPipeline(image, prompt="object", ensemble_size=E, num_inference_steps=K,
   processing_resolution=S)``: one image encode, E members denoised together (one U-Net batch of E) for K
-  DDIM steps (trailing spacing), members' latents averaged, ONE VAE decode, resized back to the input size.
+  DDIM steps (trailing spacing), members' latents combined (element-wise median, the default), ONE VAE decode,
+  resized back to the input size.
 - ``marigold``: diffusers' ``MarigoldDepthPipeline`` built in the same process from the SAME modules: digseg's
   8-channel (widened) U-Net, VAE, DDIM scheduler with trailing spacing, and text encoder/tokenizer (Marigold
   conditions on the embedding of the empty prompt). Called with ``ensemble_size=E, num_inference_steps=K,
@@ -63,14 +64,14 @@ import torch
 from PIL import Image
 
 from digseg import DiGSegPipeline
+from digseg.devices import resolve_dtype
 from digseg.models.digseg_model import vae_scale_factor
 from digseg.models.mask_decoder import LightMaskDecoder
 
-from common import CallCost, format_number, load_average, machine_summary, random_backbone, trim_memory
+from common import CallCost, format_number, gib, load_average, machine_summary, random_backbone, trim_memory
 
 GOAL_SPEEDUP = 1.5  # ours >= 1.5x faster than Marigold at 4x2 and 8x2
 NO_SLOWER_TOL = 0.03  # "no slower" at 1x1: Marigold / ours >= 1 - 3% (timing noise allowance)
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 PAPER_FPS_512 = {(1, 1): 11.27, (1, 2): 10.61, (4, 2): 5.82, (8, 2): 3.15, (20, 50): 0.12}  # its GPU, 512x512
 GPU_GOAL_FPS = 60.0  # 1x1 at 512 px with batching, on a GPU
 
@@ -78,7 +79,7 @@ GPU_GOAL_FPS = 60.0  # 1x1 at 512 px with batching, on a GPU
 @dataclass
 class Cell:
     times: list[float] = field(default_factory=list)
-    peak_mib: float = 0.0
+    peak_gib: float = 0.0
     align_s: list[float] = field(default_factory=list)  # Marigold only: alignment + ensembling time per call
     cpu: list[float] = field(default_factory=list)  # own CPU share per call
 
@@ -147,7 +148,7 @@ def run_marigold(marigold, image, e, k, size, seed):
 
 
 def timed(fn, *args, device: torch.device = torch.device("cpu")) -> tuple[float, float, float]:
-    """-> (seconds, peak extra MiB, own CPU time / (seconds x torch threads): < 1 when others took the cores).
+    """-> (seconds, peak extra GiB, own CPU time / (seconds x torch threads): < 1 when others took the cores).
 
     On CUDA: the device is synchronised around the call, and the peak is GPU memory above what was in use."""
     if device.type == "cuda":
@@ -158,8 +159,8 @@ def timed(fn, *args, device: torch.device = torch.device("cpu")) -> tuple[float,
         fn(*args)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-    peak = cost.extra_mib if device.type != "cuda" else (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    return cost.seconds, peak, cost.cpu_share
+    peak = cost.extra_bytes if device.type != "cuda" else torch.cuda.max_memory_allocated(device) - base
+    return cost.seconds, gib(peak), cost.cpu_share
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -202,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
             settings.append((20, 50))
         cells += [(size, s) for s in settings]
 
-    print("# digseg inference benchmark: ours (latent-mean ensemble) vs diffusers MarigoldDepthPipeline")
+    print("# digseg inference benchmark: ours (latent ensemble, one decode) vs diffusers MarigoldDepthPipeline")
     print(f"{machine_summary()}, {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'no GPU'}, "
           f"device {device}, model {model} (random weights: speed only), {repeats} timed rounds per cell, "
           f"{args.batch} image(s) per call{', torch.compile' if args.compile else ''}")
@@ -248,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
         images = {s: batch[0] for s, batch in images.items()}
     results: dict[tuple, Cell] = {}
     for dname in dtypes:
-        dtype = DTYPES[dname]
+        dtype = resolve_dtype(dname, device)
         pipe.to(device, dtype)  # the Marigold pipeline shares every module
         trim_memory()
         print(f"\n## {dname}: warm-up (one untimed call per pipeline and cell; none for 20x50, whose modules are "
@@ -268,20 +269,20 @@ def main(argv: list[str] | None = None) -> None:
                 for name, fn, p in order:
                     cell = results.setdefault((dname, size, e, k, name), Cell())
                     align_log.clear()
-                    dt, mib, cpu = timed(fn, p, images[size], e, k, size, args.seed, device=device)
+                    dt, peak, cpu = timed(fn, p, images[size], e, k, size, args.seed, device=device)
                     cell.times.append(dt)
                     cell.cpu.append(cpu)
-                    cell.peak_mib = max(cell.peak_mib, mib)
+                    cell.peak_gib = max(cell.peak_gib, peak)
                     if name == "marigold":
                         cell.align_s.append(sum(align_log))
-                    print(f"  round {r + 1} {dname} {size}px {e}x{k} {name}: {dt:.3f} s, peak +{mib:.0f} MiB, own CPU {cpu:.0%}",
+                    print(f"  round {r + 1} {dname} {size}px {e}x{k} {name}: {dt:.3f} s, peak +{peak:.3f} GiB, own CPU {cpu:.0%}",
                           flush=True)
         print(f"load average after {dname}: {load_average()}", flush=True)
 
     # ------------------------------------------------------------------ report
     lines = [
-        "| dtype | size | E x K | ours s/img | ours img/s | ours peak MiB | Marigold s/img | Marigold img/s | "
-        "Marigold peak MiB | of which Marigold align+ensemble s | Marigold / ours | (Marigold - align) / ours | "
+        "| dtype | size | E x K | ours s/img | ours img/s | ours peak GiB | Marigold s/img | Marigold img/s | "
+        "Marigold peak GiB | of which Marigold align+ensemble s | Marigold / ours | (Marigold - align) / ours | "
         "paper FPS (its GPU, 512 px) |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -297,8 +298,8 @@ def main(argv: list[str] | None = None) -> None:
             paper = PAPER_FPS_512.get((e, k)) if size == 512 else None
             lines.append(
                 f"| {dname} | {size} | {e}x{k} | {format_number(o.seconds / b)} | {format_number(b / o.seconds)} | "
-                f"{o.peak_mib:.0f} | "
-                f"{format_number(m.seconds / b)} | {format_number(b / m.seconds)} | {m.peak_mib:.0f} | "
+                f"{format_number(o.peak_gib)} | "
+                f"{format_number(m.seconds / b)} | {format_number(b / m.seconds)} | {format_number(m.peak_gib)} | "
                 f"{format_number(align) if e > 1 else '-'} | {ratio:.2f} | {(m.seconds - align) / o.seconds:.2f} | "
                 f"{paper if paper else '-'} |")
     table = "\n".join(lines)
@@ -339,7 +340,7 @@ def main(argv: list[str] | None = None) -> None:
             "device": device_name, "model": model, "batch": args.batch, "compile": args.compile,
             "light_decoder": args.light_decoder, "table": table,
             "cells": [{"dtype": d, "size": s, "setting": f"{e}x{k}", "pipeline": n, "seconds_per_call": c.seconds,
-                       "images_per_s": args.batch / c.seconds, "peak_mib": c.peak_mib}
+                       "images_per_s": args.batch / c.seconds, "peak_gib": c.peak_gib}
                       for (d, s, e, k, n), c in results.items()],
         }, indent=1))
 

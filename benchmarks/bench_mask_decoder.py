@@ -17,10 +17,10 @@
 4. `--readback` (with `--model`, instead of 1): the decoder alone, without the U-Net. The VAE encoder's latents
    of the held-out scenes' rendered masks (the palette rendering, and each class's binary mask) are decoded by
    the VAE and by the light decoder; mIoU of the masks read back against the labels. The U-Net plays no part,
-   so a quickstart model trained for one step (`digseg quickstart --train-steps 1`: the same trained VAE)
+   so a quickstart model trained for one step (`digseg quickstart --max-steps 1`: the same trained VAE)
    measures a decoder as well as the full quickstart model does:
 
-    digseg quickstart --output qs1 --train-steps 1 --device cpu
+    digseg quickstart --output qs1 --max-steps 1 --device cpu
     digseg train-mask-decoder --model qs1/model --output qs1/light --max-steps 500
     python benchmarks/bench_mask_decoder.py --model qs1/light --readback --sizes ""
 """
@@ -31,6 +31,7 @@ import argparse
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import diffusers
@@ -38,15 +39,25 @@ import torch
 
 from digseg import DiGSegPipeline
 from digseg.data.synthetic import SyntheticScenes
+from digseg.devices import resolve_dtype
 from digseg.evaluation.estep import EStep, evaluate_binary, evaluate_palette
 from digseg.evaluation.metrics import format_markdown_table
 from digseg.models.digseg_model import decode_latents
 from digseg.models.mask_decoder import LightMaskDecoder, count_flops
 from digseg.pipelines.masks import MaskCodec
 
-from common import median_time, random_backbone, sd_vae
+from common import random_backbone, sd_vae
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+def median_time(fn, repeats: int = 3) -> float:
+    """Median wall seconds of `fn()` over `repeats` calls, after one untimed warm-up call."""
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[repeats // 2]
 
 
 def accuracy(model: str, scenes: int, settings: list[str], seed: int) -> None:
@@ -116,7 +127,7 @@ def decoder_speed(sizes: list[int], dtypes: list[str], repeats: int) -> None:
           f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}\n")
     rows = []
     for dtype_name in dtypes:
-        dtype = DTYPES[dtype_name]
+        dtype = resolve_dtype(dtype_name)
         vae.to(dtype, memory_format=torch.channels_last)
         light.to(dtype, memory_format=torch.channels_last)
         for size in sizes:
@@ -143,7 +154,7 @@ def pipeline_speed(dtypes: list[str], repeats: int, size: int = 256) -> None:
     print(f"## SD2-sized pipeline, {size} px, random weights (speed only), load average {os.getloadavg()[0]:.2f}\n")
     rows = []
     for dtype_name in dtypes:
-        pipe.to(DTYPES[dtype_name])
+        pipe.to(resolve_dtype(dtype_name))
         for text in ("1x1", "4x2"):
             s = EStep.parse(text)
             call = lambda choice: pipe(image, prompt="object", ensemble_size=s.ensemble_size,  # noqa: E731

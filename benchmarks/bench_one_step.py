@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -33,10 +31,11 @@ import torch
 
 from digseg import DiGSegPipeline
 from digseg.data.synthetic import SyntheticScenes
+from digseg.devices import resolve_dtype
 from digseg.evaluation.estep import EStep, evaluate_binary, evaluate_palette
 from digseg.models.mask_decoder import LightMaskDecoder
 
-from common import random_backbone
+from common import load_average, machine_summary, random_backbone
 
 DIFFUSION_SETTINGS = ("1x1", "4x2", "8x2")
 
@@ -80,8 +79,7 @@ def speed(size: int, repeats: int, dtype: str, backbone_dir: Path | None) -> lis
         folder = random_backbone(backbone_dir or Path(tmp) / "sd2", "sd2")
         pipe = DiGSegPipeline.from_backbone(folder, class_names=["background", "circle", "square", "triangle"],
                                             processing_resolution=size)
-    if dtype == "bf16":  # every module, as bench_inference does
-        pipe.to(dtype=torch.bfloat16)
+    pipe.to(dtype=resolve_dtype(dtype))  # every module, as bench_inference does
     pipe.set_progress_bar_config(disable=True)
     image = torch.rand(3, size, size, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
@@ -133,8 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quickstart is None and not args.speed:
         parser.error("nothing to measure: give --quickstart and --one-step, and/or --speed")
     started = time.perf_counter()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; load {os.getloadavg()[0]:.2f}", flush=True)
+    print(f"{machine_summary()}; load {load_average()}", flush=True)
     result: dict = {}
     if args.quickstart is not None:
         print(f"held-out accuracy: {args.num_scenes} synthetic scenes of seed {args.eval_seed} (tiny model, mIoU in %)")

@@ -49,7 +49,7 @@ from digseg.data.base import read_class_file
 from digseg.models.tiny import save_tiny_backbone
 from digseg.pipelines.prompts import class_prompts, resolve_templates
 
-from common import CallCost, format_number, load_average, machine_summary, random_backbone, trim_memory
+from common import CallCost, format_number, gib, load_average, machine_summary, random_backbone, trim_memory
 
 GOAL_RATIO = 10.0
 GOAL_N = 847
@@ -60,7 +60,7 @@ GOAL_N = 847
 class Measure:
     times: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)  # own CPU time / (wall time x torch threads) per call
-    peak_mib: float = 0.0
+    peak_gib: float = 0.0
     labels: np.ndarray | None = None
 
     @property
@@ -70,7 +70,7 @@ class Measure:
     def describe(self) -> str:
         runs = ", ".join(f"{t:.3g}" for t in self.times)
         return (f"{self.seconds:.3f} s/image (runs: {runs}; own CPU use {statistics.median(self.cpu):.0%} of "
-                f"{torch.get_num_threads()} threads), peak +{self.peak_mib:.0f} MiB")
+                f"{torch.get_num_threads()} threads), peak +{self.peak_gib:.3f} GiB")
 
 
 def one_call(pipe: DiGSegPipeline, image: torch.Tensor, names: list[str], top_k: int | None, seed: int,
@@ -83,7 +83,7 @@ def one_call(pipe: DiGSegPipeline, image: torch.Tensor, names: list[str], top_k:
     if into is not None:
         into.times.append(cost.seconds)
         into.cpu.append(cost.cpu_share)
-        into.peak_mib = max(into.peak_mib, cost.extra_mib)
+        into.peak_gib = max(into.peak_gib, gib(cost.extra_bytes))
         into.labels = out.labels[0]
 
 
@@ -197,14 +197,14 @@ def bench_model(key: str, sizes: list[int], exact_sizes: list[int], top_k: int, 
         f"exact). {'Median of ' + str(repeats) + ' runs (round-robin over cells)' if repeats > 1 else '1 run'} per cell. "
         f"Exact per-class cost {format_number(per_class)} s (from N={measured[0]}..{measured[-1]}).",
         "",
-        "| N | fast s/image | exact s/image | fast peak MiB | exact peak MiB | fast / one-class | exact / one-class | fast vs exact labels agree |",
+        "| N | fast s/image | exact s/image | fast peak GiB | exact peak GiB | fast / one-class | exact / one-class | fast vs exact labels agree |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     ratios = {}
     for n in sizes:
         f = fast[n].seconds
         if n in exact:
-            e, e_txt, e_mem = exact[n].seconds, format_number(exact[n].seconds), format_number(exact[n].peak_mib)
+            e, e_txt, e_mem = exact[n].seconds, format_number(exact[n].seconds), format_number(exact[n].peak_gib)
             agree = f"{float((fast[n].labels == exact[n].labels).mean()):.3f}"
         else:
             e = intercept + n * per_class if per_class is not None else None
@@ -212,7 +212,7 @@ def bench_model(key: str, sizes: list[int], exact_sizes: list[int], top_k: int, 
         ratios[n] = f / one if one else None
         e_ratio = (format_number(e / one) + (" (extrapolated)" if n not in exact else "")
                    if (one and e is not None) else "n/a")
-        lines.append(f"| {n} | {format_number(f)} | {e_txt} | {format_number(fast[n].peak_mib)} | {e_mem} | "
+        lines.append(f"| {n} | {format_number(f)} | {e_txt} | {format_number(fast[n].peak_gib)} | {e_mem} | "
                      f"{format_number(ratios[n])} | {e_ratio} | {agree} |")
     lines += [
         "",

@@ -44,6 +44,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from common import gib, wait_for_child
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -73,7 +75,7 @@ def write_images(folder: Path, count: int, size: int) -> Path:
 
 
 def run_predict(model: Path, images: Path, out: Path, batch_size: int, threads: int) -> dict:
-    """One `digseg predict` subprocess -> {peak_rss_mib, wall_s, images_per_s, images}."""
+    """One `digseg predict` subprocess -> {peak_rss_gib, wall_s, images_per_s, images}."""
     command = [sys.executable, "-m", "digseg.cli", "predict", "--model", str(model), "--image", str(images),
                "--output", str(out), "--steps", "1", "--no-progress", "--batch-size", str(batch_size)]
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(threads),
@@ -84,15 +86,14 @@ def run_predict(model: Path, images: Path, out: Path, batch_size: int, threads: 
     for line in proc.stdout:
         if ": " in line and not line.startswith(("wrote ", "skipped")):
             stamps.append(time.perf_counter())
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    peak = wait_for_child(proc)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(command)} exited with {proc.returncode}")
     first = stamps[0]
     later = [t for t in stamps if t - first > 1e-3]  # the lines after the first batch's
     rate = len(later) / (stamps[-1] - first) if later else float("nan")
-    return {"images": len(stamps), "peak_rss_mib": usage.ru_maxrss / 1024, "wall_s": wall, "images_per_s": rate}
+    return {"images": len(stamps), "peak_rss_gib": gib(peak), "wall_s": wall, "images_per_s": rate}
 
 
 DISK_OUTPUTS = ["all", "labels,overlay,json,report", "labels,json", "labels"]
@@ -152,7 +153,7 @@ def main() -> None:
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     print(f"load average {os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs; tiny random model; {args.size} px PNGs")
     print(f"{args.repeats} round(s) per count")
-    print("| images | --batch-size | peak RSS (MiB) | images/s (steady) | wall (s) |")
+    print("| images | --batch-size | peak RSS (GiB) | images/s (steady) | wall (s) |")
     print("|---:|---:|---:|---:|---:|")
     for count in counts:
         images = write_images(work / f"images-{count}", count, args.size)
@@ -167,8 +168,8 @@ def main() -> None:
         for batch_size, rs in runs.items():
             rate = statistics.median(r["images_per_s"] for r in rs)
             wall = statistics.median(r["wall_s"] for r in rs)
-            rss = max(r["peak_rss_mib"] for r in rs)
-            print(f"| {count} | {batch_size} | {rss:.0f} | {rate:.1f} | {wall:.0f} |", flush=True)
+            rss = max(r["peak_rss_gib"] for r in rs)
+            print(f"| {count} | {batch_size} | {rss:.3f} | {rate:.1f} | {wall:.0f} |", flush=True)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

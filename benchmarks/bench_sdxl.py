@@ -41,11 +41,9 @@ from pathlib import Path
 import psutil
 import torch
 
-from common import (CallCost, StopSteps, load_average, machine_summary, random_backbone, sd2_unet, sdxl_unet,
+from common import (CallCost, StopSteps, gib, load_average, machine_summary, random_backbone, sd2_unet, sdxl_unet,
                     trim_memory)
 
-GIB = 2**30
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # lever set -> (optimizer, use_ema, gradient checkpointing); bytes per trainable parameter besides activations:
 # float32 weights 4 + gradients 4 + AdamW's two moments 8 (adamw8bit: 2) + the EMA copy 4
 LEVERS = {
@@ -95,9 +93,10 @@ def memory_now(device: str) -> int:
 def inference_cell(folder: Path, dtype: str, sizes: list[int], device: str) -> dict:
     """Load the model in `dtype` on `device`, warm up at 256 px, then one 1x1 call per size."""
     from digseg import DiGSegPipeline
+    from digseg.devices import resolve_dtype
 
     t0 = time.perf_counter()
-    pipe = DiGSegPipeline.from_backbone(folder, torch_dtype=DTYPES[dtype]).to(device)
+    pipe = DiGSegPipeline.from_backbone(folder, torch_dtype=resolve_dtype(dtype, device)).to(device)
     pipe.set_progress_bar_config(disable=True)
     load_s = time.perf_counter() - t0
     gen = torch.Generator().manual_seed(0)
@@ -115,8 +114,8 @@ def inference_cell(folder: Path, dtype: str, sizes: list[int], device: str) -> d
             if device == "cuda":
                 torch.cuda.synchronize()
         extra = (torch.cuda.max_memory_allocated() - loaded) if device == "cuda" else cost.extra_bytes
-        cells.append({"size": size, "seconds": cost.seconds, "extra_gib": extra / GIB, "cpu_share": cost.cpu_share})
-    return {"load_s": load_s, "loaded_gib": loaded / GIB, "cells": cells}
+        cells.append({"size": size, "seconds": cost.seconds, "extra_gib": gib(extra), "cpu_share": cost.cpu_share})
+    return {"load_s": load_s, "loaded_gib": gib(loaded), "cells": cells}
 
 
 class StepClock:
@@ -164,7 +163,7 @@ def training_cell(folder: Path, lever: str, size: int, batch: int, steps: int, d
             pass
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     timed = clock.times[1:] or clock.times
-    return {"seconds_per_step": sorted(timed)[len(timed) // 2], "peak_gib": peak / GIB}
+    return {"seconds_per_step": sorted(timed)[len(timed) // 2], "peak_gib": gib(peak)}
 
 
 def run_child(args: list[str]) -> dict:
@@ -225,8 +224,8 @@ def main() -> None:
             for lever in LEVERS:
                 need = state_bytes(params, lever)
                 free, total = device_memory(args.device)
-                row = {"model": model, "lever": lever, "params": params, "state_gib": need / GIB,
-                       "free_gib": free / GIB, "total_gib": total / GIB, "fits": need < free}
+                row = {"model": model, "lever": lever, "params": params, "state_gib": gib(need),
+                       "free_gib": gib(free), "total_gib": gib(total), "fits": need < free}
                 if args.train and row["fits"]:
                     row.update(run_child(["training", str(folder), lever, str(train_size), str(args.train_batch),
                                           str(args.steps), "--device", args.device]))

@@ -47,9 +47,11 @@ import torch
 import digseg
 from digseg import DiGSegPipeline
 from digseg.data.synthetic import SYNTHETIC_CLASSES, SyntheticScenes, save_scenes_as_folder
+from digseg.devices import DTYPE_TORCH_NAMES, resolve_dtype
 from digseg.models.tiny import save_tiny_backbone
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from common import gib
+
 RUNTIME_KEYS = ("device", "device_name", "dtype", "torch", "diffusers", "digseg", "peak_memory_bytes")
 WEIGHT_MODULES = ("unet", "vae", "text_encoder", "text_pathway")
 
@@ -123,8 +125,8 @@ def problems_of(result: dict, expect_device: str, expect_dtype: str, min_peak: i
 
 
 def format_table(results: list[dict]) -> str:
-    """The markdown table: command, device, dtype, peak memory (MiB; n/a off CUDA), wall seconds."""
-    lines = ["| command | device | dtype | peak memory MiB | wall s |", "|---|---|---|---:|---:|"]
+    """The markdown table: command, device, dtype, peak memory (GiB; n/a off CUDA), wall seconds."""
+    lines = ["| command | device | dtype | peak memory GiB | wall s |", "|---|---|---|---:|---:|"]
     for r in results:
         rt = r["runtime"] if isinstance(r["runtime"], dict) else {}
         peak = rt.get("peak_memory_bytes")
@@ -132,7 +134,7 @@ def format_table(results: list[dict]) -> str:
         if rt.get("device_name"):
             device = f"{device} ({rt['device_name']})"
         lines.append(f"| {r['command']} | {device} | {rt.get('dtype', '?')} | "
-                     f"{f'{peak / 2**20:.1f}' if isinstance(peak, int) else 'n/a'} | {r['wall_s']:.1f} |")
+                     f"{f'{gib(peak):.3f}' if isinstance(peak, int) else 'n/a'} | {r['wall_s']:.1f} |")
     return "\n".join(lines)
 
 
@@ -140,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--expect-device", required=True, choices=("cuda", "cpu", "mps"),
                         help="the device type both commands must record")
-    parser.add_argument("--expect-dtype", required=True, choices=tuple(DTYPES), help="the dtype both must record")
+    parser.add_argument("--expect-dtype", required=True, choices=tuple(DTYPE_TORCH_NAMES), help="the dtype both must record")
     parser.add_argument("--device", default="auto", help="passed to both commands (default auto)")
     parser.add_argument("--dtype", default="auto", help="passed to both commands (default auto)")
     parser.add_argument("--timeout", type=float, default=300, help="seconds allowed per command (default 300)")
@@ -153,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         model, data, pipe = build_inputs(work)
-        min_peak = parameter_bytes(pipe, DTYPES[args.expect_dtype])
+        min_peak = parameter_bytes(pipe, resolve_dtype(args.expect_dtype))
         del pipe
         flags = ["--device", args.device, "--dtype", args.dtype, "--steps", "1"]
         results = [
@@ -168,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     problems = [p for r in results for p in problems_of(r, args.expect_device, args.expect_dtype, min_peak)]
     table = format_table(results)
     print(f"\n# digseg predict / eval with --device {args.device} --dtype {args.dtype} "
-          f"(expected {args.expect_device}, {args.expect_dtype}; model weights {min_peak / 2**20:.1f} MiB)\n")
+          f"(expected {args.expect_device}, {args.expect_dtype}; model weights {gib(min_peak):.3f} GiB)\n")
     print(table)
     for r in results:
         if r["returncode"] != 0:

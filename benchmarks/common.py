@@ -1,5 +1,6 @@
-"""Helpers shared by the scripts in benchmarks/: memory trimming and peak RSS, call timing and CPU share, machine
-and load reports, and the Stable-Diffusion-sized random backbone.
+"""Helpers shared by the scripts in benchmarks/: memory trimming and peak RSS (every memory figure in GiB), call
+timing and CPU share, machine and load reports, and the Stable-Diffusion-sized random backbones. Dtype names
+("fp32", "bf16", "fp16") are digseg's own: `digseg.devices.resolve_dtype`.
 
 The scripts run as `python benchmarks/X.py`, so this folder is on `sys.path` and they import `from common import
 ...`. Every helper here is used by more than one benchmark; one benchmark's own helpers stay in its script.
@@ -10,7 +11,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import os
-import platform
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import psutil
 import torch
 
+from digseg.devices import device_name
 from digseg.models.tiny import save_tiny_backbone, save_tiny_sdxl_backbone, tiny_scheduler, tiny_tokenizer
 
 try:
@@ -27,6 +29,11 @@ except OSError:  # not glibc
 
 
 # ------------------------------------------------------------------------------------------------ memory
+def gib(nbytes: float) -> float:
+    """Bytes -> GiB, the one unit every benchmark reports memory in."""
+    return nbytes / 2**30
+
+
 def trim_memory() -> None:
     """Collect garbage and hand freed heap pages back to the OS (glibc `malloc_trim`), so the next RSS reading
     is the memory in use rather than what the allocator kept."""
@@ -35,12 +42,21 @@ def trim_memory() -> None:
         _LIBC.malloc_trim(0)
 
 
+def wait_for_child(proc: subprocess.Popen) -> int:
+    """Wait for the subprocess `proc` to end, set its `returncode` (negative: the signal that ended it) and return
+    its peak RSS in bytes: `os.wait4`'s ru_maxrss, the most it (or the largest of the children it waited for) ever
+    had resident. Exact, no sampling."""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return usage.ru_maxrss * 1024  # KiB on Linux
+
+
 class PeakRSS:
     """Context manager: peak RSS above the RSS at entry, sampled by a background thread.
 
     On entry memory is trimmed (`trim_memory`) and the RSS read; a thread then samples the RSS every `interval`
-    seconds until exit. `extra_bytes` / `extra_mib`: the largest sample minus the RSS at entry, i.e. the extra
-    memory the code inside the block needed on top of what was already loaded.
+    seconds until exit. `extra_bytes`: the largest sample minus the RSS at entry, i.e. the extra memory the code
+    inside the block needed on top of what was already loaded (`gib(extra_bytes)` for a table).
     """
 
     def __init__(self, interval: float = 0.003) -> None:
@@ -68,10 +84,6 @@ class PeakRSS:
         self._peak = max(self._peak, self.proc.memory_info().rss)
         self.extra_bytes = self._peak - self.base
 
-    @property
-    def extra_mib(self) -> float:
-        return self.extra_bytes / 2**20
-
 
 # ------------------------------------------------------------------------------------------------ timing
 class CallCost(PeakRSS):
@@ -95,17 +107,6 @@ class CallCost(PeakRSS):
         self.cpu_share = cpu / (self.seconds * torch.get_num_threads())
 
 
-def median_time(fn, repeats: int = 3) -> float:
-    """Median wall seconds of `fn()` over `repeats` calls, after one untimed warm-up call."""
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[repeats // 2]
-
-
 # ------------------------------------------------------------------------------------------------ reports
 def load_average(separator: str = ", ") -> str:
     """The 1, 5 and 15 minute load averages of the machine, two decimals each, joined by `separator`."""
@@ -113,9 +114,9 @@ def load_average(separator: str = ", ") -> str:
 
 
 def machine_summary() -> str:
-    """One line on what a figure was measured with: torch version and threads, CPUs, RAM, processor."""
-    return (f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-            f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, {platform.processor() or platform.machine()}")
+    """One line on what a figure was measured with: the CPU's model and cores, RAM, torch version and threads."""
+    return (f"{device_name('cpu')}, {gib(psutil.virtual_memory().total):.0f} GiB RAM, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads")
 
 
 def format_number(x: float | None, digits: int = 3) -> str:
@@ -227,14 +228,15 @@ def save_sdxl_sized_backbone(path: Path, seed: int = 0) -> Path:
 BACKBONES = {  # random_backbone's models -> the function that writes them
     "tiny": save_tiny_backbone, "tiny-sdxl": save_tiny_sdxl_backbone,
     "sd2": save_sd2_sized_backbone, "sdxl": save_sdxl_sized_backbone,
+    "sd2-half": lambda path: save_sd2_sized_backbone(path, unet_width=0.5),  # SD2's blocks at half the channels
 }
 
 
 def random_backbone(folder: Path, model: str) -> Path:
     """The random Stable Diffusion backbone `model` (a key of `BACKBONES`: "tiny" and "tiny-sdxl" from
-    `digseg.models.tiny`, "sd2": `save_sd2_sized_backbone`, "sdxl": `save_sdxl_sized_backbone`) in `folder`: saved
-    there (then memory trimmed) unless a model_index.json is there already, so several runs of one job can share
-    one folder and build it once. Returns `folder`."""
+    `digseg.models.tiny`, "sd2": `save_sd2_sized_backbone`, "sd2-half": the same at `unet_width=0.5`, "sdxl":
+    `save_sdxl_sized_backbone`) in `folder`: saved there (then memory trimmed) unless a model_index.json is there
+    already, so several runs of one job can share one folder and build it once. Returns `folder`."""
     if not (folder / "model_index.json").is_file():
         BACKBONES[model](folder)
         trim_memory()

@@ -13,7 +13,8 @@
 #      CUDA in bf16 with the weights on the GPU (smoke: on the CPU in fp32)
 #   3. inference, 512 px, bf16, E-Step 1x1/1x2/4x2/8x2, 8 images per call, against diffusers' Marigold on the
 #      same modules: eager with the VAE decoder, eager with the light mask decoder, compiled with the light decoder
-#   4. training throughput, 512 px, SD2-sized, bf16: batch 4 and 8, gradient checkpointing off/on
+#   4. training throughput (benchmarks/bench_training.py), 512 px, SD2-sized, bf16: batch 4 and 8, gradient
+#      checkpointing off/on
 #   5. the data stage (benchmarks/bench_data.py --gpu-check): decode + augment with loader workers, workers per GPU
 #   6. training memory (benchmarks/bench_train_memory.py): peak GPU memory of an SD2-sized 512 px step by memory
 #      lever at batch 2 (the one-GPU recipe's micro-batch), docs/training.md's table measured on the card
@@ -42,7 +43,8 @@ while [ $# -gt 0 ]; do
         --cpu-smoke) MODE=smoke ;;
         --prepare) MODE=prepare ;;
         --only) ONLY=",${2:-},"; shift ;;
-        *) echo "usage: bash benchmarks/gpu_check.sh [--prepare | --cpu-smoke] [--only STEP,STEP]" >&2; exit 2 ;;
+        -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) echo "usage: bash benchmarks/gpu_check.sh [--prepare | --cpu-smoke] [--only STEP,STEP] [--help]" >&2; exit 2 ;;
     esac
     shift
 done
@@ -152,8 +154,8 @@ run_step cli "$B_CLI" python3 benchmarks/cli_device_check.py "${CLI_EXPECT[@]}" 
     --json "$OUT/cli.json"
 run_step inference_eager_vae "$B_INF" "${INF[@]}" --json "$OUT/inference_eager_vae.json"
 run_step inference_eager_light "$B_LIGHT" "${INF[@]}" --light-decoder --json "$OUT/inference_eager_light.json"
-run_step training "$B_TRAIN" python3 benchmarks/bench_train_throughput.py --device "$DEVICE" "${TRAIN_FLAGS[@]}" \
-    --backbone-dir "$BACKBONE" --json "$OUT/training.json"
+run_step training "$B_TRAIN" python3 benchmarks/bench_training.py --device "$DEVICE" "${TRAIN_FLAGS[@]}" \
+    --num-workers 2 --backbone-dir "$BACKBONE" --json "$OUT/training.json"
 # ---- sharded training (FSDP2 + torch.distributed.checkpoint) on the GPU: one process proves the CUDA/NCCL path
 B_FSDP=90
 run_step fsdp "$B_FSDP" "${TEST_ENV[@]}" python3 -m pytest -q -m gpu tests/test_sharded_training.py \
