@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -42,8 +42,6 @@ class BackboneLayout:
 
     family: str
     unet_config: dict[str, Any]
-    pipeline_class: str | None = None  # model_index.json's _class_name, when there is one
-    index: dict[str, Any] = field(default_factory=dict)
 
     @property
     def subfolders(self) -> tuple[str, ...]:
@@ -116,8 +114,8 @@ def read_layout(path_or_id: str, local: bool, revision: str | None = None) -> Ba
                           f"({pipeline_class or 'transformer/'}: {kind}); digseg needs a U-Net backbone and "
                           "unet/ is missing (use Stable Diffusion 1.x, 2.x or XL)")
     if unet is None:  # the subfolder check names it (with anything else missing)
-        return BackboneLayout("sd", {}, pipeline_class, index)
-    return BackboneLayout(family_of_unet(unet, str(path_or_id)), unet, pipeline_class, index)
+        return BackboneLayout("sd", {})
+    return BackboneLayout(family_of_unet(unet, str(path_or_id)), unet)
 
 
 def check_subfolders(path: Path, layout: BackboneLayout) -> None:
