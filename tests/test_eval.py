@@ -255,3 +255,25 @@ def test_cli_eval_argument_errors(tmp_path, capsys):
     assert "exactly one of --predictions" in capsys.readouterr().err
     assert main(["eval", "--dataset", "nope", "--data-root", str(tmp_path), "--predictions", str(tmp_path)]) == 2
     assert "unknown dataset 'nope'" in capsys.readouterr().err
+
+
+def test_scores_in_memory_equal_the_scores_of_written_predictions(tiny_pipe, tmp_path):
+    """Validation scores predictions as they come (`Scores` through `on_result`, no files): the same metrics as
+    `digseg eval`'s PNGs then `score_predictions`; synthetic scenes read from their items (`ItemsView`) give the
+    same images and labels as the same scenes written to a folder."""
+    from digseg.data.registry import read_dataset
+    from digseg.data.synthetic import ItemsView, SyntheticScenes
+    from digseg.evaluation.dataset_eval import Scores, predict_dataset
+
+    data = read_dataset("folder", str(_folder_dataset(tmp_path)), split="val", val_fraction=1.0)
+    predict_dataset(tiny_pipe, data, tmp_path / "preds", show_progress=False)
+    scores = Scores(data)
+    predict_dataset(tiny_pipe, data, None, show_progress=False,
+                    on_result=lambda i, sample, out: scores.add(i, out.labels[0], data.read_label(sample)))
+    assert scores.result() == score_predictions(data, tmp_path / "preds", show_progress=False)
+    assert len(list((tmp_path / "preds").glob("*.png"))) == 3
+    items = ItemsView(SyntheticScenes(3, seed=4), limit=2)
+    assert len(items.samples) == 2 and items.class_names == data.class_names
+    image, label = SyntheticScenes(3, seed=4).load_pair(1)
+    assert np.array_equal(np.asarray(items.read_image(items.samples[1])), np.asarray(image))
+    assert np.array_equal(items.read_label(items.samples[1]), label)

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from digseg.errors import DataError
 
 from .base import MetricKind, Sample, SegmentationDataset
-from .io import image_to_tensor, read_class_list, tensor_to_image
+from .io import image_to_tensor, tensor_to_image
 
 SYNTHETIC_CLASSES: tuple[str, ...] = ("background", "circle", "square", "triangle")
 _CIRCLE, _SQUARE, _TRIANGLE = 1, 2, 3
@@ -211,14 +211,21 @@ def save_scenes_as_folder(dataset: Dataset, root: str | os.PathLike[str], limit:
     return root
 
 
-class ScenesFolder(SegmentationDataset):
-    """A folder written by `save_scenes_as_folder`, read as a dataset reader's samples are (so `digseg eval`'s
-    `predict_dataset` and `score_predictions` take it): every pair in it, whatever the split."""
+class ItemsView(SegmentationDataset):
+    """The first `limit` items of a dataset of dict items ({"image", "label", "stem"}: synthetic scenes) as a reader's
+    samples, read from the items when asked (no files): what `predict_dataset` and `Scores` take."""
 
     name = "synthetic"
     metric = MetricKind.SEMANTIC
-    splits = {"train": ".", "val": ".", "test": "."}
 
-    def find_samples(self) -> list[Sample]:
-        self.class_names = read_class_list(self.root / "classes.txt")  # instance attribute, set before use
-        return [Sample(p.stem, p, self.root / "masks" / p.name) for p in sorted((self.root / "images").glob("*.png"))]
+    def __init__(self, dataset: Dataset, limit: int | None = None) -> None:  # noqa: D107  (no files: no root)
+        self.items, self.root, self.split, self.size = dataset, None, "val", None
+        self.class_names = list(getattr(dataset, "class_names"))
+        count = len(dataset) if limit is None else min(limit, len(dataset))  # type: ignore[arg-type]
+        self.samples = [Sample(f"item_{i:05d}", f"item {i}", f"item {i}", row=i) for i in range(count)]
+
+    def read_image(self, sample: Sample) -> Image.Image:
+        return Image.fromarray(tensor_to_image(self.items[sample.row]["image"]))
+
+    def read_label(self, sample: Sample) -> np.ndarray:
+        return self.items[sample.row]["label"].cpu().numpy().astype(np.int64)  # [H, W]

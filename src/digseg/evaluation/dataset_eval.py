@@ -20,7 +20,6 @@ the metrics equal a single process's exactly. Each image's noise is seeded by (s
 from __future__ import annotations
 
 import logging
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -71,56 +70,76 @@ def _read_prediction(path: Path, shape: tuple[int, int]) -> np.ndarray:
     return pred
 
 
+class Scores:
+    """Running scores of a dataset's predictions by its metric (module docstring): `add` each image's prediction
+    and label (or `skip` it, with why), then `result()` merges every process's and computes the percentages.
+    Memory: one K x K matrix (or one running list of per-image scores per medical target)."""
+
+    def __init__(self, dataset: SegmentationDataset) -> None:
+        self.dataset, self.kind = dataset, MetricKind(dataset.metric)
+        self.confusion = SegmentationMetric(dataset.num_classes, dataset.ignore_index, list(dataset.class_names))
+        self.targets = medical_targets(dataset) if self.kind is MetricKind.MEDICAL else {}
+        self.per_image: dict[str, list] = {name: [] for name in self.targets}  # name -> [(index, (dice, iou))]
+        self.skipped: list[tuple[int, str]] = []
+
+    def add(self, index: int, pred: np.ndarray, label: np.ndarray) -> None:
+        """Sample `index`'s prediction and label, int64 [H, W] class ids each."""
+        self.confusion.update(pred, label)
+        valid = label != self.dataset.ignore_index
+        for name, ids in self.targets.items():
+            self.per_image[name].append((index, per_image_dice_iou(np.isin(pred, ids) & valid,
+                                                                   np.isin(label, ids) & valid)))
+
+    def skip(self, index: int, message: str) -> None:
+        self.skipped.append((index, message))
+        logger.warning("skipped: %s", message)
+
+    def result(self, present_only: bool | None = None) -> dict:
+        """The metrics of every process's samples (a collective call under a launcher): percentages and `skipped`."""
+        dataset, kind = self.dataset, self.kind
+        confusion = SegmentationMetric(dataset.num_classes, dataset.ignore_index, list(dataset.class_names))
+        for part in gather_objects([self.confusion]):
+            confusion.merge(part)
+        per_image = {name: [v for _, v in sorted(gather_objects(scores))] for name, scores in self.per_image.items()}
+        skipped = [message for _, message in sorted(gather_objects(self.skipped))]
+        if len(skipped) == len(dataset.samples):
+            raise DigsegError(f"every sample was skipped; first problem: {skipped[0]}")
+        if present_only is None:
+            present_only = kind is MetricKind.OPEN_VOCAB
+        result = confusion.compute(present_only=present_only)
+        out: dict = {"dataset": dataset.name, "split": dataset.split, "metric": kind.value,
+                     "num_images": len(dataset.samples) - len(skipped),
+                     "mIoU": result["mIoU"], "aAcc": result["aAcc"], "mAcc": result["mAcc"], "mDice": result["mDice"],
+                     "per_class": result["per_class"], "present_only": present_only}
+        if kind is MetricKind.ROAD:
+            out.update(binary_scores(confusion, positive=1))
+        if kind is MetricKind.MEDICAL:
+            out["per_target"] = {
+                name: {"Dice": 100 * float(np.mean([d for d, _ in scores])),
+                       "IoU": 100 * float(np.mean([i for _, i in scores]))}
+                for name, scores in per_image.items()
+            }
+            out["Dice"] = float(np.mean([t["Dice"] for t in out["per_target"].values()]))
+            out["IoU"] = float(np.mean([t["IoU"] for t in out["per_target"].values()]))
+        out["skipped"] = len(skipped)
+        out["skipped_samples"] = skipped
+        return out
+
+
 def score_predictions(dataset: SegmentationDataset, predictions: str | Path, present_only: bool | None = None,
                       show_progress: bool = True) -> dict:
     """Score `<predictions>/<stem>.png` against the dataset's labels. Returns percentages and `skipped`."""
     pred_dir = Path(predictions)
     if not pred_dir.is_dir():
         raise DigsegError(f"predictions folder not found: {pred_dir}")
-    kind = MetricKind(dataset.metric)
-    this_process = SegmentationMetric(dataset.num_classes, dataset.ignore_index, list(dataset.class_names))
-    targets = medical_targets(dataset) if kind is MetricKind.MEDICAL else {}
-    per_image = {name: [] for name in targets}  # name -> [(sample index, (dice, iou))]
-    skipped: list[tuple[int, str]] = []
+    scores = Scores(dataset)
     for index, sample in tqdm(shard(dataset.samples), desc="score", disable=not (show_progress and is_main_process())):
         try:
             label = dataset.read_label(sample)
-            pred = _read_prediction(pred_dir / f"{sample.stem}.png", label.shape)
+            scores.add(index, _read_prediction(pred_dir / f"{sample.stem}.png", label.shape), label)
         except DataError as exc:
-            skipped.append((index, str(exc)))
-            logger.warning("skipped: %s", exc)
-            continue
-        this_process.update(pred, label)
-        for name, ids in targets.items():
-            valid = label != dataset.ignore_index
-            per_image[name].append((index, per_image_dice_iou(np.isin(pred, ids) & valid, np.isin(label, ids) & valid)))
-    # all processes: merge the matrices, gather per-image scores and problems back into sample order
-    confusion = SegmentationMetric(dataset.num_classes, dataset.ignore_index, list(dataset.class_names))
-    for part in gather_objects([this_process]):
-        confusion.merge(part)
-    per_image = {name: [v for _, v in sorted(gather_objects(scores))] for name, scores in per_image.items()}
-    skipped = [message for _, message in sorted(gather_objects(skipped))]
-    if len(skipped) == len(dataset.samples):
-        raise DigsegError(f"every sample was skipped; first problem: {skipped[0]}")
-    if present_only is None:
-        present_only = kind is MetricKind.OPEN_VOCAB
-    result = confusion.compute(present_only=present_only)
-    out: dict = {"dataset": dataset.name, "split": dataset.split, "metric": kind.value,
-                 "num_images": len(dataset.samples) - len(skipped),
-                 "mIoU": result["mIoU"], "aAcc": result["aAcc"], "mAcc": result["mAcc"], "mDice": result["mDice"],
-                 "per_class": result["per_class"], "present_only": present_only}
-    if kind is MetricKind.ROAD:
-        out.update(binary_scores(confusion, positive=1))
-    if kind is MetricKind.MEDICAL:
-        out["per_target"] = {
-            name: {"Dice": 100 * float(np.mean([d for d, _ in scores])), "IoU": 100 * float(np.mean([i for _, i in scores]))}
-            for name, scores in per_image.items()
-        }
-        out["Dice"] = float(np.mean([t["Dice"] for t in out["per_target"].values()]))
-        out["IoU"] = float(np.mean([t["IoU"] for t in out["per_target"].values()]))
-    out["skipped"] = len(skipped)
-    out["skipped_samples"] = skipped
-    return out
+            scores.skip(index, str(exc))
+    return scores.result(present_only)
 
 
 def _query_kwargs(pipe, dataset: SegmentationDataset) -> dict:
@@ -154,21 +173,23 @@ def _one_image(result: DiGSegOutput, j: int) -> DiGSegOutput:
                         probability_class_ids=take(result.probability_class_ids))
 
 
-def predict_dataset(pipe, dataset: SegmentationDataset, out_dir: str | Path, ensemble_size: int = 1,
+def predict_dataset(pipe, dataset: SegmentationDataset, out_dir: str | Path | None, ensemble_size: int = 1,
                     num_inference_steps: int | None = None, processing_resolution: int | None = None,
                     threshold: float = 0.5, seed: int = 0, show_progress: bool = True, top_k: int | None = None,
                     templates: str | None = None, mask_decoder: str = "auto", protocol: TestProtocol | None = None,
-                    batch_size: int = 1, on_result: Callable[[Sample, DiGSegOutput], None] | None = None) -> dict:
-    """Write `<out_dir>/<stem>.png` for every readable image; returns {"written", "skipped"} (all processes').
+                    batch_size: int = 1, on_result: Callable[[int, Sample, DiGSegOutput], None] | None = None) -> dict:
+    """Write `<out_dir>/<stem>.png` for every readable image (`out_dir` None: no files, only `on_result`); returns
+    {"written", "skipped"} (all processes').
 
     Image i's noise comes from a generator seeded by (seed, i), so a prediction does not depend on which
     process makes it, on the other images, or on `batch_size` (images per pipeline call; up to the float
     rounding of batched U-Net passes: the label maps were identical in tests and benchmarks). `protocol`: test
     mode, windows and scale (default: whole image at `processing_resolution`). With N processes each writes
-    its own share of the PNGs. `on_result(sample, output)` sees each image's output (e.g. to score thresholds).
+    its own share of the PNGs. `on_result(index, sample, output)` sees each image's output (e.g. to score it).
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = None if out_dir is None else Path(out_dir)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
     query = _query_kwargs(pipe, dataset)
     if query:  # binary or per-class queries (a palette query has no template)
         query.update(templates=templates, **({"top_k": top_k} if "classes" in query else {}))
@@ -182,10 +203,11 @@ def predict_dataset(pipe, dataset: SegmentationDataset, out_dir: str | Path, ens
                       num_inference_steps=num_inference_steps, processing_resolution=processing_resolution,
                       generator=[seeded_generator(seed, index) for index, _, _ in pending], threshold=threshold,
                       batch_size=len(pending), show_progress_bar=False, mask_decoder=mask_decoder, **query, **settings)
-        for j, (_, sample, _) in enumerate(pending):
-            save_label_png(out / f"{sample.stem}.png", result.labels[j], dataset.num_classes)
+        for j, (index, sample, _) in enumerate(pending):
+            if out is not None:
+                save_label_png(out / f"{sample.stem}.png", result.labels[j], dataset.num_classes)
             if on_result is not None:
-                on_result(sample, _one_image(result, j))
+                on_result(index, sample, _one_image(result, j))
         written += len(pending)
         pending.clear()
 
@@ -215,7 +237,7 @@ def search_threshold(pipe, dataset: SegmentationDataset, grid: np.ndarray | None
     dice = np.zeros(len(grid))  # running sums: memory independent of the number of images
     count = 0
 
-    def score(sample: Sample, result: DiGSegOutput) -> None:
+    def score(index: int, sample: Sample, result: DiGSegOutput) -> None:
         nonlocal count
         try:
             label = dataset.read_label(sample)
@@ -227,8 +249,7 @@ def search_threshold(pipe, dataset: SegmentationDataset, grid: np.ndarray | None
             dice[j] += per_image_dice_iou((probs > t) & valid, (label == 1) & valid)[0]
         count += 1
 
-    with tempfile.TemporaryDirectory() as tmp:  # per process; the PNGs are not needed, only the scores
-        predict_dataset(pipe, dataset, tmp, on_result=score, **predict_kwargs)
+    predict_dataset(pipe, dataset, None, on_result=score, **predict_kwargs)  # scores only, no files
     dice = sum_tensor(torch.from_numpy(dice)).numpy()
     count = int(sum_tensor(torch.tensor(count)))
     if count == 0:

@@ -9,7 +9,7 @@ EMA on, the EMA weights are scored: they are what the run saves as its model. Th
 summary columns (`dataset_eval.SUMMARY_COLUMNS`); the best step is the one with the highest headline score
 (`dataset_eval.HEADLINE_METRIC`: mIoU, road IoU or medical Dice), the earlier step on a tie.
 
-Under several processes each predicts its share of the images (`predict_dataset`), on its full copy of the
+Under several processes each predicts its share of the images (`predict_dataset`, scored as they come by `Scores`), on its full copy of the
 weights (DDP); sharded runs (`run.sharding: fsdp`) are refused.
 
 Order in a step that is due for both: the checkpoint `step-N` is written first, then step N is validated (and
@@ -23,11 +23,9 @@ weights, scores and best step.
 from __future__ import annotations
 
 import copy
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from diffusers.training_utils import EMAModel
@@ -35,9 +33,10 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..data.base import MetricKind, SegmentationDataset
-from ..data.synthetic import ScenesFolder, save_scenes_as_folder
-from ..evaluation.dataset_eval import HEADLINE_METRIC, SUMMARY_COLUMNS, predict_dataset, score_predictions
-from ..errors import ConfigError
+from ..data.synthetic import ItemsView
+from ..distributed import is_main_process
+from ..evaluation.dataset_eval import HEADLINE_METRIC, SUMMARY_COLUMNS, Scores, predict_dataset
+from ..errors import ConfigError, DataError
 from ..evaluation.protocols import TestProtocol
 
 
@@ -91,24 +90,33 @@ def evaluation_weights(modules: Sequence[nn.Module], ema: EMAModel | None,
             m.train(mode)
 
 
-def evaluation_set(dataset: Dataset, limit: int, folder: Path) -> SegmentationDataset:
-    """The first `limit` images of `dataset` as a `SegmentationDataset` (what `predict_dataset` reads). A dataset
-    of items without files (synthetic scenes) is written into `folder` first."""
+def evaluation_set(dataset: Dataset, limit: int) -> SegmentationDataset:
+    """The first `limit` images of `dataset` as a `SegmentationDataset` (what `predict_dataset` reads); a dataset of
+    items without files (synthetic scenes) is read from its items."""
     if isinstance(dataset, SegmentationDataset):
         view = copy.copy(dataset)
         view.samples = dataset.samples[:limit]
         return view
-    return ScenesFolder(save_scenes_as_folder(dataset, folder, limit), split="val")
+    return ItemsView(dataset, limit)
 
 
 def evaluate(pipe, dataset: Dataset, limit: int, seed: int, batch_size: int) -> ValidationResult:
     """Score `pipe` on the first `limit` images of `dataset` with the protocol in the module docstring. Every
-    process calls this; predictions go to a temporary folder, deleted after scoring."""
-    with tempfile.TemporaryDirectory(prefix="digseg-val-") as tmp:
-        images = evaluation_set(dataset, limit, Path(tmp) / "images")
-        predict_dataset(pipe, images, Path(tmp) / "predictions", ensemble_size=1, num_inference_steps=1, seed=seed,
-                        show_progress=False, protocol=TestProtocol(), batch_size=batch_size)
-        metrics = score_predictions(images, Path(tmp) / "predictions", show_progress=False)
+    process calls this; predictions are scored as they come (no files)."""
+    images = evaluation_set(dataset, limit)
+    scores = Scores(images)
+
+    def score(index, sample, output) -> None:
+        try:
+            scores.add(index, output.labels[0], images.read_label(sample))
+        except DataError as exc:
+            scores.skip(index, str(exc))
+
+    report = predict_dataset(pipe, images, None, ensemble_size=1, num_inference_steps=1, seed=seed,
+                             show_progress=False, protocol=TestProtocol(), batch_size=batch_size, on_result=score)
+    for message in report["skipped"] if is_main_process() else []:  # images that could not be read (all processes')
+        scores.skip(-1, message)
+    metrics = scores.result()
     kind = MetricKind(metrics["metric"])
     metric = HEADLINE_METRIC[kind]
     return ValidationResult(metric, float(metrics[metric]), {f"val/{c}": float(metrics[c]) for c in SUMMARY_COLUMNS[kind]})
