@@ -126,7 +126,6 @@ def _training_device(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from ..distributed import process_info
-    from ..training.resume_check import launch_facts, plan_resume
     from ..training.run import build_run
     from ..run_lock import TRAIN, main_process_holds
 
@@ -136,11 +135,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         from ..training.hub import check_hub_target
 
         check_hub_target(config.run.push_to_hub)  # before training, not after it
-    rank, world = process_info()
+    rank, _ = process_info()
     with main_process_holds(config.run.output_dir, TRAIN):  # a second run on this folder stops here, every process
-        # a refused config change stops before the model is loaded (the trainer checks again before any step)
-        plan_resume(config, args.resume, args.allow_config_change, launch_facts(config.optim, world))
-        build_run(config).train(resume=args.resume, allow_config_change=args.allow_config_change)
+        # a refused config change stops before the model is loaded
+        build_run(config, resume=args.resume, allow_config_change=args.allow_config_change).train()
     if rank != 0:
         return
     print(f"saved trained model to {config.run.output_dir}")

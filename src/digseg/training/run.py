@@ -152,13 +152,17 @@ def set_objective(pipe: DiGSegPipeline, model: ModelConfig) -> None:
 
 
 def build_run(config: TrainConfig, pipe: DiGSegPipeline | None = None, dataset: Dataset | None = None,
-              show_progress: bool = True, val_dataset: Dataset | None = None) -> Trainer:
+              show_progress: bool = True, val_dataset: Dataset | None = None, resume: str | None = None,
+              allow_config_change: bool = False) -> Trainer:
     """The `Trainer` of a run: the pipeline (from `config.model` unless given) and training data (from
     `config.data`, over `dataset` if given); `trainer.pipe` and `trainer.data` are those. `val_dataset`: the
     validation split (previews, validation); built from `config.data` when neither it nor `dataset` is given.
-    The data is checked (`checked_dataset`) before the model loads.
+    The data is checked (`checked_dataset`) before the model loads, and so is `resume` ("latest" or a checkpoint
+    folder: the config and samples against the checkpoint's, `resume_check.plan_resume`), which `train()` then
+    continues from.
     The pipeline's prompt template becomes the config's, else the dataset's; its objective becomes the config's."""
-    from ..distributed import is_main_process
+    from ..distributed import is_main_process, process_info
+    from .resume_check import launch_facts, plan_resume
     from .tracking import tracker_names
     from .trainer import Trainer
 
@@ -174,9 +178,12 @@ def build_run(config: TrainConfig, pipe: DiGSegPipeline | None = None, dataset: 
     dataset, check = checked_dataset(config.data, dataset, config.run.output_dir, "train", show)
     if val_dataset is not None and config.run.eval_every:  # validation reads all of it (previews skip)
         val_dataset, _ = checked_dataset(config.data, val_dataset, config.run.output_dir, "val", show)
+    plan = plan_resume(config, resume, allow_config_change, launch_facts(config.optim, process_info()[1]), check)
     pipe = pipe if pipe is not None else build_pipeline(config.model)
     template = config.model.prompt_template or getattr(dataset, "prompt_template", None) or pipe.config.prompt_template
     pipe.register_to_config(prompt_template=template)
     set_objective(pipe, config.model)
     data = build_training_data(config.data, pipe, dataset, config.run.seed, check)
-    return Trainer(config, pipe, data, show_progress=show_progress, val_dataset=val_dataset)
+    trainer = Trainer(config, pipe, data, show_progress=show_progress, val_dataset=val_dataset)
+    trainer.resume_plan = plan
+    return trainer

@@ -135,6 +135,7 @@ class Trainer:
         self.optim, self.run = opt, run = config.optim, config.run
         self.pipe = pipe
         self.data = data
+        self.resume_plan: ResumePlan | None = None  # what build_run(resume=...) checked: train() continues it
         self.val_dataset = val_dataset
         self._preview_samples: list[dict] | None = None  # read at the first preview
         self.show_progress = show_progress
@@ -335,9 +336,10 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ loop
     def train(self, resume: str | None = None, allow_config_change: bool = False) -> DiGSegPipeline:
-        """Train to `optim.max_steps`, from checkpoint `resume` ("latest": the newest in the run folder, if any).
-        A resume whose config leaves the checkpoint's trajectory is refused before any step, unless
-        `allow_config_change` (resume_check.py). Gives the run folder's lock back at the end, error or not."""
+        """Train to `optim.max_steps`, from checkpoint `resume` ("latest": the newest in the run folder, if any;
+        None: the one `build_run(resume=...)` checked, if any). A resume whose config leaves the checkpoint's
+        trajectory is refused before any step, unless `allow_config_change` (resume_check.py). Gives the run
+        folder's lock back at the end, error or not."""
         try:
             return self._train(resume, allow_config_change)
         finally:
@@ -346,7 +348,8 @@ class Trainer:
     def _train(self, resume: str | None, allow_config_change: bool) -> DiGSegPipeline:
         acc = self.accelerator
         check = self.data.check
-        plan = plan_resume(self.config, resume, allow_config_change, self._launch(), check)  # before anything is written
+        plan = self.resume_plan if resume is None else plan_resume(self.config, resume, allow_config_change,
+                                                                   self._launch(), check)  # before anything is written
         self.config_changes = plan.history if plan is not None else []
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
