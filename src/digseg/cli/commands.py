@@ -1,5 +1,5 @@
 """The `digseg` command: quickstart | train | cache-latents | browse-data | check-data | train-mask-decoder | predict |
-eval | demo.
+eval | demo | export.
 
 User errors (a missing file, a bad value) print one line, `error: ...`, and exit with status 2; no traceback.
 """
@@ -429,10 +429,39 @@ def cmd_demo(args: argparse.Namespace) -> None:
                 device=args.device, dtype=args.dtype)
 
 
+# ---------------------------------------------------------------------------------------------- export
+def cmd_export(args: argparse.Namespace) -> None:
+    """Checks the flags and the output folder before the model loads; the export is `onnx_export.export_pipeline`."""
+    import importlib.util
+
+    missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(f"digseg export needs {', '.join(missing)}: pip install -e '.[onnx]'")
+    if args.dtype == "fp16":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("--dtype fp16 needs a CUDA GPU (fp16 graphs are exported on one); use --dtype fp32")
+        if args.quantize:
+            raise ConfigError("--quantize int8 applies to fp32 graphs; use --dtype fp32")
+    output = Path(args.output)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise ConfigError(f"--output {output} exists and is not an empty folder; choose a new one")
+    from ..export.onnx_export import export_pipeline
+    from ..pipelines.pipeline import DiGSegPipeline
+
+    pipe = DiGSegPipeline.from_pretrained(args.model)  # fp32 on the CPU; export_pipeline moves it for fp16
+    folder = export_pipeline(pipe, output, dtype=args.dtype, text_encoder=not args.no_text_encoder,
+                             quantize=args.quantize)
+    graphs = sorted(p.name for p in folder.glob("*.onnx"))
+    print(f"exported {args.model} to {folder}: {', '.join(graphs)} and manifest.json "
+          f"({args.dtype}{', int8 matrix multiplies' if args.quantize else ''})")
+
+
 COMMANDS = {  # command name -> what it does; the arguments are in `digseg.cli.parser`
     "quickstart": cmd_quickstart, "train": cmd_train, "cache-latents": cmd_cache_latents,
     "browse-data": cmd_browse_data, "check-data": cmd_check_data, "train-mask-decoder": cmd_train_mask_decoder, "predict": cmd_predict,
-    "eval": cmd_eval, "demo": cmd_demo,
+    "eval": cmd_eval, "demo": cmd_demo, "export": cmd_export,
 }
 
 

@@ -275,10 +275,9 @@ def quantize_folder(source: str | Path, output: str | Path) -> Path:
             shutil.copy2(item, folder / item.name)
     for name in manifest["graphs"].values():
         if name:
+            external = (source / f"{name}.data").is_file()  # where the exporter put weights over 2 GB
             quantize_dynamic(str(source / name), str(folder / name), op_types_to_quantize=["MatMul", "Gemm"],
-                             weight_type=QuantType.QInt8,
-                             use_external_data_format=(source / name).stat().st_size == 0 or any(
-                                 p.name.startswith(name) and p.name != name for p in source.iterdir()))
+                             weight_type=QuantType.QInt8, use_external_data_format=external)
     manifest["quantize"] = "int8"
     (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
     return folder
