@@ -199,3 +199,25 @@ def test_refusals_are_one_line(exported, tmp_path, capsys):
         OnnxDiGSegPipeline.from_pretrained(tmp_path)
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["text"]["kind"] == "encoder"
+
+
+def test_predict_and_eval_run_an_exported_folder(exported, tmp_path, capsys):
+    """`digseg predict` and `digseg eval` take an exported folder as --model (dispatched on its manifest.json)."""
+    from PIL import Image
+
+    _, folder = exported["diffusion"]
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    (data / "classes.txt").write_text("\n".join(SYNTHETIC_CLASSES) + "\n")
+    for i in range(2):
+        Image.fromarray(RNG.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(data / "images" / f"s{i}.png")
+        Image.fromarray(RNG.integers(0, 4, (40, 48), dtype=np.uint8)).save(data / "masks" / f"s{i}.png")
+    assert main(["predict", "--model", str(folder), "--image", str(data / "images"), "--output", str(tmp_path / "pred"),
+                 "--ensemble-size", "2", "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "pred" / "summary.json").read_text())
+    assert summary["runtime"]["device"] == "onnxruntime:CPUExecutionProvider" and len(summary["images"]) == 2
+    assert main(["eval", "--dataset", "folder", "--data-root", str(data), "--val-fraction", "1", "--model", str(folder),
+                 "--output", str(tmp_path / "eval")]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["num_images"] == 2 and metrics["runtime"]["torch"] == "not used"

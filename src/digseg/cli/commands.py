@@ -40,10 +40,17 @@ def _placement(args: argparse.Namespace):
 
 
 def _load_model(model, placement):
-    """The model folder, loaded in the dtype (not loaded in fp32 and cast) and moved to the device."""
+    """The model folder, loaded in the dtype (not loaded in fp32 and cast) and moved to the device. A folder written
+    by `digseg export` (it holds manifest.json) runs on onnxruntime: CUDA's execution provider on a CUDA device, else
+    the CPU's."""
+    from ..export.manifest import is_exported_folder
     from ..pipelines.pipeline import DiGSegPipeline
 
     device, dtype = placement
+    if is_exported_folder(model):
+        from ..export.runtime import OnnxDiGSegPipeline
+
+        return OnnxDiGSegPipeline.from_pretrained(model, provider="cuda" if str(device).startswith("cuda") else "cpu")
     return DiGSegPipeline.from_pretrained(model, dtype=dtype).to(device)
 
 
@@ -400,7 +407,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
         report = predict_dataset(pipe, dataset, predictions, threshold=threshold, **kwargs, **query)
         info.update(model=str(args.model), ensemble_size=args.ensemble_size, steps=args.steps or pipe.config.default_denoising_steps,
                     predictions=str(predictions), prediction_skipped=report["skipped"], protocol=protocol.to_dict(),
-                    batch_size=args.batch_size, runtime=runtime_info(pipe.device, pipe.dtype, process_info()[1]))
+                    batch_size=args.batch_size, runtime=pipe.runtime_info(process_info()[1]) if hasattr(pipe, "runtime_info")
+                    else runtime_info(pipe.device, pipe.dtype, process_info()[1]))
     metrics = score_predictions(dataset, predictions, present_only=True if args.present_only else None)
     metrics.update(info)
     if not is_main_process():  # under accelerate launch / torchrun: every process has the same metrics

@@ -10,11 +10,15 @@ noise [E, C, h, w] is `standard_normal` drawn in image order, as the torch pipel
 For exact parity with a PyTorch call pass `noise`: one array [E, C, h, w] per image, e.g.
 `torch.randn((1, E, C, h, w), generator=torch.Generator().manual_seed(s))[0]` drawn in image order reproduces
 `DiGSegPipeline(..., generator=torch.Generator().manual_seed(s))` (`batch_size` does not change the draws).
+A torch.Generator given here (as `digseg predict` and `digseg eval` pass one per image) is read as its seed only:
+image i's noise is then `numpy.random.default_rng(generator[i].initial_seed())`'s draw, deterministic but not
+the PyTorch pipeline's.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Sequence
 
 import numpy as np
@@ -60,6 +64,15 @@ def resolve_providers(provider: str | Sequence[str] | None) -> list[str]:
     return [p for p in wanted if p in available]
 
 
+def _numpy_rng(generator) -> np.random.Generator:
+    """A numpy generator from one, from an int seed, or from a torch.Generator's seed (duck-typed: no torch here)."""
+    if isinstance(generator, np.random.Generator):
+        return generator
+    if hasattr(generator, "initial_seed"):
+        return np.random.default_rng(int(generator.initial_seed()))
+    return np.random.default_rng(generator)
+
+
 class OnnxDiGSegPipeline:
     """An exported digseg model on onnxruntime; see the module docstring."""
 
@@ -95,6 +108,30 @@ class OnnxDiGSegPipeline:
     @property
     def class_names(self) -> list[str] | None:
         return self.manifest["class_names"]
+
+    @property
+    def config(self) -> SimpleNamespace:
+        """The settings `DiGSegPipeline.config` has that callers read (class_names, task, default_* ...)."""
+        keys = ("class_names", "task", "objective", "one_step_decoder", "prompt_template", "default_denoising_steps",
+                "default_processing_resolution", "training_data", "backbone")
+        return SimpleNamespace(**{k: self.manifest.get(k) for k in keys})
+
+    @property
+    def pad_multiple(self) -> int:
+        return int(self.manifest["pad_multiple"])
+
+    def runtime_info(self, num_processes: int = 1) -> dict:
+        """What an output records about where it ran (`digseg.devices.runtime_info`'s keys)."""
+        import platform
+
+        import onnxruntime as ort
+
+        from .. import __version__
+
+        precision = self.manifest["dtype"] + (f"+{self.manifest['quantize']}" if self.manifest.get("quantize") else "")
+        return {"device": f"onnxruntime:{self.providers[0]}", "device_name": platform.processor() or platform.machine(),
+                "dtype": precision, "num_processes": num_processes, "torch": "not used", "diffusers": "not used",
+                "onnxruntime": ort.__version__, "digseg": __version__, "peak_memory_bytes": None}
 
     @property
     def providers(self) -> list[str]:
@@ -249,8 +286,7 @@ class OnnxDiGSegPipeline:
         # 3. per image: resize, pad, starting noise, denoise, decode, read back at the native size
         multiple, f = self.manifest["pad_multiple"], self.manifest["vae_scale_factor"]
         channels = self.manifest["latent_channels"]
-        shared = generator if isinstance(generator, np.random.Generator) else (
-            np.random.default_rng(generator) if isinstance(generator, int) or generator is None else None)
+        shared = None if isinstance(generator, list) else _numpy_rng(generator)
         labels, probabilities, class_ids, uncertainty = [], [], [], []
         for i, img in enumerate(images):
             size = img.shape[-2:]
@@ -262,7 +298,7 @@ class OnnxDiGSegPipeline:
             elif noise is not None:
                 start = np.asarray(noise[i], dtype=np.float32).reshape(latent_shape)
             else:
-                rng = shared if shared is not None else np.random.default_rng(generator[i])
+                rng = shared if shared is not None else _numpy_rng(generator[i])
                 start = rng.standard_normal(latent_shape, dtype=np.float32)
             probs, unc = self._segment(pixels.astype(np.float32), queries.query_ids[i], states, start, queries.mode,
                                        steps, ensemble_reduction, decode_members, decoder, max_unet_batch)
