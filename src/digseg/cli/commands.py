@@ -445,7 +445,10 @@ def cmd_export(args: argparse.Namespace) -> None:
     missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
     if missing:
         raise ConfigError(f"digseg export needs {', '.join(missing)}: pip install -e '.[onnx]'")
-    if args.dtype == "fp16":
+    dtype = "fp32" if args.dtype == "auto" else args.dtype
+    if dtype not in ("fp32", "fp16"):
+        raise ConfigError(f"--dtype {dtype}: export writes fp32 or fp16 graphs")
+    if dtype == "fp16":
         import torch
 
         if not torch.cuda.is_available():
@@ -459,11 +462,11 @@ def cmd_export(args: argparse.Namespace) -> None:
     from ..pipelines.pipeline import DiGSegPipeline
 
     pipe = DiGSegPipeline.from_pretrained(args.model)  # fp32 on the CPU; export_pipeline moves it for fp16
-    folder = export_pipeline(pipe, output, dtype=args.dtype, text_encoder=not args.no_text_encoder,
+    folder = export_pipeline(pipe, output, dtype=dtype, text_encoder=not args.no_text_encoder,
                              quantize=args.quantize)
     graphs = sorted(p.name for p in folder.glob("*.onnx"))
     print(f"exported {args.model} to {folder}: {', '.join(graphs)} and manifest.json "
-          f"({args.dtype}{', int8 matrix multiplies' if args.quantize else ''})")
+          f"({dtype}{', int8 matrix multiplies' if args.quantize else ''})")
 
 
 COMMANDS = {  # command name -> what it does; the arguments are in `digseg.cli.parser`

@@ -282,8 +282,9 @@ def _add_export(sub) -> None:
     x = sub.add_parser("export", help="write a model as ONNX graphs and a manifest, to run on onnxruntime (docs/export.md)")
     x.add_argument("--model", required=True, help="a DiGSeg model folder to export")
     x.add_argument("--output", required=True, help="the new folder: *.onnx graphs and manifest.json")
-    x.add_argument("--dtype", default="fp32", choices=("fp32", "fp16"),
-                   help="the model's precision (default fp32; fp16 is exported on a CUDA GPU only)")
+    x.add_argument("--dtype", default="fp32", choices=DTYPE_CHOICES,
+                   help="the model's precision (default fp32, as auto; fp16 is exported on a CUDA GPU only; "
+                        "bf16 is refused)")
     x.add_argument("--quantize", default=None, choices=("int8",),
                    help="int8: onnxruntime dynamic quantization of matrix multiplies (convolutions stay fp32)")
     x.add_argument("--no-text-encoder", action="store_true",

@@ -76,11 +76,11 @@ def _numpy_rng(generator) -> np.random.Generator:
 class OnnxDiGSegPipeline:
     """An exported digseg model on onnxruntime; see the module docstring."""
 
-    def __init__(self, folder: Path, manifest: dict, sessions: dict) -> None:
-        self.folder, self.manifest, self.sessions = folder, manifest, sessions
+    def __init__(self, folder: Path, manifest: dict, runners: dict) -> None:
+        self.folder, self.manifest, self.runners = folder, manifest, runners
         self.scheduler = dict(manifest["scheduler"])
         self.scheduler["_alphas"] = np.asarray(self.scheduler["alphas_cumprod"], dtype=np.float32)
-        self.prompt_encoder = OnnxPromptEncoder(folder, manifest["text"], sessions.get("text_encoder"))
+        self.prompt_encoder = OnnxPromptEncoder(folder, manifest["text"], runners.get("text_encoder"))
         codec = manifest["mask_codec"]["palette"]
         self.palette = None if codec is None else np.asarray(codec["palette"], dtype=np.uint8)
         self.temperature = 0.05 if codec is None else float(codec["temperature"])
@@ -94,15 +94,15 @@ class OnnxDiGSegPipeline:
         folder = Path(folder).expanduser()
         manifest = read_manifest(folder)
         providers = resolve_providers(provider)
-        sessions = {}
+        runners = {}
         for name, file in manifest["graphs"].items():
             if file:
                 try:
-                    sessions[name] = ort.InferenceSession(str(folder / file), sess_options=session_options,
+                    runners[name] = ort.InferenceSession(str(folder / file), sess_options=session_options,
                                                           providers=providers)
                 except Exception as exc:  # onnxruntime raises its own exception types
                     raise DigsegError(f"cannot load {folder / file}: {str(exc).splitlines()[0]}") from exc
-        return cls(folder, manifest, sessions)
+        return cls(folder, manifest, runners)
 
     # ----------------------------------------------------------------------------------------- facts
     @property
@@ -135,7 +135,7 @@ class OnnxDiGSegPipeline:
 
     @property
     def providers(self) -> list[str]:
-        return self.sessions["unet"].get_providers()
+        return self.runners["unet"].get_providers()
 
     def _decoder(self, choice: str) -> str:
         """The graph that `mask_decoder` ("auto", "light", "vae") selects, as `DiGSegPipeline._light_mask_decoder`."""
@@ -159,7 +159,7 @@ class OnnxDiGSegPipeline:
 
     # ----------------------------------------------------------------------------------------- latent work
     def _run(self, name: str, **inputs: np.ndarray) -> np.ndarray:
-        return self.sessions[name].run(None, inputs)[0]
+        return self.runners[name].run(None, inputs)[0]
 
     def denoise(self, image_latents: np.ndarray, states: np.ndarray, steps: int, latents: np.ndarray) -> np.ndarray:
         """image_latents [m, 4, h, w], states [m, L, D], starting noise [m, 4, h, w] -> mask latents [m, 4, h, w]."""

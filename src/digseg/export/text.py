@@ -19,8 +19,8 @@ from ..errors import DigsegError
 class OnnxPromptEncoder:
     """`encode(prompts)` -> float32 [N, L, D], each distinct prompt encoded once (cached)."""
 
-    def __init__(self, folder: Path, text: dict, session=None) -> None:
-        self.session = session
+    def __init__(self, folder: Path, text: dict, runner=None) -> None:
+        self.runner = runner
         self._cache: dict[str, np.ndarray] = {}
         self.tokenizer = None
         if text["kind"] == "features":
@@ -51,7 +51,7 @@ class OnnxPromptEncoder:
             raise DigsegError(f"prompt {missing[0]!r}: this folder was exported with --no-text-encoder and holds only "
                               f"the model's own prompts ({known}, ...); export it with its text encoder for others")
         if missing:
-            states = self.session.run(None, {"input_ids": self.token_ids(missing)})[0]  # [M, L, D]
+            states = self.runner.run(None, {"input_ids": self.token_ids(missing)})[0]  # [M, L, D]
             for prompt, state in zip(missing, states):
                 self._cache[prompt] = state.astype(np.float32)
         return np.stack([self._cache[p] for p in prompts])  # [N, L, D]
