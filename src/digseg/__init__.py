@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "DiGSegPipeline": "digseg.pipelines.pipeline",
-    "DiGSegOutput": "digseg.pipelines.pipeline",
+    "DiGSegOutput": "digseg.outputs",
     "TextPathway": "digseg.models.text",
     "MaskCodec": "digseg.pipelines.masks",
     "DigsegError": "digseg.errors",

@@ -1,5 +1,5 @@
 """The `digseg` command: quickstart | train | cache-latents | browse-data | check-data | train-mask-decoder | predict |
-eval | demo.
+eval | demo | export.
 
 User errors (a missing file, a bad value) print one line, `error: ...`, and exit with status 2; no traceback.
 """
@@ -40,10 +40,17 @@ def _placement(args: argparse.Namespace):
 
 
 def _load_model(model, placement):
-    """The model folder, loaded in the dtype (not loaded in fp32 and cast) and moved to the device."""
+    """The model folder, loaded in the dtype (not loaded in fp32 and cast) and moved to the device. A folder written
+    by `digseg export` (it holds manifest.json) runs on onnxruntime: CUDA's execution provider on a CUDA device, else
+    the CPU's."""
+    from ..export.manifest import is_exported_folder
     from ..pipelines.pipeline import DiGSegPipeline
 
     device, dtype = placement
+    if is_exported_folder(model):
+        from ..export.runtime import OnnxDiGSegPipeline
+
+        return OnnxDiGSegPipeline.from_pretrained(model, provider="cuda" if str(device).startswith("cuda") else "cpu")
     return DiGSegPipeline.from_pretrained(model, dtype=dtype).to(device)
 
 
@@ -398,7 +405,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
         report = predict_dataset(pipe, dataset, predictions, threshold=threshold, **kwargs, **query)
         info.update(model=str(args.model), ensemble_size=args.ensemble_size, steps=args.steps or pipe.config.default_denoising_steps,
                     predictions=str(predictions), prediction_skipped=report["skipped"], protocol=protocol.to_dict(),
-                    batch_size=args.batch_size, runtime=runtime_info(pipe.device, pipe.dtype, process_info()[1]))
+                    batch_size=args.batch_size, runtime=pipe.runtime_info(process_info()[1]) if hasattr(pipe, "runtime_info")
+                    else runtime_info(pipe.device, pipe.dtype, process_info()[1]))
     metrics = score_predictions(dataset, predictions, present_only=True if args.present_only else None)
     metrics.update(info)
     if not is_main_process():  # under accelerate launch / torchrun: every process has the same metrics
@@ -427,10 +435,42 @@ def cmd_demo(args: argparse.Namespace) -> None:
                 device=args.device, dtype=args.dtype)
 
 
+# ---------------------------------------------------------------------------------------------- export
+def cmd_export(args: argparse.Namespace) -> None:
+    """Checks the flags and the output folder before the model loads; the export is `onnx_export.export_pipeline`."""
+    import importlib.util
+
+    missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(f"digseg export needs {', '.join(missing)}: pip install -e '.[onnx]'")
+    dtype = "fp32" if args.dtype == "auto" else args.dtype
+    if dtype not in ("fp32", "fp16"):
+        raise ConfigError(f"--dtype {dtype}: export writes fp32 or fp16 graphs")
+    if dtype == "fp16":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("--dtype fp16 needs a CUDA GPU (fp16 graphs are exported on one); use --dtype fp32")
+        if args.quantize:
+            raise ConfigError("--quantize int8 applies to fp32 graphs; use --dtype fp32")
+    output = Path(args.output)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise ConfigError(f"--output {output} exists and is not an empty folder; choose a new one")
+    from ..export.onnx_export import export_pipeline
+    from ..pipelines.pipeline import DiGSegPipeline
+
+    pipe = DiGSegPipeline.from_pretrained(args.model)  # fp32 on the CPU; export_pipeline moves it for fp16
+    folder = export_pipeline(pipe, output, dtype=dtype, text_encoder=not args.no_text_encoder,
+                             quantize=args.quantize)
+    graphs = sorted(p.name for p in folder.glob("*.onnx"))
+    print(f"exported {args.model} to {folder}: {', '.join(graphs)} and manifest.json "
+          f"({dtype}{', int8 matrix multiplies' if args.quantize else ''})")
+
+
 COMMANDS = {  # command name -> what it does; the arguments are in `digseg.cli.parser`
     "quickstart": cmd_quickstart, "train": cmd_train, "cache-latents": cmd_cache_latents,
     "browse-data": cmd_browse_data, "check-data": cmd_check_data, "train-mask-decoder": cmd_train_mask_decoder, "predict": cmd_predict,
-    "eval": cmd_eval, "demo": cmd_demo,
+    "eval": cmd_eval, "demo": cmd_demo, "export": cmd_export,
 }
 
 

@@ -277,6 +277,21 @@ def _add_demo(sub) -> None:
     _add_device_flags(d)
 
 
+def _add_export(sub) -> None:
+    """`digseg export`."""
+    x = sub.add_parser("export", help="write a model as ONNX graphs and a manifest, to run on onnxruntime (docs/export.md)")
+    x.add_argument("--model", required=True, help="a DiGSeg model folder to export")
+    x.add_argument("--output", required=True, help="the new folder: *.onnx graphs and manifest.json")
+    x.add_argument("--dtype", default="fp32", choices=DTYPE_CHOICES,
+                   help="the model's precision (default fp32, as auto; fp16 is exported on a CUDA GPU only; "
+                        "bf16 is refused)")
+    x.add_argument("--quantize", default=None, choices=("int8",),
+                   help="int8: onnxruntime dynamic quantization of matrix multiplies (convolutions stay fp32)")
+    x.add_argument("--no-text-encoder", action="store_true",
+                   help="leave the text encoder out: the model's own class prompts are precomputed instead "
+                        "(palette, binary prompts and per-class queries of its classes only)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="digseg", description="Diffusion models as generalist, text-prompted segmenters.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -289,4 +304,5 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(sub)
     _add_eval(sub)
     _add_demo(sub)
+    _add_export(sub)
     return parser

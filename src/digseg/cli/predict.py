@@ -246,7 +246,7 @@ def _run_locked(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
     if rank == 0:
         predict_records.clean_partial(out_dir)
         index = RecordIndex(out_dir)
-        runtime = runtime_info(pipe.device, pipe.dtype, world)
+        runtime = pipe.runtime_info(world) if hasattr(pipe, "runtime_info") else runtime_info(pipe.device, pipe.dtype, world)
         summary = write_run_summary(out_dir, index.records([stems[i] for i in done]), missed, runtime)
         if "report" in outputs:
             shown = dict(settings, runtime=f"{runtime['device']} ({runtime['device_name']}), {runtime['dtype']}, "

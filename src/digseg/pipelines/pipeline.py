@@ -24,19 +24,18 @@ from __future__ import annotations
 
 import functools
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
-from diffusers.utils import BaseOutput
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from .ensemble import ENSEMBLE_REDUCTIONS
 from .latent_segmentation import LatentSegmentationMixin, SegmentSettings
 from ..errors import DigsegError, first_line
+from ..outputs import DiGSegOutput  # noqa: F401  (re-exported: digseg.pipelines.pipeline.DiGSegOutput)
 from ..hub_ids import check_hub_id, hub_id_or_none
 from .image_processing import processed_size, resize_to, to_image_list
 from .masks import MaskCodec
@@ -68,19 +67,6 @@ def _open_clip_encoder(name: str):
     from ..models.open_clip_text import OpenCLIPPromptEncoder
 
     return OpenCLIPPromptEncoder.from_pretrained(name)
-
-
-@dataclass
-class DiGSegOutput(BaseOutput):
-    """labels [N, H, W] int64; probabilities [N, n, H, W] of the classes probability_class_ids [N, n] (n = K unless
-    fewer were asked for); uncertainty [N, H, W]: members' spread (None when E == 1). When the N images' sizes
-    differ, labels, probabilities and uncertainty are lists of per-image arrays ([H_i, W_i], [n, H_i, W_i], ...)."""
-
-    labels: np.ndarray | torch.Tensor | list[np.ndarray] | list[torch.Tensor]
-    probabilities: np.ndarray | torch.Tensor | list[np.ndarray] | list[torch.Tensor]
-    uncertainty: np.ndarray | torch.Tensor | list[np.ndarray] | list[torch.Tensor] | None
-    class_names: list[str]
-    probability_class_ids: np.ndarray | torch.Tensor | None = None
 
 
 class DiGSegPipeline(LatentSegmentationMixin, DiffusionPipeline):

@@ -1,0 +1,149 @@
+"""The PyTorch pipeline's non-network steps, in numpy (float32), for the onnxruntime pipeline.
+
+Each function names the torch code it reproduces:
+- `resize_weights` / `resize`: `F.interpolate(..., mode="bilinear", align_corners=False)`, with `antialias=True`
+  (torch's antialiased kernel, PIL's triangle filter widened by the scale when shrinking) or without
+  (plain bilinear, source clamped at the border), as separable [out, in] weight matrices;
+- `pad_to_multiple`: `image_processing.pad_to_multiple` (replicate the bottom and right border);
+- `ddim_step`, `predicted_sample`: diffusers' `DDIMScheduler.step` (eta 0) and `LatentSegmentationMixin.predicted_sample`;
+- `combine_members`: `ensemble.combine_member_latents`; `decode_codec`: `MaskCodec.decode`;
+- `native_outputs`: `native_outputs.native_outputs` (labels at the native size, the best classes' probabilities).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+
+@functools.lru_cache(maxsize=64)
+def resize_weights(size_in: int, size_out: int, antialias: bool) -> np.ndarray:
+    """[size_out, size_in] float32 interpolation weights along one axis (align_corners=False)."""
+    scale = size_in / size_out
+    weights = np.zeros((size_out, size_in), dtype=np.float64)
+    if antialias and scale > 1.0:  # torch's _upsample_bilinear2d_aa (PIL's ImagingResample)
+        support = scale
+        for i in range(size_out):
+            center = scale * (i + 0.5)
+            lo = max(int(center - support + 0.5), 0)
+            hi = min(int(center + support + 0.5), size_in)
+            j = np.arange(lo, hi)
+            w = np.clip(1.0 - np.abs((j - center + 0.5) / scale), 0.0, None)
+            weights[i, lo:hi] = w / w.sum()
+        return weights.astype(np.float32)
+    for i in range(size_out):  # plain bilinear (what antialias gives too when enlarging)
+        src = max((i + 0.5) * scale - 0.5, 0.0)
+        i0 = min(int(np.floor(src)), size_in - 1)
+        i1 = min(i0 + 1, size_in - 1)
+        lam = src - i0
+        weights[i, i0] += 1.0 - lam
+        weights[i, i1] += lam
+    return weights.astype(np.float32)
+
+
+def resize(array: np.ndarray, size: tuple[int, int], antialias: bool = False) -> np.ndarray:
+    """[..., H, W] -> [..., *size] bilinear (unchanged when the size already matches)."""
+    h, w = array.shape[-2:]
+    if (h, w) == tuple(size):
+        return array
+    wh = resize_weights(h, int(size[0]), antialias)  # [H', H]
+    ww = resize_weights(w, int(size[1]), antialias)  # [W', W]
+    out = np.matmul(wh, np.matmul(array.astype(np.float32, copy=False), ww.T))  # [..., H', W']
+    return out.astype(np.float32, copy=False)
+
+
+def processed_size(height: int, width: int, resolution: int) -> tuple[int, int]:
+    """`image_processing.processed_size` without `scale`: the longer side resized to `resolution` (0: native)."""
+    if resolution <= 0:
+        return height, width
+    factor = resolution / max(height, width)
+    return max(1, round(height * factor)), max(1, round(width * factor))
+
+
+def pad_to_multiple(images: np.ndarray, multiple: int) -> np.ndarray:
+    """[B, 3, H, W] -> H', W' multiples of `multiple` (replicated border, bottom and right)."""
+    pad_h, pad_w = (-images.shape[-2]) % multiple, (-images.shape[-1]) % multiple
+    if not (pad_h or pad_w):
+        return images
+    return np.pad(images, ((0, 0), (0, 0), (0, pad_h), (0, pad_w)), mode="edge")
+
+
+def predicted_sample(pred: np.ndarray, z_t: np.ndarray, alpha: float, kind: str) -> np.ndarray:
+    """The U-Net's prediction read as the clean latent z0, whatever the prediction type."""
+    if kind == "sample":
+        return pred
+    a = np.float32(alpha)
+    if kind == "epsilon":
+        return (z_t - np.sqrt(1 - a) * pred) / np.sqrt(a)
+    return np.sqrt(a) * z_t - np.sqrt(1 - a) * pred  # v-prediction
+
+
+def ddim_step(pred: np.ndarray, t: int, latents: np.ndarray, scheduler: dict, steps: int) -> np.ndarray:
+    """One deterministic DDIM step (eta = 0) from timestep t with `steps` steps in all: diffusers' formula."""
+    alphas = scheduler["_alphas"]  # float32 [T]
+    prev_t = t - scheduler["num_train_timesteps"] // steps
+    alpha_t = alphas[t]
+    alpha_prev = alphas[prev_t] if prev_t >= 0 else np.float32(scheduler["final_alpha_cumprod"])
+    beta_t = np.float32(1) - alpha_t
+    kind = scheduler["prediction_type"]
+    if kind == "epsilon":
+        x0 = (latents - beta_t ** np.float32(0.5) * pred) / alpha_t ** np.float32(0.5)
+        eps = pred
+    elif kind == "sample":
+        x0 = pred
+        eps = (latents - alpha_t ** np.float32(0.5) * x0) / beta_t ** np.float32(0.5)
+    else:  # v_prediction
+        x0 = alpha_t ** np.float32(0.5) * latents - beta_t ** np.float32(0.5) * pred
+        eps = alpha_t ** np.float32(0.5) * pred + beta_t ** np.float32(0.5) * latents
+    direction = (np.float32(1) - alpha_prev) ** np.float32(0.5) * eps
+    return (alpha_prev ** np.float32(0.5) * x0 + direction).astype(np.float32)
+
+
+def combine_members(latents: np.ndarray, how: str = "median") -> np.ndarray:
+    """[n, E, C, h, w] -> [n, C, h, w]: element-wise median (mean of the two middle values) or mean."""
+    if how == "mean":
+        return latents.mean(axis=1)
+    ordered = np.sort(latents, axis=1)
+    e = latents.shape[1]
+    return (ordered[:, (e - 1) // 2] + ordered[:, e // 2]) / 2
+
+
+def decode_codec(images: np.ndarray, palette: np.ndarray | None, temperature: float = 0.05) -> np.ndarray:
+    """Decoded mask images [B, 3, H, W] -> probabilities [B, K, H, W]: binary when `palette` is None
+    ([1 - p, p], p = clamp((mean_c x + 1) / 2)), else the softmax over the nearest palette colours."""
+    x = images.astype(np.float32, copy=False)
+    if palette is None:
+        p = np.clip((x.mean(axis=1, keepdims=True) + 1.0) / 2.0, 0.0, 1.0)
+        return np.concatenate([1.0 - p, p], axis=1)
+    c = palette.astype(np.float32) / np.float32(127.5) - np.float32(1.0)  # [K, 3] in [-1, 1]
+    logits = 2.0 * np.einsum("bchw,kc->bkhw", x, c)
+    logits -= (c * c).sum(axis=1).reshape(1, -1, 1, 1)
+    logits *= np.float32(1.0 / (temperature * 12.0))
+    logits -= logits.max(axis=1, keepdims=True)
+    np.exp(logits, out=logits)
+    logits /= logits.sum(axis=1, keepdims=True)
+    return logits
+
+
+def best_classes(labels: np.ndarray, probs: np.ndarray, count: int) -> np.ndarray:
+    """The `count` classes with most pixels (ties: higher peak probability), ascending ids."""
+    k = probs.shape[0]
+    pixels = np.bincount(labels[labels < k].reshape(-1), minlength=k).astype(np.float64)
+    peak = np.clip(probs.reshape(k, -1).max(axis=1).astype(np.float64), 0, 1)
+    score = pixels + peak / 2
+    return np.sort(np.argsort(-score, kind="stable")[:count])
+
+
+def native_outputs(probs: np.ndarray, size: tuple[int, int], mode: str, threshold: float = 0.5,
+                   no_class_threshold: float | None = None, keep: int | None = 16):
+    """One image's probabilities [K, h, w] -> at `size`: (labels [H, W] int64, probabilities [n, H, W], ids [n])."""
+    k = probs.shape[0]
+    full = resize(probs, size)  # [K, H, W]
+    if mode == "binary":
+        return (full[1] > threshold).astype(np.int64), full, np.arange(k)
+    labels = full.argmax(axis=0).astype(np.int64)
+    if mode == "per_class" and no_class_threshold is not None:
+        labels[full.max(axis=0) < no_class_threshold] = 255
+    ids = np.arange(k) if keep is None or keep >= k else best_classes(labels, probs, keep)
+    return labels, full[ids], ids

@@ -1,0 +1,283 @@
+"""`digseg export`: a trained DiGSeg model -> a folder of ONNX graphs and a manifest (torch side).
+
+The folder (`digseg.export.manifest` describes it):
+- `vae_encoder.onnx`: image [B, 3, H, W] in [-1, 1] -> latent [B, 4, H/f, W/f] (posterior mean, shifted, scaled);
+- `unet.onnx`: sample [B, 8, h, w] (image latent, then mask latent), timestep [B] int64, encoder states
+  [B, L, D] -> prediction [B, 4, h, w]; the per-level text pathway runs inside the graph, so the same graph
+  serves the DDIM loop and the one-step pass;
+- `vae_decoder.onnx` (latents -> mask image [B, 3, H, W]) and, when the model has one, `light_decoder.onnx`;
+- `text_encoder.onnx` (input_ids [B, L] int64 -> last hidden state [B, L, D]) with `tokenizer.json` (the
+  `tokenizers` library's file, read without transformers), or with `--no-text-encoder` the encoder states of the
+  model's own prompts precomputed in `text_features.npy`;
+- `manifest.json`.
+Batch, height and width are dynamic; heights and widths must be multiples of the manifest's `pad_multiple`
+(the runtime pads as the PyTorch pipeline does). Graphs whose weights pass 2 GB keep them in external data.
+`quantize_folder` rewrites a folder's graphs with onnxruntime's dynamic int8 quantization of MatMul and Gemm
+only (convolutions stay fp32).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import __version__
+from ..errors import DigsegError
+from ..models.digseg_model import vae_scale_factor
+from ..pipelines.palette import make_palette
+from ..pipelines.prompts import class_prompts, palette_prompt
+from .manifest import FORMAT, FORMAT_VERSION, GRAPH_FILES, MANIFEST_NAME, trailing_timesteps
+
+OPSET = 18
+EXTERNAL_DATA_BYTES = 2 * 1024**3  # protobuf's limit: graphs whose weights pass it keep them in external data
+EXPORT_DTYPES = ("fp32", "fp16")
+QUANTIZATIONS = ("int8",)
+
+
+class _VaeEncoder(nn.Module):
+    def __init__(self, vae) -> None:
+        super().__init__()
+        self.vae = vae
+        self.shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
+        self.scale = float(vae.config.scaling_factor)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:  # [B, 3, H, W] -> [B, 4, H/f, W/f]
+        mean = self.vae.encode(image).latent_dist.mean
+        return (mean - self.shift) * self.scale
+
+
+class _VaeDecoder(nn.Module):
+    def __init__(self, vae) -> None:
+        super().__init__()
+        self.vae = vae
+        self.shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
+        self.scale = float(vae.config.scaling_factor)
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:  # [B, 4, h, w] -> [B, 3, h*f, w*f]
+        return self.vae.decode(latents / self.scale + self.shift).sample
+
+
+class _UNetWithText(nn.Module):
+    """The U-Net with the per-level text pathway inside: (sample, timestep, encoder states) -> prediction."""
+
+    def __init__(self, pipe) -> None:
+        super().__init__()
+        self.unet, self.text_pathway, self.context = pipe.unet, pipe.text_pathway, pipe.level_context
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        from ..models.text import unet_forward_with_text
+
+        levels = self.text_pathway(states)  # num_levels x [B, L, C]
+        return unet_forward_with_text(self.unet, self.context, sample, timestep, levels)  # [B, 4, h, w]
+
+
+class _TextEncoder(nn.Module):
+    def __init__(self, text_encoder) -> None:
+        super().__init__()
+        self.text_encoder = text_encoder
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:  # [B, L] -> [B, L, D]
+        return self.text_encoder(input_ids)[0]
+
+
+def _weight_bytes(module: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def _export_graph(module: nn.Module, args: tuple, names: list[str], output: str, dynamic: dict, path: Path) -> None:
+    """One graph, exported by torch's dynamo exporter; dims in `dynamic` ({input: {axis: name}}) stay symbolic."""
+    auto = torch.export.Dim.AUTO
+    shapes = {name: {axis: auto for axis in dynamic.get(name, {})} for name in names}
+    external = _weight_bytes(module) > EXTERNAL_DATA_BYTES
+    program = torch.onnx.export(module.eval(), args, dynamo=True, input_names=names, output_names=[output],
+                                dynamic_shapes=shapes, opset_version=OPSET, verbose=False)
+    if program is None:
+        raise DigsegError(f"torch.onnx.export returned nothing for {path.name}")
+    program.save(str(path), external_data=external)
+
+
+def _check_exportable(pipe, text_encoder: bool) -> None:
+    if pipe.level_context.needs_size_ids:
+        raise DigsegError("export: SDXL models (pooled text embedding and size ids) are not supported yet")
+    if text_encoder and pipe.config.open_clip_text_encoder:
+        raise DigsegError("export: an open_clip text encoder cannot be exported; use --no-text-encoder "
+                          "(the model's own class prompts precomputed)")
+    if not pipe.class_names and not text_encoder:
+        raise DigsegError("export: --no-text-encoder needs a model with a class list (its prompts are precomputed)")
+
+
+def own_prompts(pipe) -> list[str]:
+    """Every prompt a call on the model's own classes asks with the default template: the palette prompt, each class
+    name as a binary prompt, and each class's synonyms as per-class queries."""
+    names = list(pipe.class_names or [])
+    template = pipe.config.prompt_template
+    prompts = [palette_prompt(names)] if len(names) >= 2 else []
+    for name in names:
+        prompts.append(template.format(name.strip()))
+        prompts += class_prompts(name, [template])
+    return list(dict.fromkeys(prompts))
+
+
+def _scheduler_facts(pipe) -> dict:
+    scheduler = pipe.scheduler
+    config = {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")}
+    config = json.loads(json.dumps(config, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
+    total = int(scheduler.config.num_train_timesteps)
+    return {
+        "class": type(scheduler).__name__,
+        "config": config,
+        "num_train_timesteps": total,
+        "prediction_type": scheduler.config.prediction_type,
+        "timestep_spacing": scheduler.config.timestep_spacing,
+        "alphas_cumprod": [float(a) for a in scheduler.alphas_cumprod.float().numpy()],
+        "final_alpha_cumprod": float(scheduler.final_alpha_cumprod),
+        "trailing_timesteps": {str(k): trailing_timesteps(total, k) for k in range(1, 11)},
+    }
+
+
+def _tokenizer_facts(pipe, folder: Path) -> dict:
+    """The CLIP tokenizer as a `tokenizers` file (no transformers needed to read it) and how ids are padded."""
+    from transformers import CLIPTokenizerFast
+
+    slow = pipe.tokenizer
+    with tempfile.TemporaryDirectory() as tmp:
+        slow.save_pretrained(tmp)
+        fast = CLIPTokenizerFast.from_pretrained(tmp)
+    fast.backend_tokenizer.save(str(folder / "tokenizer.json"))
+    return {"file": "tokenizer.json", "max_length": int(slow.model_max_length), "pad_id": int(slow.pad_token_id),
+            "pad_token": str(slow.pad_token)}
+
+
+def export_pipeline(pipe, output: str | Path, dtype: str = "fp32", text_encoder: bool = True,
+                    quantize: str | None = None) -> Path:
+    """Write `pipe` (a loaded `DiGSegPipeline`) to `output` as ONNX graphs and a manifest; returns the folder.
+
+    dtype "fp16" needs a CUDA GPU (the graphs are exported in half precision there); `quantize="int8"` then
+    quantizes the graphs' matrix multiplies (`quantize_folder`)."""
+    if dtype not in EXPORT_DTYPES:
+        raise DigsegError(f"export dtype must be one of {', '.join(EXPORT_DTYPES)}, got {dtype!r}")
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise DigsegError(f"quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
+    if dtype == "fp16" and not torch.cuda.is_available():
+        raise DigsegError("export --dtype fp16 needs a CUDA GPU (fp16 graphs are exported and checked on one); "
+                          "use --dtype fp32 on this machine")
+    if dtype == "fp16" and quantize:
+        raise DigsegError("export: --quantize int8 applies to fp32 graphs; use --dtype fp32")
+    _check_exportable(pipe, text_encoder)
+    folder = Path(output)
+    if folder.exists() and any(folder.iterdir()):
+        raise DigsegError(f"export: {folder} exists and is not empty; choose a new folder")
+    if quantize:
+        with tempfile.TemporaryDirectory() as tmp:
+            export_pipeline(pipe, Path(tmp) / "fp32", dtype, text_encoder)
+            return quantize_folder(Path(tmp) / "fp32", folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cuda") if dtype == "fp16" else torch.device("cpu")
+    torch_dtype = torch.float16 if dtype == "fp16" else torch.float32
+    pipe = pipe.to(device, torch_dtype)
+    f = vae_scale_factor(pipe.vae)
+    m = pipe.pad_multiple
+    channels = int(pipe.vae.config.latent_channels)
+    size = 2 * m  # example size; heights and widths stay dynamic
+    image = torch.zeros(2, 3, size, size, device=device, dtype=torch_dtype)
+    latents = torch.zeros(2, channels, size // f, size // f, device=device, dtype=torch_dtype)
+    sample = torch.zeros(2, 2 * channels, size // f, size // f, device=device, dtype=torch_dtype)
+    timestep = torch.full((2,), 999, device=device, dtype=torch.long)
+    spatial = {0: "batch", 2: "height", 3: "width"}
+    graphs: dict[str, str | None] = {}
+    with torch.no_grad():
+        _export_graph(_VaeEncoder(pipe.vae), (image,), ["image"], "latent", {"image": spatial},
+                      folder / GRAPH_FILES["vae_encoder"])
+        graphs["vae_encoder"] = GRAPH_FILES["vae_encoder"]
+        if text_encoder:
+            tokenizer = _tokenizer_facts(pipe, folder)
+            length = tokenizer["max_length"]
+            states = pipe.query_states([["x"], ["y"]])  # [2, L, D]
+            ids = torch.zeros(2, length, device=device, dtype=torch.long)
+            _export_graph(_TextEncoder(pipe.text_encoder), (ids,), ["input_ids"], "states", {"input_ids": {0: "batch"}},
+                          folder / GRAPH_FILES["text_encoder"])
+            graphs["text_encoder"] = GRAPH_FILES["text_encoder"]
+            text = {"kind": "encoder", "tokenizer": tokenizer, "features": None, "prompts": None}
+        else:
+            prompts = own_prompts(pipe)
+            states = pipe.query_states([[p] for p in prompts])  # [P, L, D]
+            np.save(folder / "text_features.npy", states.float().cpu().numpy())
+            graphs["text_encoder"] = None
+            text = {"kind": "features", "tokenizer": None, "features": "text_features.npy", "prompts": prompts}
+        text["hidden_size"] = int(states.shape[-1])
+        text["length"] = int(states.shape[1])
+        _export_graph(_UNetWithText(pipe), (sample, timestep, states[:2].to(torch_dtype)),
+                      ["sample", "timestep", "states"], "prediction", {"sample": spatial, "timestep": {0: "batch"},
+                                                                       "states": {0: "batch"}},
+                      folder / GRAPH_FILES["unet"])
+        graphs["unet"] = GRAPH_FILES["unet"]
+        _export_graph(_VaeDecoder(pipe.vae), (latents,), ["latents"], "image", {"latents": spatial},
+                      folder / GRAPH_FILES["vae_decoder"])
+        graphs["vae_decoder"] = GRAPH_FILES["vae_decoder"]
+        graphs["light_decoder"] = None
+        if pipe.mask_decoder is not None:
+            _export_graph(pipe.mask_decoder, (latents,), ["latents"], "image", {"latents": spatial},
+                          folder / GRAPH_FILES["light_decoder"])
+            graphs["light_decoder"] = GRAPH_FILES["light_decoder"]
+    config = pipe.config
+    names = list(config.class_names or [])
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "digseg_version": __version__,
+        "torch_version": torch.__version__,
+        "opset": OPSET,
+        "dtype": dtype,
+        "quantize": None,
+        "graphs": graphs,
+        "class_names": names or None,
+        "task": config.task,
+        "objective": config.objective,
+        "one_step_decoder": config.one_step_decoder,
+        "prompt_template": config.prompt_template,
+        "default_denoising_steps": int(config.default_denoising_steps),
+        "default_processing_resolution": int(config.default_processing_resolution),
+        "latent_channels": channels,
+        "vae_scale_factor": int(f),
+        "pad_multiple": int(m),
+        "scheduler": _scheduler_facts(pipe),
+        "mask_codec": {"binary": {"palette": [[0, 0, 0], [255, 255, 255]]},
+                       "palette": {"num_classes": len(names), "temperature": 0.05,
+                                   "palette": make_palette(len(names)).tolist()} if len(names) >= 2 else None},
+        "text": text,
+        "training_data": config.training_data,
+        "backbone": config.backbone,
+    }
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
+    return folder
+
+
+def quantize_folder(source: str | Path, output: str | Path) -> Path:
+    """A copy of an exported fp32 folder whose graphs have int8 MatMul / Gemm weights (onnxruntime's dynamic
+    quantization; activations quantized per call, convolutions left in fp32)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    source, folder = Path(source), Path(output)
+    manifest = json.loads((source / MANIFEST_NAME).read_text())
+    if manifest.get("dtype") != "fp32" or manifest.get("quantize"):
+        raise DigsegError(f"quantize: {source} is not an fp32 export")
+    if folder.exists() and any(folder.iterdir()):
+        raise DigsegError(f"export: {folder} exists and is not empty; choose a new folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    for item in source.iterdir():
+        if item.suffix != ".onnx" and item.name != MANIFEST_NAME and not item.name.endswith(".data"):
+            shutil.copy2(item, folder / item.name)
+    for name in manifest["graphs"].values():
+        if name:
+            external = (source / f"{name}.data").is_file()  # where the exporter put weights over 2 GB
+            quantize_dynamic(str(source / name), str(folder / name), op_types_to_quantize=["MatMul", "Gemm"],
+                             weight_type=QuantType.QInt8, use_external_data_format=external)
+    manifest["quantize"] = "int8"
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
+    return folder

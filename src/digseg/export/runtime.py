@@ -1,0 +1,322 @@
+"""`OnnxDiGSegPipeline`: an exported folder (`digseg export`) run on onnxruntime with numpy, Pillow and tokenizers.
+
+Neither torch, diffusers nor transformers is imported (tests/test_onnx_export.py checks it in a fresh process).
+The call has `DiGSegPipeline.__call__`'s signature and returns the same `DiGSegOutput` (numpy arrays); its steps are
+the PyTorch pipeline's (`digseg.export.numpy_ops` names the torch function each one reproduces), whole-image mode.
+
+Noise and seeds: torch's and numpy's generators differ, so a seed does not give the PyTorch pipeline's noise.
+`generator` may be a `numpy.random.Generator` (or an int seed, or a list with one per image): image i's starting
+noise [E, C, h, w] is `standard_normal` drawn in image order, as the torch pipeline draws `randn` in image order.
+For exact parity with a PyTorch call pass `noise`: one array [E, C, h, w] per image, e.g.
+`torch.randn((1, E, C, h, w), generator=torch.Generator().manual_seed(s))[0]` drawn in image order reproduces
+`DiGSegPipeline(..., generator=torch.Generator().manual_seed(s))` (`batch_size` does not change the draws).
+A torch.Generator given here (as `digseg predict` and `digseg eval` pass one per image) is read as its seed only:
+image i's noise is then `numpy.random.default_rng(generator[i].initial_seed())`'s draw, deterministic but not
+the PyTorch pipeline's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import DigsegError
+from ..outputs import DiGSegOutput
+from ..pipelines.prompts import resolve_queries
+from .images import to_image_list
+from .manifest import read_manifest, trailing_timesteps
+from .numpy_ops import (combine_members, ddim_step, decode_codec, native_outputs, pad_to_multiple, predicted_sample,
+                        processed_size, resize)
+from .text import OnnxPromptEncoder
+
+PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+def resolve_providers(provider: str | Sequence[str] | None) -> list[str]:
+    """"cpu" | "cuda" | "tensorrt" | "auto" (None: cpu) or onnxruntime provider names -> an available list."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if provider is None:
+        provider = "cpu"
+    if isinstance(provider, str):
+        key = provider.split(":")[0].lower()
+        if key == "auto":
+            for choice in ("tensorrt", "cuda", "cpu"):
+                if PROVIDERS[choice][0] in available:
+                    return [p for p in PROVIDERS[choice] if p in available]
+        if key not in PROVIDERS and provider not in available:
+            raise DigsegError(f"execution provider {provider!r}: choose cpu, cuda, tensorrt, auto or one of "
+                              f"{', '.join(available)}")
+        wanted = PROVIDERS.get(key, [provider])
+    else:
+        wanted = list(provider)
+    if wanted[0] not in available:
+        raise DigsegError(f"execution provider {wanted[0]} is not in this onnxruntime build (it has "
+                          f"{', '.join(available)})")
+    return [p for p in wanted if p in available]
+
+
+def _numpy_rng(generator) -> np.random.Generator:
+    """A numpy generator from one, from an int seed, or from a torch.Generator's seed (duck-typed: no torch here)."""
+    if isinstance(generator, np.random.Generator):
+        return generator
+    if hasattr(generator, "initial_seed"):
+        return np.random.default_rng(int(generator.initial_seed()))
+    return np.random.default_rng(generator)
+
+
+class OnnxDiGSegPipeline:
+    """An exported digseg model on onnxruntime; see the module docstring."""
+
+    def __init__(self, folder: Path, manifest: dict, runners: dict) -> None:
+        self.folder, self.manifest, self.runners = folder, manifest, runners
+        self.scheduler = dict(manifest["scheduler"])
+        self.scheduler["_alphas"] = np.asarray(self.scheduler["alphas_cumprod"], dtype=np.float32)
+        self.prompt_encoder = OnnxPromptEncoder(folder, manifest["text"], runners.get("text_encoder"))
+        codec = manifest["mask_codec"]["palette"]
+        self.palette = None if codec is None else np.asarray(codec["palette"], dtype=np.uint8)
+        self.temperature = 0.05 if codec is None else float(codec["temperature"])
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, provider: str | Sequence[str] | None = None,
+                        session_options=None) -> "OnnxDiGSegPipeline":
+        """Load an exported folder; `provider`: "cpu" (default), "cuda", "tensorrt", "auto" or provider names."""
+        import onnxruntime as ort
+
+        folder = Path(folder).expanduser()
+        manifest = read_manifest(folder)
+        providers = resolve_providers(provider)
+        runners = {}
+        for name, file in manifest["graphs"].items():
+            if file:
+                try:
+                    runners[name] = ort.InferenceSession(str(folder / file), sess_options=session_options,
+                                                          providers=providers)
+                except Exception as exc:  # onnxruntime raises its own exception types
+                    raise DigsegError(f"cannot load {folder / file}: {str(exc).splitlines()[0]}") from exc
+        return cls(folder, manifest, runners)
+
+    # ----------------------------------------------------------------------------------------- facts
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.manifest["class_names"]
+
+    @property
+    def config(self) -> SimpleNamespace:
+        """The settings `DiGSegPipeline.config` has that callers read (class_names, task, default_* ...)."""
+        keys = ("class_names", "task", "objective", "one_step_decoder", "prompt_template", "default_denoising_steps",
+                "default_processing_resolution", "training_data", "backbone")
+        return SimpleNamespace(**{k: self.manifest.get(k) for k in keys})
+
+    @property
+    def pad_multiple(self) -> int:
+        return int(self.manifest["pad_multiple"])
+
+    def runtime_info(self, num_processes: int = 1) -> dict:
+        """What an output records about where it ran (`digseg.devices.runtime_info`'s keys)."""
+        import platform
+
+        import onnxruntime as ort
+
+        from .. import __version__
+
+        precision = self.manifest["dtype"] + (f"+{self.manifest['quantize']}" if self.manifest.get("quantize") else "")
+        return {"device": f"onnxruntime:{self.providers[0]}", "device_name": platform.processor() or platform.machine(),
+                "dtype": precision, "num_processes": num_processes, "torch": "not used", "diffusers": "not used",
+                "onnxruntime": ort.__version__, "digseg": __version__, "peak_memory_bytes": None}
+
+    @property
+    def providers(self) -> list[str]:
+        return self.runners["unet"].get_providers()
+
+    def _decoder(self, choice: str) -> str:
+        """The graph that `mask_decoder` ("auto", "light", "vae") selects, as `DiGSegPipeline._light_mask_decoder`."""
+        if choice not in ("auto", "light", "vae"):
+            raise DigsegError(f"mask_decoder must be one of auto, light, vae, got {choice!r}")
+        if choice == "auto" and self.manifest["objective"] == "one-step":
+            choice = self.manifest["one_step_decoder"] or "auto"
+        has_light = self.manifest["graphs"].get("light_decoder") is not None
+        if choice == "light" and not has_light:
+            raise DigsegError("this model has no light mask decoder: use mask_decoder='vae'")
+        return "light_decoder" if choice == "light" or (choice == "auto" and has_light) else "vae_decoder"
+
+    def query_states(self, table: Sequence[Sequence[str]]) -> np.ndarray:
+        """[Q, L, D]: each query's prompt variants encoded and averaged (the pathway is affine, as in torch)."""
+        sizes = [len(variants) for variants in table]
+        states = self.prompt_encoder.encode([p for variants in table for p in variants])  # [sum(sizes), L, D]
+        if max(sizes) == 1:
+            return states
+        starts = np.cumsum([0] + sizes)
+        return np.stack([states[a:b].mean(axis=0) for a, b in zip(starts[:-1], starts[1:])])
+
+    # ----------------------------------------------------------------------------------------- latent work
+    def _run(self, name: str, **inputs: np.ndarray) -> np.ndarray:
+        return self.runners[name].run(None, inputs)[0]
+
+    def denoise(self, image_latents: np.ndarray, states: np.ndarray, steps: int, latents: np.ndarray) -> np.ndarray:
+        """image_latents [m, 4, h, w], states [m, L, D], starting noise [m, 4, h, w] -> mask latents [m, 4, h, w]."""
+        s = self.scheduler
+        m = image_latents.shape[0]
+        if self.manifest["objective"] == "one-step":  # zeros at t = T-1, read as x0
+            t = s["num_train_timesteps"] - 1
+            zeros = np.zeros_like(image_latents)
+            pred = self._run("unet", sample=np.concatenate([image_latents, zeros], axis=1),
+                             timestep=np.full((m,), t, dtype=np.int64), states=states)
+            return predicted_sample(pred, zeros, float(s["_alphas"][t]), s["prediction_type"])
+        for t in trailing_timesteps(s["num_train_timesteps"], steps):
+            sample = np.concatenate([image_latents, latents], axis=1)  # [m, 8, h, w]
+            pred = self._run("unet", sample=sample, timestep=np.full((m,), t, dtype=np.int64), states=states)
+            latents = ddim_step(pred, t, latents, s, steps)
+        return latents
+
+    def _segment(self, pixels: np.ndarray, ids: list[int], states: np.ndarray, noise: np.ndarray, mode: str,
+                 steps: int, combine_how: str, decode_members: bool, decoder: str, max_batch: int):
+        """One image: pixels [1, 3, H, W], its query ids into states [U, L, D], noise [E, 4, h, w]
+        -> (probabilities [K, H, W], uncertainty [H, W] or None), as `LatentSegmentationMixin._segment_batch`."""
+        ensemble = noise.shape[0]
+        image_latents = self._run("vae_encoder", image=pixels)  # [1, 4, h, w]
+        q = len(ids)
+        item_query = np.repeat(np.asarray(ids), ensemble)  # items ordered (query, member)
+        item_member = np.tile(np.arange(ensemble), q)
+        combine = not decode_members and ensemble > 1
+        chunk = max(ensemble, max_batch // ensemble * ensemble) if combine else max_batch
+        decoded, spreads = [], []
+        for start in range(0, len(item_query), chunk):
+            sl = slice(start, min(start + chunk, len(item_query)))
+            m = sl.stop - sl.start
+            latents = self.denoise(np.repeat(image_latents, m, axis=0), states[item_query[sl]], steps,
+                                   noise[item_member[sl]])  # [m, 4, h, w]
+            if combine:
+                latents = latents.reshape(-1, ensemble, *latents.shape[1:])  # [m/E, E, 4, h, w]
+                spreads.append(latents.std(axis=1, ddof=1).mean(axis=1))  # [m/E, h, w]
+                latents = combine_members(latents, combine_how)  # [m/E, 4, h, w]
+            images = self._run(decoder, latents=latents.astype(np.float32))  # [m', 3, H, W]
+            probs = decode_codec(images, self.palette if mode == "palette" else None, self.temperature)
+            decoded.append(probs if mode == "palette" else probs[:, 1:])
+        members = 1 if combine else ensemble
+        probs = np.concatenate(decoded)  # [q * members, K or 1, H, W]
+        if mode == "palette":
+            probs = probs  # [members, K, H, W]
+        else:
+            probs = probs[:, 0].reshape(q, members, *probs.shape[-2:]).transpose(1, 0, 2, 3)  # [members, q, H, W]
+            if mode == "binary":
+                probs = np.concatenate([1 - probs, probs], axis=1)  # [members, 2, H, W]
+        if combine:
+            spread = np.concatenate(spreads).mean(axis=0)  # [h, w]: mean over queries
+            uncertainty = resize(spread, probs.shape[-2:])  # [H, W]
+        else:
+            uncertainty = probs.std(axis=0, ddof=1).mean(axis=0) if ensemble > 1 else None
+        return probs.mean(axis=0), uncertainty
+
+    # ----------------------------------------------------------------------------------------- call
+    def __call__(
+        self,
+        image: Any,
+        prompt: str | Sequence[str] | None = None,
+        classes: Sequence[str] | None = None,
+        ensemble_size: int = 1,
+        num_inference_steps: int | None = None,
+        processing_resolution: int | None = None,
+        batch_size: int = 1,
+        generator: np.random.Generator | int | list | None = None,
+        output_type: str = "np",
+        threshold: float = 0.5,
+        no_class_threshold: float | None = None,
+        templates: str | Sequence[str] | None = None,
+        top_k: int | None = None,
+        decode_members: bool = False,
+        ensemble_reduction: str = "median",
+        mask_decoder: str = "auto",
+        mode: str = "whole",
+        crop_size: int | tuple[int, int] | None = None,
+        stride: int | tuple[int, int] | None = None,
+        global_view: bool = False,
+        flip: bool = False,
+        scale: tuple[int, int] | None = None,
+        keep_ratio: bool = True,
+        max_probability_classes: int | None = 16,
+        max_unet_batch: int = 64,
+        show_progress_bar: bool = True,
+        return_dict: bool = True,
+        noise: Sequence[np.ndarray] | np.ndarray | None = None,
+    ) -> DiGSegOutput | tuple:
+        """`DiGSegPipeline.__call__` on onnxruntime (numpy outputs); `noise`: one starting noise [E, C, h, w] per
+        image (see the module docstring). Not supported here, refused in one line: mode="slide", flip, scale,
+        top_k, output_type="pt". `batch_size` and `show_progress_bar` are accepted and change nothing."""
+        # 1. check the inputs
+        images = to_image_list(image)  # N x [3, H, W] float32 in [-1, 1]
+        steps = num_inference_steps or self.manifest["default_denoising_steps"]
+        one_step = self.manifest["objective"] == "one-step"
+        for name, value, default in (("mode", mode, "whole"), ("flip", flip, False), ("scale", scale, None),
+                                     ("top_k", top_k, None), ("crop_size", crop_size, None), ("stride", stride, None),
+                                     ("global_view", global_view, False), ("output_type", output_type, "np")):
+            if value != default:
+                raise DigsegError(f"{name}={value!r} is not supported by the onnxruntime pipeline (whole-image mode, "
+                                  "numpy outputs); run the PyTorch model for it")
+        if ensemble_reduction not in ("median", "mean"):
+            raise DigsegError(f"ensemble_reduction must be one of median, mean, got {ensemble_reduction!r}")
+        if ensemble_size < 1 or steps < 1:
+            raise DigsegError(f"ensemble_size and num_inference_steps must be >= 1, got {ensemble_size}, {steps}")
+        if one_step and (ensemble_size > 1 or steps > 1):
+            raise DigsegError(f"this model was trained with the one-step objective: it runs one deterministic pass, "
+                              f"so {ensemble_size} ensemble members x {steps} steps would repeat the same result; "
+                              "use ensemble_size=1 and num_inference_steps=1 (E-Step 1x1)")
+        if max_probability_classes is not None and max_probability_classes < 1:
+            raise DigsegError(f"max_probability_classes must be >= 1 or None, got {max_probability_classes}")
+        if isinstance(generator, list) and len(generator) != len(images):
+            raise DigsegError(f"got {len(generator)} generators for {len(images)} images")
+        if noise is not None and len(noise) != len(images):
+            raise DigsegError(f"got {len(noise)} noise arrays for {len(images)} images")
+        decoder = self._decoder(mask_decoder)
+        resolution = self.manifest["default_processing_resolution"] if processing_resolution is None else processing_resolution
+
+        # 2. what is asked; every prompt encoded once (cached)
+        queries = resolve_queries(len(images), prompt, classes, templates, self.manifest["prompt_template"],
+                                  self.class_names)
+        states = self.query_states(queries.table).astype(np.float32)  # [U, L, D]
+
+        # 3. per image: resize, pad, starting noise, denoise, decode, read back at the native size
+        multiple, f = self.manifest["pad_multiple"], self.manifest["vae_scale_factor"]
+        channels = self.manifest["latent_channels"]
+        shared = None if isinstance(generator, list) else _numpy_rng(generator)
+        labels, probabilities, class_ids, uncertainty = [], [], [], []
+        for i, img in enumerate(images):
+            size = img.shape[-2:]
+            resized = resize(img, processed_size(*size, resolution), antialias=True)  # [3, h, w]
+            pixels = pad_to_multiple(resized[None], multiple)  # [1, 3, H', W']
+            latent_shape = (ensemble_size, channels, pixels.shape[-2] // f, pixels.shape[-1] // f)
+            if one_step:
+                start = np.zeros(latent_shape, dtype=np.float32)
+            elif noise is not None:
+                start = np.asarray(noise[i], dtype=np.float32).reshape(latent_shape)
+            else:
+                rng = shared if shared is not None else _numpy_rng(generator[i])
+                start = rng.standard_normal(latent_shape, dtype=np.float32)
+            probs, unc = self._segment(pixels.astype(np.float32), queries.query_ids[i], states, start, queries.mode,
+                                       steps, ensemble_reduction, decode_members, decoder, max_unet_batch)
+            probs = probs[:, : resized.shape[-2], : resized.shape[-1]]  # padding removed
+            label, prob, cid = native_outputs(probs, size, queries.mode, threshold, no_class_threshold,
+                                              max_probability_classes)
+            labels.append(label)
+            probabilities.append(prob)
+            class_ids.append(cid)
+            if unc is not None:
+                uncertainty.append(resize(unc[: resized.shape[-2], : resized.shape[-1]][None], size)[0])
+
+        # 4. stacked into [N, ...] (lists when the images' sizes differ)
+        same = len({p.shape for p in probabilities}) == 1
+        stack = np.stack if same else list
+        out = (stack(labels), stack(probabilities), stack(uncertainty) if uncertainty else None, queries.class_names,
+               np.stack(class_ids))
+        if not return_dict:
+            return out
+        return DiGSegOutput(labels=out[0], probabilities=out[1], uncertainty=out[2], class_names=out[3],
+                            probability_class_ids=out[4])

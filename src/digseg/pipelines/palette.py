@@ -1,0 +1,35 @@
+"""The palette that renders K classes as colours (`MaskCodec`'s palette mode), in numpy only: the onnxruntime
+pipeline (`digseg.export.runtime`) reads masks with the same colours without importing torch."""
+
+from __future__ import annotations
+
+import numpy as np
+
+_MAX_SQ_DIST = 12.0  # largest squared distance between two points of [-1, 1]^3
+
+
+def make_palette(num_classes: int) -> np.ndarray:
+    """Fixed, well-separated colours for ``num_classes`` classes: uint8 ``[K, 3]``.
+
+    Farthest-point sampling over an ``n x n x n`` RGB grid (``n`` the smallest with ``n**3 >= K``,
+    at least 2; levels spread evenly over 0..255), starting from black; ties go to the lowest grid
+    index (grid index = ``r * n * n + g * n + b``), so the result is deterministic. Class 0 is black;
+    for K == 2 the palette is black, white. Any two colours are at least one grid step apart.
+    """
+    k = int(num_classes)
+    if k < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    n = 2
+    while n**3 < k:
+        n += 1
+    levels = np.rint(np.linspace(0.0, 255.0, n)).astype(np.int64)
+    r, g, b = np.meshgrid(levels, levels, levels, indexing="ij")
+    grid = np.stack([r.ravel(), g.ravel(), b.ravel()], axis=1)  # [n^3, 3], index 0 = black
+    chosen = np.empty(k, dtype=np.int64)
+    chosen[0] = 0
+    min_d2 = ((grid - grid[0]) ** 2).sum(axis=1)  # [n^3] squared distance to the chosen set
+    for i in range(1, k):
+        j = int(np.argmax(min_d2))  # first maximum -> lowest index on ties
+        chosen[i] = j
+        np.minimum(min_d2, ((grid - grid[j]) ** 2).sum(axis=1), out=min_d2)
+    return grid[chosen].astype(np.uint8)
