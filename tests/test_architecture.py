@@ -1,5 +1,6 @@
 """The package layout docs/architecture.md describes: every module of src/digseg sits in a package by role, and
-imports run only downward (cli -> training -> evaluation -> export -> pipelines -> models -> data -> the shared modules).
+imports run only downward (cli -> training -> evaluation -> export -> runtime -> pipelines -> models -> data -> the shared
+modules).
 Lazy imports inside functions count too: a cycle hidden in a function is still a cycle."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "digseg"
 # the layers, lowest first; a module may import its own layer and those below it
-LAYERS = ["shared", "data", "models", "pipelines", "export", "evaluation", "training", "cli"]
+LAYERS = ["shared", "data", "models", "pipelines", "runtime", "export", "evaluation", "training", "cli"]
 SHARED = {"__init__", "errors", "distributed", "seeding", "devices", "run_lock", "hub_ids", "outputs"}  # the modules directly under digseg/
 
 

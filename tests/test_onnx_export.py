@@ -23,9 +23,9 @@ from digseg import DiGSegPipeline  # noqa: E402
 from digseg.cli import main  # noqa: E402
 from digseg.data.synthetic import SYNTHETIC_CLASSES  # noqa: E402
 from digseg.errors import DigsegError  # noqa: E402
-from digseg.export.manifest import read_manifest  # noqa: E402
+from digseg.runtime.manifest import read_manifest  # noqa: E402
 from digseg.export.onnx_export import export_pipeline, quantize_folder  # noqa: E402
-from digseg.export.runtime import OnnxDiGSegPipeline  # noqa: E402
+from digseg.runtime.pipeline import OnnxDiGSegPipeline  # noqa: E402
 from digseg.models.mask_decoder import LightMaskDecoder  # noqa: E402
 from digseg.pipelines.image_processing import padded_size  # noqa: E402
 
@@ -170,7 +170,7 @@ class Refuse:
             raise ImportError('refused ' + name)
 sys.meta_path.insert(0, Refuse())
 import numpy as np
-from digseg.export.runtime import OnnxDiGSegPipeline
+from digseg.runtime.pipeline import OnnxDiGSegPipeline
 pipe = OnnxDiGSegPipeline.from_pretrained({str(folder)!r}, provider='cpu')
 out = pipe(np.zeros((30, 40, 3), np.uint8), classes=['circle', 'square'], ensemble_size=2, generator=0)
 assert out.labels.shape == (1, 30, 40) and out.uncertainty.shape == (1, 30, 40)

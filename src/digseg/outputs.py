@@ -1,5 +1,5 @@
 """`DiGSegOutput`, the result of a pipeline call: shared by the PyTorch pipeline and the onnxruntime one
-(`digseg.export.runtime`), so it imports neither torch nor diffusers.
+(`digseg.runtime.pipeline`), so it imports neither torch nor diffusers.
 
 It keeps the parts of diffusers' `BaseOutput` contract that callers use: attribute access, `out["labels"]`,
 `out[0]` and `to_tuple()` (the fields that are not None, in order)."""

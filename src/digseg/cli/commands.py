@@ -43,12 +43,12 @@ def _load_model(model, placement):
     """The model folder, loaded in the dtype (not loaded in fp32 and cast) and moved to the device. A folder written
     by `digseg export` (it holds manifest.json) runs on onnxruntime: CUDA's execution provider on a CUDA device, else
     the CPU's."""
-    from ..export.manifest import is_exported_folder
+    from ..runtime.manifest import is_exported_folder
     from ..pipelines.pipeline import DiGSegPipeline
 
     device, dtype = placement
     if is_exported_folder(model):
-        from ..export.runtime import OnnxDiGSegPipeline
+        from ..runtime.pipeline import OnnxDiGSegPipeline
 
         return OnnxDiGSegPipeline.from_pretrained(model, provider="cuda" if str(device).startswith("cuda") else "cpu")
     return DiGSegPipeline.from_pretrained(model, dtype=dtype).to(device)

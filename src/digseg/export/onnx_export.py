@@ -1,6 +1,6 @@
 """`digseg export`: a trained DiGSeg model -> a folder of ONNX graphs and a manifest (torch side).
 
-The folder (`digseg.export.manifest` describes it):
+The folder (`digseg.runtime.manifest` describes it):
 - `vae_encoder.onnx`: image [B, 3, H, W] in [-1, 1] -> latent [B, 4, H/f, W/f] (posterior mean, shifted, scaled);
 - `unet.onnx`: sample [B, 8, h, w] (image latent, then mask latent), timestep [B] int64, encoder states
   [B, L, D] -> prediction [B, 4, h, w]; the per-level text pathway runs inside the graph, so the same graph
@@ -32,7 +32,7 @@ from ..errors import DigsegError
 from ..models.digseg_model import vae_scale_factor
 from ..pipelines.palette import make_palette
 from ..pipelines.prompts import class_prompts, palette_prompt
-from .manifest import FORMAT, FORMAT_VERSION, GRAPH_FILES, MANIFEST_NAME, trailing_timesteps
+from ..runtime.manifest import FORMAT, FORMAT_VERSION, GRAPH_FILES, MANIFEST_NAME, trailing_timesteps
 
 OPSET = 18
 EXTERNAL_DATA_BYTES = 2 * 1024**3  # protobuf's limit: graphs whose weights pass it keep them in external data

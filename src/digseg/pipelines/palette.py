@@ -1,5 +1,5 @@
 """The palette that renders K classes as colours (`MaskCodec`'s palette mode), in numpy only: the onnxruntime
-pipeline (`digseg.export.runtime`) reads masks with the same colours without importing torch."""
+pipeline (`digseg.runtime.pipeline`) reads masks with the same colours without importing torch."""
 
 from __future__ import annotations
 

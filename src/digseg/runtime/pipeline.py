@@ -2,7 +2,7 @@
 
 Neither torch, diffusers nor transformers is imported (tests/test_onnx_export.py checks it in a fresh process).
 The call has `DiGSegPipeline.__call__`'s signature and returns the same `DiGSegOutput` (numpy arrays); its steps are
-the PyTorch pipeline's (`digseg.export.numpy_ops` names the torch function each one reproduces), whole-image mode.
+the PyTorch pipeline's (`digseg.runtime.numpy_ops` names the torch function each one reproduces), whole-image mode.
 
 Noise and seeds: torch's and numpy's generators differ, so a seed does not give the PyTorch pipeline's noise.
 `generator` may be a `numpy.random.Generator` (or an int seed, or a list with one per image): image i's starting
