@@ -21,6 +21,7 @@ Nothing is unpickled; a folder whose config or tensors do not fit is refused in 
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -193,7 +194,9 @@ def load_lora(unet: nn.Module, name: str, config: dict[str, Any], lora: dict[str
     if name in (getattr(unet, "peft_config", None) or {}):
         raise DigsegError(f"an adapter named {name!r} is loaded already")
     try:
-        unet.add_adapter(lora_config_of(config), adapter_name=name)
+        with warnings.catch_warnings():  # several adapters on one U-Net are the point here
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`", category=UserWarning)
+            unet.add_adapter(lora_config_of(config), adapter_name=name)
         result = set_state(unet, lora, adapter_name=name)
     except (ValueError, RuntimeError, KeyError) as exc:
         raise DigsegError(f"adapter {where} does not fit this backbone: {first_line(exc)}") from exc
