@@ -128,3 +128,26 @@ def test_a_folder_that_is_no_adapter_is_refused_in_one_line(tiny_backbone, tmp_p
     with pytest.raises(DigsegError, match="not a DiGSeg adapter config"):
         pipe.load_adapter(tmp_path)
     assert pipe.adapters == [] and np.isfinite(1)
+
+
+def test_predict_and_eval_with_adapters_on_the_command_line(adapters, tiny_backbone, tmp_path, capsys):
+    from digseg.cli import main
+    from digseg.data.synthetic import save_scenes_as_folder
+
+    (roads, _), (cells, (_, cells_names)) = adapters
+    folder = save_scenes_as_folder(SyntheticScenes(3, size=32, seed=3), tmp_path / "data")
+    out = tmp_path / "pred"
+    assert main(["predict", "--model", str(tiny_backbone), "--adapter", f"roads={roads}", "--adapter",
+                 f"cells={cells}", "--use-adapter", "cells", "--image", str(folder / "images"), "--output", str(out),
+                 "--outputs", "labels", "--no-progress"]) == 0
+    images = json.loads((out / "summary.json").read_text())["images"]
+    assert len(images) == 3 and all(list(scores) == cells_names for scores in images.values())  # cells' classes
+    # several adapters and no choice, or a name not given: one line each, nothing predicted
+    for extra, message in ((["--adapter", f"roads={roads}", "--adapter", f"cells={cells}"], "--use-adapter NAME"),
+                           (["--adapter", f"roads={roads}", "--use-adapter", "cellz"], "no --adapter of that name")):
+        assert main(["predict", "--model", str(tiny_backbone), *extra, "--image", str(folder / "images"),
+                     "--output", str(tmp_path / "x"), "--no-progress"]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["eval", "--model", str(tiny_backbone), "--adapter", str(roads), "--dataset", "folder", "--data-root",
+                 str(folder), "--val-fraction", "1.0", "--output", str(tmp_path / "eval"), "--device", "cpu"]) == 0
+    assert "mIoU" in (tmp_path / "eval" / "metrics.json").read_text()

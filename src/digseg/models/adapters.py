@@ -150,8 +150,8 @@ def adapter_card(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> st
     ])
 
 
-def read_adapter(folder: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(config, tensors) of an adapter folder; DigsegError in one line for a folder that is not one."""
+def adapter_config(folder: str | Path) -> dict[str, Any]:
+    """The config of adapter folder `folder` (no tensors read); DigsegError in one line for a folder that is not one."""
     folder = Path(folder)
     config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     if not config_path.is_file() or not weights_path.is_file():
@@ -162,6 +162,13 @@ def read_adapter(folder: str | Path) -> tuple[dict[str, Any], dict[str, torch.Te
         raise DigsegError(f"cannot read {config_path}: {first_line(exc)}") from exc
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise DigsegError(f"{config_path}: not a DiGSeg adapter config (format {FORMAT} expected)")
+    return config
+
+
+def read_adapter(folder: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(config, tensors) of an adapter folder; DigsegError in one line for a folder that is not one."""
+    folder = Path(folder)
+    config, weights_path = adapter_config(folder), folder / WEIGHTS_FILE
     try:
         tensors = load_file(str(weights_path))
     except (OSError, SafetensorError) as exc:

@@ -35,14 +35,15 @@ class AdapterMixin:
 
     @classmethod
     def from_base(cls, pretrained: str | Path, revision: str | None = None, variant: str | None = None,
-                  prediction_type: str = "sample", **kwargs):
+                  prediction_type: str = "sample", torch_dtype=None, **kwargs):
         """The backbone adapters are loaded onto: a DiGSeg model folder (`from_pretrained`), else a Stable
-        Diffusion folder or hub id (`from_backbone`, at `revision` and `variant`, with `prediction_type`)."""
+        Diffusion folder or hub id (`from_backbone`, at `revision` and `variant`, with `prediction_type`), in
+        `torch_dtype` (None: float32)."""
         path = Path(str(pretrained)).expanduser()
         if (path / "text_pathway").is_dir():
-            return cls.from_pretrained(str(path), **kwargs)
+            return cls.from_pretrained(str(path), torch_dtype=torch_dtype, **kwargs)
         return cls.from_backbone(pretrained, prediction_type=prediction_type, revision=revision, variant=variant,
-                                 **kwargs)
+                                 torch_dtype=torch_dtype, **kwargs)
 
     # ----------------------------------------------------------------------------------------- state
     def _adapter_table(self) -> dict:
