@@ -20,7 +20,8 @@ CUDA's out-of-memory error reads "out of memory".
 Levers (rows): none (EMA kept beside the weights), gradient checkpointing, 8-bit AdamW (torchao, `lowmem`
 extra), EMA on the CPU, no EMA, all (checkpointing + 8-bit + EMA on the CPU); and, named in `--levers` only,
 fsdp and "fsdp no EMA" (`--sharding fsdp`: each of N processes holds 1/N of the trainable weights, gradients,
-moments and EMA). On a CPU the accelerator's memory and host memory are one: "EMA on the CPU" cannot save
+moments and EMA). The LoRA rows (`optim.finetune=lora`, rank 16 on the attention projections, conv_in and the
+text pathway in full) repeat none, checkpointing and all with LoRA fine-tuning. On a CPU the accelerator's memory and host memory are one: "EMA on the CPU" cannot save
 anything there, and its row shows that; on a GPU it moves the EMA copy (4 bytes per trainable parameter) off the card.
 
     python benchmarks/bench_train_memory.py --batches 1,2,4 --size 512     # about 40 min on 2 CPU cores
@@ -53,6 +54,14 @@ LEVERS = {  # row name -> `digseg train --cfg-options` items (EMA on unless said
     "no EMA": ["optim.use_ema=false"],
     "all (own_data_1gpu.yaml's levers + 8-bit AdamW)": ["optim.use_ema=true", "optim.ema_device=cpu",
                                                         "optim.gradient_checkpointing=true", "optim.optimizer=adamw8bit"],
+}
+_LORA = ["optim.finetune=lora", "optim.lora_rank=16"]  # attention projections; conv_in and the text pathway in full
+LORA = {  # the same levers with LoRA fine-tuning (`lora` extra): in the default rows too
+    "LoRA rank 16": ["optim.use_ema=true", *_LORA],
+    "LoRA rank 16 + gradient checkpointing": ["optim.use_ema=true", "optim.gradient_checkpointing=true", *_LORA],
+    "LoRA rank 16 + all (checkpointing + 8-bit AdamW + EMA on the CPU)": [
+        "optim.use_ema=true", "optim.ema_device=cpu", "optim.gradient_checkpointing=true", "optim.optimizer=adamw8bit",
+        *_LORA],
 }
 SHARDED = {"fsdp": ["optim.use_ema=true", "run.sharding=fsdp"], "fsdp no EMA": ["optim.use_ema=false", "run.sharding=fsdp"]}
 
@@ -116,7 +125,7 @@ def main() -> None:
     parser.add_argument("--batches", default="1", help="batch sizes per process, comma-separated (e.g. 1,2,4)")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--processes", type=int, default=1, help="training processes (torchrun) per cell")
-    parser.add_argument("--levers", default=",".join(LEVERS), help="rows, comma-separated (names above)")
+    parser.add_argument("--levers", default=",".join([*LEVERS, *LORA]), help="rows, comma-separated (names above)")
     parser.add_argument("--model", choices=["sd2", "sd2-half", "tiny"], default="sd2",
                         help="sd2: the SD2-sized backbone; sd2-half: its blocks at half the channels; tiny: a check")
     parser.add_argument("--backbone-dir", type=Path, default=None,
@@ -130,9 +139,9 @@ def main() -> None:
     kind = "peak GPU memory allocated [reserved]" if device == "cuda" else "peak RSS"
     if args.processes > 1:
         kind += " of the largest process"
-    rows = {**LEVERS, **SHARDED}
+    rows = {**LEVERS, **LORA, **SHARDED}
     batches = [int(b) for b in args.batches.split(",")]
-    levers = [name for name in rows if name in args.levers.split(",")] or list(LEVERS)
+    levers = [name for name in rows if name in args.levers.split(",")] or [*LEVERS, *LORA]
     header = (f"{where}; load {load_average()}; {args.model} random backbone, {args.size} px, bf16 autocast, "
               f"{args.steps} steps, {args.processes} process(es); {kind} in GiB (wall s)")
     lines = ["| lever | " + " | ".join(f"batch {b}" for b in batches) + " |", "|---|" + "---:|" * len(batches)]

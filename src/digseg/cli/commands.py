@@ -39,19 +39,55 @@ def _placement(args: argparse.Namespace):
     return resolve_device_and_dtype(args.device, args.dtype)
 
 
-def _load_model(model, placement):
+def _load_model(model, placement, adapters: list[str] | None = None, use: str | None = None):
     """The model folder, loaded in the dtype (not loaded in fp32 and cast) and moved to the device. A folder written
     by `digseg export` (it holds manifest.json) runs on onnxruntime: CUDA's execution provider on a CUDA device, else
-    the CPU's."""
-    from ..runtime.manifest import is_exported_folder
+    the CPU's. With `adapters` (--adapter NAME=PATH or PATH, `parse_adapters`): `model` is their base (a DiGSeg model
+    folder, or a Stable Diffusion folder or hub id), each adapter is loaded onto it and `use` (default: the only one)
+    is active."""
     from ..pipelines.pipeline import DiGSegPipeline
+    from ..runtime.manifest import is_exported_folder
 
     device, dtype = placement
-    if is_exported_folder(model):
-        from ..runtime.pipeline import OnnxDiGSegPipeline
+    if not adapters:
+        if use:
+            raise ConfigError(f"--use-adapter {use}: no --adapter was given")
+        if is_exported_folder(model):
+            from ..runtime.pipeline import OnnxDiGSegPipeline
 
-        return OnnxDiGSegPipeline.from_pretrained(model, provider="cuda" if str(device).startswith("cuda") else "cpu")
-    return DiGSegPipeline.from_pretrained(model, dtype=dtype).to(device)
+            return OnnxDiGSegPipeline.from_pretrained(model, provider="cuda" if device.type == "cuda" else "cpu")
+        return DiGSegPipeline.from_pretrained(model, dtype=dtype).to(device)
+    from ..models.adapters import adapter_config
+
+    named = parse_adapters(adapters)
+    if use is None and len(named) > 1:
+        raise ConfigError(f"several adapters ({', '.join(named)}): say which one predicts with --use-adapter NAME")
+    use = use if use is not None else next(iter(named))
+    if use not in named:
+        raise ConfigError(f"--use-adapter {use}: no --adapter of that name (given: {', '.join(named)})")
+    first = adapter_config(named[use])
+    pipe = DiGSegPipeline.from_base(model, prediction_type=first.get("prediction_type") or "sample",
+                                    torch_dtype=dtype).to(device)
+    for name, path in named.items():
+        pipe.load_adapter(path, name=name, activate=False)
+    pipe.set_adapter(use)
+    return pipe
+
+
+def parse_adapters(items: list[str]) -> dict[str, str]:
+    """--adapter values ("NAME=PATH", or "PATH": named after its folder) -> {name: path}; ConfigError on a repeated
+    name or an empty part."""
+    named: dict[str, str] = {}
+    for item in items:
+        name, eq, path = item.partition("=")
+        if not eq:
+            name, path = Path(item).name, item
+        if not name or not path:
+            raise ConfigError(f"--adapter takes NAME=PATH or PATH, got {item!r}")
+        if name in named:
+            raise ConfigError(f"--adapter: two adapters named {name!r}; name them apart with NAME=PATH")
+        named[name] = path
+    return named
 
 
 # ---------------------------------------------------------------------------------------------- quickstart
@@ -329,11 +365,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     protocol = protocol_from_args(args, TestProtocol())
     # one writer per output folder: a second run into it stops here, naming the first, before the model loads
     with main_process_holds(args.output, PREDICT):
-        pipe = _load_model(args.model, placement)
+        pipe = _load_model(args.model, placement, args.adapter, args.use_adapter)
         protocol = tiling_scale(protocol, pipe.config.default_processing_resolution,
                                 args.processing_resolution is not None)
         settings = {
             "model": str(args.model), "prompt": args.prompt,
+            **({"adapter": pipe.active_adapter, "adapters": parse_adapters(args.adapter)} if args.adapter else {}),
             "classes": None if args.prompt is not None else (classes or list(pipe.config.class_names or [])),
             "ensemble_size": args.ensemble_size, "steps": args.steps or pipe.config.default_denoising_steps,
             "seed": args.seed, "processing_resolution": args.processing_resolution
@@ -372,7 +409,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
     # a folder dataset's splits, or how an hf: dataset is read; on the model's own data with no split flag given,
     # the model's split rule (`digseg.data.model_data`): its validation split for --split val
     reader = dict(val_fraction=args.val_fraction, split_file=args.split_file, hf=_hf_options(args))
-    record = model_training_data(args.model) if args.model else None
+    if args.adapter and not args.model:
+        raise ConfigError("--adapter is loaded onto --model (its base): give --model too")
+    # the model's split rule; an adapter's data is not its base's, so with --adapter the flags say it
+    record = model_training_data(args.model) if args.model and not args.adapter else None
     if record is not None:
         reader.update(record.default_reader(args.dataset, args.data_root,
                                             {flag: getattr(args, flag) for flag in EVAL_SPLIT_FLAGS}))
@@ -389,7 +429,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         from ..devices import runtime_info
         from ..evaluation.protocols import protocol_from_args, tiling_scale
 
-        pipe = _load_model(args.model, placement)
+        pipe = _load_model(args.model, placement, [args.adapter] if args.adapter else None)
         protocol = tiling_scale(protocol_from_args(args, default_protocol(pipe, dataset)),
                                 pipe.config.default_processing_resolution, args.processing_resolution is not None)
         kwargs = dict(ensemble_size=args.ensemble_size, num_inference_steps=args.steps, protocol=protocol,

@@ -51,6 +51,7 @@ HELP = {
     "learning_rate": "peak learning rate",
     "ensemble_size": "E-Step ensemble members, each from its own noise (default 1)",
     "steps": "E-Step denoising (DDIM) steps (default: the model's)",
+    "adapter": "a LoRA adapter folder (a LoRA run's <output>/adapter) loaded onto --model, as NAME=PATH or PATH",
     "processing_resolution": "the longer side images are resized to before the VAE",
     "templates": "prompt templates of per-class and binary queries: single | photo | ensemble, or one template "
                  "with {}, e.g. 'a photo of a {}.' (default: the model's template)",
@@ -201,7 +202,11 @@ def _add_predict(sub) -> None:
     """`digseg predict`."""
     p = sub.add_parser("predict", help="segment images with a trained model", epilog=_PREDICT_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="a DiGSeg model folder (e.g. digseg-quickstart/model)")
+    p.add_argument("--model", required=True, help="a DiGSeg model folder (e.g. digseg-quickstart/model; with "
+                                                  "--adapter: their base, also a Stable Diffusion folder or hub id)")
+    p.add_argument("--adapter", action="append", metavar="NAME=PATH",
+                   help=HELP["adapter"] + " (repeatable: several domains on one loaded backbone)")
+    p.add_argument("--use-adapter", metavar="NAME", help="the --adapter that predicts (default: the only one given)")
     p.add_argument("--image", nargs="+",
                    help="image files, folders or glob patterns (quoted: 'photos/*.jpg'; '**' spans folders)")
     p.add_argument("--image-list", help="a text file with one image path per line (with or instead of --image)")
@@ -249,6 +254,7 @@ def _add_eval(sub) -> None:
     src = e.add_mutually_exclusive_group()
     src.add_argument("--predictions", help="folder of <stem>.png label maps to score")
     src.add_argument("--model", help="a DiGSeg model folder: predict the split, then score")
+    e.add_argument("--adapter", metavar="PATH", help=HELP["adapter"] + " (one; the split flags say its data)")
     e.add_argument("--output", default="digseg-eval",
                    help="folder for metrics.json and, with --model, the label PNGs in predictions/ (default digseg-eval)")
     e.add_argument("--ensemble-size", type=int, default=1, help=HELP["ensemble_size"])

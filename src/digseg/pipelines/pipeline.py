@@ -32,6 +32,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from .adapters import AdapterMixin, check_no_adapters
 from .ensemble import ENSEMBLE_REDUCTIONS
 from .latent_segmentation import LatentSegmentationMixin, SegmentSettings
 from ..errors import DigsegError, first_line
@@ -69,7 +70,7 @@ def _open_clip_encoder(name: str):
     return OpenCLIPPromptEncoder.from_pretrained(name)
 
 
-class DiGSegPipeline(LatentSegmentationMixin, DiffusionPipeline):
+class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
     # text_encoder, tokenizer: None with an open_clip text tower; text_encoder_2, tokenizer_2: SDXL's second text
     # encoder (None for SD 1.x / 2.x); mask_decoder: None until one is trained
     _optional_components = list(OPTIONAL_COMPONENTS)
@@ -263,7 +264,9 @@ class DiGSegPipeline(LatentSegmentationMixin, DiffusionPipeline):
 
     def save_pretrained(self, save_directory: str | Path, *args, model_card: dict | None = None, **kwargs) -> None:
         """diffusers' `save_pretrained`, and README.md: the model card (`digseg.pipelines.model_card`) of this model's facts
-        and `model_card`'s (a training run's: base checkpoint, data, settings, validation)."""
+        and `model_card`'s (a training run's: base checkpoint, data, settings, validation). Refused while LoRA adapters
+        are loaded (`fuse_adapter` writes a plain model folder)."""
+        check_no_adapters(self.unet, f"save_pretrained({save_directory})")
         super().save_pretrained(save_directory, *args, **kwargs)
         write_model_card(save_directory, {**(model_card or {}), "model": model_facts(self)})
 

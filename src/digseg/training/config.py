@@ -41,6 +41,7 @@ MASK_DECODER_STEPS = 500
 MIXED_PRECISION = ("no", "fp16", "bf16")  # optim.mixed_precision may also be "": the launcher's choice
 OPTIMIZERS = ("adamw", "adamw8bit")  # adamw8bit: torchao's AdamW8bit (pip install -e ".[lowmem]")
 EMA_DEVICES = ("accelerator", "cpu")  # where optim.use_ema keeps its copy of the weights between steps
+FINETUNE = ("full", "lora")  # optim.finetune: every U-Net weight, or LoRA adapters (models/adapters.py, docs/adapters.md)
 SHARDING = ("none", "fsdp")  # run.sharding: whole weights on every process (DDP), or FSDP2 (training/sharding.py)
 
 
@@ -160,6 +161,13 @@ class OptimConfig:
     # a step whose gradients are not finite is skipped (no update, logged); this many in a row stop the run, naming
     # the last healthy checkpoint (docs/training.md)
     max_consecutive_skips: int = 20
+    # lora: the U-Net stays frozen but for LoRA matrices (rank lora_rank, scale lora_alpha / lora_rank; alpha None =
+    # the rank) on the modules named by lora_targets (attention projections; add conv1, conv2 for the ResNet convs),
+    # while conv_in and the text pathway train in full; the run saves an adapter folder (docs/adapters.md)
+    finetune: str = "full"
+    lora_rank: int = 16
+    lora_alpha: float | None = None
+    lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
 
     def validate(self) -> None:
         if self.mixed_precision and self.mixed_precision not in MIXED_PRECISION:
@@ -179,6 +187,18 @@ class OptimConfig:
             raise ConfigError(f"optim.ema_device must be one of {', '.join(EMA_DEVICES)}, got {self.ema_device!r}")
         if not 0.0 <= self.max_timestep_prob <= 1.0:
             raise ConfigError(f"optim.max_timestep_prob must be in [0, 1], got {self.max_timestep_prob}")
+        if self.finetune not in FINETUNE:
+            raise ConfigError(f"optim.finetune must be one of {', '.join(FINETUNE)}, got {self.finetune!r}")
+        if self.lora_rank < 1:
+            raise ConfigError(f"optim.lora_rank must be >= 1, got {self.lora_rank}")
+        if self.lora_alpha is not None and not self.lora_alpha > 0:
+            raise ConfigError(f"optim.lora_alpha must be > 0 (or null: the rank), got {self.lora_alpha}")
+        targets = self.lora_targets
+        if not isinstance(targets, list) or not targets or not all(isinstance(t, str) and t.strip() for t in targets):
+            raise ConfigError(f"optim.lora_targets must list module names (e.g. [to_q, to_k, to_v, to_out.0]), "
+                              f"got {targets!r}")
+        if "conv_in" in targets:
+            raise ConfigError("optim.lora_targets: conv_in trains in full beside the LoRA; leave it out")
 
 
 @dataclass
@@ -240,6 +260,13 @@ class TrainConfig:
                 if isinstance(value, float) and not math.isfinite(value):
                     raise ConfigError(f"{name}.{f.name} must be a finite number, got {value}")
             section.validate()
+        if self.optim.finetune == "lora":
+            if self.run.sharding != "none":
+                raise ConfigError("optim.finetune lora with run.sharding fsdp is not supported: LoRA's trainable "
+                                  "weights are small, use run.sharding none (DDP)")
+            if self.run.push_to_hub:
+                raise ConfigError("run.push_to_hub uploads a model folder; a LoRA run saves an adapter folder "
+                                  "(<output_dir>/adapter): upload that one yourself")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from .batches import Batch, per_sample, slot_generators
 from .checkpoint import (SHARDS, begin_staging, checkpoint_folder, kill_point, load_checkpoint,
                          prune_checkpoints, remove_stale, save_best, save_checkpoint, staging_folder)
 from .config import OptimConfig, RunConfig, TrainConfig
+from .lora import ADAPTER_FOLDER, begin_lora, load_unet_weights, save_run_adapter, trainable_names
 from .divergence import DivergenceGuard, all_finite, finite_on_every_process, inject_nan_gradient
 from .one_step import one_step_loss
 from .resume_check import ResumePlan, launch_facts, mixed_precision_of, plan_resume, samples_facts
@@ -153,10 +154,13 @@ class Trainer:
                 pipe.vae.enable_gradient_checkpointing()
         pipe.unet.train().requires_grad_(True)
         pipe.text_pathway.train().requires_grad_(True)
+        self.lora = opt.finetune == "lora"
+        if self.lora:  # the U-Net frozen but for the LoRA matrices and conv_in (models/adapters.py)
+            begin_lora(pipe.unet, opt, run.seed)
         self.sharded = run.sharding == "fsdp"
         if self.sharded:  # in place: the parameters become DTensors holding this process's chunks
             shard_modules(pipe.unet, pipe.text_pathway, self.accelerator.device)
-        params = list(pipe.unet.parameters()) + list(pipe.text_pathway.parameters())
+        params = [p for m in (pipe.unet, pipe.text_pathway) for p in m.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(opt.optimizer, params, opt.learning_rate, opt.weight_decay)
         self.lr_scheduler = self._make_lr_scheduler(self.optimizer)
         if opt.lr_warmup_steps >= opt.max_steps and opt.lr_scheduler != "constant":
@@ -170,7 +174,9 @@ class Trainer:
         else:
             self.unet, self.text_pathway, self.optimizer = self.accelerator.prepare(pipe.unet, pipe.text_pathway,
                                                                                    self.optimizer)
-        self.params = list(self.unet.parameters()) + list(self.text_pathway.parameters())  # trainable
+        self.params = [p for m in (self.unet, self.text_pathway) for p in m.parameters() if p.requires_grad]
+        # the U-Net's trainable tensors by name (a LoRA run checkpoints these only; None: the whole state dict)
+        self.unet_keys = trainable_names(self.accelerator.unwrap_model(self.unet)) if self.lora else None
         self.ema = EMAModel(self._ema_params(), decay=opt.ema_decay) if opt.use_ema else None
         self.ema_device = torch.device("cpu") if opt.ema_device == "cpu" else self.accelerator.device
         if self.ema is not None:
@@ -209,7 +215,10 @@ class Trainer:
     def _trainable_weights(self) -> dict[str, dict[str, torch.Tensor]]:
         """Whole state dicts of the trainable modules (and the EMA), for an unsharded run's checkpoint."""
         get = self.accelerator.get_state_dict
-        weights = {"unet": get(self.unet), "text_pathway": get(self.text_pathway)}
+        unet = get(self.unet)
+        if self.unet_keys is not None:  # LoRA: the LoRA matrices and conv_in, not the frozen backbone
+            unet = {k: unet[k] for k in self.unet_keys}
+        weights = {"unet": unet, "text_pathway": get(self.text_pathway)}
         if self.ema is not None:
             weights["ema"] = {f"{i:06d}": p for i, p in enumerate(self.ema.shadow_params)}
         return weights
@@ -283,7 +292,7 @@ class Trainer:
         else:
             unwrap = self.accelerator.unwrap_model
             try:
-                unwrap(self.unet).load_state_dict(weights["unet"])
+                load_unet_weights(unwrap(self.unet), weights["unet"], self.unet_keys)
                 unwrap(self.text_pathway).load_state_dict(weights["text_pathway"])
             except RuntimeError as exc:
                 raise DigsegError(f"checkpoint {path} does not fit this run's model: {first_line(exc)}") from exc
@@ -502,7 +511,7 @@ class Trainer:
             unwrap = self.accelerator.unwrap_model
             unet, pathway = unwrap(self.unet), unwrap(self.text_pathway)
             if self.ema is not None:
-                self.ema.copy_to(list(unet.parameters()) + list(pathway.parameters()))
+                self.ema.copy_to(self.params)  # the trainable parameters of unet and pathway
         unet.eval().requires_grad_(False)
         pathway.eval().requires_grad_(False)
         if not all_finite(list(unet.parameters()) + list(pathway.parameters())):  # the EMA's, if on
@@ -511,9 +520,12 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             prune_checkpoints(self.output_dir / "checkpoints", self.run.keep_checkpoints)
-            card = run_facts(self.config.to_dict(), protocol_for(self.config.data.dataset).source,
-                             self.accelerator.num_processes, self.best, self.last_validation,
-                             previous=read_card_facts(self.config.model.pretrained))
-            self.pipe.save_pretrained(self.output_dir, model_card=card)
+            if self.lora:  # the run's result is the adapter folder, not a whole model (docs/adapters.md)
+                save_run_adapter(self.output_dir / ADAPTER_FOLDER, self.pipe, self.config)
+            else:
+                card = run_facts(self.config.to_dict(), protocol_for(self.config.data.dataset).source,
+                                 self.accelerator.num_processes, self.best, self.last_validation,
+                                 previous=read_card_facts(self.config.model.pretrained))
+                self.pipe.save_pretrained(self.output_dir, model_card=card)
         self.logs.end()
         return self.pipe

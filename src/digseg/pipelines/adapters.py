@@ -1,0 +1,168 @@
+"""Several domains on one loaded backbone: LoRA adapter folders (`digseg.models.adapters`) loaded into a pipeline
+and switched at runtime, mixed into `DiGSegPipeline`.
+
+    pipe = DiGSegPipeline.from_base("stabilityai/stable-diffusion-2")   # or a DiGSeg model folder
+    pipe.load_adapter("runs/roads/adapter", name="roads")
+    pipe.load_adapter("runs/cells/adapter", name="cells")
+    pipe.set_adapter("roads"); pipe(images)          # roads' LoRA, conv_in, text pathway, decoder and classes
+    pipe.set_adapter(None)                           # back to the base
+    pipe.fuse_adapter("roads-model")                 # a plain model folder of the active adapter, fused
+
+Switching never reloads the backbone: the U-Net object stays, peft switches its LoRA matrices, and the adapter's
+full parts (conv_in, text pathway, light mask decoder) and facts (classes, task, processing resolution, prompt
+template, objective) are put in place together with them. Every adapter's parts stay in memory (small: conv_in
+and the pathway), so switching costs no reading.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from pathlib import Path
+
+from torch import nn
+
+from ..errors import DigsegError, first_line
+from ..models.adapters import FACT_KEYS, AdapterParts, has_lora, load_lora, read_adapter, split_tensors
+from ..models.mask_decoder import LightMaskDecoder
+from ..models.text import TextPathway
+
+BASE = None  # set_adapter(BASE): the backbone without adapters
+
+
+class AdapterMixin:
+    """`load_adapter`, `set_adapter`, `fuse_adapter` and `adapters` / `active_adapter` of `DiGSegPipeline`."""
+
+    @classmethod
+    def from_base(cls, pretrained: str | Path, revision: str | None = None, variant: str | None = None,
+                  prediction_type: str = "sample", torch_dtype=None, **kwargs):
+        """The backbone adapters are loaded onto: a DiGSeg model folder (`from_pretrained`), else a Stable
+        Diffusion folder or hub id (`from_backbone`, at `revision` and `variant`, with `prediction_type`), in
+        `torch_dtype` (None: float32)."""
+        path = Path(str(pretrained)).expanduser()
+        if (path / "text_pathway").is_dir():
+            return cls.from_pretrained(str(path), torch_dtype=torch_dtype, **kwargs)
+        return cls.from_backbone(pretrained, prediction_type=prediction_type, revision=revision, variant=variant,
+                                 torch_dtype=torch_dtype, **kwargs)
+
+    # ----------------------------------------------------------------------------------------- state
+    def _adapter_table(self) -> dict:
+        if "_adapter_parts" not in self.__dict__:
+            self.__dict__["_adapter_parts"] = {}  # name -> AdapterParts; BASE -> the backbone's own
+            self.__dict__["_active_adapter"] = BASE
+        return self.__dict__["_adapter_parts"]
+
+    @property
+    def adapters(self) -> list[str]:
+        """The names of the loaded adapters, in loading order."""
+        return [name for name in self._adapter_table() if name is not BASE]
+
+    @property
+    def active_adapter(self) -> str | None:
+        self._adapter_table()
+        return self.__dict__["_active_adapter"]
+
+    def _current_parts(self) -> AdapterParts:
+        facts = {key: self.config.get(key) for key in FACT_KEYS if key in self.config}
+        facts.update(processing_resolution=self.config.default_processing_resolution,
+                     prediction_type=self.scheduler.config.prediction_type)
+        return AdapterParts(self.unet.conv_in, self.text_pathway, self.mask_decoder, facts)
+
+    # ----------------------------------------------------------------------------------------- loading
+    def load_adapter(self, path: str | Path, name: str | None = None, activate: bool = True) -> str:
+        """Load the adapter folder `path` as `name` (default: the folder's name) onto this backbone, and make it the
+        active one unless `activate` is False. -> its name. One-line DigsegError for a folder that is not an adapter
+        or does not fit this backbone (other layers, conv_in or pathway shapes, prediction type)."""
+        name = name or Path(path).name
+        table = self._adapter_table()
+        if name in table:
+            raise DigsegError(f"an adapter named {name!r} is loaded already")
+        config, tensors = read_adapter(path)
+        where = str(path)
+        wanted = config.get("prediction_type")
+        if wanted and wanted != self.scheduler.config.prediction_type:
+            raise DigsegError(f"adapter {where} predicts {wanted} but this backbone's scheduler predicts "
+                              f"{self.scheduler.config.prediction_type}: load the base with prediction_type={wanted}")
+        parts = split_tensors(tensors)
+        if BASE not in table:
+            table[BASE] = self._current_parts()
+        base = table[BASE]
+        device, dtype = self.unet.device, self.unet.dtype
+        conv_in = copy.deepcopy(base.conv_in)
+        pathway = TextPathway.from_config(config["text_pathway"])
+        decoder = LightMaskDecoder.from_config(config["mask_decoder"]) if config.get("mask_decoder") else None
+        for label, module in (("conv_in", conv_in), ("text_pathway", pathway), ("mask_decoder", decoder)):
+            if module is None:
+                continue
+            try:
+                module.load_state_dict(parts.get(label, {}))
+            except RuntimeError as exc:
+                raise DigsegError(f"adapter {where}: its {label} does not fit this backbone: {first_line(exc)}") from exc
+            module.to(device, dtype).eval().requires_grad_(False)
+        load_lora(self.unet, name, config, parts.get("unet", {}), where)
+        self.unet.requires_grad_(False)
+        self.unet.to(device, dtype)
+        facts = {key: config.get(key) for key in FACT_KEYS}
+        table[name] = AdapterParts(conv_in, pathway, decoder, facts)
+        self.set_adapter(name if activate else self.active_adapter)
+        return name
+
+    def set_adapter(self, name: str | None) -> None:
+        """Make adapter `name` active (None: the base backbone): its LoRA matrices, full parts and facts, all at
+        once. The U-Net object stays the same."""
+        table = self._adapter_table()
+        if name is not BASE and name not in table:
+            known = ", ".join(self.adapters) or "none loaded"
+            raise DigsegError(f"no adapter named {name!r} (loaded: {known})")
+        if name is BASE:
+            if has_lora(self.unet):
+                self.unet.disable_adapters()
+        else:
+            self.unet.enable_adapters()
+            self.unet.set_adapter(name)
+        parts = table.get(name)
+        if parts is not None:  # nothing loaded yet: the base is in place
+            self._install(parts)
+        self.__dict__["_active_adapter"] = name
+
+    def _install(self, parts: AdapterParts) -> None:
+        self.unet.conv_in = parts.conv_in
+        self.register_modules(text_pathway=parts.text_pathway, mask_decoder=parts.mask_decoder)
+        facts = parts.facts
+        self.set_class_names(facts.get("class_names"))
+        values = {"task": facts.get("task"), "one_step_decoder": facts.get("one_step_decoder")}
+        for key, config_key in (("prompt_template", "prompt_template"), ("objective", "objective"),
+                                ("processing_resolution", "default_processing_resolution")):
+            if facts.get(key) is not None:
+                values[config_key] = facts[key]
+        self.register_to_config(**values)
+
+    # ----------------------------------------------------------------------------------------- fusing
+    def fuse_adapter(self, save_directory: str | Path | None = None):
+        """A plain pipeline (no peft layers) whose U-Net holds the active adapter's LoRA merged into its weights, with
+        the adapter's conv_in, text pathway, decoder and facts; saved to `save_directory` (a model folder that
+        `digseg predict --model` and `digseg export` read) when given. This pipeline is left as it was; the fused
+        copy costs one more U-Net in memory."""
+        name = self.active_adapter
+        if name is BASE:
+            raise DigsegError("fuse_adapter: no adapter is active (set_adapter(name) first)")
+        unet = copy.deepcopy(self.unet)
+        unet.fuse_lora(adapter_names=[name])
+        unet.unload_lora()  # peft's layers replaced by the plain ones, holding the fused weights
+        accepted = set(inspect.signature(type(self).__init__).parameters)
+        kwargs = {k: v for k, v in self.config.items() if k in accepted and not k.startswith("_")}
+        kwargs.update(self.components)
+        kwargs.update(unet=unet, text_pathway=copy.deepcopy(self.text_pathway),
+                      mask_decoder=copy.deepcopy(self.mask_decoder))
+        fused = type(self)(**{k: v for k, v in kwargs.items() if k in accepted})
+        if save_directory is not None:
+            fused.save_pretrained(save_directory)
+        return fused
+
+
+def check_no_adapters(unet: nn.Module, where: str) -> None:
+    """save_pretrained of a U-Net with peft layers would write keys no plain model has: refused in one line."""
+    if has_lora(unet):
+        raise DigsegError(f"{where}: this pipeline has LoRA adapters loaded; fuse_adapter(folder) writes a plain model "
+                          "folder of the active one")
+
