@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,23 +12,11 @@ from digseg.data.base import DATASETS
 from digseg.data.domains import BDD100K, REFUGE2, Cityscapes, DeepGlobeRoads, FolderPairs, PhenoBench
 from digseg.data.medical import MoNuSeg
 from digseg.errors import ConfigError, DataError
-
-W, H = 8, 6
-
-
-def write_image(path: Path, seed: int = 0, fmt: str | None = None, size: tuple[int, int] = (W, H)) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rgb = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    Image.fromarray(rgb).save(path, format=fmt)
-    return path
-
-
-def write_label(path: Path, values, dtype=np.uint8, fmt: str | None = None) -> Path:
-    """A [H, W] label whose first pixels hold `values` (then repeated)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    flat = np.resize(np.asarray(values, dtype=dtype), H * W)
-    Image.fromarray(flat.reshape(H, W)).save(path, format=fmt)
-    return path
+from layouts import CITYSCAPES_LABEL_IDS as LABEL_IDS
+from layouts import H, W, aperio_xml, write_image, write_label
+from layouts import cityscapes as write_cityscapes
+from layouts import deepglobe as write_deepglobe
+from layouts import monuseg as write_monuseg
 
 
 def first(label: np.ndarray, n: int) -> list[int]:
@@ -50,20 +37,12 @@ def test_registered_names_and_attributes():
 
 # ------------------------------------------------------------------------------------------- cityscapes
 
-LABEL_IDS = [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33, 0, 1, 6, 9, 29, 30, 255]
 TRAIN_IDS = list(range(19)) + [255] * 7
 
 
 @pytest.fixture
 def cityscapes(tmp_path):
-    root = tmp_path / "cityscapes"
-    for split in ("val", "train"):
-        write_image(root / "leftImg8bit" / split / "aachen" / "aachen_000000_000019_leftImg8bit.png", 1)
-        write_image(root / "leftImg8bit" / split / "bochum" / "bochum_000000_000313_leftImg8bit.png", 2)
-    write_label(root / "gtFine/val/aachen/aachen_000000_000019_gtFine_labelIds.png", LABEL_IDS)
-    # bochum has both: the trainIds file must win over the (contradicting) labelIds file
-    write_label(root / "gtFine/val/bochum/bochum_000000_000313_gtFine_labelTrainIds.png", [5, 18, 255, 0])
-    write_label(root / "gtFine/val/bochum/bochum_000000_000313_gtFine_labelIds.png", [7, 7, 7, 7])
+    root = write_cityscapes(tmp_path / "cityscapes")  # train images have no gtFine at all
     (root / "gtFine/val/aachen/aachen_000000_000019_gtFine_color.png").write_bytes(b"not used")
     return root
 
@@ -139,15 +118,7 @@ def test_bdd100k_missing_split(bdd):
 
 @pytest.fixture
 def deepglobe(tmp_path):
-    root = tmp_path / "deepglobe"
-    write_image(root / "valid/100034_sat.jpg", 1)
-    write_label(root / "valid/100034_mask.png", [0, 127, 128, 200, 255])
-    write_image(root / "valid/999_sat.jpg", 2)
-    rgb = np.zeros((H, W, 3), np.uint8)
-    rgb[0, :4, 0] = [0, 100, 130, 255]
-    rgb[..., 1] = 7  # unequal channels (JPEG-like noise): the first channel decides
-    Image.fromarray(rgb).save(root / "valid/999_mask.png")
-    return root
+    return write_deepglobe(tmp_path / "deepglobe")
 
 
 def test_deepglobe_binarise(deepglobe):
@@ -169,21 +140,6 @@ def test_deepglobe_image_without_mask(deepglobe):
 
 # ------------------------------------------------------------------------------------------- monuseg
 
-SQUARE = [(1, 1), (3, 1), (3, 3), (1, 3)]
-RECT = [(5, 2), (6, 2), (6, 4), (5, 4)]
-
-
-def aperio_xml(*polygons) -> str:
-    regions = "".join(
-        f'<Region Id="{i + 1}" Type="0"><Attributes/><Vertices>'
-        + "".join(f'<Vertex X="{x}.0" Y="{y}.0" Z="0"/>' for x, y in poly)
-        + "</Vertices></Region>"
-        for i, poly in enumerate(polygons))
-    return ('<?xml version="1.0"?>\n<Annotations MicronsPerPixel="0.252"><Annotation Id="1" Type="4">'
-            '<Attributes><Attribute Name="Description" Id="0" Value=""/></Attributes><Regions>'
-            '<RegionAttributeHeaders/>' + regions + "</Regions><Plots/></Annotation></Annotations>")
-
-
 def expected_nuclei() -> np.ndarray:
     mask = np.zeros((H, W), np.int64)
     mask[1:4, 1:4] = 1  # SQUARE, outline included
@@ -193,16 +149,7 @@ def expected_nuclei() -> np.ndarray:
 
 @pytest.fixture
 def monuseg(tmp_path):
-    root = tmp_path / "monuseg"
-    train = root / "MoNuSegTrainingData"
-    for i, stem in enumerate(["TCGA-18-5592-01Z-00-DX1", "TCGA-21-5784-01Z-00-DX1"]):
-        write_image(train / "Tissue Images" / f"{stem}.tif", i, fmt="TIFF")
-        (train / "Annotations").mkdir(parents=True, exist_ok=True)
-        (train / "Annotations" / f"{stem}.xml").write_text(aperio_xml(SQUARE, RECT) if i == 0 else aperio_xml(RECT))
-    test = root / "MoNuSegTestData"
-    write_image(test / "TCGA-2Z-A9J9-01A-01-TS1.tif", 5, fmt="TIFF")
-    (test / "TCGA-2Z-A9J9-01A-01-TS1.xml").write_text(aperio_xml(SQUARE))
-    return root
+    return write_monuseg(tmp_path / "monuseg")
 
 
 def test_monuseg_rasterise(monuseg):

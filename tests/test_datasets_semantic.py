@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from digseg.data.base import DATASETS
 from digseg.data.io import load_label
@@ -17,31 +16,7 @@ from digseg.data.semantic import (
     PascalContext459,
 )
 from digseg.errors import DataError
-
-W, H = 8, 6
-
-
-def write_image(path, seed=0, size=(W, H)):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rgb = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    Image.fromarray(rgb).save(path)
-
-
-def write_label(path, values, dtype=np.uint8):
-    """A label map whose rows cycle through `values` (8-bit PNG or, with uint16, a 16-bit TIFF)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arr = np.resize(np.asarray(values), W * H).reshape(H, W).astype(dtype)
-    Image.fromarray(arr).save(path)
-    return arr
-
-
-def ade150(root, split="validation", labels=((0, 1, 150), (5, 6), (7,))):
-    base = root / "ADEChallengeData2016"
-    for i, values in enumerate(labels):
-        stem = f"ADE_val_{i:08d}"
-        write_image(base / "images" / split / f"{stem}.jpg", seed=i)
-        write_label(base / "annotations" / split / f"{stem}.png", values)
-    return base
+from layouts import H, W, ade150, ade847, coco, pascal, write_image, write_label
 
 
 # ---- class files
@@ -127,16 +102,6 @@ def test_corrupt_image_names_file(tmp_path):
 
 
 # ---- ADE20K-847
-def ade847(root, labels=((0, 846, 65535), (12, 13))):
-    base = root / "ADE20K_2021_17_01"
-    arrays = []
-    for i, values in enumerate(labels):
-        stem = f"ADE_val_{i:08d}"
-        write_image(base / "images_detectron2" / "validation" / f"{stem}.jpg", seed=i)
-        arrays.append(write_label(base / "annotations_detectron2" / "validation" / f"{stem}.tif", values, np.uint16))
-    return base, arrays
-
-
 def test_ade847_uint16_tiff_and_ignore(tmp_path):
     base, arrays = ade847(tmp_path)
     tif = base / "annotations_detectron2" / "validation" / "ADE_val_00000000.tif"
@@ -157,17 +122,6 @@ def test_ade847_out_of_range(tmp_path):
 
 
 # ---- PASCAL-Context
-def pascal(root, folder, suffix, labels, dtype, images=None):
-    voc = root / "VOCdevkit" / "VOC2010"
-    stems = [f"2008_{i:06d}" for i in range(len(labels))]
-    for i, stem in enumerate(images if images is not None else stems):
-        write_image(voc / "JPEGImages" / f"{stem}.jpg", seed=i)
-    write_image(voc / "JPEGImages" / "2010_999999.jpg")  # an image outside the split: not a sample
-    for stem, values in zip(stems, labels):
-        write_label(voc / "annotations_detectron2" / folder / f"{stem}{suffix}", values, dtype)
-    return voc
-
-
 def test_pascal_context_59(tmp_path):
     voc = pascal(tmp_path, "pc59_val", ".png", [(0, 58, 255), (10, 20)], np.uint8)
     ds = PascalContext59(tmp_path)
@@ -209,14 +163,6 @@ def test_pascal_context_empty_split(tmp_path):
 
 
 # ---- COCO-Stuff-164k
-def coco(root, split="val2017", labels=((0, 10, 12, 181, 255), (11, 181)), converted=()):
-    for i, values in enumerate(labels):
-        stem = f"{i:012d}"
-        write_image(root / "images" / split / f"{stem}.jpg", seed=i)
-        name = f"{stem}_labelTrainIds.png" if i in converted else f"{stem}.png"
-        write_label(root / "annotations" / split / name, values)
-
-
 def test_coco_stuff_mapping(tmp_path):
     coco(tmp_path)
     ds = COCOStuff171(tmp_path)
