@@ -19,6 +19,7 @@ from PIL import Image
 from ..data.augment import rescale_size
 from ..data.io import image_to_tensor
 from ..errors import DigsegError
+from .image_inputs import from_unit_float, rgb_array
 
 
 def _from_pil(image: Image.Image) -> torch.Tensor:
@@ -26,14 +27,10 @@ def _from_pil(image: Image.Image) -> torch.Tensor:
 
 
 def _from_numpy(array: np.ndarray) -> torch.Tensor:
-    if array.ndim == 2:
-        array = np.repeat(array[:, :, None], 3, axis=2)
-    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
-        raise DigsegError(f"image array must be [H, W, 3], got shape {tuple(array.shape)}")
-    array = array[:, :, :3] if array.shape[2] != 1 else np.repeat(array, 3, axis=2)
+    array = rgb_array(array)  # [H, W, 3]
     if array.dtype == np.uint8:
         return image_to_tensor(array)  # [3, H, W]
-    return _check_unit_range(torch.from_numpy(array.astype(np.float32)).permute(2, 0, 1).contiguous()) * 2 - 1
+    return torch.from_numpy(from_unit_float(array))
 
 
 def _check_unit_range(tensor: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import DigsegError
 from ..outputs import DiGSegOutput
 from ..pipelines.prompts import resolve_queries
-from .images import to_image_list
+from ..pipelines.image_inputs import to_image_list
 from .manifest import read_manifest, trailing_timesteps
 from .numpy_ops import (combine_members, ddim_step, decode_codec, native_outputs, pad_to_multiple, predicted_sample,
                         processed_size, resize)
