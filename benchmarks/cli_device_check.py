@@ -14,7 +14,7 @@ which for 8 images can be none: ``--val-fraction 1`` scores every image, on any 
 
 Each command writes a ``"runtime"`` record (``P/summary.json``, ``E/metrics.json``): the device it ran on
 ("cuda:0", "cpu", "mps"), its name, the dtype ("fp32", "bf16", "fp16"), the torch / diffusers / digseg
-versions, the number of processes and the peak CUDA memory (``torch.cuda.max_memory_allocated``; null off CUDA;
+versions, the number of processes and the peak CUDA memory (``memory_mib``: ``torch.cuda.max_memory_allocated`` in MiB; null off CUDA;
 ``digseg.devices.runtime_info``). The check fails (exit 1, one line per problem) unless both commands exit 0 and
 both records show ``--expect-device`` and ``--expect-dtype``; on CUDA, also unless each peak is at least the
 model's parameter bytes in that dtype (U-Net, VAE, text encoder and text pathway), i.e. unless the weights were
@@ -52,7 +52,7 @@ from digseg.models.tiny import save_tiny_backbone
 
 from common import gib
 
-RUNTIME_KEYS = ("device", "device_name", "dtype", "torch", "diffusers", "digseg", "peak_memory_bytes")
+RUNTIME_KEYS = ("device", "device_name", "dtype", "torch", "diffusers", "digseg", "memory_mib")
 WEIGHT_MODULES = ("unet", "vae", "text_encoder", "text_pathway")
 
 
@@ -106,7 +106,7 @@ def problems_of(result: dict, expect_device: str, expect_dtype: str, min_peak: i
     if not isinstance(runtime, dict):
         return [f"{name}: its JSON output has no \"runtime\" record"]
     problems = [f"{name}: runtime lacks {key!r}" for key in RUNTIME_KEYS if key not in runtime]
-    device, dtype, peak = runtime.get("device"), runtime.get("dtype"), runtime.get("peak_memory_bytes")
+    device, dtype, peak = runtime.get("device"), runtime.get("dtype"), runtime.get("memory_mib")
     if str(device).split(":")[0] != expect_device:
         problems.append(f"{name}: ran on {device!r}, expected {expect_device}")
     if dtype != expect_dtype:
@@ -116,11 +116,11 @@ def problems_of(result: dict, expect_device: str, expect_dtype: str, min_peak: i
         if key in runtime and runtime[key] != version:
             problems.append(f"{name}: runtime says {key} {runtime[key]!r}, this interpreter has {version!r}")
     if str(device).startswith("cuda"):
-        if not isinstance(peak, int) or peak < min_peak:
-            problems.append(f"{name}: peak CUDA memory {peak!r} bytes is below the model's {min_peak} parameter "
+        if not isinstance(peak, int) or peak < min_peak // 2**20:
+            problems.append(f"{name}: peak CUDA memory {peak!r} MiB is below the model's {min_peak} parameter "
                             f"bytes in {expect_dtype}: the weights were not all on the GPU")
     elif peak is not None:
-        problems.append(f"{name}: peak_memory_bytes is {peak!r} on {device!r}; it is null off CUDA")
+        problems.append(f"{name}: memory_mib is {peak!r} on {device!r}; it is null off CUDA")
     return problems
 
 
@@ -129,12 +129,12 @@ def format_table(results: list[dict]) -> str:
     lines = ["| command | device | dtype | peak memory GiB | wall s |", "|---|---|---|---:|---:|"]
     for r in results:
         rt = r["runtime"] if isinstance(r["runtime"], dict) else {}
-        peak = rt.get("peak_memory_bytes")
+        peak = rt.get("memory_mib")
         device = rt.get("device", "?")
         if rt.get("device_name"):
             device = f"{device} ({rt['device_name']})"
         lines.append(f"| {r['command']} | {device} | {rt.get('dtype', '?')} | "
-                     f"{f'{gib(peak):.3f}' if isinstance(peak, int) else 'n/a'} | {r['wall_s']:.1f} |")
+                     f"{f'{peak / 1024:.3f}' if isinstance(peak, int) else 'n/a'} | {r['wall_s']:.1f} |")
     return "\n".join(lines)
 
 

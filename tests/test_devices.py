@@ -116,7 +116,7 @@ def test_models_load_in_the_dtype_asked(tiny_pipe, tmp_path):
 def test_runtime_info_says_where_a_run_was(monkeypatch):
     info = devices.runtime_info("cpu", torch.bfloat16, num_processes=2)
     assert info["device"] == "cpu" and info["dtype"] == "bf16" and info["num_processes"] == 2
-    assert info["torch"] == torch.__version__ and info["peak_memory_bytes"] is None
+    assert info["torch"] == torch.__version__ and info["memory_mib"] is None
     assert "cores" in info["device_name"] and info["diffusers"] and info["digseg"]
 
 

@@ -195,8 +195,8 @@ def peak_memory_mib(device: "torch.device | str") -> dict[str, int]:
 
 
 def runtime_info(device: "torch.device | str", dtype: "torch.dtype", num_processes: int = 1) -> dict:
-    """What an output records about where it ran (JSON values). On CUDA, `peak_memory_bytes` is this process's
-    `torch.cuda.max_memory_allocated`: at least the model's weights once the model ran there; None elsewhere."""
+    """What an output records about where it ran (JSON values). The peak memory is `peak_memory_mib`'s, as the
+    training log has it (on CUDA at least the model's weights once the model ran there; None elsewhere)."""
     import diffusers
     import torch
 
@@ -207,5 +207,5 @@ def runtime_info(device: "torch.device | str", dtype: "torch.dtype", num_process
         "device": str(device), "device_name": device_name(device), "dtype": dtype_name(dtype),
         "num_processes": num_processes, "torch": torch.__version__, "diffusers": diffusers.__version__,
         "digseg": __version__,
-        "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+        "memory_mib": None, "memory_reserved_mib": None, **peak_memory_mib(device),
     }

@@ -131,7 +131,7 @@ class OnnxDiGSegPipeline:
         precision = self.manifest["dtype"] + (f"+{self.manifest['quantize']}" if self.manifest.get("quantize") else "")
         return {"device": f"onnxruntime:{self.providers[0]}", "device_name": platform.processor() or platform.machine(),
                 "dtype": precision, "num_processes": num_processes, "torch": "not used", "diffusers": "not used",
-                "onnxruntime": ort.__version__, "digseg": __version__, "peak_memory_bytes": None}
+                "onnxruntime": ort.__version__, "digseg": __version__, "memory_mib": None, "memory_reserved_mib": None}
 
     @property
     def providers(self) -> list[str]:
