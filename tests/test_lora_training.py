@@ -4,23 +4,20 @@ non-finite guard, and the run's adapter folder."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
-import subprocess
 import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from digseg import DiGSegPipeline
 from digseg.data.synthetic import SYNTHETIC_CLASSES, SyntheticScenes, save_scenes_as_folder
 from digseg.errors import ConfigError, DigsegError
 from digseg.models.adapters import CONFIG_FILE, WEIGHTS_FILE
 from digseg.training.checkpoint import list_checkpoints, load_checkpoint
 from digseg.training.divergence import NanGradient
-from training_helpers import assert_same_weights, train_config, trainer
+from training_helpers import assert_same_weights, digseg_cli, fresh_pipe, train_config, trainer
 
 pytest.importorskip("peft")
 
@@ -33,18 +30,13 @@ def _config(tmp_path, **kw):
     return train_config(**base)
 
 
-def _fresh(tiny_backbone):
-    pipe = DiGSegPipeline.from_backbone(tiny_backbone, class_names=list(SYNTHETIC_CLASSES))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
 
 def _adapter_tensors(run) -> dict[str, torch.Tensor]:
     return load_file(str(run / "adapter" / WEIGHTS_FILE))
 
 
 def test_lora_trains_the_lora_conv_in_and_pathway_and_saves_an_adapter(tiny_backbone, tmp_path):
-    pipe = _fresh(tiny_backbone)
+    pipe = fresh_pipe(tiny_backbone)
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
     pathway_before = {k: v.clone() for k, v in pipe.text_pathway.state_dict().items()}
     tr = trainer(_config(tmp_path), pipe, SyntheticScenes(6, size=32), show_progress=False)
@@ -75,26 +67,26 @@ def test_lora_trains_the_lora_conv_in_and_pathway_and_saves_an_adapter(tiny_back
 @pytest.mark.parametrize("use_ema", [False, True])
 def test_lora_resume_continues_the_same_run(tiny_backbone, tmp_path, use_ema):
     data = SyntheticScenes(6, size=32)
-    trainer(_config(tmp_path / "a", use_ema=use_ema), _fresh(tiny_backbone), data, show_progress=False).train()
+    trainer(_config(tmp_path / "a", use_ema=use_ema), fresh_pipe(tiny_backbone), data, show_progress=False).train()
     resumed_dir = tmp_path / "b" / "run"
     (resumed_dir / "checkpoints").mkdir(parents=True)
     shutil.copytree(tmp_path / "a" / "run" / "checkpoints" / "step-00000002",
                     resumed_dir / "checkpoints" / "step-00000002")
-    trainer(_config(tmp_path / "b", use_ema=use_ema), _fresh(tiny_backbone), data,
+    trainer(_config(tmp_path / "b", use_ema=use_ema), fresh_pipe(tiny_backbone), data,
             show_progress=False).train(resume="latest")
     assert_same_weights(_adapter_tensors(tmp_path / "a" / "run"), _adapter_tensors(resumed_dir), "the straight run")
 
 
 def test_a_full_checkpoint_does_not_resume_a_lora_run(tiny_backbone, tmp_path):
     data = SyntheticScenes(4, size=32)
-    trainer(_config(tmp_path, finetune="full", max_steps=2), _fresh(tiny_backbone), data, show_progress=False).train()
+    trainer(_config(tmp_path, finetune="full", max_steps=2), fresh_pipe(tiny_backbone), data, show_progress=False).train()
     with pytest.raises(DigsegError, match="does not fit this run's model"):
-        trainer(_config(tmp_path, max_steps=3), _fresh(tiny_backbone), data,
+        trainer(_config(tmp_path, max_steps=3), fresh_pipe(tiny_backbone), data,
                 show_progress=False).train(resume="latest", allow_config_change=True)
 
 
 def test_lora_step_with_non_finite_gradients_is_skipped(tiny_backbone, tmp_path):
-    tr = trainer(_config(tmp_path, max_steps=3, checkpoint_every=1), _fresh(tiny_backbone), SyntheticScenes(4, size=32),
+    tr = trainer(_config(tmp_path, max_steps=3, checkpoint_every=1), fresh_pipe(tiny_backbone), SyntheticScenes(4, size=32),
                  show_progress=False)
     loss_of, seen = tr._loss, {}
 
@@ -111,7 +103,7 @@ def test_lora_step_with_non_finite_gradients_is_skipped(tiny_backbone, tmp_path)
 
 def test_lora_validation_keeps_the_best_step(tiny_backbone, tmp_path):
     data = SyntheticScenes(6, size=32, seed=1)
-    tr = trainer(_config(tmp_path, eval_every=2, eval_samples=2), _fresh(tiny_backbone), data, show_progress=False,
+    tr = trainer(_config(tmp_path, eval_every=2, eval_samples=2), fresh_pipe(tiny_backbone), data, show_progress=False,
                  val_dataset=SyntheticScenes(2, size=32, seed=9))
     tr.train()
     best = tmp_path / "run" / "checkpoints" / "best"
@@ -136,18 +128,10 @@ def test_bad_lora_settings_are_refused_in_one_line(tmp_path, overrides, message)
 
 def test_lora_targets_that_match_nothing_are_refused(tiny_backbone, tmp_path):
     with pytest.raises(DigsegError, match=r"optim.lora_targets \['no_such_layer'\]") as caught:
-        trainer(_config(tmp_path, lora_targets=["no_such_layer"]), _fresh(tiny_backbone), SyntheticScenes(2, size=32),
+        trainer(_config(tmp_path, lora_targets=["no_such_layer"]), fresh_pipe(tiny_backbone), SyntheticScenes(2, size=32),
                 show_progress=False)
     assert "\n" not in str(caught.value)
 
-
-def _train_cli(args, kill_at=None):
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
-    env.pop("DIGSEG_KILL_AT", None)
-    if kill_at:
-        env["DIGSEG_KILL_AT"] = kill_at
-    return subprocess.run([sys.executable, "-m", "digseg.cli", "train", *args], capture_output=True, text=True,
-                          timeout=300, env=env)
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
@@ -157,12 +141,12 @@ def test_lora_sigkill_then_resume_gives_the_uninterrupted_adapter(tiny_backbone,
               "--batch-size", "2", "--max-steps", "4", "--checkpoint-every", "2", "--learning-rate", "1e-3",
               "--cfg-options", "optim.finetune=lora", "optim.lora_rank=4", "optim.lora_targets=[to_q,to_v,conv1]"]
     reference, run = tmp_path / "reference", tmp_path / "killed"
-    result = _train_cli([*common, "--output", str(reference)])
+    result = digseg_cli(["train", *common, "--output", str(reference)])
     assert result.returncode == 0, result.stderr[-3000:]
-    result = _train_cli([*common, "--output", str(run)], kill_at="checkpoint-4:weights")
+    result = digseg_cli(["train", *common, "--output", str(run)], kill_at="checkpoint-4:weights")
     assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
     assert not (run / "adapter").exists()
-    result = _train_cli([*common, "--output", str(run), "--resume", "latest"])
+    result = digseg_cli(["train", *common, "--output", str(run), "--resume", "latest"])
     assert result.returncode == 0, result.stderr[-3000:]
     want = _adapter_tensors(reference)
     assert any(".conv1.lora_A" in k for k in want)  # ResNet convolutions adapted too
@@ -170,7 +154,7 @@ def test_lora_sigkill_then_resume_gives_the_uninterrupted_adapter(tiny_backbone,
 
 
 def test_lora_with_gradient_checkpointing_trains_the_lora(tiny_backbone, tmp_path):
-    trainer(_config(tmp_path, max_steps=2, gradient_checkpointing=True), _fresh(tiny_backbone),
+    trainer(_config(tmp_path, max_steps=2, gradient_checkpointing=True), fresh_pipe(tiny_backbone),
             SyntheticScenes(4, size=32), show_progress=False).train()
     lora_b = {k: v for k, v in _adapter_tensors(tmp_path / "run").items() if ".lora_B." in k}
     assert lora_b and all(v.abs().max() > 0 for v in lora_b.values())  # lora_B starts at zero: gradients reached it

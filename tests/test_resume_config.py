@@ -16,7 +16,6 @@ import yaml
 from diffusers.optimization import get_scheduler
 from safetensors import SafetensorError
 
-from digseg import DiGSegPipeline
 from digseg.cli import main
 from digseg.data.synthetic import SYNTHETIC_CLASSES, SyntheticScenes
 from digseg.errors import ConfigError, DigsegError
@@ -24,10 +23,10 @@ from digseg.training import checkpoint as checkpoint_module
 from digseg.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from digseg.training.config import SECTIONS, TrainConfig
 from digseg.data.hf_options import HFOptions
-from digseg.training.resume_check import SAFE_FIELDS, check_changes, config_changes, plan_resume
+from digseg.training.resume_check import SAFE_FIELDS, check_changes, config_changes
 from digseg.run_lock import PREDICT, TRAIN, RunFolderLock
-from training_helpers import (assert_same_weights, error_line, final_weights, lock_held_elsewhere, refusal_elsewhere,
-                              train_config, trainer)
+from training_helpers import (assert_same_weights, error_line, final_weights, fresh_pipe, lock_held_elsewhere,
+                              refusal_elsewhere, train_config, trainer)
 
 LOCK_FILE = TRAIN.file
 LAUNCH = {"num_processes": 1, "mixed_precision": "no"}
@@ -232,11 +231,6 @@ def test_a_changed_config_is_refused_before_any_step_or_applied_with_allow_confi
     assert yaml.safe_load((run / "config.yaml").read_text())["config_changes"] == [change]
 
 
-def _fresh(tiny_backbone):
-    pipe = DiGSegPipeline.from_backbone(tiny_backbone, class_names=list(SYNTHETIC_CLASSES))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
 
 def test_safe_changes_are_accepted_and_keep_the_trajectory(tiny_backbone, tmp_path):
     """A constant-with-warmup schedule does not depend on max_steps: a run extended from 3 to 6 steps, with other
@@ -249,12 +243,12 @@ def test_safe_changes_are_accepted_and_keep_the_trajectory(tiny_backbone, tmp_pa
                       log_every=1, seed=0, log_with="none", resolution=32, class_names=list(SYNTHETIC_CLASSES))
         return train_config(**{**values, **kw})
 
-    straight = trainer(config("straight"), _fresh(tiny_backbone), data, show_progress=False).train()
-    trainer(config("run", max_steps=3), _fresh(tiny_backbone), data, show_progress=False).train()
+    straight = trainer(config("straight"), fresh_pipe(tiny_backbone), data, show_progress=False).train()
+    trainer(config("run", max_steps=3), fresh_pipe(tiny_backbone), data, show_progress=False).train()
     with pytest.raises(ConfigError, match=r"run\.seed: 0 -> 1"):  # the Python API checks too, before any step
-        trainer(config("run", seed=1), _fresh(tiny_backbone), data, show_progress=False).train(resume="latest")
+        trainer(config("run", seed=1), fresh_pipe(tiny_backbone), data, show_progress=False).train(resume="latest")
     safe = dict(checkpoint_every=2, keep_checkpoints=3, log_every=2, num_workers=1, sample_every=5, cache_latents=True)
-    resumed = trainer(config("run", **safe), _fresh(tiny_backbone), data, show_progress=False).train(resume="latest")
+    resumed = trainer(config("run", **safe), fresh_pipe(tiny_backbone), data, show_progress=False).train(resume="latest")
     for name, value in straight.unet.state_dict().items():
         torch.testing.assert_close(resumed.unet.state_dict()[name], value, atol=1e-6, rtol=1e-5, msg=name)
     (change,) = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["config_changes"]
@@ -303,7 +297,7 @@ def test_a_second_run_on_a_folder_in_use_stops_before_loading_the_model(tiny_bac
         config = train_config(pretrained="unused", output_dir=str(run), resolution=32, log_with="none",
                               class_names=list(SYNTHETIC_CLASSES))
         with pytest.raises(DigsegError, match=f"in use by another training run \\(pid {holder.pid} "):
-            trainer(config, _fresh(tiny_backbone), SyntheticScenes(8, size=32, seed=0), show_progress=False)  # Python
+            trainer(config, fresh_pipe(tiny_backbone), SyntheticScenes(8, size=32, seed=0), show_progress=False)  # Python
         assert _snapshot(run) == before
 
 

@@ -23,17 +23,10 @@ from safetensors.torch import load_file
 
 from digseg.data.synthetic import SyntheticScenes, save_scenes_as_folder
 from digseg.training.checkpoint import list_checkpoints, load_checkpoint
+from training_helpers import digseg_cli
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
 
-
-def _train(args: list[str], kill_at: str | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
-    env.pop("DIGSEG_KILL_AT", None)
-    if kill_at:
-        env["DIGSEG_KILL_AT"] = kill_at
-    return subprocess.run([sys.executable, "-m", "digseg.cli", "train", *args], capture_output=True, text=True,
-                          timeout=300, env=env)
 
 
 def _final_weights(run: Path) -> dict[str, torch.Tensor]:
@@ -57,7 +50,7 @@ def test_sigkill_at_several_points_then_resume_gives_the_uninterrupted_weights(t
               "--batch-size", "2", "--max-steps", "8", "--checkpoint-every", "2", "--cfg-options", "run.keep_checkpoints=2",
               "--learning-rate", "1e-3"]
     reference, run = tmp_path / "reference", tmp_path / "killed"
-    assert _train([*common, "--output", str(reference)]).returncode == 0
+    assert digseg_cli(["train", *common, "--output", str(reference)]).returncode == 0
     assert yaml.safe_load((reference / "config.yaml").read_text())["data"]["augmentation"] is True
     common += ["--cfg-options", "data.num_workers=2"]
 
@@ -66,7 +59,7 @@ def test_sigkill_at_several_points_then_resume_gives_the_uninterrupted_weights(t
     # 4) while step 2's checkpoint is being deleted (keep 2: step 6 landed, so step 2 goes)
     for kill_at, newest_complete in (("step-3", 2), ("checkpoint-4:weights", 2), ("checkpoint-6:before-rename", 4),
                                      ("delete-step-00000002", 6)):
-        result = _train([*common, "--output", str(run), "--resume", "latest"], kill_at=kill_at)
+        result = digseg_cli(["train", *common, "--output", str(run), "--resume", "latest"], kill_at=kill_at)
         assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
         assert _assert_only_complete_checkpoints(run)[-1] == newest_complete
         assert not (run / "model_index.json").exists()
@@ -87,7 +80,7 @@ def test_sigkill_at_several_points_then_resume_gives_the_uninterrupted_weights(t
     proc.wait(timeout=60)
     assert 6 <= _assert_only_complete_checkpoints(run)[-1] <= 8
 
-    final = _train([*common, "--output", str(run), "--resume", "latest"])
+    final = digseg_cli(["train", *common, "--output", str(run), "--resume", "latest"])
     assert final.returncode == 0, final.stderr[-3000:]
     assert not any(p.name.startswith(".tmp-") for p in (run / "checkpoints").iterdir())
     assert _assert_only_complete_checkpoints(run) == [6, 8]

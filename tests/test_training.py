@@ -9,13 +9,12 @@ import pytest
 import torch
 import yaml
 
-from digseg import DiGSegPipeline
 from digseg.data.synthetic import SYNTHETIC_CLASSES, SyntheticScenes
 from digseg.errors import ConfigError, DigsegError
 from digseg.training.batches import Batch, LatentBatcher, sample_indices, step_generator
 from digseg.training.checkpoint import list_checkpoints, optimizer_from_flat, optimizer_to_flat, resolve_resume
 from digseg.training.config import TrainConfig
-from training_helpers import train_config, trainer
+from training_helpers import fresh_pipe, train_config, trainer
 from digseg.training.run import training_augmentation
 from digseg.training.trainer import diffusion_loss
 
@@ -32,11 +31,6 @@ def _config(tmp_path, **kw):
     return train_config(**base)
 
 
-def _fresh(tiny_backbone):
-    pipe = DiGSegPipeline.from_backbone(tiny_backbone, class_names=list(SYNTHETIC_CLASSES))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
 
 def _fixed_loss(pipe, batch):
     with torch.no_grad():
@@ -44,7 +38,7 @@ def _fixed_loss(pipe, batch):
 
 
 def test_few_training_steps_lower_the_loss(tiny_backbone, tmp_path):
-    pipe = _fresh(tiny_backbone)
+    pipe = fresh_pipe(tiny_backbone)
     data = SyntheticScenes(8, seed=0)
     batcher = LatentBatcher(data, list(SYNTHETIC_CLASSES), pipe.vae, "both", "{}", 0.1, cache=True)
     batch = batcher.make_batch(list(range(8)), step_generator(0, 0))
@@ -71,7 +65,7 @@ def _weights(pipe):
 def test_resume_continues_the_same_run(tiny_backbone, tmp_path, use_ema, ema_device):
     data = SyntheticScenes(10, seed=0)
     config = _config(tmp_path / "a", use_ema=use_ema, gradient_accumulation_steps=2, ema_device=ema_device)
-    straight = _weights(trainer(config, _fresh(tiny_backbone), data, show_progress=False).train())
+    straight = _weights(trainer(config, fresh_pipe(tiny_backbone), data, show_progress=False).train())
     steps = [int(p.name.split("-")[1]) for p in list_checkpoints(tmp_path / "a" / "run" / "checkpoints")]
     assert steps == [3, 6]
 
@@ -81,7 +75,7 @@ def test_resume_continues_the_same_run(tiny_backbone, tmp_path, use_ema, ema_dev
     shutil.copytree(tmp_path / "a" / "run" / "checkpoints" / "step-00000003", resumed_dir / "checkpoints" / "step-00000003")
     (resumed_dir / "checkpoints" / ".tmp-step-00000004-999").mkdir()  # an interrupted write: never read
     tr = trainer(_config(tmp_path / "b", use_ema=use_ema, gradient_accumulation_steps=2, ema_device=ema_device),
-                 _fresh(tiny_backbone), data, show_progress=False)
+                 fresh_pipe(tiny_backbone), data, show_progress=False)
     if use_ema:  # the EMA copy lives where asked (on a GPU machine, "cpu" keeps it off the GPU between updates)
         assert {p.device.type for p in tr.ema.shadow_params} == {"cpu"}
     resumed = _weights(tr.train(resume="latest"))
@@ -136,7 +130,7 @@ def test_ignore_labels_give_zero_weight_cells(tiny_pipe):
 
 
 def test_nan_loss_stops_with_a_clear_error(tiny_backbone, tmp_path):
-    pipe = _fresh(tiny_backbone)
+    pipe = fresh_pipe(tiny_backbone)
     with torch.no_grad():
         pipe.unet.conv_out.bias.fill_(float("nan"))
     with pytest.raises(DigsegError, match="loss became nan at step 0"):
@@ -203,7 +197,7 @@ def test_config_yaml_base_and_errors(tmp_path):
 
 
 def test_bf16_mixed_precision_trains(tiny_backbone, tmp_path):
-    pipe = trainer(_config(tmp_path, max_steps=2, mixed_precision="bf16"), _fresh(tiny_backbone), SyntheticScenes(4),
+    pipe = trainer(_config(tmp_path, max_steps=2, mixed_precision="bf16"), fresh_pipe(tiny_backbone), SyntheticScenes(4),
                    show_progress=False).train()
     assert all(torch.isfinite(p).all() for p in pipe.unet.parameters())
     assert (tmp_path / "run" / "checkpoints" / "step-00000002").is_dir()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,26 @@ from digseg.training.config import SECTIONS, TrainConfig
 from digseg.training.run import build_run
 
 _SECTION_OF = {f.name: section for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+
+
+def fresh_pipe(backbone):
+    """A DiGSeg pipeline built from `backbone` for the synthetic scenes' classes, progress bars off."""
+    from digseg import DiGSegPipeline
+    from digseg.data.synthetic import SYNTHETIC_CLASSES
+
+    pipe = DiGSegPipeline.from_backbone(backbone, class_names=list(SYNTHETIC_CLASSES))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def digseg_cli(args: list[str], kill_at: str | None = None) -> subprocess.CompletedProcess:
+    """`digseg ARGS` in a subprocess, offline, one thread; `kill_at` sets the DIGSEG_KILL_AT fault point."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+    env.pop("DIGSEG_KILL_AT", None)
+    if kill_at:
+        env["DIGSEG_KILL_AT"] = kill_at
+    return subprocess.run([sys.executable, "-m", "digseg.cli", *args], capture_output=True, text=True, timeout=300,
+                          env=env)
 
 
 def train_config(**flat) -> TrainConfig:
