@@ -53,6 +53,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNTIMES = ("torch-fp32", "torch-bf16-cl", "ort-fp32", "ort-int8")
 SETTINGS = ("1x1", "one-step")
 CLASSES = ["background", "circle", "square", "triangle"]
+PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+                  "tensorrt": "TensorrtExecutionProvider"}
 
 
 # ------------------------------------------------------------------------------------------------ children
@@ -105,8 +107,9 @@ def child_quantize(source: Path, out: Path) -> dict:
     return {"bytes": sum(p.stat().st_size for p in out.iterdir())}
 
 
-def load_runtime(runtime: str, folder: Path, threads: int):
-    """(pipeline, set_objective(objective)) of `runtime` on `folder` (a model folder, or an exported one)."""
+def load_runtime(runtime: str, folder: Path, threads: int, device: str = "cpu"):
+    """(pipeline, set_objective(objective)) of `runtime` on `folder` (a model folder, or an exported one).
+    ORT runtimes name their execution provider after "@" (ort-fp32@cuda); PyTorch ones run on `device`."""
     if runtime.startswith("ort"):
         import onnxruntime as ort
 
@@ -114,7 +117,10 @@ def load_runtime(runtime: str, folder: Path, threads: int):
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
-        pipe = OnnxDiGSegPipeline.from_pretrained(folder, provider="cpu", session_options=options)
+        provider = runtime.partition("@")[2] or "cpu"
+        pipe = OnnxDiGSegPipeline.from_pretrained(folder, provider=provider, session_options=options)
+        if provider != "cpu" and pipe.providers[0] == "CPUExecutionProvider":
+            raise SystemExit(f"{runtime}: onnxruntime fell back to the CPU provider")
 
         def set_objective(objective: str) -> None:
             pipe.manifest["objective"] = objective
@@ -126,7 +132,7 @@ def load_runtime(runtime: str, folder: Path, threads: int):
 
     torch.set_num_threads(threads)
     dtype = torch.bfloat16 if runtime == "torch-bf16-cl" else torch.float32
-    pipe = DiGSegPipeline.from_pretrained(folder, dtype=dtype)
+    pipe = DiGSegPipeline.from_pretrained(folder, dtype=dtype).to(device)
     if runtime == "torch-bf16-cl":
         pipe.enable_speedups(channels_last=True)
     pipe.set_progress_bar_config(disable=True)
@@ -136,12 +142,12 @@ def load_runtime(runtime: str, folder: Path, threads: int):
     return pipe, set_objective
 
 
-def child_speed(runtime: str, folder: Path, size: int, repeats: int, threads: int) -> dict:
+def child_speed(runtime: str, folder: Path, size: int, repeats: int, threads: int, device: str = "cpu") -> dict:
     """Load `runtime`, then per setting one warm-up call and `repeats` timed ones: seconds per call."""
     from PIL import Image
 
     start = time.perf_counter()
-    pipe, set_objective = load_runtime(runtime, folder, threads)
+    pipe, set_objective = load_runtime(runtime, folder, threads, device)
     load_s = time.perf_counter() - start
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8))
     times: dict[str, list[float]] = {}
@@ -162,10 +168,12 @@ def child_speed(runtime: str, folder: Path, size: int, repeats: int, threads: in
             with context:
                 out = pipe(image, ensemble_size=1, num_inference_steps=1, mask_decoder="vae", show_progress_bar=False,
                            **kw)
+            if device == "cuda" and runtime.startswith("torch"):
+                torch.cuda.synchronize()
             seconds.append(time.perf_counter() - t0)
             assert np.asarray(out.labels[0]).shape == (size, size)
         times[setting] = seconds[1:]  # the first is the warm-up
-        print(f"{runtime:13s} {setting:8s} {', '.join(f'{s:.2f}' for s in seconds[1:])} s "
+        print(f"{runtime:18s} {setting:8s} {', '.join(f'{s:.2f}' for s in seconds[1:])} s "
               f"(warm-up {seconds[0]:.2f} s); load {load_average()}", flush=True)
     return {"load_s": load_s, "seconds": times}
 
@@ -190,12 +198,24 @@ def speed(args: argparse.Namespace, work: Path) -> dict:
         info, peak, wall = run_child(["--child", *child_args])
         result["stages"][stage] = {**info, "peak_rss_gib": gib(peak), "wall_s": wall}
         print(f"{stage}: {wall:.0f} s, peak RSS {gib(peak):.2f} GiB", flush=True)
-    folders = {"torch-fp32": model, "torch-bf16-cl": model, "ort-fp32": fp32, "ort-int8": int8}
+    import onnxruntime as ort
+
+    available = set(ort.get_available_providers())
+    runtimes = list(RUNTIMES)
+    for provider in args.providers.split(","):  # other execution providers: fp32 graphs (int8 is a CPU format)
+        if provider != "cpu":
+            name = PROVIDER_NAMES[provider]
+            if name in available:
+                runtimes.append(f"ort-fp32@{provider}")
+            else:
+                print(f"ort-fp32@{provider}: not run, onnxruntime here has no {name}")
+                result.setdefault("not_available", []).append(provider)
     rows = []
-    for runtime in RUNTIMES:
+    for runtime in runtimes:
+        folder = model if runtime.startswith("torch") else int8 if runtime == "ort-int8" else fp32
         print(f"{runtime} (load {load_average()})", flush=True)
-        info, peak, wall = run_child(["--child", "speed", runtime, str(folders[runtime]), str(args.size),
-                                      str(args.repeats), str(args.threads)])
+        info, peak, wall = run_child(["--child", "speed", runtime, str(folder), str(args.size),
+                                      str(args.repeats), str(args.threads), args.device])
         for setting in SETTINGS:
             s = statistics.median(info["seconds"][setting])
             rows.append({"runtime": runtime, "setting": setting, "s_per_image": s, "images_per_s": 1 / s,
@@ -205,20 +225,26 @@ def speed(args: argparse.Namespace, work: Path) -> dict:
                   for s in SETTINGS}
     for row in rows:
         row["vs_fastest_torch"] = row["images_per_s"] / torch_best[row["setting"]]
-    print(f"\n{args.model} model (RANDOM weights), {args.size} px, palette query, batch 1, median of {args.repeats}; "
-          f"{machine_summary()}, onnxruntime {result['onnxruntime']}, {args.threads} threads")
-    print("| runtime | setting | s/image | images/s | x fastest PyTorch | peak RSS (GiB) |")
-    print("|---|---|---|---|---|---|")
+    lines = [f"{args.model} model (RANDOM weights), {args.size} px, palette query, batch 1, median of {args.repeats}; "
+             f"PyTorch on {args.device}; {machine_summary()}, onnxruntime {result['onnxruntime']}, "
+             f"{args.threads} threads",
+             "| runtime | setting | s/image | images/s | x fastest PyTorch | peak RSS (GiB) |", "|---|---|---|---|---|---|"]
     for row in rows:
-        print(f"| {row['runtime']} | {row['setting']} | {format_number(row['s_per_image'])} | "
-              f"{format_number(row['images_per_s'])} | {row['vs_fastest_torch']:.2f} | {row['peak_rss_gib']:.2f} |")
+        lines.append(f"| {row['runtime']} | {row['setting']} | {format_number(row['s_per_image'])} | "
+                     f"{format_number(row['images_per_s'])} | {row['vs_fastest_torch']:.2f} | "
+                     f"{row['peak_rss_gib']:.2f} |")
+    result["table"] = "\n".join(lines[1:])
+    result["device"] = args.device
+    print("\n" + "\n".join(lines))
     for stage, info in result["stages"].items():
         print(f"{stage}: {info['wall_s']:.0f} s, peak RSS {info['peak_rss_gib']:.2f} GiB"
               + (f", {info['bytes'] / 2**30:.2f} GiB on disk" if "bytes" in info else ""))
     one = {r["runtime"]: r for r in rows if r["setting"] == "one-step"}
-    best_ort = max(one["ort-fp32"]["images_per_s"], one["ort-int8"]["images_per_s"])
+    best_ort = max(r["images_per_s"] for name, r in one.items() if name.startswith("ort"))
     ratio = best_ort / torch_best["one-step"]
     result["goal"] = {"one_step_ort_over_fastest_torch": ratio, "target": 1.3, "met": ratio >= 1.3}
+    result["summary"] = (f"export one-step: onnxruntime {best_ort:.2f} img/s = {ratio:.2f}x the fastest PyTorch "
+                         f"setting ({torch_best['one-step']:.2f} img/s) on {args.device}")
     print(f"goal (onnxruntime one-step >= 1.3x the fastest PyTorch setting): {ratio:.2f}x -> "
           f"{'met' if ratio >= 1.3 else 'NOT met'}")
     return result
@@ -324,7 +350,7 @@ def main(argv: list[str] | None = None) -> None:
         elif role == "quantize":
             info = child_quantize(Path(rest[0]), Path(rest[1]))
         elif role == "speed":
-            info = child_speed(rest[0], Path(rest[1]), int(rest[2]), int(rest[3]), int(rest[4]))
+            info = child_speed(rest[0], Path(rest[1]), int(rest[2]), int(rest[3]), int(rest[4]), rest[5])
         elif role == "agreement":
             info = child_agreement(Path(rest[0]), Path(rest[1]), Path(rest[2]), int(rest[3]))
         else:
@@ -340,6 +366,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timed calls per cell after one warm-up (default 2)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help="torch and onnxruntime intra-op threads (default: torch's default)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the PyTorch cells run")
+    parser.add_argument("--providers", default="cpu",
+                        help="onnxruntime execution providers, comma-separated: cpu (always: fp32 and int8), cuda, "
+                             "tensorrt (fp32 graphs; one not in this onnxruntime is reported and skipped)")
     parser.add_argument("--quick", action="store_true", help="tiny model at 64 px: check that the script runs")
     parser.add_argument("--accuracy", type=Path, help="a `digseg quickstart` folder: int8/fp32/PyTorch accuracy")
     parser.add_argument("--num-scenes", type=int, default=100, help="--accuracy: held-out scenes (default 100)")
