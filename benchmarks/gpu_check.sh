@@ -23,6 +23,11 @@
 #   compiled inference (step 3's light decoder under torch.compile) runs after the training-memory step
 #   sdxl (benchmarks/bench_sdxl.py): the SDXL-sized random backbone, 1x1 inference at 512 and 1024 px in bf16 and the
 #      training cells that fit the card
+#   export (benchmarks/bench_export.py): the SD2-sized random model exported to ONNX (on the CPU), then 1x1 and
+#      one-step at 512 px: PyTorch on CUDA (fp32, bf16 channels-last) against onnxruntime's CUDA and, where the image
+#      has it, TensorRT execution providers (fp32 graphs), and the CPU provider's fp32 and int8; images/s and peak RSS
+#      (needs onnxruntime-gpu, onnx and onnxscript: --prepare fetches them; without a provider its cell is skipped
+#      and reported)
 # Everything goes to $OUT (default ./gpu-check-out): gpu_check.log (all output), gpu_check.md (every table),
 # *.json (figures). The last line printed is a one-line summary.
 # `--only train_memory,fsdp,sdxl` runs the named steps only (names as above and in the summary line), each with
@@ -59,6 +64,13 @@ if [ "$MODE" = prepare ]; then
     # shellcheck disable=SC2086
     python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d "$WHEELS" $versions || exit 1
+    # the export step's: onnxruntime with the CUDA (and TensorRT) providers, the exporter's onnx and onnxscript;
+    # fetched on their own, so that a version missing for the GPU image leaves the other steps' wheels in place
+    versions=$(python3 -c "import importlib_metadata as m; print(' '.join(f'{n}=={m.version(n)}' for n in ('onnx', 'onnxscript', 'onnx_ir', 'ml_dtypes')) + ' onnxruntime-gpu==' + m.version('onnxruntime'))")
+    # shellcheck disable=SC2086
+    python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d "$WHEELS" $versions \
+        || echo "the export step's wheels ($versions) were not all found: that step will report what is missing"
     ls -l "$WHEELS"; du -sh "$WHEELS"
     exit 0
 fi
@@ -71,8 +83,9 @@ MD="$OUT/gpu_check.md"
 : >"$MD"
 # every step, in order; those that write figures (<name>.json), and the pytest steps (<name>.xml, JUnit)
 STEPS=(tests cli inference_eager_vae inference_eager_light training fsdp data train_memory inference_compiled_light
-       sdxl)
-STEP_JSONS=(cli inference_eager_vae inference_eager_light training data train_memory inference_compiled_light sdxl)
+       sdxl export)
+STEP_JSONS=(cli inference_eager_vae inference_eager_light training data train_memory inference_compiled_light sdxl
+            export)
 PYTEST_STEPS=(tests fsdp)
 for name in "${STEPS[@]}"; do  # a step that fails writes none: show no stale one
     [ -z "$ONLY" ] || [[ "$ONLY" == *",$name,"* ]] && rm -f "$OUT/$name.json" "$OUT/$name.xml"
@@ -180,6 +193,16 @@ fi
 run_step sdxl "$B_SDXL" python3 benchmarks/bench_sdxl.py "${SDXL_FLAGS[@]}" --json "$OUT/sdxl.json"
 # --- end of the SDXL-sized step
 
+# --- export step (separate block): benchmarks/bench_export.py, the exported model on onnxruntime against PyTorch
+if [ "$MODE" = gpu ]; then
+    EXPORT_FLAGS=(--model sd2 --size 512 --repeats 3 --device cuda --providers cpu,cuda,tensorrt
+                  --work /tmp/digseg-export-bench); B_EXPORT=480  # the SD2-sized export alone takes minutes
+else
+    EXPORT_FLAGS=(--quick --repeats 1 --providers cpu,cuda,tensorrt); B_EXPORT=600  # 7 min on 2 busy cores
+fi
+run_step export "$B_EXPORT" python3 benchmarks/bench_export.py "${EXPORT_FLAGS[@]}" --json "$OUT/export.json"
+# --- end of the export step
+
 # every table into gpu_check.md, then the one-line summary (last line printed); exits 1 unless every step passed
 python3 - "$OUT" "$(($(date +%s) - START))" "$MODE" "$ONLY" "${STEPS[*]}" "${STEP_JSONS[*]}" "${PYTEST_STEPS[*]}" \
     "${RESULTS[@]}" <<'EOF' 2>&1 | tee -a "$LOG"
@@ -232,7 +255,7 @@ checked += [f"{name}=MISSING" for name in steps if name not in ran and (not only
 results = checked
 tables, parts, device = [], [], "?"
 for name in ("cli", "inference_eager_vae", "inference_eager_light", "inference_compiled_light", "training", "data",
-             "train_memory"):
+             "train_memory", "export"):
     path = out / f"{name}.json"
     if not path.is_file():
         continue
@@ -251,7 +274,7 @@ for name in ("cli", "inference_eager_vae", "inference_eager_light", "inference_c
                      f"{'on' if best['checkpointing'] else 'off'}{peak})")
     elif name == "data":
         parts.append(data.get("summary", "data stage measured"))
-    elif name == "cli":
+    elif name in ("cli", "export"):
         parts.append(data["summary"])
     elif name == "train_memory":
         parts.append("train memory " + ", ".join(

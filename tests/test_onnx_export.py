@@ -123,7 +123,8 @@ def test_one_step_light_decoder_without_text_encoder_matches_pytorch(exported, q
 
 
 # The issue asks >= 99%. Binary meets it; palette on this random-weight model measured 98.74% (its 4-class labels
-# change from pixel to pixel, near-ties almost everywhere), so its bound here is 98% until a trained model is used.
+# change from pixel to pixel, near-ties almost everywhere), so its bound here is 98%. On a trained quickstart model
+# int8 agreed on 99.96% (binary) and 99.51% (palette) of pixels: `bench_export.py --accuracy`, docs/export.md.
 @pytest.mark.parametrize("query, bound", [("binary", 0.99), ("palette", 0.98)])
 def test_int8_labels_agree_with_pytorch(exported, query, bound):
     pipe, _ = exported["diffusion"]
@@ -221,3 +222,28 @@ def test_predict_and_eval_run_an_exported_folder(exported, tmp_path, capsys):
                  "--output", str(tmp_path / "eval")]) == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["num_images"] == 2 and metrics["runtime"]["torch"] == "not used"
+
+
+def test_demo_runs_an_exported_folder(exported, tmp_path, monkeypatch, capsys):
+    """`digseg demo --model EXPORTED`: loaded on onnxruntime, the segmentation step and the page built."""
+    pytest.importorskip("gradio", reason='gradio is not installed (pip install -e ".[demo]")')
+    from PIL import Image
+
+    import digseg.cli.demo as demo
+
+    _, folder = exported["diffusion"]
+    path = tmp_path / "photo.png"
+    Image.fromarray(IMAGES[0]).save(path)
+    served = {}
+    monkeypatch.setattr(demo, "start_demo", lambda app, host, port: served.update(app=app, host=host, port=port))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after the test
+    assert main(["demo", "--model", str(folder), "--port", "7999"]) == 0
+    assert served["port"] == 7999 and "onnxruntime:CPUExecutionProvider" in capsys.readouterr().out
+    pipe = OnnxDiGSegPipeline.from_pretrained(folder)
+    out = demo.segment(pipe, path, "prompt", "circle", ensemble_size=2, steps=1, seed=0)
+    assert out.uncertainty is not None and out.overlay.size[0] >= IMAGES[0].shape[1]
+    again = demo.segment(pipe, path, "prompt", "circle", ensemble_size=2, steps=1, seed=0)
+    assert np.array_equal(np.asarray(out.overlay), np.asarray(again.overlay))  # a seed gives the same result
+    palette = demo.segment(pipe, path, "classes", "", ensemble_size=1, steps=1, seed=0)
+    assert palette.uncertainty is None and "own classes" in palette.summary
+    assert "torch not used" in demo.runtime_footer(pipe)

@@ -1,7 +1,8 @@
 """`digseg demo`: a local Gradio web app around a trained `DiGSegPipeline`.
 
 `build_demo(pipe)` takes a built pipeline and returns a `gr.Blocks`; `launch_demo(model_dir, host, port)`
-loads the model and serves it. Gradio is an optional extra (`pip install -e ".[demo]"`).
+loads the model and serves it. Gradio is an optional extra (`pip install -e ".[demo]"`). A folder written by
+`digseg export` (it holds manifest.json) is served on onnxruntime (`OnnxDiGSegPipeline`; the seed is numpy's).
 
 Safety defaults: bound to 127.0.0.1; no share link; Gradio analytics off; system fonts only (the page fetches
 nothing from the internet). Uploads are checked by `check_image_file` before the model sees them: the pixel
@@ -147,8 +148,6 @@ def segment(pipe: Any, path: str | os.PathLike[str] | None, mode: str, text: str
     mode "prompt": `text` is one prompt (binary, K = 2); mode "classes": `text` is a comma-separated class
     list. Empty `text` in either mode: the model's own classes (palette).
     """
-    import torch
-
     image = check_image_file(path, max_pixels)
     prompt = classes = None
     if mode == MODE_PROMPT and text and text.strip():
@@ -166,8 +165,14 @@ def segment(pipe: Any, path: str | os.PathLike[str] | None, mode: str, text: str
         seed = int(seed)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"seed must be a whole number, got {seed!r}") from exc
+    if _is_onnx(pipe):  # an exported folder on onnxruntime: numpy's generator, no torch imported
+        generator = seed
+    else:
+        import torch
+
+        generator = torch.Generator().manual_seed(seed)
     result = pipe(image, prompt=prompt, classes=classes, ensemble_size=ensemble_size, num_inference_steps=steps,
-                  generator=torch.Generator().manual_seed(seed), show_progress_bar=False)
+                  generator=generator, show_progress_bar=False)
     names = result.class_names
     zoom = display_factor(image.height, image.width)
     rgb = enlarge(np.asarray(image), zoom)  # [H', W', 3]
@@ -184,8 +189,18 @@ def segment(pipe: Any, path: str | os.PathLike[str] | None, mode: str, text: str
     return DemoResult(overlay=picture, comparison=(Image.fromarray(rgb), plain), uncertainty=unc, summary=summary)
 
 
+def _is_onnx(pipe: Any) -> bool:
+    """Whether `pipe` is an exported folder on onnxruntime (`OnnxDiGSegPipeline`), not a `DiGSegPipeline`."""
+    return hasattr(pipe, "manifest") and hasattr(pipe, "runners")
+
+
 def runtime_footer(pipe: Any) -> str:
-    """Where the demo's model runs, for the page's footer: device (its name), dtype, torch and diffusers versions."""
+    """Where the demo's model runs, for the page's footer: device (its name), dtype, torch and diffusers versions
+    (for an exported folder: the onnxruntime execution provider, the export's precision, onnxruntime's version)."""
+    if _is_onnx(pipe):
+        info = pipe.runtime_info()
+        return (f"{info['device']} ({info['device_name']}), {info['dtype']}; onnxruntime {info['onnxruntime']}, "
+                f"torch {info['torch']}, digseg {info['digseg']}")
     from ..devices import runtime_info
 
     info = runtime_info(pipe.device, pipe.dtype)
@@ -305,10 +320,17 @@ def launch_demo(model_dir: str | os.PathLike[str] | None = None, host: str = "12
     model = resolve_model_dir(model_dir)
     device, dtype = resolve_device_and_dtype(device, dtype)
     import_gradio()  # fail early, before the model loads
-    from ..pipelines.pipeline import DiGSegPipeline
+    from ..runtime.manifest import is_exported_folder
 
-    pipe = DiGSegPipeline.from_pretrained(model, dtype=dtype).to(device)
-    pipe.set_progress_bar_config(disable=True)
+    if is_exported_folder(model):  # `digseg export`'s folder: onnxruntime, CUDA's provider on a CUDA device
+        from ..runtime.pipeline import OnnxDiGSegPipeline
+
+        pipe = OnnxDiGSegPipeline.from_pretrained(model, provider="cuda" if device.type == "cuda" else "cpu")
+    else:
+        from ..pipelines.pipeline import DiGSegPipeline
+
+        pipe = DiGSegPipeline.from_pretrained(model, dtype=dtype).to(device)
+        pipe.set_progress_bar_config(disable=True)
     # PIL's own decompression-bomb guard: warn above the demo's limit, refuse outright at twice it
     Image.MAX_IMAGE_PIXELS = max_pixels
     if not is_loopback(host):
