@@ -109,7 +109,8 @@ class _Both(torch.utils.data.Dataset):
         return len(self.a) + len(self.b)
 
     def __getitem__(self, i):
-        return (self.a if i % 2 == 0 else self.b)[i // 2]
+        part = self.a if i % 2 == 0 else self.b
+        return part[(i // 2) % len(part)]
 
 
 # ------------------------------------------------------------------------------------------------ helpers
