@@ -240,7 +240,7 @@ def accuracy(args) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ switch
-def _sd2_adapters(work: Path) -> tuple[Path, list[Path]]:
+def _sd2_adapters(work: Path, backbone_dir: Path | None) -> tuple[Path, list[Path]]:
     """SD2-sized random backbone, a DiGSeg model folder of it, and two rank-16 attention adapters (random lora_B)."""
     from digseg.models.adapters import TRAINED_ADAPTER, add_lora, lora_state_dict, save_adapter
     from digseg.pipelines.pipeline import DiGSegPipeline
@@ -249,7 +249,7 @@ def _sd2_adapters(work: Path) -> tuple[Path, list[Path]]:
     adapters = [work / "adapter_a", work / "adapter_b"]
     if (model / "model_index.json").is_file() and all((a / "adapter_config.json").is_file() for a in adapters):
         return model, adapters
-    backbone = random_backbone(work / "backbone", "sd2")
+    backbone = random_backbone(backbone_dir or work / "backbone", "sd2")
     pipe = DiGSegPipeline.from_backbone(str(backbone), class_names=list(SYNTHETIC_CLASSES))
     pipe.save_pretrained(str(model))
     targets = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -262,7 +262,8 @@ def _sd2_adapters(work: Path) -> tuple[Path, list[Path]]:
         save_adapter(folder, lora_state_dict(pipe.unet, TRAINED_ADAPTER), pipe._current_parts(),
                      {"pretrained": str(model), "revision": None, "variant": None}, 16, None, targets)
         pipe.unet.delete_adapters(TRAINED_ADAPTER)
-    shutil.rmtree(work / "backbone", ignore_errors=True)
+    if backbone_dir is None:
+        shutil.rmtree(work / "backbone", ignore_errors=True)
     del pipe
     trim_memory()
     return model, adapters
@@ -274,7 +275,7 @@ def switch(args) -> None:
     work = Path(args.work)
     print(f"machine: {machine_summary()}; load average before: {load_average()}", flush=True)
     if args.model == "sd2":
-        model, adapters = _sd2_adapters(work)
+        model, adapters = _sd2_adapters(work, args.backbone_dir)
         full_model = model
     else:  # the folders `accuracy` wrote
         model = work / "base" / "model"
@@ -329,6 +330,8 @@ def main() -> None:
     parser.add_argument("--eval-scenes", type=int, default=100)
     parser.add_argument("--only", nargs="*", help="settings to run (default: all)")
     parser.add_argument("--model", choices=("tiny", "sd2"), default="tiny", help="switch: the backbone")
+    parser.add_argument("--backbone-dir", type=Path, default=None,
+                        help="switch --model sd2: keep the random backbone here (bench_train_memory.py's is the same)")
     parser.add_argument("--repeats", type=int, default=3, help="switch: whole-model loads (x10 switches)")
     args = parser.parse_args()
     torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
