@@ -328,13 +328,15 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--scenes", type=int, default=1000, help="shifted-domain training scenes")
     parser.add_argument("--eval-scenes", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--only", nargs="*", help="settings to run (default: all)")
     parser.add_argument("--model", choices=("tiny", "sd2"), default="tiny", help="switch: the backbone")
     parser.add_argument("--backbone-dir", type=Path, default=None,
                         help="switch --model sd2: keep the random backbone here (bench_train_memory.py's is the same)")
     parser.add_argument("--repeats", type=int, default=3, help="switch: whole-model loads (x10 switches)")
     args = parser.parse_args()
-    torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
+    if args.threads:  # 1 on a loaded machine: OpenMP threads spin at barriers while others hold the cores
+        torch.set_num_threads(args.threads)
     {"accuracy": accuracy, "switch": switch}[args.part](args)
 
 
