@@ -7,24 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
-from digseg import DiGSegPipeline
 from digseg.cli import main
 from digseg.data.synthetic import SYNTHETIC_CLASSES, SyntheticScenes, save_scenes_as_folder
 from digseg.errors import DataError
 from digseg.training.batches import LatentBatcher, sample_indices, step_generator
 from digseg.training.run import build_dataset, build_training_data, training_augmentation
 from digseg.training.samples import TrainingSamples
-from training_helpers import train_config, trainer
-
-
-def _fresh(backbone):
-    pipe = DiGSegPipeline.from_backbone(backbone, class_names=list(SYNTHETIC_CLASSES))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def _weights(pipe) -> torch.Tensor:
-    return torch.cat([p.detach().flatten() for p in list(pipe.unet.parameters()) + list(pipe.text_pathway.parameters())])
+from training_helpers import fresh_pipe, max_weight_diff, pipe_weights, train_config, trainer
 
 
 def _config(tmp_path, **kw):
@@ -38,16 +27,15 @@ def test_same_weights_with_0_and_2_workers(tiny_backbone, tmp_path):
     runs = {}
     for workers in (0, 2):
         config = _config(tmp_path / str(workers), num_workers=workers)
-        runs[workers] = _weights(trainer(config, _fresh(tiny_backbone), SyntheticScenes(10, seed=0),
-                                         show_progress=False).train())
-    start = _weights(_fresh(tiny_backbone))
-    assert (runs[0] - start).abs().max() > 1e-4  # it trained
-    assert torch.equal(runs[0], runs[2])
+        runs[workers] = pipe_weights(trainer(config, fresh_pipe(tiny_backbone), SyntheticScenes(10, seed=0),
+                                             show_progress=False).train())
+    assert max_weight_diff(runs[0], pipe_weights(fresh_pipe(tiny_backbone))) > 1e-4  # it trained
+    assert max_weight_diff(runs[0], runs[2]) == 0
 
 
 def test_augmented_samples_depend_only_on_their_request(tiny_backbone, tmp_path):
     config = _config(tmp_path)
-    data = build_training_data(config.data, _fresh(tiny_backbone), SyntheticScenes(10, seed=0), seed=3)
+    data = build_training_data(config.data, fresh_pipe(tiny_backbone), SyntheticScenes(10, seed=0), seed=3)
     first = list(data.micro_steps(0, 4, batch_size=3, seed=3))
     again = list(data.micro_steps(2, 4, batch_size=3, seed=3))  # a run resumed at micro-step 2
     split = list(data.micro_steps(0, 4, batch_size=2, num_processes=2, process_index=1, seed=3))  # process 1 of 2
@@ -63,7 +51,7 @@ def test_augmented_samples_depend_only_on_their_request(tiny_backbone, tmp_path)
 
 def test_non_square_crop_trains_end_to_end(tiny_backbone, tmp_path):
     config = _config(tmp_path, crop_size=[32, 64], max_steps=2)
-    tr = trainer(config, _fresh(tiny_backbone), SyntheticScenes(6, seed=0), show_progress=False)
+    tr = trainer(config, fresh_pipe(tiny_backbone), SyntheticScenes(6, seed=0), show_progress=False)
     batch = next(tr.data.micro_steps(0, 1, batch_size=3, seed=3))
     assert batch.images.shape == (3, 3, 32, 64) and batch.labels.shape == (3, 32, 64)
     pipe = tr.train()
@@ -100,7 +88,7 @@ def test_in_memory_cache_stays_under_its_cap(tiny_pipe):
 def test_a_bad_file_in_a_worker_is_one_line_naming_it(tiny_backbone, tmp_path):
     root = save_scenes_as_folder(SyntheticScenes(6, size=32, seed=1), tmp_path / "data")
     config = _config(tmp_path, dataset="folder", data_root=str(root), num_workers=2, crop_size=32, max_steps=4)
-    run = trainer(config, _fresh(tiny_backbone), build_dataset(config.data, seed=3), show_progress=False)
+    run = trainer(config, fresh_pipe(tiny_backbone), build_dataset(config.data, seed=3), show_progress=False)
     (root / "images" / "scene_00003.png").write_bytes(b"not a png")  # gone bad after the data check
     with pytest.raises(DataError) as info:
         run.train()
