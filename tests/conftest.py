@@ -13,7 +13,6 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore", category=UserWarning, module="transformers")
 
-from digseg.data.synthetic import SYNTHETIC_CLASSES  # noqa: E402
 from digseg.models.tiny import save_tiny_backbone  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -28,8 +27,6 @@ def tiny_backbone(tmp_path_factory):
 @pytest.fixture
 def tiny_pipe(tiny_backbone):
     """A fresh (untrained) DiGSeg pipeline over the synthetic classes."""
-    from digseg import DiGSegPipeline
+    from training_helpers import fresh_pipe
 
-    pipe = DiGSegPipeline.from_backbone(tiny_backbone, class_names=list(SYNTHETIC_CLASSES))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return fresh_pipe(tiny_backbone)

@@ -19,7 +19,7 @@ from digseg.data.synthetic import SyntheticScenes, save_scenes_as_folder
 from digseg.errors import ConfigError, DataError
 from digseg.training.config import TrainConfig
 from digseg.training.run import build_run
-from training_helpers import assert_same_weights, digseg_cli, final_weights
+from training_helpers import assert_same_weights, cli_process, final_weights
 
 
 def _bad_folder(root: Path) -> tuple[Path, dict[str, str]]:
@@ -67,7 +67,6 @@ def test_every_bad_sample_is_listed_before_the_model_loads(tmp_path, capsys, cap
     assert json.loads((tmp_path / "c" / "data-check.json").read_text())["bad"][0]["problem"]
 
 
-
 def test_skip_trains_without_bad_samples_and_resumes_exactly(tiny_backbone, tmp_path, monkeypatch):
     data, broken = _bad_folder(tmp_path / "data")
     reference, killed = tmp_path / "reference", tmp_path / "killed"
@@ -78,8 +77,8 @@ def test_skip_trains_without_bad_samples_and_resumes_exactly(tiny_backbone, tmp_
     assert len(note["bad_samples"]) == 4
 
     # killed after step 3 (its last checkpoint is step 2), in 2 loader workers, then resumed
-    run = digseg_cli(_args(tiny_backbone, data, killed, "--max-steps", "4", "--bad-samples", "skip", "--cfg-options", "data.num_workers=2"),
-                 kill_at="step-3")
+    run = cli_process(_args(tiny_backbone, data, killed, "--max-steps", "4", "--bad-samples", "skip", "--cfg-options", "data.num_workers=2"),
+                      kill_at="step-3")
     assert run.returncode == -9, run.stderr
     import digseg.data.check as check_module
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import importlib.util
-import socket
 import struct
 import zlib
 
@@ -28,6 +27,7 @@ from digseg.cli.demo import (
     slider_html,
 )
 from digseg.errors import DataError, DigsegError
+from training_helpers import free_port
 
 def _png_header_only(path, width: int, height: int) -> None:
     """A PNG whose header claims width x height but which holds no pixel data (decoding it would fail)."""
@@ -173,12 +173,6 @@ def test_slider_fallback_for_gradio_without_image_slider():
 
 
 # ---------------------------------------------------------------------------------------------- browser
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _need(condition: bool, reason: str) -> None:
     if condition:
         return
@@ -194,7 +188,7 @@ def test_demo_in_headless_chromium(tiny_pipe, image_file, not_an_image, tmp_path
     from digseg.cli.demo import build_demo, start_demo
 
     demo = build_demo(tiny_pipe)
-    port = _free_port()
+    port = free_port()
     start_demo(demo, "127.0.0.1", port, block=False)
     try:
         with chromium_driver(tmp_path) as driver:

@@ -1,45 +1,32 @@
 """Two processes on CPU (gloo) against one: training weights and evaluation metrics.
 
-The runs are real subprocesses started by `accelerate launch` (training) and `torchrun` (evaluation), as a user
-would start them, on the tiny backbone.
+The 2-process runs are real subprocesses started by `accelerate launch` (training) and `torchrun` (evaluation,
+prediction), as a user would start them, on the tiny backbone; the 1-process runs they are compared with run in this
+process, with one thread as each launched process has (`cli_here`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from digseg.data.synthetic import SyntheticScenes, save_scenes_as_folder
+from training_helpers import (cli_env, cli_here, final_weights, fresh_pipe, free_port, max_weight_diff,
+                              relative_update_diff, start_weights)
 
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE_CPU = REPO / "configs" / "accelerate" / "cpu_2proc.yaml"
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error",
-               DIFFUSERS_VERBOSITY="error", PYTHONWARNINGS="ignore")
-    env.pop("DIGSEG_KILL_AT", None)
-    return env
-
-
 def _run(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=REPO)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=cli_env(), cwd=REPO)
     assert result.returncode == 0, f"{' '.join(cmd)}\n--- stdout\n{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-5000:]}"
     return result
 
@@ -48,21 +35,13 @@ def _accelerate_2proc() -> list[str]:
     exe = shutil.which("accelerate")
     if exe is None:
         pytest.skip("the accelerate launcher is not on PATH")
-    return [exe, "launch", "--config_file", str(ACCELERATE_CPU), "--main_process_port", str(_free_port()),
+    return [exe, "launch", "--config_file", str(ACCELERATE_CPU), "--main_process_port", str(free_port()),
             "-m", "digseg.cli"]
 
 
 def _torchrun_2proc() -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "digseg.cli"]
-
-
-def _weights(run: Path) -> dict[str, torch.Tensor]:
-    out = {}
-    for part in ("unet", "text_pathway"):
-        for name, value in load_file(str(run / part / "diffusion_pytorch_model.safetensors")).items():
-            out[f"{part}.{name}"] = value
-    return out
+            "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "digseg.cli"]
 
 
 @pytest.fixture(scope="module")
@@ -77,23 +56,19 @@ def test_two_processes_train_the_same_weights_as_one(tiny_backbone, scenes_folde
               "--crop-size", "32", "--max-steps", "3", "--learning-rate", "1e-3", "--checkpoint-every", "2",
               "--cfg-options", f"model.objective={objective}"]
     one, two = tmp_path / "one", tmp_path / "two"
-    _run([sys.executable, "-m", "digseg.cli", *common, "--batch-size", "4", "--output", str(one)])
+    assert cli_here([*common, "--batch-size", "4", "--output", str(one)]) == 0
     _run([*_accelerate_2proc(), *common, "--batch-size", "2", "--output", str(two)])  # global batch 2 x 2 = 4
 
-    a, b = _weights(one), _weights(two)
-    start = _weights_of_backbone(tiny_backbone)
-    assert a.keys() == b.keys()
-    moved = max((a[k].float() - start[k].float()).abs().max().item() for k in start if k in a)
+    a, b, start = final_weights(one), final_weights(two), start_weights(tiny_backbone)
+    moved = max((a[k].float() - start[k].float()).abs().max().item() for k in start)
     assert moved > 1e-3, "training did not change the weights; the comparison would be empty"
     # Adam's first steps move every weight by about lr * sign(g), so a weight whose gradient is near zero can move
     # differently when the two runs sum the batch in another order (float rounding; 7e-5 seen on an AMD EPYC, under
     # 1e-5 on an Intel Xeon; 4.2e-4 of a 3e-3 move for one weight of the one-step objective on the AMD EPYC, whose
     # per-sample gradients average to the full batch's to 4e-6: test_one_step checks that). So: the update as a whole
     # must agree to 1e-3 of its size, and no weight may be far off.
-    update_a = torch.cat([(a[k].float() - start[k].float()).flatten() for k in start if k in a])
-    update_b = torch.cat([(b[k].float() - start[k].float()).flatten() for k in start if k in a])
-    relative = ((update_a - update_b).norm() / update_a.norm()).item()
-    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    relative = relative_update_diff(a, b, start)
+    worst = max_weight_diff(a, b)
     assert relative < 1e-3, f"2-process update differs from the 1-process update by {relative:.2e} of its norm"
     bound = 0.2 if objective == "one-step" else 0.1
     assert worst < bound * moved, f"2-process weights differ from 1-process weights by {worst} (training moved them {moved})"
@@ -103,17 +78,9 @@ def test_two_processes_train_the_same_weights_as_one(tiny_backbone, scenes_folde
     assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["step-00000002", "step-00000003"]
 
 
-def _weights_of_backbone(backbone: Path) -> dict[str, torch.Tensor]:
-    """The U-Net weights training started from (conv_in differs: it is widened when the pipeline is built)."""
-    unet = load_file(str(backbone / "unet" / "diffusion_pytorch_model.safetensors"))
-    return {f"unet.{k}": v for k, v in unet.items() if not k.startswith("conv_in")}
-
-
 def test_two_process_eval_gives_exactly_the_single_process_metrics(tiny_backbone, scenes_folder, tmp_path):
-    model = tmp_path / "model"
-    _run([sys.executable, "-m", "digseg.cli", "train", "--pretrained", str(tiny_backbone), "--dataset", "folder",
-          "--data-root", str(scenes_folder), "--crop-size", "32", "--max-steps", "2", "--batch-size", "2",
-          "--output", str(model)])
+    model = tmp_path / "model"  # an untrained model: what is compared is how the processes share the images
+    fresh_pipe(tiny_backbone).save_pretrained(model)
     # a corrupt image: both runs must report and skip it the same way
     (scenes_folder.parent / "eval").mkdir(exist_ok=True)
     data = Path(shutil.copytree(scenes_folder, scenes_folder.parent / "eval" / "data", dirs_exist_ok=True))
@@ -121,7 +88,7 @@ def test_two_process_eval_gives_exactly_the_single_process_metrics(tiny_backbone
     broken.write_bytes(b"not an image")
     common = ["eval", "--model", str(model), "--dataset", "folder", "--data-root", str(data), "--val-fraction", "1",
               "--ensemble-size", "2", "--steps", "2"]
-    _run([sys.executable, "-m", "digseg.cli", *common, "--output", str(tmp_path / "one")])
+    assert cli_here([*common, "--output", str(tmp_path / "one")]) == 0
     _run([*_torchrun_2proc(), *common, "--output", str(tmp_path / "two")])
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
@@ -136,18 +103,15 @@ def test_two_process_eval_gives_exactly_the_single_process_metrics(tiny_backbone
     assert pngs_one == sorted(p.name for p in (tmp_path / "two" / "predictions").iterdir()) and len(pngs_one) == 9
 
 
-def test_predict_under_two_processes_writes_the_files_of_one(tiny_backbone, tmp_path):
+def test_predict_under_two_processes_writes_the_files_of_one(tiny_backbone, tmp_path, capsys):
     """`torchrun --nproc_per_node 2 digseg predict`: each process predicts its share on its own device (here the
     CPU), the main process writes one summary.json and one report after both finished, and every file equals the
     single process's. A continued run (--skip-existing) with another process count keeps what is done."""
     import numpy as np
     from PIL import Image
 
-    from digseg import DiGSegPipeline
-    from digseg.data.synthetic import SYNTHETIC_CLASSES
-
     model = tmp_path / "model"
-    DiGSegPipeline.from_backbone(tiny_backbone, class_names=list(SYNTHETIC_CLASSES)).save_pretrained(model)
+    fresh_pipe(tiny_backbone).save_pretrained(model)
     photos = tmp_path / "photos"
     photos.mkdir()
     rng = np.random.default_rng(0)
@@ -157,9 +121,7 @@ def test_predict_under_two_processes_writes_the_files_of_one(tiny_backbone, tmp_
     common = ["predict", "--model", str(model), "--image", str(photos), "--ensemble-size", "2", "--steps", "2",
               "--device", "cpu", "--no-progress"]
     one, two = tmp_path / "one", tmp_path / "two"
-    single = subprocess.run([sys.executable, "-m", "digseg.cli", *common, "--output", str(one)],
-                            capture_output=True, text=True, env=_env(), cwd=REPO, timeout=300)
-    assert single.returncode == 3, single.stderr[-3000:]  # the broken file: skipped, reported
+    assert cli_here([*common, "--output", str(one)]) == 3  # the broken file: skipped, reported
     launched = _run([*_torchrun_2proc(), *common, "--output", str(two)])  # launched: 0, or torchrun reports a crash
     assert launched.stdout.count("wrote predictions for 5 image(s)") == 1 and "skipped 1 of 6" in launched.stdout
 
@@ -183,7 +145,8 @@ def test_predict_under_two_processes_writes_the_files_of_one(tiny_backbone, tmp_
     assert sorted(p.name for p in (two / ".digseg-predict").iterdir()) == ["records-00000.jsonl", "records-00001.jsonl"]
 
     # continued by one process: nothing is predicted again, the summary still covers every image
-    again = subprocess.run([sys.executable, "-m", "digseg.cli", *common, "--output", str(two), "--skip-existing"],
-                           capture_output=True, text=True, env=_env(), cwd=REPO, timeout=300)
-    assert again.returncode == 3 and "5 of 6 image(s) already finished" in again.stdout, again.stdout
+    capsys.readouterr()
+    assert cli_here([*common, "--output", str(two), "--skip-existing"]) == 3
+    out = capsys.readouterr().out
+    assert "5 of 6 image(s) already finished" in out, out
     assert len(json.loads((two / "summary.json").read_text())["images"]) == 5

@@ -13,10 +13,12 @@ from PIL import Image
 from digseg.cli import main
 from digseg.data.base import DATASETS, MetricKind, Sample, SegmentationDataset, register_dataset
 from digseg.data.registry import dataset_names
+from digseg.data.synthetic import SYNTHETIC_CLASSES
 from digseg.data.io import save_label_png
 from digseg.evaluation.dataset_eval import SUMMARY_COLUMNS, score_predictions, search_threshold
 from digseg.errors import DigsegError
 from digseg.evaluation.estep import EStep, evaluate_binary
+from training_helpers import miou_by_hand
 
 
 class Toy(SegmentationDataset):
@@ -211,7 +213,9 @@ def test_cli_eval_runs_a_model_and_skips_corrupt_images(tiny_pipe, tmp_path, cap
     out = capsys.readouterr().out
     assert "skipped 2 sample(s)" in out  # the corrupt image: once when predicting, once when scoring
     assert f"see 'skipped_samples' in {tmp_path / 'out' / 'metrics.json'}" in out
-    assert 0 <= metrics["mIoU"] <= 100
+    # the score of the two predictions it wrote
+    assert metrics["mIoU"] == pytest.approx(miou_by_hand(tmp_path / "out" / "predictions", data / "masks",
+                                                         len(SYNTHETIC_CLASSES)))
 
 
 def test_cli_eval_output_is_a_folder(tiny_pipe, tmp_path, capsys):
@@ -239,15 +243,31 @@ def test_cli_eval_output_is_a_folder(tiny_pipe, tmp_path, capsys):
     assert old.read_text() == "{}"
 
 
-def test_threshold_search_on_a_binary_dataset(tiny_pipe, tmp_path):
+def test_threshold_search_on_a_binary_dataset(tmp_path):
+    """The threshold of the grid (0.05 ... 0.95) with the best mean per-image Dice, on foreground probabilities
+    given by hand (a stand-in for the model, answering each image by its size):
+      a (1x4): label 0 1 1 0, p .30 .72 .90 .68 -> t = 0.70: 0 1 1 0, Dice 100; t in [.30, .68): Dice 80
+      b (2x2): label 1 1 / 0 0, p .90 .50 / .60 .10 -> t = 0.70: 1 0 / 0 0, Dice 2*1/(1+2) = 66.7; t in [.1, .5): 80
+    mean Dice: 83.3 at 0.70, at most 80 elsewhere (Dice of the pooled pixels would be 6/7 = 85.7 at 0.70)."""
+    from digseg.pipelines.pipeline import DiGSegOutput
+
     root = tmp_path / "bin"
-    rng = np.random.default_rng(0)
-    _write(root, {f"s{i}": (rng.random((64, 64)) > 0.5).astype(np.uint8) for i in range(2)})
-    kind = _kind("medical", ("background", "nucleus"))
-    threshold, dice = search_threshold(tiny_pipe, kind(root), show_progress=False)
-    assert 0.05 <= threshold <= 0.95 and 0 <= dice <= 100
+    _write(root, {"a": np.array([[0, 1, 1, 0]]), "b": np.array([[1, 1], [0, 0]])})
+    foreground = {(4, 1): [[0.30, 0.72, 0.90, 0.68]], (2, 2): [[0.90, 0.50], [0.60, 0.10]]}  # by (width, height)
+
+    class Pipe:
+        config = SimpleNamespace(task="binary", class_names=None)
+
+        def __call__(self, images, prompt=None, **_):
+            assert prompt == "nucleus"
+            p = np.array([foreground[image.size] for image in images], np.float32)
+            return DiGSegOutput(labels=(p > 0.5).astype(np.int64), probabilities=np.stack([1 - p, p], 1),
+                                uncertainty=None, class_names=["background", "nucleus"])
+
+    threshold, dice = search_threshold(Pipe(), _kind("medical", ("background", "nucleus"))(root), show_progress=False)
+    assert threshold == pytest.approx(0.70) and dice == pytest.approx((100 + 200 / 3) / 2)
     with pytest.raises(DigsegError, match="2-class"):
-        search_threshold(tiny_pipe, _kind("medical")(root))
+        search_threshold(Pipe(), _kind("medical")(root))
 
 
 def test_cli_eval_argument_errors(tmp_path, capsys):

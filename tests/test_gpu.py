@@ -9,6 +9,7 @@ convolutions, bf16), not bit for bit.
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -85,8 +86,8 @@ def test_trainer_learns_on_the_device_with_bf16_autocast(tiny_pipe, tmp_path):
     pipe = tiny_pipe
     data = SyntheticScenes(8, seed=0)
     config = train_config(output_dir=str(tmp_path / "run"), max_steps=25, batch_size=8, learning_rate=2e-3,
-                          lr_warmup_steps=2, checkpoint_every=25, log_with="none", seed=0, mixed_precision="bf16",
-                          class_names=list(pipe.config.class_names))
+                          lr_warmup_steps=2, checkpoint_every=25, log_every=5, log_with="none", seed=0,
+                          mixed_precision="bf16", class_names=list(pipe.config.class_names))
     tr = trainer(config, pipe, data, show_progress=False)
     assert tr.accelerator.device.type == torch.device(DEVICE).type
     batcher = LatentBatcher(data, list(pipe.config.class_names), pipe.vae, "both", "{}", 0.1, cache=True)
@@ -103,6 +104,20 @@ def test_trainer_learns_on_the_device_with_bf16_autocast(tiny_pipe, tmp_path):
     assert np.isfinite(after) and after < 0.7 * before, (before, after)
     assert _on_device(pipe.unet)
     assert (tmp_path / "run" / "checkpoints" / "step-00000025").is_dir()
+    # the loss lines' peak memory (MiB): on CUDA at least the U-Net's weights and at most torch.cuda's peak now;
+    # on a CPU no memory fields
+    lines = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    lines = [line for line in lines if "loss" in line]
+    assert lines
+    if torch.device(DEVICE).type != "cuda":
+        assert all(line.keys() == {"step", "loss", "lr"} for line in lines), lines
+        return
+    weights_mib = sum(p.numel() * p.element_size() for p in pipe.unet.parameters()) // 2**20
+    peak = [(line["memory_mib"], line["memory_reserved_mib"]) for line in lines]
+    assert all(weights_mib <= used <= reserved for used, reserved in peak), (weights_mib, peak)
+    assert all(a <= b for p, q in zip(peak, peak[1:]) for a, b in zip(p, q))  # peaks since the start: only grow
+    assert peak[-1][0] <= torch.cuda.max_memory_allocated() // 2**20
+    assert peak[-1][1] <= torch.cuda.max_memory_reserved() // 2**20
 
 
 def test_compiled_speedups_keep_outputs(tiny_pipe):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import http.server
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -18,7 +17,7 @@ from PIL import Image
 from digseg.cli import main
 from digseg.errors import DigsegError
 from digseg.hub_ids import check_hub_id, hub_id_or_none, looks_like_hub_id
-from training_helpers import error_line
+from training_helpers import error_line, free_port
 
 HUB_ID = "some-org/some-model"
 
@@ -140,16 +139,10 @@ def _run_cli(argv: list[str], endpoint: str, tmp_path) -> tuple[str, float]:
     return errors[0], slept
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_an_unreachable_hub_fails_at_once_not_after_retries(image, tmp_path):
     """Without offline mode, a Hub that refuses connections: diffusers alone retries for about 50 s."""
     line, slept = _run_cli(["predict", "--model", HUB_ID, "--image", str(image), "--prompt", "cup",
-                            "--output", str(tmp_path / "out")], f"http://127.0.0.1:{_free_port()}", tmp_path)
+                            "--output", str(tmp_path / "out")], f"http://127.0.0.1:{free_port()}", tmp_path)
     assert repr(HUB_ID) in line and "not in the local cache" in line and "cannot be reached" in line, line
     assert slept < 1, slept
 

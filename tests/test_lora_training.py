@@ -17,7 +17,7 @@ from digseg.errors import ConfigError, DigsegError
 from digseg.models.adapters import CONFIG_FILE, WEIGHTS_FILE
 from digseg.training.checkpoint import list_checkpoints, load_checkpoint
 from digseg.training.divergence import NanGradient
-from training_helpers import assert_same_weights, digseg_cli, fresh_pipe, train_config, trainer
+from training_helpers import assert_same_weights, cli_process, fresh_pipe, train_config, trainer
 
 pytest.importorskip("peft")
 
@@ -141,12 +141,12 @@ def test_lora_sigkill_then_resume_gives_the_uninterrupted_adapter(tiny_backbone,
               "--batch-size", "2", "--max-steps", "4", "--checkpoint-every", "2", "--learning-rate", "1e-3",
               "--cfg-options", "optim.finetune=lora", "optim.lora_rank=4", "optim.lora_targets=[to_q,to_v,conv1]"]
     reference, run = tmp_path / "reference", tmp_path / "killed"
-    result = digseg_cli(["train", *common, "--output", str(reference)])
+    result = cli_process(["train", *common, "--output", str(reference)])
     assert result.returncode == 0, result.stderr[-3000:]
-    result = digseg_cli(["train", *common, "--output", str(run)], kill_at="checkpoint-4:weights")
+    result = cli_process(["train", *common, "--output", str(run)], kill_at="checkpoint-4:weights")
     assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
     assert not (run / "adapter").exists()
-    result = digseg_cli(["train", *common, "--output", str(run), "--resume", "latest"])
+    result = cli_process(["train", *common, "--output", str(run), "--resume", "latest"])
     assert result.returncode == 0, result.stderr[-3000:]
     want = _adapter_tensors(reference)
     assert any(".conv1.lora_A" in k for k in want)  # ResNet convolutions adapted too

@@ -20,7 +20,7 @@ from digseg.training.batches import LatentBatcher, step_generator
 from digseg.training.config import PREDICTION_TYPES
 from digseg.training.latent_key import EMPTY, IMAGE, PALETTE, LatentKey
 from digseg.training.one_step import one_step_loss
-from training_helpers import train_config, trainer
+from training_helpers import fresh_pipe, miou_by_hand, train_config, trainer
 
 
 def _config(tmp_path, **kw):
@@ -32,8 +32,7 @@ def _config(tmp_path, **kw):
 
 
 def _fresh(tiny_backbone, light: bool = False):
-    pipe = DiGSegPipeline.from_backbone(tiny_backbone, class_names=list(SYNTHETIC_CLASSES))
-    pipe.set_progress_bar_config(disable=True)
+    pipe = fresh_pipe(tiny_backbone)
     if light:
         torch.manual_seed(0)
         pipe.set_mask_decoder(LightMaskDecoder.for_vae(pipe.vae, block_channels=[16, 16, 16]))
@@ -154,14 +153,14 @@ def test_saved_one_step_model_is_deterministic_and_refuses_ensembles(tiny_backbo
 
 
 def test_one_step_resume_is_exact(tiny_backbone, tmp_path):
-    data = SyntheticScenes(10, seed=0)
-    straight = trainer(_config(tmp_path / "a", gradient_accumulation_steps=2), _fresh(tiny_backbone), data,
-                       show_progress=False).train()
+    data = SyntheticScenes(10, size=32, seed=0)  # 32 px: exactness does not depend on the size
+    straight = trainer(_config(tmp_path / "a", gradient_accumulation_steps=2, resolution=32), _fresh(tiny_backbone),
+                       data, show_progress=False).train()
     resumed_dir = tmp_path / "b" / "run"
     (resumed_dir / "checkpoints").mkdir(parents=True)
     shutil.copytree(tmp_path / "a" / "run" / "checkpoints" / "step-00000003", resumed_dir / "checkpoints" / "step-00000003")
-    resumed = trainer(_config(tmp_path / "b", gradient_accumulation_steps=2), _fresh(tiny_backbone), data,
-                      show_progress=False).train(resume="latest")
+    resumed = trainer(_config(tmp_path / "b", gradient_accumulation_steps=2, resolution=32), _fresh(tiny_backbone),
+                      data, show_progress=False).train(resume="latest")
     for name, value in straight.unet.state_dict().items():
         torch.testing.assert_close(resumed.unet.state_dict()[name], value, atol=1e-6, rtol=1e-5, msg=name)
 
@@ -177,13 +176,14 @@ def test_light_decoder_is_required_when_asked(tiny_backbone, tmp_path):
 def test_cli_trains_one_step_then_predict_and_eval_run_it(tiny_backbone, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--pretrained", str(tiny_backbone), "--cfg-options", "model.objective=one-step", "--dataset", "synthetic",
-                 "--cfg-options", "data.num_scenes=8", "--crop-size", "64", "--cfg-options", "data.augmentation=false", "--max-steps", "2", "--batch-size", "2",
+                 "--cfg-options", "data.num_scenes=8", "--crop-size", "32", "--cfg-options", "data.augmentation=false", "--max-steps", "2", "--batch-size", "2",
                  "--output", str(run)]) == 0
     assert json.loads((run / "model_index.json").read_text())["objective"] == "one-step"
-    data = save_scenes_as_folder(SyntheticScenes(3, seed=1), tmp_path / "data")
+    data = save_scenes_as_folder(SyntheticScenes(3, size=32, seed=1), tmp_path / "data")
     assert main(["eval", "--model", str(run), "--dataset", "folder", "--data-root", str(data), "--val-fraction", "1",
                  "--output", str(tmp_path / "eval")]) == 0
-    assert 0 <= json.loads((tmp_path / "eval" / "metrics.json").read_text())["mIoU"] <= 100
+    reported = json.loads((tmp_path / "eval" / "metrics.json").read_text())["mIoU"]  # the score of the predictions it wrote
+    assert reported == pytest.approx(miou_by_hand(tmp_path / "eval" / "predictions", data / "masks", len(SYNTHETIC_CLASSES)))
     assert main(["eval", "--model", str(run), "--dataset", "folder", "--data-root", str(data), "--val-fraction", "1",
                  "--ensemble-size", "4", "--output", str(tmp_path / "eval4")]) == 2
     assert "one-step objective" in capsys.readouterr().err

@@ -15,12 +15,9 @@ from digseg.data.io import read_class_list
 from digseg.errors import DigsegError
 from digseg.models.tiny import tiny_text_encoder, tiny_tokenizer
 from digseg.pipelines.prompts import ENSEMBLE_TEMPLATES, class_prompts, resolve_templates, synonyms
+from training_helpers import generator
 
 NAMES = ["cat", "road", "sky", "tree", "person"]
-
-
-def _gen(seed=0):
-    return torch.Generator().manual_seed(seed)
 
 
 @pytest.fixture
@@ -34,8 +31,8 @@ def trained_like(tiny_pipe):
 
 def test_label_map_over_n_classes_is_argmax_of_single_class_queries(trained_like):
     image = torch.rand(3, 64, 64)
-    joint = trained_like(image, classes=NAMES, generator=_gen(3), num_inference_steps=2, ensemble_size=2)
-    singles = [trained_like(image, prompt=name, generator=_gen(3), num_inference_steps=2, ensemble_size=2)
+    joint = trained_like(image, classes=NAMES, generator=generator(3), num_inference_steps=2, ensemble_size=2)
+    singles = [trained_like(image, prompt=name, generator=generator(3), num_inference_steps=2, ensemble_size=2)
                .probabilities[0, 1] for name in NAMES]
     scores = np.stack(singles)  # [N, H, W], one class at a time
     np.testing.assert_allclose(joint.probabilities[0], scores, atol=1e-5)
@@ -45,15 +42,15 @@ def test_label_map_over_n_classes_is_argmax_of_single_class_queries(trained_like
 
 def test_fast_path_without_pruning_equals_exact(trained_like):
     image = torch.rand(3, 64, 64)
-    exact = trained_like(image, classes=NAMES, generator=_gen(1))
-    fast = trained_like(image, classes=NAMES, generator=_gen(1), top_k=len(NAMES))
+    exact = trained_like(image, classes=NAMES, generator=generator(1))
+    fast = trained_like(image, classes=NAMES, generator=generator(1), top_k=len(NAMES))
     np.testing.assert_array_equal(fast.labels, exact.labels)
 
 
 def test_fast_path_agrees_wherever_the_exact_class_was_kept(trained_like):
     images = [torch.rand(3, 64, 64) for _ in range(2)]
-    exact = trained_like(images, classes=NAMES, generator=_gen(2), batch_size=2)
-    fast = trained_like(images, classes=NAMES, generator=_gen(2), batch_size=2, top_k=2)
+    exact = trained_like(images, classes=NAMES, generator=generator(2), batch_size=2)
+    fast = trained_like(images, classes=NAMES, generator=generator(2), batch_size=2, top_k=2)
     for i in range(2):
         kept = np.flatnonzero(fast.probabilities[i].reshape(len(NAMES), -1).max(1) > 0)
         assert len(kept) <= 2
@@ -74,11 +71,11 @@ def test_class_relevance_ranks_every_class(trained_like):
 
 def test_large_vocabulary_runs_in_bounded_chunks(trained_like):
     names = [f"thing {i}" for i in range(300)]
-    out = trained_like(torch.rand(3, 64, 64), classes=names, top_k=4, max_unet_batch=16, generator=_gen(),
+    out = trained_like(torch.rand(3, 64, 64), classes=names, top_k=4, max_unet_batch=16, generator=generator(),
                        max_probability_classes=None)  # every class's probabilities, on request
     assert out.probabilities.shape == (1, 300, 64, 64)
     assert (out.probabilities[0].reshape(300, -1).max(1) > 0).sum() <= 4
-    kept = trained_like(torch.rand(3, 64, 64), classes=names, top_k=4, max_unet_batch=16, generator=_gen())
+    kept = trained_like(torch.rand(3, 64, 64), classes=names, top_k=4, max_unet_batch=16, generator=generator())
     assert kept.probabilities.shape == (1, 16, 64, 64)  # by default: the 16 best classes only
     assert set(np.unique(kept.labels)) <= set(kept.probability_class_ids[0].tolist())  # <= 4 classes can win
 
@@ -96,7 +93,7 @@ def test_templates_and_synonyms(trained_like):
     both = trained_like.query_levels([["circle", "circles"]])
     one, two = trained_like.query_levels([["circle"], ["circles"]])[0]
     torch.testing.assert_close(both[0][0], (one + two) / 2)
-    out = trained_like(torch.rand(3, 64, 64), classes=["cup, mug", "sky"], templates="ensemble", generator=_gen())
+    out = trained_like(torch.rand(3, 64, 64), classes=["cup, mug", "sky"], templates="ensemble", generator=generator())
     assert out.probabilities.shape == (1, 2, 64, 64)
 
 
@@ -108,7 +105,7 @@ def test_other_clip_text_encoder_width(tiny_backbone, tmp_path):
     pipe = DiGSegPipeline.from_backbone(tiny_backbone, class_names=["background", "circle"], text_encoder=tmp_path / "clip16")
     pipe.set_progress_bar_config(disable=True)
     assert pipe.text_pathway.config.encoder_dim == 16 and pipe.text_pathway.config.cross_attention_dim == 32
-    before = pipe(torch.rand(3, 64, 64), classes=NAMES[:3], generator=_gen()).probabilities
+    before = pipe(torch.rand(3, 64, 64), classes=NAMES[:3], generator=generator()).probabilities
     pipe.save_pretrained(tmp_path / "model")
     loaded = DiGSegPipeline.from_pretrained(tmp_path / "model")
     loaded.set_progress_bar_config(disable=True)

@@ -9,15 +9,13 @@ from PIL import Image
 
 from digseg import DiGSegPipeline
 from digseg.errors import DigsegError
-
-
-def _gen(seed=0):
-    return torch.Generator().manual_seed(seed)
+from training_helpers import generator
 
 
 def test_binary_output_shapes_and_uncertainty(tiny_pipe):
     images = [torch.rand(3, 64, 64), torch.rand(3, 64, 64)]
-    out = tiny_pipe(images, prompt="circle", ensemble_size=3, num_inference_steps=2, batch_size=2, generator=_gen())
+    out = tiny_pipe(images, prompt="circle", ensemble_size=3, num_inference_steps=2, batch_size=2,
+                    generator=generator())
     assert out.labels.shape == (2, 64, 64) and out.labels.dtype == np.int64
     assert set(np.unique(out.labels)) <= {0, 1}
     assert out.probabilities.shape == (2, 2, 64, 64)
@@ -29,32 +27,33 @@ def test_binary_output_shapes_and_uncertainty(tiny_pipe):
 
 def test_palette_and_per_class_modes(tiny_pipe):
     image = Image.fromarray((np.random.default_rng(0).random((40, 56, 3)) * 255).astype(np.uint8))
-    palette = tiny_pipe(image, generator=_gen(), output_type="pt")
+    palette = tiny_pipe(image, generator=generator(), output_type="pt")
     assert palette.class_names == ["background", "circle", "square", "triangle"]
     assert palette.probabilities.shape == (1, 4, 40, 56) and palette.uncertainty is None
     assert torch.equal(palette.labels, palette.probabilities.argmax(1))
-    same = tiny_pipe(image, classes=["background", "circle", "square", "triangle"], generator=_gen(), output_type="pt")
+    same = tiny_pipe(image, classes=["background", "circle", "square", "triangle"], generator=generator(),
+                     output_type="pt")
     assert torch.equal(same.labels, palette.labels)  # own class list = palette mode
-    open_vocab = tiny_pipe(image, classes=["cat", "road", "sky"], generator=_gen())
+    open_vocab = tiny_pipe(image, classes=["cat", "road", "sky"], generator=generator())
     assert open_vocab.probabilities.shape == (1, 3, 40, 56)
     np.testing.assert_array_equal(open_vocab.labels, open_vocab.probabilities.argmax(1))
-    none = tiny_pipe(image, classes=["cat", "road"], no_class_threshold=1.01, generator=_gen())
+    none = tiny_pipe(image, classes=["cat", "road"], no_class_threshold=1.01, generator=generator())
     assert (none.labels == 255).all()
 
 
 def test_generator_determinism(tiny_pipe):
     image = torch.rand(3, 64, 64)
-    a = tiny_pipe(image, prompt="square", generator=_gen(1)).probabilities
-    b = tiny_pipe(image, prompt="square", generator=_gen(1)).probabilities
-    c = tiny_pipe(image, prompt="square", generator=_gen(2)).probabilities
+    a = tiny_pipe(image, prompt="square", generator=generator(1)).probabilities
+    b = tiny_pipe(image, prompt="square", generator=generator(1)).probabilities
+    c = tiny_pipe(image, prompt="square", generator=generator(2)).probabilities
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
 
 
 def test_resize_back_to_input_size(tiny_pipe):
-    out = tiny_pipe(torch.rand(3, 50, 90), prompt="circle", processing_resolution=64, generator=_gen())
+    out = tiny_pipe(torch.rand(3, 50, 90), prompt="circle", processing_resolution=64, generator=generator())
     assert out.labels.shape == (1, 50, 90)
-    mixed = tiny_pipe([torch.rand(3, 30, 30), torch.rand(3, 64, 48)], prompt="circle", generator=_gen())
+    mixed = tiny_pipe([torch.rand(3, 30, 30), torch.rand(3, 64, 48)], prompt="circle", generator=generator())
     assert [lab.shape for lab in mixed.labels] == [(30, 30), (64, 48)]
 
 
@@ -65,14 +64,14 @@ def test_save_and_load_reproduce_predictions_bit_for_bit(tiny_pipe, tmp_path):
         tiny_pipe.unet.conv_in.weight.mul_(1.5)
     image = torch.rand(3, 64, 64)
     kwargs = dict(ensemble_size=2, num_inference_steps=2)
-    before_binary = tiny_pipe(image, prompt="triangle", generator=_gen(7), **kwargs)
-    before_palette = tiny_pipe(image, generator=_gen(7), **kwargs)
+    before_binary = tiny_pipe(image, prompt="triangle", generator=generator(7), **kwargs)
+    before_palette = tiny_pipe(image, generator=generator(7), **kwargs)
     tiny_pipe.save_pretrained(tmp_path / "model")
     loaded = DiGSegPipeline.from_pretrained(tmp_path / "model")
     loaded.set_progress_bar_config(disable=True)
     assert loaded.config.class_names == tiny_pipe.config.class_names
-    after_binary = loaded(image, prompt="triangle", generator=_gen(7), **kwargs)
-    after_palette = loaded(image, generator=_gen(7), **kwargs)
+    after_binary = loaded(image, prompt="triangle", generator=generator(7), **kwargs)
+    after_palette = loaded(image, generator=generator(7), **kwargs)
     np.testing.assert_array_equal(after_binary.probabilities, before_binary.probabilities)
     np.testing.assert_array_equal(after_palette.probabilities, before_palette.probabilities)
     np.testing.assert_array_equal(after_palette.uncertainty, before_palette.uncertainty)
@@ -117,8 +116,9 @@ def test_missing_model_folder(tmp_path):
 
 def test_channels_last_keeps_outputs(tiny_pipe):
     image = torch.rand(3, 64, 64)
-    before = tiny_pipe(image, prompt="circle", ensemble_size=2, generator=_gen(4)).probabilities
-    after = tiny_pipe.enable_speedups(channels_last=True)(image, prompt="circle", ensemble_size=2, generator=_gen(4)).probabilities
+    before = tiny_pipe(image, prompt="circle", ensemble_size=2, generator=generator(4)).probabilities
+    after = tiny_pipe.enable_speedups(channels_last=True)(image, prompt="circle", ensemble_size=2,
+                                                          generator=generator(4)).probabilities
     np.testing.assert_allclose(after, before, atol=1e-5)
 
 
@@ -140,8 +140,8 @@ def test_combine_member_latents_median_and_mean():
 
 def test_ensemble_reduction_is_an_option(tiny_pipe):
     image = torch.rand(3, 64, 64)
-    median = tiny_pipe(image, prompt="square", ensemble_size=3, generator=_gen(5))
-    mean = tiny_pipe(image, prompt="square", ensemble_size=3, generator=_gen(5), ensemble_reduction="mean")
+    median = tiny_pipe(image, prompt="square", ensemble_size=3, generator=generator(5))
+    mean = tiny_pipe(image, prompt="square", ensemble_size=3, generator=generator(5), ensemble_reduction="mean")
     assert not np.array_equal(median.probabilities, mean.probabilities)
     with pytest.raises(DigsegError, match="ensemble_reduction"):
         tiny_pipe(image, prompt="square", ensemble_size=3, ensemble_reduction="max")
@@ -149,11 +149,11 @@ def test_ensemble_reduction_is_an_option(tiny_pipe):
 
 def test_latent_median_ensemble_and_per_member_decode(tiny_pipe):
     image = torch.rand(3, 64, 64)
-    median = tiny_pipe(image, prompt="square", ensemble_size=3, generator=_gen(5))  # the default reduction
-    each = tiny_pipe(image, prompt="square", ensemble_size=3, generator=_gen(5), decode_members=True)
+    median = tiny_pipe(image, prompt="square", ensemble_size=3, generator=generator(5))  # the default reduction
+    each = tiny_pipe(image, prompt="square", ensemble_size=3, generator=generator(5), decode_members=True)
     assert median.probabilities.shape == each.probabilities.shape == (1, 2, 64, 64)
     assert median.uncertainty.shape == each.uncertainty.shape == (1, 64, 64)
     assert not np.array_equal(median.probabilities, each.probabilities)  # two different reductions
-    single = tiny_pipe(image, prompt="square", ensemble_size=1, generator=_gen(5), decode_members=True)
-    one = tiny_pipe(image, prompt="square", ensemble_size=1, generator=_gen(5))
+    single = tiny_pipe(image, prompt="square", ensemble_size=1, generator=generator(5), decode_members=True)
+    one = tiny_pipe(image, prompt="square", ensemble_size=1, generator=generator(5))
     np.testing.assert_array_equal(single.probabilities, one.probabilities)  # E = 1: the same path

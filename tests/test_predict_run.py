@@ -253,18 +253,23 @@ def test_image_list_adds_files_named_one_per_line(model, tmp_path, monkeypatch):
         select_images(None, None)
 
 
-def test_the_progress_bar_counts_images_and_shows_the_time_left(tiny_pipe, tmp_path, capsys):
+def test_the_progress_bar_counts_images_when_asked(tiny_pipe, tmp_path, capsys):
+    """A bar of the images on stderr with show_progress=True; none with False, nor by default (None) when stderr is
+    not a terminal (as under pytest)."""
     from digseg.cli.predict import run_predict
 
     paths = []
     for k in range(3):
         paths.append(tmp_path / f"i{k}.png")
         Image.fromarray(_noise(16, 16, k)).save(paths[-1])
-    result = run_predict(tiny_pipe, paths, tmp_path / "out", {"num_inference_steps": 1}, {"seed": 0},
-                         show_progress=True)
-    assert result.exit_status == 0 and result.written == result.images == 3 and result.reused == 0
-    bar = capsys.readouterr().err.replace("\r", "\n").splitlines()[-1]
-    assert "3/3" in bar and re.search(r"\[\d\d:\d\d<\d\d:\d\d", bar), bar  # [elapsed<remaining]
+    bars = {}
+    for show in (True, False, None):
+        result = run_predict(tiny_pipe, paths, tmp_path / f"out-{show}", {"num_inference_steps": 1}, {"seed": 0},
+                             show_progress=show)
+        assert result.exit_status == 0 and result.written == result.images == 3 and result.reused == 0
+        bars[show] = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.strip()]
+    assert re.fullmatch(r"predict: 100%\|.*\| 3/3 \[.*image.*\]", bars[True][-1]), bars[True]
+    assert bars[False] == bars[None] == []
 
 
 # ---------------------------------------------------------------------------------------------- outputs at scale

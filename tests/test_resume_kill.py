@@ -4,12 +4,12 @@ rescale, crop, flip, colour distortion), and the killed runs read samples in 2 D
 reference run reads them in the training process: the trajectory depends on neither.
 
 Kill points are set with DIGSEG_KILL_AT (the process SIGKILLs itself there, see training/checkpoint.py), plus one
-kill sent from outside at whatever point the run has reached.
+kill sent from outside at whatever point the run has reached. The killed runs are child processes; the reference
+run and the last resume run in this process (one thread, as the child processes).
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -17,21 +17,13 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
-from safetensors.torch import load_file
 
 from digseg.data.synthetic import SyntheticScenes, save_scenes_as_folder
 from digseg.training.checkpoint import list_checkpoints, load_checkpoint
-from training_helpers import digseg_cli
+from training_helpers import assert_same_weights, cli_env, cli_here, cli_process, final_weights
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
-
-
-
-def _final_weights(run: Path) -> dict[str, torch.Tensor]:
-    return {f"{part}.{k}": v for part in ("unet", "text_pathway")
-            for k, v in load_file(str(run / part / "diffusion_pytorch_model.safetensors")).items()}
 
 
 def _assert_only_complete_checkpoints(run: Path) -> list[int]:
@@ -46,11 +38,11 @@ def _assert_only_complete_checkpoints(run: Path) -> list[int]:
 
 def test_sigkill_at_several_points_then_resume_gives_the_uninterrupted_weights(tiny_backbone, tmp_path):
     data = save_scenes_as_folder(SyntheticScenes(8, size=32, seed=5), tmp_path / "data")
-    common = ["--pretrained", str(tiny_backbone), "--dataset", "folder", "--data-root", str(data), "--crop-size", "32",
-              "--batch-size", "2", "--max-steps", "8", "--checkpoint-every", "2", "--cfg-options", "run.keep_checkpoints=2",
-              "--learning-rate", "1e-3"]
+    common = ["train", "--pretrained", str(tiny_backbone), "--dataset", "folder", "--data-root", str(data),
+              "--crop-size", "32", "--batch-size", "2", "--max-steps", "8", "--checkpoint-every", "2",
+              "--cfg-options", "run.keep_checkpoints=2", "--learning-rate", "1e-3"]
     reference, run = tmp_path / "reference", tmp_path / "killed"
-    assert digseg_cli(["train", *common, "--output", str(reference)]).returncode == 0
+    assert cli_here([*common, "--output", str(reference)]) == 0
     assert yaml.safe_load((reference / "config.yaml").read_text())["data"]["augmentation"] is True
     common += ["--cfg-options", "data.num_workers=2"]
 
@@ -59,7 +51,7 @@ def test_sigkill_at_several_points_then_resume_gives_the_uninterrupted_weights(t
     # 4) while step 2's checkpoint is being deleted (keep 2: step 6 landed, so step 2 goes)
     for kill_at, newest_complete in (("step-3", 2), ("checkpoint-4:weights", 2), ("checkpoint-6:before-rename", 4),
                                      ("delete-step-00000002", 6)):
-        result = digseg_cli(["train", *common, "--output", str(run), "--resume", "latest"], kill_at=kill_at)
+        result = cli_process([*common, "--output", str(run), "--resume", "latest"], kill_at=kill_at)
         assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
         assert _assert_only_complete_checkpoints(run)[-1] == newest_complete
         assert not (run / "model_index.json").exists()
@@ -69,10 +61,8 @@ def test_sigkill_at_several_points_then_resume_gives_the_uninterrupted_weights(t
     # saving the final model; a kill before pruning leaves step 4, which the resume prunes). A kill while pruning
     # once left a step-* folder without its optimizer file; old checkpoints are now renamed out of step-* before
     # they are deleted.
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
-    env.pop("DIGSEG_KILL_AT", None)
-    proc = subprocess.Popen([sys.executable, "-m", "digseg.cli", "train", *common, "--output", str(run), "--resume",
-                             "latest"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "digseg.cli", *common, "--output", str(run), "--resume", "latest"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env())
     deadline = time.monotonic() + 240
     while not (run / "checkpoints" / "step-00000008").is_dir() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -80,13 +70,9 @@ def test_sigkill_at_several_points_then_resume_gives_the_uninterrupted_weights(t
     proc.wait(timeout=60)
     assert 6 <= _assert_only_complete_checkpoints(run)[-1] <= 8
 
-    final = digseg_cli(["train", *common, "--output", str(run), "--resume", "latest"])
-    assert final.returncode == 0, final.stderr[-3000:]
+    assert cli_here([*common, "--output", str(run), "--resume", "latest"]) == 0
     assert not any(p.name.startswith(".tmp-") for p in (run / "checkpoints").iterdir())
     assert _assert_only_complete_checkpoints(run) == [6, 8]
-    want, got = _final_weights(reference), _final_weights(run)
-    assert want.keys() == got.keys()
-    worst = max((want[k] - got[k]).abs().max().item() for k in want)
-    assert worst < 1e-6, f"resumed run ends {worst} away from the uninterrupted run"
+    assert_same_weights(final_weights(reference), final_weights(run), "the uninterrupted run")
     steps = [int(line.split('"step": ')[1].split(",")[0]) for line in (run / "log.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == 8  # killed runs' extra log lines were dropped on resume

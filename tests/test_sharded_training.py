@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -25,11 +24,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from digseg.data.synthetic import SyntheticScenes, save_scenes_as_folder
 from digseg.errors import ConfigError, DigsegError
-from training_helpers import train_config, trainer
+from training_helpers import (cli_env, final_weights, free_port, max_weight_diff, relative_update_diff, start_weights,
+                              train_config, trainer)
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICE = os.environ.get("DIGSEG_TEST_DEVICE") or ("cuda" if torch.cuda.is_available() else None)  # the `gpu` test
@@ -39,28 +39,17 @@ STEPS, KILLED_AT = 5, 3  # the killed run's newest checkpoint is step 2 (--check
 RESUME_BOUND = 1e-6  # max abs weight difference of a resumed run, as in tests/test_resume_kill.py
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _train(*runs: tuple[list[str], int, str | None]) -> list[subprocess.CompletedProcess]:
     """`digseg train` runs (args, processes, DIGSEG_KILL_AT or None), all at once (most of a tiny run is start-up and
     waiting on the other process): 1 process, or N under torchrun (gloo on CPU)."""
     procs = []
     for args, processes, kill_at in runs:
-        env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error",
-                   DIFFUSERS_VERBOSITY="error", PYTHONWARNINGS="ignore")
-        env.pop("DIGSEG_KILL_AT", None)
-        if kill_at:
-            env["DIGSEG_KILL_AT"] = kill_at
         launcher = [sys.executable]
         if processes > 1:
             launcher += ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_addr",
-                         "127.0.0.1", "--master_port", str(_free_port())]
+                         "127.0.0.1", "--master_port", str(free_port())]
         procs.append(subprocess.Popen([*launcher, "-m", "digseg.cli", "train", *args], stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True, env=env, cwd=REPO))
+                                      stderr=subprocess.PIPE, text=True, env=cli_env(kill_at), cwd=REPO))
     results = []
     for proc in procs:
         out, err = proc.communicate(timeout=400)
@@ -71,29 +60,6 @@ def _train(*runs: tuple[list[str], int, str | None]) -> list[subprocess.Complete
 def _ok(*results: subprocess.CompletedProcess) -> None:
     for result in results:
         assert result.returncode == 0, f"--- stdout\n{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-5000:]}"
-
-
-def _weights(run: Path) -> dict[str, torch.Tensor]:
-    return {f"{part}.{k}": v for part in ("unet", "text_pathway")
-            for k, v in load_file(str(run / part / "diffusion_pytorch_model.safetensors")).items()}
-
-
-def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    assert a.keys() == b.keys()
-    return max((a[k] - b[k]).abs().max().item() for k in a)
-
-
-def _start(backbone: Path) -> dict[str, torch.Tensor]:
-    """The U-Net weights training started from (conv_in differs: it is widened when the pipeline is built)."""
-    unet = load_file(str(backbone / "unet" / "diffusion_pytorch_model.safetensors"))
-    return {f"unet.{k}": v for k, v in unet.items() if not k.startswith("conv_in")}
-
-
-def _relative_update_diff(a: dict, b: dict, start: dict) -> float:
-    """|update_a - update_b| / |update_a| over the weights both runs moved from `start`."""
-    ua = torch.cat([(a[k].float() - start[k].float()).flatten() for k in start])
-    ub = torch.cat([(b[k].float() - start[k].float()).flatten() for k in start])
-    return ((ua - ub).norm() / ua.norm()).item()
 
 
 @pytest.fixture(scope="module")
@@ -117,14 +83,14 @@ def runs(tiny_backbone, tmp_path_factory) -> dict:
 
 
 def test_sharded_training_follows_the_ddp_run(runs, tiny_backbone):
-    ddp, sharded, start = _weights(runs["ddp"]), _weights(runs["sharded"]), _start(tiny_backbone)
+    ddp, sharded, start = final_weights(runs["ddp"]), final_weights(runs["sharded"]), start_weights(tiny_backbone)
     moved = max((ddp[k] - start[k]).abs().max().item() for k in start)
     assert moved > 1e-3, "training did not move the weights: the comparison would be empty"
     # the same bound as DDP against one process (tests/test_distributed.py): the update as a whole agrees to 1e-3 of
     # its norm (gradients are averaged by a reduce-scatter instead of an all-reduce: another summation order)
-    relative = _relative_update_diff(ddp, sharded, start)
+    relative = relative_update_diff(ddp, sharded, start)
     assert relative < 1e-3, f"the sharded update differs from the DDP update by {relative:.2e} of its norm"
-    assert _max_diff(ddp, sharded) < 0.1 * moved
+    assert max_weight_diff(ddp, sharded) < 0.1 * moved
 
     # the checkpoint holds each process's shards and no whole-weight files; the final model is whole
     checkpoint = runs["sharded"] / "checkpoints" / f"step-{STEPS:08d}"
@@ -168,21 +134,21 @@ def test_killed_sharded_run_resumes_on_the_uninterrupted_trajectory(runs, tiny_b
     _ok(*_train(([*runs["per_process"], "--cfg-options", "run.sharding=fsdp", "--output", str(killed), "--resume", "latest"], 2, None),
                 ([*one_process, "--output", str(single)], 1, None),
                 ([*one_process, "--output", str(negative)], 1, None)))
-    want = _weights(runs["sharded"])
-    worst = _max_diff(want, _weights(killed))
+    want = final_weights(runs["sharded"])
+    worst = max_weight_diff(want, final_weights(killed))
     assert worst < RESUME_BOUND, f"the resumed sharded run ends {worst} away from the uninterrupted one"
     steps = [json.loads(line)["step"] for line in (killed / "log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, STEPS + 1))
 
-    got, restarted, start = _weights(single), _weights(negative), _start(tiny_backbone)
+    got, restarted, start = final_weights(single), final_weights(negative), start_weights(tiny_backbone)
     # resharded from 2 processes to 1: the same trajectory up to the summation order of the gradient average (the
     # bound of test_sharded_training_follows_the_ddp_run)
-    relative = _relative_update_diff(want, got, start)
+    relative = relative_update_diff(want, got, start)
     assert relative < 1e-3, f"resumed by 1 process, the run ends {relative:.2e} (of the update) away"
     # the negative control: the same resume without the moments ends far away, so the checks above can fail
-    gap = _max_diff(got, restarted)
+    gap = max_weight_diff(got, restarted)
     assert gap > 1000 * RESUME_BOUND, f"resuming without the AdamW moments changed the weights by only {gap}"
-    assert _relative_update_diff(want, restarted, start) > 1e-2
+    assert relative_update_diff(want, restarted, start) > 1e-2
 
 
 def test_a_nan_gradient_on_one_process_is_skipped_by_every_process(runs, monkeypatch):
@@ -232,8 +198,8 @@ def test_sharded_training_on_the_gpu(tiny_backbone, tmp_path):
     _ok(done)
     assert dead.returncode == -9 and (killed / "checkpoints" / "step-00000002" / "shards").is_dir(), dead.stderr[-3000:]
     _ok(*_train(([*common, "--output", str(killed), "--resume", "latest"], 1, None)))
-    want, got, start = _weights(reference), _weights(killed), _start(tiny_backbone)
-    relative = _relative_update_diff(want, got, start)
+    want, got, start = final_weights(reference), final_weights(killed), start_weights(tiny_backbone)
+    relative = relative_update_diff(want, got, start)
     assert relative < 1e-2, f"the resumed run ends {relative:.2e} (of the update) away from the uninterrupted one"
     from digseg import DiGSegPipeline
 

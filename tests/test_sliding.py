@@ -11,10 +11,7 @@ from digseg.errors import DigsegError
 from digseg.pipelines.image_processing import processed_size
 from digseg.pipelines.native_outputs import best_classes, chunked_argmax, native_outputs
 from digseg.pipelines.sliding import combine_windows, count_map, window_grid
-
-
-def _gen(seed=0):
-    return torch.Generator().manual_seed(seed)
+from training_helpers import generator
 
 
 def _mmseg_boxes(h, w, crop, stride):
@@ -98,8 +95,8 @@ def test_native_outputs_keep_the_best_classes():
 def test_slide_on_one_window_equals_whole(tiny_pipe):
     image = torch.rand(3, 64, 64)
     for kwargs in [dict(prompt="circle", ensemble_size=2), dict(), dict(classes=["cat", "road"])]:
-        whole = tiny_pipe(image, generator=_gen(3), **kwargs)
-        slide = tiny_pipe(image, generator=_gen(3), mode="slide", crop_size=64, stride=48, **kwargs)
+        whole = tiny_pipe(image, generator=generator(3), **kwargs)
+        slide = tiny_pipe(image, generator=generator(3), mode="slide", crop_size=64, stride=48, **kwargs)
         np.testing.assert_array_equal(slide.probabilities, whole.probabilities)
         np.testing.assert_array_equal(slide.labels, whole.labels)
         if whole.uncertainty is not None:
@@ -107,11 +104,12 @@ def test_slide_on_one_window_equals_whole(tiny_pipe):
 
 
 def test_per_class_slide_is_the_argmax_of_single_class_slides(tiny_pipe):
-    image = torch.rand(3, 64, 112, generator=_gen(9))  # windows 64 x 48 every 32 px: 4 windows, overlapping
+    image = torch.rand(3, 64, 112, generator=generator(9))  # windows 64 x 48 every 32 px: 4 windows, overlapping
     names = ["cat", "road", "sky"]
     kwargs = dict(mode="slide", crop_size=(64, 48), stride=32, processing_resolution=0, ensemble_size=2)
-    joint = tiny_pipe(image, classes=names, generator=_gen(5), **kwargs)
-    single = np.stack([tiny_pipe(image, classes=[n], generator=_gen(5), **kwargs).probabilities[0, 0] for n in names])
+    joint = tiny_pipe(image, classes=names, generator=generator(5), **kwargs)
+    single = np.stack([tiny_pipe(image, classes=[n], generator=generator(5), **kwargs).probabilities[0, 0]
+                       for n in names])
     np.testing.assert_allclose(joint.probabilities[0], single, atol=1e-5)  # U-Net batch rounding
     top2 = np.sort(single, axis=0)[-2:]
     clear = (top2[1] - top2[0]) > 1e-4  # pixels whose two best classes are not tied within that rounding
@@ -124,8 +122,8 @@ def test_flip_tta_of_a_flip_symmetric_input(tiny_pipe):
     image = torch.cat([half, half.flip(-1)], dim=-1)  # [3, 64, 64], mirror-symmetric
     for kwargs in [dict(prompt="square"), dict(mode="slide", crop_size=(64, 40), stride=24),
                    dict(mode="slide", crop_size=(48, 40), stride=(16, 20), global_view=True, classes=["a", "b", "c"])]:
-        plain = tiny_pipe(image, generator=_gen(2), output_type="pt", **kwargs).probabilities[0]
-        flipped = tiny_pipe(image, generator=_gen(2), output_type="pt", flip=True, **kwargs).probabilities[0]
+        plain = tiny_pipe(image, generator=generator(2), output_type="pt", **kwargs).probabilities[0]
+        flipped = tiny_pipe(image, generator=generator(2), output_type="pt", flip=True, **kwargs).probabilities[0]
         torch.testing.assert_close(flipped, flipped.flip(-1), rtol=0, atol=1e-6)  # the output is symmetric too
         torch.testing.assert_close(flipped, (plain + plain.flip(-1)) / 2, rtol=0, atol=1e-5)  # same noise per grid position (batch rounding)
         assert not torch.allclose(plain, plain.flip(-1), atol=1e-3)  # without TTA the model is not symmetric
@@ -137,25 +135,25 @@ def test_flip_tta_of_a_flip_symmetric_input(tiny_pipe):
 ])
 def test_slide_with_global_view_and_flip_in_every_query_mode(tiny_pipe, kwargs):
     image = torch.rand(3, 48, 100)
-    out = tiny_pipe(image, generator=_gen(), mode="slide", crop_size=40, stride=30, global_view=True, flip=True,
+    out = tiny_pipe(image, generator=generator(), mode="slide", crop_size=40, stride=30, global_view=True, flip=True,
                     output_type="pt", processing_resolution=0, **kwargs)
     k = len(out.class_names)
     assert out.labels.shape == (1, 48, 100) and out.probabilities.shape == (1, k, 48, 100)
     assert out.probabilities.min() >= 0 and out.probabilities.max() <= 1
     if k > 2:
         assert torch.equal(out.labels, out.probabilities.argmax(1))
-    again = tiny_pipe(image, generator=_gen(), mode="slide", crop_size=40, stride=30, global_view=True, flip=True,
+    again = tiny_pipe(image, generator=generator(), mode="slide", crop_size=40, stride=30, global_view=True, flip=True,
                       output_type="pt", processing_resolution=0, **kwargs)
     assert torch.equal(out.probabilities, again.probabilities)  # windows' noise is fixed by the generator
 
 
 def test_test_scale_and_batched_generators(tiny_pipe):
-    images = [torch.rand(3, 40, 60, generator=_gen(11)), torch.rand(3, 40, 60, generator=_gen(12)),
-              torch.rand(3, 30, 30, generator=_gen(13))]
-    out = tiny_pipe(images, prompt="circle", scale=(96, 32), generator=[_gen(1), _gen(2), _gen(3)], batch_size=3,
-                    output_type="pt")
+    images = [torch.rand(3, 40, 60, generator=generator(11)), torch.rand(3, 40, 60, generator=generator(12)),
+              torch.rand(3, 30, 30, generator=generator(13))]
+    out = tiny_pipe(images, prompt="circle", scale=(96, 32), generator=[generator(1), generator(2), generator(3)],
+                    batch_size=3, output_type="pt")
     for image, seed, label, probs in zip(images, (1, 2, 3), out.labels, out.probabilities):
-        alone = tiny_pipe(image, prompt="circle", scale=(96, 32), generator=_gen(seed), output_type="pt")
+        alone = tiny_pipe(image, prompt="circle", scale=(96, 32), generator=generator(seed), output_type="pt")
         # batching images does not change any image's result (up to U-Net batch rounding at the threshold)
         torch.testing.assert_close(alone.probabilities[0], probs, rtol=0, atol=1e-5)
         clear = (probs[1] - 0.5).abs() > 1e-4
@@ -165,12 +163,13 @@ def test_test_scale_and_batched_generators(tiny_pipe):
 
 def test_probabilities_for_the_best_classes_only(tiny_pipe):
     names = [f"class {i}" for i in range(20)]
-    out = tiny_pipe(torch.rand(3, 64, 64, generator=_gen(4)), classes=names, generator=_gen(), max_probability_classes=4)
+    out = tiny_pipe(torch.rand(3, 64, 64, generator=generator(4)), classes=names, generator=generator(),
+                    max_probability_classes=4)
     assert out.probabilities.shape == (1, 4, 64, 64) and out.probability_class_ids.shape == (1, 4)
     pixels = np.bincount(out.labels[0].ravel(), minlength=len(names))  # [20]
     kept = out.probability_class_ids[0].tolist()
     assert min(pixels[kept]) >= max(np.delete(pixels, kept))  # the kept classes are those with most pixels
-    full = tiny_pipe(torch.rand(3, 64, 64), classes=names[:3], generator=_gen())
+    full = tiny_pipe(torch.rand(3, 64, 64), classes=names[:3], generator=generator())
     assert full.probability_class_ids.tolist() == [[0, 1, 2]]
 
 

@@ -14,7 +14,7 @@ from digseg.errors import ConfigError, DigsegError
 from digseg.training.batches import Batch, LatentBatcher, sample_indices, step_generator
 from digseg.training.checkpoint import list_checkpoints, optimizer_from_flat, optimizer_to_flat, resolve_resume
 from digseg.training.config import TrainConfig
-from training_helpers import fresh_pipe, train_config, trainer
+from training_helpers import fresh_pipe, pipe_weights, train_config, trainer
 from digseg.training.run import training_augmentation
 from digseg.training.trainer import diffusion_loss
 
@@ -29,7 +29,6 @@ def _config(tmp_path, **kw):
                 class_names=list(SYNTHETIC_CLASSES))
     base.update(kw)
     return train_config(**base)
-
 
 
 def _fixed_loss(pipe, batch):
@@ -56,16 +55,12 @@ def test_few_training_steps_lower_the_loss(tiny_backbone, tmp_path):
     assert index["default_processing_resolution"] == max(trained_crop(config)) != 512
 
 
-def _weights(pipe):
-    return {**{f"unet.{k}": v.clone() for k, v in pipe.unet.state_dict().items()},
-            **{f"tp.{k}": v.clone() for k, v in pipe.text_pathway.state_dict().items()}}
-
-
 @pytest.mark.parametrize("use_ema, ema_device", [(False, "accelerator"), (True, "accelerator"), (True, "cpu")])
 def test_resume_continues_the_same_run(tiny_backbone, tmp_path, use_ema, ema_device):
-    data = SyntheticScenes(10, seed=0)
-    config = _config(tmp_path / "a", use_ema=use_ema, gradient_accumulation_steps=2, ema_device=ema_device)
-    straight = _weights(trainer(config, fresh_pipe(tiny_backbone), data, show_progress=False).train())
+    data = SyntheticScenes(10, size=32, seed=0)  # 32 px: exactness does not depend on the size
+    config = _config(tmp_path / "a", use_ema=use_ema, gradient_accumulation_steps=2, ema_device=ema_device,
+                     resolution=32)
+    straight = pipe_weights(trainer(config, fresh_pipe(tiny_backbone), data, show_progress=False).train())
     steps = [int(p.name.split("-")[1]) for p in list_checkpoints(tmp_path / "a" / "run" / "checkpoints")]
     assert steps == [3, 6]
 
@@ -74,11 +69,11 @@ def test_resume_continues_the_same_run(tiny_backbone, tmp_path, use_ema, ema_dev
     (resumed_dir / "checkpoints").mkdir(parents=True)
     shutil.copytree(tmp_path / "a" / "run" / "checkpoints" / "step-00000003", resumed_dir / "checkpoints" / "step-00000003")
     (resumed_dir / "checkpoints" / ".tmp-step-00000004-999").mkdir()  # an interrupted write: never read
-    tr = trainer(_config(tmp_path / "b", use_ema=use_ema, gradient_accumulation_steps=2, ema_device=ema_device),
-                 fresh_pipe(tiny_backbone), data, show_progress=False)
+    tr = trainer(_config(tmp_path / "b", use_ema=use_ema, gradient_accumulation_steps=2, ema_device=ema_device,
+                         resolution=32), fresh_pipe(tiny_backbone), data, show_progress=False)
     if use_ema:  # the EMA copy lives where asked (on a GPU machine, "cpu" keeps it off the GPU between updates)
         assert {p.device.type for p in tr.ema.shadow_params} == {"cpu"}
-    resumed = _weights(tr.train(resume="latest"))
+    resumed = pipe_weights(tr.train(resume="latest"))
     for name, value in straight.items():
         torch.testing.assert_close(resumed[name], value, atol=1e-6, rtol=1e-5, msg=name)
 
@@ -197,8 +192,8 @@ def test_config_yaml_base_and_errors(tmp_path):
 
 
 def test_bf16_mixed_precision_trains(tiny_backbone, tmp_path):
-    pipe = trainer(_config(tmp_path, max_steps=2, mixed_precision="bf16"), fresh_pipe(tiny_backbone), SyntheticScenes(4),
-                   show_progress=False).train()
+    pipe = trainer(_config(tmp_path, max_steps=2, mixed_precision="bf16"), fresh_pipe(tiny_backbone),
+                   SyntheticScenes(4), show_progress=False).train()
     assert all(torch.isfinite(p).all() for p in pipe.unet.parameters())
     assert (tmp_path / "run" / "checkpoints" / "step-00000002").is_dir()
 

@@ -1,16 +1,15 @@
 """Validation during training (`--eval-every`): scores logged at the right steps, `checkpoints/best/` holding the
 best step's weights, a SIGKILL during validation costing nothing, and `--eval-every 0` changing nothing.
 
-The runs are `digseg train` processes (synthetic scenes at 32 px, EMA on): 8 steps, checkpoints every 2 steps,
-validation every 3 steps (steps 3, 6 and the last, 8) on the first 3 validation scenes.
+The runs are `digseg train` (synthetic scenes at 32 px, EMA on): 8 steps, checkpoints every 2 steps, validation
+every 3 steps (steps 3, 6 and the last, 8) on the first 3 validation scenes. Runs that are SIGKILLed run in a child
+process; every other run runs in this process, with one thread as the child processes run (`cli_here`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,25 +22,17 @@ from digseg.training.checkpoint import list_checkpoints
 from digseg.training.config import TrainConfig
 from digseg.training.run import build_dataset
 from digseg.training.validation import evaluate
-from training_helpers import assert_same_weights, final_weights
+from training_helpers import assert_same_weights, cli_here, cli_process, final_weights
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
 
 EVAL_STEPS = [3, 6, 8]
 
 
-def _train(args: list[str], tmp: Path, kill_at: str | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore", TMPDIR=str(tmp))
-    env.pop("DIGSEG_KILL_AT", None)
-    if kill_at:
-        env["DIGSEG_KILL_AT"] = kill_at
-    return subprocess.run([sys.executable, "-m", "digseg.cli", "train", *args], capture_output=True, text=True,
-                          timeout=300, env=env, check=False)
-
-
 def _common(backbone: Path) -> list[str]:
-    return ["--pretrained", str(backbone), "--dataset", "synthetic", "--cfg-options", "data.num_scenes=8", "--crop-size", "32",
-            "--batch-size", "2", "--max-steps", "8", "--checkpoint-every", "2", "--learning-rate", "1e-3",
+    return ["train", "--pretrained", str(backbone), "--dataset", "synthetic", "--cfg-options", "data.num_scenes=8",
+            "--crop-size", "32", "--batch-size", "2", "--max-steps", "8", "--checkpoint-every", "2",
+            "--learning-rate", "1e-3",
             "--cfg-options", "optim.use_ema=true", "run.eval_samples=3"]
 
 
@@ -65,8 +56,7 @@ def _best(run: Path) -> dict:
 def reference(tiny_backbone, tmp_path_factory) -> Path:
     """An uninterrupted run with validation."""
     run = tmp_path_factory.mktemp("validation") / "reference"
-    result = _train([*_common(tiny_backbone), "--eval-every", "3", "--output", str(run)], run.parent)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert cli_here([*_common(tiny_backbone), "--eval-every", "3", "--output", str(run)]) == 0
     return run
 
 
@@ -82,14 +72,14 @@ def test_validation_logs_scores_and_keeps_the_best_step(reference, tmp_path):
     # best/ as a model folder (docs/training.md): resume from it with --max-steps at its step, scored again with
     # the same protocol: the logged score
     model = tmp_path / "best-model"
-    export = _train(["--config", str(reference / "config.yaml"), "--resume", str(reference / "checkpoints" / "best"),
-                     "--max-steps", str(best_step), "--eval-every", "0", "--output", str(model)], tmp_path)
-    assert export.returncode == 0, export.stderr[-3000:]
+    assert cli_here(["train", "--config", str(reference / "config.yaml"), "--resume",
+                     str(reference / "checkpoints" / "best"), "--max-steps", str(best_step), "--eval-every", "0",
+                     "--output", str(model)]) == 0
     pipe = DiGSegPipeline.from_pretrained(model)
     pipe.set_progress_bar_config(disable=True)
     config = TrainConfig.load(reference / "config.yaml")
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the training process ran
+    torch.set_num_threads(1)  # as the training run ran
     try:
         result = evaluate(pipe, build_dataset(config.data, config.run.seed, split="val"), config.run.eval_samples,
                           config.run.seed, config.optim.batch_size)
@@ -102,22 +92,21 @@ def test_sigkill_during_validation_then_resume_gives_the_same_weights_and_best(r
     run = tmp_path / "killed"
     args = [*_common(tiny_backbone), "--eval-every", "3", "--output", str(run), "--resume", "latest"]
     # 1) killed validating step 3, after scoring, before logging: step 2 is the newest checkpoint, nothing recorded
-    result = _train(args, tmp_path, kill_at="validation-3")
+    result = cli_process(args, kill_at="validation-3", tmpdir=tmp_path)
     assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
     assert list_checkpoints(run / "checkpoints")[-1].name == "step-00000002"
     assert not (run / "checkpoints" / "best").exists() and not _scores(run)
     # 2) killed validating step 6, whose checkpoint was written before: the resumed run validates step 6 first
-    result = _train(args, tmp_path, kill_at="validation-6")
+    result = cli_process(args, kill_at="validation-6", tmpdir=tmp_path)
     assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
     assert list_checkpoints(run / "checkpoints")[-1].name == "step-00000006"
     assert sorted(_scores(run)) == [3]
     # 3) killed after step 7 (step 6's validation logged): the resumed run validates step 6 again, and logs it once
-    result = _train(args, tmp_path, kill_at="step-7")
+    result = cli_process(args, kill_at="step-7", tmpdir=tmp_path)
     assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
     assert list_checkpoints(run / "checkpoints")[-1].name == "step-00000006"
     assert sorted(_scores(run)) == [3, 6]
-    final = _train(args, tmp_path)
-    assert final.returncode == 0, final.stderr[-3000:]
+    assert cli_here(args) == 0  # 4) resumed from step 6 to the end
 
     assert_same_weights(final_weights(reference), final_weights(run))
     assert _scores(run) == _scores(reference)
@@ -129,8 +118,7 @@ def test_sigkill_during_validation_then_resume_gives_the_same_weights_and_best(r
 
 def test_eval_every_0_adds_nothing_and_validation_leaves_training_alone(reference, tiny_backbone, tmp_path):
     run = tmp_path / "plain"
-    result = _train([*_common(tiny_backbone), "--output", str(run)], tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert cli_here([*_common(tiny_backbone), "--output", str(run)]) == 0
     assert not (run / "checkpoints" / "best").exists()
     assert not any("val/mIoU" in entry for entry in _log(run))
     assert json.loads((run / "checkpoints" / "step-00000008" / "trainer_state.json").read_text())["best"] is None
