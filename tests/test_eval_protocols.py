@@ -106,23 +106,23 @@ def test_predict_writes_maps_for_the_kept_classes_only(tiny_pipe, tmp_path):
 
 
 def test_predict_slide_without_a_scale_tiles_a_large_image(tiny_pipe, tmp_path, monkeypatch):
-    """`--mode slide --window-size 512` on a 2048 x 1024 photo: resized keep-ratio to (2048, 512) (short side = the
-    crop), so 512 windows tile 1024 x 512 (three of them), instead of one window covering the image squashed to
-    the processing resolution (which would equal whole mode)."""
+    """`--mode slide --window-size 128` on a 512 x 256 photo: resized keep-ratio to (512, 128) (short side = the
+    crop), so 128 windows tile 256 x 128 (three of them), instead of one window covering the image squashed to
+    the processing resolution (which would equal whole mode). (2048 x 1024 with 512 windows, at 1/16 the pixels.)"""
     import digseg.pipelines.pipeline
 
     tiny_pipe.save_pretrained(tmp_path / "model")
-    Image.fromarray((np.random.default_rng(1).random((1024, 2048, 3)) * 255).astype(np.uint8)).save(tmp_path / "wide.png")
+    Image.fromarray((np.random.default_rng(1).random((256, 512, 3)) * 255).astype(np.uint8)).save(tmp_path / "wide.png")
     made = []
     real = digseg.pipelines.pipeline.make_views
     monkeypatch.setattr(digseg.pipelines.pipeline, "make_views", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
     out = tmp_path / "out"
     assert main(["predict", "--model", str(tmp_path / "model"), "--image", str(tmp_path / "wide.png"), "--mode", "slide",
-                 "--window-size", "512", "--outputs", "labels,json", "--no-progress", "--output", str(out)]) == 0
-    assert made[0].size == (512, 1024) and made[0].boxes == [(0, 512, 0, 512), (0, 512, 341, 853), (0, 512, 512, 1024)]
+                 "--window-size", "128", "--outputs", "labels,json", "--no-progress", "--output", str(out)]) == 0
+    assert made[0].size == (128, 256) and made[0].boxes == [(0, 128, 0, 128), (0, 128, 85, 213), (0, 128, 128, 256)]
     protocol = json.loads((out / "wide_summary.json").read_text())["settings"]["protocol"]
-    assert protocol["scale"] == [2048, 512] and "windows tile the image" in protocol["source"]
-    assert np.asarray(Image.open(out / "wide_label.png")).shape == (1024, 2048)
+    assert protocol["scale"] == [512, 128] and "windows tile the image" in protocol["source"]
+    assert np.asarray(Image.open(out / "wide_label.png")).shape == (256, 512)
 
 
 def test_slide_that_cannot_slide_warns(tiny_pipe):
