@@ -6,9 +6,6 @@ PhotoMetricDistortion -> pad to the crop.
     image, label = apply_augmentation(pil_rgb, label_hw, aug, gen, ignore_index=255)
     # image float32 [3, 512, 512] in [-1, 1], label int64 [512, 512]
 
-Resizing and cropping are fused: only the crop window is resampled (PIL `resize(box=...)`, the same pixels as
-resizing the whole image and cropping); labels use nearest neighbour, source pixel floor((i + 0.5) * H / h).
-
 Randomness: one call `torch.rand(NUM_DRAWS, generator=gen, dtype=torch.float64)` per sample, whatever the
 settings and the image, with each value's role fixed (`_U_*` below). The same generator state gives
 bit-identical output, and a sample's draws never shift another's; turning a step off (e.g. `photometric`)

@@ -5,13 +5,14 @@ A reader (`@register_dataset`) subclasses `SegmentationDataset`, sets its class 
 contiguous class ids (`digseg.data.semantic` has examples). Labels that are not images (XML polygons) override
 `read_raw_label`, images that are not files (a table's rows, `digseg.data.hf`) `read_image` too.
 
-`load_pair(i)` gives the native-size PIL image and label array: evaluation reads it, and so does training,
-which augments it (`digseg.training.samples`). Items, `dataset[i]`, are {"image": float [3, H, W] in [-1, 1],
-"label": int64 [H, W], "stem": str} squashed to `size` x `size`: the fixed samples of latent caches and previews.
+`load_pair(i)` gives the native-size PIL image and label array, which evaluation scores and training augments.
+Items, `dataset[i]`, are {"image": float [3, H, W] in [-1, 1], "label": int64 [H, W], "stem": str} squashed to
+`size` x `size`: the fixed samples of latent caches and previews.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from importlib import resources
@@ -49,6 +50,22 @@ class Sample:
     image: Path | str
     label: Path | str
     row: int = -1  # a table's row; -1 for files
+
+
+class LazySamples(Sequence):
+    """The samples `make(i)` of `indices`, made when indexed (a table's million rows cost no million objects);
+    slices are LazySamples too."""
+
+    def __init__(self, make: Callable[[int], Sample], indices: Sequence[int]) -> None:
+        self.make, self.indices = make, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return LazySamples(self.make, self.indices[i])
+        return self.make(self.indices[i])
 
 
 def read_class_file(filename: str) -> list[str]:

@@ -170,27 +170,10 @@ def describe_bad(bad: list[BadSample], limit: int | None = LISTED) -> str:
     return "\n".join(lines)
 
 
-class _Subset(Sequence):
-    """The items of `items` at `indices` (a view: a table's million rows stay unmade)."""
-
-    def __init__(self, items: Sequence, indices: list[int]) -> None:
-        self.items, self.indices = items, indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return _Subset(self.items, self.indices[i])
-        return self.items[self.indices[i]]
-
-
 def keep_good(dataset, check: DataCheck | None, policy: str, where: str = ""):
     """`dataset` without its bad samples (policy "skip"), or itself when it has none; policy "error": every bad
     sample logged (one line each, on stderr), then a one-line DataError that counts them, names the first and says
-    what to do."""
-    if policy not in BAD_SAMPLES:
-        raise DataError(f"data.bad_samples must be one of {', '.join(BAD_SAMPLES)}, got {policy!r}")
+    what to do (`policy` is one of BAD_SAMPLES, as the config and the command line check)."""
     if check is None or not check.bad:
         return dataset
     if policy == "error":
@@ -200,8 +183,10 @@ def keep_good(dataset, check: DataCheck | None, policy: str, where: str = ""):
         raise DataError(f"{len(check.bad)} of {len(check.names)} samples of {getattr(dataset, 'name', 'the dataset')}"
                         f"{where} cannot be used, each listed above (the first: {check.bad[0].problem}); fix or "
                         "remove them, or train without them with --bad-samples skip (data.bad_samples: skip)")
+    from .base import LazySamples  # here: importing this module imports no torch
+
     kept = copy.copy(dataset)  # the same reader over the good samples only
-    kept.samples = _Subset(stored_samples(dataset), check.kept)
+    kept.samples = LazySamples(stored_samples(dataset).__getitem__, check.kept)
     return kept
 
 

@@ -23,9 +23,8 @@ CITYSCAPES_CLASSES = ["road", "sidewalk", "building", "wall", "fence", "pole", "
 # cityscapesScripts helpers/labels.py: labelId -> trainId for the 19 evaluated classes; all others
 # (0..6 unlabeled/ego vehicle/..., 9 parking, 10 rail track, 14-16, 18 polegroup, 29 caravan, 30 trailer,
 # -1 license plate) are ignored (255).
-CITYSCAPES_ID_TO_TRAINID = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
-                            25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
-CITYSCAPES_LUT = make_lut(CITYSCAPES_ID_TO_TRAINID)
+CITYSCAPES_LUT = make_lut({7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
+                           25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18})
 
 
 @register_dataset
@@ -34,7 +33,6 @@ class Cityscapes(SegmentationDataset):
     metric = MetricKind.SEMANTIC
     class_names = CITYSCAPES_CLASSES
     splits = {"train": "train", "val": "val", "test": "test"}
-    IMAGE_SUFFIX = "_leftImg8bit.png"
 
     def layout_hint(self) -> str:
         return ("expected leftImg8bit/<split>/<city>/<id>_leftImg8bit.png and "
@@ -44,14 +42,10 @@ class Cityscapes(SegmentationDataset):
         split = self.splits[self.split]
         image_root = require_dir(self, self.root / "leftImg8bit" / split, "image")
         cities = sorted(d for d in image_root.iterdir() if d.is_dir() and not d.name.startswith("."))
-        images = list_files(self, cities, (self.IMAGE_SUFFIX,))
-        labels = self.root / "gtFine" / split
-
-        def label_for(stem: str, image: Path) -> list[Path]:
-            city = labels / image.parent.name
-            return [city / f"{stem}_gtFine_labelTrainIds.png", city / f"{stem}_gtFine_labelIds.png"]
-
-        return pair_by_image(self, images, label_for)
+        images = list_files(self, cities, ("_leftImg8bit.png",))
+        labels = self.root / "gtFine" / split  # gtFine/<split>/<city>/, as leftImg8bit/
+        return pair_by_image(self, images, lambda stem, image: [
+            labels / image.parent.name / f"{stem}_gtFine_{ids}.png" for ids in ("labelTrainIds", "labelIds")])
 
     def convert_label(self, raw: np.ndarray, path: Path) -> np.ndarray:
         if path.name.endswith("_labelIds.png"):
@@ -68,9 +62,6 @@ class BDD100K(ImagesFirst):
     image_dir, label_dir = "images/10k/{split}", "labels/sem_seg/masks/{split}"
     image_suffixes = (".jpg", ".jpeg", ".png")
 
-    def layout_hint(self) -> str:
-        return "expected images/10k/<split>/<stem>.jpg and labels/sem_seg/masks/<split>/<stem>.png (trainIds)"
-
 
 @register_dataset
 class DeepGlobeRoads(ImagesFirst):
@@ -80,9 +71,6 @@ class DeepGlobeRoads(ImagesFirst):
     splits = {"train": "train", "val": "valid", "test": "test"}
     image_dir = label_dir = "{split}"
     image_suffixes, label_names = ("_sat.jpg",), ("{}_mask.png",)
-
-    def layout_hint(self) -> str:
-        return "expected <split>/<id>_sat.jpg with <id>_mask.png beside it (split folders train, valid, test)"
 
     def read_raw_label(self, sample: Sample) -> np.ndarray:
         return (read_first_channel(sample.label) >= 128).astype(np.int64)  # road = white
@@ -101,9 +89,6 @@ class REFUGE2(ImagesFirst):
     image_dir, label_dir = "{split}/images", "{split}"
     image_suffixes, label_names = (".jpg", ".jpeg", ".png"), ("mask/{}.bmp", "masks/{}.bmp")
 
-    def layout_hint(self) -> str:
-        return "expected <split>/images/<stem>.jpg and <split>/mask/<stem>.bmp (or <split>/masks/)"
-
     def read_raw_label(self, sample: Sample) -> np.ndarray:
         raw = np.clip(read_first_channel(sample.label).astype(np.int64), 0, 255)  # >255 is nearest to 255
         return REFUGE2_LUT[raw].astype(np.int64)  # 255 bg -> 0, 128 rim -> 1, 0 cup -> 2; others to nearest
@@ -117,9 +102,6 @@ class PhenoBench(ImagesFirst):
     splits = {"train": "train", "val": "val"}
     image_dir, label_dir = "{split}/images", "{split}/semantics"
     LUT = make_lut({0: 0, 1: 1, 2: 2, 3: 1, 4: 2})  # 3 partial crop -> crop, 4 partial weed -> weed
-
-    def layout_hint(self) -> str:
-        return "expected <split>/images/<stem>.png and <split>/semantics/<stem>.png"
 
     def convert_label(self, raw: np.ndarray, path: Path) -> np.ndarray:
         return remap(self, raw, self.LUT, path, strict=False)

@@ -10,7 +10,6 @@ and column.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from PIL import Image
 
 from ..errors import ConfigError, DataError, DigsegError, first_line
 from ..hub_ids import looks_like_hub_id
-from .base import MetricKind, Sample, SegmentationDataset
+from .base import LazySamples, MetricKind, Sample, SegmentationDataset
 from .hf_options import HF_PREFIX, INSTALL_HINT, SPLIT_NAMES, HFOptions
 from .io import decode_image_bytes, image_to_rgb, label_to_array, none_value, read_class_list
 
@@ -106,10 +105,8 @@ def _class_file(source: str) -> Path | None:
         return next((folder / name for name in CLASS_FILES if (folder / name).is_file()), None)
     if not looks_like_hub_id(source, canonical=True):
         return None
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError:
-        return None
+    from huggingface_hub import hf_hub_download  # a dependency of diffusers
+
     for name in CLASS_FILES:
         try:
             return Path(hf_hub_download(source, name, repo_type="dataset"))
@@ -140,24 +137,6 @@ def cell_name(where: str, row: int, column: str) -> str:
     return f"{where} row {row} column {column!r}"
 
 
-class RowSamples(Sequence):
-    """The samples of a table's `rows`, made when indexed (a million rows cost no million objects): row i is
-    Sample(stem "00000i", image and label naming their cells, row=i). Slices are RowSamples too."""
-
-    def __init__(self, where: str, image_column: str, label_column: str, rows: range) -> None:
-        self.where, self.image_column, self.label_column, self.rows = where, image_column, label_column, rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return RowSamples(self.where, self.image_column, self.label_column, self.rows[i])
-        row = self.rows[i]
-        return Sample(f"{row:06d}", cell_name(self.where, row, self.image_column),
-                      cell_name(self.where, row, self.label_column), row=row)
-
-
 class HFSegmentation(SegmentationDataset):
     """One split of an hf: dataset; `name` is "hf:<source>", `split` digseg's split name (or the dataset's own),
     `hf_split` the dataset's name for it. Samples are rows: stems are row numbers (000000, 000001, ...)."""
@@ -182,7 +161,7 @@ class HFSegmentation(SegmentationDataset):
             raise ConfigError(f"the hf option ignore_index={options.ignore_index} marks a class of {self.name}, which "
                               f"has {len(self.class_names)} classes (ids 0..{len(self.class_names) - 1})")
         self.table = self._raw_columns(table)
-        self.samples = RowSamples(self.where, options.image_column, options.label_column, range(len(table)))
+        self.samples = LazySamples(self._row_sample, range(len(table)))
         if not self.samples:
             raise DataError(f"{self.where} has no rows")
         self._row: tuple[int, dict] | None = None  # the last row read (its image and label are read one by one)
@@ -190,9 +169,9 @@ class HFSegmentation(SegmentationDataset):
     def __repr__(self) -> str:
         return f"HFSegmentation({self.source!r}, split={self.split!r}): {len(self)} rows of split {self.hf_split!r}"
 
-    def layout_hint(self) -> str:
-        return (f"an image column {self.options.image_column!r} and a label column {self.options.label_column!r} "
-                "(the hf options image_column, label_column)")
+    def _row_sample(self, row: int) -> Sample:
+        return Sample(f"{row:06d}", cell_name(self.where, row, self.options.image_column),
+                      cell_name(self.where, row, self.options.label_column), row=row)
 
     def _raw_columns(self, table):
         """The two columns, images kept as their stored bytes (decoded here, by digseg's rules)."""

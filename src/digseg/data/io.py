@@ -4,9 +4,6 @@ bytes by the same rules (`decode_image_bytes`, `image_to_rgb`, `label_to_array`)
 
 EXIF orientation: dataset readers keep the stored pixels (`exif_transpose=False`), since label maps are aligned
 with them whatever the tag says; `digseg predict`, the demo and the pipeline given a path apply the tag.
-
-`image_to_tensor` is the one conversion of uint8 RGB pixels to the model's float [-1, 1] tensors, `tensor_to_image`
-its inverse.
 """
 
 from __future__ import annotations
@@ -105,17 +102,18 @@ def image_to_rgb(img: Image.Image, name: str) -> Image.Image:
         raise DataError(f"cannot read {name}: cannot convert mode {img.mode} to RGB ({exc})") from exc
 
 
-def load_label(path: PathLike) -> np.ndarray:
+def load_label(path: PathLike, first_channel: bool = False) -> np.ndarray:
     """A label map as an integer array `[H, W]`, values as stored.
 
     uint8 / uint16 / int32 values are kept unchanged; palette ('P') PNGs give their palette indices,
     not colours; '1' gives 0/1. An RGB(A) label whose three colour channels are equal is accepted as
-    its first channel (alpha ignored); float labels are accepted only if every value is an integer.
+    its first channel (alpha ignored), and so is any RGB(A) label with `first_channel` (a mask whose channels
+    differ by JPEG noise or resizing); float labels are accepted only if every value is an integer.
     """
-    return label_to_array(_open(path, "label"), f"label {Path(path)}")
+    return label_to_array(_open(path, "label"), f"label {Path(path)}", first_channel)
 
 
-def label_to_array(img: Image.Image, name: str) -> np.ndarray:
+def label_to_array(img: Image.Image, name: str, first_channel: bool = False) -> np.ndarray:
     """A decoded label image as an integer array [H, W] by `load_label`'s rules; DataError "<name> must be
     single-channel ..." (or "<name> holds non-integer float values ...") otherwise."""
     mode = img.mode
@@ -123,7 +121,7 @@ def label_to_array(img: Image.Image, name: str) -> np.ndarray:
         return np.array(np.asarray(img)[..., 0])  # alpha ignored
     if mode in ("RGB", "RGBA", "RGBX"):
         rgb = np.asarray(img)[..., :3]  # [H, W, 3]
-        if not (rgb == rgb[..., :1]).all():
+        if not first_channel and not (rgb == rgb[..., :1]).all():
             raise DataError(f"{name} must be single-channel (class ids), but it is a {mode} "
                             "image with different colour channels; save it as a grey or palette PNG")
         return np.array(rgb[..., 0])

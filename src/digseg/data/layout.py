@@ -12,7 +12,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from ..errors import DataError
 from .base import Sample, SegmentationDataset
@@ -116,6 +115,16 @@ class ImagesFirst(SegmentationDataset):
     def base(self) -> Path:
         return pick_root(self.root, *self.inner_roots)
 
+    def layout_hint(self) -> str:
+        split = self.splits[self.split]
+        suffix = self.image_suffixes[0] if len(self.image_suffixes) == 1 else ".*"
+        images = self.base / self.image_dir.format(split=split) / f"<stem>{suffix}"
+        labels = " or ".join(str(self.base / self.label_dir.format(split=split) / name.format("<stem>"))
+                             for name in self.label_names)
+        hint = f"expected images {images} and labels {labels}"
+        return hint + (f"; root may be the folder holding {self.inner_roots[0]}/ or that folder itself"
+                       if self.inner_roots else "")
+
     def find_samples(self) -> list[Sample]:
         split = self.splits[self.split]
         images = list_files(self, self.base / self.image_dir.format(split=split), self.image_suffixes)
@@ -152,16 +161,5 @@ def remap(ds: SegmentationDataset, raw: np.ndarray, lut: np.ndarray, path: Path,
 
 
 def read_first_channel(path: Path) -> np.ndarray:
-    """Like `load_label`, but an RGB(A) mask whose channels differ (JPEG noise, resizing) gives its first
-    channel instead of an error. Missing or corrupt files still raise `load_label`'s DataError."""
-    try:
-        return load_label(path)
-    except DataError as exc:
-        error = exc
-    try:
-        with open(path, "rb") as f, Image.open(f) as im:
-            if im.mode in ("RGB", "RGBA", "RGBX"):
-                return np.array(im.convert("RGB"))[..., 0]
-    except Exception:  # unreadable: report load_label's message below
-        pass
-    raise error
+    """`load_label`, but an RGB(A) mask whose channels differ (JPEG noise, resizing) gives its first channel."""
+    return load_label(path, first_channel=True)

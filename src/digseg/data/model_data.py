@@ -110,9 +110,7 @@ class TrainingDataRecord:
         where = self.dataset + (f" data at {self.data_root}" if self.data_root else "")
         how = {BY_HASH: f"by file-name hash, val_fraction {self.val_fraction or 0:g}",
                BY_SPLIT_FILE: f"listed in {self.split_file}", BY_SPLIT_LISTS: "listed in splits/train.txt",
-               BY_SPLIT_FOLDERS: "in images/train/"}.get(self.split_rule or "")
-        if how is None:
-            how = f"split {self.hf_split or 'train'}"
+               BY_SPLIT_FOLDERS: "in images/train/"}.get(self.split_rule or "", f"split {self.hf_split or 'train'}")
         return f"{where}, {how}"
 
     def describe_val(self) -> str:

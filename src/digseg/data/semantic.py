@@ -42,11 +42,6 @@ class ADE20K150(ImagesFirst):
     prompt_template = PHOTO_PROMPT
     inner_roots = ("ADEChallengeData2016",)
 
-    def layout_hint(self) -> str:
-        d = self.splits[self.split]
-        return (f"expected images {self.base}/images/{d}/*.jpg and labels {self.base}/annotations/{d}/<stem>.png; "
-                "root may be the folder holding ADEChallengeData2016/ or that folder itself")
-
     def convert_label(self, raw: np.ndarray, path: Path) -> np.ndarray:
         return remap(self, raw, ADE20K_LUT, path)
 
@@ -62,12 +57,6 @@ class ADE20K847(ImagesFirst):
     inner_roots = ("ADE20K_2021_17_01",)
     image_dir, label_dir = "images_detectron2/{split}", "annotations_detectron2/{split}"
     label_names = ("{}.tif",)
-
-    def layout_hint(self) -> str:
-        d = self.splits[self.split]
-        return (f"expected images {self.base}/images_detectron2/{d}/*.jpg and uint16 labels "
-                f"{self.base}/annotations_detectron2/{d}/<stem>.tif; root may be the folder holding "
-                "ADE20K_2021_17_01/ or that folder itself")
 
 
 class _PascalContext(SegmentationDataset):
@@ -118,11 +107,6 @@ class COCOStuff171(ImagesFirst):
     prompt_template = PHOTO_PROMPT
     CONVERTED = "_labelTrainIds.png"
     label_names = ("{}" + CONVERTED, "{}.png")  # a converted file wins over the raw one beside it
-
-    def layout_hint(self) -> str:
-        d = self.splits[self.split]
-        return (f"expected images {self.root}/images/{d}/*.jpg and labels {self.root}/annotations/{d}/<stem>.png "
-                f"(raw ids 0..181) or <stem>{self.CONVERTED} (0..170)")
 
     def convert_label(self, raw: np.ndarray, path: Path) -> np.ndarray:
         if path.name.endswith(self.CONVERTED):
