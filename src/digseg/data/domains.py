@@ -110,8 +110,8 @@ class PhenoBench(ImagesFirst):
 @register_dataset
 class FolderPairs(SegmentationDataset):
     """A user's own data: root/images/<stem>.*, root/masks/<stem>.png (value = class id, 255 ignore) and
-    root/classes.txt (at most 255 classes), or the same per split in images/<split>/ and masks/<split>/; the split
-    rules are `digseg.data.splits`'. `split_rule` says which rule chose the images, in words, `split_by` by its
+    root/classes.txt (at most 255 classes), or the same per split in images/<split>/ and masks/<split>/, split by
+    the rules of `digseg.data.splits`. `split_rule` says which rule chose the images, in words, `split_by` by its
     name in `SPLIT_RULES`. `class_names` is per instance."""
 
     name = FOLDER_DATASET

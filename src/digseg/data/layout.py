@@ -128,7 +128,9 @@ class ImagesFirst(SegmentationDataset):
     def find_samples(self) -> list[Sample]:
         split = self.splits[self.split]
         images = list_files(self, self.base / self.image_dir.format(split=split), self.image_suffixes)
-        labels = require_dir(self, self.base / self.label_dir.format(split=split), "label")
+        labels = self.base / self.label_dir.format(split=split)
+        if images:  # none: "no images found", from the base class
+            require_dir(self, labels, "label")
         return pair_by_image(self, images, lambda stem, _: [labels / name.format(stem) for name in self.label_names])
 
 

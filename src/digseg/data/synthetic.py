@@ -134,10 +134,8 @@ def make_scene(rng: np.random.Generator, size: int = 64) -> tuple[np.ndarray, np
 
 
 class SyntheticScenes(Dataset):
-    """`num_scenes` synthetic scenes; scene `i` depends only on `(seed, i)`.
-
-    Items: {"image": float32 [3, H, W] in [-1, 1], "label": int64 [H, W], "stem": "scene_00042"}.
-    """
+    """`num_scenes` synthetic scenes, scene `i` from `(seed, i)` only; items are {"image": float32 [3, H, W] in
+    [-1, 1], "label": int64 [H, W], "stem": "scene_00042"}."""
 
     ignore_index: int = 255
 

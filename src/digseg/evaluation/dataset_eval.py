@@ -110,11 +110,9 @@ class Scores:
         if kind is MetricKind.ROAD:
             out.update(binary_scores(confusion, positive=1))
         if kind is MetricKind.MEDICAL:
-            out["per_target"] = {
-                name: {"Dice": 100 * float(np.mean([d for d, _ in scores])),
-                       "IoU": 100 * float(np.mean([i for _, i in scores]))}
-                for name, scores in per_image.items()
-            }
+            out["per_target"] = {name: {"Dice": 100 * float(np.mean([d for d, _ in scores])),
+                                        "IoU": 100 * float(np.mean([i for _, i in scores]))}
+                                 for name, scores in per_image.items()}
             out["Dice"] = float(np.mean([t["Dice"] for t in out["per_target"].values()]))
             out["IoU"] = float(np.mean([t["IoU"] for t in out["per_target"].values()]))
         out.update(skipped=len(skipped), skipped_samples=skipped)
