@@ -10,6 +10,7 @@ from digseg.data.io import load_label
 from digseg.data.semantic import (
     ADE20K150,
     ADE20K847,
+    COCO_STUFF_LUT,
     COCO_UNUSED_IDS,
     COCOStuff171,
     PascalContext59,
@@ -170,7 +171,7 @@ def test_coco_stuff_mapping(tmp_path):
     _, label = ds.load_pair(0)
     assert label[0, :5].tolist() == [0, 10, 11, 170, 255]  # 12 -> 11 (11 unused), last raw id 181 -> 170
     assert set(ds.load_pair(1)[1].ravel().tolist()) == {255, 170}  # unused thing id 11 -> ignore
-    lut = ds._lut
+    lut = COCO_STUFF_LUT
     assert len(COCO_UNUSED_IDS) == 11 and (lut[list(COCO_UNUSED_IDS)] == 255).all()
     assert sorted(lut[:182][lut[:182] != 255].tolist()) == list(range(171))
 

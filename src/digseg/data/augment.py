@@ -1,30 +1,10 @@
-"""Training augmentation, as mmsegmentation does it: keep-ratio random rescale, random crop with
-`cat_max_ratio` retries, flips, photometric distortion and padding to the crop.
+"""Training augmentation as mmsegmentation does it (docs/augmentation.md gives each step's rule and the small
+differences): RandomResize (keep ratio) -> RandomCrop with `cat_max_ratio` retries -> flips ->
+PhotoMetricDistortion -> pad to the crop.
 
     aug = Augmentation(scale=(2048, 512), crop_size=(512, 512))          # mmseg's ADE20K recipe
     image, label = apply_augmentation(pil_rgb, label_hw, aug, gen, ignore_index=255)
     # image float32 [3, 512, 512] in [-1, 1], label int64 [512, 512]
-
-Steps, in mmseg's order (RandomResize -> RandomCrop -> RandomFlip -> PhotoMetricDistortion -> pad):
-
-1. Rescale, aspect ratio kept (mmseg `RandomResize(scale, ratio_range, keep_ratio=True)`): a ratio r is drawn
-   from `ratio_range`, the scale becomes (int(long * r), int(short * r)) and the image is resized by
-   f = min(long' / max(H, W), short' / min(H, W)) to (int(W f + 0.5), int(H f + 0.5)) (mmcv `rescale_size`).
-   `scale=None` keeps the native pixel size times r, for data with a fixed physical resolution.
-2. Crop `crop_size` (h, w) at a uniform offset. With `cat_max_ratio < 1`, up to 10 candidates are checked
-   and the first whose most frequent class (ignore pixels excluded) covers < cat_max_ratio of the labelled
-   pixels, with at least two classes present, is kept; after 10 misses the 11th candidate is taken
-   unchecked (mmseg `RandomCrop`). A side shorter than the crop is taken whole.
-3. Horizontal flip with `flip_prob`, vertical flip with `vflip_prob`.
-4. Photometric distortion (mmseg `PhotoMetricDistortion`) on the uint8 crop, each step with chance 0.5:
-   brightness +-32, contrast x[0.5, 1.5] (before or after the HSV steps, at random), saturation
-   x[0.5, 1.5], hue +-18 OpenCV units (+-36 degrees). Saturation and hue share one HSV round trip (mmseg
-   makes one each), and the hue delta is symmetric, -18..18.
-5. Pad to `crop_size` at the bottom/right: label `ignore_index`, image `IMAGE_PAD_VALUE`.
-
-Resizing fuses steps 1 and 2: only the crop window is resampled (PIL `resize(box=...)`, the same pixels as
-resizing the whole image and cropping). Images use PIL BILINEAR (antialiased when downscaling), labels
-nearest neighbour (source pixel floor((i + 0.5) * H / h), as PIL's NEAREST).
 
 Randomness: one call `torch.rand(NUM_DRAWS, generator=gen, dtype=torch.float64)` per sample, whatever the
 settings and the image, with each value's role fixed (`_U_*` below). The same generator state gives
@@ -42,13 +22,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from .io import image_to_tensor
 
-# Padding value of the image in the normalised [-1, 1] output: 0.0 = mid-grey (127.5). mmseg pads after
-# normalising (SegDataPreProcessor, pad_val=0), i.e. with the dataset's mean colour; mid-grey is our mean
-# and the VAE's neutral input. The padded label is ignore_index, so no loss sees these pixels' classes.
-IMAGE_PAD_VALUE = 0.0
+IMAGE_PAD_VALUE = 0.0  # mid-grey in the [-1, 1] output, as mmseg pads with the mean after normalising
 
 CROP_TRIES = 10  # mmseg RandomCrop: candidates checked against cat_max_ratio before taking the next one blindly
 
@@ -209,8 +186,8 @@ def _choose_crop(label: np.ndarray, new_hw: tuple[int, int], hw: tuple[int, int]
         left = min(int(u[_U_CROP + 2 * k + 1] * (margin_w + 1)), margin_w)
         window = _label_window(label, new_hw, top, left, hw)
         if k == tries or _crop_ok(window, aug.cat_max_ratio, ignore_index):
-            return top, left, window
-    raise AssertionError("unreachable")
+            break
+    return top, left, window
 
 
 def _lut(alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
@@ -250,13 +227,9 @@ def photometric_distortion(image: Image.Image, u: np.ndarray) -> Image.Image:
 def apply_augmentation(image: Image.Image, label: np.ndarray, aug: Augmentation, gen: torch.Generator,
                        ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One training sample: RGB image + int label [H, W] -> (float32 [3, h, w] in [-1, 1], int64 [h, w]),
-    (h, w) == aug.crop_size. Draws exactly NUM_DRAWS values from `gen` when enabled, none when disabled."""
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    label = np.asarray(label)
-    if label.shape != (image.height, image.width):
-        raise DataError(f"label is {label.shape[1]}x{label.shape[0]} but its image is {image.width}x{image.height}")
-    label = label.astype(np.int64, copy=False)
+    (h, w) == aug.crop_size, from a pair of one size (`load_pair` checks it). Draws exactly NUM_DRAWS values
+    from `gen` when enabled, none when disabled."""
+    label = np.asarray(label).astype(np.int64, copy=False)
     crop_h, crop_w = aug.crop_size
     if not aug.enabled:  # the plain squash to the crop, deterministic
         window = _label_window(label, (crop_h, crop_w), 0, 0, (crop_h, crop_w))

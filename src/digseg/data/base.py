@@ -1,27 +1,18 @@
 """Base class for datasets read from disk in their official layouts, and the registry by name.
 
-A reader subclasses `SegmentationDataset`, sets its class attributes and implements `find_samples`
-(and `convert_label` when the stored values are not already contiguous class ids):
+A reader (`@register_dataset`) subclasses `SegmentationDataset`, sets its class attributes (`name`, `metric`,
+`class_names`, `splits`) and implements `find_samples`, and `convert_label` when the stored values are not already
+contiguous class ids (`digseg.data.semantic` has examples). Labels that are not images (XML polygons) override
+`read_raw_label`, images that are not files (a table's rows, `digseg.data.hf`) `read_image` too.
 
-    @register_dataset
-    class ADE20K150(SegmentationDataset):
-        name = "ade20k-150"
-        metric = MetricKind.SEMANTIC
-        class_names = read_class_file("ade20k_150.txt")
-        splits = {"train": "training", "val": "validation"}
-        def find_samples(self): ...            # -> list[Sample]
-        def convert_label(self, raw, path):    # raw stored values -> contiguous ids, ignore_index elsewhere
-            ...
-        # labels that are not images (XML polygons): override read_raw_label(sample) instead; images that are
-        # not files (a table's rows, `digseg.data.hf`): read_image(sample) too
-
-`load_pair(i)` gives the native-size PIL image and label array: evaluation reads it, and so does training,
-which augments it (`digseg.training.samples`). Items, `dataset[i]`, are {"image": float [3, H, W] in [-1, 1],
-"label": int64 [H, W], "stem": str} squashed to `size` x `size`: the fixed samples of latent caches and previews.
+`load_pair(i)` gives the native-size PIL image and label array, which evaluation scores and training augments.
+Items, `dataset[i]`, are {"image": float [3, H, W] in [-1, 1], "label": int64 [H, W], "stem": str} squashed to
+`size` x `size`: the fixed samples of latent caches and previews.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from importlib import resources
@@ -37,10 +28,9 @@ from ..errors import ConfigError, DataError
 from .io import image_to_tensor, load_image, load_label, read_class_list
 
 
-
 class MetricKind(str, Enum):
-    """How `digseg eval` scores a dataset (its `metric`; details in `digseg.evaluation.dataset_eval`). A str, so a reader may
-    also write the value ("semantic"); `register_dataset` turns it into the member."""
+    """How `digseg eval` scores a dataset (its `metric`). A str, so a reader may also write the value ("semantic");
+    `register_dataset` turns it into the member."""
 
     SEMANTIC = "semantic"  # one confusion matrix; mIoU over classes whose union > 0 (mmsegmentation)
     OPEN_VOCAB = "open_vocab"  # the same matrix; means over classes present in the ground truth (CAT-Seg)
@@ -60,6 +50,22 @@ class Sample:
     image: Path | str
     label: Path | str
     row: int = -1  # a table's row; -1 for files
+
+
+class LazySamples(Sequence):
+    """The samples `make(i)` of `indices`, made when indexed (a table's million rows cost no million objects);
+    slices are LazySamples too."""
+
+    def __init__(self, make: Callable[[int], Sample], indices: Sequence[int]) -> None:
+        self.make, self.indices = make, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return LazySamples(self.make, self.indices[i])
+        return self.make(self.indices[i])
 
 
 def read_class_file(filename: str) -> list[str]:
@@ -89,7 +95,6 @@ class SegmentationDataset(Dataset):
             raise DataError(f"{self.name}: no images found for split {split!r} under {self.root} "
                             f"({self.layout_hint()})")
 
-    # ---- to implement
     def find_samples(self) -> list[Sample]:
         raise NotImplementedError
 
@@ -101,7 +106,6 @@ class SegmentationDataset(Dataset):
         """Stored label values -> contiguous class ids with `ignore_index` for unlabelled pixels."""
         return raw
 
-    # ---- shared
     @property
     def num_classes(self) -> int:
         return len(self.class_names)

@@ -1,23 +1,14 @@
-"""Checking a dataset before it is used: every sample decoded, sizes compared, label values checked.
+"""Checking a dataset before it is used: every sample read the way training reads it (`load_pair`: image and label
+decoded, label values within the classes or the ignore index, one size), in DataLoader workers, every problem
+collected so that a user fixes them all in one go. Only datasets read from storage (with `samples`: files, or a
+table's rows) are checked; synthetic scenes cannot be bad.
 
     check = scan_dataset(dataset, num_workers=4)       # DataCheck: every sample's name, the bad ones
     dataset = keep_good(dataset, check, "skip")        # "error": DataError listing every bad sample
 
-A sample is checked by reading it the way training reads it (`load_pair`: decode the image and the label, label
-values within the classes or the ignore index, label and image of one size), in DataLoader workers with a
-progress bar. Every problem is collected, not just the first: a user fixes them all in one go.
-
-Only datasets read from storage are checked: those with `samples` (files, or a table's rows, `digseg.data.hf`).
-Synthetic scenes are generated in memory and cannot be bad.
-
-`check_dataset(dataset, cache=<run folder>/data-check.json)` keeps the result, keyed by the file list, sizes and
-modification times (`scan_key`; a table's fingerprint for an hf: dataset), so a resume of an unchanged dataset is
-not scanned again.
-
-Policy `data.bad_samples`: "error" (the default) refuses the dataset with the list; "skip" drops the bad samples,
-and the samples that remain (`DataCheck.kept`) are the dataset that is trained on, so every draw is a pure function
-of (seed, step, slot) over that list. `kept_digest` names that list: a checkpoint records it, and a resume on
-another list is a change of trajectory (training/resume_check.py).
+`check_dataset(dataset, cache=<run folder>/data-check.json)` keeps the result under `scan_key`, so a resume of an
+unchanged dataset is not scanned again. With `data.bad_samples: skip` the samples that remain (`DataCheck.kept`)
+are the dataset trained on; `kept_digest` names that list, which a checkpoint records (training/resume_check.py).
 """
 
 from __future__ import annotations
@@ -70,11 +61,9 @@ class DataCheck:
         """A name for the list of good samples (their names, in order)."""
         return hashlib.sha256("\n".join(self.kept_names()).encode()).hexdigest()[:16]
 
-    def to_json(self) -> dict:
-        return {"key": self.key, "names": self.names, "bad": [asdict(b) for b in self.bad]}
-
     @classmethod
     def from_json(cls, values: dict) -> "DataCheck":
+        """The check `asdict(check)` wrote."""
         return cls(list(values["names"]), [BadSample(**b) for b in values["bad"]], values["key"])
 
 
@@ -108,7 +97,7 @@ def scan_key(dataset) -> str:
 
 
 class _ScanItems:
-    """(A map-style dataset for torch's DataLoader.) Index i -> (i, None) or (i, "problem"), reading sample i as training does."""
+    """A map-style dataset for DataLoader: index i -> (i, None) or (i, "problem"), reading sample i as training does."""
 
     def __init__(self, dataset) -> None:
         self.dataset = dataset
@@ -126,10 +115,6 @@ class _ScanItems:
         return i, None
 
 
-def _as_list(items: list) -> list:
-    return items
-
-
 def scan_dataset(dataset, num_workers: int = 0, show_progress: bool = True,
                  desc: str = "check data") -> DataCheck:
     """Read every sample of `dataset` (in `num_workers` DataLoader workers, at most one per core; none below SMALL
@@ -140,15 +125,14 @@ def scan_dataset(dataset, num_workers: int = 0, show_progress: bool = True,
     if samples is None:
         raise DataError(f"{type(dataset).__name__} is not read from storage: nothing to check")
     names = [str(s.image) for s in samples]
-    # no more workers than cores, and none for a small dataset (starting them costs more than its scan)
     num_workers = 0 if len(names) < SMALL else min(num_workers, os.cpu_count() or 1)
-    loader = DataLoader(_ScanItems(dataset), batch_size=16, num_workers=num_workers, collate_fn=_as_list)
+    loader = DataLoader(_ScanItems(dataset), batch_size=16, num_workers=num_workers, collate_fn=list)
     bad = []
     with tqdm(total=len(names), desc=desc, unit="img", disable=not show_progress or len(names) < SMALL) as bar:
         for chunk in loader:
             bad += [BadSample(i, names[i], problem) for i, problem in chunk if problem is not None]
             bar.update(len(chunk))
-    return DataCheck(names, sorted(bad, key=lambda b: b.index), scan_key(dataset))
+    return DataCheck(names, bad, scan_key(dataset))  # the loader keeps sample order
 
 
 def check_dataset(dataset, cache: Path | None = None, num_workers: int = 0,
@@ -166,11 +150,15 @@ def check_dataset(dataset, cache: Path | None = None, num_workers: int = 0,
             return kept
     check = scan_dataset(dataset, num_workers, show_progress, desc)
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(check.to_json()))
-        os.replace(tmp, cache)
+        _write_atomically(cache, json.dumps(asdict(check)))
     return check
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def describe_bad(bad: list[BadSample], limit: int | None = LISTED) -> str:
@@ -182,27 +170,10 @@ def describe_bad(bad: list[BadSample], limit: int | None = LISTED) -> str:
     return "\n".join(lines)
 
 
-class _Subset(Sequence):
-    """The items of `items` at `indices` (a view: a table's million rows stay unmade)."""
-
-    def __init__(self, items: Sequence, indices: list[int]) -> None:
-        self.items, self.indices = items, indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return _Subset(self.items, self.indices[i])
-        return self.items[self.indices[i]]
-
-
 def keep_good(dataset, check: DataCheck | None, policy: str, where: str = ""):
     """`dataset` without its bad samples (policy "skip"), or itself when it has none; policy "error": every bad
     sample logged (one line each, on stderr), then a one-line DataError that counts them, names the first and says
-    what to do."""
-    if policy not in BAD_SAMPLES:
-        raise DataError(f"data.bad_samples must be one of {', '.join(BAD_SAMPLES)}, got {policy!r}")
+    what to do (`policy` is one of BAD_SAMPLES, as the config and the command line check)."""
     if check is None or not check.bad:
         return dataset
     if policy == "error":
@@ -212,8 +183,10 @@ def keep_good(dataset, check: DataCheck | None, policy: str, where: str = ""):
         raise DataError(f"{len(check.bad)} of {len(check.names)} samples of {getattr(dataset, 'name', 'the dataset')}"
                         f"{where} cannot be used, each listed above (the first: {check.bad[0].problem}); fix or "
                         "remove them, or train without them with --bad-samples skip (data.bad_samples: skip)")
+    from .base import LazySamples  # here: importing this module imports no torch
+
     kept = copy.copy(dataset)  # the same reader over the good samples only
-    kept.samples = _Subset(stored_samples(dataset), check.kept)
+    kept.samples = LazySamples(stored_samples(dataset).__getitem__, check.kept)
     return kept
 
 
@@ -224,10 +197,7 @@ def write_sample_list(run_dir: Path, check: DataCheck) -> None:
     """Keep the names of the samples trained on, under their digest (what a checkpoint records)."""
     path = Path(run_dir) / SAMPLE_LISTS / f"{check.kept_digest()}.txt"
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text("".join(f"{name}\n" for name in check.kept_names()))
-        os.replace(tmp, path)
+        _write_atomically(path, "".join(f"{name}\n" for name in check.kept_names()))
 
 
 def read_sample_list(run_dir: Path, digest: str) -> list[str] | None:

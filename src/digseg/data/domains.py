@@ -1,17 +1,10 @@
-"""Readers for domain datasets in their official on-disk layouts (see DESIGN.md "Datasets: official layouts").
-
-Registered names: "cityscapes", "bdd100k", "deepglobe-roads", "refuge2", "phenobench", "folder" (a user's
-own image/mask pairs, split as `digseg.data.splits` describes), and "monuseg" (in `digseg.data.medical`,
-imported at the end of this module).
-
-`find_samples` only lists folders (sorted, via `digseg.data.layout`); pixel checks (sizes, label range) run when a
-sample is read. Label conversions are 256-entry lookup tables applied to the whole array at once; stored values
-outside a table are ignored (255).
+"""Readers for domain datasets in their official on-disk layouts (see DESIGN.md "Datasets: official layouts"):
+"cityscapes", "bdd100k", "deepglobe-roads", "refuge2", "phenobench", "folder" (a user's own image/mask pairs, split
+as `digseg.data.splits` describes), and "monuseg" (`digseg.data.medical`, imported at the end of this module).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +12,9 @@ import numpy as np
 from ..errors import DataError
 from .base import MetricKind, Sample, SegmentationDataset, register_dataset
 from .io import read_class_list, read_list_file
-from .layout import list_files, make_lut, pair_by_image, read_first_channel, remap, require_dir
+from .layout import ImagesFirst, list_files, make_lut, pair_by_image, read_first_channel, remap, require_dir
 from .splits import (BY_HASH, BY_SPLIT_FILE, BY_SPLIT_FOLDERS, BY_SPLIT_LISTS, DEFAULT_VAL_FRACTION, FOLDER_DATASET,
-                     check_val_fraction, is_held_out, split_options)
+                     is_held_out, split_options)
 
 CITYSCAPES_CLASSES = ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
                       "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
@@ -30,11 +23,8 @@ CITYSCAPES_CLASSES = ["road", "sidewalk", "building", "wall", "fence", "pole", "
 # cityscapesScripts helpers/labels.py: labelId -> trainId for the 19 evaluated classes; all others
 # (0..6 unlabeled/ego vehicle/..., 9 parking, 10 rail track, 14-16, 18 polegroup, 29 caravan, 30 trailer,
 # -1 license plate) are ignored (255).
-CITYSCAPES_ID_TO_TRAINID = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
-                            25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
-CITYSCAPES_LUT = make_lut(CITYSCAPES_ID_TO_TRAINID)
-
-# ---------------------------------------------------------------------------------------------- readers
+CITYSCAPES_LUT = make_lut({7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
+                           25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18})
 
 
 @register_dataset
@@ -43,7 +33,6 @@ class Cityscapes(SegmentationDataset):
     metric = MetricKind.SEMANTIC
     class_names = CITYSCAPES_CLASSES
     splits = {"train": "train", "val": "val", "test": "test"}
-    IMAGE_SUFFIX = "_leftImg8bit.png"
 
     def layout_hint(self) -> str:
         return ("expected leftImg8bit/<split>/<city>/<id>_leftImg8bit.png and "
@@ -53,14 +42,10 @@ class Cityscapes(SegmentationDataset):
         split = self.splits[self.split]
         image_root = require_dir(self, self.root / "leftImg8bit" / split, "image")
         cities = sorted(d for d in image_root.iterdir() if d.is_dir() and not d.name.startswith("."))
-        images = list_files(self, cities, (self.IMAGE_SUFFIX,))
-        labels = self.root / "gtFine" / split
-
-        def label_for(stem: str, image: Path) -> list[Path]:
-            city = labels / image.parent.name
-            return [city / f"{stem}_gtFine_labelTrainIds.png", city / f"{stem}_gtFine_labelIds.png"]
-
-        return pair_by_image(self, images, label_for)
+        images = list_files(self, cities, ("_leftImg8bit.png",))
+        labels = self.root / "gtFine" / split  # gtFine/<split>/<city>/, as leftImg8bit/
+        return pair_by_image(self, images, lambda stem, image: [
+            labels / image.parent.name / f"{stem}_gtFine_{ids}.png" for ids in ("labelTrainIds", "labelIds")])
 
     def convert_label(self, raw: np.ndarray, path: Path) -> np.ndarray:
         if path.name.endswith("_labelIds.png"):
@@ -69,37 +54,23 @@ class Cityscapes(SegmentationDataset):
 
 
 @register_dataset
-class BDD100K(SegmentationDataset):
+class BDD100K(ImagesFirst):
     name = "bdd100k"
     metric = MetricKind.SEMANTIC
     class_names = CITYSCAPES_CLASSES
     splits = {"train": "train", "val": "val"}
-
-    def layout_hint(self) -> str:
-        return "expected images/10k/<split>/<stem>.jpg and labels/sem_seg/masks/<split>/<stem>.png (trainIds)"
-
-    def find_samples(self) -> list[Sample]:
-        split = self.splits[self.split]
-        images = list_files(self, self.root / "images" / "10k" / split, (".jpg", ".jpeg", ".png"))
-        labels = self.root / "labels" / "sem_seg" / "masks" / split
-        return pair_by_image(self, images, lambda stem, _: [labels / f"{stem}.png"])
+    image_dir, label_dir = "images/10k/{split}", "labels/sem_seg/masks/{split}"
+    image_suffixes = (".jpg", ".jpeg", ".png")
 
 
 @register_dataset
-class DeepGlobeRoads(SegmentationDataset):
+class DeepGlobeRoads(ImagesFirst):
     name = "deepglobe-roads"
     metric = MetricKind.ROAD
     class_names = ["background", "road"]
     splits = {"train": "train", "val": "valid", "test": "test"}
-    IMAGE_SUFFIX = "_sat.jpg"
-
-    def layout_hint(self) -> str:
-        return "expected <split>/<id>_sat.jpg with <id>_mask.png beside it (split folders train, valid, test)"
-
-    def find_samples(self) -> list[Sample]:
-        folder = require_dir(self, self.root / self.splits[self.split], "split")
-        images = list_files(self, folder, (self.IMAGE_SUFFIX,))
-        return pair_by_image(self, images, lambda stem, _: [folder / f"{stem}_mask.png"])
+    image_dir = label_dir = "{split}"
+    image_suffixes, label_names = ("_sat.jpg",), ("{}_mask.png",)
 
     def read_raw_label(self, sample: Sample) -> np.ndarray:
         return (read_first_channel(sample.label) >= 128).astype(np.int64)  # road = white
@@ -109,21 +80,14 @@ REFUGE2_LUT = np.array([2 if v <= 64 else 1 if v < 192 else 0 for v in range(256
 
 
 @register_dataset
-class REFUGE2(SegmentationDataset):
+class REFUGE2(ImagesFirst):
     name = "refuge2"
     metric = MetricKind.MEDICAL
     class_names = ["background", "optic disc", "optic cup"]
     splits = {"train": "train", "val": "val", "test": "test"}
     medical_targets = {"disc": (1, 2), "cup": (2,)}
-
-    def layout_hint(self) -> str:
-        return "expected <split>/images/<stem>.jpg and <split>/mask/<stem>.bmp (or <split>/masks/)"
-
-    def find_samples(self) -> list[Sample]:
-        folder = require_dir(self, self.root / self.splits[self.split], "split")
-        images = list_files(self, folder / "images", (".jpg", ".jpeg", ".png"))
-        return pair_by_image(self, images, lambda stem, _: [folder / "mask" / f"{stem}.bmp",
-                                                            folder / "masks" / f"{stem}.bmp"])
+    image_dir, label_dir = "{split}/images", "{split}"
+    image_suffixes, label_names = (".jpg", ".jpeg", ".png"), ("mask/{}.bmp", "masks/{}.bmp")
 
     def read_raw_label(self, sample: Sample) -> np.ndarray:
         raw = np.clip(read_first_channel(sample.label).astype(np.int64), 0, 255)  # >255 is nearest to 255
@@ -131,21 +95,13 @@ class REFUGE2(SegmentationDataset):
 
 
 @register_dataset
-class PhenoBench(SegmentationDataset):
+class PhenoBench(ImagesFirst):
     name = "phenobench"
     metric = MetricKind.SEMANTIC
     class_names = ["soil", "crop", "weed"]
     splits = {"train": "train", "val": "val"}
+    image_dir, label_dir = "{split}/images", "{split}/semantics"
     LUT = make_lut({0: 0, 1: 1, 2: 2, 3: 1, 4: 2})  # 3 partial crop -> crop, 4 partial weed -> weed
-
-    def layout_hint(self) -> str:
-        return "expected <split>/images/<stem>.png and <split>/semantics/<stem>.png"
-
-    def find_samples(self) -> list[Sample]:
-        split = self.splits[self.split]
-        images = list_files(self, self.root / split / "images")
-        semantics = self.root / split / "semantics"
-        return pair_by_image(self, images, lambda stem, _: [semantics / f"{stem}.png"])
 
     def convert_label(self, raw: np.ndarray, path: Path) -> np.ndarray:
         return remap(self, raw, self.LUT, path, strict=False)
@@ -154,28 +110,24 @@ class PhenoBench(SegmentationDataset):
 @register_dataset
 class FolderPairs(SegmentationDataset):
     """A user's own data: root/images/<stem>.*, root/masks/<stem>.png (value = class id, 255 ignore) and
-    root/classes.txt (a class file, `read_class_list`; at most 255 classes, as 255 marks ignored pixels), or the
-    same per split in images/<split>/ and masks/<split>/. The images of a split come from a split file,
-    root/splits/<split>.txt, split folders, or else a flat folder's held-out fraction (`val_fraction`, default
-    0.1, by file-name hash), in that order (`digseg.data.splits`); `split_rule` says which chose them, in words,
-    and `split_by` by its name in `SPLIT_RULES`. `train_split_file`, a training list, leaves its images out of
-    every split but train (`digseg.data.splits`). `class_names` is per instance."""
+    root/classes.txt (at most 255 classes), or the same per split in images/<split>/ and masks/<split>/, split by
+    the rules of `digseg.data.splits`. `split_rule` says which rule chose the images, in words, `split_by` by its
+    name in `SPLIT_RULES`. `class_names` is per instance."""
 
     name = FOLDER_DATASET
     metric = MetricKind.SEMANTIC
-    splits = {"train": "train", "val": "val", "test": "test"}  # split folders images/<name>/, files splits/<name>.txt
+    splits = {"train": "train", "val": "val", "test": "test"}
 
     def __init__(self, root: str | Path, split: str = "val", size: int | None = None,
                  val_fraction: float | None = None, split_file: str | Path | None = None,
                  train_split_file: str | Path | None = None) -> None:
         split_options(self.name, val_fraction, split_file, train_split_file)  # ConfigError for a bad combination
-        self.val_fraction = check_val_fraction(DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction)
+        self.val_fraction = float(DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction)
         if train_split_file is not None and split == "train":  # the training list names split train's images
             split_file, train_split_file = train_split_file, None
         self.split_file = Path(split_file).expanduser() if split_file is not None else None
         self.train_split_file = Path(train_split_file).expanduser() if train_split_file is not None else None
-        self.split_rule = ""  # how the split's images were chosen, in words, set by find_samples
-        self.split_by = ""  # the same as one of SPLIT_RULES
+        self.split_rule = self.split_by = ""  # set by find_samples
         super().__init__(root, split=split, size=size)
 
     def __repr__(self) -> str:
@@ -188,22 +140,19 @@ class FolderPairs(SegmentationDataset):
 
     def find_samples(self) -> list[Sample]:
         classes = self.root / "classes.txt"
-        self.class_names = read_class_list(classes)  # instance attribute, set before use
+        self.class_names = read_class_list(classes)
         if len(self.class_names) > self.ignore_index:
             raise DataError(f"class list {classes} lists {len(self.class_names)} classes; at most {self.ignore_index} "
                             f"are supported because mask value {self.ignore_index} means 'ignore'")
         images, self.split_rule, self.split_by = self._images_of_split()
         if self.train_split_file is not None:
             images = self._less_training_images(images)
-        return pair_by_image(self, images, self._mask_for)
-
-    def _mask_for(self, stem: str, image: Path) -> list[Path]:
-        """masks/<stem>.png beside a flat folder's image, masks/<split>/<stem>.png for a split folder's."""
-        return [self.root / "masks" / image.parent.relative_to(self.root / "images") / f"{stem}.png"]
+        masks = self.root / "masks"  # masks/<stem>.png, or masks/<split>/<stem>.png for a split folder's image
+        return pair_by_image(self, images, lambda stem, image: [
+            masks / image.parent.relative_to(self.root / "images") / f"{stem}.png"])
 
     def _images_of_split(self) -> tuple[dict[str, Path], str, str]:
-        """{stem: image} of this split, and the rule that chose them in words and by name (`SPLIT_RULES`), by
-        the precedence of `digseg.data.splits`."""
+        """{stem: image} of this split, and the rule that chose them in words and by name."""
         if self.split_file is not None:
             return self._listed_images(self.split_file), f"listed in {self.split_file}", BY_SPLIT_FILE
         listed = self._split_list_in_root()
@@ -231,8 +180,7 @@ class FolderPairs(SegmentationDataset):
         return kept
 
     def _split_list_in_root(self) -> Path | None:
-        """root/splits/<split>.txt when root/splits/ holds .txt files (None when it holds none); DataError naming
-        the files there when this split has none."""
+        """root/splits/<split>.txt when root/splits/ holds .txt files, else None; DataError when this split has none."""
         folder = self.root / "splits"
         present = sorted(p.name for p in folder.glob("*.txt")) if folder.is_dir() else []
         if not present:
@@ -248,12 +196,10 @@ class FolderPairs(SegmentationDataset):
         images = self.root / "images"
         if not images.is_dir():
             return []
-        with os.scandir(images) as entries:
-            return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+        return sorted(p.name for p in images.iterdir() if p.is_dir() and not p.name.startswith("."))
 
     def _listed_images(self, split_file: Path) -> dict[str, Path]:
-        """The images a split file names, in its order (a stem listed twice counts once); DataError naming the
-        first stem that has no image, among images/* and the split folders."""
+        """The images a split file names, in its order, looked up among images/* and the split folders."""
         stems = dict.fromkeys(read_list_file(split_file, "split", DataError))
         folders = [self.root / "images", *(self.root / "images" / name for name in self._split_folders())]
         images = list_files(self, folders)
@@ -265,7 +211,7 @@ class FolderPairs(SegmentationDataset):
         return {stem: images[stem] for stem in stems}
 
     def _split_folder_images(self, folders: list[str]) -> dict[str, Path]:
-        """The images in images/<split>/; DataError naming the split folders there when it is not one of them."""
+        """The images in images/<split>/; DataError naming the split folders when it is not one of them."""
         name = self.splits[self.split]
         if name not in folders:
             raise DataError(f"{self.name}: split {self.split!r} has no folder {self.root / 'images' / name}; the "
@@ -274,8 +220,7 @@ class FolderPairs(SegmentationDataset):
 
     def _held_out_images(self, everything: bool = False) -> dict[str, Path]:
         """A flat folder's val images (held out by file-name hash; `everything`: all of them, for the training
-        list to leave its own out) or the rest (train); DataError for test, and for a split left empty, saying how
-        to fill it."""
+        list to leave its own out) or the rest (train)."""
         if self.split not in ("train", "val"):
             raise DataError(f"{self.name}: {self.root} has no split {self.split!r}: a flat folder splits into train "
                             f"and val only; put those images in images/{self.split}/ and masks/{self.split}/, or "

@@ -1,41 +1,15 @@
-"""Datasets of the Hugging Face `datasets` library as digseg datasets: `--dataset hf:NAME_OR_PATH`.
+"""Datasets of the Hugging Face `datasets` library as digseg datasets: `--dataset hf:NAME_OR_PATH` (docs/data.md
+states the rules: which loader opens NAME_OR_PATH, the columns, split names, label conventions and class names).
 
-NAME_OR_PATH is opened with `datasets` (pip install -e ".[hf]") as a map-style dataset: memory-mapped Arrow
-tables, any row readable at any time and shared with DataLoader workers, so training reads them as it reads files
-(the (seed, step, slot) trajectory, loader workers and exact resume are unchanged). It is, the first that applies:
-- a folder written by `save_to_disk`: `datasets.load_from_disk` (a DatasetDict; one Dataset is split "train");
-- a data file (.parquet, .arrow, .csv, .json, .jsonl): `datasets.load_dataset(<its format>, data_files=...)`,
-  split "train";
-- another folder (data files, split by their names as `datasets` does), or a Hub dataset id: `load_dataset`.
-
-Columns: an image column (`image_column`, default "image") and a label column (`label_column`, default "label")
-holding images (the `Image` feature, or the bytes of PNG/JPEG files) or 2-D arrays of class ids. Both are decoded
-from their stored bytes by `digseg.data.io`'s rules (stored pixels, no EXIF rotation), exactly as the `folder`
-reader decodes its files, so the same image/mask pairs give the same samples.
-
-Splits: digseg's split names map to the dataset's, the first present of `SPLIT_NAMES` (val: validation, val,
-valid); `train_split` and `val_split` name them directly, and any other split name is used as given.
-
-Labels: stored value = class id, `ignore_index` (default 255, as the folder reader's masks) = unlabelled;
-`reduce_zero_label` (mmsegmentation's): stored 0 is unlabelled too and v becomes v - 1. Inside digseg unlabelled
-pixels are 255 (65535 above 255 classes), as with every reader.
-
-Class names, the first of:
-1. `classes_file`: a class file (`read_class_list`) naming the ids after conversion;
-2. the label column's feature names (a `ClassLabel`), naming stored values;
-3. beside a local dataset (the folder, or the data file's folder) or in a Hub dataset's repository: `classes.txt`
-   (ids after conversion) or `id2label.json` ({"0": "road", ...}, stored values).
-Names of stored values drop stored 0's name under `reduce_zero_label` (it names the unlabelled pixels).
-
-Every problem is a one-line DataError naming the dataset, split, row and column: a missing column (listing those
-there are), an empty cell, a label that is not single-channel, of another size than its image, or with a class id
-out of range.
+A dataset is read map-style (memory-mapped Arrow tables, any row at any time, shared with DataLoader workers), so
+training reads rows as it reads files. Cells are decoded from their stored bytes by `digseg.data.io`'s rules,
+exactly as the `folder` reader decodes files. Every problem is a one-line DataError naming the dataset, split, row
+and column.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -43,15 +17,12 @@ from PIL import Image
 
 from ..errors import ConfigError, DataError, DigsegError, first_line
 from ..hub_ids import looks_like_hub_id
-from .base import MetricKind, Sample, SegmentationDataset
+from .base import LazySamples, MetricKind, Sample, SegmentationDataset
 from .hf_options import HF_PREFIX, INSTALL_HINT, SPLIT_NAMES, HFOptions
-from .io import decode_image_bytes, image_to_rgb, label_to_array, read_class_list
+from .io import decode_image_bytes, image_to_rgb, label_to_array, none_value, read_class_list
 
 DATA_FILE_FORMATS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".json": "json", ".jsonl": "json"}
 CLASS_FILES = ("classes.txt", "id2label.json")  # beside a dataset, in this order
-
-
-# ---------------------------------------------------------------------------------------------- opening
 
 
 def _datasets():
@@ -97,15 +68,11 @@ def open_split(source: str, split: str, hf_split: str | None = None):
     except DigsegError:
         raise
     except Exception as exc:  # datasets and the Hub client raise many types (FileNotFoundError, ConnectionError...)
-        reason = first_line(exc)
-        raise DataError(f"{where}: cannot open it with datasets: {reason}") from exc
+        raise DataError(f"{where}: cannot open it with datasets: {first_line(exc)}") from exc
     if isinstance(tables, datasets.Dataset):  # one dataset without splits
         tables = datasets.DatasetDict(train=tables)
     name = _pick_split(list(tables), split, hf_split, where)
     return tables[name], name
-
-
-# ---------------------------------------------------------------------------------------------- class names
 
 
 def _feature_names(feature) -> list[str] | None:
@@ -138,10 +105,8 @@ def _class_file(source: str) -> Path | None:
         return next((folder / name for name in CLASS_FILES if (folder / name).is_file()), None)
     if not looks_like_hub_id(source, canonical=True):
         return None
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError:
-        return None
+    from huggingface_hub import hf_hub_download  # a dependency of diffusers
+
     for name in CLASS_FILES:
         try:
             return Path(hf_hub_download(source, name, repo_type="dataset"))
@@ -151,7 +116,7 @@ def _class_file(source: str) -> Path | None:
 
 
 def class_names_of(source: str, label_feature, options: HFOptions) -> list[str]:
-    """The class names by the rules of the module docstring; DataError saying where names may come from."""
+    """The class names by the rules of docs/data.md; DataError saying where names may come from."""
     if options.classes_file:
         return read_class_list(options.classes_file)
     stored = _feature_names(label_feature)
@@ -167,30 +132,9 @@ def class_names_of(source: str, label_feature, options: HFOptions) -> list[str]:
     return stored[1:] if options.reduce_zero_label else stored
 
 
-# ---------------------------------------------------------------------------------------------- the reader
-
-
 def cell_name(where: str, row: int, column: str) -> str:
     """How errors name a cell: "hf:beans (train) row 12 column 'label'"."""
     return f"{where} row {row} column {column!r}"
-
-
-class RowSamples(Sequence):
-    """The samples of a table's `rows`, made when indexed (a million rows cost no million objects): row i is
-    Sample(stem "00000i", image and label naming their cells, row=i). Slices are RowSamples too."""
-
-    def __init__(self, where: str, image_column: str, label_column: str, rows: range) -> None:
-        self.where, self.image_column, self.label_column, self.rows = where, image_column, label_column, rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return RowSamples(self.where, self.image_column, self.label_column, self.rows[i])
-        row = self.rows[i]
-        return Sample(f"{row:06d}", cell_name(self.where, row, self.image_column),
-                      cell_name(self.where, row, self.label_column), row=row)
 
 
 class HFSegmentation(SegmentationDataset):
@@ -209,16 +153,15 @@ class HFSegmentation(SegmentationDataset):
         columns = list(table.column_names)
         for option, column in (("image_column", options.image_column), ("label_column", options.label_column)):
             if column not in columns:
-                raise DataError(f"{self.where} has no column {column!r} (choose with the hf option {option}); its columns are "
-                                f"{', '.join(columns)}")
+                raise DataError(f"{self.where} has no column {column!r} (choose with the hf option {option}); its "
+                                f"columns are {', '.join(columns)}")
         self.class_names = class_names_of(source, table.features[options.label_column], options)
-        self.ignore_index = 255 if len(self.class_names) <= 255 else 65535
-        first_class = options.ignore_index - int(options.reduce_zero_label)
-        if 0 <= first_class < len(self.class_names):
-            raise ConfigError(f"the hf option ignore_index={options.ignore_index} marks a class of {self.name}, which has "
-                              f"{len(self.class_names)} classes (ids 0..{len(self.class_names) - 1})")
+        self.ignore_index = none_value(len(self.class_names))
+        if 0 <= options.ignore_index - int(options.reduce_zero_label) < len(self.class_names):
+            raise ConfigError(f"the hf option ignore_index={options.ignore_index} marks a class of {self.name}, which "
+                              f"has {len(self.class_names)} classes (ids 0..{len(self.class_names) - 1})")
         self.table = self._raw_columns(table)
-        self.samples = RowSamples(self.where, options.image_column, options.label_column, range(len(table)))
+        self.samples = LazySamples(self._row_sample, range(len(table)))
         if not self.samples:
             raise DataError(f"{self.where} has no rows")
         self._row: tuple[int, dict] | None = None  # the last row read (its image and label are read one by one)
@@ -226,29 +169,26 @@ class HFSegmentation(SegmentationDataset):
     def __repr__(self) -> str:
         return f"HFSegmentation({self.source!r}, split={self.split!r}): {len(self)} rows of split {self.hf_split!r}"
 
-    def layout_hint(self) -> str:
-        return (f"an image column {self.options.image_column!r} and a label column {self.options.label_column!r} "
-                "(the hf options image_column, label_column)")
+    def _row_sample(self, row: int) -> Sample:
+        return Sample(f"{row:06d}", cell_name(self.where, row, self.options.image_column),
+                      cell_name(self.where, row, self.options.label_column), row=row)
 
     def _raw_columns(self, table):
         """The two columns, images kept as their stored bytes (decoded here, by digseg's rules)."""
         datasets = _datasets()
-        image, label = self.options.image_column, self.options.label_column
-        table = table.select_columns(list(dict.fromkeys([image, label])))
-        for column in dict.fromkeys([image, label]):
+        columns = list(dict.fromkeys([self.options.image_column, self.options.label_column]))
+        table = table.select_columns(columns)
+        for column in columns:
             if isinstance(table.features[column], datasets.Image):
                 table = table.cast_column(column, datasets.Image(decode=False))
         return table
-
-    def _cell_name(self, row: int, column: str) -> str:
-        return cell_name(self.where, row, column)
 
     def _cell(self, sample: Sample, column: str):
         if self._row is None or self._row[0] != sample.row:
             self._row = (sample.row, self.table[sample.row])
         value = self._row[1][column]
         if value is None or (isinstance(value, dict) and not (value.get("bytes") or value.get("path"))):
-            raise DataError(f"{self._cell_name(sample.row, column)} is empty")
+            raise DataError(f"{cell_name(self.where, sample.row, column)} is empty")
         return value
 
     def _decoded(self, value, name: str) -> Image.Image | np.ndarray:
@@ -273,7 +213,7 @@ class HFSegmentation(SegmentationDataset):
         if isinstance(value, np.ndarray):
             if value.ndim not in (2, 3) or value.dtype.kind not in "uif":
                 raise DataError(f"cannot read {name}: an array of shape {value.shape} is not an image")
-            value = Image.fromarray(value.astype(np.uint8) if value.dtype != np.uint8 else value)
+            value = Image.fromarray(value.astype(np.uint8, copy=False))
         return image_to_rgb(value, name)
 
     def read_raw_label(self, sample: Sample) -> np.ndarray:

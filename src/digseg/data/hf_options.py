@@ -53,8 +53,8 @@ def hf_options(dataset: str, given: Mapping[str, Any] | None, where: str = "data
     given = dict(given or {})
     if not is_hf_dataset(dataset):
         if given:
-            raise ConfigError(f"{where} ({', '.join(given)}) sets how an {HF_PREFIX} dataset is read; {dataset} has its "
-                              "own layout and labels")
+            raise ConfigError(f"{where} ({', '.join(given)}) sets how an {HF_PREFIX} dataset is read; {dataset} has "
+                              "its own layout and labels")
         return None
     unknown = sorted(set(given) - set(FIELDS))
     if unknown:

@@ -1,18 +1,9 @@
-"""Reading images and label maps from disk, with errors that name the file at fault.
+"""Reading images and label maps, with one-line `DataError`s that name the file at fault (missing, not an image,
+truncated, wrong number of channels). Images and labels stored in tables (`digseg.data.hf`) are decoded from their
+bytes by the same rules (`decode_image_bytes`, `image_to_rgb`, `label_to_array`), their errors naming the cell.
 
-Every problem with a user's file (missing, not an image, truncated, wrong number of channels) raises
-`digseg.errors.DataError` with a one-line message naming the path, so the CLI can print it without a
-traceback. Images and labels stored in tables (rows of a `datasets` dataset: `digseg.data.hf`) are decoded from
-their bytes by the same rules (`decode_image_bytes`, `image_to_rgb`, `label_to_array`), their errors naming the row.
-
-EXIF orientation: photos from phones and cameras often store their pixels sideways and an EXIF
-"Orientation" tag that viewers apply. `load_image(path, exif_transpose=True)` applies it, so the pixels are
-the image as displayed; `digseg predict`, the demo and the pipeline given a path read images that way.
-Dataset readers keep the default, `exif_transpose=False`, the stored pixels: label maps are aligned with the
-stored pixels (annotation tools and dataset converters work on them), whatever the tag says.
-
-`image_to_tensor` is the one conversion of uint8 RGB pixels to the model's float [-1, 1] tensors (dataset
-items, synthetic scenes, augmentation, the pipeline's PIL and uint8 inputs), `tensor_to_image` its inverse.
+EXIF orientation: dataset readers keep the stored pixels (`exif_transpose=False`), since label maps are aligned
+with them whatever the tag says; `digseg predict`, the demo and the pipeline given a path apply the tag.
 """
 
 from __future__ import annotations
@@ -36,13 +27,11 @@ PathLike = str | os.PathLike[str]
 def _open(path: PathLike, what: str) -> Image.Image:
     """Open and fully decode `path` (so truncated files fail here), or raise `DataError`."""
     p = Path(path)
-    if not p.exists():
-        raise DataError(f"{what} not found: {p}")
-    if p.is_dir():
-        raise DataError(f"cannot read {what} {p}: it is a directory")
     try:
         f = open(p, "rb")  # our own handle: closed even when decoding fails
-    except OSError as exc:
+    except FileNotFoundError:
+        raise DataError(f"{what} not found: {p}") from None
+    except OSError as exc:  # a folder, no permission
         raise DataError(f"cannot read {what} {p}: {exc.strerror or exc}") from exc
     with f:
         return _decode(f, f"{what} {p}")
@@ -56,8 +45,7 @@ def _decode(file: BinaryIO, name: str) -> Image.Image:
     except UnidentifiedImageError as exc:
         raise DataError(f"cannot read {name}: not a recognised image format") from exc
     except Exception as exc:  # PIL raises many types on corrupt input (OSError, SyntaxError, ...)
-        reason = first_line(exc)
-        raise DataError(f"cannot read {name}: {reason}") from exc
+        raise DataError(f"cannot read {name}: {first_line(exc)}") from exc
     return img
 
 
@@ -83,17 +71,12 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
 
 
 def load_image(path: PathLike, exif_transpose: bool = False) -> Image.Image:
-    """Load an image file as an RGB `PIL.Image.Image`.
-
-    exif_transpose: apply the file's EXIF orientation (the image as viewers display it; e.g. orientation 6,
-    a phone's portrait photo, turns stored W x H pixels into H x W). False (datasets): the stored pixels.
+    """An image file as an RGB `PIL.Image.Image`; `exif_transpose`: as viewers display it (a phone's portrait photo,
+    EXIF orientation 6, turns stored W x H pixels into H x W), else the stored pixels.
 
     Any mode is converted: grey ('L', '1') is replicated to three channels; alpha ('RGBA', 'LA') is
     dropped; palette ('P') is expanded to its colours; 16-bit and float grey ('I;16', 'I', 'F') are
     scaled to 8 bits (kept as-is when already in 0..255, otherwise stretched to the image's range).
-
-    Raises:
-        DataError: "image not found: <path>" or "cannot read image <path>: <reason>".
     """
     img = _open(path, "image")
     if exif_transpose:
@@ -119,30 +102,26 @@ def image_to_rgb(img: Image.Image, name: str) -> Image.Image:
         raise DataError(f"cannot read {name}: cannot convert mode {img.mode} to RGB ({exc})") from exc
 
 
-def load_label(path: PathLike) -> np.ndarray:
-    """Load a label map as an integer array `[H, W]`, values as stored.
+def load_label(path: PathLike, first_channel: bool = False) -> np.ndarray:
+    """A label map as an integer array `[H, W]`, values as stored.
 
     uint8 / uint16 / int32 values are kept unchanged; palette ('P') PNGs give their palette indices,
     not colours; '1' gives 0/1. An RGB(A) label whose three colour channels are equal is accepted as
-    its first channel (alpha ignored); float labels are accepted only if every value is an integer.
-
-    Raises:
-        DataError: file missing or unreadable, or the label is not single-channel.
+    its first channel (alpha ignored), and so is any RGB(A) label with `first_channel` (a mask whose channels
+    differ by JPEG noise or resizing); float labels are accepted only if every value is an integer.
     """
-    p = Path(path)
-    return label_to_array(_open(p, "label"), f"label {p}")
+    return label_to_array(_open(path, "label"), f"label {Path(path)}", first_channel)
 
 
-def label_to_array(img: Image.Image, name: str) -> np.ndarray:
+def label_to_array(img: Image.Image, name: str, first_channel: bool = False) -> np.ndarray:
     """A decoded label image as an integer array [H, W] by `load_label`'s rules; DataError "<name> must be
     single-channel ..." (or "<name> holds non-integer float values ...") otherwise."""
     mode = img.mode
-    if mode in ("RGB", "RGBA", "RGBX", "LA", "PA"):
-        arr = np.asarray(img)  # [H, W, C]
-        if mode in ("LA", "PA"):
-            return np.array(arr[..., 0])
-        rgb = arr[..., :3]
-        if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+    if mode in ("LA", "PA"):
+        return np.array(np.asarray(img)[..., 0])  # alpha ignored
+    if mode in ("RGB", "RGBA", "RGBX"):
+        rgb = np.asarray(img)[..., :3]  # [H, W, 3]
+        if not first_channel and not (rgb == rgb[..., :1]).all():
             raise DataError(f"{name} must be single-channel (class ids), but it is a {mode} "
                             "image with different colour channels; save it as a grey or palette PNG")
         return np.array(rgb[..., 0])
@@ -150,9 +129,7 @@ def label_to_array(img: Image.Image, name: str) -> np.ndarray:
         return np.asarray(img, dtype=np.uint8)
     if mode in ("L", "P", "I", "I;16", "I;16B", "I;16L", "I;16N"):
         arr = np.asarray(img)
-        if arr.dtype.byteorder == ">":
-            arr = arr.astype(arr.dtype.newbyteorder("="))
-        return np.array(arr)
+        return arr.astype(arr.dtype.newbyteorder("="))  # a copy in native byte order
     if mode == "F":
         arr = np.asarray(img)
         if not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.round(arr)):
@@ -179,17 +156,10 @@ def read_list_file(path: str | os.PathLike[str], what: str, error: type[Exceptio
 
 
 def read_class_list(path: str | os.PathLike[str]) -> list[str]:
-    """Class names from a class file: a dataset's `classes.txt`, `digseg predict --classes-file`, the lists
-    shipped in `digseg/data/classes/`. The one rule for all of them:
-
-    - UTF-8 text; a leading byte-order mark is dropped;
-    - one class per line, surrounding blanks stripped; its place among the kept lines is its class id;
-    - blank lines, and lines whose first non-blank character is '#' (comments), are skipped;
-    - "wall, walls" is ONE class whose synonyms are separated by commas: the line is kept as written and
-      `digseg.pipelines.prompts.synonyms` splits it when the class is prompted;
-    - DataError naming the file when it is missing, unreadable, lists nothing or lists a name twice.
-    Limits that depend on the use (at most 255 classes in 8-bit masks) are checked by the reader that has them.
-    """
+    """Class names from a class file (a dataset's `classes.txt`, `digseg predict --classes-file`, the lists in
+    `digseg/data/classes/`), by `read_list_file`'s rule: a line's place among the kept lines is its class id.
+    "wall, walls" is ONE class with synonyms (`digseg.pipelines.prompts.synonyms` splits it when prompted).
+    DataError naming the file when it lists a name twice."""
     names = read_list_file(path, "class", DataError)
     seen: set[str] = set()
     for name in names:

@@ -1,14 +1,8 @@
 """Helpers shared by the readers of official on-disk layouts (`digseg.data.semantic`, `.domains`, `.medical`).
 
 Listing and pairing only look at folder entries (sorted, one `os.scandir` per folder); pixels are read later.
-Every problem raises `DataError` naming the dataset and the path at fault:
-
-- a missing folder: `require_dir` / `list_files`, with the reader's `layout_hint()`;
-- two files sharing a stem: `list_files`, naming both;
-- an image without a label (or a label without an image): `pair_by_image` / `pair_by_label`, naming the file,
-  every path that was tried, and how many more files lack their partner.
-
-Label values are converted with lookup tables (`make_lut`, `remap`): index = stored value.
+Every problem (a missing folder, two files sharing a stem, an image without a label) raises `DataError` naming the
+dataset and the paths at fault. Label values are converted with lookup tables (`make_lut`, `remap`).
 """
 
 from __future__ import annotations
@@ -18,16 +12,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from ..errors import DataError
 from .base import Sample, SegmentationDataset
 from .io import IMAGE_EXTENSIONS, load_label
 
 Candidates = Callable[[str, Path], Sequence[Path]]  # (stem, file) -> partner paths to try, preferred first
-
-
-# ---------------------------------------------------------------------------------------------- folders
 
 
 def pick_root(root: Path, *candidates: str) -> Path:
@@ -47,12 +37,9 @@ def require_dir(ds: SegmentationDataset, folder: Path, what: str) -> Path:
 
 def list_files(ds: SegmentationDataset, folders: Path | Sequence[Path], suffixes: Sequence[str] = IMAGE_EXTENSIONS,
                what: str = "image") -> dict[str, Path]:
-    """{stem: path} of the non-hidden files directly in `folders` whose name ends with one of `suffixes` (any case).
-
-    The stem is the name without the matched suffix, so a suffix such as `"_leftImg8bit.png"` yields the sample id.
-    Files are sorted by stem within each folder, folders in the order given. DataError (via `require_dir`) for a
-    missing folder, and naming both files when two share a stem.
-    """
+    """{stem: path} of the non-hidden files directly in `folders` whose name ends with one of `suffixes` (any case),
+    sorted by stem within each folder, folders in the order given. The stem is the name without the matched suffix,
+    so a suffix such as `"_leftImg8bit.png"` yields the sample id."""
     ends = sorted((s.lower() for s in suffixes), key=len, reverse=True)  # longest match first
     found: dict[str, Path] = {}
     for folder in [folders] if isinstance(folders, Path) else folders:
@@ -71,9 +58,6 @@ def list_files(ds: SegmentationDataset, folders: Path | Sequence[Path], suffixes
                 here[stem] = path
         found.update(sorted(here.items()))
     return found
-
-
-# ---------------------------------------------------------------------------------------------- pairing
 
 
 def _pair(ds: SegmentationDataset, files: Mapping[str, Path], candidates: Candidates, what: str,
@@ -107,10 +91,7 @@ def _pair(ds: SegmentationDataset, files: Mapping[str, Path], candidates: Candid
 
 
 def pair_by_image(ds: SegmentationDataset, images: Mapping[str, Path], label_candidates: Candidates) -> list[Sample]:
-    """One Sample per image ({stem: path}); `label_candidates(stem, image)` lists its possible labels, best first.
-
-    DataError naming the first image without a label, every path tried, and how many more images lack one.
-    """
+    """One Sample per image ({stem: path}); `label_candidates(stem, image)` lists its possible labels, best first."""
     return [Sample(stem, image, label) for stem, image, label in _pair(ds, images, label_candidates, "image", "label")]
 
 
@@ -119,53 +100,68 @@ def pair_by_label(ds: SegmentationDataset, labels: Mapping[str, Path], image_can
     return [Sample(stem, image, label) for stem, label, image in _pair(ds, labels, image_candidates, "label", "image")]
 
 
-# ---------------------------------------------------------------------------------------------- label values
+class ImagesFirst(SegmentationDataset):
+    """A reader whose images choose the samples: `base/<image_dir>/<stem><suffix>` (a suffix of `image_suffixes`)
+    with the label `base/<label_dir>/<name>`, the first of `label_names` (formatted with the stem) that exists.
+    `{split}` in the folders is the layout's split name; `base` is the first of root/<inner_roots> that is a
+    folder, else root."""
+
+    inner_roots: tuple[str, ...] = ()
+    image_dir, label_dir = "images/{split}", "annotations/{split}"
+    image_suffixes: tuple[str, ...] = IMAGE_EXTENSIONS
+    label_names: tuple[str, ...] = ("{}.png",)
+
+    @property
+    def base(self) -> Path:
+        return pick_root(self.root, *self.inner_roots)
+
+    def layout_hint(self) -> str:
+        split = self.splits[self.split]
+        suffix = self.image_suffixes[0] if len(self.image_suffixes) == 1 else ".*"
+        images = self.base / self.image_dir.format(split=split) / f"<stem>{suffix}"
+        labels = " or ".join(str(self.base / self.label_dir.format(split=split) / name.format("<stem>"))
+                             for name in self.label_names)
+        hint = f"expected images {images} and labels {labels}"
+        return hint + (f"; root may be the folder holding {self.inner_roots[0]}/ or that folder itself"
+                       if self.inner_roots else "")
+
+    def find_samples(self) -> list[Sample]:
+        split = self.splits[self.split]
+        images = list_files(self, self.base / self.image_dir.format(split=split), self.image_suffixes)
+        labels = self.base / self.label_dir.format(split=split)
+        if images:  # none: "no images found", from the base class
+            require_dir(self, labels, "label")
+        return pair_by_image(self, images, lambda stem, _: [labels / name.format(stem) for name in self.label_names])
 
 
-def make_lut(pairs: Mapping[int, int], size: int = 256, default: int = 255) -> np.ndarray:
-    """int64 lookup table of `size` entries: `pairs` {stored value: class id}, `default` elsewhere
-    (-1 marks stored values that are invalid for `remap(strict=True)`)."""
-    lut = np.full(size, default, dtype=np.int64)
+def make_lut(pairs: Mapping[int, int], default: int = 255) -> np.ndarray:
+    """int64 lookup table of 256 entries: `pairs` {stored value: class id}, `default` elsewhere (-1: invalid)."""
+    lut = np.full(256, default, dtype=np.int64)
     lut[list(pairs)] = list(pairs.values())
     return lut
 
 
-def remap(ds: SegmentationDataset, raw: np.ndarray, lut: np.ndarray, path: Path, strict: bool = True,
-          default: int = 255) -> np.ndarray:
-    """Map stored values through `lut` (index = stored value) as one array operation.
-
-    Values outside the table, or whose entry is negative (-1 = invalid), raise DataError naming `path`, the
-    dataset and the values when `strict`; otherwise they become `default`.
-    """
+def remap(ds: SegmentationDataset, raw: np.ndarray, lut: np.ndarray, path: Path, strict: bool = True) -> np.ndarray:
+    """Stored values mapped through `lut` (a `make_lut` table) as one array operation. Values outside the table, or
+    whose entry is -1, raise DataError naming `path` and the values when `strict`; otherwise they become 255."""
     raw = np.asarray(raw)
-    if raw.dtype == np.uint8 and len(lut) >= 256:
-        out, bad = lut[raw], None
+    if raw.dtype == np.uint8:  # every value is inside the table
+        out = lut[raw]
+        bad = out < 0
     else:
         values = raw.astype(np.int64, copy=False)
         inside = (values >= 0) & (values < len(lut))
-        out, bad = lut[np.where(inside, values, 0)], ~inside
-    if np.issubdtype(lut.dtype, np.signedinteger):
-        bad = out < 0 if bad is None else bad | (out < 0)
-    if bad is None or not bad.any():
+        out = lut[np.where(inside, values, 0)]
+        bad = ~inside | (out < 0)
+    if not bad.any():
         return out
     if strict:
         values = np.unique(raw[bad]).tolist()[:5]
         raise DataError(f"label {path} has values {values} that are not valid stored labels of {ds.name}")
-    out[bad] = default
+    out[bad] = 255
     return out
 
 
 def read_first_channel(path: Path) -> np.ndarray:
-    """Like `load_label`, but an RGB(A) mask whose channels differ (JPEG noise, resizing) gives its first
-    channel instead of an error. Missing or corrupt files still raise `load_label`'s DataError."""
-    try:
-        return load_label(path)
-    except DataError as exc:
-        error = exc
-    try:
-        with open(path, "rb") as f, Image.open(f) as im:
-            if im.mode in ("RGB", "RGBA", "RGBX"):
-                return np.array(im.convert("RGB"))[..., 0]
-    except Exception:  # unreadable: report load_label's message below
-        pass
-    raise error
+    """`load_label`, but an RGB(A) mask whose channels differ (JPEG noise, resizing) gives its first channel."""
+    return load_label(path, first_channel=True)

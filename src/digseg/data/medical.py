@@ -24,11 +24,8 @@ from .layout import list_files, pair_by_image, require_dir
 
 
 def read_aperio_polygons(path: Path) -> list[list[tuple[float, float]]]:
-    """Polygons [(x, y), ...] of every Annotations/Annotation/Regions/Region/Vertices/Vertex in an Aperio XML.
-
-    Raises:
-        DataError: the file is missing, not well-formed XML, or a vertex lacks a finite numeric X / Y.
-    """
+    """Polygons [(x, y), ...] of every Annotations/Annotation/Regions/Region/Vertices/Vertex in an Aperio XML;
+    DataError when the file is missing, not well-formed XML, or a vertex lacks a finite numeric X / Y."""
     try:
         root = ET.parse(path).getroot()
     except (OSError, ET.ParseError) as exc:

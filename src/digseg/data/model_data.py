@@ -1,15 +1,9 @@
 """What a trained model was trained and validated on: the `training_data` record in its config.
 
-`digseg.training.run.build_training_data` writes it (`record_training_data`) into the pipeline's config, which
-model_index.json keeps, as it keeps `task`; `TrainingDataRecord.from_config` is the one reader (of a loaded
-pipeline's config, of a model folder's model_index.json through `model_training_data`, of a model card's facts).
-With it:
-
-- `digseg eval --model M` on the model's data (the same dataset name and data root) with no split option scores
-  the model's validation split (`default_reader`), and warns when the split it scores holds images of the model's
-  training split (`overlap_warning`);
-- `digseg train-mask-decoder --model M` trains on the model's training split unless told otherwise (`flag_defaults`);
-- the model card's eval command names the data and the split flags (`eval_flags`, `describe_val`).
+Training writes it (`record_training_data`) into the pipeline's config, which model_index.json keeps;
+`TrainingDataRecord.from_config` reads it back. With it `digseg eval --model M` on the model's data scores the
+model's validation split by default and warns of training images among those it scores, `train-mask-decoder` trains
+on the model's training split, and the model card's eval command names the data and the split flags.
 
 The record (a JSON object; a field is left out when it does not apply):
 
@@ -22,9 +16,8 @@ The record (a JSON object; a field is left out when it does not apply):
     hf_split      hf: the dataset's split trained on
     num_scenes, seed   synthetic: the scenes trained on (scene i depends on (seed, i))
 
-Split lists and split folders need no more than the rule: the data root's layout rebuilds them. A model saved
-before the record existed, or trained on a dataset given as an object no name rebuilds, has none; the commands
-then do what they did without it. This module imports no torch.
+Split lists and split folders need no more than the rule: the data root's layout rebuilds them. A model without a
+record (trained on a dataset given as an object) gets none of the defaults. This module imports no torch.
 """
 
 from __future__ import annotations
@@ -77,7 +70,6 @@ class TrainingDataRecord:
         known = {field.name for field in dataclasses.fields(cls)}
         return cls(**{key: item for key, item in value.items() if key in known})
 
-    # ------------------------------------------------------------------------------------------- which data
     def same_data(self, dataset: str | None, data_root: str | None) -> bool:
         """True when `dataset` at `data_root` is the data the model was trained on (same name, same folder)."""
         if dataset != self.dataset:
@@ -95,17 +87,13 @@ class TrainingDataRecord:
             return {"train_split_file": self.split_file}
         return {}
 
-    def hf_reader(self):
-        """The `HFOptions` that read the model's hf: dataset as training read it; None for other datasets."""
-        return hf_options(self.dataset, self.hf)
-
     def default_reader(self, dataset: str, data_root: str | None, given: Mapping[str, Any]) -> dict[str, Any]:
         """`digseg eval`'s reader options for `dataset` at `data_root` when it is the model's data and
         `given` ({EVAL_SPLIT_FLAGS dest: value}) holds no value: the model's split rule. {} otherwise."""
         if not self.same_data(dataset, data_root) or any(given.get(key) is not None for key in EVAL_SPLIT_FLAGS):
             return {}
         if is_hf_dataset(self.dataset):
-            return {"hf": self.hf_reader()}
+            return {"hf": hf_options(self.dataset, self.hf)}  # read as training read it
         return self.split_options()
 
     def flag_defaults(self) -> dict[str, Any]:
@@ -117,15 +105,12 @@ class TrainingDataRecord:
                  "hf": self.hf}
         return {key: value for key, value in flags.items() if value is not None}
 
-    # ------------------------------------------------------------------------------------------- in words
     def describe(self) -> str:
         """The training split in words, e.g. "folder data at /data/mine, by file-name hash, val_fraction 0.1"."""
         where = self.dataset + (f" data at {self.data_root}" if self.data_root else "")
         how = {BY_HASH: f"by file-name hash, val_fraction {self.val_fraction or 0:g}",
                BY_SPLIT_FILE: f"listed in {self.split_file}", BY_SPLIT_LISTS: "listed in splits/train.txt",
-               BY_SPLIT_FOLDERS: "in images/train/"}.get(self.split_rule or "")
-        if how is None:
-            how = f"split {self.hf_split or 'train'}"
+               BY_SPLIT_FOLDERS: "in images/train/"}.get(self.split_rule or "", f"split {self.hf_split or 'train'}")
         return f"{where}, {how}"
 
     def describe_val(self) -> str:
@@ -152,7 +137,6 @@ class TrainingDataRecord:
                                  for key, value in self.hf.items())]
         return flags
 
-    # ------------------------------------------------------------------------------------------- overlap
     def training_overlap(self, dataset) -> int | None:
         """How many samples of `dataset` (a reader's split, e.g. the one `digseg eval` scores) were in the model's
         training split; None when `dataset` is other data or the training split cannot be rebuilt."""

@@ -19,68 +19,35 @@ from pathlib import Path
 import numpy as np
 
 from .base import MetricKind, Sample, SegmentationDataset, read_class_file, register_dataset
-from .layout import list_files, make_lut, pair_by_image, pair_by_label, pick_root, remap, require_dir
+from .layout import ImagesFirst, list_files, make_lut, pair_by_label, pick_root, remap, require_dir
 
 PHOTO_PROMPT = "a photo of a {}."
 
 
-# ---- label tables
-def _reduce_zero_label_lut() -> np.ndarray:
-    # 1..150 -> 0..149; 0 = unlabelled and 255 (as in mmsegmentation's reduce_zero_label) -> 255; others invalid
-    return make_lut({0: 255, 255: 255, **{v: v - 1 for v in range(1, 151)}}, default=-1)
-
-
+# mmsegmentation's reduce_zero_label: 1..150 -> 0..149; 0 (unlabelled) and 255 -> 255; others invalid
+ADE20K_LUT = make_lut({0: 255, 255: 255, **{v: v - 1 for v in range(1, 151)}}, default=-1)
 # COCO-Stuff-164k raw ids (0-based COCO category id - 1) that no image uses: the 11 dropped thing ids.
 COCO_UNUSED_IDS = (11, 25, 28, 29, 44, 65, 67, 68, 70, 82, 90)
-
-
-def _coco_stuff_lut() -> np.ndarray:
-    used = [v for v in range(182) if v not in COCO_UNUSED_IDS]  # -> 171 contiguous ids, as mmsegmentation's
-    pairs = {**{v: i for i, v in enumerate(used)}, **dict.fromkeys(COCO_UNUSED_IDS, 255), 255: 255}  # clsID_to_trID
-    return make_lut(pairs, default=-1)
-
-
-# ---- readers
-class _ImagesFirst(SegmentationDataset):
-    """`base/<image_folder>/<split>/*.jpg` (the images choose the samples) + `base/<label_folder>/<split>/<name>`,
-    `name` the first of `label_names` (formatted with the stem) that exists; `base` is root/<inner_roots[i]> or root."""
-
-    inner_roots: tuple[str, ...] = ()
-    image_folder, label_folder = "images", "annotations"
-    label_names: tuple[str, ...] = ("{}.png",)
-
-    @property
-    def base(self) -> Path:
-        return pick_root(self.root, *self.inner_roots)
-
-    def find_samples(self) -> list[Sample]:
-        d = self.splits[self.split]
-        images = list_files(self, self.base / self.image_folder / d)
-        labels = require_dir(self, self.base / self.label_folder / d, "label")
-        return pair_by_image(self, images, lambda stem, _: [labels / n.format(stem) for n in self.label_names])
+# the other 171 raw ids -> contiguous ids, as mmsegmentation's clsID_to_trID; unused ids and 255 -> 255
+COCO_STUFF_LUT = make_lut({**{v: i for i, v in enumerate(v for v in range(182) if v not in COCO_UNUSED_IDS)},
+                           **dict.fromkeys(COCO_UNUSED_IDS, 255), 255: 255}, default=-1)
 
 
 @register_dataset
-class ADE20K150(_ImagesFirst):
+class ADE20K150(ImagesFirst):
     name = "ade20k-150"
     metric = MetricKind.SEMANTIC
     class_names = read_class_file("ade20k_150.txt")
     splits = {"train": "training", "val": "validation"}
     prompt_template = PHOTO_PROMPT
-    _lut = _reduce_zero_label_lut()
     inner_roots = ("ADEChallengeData2016",)
 
-    def layout_hint(self) -> str:
-        d = self.splits[self.split]
-        return (f"expected images {self.base}/images/{d}/*.jpg and labels {self.base}/annotations/{d}/<stem>.png; "
-                "root may be the folder holding ADEChallengeData2016/ or that folder itself")
-
     def convert_label(self, raw: np.ndarray, path: Path) -> np.ndarray:
-        return remap(self, raw, self._lut, path)
+        return remap(self, raw, ADE20K_LUT, path)
 
 
 @register_dataset
-class ADE20K847(_ImagesFirst):
+class ADE20K847(ImagesFirst):
     name = "ade20k-847"
     metric = MetricKind.OPEN_VOCAB
     class_names = read_class_file("ade20k_847.txt")
@@ -88,14 +55,8 @@ class ADE20K847(_ImagesFirst):
     splits = {"train": "training", "val": "validation"}
     prompt_template = PHOTO_PROMPT
     inner_roots = ("ADE20K_2021_17_01",)
-    image_folder, label_folder = "images_detectron2", "annotations_detectron2"
+    image_dir, label_dir = "images_detectron2/{split}", "annotations_detectron2/{split}"
     label_names = ("{}.tif",)
-
-    def layout_hint(self) -> str:
-        d = self.splits[self.split]
-        return (f"expected images {self.base}/images_detectron2/{d}/*.jpg and uint16 labels "
-                f"{self.base}/annotations_detectron2/{d}/<stem>.tif; root may be the folder holding "
-                "ADE20K_2021_17_01/ or that folder itself")
 
 
 class _PascalContext(SegmentationDataset):
@@ -138,22 +99,16 @@ class PascalContext459(_PascalContext):
 
 
 @register_dataset
-class COCOStuff171(_ImagesFirst):
+class COCOStuff171(ImagesFirst):
     name = "coco-stuff-171"
     metric = MetricKind.SEMANTIC
     class_names = read_class_file("coco_stuff_171.txt")
     splits = {"train": "train2017", "val": "val2017"}
     prompt_template = PHOTO_PROMPT
-    _lut = _coco_stuff_lut()
     CONVERTED = "_labelTrainIds.png"
     label_names = ("{}" + CONVERTED, "{}.png")  # a converted file wins over the raw one beside it
-
-    def layout_hint(self) -> str:
-        d = self.splits[self.split]
-        return (f"expected images {self.root}/images/{d}/*.jpg and labels {self.root}/annotations/{d}/<stem>.png "
-                f"(raw ids 0..181) or <stem>{self.CONVERTED} (0..170)")
 
     def convert_label(self, raw: np.ndarray, path: Path) -> np.ndarray:
         if path.name.endswith(self.CONVERTED):
             return raw  # already contiguous train ids (255 = ignore)
-        return remap(self, raw, self._lut, path)
+        return remap(self, raw, COCO_STUFF_LUT, path)

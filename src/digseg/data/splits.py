@@ -1,28 +1,16 @@
-"""How the `folder` dataset (a user's own images and masks, `digseg.data.domains.FolderPairs`) is split.
+"""How the `folder` dataset (a user's own images and masks, `digseg.data.domains.FolderPairs`) is split
+(docs/training.md, "Your own data: train and val splits", states the rules). The first rule that applies:
 
-The images of a split are chosen by the first of these rules that applies:
-
-1. a split file given (`split_file=`, `--split-file`): a text file of stems, one per line (blank lines and lines
-   starting with '#' skipped), naming the images of the split that is read;
+1. a split file given (`split_file=`): the stems of the split that is read;
 2. `ROOT/splits/<split>.txt`, when `ROOT/splits/` holds `.txt` files (mmsegmentation's split lists);
-3. split folders, when `ROOT/images/` holds folders: `images/<split>/` with `masks/<split>/<stem>.png`
-   (mmsegmentation's custom-dataset layout; images directly in `images/` are then not read);
-4. a flat folder, `images/<stem>.*`: an image is held out for val when the position of its stem,
-   `stem_position` (the first 52 bits of the SHA-1 of the UTF-8 stem, as a fraction in [0, 1)), is below
-   `val_fraction` (default `DEFAULT_VAL_FRACTION`, 0.1); train is the rest. An image's split depends on its own
-   stem only, so adding images moves none of the others. The val share is close to the fraction on hundreds of
-   images; a handful may hold out none, which is an error saying what to do.
+3. split folders, when `ROOT/images/` holds folders: `images/<split>/` with `masks/<split>/<stem>.png`;
+4. a flat folder, `images/<stem>.*`: an image is held out for val when the position of its stem (`is_held_out`)
+   is below `val_fraction`; train is the rest. An image's split depends on its own stem only.
 
-Stems named by rules 1 and 2 are looked up among `images/*` and the split folders' images. Splits are train and
-val, and test with rules 1 to 3.
-
-A training list (`train_split_file=`; what `data.split_file` / `digseg train --split-file` gives, and what a model
-trained with one records) names the training images: split train is the listed images (rule 1), and every other
-split is the split that rules 2 and 3 give, less the listed images, or for a flat folder's val, every image not
-listed. Validation then never scores a training image.
-
-`SPLIT_RULES` names these rules in the record a trained model keeps of its data (`digseg.data.model_data`). This
-module imports no torch: the command line reads its default.
+A training list (`train_split_file=`) names the training images: split train is the listed images (rule 1), and
+every other split is the split that rules 2 and 3 give, less the listed images, or for a flat folder's val, every
+image not listed. `SPLIT_RULES` names the rules in a trained model's record of its data (`digseg.data.model_data`).
+This module imports no torch: the command line reads its default.
 """
 
 from __future__ import annotations
@@ -38,17 +26,13 @@ DEFAULT_VAL_FRACTION = 0.1  # share of a flat folder held out for val when no fr
 # the rules above by number (1 to 4), as a model's record of its data names the one that chose its splits
 BY_SPLIT_FILE, BY_SPLIT_LISTS, BY_SPLIT_FOLDERS, BY_HASH = SPLIT_RULES = (
     "split file", "split lists", "split folders", "file-name hash")
-HASH_RULE = "sha1-52"  # rule 4's position of a stem (`stem_position`), as a model's record names it
-
-
-def stem_position(stem: str) -> float:
-    """A fixed, evenly spread number in [0, 1) for `stem`: the first 52 bits of its SHA-1 (exact in a float)."""
-    return int(hashlib.sha1(stem.encode("utf-8")).hexdigest()[:13], 16) / 16**13
+HASH_RULE = "sha1-52"  # rule 4's position of a stem, as a model's record names it
 
 
 def is_held_out(stem: str, val_fraction: float) -> bool:
     """True when the image `stem` of a flat folder belongs to val at this fraction (rule 4 above)."""
-    return stem_position(stem) < val_fraction
+    position = int(hashlib.sha1(stem.encode("utf-8")).hexdigest()[:13], 16) / 16**13  # 52 bits: exact in a float
+    return position < val_fraction
 
 
 def check_val_fraction(value: Any) -> float:

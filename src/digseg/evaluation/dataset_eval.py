@@ -4,13 +4,9 @@ Prediction files: `<predictions>/<stem>.png`, values = class ids of the dataset;
 for datasets of at most 255 classes, 65535 (16-bit PNG) above that. Any value outside the class range counts
 as a wrong prediction for the pixel's true class.
 
-Scoring by the dataset's `metric` (`digseg.data.base.MetricKind`):
-- semantic: one dataset-level confusion matrix; mIoU over classes whose union > 0 (mmsegmentation);
-- open_vocab: the same matrix, mean over classes present in the ground truth (CAT-Seg protocol);
-- road: IoU, precision, recall, F1 of class 1 (road), from the dataset-level matrix;
-- medical: foreground Dice and IoU per image for each target (`medical_targets`), averaged over images.
-Memory is one K x K matrix (or one running sum per target) whatever the dataset size. A sample that cannot be
-read (corrupt image, missing or malformed label, missing prediction, size mismatch) is reported and skipped.
+Scoring follows the dataset's `metric` (`digseg.data.base.MetricKind` says what each kind computes); memory is one
+K x K matrix (or one running list per medical target) whatever the dataset size. A sample that cannot be read
+(corrupt image, missing or malformed label, missing prediction, size mismatch) is reported and skipped.
 
 Under `accelerate launch` / `torchrun` with N processes, each process predicts and scores every N-th sample
 (`digseg.distributed.shard`); confusion matrices are merged and per-image scores gathered in sample order, so
@@ -32,11 +28,11 @@ from ..data.base import MetricKind, Sample, SegmentationDataset
 from ..data.io import save_label_png
 from ..distributed import gather_objects, is_main_process, shard, sum_tensor, wait_for_everyone
 from ..errors import DataError, DigsegError
-from .metrics import SegmentationMetric, binary_scores, per_image_dice_iou
 from ..pipelines.pipeline import DiGSegOutput
 from ..pipelines.prompts import is_background
-from .protocols import TestProtocol, protocol_for
 from ..seeding import seeded_generator
+from .metrics import SegmentationMetric, binary_scores, per_image_dice_iou
+from .protocols import TestProtocol, protocol_for
 
 logger = logging.getLogger("digseg.eval")
 
@@ -54,7 +50,8 @@ HEADLINE_METRIC: dict[MetricKind, str] = {
 
 
 def medical_targets(dataset: SegmentationDataset) -> dict[str, tuple[int, ...]]:
-    return getattr(dataset, "medical_targets", None) or {dataset.class_names[-1]: (len(dataset.class_names) - 1,)}
+    """{name: class ids} of the medical scores: the reader's `medical_targets`, else its last class."""
+    return getattr(dataset, "medical_targets", None) or {dataset.class_names[-1]: (dataset.num_classes - 1,)}
 
 
 def _read_prediction(path: Path, shape: tuple[int, int]) -> np.ndarray:
@@ -71,9 +68,8 @@ def _read_prediction(path: Path, shape: tuple[int, int]) -> np.ndarray:
 
 
 class Scores:
-    """Running scores of a dataset's predictions by its metric (module docstring): `add` each image's prediction
-    and label (or `skip` it, with why), then `result()` merges every process's and computes the percentages.
-    Memory: one K x K matrix (or one running list of per-image scores per medical target)."""
+    """Running scores of a dataset's predictions by its metric: `add` each image's prediction and label (or `skip`
+    it, with why), then `result()` merges every process's and computes the percentages."""
 
     def __init__(self, dataset: SegmentationDataset) -> None:
         self.dataset, self.kind = dataset, MetricKind(dataset.metric)
@@ -109,20 +105,17 @@ class Scores:
         result = confusion.compute(present_only=present_only)
         out: dict = {"dataset": dataset.name, "split": dataset.split, "metric": kind.value,
                      "num_images": len(dataset.samples) - len(skipped),
-                     "mIoU": result["mIoU"], "aAcc": result["aAcc"], "mAcc": result["mAcc"], "mDice": result["mDice"],
-                     "per_class": result["per_class"], "present_only": present_only}
+                     **{key: result[key] for key in ("mIoU", "aAcc", "mAcc", "mDice", "per_class")},
+                     "present_only": present_only}
         if kind is MetricKind.ROAD:
             out.update(binary_scores(confusion, positive=1))
         if kind is MetricKind.MEDICAL:
-            out["per_target"] = {
-                name: {"Dice": 100 * float(np.mean([d for d, _ in scores])),
-                       "IoU": 100 * float(np.mean([i for _, i in scores]))}
-                for name, scores in per_image.items()
-            }
+            out["per_target"] = {name: {"Dice": 100 * float(np.mean([d for d, _ in scores])),
+                                        "IoU": 100 * float(np.mean([i for _, i in scores]))}
+                                 for name, scores in per_image.items()}
             out["Dice"] = float(np.mean([t["Dice"] for t in out["per_target"].values()]))
             out["IoU"] = float(np.mean([t["IoU"] for t in out["per_target"].values()]))
-        out["skipped"] = len(skipped)
-        out["skipped_samples"] = skipped
+        out.update(skipped=len(skipped), skipped_samples=skipped)
         return out
 
 
@@ -226,11 +219,10 @@ def predict_dataset(pipe, dataset: SegmentationDataset, out_dir: str | Path | No
     return {"written": int(sum_tensor(torch.tensor(written))), "skipped": gather_objects(skipped)}
 
 
-def search_threshold(pipe, dataset: SegmentationDataset, grid: np.ndarray | None = None, **predict_kwargs) -> tuple[float, float]:
-    """Binary datasets: the threshold on the foreground probability that maximises mean per-image Dice.
-
-    Runs the model once over `dataset` (a validation split) and scores every threshold of `grid`. -> (threshold, Dice %).
-    """
+def search_threshold(pipe, dataset: SegmentationDataset, grid: np.ndarray | None = None,
+                     **predict_kwargs) -> tuple[float, float]:
+    """Binary datasets: (the threshold on the foreground probability that maximises mean per-image Dice, that
+    Dice %), from one run of the model over `dataset` (a validation split) scored at every threshold of `grid`."""
     if dataset.num_classes != 2:
         raise DigsegError(f"threshold search applies to 2-class datasets; {dataset.name} has {dataset.num_classes}")
     grid = np.round(np.arange(0.05, 0.96, 0.05), 2) if grid is None else grid

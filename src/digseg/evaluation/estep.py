@@ -49,7 +49,7 @@ def evaluate_binary(pipe: DiGSegPipeline, dataset: Dataset, setting: EStep, seed
     images, labels = _load(dataset, limit)
     names = dataset.class_names
     ignore = getattr(dataset, "ignore_index", 255)
-    metric = SegmentationMetric(2, ignore_index=ignore, class_names=[BACKGROUND, FOREGROUND])  # targets: 1 = the class
+    metric = SegmentationMetric(2, ignore_index=ignore, class_names=[BACKGROUND, FOREGROUND])
     queried, seconds = 0, 0.0
     for c, name in enumerate(names):
         if is_background(name):
@@ -61,8 +61,7 @@ def evaluate_binary(pipe: DiGSegPipeline, dataset: Dataset, setting: EStep, seed
         seconds += time.perf_counter() - start
         queried += len(images)
         for label, pred in zip(labels, out.labels):
-            target = (label == c).long()
-            target[label == ignore] = ignore
+            target = torch.where(label == ignore, ignore, (label == c).long())  # 1 = the class
             metric.update(torch.as_tensor(pred), target)
     result = metric.compute()
     return {"mIoU": result["mIoU"], "IoU_foreground": result["per_class"][FOREGROUND] or 0.0,
@@ -73,7 +72,8 @@ def evaluate_binary(pipe: DiGSegPipeline, dataset: Dataset, setting: EStep, seed
 def evaluate_palette(pipe: DiGSegPipeline, dataset: Dataset, setting: EStep, seed: int = 0, batch_size: int = 32,
                      limit: int | None = None, **call_kwargs) -> dict:
     images, labels = _load(dataset, limit)
-    metric = SegmentationMetric(len(dataset.class_names), getattr(dataset, "ignore_index", 255), list(dataset.class_names))
+    names = list(dataset.class_names)
+    metric = SegmentationMetric(len(names), getattr(dataset, "ignore_index", 255), names)
     start = time.perf_counter()
     out = pipe(images, ensemble_size=setting.ensemble_size, num_inference_steps=setting.steps, batch_size=batch_size,
                generator=torch.Generator().manual_seed(seed), show_progress_bar=False, **call_kwargs)

@@ -1,11 +1,5 @@
-"""Confusion-matrix segmentation metrics; memory independent of dataset size.
-
-`SegmentationMetric` accumulates one int64 ``[K, K]`` confusion matrix (rows = label, cols = pred)
-over a whole dataset, with ignore pixels removed, and reports mmsegmentation-style percentages
-(mIoU, aAcc, mAcc, mDice) or the CAT-Seg open-vocabulary protocol (``present_only=True``).
-`binary_scores` gives the road-style IoU / precision / recall / F1 of one class from a dataset-level
-matrix; `per_image_dice_iou` gives the medical per-image foreground Dice and IoU.
-"""
+"""Segmentation metrics: a dataset-level confusion matrix (`SegmentationMetric`, mmsegmentation's and CAT-Seg's
+means), road scores of one class (`binary_scores`), medical per-image Dice and IoU (`per_image_dice_iou`)."""
 
 from __future__ import annotations
 
@@ -14,13 +8,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-
-__all__ = [
-    "SegmentationMetric",
-    "binary_scores",
-    "per_image_dice_iou",
-    "format_markdown_table",
-]
 
 ArrayLike = torch.Tensor | np.ndarray
 
@@ -58,40 +45,24 @@ class SegmentationMetric:
             (e.g. 255 "none"): they count in the label's area but in no prediction column.
     """
 
-    def __init__(
-        self, num_classes: int, ignore_index: int = 255, class_names: list[str] | None = None
-    ) -> None:
+    def __init__(self, num_classes: int, ignore_index: int = 255, class_names: list[str] | None = None) -> None:
         if int(num_classes) < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        self.num_classes = int(num_classes)
+        self.num_classes = k = int(num_classes)
         self.ignore_index = int(ignore_index)
-        if 0 <= self.ignore_index < self.num_classes:
-            raise ValueError(
-                f"ignore_index {ignore_index} collides with a class id in [0, {num_classes})"
-            )
-        if class_names is None:
-            class_names = [str(i) for i in range(self.num_classes)]
-        if len(class_names) != self.num_classes:
-            raise ValueError(f"got {len(class_names)} class names for {self.num_classes} classes")
-        self.class_names = list(class_names)
-        self.reset()
-
-    def reset(self) -> None:
-        """Zero the accumulated counts."""
-        k = self.num_classes
-        self.confusion: torch.Tensor = torch.zeros(k, k, dtype=torch.int64)  # [K, K]
-        self.invalid_pred: torch.Tensor = torch.zeros(k, dtype=torch.int64)  # [K]
+        if 0 <= self.ignore_index < k:
+            raise ValueError(f"ignore_index {ignore_index} collides with a class id in [0, {num_classes})")
+        self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
+        if len(self.class_names) != k:
+            raise ValueError(f"got {len(self.class_names)} class names for {k} classes")
+        self.confusion = torch.zeros(k, k, dtype=torch.int64)  # [K, K]
+        self.invalid_pred = torch.zeros(k, dtype=torch.int64)  # [K]
 
     def update(self, pred: ArrayLike, label: ArrayLike) -> None:
-        """Add one batch: ``pred`` and ``label`` integer arrays of the same (any) shape.
-
-        Pixels with ``label == ignore_index`` are dropped. Raises ValueError on a shape mismatch or
-        a label value outside [0, K) that is not ignore_index.
-        """
-        p_shape = tuple(pred.shape)
-        l_shape = tuple(label.shape)
-        if p_shape != l_shape:
-            raise ValueError(f"pred shape {p_shape} != label shape {l_shape}")
+        """Add one batch: ``pred`` and ``label`` integer arrays of the same (any) shape; pixels with
+        ``label == ignore_index`` are dropped, other label values outside [0, K) raise ValueError."""
+        if tuple(pred.shape) != tuple(label.shape):
+            raise ValueError(f"pred shape {tuple(pred.shape)} != label shape {tuple(label.shape)}")
         p, lab = _as_long(pred), _as_long(label)  # [N], [N]
         k = self.num_classes
         keep = lab != self.ignore_index
@@ -99,10 +70,8 @@ class SegmentationMetric:
         bad = (lab < 0) | (lab >= k)
         if bool(bad.any()):
             values = torch.unique(lab[bad]).tolist()[:10]
-            raise ValueError(
-                f"label values out of range [0, {k}) and not ignore_index ({self.ignore_index}): "
-                + ", ".join(str(v) for v in values)
-            )
+            raise ValueError(f"label values out of range [0, {k}) and not ignore_index ({self.ignore_index}): "
+                             + ", ".join(str(v) for v in values))
         valid = (p >= 0) & (p < k)
         idx = lab[valid] * k + p[valid]
         self.confusion += torch.bincount(idx, minlength=k * k).view(k, k)
@@ -115,18 +84,6 @@ class SegmentationMetric:
         self.confusion += other.confusion.to(self.confusion.device)
         self.invalid_pred += other.invalid_pred.to(self.invalid_pred.device)
 
-    def areas(self) -> dict[str, torch.Tensor]:
-        """Per-class int64 ``[K]`` areas: ``intersect``, ``pred``, ``label``, ``union``."""
-        inter = self.confusion.diagonal().clone()
-        area_pred = self.confusion.sum(dim=0)
-        area_label = self.confusion.sum(dim=1) + self.invalid_pred
-        return {
-            "intersect": inter,
-            "pred": area_pred,
-            "label": area_label,
-            "union": area_pred + area_label - inter,
-        }
-
     def compute(self, present_only: bool = False) -> dict[str, Any]:
         """Percentages (x100): ``mIoU``, ``aAcc``, ``mAcc``, ``mDice``, ``per_class``, ``per_class_acc``.
 
@@ -136,32 +93,24 @@ class SegmentationMetric:
         ``per_class`` / ``per_class_acc`` map class name -> value, None where undefined (union == 0,
         resp. label area == 0). Means with no eligible class are NaN.
         """
-        a = self.areas()
-        iou = _pct(a["intersect"], a["union"])
-        acc = _pct(a["intersect"], a["label"])
-        dice = _pct(2 * a["intersect"], a["pred"] + a["label"])
-        present = (a["label"] > 0).tolist()
-        in_union = (a["union"] > 0).tolist()
-        keep = present if present_only else in_union
-        total = int(a["label"].sum())
-        return {
-            "mIoU": _mean(iou, keep),
-            "aAcc": 100.0 * int(a["intersect"].sum()) / total if total > 0 else float("nan"),
-            "mAcc": _mean(acc, present),
-            "mDice": _mean(dice, keep),
-            "per_class": dict(zip(self.class_names, iou)),
-            "per_class_acc": dict(zip(self.class_names, acc)),
-        }
+        inter = self.confusion.diagonal()  # [K] each
+        area_pred = self.confusion.sum(dim=0)
+        area_label = self.confusion.sum(dim=1) + self.invalid_pred
+        union = area_pred + area_label - inter
+        iou, acc = _pct(inter, union), _pct(inter, area_label)
+        dice = _pct(2 * inter, area_pred + area_label)
+        present = (area_label > 0).tolist()
+        keep = present if present_only else (union > 0).tolist()
+        total = int(area_label.sum())
+        return {"mIoU": _mean(iou, keep),
+                "aAcc": 100.0 * int(inter.sum()) / total if total > 0 else float("nan"),
+                "mAcc": _mean(acc, present), "mDice": _mean(dice, keep),
+                "per_class": dict(zip(self.class_names, iou)), "per_class_acc": dict(zip(self.class_names, acc))}
 
 
-def binary_scores(
-    confusion: torch.Tensor | np.ndarray | SegmentationMetric, positive: int = 1
-) -> dict[str, float]:
-    """IoU, precision, recall, F1 (percent) of class ``positive`` from a ``[K, K]`` confusion matrix.
-
-    Passing a `SegmentationMetric` also counts its out-of-range predictions as missed positives.
-    Undefined ratios (0 / 0) are NaN.
-    """
+def binary_scores(confusion: torch.Tensor | np.ndarray | SegmentationMetric, positive: int = 1) -> dict[str, float]:
+    """IoU, precision, recall, F1 (percent; 0 / 0 is NaN) of class ``positive`` from a ``[K, K]`` confusion matrix;
+    a `SegmentationMetric`'s out-of-range predictions count as missed positives."""
     missed = 0
     if isinstance(confusion, SegmentationMetric):
         missed = int(confusion.invalid_pred[positive])
@@ -174,22 +123,14 @@ def binary_scores(
     def ratio(n: int, d: int) -> float:
         return 100.0 * n / d if d > 0 else float("nan")
 
-    return {
-        "IoU": ratio(tp, tp + fp + fn),
-        "precision": ratio(tp, tp + fp),
-        "recall": ratio(tp, tp + fn),
-        "F1": ratio(2 * tp, 2 * tp + fp + fn),
-    }
+    return {"IoU": ratio(tp, tp + fp + fn), "precision": ratio(tp, tp + fp), "recall": ratio(tp, tp + fn),
+            "F1": ratio(2 * tp, 2 * tp + fp + fn)}
 
 
-def per_image_dice_iou(
-    pred: ArrayLike, label: ArrayLike, positive: int = 1, ignore_index: int = 255
-) -> tuple[float, float]:
-    """Foreground Dice and IoU of one image, as fractions in [0, 1].
-
-    ``pred`` and ``label`` are integer maps of the same shape (e.g. ``[H, W]``); pixels with
-    ``label == ignore_index`` are dropped. Empty prediction vs empty ground truth gives (1.0, 1.0).
-    """
+def per_image_dice_iou(pred: ArrayLike, label: ArrayLike, positive: int = 1,
+                       ignore_index: int = 255) -> tuple[float, float]:
+    """Foreground Dice and IoU of one image, fractions in [0, 1], from integer maps of one shape (e.g. ``[H, W]``);
+    pixels with ``label == ignore_index`` are dropped; empty prediction and empty ground truth give (1.0, 1.0)."""
     if tuple(pred.shape) != tuple(label.shape):
         raise ValueError(f"pred shape {tuple(pred.shape)} != label shape {tuple(label.shape)}")
     p, lab = _as_long(pred), _as_long(label)

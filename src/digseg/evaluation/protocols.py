@@ -1,26 +1,10 @@
-"""Test protocols: how a benchmark's published tables were produced, one preset per dataset (registry name).
+"""Test protocols: how a benchmark's published tables were produced, one preset per dataset (registry name); the
+sources and the reasons are tabled in docs/eval_protocols.md.
 
 A `TestProtocol` is the pipeline's test-time settings (`mode`, `crop_size`, `stride`, `scale`, `keep_ratio`,
 `global_view`, `flip`; see `DiGSegPipeline.__call__`). `digseg eval` uses `protocol_for(dataset, open_vocab)`
 by default; every field can be overridden on the command line (`add_protocol_flags`, `protocol_from_args`),
 and `metrics.json` records the protocol used.
-
-Sources (read, not copied):
-- closed-set semantic: mmsegmentation. Test scale from configs/_base_/datasets/*.py `test_pipeline`
-  (`Resize(scale=..., keep_ratio=True)`): ade20k.py and coco-stuff164k.py (2048, 512), cityscapes.py
-  (2048, 1024), pascal_context_59.py (520, 520). Slide settings from the models' `test_cfg`: 512 / 341 for
-  ADE20K / COCO-Stuff 512x512 models (ViT, SETR, BEiT, Swin configs), 1024 / 768 for Cityscapes 1024x1024
-  models (SegFormer), 480 / 320 for PASCAL-Context (mmseg's pascal_context configs).
-- open vocabulary: CAT-Seg (cat_seg/cat_seg_model.py `inference_sliding_window`, eval.sh sets
-  TEST.SLIDING_WINDOW for all six benchmarks): image resized to 640 x 640 (not keeping the ratio), 384
-  windows with overlap 0.333 (stride int(384 * 0.667) = 256), plus the whole image as a global view.
-Datasets without a field protocol (roads, medical, plant, a user's folder) get the model's own setting:
-whole image at its processing resolution.
-
-Slide mode asked for without a test scale (`digseg predict --mode slide --window-size 512`, or `--mode slide` on
-a dataset without a preset) gets mmseg's test scale for that crop, keep-ratio (4 x crop, crop): (2048, 512) for
-512 windows, as ADE20K and COCO-Stuff are tested (`tiling_scale`). Resizing the longer side to the processing
-resolution instead would make one window cover the whole image, and slide mode would equal whole mode.
 """
 
 from __future__ import annotations
@@ -30,7 +14,6 @@ from dataclasses import asdict, dataclass, replace
 
 from ..errors import ConfigError
 from ..pipelines.choices import INFERENCE_MODES
-
 
 
 @dataclass(frozen=True)
@@ -54,20 +37,23 @@ class TestProtocol:
         return asdict(self)
 
 
-MMSEG_ADE = "mmseg: configs/_base_/datasets/ade20k.py scale (2048, 512) keep_ratio; slide 512 / 341"
+def _mmseg(config: str, crop: int, stride: int, scale: tuple[int, int]) -> TestProtocol:
+    """mmseg's slide test of `config` (configs/_base_/datasets/<config>.py) at keep-ratio `scale`."""
+    return TestProtocol("slide", (crop, crop), (stride, stride), scale, source=f"mmseg: configs/_base_/datasets/"
+                        f"{config}.py scale {scale} keep_ratio; slide {crop} / {stride}")
+
+
 PRESETS: dict[str, TestProtocol] = {  # closed-set (palette) evaluation, by dataset registry name
-    "ade20k-150": TestProtocol("slide", (512, 512), (341, 341), (2048, 512), source=MMSEG_ADE),
-    "coco-stuff-171": TestProtocol("slide", (512, 512), (341, 341), (2048, 512),
-                                   source="mmseg: configs/_base_/datasets/coco-stuff164k.py scale (2048, 512) keep_ratio; slide 512 / 341"),
-    "pascal-context-59": TestProtocol("slide", (480, 480), (320, 320), (520, 520),
-                                      source="mmseg: configs/_base_/datasets/pascal_context_59.py scale (520, 520) keep_ratio; slide 480 / 320"),
-    "cityscapes": TestProtocol("slide", (1024, 1024), (768, 768), (2048, 1024),
-                               source="mmseg: configs/_base_/datasets/cityscapes.py scale (2048, 1024) keep_ratio; slide 1024 / 768"),
+    "ade20k-150": _mmseg("ade20k", 512, 341, (2048, 512)),
+    "coco-stuff-171": _mmseg("coco-stuff164k", 512, 341, (2048, 512)),
+    "pascal-context-59": _mmseg("pascal_context_59", 480, 320, (520, 520)),
+    "cityscapes": _mmseg("cityscapes", 1024, 768, (2048, 1024)),
     "bdd100k": TestProtocol("slide", (1024, 1024), (768, 768), (2048, 1024),
                             source="mmseg: Cityscapes' protocol, applied to BDD100K (the same 19 classes)"),
 }
 CATSEG = TestProtocol("slide", (384, 384), (256, 256), (640, 640), keep_ratio=False, global_view=True,
-                      source="CAT-Seg: cat_seg_model.py inference_sliding_window (640 x 640, kernel 384, overlap 0.333, global view)")
+                      source="CAT-Seg: cat_seg_model.py inference_sliding_window (640 x 640, kernel 384, "
+                             "overlap 0.333, global view)")
 
 
 def protocol_for(dataset_name: str, open_vocab: bool = False) -> TestProtocol:
@@ -98,16 +84,18 @@ def add_protocol_flags(parser: argparse.ArgumentParser, preset_note: str) -> Non
     training's crop."""
     g = parser.add_argument_group("test protocol", f"how images are resized and tiled ({preset_note}); "
                                   "see docs/eval_protocols.md")
-    g.add_argument("--mode", choices=INFERENCE_MODES, default=None, help="whole image, or sliding windows")
-    g.add_argument("--window-size", type=parse_pair, default=None, metavar="H[,W]", help="slide: window size")
-    g.add_argument("--stride", type=parse_pair, default=None, metavar="H[,W]", help="slide: window step")
-    g.add_argument("--scale", type=parse_pair, default=None, metavar="LONG,SHORT",
-                   help="test resize: keep-ratio (long cap, short side), e.g. 2048,512; with --no-keep-ratio exactly W,H")
-    g.add_argument("--keep-ratio", action=argparse.BooleanOptionalAction, default=None,
-                   help="test resize: keep the aspect ratio (default: the protocol's; --no-keep-ratio: exactly --scale)")
-    g.add_argument("--global-view", action=argparse.BooleanOptionalAction, default=None,
+    g.add_argument("--mode", choices=INFERENCE_MODES, help="whole image, or sliding windows")
+    g.add_argument("--window-size", type=parse_pair, metavar="H[,W]", help="slide: window size")
+    g.add_argument("--stride", type=parse_pair, metavar="H[,W]", help="slide: window step")
+    g.add_argument("--scale", type=parse_pair, metavar="LONG,SHORT",
+                   help="test resize: keep-ratio (long cap, short side), e.g. 2048,512; "
+                        "with --no-keep-ratio exactly W,H")
+    g.add_argument("--keep-ratio", action=argparse.BooleanOptionalAction,
+                   help="test resize: keep the aspect ratio "
+                        "(default: the protocol's; --no-keep-ratio: exactly --scale)")
+    g.add_argument("--global-view", action=argparse.BooleanOptionalAction,
                    help="slide: also run the whole image as one window (CAT-Seg)")
-    g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="horizontal flip test-time augmentation")
+    g.add_argument("--flip", action=argparse.BooleanOptionalAction, help="horizontal flip test-time augmentation")
 
 
 def protocol_from_args(args: argparse.Namespace, preset: TestProtocol) -> TestProtocol:
