@@ -126,7 +126,8 @@ def test_runtime_info_says_where_a_run_was():
     assert json.loads(json.dumps(info)) == info  # JSON values, as the outputs write it
     cpu = {k: v for k, v in info.items() if k != "device_name"}
     assert cpu == {"device": "cpu", "dtype": "bf16", "num_processes": 2, "torch": torch.__version__,
-                   "diffusers": diffusers.__version__, "digseg": digseg.__version__, "memory_mib": None}
+                   "diffusers": diffusers.__version__, "digseg": digseg.__version__, "memory_mib": None,
+                   "memory_reserved_mib": None}
     assert info["device_name"].endswith(f" ({os.cpu_count()} cores)"), info["device_name"]
     if Path("/proc/cpuinfo").is_file():  # Linux: the CPU's model, as the kernel names it
         models = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
