@@ -156,7 +156,8 @@ def test_sdxl_step_zero_reproduces_the_pretrained_sdxl_unet(folders):
     with torch.no_grad():
         expected = reference.unet(z, t, encoder_hidden_states=embeds,
                                   added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids.repeat(2, 1)}).sample
-        got = pipe.unet_prediction(pipe.unet, torch.cat([z, z], 1), t, pipe.query_levels([[p] for p in prompts]))
+        levels = pipe.text_pathway(pipe.query_states([[p] for p in prompts]))
+        got = pipe.unet_prediction(pipe.unet, torch.cat([z, z], 1), t, levels)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     assert pipe.text_pathway.config.levels == [1]  # SDXL's first level has no cross-attention: no projection
 

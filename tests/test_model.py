@@ -53,7 +53,7 @@ def test_step_zero_reproduces_pretrained_unet(tiny_backbone, tiny_pipe):
     t = torch.tensor([999, 250])
     with torch.no_grad():
         expected = original(z, t, encoder_hidden_states=raw).sample
-        levels = tiny_pipe.query_levels([[p] for p in prompts])
+        levels = tiny_pipe.text_pathway(tiny_pipe.query_states([[p] for p in prompts]))
         got = unet_forward_with_text(tiny_pipe.unet, tiny_pipe.level_context, torch.cat([z, z], 1), t, levels)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
@@ -61,7 +61,7 @@ def test_step_zero_reproduces_pretrained_unet(tiny_backbone, tiny_pipe):
 def test_text_pathway_routes_each_level(tiny_pipe):
     """Changing one level's projection changes the output; every cross-attention layer has a level."""
     n = len(tiny_pipe.unet.config.block_out_channels)
-    levels = tiny_pipe.query_levels([["circle"], ["circle"], ["triangle"]])
+    levels = tiny_pipe.text_pathway(tiny_pipe.query_states([["circle"], ["circle"], ["triangle"]]))
     assert len(levels) == n and all(lv.shape == (3, 32, 32) for lv in levels)
     cross = [k for k in tiny_pipe.unet.attn_processors if ".attn2." in k]
     assert {unet_level_of(k, n) for k in cross} == set(range(n))

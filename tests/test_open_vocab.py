@@ -90,8 +90,8 @@ def test_templates_and_synonyms(trained_like):
     with pytest.raises(DigsegError, match="empty class name"):
         synonyms(" , ")
     # a class with synonyms is conditioned on the mean of its variants' features
-    both = trained_like.query_levels([["circle", "circles"]])
-    one, two = trained_like.query_levels([["circle"], ["circles"]])[0]
+    both = trained_like.text_pathway(trained_like.query_states([["circle", "circles"]]))
+    one, two = trained_like.text_pathway(trained_like.query_states([["circle"], ["circles"]]))[0]
     torch.testing.assert_close(both[0][0], (one + two) / 2)
     out = trained_like(torch.rand(3, 64, 64), classes=["cup, mug", "sky"], templates="ensemble", generator=generator())
     assert out.probabilities.shape == (1, 2, 64, 64)

@@ -118,7 +118,7 @@ def test_per_class_slide_is_the_argmax_of_single_class_slides(tiny_pipe):
 
 
 def test_flip_tta_of_a_flip_symmetric_input(tiny_pipe):
-    half = torch.rand(3, 64, 32)
+    half = torch.rand(3, 64, 32, generator=generator(0))  # fixed: the tolerance below is for this image
     image = torch.cat([half, half.flip(-1)], dim=-1)  # [3, 64, 64], mirror-symmetric
     for kwargs in [dict(prompt="square"), dict(mode="slide", crop_size=(64, 40), stride=24),
                    dict(mode="slide", crop_size=(48, 40), stride=(16, 20), global_view=True, classes=["a", "b", "c"])]:

@@ -1,11 +1,8 @@
 """digseg: a latent diffusion model (Stable Diffusion) as a generalist, text-prompted segmenter.
 
-Heavy modules load lazily, so `import digseg` stays cheap; `digseg.DiGSegPipeline` imports diffusers on
-first use. A saved pipeline's `model_index.json` names each of digseg's own components by the module that
-defines it, as diffusers records classes outside diffusers and transformers ("text_pathway":
-["digseg.models.text", "TextPathway"], "mask_decoder": ["digseg.models.mask_decoder", "LightMaskDecoder"] or
-[null, null] without one), and `from_pretrained` imports that module: loading does not depend on the names
-exported here.
+Heavy modules load lazily, so `import digseg` stays cheap. A saved pipeline's model_index.json names digseg's
+own components by their defining module (e.g. ["digseg.models.text", "TextPathway"]), so loading does not depend
+on the names exported here.
 """
 
 from __future__ import annotations

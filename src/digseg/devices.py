@@ -3,15 +3,10 @@
     device, dtype = resolve_device_and_dtype()            # "auto", "auto"
     pipe = DiGSegPipeline.from_pretrained("my-model", dtype=dtype).to(device)
 
-Device `auto`: the launched process's own accelerator under `accelerate launch` or `torchrun` (cuda:LOCAL_RANK),
-else CUDA when available, else Apple's MPS, else the CPU. `cuda` alone under a launcher also means this
-process's GPU; `cuda:N` names one.
-Dtype `auto`: bf16 on CUDA devices that support it (fp16 on older ones), fp16 on MPS, fp32 on the CPU.
-A request the machine cannot meet (`cuda` without a CUDA device, `cuda:3` on a 2-GPU machine, bf16 on a GPU
-without it) is a one-line `ConfigError`, raised before any model is loaded.
-
-`runtime_info` is what every output records about where it ran (predict's summary.json, eval's metrics.json,
-the demo's footer): device, its name, dtype, library versions, the number of processes and the peak GPU memory.
+Device `auto`: under a launcher (`accelerate launch`, `torchrun`) the process's own GPU (cuda:LOCAL_RANK), else
+CUDA, else Apple's MPS, else the CPU; `cuda:N` names one. Dtype `auto`: bf16 on CUDA devices that support it
+(else fp16), fp16 on MPS, fp32 on the CPU. A request the machine cannot meet is a one-line `ConfigError`, raised
+before any model is loaded. `runtime_info`: what every output records about where it ran.
 """
 
 from __future__ import annotations
@@ -35,8 +30,9 @@ _DEVICE = re.compile(r"^(auto|cpu|mps|cuda)(?::(\d+))?$")
 
 
 def launched_local_rank() -> int | None:
-    """This process's index on its machine when a launcher (`accelerate launch`, `torchrun`) started several,
-    else None. Both launchers export LOCAL_RANK and WORLD_SIZE."""
+    """This process's index on its machine when a launcher started several (both export LOCAL_RANK and
+    WORLD_SIZE), else None. Read from the environment: accelerate's `PartialState` would also set up the process
+    group, which choosing a device (before any model loads) must not do."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     return int(os.environ.get("LOCAL_RANK", "0"))
@@ -51,14 +47,7 @@ def _dtypes() -> dict[str, "torch.dtype"]:
 def _mps_available() -> bool:
     import torch
 
-    mps = getattr(torch.backends, "mps", None)
-    return bool(mps is not None and mps.is_available())
-
-
-def _no_cuda_reason() -> str:
-    import torch
-
-    return "this torch is built without CUDA" if torch.version.cuda is None else "torch sees no GPU"
+    return torch.backends.mps.is_available()
 
 
 def resolve_device(device: "str | torch.device" = "auto") -> "torch.device":
@@ -71,14 +60,8 @@ def resolve_device(device: "str | torch.device" = "auto") -> "torch.device":
     if match is None or (match.group(2) is not None and match.group(1) != "cuda"):
         raise ConfigError(f"unknown device {device!r}: choose {DEVICE_CHOICES_TEXT}")
     kind, index = match.group(1), match.group(2)
-    local_rank = launched_local_rank()
     if kind == "auto":
-        if torch.cuda.is_available():
-            kind = "cuda"
-        elif _mps_available():
-            kind = "mps"
-        else:
-            return torch.device("cpu")
+        kind = "cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu"
     if kind == "cpu":
         return torch.device("cpu")
     if kind == "mps":
@@ -86,10 +69,10 @@ def resolve_device(device: "str | torch.device" = "auto") -> "torch.device":
             raise ConfigError(f"device {device!r}: Apple's MPS is not available on this machine")
         return torch.device("mps")
     if not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r}: no CUDA device is available ({_no_cuda_reason()}); "
-                          "use --device cpu or auto")
+        reason = "this torch is built without CUDA" if torch.version.cuda is None else "torch sees no GPU"
+        raise ConfigError(f"device {device!r}: no CUDA device is available ({reason}); use --device cpu or auto")
     count = torch.cuda.device_count()
-    n = int(index) if index is not None else (local_rank or 0)  # a launched process: its own GPU
+    n = int(index) if index is not None else (launched_local_rank() or 0)  # a launched process: its own GPU
     if n >= count:
         raise ConfigError(f"device {device!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
     return torch.device("cuda", n)
@@ -182,9 +165,8 @@ def device_name(device: "torch.device | str") -> str:
 
 
 def peak_memory_mib(device: "torch.device | str") -> dict[str, int]:
-    """The accelerator memory this process has needed so far, as mmsegmentation logs it: on CUDA
-    {"memory_mib": torch.cuda.max_memory_allocated, "memory_reserved_mib": max_memory_reserved (the caching
-    allocator's pool: what the card must hold)}, in MiB; {} on other devices (a CPU's memory is the process's RSS)."""
+    """The accelerator memory this process has needed so far, in MiB, as mmsegmentation logs it: on CUDA
+    {"memory_mib": max allocated, "memory_reserved_mib": max reserved (what the card must hold)}; else {}."""
     import torch
 
     device = torch.device(device)
@@ -195,8 +177,7 @@ def peak_memory_mib(device: "torch.device | str") -> dict[str, int]:
 
 
 def runtime_info(device: "torch.device | str", dtype: "torch.dtype", num_processes: int = 1) -> dict:
-    """What an output records about where it ran (JSON values). The peak memory is `peak_memory_mib`'s, as the
-    training log has it (on CUDA at least the model's weights once the model ran there; None elsewhere)."""
+    """What an output records about where it ran (JSON values); the peak memory is `peak_memory_mib`'s."""
     import diffusers
     import torch
 

@@ -1,12 +1,8 @@
-"""Running over several processes (`accelerate launch`, `torchrun`): who am I, my share, and reductions.
+"""Running over several processes (`accelerate launch`, `torchrun`): who am I, my share, and reductions; in a
+plain single process all of it does nothing. The process group is the one accelerate sets up.
 
-Everything here also works in a plain single process, where it does nothing: the rank is 0, the share is
-everything, and a reduction returns its input. The process group is the one accelerate sets up (NCCL on GPUs,
-gloo on CPUs) from the launcher's environment variables.
-
-Evaluation splits a dataset by striding: process r of N takes samples r, r+N, r+2N, ... Every per-sample
-random draw is seeded by the sample's index, not by the order a process meets it, so the predictions, and the
-metrics reduced from them, are the same for any N.
+Evaluation splits a dataset by striding (process r of N takes samples r, r+N, ...) and seeds every per-sample
+draw by the sample's index, so predictions and metrics are the same for any N.
 """
 
 from __future__ import annotations
@@ -20,11 +16,8 @@ T = TypeVar("T")
 
 
 def launched_without_accelerator() -> bool:
-    """True when a launcher started several processes on a machine with no GPU: they must use gloo on CPU.
-
-    accelerate only picks its CPU backend when told (`cpu=True`); torchrun and accelerate's multi-process
-    launcher do not tell it, so without this the processes would each train alone.
-    """
+    """True when a launcher started several processes on a machine with no GPU: accelerate picks its CPU backend
+    (gloo) only when told (`cpu=True`), which the launchers do not do, and the processes would each train alone."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
     xpu = getattr(torch, "xpu", None)
@@ -39,9 +32,9 @@ def _state():
 
 def process_info() -> tuple[int, int]:
     """-> (process index, number of processes); (0, 1) when not launched distributed."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-            return 0, 1
+    initialized = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if not initialized and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
     state = _state()
     return state.process_index, state.num_processes
 
@@ -80,9 +73,8 @@ def wait_for_everyone() -> None:
 
 
 def shutdown(wait: bool = True) -> None:
-    """End this process's part in the process group, if there is one: wait for the others (when `wait`), then
-    destroy it. Without this, gloo's threads can still be running at interpreter exit, and the process then
-    aborts ("terminate called without an active exception", SIGABRT) after its work is done."""
+    """Wait for the other processes (when `wait`), then destroy the process group, if there is one: else gloo's
+    threads can outlive the interpreter, which then aborts (SIGABRT) after its work is done."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return
     if wait:

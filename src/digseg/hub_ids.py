@@ -1,20 +1,13 @@
 """Which names are Hugging Face Hub ids, and a quick check that a Hub id can be loaded before a library tries.
 
-- `looks_like_hub_id`: the one rule. "org/name" (or "name", where the Hub has names without an owner, as
-  datasets do: `canonical=True`) that the Hub's own validation accepts and that does not start with ".", "/" or
-  "~". Every place that reads a name as either a local path or a Hub id (backbones, text encoders, DiGSeg models,
-  hf: datasets, model cards) uses it.
-- `hub_id_or_none`: the name when it is a Hub id and no path here (a folder that exists is a folder, whatever its
-  spelling), else None.
-- `check_hub_id`: run before a Hub id is loaded. diffusers and transformers, asked for a file that is not in the
-  local cache while the Hub cannot be reached, retry for about a minute and then report a missing config.json;
-  this answers at once, in one line: the file in the local cache -> nothing to check; offline mode
-  (HF_HUB_OFFLINE=1) -> not cached, the Hub not asked; otherwise one request for the file, without retries,
-  tells an unreachable Hub, a repository or revision the Hub does not have, from one it has.
+`looks_like_hub_id` is the one rule every place that reads a name as a local path or a Hub id uses;
+`hub_id_or_none` also treats a folder that exists as a folder. `check_hub_id` answers at once, in one line, where
+diffusers and transformers would retry for a minute and then report a missing config.json.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 from pathlib import Path
@@ -25,13 +18,12 @@ _TRUE = {"1", "on", "yes", "true"}
 
 
 def looks_like_hub_id(name: str | os.PathLike[str], canonical: bool = False) -> bool:
-    """'org/name' (with `canonical`, also 'name') as the Hub validates repository ids, with no leading '.', '/'
-    or '~'; anything else is a local path."""
+    """'org/name' (with `canonical`, also 'name') as the Hub's `validate_repo_id` accepts it (which refuses a
+    leading '.', '/' or '~'); anything else is a local path."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     name = str(name)
-    parts = name.split("/")
-    if name.startswith((".", "/", "~")) or not all(parts) or not (len(parts) == 2 or (canonical and len(parts) == 1)):
+    if "/" not in name and not canonical:
         return False
     try:
         validate_repo_id(name)
@@ -48,37 +40,32 @@ def hub_id_or_none(name: str | os.PathLike[str] | None, canonical: bool = False)
 
 
 def hub_offline() -> bool:
-    """huggingface_hub's offline mode: HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) set, when the library was imported
-    or since."""
+    """huggingface_hub's offline mode: HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) set at its import or since."""
     from huggingface_hub import constants
 
-    set_now = any(os.environ.get(var, "").strip().lower() in _TRUE for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    variables = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    set_now = any(os.environ.get(var, "").strip().lower() in _TRUE for var in variables)
     return bool(constants.HF_HUB_OFFLINE) or set_now
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:
-    """What a request raises when the Hub cannot be reached: OSError (sockets; requests' errors, huggingface_hub
-    < 1.0) and the transport errors of the HTTP client huggingface_hub uses (httpx, httpx2: connect, timeout,
-    proxy, protocol)."""
+    """What a request raises when the Hub cannot be reached: OSError (sockets; requests' errors) and the
+    transport errors of the HTTP client huggingface_hub uses (httpx, httpx2)."""
     errors: list[type[BaseException]] = [OSError]
     for module in ("httpx", "httpx2"):
-        try:
+        with contextlib.suppress(ImportError, AttributeError):
             errors.append(importlib.import_module(module).TransportError)
-        except (ImportError, AttributeError):
-            continue
     return tuple(errors)
 
 
 def check_hub_id(repo_id: str, what: str, filename: str, local_hint: str, revision: str | None = None,
                  repo_type: str | None = None, cache_dir: str | os.PathLike[str] | None = None,
-                 token: str | bool | None = None, local_files_only: bool = False, named_as_hub_id: bool = False) -> None:
-    """Return when Hub id `repo_id` can be loaded: `filename` (a file every such repository holds, e.g.
-    "unet/config.json" of a Stable Diffusion backbone) is in the local cache, or the Hub answers for it; else a
-    one-line DigsegError: `what` (e.g. "Stable Diffusion backbone") was looked up as a Hub id, why it cannot be
-    had (not cached and offline / the Hub unreachable, no such repository or revision), and to pass
-    `local_hint` (e.g. "a local Stable Diffusion folder"). A gated repository, or one that lacks `filename`, is
-    left to the loader, which names what is missing. `named_as_hub_id`: the name says it is a Hub id (open_clip's
-    "hf-hub:"), so the message does not explain why it was read as one."""
+                 token: str | bool | None = None, local_files_only: bool = False,
+                 named_as_hub_id: bool = False) -> None:
+    """Return when Hub id `repo_id` can be loaded: `filename` (e.g. "unet/config.json") is cached, or one request
+    without retries finds the Hub answering for it (gated or lacking it: left to the loader). Else a one-line
+    DigsegError saying why `what` cannot be had, and to pass `local_hint`. `named_as_hub_id`: the name itself says
+    it is a Hub id (open_clip's "hf-hub:")."""
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
     from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError, OfflineModeIsEnabled,
                                         RepositoryNotFoundError, RevisionNotFoundError)

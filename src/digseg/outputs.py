@@ -1,8 +1,6 @@
-"""`DiGSegOutput`, the result of a pipeline call: shared by the PyTorch pipeline and the onnxruntime one
-(`digseg.runtime.pipeline`), so it imports neither torch nor diffusers.
-
-It keeps the parts of diffusers' `BaseOutput` contract that callers use: attribute access, `out["labels"]`,
-`out[0]` and `to_tuple()` (the fields that are not None, in order)."""
+"""`DiGSegOutput`, the result of a pipeline call, shared by the PyTorch and the onnxruntime pipelines (so it
+imports neither torch nor diffusers), with the parts of diffusers' `BaseOutput` contract callers use: attribute
+access, `out["labels"]`, `out[0]` and `to_tuple()` (the fields that are not None, in order)."""
 
 from __future__ import annotations
 
@@ -12,10 +10,9 @@ from typing import Any
 
 @dataclass
 class DiGSegOutput:
-    """labels [N, H, W] int64; probabilities [N, n, H, W] of the classes probability_class_ids [N, n] (n = K unless
-    fewer were asked for); uncertainty [N, H, W]: members' spread (None when E == 1). When the N images' sizes
-    differ, labels, probabilities and uncertainty are lists of per-image arrays ([H_i, W_i], [n, H_i, W_i], ...).
-    Arrays are numpy arrays, or torch tensors when the PyTorch pipeline is asked for output_type="pt"."""
+    """labels [N, H, W] int64; probabilities [N, n, H, W] of the classes probability_class_ids [N, n]; uncertainty
+    [N, H, W] (None when E == 1); lists of per-image arrays when the images' sizes differ. numpy arrays, or torch
+    tensors for output_type="pt"."""
 
     labels: Any
     probabilities: Any

@@ -5,15 +5,10 @@
     with main_process_holds(output_dir, PREDICT):     # under a launcher: the main process holds it for the run
         ...predict...
 
-Each kind of run has its own lock file: `.digseg-train.lock` (TRAIN), `.digseg-predict.lock` (PREDICT). The
-holder writes its host, pid and start time into `<lock file>.json` beside it, which a refused run names. The
-kernel releases the lock when its process ends in any way (SIGKILL and crashes included), so a lock file left
-behind blocks nobody. A release removes both files, and the folder too if taking the lock created it and the run
-wrote nothing there.
-
-Within one process the first taker holds the lock and later takers of the same file skip it: `digseg train`
-takes it before loading the model and the Trainer it builds does not take it again (`digseg predict` and
-`run_predict` likewise), while a Trainer or `run_predict` called from Python takes it itself.
+Each kind of run has its own lock file; its holder writes host, pid and start time into `<lock file>.json`,
+which a refused run names. The kernel releases the lock when its process ends in any way, so a lock file left
+behind blocks nobody. Within one process the first taker holds the lock and later takers of the same file skip
+it (`digseg train` takes it before the Trainer it builds would).
 """
 
 from __future__ import annotations
@@ -38,8 +33,8 @@ class LockKind:
     """Whose lock: its file in the folder, how messages name the folder and the run, what a refused run should do."""
 
     file: str
-    folder: str  # "run folder"
-    run: str  # "training run"
+    folder: str
+    run: str
     advice: str
 
 
@@ -47,13 +42,6 @@ TRAIN = LockKind(".digseg-train.lock", "run folder", "training run", "train into
 PREDICT = LockKind(".digseg-predict.lock", "output folder", "predict run", "predict into another --output")
 
 _HELD: dict[Path, FileLock] = {}  # the lock files this process holds (a lock dropped unreleased stays held)
-
-
-def describe(holder: dict | None) -> str:
-    """'pid 123 on host gpu-7, started 2026-05-01T10:00:00+00:00'."""
-    if not holder:
-        return "holder unknown"
-    return f"pid {holder.get('pid')} on host {holder.get('host')}, started {holder.get('started')}"
 
 
 class RunFolderLock:
@@ -86,7 +74,7 @@ class RunFolderLock:
         except Timeout:
             kind = self.kind
             raise DigsegError(f"{kind.folder} {self.folder} is in use by another {kind.run} "
-                              f"({describe(self._holder())}); wait for it to end, or {kind.advice}") from None
+                              f"({self._holder()}); wait for it to end, or {kind.advice}") from None
         me = {"host": socket.gethostname(), "pid": os.getpid(),
               "started": datetime.now().astimezone().isoformat(timespec="seconds")}
         tmp = self.info.with_name(f"{self.info.name}.{os.getpid()}")
@@ -94,15 +82,18 @@ class RunFolderLock:
         os.replace(tmp, self.info)  # a reader sees the whole file or none
         _HELD[key], self._key, self._created = lock, key, created
 
-    def _holder(self) -> dict | None:
-        """The holder's record; its writer may be a moment behind its lock, so a missing one is awaited a second."""
+    def _holder(self) -> str:
+        """'pid 123 on host gpu-7, started 2026-05-01T10:00:00+00:00' from the holder's record; its writer may be a
+        moment behind its lock, so a missing one is awaited a second."""
         for _ in range(20):
             with contextlib.suppress(OSError, ValueError):
-                return json.loads(self.info.read_text())
+                holder = json.loads(self.info.read_text())
+                return f"pid {holder.get('pid')} on host {holder.get('host')}, started {holder.get('started')}"
             time.sleep(0.05)
-        return None
+        return "holder unknown"
 
     def release(self) -> None:
+        """Remove the lock and info files, and the folder if taking the lock created it and it is still empty."""
         key, self._key = self._key, None
         if key is None:
             return
@@ -117,15 +108,13 @@ class RunFolderLock:
 
 @contextlib.contextmanager
 def main_process_holds(folder: str | Path, kind: LockKind) -> Iterator[None]:
-    """The `kind` lock of `folder` for every process of a run, held by its main process until the block ends.
-    When the main process cannot take it, every process of the run raises the same one-line DigsegError (none
-    waits for the others at a barrier). In a single process this is `with RunFolderLock(folder, kind):`."""
+    """The `kind` lock of `folder`, held by the run's main process until the block ends; when it cannot take it,
+    every process raises the same one-line DigsegError (none waits at a barrier)."""
     from .distributed import gather_objects, process_info
 
     rank, world = process_info()
     lock = RunFolderLock(folder, kind)
-    error: Exception | None = None
-    refusal: str | None = None
+    error, refusal = None, None
     if rank == 0:
         try:
             lock.acquire()

@@ -1,8 +1,5 @@
-"""Random generators keyed by what they are for, so a draw does not depend on the order work is done in.
-
-`seeded_generator(seed, *keys)` mixes the keys with numpy's SeedSequence (well-spread seeds even for
-neighbouring keys). Used for a training sample slot (seed, micro-step, slot) and for image i of a predict or
-eval run (seed, i): resumed, re-ordered or multi-process runs draw the same numbers.
+"""Random generators keyed by what they are for (a training sample slot: seed, micro-step, slot; image i of a
+predict or eval run: seed, i), so resumed, re-ordered or multi-process runs draw the same numbers.
 """
 
 from __future__ import annotations

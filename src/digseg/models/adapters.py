@@ -1,21 +1,14 @@
 """LoRA adapters (peft) on the DiGSeg U-Net, and the adapter folder that holds one domain.
 
-A domain's adapter is
-- LoRA matrices on the U-Net's frozen layers (`lora_targets`: by default the attention projections to_q, to_k,
-  to_v, to_out.0; ResNet convolutions with conv1, conv2), injected by diffusers' `unet.add_adapter`, and
-- the parts a domain needs in full, trained beside the LoRA and kept outside peft (whose `modules_to_save` diffusers'
-  adapter switching ignores): the widened `conv_in` ([C, 8, 3, 3] + [C]), the text pathway, and the light mask
-  decoder if the model has one.
+A domain's adapter is LoRA matrices on the U-Net's frozen layers (`optim.lora_targets`), injected by diffusers'
+`unet.add_adapter`, and the parts a domain needs in full, kept outside peft (whose `modules_to_save` diffusers'
+adapter switching ignores): the widened `conv_in`, the text pathway and the light mask decoder if any.
 
-The folder (`save_adapter` / `read_adapter`):
-    adapter_model.safetensors   exactly those tensors: "unet.<peft key>" (lora_A / lora_B, no adapter name),
-                                "conv_in.weight", "conv_in.bias", "text_pathway.<key>", "mask_decoder.<key>"
+The folder (`save_adapter` / `read_adapter`; nothing is unpickled, a folder that does not fit is refused):
+    adapter_model.safetensors   "unet.<peft key>" (no adapter name), "conv_in.*", "text_pathway.*", "mask_decoder.*"
     adapter_config.json         {"format", "base": {"pretrained", "revision", "variant"}, "lora": {"rank", "alpha",
-                                "targets"}, "text_pathway": its config, "mask_decoder": its config or null, and the
-                                domain's facts: class_names, task, processing_resolution, prompt_template,
-                                prediction_type, objective, one_step_decoder}
+                                "targets"}, "text_pathway", "mask_decoder" (configs or null), and FACT_KEYS}
     README.md                   a short model card
-Nothing is unpickled; a folder whose config or tensors do not fit is refused in one line.
 """
 
 from __future__ import annotations
@@ -33,8 +26,6 @@ from torch import nn
 
 from ..errors import DigsegError, first_line
 
-LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # the attention projections (self- and cross-attention)
-RESNET_CONVS = ("conv1", "conv2")  # add these to lora_targets for LoRA on the ResNet convolutions too
 TRAINED_ADAPTER = "trained"  # the peft adapter name a training run uses
 FORMAT = "digseg-adapter/1"
 CONFIG_FILE = "adapter_config.json"
@@ -60,9 +51,8 @@ def has_lora(unet: nn.Module) -> bool:
 
 def add_lora(unet: nn.Module, rank: int, alpha: float | None, targets: list[str] | tuple[str, ...],
              name: str = TRAINED_ADAPTER, seed: int | None = None) -> None:
-    """Inject LoRA (rank `rank`, scale alpha / rank; alpha None = rank) into `targets` of `unet` as adapter `name`
-    and make it the active one. lora_A is drawn from torch's generator seeded by `seed` (when given; the global one is
-    left as it was), lora_B starts at zero, so the adapted U-Net computes exactly what the base computes.
+    """Inject LoRA (scale alpha / rank; alpha None = rank) into `targets` of `unet` as the active adapter `name`:
+    lora_A drawn with `seed` (the global generator left as it was), lora_B zero, so it computes what the base does.
     Only the LoRA matrices require gradients afterwards (the caller unfreezes conv_in)."""
     LoraConfig, _, _ = require_peft()
     config = LoraConfig(r=rank, lora_alpha=rank if alpha is None else alpha, target_modules=list(targets),
@@ -188,28 +178,22 @@ def split_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch
     return parts
 
 
-def lora_config_of(config: dict[str, Any]):
-    """peft's LoraConfig of an adapter folder's config."""
-    LoraConfig, _, _ = require_peft()
-    lora = config["lora"]
-    return LoraConfig(r=int(lora["rank"]), lora_alpha=lora["alpha"], target_modules=list(lora["targets"]))
-
-
 def load_lora(unet: nn.Module, name: str, config: dict[str, Any], lora: dict[str, torch.Tensor], where: str) -> None:
     """Inject adapter `name` into `unet` (diffusers' add_adapter) and set its LoRA matrices, which must fit exactly."""
-    _, _, set_state = require_peft()
+    LoraConfig, _, set_state = require_peft()
     if name in (getattr(unet, "peft_config", None) or {}):
         raise DigsegError(f"an adapter named {name!r} is loaded already")
+    lora_config = LoraConfig(r=int(config["lora"]["rank"]), lora_alpha=config["lora"]["alpha"],
+                             target_modules=list(config["lora"]["targets"]))
     try:
         with warnings.catch_warnings():  # several adapters on one U-Net are the point here
             warnings.filterwarnings("ignore", message="Already found a `peft_config`", category=UserWarning)
-            unet.add_adapter(lora_config_of(config), adapter_name=name)
+            unet.add_adapter(lora_config, adapter_name=name)
         result = set_state(unet, lora, adapter_name=name)
     except (ValueError, RuntimeError, KeyError) as exc:
         raise DigsegError(f"adapter {where} does not fit this backbone: {first_line(exc)}") from exc
     unexpected = list(getattr(result, "unexpected_keys", []) or [])
-    expected = {k for k in lora_state_dict(unet, name)}
-    missing = sorted(expected - set(lora))
+    missing = sorted(set(lora_state_dict(unet, name)) - set(lora))
     if unexpected or missing:
         unet.delete_adapters(name)
         raise DigsegError(f"adapter {where} does not fit this backbone: "

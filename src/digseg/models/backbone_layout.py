@@ -1,13 +1,7 @@
-"""What a Stable Diffusion backbone folder (or hub id) holds, read from its config files before any weights load.
-
-- `read_layout`: the pipeline class of model_index.json and the U-Net's config -> a `BackboneLayout` whose
-  `family` is "sd" (one CLIP text encoder: SD 1.x, 2.x) or "sdxl" (two, and a U-Net with
-  `addition_embed_type="text_time"`), or a one-line `DigsegError` naming what is missing for backbones digseg
-  cannot use: transformer-based models (DiT / MMDiT: SD3, Flux, PixArt, ...), U-Nets conditioned on anything
-  but text (and SDXL's size ids), inpainting U-Nets (9 input channels).
-- `resolve_variant`: the weight variant to load (e.g. "fp16"). A local folder that holds a single variant and no
-  plain weights (an fp16-only download) gets that variant without being asked, and says so in one log line.
-- `backbone_record`: the backbone's id, revision and variant, as a saved DiGSeg model records them.
+"""What a Stable Diffusion backbone folder (or hub id) holds, read from its config files before any weights load:
+`read_layout` (family "sd" or "sdxl", or a one-line DigsegError for what digseg cannot fine-tune: DiT / MMDiT
+models, U-Nets conditioned on more than text and SDXL's size ids, inpainting U-Nets), `resolve_variant` (the
+weight variant to load) and `backbone_record` (id, revision and variant, as a saved model records them).
 """
 
 from __future__ import annotations
@@ -23,7 +17,7 @@ from ..errors import DigsegError, first_line
 
 logger = logging.getLogger("digseg.models")
 
-# the subfolders each family needs (tokenizer_2 / text_encoder_2: SDXL's second, OpenCLIP bigG, text encoder)
+# the subfolders each family needs
 SUBFOLDERS = {
     "sd": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
     "sdxl": ("unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler"),
@@ -38,10 +32,9 @@ _SNAPSHOT = re.compile(r"models--(?P<org>[^/]+?)--(?P<name>[^/]+)/snapshots/(?P<
 
 @dataclass
 class BackboneLayout:
-    """A backbone's family and configs (read from its files; no weights loaded)."""
+    """A backbone's family, read from its config files."""
 
     family: str
-    unet_config: dict[str, Any]
 
     @property
     def subfolders(self) -> tuple[str, ...]:
@@ -114,8 +107,8 @@ def read_layout(path_or_id: str, local: bool, revision: str | None = None) -> Ba
                           f"({pipeline_class or 'transformer/'}: {kind}); digseg needs a U-Net backbone and "
                           "unet/ is missing (use Stable Diffusion 1.x, 2.x or XL)")
     if unet is None:  # the subfolder check names it (with anything else missing)
-        return BackboneLayout("sd", {})
-    return BackboneLayout(family_of_unet(unet, str(path_or_id)), unet)
+        return BackboneLayout("sd")
+    return BackboneLayout(family_of_unet(unet, str(path_or_id)))
 
 
 def check_subfolders(path: Path, layout: BackboneLayout) -> None:
@@ -127,12 +120,8 @@ def check_subfolders(path: Path, layout: BackboneLayout) -> None:
 
 # ------------------------------------------------------------------------------------------------ variants
 def weight_variants(folder: Path) -> set[str | None]:
-    """The variants of the safetensors weights in one component folder: None for plain weights
-    (diffusion_pytorch_model.safetensors, model-00001-of-00002.safetensors), "fp16" for
-    diffusion_pytorch_model.fp16.safetensors, model.fp16-00001-of-00002.safetensors, ...
-
-    A folder with only pickled weights (*.bin) is refused: digseg loads safetensors only.
-    """
+    """The variants of the safetensors weights in one component folder (None: plain; "fp16" for
+    *.fp16.safetensors, model.fp16-00001-of-00002.safetensors, ...); refused when it holds only pickled *.bin."""
     found: set[str | None] = set()
     for file in folder.glob("*.safetensors"):
         stem = _SHARD.sub("", file.name[: -len(".safetensors")])
@@ -158,7 +147,8 @@ def resolve_variant(path: Path, weight_folders: Sequence[str], requested: str | 
     if requested is not None:
         lacking = [folder for folder, variants in held.items() if requested not in variants]
         if lacking:
-            raise DigsegError(f"no {requested!r} variant weights in {lacking[0]} (it holds: {_names(held[lacking[0]])}); "
+            raise DigsegError(f"no {requested!r} variant weights in {lacking[0]} "
+                              f"(it holds: {_names(held[lacking[0]])}); "
                               "choose a variant it holds, or none")
         return requested
     if all(None in variants for variants in held.values()):

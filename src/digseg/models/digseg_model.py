@@ -1,12 +1,6 @@
-"""Building a DiGSeg model from a Stable-Diffusion-layout checkpoint.
-
-- `widen_conv_in`: 4 -> 8 input channels, pretrained kernel duplicated and halved (image latent first), so
-  the widened U-Net fed [z, z] computes exactly what the pretrained one computed on z.
-- `load_backbone`: reads `model_index.json`-style folders (unet/, vae/, text_encoder/, tokenizer/, scheduler/; SDXL
-  also text_encoder_2/, tokenizer_2/) or a hub id, at a revision and weight variant, in float32 unless told
-  otherwise, with one-line errors for a missing, incomplete or unsupported folder (`backbone_layout`) and for a
-  hub id that is neither cached nor on a reachable Hub (`digseg.hub_ids`).
-- `encode_latents` / `decode_latents`: the frozen VAE, posterior mean times the scaling factor.
+"""Building a DiGSeg model from a Stable-Diffusion-layout checkpoint: `load_backbone` (a local folder or a hub id,
+checked by `backbone_layout` and `digseg.hub_ids`), `widen_conv_in`, `make_scheduler`, and the frozen VAE's
+`encode_latents` / `decode_latents` (posterior mean times the scaling factor).
 """
 
 from __future__ import annotations
@@ -20,7 +14,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from torch import nn
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from ..errors import DigsegError
+from ..errors import DigsegError, first_line
 from ..hub_ids import check_hub_id, hub_id_or_none
 from .choices import PREDICTION_TYPES
 from .backbone_layout import BackboneLayout, backbone_record, check_subfolders, read_layout, resolve_variant
@@ -28,16 +22,15 @@ from .backbone_layout import BackboneLayout, backbone_record, check_subfolders, 
 try:  # diffusers renamed from_pretrained's `torch_dtype` to `dtype` (the old name warns)
     from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
 
-    DIFFUSERS_TAKES_DTYPE = True
+    DIFFUSERS_DTYPE_KWARG = "dtype"
 except ImportError:
-    DIFFUSERS_TAKES_DTYPE = False
-DIFFUSERS_DTYPE_KWARG = "dtype" if DIFFUSERS_TAKES_DTYPE else "torch_dtype"
-
+    DIFFUSERS_DTYPE_KWARG = "torch_dtype"
 
 
 @torch.no_grad()
 def widen_conv_in(unet: UNet2DConditionModel, in_channels: int = 8) -> UNet2DConditionModel:
-    """Widen `unet.conv_in` to `in_channels` by repeating the pretrained kernel and dividing by the repeat count."""
+    """Widen `unet.conv_in` to `in_channels` by repeating the pretrained kernel and dividing by the repeat count
+    (image latent first): the widened U-Net fed [z, z] computes what the pretrained one computed on z."""
     old = unet.conv_in
     if old.in_channels == in_channels:
         return unet
@@ -62,13 +55,8 @@ def unet_downsample_factor(unet: UNet2DConditionModel) -> int:
 
 
 def encode_latents(vae: AutoencoderKL, images: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
-    """images [B, 3, H, W] in [-1, 1] -> latents [B, C, H/f, W/f] (posterior mean, scaled).
-
-    channels_last: the input goes in channels-last, so oneDNN runs the whole VAE in that layout. That halves its
-    time in bf16 on CPU (SD's VAE at 256 px: 0.50 -> 0.20 s) and costs nothing in fp32. The trainer passes False:
-    in the default layout a sample's latent does not depend on which other samples share its batch (to float
-    precision), which keeps resumed runs on the uninterrupted trajectory.
-    """
+    """images [B, 3, H, W] in [-1, 1] -> latents [B, C, H/f, W/f] (posterior mean, scaled). `channels_last` halves
+    the VAE's bf16 time on CPU; the trainer passes False, where a latent does not depend on its batch (resumes)."""
     layout = torch.channels_last if channels_last else torch.contiguous_format
     mean = vae.encode(images.to(vae.dtype, memory_format=layout)).latent_dist.mean
     shift = getattr(vae.config, "shift_factor", None) or 0.0
@@ -110,20 +98,10 @@ def check_backbone_folder(path: Path) -> BackboneLayout:
     return layout
 
 
-def _first_line(exc: Exception) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
-
 def load_backbone(path_or_id: str | os.PathLike, torch_dtype: torch.dtype | None = None, variant: str | None = None,
                   revision: str | None = None) -> Backbone:
-    """Load the SD / SDXL components from a local diffusers folder or (with network) a hub id.
-
-    `variant`: the weight files' variant ("fp16" reads *.fp16.safetensors); None reads the plain files, or, in a
-    local folder that holds a single variant only, that one (`resolve_variant`, logged). `revision`: a hub
-    branch, tag or commit. Weights load in `torch_dtype`, float32 when None, whatever the files' dtype (training
-    keeps float32 master weights). Safetensors only.
-    """
+    """The SD / SDXL components of a local folder or a hub id (safetensors) at `revision` and `variant` (None: the
+    plain files, or a local folder's only variant), in `torch_dtype` (None: float32, what training keeps)."""
     path = Path(path_or_id).expanduser()
     if hub_id_or_none(str(path_or_id)) is None:  # a local folder
         layout = check_backbone_folder(path)
@@ -151,7 +129,7 @@ def load_backbone(path_or_id: str | os.PathLike, torch_dtype: torch.dtype | None
         hint = ""
         if "no file named" in str(exc) and variant is None:
             hint = " (a download of one weight variant only? pass it, e.g. --cfg-options model.variant=fp16)"
-        raise DigsegError(f"cannot load Stable Diffusion backbone {path_or_id!s}: {_first_line(exc)}{hint}") from exc
+        raise DigsegError(f"cannot load Stable Diffusion backbone {path_or_id!s}: {first_line(exc)}{hint}") from exc
     if text_encoder_2 is not None:
         from .sdxl import check_added_embedding
 
@@ -161,49 +139,46 @@ def load_backbone(path_or_id: str | os.PathLike, torch_dtype: torch.dtype | None
 
 
 def check_clip_text_encoder(path_or_id: str | os.PathLike, revision: str | None = None) -> Path | None:
-    """The local folder a CLIP text encoder is read from, or None for a hub id that is cached or on a reachable Hub;
-    a one-line DigsegError for a missing folder or an id that cannot be had. Reads no weights, so
-    `DiGSegPipeline.from_backbone` asks it before the backbone loads."""
+    """The local folder a CLIP text encoder is read from, or None for a hub id that can be had; else a one-line
+    DigsegError. Reads no weights (`from_backbone` asks before the backbone loads)."""
     path = Path(path_or_id).expanduser()
     if hub_id_or_none(str(path_or_id)) is None:  # a local folder
         if not path.is_dir():
             raise DigsegError(f"text encoder folder not found: {path}")
         return path
     check_hub_id(str(path_or_id), "CLIP text encoder", "config.json",
-                 "a local CLIP text encoder folder (or a Stable Diffusion folder: its text_encoder/)", revision=revision)
+                 "a local CLIP text encoder folder (or a Stable Diffusion folder: its text_encoder/)",
+                 revision=revision)
     return None
 
 
 def load_clip_text_encoder(path_or_id: str | os.PathLike, torch_dtype: torch.dtype | None = None,
-                           variant: str | None = None, revision: str | None = None) -> tuple[CLIPTextModel, CLIPTokenizer]:
+                           variant: str | None = None,
+                           revision: str | None = None) -> tuple[CLIPTextModel, CLIPTokenizer]:
     """A transformers CLIP text encoder + tokenizer from a CLIP folder / hub id (e.g. openai/clip-vit-large-patch14)
-    or from the text_encoder/ + tokenizer/ of a Stable Diffusion folder, at a weight `variant` and hub `revision`
-    (a local folder holding a single variant only gets that one), in float32 unless `torch_dtype` says otherwise."""
+    or the text_encoder/ + tokenizer/ of a Stable Diffusion folder, at `variant` and `revision`, in `torch_dtype`
+    (None: float32)."""
     path = check_clip_text_encoder(path_or_id, revision)
+    source, encoder_folder, tokenizer_folder = str(path_or_id), {}, {}
     if path is not None:
-        sd_layout = (path / "text_encoder").is_dir() and (path / "tokenizer").is_dir()
-        enc_args, tok_args = ((str(path), {"subfolder": "text_encoder"}), (str(path), {"subfolder": "tokenizer"})) if sd_layout \
-            else ((str(path), {}), (str(path), {}))
-        variant = resolve_variant(path, ["text_encoder" if sd_layout else "."], variant)
-    else:
-        enc_args = tok_args = (str(path_or_id), {})
+        source = str(path)
+        if (path / "text_encoder").is_dir() and (path / "tokenizer").is_dir():  # a Stable Diffusion folder
+            encoder_folder, tokenizer_folder = {"subfolder": "text_encoder"}, {"subfolder": "tokenizer"}
+        variant = resolve_variant(path, [encoder_folder.get("subfolder", ".")], variant)
     try:
-        encoder = CLIPTextModel.from_pretrained(enc_args[0], **enc_args[1], torch_dtype=torch_dtype or torch.float32,
+        encoder = CLIPTextModel.from_pretrained(source, **encoder_folder, torch_dtype=torch_dtype or torch.float32,
                                                 variant=variant, revision=revision, use_safetensors=True)
-        tokenizer = CLIPTokenizer.from_pretrained(tok_args[0], **tok_args[1], revision=revision)
+        tokenizer = CLIPTokenizer.from_pretrained(source, **tokenizer_folder, revision=revision)
     except (OSError, ValueError) as exc:
-        raise DigsegError(f"cannot load CLIP text encoder {path_or_id!s}: {_first_line(exc)}") from exc
+        raise DigsegError(f"cannot load CLIP text encoder {path_or_id!s}: {first_line(exc)}") from exc
     return encoder.requires_grad_(False).eval(), tokenizer
 
 
 def make_scheduler(base: DDIMScheduler, prediction_type: str) -> DDIMScheduler:
-    """DDIM with the backbone's noise schedule, trailing timestep spacing and the chosen prediction target.
-
-    For x0 and v prediction the betas are rescaled to zero terminal SNR: Stable Diffusion's schedule keeps
-    sqrt(alpha_bar) ~ 0.07 of the signal at t = T-1, so training there leaks the target mask that inference,
-    which starts from pure noise, never sees. (Epsilon prediction is undefined at zero SNR, so it keeps the
-    original schedule.)
-    """
+    """DDIM with the backbone's noise schedule, trailing timestep spacing and the chosen prediction target. For
+    x0 and v prediction the betas are rescaled to zero terminal SNR: SD's schedule keeps sqrt(alpha_bar) ~ 0.07 of
+    the signal at t = T-1, a leak of the target that inference, from pure noise, never sees (epsilon prediction
+    is undefined at zero SNR)."""
     if prediction_type not in PREDICTION_TYPES:
         raise DigsegError(f"unknown prediction type {prediction_type!r}; choose one of {', '.join(PREDICTION_TYPES)}")
     return DDIMScheduler.from_config(

@@ -1,19 +1,11 @@
 """`LightMaskDecoder`: mask latents -> mask image at a small fraction of the VAE decoder's cost.
 
-The VAE decoder is built to reconstruct natural images, and at inference it is the largest single cost
-(SD's decoder at 512 px: about 2,480 GFLOP, against 678 for one U-Net step). A segmentation mask is a few
-flat colours, so a much smaller network can read it out of the latent. `LightMaskDecoder` maps the U-Net's
-mask latents [B, C, h, w] (scaled, as `encode_latents` returns them) to an image [B, 3, h*f, w*f] in about
-[-1, 1], the same thing the VAE decoder returns, so `MaskCodec.decode` reads it unchanged.
-
-Layout: a 3x3 convolution to `block_channels[0]`, `blocks_per_level` residual blocks, then one stage per
-factor of 2 of `upsample_factor` (nearest x2, 3x3 convolution to the next width, residual blocks), and a
-3x3 convolution to RGB. With the defaults (widths 128, 64, 32, 16; f = 8) it has 0.49 M parameters and
-costs 17.2 GFLOP at 512 px (`count_flops`).
-
-It is optional: a pipeline without one decodes with the VAE. It is trained with
-`digseg train-mask-decoder` (`digseg.training.mask_decoder.train_mask_decoder`) on the frozen VAE's latents
-of rendered masks, and is saved in the model folder's `mask_decoder/` (safetensors).
+The VAE decoder is the largest single cost at inference (SD's at 512 px: about 2,480 GFLOP, against 678 for one
+U-Net step), but a mask is a few flat colours. `LightMaskDecoder` maps mask latents [B, C, h, w] (scaled, as
+`encode_latents` returns them) to an image [B, 3, h*f, w*f] in about [-1, 1], as the VAE decoder does, so
+`MaskCodec.decode` reads it unchanged: a 3x3 convolution, residual blocks, then per factor of 2 a nearest x2
+upsampling, a 3x3 convolution and residual blocks, and a 3x3 convolution to RGB (defaults: 0.49 M parameters,
+17.2 GFLOP at 512 px). Trained by `digseg train-mask-decoder`; saved in the model folder's `mask_decoder/`.
 """
 
 from __future__ import annotations

@@ -1,26 +1,11 @@
 """Optional text encoders from open_clip: CLIP variants and BiomedCLIP (an HF BERT text tower + projection).
 
-Install the extra with `pip install --no-deps open_clip_torch ftfy regex` (`--no-deps` keeps pip from pulling
-in torchvision and timm).
-
-Why the torchvision stubs: `import open_clip` (3.x) imports torchvision at module level, for image transforms
-(open_clip/transform.py: `torchvision.transforms`, `torchvision.transforms.functional`) and for
-`torchvision.ops.misc.FrozenBatchNorm2d` (open_clip/utils.py). digseg uses only the text tower, never those
-transforms. Where torchvision is not installed (on some machines the only torchvision wheel that fits the
-installed torch is a build that breaks `import transformers`, so it must stay uninstalled), `import_open_clip()`
-puts inert placeholder modules for exactly those names in `sys.modules` for the duration of the import and
-removes them right after, so `transformers`' torchvision detection (`importlib.util.find_spec`) still sees no
-torchvision. The placeholders raise if anything ever calls them (an open_clip image transform).
-
-Why `from_pretrained` builds the text tower only: `open_clip.create_model_from_pretrained` also builds the image
-transforms (torchvision), and `open_clip.create_model` builds the vision tower, which for BiomedCLIP is a timm ViT
-(timm requires torchvision). `OpenCLIPPromptEncoder.from_pretrained` therefore resolves the config and the
-checkpoint the way `open_clip.create_model` does, builds only the text tower with open_clip's own
-`_build_text_tower`, and loads the `text.*` weights. Weights are read by `open_clip.factory.load_state_dict`
-with `weights_only=True`: a `.safetensors` file through `safetensors.torch.load_file`, anything else through
-`torch.load(weights_only=True)` (never plain unpickling). For `hf-hub:` ids open_clip's download helper prefers
-`open_clip_model.safetensors` over `open_clip_pytorch_model.bin`. (open_clip's `load_openai_model`, which
-unpickles TorchScript archives, is never used; in open_clip 3.x the `openai` tags are hub safetensors/bin files.)
+Install with `pip install --no-deps open_clip_torch ftfy regex` (`--no-deps`: no torchvision, no timm).
+`import open_clip` imports torchvision for image transforms digseg never uses; where torchvision is not installed,
+`import_open_clip()` puts inert placeholders for exactly those names in `sys.modules` during the import only, so
+transformers' own torchvision detection still sees none. Only the text tower is built (the vision tower of
+BiomedCLIP is a timm ViT), and weights are read with `weights_only=True` (safetensors, or `torch.load` without
+unpickling code).
 """
 
 from __future__ import annotations
@@ -38,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import DigsegError
+from ..errors import DigsegError, first_line
 from ..hub_ids import check_hub_id, looks_like_hub_id
 from .text import CachedPromptEncoder
 
@@ -52,38 +37,19 @@ _FUNCTIONAL_NAMES = ("resize", "get_dimensions", "pad", "crop", "to_tensor")
 _STUB_FLAG = "__digseg_torchvision_stub__"
 
 
-class _TorchvisionPlaceholder:
-    """Base of the placeholder classes: subclassable at import time, unusable at run time."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        raise RuntimeError(
-            f"{type(self).__name__} is a placeholder: torchvision is not installed, and digseg loads open_clip "
-            "for its text tower only (image transforms are unavailable)"
-        )
+def _unavailable(*args, **kwargs):
+    raise RuntimeError("a torchvision placeholder: torchvision is not installed, and digseg loads open_clip for its "
+                       "text tower only (image transforms are unavailable)")
 
 
 def _placeholder_class(name: str) -> type:
-    return type(name, (_TorchvisionPlaceholder,), {"__module__": "torchvision (digseg placeholder)"})
+    """Subclassable at import time, unusable at run time."""
+    return type(name, (), {"__init__": _unavailable, "__module__": "torchvision (digseg placeholder)"})
 
 
-def _placeholder_function(name: str):
-    def unavailable(*args, **kwargs):
-        raise RuntimeError(f"torchvision.transforms.functional.{name} is a placeholder: torchvision is not installed")
-
-    unavailable.__name__ = name
-    return unavailable
-
-
-class _InterpolationMode(enum.Enum):
-    """Stand-in for torchvision.transforms.InterpolationMode (used in open_clip default arguments)."""
-
-    NEAREST = "nearest"
-    NEAREST_EXACT = "nearest-exact"
-    BILINEAR = "bilinear"
-    BICUBIC = "bicubic"
-    BOX = "box"
-    HAMMING = "hamming"
-    LANCZOS = "lanczos"
+# stand-in for torchvision.transforms.InterpolationMode (used in open_clip default arguments)
+_InterpolationMode = enum.Enum("InterpolationMode", {name.upper().replace("-", "_"): name for name in (
+    "nearest", "nearest-exact", "bilinear", "bicubic", "box", "hamming", "lanczos")})
 
 
 def _stub_module(name: str) -> types.ModuleType:
@@ -104,7 +70,7 @@ def _torchvision_stubs() -> dict[str, types.ModuleType]:
         setattr(transforms, name, _placeholder_class(name))
     transforms.InterpolationMode = _InterpolationMode
     for name in _FUNCTIONAL_NAMES:
-        setattr(functional, name, _placeholder_function(name))
+        setattr(functional, name, _unavailable)
     misc.FrozenBatchNorm2d = _placeholder_class("FrozenBatchNorm2d")
     root.transforms, transforms.functional, root.ops, ops.misc = transforms, functional, ops, misc
     return {m.__name__: m for m in (root, transforms, functional, ops, misc)}
@@ -134,10 +100,8 @@ def _prewarm_transformers() -> None:
 
 
 def import_open_clip():
-    """Import and return `open_clip`, with temporary torchvision placeholders where torchvision is absent.
-
-    Raises DigsegError when open_clip is not installed.
-    """
+    """`open_clip`, imported with temporary torchvision placeholders where torchvision is absent; DigsegError when
+    it is not installed."""
     if "open_clip" in sys.modules:
         return sys.modules["open_clip"]
     try:
@@ -159,18 +123,13 @@ def import_open_clip():
     except ImportError as exc:
         for name in [n for n in sys.modules if n == "open_clip" or n.startswith("open_clip.")]:
             del sys.modules[name]  # a half-imported open_clip must not be mistaken for a working one
-        raise DigsegError(
-            f"import open_clip failed without torchvision ({exc}); digseg's placeholders cover open_clip 3.x. "
-            f"{INSTALL_HINT}"
-        ) from exc
+        raise DigsegError(f"import open_clip failed without torchvision ({exc}); digseg's placeholders cover "
+                          f"open_clip 3.x. {INSTALL_HINT}") from exc
     finally:
         for name, stub in stubs.items():
             if sys.modules.get(name) is stub:
                 del sys.modules[name]
 
-
-# --------------------------------------------------------------------------------------------------------------
-# Text-tower-only loading (see the module docstring).
 
 _CLIP_TEXT_PREFIXES = ("text_projection", "positional_embedding", "token_embedding", "transformer", "ln_final")
 
@@ -185,8 +144,7 @@ def _resolve_config_and_checkpoint(name: str, pretrained: str | None, cache_dir:
         if looks_like_hub_id(identifier):  # cached, or the Hub reachable and holding it: else one line, no retries
             check_hub_id(identifier, "open_clip text encoder", "open_clip_config.json",
                          "a local open_clip folder (local-dir:FOLDER; model.text_encoder=open_clip:local-dir:FOLDER)",
-                         cache_dir=cache_dir,
-                         named_as_hub_id=True)
+                         cache_dir=cache_dir, named_as_hub_id=True)
         config = factory._get_hf_config(identifier, cache_dir=cache_dir)
         if "model_cfg" not in config:
             raise DigsegError(f"{name}: open_clip_config.json has no model_cfg")
@@ -209,19 +167,13 @@ def _resolve_config_and_checkpoint(name: str, pretrained: str | None, cache_dir:
     model_cfg = factory.get_model_config(model_name)
     if model_cfg is None:
         raise DigsegError(f"unknown open_clip model {name!r}; see open_clip.list_models(), or use hf-hub:org/name")
-    if not pretrained:
-        tags = oc_pretrained.list_pretrained_tags_by_model(model_name)
-        raise DigsegError(f"{name}: give a pretrained tag ({', '.join(tags) or 'none known'}) or a weights file")
-    tag_cfg = oc_pretrained.get_pretrained_cfg(model_name, pretrained)
-    if tag_cfg:
-        checkpoint = oc_pretrained.download_pretrained(tag_cfg, cache_dir=cache_dir)
-        # create_model only warns on a QuickGELU mismatch; the text tower must use the activation it was trained with
-        quick_gelu = bool(model_cfg.get("quick_gelu", False) or tag_cfg.get("quick_gelu", False))
-    elif os.path.isfile(pretrained):
-        checkpoint, quick_gelu = pretrained, bool(model_cfg.get("quick_gelu", False))
-    else:
-        tags = oc_pretrained.list_pretrained_tags_by_model(model_name)
-        raise DigsegError(f"{name}: {pretrained!r} is neither a pretrained tag ({', '.join(tags)}) nor a file")
+    tag_cfg = oc_pretrained.get_pretrained_cfg(model_name, pretrained) if pretrained else {}
+    if not tag_cfg and not (pretrained and os.path.isfile(pretrained)):
+        tags = ", ".join(oc_pretrained.list_pretrained_tags_by_model(model_name)) or "none known"
+        raise DigsegError(f"{name}: pretrained={pretrained!r} is neither a pretrained tag ({tags}) nor a weights file")
+    checkpoint = oc_pretrained.download_pretrained(tag_cfg, cache_dir=cache_dir) if tag_cfg else pretrained
+    # create_model only warns on a QuickGELU mismatch; the text tower must use the activation it was trained with
+    quick_gelu = bool(model_cfg.get("quick_gelu", False) or tag_cfg.get("quick_gelu", False))
     if not checkpoint:
         raise DigsegError(f"{name}: no weights found for pretrained={pretrained!r}")
     return model_cfg, checkpoint, quick_gelu, model_name
@@ -252,31 +204,16 @@ def load_open_clip_text_tower(name: str, pretrained: str | None = None, cache_di
     state = _text_state_dict(factory.load_state_dict(checkpoint, device="cpu", weights_only=True))
     missing, unexpected = tower.load_state_dict(state, strict=False)
     if missing:
-        raise DigsegError(
-            f"{name}: checkpoint {Path(checkpoint).name} lacks {len(missing)} text-tower weights, e.g. {missing[:3]}"
-        )
+        raise DigsegError(f"{name}: checkpoint {Path(checkpoint).name} lacks {len(missing)} text-tower weights, "
+                          f"e.g. {missing[:3]}")
     tokenizer = open_clip.get_tokenizer(tokenizer_name, cache_dir=cache_dir)
     return tower, tokenizer
 
 
-# --------------------------------------------------------------------------------------------------------------
-
-
 class OpenCLIPPromptEncoder(CachedPromptEncoder):
-    """Frozen open_clip text tower + tokenizer with a per-prompt embedding cache.
-
-    Same interface as `CLIPPromptEncoder`: `encode(prompts)` -> float [N, L, D] per-token features, `hidden_size`
-    (= D), `clear_cache()`. `model` is a built open_clip model (`CLIP`, `CustomTextCLIP`) or its bare text tower
-    (`TextTransformer`, `HFTextEncoder`); `tokenizer` is open_clip's (`open_clip.get_tokenizer(...)`), giving
-    [N, context_length] token ids.
-
-    Per-token features are the tower's final token states mapped by its projection, so D is the joint
-    (image-text) embedding width and the pooled token equals open_clip's `encode_text(normalize=False)`:
-    - built-in CLIP text transformer: token + positional embedding -> transformer (causal mask) -> ln_final
-      -> text_projection, for every token (the EOT/pooled token is CLIP's text embedding);
-    - HF text tower (BiomedCLIP's PubMedBERT): the HF model's last_hidden_state (padding masked) -> proj, for
-      every token (the [CLS] token is the embedding with a CLS pooler).
-    """
+    """Frozen open_clip text tower + tokenizer, as `CLIPPromptEncoder`: `encode(prompts)` -> [N, L, D], every
+    token's final state through the tower's projection (the pooled one is `encode_text(normalize=False)`).
+    `model`: an open_clip model (`CLIP`, `CustomTextCLIP`) or its text tower (`TextTransformer`, `HFTextEncoder`)."""
 
     def __init__(self, model: nn.Module, tokenizer) -> None:
         super().__init__()
@@ -294,9 +231,8 @@ class OpenCLIPPromptEncoder(CachedPromptEncoder):
             raise DigsegError(f"{type(model).__name__} is not an open_clip CLIP model or text tower")
 
     @classmethod
-    def from_pretrained(
-        cls, name_or_path: str, pretrained: str | None = None, cache_dir: str | None = None
-    ) -> "OpenCLIPPromptEncoder":
+    def from_pretrained(cls, name_or_path: str, pretrained: str | None = None,
+                        cache_dir: str | None = None) -> "OpenCLIPPromptEncoder":
         """`hf-hub:org/name` (e.g. hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224),
         `local-dir:/folder` (open_clip_config.json + weights), or an open_clip model name with a `pretrained`
         tag or weights file (e.g. "ViT-B-16", pretrained="laion2b_s34b_b88k"). Builds the text tower only."""
@@ -305,10 +241,8 @@ class OpenCLIPPromptEncoder(CachedPromptEncoder):
         except DigsegError:
             raise
         except Exception as exc:
-            detail = (str(exc).strip().splitlines() or [""])[0]
-            raise DigsegError(
-                f"could not load open_clip text encoder {name_or_path!r}: {type(exc).__name__}: {detail}"
-            ) from exc
+            raise DigsegError(f"could not load open_clip text encoder {name_or_path!r}: {type(exc).__name__}: "
+                              f"{first_line(exc)}") from exc
         return cls(tower, tokenizer)
 
     @property

@@ -1,17 +1,10 @@
 """Stable Diffusion XL's conditioning, for DiGSeg: two text encoders and the size ids of the added embedding.
 
-SDXL's U-Net (`addition_embed_type="text_time"`) is conditioned, as diffusers' `StableDiffusionXLPipeline` does it, on
-- token features: the penultimate hidden states of CLIP ViT-L (768) and OpenCLIP bigG (1280), concatenated along
-  the feature axis -> [B, L, 2048], its cross-attention width;
-- `text_embeds`: the second encoder's pooled, projected embedding [B, 1280];
-- `time_ids`: (original height, width, crop top, left, target height, width) -> [B, 6], each embedded with
-  `addition_time_embed_dim` sinusoids.
-
-In DiGSeg the token features go through the per-level projections of the text pathway like any encoder's; the
-pooled embedding rides along in the same tensor (`SDXLPromptEncoder` appends it to every token's features, so the
-prompt cache, template averaging and indexing treat it as one tensor), and `TextPathway` splits it off unchanged.
-The size ids describe the processed image the U-Net sees: original = target = the latent's size times the VAE's
-factor, crop at (0, 0), which is what the SDXL pipeline passes by default for an image of that size.
+SDXL's U-Net (`addition_embed_type="text_time"`) takes, as in diffusers' `StableDiffusionXLPipeline`: token
+features (the penultimate hidden states of both encoders, concatenated: [B, L, D1 + D2]), `text_embeds` (the
+second encoder's pooled projection [B, P]) and `time_ids` [B, 6]. Here the pooled embedding rides along as the
+last P features of every token (one tensor for the prompt cache and template averaging) and `TextPathway` splits
+it off. The size ids describe the processed image (original = target = its size, crop (0, 0)).
 """
 
 from __future__ import annotations
@@ -25,26 +18,14 @@ from .text import CachedPromptEncoder
 
 
 class SDXLPromptEncoder(CachedPromptEncoder):
-    """SDXL's two frozen CLIP text encoders: `encode(prompts)` -> [N, L, D1 + D2 + P].
-
-    The first D1 + D2 features of every token are the two encoders' penultimate hidden states (as SDXL's
-    `encode_prompt`); the last P are the second encoder's pooled `text_embeds`, repeated on every token.
-    """
+    """SDXL's two frozen CLIP text encoders: `encode(prompts)` -> [N, L, D1 + D2 + P]: both penultimate hidden
+    states (as SDXL's `encode_prompt`), then the second encoder's pooled `text_embeds` on every token."""
 
     def __init__(self, text_encoder: nn.Module, tokenizer, text_encoder_2: nn.Module, tokenizer_2) -> None:
         super().__init__()
         self.text_encoder = text_encoder.requires_grad_(False).eval()
         self.text_encoder_2 = text_encoder_2.requires_grad_(False).eval()
         self.tokenizer, self.tokenizer_2 = tokenizer, tokenizer_2
-
-    @property
-    def hidden_size(self) -> int:
-        """Token feature width D1 + D2 (what the U-Net's cross-attention reads)."""
-        return int(self.text_encoder.config.hidden_size + self.text_encoder_2.config.hidden_size)
-
-    @property
-    def pooled_size(self) -> int:
-        return int(self.text_encoder_2.config.projection_dim)
 
     def _encode_new(self, prompts: list[str]) -> torch.Tensor:
         states, pooled = [], None

@@ -1,24 +1,17 @@
-"""Text pathway: a frozen CLIP-aligned text encoder and learned per-scale projections into the U-Net.
+"""Text pathway: a frozen CLIP-aligned text encoder and learned per-level projections into the U-Net.
 
-Multi-scale injection: the U-Net has `num_levels` resolution levels (len(block_out_channels)). Level l
-gets its own projection P_l: encoder features [B, L, D] -> [B, L, C] (C = the U-Net's
-cross_attention_dim). Every cross-attention layer at level l attends to P_l(features). The projections
-live in `TextPathway` (saved in its own folder), not in the U-Net, so the U-Net stays a stock
-`UNet2DConditionModel` that diffusers saves and loads; small attention processors route each level's
-features to its layers.
-
-With the backbone's own text encoder (D == C) every P_l starts as the identity, so at step 0 the
-pathway reproduces the pretrained U-Net exactly. With another encoder (D != C) all levels start from the
-same rectangular identity ("shared" initialisation): the first min(D, C) feature dimensions pass through.
-
-Levels without cross-attention (SDXL's first) get no projection: their entry in the output repeats another
-level's, which no layer reads, so every trained parameter reaches the loss (as DDP requires).
-SDXL's pooled text embedding (`pooled_dim` > 0, `digseg.models.sdxl`) arrives as the last `pooled_dim` features of
-the encoder states and leaves, unprojected, as one more entry after the levels: the U-Net's `text_embeds`.
+Level l of the U-Net (of `num_levels` = len(block_out_channels)) has its own projection P_l: encoder features
+[B, L, D] -> [B, L, C] (C = cross_attention_dim), which every cross-attention layer at that level attends to.
+The projections live in `TextPathway`, not in the U-Net, so the U-Net stays a stock `UNet2DConditionModel`;
+small attention processors route each level's features to its layers. Every P_l starts as the (rectangular,
+when D != C) identity, so with the backbone's own encoder step 0 reproduces the pretrained U-Net exactly.
+Levels without cross-attention (SDXL's first) get no projection. SDXL's pooled embedding (`pooled_dim` > 0)
+arrives as the last features of the encoder states and leaves unprojected, after the levels: `text_embeds`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -31,18 +24,11 @@ from ..errors import DigsegError
 
 
 class CachedPromptEncoder:
-    """A frozen text encoder with a per-prompt cache: `encode(prompts)` -> float [N, L, D].
-
-    Each distinct prompt is encoded once per encoder, however often it is asked for. Subclasses implement
-    `_encode_new(prompts) -> [M, L, D]` and `hidden_size`.
-    """
+    """A frozen text encoder with a per-prompt cache: `encode(prompts)` -> float [N, L, D], each distinct prompt
+    encoded once. Subclasses implement `_encode_new(prompts) -> [M, L, D]`."""
 
     def __init__(self) -> None:
         self._cache: dict[str, torch.Tensor] = {}
-
-    @property
-    def hidden_size(self) -> int:
-        raise NotImplementedError
 
     def _encode_new(self, prompts: list[str]) -> torch.Tensor:
         raise NotImplementedError
@@ -70,10 +56,6 @@ class CLIPPromptEncoder(CachedPromptEncoder):
         self.text_encoder = text_encoder.requires_grad_(False).eval()
         self.tokenizer = tokenizer
 
-    @property
-    def hidden_size(self) -> int:
-        return int(self.text_encoder.config.hidden_size)
-
     def _encode_new(self, prompts: list[str]) -> torch.Tensor:
         ids = self.tokenizer(
             prompts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
@@ -83,12 +65,10 @@ class CLIPPromptEncoder(CachedPromptEncoder):
 
 
 class TextPathway(ModelMixin, ConfigMixin):
-    """One learned linear projection per U-Net resolution level that has cross-attention.
+    """One learned linear projection per U-Net level with cross-attention (`levels`; None: all).
 
-    forward(states [B, L, D + P] or [B, D + P]) -> num_levels tensors [B, L, C] (or [B, C]), followed, when
-    `pooled_dim` P > 0, by the pooled embedding [B, P] (the last P features of the first token).
-    `levels`: the levels with cross-attention (None: all, as models saved before this option).
-    """
+    forward(states [B, L, D + P] or [B, D + P]) -> num_levels x [B, L, C] (or [B, C]), then, when `pooled_dim`
+    P > 0, the pooled embedding [B, P] (the last P features of the first token)."""
 
     config_name = "config.json"
 
@@ -99,7 +79,7 @@ class TextPathway(ModelMixin, ConfigMixin):
         levels = list(range(num_levels)) if levels is None else sorted(levels)
         if not levels or not all(0 <= level < num_levels for level in levels):
             raise ValueError(f"levels must be a non-empty subset of 0..{num_levels - 1}, got {levels}")
-        # keys "0", "1", ...: the same state-dict names as the ModuleList of earlier saved models
+        # keys "0", "1", ...: the state-dict names of a ModuleList, as saved models have them
         self.projections = nn.ModuleDict({str(level): nn.Linear(encoder_dim, cross_attention_dim) for level in levels})
         self.reset_to_identity()
 
@@ -128,10 +108,8 @@ def cross_attention_levels(unet: UNet2DConditionModel) -> list[int]:
 
 
 def unet_level_of(processor_name: str, num_levels: int) -> int | None:
-    """Resolution level of an attention processor, or None for self-attention.
-
-    down_blocks.i -> i; mid_block -> num_levels - 1; up_blocks.j -> num_levels - 1 - j.
-    """
+    """Resolution level of an attention processor (down_blocks.i -> i; mid_block -> num_levels - 1;
+    up_blocks.j -> num_levels - 1 - j), or None for self-attention."""
     if ".attn2." not in processor_name:
         return None
     parts = processor_name.split(".")
@@ -144,16 +122,16 @@ def unet_level_of(processor_name: str, num_levels: int) -> int | None:
     raise ValueError(f"unexpected attention processor name {processor_name}")
 
 
+@dataclass
 class _LevelContext:
     """Per-call holder of the projected text features, shared by the processors of one U-Net."""
 
-    def __init__(self, num_levels: int, needs_size_ids: bool) -> None:
-        self.num_levels = num_levels
-        self.needs_size_ids = needs_size_ids  # SDXL: the U-Net also takes text_embeds and time_ids
-        self.levels: list[torch.Tensor] | None = None
-        # when a list: each cross-attention layer appends its attention probabilities, averaged over heads and
-        # maxed over positions, [B, K] (see DiGSegPipeline.class_relevance)
-        self.record: list[torch.Tensor] | None = None
+    num_levels: int
+    needs_size_ids: bool  # SDXL: the U-Net also takes text_embeds and time_ids
+    levels: list[torch.Tensor] | None = None
+    # when a list: each cross-attention layer appends its attention probabilities, averaged over heads and maxed
+    # over positions, [B, K] (`class_relevance`)
+    record: list[torch.Tensor] | None = None
 
 
 class LevelCrossAttnProcessor:
@@ -164,7 +142,8 @@ class LevelCrossAttnProcessor:
         self.context = context
         self.base = AttnProcessor2_0()
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args,
+                 **kwargs):
         if self.context.levels is not None:
             encoder_hidden_states = self.context.levels[self.level]
         if self.context.record is not None:
@@ -196,12 +175,8 @@ def unet_forward_with_text(
     text_levels: list[torch.Tensor],
     image_size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """Run the U-Net with per-level text features.
-
-    sample [B, 8, h, w]; timestep [B] or scalar; text_levels: num_levels x [B, L, C] (then, for SDXL, the pooled
-    embedding [B, P]) -> prediction [B, 4, h, w]. `image_size`: (H, W) of the processed image, which SDXL's size
-    ids describe (`digseg.models.sdxl`); needed for SDXL only.
-    """
+    """sample [B, 8, h, w], timestep [B] or scalar, text_levels num_levels x [B, L, C] (then SDXL's pooled [B, P])
+    -> prediction [B, 4, h, w]. `image_size`: (H, W) of the processed image, for SDXL's size ids."""
     added = None
     if context.needs_size_ids:
         from .sdxl import sdxl_time_ids

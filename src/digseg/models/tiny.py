@@ -1,28 +1,18 @@
-"""Tiny random Stable-Diffusion components, built offline, in the same diffusers layout as a real checkpoint.
+"""Tiny random Stable-Diffusion components, built offline and written with diffusers' own `save_pretrained`, so
+tests and `digseg quickstart` run the loaders a real SD folder goes through.
 
-No weights can be downloaded on the machines this project is developed and tested on, so tests and
-`digseg quickstart` build a tiny backbone here and write it with diffusers' own
-`StableDiffusionPipeline.save_pretrained`. Every loader that serves a real SD folder is then the code
-path the tests exercise.
-
-Sizes (defaults): images 64x64, VAE downsampling 4 -> latents [B, 4, 16, 16]; U-Net channels (32, 64);
-CLIP text encoder width 32, 2 layers; a byte-level BPE tokenizer with a small, fixed merge table.
-
-Families (`save_tiny_backbone(family=...)`, `save_tiny_sdxl_backbone`), each in its real model's layout:
-- "sd1": SD 1.x: convolutional transformer projections, one head width, quick-GELU text encoder, epsilon;
-- "sd2": SD 2-base: linear projections, head widths per level, GELU text encoder, epsilon;
-- "sd2-v": SD 2 (768-v): as "sd2" with v-prediction;
-- SDXL: two text encoders (the second with a projection), no cross-attention at the first level, a U-Net with
-  `addition_embed_type="text_time"`, and SDXL's Euler scheduler.
-`variants` writes the weights as the Hub holds them: None the plain float32 files, "fp16" *.fp16.safetensors in
-float16 (both: a repository with both; ("fp16",) alone: an fp16-only download).
+Sizes: images 64x64, VAE factor 4 -> latents [B, 4, 16, 16]; U-Net channels (32, 64); CLIP text encoder width
+32, 2 layers; a byte-level BPE tokenizer with a small, fixed merge table. Families, each in its real layout:
+"sd1" (convolutional projections, quick-GELU text encoder, epsilon), "sd2" (linear projections, head widths per
+level, GELU), "sd2-v" (v-prediction), and SDXL (`save_tiny_sdxl_backbone`: two text encoders, no cross-attention
+at the first level, `addition_embed_type="text_time"`, Euler scheduler). `variants`: None the float32 files,
+"fp16" *.fp16.safetensors in float16.
 """
 
 from __future__ import annotations
 
 import copy
 from pathlib import Path
-
 from typing import Sequence
 
 import torch
@@ -44,7 +34,7 @@ VARIANT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}  # the dtype ea
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP byte -> printable unicode character table (the standard byte-level BPE alphabet)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -73,15 +63,9 @@ def tiny_tokenizer(max_length: int = TINY_MAX_LENGTH) -> CLIPTokenizer:
             current = merged
     for special in ("<|startoftext|>", "<|endoftext|>"):
         vocab[special] = len(vocab)
-    return CLIPTokenizer(
-        vocab=vocab,
-        merges=merges,
-        unk_token="<|endoftext|>",
-        bos_token="<|startoftext|>",
-        eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>",
-        model_max_length=max_length,
-    )
+    end = "<|endoftext|>"
+    return CLIPTokenizer(vocab=vocab, merges=merges, unk_token=end, bos_token="<|startoftext|>", eos_token=end,
+                         pad_token=end, model_max_length=max_length)
 
 
 def tiny_text_encoder(tokenizer: CLIPTokenizer, hidden_size: int = 32, seed: int = 0, hidden_act: str = "quick_gelu",
@@ -89,16 +73,9 @@ def tiny_text_encoder(tokenizer: CLIPTokenizer, hidden_size: int = 32, seed: int
     """A 2-layer CLIP text encoder; `with_projection`: SDXL's second encoder (`CLIPTextModelWithProjection`)."""
     torch.manual_seed(seed)
     config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=tokenizer.model_max_length,
-        hidden_act=hidden_act,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=tokenizer.model_max_length, hidden_act=hidden_act,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         projection_dim=hidden_size,
     )
     return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config).eval()
@@ -108,17 +85,9 @@ def tiny_vae(seed: int = 0) -> AutoencoderKL:
     """VAE with downsampling factor 4 (three blocks), 4 latent channels."""
     torch.manual_seed(seed)
     return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(16, 32, 32),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        mid_block_add_attention=False,
-        sample_size=64,
-        scaling_factor=1.0,
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(16, 32, 32), layers_per_block=1,
+        latent_channels=4, norm_num_groups=8, mid_block_add_attention=False, sample_size=64, scaling_factor=1.0,
     )
 
 
@@ -130,17 +99,11 @@ def tiny_unet(cross_attention_dim: int = 32, block_out_channels: tuple[int, ...]
     n = len(block_out_channels)
     sd2 = family.startswith("sd2")
     return UNet2DConditionModel(
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, norm_num_groups=16,
         down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
-        block_out_channels=block_out_channels,
-        layers_per_block=1,
-        cross_attention_dim=cross_attention_dim,
-        attention_head_dim=tuple(c // 8 for c in block_out_channels) if sd2 else 8,
-        use_linear_projection=sd2,
-        norm_num_groups=16,
+        block_out_channels=block_out_channels, cross_attention_dim=cross_attention_dim,
+        attention_head_dim=tuple(c // 8 for c in block_out_channels) if sd2 else 8, use_linear_projection=sd2,
     )
 
 
@@ -149,41 +112,22 @@ def tiny_sdxl_unet(cross_attention_dim: int = 64, pooled_dim: int = 32, seed: in
     linear projections, and the added embedding of 6 size ids (8 sinusoids each) and the pooled text embedding."""
     torch.manual_seed(seed)
     return UNet2DConditionModel(
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        transformer_layers_per_block=(1, 2),
-        attention_head_dim=(4, 8),
-        use_linear_projection=True,
-        cross_attention_dim=cross_attention_dim,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=6 * 8 + pooled_dim,
-        norm_num_groups=16,
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, norm_num_groups=16,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(32, 64), transformer_layers_per_block=(1, 2), attention_head_dim=(4, 8),
+        use_linear_projection=True, cross_attention_dim=cross_attention_dim, addition_embed_type="text_time",
+        addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + pooled_dim,
     )
 
 
 def tiny_scheduler(prediction_type: str = "epsilon") -> DDIMScheduler:
     """Stable Diffusion's training schedule (scaled-linear betas, 1000 steps)."""
-    return DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type=prediction_type,
-    )
+    return DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                         clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type)
 
 
 def save_variants(pipe, path: str | Path, variants: Sequence[str | None] = (None,)) -> Path:
-    """`pipe.save_pretrained(path)` once per variant: None the plain float32 files, else *.<variant>.safetensors in
-    that variant's dtype (`VARIANT_DTYPES`)."""
+    """`pipe.save_pretrained(path)` per variant: None float32, else *.<variant>.safetensors in `VARIANT_DTYPES`."""
     path = Path(path)
     for variant in variants:
         if variant is None:
@@ -196,34 +140,26 @@ def save_variants(pipe, path: str | Path, variants: Sequence[str | None] = (None
 def save_tiny_backbone(path: str | Path, seed: int = 0, vae: AutoencoderKL | None = None,
                        unet_channels: tuple[int, ...] = (32, 64), family: str = "sd1",
                        variants: Sequence[str | None] = (None,)) -> Path:
-    """Write a tiny random Stable Diffusion folder with diffusers' `StableDiffusionPipeline.save_pretrained`.
-
-    `vae` replaces the random VAE (e.g. one trained by `digseg.training.vae.train_tiny_vae`); `family`: one of
-    `TINY_FAMILIES`; `variants`: which weight files (`save_variants`).
-    """
+    """Write a tiny random Stable Diffusion folder; `vae` replaces the random VAE (e.g. one trained by
+    `digseg.training.vae.train_tiny_vae`); `family`: one of `TINY_FAMILIES`; `variants`: see `save_variants`."""
     from diffusers import StableDiffusionPipeline
 
     if family not in TINY_FAMILIES:
         raise ValueError(f"family must be one of {', '.join(TINY_FAMILIES)}, got {family!r}")
     tokenizer = tiny_tokenizer()
-    text_encoder = tiny_text_encoder(tokenizer, seed=seed, hidden_act="gelu" if family.startswith("sd2") else "quick_gelu")
+    sd2 = family.startswith("sd2")
+    text_encoder = tiny_text_encoder(tokenizer, seed=seed, hidden_act="gelu" if sd2 else "quick_gelu")
     pipe = StableDiffusionPipeline(
-        vae=vae if vae is not None else tiny_vae(seed),
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=tiny_unet(cross_attention_dim=text_encoder.config.hidden_size, block_out_channels=unet_channels, seed=seed,
-                       family=family),
+        vae=vae if vae is not None else tiny_vae(seed), text_encoder=text_encoder, tokenizer=tokenizer,
+        unet=tiny_unet(text_encoder.config.hidden_size, unet_channels, seed, family),
         scheduler=tiny_scheduler("v_prediction" if family == "sd2-v" else "epsilon"),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     return save_variants(pipe, path, variants)
 
 
 def save_tiny_sdxl_backbone(path: str | Path, seed: int = 0, variants: Sequence[str | None] = (None,)) -> Path:
-    """Write a tiny random Stable Diffusion XL folder with diffusers' `StableDiffusionXLPipeline.save_pretrained`:
-    text encoders of width 32 (the second with a 32-wide projection), cross-attention width 64 = 32 + 32."""
+    """Write a tiny random SDXL folder: text encoders of width 32 (the second with a 32-wide projection)."""
     from diffusers import StableDiffusionXLPipeline
 
     tokenizer = tiny_tokenizer()

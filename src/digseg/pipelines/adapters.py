@@ -3,15 +3,12 @@ and switched at runtime, mixed into `DiGSegPipeline`.
 
     pipe = DiGSegPipeline.from_base("stabilityai/stable-diffusion-2")   # or a DiGSeg model folder
     pipe.load_adapter("runs/roads/adapter", name="roads")
-    pipe.load_adapter("runs/cells/adapter", name="cells")
     pipe.set_adapter("roads"); pipe(images)          # roads' LoRA, conv_in, text pathway, decoder and classes
     pipe.set_adapter(None)                           # back to the base
     pipe.fuse_adapter("roads-model")                 # a plain model folder of the active adapter, fused
 
-Switching never reloads the backbone: the U-Net object stays, peft switches its LoRA matrices, and the adapter's
-full parts (conv_in, text pathway, light mask decoder) and facts (classes, task, processing resolution, prompt
-template, objective) are put in place together with them. Every adapter's parts stay in memory (small: conv_in
-and the pathway), so switching costs no reading.
+Switching never reloads the backbone: peft switches the U-Net's LoRA matrices, and the adapter's full parts and
+facts, kept in memory, are put in place with them.
 """
 
 from __future__ import annotations
@@ -36,21 +33,17 @@ class AdapterMixin:
     @classmethod
     def from_base(cls, pretrained: str | Path, revision: str | None = None, variant: str | None = None,
                   prediction_type: str = "sample", torch_dtype=None, **kwargs):
-        """The backbone adapters are loaded onto: a DiGSeg model folder (`from_pretrained`), else a Stable
-        Diffusion folder or hub id (`from_backbone`, at `revision` and `variant`, with `prediction_type`), in
-        `torch_dtype` (None: float32)."""
+        """The backbone adapters are loaded onto, in `torch_dtype`: a DiGSeg model folder (`from_pretrained`), else
+        a Stable Diffusion folder or hub id (`from_backbone`)."""
         path = Path(str(pretrained)).expanduser()
         if (path / "text_pathway").is_dir():
             return cls.from_pretrained(str(path), torch_dtype=torch_dtype, **kwargs)
         return cls.from_backbone(pretrained, prediction_type=prediction_type, revision=revision, variant=variant,
                                  torch_dtype=torch_dtype, **kwargs)
 
-    # ----------------------------------------------------------------------------------------- state
     def _adapter_table(self) -> dict:
-        if "_adapter_parts" not in self.__dict__:
-            self.__dict__["_adapter_parts"] = {}  # name -> AdapterParts; BASE -> the backbone's own
-            self.__dict__["_active_adapter"] = BASE
-        return self.__dict__["_adapter_parts"]
+        """name -> AdapterParts; BASE -> the backbone's own (once an adapter is loaded)."""
+        return self.__dict__.setdefault("_adapter_parts", {})
 
     @property
     def adapters(self) -> list[str]:
@@ -59,8 +52,7 @@ class AdapterMixin:
 
     @property
     def active_adapter(self) -> str | None:
-        self._adapter_table()
-        return self.__dict__["_active_adapter"]
+        return self.__dict__.get("_active_adapter", BASE)
 
     def _current_parts(self) -> AdapterParts:
         facts = {key: self.config.get(key) for key in FACT_KEYS if key in self.config}
@@ -68,11 +60,9 @@ class AdapterMixin:
                      prediction_type=self.scheduler.config.prediction_type)
         return AdapterParts(self.unet.conv_in, self.text_pathway, self.mask_decoder, facts)
 
-    # ----------------------------------------------------------------------------------------- loading
     def load_adapter(self, path: str | Path, name: str | None = None, activate: bool = True) -> str:
-        """Load the adapter folder `path` as `name` (default: the folder's name) onto this backbone, and make it the
-        active one unless `activate` is False. -> its name. One-line DigsegError for a folder that is not an adapter
-        or does not fit this backbone (other layers, conv_in or pathway shapes, prediction type)."""
+        """Load the adapter folder `path` as `name` (default: the folder's name), active unless not `activate`
+        -> its name; a one-line DigsegError for a folder that is not an adapter or does not fit this backbone."""
         name = name or Path(path).name
         table = self._adapter_table()
         if name in table:
@@ -86,9 +76,8 @@ class AdapterMixin:
         parts = split_tensors(tensors)
         if BASE not in table:
             table[BASE] = self._current_parts()
-        base = table[BASE]
         device, dtype = self.unet.device, self.unet.dtype
-        conv_in = copy.deepcopy(base.conv_in)
+        conv_in = copy.deepcopy(table[BASE].conv_in)
         pathway = TextPathway.from_config(config["text_pathway"])
         decoder = LightMaskDecoder.from_config(config["mask_decoder"]) if config.get("mask_decoder") else None
         for label, module in (("conv_in", conv_in), ("text_pathway", pathway), ("mask_decoder", decoder)):
@@ -97,19 +86,17 @@ class AdapterMixin:
             try:
                 module.load_state_dict(parts.get(label, {}))
             except RuntimeError as exc:
-                raise DigsegError(f"adapter {where}: its {label} does not fit this backbone: {first_line(exc)}") from exc
+                raise DigsegError(f"adapter {where}: its {label} does not fit this backbone: "
+                                  f"{first_line(exc)}") from exc
             module.to(device, dtype).eval().requires_grad_(False)
         load_lora(self.unet, name, config, parts.get("unet", {}), where)
-        self.unet.requires_grad_(False)
-        self.unet.to(device, dtype)
-        facts = {key: config.get(key) for key in FACT_KEYS}
-        table[name] = AdapterParts(conv_in, pathway, decoder, facts)
+        self.unet.requires_grad_(False).to(device, dtype)
+        table[name] = AdapterParts(conv_in, pathway, decoder, {key: config.get(key) for key in FACT_KEYS})
         self.set_adapter(name if activate else self.active_adapter)
         return name
 
     def set_adapter(self, name: str | None) -> None:
-        """Make adapter `name` active (None: the base backbone): its LoRA matrices, full parts and facts, all at
-        once. The U-Net object stays the same."""
+        """Make adapter `name` (None: the base) active: its LoRA matrices, full parts and facts, in the same U-Net."""
         table = self._adapter_table()
         if name is not BASE and name not in table:
             known = ", ".join(self.adapters) or "none loaded"
@@ -137,12 +124,10 @@ class AdapterMixin:
                 values[config_key] = facts[key]
         self.register_to_config(**values)
 
-    # ----------------------------------------------------------------------------------------- fusing
     def fuse_adapter(self, save_directory: str | Path | None = None):
-        """A plain pipeline (no peft layers) whose U-Net holds the active adapter's LoRA merged into its weights, with
-        the adapter's conv_in, text pathway, decoder and facts; saved to `save_directory` (a model folder that
-        `digseg predict --model` and `digseg export` read) when given. This pipeline is left as it was; the fused
-        copy costs one more U-Net in memory."""
+        """A plain pipeline (no peft layers, one more U-Net in memory) with the active adapter's LoRA merged into
+        its U-Net and the adapter's conv_in, text pathway, decoder and facts, saved to `save_directory` if given;
+        this pipeline is left as it was."""
         name = self.active_adapter
         if name is BASE:
             raise DigsegError("fuse_adapter: no adapter is active (set_adapter(name) first)")

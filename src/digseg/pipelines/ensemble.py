@@ -1,9 +1,5 @@
-"""Combining ensemble members and queries into per-class probabilities and an uncertainty map.
-
-`DiGSegPipeline._segment_batch` denoises items ordered (image, query, member) and decodes either each member or,
-by default, one combination of the members' latents per query (`combine_member_latents`). These functions turn
-the decoded pieces back into per-image results.
-"""
+"""Combining ensemble members and queries, decoded from items ordered (image, query, member), into per-class
+probabilities and an uncertainty map."""
 
 from __future__ import annotations
 
@@ -14,12 +10,9 @@ ENSEMBLE_REDUCTIONS = ("median", "mean")
 
 
 def combine_member_latents(latents: torch.Tensor, how: str = "median") -> torch.Tensor:
-    """[n, E, C, h, w] ensemble members' final latents -> [n, C, h, w].
-
-    "median": element-wise median (the mean of the two middle values when E is even, so E = 2 is the mean).
-    On the quickstart model (400 scenes) it kept mIoU within 0.71 points of decoding every member, where the
-    mean lost up to 1.05 on palette queries (benchmarks/bench_ensemble_decode.py, docs/benchmarks.md).
-    """
+    """[n, E, C, h, w] ensemble members' final latents -> [n, C, h, w]. "median": element-wise (the mean of the two
+    middle values when E is even), the default because it stays closer to decoding every member than the mean
+    (docs/benchmarks.md)."""
     if how == "mean":
         return latents.mean(dim=1)
     ordered = latents.sort(dim=1).values
@@ -29,13 +22,9 @@ def combine_member_latents(latents: torch.Tensor, how: str = "median") -> torch.
 
 def assemble_probabilities(decoded: torch.Tensor, b: int, q: int, members: int, mode: str,
                            keep: torch.Tensor | None = None, num_queries: int | None = None) -> torch.Tensor:
-    """Decoded probabilities of items ordered (image, query, member) -> [B, members, K, H, W].
-
-    decoded: [B*q*members, K, H, W] in palette mode (one query: the class list), else [B*q*members, 1, H, W]
-    (each query's foreground). Binary mode gives K = 2 (background, foreground); per-class mode gives one channel
-    per query, and with `keep` ([B, q] positions among `num_queries` classes, from top-k pruning) the run
-    classes are scattered back among all `num_queries`, the others at 0.
-    """
+    """Decoded probabilities of items ordered (image, query, member), [B*q*members, K, H, W] in palette mode, else
+    each query's foreground [B*q*members, 1, H, W] -> [B, members, K, H, W] (binary: K = 2; per-class: one channel
+    per query, scattered back among all `num_queries` by `keep` [B, q] after top-k pruning, the others at 0)."""
     probs = decoded.view(b, q, members, *decoded.shape[1:])
     if mode == "palette":
         return probs[:, 0]  # [B, members, K, H, W]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -51,20 +51,25 @@ def _from_path(path: Path) -> np.ndarray:
         raise DigsegError(f"cannot read image {path}: {exc}") from exc
 
 
-def to_image_list(images: Any) -> list[np.ndarray]:
+def each_image(images: Any, convert: Callable[[Any], Any]) -> list:
+    """`convert` applied to `images`, one image or a list of them; DigsegError for an empty list."""
     if not isinstance(images, (list, tuple)):
         images = [images]
     if not images:
         raise DigsegError("no images given")
-    out = []
-    for image in images:
-        if isinstance(image, (str, os.PathLike)):
-            out.append(_from_path(Path(image)))
-        elif isinstance(image, Image.Image):
-            out.append(_from_uint8(np.asarray(image.convert("RGB"))))
-        elif isinstance(image, np.ndarray):
-            out.append(_from_numpy(image))
-        else:
-            raise DigsegError(f"unsupported image input of type {type(image).__name__} (the onnxruntime pipeline "
-                              "takes paths, PIL images and numpy arrays)")
-    return out
+    return [convert(image) for image in images]
+
+
+def _from_any(image: Any) -> np.ndarray:
+    if isinstance(image, (str, os.PathLike)):
+        return _from_path(Path(image))
+    if isinstance(image, Image.Image):
+        return _from_uint8(np.asarray(image.convert("RGB")))
+    if isinstance(image, np.ndarray):
+        return _from_numpy(image)
+    raise DigsegError(f"unsupported image input of type {type(image).__name__} (the onnxruntime pipeline "
+                      "takes paths, PIL images and numpy arrays)")
+
+
+def to_image_list(images: Any) -> list[np.ndarray]:
+    return each_image(images, _from_any)

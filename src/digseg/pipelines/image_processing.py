@@ -1,8 +1,8 @@
 """Image pre- and post-processing for the pipeline: input normalisation, resize, pad, unpad.
 
-Accepted images: a path (read as displayed: its EXIF orientation is applied), a PIL image, a numpy array [H, W, 3] (uint8 0..255 or float 0..1) or
-[H, W] grey, a torch tensor [3, H, W] or [N, 3, H, W] with values in [0, 1], or a list of those.
-Everything becomes float tensors [3, H, W] in [-1, 1].
+Accepted images: a path (EXIF orientation applied), a PIL image, a numpy array [H, W, 3] (uint8, or float in
+[0, 1]) or [H, W] grey, a torch tensor [3, H, W] or [N, 3, H, W] in [0, 1], or a list of those; each becomes a
+float tensor [3, H, W] in [-1, 1].
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..data.augment import rescale_size
-from ..data.io import image_to_tensor
+from ..data.io import image_to_tensor, load_image
 from ..errors import DigsegError
-from .image_inputs import from_unit_float, rgb_array
+from .image_inputs import each_image, from_unit_float, rgb_array
 
 
 def _from_pil(image: Image.Image) -> torch.Tensor:
@@ -42,40 +42,30 @@ def _check_unit_range(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.float()
 
 
+def _from_any(image: Any) -> torch.Tensor:
+    if isinstance(image, (str, os.PathLike)):
+        return _from_pil(load_image(Path(image), exif_transpose=True))
+    if isinstance(image, Image.Image):
+        return _from_pil(image)
+    if isinstance(image, np.ndarray):
+        return _from_numpy(image)
+    if isinstance(image, torch.Tensor) and image.ndim == 3 and image.shape[0] == 3:
+        return _check_unit_range(image) * 2 - 1
+    raise DigsegError(f"unsupported image input of type {type(image).__name__}")
+
+
 def to_image_list(images: Any) -> list[torch.Tensor]:
     """Normalise pipeline input to a list of [3, H, W] float tensors in [-1, 1]."""
-    from ..data.io import load_image  # local import: data.io is light, but keeps this module standalone
-
     if isinstance(images, torch.Tensor) and images.ndim == 4:
         return [_check_unit_range(img) * 2 - 1 for img in images]
-    if not isinstance(images, (list, tuple)):
-        images = [images]
-    if not images:
-        raise DigsegError("no images given")
-    out = []
-    for image in images:
-        if isinstance(image, (str, os.PathLike)):
-            out.append(_from_pil(load_image(Path(image), exif_transpose=True)))
-        elif isinstance(image, Image.Image):
-            out.append(_from_pil(image))
-        elif isinstance(image, np.ndarray):
-            out.append(_from_numpy(image))
-        elif isinstance(image, torch.Tensor) and image.ndim == 3 and image.shape[0] == 3:
-            out.append(_check_unit_range(image) * 2 - 1)
-        else:
-            raise DigsegError(f"unsupported image input of type {type(image).__name__}")
-    return out
+    return each_image(images, _from_any)
 
 
 def processed_size(height: int, width: int, resolution: int, scale: tuple[int, int] | None = None,
                    keep_ratio: bool = True) -> tuple[int, int]:
-    """Size the model sees: with `scale`, mmseg's test resize; else the longer side resized to `resolution`
-    (0 = keep the native size).
-
-    scale with keep_ratio (mmcv `rescale_size`): the largest size whose long side is at most max(scale) and
-    short side at most min(scale), e.g. (2048, 512): short side 512 unless the long side would pass 2048.
-    scale without keep_ratio: exactly (width, height) = scale (CAT-Seg resizes to 640 x 640).
-    """
+    """(h, w) the model sees: the longer side resized to `resolution` (0: the native size), or with `scale` mmseg's
+    test resize: with keep_ratio the largest size whose long side is at most max(scale) and short side at most
+    min(scale) (mmcv `rescale_size`), without it exactly (width, height) = scale (CAT-Seg's 640 x 640)."""
     if scale is not None:
         if not keep_ratio:
             return int(scale[1]), int(scale[0])

@@ -1,12 +1,10 @@
-"""Which image files a command line names: files, folders, glob patterns and list files.
-
-`digseg predict --image a.jpg photos/ 'shots/**/*.png' --image-list more.txt` -> the image paths, in
-order, each once.
-"""
+"""Which image files a command line names: `digseg predict --image a.jpg photos/ 'shots/**/*.png' --image-list
+more.txt` -> the image paths, in order, each once."""
 
 from __future__ import annotations
 
 import glob
+from collections import Counter
 from pathlib import Path
 
 from ..data.io import IMAGE_EXTENSIONS, read_list_file
@@ -20,17 +18,9 @@ def is_image_name(path: Path) -> bool:
 
 
 def expand_image_inputs(items: list[str]) -> list[Path]:
-    """Files, folders and glob patterns -> image paths, in the order given, duplicates dropped.
-
-    - an existing folder: its image files (by extension, not recursive), sorted by name;
-    - an existing file, or a name without glob characters: kept as is (a missing or unreadable
-      file fails later, when it is read, naming it);
-    - a pattern with ``*``, ``?`` or ``[``: `glob.glob(pattern, recursive=True)` (so ``**`` spans
-      folders), image files only, sorted.
-
-    A folder or a pattern that yields no image raises `ConfigError` naming it. A file reached twice
-    (a folder and a pattern that overlap) is kept once, at its first place.
-    """
+    """Files, folders and glob patterns -> image paths, in the order given, each file once: a folder's image files
+    (not recursive) sorted; a file or a name without ``*?[`` as is (a missing one fails when read); a pattern's
+    image files (`glob` with ``**``) sorted. A folder or a pattern with no image is a `ConfigError`."""
     extensions = ", ".join(IMAGE_EXTENSIONS)
     paths: list[Path] = []
     for item in items:
@@ -40,7 +30,7 @@ def expand_image_inputs(items: list[str]) -> list[Path]:
             if not found:
                 raise ConfigError(f"folder {p} contains no images ({extensions})")
         elif not p.exists() and _GLOB_CHARS & set(item):
-            found = sorted(Path(m) for m in glob.glob(item, recursive=True) if Path(m).is_file() and is_image_name(Path(m)))
+            found = sorted(m for m in map(Path, glob.glob(item, recursive=True)) if m.is_file() and is_image_name(m))
             if not found:
                 raise ConfigError(f"pattern {item!r} matches no images ({extensions})")
         else:
@@ -60,17 +50,14 @@ def first_of_each(paths: list[Path]) -> list[Path]:
 
 
 def read_image_list(path: str | Path) -> list[str]:
-    """A text file with one image path per line -> the paths, as written (relative ones are relative to the
-    current folder, as on the command line). Blank lines and lines starting with '#' are ignored; each path is
-    a file name, never a pattern (names may contain '*' or '['). ConfigError when the file cannot be read or
-    lists no path."""
+    """A text file with one image path per line (never a pattern; blank and '#' lines ignored) -> the paths, as
+    written; ConfigError when the file cannot be read or lists no path."""
     return read_list_file(path, "image list", ConfigError)
 
 
 def select_images(items: list[str] | None, image_list: str | Path | None = None) -> list[Path]:
-    """`--image` items (files, folders, patterns; see `expand_image_inputs`) followed by the files an
-    `--image-list` names, duplicates dropped. ConfigError when nothing is selected, or when not one of the
-    selected files exists (a typo, not a run with a few bad files: those are skipped and reported later)."""
+    """`--image` items (`expand_image_inputs`), then the files an `--image-list` names, each once; ConfigError when
+    nothing is selected or none of it exists (a typo: a few bad files are skipped and reported later)."""
     if not items and image_list is None:
         raise ConfigError("no input images: pass --image (files, folders, patterns) and/or --image-list FILE")
     paths = expand_image_inputs(items) if items else []
@@ -103,7 +90,5 @@ def unique_stems(paths: list[Path]) -> list[str]:
 def display_names(paths: list[Path]) -> list[str]:
     """How each input is named in summaries and the report: its file name, or the path as given when
     two inputs share a file name."""
-    counts: dict[str, int] = {}
-    for p in paths:
-        counts[p.name] = counts.get(p.name, 0) + 1
+    counts = Counter(p.name for p in paths)
     return [p.name if counts[p.name] == 1 else str(p) for p in paths]

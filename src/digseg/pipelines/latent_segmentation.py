@@ -1,12 +1,6 @@
-"""The pipeline's work in latent space: a batch of image views and queries -> per-class probabilities.
-
-`LatentSegmentationMixin` is mixed into `DiGSegPipeline` (diffusers composes pipelines from mixins the same way);
-it uses the pipeline's modules (`unet`, `vae`, `scheduler`, `text_pathway`, `level_context`) and its mask
-reading (`decode_masks`, `palette_codec`, `binary_codec`). It holds
-- the interface training shares with inference: `prompt_states`, `unet_prediction`, `noisy_latents_and_target`,
-  `predicted_sample`, `one_step_latents`;
-- denoising (`denoise`: DDIM with trailing spacing, or the one-step pass), `class_relevance` (top-k pruning);
-- `_segment_batch`: encode, denoise every (view, query, member) item in U-Net batches, combine members, decode.
+"""The pipeline's work in latent space, mixed into `DiGSegPipeline` (as diffusers composes pipelines): the
+interface training shares with inference (`prompt_states`, `unet_prediction`, `noisy_latents_and_target`,
+`predicted_sample`, `one_step_latents`), `denoise`, `class_relevance` (top-k pruning) and `_segment_batch`.
 """
 
 from __future__ import annotations
@@ -37,9 +31,9 @@ class SegmentSettings:
 
 
 class LatentSegmentationMixin:
-    """Latent-space methods of `DiGSegPipeline` (see the module docstring)."""
+    """Latent-space methods of `DiGSegPipeline`; uses its `unet`, `vae`, `scheduler`, `text_pathway`,
+    `level_context`, `decode_masks` and codecs."""
 
-    # ----------------------------------------------------------------------------------------- training interface
     def prompt_states(self, prompts: Sequence[str]) -> torch.Tensor:
         """Frozen text-encoder features of one prompt per sample (cached by prompt): [B, L, D]."""
         return self.prompt_encoder.encode(list(prompts))
@@ -47,13 +41,13 @@ class LatentSegmentationMixin:
     def unet_prediction(self, unet: torch.nn.Module, model_input: torch.Tensor, timesteps: torch.Tensor,
                         text_levels: list[torch.Tensor]) -> torch.Tensor:
         """[B, 8, h, w] -> [B, 4, h, w] with per-level text (num_levels x [B, L, C], then SDXL's pooled [B, P]);
-        `unet` may be a wrapped (DDP, FSDP, compiled) copy of `self.unet`. SDXL's size ids describe the processed
-        image: the latent's size times the VAE's factor."""
+        `unet` may be a wrapped (DDP, FSDP, compiled) copy of `self.unet`."""
         f = vae_scale_factor(self.vae)
         size = (model_input.shape[-2] * f, model_input.shape[-1] * f)
         return unet_forward_with_text(unet, self.level_context, model_input, timesteps, text_levels, size)
 
-    def noisy_latents_and_target(self, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def noisy_latents_and_target(self, z0: torch.Tensor, noise: torch.Tensor,
+                                 t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mask latents z0 [B, 4, h, w] noised to timesteps t [B], and the regression target of the scheduler's
         prediction type (noise, z0 or v)."""
         z_t = self.scheduler.add_noise(z0, noise, t)
@@ -74,30 +68,23 @@ class LatentSegmentationMixin:
 
     def one_step_latents(self, unet: torch.nn.Module, image_latents: torch.Tensor,
                          text_levels: list[torch.Tensor]) -> torch.Tensor:
-        """The one-step objective's single deterministic pass: image_latents [B, 4, h, w] and per-level text
-        (num_levels x [B, L, C]) -> predicted mask latents z0 [B, 4, h, w].
-
-        The U-Net sees the last timestep T-1 and, in place of noise, zeros (the noise's mean), as E2E-FT and
-        Lotus do; the same function serves training (with `unet` the wrapped copy) and inference.
-        """
+        """The one-step objective's deterministic pass (E2E-FT, Lotus): image_latents [B, 4, h, w] and per-level
+        text -> predicted mask latents z0 [B, 4, h, w], the U-Net seeing zeros (the noise's mean) at t = T-1."""
         z_t = torch.zeros_like(image_latents)  # [B, 4, h, w]
         t = torch.full((image_latents.shape[0],), self.scheduler.config.num_train_timesteps - 1,
                        device=image_latents.device, dtype=torch.long)  # [B]
         pred = self.unet_prediction(unet, torch.cat([image_latents, z_t], dim=1), t, text_levels)
         return self.predicted_sample(pred, z_t, t)
 
-    # ----------------------------------------------------------------------------------------- denoising
     def denoise(self, image_latents: torch.Tensor, text: list[torch.Tensor], num_inference_steps: int,
                 generator=None, latents: torch.Tensor | None = None) -> torch.Tensor:
-        """image_latents [M, 4, h, w], text num_levels x [M, L, C] -> mask latents [M, 4, h, w].
-
-        `latents` is the starting noise (drawn from `generator` when not given). A one-step model ignores it and
-        the step count: its one pass is `one_step_latents`.
-        """
+        """image_latents [M, 4, h, w], text num_levels x [M, L, C] -> mask latents [M, 4, h, w], from the starting
+        noise `latents` (drawn from `generator` when None); a one-step model runs `one_step_latents` instead."""
         if self.config.objective == "one-step":
             return self.one_step_latents(self.unet, image_latents, text)
         if latents is None:
-            latents = randn_tensor(image_latents.shape, generator=generator, device=image_latents.device, dtype=image_latents.dtype)
+            latents = randn_tensor(image_latents.shape, generator=generator, device=image_latents.device,
+                                   dtype=image_latents.dtype)
         self.scheduler.set_timesteps(num_inference_steps, device=image_latents.device)
         for t in self.scheduler.timesteps:
             model_input = torch.cat([image_latents, latents], dim=1)  # [M, 8, h, w]
@@ -107,12 +94,8 @@ class LatentSegmentationMixin:
 
     @torch.no_grad()
     def class_relevance(self, image_latents: torch.Tensor, states: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """One U-Net pass attending to a "bag" of all Q class vectors -> relevance [B, Q].
-
-        image_latents [B, 4, h, w]; states [Q, L, D] encoder features (each class pooled over its tokens into one
-        key, then projected per level); noise [B, 4, h, w]. Relevance of a class = its cross-attention probability, averaged over heads, maxed over
-        positions, averaged over cross-attention layers. Used to prune classes before exact queries.
-        """
+        """One U-Net pass attending to all Q classes (each pooled over its tokens), states [Q, L, D] -> relevance
+        [B, Q]: cross-attention probability, mean over heads, max over positions, mean over layers."""
         b = image_latents.shape[0]
         n = self.level_context.num_levels
         pooled = self.text_pathway(states.mean(dim=1))  # num_levels x [Q, C] (then SDXL's pooled embeddings [Q, P])
@@ -129,15 +112,12 @@ class LatentSegmentationMixin:
 
     def _segment_batch(self, pixels: torch.Tensor, query_ids: list[list[int]], states: torch.Tensor,
                        noise: torch.Tensor, settings: SegmentSettings):
-        """pixels [B, 3, H, W]; query_ids: B lists of Q ids into `states` ([U, L, D] encoder features); noise
-        [B, E, 4, h, w] starting latents (`sliding.view_noise`).
+        """pixels [B, 3, H, W]; query_ids: B lists of Q ids into `states` ([U, L, D]); noise [B, E, 4, h, w]
+        -> (probs [B, K, H, W], uncertainty [B, H, W] or None, kept [B, K] bool or None).
 
-        -> (probs [B, K, H, W], uncertainty [B, H, W] or None, kept [B, K] bool or None). Each (image, member) draws its noise once and
-        shares it across the image's queries, so class scores are comparable and an N-class query equals N
-        single-class queries with the same seed. Ensemble members are combined in latent space
-        (`combine_member_latents`) and decoded once per query (the VAE decoder is the largest cost); `decode_members=True` decodes every member and averages
-        probabilities instead, as Marigold does. With `top_k`, per-class queries first rank all classes by
-        `class_relevance` and run only the top k; the others get probability 0.
+        An image's noise is shared by its queries, so an N-class query equals N single-class queries with the same
+        seed. Members are combined in latent space and decoded once per query, or with `decode_members` each
+        decoded. With `top_k`, per-class queries run only the k most relevant classes; the others get 0.
         """
         mode, ensemble_size = settings.mode, settings.ensemble_size
         device, dtype = self.unet.device, self.unet.dtype

@@ -1,23 +1,10 @@
-"""The model card: a README.md in every saved DiGSeg model folder, as diffusers pipelines carry one.
+"""The model card: README.md in every saved DiGSeg model folder (`DiGSegPipeline.save_pretrained`,
+`digseg train-mask-decoder`, `run.push_to_hub`).
 
-`write_model_card(folder, facts)` writes it; every save path calls it: `DiGSegPipeline.save_pretrained` (the trainer's
-final model, one-step models included, with the run's facts), `digseg train-mask-decoder` (adding its own), and
-`run.push_to_hub` (again, with the repository id in the loading snippet). The card is YAML metadata (the
-Hub's fields: library_name, pipeline_tag, tags, base_model and datasets where they are Hub ids, and `digseg`: every
-fact below) and a text written from those facts alone, so a later save reads the earlier facts back
-(`read_card_facts`) and keeps them.
-
-Facts (a dict; each part optional):
-    model       what the model folder says (`model_facts`): classes, objective, decoders, resolution, steps, and
-                the data and split rule it was trained with (`training_data`, `digseg.data.model_data`)
-    base_model  the Stable Diffusion checkpoint the model was made from; `continued_from`: a DiGSeg model it
-                was trained further from
-    datasets    the training data, as given to --dataset (with the data root where there is one)
-    training    the run's settings (`run_facts`): objective, steps, batch, crop, learning rate, seed, EMA
-    validation  the scores of the last validation, the best step, and the protocol they were measured with
-    evaluation  the `digseg eval` protocol of the training data (its dataset preset); the card's eval command
-                reads the validation split by the model's `training_data`
-    mask_decoder_training   what `digseg train-mask-decoder` did: data, steps, target, final loss
+YAML metadata (the Hub's fields, and `digseg`: every fact) and a text written from those facts alone, so a later
+save reads them back (`read_card_facts`) and keeps them. Facts (a dict; each part optional): `model`
+(`model_facts`), `base_model` / `continued_from`, `datasets`, `training` (`run_facts`), `validation`,
+`evaluation` (the `digseg eval` protocol of the training data), `mask_decoder_training`.
 """
 
 from __future__ import annotations
@@ -59,10 +46,8 @@ def model_facts(pipe) -> dict[str, Any]:
 
 def run_facts(config: dict[str, Any], eval_protocol: str, num_processes: int = 1, best: dict | None = None,
               scores: dict[str, Any] | None = None, previous: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A training run's facts from its config (`TrainConfig.to_dict()`), the default `digseg eval` protocol of its
-    dataset (`TestProtocol.source`), the best validated step (`{"step", "metric", "value"}`), the last validation's
-    scores (`{"step", "val/mIoU", ...}`) and the card of the model it continued from (`previous`, whose base model
-    and datasets it keeps)."""
+    """A training run's facts from its config (`TrainConfig.to_dict()`), its data's `digseg eval` protocol, the best
+    step ({"step", "metric", "value"}), the last scores ({"step", "val/mIoU", ...}) and `previous` card's."""
     model, data, optim, run = config["model"], config["data"], config["optim"], config["run"]
     previous = previous or {}
     pretrained = model["pretrained"]
@@ -191,9 +176,9 @@ def _decoder_section(facts: dict[str, Any]) -> str:
     ])
 
 
-def render_model_card(facts: dict[str, Any], model_id: str | None = None, folder: str | Path = ".") -> str:
-    """The README.md text (YAML metadata + Markdown) for `facts`; the loading snippet names `model_id` (a Hub
-    repository) or `folder`."""
+def write_model_card(folder: str | Path, facts: dict[str, Any], model_id: str | None = None) -> Path:
+    """Write `folder`/README.md, YAML metadata + Markdown for `facts`, its loading snippet naming `model_id` (a Hub
+    repository) or `folder`; -> its path."""
     from huggingface_hub import ModelCard, ModelCardData
 
     where = model_id or str(folder)
@@ -216,11 +201,6 @@ def render_model_card(facts: dict[str, Any], model_id: str | None = None, folder
                 _model_section(model, facts), _training_section(facts), _validation_section(facts),
                 _evaluation_section(facts, where), _decoder_section(facts), usage]
     content = "\n\n".join(s for s in sections if s) + "\n"
-    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n{content}"))
-
-
-def write_model_card(folder: str | Path, facts: dict[str, Any], model_id: str | None = None) -> Path:
-    """Write `folder`/README.md for `facts` (see the module docstring); -> its path."""
     path = Path(folder) / CARD_FILE
-    path.write_text(render_model_card(facts, model_id, folder), encoding="utf-8")
+    path.write_text(str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n{content}")), encoding="utf-8")
     return path

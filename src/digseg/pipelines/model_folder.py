@@ -1,25 +1,11 @@
 """A saved DiGSeg model folder is data: what `DiGSegPipeline.from_pretrained` checks before and after loading one.
 
-diffusers resolves each component of model_index.json from its [library, class] entry, and releases before
-0.42.1 imported whatever module an entry named; a folder can also ship .py files that a `_class_name` of the
-form [file, class] (or a component's library named after a file) asks diffusers to run. So before diffusers
-sees a folder, `check_model_folder` refuses, in one line naming the entry or file:
-- a component entry that is not one of the (library, class) pairs digseg writes (`COMPONENTS`), or [null, null]
-  for a component other than the optional ones;
-- any other entry shaped like a component entry ([library, class]) that is not one of the pipeline's settings;
-- a `_class_name` other than "DiGSegPipeline";
-- any *.py file anywhere in the folder (no code in a model folder is ever run).
-Hub ids: model_index.json alone is fetched and checked first; then the snapshot diffusers' own `download`
-resolves (in the Hugging Face cache, offline from the cache when HF_HUB_OFFLINE is set) is checked as a local
-folder before it is loaded from there.
-
-`configured_setting` reads one setting of a model's model_index.json (a local folder's, or a hub model's cached
-one) without loading anything, for commands that check their data, at the model's resolution, before the load.
-
-After loading, `check_finite` refuses a model whose trained tensors (unet, text_pathway, mask_decoder) hold a
-NaN or an infinity (a diverged run): one max-abs norm per tensor, batched, then a count on the offending ones.
-Stable Diffusion backbones are not checked here: `load_backbone` loads fixed classes from fixed subfolders and
-never resolves a class named by the folder.
+diffusers imports the module a model_index.json entry names (releases before 0.42.1: any module), and runs .py
+files a folder ships when an entry asks. So `check_model_folder` refuses, in one line naming the entry or file,
+any component entry other than the (library, class) pairs digseg writes (`COMPONENTS`; [null, null] for the
+optional ones), any other [library, class]-shaped entry that is not a pipeline setting, a `_class_name` other
+than "DiGSegPipeline", and any *.py file. A hub id's model_index.json is checked first, then its snapshot.
+After loading, `check_finite` refuses trained tensors holding a NaN or an infinity (a diverged run).
 """
 
 from __future__ import annotations
@@ -45,8 +31,7 @@ COMPONENTS: dict[str, frozenset[tuple[str, str]]] = {
     "text_encoder_2": frozenset({("transformers", "CLIPTextModelWithProjection")}),  # SDXL's second encoder
     "tokenizer_2": frozenset({("transformers", "CLIPTokenizer")}),
 }
-# [null, null] allowed: open_clip text towers (no transformers encoder), SD 1.x / 2.x (no second encoder), no
-# light mask decoder trained yet
+# [null, null] allowed: an open_clip text tower, SD 1.x / 2.x (no second encoder), no light mask decoder yet
 OPTIONAL_COMPONENTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "mask_decoder")
 TRAINED_COMPONENTS = ("unet", "text_pathway", "mask_decoder")
 PIPELINE_CLASS = "DiGSegPipeline"
@@ -87,9 +72,8 @@ def check_model_index(index: Any, where: str, pipeline_class: type) -> None:
                           f"not load; {_allowed(key)}")
 
 
-def check_model_folder(folder: Path, pipeline_class: type, where: str | None = None) -> None:
+def check_model_folder(folder: Path, pipeline_class: type, where: str) -> None:
     """Check a local model folder's model_index.json (`check_model_index`) and refuse any *.py file in it."""
-    where = where or str(folder)
     try:
         index = json.loads((folder / "model_index.json").read_text())
     except (OSError, ValueError) as exc:
@@ -101,9 +85,8 @@ def check_model_folder(folder: Path, pipeline_class: type, where: str | None = N
 
 
 def configured_setting(model: str | Path, key: str) -> Any:
-    """Setting `key` of model `model`'s model_index.json, read without loading any weights: the file of a local
-    folder, or of a hub model in the local Hugging Face cache; None when there is no such file here or it cannot
-    be read (loading the model then says why)."""
+    """Setting `key` of the model_index.json of a local folder or a cached hub model, read without loading any
+    weights; None when there is no such file here or it cannot be read (loading the model then says why)."""
     from ..hub_ids import hub_id_or_none
 
     index = Path(model).expanduser() / "model_index.json"

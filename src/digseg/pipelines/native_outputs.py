@@ -1,11 +1,6 @@
-"""Labels and probabilities at the input's native size, in memory bounded whatever the vocabulary size.
-
-The model's per-class probabilities live at the processing size ([K, h, w]). At the native size a full
-[K, H, W] array is K times an image (847 classes x 683 x 512 x float32 = 1.2 GB), so:
-- labels come from a chunked argmax: `chunk` classes at a time are resized to H x W and compared with the
-  running best (earlier classes win ties, as `torch.argmax` does), so the result equals the full argmax;
-- probabilities are resized only for the `keep` best classes (most pixels in the label map, then highest
-  peak probability), unless the caller asks for all of them (`keep=None`).
+"""Labels and probabilities at the input's native size, in memory bounded whatever the vocabulary size (a full
+[K, H, W] is K images: 847 classes x 683 x 512 x float32 = 1.2 GB): labels by a chunked argmax equal to the full
+one, probabilities resized only for the `keep` classes with most pixels (`keep=None`: all).
 """
 
 from __future__ import annotations
@@ -47,7 +42,7 @@ def chunked_argmax(probs: torch.Tensor, size: tuple[int, int], excluded: torch.T
 
 
 def best_classes(labels: torch.Tensor, probs: torch.Tensor, count: int) -> torch.Tensor:
-    """The `count` classes with most pixels in `labels` [H, W] (ties: higher peak of `probs` [K, h, w]), ascending ids."""
+    """The `count` classes with most pixels in `labels` [H, W] (ties: higher peak in `probs` [K, h, w]), ascending."""
     k = probs.shape[0]
     pixels = torch.bincount(labels[labels < k].reshape(-1), minlength=k).double()  # [K]
     peak = probs.reshape(k, -1).amax(dim=1).double().clamp(0, 1)  # [K] in [0, 1]: orders classes with no pixels
@@ -57,11 +52,9 @@ def best_classes(labels: torch.Tensor, probs: torch.Tensor, count: int) -> torch
 def native_outputs(probs: torch.Tensor, size: tuple[int, int], mode: str, threshold: float = 0.5,
                    no_class_threshold: float | None = None, excluded: torch.Tensor | None = None,
                    keep: int | None = PROBABILITY_CLASSES_KEPT) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One image's probabilities [K, h, w] (processing size, padding removed) -> at `size`:
-    (labels [H, W] int64, probabilities [n, H, W] of the classes `ids` [n], ids ascending).
-
-    Binary mode: label = foreground probability > `threshold`. Otherwise the chunked argmax; per-class mode
-    labels 255 where the best score is below `no_class_threshold`. n = K when `keep` is None or >= K."""
+    """One image's probabilities [K, h, w] (padding removed) -> at `size`: (labels [H, W] int64, probabilities
+    [n, H, W] of the classes `ids` [n], ascending; n = K when `keep` is None). Binary: foreground > `threshold`;
+    else the chunked argmax, per-class mode labelling 255 where the best score is below `no_class_threshold`."""
     k = probs.shape[0]
     if mode == "binary":
         full = resize_probs(probs, size)
@@ -69,10 +62,7 @@ def native_outputs(probs: torch.Tensor, size: tuple[int, int], mode: str, thresh
     labels, best = chunked_argmax(probs, size, excluded)
     if mode == "per_class" and no_class_threshold is not None:
         labels[best < no_class_threshold] = 255
-    if keep is None or keep >= k:
-        ids = torch.arange(k)
-    else:
-        ids = best_classes(labels, probs, keep)
+    ids = torch.arange(k) if keep is None or keep >= k else best_classes(labels, probs, keep)
     return labels, resize_probs(probs[ids] if len(ids) < k else probs, size), ids
 
 

@@ -5,17 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
-_MAX_SQ_DIST = 12.0  # largest squared distance between two points of [-1, 1]^3
-
 
 def make_palette(num_classes: int) -> np.ndarray:
-    """Fixed, well-separated colours for ``num_classes`` classes: uint8 ``[K, 3]``.
-
-    Farthest-point sampling over an ``n x n x n`` RGB grid (``n`` the smallest with ``n**3 >= K``,
-    at least 2; levels spread evenly over 0..255), starting from black; ties go to the lowest grid
-    index (grid index = ``r * n * n + g * n + b``), so the result is deterministic. Class 0 is black;
-    for K == 2 the palette is black, white. Any two colours are at least one grid step apart.
-    """
+    """Fixed, well-separated colours for ``num_classes`` classes: uint8 ``[K, 3]``, by farthest-point sampling over
+    the smallest ``n x n x n`` RGB grid (n >= 2) with ``n**3 >= K``, from black, ties to the lowest grid index
+    (deterministic). K == 2: black, white."""
     k = int(num_classes)
     if k < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")

@@ -1,23 +1,12 @@
 """`DiGSegPipeline`: text-prompted segmentation by few-step latent diffusion.
 
-Three ways to ask (chosen by the arguments of `__call__`):
-- `prompt="cup"` (or one prompt per image): binary, foreground/background, K = 2.
-- nothing (or `classes` equal to the model's own class list): palette, one pass per image over the closed
-  class set the model was trained on, K = len(class_names).
-- `classes=[...]` of any other names: one binary query per class, label = per-pixel argmax of the class
-  scores (the exact open-vocabulary path).
-
-Per batch of images: each image is encoded once; prompts are encoded once per call (cached); E ensemble
-members start from independent noise and are denoised in K DDIM steps with trailing spacing; the members'
-latents are combined (element-wise median by default, or mean) and decoded once (the VAE decoder is the
-largest cost; a model with a `LightMaskDecoder`, from `digseg train-mask-decoder`, decodes masks with that
-instead), then read back to per-class probabilities. The uncertainty map is the members' per-pixel spread: the standard deviation of their latents
-(mean over channels, upsampled), or with `decode_members=True` (every member decoded, as Marigold does) the
-standard deviation of their probabilities (mean over classes).
-
-A model trained with the one-step objective (`config.objective == "one-step"`, `digseg.training.one_step`) runs
-one deterministic pass instead: zeros at t = T-1, its x0 prediction decoded by the decoder it was trained through.
-The latent-space work lives in `digseg.pipelines.latent_segmentation`, mixed into this class.
+Three ways to ask (by the arguments of `__call__`): `prompt` (binary, K = 2); nothing, or `classes` equal to the
+model's own list (palette: one pass over the closed class set); `classes=[...]` of any other names (one binary
+query per class, label = per-pixel argmax of the class scores: open vocabulary).
+Each image is encoded once and prompts once per call (cached); E ensemble members denoise independent noise
+in DDIM steps with trailing spacing, are combined in latent space and decoded once (VAE or `LightMaskDecoder`).
+A one-step model (`config.objective == "one-step"`) runs one deterministic pass instead. The latent-space work
+lives in `digseg.pipelines.latent_segmentation`, mixed into this class.
 """
 
 from __future__ import annotations
@@ -96,33 +85,24 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
         tokenizer_2: CLIPTokenizer | None = None,
         backbone: dict | None = None,
     ) -> None:
-        """`objective`: how the U-Net was trained: "diffusion" (denoising, any ensemble and step count) or
-        "one-step" (one deterministic pass from a zero latent at t = T-1, see `one_step_latents`);
-        `one_step_decoder`: the mask decoder a one-step model was trained through ("light" or "vae"), which
-        `mask_decoder="auto"` then uses; `task`: the queries it was trained on ("binary": one prompt per class,
-        "palette": its own classes in one pass, "both"; None: not recorded), which `digseg eval` follows;
-        `training_data`: the data and split rule it was trained and validated with (`digseg.data.model_data`; None:
-        not recorded), which `digseg eval` and `digseg train-mask-decoder` default to.
-        `text_encoder_2`, `tokenizer_2`: SDXL's second text encoder (`digseg.models.sdxl`). `backbone`: the Stable
-        Diffusion checkpoint the model was built from ({"pretrained", "revision", "variant"}), recorded in
-        model_index.json."""
+        """`objective`: "diffusion" or "one-step" (one pass from a zero latent at t = T-1, `one_step_latents`);
+        `one_step_decoder`: the decoder a one-step model was trained through ("light" or "vae"); `task`: the
+        queries it was trained on ("binary", "palette", "both" or None), which `digseg eval` follows;
+        `training_data`: its data and split rule (`digseg.data.model_data`); `text_encoder_2`, `tokenizer_2`:
+        SDXL's second text encoder; `backbone`: {"pretrained", "revision", "variant"} it was built from."""
         if objective not in OBJECTIVES:
             raise DigsegError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
         super().__init__()
         self.register_modules(
             unet=unet, vae=vae, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer,
-            text_pathway=text_pathway, mask_decoder=mask_decoder, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
+            text_pathway=text_pathway, mask_decoder=mask_decoder, text_encoder_2=text_encoder_2,
+            tokenizer_2=tokenizer_2,
         )
         self.register_to_config(
-            open_clip_text_encoder=open_clip_text_encoder,
-            prompt_template=prompt_template,
+            open_clip_text_encoder=open_clip_text_encoder, prompt_template=prompt_template,
             default_denoising_steps=default_denoising_steps,
-            default_processing_resolution=default_processing_resolution,
-            objective=objective,
-            one_step_decoder=one_step_decoder,
-            task=task,
-            training_data=training_data,
-            backbone=backbone,
+            default_processing_resolution=default_processing_resolution, objective=objective,
+            one_step_decoder=one_step_decoder, task=task, training_data=training_data, backbone=backbone,
         )
         self.level_context = install_level_processors(unet)
         if open_clip_text_encoder:  # an open_clip text tower (e.g. BiomedCLIP), re-created from its name
@@ -134,7 +114,6 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
         self.binary_codec = MaskCodec("binary")
         self.set_class_names(class_names)
 
-    # ----------------------------------------------------------------------------------------- building
     @classmethod
     def from_backbone(
         cls,
@@ -150,29 +129,24 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
         text_encoder_variant: str | None = None,
         text_encoder_revision: str | None = None,
     ) -> "DiGSegPipeline":
-        """A fresh (untrained) DiGSeg model from a Stable Diffusion 1.x / 2.x / XL checkpoint: widened U-Net,
-        identity pathway.
-
-        `variant` ("fp16": the *.fp16.safetensors files) and `revision` (a hub branch, tag or commit) choose the
-        backbone's files as diffusers' `from_pretrained` does; a local folder that holds one variant only loads it
-        unasked. Weights load in `torch_dtype`, float32 when None (what training needs) whatever the files' dtype.
-        `text_encoder` swaps in another text encoder for the backbone's own (SD 1.x / 2.x only): a transformers
-        CLIP text encoder folder or hub id (e.g. CLIP ViT-L/14 or ViT-B/16; at `text_encoder_variant`,
-        `text_encoder_revision`), or "open_clip:<name>" for an open_clip text tower
-        ("open_clip:hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224", "open_clip:local-dir:/m").
-        Its features reach every U-Net level through the learned per-level projections.
+        """A fresh DiGSeg model from a Stable Diffusion 1.x / 2.x / XL checkpoint (at `variant`, `revision`) in
+        `torch_dtype` (None: float32): widened U-Net, identity pathway. `text_encoder` replaces SD 1.x / 2.x's own:
+        a transformers CLIP text encoder folder or hub id (at `text_encoder_variant`, `text_encoder_revision`), or
+        "open_clip:<name>" ("open_clip:hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224").
         """
-        if text_encoder is not None and not str(text_encoder).startswith("open_clip:"):
+        open_clip_name = None
+        if str(text_encoder).startswith("open_clip:"):
+            open_clip_name = str(text_encoder).removeprefix("open_clip:")
+        elif text_encoder is not None:
             check_clip_text_encoder(text_encoder, text_encoder_revision)  # before the backbone's weights load
         backbone = load_backbone(pretrained, torch_dtype=torch_dtype, variant=variant, revision=revision)
         record = dict(backbone.record)
         sdxl = backbone.text_encoder_2 is not None
         if text_encoder is not None and sdxl:
-            raise DigsegError(f"model.text_encoder {text_encoder}: an SDXL backbone is conditioned on its own two text "
-                              "encoders (tokens and pooled embedding); another text encoder replaces SD 1.x / 2.x's only")
-        open_clip_name = None
-        if text_encoder is not None and str(text_encoder).startswith("open_clip:"):
-            open_clip_name = str(text_encoder)[len("open_clip:"):]
+            raise DigsegError(f"model.text_encoder {text_encoder}: an SDXL backbone is conditioned on its own two "
+                              "text encoders (tokens and pooled embedding); another text encoder replaces SD 1.x / "
+                              "2.x's only")
+        if open_clip_name is not None:
             backbone.text_encoder = backbone.tokenizer = None  # the pipeline builds the open_clip encoder itself
         elif text_encoder is not None:
             backbone.text_encoder, backbone.tokenizer = load_clip_text_encoder(
@@ -184,10 +158,8 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
         for encoder in (backbone.text_encoder, backbone.text_encoder_2):
             if encoder is not None:
                 encoder.requires_grad_(False)
-        if open_clip_name is not None:
-            encoder_dim = _open_clip_encoder(open_clip_name).hidden_size
-        else:
-            encoder_dim = backbone.text_encoder.config.hidden_size
+        encoder_dim = (_open_clip_encoder(open_clip_name).hidden_size if open_clip_name is not None
+                       else backbone.text_encoder.config.hidden_size)
         pooled_dim = 0
         if sdxl:
             encoder_dim += backbone.text_encoder_2.config.hidden_size
@@ -213,14 +185,11 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "DiGSegPipeline":
-        """diffusers' `from_pretrained` of a checked folder (`digseg.pipelines.model_folder`: only the components
-        digseg writes, no code; a hub id is checked in its local snapshot), refused if its trained weights hold a
-        non-finite value. The load dtype may be given as `dtype` or `torch_dtype` (diffusers renamed it), and is
-        passed on under the name the installed diffusers knows."""
+        """diffusers' `from_pretrained` of a folder (or hub snapshot) checked by `digseg.pipelines.model_folder`,
+        refused if its trained weights hold a non-finite value; `dtype` and `torch_dtype` both work."""
         if "torch_dtype" in kwargs or "dtype" in kwargs:
-            dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
-            kwargs.pop("torch_dtype", None)
-            kwargs[DIFFUSERS_DTYPE_KWARG] = dtype
+            dtype, torch_dtype = kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None)
+            kwargs[DIFFUSERS_DTYPE_KWARG] = dtype or torch_dtype
         for refused in ("custom_pipeline", "trust_remote_code"):
             if kwargs.get(refused):
                 raise DigsegError(f"{refused}={kwargs[refused]!r}: digseg runs no code from a model folder")
@@ -245,9 +214,8 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
 
     @classmethod
     def _hub_snapshot(cls, repo_id: str, kwargs: dict) -> Path:
-        """The local snapshot of a hub model, resolved as diffusers' `from_pretrained` would (`download`, from the
-        cache when offline), after its model_index.json alone has been fetched and checked. A hub id that is not
-        cached while the Hub cannot be reached, or that the Hub does not have, fails at once (`check_hub_id`)."""
+        """The local snapshot of a hub model as diffusers' `download` resolves it, once its model_index.json alone
+        has been fetched and checked (`check_hub_id` first: an id that cannot be had fails at once)."""
         import json
 
         from huggingface_hub import hf_hub_download
@@ -262,18 +230,16 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
         return Path(cls.download(repo_id, **hub, **files))
 
     def save_pretrained(self, save_directory: str | Path, *args, model_card: dict | None = None, **kwargs) -> None:
-        """diffusers' `save_pretrained`, and README.md: the model card (`digseg.pipelines.model_card`) of this model's facts
-        and `model_card`'s (a training run's: base checkpoint, data, settings, validation). Refused while LoRA adapters
-        are loaded (`fuse_adapter` writes a plain model folder)."""
+        """diffusers' `save_pretrained` plus README.md, the model card of this model's facts and `model_card`'s (a
+        training run's). Refused while LoRA adapters are loaded (`fuse_adapter` writes a plain model folder)."""
         check_no_adapters(self.unet, f"save_pretrained({save_directory})")
         super().save_pretrained(save_directory, *args, **kwargs)
         write_model_card(save_directory, {**(model_card or {}), "model": model_facts(self)})
 
-    def enable_speedups(self, channels_last: bool = True, compile: bool = False, compile_mode: str | None = None) -> "DiGSegPipeline":
-        """Channels-last memory format for the U-Net and VAE (faster convolutions on most CPUs and GPUs) and,
-        optionally, `torch.compile` of the U-Net, the VAE encoder and decoder, and the light mask decoder if any
-        (slow first call; pays off on long runs).
-        Outputs are unchanged up to float rounding. Returns self."""
+    def enable_speedups(self, channels_last: bool = True, compile: bool = False,
+                        compile_mode: str | None = None) -> "DiGSegPipeline":
+        """Channels-last U-Net, VAE and light mask decoder and, with `compile`, `torch.compile` of them (slow first
+        call). Outputs are unchanged up to float rounding. Returns self."""
         light = [self.mask_decoder] if self.mask_decoder is not None else []
         if channels_last:
             for module in [self.unet, self.vae] + light:
@@ -286,9 +252,7 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
     def set_mask_decoder(self, mask_decoder: LightMaskDecoder | None) -> None:
         """Install (or with None remove) a light mask decoder; `save_pretrained` then writes it to mask_decoder/."""
         if mask_decoder is not None:
-            mask_decoder = mask_decoder.to(self.device).eval().requires_grad_(False)
-            if mask_decoder.dtype != self.unet.dtype:
-                mask_decoder = mask_decoder.to(self.unet.dtype)
+            mask_decoder = mask_decoder.to(self.device, self.unet.dtype).eval().requires_grad_(False)
         self.register_modules(mask_decoder=mask_decoder)
 
     def _light_mask_decoder(self, choice: str) -> LightMaskDecoder | None:
@@ -304,16 +268,12 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
         return None if choice == "vae" else self.mask_decoder
 
     def decode_masks(self, latents: torch.Tensor, mask_decoder: str = "auto") -> torch.Tensor:
-        """Mask latents [M, C, h, w] -> mask images [M, 3, H, W] (float32), by the light decoder or the VAE.
-
-        mask_decoder: "auto" (the light decoder when the model has one, else the VAE), "light" or "vae".
-        """
+        """Mask latents [M, C, h, w] -> mask images [M, 3, H, W] (float32), by the decoder `mask_decoder` chooses."""
         light = self._light_mask_decoder(mask_decoder)
         if light is None:
             return decode_latents(self.vae, latents).float()
         return light(latents.to(light.dtype, memory_format=torch.channels_last)).float()
 
-    # ----------------------------------------------------------------------------------------- helpers
     def set_class_names(self, class_names: Sequence[str] | None) -> None:
         """Change the closed class set (palette mode) of this model, e.g. before training on a new dataset."""
         names = list(class_names) if class_names else None
@@ -334,12 +294,8 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
         return vae_scale_factor(self.vae) * unet_downsample_factor(self.unet)
 
     def query_states(self, table: Sequence[Sequence[str]]) -> torch.Tensor:
-        """Encoder features of Q queries, each the mean over its prompt variants: [Q, L, D] (before projection).
-
-        The per-level projections are affine, so projecting this mean equals averaging the projected variants;
-        projecting late means only the rows a step needs are projected (pooled vectors for ranking, the queried
-        classes for denoising), not every prompt of a large vocabulary on every call.
-        """
+        """Encoder features of Q queries, each the mean over its prompt variants: [Q, L, D], unprojected (the
+        projections are affine: projecting the mean equals averaging the projected variants)."""
         sizes = [len(variants) for variants in table]
         states = self.prompt_encoder.encode([p for variants in table for p in variants])  # [sum(sizes), L, D]
         states = states.to(self.unet.device, self.text_pathway.dtype)
@@ -347,17 +303,14 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
             return states
         return torch.stack([chunk.mean(0) for chunk in states.split(sizes)])
 
-    def query_levels(self, table: Sequence[Sequence[str]]) -> list[torch.Tensor]:
-        """Projected features of Q queries: num_levels x [Q, L, C]."""
-        return self.text_pathway(self.query_states(table))
-
     def check_inputs(self, num_images: int, generator, ensemble_size: int, steps: int, ensemble_reduction: str,
                      mask_decoder: str, output_type: str, top_k: int | None, max_probability_classes: int | None,
                      processing_resolution: int | None, scale, mode: str, crop_size, stride, global_view: bool):
         """Every argument of `__call__` checked before any work: a one-line DigsegError naming a bad value.
         -> (processing resolution, sliding window (crop, stride) or None, scale (w, h) or None)."""
         if ensemble_reduction not in ENSEMBLE_REDUCTIONS:
-            raise DigsegError(f"ensemble_reduction must be one of {', '.join(ENSEMBLE_REDUCTIONS)}, got {ensemble_reduction!r}")
+            raise DigsegError(f"ensemble_reduction must be one of {', '.join(ENSEMBLE_REDUCTIONS)}, "
+                              f"got {ensemble_reduction!r}")
         if ensemble_size < 1:
             raise DigsegError(f"ensemble_size must be >= 1, got {ensemble_size}")
         self._light_mask_decoder(mask_decoder)
@@ -377,11 +330,11 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
             raise DigsegError(f"got {len(generator)} generators for {num_images} images")
         if top_k is not None and top_k < 1:
             raise DigsegError(f"top_k must be >= 1, got {top_k}")
-        resolution = self.config.default_processing_resolution if processing_resolution is None else processing_resolution
-        window = check_test_protocol(mode, crop_size, stride, global_view, resolution or self.config.default_processing_resolution)
+        default = self.config.default_processing_resolution
+        resolution = default if processing_resolution is None else processing_resolution
+        window = check_test_protocol(mode, crop_size, stride, global_view, resolution or default)
         return resolution, window, pair(scale, "scale")
 
-    # ----------------------------------------------------------------------------------------- call
     @torch.no_grad()
     def __call__(
         self,
@@ -414,31 +367,22 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
         return_dict: bool = True,
     ) -> DiGSegOutput | tuple:
         """Segment `image` (one or a list). Returns labels [N, H, W], probabilities [N, n, H, W] of the classes
-        `probability_class_ids` [N, n], uncertainty [N, H, W]; when the images' sizes differ, labels,
-        probabilities and uncertainty are lists of N arrays ([H_i, W_i], ...) instead. A one-step model
-        (`config.objective`) runs one deterministic pass: the generator is not used, and E-Steps other than 1x1
-        are refused.
+        `probability_class_ids` [N, n], uncertainty [N, H, W] (lists of per-image arrays when sizes differ).
 
-        `generator`: one torch.Generator drawing every image's noise in order, or a list with one per image
-        (image i's noise then depends on generator[i] only, so batching images does not change results).
-        Binary prompts: a pixel is foreground when its probability exceeds `threshold`. Per-class queries: a
-        pixel whose best class score is below `no_class_threshold` (if given) is labelled 255, "no class".
-        Ensembles (E > 1) combine the members' final latents by `ensemble_reduction` ("median", element-wise,
-        the default; or "mean") and decode once; `decode_members=True` decodes every member and averages the
-        probabilities instead (E decodes). `mask_decoder`: "auto" decodes masks with the model's light mask
-        decoder when it has one (`digseg train-mask-decoder`), else with the VAE; "vae" or "light" choose.
+        `generator`: one torch.Generator, or one per image (then batching does not change results); a one-step
+        model uses none and runs E-Step 1x1 only. `threshold`: binary foreground; `no_class_threshold`: per-class
+        label 255 below it. Ensembles combine the members' latents by `ensemble_reduction` and decode once, or with
+        `decode_members` average every member's probabilities (Marigold). `mask_decoder`: "auto", "vae", "light".
 
-        Test protocol (docs/eval_protocols.md): the image is resized to `scale` when given (mmseg's test
-        resize: with `keep_ratio`, long side <= max(scale) and short side <= min(scale), e.g. (2048, 512);
-        without, exactly (width, height)), else its longer side to `processing_resolution`. `mode="whole"` runs
-        it at once; `mode="slide"` runs `crop_size` windows every `stride` pixels (mmseg's grid; defaults: the
-        processing resolution, 2/3 of it) batched through the U-Net and decoder, combined in probability space
-        (`digseg.pipelines.sliding`), plus the whole image as one more window with `global_view` (CAT-Seg). `flip` also runs
-        the mirrored image (same windows, same noise; flipped back and averaged: flip TTA, either mode). Labels are a chunked argmax at the native size;
-        probabilities are returned for the `max_probability_classes` classes with most pixels (None: all).
+        Test protocol (docs/eval_protocols.md): resize to `scale` (mmseg's test resize, `keep_ratio` as mmseg's,
+        e.g. (2048, 512)), else the longer side to `processing_resolution`. `mode="slide"`: `crop_size` windows
+        every `stride` pixels (defaults: the processing resolution, 2/3 of it), combined in probability space
+        (`digseg.pipelines.sliding`), plus the whole image with `global_view` (CAT-Seg). `flip`: the mirrored image
+        too, flipped back and averaged. Probabilities are returned for the `max_probability_classes` classes with
+        most pixels (None: all).
         """
         # 1. check the inputs
-        images = to_image_list(image)  # N x [3, H, W] in [0, 1]
+        images = to_image_list(image)  # N x [3, H, W] in [-1, 1]
         steps = num_inference_steps or self.config.default_denoising_steps
         resolution, window, scale = self.check_inputs(
             len(images), generator, ensemble_size, steps, ensemble_reduction, mask_decoder, output_type, top_k,

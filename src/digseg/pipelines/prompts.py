@@ -1,8 +1,6 @@
-"""Prompts for class names: templates, template ensembles, synonyms and the background class.
-
-A class name may list synonyms separated by commas ("wall, walls", "building, edifice"), as the ADE20K and
-PASCAL-Context lists do. A class is conditioned on the average (per U-Net level) of the projected text
-features of every template x synonym combination: one cached encoding per distinct prompt, averaged once.
+"""Prompts for class names: templates, template ensembles, synonyms and the background class. A class name may
+list synonyms separated by commas ("wall, walls"), as ADE20K's and PASCAL-Context's do; a class is conditioned on
+the mean text features of every template x synonym prompt.
 """
 
 from __future__ import annotations
@@ -16,18 +14,9 @@ SINGLE_TEMPLATE = ("{}",)
 PHOTO_TEMPLATE = ("a photo of a {}.",)
 # A compact template ensemble in the spirit of CLIP's prompt engineering (written for segmentation crops).
 ENSEMBLE_TEMPLATES = (
-    "a photo of a {}.",
-    "a photo of the {}.",
-    "a photo of a small {}.",
-    "a photo of a large {}.",
-    "a cropped photo of a {}.",
-    "a close-up photo of a {}.",
-    "a bright photo of a {}.",
-    "a dark photo of a {}.",
-    "a blurry photo of a {}.",
-    "a good photo of a {}.",
-    "there is a {} in the scene.",
-    "a {} in the scene.",
+    "a photo of a {}.", "a photo of the {}.", "a photo of a small {}.", "a photo of a large {}.",
+    "a cropped photo of a {}.", "a close-up photo of a {}.", "a bright photo of a {}.", "a dark photo of a {}.",
+    "a blurry photo of a {}.", "a good photo of a {}.", "there is a {} in the scene.", "a {} in the scene.",
 )
 TEMPLATE_SETS = {"single": SINGLE_TEMPLATE, "photo": PHOTO_TEMPLATE, "ensemble": ENSEMBLE_TEMPLATES}
 BACKGROUND = "background"  # the class a binary prompt's "not the prompt" pixels get, and never queried on its own
@@ -35,9 +24,8 @@ FOREGROUND = "foreground"  # a binary query's class 1 when the prompts differ be
 
 
 def is_background(name: str) -> bool:
-    """Whether class `name` is the background: "background" in any case, surrounding blanks ignored
-    (" Background " yes; "background, void" and "backgrounds" no). Binary evaluation and training never query it
-    on its own; overlays leave it untinted; a 2-class dataset starting with it is asked one binary prompt."""
+    """Whether class `name` is "background" (any case, blanks around ignored; not "background, void"): never
+    queried on its own, left untinted by overlays."""
     return name.strip().lower() == BACKGROUND
 
 

@@ -1,22 +1,11 @@
 """Sliding-window inference: the window grid, the views run through the model, and combining them.
 
-Grid (mmsegmentation's `slide_inference`, mmseg/models/segmentors/encoder_decoder.py): along each axis
-windows start every `stride` pixels, `max(size - crop + stride - 1, 0) // stride + 1` of them; the last one
-is shifted back so it ends at the border; a crop larger than the image becomes the image size (no padding).
-Overlaps are combined in probability space: the windows' probabilities are summed and divided by the count
-map (how many windows cover each pixel). mmseg sums logits; DiGSeg's outputs are probabilities, as CAT-Seg's
-sigmoid outputs are.
-
-Optional extras:
-- a global view (CAT-Seg, cat_seg/cat_seg_model.py `inference_sliding_window`): the whole image resized to
-  the window size is run with the windows; its probabilities, resized back, are averaged 50/50 with the
-  combined windows;
-- horizontal flip (as mmseg's flip test-time augmentation): the mirrored image is run too, cut into the same
-  windows, each with the same starting noise as the image's window at that grid position; its result, flipped
-  back, is averaged with the image's (so a flip-symmetric input gives a flip-symmetric output).
-
-Views of one image all have the same shape (min(crop, image) per axis); each is padded (replicate) to the
-U-Net's multiple, so they are batched through the U-Net and the decoder together.
+Grid: mmsegmentation's `slide_inference` (windows every `stride` pixels, the last shifted back to end at the
+border, a crop larger than the image becomes the image size). Overlaps are averaged in probability space (mmseg
+sums logits; DiGSeg's outputs are probabilities, as CAT-Seg's sigmoid outputs are). Optional: a global view
+(CAT-Seg: the whole image resized to the window, averaged 50/50 with the windows) and a horizontal flip (mmseg's
+flip TTA: the mirrored image's windows reuse the same noise, so a flip-symmetric input gives a flip-symmetric
+output). Views of one image share one shape, padded (replicate) to the U-Net's multiple, so they batch together.
 """
 
 from __future__ import annotations
@@ -43,26 +32,21 @@ def pair(value: int | tuple[int, int] | list[int] | None, what: str) -> tuple[in
     return int(value[0]), int(value[1])
 
 
-def slide_settings(crop_size, stride, default_crop: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Checked (crop, stride): crop defaults to `default_crop` square, stride to 2/3 of the crop (mmseg's
-    512 / 341 ratio); a stride larger than the crop would leave pixels that no window covers."""
+def check_test_protocol(mode: str, crop_size, stride, global_view: bool,
+                        default_crop: int) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """(crop, stride) for mode "slide": crop defaults to `default_crop` square, stride to 2/3 of the crop (mmseg's
+    512 / 341); None for "whole" (where crop_size, stride and global_view mean nothing)."""
+    if mode not in INFERENCE_MODES:
+        raise DigsegError(f"mode must be one of {', '.join(INFERENCE_MODES)}, got {mode!r}")
+    if mode == "whole":
+        if crop_size is not None or stride is not None or global_view:
+            raise DigsegError("crop_size, stride and global_view apply to mode='slide' only")
+        return None
     crop = pair(crop_size, "crop_size") or (default_crop, default_crop)
     step = pair(stride, "stride") or (max(1, crop[0] * 2 // 3), max(1, crop[1] * 2 // 3))
     if step[0] > crop[0] or step[1] > crop[1]:
         raise DigsegError(f"stride {step} is larger than crop_size {crop}: some pixels would be in no window")
     return crop, step
-
-
-def check_test_protocol(mode: str, crop_size, stride, global_view: bool,
-                        default_crop: int) -> tuple[tuple[int, int], tuple[int, int]] | None:
-    """(crop, stride) for mode "slide"; None for "whole" (where crop_size, stride and global_view mean nothing)."""
-    if mode not in INFERENCE_MODES:
-        raise DigsegError(f"mode must be one of {', '.join(INFERENCE_MODES)}, got {mode!r}")
-    if mode == "slide":
-        return slide_settings(crop_size, stride, default_crop)
-    if crop_size is not None or stride is not None or global_view:
-        raise DigsegError("crop_size, stride and global_view apply to mode='slide' only")
-    return None
 
 
 def axis_starts(size: int, crop: int, stride: int) -> list[int]:
@@ -72,7 +56,8 @@ def axis_starts(size: int, crop: int, stride: int) -> list[int]:
     return [min(i * stride, last) for i in range(count)]
 
 
-def window_grid(height: int, width: int, crop: tuple[int, int], stride: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+def window_grid(height: int, width: int, crop: tuple[int, int],
+                stride: tuple[int, int]) -> list[tuple[int, int, int, int]]:
     """(y1, y2, x1, x2) of every window over a height x width image, row by row."""
     ch, cw = min(crop[0], height), min(crop[1], width)
     return [(y, y + ch, x, x + cw) for y in axis_starts(height, crop[0], stride[0])
@@ -97,9 +82,8 @@ def combine_windows(probs: torch.Tensor, boxes: list[tuple[int, int, int, int]],
 
 @dataclass
 class SlideViews:
-    """The views of one image: windows in grid order, then the global view (if any); then, with flip, the same
-    views of the mirrored image. `pixels` [V, 3, h', w'] padded to the U-Net multiple; `window` (h, w) before
-    padding."""
+    """The views of one image: windows in grid order, the global view (if any), then with flip the same of the
+    mirrored image. `pixels` [V, 3, h', w'] padded to the U-Net multiple; `window` (h, w) before padding."""
 
     pixels: torch.Tensor
     boxes: list[tuple[int, int, int, int]]
@@ -113,25 +97,19 @@ class SlideViews:
         """Views with their own noise (a view of the mirrored image reuses the noise of the same grid position)."""
         return len(self.boxes) + int(self.global_view)
 
-    def noise_index(self) -> torch.Tensor:
-        """For each view, which of the `num_unique` noise draws it uses: [V]."""
-        unique = torch.arange(self.num_unique)
-        return torch.cat([unique, unique]) if self.flip else unique
-
 
 def view_noise(views: SlideViews, member_shape: tuple[int, int, int], generator, index: int,
                device: torch.device, dtype: torch.dtype, deterministic: bool = False) -> torch.Tensor:
-    """Starting noise of one image's views [V, E, C, h, w]: one draw per window (and global view) from the call's
-    generator, or generator[index] when it is a list; views of the mirrored image reuse the same draws.
-    member_shape: (E, latent channels, VAE downsampling factor). `deterministic` (a one-step model): zeros, and
-    nothing is drawn."""
+    """Starting noise of one image's views [V, E, C, h, w]: one draw per window (and global view) from `generator`
+    (or generator[index]), reused by the mirrored image's views; zeros when `deterministic` (a one-step model).
+    member_shape: (E, latent channels, VAE downsampling factor)."""
     ensemble_size, channels, factor = member_shape
     h, w = (s // factor for s in views.pixels.shape[-2:])
     if deterministic:
         return torch.zeros((len(views.pixels), ensemble_size, channels, h, w), device=device, dtype=dtype)
     gen = generator[index] if isinstance(generator, list) else generator
     noise = randn_tensor((views.num_unique, ensemble_size, channels, h, w), generator=gen, device=device, dtype=dtype)
-    return noise[views.noise_index().to(noise.device)]
+    return torch.cat([noise, noise]) if views.flip else noise  # [V, E, C, h, w]
 
 
 def make_views(image: torch.Tensor, crop: tuple[int, int], stride: tuple[int, int], multiple: int,
@@ -144,10 +122,11 @@ def make_views(image: torch.Tensor, crop: tuple[int, int], stride: tuple[int, in
     def cut(picture: torch.Tensor) -> list[torch.Tensor]:
         views = [picture[:, y1:y2, x1:x2] for y1, y2, x1, x2 in boxes]
         if global_view:
-            views.append(F.interpolate(picture[None], size=window, mode="bilinear", antialias=True, align_corners=False)[0])
+            views.append(F.interpolate(picture[None], size=window, mode="bilinear", antialias=True,
+                                       align_corners=False)[0])
         return views
 
-    pixels = pad_to_multiple(torch.stack(cut(image) + (cut(image.flip(-1)) if flip else [])), multiple)  # [V, 3, h', w']
+    pixels = pad_to_multiple(torch.stack(cut(image) + (cut(image.flip(-1)) if flip else [])), multiple)
     return SlideViews(pixels, boxes, size, window, global_view, flip)
 
 

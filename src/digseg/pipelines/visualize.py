@@ -1,4 +1,5 @@
-"""Turning predictions into pictures: palette label PNGs, colour overlays (with a legend), probability and uncertainty maps."""
+"""Turning predictions into pictures: palette label PNGs, colour overlays (with a legend), probability and
+uncertainty maps."""
 
 from __future__ import annotations
 
@@ -146,8 +147,7 @@ def with_legend(tinted: Image.Image, labels: np.ndarray, class_names: list[str])
 
 @dataclass
 class PredictionFiles:
-    """The files `save_prediction` wrote, by role (None: not asked for); `probabilities` lists (class name, its
-    grey map)."""
+    """The files `save_prediction` wrote, by role (None: not asked for); `probabilities`: (class name, path)."""
 
     label: Path | None = None
     overlay: Path | None = None
@@ -160,22 +160,12 @@ def save_prediction(out_dir: Path, stem: str, image: np.ndarray, labels: np.ndar
                     class_names: list[str], uncertainty: np.ndarray | None = None,
                     probability_ids: np.ndarray | None = None,
                     kinds: Collection[str] = ("labels", "overlay", "probabilities", "uncertainty")) -> PredictionFiles:
-    """Write the pictures of one prediction into `out_dir`: those of `kinds` ("labels", "overlay" (with the
-    legend version), "probabilities", "uncertainty").
-
-    image uint8 [H, W, 3]; labels [H, W] int (255 = no class); probabilities [n, H, W] in [0, 1] of the
-    classes `probability_ids` [n] (default: every class, n = K); uncertainty [H, W] or None.
-    Files (all H x W unless noted):
-
-    - ``<stem>_label.png``: 'P' mode, pixel = class id, the class palette attached;
-    - ``<stem>_overlay.png``: RGB, the image tinted with the class colours (class 0 untinted when it is
-      called "background");
-    - ``<stem>_overlay_legend.png``: the overlay with a legend of the classes present to its right (wider, and
-      taller when the legend needs it);
-    - ``<stem>_prob_<class>.png``: 'L' mode, probability x 255, one per class given (two classes, the first
-      called "background", as for a binary prompt: the foreground only, as background = 1 - foreground);
-      ``-<id>`` is added when two names map to the same file name;
-    - ``<stem>_uncertainty.png``: 'L' mode, the ensemble's spread scaled to its maximum (only when given).
+    """Write the pictures of one prediction of `kinds` into `out_dir`. image uint8 [H, W, 3]; labels [H, W] int
+    (255 = no class); probabilities [n, H, W] of the classes `probability_ids` [n] (default: all K); uncertainty
+    [H, W] or None. Files: ``<stem>_label.png`` ('P' mode, pixel = class id, palette attached),
+    ``<stem>_overlay.png`` and ``<stem>_overlay_legend.png`` (with a legend of the classes present),
+    ``<stem>_prob_<class>.png`` ('L' mode, probability x 255; a binary prompt's foreground only; ``-<id>`` added
+    when two names give one file name), ``<stem>_uncertainty.png`` (scaled to its maximum).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     k = len(class_names)
@@ -189,8 +179,8 @@ def save_prediction(out_dir: Path, stem: str, image: np.ndarray, labels: np.ndar
         tinted.save(files.overlay)
         with_legend(tinted, labels, class_names).save(files.overlay_legend)
     used: set[str] = set()
-    ids = [] if "probabilities" not in kinds else range(k) if probability_ids is None else [int(c) for c in probability_ids]
-    for row, c in enumerate(ids):
+    ids = range(k) if probability_ids is None else [int(c) for c in probability_ids]
+    for row, c in enumerate(ids if "probabilities" in kinds else []):
         if k == 2 and c == 0 and not tints_class_zero(class_names):
             continue  # binary prompt: the background map is 1 - foreground
         name = class_names[c]
