@@ -341,7 +341,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from ..evaluation.metrics import format_markdown_table
 
     if (args.predictions is None) == (args.model is None):
-        raise ConfigError("give exactly one of --predictions DIR (score label PNGs) or --model DIR (predict, then score)")
+        raise ConfigError("give exactly one of --predictions DIR (score label PNGs) or --model DIR (predict, then "
+                          "score)")
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise ConfigError(f"--output {output} is a file: eval's --output is a folder, holding metrics.json "

@@ -162,7 +162,8 @@ def segment(pipe: Any, path: str | os.PathLike[str] | None, mode: str, text: str
     if result.uncertainty is not None:
         u = enlarge(np.asarray(result.uncertainty[0]), zoom)
         unc = grey_map(u, vmax=max(float(u.max()), 1e-6))
-    ask = f"prompt {prompt!r}" if prompt else ("classes " + ", ".join(classes) if classes else "the model's own classes")
+    ask = (f"prompt {prompt!r}" if prompt else "classes " + ", ".join(classes) if classes
+           else "the model's own classes")
     summary = (f"{image.width}x{image.height} image; {ask}; ensemble {ensemble_size}, {steps} step(s), seed {seed}"
                + ("" if unc is not None else "; uncertainty needs ensemble size > 1"))
     return DemoResult(overlay=picture, comparison=(Image.fromarray(rgb), plain), uncertainty=unc, summary=summary)
@@ -231,8 +232,9 @@ def build_demo(pipe: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
                 note = "one-step model: one deterministic pass" if one_step else None
                 ensemble = gr.Slider(1, MAX_ENSEMBLE, value=1, step=1, label="Ensemble size", elem_id="digseg-ensemble",
                                      interactive=not one_step, info=note)
-                steps = gr.Slider(1, MAX_STEPS, value=min(max(1, pipe.config.default_denoising_steps), MAX_STEPS), step=1,
-                                  label="Denoising steps", elem_id="digseg-steps", interactive=not one_step, info=note)
+                steps = gr.Slider(1, MAX_STEPS, value=min(max(1, pipe.config.default_denoising_steps), MAX_STEPS),
+                                  step=1, label="Denoising steps", elem_id="digseg-steps", interactive=not one_step,
+                                  info=note)
                 seed = gr.Number(value=0, precision=0, label="Seed", elem_id="digseg-seed")
                 run = gr.Button("Segment", variant="primary", elem_id="digseg-run")
             with gr.Column():
