@@ -211,12 +211,9 @@ def _model_data_flags(args: argparse.Namespace) -> int:
 
     record = model_training_data(args.model)
     if record is not None and record.same_data(args.dataset or record.dataset, args.data_root or record.data_root):
-        defaults = record.flag_defaults()
-        if args.val_fraction is not None or args.split_file is not None:
-            defaults.pop("val_fraction", None)
-            defaults.pop("split_file", None)
-        for flag, value in defaults.items():
-            if getattr(args, flag, 0) is None:
+        split_given = args.val_fraction is not None or args.split_file is not None
+        for flag, value in record.flag_defaults().items():
+            if getattr(args, flag, 0) is None and not (split_given and flag in ("val_fraction", "split_file")):
                 setattr(args, flag, value)
         if record.dataset == "synthetic" and record.seed is not None:
             return record.seed
