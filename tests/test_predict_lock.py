@@ -80,7 +80,7 @@ def test_a_second_predict_into_a_folder_in_use_stops_before_loading_the_model(mo
     with lock_held_elsewhere(out, "PREDICT") as holder:
         started = json.loads((out / f"{LOCK_FILE}.json").read_text())["started"]
         before = _snapshot(out)
-        monkeypatch.setattr(commands, "_load_model", _not_reached)
+        monkeypatch.setattr(commands, "load_model", _not_reached)
         capsys.readouterr()
         assert main(_args(model, photos, out)) == 2  # the second run (this process)
         assert error_line(capsys) == (f"error: output folder {out} is in use by another predict run (pid {holder.pid} "

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError, DigsegError
+from .loading import load_model, parse_adapters, runtime_of
 from .parser import build_parser
 
 
@@ -32,65 +33,12 @@ def _quiet_libraries() -> None:
 
 
 def _placement(args: argparse.Namespace):
-    """(torch.device, torch.dtype) from --device and --dtype (`digseg.devices`). Commands call this first, so an
-    impossible request fails in one line before any work."""
+    """(torch.device, torch.dtype) from --device and --dtype (`digseg.devices`): an impossible request fails here."""
     from ..devices import resolve_device_and_dtype
 
     return resolve_device_and_dtype(args.device, args.dtype)
 
 
-def _load_model(model, placement, adapters: list[str] | None = None, use: str | None = None):
-    """The model folder, loaded in the dtype (not loaded in fp32 and cast) and moved to the device. A folder written
-    by `digseg export` (it holds manifest.json) runs on onnxruntime: CUDA's execution provider on a CUDA device, else
-    the CPU's. With `adapters` (--adapter NAME=PATH or PATH, `parse_adapters`): `model` is their base (a DiGSeg model
-    folder, or a Stable Diffusion folder or hub id), each adapter is loaded onto it and `use` (default: the only one)
-    is active."""
-    from ..pipelines.pipeline import DiGSegPipeline
-    from ..runtime.manifest import is_exported_folder
-
-    device, dtype = placement
-    if not adapters:
-        if use:
-            raise ConfigError(f"--use-adapter {use}: no --adapter was given")
-        if is_exported_folder(model):
-            from ..runtime.pipeline import OnnxDiGSegPipeline
-
-            return OnnxDiGSegPipeline.from_pretrained(model, provider="cuda" if device.type == "cuda" else "cpu")
-        return DiGSegPipeline.from_pretrained(model, dtype=dtype).to(device)
-    from ..models.adapters import adapter_config
-
-    named = parse_adapters(adapters)
-    if use is None and len(named) > 1:
-        raise ConfigError(f"several adapters ({', '.join(named)}): say which one predicts with --use-adapter NAME")
-    use = use if use is not None else next(iter(named))
-    if use not in named:
-        raise ConfigError(f"--use-adapter {use}: no --adapter of that name (given: {', '.join(named)})")
-    first = adapter_config(named[use])
-    pipe = DiGSegPipeline.from_base(model, prediction_type=first.get("prediction_type") or "sample",
-                                    torch_dtype=dtype).to(device)
-    for name, path in named.items():
-        pipe.load_adapter(path, name=name, activate=False)
-    pipe.set_adapter(use)
-    return pipe
-
-
-def parse_adapters(items: list[str]) -> dict[str, str]:
-    """--adapter values ("NAME=PATH", or "PATH": named after its folder) -> {name: path}; ConfigError on a repeated
-    name or an empty part."""
-    named: dict[str, str] = {}
-    for item in items:
-        name, eq, path = item.partition("=")
-        if not eq:
-            name, path = Path(item).name, item
-        if not name or not path:
-            raise ConfigError(f"--adapter takes NAME=PATH or PATH, got {item!r}")
-        if name in named:
-            raise ConfigError(f"--adapter: two adapters named {name!r}; name them apart with NAME=PATH")
-        named[name] = path
-    return named
-
-
-# ---------------------------------------------------------------------------------------------- quickstart
 def cmd_quickstart(args: argparse.Namespace) -> None:
     from .quickstart import QuickstartSettings, run_quickstart
 
@@ -103,16 +51,14 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
     run_quickstart(args.output, settings, device=device, dtype=dtype)
 
 
-# ---------------------------------------------------------------------------------------------- train
-# argparse dest -> the TrainConfig field (section, key) it sets: a flag named after a field sets that field
-# (--learning-rate: optim.learning_rate), and two flags keep the names users know from other tools. `_train_config`
-# (train, cache-latents, browse-data, check-data) lays --cfg-options, then each dest given on the command line, over
-# the --config file.
+# A flag named after a TrainConfig field sets that field (--learning-rate: optim.learning_rate); these two keep the
+# names users know from other tools.
 _FLAG_ALIASES = {"output": ("run", "output_dir"),
                  "dtype": ("optim", "mixed_precision")}  # --dtype as training's precision: devices.training_precision
 
 
 def _config_field(dest: str) -> tuple[str, str] | None:
+    """argparse dest -> the TrainConfig (section, key) it sets, or None."""
     from ..training.config import SECTIONS
 
     if dest in _FLAG_ALIASES:
@@ -124,8 +70,8 @@ def _config_field(dest: str) -> tuple[str, str] | None:
 def _run_config_file(args: argparse.Namespace) -> str | None:
     """The config a run starts from: --config; else, resuming, the run folder's own config.yaml (so that
     `digseg train --output RUN --resume latest` continues RUN with the values it was trained with)."""
-    if getattr(args, "config", None) or not getattr(args, "resume", None):
-        return getattr(args, "config", None)
+    if args.config or not getattr(args, "resume", None):  # only `train` resumes
+        return args.config
     from ..training.config import RunConfig
 
     run = Path(args.resume).parent.parent if args.resume != "latest" else Path(args.output or RunConfig().output_dir)
@@ -136,9 +82,9 @@ def _train_config(args: argparse.Namespace):
     """The --config file (or a resumed run's own config.yaml), --cfg-options, and the flags given, on top."""
     from ..training.config import TrainConfig, parse_overrides
 
-    if getattr(args, "crop_size", None) is not None:
+    if args.crop_size is not None:
         args.crop_size = list(args.crop_size)  # YAML (the run's config.yaml) holds lists, not tuples
-    overrides = parse_overrides(getattr(args, "cfg_options", None) or [])
+    overrides = parse_overrides(args.cfg_options or [])
     for dest, value in vars(args).items():
         field = _config_field(dest)
         if field is None or value is None:  # a flag left off does not override the file
@@ -156,7 +102,7 @@ def _train_config(args: argparse.Namespace):
 
 def _training_device(args: argparse.Namespace) -> None:
     """--device for training: accelerate places each process (the launcher's GPU, else the GPU, else the CPU);
-    `cpu` tells accelerate to stay on the CPU, as `accelerate launch --cpu` does. Checked before any work."""
+    `cpu` keeps it on the CPU, as `accelerate launch --cpu` does."""
     from ..devices import resolve_device
 
     device = resolve_device(args.device)
@@ -180,7 +126,6 @@ def cmd_train(args: argparse.Namespace) -> None:
         check_hub_target(config.run.push_to_hub)  # before training, not after it
     rank, _ = process_info()
     with main_process_holds(config.run.output_dir, TRAIN):  # a second run on this folder stops here, every process
-        # a refused config change stops before the model is loaded
         build_run(config, resume=args.resume, allow_config_change=args.allow_config_change).train()
     if rank != 0:
         return
@@ -266,12 +211,9 @@ def _model_data_flags(args: argparse.Namespace) -> int:
 
     record = model_training_data(args.model)
     if record is not None and record.same_data(args.dataset or record.dataset, args.data_root or record.data_root):
-        defaults = record.flag_defaults()
-        if args.val_fraction is not None or args.split_file is not None:
-            defaults.pop("val_fraction", None)
-            defaults.pop("split_file", None)
-        for flag, value in defaults.items():
-            if getattr(args, flag, 0) is None:
+        split_given = args.val_fraction is not None or args.split_file is not None
+        for flag, value in record.flag_defaults().items():
+            if getattr(args, flag, 0) is None and not (split_given and flag in ("val_fraction", "split_file")):
                 setattr(args, flag, value)
         if record.dataset == "synthetic" and record.seed is not None:
             return record.seed
@@ -309,7 +251,7 @@ def cmd_train_mask_decoder(args: argparse.Namespace) -> None:
     dataset = train_split(size=resolution)
     check = check_dataset(dataset)
     dataset = keep_good(dataset, check, args.bad_samples, "train split")
-    pipe = _load_model(args.model, placement)
+    pipe = load_model(args.model, placement)
     if not resolution:
         resolution = pipe.config.default_processing_resolution
         dataset = keep_good(train_split(size=resolution), check, args.bad_samples, "train split")
@@ -338,10 +280,9 @@ def cmd_train_mask_decoder(args: argparse.Namespace) -> None:
           f"(it decodes masks by default; pass --mask-decoder vae to use the VAE)")
 
 
-# ---------------------------------------------------------------------------------------------- predict
 def cmd_predict(args: argparse.Namespace) -> int:
-    """Checks the flags, the selection and the model before any work, holding the output folder's lock
-    (`digseg.run_lock`) from before the model loads; the run itself is `predict.run_predict`."""
+    """Checks the flags and the selection, then loads the model holding the output folder's lock
+    (`digseg.run_lock`); the run itself is `predict.run_predict`."""
     from ..data.io import read_class_list
     from ..distributed import is_main_process
     from ..pipelines.inputs import select_images
@@ -351,8 +292,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ..evaluation.protocols import TestProtocol, protocol_from_args, tiling_scale
 
     placement = _placement(args)
-    if args.prompt is not None and args.classes is not None:
-        raise ConfigError("give either --prompt or --classes, not both")
     classes = [c.strip() for c in args.classes.split(",")] if args.classes is not None else None
     if classes is not None and not all(classes):
         raise ConfigError(f"--classes has an empty class name: {args.classes!r}")
@@ -361,11 +300,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     outputs = parse_outputs(args.outputs)
-    paths = select_images(args.image, args.image_list)  # files, folders, patterns, a list file; nothing decoded yet
+    paths = select_images(args.image, args.image_list)  # nothing decoded yet
     protocol = protocol_from_args(args, TestProtocol())
-    # one writer per output folder: a second run into it stops here, naming the first, before the model loads
     with main_process_holds(args.output, PREDICT):
-        pipe = _load_model(args.model, placement, args.adapter, args.use_adapter)
+        pipe = load_model(args.model, placement, args.adapter, args.use_adapter)
         protocol = tiling_scale(protocol, pipe.config.default_processing_resolution,
                                 args.processing_resolution is not None)
         settings = {
@@ -390,28 +328,28 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return result.exit_status
 
 
-# ---------------------------------------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> None:
     from ..data.base import MetricKind
     from ..data.model_data import EVAL_SPLIT_FLAGS, model_training_data
     from ..data.registry import read_dataset
-    from ..evaluation.dataset_eval import SUMMARY_COLUMNS, default_protocol, predict_dataset, score_predictions, search_threshold
+    from ..evaluation.dataset_eval import (SUMMARY_COLUMNS, default_protocol, predict_dataset, score_predictions,
+                                           search_threshold)
     from ..distributed import is_main_process, process_info
     from ..evaluation.metrics import format_markdown_table
 
     if (args.predictions is None) == (args.model is None):
-        raise ConfigError("give exactly one of --predictions DIR (score label PNGs) or --model DIR (predict, then score)")
+        raise ConfigError("give exactly one of --predictions DIR (score label PNGs) or --model DIR (predict, then "
+                          "score)")
     output = Path(args.output)
     if output.exists() and not output.is_dir():
-        raise ConfigError(f"--output {output} is a file: eval's --output is now a folder, holding metrics.json "
+        raise ConfigError(f"--output {output} is a file: eval's --output is a folder, holding metrics.json "
                           "(and the predicted label PNGs in predictions/ with --model)")
     placement = _placement(args) if args.model else None
-    # a folder dataset's splits, or how an hf: dataset is read; on the model's own data with no split flag given,
-    # the model's split rule (`digseg.data.model_data`): its validation split for --split val
     reader = dict(val_fraction=args.val_fraction, split_file=args.split_file, hf=_hf_options(args))
     if args.adapter and not args.model:
         raise ConfigError("--adapter is loaded onto --model (its base): give --model too")
-    # the model's split rule; an adapter's data is not its base's, so with --adapter the flags say it
+    # on the model's own data with no split flag given, its split rule (`digseg.data.model_data`); an adapter's
+    # data is not its base's, so with --adapter the flags say it
     record = model_training_data(args.model) if args.model and not args.adapter else None
     if record is not None:
         reader.update(record.default_reader(args.dataset, args.data_root,
@@ -426,10 +364,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     predictions = Path(args.predictions) if args.predictions else output / "predictions"
     info: dict = {}
     if args.model:
-        from ..devices import runtime_info
         from ..evaluation.protocols import protocol_from_args, tiling_scale
 
-        pipe = _load_model(args.model, placement, [args.adapter] if args.adapter else None)
+        pipe = load_model(args.model, placement, [args.adapter] if args.adapter else None)
         protocol = tiling_scale(protocol_from_args(args, default_protocol(pipe, dataset)),
                                 pipe.config.default_processing_resolution, args.processing_resolution is not None)
         kwargs = dict(ensemble_size=args.ensemble_size, num_inference_steps=args.steps, protocol=protocol,
@@ -443,10 +380,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
             if is_main_process():
                 print(f"threshold search on {args.search_split}: {threshold:.2f} (Dice {dice:.2f})")
         report = predict_dataset(pipe, dataset, predictions, threshold=threshold, **kwargs, **query)
-        info.update(model=str(args.model), ensemble_size=args.ensemble_size, steps=args.steps or pipe.config.default_denoising_steps,
-                    predictions=str(predictions), prediction_skipped=report["skipped"], protocol=protocol.to_dict(),
-                    batch_size=args.batch_size, runtime=pipe.runtime_info(process_info()[1]) if hasattr(pipe, "runtime_info")
-                    else runtime_info(pipe.device, pipe.dtype, process_info()[1]))
+        info.update(model=str(args.model), ensemble_size=args.ensemble_size,
+                    steps=args.steps or pipe.config.default_denoising_steps, predictions=str(predictions),
+                    prediction_skipped=report["skipped"], protocol=protocol.to_dict(), batch_size=args.batch_size,
+                    runtime=runtime_of(pipe, process_info()[1]))
     metrics = score_predictions(dataset, predictions, present_only=True if args.present_only else None)
     metrics.update(info)
     if not is_main_process():  # under accelerate launch / torchrun: every process has the same metrics
@@ -466,7 +403,6 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(f"wrote {output / 'metrics.json'}")
 
 
-# ---------------------------------------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import DEFAULT_MAX_PIXELS, launch_demo
 
@@ -475,9 +411,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
                 device=args.device, dtype=args.dtype)
 
 
-# ---------------------------------------------------------------------------------------------- export
 def cmd_export(args: argparse.Namespace) -> None:
-    """Checks the flags and the output folder before the model loads; the export is `onnx_export.export_pipeline`."""
     import importlib.util
 
     missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
@@ -509,8 +443,8 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 COMMANDS = {  # command name -> what it does; the arguments are in `digseg.cli.parser`
     "quickstart": cmd_quickstart, "train": cmd_train, "cache-latents": cmd_cache_latents,
-    "browse-data": cmd_browse_data, "check-data": cmd_check_data, "train-mask-decoder": cmd_train_mask_decoder, "predict": cmd_predict,
-    "eval": cmd_eval, "demo": cmd_demo, "export": cmd_export,
+    "browse-data": cmd_browse_data, "check-data": cmd_check_data, "train-mask-decoder": cmd_train_mask_decoder,
+    "predict": cmd_predict, "eval": cmd_eval, "demo": cmd_demo, "export": cmd_export,
 }
 
 

@@ -1,14 +1,8 @@
-"""`digseg demo`: a local Gradio web app around a trained `DiGSegPipeline`.
-
-`build_demo(pipe)` takes a built pipeline and returns a `gr.Blocks`; `launch_demo(model_dir, host, port)`
-loads the model and serves it. Gradio is an optional extra (`pip install -e ".[demo]"`). A folder written by
-`digseg export` (it holds manifest.json) is served on onnxruntime (`OnnxDiGSegPipeline`; the seed is numpy's).
+"""`digseg demo`: a local Gradio web app around a trained `DiGSegPipeline` (or an exported folder's
+`OnnxDiGSegPipeline`). `build_demo(pipe)` -> `gr.Blocks`; `launch_demo(model_dir, host, port)` loads and serves.
 
 Safety defaults: bound to 127.0.0.1; no share link; Gradio analytics off; system fonts only (the page fetches
-nothing from the internet). Uploads are checked by `check_image_file` before the model sees them: the pixel
-count is read from the file header and checked against `max_pixels` before the image is decoded, then the
-image is decoded with `digseg.data.io.load_image`, which rejects anything that is not a readable image, and
-turned as its EXIF orientation says (a phone's portrait photo is segmented and shown upright).
+nothing from the internet); uploads checked by `check_image_file` before the model sees them.
 """
 
 from __future__ import annotations
@@ -28,6 +22,7 @@ from PIL import Image
 from ..data.io import IMAGE_EXTENSIONS, load_image
 from ..errors import ConfigError, DataError, DigsegError
 from ..pipelines.visualize import class_overlay, grey_map, with_legend
+from .loading import load_model, runtime_of
 
 DEFAULT_MODEL = Path("digseg-quickstart") / "model"
 DEFAULT_MAX_PIXELS = 4096 * 4096  # 16.7 megapixels
@@ -41,30 +36,25 @@ INSTALL_HINT = 'the demo needs Gradio: pip install -e ".[demo]"'
 
 # ---------------------------------------------------------------------------------------------- checks
 def check_image_file(path: str | os.PathLike[str] | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """An uploaded file -> RGB image, or `DataError` with a message fit to show the user.
-
-    The size is read from the header (`Image.open(...).size` decodes no pixels), so an oversized image, or a
-    decompression bomb, is rejected before it is decoded. Files that are not images fail in `load_image`.
-    Messages name the file by its name only, not by the folder the upload was stored in.
-    """
+    """An uploaded file -> RGB image as displayed (EXIF orientation applied), or `DataError` naming the file (not
+    the upload folder). The pixel count is read from the header, so an oversized image is refused undecoded."""
     if path is None or str(path) == "":
         raise DataError("no image: upload an image first")
     p = Path(path)
-    size = None
+    w = h = 0
     try:
         with Image.open(p) as header:  # lazy: reads the header only
-            size = header.size
+            w, h = header.size
     except Image.DecompressionBombError as exc:  # more than 2 x Image.MAX_IMAGE_PIXELS: certainly too large
         raise DataError(f"image {p.name} is too large ({exc}); the limit is {max_pixels:,} pixels") from exc
     except Exception:  # not an image, missing, truncated header: load_image says which, naming the file
         pass
-    if size is not None and size[0] * size[1] > max_pixels:
-        w, h = size
+    if w * h > max_pixels:
         raise DataError(f"image {p.name} is too large: {w}x{h} = {w * h:,} pixels; the limit is {max_pixels:,} "
                         "pixels (digseg demo --max-pixels)")
     try:
-        return load_image(p, exif_transpose=True)  # as displayed: the pictures line up with the photo
-    except DataError as exc:  # name the file, not the server's upload folder
+        return load_image(p, exif_transpose=True)
+    except DataError as exc:
         raise DataError(str(exc).replace(str(p), p.name)) from exc
 
 
@@ -88,20 +78,10 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def resolve_model_dir(model_dir: str | os.PathLike[str] | None) -> Path:
-    """The model folder to serve: `model_dir`, or the quickstart model when None."""
-    if model_dir is None:
-        if not (DEFAULT_MODEL / "model_index.json").is_file():
-            raise DigsegError(f"no model at {DEFAULT_MODEL}: run `digseg quickstart` first, or pass --model DIR "
-                              "(a DiGSeg model folder)")
-        return DEFAULT_MODEL
-    return Path(model_dir)
-
-
 # ---------------------------------------------------------------------------------------------- pictures
-def display_factor(height: int, width: int, min_side: int = MIN_DISPLAY_SIDE) -> int:
-    """Whole-number zoom that brings the longer side of a small image to at least `min_side` (1 for large)."""
-    return max(1, -(-min_side // max(height, width, 1)))
+def display_factor(height: int, width: int) -> int:
+    """Whole-number zoom that brings the longer side of a small image to at least MIN_DISPLAY_SIDE (1 for large)."""
+    return max(1, -(-MIN_DISPLAY_SIDE // max(height, width, 1)))
 
 
 def enlarge(array: np.ndarray, factor: int) -> np.ndarray:
@@ -111,6 +91,7 @@ def enlarge(array: np.ndarray, factor: int) -> np.ndarray:
 
 def slider_html(before: Image.Image, after: Image.Image) -> str:
     """A before/after comparison with a drag slider, for Gradio versions without `gr.ImageSlider`."""
+
     def uri(im: Image.Image) -> str:
         buf = io.BytesIO()
         im.convert("RGB").save(buf, format="PNG")
@@ -141,12 +122,10 @@ class DemoResult:
 
 def segment(pipe: Any, path: str | os.PathLike[str] | None, mode: str, text: str, ensemble_size: int, steps: int,
             seed: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> DemoResult:
-    """Check the upload, run the pipeline once, and build the pictures. Raises `DigsegError` for bad input.
+    """Check the upload, run the pipeline once, and build the pictures (enlarged below MIN_DISPLAY_SIDE).
 
-    Pictures of images smaller than MIN_DISPLAY_SIDE are enlarged by a whole factor (pixels repeated).
-
-    mode "prompt": `text` is one prompt (binary, K = 2); mode "classes": `text` is a comma-separated class
-    list. Empty `text` in either mode: the model's own classes (palette).
+    mode "prompt": `text` is one prompt (binary); mode "classes": a comma-separated class list. Empty `text` in
+    either mode: the model's own classes (palette). `DigsegError` for bad input.
     """
     image = check_image_file(path, max_pixels)
     prompt = classes = None
@@ -165,7 +144,7 @@ def segment(pipe: Any, path: str | os.PathLike[str] | None, mode: str, text: str
         seed = int(seed)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"seed must be a whole number, got {seed!r}") from exc
-    if _is_onnx(pipe):  # an exported folder on onnxruntime: numpy's generator, no torch imported
+    if hasattr(pipe, "manifest"):  # an exported folder on onnxruntime: numpy's generator
         generator = seed
     else:
         import torch
@@ -183,29 +162,18 @@ def segment(pipe: Any, path: str | os.PathLike[str] | None, mode: str, text: str
     if result.uncertainty is not None:
         u = enlarge(np.asarray(result.uncertainty[0]), zoom)
         unc = grey_map(u, vmax=max(float(u.max()), 1e-6))
-    ask = f"prompt {prompt!r}" if prompt else ("classes " + ", ".join(classes) if classes else "the model's own classes")
+    ask = (f"prompt {prompt!r}" if prompt else "classes " + ", ".join(classes) if classes
+           else "the model's own classes")
     summary = (f"{image.width}x{image.height} image; {ask}; ensemble {ensemble_size}, {steps} step(s), seed {seed}"
                + ("" if unc is not None else "; uncertainty needs ensemble size > 1"))
     return DemoResult(overlay=picture, comparison=(Image.fromarray(rgb), plain), uncertainty=unc, summary=summary)
 
 
-def _is_onnx(pipe: Any) -> bool:
-    """Whether `pipe` is an exported folder on onnxruntime (`OnnxDiGSegPipeline`), not a `DiGSegPipeline`."""
-    return hasattr(pipe, "manifest") and hasattr(pipe, "runners")
-
-
 def runtime_footer(pipe: Any) -> str:
-    """Where the demo's model runs, for the page's footer: device (its name), dtype, torch and diffusers versions
-    (for an exported folder: the onnxruntime execution provider, the export's precision, onnxruntime's version)."""
-    if _is_onnx(pipe):
-        info = pipe.runtime_info()
-        return (f"{info['device']} ({info['device_name']}), {info['dtype']}; onnxruntime {info['onnxruntime']}, "
-                f"torch {info['torch']}, digseg {info['digseg']}")
-    from ..devices import runtime_info
-
-    info = runtime_info(pipe.device, pipe.dtype)
-    return (f"{info['device']} ({info['device_name']}), {info['dtype']}; torch {info['torch']}, "
-            f"diffusers {info['diffusers']}, digseg {info['digseg']}")
+    """Where the demo's model runs, for the page's footer: device (its name), dtype and the libraries' versions."""
+    info = runtime_of(pipe)
+    versions = ", ".join(f"{k} {info[k]}" for k in ("onnxruntime", "torch", "diffusers", "digseg") if k in info)
+    return f"{info['device']} ({info['device_name']}), {info['dtype']}; {versions}"
 
 
 # ---------------------------------------------------------------------------------------------- the app
@@ -221,9 +189,8 @@ def import_gradio():
 
 def _system_theme(gr):
     """Gradio's default look with system fonts (the default theme of Gradio 4 and 5 fetches Google fonts)."""
-    sans = ["ui-sans-serif", "system-ui", "sans-serif"]
-    mono = ["ui-monospace", "Consolas", "monospace"]
-    return gr.themes.Default(font=sans, font_mono=mono)
+    return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                             font_mono=["ui-monospace", "Consolas", "monospace"])
 
 
 def _accepts(fn, name: str) -> bool:
@@ -232,8 +199,8 @@ def _accepts(fn, name: str) -> bool:
 
 def start_demo(demo: Any, host: str = "127.0.0.1", port: int | None = None, block: bool = True) -> None:
     """Launch a built demo with the safe defaults: no share link, uploads capped at MAX_UPLOAD_SIZE, one run at
-    a time, system fonts, no run history kept in the browser. `block=False` returns at once (tests; stop it
-    with `demo.close()`). Options the installed Gradio does not know are left out."""
+    a time, system fonts, no run history kept in the browser. `block=False` returns at once (stop it with
+    `demo.close()`)."""
     gr = import_gradio()
     options = dict(server_name=host, server_port=port, share=False, prevent_thread_lock=not block, quiet=not block,
                    max_file_size=MAX_UPLOAD_SIZE, theme=_system_theme(gr), run_history=False)
@@ -242,12 +209,7 @@ def start_demo(demo: Any, host: str = "127.0.0.1", port: int | None = None, bloc
 
 
 def build_demo(pipe: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
-    """A built `DiGSegPipeline` -> `gr.Blocks` (not launched).
-
-    Components carry element ids (digseg-upload, digseg-mode, digseg-text, digseg-ensemble, digseg-steps,
-    digseg-seed, digseg-run, digseg-overlay, digseg-compare, digseg-uncertainty, digseg-summary,
-    digseg-runtime: the footer saying where the model runs) for browser tests.
-    """
+    """A built `DiGSegPipeline` -> `gr.Blocks` (not launched); components carry element ids (digseg-...)."""
     gr = import_gradio()
     has_slider = hasattr(gr, "ImageSlider")
     own = ", ".join(pipe.class_names or []) or "none: give a prompt or classes"
@@ -270,8 +232,9 @@ def build_demo(pipe: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
                 note = "one-step model: one deterministic pass" if one_step else None
                 ensemble = gr.Slider(1, MAX_ENSEMBLE, value=1, step=1, label="Ensemble size", elem_id="digseg-ensemble",
                                      interactive=not one_step, info=note)
-                steps = gr.Slider(1, MAX_STEPS, value=min(max(1, pipe.config.default_denoising_steps), MAX_STEPS), step=1,
-                                  label="Denoising steps", elem_id="digseg-steps", interactive=not one_step, info=note)
+                steps = gr.Slider(1, MAX_STEPS, value=min(max(1, pipe.config.default_denoising_steps), MAX_STEPS),
+                                  step=1, label="Denoising steps", elem_id="digseg-steps", interactive=not one_step,
+                                  info=note)
                 seed = gr.Number(value=0, precision=0, label="Seed", elem_id="digseg-seed")
                 run = gr.Button("Segment", variant="primary", elem_id="digseg-run")
             with gr.Column():
@@ -312,27 +275,20 @@ def build_demo(pipe: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
 
 def launch_demo(model_dir: str | os.PathLike[str] | None = None, host: str = "127.0.0.1", port: int | None = None,
                 max_pixels: int = DEFAULT_MAX_PIXELS, device: str = "auto", dtype: str = "auto") -> None:
-    """Load the model (in `dtype`, on `device`: `digseg.devices`) and serve the demo until interrupted (Ctrl-C)."""
+    """Load the model (in `dtype`, on `device`: `digseg.devices`; default: the quickstart's) and serve the demo until
+    interrupted (Ctrl-C)."""
     from ..devices import resolve_device_and_dtype
 
     if max_pixels < 1:
         raise ConfigError(f"--max-pixels must be >= 1, got {max_pixels}")
-    model = resolve_model_dir(model_dir)
-    device, dtype = resolve_device_and_dtype(device, dtype)
+    if model_dir is None and not (DEFAULT_MODEL / "model_index.json").is_file():
+        raise DigsegError(f"no model at {DEFAULT_MODEL}: run `digseg quickstart` first, or pass --model DIR "
+                          "(a DiGSeg model folder)")
+    model = DEFAULT_MODEL if model_dir is None else Path(model_dir)
+    placement = resolve_device_and_dtype(device, dtype)
     import_gradio()  # fail early, before the model loads
-    from ..runtime.manifest import is_exported_folder
-
-    if is_exported_folder(model):  # `digseg export`'s folder: onnxruntime, CUDA's provider on a CUDA device
-        from ..runtime.pipeline import OnnxDiGSegPipeline
-
-        pipe = OnnxDiGSegPipeline.from_pretrained(model, provider="cuda" if device.type == "cuda" else "cpu")
-    else:
-        from ..pipelines.pipeline import DiGSegPipeline
-
-        pipe = DiGSegPipeline.from_pretrained(model, dtype=dtype).to(device)
-        pipe.set_progress_bar_config(disable=True)
-    # PIL's own decompression-bomb guard: warn above the demo's limit, refuse outright at twice it
-    Image.MAX_IMAGE_PIXELS = max_pixels
+    pipe = load_model(model, placement)
+    Image.MAX_IMAGE_PIXELS = max_pixels  # PIL's own decompression-bomb guard: it refuses twice this outright
     if not is_loopback(host):
         print(f"warning: serving on {host}, not a loopback address: anyone who can reach this machine can use "
               "the demo (there is no login)")

@@ -1,7 +1,4 @@
-"""The `digseg` command line's arguments: one function per command adds its parser; `build_parser` joins them.
-
-What each command does is in `digseg.cli` (`COMMANDS`, keyed by the command name argparse stores in `command`).
-"""
+"""The `digseg` command line's arguments; what each command does is `digseg.cli.commands.COMMANDS[args.command]`."""
 
 from __future__ import annotations
 
@@ -31,14 +28,8 @@ exit status:
   1    anything else (a crash, with a traceback)
 """
 
-_MASK_DECODER_FLAG = dict(choices=MASK_DECODERS, default="auto",
-                          help="decode masks with the model's light mask decoder or the VAE (auto: the decoder a "
-                               "one-step model was trained through, else the light one when the model has one)")
-
-
-# The help of flags that several commands share: one meaning each (tests/test_cli_flags.py compares every command's
-# help of a flag up to its first parenthesis). `--output`, `--model` and `--batch-size` say what they are for their
-# command.
+# The help of flags that several commands share, one meaning each; `--output`, `--model` and `--batch-size` say what
+# they are for their command.
 HELP = {
     "seed": "random seed (default 0): every draw is seeded by it and the sample's index or step",
     "data_root": "the dataset's root folder, in its official layout (folder: images/, masks/, classes.txt)",
@@ -46,16 +37,10 @@ HELP = {
                f"{HF_PREFIX}NAME_OR_PATH: a datasets-library dataset (docs/data.md)",
     "val_fraction": f"folder dataset, flat: the share of images held out for val by file-name hash, the rest being "
                     f"train (default {DEFAULT_VAL_FRACTION:g}; 1: every image is val)",
-    "task": "queries: binary (a prompt -> its mask), palette (all classes in one pass) or both",
     "max_steps": "optimizer steps",
     "learning_rate": "peak learning rate",
-    "ensemble_size": "E-Step ensemble members, each from its own noise (default 1)",
-    "steps": "E-Step denoising (DDIM) steps (default: the model's)",
     "adapter": "a LoRA adapter folder (a LoRA run's <output>/adapter) loaded onto --model, as NAME=PATH or PATH",
     "processing_resolution": "the longer side images are resized to before the VAE",
-    "templates": "prompt templates of per-class and binary queries: single | photo | ensemble, or one template "
-                 "with {}, e.g. 'a photo of a {}.' (default: the model's template)",
-    "top_k": "open vocabulary: rank all classes in one pass, then run exact queries for the k most relevant only",
     "bad_samples": "every sample is read once before training: error (default) refuses a dataset with unreadable "
                    "or inconsistent samples, listing them all; skip trains without them",
     "split_file": "folder dataset: a text file of the stems of the split read, one per line",
@@ -78,16 +63,35 @@ def _add_device_flags(parser: argparse.ArgumentParser, training: bool = False) -
                             help=f"the model's precision (default {auto}); the model is loaded in it")
 
 
+def _add_inference_flags(parser: argparse.ArgumentParser, resolution_default: str, protocol_note: str) -> None:
+    """The E-Step, the queries, the mask decoder, the device and the test protocol: predict's and eval's."""
+    parser.add_argument("--ensemble-size", type=int, default=1,
+                        help="E-Step ensemble members, each from its own noise (default 1)")
+    parser.add_argument("--steps", type=int, default=None, help="E-Step denoising (DDIM) steps (default: the model's)")
+    parser.add_argument("--processing-resolution", type=int, default=None,
+                        help=HELP["processing_resolution"] + f" (default: {resolution_default})")
+    parser.add_argument("--templates", help="prompt templates of per-class and binary queries: single | photo | "
+                                            "ensemble, or one template with {}, e.g. 'a photo of a {}.' (default: "
+                                            "the model's template)")
+    parser.add_argument("--top-k", type=int, default=None, help="open vocabulary: rank all classes in one pass, then "
+                                                                "run exact queries for the k most relevant only")
+    parser.add_argument("--seed", type=int, default=0, help=HELP["seed"])
+    parser.add_argument("--mask-decoder", choices=MASK_DECODERS, default="auto",
+                        help="decode masks with the model's light mask decoder or the VAE (auto: the decoder a "
+                             "one-step model was trained through, else the light one when the model has one)")
+    _add_device_flags(parser)
+    add_protocol_flags(parser, protocol_note)
+
+
 def _add_hf_flag(parser: argparse.ArgumentParser) -> None:
-    """--hf KEY=VALUE: how an hf: dataset is read (`digseg.data.hf_options`), as a training config's data.hf."""
     parser.add_argument("--hf", nargs="+", action="extend", metavar="KEY=VALUE",
                         help=f"{HF_PREFIX} datasets: how they are read, e.g. label_column=mask reduce_zero_label=true "
                              f"(keys: {', '.join(HF_FIELDS)}; docs/data.md)")
 
 
 def _add_quickstart(sub) -> None:
-    """`digseg quickstart`."""
-    q = sub.add_parser("quickstart", help="train a tiny model on synthetic scenes, evaluate, save overlays (CPU, minutes)")
+    q = sub.add_parser("quickstart",
+                       help="train a tiny model on synthetic scenes, evaluate, save overlays (CPU, minutes)")
     q.add_argument("--output", default="digseg-quickstart", help="output folder (default: ./digseg-quickstart)")
     q.add_argument("--seed", type=int, default=0, help=HELP["seed"])
     q.add_argument("--max-steps", type=int, default=None, help=HELP["max_steps"] + " (default 2000)")
@@ -95,8 +99,8 @@ def _add_quickstart(sub) -> None:
 
 
 def _add_train(sub) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
-    """`digseg train`: the options of most runs; every other config field through --cfg-options. Returns the parser
-    and its data-flag group, which cache-latents, browse-data and check-data share."""
+    """`digseg train`: the options of most runs, every other config field through --cfg-options. -> the parser and
+    its data-flag group."""
     t = sub.add_parser("train", help="train DiGSeg from a Stable Diffusion backbone",
                        epilog="Config files hold the sections model, data, optim and run; --cfg-options sets any of "
                               "their fields (docs/training.md lists them all).")
@@ -135,39 +139,35 @@ def _add_train(sub) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
     return t, data_flags
 
 
-def _add_cache_latents(sub, train: argparse.ArgumentParser, data_flags) -> None:
-    """`digseg cache-latents`, with the model and data flags of `train`."""
+def _share_train_flags(parser: argparse.ArgumentParser, train: argparse.ArgumentParser, data_flags,
+                       dests: tuple[str, ...]) -> None:
+    """Give `parser` the data flags of `train` and its flags of `dests`, the same actions."""
+    for action in train._actions:
+        if action.dest in dests or action in data_flags._group_actions:
+            parser._add_action(action)
+
+
+def _add_data_commands(sub, train: argparse.ArgumentParser, data_flags) -> None:
+    """`digseg cache-latents`, `browse-data` and `check-data`: with the data flags of `train`."""
     c = sub.add_parser("cache-latents", help="encode a training set's images and masks once with the frozen VAE")
-    c.add_argument("--output", required=True, help="the latent cache's folder (train with --cfg-options data.latent_cache=FOLDER)")
+    c.add_argument("--output", required=True,
+                   help="the latent cache's folder (train with --cfg-options data.latent_cache=FOLDER)")
     _add_device_flags(c)  # where the frozen VAE encodes, in which precision (latents are stored in fp32)
-    for action in train._actions:  # the same model and data flags as `train`
-        if action.dest in ("config", "pretrained", "seed", "cfg_options") or action in data_flags._group_actions:
-            c._add_action(action)
+    _share_train_flags(c, train, data_flags, ("config", "pretrained", "seed", "cfg_options"))
 
-
-def _add_browse_data(sub, train: argparse.ArgumentParser, data_flags) -> None:
-    """`digseg browse-data`, with the model and data flags of `train`."""
     b = sub.add_parser("browse-data", help="write training samples exactly as the trainer sees them (augmented)")
     b.add_argument("--output", required=True, help="folder for <k>_image.png, <k>_label.png, <k>_overlay.png")
     b.add_argument("--num", type=int, default=16, help="how many samples (default 16)")
-    for action in train._actions:  # the same data flags as `train`
-        if action.dest in ("config", "seed", "batch_size", "cfg_options") or action in data_flags._group_actions:
-            b._add_action(action)
+    _share_train_flags(b, train, data_flags, ("config", "seed", "batch_size", "cfg_options"))
 
-
-def _add_check_data(sub, train: argparse.ArgumentParser, data_flags) -> None:
-    """`digseg check-data`, with the data flags of `train`."""
-    c = sub.add_parser("check-data", help="read every sample of the training and validation splits once and list "
+    k = sub.add_parser("check-data", help="read every sample of the training and validation splits once and list "
                                           "every unreadable or inconsistent one (what train does before step 1)")
-    c.add_argument("--output", help="a run folder: the result is kept there, and `digseg train --output` with the "
+    k.add_argument("--output", help="a run folder: the result is kept there, and `digseg train --output` with the "
                                     "same folder does not read unchanged files again")
-    for action in train._actions:  # the same data flags as `train`
-        if action.dest in ("config", "seed", "cfg_options") or action in data_flags._group_actions:
-            c._add_action(action)
+    _share_train_flags(k, train, data_flags, ("config", "seed", "cfg_options"))
 
 
 def _add_train_mask_decoder(sub) -> None:
-    """`digseg train-mask-decoder`."""
     m = sub.add_parser("train-mask-decoder", help="train a light mask decoder that replaces the VAE decoder for masks")
     m.add_argument("--model", required=True, help="a trained DiGSeg model folder")
     m.add_argument("--output", required=True, help="where to write the model with its mask_decoder/ (may be --model)")
@@ -185,7 +185,9 @@ def _add_train_mask_decoder(sub) -> None:
     m.add_argument("--num-samples", type=int, help="use the first N samples (default: all)")
     m.add_argument("--bad-samples", choices=BAD_SAMPLES, default="error", help=HELP["bad_samples"])
     m.add_argument("--latent-cache", help="a folder written by `digseg cache-latents` for the same VAE and size")
-    m.add_argument("--task", choices=TASKS, default="both", help=HELP["task"] + " (default both): the masks rendered")
+    m.add_argument("--task", choices=TASKS, default="both", help="queries: binary (a prompt -> its mask), palette "
+                                                                 "(all classes in one pass) or both (default both): "
+                                                                 "the masks rendered")
     m.add_argument("--widths", help="channel widths, one per resolution, e.g. 64,32,16 (default 128,64,32[,16])")
     m.add_argument("--max-steps", type=int, default=MASK_DECODER_STEPS,
                    help=HELP["max_steps"] + f" (default {MASK_DECODER_STEPS}; docs/mask_decoder.md)")
@@ -193,13 +195,13 @@ def _add_train_mask_decoder(sub) -> None:
     m.add_argument("--learning-rate", type=float, default=1e-3, help=HELP["learning_rate"] + " (default 1e-3)")
     m.add_argument("--latent-noise", type=float, default=0.2, help="largest std of the noise added to training latents")
     m.add_argument("--target", choices=MASK_DECODER_TARGETS, default="mask",
-                   help="learn the rendered mask (default) or imitate the VAE decoder's output (runs the VAE each step)")
+                   help="learn the rendered mask (default) or imitate the VAE decoder's output (runs the VAE "
+                        "each step)")
     m.add_argument("--seed", type=int, default=0, help=HELP["seed"])
     _add_device_flags(m)  # the decoder itself trains in fp32
 
 
 def _add_predict(sub) -> None:
-    """`digseg predict`."""
     p = sub.add_parser("predict", help="segment images with a trained model", epilog=_PREDICT_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="a DiGSeg model folder (e.g. digseg-quickstart/model; with "
@@ -213,9 +215,8 @@ def _add_predict(sub) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--prompt", help="binary: segment what this text describes")
     group.add_argument("--classes", help="comma-separated class names (default: the model's own classes)")
-    group.add_argument("--classes-file", help="a text file with one class name per line ('wall, walls': synonyms; '#' comments)")
-    p.add_argument("--templates", help=HELP["templates"])
-    p.add_argument("--top-k", type=int, default=None, help=HELP["top_k"])
+    group.add_argument("--classes-file",
+                       help="a text file with one class name per line ('wall, walls': synonyms; '#' comments)")
     p.add_argument("--no-class-threshold", type=float, default=None, help="label 255 where no class scores above this")
     p.add_argument("--output", required=True,
                    help="output folder: per-image maps and JSON, summary.json, index.html (see docs/predict.md)")
@@ -229,19 +230,12 @@ def _add_predict(sub) -> None:
                    help="images of the same processed size per pipeline call (same labels as 1; more memory)")
     p.add_argument("--skip-existing", action="store_true",
                    help="continue an interrupted run: keep images whose outputs are complete in --output")
-    p.add_argument("--ensemble-size", type=int, default=1, help=HELP["ensemble_size"])
-    p.add_argument("--steps", type=int, default=None, help=HELP["steps"])
-    p.add_argument("--processing-resolution", type=int, default=None,
-                   help=HELP["processing_resolution"] + " (default: the model's, its training crop)")
-    p.add_argument("--seed", type=int, default=0, help=HELP["seed"])
-    p.add_argument("--mask-decoder", **_MASK_DECODER_FLAG)
-    _add_device_flags(p)
-    add_protocol_flags(p, "default: whole image at the processing resolution; slide without --scale: "
-                          "a keep-ratio scale whose short side is the crop")
+    _add_inference_flags(p, "the model's, its training crop",
+                         "default: whole image at the processing resolution; slide without --scale: a keep-ratio "
+                         "scale whose short side is the crop")
 
 
 def _add_eval(sub) -> None:
-    """`digseg eval`."""
     e = sub.add_parser("eval", help="score label PNGs, or run a model over a dataset split and score it")
     e.add_argument("--dataset", required=True, help=HELP["dataset"])
     e.add_argument("--data-root", help=HELP["data_root"])
@@ -256,25 +250,19 @@ def _add_eval(sub) -> None:
     src.add_argument("--model", help="a DiGSeg model folder: predict the split, then score")
     e.add_argument("--adapter", metavar="PATH", help=HELP["adapter"] + " (one; the split flags say its data)")
     e.add_argument("--output", default="digseg-eval",
-                   help="folder for metrics.json and, with --model, the label PNGs in predictions/ (default digseg-eval)")
-    e.add_argument("--ensemble-size", type=int, default=1, help=HELP["ensemble_size"])
-    e.add_argument("--steps", type=int, default=None, help=HELP["steps"])
-    e.add_argument("--processing-resolution", type=int, default=None,
-                   help=HELP["processing_resolution"] + " (default: the dataset protocol's test scale, else the model's)")
-    e.add_argument("--top-k", type=int, default=None, help=HELP["top_k"])
-    e.add_argument("--templates", help=HELP["templates"])
-    e.add_argument("--present-only", action="store_true", help="mean over classes present in the ground truth (CAT-Seg)")
-    e.add_argument("--threshold-search", action="store_true", help="binary datasets: pick the threshold on --search-split")
+                   help="folder for metrics.json and, with --model, the label PNGs in predictions/ "
+                        "(default digseg-eval)")
+    e.add_argument("--present-only", action="store_true",
+                   help="mean over classes present in the ground truth (CAT-Seg)")
+    e.add_argument("--threshold-search", action="store_true",
+                   help="binary datasets: pick the threshold on --search-split")
     e.add_argument("--search-split", default="val", help="--threshold-search: the split it searches on (default val)")
-    e.add_argument("--seed", type=int, default=0, help=HELP["seed"])
-    e.add_argument("--mask-decoder", **_MASK_DECODER_FLAG)
     e.add_argument("--batch-size", type=int, default=8, help="images per pipeline call (default 8)")
-    _add_device_flags(e)
-    add_protocol_flags(e, "default: the dataset's preset, mmseg's or CAT-Seg's")
+    _add_inference_flags(e, "the dataset protocol's test scale, else the model's",
+                         "default: the dataset's preset, mmseg's or CAT-Seg's")
 
 
 def _add_demo(sub) -> None:
-    """`digseg demo`."""
     d = sub.add_parser("demo", help="a local web app (Gradio) to try a model in the browser")
     d.add_argument("--model", default=None, help="a DiGSeg model folder, or a folder written by `digseg export` "
                    "(runs on onnxruntime) (default: digseg-quickstart/model)")
@@ -285,8 +273,8 @@ def _add_demo(sub) -> None:
 
 
 def _add_export(sub) -> None:
-    """`digseg export`."""
-    x = sub.add_parser("export", help="write a model as ONNX graphs and a manifest, to run on onnxruntime (docs/export.md)")
+    x = sub.add_parser("export",
+                       help="write a model as ONNX graphs and a manifest, to run on onnxruntime (docs/export.md)")
     x.add_argument("--model", required=True, help="a DiGSeg model folder to export")
     x.add_argument("--output", required=True, help="the new folder: *.onnx graphs and manifest.json")
     x.add_argument("--dtype", default="fp32", choices=DTYPE_CHOICES,
@@ -300,13 +288,12 @@ def _add_export(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="digseg", description="Diffusion models as generalist, text-prompted segmenters.")
+    parser = argparse.ArgumentParser(prog="digseg",
+                                     description="Diffusion models as generalist, text-prompted segmenters.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_quickstart(sub)
     train, data_flags = _add_train(sub)
-    _add_cache_latents(sub, train, data_flags)
-    _add_browse_data(sub, train, data_flags)
-    _add_check_data(sub, train, data_flags)
+    _add_data_commands(sub, train, data_flags)
     _add_train_mask_decoder(sub)
     _add_predict(sub)
     _add_eval(sub)

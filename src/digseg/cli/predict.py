@@ -1,40 +1,21 @@
-"""The `digseg predict` run over many images: streamed, batched, atomic per image, resumable, shared between
-launched processes, and going on past files that cannot be read.
+"""The `digseg predict` run over many images (`run_predict`): streamed, batched, atomic per image, resumable,
+shared between launched processes, and going on past files that cannot be read.
 
-    result = run_predict(pipe, paths, out_dir, call_kwargs, settings, seed=0, batch_size=8, skip_existing=True)
-    sys.exit(result.exit_status)  # 0, or EXIT_SKIPPED when some files could not be read
-
-- **Streaming.** Images are decoded as they are processed (one is read ahead on a thread while the model
-  runs), never all up front, and at most `2 x batch_size` decoded images wait for a batch. The run keeps no
-  per-image results in memory: each finished image's record is appended to a records file
-  (`digseg.cli.predict_records`), and `summary.json` and the report are written at the end by reading the
-  records back one at a time. Memory stays flat over thousands of images.
-- **Outputs.** `outputs` (`--outputs`) chooses the files: per image any of labels, overlay, probabilities,
-  uncertainty, input (a copy), json (`<stem>_summary.json`); for the run, the HTML report. `summary.json`
-  is always written. `--outputs labels` over N images writes N label maps and a fixed number of other files.
-- **Batching.** Images whose processed size (`image_processing.padded_size`) is the same go to the pipeline
-  together, up to `batch_size` per call. When more than `2 x batch_size` images are waiting (many different
-  sizes), the size waiting longest goes out as a smaller batch.
-- **Seeds.** Image i (its place in `paths`, skipped and finished images included) draws its noise from its own
-  generator, `seeded_generator(seed, i)`, as `digseg eval` does: its result depends neither on the batch size,
-  nor on the other images, nor on the number of processes.
-- **Processes.** Under `accelerate launch` / `torchrun` with N processes, process r takes the images still to
-  do at places r, r + N, r + 2N, ... of the list (`digseg.distributed.shard`), each on its own device. The main
-  process writes `summary.json` and the report after every process has finished. The files are those a
-  single process writes.
-- **Skip and report.** A file `load_image` cannot read (missing, empty, not an image, truncated) is named in
-  one line on stderr and skipped; the run goes on. `summary.json` and the report list it, and
-  `exit_status` is EXIT_SKIPPED.
-- **Atomic per image.** An image's files are written into a staging folder, then moved into `<out>` with
-  `os.replace`; its record line is appended after that: an image is finished exactly when its record exists.
-  `summary.json` and the report are replaced atomically too.
-- **Resumable.** With `skip_existing`, an image whose record names the same source and whose files all exist is
-  not predicted again. A run with other settings in the same folder is an error (ConfigError, before any
-  work), not silently continued.
-- **One writer.** The main process holds `<out>/.digseg-predict.lock` (`digseg.run_lock`, PREDICT) for the
-  whole run: a second run into the same folder, while this one runs, stops with a DigsegError naming it, before
-  it reads or clears any record. `digseg predict` takes the lock before loading the model, and `run_predict` takes
-  it when this process does not hold it yet, so a caller of the Python function is protected too.
+- **Streaming.** Images are decoded as they are processed (READ_AHEAD on a thread), at most `2 x batch_size`
+  wait for a batch, and each finished image's record goes to a records file (`predict_records`), from which
+  `summary.json` and the report are written at the end: memory stays flat over thousands of images.
+- **Batching.** Images of the same processed size (`image_processing.padded_size`) go to the pipeline together
+  (`SizeBatcher`).
+- **Seeds.** Image i (its place in `paths`) draws its noise from `seeded_generator(seed, i)`, as `digseg eval`
+  does: its result depends neither on the batch size, nor on the other images, nor on the number of processes.
+- **Processes.** Under `accelerate launch` / `torchrun`, process r of N takes the images still to do at places
+  r, r + N, ... (`digseg.distributed.shard`); the main process writes `summary.json` and the report at the end.
+- **Skip and report.** A file `load_image` cannot read is named in one line on stderr and skipped; `summary.json`
+  and the report list it, and `exit_status` is EXIT_SKIPPED.
+- **Atomic and resumable.** An image's files are staged, then moved into `<out>` with `os.replace`, then its
+  record is appended: it is finished exactly when its record exists. With `skip_existing`, a finished image of
+  the same settings is not predicted again; other settings in the same folder are a ConfigError.
+- **One writer.** The main process holds the folder's lock (`digseg.run_lock`, PREDICT) for the whole run.
 """
 
 from __future__ import annotations
@@ -52,12 +33,12 @@ import torch
 
 from . import predict_records
 from ..data.io import load_image
-from ..devices import runtime_info
 from ..distributed import gather_objects, process_info, shard, sum_tensor, wait_for_everyone
 from ..errors import EXIT_SKIPPED, ConfigError, DataError
 from ..pipelines.image_processing import padded_size
 from ..pipelines.inputs import display_names, unique_stems
 from ..run_lock import PREDICT, main_process_holds
+from .loading import runtime_of
 from .predict_outputs import write_image_outputs
 from .predict_records import OUTPUTS, PER_IMAGE_OUTPUTS, RecordIndex, RecordWriter, open_atomically
 from .report import write_report
@@ -69,8 +50,7 @@ READ_AHEAD = 1  # images decoded on a thread while the model runs
 @dataclass
 class PredictResult:
     """What a run did (every process's): `images` finished (`written` now + `reused` from an earlier run);
-    `skipped`: {"name", "source", "reason"} per file that could not be read; where summary.json and index.html
-    are (report None when not asked for)."""
+    `skipped`: {"name", "source", "reason"} per file that could not be read; report: None when not asked for."""
 
     images: int
     written: int
@@ -150,13 +130,11 @@ def _read_ahead(paths: list[Path], indices: list[int]) -> Iterator[tuple[int, An
 def run_predict(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, settings: dict, seed: int = 0,
                 batch_size: int = 1, skip_existing: bool = False, show_progress: bool | None = None,
                 outputs: Sequence[str] = OUTPUTS) -> PredictResult:
-    """Predict every image of `paths` into `out_dir` (see the module docstring); write summary.json and, with
-    "report" in `outputs`, index.html. Under a launcher, every process calls this with the same arguments.
+    """Predict every image of `paths` into `out_dir`; write summary.json and, with "report" in `outputs`,
+    index.html. Under a launcher, every process calls this with the same arguments.
 
-    call_kwargs: the pipeline's arguments (prompt, classes, ensemble_size, num_inference_steps,
-    processing_resolution, ...), the same for every image; settings: what the run records (JSON values; the
-    outputs are added). show_progress: None shows the bar (with an ETA) only when stderr is a terminal.
-    DigsegError, before any work, when another run holds `out_dir` (its lock, `digseg.run_lock`).
+    call_kwargs: the pipeline's arguments, the same for every image; settings: what the run records (JSON values;
+    the outputs are added). show_progress: None shows the bar only when stderr is a terminal.
     """
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
@@ -172,8 +150,6 @@ def _run_locked(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
     from tqdm import tqdm
 
     rank, world = process_info()
-    # the lock created out_dir if it was missing, and removes it again if the run writes nothing there: a bad flag
-    # the pipeline finds leaves nothing
     kinds = [k for k in PER_IMAGE_OUTPUTS if k in outputs]
     settings = json.loads(json.dumps({**settings, "outputs": list(outputs)}))  # as stored: earlier runs compare equal
     names, stems = display_names(paths), unique_stems(paths)
@@ -246,7 +222,7 @@ def _run_locked(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
     if rank == 0:
         predict_records.clean_partial(out_dir)
         index = RecordIndex(out_dir)
-        runtime = pipe.runtime_info(world) if hasattr(pipe, "runtime_info") else runtime_info(pipe.device, pipe.dtype, world)
+        runtime = runtime_of(pipe, world)
         summary = write_run_summary(out_dir, index.records([stems[i] for i in done]), missed, runtime)
         if "report" in outputs:
             shown = dict(settings, runtime=f"{runtime['device']} ({runtime['device_name']}), {runtime['dtype']}, "

@@ -48,19 +48,6 @@ def class_fractions(labels: np.ndarray, class_names: list[str]) -> tuple[list[di
     return classes, round(float(total - counts.sum()) / total, 4)
 
 
-def save_input_copy(out_dir: Path, stem: str, source: Path, image: Image.Image) -> Path:
-    """The RGB pixels that were segmented (as displayed: EXIF orientation applied, no tag kept), as
-    `<stem>_input.jpg` (quality 92) for JPEG inputs and `<stem>_input.png` otherwise: browsers show it,
-    whatever the input format (TIFF, 16-bit, ...)."""
-    if source.suffix.lower() in (".jpg", ".jpeg"):
-        path = out_dir / f"{stem}_input.jpg"
-        image.save(path, quality=92)
-    else:
-        path = out_dir / f"{stem}_input.png"
-        image.save(path)
-    return path
-
-
 def write_image_outputs(out_dir: Path, stem: str, name: str, source: Path, image: Image.Image, labels: np.ndarray,
                         probabilities: np.ndarray, class_names: list[str], uncertainty: np.ndarray | None,
                         settings: dict, probability_class_ids: np.ndarray | None = None,
@@ -69,14 +56,16 @@ def write_image_outputs(out_dir: Path, stem: str, name: str, source: Path, image
     also written as `<stem>_summary.json` with the settings).
 
     image RGB, W x H; labels [H, W] int; probabilities [n, H, W] of the classes `probability_class_ids` [n]
-    (default: all K): one probability map each. The pipeline keeps the best classes of a large vocabulary
-    (most pixels, then highest peak; `DiGSegPipeline(max_probability_classes=16)`), so 847 class names give
-    16 maps, not 847. uncertainty [H, W] or None.
+    (default: all K; the pipeline keeps at most `max_probability_classes`); uncertainty [H, W] or None.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     files = save_prediction(out_dir, stem, np.asarray(image), labels, probabilities, class_names, uncertainty,
                             probability_class_ids, kinds)
-    copy = save_input_copy(out_dir, stem, source, image) if "input" in kinds else None
+    copy = None
+    if "input" in kinds:  # the RGB pixels segmented, as displayed: JPEG (quality 92) for JPEG inputs, else PNG
+        jpeg = source.suffix.lower() in (".jpg", ".jpeg")
+        copy = out_dir / f"{stem}_input.{'jpg' if jpeg else 'png'}"
+        image.save(copy, **({"quality": 92} if jpeg else {}))
     classes, unlabelled = class_fractions(labels, class_names)
     summary_path = out_dir / f"{stem}_summary.json" if "json" in kinds else None
     name_of = lambda path: path.name if path is not None else None  # noqa: E731

@@ -1,18 +1,13 @@
 """The files a `digseg predict` run can write (`OUTPUTS`, chosen with `--outputs`), and what the run keeps about
-itself in `<output>/.digseg-predict/`, whichever files it writes:
+itself in `<output>/.digseg-predict/` (docs/predict.md):
 
-    records-<rank>.jsonl   written by the process (rank) that made the images: first a line {"settings": ...}
-                           (the run's model, classes, E-Step, seed, outputs, ...), then one line per finished
-                           image, its record (`predict_outputs.write_image_outputs`), appended after its files
-                           are in place. A line is the mark that the image is finished; a line cut short by a
-                           kill is ignored. `--skip-existing` continues a run only when the settings are the same
+    records-<rank>.jsonl   per process: a line {"settings": ...}, then one line per finished image, its record
+                           (`predict_outputs.write_image_outputs`), appended once its files are in place; a line
+                           cut short by a kill is ignored
     partial/<stem>/        an image's files while they are written, moved into the output folder when complete
 
-Nothing is created before the first image is finished, so a run stopped by a bad flag leaves no folder.
-
-One record file per process: processes never write the same file, and a run continued with another process
-count reads every file. summary.json and the report are written from the records (`RecordIndex`) one image at
-a time, in input order: memory holds one file offset per image, not the records.
+summary.json and the report are written from the records (`RecordIndex`) one image at a time, in input order:
+memory holds one file offset per image, not the records.
 """
 
 from __future__ import annotations
@@ -25,7 +20,7 @@ from typing import Iterator, TextIO
 
 from ..errors import ConfigError
 
-# what `digseg predict --outputs` can write: per image, then the run's HTML report (summary.json is always written)
+# per image, then the run's HTML report (summary.json is always written)
 PER_IMAGE_OUTPUTS = ("labels", "overlay", "probabilities", "uncertainty", "input", "json")
 OUTPUTS = (*PER_IMAGE_OUTPUTS, "report")
 
@@ -41,17 +36,14 @@ def parse_outputs(text: str) -> tuple[str, ...]:
                           f"{', '.join(OUTPUTS)} or all (comma-separated)")
     return tuple(k for k in OUTPUTS if k in kinds)
 
-STATE_DIR = ".digseg-predict"
-PARTIAL_DIR = "partial"
-
 
 def state_dir(out_dir: Path) -> Path:
-    return Path(out_dir) / STATE_DIR
+    return Path(out_dir) / ".digseg-predict"
 
 
 def partial_dir(out_dir: Path) -> Path:
     """Where images are written before they are moved into `out_dir`."""
-    return state_dir(out_dir) / PARTIAL_DIR
+    return state_dir(out_dir) / "partial"
 
 
 def records_path(out_dir: Path, rank: int) -> Path:
@@ -68,8 +60,7 @@ def _settings_of(path: Path) -> dict | None:
 
 
 def check_same_settings(out_dir: Path, settings: dict) -> None:
-    """For --skip-existing: ConfigError when `out_dir` holds a run with other settings (naming them), since its
-    images are not this run's. A folder without a run (new, or none finished yet) passes."""
+    """For --skip-existing: ConfigError naming the settings that differ when `out_dir` holds another run's images."""
     for path in sorted(state_dir(out_dir).glob("records-*.jsonl")):
         earlier = _settings_of(path)
         if earlier is not None and earlier != settings:
@@ -185,8 +176,7 @@ def listed_files(record: dict) -> list[str]:
 @contextlib.contextmanager
 def open_atomically(path: Path) -> Iterator[TextIO]:
     """A text file to write `path` through: a temporary file beside it, moved over `path` with `os.replace`
-    when the block ends without error (removed otherwise). Readers see the old file or the new one, never half
-    of one: an interrupted run leaves the previous summary.json / index.html intact."""
+    when the block ends without error (removed otherwise): readers never see half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as f:

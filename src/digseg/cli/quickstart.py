@@ -1,12 +1,6 @@
-"""`digseg quickstart`: the whole method end to end on a CPU in minutes, on built-in synthetic scenes.
-
-1. Build a tiny Stable-Diffusion-layout backbone (random U-Net and CLIP text encoder, offline tokenizer)
-   and train its VAE to reconstruct scenes and rendered masks: no weights can be downloaded here.
-2. Train DiGSeg (binary prompts and palette, alternating) on 2,000 synthetic scenes.
-3. Evaluate on held-out scenes (a different seed) at the E-Step settings 1x1, 1x2, 4x2.
-4. Save the model folder, overlays and metrics.json.
-
-Every figure it prints is a tiny model on synthetic data, not the paper's accuracy.
+"""`digseg quickstart`: the whole method end to end on a CPU in minutes, on built-in synthetic scenes: a tiny
+random Stable-Diffusion-layout backbone (its VAE trained on scenes and masks), DiGSeg trained on it, evaluated on
+held-out scenes, with overlays. Every figure it prints is a tiny model on synthetic data, not the paper's accuracy.
 """
 
 from __future__ import annotations
@@ -55,14 +49,15 @@ def _save_overlays(pipe: DiGSegPipeline, dataset: SyntheticScenes, out_dir: Path
             overlay(image, np.zeros_like(label), k), overlay(image, label, k), overlay(image, pred, k)
         ).resize((3 * 192, 192), 0).save(out_dir / f"scene_{i:03d}_palette.png")
         shape = dataset.class_names[1 + i % (k - 1)]
-        binary = pipe(rgb, prompt=shape, generator=torch.Generator().manual_seed(seed), show_progress_bar=False).labels[0]
+        binary = pipe(rgb, prompt=shape, generator=torch.Generator().manual_seed(seed),
+                      show_progress_bar=False).labels[0]
         side_by_side(overlay(image, np.zeros_like(label), 2), overlay(image, binary, 2)).resize(
             (2 * 192, 192), 0).save(out_dir / f"scene_{i:03d}_{shape}.png")
 
 
-def run_quickstart(output: str | Path, settings: QuickstartSettings | None = None, show_progress: bool = True,
-                   device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> dict:
-    """Steps 1-4 of the module docstring into `output`; training runs on accelerate's device, the evaluation and
+def run_quickstart(output: str | Path, settings: QuickstartSettings | None = None, device: torch.device | str = "cpu",
+                   dtype: torch.dtype = torch.float32) -> dict:
+    """Train, evaluate and write overlays into `output`; training runs on accelerate's device, the evaluation and
     overlays on `device` in `dtype` (`digseg.devices`), and metrics.json records where ("runtime")."""
     from ..devices import runtime_info
 
@@ -70,16 +65,16 @@ def run_quickstart(output: str | Path, settings: QuickstartSettings | None = Non
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    names = list(SYNTHETIC_CLASSES)
     train_set = SyntheticScenes(s.num_train_scenes, seed=s.seed)
     eval_set = SyntheticScenes(s.num_eval_scenes, seed=s.seed + 1)  # held out: another seed
 
     print(f"[1/4] tiny backbone + VAE training ({s.vae_steps} steps)", flush=True)
     torch.manual_seed(s.seed)
     vae = tiny_vae(seed=s.seed)
-    vae_report = train_tiny_vae(vae, train_set, len(names), steps=s.vae_steps, seed=s.seed, show_progress=show_progress)
+    vae_report = train_tiny_vae(vae, train_set, len(SYNTHETIC_CLASSES), steps=s.vae_steps, seed=s.seed)
     backbone = save_tiny_backbone(out / "backbone", seed=s.seed, vae=vae)
-    print(f"      VAE reconstruction L1: masks {vae_report['mask_l1']:.3f}, images {vae_report['image_l1']:.3f}", flush=True)
+    print(f"      VAE reconstruction L1: masks {vae_report['mask_l1']:.3f}, images {vae_report['image_l1']:.3f}",
+          flush=True)
 
     print(f"[2/4] DiGSeg training ({s.train_steps} steps, binary prompts + palette)", flush=True)
     config = TrainConfig(
@@ -91,7 +86,7 @@ def run_quickstart(output: str | Path, settings: QuickstartSettings | None = Non
                           lr_warmup_steps=50),
         run=RunConfig(output_dir=str(out / "model"), checkpoint_every=s.train_steps, keep_checkpoints=1, seed=s.seed),
     )
-    pipe = build_run(config, dataset=train_set, show_progress=show_progress).train().to(device, dtype)
+    pipe = build_run(config, dataset=train_set).train().to(device, dtype)
     train_done = time.perf_counter()
 
     print(f"[3/4] evaluation on {s.num_eval_scenes} held-out scenes", flush=True)
@@ -104,13 +99,10 @@ def run_quickstart(output: str | Path, settings: QuickstartSettings | None = Non
     print("[4/4] overlays", flush=True)
     _save_overlays(pipe, eval_set, out / "overlays", s.num_overlays, s.seed)
     wall = time.perf_counter() - started
-    metrics["about"] = (
-        "tiny random-initialised backbone trained from scratch on synthetic scenes (CPU); "
-        "not comparable with the paper's figures"
-    )
-    metrics["runtime"] = runtime_info(pipe.device, pipe.dtype)
-    metrics["wall_time_s"] = round(wall, 1)
-    metrics["train_time_s"] = round(train_done - started, 1)
+    metrics.update(about="tiny random-initialised backbone trained from scratch on synthetic scenes (CPU); "
+                         "not comparable with the paper's figures",
+                   runtime=runtime_info(pipe.device, pipe.dtype), wall_time_s=round(wall, 1),
+                   train_time_s=round(train_done - started, 1))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
     rows = []

@@ -1,19 +1,10 @@
-"""The report of a `digseg predict` run: static, self-contained HTML pages.
+"""The report of a `digseg predict` run: static, self-contained HTML pages (inline CSS and JS, no external URLs) of
+REPORT_PAGE_SIZE panels each, `index.html` first, then `index-2.html`, ...
 
-Pages of REPORT_PAGE_SIZE panels, `index.html` first, then `index-2.html`, `index-3.html`, ...; inline CSS and
-JS, no external URLs. Every page has the title with the total count, the settings and, when there is more than
-one page, a navigation bar above and below the panels (previous / next, links to the first, last and nearby
-pages, "page k of n", the range of images shown). Files that could not be read are listed on page 1, each with
-the reason (they could be many, and would make every page larger); later pages link to it.
-
-Per image: the input with the colour overlay on top, clipped by a vertical divider the reader drags (or
-moves with the range input under the image); the legend with each class's share of the pixels; links to the
-label map, the overlay with legend, the per-image JSON, the per-class probability maps and the uncertainty
-map. Any of those files may be missing: the panel shows what there is (the label map stands in for a missing
-overlay; a single picture is shown plain) and leaves out the links and sections it has nothing for. Images
-are referenced by paths relative to the pages, so the output folder can be moved or zipped as a whole.
-
-All text (file names, class names, settings) is HTML-escaped, and file names in links are URL-quoted.
+Per image: the input with the colour overlay on top, clipped by a divider the reader drags; the legend with
+each class's share of the pixels; links to the image's other files. Any of those files may be missing: the
+panel shows what there is. Files are referenced relative to the pages (the folder can be moved as a whole);
+all text is HTML-escaped, and file names in links are URL-quoted.
 """
 
 from __future__ import annotations
@@ -126,13 +117,10 @@ def _colour(value: str) -> str:
 
 
 def _settings_block(settings: dict) -> str:
-    rows = []
-    for key, value in settings.items():
-        if value is None:
-            continue
-        shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-        rows.append(f"<dt>{_esc(key)}</dt><dd>{_esc(shown)}</dd>")
-    return f'<dl class="settings">{"".join(rows)}</dl>' if rows else ""
+    shown = {key: value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+             for key, value in settings.items() if value is not None}
+    rows = "".join(f"<dt>{_esc(key)}</dt><dd>{_esc(value)}</dd>" for key, value in shown.items())
+    return f'<dl class="settings">{rows}</dl>' if rows else ""
 
 
 def _legend(entry: dict) -> str:
@@ -199,8 +187,8 @@ def _compare(input_file: str, prediction: str, alt: str, name: str, w: int, h: i
 
 
 def _view(files: dict, name: str, w: int, h: int, small: str) -> str:
-    """The panel's main picture. The prediction is the overlay, else the label map; with an input copy too, the
-    two are compared under a divider. Otherwise whichever picture exists is shown plain, or a note when none does."""
+    """The panel's main picture: the prediction (the overlay, else the label map) compared with the input copy
+    under a divider; else whichever of them exists, plain; else a note."""
     prediction = files.get("overlay") or files.get("label")
     alt = f"prediction for {name}" if files.get("overlay") else f"label map for {name}"
     if prediction and files.get("input"):
@@ -218,7 +206,8 @@ def _figure(index: int, entry: dict) -> str:
     name = _esc(entry["name"])
     small = " small" if max(w, h) < 256 else ""
     links = " ".join(f'<a href="{_url(files[key])}">{text}</a>' for key, text in
-                     [("label", "label map"), ("overlay_legend", "overlay with legend"), ("summary", "JSON")] if files.get(key))
+                     [("label", "label map"), ("overlay_legend", "overlay with legend"), ("summary", "JSON")]
+                     if files.get(key))
     return f"""
 <figure class="entry" id="image-{index}">
   <figcaption><h2 class="file-name">{name}</h2><span class="size">{w} &times; {h} px</span></figcaption>
@@ -236,7 +225,8 @@ def _figure(index: int, entry: dict) -> str:
 def _skipped_block(skipped: list[dict]) -> str:
     if not skipped:
         return ""
-    items = "".join(f'<li><span class="skipped-name">{_esc(e["name"])}</span>: {_esc(e["reason"])}</li>' for e in skipped)
+    items = "".join(f'<li><span class="skipped-name">{_esc(e["name"])}</span>: {_esc(e["reason"])}</li>'
+                    for e in skipped)
     return (f'<section class="skipped"><h2>Skipped: {len(skipped)} file{"s" if len(skipped) != 1 else ""} '
             f'that could not be read</h2><ul>{items}</ul></section>')
 
@@ -251,19 +241,14 @@ def _page_link(page: int, text: str, attributes: str = "") -> str:
     return f'<a href="{page_file_name(page)}"{attributes}>{text}</a>'
 
 
-def _linked_pages(page: int, pages: int) -> list[int]:
-    """The pages the navigation links directly: the first, the last and PAGE_NEIGHBOURS either side of `page`."""
-    near = range(max(1, page - PAGE_NEIGHBOURS), min(pages, page + PAGE_NEIGHBOURS) + 1)
-    return sorted({1, pages, *near})
-
-
 def _navigation(page: int, pages: int, page_size: int, total: int) -> str:
-    """The bar above and below a page's panels: previous / next, direct page links (a gap between two shown as
-    an ellipsis), "page k of n" and the images shown. "" for a report of one page."""
+    """The bar above and below a page's panels: previous / next, links to the first, the last and PAGE_NEIGHBOURS
+    pages either side (a gap shown as an ellipsis), "page k of n" and the images shown. "" for a single page."""
     if pages == 1:
         return ""
+    near = range(max(1, page - PAGE_NEIGHBOURS), min(pages, page + PAGE_NEIGHBOURS) + 1)
     links, last_linked = [], 0
-    for k in _linked_pages(page, pages):
+    for k in sorted({1, pages, *near}):
         if k > last_linked + 1:
             links.append('<span class="gap">&hellip;</span>')
         links.append(f'<span class="current" aria-current="page">{k}</span>' if k == page else _page_link(k, str(k)))
@@ -279,9 +264,9 @@ def _navigation(page: int, pages: int, page_size: int, total: int) -> str:
             f'<span class="range">images {first:,}-{last:,} of {total:,}</span></nav>')
 
 
-def _page_head(title: str, count: str, page: int, pages: int, settings: dict, skipped: list[dict]) -> str:
-    """The page up to its first panel: title, settings, the hint and (page 1 only) the skipped files; later pages
-    point to page 1 for those."""
+def _page_head(count: str, page: int, pages: int, settings: dict, skipped: list[dict]) -> str:
+    """The page up to its first panel: title, settings, the hint and the skipped files (later pages: a link to
+    page 1 for those)."""
     on_page = f" (page {page} of {pages})" if pages > 1 else ""
     if page == 1:
         skipped_block = _skipped_block(skipped)
@@ -293,12 +278,12 @@ def _page_head(title: str, count: str, page: int, pages: int, settings: dict, sk
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{_esc(title)}: {count}{on_page}</title>
+<title>digseg predict: {count}{on_page}</title>
 <style>{_CSS}</style>
 </head>
 <body>
 <header>
-  <h1>{_esc(title)}: {count}</h1>
+  <h1>digseg predict: {count}</h1>
   {_settings_block(settings)}
   <p class="hint">Drag across an image, or move the slider under it: the prediction is left of the divider,
   the input right of it. Percentages are shares of all pixels.</p>
@@ -327,26 +312,15 @@ def _write_page(path: Path, head: str, navigation: str, panels: Iterator[tuple[i
 """)
 
 
-def _remove_pages_after(out_dir: Path, pages: int) -> None:
-    """Delete the report pages numbered above `pages` that an earlier, larger run left in `out_dir`."""
-    for path in out_dir.glob("index-*.html"):
-        match = _PAGE_FILE.fullmatch(path.name)
-        if match and int(match.group(1)) > pages:
-            path.unlink(missing_ok=True)
-
-
-def write_report(out_dir: Path, entries: Iterable[dict], settings: dict | None = None, title: str = "digseg predict",
+def write_report(out_dir: Path, entries: Iterable[dict], settings: dict | None = None,
                  skipped: list[dict] | None = None, num_entries: int | None = None,
                  page_size: int = REPORT_PAGE_SIZE) -> Path:
-    """Write the report for `entries` (the per-image summaries of `predict_outputs`, whose file names are
-    relative to `out_dir`) in pages of `page_size` panels, `<out_dir>/index.html` first, then `index-2.html`,
-    ...; return the path of `index.html`. `settings` are listed at the top of every page; the `skipped` files
-    ({"name", "reason"} each), if any, on page 1.
+    """Write the report for `entries` (the per-image records of `predict_outputs`) in pages of `page_size` panels
+    -> the path of `index.html`. `settings` are listed at the top of every page; the `skipped` files ({"name",
+    "reason"} each) on page 1.
 
-    `entries` may be an iterator (pass `num_entries` then, which fixes the number of pages): each panel is
-    written to its page as it comes, so a report over many thousands of images is never held in memory. Each
-    page replaces an earlier one atomically; pages of an earlier, larger report are removed. With no entries
-    there is one page, `index.html`."""
+    `entries` may be an iterator (pass `num_entries` then): each panel is written as it comes, so a report over
+    many thousands of images is never held in memory. Each page replaces an earlier one atomically."""
     if page_size < 1:
         raise ValueError(f"page_size must be at least 1, not {page_size}")
     out_dir = Path(out_dir)
@@ -356,11 +330,14 @@ def write_report(out_dir: Path, entries: Iterable[dict], settings: dict | None =
     pages = max(1, -(-total // page_size))
     panels = enumerate(entries)
     for page in range(1, pages + 1):
-        head = _page_head(title, count, page, pages, settings or {}, skipped)
+        head = _page_head(count, page, pages, settings or {}, skipped)
         on_page = min(page_size, total - (page - 1) * page_size)
         _write_page(out_dir / page_file_name(page), head, _navigation(page, pages, page_size, total),
                     islice(panels, on_page), on_page)
     if next(panels, None) is not None:
         raise ValueError(f"entries has more than num_entries={total} items")
-    _remove_pages_after(out_dir, pages)
+    for path in out_dir.glob("index-*.html"):  # the pages of an earlier, larger report
+        match = _PAGE_FILE.fullmatch(path.name)
+        if match and int(match.group(1)) > pages:
+            path.unlink(missing_ok=True)
     return out_dir / page_file_name(1)
