@@ -47,7 +47,8 @@ def exported(tiny_backbone, tmp_path_factory):
             param.add_(torch.randn_like(param) * 0.3)
     pipe.set_progress_bar_config(disable=True)
     folder = export_pipeline(pipe, root / "diffusion-onnx")
-    int8 = quantize_folder(folder, root / "diffusion-int8")
+    int8 = root / "diffusion-int8"  # `digseg export` on an fp32 export quantizes it, exporting nothing again
+    assert main(["export", "--model", str(folder), "--output", str(int8), "--quantize", "int8"]) == 0
 
     one = DiGSegPipeline.from_backbone(tiny_backbone, class_names=list(SYNTHETIC_CLASSES), prediction_type="sample")
     one.register_to_config(objective="one-step", one_step_decoder="light")
@@ -193,6 +194,10 @@ def test_refusals_are_one_line(exported, tmp_path, capsys):
         OnnxDiGSegPipeline.from_pretrained(folder, provider="nonsense")
     with pytest.raises(DigsegError, match="not empty"):
         export_pipeline(pipe, folder)
+    with pytest.raises(DigsegError, match="is not an fp32 export"):
+        quantize_folder(exported["int8"], tmp_path / "twice")
+    assert main(["export", "--model", str(folder), "--output", str(tmp_path / "y")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --model {folder} is already exported; --quantize int8 quantizes it"
     if not torch.cuda.is_available():
         assert main(["export", "--model", "unused", "--output", str(tmp_path / "x"), "--dtype", "fp16"]) == 2
         assert "fp16 needs a CUDA GPU" in capsys.readouterr().err

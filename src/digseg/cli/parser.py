@@ -275,7 +275,8 @@ def _add_demo(sub) -> None:
 def _add_export(sub) -> None:
     x = sub.add_parser("export",
                        help="write a model as ONNX graphs and a manifest, to run on onnxruntime (docs/export.md)")
-    x.add_argument("--model", required=True, help="a DiGSeg model folder to export")
+    x.add_argument("--model", required=True,
+                   help="a DiGSeg model folder to export, or an fp32 exported folder to quantize (--quantize int8)")
     x.add_argument("--output", required=True, help="the new folder: *.onnx graphs and manifest.json")
     x.add_argument("--dtype", default="fp32", choices=DTYPE_CHOICES,
                    help="the model's precision (default fp32, as auto; fp16 is exported on a CUDA GPU only; "
