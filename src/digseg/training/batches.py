@@ -1,17 +1,13 @@
 """Deterministic training batches: which samples, which query, and the frozen VAE's latents.
 
-Everything random about micro-step m is drawn from generators seeded by the run's seed and m: the sample
-order from (seed, epoch), and each sample's query (binary-or-palette, which class), noise and timestep from
-its own generator seeded by (seed, m, slot), where slot is the sample's place in the global batch. So:
-- a run resumed at step m continues the exact trajectory of an uninterrupted run, with no RNG state to save;
-- N processes with batch B each draw exactly what one process with batch N*B draws (process i takes slots
-  i*B .. i*B+B-1), so the trajectory does not depend on how the global batch is split.
+Everything random about micro-step m is drawn from generators seeded by the run's seed and m: the sample order
+from (seed, epoch), and each sample's query, noise and timestep from its own generator seeded by (seed, m, slot),
+slot being the sample's place in the global batch. So a resumed run continues the exact trajectory with no RNG
+state saved, and N processes with batch B draw exactly what one process with batch N*B draws.
 
-Queries: `palette` renders all classes with the model's palette and is conditioned on the class list
-(", ".join(class_names)); `binary` picks one class (present, or with `negative_prob` an absent one whose
-target is an empty mask) and is conditioned on `prompt_template.format(name)`, with one of the class's
-comma-separated synonyms drawn at random. Classes named
-"background" are never queried on their own.
+Queries: `palette` renders all classes and is conditioned on the class list; `binary` picks one class (present, or
+with `negative_prob` an absent one, whose target is an empty mask) and is conditioned on
+`prompt_template.format(name)` with one of its comma-separated synonyms. "background" classes are never queried.
 """
 
 from __future__ import annotations

@@ -32,11 +32,6 @@ def begin_lora(unet: nn.Module, optim: OptimConfig, seed: int) -> None:
     unet.conv_in.requires_grad_(True)
 
 
-def trainable_names(unet: nn.Module) -> list[str]:
-    """The names of `unet`'s parameters that require gradients (its state-dict keys)."""
-    return [name for name, p in unet.named_parameters() if p.requires_grad]
-
-
 def load_unet_weights(unet: nn.Module, weights: dict[str, torch.Tensor], keys: list[str] | None) -> None:
     """A checkpoint's U-Net weights into `unet`: the whole state dict (`keys` None), or exactly the trainable
     tensors `keys` of a LoRA run (RuntimeError naming the first one that does not fit, as load_state_dict's)."""

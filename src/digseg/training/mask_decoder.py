@@ -1,17 +1,10 @@
 """Training a `LightMaskDecoder` (`digseg train-mask-decoder`): from the frozen VAE's mask latents to the mask.
 
-The U-Net is trained to produce the VAE's latents of rendered masks, so the light decoder learns to invert
-exactly those: for every sample, the latents of its palette rendering and of each present class's binary
-mask (and the empty mask), as `digseg cache-latents` stores them. A latent cache built for the same VAE and
-resolution is read instead of running the VAE. The loss is the mean squared error over labelled pixels
-against a target that is either
-- `target="mask"` (default): the rendered mask itself, or
-- `target="vae"`: the frozen VAE decoder's output for the same (noised) latent, so the light decoder learns to
-  reproduce the VAE's reading, also off the encoder's latents. This runs the VAE decoder every step.
-
-Generated latents are not exactly encoder latents, so each training latent gets Gaussian noise of a standard
-deviation drawn uniformly from [0, latent_noise] (per sample). Whether the result keeps accuracy is checked
-on a trained model by `benchmarks/bench_mask_decoder.py`.
+The decoder learns to invert the latents the U-Net is trained to produce: for every sample, those of its palette
+rendering and of each present class's binary mask (and the empty mask), read from a latent cache built for the same
+VAE and resolution, else encoded. The loss is the MSE over labelled pixels against `target="mask"`, the rendered
+mask, or `target="vae"`, the frozen VAE decoder's output for the same latent. Generated latents are not exactly
+encoder latents, so each training latent gets Gaussian noise of a std drawn uniformly from [0, latent_noise].
 """
 
 from __future__ import annotations

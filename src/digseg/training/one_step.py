@@ -1,20 +1,12 @@
-"""The one-step objective: one deterministic U-Net pass, decoded, trained with a task loss on the labels.
+"""The one-step objective (`model.objective: one-step`): one deterministic U-Net pass, decoded, trained with a task
+loss on the labels, as E2E-FT and Lotus do for depth and normals (docs/training.md).
 
-The paper's diffusion objective regresses the scheduler's target at random timesteps, and inference then
-trades accuracy for speed through the E-Step (ensemble x steps). E2E-FT (Garcia et al., "Fine-Tuning
-Image-Conditional Diffusion Models is Easier than You Think") and Lotus showed for depth and normals that
-fixing the timestep at T-1, feeding a deterministic input instead of noise, and training the single-step x0
-prediction end to end with a loss in the task's own space gives one pass that matches multi-step ensembles.
-
-Here (`model.objective: one-step`, `--cfg-options model.objective=one-step`):
-1. `DiGSegPipeline.one_step_latents`: the U-Net sees the image latent and zeros at t = T-1 and predicts the
-   mask latent z0 (read as x0 whatever the prediction type);
-2. the mask decoder the run names (the light decoder or the frozen VAE decoder; frozen either way) turns z0
-   into a mask image, and `MaskCodec.logits` into per-class scores: palette queries over the K classes,
-   binary queries over (not the class, the class), the same reading inference uses;
-3. the loss is their cross-entropy with the query's labels (for binary queries this is BCE on the
-   foreground logit), ignore pixels masked out, averaged per sample and then over samples (as
-   `diffusion_loss`, so that N processes' mean equals their concatenated batch's loss).
+1. `DiGSegPipeline.one_step_latents`: the U-Net sees the image latent and zeros at t = T-1 and predicts the mask
+   latent z0;
+2. the run's mask decoder (light or VAE, frozen) turns z0 into a mask image, and `MaskCodec.logits` into class
+   scores (palette: K classes; binary: not the class, the class), as inference reads them;
+3. the loss is their cross-entropy with the query's labels, ignore pixels masked out, averaged per sample and then
+   over samples (as `diffusion_loss`, so that N processes' mean equals their concatenated batch's loss).
 """
 
 from __future__ import annotations

@@ -1,31 +1,15 @@
-"""Sharded training (`run.sharding: fsdp`): FSDP2 over the trainable modules and
-their sharded checkpoints, one code path on every backend (CUDA with NCCL, CPU with gloo).
+"""Sharded training (`run.sharding: fsdp`, docs/distributed.md): FSDP2 over the trainable modules and their
+sharded checkpoints, one code path on every backend (CUDA with NCCL, CPU with gloo).
 
-Sharding. `torch.distributed.fsdp.fully_shard`, over one mesh of all processes, wraps each part of each U-Net block
-(every resnet, attention and down/upsampler of `down_blocks.i`, `mid_block`, `up_blocks.j`), then the U-Net itself
-(its remaining weights: conv_in, conv_out, time embedding, norms), then the text pathway. Each of N processes keeps a
-1/N chunk (along dim 0) of every trainable weight, of its gradient and of its AdamW moments. A part's whole weights
-exist only while it runs: they are all-gathered before its forward and again before its backward, and its gradients
-are reduce-scattered (averaged over processes) after. Parts, not whole blocks, are the unit so that what is whole at
-once stays small: SD2's largest block (up_blocks.1) has 260 M parameters, its largest part 49 M. The frozen VAE and text encoder stay whole on every process: they have neither gradients
-nor optimizer state. One process alone runs the same code over a process group of one.
+`fully_shard` wraps each part of each U-Net block (every resnet, attention and sampler: SD2's largest block has
+260 M parameters, its largest part 49 M, so what is whole at once stays small), then the U-Net, then the text
+pathway; each of N processes keeps a 1/N chunk of every trainable weight, gradient and AdamW moment. The frozen VAE
+and text encoder stay whole. digseg applies FSDP2 itself because accelerate applies it only on GPU-class devices
+and to one model (a DiGSeg run trains two); accelerate's own FSDP and DeepSpeed modes are refused.
 
-accelerate still launches the processes, picks the device, runs mixed precision (autocast), the gradient
-accumulation bookkeeping and the trackers. digseg applies FSDP2 itself because accelerate 1.16 applies it only on
-GPU-class devices: with `--cpu` (or no GPU) it selects DDP instead, so no CPU test could run its path; and its
-FSDP2 `prepare` takes one model, while a DiGSeg run trains two (the U-Net and the text pathway). accelerate's own
-FSDP and DeepSpeed modes are therefore refused (`check_sharding`).
-
-EMA. With `optim.use_ema` each process keeps the EMA of its own shards (one plain tensor per local shard). The EMA
-is elementwise, so these are exactly the shards of the whole EMA, and a whole copy would cost every process the
-memory that sharding saves. It is gathered once, into the saved model (`whole_modules`).
-
-Checkpoints. `dcp.save` through `HuggingFaceStorageWriter(save_distributed=True)`: every process writes its shards of
-the weights (`model.<name>`), the AdamW moments (`optim.<name>.<key>`) and the EMA (`ema.<name>`) into one
-safetensors file in the checkpoint's `shards/` folder; the file's JSON header records each shard's offsets in the
-whole tensor. `HuggingFaceStorageReader` reads them back with safetensors and JSON only. DCP's default format is not
-used: its `.metadata` file is a pickle, read back with `pickle.load`, and checkpoints never unpickle. Loading
-reshards, so a run may resume with another number of processes.
+With `optim.use_ema` each process keeps the EMA of its own shards (the EMA is elementwise), gathered once into the
+saved model. Checkpoints: `dcp.save` through `HuggingFaceStorageWriter` writes one safetensors file per process
+into the checkpoint's `shards/` (DCP's default format keeps a pickle); loading reshards to any process count.
 """
 
 from __future__ import annotations
@@ -40,8 +24,7 @@ from torch import nn
 
 from ..errors import ConfigError, DigsegError
 
-# torch.distributed's FSDP2 and checkpoint APIs used below are imported where used: they need torch >= 2.9
-# (`check_sharding` says so in one line), and an unsharded run must not depend on them
+# FSDP2 and DCP are imported where used: they need torch >= 2.9 (`check_sharding` says so), unsharded runs do not
 
 UNET_BLOCKS = ("down_blocks", "mid_block", "up_blocks")  # each part of these blocks is one FSDP unit
 _BACKENDS = {"cpu": "gloo", "cuda": "cpu:gloo,cuda:nccl"}  # a process group of one, for an unlaunched process
@@ -117,9 +100,8 @@ class ShardedState:
 
     def __init__(self, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
                  ema=None) -> None:
-        """`modules`: the sharded modules by name ("unet", "text_pathway"), whose parameters in this order are
-        `params`; `optimizer`: the torch optimizer over them (not accelerate's wrapper); `ema`: diffusers' EMAModel
-        over `local_shards(params)`, or None."""
+        """`modules`: the sharded modules by name, whose parameters in this order are `params`; `optimizer`: the
+        torch optimizer over them (not accelerate's wrapper); `ema`: EMAModel over `local_shards(params)`, or None."""
         self.container = nn.ModuleDict(modules)  # parameter names "unet.<name>", "text_pathway.<name>"
         self.optimizer = optimizer
         self.params = params

@@ -1,32 +1,17 @@
-"""Training logs: `log.jsonl` always, experiment trackers through accelerate's, and sample predictions.
+"""Training logs: `log.jsonl` always (main process only), experiment trackers through accelerate's
+(`run.log_with`, docs/training.md), and sample predictions.
 
-`run.log_with` names the trackers (`tracker_names`): tensorboard (the default), any other tracker accelerate
-supports (wandb, mlflow, comet_ml, aim, clearml, dvclive, swanlab, trackio, or one registered with
-`accelerate.tracking.register_tracker_class`), several comma-separated, "all" (every one installed) or "none".
-Each gets the same scalars; sample predictions go to those that take images (`log_image`). Each tracker is set up
-as its library says (W&B: `wandb login` or WANDB_MODE=offline; MLflow: MLFLOW_TRACKING_URI; ...); those that
-write files locally (TensorBoard, Aim) write under `<output_dir>/logs`.
-
-TensorBoard (`<output_dir>/logs/digseg/`, `tensorboard --logdir <output_dir>/logs`) gets
-  train/loss, train/lr                  every `log_every` steps (the loss averaged over those steps); on CUDA
-                                        log.jsonl's line also holds memory_mib and memory_reserved_mib, the peak
-                                        GPU memory so far (devices.peak_memory_mib)
-  val/<score>                           every `eval_every` steps: the validation scores (training/validation.py)
-  samples/prediction                    every `sample_every` steps: for a fixed batch of images (the first
-                                        `num_sample_images` of the validation split; training images if there
-                                        is none), rows of input | ground truth | prediction (1x1, the model's
-                                        own classes)
-Only the main process writes. Without the `tensorboard` package, log.jsonl is still written and one warning
-says how to get TensorBoard; any other tracker named but not installed is a ConfigError saying what to install.
-A resume that changes the config writes a note line into log.jsonl, {"step", "config_change": {"section.field":
-[old, new]}, "trajectory": "kept" | "changed"} (resume_check.py). Notes of bad data and divergence
-(digseg.data.check, divergence.py): {"step", "bad_samples": [{"name", "problem"}]} when a run trains without bad
-samples, {"step", "bad_sample": problem} for one gone bad mid-run, {"step", "skipped_step": why, "skipped_steps": n}.
+log.jsonl lines: {"step", "loss", "lr"} every `log_every` steps (the loss averaged over them; on CUDA also
+memory_mib and memory_reserved_mib, the peak GPU memory so far), {"step", "val/<score>", ...} (validation.py), and
+notes: {"step", "config_change": {"section.field": [old, new]}, "trajectory"} (resume_check.py), {"step",
+"bad_samples": [{"name", "problem"}]}, {"step", "bad_sample": problem}, {"step", "skipped_step", "skipped_steps"}.
+The trackers get train/loss, train/lr and val/<score> as scalars, and every `sample_every` steps, to those that take
+images, "samples/prediction": rows of input | ground truth | prediction (1x1) for a fixed batch of images.
 """
 
 from __future__ import annotations
 
-import importlib.util
+from importlib.util import find_spec
 import json
 import logging
 from pathlib import Path
@@ -44,14 +29,6 @@ from ..errors import ConfigError, DigsegError, first_line
 from ..pipelines.visualize import overlay, side_by_side
 
 logger = logging.getLogger("digseg.train")
-
-
-DEFAULT_TRACKER = "tensorboard"  # run.log_with's default (config.py), installed with digseg
-
-
-def tensorboard_available() -> bool:
-    """torch's SummaryWriter (accelerate's TensorBoard tracker) needs the `tensorboard` package."""
-    return importlib.util.find_spec("tensorboard") is not None
 
 
 def tracker_names(log_with: str | list[str]) -> list[str]:
@@ -78,18 +55,15 @@ def _installed(name: str) -> bool:
 
 
 def _hparams(config: dict[str, Any]) -> dict[str, Any]:
-    """The config's scalar entries as "section.key" (what TensorBoard's hparams accept); lists are joined."""
+    """The config's entries as "section.key" scalars (what TensorBoard's hparams accept); lists are joined."""
     out = {}
-    flat = {f"{section}.{key}": value for section, keys in config.items() for key, value in keys.items()}
-    for key, value in flat.items():
-        if isinstance(value, dict):
-            value = str(value)
-        if isinstance(value, (list, tuple)):
-            value = ", ".join(map(str, value))[:500]
-        if value is None:
-            value = ""
-        if isinstance(value, (bool, int, float, str)):
-            out[key] = value
+    for section, keys in config.items():
+        for key, value in keys.items():
+            if isinstance(value, (list, tuple)):
+                value = ", ".join(map(str, value))[:500]
+            elif value is None or isinstance(value, dict):
+                value = "" if value is None else str(value)
+            out[f"{section}.{key}"] = value
     return out
 
 
@@ -119,9 +93,9 @@ class TrainingLogger:
         """Accelerator(...) arguments for this run's trackers (`tracker_names`); {} for none. TensorBoard, the
         default, is dropped with a warning when not installed; another tracker that is not is a ConfigError."""
         names = tracker_names(log_with)
-        if DEFAULT_TRACKER in names and not tensorboard_available():
+        if "tensorboard" in names and find_spec("tensorboard") is None:  # torch's SummaryWriter needs it
             logger.warning("TensorBoard logs are off: `pip install tensorboard` to get them (log.jsonl is written)")
-            names.remove(DEFAULT_TRACKER)
+            names.remove("tensorboard")
         missing = [name for name in names if name != "all" and not _installed(name)]
         if missing:
             raise ConfigError(f"run.log_with names {', '.join(missing)}, which is not installed: "
@@ -132,9 +106,9 @@ class TrainingLogger:
         return {"log_with": names, "project_dir": str(output_dir / "logs")} if names else {}
 
     def truncate_after(self, step: int, revalidate: bool = False) -> None:
-        """Drop log.jsonl lines after `step` (written by a killed run after its last checkpoint); with `revalidate`
-        also the validation line of `step` itself (the resumed run validates that step again), and always the
-        config-change and bad-samples notes of `step` (a resume from `step` writes its own)."""
+        """Drop log.jsonl lines after `step` (written by a killed run after its last checkpoint), and those of `step`
+        that a resume from it writes again: its config-change and bad-samples notes, and with `revalidate` its
+        validation scores."""
         log = self.output_dir / "log.jsonl"
         if not (self.accelerator.is_main_process and log.is_file()):
             return
