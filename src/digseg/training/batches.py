@@ -73,10 +73,8 @@ class LatentBatcher:
                  negative_prob: float, cache: bool, ignore_index: int = 255, store=None,
                  fixed_samples: bool = True, cache_max_mib: float = 2048, label_targets: bool = False) -> None:
         """`fixed_samples`: sample i is the same at every step (no augmentation), so its latents, present classes
-        and loss weights may be kept by index (`cache`, `store`); with augmentation every batch is encoded anew.
-        `cache_max_mib`: memory cap of the in-memory cache; latents past it are not kept.
-        `label_targets`: batches carry each query's label map (`Batch.targets`) instead of its mask latents (the
-        one-step objective's task loss); masks are then never rendered or encoded."""
+        and loss weights may be kept by index (`cache` in memory up to `cache_max_mib`, `store` on disk).
+        `label_targets`: batches carry each query's label map (`Batch.targets`) instead of its mask latents."""
         self.dataset = dataset
         self.class_names = class_names
         self.vae = vae
@@ -122,8 +120,6 @@ class LatentBatcher:
         0 = not (a class's binary mask; EMPTY: all 0); ignore pixels stay ignore."""
         if key == PALETTE:
             return label.long()
-        if key == IMAGE:
-            raise ValueError("the image latent is not a query target")
         binary = (label == (-1 if key == EMPTY else key.class_id)).long()
         binary[label == self.ignore_index] = self.ignore_index
         return binary
@@ -135,8 +131,7 @@ class LatentBatcher:
 
     def _query_batch(self, image_latents: torch.Tensor, mask_latents: torch.Tensor | None, keep: torch.Tensor,
                      keys: list[tuple[LatentKey, str]], labels: list[torch.Tensor] | None) -> Batch:
-        """The Batch of queries `keys` ((target, prompt) per sample); `labels` [H, W] per sample give the
-        label targets (with `label_targets`)."""
+        """The Batch of queries `keys` ((target, prompt) per sample); `labels`: [H, W] per sample."""
         targets = None
         if self.label_targets:
             targets = torch.stack([self.target_labels(lab, k) for lab, (k, _) in zip(labels, keys)])  # [B, H, W]
@@ -153,9 +148,13 @@ class LatentBatcher:
         present = self.present_classes(label)
         keys = [IMAGE] + self.mask_keys(present, with_palette, with_classes)
         pixels = [sample["image"] if k == IMAGE else self.target_image(label, k) for k in keys]
-        latents = encode_latents(self.vae, torch.stack(pixels).to(self.vae.device), channels_last=False).float().cpu()  # [M, 4, h, w]
+        latents = self._encode(pixels)  # [M, 4, h, w]
         keep = self.palette_codec.ignore_weights(label[None], tuple(latents.shape[-2:]))[0]  # [1, h, w]
         return {"latents": dict(zip(keys, latents)), "keep": keep, "present": present, "label": label}
+
+    def _encode(self, pixels: list[torch.Tensor]) -> torch.Tensor:
+        """Images [3, H, W] -> their latents [M, 4, h, w], float32 on the CPU."""
+        return encode_latents(self.vae, torch.stack(pixels).to(self.vae.device), channels_last=False).float().cpu()
 
     def mask_keys(self, present: list[int], with_palette: bool = True, with_classes: bool = True) -> list[LatentKey]:
         """The query targets of a sample with classes `present`: PALETTE, each present queryable class, EMPTY."""
@@ -224,16 +223,15 @@ class LatentBatcher:
         call (and kept in memory while the cap allows). `sample(i)` reads sample i."""
         missing = list(dict.fromkeys(w for w in wanted if w not in self._latents))
         found = {w: self._latents[w] for w in wanted if w in self._latents}
-        if self.store is not None:
-            for w in [w for w in missing if self.store.has(w[0])]:
-                z = self.store.get(*w)
-                if z is not None:
-                    found[w] = z
-            missing = [w for w in missing if w not in found]
+        for w in missing if self.store is not None else ():
+            z = self.store.get(*w)  # None when not stored
+            if z is not None:
+                found[w] = z
+        missing = [w for w in missing if w not in found]
         if missing:
             pixels = [sample(i)["image"] if key == IMAGE else self.target_image(sample(i)["label"], key)
                       for i, key in missing]
-            latents = encode_latents(self.vae, torch.stack(pixels).to(self.vae.device), channels_last=False).float().cpu()  # [M, 4, h, w]
+            latents = self._encode(pixels)  # [M, 4, h, w]
             for w, z in zip(missing, latents):
                 found[w] = z
                 if self._keep_in_cache(z.numel() * z.element_size()):

@@ -169,8 +169,8 @@ def checkpoint_folder(root: Path, step: int, best: bool = False) -> Path:
 
 def staging_folder(final: Path) -> Path:
     """The temporary folder of a sharded checkpoint `final`: a name every process computes alike. The main process
-    creates it (`begin_staging`), every process writes its shards into its `shards/`, and `save_checkpoint` /
-    `save_best` with `staged=` complete and rename it."""
+    creates it (`begin_staging`), every process writes its shards into its `shards/`, and `save_checkpoint` with
+    `staged=` completes and renames it."""
     return final.parent / f".tmp-{final.name}-sharded"
 
 
@@ -185,28 +185,13 @@ def begin_staging(final: Path, tmp: Path | None = None) -> Path:
 
 
 def save_checkpoint(root: Path, step: int, weights: dict[str, dict[str, torch.Tensor]], optimizer_state: dict[str, Any],
-                    extra_state: dict[str, Any], keep: int, staged: Path | None = None) -> Path:
-    """Write `root/step-<step>` atomically; keep the newest `keep` complete checkpoints. -> its path.
-    `staged`: a sharded checkpoint's `staging_folder`, holding its shards already."""
-    final = _write_checkpoint(checkpoint_folder(root, step), step, weights, optimizer_state, extra_state, "checkpoint",
-                              staged=staged)
-    prune_checkpoints(root, keep)
-    return final
-
-
-def save_best(root: Path, step: int, weights: dict[str, dict[str, torch.Tensor]], optimizer_state: dict[str, Any],
-              extra_state: dict[str, Any], record: dict[str, Any], staged: Path | None = None) -> Path:
-    """Write `root/best` atomically (replacing the previous best), with `record` as best.json. -> its path."""
-    return _write_checkpoint(checkpoint_folder(root, step, best=True), step, weights, optimizer_state, extra_state,
-                             BEST, {BEST_FILE: record}, staged)
-
-
-def _write_checkpoint(final: Path, step: int, weights: dict[str, dict[str, torch.Tensor]],
-                      optimizer_state: dict[str, Any], extra_state: dict[str, Any], kind: str,
-                      notes: dict[str, dict[str, Any]] | None = None, staged: Path | None = None) -> Path:
-    """Write the checkpoint folder `final` through a `.tmp-*` folder and a rename; `notes`: more JSON files in it.
-    `kind` names its kill and fault points (`<kind>-<step>:weights`, `<kind>-<step>:before-rename`). With `staged`
-    (a sharded checkpoint's temporary folder, its shards written) `optimizer_state` holds only the param groups."""
+                    extra_state: dict[str, Any], keep: int, staged: Path | None = None,
+                    best: dict[str, Any] | None = None) -> Path:
+    """Write `root/step-<step>` atomically and keep the newest `keep` complete checkpoints; or with `best` (its
+    record, written as best.json) `root/best`, replacing the previous best. -> its path. `staged`: a sharded
+    checkpoint's `staging_folder`, its shards written (`optimizer_state` then holds only the param groups)."""
+    final = checkpoint_folder(root, step, best is not None)
+    kind = BEST if best is not None else "checkpoint"  # names the kill and fault points
     tmp = staged if staged is not None else final.parent / f".tmp-{final.name}-{os.getpid()}"
     try:
         if staged is None:
@@ -219,8 +204,8 @@ def _write_checkpoint(final: Path, step: int, weights: dict[str, dict[str, torch
             save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         state = {"step": step, "optimizer": opt_meta, **extra_state}
         (tmp / STATE_FILE).write_text(json.dumps(_to_json(state), indent=1))
-        for name, values in (notes or {}).items():
-            (tmp / name).write_text(json.dumps(values, indent=1))
+        if best is not None:
+            (tmp / BEST_FILE).write_text(json.dumps(best, indent=1))
         for file in sorted(tmp.rglob("*")):
             if file.is_file():
                 with open(file, "rb") as handle:
@@ -240,6 +225,8 @@ def _write_checkpoint(final: Path, step: int, weights: dict[str, dict[str, torch
         earlier = f"the newest complete one, {kept[-1].name}, is intact" if kept else "there is no earlier one"
         raise DigsegError(f"cannot write checkpoint {final}: {reason}; its partial write was removed and {earlier}: "
                           "make room (or restore access), then run the same command with --resume latest") from exc
+    if best is None:
+        prune_checkpoints(root, keep)
     return final
 
 

@@ -31,7 +31,7 @@ MASK_DECODER_STEPS = 500
 MIXED_PRECISION = ("no", "fp16", "bf16")  # optim.mixed_precision may also be "": the launcher's choice
 OPTIMIZERS = ("adamw", "adamw8bit")  # adamw8bit: torchao's AdamW8bit (pip install -e ".[lowmem]")
 EMA_DEVICES = ("accelerator", "cpu")  # where optim.use_ema keeps its copy of the weights between steps
-FINETUNE = ("full", "lora")  # optim.finetune: every U-Net weight, or LoRA adapters (models/adapters.py, docs/adapters.md)
+FINETUNE = ("full", "lora")  # optim.finetune: every U-Net weight, or LoRA adapters (models/adapters.py)
 SHARDING = ("none", "fsdp")  # run.sharding: whole weights on every process (DDP), or FSDP2 (training/sharding.py)
 
 
@@ -48,7 +48,7 @@ def _at_least(low: int, section: str, values: Any, names: tuple[str, ...]) -> No
 
 @dataclass
 class ModelConfig:
-    pretrained: str = ""  # Stable Diffusion 1.x / 2.x / XL folder or hub id, or a DiGSeg model folder to continue training
+    pretrained: str = ""  # Stable Diffusion 1.x / 2.x / XL folder or hub id, or a DiGSeg model folder to continue
     # the backbone's weight files (variant "fp16": *.fp16.safetensors, loaded in float32) and hub revision
     variant: str | None = None
     revision: str | None = None
@@ -60,7 +60,7 @@ class ModelConfig:
     # diffusion: MSE on the scheduler's target at random timesteps (the paper); one-step: one deterministic pass
     # trained with cross-entropy on the labels (one_step.py)
     objective: str = "diffusion"
-    one_step_decoder: str = "auto"  # one-step: the mask decoder trained through (light | vae | auto), kept for inference
+    one_step_decoder: str = "auto"  # one-step: the mask decoder trained through (light | vae | auto)
 
     def validate(self) -> None:
         _one_of("model.prediction_type", self.prediction_type, PREDICTION_TYPES)
@@ -107,7 +107,8 @@ class DataConfig:
         if not 0.0 <= self.negative_prob <= 1.0:
             raise ConfigError(f"data.negative_prob must be in [0, 1], got {self.negative_prob}")
         if not isinstance(self.augmentation, (bool, dict)):
-            raise ConfigError(f"data.augmentation must be true, false or a mapping of overrides, got {self.augmentation!r}")
+            raise ConfigError(f"data.augmentation must be true, false or a mapping of overrides, got "
+                              f"{self.augmentation!r}")
         if self.augments and (self.cache_latents or self.latent_cache):
             raise ConfigError("latent caches (data.cache_latents, data.latent_cache) need fixed samples: "
                               "turn augmentation off (data.augmentation: false) to use them")
@@ -263,7 +264,8 @@ class TrainConfig:
             known = {f.name for f in dataclasses.fields(section)}
             bad = sorted(set(given) - known)
             if bad:
-                raise ConfigError(f"unknown key(s) in section {name}: {', '.join(bad)}; known: {', '.join(sorted(known))}")
+                raise ConfigError(f"unknown key(s) in section {name}: {', '.join(bad)}; known: "
+                                  f"{', '.join(sorted(known))}")
             parts[name] = section(**given)
         return cls(**parts).validate()
 
@@ -284,41 +286,28 @@ class TrainConfig:
         return cls.from_dict(values)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml_with_base(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The config file's sections merged over those of its `base` chain (any depth)."""
+    path = path.resolve()
+    if path in _seen:
+        raise ConfigError(f"config {path} names itself as a base (through {' -> '.join(p.name for p in _seen)})")
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {path}" + (f" (the base named in {_seen[-1]})" if _seen else ""))
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"cannot parse {path}: {exc}") from exc
     if not isinstance(values, dict):
         raise ConfigError(f"{path} must hold a mapping of config sections")
-    return values
-
-
-def read_yaml_with_base(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """The config file's sections merged over those of its `base` chain (any depth)."""
-    path = path.resolve()
-    if path in _seen:
-        raise ConfigError(f"config {path} names itself as a base (through {' -> '.join(p.name for p in _seen)})")
-    values = _read_yaml(path)
     base = values.pop("base", None)
     if base is None:
         return values
-    base_path = (path.parent / base).resolve()
-    if not base_path.is_file():
-        raise ConfigError(f"base config {base_path} (named in {path}) not found")
-    parent = read_yaml_with_base(base_path, (*_seen, path))
+    parent = read_yaml_with_base(path.parent / base, (*_seen, path))
     merged = dict(parent)
     for section, keys in values.items():  # section by section: the child's keys win
         both = isinstance(keys, dict) and isinstance(parent.get(section), dict)
         merged[section] = {**parent[section], **keys} if both else keys
     return merged
-
-
-def _field_types(annotation: str) -> set[str]:
-    """The plain types a field's annotation admits ("int | list[int] | None" -> {"int", "list", "None"})."""
-    return {part.strip().split("[")[0] for part in annotation.split("|")}
 
 
 def _mapping_fields() -> dict[tuple[str, str], dict[str, str]]:
@@ -338,7 +327,7 @@ def _typed(item: str, key: str, annotation: str, text: str) -> Any:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"--cfg-options {item}: cannot read the value: {exc}") from exc
-    types = _field_types(annotation)
+    types = {part.strip().split("[")[0] for part in annotation.split("|")}  # "int | list[int]" -> {"int", "list"}
     if isinstance(value, str) and ("float" in types or "int" in types):
         for kind in (int, float) if "int" in types else (float,):
             try:

@@ -102,7 +102,7 @@ def train_mask_decoder(decoder: LightMaskDecoder, data: MaskLatents, batcher: La
             with torch.no_grad():
                 goal = decode_latents(vae, z.to(vae.device)).float()  # [B, 3, H, W]
         else:
-            goal = torch.stack([batcher.target_image(l, data.keys[int(j)]) for l, j in zip(label, pick)])  # [B, 3, H, W]
+            goal = torch.stack([batcher.target_image(lab, data.keys[int(j)]) for lab, j in zip(label, pick)])
         weight = (label != ignore).unsqueeze(1).float()  # [B, 1, H, W]
         pred = decoder(z.to(device))  # [B, 3, H, W]
         err = (pred - goal.to(device)).pow(2) * weight.to(device)

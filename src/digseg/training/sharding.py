@@ -27,7 +27,6 @@ from ..errors import ConfigError, DigsegError
 # FSDP2 and DCP are imported where used: they need torch >= 2.9 (`check_sharding` says so), unsharded runs do not
 
 UNET_BLOCKS = ("down_blocks", "mid_block", "up_blocks")  # each part of these blocks is one FSDP unit
-_BACKENDS = {"cpu": "gloo", "cuda": "cpu:gloo,cuda:nccl"}  # a process group of one, for an unlaunched process
 
 
 def check_sharding(distributed_type: DistributedType, sharding: str, optimizer: str, mixed_precision: str) -> None:
@@ -52,15 +51,6 @@ def check_sharding(distributed_type: DistributedType, sharding: str, optimizer: 
                           "keeps them in another form: use optim.optimizer adamw")
 
 
-def _ensure_process_group(device: torch.device) -> None:
-    """FSDP2 and DCP run over a process group; a process started without a launcher gets a group of one."""
-    if dist.is_initialized():
-        return
-    if device.type not in _BACKENDS:
-        raise ConfigError(f"run.sharding fsdp runs on CUDA or CPU devices, not {device.type}")
-    dist.init_process_group(backend=_BACKENDS[device.type], store=dist.HashStore(), rank=0, world_size=1)
-
-
 def _units(module: nn.Module | None) -> list[nn.Module]:
     """`module` itself, or the modules a ModuleList holds (a block's resnets, attentions, samplers); [] for None."""
     if module is None:
@@ -76,7 +66,11 @@ def shard_modules(unet: nn.Module, pathway: nn.Module, device: torch.device) -> 
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    _ensure_process_group(device)
+    if not dist.is_initialized():  # FSDP2 and DCP need a process group: an unlaunched process gets a group of one
+        backends = {"cpu": "gloo", "cuda": "cpu:gloo,cuda:nccl"}
+        if device.type not in backends:
+            raise ConfigError(f"run.sharding fsdp runs on CUDA or CPU devices, not {device.type}")
+        dist.init_process_group(backend=backends[device.type], store=dist.HashStore(), rank=0, world_size=1)
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     for name in UNET_BLOCKS:
         for block in _units(getattr(unet, name, None)):

@@ -122,12 +122,8 @@ class TrainingLogger:
         memory = peak_memory_mib(self.accelerator.device)
         self._log(step, {"loss": loss, "lr": lr, **memory}, {"train/loss": loss, "train/lr": lr})
 
-    def log_config_change(self, change: dict[str, Any]) -> None:
-        """A resume's config changes (resume_check.history_entry: {"step", "trajectory", "fields"}), log.jsonl only."""
-        self._log(change["step"], {"config_change": change["fields"], "trajectory": change["trajectory"]}, {})
-
     def log_note(self, step: int, **note: Any) -> None:
-        """Facts of a step (bad samples trained without, a skipped step), log.jsonl only."""
+        """Facts of a step (a config change, bad samples trained without, a skipped step), log.jsonl only."""
         self._log(step, note, {})
 
     def log_validation(self, step: int, scores: dict[str, float]) -> None:

@@ -29,7 +29,7 @@ from ..pipelines.pipeline import DiGSegPipeline
 from ..evaluation.protocols import protocol_for
 from .batches import Batch, per_sample, slot_generators
 from .checkpoint import (SHARDS, begin_staging, checkpoint_folder, kill_point, load_checkpoint,
-                         prune_checkpoints, remove_stale, save_best, save_checkpoint, staging_folder)
+                         prune_checkpoints, remove_stale, save_checkpoint, staging_folder)
 from .config import OptimConfig, RunConfig, TrainConfig
 from .lora import ADAPTER_FOLDER, begin_lora, load_unet_weights, save_run_adapter
 from .divergence import DivergenceGuard, all_finite, inject_nan_gradient
@@ -44,28 +44,25 @@ from .validation import check_can_validate, evaluate, evaluation_weights
 logger = logging.getLogger("digseg.train")
 
 
-def sample_timesteps(num: int, num_train_timesteps: int, max_timestep_prob: float, gen: torch.Generator) -> torch.Tensor:
-    """[num] int64: T-1 with probability `max_timestep_prob`, otherwise uniform over [0, T)."""
-    t = torch.randint(0, num_train_timesteps, (num,), generator=gen)
-    at_max = torch.rand(num, generator=gen) < max_timestep_prob
-    return torch.where(at_max, torch.full_like(t, num_train_timesteps - 1), t)
-
-
 def diffusion_loss(pipe: DiGSegPipeline, unet: nn.Module, pathway: nn.Module, batch: Batch,
                    gen: torch.Generator | list[torch.Generator], max_timestep_prob: float = 0.0) -> torch.Tensor:
     """MSE between the U-Net's prediction and the scheduler's target, ignore cells masked out. -> scalar.
 
     Each sample's squared error is averaged over its kept cells, then samples are averaged, so the mean of N
     processes' losses (what DDP's gradient averaging computes) equals the loss of their concatenated batch.
-    `gen`: one generator per sample (noise and timestep of that sample) or one for all.
-    `unet` and `pathway` may be the accelerate-wrapped modules (so DDP syncs their gradients).
+    `gen`: one generator per sample (noise and timestep of that sample) or one for all. The timestep is T-1 with
+    probability `max_timestep_prob`, else uniform over [0, T). `unet` and `pathway` may be the accelerate-wrapped
+    modules (so DDP syncs their gradients).
     """
     z0 = batch.mask_latents  # [B, 4, h, w]
-    gens = per_sample(gen, z0.shape[0])
     T = pipe.scheduler.config.num_train_timesteps
-    draws = [(torch.randn(z0.shape[1:], generator=g), sample_timesteps(1, T, max_timestep_prob, g)) for g in gens]
-    noise = torch.stack([n for n, _ in draws]).to(z0.device)  # [B, 4, h, w]
-    t = torch.cat([t for _, t in draws]).to(z0.device)  # [B]
+    noise, t = [], []
+    for g in per_sample(gen, z0.shape[0]):
+        noise.append(torch.randn(z0.shape[1:], generator=g))
+        uniform = torch.randint(0, T, (1,), generator=g)
+        t.append(torch.full_like(uniform, T - 1) if torch.rand(1, generator=g) < max_timestep_prob else uniform)
+    noise = torch.stack(noise).to(z0.device)  # [B, 4, h, w]
+    t = torch.cat(t).to(z0.device)  # [B]
     z_t, target = pipe.noisy_latents_and_target(z0, noise, t)
     text = pathway(pipe.prompt_states(batch.prompts).to(z0.device))  # num_levels x [B, L, C]
     pred = pipe.unet_prediction(unet, torch.cat([batch.image_latents, z_t], 1), t, text)  # [B, 4, h, w]
@@ -100,7 +97,7 @@ def make_adamw(params: list[torch.nn.Parameter], lr: float, weight_decay: float)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
-def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def make_optimizer(name: str, params: list[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """`optim.optimizer`: "adamw" (`make_adamw`) or "adamw8bit", torchao's AdamW8bit (moments in 8 bits with a scale
     per block), checkpointed exactly too (checkpoint.optimizer_to_flat)."""
     if name == "adamw":
@@ -240,13 +237,10 @@ class Trainer:
             "samples": samples_facts(self.data.check),  # the list of samples trained on (resume_check.py)
             "skips": self.guard.state_dict(),
         }
-        optimizer_state = optimizer_state or self.optimizer.state_dict()
-        if best:
-            path = save_best(root, self.step, weights, optimizer_state, extra, self.best, staged)
-        else:
-            # one more kept until the newest proves healthy (divergence.py): the error of a diverging run names it
-            path = save_checkpoint(root, self.step, weights, optimizer_state, extra, self.run.keep_checkpoints + 1,
-                                   staged)
+        # one more kept until the newest proves healthy (divergence.py): the error of a diverging run names it
+        path = save_checkpoint(root, self.step, weights, optimizer_state or self.optimizer.state_dict(), extra,
+                               self.run.keep_checkpoints + 1, staged, self.best if best else None)
+        if not best:
             self.guard.prune_pending = True
         acc.wait_for_everyone()  # nobody runs ahead (or is killed) before the checkpoint exists
         return path
@@ -301,7 +295,8 @@ class Trainer:
     def _resume(self, plan: ResumePlan) -> None:
         self.load_checkpoint(plan.checkpoint, new_values=plan.trajectory_changed)
         if plan.changes:
-            self.logs.log_config_change(plan.history[-1])
+            change = plan.history[-1]  # resume_check.history_entry
+            self.logs.log_note(change["step"], config_change=change["fields"], trajectory=change["trajectory"])
             say = logger.warning if plan.trajectory_changed else logger.info
             say("resumed at step %d with a changed config (recorded in config.yaml): %s", self.step,
                 ", ".join(map(str, plan.changes)))
@@ -350,7 +345,8 @@ class Trainer:
             logger.warning("training without %d bad sample(s) (data.bad_samples: skip), listed in %s",
                            len(check.bad), self.output_dir / "data-check.json")
             self.logs.log_note(self.step, bad_samples=[{"name": b.name, "problem": b.problem} for b in check.bad])
-        bar = tqdm(total=self.optim.max_steps, initial=self.step, desc="train", disable=not (self.show_progress and acc.is_main_process))
+        bar = tqdm(total=self.optim.max_steps, initial=self.step, desc="train",
+                   disable=not (self.show_progress and acc.is_main_process))
         with bar:  # closed (its line ended) before any error below reaches the user
             self._run_steps(bar)
         return self.finish()
@@ -392,7 +388,8 @@ class Trainer:
             bar.update(1)
             if self.step % run.log_every == 0 or self.step == opt.max_steps:
                 recent = history[-run.log_every:]
-                mean_loss, lr = sum(recent) / len(recent), float(self.lr_scheduler.get_last_lr()[0])  # a tensor for torchao
+                mean_loss = sum(recent) / len(recent)
+                lr = float(self.lr_scheduler.get_last_lr()[0])  # a tensor for torchao
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
                 self.logs.log_scalars(self.step, mean_loss, lr)
             if run.sample_every and (self.step % run.sample_every == 0 or self.step == opt.max_steps):

@@ -95,4 +95,5 @@ def evaluate(pipe, dataset: Dataset, limit: int, seed: int, batch_size: int) -> 
     metrics = scores.result()
     kind = MetricKind(metrics["metric"])
     metric = HEADLINE_METRIC[kind]
-    return ValidationResult(metric, float(metrics[metric]), {f"val/{c}": float(metrics[c]) for c in SUMMARY_COLUMNS[kind]})
+    summary = {f"val/{c}": float(metrics[c]) for c in SUMMARY_COLUMNS[kind]}
+    return ValidationResult(metric, float(metrics[metric]), summary)
