@@ -140,13 +140,13 @@ class LatentBatcher:
                      targets=targets, palette=[k == PALETTE for k, _ in keys] if self.label_targets else None)
 
     @torch.no_grad()
-    def encode_all(self, index: int, with_palette: bool = True, with_classes: bool = True) -> dict:
-        """Every latent sample `index` can need (for `cache-latents`), {LatentKey: [4, h, w]}: IMAGE, PALETTE, each
-        present class, EMPTY; also its label map [H, W], its present classes and the latent-cell keep mask [1, h, w]."""
+    def encode_all(self, index: int) -> dict:
+        """Every latent sample `index` can need (for `cache-latents`), {LatentKey: [4, h, w]}: IMAGE and `mask_keys`;
+        also its label map [H, W], its present classes and the latent-cell keep mask [1, h, w]."""
         sample = self._load(index)
         label = sample["label"]
         present = self.present_classes(label)
-        keys = [IMAGE] + self.mask_keys(present, with_palette, with_classes)
+        keys = [IMAGE] + self.mask_keys(present)
         pixels = [sample["image"] if k == IMAGE else self.target_image(label, k) for k in keys]
         latents = self._encode(pixels)  # [M, 4, h, w]
         keep = self.palette_codec.ignore_weights(label[None], tuple(latents.shape[-2:]))[0]  # [1, h, w]
@@ -156,10 +156,11 @@ class LatentBatcher:
         """Images [3, H, W] -> their latents [M, 4, h, w], float32 on the CPU."""
         return encode_latents(self.vae, torch.stack(pixels).to(self.vae.device), channels_last=False).float().cpu()
 
-    def mask_keys(self, present: list[int], with_palette: bool = True, with_classes: bool = True) -> list[LatentKey]:
-        """The query targets of a sample with classes `present`: PALETTE, each present queryable class, EMPTY."""
-        keys = [PALETTE] if with_palette else []
-        if with_classes:
+    def mask_keys(self, present: list[int]) -> list[LatentKey]:
+        """The query targets the task asks of a sample with classes `present`: PALETTE (unless the task is binary),
+        each present queryable class and EMPTY (unless it is palette)."""
+        keys = [PALETTE] if self.task != "binary" else []
+        if self.task != "palette":
             keys += [LatentKey.of_class(c) for c in self.queryable if c in present] + [EMPTY]
         return keys
 

@@ -79,9 +79,9 @@ def optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) 
     inner: dict[str, dict[str, torch.Tensor]] = {}
     for name, value in tensors.items():
         _, param_id, key = name.split(".", 2)
-        owner = key.rsplit(".", 1)[0] if "." in key else None
-        if owner is not None and f"{param_id}.{owner}" in subclasses:
-            inner.setdefault(f"{param_id}.{owner}", {})[key.rsplit(".", 1)[1]] = value
+        owner, _, part = key.rpartition(".")  # "exp_avg.codes": inner tensor `codes` of subclass state `exp_avg`
+        if f"{param_id}.{owner}" in subclasses:
+            inner.setdefault(f"{param_id}.{owner}", {})[part] = value
         else:
             state.setdefault(int(param_id), {})[key] = value
     for where, info in subclasses.items():

@@ -62,7 +62,7 @@ def build_latent_cache(dataset: Dataset, class_names: list[str], vae, out_dir: s
 
     for i in tqdm(range(len(dataset)), desc="cache latents", disable=not show_progress):
         try:
-            entry = batcher.encode_all(i, with_palette=task != "binary", with_classes=task != "palette")
+            entry = batcher.encode_all(i)
         except DataError as exc:
             skipped.append(str(exc))
             continue

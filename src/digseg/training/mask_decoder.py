@@ -42,18 +42,16 @@ class MaskLatents:
 def collect_mask_latents(batcher: LatentBatcher, indices: list[int] | range, store=None,
                          show_progress: bool = True) -> MaskLatents:
     """The mask latents of the given samples: read from `store` (a `LatentCache`) where it has them, else encoded."""
-    with_palette = batcher.task != "binary"
-    with_classes = batcher.task != "palette"
     latents, labels, sample, keys, skipped = [], [], [], [], []
     for i in tqdm(indices, desc="mask latents", disable=not show_progress):
         try:
             if store is not None and store.has(i):
                 label = batcher.dataset[i]["label"]  # [H, W]: the targets are rendered from it
                 present, _ = store.info(i)
-                found = {key: store.get(i, key) for key in batcher.mask_keys(present, with_palette, with_classes)}
+                found = {key: store.get(i, key) for key in batcher.mask_keys(present)}
                 found = {key: z for key, z in found.items() if z is not None}
             else:  # one read of the sample: encode_all returns its label too
-                entry = batcher.encode_all(i, with_palette=with_palette, with_classes=with_classes)
+                entry = batcher.encode_all(i)
                 found, label = entry["latents"], entry["label"]
                 found.pop(IMAGE)
         except (DataError, OSError, ValueError) as exc:
