@@ -120,6 +120,8 @@ class LatentBatcher:
         0 = not (a class's binary mask; EMPTY: all 0); ignore pixels stay ignore."""
         if key == PALETTE:
             return label.long()
+        if key == IMAGE:
+            raise ValueError("the image latent is not a query target")
         binary = (label == (-1 if key == EMPTY else key.class_id)).long()
         binary[label == self.ignore_index] = self.ignore_index
         return binary
