@@ -157,9 +157,6 @@ class TrainingData:
     def crop_size(self) -> tuple[int, int]:
         return self.samples.augmentation.crop_size
 
-    def __len__(self) -> int:
-        return len(self.samples)
-
     def micro_steps(self, start: int, stop: int, batch_size: int, num_processes: int = 1, process_index: int = 0,
                     seed: int = 0, pin_memory: bool = False) -> Iterator[SampleBatch]:
         """This process's samples of micro-steps [start, stop), in order."""
