@@ -1,14 +1,10 @@
-"""What a diverging run does: skip steps with non-finite gradients, stop naming the last healthy checkpoint.
+"""What a diverging run does (docs/training.md, "When a run diverges"): skip steps with non-finite gradients, stop
+naming the last healthy checkpoint.
 
 Weights w_k are those after k updates (checkpoint `step-k` holds them); the step that makes update k+1 starts from
-w_k. Gradients that are not finite (their norm is reduced over processes first, so all agree) skip the step, as a
-GradScaler does (no update, no EMA update; the schedule and the data go on). `optim.max_consecutive_skips` skips in
-a row, a non-finite loss on any process, or non-finite weights at a checkpoint stop the run with a one-line
-`DigsegError` naming the newest checkpoint from before the weights that failed, and the command that resumes from
-it with a tenth of the learning rate.
-
-Nothing non-finite is saved (`all_finite` before every write); no checkpoint is written during a row of skips, and
-older checkpoints are pruned only once the newest has proved healthy (`updated`), so the one the error names exists.
+w_k. The newest checkpoint from before the weights that failed is the healthy one: so nothing non-finite is saved
+(`all_finite` before every write), no checkpoint is written during a row of skips, and older checkpoints are
+pruned only once the newest has proved healthy (`updated`).
 
 Fault injection for tests: `DIGSEG_NAN_GRADIENT_AT=<k>` (or `<k>@<rank>`: that process only) gives the step from
 w_k NaN gradients (`inject_nan_gradient`).

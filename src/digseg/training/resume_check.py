@@ -1,12 +1,10 @@
-"""What a resumed run may change: every config field classified once, the check against the checkpoint, the history.
+"""What a resumed run may change (docs/training.md, "Resuming a run"): every config field classified once, the
+check against the checkpoint, the history.
 
-Every checkpoint records the config it was trained under, the launch facts the config does not hold (process
-count, the precision actually used) and the history of config changes made on resume. Before any step,
-`plan_resume` compares them with the given config: a change of a field in SAFE_FIELDS is accepted; any other
-change leaves the run's trajectory and is refused with a one-line ConfigError listing each `section.field: old ->
-new`, unless --allow-config-change. Two fields are safe in context (`_safe_in_context`): `optim.max_steps` and the
-global batch (`optim.batch_size` x `launch.num_processes`). Every accepted change is appended to the history
-("trajectory": "kept" or "changed"), which the trainer writes into config.yaml, the next checkpoints and log.jsonl.
+Before any step, `plan_resume` compares the config with the one the checkpoint recorded (and its launch facts:
+process count, the precision used). A change of a SAFE_FIELDS field is accepted; any other leaves the run's
+trajectory and is refused with a one-line ConfigError listing each `section.field: old -> new`, unless
+--allow-config-change. Accepted changes are appended to the history ("trajectory": "kept" or "changed").
 """
 
 from __future__ import annotations

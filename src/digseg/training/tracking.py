@@ -1,12 +1,10 @@
-"""Training logs: `log.jsonl` always (main process only), experiment trackers through accelerate's
-(`run.log_with`, docs/training.md), and sample predictions.
+"""Training logs (docs/training.md, "Experiment trackers"): `log.jsonl` always (main process only), experiment
+trackers through accelerate's (`run.log_with`), and sample predictions.
 
-log.jsonl lines: {"step", "loss", "lr"} every `log_every` steps (the loss averaged over them; on CUDA also
-memory_mib and memory_reserved_mib, the peak GPU memory so far), {"step", "val/<score>", ...} (validation.py), and
-notes: {"step", "config_change": {"section.field": [old, new]}, "trajectory"} (resume_check.py), {"step",
-"bad_samples": [{"name", "problem"}]}, {"step", "bad_sample": problem}, {"step", "skipped_step", "skipped_steps"}.
-The trackers get train/loss, train/lr and val/<score> as scalars, and every `sample_every` steps, to those that take
-images, "samples/prediction": rows of input | ground truth | prediction (1x1) for a fixed batch of images.
+log.jsonl lines: {"step", "loss", "lr"} every `log_every` steps (the loss averaged over them; on CUDA also the
+peak GPU memory so far), the validation scores, and notes (`log_note`): a resume's config changes, bad samples,
+skipped steps. Trackers get the same scalars, and those that take images "samples/prediction": rows of
+input | ground truth | prediction (1x1) for a fixed batch of images.
 """
 
 from __future__ import annotations

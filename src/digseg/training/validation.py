@@ -1,15 +1,9 @@
-"""Validation during training, as mmsegmentation's `val_interval` and `save_best`: every `run.eval_every` steps,
-and at the last step, the trainer scores the validation split with `digseg eval`'s own code and keeps the best
-step's checkpoint in `checkpoints/best/`.
+"""Validation during training (`run.eval_every`; docs/training.md, "Validation during training"), as
+mmsegmentation's `val_interval` and `save_best`: the validation split scored with `digseg eval`'s own code on a
+fixed, cheap protocol, and the best step's checkpoint kept in `checkpoints/best/`.
 
-Protocol (fixed, so steps compare): the first `run.eval_samples` images, E-Step 1x1 at the model's processing
-resolution, image i's noise seeded by (run seed, i), `optim.batch_size` images per call; the EMA weights if on. The
-best step has the highest headline score (`dataset_eval.HEADLINE_METRIC`), the earlier on a tie. Each process
-predicts its share of the images on its full copy of the weights; sharded runs are refused.
-
-A step due for both is checkpointed first, then validated. A checkpoint holds the best of the steps validated
-before it, and a run resumed from `step-N` validates step N again, so a kill during validation or while `best/` is
-replaced ends with the uninterrupted run's weights, scores and best step.
+A step due for both is checkpointed first, then validated, and a run resumed from `step-N` validates step N again,
+so a kill during validation (or while `best/` is replaced) ends with the uninterrupted run's scores and best step.
 """
 
 from __future__ import annotations
@@ -73,8 +67,8 @@ def evaluation_weights(modules: Sequence[nn.Module], ema: EMAModel | None,
 
 
 def evaluate(pipe, dataset: Dataset, limit: int, seed: int, batch_size: int) -> ValidationResult:
-    """Score `pipe` on the first `limit` images of `dataset` with the protocol in the module docstring. Every
-    process calls this; predictions are scored as they come (no files)."""
+    """Score `pipe` on the first `limit` images of `dataset`: E-Step 1x1, image i's noise seeded by (`seed`, i).
+    Every process calls this and predicts its share; predictions are scored as they come (no files)."""
     if isinstance(dataset, SegmentationDataset):  # what `predict_dataset` reads
         images = copy.copy(dataset)
         images.samples = dataset.samples[:limit]
