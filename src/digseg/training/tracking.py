@@ -25,6 +25,7 @@ from ..data.io import tensor_to_image
 from ..devices import peak_memory_mib
 from ..errors import ConfigError, DigsegError, first_line
 from ..pipelines.visualize import overlay, side_by_side
+from .validation import evaluation_weights
 
 logger = logging.getLogger("digseg.train")
 
@@ -137,20 +138,14 @@ class TrainingLogger:
         if self.use_trackers and scalars:
             self.accelerator.log(scalars, step=step)
 
-    @torch.no_grad()
     def log_samples(self, step: int, pipe, samples: list[dict], resolution: int, seed: int) -> None:
         """Predict `samples` (dataset items: image [3, H, W] in [-1, 1], label [H, W]) and log one grid image."""
         if not (self.use_trackers and self.accelerator.is_main_process and samples):
             return
-        unet, pathway = pipe.unet, pipe.text_pathway
-        was_training = unet.training, pathway.training
-        unet.eval(), pathway.eval()
-        try:
-            images = [tensor_to_image(s["image"]) for s in samples]  # uint8 [H, W, 3]
+        images = [tensor_to_image(s["image"]) for s in samples]  # uint8 [H, W, 3]
+        with evaluation_weights([pipe.unet, pipe.text_pathway]):
             result = pipe(images, ensemble_size=1, num_inference_steps=1, processing_resolution=resolution,
                           generator=torch.Generator().manual_seed(seed), show_progress_bar=False)
-        finally:
-            unet.train(was_training[0]), pathway.train(was_training[1])
         k = len(result.class_names)
         rows = [side_by_side(Image.fromarray(img), overlay(img, s["label"].cpu().numpy(), k, skip_background=False),
                              overlay(img, labels, k, skip_background=False))

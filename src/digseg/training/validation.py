@@ -46,8 +46,8 @@ def check_can_validate(every: int, dataset: Dataset | None, sharding: str = "non
 
 
 @contextmanager
-def evaluation_weights(modules: Sequence[nn.Module], ema: EMAModel | None,
-                       params: list[nn.Parameter]) -> Iterator[None]:
+def evaluation_weights(modules: Sequence[nn.Module], ema: EMAModel | None = None,
+                       params: Sequence[nn.Parameter] = ()) -> Iterator[None]:
     """`modules` in eval mode under no_grad, holding the EMA weights (into `params`) if `ema` is given; their
     weights and train mode are restored on exit."""
     modes = [m.training for m in modules]
