@@ -48,7 +48,7 @@ def _at_least(low: int, section: str, values: Any, names: tuple[str, ...]) -> No
 
 @dataclass
 class ModelConfig:
-    pretrained: str = ""  # Stable Diffusion 1.x / 2.x / XL folder or hub id, or a DiGSeg model folder to continue
+    pretrained: str = ""  # SD 1.x / 2.x / XL folder or hub id, or a DiGSeg model folder to continue training
     # the backbone's weight files (variant "fp16": *.fp16.safetensors, loaded in float32) and hub revision
     variant: str | None = None
     revision: str | None = None
