@@ -1,10 +1,8 @@
-"""Training a `LightMaskDecoder` (`digseg train-mask-decoder`): from the frozen VAE's mask latents to the mask.
-
-The decoder learns to invert the latents the U-Net is trained to produce: for every sample, those of its palette
-rendering and of each present class's binary mask (and the empty mask), read from a latent cache built for the same
-VAE and resolution, else encoded. The loss is the MSE over labelled pixels against `target="mask"`, the rendered
-mask, or `target="vae"`, the frozen VAE decoder's output for the same latent. Generated latents are not exactly
-encoder latents, so each training latent gets Gaussian noise of a std drawn uniformly from [0, latent_noise].
+"""Training a `LightMaskDecoder` (`digseg train-mask-decoder`; docs/mask_decoder.md) to invert the frozen VAE's
+mask latents: those of each sample's palette rendering and of each present class's binary mask (and the empty one),
+read from a latent cache or encoded. Its target is the rendered mask (`target="mask"`) or the VAE decoder's output
+for the same latent (`target="vae"`); each latent gets Gaussian noise of a std drawn from [0, latent_noise], since
+the U-Net's latents are not exactly the encoder's.
 """
 
 from __future__ import annotations

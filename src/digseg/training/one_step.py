@@ -1,12 +1,7 @@
-"""The one-step objective (`model.objective: one-step`): one deterministic U-Net pass, decoded, trained with a task
-loss on the labels, as E2E-FT and Lotus do for depth and normals (docs/training.md).
-
-1. `DiGSegPipeline.one_step_latents`: the U-Net sees the image latent and zeros at t = T-1 and predicts the mask
-   latent z0;
-2. the run's mask decoder (light or VAE, frozen) turns z0 into a mask image, and `MaskCodec.logits` into class
-   scores (palette: K classes; binary: not the class, the class), as inference reads them;
-3. the loss is their cross-entropy with the query's labels, ignore pixels masked out, averaged per sample and then
-   over samples (as `diffusion_loss`, so that N processes' mean equals their concatenated batch's loss).
+"""The one-step objective (`model.objective: one-step`; docs/training.md, "Objectives"): one deterministic U-Net
+pass (`DiGSegPipeline.one_step_latents`: image latent and zeros at t = T-1 -> mask latent z0), decoded by the run's
+frozen mask decoder and read as class scores by `MaskCodec.logits` as inference reads them, trained with
+cross-entropy on the query's labels.
 """
 
 from __future__ import annotations
@@ -24,8 +19,9 @@ def one_step_loss(pipe: DiGSegPipeline, unet: nn.Module, pathway: nn.Module, bat
                   binary_codec: MaskCodec, mask_decoder: str) -> torch.Tensor:
     """Cross-entropy of the decoded one-step prediction against `batch.targets` -> scalar.
 
-    `batch` must carry label targets (`LatentBatcher(label_targets=True)`); `mask_decoder` is "light" or "vae";
-    `unet` and `pathway` may be the accelerate-wrapped modules.
+    Ignore pixels are masked out; the loss is averaged per sample, then over samples, as `diffusion_loss`'s. `batch`
+    must carry label targets (`LatentBatcher(label_targets=True)`); `mask_decoder` is "light" or "vae"; `unet` and
+    `pathway` may be the accelerate-wrapped modules.
     """
     if batch.targets is None or batch.palette is None:
         raise ValueError("the one-step loss needs label targets: build the LatentBatcher with label_targets=True")

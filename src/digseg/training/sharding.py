@@ -1,15 +1,10 @@
-"""Sharded training (`run.sharding: fsdp`, docs/distributed.md): FSDP2 over the trainable modules and their
-sharded checkpoints, one code path on every backend (CUDA with NCCL, CPU with gloo).
+"""Sharded training (`run.sharding: fsdp`; docs/distributed.md): FSDP2 over the trainable modules and their
+sharded checkpoints, one code path on CUDA (NCCL) and CPU (gloo); the frozen VAE and text encoder stay whole.
 
-`fully_shard` wraps each part of each U-Net block (every resnet, attention and sampler: SD2's largest block has
-260 M parameters, its largest part 49 M, so what is whole at once stays small), then the U-Net, then the text
-pathway; each of N processes keeps a 1/N chunk of every trainable weight, gradient and AdamW moment. The frozen VAE
-and text encoder stay whole. digseg applies FSDP2 itself because accelerate applies it only on GPU-class devices
-and to one model (a DiGSeg run trains two); accelerate's own FSDP and DeepSpeed modes are refused.
-
-With `optim.use_ema` each process keeps the EMA of its own shards (the EMA is elementwise), gathered once into the
-saved model. Checkpoints: `dcp.save` through `HuggingFaceStorageWriter` writes one safetensors file per process
-into the checkpoint's `shards/` (DCP's default format keeps a pickle); loading reshards to any process count.
+digseg applies FSDP2 itself because accelerate applies it only on GPU-class devices and to one model (a DiGSeg run
+trains two); accelerate's own FSDP and DeepSpeed modes are refused. Checkpoints go through DCP's
+`HuggingFaceStorageWriter`, one safetensors file per process in the checkpoint's `shards/` (DCP's default format
+keeps a pickle); loading reshards to any process count.
 """
 
 from __future__ import annotations
@@ -61,8 +56,9 @@ def _units(module: nn.Module | None) -> list[nn.Module]:
 
 
 def shard_modules(unet: nn.Module, pathway: nn.Module, device: torch.device) -> None:
-    """Apply FSDP2 in place: each part of each U-Net block, the U-Net, the text pathway. Their parameters become
-    DTensors holding this process's chunk; call before the optimizer is built over them."""
+    """Apply FSDP2 in place: each part of each U-Net block (parts, not blocks, so that what is whole at once stays
+    small: SD2's largest block has 260 M parameters, its largest part 49 M), the U-Net, the text pathway. Their
+    parameters become DTensors holding this process's chunk; call before the optimizer is built over them."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
