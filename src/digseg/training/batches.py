@@ -1,17 +1,13 @@
 """Deterministic training batches: which samples, which query, and the frozen VAE's latents.
 
-Everything random about micro-step m is drawn from generators seeded by the run's seed and m: the sample
-order from (seed, epoch), and each sample's query (binary-or-palette, which class), noise and timestep from
-its own generator seeded by (seed, m, slot), where slot is the sample's place in the global batch. So:
-- a run resumed at step m continues the exact trajectory of an uninterrupted run, with no RNG state to save;
-- N processes with batch B each draw exactly what one process with batch N*B draws (process i takes slots
-  i*B .. i*B+B-1), so the trajectory does not depend on how the global batch is split.
+Everything random about micro-step m is drawn from generators seeded by the run's seed and m: the sample order
+from (seed, epoch), and each sample's query, noise and timestep from its own generator seeded by (seed, m, slot),
+slot being the sample's place in the global batch. So a resumed run continues the exact trajectory with no RNG
+state saved, and N processes with batch B draw exactly what one process with batch N*B draws.
 
-Queries: `palette` renders all classes with the model's palette and is conditioned on the class list
-(", ".join(class_names)); `binary` picks one class (present, or with `negative_prob` an absent one whose
-target is an empty mask) and is conditioned on `prompt_template.format(name)`, with one of the class's
-comma-separated synonyms drawn at random. Classes named
-"background" are never queried on their own.
+Queries: `palette` renders all classes and is conditioned on the class list; `binary` picks one class (present, or
+with `negative_prob` an absent one, whose target is an empty mask) and is conditioned on
+`prompt_template.format(name)` with one of its comma-separated synonyms. "background" classes are never queried.
 """
 
 from __future__ import annotations
@@ -77,10 +73,8 @@ class LatentBatcher:
                  negative_prob: float, cache: bool, ignore_index: int = 255, store=None,
                  fixed_samples: bool = True, cache_max_mib: float = 2048, label_targets: bool = False) -> None:
         """`fixed_samples`: sample i is the same at every step (no augmentation), so its latents, present classes
-        and loss weights may be kept by index (`cache`, `store`); with augmentation every batch is encoded anew.
-        `cache_max_mib`: memory cap of the in-memory cache; latents past it are not kept.
-        `label_targets`: batches carry each query's label map (`Batch.targets`) instead of its mask latents (the
-        one-step objective's task loss); masks are then never rendered or encoded."""
+        and loss weights may be kept by index (`cache` in memory up to `cache_max_mib`, `store` on disk).
+        `label_targets`: batches carry each query's label map (`Batch.targets`) instead of its mask latents."""
         self.dataset = dataset
         self.class_names = class_names
         self.vae = vae
@@ -139,8 +133,7 @@ class LatentBatcher:
 
     def _query_batch(self, image_latents: torch.Tensor, mask_latents: torch.Tensor | None, keep: torch.Tensor,
                      keys: list[tuple[LatentKey, str]], labels: list[torch.Tensor] | None) -> Batch:
-        """The Batch of queries `keys` ((target, prompt) per sample); `labels` [H, W] per sample give the
-        label targets (with `label_targets`)."""
+        """The Batch of queries `keys` ((target, prompt) per sample); `labels`: [H, W] per sample."""
         targets = None
         if self.label_targets:
             targets = torch.stack([self.target_labels(lab, k) for lab, (k, _) in zip(labels, keys)])  # [B, H, W]
@@ -149,22 +142,27 @@ class LatentBatcher:
                      targets=targets, palette=[k == PALETTE for k, _ in keys] if self.label_targets else None)
 
     @torch.no_grad()
-    def encode_all(self, index: int, with_palette: bool = True, with_classes: bool = True) -> dict:
-        """Every latent sample `index` can need (for `cache-latents`), {LatentKey: [4, h, w]}: IMAGE, PALETTE, each
-        present class, EMPTY; also its label map [H, W], its present classes and the latent-cell keep mask [1, h, w]."""
+    def encode_all(self, index: int) -> dict:
+        """Every latent sample `index` can need (for `cache-latents`), {LatentKey: [4, h, w]}: IMAGE and `mask_keys`;
+        also its label map [H, W], its present classes and the latent-cell keep mask [1, h, w]."""
         sample = self._load(index)
         label = sample["label"]
         present = self.present_classes(label)
-        keys = [IMAGE] + self.mask_keys(present, with_palette, with_classes)
+        keys = [IMAGE] + self.mask_keys(present)
         pixels = [sample["image"] if k == IMAGE else self.target_image(label, k) for k in keys]
-        latents = encode_latents(self.vae, torch.stack(pixels).to(self.vae.device), channels_last=False).float().cpu()  # [M, 4, h, w]
+        latents = self._encode(pixels)  # [M, 4, h, w]
         keep = self.palette_codec.ignore_weights(label[None], tuple(latents.shape[-2:]))[0]  # [1, h, w]
         return {"latents": dict(zip(keys, latents)), "keep": keep, "present": present, "label": label}
 
-    def mask_keys(self, present: list[int], with_palette: bool = True, with_classes: bool = True) -> list[LatentKey]:
-        """The query targets of a sample with classes `present`: PALETTE, each present queryable class, EMPTY."""
-        keys = [PALETTE] if with_palette else []
-        if with_classes:
+    def _encode(self, pixels: list[torch.Tensor]) -> torch.Tensor:
+        """Images [3, H, W] -> their latents [M, 4, h, w], float32 on the CPU."""
+        return encode_latents(self.vae, torch.stack(pixels).to(self.vae.device), channels_last=False).float().cpu()
+
+    def mask_keys(self, present: list[int]) -> list[LatentKey]:
+        """The query targets the task asks of a sample with classes `present`: PALETTE (unless the task is binary),
+        each present queryable class and EMPTY (unless it is palette)."""
+        keys = [PALETTE] if self.task != "binary" else []
+        if self.task != "palette":
             keys += [LatentKey.of_class(c) for c in self.queryable if c in present] + [EMPTY]
         return keys
 
@@ -228,16 +226,15 @@ class LatentBatcher:
         call (and kept in memory while the cap allows). `sample(i)` reads sample i."""
         missing = list(dict.fromkeys(w for w in wanted if w not in self._latents))
         found = {w: self._latents[w] for w in wanted if w in self._latents}
-        if self.store is not None:
-            for w in [w for w in missing if self.store.has(w[0])]:
-                z = self.store.get(*w)
-                if z is not None:
-                    found[w] = z
-            missing = [w for w in missing if w not in found]
+        for w in missing if self.store is not None else ():
+            z = self.store.get(*w)  # None when not stored
+            if z is not None:
+                found[w] = z
+        missing = [w for w in missing if w not in found]
         if missing:
             pixels = [sample(i)["image"] if key == IMAGE else self.target_image(sample(i)["label"], key)
                       for i, key in missing]
-            latents = encode_latents(self.vae, torch.stack(pixels).to(self.vae.device), channels_last=False).float().cpu()  # [M, 4, h, w]
+            latents = self._encode(pixels)  # [M, 4, h, w]
             for w, z in zip(missing, latents):
                 found[w] = z
                 if self._keep_in_cache(z.numel() * z.element_size()):

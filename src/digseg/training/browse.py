@@ -1,13 +1,7 @@
-"""`digseg browse-data` (as mmsegmentation's browse_dataset): training samples exactly as the trainer reads them.
-
-Sample k is the k-th sample the trainer reads with this config: micro-step k // B, slot k % B (B =
-optim.batch_size of one process), read and augmented by the same `TrainingSamples` with the same generators,
-so what is written is what a run trains on, crop, flip and colour distortion included.
-
-    <k>_image.png    the augmented RGB crop (padding in mid-grey)
-    <k>_label.png    class ids, as `digseg eval` writes predictions (255 = ignore; 16-bit with 65535 over 255
-                     classes)
-    <k>_overlay.png  the crop tinted by class (ignore and padding untinted)
+"""`digseg browse-data` (as mmsegmentation's browse_dataset; docs/training.md): training samples exactly as the
+trainer reads them. Sample k is micro-step k // B, slot k % B (B = optim.batch_size of one process), read and
+augmented by the same `TrainingSamples` with the same generators: <k>_image.png (the augmented crop, padding in
+mid-grey), <k>_label.png (class ids as `digseg eval` writes them) and <k>_overlay.png (ignore and padding untinted).
 """
 
 from __future__ import annotations

@@ -1,37 +1,23 @@
-"""Training checkpoints: safetensors for every tensor, JSON for the rest, written atomically.
+"""Training checkpoints: safetensors for every tensor, JSON for the rest, written atomically; nothing is unpickled.
 
 Layout: `<output_dir>/checkpoints/step-00000100/` with
   unet.safetensors, text_pathway.safetensors    trainable weights
-  optimizer.safetensors                         AdamW moments, flattened ("state.<param>.<key>"; an 8-bit
-                                                optimizer's quantized moments as their inner tensors)
+  optimizer.safetensors                         optimizer moments, flattened (`optimizer_to_flat`)
   ema.safetensors                               EMA shadow weights (when EMA is on)
-  trainer_state.json                            step, optimizer param groups, LR schedule, EMA scalars
-A sharded run's checkpoint (`run.sharding: fsdp`, training/sharding.py) holds instead of the four safetensors files
-  shards/shard-0000<r>-model-00001-of-00001.safetensors   process r-1's shards of the weights, AdamW moments and EMA
-written by every process into the same temporary folder (`staging_folder`), which the main process then completes
-with trainer_state.json and renames.
-A checkpoint is written into a hidden temporary folder, every file fsync'ed, and renamed into place, so a folder
-named `step-*` is always complete; an interrupted write (SIGKILL, power loss) leaves only a `.tmp-*` folder,
-which is never read and is removed by the next save. Nothing is unpickled.
+  trainer_state.json                            step, param groups, LR schedule, EMA scalars, and what a resume is
+                                                checked against (config, launch facts, config_changes: resume_check.py)
+A sharded run's checkpoint holds instead of the four safetensors files `shards/`, one file per process
+(sharding.py), written into the same temporary folder (`staging_folder`) that the main process then completes.
+`checkpoints/best/` (training/validation.py) holds the best validated step the same way, plus best.json; it is
+never pruned, and `latest` never picks it.
 
-With validation during training (`run.eval_every`, training/validation.py), `checkpoints/best/` holds the same
-files for the best validated step, plus best.json ({"step", "metric", "value"}), written the same way. It is
-never pruned, and `latest` never picks it (only `step-*` folders count); `--resume <run>/checkpoints/best`
-resumes from it.
+Every file is written into a `.tmp-*` folder, fsync'ed, and the folder renamed into place, so a `step-*` folder is
+always complete; a `.tmp-*` folder left by a kill is never read and is removed by the next save. A failed write
+(disk full, permission lost) removes its `.tmp-*` folder and raises a one-line `DigsegError`.
 
-A write that fails (no space left, permission lost: an OSError, or safetensors' error wrapping one) removes its
-`.tmp-*` folder and stops the run with a one-line `DigsegError`; the earlier checkpoints are untouched, so
-`--resume latest` continues from the newest complete one once the disk has room.
-
-Each checkpoint's trainer_state.json also holds the run config it was trained under ("config"), the launch facts
-the config does not hold ("launch": process count, precision) and the history of config changes made on resume
-("config_changes"); `resume_check.py` compares them with the config of a resumed run.
-
-Fault injection for tests: with `DIGSEG_KILL_AT=<point>` in the environment the process SIGKILLs itself at
-that point, e.g. `checkpoint-3:weights` (step 3's weight files written, state file not yet),
-`checkpoint-3:before-rename`, or the same for the best checkpoint (`best-3:weights`); with
-`DIGSEG_FAIL_AT=<point>` it raises the OSError of a full disk (ENOSPC) there instead (`<point>=EACCES`: another
-errno). See `tests/test_resume_kill.py`, `tests/test_validation.py` and `tests/test_resume_config.py`.
+Fault injection for tests (`kill_point`): `DIGSEG_KILL_AT=<point>` SIGKILLs the process at that point, e.g.
+`checkpoint-3:weights` (step 3's weight files written, state file not yet), `checkpoint-3:before-rename`,
+`best-3:weights`; `DIGSEG_FAIL_AT=<point>` raises the OSError of a full disk there (`<point>=EACCES`: that errno).
 """
 
 from __future__ import annotations
@@ -66,8 +52,7 @@ def optimizer_to_flat(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tenso
 
     A state held as a tensor subclass (an 8-bit optimizer's quantized moments, e.g. torchao's OptimState8bit) is
     stored as its inner tensors (`__tensor_flatten__`: "state.<param>.<key>.<inner>") with its class, context
-    and size in the metadata. Scalar tensors in the param groups (torchao keeps `lr` as one) stay in the metadata
-    (see `_scalar_tensors_to_json`)."""
+    and size in the metadata."""
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     subclasses: dict[str, dict[str, Any]] = {}
@@ -79,7 +64,7 @@ def optimizer_to_flat(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tenso
                     tensors[f"state.{param_id}.{key}.{name}"] = getattr(value, name)
                 subclasses[f"{param_id}.{key}"] = {
                     "class": f"{type(value).__module__}.{type(value).__qualname__}", "inner": list(inner),
-                    "context": _to_json(context), "size": list(value.size()), "stride": list(value.stride())}
+                    "context": list(context), "size": list(value.size()), "stride": list(value.stride())}
             elif isinstance(value, torch.Tensor):
                 tensors[f"state.{param_id}.{key}"] = value
             else:
@@ -94,16 +79,16 @@ def optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) 
     inner: dict[str, dict[str, torch.Tensor]] = {}
     for name, value in tensors.items():
         _, param_id, key = name.split(".", 2)
-        owner = key.rsplit(".", 1)[0] if "." in key else None
-        if owner is not None and f"{param_id}.{owner}" in subclasses:
-            inner.setdefault(f"{param_id}.{owner}", {})[key.rsplit(".", 1)[1]] = value
+        owner, _, part = key.rpartition(".")  # "exp_avg.codes": inner tensor `codes` of subclass state `exp_avg`
+        if f"{param_id}.{owner}" in subclasses:
+            inner.setdefault(f"{param_id}.{owner}", {})[part] = value
         else:
             state.setdefault(int(param_id), {})[key] = value
     for where, info in subclasses.items():
         param_id, key = where.split(".", 1)
         cls = _subclass(info["class"])
         state.setdefault(int(param_id), {})[key] = cls.__tensor_unflatten__(
-            inner[where], _from_json(info["context"]), torch.Size(info["size"]), tuple(info["stride"]))
+            inner[where], info["context"], torch.Size(info["size"]), tuple(info["stride"]))
     for param_id, entries in meta.get("scalars", {}).items():
         state.setdefault(int(param_id), {}).update(entries)
     return {"state": state, "param_groups": meta["param_groups"]}
@@ -124,42 +109,30 @@ def _subclass(path: str) -> type:
         raise DigsegError(f"checkpoint needs {path} to restore its optimizer state: {exc}") from exc
 
 
-def _scalar_tensors_to_json(value: Any) -> Any:
-    """trainer_state.json's values with one-element tensors (torchao keeps `lr` as one, and so does the LR schedule
-    then) written as {"tensor": value, "dtype": name}; `_scalar_tensors_from_json` turns them back, bit for bit."""
+def _to_json(value: Any) -> Any:
+    """trainer_state.json's values: one-element tensors (torchao keeps `lr` as one, and so does the LR schedule then)
+    as {"tensor", "dtype"}, dtypes (in an optimizer state's flatten context) as {"dtype"}; `_from_json` reverses it,
+    bit for bit."""
     if isinstance(value, torch.Tensor):
         return {"tensor": value.item(), "dtype": str(value.dtype).removeprefix("torch.")}
-    if isinstance(value, dict):
-        return {k: _scalar_tensors_to_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_scalar_tensors_to_json(v) for v in value]
-    return value
-
-
-def _scalar_tensors_from_json(value: Any) -> Any:
-    if isinstance(value, dict) and set(value) == {"tensor", "dtype"}:
-        return torch.tensor(value["tensor"], dtype=getattr(torch, value["dtype"]))
-    if isinstance(value, dict):
-        return {k: _scalar_tensors_from_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_scalar_tensors_from_json(v) for v in value]
-    return value
-
-
-def _to_json(value: Any) -> Any:
-    """A subclass's flatten context (bools, numbers, dtypes, tuples) as JSON values."""
     if isinstance(value, torch.dtype):
         return {"dtype": str(value).removeprefix("torch.")}
+    if isinstance(value, dict):
+        return {k: _to_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_to_json(v) for v in value]
     return value
 
 
 def _from_json(value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {"tensor", "dtype"}:
+        return torch.tensor(value["tensor"], dtype=getattr(torch, value["dtype"]))
     if isinstance(value, dict) and set(value) == {"dtype"}:
         return getattr(torch, value["dtype"])
+    if isinstance(value, dict):
+        return {k: _from_json(v) for k, v in value.items()}
     if isinstance(value, list):
-        return tuple(_from_json(v) for v in value)
+        return [_from_json(v) for v in value]
     return value
 
 
@@ -185,6 +158,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def checkpoint_step(path: Path) -> int:
+    return int(path.name[len(PREFIX):])
+
+
 def checkpoint_folder(root: Path, step: int, best: bool = False) -> Path:
     """Where step `step`'s checkpoint goes: `root/step-<step>`, or `root/best`."""
     return root / (BEST if best else f"{PREFIX}{step:08d}")
@@ -192,56 +169,55 @@ def checkpoint_folder(root: Path, step: int, best: bool = False) -> Path:
 
 def staging_folder(final: Path) -> Path:
     """The temporary folder of a sharded checkpoint `final`: a name every process computes alike. The main process
-    creates it (`begin_staging`), every process writes its shards into its `shards/`, and `save_checkpoint` /
-    `save_best` with `staged=` complete and rename it."""
+    creates it (`begin_staging`), every process writes its shards into its `shards/`, and `save_checkpoint` with
+    `staged=` completes and renames it."""
     return final.parent / f".tmp-{final.name}-sharded"
 
 
-def begin_staging(final: Path) -> Path:
-    """Create `staging_folder(final)` empty (the main process, before the others write into it). Returns it."""
+def begin_staging(final: Path, tmp: Path | None = None) -> Path:
+    """Create checkpoint `final`'s temporary folder `tmp` (default: `staging_folder(final)`) empty, older leftovers
+    removed (the main process, before anyone writes into it). -> it."""
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(final.parent)
-    staged = staging_folder(final)
-    staged.mkdir()
-    return staged
+    tmp = tmp or staging_folder(final)
+    tmp.mkdir()
+    return tmp
 
 
-def save_checkpoint(
-    root: Path,
-    step: int,
-    weights: dict[str, dict[str, torch.Tensor]],
-    optimizer_state: dict[str, Any],
-    extra_state: dict[str, Any],
-    keep: int,
-    staged: Path | None = None,
-) -> Path:
-    """Write `root/step-<step>` atomically; keep the newest `keep` complete checkpoints. Returns its path.
-    `staged`: a sharded checkpoint's `staging_folder`, holding its shards already."""
-    final = _write_checkpoint(checkpoint_folder(root, step), step, weights, optimizer_state, extra_state, "checkpoint",
-                              staged=staged)
-    prune_checkpoints(root, keep)
-    return final
-
-
-def save_best(root: Path, step: int, weights: dict[str, dict[str, torch.Tensor]], optimizer_state: dict[str, Any],
-              extra_state: dict[str, Any], record: dict[str, Any], staged: Path | None = None) -> Path:
-    """Write `root/best` atomically (replacing the previous best): the checkpoint files plus `record` as
-    best.json. Returns its path."""
-    return _write_checkpoint(checkpoint_folder(root, step, best=True), step, weights, optimizer_state, extra_state,
-                             BEST, {BEST_FILE: record}, staged)
-
-
-def _write_checkpoint(final: Path, step: int, weights: dict[str, dict[str, torch.Tensor]],
-                      optimizer_state: dict[str, Any], extra_state: dict[str, Any], kind: str,
-                      notes: dict[str, dict[str, Any]] | None = None, staged: Path | None = None) -> Path:
-    """Write the checkpoint folder `final` through a `.tmp-*` folder and a rename; `notes`: more JSON files in it.
-    `kind` names its kill and fault points (`<kind>-<step>:weights`, `<kind>-<step>:before-rename`). With `staged`
-    (a sharded checkpoint's temporary folder, its shards written) the tensors are there already: `optimizer_state`
-    holds only the param groups. A write that fails (disk full, permission lost) removes the `.tmp-*` folder and
-    raises a one-line DigsegError."""
+def save_checkpoint(root: Path, step: int, weights: dict[str, dict[str, torch.Tensor]], optimizer_state: dict[str, Any],
+                    extra_state: dict[str, Any], keep: int, staged: Path | None = None,
+                    best: dict[str, Any] | None = None) -> Path:
+    """Write `root/step-<step>` atomically and keep the newest `keep` complete checkpoints; or with `best` (its
+    record, written as best.json) `root/best`, replacing the previous best. -> its path. `staged`: a sharded
+    checkpoint's `staging_folder`, its shards written (`optimizer_state` then holds only the param groups)."""
+    final = checkpoint_folder(root, step, best is not None)
+    kind = BEST if best is not None else "checkpoint"  # names the kill and fault points
     tmp = staged if staged is not None else final.parent / f".tmp-{final.name}-{os.getpid()}"
     try:
-        return _write_through(tmp, final, step, weights, optimizer_state, extra_state, kind, notes, staged is None)
+        if staged is None:
+            begin_staging(final, tmp)
+        for name, tensors in weights.items():
+            save_file(_contiguous(tensors), str(tmp / f"{name}.safetensors"))
+        kill_point(f"{kind}-{step}:weights")
+        opt_tensors, opt_meta = optimizer_to_flat(optimizer_state)
+        if staged is None:
+            save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        state = {"step": step, "optimizer": opt_meta, **extra_state}
+        (tmp / STATE_FILE).write_text(json.dumps(_to_json(state), indent=1))
+        if best is not None:
+            (tmp / BEST_FILE).write_text(json.dumps(best, indent=1))
+        for file in sorted(tmp.rglob("*")):
+            if file.is_file():
+                with open(file, "rb") as handle:
+                    os.fsync(handle.fileno())
+            else:
+                _fsync_dir(file)
+        _fsync_dir(tmp)
+        kill_point(f"{kind}-{step}:before-rename")
+        if final.exists():  # a re-run of the same step (after resume), or a new best: replace it
+            _remove_checkpoint(final)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
     except (OSError, SafetensorError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
@@ -249,39 +225,8 @@ def _write_checkpoint(final: Path, step: int, weights: dict[str, dict[str, torch
         earlier = f"the newest complete one, {kept[-1].name}, is intact" if kept else "there is no earlier one"
         raise DigsegError(f"cannot write checkpoint {final}: {reason}; its partial write was removed and {earlier}: "
                           "make room (or restore access), then run the same command with --resume latest") from exc
-
-
-def _write_through(tmp: Path, final: Path, step: int, weights: dict[str, dict[str, torch.Tensor]],
-                   optimizer_state: dict[str, Any], extra_state: dict[str, Any], kind: str,
-                   notes: dict[str, dict[str, Any]] | None, fresh: bool) -> Path:
-    """`fresh`: `tmp` is made here (a staged sharded checkpoint's is made, and its shards written, before)."""
-    root = final.parent
-    if fresh:
-        root.mkdir(parents=True, exist_ok=True)
-        remove_stale(root)
-        tmp.mkdir()
-    for name, tensors in weights.items():
-        save_file(_contiguous(tensors), str(tmp / f"{name}.safetensors"))
-    kill_point(f"{kind}-{step}:weights")
-    opt_tensors, opt_meta = optimizer_to_flat(optimizer_state)
-    if fresh:
-        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-    state = {"step": step, "optimizer": opt_meta, **extra_state}
-    (tmp / STATE_FILE).write_text(json.dumps(_scalar_tensors_to_json(state), indent=1))
-    for name, values in (notes or {}).items():
-        (tmp / name).write_text(json.dumps(values, indent=1))
-    for file in sorted(tmp.rglob("*")):
-        if file.is_file():
-            with open(file, "rb") as handle:
-                os.fsync(handle.fileno())
-        else:
-            _fsync_dir(file)
-    _fsync_dir(tmp)
-    kill_point(f"{kind}-{step}:before-rename")
-    if final.exists():  # a re-run of the same step (after resume), or a new best: replace it
-        _remove_checkpoint(final)
-    os.replace(tmp, final)
-    _fsync_dir(root)
+    if best is None:
+        prune_checkpoints(root, keep)
     return final
 
 
@@ -313,7 +258,7 @@ def list_checkpoints(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and (p / STATE_FILE).is_file()]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+    return sorted(found, key=checkpoint_step)
 
 
 def resolve_resume(resume: str, output_dir: Path) -> Path | None:
@@ -330,7 +275,7 @@ def resolve_resume(resume: str, output_dir: Path) -> Path | None:
 def read_trainer_state(path: Path) -> dict[str, Any]:
     """A checkpoint's trainer_state.json (step, config, schedule, ...); no tensor file is read."""
     try:
-        return _scalar_tensors_from_json(json.loads((path / STATE_FILE).read_text()))
+        return _from_json(json.loads((path / STATE_FILE).read_text()))
     except (OSError, ValueError) as exc:
         raise DigsegError(f"cannot read checkpoint {path}: {exc}") from exc
 
@@ -340,11 +285,7 @@ def load_checkpoint(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dic
     state are in its `shards/` folder (read by training/sharding.py): here no weights, and the param groups only."""
     state = read_trainer_state(path)
     try:
-        weights = {
-            f.name[: -len(".safetensors")]: load_file(str(f))
-            for f in path.glob("*.safetensors")
-            if f.name != "optimizer.safetensors"
-        }
+        weights = {f.stem: load_file(str(f)) for f in path.glob("*.safetensors") if f.name != "optimizer.safetensors"}
         if (path / SHARDS).is_dir():
             optimizer = {"state": {}, "param_groups": state.pop("optimizer")["param_groups"]}
         else:

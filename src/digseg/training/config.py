@@ -1,18 +1,10 @@
-"""Training configuration: four sections, each read in one place, written to / read from YAML.
+"""Training configuration: four sections, each read in one place (model: `run.build_pipeline`, data:
+`run.build_training_data`, optim and run: `Trainer`), written to / read from YAML.
 
-    model: what to fine-tune            -> read by `digseg.training.run.build_pipeline`
-    data:  samples, augmentation, cache -> read by `digseg.training.run.build_training_data`
-    optim: the optimisation             -> read by `Trainer`
-    run:   bookkeeping (folder, seed, checkpoints, logs) -> read by `Trainer`
-
-A YAML file holds these sections as mappings (`optim: {learning_rate: 3.0e-5}`); it may name a parent with
-`base: other.yaml` (path relative to the file; the parent may name its own, to any depth), merged section by
-section, the child's keys winning. A run folder's config.yaml may also hold `config_changes`, the changes made on
-resume (training/resume_check.py), which loading it as a config skips.
-
-`parse_overrides(["optim.learning_rate=1e-4", ...])` turns the command line's `--cfg-options` into overrides, each
-value read as YAML and then as the field's type (`1e-4` is a float for a float field), so that every field is
-reachable from the command line.
+A YAML file may name a parent with `base: other.yaml` (relative to the file, to any depth), merged section by
+section, the child's keys winning. A run folder's config.yaml may also hold `config_changes` (resume_check.py),
+which loading it as a config skips. `parse_overrides` reads `--cfg-options`, so every field is reachable from the
+command line.
 """
 
 from __future__ import annotations
@@ -31,25 +23,33 @@ from ..data.splits import split_options
 from ..errors import ConfigError
 from ..models.choices import MASK_DECODERS, OBJECTIVES, PREDICTION_TYPES  # noqa: F401  (re-read by the CLI)
 
-# The choices of the fields below and of the `digseg` flags that set them, listed once (cli.py, the pipeline,
-# the model builder and the mask decoder training import them from here).
+# The choices of the fields below and of the `digseg` flags that set them
 TASKS = ("binary", "palette", "both")
 MASK_DECODER_TARGETS = ("mask", "vae")  # what `digseg train-mask-decoder --target` learns (training/mask_decoder.py)
-# `digseg train-mask-decoder --steps` by default: minutes on 2 CPU cores for the quickstart's model, and its decoder
-# then reads masks back as well as the VAE does (docs/mask_decoder.md, "Steps", has the measurement)
+# `digseg train-mask-decoder --steps` by default: enough to read masks back as well as the VAE (docs/mask_decoder.md)
 MASK_DECODER_STEPS = 500
 MIXED_PRECISION = ("no", "fp16", "bf16")  # optim.mixed_precision may also be "": the launcher's choice
 OPTIMIZERS = ("adamw", "adamw8bit")  # adamw8bit: torchao's AdamW8bit (pip install -e ".[lowmem]")
 EMA_DEVICES = ("accelerator", "cpu")  # where optim.use_ema keeps its copy of the weights between steps
-FINETUNE = ("full", "lora")  # optim.finetune: every U-Net weight, or LoRA adapters (models/adapters.py, docs/adapters.md)
+FINETUNE = ("full", "lora")  # optim.finetune: every U-Net weight, or LoRA adapters (models/adapters.py)
 SHARDING = ("none", "fsdp")  # run.sharding: whole weights on every process (DDP), or FSDP2 (training/sharding.py)
+
+
+def _one_of(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _at_least(low: int, section: str, values: Any, names: tuple[str, ...]) -> None:
+    for name in names:
+        if getattr(values, name) < low:
+            raise ConfigError(f"{section}.{name} must be >= {low}, got {getattr(values, name)}")
 
 
 @dataclass
 class ModelConfig:
-    pretrained: str = ""  # Stable Diffusion 1.x / 2.x / XL folder or hub id, or a DiGSeg model folder to continue training
-    # the backbone's weight files: variant "fp16" reads *.fp16.safetensors (None: the plain files, or a local folder's
-    # only variant); revision: a hub branch, tag or commit (docs/backbones.md). Weights load in float32 either way.
+    pretrained: str = ""  # SD 1.x / 2.x / XL folder or hub id, or a DiGSeg model folder to continue training
+    # the backbone's weight files (variant "fp16": *.fp16.safetensors, loaded in float32) and hub revision
     variant: str | None = None
     revision: str | None = None
     prediction_type: str = "sample"  # sample (x0) | v_prediction | epsilon; x0 trains best in few steps
@@ -57,42 +57,33 @@ class ModelConfig:
     text_encoder_variant: str | None = None  # as variant and revision, for that text encoder
     text_encoder_revision: str | None = None
     prompt_template: str = ""  # "" = the dataset's default (e.g. "a photo of a {}."); must contain "{}"
-    # diffusion: MSE on the scheduler's target at random timesteps (the paper). one-step: one deterministic pass
-    # (t = T-1, zero input) decoded to class scores and trained with cross-entropy on the labels (docs/training.md)
+    # diffusion: MSE on the scheduler's target at random timesteps (the paper); one-step: one deterministic pass
+    # trained with cross-entropy on the labels (one_step.py)
     objective: str = "diffusion"
-    one_step_decoder: str = "auto"  # one-step: the mask decoder trained through (light | vae | auto), kept for inference
+    one_step_decoder: str = "auto"  # one-step: the mask decoder trained through (light | vae | auto)
 
     def validate(self) -> None:
-        if self.prediction_type not in PREDICTION_TYPES:
-            raise ConfigError(f"model.prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {self.prediction_type!r}")
-        if self.objective not in OBJECTIVES:
-            raise ConfigError(f"model.objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
-        if self.one_step_decoder not in MASK_DECODERS:
-            raise ConfigError(f"model.one_step_decoder must be one of {', '.join(MASK_DECODERS)}, "
-                              f"got {self.one_step_decoder!r}")
+        _one_of("model.prediction_type", self.prediction_type, PREDICTION_TYPES)
+        _one_of("model.objective", self.objective, OBJECTIVES)
+        _one_of("model.one_step_decoder", self.one_step_decoder, MASK_DECODERS)
         if self.prompt_template and "{}" not in self.prompt_template:
             raise ConfigError(f"model.prompt_template must contain '{{}}', got {self.prompt_template!r}")
 
 
 @dataclass
 class DataConfig:
-    # a name in the dataset registry, digseg.data.registry.dataset_names(): "synthetic", "folder" or a reader such
-    # as ade20k-150 (`digseg train --help`; an unknown name's error lists them all), or "hf:<name or path>", a
-    # dataset of the Hugging Face datasets library (digseg.data.hf)
+    # a name in the dataset registry (digseg.data.registry.dataset_names()) or "hf:<name or path>" (digseg.data.hf)
     dataset: str = "synthetic"
     data_root: str | None = None
     num_scenes: int = 2000  # synthetic only
-    # folder only (digseg.data.splits): share of a flat folder held out for val by file-name hash (None: 0.1), and a
-    # text file of the training images' stems (None: splits/train.txt, images/train/ or the held-out fraction)
+    # folder only (digseg.data.splits): the share held out for val (None: 0.1), a file of the training images' stems
     val_fraction: float | None = None
     split_file: str | None = None
-    # hf: datasets only: how they are read, {option: value} over digseg.data.hf_options.HFOptions (columns, the
-    # dataset's splits read as train and val, a class file, label conventions; docs/data.md)
+    # hf: datasets only: {option: value} over digseg.data.hf_options.HFOptions (docs/data.md)
     hf: dict[str, Any] = field(default_factory=dict)
     # training crop, height x width (an int: square). None = the dataset preset's crop (docs/augmentation.md)
     crop_size: int | list[int] | None = None
-    # overrides of the dataset's augmentation preset (keys of digseg.data.augment.Augmentation);
-    # false turns augmentation off (every sample squashed to crop_size, as evaluation-free latent caches need)
+    # overrides of the dataset's augmentation preset (keys of digseg.data.augment.Augmentation); false: off
     augmentation: dict[str, Any] | bool = True
     task: str = "both"  # binary (prompt -> mask) | palette (closed-set classes) | both (alternating at random)
     negative_prob: float = 0.1  # binary: chance of querying a class absent from the image (target: empty mask)
@@ -102,24 +93,22 @@ class DataConfig:
     cache_latents: bool = False  # keep the frozen VAE's latents in memory (only without augmentation)
     cache_max_mib: int = 2048  # memory cap of that cache; latents past it are encoded again at each use
     latent_cache: str = ""  # a folder written by `digseg cache-latents` (only without augmentation)
-    # every sample is read once before step 1 (digseg.data.check); error: refuse a dataset with bad samples, listing
-    # them all; skip: train without them (listed in log.jsonl and <output_dir>/data-check.json)
+    # every sample is read once before step 1 (digseg.data.check); error: refuse bad samples; skip: train without them
     bad_samples: str = "error"
 
     def validate(self) -> None:
         split_options(self.dataset, self.val_fraction, self.split_file)
         self.hf_options()
-        if self.bad_samples not in BAD_SAMPLES:
-            raise ConfigError(f"data.bad_samples must be one of {', '.join(BAD_SAMPLES)}, got {self.bad_samples!r}")
-        if self.task not in TASKS:
-            raise ConfigError(f"data.task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        _one_of("data.bad_samples", self.bad_samples, BAD_SAMPLES)
+        _one_of("data.task", self.task, TASKS)
         if self.num_workers < 0 or self.prefetch_factor < 1 or self.cache_max_mib < 0:
             raise ConfigError(f"data.num_workers and data.cache_max_mib must be >= 0 and prefetch_factor >= 1, got "
                               f"{self.num_workers}, {self.cache_max_mib}, {self.prefetch_factor}")
         if not 0.0 <= self.negative_prob <= 1.0:
             raise ConfigError(f"data.negative_prob must be in [0, 1], got {self.negative_prob}")
         if not isinstance(self.augmentation, (bool, dict)):
-            raise ConfigError(f"data.augmentation must be true, false or a mapping of overrides, got {self.augmentation!r}")
+            raise ConfigError(f"data.augmentation must be true, false or a mapping of overrides, got "
+                              f"{self.augmentation!r}")
         if self.augments and (self.cache_latents or self.latent_cache):
             raise ConfigError("latent caches (data.cache_latents, data.latent_cache) need fixed samples: "
                               "turn augmentation off (data.augmentation: false) to use them")
@@ -152,45 +141,33 @@ class OptimConfig:
     gradient_checkpointing: bool = False  # recompute U-Net activations in backward: less memory, ~30% slower
     use_ema: bool = False
     ema_decay: float = 0.999
-    # cpu: the EMA copy lives in host memory and visits the accelerator only for its update, after the step's
-    # activations and gradients are freed (diffusers' --offload_ema): one copy of the weights less at the peak
+    # cpu: the EMA copy waits in host memory between updates (diffusers' --offload_ema): lower peak memory
     ema_device: str = "accelerator"
     # share of training samples at the last timestep (T-1), where few-step trailing inference starts; the rest
     # are uniform over [0, T). Uniform alone spends most updates on nearly noise-free, easy inputs.
     max_timestep_prob: float = 0.5
-    # a step whose gradients are not finite is skipped (no update, logged); this many in a row stop the run, naming
-    # the last healthy checkpoint (docs/training.md)
+    # steps with non-finite gradients are skipped; this many in a row stop the run (divergence.py)
     max_consecutive_skips: int = 20
-    # lora: the U-Net stays frozen but for LoRA matrices (rank lora_rank, scale lora_alpha / lora_rank; alpha None =
-    # the rank) on the modules named by lora_targets (attention projections; add conv1, conv2 for the ResNet convs),
-    # while conv_in and the text pathway train in full; the run saves an adapter folder (docs/adapters.md)
+    # lora: the U-Net frozen but for conv_in and LoRA matrices (scale lora_alpha / lora_rank; alpha None = the rank)
+    # on the modules lora_targets names; the run saves an adapter folder (docs/adapters.md)
     finetune: str = "full"
     lora_rank: int = 16
     lora_alpha: float | None = None
     lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
 
     def validate(self) -> None:
-        if self.mixed_precision and self.mixed_precision not in MIXED_PRECISION:
-            raise ConfigError(f"optim.mixed_precision must be one of {', '.join(MIXED_PRECISION)}, "
-                              f"got {self.mixed_precision!r}")
-        for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "max_consecutive_skips"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"optim.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("weight_decay", "max_grad_norm"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"optim.{name} must be >= 0, got {getattr(self, name)}")
+        if self.mixed_precision:
+            _one_of("optim.mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        _at_least(1, "optim", self, ("max_steps", "batch_size", "gradient_accumulation_steps", "max_consecutive_skips",
+                                     "lora_rank"))
+        _at_least(0, "optim", self, ("weight_decay", "max_grad_norm"))
         if not self.learning_rate > 0:
             raise ConfigError(f"optim.learning_rate must be > 0, got {self.learning_rate}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"optim.optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.ema_device not in EMA_DEVICES:
-            raise ConfigError(f"optim.ema_device must be one of {', '.join(EMA_DEVICES)}, got {self.ema_device!r}")
+        _one_of("optim.optimizer", self.optimizer, OPTIMIZERS)
+        _one_of("optim.ema_device", self.ema_device, EMA_DEVICES)
         if not 0.0 <= self.max_timestep_prob <= 1.0:
             raise ConfigError(f"optim.max_timestep_prob must be in [0, 1], got {self.max_timestep_prob}")
-        if self.finetune not in FINETUNE:
-            raise ConfigError(f"optim.finetune must be one of {', '.join(FINETUNE)}, got {self.finetune!r}")
-        if self.lora_rank < 1:
-            raise ConfigError(f"optim.lora_rank must be >= 1, got {self.lora_rank}")
+        _one_of("optim.finetune", self.finetune, FINETUNE)
         if self.lora_alpha is not None and not self.lora_alpha > 0:
             raise ConfigError(f"optim.lora_alpha must be > 0 (or null: the rank), got {self.lora_alpha}")
         targets = self.lora_targets
@@ -208,37 +185,28 @@ class RunConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     log_every: int = 25
-    # experiment trackers (training/tracking.py): tensorboard (<output_dir>/logs), any tracker accelerate supports
-    # (wandb, mlflow, comet_ml, aim, clearml, dvclive, swanlab, trackio), several comma-separated, all (every one
-    # installed) or none; log.jsonl is always written
+    # experiment trackers, comma-separated, all or none (tracking.py); log.jsonl is always written
     log_with: str | list[str] = "tensorboard"
     sample_every: int = 250  # predictions on a fixed batch of validation images into the trackers; 0 = never
     num_sample_images: int = 4
-    # score the validation split every `eval_every` steps and at the last step (0 = never), E-Step 1x1 on its first
-    # `eval_samples` images; the best step's checkpoint is kept in checkpoints/best/ (docs/training.md)
+    # score the first `eval_samples` validation images every `eval_every` steps (0 = never), best kept (validation.py)
     eval_every: int = 0
     eval_samples: int = 50
-    # none: every process holds the whole trainable weights, gradients and AdamW moments (DDP). fsdp: each of N
-    # processes holds 1/N of them (FSDP2), checkpointed sharded and resumed exactly (docs/distributed.md)
+    # none: whole weights on every process (DDP); fsdp: each of N processes holds 1/N of them (sharding.py)
     sharding: str = "none"
-    # after training, upload the model and its model card to this Hugging Face Hub repository (user/name; the token:
-    # HF_TOKEN or `hf auth login`'s), created private when hub_private (None: the Hub's default)
+    # after training, upload the model to this Hub repository (user/name; hub.py), private when hub_private
     push_to_hub: str = ""
     hub_private: bool | None = None
 
     def validate(self) -> None:
-        if self.sharding not in SHARDING:
-            raise ConfigError(f"run.sharding must be one of {', '.join(SHARDING)}, got {self.sharding!r}")
-        for name in ("checkpoint_every", "keep_checkpoints", "log_every", "num_sample_images", "eval_samples"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"run.{name} must be >= 1, got {getattr(self, name)}")
+        _one_of("run.sharding", self.sharding, SHARDING)
+        _at_least(1, "run", self, ("checkpoint_every", "keep_checkpoints", "log_every", "num_sample_images",
+                                   "eval_samples"))
         names = self.log_with if isinstance(self.log_with, list) else [self.log_with]
         if not names or not all(isinstance(name, str) and name.strip() for name in names):
             raise ConfigError(f"run.log_with must name trackers (tensorboard, wandb, mlflow, ..., all, none), got "
                               f"{self.log_with!r}")
-        for name in ("sample_every", "eval_every", "seed"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"run.{name} must be >= 0, got {getattr(self, name)}")
+        _at_least(0, "run", self, ("sample_every", "eval_every", "seed"))
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "run": RunConfig}
@@ -296,7 +264,8 @@ class TrainConfig:
             known = {f.name for f in dataclasses.fields(section)}
             bad = sorted(set(given) - known)
             if bad:
-                raise ConfigError(f"unknown key(s) in section {name}: {', '.join(bad)}; known: {', '.join(sorted(known))}")
+                raise ConfigError(f"unknown key(s) in section {name}: {', '.join(bad)}; known: "
+                                  f"{', '.join(sorted(known))}")
             parts[name] = section(**given)
         return cls(**parts).validate()
 
@@ -317,41 +286,28 @@ class TrainConfig:
         return cls.from_dict(values)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml_with_base(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The config file's sections merged over those of its `base` chain (any depth)."""
+    path = path.resolve()
+    if path in _seen:
+        raise ConfigError(f"config {path} names itself as a base (through {' -> '.join(p.name for p in _seen)})")
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {path}" + (f" (the base named in {_seen[-1]})" if _seen else ""))
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"cannot parse {path}: {exc}") from exc
     if not isinstance(values, dict):
         raise ConfigError(f"{path} must hold a mapping of config sections")
-    return values
-
-
-def read_yaml_with_base(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """The config file's sections merged over those of its `base` chain (any depth)."""
-    path = path.resolve()
-    if path in _seen:
-        raise ConfigError(f"config {path} names itself as a base (through {' -> '.join(p.name for p in _seen)})")
-    values = _read_yaml(path)
     base = values.pop("base", None)
     if base is None:
         return values
-    base_path = (path.parent / base).resolve()
-    if not base_path.is_file():
-        raise ConfigError(f"base config {base_path} (named in {path}) not found")
-    parent = read_yaml_with_base(base_path, (*_seen, path))
+    parent = read_yaml_with_base(path.parent / base, (*_seen, path))
     merged = dict(parent)
     for section, keys in values.items():  # section by section: the child's keys win
         both = isinstance(keys, dict) and isinstance(parent.get(section), dict)
         merged[section] = {**parent[section], **keys} if both else keys
     return merged
-
-
-def _field_types(annotation: str) -> set[str]:
-    """The plain types a field's annotation admits ("int | list[int] | None" -> {"int", "list", "None"})."""
-    return {part.strip().split("[")[0] for part in annotation.split("|")}
 
 
 def _mapping_fields() -> dict[tuple[str, str], dict[str, str]]:
@@ -371,7 +327,7 @@ def _typed(item: str, key: str, annotation: str, text: str) -> Any:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"--cfg-options {item}: cannot read the value: {exc}") from exc
-    types = _field_types(annotation)
+    types = {part.strip().split("[")[0] for part in annotation.split("|")}  # "int | list[int]" -> {"int", "list"}
     if isinstance(value, str) and ("float" in types or "int" in types):
         for kind in (int, float) if "int" in types else (float,):
             try:
@@ -395,9 +351,7 @@ def _typed(item: str, key: str, annotation: str, text: str) -> Any:
 
 def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
     """["section.field=value", "section.mapping.key=value", ...] (`--cfg-options`) -> {section: {field: value}}
-    (a mapping key: {section: {mapping: {key: value}}}, merged over the file's mapping by `TrainConfig.load`); each
-    value read as YAML, then as the field's type. ConfigError naming the item for an unknown field or a value of
-    the wrong type."""
+    ({section: {mapping: {key: value}}} for a mapping key), each value read as `_typed`."""
     fields = {section: {f.name: str(f.type) for f in dataclasses.fields(cls)} for section, cls in SECTIONS.items()}
     mappings = _mapping_fields()
     out: dict[str, dict[str, Any]] = {}

@@ -1,29 +1,17 @@
-"""What a diverging run does: skip steps with non-finite gradients, stop naming the last healthy checkpoint.
+"""What a diverging run does (docs/training.md, "When a run diverges"): skip steps with non-finite gradients, stop
+naming the last healthy checkpoint.
 
-Weights w_k are those after k updates (checkpoint `step-k` holds them). The step that makes update k+1 computes
-the loss of w_k, its gradients, and then:
+Weights w_k are those after k updates (checkpoint `step-k` holds them); the step that makes update k+1 starts from
+w_k. The newest checkpoint from before the weights that failed is the healthy one: so nothing non-finite is saved
+(`all_finite` before every write), no checkpoint is written during a row of skips, and older checkpoints are
+pruned only once the newest has proved healthy (`updated`).
 
-- gradients not finite (their norm, the same on every process: DDP and FSDP reduce them first): the step is
-  skipped, as a GradScaler does (no update, no EMA update; the learning-rate schedule and the data go on), counted
-  and logged. Under fp16 the GradScaler itself skips, and lowers its scale.
-- `optim.max_consecutive_skips` skipped steps in a row, or a loss that is not finite (on any process), or weights
-  found non-finite when a checkpoint is written: the run stops with a one-line `DigsegError` naming the last healthy
-  checkpoint, the newest one from before the weights that failed (a checkpoint written right after the update that
-  broke the run holds those weights, finite or not, so it is not healthy), and the command that resumes from it
-  with a tenth of the learning rate (or the rate that checkpoint was trained at, if lower).
-
-Nothing non-finite is written: a checkpoint, the best checkpoint and the final model are checked first
-(`all_finite`). No checkpoint is written during a row of skipped steps (the weights have not changed since the row
-began, and those weights failed), and checkpoints are pruned to `run.keep_checkpoints` only once the newest one has
-proved healthy (`updated`), so the healthy checkpoint the error names still exists.
-
-Fault injection for tests: with `DIGSEG_NAN_GRADIENT_AT=<k>` (or `<k>@<rank>`: on that process only) the step
-from w_k gets NaN gradients (`inject_nan_gradient`); see tests/test_sharded_training.py.
+Fault injection for tests: `DIGSEG_NAN_GRADIENT_AT=<k>` (or `<k>@<rank>`: that process only) gives the step from
+w_k NaN gradients (`inject_nan_gradient`).
 """
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import Any, Iterable
@@ -31,10 +19,7 @@ from typing import Any, Iterable
 import torch
 
 from ..errors import DigsegError
-from .checkpoint import PREFIX, list_checkpoints, read_trainer_state
-
-logger = logging.getLogger("digseg.train")
-
+from .checkpoint import checkpoint_step, list_checkpoints, read_trainer_state
 
 def all_finite(tensors: Iterable[torch.Tensor], accelerator=None) -> bool:
     """True when every floating-point tensor (this process's shard of a DTensor) holds only finite values, on every
@@ -48,14 +33,6 @@ def all_finite(tensors: Iterable[torch.Tensor], accelerator=None) -> bool:
         count = torch.tensor([float(bad)], device=accelerator.device)
         bad = int(accelerator.reduce(count, reduction="sum").item())
     return bad == 0
-
-
-def finite_on_every_process(value: torch.Tensor, accelerator) -> bool:
-    """True when the scalar `value` is finite on every process (a collective call)."""
-    bad = (~torch.isfinite(value.detach().float())).float().reshape(1)
-    if accelerator.num_processes > 1:
-        bad = accelerator.reduce(bad, reduction="sum")
-    return bad.item() == 0
 
 
 class NanGradient(torch.autograd.Function):
@@ -76,10 +53,6 @@ def inject_nan_gradient(loss: torch.Tensor, weights_step: int, rank: int) -> tor
     if at and int(at) == weights_step and (not on or int(on) == rank):
         return NanGradient.apply(loss)
     return loss
-
-
-def checkpoint_step(path: Path) -> int:
-    return int(path.name[len(PREFIX):])
 
 
 class DivergenceGuard:
@@ -120,25 +93,18 @@ class DivergenceGuard:
         return (f"step {weights_step + 1} skipped: gradient norm {norm} is not finite ({self.consecutive} in a row, "
                 f"{self.skipped} in all; the run stops at {self.max_consecutive} in a row)")
 
-    def healthy_checkpoint(self, bad_weights_step: int) -> Path | None:
-        """The newest complete checkpoint from before w_`bad_weights_step`, the weights that failed."""
-        found = [p for p in list_checkpoints(self.output_dir / "checkpoints") if checkpoint_step(p) < bad_weights_step]
-        return found[-1] if found else None
-
-    def safer_learning_rate(self, healthy: Path | None) -> float:
-        """A tenth of this run's learning rate, or the one `healthy` was trained at if that is lower."""
+    def stop(self, reason: str, bad_weights_step: int):
+        """Raise the one-line error of a run that cannot go on from w_`bad_weights_step`: it names the newest
+        checkpoint from before those weights, and a tenth of the learning rate (or that checkpoint's, if lower)."""
+        older = [p for p in list_checkpoints(self.output_dir / "checkpoints") if checkpoint_step(p) < bad_weights_step]
+        healthy = older[-1] if older else None
         lr = self.learning_rate / 10
         if healthy is not None:
             try:
                 lr = min(lr, float(read_trainer_state(healthy)["config"]["optim"]["learning_rate"]))
             except (DigsegError, KeyError, TypeError, ValueError):
                 pass  # a checkpoint that records no config: a tenth
-        return lr
-
-    def stop(self, reason: str, bad_weights_step: int):
-        """Raise the one-line error of a run that cannot go on from w_`bad_weights_step`."""
-        healthy = self.healthy_checkpoint(bad_weights_step)
-        config, lr = self.output_dir / "config.yaml", f"{self.safer_learning_rate(healthy):g}"
+        config, lr = self.output_dir / "config.yaml", f"{lr:g}"
         if healthy is not None:
             todo = (f"the last healthy checkpoint is {healthy}; resume from it with a lower learning rate: "
                     f"digseg train --output {self.output_dir} --resume {healthy} --learning-rate {lr} "

@@ -1,9 +1,8 @@
-"""`run.push_to_hub: REPO` (`digseg train --cfg-options run.push_to_hub=user/name`): a trained model folder uploaded to a Hugging Face Hub model repository.
+"""`run.push_to_hub: REPO`: a trained model folder uploaded to a Hugging Face Hub model repository.
 
-The upload holds the model (model_index.json and the component folders it names: unet/, vae/, text_pathway/, ...),
-its model card README.md (rewritten first, so its loading snippet names the repository), and the run's config.yaml
-and log.jsonl; checkpoints/ and tracker logs stay local. The token is huggingface_hub's: HF_TOKEN, else the one
-`hf auth login` stored.
+The upload holds the model (model_index.json and its component folders), its model card README.md (rewritten first,
+so its loading snippet names the repository), and the run's config.yaml and log.jsonl. The token is
+huggingface_hub's: HF_TOKEN, else the one `hf auth login` stored.
 """
 
 from __future__ import annotations
@@ -30,13 +29,6 @@ def check_hub_target(repo_id: str) -> None:
         raise ConfigError("run.push_to_hub needs a Hub token with write access: `hf auth login` or HF_TOKEN")
 
 
-def upload_patterns(folder: Path) -> list[str]:
-    """The files of `folder` that are uploaded: `RUN_FILES` and the folders of the components model_index.json names."""
-    index = json.loads((folder / "model_index.json").read_text())
-    components = sorted(name for name in index if (folder / name).is_dir())
-    return [*RUN_FILES, *(f"{name}/*" for name in components)]
-
-
 def push_to_hub(folder: str | Path, repo_id: str, private: bool | None = None) -> str:
     """Upload the model in `folder` to the model repository `repo_id` (created if needed; `private` as
     huggingface_hub's create_repo takes it, None: the Hub's default); -> the repository's URL. DigsegError when the
@@ -47,10 +39,12 @@ def push_to_hub(folder: str | Path, repo_id: str, private: bool | None = None) -
     if not (folder / "model_index.json").is_file():
         raise DigsegError(f"cannot push {folder} to the Hub: it holds no model (model_index.json is missing)")
     write_model_card(folder, read_card_facts(folder), model_id=repo_id)
+    index = json.loads((folder / "model_index.json").read_text())
+    patterns = [*RUN_FILES, *(f"{name}/*" for name in sorted(index) if (folder / name).is_dir())]  # unet/, vae/, ...
     api = HfApi()
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        api.upload_folder(repo_id=repo_id, folder_path=str(folder), allow_patterns=upload_patterns(folder),
+        api.upload_folder(repo_id=repo_id, folder_path=str(folder), allow_patterns=patterns,
                           repo_type="model", commit_message="Upload DiGSeg model")
     except Exception as exc:  # network, authentication and Hub errors have many types
         reason = first_line(exc)

@@ -2,12 +2,10 @@
 
 Layout of a cache folder:
   index.json                  class names, resolution, VAE fingerprint, and per sample: shard, present classes
-  shard-00000.safetensors     "<i>.image", "<i>.palette", "<i>.class<c>", "<i>.empty" latents [4, h, w] and
-                              "<i>.keep" [1, h, w]
-For sample i it stores the image latent, the palette-mask latent, and the binary-mask latent of every class
-present in the image (absent classes are empty masks: one shared "empty" latent). The trainer then never
-runs the VAE. A cache is only valid for the VAE and resolution it was built with; both are checked.
-In memory a latent is named by its `LatentKey`; `tensor_name` spells it as the shards do.
+  shard-00000.safetensors     "<i>.image", "<i>.palette", "<i>.class<c>", "<i>.empty" latents [4, h, w]
+                              (`tensor_name`) and "<i>.keep", the latent-cell keep mask [1, h, w]
+Every class present in sample i has its binary-mask latent; absent classes share the "empty" one. A cache is only
+valid for the VAE and resolution it was built with; both are checked.
 """
 
 from __future__ import annotations
@@ -34,11 +32,6 @@ def tensor_name(index: int, key: LatentKey) -> str:
     return f"{index}.class{key.class_id}" if key.kind == "class" else f"{index}.{key.kind}"
 
 
-def keep_name(index: int) -> str:
-    """The shard tensor holding sample `index`'s latent-cell keep mask [1, h, w]."""
-    return f"{index}.keep"
-
-
 def vae_fingerprint(vae) -> str:
     """A short hash of the VAE's weights: a cache built with another VAE is refused."""
     digest = hashlib.sha256()
@@ -50,7 +43,7 @@ def vae_fingerprint(vae) -> str:
 
 @torch.no_grad()
 def build_latent_cache(dataset: Dataset, class_names: list[str], vae, out_dir: str | Path, resolution: int,
-                       task: str = "both", shard_size: int = 256, batch_size: int = 16, show_progress: bool = True) -> Path:
+                       task: str = "both", shard_size: int = 256, show_progress: bool = True) -> Path:
     """Encode every sample once; samples that cannot be read are reported in index.json and left out."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -67,19 +60,18 @@ def build_latent_cache(dataset: Dataset, class_names: list[str], vae, out_dir: s
             save_file(shard, str(out / f"shard-{shard_id:05d}.safetensors"))
             shard, shard_id = {}, shard_id + 1
 
-    for start in tqdm(range(0, len(dataset), batch_size), desc="cache latents", disable=not show_progress):
-        for i in range(start, min(start + batch_size, len(dataset))):
-            try:
-                entry = batcher.encode_all(i, with_palette=task != "binary", with_classes=task != "palette")
-            except DataError as exc:
-                skipped.append(str(exc))
-                continue
-            for key, value in entry["latents"].items():
-                shard[tensor_name(i, key)] = value.contiguous()
-            shard[keep_name(i)] = entry["keep"].contiguous()
-            samples[str(i)] = {"shard": shard_id, "present": entry["present"]}
-            if len(samples) % shard_size == 0:
-                flush()
+    for i in tqdm(range(len(dataset)), desc="cache latents", disable=not show_progress):
+        try:
+            entry = batcher.encode_all(i)
+        except DataError as exc:
+            skipped.append(str(exc))
+            continue
+        for key, value in entry["latents"].items():
+            shard[tensor_name(i, key)] = value.contiguous()
+        shard[f"{i}.keep"] = entry["keep"].contiguous()
+        samples[str(i)] = {"shard": shard_id, "present": entry["present"]}
+        if len(samples) % shard_size == 0:
+            flush()
     flush()
     index = {"class_names": list(class_names), "resolution": resolution, "task": task,
              "vae": vae_fingerprint(vae), "num_samples": len(dataset), "samples": samples, "skipped": skipped}
@@ -93,36 +85,32 @@ class LatentCache:
     def __init__(self, path: str | Path, class_names: list[str], vae, resolution: int) -> None:
         self.path = Path(path)
         if not (self.path / INDEX).is_file():
-            raise DigsegError(f"not a latent cache: {self.path} ({INDEX} missing; build one with `digseg cache-latents`)")
+            raise DigsegError(f"not a latent cache: {self.path} ({INDEX} missing; build one with `digseg "
+                              "cache-latents`)")
         self.index = json.loads((self.path / INDEX).read_text())
         if self.index["class_names"] != list(class_names):
             raise DigsegError(f"latent cache {self.path} was built for other classes")
         if self.index["resolution"] != resolution:
-            raise DigsegError(f"latent cache {self.path} is at resolution {self.index['resolution']}, training uses {resolution}")
+            raise DigsegError(f"latent cache {self.path} is at resolution {self.index['resolution']}, training uses "
+                              f"{resolution}")
         if self.index["vae"] != vae_fingerprint(vae):
             raise DigsegError(f"latent cache {self.path} was built with another VAE")
         self._handles: dict[int, object] = {}
-
-    def _shard(self, i: int):
-        entry = self.index["samples"].get(str(i))
-        if entry is None:
-            return None
-        shard = entry["shard"]
-        if shard not in self._handles:
-            self._handles[shard] = safe_open(str(self.path / f"shard-{shard:05d}.safetensors"), framework="pt")
-        return self._handles[shard]
 
     def has(self, i: int) -> bool:
         return str(i) in self.index["samples"]
 
     def _tensor(self, i: int, name: str) -> torch.Tensor | None:
-        handle = self._shard(i)
-        if handle is None or name not in handle.keys():
+        if not self.has(i):
             return None
-        return handle.get_tensor(name)
+        shard = self.index["samples"][str(i)]["shard"]
+        if shard not in self._handles:
+            self._handles[shard] = safe_open(str(self.path / f"shard-{shard:05d}.safetensors"), framework="pt")
+        handle = self._handles[shard]
+        return handle.get_tensor(name) if name in handle.keys() else None
 
     def get(self, i: int, key: LatentKey) -> torch.Tensor | None:
         return self._tensor(i, tensor_name(i, key))
 
     def info(self, i: int) -> tuple[list[int], torch.Tensor]:
-        return self.index["samples"][str(i)]["present"], self._tensor(i, keep_name(i))
+        return self.index["samples"][str(i)]["present"], self._tensor(i, f"{i}.keep")

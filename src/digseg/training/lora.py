@@ -1,11 +1,7 @@
-"""LoRA fine-tuning in the trainer (`optim.finetune: lora`): what trains, what a checkpoint holds, what the run saves.
-
-- `begin_lora`: LoRA matrices injected into the U-Net (models/adapters.py, lora_A seeded by `run.seed` so that
-  every process and every restart of a run draws the same), the rest of the U-Net frozen but for conv_in; the
-  text pathway trains in full as ever.
-- A checkpoint holds the U-Net's trainable tensors only (LoRA matrices and conv_in, by their names in the
-  peft-injected U-Net), so checkpoints stay small; a resume loads them back by the same names, exactly.
-- At the end the run folder gets `adapter/` (the adapter folder) instead of a whole model.
+"""LoRA fine-tuning in the trainer (`optim.finetune: lora`): the U-Net frozen but for conv_in and LoRA matrices
+(models/adapters.py; lora_A seeded by `run.seed`, so every process and restart draws the same), the text pathway in
+full. Checkpoints hold only the U-Net's trainable tensors, by their peft names, and the run saves `adapter/` (an
+adapter folder) instead of a whole model.
 """
 
 from __future__ import annotations
@@ -30,11 +26,6 @@ def begin_lora(unet: nn.Module, optim: OptimConfig, seed: int) -> None:
     unet.requires_grad_(False)
     add_lora(unet, optim.lora_rank, optim.lora_alpha, optim.lora_targets, TRAINED_ADAPTER, seed=seed)
     unet.conv_in.requires_grad_(True)
-
-
-def trainable_names(unet: nn.Module) -> list[str]:
-    """The names of `unet`'s parameters that require gradients (its state-dict keys)."""
-    return [name for name, p in unet.named_parameters() if p.requires_grad]
 
 
 def load_unet_weights(unet: nn.Module, weights: dict[str, torch.Tensor], keys: list[str] | None) -> None:

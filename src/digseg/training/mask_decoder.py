@@ -1,17 +1,8 @@
-"""Training a `LightMaskDecoder` (`digseg train-mask-decoder`): from the frozen VAE's mask latents to the mask.
-
-The U-Net is trained to produce the VAE's latents of rendered masks, so the light decoder learns to invert
-exactly those: for every sample, the latents of its palette rendering and of each present class's binary
-mask (and the empty mask), as `digseg cache-latents` stores them. A latent cache built for the same VAE and
-resolution is read instead of running the VAE. The loss is the mean squared error over labelled pixels
-against a target that is either
-- `target="mask"` (default): the rendered mask itself, or
-- `target="vae"`: the frozen VAE decoder's output for the same (noised) latent, so the light decoder learns to
-  reproduce the VAE's reading, also off the encoder's latents. This runs the VAE decoder every step.
-
-Generated latents are not exactly encoder latents, so each training latent gets Gaussian noise of a standard
-deviation drawn uniformly from [0, latent_noise] (per sample). Whether the result keeps accuracy is checked
-on a trained model by `benchmarks/bench_mask_decoder.py`.
+"""Training a `LightMaskDecoder` (`digseg train-mask-decoder`; docs/mask_decoder.md) to invert the frozen VAE's
+mask latents: those of each sample's palette rendering and of each present class's binary mask (and the empty one),
+read from a latent cache or encoded. Its target is the rendered mask (`target="mask"`) or the VAE decoder's output
+for the same latent (`target="vae"`); each latent gets Gaussian noise of a std drawn from [0, latent_noise], since
+the U-Net's latents are not exactly the encoder's.
 """
 
 from __future__ import annotations
@@ -49,18 +40,16 @@ class MaskLatents:
 def collect_mask_latents(batcher: LatentBatcher, indices: list[int] | range, store=None,
                          show_progress: bool = True) -> MaskLatents:
     """The mask latents of the given samples: read from `store` (a `LatentCache`) where it has them, else encoded."""
-    with_palette = batcher.task != "binary"
-    with_classes = batcher.task != "palette"
     latents, labels, sample, keys, skipped = [], [], [], [], []
     for i in tqdm(indices, desc="mask latents", disable=not show_progress):
         try:
             if store is not None and store.has(i):
                 label = batcher.dataset[i]["label"]  # [H, W]: the targets are rendered from it
                 present, _ = store.info(i)
-                found = {key: store.get(i, key) for key in batcher.mask_keys(present, with_palette, with_classes)}
+                found = {key: store.get(i, key) for key in batcher.mask_keys(present)}
                 found = {key: z for key, z in found.items() if z is not None}
             else:  # one read of the sample: encode_all returns its label too
-                entry = batcher.encode_all(i, with_palette=with_palette, with_classes=with_classes)
+                entry = batcher.encode_all(i)
                 found, label = entry["latents"], entry["label"]
                 found.pop(IMAGE)
         except (DataError, OSError, ValueError) as exc:
@@ -109,7 +98,7 @@ def train_mask_decoder(decoder: LightMaskDecoder, data: MaskLatents, batcher: La
             with torch.no_grad():
                 goal = decode_latents(vae, z.to(vae.device)).float()  # [B, 3, H, W]
         else:
-            goal = torch.stack([batcher.target_image(l, data.keys[int(j)]) for l, j in zip(label, pick)])  # [B, 3, H, W]
+            goal = torch.stack([batcher.target_image(lab, data.keys[int(j)]) for lab, j in zip(label, pick)])
         weight = (label != ignore).unsqueeze(1).float()  # [B, 1, H, W]
         pred = decoder(z.to(device))  # [B, 3, H, W]
         err = (pred - goal.to(device)).pow(2) * weight.to(device)

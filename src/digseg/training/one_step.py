@@ -1,20 +1,7 @@
-"""The one-step objective: one deterministic U-Net pass, decoded, trained with a task loss on the labels.
-
-The paper's diffusion objective regresses the scheduler's target at random timesteps, and inference then
-trades accuracy for speed through the E-Step (ensemble x steps). E2E-FT (Garcia et al., "Fine-Tuning
-Image-Conditional Diffusion Models is Easier than You Think") and Lotus showed for depth and normals that
-fixing the timestep at T-1, feeding a deterministic input instead of noise, and training the single-step x0
-prediction end to end with a loss in the task's own space gives one pass that matches multi-step ensembles.
-
-Here (`model.objective: one-step`, `--cfg-options model.objective=one-step`):
-1. `DiGSegPipeline.one_step_latents`: the U-Net sees the image latent and zeros at t = T-1 and predicts the
-   mask latent z0 (read as x0 whatever the prediction type);
-2. the mask decoder the run names (the light decoder or the frozen VAE decoder; frozen either way) turns z0
-   into a mask image, and `MaskCodec.logits` into per-class scores: palette queries over the K classes,
-   binary queries over (not the class, the class), the same reading inference uses;
-3. the loss is their cross-entropy with the query's labels (for binary queries this is BCE on the
-   foreground logit), ignore pixels masked out, averaged per sample and then over samples (as
-   `diffusion_loss`, so that N processes' mean equals their concatenated batch's loss).
+"""The one-step objective (`model.objective: one-step`; docs/training.md, "Objectives"): one deterministic U-Net
+pass (`DiGSegPipeline.one_step_latents`: image latent and zeros at t = T-1 -> mask latent z0), decoded by the run's
+frozen mask decoder and read as class scores by `MaskCodec.logits` as inference reads them, trained with
+cross-entropy on the query's labels.
 """
 
 from __future__ import annotations
@@ -32,8 +19,9 @@ def one_step_loss(pipe: DiGSegPipeline, unet: nn.Module, pathway: nn.Module, bat
                   binary_codec: MaskCodec, mask_decoder: str) -> torch.Tensor:
     """Cross-entropy of the decoded one-step prediction against `batch.targets` -> scalar.
 
-    `batch` must carry label targets (`LatentBatcher(label_targets=True)`); `mask_decoder` is "light" or "vae";
-    `unet` and `pathway` may be the accelerate-wrapped modules.
+    Ignore pixels are masked out; the loss is averaged per sample, then over samples, as `diffusion_loss`'s. `batch`
+    must carry label targets (`LatentBatcher(label_targets=True)`); `mask_decoder` is "light" or "vae"; `unet` and
+    `pathway` may be the accelerate-wrapped modules.
     """
     if batch.targets is None or batch.palette is None:
         raise ValueError("the one-step loss needs label targets: build the LatentBatcher with label_targets=True")

@@ -1,21 +1,10 @@
-"""What a resumed run may change: every config field classified once, the check against the checkpoint, the history.
+"""What a resumed run may change (docs/training.md, "Resuming a run"): every config field classified once, the
+check against the checkpoint, the history.
 
-Every checkpoint records the config it was trained under, the launch facts the config does not hold (process
-count, the precision actually used) and the history of config changes made on resume (trainer_state.json:
-"config", "launch", "config_changes"). Before any step, `plan_resume` compares them with the given config:
-
-    safe fields (SAFE_FIELDS)   bookkeeping, speed and memory levers: accepted
-    every other field           changes what is trained: refused with a one-line ConfigError listing each
-                                `section.field: old -> new`, unless --allow-config-change
-
-Two rules depend on other values: `optim.max_steps` is safe when the learning-rate schedule does not depend on it
-(`constant`, `constant_with_warmup`) or when no step is left to train (max_steps <= the checkpoint's step);
-`optim.batch_size` and `launch.num_processes` are safe while their product, the global batch, stays the same
-(each sample's draws follow its slot in the global batch, so the split over processes does not matter).
-
-Every accepted change is appended to the history, with the step from which it applies and whether the run still
-follows one config's trajectory ("kept") or not ("changed": --allow-config-change). The trainer writes that
-history into config.yaml and the next checkpoints, and a note into log.jsonl.
+Before any step, `plan_resume` compares the config with the one the checkpoint recorded (and its launch facts:
+process count, the precision used). A change of a SAFE_FIELDS field is accepted; any other leaves the run's
+trajectory and is refused with a one-line ConfigError listing each `section.field: old -> new`, unless
+--allow-config-change. Accepted changes are appended to the history ("trajectory": "kept" or "changed").
 """
 
 from __future__ import annotations
@@ -28,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 from ..errors import ConfigError
 from ..data.check import DataCheck, read_sample_list
 from .checkpoint import read_trainer_state, resolve_resume
@@ -36,9 +24,7 @@ from .config import SECTIONS, OptimConfig, TrainConfig
 
 logger = logging.getLogger("digseg.train")
 
-# The fields whose change trains the same weights: accepted on resume. Every other field of the config (and the
-# process count a checkpoint records, "launch.num_processes") leaves the run's trajectory: refused unless
-# --allow-config-change. `data.hf` is compared key by key ("data.hf.val_split").
+# The fields whose change trains the same weights. `data.hf` is compared key by key ("data.hf.val_split").
 SAFE_FIELDS = frozenset({
     "data.hf.val_split",  # what validation scores: training is the same without it
     "data.bad_samples",  # what it does to the sample list is compared itself ("data.samples", below)
@@ -50,8 +36,6 @@ SAFE_FIELDS = frozenset({
     "run.sample_every", "run.num_sample_images", "run.push_to_hub", "run.hub_private",
     "run.eval_every", "run.eval_samples",  # validation leaves the training weights as they were
 })
-# Two trajectory fields are safe in context (`_safe_in_context`): optim.max_steps, optim.batch_size with the
-# process count. optim.mixed_precision is compared as the precision used ("" resolved to the launcher's choice).
 
 # learning-rate schedules (diffusers' names) that do not depend on optim.max_steps: extending a run keeps the curve
 SCHEDULES_WITHOUT_END = ("constant", "constant_with_warmup", "piecewise_constant")
@@ -99,9 +83,8 @@ class ResumePlan:
 
 
 def _flat(config: dict[str, Any], launch: dict[str, Any] | None) -> dict[str, Any]:
-    """{"section.field": value} over the current fields (a missing one at its default, one no longer known
-    dropped), JSON-normalized (tuples are lists); a crop `n` is [n, n]. With `launch`, optim.mixed_precision is the
-    precision used and launch.num_processes is added."""
+    """{"section.field": value} over the current fields (a missing one at its default), JSON-normalized; a crop `n`
+    is [n, n]. With `launch`, optim.mixed_precision is the precision used and launch.num_processes is added."""
     flat = {}
     for section, cls in SECTIONS.items():
         given = config.get(section) or {}
@@ -123,7 +106,8 @@ def _flat(config: dict[str, Any], launch: dict[str, Any] | None) -> dict[str, An
 
 
 def _safe_in_context(name: str, old: dict[str, Any], new: dict[str, Any], step: int) -> tuple[bool, str]:
-    """The two rules that depend on other values; (safe, why not)."""
+    """The rules that depend on other values -> (safe, why not): max_steps is safe when the schedule does not depend
+    on it or no step is left; the global batch may be split otherwise (each sample's draws follow its slot in it)."""
     if name == "optim.max_steps":
         schedule = new["optim.lr_scheduler"]
         if schedule in SCHEDULES_WITHOUT_END or new[name] <= step:
@@ -192,10 +176,9 @@ def samples_change(saved: dict[str, Any] | None, check: DataCheck | None, run_di
 
 def plan_resume(config: TrainConfig, resume: str | None, allow: bool = False,
                 launch: dict[str, Any] | None = None, samples: DataCheck | None = None) -> ResumePlan | None:
-    """Resolve `resume` ("latest" or a checkpoint folder) for the run of `config` and check the config against the
-    checkpoint's, and with `samples` (the check of the training data) the list of samples trained on. None when
-    there is nothing to resume from (no `resume`, or "latest" in a folder without checkpoints). Raises ConfigError
-    on a change that leaves the trajectory, unless `allow`. Reads only JSON (and the run folder's sample lists)."""
+    """Resolve `resume` ("latest" or a checkpoint folder) and check `config`, and with `samples` (the training
+    data's check) the list of samples, against the checkpoint's; ConfigError on a change that leaves the trajectory,
+    unless `allow`. None when there is nothing to resume from. Reads only JSON and the run folder's sample lists."""
     if not resume:
         return None
     path = resolve_resume(resume, Path(config.run.output_dir))

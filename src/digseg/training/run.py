@@ -1,10 +1,7 @@
-"""One function builds a training run from a `TrainConfig`, for the CLI, `quickstart`, benchmarks and tests alike.
+"""`build_run` builds a training run from a `TrainConfig`, for the CLI, `quickstart`, benchmarks and tests alike:
 
     trainer = build_run(TrainConfig.load("configs/ade20k_150.yaml"))
     pipe = trainer.train(resume="latest")
-
-`build_pipeline` reads the `model` section, `build_training_data` the `data` section; the `Trainer` reads
-`optim` and `run`. Each field is read in exactly one of these places.
 """
 
 from __future__ import annotations
@@ -53,10 +50,8 @@ def training_augmentation(data: DataConfig) -> Augmentation:
 
 
 def build_dataset(data: DataConfig, seed: int, split: str = "train") -> Dataset:
-    """The dataset a `data` section names (synthetic scenes of the crop's size; readers at native size).
-    `data.split_file` names the training images: split "train" reads them, and every other split leaves them out
-    (a flat folder's val is every image not listed: `digseg.data.splits`); an hf: dataset's split is
-    the `data.hf` option `train_split` or `val_split`."""
+    """The dataset a `data` section names, split "train" or "val" (`digseg.data.splits`, `data.hf`); synthetic scenes
+    of the crop's size, readers at native size."""
     from ..data.registry import build_dataset as build
 
     crop = training_augmentation(data).crop_size
@@ -66,8 +61,7 @@ def build_dataset(data: DataConfig, seed: int, split: str = "train") -> Dataset:
 
 
 def class_names(data: DataConfig, dataset: Dataset) -> list[str]:
-    """The class names to train on: `data.class_names` when given (as many as the dataset has), else the dataset's;
-    ConfigError on a count that differs."""
+    """`data.class_names` when given (as many as the dataset has), else the dataset's."""
     names = list(data.class_names) or list(dataset.class_names)
     if len(names) != len(dataset.class_names):
         raise ConfigError(f"data.class_names lists {len(names)} names but dataset {data.dataset} has "
@@ -77,10 +71,8 @@ def class_names(data: DataConfig, dataset: Dataset) -> list[str]:
 
 def checked_dataset(data: DataConfig, dataset: Dataset, run_dir: str | Path | None, split: str = "train",
                     show_progress: bool = True) -> tuple[Dataset, DataCheck | None]:
-    """The class list checked (`class_names`), then every sample of `dataset` read once (`digseg.data.check`; the
-    result kept in `<run_dir>/data-check.json`, or data-check-<split>.json, so that a resume of unchanged files
-    reads none again) -> (the dataset `data.bad_samples` leaves, the check). A DataError listing every bad sample
-    under policy "error". Commands call it before the model loads."""
+    """The class list checked, then every sample of `dataset` read once (`digseg.data.check`, kept in `run_dir` so
+    that a resume of unchanged files reads none again) -> (the dataset `data.bad_samples` leaves, the check)."""
     class_names(data, dataset)
     cache = Path(run_dir) / ("data-check.json" if split == "train" else f"data-check-{split}.json") if run_dir else None
     check = check_dataset(dataset, cache, data.num_workers, show_progress, desc=f"check {split} data")
@@ -89,13 +81,12 @@ def checked_dataset(data: DataConfig, dataset: Dataset, run_dir: str | Path | No
 
 def build_training_data(data: DataConfig, pipe: DiGSegPipeline, dataset: Dataset, seed: int,
                         check: DataCheck | None = None) -> TrainingData:
-    """Class names and latent caches checked against the dataset; the pipeline gets the dataset's classes.
-    `check`: the data check that left `dataset` (`checked_dataset`), recorded by the trainer."""
+    """The batcher and samples of `dataset`; the pipeline gets the classes and what it is trained on. `check`: the
+    data check that left `dataset` (`checked_dataset`)."""
     names = class_names(data, dataset)
     pipe.set_class_names(names)
     augmentation = training_augmentation(data)
-    # what the saved model was trained on: the queries `digseg eval` asks it with, the size it sees by default, and
-    # the data and split rule (`digseg.data.model_data`) that eval and train-mask-decoder default to
+    # what the saved model was trained on, which `digseg eval` and train-mask-decoder default to
     pipe.register_to_config(task=data.task, default_processing_resolution=max(augmentation.crop_size),
                             training_data=record_training_data(data, dataset))
     ignore_index = getattr(dataset, "ignore_index", 255)
@@ -119,9 +110,8 @@ def build_training_data(data: DataConfig, pipe: DiGSegPipeline, dataset: Dataset
 
 
 def validation_split(config: TrainConfig) -> Dataset | None:
-    """The validation split: scored every `run.eval_every` steps, and its first images shown with predictions in
-    the trackers. None when neither is on, or when there is no validation split and only previews want one
-    (they then show training images); without one, validation is an error."""
+    """The validation split, for validation and previews; None when neither is on, or when only previews want one
+    and there is none (they then show training images)."""
     from .tracking import tracker_names
 
     previews = config.run.sample_every and tracker_names(config.run.log_with)
@@ -138,8 +128,7 @@ def validation_split(config: TrainConfig) -> Dataset | None:
 
 
 def set_objective(pipe: DiGSegPipeline, model: ModelConfig) -> None:
-    """Record the training objective (and for one-step, the mask decoder it trains through) in the pipeline's
-    config, which the trainer, the data and the saved model read."""
+    """The training objective (for one-step, and the mask decoder it trains through) into the pipeline's config."""
     decoder = None
     if model.objective == "one-step":
         decoder = model.one_step_decoder
@@ -155,12 +144,9 @@ def build_run(config: TrainConfig, pipe: DiGSegPipeline | None = None, dataset: 
               show_progress: bool = True, val_dataset: Dataset | None = None, resume: str | None = None,
               allow_config_change: bool = False) -> Trainer:
     """The `Trainer` of a run: the pipeline (from `config.model` unless given) and training data (from
-    `config.data`, over `dataset` if given); `trainer.pipe` and `trainer.data` are those. `val_dataset`: the
-    validation split (previews, validation); built from `config.data` when neither it nor `dataset` is given.
-    The data is checked (`checked_dataset`) before the model loads, and so is `resume` ("latest" or a checkpoint
-    folder: the config and samples against the checkpoint's, `resume_check.plan_resume`), which `train()` then
-    continues from.
-    The pipeline's prompt template becomes the config's, else the dataset's; its objective becomes the config's."""
+    `config.data`, over `dataset` if given). `val_dataset`: the validation split; built from `config.data` when
+    neither it nor `dataset` is given. The data and `resume` (`resume_check.plan_resume`) are checked before the
+    model loads; `train()` then continues from that checkpoint."""
     from ..distributed import is_main_process, process_info
     from .resume_check import launch_facts, plan_resume
     from .tracking import tracker_names

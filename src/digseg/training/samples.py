@@ -1,24 +1,14 @@
 """The data stage of training: which samples each micro-step reads, and reading + augmenting them in workers.
 
-The trainer asks for micro-steps in order; `MicroStepSampler` yields, for each, this process's sample
-requests `(index, micro_step, slot)` (`slot` = the sample's place in the global batch, see batches.py).
-`TrainingSamples` turns a request into a sample: read and decode the image and label, then augment them with
-the generator of (seed, micro_step, slot) (its own stream, apart from the query/noise/timestep generator of
-the same slot). A sample therefore depends on nothing but its request: not on the worker that made it, the
-number of workers, the process split, or where a run was resumed. A torch `DataLoader` runs this in
-`num_workers` processes, prefetching, while the training process encodes latents on its device.
+`MicroStepSampler` yields each micro-step's requests `(index, micro_step, slot)` for this process (`slot`: the
+sample's place in the global batch, batches.py); `TrainingSamples` reads and augments a request with the generator
+of (seed, micro_step, slot), so a sample depends on its request alone, not on workers, processes or resumes. One
+DataLoader spans the run (its workers live as long), stacks each micro-step (`collate_samples`) and pins it on CUDA.
 
-One DataLoader spans the whole run (all remaining micro-steps are one pass of its sampler), so its workers
-live as long as the run: persistent by construction.
-
-The workers also stack each micro-step's samples (`collate_samples`), and the DataLoader pins the stacked
-images on CUDA, so the training process only receives ready batches. A sample that cannot be read does not
-raise inside the worker (where PyTorch would wrap the error in a multi-line traceback): its batch carries the
-error, and the training process raises the usual one-line `DataError` naming the file. With `skip_bad`
-(data.bad_samples: skip) a sample that went bad after the data check is replaced by the next readable one in
-dataset order (the same replacement on every run, so resume stays exact), and its batch lists it in `skipped`.
-
-`TrainingData` bundles what the trainer reads: these samples and the batcher that turns them into latents.
+A sample that cannot be read does not raise in the worker (PyTorch would wrap it in a traceback): its batch carries
+the error, raised in the training process as a one-line `DataError`. With `skip_bad` (data.bad_samples: skip) it is
+replaced by the next readable one in dataset order (the same on every run, so resume stays exact) and listed in
+the batch's `skipped`.
 """
 
 from __future__ import annotations
@@ -41,7 +31,6 @@ Request = tuple[int, int, int]  # (sample index, micro-step, slot in the global 
 
 
 def augmentation_generator(seed: int, micro_step: int, slot: int) -> torch.Generator:
-    """The generator of one slot's augmentation draws (CPU)."""
     return seeded_generator(seed, micro_step, slot, AUGMENT_STREAM)
 
 
@@ -146,7 +135,6 @@ def micro_step_batches(samples: TrainingSamples, sampler: MicroStepSampler, num_
     loader = DataLoader(
         samples, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate_samples, pin_memory=pin_memory,
         prefetch_factor=prefetch_factor if num_workers else None,
-        persistent_workers=False,  # one pass spans the run: the workers already live as long as it
     )
     for batch in loader:
         if batch.error:
@@ -168,9 +156,6 @@ class TrainingData:
     @property
     def crop_size(self) -> tuple[int, int]:
         return self.samples.augmentation.crop_size
-
-    def __len__(self) -> int:
-        return len(self.samples)
 
     def micro_steps(self, start: int, stop: int, batch_size: int, num_processes: int = 1, process_index: int = 0,
                     seed: int = 0, pin_memory: bool = False) -> Iterator[SampleBatch]:

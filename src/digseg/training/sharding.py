@@ -1,31 +1,10 @@
-"""Sharded training (`run.sharding: fsdp`): FSDP2 over the trainable modules and
-their sharded checkpoints, one code path on every backend (CUDA with NCCL, CPU with gloo).
+"""Sharded training (`run.sharding: fsdp`; docs/distributed.md): FSDP2 over the trainable modules and their
+sharded checkpoints, one code path on CUDA (NCCL) and CPU (gloo); the frozen VAE and text encoder stay whole.
 
-Sharding. `torch.distributed.fsdp.fully_shard`, over one mesh of all processes, wraps each part of each U-Net block
-(every resnet, attention and down/upsampler of `down_blocks.i`, `mid_block`, `up_blocks.j`), then the U-Net itself
-(its remaining weights: conv_in, conv_out, time embedding, norms), then the text pathway. Each of N processes keeps a
-1/N chunk (along dim 0) of every trainable weight, of its gradient and of its AdamW moments. A part's whole weights
-exist only while it runs: they are all-gathered before its forward and again before its backward, and its gradients
-are reduce-scattered (averaged over processes) after. Parts, not whole blocks, are the unit so that what is whole at
-once stays small: SD2's largest block (up_blocks.1) has 260 M parameters, its largest part 49 M. The frozen VAE and text encoder stay whole on every process: they have neither gradients
-nor optimizer state. One process alone runs the same code over a process group of one.
-
-accelerate still launches the processes, picks the device, runs mixed precision (autocast), the gradient
-accumulation bookkeeping and the trackers. digseg applies FSDP2 itself because accelerate 1.16 applies it only on
-GPU-class devices: with `--cpu` (or no GPU) it selects DDP instead, so no CPU test could run its path; and its
-FSDP2 `prepare` takes one model, while a DiGSeg run trains two (the U-Net and the text pathway). accelerate's own
-FSDP and DeepSpeed modes are therefore refused (`check_sharding`).
-
-EMA. With `optim.use_ema` each process keeps the EMA of its own shards (one plain tensor per local shard). The EMA
-is elementwise, so these are exactly the shards of the whole EMA, and a whole copy would cost every process the
-memory that sharding saves. It is gathered once, into the saved model (`whole_modules`).
-
-Checkpoints. `dcp.save` through `HuggingFaceStorageWriter(save_distributed=True)`: every process writes its shards of
-the weights (`model.<name>`), the AdamW moments (`optim.<name>.<key>`) and the EMA (`ema.<name>`) into one
-safetensors file in the checkpoint's `shards/` folder; the file's JSON header records each shard's offsets in the
-whole tensor. `HuggingFaceStorageReader` reads them back with safetensors and JSON only. DCP's default format is not
-used: its `.metadata` file is a pickle, read back with `pickle.load`, and checkpoints never unpickle. Loading
-reshards, so a run may resume with another number of processes.
+digseg applies FSDP2 itself because accelerate applies it only on GPU-class devices and to one model (a DiGSeg run
+trains two); accelerate's own FSDP and DeepSpeed modes are refused. Checkpoints go through DCP's
+`HuggingFaceStorageWriter`, one safetensors file per process in the checkpoint's `shards/` (DCP's default format
+keeps a pickle); loading reshards to any process count.
 """
 
 from __future__ import annotations
@@ -40,11 +19,9 @@ from torch import nn
 
 from ..errors import ConfigError, DigsegError
 
-# torch.distributed's FSDP2 and checkpoint APIs used below are imported where used: they need torch >= 2.9
-# (`check_sharding` says so in one line), and an unsharded run must not depend on them
+# FSDP2 and DCP are imported where used: they need torch >= 2.9 (`check_sharding` says so), unsharded runs do not
 
 UNET_BLOCKS = ("down_blocks", "mid_block", "up_blocks")  # each part of these blocks is one FSDP unit
-_BACKENDS = {"cpu": "gloo", "cuda": "cpu:gloo,cuda:nccl"}  # a process group of one, for an unlaunched process
 
 
 def check_sharding(distributed_type: DistributedType, sharding: str, optimizer: str, mixed_precision: str) -> None:
@@ -69,15 +46,6 @@ def check_sharding(distributed_type: DistributedType, sharding: str, optimizer: 
                           "keeps them in another form: use optim.optimizer adamw")
 
 
-def _ensure_process_group(device: torch.device) -> None:
-    """FSDP2 and DCP run over a process group; a process started without a launcher gets a group of one."""
-    if dist.is_initialized():
-        return
-    if device.type not in _BACKENDS:
-        raise ConfigError(f"run.sharding fsdp runs on CUDA or CPU devices, not {device.type}")
-    dist.init_process_group(backend=_BACKENDS[device.type], store=dist.HashStore(), rank=0, world_size=1)
-
-
 def _units(module: nn.Module | None) -> list[nn.Module]:
     """`module` itself, or the modules a ModuleList holds (a block's resnets, attentions, samplers); [] for None."""
     if module is None:
@@ -88,12 +56,17 @@ def _units(module: nn.Module | None) -> list[nn.Module]:
 
 
 def shard_modules(unet: nn.Module, pathway: nn.Module, device: torch.device) -> None:
-    """Apply FSDP2 in place: each part of each U-Net block, the U-Net, the text pathway. Their parameters become
-    DTensors holding this process's chunk; call before the optimizer is built over them."""
+    """Apply FSDP2 in place: each part of each U-Net block (parts, not blocks, so that what is whole at once stays
+    small: SD2's largest block has 260 M parameters, its largest part 49 M), the U-Net, the text pathway. Their
+    parameters become DTensors holding this process's chunk; call before the optimizer is built over them."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    _ensure_process_group(device)
+    if not dist.is_initialized():  # FSDP2 and DCP need a process group: an unlaunched process gets a group of one
+        backends = {"cpu": "gloo", "cuda": "cpu:gloo,cuda:nccl"}
+        if device.type not in backends:
+            raise ConfigError(f"run.sharding fsdp runs on CUDA or CPU devices, not {device.type}")
+        dist.init_process_group(backend=backends[device.type], store=dist.HashStore(), rank=0, world_size=1)
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     for name in UNET_BLOCKS:
         for block in _units(getattr(unet, name, None)):
@@ -117,9 +90,8 @@ class ShardedState:
 
     def __init__(self, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
                  ema=None) -> None:
-        """`modules`: the sharded modules by name ("unet", "text_pathway"), whose parameters in this order are
-        `params`; `optimizer`: the torch optimizer over them (not accelerate's wrapper); `ema`: diffusers' EMAModel
-        over `local_shards(params)`, or None."""
+        """`modules`: the sharded modules by name, whose parameters in this order are `params`; `optimizer`: the
+        torch optimizer over them (not accelerate's wrapper); `ema`: EMAModel over `local_shards(params)`, or None."""
         self.container = nn.ModuleDict(modules)  # parameter names "unet.<name>", "text_pathway.<name>"
         self.optimizer = optimizer
         self.params = params

@@ -1,32 +1,15 @@
-"""Training logs: `log.jsonl` always, experiment trackers through accelerate's, and sample predictions.
+"""Training logs (docs/training.md, "Experiment trackers"): `log.jsonl` always (main process only), experiment
+trackers through accelerate's (`run.log_with`), and sample predictions.
 
-`run.log_with` names the trackers (`tracker_names`): tensorboard (the default), any other tracker accelerate
-supports (wandb, mlflow, comet_ml, aim, clearml, dvclive, swanlab, trackio, or one registered with
-`accelerate.tracking.register_tracker_class`), several comma-separated, "all" (every one installed) or "none".
-Each gets the same scalars; sample predictions go to those that take images (`log_image`). Each tracker is set up
-as its library says (W&B: `wandb login` or WANDB_MODE=offline; MLflow: MLFLOW_TRACKING_URI; ...); those that
-write files locally (TensorBoard, Aim) write under `<output_dir>/logs`.
-
-TensorBoard (`<output_dir>/logs/digseg/`, `tensorboard --logdir <output_dir>/logs`) gets
-  train/loss, train/lr                  every `log_every` steps (the loss averaged over those steps); on CUDA
-                                        log.jsonl's line also holds memory_mib and memory_reserved_mib, the peak
-                                        GPU memory so far (devices.peak_memory_mib)
-  val/<score>                           every `eval_every` steps: the validation scores (training/validation.py)
-  samples/prediction                    every `sample_every` steps: for a fixed batch of images (the first
-                                        `num_sample_images` of the validation split; training images if there
-                                        is none), rows of input | ground truth | prediction (1x1, the model's
-                                        own classes)
-Only the main process writes. Without the `tensorboard` package, log.jsonl is still written and one warning
-says how to get TensorBoard; any other tracker named but not installed is a ConfigError saying what to install.
-A resume that changes the config writes a note line into log.jsonl, {"step", "config_change": {"section.field":
-[old, new]}, "trajectory": "kept" | "changed"} (resume_check.py). Notes of bad data and divergence
-(digseg.data.check, divergence.py): {"step", "bad_samples": [{"name", "problem"}]} when a run trains without bad
-samples, {"step", "bad_sample": problem} for one gone bad mid-run, {"step", "skipped_step": why, "skipped_steps": n}.
+log.jsonl lines: {"step", "loss", "lr"} every `log_every` steps (the loss averaged over them; on CUDA also the
+peak GPU memory so far), the validation scores, and notes (`log_note`): a resume's config changes, bad samples,
+skipped steps. Trackers get the same scalars, and those that take images "samples/prediction": rows of
+input | ground truth | prediction (1x1) for a fixed batch of images.
 """
 
 from __future__ import annotations
 
-import importlib.util
+from importlib.util import find_spec
 import json
 import logging
 from pathlib import Path
@@ -42,16 +25,9 @@ from ..data.io import tensor_to_image
 from ..devices import peak_memory_mib
 from ..errors import ConfigError, DigsegError, first_line
 from ..pipelines.visualize import overlay, side_by_side
+from .validation import evaluation_weights
 
 logger = logging.getLogger("digseg.train")
-
-
-DEFAULT_TRACKER = "tensorboard"  # run.log_with's default (config.py), installed with digseg
-
-
-def tensorboard_available() -> bool:
-    """torch's SummaryWriter (accelerate's TensorBoard tracker) needs the `tensorboard` package."""
-    return importlib.util.find_spec("tensorboard") is not None
 
 
 def tracker_names(log_with: str | list[str]) -> list[str]:
@@ -78,18 +54,15 @@ def _installed(name: str) -> bool:
 
 
 def _hparams(config: dict[str, Any]) -> dict[str, Any]:
-    """The config's scalar entries as "section.key" (what TensorBoard's hparams accept); lists are joined."""
+    """The config's entries as "section.key" scalars (what TensorBoard's hparams accept); lists are joined."""
     out = {}
-    flat = {f"{section}.{key}": value for section, keys in config.items() for key, value in keys.items()}
-    for key, value in flat.items():
-        if isinstance(value, dict):
-            value = str(value)
-        if isinstance(value, (list, tuple)):
-            value = ", ".join(map(str, value))[:500]
-        if value is None:
-            value = ""
-        if isinstance(value, (bool, int, float, str)):
-            out[key] = value
+    for section, keys in config.items():
+        for key, value in keys.items():
+            if isinstance(value, (list, tuple)):
+                value = ", ".join(map(str, value))[:500]
+            elif value is None or isinstance(value, dict):
+                value = "" if value is None else str(value)
+            out[f"{section}.{key}"] = value
     return out
 
 
@@ -119,9 +92,9 @@ class TrainingLogger:
         """Accelerator(...) arguments for this run's trackers (`tracker_names`); {} for none. TensorBoard, the
         default, is dropped with a warning when not installed; another tracker that is not is a ConfigError."""
         names = tracker_names(log_with)
-        if DEFAULT_TRACKER in names and not tensorboard_available():
+        if "tensorboard" in names and find_spec("tensorboard") is None:  # torch's SummaryWriter needs it
             logger.warning("TensorBoard logs are off: `pip install tensorboard` to get them (log.jsonl is written)")
-            names.remove(DEFAULT_TRACKER)
+            names.remove("tensorboard")
         missing = [name for name in names if name != "all" and not _installed(name)]
         if missing:
             raise ConfigError(f"run.log_with names {', '.join(missing)}, which is not installed: "
@@ -132,9 +105,9 @@ class TrainingLogger:
         return {"log_with": names, "project_dir": str(output_dir / "logs")} if names else {}
 
     def truncate_after(self, step: int, revalidate: bool = False) -> None:
-        """Drop log.jsonl lines after `step` (written by a killed run after its last checkpoint); with `revalidate`
-        also the validation line of `step` itself (the resumed run validates that step again), and always the
-        config-change and bad-samples notes of `step` (a resume from `step` writes its own)."""
+        """Drop log.jsonl lines after `step` (written by a killed run after its last checkpoint), and those of `step`
+        that a resume from it writes again: its config-change and bad-samples notes, and with `revalidate` its
+        validation scores."""
         log = self.output_dir / "log.jsonl"
         if not (self.accelerator.is_main_process and log.is_file()):
             return
@@ -148,12 +121,8 @@ class TrainingLogger:
         memory = peak_memory_mib(self.accelerator.device)
         self._log(step, {"loss": loss, "lr": lr, **memory}, {"train/loss": loss, "train/lr": lr})
 
-    def log_config_change(self, change: dict[str, Any]) -> None:
-        """A resume's config changes (resume_check.history_entry: {"step", "trajectory", "fields"}), log.jsonl only."""
-        self._log(change["step"], {"config_change": change["fields"], "trajectory": change["trajectory"]}, {})
-
     def log_note(self, step: int, **note: Any) -> None:
-        """Facts of a step (bad samples trained without, a skipped step), log.jsonl only."""
+        """Facts of a step (a config change, bad samples trained without, a skipped step), log.jsonl only."""
         self._log(step, note, {})
 
     def log_validation(self, step: int, scores: dict[str, float]) -> None:
@@ -169,20 +138,14 @@ class TrainingLogger:
         if self.use_trackers and scalars:
             self.accelerator.log(scalars, step=step)
 
-    @torch.no_grad()
     def log_samples(self, step: int, pipe, samples: list[dict], resolution: int, seed: int) -> None:
         """Predict `samples` (dataset items: image [3, H, W] in [-1, 1], label [H, W]) and log one grid image."""
         if not (self.use_trackers and self.accelerator.is_main_process and samples):
             return
-        unet, pathway = pipe.unet, pipe.text_pathway
-        was_training = unet.training, pathway.training
-        unet.eval(), pathway.eval()
-        try:
-            images = [tensor_to_image(s["image"]) for s in samples]  # uint8 [H, W, 3]
+        images = [tensor_to_image(s["image"]) for s in samples]  # uint8 [H, W, 3]
+        with evaluation_weights([pipe.unet, pipe.text_pathway]):
             result = pipe(images, ensemble_size=1, num_inference_steps=1, processing_resolution=resolution,
                           generator=torch.Generator().manual_seed(seed), show_progress_bar=False)
-        finally:
-            unet.train(was_training[0]), pathway.train(was_training[1])
         k = len(result.class_names)
         rows = [side_by_side(Image.fromarray(img), overlay(img, s["label"].cpu().numpy(), k, skip_background=False),
                              overlay(img, labels, k, skip_background=False))

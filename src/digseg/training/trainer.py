@@ -1,16 +1,9 @@
-"""The DiGSeg trainer, on accelerate.
+"""The DiGSeg trainer, on accelerate: the widened U-Net and the text pathway trained (VAE and text encoder frozen)
+with `diffusion_loss` or the one-step task loss (`one_step.py`).
 
-Trains the widened U-Net and the text pathway (VAE and text encoder frozen) with MSE on the scheduler's
-prediction target (x0 by default), masking latent cells that cover "ignore" pixels; or, for a pipeline whose
-config names the one-step objective, with its task loss (`one_step.py`). AdamW, warm-up +
-decay, gradient accumulation, mixed precision, optional EMA, tqdm progress, periodic atomic safetensors
-checkpoints and `resume="latest"`, optional validation with the best step kept (`validation.py`), optional FSDP2
-sharding of the trainable modules and their checkpoints (`sharding.py`). The run folder gets `config.yaml` at the
-start and the trained pipeline (model_index.json, unet/, vae/, ..., and README.md, the model card of what the run
-knows: `digseg.pipelines.model_card`) at the end. The main process holds the run folder's lock
-(`digseg.run_lock`) from the trainer's construction to the end of `train`, unless it holds it already (`digseg
-train` takes it before loading the model); a resume checks the config against the checkpoint's before any step
-(`resume_check.py`).
+The run folder gets config.yaml at the start, checkpoints (`checkpoint.py`) and logs (`tracking.py`) on the way,
+and the trained pipeline with its model card (`digseg.pipelines.model_card`) at the end. The main process holds
+the run folder's lock (`digseg.run_lock`) from the trainer's construction to the end of `train`.
 """
 
 from __future__ import annotations
@@ -36,26 +29,19 @@ from ..pipelines.pipeline import DiGSegPipeline
 from ..evaluation.protocols import protocol_for
 from .batches import Batch, per_sample, slot_generators
 from .checkpoint import (SHARDS, begin_staging, checkpoint_folder, kill_point, load_checkpoint,
-                         prune_checkpoints, remove_stale, save_best, save_checkpoint, staging_folder)
+                         prune_checkpoints, remove_stale, save_checkpoint, staging_folder)
 from .config import OptimConfig, RunConfig, TrainConfig
-from .lora import ADAPTER_FOLDER, begin_lora, load_unet_weights, save_run_adapter, trainable_names
-from .divergence import DivergenceGuard, all_finite, finite_on_every_process, inject_nan_gradient
+from .lora import ADAPTER_FOLDER, begin_lora, load_unet_weights, save_run_adapter
+from .divergence import DivergenceGuard, all_finite, inject_nan_gradient
 from .one_step import one_step_loss
 from .resume_check import ResumePlan, launch_facts, mixed_precision_of, plan_resume, samples_facts
 from ..run_lock import TRAIN, RunFolderLock
 from .samples import TrainingData
 from .sharding import ShardedState, check_sharding, local_shards, shard_modules
 from .tracking import TrainingLogger
-from .validation import check_can_validate, evaluate, evaluation_weights, is_better, validation_due
+from .validation import check_can_validate, evaluate, evaluation_weights
 
 logger = logging.getLogger("digseg.train")
-
-
-def sample_timesteps(num: int, num_train_timesteps: int, max_timestep_prob: float, gen: torch.Generator) -> torch.Tensor:
-    """[num] int64: T-1 with probability `max_timestep_prob`, otherwise uniform over [0, T)."""
-    t = torch.randint(0, num_train_timesteps, (num,), generator=gen)
-    at_max = torch.rand(num, generator=gen) < max_timestep_prob
-    return torch.where(at_max, torch.full_like(t, num_train_timesteps - 1), t)
 
 
 def diffusion_loss(pipe: DiGSegPipeline, unet: nn.Module, pathway: nn.Module, batch: Batch,
@@ -64,15 +50,19 @@ def diffusion_loss(pipe: DiGSegPipeline, unet: nn.Module, pathway: nn.Module, ba
 
     Each sample's squared error is averaged over its kept cells, then samples are averaged, so the mean of N
     processes' losses (what DDP's gradient averaging computes) equals the loss of their concatenated batch.
-    `gen`: one generator per sample (noise and timestep of that sample) or one for all.
-    `unet` and `pathway` may be the accelerate-wrapped modules (so DDP syncs their gradients).
+    `gen`: one generator per sample (noise and timestep of that sample) or one for all. The timestep is T-1 with
+    probability `max_timestep_prob`, else uniform over [0, T). `unet` and `pathway` may be the accelerate-wrapped
+    modules (so DDP syncs their gradients).
     """
     z0 = batch.mask_latents  # [B, 4, h, w]
-    gens = per_sample(gen, z0.shape[0])
     T = pipe.scheduler.config.num_train_timesteps
-    draws = [(torch.randn(z0.shape[1:], generator=g), sample_timesteps(1, T, max_timestep_prob, g)) for g in gens]
-    noise = torch.stack([n for n, _ in draws]).to(z0.device)  # [B, 4, h, w]
-    t = torch.cat([t for _, t in draws]).to(z0.device)  # [B]
+    noise, t = [], []
+    for g in per_sample(gen, z0.shape[0]):
+        noise.append(torch.randn(z0.shape[1:], generator=g))
+        uniform = torch.randint(0, T, (1,), generator=g)
+        t.append(torch.full_like(uniform, T - 1) if torch.rand(1, generator=g) < max_timestep_prob else uniform)
+    noise = torch.stack(noise).to(z0.device)  # [B, 4, h, w]
+    t = torch.cat(t).to(z0.device)  # [B]
     z_t, target = pipe.noisy_latents_and_target(z0, noise, t)
     text = pathway(pipe.prompt_states(batch.prompts).to(z0.device))  # num_levels x [B, L, C]
     pred = pipe.unet_prediction(unet, torch.cat([batch.image_latents, z_t], 1), t, text)  # [B, 4, h, w]
@@ -100,20 +90,16 @@ def _make_accelerator(optim: OptimConfig, run: RunConfig) -> Accelerator:
 
 
 def make_adamw(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW, fused (one kernel over all tensors) where torch has a fused kernel for the parameters' device.
-
-    On CPU the fused step over the SD2 U-Net's 866 M parameters took 0.6-0.7 s instead of 3.2-3.9 s
-    (benchmarks/bench_training.py, docs/benchmarks.md). Results match the unfused step to float rounding.
-    """
+    """AdamW, fused (one kernel over all tensors) where torch has a fused kernel for the parameters' device: on CPU
+    about 5x faster for the SD2 U-Net (docs/benchmarks.md), equal to the unfused step up to float rounding."""
     device = params[0].device.type
     fused = device in ("cpu", "cuda", "xpu", "mps") and all(p.dtype.is_floating_point for p in params)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
-def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """`optim.optimizer`: "adamw" (`make_adamw`) or "adamw8bit", torchao's AdamW8bit, whose moments are kept in 8
-    bits with a scale per block (2 bytes per parameter instead of 8). Its state is checkpointed like AdamW's
-    (checkpoint.optimizer_to_flat), so resume stays exact."""
+def make_optimizer(name: str, params: list[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """`optim.optimizer`: "adamw" (`make_adamw`) or "adamw8bit", torchao's AdamW8bit (moments in 8 bits with a scale
+    per block), checkpointed exactly too (checkpoint.optimizer_to_flat)."""
     if name == "adamw":
         return make_adamw(params, lr, weight_decay)
     try:
@@ -125,20 +111,19 @@ def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float, weigh
 
 class Trainer:
     """`Trainer(config, pipe, data).train()`, built by `digseg.training.run.build_run`; reads `config.optim` and
-    `config.run` (the `model` and `data` sections were read when `pipe` and `data` were built)."""
+    `config.run`."""
 
     def __init__(self, config: TrainConfig, pipe: DiGSegPipeline, data: TrainingData, show_progress: bool = True,
                  val_dataset: Dataset | None = None) -> None:
-        """`val_dataset`: the validation split: images whose predictions the trackers show every `sample_every`
-        steps (its first `num_sample_images`; None = the first training images), and that validation scores
-        every `eval_every` steps (needed then)."""
+        """`val_dataset`: the validation split, previewed every `sample_every` steps (None: training images are)
+        and scored every `eval_every` steps (needed then)."""
         self.config = config.validate()
         self.optim, self.run = opt, run = config.optim, config.run
         self.pipe = pipe
         self.data = data
         self.resume_plan: ResumePlan | None = None  # what build_run(resume=...) checked: train() continues it
         self.val_dataset = val_dataset
-        self._preview_samples: list[dict] | None = None  # read at the first preview
+        self._preview_samples: list[dict] | None = None
         self.show_progress = show_progress
         self.output_dir = Path(run.output_dir)
         self.accelerator = _make_accelerator(opt, run)
@@ -175,8 +160,9 @@ class Trainer:
             self.unet, self.text_pathway, self.optimizer = self.accelerator.prepare(pipe.unet, pipe.text_pathway,
                                                                                    self.optimizer)
         self.params = [p for m in (self.unet, self.text_pathway) for p in m.parameters() if p.requires_grad]
-        # the U-Net's trainable tensors by name (a LoRA run checkpoints these only; None: the whole state dict)
-        self.unet_keys = trainable_names(self.accelerator.unwrap_model(self.unet)) if self.lora else None
+        # the U-Net tensors a LoRA run checkpoints (None: the whole state dict)
+        self.unet_keys = [name for name, p in self.accelerator.unwrap_model(self.unet).named_parameters()
+                          if p.requires_grad] if self.lora else None
         self.ema = EMAModel(self._ema_params(), decay=opt.ema_decay) if opt.use_ema else None
         self.ema_device = torch.device("cpu") if opt.ema_device == "cpu" else self.accelerator.device
         if self.ema is not None:
@@ -188,12 +174,10 @@ class Trainer:
                            "process runs it")
         self.step = 0
         self.last_loss = float("nan")
-        self.best: dict | None = None  # {"step", "metric", "value"}: the best validated step so far (checkpointed)
+        self.best: dict | None = None  # {"step", "metric", "value"}: the best validated step so far
         self.last_validation: dict | None = None  # {"step", "val/mIoU", ...}: the latest scores (the model card's)
-        self.config_changes: list[dict] = []  # changes made on resume (resume_check.history_entry), checkpointed
-        self.guard = DivergenceGuard(self.output_dir, opt.max_consecutive_skips, opt.learning_rate)  # checkpointed
-        # one writer per run folder: taken (if this process does not hold it yet) before anything is written there,
-        # given back at the end of train()
+        self.config_changes: list[dict] = []  # changes made on resume (resume_check.history_entry)
+        self.guard = DivergenceGuard(self.output_dir, opt.max_consecutive_skips, opt.learning_rate)
         self._lock = RunFolderLock(self.output_dir, TRAIN)
         if self.accelerator.is_main_process:
             self._lock.acquire()
@@ -202,38 +186,25 @@ class Trainer:
                                    use_trackers=bool(self.accelerator.log_with))
 
     def _make_lr_scheduler(self, optimizer: torch.optim.Optimizer, step: int = 0):
-        """`optim.lr_scheduler` over `optim.max_steps`, at `step` (a resume with new values: the new schedule's
-        value at that step; the optimizer's param groups must then hold "initial_lr")."""
+        """`optim.lr_scheduler` over `optim.max_steps`, at `step` (then the param groups must hold "initial_lr")."""
         opt = self.optim
         return get_scheduler(opt.lr_scheduler, optimizer, num_warmup_steps=opt.lr_warmup_steps,
                              num_training_steps=opt.max_steps, last_epoch=step - 1)
 
-    def _launch(self) -> dict:
-        return launch_facts(self.optim, self.accelerator.num_processes)
-
     # ------------------------------------------------------------------------------------ checkpoints
-    def _trainable_weights(self) -> dict[str, dict[str, torch.Tensor]]:
-        """Whole state dicts of the trainable modules (and the EMA), for an unsharded run's checkpoint."""
-        get = self.accelerator.get_state_dict
-        unet = get(self.unet)
-        if self.unet_keys is not None:  # LoRA: the LoRA matrices and conv_in, not the frozen backbone
-            unet = {k: unet[k] for k in self.unet_keys}
-        weights = {"unet": unet, "text_pathway": get(self.text_pathway)}
-        if self.ema is not None:
-            weights["ema"] = {f"{i:06d}": p for i, p in enumerate(self.ema.shadow_params)}
-        return weights
-
     def _ema_params(self) -> list[torch.Tensor]:
         """What the EMA averages: the trainable parameters, or under sharding this process's chunks of them."""
         return local_shards(self.params) if self.sharded else self.params
 
     def save_checkpoint(self, best: bool = False) -> Path | None:
-        """Every process calls this; the main process writes `checkpoints/step-<step>` (with `best`:
-        `checkpoints/best`, `self.best` in its best.json) and returns its path. Under sharding every process first
-        writes its shards into the checkpoint's temporary folder."""
+        """Every process calls this (under sharding each writes its shards); the main process writes
+        `checkpoints/step-<step>` (with `best`: `checkpoints/best`, `self.best` in its best.json) -> its path."""
         acc = self.accelerator
         acc.wait_for_everyone()
-        if not all_finite(self._checkpointed_tensors(), acc):
+        ema = list(self.ema.shadow_params) if self.ema is not None else []
+        moments = [v for state in self.optimizer.optimizer.state.values() for v in state.values()
+                   if isinstance(v, torch.Tensor)]
+        if not all_finite(self.params + ema + moments, acc):
             self.guard.stop(f"the weights after step {self.step} are not finite", self.step)
         root = self.output_dir / "checkpoints"
         staged = None
@@ -244,7 +215,13 @@ class Trainer:
             param_groups = self.shards.save(staging_folder(final) / SHARDS)  # every process writes its own file
             weights, optimizer_state = {}, {"state": {}, "param_groups": param_groups}
         else:
-            weights, optimizer_state = self._trainable_weights(), None
+            unet = acc.get_state_dict(self.unet)
+            if self.unet_keys is not None:  # LoRA: the LoRA matrices and conv_in, not the frozen backbone
+                unet = {k: unet[k] for k in self.unet_keys}
+            weights = {"unet": unet, "text_pathway": acc.get_state_dict(self.text_pathway)}
+            if ema:
+                weights["ema"] = {f"{i:06d}": p for i, p in enumerate(ema)}
+            optimizer_state = None
         if not acc.is_main_process:
             acc.wait_for_everyone()
             return None
@@ -254,29 +231,24 @@ class Trainer:
             "loss": self.last_loss,
             "best": self.best,
             "config": self.config.to_dict(),  # what a resume is checked against (resume_check.py)
-            "launch": self._launch(),
+            "launch": launch_facts(self.optim, acc.num_processes),
             "config_changes": self.config_changes,
             "sharding": self.run.sharding,
             "samples": samples_facts(self.data.check),  # the list of samples trained on (resume_check.py)
             "skips": self.guard.state_dict(),
         }
-        optimizer_state = optimizer_state or self.optimizer.state_dict()
-        if best:
-            path = save_best(root, self.step, weights, optimizer_state, extra, self.best, staged)
-        else:
-            # one more kept until the newest proves healthy (divergence.py): the error of a diverging run names it
-            path = save_checkpoint(root, self.step, weights, optimizer_state, extra, self.run.keep_checkpoints + 1,
-                                   staged)
+        # one more kept until the newest proves healthy (divergence.py): the error of a diverging run names it
+        path = save_checkpoint(root, self.step, weights, optimizer_state or self.optimizer.state_dict(), extra,
+                               self.run.keep_checkpoints + 1, staged, self.best if best else None)
+        if not best:
             self.guard.prune_pending = True
         acc.wait_for_everyone()  # nobody runs ahead (or is killed) before the checkpoint exists
         return path
 
     def load_checkpoint(self, path: Path, new_values: bool = False) -> None:
-        """Continue from checkpoint `path`; every process calls this (under sharding each reads its shards,
-        resharded to this run's processes). `new_values`: the config leaves the checkpoint's trajectory (resumed
-        with --allow-config-change): the learning rate, weight decay and schedule are the config's, evaluated at
-        the checkpoint's step, not the checkpoint's; an optimizer of another kind, or an EMA turned on, starts
-        afresh."""
+        """Continue from checkpoint `path`; every process calls this. `new_values` (--allow-config-change): the
+        learning rate, weight decay and schedule are the config's at the checkpoint's step, and an optimizer of
+        another kind, or an EMA turned on, starts afresh."""
         weights, optimizer_state, state = load_checkpoint(path)
         saved = state.get("sharding", "none")
         if saved != self.run.sharding:
@@ -323,7 +295,8 @@ class Trainer:
     def _resume(self, plan: ResumePlan) -> None:
         self.load_checkpoint(plan.checkpoint, new_values=plan.trajectory_changed)
         if plan.changes:
-            self.logs.log_config_change(plan.history[-1])
+            change = plan.history[-1]  # resume_check.history_entry
+            self.logs.log_note(change["step"], config_change=change["fields"], trajectory=change["trajectory"])
             say = logger.warning if plan.trajectory_changed else logger.info
             say("resumed at step %d with a changed config (recorded in config.yaml): %s", self.step,
                 ", ".join(map(str, plan.changes)))
@@ -331,8 +304,7 @@ class Trainer:
             self.validate()
 
     def _apply_optim_values(self) -> None:
-        """The config's learning rate and weight decay in the optimizer (a checkpoint's param groups hold its own),
-        and its schedule rebuilt at the current step."""
+        """The config's learning rate and weight decay in the optimizer, its schedule rebuilt at the current step."""
         optimizer = self.lr_scheduler.optimizer  # the one under accelerate's wrapper, which the schedule drives
         for group in optimizer.param_groups:
             for key, value in (("lr", self.optim.learning_rate), ("initial_lr", self.optim.learning_rate),
@@ -346,9 +318,8 @@ class Trainer:
     # ------------------------------------------------------------------------------------ loop
     def train(self, resume: str | None = None, allow_config_change: bool = False) -> DiGSegPipeline:
         """Train to `optim.max_steps`, from checkpoint `resume` ("latest": the newest in the run folder, if any;
-        None: the one `build_run(resume=...)` checked, if any). A resume whose config leaves the checkpoint's
-        trajectory is refused before any step, unless `allow_config_change` (resume_check.py). Gives the run
-        folder's lock back at the end, error or not."""
+        None: the one `build_run(resume=...)` checked, if any), checked by resume_check.py before any step. Gives
+        the run folder's lock back at the end, error or not."""
         try:
             return self._train(resume, allow_config_change)
         finally:
@@ -358,7 +329,7 @@ class Trainer:
         acc = self.accelerator
         check = self.data.check
         plan = self.resume_plan if resume is None else plan_resume(self.config, resume, allow_config_change,
-                                                                   self._launch(), check)  # before anything is written
+                                                                   launch_facts(self.optim, acc.num_processes), check)
         self.config_changes = plan.history if plan is not None else []
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -374,7 +345,8 @@ class Trainer:
             logger.warning("training without %d bad sample(s) (data.bad_samples: skip), listed in %s",
                            len(check.bad), self.output_dir / "data-check.json")
             self.logs.log_note(self.step, bad_samples=[{"name": b.name, "problem": b.problem} for b in check.bad])
-        bar = tqdm(total=self.optim.max_steps, initial=self.step, desc="train", disable=not (self.show_progress and acc.is_main_process))
+        bar = tqdm(total=self.optim.max_steps, initial=self.step, desc="train",
+                   disable=not (self.show_progress and acc.is_main_process))
         with bar:  # closed (its line ended) before any error below reaches the user
             self._run_steps(bar)
         return self.finish()
@@ -399,7 +371,7 @@ class Trainer:
                     with acc.autocast():  # the frozen VAE encodes in the run's precision too (bf16 on GPUs)
                         batch = self.data.batcher.make_batch(samples.indices, gen, samples)
                         loss = inject_nan_gradient(self._loss(batch, gen), self.step, acc.process_index)
-                    if not finite_on_every_process(loss, acc):
+                    if not all_finite([loss.detach()], acc):  # on every process
                         self.guard.stop(f"loss became {loss.item()} at step {self.step}", self.step)
                     acc.backward(loss)
                     if acc.sync_gradients:
@@ -416,7 +388,8 @@ class Trainer:
             bar.update(1)
             if self.step % run.log_every == 0 or self.step == opt.max_steps:
                 recent = history[-run.log_every:]
-                mean_loss, lr = sum(recent) / len(recent), float(self.lr_scheduler.get_last_lr()[0])  # a tensor for torchao
+                mean_loss = sum(recent) / len(recent)
+                lr = float(self.lr_scheduler.get_last_lr()[0])  # a tensor for torchao
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
                 self.logs.log_scalars(self.step, mean_loss, lr)
             if run.sample_every and (self.step % run.sample_every == 0 or self.step == opt.max_steps):
@@ -429,7 +402,7 @@ class Trainer:
 
     def _optimizer_step(self) -> bool:
         """Clip the gradients (to `optim.max_grad_norm`, if > 0), then update the weights unless the gradients are not
-        finite (divergence.py). -> whether the weights were updated."""
+        finite (divergence.py) -> whether the weights were updated."""
         acc = self.accelerator
         limit = self.optim.max_grad_norm if self.optim.max_grad_norm > 0 else math.inf
         norm = acc.clip_grad_norm_(self.params, limit)  # unscaled first under fp16; reduced over every process
@@ -446,12 +419,6 @@ class Trainer:
             logger.warning(message)
             self.logs.log_note(self.step + 1, skipped_step=message, skipped_steps=self.guard.skipped)
         return finite
-
-    def _checkpointed_tensors(self) -> list[torch.Tensor]:
-        """The weights, EMA weights and optimizer moments a checkpoint holds (this process's shards)."""
-        moments = [v for state in self.optimizer.optimizer.state.values() for v in state.values()
-                   if isinstance(v, torch.Tensor)]
-        return self.params + (list(self.ema.shadow_params) if self.ema is not None else []) + moments
 
     def _ema_step(self) -> None:
         """Update the EMA from the weights just stepped; an EMA kept off the accelerator visits it for the update
@@ -487,7 +454,9 @@ class Trainer:
         self.logs.log_samples(self.step, self.pipe, self._preview_samples, max(self.data.crop_size), run.seed)
 
     def _validation_due(self) -> bool:
-        return validation_due(self.step, self.run.eval_every, self.optim.max_steps)
+        """Every `run.eval_every` steps and the last one; never when it is 0."""
+        every = self.run.eval_every
+        return every > 0 and (self.step % every == 0 or self.step == self.optim.max_steps)
 
     def validate(self) -> None:
         """Score this step's weights (the EMA ones, if on) on the validation split, log the scores, and on a new
@@ -498,7 +467,7 @@ class Trainer:
         kill_point(f"validation-{self.step}")
         self.logs.log_validation(self.step, result.scores)
         self.last_validation = {"step": self.step, **result.scores}
-        if is_better(result.value, self.best):
+        if self.best is None or result.value > self.best["value"]:  # the earlier step wins a tie
             self.best = {"step": self.step, "metric": result.metric, "value": result.value}
             self.save_checkpoint(best=True)
 

@@ -25,18 +25,9 @@ def _mask_images(labels: torch.Tensor, num_classes: int, gen: torch.Generator) -
     return torch.where(use_palette, palette, binary)
 
 
-def train_tiny_vae(
-    vae: AutoencoderKL,
-    dataset: Dataset,
-    num_classes: int,
-    steps: int = 600,
-    batch_size: int = 32,
-    lr: float = 1e-3,
-    kl_weight: float = 1e-6,
-    crop: int = 32,
-    seed: int = 0,
-    show_progress: bool = True,
-) -> dict[str, float]:
+def train_tiny_vae(vae: AutoencoderKL, dataset: Dataset, num_classes: int, steps: int = 600, batch_size: int = 32,
+                   lr: float = 1e-3, kl_weight: float = 1e-6, crop: int = 32, seed: int = 0,
+                   show_progress: bool = True) -> dict[str, float]:
     """Train `vae` in place on images and rendered masks (random `crop` x `crop` windows); returns final errors."""
     gen = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)

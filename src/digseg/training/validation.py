@@ -1,23 +1,9 @@
-"""Validation during training, as mmsegmentation's `val_interval` and `save_best`: every `run.eval_every` steps,
-and at the last step, the trainer scores the validation split with `digseg eval`'s own code and keeps the best
-step's checkpoint in `checkpoints/best/`.
+"""Validation during training (`run.eval_every`; docs/training.md, "Validation during training"), as
+mmsegmentation's `val_interval` and `save_best`: the validation split scored with `digseg eval`'s own code on a
+fixed, cheap protocol, and the best step's checkpoint kept in `checkpoints/best/`.
 
-Protocol (cheap and fixed, so scores of different steps compare): the first `run.eval_samples` images of the
-split, E-Step 1x1, the whole image at the model's processing resolution, image i's noise seeded by
-(run seed, i), `optim.batch_size` images per pipeline call; classes queried as `digseg eval` queries them. With
-EMA on, the EMA weights are scored: they are what the run saves as its model. The scores are the dataset's
-summary columns (`dataset_eval.SUMMARY_COLUMNS`); the best step is the one with the highest headline score
-(`dataset_eval.HEADLINE_METRIC`: mIoU, road IoU or medical Dice), the earlier step on a tie.
-
-Under several processes each predicts its share of the images (`predict_dataset`, scored as they come by `Scores`), on its full copy of the
-weights (DDP); sharded runs (`run.sharding: fsdp`) are refused.
-
-Order in a step that is due for both: the checkpoint `step-N` is written first, then step N is validated (and
-`best/` written). A checkpoint's state holds the best of the steps validated before it, and a run resumed from
-`step-N` validates step N again before training on. So after a kill during validation, or while `best/` is
-replaced, the resumed run validates again every step whose validation the killed run may not have finished
-recording (with eval steps on checkpoint steps, no training is redone), and ends with the uninterrupted run's
-weights, scores and best step.
+A step due for both is checkpointed first, then validated, and a run resumed from `step-N` validates step N again,
+so a kill during validation (or while `best/` is replaced) ends with the uninterrupted run's scores and best step.
 """
 
 from __future__ import annotations
@@ -47,11 +33,6 @@ class ValidationResult:
     scores: dict[str, float]  # every summary score as "val/<name>", e.g. {"val/mIoU": 41.2, "val/aAcc": 80.3}
 
 
-def validation_due(step: int, every: int, max_steps: int) -> bool:
-    """Whether step `step` is validated: every `every` steps and the last one; never when `every` is 0."""
-    return every > 0 and (step % every == 0 or step == max_steps)
-
-
 def check_can_validate(every: int, dataset: Dataset | None, sharding: str = "none") -> None:
     """ConfigError, before training starts, for validation without a validation split or on sharded weights."""
     if not every:
@@ -64,14 +45,9 @@ def check_can_validate(every: int, dataset: Dataset | None, sharding: str = "non
                           f"{sharding} splits over the processes: score the trained model with `digseg eval` instead")
 
 
-def is_better(value: float, best: dict | None) -> bool:
-    """A new best: the first score, or one strictly above the best so far (`{"value": ...}`)."""
-    return best is None or value > best["value"]
-
-
 @contextmanager
-def evaluation_weights(modules: Sequence[nn.Module], ema: EMAModel | None,
-                       params: list[nn.Parameter]) -> Iterator[None]:
+def evaluation_weights(modules: Sequence[nn.Module], ema: EMAModel | None = None,
+                       params: Sequence[nn.Parameter] = ()) -> Iterator[None]:
     """`modules` in eval mode under no_grad, holding the EMA weights (into `params`) if `ema` is given; their
     weights and train mode are restored on exit."""
     modes = [m.training for m in modules]
@@ -90,20 +66,14 @@ def evaluation_weights(modules: Sequence[nn.Module], ema: EMAModel | None,
             m.train(mode)
 
 
-def evaluation_set(dataset: Dataset, limit: int) -> SegmentationDataset:
-    """The first `limit` images of `dataset` as a `SegmentationDataset` (what `predict_dataset` reads); a dataset of
-    items without files (synthetic scenes) is read from its items."""
-    if isinstance(dataset, SegmentationDataset):
-        view = copy.copy(dataset)
-        view.samples = dataset.samples[:limit]
-        return view
-    return ItemsView(dataset, limit)
-
-
 def evaluate(pipe, dataset: Dataset, limit: int, seed: int, batch_size: int) -> ValidationResult:
-    """Score `pipe` on the first `limit` images of `dataset` with the protocol in the module docstring. Every
-    process calls this; predictions are scored as they come (no files)."""
-    images = evaluation_set(dataset, limit)
+    """Score `pipe` on the first `limit` images of `dataset`: E-Step 1x1, image i's noise seeded by (`seed`, i).
+    Every process calls this and predicts its share; predictions are scored as they come (no files)."""
+    if isinstance(dataset, SegmentationDataset):  # what `predict_dataset` reads
+        images = copy.copy(dataset)
+        images.samples = dataset.samples[:limit]
+    else:  # items without files (synthetic scenes)
+        images = ItemsView(dataset, limit)
     scores = Scores(images)
 
     def score(index, sample, output) -> None:
@@ -119,4 +89,5 @@ def evaluate(pipe, dataset: Dataset, limit: int, seed: int, batch_size: int) -> 
     metrics = scores.result()
     kind = MetricKind(metrics["metric"])
     metric = HEADLINE_METRIC[kind]
-    return ValidationResult(metric, float(metrics[metric]), {f"val/{c}": float(metrics[c]) for c in SUMMARY_COLUMNS[kind]})
+    summary = {f"val/{c}": float(metrics[c]) for c in SUMMARY_COLUMNS[kind]}
+    return ValidationResult(metric, float(metrics[metric]), summary)
