@@ -2,7 +2,8 @@
 
 Two tiny models are exported once for the module: a diffusion model with its CLIP text encoder, and a one-step
 model with a light mask decoder exported by the CLI with --no-text-encoder. Exported vs PyTorch labels must agree on
->= 99.9% of pixels (int8: >= 99%), the starting noise being the torch generator's draws passed as `noise`.
+>= 99.9% of pixels (int8: >= 99%), whole-image and with the test protocols (slide, global view, flip, scale), the
+starting noise being the torch generator's draws passed as `noise`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from digseg.export.onnx_export import export_pipeline, quantize_folder  # noqa: 
 from digseg.runtime.pipeline import OnnxDiGSegPipeline  # noqa: E402
 from digseg.models.mask_decoder import LightMaskDecoder  # noqa: E402
 from digseg.pipelines.image_processing import padded_size  # noqa: E402
+from digseg.pipelines.window_grid import pair, processed_size, window_grid  # noqa: E402
 
 RNG = np.random.default_rng(0)
 # 48x64 and an odd 37x61 at the model's 64 px; 100x100 at processing_resolution=100: 25x25 latents, padded to 26
@@ -62,15 +64,22 @@ def exported(tiny_backbone, tmp_path_factory):
     return {"diffusion": (pipe, folder), "int8": int8, "one-step": (one, root / "one-step-onnx")}
 
 
-def torch_noise(pipe, images, ensemble_size: int, seed: int, resolution: int | None = None) -> list[np.ndarray]:
-    """The starting noise DiGSegPipeline draws from torch.Generator().manual_seed(seed), image by image."""
+def torch_noise(pipe, images, ensemble_size: int, seed: int, resolution: int | None = None, scale=None,
+                crop_size=None, stride=None, global_view=False, **_) -> list[np.ndarray]:
+    """The starting noise DiGSegPipeline draws from torch.Generator().manual_seed(seed), image by image: one draw
+    [windows (+ global view), E, 4, h, w] (whole mode: one window; a mirrored view reuses its position's draw)."""
     generator = torch.Generator().manual_seed(seed)
     resolution = resolution or pipe.config.default_processing_resolution
     f = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
     out = []
     for image in images:
-        h, w = padded_size(*image.shape[:2], resolution, pipe.pad_multiple)
-        out.append(torch.randn((1, ensemble_size, 4, h // f, w // f), generator=generator)[0].numpy())
+        h, w = processed_size(*image.shape[:2], resolution, pair(scale, "scale"))
+        crop, step = pair(crop_size, "crop") or (h, w), pair(stride, "stride") or (h, w)
+        boxes = window_grid(h, w, crop, step)
+        y1, y2, x1, x2 = boxes[0]
+        vh, vw = padded_size(y2 - y1, x2 - x1, 0, pipe.pad_multiple)
+        shape = (len(boxes) + int(global_view), ensemble_size, 4, vh // f, vw // f)
+        out.append(torch.randn(shape, generator=generator).numpy())
     return out
 
 
@@ -79,10 +88,11 @@ def agreement(torch_out, onnx_out) -> float:
     return sum(float((np.asarray(a) == b).sum()) for a, b in pairs) / sum(b.size for _, b in pairs)
 
 
-def compare(pipe, onnx, images, query, ensemble_size=1, steps=1, resolution=None, seed=0):
-    kw = dict(QUERIES[query], ensemble_size=ensemble_size, num_inference_steps=steps, processing_resolution=resolution)
+def compare(pipe, onnx, images, query, ensemble_size=1, steps=1, resolution=None, seed=0, **protocol):
+    kw = dict(QUERIES[query], ensemble_size=ensemble_size, num_inference_steps=steps, processing_resolution=resolution,
+              **protocol)
     expected = pipe(images, generator=torch.Generator().manual_seed(seed), **kw)
-    got = onnx(images, noise=torch_noise(pipe, images, ensemble_size, seed, resolution), **kw)
+    got = onnx(images, noise=torch_noise(pipe, images, ensemble_size, seed, resolution, **protocol), **kw)
     return expected, got
 
 
@@ -106,6 +116,28 @@ def test_exported_labels_match_pytorch(exported, query, estep):
         else:
             assert got.uncertainty is None and expected.uncertainty is None
     assert len(np.unique(np.concatenate([b.ravel() for b in got.labels]))) >= 2  # not a trivially constant map
+
+
+# keep-ratio scale (80, 40): 48x64 -> 40x53 (2 x 2 windows of 32), 37x61 -> 40x66 (2 x 3); each image also seen
+# whole (global view) and mirrored: 10 and 14 views
+SLIDE = dict(mode="slide", crop_size=32, stride=21, global_view=True, flip=True, scale=(80, 40))
+
+
+@pytest.mark.parametrize("query", list(QUERIES))
+def test_slide_flip_scale_match_pytorch(exported, query):
+    pipe, folder = exported["diffusion"]
+    onnx = OnnxDiGSegPipeline.from_pretrained(folder)
+    expected, got = compare(pipe, onnx, IMAGES, query, 2, 2, **SLIDE)
+    print(f"slide + global view + flip + scale, {query}, 2x2: {agreement(expected, got):.4%} of pixels agree")
+    assert agreement(expected, got) >= 0.999
+    assert [np.asarray(a).shape for a in expected.labels] == [b.shape for b in got.labels]
+    for a, b in zip(expected.probabilities, got.probabilities):
+        np.testing.assert_allclose(b, np.asarray(a), atol=1e-3)
+    for a, b in zip(expected.uncertainty, got.uncertainty):
+        np.testing.assert_allclose(b, np.asarray(a), atol=1e-3)
+    whole = pipe(IMAGES, generator=torch.Generator().manual_seed(0), ensemble_size=2, num_inference_steps=2,
+                 **QUERIES[query])
+    assert agreement(whole, got) < 1  # the protocol changed the result
 
 
 @pytest.mark.parametrize("query", ["binary", "palette"])
@@ -188,8 +220,13 @@ print('ok')
 def test_refusals_are_one_line(exported, tmp_path, capsys):
     pipe, folder = exported["diffusion"]
     onnx = OnnxDiGSegPipeline.from_pretrained(folder)
-    with pytest.raises(DigsegError, match="not supported by the onnxruntime pipeline"):
-        onnx(IMAGES[0], mode="slide")
+    for refused in (dict(classes=["circle", "square", "blob"], top_k=2), dict(output_type="pt")):
+        with pytest.raises(DigsegError, match="not supported by the onnxruntime pipeline"):
+            onnx(IMAGES[0], **refused)
+    with pytest.raises(DigsegError, match="views need"):
+        onnx(IMAGES[0], mode="slide", crop_size=32, noise=[np.zeros((1, 1, 4, 8, 8))])
+    with pytest.warns(UserWarning, match="window covers the whole"):
+        onnx(IMAGES[0], prompt="circle", mode="slide", crop_size=64)
     with pytest.raises(DigsegError, match="execution provider"):
         OnnxDiGSegPipeline.from_pretrained(folder, provider="nonsense")
     with pytest.raises(DigsegError, match="not empty"):

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..data.augment import rescale_size
 from ..data.io import image_to_tensor, load_image
 from ..errors import DigsegError
 from .image_inputs import each_image, from_unit_float, rgb_array
+from .window_grid import processed_size  # noqa: F401  (re-exported: the test resize, torch-free)
 
 
 def _from_pil(image: Image.Image) -> torch.Tensor:
@@ -59,22 +59,6 @@ def to_image_list(images: Any) -> list[torch.Tensor]:
     if isinstance(images, torch.Tensor) and images.ndim == 4:
         return [_check_unit_range(img) * 2 - 1 for img in images]
     return each_image(images, _from_any)
-
-
-def processed_size(height: int, width: int, resolution: int, scale: tuple[int, int] | None = None,
-                   keep_ratio: bool = True) -> tuple[int, int]:
-    """(h, w) the model sees: the longer side resized to `resolution` (0: the native size), or with `scale` mmseg's
-    test resize: with keep_ratio the largest size whose long side is at most max(scale) and short side at most
-    min(scale) (mmcv `rescale_size`), without it exactly (width, height) = scale (CAT-Seg's 640 x 640)."""
-    if scale is not None:
-        if not keep_ratio:
-            return int(scale[1]), int(scale[0])
-        new_width, new_height = rescale_size(width, height, scale)  # the same rule as training's RandomResize
-        return new_height, new_width
-    if resolution <= 0:
-        return height, width
-    factor = resolution / max(height, width)
-    return max(1, round(height * factor)), max(1, round(width * factor))
 
 
 def resize_to(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -33,6 +33,7 @@ from .model_card import model_facts, write_model_card
 from .native_outputs import PROBABILITY_CLASSES_KEPT, native_outputs, resize_probs, stack_outputs
 from .prompts import palette_prompt, resolve_queries
 from .sliding import check_test_protocol, combine_views, group_views, make_views, pair, view_noise
+from .window_grid import single_window_warning
 from ..models.choices import MASK_DECODERS, OBJECTIVES
 from ..models.digseg_model import (
     DIFFUSERS_DTYPE_KWARG,
@@ -403,10 +404,7 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
             views.append(make_views(resized, crop, step, self.pad_multiple, global_view, flip))
         single = [v.size for v in views if window is not None and len(v.boxes) == 1]
         if single:  # asked to slide, but nothing slides: the result is whole mode's
-            h, w = single[0]
-            warnings.warn(f"mode='slide': one {window[0][0]}x{window[0][1]} window covers the whole {w}x{h} processed "
-                          f"image ({len(single)} of {len(views)} image(s)), which equals mode='whole'; give a larger "
-                          "scale or a smaller crop_size", UserWarning, stacklevel=3)
+            warnings.warn(single_window_warning(window[0], single, len(views)), UserWarning, stacklevel=3)
 
         # 4. groups of consecutive images whose views share a shape: noise, denoise, decode; views combined and
         #    read at each image's native size

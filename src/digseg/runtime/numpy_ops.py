@@ -5,7 +5,8 @@ Each function names the torch code it reproduces:
   (torch's antialiased kernel, PIL's triangle filter widened by the scale when shrinking) or without
   (plain bilinear, source clamped at the border), as separable [out, in] weight matrices;
 - `pad_to_multiple`: `image_processing.pad_to_multiple` (replicate the bottom and right border);
-- `ddim_step`, `predicted_sample`: diffusers' `DDIMScheduler.step` (eta 0) and `LatentSegmentationMixin.predicted_sample`;
+- `cut_views`, `combine_views`: `sliding.make_views` and `sliding.combine_views` (windows, global view, flip);
+- `ddim_step`, `predicted_sample`: diffusers' `DDIMScheduler.step` (eta 0), `LatentSegmentationMixin.predicted_sample`;
 - `combine_members`: `ensemble.combine_member_latents`; `decode_codec`: `MaskCodec.decode`;
 - `native_outputs`: `native_outputs.native_outputs` (labels at the native size, the best classes' probabilities).
 """
@@ -53,20 +54,46 @@ def resize(array: np.ndarray, size: tuple[int, int], antialias: bool = False) ->
     return out.astype(np.float32, copy=False)
 
 
-def processed_size(height: int, width: int, resolution: int) -> tuple[int, int]:
-    """`image_processing.processed_size` without `scale`: the longer side resized to `resolution` (0: native)."""
-    if resolution <= 0:
-        return height, width
-    factor = resolution / max(height, width)
-    return max(1, round(height * factor)), max(1, round(width * factor))
-
-
 def pad_to_multiple(images: np.ndarray, multiple: int) -> np.ndarray:
     """[B, 3, H, W] -> H', W' multiples of `multiple` (replicated border, bottom and right)."""
     pad_h, pad_w = (-images.shape[-2]) % multiple, (-images.shape[-1]) % multiple
     if not (pad_h or pad_w):
         return images
     return np.pad(images, ((0, 0), (0, 0), (0, pad_h), (0, pad_w)), mode="edge")
+
+
+def cut_views(image: np.ndarray, boxes: list[tuple[int, int, int, int]], global_view: bool = False,
+              flip: bool = False) -> np.ndarray:
+    """image [3, H, W] -> views [V, 3, h, w]: the windows `boxes`, the whole image resized to a window with
+    `global_view`, then with `flip` the same of the mirrored image."""
+    y1, y2, x1, x2 = boxes[0]
+    window = (y2 - y1, x2 - x1)
+
+    def cut(picture: np.ndarray) -> list[np.ndarray]:
+        views = [picture[:, a:b, c:d] for a, b, c, d in boxes]
+        return views + [resize(picture, window, antialias=True)] if global_view else views
+
+    return np.stack(cut(image) + (cut(image[:, :, ::-1]) if flip else []))
+
+
+def combine_views(probs: np.ndarray, boxes: list[tuple[int, int, int, int]], size: tuple[int, int],
+                  global_view: bool = False, flip: bool = False) -> np.ndarray:
+    """The views' probabilities [V, K, h', w'] (padded, in `cut_views`' order) -> [K, *size]: windows summed and
+    divided by the count map, the global view resized back and averaged 50/50, the mirrored image's flipped back
+    and averaged."""
+    if flip:
+        plain, mirrored = np.split(probs, 2)
+        return (combine_views(plain, boxes, size, global_view)
+                + combine_views(mirrored, boxes, size, global_view)[..., ::-1]) / 2
+    y1, y2, x1, x2 = boxes[0]
+    probs = probs[:, :, : y2 - y1, : x2 - x1]  # padding removed
+    total = np.zeros((probs.shape[1], *size), dtype=np.float32)
+    count = np.zeros(size, dtype=np.float32)
+    for window, (y1, y2, x1, x2) in zip(probs, boxes):
+        total[:, y1:y2, x1:x2] += window
+        count[y1:y2, x1:x2] += 1
+    total /= count  # window_grid leaves no pixel uncovered
+    return (total + resize(probs[-1], size)) / 2 if global_view else total
 
 
 def predicted_sample(pred: np.ndarray, z_t: np.ndarray, alpha: float, kind: str) -> np.ndarray:

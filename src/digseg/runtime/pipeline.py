@@ -1,35 +1,28 @@
 """`OnnxDiGSegPipeline`: an exported folder (`digseg export`) run on onnxruntime with numpy, Pillow and tokenizers.
 
 Neither torch, diffusers nor transformers is imported (tests/test_onnx_export.py checks it in a fresh process).
-The call has `DiGSegPipeline.__call__`'s signature and returns the same `DiGSegOutput` (numpy arrays); its steps are
-the PyTorch pipeline's (`digseg.runtime.numpy_ops` names the torch function each one reproduces), whole-image mode.
-
-Noise and seeds: torch's and numpy's generators differ, so a seed does not give the PyTorch pipeline's noise.
-`generator` may be a `numpy.random.Generator` (or an int seed, or a list with one per image): image i's starting
-noise [E, C, h, w] is `standard_normal` drawn in image order, as the torch pipeline draws `randn` in image order.
-For exact parity with a PyTorch call pass `noise`: one array [E, C, h, w] per image, e.g.
-`torch.randn((1, E, C, h, w), generator=torch.Generator().manual_seed(s))[0]` drawn in image order reproduces
-`DiGSegPipeline(..., generator=torch.Generator().manual_seed(s))` (`batch_size` does not change the draws).
-A torch.Generator given here (as `digseg predict` and `digseg eval` pass one per image) is read as its seed only:
-image i's noise is then `numpy.random.default_rng(generator[i].initial_seed())`'s draw, deterministic but not
-the PyTorch pipeline's.
+The call has `DiGSegPipeline.__call__`'s signature, steps and test protocols (whole, slide, flip, scale) and returns
+the same `DiGSegOutput` (numpy arrays); `digseg.runtime.numpy_ops` names the torch function each step reproduces.
+Noise and seeds (numpy's generator, or torch's draws passed as `noise` for parity): docs/export.md.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import DigsegError
+from ..errors import DigsegError, first_line
 from ..outputs import DiGSegOutput
-from ..pipelines.prompts import resolve_queries
 from ..pipelines.image_inputs import to_image_list
+from ..pipelines.prompts import resolve_queries
+from ..pipelines.window_grid import check_test_protocol, pair, processed_size, single_window_warning, window_grid
 from .manifest import read_manifest, trailing_timesteps
-from .numpy_ops import (combine_members, ddim_step, decode_codec, native_outputs, pad_to_multiple, predicted_sample,
-                        processed_size, resize)
+from .numpy_ops import (combine_members, combine_views, cut_views, ddim_step, decode_codec, native_outputs,
+                        pad_to_multiple, predicted_sample, resize)
 from .text import OnnxPromptEncoder
 
 PROVIDERS = {
@@ -101,7 +94,7 @@ class OnnxDiGSegPipeline:
                     runners[name] = ort.InferenceSession(str(folder / file), sess_options=session_options,
                                                           providers=providers)
                 except Exception as exc:  # onnxruntime raises its own exception types
-                    raise DigsegError(f"cannot load {folder / file}: {str(exc).splitlines()[0]}") from exc
+                    raise DigsegError(f"cannot load {folder / file}: {first_line(exc)}") from exc
         return cls(folder, manifest, runners)
 
     # ----------------------------------------------------------------------------------------- facts
@@ -179,21 +172,21 @@ class OnnxDiGSegPipeline:
 
     def _segment(self, pixels: np.ndarray, ids: list[int], states: np.ndarray, noise: np.ndarray, mode: str,
                  steps: int, combine_how: str, decode_members: bool, decoder: str, max_batch: int):
-        """One image: pixels [1, 3, H, W], its query ids into states [U, L, D], noise [E, 4, h, w]
-        -> (probabilities [K, H, W], uncertainty [H, W] or None), as `LatentSegmentationMixin._segment_batch`."""
-        ensemble = noise.shape[0]
-        image_latents = self._run("vae_encoder", image=pixels)  # [1, 4, h, w]
+        """One image's views: pixels [V, 3, H, W], its query ids into states [U, L, D], noise [V, E, 4, h, w]
+        -> (probabilities [V, K, H, W], uncertainty [V, H, W] or None), as `LatentSegmentationMixin._segment_batch`."""
+        v, ensemble = noise.shape[:2]
+        image_latents = self._run("vae_encoder", image=pixels)  # [V, 4, h, w]
         q = len(ids)
-        item_query = np.repeat(np.asarray(ids), ensemble)  # items ordered (query, member)
-        item_member = np.tile(np.arange(ensemble), q)
+        item_view = np.repeat(np.arange(v), q * ensemble)  # items ordered (view, query, member)
+        item_query = np.tile(np.repeat(np.asarray(ids), ensemble), v)
+        item_member = np.tile(np.arange(ensemble), v * q)
         combine = not decode_members and ensemble > 1
         chunk = max(ensemble, max_batch // ensemble * ensemble) if combine else max_batch
         decoded, spreads = [], []
         for start in range(0, len(item_query), chunk):
             sl = slice(start, min(start + chunk, len(item_query)))
-            m = sl.stop - sl.start
-            latents = self.denoise(np.repeat(image_latents, m, axis=0), states[item_query[sl]], steps,
-                                   noise[item_member[sl]])  # [m, 4, h, w]
+            latents = self.denoise(image_latents[item_view[sl]], states[item_query[sl]], steps,
+                                   noise[item_view[sl], item_member[sl]])  # [m, 4, h, w]
             if combine:
                 latents = latents.reshape(-1, ensemble, *latents.shape[1:])  # [m/E, E, 4, h, w]
                 spreads.append(latents.std(axis=1, ddof=1).mean(axis=1))  # [m/E, h, w]
@@ -202,19 +195,19 @@ class OnnxDiGSegPipeline:
             probs = decode_codec(images, self.palette if mode == "palette" else None, self.temperature)
             decoded.append(probs if mode == "palette" else probs[:, 1:])
         members = 1 if combine else ensemble
-        probs = np.concatenate(decoded)  # [q * members, K or 1, H, W]
+        probs = np.concatenate(decoded)  # [V * q * members, K or 1, H, W]
+        size = probs.shape[-2:]
         if mode == "palette":
-            probs = probs  # [members, K, H, W]
+            probs = probs.reshape(v, members, -1, *size)  # [V, members, K, H, W]
         else:
-            probs = probs[:, 0].reshape(q, members, *probs.shape[-2:]).transpose(1, 0, 2, 3)  # [members, q, H, W]
+            probs = probs[:, 0].reshape(v, q, members, *size).transpose(0, 2, 1, 3, 4)  # [V, members, q, H, W]
             if mode == "binary":
-                probs = np.concatenate([1 - probs, probs], axis=1)  # [members, 2, H, W]
-        if combine:
-            spread = np.concatenate(spreads).mean(axis=0)  # [h, w]: mean over queries
-            uncertainty = resize(spread, probs.shape[-2:])  # [H, W]
+                probs = np.concatenate([1 - probs, probs], axis=2)  # [V, members, 2, H, W]
+        if combine:  # members' latent spread, mean over queries, upsampled to pixels
+            uncertainty = resize(np.concatenate(spreads).reshape(v, q, *spreads[0].shape[-2:]).mean(axis=1), size)
         else:
-            uncertainty = probs.std(axis=0, ddof=1).mean(axis=0) if ensemble > 1 else None
-        return probs.mean(axis=0), uncertainty
+            uncertainty = probs.std(axis=1, ddof=1).mean(axis=1) if ensemble > 1 else None
+        return probs.mean(axis=1), uncertainty
 
     # ----------------------------------------------------------------------------------------- call
     def __call__(
@@ -248,19 +241,18 @@ class OnnxDiGSegPipeline:
         return_dict: bool = True,
         noise: Sequence[np.ndarray] | np.ndarray | None = None,
     ) -> DiGSegOutput | tuple:
-        """`DiGSegPipeline.__call__` on onnxruntime (numpy outputs); `noise`: one starting noise [E, C, h, w] per
-        image (see the module docstring). Not supported here, refused in one line: mode="slide", flip, scale,
-        top_k, output_type="pt". `batch_size` and `show_progress_bar` are accepted and change nothing."""
+        """`DiGSegPipeline.__call__` on onnxruntime (numpy outputs). `noise`: per image, the starting noise of its
+        views [num_unique_views, E, C, h, w] (windows, then the global view; the mirrored image's views reuse them),
+        or [E, C, h, w] in whole mode. Refused in one line: top_k, output_type="pt". `batch_size` and
+        `show_progress_bar` are accepted and change nothing."""
         # 1. check the inputs
         images = to_image_list(image)  # N x [3, H, W] float32 in [-1, 1]
         steps = num_inference_steps or self.manifest["default_denoising_steps"]
         one_step = self.manifest["objective"] == "one-step"
-        for name, value, default in (("mode", mode, "whole"), ("flip", flip, False), ("scale", scale, None),
-                                     ("top_k", top_k, None), ("crop_size", crop_size, None), ("stride", stride, None),
-                                     ("global_view", global_view, False), ("output_type", output_type, "np")):
+        for name, value, default in (("top_k", top_k, None), ("output_type", output_type, "np")):
             if value != default:
-                raise DigsegError(f"{name}={value!r} is not supported by the onnxruntime pipeline (whole-image mode, "
-                                  "numpy outputs); run the PyTorch model for it")
+                raise DigsegError(f"{name}={value!r} is not supported by the onnxruntime pipeline (the U-Net graph "
+                                  "has no cross-attention output; numpy outputs); run the PyTorch model for it")
         if ensemble_reduction not in ("median", "mean"):
             raise DigsegError(f"ensemble_reduction must be one of median, mean, got {ensemble_reduction!r}")
         if ensemble_size < 1 or steps < 1:
@@ -269,6 +261,8 @@ class OnnxDiGSegPipeline:
             raise DigsegError(f"this model was trained with the one-step objective: it runs one deterministic pass, "
                               f"so {ensemble_size} ensemble members x {steps} steps would repeat the same result; "
                               "use ensemble_size=1 and num_inference_steps=1 (E-Step 1x1)")
+        if scale is not None and processing_resolution is not None:
+            raise DigsegError("give either scale or processing_resolution, not both")
         if max_probability_classes is not None and max_probability_classes < 1:
             raise DigsegError(f"max_probability_classes must be >= 1 or None, got {max_probability_classes}")
         if isinstance(generator, list) and len(generator) != len(images):
@@ -276,44 +270,60 @@ class OnnxDiGSegPipeline:
         if noise is not None and len(noise) != len(images):
             raise DigsegError(f"got {len(noise)} noise arrays for {len(images)} images")
         decoder = self._decoder(mask_decoder)
-        resolution = self.manifest["default_processing_resolution"] if processing_resolution is None else processing_resolution
+        default = self.manifest["default_processing_resolution"]
+        resolution = default if processing_resolution is None else processing_resolution
+        window = check_test_protocol(mode, crop_size, stride, global_view, resolution or default)
+        scale = pair(scale, "scale")
 
         # 2. what is asked; every prompt encoded once (cached)
         queries = resolve_queries(len(images), prompt, classes, templates, self.manifest["prompt_template"],
                                   self.class_names)
         states = self.query_states(queries.table).astype(np.float32)  # [U, L, D]
 
-        # 3. per image: resize, pad, starting noise, denoise, decode, read back at the native size
+        # 3. each image resized to the test scale and cut into views (one, the whole image, in whole mode)
+        sized = [resize(img, processed_size(*img.shape[-2:], resolution, scale, keep_ratio), antialias=True)
+                 for img in images]  # N x [3, h, w]
+        grids = [window_grid(*img.shape[-2:], *(window or (img.shape[-2:],) * 2)) for img in sized]
+        single = [img.shape[-2:] for img, boxes in zip(sized, grids) if window is not None and len(boxes) == 1]
+        if single:  # asked to slide, but nothing slides: the result is whole mode's
+            warnings.warn(single_window_warning(window[0], single, len(images)), UserWarning, stacklevel=2)
+
+        # 4. per image: starting noise, denoise, decode; views combined and read at the native size
         multiple, f = self.manifest["pad_multiple"], self.manifest["vae_scale_factor"]
         channels = self.manifest["latent_channels"]
         shared = None if isinstance(generator, list) else _numpy_rng(generator)
         labels, probabilities, class_ids, uncertainty = [], [], [], []
-        for i, img in enumerate(images):
-            size = img.shape[-2:]
-            resized = resize(img, processed_size(*size, resolution), antialias=True)  # [3, h, w]
-            pixels = pad_to_multiple(resized[None], multiple)  # [1, 3, H', W']
-            latent_shape = (ensemble_size, channels, pixels.shape[-2] // f, pixels.shape[-1] // f)
+        for i, (img, resized, boxes) in enumerate(zip(images, sized, grids)):
+            size, test_size = img.shape[-2:], resized.shape[-2:]
+            pixels = pad_to_multiple(cut_views(resized, boxes, global_view, flip), multiple)  # [V, 3, H', W']
+            unique = len(boxes) + int(global_view)  # views with their own noise
+            latent_shape = (unique, ensemble_size, channels, pixels.shape[-2] // f, pixels.shape[-1] // f)
             if one_step:
                 start = np.zeros(latent_shape, dtype=np.float32)
             elif noise is not None:
-                start = np.asarray(noise[i], dtype=np.float32).reshape(latent_shape)
+                start = np.asarray(noise[i], dtype=np.float32)
+                if start.size != np.prod(latent_shape):
+                    raise DigsegError(f"noise[{i}] has shape {start.shape}; image {i}'s views need {latent_shape} "
+                                      "(views with their own noise, E, C, h, w)")
+                start = start.reshape(latent_shape)
             else:
                 rng = shared if shared is not None else _numpy_rng(generator[i])
                 start = rng.standard_normal(latent_shape, dtype=np.float32)
+            if flip:  # the mirrored image's views reuse the noise of the same grid position
+                start = np.concatenate([start, start])  # [V, E, C, h, w]
             probs, unc = self._segment(pixels.astype(np.float32), queries.query_ids[i], states, start, queries.mode,
                                        steps, ensemble_reduction, decode_members, decoder, max_unet_batch)
-            probs = probs[:, : resized.shape[-2], : resized.shape[-1]]  # padding removed
-            label, prob, cid = native_outputs(probs, size, queries.mode, threshold, no_class_threshold,
+            combined = combine_views(probs, boxes, test_size, global_view, flip)  # [K, h, w]
+            label, prob, cid = native_outputs(combined, size, queries.mode, threshold, no_class_threshold,
                                               max_probability_classes)
             labels.append(label)
             probabilities.append(prob)
             class_ids.append(cid)
             if unc is not None:
-                uncertainty.append(resize(unc[: resized.shape[-2], : resized.shape[-1]][None], size)[0])
+                uncertainty.append(resize(combine_views(unc[:, None], boxes, test_size, global_view, flip), size)[0])
 
-        # 4. stacked into [N, ...] (lists when the images' sizes differ)
-        same = len({p.shape for p in probabilities}) == 1
-        stack = np.stack if same else list
+        # 5. stacked into [N, ...] (lists when the images' sizes differ)
+        stack = np.stack if len({p.shape for p in probabilities}) == 1 else list
         out = (stack(labels), stack(probabilities), stack(uncertainty) if uncertainty else None, queries.class_names,
                np.stack(class_ids))
         if not return_dict:
