@@ -1,19 +1,8 @@
 """`digseg export`: a trained DiGSeg model -> a folder of ONNX graphs and a manifest (torch side).
 
-The folder (`digseg.runtime.manifest` describes it):
-- `vae_encoder.onnx`: image [B, 3, H, W] in [-1, 1] -> latent [B, 4, H/f, W/f] (posterior mean, shifted, scaled);
-- `unet.onnx`: sample [B, 8, h, w] (image latent, then mask latent), timestep [B] int64, encoder states
-  [B, L, D] -> prediction [B, 4, h, w]; the per-level text pathway runs inside the graph, so the same graph
-  serves the DDIM loop and the one-step pass;
-- `vae_decoder.onnx` (latents -> mask image [B, 3, H, W]) and, when the model has one, `light_decoder.onnx`;
-- `text_encoder.onnx` (input_ids [B, L] int64 -> last hidden state [B, L, D]) with `tokenizer.json` (the
-  `tokenizers` library's file, read without transformers), or with `--no-text-encoder` the encoder states of the
-  model's own prompts precomputed in `text_features.npy`;
-- `manifest.json`.
-Batch, height and width are dynamic; heights and widths must be multiples of the manifest's `pad_multiple`
-(the runtime pads as the PyTorch pipeline does). Graphs whose weights pass 2 GB keep them in external data.
-`quantize_folder` rewrites a folder's graphs with onnxruntime's dynamic int8 quantization of MatMul and Gemm
-only (convolutions stay fp32).
+`export_pipeline` writes the graphs (batch, height and width dynamic) and `manifest.json`
+(`digseg.runtime.manifest`); `quantize_folder` rewrites an fp32 folder's MatMul / Gemm weights in int8. What each
+graph takes and returns, and why: docs/export.md.
 """
 
 from __future__ import annotations
@@ -32,7 +21,7 @@ from ..errors import DigsegError
 from ..models.digseg_model import vae_scale_factor
 from ..pipelines.palette import make_palette
 from ..pipelines.prompts import class_prompts, palette_prompt
-from ..runtime.manifest import FORMAT, FORMAT_VERSION, GRAPH_FILES, MANIFEST_NAME, trailing_timesteps
+from ..runtime.manifest import FORMAT, FORMAT_VERSION, GRAPH_FILES, MANIFEST_NAME, read_manifest, trailing_timesteps
 
 OPSET = 18
 EXTERNAL_DATA_BYTES = 2 * 1024**3  # protobuf's limit: graphs whose weights pass it keep them in external data
@@ -40,25 +29,20 @@ EXPORT_DTYPES = ("fp32", "fp16")
 QUANTIZATIONS = ("int8",)
 
 
-class _VaeEncoder(nn.Module):
+class _Vae(nn.Module):
     def __init__(self, vae) -> None:
         super().__init__()
         self.vae = vae
         self.shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
         self.scale = float(vae.config.scaling_factor)
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:  # [B, 3, H, W] -> [B, 4, H/f, W/f]
-        mean = self.vae.encode(image).latent_dist.mean
-        return (mean - self.shift) * self.scale
+
+class _VaeEncoder(_Vae):
+    def forward(self, image: torch.Tensor) -> torch.Tensor:  # [B, 3, H, W] -> [B, 4, H/f, W/f], posterior mean
+        return (self.vae.encode(image).latent_dist.mean - self.shift) * self.scale
 
 
-class _VaeDecoder(nn.Module):
-    def __init__(self, vae) -> None:
-        super().__init__()
-        self.vae = vae
-        self.shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
-        self.scale = float(vae.config.scaling_factor)
-
+class _VaeDecoder(_Vae):
     def forward(self, latents: torch.Tensor) -> torch.Tensor:  # [B, 4, h, w] -> [B, 3, h*f, w*f]
         return self.vae.decode(latents / self.scale + self.shift).sample
 
@@ -190,69 +174,49 @@ def export_pipeline(pipe, output: str | Path, dtype: str = "fp32", text_encoder:
     sample = torch.zeros(2, 2 * channels, size // f, size // f, device=device, dtype=torch_dtype)
     timestep = torch.full((2,), 999, device=device, dtype=torch.long)
     spatial = {0: "batch", 2: "height", 3: "width"}
-    graphs: dict[str, str | None] = {}
+    graphs: dict[str, str | None] = dict.fromkeys(GRAPH_FILES)
+
+    def write_graph(name: str, module: nn.Module, args: tuple, names: list[str], output: str, dynamic: dict) -> None:
+        _export_graph(module, args, names, output, dynamic, folder / GRAPH_FILES[name])
+        graphs[name] = GRAPH_FILES[name]
+
     with torch.no_grad():
-        _export_graph(_VaeEncoder(pipe.vae), (image,), ["image"], "latent", {"image": spatial},
-                      folder / GRAPH_FILES["vae_encoder"])
-        graphs["vae_encoder"] = GRAPH_FILES["vae_encoder"]
+        write_graph("vae_encoder", _VaeEncoder(pipe.vae), (image,), ["image"], "latent", {"image": spatial})
         if text_encoder:
             tokenizer = _tokenizer_facts(pipe, folder)
-            length = tokenizer["max_length"]
             states = pipe.query_states([["x"], ["y"]])  # [2, L, D]
-            ids = torch.zeros(2, length, device=device, dtype=torch.long)
-            _export_graph(_TextEncoder(pipe.text_encoder), (ids,), ["input_ids"], "states", {"input_ids": {0: "batch"}},
-                          folder / GRAPH_FILES["text_encoder"])
-            graphs["text_encoder"] = GRAPH_FILES["text_encoder"]
+            ids = torch.zeros(2, tokenizer["max_length"], device=device, dtype=torch.long)
+            write_graph("text_encoder", _TextEncoder(pipe.text_encoder), (ids,), ["input_ids"], "states",
+                        {"input_ids": {0: "batch"}})
             text = {"kind": "encoder", "tokenizer": tokenizer, "features": None, "prompts": None}
         else:
             prompts = own_prompts(pipe)
             states = pipe.query_states([[p] for p in prompts])  # [P, L, D]
             np.save(folder / "text_features.npy", states.float().cpu().numpy())
-            graphs["text_encoder"] = None
             text = {"kind": "features", "tokenizer": None, "features": "text_features.npy", "prompts": prompts}
         text["hidden_size"] = int(states.shape[-1])
         text["length"] = int(states.shape[1])
-        _export_graph(_UNetWithText(pipe), (sample, timestep, states[:2].to(torch_dtype)),
-                      ["sample", "timestep", "states"], "prediction", {"sample": spatial, "timestep": {0: "batch"},
-                                                                       "states": {0: "batch"}},
-                      folder / GRAPH_FILES["unet"])
-        graphs["unet"] = GRAPH_FILES["unet"]
-        _export_graph(_VaeDecoder(pipe.vae), (latents,), ["latents"], "image", {"latents": spatial},
-                      folder / GRAPH_FILES["vae_decoder"])
-        graphs["vae_decoder"] = GRAPH_FILES["vae_decoder"]
-        graphs["light_decoder"] = None
+        write_graph("unet", _UNetWithText(pipe), (sample, timestep, states[:2].to(torch_dtype)),
+                    ["sample", "timestep", "states"], "prediction",
+                    {"sample": spatial, "timestep": {0: "batch"}, "states": {0: "batch"}})
+        write_graph("vae_decoder", _VaeDecoder(pipe.vae), (latents,), ["latents"], "image", {"latents": spatial})
         if pipe.mask_decoder is not None:
-            _export_graph(pipe.mask_decoder, (latents,), ["latents"], "image", {"latents": spatial},
-                          folder / GRAPH_FILES["light_decoder"])
-            graphs["light_decoder"] = GRAPH_FILES["light_decoder"]
+            write_graph("light_decoder", pipe.mask_decoder, (latents,), ["latents"], "image", {"latents": spatial})
     config = pipe.config
     names = list(config.class_names or [])
     manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "digseg_version": __version__,
-        "torch_version": torch.__version__,
-        "opset": OPSET,
-        "dtype": dtype,
-        "quantize": None,
-        "graphs": graphs,
-        "class_names": names or None,
-        "task": config.task,
-        "objective": config.objective,
-        "one_step_decoder": config.one_step_decoder,
-        "prompt_template": config.prompt_template,
+        "format": FORMAT, "format_version": FORMAT_VERSION, "digseg_version": __version__,
+        "torch_version": torch.__version__, "opset": OPSET, "dtype": dtype, "quantize": None, "graphs": graphs,
+        "class_names": names or None, "task": config.task, "objective": config.objective,
+        "one_step_decoder": config.one_step_decoder, "prompt_template": config.prompt_template,
         "default_denoising_steps": int(config.default_denoising_steps),
         "default_processing_resolution": int(config.default_processing_resolution),
-        "latent_channels": channels,
-        "vae_scale_factor": int(f),
-        "pad_multiple": int(m),
+        "latent_channels": channels, "vae_scale_factor": int(f), "pad_multiple": int(m),
         "scheduler": _scheduler_facts(pipe),
         "mask_codec": {"binary": {"palette": [[0, 0, 0], [255, 255, 255]]},
                        "palette": {"num_classes": len(names), "temperature": 0.05,
                                    "palette": make_palette(len(names)).tolist()} if len(names) >= 2 else None},
-        "text": text,
-        "training_data": config.training_data,
-        "backbone": config.backbone,
+        "text": text, "training_data": config.training_data, "backbone": config.backbone,
     }
     (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
     return folder
@@ -264,8 +228,8 @@ def quantize_folder(source: str | Path, output: str | Path) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     source, folder = Path(source), Path(output)
-    manifest = json.loads((source / MANIFEST_NAME).read_text())
-    if manifest.get("dtype") != "fp32" or manifest.get("quantize"):
+    manifest = read_manifest(source)
+    if manifest["dtype"] != "fp32" or manifest.get("quantize"):
         raise DigsegError(f"quantize: {source} is not an fp32 export")
     if folder.exists() and any(folder.iterdir()):
         raise DigsegError(f"export: {folder} exists and is not empty; choose a new folder")

@@ -1,18 +1,5 @@
-"""The manifest of an exported folder (`manifest.json`): what the graphs are and everything else inference needs.
-
-Keys (written by `digseg.export.onnx_export.export_pipeline`):
-- format, format_version, digseg_version, torch_version, opset, dtype ("fp32" | "fp16"), quantize (None | "int8");
-- graphs: {"vae_encoder", "unet", "vae_decoder", "light_decoder", "text_encoder"} -> file name, or None when absent;
-- class_names, task, objective ("diffusion" | "one-step"), one_step_decoder, prompt_template,
-  default_denoising_steps, default_processing_resolution;
-- latent_channels, vae_scale_factor, pad_multiple (every height and width the graphs see is a multiple of it);
-- scheduler: class, config, num_train_timesteps, prediction_type, timestep_spacing ("trailing"), alphas_cumprod
-  (float32 values), final_alpha_cumprod, trailing_timesteps ({"1": [999], "2": [999, 499], ...});
-- mask_codec: {"binary": {"palette"}, "palette": {"num_classes", "temperature", "palette" [K, 3] uint8} or None};
-- text: {"kind": "encoder" | "features", "tokenizer": {"file", "max_length", "pad_id", "pad_token"} or None,
-  "features": "text_features.npy" or None, "prompts": the precomputed prompts or None, "hidden_size", "length"};
-- training_data, backbone: as the model recorded them.
-Torch-free: the onnxruntime pipeline reads it.
+"""The manifest of an exported folder (`manifest.json`, written by `digseg.export.onnx_export.export_pipeline`):
+what the graphs are and everything else inference needs; its keys are listed in docs/export.md. Torch-free.
 """
 
 from __future__ import annotations
@@ -20,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import DigsegError
+from ..errors import DigsegError, first_line
 
 FORMAT = "digseg-onnx"
 FORMAT_VERSION = 1
@@ -55,11 +42,12 @@ def read_manifest(folder: str | Path) -> dict:
     try:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise DigsegError(f"{path}: not readable JSON ({exc})") from exc
+        raise DigsegError(f"{path}: not readable JSON ({first_line(exc)})") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise DigsegError(f"{path}: not a digseg export manifest (format must be {FORMAT!r})")
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise DigsegError(f"{path}: format_version {manifest.get('format_version')!r}; this digseg reads {FORMAT_VERSION}")
+        raise DigsegError(f"{path}: format_version {manifest.get('format_version')!r}; this digseg reads "
+                          f"{FORMAT_VERSION}")
     graphs = manifest.get("graphs") or {}
     for name in REQUIRED_GRAPHS:
         if not graphs.get(name):
