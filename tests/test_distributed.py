@@ -1,4 +1,5 @@
-"""Two processes on CPU (gloo) against one: training weights and evaluation metrics.
+"""Two processes on CPU (gloo) against one: training weights (full fine-tuning and a LoRA adapter) and evaluation
+metrics.
 
 The 2-process runs are real subprocesses started by `accelerate launch` (training) and `torchrun` (evaluation,
 prediction), as a user would start them, on the tiny backbone; the 1-process runs they are compared with run in this
@@ -11,14 +12,15 @@ import json
 import shutil
 import subprocess
 import sys
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
 import torch
 
 from digseg.data.synthetic import SyntheticScenes, save_scenes_as_folder
-from training_helpers import (cli_env, cli_here, final_weights, fresh_pipe, free_port, max_weight_diff,
-                              relative_update_diff, start_weights)
+from training_helpers import (adapter_weights, cli_env, cli_here, final_weights, fresh_pipe, free_port,
+                              max_weight_diff, relative_update_diff, start_weights)
 
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE_CPU = REPO / "configs" / "accelerate" / "cpu_2proc.yaml"
@@ -49,17 +51,26 @@ def scenes_folder(tmp_path_factory) -> Path:
     return save_scenes_as_folder(SyntheticScenes(10, size=32, seed=3), tmp_path_factory.mktemp("scenes") / "data")
 
 
-@pytest.mark.parametrize("objective", ["diffusion", "one-step"])
-def test_two_processes_train_the_same_weights_as_one(tiny_backbone, scenes_folder, tmp_path, objective):
+NO_PEFT = pytest.mark.skipif(find_spec("peft") is None, reason='peft is not installed (pip install -e ".[lora]")')
+
+
+@pytest.mark.parametrize("objective, finetune", [("diffusion", "full"), ("one-step", "full"),
+                                                 pytest.param("diffusion", "lora", marks=NO_PEFT)])
+def test_two_processes_train_the_same_weights_as_one(tiny_backbone, scenes_folder, tmp_path, objective, finetune):
     (tmp_path / "run.yaml").write_text("optim: {lr_scheduler: constant, lr_warmup_steps: 0}\nrun: {log_every: 1}\n")
+    lora = ["optim.finetune=lora", "optim.lora_rank=4"] if finetune == "lora" else []
     common = ["train", "--config", str(tmp_path / "run.yaml"), "--pretrained", str(tiny_backbone), "--dataset", "folder", "--data-root", str(scenes_folder),
               "--crop-size", "32", "--max-steps", "3", "--learning-rate", "1e-3", "--checkpoint-every", "2",
-              "--cfg-options", f"model.objective={objective}"]
+              "--cfg-options", f"model.objective={objective}", *lora]
     one, two = tmp_path / "one", tmp_path / "two"
     assert cli_here([*common, "--batch-size", "4", "--output", str(one)]) == 0
     _run([*_accelerate_2proc(), *common, "--batch-size", "2", "--output", str(two)])  # global batch 2 x 2 = 4
 
-    a, b, start = final_weights(one), final_weights(two), start_weights(tiny_backbone)
+    if finetune == "lora":  # the adapter's tensors; the update is lora_B's, which starts at zero
+        a, b = adapter_weights(one), adapter_weights(two)
+        start = {k: torch.zeros_like(v) for k, v in a.items() if ".lora_B." in k}
+    else:
+        a, b, start = final_weights(one), final_weights(two), start_weights(tiny_backbone)
     moved = max((a[k].float() - start[k].float()).abs().max().item() for k in start)
     assert moved > 1e-3, "training did not change the weights; the comparison would be empty"
     # Adam's first steps move every weight by about lr * sign(g), so a weight whose gradient is near zero can move

@@ -10,14 +10,14 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from digseg.data.synthetic import SYNTHETIC_CLASSES, SyntheticScenes, save_scenes_as_folder
 from digseg.errors import ConfigError, DigsegError
-from digseg.models.adapters import CONFIG_FILE, WEIGHTS_FILE
+from digseg.models.adapters import CONFIG_FILE
 from digseg.training.checkpoint import list_checkpoints, load_checkpoint
 from digseg.training.divergence import NanGradient
-from training_helpers import assert_same_weights, cli_process, fresh_pipe, train_config, trainer
+from training_helpers import (adapter_weights, assert_same_weights, cli_process, fresh_pipe, train_config,
+                              trainer)
 
 pytest.importorskip("peft")
 
@@ -28,11 +28,6 @@ def _config(tmp_path, **kw):
                 resolution=32, class_names=list(SYNTHETIC_CLASSES), finetune="lora", lora_rank=4)
     base.update(kw)
     return train_config(**base)
-
-
-
-def _adapter_tensors(run) -> dict[str, torch.Tensor]:
-    return load_file(str(run / "adapter" / WEIGHTS_FILE))
 
 
 def test_lora_trains_the_lora_conv_in_and_pathway_and_saves_an_adapter(tiny_backbone, tmp_path):
@@ -55,7 +50,7 @@ def test_lora_trains_the_lora_conv_in_and_pathway_and_saves_an_adapter(tiny_back
     assert any(not torch.equal(v, trained.text_pathway.state_dict()[k]) for k, v in pathway_before.items())
     run = tmp_path / "run"
     assert not (run / "model_index.json").exists() and not (run / "unet").exists()
-    tensors = _adapter_tensors(run)
+    tensors = adapter_weights(run)
     assert {k.split(".")[0] for k in tensors} == {"unet", "conv_in", "text_pathway"}
     assert all(".lora_" in k for k in tensors if k.startswith("unet."))
     assert (run / "adapter" / CONFIG_FILE).is_file() and (run / "adapter" / "README.md").is_file()
@@ -74,7 +69,7 @@ def test_lora_resume_continues_the_same_run(tiny_backbone, tmp_path, use_ema):
                     resumed_dir / "checkpoints" / "step-00000002")
     trainer(_config(tmp_path / "b", use_ema=use_ema), fresh_pipe(tiny_backbone), data,
             show_progress=False).train(resume="latest")
-    assert_same_weights(_adapter_tensors(tmp_path / "a" / "run"), _adapter_tensors(resumed_dir), "the straight run")
+    assert_same_weights(adapter_weights(tmp_path / "a" / "run"), adapter_weights(resumed_dir), "the straight run")
 
 
 def test_a_full_checkpoint_does_not_resume_a_lora_run(tiny_backbone, tmp_path):
@@ -148,13 +143,13 @@ def test_lora_sigkill_then_resume_gives_the_uninterrupted_adapter(tiny_backbone,
     assert not (run / "adapter").exists()
     result = cli_process(["train", *common, "--output", str(run), "--resume", "latest"])
     assert result.returncode == 0, result.stderr[-3000:]
-    want = _adapter_tensors(reference)
+    want = adapter_weights(reference)
     assert any(".conv1.lora_A" in k for k in want)  # ResNet convolutions adapted too
-    assert_same_weights(want, _adapter_tensors(run), "the uninterrupted run")
+    assert_same_weights(want, adapter_weights(run), "the uninterrupted run")
 
 
 def test_lora_with_gradient_checkpointing_trains_the_lora(tiny_backbone, tmp_path):
     trainer(_config(tmp_path, max_steps=2, gradient_checkpointing=True), fresh_pipe(tiny_backbone),
             SyntheticScenes(4, size=32), show_progress=False).train()
-    lora_b = {k: v for k, v in _adapter_tensors(tmp_path / "run").items() if ".lora_B." in k}
+    lora_b = {k: v for k, v in adapter_weights(tmp_path / "run").items() if ".lora_B." in k}
     assert lora_b and all(v.abs().max() > 0 for v in lora_b.values())  # lora_B starts at zero: gradients reached it

@@ -98,6 +98,13 @@ def final_weights(run: Path) -> dict[str, torch.Tensor]:
             for k, v in load_file(str(run / part / "diffusion_pytorch_model.safetensors")).items()}
 
 
+def adapter_weights(run: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a finished LoRA run's adapter folder (<run>/adapter/adapter_model.safetensors)."""
+    from digseg.models.adapters import WEIGHTS_FILE
+
+    return load_file(str(run / "adapter" / WEIGHTS_FILE))
+
+
 def pipe_weights(pipe) -> dict[str, torch.Tensor]:
     """An in-memory pipeline's U-Net and text pathway weights, copied, named as `final_weights` names them."""
     return {f"{part}.{k}": v.detach().clone() for part in ("unet", "text_pathway")

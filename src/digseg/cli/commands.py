@@ -408,7 +408,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     launch_demo(args.model, host=args.host, port=args.port,
                 max_pixels=DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels,
-                device=args.device, dtype=args.dtype)
+                device=args.device, dtype=args.dtype, adapters=args.adapter)
 
 
 def cmd_export(args: argparse.Namespace) -> None:

@@ -1,5 +1,7 @@
 """`digseg demo`: a local Gradio web app around a trained `DiGSegPipeline` (or an exported folder's
 `OnnxDiGSegPipeline`). `build_demo(pipe)` -> `gr.Blocks`; `launch_demo(model_dir, host, port)` loads and serves.
+With LoRA adapters loaded onto the model (`launch_demo(..., adapters=["roads=PATH", ...])`), the page chooses
+among them ("base": none); each run switches the loaded backbone to the chosen one (`pipe.set_adapter`).
 
 Safety defaults: bound to 127.0.0.1; no share link; Gradio analytics off; system fonts only (the page fetches
 nothing from the internet); uploads checked by `check_image_file` before the model sees them.
@@ -22,7 +24,7 @@ from PIL import Image
 from ..data.io import IMAGE_EXTENSIONS, load_image
 from ..errors import ConfigError, DataError, DigsegError
 from ..pipelines.visualize import class_overlay, grey_map, with_legend
-from .loading import load_model, runtime_of
+from .loading import load_model, parse_adapters, runtime_of
 
 DEFAULT_MODEL = Path("digseg-quickstart") / "model"
 DEFAULT_MAX_PIXELS = 4096 * 4096  # 16.7 megapixels
@@ -31,6 +33,7 @@ MAX_ENSEMBLE, MAX_STEPS = 20, 50
 VIEW_HEIGHT = 320  # pixels: each picture in the page
 MIN_DISPLAY_SIDE = 256  # smaller images are shown enlarged (pixels repeated), e.g. quickstart scenes
 MODE_PROMPT, MODE_CLASSES = "prompt", "classes"
+BASE_CHOICE = "base"  # the adapter chooser's entry for the model without adapter
 INSTALL_HINT = 'the demo needs Gradio: pip install -e ".[demo]"'
 
 
@@ -120,14 +123,24 @@ class DemoResult:
     summary: str
 
 
+def use_adapter(pipe: Any, choice: str) -> None:
+    """Make the chooser's `choice` (an adapter's name, or BASE_CHOICE) active, unless it is already."""
+    name = None if choice == BASE_CHOICE else choice
+    if pipe.active_adapter != name:
+        pipe.set_adapter(name)
+
+
 def segment(pipe: Any, path: str | os.PathLike[str] | None, mode: str, text: str, ensemble_size: int, steps: int,
-            seed: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> DemoResult:
+            seed: int, max_pixels: int = DEFAULT_MAX_PIXELS, adapter: str | None = None) -> DemoResult:
     """Check the upload, run the pipeline once, and build the pictures (enlarged below MIN_DISPLAY_SIDE).
 
     mode "prompt": `text` is one prompt (binary); mode "classes": a comma-separated class list. Empty `text` in
-    either mode: the model's own classes (palette). `DigsegError` for bad input.
+    either mode: the model's own classes (palette), those of the active adapter. `adapter`: the adapter to run
+    with (BASE_CHOICE: none), for a pipeline with adapters loaded. `DigsegError` for bad input.
     """
     image = check_image_file(path, max_pixels)
+    if adapter is not None:
+        use_adapter(pipe, adapter)
     prompt = classes = None
     if mode == MODE_PROMPT and text and text.strip():
         prompt = text.strip()
@@ -165,8 +178,24 @@ def segment(pipe: Any, path: str | os.PathLike[str] | None, mode: str, text: str
     ask = (f"prompt {prompt!r}" if prompt else "classes " + ", ".join(classes) if classes
            else "the model's own classes")
     summary = (f"{image.width}x{image.height} image; {ask}; ensemble {ensemble_size}, {steps} step(s), seed {seed}"
+               + ("" if adapter is None else f"; adapter {adapter}")
                + ("" if unc is not None else "; uncertainty needs ensemble size > 1"))
     return DemoResult(overlay=picture, comparison=(Image.fromarray(rgb), plain), uncertainty=unc, summary=summary)
+
+
+def page_header(pipe: Any, max_pixels: int) -> str:
+    """The page's title and what the model (with adapters: the active one) segments."""
+    own = ", ".join(pipe.class_names or []) or "none: give a prompt or classes"
+    active = ""
+    if getattr(pipe, "adapters", None):
+        active = f"Adapter: {pipe.active_adapter or BASE_CHOICE} (task: {pipe.config.task or 'not recorded'}). "
+    return (f"# DiGSeg demo\nText-prompted segmentation by latent diffusion. {active}Model classes: {own}.\n\n"
+            f"Images up to {max_pixels:,} pixels ({', '.join(IMAGE_EXTENSIONS)}).")
+
+
+def one_step_note(pipe: Any) -> str | None:
+    """A one-step model runs one deterministic pass (no ensemble, one step): the sliders say so; None otherwise."""
+    return "one-step model: one deterministic pass" if pipe.config.objective == "one-step" else None
 
 
 def runtime_footer(pipe: Any) -> str:
@@ -212,14 +241,18 @@ def build_demo(pipe: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
     """A built `DiGSegPipeline` -> `gr.Blocks` (not launched); components carry element ids (digseg-...)."""
     gr = import_gradio()
     has_slider = hasattr(gr, "ImageSlider")
-    own = ", ".join(pipe.class_names or []) or "none: give a prompt or classes"
+    names = getattr(pipe, "adapters", None) or []  # loaded LoRA adapters (none: no chooser)
     # Gradio < 6 takes the theme here, Gradio >= 6 in launch() (see `start_demo`)
     theme = {} if _accepts(gr.Blocks.launch, "theme") else {"theme": _system_theme(gr)}
     with gr.Blocks(title="DiGSeg demo", analytics_enabled=False, **theme) as demo:
-        gr.Markdown(f"# DiGSeg demo\nText-prompted segmentation by latent diffusion. Model classes: {own}.\n\n"
-                    f"Images up to {max_pixels:,} pixels ({', '.join(IMAGE_EXTENSIONS)}).")
+        header = gr.Markdown(page_header(pipe, max_pixels), elem_id="digseg-header")
         with gr.Row():
             with gr.Column():
+                chooser = None
+                if names:
+                    chooser = gr.Dropdown([BASE_CHOICE, *names], value=pipe.active_adapter or BASE_CHOICE,
+                                          label="Adapter", info=f"{BASE_CHOICE}: the model without adapter",
+                                          elem_id="digseg-adapter")
                 upload = gr.File(label="Image", type="filepath", elem_id="digseg-upload")
                 preview = gr.Image(label="Input", type="pil", interactive=False, height=VIEW_HEIGHT,
                                    elem_id="digseg-preview")
@@ -228,12 +261,11 @@ def build_demo(pipe: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
                                 elem_id="digseg-mode")
                 text = gr.Textbox(label="Prompt or classes", placeholder="empty: the model's own classes",
                                   elem_id="digseg-text")
-                one_step = pipe.config.objective == "one-step"  # one deterministic pass: no ensemble, one step
-                note = "one-step model: one deterministic pass" if one_step else None
+                note = one_step_note(pipe)
                 ensemble = gr.Slider(1, MAX_ENSEMBLE, value=1, step=1, label="Ensemble size", elem_id="digseg-ensemble",
-                                     interactive=not one_step, info=note)
+                                     interactive=note is None, info=note)
                 steps = gr.Slider(1, MAX_STEPS, value=min(max(1, pipe.config.default_denoising_steps), MAX_STEPS),
-                                  step=1, label="Denoising steps", elem_id="digseg-steps", interactive=not one_step,
+                                  step=1, label="Denoising steps", elem_id="digseg-steps", interactive=note is None,
                                   info=note)
                 seed = gr.Number(value=0, precision=0, label="Seed", elem_id="digseg-seed")
                 run = gr.Button("Segment", variant="primary", elem_id="digseg-run")
@@ -258,25 +290,38 @@ def build_demo(pipe: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
                 raise gr.Error(str(exc)) from exc
             return Image.fromarray(enlarge(np.asarray(image), display_factor(image.height, image.width)))
 
-        def on_run(path, mode_value, text_value, ensemble_value, steps_value, seed_value):
+        def on_run(path, mode_value, text_value, ensemble_value, steps_value, seed_value, adapter_value=None):
             try:
-                out = segment(pipe, path, mode_value, text_value, ensemble_value, steps_value, seed_value, max_pixels)
+                out = segment(pipe, path, mode_value, text_value, ensemble_value, steps_value, seed_value, max_pixels,
+                              adapter_value)
             except DigsegError as exc:
                 raise gr.Error(str(exc)) from exc
             pair = out.comparison if has_slider else slider_html(*out.comparison)
             return out.overlay, pair, out.uncertainty, out.summary
 
+        def on_adapter(choice):  # the header and sliders follow the chosen adapter's classes, task and objective
+            use_adapter(pipe, choice)
+            note = one_step_note(pipe)
+            sliders = [gr.update(interactive=note is None, info=note) for _ in range(2)]
+            return page_header(pipe, max_pixels), *sliders
+
         upload.upload(on_upload, inputs=upload, outputs=preview)
         upload.clear(lambda: None, outputs=preview)
-        run.click(on_run, inputs=[upload, mode, text, ensemble, steps, seed],
-                  outputs=[result, compare, uncertainty, summary], concurrency_limit=1)
+        # one run at a time, switches included: the model's queue (concurrency_id) is shared by both events
+        run.click(on_run, inputs=[upload, mode, text, ensemble, steps, seed] + ([chooser] if chooser else []),
+                  outputs=[result, compare, uncertainty, summary], concurrency_limit=1, concurrency_id="model")
+        if chooser is not None:
+            chooser.change(on_adapter, inputs=chooser, outputs=[header, ensemble, steps], concurrency_limit=1,
+                           concurrency_id="model")
     return demo
 
 
 def launch_demo(model_dir: str | os.PathLike[str] | None = None, host: str = "127.0.0.1", port: int | None = None,
-                max_pixels: int = DEFAULT_MAX_PIXELS, device: str = "auto", dtype: str = "auto") -> None:
+                max_pixels: int = DEFAULT_MAX_PIXELS, device: str = "auto", dtype: str = "auto",
+                adapters: list[str] | None = None) -> None:
     """Load the model (in `dtype`, on `device`: `digseg.devices`; default: the quickstart's) and serve the demo until
-    interrupted (Ctrl-C)."""
+    interrupted (Ctrl-C). `adapters` (--adapter values, NAME=PATH or PATH): loaded onto the model, which is their
+    base, the first one active; the page chooses among them."""
     from ..devices import resolve_device_and_dtype
 
     if max_pixels < 1:
@@ -285,13 +330,21 @@ def launch_demo(model_dir: str | os.PathLike[str] | None = None, host: str = "12
         raise DigsegError(f"no model at {DEFAULT_MODEL}: run `digseg quickstart` first, or pass --model DIR "
                           "(a DiGSeg model folder)")
     model = DEFAULT_MODEL if model_dir is None else Path(model_dir)
+    first = None
+    if adapters:
+        named = list(parse_adapters(adapters))
+        first = named[0]
+        if BASE_CHOICE in named:
+            raise ConfigError(f"--adapter {BASE_CHOICE}=...: the demo's chooser calls the model without adapter "
+                              f"{BASE_CHOICE!r}; give the adapter another name")
     placement = resolve_device_and_dtype(device, dtype)
     import_gradio()  # fail early, before the model loads
-    pipe = load_model(model, placement)
+    pipe = load_model(model, placement, adapters, first)
     Image.MAX_IMAGE_PIXELS = max_pixels  # PIL's own decompression-bomb guard: it refuses twice this outright
     if not is_loopback(host):
         print(f"warning: serving on {host}, not a loopback address: anyone who can reach this machine can use "
               "the demo (there is no login)")
     demo = build_demo(pipe, max_pixels)
-    print(f"serving model {model} on {runtime_footer(pipe)}; press Ctrl-C to stop")
+    with_adapters = f" with adapters {', '.join(pipe.adapters)}" if adapters else ""
+    print(f"serving model {model}{with_adapters} on {runtime_footer(pipe)}; press Ctrl-C to stop")
     start_demo(demo, host, port)

@@ -265,7 +265,11 @@ def _add_eval(sub) -> None:
 def _add_demo(sub) -> None:
     d = sub.add_parser("demo", help="a local web app (Gradio) to try a model in the browser")
     d.add_argument("--model", default=None, help="a DiGSeg model folder, or a folder written by `digseg export` "
-                   "(runs on onnxruntime) (default: digseg-quickstart/model)")
+                   "(runs on onnxruntime) (default: digseg-quickstart/model; with --adapter: their base, also a "
+                   "Stable Diffusion folder or hub id)")
+    d.add_argument("--adapter", action="append", metavar="NAME=PATH",
+                   help=HELP["adapter"] + " (repeatable: the page chooses among them, or 'base' for none; the first "
+                                          "is chosen when the page opens)")
     d.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     d.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
     d.add_argument("--max-pixels", type=int, default=None, help="largest upload, in pixels (default 4096x4096)")
