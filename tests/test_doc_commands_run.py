@@ -46,8 +46,6 @@ SKIP = [
     (r"^demo\b", "starts a web server that serves until stopped (tests/test_demo_browser.py drives the app)"),
     (r"(^|\s)\.\.\.(\s|$)", "elided arguments ('...'): the doc shows the form of a line, not a command"),
     (r"run\.push_to_hub=", "uploads to the Hugging Face Hub: needs the network and a token"),
-    (r"^export\b.*--no-text-encoder", "another 30-50 s ONNX export of the model the lines before it export; "
-     "tests/test_onnx_export.py runs `digseg export --no-text-encoder` itself"),
 ] + [(r"run\.log_with=.*wandb", "wandb, an optional tracker, is not installed")] * (find_spec("wandb") is None)
 _SHELL = {"$DATA": "DATA", "${es%x*}": "1", "${es#*x}": "1", "$es": "1x1"}  # shell variables the docs use
 _SMALL = {"--max-steps": "1", "--crop-size": "32", "--num": "2", "--num-scenes": "8", "--processing-resolution": "32",

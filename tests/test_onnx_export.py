@@ -217,6 +217,24 @@ print('ok')
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
 
 
+def test_own_prompts_precomputed_from_an_export(exported, tmp_path):
+    """`digseg export --no-text-encoder` on an exported folder: its text encoder on onnxruntime computes the model's
+    own prompts, and the copy without the encoder answers them as the folder with it does."""
+    _, folder = exported["diffusion"]
+    own = tmp_path / "own"
+    assert main(["export", "--model", str(folder), "--output", str(own), "--no-text-encoder"]) == 0
+    manifest = read_manifest(own)
+    assert manifest["text"]["kind"] == "features" and manifest["graphs"]["text_encoder"] is None
+    assert not (own / "text_encoder.onnx").exists() and not (own / "tokenizer.json").exists()
+    full, stripped = OnnxDiGSegPipeline.from_pretrained(folder), OnnxDiGSegPipeline.from_pretrained(own)
+    for query in ({}, {"prompt": "circle"}, {"classes": ["circle", "square"]}):
+        want, got = full(IMAGES[0], generator=0, **query), stripped(IMAGES[0], generator=0, **query)
+        np.testing.assert_array_equal(want.labels, got.labels)
+        np.testing.assert_allclose(want.probabilities, got.probabilities, atol=1e-6)
+    with pytest.raises(DigsegError, match="exported with --no-text-encoder"):
+        stripped(IMAGES[0], prompt="a crack")
+
+
 def test_refusals_are_one_line(exported, tmp_path, capsys):
     pipe, folder = exported["diffusion"]
     onnx = OnnxDiGSegPipeline.from_pretrained(folder)
@@ -234,7 +252,8 @@ def test_refusals_are_one_line(exported, tmp_path, capsys):
     with pytest.raises(DigsegError, match="is not an fp32 export"):
         quantize_folder(exported["int8"], tmp_path / "twice")
     assert main(["export", "--model", str(folder), "--output", str(tmp_path / "y")]) == 2
-    assert capsys.readouterr().err.strip() == f"error: --model {folder} is already exported; --quantize int8 quantizes it"
+    assert capsys.readouterr().err.strip() == (f"error: --model {folder} is already exported; --quantize int8 "
+                                               "quantizes it and --no-text-encoder precomputes its own prompts")
     if not torch.cuda.is_available():
         assert main(["export", "--model", "unused", "--output", str(tmp_path / "x"), "--dtype", "fp16"]) == 2
         assert "fp16 needs a CUDA GPU" in capsys.readouterr().err

@@ -430,15 +430,24 @@ def cmd_export(args: argparse.Namespace) -> None:
     output = Path(args.output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise ConfigError(f"--output {output} exists and is not an empty folder; choose a new one")
-    from ..export.onnx_export import export_pipeline, quantize_folder
+    from ..export.onnx_export import export_pipeline, precompute_own_prompts, quantize_folder
     from ..pipelines.pipeline import DiGSegPipeline
     from ..runtime.manifest import is_exported_folder
 
-    if is_exported_folder(args.model):  # an fp32 export: quantized as it is, nothing exported again
-        if not args.quantize:
-            raise ConfigError(f"--model {args.model} is already exported; --quantize int8 quantizes it")
-        folder = quantize_folder(args.model, output)
-        print(f"quantized {args.model} to {folder} (int8 matrix multiplies)")
+    if is_exported_folder(args.model):  # an export made smaller as it is: nothing exported again
+        if not (args.quantize or args.no_text_encoder):
+            raise ConfigError(f"--model {args.model} is already exported; --quantize int8 quantizes it and "
+                              "--no-text-encoder precomputes its own prompts")
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            source = args.model
+            if args.no_text_encoder:  # then quantized, when asked, from a temporary folder
+                source = precompute_own_prompts(source, Path(tmp) / "own" if args.quantize else output)
+            folder = quantize_folder(source, output) if args.quantize else source
+        done = [*(["own prompts precomputed"] if args.no_text_encoder else []),
+                *(["int8 matrix multiplies"] if args.quantize else [])]
+        print(f"wrote {folder} from {args.model} ({', '.join(done)})")
         return
     pipe = DiGSegPipeline.from_pretrained(args.model)  # fp32 on the CPU; export_pipeline moves it for fp16
     folder = export_pipeline(pipe, output, dtype=dtype, text_encoder=not args.no_text_encoder,

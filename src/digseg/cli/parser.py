@@ -280,7 +280,8 @@ def _add_export(sub) -> None:
     x = sub.add_parser("export",
                        help="write a model as ONNX graphs and a manifest, to run on onnxruntime (docs/export.md)")
     x.add_argument("--model", required=True,
-                   help="a DiGSeg model folder to export, or an fp32 exported folder to quantize (--quantize int8)")
+                   help="a DiGSeg model folder to export, or an exported folder to quantize (--quantize int8) or to "
+                        "strip of its text encoder (--no-text-encoder)")
     x.add_argument("--output", required=True, help="the new folder: *.onnx graphs and manifest.json")
     x.add_argument("--dtype", default="fp32", choices=DTYPE_CHOICES,
                    help="the model's precision (default fp32, as auto; fp16 is exported on a CUDA GPU only; "

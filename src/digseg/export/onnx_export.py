@@ -154,9 +154,7 @@ def export_pipeline(pipe, output: str | Path, dtype: str = "fp32", text_encoder:
     if dtype == "fp16" and quantize:
         raise DigsegError("export: --quantize int8 applies to fp32 graphs; use --dtype fp32")
     _check_exportable(pipe, text_encoder)
-    folder = Path(output)
-    if folder.exists() and any(folder.iterdir()):
-        raise DigsegError(f"export: {folder} exists and is not empty; choose a new folder")
+    folder = _check_new_folder(output)
     if quantize:
         with tempfile.TemporaryDirectory() as tmp:
             export_pipeline(pipe, Path(tmp) / "fp32", dtype, text_encoder)
@@ -227,12 +225,10 @@ def quantize_folder(source: str | Path, output: str | Path) -> Path:
     quantization; activations quantized per call, convolutions left in fp32)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    source, folder = Path(source), Path(output)
-    manifest = read_manifest(source)
+    source, manifest = Path(source), read_manifest(source)
     if manifest["dtype"] != "fp32" or manifest.get("quantize"):
         raise DigsegError(f"quantize: {source} is not an fp32 export")
-    if folder.exists() and any(folder.iterdir()):
-        raise DigsegError(f"export: {folder} exists and is not empty; choose a new folder")
+    folder = _check_new_folder(output)
     folder.mkdir(parents=True, exist_ok=True)
     for item in source.iterdir():
         if item.suffix != ".onnx" and item.name != MANIFEST_NAME and not item.name.endswith(".data"):
@@ -244,4 +240,39 @@ def quantize_folder(source: str | Path, output: str | Path) -> Path:
                              weight_type=QuantType.QInt8, use_external_data_format=external)
     manifest["quantize"] = "int8"
     (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
+    return folder
+
+
+def precompute_own_prompts(source: str | Path, output: str | Path) -> Path:
+    """A copy of an exported folder without its text encoder: the encoder states of the model's own prompts
+    (`own_prompts`) are computed by its `text_encoder.onnx` on onnxruntime and saved, as `--no-text-encoder` saves
+    them at export time."""
+    from ..runtime.pipeline import OnnxDiGSegPipeline
+
+    source, manifest = Path(source), read_manifest(source)
+    if manifest["text"]["kind"] != "encoder":
+        raise DigsegError(f"export: {source} has no text encoder (its prompts are already precomputed)")
+    if not manifest.get("class_names"):
+        raise DigsegError("export: --no-text-encoder needs a model with a class list (its prompts are precomputed)")
+    folder = _check_new_folder(output)
+    runtime = OnnxDiGSegPipeline.from_pretrained(source)
+    prompts = own_prompts(runtime)
+    states = runtime.query_states([[p] for p in prompts])  # [P, L, D]
+    encoder = manifest["graphs"]["text_encoder"]
+    left_out = {MANIFEST_NAME, encoder, f"{encoder}.data", manifest["text"]["tokenizer"]["file"]}
+    folder.mkdir(parents=True, exist_ok=True)
+    for item in source.iterdir():
+        if item.name not in left_out:
+            shutil.copy2(item, folder / item.name)
+    np.save(folder / "text_features.npy", states.astype(np.float32))
+    manifest["graphs"]["text_encoder"] = None
+    manifest["text"].update(kind="features", tokenizer=None, features="text_features.npy", prompts=prompts)
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
+    return folder
+
+
+def _check_new_folder(output: str | Path) -> Path:
+    folder = Path(output)
+    if folder.exists() and any(folder.iterdir()):
+        raise DigsegError(f"export: {folder} exists and is not empty; choose a new folder")
     return folder
