@@ -24,6 +24,7 @@ from PIL import Image
 
 from ..errors import ConfigError
 from .io import image_to_tensor
+from .rescale import rescale_size
 
 IMAGE_PAD_VALUE = 0.0  # mid-grey in the [-1, 1] output, as mmseg pads with the mean after normalising
 
@@ -127,12 +128,6 @@ class Augmentation:
             raise ConfigError(f"unknown augmentation key(s): {', '.join(map(str, unknown))}; "
                               f"valid: {', '.join(known)}")
         return dataclasses.replace(base, **dict(values))
-
-
-def rescale_size(width: int, height: int, scale: tuple[int, int]) -> tuple[int, int]:
-    """(new_width, new_height) fitting `scale` = (long cap, short side) with the aspect ratio kept (mmcv rule)."""
-    factor = min(max(scale) / max(width, height), min(scale) / min(width, height))
-    return max(1, int(width * factor + 0.5)), max(1, int(height * factor + 0.5))
 
 
 def _resized_size(width: int, height: int, aug: Augmentation, u_ratio: float) -> tuple[int, int]:

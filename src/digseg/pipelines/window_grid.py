@@ -5,6 +5,7 @@ resize), the sliding-window settings and mmsegmentation's window grid. Shared by
 
 from __future__ import annotations
 
+from ..data.rescale import rescale_size
 from ..errors import DigsegError
 from .choices import INFERENCE_MODES
 
@@ -18,8 +19,8 @@ def processed_size(height: int, width: int, resolution: int, scale: tuple[int, i
     if scale is not None:
         if not keep_ratio:
             return int(scale[1]), int(scale[0])
-        factor = min(max(scale) / max(width, height), min(scale) / min(width, height))
-        return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
+        new_width, new_height = rescale_size(width, height, scale)
+        return new_height, new_width
     if resolution <= 0:
         return height, width
     factor = resolution / max(height, width)
