@@ -6,8 +6,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-ENSEMBLE_REDUCTIONS = ("median", "mean")
-
 
 def combine_member_latents(latents: torch.Tensor, how: str = "median") -> torch.Tensor:
     """[n, E, C, h, w] ensemble members' final latents -> [n, C, h, w]. "median": element-wise (the mean of the two

@@ -21,7 +21,6 @@ from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DCon
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from .adapters import AdapterMixin, check_no_adapters
-from .ensemble import ENSEMBLE_REDUCTIONS
 from .latent_segmentation import LatentSegmentationMixin, SegmentSettings
 from ..errors import DigsegError, first_line
 from ..outputs import DiGSegOutput  # noqa: F401  (re-exported: digseg.pipelines.pipeline.DiGSegOutput)
@@ -32,7 +31,8 @@ from .model_folder import OPTIONAL_COMPONENTS, TRAINED_COMPONENTS, check_finite,
 from .model_card import model_facts, write_model_card
 from .native_outputs import PROBABILITY_CLASSES_KEPT, native_outputs, resize_probs, stack_outputs
 from .prompts import palette_prompt, resolve_queries
-from .sliding import check_test_protocol, combine_views, group_views, make_views, pair, view_noise
+from .choices import check_call
+from .sliding import combine_views, group_views, make_views, view_noise
 from .window_grid import single_window_warning
 from ..models.choices import MASK_DECODERS, OBJECTIVES
 from ..models.digseg_model import (
@@ -309,32 +309,14 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
                      processing_resolution: int | None, scale, mode: str, crop_size, stride, global_view: bool):
         """Every argument of `__call__` checked before any work: a one-line DigsegError naming a bad value.
         -> (processing resolution, sliding window (crop, stride) or None, scale (w, h) or None)."""
-        if ensemble_reduction not in ENSEMBLE_REDUCTIONS:
-            raise DigsegError(f"ensemble_reduction must be one of {', '.join(ENSEMBLE_REDUCTIONS)}, "
-                              f"got {ensemble_reduction!r}")
-        if ensemble_size < 1:
-            raise DigsegError(f"ensemble_size must be >= 1, got {ensemble_size}")
         self._light_mask_decoder(mask_decoder)
-        if steps < 1:
-            raise DigsegError(f"num_inference_steps must be >= 1, got {steps}")
-        if self.config.objective == "one-step" and (ensemble_size > 1 or steps > 1):
-            raise DigsegError(f"this model was trained with the one-step objective: it runs one deterministic pass, "
-                              f"so {ensemble_size} ensemble members x {steps} steps would repeat the same result; "
-                              "use ensemble_size=1 and num_inference_steps=1 (E-Step 1x1)")
-        if scale is not None and processing_resolution is not None:
-            raise DigsegError("give either scale or processing_resolution, not both")
         if output_type not in ("np", "pt"):
             raise DigsegError(f"output_type must be 'np' or 'pt', got {output_type!r}")
-        if max_probability_classes is not None and max_probability_classes < 1:
-            raise DigsegError(f"max_probability_classes must be >= 1 or None, got {max_probability_classes}")
-        if isinstance(generator, list) and len(generator) != num_images:
-            raise DigsegError(f"got {len(generator)} generators for {num_images} images")
         if top_k is not None and top_k < 1:
             raise DigsegError(f"top_k must be >= 1, got {top_k}")
-        default = self.config.default_processing_resolution
-        resolution = default if processing_resolution is None else processing_resolution
-        window = check_test_protocol(mode, crop_size, stride, global_view, resolution or default)
-        return resolution, window, pair(scale, "scale")
+        return check_call(num_images, generator, ensemble_size, steps, ensemble_reduction,
+                          self.config.objective == "one-step", max_probability_classes, processing_resolution,
+                          self.config.default_processing_resolution, scale, mode, crop_size, stride, global_view)
 
     @torch.no_grad()
     def __call__(

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from ..data.rescale import rescale_size
 from ..errors import DigsegError
-from .choices import INFERENCE_MODES
+
+INFERENCE_MODES = ("whole", "slide")  # the whole image, or sliding windows (sliding.py)
 
 
 def processed_size(height: int, width: int, resolution: int, scale: tuple[int, int] | None = None,

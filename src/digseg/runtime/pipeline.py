@@ -19,7 +19,8 @@ from ..errors import DigsegError, first_line
 from ..outputs import DiGSegOutput
 from ..pipelines.image_inputs import to_image_list
 from ..pipelines.prompts import resolve_queries
-from ..pipelines.window_grid import check_test_protocol, pair, processed_size, single_window_warning, window_grid
+from ..pipelines.choices import check_call
+from ..pipelines.window_grid import processed_size, single_window_warning, window_grid
 from .manifest import read_manifest, trailing_timesteps
 from .numpy_ops import (combine_members, combine_views, cut_views, ddim_step, decode_codec, native_outputs,
                         pad_to_multiple, predicted_sample, resize)
@@ -253,27 +254,13 @@ class OnnxDiGSegPipeline:
             if value != default:
                 raise DigsegError(f"{name}={value!r} is not supported by the onnxruntime pipeline (the U-Net graph "
                                   "has no cross-attention output; numpy outputs); run the PyTorch model for it")
-        if ensemble_reduction not in ("median", "mean"):
-            raise DigsegError(f"ensemble_reduction must be one of median, mean, got {ensemble_reduction!r}")
-        if ensemble_size < 1 or steps < 1:
-            raise DigsegError(f"ensemble_size and num_inference_steps must be >= 1, got {ensemble_size}, {steps}")
-        if one_step and (ensemble_size > 1 or steps > 1):
-            raise DigsegError(f"this model was trained with the one-step objective: it runs one deterministic pass, "
-                              f"so {ensemble_size} ensemble members x {steps} steps would repeat the same result; "
-                              "use ensemble_size=1 and num_inference_steps=1 (E-Step 1x1)")
-        if scale is not None and processing_resolution is not None:
-            raise DigsegError("give either scale or processing_resolution, not both")
-        if max_probability_classes is not None and max_probability_classes < 1:
-            raise DigsegError(f"max_probability_classes must be >= 1 or None, got {max_probability_classes}")
-        if isinstance(generator, list) and len(generator) != len(images):
-            raise DigsegError(f"got {len(generator)} generators for {len(images)} images")
+        resolution, window, scale = check_call(
+            len(images), generator, ensemble_size, steps, ensemble_reduction, one_step, max_probability_classes,
+            processing_resolution, self.manifest["default_processing_resolution"], scale, mode, crop_size, stride,
+            global_view)
         if noise is not None and len(noise) != len(images):
             raise DigsegError(f"got {len(noise)} noise arrays for {len(images)} images")
         decoder = self._decoder(mask_decoder)
-        default = self.manifest["default_processing_resolution"]
-        resolution = default if processing_resolution is None else processing_resolution
-        window = check_test_protocol(mode, crop_size, stride, global_view, resolution or default)
-        scale = pair(scale, "scale")
 
         # 2. what is asked; every prompt encoded once (cached)
         queries = resolve_queries(len(images), prompt, classes, templates, self.manifest["prompt_template"],
