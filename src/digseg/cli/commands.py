@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError, DigsegError
-from .loading import load_model, parse_adapters, runtime_of
+from .loading import load_model, parse_adapters
 from .parser import build_parser
 
 
@@ -383,7 +383,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         info.update(model=str(args.model), ensemble_size=args.ensemble_size,
                     steps=args.steps or pipe.config.default_denoising_steps, predictions=str(predictions),
                     prediction_skipped=report["skipped"], protocol=protocol.to_dict(), batch_size=args.batch_size,
-                    runtime=runtime_of(pipe, process_info()[1]))
+                    runtime=pipe.runtime_info(process_info()[1]))
     metrics = score_predictions(dataset, predictions, present_only=True if args.present_only else None)
     metrics.update(info)
     if not is_main_process():  # under accelerate launch / torchrun: every process has the same metrics

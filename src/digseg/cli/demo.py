@@ -24,7 +24,7 @@ from PIL import Image
 from ..data.io import IMAGE_EXTENSIONS, load_image
 from ..errors import ConfigError, DataError, DigsegError
 from ..pipelines.visualize import class_overlay, grey_map, with_legend
-from .loading import load_model, parse_adapters, runtime_of
+from .loading import load_model, parse_adapters
 
 DEFAULT_MODEL = Path("digseg-quickstart") / "model"
 DEFAULT_MAX_PIXELS = 4096 * 4096  # 16.7 megapixels
@@ -200,7 +200,7 @@ def one_step_note(pipe: Any) -> str | None:
 
 def runtime_footer(pipe: Any) -> str:
     """Where the demo's model runs, for the page's footer: device (its name), dtype and the libraries' versions."""
-    info = runtime_of(pipe)
+    info = pipe.runtime_info()
     versions = ", ".join(f"{k} {info[k]}" for k in ("onnxruntime", "torch", "diffusers", "digseg") if k in info)
     return f"{info['device']} ({info['device_name']}), {info['dtype']}; {versions}"
 

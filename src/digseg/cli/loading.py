@@ -1,5 +1,5 @@
 """Opening the model a command runs: a DiGSeg model folder, a folder written by `digseg export` (on onnxruntime),
-or a base with LoRA adapters; and what an output records about where it ran."""
+or a base with LoRA adapters."""
 
 from __future__ import annotations
 
@@ -54,11 +54,3 @@ def parse_adapters(items: list[str]) -> dict[str, str]:
         named[name] = path
     return named
 
-
-def runtime_of(pipe, num_processes: int = 1) -> dict:
-    """Where `pipe` runs, as outputs record it (`digseg.devices.runtime_info`'s keys; an exported folder's own)."""
-    if hasattr(pipe, "runtime_info"):  # OnnxDiGSegPipeline
-        return pipe.runtime_info(num_processes)
-    from ..devices import runtime_info
-
-    return runtime_info(pipe.device, pipe.dtype, num_processes)

@@ -38,7 +38,6 @@ from ..errors import EXIT_SKIPPED, ConfigError, DataError
 from ..pipelines.image_processing import padded_size
 from ..pipelines.inputs import display_names, unique_stems
 from ..run_lock import PREDICT, main_process_holds
-from .loading import runtime_of
 from .predict_outputs import write_image_outputs
 from .predict_records import OUTPUTS, PER_IMAGE_OUTPUTS, RecordIndex, RecordWriter, open_atomically
 from .report import write_report
@@ -222,7 +221,7 @@ def _run_locked(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
     if rank == 0:
         predict_records.clean_partial(out_dir)
         index = RecordIndex(out_dir)
-        runtime = runtime_of(pipe, world)
+        runtime = pipe.runtime_info(world)
         summary = write_run_summary(out_dir, index.records([stems[i] for i in done]), missed, runtime)
         if "report" in outputs:
             shown = dict(settings, runtime=f"{runtime['device']} ({runtime['device_name']}), {runtime['dtype']}, "

@@ -59,8 +59,6 @@ def run_quickstart(output: str | Path, settings: QuickstartSettings | None = Non
                    dtype: torch.dtype = torch.float32) -> dict:
     """Train, evaluate and write overlays into `output`; training runs on accelerate's device, the evaluation and
     overlays on `device` in `dtype` (`digseg.devices`), and metrics.json records where ("runtime")."""
-    from ..devices import runtime_info
-
     s = settings or QuickstartSettings()
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
@@ -101,7 +99,7 @@ def run_quickstart(output: str | Path, settings: QuickstartSettings | None = Non
     wall = time.perf_counter() - started
     metrics.update(about="tiny random-initialised backbone trained from scratch on synthetic scenes (CPU); "
                          "not comparable with the paper's figures",
-                   runtime=runtime_info(pipe.device, pipe.dtype), wall_time_s=round(wall, 1),
+                   runtime=pipe.runtime_info(), wall_time_s=round(wall, 1),
                    train_time_s=round(train_done - started, 1))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
 

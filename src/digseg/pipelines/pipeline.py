@@ -22,6 +22,7 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 
 from .adapters import AdapterMixin, check_no_adapters
 from .latent_segmentation import LatentSegmentationMixin, SegmentSettings
+from ..devices import runtime_info
 from ..errors import DigsegError, first_line
 from ..outputs import DiGSegOutput  # noqa: F401  (re-exported: digseg.pipelines.pipeline.DiGSegOutput)
 from ..hub_ids import check_hub_id, hub_id_or_none
@@ -293,6 +294,10 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
     @property
     def pad_multiple(self) -> int:
         return vae_scale_factor(self.vae) * unet_downsample_factor(self.unet)
+
+    def runtime_info(self, num_processes: int = 1) -> dict:
+        """What an output records about where this pipeline runs (`digseg.devices.runtime_info`)."""
+        return runtime_info(self.device, self.dtype, num_processes)
 
     def query_states(self, table: Sequence[Sequence[str]]) -> torch.Tensor:
         """Encoder features of Q queries, each the mean over its prompt variants: [Q, L, D], unprojected (the
