@@ -28,7 +28,7 @@ int8, on `--num-scenes` held-out synthetic scenes (seed 1, as the quickstart's e
   not get PyTorch's noise there).
 
     python benchmarks/bench_export.py --quick                       # tiny model, 64 px: the script runs (~2 min)
-    python benchmarks/bench_export.py --model sd2 --size 512        # the issue's measurement
+    python benchmarks/bench_export.py --model sd2 --size 512        # SD2 size at 512 px, 1x1 and one-step
     python benchmarks/bench_export.py --accuracy digseg-quickstart  # int8 / fp32 / PyTorch on a trained model
 """
 

@@ -1,4 +1,4 @@
-"""LoRA against full fine-tuning (issue 35, "evidence, not a promise"): accuracy on a shifted domain, trainable
+"""LoRA against full fine-tuning, measured: accuracy on a shifted domain, trainable
 parameters, size on disk per domain, and the time to switch adapters against loading a whole model.
 
     python benchmarks/bench_lora.py accuracy --work /tmp/bench_lora     # tiny backbone, synthetic data (minutes)
