@@ -28,6 +28,7 @@ from digseg.runtime.manifest import read_manifest  # noqa: E402
 from digseg.export.onnx_export import export_pipeline, quantize_folder  # noqa: E402
 from digseg.runtime.pipeline import OnnxDiGSegPipeline  # noqa: E402
 from digseg.models.mask_decoder import LightMaskDecoder  # noqa: E402
+from digseg.models.tiny import save_tiny_backbone  # noqa: E402
 from digseg.pipelines.image_processing import padded_size  # noqa: E402
 from digseg.pipelines.window_grid import pair, processed_size, window_grid  # noqa: E402
 
@@ -40,7 +41,8 @@ QUERIES = {"binary": dict(prompt="circle"), "palette": dict(), "per_class": dict
 
 @pytest.fixture(scope="module")
 def exported(tiny_backbone, tmp_path_factory):
-    """{"diffusion": (torch pipe, fp32 folder), "int8": folder, "one-step": (torch pipe, folder)}."""
+    """{"diffusion": (torch pipe, fp32 folder), "int8": folder, "one-step": (torch pipe, folder)}: an SD 1.x
+    diffusion model and an SD 2 one-step model."""
     root = tmp_path_factory.mktemp("onnx")
     pipe = DiGSegPipeline.from_backbone(tiny_backbone, class_names=list(SYNTHETIC_CLASSES))
     torch.manual_seed(1)
@@ -52,7 +54,10 @@ def exported(tiny_backbone, tmp_path_factory):
     int8 = root / "diffusion-int8"  # `digseg export` on an fp32 export quantizes it, exporting nothing again
     assert main(["export", "--model", str(folder), "--output", str(int8), "--quantize", "int8"]) == 0
 
-    one = DiGSegPipeline.from_backbone(tiny_backbone, class_names=list(SYNTHETIC_CLASSES), prediction_type="sample")
+    # the one-step model on an SD 2 layout (linear projections, per-level head widths, GELU text encoder), the
+    # diffusion model on SD 1.x's: both layouts exported, no export more
+    sd2 = save_tiny_backbone(root / "sd2-backbone", family="sd2-v")
+    one = DiGSegPipeline.from_backbone(sd2, class_names=list(SYNTHETIC_CLASSES), prediction_type="sample")
     one.register_to_config(objective="one-step", one_step_decoder="light")
     torch.manual_seed(2)
     one.set_mask_decoder(LightMaskDecoder.for_vae(one.vae))
