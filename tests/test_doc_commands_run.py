@@ -11,9 +11,9 @@ paths and sizes only:
 - What a reader brings is written where the command names it: a --data-root in the official layout of the
   command's dataset (tests/layouts.py; `folder`: synthetic scenes), an `hf:` dataset (tests/hf_fixtures.py, saved
   with the column names the command reads; a Hub id: at that path), --image files, folders and patterns,
-  --image-list and --split-file files, and a --model / --pretrained / resumed run folder that no earlier command
-  of the doc wrote (the one an earlier doc trained at that path, e.g. README's runs/ade20k_150, else a tiny run
-  trained once).
+  --image-list files (naming a command's several adapters in turn) and --split-file files, and a --model /
+  --pretrained / resumed run folder that no earlier command of the doc wrote (the one an earlier doc trained at
+  that path, e.g. README's runs/ade20k_150, else a tiny run trained once).
 - Hub backbones and PATH_OR_ID -> a tiny backbone (with fp16 weight files too, for `model.variant=fp16`), also
   where a config names them; absolute paths -> the same path under the doc's folder; shell variables -> a value.
 - Sizes -> small: steps, crops, batches, windows, ensembles, sample counts, the sizes a config file sets (through
@@ -152,7 +152,9 @@ class Fixtures:
         shutil.copytree(earlier[0] if earlier else self.run, path)
 
     @staticmethod
-    def place_images(value: str, folder: Path) -> None:
+    def place_images(value: str, folder: Path, adapters: list[str]) -> None:
+        """An image file, a folder of two, a pattern's file, or a list of two (each line naming one of `adapters`
+        after a tab, in turn, when the command names several)."""
         path = folder / value
         if "*" in value:  # a pattern: one file it matches
             path = folder / value.replace("**", "sub").replace("*", "image")
@@ -162,7 +164,8 @@ class Fixtures:
             write_image(path, seed=1, size=(40, 30))
         elif path.suffix == ".txt":  # an image list
             listed = [write_image(folder / "listed" / f"{i}.png", seed=i, size=(40, 30)) for i in range(2)]
-            path.write_text("".join(f"{p}\n" for p in listed))
+            names = [f"\t{adapters[i % len(adapters)]}" if len(adapters) > 1 else "" for i in range(len(listed))]
+            path.write_text("".join(f"{p}{name}\n" for p, name in zip(listed, names)))
         else:
             for i in range(2):
                 write_image(path / f"image_{i}.jpg", seed=i, size=(40, 30))
@@ -205,7 +208,7 @@ def _runnable(args: str, doc: str, fx: Fixtures) -> list[str]:
             if "classes_file" in hf and not (folder / hf["classes_file"]).exists():
                 shutil.copy(fx.base / "hf" / "saved" / "classes.txt", folder / hf["classes_file"])
         elif flag in ("--image", "--image-list"):
-            fx.place_images(a, folder)
+            fx.place_images(a, folder, [v.partition("=")[0] for f, v in zip(argv, argv[1:]) if f == "--adapter"])
         elif flag == "--split-file" and not (folder / a).exists():
             stems = [f"scene_{i:05d}" for i in FOLDER_SCENES]  # a training list: four of them; another: the rest
             (folder / a).parent.mkdir(parents=True, exist_ok=True)

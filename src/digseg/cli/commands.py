@@ -282,12 +282,12 @@ def cmd_train_mask_decoder(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Checks the flags and the selection, then loads the model holding the output folder's lock
-    (`digseg.run_lock`); the run itself is `predict.run_predict`."""
+    (`digseg.run_lock`); the run itself is `predict.run_predict`, once per adapter the inputs name: with several,
+    each into `<output>/<adapter name>/` after `pipe.set_adapter(name)`."""
     from ..data.io import read_class_list
     from ..distributed import is_main_process
-    from ..pipelines.inputs import select_images
     from ..run_lock import PREDICT, main_process_holds
-    from .predict import run_predict
+    from .predict import images_by_adapter, run_predict
     from .predict_records import parse_outputs
     from ..evaluation.protocols import TestProtocol, protocol_from_args, tiling_scale
 
@@ -300,32 +300,40 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     outputs = parse_outputs(args.outputs)
-    paths = select_images(args.image, args.image_list)  # nothing decoded yet
-    protocol = protocol_from_args(args, TestProtocol())
+    adapters = parse_adapters(args.adapter) if args.adapter else {}
+    groups = images_by_adapter(args.image, args.image_list, adapters, args.use_adapter)  # nothing decoded yet
+    asked = protocol_from_args(args, TestProtocol())
+    results = []
     with main_process_holds(args.output, PREDICT):
-        pipe = load_model(args.model, placement, args.adapter, args.use_adapter)
-        protocol = tiling_scale(protocol, pipe.config.default_processing_resolution,
-                                args.processing_resolution is not None)
-        settings = {
-            "model": str(args.model), "prompt": args.prompt,
-            **({"adapter": pipe.active_adapter, "adapters": parse_adapters(args.adapter)} if args.adapter else {}),
-            "classes": None if args.prompt is not None else (classes or list(pipe.config.class_names or [])),
-            "ensemble_size": args.ensemble_size, "steps": args.steps or pipe.config.default_denoising_steps,
-            "seed": args.seed, "processing_resolution": args.processing_resolution
-            if args.processing_resolution is not None else pipe.config.default_processing_resolution,
-            "templates": args.templates, "top_k": args.top_k, "no_class_threshold": args.no_class_threshold,
-            "mask_decoder": args.mask_decoder, "protocol": protocol.to_dict(),
-        }
-        call_kwargs = dict(prompt=args.prompt, classes=classes, ensemble_size=args.ensemble_size,
-                           num_inference_steps=args.steps, processing_resolution=args.processing_resolution,
-                           templates=args.templates, top_k=args.top_k, no_class_threshold=args.no_class_threshold,
-                           mask_decoder=args.mask_decoder, **protocol.call_kwargs())
-        result = run_predict(pipe, paths, Path(args.output), call_kwargs, settings, seed=args.seed,
-                             batch_size=args.batch_size, skip_existing=args.skip_existing,
-                             show_progress=False if args.no_progress else None, outputs=outputs)
+        # group None: inputs naming no adapter, where no --use-adapter chose one: load_model's error when several
+        use = None if None in groups else args.use_adapter or next(iter(groups))
+        pipe = load_model(args.model, placement, args.adapter, use)
+        for name, paths in groups.items():
+            if adapters:
+                pipe.set_adapter(name)  # its LoRA, classes and resolution; the backbone stays loaded
+            protocol = tiling_scale(asked, pipe.config.default_processing_resolution,
+                                    args.processing_resolution is not None)
+            settings = {
+                "model": str(args.model), "prompt": args.prompt,
+                **({"adapter": name, "adapters": adapters} if adapters else {}),
+                "classes": None if args.prompt is not None else (classes or list(pipe.config.class_names or [])),
+                "ensemble_size": args.ensemble_size, "steps": args.steps or pipe.config.default_denoising_steps,
+                "seed": args.seed, "processing_resolution": args.processing_resolution
+                if args.processing_resolution is not None else pipe.config.default_processing_resolution,
+                "templates": args.templates, "top_k": args.top_k, "no_class_threshold": args.no_class_threshold,
+                "mask_decoder": args.mask_decoder, "protocol": protocol.to_dict(),
+            }
+            call_kwargs = dict(prompt=args.prompt, classes=classes, ensemble_size=args.ensemble_size,
+                               num_inference_steps=args.steps, processing_resolution=args.processing_resolution,
+                               templates=args.templates, top_k=args.top_k, no_class_threshold=args.no_class_threshold,
+                               mask_decoder=args.mask_decoder, **protocol.call_kwargs())
+            output = Path(args.output) / name if len(groups) > 1 else Path(args.output)
+            results.append(run_predict(pipe, paths, output, call_kwargs, settings, seed=args.seed,
+                                       batch_size=args.batch_size, skip_existing=args.skip_existing,
+                                       show_progress=False if args.no_progress else None, outputs=outputs))
     if is_main_process():
-        print(result.message())
-    return result.exit_status
+        print("\n".join(f"{name}: " * (len(groups) > 1) + result.message() for name, result in zip(groups, results)))
+    return max(result.exit_status for result in results)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:

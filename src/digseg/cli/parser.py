@@ -208,10 +208,12 @@ def _add_predict(sub) -> None:
                                                   "--adapter: their base, also a Stable Diffusion folder or hub id)")
     p.add_argument("--adapter", action="append", metavar="NAME=PATH",
                    help=HELP["adapter"] + " (repeatable: several domains on one loaded backbone)")
-    p.add_argument("--use-adapter", metavar="NAME", help="the --adapter that predicts (default: the only one given)")
+    p.add_argument("--use-adapter", metavar="NAME",
+                   help="the --adapter that predicts the inputs naming none (default: the only one given)")
     p.add_argument("--image", nargs="+",
                    help="image files, folders or glob patterns (quoted: 'photos/*.jpg'; '**' spans folders)")
-    p.add_argument("--image-list", help="a text file with one image path per line (with or instead of --image)")
+    p.add_argument("--image-list", help="a text file with one image path per line (with or instead of --image); a "
+                   "path may be followed by a tab and the --adapter that predicts it (several: <output>/<NAME>/ each)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--prompt", help="binary: segment what this text describes")
     group.add_argument("--classes", help="comma-separated class names (default: the model's own classes)")

@@ -36,7 +36,8 @@ from ..data.io import load_image
 from ..distributed import gather_objects, process_info, shard, sum_tensor, wait_for_everyone
 from ..errors import EXIT_SKIPPED, ConfigError, DataError
 from ..pipelines.image_processing import padded_size
-from ..pipelines.inputs import display_names, unique_stems
+from ..pipelines.inputs import (display_names, expand_image_inputs, first_of_each, read_image_list,
+                                select_images, unique_stems)
 from ..run_lock import PREDICT, main_process_holds
 from .predict_outputs import write_image_outputs
 from .predict_records import OUTPUTS, PER_IMAGE_OUTPUTS, RecordIndex, RecordWriter, open_atomically
@@ -74,6 +75,33 @@ class PredictResult:
             text += (f"\nskipped {len(self.skipped)} of {self.images + len(self.skipped)} image(s) that could not "
                      f"be read (listed in {self.summary.name} and the report); exit status {self.exit_status}")
         return text
+
+
+def images_by_adapter(items: list[str] | None, image_list: str | Path | None, adapters: dict[str, str],
+                      use: str | None) -> dict[str | None, list[Path]]:
+    """`--image` items and `--image-list` lines -> {adapter name: its image paths, in order, each once}. A list line
+    may name its adapter after a tab ("photos/a.png<TAB>roads"); every other input goes to `use` (default: the only
+    one of `adapters`; None with none or several). ConfigError naming the list file and line for a name that is not
+    one of `adapters`. Nothing is decoded."""
+    default = use if use is not None else (next(iter(adapters)) if len(adapters) == 1 else None)
+    lines = read_image_list(image_list) if image_list is not None else []
+    if not any("\t" in line for line in lines):
+        return {default: select_images(items, image_list)}
+    groups: dict[str | None, list[Path]] = {default: expand_image_inputs(items)} if items else {}
+    for line in lines:
+        path, _, name = line.partition("\t")
+        name = name.strip() or default
+        if name != default and name not in adapters:
+            number = next(n for n, raw in enumerate(Path(image_list).read_text(encoding="utf-8-sig").splitlines(), 1)
+                          if raw.strip() == line)
+            known = f"the --adapter names are {', '.join(adapters)}" if adapters else "no --adapter was given"
+            raise ConfigError(f"image list {image_list}, line {number}: unknown adapter {name!r} ({known})")
+        groups.setdefault(name, []).append(Path(path.rstrip()))
+    groups = {name: first_of_each(paths) for name, paths in groups.items()}
+    every = [p for paths in groups.values() for p in paths]
+    if not any(p.exists() for p in every):
+        raise ConfigError(f"image not found: {every[0]}" + (f" and {len(every) - 1} more" if len(every) > 1 else ""))
+    return groups
 
 
 @dataclass
