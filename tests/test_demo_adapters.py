@@ -41,6 +41,7 @@ def test_the_demo_chooses_among_adapters_on_one_backbone(adapters, tiny_backbone
     monkeypatch.setattr(demo, "build_demo", lambda pipe, max_pixels: build_demo(built.setdefault("pipe", pipe),
                                                                                  max_pixels))
     monkeypatch.setattr(demo, "start_demo", lambda app, host, port: built.update(app=app))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # the demo sets PIL's limit: restored after
     assert main(["demo", "--model", str(tiny_backbone), "--adapter", f"roads={roads}", "--adapter", f"cells={cells}",
                  "--device", "cpu"]) == 0
     assert "with adapters roads, cells" in capsys.readouterr().out
@@ -65,7 +66,9 @@ def test_the_demo_chooses_among_adapters_on_one_backbone(adapters, tiny_backbone
         demo.segment(pipe, path, "classes", "", ensemble_size=1, steps=1, seed=0, adapter="roadz")
 
 
-def test_the_demo_has_no_chooser_without_adapters_and_refuses_an_adapter_named_base(tiny_pipe, tmp_path, capsys):
+def test_the_demo_has_no_chooser_without_adapters_and_refuses_an_adapter_named_base(tiny_pipe, tmp_path, capsys,
+                                                                                   monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after the test
     app = demo.build_demo(tiny_pipe)
     try:
         assert "digseg-adapter" not in {getattr(b, "elem_id", None) for b in app.blocks.values()}
