@@ -36,7 +36,7 @@ from ..data.io import load_image
 from ..distributed import gather_objects, process_info, shard, sum_tensor, wait_for_everyone
 from ..errors import EXIT_SKIPPED, ConfigError, DataError
 from ..pipelines.image_processing import padded_size
-from ..pipelines.inputs import (display_names, expand_image_inputs, first_of_each, read_image_list,
+from ..pipelines.inputs import (check_some_exist, display_names, expand_image_inputs, first_of_each, read_image_list,
                                 select_images, unique_stems)
 from ..run_lock import PREDICT, main_process_holds
 from .predict_outputs import write_image_outputs
@@ -98,9 +98,7 @@ def images_by_adapter(items: list[str] | None, image_list: str | Path | None, ad
             raise ConfigError(f"image list {image_list}, line {number}: unknown adapter {name!r} ({known})")
         groups.setdefault(name, []).append(Path(path.rstrip()))
     groups = {name: first_of_each(paths) for name, paths in groups.items()}
-    every = [p for paths in groups.values() for p in paths]
-    if not any(p.exists() for p in every):
-        raise ConfigError(f"image not found: {every[0]}" + (f" and {len(every) - 1} more" if len(every) > 1 else ""))
+    check_some_exist([p for paths in groups.values() for p in paths])
     return groups
 
 

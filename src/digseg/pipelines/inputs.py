@@ -63,6 +63,11 @@ def select_images(items: list[str] | None, image_list: str | Path | None = None)
     paths = expand_image_inputs(items) if items else []
     if image_list is not None:
         paths = first_of_each(paths + [Path(item) for item in read_image_list(image_list)])
+    return check_some_exist(paths)
+
+
+def check_some_exist(paths: list[Path]) -> list[Path]:
+    """`paths`, or ConfigError naming the first few when none of them exists (a typo, not a few bad files)."""
     if not any(p.exists() for p in paths):
         shown = ", ".join(str(p) for p in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
         raise ConfigError(f"image not found: {shown}")
