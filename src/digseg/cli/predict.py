@@ -1,21 +1,7 @@
-"""The `digseg predict` run over many images (`run_predict`): streamed, batched, atomic per image, resumable,
-shared between launched processes, and going on past files that cannot be read.
-
-- **Streaming.** Images are decoded as they are processed (READ_AHEAD on a thread), at most `2 x batch_size`
-  wait for a batch, and each finished image's record goes to a records file (`predict_records`), from which
-  `summary.json` and the report are written at the end: memory stays flat over thousands of images.
-- **Batching.** Images of the same processed size (`image_processing.padded_size`) go to the pipeline together
-  (`SizeBatcher`).
-- **Seeds.** Image i (its place in `paths`) draws its noise from `seeded_generator(seed, i)`, as `digseg eval`
-  does: its result depends neither on the batch size, nor on the other images, nor on the number of processes.
-- **Processes.** Under `accelerate launch` / `torchrun`, process r of N takes the images still to do at places
-  r, r + N, ... (`digseg.distributed.shard`); the main process writes `summary.json` and the report at the end.
-- **Skip and report.** A file `load_image` cannot read is named in one line on stderr and skipped; `summary.json`
-  and the report list it, and `exit_status` is EXIT_SKIPPED.
-- **Atomic and resumable.** An image's files are staged, then moved into `<out>` with `os.replace`, then its
-  record is appended: it is finished exactly when its record exists. With `skip_existing`, a finished image of
-  the same settings is not predicted again; other settings in the same folder are a ConfigError.
-- **One writer.** The main process holds the folder's lock (`digseg.run_lock`, PREDICT) for the whole run.
+"""The `digseg predict` run over many images (`run_predict`): streamed, batched by processed size, atomic per
+image, resumable, shared between launched processes, and going on past files that cannot be read
+(docs/predict.md). Image i (its place in `paths`) draws its noise from `seeded_generator(seed, i)`, as `digseg
+eval` does: its result depends neither on the batch size, nor on the other images, nor on the number of processes.
 """
 
 from __future__ import annotations
@@ -81,8 +67,7 @@ def images_by_adapter(items: list[str] | None, image_list: str | Path | None, ad
                       use: str | None) -> dict[str | None, list[Path]]:
     """`--image` items and `--image-list` lines -> {adapter name: its image paths, in order, each once}. A list line
     may name its adapter after a tab ("photos/a.png<TAB>roads"); every other input goes to `use` (default: the only
-    one of `adapters`; None with none or several). ConfigError naming the list file and line for a name that is not
-    one of `adapters`. Nothing is decoded."""
+    one of `adapters`; None with none or several). Nothing is decoded."""
     default = use if use is not None else (next(iter(adapters)) if len(adapters) == 1 else None)
     lines = read_image_list(image_list) if image_list is not None else []
     if not any("\t" in line for line in lines):
@@ -142,21 +127,18 @@ def _read_ahead(paths: list[Path], indices: list[int]) -> Iterator[tuple[int, An
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         queue: deque = deque()
-        for i in indices:
+        for k, i in enumerate(indices):
             queue.append((i, pool.submit(read, i)))
-            if len(queue) > READ_AHEAD:
+            while queue and (len(queue) > READ_AHEAD or k == len(indices) - 1):
                 j, future = queue.popleft()
                 yield j, future.result()
-        while queue:
-            j, future = queue.popleft()
-            yield j, future.result()
 
 
 def run_predict(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, settings: dict, seed: int = 0,
                 batch_size: int = 1, skip_existing: bool = False, show_progress: bool | None = None,
                 outputs: Sequence[str] = OUTPUTS) -> PredictResult:
-    """Predict every image of `paths` into `out_dir`; write summary.json and, with "report" in `outputs`,
-    index.html. Under a launcher, every process calls this with the same arguments.
+    """Predict every image of `paths` into `out_dir`, holding its lock; write summary.json and, with "report" in
+    `outputs`, index.html. Under a launcher, every process calls this with the same arguments.
 
     call_kwargs: the pipeline's arguments, the same for every image; settings: what the run records (JSON values;
     the outputs are added). show_progress: None shows the bar only when stderr is a terminal.
@@ -168,10 +150,8 @@ def run_predict(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
                            show_progress, outputs)
 
 
-def _run_locked(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, settings: dict, seed: int,
-                batch_size: int, skip_existing: bool, show_progress: bool | None,
-                outputs: Sequence[str]) -> PredictResult:
-    """`run_predict` while this run holds the folder's lock."""
+def _run_locked(pipe, paths, out_dir, call_kwargs, settings, seed, batch_size, skip_existing, show_progress,
+                outputs) -> PredictResult:
     from tqdm import tqdm
 
     rank, world = process_info()
@@ -189,8 +169,9 @@ def _run_locked(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
     if len(todo) < len(paths) and rank == 0:
         print(f"--skip-existing: {len(paths) - len(todo)} of {len(paths)} image(s) already finished in {out_dir}")
     wait_for_everyone()  # every process has read the records before the main process may drop them
-    if rank == 0 and not skip_existing:
-        predict_records.clear_records(out_dir)
+    if rank == 0 and not skip_existing:  # a new run: forget the images of an earlier run here
+        for path in predict_records.state_dir(out_dir).glob("records-*.jsonl"):
+            path.unlink()
     wait_for_everyone()
 
     # 2. this process's share, batched by processed size
@@ -241,19 +222,18 @@ def _run_locked(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
     every_skipped = dict(gather_objects(list(skipped.items())))  # {image index: entry}, all processes'
     missed = [every_skipped[i] for i in sorted(every_skipped)]
     written = int(sum_tensor(torch.tensor(len(mine) - len(skipped))))
-    done = [i for i in range(len(paths)) if i not in every_skipped]
+    done = [stems[i] for i in range(len(paths)) if i not in every_skipped]
     out_dir.mkdir(parents=True, exist_ok=True)
     summary, report = out_dir / "summary.json", None
     if rank == 0:
         predict_records.clean_partial(out_dir)
         index = RecordIndex(out_dir)
         runtime = pipe.runtime_info(world)
-        summary = write_run_summary(out_dir, index.records([stems[i] for i in done]), missed, runtime)
+        summary = write_run_summary(out_dir, map(index.get, done), missed, runtime)
         if "report" in outputs:
             shown = dict(settings, runtime=f"{runtime['device']} ({runtime['device_name']}), {runtime['dtype']}, "
                                            f"torch {runtime['torch']}, diffusers {runtime['diffusers']}")
-            report = write_report(out_dir, index.records([stems[i] for i in done]), shown, skipped=missed,
-                                  num_entries=len(done))
+            report = write_report(out_dir, map(index.get, done), shown, skipped=missed, num_entries=len(done))
     elif "report" in outputs:
         report = out_dir / "index.html"
     return PredictResult(images=len(done), written=written, reused=len(paths) - len(todo), skipped=missed,
@@ -261,9 +241,7 @@ def _run_locked(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
 
 
 def write_run_summary(out_dir: Path, records: Iterable[dict], skipped: list[dict], runtime: dict) -> Path:
-    """`<out_dir>/summary.json`: {"runtime": where it ran (`devices.runtime_info`), "images": {name: {class:
-    fraction}}, "skipped": [{"name", "source", "reason"}]}, written one image at a time (records may be an
-    iterator) and replaced atomically."""
+    """`<out_dir>/summary.json` (docs/predict.md), written one image at a time and replaced atomically."""
     path = out_dir / "summary.json"
     with open_atomically(path) as f:
         f.write('{\n  "runtime": ' + json.dumps(runtime, ensure_ascii=False) + ',\n  "images": {')

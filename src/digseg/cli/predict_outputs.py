@@ -1,22 +1,8 @@
-"""The files `digseg predict` writes for one image: those of the output kinds asked for (`OUTPUTS`, `--outputs`):
-a copy of the input as segmented, the pictures (`visualize.save_prediction`) and a JSON summary,
-`<stem>_summary.json`.
-
-Every image's record (the dict below, without settings) is also what the run keeps to write summary.json and the
-report (`report.write_report`), whichever files were asked for:
-
-    name            the input's display name (its file name; the path as given if two inputs share one)
-    source          the input path as given
-    image_size      {"width": W, "height": H}
-    classes         [{"id", "name", "pixels", "fraction", "colour": "#rrggbb", "tinted"}] for the classes
-                    present, in class order; fraction = pixels / (W * H)
-    unlabelled_fraction   share of pixels labelled 255 ("no class", from --no-class-threshold)
-    files           file names relative to the output folder, None when not written: input, label, overlay,
-                    overlay_legend, summary, probabilities [{"class", "file"}] (the classes the pipeline kept:
-                    at most 16 by default; [] when not asked for), uncertainty (None without an ensemble)
-    uncertainty_note      why there is no uncertainty map (only when there is none)
-    settings        the run's settings (model, prompt or classes, ensemble size, steps, seed, outputs, ...):
-                    in `<stem>_summary.json` only
+"""The files `digseg predict` writes for one image, those of the output kinds asked for (`OUTPUTS`), and its record
+(docs/predict.md), from which summary.json and the report are written: name (the input's display name), source,
+image_size {"width", "height"}, classes [{"id", "name", "pixels", "fraction", "colour", "tinted"}] (those present;
+fraction = pixels / (W * H)), unlabelled_fraction (label 255), files (names relative to the output folder, None
+when not written), uncertainty_note (why there is no uncertainty map). `<stem>_summary.json` adds the settings.
 """
 
 from __future__ import annotations
@@ -40,11 +26,9 @@ def class_fractions(labels: np.ndarray, class_names: list[str]) -> tuple[list[di
     counts = np.bincount(labels[labels < k].ravel(), minlength=k)
     colours = palette_for(k)
     total = labels.size
-    classes = [
-        {"id": int(c), "name": class_names[c], "pixels": int(counts[c]), "fraction": round(float(counts[c]) / total, 4),
-         "colour": hex_colour(colours[c]), "tinted": bool(c != 0 or tints_class_zero(class_names))}
-        for c in np.flatnonzero(counts)
-    ]
+    classes = [{"id": int(c), "name": class_names[c], "pixels": int(counts[c]),
+                "fraction": round(float(counts[c]) / total, 4), "colour": hex_colour(colours[c]),
+                "tinted": bool(c != 0 or tints_class_zero(class_names))} for c in np.flatnonzero(counts)]
     return classes, round(float(total - counts.sum()) / total, 4)
 
 
@@ -52,12 +36,8 @@ def write_image_outputs(out_dir: Path, stem: str, name: str, source: Path, image
                         probabilities: np.ndarray, class_names: list[str], uncertainty: np.ndarray | None,
                         settings: dict, probability_class_ids: np.ndarray | None = None,
                         kinds: Collection[str] = PER_IMAGE_OUTPUTS) -> dict:
-    """Write the files of `kinds` for one image and return its record (see the module docstring; with "json",
-    also written as `<stem>_summary.json` with the settings).
-
-    image RGB, W x H; labels [H, W] int; probabilities [n, H, W] of the classes `probability_class_ids` [n]
-    (default: all K; the pipeline keeps at most `max_probability_classes`); uncertainty [H, W] or None.
-    """
+    """Write the files of `kinds` for one image -> its record (module docstring). image RGB, W x H; labels [H, W]
+    int; probabilities [n, H, W] of the classes `probability_class_ids` [n] (default: all K); uncertainty [H, W]."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = save_prediction(out_dir, stem, np.asarray(image), labels, probabilities, class_names, uncertainty,
                             probability_class_ids, kinds)
@@ -69,19 +49,12 @@ def write_image_outputs(out_dir: Path, stem: str, name: str, source: Path, image
     classes, unlabelled = class_fractions(labels, class_names)
     summary_path = out_dir / f"{stem}_summary.json" if "json" in kinds else None
     name_of = lambda path: path.name if path is not None else None  # noqa: E731
-    record = {
-        "name": name,
-        "source": str(source),
-        "image_size": {"width": image.width, "height": image.height},
-        "classes": classes,
-        "unlabelled_fraction": unlabelled,
-        "files": {
-            "input": name_of(copy), "label": name_of(files.label), "overlay": name_of(files.overlay),
-            "overlay_legend": name_of(files.overlay_legend), "summary": name_of(summary_path),
-            "probabilities": [{"class": c, "file": p.name} for c, p in files.probabilities],
-            "uncertainty": name_of(files.uncertainty),
-        },
-    }
+    record = {"name": name, "source": str(source), "image_size": {"width": image.width, "height": image.height},
+              "classes": classes, "unlabelled_fraction": unlabelled,
+              "files": {"input": name_of(copy), "label": name_of(files.label), "overlay": name_of(files.overlay),
+                        "overlay_legend": name_of(files.overlay_legend), "summary": name_of(summary_path),
+                        "probabilities": [{"class": c, "file": p.name} for c, p in files.probabilities],
+                        "uncertainty": name_of(files.uncertainty)}}
     if files.uncertainty is None and "uncertainty" in kinds:
         record["uncertainty_note"] = NO_UNCERTAINTY
     if summary_path is not None:

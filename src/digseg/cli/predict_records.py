@@ -1,13 +1,8 @@
 """The files a `digseg predict` run can write (`OUTPUTS`, chosen with `--outputs`), and what the run keeps about
-itself in `<output>/.digseg-predict/` (docs/predict.md):
-
-    records-<rank>.jsonl   per process: a line {"settings": ...}, then one line per finished image, its record
-                           (`predict_outputs.write_image_outputs`), appended once its files are in place; a line
-                           cut short by a kill is ignored
-    partial/<stem>/        an image's files while they are written, moved into the output folder when complete
-
-summary.json and the report are written from the records (`RecordIndex`) one image at a time, in input order:
-memory holds one file offset per image, not the records.
+itself in `<output>/.digseg-predict/` (docs/predict.md): per process, `records-<rank>.jsonl`, a line {"settings":
+...} then one line per finished image, its record, appended once its files are in place (a line cut short by a
+kill is ignored); `partial/<stem>/`, an image's files while they are written. summary.json and the report are
+written from the records (`RecordIndex`) one image at a time: memory holds one file offset per image.
 """
 
 from __future__ import annotations
@@ -46,10 +41,6 @@ def partial_dir(out_dir: Path) -> Path:
     return state_dir(out_dir) / "partial"
 
 
-def records_path(out_dir: Path, rank: int) -> Path:
-    return state_dir(out_dir) / f"records-{rank:05d}.jsonl"
-
-
 def _settings_of(path: Path) -> dict | None:
     """The settings line a records file starts with (None: no complete settings line)."""
     with open(path, "rb") as f:
@@ -69,12 +60,6 @@ def check_same_settings(out_dir: Path, settings: dict) -> None:
                               "use another --output, or drop --skip-existing to predict every image again")
 
 
-def clear_records(out_dir: Path) -> None:
-    """A new run (not a continuation) into `out_dir`: forget the images of an earlier run there."""
-    for path in state_dir(out_dir).glob("records-*.jsonl"):
-        path.unlink()
-
-
 def publish(staging: Path, out_dir: Path) -> None:
     """Move an image's files from `staging` into `out_dir` (os.replace: each atomic), then remove `staging`."""
     for path in sorted(staging.iterdir()):
@@ -84,10 +69,8 @@ def publish(staging: Path, out_dir: Path) -> None:
 
 def clean_partial(out_dir: Path) -> None:
     """Remove the (empty) staging folder; one still holding files (a run writing into this folder) is left."""
-    try:
+    with contextlib.suppress(OSError):
         partial_dir(out_dir).rmdir()
-    except OSError:
-        pass
 
 
 class RecordWriter:
@@ -95,34 +78,27 @@ class RecordWriter:
     its settings line) is made at the first image; one of the same settings from an earlier run is continued."""
 
     def __init__(self, out_dir: Path, rank: int, settings: dict):
-        self.path, self.settings = records_path(out_dir, rank), settings
+        self.path, self.settings = state_dir(out_dir) / f"records-{rank:05d}.jsonl", settings
         self._file = None
 
-    def _open(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.is_file() and _settings_of(self.path) == self.settings:
-            self._file = open(self.path, "a", encoding="utf-8")
-            if not _ends_with_newline(self.path):
-                self._file.write("\n")  # a line cut short by a kill stays alone on its line
-        else:
-            self._file = open(self.path, "w", encoding="utf-8")
-            self._file.write(json.dumps({"settings": self.settings}, ensure_ascii=False) + "\n")
-        return self._file
-
     def add(self, stem: str, record: dict) -> None:
-        f = self._file or self._open()
-        f.write(json.dumps({"stem": stem, **record}, ensure_ascii=False) + "\n")
-        f.flush()
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.is_file() and _settings_of(self.path) == self.settings:
+                with open(self.path, "rb") as f:
+                    f.seek(-1, os.SEEK_END)
+                    cut_short = f.read(1) != b"\n"
+                self._file = open(self.path, "a", encoding="utf-8")
+                self._file.write("\n" if cut_short else "")  # a line cut short by a kill stays alone on its line
+            else:
+                self._file = open(self.path, "w", encoding="utf-8")
+                self._file.write(json.dumps({"settings": self.settings}, ensure_ascii=False) + "\n")
+        self._file.write(json.dumps({"stem": stem, **record}, ensure_ascii=False) + "\n")
+        self._file.flush()
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
-
-
-def _ends_with_newline(path: Path) -> bool:
-    with open(path, "rb") as f:
-        f.seek(-1, os.SEEK_END)
-        return f.read(1) == b"\n"
 
 
 class RecordIndex:
@@ -136,11 +112,9 @@ class RecordIndex:
                 offset = len(f.readline())  # the settings line
                 for line in f:
                     try:
-                        stem = json.loads(line)["stem"]
+                        self.where[json.loads(line)["stem"]] = (path, offset)
                     except (ValueError, KeyError, TypeError):
-                        stem = None  # cut short by a kill: the image was not finished
-                    if stem is not None:
-                        self.where[stem] = (path, offset)
+                        pass  # cut short by a kill: the image was not finished
                     offset += len(line)
 
     def get(self, stem: str) -> dict | None:
@@ -158,19 +132,10 @@ class RecordIndex:
         record = self.get(stem)
         if record is None or Path(str(record.get("source", ""))).resolve() != source.resolve():
             return False
-        return all((self.out_dir / name).is_file() for name in listed_files(record))
-
-    def records(self, stems: list[str]) -> Iterator[dict]:
-        """The records of `stems`, in that order, read one at a time."""
-        for stem in stems:
-            yield self.get(stem)
-
-
-def listed_files(record: dict) -> list[str]:
-    """Every file name an image's record lists."""
-    files = record.get("files") or {}
-    names = [v for k, v in files.items() if isinstance(v, str)]
-    return names + [m["file"] for m in files.get("probabilities") or []]
+        files = record.get("files") or {}
+        listed = [v for v in files.values() if isinstance(v, str)]
+        listed += [m["file"] for m in files.get("probabilities") or []]
+        return all((self.out_dir / name).is_file() for name in listed)
 
 
 @contextlib.contextmanager

@@ -1,10 +1,7 @@
 """The report of a `digseg predict` run: static, self-contained HTML pages (inline CSS and JS, no external URLs) of
-REPORT_PAGE_SIZE panels each, `index.html` first, then `index-2.html`, ...
-
-Per image: the input with the colour overlay on top, clipped by a divider the reader drags; the legend with
-each class's share of the pixels; links to the image's other files. Any of those files may be missing: the
-panel shows what there is. Files are referenced relative to the pages (the folder can be moved as a whole);
-all text is HTML-escaped, and file names in links are URL-quoted.
+REPORT_PAGE_SIZE panels each, `index.html` first, then `index-2.html`, ... Per image: the input with the colour
+overlay on top, clipped by a divider the reader drags; the legend; links to the image's other files (any may be
+missing). Files are referenced relative to the pages; all text is HTML-escaped, file names URL-quoted.
 """
 
 from __future__ import annotations
@@ -14,7 +11,7 @@ import json
 import re
 from pathlib import Path
 from itertools import islice
-from typing import Iterable, Iterator
+from typing import Iterable
 from urllib.parse import quote
 
 from .predict_records import open_atomically
@@ -112,21 +109,11 @@ def _url(file_name: str) -> str:
     return _esc(quote(file_name))
 
 
-def _colour(value: str) -> str:
-    return value if isinstance(value, str) and _HEX.match(value) else "#808080"
-
-
-def _settings_block(settings: dict) -> str:
-    shown = {key: value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-             for key, value in settings.items() if value is not None}
-    rows = "".join(f"<dt>{_esc(key)}</dt><dd>{_esc(value)}</dd>" for key, value in shown.items())
-    return f'<dl class="settings">{rows}</dl>' if rows else ""
-
-
 def _legend(entry: dict) -> str:
     items = []
     for c in entry["classes"]:
-        swatch = (f'<span class="swatch" style="background:{_colour(c.get("colour"))}"></span>' if c.get("tinted", True)
+        colour = c.get("colour") if isinstance(c.get("colour"), str) and _HEX.match(c["colour"]) else "#808080"
+        swatch = (f'<span class="swatch" style="background:{colour}"></span>' if c.get("tinted", True)
                   else '<span class="swatch untinted" title="left untinted in the overlay"></span>')
         items.append(f'<li>{swatch}<span class="name">{_esc(c["name"])}</span>'
                      f'<span class="frac">{c["fraction"] * 100:.1f}%</span></li>')
@@ -138,8 +125,7 @@ def _legend(entry: dict) -> str:
 
 
 def _probability_maps(entry: dict, small: str) -> str:
-    """The per-class probability maps: thumbnails (all of them up to THUMBNAILS_ALWAYS, else the classes in the
-    label map) and links for the rest; "" when the entry has none."""
+    """Thumbnails (all of them up to THUMBNAILS_ALWAYS, else the classes in the label map), links for the rest."""
     maps = entry["files"].get("probabilities") or []
     if not maps:
         return ""
@@ -173,10 +159,14 @@ def _uncertainty(entry: dict, small: str) -> str:
     return ""
 
 
-def _compare(input_file: str, prediction: str, alt: str, name: str, w: int, h: int, small: str) -> str:
-    """The prediction picture over the input copy, clipped by a divider the reader drags or moves with the range."""
-    return f"""<div class="compare{small}" style="aspect-ratio: {w} / {h}">
-      <img class="under" src="{_url(input_file)}" alt="input {name}" width="{w}" height="{h}" draggable="false">
+def _view(files: dict, name: str, w: int, h: int, small: str) -> str:
+    """The prediction (the overlay, else the label map) over the input copy, clipped by a divider the reader drags
+    or moves with the range; else whichever of them exists, plain; else a note."""
+    prediction = files.get("overlay") or files.get("label")
+    alt = f"prediction for {name}" if files.get("overlay") else f"label map for {name}"
+    if prediction and files.get("input"):
+        return f"""<div class="compare{small}" style="aspect-ratio: {w} / {h}">
+      <img class="under" src="{_url(files["input"])}" alt="input {name}" width="{w}" height="{h}" draggable="false">
       <img class="over" src="{_url(prediction)}" alt="{alt}" width="{w}" height="{h}"
            draggable="false" style="clip-path: inset(0 50% 0 0)">
       <div class="divider" style="left: 50%"></div>
@@ -184,15 +174,6 @@ def _compare(input_file: str, prediction: str, alt: str, name: str, w: int, h: i
     </div>
     <input class="split" type="range" min="0" max="100" step="0.5" value="50"
            aria-label="divider between prediction and input for {name}">"""
-
-
-def _view(files: dict, name: str, w: int, h: int, small: str) -> str:
-    """The panel's main picture: the prediction (the overlay, else the label map) compared with the input copy
-    under a divider; else whichever of them exists, plain; else a note."""
-    prediction = files.get("overlay") or files.get("label")
-    alt = f"prediction for {name}" if files.get("overlay") else f"label map for {name}"
-    if prediction and files.get("input"):
-        return _compare(files["input"], prediction, alt, name, w, h, small)
     picture, alt = (prediction, alt) if prediction else (files.get("input"), f"input {name}")
     if not picture:
         return '<p class="note">no picture was written for this image</p>'
@@ -222,28 +203,18 @@ def _figure(index: int, entry: dict) -> str:
 </figure>"""
 
 
-def _skipped_block(skipped: list[dict]) -> str:
-    if not skipped:
-        return ""
-    items = "".join(f'<li><span class="skipped-name">{_esc(e["name"])}</span>: {_esc(e["reason"])}</li>'
-                    for e in skipped)
-    return (f'<section class="skipped"><h2>Skipped: {len(skipped)} file{"s" if len(skipped) != 1 else ""} '
-            f'that could not be read</h2><ul>{items}</ul></section>')
-
-
 def page_file_name(page: int) -> str:
     """The file of report page `page` (from 1): 'index.html', then 'index-2.html', 'index-3.html', ..."""
     return "index.html" if page == 1 else f"index-{page}.html"
 
 
 def _page_link(page: int, text: str, attributes: str = "") -> str:
-    """A link to report page `page`; `text` is HTML already."""
     return f'<a href="{page_file_name(page)}"{attributes}>{text}</a>'
 
 
 def _navigation(page: int, pages: int, page_size: int, total: int) -> str:
-    """The bar above and below a page's panels: previous / next, links to the first, the last and PAGE_NEIGHBOURS
-    pages either side (a gap shown as an ellipsis), "page k of n" and the images shown. "" for a single page."""
+    """previous / next, links to the first, the last and PAGE_NEIGHBOURS pages either side (a gap: an ellipsis),
+    "page k of n" and the images shown. "" for a single page."""
     if pages == 1:
         return ""
     near = range(max(1, page - PAGE_NEIGHBOURS), min(pages, page + PAGE_NEIGHBOURS) + 1)
@@ -265,14 +236,18 @@ def _navigation(page: int, pages: int, page_size: int, total: int) -> str:
 
 
 def _page_head(count: str, page: int, pages: int, settings: dict, skipped: list[dict]) -> str:
-    """The page up to its first panel: title, settings, the hint and the skipped files (later pages: a link to
-    page 1 for those)."""
+    """Title, settings, the hint and the skipped files (later pages: a link to page 1 for those)."""
     on_page = f" (page {page} of {pages})" if pages > 1 else ""
-    if page == 1:
-        skipped_block = _skipped_block(skipped)
+    shown = {key: value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+             for key, value in settings.items() if value is not None}
+    rows = "".join(f"<dt>{_esc(key)}</dt><dd>{_esc(value)}</dd>" for key, value in shown.items())
+    if page > 1:
+        skipped_block = f'<p class="hint">The files that could not be read are listed on {_page_link(1, "page 1")}.</p>'
     else:
-        skipped_block = (f'<p class="hint">The files that could not be read are listed on '
-                         f'{_page_link(1, "page 1")}.</p>' if skipped else "")
+        items = "".join(f'<li><span class="skipped-name">{_esc(e["name"])}</span>: {_esc(e["reason"])}</li>'
+                        for e in skipped)
+        skipped_block = (f'<section class="skipped"><h2>Skipped: {len(skipped)} file{"s" if len(skipped) != 1 else ""} '
+                         f'that could not be read</h2><ul>{items}</ul></section>')
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -284,32 +259,12 @@ def _page_head(count: str, page: int, pages: int, settings: dict, skipped: list[
 <body>
 <header>
   <h1>digseg predict: {count}</h1>
-  {_settings_block(settings)}
+  {f'<dl class="settings">{rows}</dl>' if rows else ""}
   <p class="hint">Drag across an image, or move the slider under it: the prediction is left of the divider,
   the input right of it. Percentages are shares of all pixels.</p>
-  {skipped_block}
+  {skipped_block if skipped else ""}
 </header>
 """
-
-
-def _write_page(path: Path, head: str, navigation: str, panels: Iterator[tuple[int, dict]], expected: int) -> None:
-    """Write one page atomically: `head`, the navigation, the `expected` (index, entry) panels, the navigation
-    again. Fails, leaving the earlier file at `path`, if `panels` ends early."""
-    with open_atomically(path) as f:
-        f.write(f"{head}{navigation}\n<main>")
-        written = 0
-        for index, entry in panels:
-            f.write(_figure(index, entry))
-            written += 1
-        if written != expected:
-            raise ValueError("entries has fewer items than num_entries")
-        f.write(f"""
-</main>
-{navigation}
-<script>{_JS}</script>
-</body>
-</html>
-""")
 
 
 def write_report(out_dir: Path, entries: Iterable[dict], settings: dict | None = None,
@@ -317,10 +272,8 @@ def write_report(out_dir: Path, entries: Iterable[dict], settings: dict | None =
                  page_size: int = REPORT_PAGE_SIZE) -> Path:
     """Write the report for `entries` (the per-image records of `predict_outputs`) in pages of `page_size` panels
     -> the path of `index.html`. `settings` are listed at the top of every page; the `skipped` files ({"name",
-    "reason"} each) on page 1.
-
-    `entries` may be an iterator (pass `num_entries` then): each panel is written as it comes, so a report over
-    many thousands of images is never held in memory. Each page replaces an earlier one atomically."""
+    "reason"} each) on page 1. `entries` may be an iterator (pass `num_entries` then): each panel is written as it
+    comes. Each page replaces an earlier one atomically."""
     if page_size < 1:
         raise ValueError(f"page_size must be at least 1, not {page_size}")
     out_dir = Path(out_dir)
@@ -330,10 +283,17 @@ def write_report(out_dir: Path, entries: Iterable[dict], settings: dict | None =
     pages = max(1, -(-total // page_size))
     panels = enumerate(entries)
     for page in range(1, pages + 1):
-        head = _page_head(count, page, pages, settings or {}, skipped)
+        navigation = _navigation(page, pages, page_size, total)
         on_page = min(page_size, total - (page - 1) * page_size)
-        _write_page(out_dir / page_file_name(page), head, _navigation(page, pages, page_size, total),
-                    islice(panels, on_page), on_page)
+        with open_atomically(out_dir / page_file_name(page)) as f:  # an early end leaves the earlier file
+            f.write(f"{_page_head(count, page, pages, settings or {}, skipped)}{navigation}\n<main>")
+            written = 0
+            for index, entry in islice(panels, on_page):
+                f.write(_figure(index, entry))
+                written += 1
+            if written != on_page:
+                raise ValueError("entries has fewer items than num_entries")
+            f.write(f"\n</main>\n{navigation}\n<script>{_JS}</script>\n</body>\n</html>\n")
     if next(panels, None) is not None:
         raise ValueError(f"entries has more than num_entries={total} items")
     for path in out_dir.glob("index-*.html"):  # the pages of an earlier, larger report
