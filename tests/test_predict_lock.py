@@ -18,7 +18,7 @@ from PIL import Image
 
 from digseg.cli import commands, main
 from digseg.cli.predict import run_predict
-from digseg.cli.predict_outputs import class_fractions
+from digseg.cli.predict import class_fractions
 from digseg.data.synthetic import SYNTHETIC_CLASSES
 from digseg.errors import DigsegError
 from digseg.run_lock import PREDICT, RunFolderLock

@@ -276,7 +276,7 @@ def _write_fake_pictures(folder: Path) -> None:
 
 
 def _fake_entry(i: int, **files) -> dict:
-    """A per-image summary as `predict_outputs` writes it, each file one of those `_write_fake_pictures` writes;
+    """A per-image summary as `digseg.cli.predict` writes it, each file one of those `_write_fake_pictures` writes;
     `files` replaces some of them (None: not written)."""
     entry = {
         "name": f"photo-{i:06d}.jpg", "image_size": {"width": 32, "height": 24},

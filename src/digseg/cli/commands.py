@@ -33,7 +33,7 @@ def _quiet_libraries() -> None:
 
 
 def _placement(args: argparse.Namespace):
-    """(torch.device, torch.dtype) from --device and --dtype (`digseg.devices`): an impossible request fails here."""
+    """(torch.device, torch.dtype) from --device and --dtype: an impossible request fails here."""
     from ..devices import resolve_device_and_dtype
 
     return resolve_device_and_dtype(args.device, args.dtype)
@@ -53,18 +53,7 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
 
 # A flag named after a TrainConfig field sets that field (--learning-rate: optim.learning_rate); these two keep the
 # names users know from other tools.
-_FLAG_ALIASES = {"output": ("run", "output_dir"),
-                 "dtype": ("optim", "mixed_precision")}  # --dtype as training's precision: devices.training_precision
-
-
-def _config_field(dest: str) -> tuple[str, str] | None:
-    """argparse dest -> the TrainConfig (section, key) it sets, or None."""
-    from ..training.config import SECTIONS
-
-    if dest in _FLAG_ALIASES:
-        return _FLAG_ALIASES[dest]
-    return next(((section, dest) for section, cls in SECTIONS.items()
-                 if dest in {f.name for f in dataclasses.fields(cls)}), None)
+_FLAG_ALIASES = {"output": ("run", "output_dir"), "dtype": ("optim", "mixed_precision")}
 
 
 def _run_config_file(args: argparse.Namespace) -> str | None:
@@ -80,19 +69,18 @@ def _run_config_file(args: argparse.Namespace) -> str | None:
 
 def _train_config(args: argparse.Namespace):
     """The --config file (or a resumed run's own config.yaml), --cfg-options, and the flags given, on top."""
-    from ..training.config import TrainConfig, parse_overrides
+    from ..devices import training_precision
+    from ..training.config import SECTIONS, TrainConfig, parse_overrides
 
     if args.crop_size is not None:
         args.crop_size = list(args.crop_size)  # YAML (the run's config.yaml) holds lists, not tuples
     overrides = parse_overrides(args.cfg_options or [])
+    sections = {f.name: section for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
     for dest, value in vars(args).items():
-        field = _config_field(dest)
-        if field is None or value is None:  # a flag left off does not override the file
+        section, key = _FLAG_ALIASES.get(dest, (sections.get(dest), dest))
+        if section is None or value is None:  # a flag left off does not override the file
             continue
-        section, key = field
         if dest == "dtype":
-            from ..devices import training_precision
-
             value = training_precision(value)
         if key in overrides.get(section, {}):
             raise ConfigError(f"{section}.{key} is given twice: by --cfg-options and by its own flag")
@@ -173,8 +161,7 @@ def cmd_browse_data(args: argparse.Namespace) -> None:
 
 
 def cmd_check_data(args: argparse.Namespace) -> int:
-    """Read every sample of the training split, and of the validation split if there is one; list every bad one.
-    -> 0 when every sample is good, 1 otherwise."""
+    """List every bad sample of the training and validation splits -> 0 when every sample is good, 1 otherwise."""
     from ..data.check import describe_bad
     from ..training.run import build_dataset, checked_dataset
 
@@ -203,10 +190,8 @@ def cmd_check_data(args: argparse.Namespace) -> int:
 
 
 def _model_data_flags(args: argparse.Namespace) -> int:
-    """train-mask-decoder: the data flags left out, taken from the model's record of its training data
-    (`digseg.data.model_data`) when --dataset is left out or names that data; else synthetic scenes
-    (`DataConfig.num_scenes` of them). The split flags come as a pair (either given: neither is taken).
-    -> the seed of synthetic scenes."""
+    """train-mask-decoder's data flags left out: the model's training data (`digseg.data.model_data`) when --dataset
+    is left out or names it (the split flags as a pair), else synthetic scenes -> the seed of synthetic scenes."""
     from ..data.model_data import model_training_data
 
     record = model_training_data(args.model)
@@ -217,11 +202,10 @@ def _model_data_flags(args: argparse.Namespace) -> int:
                 setattr(args, flag, value)
         if record.dataset == "synthetic" and record.seed is not None:
             return record.seed
-    args.dataset = args.dataset or "synthetic"
-    if args.num_scenes is None:
-        from ..training.config import DataConfig
+    from ..training.config import DataConfig
 
-        args.num_scenes = DataConfig.num_scenes
+    args.dataset = args.dataset or "synthetic"
+    args.num_scenes = DataConfig.num_scenes if args.num_scenes is None else args.num_scenes
     return args.seed
 
 
@@ -281,9 +265,8 @@ def cmd_train_mask_decoder(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """Checks the flags and the selection, then loads the model holding the output folder's lock
-    (`digseg.run_lock`); the run itself is `predict.run_predict`, once per adapter the inputs name: with several,
-    each into `<output>/<adapter name>/` after `pipe.set_adapter(name)`."""
+    """Checks the flags and the selection, then, holding the output folder's lock, loads the model and runs
+    `run_predict` once per adapter the inputs name (with several, each into `<output>/<adapter name>/`)."""
     from ..data.io import read_class_list
     from ..distributed import is_main_process
     from ..run_lock import PREDICT, main_process_holds

@@ -28,22 +28,15 @@ exit status:
   1    anything else (a crash, with a traceback)
 """
 
-# The help of flags that several commands share, one meaning each; `--output`, `--model` and `--batch-size` say what
-# they are for their command.
+# The help of flags that several commands share, one meaning each (a command may add a note in parentheses).
 HELP = {
     "seed": "random seed (default 0): every draw is seeded by it and the sample's index or step",
-    "data_root": "the dataset's root folder, in its official layout (folder: images/, masks/, classes.txt)",
-    "dataset": f"synthetic, folder, a registered dataset such as ade20k-150 (an unknown name's error lists them), or "
-               f"{HF_PREFIX}NAME_OR_PATH: a datasets-library dataset (docs/data.md)",
-    "val_fraction": f"folder dataset, flat: the share of images held out for val by file-name hash, the rest being "
-                    f"train (default {DEFAULT_VAL_FRACTION:g}; 1: every image is val)",
     "max_steps": "optimizer steps",
     "learning_rate": "peak learning rate",
     "adapter": "a LoRA adapter folder (a LoRA run's <output>/adapter) loaded onto --model, as NAME=PATH or PATH",
     "processing_resolution": "the longer side images are resized to before the VAE",
     "bad_samples": "every sample is read once before training: error (default) refuses a dataset with unreadable "
                    "or inconsistent samples, listing them all; skip trains without them",
-    "split_file": "folder dataset: a text file of the stems of the split read, one per line",
 }
 
 
@@ -83,10 +76,23 @@ def _add_inference_flags(parser: argparse.ArgumentParser, resolution_default: st
     add_protocol_flags(parser, protocol_note)
 
 
-def _add_hf_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--hf", nargs="+", action="extend", metavar="KEY=VALUE",
-                        help=f"{HF_PREFIX} datasets: how they are read, e.g. label_column=mask reduce_zero_label=true "
-                             f"(keys: {', '.join(HF_FIELDS)}; docs/data.md)")
+def _add_data_flags(parser, dataset: str, data_root: str, val_fraction: str, split_file: str, hf: bool = True,
+                    required: bool = False) -> None:
+    """--dataset, --data-root, --val-fraction, --split-file (and --hf); each help ends with the command's note."""
+    parser.add_argument("--dataset", required=required, help=f"synthetic, folder, a registered dataset such as "
+                        f"ade20k-150 (an unknown name's error lists them), or {HF_PREFIX}NAME_OR_PATH: a "
+                        f"datasets-library dataset (docs/data.md){dataset}")
+    parser.add_argument("--data-root", help="the dataset's root folder, in its official layout (folder: images/, "
+                                            f"masks/, classes.txt){data_root}")
+    parser.add_argument("--val-fraction", type=float, help="folder dataset, flat: the share of images held out for val "
+                        f"by file-name hash, the rest being train (default {DEFAULT_VAL_FRACTION:g}; 1: every image "
+                        f"is val){val_fraction}")
+    parser.add_argument("--split-file", help="folder dataset: a text file of the stems of the split read, one per "
+                                             f"line{split_file}")
+    if hf:
+        parser.add_argument("--hf", nargs="+", action="extend", metavar="KEY=VALUE",
+                            help=f"{HF_PREFIX} datasets: how they are read, e.g. label_column=mask "
+                                 f"reduce_zero_label=true (keys: {', '.join(HF_FIELDS)}; docs/data.md)")
 
 
 def _add_quickstart(sub) -> None:
@@ -112,10 +118,7 @@ def _add_train(sub) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
     t.add_argument("--pretrained", help="Stable Diffusion 1.x / 2.x / XL folder or hub id (or a DiGSeg model folder "
                                         "to continue)")
     data_flags = t.add_argument_group("data (config section `data`)")
-    data_flags.add_argument("--dataset", help=HELP["dataset"] + " (default synthetic)")
-    data_flags.add_argument("--data-root", help=HELP["data_root"])
-    data_flags.add_argument("--val-fraction", type=float, help=HELP["val_fraction"])
-    data_flags.add_argument("--split-file", help=HELP["split_file"] + " (here: the training images)")
+    _add_data_flags(data_flags, " (default synthetic)", "", "", " (here: the training images)", hf=False)
     data_flags.add_argument("--crop-size", type=parse_pair, metavar="H[,W]",
                             help="training crop, H,W or N for N x N (default: the dataset's preset, "
                                  "docs/augmentation.md)")
@@ -171,13 +174,9 @@ def _add_train_mask_decoder(sub) -> None:
     m = sub.add_parser("train-mask-decoder", help="train a light mask decoder that replaces the VAE decoder for masks")
     m.add_argument("--model", required=True, help="a trained DiGSeg model folder")
     m.add_argument("--output", required=True, help="where to write the model with its mask_decoder/ (may be --model)")
-    m.add_argument("--dataset", help=HELP["dataset"] + " (default: the data the model records it was trained on, "
-                                                   "else synthetic)")
-    m.add_argument("--data-root", help=HELP["data_root"] + " (default: the model's, for its dataset)")
-    m.add_argument("--val-fraction", type=float, help=HELP["val_fraction"] + " (default: the model's split rule)")
-    m.add_argument("--split-file", help=HELP["split_file"] + " (here: the training images; default: the model's, if "
-                                                             "it was trained with one)")
-    _add_hf_flag(m)
+    _add_data_flags(m, " (default: the data the model records it was trained on, else synthetic)",
+                    " (default: the model's, for its dataset)", " (default: the model's split rule)",
+                    " (here: the training images; default: the model's, if it was trained with one)")
     m.add_argument("--processing-resolution", type=int,
                    help=HELP["processing_resolution"] + " (default: the model's, its training crop)")
     m.add_argument("--num-scenes", type=int, help=f"synthetic dataset size (default: the model's, else "
@@ -239,14 +238,9 @@ def _add_predict(sub) -> None:
 
 def _add_eval(sub) -> None:
     e = sub.add_parser("eval", help="score label PNGs, or run a model over a dataset split and score it")
-    e.add_argument("--dataset", required=True, help=HELP["dataset"])
-    e.add_argument("--data-root", help=HELP["data_root"])
-    _add_hf_flag(e)
+    own = "default: the --model's split rule on its own data"
+    _add_data_flags(e, "", "", f" ({own})", f" (here: the images scored; {own})", required=True)
     e.add_argument("--split", default="val", help="the split to score (default val)")
-    e.add_argument("--val-fraction", type=float, help=HELP["val_fraction"] + " (default: the --model's split rule "
-                                                                        "on its own data)")
-    e.add_argument("--split-file", help=HELP["split_file"] + " (here: the images scored; default: the --model's "
-                                                             "split rule on its own data)")
     src = e.add_mutually_exclusive_group()
     src.add_argument("--predictions", help="folder of <stem>.png label maps to score")
     src.add_argument("--model", help="a DiGSeg model folder: predict the split, then score")

@@ -2,6 +2,12 @@
 image, resumable, shared between launched processes, and going on past files that cannot be read
 (docs/predict.md). Image i (its place in `paths`) draws its noise from `seeded_generator(seed, i)`, as `digseg
 eval` does: its result depends neither on the batch size, nor on the other images, nor on the number of processes.
+
+Each image's files are those of the output kinds asked for (`OUTPUTS`), and its record, from which summary.json and
+the report are written: name (the input's display name), source, image_size {"width", "height"}, classes [{"id",
+"name", "pixels", "fraction", "colour", "tinted"}] (those present; fraction = pixels / (W * H)),
+unlabelled_fraction (label 255), files (names relative to the output folder, None when not written),
+uncertainty_note (why there is no uncertainty map). `<stem>_summary.json` adds the settings.
 """
 
 from __future__ import annotations
@@ -13,9 +19,11 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Collection, Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
+from PIL import Image
 
 from . import predict_records
 from ..data.io import load_image
@@ -25,12 +33,13 @@ from ..pipelines.image_processing import padded_size
 from ..pipelines.inputs import (check_some_exist, display_names, expand_image_inputs, first_of_each, read_image_list,
                                 select_images, unique_stems)
 from ..run_lock import PREDICT, main_process_holds
-from .predict_outputs import write_image_outputs
 from .predict_records import OUTPUTS, PER_IMAGE_OUTPUTS, RecordIndex, RecordWriter, open_atomically
 from .report import write_report
+from ..pipelines.visualize import hex_colour, palette_for, save_prediction, tints_class_zero
 from ..seeding import seeded_generator
 
 READ_AHEAD = 1  # images decoded on a thread while the model runs
+NO_UNCERTAINTY = "no uncertainty map: ensemble size 1 (pass --ensemble-size 2 or more)"
 
 
 @dataclass
@@ -132,6 +141,49 @@ def _read_ahead(paths: list[Path], indices: list[int]) -> Iterator[tuple[int, An
             while queue and (len(queue) > READ_AHEAD or k == len(indices) - 1):
                 j, future = queue.popleft()
                 yield j, future.result()
+
+
+def class_fractions(labels: np.ndarray, class_names: list[str]) -> tuple[list[dict], float]:
+    """labels [H, W] int (255 = no class) -> (one dict per class present, fraction of unlabelled pixels)."""
+    k = len(class_names)
+    counts = np.bincount(labels[labels < k].ravel(), minlength=k)
+    colours = palette_for(k)
+    total = labels.size
+    classes = [{"id": int(c), "name": class_names[c], "pixels": int(counts[c]),
+                "fraction": round(float(counts[c]) / total, 4), "colour": hex_colour(colours[c]),
+                "tinted": bool(c != 0 or tints_class_zero(class_names))} for c in np.flatnonzero(counts)]
+    return classes, round(float(total - counts.sum()) / total, 4)
+
+
+def write_image_outputs(out_dir: Path, stem: str, name: str, source: Path, image: Image.Image, labels: np.ndarray,
+                        probabilities: np.ndarray, class_names: list[str], uncertainty: np.ndarray | None,
+                        settings: dict, probability_class_ids: np.ndarray | None = None,
+                        kinds: Collection[str] = PER_IMAGE_OUTPUTS) -> dict:
+    """Write the files of `kinds` for one image -> its record (module docstring). image RGB, W x H; labels [H, W]
+    int; probabilities [n, H, W] of the classes `probability_class_ids` [n] (default: all K); uncertainty [H, W]."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = save_prediction(out_dir, stem, np.asarray(image), labels, probabilities, class_names, uncertainty,
+                            probability_class_ids, kinds)
+    copy = None
+    if "input" in kinds:  # the RGB pixels segmented, as displayed: JPEG (quality 92) for JPEG inputs, else PNG
+        jpeg = source.suffix.lower() in (".jpg", ".jpeg")
+        copy = out_dir / f"{stem}_input.{'jpg' if jpeg else 'png'}"
+        image.save(copy, **({"quality": 92} if jpeg else {}))
+    classes, unlabelled = class_fractions(labels, class_names)
+    summary_path = out_dir / f"{stem}_summary.json" if "json" in kinds else None
+    name_of = lambda path: path.name if path is not None else None  # noqa: E731
+    record = {"name": name, "source": str(source), "image_size": {"width": image.width, "height": image.height},
+              "classes": classes, "unlabelled_fraction": unlabelled,
+              "files": {"input": name_of(copy), "label": name_of(files.label), "overlay": name_of(files.overlay),
+                        "overlay_legend": name_of(files.overlay_legend), "summary": name_of(summary_path),
+                        "probabilities": [{"class": c, "file": p.name} for c, p in files.probabilities],
+                        "uncertainty": name_of(files.uncertainty)}}
+    if files.uncertainty is None and "uncertainty" in kinds:
+        record["uncertainty_note"] = NO_UNCERTAINTY
+    if summary_path is not None:
+        summary_path.write_text(json.dumps({**record, "settings": settings}, indent=2, ensure_ascii=False),
+                                encoding="utf-8")
+    return record
 
 
 def run_predict(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, settings: dict, seed: int = 0,

@@ -270,7 +270,7 @@ def _page_head(count: str, page: int, pages: int, settings: dict, skipped: list[
 def write_report(out_dir: Path, entries: Iterable[dict], settings: dict | None = None,
                  skipped: list[dict] | None = None, num_entries: int | None = None,
                  page_size: int = REPORT_PAGE_SIZE) -> Path:
-    """Write the report for `entries` (the per-image records of `predict_outputs`) in pages of `page_size` panels
+    """Write the report for `entries` (the per-image records of `predict`) in pages of `page_size` panels
     -> the path of `index.html`. `settings` are listed at the top of every page; the `skipped` files ({"name",
     "reason"} each) on page 1. `entries` may be an iterator (pass `num_entries` then): each panel is written as it
     comes. Each page replaces an earlier one atomically."""
