@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..devices import resolve_device, resolve_device_and_dtype, training_precision
 from ..errors import ConfigError, DigsegError
 from .loading import load_model, parse_adapters
 from .parser import build_parser
@@ -32,17 +33,10 @@ def _quiet_libraries() -> None:
     diffusers.utils.logging.disable_progress_bar()
 
 
-def _placement(args: argparse.Namespace):
-    """(torch.device, torch.dtype) from --device and --dtype: an impossible request fails here."""
-    from ..devices import resolve_device_and_dtype
-
-    return resolve_device_and_dtype(args.device, args.dtype)
-
-
 def cmd_quickstart(args: argparse.Namespace) -> None:
     from .quickstart import QuickstartSettings, run_quickstart
 
-    device, dtype = _placement(args)
+    device, dtype = resolve_device_and_dtype(args.device, args.dtype)
     if device.type == "cpu":
         os.environ["ACCELERATE_USE_CPU"] = "true"  # accelerate's own switch (`accelerate launch --cpu`): train here too
     settings = QuickstartSettings(seed=args.seed)
@@ -69,7 +63,6 @@ def _run_config_file(args: argparse.Namespace) -> str | None:
 
 def _train_config(args: argparse.Namespace):
     """The --config file (or a resumed run's own config.yaml), --cfg-options, and the flags given, on top."""
-    from ..devices import training_precision
     from ..training.config import SECTIONS, TrainConfig, parse_overrides
 
     if args.crop_size is not None:
@@ -91,8 +84,6 @@ def _train_config(args: argparse.Namespace):
 def _training_device(args: argparse.Namespace) -> None:
     """--device for training: accelerate places each process (the launcher's GPU, else the GPU, else the CPU);
     `cpu` keeps it on the CPU, as `accelerate launch --cpu` does."""
-    from ..devices import resolve_device
-
     device = resolve_device(args.device)
     if device.type == "cpu":
         os.environ["ACCELERATE_USE_CPU"] = "true"  # accelerate's own switch
@@ -141,7 +132,7 @@ def cmd_cache_latents(args: argparse.Namespace) -> None:
     if config.data.augments:
         raise ConfigError("cache-latents stores fixed samples: add --cfg-options data.augmentation=false (and train "
                           "with it too)")
-    device, dtype = _placement(args)
+    device, dtype = resolve_device_and_dtype(args.device, args.dtype)
     dataset, _ = checked_dataset(config.data, build_dataset(config.data, config.run.seed), None)  # before the model
     pipe = build_pipeline(config.model)
     pipe.vae.to(device, dtype)  # the frozen VAE encodes there; latents are stored in fp32
@@ -219,7 +210,7 @@ def cmd_train_mask_decoder(args: argparse.Namespace) -> None:
     from ..pipelines.model_folder import configured_setting
     from ..training.mask_decoder import fit_light_mask_decoder
 
-    placement = _placement(args)
+    placement = resolve_device_and_dtype(args.device, args.dtype)
     try:
         widths = [int(w) for w in args.widths.split(",")] if args.widths else None
     except ValueError:
@@ -274,7 +265,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .predict_records import parse_outputs
     from ..evaluation.protocols import TestProtocol, protocol_from_args, tiling_scale
 
-    placement = _placement(args)
+    placement = resolve_device_and_dtype(args.device, args.dtype)
     classes = [c.strip() for c in args.classes.split(",")] if args.classes is not None else None
     if classes is not None and not all(classes):
         raise ConfigError(f"--classes has an empty class name: {args.classes!r}")
@@ -286,6 +277,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     adapters = parse_adapters(args.adapter) if args.adapter else {}
     groups = images_by_adapter(args.image, args.image_list, adapters, args.use_adapter)  # nothing decoded yet
     asked = protocol_from_args(args, TestProtocol())
+    query = dict(templates=args.templates, top_k=args.top_k, no_class_threshold=args.no_class_threshold,
+                 mask_decoder=args.mask_decoder)
     results = []
     with main_process_holds(args.output, PREDICT):
         # group None: inputs naming no adapter, where no --use-adapter chose one: load_model's error when several
@@ -296,20 +289,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 pipe.set_adapter(name)  # its LoRA, classes and resolution; the backbone stays loaded
             protocol = tiling_scale(asked, pipe.config.default_processing_resolution,
                                     args.processing_resolution is not None)
-            settings = {
+            settings = {  # the order of <stem>_summary.json
                 "model": str(args.model), "prompt": args.prompt,
                 **({"adapter": name, "adapters": adapters} if adapters else {}),
                 "classes": None if args.prompt is not None else (classes or list(pipe.config.class_names or [])),
                 "ensemble_size": args.ensemble_size, "steps": args.steps or pipe.config.default_denoising_steps,
                 "seed": args.seed, "processing_resolution": args.processing_resolution
                 if args.processing_resolution is not None else pipe.config.default_processing_resolution,
-                "templates": args.templates, "top_k": args.top_k, "no_class_threshold": args.no_class_threshold,
-                "mask_decoder": args.mask_decoder, "protocol": protocol.to_dict(),
-            }
+                **query, "protocol": protocol.to_dict()}
             call_kwargs = dict(prompt=args.prompt, classes=classes, ensemble_size=args.ensemble_size,
                                num_inference_steps=args.steps, processing_resolution=args.processing_resolution,
-                               templates=args.templates, top_k=args.top_k, no_class_threshold=args.no_class_threshold,
-                               mask_decoder=args.mask_decoder, **protocol.call_kwargs())
+                               **query, **protocol.call_kwargs())
             output = Path(args.output) / name if len(groups) > 1 else Path(args.output)
             results.append(run_predict(pipe, paths, output, call_kwargs, settings, seed=args.seed,
                                        batch_size=args.batch_size, skip_existing=args.skip_existing,
@@ -335,7 +325,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if output.exists() and not output.is_dir():
         raise ConfigError(f"--output {output} is a file: eval's --output is a folder, holding metrics.json "
                           "(and the predicted label PNGs in predictions/ with --model)")
-    placement = _placement(args) if args.model else None
+    placement = resolve_device_and_dtype(args.device, args.dtype) if args.model else None
     reader = dict(val_fraction=args.val_fraction, split_file=args.split_file, hf=_hf_options(args))
     if args.adapter and not args.model:
         raise ConfigError("--adapter is loaded onto --model (its base): give --model too")
@@ -464,12 +454,10 @@ def main(argv: list[str] | None = None) -> int:
         status = COMMANDS[args.command](args) or 0  # a command may return a non-zero status (predict: 3, files skipped)
     except DigsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        shutdown(wait=False)
-        return 2
+        status = 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        shutdown(wait=False)
-        return 130
-    shutdown()  # under torchrun / accelerate launch: leave the process group cleanly
+        status = 130
+    shutdown(wait=status not in (2, 130))  # under torchrun / accelerate launch: leave the process group cleanly
     return status
 

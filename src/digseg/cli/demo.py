@@ -1,10 +1,6 @@
 """`digseg demo`: a local Gradio web app around a trained `DiGSegPipeline` (or an exported folder's
-`OnnxDiGSegPipeline`). `build_demo(pipe)` -> `gr.Blocks`; `launch_demo(model_dir, host, port)` loads and serves.
-With LoRA adapters loaded onto the model (`launch_demo(..., adapters=["roads=PATH", ...])`), the page chooses
-among them ("base": none); each run switches the loaded backbone to the chosen one (`pipe.set_adapter`).
-
-Safety defaults: bound to 127.0.0.1; no share link; Gradio analytics off; system fonts only (the page fetches
-nothing from the internet); uploads checked by `check_image_file` before the model sees them.
+`OnnxDiGSegPipeline`); with LoRA adapters loaded, the page chooses among them ("base": none). Safety defaults
+(docs/demo.md): bound to 127.0.0.1, no share link, analytics off, system fonts only, uploads checked first.
 """
 
 from __future__ import annotations
@@ -22,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.io import IMAGE_EXTENSIONS, load_image
+from ..devices import resolve_device_and_dtype
 from ..errors import ConfigError, DataError, DigsegError
 from ..pipelines.visualize import class_overlay, grey_map, with_legend
 from .loading import load_model, parse_adapters
@@ -37,11 +34,10 @@ BASE_CHOICE = "base"  # the adapter chooser's entry for the model without adapte
 INSTALL_HINT = 'the demo needs Gradio: pip install -e ".[demo]"'
 
 
-# ---------------------------------------------------------------------------------------------- checks
 def check_image_file(path: str | os.PathLike[str] | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """An uploaded file -> RGB image as displayed (EXIF orientation applied), or `DataError` naming the file (not
     the upload folder). The pixel count is read from the header, so an oversized image is refused undecoded."""
-    if path is None or str(path) == "":
+    if not path:
         raise DataError("no image: upload an image first")
     p = Path(path)
     w = h = 0
@@ -73,15 +69,12 @@ def parse_classes(text: str) -> list[str] | None:
 
 def is_loopback(host: str) -> bool:
     """True for 'localhost' and loopback addresses (127.0.0.0/8, ::1)."""
-    if host.strip().lower() == "localhost":
-        return True
     try:
-        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+        return host.strip().lower() == "localhost" or ipaddress.ip_address(host.strip().strip("[]")).is_loopback
     except ValueError:  # a host name other than localhost
         return False
 
 
-# ---------------------------------------------------------------------------------------------- pictures
 def display_factor(height: int, width: int) -> int:
     """Whole-number zoom that brings the longer side of a small image to at least MIN_DISPLAY_SIDE (1 for large)."""
     return max(1, -(-MIN_DISPLAY_SIDE // max(height, width, 1)))
@@ -100,22 +93,18 @@ def slider_html(before: Image.Image, after: Image.Image) -> str:
         im.convert("RGB").save(buf, format="PNG")
         return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
-    after = after.resize(before.size)
-    return (
-        '<div style="position:relative;display:inline-block;max-width:100%">'
-        f'<img src="{uri(before)}" style="display:block;max-width:100%">'
-        f'<img src="{uri(after)}" style="position:absolute;top:0;left:0;width:100%;clip-path:inset(0 0 0 50%)">'
-        '<input type="range" min="0" max="100" value="50" aria-label="compare input and prediction" '
-        'style="width:100%" oninput="this.previousElementSibling.style.clipPath=`inset(0 0 0 ${this.value}%)`">'
-        "</div>"
-    )
+    return ('<div style="position:relative;display:inline-block;max-width:100%">'
+            f'<img src="{uri(before)}" style="display:block;max-width:100%">'
+            f'<img src="{uri(after.resize(before.size))}" '
+            'style="position:absolute;top:0;left:0;width:100%;clip-path:inset(0 0 0 50%)">'
+            '<input type="range" min="0" max="100" value="50" aria-label="compare input and prediction" '
+            'style="width:100%" oninput="this.previousElementSibling.style.clipPath=`inset(0 0 0 ${this.value}%)`">'
+            "</div>")
 
 
-# ---------------------------------------------------------------------------------------------- running
 @dataclass
 class DemoResult:
-    """What one run shows: the overlay with its legend, the (input, overlay) pair for the comparison slider,
-    the uncertainty map (None for an ensemble of 1) and a one-line summary of the settings."""
+    """What one run shows; uncertainty: None for an ensemble of 1."""
 
     overlay: Image.Image
     comparison: tuple[Image.Image, Image.Image]
@@ -133,21 +122,15 @@ def use_adapter(pipe: Any, choice: str) -> None:
 def segment(pipe: Any, path: str | os.PathLike[str] | None, mode: str, text: str, ensemble_size: int, steps: int,
             seed: int, max_pixels: int = DEFAULT_MAX_PIXELS, adapter: str | None = None) -> DemoResult:
     """Check the upload, run the pipeline once, and build the pictures (enlarged below MIN_DISPLAY_SIDE).
-
-    mode "prompt": `text` is one prompt (binary); mode "classes": a comma-separated class list. Empty `text` in
-    either mode: the model's own classes (palette), those of the active adapter. `adapter`: the adapter to run
-    with (BASE_CHOICE: none), for a pipeline with adapters loaded. `DigsegError` for bad input.
-    """
+    mode "prompt": `text` is one prompt (binary); "classes": a comma-separated class list; empty `text`: the
+    model's (active adapter's) own classes. `adapter`: the one to run with (BASE_CHOICE: none)."""
     image = check_image_file(path, max_pixels)
     if adapter is not None:
         use_adapter(pipe, adapter)
-    prompt = classes = None
-    if mode == MODE_PROMPT and text and text.strip():
-        prompt = text.strip()
-    elif mode == MODE_CLASSES:
-        classes = parse_classes(text)
-    elif mode != MODE_PROMPT:
+    if mode not in (MODE_PROMPT, MODE_CLASSES):
         raise ConfigError(f"unknown mode {mode!r}: choose {MODE_PROMPT!r} or {MODE_CLASSES!r}")
+    prompt = text.strip() if mode == MODE_PROMPT and text and text.strip() else None
+    classes = parse_classes(text) if mode == MODE_CLASSES else None
     ensemble_size, steps = int(ensemble_size), int(steps)
     if not 1 <= ensemble_size <= MAX_ENSEMBLE:
         raise ConfigError(f"ensemble size must be 1..{MAX_ENSEMBLE}, got {ensemble_size}")
@@ -157,9 +140,8 @@ def segment(pipe: Any, path: str | os.PathLike[str] | None, mode: str, text: str
         seed = int(seed)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"seed must be a whole number, got {seed!r}") from exc
-    if hasattr(pipe, "manifest"):  # an exported folder on onnxruntime: numpy's generator
-        generator = seed
-    else:
+    generator = seed  # an exported folder on onnxruntime: numpy's generator
+    if not hasattr(pipe, "manifest"):
         import torch
 
         generator = torch.Generator().manual_seed(seed)
@@ -171,41 +153,37 @@ def segment(pipe: Any, path: str | os.PathLike[str] | None, mode: str, text: str
     labels = enlarge(np.asarray(result.labels[0]), zoom)  # [H', W']
     plain = class_overlay(rgb, labels, names)
     picture = with_legend(plain, labels, names)
-    unc = None
-    if result.uncertainty is not None:
-        u = enlarge(np.asarray(result.uncertainty[0]), zoom)
-        unc = grey_map(u, vmax=max(float(u.max()), 1e-6))
+    u = enlarge(np.asarray(result.uncertainty[0]), zoom) if result.uncertainty is not None else None
+    unc = grey_map(u, vmax=max(float(u.max()), 1e-6)) if u is not None else None
     ask = (f"prompt {prompt!r}" if prompt else "classes " + ", ".join(classes) if classes
            else "the model's own classes")
     summary = (f"{image.width}x{image.height} image; {ask}; ensemble {ensemble_size}, {steps} step(s), seed {seed}"
                + ("" if adapter is None else f"; adapter {adapter}")
                + ("" if unc is not None else "; uncertainty needs ensemble size > 1"))
-    return DemoResult(overlay=picture, comparison=(Image.fromarray(rgb), plain), uncertainty=unc, summary=summary)
+    return DemoResult(picture, (Image.fromarray(rgb), plain), unc, summary)
 
 
 def page_header(pipe: Any, max_pixels: int) -> str:
     """The page's title and what the model (with adapters: the active one) segments."""
     own = ", ".join(pipe.class_names or []) or "none: give a prompt or classes"
-    active = ""
-    if getattr(pipe, "adapters", None):
-        active = f"Adapter: {pipe.active_adapter or BASE_CHOICE} (task: {pipe.config.task or 'not recorded'}). "
+    active = (f"Adapter: {pipe.active_adapter or BASE_CHOICE} (task: {pipe.config.task or 'not recorded'}). "
+              if getattr(pipe, "adapters", None) else "")
     return (f"# DiGSeg demo\nText-prompted segmentation by latent diffusion. {active}Model classes: {own}.\n\n"
             f"Images up to {max_pixels:,} pixels ({', '.join(IMAGE_EXTENSIONS)}).")
 
 
 def one_step_note(pipe: Any) -> str | None:
-    """A one-step model runs one deterministic pass (no ensemble, one step): the sliders say so; None otherwise."""
+    """What the sliders say for a one-step model (one deterministic pass); None otherwise."""
     return "one-step model: one deterministic pass" if pipe.config.objective == "one-step" else None
 
 
 def runtime_footer(pipe: Any) -> str:
-    """Where the demo's model runs, for the page's footer: device (its name), dtype and the libraries' versions."""
+    """Where the demo's model runs: device (its name), dtype and the libraries' versions."""
     info = pipe.runtime_info()
     versions = ", ".join(f"{k} {info[k]}" for k in ("onnxruntime", "torch", "diffusers", "digseg") if k in info)
     return f"{info['device']} ({info['device_name']}), {info['dtype']}; {versions}"
 
 
-# ---------------------------------------------------------------------------------------------- the app
 def import_gradio():
     """`gradio`, imported with analytics off, or `DigsegError` saying how to install it."""
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
@@ -227,9 +205,8 @@ def _accepts(fn, name: str) -> bool:
 
 
 def start_demo(demo: Any, host: str = "127.0.0.1", port: int | None = None, block: bool = True) -> None:
-    """Launch a built demo with the safe defaults: no share link, uploads capped at MAX_UPLOAD_SIZE, one run at
-    a time, system fonts, no run history kept in the browser. `block=False` returns at once (stop it with
-    `demo.close()`)."""
+    """Launch a built demo with the safe defaults (one run at a time, no run history kept in the browser).
+    `block=False` returns at once (stop it with `demo.close()`)."""
     gr = import_gradio()
     options = dict(server_name=host, server_port=port, share=False, prevent_thread_lock=not block, quiet=not block,
                    max_file_size=MAX_UPLOAD_SIZE, theme=_system_theme(gr), run_history=False)
@@ -248,11 +225,9 @@ def build_demo(pipe: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
         header = gr.Markdown(page_header(pipe, max_pixels), elem_id="digseg-header")
         with gr.Row():
             with gr.Column():
-                chooser = None
-                if names:
-                    chooser = gr.Dropdown([BASE_CHOICE, *names], value=pipe.active_adapter or BASE_CHOICE,
-                                          label="Adapter", info=f"{BASE_CHOICE}: the model without adapter",
-                                          elem_id="digseg-adapter")
+                chooser = gr.Dropdown([BASE_CHOICE, *names], value=pipe.active_adapter or BASE_CHOICE,
+                                      label="Adapter", info=f"{BASE_CHOICE}: the model without adapter",
+                                      elem_id="digseg-adapter") if names else None
                 upload = gr.File(label="Image", type="filepath", elem_id="digseg-upload")
                 preview = gr.Image(label="Input", type="pil", interactive=False, height=VIEW_HEIGHT,
                                    elem_id="digseg-preview")
@@ -272,11 +247,9 @@ def build_demo(pipe: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
             with gr.Column():
                 result = gr.Image(label="Prediction", type="pil", interactive=False, format="png",
                                   height=VIEW_HEIGHT, elem_id="digseg-overlay")
-                if has_slider:
-                    compare = gr.ImageSlider(label="Input | prediction", type="pil", interactive=False,
-                                             height=VIEW_HEIGHT, elem_id="digseg-compare")
-                else:
-                    compare = gr.HTML(label="Input | prediction", elem_id="digseg-compare")
+                compare = (gr.ImageSlider(label="Input | prediction", type="pil", interactive=False,
+                                          height=VIEW_HEIGHT, elem_id="digseg-compare") if has_slider
+                           else gr.HTML(label="Input | prediction", elem_id="digseg-compare"))
                 uncertainty = gr.Image(label="Uncertainty (ensemble spread; brighter = less sure)", type="pil",
                                        interactive=False, format="png", height=VIEW_HEIGHT,
                                        elem_id="digseg-uncertainty")
@@ -319,27 +292,21 @@ def build_demo(pipe: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
 def launch_demo(model_dir: str | os.PathLike[str] | None = None, host: str = "127.0.0.1", port: int | None = None,
                 max_pixels: int = DEFAULT_MAX_PIXELS, device: str = "auto", dtype: str = "auto",
                 adapters: list[str] | None = None) -> None:
-    """Load the model (in `dtype`, on `device`: `digseg.devices`; default: the quickstart's) and serve the demo until
-    interrupted (Ctrl-C). `adapters` (--adapter values, NAME=PATH or PATH): loaded onto the model, which is their
-    base, the first one active; the page chooses among them."""
-    from ..devices import resolve_device_and_dtype
-
+    """Load the model (default: the quickstart's) and serve the demo until interrupted (Ctrl-C). `adapters`
+    (--adapter values): loaded onto the model, which is their base, the first one active."""
     if max_pixels < 1:
         raise ConfigError(f"--max-pixels must be >= 1, got {max_pixels}")
     if model_dir is None and not (DEFAULT_MODEL / "model_index.json").is_file():
         raise DigsegError(f"no model at {DEFAULT_MODEL}: run `digseg quickstart` first, or pass --model DIR "
                           "(a DiGSeg model folder)")
     model = DEFAULT_MODEL if model_dir is None else Path(model_dir)
-    first = None
-    if adapters:
-        named = list(parse_adapters(adapters))
-        first = named[0]
-        if BASE_CHOICE in named:
-            raise ConfigError(f"--adapter {BASE_CHOICE}=...: the demo's chooser calls the model without adapter "
-                              f"{BASE_CHOICE!r}; give the adapter another name")
+    named = list(parse_adapters(adapters or []))
+    if BASE_CHOICE in named:
+        raise ConfigError(f"--adapter {BASE_CHOICE}=...: the demo's chooser calls the model without adapter "
+                          f"{BASE_CHOICE!r}; give the adapter another name")
     placement = resolve_device_and_dtype(device, dtype)
     import_gradio()  # fail early, before the model loads
-    pipe = load_model(model, placement, adapters, first)
+    pipe = load_model(model, placement, adapters, named[0] if named else None)
     Image.MAX_IMAGE_PIXELS = max_pixels  # PIL's own decompression-bomb guard: it refuses twice this outright
     if not is_loopback(host):
         print(f"warning: serving on {host}, not a loopback address: anyone who can reach this machine can use "

@@ -41,8 +41,7 @@ HELP = {
 
 
 def _add_device_flags(parser: argparse.ArgumentParser, training: bool = False) -> None:
-    """--device and --dtype: one rule for every command (`digseg.devices`). `training`: --dtype is the precision
-    the training computes in (optim.mixed_precision; the weights stay fp32), by default the config's."""
+    """--device and --dtype (`digseg.devices`); `training`: --dtype is optim.mixed_precision, default the config's."""
     parser.add_argument("--device", default="auto", metavar="DEVICE",
                         help=f"where the model runs: {DEVICE_CHOICES_TEXT} (default auto: this process's GPU under "
                              "accelerate launch / torchrun, else CUDA, else MPS, else CPU)")
@@ -64,14 +63,13 @@ def _add_inference_flags(parser: argparse.ArgumentParser, resolution_default: st
     parser.add_argument("--processing-resolution", type=int, default=None,
                         help=HELP["processing_resolution"] + f" (default: {resolution_default})")
     parser.add_argument("--templates", help="prompt templates of per-class and binary queries: single | photo | "
-                                            "ensemble, or one template with {}, e.g. 'a photo of a {}.' (default: "
-                                            "the model's template)")
+                                            "ensemble, or one with {}, e.g. 'a photo of a {}.' (default: the model's)")
     parser.add_argument("--top-k", type=int, default=None, help="open vocabulary: rank all classes in one pass, then "
                                                                 "run exact queries for the k most relevant only")
     parser.add_argument("--seed", type=int, default=0, help=HELP["seed"])
     parser.add_argument("--mask-decoder", choices=MASK_DECODERS, default="auto",
-                        help="decode masks with the model's light mask decoder or the VAE (auto: the decoder a "
-                             "one-step model was trained through, else the light one when the model has one)")
+                        help="decode masks with the model's light mask decoder or the VAE (auto: a one-step "
+                             "model's training decoder, else the light one if any)")
     _add_device_flags(parser)
     add_protocol_flags(parser, protocol_note)
 
@@ -105,8 +103,7 @@ def _add_quickstart(sub) -> None:
 
 
 def _add_train(sub) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
-    """`digseg train`: the options of most runs, every other config field through --cfg-options. -> the parser and
-    its data-flag group."""
+    """`digseg train`: the options of most runs, any config field through --cfg-options -> (parser, data flags)."""
     t = sub.add_parser("train", help="train DiGSeg from a Stable Diffusion backbone",
                        epilog="Config files hold the sections model, data, optim and run; --cfg-options sets any of "
                               "their fields (docs/training.md lists them all).")
@@ -142,8 +139,7 @@ def _add_train(sub) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
     return t, data_flags
 
 
-def _share_train_flags(parser: argparse.ArgumentParser, train: argparse.ArgumentParser, data_flags,
-                       dests: tuple[str, ...]) -> None:
+def _share_train_flags(parser, train: argparse.ArgumentParser, data_flags, dests: tuple[str, ...]) -> None:
     """Give `parser` the data flags of `train` and its flags of `dests`, the same actions."""
     for action in train._actions:
         if action.dest in dests or action in data_flags._group_actions:
@@ -184,9 +180,8 @@ def _add_train_mask_decoder(sub) -> None:
     m.add_argument("--num-samples", type=int, help="use the first N samples (default: all)")
     m.add_argument("--bad-samples", choices=BAD_SAMPLES, default="error", help=HELP["bad_samples"])
     m.add_argument("--latent-cache", help="a folder written by `digseg cache-latents` for the same VAE and size")
-    m.add_argument("--task", choices=TASKS, default="both", help="queries: binary (a prompt -> its mask), palette "
-                                                                 "(all classes in one pass) or both (default both): "
-                                                                 "the masks rendered")
+    m.add_argument("--task", choices=TASKS, default="both", help="the masks rendered: binary (a prompt -> its mask), "
+                                                                 "palette (all classes at once) or both (default)")
     m.add_argument("--widths", help="channel widths, one per resolution, e.g. 64,32,16 (default 128,64,32[,16])")
     m.add_argument("--max-steps", type=int, default=MASK_DECODER_STEPS,
                    help=HELP["max_steps"] + f" (default {MASK_DECODER_STEPS}; docs/mask_decoder.md)")
@@ -194,8 +189,7 @@ def _add_train_mask_decoder(sub) -> None:
     m.add_argument("--learning-rate", type=float, default=1e-3, help=HELP["learning_rate"] + " (default 1e-3)")
     m.add_argument("--latent-noise", type=float, default=0.2, help="largest std of the noise added to training latents")
     m.add_argument("--target", choices=MASK_DECODER_TARGETS, default="mask",
-                   help="learn the rendered mask (default) or imitate the VAE decoder's output (runs the VAE "
-                        "each step)")
+                   help="learn the rendered mask (default) or imitate the VAE decoder (runs the VAE each step)")
     m.add_argument("--seed", type=int, default=0, help=HELP["seed"])
     _add_device_flags(m)  # the decoder itself trains in fp32
 
@@ -222,10 +216,8 @@ def _add_predict(sub) -> None:
     p.add_argument("--output", required=True,
                    help="output folder: per-image maps and JSON, summary.json, index.html (see docs/predict.md)")
     p.add_argument("--outputs", default="all", metavar="KINDS",
-                   help=f"comma-separated files to write: {', '.join(OUTPUTS)}, or all (default). Per image: the "
-                        "label map, the colour overlay (and one with a legend), per-class probability maps, the "
-                        "ensemble's uncertainty map, a copy of the input, a JSON summary; report: index.html. "
-                        "summary.json is always written. For many images: --outputs labels")
+                   help=f"comma-separated files to write: {', '.join(OUTPUTS)}, or all (default); summary.json is "
+                        "always written (docs/predict.md). For many images: --outputs labels")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--batch-size", type=int, default=1,
                    help="images of the same processed size per pipeline call (same labels as 1; more memory)")
@@ -245,9 +237,8 @@ def _add_eval(sub) -> None:
     src.add_argument("--predictions", help="folder of <stem>.png label maps to score")
     src.add_argument("--model", help="a DiGSeg model folder: predict the split, then score")
     e.add_argument("--adapter", metavar="PATH", help=HELP["adapter"] + " (one; the split flags say its data)")
-    e.add_argument("--output", default="digseg-eval",
-                   help="folder for metrics.json and, with --model, the label PNGs in predictions/ "
-                        "(default digseg-eval)")
+    e.add_argument("--output", default="digseg-eval", help="folder for metrics.json and, with --model, the label "
+                                                           "PNGs in predictions/ (default digseg-eval)")
     e.add_argument("--present-only", action="store_true",
                    help="mean over classes present in the ground truth (CAT-Seg)")
     e.add_argument("--threshold-search", action="store_true",
@@ -260,9 +251,8 @@ def _add_eval(sub) -> None:
 
 def _add_demo(sub) -> None:
     d = sub.add_parser("demo", help="a local web app (Gradio) to try a model in the browser")
-    d.add_argument("--model", default=None, help="a DiGSeg model folder, or a folder written by `digseg export` "
-                   "(runs on onnxruntime) (default: digseg-quickstart/model; with --adapter: their base, also a "
-                   "Stable Diffusion folder or hub id)")
+    d.add_argument("--model", help="a DiGSeg model folder or a `digseg export` folder (default: "
+                                   "digseg-quickstart/model; with --adapter: their base, also a Stable Diffusion one)")
     d.add_argument("--adapter", action="append", metavar="NAME=PATH",
                    help=HELP["adapter"] + " (repeatable: the page chooses among them, or 'base' for none; the first "
                                           "is chosen when the page opens)")
@@ -273,20 +263,17 @@ def _add_demo(sub) -> None:
 
 
 def _add_export(sub) -> None:
-    x = sub.add_parser("export",
-                       help="write a model as ONNX graphs and a manifest, to run on onnxruntime (docs/export.md)")
-    x.add_argument("--model", required=True,
-                   help="a DiGSeg model folder to export, or an exported folder to quantize (--quantize int8) or to "
-                        "strip of its text encoder (--no-text-encoder)")
+    x = sub.add_parser("export", help="write a model as ONNX graphs and a manifest, to run on onnxruntime "
+                                      "(docs/export.md)")
+    x.add_argument("--model", required=True, help="a DiGSeg model folder to export, or an exported folder to "
+                                                  "--quantize or strip of its text encoder")
     x.add_argument("--output", required=True, help="the new folder: *.onnx graphs and manifest.json")
     x.add_argument("--dtype", default="fp32", choices=DTYPE_CHOICES,
-                   help="the model's precision (default fp32, as auto; fp16 is exported on a CUDA GPU only; "
-                        "bf16 is refused)")
+                   help="the model's precision (default fp32, as auto; fp16 on a CUDA GPU only; bf16 is refused)")
     x.add_argument("--quantize", default=None, choices=("int8",),
                    help="int8: onnxruntime dynamic quantization of matrix multiplies (convolutions stay fp32)")
     x.add_argument("--no-text-encoder", action="store_true",
-                   help="leave the text encoder out: the model's own class prompts are precomputed instead "
-                        "(palette, binary prompts and per-class queries of its classes only)")
+                   help="leave the text encoder out: the model's own class prompts are precomputed (its classes only)")
 
 
 def build_parser() -> argparse.ArgumentParser:
