@@ -100,7 +100,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     _training_device(args)
     config = _train_config(args)
     if config.run.push_to_hub:
-        from ..training.hub import check_hub_target
+        from ..training.hub import check_hub_target, push_to_hub
 
         check_hub_target(config.run.push_to_hub)  # before training, not after it
     rank, _ = process_info()
@@ -110,8 +110,6 @@ def cmd_train(args: argparse.Namespace) -> None:
         return
     print(f"saved trained model to {config.run.output_dir}")
     if config.run.push_to_hub:
-        from ..training.hub import push_to_hub
-
         url = push_to_hub(config.run.output_dir, config.run.push_to_hub, private=config.run.hub_private)
         print(f"pushed the model to {url}")
 

@@ -108,8 +108,7 @@ def run_quickstart(output: str | Path, settings: QuickstartSettings | None = Non
         b, p = metrics["binary"][text], metrics["palette"][text]
         rows.append({"E-Step": text, "binary mIoU": b["mIoU"], "binary IoU fg": b["IoU_foreground"],
                      "binary img/s": b["images_per_s"], "palette mIoU": p["mIoU"], "palette img/s": p["images_per_s"]})
-    print()
-    print(format_markdown_table(rows, list(rows[0])))
+    print("\n" + format_markdown_table(rows, list(rows[0])))
     print(f"\n(tiny model, synthetic data; mIoU in percent)  wall time {wall:.0f} s")
     print(f"model: {out / 'model'}   overlays: {out / 'overlays'}   metrics: {out / 'metrics.json'}")
     return metrics
