@@ -93,7 +93,19 @@ def _add_data_flags(parser, dataset: str, data_root: str, val_fraction: str, spl
                                  f"reduce_zero_label=true (keys: {', '.join(HF_FIELDS)}; docs/data.md)")
 
 
-def _add_quickstart(sub) -> None:
+def _share_train_flags(parser, train: argparse.ArgumentParser, data_flags, dests: tuple[str, ...]) -> None:
+    """Give `parser` the data flags of `train` and its flags of `dests`, the same actions."""
+    for action in train._actions:
+        if action.dest in dests or action in data_flags._group_actions:
+            parser._add_action(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """`digseg` and its commands, one block each."""
+    parser = argparse.ArgumentParser(prog="digseg",
+                                     description="Diffusion models as generalist, text-prompted segmenters.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
     q = sub.add_parser("quickstart",
                        help="train a tiny model on synthetic scenes, evaluate, save overlays (CPU, minutes)")
     q.add_argument("--output", default="digseg-quickstart", help="output folder (default: ./digseg-quickstart)")
@@ -101,9 +113,6 @@ def _add_quickstart(sub) -> None:
     q.add_argument("--max-steps", type=int, default=None, help=HELP["max_steps"] + " (default 2000)")
     _add_device_flags(q)
 
-
-def _add_train(sub) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
-    """`digseg train`: the options of most runs, any config field through --cfg-options -> (parser, data flags)."""
     t = sub.add_parser("train", help="train DiGSeg from a Stable Diffusion backbone",
                        epilog="Config files hold the sections model, data, optim and run; --cfg-options sets any of "
                               "their fields (docs/training.md lists them all).")
@@ -136,37 +145,24 @@ def _add_train(sub) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
                    help="with --resume: continue with a changed config (new learning rate, schedule, data, ...) "
                         "instead of refusing it; config.yaml records each change and the step it took effect")
     _add_device_flags(t, training=True)
-    return t, data_flags
 
-
-def _share_train_flags(parser, train: argparse.ArgumentParser, data_flags, dests: tuple[str, ...]) -> None:
-    """Give `parser` the data flags of `train` and its flags of `dests`, the same actions."""
-    for action in train._actions:
-        if action.dest in dests or action in data_flags._group_actions:
-            parser._add_action(action)
-
-
-def _add_data_commands(sub, train: argparse.ArgumentParser, data_flags) -> None:
-    """`digseg cache-latents`, `browse-data` and `check-data`: with the data flags of `train`."""
     c = sub.add_parser("cache-latents", help="encode a training set's images and masks once with the frozen VAE")
     c.add_argument("--output", required=True,
                    help="the latent cache's folder (train with --cfg-options data.latent_cache=FOLDER)")
     _add_device_flags(c)  # where the frozen VAE encodes, in which precision (latents are stored in fp32)
-    _share_train_flags(c, train, data_flags, ("config", "pretrained", "seed", "cfg_options"))
+    _share_train_flags(c, t, data_flags, ("config", "pretrained", "seed", "cfg_options"))
 
     b = sub.add_parser("browse-data", help="write training samples exactly as the trainer sees them (augmented)")
     b.add_argument("--output", required=True, help="folder for <k>_image.png, <k>_label.png, <k>_overlay.png")
     b.add_argument("--num", type=int, default=16, help="how many samples (default 16)")
-    _share_train_flags(b, train, data_flags, ("config", "seed", "batch_size", "cfg_options"))
+    _share_train_flags(b, t, data_flags, ("config", "seed", "batch_size", "cfg_options"))
 
     k = sub.add_parser("check-data", help="read every sample of the training and validation splits once and list "
                                           "every unreadable or inconsistent one (what train does before step 1)")
     k.add_argument("--output", help="a run folder: the result is kept there, and `digseg train --output` with the "
                                     "same folder does not read unchanged files again")
-    _share_train_flags(k, train, data_flags, ("config", "seed", "cfg_options"))
+    _share_train_flags(k, t, data_flags, ("config", "seed", "cfg_options"))
 
-
-def _add_train_mask_decoder(sub) -> None:
     m = sub.add_parser("train-mask-decoder", help="train a light mask decoder that replaces the VAE decoder for masks")
     m.add_argument("--model", required=True, help="a trained DiGSeg model folder")
     m.add_argument("--output", required=True, help="where to write the model with its mask_decoder/ (may be --model)")
@@ -193,8 +189,6 @@ def _add_train_mask_decoder(sub) -> None:
     m.add_argument("--seed", type=int, default=0, help=HELP["seed"])
     _add_device_flags(m)  # the decoder itself trains in fp32
 
-
-def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="segment images with a trained model", epilog=_PREDICT_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="a DiGSeg model folder (e.g. digseg-quickstart/model; with "
@@ -227,8 +221,6 @@ def _add_predict(sub) -> None:
                          "default: whole image at the processing resolution; slide without --scale: a keep-ratio "
                          "scale whose short side is the crop")
 
-
-def _add_eval(sub) -> None:
     e = sub.add_parser("eval", help="score label PNGs, or run a model over a dataset split and score it")
     own = "default: the --model's split rule on its own data"
     _add_data_flags(e, "", "", f" ({own})", f" (here: the images scored; {own})", required=True)
@@ -248,8 +240,6 @@ def _add_eval(sub) -> None:
     _add_inference_flags(e, "the dataset protocol's test scale, else the model's",
                          "default: the dataset's preset, mmseg's or CAT-Seg's")
 
-
-def _add_demo(sub) -> None:
     d = sub.add_parser("demo", help="a local web app (Gradio) to try a model in the browser")
     d.add_argument("--model", help="a DiGSeg model folder or a `digseg export` folder (default: "
                                    "digseg-quickstart/model; with --adapter: their base, also a Stable Diffusion one)")
@@ -261,8 +251,6 @@ def _add_demo(sub) -> None:
     d.add_argument("--max-pixels", type=int, default=None, help="largest upload, in pixels (default 4096x4096)")
     _add_device_flags(d)
 
-
-def _add_export(sub) -> None:
     x = sub.add_parser("export", help="write a model as ONNX graphs and a manifest, to run on onnxruntime "
                                       "(docs/export.md)")
     x.add_argument("--model", required=True, help="a DiGSeg model folder to export, or an exported folder to "
@@ -275,17 +263,4 @@ def _add_export(sub) -> None:
     x.add_argument("--no-text-encoder", action="store_true",
                    help="leave the text encoder out: the model's own class prompts are precomputed (its classes only)")
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="digseg",
-                                     description="Diffusion models as generalist, text-prompted segmenters.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    _add_quickstart(sub)
-    train, data_flags = _add_train(sub)
-    _add_data_commands(sub, train, data_flags)
-    _add_train_mask_decoder(sub)
-    _add_predict(sub)
-    _add_eval(sub)
-    _add_demo(sub)
-    _add_export(sub)
     return parser
