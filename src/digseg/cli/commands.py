@@ -230,8 +230,7 @@ def cmd_train_mask_decoder(args: argparse.Namespace) -> None:
         dataset = keep_good(train_split(size=resolution), check, args.bad_samples, "train split")
     decoder, losses, data = fit_light_mask_decoder(
         pipe, dataset, resolution, task=args.task, latent_cache=args.latent_cache, num_samples=args.num_samples,
-        block_channels=widths,
-        steps=args.max_steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        block_channels=widths, steps=args.max_steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
         latent_noise=args.latent_noise, target=args.target, seed=args.seed)
     for reason in data.skipped:
         print(f"skipped {reason}", file=sys.stderr)
