@@ -1,8 +1,5 @@
-"""The `digseg` command: quickstart | train | cache-latents | browse-data | check-data | train-mask-decoder | predict |
-eval | demo | export.
-
-User errors (a missing file, a bad value) print one line, `error: ...`, and exit with status 2; no traceback.
-"""
+"""What each `digseg` command does (`COMMANDS`). User errors (a missing file, a bad value) print one line,
+`error: ...`, and exit with status 2; no traceback."""
 
 from __future__ import annotations
 

@@ -3,11 +3,8 @@ image, resumable, shared between launched processes, and going on past files tha
 (docs/predict.md). Image i (its place in `paths`) draws its noise from `seeded_generator(seed, i)`, as `digseg
 eval` does: its result depends neither on the batch size, nor on the other images, nor on the number of processes.
 
-Each image's files are those of the output kinds asked for (`OUTPUTS`), and its record, from which summary.json and
-the report are written: name (the input's display name), source, image_size {"width", "height"}, classes [{"id",
-"name", "pixels", "fraction", "colour", "tinted"}] (those present; fraction = pixels / (W * H)),
-unlabelled_fraction (label 255), files (names relative to the output folder, None when not written),
-uncertainty_note (why there is no uncertainty map). `<stem>_summary.json` adds the settings.
+An image's record, from which summary.json and the report are written, is its `<stem>_summary.json` without the
+settings: name, source, image_size, classes (those present), unlabelled_fraction, files (None: not written).
 """
 
 from __future__ import annotations
