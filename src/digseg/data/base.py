@@ -1,13 +1,8 @@
-"""Base class for datasets read from disk in their official layouts, and the registry by name.
+"""Base class of the readers of datasets in their official layouts (`@register_dataset`), and the registry by name.
 
-A reader (`@register_dataset`) subclasses `SegmentationDataset`, sets its class attributes (`name`, `metric`,
-`class_names`, `splits`) and implements `find_samples`, and `convert_label` when the stored values are not already
-contiguous class ids (`digseg.data.semantic` has examples). Labels that are not images (XML polygons) override
-`read_raw_label`, images that are not files (a table's rows, `digseg.data.hf`) `read_image` too.
-
-`load_pair(i)` gives the native-size PIL image and label array, which evaluation scores and training augments.
-Items, `dataset[i]`, are {"image": float [3, H, W] in [-1, 1], "label": int64 [H, W], "stem": str} squashed to
-`size` x `size`: the fixed samples of latent caches and previews.
+A reader sets `name`, `metric`, `class_names`, `splits` and implements `find_samples` (and `convert_label` when stored
+values are not contiguous class ids). `load_pair(i)` gives the native-size PIL image and int64 label [H, W]; items,
+`dataset[i]`, are {"image": float [3, H, W] in [-1, 1], "label": int64 [H, W], "stem": str} squashed to `size`.
 """
 
 from __future__ import annotations
@@ -29,8 +24,7 @@ from .io import image_to_tensor, load_image, load_label, read_class_list
 
 
 class MetricKind(str, Enum):
-    """How `digseg eval` scores a dataset (its `metric`). A str, so a reader may also write the value ("semantic");
-    `register_dataset` turns it into the member."""
+    """How `digseg eval` scores a dataset (its `metric`); a reader may write the value ("semantic")."""
 
     SEMANTIC = "semantic"  # one confusion matrix; mIoU over classes whose union > 0 (mmsegmentation)
     OPEN_VOCAB = "open_vocab"  # the same matrix; means over classes present in the ground truth (CAT-Seg)
@@ -53,8 +47,7 @@ class Sample:
 
 
 class LazySamples(Sequence):
-    """The samples `make(i)` of `indices`, made when indexed (a table's million rows cost no million objects);
-    slices are LazySamples too."""
+    """The samples `make(i)` of `indices`, made when indexed (a table's million rows cost no million objects)."""
 
     def __init__(self, make: Callable[[int], Sample], indices: Sequence[int]) -> None:
         self.make, self.indices = make, indices
@@ -156,10 +149,6 @@ DATASETS: dict[str, type[SegmentationDataset]] = {}
 def register_dataset(cls: type[SegmentationDataset]) -> type[SegmentationDataset]:
     if not cls.name or cls.name in DATASETS:
         raise ValueError(f"dataset name {cls.name!r} is empty or registered twice")
-    try:
-        cls.metric = MetricKind(cls.metric)
-    except ValueError:
-        raise ValueError(f"{cls.name}: metric must be one of {', '.join(k.value for k in MetricKind)}, "
-                         f"got {cls.metric!r}") from None
+    cls.metric = MetricKind(cls.metric)  # ValueError for an unknown kind
     DATASETS[cls.name] = cls
     return cls

@@ -1,9 +1,5 @@
-"""Helpers shared by the readers of official on-disk layouts (`digseg.data.semantic`, `.domains`, `.medical`).
-
-Listing and pairing only look at folder entries (sorted, one `os.scandir` per folder); pixels are read later.
-Every problem (a missing folder, two files sharing a stem, an image without a label) raises `DataError` naming the
-dataset and the paths at fault. Label values are converted with lookup tables (`make_lut`, `remap`).
-"""
+"""Helpers of the readers of official on-disk layouts: listing and pairing files (folder entries only, one
+`os.scandir` per folder; DataError naming the dataset and paths at fault) and label lookup tables."""
 
 from __future__ import annotations
 
@@ -15,7 +11,7 @@ import numpy as np
 
 from ..errors import DataError
 from .base import Sample, SegmentationDataset
-from .io import IMAGE_EXTENSIONS, load_label
+from .io import IMAGE_EXTENSIONS
 
 Candidates = Callable[[str, Path], Sequence[Path]]  # (stem, file) -> partner paths to try, preferred first
 
@@ -160,8 +156,3 @@ def remap(ds: SegmentationDataset, raw: np.ndarray, lut: np.ndarray, path: Path,
         raise DataError(f"label {path} has values {values} that are not valid stored labels of {ds.name}")
     out[bad] = 255
     return out
-
-
-def read_first_channel(path: Path) -> np.ndarray:
-    """`load_label`, but an RGB(A) mask whose channels differ (JPEG noise, resizing) gives its first channel."""
-    return load_label(path, first_channel=True)
