@@ -1,10 +1,6 @@
 """Datasets of the Hugging Face `datasets` library as digseg datasets: `--dataset hf:NAME_OR_PATH` (docs/data.md
-states the rules: which loader opens NAME_OR_PATH, the columns, split names, label conventions and class names).
-
-A dataset is read map-style (memory-mapped Arrow tables, any row at any time, shared with DataLoader workers), so
-training reads rows as it reads files. Cells are decoded from their stored bytes by `digseg.data.io`'s rules,
-exactly as the `folder` reader decodes files. Every problem is a one-line DataError naming the dataset, split, row
-and column.
+states the rules). Tables are read map-style (memory-mapped, shared with DataLoader workers); cells are decoded by
+`digseg.data.io`'s rules, as the `folder` reader decodes files, and errors name the dataset, split, row and column.
 """
 
 from __future__ import annotations
@@ -160,7 +156,11 @@ class HFSegmentation(SegmentationDataset):
         if 0 <= options.ignore_index - int(options.reduce_zero_label) < len(self.class_names):
             raise ConfigError(f"the hf option ignore_index={options.ignore_index} marks a class of {self.name}, which "
                               f"has {len(self.class_names)} classes (ids 0..{len(self.class_names) - 1})")
-        self.table = self._raw_columns(table)
+        datasets, keep = _datasets(), list(dict.fromkeys([options.image_column, options.label_column]))
+        self.table = table.select_columns(keep)
+        for column in keep:  # images kept as their stored bytes, decoded by digseg's rules
+            if isinstance(self.table.features[column], datasets.Image):
+                self.table = self.table.cast_column(column, datasets.Image(decode=False))
         self.samples = LazySamples(self._row_sample, range(len(table)))
         if not self.samples:
             raise DataError(f"{self.where} has no rows")
@@ -172,16 +172,6 @@ class HFSegmentation(SegmentationDataset):
     def _row_sample(self, row: int) -> Sample:
         return Sample(f"{row:06d}", cell_name(self.where, row, self.options.image_column),
                       cell_name(self.where, row, self.options.label_column), row=row)
-
-    def _raw_columns(self, table):
-        """The two columns, images kept as their stored bytes (decoded here, by digseg's rules)."""
-        datasets = _datasets()
-        columns = list(dict.fromkeys([self.options.image_column, self.options.label_column]))
-        table = table.select_columns(columns)
-        for column in columns:
-            if isinstance(table.features[column], datasets.Image):
-                table = table.cast_column(column, datasets.Image(decode=False))
-        return table
 
     def _cell(self, sample: Sample, column: str):
         if self._row is None or self._row[0] != sample.row:
@@ -196,13 +186,10 @@ class HFSegmentation(SegmentationDataset):
         if isinstance(value, Image.Image):
             return value
         if isinstance(value, dict):  # the Image feature's storage: file bytes, or a path when not embedded
-            data = value.get("bytes")
-            if not data:
-                try:
-                    data = Path(value["path"]).read_bytes()
-                except OSError as exc:
-                    raise DataError(f"cannot read {name}: {exc.strerror or exc} ({value['path']})") from exc
-            return decode_image_bytes(data, name)
+            try:
+                value = value.get("bytes") or Path(value["path"]).read_bytes()
+            except OSError as exc:
+                raise DataError(f"cannot read {name}: {exc.strerror or exc} ({value['path']})") from exc
         if isinstance(value, (bytes, bytearray)):
             return decode_image_bytes(bytes(value), name)
         return np.asarray(value)
