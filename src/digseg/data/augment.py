@@ -1,15 +1,9 @@
-"""Training augmentation as mmsegmentation does it (docs/augmentation.md gives each step's rule and the small
-differences): RandomResize (keep ratio) -> RandomCrop with `cat_max_ratio` retries -> flips ->
-PhotoMetricDistortion -> pad to the crop.
+"""Training augmentation as mmsegmentation does it (docs/augmentation.md gives each step's rule): RandomResize (keep
+ratio) -> RandomCrop with `cat_max_ratio` retries -> flips -> PhotoMetricDistortion -> pad to the crop.
 
-    aug = Augmentation(scale=(2048, 512), crop_size=(512, 512))          # mmseg's ADE20K recipe
-    image, label = apply_augmentation(pil_rgb, label_hw, aug, gen, ignore_index=255)
-    # image float32 [3, 512, 512] in [-1, 1], label int64 [512, 512]
-
-Randomness: one call `torch.rand(NUM_DRAWS, generator=gen, dtype=torch.float64)` per sample, whatever the
-settings and the image, with each value's role fixed (`_U_*` below). The same generator state gives
-bit-identical output, and a sample's draws never shift another's; turning a step off (e.g. `photometric`)
-leaves the geometry of every sample unchanged. `enabled=False` squashes to `crop_size` and draws nothing.
+Randomness: one `torch.rand(NUM_DRAWS, generator=gen, dtype=torch.float64)` per sample whatever the settings and the
+image, each value's role fixed (`_U_*` below): the same generator state gives bit-identical output, a sample's draws
+never shift another's, and turning a step off leaves every sample's geometry unchanged.
 """
 
 from __future__ import annotations
@@ -20,6 +14,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import ConfigError
@@ -69,18 +64,12 @@ def _number(name: str, value: Any, low: float, high: float, low_open: bool = Fal
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Per-sample training transforms in mmsegmentation's vocabulary (see the module docstring).
+    """Per-sample training transforms in mmsegmentation's vocabulary; `enabled=False` squashes to `crop_size`."""
 
-    scale: keep-ratio target (long side cap, short side) before the ratio; None = native pixel size.
-    ratio_range: (low, high) factor drawn uniformly per sample; None = exactly `scale`.
-    crop_size: (height, width) of every output sample; non-square allowed.
-    cat_max_ratio: crop retry threshold for the most frequent class's share; 1.0 = no retries.
-    """
-
-    scale: tuple[int, int] | None = (2048, 512)
-    ratio_range: tuple[float, float] | None = (0.5, 2.0)
-    crop_size: tuple[int, int] = (512, 512)
-    cat_max_ratio: float = 0.75
+    scale: tuple[int, int] | None = (2048, 512)  # keep-ratio (long side cap, short side); None: native pixel size
+    ratio_range: tuple[float, float] | None = (0.5, 2.0)  # factor on `scale` drawn per sample; None: exactly `scale`
+    crop_size: tuple[int, int] = (512, 512)  # (height, width) of every output sample
+    cat_max_ratio: float = 0.75  # crop retries while the most frequent class's share is above it; 1.0: none
     flip_prob: float = 0.5
     vflip_prob: float = 0.0
     photometric: bool = True
@@ -112,9 +101,8 @@ class Augmentation:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | bool | None,
                   base: "Augmentation | None" = None) -> "Augmentation":
-        """`base` (default: `Augmentation()`) with the keys of `values` overriding it.
-
-        `values` False turns augmentation off; True or None keeps `base`. Lists become tuples."""
+        """`base` (default: `Augmentation()`) with the keys of `values` overriding it; False turns augmentation off,
+        True or None keeps `base`."""
         base = base if base is not None else cls()
         if values is None or values is True:
             return base
@@ -244,14 +232,5 @@ def apply_augmentation(image: Image.Image, label: np.ndarray, aug: Augmentation,
         crop = photometric_distortion(crop, u)
 
     pixels, target = image_to_tensor(crop), torch.from_numpy(np.ascontiguousarray(window))  # [3, h', w'], [h', w']
-    if hw != (crop_h, crop_w):
-        pixels = _pad(pixels, aug.crop_size, IMAGE_PAD_VALUE)
-        target = _pad(target, aug.crop_size, ignore_index)
-    return pixels, target
-
-
-def _pad(tensor: torch.Tensor, size: tuple[int, int], value: float | int) -> torch.Tensor:
-    """[..., h, w] -> [..., size[0], size[1]], `value` at the bottom/right (mmseg Pad)."""
-    out = torch.full((*tensor.shape[:-2], *size), value, dtype=tensor.dtype)
-    out[..., : tensor.shape[-2], : tensor.shape[-1]] = tensor
-    return out
+    pad = (0, crop_w - hw[1], 0, crop_h - hw[0])  # mmseg Pad: bottom and right
+    return F.pad(pixels, pad, value=IMAGE_PAD_VALUE), F.pad(target, pad, value=ignore_index)

@@ -1,8 +1,5 @@
-"""Training augmentation presets per dataset (registry name -> `Augmentation`; docs/augmentation.md gives the table
-with reasons), and the lookup the trainer uses:
-
-    aug = augmentation_for("ade20k-150", crop_size=(256, 256), overrides=config_section)
-"""
+"""Training augmentation presets per dataset (docs/augmentation.md gives the table with reasons) and
+`augmentation_for`, the lookup the trainer uses."""
 
 from __future__ import annotations
 
@@ -39,11 +36,9 @@ AUGMENT_PRESETS: dict[str, Augmentation] = {  # mmseg configs/_base_/datasets/<n
 
 def augmentation_for(dataset_name: str, crop_size: tuple[int, int] | int | None = None,
                      overrides: Mapping[str, Any] | bool | None = None) -> Augmentation:
-    """The preset of `dataset_name`, then `crop_size`, then a config's `augmentation:` section on top.
-
-    `crop_size` (the trainer's resolution; an int means square) also multiplies the preset's `scale` by the
-    ratio of the short crop sides, so the crop keeps covering the same share of the image (e.g. ADE20K at
-    crop 256: scale (1024, 256)). An explicit `scale` or `crop_size` in `overrides` wins over both."""
+    """The preset of `dataset_name`, then `crop_size` (an int: square), then `overrides` (a config's `augmentation:`
+    section). `crop_size` also scales the preset's `scale` by the ratio of the short crop sides, so the crop keeps
+    covering the same share of the image (ADE20K at crop 256: scale (1024, 256))."""
     if is_hf_dataset(dataset_name):
         dataset_name = FOLDER_DATASET
     if dataset_name not in AUGMENT_PRESETS:
@@ -53,9 +48,7 @@ def augmentation_for(dataset_name: str, crop_size: tuple[int, int] | int | None 
     if crop_size is not None:
         crop = (crop_size, crop_size) if isinstance(crop_size, int) and not isinstance(crop_size, bool) else crop_size
         resized = dataclasses.replace(aug, crop_size=crop)  # validates crop
-        if aug.scale is not None:
-            factor = min(resized.crop_size) / min(aug.crop_size)
-            scale = (max(1, round(aug.scale[0] * factor)), max(1, round(aug.scale[1] * factor)))
-            resized = dataclasses.replace(resized, scale=scale)
-        aug = resized
+        factor = min(resized.crop_size) / min(aug.crop_size)
+        aug = resized if aug.scale is None else dataclasses.replace(
+            resized, scale=(max(1, round(aug.scale[0] * factor)), max(1, round(aug.scale[1] * factor))))
     return Augmentation.from_dict(overrides, base=aug)
