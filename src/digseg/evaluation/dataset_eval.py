@@ -1,16 +1,7 @@
-"""`digseg eval`: run a model over a dataset split (writing label PNGs) and score label PNGs, kept apart.
-
-Prediction files: `<predictions>/<stem>.png`, values = class ids of the dataset; "none" = 255 (8-bit PNG)
-for datasets of at most 255 classes, 65535 (16-bit PNG) above that. Any value outside the class range counts
-as a wrong prediction for the pixel's true class.
-
-Scoring follows the dataset's `metric` (`digseg.data.base.MetricKind` says what each kind computes); memory is one
-K x K matrix (or one running list per medical target) whatever the dataset size. A sample that cannot be read
-(corrupt image, missing or malformed label, missing prediction, size mismatch) is reported and skipped.
-
-Under `accelerate launch` / `torchrun` with N processes, each process predicts and scores every N-th sample
-(`digseg.distributed.shard`); confusion matrices are merged and per-image scores gathered in sample order, so
-the metrics equal a single process's exactly. Each image's noise is seeded by (seed, sample index).
+"""`digseg eval`: run a model over a dataset split (writing `<predictions>/<stem>.png`, class ids, "none" = 255, or
+65535 in 16-bit PNGs above 255 classes) and score label PNGs by the dataset's `metric`, kept apart. Memory is one
+K x K matrix whatever the dataset size; a sample that cannot be read is reported and skipped. With N processes each
+predicts and scores every N-th sample and the results are merged in sample order: the metrics equal one process's.
 """
 
 from __future__ import annotations
@@ -49,11 +40,6 @@ HEADLINE_METRIC: dict[MetricKind, str] = {
 }
 
 
-def medical_targets(dataset: SegmentationDataset) -> dict[str, tuple[int, ...]]:
-    """{name: class ids} of the medical scores: the reader's `medical_targets`, else its last class."""
-    return getattr(dataset, "medical_targets", None) or {dataset.class_names[-1]: (dataset.num_classes - 1,)}
-
-
 def _read_prediction(path: Path, shape: tuple[int, int]) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"no prediction {path}")
@@ -74,7 +60,10 @@ class Scores:
     def __init__(self, dataset: SegmentationDataset) -> None:
         self.dataset, self.kind = dataset, MetricKind(dataset.metric)
         self.confusion = SegmentationMetric(dataset.num_classes, dataset.ignore_index, list(dataset.class_names))
-        self.targets = medical_targets(dataset) if self.kind is MetricKind.MEDICAL else {}
+        self.targets = {}  # medical: {name: class ids}, the reader's `medical_targets` or else its last class
+        if self.kind is MetricKind.MEDICAL:
+            self.targets = (getattr(dataset, "medical_targets", None)
+                            or {dataset.class_names[-1]: (dataset.num_classes - 1,)})
         self.per_image: dict[str, list] = {name: [] for name in self.targets}  # name -> [(index, (dice, iou))]
         self.skipped: list[tuple[int, str]] = []
 
@@ -136,12 +125,9 @@ def score_predictions(dataset: SegmentationDataset, predictions: str | Path, pre
 
 
 def _query_kwargs(pipe, dataset: SegmentationDataset) -> dict:
-    """How to ask the model about this dataset's classes.
-
-    The model's own class list, and a model trained with palette queries -> palette (one pass); a 2-class dataset
-    whose class 0 is "background" -> one binary prompt for class 1; otherwise one binary query per class name
-    (open vocabulary, and a model trained with binary queries only).
-    """
+    """How to ask the model about the dataset's classes: palette (one pass) for the model's own classes when trained
+    with palette queries, one binary prompt for class 1 of a 2-class dataset whose class 0 is background, else one
+    binary query per class name."""
     names = list(dataset.class_names)
     palette_trained = getattr(pipe.config, "task", None) != "binary"  # None: saved before the task was recorded
     if palette_trained and pipe.config.class_names and list(pipe.config.class_names) == names:
@@ -171,15 +157,10 @@ def predict_dataset(pipe, dataset: SegmentationDataset, out_dir: str | Path | No
                     threshold: float = 0.5, seed: int = 0, show_progress: bool = True, top_k: int | None = None,
                     templates: str | None = None, mask_decoder: str = "auto", protocol: TestProtocol | None = None,
                     batch_size: int = 1, on_result: Callable[[int, Sample, DiGSegOutput], None] | None = None) -> dict:
-    """Write `<out_dir>/<stem>.png` for every readable image (`out_dir` None: no files, only `on_result`); returns
-    {"written", "skipped"} (all processes').
-
-    Image i's noise comes from a generator seeded by (seed, i), so a prediction does not depend on which
-    process makes it, on the other images, or on `batch_size` (images per pipeline call; up to the float
-    rounding of batched U-Net passes: the label maps were identical in tests and benchmarks). `protocol`: test
-    mode, windows and scale (default: whole image at `processing_resolution`). With N processes each writes
-    its own share of the PNGs. `on_result(index, sample, output)` sees each image's output (e.g. to score it).
-    """
+    """Write `<out_dir>/<stem>.png` for every readable image (`out_dir` None: no files) and pass each image's output
+    to `on_result(index, sample, output)`; returns {"written", "skipped"} (all processes'). Image i's noise is seeded
+    by (seed, i), so a prediction does not depend on the process, the other images or `batch_size` (up to the float
+    rounding of batched U-Net passes). `protocol`: default whole image at `processing_resolution`."""
     out = None if out_dir is None else Path(out_dir)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

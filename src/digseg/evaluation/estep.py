@@ -1,12 +1,6 @@
-"""Evaluating a pipeline on a labelled dataset, in binary-prompt and palette modes, with throughput.
-
-- binary: every image is queried once per class (the background class, `is_background`, excepted) with that class's
-  prompt; the target is label == class. One dataset-level 2-class confusion matrix (background,
-  foreground) over all queries -> mIoU (mean of the two IoUs) and the foreground IoU.
-- palette: one pass per image over the model's own classes -> K-class mIoU.
-Throughput counts segmented (image, query) pairs per second of pipeline time (preprocessing, encode,
-denoise, decode; data loading excluded).
-"""
+"""Evaluating a pipeline on a labelled dataset with throughput (segmented (image, query) pairs per second of pipeline
+time): binary, one query per class but the background, scored as one 2-class (background, foreground) confusion
+matrix; palette, one pass per image over the model's own classes, scored as K-class mIoU."""
 
 from __future__ import annotations
 
