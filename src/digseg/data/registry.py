@@ -1,11 +1,5 @@
-"""Datasets by name: `build_dataset(name, root, split, size)`, and `read_dataset` for the readers alone.
-
-"synthetic" is the built-in generator; "hf:<name or path>" is a dataset of the Hugging Face `datasets` library
-(`digseg.data.hf`, its options an `HFOptions`); every other name is a `SegmentationDataset` reader registered in
-`digseg.data.semantic` (ADE20K, PASCAL-Context, COCO-Stuff) or `digseg.data.domains` (Cityscapes,
-BDD100K, DeepGlobe, MoNuSeg, REFUGE2, PhenoBench, and "folder" for a user's own data, whose splits
-`val_fraction`, `split_file` and `train_split_file` choose: `digseg.data.splits`).
-"""
+"""Datasets by name: "synthetic" scenes, "hf:<name or path>" (`digseg.data.hf`), or a registered reader
+(`digseg.data.semantic`, `digseg.data.domains`)."""
 
 from __future__ import annotations
 

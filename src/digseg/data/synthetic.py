@@ -1,8 +1,6 @@
-"""Built-in synthetic, text-prompted scenes: circles, squares and triangles on textured backgrounds.
-
-Scene `i` of `SyntheticScenes(seed=s)` depends only on `(s, i)`. Each kind of shape has its own family of colours
-(circles warm: red, orange, yellow; squares green or cyan; triangles blue, magenta or white): with colour drawn
-independently of kind, a tiny model trained for a few CPU minutes could not tell the kinds apart.
+"""Built-in synthetic, text-prompted scenes: circles, squares and triangles on textured backgrounds; scene `i` of
+`SyntheticScenes(seed=s)` depends only on `(s, i)`. Each kind of shape has its own family of colours: with colour
+drawn independently of kind, a tiny model trained for a few CPU minutes could not tell the kinds apart.
 """
 
 from __future__ import annotations
