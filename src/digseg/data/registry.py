@@ -6,22 +6,17 @@ from __future__ import annotations
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
+from . import domains, semantic  # noqa: F401  (registering imports)
 from .base import DATASETS, SegmentationDataset
 from .hf_options import HF_PREFIX, HFOptions, is_hf_dataset
 from .splits import split_options
 
 
-def _load_readers() -> None:
-    from . import domains, semantic  # noqa: F401  (registering imports)
-
-
 def dataset_names() -> list[str]:
-    _load_readers()
     return ["synthetic", *sorted(DATASETS)]
 
 
 def get_dataset_class(name: str):
-    _load_readers()
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(dataset_names())}, or "
                           f"{HF_PREFIX}NAME_OR_PATH (a datasets-library dataset)")
