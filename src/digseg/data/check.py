@@ -52,12 +52,6 @@ class DataCheck:
         """A name for the list of good samples (their names, in order)."""
         return hashlib.sha256("\n".join(self.kept_names()).encode()).hexdigest()[:16]
 
-    @classmethod
-    def from_json(cls, values: dict) -> "DataCheck":
-        """The check `asdict(check)` wrote."""
-        return cls(list(values["names"]), [BadSample(**b) for b in values["bad"]], values["key"])
-
-
 def stored_samples(dataset) -> Sequence | None:
     """The samples of a dataset read from storage (`SegmentationDataset.samples`); None for generated data."""
     samples = getattr(dataset, "samples", None)
@@ -134,7 +128,8 @@ def check_dataset(dataset, cache: Path | None = None, num_workers: int = 0,
         return None
     if cache is not None and cache.is_file():
         try:
-            kept = DataCheck.from_json(json.loads(cache.read_text()))
+            values = json.loads(cache.read_text())  # as `asdict(check)` wrote it
+            kept = DataCheck(list(values["names"]), [BadSample(**b) for b in values["bad"]], values["key"])
         except (OSError, ValueError, KeyError, TypeError):
             kept = None  # unreadable: scan again and replace it
         if kept is not None and kept.key == scan_key(dataset):

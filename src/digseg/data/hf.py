@@ -81,18 +81,6 @@ def _feature_names(feature) -> list[str] | None:
     return None
 
 
-def _read_id2label(path: Path) -> list[str]:
-    """{"0": "road", "1": "sidewalk", ...} -> names by id; DataError naming the file unless ids are 0..n-1."""
-    try:
-        table = json.loads(Path(path).read_text(encoding="utf-8"))
-        names = {int(k): str(v) for k, v in table.items()}
-    except (OSError, ValueError, AttributeError) as exc:
-        raise DataError(f"cannot read class names from {path}: {exc}") from exc
-    if not names or sorted(names) != list(range(len(names))):
-        raise DataError(f"class file {path} must map the ids 0..n-1 to names, got ids {sorted(names)[:5]}...")
-    return [names[i] for i in range(len(names))]
-
-
 def _class_file(source: str) -> Path | None:
     """classes.txt or id2label.json beside a local dataset, or in a Hub dataset's repository (when reachable)."""
     path = Path(source).expanduser()
@@ -116,11 +104,17 @@ def class_names_of(source: str, label_feature, options: HFOptions) -> list[str]:
     if options.classes_file:
         return read_class_list(options.classes_file)
     stored = _feature_names(label_feature)
-    if stored is None:
-        file = _class_file(source)
-        if file is not None and file.name == "classes.txt":
-            return read_class_list(file)
-        stored = _read_id2label(file) if file is not None else None
+    file = _class_file(source) if stored is None else None
+    if file is not None and file.name == "classes.txt":
+        return read_class_list(file)
+    if file is not None:  # id2label.json: {"0": "road", "1": "sidewalk", ...}
+        try:
+            ids = {int(k): str(v) for k, v in json.loads(file.read_text(encoding="utf-8")).items()}
+        except (OSError, ValueError, AttributeError) as exc:
+            raise DataError(f"cannot read class names from {file}: {exc}") from exc
+        if not ids or sorted(ids) != list(range(len(ids))):
+            raise DataError(f"class file {file} must map the ids 0..n-1 to names, got ids {sorted(ids)[:5]}...")
+        stored = [ids[i] for i in range(len(ids))]
     if stored is None:
         raise DataError(f"{HF_PREFIX}{source}: no class names: the label column {options.label_column!r} has no "
                         f"ClassLabel names and there is no {' or '.join(CLASS_FILES)} beside the data; give the "
