@@ -15,9 +15,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from digseg.errors import DataError
-
-from .base import MetricKind, Sample, SegmentationDataset
+from ..errors import DataError
+from .base import Sample, SegmentationDataset
 from .io import image_to_tensor, tensor_to_image
 
 SYNTHETIC_CLASSES: tuple[str, ...] = ("background", "circle", "square", "triangle")
@@ -171,8 +170,8 @@ def save_scenes_as_folder(scenes: SyntheticScenes, root: str | os.PathLike[str])
     """Write `scenes` as a `folder` dataset: `root/images/scene_<i>.png` (RGB), `root/masks/scene_<i>.png` (grey,
     pixel = class id) and `root/classes.txt`. Returns `root` as a Path."""
     root = Path(root)
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    (root / "masks").mkdir(parents=True, exist_ok=True)
+    for folder in ("images", "masks"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
     (root / "classes.txt").write_text("".join(f"{n}\n" for n in scenes.class_names), encoding="utf-8")
     for i in range(len(scenes)):
         image, label = scenes.scene(i)
@@ -186,7 +185,6 @@ class ItemsView(SegmentationDataset):
     samples, read from the items when asked (no files): what `predict_dataset` and `Scores` take."""
 
     name = "synthetic"
-    metric = MetricKind.SEMANTIC
 
     def __init__(self, dataset: Dataset, limit: int | None = None) -> None:  # noqa: D107  (no files: no root)
         self.items, self.root, self.split, self.size = dataset, None, "val", None
