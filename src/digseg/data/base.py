@@ -81,8 +81,7 @@ class SegmentationDataset(Dataset):
             raise ConfigError(f"{self.name} has no split {split!r}; choose from {', '.join(self.splits)}")
         if not self.root.is_dir():
             raise DataError(f"{self.name}: data root not found: {self.root}")
-        self.split = split
-        self.size = size
+        self.split, self.size = split, size
         self.samples: list[Sample] = self.find_samples()
         if not self.samples:
             raise DataError(f"{self.name}: no images found for split {split!r} under {self.root} "
@@ -149,6 +148,10 @@ DATASETS: dict[str, type[SegmentationDataset]] = {}
 def register_dataset(cls: type[SegmentationDataset]) -> type[SegmentationDataset]:
     if not cls.name or cls.name in DATASETS:
         raise ValueError(f"dataset name {cls.name!r} is empty or registered twice")
-    cls.metric = MetricKind(cls.metric)  # ValueError for an unknown kind
+    try:
+        cls.metric = MetricKind(cls.metric)
+    except ValueError:
+        raise ValueError(f"{cls.name}: metric must be one of {', '.join(k.value for k in MetricKind)}, "
+                         f"got {cls.metric!r}") from None
     DATASETS[cls.name] = cls
     return cls

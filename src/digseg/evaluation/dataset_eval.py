@@ -89,8 +89,7 @@ class Scores:
         skipped = [message for _, message in sorted(gather_objects(self.skipped))]
         if len(skipped) == len(dataset.samples):
             raise DigsegError(f"every sample was skipped; first problem: {skipped[0]}")
-        if present_only is None:
-            present_only = kind is MetricKind.OPEN_VOCAB
+        present_only = kind is MetricKind.OPEN_VOCAB if present_only is None else present_only
         result = confusion.compute(present_only=present_only)
         out: dict = {"dataset": dataset.name, "split": dataset.split, "metric": kind.value,
                      "num_images": len(dataset.samples) - len(skipped),
@@ -99,11 +98,9 @@ class Scores:
         if kind is MetricKind.ROAD:
             out.update(binary_scores(confusion, positive=1))
         if kind is MetricKind.MEDICAL:
-            out["per_target"] = {name: {"Dice": 100 * float(np.mean([d for d, _ in scores])),
-                                        "IoU": 100 * float(np.mean([i for _, i in scores]))}
-                                 for name, scores in per_image.items()}
-            out["Dice"] = float(np.mean([t["Dice"] for t in out["per_target"].values()]))
-            out["IoU"] = float(np.mean([t["IoU"] for t in out["per_target"].values()]))
+            out["per_target"] = {name: {m: 100 * float(np.mean([v[j] for v in scores]))
+                                        for j, m in enumerate(("Dice", "IoU"))} for name, scores in per_image.items()}
+            out.update({m: float(np.mean([t[m] for t in out["per_target"].values()])) for m in ("Dice", "IoU")})
         out.update(skipped=len(skipped), skipped_samples=skipped)
         return out
 
