@@ -25,16 +25,10 @@ IMAGE_PAD_VALUE = 0.0  # mid-grey in the [-1, 1] output, as mmseg pads with the 
 
 CROP_TRIES = 10  # mmseg RandomCrop: candidates checked against cat_max_ratio before taking the next one blindly
 
-# Layout of the uniform draws u[0..NUM_DRAWS) of one sample.
-_U_RATIO = 0
-_U_CROP = 1  # (y, x) of candidate k at _U_CROP + 2k, _U_CROP + 2k + 1, k = 0..CROP_TRIES
-_U_FLIP = _U_CROP + 2 * (CROP_TRIES + 1)
-_U_VFLIP = _U_FLIP + 1
-_U_BRIGHT, _U_BRIGHT_DELTA = _U_VFLIP + 1, _U_VFLIP + 2
-_U_CONTRAST_FIRST = _U_VFLIP + 3
-_U_CONTRAST, _U_CONTRAST_ALPHA = _U_VFLIP + 4, _U_VFLIP + 5
-_U_SAT, _U_SAT_ALPHA = _U_VFLIP + 6, _U_VFLIP + 7
-_U_HUE, _U_HUE_DELTA = _U_VFLIP + 8, _U_VFLIP + 9
+# Layout of the uniform draws u[0..NUM_DRAWS) of one sample: crop candidate k's (y, x) at _U_CROP + 2k, _U_CROP + 2k + 1
+_U_RATIO, _U_CROP = 0, 1
+(_U_FLIP, _U_VFLIP, _U_BRIGHT, _U_BRIGHT_DELTA, _U_CONTRAST_FIRST, _U_CONTRAST, _U_CONTRAST_ALPHA, _U_SAT, _U_SAT_ALPHA,
+ _U_HUE, _U_HUE_DELTA) = range(_U_CROP + 2 * (CROP_TRIES + 1), _U_CROP + 2 * (CROP_TRIES + 1) + 11)
 NUM_DRAWS = _U_HUE_DELTA + 1
 
 # mmseg PhotoMetricDistortion defaults.
