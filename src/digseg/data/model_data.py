@@ -99,10 +99,8 @@ class TrainingDataRecord:
         rules = {BY_HASH: f"the images held out by file-name hash at val_fraction {self.val_fraction or 0:g}",
                  BY_SPLIT_FILE: f"every image not listed in the training list {self.split_file}",
                  BY_SPLIT_LISTS: "the images listed in splits/val.txt", BY_SPLIT_FOLDERS: "the images in images/val/"}
-        if self.split_rule in rules:
-            return rules[self.split_rule]
         named = (self.hf or {}).get("val_split")
-        return "the dataset's validation split" + (f" {named}" if named else "")
+        return rules.get(self.split_rule or "", "the dataset's validation split" + (f" {named}" if named else ""))
 
     def eval_flags(self) -> list[str]:
         """`digseg eval` arguments that read the model's validation split on any machine with the data at
@@ -118,30 +116,25 @@ class TrainingDataRecord:
                                  for key, value in self.hf.items())]
         return flags
 
-    def training_overlap(self, dataset) -> int | None:
-        """How many samples of `dataset` (a reader's split, e.g. the one `digseg eval` scores) were in the model's
-        training split; None when `dataset` is other data or the training split cannot be rebuilt."""
-        name = getattr(dataset, "name", None)
+    def overlap_warning(self, dataset) -> str | None:
+        """A one-line warning when `dataset` (a reader's split, e.g. the one `digseg eval` scores) holds images of the
+        model's training split; None when it holds none or cannot tell (other data, a split that cannot be rebuilt)."""
+        name, root = getattr(dataset, "name", None), getattr(dataset, "root", None)
         if name != self.dataset or not hasattr(dataset, "samples"):
             return None
         if is_hf_dataset(name):
-            return len(dataset) if self.hf_split and getattr(dataset, "hf_split", None) == self.hf_split else 0
-        root = getattr(dataset, "root", None)
-        if root is None or not self.same_data(name, str(root)):
+            count = len(dataset) if self.hf_split and getattr(dataset, "hf_split", None) == self.hf_split else 0
+        elif root is None or not self.same_data(name, str(root)):
             return None
-        from .registry import read_dataset
+        else:
+            from .registry import read_dataset
 
-        try:
-            train = read_dataset(name, str(root), split="train", **self.split_options())
-        except (DigsegError, OSError):
-            return None
-        seen = {str(sample.image) for sample in train.samples}
-        return sum(str(sample.image) in seen for sample in dataset.samples)
-
-    def overlap_warning(self, dataset) -> str | None:
-        """A one-line warning when `dataset` holds images of the model's training split; None when it holds none
-        (or cannot tell)."""
-        count = self.training_overlap(dataset)
+            try:
+                train = read_dataset(name, str(root), split="train", **self.split_options())
+            except (DigsegError, OSError):
+                return None
+            seen = {str(sample.image) for sample in train.samples}
+            count = sum(str(sample.image) in seen for sample in dataset.samples)
         if not count:
             return None
         return (f"warning: {count} of the {len(dataset)} images scored were in the model's training split "
