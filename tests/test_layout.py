@@ -1,4 +1,4 @@
-"""Shared listing / pairing / lookup-table helpers of the dataset readers (digseg.data.layout)."""
+"""Shared listing / pairing / lookup-table helpers of the dataset readers (digseg.data.base)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from digseg.data.io import load_label
-from digseg.data.layout import (
+from digseg.data.base import (
     list_files,
     make_lut,
     pair_by_image,
@@ -16,6 +15,7 @@ from digseg.data.layout import (
     remap,
     require_dir,
 )
+from digseg.data.io import load_label
 from digseg.errors import DataError
 
 

@@ -13,9 +13,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..errors import DataError
-from .base import MetricKind, Sample, SegmentationDataset, register_dataset
+from .base import (ImagesFirst, MetricKind, Sample, SegmentationDataset, list_files, make_lut, pair_by_image,
+                   register_dataset, remap, require_dir)
 from .io import load_image, load_label, read_class_list, read_list_file
-from .layout import ImagesFirst, list_files, make_lut, pair_by_image, remap, require_dir
 from .splits import (BY_HASH, BY_SPLIT_FILE, BY_SPLIT_FOLDERS, BY_SPLIT_LISTS, DEFAULT_VAL_FRACTION, FOLDER_DATASET,
                      is_held_out, split_options)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import MetricKind, Sample, SegmentationDataset, read_class_file, register_dataset
-from .layout import ImagesFirst, list_files, make_lut, pair_by_label, pick_root, remap, require_dir
+from .base import (ImagesFirst, MetricKind, Sample, SegmentationDataset, list_files, make_lut, pair_by_label,
+                   pick_root, read_class_file, register_dataset, remap, require_dir)
 
 PHOTO_PROMPT = "a photo of a {}."
 
