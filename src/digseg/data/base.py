@@ -1,10 +1,7 @@
 """Base class of the readers of datasets in their official layouts (`@register_dataset`), the registry by name, and
-the readers' helpers: listing and pairing files (folder entries only, one `os.scandir` per folder; DataError naming
-the dataset and paths at fault), `ImagesFirst` layouts and label lookup tables.
-
-A reader sets `name`, `metric`, `class_names`, `splits` and implements `find_samples` (and `convert_label` when stored
-values are not contiguous class ids). `load_pair(i)` gives the native-size PIL image and int64 label [H, W]; items,
-`dataset[i]`, are {"image": float [3, H, W] in [-1, 1], "label": int64 [H, W], "stem": str} squashed to `size`.
+the readers' helpers: listing and pairing files (one `os.scandir` per folder; DataError naming the dataset and paths
+at fault), `ImagesFirst` layouts and label lookup tables. A reader sets `name`, `metric`, `class_names`, `splits` and
+implements `find_samples` (and `convert_label` when stored values are not contiguous class ids).
 """
 
 from __future__ import annotations
@@ -137,12 +134,13 @@ class SegmentationDataset(Dataset):
         return image, label
 
     def __getitem__(self, i: int) -> dict:
+        """{"image": float [3, H, W] in [-1, 1], "label": int64 [H, W], "stem": str}, squashed to `size` x `size`."""
         image, label = self.load_pair(i)
         if self.size:
             image = image.resize((self.size, self.size), Image.BILINEAR)
             label = np.asarray(Image.fromarray(label.astype(np.int32)).resize((self.size, self.size), Image.NEAREST))
-        return {"image": image_to_tensor(image),  # [3, H, W] float32 in [-1, 1]
-                "label": torch.from_numpy(label.astype(np.int64)), "stem": self.samples[i].stem}
+        return {"image": image_to_tensor(image), "label": torch.from_numpy(label.astype(np.int64)),
+                "stem": self.samples[i].stem}
 
 
 DATASETS: dict[str, type[SegmentationDataset]] = {}
