@@ -163,10 +163,7 @@ Candidates = Callable[[str, Path], Sequence[Path]]  # (stem, file) -> partner pa
 
 def pick_root(root: Path, *candidates: str) -> Path:
     """The first of `root/<candidate>` that is a folder, else `root` itself (root may already be that folder)."""
-    for candidate in candidates:
-        if (root / candidate).is_dir():
-            return root / candidate
-    return root
+    return next((root / c for c in candidates if (root / c).is_dir()), root)
 
 
 def require_dir(ds: SegmentationDataset, folder: Path, what: str) -> Path:
@@ -215,20 +212,14 @@ def _pair(ds: SegmentationDataset, files: Mapping[str, Path], candidates: Candid
                 listed[path.parent] = set()
         return path.name in listed[path.parent]
 
-    pairs, missing = [], []
-    for stem, path in files.items():
-        tried = list(candidates(stem, path))
-        found = next((c for c in tried if exists(c)), None)
-        if found is None:
-            missing.append((path, tried))
-        else:
-            pairs.append((stem, path, found))
+    tried = {stem: list(candidates(stem, path)) for stem, path in files.items()}
+    found = {stem: next((c for c in paths if exists(c)), None) for stem, paths in tried.items()}
+    missing = [stem for stem, partner_path in found.items() if partner_path is None]
     if missing:
-        path, tried = missing[0]
         more = f" ({len(missing) - 1} more {what}s without {partner}s)" if len(missing) > 1 else ""
-        expected = " or ".join(str(t) for t in tried)
-        raise DataError(f"{ds.name}: {what} {path} has no {partner} (expected {expected}){more}")
-    return pairs
+        expected = " or ".join(str(t) for t in tried[missing[0]])
+        raise DataError(f"{ds.name}: {what} {files[missing[0]]} has no {partner} (expected {expected}){more}")
+    return [(stem, path, found[stem]) for stem, path in files.items()]
 
 
 def pair_by_image(ds: SegmentationDataset, images: Mapping[str, Path], label_candidates: Candidates) -> list[Sample]:
