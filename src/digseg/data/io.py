@@ -79,8 +79,7 @@ def image_to_rgb(img: Image.Image, name: str) -> Image.Image:
         if img.mode == "RGB":
             return img
         if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-            grey = _to_uint8(np.asarray(img))
-            return Image.fromarray(grey).convert("RGB")
+            return Image.fromarray(_to_uint8(np.asarray(img))).convert("RGB")
         if img.mode == "P" and "transparency" in img.info:
             img = img.convert("RGBA")  # avoids Pillow's palette-transparency warning
         return img.convert("RGB")  # alpha, if any, is dropped

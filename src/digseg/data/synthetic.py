@@ -137,12 +137,9 @@ class SyntheticScenes(Dataset):
     ignore_index: int = 255
 
     def __init__(self, num_scenes: int, size: int = 64, seed: int = 0) -> None:
-        if int(num_scenes) < 0:
-            raise DataError(f"num_scenes must be >= 0, got {num_scenes}")
-        if int(size) < 8:
-            raise DataError(f"synthetic scene size must be >= 8 pixels, got {size}")
-        if int(seed) < 0:
-            raise DataError(f"seed must be >= 0, got {seed}")
+        if int(num_scenes) < 0 or int(size) < 8 or int(seed) < 0:
+            raise DataError(f"synthetic scenes need num_scenes >= 0, a size >= 8 pixels and a seed >= 0, got "
+                            f"num_scenes={num_scenes}, size={size}, seed={seed}")
         self.num_scenes, self.size, self.seed = int(num_scenes), int(size), int(seed)
         self.class_names: list[str] = list(SYNTHETIC_CLASSES)
 
