@@ -41,11 +41,10 @@ def _load(dataset: Dataset, limit: int | None) -> tuple[list[torch.Tensor], list
 def evaluate_binary(pipe: DiGSegPipeline, dataset: Dataset, setting: EStep, seed: int = 0, batch_size: int = 32,
                     limit: int | None = None, **call_kwargs) -> dict:
     images, labels = _load(dataset, limit)
-    names = dataset.class_names
     ignore = getattr(dataset, "ignore_index", 255)
     metric = SegmentationMetric(2, ignore_index=ignore, class_names=[BACKGROUND, FOREGROUND])
     queried, seconds = 0, 0.0
-    for c, name in enumerate(names):
+    for c, name in enumerate(dataset.class_names):
         if is_background(name):
             continue
         start = time.perf_counter()
