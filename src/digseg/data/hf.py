@@ -13,7 +13,7 @@ from PIL import Image
 
 from ..errors import ConfigError, DataError, DigsegError, first_line
 from ..hub_ids import looks_like_hub_id
-from .base import LazySamples, MetricKind, Sample, SegmentationDataset
+from .base import LazySamples, Sample, SegmentationDataset
 from .hf_options import HF_PREFIX, INSTALL_HINT, SPLIT_NAMES, HFOptions
 from .io import decode_image_bytes, image_to_rgb, label_to_array, none_value, read_class_list
 
@@ -130,8 +130,6 @@ def cell_name(where: str, row: int, column: str) -> str:
 class HFSegmentation(SegmentationDataset):
     """One split of an hf: dataset; `name` is "hf:<source>", `split` digseg's split name (or the dataset's own),
     `hf_split` the dataset's name for it. Samples are rows: stems are row numbers (000000, 000001, ...)."""
-
-    metric = MetricKind.SEMANTIC
 
     def __init__(self, source: str, split: str = "val", size: int | None = None,
                  options: HFOptions | None = None) -> None:  # noqa: D107  (no super().__init__: rows, not files)
