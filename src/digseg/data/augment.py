@@ -229,8 +229,10 @@ def apply_augmentation(image: Image.Image, label: np.ndarray, aug: Augmentation,
         crop = photometric_distortion(crop, u)
 
     pixels, target = image_to_tensor(crop), torch.from_numpy(np.ascontiguousarray(window))  # [3, h', w'], [h', w']
-    pad = (0, crop_w - hw[1], 0, crop_h - hw[0])  # mmseg Pad: bottom and right
-    return F.pad(pixels, pad, value=IMAGE_PAD_VALUE), F.pad(target, pad, value=ignore_index)
+    if hw != (crop_h, crop_w):  # mmseg Pad: bottom and right
+        pad = (0, crop_w - hw[1], 0, crop_h - hw[0])
+        pixels, target = F.pad(pixels, pad, value=IMAGE_PAD_VALUE), F.pad(target, pad, value=ignore_index)
+    return pixels, target
 
 
 # Presets per dataset (docs/augmentation.md gives the table with reasons).
