@@ -6,6 +6,7 @@ predicts and scores every N-th sample and the results are merged in sample order
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Callable
@@ -141,14 +142,6 @@ def default_protocol(pipe, dataset: SegmentationDataset) -> TestProtocol:
     return protocol_for(dataset.name, open_vocab)
 
 
-def _one_image(result: DiGSegOutput, j: int) -> DiGSegOutput:
-    """Image j of a batched pipeline output, as a one-image output."""
-    take = lambda x: None if x is None else x[j][None]  # noqa: E731  (arrays or lists of arrays)
-    return DiGSegOutput(labels=take(result.labels), probabilities=take(result.probabilities),
-                        uncertainty=take(result.uncertainty), class_names=result.class_names,
-                        probability_class_ids=take(result.probability_class_ids))
-
-
 def predict_dataset(pipe, dataset: SegmentationDataset, out_dir: str | Path | None, ensemble_size: int = 1,
                     num_inference_steps: int | None = None, processing_resolution: int | None = None,
                     threshold: float = 0.5, seed: int = 0, show_progress: bool = True, top_k: int | None = None,
@@ -178,7 +171,8 @@ def predict_dataset(pipe, dataset: SegmentationDataset, out_dir: str | Path | No
             if out is not None:
                 save_label_png(out / f"{sample.stem}.png", result.labels[j], dataset.num_classes)
             if on_result is not None:
-                on_result(index, sample, _one_image(result, j))
+                one = {k: None if v is None else v[j][None] for k, v in vars(result).items() if k != "class_names"}
+                on_result(index, sample, dataclasses.replace(result, **one))  # image j as a one-image output
         written += len(pending)
         pending.clear()
 
