@@ -52,8 +52,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from digseg.data.augment import apply_augmentation
-from digseg.data.augment_presets import augmentation_for
+from digseg.data.augment import apply_augmentation, augmentation_for
 from digseg.data.registry import build_dataset
 from digseg.training.batches import LatentBatcher, slot_generators
 from digseg.training.samples import TrainingData

@@ -11,9 +11,8 @@ import yaml
 from PIL import Image
 
 from digseg.data import augment
-from digseg.data.augment import (CROP_TRIES, IMAGE_PAD_VALUE, NUM_DRAWS, Augmentation, apply_augmentation,
-                                 photometric_distortion, rescale_size)
-from digseg.data.augment_presets import AUGMENT_PRESETS, augmentation_for
+from digseg.data.augment import (AUGMENT_PRESETS, CROP_TRIES, IMAGE_PAD_VALUE, NUM_DRAWS, Augmentation,
+                                 apply_augmentation, augmentation_for, photometric_distortion, rescale_size)
 from digseg.data.registry import dataset_names
 from digseg.errors import ConfigError
 

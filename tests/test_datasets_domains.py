@@ -1,4 +1,4 @@
-"""Domain dataset readers (digseg.data.domains / digseg.data.medical) on tiny fixtures in the official layouts."""
+"""Domain dataset readers (digseg.data.domains) on tiny fixtures in the official layouts."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import torch
 from PIL import Image
 
 from digseg.data.base import DATASETS
-from digseg.data.domains import BDD100K, REFUGE2, Cityscapes, DeepGlobeRoads, FolderPairs, PhenoBench
-from digseg.data.medical import MoNuSeg
+from digseg.data.domains import BDD100K, REFUGE2, Cityscapes, DeepGlobeRoads, FolderPairs, MoNuSeg, PhenoBench
 from digseg.errors import ConfigError, DataError
 from layouts import CITYSCAPES_LABEL_IDS as LABEL_IDS
 from layouts import H, W, aperio_xml, write_image, write_label

@@ -1,4 +1,4 @@
-"""Shared listing / pairing / lookup-table helpers of the dataset readers (digseg.data.layout)."""
+"""Shared listing / pairing / lookup-table helpers of the dataset readers (digseg.data.base)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from digseg.data.layout import (
+from digseg.data.base import (
     list_files,
     make_lut,
     pair_by_image,
     pair_by_label,
     pick_root,
-    read_first_channel,
     remap,
     require_dir,
 )
+from digseg.data.io import load_label
 from digseg.errors import DataError
 
 
@@ -106,10 +106,10 @@ def test_make_lut_and_remap(tmp_path):
     assert remap(DS, np.array([3, 2], np.uint8), make_lut({2: 7}), tmp_path / "x.png").tolist() == [255, 7]
 
 
-def test_read_first_channel(tmp_path):
+def test_load_label_first_channel(tmp_path):
     rgb = np.zeros((2, 3, 3), np.uint8)
     rgb[..., 0], rgb[..., 1] = 200, 7
     Image.fromarray(rgb).save(tmp_path / "m.png")
-    assert read_first_channel(tmp_path / "m.png").tolist() == [[200] * 3] * 2
+    assert load_label(tmp_path / "m.png", first_channel=True).tolist() == [[200] * 3] * 2
     with pytest.raises(DataError, match=r"gone\.png"):
-        read_first_channel(tmp_path / "gone.png")
+        load_label(tmp_path / "gone.png", first_channel=True)

@@ -1,15 +1,10 @@
-"""Training augmentation as mmsegmentation does it (docs/augmentation.md gives each step's rule and the small
-differences): RandomResize (keep ratio) -> RandomCrop with `cat_max_ratio` retries -> flips ->
-PhotoMetricDistortion -> pad to the crop.
+"""Training augmentation as mmsegmentation does it (docs/augmentation.md gives each step's rule): RandomResize (keep
+ratio) -> RandomCrop with `cat_max_ratio` retries -> flips -> PhotoMetricDistortion -> pad to the crop.
 
-    aug = Augmentation(scale=(2048, 512), crop_size=(512, 512))          # mmseg's ADE20K recipe
-    image, label = apply_augmentation(pil_rgb, label_hw, aug, gen, ignore_index=255)
-    # image float32 [3, 512, 512] in [-1, 1], label int64 [512, 512]
-
-Randomness: one call `torch.rand(NUM_DRAWS, generator=gen, dtype=torch.float64)` per sample, whatever the
-settings and the image, with each value's role fixed (`_U_*` below). The same generator state gives
-bit-identical output, and a sample's draws never shift another's; turning a step off (e.g. `photometric`)
-leaves the geometry of every sample unchanged. `enabled=False` squashes to `crop_size` and draws nothing.
+Randomness: one `torch.rand(NUM_DRAWS, generator=gen, dtype=torch.float64)` per sample whatever the settings and the
+image, each value's role fixed (`_U_*` below): the same generator state gives bit-identical output, a sample's draws
+never shift another's, and turning a step off leaves every sample's geometry unchanged. `augmentation_for` gives a
+dataset's preset.
 """
 
 from __future__ import annotations
@@ -20,26 +15,23 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import ConfigError
+from .hf_options import is_hf_dataset
 from .io import image_to_tensor
 from .rescale import rescale_size
+from .splits import FOLDER_DATASET
 
 IMAGE_PAD_VALUE = 0.0  # mid-grey in the [-1, 1] output, as mmseg pads with the mean after normalising
 
 CROP_TRIES = 10  # mmseg RandomCrop: candidates checked against cat_max_ratio before taking the next one blindly
 
-# Layout of the uniform draws u[0..NUM_DRAWS) of one sample.
-_U_RATIO = 0
-_U_CROP = 1  # (y, x) of candidate k at _U_CROP + 2k, _U_CROP + 2k + 1, k = 0..CROP_TRIES
-_U_FLIP = _U_CROP + 2 * (CROP_TRIES + 1)
-_U_VFLIP = _U_FLIP + 1
-_U_BRIGHT, _U_BRIGHT_DELTA = _U_VFLIP + 1, _U_VFLIP + 2
-_U_CONTRAST_FIRST = _U_VFLIP + 3
-_U_CONTRAST, _U_CONTRAST_ALPHA = _U_VFLIP + 4, _U_VFLIP + 5
-_U_SAT, _U_SAT_ALPHA = _U_VFLIP + 6, _U_VFLIP + 7
-_U_HUE, _U_HUE_DELTA = _U_VFLIP + 8, _U_VFLIP + 9
+# Layout of the uniform draws u[0..NUM_DRAWS) of one sample: crop candidate k's (y, x) at _U_CROP + 2k, _U_CROP + 2k + 1
+_U_RATIO, _U_CROP = 0, 1
+(_U_FLIP, _U_VFLIP, _U_BRIGHT, _U_BRIGHT_DELTA, _U_CONTRAST_FIRST, _U_CONTRAST, _U_CONTRAST_ALPHA, _U_SAT, _U_SAT_ALPHA,
+ _U_HUE, _U_HUE_DELTA) = range(_U_CROP + 2 * (CROP_TRIES + 1), _U_CROP + 2 * (CROP_TRIES + 1) + 11)
 NUM_DRAWS = _U_HUE_DELTA + 1
 
 # mmseg PhotoMetricDistortion defaults.
@@ -69,18 +61,12 @@ def _number(name: str, value: Any, low: float, high: float, low_open: bool = Fal
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Per-sample training transforms in mmsegmentation's vocabulary (see the module docstring).
+    """Per-sample training transforms in mmsegmentation's vocabulary; `enabled=False` squashes to `crop_size`."""
 
-    scale: keep-ratio target (long side cap, short side) before the ratio; None = native pixel size.
-    ratio_range: (low, high) factor drawn uniformly per sample; None = exactly `scale`.
-    crop_size: (height, width) of every output sample; non-square allowed.
-    cat_max_ratio: crop retry threshold for the most frequent class's share; 1.0 = no retries.
-    """
-
-    scale: tuple[int, int] | None = (2048, 512)
-    ratio_range: tuple[float, float] | None = (0.5, 2.0)
-    crop_size: tuple[int, int] = (512, 512)
-    cat_max_ratio: float = 0.75
+    scale: tuple[int, int] | None = (2048, 512)  # keep-ratio (long side cap, short side); None: native pixel size
+    ratio_range: tuple[float, float] | None = (0.5, 2.0)  # factor on `scale` drawn per sample; None: exactly `scale`
+    crop_size: tuple[int, int] = (512, 512)  # (height, width) of every output sample
+    cat_max_ratio: float = 0.75  # crop retries while the most frequent class's share is above it; 1.0: none
     flip_prob: float = 0.5
     vflip_prob: float = 0.0
     photometric: bool = True
@@ -112,9 +98,8 @@ class Augmentation:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | bool | None,
                   base: "Augmentation | None" = None) -> "Augmentation":
-        """`base` (default: `Augmentation()`) with the keys of `values` overriding it.
-
-        `values` False turns augmentation off; True or None keeps `base`. Lists become tuples."""
+        """`base` (default: `Augmentation()`) with the keys of `values` overriding it; False turns augmentation off,
+        True or None keeps `base`."""
         base = base if base is not None else cls()
         if values is None or values is True:
             return base
@@ -244,14 +229,51 @@ def apply_augmentation(image: Image.Image, label: np.ndarray, aug: Augmentation,
         crop = photometric_distortion(crop, u)
 
     pixels, target = image_to_tensor(crop), torch.from_numpy(np.ascontiguousarray(window))  # [3, h', w'], [h', w']
-    if hw != (crop_h, crop_w):
-        pixels = _pad(pixels, aug.crop_size, IMAGE_PAD_VALUE)
-        target = _pad(target, aug.crop_size, ignore_index)
+    if hw != (crop_h, crop_w):  # mmseg Pad: bottom and right
+        pad = (0, crop_w - hw[1], 0, crop_h - hw[0])
+        pixels, target = F.pad(pixels, pad, value=IMAGE_PAD_VALUE), F.pad(target, pad, value=ignore_index)
     return pixels, target
 
 
-def _pad(tensor: torch.Tensor, size: tuple[int, int], value: float | int) -> torch.Tensor:
-    """[..., h, w] -> [..., size[0], size[1]], `value` at the bottom/right (mmseg Pad)."""
-    out = torch.full((*tensor.shape[:-2], *size), value, dtype=tensor.dtype)
-    out[..., : tensor.shape[-2], : tensor.shape[-1]] = tensor
-    return out
+# Presets per dataset (docs/augmentation.md gives the table with reasons).
+_ADE = Augmentation(scale=(2048, 512), ratio_range=(0.5, 2.0), crop_size=(512, 512))
+_CITYSCAPES = Augmentation(scale=(2048, 1024), ratio_range=(0.5, 2.0), crop_size=(512, 1024))
+
+AUGMENT_PRESETS: dict[str, Augmentation] = {  # mmseg configs/_base_/datasets/<name>.py where it has one
+    "ade20k-150": _ADE,
+    "ade20k-847": _ADE,
+    "coco-stuff-171": _ADE,
+    "pascal-context-59": _ADE,  # DESIGN.md: the ADE20K recipe for every open-vocabulary set
+    "pascal-context-459": _ADE,
+    "cityscapes": _CITYSCAPES,
+    "bdd100k": _CITYSCAPES,  # the same 19 trainIds
+    # fixed physical pixel size: native pixels (scale None) times the ratio; overhead and microscope views
+    # have no "up", so vertical flips too; roads cover ~4% of a tile, so crop retries are off
+    "deepglobe-roads": Augmentation(scale=None, crop_size=(512, 512), cat_max_ratio=1.0, vflip_prob=0.5),
+    "monuseg": Augmentation(scale=None, crop_size=(512, 512), vflip_prob=0.5),
+    "refuge2": Augmentation(scale=(2124, 2056), crop_size=(512, 512)),  # the 2124x2056 Zeiss images
+    "phenobench": Augmentation(scale=None, crop_size=(512, 512), vflip_prob=0.5),
+    "folder": _ADE,  # a user's own photographs; hf: datasets get this preset too
+    # no photometric distortion: colour tells the shape kinds apart (synthetic.py)
+    "synthetic": Augmentation(scale=(64, 64), crop_size=(64, 64), photometric=False),
+}
+
+
+def augmentation_for(dataset_name: str, crop_size: tuple[int, int] | int | None = None,
+                     overrides: Mapping[str, Any] | bool | None = None) -> Augmentation:
+    """The preset of `dataset_name`, then `crop_size` (an int: square), then `overrides` (a config's `augmentation:`
+    section). `crop_size` also scales the preset's `scale` by the ratio of the short crop sides, so the crop keeps
+    covering the same share of the image (ADE20K at crop 256: scale (1024, 256))."""
+    if is_hf_dataset(dataset_name):
+        dataset_name = FOLDER_DATASET
+    if dataset_name not in AUGMENT_PRESETS:
+        raise ConfigError(f"no augmentation preset for dataset {dataset_name!r}; "
+                          f"known: {', '.join(sorted(AUGMENT_PRESETS))}")
+    aug = AUGMENT_PRESETS[dataset_name]
+    if crop_size is not None:
+        crop = (crop_size, crop_size) if isinstance(crop_size, int) and not isinstance(crop_size, bool) else crop_size
+        resized = dataclasses.replace(aug, crop_size=crop)  # validates crop
+        factor = min(resized.crop_size) / min(aug.crop_size)
+        aug = resized if aug.scale is None else dataclasses.replace(
+            resized, scale=(max(1, round(aug.scale[0] * factor)), max(1, round(aug.scale[1] * factor))))
+    return Augmentation.from_dict(overrides, base=aug)

@@ -1,18 +1,13 @@
-"""Base class for datasets read from disk in their official layouts, and the registry by name.
-
-A reader (`@register_dataset`) subclasses `SegmentationDataset`, sets its class attributes (`name`, `metric`,
-`class_names`, `splits`) and implements `find_samples`, and `convert_label` when the stored values are not already
-contiguous class ids (`digseg.data.semantic` has examples). Labels that are not images (XML polygons) override
-`read_raw_label`, images that are not files (a table's rows, `digseg.data.hf`) `read_image` too.
-
-`load_pair(i)` gives the native-size PIL image and label array, which evaluation scores and training augments.
-Items, `dataset[i]`, are {"image": float [3, H, W] in [-1, 1], "label": int64 [H, W], "stem": str} squashed to
-`size` x `size`: the fixed samples of latent caches and previews.
+"""Base class of the readers of datasets in their official layouts (`@register_dataset`), the registry by name, and
+the readers' helpers: listing and pairing files (one `os.scandir` per folder; DataError naming the dataset and paths
+at fault), `ImagesFirst` layouts and label lookup tables. A reader sets `name`, `metric`, `class_names`, `splits` and
+implements `find_samples` (and `convert_label` when stored values are not contiguous class ids).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from importlib import resources
@@ -25,12 +20,11 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError
-from .io import image_to_tensor, load_image, load_label, read_class_list
+from .io import IMAGE_EXTENSIONS, image_to_tensor, load_image, load_label, read_class_list
 
 
 class MetricKind(str, Enum):
-    """How `digseg eval` scores a dataset (its `metric`). A str, so a reader may also write the value ("semantic");
-    `register_dataset` turns it into the member."""
+    """How `digseg eval` scores a dataset (its `metric`); a reader may write the value ("semantic")."""
 
     SEMANTIC = "semantic"  # one confusion matrix; mIoU over classes whose union > 0 (mmsegmentation)
     OPEN_VOCAB = "open_vocab"  # the same matrix; means over classes present in the ground truth (CAT-Seg)
@@ -53,8 +47,7 @@ class Sample:
 
 
 class LazySamples(Sequence):
-    """The samples `make(i)` of `indices`, made when indexed (a table's million rows cost no million objects);
-    slices are LazySamples too."""
+    """The samples `make(i)` of `indices`, made when indexed (a table's million rows cost no million objects)."""
 
     def __init__(self, make: Callable[[int], Sample], indices: Sequence[int]) -> None:
         self.make, self.indices = make, indices
@@ -88,8 +81,7 @@ class SegmentationDataset(Dataset):
             raise ConfigError(f"{self.name} has no split {split!r}; choose from {', '.join(self.splits)}")
         if not self.root.is_dir():
             raise DataError(f"{self.name}: data root not found: {self.root}")
-        self.split = split
-        self.size = size
+        self.split, self.size = split, size
         self.samples: list[Sample] = self.find_samples()
         if not self.samples:
             raise DataError(f"{self.name}: no images found for split {split!r} under {self.root} "
@@ -142,12 +134,13 @@ class SegmentationDataset(Dataset):
         return image, label
 
     def __getitem__(self, i: int) -> dict:
+        """{"image": float [3, H, W] in [-1, 1], "label": int64 [H, W], "stem": str}, squashed to `size` x `size`."""
         image, label = self.load_pair(i)
         if self.size:
             image = image.resize((self.size, self.size), Image.BILINEAR)
             label = np.asarray(Image.fromarray(label.astype(np.int32)).resize((self.size, self.size), Image.NEAREST))
-        return {"image": image_to_tensor(image),  # [3, H, W] float32 in [-1, 1]
-                "label": torch.from_numpy(label.astype(np.int64)), "stem": self.samples[i].stem}
+        return {"image": image_to_tensor(image), "label": torch.from_numpy(label.astype(np.int64)),
+                "stem": self.samples[i].stem}
 
 
 DATASETS: dict[str, type[SegmentationDataset]] = {}
@@ -163,3 +156,139 @@ def register_dataset(cls: type[SegmentationDataset]) -> type[SegmentationDataset
                          f"got {cls.metric!r}") from None
     DATASETS[cls.name] = cls
     return cls
+
+
+Candidates = Callable[[str, Path], Sequence[Path]]  # (stem, file) -> partner paths to try, preferred first
+
+
+def pick_root(root: Path, *candidates: str) -> Path:
+    """The first of `root/<candidate>` that is a folder, else `root` itself (root may already be that folder)."""
+    return next((root / c for c in candidates if (root / c).is_dir()), root)
+
+
+def require_dir(ds: SegmentationDataset, folder: Path, what: str) -> Path:
+    """`folder` if it is a folder, else DataError naming it, the split and the reader's layout hint."""
+    if not folder.is_dir():
+        raise DataError(f"{ds.name}: {what} folder for split {ds.split!r} not found: {folder} ({ds.layout_hint()})")
+    return folder
+
+
+def list_files(ds: SegmentationDataset, folders: Path | Sequence[Path], suffixes: Sequence[str] = IMAGE_EXTENSIONS,
+               what: str = "image") -> dict[str, Path]:
+    """{stem: path} of the non-hidden files directly in `folders` whose name ends with one of `suffixes` (any case),
+    sorted by stem within each folder, folders in the order given. The stem is the name without the matched suffix,
+    so a suffix such as `"_leftImg8bit.png"` yields the sample id."""
+    ends = sorted((s.lower() for s in suffixes), key=len, reverse=True)  # longest match first
+    found: dict[str, Path] = {}
+    for folder in [folders] if isinstance(folders, Path) else folders:
+        require_dir(ds, folder, what)
+        here: dict[str, Path] = {}
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                name = entry.name
+                end = next((e for e in ends if name.lower().endswith(e)), None)
+                if name.startswith(".") or end is None or not entry.is_file():
+                    continue
+                path, stem = folder / name, name[: len(name) - len(end)]
+                other = found.get(stem, here.get(stem))
+                if other is not None:
+                    raise DataError(f"{ds.name}: two {what} files share the stem {stem!r}: {other} and {path}")
+                here[stem] = path
+        found.update(sorted(here.items()))
+    return found
+
+
+def _pair(ds: SegmentationDataset, files: Mapping[str, Path], candidates: Candidates, what: str,
+          partner: str) -> list[tuple[str, Path, Path]]:
+    """(stem, file, partner path) for every file; DataError for files whose candidates all do not exist."""
+    listed: dict[Path, set[str]] = {}
+
+    def exists(path: Path) -> bool:  # one listing per folder (a missing folder holds nothing)
+        if path.parent not in listed:
+            try:
+                with os.scandir(path.parent) as entries:
+                    listed[path.parent] = {e.name for e in entries if e.is_file()}
+            except (FileNotFoundError, NotADirectoryError):
+                listed[path.parent] = set()
+        return path.name in listed[path.parent]
+
+    tried = {stem: list(candidates(stem, path)) for stem, path in files.items()}
+    found = {stem: next((c for c in paths if exists(c)), None) for stem, paths in tried.items()}
+    missing = [stem for stem, partner_path in found.items() if partner_path is None]
+    if missing:
+        more = f" ({len(missing) - 1} more {what}s without {partner}s)" if len(missing) > 1 else ""
+        expected = " or ".join(str(t) for t in tried[missing[0]])
+        raise DataError(f"{ds.name}: {what} {files[missing[0]]} has no {partner} (expected {expected}){more}")
+    return [(stem, path, found[stem]) for stem, path in files.items()]
+
+
+def pair_by_image(ds: SegmentationDataset, images: Mapping[str, Path], label_candidates: Candidates) -> list[Sample]:
+    """One Sample per image ({stem: path}); `label_candidates(stem, image)` lists its possible labels, best first."""
+    return [Sample(stem, image, label) for stem, image, label in _pair(ds, images, label_candidates, "image", "label")]
+
+
+def pair_by_label(ds: SegmentationDataset, labels: Mapping[str, Path], image_candidates: Candidates) -> list[Sample]:
+    """One Sample per label file (the labels choose the samples); `image_candidates(stem, label)` as above."""
+    return [Sample(stem, image, label) for stem, label, image in _pair(ds, labels, image_candidates, "label", "image")]
+
+
+class ImagesFirst(SegmentationDataset):
+    """A reader whose images choose the samples: `base/<image_dir>/<stem><suffix>` (a suffix of `image_suffixes`)
+    with the label `base/<label_dir>/<name>`, the first of `label_names` (formatted with the stem) that exists.
+    `{split}` in the folders is the layout's split name; `base` is the first of root/<inner_roots> that is a
+    folder, else root."""
+
+    inner_roots: tuple[str, ...] = ()
+    image_dir, label_dir = "images/{split}", "annotations/{split}"
+    image_suffixes: tuple[str, ...] = IMAGE_EXTENSIONS
+    label_names: tuple[str, ...] = ("{}.png",)
+
+    @property
+    def base(self) -> Path:
+        return pick_root(self.root, *self.inner_roots)
+
+    def layout_hint(self) -> str:
+        split = self.splits[self.split]
+        suffix = self.image_suffixes[0] if len(self.image_suffixes) == 1 else ".*"
+        images = self.base / self.image_dir.format(split=split) / f"<stem>{suffix}"
+        labels = " or ".join(str(self.base / self.label_dir.format(split=split) / name.format("<stem>"))
+                             for name in self.label_names)
+        hint = f"expected images {images} and labels {labels}"
+        return hint + (f"; root may be the folder holding {self.inner_roots[0]}/ or that folder itself"
+                       if self.inner_roots else "")
+
+    def find_samples(self) -> list[Sample]:
+        split = self.splits[self.split]
+        images = list_files(self, self.base / self.image_dir.format(split=split), self.image_suffixes)
+        labels = self.base / self.label_dir.format(split=split)
+        if images:  # none: "no images found", from the base class
+            require_dir(self, labels, "label")
+        return pair_by_image(self, images, lambda stem, _: [labels / name.format(stem) for name in self.label_names])
+
+
+def make_lut(pairs: Mapping[int, int], default: int = 255) -> np.ndarray:
+    """int64 lookup table of 256 entries: `pairs` {stored value: class id}, `default` elsewhere (-1: invalid)."""
+    lut = np.full(256, default, dtype=np.int64)
+    lut[list(pairs)] = list(pairs.values())
+    return lut
+
+
+def remap(ds: SegmentationDataset, raw: np.ndarray, lut: np.ndarray, path: Path, strict: bool = True) -> np.ndarray:
+    """Stored values mapped through `lut` (a `make_lut` table) as one array operation. Values outside the table, or
+    whose entry is -1, raise DataError naming `path` and the values when `strict`; otherwise they become 255."""
+    raw = np.asarray(raw)
+    if raw.dtype == np.uint8:  # every value is inside the table
+        out = lut[raw]
+        bad = out < 0
+    else:
+        values = raw.astype(np.int64, copy=False)
+        inside = (values >= 0) & (values < len(lut))
+        out = lut[np.where(inside, values, 0)]
+        bad = ~inside | (out < 0)
+    if not bad.any():
+        return out
+    if strict:
+        values = np.unique(raw[bad]).tolist()[:5]
+        raise DataError(f"label {path} has values {values} that are not valid stored labels of {ds.name}")
+    out[bad] = 255
+    return out

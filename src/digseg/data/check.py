@@ -1,14 +1,6 @@
-"""Checking a dataset before it is used: every sample read the way training reads it (`load_pair`: image and label
-decoded, label values within the classes or the ignore index, one size), in DataLoader workers, every problem
-collected so that a user fixes them all in one go. Only datasets read from storage (with `samples`: files, or a
-table's rows) are checked; synthetic scenes cannot be bad.
-
-    check = scan_dataset(dataset, num_workers=4)       # DataCheck: every sample's name, the bad ones
-    dataset = keep_good(dataset, check, "skip")        # "error": DataError listing every bad sample
-
-`check_dataset(dataset, cache=<run folder>/data-check.json)` keeps the result under `scan_key`, so a resume of an
-unchanged dataset is not scanned again. With `data.bad_samples: skip` the samples that remain (`DataCheck.kept`)
-are the dataset trained on; `kept_digest` names that list, which a checkpoint records (training/resume_check.py).
+"""Checking a dataset read from storage before it is used: every sample read as training reads it (`load_pair`), in
+DataLoader workers, every problem collected (`scan_dataset`); `keep_good` then refuses the dataset or drops the bad
+samples. `check_dataset` keeps the result under `scan_key`, so a resume of an unchanged dataset is not scanned again.
 """
 
 from __future__ import annotations
@@ -51,8 +43,7 @@ class DataCheck:
     @property
     def kept(self) -> list[int]:
         """Indices of the good samples, in dataset order."""
-        bad = {b.index for b in self.bad}
-        return [i for i in range(len(self.names)) if i not in bad]
+        return sorted(set(range(len(self.names))) - {b.index for b in self.bad})
 
     def kept_names(self) -> list[str]:
         return [self.names[i] for i in self.kept]
@@ -60,12 +51,6 @@ class DataCheck:
     def kept_digest(self) -> str:
         """A name for the list of good samples (their names, in order)."""
         return hashlib.sha256("\n".join(self.kept_names()).encode()).hexdigest()[:16]
-
-    @classmethod
-    def from_json(cls, values: dict) -> "DataCheck":
-        """The check `asdict(check)` wrote."""
-        return cls(list(values["names"]), [BadSample(**b) for b in values["bad"]], values["key"])
-
 
 def stored_samples(dataset) -> Sequence | None:
     """The samples of a dataset read from storage (`SegmentationDataset.samples`); None for generated data."""
@@ -143,7 +128,8 @@ def check_dataset(dataset, cache: Path | None = None, num_workers: int = 0,
         return None
     if cache is not None and cache.is_file():
         try:
-            kept = DataCheck.from_json(json.loads(cache.read_text()))
+            values = json.loads(cache.read_text())  # as `asdict(check)` wrote it
+            kept = DataCheck(list(values["names"]), [BadSample(**b) for b in values["bad"]], values["key"])
         except (OSError, ValueError, KeyError, TypeError):
             kept = None  # unreadable: scan again and replace it
         if kept is not None and kept.key == scan_key(dataset):

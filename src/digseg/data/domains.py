@@ -1,18 +1,21 @@
 """Readers for domain datasets in their official on-disk layouts (see DESIGN.md "Datasets: official layouts"):
-"cityscapes", "bdd100k", "deepglobe-roads", "refuge2", "phenobench", "folder" (a user's own image/mask pairs, split
-as `digseg.data.splits` describes), and "monuseg" (`digseg.data.medical`, imported at the end of this module).
+"cityscapes", "bdd100k", "deepglobe-roads", "refuge2", "phenobench", "monuseg" and "folder" (a user's own image/mask
+pairs, split as `digseg.data.splits` describes).
 """
 
 from __future__ import annotations
 
+import math
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw
 
 from ..errors import DataError
-from .base import MetricKind, Sample, SegmentationDataset, register_dataset
-from .io import read_class_list, read_list_file
-from .layout import ImagesFirst, list_files, make_lut, pair_by_image, read_first_channel, remap, require_dir
+from .base import (ImagesFirst, MetricKind, Sample, SegmentationDataset, list_files, make_lut, pair_by_image,
+                   register_dataset, remap, require_dir)
+from .io import load_image, load_label, read_class_list, read_list_file
 from .splits import (BY_HASH, BY_SPLIT_FILE, BY_SPLIT_FOLDERS, BY_SPLIT_LISTS, DEFAULT_VAL_FRACTION, FOLDER_DATASET,
                      is_held_out, split_options)
 
@@ -20,9 +23,7 @@ CITYSCAPES_CLASSES = ["road", "sidewalk", "building", "wall", "fence", "pole", "
                       "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
                       "motorcycle", "bicycle"]
 
-# cityscapesScripts helpers/labels.py: labelId -> trainId for the 19 evaluated classes; all others
-# (0..6 unlabeled/ego vehicle/..., 9 parking, 10 rail track, 14-16, 18 polegroup, 29 caravan, 30 trailer,
-# -1 license plate) are ignored (255).
+# cityscapesScripts helpers/labels.py: labelId -> trainId for the 19 evaluated classes; all others are ignored (255)
 CITYSCAPES_LUT = make_lut({7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
                            25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18})
 
@@ -30,7 +31,6 @@ CITYSCAPES_LUT = make_lut({7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7,
 @register_dataset
 class Cityscapes(SegmentationDataset):
     name = "cityscapes"
-    metric = MetricKind.SEMANTIC
     class_names = CITYSCAPES_CLASSES
     splits = {"train": "train", "val": "val", "test": "test"}
 
@@ -56,9 +56,7 @@ class Cityscapes(SegmentationDataset):
 @register_dataset
 class BDD100K(ImagesFirst):
     name = "bdd100k"
-    metric = MetricKind.SEMANTIC
     class_names = CITYSCAPES_CLASSES
-    splits = {"train": "train", "val": "val"}
     image_dir, label_dir = "images/10k/{split}", "labels/sem_seg/masks/{split}"
     image_suffixes = (".jpg", ".jpeg", ".png")
 
@@ -73,7 +71,7 @@ class DeepGlobeRoads(ImagesFirst):
     image_suffixes, label_names = ("_sat.jpg",), ("{}_mask.png",)
 
     def read_raw_label(self, sample: Sample) -> np.ndarray:
-        return (read_first_channel(sample.label) >= 128).astype(np.int64)  # road = white
+        return (load_label(sample.label, first_channel=True) >= 128).astype(np.int64)  # road = white
 
 
 REFUGE2_LUT = np.array([2 if v <= 64 else 1 if v < 192 else 0 for v in range(256)], dtype=np.uint8)  # nearest
@@ -90,16 +88,14 @@ class REFUGE2(ImagesFirst):
     image_suffixes, label_names = (".jpg", ".jpeg", ".png"), ("mask/{}.bmp", "masks/{}.bmp")
 
     def read_raw_label(self, sample: Sample) -> np.ndarray:
-        raw = np.clip(read_first_channel(sample.label).astype(np.int64), 0, 255)  # >255 is nearest to 255
+        raw = np.clip(load_label(sample.label, first_channel=True).astype(np.int64), 0, 255)  # >255 is nearest to 255
         return REFUGE2_LUT[raw].astype(np.int64)  # 255 bg -> 0, 128 rim -> 1, 0 cup -> 2; others to nearest
 
 
 @register_dataset
 class PhenoBench(ImagesFirst):
     name = "phenobench"
-    metric = MetricKind.SEMANTIC
     class_names = ["soil", "crop", "weed"]
-    splits = {"train": "train", "val": "val"}
     image_dir, label_dir = "{split}/images", "{split}/semantics"
     LUT = make_lut({0: 0, 1: 1, 2: 2, 3: 1, 4: 2})  # 3 partial crop -> crop, 4 partial weed -> weed
 
@@ -115,7 +111,6 @@ class FolderPairs(SegmentationDataset):
     name in `SPLIT_RULES`. `class_names` is per instance."""
 
     name = FOLDER_DATASET
-    metric = MetricKind.SEMANTIC
     splits = {"train": "train", "val": "val", "test": "test"}
 
     def __init__(self, root: str | Path, split: str = "val", size: int | None = None,
@@ -145,8 +140,17 @@ class FolderPairs(SegmentationDataset):
             raise DataError(f"class list {classes} lists {len(self.class_names)} classes; at most {self.ignore_index} "
                             f"are supported because mask value {self.ignore_index} means 'ignore'")
         images, self.split_rule, self.split_by = self._images_of_split()
-        if self.train_split_file is not None:
-            images = self._less_training_images(images)
+        if self.train_split_file is not None:  # less the images the training list names
+            training = set(read_list_file(self.train_split_file, "split", DataError))
+            kept = {stem: path for stem, path in images.items() if stem not in training}
+            if images and not kept:
+                raise DataError(f"{self.name}: split {self.split!r} of {self.root} is empty: the training list "
+                                f"{self.train_split_file} names all of its {len(images)} images; leave some out of "
+                                f"the list, or add images")
+            if len(kept) < len(images) and self.split_by != BY_SPLIT_FILE:
+                self.split_rule += (f", less the {len(images) - len(kept)} listed in the training list "
+                                    f"{self.train_split_file}")
+            images = kept
         masks = self.root / "masks"  # masks/<stem>.png, or masks/<split>/<stem>.png for a split folder's image
         return pair_by_image(self, images, lambda stem, image: [
             masks / image.parent.relative_to(self.root / "images") / f"{stem}.png"])
@@ -155,41 +159,35 @@ class FolderPairs(SegmentationDataset):
         """{stem: image} of this split, and the rule that chose them in words and by name."""
         if self.split_file is not None:
             return self._listed_images(self.split_file), f"listed in {self.split_file}", BY_SPLIT_FILE
-        listed = self._split_list_in_root()
-        if listed is not None:
-            return self._listed_images(listed), f"listed in {listed}", BY_SPLIT_LISTS
+        name, lists = self.splits[self.split], self.root / "splits"
+        present = sorted(p.name for p in lists.glob("*.txt")) if lists.is_dir() else []
+        if present:
+            if f"{name}.txt" not in present:
+                raise DataError(f"{self.name}: split {self.split!r} has no split file {lists / f'{name}.txt'}; the "
+                                f"split files there are {', '.join(present)}")
+            return self._listed_images(lists / f"{name}.txt"), f"listed in {lists / f'{name}.txt'}", BY_SPLIT_LISTS
         folders = self._split_folders()
         if folders:
-            return self._split_folder_images(folders), f"in images/{self.splits[self.split]}/", BY_SPLIT_FOLDERS
+            if name not in folders:
+                raise DataError(f"{self.name}: split {self.split!r} has no folder {self.root / 'images' / name}; "
+                                f"the split folders there are {', '.join(folders)}")
+            return list_files(self, self.root / "images" / name), f"in images/{name}/", BY_SPLIT_FOLDERS
+        if self.split not in ("train", "val"):
+            raise DataError(f"{self.name}: {self.root} has no split {self.split!r}: a flat folder splits into train "
+                            f"and val only; put those images in images/{self.split}/ and masks/{self.split}/, or "
+                            f"list them in splits/{self.split}.txt or a split file")
+        images = list_files(self, self.root / "images")
         if self.train_split_file is not None:  # a flat folder's val: every image the training list leaves out
-            return (self._held_out_images(everything=True), f"not listed in the training list {self.train_split_file}",
-                    BY_SPLIT_FILE)
-        return self._held_out_images(), f"by file-name hash, val_fraction {self.val_fraction:g}", BY_HASH
-
-    def _less_training_images(self, images: dict[str, Path]) -> dict[str, Path]:
-        """`images` without those the training list names; DataError when that leaves none."""
-        training = set(read_list_file(self.train_split_file, "split", DataError))
-        kept = {stem: path for stem, path in images.items() if stem not in training}
-        if images and not kept:
-            raise DataError(f"{self.name}: split {self.split!r} of {self.root} is empty: the training list "
-                            f"{self.train_split_file} names all of its {len(images)} images; leave some out of the "
-                            f"list, or add images")
-        if len(kept) < len(images) and self.split_by != BY_SPLIT_FILE:
-            left_out = len(images) - len(kept)
-            self.split_rule += f", less the {left_out} listed in the training list {self.train_split_file}"
-        return kept
-
-    def _split_list_in_root(self) -> Path | None:
-        """root/splits/<split>.txt when root/splits/ holds .txt files, else None; DataError when this split has none."""
-        folder = self.root / "splits"
-        present = sorted(p.name for p in folder.glob("*.txt")) if folder.is_dir() else []
-        if not present:
-            return None
-        wanted = folder / f"{self.splits[self.split]}.txt"
-        if wanted.name not in present:
-            raise DataError(f"{self.name}: split {self.split!r} has no split file {wanted}; the split files there "
-                            f"are {', '.join(present)}")
-        return wanted
+            return images, f"not listed in the training list {self.train_split_file}", BY_SPLIT_FILE
+        want_val = self.split == "val"
+        chosen = {stem: path for stem, path in images.items() if is_held_out(stem, self.val_fraction) == want_val}
+        if images and not chosen:
+            raise DataError(f"{self.name}: split {self.split!r} of {self.root} is empty: val_fraction "
+                            f"{self.val_fraction:g} holds out {'none' if want_val else 'all'} of its {len(images)} "
+                            f"images (by file-name hash); add images, give {'a larger' if want_val else 'a smaller'} "
+                            f"--val-fraction (data.val_fraction), or split the folder with images/{{train,val}}/ and "
+                            f"masks/{{train,val}}/ or a split file")
+        return chosen, f"by file-name hash, val_fraction {self.val_fraction:g}", BY_HASH
 
     def _split_folders(self) -> list[str]:
         """The names of the folders in images/ (split folders), sorted; [] for a flat folder."""
@@ -201,8 +199,7 @@ class FolderPairs(SegmentationDataset):
     def _listed_images(self, split_file: Path) -> dict[str, Path]:
         """The images a split file names, in its order, looked up among images/* and the split folders."""
         stems = dict.fromkeys(read_list_file(split_file, "split", DataError))
-        folders = [self.root / "images", *(self.root / "images" / name for name in self._split_folders())]
-        images = list_files(self, folders)
+        images = list_files(self, [self.root / "images", *(self.root / "images" / n for n in self._split_folders())])
         missing = [stem for stem in stems if stem not in images]
         if missing:
             more = f" ({len(missing) - 1} more listed stems have none)" if len(missing) > 1 else ""
@@ -210,34 +207,58 @@ class FolderPairs(SegmentationDataset):
                             f"{self.root / 'images'}{more}")
         return {stem: images[stem] for stem in stems}
 
-    def _split_folder_images(self, folders: list[str]) -> dict[str, Path]:
-        """The images in images/<split>/; DataError naming the split folders when it is not one of them."""
-        name = self.splits[self.split]
-        if name not in folders:
-            raise DataError(f"{self.name}: split {self.split!r} has no folder {self.root / 'images' / name}; the "
-                            f"split folders there are {', '.join(folders)}")
-        return list_files(self, self.root / "images" / name)
 
-    def _held_out_images(self, everything: bool = False) -> dict[str, Path]:
-        """A flat folder's val images (held out by file-name hash; `everything`: all of them, for the training
-        list to leave its own out) or the rest (train)."""
-        if self.split not in ("train", "val"):
-            raise DataError(f"{self.name}: {self.root} has no split {self.split!r}: a flat folder splits into train "
-                            f"and val only; put those images in images/{self.split}/ and masks/{self.split}/, or "
-                            f"list them in splits/{self.split}.txt or a split file")
-        images = list_files(self, self.root / "images")
-        if everything:
-            return images
-        want_val = self.split == "val"
-        chosen = {stem: path for stem, path in images.items() if is_held_out(stem, self.val_fraction) == want_val}
-        if images and not chosen:
-            change = "a larger" if want_val else "a smaller"
-            raise DataError(f"{self.name}: split {self.split!r} of {self.root} is empty: val_fraction "
-                            f"{self.val_fraction:g} holds out {'none' if want_val else 'all'} of its {len(images)} "
-                            f"images (by file-name hash); add images, give {change} --val-fraction "
-                            f"(data.val_fraction), or split the folder with images/{{train,val}}/ and "
-                            f"masks/{{train,val}}/ or a split file")
-        return chosen
+@register_dataset
+class MoNuSeg(SegmentationDataset):
+    """H&E tissue tiles with Aperio XML nucleus outlines, rasterised to a nuclei mask on read. MoNuSeg has no
+    validation split: "val" reads the test data (as is usual for this dataset)."""
+
+    name = "monuseg"
+    metric = MetricKind.MEDICAL
+    class_names = ["background", "nucleus"]
+    splits = {"train": "MoNuSegTrainingData", "val": "MoNuSegTestData", "test": "MoNuSegTestData"}
+    medical_targets = {"nucleus": (1,)}
+
+    def layout_hint(self) -> str:
+        return ("expected MoNuSegTrainingData/Tissue Images/<stem>.tif + MoNuSegTrainingData/Annotations/<stem>.xml, "
+                "and MoNuSegTestData/<stem>.tif + <stem>.xml")
+
+    def find_samples(self) -> list[Sample]:
+        folder = require_dir(self, self.root / self.splits[self.split], "split")
+        tissue, notes = folder / "Tissue Images", folder / "Annotations"
+        images = list_files(self, tissue if tissue.is_dir() else folder, (".tif", ".tiff"))
+        label_dirs = [notes, folder] if notes.is_dir() else [folder]
+        return pair_by_image(self, images, lambda stem, _: [d / f"{stem}.xml" for d in label_dirs])
+
+    def read_raw_label(self, sample: Sample) -> np.ndarray:
+        """1 inside (and on the outline of) any polygon of the Aperio XML, 0 elsewhere."""
+        canvas = Image.new("L", load_image(sample.image).size, 0)
+        draw = ImageDraw.Draw(canvas)
+        for points in read_aperio_polygons(sample.label):
+            if len(points) >= 2:  # 2 points draw a line; a single point is skipped
+                draw.polygon(points, fill=1, outline=1)
+        return np.asarray(canvas, dtype=np.uint8).astype(np.int64)
 
 
-from . import medical as _medical  # noqa: E402,F401  (registers "monuseg")
+def read_aperio_polygons(path: Path) -> list[list[tuple[float, float]]]:
+    """Polygons [(x, y), ...] of every Region/Vertices/Vertex in an Aperio XML; DataError when the file is missing,
+    not well-formed XML, or a vertex lacks a finite numeric X / Y."""
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError) as exc:
+        raise DataError(f"cannot read annotation {path}: {exc}") from exc
+    polygons = []
+    for region in root.iter("Region"):
+        points = []
+        for vertex in region.iter("Vertex"):
+            try:
+                x, y = float(vertex.attrib["X"]), float(vertex.attrib["Y"])
+            except (KeyError, ValueError) as exc:
+                raise DataError(f"annotation {path}: a vertex of region {region.get('Id', '?')} has no valid "
+                                f"X / Y ({vertex.attrib})") from exc
+            if not (math.isfinite(x) and math.isfinite(y)):
+                raise DataError(f"annotation {path}: non-finite vertex ({x}, {y})")
+            points.append((x, y))
+        if points:
+            polygons.append(points)
+    return polygons

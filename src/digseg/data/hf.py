@@ -1,10 +1,6 @@
 """Datasets of the Hugging Face `datasets` library as digseg datasets: `--dataset hf:NAME_OR_PATH` (docs/data.md
-states the rules: which loader opens NAME_OR_PATH, the columns, split names, label conventions and class names).
-
-A dataset is read map-style (memory-mapped Arrow tables, any row at any time, shared with DataLoader workers), so
-training reads rows as it reads files. Cells are decoded from their stored bytes by `digseg.data.io`'s rules,
-exactly as the `folder` reader decodes files. Every problem is a one-line DataError naming the dataset, split, row
-and column.
+states the rules). Tables are read map-style (memory-mapped, shared with DataLoader workers); cells are decoded by
+`digseg.data.io`'s rules, as the `folder` reader decodes files, and errors name the dataset, split, row and column.
 """
 
 from __future__ import annotations
@@ -17,7 +13,7 @@ from PIL import Image
 
 from ..errors import ConfigError, DataError, DigsegError, first_line
 from ..hub_ids import looks_like_hub_id
-from .base import LazySamples, MetricKind, Sample, SegmentationDataset
+from .base import LazySamples, Sample, SegmentationDataset
 from .hf_options import HF_PREFIX, INSTALL_HINT, SPLIT_NAMES, HFOptions
 from .io import decode_image_bytes, image_to_rgb, label_to_array, none_value, read_class_list
 
@@ -85,18 +81,6 @@ def _feature_names(feature) -> list[str] | None:
     return None
 
 
-def _read_id2label(path: Path) -> list[str]:
-    """{"0": "road", "1": "sidewalk", ...} -> names by id; DataError naming the file unless ids are 0..n-1."""
-    try:
-        table = json.loads(Path(path).read_text(encoding="utf-8"))
-        names = {int(k): str(v) for k, v in table.items()}
-    except (OSError, ValueError, AttributeError) as exc:
-        raise DataError(f"cannot read class names from {path}: {exc}") from exc
-    if not names or sorted(names) != list(range(len(names))):
-        raise DataError(f"class file {path} must map the ids 0..n-1 to names, got ids {sorted(names)[:5]}...")
-    return [names[i] for i in range(len(names))]
-
-
 def _class_file(source: str) -> Path | None:
     """classes.txt or id2label.json beside a local dataset, or in a Hub dataset's repository (when reachable)."""
     path = Path(source).expanduser()
@@ -120,11 +104,17 @@ def class_names_of(source: str, label_feature, options: HFOptions) -> list[str]:
     if options.classes_file:
         return read_class_list(options.classes_file)
     stored = _feature_names(label_feature)
-    if stored is None:
-        file = _class_file(source)
-        if file is not None and file.name == "classes.txt":
-            return read_class_list(file)
-        stored = _read_id2label(file) if file is not None else None
+    file = _class_file(source) if stored is None else None
+    if file is not None and file.name == "classes.txt":
+        return read_class_list(file)
+    if file is not None:  # id2label.json: {"0": "road", "1": "sidewalk", ...}
+        try:
+            ids = {int(k): str(v) for k, v in json.loads(file.read_text(encoding="utf-8")).items()}
+        except (OSError, ValueError, AttributeError) as exc:
+            raise DataError(f"cannot read class names from {file}: {exc}") from exc
+        if not ids or sorted(ids) != list(range(len(ids))):
+            raise DataError(f"class file {file} must map the ids 0..n-1 to names, got ids {sorted(ids)[:5]}...")
+        stored = [ids[i] for i in range(len(ids))]
     if stored is None:
         raise DataError(f"{HF_PREFIX}{source}: no class names: the label column {options.label_column!r} has no "
                         f"ClassLabel names and there is no {' or '.join(CLASS_FILES)} beside the data; give the "
@@ -140,8 +130,6 @@ def cell_name(where: str, row: int, column: str) -> str:
 class HFSegmentation(SegmentationDataset):
     """One split of an hf: dataset; `name` is "hf:<source>", `split` digseg's split name (or the dataset's own),
     `hf_split` the dataset's name for it. Samples are rows: stems are row numbers (000000, 000001, ...)."""
-
-    metric = MetricKind.SEMANTIC
 
     def __init__(self, source: str, split: str = "val", size: int | None = None,
                  options: HFOptions | None = None) -> None:  # noqa: D107  (no super().__init__: rows, not files)
@@ -160,7 +148,11 @@ class HFSegmentation(SegmentationDataset):
         if 0 <= options.ignore_index - int(options.reduce_zero_label) < len(self.class_names):
             raise ConfigError(f"the hf option ignore_index={options.ignore_index} marks a class of {self.name}, which "
                               f"has {len(self.class_names)} classes (ids 0..{len(self.class_names) - 1})")
-        self.table = self._raw_columns(table)
+        datasets, keep = _datasets(), list(dict.fromkeys([options.image_column, options.label_column]))
+        self.table = table.select_columns(keep)
+        for column in keep:  # images kept as their stored bytes, decoded by digseg's rules
+            if isinstance(self.table.features[column], datasets.Image):
+                self.table = self.table.cast_column(column, datasets.Image(decode=False))
         self.samples = LazySamples(self._row_sample, range(len(table)))
         if not self.samples:
             raise DataError(f"{self.where} has no rows")
@@ -172,16 +164,6 @@ class HFSegmentation(SegmentationDataset):
     def _row_sample(self, row: int) -> Sample:
         return Sample(f"{row:06d}", cell_name(self.where, row, self.options.image_column),
                       cell_name(self.where, row, self.options.label_column), row=row)
-
-    def _raw_columns(self, table):
-        """The two columns, images kept as their stored bytes (decoded here, by digseg's rules)."""
-        datasets = _datasets()
-        columns = list(dict.fromkeys([self.options.image_column, self.options.label_column]))
-        table = table.select_columns(columns)
-        for column in columns:
-            if isinstance(table.features[column], datasets.Image):
-                table = table.cast_column(column, datasets.Image(decode=False))
-        return table
 
     def _cell(self, sample: Sample, column: str):
         if self._row is None or self._row[0] != sample.row:
@@ -196,13 +178,10 @@ class HFSegmentation(SegmentationDataset):
         if isinstance(value, Image.Image):
             return value
         if isinstance(value, dict):  # the Image feature's storage: file bytes, or a path when not embedded
-            data = value.get("bytes")
-            if not data:
-                try:
-                    data = Path(value["path"]).read_bytes()
-                except OSError as exc:
-                    raise DataError(f"cannot read {name}: {exc.strerror or exc} ({value['path']})") from exc
-            return decode_image_bytes(data, name)
+            try:
+                value = value.get("bytes") or Path(value["path"]).read_bytes()
+            except OSError as exc:
+                raise DataError(f"cannot read {name}: {exc.strerror or exc} ({value['path']})") from exc
         if isinstance(value, (bytes, bytearray)):
             return decode_image_bytes(bytes(value), name)
         return np.asarray(value)

@@ -1,8 +1,6 @@
-"""The options of `--dataset hf:NAME_OR_PATH` (`digseg.data.hf` reads such datasets): which columns, splits, class
-names and label conventions. One form everywhere: the fields of `HFOptions`, given as the training config's
-`data.hf` mapping (`--cfg-options data.hf.label_column=mask`) and as `--hf label_column=mask` in `digseg eval` and
-`digseg train-mask-decoder`. This module imports neither torch nor `datasets`: the command line and the training
-config read it.
+"""The options of `--dataset hf:NAME_OR_PATH` (`HFOptions`: columns, splits, class names, label conventions), given
+as the training config's `data.hf` mapping and as `--hf KEY=VALUE` on the command line. Imports neither torch nor
+`datasets`: the command line and the training config read it.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
-"""Reading images and label maps, with one-line `DataError`s that name the file at fault (missing, not an image,
-truncated, wrong number of channels). Images and labels stored in tables (`digseg.data.hf`) are decoded from their
-bytes by the same rules (`decode_image_bytes`, `image_to_rgb`, `label_to_array`), their errors naming the cell.
-
-EXIF orientation: dataset readers keep the stored pixels (`exif_transpose=False`), since label maps are aligned
-with them whatever the tag says; `digseg predict`, the demo and the pipeline given a path apply the tag.
+"""Reading images and label maps, with one-line `DataError`s that name the file (or a table's cell, `digseg.data.hf`)
+at fault. Dataset readers keep an image's stored pixels (`exif_transpose=False`): label maps are aligned with them
+whatever the EXIF tag says; `digseg predict`, the demo and the pipeline given a path apply the tag.
 """
 
 from __future__ import annotations
@@ -11,7 +8,6 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -25,34 +21,28 @@ PathLike = str | os.PathLike[str]
 
 
 def _open(path: PathLike, what: str) -> Image.Image:
-    """Open and fully decode `path` (so truncated files fail here), or raise `DataError`."""
+    """Open and fully decode `path`, or raise `DataError`."""
     p = Path(path)
     try:
-        f = open(p, "rb")  # our own handle: closed even when decoding fails
+        data = p.read_bytes()
     except FileNotFoundError:
         raise DataError(f"{what} not found: {p}") from None
     except OSError as exc:  # a folder, no permission
         raise DataError(f"cannot read {what} {p}: {exc.strerror or exc}") from exc
-    with f:
-        return _decode(f, f"{what} {p}")
+    return decode_image_bytes(data, f"{what} {p}")
 
 
-def _decode(file: BinaryIO, name: str) -> Image.Image:
-    """Fully decode the image in `file` (pixels kept in memory), or raise `DataError` "cannot read <name>: ..."."""
+def decode_image_bytes(data: bytes, name: str) -> Image.Image:
+    """The image encoded in `data` (an image file's bytes), fully decoded in its stored mode (so truncated files fail
+    here); DataError "cannot read <name>: <reason>" for bytes that are not a readable image."""
     try:
-        img = Image.open(file)
-        img.load()  # decode now, so truncated files fail here
+        img = Image.open(io.BytesIO(data))
+        img.load()
     except UnidentifiedImageError as exc:
         raise DataError(f"cannot read {name}: not a recognised image format") from exc
     except Exception as exc:  # PIL raises many types on corrupt input (OSError, SyntaxError, ...)
         raise DataError(f"cannot read {name}: {first_line(exc)}") from exc
     return img
-
-
-def decode_image_bytes(data: bytes, name: str) -> Image.Image:
-    """The image encoded in `data` (a PNG or JPEG file's bytes, as tables store images), fully decoded, in its
-    stored mode; DataError "cannot read <name>: <reason>" for bytes that are not a readable image."""
-    return _decode(io.BytesIO(data), name)
 
 
 def _to_uint8(arr: np.ndarray) -> np.ndarray:
@@ -71,13 +61,9 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
 
 
 def load_image(path: PathLike, exif_transpose: bool = False) -> Image.Image:
-    """An image file as an RGB `PIL.Image.Image`; `exif_transpose`: as viewers display it (a phone's portrait photo,
-    EXIF orientation 6, turns stored W x H pixels into H x W), else the stored pixels.
-
-    Any mode is converted: grey ('L', '1') is replicated to three channels; alpha ('RGBA', 'LA') is
-    dropped; palette ('P') is expanded to its colours; 16-bit and float grey ('I;16', 'I', 'F') are
-    scaled to 8 bits (kept as-is when already in 0..255, otherwise stretched to the image's range).
-    """
+    """An image file as an RGB `PIL.Image.Image`, as viewers display it with `exif_transpose`, else the stored pixels.
+    Grey is replicated to three channels, alpha dropped, a palette expanded; 16-bit and float grey are scaled to 8
+    bits (kept as-is when already in 0..255, otherwise stretched to the image's range)."""
     img = _open(path, "image")
     if exif_transpose:
         try:
@@ -93,8 +79,7 @@ def image_to_rgb(img: Image.Image, name: str) -> Image.Image:
         if img.mode == "RGB":
             return img
         if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-            grey = _to_uint8(np.asarray(img))
-            return Image.fromarray(grey).convert("RGB")
+            return Image.fromarray(_to_uint8(np.asarray(img))).convert("RGB")
         if img.mode == "P" and "transparency" in img.info:
             img = img.convert("RGBA")  # avoids Pillow's palette-transparency warning
         return img.convert("RGB")  # alpha, if any, is dropped
@@ -103,13 +88,9 @@ def image_to_rgb(img: Image.Image, name: str) -> Image.Image:
 
 
 def load_label(path: PathLike, first_channel: bool = False) -> np.ndarray:
-    """A label map as an integer array `[H, W]`, values as stored.
-
-    uint8 / uint16 / int32 values are kept unchanged; palette ('P') PNGs give their palette indices,
-    not colours; '1' gives 0/1. An RGB(A) label whose three colour channels are equal is accepted as
-    its first channel (alpha ignored), and so is any RGB(A) label with `first_channel` (a mask whose channels
-    differ by JPEG noise or resizing); float labels are accepted only if every value is an integer.
-    """
+    """A label map as an integer array [H, W], values as stored (a palette PNG's indices, not colours). An RGB(A) label
+    whose colour channels are equal gives its first channel, and so does any with `first_channel` (a mask whose
+    channels differ by JPEG noise or resizing); float labels only if every value is an integer."""
     return label_to_array(_open(path, "label"), f"label {Path(path)}", first_channel)
 
 
@@ -139,9 +120,8 @@ def label_to_array(img: Image.Image, name: str, first_channel: bool = False) -> 
 
 
 def read_list_file(path: str | os.PathLike[str], what: str, error: type[Exception] = DataError) -> list[str]:
-    """The entries of a text file, one per line, stripped; blank lines and lines starting with '#' skipped.
-    UTF-8 (a leading byte-order mark is dropped). `error` (naming the file and `what` it should list) when it is
-    missing, unreadable or lists nothing."""
+    """The entries of a UTF-8 text file, one per line, stripped; blank lines and lines starting with '#' skipped.
+    `error` (naming the file and `what` it should list) when it is missing, unreadable or lists nothing."""
     p = Path(path)
     try:
         lines = p.read_text(encoding="utf-8-sig").splitlines()
@@ -156,10 +136,8 @@ def read_list_file(path: str | os.PathLike[str], what: str, error: type[Exceptio
 
 
 def read_class_list(path: str | os.PathLike[str]) -> list[str]:
-    """Class names from a class file (a dataset's `classes.txt`, `digseg predict --classes-file`, the lists in
-    `digseg/data/classes/`), by `read_list_file`'s rule: a line's place among the kept lines is its class id.
-    "wall, walls" is ONE class with synonyms (`digseg.pipelines.prompts.synonyms` splits it when prompted).
-    DataError naming the file when it lists a name twice."""
+    """Class names from a class file by `read_list_file`'s rule: a line's place among the kept lines is its class id
+    ("wall, walls" is one class with synonyms). DataError naming the file when it lists a name twice."""
     names = read_list_file(path, "class", DataError)
     seen: set[str] = set()
     for name in names:

@@ -1,23 +1,7 @@
-"""What a trained model was trained and validated on: the `training_data` record in its config.
-
-Training writes it (`record_training_data`) into the pipeline's config, which model_index.json keeps;
-`TrainingDataRecord.from_config` reads it back. With it `digseg eval --model M` on the model's data scores the
-model's validation split by default and warns of training images among those it scores, `train-mask-decoder` trains
-on the model's training split, and the model card's eval command names the data and the split flags.
-
-The record (a JSON object; a field is left out when it does not apply):
-
-    dataset       the name given to --dataset: "folder", a reader such as "cityscapes", "hf:NAME", "synthetic"
-    data_root     the data's root folder, absolute (datasets read from a folder)
-    split_rule    folder: the rule that chose the training images, one of `digseg.data.splits.SPLIT_RULES`
-    val_fraction  folder, rule "file-name hash": the share held out for val; `hash`: the position rule (HASH_RULE)
-    split_file    folder, rule "split file": the training list, absolute; val is every image it does not name
-    hf            hf: the reader options given for training ({HFOptions field: value}, e.g. val_split)
-    hf_split      hf: the dataset's split trained on
-    num_scenes, seed   synthetic: the scenes trained on (scene i depends on (seed, i))
-
-Split lists and split folders need no more than the rule: the data root's layout rebuilds them. A model without a
-record (trained on a dataset given as an object) gets none of the defaults. This module imports no torch.
+"""What a trained model was trained and validated on: the `training_data` record in its pipeline config
+(model_index.json), written by training (`record_training_data`). With it `digseg eval --model M` scores the model's
+validation split by default and warns of training images among those it scores, `train-mask-decoder` trains on the
+model's training split, and the model card's eval command names the data. This module imports no torch.
 """
 
 from __future__ import annotations
@@ -44,17 +28,18 @@ def _absolute(path: str | Path) -> str:
 
 @dataclass(frozen=True)
 class TrainingDataRecord:
-    """A model's record of its training data (the module docstring lists the fields)."""
+    """A model's record of its training data (a JSON object; a field is left out when it does not apply). Split
+    lists and split folders need no more than the rule: the data root's layout rebuilds them."""
 
-    dataset: str
-    data_root: str | None = None
-    split_rule: str | None = None
-    val_fraction: float | None = None
-    hash: str | None = None
-    split_file: str | None = None
-    hf: dict[str, Any] | None = None
-    hf_split: str | None = None
-    num_scenes: int | None = None
+    dataset: str  # the name given to --dataset: "folder", a reader such as "cityscapes", "hf:NAME", "synthetic"
+    data_root: str | None = None  # the data's root folder, absolute (datasets read from a folder)
+    split_rule: str | None = None  # folder: the rule that chose the training images (`splits.SPLIT_RULES`)
+    val_fraction: float | None = None  # folder, rule "file-name hash": the share held out for val
+    hash: str | None = None  # that rule's position of a stem (`splits.HASH_RULE`)
+    split_file: str | None = None  # folder, rule "split file": the training list, absolute
+    hf: dict[str, Any] | None = None  # hf: the reader options given for training ({HFOptions field: value})
+    hf_split: str | None = None  # hf: the dataset's split trained on
+    num_scenes: int | None = None  # synthetic: the scenes trained on (scene i depends on (seed, i))
     seed: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -72,11 +57,7 @@ class TrainingDataRecord:
 
     def same_data(self, dataset: str | None, data_root: str | None) -> bool:
         """True when `dataset` at `data_root` is the data the model was trained on (same name, same folder)."""
-        if dataset != self.dataset:
-            return False
-        if self.data_root is None or not data_root:
-            return self.data_root is None and not data_root
-        return _absolute(data_root) == self.data_root
+        return dataset == self.dataset and (_absolute(data_root) if data_root else None) == self.data_root
 
     def split_options(self) -> dict[str, Any]:
         """The folder reader's keyword arguments that rebuild the model's splits (any split: a training list
@@ -118,10 +99,8 @@ class TrainingDataRecord:
         rules = {BY_HASH: f"the images held out by file-name hash at val_fraction {self.val_fraction or 0:g}",
                  BY_SPLIT_FILE: f"every image not listed in the training list {self.split_file}",
                  BY_SPLIT_LISTS: "the images listed in splits/val.txt", BY_SPLIT_FOLDERS: "the images in images/val/"}
-        if self.split_rule in rules:
-            return rules[self.split_rule]
         named = (self.hf or {}).get("val_split")
-        return "the dataset's validation split" + (f" {named}" if named else "")
+        return rules.get(self.split_rule or "", "the dataset's validation split" + (f" {named}" if named else ""))
 
     def eval_flags(self) -> list[str]:
         """`digseg eval` arguments that read the model's validation split on any machine with the data at
@@ -137,30 +116,25 @@ class TrainingDataRecord:
                                  for key, value in self.hf.items())]
         return flags
 
-    def training_overlap(self, dataset) -> int | None:
-        """How many samples of `dataset` (a reader's split, e.g. the one `digseg eval` scores) were in the model's
-        training split; None when `dataset` is other data or the training split cannot be rebuilt."""
-        name = getattr(dataset, "name", None)
+    def overlap_warning(self, dataset) -> str | None:
+        """A one-line warning when `dataset` (a reader's split, e.g. the one `digseg eval` scores) holds images of the
+        model's training split; None when it holds none or cannot tell (other data, a split that cannot be rebuilt)."""
+        name, root = getattr(dataset, "name", None), getattr(dataset, "root", None)
         if name != self.dataset or not hasattr(dataset, "samples"):
             return None
         if is_hf_dataset(name):
-            return len(dataset) if self.hf_split and getattr(dataset, "hf_split", None) == self.hf_split else 0
-        root = getattr(dataset, "root", None)
-        if root is None or not self.same_data(name, str(root)):
+            count = len(dataset) if self.hf_split and getattr(dataset, "hf_split", None) == self.hf_split else 0
+        elif root is None or not self.same_data(name, str(root)):
             return None
-        from .registry import read_dataset
+        else:
+            from .registry import read_dataset
 
-        try:
-            train = read_dataset(name, str(root), split="train", **self.split_options())
-        except (DigsegError, OSError):
-            return None
-        seen = {str(sample.image) for sample in train.samples}
-        return sum(str(sample.image) in seen for sample in dataset.samples)
-
-    def overlap_warning(self, dataset) -> str | None:
-        """A one-line warning when `dataset` holds images of the model's training split; None when it holds none
-        (or cannot tell)."""
-        count = self.training_overlap(dataset)
+            try:
+                train = read_dataset(name, str(root), split="train", **self.split_options())
+            except (DigsegError, OSError):
+                return None
+            seen = {str(sample.image) for sample in train.samples}
+            count = sum(str(sample.image) in seen for sample in dataset.samples)
         if not count:
             return None
         return (f"warning: {count} of the {len(dataset)} images scored were in the model's training split "

@@ -1,33 +1,22 @@
-"""Datasets by name: `build_dataset(name, root, split, size)`, and `read_dataset` for the readers alone.
-
-"synthetic" is the built-in generator; "hf:<name or path>" is a dataset of the Hugging Face `datasets` library
-(`digseg.data.hf`, its options an `HFOptions`); every other name is a `SegmentationDataset` reader registered in
-`digseg.data.semantic` (ADE20K, PASCAL-Context, COCO-Stuff) or `digseg.data.domains` (Cityscapes,
-BDD100K, DeepGlobe, MoNuSeg, REFUGE2, PhenoBench, and "folder" for a user's own data, whose splits
-`val_fraction`, `split_file` and `train_split_file` choose: `digseg.data.splits`).
-"""
+"""Datasets by name: "synthetic" scenes, "hf:<name or path>" (`digseg.data.hf`), or a registered reader
+(`digseg.data.semantic`, `digseg.data.domains`)."""
 
 from __future__ import annotations
 
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
+from . import domains, semantic  # noqa: F401  (registering imports)
 from .base import DATASETS, SegmentationDataset
 from .hf_options import HF_PREFIX, HFOptions, is_hf_dataset
 from .splits import split_options
 
 
-def _load_readers() -> None:
-    from . import domains, semantic  # noqa: F401  (registering imports)
-
-
 def dataset_names() -> list[str]:
-    _load_readers()
     return ["synthetic", *sorted(DATASETS)]
 
 
 def get_dataset_class(name: str):
-    _load_readers()
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(dataset_names())}, or "
                           f"{HF_PREFIX}NAME_OR_PATH (a datasets-library dataset)")

@@ -1,16 +1,5 @@
-"""Readers for the standard semantic / open-vocabulary benchmarks, in their official on-disk layouts.
-
-- ade20k-150: `[root/]ADEChallengeData2016/images/{training,validation}/*.jpg` + `annotations/<split>/<stem>.png`,
-  0 = unlabelled, 1..150 classes (reduce_zero_label: 0 -> 255, v -> v-1).
-- ade20k-847: `[root/]ADE20K_2021_17_01/images_detectron2/<split>/*.jpg` + `annotations_detectron2/<split>/<stem>.tif`,
-  uint16 0..846, 65535 = ignore.
-- pascal-context-59: `[root/]VOCdevkit/VOC2010/JPEGImages/<stem>.jpg` + `annotations_detectron2/pc59_val/<stem>.png`
-  (train: `pc59_train`), 0..58, 255 = ignore (the label files choose the samples).
-- pascal-context-459: `[root/]VOCdevkit/VOC2010/JPEGImages/<stem>.jpg` + `annotations_detectron2/pc459_val/<stem>.tif`,
-  uint16 0..458, 65535 = ignore (the label files choose the samples).
-- coco-stuff-171: `root/images/{train2017,val2017}/*.jpg` + `annotations/<split>/<stem>.png` with raw ids 0..181 (255
-  unlabelled; the 11 unused thing ids -> 255), or already converted `<stem>_labelTrainIds.png` (0..170), used as is.
-"""
+"""Readers for the standard semantic / open-vocabulary benchmarks (ADE20K-150/-847, PASCAL-Context-59/-459,
+COCO-Stuff-171) in their official on-disk layouts; docs/datasets.md gives each layout and label convention."""
 
 from __future__ import annotations
 
@@ -18,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import MetricKind, Sample, SegmentationDataset, read_class_file, register_dataset
-from .layout import ImagesFirst, list_files, make_lut, pair_by_label, pick_root, remap, require_dir
+from .base import (ImagesFirst, MetricKind, Sample, SegmentationDataset, list_files, make_lut, pair_by_label,
+                   pick_root, read_class_file, register_dataset, remap, require_dir)
 
 PHOTO_PROMPT = "a photo of a {}."
 
@@ -36,7 +25,6 @@ COCO_STUFF_LUT = make_lut({**{v: i for i, v in enumerate(v for v in range(182) i
 @register_dataset
 class ADE20K150(ImagesFirst):
     name = "ade20k-150"
-    metric = MetricKind.SEMANTIC
     class_names = read_class_file("ade20k_150.txt")
     splits = {"train": "training", "val": "validation"}
     prompt_template = PHOTO_PROMPT
@@ -101,7 +89,6 @@ class PascalContext459(_PascalContext):
 @register_dataset
 class COCOStuff171(ImagesFirst):
     name = "coco-stuff-171"
-    metric = MetricKind.SEMANTIC
     class_names = read_class_file("coco_stuff_171.txt")
     splits = {"train": "train2017", "val": "val2017"}
     prompt_template = PHOTO_PROMPT

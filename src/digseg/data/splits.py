@@ -1,16 +1,8 @@
-"""How the `folder` dataset (a user's own images and masks, `digseg.data.domains.FolderPairs`) is split
-(docs/training.md, "Your own data: train and val splits", states the rules). The first rule that applies:
-
-1. a split file given (`split_file=`): the stems of the split that is read;
-2. `ROOT/splits/<split>.txt`, when `ROOT/splits/` holds `.txt` files (mmsegmentation's split lists);
-3. split folders, when `ROOT/images/` holds folders: `images/<split>/` with `masks/<split>/<stem>.png`;
-4. a flat folder, `images/<stem>.*`: an image is held out for val when the position of its stem (`is_held_out`)
-   is below `val_fraction`; train is the rest. An image's split depends on its own stem only.
-
-A training list (`train_split_file=`) names the training images: split train is the listed images (rule 1), and
-every other split is the split that rules 2 and 3 give, less the listed images, or for a flat folder's val, every
-image not listed. `SPLIT_RULES` names the rules in a trained model's record of its data (`digseg.data.model_data`).
-This module imports no torch: the command line reads its default.
+"""How the `folder` dataset (`digseg.data.domains.FolderPairs`) is split; docs/training.md, "Your own data: train and
+val splits", states the rules. The first that applies: a split file given; `ROOT/splits/<split>.txt`; split folders
+`images/<split>/`; a flat folder, where an image is held out for val when the position of its stem (`is_held_out`)
+is below `val_fraction`. A training list (`train_split_file=`) names split train's images and is left out of the
+others. This module imports no torch: the command line reads its default.
 """
 
 from __future__ import annotations
@@ -23,24 +15,16 @@ from ..errors import ConfigError
 
 FOLDER_DATASET = "folder"  # the registered name of the reader these rules split
 DEFAULT_VAL_FRACTION = 0.1  # share of a flat folder held out for val when no fraction is given
-# the rules above by number (1 to 4), as a model's record of its data names the one that chose its splits
+# the rules above, in order, as a model's record of its data names the one that chose its splits
 BY_SPLIT_FILE, BY_SPLIT_LISTS, BY_SPLIT_FOLDERS, BY_HASH = SPLIT_RULES = (
     "split file", "split lists", "split folders", "file-name hash")
-HASH_RULE = "sha1-52"  # rule 4's position of a stem, as a model's record names it
+HASH_RULE = "sha1-52"  # the flat folder's position of a stem, as a model's record names it
 
 
 def is_held_out(stem: str, val_fraction: float) -> bool:
-    """True when the image `stem` of a flat folder belongs to val at this fraction (rule 4 above)."""
+    """True when the image `stem` of a flat folder belongs to val at this fraction."""
     position = int(hashlib.sha1(stem.encode("utf-8")).hexdigest()[:13], 16) / 16**13  # 52 bits: exact in a float
     return position < val_fraction
-
-
-def check_val_fraction(value: Any) -> float:
-    """`value` as a float if it is a number from 0 to 1, else ConfigError."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ConfigError(f"the folder dataset's val fraction (--val-fraction, data.val_fraction) must be a number "
-                          f"from 0 to 1, got {value!r}")
-    return float(value)
 
 
 def split_options(dataset: str, val_fraction: float | None = None, split_file: str | Path | None = None,
@@ -54,7 +38,9 @@ def split_options(dataset: str, val_fraction: float | None = None, split_file: s
         raise ConfigError(f"--val-fraction and --split-file (data.val_fraction, data.split_file) choose the splits "
                           f"of the {FOLDER_DATASET} dataset; {dataset} has its own splits")
     if val_fraction is not None:
-        check_val_fraction(val_fraction)
+        if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction <= 1:
+            raise ConfigError(f"the folder dataset's val fraction (--val-fraction, data.val_fraction) must be a "
+                              f"number from 0 to 1, got {val_fraction!r}")
         if split_file is not None or train_split_file is not None:
             raise ConfigError(f"give --val-fraction or --split-file (data.val_fraction or data.split_file), not both: "
                               f"a split file chooses the images itself, and a training list's val is every image it "

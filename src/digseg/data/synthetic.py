@@ -1,8 +1,6 @@
-"""Built-in synthetic, text-prompted scenes: circles, squares and triangles on textured backgrounds.
-
-Scene `i` of `SyntheticScenes(seed=s)` depends only on `(s, i)`. Each kind of shape has its own family of colours
-(circles warm: red, orange, yellow; squares green or cyan; triangles blue, magenta or white): with colour drawn
-independently of kind, a tiny model trained for a few CPU minutes could not tell the kinds apart.
+"""Built-in synthetic, text-prompted scenes: circles, squares and triangles on textured backgrounds; scene `i` of
+`SyntheticScenes(seed=s)` depends only on `(s, i)`. Each kind of shape has its own family of colours: with colour
+drawn independently of kind, a tiny model trained for a few CPU minutes could not tell the kinds apart.
 """
 
 from __future__ import annotations
@@ -17,9 +15,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from digseg.errors import DataError
-
-from .base import MetricKind, Sample, SegmentationDataset
+from ..errors import DataError
+from .base import Sample, SegmentationDataset
 from .io import image_to_tensor, tensor_to_image
 
 SYNTHETIC_CLASSES: tuple[str, ...] = ("background", "circle", "square", "triangle")
@@ -140,12 +137,9 @@ class SyntheticScenes(Dataset):
     ignore_index: int = 255
 
     def __init__(self, num_scenes: int, size: int = 64, seed: int = 0) -> None:
-        if int(num_scenes) < 0:
-            raise DataError(f"num_scenes must be >= 0, got {num_scenes}")
-        if int(size) < 8:
-            raise DataError(f"synthetic scene size must be >= 8 pixels, got {size}")
-        if int(seed) < 0:
-            raise DataError(f"seed must be >= 0, got {seed}")
+        if int(num_scenes) < 0 or int(size) < 8 or int(seed) < 0:
+            raise DataError(f"synthetic scenes need num_scenes >= 0, a size >= 8 pixels and a seed >= 0, got "
+                            f"num_scenes={num_scenes}, size={size}, seed={seed}")
         self.num_scenes, self.size, self.seed = int(num_scenes), int(size), int(seed)
         self.class_names: list[str] = list(SYNTHETIC_CLASSES)
 
@@ -173,8 +167,8 @@ def save_scenes_as_folder(scenes: SyntheticScenes, root: str | os.PathLike[str])
     """Write `scenes` as a `folder` dataset: `root/images/scene_<i>.png` (RGB), `root/masks/scene_<i>.png` (grey,
     pixel = class id) and `root/classes.txt`. Returns `root` as a Path."""
     root = Path(root)
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    (root / "masks").mkdir(parents=True, exist_ok=True)
+    for folder in ("images", "masks"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
     (root / "classes.txt").write_text("".join(f"{n}\n" for n in scenes.class_names), encoding="utf-8")
     for i in range(len(scenes)):
         image, label = scenes.scene(i)
@@ -188,7 +182,6 @@ class ItemsView(SegmentationDataset):
     samples, read from the items when asked (no files): what `predict_dataset` and `Scores` take."""
 
     name = "synthetic"
-    metric = MetricKind.SEMANTIC
 
     def __init__(self, dataset: Dataset, limit: int | None = None) -> None:  # noqa: D107  (no files: no root)
         self.items, self.root, self.split, self.size = dataset, None, "val", None

@@ -1,20 +1,12 @@
-"""`digseg eval`: run a model over a dataset split (writing label PNGs) and score label PNGs, kept apart.
-
-Prediction files: `<predictions>/<stem>.png`, values = class ids of the dataset; "none" = 255 (8-bit PNG)
-for datasets of at most 255 classes, 65535 (16-bit PNG) above that. Any value outside the class range counts
-as a wrong prediction for the pixel's true class.
-
-Scoring follows the dataset's `metric` (`digseg.data.base.MetricKind` says what each kind computes); memory is one
-K x K matrix (or one running list per medical target) whatever the dataset size. A sample that cannot be read
-(corrupt image, missing or malformed label, missing prediction, size mismatch) is reported and skipped.
-
-Under `accelerate launch` / `torchrun` with N processes, each process predicts and scores every N-th sample
-(`digseg.distributed.shard`); confusion matrices are merged and per-image scores gathered in sample order, so
-the metrics equal a single process's exactly. Each image's noise is seeded by (seed, sample index).
+"""`digseg eval`: run a model over a dataset split (writing `<predictions>/<stem>.png`, class ids, "none" = 255, or
+65535 in 16-bit PNGs above 255 classes) and score label PNGs by the dataset's `metric`, kept apart. Memory is one
+K x K matrix whatever the dataset size; a sample that cannot be read is reported and skipped. With N processes each
+predicts and scores every N-th sample and the results are merged in sample order: the metrics equal one process's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Callable
@@ -49,11 +41,6 @@ HEADLINE_METRIC: dict[MetricKind, str] = {
 }
 
 
-def medical_targets(dataset: SegmentationDataset) -> dict[str, tuple[int, ...]]:
-    """{name: class ids} of the medical scores: the reader's `medical_targets`, else its last class."""
-    return getattr(dataset, "medical_targets", None) or {dataset.class_names[-1]: (dataset.num_classes - 1,)}
-
-
 def _read_prediction(path: Path, shape: tuple[int, int]) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"no prediction {path}")
@@ -74,7 +61,10 @@ class Scores:
     def __init__(self, dataset: SegmentationDataset) -> None:
         self.dataset, self.kind = dataset, MetricKind(dataset.metric)
         self.confusion = SegmentationMetric(dataset.num_classes, dataset.ignore_index, list(dataset.class_names))
-        self.targets = medical_targets(dataset) if self.kind is MetricKind.MEDICAL else {}
+        self.targets = {}  # medical: {name: class ids}, the reader's `medical_targets` or else its last class
+        if self.kind is MetricKind.MEDICAL:
+            self.targets = (getattr(dataset, "medical_targets", None)
+                            or {dataset.class_names[-1]: (dataset.num_classes - 1,)})
         self.per_image: dict[str, list] = {name: [] for name in self.targets}  # name -> [(index, (dice, iou))]
         self.skipped: list[tuple[int, str]] = []
 
@@ -100,8 +90,7 @@ class Scores:
         skipped = [message for _, message in sorted(gather_objects(self.skipped))]
         if len(skipped) == len(dataset.samples):
             raise DigsegError(f"every sample was skipped; first problem: {skipped[0]}")
-        if present_only is None:
-            present_only = kind is MetricKind.OPEN_VOCAB
+        present_only = kind is MetricKind.OPEN_VOCAB if present_only is None else present_only
         result = confusion.compute(present_only=present_only)
         out: dict = {"dataset": dataset.name, "split": dataset.split, "metric": kind.value,
                      "num_images": len(dataset.samples) - len(skipped),
@@ -110,11 +99,9 @@ class Scores:
         if kind is MetricKind.ROAD:
             out.update(binary_scores(confusion, positive=1))
         if kind is MetricKind.MEDICAL:
-            out["per_target"] = {name: {"Dice": 100 * float(np.mean([d for d, _ in scores])),
-                                        "IoU": 100 * float(np.mean([i for _, i in scores]))}
-                                 for name, scores in per_image.items()}
-            out["Dice"] = float(np.mean([t["Dice"] for t in out["per_target"].values()]))
-            out["IoU"] = float(np.mean([t["IoU"] for t in out["per_target"].values()]))
+            out["per_target"] = {name: {m: 100 * float(np.mean([v[j] for v in scores]))
+                                        for j, m in enumerate(("Dice", "IoU"))} for name, scores in per_image.items()}
+            out.update({m: float(np.mean([t[m] for t in out["per_target"].values()])) for m in ("Dice", "IoU")})
         out.update(skipped=len(skipped), skipped_samples=skipped)
         return out
 
@@ -136,12 +123,9 @@ def score_predictions(dataset: SegmentationDataset, predictions: str | Path, pre
 
 
 def _query_kwargs(pipe, dataset: SegmentationDataset) -> dict:
-    """How to ask the model about this dataset's classes.
-
-    The model's own class list, and a model trained with palette queries -> palette (one pass); a 2-class dataset
-    whose class 0 is "background" -> one binary prompt for class 1; otherwise one binary query per class name
-    (open vocabulary, and a model trained with binary queries only).
-    """
+    """How to ask the model about the dataset's classes: palette (one pass) for the model's own classes when trained
+    with palette queries, one binary prompt for class 1 of a 2-class dataset whose class 0 is background, else one
+    binary query per class name."""
     names = list(dataset.class_names)
     palette_trained = getattr(pipe.config, "task", None) != "binary"  # None: saved before the task was recorded
     if palette_trained and pipe.config.class_names and list(pipe.config.class_names) == names:
@@ -158,28 +142,15 @@ def default_protocol(pipe, dataset: SegmentationDataset) -> TestProtocol:
     return protocol_for(dataset.name, open_vocab)
 
 
-def _one_image(result: DiGSegOutput, j: int) -> DiGSegOutput:
-    """Image j of a batched pipeline output, as a one-image output."""
-    take = lambda x: None if x is None else x[j][None]  # noqa: E731  (arrays or lists of arrays)
-    return DiGSegOutput(labels=take(result.labels), probabilities=take(result.probabilities),
-                        uncertainty=take(result.uncertainty), class_names=result.class_names,
-                        probability_class_ids=take(result.probability_class_ids))
-
-
 def predict_dataset(pipe, dataset: SegmentationDataset, out_dir: str | Path | None, ensemble_size: int = 1,
                     num_inference_steps: int | None = None, processing_resolution: int | None = None,
                     threshold: float = 0.5, seed: int = 0, show_progress: bool = True, top_k: int | None = None,
                     templates: str | None = None, mask_decoder: str = "auto", protocol: TestProtocol | None = None,
                     batch_size: int = 1, on_result: Callable[[int, Sample, DiGSegOutput], None] | None = None) -> dict:
-    """Write `<out_dir>/<stem>.png` for every readable image (`out_dir` None: no files, only `on_result`); returns
-    {"written", "skipped"} (all processes').
-
-    Image i's noise comes from a generator seeded by (seed, i), so a prediction does not depend on which
-    process makes it, on the other images, or on `batch_size` (images per pipeline call; up to the float
-    rounding of batched U-Net passes: the label maps were identical in tests and benchmarks). `protocol`: test
-    mode, windows and scale (default: whole image at `processing_resolution`). With N processes each writes
-    its own share of the PNGs. `on_result(index, sample, output)` sees each image's output (e.g. to score it).
-    """
+    """Write `<out_dir>/<stem>.png` for every readable image (`out_dir` None: no files) and pass each image's output
+    to `on_result(index, sample, output)`; returns {"written", "skipped"} (all processes'). Image i's noise is seeded
+    by (seed, i), so a prediction does not depend on the process, the other images or `batch_size` (up to the float
+    rounding of batched U-Net passes). `protocol`: default whole image at `processing_resolution`."""
     out = None if out_dir is None else Path(out_dir)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -200,7 +171,8 @@ def predict_dataset(pipe, dataset: SegmentationDataset, out_dir: str | Path | No
             if out is not None:
                 save_label_png(out / f"{sample.stem}.png", result.labels[j], dataset.num_classes)
             if on_result is not None:
-                on_result(index, sample, _one_image(result, j))
+                one = {k: None if v is None else v[j][None] for k, v in vars(result).items() if k != "class_names"}
+                on_result(index, sample, dataclasses.replace(result, **one))  # image j as a one-image output
         written += len(pending)
         pending.clear()
 

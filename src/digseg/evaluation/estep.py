@@ -1,12 +1,6 @@
-"""Evaluating a pipeline on a labelled dataset, in binary-prompt and palette modes, with throughput.
-
-- binary: every image is queried once per class (the background class, `is_background`, excepted) with that class's
-  prompt; the target is label == class. One dataset-level 2-class confusion matrix (background,
-  foreground) over all queries -> mIoU (mean of the two IoUs) and the foreground IoU.
-- palette: one pass per image over the model's own classes -> K-class mIoU.
-Throughput counts segmented (image, query) pairs per second of pipeline time (preprocessing, encode,
-denoise, decode; data loading excluded).
-"""
+"""Evaluating a pipeline on a labelled dataset with throughput (segmented (image, query) pairs per second of pipeline
+time): binary, one query per class but the background, scored as one 2-class (background, foreground) confusion
+matrix; palette, one pass per image over the model's own classes, scored as K-class mIoU."""
 
 from __future__ import annotations
 
@@ -47,11 +41,10 @@ def _load(dataset: Dataset, limit: int | None) -> tuple[list[torch.Tensor], list
 def evaluate_binary(pipe: DiGSegPipeline, dataset: Dataset, setting: EStep, seed: int = 0, batch_size: int = 32,
                     limit: int | None = None, **call_kwargs) -> dict:
     images, labels = _load(dataset, limit)
-    names = dataset.class_names
     ignore = getattr(dataset, "ignore_index", 255)
     metric = SegmentationMetric(2, ignore_index=ignore, class_names=[BACKGROUND, FOREGROUND])
     queried, seconds = 0, 0.0
-    for c, name in enumerate(names):
+    for c, name in enumerate(dataset.class_names):
         if is_background(name):
             continue
         start = time.perf_counter()

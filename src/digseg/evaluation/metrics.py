@@ -15,11 +15,10 @@ ArrayLike = torch.Tensor | np.ndarray
 def _as_long(x: ArrayLike) -> torch.Tensor:
     """Integer array -> flat int64 CPU tensor ``[N]``."""
     if isinstance(x, np.ndarray):
-        if not np.issubdtype(x.dtype, np.integer) and x.dtype != np.bool_:
+        if x.dtype.kind not in "biu":
             raise ValueError(f"expected an integer array, got dtype {x.dtype}")
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64)).reshape(-1)
-    if not isinstance(x, torch.Tensor):
-        x = torch.as_tensor(x)
+    x = torch.as_tensor(x)
     if x.is_floating_point() or x.is_complex():
         raise ValueError(f"expected an integer tensor, got dtype {x.dtype}")
     return x.detach().reshape(-1).to(device="cpu", dtype=torch.int64)
@@ -37,13 +36,7 @@ def _mean(values: list[float | None], keep: list[bool]) -> float:
 
 
 class SegmentationMetric:
-    """Dataset-level semantic segmentation metric over ``num_classes`` classes.
-
-    Attributes:
-        confusion: int64 ``[K, K]``, rows = label class, cols = predicted class.
-        invalid_pred: int64 ``[K]``, per label class, pixels whose prediction was outside [0, K)
-            (e.g. 255 "none"): they count in the label's area but in no prediction column.
-    """
+    """Dataset-level semantic segmentation metric over ``num_classes`` classes."""
 
     def __init__(self, num_classes: int, ignore_index: int = 255, class_names: list[str] | None = None) -> None:
         if int(num_classes) < 1:
@@ -55,8 +48,9 @@ class SegmentationMetric:
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
         if len(self.class_names) != k:
             raise ValueError(f"got {len(self.class_names)} class names for {k} classes")
-        self.confusion = torch.zeros(k, k, dtype=torch.int64)  # [K, K]
-        self.invalid_pred = torch.zeros(k, dtype=torch.int64)  # [K]
+        self.confusion = torch.zeros(k, k, dtype=torch.int64)  # [K, K]: rows label class, columns predicted class
+        # [K]: pixels of each label class predicted outside [0, K) ("none"): in the label's area, in no column
+        self.invalid_pred = torch.zeros(k, dtype=torch.int64)
 
     def update(self, pred: ArrayLike, label: ArrayLike) -> None:
         """Add one batch: ``pred`` and ``label`` integer arrays of the same (any) shape; pixels with
@@ -85,14 +79,9 @@ class SegmentationMetric:
         self.invalid_pred += other.invalid_pred.to(self.invalid_pred.device)
 
     def compute(self, present_only: bool = False) -> dict[str, Any]:
-        """Percentages (x100): ``mIoU``, ``aAcc``, ``mAcc``, ``mDice``, ``per_class``, ``per_class_acc``.
-
-        Default (mmsegmentation): mIoU / mDice average over classes with union > 0 (a class predicted
-        but absent from the ground truth has IoU 0 and counts); mAcc over classes present in the
-        label. ``present_only=True`` (CAT-Seg): all means over classes present in the ground truth.
-        ``per_class`` / ``per_class_acc`` map class name -> value, None where undefined (union == 0,
-        resp. label area == 0). Means with no eligible class are NaN.
-        """
+        """Percentages: ``mIoU``, ``aAcc``, ``mAcc``, ``mDice``, ``per_class``, ``per_class_acc`` (class name -> value,
+        None where undefined). mIoU / mDice average over classes with union > 0 (mmsegmentation), mAcc over classes in
+        the label; ``present_only`` (CAT-Seg): every mean over classes in the label. No eligible class: NaN."""
         inter = self.confusion.diagonal()  # [K] each
         area_pred = self.confusion.sum(dim=0)
         area_label = self.confusion.sum(dim=1) + self.invalid_pred

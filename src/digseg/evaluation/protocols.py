@@ -1,11 +1,6 @@
-"""Test protocols: how a benchmark's published tables were produced, one preset per dataset (registry name); the
-sources and the reasons are tabled in docs/eval_protocols.md.
-
-A `TestProtocol` is the pipeline's test-time settings (`mode`, `crop_size`, `stride`, `scale`, `keep_ratio`,
-`global_view`, `flip`; see `DiGSegPipeline.__call__`). `digseg eval` uses `protocol_for(dataset, open_vocab)`
-by default; every field can be overridden on the command line (`add_protocol_flags`, `protocol_from_args`),
-and `metrics.json` records the protocol used.
-"""
+"""Test protocols: the pipeline's test-time settings (`TestProtocol`) with which a benchmark's published tables were
+produced, one preset per dataset (docs/eval_protocols.md gives the sources); `digseg eval` uses `protocol_for` by
+default, the command line overrides any field, and `metrics.json` records the protocol used."""
 
 from __future__ import annotations
 
@@ -59,9 +54,7 @@ CATSEG = TestProtocol("slide", (384, 384), (256, 256), (640, 640), keep_ratio=Fa
 def protocol_for(dataset_name: str, open_vocab: bool = False) -> TestProtocol:
     """The preset for a dataset: CAT-Seg's for open-vocabulary evaluation (any dataset queried class by class),
     else mmseg's for the closed-set benchmarks above, else whole image at the model's resolution."""
-    if open_vocab:
-        return CATSEG
-    return PRESETS.get(dataset_name, TestProtocol())
+    return CATSEG if open_vocab else PRESETS.get(dataset_name, TestProtocol())
 
 
 # ---------------------------------------------------------------------------------------------- command line
@@ -79,9 +72,7 @@ def parse_pair(text: str) -> tuple[int, int]:
 
 
 def add_protocol_flags(parser: argparse.ArgumentParser, preset_note: str) -> None:
-    """--mode, --window-size, --stride, --scale, --keep-ratio, --global-view, --flip (all default: unset);
-    --window-size sets the protocol's `crop_size` (mmsegmentation's name for the slide window), named apart from
-    training's crop."""
+    """--mode, --window-size (the protocol's `crop_size`), --stride, --scale, --keep-ratio, --global-view, --flip."""
     g = parser.add_argument_group("test protocol", f"how images are resized and tiled ({preset_note}); "
                                   "see docs/eval_protocols.md")
     g.add_argument("--mode", choices=INFERENCE_MODES, help="whole image, or sliding windows")
@@ -119,9 +110,9 @@ def protocol_from_args(args: argparse.Namespace, preset: TestProtocol) -> TestPr
 
 
 def tiling_scale(protocol: TestProtocol, default_crop: int, resolution_given: bool = False) -> TestProtocol:
-    """Slide mode with no test scale -> the keep-ratio scale (4 x crop, crop), so the windows tile the image (see
-    the module docstring); `default_crop`: the window when the protocol names none (the model's processing
-    resolution). Unchanged in whole mode, with a scale, or when the user gave a processing resolution."""
+    """Slide mode with no test scale -> the keep-ratio scale (4 x crop, crop), so the windows tile the image;
+    `default_crop`: the window when the protocol names none. Unchanged in whole mode, with a scale, or when the user
+    gave a processing resolution."""
     if protocol.mode != "slide" or protocol.scale is not None or resolution_given:
         return protocol
     crop = max(protocol.crop_size or (default_crop, default_crop))

@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING
 
 from torch.utils.data import Dataset
 
-from ..data.augment import Augmentation
+from ..data.augment import Augmentation, augmentation_for
 from ..data.check import DataCheck, check_dataset, keep_good
-from ..data.augment_presets import augmentation_for
 from ..data.model_data import record_training_data
 from ..errors import ConfigError, DigsegError
 from ..pipelines.pipeline import DiGSegPipeline
