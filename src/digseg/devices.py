@@ -1,16 +1,13 @@
 """Where a command runs and in which precision: one rule for every command, the demo and Python users.
 
-    device, dtype = resolve_device_and_dtype()            # "auto", "auto"
-    pipe = DiGSegPipeline.from_pretrained("my-model", dtype=dtype).to(device)
-
 Device `auto`: under a launcher (`accelerate launch`, `torchrun`) the process's own GPU (cuda:LOCAL_RANK), else
-CUDA, else Apple's MPS, else the CPU; `cuda:N` names one. Dtype `auto`: bf16 on CUDA devices that support it
-(else fp16), fp16 on MPS, fp32 on the CPU. A request the machine cannot meet is a one-line `ConfigError`, raised
-before any model is loaded. `runtime_info`: what every output records about where it ran.
+CUDA, else Apple's MPS, else the CPU. Dtype `auto`: bf16 on CUDA devices that support it (else fp16), fp16 on MPS,
+fp32 on the CPU. A request the machine cannot meet is a one-line `ConfigError`, raised before any model is loaded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
@@ -29,50 +26,35 @@ DEVICE_CHOICES_TEXT = "auto, cpu, cuda, cuda:N or mps"  # --device takes any of 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda)(?::(\d+))?$")
 
 
-def launched_local_rank() -> int | None:
-    """This process's index on its machine when a launcher started several (both export LOCAL_RANK and
-    WORLD_SIZE), else None. Read from the environment: accelerate's `PartialState` would also set up the process
-    group, which choosing a device (before any model loads) must not do."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    return int(os.environ.get("LOCAL_RANK", "0"))
-
-
 def _dtypes() -> dict[str, "torch.dtype"]:
     import torch
 
     return {name: getattr(torch, torch_name) for name, torch_name in DTYPE_TORCH_NAMES.items()}
 
 
-def _mps_available() -> bool:
-    import torch
-
-    return torch.backends.mps.is_available()
-
-
 def resolve_device(device: "str | torch.device" = "auto") -> "torch.device":
     """`auto`, `cpu`, `cuda`, `cuda:N` or `mps` -> the torch.device to run on (see the module docstring)."""
     import torch
 
-    if isinstance(device, torch.device):
-        device = str(device)
-    match = _DEVICE.match(str(device).strip().lower())
+    device = str(device)
+    match = _DEVICE.match(device.strip().lower())
     if match is None or (match.group(2) is not None and match.group(1) != "cuda"):
         raise ConfigError(f"unknown device {device!r}: choose {DEVICE_CHOICES_TEXT}")
-    kind, index = match.group(1), match.group(2)
+    kind, index = match.groups()
     if kind == "auto":
-        kind = "cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu"
-    if kind == "cpu":
-        return torch.device("cpu")
-    if kind == "mps":
-        if not _mps_available():
-            raise ConfigError(f"device {device!r}: Apple's MPS is not available on this machine")
-        return torch.device("mps")
+        kind = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r}: Apple's MPS is not available on this machine")
+    if kind in ("cpu", "mps"):
+        return torch.device(kind)
     if not torch.cuda.is_available():
         reason = "this torch is built without CUDA" if torch.version.cuda is None else "torch sees no GPU"
         raise ConfigError(f"device {device!r}: no CUDA device is available ({reason}); use --device cpu or auto")
     count = torch.cuda.device_count()
-    n = int(index) if index is not None else (launched_local_rank() or 0)  # a launched process: its own GPU
+    # a launched process (WORLD_SIZE > 1) takes its own GPU, LOCAL_RANK read from the environment: accelerate's
+    # PartialState would also start the process group, which choosing a device must not do
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    n = int(index) if index is not None else int(os.environ.get("LOCAL_RANK", "0")) if launched else 0
     if n >= count:
         raise ConfigError(f"device {device!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
     return torch.device("cuda", n)
@@ -92,12 +74,9 @@ def resolve_dtype(dtype: "str | torch.dtype" = "auto", device: "torch.device | s
     """`auto`, `fp32`, `bf16` or `fp16` (or a torch.dtype) for `device` -> the torch.dtype to load and run in."""
     import torch
 
-    device, dtypes = torch.device(device), _dtypes()
+    device = torch.device(device)
     if isinstance(dtype, torch.dtype):
-        names = {v: k for k, v in dtypes.items()}
-        if dtype not in names:
-            raise ConfigError(f"unsupported dtype {dtype}: choose {', '.join(DTYPE_CHOICES)}")
-        dtype = names[dtype]
+        dtype = dtype_name(dtype)  # "bf16"; one --dtype lacks ("float64") is refused below
     dtype = str(dtype).strip().lower()
     if dtype not in DTYPE_CHOICES:
         raise ConfigError(f"unknown dtype {dtype!r}: choose {', '.join(DTYPE_CHOICES)}")
@@ -107,7 +86,7 @@ def resolve_dtype(dtype: "str | torch.dtype" = "auto", device: "torch.device | s
         return torch.float16 if device.type == "mps" else torch.float32
     if dtype == "bf16" and not _bf16_supported(device):
         raise ConfigError(f"dtype bf16: {device_name(device)} does not support bfloat16; use --dtype fp16 or fp32")
-    return dtypes[dtype]
+    return _dtypes()[dtype]
 
 
 def resolve_device_and_dtype(device: "str | torch.device" = "auto",
@@ -142,13 +121,10 @@ def dtype_name(dtype: "torch.dtype") -> str:
 
 @lru_cache(maxsize=1)
 def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine() or "CPU"
 
 

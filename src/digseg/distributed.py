@@ -1,8 +1,5 @@
-"""Running over several processes (`accelerate launch`, `torchrun`): who am I, my share, and reductions; in a
-plain single process all of it does nothing. The process group is the one accelerate sets up.
-
-Evaluation splits a dataset by striding (process r of N takes samples r, r+N, ...) and seeds every per-sample
-draw by the sample's index, so predictions and metrics are the same for any N.
+"""Running over several processes (`accelerate launch`, `torchrun`), in the process group accelerate sets up: who
+am I, my share (process r of N takes items r, r+N, ...), and reductions; in a single process all of it does nothing.
 """
 
 from __future__ import annotations

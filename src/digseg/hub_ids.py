@@ -1,9 +1,5 @@
-"""Which names are Hugging Face Hub ids, and a quick check that a Hub id can be loaded before a library tries.
-
-`looks_like_hub_id` is the one rule every place that reads a name as a local path or a Hub id uses;
-`hub_id_or_none` also treats a folder that exists as a folder. `check_hub_id` answers at once, in one line, where
-diffusers and transformers would retry for a minute and then report a missing config.json.
-"""
+"""Which names are Hugging Face Hub ids (one rule for every place that reads a name as a path or a Hub id), and
+`check_hub_id`: one line at once where diffusers and transformers would retry for a minute."""
 
 from __future__ import annotations
 
@@ -13,8 +9,6 @@ import os
 from pathlib import Path
 
 from .errors import DigsegError, first_line
-
-_TRUE = {"1", "on", "yes", "true"}
 
 
 def looks_like_hub_id(name: str | os.PathLike[str], canonical: bool = False) -> bool:
@@ -39,25 +33,6 @@ def hub_id_or_none(name: str | os.PathLike[str] | None, canonical: bool = False)
     return str(name)
 
 
-def hub_offline() -> bool:
-    """huggingface_hub's offline mode: HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) set at its import or since."""
-    from huggingface_hub import constants
-
-    variables = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    set_now = any(os.environ.get(var, "").strip().lower() in _TRUE for var in variables)
-    return bool(constants.HF_HUB_OFFLINE) or set_now
-
-
-def _network_errors() -> tuple[type[BaseException], ...]:
-    """What a request raises when the Hub cannot be reached: OSError (sockets; requests' errors) and the
-    transport errors of the HTTP client huggingface_hub uses (httpx, httpx2)."""
-    errors: list[type[BaseException]] = [OSError]
-    for module in ("httpx", "httpx2"):
-        with contextlib.suppress(ImportError, AttributeError):
-            errors.append(importlib.import_module(module).TransportError)
-    return tuple(errors)
-
-
 def check_hub_id(repo_id: str, what: str, filename: str, local_hint: str, revision: str | None = None,
                  repo_type: str | None = None, cache_dir: str | os.PathLike[str] | None = None,
                  token: str | bool | None = None, local_files_only: bool = False,
@@ -79,8 +54,15 @@ def check_hub_id(repo_id: str, what: str, filename: str, local_hint: str, revisi
     advice = f"pass {local_hint}, or run once with network to cache it"
     why = "local_files_only=True" if local_files_only else "offline mode: HF_HUB_OFFLINE is set"
     offline = f"{lead}: {not_cached} and the Hub is not asked ({why}); {advice}"
-    if local_files_only or hub_offline():
+    # offline mode: HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) set at huggingface_hub's import or since
+    offline_now = any(os.environ.get(var, "").strip().upper() in constants.ENV_VARS_TRUE_VALUES
+                      for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    if local_files_only or constants.HF_HUB_OFFLINE or offline_now:
         raise DigsegError(offline)
+    network_errors = [OSError]  # sockets, and the transport errors of huggingface_hub's HTTP client
+    for module in ("httpx", "httpx2"):
+        with contextlib.suppress(ImportError, AttributeError):
+            network_errors.append(importlib.import_module(module).TransportError)
     try:
         url = hf_hub_url(repo_id, filename, repo_type=repo_type, revision=revision)
         get_hf_file_metadata(url, token=token, timeout=constants.HF_HUB_ETAG_TIMEOUT)  # one request, no retries
@@ -96,6 +78,6 @@ def check_hub_id(repo_id: str, what: str, filename: str, local_hint: str, revisi
         return  # the Hub answered for the repository; the loader names what is missing or wrong
     except OfflineModeIsEnabled:
         raise DigsegError(f"{lead}: {not_cached} and the Hub is not asked (offline mode); {advice}") from None
-    except _network_errors() as exc:
+    except tuple(network_errors) as exc:
         raise DigsegError(f"{lead}: {not_cached} and the Hub cannot be reached ({first_line(exc)}); "
                           f"{advice}") from None

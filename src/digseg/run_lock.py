@@ -1,14 +1,8 @@
 """One writer per output folder: an OS file lock (flock, through `filelock`) held by the main process of the run.
 
-    with RunFolderLock(output_dir, TRAIN):            # DigsegError at once if another process holds the folder
-        ...train...
-    with main_process_holds(output_dir, PREDICT):     # under a launcher: the main process holds it for the run
-        ...predict...
-
-Each kind of run has its own lock file; its holder writes host, pid and start time into `<lock file>.json`,
-which a refused run names. The kernel releases the lock when its process ends in any way, so a lock file left
-behind blocks nobody. Within one process the first taker holds the lock and later takers of the same file skip
-it (`digseg train` takes it before the Trainer it builds would).
+Each kind of run has its own lock file; its holder writes host, pid and start time into `<lock file>.json`, which a
+refused run names. The kernel releases the lock when its process ends in any way, so a lock file left behind blocks
+nobody. Within one process later takers of a held lock skip it (`digseg train` takes it before its Trainer would).
 """
 
 from __future__ import annotations
@@ -49,8 +43,7 @@ class RunFolderLock:
 
     def __init__(self, folder: str | Path, kind: LockKind) -> None:
         self.folder, self.kind = Path(folder), kind
-        self.path = self.folder / kind.file
-        self.info = self.folder / f"{kind.file}.json"
+        self.path, self.info = self.folder / kind.file, self.folder / f"{kind.file}.json"
         self._key: Path | None = None  # the resolved lock file, while this object holds it
         self._created = False
 
@@ -72,9 +65,8 @@ class RunFolderLock:
         try:
             lock.acquire()
         except Timeout:
-            kind = self.kind
-            raise DigsegError(f"{kind.folder} {self.folder} is in use by another {kind.run} "
-                              f"({self._holder()}); wait for it to end, or {kind.advice}") from None
+            raise DigsegError(f"{self.kind.folder} {self.folder} is in use by another {self.kind.run} "
+                              f"({self._holder()}); wait for it to end, or {self.kind.advice}") from None
         me = {"host": socket.gethostname(), "pid": os.getpid(),
               "started": datetime.now().astimezone().isoformat(timespec="seconds")}
         tmp = self.info.with_name(f"{self.info.name}.{os.getpid()}")

@@ -1,15 +1,14 @@
 """Optional text encoders from open_clip: CLIP variants and BiomedCLIP (an HF BERT text tower + projection).
 
-Install with `pip install --no-deps open_clip_torch ftfy regex` (`--no-deps`: no torchvision, no timm).
-`import open_clip` imports torchvision for image transforms digseg never uses; where torchvision is not installed,
-`import_open_clip()` puts inert placeholders for exactly those names in `sys.modules` during the import only, so
-transformers' own torchvision detection still sees none. Only the text tower is built (the vision tower of
-BiomedCLIP is a timm ViT), and weights are read with `weights_only=True` (safetensors, or `torch.load` without
-unpickling code).
+Install with `pip install --no-deps open_clip_torch ftfy regex` (no torchvision, no timm). `import open_clip`
+imports torchvision for image transforms digseg never uses; where torchvision is not installed, `import_open_clip()`
+puts inert placeholders in `sys.modules` during the import only, so transformers' own torchvision detection still
+sees none. Only the text tower is built, and weights are read with `weights_only=True`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import importlib
 import importlib.machinery
@@ -29,74 +28,34 @@ from .text import CachedPromptEncoder
 
 INSTALL_HINT = "open_clip text encoders need: pip install --no-deps open_clip_torch ftfy regex"
 
-# Names open_clip 3.x imports from torchvision at import time (transform.py, utils.py).
-_TRANSFORM_NAMES = (
-    "Normalize", "Compose", "RandomResizedCrop", "ToTensor", "Resize", "CenterCrop", "ColorJitter", "Grayscale",
-)
-_FUNCTIONAL_NAMES = ("resize", "get_dimensions", "pad", "crop", "to_tensor")
-_STUB_FLAG = "__digseg_torchvision_stub__"
 
+def _placeholder(name: str) -> type:
+    """A torchvision name open_clip imports: subclassable at import time, unusable at run time."""
+    if name.startswith("__"):
+        raise AttributeError(name)
 
-def _unavailable(*args, **kwargs):
-    raise RuntimeError("a torchvision placeholder: torchvision is not installed, and digseg loads open_clip for its "
-                       "text tower only (image transforms are unavailable)")
+    def unavailable(*args, **kwargs):
+        raise RuntimeError("a torchvision placeholder: torchvision is not installed, and digseg loads open_clip for "
+                           "its text tower only (image transforms are unavailable)")
 
-
-def _placeholder_class(name: str) -> type:
-    """Subclassable at import time, unusable at run time."""
-    return type(name, (), {"__init__": _unavailable, "__module__": "torchvision (digseg placeholder)"})
-
-
-# stand-in for torchvision.transforms.InterpolationMode (used in open_clip default arguments)
-_InterpolationMode = enum.Enum("InterpolationMode", {name.upper().replace("-", "_"): name for name in (
-    "nearest", "nearest-exact", "bilinear", "bicubic", "box", "hamming", "lanczos")})
-
-
-def _stub_module(name: str) -> types.ModuleType:
-    module = types.ModuleType(name, "digseg placeholder for torchvision while importing open_clip")
-    module.__spec__ = importlib.machinery.ModuleSpec(name, loader=None, is_package=True)
-    module.__path__ = []
-    setattr(module, _STUB_FLAG, True)
-    return module
+    return type(name, (), {"__init__": unavailable, "__module__": "torchvision (digseg placeholder)"})
 
 
 def _torchvision_stubs() -> dict[str, types.ModuleType]:
-    root = _stub_module("torchvision")
-    transforms = _stub_module("torchvision.transforms")
-    functional = _stub_module("torchvision.transforms.functional")
-    ops = _stub_module("torchvision.ops")
-    misc = _stub_module("torchvision.ops.misc")
-    for name in _TRANSFORM_NAMES:
-        setattr(transforms, name, _placeholder_class(name))
-    transforms.InterpolationMode = _InterpolationMode
-    for name in _FUNCTIONAL_NAMES:
-        setattr(functional, name, _unavailable)
-    misc.FrozenBatchNorm2d = _placeholder_class("FrozenBatchNorm2d")
-    root.transforms, transforms.functional, root.ops, ops.misc = transforms, functional, ops, misc
-    return {m.__name__: m for m in (root, transforms, functional, ops, misc)}
-
-
-def _real_torchvision_installed() -> bool:
-    module = sys.modules.get("torchvision")
-    if module is not None:
-        return not getattr(module, _STUB_FLAG, False)
-    try:
-        return importlib.util.find_spec("torchvision") is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def _prewarm_transformers() -> None:
-    """Import what open_clip takes from transformers, and settle transformers' (cached) torchvision check,
-    before the stubs exist, so nothing in transformers ever observes them."""
-    try:
-        import transformers
-        from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig  # noqa: F401
-        from transformers import modeling_outputs  # noqa: F401
-
-        transformers.utils.is_torchvision_available()
-    except Exception:  # transformers is optional for open_clip itself; open_clip handles its absence
-        pass
+    """The torchvision modules open_clip 3.x imports from (transform.py, utils.py), every name a `_placeholder`."""
+    stubs = {}
+    for name in ("torchvision", "torchvision.transforms", "torchvision.transforms.functional", "torchvision.ops",
+                 "torchvision.ops.misc"):
+        stubs[name] = module = types.ModuleType(name, "digseg placeholder for torchvision while importing open_clip")
+        module.__spec__ = importlib.machinery.ModuleSpec(name, loader=None, is_package=True)
+        module.__path__, module.__getattr__ = [], _placeholder
+        parent, _, child = name.rpartition(".")
+        if parent:
+            setattr(stubs[parent], child, module)
+    # used in open_clip's default arguments
+    stubs["torchvision.transforms"].InterpolationMode = enum.Enum(
+        "InterpolationMode", "NEAREST NEAREST_EXACT BILINEAR BICUBIC BOX HAMMING LANCZOS")
+    return stubs
 
 
 def import_open_clip():
@@ -104,27 +63,27 @@ def import_open_clip():
     it is not installed."""
     if "open_clip" in sys.modules:
         return sys.modules["open_clip"]
-    try:
-        if importlib.util.find_spec("open_clip") is None:
-            raise DigsegError(INSTALL_HINT)
-    except (ImportError, ValueError) as exc:
-        raise DigsegError(INSTALL_HINT) from exc
-    if _real_torchvision_installed():
-        try:
-            return importlib.import_module("open_clip")
-        except ImportError as exc:
-            raise DigsegError(f"import open_clip failed ({exc}); {INSTALL_HINT}") from exc
+    if importlib.util.find_spec("open_clip") is None:
+        raise DigsegError(INSTALL_HINT)
+    stubs = {}
+    if "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is None:
+        # import what open_clip takes from transformers, and settle transformers' (cached) torchvision check,
+        # before the stubs exist, so nothing in transformers ever observes them
+        with contextlib.suppress(Exception):  # transformers is optional for open_clip itself
+            import transformers
+            from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig  # noqa: F401
+            from transformers import modeling_outputs  # noqa: F401
 
-    _prewarm_transformers()
-    stubs = _torchvision_stubs()
-    sys.modules.update(stubs)
+            transformers.utils.is_torchvision_available()
+        stubs = _torchvision_stubs()
+        sys.modules.update(stubs)
     try:
         return importlib.import_module("open_clip")
     except ImportError as exc:
         for name in [n for n in sys.modules if n == "open_clip" or n.startswith("open_clip.")]:
             del sys.modules[name]  # a half-imported open_clip must not be mistaken for a working one
-        raise DigsegError(f"import open_clip failed without torchvision ({exc}); digseg's placeholders cover "
-                          f"open_clip 3.x. {INSTALL_HINT}") from exc
+        raise DigsegError(f"import open_clip failed{' without torchvision' if stubs else ''} ({exc}); "
+                          f"{INSTALL_HINT}") from exc
     finally:
         for name, stub in stubs.items():
             if sys.modules.get(name) is stub:
@@ -140,27 +99,24 @@ def _resolve_config_and_checkpoint(name: str, pretrained: str | None, cache_dir:
     from open_clip import pretrained as oc_pretrained
 
     schema, identifier = factory.parse_model_name(name)
-    if schema == "hf-hub":
-        if looks_like_hub_id(identifier):  # cached, or the Hub reachable and holding it: else one line, no retries
-            check_hub_id(identifier, "open_clip text encoder", "open_clip_config.json",
-                         "a local open_clip folder (local-dir:FOLDER; model.text_encoder=open_clip:local-dir:FOLDER)",
-                         cache_dir=cache_dir, named_as_hub_id=True)
-        config = factory._get_hf_config(identifier, cache_dir=cache_dir)
-        if "model_cfg" not in config:
-            raise DigsegError(f"{name}: open_clip_config.json has no model_cfg")
-        checkpoint = oc_pretrained.download_pretrained_from_hf(identifier, cache_dir=cache_dir)
-        return config["model_cfg"], checkpoint, False, name
-    if schema == "local-dir":
-        folder = Path(identifier)
-        config_path = folder / "open_clip_config.json"
-        if not config_path.is_file():
+    if schema in ("hf-hub", "local-dir"):
+        config_path = Path(identifier) / "open_clip_config.json"
+        if schema == "hf-hub":
+            if looks_like_hub_id(identifier):  # cached, or the Hub reachable and holding it: else one line at once
+                check_hub_id(identifier, "open_clip text encoder", "open_clip_config.json", "a local open_clip "
+                             "folder (local-dir:FOLDER; model.text_encoder=open_clip:local-dir:FOLDER)",
+                             cache_dir=cache_dir, named_as_hub_id=True)
+            config = factory._get_hf_config(identifier, cache_dir=cache_dir)
+        elif not config_path.is_file():
             raise DigsegError(f"{name}: {config_path} not found")
-        config = json.loads(config_path.read_text(encoding="utf-8"))
+        else:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
         if "model_cfg" not in config:
             raise DigsegError(f"{name}: {config_path} has no model_cfg")
-        checkpoint = factory._find_checkpoint_in_dir(folder)
+        checkpoint = (oc_pretrained.download_pretrained_from_hf(identifier, cache_dir=cache_dir)
+                      if schema == "hf-hub" else factory._find_checkpoint_in_dir(Path(identifier)))
         if checkpoint is None:
-            raise DigsegError(f"{name}: no .safetensors/.bin/.pth weights in {folder}")
+            raise DigsegError(f"{name}: no .safetensors/.bin/.pth weights in {identifier}")
         return config["model_cfg"], checkpoint, False, name
 
     model_name = identifier.replace("/", "-")
@@ -179,15 +135,6 @@ def _resolve_config_and_checkpoint(name: str, pretrained: str | None, cache_dir:
     return model_cfg, checkpoint, quick_gelu, model_name
 
 
-def _text_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The text tower's keys of a full open_clip checkpoint (CLIP layout or CustomTextCLIP `text.*` layout)."""
-    if not any(key.startswith("text.") for key in state):
-        state = {("text." + k if k.startswith(_CLIP_TEXT_PREFIXES) else k): v for k, v in state.items()}
-    text = {k[len("text."):]: v for k, v in state.items() if k.startswith("text.")}
-    text.pop("transformer.embeddings.position_ids", None)  # not a parameter in current transformers
-    return text
-
-
 def load_open_clip_text_tower(name: str, pretrained: str | None = None, cache_dir: str | None = None):
     """(text tower, tokenizer) of an open_clip model, without building its vision tower."""
     open_clip = import_open_clip()
@@ -201,8 +148,12 @@ def load_open_clip_text_tower(name: str, pretrained: str | None = None, cache_di
     if text_cfg.get("hf_model_name"):
         text_cfg["hf_model_pretrained"] = False  # the full checkpoint below holds the text weights
     tower = _build_text_tower(model_cfg["embed_dim"], text_cfg, quick_gelu=quick_gelu, cast_dtype=None)
-    state = _text_state_dict(factory.load_state_dict(checkpoint, device="cpu", weights_only=True))
-    missing, unexpected = tower.load_state_dict(state, strict=False)
+    state = factory.load_state_dict(checkpoint, device="cpu", weights_only=True)
+    if not any(key.startswith("text.") for key in state):  # CLIP's layout (CustomTextCLIP's: text.*)
+        state = {("text." + k if k.startswith(_CLIP_TEXT_PREFIXES) else k): v for k, v in state.items()}
+    state = {k[len("text."):]: v for k, v in state.items() if k.startswith("text.")}  # the text tower's keys
+    state.pop("transformer.embeddings.position_ids", None)  # not a parameter in current transformers
+    missing = tower.load_state_dict(state, strict=False).missing_keys
     if missing:
         raise DigsegError(f"{name}: checkpoint {Path(checkpoint).name} lacks {len(missing)} text-tower weights, "
                           f"e.g. {missing[:3]}")
