@@ -99,22 +99,13 @@ def save_adapter(folder: str | Path, lora: dict[str, torch.Tensor], parts: Adapt
         "format": FORMAT,
         "base": {key: base.get(key) for key in ("pretrained", "revision", "variant")},
         "lora": {"rank": rank, "alpha": rank if alpha is None else alpha, "targets": list(targets)},
-        "text_pathway": dict(parts.text_pathway.config),
-        "mask_decoder": dict(parts.mask_decoder.config) if parts.mask_decoder is not None else None,
+        **{name: None if module is None else {k: v for k, v in module.config.items() if not k.startswith("_")}
+           for name, module in (("text_pathway", parts.text_pathway), ("mask_decoder", parts.mask_decoder))},
         **{key: parts.facts.get(key) for key in FACT_KEYS},
     }
-    (folder / CONFIG_FILE).write_text(json.dumps(_plain(config), indent=2) + "\n")
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     (folder / CARD_FILE).write_text(card if card is not None else adapter_card(config, tensors))
     return folder
-
-
-def _plain(value: Any) -> Any:
-    """A config's values as JSON types (FrozenDicts, tuples and private keys of diffusers' configs dropped)."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items() if not str(k).startswith("_")}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def adapter_card(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:

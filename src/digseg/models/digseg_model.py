@@ -17,14 +17,7 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 from ..errors import DigsegError, first_line
 from ..hub_ids import check_hub_id, hub_id_or_none
 from .choices import PREDICTION_TYPES
-from .backbone_layout import BackboneLayout, backbone_record, check_subfolders, read_layout, resolve_variant
-
-try:  # diffusers renamed from_pretrained's `torch_dtype` to `dtype` (the old name warns)
-    from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
-
-    DIFFUSERS_DTYPE_KWARG = "dtype"
-except ImportError:
-    DIFFUSERS_DTYPE_KWARG = "torch_dtype"
+from .backbone_layout import SUBFOLDERS, WEIGHT_SUBFOLDERS, backbone_record, read_layout, resolve_variant
 
 
 @torch.no_grad()
@@ -84,44 +77,28 @@ class Backbone:
     record: dict | None = None  # `backbone_layout.backbone_record`: id, revision, variant
 
 
-def check_backbone_folder(path: Path) -> BackboneLayout:
-    """The layout of a local backbone folder; one-line DigsegError if it is missing, incomplete or unsupported."""
-    if not path.exists():
-        raise DigsegError(f"model folder not found: {path}")
-    if not path.is_dir():
-        raise DigsegError(f"not a model folder: {path}")
-    if (path / "text_pathway").is_dir():
-        raise DigsegError(f"{path} is a DiGSeg model, not a Stable Diffusion backbone: load it with "
-                          "DiGSegPipeline.from_pretrained (digseg train --pretrained continues training it)")
-    layout = read_layout(str(path), local=True)
-    check_subfolders(path, layout)
-    return layout
-
-
 def load_backbone(path_or_id: str | os.PathLike, torch_dtype: torch.dtype | None = None, variant: str | None = None,
                   revision: str | None = None) -> Backbone:
     """The SD / SDXL components of a local folder or a hub id (safetensors) at `revision` and `variant` (None: the
     plain files, or a local folder's only variant), in `torch_dtype` (None: float32, what training keeps)."""
     path = Path(path_or_id).expanduser()
     if hub_id_or_none(str(path_or_id)) is None:  # a local folder
-        layout = check_backbone_folder(path)
-        path_or_id = str(path)
-        variant = resolve_variant(path, layout.weight_folders, variant)
+        path_or_id, family = str(path), read_layout(str(path), local=True)
+        variant = resolve_variant(path, [n for n in WEIGHT_SUBFOLDERS if n in SUBFOLDERS[family]], variant)
     else:  # cached, or the Hub reachable and holding it: else one line now, not a minute of retries
         check_hub_id(str(path_or_id), "Stable Diffusion backbone", "unet/config.json",
                      "a local Stable Diffusion folder", revision=revision)
-        layout = read_layout(str(path_or_id), local=False, revision=revision)
+        family = read_layout(str(path_or_id), local=False, revision=revision)
     dtype = torch_dtype or torch.float32
     common = {"revision": revision, "variant": variant, "use_safetensors": True}
-    diffusers_kwargs = {**common, DIFFUSERS_DTYPE_KWARG: dtype}
     try:
-        unet = UNet2DConditionModel.from_pretrained(path_or_id, subfolder="unet", **diffusers_kwargs)
-        vae = AutoencoderKL.from_pretrained(path_or_id, subfolder="vae", **diffusers_kwargs)
+        unet = UNet2DConditionModel.from_pretrained(path_or_id, subfolder="unet", dtype=dtype, **common)
+        vae = AutoencoderKL.from_pretrained(path_or_id, subfolder="vae", dtype=dtype, **common)
         text_encoder = CLIPTextModel.from_pretrained(path_or_id, subfolder="text_encoder", torch_dtype=dtype, **common)
         tokenizer = CLIPTokenizer.from_pretrained(path_or_id, subfolder="tokenizer", revision=revision)
         scheduler = DDIMScheduler.from_pretrained(path_or_id, subfolder="scheduler", revision=revision)
         text_encoder_2 = tokenizer_2 = None
-        if layout.family == "sdxl":
+        if family == "sdxl":
             text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
                 path_or_id, subfolder="text_encoder_2", torch_dtype=dtype, **common)
             tokenizer_2 = CLIPTokenizer.from_pretrained(path_or_id, subfolder="tokenizer_2", revision=revision)
