@@ -1,11 +1,6 @@
-"""`LightMaskDecoder`: mask latents -> mask image at a small fraction of the VAE decoder's cost.
-
-The VAE decoder is the largest single cost at inference (SD's at 512 px: about 2,480 GFLOP, against 678 for one
-U-Net step), but a mask is a few flat colours. `LightMaskDecoder` maps mask latents [B, C, h, w] (scaled, as
-`encode_latents` returns them) to an image [B, 3, h*f, w*f] in about [-1, 1], as the VAE decoder does, so
-`MaskCodec.decode` reads it unchanged: a 3x3 convolution, residual blocks, then per factor of 2 a nearest x2
-upsampling, a 3x3 convolution and residual blocks, and a 3x3 convolution to RGB (defaults: 0.49 M parameters,
-17.2 GFLOP at 512 px). Trained by `digseg train-mask-decoder`; saved in the model folder's `mask_decoder/`.
+"""`LightMaskDecoder`: mask latents -> mask image at a small fraction of the VAE decoder's cost (SD's VAE decoder
+at 512 px: about 2,480 GFLOP; this one with its defaults: 17.2 GFLOP), since a mask is a few flat colours. Its
+output is the VAE decoder's ([B, 3, h*f, w*f] in about [-1, 1]), so `MaskCodec.decode` reads it unchanged.
 """
 
 from __future__ import annotations

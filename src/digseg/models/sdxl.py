@@ -1,10 +1,8 @@
 """Stable Diffusion XL's conditioning, for DiGSeg: two text encoders and the size ids of the added embedding.
 
-SDXL's U-Net (`addition_embed_type="text_time"`) takes, as in diffusers' `StableDiffusionXLPipeline`: token
-features (the penultimate hidden states of both encoders, concatenated: [B, L, D1 + D2]), `text_embeds` (the
-second encoder's pooled projection [B, P]) and `time_ids` [B, 6]. Here the pooled embedding rides along as the
-last P features of every token (one tensor for the prompt cache and template averaging) and `TextPathway` splits
-it off. The size ids describe the processed image (original = target = its size, crop (0, 0)).
+The U-Net takes token features [B, L, D1 + D2], `text_embeds` (the second encoder's pooled projection [B, P]) and
+`time_ids` [B, 6]. Here the pooled embedding rides along as the last P features of every token (one tensor for the
+prompt cache and template averaging) and `TextPathway` splits it off.
 """
 
 from __future__ import annotations

@@ -1,12 +1,9 @@
 """Text pathway: a frozen CLIP-aligned text encoder and learned per-level projections into the U-Net.
 
-Level l of the U-Net (of `num_levels` = len(block_out_channels)) has its own projection P_l: encoder features
-[B, L, D] -> [B, L, C] (C = cross_attention_dim), which every cross-attention layer at that level attends to.
-The projections live in `TextPathway`, not in the U-Net, so the U-Net stays a stock `UNet2DConditionModel`;
-small attention processors route each level's features to its layers. Every P_l starts as the (rectangular,
-when D != C) identity, so with the backbone's own encoder step 0 reproduces the pretrained U-Net exactly.
-Levels without cross-attention (SDXL's first) get no projection. SDXL's pooled embedding (`pooled_dim` > 0)
-arrives as the last features of the encoder states and leaves unprojected, after the levels: `text_embeds`.
+Level l of the U-Net has its own projection P_l: encoder features [B, L, D] -> [B, L, C] (C = cross_attention_dim),
+which every cross-attention layer at that level attends to. The projections live in `TextPathway`, so the U-Net
+stays a stock `UNet2DConditionModel`; attention processors route each level's features to its layers. Every P_l
+starts as the (rectangular, when D != C) identity, so step 0 reproduces the pretrained U-Net exactly.
 """
 
 from __future__ import annotations
@@ -29,9 +26,6 @@ class CachedPromptEncoder:
 
     def __init__(self) -> None:
         self._cache: dict[str, torch.Tensor] = {}
-
-    def _encode_new(self, prompts: list[str]) -> torch.Tensor:
-        raise NotImplementedError
 
     def clear_cache(self) -> None:
         self._cache.clear()
@@ -81,12 +75,7 @@ class TextPathway(ModelMixin, ConfigMixin):
             raise ValueError(f"levels must be a non-empty subset of 0..{num_levels - 1}, got {levels}")
         # keys "0", "1", ...: the state-dict names of a ModuleList, as saved models have them
         self.projections = nn.ModuleDict({str(level): nn.Linear(encoder_dim, cross_attention_dim) for level in levels})
-        self.reset_to_identity()
-
-    @torch.no_grad()
-    def reset_to_identity(self) -> None:
-        """Identity when D == C (step 0 = pretrained U-Net); rectangular identity shared by all levels otherwise."""
-        for proj in self.projections.values():
+        for proj in self.projections.values():  # identity (rectangular when D != C): step 0 = pretrained U-Net
             nn.init.eye_(proj.weight)
             nn.init.zeros_(proj.bias)
 
@@ -167,14 +156,9 @@ def install_level_processors(unet: UNet2DConditionModel) -> _LevelContext:
     return context
 
 
-def unet_forward_with_text(
-    unet: UNet2DConditionModel,
-    context: _LevelContext,
-    sample: torch.Tensor,
-    timestep: torch.Tensor,
-    text_levels: list[torch.Tensor],
-    image_size: tuple[int, int] | None = None,
-) -> torch.Tensor:
+def unet_forward_with_text(unet: UNet2DConditionModel, context: _LevelContext, sample: torch.Tensor,
+                           timestep: torch.Tensor, text_levels: list[torch.Tensor],
+                           image_size: tuple[int, int] | None = None) -> torch.Tensor:
     """sample [B, 8, h, w], timestep [B] or scalar, text_levels num_levels x [B, L, C] (then SDXL's pooled [B, P])
     -> prediction [B, 4, h, w]. `image_size`: (H, W) of the processed image, for SDXL's size ids."""
     added = None

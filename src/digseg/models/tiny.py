@@ -1,12 +1,8 @@
 """Tiny random Stable-Diffusion components, built offline and written with diffusers' own `save_pretrained`, so
 tests and `digseg quickstart` run the loaders a real SD folder goes through.
 
-Sizes: images 64x64, VAE factor 4 -> latents [B, 4, 16, 16]; U-Net channels (32, 64); CLIP text encoder width
-32, 2 layers; a byte-level BPE tokenizer with a small, fixed merge table. Families, each in its real layout:
-"sd1" (convolutional projections, quick-GELU text encoder, epsilon), "sd2" (linear projections, head widths per
-level, GELU), "sd2-v" (v-prediction), and SDXL (`save_tiny_sdxl_backbone`: two text encoders, no cross-attention
-at the first level, `addition_embed_type="text_time"`, Euler scheduler). `variants`: None the float32 files,
-"fp16" *.fp16.safetensors in float16.
+Images 64x64, VAE factor 4 -> latents [B, 4, 16, 16]; U-Net channels (32, 64); a 2-layer CLIP text encoder of
+width 32; a byte-level BPE tokenizer with a small, fixed merge table. Each family in its real layout.
 """
 
 from __future__ import annotations
@@ -32,22 +28,11 @@ TINY_FAMILIES = ("sd1", "sd2", "sd2-v")  # save_tiny_backbone's; SDXL: save_tiny
 VARIANT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}  # the dtype each weight variant is written in
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP byte -> printable unicode character table (the standard byte-level BPE alphabet)."""
-    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
-
-
 def tiny_tokenizer(max_length: int = TINY_MAX_LENGTH) -> CLIPTokenizer:
     """A CLIP tokenizer over the byte alphabet plus whole-word merges for `_TINY_WORDS`."""
-    chars = list(_bytes_to_unicode().values())
+    # GPT-2/CLIP's byte-level BPE alphabet: the printable bytes as themselves, then the others from chr(256) on
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = [chr(c) for c in printable] + [chr(256 + n) for n in range(256 - len(printable))]
     vocab: dict[str, int] = {}
     for token in chars + [c + "</w>" for c in chars]:
         vocab.setdefault(token, len(vocab))
