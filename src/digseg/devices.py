@@ -26,12 +26,6 @@ DEVICE_CHOICES_TEXT = "auto, cpu, cuda, cuda:N or mps"  # --device takes any of 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda)(?::(\d+))?$")
 
 
-def _dtypes() -> dict[str, "torch.dtype"]:
-    import torch
-
-    return {name: getattr(torch, torch_name) for name, torch_name in DTYPE_TORCH_NAMES.items()}
-
-
 def resolve_device(device: "str | torch.device" = "auto") -> "torch.device":
     """`auto`, `cpu`, `cuda`, `cuda:N` or `mps` -> the torch.device to run on (see the module docstring)."""
     import torch
@@ -86,7 +80,7 @@ def resolve_dtype(dtype: "str | torch.dtype" = "auto", device: "torch.device | s
         return torch.float16 if device.type == "mps" else torch.float32
     if dtype == "bf16" and not _bf16_supported(device):
         raise ConfigError(f"dtype bf16: {device_name(device)} does not support bfloat16; use --dtype fp16 or fp32")
-    return _dtypes()[dtype]
+    return getattr(torch, DTYPE_TORCH_NAMES[dtype])
 
 
 def resolve_device_and_dtype(device: "str | torch.device" = "auto",
@@ -116,7 +110,8 @@ def training_precision(dtype: str) -> str:
 
 def dtype_name(dtype: "torch.dtype") -> str:
     """torch.bfloat16 -> "bf16" (the --dtype spelling); other dtypes as torch names them."""
-    return {v: k for k, v in _dtypes().items()}.get(dtype, str(dtype).removeprefix("torch."))
+    name = str(dtype).removeprefix("torch.")
+    return {torch_name: spelling for spelling, torch_name in DTYPE_TORCH_NAMES.items()}.get(name, name)
 
 
 @lru_cache(maxsize=1)
@@ -160,9 +155,6 @@ def runtime_info(device: "torch.device | str", dtype: "torch.dtype", num_process
     from . import __version__
 
     device = torch.device(device)
-    return {
-        "device": str(device), "device_name": device_name(device), "dtype": dtype_name(dtype),
-        "num_processes": num_processes, "torch": torch.__version__, "diffusers": diffusers.__version__,
-        "digseg": __version__,
-        "memory_mib": None, "memory_reserved_mib": None, **peak_memory_mib(device),
-    }
+    return {"device": str(device), "device_name": device_name(device), "dtype": dtype_name(dtype),
+            "num_processes": num_processes, "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "digseg": __version__, "memory_mib": None, "memory_reserved_mib": None, **peak_memory_mib(device)}

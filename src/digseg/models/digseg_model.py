@@ -17,7 +17,8 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 from ..errors import DigsegError, first_line
 from ..hub_ids import check_hub_id, hub_id_or_none
 from .choices import PREDICTION_TYPES
-from .backbone_layout import SUBFOLDERS, WEIGHT_SUBFOLDERS, backbone_record, read_layout, resolve_variant
+from .backbone_layout import (SDXL_TIME_IDS, SUBFOLDERS, WEIGHT_SUBFOLDERS, backbone_record, read_layout,
+                              resolve_variant)
 
 
 @torch.no_grad()
@@ -107,10 +108,13 @@ def load_backbone(path_or_id: str | os.PathLike, torch_dtype: torch.dtype | None
         if "no file named" in str(exc) and variant is None:
             hint = " (a download of one weight variant only? pass it, e.g. --cfg-options model.variant=fp16)"
         raise DigsegError(f"cannot load Stable Diffusion backbone {path_or_id!s}: {first_line(exc)}{hint}") from exc
-    if text_encoder_2 is not None:
-        from .sdxl import check_added_embedding
-
-        check_added_embedding(unet, int(text_encoder_2.config.projection_dim), str(path_or_id))
+    if text_encoder_2 is not None:  # SDXL's U-Net must take exactly 6 size ids and the pooled embedding (no refiner)
+        pooled, time_dim = int(text_encoder_2.config.projection_dim), unet.config.addition_time_embed_dim
+        expected, given = unet.add_embedding.linear_1.in_features, time_dim * SDXL_TIME_IDS + pooled
+        if expected != given:
+            raise DigsegError(f"{path_or_id}: the U-Net's added embedding takes {expected} features, but SDXL's 6 "
+                              f"size ids x {time_dim} + text_encoder_2's pooled {pooled} give {given} (an SDXL "
+                              "refiner or another variant, which digseg does not support)")
     return Backbone(unet, vae, text_encoder, tokenizer, scheduler, text_encoder_2, tokenizer_2,
                     record=backbone_record(str(path_or_id), revision, variant))
 

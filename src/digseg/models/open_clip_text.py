@@ -135,32 +135,6 @@ def _resolve_config_and_checkpoint(name: str, pretrained: str | None, cache_dir:
     return model_cfg, checkpoint, quick_gelu, model_name
 
 
-def load_open_clip_text_tower(name: str, pretrained: str | None = None, cache_dir: str | None = None):
-    """(text tower, tokenizer) of an open_clip model, without building its vision tower."""
-    open_clip = import_open_clip()
-    from open_clip import factory
-    from open_clip.model import _build_text_tower
-
-    model_cfg, checkpoint, quick_gelu, tokenizer_name = _resolve_config_and_checkpoint(name, pretrained, cache_dir)
-    if Path(checkpoint).suffix in (".npz", ".npy"):
-        raise DigsegError(f"{name}: numpy (big_vision) checkpoints are not supported; use an open_clip/hub checkpoint")
-    text_cfg = dict(model_cfg["text_cfg"])
-    if text_cfg.get("hf_model_name"):
-        text_cfg["hf_model_pretrained"] = False  # the full checkpoint below holds the text weights
-    tower = _build_text_tower(model_cfg["embed_dim"], text_cfg, quick_gelu=quick_gelu, cast_dtype=None)
-    state = factory.load_state_dict(checkpoint, device="cpu", weights_only=True)
-    if not any(key.startswith("text.") for key in state):  # CLIP's layout (CustomTextCLIP's: text.*)
-        state = {("text." + k if k.startswith(_CLIP_TEXT_PREFIXES) else k): v for k, v in state.items()}
-    state = {k[len("text."):]: v for k, v in state.items() if k.startswith("text.")}  # the text tower's keys
-    state.pop("transformer.embeddings.position_ids", None)  # not a parameter in current transformers
-    missing = tower.load_state_dict(state, strict=False).missing_keys
-    if missing:
-        raise DigsegError(f"{name}: checkpoint {Path(checkpoint).name} lacks {len(missing)} text-tower weights, "
-                          f"e.g. {missing[:3]}")
-    tokenizer = open_clip.get_tokenizer(tokenizer_name, cache_dir=cache_dir)
-    return tower, tokenizer
-
-
 class OpenCLIPPromptEncoder(CachedPromptEncoder):
     """Frozen open_clip text tower + tokenizer, as `CLIPPromptEncoder`: `encode(prompts)` -> [N, L, D], every
     token's final state through the tower's projection (the pooled one is `encode_text(normalize=False)`).
@@ -188,7 +162,29 @@ class OpenCLIPPromptEncoder(CachedPromptEncoder):
         `local-dir:/folder` (open_clip_config.json + weights), or an open_clip model name with a `pretrained`
         tag or weights file (e.g. "ViT-B-16", pretrained="laion2b_s34b_b88k"). Builds the text tower only."""
         try:
-            tower, tokenizer = load_open_clip_text_tower(name_or_path, pretrained, cache_dir)
+            open_clip = import_open_clip()
+            from open_clip import factory
+            from open_clip.model import _build_text_tower
+
+            model_cfg, checkpoint, quick_gelu, tokenizer_name = _resolve_config_and_checkpoint(
+                name_or_path, pretrained, cache_dir)
+            if Path(checkpoint).suffix in (".npz", ".npy"):
+                raise DigsegError(f"{name_or_path}: numpy (big_vision) checkpoints are not supported; use an "
+                                  "open_clip/hub checkpoint")
+            text_cfg = dict(model_cfg["text_cfg"])
+            if text_cfg.get("hf_model_name"):
+                text_cfg["hf_model_pretrained"] = False  # the full checkpoint below holds the text weights
+            tower = _build_text_tower(model_cfg["embed_dim"], text_cfg, quick_gelu=quick_gelu, cast_dtype=None)
+            state = factory.load_state_dict(checkpoint, device="cpu", weights_only=True)
+            if not any(key.startswith("text.") for key in state):  # CLIP's layout (CustomTextCLIP's: text.*)
+                state = {("text." + k if k.startswith(_CLIP_TEXT_PREFIXES) else k): v for k, v in state.items()}
+            state = {k[len("text."):]: v for k, v in state.items() if k.startswith("text.")}  # the tower keys
+            state.pop("transformer.embeddings.position_ids", None)  # not a parameter in current transformers
+            missing = tower.load_state_dict(state, strict=False).missing_keys
+            if missing:
+                raise DigsegError(f"{name_or_path}: checkpoint {Path(checkpoint).name} lacks {len(missing)} "
+                                  f"text-tower weights, e.g. {missing[:3]}")
+            tokenizer = open_clip.get_tokenizer(tokenizer_name, cache_dir=cache_dir)
         except DigsegError:
             raise
         except Exception as exc:

@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from ..errors import DigsegError
-from .backbone_layout import SDXL_TIME_IDS
 from .text import CachedPromptEncoder
 
 
@@ -39,19 +38,3 @@ class SDXLPromptEncoder(CachedPromptEncoder):
         tokens = torch.cat(states, dim=-1)  # [M, L, D1 + D2]
         return torch.cat([tokens, pooled[:, None].expand(-1, tokens.shape[1], -1).to(tokens.dtype)], dim=-1)
 
-
-def sdxl_time_ids(batch: int, height: int, width: int, device, dtype) -> torch.Tensor:
-    """[batch, 6]: (height, width) of the processed image as original and target size, crop top-left (0, 0)."""
-    ids = torch.tensor([height, width, 0, 0, height, width], device=device, dtype=dtype)
-    return ids.expand(batch, SDXL_TIME_IDS)
-
-
-def check_added_embedding(unet, pooled_size: int, where: str) -> None:
-    """SDXL's U-Net must take exactly 6 size ids and the second encoder's pooled embedding (as diffusers checks);
-    the refiner (5 ids with an aesthetic score) and other variants are refused in one line."""
-    expected = unet.add_embedding.linear_1.in_features
-    given = unet.config.addition_time_embed_dim * SDXL_TIME_IDS + pooled_size
-    if expected != given:
-        raise DigsegError(f"{where}: the U-Net's added embedding takes {expected} features, but SDXL's 6 size ids x "
-                          f"{unet.config.addition_time_embed_dim} + text_encoder_2's pooled {pooled_size} give "
-                          f"{given} (an SDXL refiner or another variant, which digseg does not support)")

@@ -18,6 +18,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from torch import nn
 
 from ..errors import DigsegError
+from .backbone_layout import SDXL_TIME_IDS
 
 
 class CachedPromptEncoder:
@@ -127,9 +128,7 @@ class LevelCrossAttnProcessor:
     """Cross-attention that attends to its level's projected text instead of the U-Net's shared input."""
 
     def __init__(self, level: int, context: _LevelContext) -> None:
-        self.level = level
-        self.context = context
-        self.base = AttnProcessor2_0()
+        self.level, self.context, self.base = level, context, AttnProcessor2_0()
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args,
                  **kwargs):
@@ -148,11 +147,9 @@ def install_level_processors(unet: UNet2DConditionModel) -> _LevelContext:
     """Give every cross-attention layer a level-routing processor; returns the shared context."""
     num_levels = len(unet.config.block_out_channels)
     context = _LevelContext(num_levels, unet.config.addition_embed_type == "text_time")
-    processors = {}
-    for name, processor in unet.attn_processors.items():
-        level = unet_level_of(name, num_levels)
-        processors[name] = processor if level is None else LevelCrossAttnProcessor(level, context)
-    unet.set_attn_processor(processors)
+    unet.set_attn_processor({name: processor if (level := unet_level_of(name, num_levels)) is None
+                             else LevelCrossAttnProcessor(level, context)
+                             for name, processor in unet.attn_processors.items()})
     return context
 
 
@@ -163,13 +160,12 @@ def unet_forward_with_text(unet: UNet2DConditionModel, context: _LevelContext, s
     -> prediction [B, 4, h, w]. `image_size`: (H, W) of the processed image, for SDXL's size ids."""
     added = None
     if context.needs_size_ids:
-        from .sdxl import sdxl_time_ids
-
         if len(text_levels) <= context.num_levels or image_size is None:
             raise DigsegError("an SDXL U-Net needs the pooled text embedding and the image size")
         pooled = text_levels[context.num_levels]  # [B, P]
-        added = {"text_embeds": pooled, "time_ids": sdxl_time_ids(pooled.shape[0], *image_size, pooled.device,
-                                                                  torch.float32)}
+        # the processed image's (H, W) as original and target size, crop top-left (0, 0): [B, 6]
+        time_ids = torch.tensor([*image_size, 0, 0, *image_size], device=pooled.device, dtype=torch.float32)
+        added = {"text_embeds": pooled, "time_ids": time_ids.expand(pooled.shape[0], SDXL_TIME_IDS)}
     context.levels = text_levels[: context.num_levels]
     try:
         return unet(sample, timestep, encoder_hidden_states=text_levels[0], added_cond_kwargs=added,

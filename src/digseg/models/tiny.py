@@ -92,19 +92,6 @@ def tiny_unet(cross_attention_dim: int = 32, block_out_channels: tuple[int, ...]
     )
 
 
-def tiny_sdxl_unet(cross_attention_dim: int = 64, pooled_dim: int = 32, seed: int = 0) -> UNet2DConditionModel:
-    """SDXL's U-Net layout, tiny: no cross-attention at the first level, two transformer layers at the second,
-    linear projections, and the added embedding of 6 size ids (8 sinusoids each) and the pooled text embedding."""
-    torch.manual_seed(seed)
-    return UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, norm_num_groups=16,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        block_out_channels=(32, 64), transformer_layers_per_block=(1, 2), attention_head_dim=(4, 8),
-        use_linear_projection=True, cross_attention_dim=cross_attention_dim, addition_embed_type="text_time",
-        addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + pooled_dim,
-    )
-
-
 def tiny_scheduler(prediction_type: str = "epsilon") -> DDIMScheduler:
     """Stable Diffusion's training schedule (scaled-linear betas, 1000 steps)."""
     return DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -151,8 +138,17 @@ def save_tiny_sdxl_backbone(path: str | Path, seed: int = 0, variants: Sequence[
     text_encoder = tiny_text_encoder(tokenizer, seed=seed)
     text_encoder_2 = tiny_text_encoder(tokenizer, seed=seed + 1, hidden_act="gelu", with_projection=True)
     scheduler = EulerDiscreteScheduler.from_config(tiny_scheduler().config, timestep_spacing="leading")
-    pipe = StableDiffusionXLPipeline(
-        vae=tiny_vae(seed), text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
-        tokenizer_2=tokenizer, unet=tiny_sdxl_unet(64, text_encoder_2.config.projection_dim, seed), scheduler=scheduler,
+    vae = tiny_vae(seed)
+    # SDXL's U-Net layout: no cross-attention at the first level, two transformer layers at the second, linear
+    # projections, and the added embedding of 6 size ids (8 sinusoids each) and the pooled text embedding
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, norm_num_groups=16,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(32, 64), transformer_layers_per_block=(1, 2), attention_head_dim=(4, 8),
+        use_linear_projection=True, cross_attention_dim=64, addition_embed_type="text_time",
+        addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + text_encoder_2.config.projection_dim,
     )
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                     tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler)
     return save_variants(pipe, path, variants)
