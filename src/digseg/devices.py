@@ -2,8 +2,7 @@
 
 Device `auto`: under a launcher (`accelerate launch`, `torchrun`) the process's own GPU (cuda:LOCAL_RANK), else
 CUDA, else Apple's MPS, else the CPU. Dtype `auto`: bf16 on CUDA devices that support it (else fp16), fp16 on MPS,
-fp32 on the CPU. A request the machine cannot meet is a one-line `ConfigError`, raised before any model is loaded.
-"""
+fp32 on the CPU. A request the machine cannot meet is a one-line `ConfigError`, raised before any model is loaded."""
 
 from __future__ import annotations
 

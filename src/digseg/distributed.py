@@ -1,6 +1,5 @@
 """Running over several processes (`accelerate launch`, `torchrun`), in the process group accelerate sets up: who
-am I, my share (process r of N takes items r, r+N, ...), and reductions; in a single process all of it does nothing.
-"""
+am I, my share (process r of N takes items r, r+N, ...), and reductions; in a single process all of it does nothing."""
 
 from __future__ import annotations
 

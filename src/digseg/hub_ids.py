@@ -34,9 +34,8 @@ def hub_id_or_none(name: str | os.PathLike[str] | None, canonical: bool = False)
 
 
 def check_hub_id(repo_id: str, what: str, filename: str, local_hint: str, revision: str | None = None,
-                 repo_type: str | None = None, cache_dir: str | os.PathLike[str] | None = None,
-                 token: str | bool | None = None, local_files_only: bool = False,
-                 named_as_hub_id: bool = False) -> None:
+                 cache_dir: str | os.PathLike[str] | None = None, token: str | bool | None = None,
+                 local_files_only: bool = False, named_as_hub_id: bool = False) -> None:
     """Return when Hub id `repo_id` can be loaded: `filename` (e.g. "unet/config.json") is cached, or one request
     without retries finds the Hub answering for it (gated or lacking it: left to the loader). Else a one-line
     DigsegError saying why `what` cannot be had, and to pass `local_hint`. `named_as_hub_id`: the name itself says
@@ -45,7 +44,7 @@ def check_hub_id(repo_id: str, what: str, filename: str, local_hint: str, revisi
     from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError, OfflineModeIsEnabled,
                                         RepositoryNotFoundError, RevisionNotFoundError)
 
-    cached = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision, repo_type=repo_type)
+    cached = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision)
     if isinstance(cached, str):
         return
     lead = (f"{what} {repo_id!r} (a Hugging Face Hub id)" if named_as_hub_id else
@@ -53,18 +52,17 @@ def check_hub_id(repo_id: str, what: str, filename: str, local_hint: str, revisi
     not_cached = f"it is not in the local cache ({cache_dir or constants.HF_HUB_CACHE})"
     advice = f"pass {local_hint}, or run once with network to cache it"
     why = "local_files_only=True" if local_files_only else "offline mode: HF_HUB_OFFLINE is set"
-    offline = f"{lead}: {not_cached} and the Hub is not asked ({why}); {advice}"
     # offline mode: HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) set at huggingface_hub's import or since
     offline_now = any(os.environ.get(var, "").strip().upper() in constants.ENV_VARS_TRUE_VALUES
                       for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
     if local_files_only or constants.HF_HUB_OFFLINE or offline_now:
-        raise DigsegError(offline)
+        raise DigsegError(f"{lead}: {not_cached} and the Hub is not asked ({why}); {advice}")
     network_errors = [OSError]  # sockets, and the transport errors of huggingface_hub's HTTP client
     for module in ("httpx", "httpx2"):
         with contextlib.suppress(ImportError, AttributeError):
             network_errors.append(importlib.import_module(module).TransportError)
     try:
-        url = hf_hub_url(repo_id, filename, repo_type=repo_type, revision=revision)
+        url = hf_hub_url(repo_id, filename, revision=revision)
         get_hf_file_metadata(url, token=token, timeout=constants.HF_HUB_ETAG_TIMEOUT)  # one request, no retries
     except GatedRepoError:
         return  # the loader says how to get access

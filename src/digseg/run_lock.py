@@ -2,8 +2,7 @@
 
 Each kind of run has its own lock file; its holder writes host, pid and start time into `<lock file>.json`, which a
 refused run names. The kernel releases the lock when its process ends in any way, so a lock file left behind blocks
-nobody. Within one process later takers of a held lock skip it (`digseg train` takes it before its Trainer would).
-"""
+nobody. Within one process later takers of a held lock skip it (`digseg train` takes it before its Trainer would)."""
 
 from __future__ import annotations
 

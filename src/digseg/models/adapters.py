@@ -8,8 +8,7 @@ The folder (`save_adapter` / `read_adapter`; nothing is unpickled, a folder that
     adapter_model.safetensors   "unet.<peft key>" (no adapter name), "conv_in.*", "text_pathway.*", "mask_decoder.*"
     adapter_config.json         {"format", "base": {"pretrained", "revision", "variant"}, "lora": {"rank", "alpha",
                                 "targets"}, "text_pathway", "mask_decoder" (configs or null), and FACT_KEYS}
-    README.md                   a short model card
-"""
+    README.md                   a short model card"""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """What a Stable Diffusion backbone folder (or hub id) holds, read from its config files before any weights load:
 `read_layout` (its family, or a one-line DigsegError for what digseg cannot fine-tune), `resolve_variant` (the
-weight variant to load) and `backbone_record` (id, revision and variant, as a saved model records them).
-"""
+weight variant to load) and `backbone_record` (id, revision and variant, as a saved model records them)."""
 
 from __future__ import annotations
 

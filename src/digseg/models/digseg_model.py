@@ -1,7 +1,6 @@
 """Building a DiGSeg model from a Stable-Diffusion-layout checkpoint: `load_backbone` (a local folder or a hub id,
 checked by `backbone_layout` and `digseg.hub_ids`), `widen_conv_in`, `make_scheduler`, and the frozen VAE's
-`encode_latents` / `decode_latents` (posterior mean times the scaling factor).
-"""
+`encode_latents` / `decode_latents` (posterior mean times the scaling factor)."""
 
 from __future__ import annotations
 
@@ -40,12 +39,12 @@ def widen_conv_in(unet: UNet2DConditionModel, in_channels: int = 8) -> UNet2DCon
     return unet
 
 
-def vae_scale_factor(vae: AutoencoderKL) -> int:
-    return 2 ** (len(vae.config.block_out_channels) - 1)
+def vae_scale_factor(model: AutoencoderKL | UNet2DConditionModel) -> int:
+    """A VAE's latent downsampling factor (or a U-Net's, between its first and last level)."""
+    return 2 ** (len(model.config.block_out_channels) - 1)
 
 
-def unet_downsample_factor(unet: UNet2DConditionModel) -> int:
-    return 2 ** (len(unet.config.block_out_channels) - 1)
+unet_downsample_factor = vae_scale_factor
 
 
 def encode_latents(vae: AutoencoderKL, images: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
@@ -136,9 +135,8 @@ def check_clip_text_encoder(path_or_id: str | os.PathLike, revision: str | None 
 def load_clip_text_encoder(path_or_id: str | os.PathLike, torch_dtype: torch.dtype | None = None,
                            variant: str | None = None,
                            revision: str | None = None) -> tuple[CLIPTextModel, CLIPTokenizer]:
-    """A transformers CLIP text encoder + tokenizer from a CLIP folder / hub id (e.g. openai/clip-vit-large-patch14)
-    or the text_encoder/ + tokenizer/ of a Stable Diffusion folder, at `variant` and `revision`, in `torch_dtype`
-    (None: float32)."""
+    """A frozen CLIP text encoder + tokenizer from a CLIP folder / hub id (e.g. openai/clip-vit-large-patch14) or
+    a Stable Diffusion folder's text_encoder/ + tokenizer/, in `torch_dtype` (None: float32)."""
     path = check_clip_text_encoder(path_or_id, revision)
     source, encoder_folder, tokenizer_folder = str(path_or_id), {}, {}
     if path is not None:
@@ -156,18 +154,11 @@ def load_clip_text_encoder(path_or_id: str | os.PathLike, torch_dtype: torch.dty
 
 
 def make_scheduler(base: DDIMScheduler, prediction_type: str) -> DDIMScheduler:
-    """DDIM with the backbone's noise schedule, trailing timestep spacing and the chosen prediction target. For
-    x0 and v prediction the betas are rescaled to zero terminal SNR: SD's schedule keeps sqrt(alpha_bar) ~ 0.07 of
-    the signal at t = T-1, a leak of the target that inference, from pure noise, never sees (epsilon prediction
-    is undefined at zero SNR)."""
+    """DDIM with the backbone's noise schedule, trailing timestep spacing and the chosen prediction target; for x0
+    and v prediction the betas are rescaled to zero terminal SNR (SD's keeps ~0.07 of the signal at t = T-1, a leak
+    that inference, from pure noise, never sees; epsilon prediction is undefined at zero SNR)."""
     if prediction_type not in PREDICTION_TYPES:
         raise DigsegError(f"unknown prediction type {prediction_type!r}; choose one of {', '.join(PREDICTION_TYPES)}")
-    return DDIMScheduler.from_config(
-        base.config,
-        prediction_type=prediction_type,
-        timestep_spacing="trailing",
-        clip_sample=False,
-        set_alpha_to_one=True,
-        steps_offset=0,
-        rescale_betas_zero_snr=prediction_type != "epsilon",
-    )
+    return DDIMScheduler.from_config(base.config, prediction_type=prediction_type, timestep_spacing="trailing",
+                                     clip_sample=False, set_alpha_to_one=True, steps_offset=0,
+                                     rescale_betas_zero_snr=prediction_type != "epsilon")

@@ -3,8 +3,7 @@
 Install with `pip install --no-deps open_clip_torch ftfy regex` (no torchvision, no timm). `import open_clip`
 imports torchvision for image transforms digseg never uses; where torchvision is not installed, `import_open_clip()`
 puts inert placeholders in `sys.modules` during the import only, so transformers' own torchvision detection still
-sees none. Only the text tower is built, and weights are read with `weights_only=True`.
-"""
+sees none. Only the text tower is built, and weights are read with `weights_only=True`."""
 
 from __future__ import annotations
 

@@ -2,8 +2,7 @@
 
 The U-Net takes token features [B, L, D1 + D2], `text_embeds` (the second encoder's pooled projection [B, P]) and
 `time_ids` [B, 6]. Here the pooled embedding rides along as the last P features of every token (one tensor for the
-prompt cache and template averaging) and `TextPathway` splits it off.
-"""
+prompt cache and template averaging) and `TextPathway` splits it off."""
 
 from __future__ import annotations
 

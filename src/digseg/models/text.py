@@ -3,8 +3,7 @@
 Level l of the U-Net has its own projection P_l: encoder features [B, L, D] -> [B, L, C] (C = cross_attention_dim),
 which every cross-attention layer at that level attends to. The projections live in `TextPathway`, so the U-Net
 stays a stock `UNet2DConditionModel`; attention processors route each level's features to its layers. Every P_l
-starts as the (rectangular, when D != C) identity, so step 0 reproduces the pretrained U-Net exactly.
-"""
+starts as the (rectangular, when D != C) identity, so step 0 reproduces the pretrained U-Net exactly."""
 
 from __future__ import annotations
 

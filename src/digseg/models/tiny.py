@@ -2,8 +2,7 @@
 tests and `digseg quickstart` run the loaders a real SD folder goes through.
 
 Images 64x64, VAE factor 4 -> latents [B, 4, 16, 16]; U-Net channels (32, 64); a 2-layer CLIP text encoder of
-width 32; a byte-level BPE tokenizer with a small, fixed merge table. Each family in its real layout.
-"""
+width 32; a byte-level BPE tokenizer with a small, fixed merge table. Each family in its real layout."""
 
 from __future__ import annotations
 
