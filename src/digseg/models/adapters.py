@@ -51,8 +51,7 @@ def has_lora(unet: nn.Module) -> bool:
 def add_lora(unet: nn.Module, rank: int, alpha: float | None, targets: list[str] | tuple[str, ...],
              name: str = TRAINED_ADAPTER, seed: int | None = None) -> None:
     """Inject LoRA (scale alpha / rank; alpha None = rank) into `targets` of `unet` as the active adapter `name`:
-    lora_A drawn with `seed` (the global generator left as it was), lora_B zero, so it computes what the base does.
-    Only the LoRA matrices require gradients afterwards (the caller unfreezes conv_in)."""
+    lora_A drawn with `seed` (the global generator left as it was), lora_B zero, so it computes what the base does."""
     LoraConfig, _, _ = require_peft()
     config = LoraConfig(r=rank, lora_alpha=rank if alpha is None else alpha, target_modules=list(targets),
                         init_lora_weights=True)
@@ -83,7 +82,7 @@ class AdapterParts:
 
 
 def save_adapter(folder: str | Path, lora: dict[str, torch.Tensor], parts: AdapterParts, base: dict[str, Any],
-                 rank: int, alpha: float | None, targets: list[str], card: str | None = None) -> Path:
+                 rank: int, alpha: float | None, targets: list[str]) -> Path:
     """Write the adapter folder (module docstring): `lora` the LoRA matrices (`lora_state_dict`), `base` the backbone
     it was trained on ({"pretrained", "revision", "variant"}). -> the folder."""
     folder = Path(folder)
@@ -103,7 +102,7 @@ def save_adapter(folder: str | Path, lora: dict[str, torch.Tensor], parts: Adapt
         **{key: parts.facts.get(key) for key in FACT_KEYS},
     }
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-    (folder / CARD_FILE).write_text(card if card is not None else adapter_card(config, tensors))
+    (folder / CARD_FILE).write_text(adapter_card(config, tensors))
     return folder
 
 

@@ -40,31 +40,13 @@ def _placeholder(name: str) -> type:
     return type(name, (), {"__init__": unavailable, "__module__": "torchvision (digseg placeholder)"})
 
 
-def _torchvision_stubs() -> dict[str, types.ModuleType]:
-    """The torchvision modules open_clip 3.x imports from (transform.py, utils.py), every name a `_placeholder`."""
-    stubs = {}
-    for name in ("torchvision", "torchvision.transforms", "torchvision.transforms.functional", "torchvision.ops",
-                 "torchvision.ops.misc"):
-        stubs[name] = module = types.ModuleType(name, "digseg placeholder for torchvision while importing open_clip")
-        module.__spec__ = importlib.machinery.ModuleSpec(name, loader=None, is_package=True)
-        module.__path__, module.__getattr__ = [], _placeholder
-        parent, _, child = name.rpartition(".")
-        if parent:
-            setattr(stubs[parent], child, module)
-    # used in open_clip's default arguments
-    stubs["torchvision.transforms"].InterpolationMode = enum.Enum(
-        "InterpolationMode", "NEAREST NEAREST_EXACT BILINEAR BICUBIC BOX HAMMING LANCZOS")
-    return stubs
-
-
 def import_open_clip():
-    """`open_clip`, imported with temporary torchvision placeholders where torchvision is absent; DigsegError when
-    it is not installed."""
+    """`open_clip`, imported with temporary torchvision placeholders where torchvision is absent."""
     if "open_clip" in sys.modules:
         return sys.modules["open_clip"]
     if importlib.util.find_spec("open_clip") is None:
         raise DigsegError(INSTALL_HINT)
-    stubs = {}
+    stubs: dict[str, types.ModuleType] = {}
     if "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is None:
         # import what open_clip takes from transformers, and settle transformers' (cached) torchvision check,
         # before the stubs exist, so nothing in transformers ever observes them
@@ -74,7 +56,17 @@ def import_open_clip():
             from transformers import modeling_outputs  # noqa: F401
 
             transformers.utils.is_torchvision_available()
-        stubs = _torchvision_stubs()
+        # the torchvision modules open_clip 3.x imports from (transform.py, utils.py), every name a `_placeholder`
+        for name in ("torchvision", "torchvision.transforms", "torchvision.transforms.functional", "torchvision.ops",
+                     "torchvision.ops.misc"):
+            stubs[name] = module = types.ModuleType(name, "digseg placeholder while importing open_clip")
+            module.__spec__ = importlib.machinery.ModuleSpec(name, loader=None, is_package=True)
+            module.__path__, module.__getattr__ = [], _placeholder
+            parent, _, child = name.rpartition(".")
+            if parent:
+                setattr(stubs[parent], child, module)
+        stubs["torchvision.transforms"].InterpolationMode = enum.Enum(  # used in open_clip's default arguments
+            "InterpolationMode", "NEAREST NEAREST_EXACT BILINEAR BICUBIC BOX HAMMING LANCZOS")
         sys.modules.update(stubs)
     try:
         return importlib.import_module("open_clip")
