@@ -37,8 +37,7 @@ class CachedPromptEncoder:
                 raise DigsegError(f"empty prompt {prompt!r}: give a class name or a phrase")
         missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
         if missing:
-            for prompt, state in zip(missing, self._encode_new(missing)):  # [M, L, D]
-                self._cache[prompt] = state
+            self._cache.update(zip(missing, self._encode_new(missing)))  # [M, L, D]
         return torch.stack([self._cache[p] for p in prompts])  # [N, L, D]
 
 
@@ -51,10 +50,8 @@ class CLIPPromptEncoder(CachedPromptEncoder):
         self.tokenizer = tokenizer
 
     def _encode_new(self, prompts: list[str]) -> torch.Tensor:
-        ids = self.tokenizer(
-            prompts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.text_encoder.device)
+        ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids.to(self.text_encoder.device)
         return self.text_encoder(ids)[0]  # [M, L, D]
 
 
@@ -118,9 +115,7 @@ class _LevelContext:
     num_levels: int
     needs_size_ids: bool  # SDXL: the U-Net also takes text_embeds and time_ids
     levels: list[torch.Tensor] | None = None
-    # when a list: each cross-attention layer appends its attention probabilities, averaged over heads and maxed
-    # over positions, [B, K] (`class_relevance`)
-    record: list[torch.Tensor] | None = None
+    record: list[torch.Tensor] | None = None  # a list: each layer appends its attention, head mean, position max [B, K]
 
 
 class LevelCrossAttnProcessor:

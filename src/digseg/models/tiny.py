@@ -32,9 +32,7 @@ def tiny_tokenizer(max_length: int = TINY_MAX_LENGTH) -> CLIPTokenizer:
     # GPT-2/CLIP's byte-level BPE alphabet: the printable bytes as themselves, then the others from chr(256) on
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     chars = [chr(c) for c in printable] + [chr(256 + n) for n in range(256 - len(printable))]
-    vocab: dict[str, int] = {}
-    for token in chars + [c + "</w>" for c in chars]:
-        vocab.setdefault(token, len(vocab))
+    vocab = {token: i for i, token in enumerate(chars + [c + "</w>" for c in chars])}
     merges: list[tuple[str, str]] = []
     for word in _TINY_WORDS:
         symbols = list(word[:-1]) + [word[-1] + "</w>"]
@@ -45,9 +43,8 @@ def tiny_tokenizer(max_length: int = TINY_MAX_LENGTH) -> CLIPTokenizer:
                 merges.append((current, symbol))
                 vocab[merged] = len(vocab)
             current = merged
-    for special in ("<|startoftext|>", "<|endoftext|>"):
-        vocab[special] = len(vocab)
     end = "<|endoftext|>"
+    vocab.update({"<|startoftext|>": len(vocab), end: len(vocab) + 1})
     return CLIPTokenizer(vocab=vocab, merges=merges, unk_token=end, bos_token="<|startoftext|>", eos_token=end,
                          pad_token=end, model_max_length=max_length)
 
