@@ -71,8 +71,7 @@ def wait_for_everyone() -> None:
 def shutdown(wait: bool = True) -> None:
     """Wait for the other processes (when `wait`), then destroy the process group, if there is one: else gloo's
     threads can outlive the interpreter, which then aborts (SIGABRT) after its work is done."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return
-    if wait:
-        torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if wait:
+            torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

@@ -12,8 +12,7 @@ from .errors import DigsegError, first_line
 
 
 def looks_like_hub_id(name: str | os.PathLike[str], canonical: bool = False) -> bool:
-    """'org/name' (with `canonical`, also 'name') as the Hub's `validate_repo_id` accepts it (which refuses a
-    leading '.', '/' or '~'); anything else is a local path."""
+    """'org/name' (with `canonical`, also 'name') as the Hub's `validate_repo_id` accepts it; else a local path."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     name = str(name)
@@ -37,9 +36,8 @@ def check_hub_id(repo_id: str, what: str, filename: str, local_hint: str, revisi
                  cache_dir: str | os.PathLike[str] | None = None, token: str | bool | None = None,
                  local_files_only: bool = False, named_as_hub_id: bool = False) -> None:
     """Return when Hub id `repo_id` can be loaded: `filename` (e.g. "unet/config.json") is cached, or one request
-    without retries finds the Hub answering for it (gated or lacking it: left to the loader). Else a one-line
-    DigsegError saying why `what` cannot be had, and to pass `local_hint`. `named_as_hub_id`: the name itself says
-    it is a Hub id (open_clip's "hf-hub:")."""
+    without retries finds the Hub answering for it. Else a one-line DigsegError saying why `what` cannot be had, and
+    to pass `local_hint`. `named_as_hub_id`: the name itself says it is a Hub id (open_clip's "hf-hub:")."""
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
     from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError, OfflineModeIsEnabled,
                                         RepositoryNotFoundError, RevisionNotFoundError)

@@ -44,7 +44,7 @@ class RunFolderLock:
         self.folder, self.kind = Path(folder), kind
         self.path, self.info = self.folder / kind.file, self.folder / f"{kind.file}.json"
         self._key: Path | None = None  # the resolved lock file, while this object holds it
-        self._created = False
+        self._created = False  # whether taking the lock created the folder
 
     def __enter__(self) -> RunFolderLock:
         self.acquire()

@@ -83,8 +83,7 @@ class AdapterParts:
 
 def save_adapter(folder: str | Path, lora: dict[str, torch.Tensor], parts: AdapterParts, base: dict[str, Any],
                  rank: int, alpha: float | None, targets: list[str]) -> Path:
-    """Write the adapter folder (module docstring): `lora` the LoRA matrices (`lora_state_dict`), `base` the backbone
-    it was trained on ({"pretrained", "revision", "variant"}). -> the folder."""
+    """Write the adapter folder (module docstring); `base`: the backbone's {"pretrained", "revision", "variant"}."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"unet.{k}": v for k, v in lora.items()}

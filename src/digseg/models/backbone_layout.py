@@ -34,9 +34,9 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def read_layout(path_or_id: str, local: bool, revision: str | None = None) -> str:
-    """The family ("sd" / "sdxl") of a backbone folder or hub id, from model_index.json and unet/config.json; a
-    one-line DigsegError for what digseg cannot fine-tune (DiT / MMDiT models, U-Nets conditioned on more than text
-    and SDXL's size ids, inpainting U-Nets) and for a local folder that is missing, incomplete or a DiGSeg model."""
+    """The family ("sd" / "sdxl") of a backbone folder or hub id; a one-line DigsegError for what digseg cannot
+    fine-tune (DiT / MMDiT, U-Nets with inputs beyond text and SDXL's size ids) and for a local folder that is
+    missing, incomplete or a DiGSeg model."""
     root = Path(path_or_id)
     if local:
         if not root.exists():
@@ -96,7 +96,6 @@ def _family_of_unet(config: dict[str, Any], where: str) -> str:
     return ADDED_CONDITIONS[added]
 
 
-# ------------------------------------------------------------------------------------------------ variants
 def weight_variants(folder: Path) -> set[str | None]:
     """The variants of the safetensors weights in one component folder (None: plain; "fp16" for
     *.fp16.safetensors, model.fp16-00001-of-00002.safetensors, ...); refused when it holds only pickled *.bin."""
@@ -115,9 +114,8 @@ def _names(variants) -> str:
 
 
 def resolve_variant(path: Path, weight_folders: Sequence[str], requested: str | None) -> str | None:
-    """The variant to load from the `weight_folders` of local folder `path` ("." for the folder itself):
-    `requested` if every one has it; else plain weights if every one has them; else the one variant every one
-    has (logged). One-line DigsegError otherwise, naming what each holds."""
+    """The variant to load from the `weight_folders` of local folder `path` ("." for itself): `requested` if every
+    one has it; else plain weights if all have them; else the one variant all have; else a one-line DigsegError."""
     held = {path / name: weight_variants(path / name) for name in weight_folders}
     empty = [str(folder) for folder, variants in held.items() if not variants]
     if empty:
@@ -125,9 +123,8 @@ def resolve_variant(path: Path, weight_folders: Sequence[str], requested: str | 
     if requested is not None:
         lacking = [folder for folder, variants in held.items() if requested not in variants]
         if lacking:
-            raise DigsegError(f"no {requested!r} variant weights in {lacking[0]} "
-                              f"(it holds: {_names(held[lacking[0]])}); "
-                              "choose a variant it holds, or none")
+            raise DigsegError(f"no {requested!r} variant weights in {lacking[0]} (it holds: "
+                              f"{_names(held[lacking[0]])}); choose a variant it holds, or none")
         return requested
     if all(None in variants for variants in held.values()):
         return None
@@ -142,7 +139,6 @@ def resolve_variant(path: Path, weight_folders: Sequence[str], requested: str | 
                       "model.variant (--cfg-options model.variant=NAME)")
 
 
-# ------------------------------------------------------------------------------------------------ record
 def backbone_record(pretrained: str, revision: str | None, variant: str | None) -> dict[str, str | None]:
     """{"pretrained", "revision", "variant"} of a backbone. A folder in the Hugging Face cache
     (.../models--org--name/snapshots/<commit>) is recorded as its hub id and commit."""

@@ -1,6 +1,5 @@
-"""Building a DiGSeg model from a Stable-Diffusion-layout checkpoint: `load_backbone` (a local folder or a hub id,
-checked by `backbone_layout` and `digseg.hub_ids`), `widen_conv_in`, `make_scheduler`, and the frozen VAE's
-`encode_latents` / `decode_latents` (posterior mean times the scaling factor)."""
+"""Building a DiGSeg model from a Stable-Diffusion-layout checkpoint: `load_backbone`, `widen_conv_in`,
+`make_scheduler`, and the frozen VAE's `encode_latents` / `decode_latents`."""
 
 from __future__ import annotations
 

@@ -71,8 +71,7 @@ class LightMaskDecoder(ModelMixin, ConfigMixin):
 
 
 def count_flops(module: nn.Module, example: torch.Tensor) -> float:
-    """GFLOP of one forward pass of `module` on `example`, counted by torch's `FlopCounterMode`
-    (2 x multiply-adds of convolutions and matrix products; element-wise work is not counted)."""
+    """GFLOP of one forward pass of `module` on `example` (torch's `FlopCounterMode`: convolutions and matmuls)."""
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         module(example)
     return counter.get_total_flops() / 1e9

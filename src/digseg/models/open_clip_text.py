@@ -127,9 +127,8 @@ def _resolve_config_and_checkpoint(name: str, pretrained: str | None, cache_dir:
 
 
 class OpenCLIPPromptEncoder(CachedPromptEncoder):
-    """Frozen open_clip text tower + tokenizer, as `CLIPPromptEncoder`: `encode(prompts)` -> [N, L, D], every
-    token's final state through the tower's projection (the pooled one is `encode_text(normalize=False)`).
-    `model`: an open_clip model (`CLIP`, `CustomTextCLIP`) or its text tower (`TextTransformer`, `HFTextEncoder`)."""
+    """Frozen open_clip text tower + tokenizer, as `CLIPPromptEncoder`. `model`: an open_clip model (`CLIP`,
+    `CustomTextCLIP`) or its text tower (`TextTransformer`, `HFTextEncoder`)."""
 
     def __init__(self, model: nn.Module, tokenizer) -> None:
         super().__init__()
@@ -196,13 +195,12 @@ class OpenCLIPPromptEncoder(CachedPromptEncoder):
             return int(self.tower.transformer.width)
         return int(proj.out_features if isinstance(proj, nn.Linear) else proj.shape[1])
 
-    def _token_states(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids [M, L] -> per-token projected features [M, L, D]."""
-        tower = self.tower
+    def _encode_new(self, prompts: list[str]) -> torch.Tensor:
+        """Every token's final state through the tower's projection: [M, L, D]."""
+        ids, tower = self.tokenizer(prompts).to(self.device), self.tower  # [M, L]
         if self.kind == "hf":
             mask = (ids != tower.config.pad_token_id).long()
-            states = tower.transformer(input_ids=ids, attention_mask=mask).last_hidden_state
-            return tower.proj(states)
+            return tower.proj(tower.transformer(input_ids=ids, attention_mask=mask).last_hidden_state)
         if hasattr(tower, "_embeds"):  # TextTransformer: embeddings + causal (and, if configured, padding) mask
             x, attn_mask = tower._embeds(ids)
         else:  # CLIP keeps the text tower's parts as its own attributes (as in CLIP.encode_text)
@@ -214,6 +212,3 @@ class OpenCLIPPromptEncoder(CachedPromptEncoder):
         if proj is None:
             return x
         return proj(x) if isinstance(proj, nn.Linear) else x @ proj
-
-    def _encode_new(self, prompts: list[str]) -> torch.Tensor:
-        return self._token_states(self.tokenizer(prompts).to(self.device))  # [M, L, D]

@@ -56,10 +56,9 @@ class CLIPPromptEncoder(CachedPromptEncoder):
 
 
 class TextPathway(ModelMixin, ConfigMixin):
-    """One learned linear projection per U-Net level with cross-attention (`levels`; None: all).
-
-    forward(states [B, L, D + P] or [B, D + P]) -> num_levels x [B, L, C] (or [B, C]), then, when `pooled_dim`
-    P > 0, the pooled embedding [B, P] (the last P features of the first token)."""
+    """One learned linear projection per U-Net level with cross-attention (`levels`; None: all). forward(states
+    [B, L, D + P] or [B, D + P]) -> num_levels x [B, L, C] (or [B, C]), then, when `pooled_dim` P > 0, the pooled
+    embedding [B, P] (the last P features of the first token)."""
 
     config_name = "config.json"
 

@@ -1,8 +1,5 @@
-"""Tiny random Stable-Diffusion components, built offline and written with diffusers' own `save_pretrained`, so
-tests and `digseg quickstart` run the loaders a real SD folder goes through.
-
-Images 64x64, VAE factor 4 -> latents [B, 4, 16, 16]; U-Net channels (32, 64); a 2-layer CLIP text encoder of
-width 32; a byte-level BPE tokenizer with a small, fixed merge table. Each family in its real layout."""
+"""Tiny random Stable-Diffusion components, built offline and written with diffusers' own `save_pretrained`, so tests
+and `digseg quickstart` run the loaders a real SD folder goes through. Images 64x64 -> latents [B, 4, 16, 16]."""
 
 from __future__ import annotations
 
@@ -57,8 +54,7 @@ def tiny_text_encoder(tokenizer: CLIPTokenizer, hidden_size: int = 32, seed: int
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
         num_attention_heads=2, max_position_embeddings=tokenizer.model_max_length, hidden_act=hidden_act,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        projection_dim=hidden_size,
-    )
+        projection_dim=hidden_size)
     return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config).eval()
 
 
@@ -68,8 +64,7 @@ def tiny_vae(seed: int = 0) -> AutoencoderKL:
     return AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
         up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(16, 32, 32), layers_per_block=1,
-        latent_channels=4, norm_num_groups=8, mid_block_add_attention=False, sample_size=64, scaling_factor=1.0,
-    )
+        latent_channels=4, norm_num_groups=8, mid_block_add_attention=False, sample_size=64, scaling_factor=1.0)
 
 
 def tiny_unet(cross_attention_dim: int = 32, block_out_channels: tuple[int, ...] = (32, 64), seed: int = 0,
@@ -84,8 +79,7 @@ def tiny_unet(cross_attention_dim: int = 32, block_out_channels: tuple[int, ...]
         down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
         block_out_channels=block_out_channels, cross_attention_dim=cross_attention_dim,
-        attention_head_dim=tuple(c // 8 for c in block_out_channels) if sd2 else 8, use_linear_projection=sd2,
-    )
+        attention_head_dim=tuple(c // 8 for c in block_out_channels) if sd2 else 8, use_linear_projection=sd2)
 
 
 def tiny_scheduler(prediction_type: str = "epsilon") -> DDIMScheduler:
@@ -121,8 +115,7 @@ def save_tiny_backbone(path: str | Path, seed: int = 0, vae: AutoencoderKL | Non
         vae=vae if vae is not None else tiny_vae(seed), text_encoder=text_encoder, tokenizer=tokenizer,
         unet=tiny_unet(text_encoder.config.hidden_size, unet_channels, seed, family),
         scheduler=tiny_scheduler("v_prediction" if family == "sd2-v" else "epsilon"),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     return save_variants(pipe, path, variants)
 
 
@@ -143,8 +136,7 @@ def save_tiny_sdxl_backbone(path: str | Path, seed: int = 0, variants: Sequence[
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         block_out_channels=(32, 64), transformer_layers_per_block=(1, 2), attention_head_dim=(4, 8),
         use_linear_projection=True, cross_attention_dim=64, addition_embed_type="text_time",
-        addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + text_encoder_2.config.projection_dim,
-    )
+        addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + text_encoder_2.config.projection_dim)
     pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
                                      tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler)
     return save_variants(pipe, path, variants)
