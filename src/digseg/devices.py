@@ -96,7 +96,7 @@ def best_mixed_precision() -> str:
 
     if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available():
         return "no"
-    return {torch.bfloat16: "bf16", torch.float16: "fp16"}[resolve_dtype("auto", torch.device("cuda"))]
+    return dtype_name(resolve_dtype("auto", torch.device("cuda")))
 
 
 def training_precision(dtype: str) -> str:

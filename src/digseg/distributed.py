@@ -7,6 +7,8 @@ import os
 from typing import Any, Sequence, TypeVar
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
 
 T = TypeVar("T")
 
@@ -21,8 +23,6 @@ def launched_without_accelerator() -> bool:
 
 
 def _state():
-    from accelerate import PartialState
-
     return PartialState(cpu=launched_without_accelerator())
 
 
@@ -58,8 +58,6 @@ def gather_objects(values: list[Any]) -> list[Any]:
     """The concatenation of every process's `values` (picklable, our own in-memory objects), on all processes."""
     if process_info()[1] == 1:
         return list(values)
-    from accelerate.utils import gather_object
-
     return gather_object(values)
 
 

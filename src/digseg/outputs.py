@@ -28,7 +28,5 @@ class DiGSegOutput:
 
     def __getitem__(self, key: str | int):
         if isinstance(key, str):
-            if key not in self.keys():
-                raise KeyError(key)
-            return getattr(self, key)
+            return dict(zip(self.keys(), self.to_tuple()))[key]  # KeyError for a field that is None
         return self.to_tuple()[key]

@@ -32,8 +32,6 @@ class _ResidualBlock(nn.Module):
 class LightMaskDecoder(ModelMixin, ConfigMixin):
     """forward(latents [B, C, h, w]) -> images [B, 3, h*f, w*f] (f = upsample_factor)."""
 
-    config_name = "config.json"
-
     @register_to_config
     def __init__(self, latent_channels: int = 4, upsample_factor: int = 8,
                  block_channels: Sequence[int] = (128, 64, 32, 16), blocks_per_level: int = 1) -> None:
@@ -58,10 +56,9 @@ class LightMaskDecoder(ModelMixin, ConfigMixin):
     @classmethod
     def for_vae(cls, vae, block_channels: Sequence[int] | None = None, blocks_per_level: int = 1) -> "LightMaskDecoder":
         """A decoder for `vae`'s latents: its latent channels and downsampling factor; widths halve from 128."""
-        factor = vae_scale_factor(vae)
-        stages = int(round(math.log2(factor)))
-        widths = list(block_channels) if block_channels else [max(16, 128 >> i) for i in range(stages + 1)]
-        return cls(vae.config.latent_channels, factor, widths, blocks_per_level)
+        levels = len(vae.config.block_out_channels)  # one width per resolution
+        widths = list(block_channels) if block_channels else [max(16, 128 >> i) for i in range(levels)]
+        return cls(vae.config.latent_channels, vae_scale_factor(vae), widths, blocks_per_level)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         x = self.conv_in(latents)  # [B, c0, h, w]

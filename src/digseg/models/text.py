@@ -60,8 +60,6 @@ class TextPathway(ModelMixin, ConfigMixin):
     [B, L, D + P] or [B, D + P]) -> num_levels x [B, L, C] (or [B, C]), then, when `pooled_dim` P > 0, the pooled
     embedding [B, P] (the last P features of the first token)."""
 
-    config_name = "config.json"
-
     @register_to_config
     def __init__(self, encoder_dim: int, cross_attention_dim: int, num_levels: int, pooled_dim: int = 0,
                  levels: list[int] | None = None) -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, UNet2DConditionModel
+from diffusers import (AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline,
+                       StableDiffusionXLPipeline, UNet2DConditionModel)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 # Words given whole-word tokens in the tiny tokenizer (anything else falls back to characters).
@@ -104,8 +105,6 @@ def save_tiny_backbone(path: str | Path, seed: int = 0, vae: AutoencoderKL | Non
                        variants: Sequence[str | None] = (None,)) -> Path:
     """Write a tiny random Stable Diffusion folder; `vae` replaces the random VAE (e.g. one trained by
     `digseg.training.vae.train_tiny_vae`); `family`: one of `TINY_FAMILIES`; `variants`: see `save_variants`."""
-    from diffusers import StableDiffusionPipeline
-
     if family not in TINY_FAMILIES:
         raise ValueError(f"family must be one of {', '.join(TINY_FAMILIES)}, got {family!r}")
     tokenizer = tiny_tokenizer()
@@ -121,8 +120,6 @@ def save_tiny_backbone(path: str | Path, seed: int = 0, vae: AutoencoderKL | Non
 
 def save_tiny_sdxl_backbone(path: str | Path, seed: int = 0, variants: Sequence[str | None] = (None,)) -> Path:
     """Write a tiny random SDXL folder: text encoders of width 32 (the second with a 32-wide projection)."""
-    from diffusers import StableDiffusionXLPipeline
-
     tokenizer = tiny_tokenizer()
     text_encoder = tiny_text_encoder(tokenizer, seed=seed)
     text_encoder_2 = tiny_text_encoder(tokenizer, seed=seed + 1, hidden_act="gelu", with_projection=True)
