@@ -64,24 +64,20 @@ class RunFolderLock:
         try:
             lock.acquire()
         except Timeout:
-            raise DigsegError(f"{self.kind.folder} {self.folder} is in use by another {self.kind.run} "
-                              f"({self._holder()}); wait for it to end, or {self.kind.advice}") from None
-        me = {"host": socket.gethostname(), "pid": os.getpid(),
-              "started": datetime.now().astimezone().isoformat(timespec="seconds")}
+            holder = "holder unknown"
+            for _ in range(20):  # the holder writes its record a moment after taking the lock: awaited a second
+                with contextlib.suppress(OSError, ValueError):
+                    record = json.loads(self.info.read_text())
+                    holder = f"pid {record.get('pid')} on host {record.get('host')}, started {record.get('started')}"
+                    break
+                time.sleep(0.05)
+            raise DigsegError(f"{self.kind.folder} {self.folder} is in use by another {self.kind.run} ({holder}); "
+                              f"wait for it to end, or {self.kind.advice}") from None
         tmp = self.info.with_name(f"{self.info.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(me))
+        tmp.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                   "started": datetime.now().astimezone().isoformat(timespec="seconds")}))
         os.replace(tmp, self.info)  # a reader sees the whole file or none
         _HELD[key], self._key, self._created = lock, key, created
-
-    def _holder(self) -> str:
-        """'pid 123 on host gpu-7, started 2026-05-01T10:00:00+00:00' from the holder's record; its writer may be a
-        moment behind its lock, so a missing one is awaited a second."""
-        for _ in range(20):
-            with contextlib.suppress(OSError, ValueError):
-                holder = json.loads(self.info.read_text())
-                return f"pid {holder.get('pid')} on host {holder.get('host')}, started {holder.get('started')}"
-            time.sleep(0.05)
-        return "holder unknown"
 
     def release(self) -> None:
         """Remove the lock and info files, and the folder if taking the lock created it and it is still empty."""
