@@ -15,14 +15,11 @@ def looks_like_hub_id(name: str | os.PathLike[str], canonical: bool = False) -> 
     """'org/name' (with `canonical`, also 'name') as the Hub's `validate_repo_id` accepts it; else a local path."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    name = str(name)
-    if "/" not in name and not canonical:
-        return False
     try:
-        validate_repo_id(name)
+        validate_repo_id(str(name))
     except HFValidationError:
         return False
-    return True
+    return canonical or "/" in str(name)
 
 
 def hub_id_or_none(name: str | os.PathLike[str] | None, canonical: bool = False) -> str | None:

@@ -102,9 +102,8 @@ def load_backbone(path_or_id: str | os.PathLike, torch_dtype: torch.dtype | None
                 path_or_id, subfolder="text_encoder_2", torch_dtype=dtype, **common)
             tokenizer_2 = CLIPTokenizer.from_pretrained(path_or_id, subfolder="tokenizer_2", revision=revision)
     except (OSError, ValueError) as exc:  # hub id unreachable / not found, or a broken file
-        hint = ""
-        if "no file named" in str(exc) and variant is None:
-            hint = " (a download of one weight variant only? pass it, e.g. --cfg-options model.variant=fp16)"
+        hint = (" (a download of one weight variant only? pass it, e.g. --cfg-options model.variant=fp16)"
+                if "no file named" in str(exc) and variant is None else "")
         raise DigsegError(f"cannot load Stable Diffusion backbone {path_or_id!s}: {first_line(exc)}{hint}") from exc
     if text_encoder_2 is not None:  # SDXL's U-Net must take exactly 6 size ids and the pooled embedding (no refiner)
         pooled, time_dim = int(text_encoder_2.config.projection_dim), unet.config.addition_time_embed_dim

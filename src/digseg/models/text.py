@@ -55,6 +55,32 @@ class CLIPPromptEncoder(CachedPromptEncoder):
         return self.text_encoder(ids)[0]  # [M, L, D]
 
 
+class SDXLPromptEncoder(CachedPromptEncoder):
+    """SDXL's two frozen CLIP text encoders: `encode(prompts)` -> [N, L, D1 + D2 + P]: both penultimate hidden
+    states (as SDXL's `encode_prompt`), then the second encoder's pooled `text_embeds` [N, P] on every token (one
+    tensor for the prompt cache and template averaging; `TextPathway` splits it off)."""
+
+    def __init__(self, text_encoder: nn.Module, tokenizer, text_encoder_2: nn.Module, tokenizer_2) -> None:
+        super().__init__()
+        self.text_encoder = text_encoder.requires_grad_(False).eval()
+        self.text_encoder_2 = text_encoder_2.requires_grad_(False).eval()
+        self.tokenizer, self.tokenizer_2 = tokenizer, tokenizer_2
+
+    def _encode_new(self, prompts: list[str]) -> torch.Tensor:
+        states, pooled = [], None
+        for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
+            ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                            return_tensors="pt").input_ids.to(encoder.device)
+            out = encoder(ids, output_hidden_states=True)
+            states.append(out.hidden_states[-2])  # [M, L, D_i]
+            pooled = out[0]  # the last encoder's: CLIPTextModelWithProjection's text_embeds [M, P]
+        if states[0].shape[1] != states[1].shape[1]:
+            raise DigsegError(f"SDXL's tokenizers pad to different lengths ({states[0].shape[1]} and "
+                              f"{states[1].shape[1]}): their model_max_length must match")
+        tokens = torch.cat(states, dim=-1)  # [M, L, D1 + D2]
+        return torch.cat([tokens, pooled[:, None].expand(-1, tokens.shape[1], -1).to(tokens.dtype)], dim=-1)
+
+
 class TextPathway(ModelMixin, ConfigMixin):
     """One learned linear projection per U-Net level with cross-attention (`levels`; None: all). forward(states
     [B, L, D + P] or [B, D + P]) -> num_levels x [B, L, C] (or [B, C]), then, when `pooled_dim` P > 0, the pooled

@@ -47,8 +47,8 @@ from ..models.digseg_model import (
     widen_conv_in,
 )
 from ..models.mask_decoder import LightMaskDecoder
-from ..models.sdxl import SDXLPromptEncoder
-from ..models.text import CLIPPromptEncoder, TextPathway, cross_attention_levels, install_level_processors
+from ..models.text import (CLIPPromptEncoder, SDXLPromptEncoder, TextPathway, cross_attention_levels,
+                           install_level_processors)
 
 
 @functools.lru_cache(maxsize=2)
