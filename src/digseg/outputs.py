@@ -1,6 +1,5 @@
-"""`DiGSegOutput`, the result of a pipeline call, shared by the PyTorch and the onnxruntime pipelines (so it
-imports neither torch nor diffusers), with the parts of diffusers' `BaseOutput` contract callers use: attribute
-access, `out["labels"]`, `out[0]` and `to_tuple()` (the fields that are not None, in order)."""
+"""`DiGSegOutput`, shared by the PyTorch and the onnxruntime pipelines (so it imports neither torch nor diffusers),
+with the parts of diffusers' `BaseOutput` contract callers use: `out["labels"]`, `out[0]`, `to_tuple()`."""
 
 from __future__ import annotations
 

@@ -100,8 +100,7 @@ def main_process_holds(folder: str | Path, kind: LockKind) -> Iterator[None]:
     from .distributed import gather_objects, process_info
 
     rank, world = process_info()
-    lock = RunFolderLock(folder, kind)
-    error, refusal = None, None
+    lock, error, refusal = RunFolderLock(folder, kind), None, None
     if rank == 0:
         try:
             lock.acquire()

@@ -1,8 +1,6 @@
-"""LoRA adapters (peft) on the DiGSeg U-Net, and the adapter folder that holds one domain.
-
-A domain's adapter is LoRA matrices on the U-Net's frozen layers (`optim.lora_targets`), injected by diffusers'
-`unet.add_adapter`, and the parts a domain needs in full, kept outside peft (whose `modules_to_save` diffusers'
-adapter switching ignores): the widened `conv_in`, the text pathway and the light mask decoder if any.
+"""LoRA adapters (peft) on the DiGSeg U-Net, and the adapter folder that holds one domain: LoRA matrices on the
+U-Net's frozen layers (`optim.lora_targets`), and the parts a domain needs in full, kept outside peft (whose
+`modules_to_save` diffusers' adapter switching ignores): the widened `conv_in`, the text pathway, the mask decoder.
 
 The folder (`save_adapter` / `read_adapter`; nothing is unpickled, a folder that does not fit is refused):
     adapter_model.safetensors   "unet.<peft key>" (no adapter name), "conv_in.*", "text_pathway.*", "mask_decoder.*"

@@ -117,8 +117,7 @@ def load_backbone(path_or_id: str | os.PathLike, torch_dtype: torch.dtype | None
 
 
 def check_clip_text_encoder(path_or_id: str | os.PathLike, revision: str | None = None) -> Path | None:
-    """The local folder a CLIP text encoder is read from, or None for a hub id that can be had; else a one-line
-    DigsegError. Reads no weights (`from_backbone` asks before the backbone loads)."""
+    """The local folder a CLIP text encoder is read from, or None for a hub id that can be had (no weights read)."""
     path = Path(path_or_id).expanduser()
     if hub_id_or_none(str(path_or_id)) is None:  # a local folder
         if not path.is_dir():

@@ -1,9 +1,7 @@
-"""Optional text encoders from open_clip: CLIP variants and BiomedCLIP (an HF BERT text tower + projection).
-
-Install with `pip install --no-deps open_clip_torch ftfy regex` (no torchvision, no timm). `import open_clip`
-imports torchvision for image transforms digseg never uses; where torchvision is not installed, `import_open_clip()`
-puts inert placeholders in `sys.modules` during the import only, so transformers' own torchvision detection still
-sees none. Only the text tower is built, and weights are read with `weights_only=True`."""
+"""Optional text encoders from open_clip: CLIP variants and BiomedCLIP (an HF BERT text tower + projection), text
+tower only, weights read with `weights_only=True`. `import open_clip` imports torchvision for image transforms digseg
+never uses; where it is not installed, `import_open_clip()` puts inert placeholders in `sys.modules` during the
+import only, so transformers' own torchvision detection still sees none."""
 
 from __future__ import annotations
 
@@ -81,9 +79,6 @@ def import_open_clip():
                 del sys.modules[name]
 
 
-_CLIP_TEXT_PREFIXES = ("text_projection", "positional_embedding", "token_embedding", "transformer", "ln_final")
-
-
 def _resolve_config_and_checkpoint(name: str, pretrained: str | None, cache_dir: str | None):
     """(model_cfg, checkpoint path, quick_gelu, tokenizer name) the way open_clip.create_model resolves them."""
     from open_clip import factory
@@ -148,9 +143,8 @@ class OpenCLIPPromptEncoder(CachedPromptEncoder):
     @classmethod
     def from_pretrained(cls, name_or_path: str, pretrained: str | None = None,
                         cache_dir: str | None = None) -> "OpenCLIPPromptEncoder":
-        """`hf-hub:org/name` (e.g. hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224),
-        `local-dir:/folder` (open_clip_config.json + weights), or an open_clip model name with a `pretrained`
-        tag or weights file (e.g. "ViT-B-16", pretrained="laion2b_s34b_b88k"). Builds the text tower only."""
+        """`hf-hub:org/name` (e.g. hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224), `local-dir:/folder`
+        (open_clip_config.json + weights), or a model name with a `pretrained` tag or weights file ("ViT-B-16")."""
         try:
             open_clip = import_open_clip()
             from open_clip import factory
@@ -167,7 +161,8 @@ class OpenCLIPPromptEncoder(CachedPromptEncoder):
             tower = _build_text_tower(model_cfg["embed_dim"], text_cfg, quick_gelu=quick_gelu, cast_dtype=None)
             state = factory.load_state_dict(checkpoint, device="cpu", weights_only=True)
             if not any(key.startswith("text.") for key in state):  # CLIP's layout (CustomTextCLIP's: text.*)
-                state = {("text." + k if k.startswith(_CLIP_TEXT_PREFIXES) else k): v for k, v in state.items()}
+                clip_text = ("text_projection", "positional_embedding", "token_embedding", "transformer", "ln_final")
+                state = {("text." + k if k.startswith(clip_text) else k): v for k, v in state.items()}
             state = {k[len("text."):]: v for k, v in state.items() if k.startswith("text.")}  # the tower keys
             state.pop("transformer.embeddings.position_ids", None)  # not a parameter in current transformers
             missing = tower.load_state_dict(state, strict=False).missing_keys
