@@ -9,13 +9,8 @@ import importlib
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
-    "DiGSegPipeline": "digseg.pipelines.pipeline",
-    "DiGSegOutput": "digseg.outputs",
-    "TextPathway": "digseg.models.text",
-    "MaskCodec": "digseg.pipelines.masks",
-    "DigsegError": "digseg.errors",
-}
+_EXPORTS = {"DiGSegPipeline": "digseg.pipelines.pipeline", "DiGSegOutput": "digseg.outputs",
+            "TextPathway": "digseg.models.text", "MaskCodec": "digseg.pipelines.masks", "DigsegError": "digseg.errors"}
 
 __all__ = list(_EXPORTS)
 

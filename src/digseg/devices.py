@@ -100,8 +100,7 @@ def best_mixed_precision() -> str:
 
 
 def training_precision(dtype: str) -> str:
-    """A --dtype choice as `optim.mixed_precision`: auto -> "" (the launcher's, else `best_mixed_precision`),
-    fp32 -> "no", bf16 and fp16 as they are."""
+    """A --dtype choice as `optim.mixed_precision`: auto -> "" (the launcher's, else `best_mixed_precision`)."""
     if dtype not in DTYPE_CHOICES:
         raise ConfigError(f"unknown dtype {dtype!r}: choose {', '.join(DTYPE_CHOICES)}")
     return {"auto": "", "fp32": "no"}.get(dtype, dtype)
@@ -135,8 +134,7 @@ def device_name(device: "torch.device | str") -> str:
 
 
 def peak_memory_mib(device: "torch.device | str") -> dict[str, int]:
-    """The accelerator memory this process has needed so far, in MiB, as mmsegmentation logs it: on CUDA
-    {"memory_mib": max allocated, "memory_reserved_mib": max reserved (what the card must hold)}; else {}."""
+    """This process's peak CUDA memory in MiB, as mmsegmentation logs it (max allocated, max reserved); else {}."""
     import torch
 
     device = torch.device(device)

@@ -51,8 +51,7 @@ def add_lora(unet: nn.Module, rank: int, alpha: float | None, targets: list[str]
     """Inject LoRA (scale alpha / rank; alpha None = rank) into `targets` of `unet` as the active adapter `name`:
     lora_A drawn with `seed` (the global generator left as it was), lora_B zero, so it computes what the base does."""
     LoraConfig, _, _ = require_peft()
-    config = LoraConfig(r=rank, lora_alpha=rank if alpha is None else alpha, target_modules=list(targets),
-                        init_lora_weights=True)
+    config = LoraConfig(r=rank, lora_alpha=rank if alpha is None else alpha, target_modules=list(targets))
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
@@ -90,14 +89,11 @@ def save_adapter(folder: str | Path, lora: dict[str, torch.Tensor], parts: Adapt
         if module is not None:
             tensors.update({f"{prefix}.{k}": v for k, v in module.state_dict().items()})
     save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(folder / WEIGHTS_FILE))
-    config = {
-        "format": FORMAT,
-        "base": {key: base.get(key) for key in ("pretrained", "revision", "variant")},
-        "lora": {"rank": rank, "alpha": rank if alpha is None else alpha, "targets": list(targets)},
-        **{name: None if module is None else {k: v for k, v in module.config.items() if not k.startswith("_")}
-           for name, module in (("text_pathway", parts.text_pathway), ("mask_decoder", parts.mask_decoder))},
-        **{key: parts.facts.get(key) for key in FACT_KEYS},
-    }
+    config = {"format": FORMAT, "base": {key: base.get(key) for key in ("pretrained", "revision", "variant")},
+              "lora": {"rank": rank, "alpha": rank if alpha is None else alpha, "targets": list(targets)},
+              **{name: None if module is None else {k: v for k, v in module.config.items() if not k.startswith("_")}
+                 for name, module in (("text_pathway", parts.text_pathway), ("mask_decoder", parts.mask_decoder))},
+              **{key: parts.facts.get(key) for key in FACT_KEYS}}
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     (folder / CARD_FILE).write_text(adapter_card(config, tensors))
     return folder

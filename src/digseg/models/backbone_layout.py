@@ -140,8 +140,8 @@ def resolve_variant(path: Path, weight_folders: Sequence[str], requested: str | 
 
 
 def backbone_record(pretrained: str, revision: str | None, variant: str | None) -> dict[str, str | None]:
-    """{"pretrained", "revision", "variant"} of a backbone. A folder in the Hugging Face cache
-    (.../models--org--name/snapshots/<commit>) is recorded as its hub id and commit."""
+    """{"pretrained", "revision", "variant"}; a Hugging Face cache folder (models--org--name/snapshots/<commit>) is
+    recorded as its hub id and commit."""
     match = _SNAPSHOT.search(str(pretrained).replace("\\", "/"))
     if match:
         pretrained = f"{match['org']}/{match['name']}"

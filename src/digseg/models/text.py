@@ -2,8 +2,7 @@
 
 Level l of the U-Net has its own projection P_l: encoder features [B, L, D] -> [B, L, C] (C = cross_attention_dim),
 which every cross-attention layer at that level attends to. The projections live in `TextPathway`, so the U-Net
-stays a stock `UNet2DConditionModel`; attention processors route each level's features to its layers. Every P_l
-starts as the (rectangular, when D != C) identity, so step 0 reproduces the pretrained U-Net exactly."""
+stays a stock `UNet2DConditionModel`; attention processors route each level's features to its layers."""
 
 from __future__ import annotations
 
@@ -95,7 +94,7 @@ class TextPathway(ModelMixin, ConfigMixin):
             raise ValueError(f"levels must be a non-empty subset of 0..{num_levels - 1}, got {levels}")
         # keys "0", "1", ...: the state-dict names of a ModuleList, as saved models have them
         self.projections = nn.ModuleDict({str(level): nn.Linear(encoder_dim, cross_attention_dim) for level in levels})
-        for proj in self.projections.values():  # identity (rectangular when D != C): step 0 = pretrained U-Net
+        for proj in self.projections.values():  # identity (rectangular when D != C): step 0 = the pretrained U-Net
             nn.init.eye_(proj.weight)
             nn.init.zeros_(proj.bias)
 

@@ -13,12 +13,9 @@ from diffusers import (AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, Sta
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 # Words given whole-word tokens in the tiny tokenizer (anything else falls back to characters).
-_TINY_WORDS = (
-    "a an the of in on with photo picture image this that and or "
-    "background circle square triangle object shape thing "
-    "red green blue yellow magenta cyan white orange black "
-    "road car person sky building tree grass cup disc nucleus nuclei crop weed soil"
-).split()
+_TINY_WORDS = ("a an the of in on with photo picture image this that and or background circle square triangle object "
+               "shape thing red green blue yellow magenta cyan white orange black road car person sky building tree "
+               "grass cup disc nucleus nuclei crop weed soil").split()
 
 TINY_MAX_LENGTH = 32
 TINY_FAMILIES = ("sd1", "sd2", "sd2-v")  # save_tiny_backbone's; SDXL: save_tiny_sdxl_backbone
@@ -33,9 +30,8 @@ def tiny_tokenizer(max_length: int = TINY_MAX_LENGTH) -> CLIPTokenizer:
     vocab = {token: i for i, token in enumerate(chars + [c + "</w>" for c in chars])}
     merges: list[tuple[str, str]] = []
     for word in _TINY_WORDS:
-        symbols = list(word[:-1]) + [word[-1] + "</w>"]
-        current = symbols[0]
-        for symbol in symbols[1:]:
+        current, *rest = list(word[:-1]) + [word[-1] + "</w>"]
+        for symbol in rest:
             merged = current + symbol
             if merged not in vocab:
                 merges.append((current, symbol))
