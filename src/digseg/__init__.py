@@ -1,9 +1,7 @@
 """digseg: a latent diffusion model (Stable Diffusion) as a generalist, text-prompted segmenter.
 
-Heavy modules load lazily, so `import digseg` stays cheap. A saved pipeline's model_index.json names digseg's
-own components by their defining module (e.g. ["digseg.models.text", "TextPathway"]), so loading does not depend
-on the names exported here.
-"""
+Heavy modules load lazily, so `import digseg` stays cheap. Saved pipelines name digseg's components by their defining
+module (["digseg.models.text", "TextPathway"]), so loading does not depend on the names exported here."""
 
 from __future__ import annotations
 
@@ -11,13 +9,8 @@ import importlib
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
-    "DiGSegPipeline": "digseg.pipelines.pipeline",
-    "DiGSegOutput": "digseg.outputs",
-    "TextPathway": "digseg.models.text",
-    "MaskCodec": "digseg.pipelines.masks",
-    "DigsegError": "digseg.errors",
-}
+_EXPORTS = {"DiGSegPipeline": "digseg.pipelines.pipeline", "DiGSegOutput": "digseg.outputs",
+            "TextPathway": "digseg.models.text", "MaskCodec": "digseg.pipelines.masks", "DigsegError": "digseg.errors"}
 
 __all__ = list(_EXPORTS)
 

@@ -1,16 +1,12 @@
 """Where a command runs and in which precision: one rule for every command, the demo and Python users.
 
-    device, dtype = resolve_device_and_dtype()            # "auto", "auto"
-    pipe = DiGSegPipeline.from_pretrained("my-model", dtype=dtype).to(device)
-
 Device `auto`: under a launcher (`accelerate launch`, `torchrun`) the process's own GPU (cuda:LOCAL_RANK), else
-CUDA, else Apple's MPS, else the CPU; `cuda:N` names one. Dtype `auto`: bf16 on CUDA devices that support it
-(else fp16), fp16 on MPS, fp32 on the CPU. A request the machine cannot meet is a one-line `ConfigError`, raised
-before any model is loaded. `runtime_info`: what every output records about where it ran.
-"""
+CUDA, else Apple's MPS, else the CPU. Dtype `auto`: bf16 on CUDA devices that support it (else fp16), fp16 on MPS,
+fp32 on the CPU. A request the machine cannot meet is a one-line `ConfigError`, raised before any model is loaded."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
@@ -29,50 +25,29 @@ DEVICE_CHOICES_TEXT = "auto, cpu, cuda, cuda:N or mps"  # --device takes any of 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda)(?::(\d+))?$")
 
 
-def launched_local_rank() -> int | None:
-    """This process's index on its machine when a launcher started several (both export LOCAL_RANK and
-    WORLD_SIZE), else None. Read from the environment: accelerate's `PartialState` would also set up the process
-    group, which choosing a device (before any model loads) must not do."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    return int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def _dtypes() -> dict[str, "torch.dtype"]:
-    import torch
-
-    return {name: getattr(torch, torch_name) for name, torch_name in DTYPE_TORCH_NAMES.items()}
-
-
-def _mps_available() -> bool:
-    import torch
-
-    return torch.backends.mps.is_available()
-
-
 def resolve_device(device: "str | torch.device" = "auto") -> "torch.device":
     """`auto`, `cpu`, `cuda`, `cuda:N` or `mps` -> the torch.device to run on (see the module docstring)."""
     import torch
 
-    if isinstance(device, torch.device):
-        device = str(device)
-    match = _DEVICE.match(str(device).strip().lower())
+    device = str(device)
+    match = _DEVICE.match(device.strip().lower())
     if match is None or (match.group(2) is not None and match.group(1) != "cuda"):
         raise ConfigError(f"unknown device {device!r}: choose {DEVICE_CHOICES_TEXT}")
-    kind, index = match.group(1), match.group(2)
+    kind, index = match.groups()
     if kind == "auto":
-        kind = "cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu"
-    if kind == "cpu":
-        return torch.device("cpu")
-    if kind == "mps":
-        if not _mps_available():
-            raise ConfigError(f"device {device!r}: Apple's MPS is not available on this machine")
-        return torch.device("mps")
+        kind = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r}: Apple's MPS is not available on this machine")
+    if kind in ("cpu", "mps"):
+        return torch.device(kind)
     if not torch.cuda.is_available():
         reason = "this torch is built without CUDA" if torch.version.cuda is None else "torch sees no GPU"
         raise ConfigError(f"device {device!r}: no CUDA device is available ({reason}); use --device cpu or auto")
     count = torch.cuda.device_count()
-    n = int(index) if index is not None else (launched_local_rank() or 0)  # a launched process: its own GPU
+    # a launched process (WORLD_SIZE > 1) takes its own GPU, LOCAL_RANK read from the environment: accelerate's
+    # PartialState would also start the process group, which choosing a device must not do
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    n = int(index) if index is not None else int(os.environ.get("LOCAL_RANK", "0")) if launched else 0
     if n >= count:
         raise ConfigError(f"device {device!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
     return torch.device("cuda", n)
@@ -92,12 +67,9 @@ def resolve_dtype(dtype: "str | torch.dtype" = "auto", device: "torch.device | s
     """`auto`, `fp32`, `bf16` or `fp16` (or a torch.dtype) for `device` -> the torch.dtype to load and run in."""
     import torch
 
-    device, dtypes = torch.device(device), _dtypes()
+    device = torch.device(device)
     if isinstance(dtype, torch.dtype):
-        names = {v: k for k, v in dtypes.items()}
-        if dtype not in names:
-            raise ConfigError(f"unsupported dtype {dtype}: choose {', '.join(DTYPE_CHOICES)}")
-        dtype = names[dtype]
+        dtype = dtype_name(dtype)  # "bf16"; one --dtype lacks ("float64") is refused below
     dtype = str(dtype).strip().lower()
     if dtype not in DTYPE_CHOICES:
         raise ConfigError(f"unknown dtype {dtype!r}: choose {', '.join(DTYPE_CHOICES)}")
@@ -107,7 +79,7 @@ def resolve_dtype(dtype: "str | torch.dtype" = "auto", device: "torch.device | s
         return torch.float16 if device.type == "mps" else torch.float32
     if dtype == "bf16" and not _bf16_supported(device):
         raise ConfigError(f"dtype bf16: {device_name(device)} does not support bfloat16; use --dtype fp16 or fp32")
-    return dtypes[dtype]
+    return getattr(torch, DTYPE_TORCH_NAMES[dtype])
 
 
 def resolve_device_and_dtype(device: "str | torch.device" = "auto",
@@ -124,12 +96,11 @@ def best_mixed_precision() -> str:
 
     if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available():
         return "no"
-    return {torch.bfloat16: "bf16", torch.float16: "fp16"}[resolve_dtype("auto", torch.device("cuda"))]
+    return dtype_name(resolve_dtype("auto", torch.device("cuda")))
 
 
 def training_precision(dtype: str) -> str:
-    """A --dtype choice as `optim.mixed_precision`: auto -> "" (the launcher's, else `best_mixed_precision`),
-    fp32 -> "no", bf16 and fp16 as they are."""
+    """A --dtype choice as `optim.mixed_precision`: auto -> "" (the launcher's, else `best_mixed_precision`)."""
     if dtype not in DTYPE_CHOICES:
         raise ConfigError(f"unknown dtype {dtype!r}: choose {', '.join(DTYPE_CHOICES)}")
     return {"auto": "", "fp32": "no"}.get(dtype, dtype)
@@ -137,18 +108,16 @@ def training_precision(dtype: str) -> str:
 
 def dtype_name(dtype: "torch.dtype") -> str:
     """torch.bfloat16 -> "bf16" (the --dtype spelling); other dtypes as torch names them."""
-    return {v: k for k, v in _dtypes().items()}.get(dtype, str(dtype).removeprefix("torch."))
+    name = str(dtype).removeprefix("torch.")
+    return {torch_name: spelling for spelling, torch_name in DTYPE_TORCH_NAMES.items()}.get(name, name)
 
 
 @lru_cache(maxsize=1)
 def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine() or "CPU"
 
 
@@ -165,8 +134,7 @@ def device_name(device: "torch.device | str") -> str:
 
 
 def peak_memory_mib(device: "torch.device | str") -> dict[str, int]:
-    """The accelerator memory this process has needed so far, in MiB, as mmsegmentation logs it: on CUDA
-    {"memory_mib": max allocated, "memory_reserved_mib": max reserved (what the card must hold)}; else {}."""
+    """This process's peak CUDA memory in MiB, as mmsegmentation logs it (max allocated, max reserved); else {}."""
     import torch
 
     device = torch.device(device)
@@ -184,9 +152,6 @@ def runtime_info(device: "torch.device | str", dtype: "torch.dtype", num_process
     from . import __version__
 
     device = torch.device(device)
-    return {
-        "device": str(device), "device_name": device_name(device), "dtype": dtype_name(dtype),
-        "num_processes": num_processes, "torch": torch.__version__, "diffusers": diffusers.__version__,
-        "digseg": __version__,
-        "memory_mib": None, "memory_reserved_mib": None, **peak_memory_mib(device),
-    }
+    return {"device": str(device), "device_name": device_name(device), "dtype": dtype_name(dtype),
+            "num_processes": num_processes, "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "digseg": __version__, "memory_mib": None, "memory_reserved_mib": None, **peak_memory_mib(device)}

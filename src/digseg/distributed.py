@@ -1,9 +1,5 @@
-"""Running over several processes (`accelerate launch`, `torchrun`): who am I, my share, and reductions; in a
-plain single process all of it does nothing. The process group is the one accelerate sets up.
-
-Evaluation splits a dataset by striding (process r of N takes samples r, r+N, ...) and seeds every per-sample
-draw by the sample's index, so predictions and metrics are the same for any N.
-"""
+"""Running over several processes (`accelerate launch`, `torchrun`), in the process group accelerate sets up: who
+am I, my share (process r of N takes items r, r+N, ...), and reductions; in a single process all of it does nothing."""
 
 from __future__ import annotations
 
@@ -11,6 +7,8 @@ import os
 from typing import Any, Sequence, TypeVar
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
 
 T = TypeVar("T")
 
@@ -25,8 +23,6 @@ def launched_without_accelerator() -> bool:
 
 
 def _state():
-    from accelerate import PartialState
-
     return PartialState(cpu=launched_without_accelerator())
 
 
@@ -62,8 +58,6 @@ def gather_objects(values: list[Any]) -> list[Any]:
     """The concatenation of every process's `values` (picklable, our own in-memory objects), on all processes."""
     if process_info()[1] == 1:
         return list(values)
-    from accelerate.utils import gather_object
-
     return gather_object(values)
 
 
@@ -75,8 +69,7 @@ def wait_for_everyone() -> None:
 def shutdown(wait: bool = True) -> None:
     """Wait for the other processes (when `wait`), then destroy the process group, if there is one: else gloo's
     threads can outlive the interpreter, which then aborts (SIGABRT) after its work is done."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return
-    if wait:
-        torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if wait:
+            torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

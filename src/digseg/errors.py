@@ -1,6 +1,5 @@
 """User-facing errors: `DigsegError` marks a problem with the user's input (a file, a value, a folder), which the
-CLI prints on one line (exit status 2, no traceback); anything else is a bug and keeps its traceback.
-"""
+CLI prints on one line (exit status 2, no traceback); anything else is a bug and keeps its traceback."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""Which names are Hugging Face Hub ids, and a quick check that a Hub id can be loaded before a library tries.
-
-`looks_like_hub_id` is the one rule every place that reads a name as a local path or a Hub id uses;
-`hub_id_or_none` also treats a folder that exists as a folder. `check_hub_id` answers at once, in one line, where
-diffusers and transformers would retry for a minute and then report a missing config.json.
-"""
+"""Which names are Hugging Face Hub ids (one rule for every place that reads a name as a path or a Hub id), and
+`check_hub_id`: one line at once where diffusers and transformers would retry for a minute."""
 
 from __future__ import annotations
 
@@ -14,22 +10,16 @@ from pathlib import Path
 
 from .errors import DigsegError, first_line
 
-_TRUE = {"1", "on", "yes", "true"}
-
 
 def looks_like_hub_id(name: str | os.PathLike[str], canonical: bool = False) -> bool:
-    """'org/name' (with `canonical`, also 'name') as the Hub's `validate_repo_id` accepts it (which refuses a
-    leading '.', '/' or '~'); anything else is a local path."""
+    """'org/name' (with `canonical`, also 'name') as the Hub's `validate_repo_id` accepts it; else a local path."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    name = str(name)
-    if "/" not in name and not canonical:
-        return False
     try:
-        validate_repo_id(name)
+        validate_repo_id(str(name))
     except HFValidationError:
         return False
-    return True
+    return canonical or "/" in str(name)
 
 
 def hub_id_or_none(name: str | os.PathLike[str] | None, canonical: bool = False) -> str | None:
@@ -39,38 +29,17 @@ def hub_id_or_none(name: str | os.PathLike[str] | None, canonical: bool = False)
     return str(name)
 
 
-def hub_offline() -> bool:
-    """huggingface_hub's offline mode: HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) set at its import or since."""
-    from huggingface_hub import constants
-
-    variables = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    set_now = any(os.environ.get(var, "").strip().lower() in _TRUE for var in variables)
-    return bool(constants.HF_HUB_OFFLINE) or set_now
-
-
-def _network_errors() -> tuple[type[BaseException], ...]:
-    """What a request raises when the Hub cannot be reached: OSError (sockets; requests' errors) and the
-    transport errors of the HTTP client huggingface_hub uses (httpx, httpx2)."""
-    errors: list[type[BaseException]] = [OSError]
-    for module in ("httpx", "httpx2"):
-        with contextlib.suppress(ImportError, AttributeError):
-            errors.append(importlib.import_module(module).TransportError)
-    return tuple(errors)
-
-
 def check_hub_id(repo_id: str, what: str, filename: str, local_hint: str, revision: str | None = None,
-                 repo_type: str | None = None, cache_dir: str | os.PathLike[str] | None = None,
-                 token: str | bool | None = None, local_files_only: bool = False,
-                 named_as_hub_id: bool = False) -> None:
+                 cache_dir: str | os.PathLike[str] | None = None, token: str | bool | None = None,
+                 local_files_only: bool = False, named_as_hub_id: bool = False) -> None:
     """Return when Hub id `repo_id` can be loaded: `filename` (e.g. "unet/config.json") is cached, or one request
-    without retries finds the Hub answering for it (gated or lacking it: left to the loader). Else a one-line
-    DigsegError saying why `what` cannot be had, and to pass `local_hint`. `named_as_hub_id`: the name itself says
-    it is a Hub id (open_clip's "hf-hub:")."""
+    without retries finds the Hub answering for it. Else a one-line DigsegError saying why `what` cannot be had, and
+    to pass `local_hint`. `named_as_hub_id`: the name itself says it is a Hub id (open_clip's "hf-hub:")."""
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
     from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError, OfflineModeIsEnabled,
                                         RepositoryNotFoundError, RevisionNotFoundError)
 
-    cached = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision, repo_type=repo_type)
+    cached = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision)
     if isinstance(cached, str):
         return
     lead = (f"{what} {repo_id!r} (a Hugging Face Hub id)" if named_as_hub_id else
@@ -78,11 +47,17 @@ def check_hub_id(repo_id: str, what: str, filename: str, local_hint: str, revisi
     not_cached = f"it is not in the local cache ({cache_dir or constants.HF_HUB_CACHE})"
     advice = f"pass {local_hint}, or run once with network to cache it"
     why = "local_files_only=True" if local_files_only else "offline mode: HF_HUB_OFFLINE is set"
-    offline = f"{lead}: {not_cached} and the Hub is not asked ({why}); {advice}"
-    if local_files_only or hub_offline():
-        raise DigsegError(offline)
+    # offline mode: HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) set at huggingface_hub's import or since
+    offline_now = any(os.environ.get(var, "").strip().upper() in constants.ENV_VARS_TRUE_VALUES
+                      for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    if local_files_only or constants.HF_HUB_OFFLINE or offline_now:
+        raise DigsegError(f"{lead}: {not_cached} and the Hub is not asked ({why}); {advice}")
+    network_errors = [OSError]  # sockets, and the transport errors of huggingface_hub's HTTP client
+    for module in ("httpx", "httpx2"):
+        with contextlib.suppress(ImportError, AttributeError):
+            network_errors.append(importlib.import_module(module).TransportError)
     try:
-        url = hf_hub_url(repo_id, filename, repo_type=repo_type, revision=revision)
+        url = hf_hub_url(repo_id, filename, revision=revision)
         get_hf_file_metadata(url, token=token, timeout=constants.HF_HUB_ETAG_TIMEOUT)  # one request, no retries
     except GatedRepoError:
         return  # the loader says how to get access
@@ -96,6 +71,6 @@ def check_hub_id(repo_id: str, what: str, filename: str, local_hint: str, revisi
         return  # the Hub answered for the repository; the loader names what is missing or wrong
     except OfflineModeIsEnabled:
         raise DigsegError(f"{lead}: {not_cached} and the Hub is not asked (offline mode); {advice}") from None
-    except _network_errors() as exc:
+    except tuple(network_errors) as exc:
         raise DigsegError(f"{lead}: {not_cached} and the Hub cannot be reached ({first_line(exc)}); "
                           f"{advice}") from None

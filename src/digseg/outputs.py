@@ -1,6 +1,5 @@
-"""`DiGSegOutput`, the result of a pipeline call, shared by the PyTorch and the onnxruntime pipelines (so it
-imports neither torch nor diffusers), with the parts of diffusers' `BaseOutput` contract callers use: attribute
-access, `out["labels"]`, `out[0]` and `to_tuple()` (the fields that are not None, in order)."""
+"""`DiGSegOutput`, shared by the PyTorch and the onnxruntime pipelines (so it imports neither torch nor diffusers),
+with the parts of diffusers' `BaseOutput` contract callers use: `out["labels"]`, `out[0]`, `to_tuple()`."""
 
 from __future__ import annotations
 
@@ -28,7 +27,5 @@ class DiGSegOutput:
 
     def __getitem__(self, key: str | int):
         if isinstance(key, str):
-            if key not in self.keys():
-                raise KeyError(key)
-            return getattr(self, key)
+            return dict(zip(self.keys(), self.to_tuple()))[key]  # KeyError for a field that is None
         return self.to_tuple()[key]

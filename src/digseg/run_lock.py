@@ -1,15 +1,8 @@
 """One writer per output folder: an OS file lock (flock, through `filelock`) held by the main process of the run.
 
-    with RunFolderLock(output_dir, TRAIN):            # DigsegError at once if another process holds the folder
-        ...train...
-    with main_process_holds(output_dir, PREDICT):     # under a launcher: the main process holds it for the run
-        ...predict...
-
-Each kind of run has its own lock file; its holder writes host, pid and start time into `<lock file>.json`,
-which a refused run names. The kernel releases the lock when its process ends in any way, so a lock file left
-behind blocks nobody. Within one process the first taker holds the lock and later takers of the same file skip
-it (`digseg train` takes it before the Trainer it builds would).
-"""
+Each kind of run has its own lock file; its holder writes host, pid and start time into `<lock file>.json`, which a
+refused run names. The kernel releases the lock when its process ends in any way, so a lock file left behind blocks
+nobody. Within one process later takers of a held lock skip it (`digseg train` takes it before its Trainer would)."""
 
 from __future__ import annotations
 
@@ -49,10 +42,9 @@ class RunFolderLock:
 
     def __init__(self, folder: str | Path, kind: LockKind) -> None:
         self.folder, self.kind = Path(folder), kind
-        self.path = self.folder / kind.file
-        self.info = self.folder / f"{kind.file}.json"
+        self.path, self.info = self.folder / kind.file, self.folder / f"{kind.file}.json"
         self._key: Path | None = None  # the resolved lock file, while this object holds it
-        self._created = False
+        self._created = False  # whether taking the lock created the folder
 
     def __enter__(self) -> RunFolderLock:
         self.acquire()
@@ -72,25 +64,20 @@ class RunFolderLock:
         try:
             lock.acquire()
         except Timeout:
-            kind = self.kind
-            raise DigsegError(f"{kind.folder} {self.folder} is in use by another {kind.run} "
-                              f"({self._holder()}); wait for it to end, or {kind.advice}") from None
-        me = {"host": socket.gethostname(), "pid": os.getpid(),
-              "started": datetime.now().astimezone().isoformat(timespec="seconds")}
+            holder = "holder unknown"
+            for _ in range(20):  # the holder writes its record a moment after taking the lock: awaited a second
+                with contextlib.suppress(OSError, ValueError):
+                    record = json.loads(self.info.read_text())
+                    holder = f"pid {record.get('pid')} on host {record.get('host')}, started {record.get('started')}"
+                    break
+                time.sleep(0.05)
+            raise DigsegError(f"{self.kind.folder} {self.folder} is in use by another {self.kind.run} ({holder}); "
+                              f"wait for it to end, or {self.kind.advice}") from None
         tmp = self.info.with_name(f"{self.info.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(me))
+        tmp.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                   "started": datetime.now().astimezone().isoformat(timespec="seconds")}))
         os.replace(tmp, self.info)  # a reader sees the whole file or none
         _HELD[key], self._key, self._created = lock, key, created
-
-    def _holder(self) -> str:
-        """'pid 123 on host gpu-7, started 2026-05-01T10:00:00+00:00' from the holder's record; its writer may be a
-        moment behind its lock, so a missing one is awaited a second."""
-        for _ in range(20):
-            with contextlib.suppress(OSError, ValueError):
-                holder = json.loads(self.info.read_text())
-                return f"pid {holder.get('pid')} on host {holder.get('host')}, started {holder.get('started')}"
-            time.sleep(0.05)
-        return "holder unknown"
 
     def release(self) -> None:
         """Remove the lock and info files, and the folder if taking the lock created it and it is still empty."""
@@ -113,8 +100,7 @@ def main_process_holds(folder: str | Path, kind: LockKind) -> Iterator[None]:
     from .distributed import gather_objects, process_info
 
     rank, world = process_info()
-    lock = RunFolderLock(folder, kind)
-    error, refusal = None, None
+    lock, error, refusal = RunFolderLock(folder, kind), None, None
     if rank == 0:
         try:
             lock.acquire()

@@ -1,6 +1,5 @@
 """Random generators keyed by what they are for (a training sample slot: seed, micro-step, slot; image i of a
-predict or eval run: seed, i), so resumed, re-ordered or multi-process runs draw the same numbers.
-"""
+predict or eval run: seed, i), so resumed, re-ordered or multi-process runs draw the same numbers."""
 
 from __future__ import annotations
 

@@ -1,15 +1,12 @@
-"""LoRA adapters (peft) on the DiGSeg U-Net, and the adapter folder that holds one domain.
-
-A domain's adapter is LoRA matrices on the U-Net's frozen layers (`optim.lora_targets`), injected by diffusers'
-`unet.add_adapter`, and the parts a domain needs in full, kept outside peft (whose `modules_to_save` diffusers'
-adapter switching ignores): the widened `conv_in`, the text pathway and the light mask decoder if any.
+"""LoRA adapters (peft) on the DiGSeg U-Net, and the adapter folder that holds one domain: LoRA matrices on the
+U-Net's frozen layers (`optim.lora_targets`), and the parts a domain needs in full, kept outside peft (whose
+`modules_to_save` diffusers' adapter switching ignores): the widened `conv_in`, the text pathway, the mask decoder.
 
 The folder (`save_adapter` / `read_adapter`; nothing is unpickled, a folder that does not fit is refused):
     adapter_model.safetensors   "unet.<peft key>" (no adapter name), "conv_in.*", "text_pathway.*", "mask_decoder.*"
     adapter_config.json         {"format", "base": {"pretrained", "revision", "variant"}, "lora": {"rank", "alpha",
                                 "targets"}, "text_pathway", "mask_decoder" (configs or null), and FACT_KEYS}
-    README.md                   a short model card
-"""
+    README.md                   a short model card"""
 
 from __future__ import annotations
 
@@ -52,11 +49,9 @@ def has_lora(unet: nn.Module) -> bool:
 def add_lora(unet: nn.Module, rank: int, alpha: float | None, targets: list[str] | tuple[str, ...],
              name: str = TRAINED_ADAPTER, seed: int | None = None) -> None:
     """Inject LoRA (scale alpha / rank; alpha None = rank) into `targets` of `unet` as the active adapter `name`:
-    lora_A drawn with `seed` (the global generator left as it was), lora_B zero, so it computes what the base does.
-    Only the LoRA matrices require gradients afterwards (the caller unfreezes conv_in)."""
+    lora_A drawn with `seed` (the global generator left as it was), lora_B zero, so it computes what the base does."""
     LoraConfig, _, _ = require_peft()
-    config = LoraConfig(r=rank, lora_alpha=rank if alpha is None else alpha, target_modules=list(targets),
-                        init_lora_weights=True)
+    config = LoraConfig(r=rank, lora_alpha=rank if alpha is None else alpha, target_modules=list(targets))
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
@@ -84,9 +79,8 @@ class AdapterParts:
 
 
 def save_adapter(folder: str | Path, lora: dict[str, torch.Tensor], parts: AdapterParts, base: dict[str, Any],
-                 rank: int, alpha: float | None, targets: list[str], card: str | None = None) -> Path:
-    """Write the adapter folder (module docstring): `lora` the LoRA matrices (`lora_state_dict`), `base` the backbone
-    it was trained on ({"pretrained", "revision", "variant"}). -> the folder."""
+                 rank: int, alpha: float | None, targets: list[str]) -> Path:
+    """Write the adapter folder (module docstring); `base`: the backbone's {"pretrained", "revision", "variant"}."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"unet.{k}": v for k, v in lora.items()}
@@ -95,26 +89,14 @@ def save_adapter(folder: str | Path, lora: dict[str, torch.Tensor], parts: Adapt
         if module is not None:
             tensors.update({f"{prefix}.{k}": v for k, v in module.state_dict().items()})
     save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(folder / WEIGHTS_FILE))
-    config = {
-        "format": FORMAT,
-        "base": {key: base.get(key) for key in ("pretrained", "revision", "variant")},
-        "lora": {"rank": rank, "alpha": rank if alpha is None else alpha, "targets": list(targets)},
-        "text_pathway": dict(parts.text_pathway.config),
-        "mask_decoder": dict(parts.mask_decoder.config) if parts.mask_decoder is not None else None,
-        **{key: parts.facts.get(key) for key in FACT_KEYS},
-    }
-    (folder / CONFIG_FILE).write_text(json.dumps(_plain(config), indent=2) + "\n")
-    (folder / CARD_FILE).write_text(card if card is not None else adapter_card(config, tensors))
+    config = {"format": FORMAT, "base": {key: base.get(key) for key in ("pretrained", "revision", "variant")},
+              "lora": {"rank": rank, "alpha": rank if alpha is None else alpha, "targets": list(targets)},
+              **{name: None if module is None else {k: v for k, v in module.config.items() if not k.startswith("_")}
+                 for name, module in (("text_pathway", parts.text_pathway), ("mask_decoder", parts.mask_decoder))},
+              **{key: parts.facts.get(key) for key in FACT_KEYS}}
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    (folder / CARD_FILE).write_text(adapter_card(config, tensors))
     return folder
-
-
-def _plain(value: Any) -> Any:
-    """A config's values as JSON types (FrozenDicts, tuples and private keys of diffusers' configs dropped)."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items() if not str(k).startswith("_")}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def adapter_card(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:

@@ -1,15 +1,12 @@
 """What a Stable Diffusion backbone folder (or hub id) holds, read from its config files before any weights load:
-`read_layout` (family "sd" or "sdxl", or a one-line DigsegError for what digseg cannot fine-tune: DiT / MMDiT
-models, U-Nets conditioned on more than text and SDXL's size ids, inpainting U-Nets), `resolve_variant` (the
-weight variant to load) and `backbone_record` (id, revision and variant, as a saved model records them).
-"""
+`read_layout` (its family, or a one-line DigsegError for what digseg cannot fine-tune), `resolve_variant` (the
+weight variant to load) and `backbone_record` (id, revision and variant, as a saved model records them)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,8 +14,7 @@ from ..errors import DigsegError, first_line
 
 logger = logging.getLogger("digseg.models")
 
-# the subfolders each family needs
-SUBFOLDERS = {
+SUBFOLDERS = {  # the subfolders each family needs
     "sd": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
     "sdxl": ("unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler"),
 }
@@ -30,21 +26,6 @@ _SHARD = re.compile(r"-\d{5}-of-\d{5}$")
 _SNAPSHOT = re.compile(r"models--(?P<org>[^/]+?)--(?P<name>[^/]+)/snapshots/(?P<sha>[0-9a-f]{40})/?$")
 
 
-@dataclass
-class BackboneLayout:
-    """A backbone's family, read from its config files."""
-
-    family: str
-
-    @property
-    def subfolders(self) -> tuple[str, ...]:
-        return SUBFOLDERS[self.family]
-
-    @property
-    def weight_folders(self) -> tuple[str, ...]:
-        return tuple(name for name in WEIGHT_SUBFOLDERS if name in self.subfolders)
-
-
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
@@ -52,31 +33,49 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise DigsegError(f"cannot read {path}: {exc}") from exc
 
 
-def _load_configs(path_or_id: str, local: bool, revision: str | None) -> tuple[dict, dict | None]:
-    """(model_index.json or {}, unet/config.json or None) of a local folder or a hub id."""
+def read_layout(path_or_id: str, local: bool, revision: str | None = None) -> str:
+    """The family ("sd" / "sdxl") of a backbone folder or hub id; a one-line DigsegError for what digseg cannot
+    fine-tune (DiT / MMDiT, U-Nets with inputs beyond text and SDXL's size ids) and for a local folder that is
+    missing, incomplete or a DiGSeg model."""
+    root = Path(path_or_id)
     if local:
-        root = Path(path_or_id)
+        if not root.exists():
+            raise DigsegError(f"model folder not found: {root}")
+        if not root.is_dir():
+            raise DigsegError(f"not a model folder: {root}")
+        if (root / "text_pathway").is_dir():
+            raise DigsegError(f"{root} is a DiGSeg model, not a Stable Diffusion backbone: load it with "
+                              "DiGSegPipeline.from_pretrained (digseg train --pretrained continues training it)")
         index = _read_json(root / "model_index.json") if (root / "model_index.json").is_file() else {}
         unet = _read_json(root / "unet" / "config.json") if (root / "unet" / "config.json").is_file() else None
-        return index, unet
-    from diffusers import DiffusionPipeline, UNet2DConditionModel
+    else:
+        from diffusers import DiffusionPipeline, UNet2DConditionModel
 
-    try:
-        index = dict(DiffusionPipeline.load_config(path_or_id, revision=revision))
-    except (OSError, ValueError):
-        index = {}  # no model_index.json: the component configs decide
-    if "transformer" in index and "unet" not in index:
-        return index, None
-    try:
-        unet = dict(UNet2DConditionModel.load_config(path_or_id, subfolder="unet", revision=revision))
-    except (OSError, ValueError) as exc:
-        raise DigsegError(f"cannot load Stable Diffusion backbone {path_or_id}: {first_line(exc)}") from exc
-    return index, unet
+        try:
+            index = dict(DiffusionPipeline.load_config(path_or_id, revision=revision))
+        except (OSError, ValueError):
+            index = {}  # no model_index.json: the component configs decide
+        unet = None
+        if "unet" in index or "transformer" not in index:
+            try:
+                unet = dict(UNet2DConditionModel.load_config(path_or_id, subfolder="unet", revision=revision))
+            except (OSError, ValueError) as exc:
+                raise DigsegError(f"cannot load Stable Diffusion backbone {path_or_id}: {first_line(exc)}") from exc
+    if unet is None and ("transformer" in index or (local and (root / "transformer").is_dir())):
+        kind = index.get("transformer", [None, "a transformer"])[-1]
+        raise DigsegError(f"{path_or_id} is a transformer-based (DiT / MMDiT) diffusion model "
+                          f"({index.get('_class_name') or 'transformer/'}: {kind}); digseg needs a U-Net backbone "
+                          "and unet/ is missing (use Stable Diffusion 1.x, 2.x or XL)")
+    family = "sd" if unet is None else _family_of_unet(unet, str(path_or_id))
+    missing = [name for name in SUBFOLDERS[family] if local and not (root / name).is_dir()]
+    if missing:
+        what = "a Stable Diffusion XL" if family == "sdxl" else "a Stable Diffusion"
+        raise DigsegError(f"{root} is not {what} folder: missing {', '.join(m + '/' for m in missing)}")
+    return family
 
 
-def family_of_unet(config: dict[str, Any], where: str) -> str:
-    """The family ("sd" / "sdxl") whose conditioning a U-Net config asks for, or a DigsegError naming what digseg
-    would need to condition it."""
+def _family_of_unet(config: dict[str, Any], where: str) -> str:
+    """The family whose conditioning a U-Net config asks for, or a DigsegError naming what it would need."""
     name = config.get("_class_name", "UNet2DConditionModel")
     if name != "UNet2DConditionModel":
         raise DigsegError(f"{where}: unet/ is a {name}; digseg fine-tunes a text-conditioned UNet2DConditionModel "
@@ -97,28 +96,6 @@ def family_of_unet(config: dict[str, Any], where: str) -> str:
     return ADDED_CONDITIONS[added]
 
 
-def read_layout(path_or_id: str, local: bool, revision: str | None = None) -> BackboneLayout:
-    """The layout of a backbone folder or hub id; refuses, in one line, what digseg cannot fine-tune."""
-    index, unet = _load_configs(path_or_id, local, revision)
-    pipeline_class = index.get("_class_name")
-    if unet is None and ("transformer" in index or (local and (Path(path_or_id) / "transformer").is_dir())):
-        kind = index.get("transformer", [None, "a transformer"])[-1]
-        raise DigsegError(f"{path_or_id} is a transformer-based (DiT / MMDiT) diffusion model "
-                          f"({pipeline_class or 'transformer/'}: {kind}); digseg needs a U-Net backbone and "
-                          "unet/ is missing (use Stable Diffusion 1.x, 2.x or XL)")
-    if unet is None:  # the subfolder check names it (with anything else missing)
-        return BackboneLayout("sd")
-    return BackboneLayout(family_of_unet(unet, str(path_or_id)))
-
-
-def check_subfolders(path: Path, layout: BackboneLayout) -> None:
-    missing = [name for name in layout.subfolders if not (path / name).is_dir()]
-    if missing:
-        what = "a Stable Diffusion XL" if layout.family == "sdxl" else "a Stable Diffusion"
-        raise DigsegError(f"{path} is not {what} folder: missing {', '.join(m + '/' for m in missing)}")
-
-
-# ------------------------------------------------------------------------------------------------ variants
 def weight_variants(folder: Path) -> set[str | None]:
     """The variants of the safetensors weights in one component folder (None: plain; "fp16" for
     *.fp16.safetensors, model.fp16-00001-of-00002.safetensors, ...); refused when it holds only pickled *.bin."""
@@ -137,9 +114,8 @@ def _names(variants) -> str:
 
 
 def resolve_variant(path: Path, weight_folders: Sequence[str], requested: str | None) -> str | None:
-    """The variant to load from the `weight_folders` of local folder `path` ("." for the folder itself):
-    `requested` if every one has it; else plain weights if every one has them; else the one variant every one
-    has (logged). One-line DigsegError otherwise, naming what each holds."""
+    """The variant to load from the `weight_folders` of local folder `path` ("." for itself): `requested` if every
+    one has it; else plain weights if all have them; else the one variant all have; else a one-line DigsegError."""
     held = {path / name: weight_variants(path / name) for name in weight_folders}
     empty = [str(folder) for folder, variants in held.items() if not variants]
     if empty:
@@ -147,9 +123,8 @@ def resolve_variant(path: Path, weight_folders: Sequence[str], requested: str | 
     if requested is not None:
         lacking = [folder for folder, variants in held.items() if requested not in variants]
         if lacking:
-            raise DigsegError(f"no {requested!r} variant weights in {lacking[0]} "
-                              f"(it holds: {_names(held[lacking[0]])}); "
-                              "choose a variant it holds, or none")
+            raise DigsegError(f"no {requested!r} variant weights in {lacking[0]} (it holds: "
+                              f"{_names(held[lacking[0]])}); choose a variant it holds, or none")
         return requested
     if all(None in variants for variants in held.values()):
         return None
@@ -164,10 +139,9 @@ def resolve_variant(path: Path, weight_folders: Sequence[str], requested: str | 
                       "model.variant (--cfg-options model.variant=NAME)")
 
 
-# ------------------------------------------------------------------------------------------------ record
 def backbone_record(pretrained: str, revision: str | None, variant: str | None) -> dict[str, str | None]:
-    """{"pretrained", "revision", "variant"} of a backbone. A folder in the Hugging Face cache
-    (.../models--org--name/snapshots/<commit>) is recorded as its hub id and commit."""
+    """{"pretrained", "revision", "variant"}; a Hugging Face cache folder (models--org--name/snapshots/<commit>) is
+    recorded as its hub id and commit."""
     match = _SNAPSHOT.search(str(pretrained).replace("\\", "/"))
     if match:
         pretrained = f"{match['org']}/{match['name']}"

@@ -1,7 +1,5 @@
-"""Building a DiGSeg model from a Stable-Diffusion-layout checkpoint: `load_backbone` (a local folder or a hub id,
-checked by `backbone_layout` and `digseg.hub_ids`), `widen_conv_in`, `make_scheduler`, and the frozen VAE's
-`encode_latents` / `decode_latents` (posterior mean times the scaling factor).
-"""
+"""Building a DiGSeg model from a Stable-Diffusion-layout checkpoint: `load_backbone`, `widen_conv_in`,
+`make_scheduler`, and the frozen VAE's `encode_latents` / `decode_latents`."""
 
 from __future__ import annotations
 
@@ -17,14 +15,8 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 from ..errors import DigsegError, first_line
 from ..hub_ids import check_hub_id, hub_id_or_none
 from .choices import PREDICTION_TYPES
-from .backbone_layout import BackboneLayout, backbone_record, check_subfolders, read_layout, resolve_variant
-
-try:  # diffusers renamed from_pretrained's `torch_dtype` to `dtype` (the old name warns)
-    from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
-
-    DIFFUSERS_DTYPE_KWARG = "dtype"
-except ImportError:
-    DIFFUSERS_DTYPE_KWARG = "torch_dtype"
+from .backbone_layout import (SDXL_TIME_IDS, SUBFOLDERS, WEIGHT_SUBFOLDERS, backbone_record, read_layout,
+                              resolve_variant)
 
 
 @torch.no_grad()
@@ -46,12 +38,12 @@ def widen_conv_in(unet: UNet2DConditionModel, in_channels: int = 8) -> UNet2DCon
     return unet
 
 
-def vae_scale_factor(vae: AutoencoderKL) -> int:
-    return 2 ** (len(vae.config.block_out_channels) - 1)
+def vae_scale_factor(model: AutoencoderKL | UNet2DConditionModel) -> int:
+    """A VAE's latent downsampling factor (or a U-Net's, between its first and last level)."""
+    return 2 ** (len(model.config.block_out_channels) - 1)
 
 
-def unet_downsample_factor(unet: UNet2DConditionModel) -> int:
-    return 2 ** (len(unet.config.block_out_channels) - 1)
+unet_downsample_factor = vae_scale_factor
 
 
 def encode_latents(vae: AutoencoderKL, images: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
@@ -84,63 +76,48 @@ class Backbone:
     record: dict | None = None  # `backbone_layout.backbone_record`: id, revision, variant
 
 
-def check_backbone_folder(path: Path) -> BackboneLayout:
-    """The layout of a local backbone folder; one-line DigsegError if it is missing, incomplete or unsupported."""
-    if not path.exists():
-        raise DigsegError(f"model folder not found: {path}")
-    if not path.is_dir():
-        raise DigsegError(f"not a model folder: {path}")
-    if (path / "text_pathway").is_dir():
-        raise DigsegError(f"{path} is a DiGSeg model, not a Stable Diffusion backbone: load it with "
-                          "DiGSegPipeline.from_pretrained (digseg train --pretrained continues training it)")
-    layout = read_layout(str(path), local=True)
-    check_subfolders(path, layout)
-    return layout
-
-
 def load_backbone(path_or_id: str | os.PathLike, torch_dtype: torch.dtype | None = None, variant: str | None = None,
                   revision: str | None = None) -> Backbone:
     """The SD / SDXL components of a local folder or a hub id (safetensors) at `revision` and `variant` (None: the
     plain files, or a local folder's only variant), in `torch_dtype` (None: float32, what training keeps)."""
     path = Path(path_or_id).expanduser()
     if hub_id_or_none(str(path_or_id)) is None:  # a local folder
-        layout = check_backbone_folder(path)
-        path_or_id = str(path)
-        variant = resolve_variant(path, layout.weight_folders, variant)
+        path_or_id, family = str(path), read_layout(str(path), local=True)
+        variant = resolve_variant(path, [n for n in WEIGHT_SUBFOLDERS if n in SUBFOLDERS[family]], variant)
     else:  # cached, or the Hub reachable and holding it: else one line now, not a minute of retries
         check_hub_id(str(path_or_id), "Stable Diffusion backbone", "unet/config.json",
                      "a local Stable Diffusion folder", revision=revision)
-        layout = read_layout(str(path_or_id), local=False, revision=revision)
+        family = read_layout(str(path_or_id), local=False, revision=revision)
     dtype = torch_dtype or torch.float32
     common = {"revision": revision, "variant": variant, "use_safetensors": True}
-    diffusers_kwargs = {**common, DIFFUSERS_DTYPE_KWARG: dtype}
     try:
-        unet = UNet2DConditionModel.from_pretrained(path_or_id, subfolder="unet", **diffusers_kwargs)
-        vae = AutoencoderKL.from_pretrained(path_or_id, subfolder="vae", **diffusers_kwargs)
+        unet = UNet2DConditionModel.from_pretrained(path_or_id, subfolder="unet", dtype=dtype, **common)
+        vae = AutoencoderKL.from_pretrained(path_or_id, subfolder="vae", dtype=dtype, **common)
         text_encoder = CLIPTextModel.from_pretrained(path_or_id, subfolder="text_encoder", torch_dtype=dtype, **common)
         tokenizer = CLIPTokenizer.from_pretrained(path_or_id, subfolder="tokenizer", revision=revision)
         scheduler = DDIMScheduler.from_pretrained(path_or_id, subfolder="scheduler", revision=revision)
         text_encoder_2 = tokenizer_2 = None
-        if layout.family == "sdxl":
+        if family == "sdxl":
             text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
                 path_or_id, subfolder="text_encoder_2", torch_dtype=dtype, **common)
             tokenizer_2 = CLIPTokenizer.from_pretrained(path_or_id, subfolder="tokenizer_2", revision=revision)
     except (OSError, ValueError) as exc:  # hub id unreachable / not found, or a broken file
-        hint = ""
-        if "no file named" in str(exc) and variant is None:
-            hint = " (a download of one weight variant only? pass it, e.g. --cfg-options model.variant=fp16)"
+        hint = (" (a download of one weight variant only? pass it, e.g. --cfg-options model.variant=fp16)"
+                if "no file named" in str(exc) and variant is None else "")
         raise DigsegError(f"cannot load Stable Diffusion backbone {path_or_id!s}: {first_line(exc)}{hint}") from exc
-    if text_encoder_2 is not None:
-        from .sdxl import check_added_embedding
-
-        check_added_embedding(unet, int(text_encoder_2.config.projection_dim), str(path_or_id))
+    if text_encoder_2 is not None:  # SDXL's U-Net must take exactly 6 size ids and the pooled embedding (no refiner)
+        pooled, time_dim = int(text_encoder_2.config.projection_dim), unet.config.addition_time_embed_dim
+        expected, given = unet.add_embedding.linear_1.in_features, time_dim * SDXL_TIME_IDS + pooled
+        if expected != given:
+            raise DigsegError(f"{path_or_id}: the U-Net's added embedding takes {expected} features, but SDXL's 6 "
+                              f"size ids x {time_dim} + text_encoder_2's pooled {pooled} give {given} (an SDXL "
+                              "refiner or another variant, which digseg does not support)")
     return Backbone(unet, vae, text_encoder, tokenizer, scheduler, text_encoder_2, tokenizer_2,
                     record=backbone_record(str(path_or_id), revision, variant))
 
 
 def check_clip_text_encoder(path_or_id: str | os.PathLike, revision: str | None = None) -> Path | None:
-    """The local folder a CLIP text encoder is read from, or None for a hub id that can be had; else a one-line
-    DigsegError. Reads no weights (`from_backbone` asks before the backbone loads)."""
+    """The local folder a CLIP text encoder is read from, or None for a hub id that can be had (no weights read)."""
     path = Path(path_or_id).expanduser()
     if hub_id_or_none(str(path_or_id)) is None:  # a local folder
         if not path.is_dir():
@@ -155,9 +132,8 @@ def check_clip_text_encoder(path_or_id: str | os.PathLike, revision: str | None 
 def load_clip_text_encoder(path_or_id: str | os.PathLike, torch_dtype: torch.dtype | None = None,
                            variant: str | None = None,
                            revision: str | None = None) -> tuple[CLIPTextModel, CLIPTokenizer]:
-    """A transformers CLIP text encoder + tokenizer from a CLIP folder / hub id (e.g. openai/clip-vit-large-patch14)
-    or the text_encoder/ + tokenizer/ of a Stable Diffusion folder, at `variant` and `revision`, in `torch_dtype`
-    (None: float32)."""
+    """A frozen CLIP text encoder + tokenizer from a CLIP folder / hub id (e.g. openai/clip-vit-large-patch14) or
+    a Stable Diffusion folder's text_encoder/ + tokenizer/, in `torch_dtype` (None: float32)."""
     path = check_clip_text_encoder(path_or_id, revision)
     source, encoder_folder, tokenizer_folder = str(path_or_id), {}, {}
     if path is not None:
@@ -175,18 +151,11 @@ def load_clip_text_encoder(path_or_id: str | os.PathLike, torch_dtype: torch.dty
 
 
 def make_scheduler(base: DDIMScheduler, prediction_type: str) -> DDIMScheduler:
-    """DDIM with the backbone's noise schedule, trailing timestep spacing and the chosen prediction target. For
-    x0 and v prediction the betas are rescaled to zero terminal SNR: SD's schedule keeps sqrt(alpha_bar) ~ 0.07 of
-    the signal at t = T-1, a leak of the target that inference, from pure noise, never sees (epsilon prediction
-    is undefined at zero SNR)."""
+    """DDIM with the backbone's noise schedule, trailing timestep spacing and the chosen prediction target; for x0
+    and v prediction the betas are rescaled to zero terminal SNR (SD's keeps ~0.07 of the signal at t = T-1, a leak
+    that inference, from pure noise, never sees; epsilon prediction is undefined at zero SNR)."""
     if prediction_type not in PREDICTION_TYPES:
         raise DigsegError(f"unknown prediction type {prediction_type!r}; choose one of {', '.join(PREDICTION_TYPES)}")
-    return DDIMScheduler.from_config(
-        base.config,
-        prediction_type=prediction_type,
-        timestep_spacing="trailing",
-        clip_sample=False,
-        set_alpha_to_one=True,
-        steps_offset=0,
-        rescale_betas_zero_snr=prediction_type != "epsilon",
-    )
+    return DDIMScheduler.from_config(base.config, prediction_type=prediction_type, timestep_spacing="trailing",
+                                     clip_sample=False, set_alpha_to_one=True, steps_offset=0,
+                                     rescale_betas_zero_snr=prediction_type != "epsilon")

@@ -1,12 +1,6 @@
-"""`LightMaskDecoder`: mask latents -> mask image at a small fraction of the VAE decoder's cost.
-
-The VAE decoder is the largest single cost at inference (SD's at 512 px: about 2,480 GFLOP, against 678 for one
-U-Net step), but a mask is a few flat colours. `LightMaskDecoder` maps mask latents [B, C, h, w] (scaled, as
-`encode_latents` returns them) to an image [B, 3, h*f, w*f] in about [-1, 1], as the VAE decoder does, so
-`MaskCodec.decode` reads it unchanged: a 3x3 convolution, residual blocks, then per factor of 2 a nearest x2
-upsampling, a 3x3 convolution and residual blocks, and a 3x3 convolution to RGB (defaults: 0.49 M parameters,
-17.2 GFLOP at 512 px). Trained by `digseg train-mask-decoder`; saved in the model folder's `mask_decoder/`.
-"""
+"""`LightMaskDecoder`: mask latents -> mask image at a small fraction of the VAE decoder's cost (SD's VAE decoder
+at 512 px: about 2,480 GFLOP; this one with its defaults: 17.2 GFLOP), since a mask is a few flat colours. Its
+output is the VAE decoder's ([B, 3, h*f, w*f] in about [-1, 1]), so `MaskCodec.decode` reads it unchanged."""
 
 from __future__ import annotations
 
@@ -38,8 +32,6 @@ class _ResidualBlock(nn.Module):
 class LightMaskDecoder(ModelMixin, ConfigMixin):
     """forward(latents [B, C, h, w]) -> images [B, 3, h*f, w*f] (f = upsample_factor)."""
 
-    config_name = "config.json"
-
     @register_to_config
     def __init__(self, latent_channels: int = 4, upsample_factor: int = 8,
                  block_channels: Sequence[int] = (128, 64, 32, 16), blocks_per_level: int = 1) -> None:
@@ -64,10 +56,9 @@ class LightMaskDecoder(ModelMixin, ConfigMixin):
     @classmethod
     def for_vae(cls, vae, block_channels: Sequence[int] | None = None, blocks_per_level: int = 1) -> "LightMaskDecoder":
         """A decoder for `vae`'s latents: its latent channels and downsampling factor; widths halve from 128."""
-        factor = vae_scale_factor(vae)
-        stages = int(round(math.log2(factor)))
-        widths = list(block_channels) if block_channels else [max(16, 128 >> i) for i in range(stages + 1)]
-        return cls(vae.config.latent_channels, factor, widths, blocks_per_level)
+        levels = len(vae.config.block_out_channels)  # one width per resolution
+        widths = list(block_channels) if block_channels else [max(16, 128 >> i) for i in range(levels)]
+        return cls(vae.config.latent_channels, vae_scale_factor(vae), widths, blocks_per_level)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         x = self.conv_in(latents)  # [B, c0, h, w]
@@ -77,8 +68,7 @@ class LightMaskDecoder(ModelMixin, ConfigMixin):
 
 
 def count_flops(module: nn.Module, example: torch.Tensor) -> float:
-    """GFLOP of one forward pass of `module` on `example`, counted by torch's `FlopCounterMode`
-    (2 x multiply-adds of convolutions and matrix products; element-wise work is not counted)."""
+    """GFLOP of one forward pass of `module` on `example` (torch's `FlopCounterMode`: convolutions and matmuls)."""
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         module(example)
     return counter.get_total_flops() / 1e9

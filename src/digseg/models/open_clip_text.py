@@ -1,15 +1,11 @@
-"""Optional text encoders from open_clip: CLIP variants and BiomedCLIP (an HF BERT text tower + projection).
-
-Install with `pip install --no-deps open_clip_torch ftfy regex` (`--no-deps`: no torchvision, no timm).
-`import open_clip` imports torchvision for image transforms digseg never uses; where torchvision is not installed,
-`import_open_clip()` puts inert placeholders for exactly those names in `sys.modules` during the import only, so
-transformers' own torchvision detection still sees none. Only the text tower is built (the vision tower of
-BiomedCLIP is a timm ViT), and weights are read with `weights_only=True` (safetensors, or `torch.load` without
-unpickling code).
-"""
+"""Optional text encoders from open_clip: CLIP variants and BiomedCLIP (an HF BERT text tower + projection), text
+tower only, weights read with `weights_only=True`. `import open_clip` imports torchvision for image transforms digseg
+never uses; where it is not installed, `import_open_clip()` puts inert placeholders in `sys.modules` during the
+import only, so transformers' own torchvision detection still sees none."""
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import importlib
 import importlib.machinery
@@ -29,109 +25,58 @@ from .text import CachedPromptEncoder
 
 INSTALL_HINT = "open_clip text encoders need: pip install --no-deps open_clip_torch ftfy regex"
 
-# Names open_clip 3.x imports from torchvision at import time (transform.py, utils.py).
-_TRANSFORM_NAMES = (
-    "Normalize", "Compose", "RandomResizedCrop", "ToTensor", "Resize", "CenterCrop", "ColorJitter", "Grayscale",
-)
-_FUNCTIONAL_NAMES = ("resize", "get_dimensions", "pad", "crop", "to_tensor")
-_STUB_FLAG = "__digseg_torchvision_stub__"
 
+def _placeholder(name: str) -> type:
+    """A torchvision name open_clip imports: subclassable at import time, unusable at run time."""
+    if name.startswith("__"):
+        raise AttributeError(name)
 
-def _unavailable(*args, **kwargs):
-    raise RuntimeError("a torchvision placeholder: torchvision is not installed, and digseg loads open_clip for its "
-                       "text tower only (image transforms are unavailable)")
+    def unavailable(*args, **kwargs):
+        raise RuntimeError("a torchvision placeholder: torchvision is not installed, and digseg loads open_clip for "
+                           "its text tower only (image transforms are unavailable)")
 
-
-def _placeholder_class(name: str) -> type:
-    """Subclassable at import time, unusable at run time."""
-    return type(name, (), {"__init__": _unavailable, "__module__": "torchvision (digseg placeholder)"})
-
-
-# stand-in for torchvision.transforms.InterpolationMode (used in open_clip default arguments)
-_InterpolationMode = enum.Enum("InterpolationMode", {name.upper().replace("-", "_"): name for name in (
-    "nearest", "nearest-exact", "bilinear", "bicubic", "box", "hamming", "lanczos")})
-
-
-def _stub_module(name: str) -> types.ModuleType:
-    module = types.ModuleType(name, "digseg placeholder for torchvision while importing open_clip")
-    module.__spec__ = importlib.machinery.ModuleSpec(name, loader=None, is_package=True)
-    module.__path__ = []
-    setattr(module, _STUB_FLAG, True)
-    return module
-
-
-def _torchvision_stubs() -> dict[str, types.ModuleType]:
-    root = _stub_module("torchvision")
-    transforms = _stub_module("torchvision.transforms")
-    functional = _stub_module("torchvision.transforms.functional")
-    ops = _stub_module("torchvision.ops")
-    misc = _stub_module("torchvision.ops.misc")
-    for name in _TRANSFORM_NAMES:
-        setattr(transforms, name, _placeholder_class(name))
-    transforms.InterpolationMode = _InterpolationMode
-    for name in _FUNCTIONAL_NAMES:
-        setattr(functional, name, _unavailable)
-    misc.FrozenBatchNorm2d = _placeholder_class("FrozenBatchNorm2d")
-    root.transforms, transforms.functional, root.ops, ops.misc = transforms, functional, ops, misc
-    return {m.__name__: m for m in (root, transforms, functional, ops, misc)}
-
-
-def _real_torchvision_installed() -> bool:
-    module = sys.modules.get("torchvision")
-    if module is not None:
-        return not getattr(module, _STUB_FLAG, False)
-    try:
-        return importlib.util.find_spec("torchvision") is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def _prewarm_transformers() -> None:
-    """Import what open_clip takes from transformers, and settle transformers' (cached) torchvision check,
-    before the stubs exist, so nothing in transformers ever observes them."""
-    try:
-        import transformers
-        from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig  # noqa: F401
-        from transformers import modeling_outputs  # noqa: F401
-
-        transformers.utils.is_torchvision_available()
-    except Exception:  # transformers is optional for open_clip itself; open_clip handles its absence
-        pass
+    return type(name, (), {"__init__": unavailable, "__module__": "torchvision (digseg placeholder)"})
 
 
 def import_open_clip():
-    """`open_clip`, imported with temporary torchvision placeholders where torchvision is absent; DigsegError when
-    it is not installed."""
+    """`open_clip`, imported with temporary torchvision placeholders where torchvision is absent."""
     if "open_clip" in sys.modules:
         return sys.modules["open_clip"]
-    try:
-        if importlib.util.find_spec("open_clip") is None:
-            raise DigsegError(INSTALL_HINT)
-    except (ImportError, ValueError) as exc:
-        raise DigsegError(INSTALL_HINT) from exc
-    if _real_torchvision_installed():
-        try:
-            return importlib.import_module("open_clip")
-        except ImportError as exc:
-            raise DigsegError(f"import open_clip failed ({exc}); {INSTALL_HINT}") from exc
+    if importlib.util.find_spec("open_clip") is None:
+        raise DigsegError(INSTALL_HINT)
+    stubs: dict[str, types.ModuleType] = {}
+    if "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is None:
+        # import what open_clip takes from transformers, and settle transformers' (cached) torchvision check,
+        # before the stubs exist, so nothing in transformers ever observes them
+        with contextlib.suppress(Exception):  # transformers is optional for open_clip itself
+            import transformers
+            from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig  # noqa: F401
+            from transformers import modeling_outputs  # noqa: F401
 
-    _prewarm_transformers()
-    stubs = _torchvision_stubs()
-    sys.modules.update(stubs)
+            transformers.utils.is_torchvision_available()
+        # the torchvision modules open_clip 3.x imports from (transform.py, utils.py), every name a `_placeholder`
+        for name in ("torchvision", "torchvision.transforms", "torchvision.transforms.functional", "torchvision.ops",
+                     "torchvision.ops.misc"):
+            stubs[name] = module = types.ModuleType(name, "digseg placeholder while importing open_clip")
+            module.__spec__ = importlib.machinery.ModuleSpec(name, loader=None, is_package=True)
+            module.__path__, module.__getattr__ = [], _placeholder
+            parent, _, child = name.rpartition(".")
+            if parent:
+                setattr(stubs[parent], child, module)
+        stubs["torchvision.transforms"].InterpolationMode = enum.Enum(  # used in open_clip's default arguments
+            "InterpolationMode", "NEAREST NEAREST_EXACT BILINEAR BICUBIC BOX HAMMING LANCZOS")
+        sys.modules.update(stubs)
     try:
         return importlib.import_module("open_clip")
     except ImportError as exc:
         for name in [n for n in sys.modules if n == "open_clip" or n.startswith("open_clip.")]:
             del sys.modules[name]  # a half-imported open_clip must not be mistaken for a working one
-        raise DigsegError(f"import open_clip failed without torchvision ({exc}); digseg's placeholders cover "
-                          f"open_clip 3.x. {INSTALL_HINT}") from exc
+        raise DigsegError(f"import open_clip failed{' without torchvision' if stubs else ''} ({exc}); "
+                          f"{INSTALL_HINT}") from exc
     finally:
         for name, stub in stubs.items():
             if sys.modules.get(name) is stub:
                 del sys.modules[name]
-
-
-_CLIP_TEXT_PREFIXES = ("text_projection", "positional_embedding", "token_embedding", "transformer", "ln_final")
 
 
 def _resolve_config_and_checkpoint(name: str, pretrained: str | None, cache_dir: str | None):
@@ -140,27 +85,24 @@ def _resolve_config_and_checkpoint(name: str, pretrained: str | None, cache_dir:
     from open_clip import pretrained as oc_pretrained
 
     schema, identifier = factory.parse_model_name(name)
-    if schema == "hf-hub":
-        if looks_like_hub_id(identifier):  # cached, or the Hub reachable and holding it: else one line, no retries
-            check_hub_id(identifier, "open_clip text encoder", "open_clip_config.json",
-                         "a local open_clip folder (local-dir:FOLDER; model.text_encoder=open_clip:local-dir:FOLDER)",
-                         cache_dir=cache_dir, named_as_hub_id=True)
-        config = factory._get_hf_config(identifier, cache_dir=cache_dir)
-        if "model_cfg" not in config:
-            raise DigsegError(f"{name}: open_clip_config.json has no model_cfg")
-        checkpoint = oc_pretrained.download_pretrained_from_hf(identifier, cache_dir=cache_dir)
-        return config["model_cfg"], checkpoint, False, name
-    if schema == "local-dir":
-        folder = Path(identifier)
-        config_path = folder / "open_clip_config.json"
-        if not config_path.is_file():
+    if schema in ("hf-hub", "local-dir"):
+        config_path = Path(identifier) / "open_clip_config.json"
+        if schema == "hf-hub":
+            if looks_like_hub_id(identifier):  # cached, or the Hub reachable and holding it: else one line at once
+                check_hub_id(identifier, "open_clip text encoder", "open_clip_config.json", "a local open_clip "
+                             "folder (local-dir:FOLDER; model.text_encoder=open_clip:local-dir:FOLDER)",
+                             cache_dir=cache_dir, named_as_hub_id=True)
+            config = factory._get_hf_config(identifier, cache_dir=cache_dir)
+        elif not config_path.is_file():
             raise DigsegError(f"{name}: {config_path} not found")
-        config = json.loads(config_path.read_text(encoding="utf-8"))
+        else:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
         if "model_cfg" not in config:
             raise DigsegError(f"{name}: {config_path} has no model_cfg")
-        checkpoint = factory._find_checkpoint_in_dir(folder)
+        checkpoint = (oc_pretrained.download_pretrained_from_hf(identifier, cache_dir=cache_dir)
+                      if schema == "hf-hub" else factory._find_checkpoint_in_dir(Path(identifier)))
         if checkpoint is None:
-            raise DigsegError(f"{name}: no .safetensors/.bin/.pth weights in {folder}")
+            raise DigsegError(f"{name}: no .safetensors/.bin/.pth weights in {identifier}")
         return config["model_cfg"], checkpoint, False, name
 
     model_name = identifier.replace("/", "-")
@@ -179,41 +121,9 @@ def _resolve_config_and_checkpoint(name: str, pretrained: str | None, cache_dir:
     return model_cfg, checkpoint, quick_gelu, model_name
 
 
-def _text_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The text tower's keys of a full open_clip checkpoint (CLIP layout or CustomTextCLIP `text.*` layout)."""
-    if not any(key.startswith("text.") for key in state):
-        state = {("text." + k if k.startswith(_CLIP_TEXT_PREFIXES) else k): v for k, v in state.items()}
-    text = {k[len("text."):]: v for k, v in state.items() if k.startswith("text.")}
-    text.pop("transformer.embeddings.position_ids", None)  # not a parameter in current transformers
-    return text
-
-
-def load_open_clip_text_tower(name: str, pretrained: str | None = None, cache_dir: str | None = None):
-    """(text tower, tokenizer) of an open_clip model, without building its vision tower."""
-    open_clip = import_open_clip()
-    from open_clip import factory
-    from open_clip.model import _build_text_tower
-
-    model_cfg, checkpoint, quick_gelu, tokenizer_name = _resolve_config_and_checkpoint(name, pretrained, cache_dir)
-    if Path(checkpoint).suffix in (".npz", ".npy"):
-        raise DigsegError(f"{name}: numpy (big_vision) checkpoints are not supported; use an open_clip/hub checkpoint")
-    text_cfg = dict(model_cfg["text_cfg"])
-    if text_cfg.get("hf_model_name"):
-        text_cfg["hf_model_pretrained"] = False  # the full checkpoint below holds the text weights
-    tower = _build_text_tower(model_cfg["embed_dim"], text_cfg, quick_gelu=quick_gelu, cast_dtype=None)
-    state = _text_state_dict(factory.load_state_dict(checkpoint, device="cpu", weights_only=True))
-    missing, unexpected = tower.load_state_dict(state, strict=False)
-    if missing:
-        raise DigsegError(f"{name}: checkpoint {Path(checkpoint).name} lacks {len(missing)} text-tower weights, "
-                          f"e.g. {missing[:3]}")
-    tokenizer = open_clip.get_tokenizer(tokenizer_name, cache_dir=cache_dir)
-    return tower, tokenizer
-
-
 class OpenCLIPPromptEncoder(CachedPromptEncoder):
-    """Frozen open_clip text tower + tokenizer, as `CLIPPromptEncoder`: `encode(prompts)` -> [N, L, D], every
-    token's final state through the tower's projection (the pooled one is `encode_text(normalize=False)`).
-    `model`: an open_clip model (`CLIP`, `CustomTextCLIP`) or its text tower (`TextTransformer`, `HFTextEncoder`)."""
+    """Frozen open_clip text tower + tokenizer, as `CLIPPromptEncoder`. `model`: an open_clip model (`CLIP`,
+    `CustomTextCLIP`) or its text tower (`TextTransformer`, `HFTextEncoder`)."""
 
     def __init__(self, model: nn.Module, tokenizer) -> None:
         super().__init__()
@@ -233,11 +143,33 @@ class OpenCLIPPromptEncoder(CachedPromptEncoder):
     @classmethod
     def from_pretrained(cls, name_or_path: str, pretrained: str | None = None,
                         cache_dir: str | None = None) -> "OpenCLIPPromptEncoder":
-        """`hf-hub:org/name` (e.g. hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224),
-        `local-dir:/folder` (open_clip_config.json + weights), or an open_clip model name with a `pretrained`
-        tag or weights file (e.g. "ViT-B-16", pretrained="laion2b_s34b_b88k"). Builds the text tower only."""
+        """`hf-hub:org/name` (e.g. hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224), `local-dir:/folder`
+        (open_clip_config.json + weights), or a model name with a `pretrained` tag or weights file ("ViT-B-16")."""
         try:
-            tower, tokenizer = load_open_clip_text_tower(name_or_path, pretrained, cache_dir)
+            open_clip = import_open_clip()
+            from open_clip import factory
+            from open_clip.model import _build_text_tower
+
+            model_cfg, checkpoint, quick_gelu, tokenizer_name = _resolve_config_and_checkpoint(
+                name_or_path, pretrained, cache_dir)
+            if Path(checkpoint).suffix in (".npz", ".npy"):
+                raise DigsegError(f"{name_or_path}: numpy (big_vision) checkpoints are not supported; use an "
+                                  "open_clip/hub checkpoint")
+            text_cfg = dict(model_cfg["text_cfg"])
+            if text_cfg.get("hf_model_name"):
+                text_cfg["hf_model_pretrained"] = False  # the full checkpoint below holds the text weights
+            tower = _build_text_tower(model_cfg["embed_dim"], text_cfg, quick_gelu=quick_gelu, cast_dtype=None)
+            state = factory.load_state_dict(checkpoint, device="cpu", weights_only=True)
+            if not any(key.startswith("text.") for key in state):  # CLIP's layout (CustomTextCLIP's: text.*)
+                clip_text = ("text_projection", "positional_embedding", "token_embedding", "transformer", "ln_final")
+                state = {("text." + k if k.startswith(clip_text) else k): v for k, v in state.items()}
+            state = {k[len("text."):]: v for k, v in state.items() if k.startswith("text.")}  # the tower keys
+            state.pop("transformer.embeddings.position_ids", None)  # not a parameter in current transformers
+            missing = tower.load_state_dict(state, strict=False).missing_keys
+            if missing:
+                raise DigsegError(f"{name_or_path}: checkpoint {Path(checkpoint).name} lacks {len(missing)} "
+                                  f"text-tower weights, e.g. {missing[:3]}")
+            tokenizer = open_clip.get_tokenizer(tokenizer_name, cache_dir=cache_dir)
         except DigsegError:
             raise
         except Exception as exc:
@@ -258,13 +190,12 @@ class OpenCLIPPromptEncoder(CachedPromptEncoder):
             return int(self.tower.transformer.width)
         return int(proj.out_features if isinstance(proj, nn.Linear) else proj.shape[1])
 
-    def _token_states(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids [M, L] -> per-token projected features [M, L, D]."""
-        tower = self.tower
+    def _encode_new(self, prompts: list[str]) -> torch.Tensor:
+        """Every token's final state through the tower's projection: [M, L, D]."""
+        ids, tower = self.tokenizer(prompts).to(self.device), self.tower  # [M, L]
         if self.kind == "hf":
             mask = (ids != tower.config.pad_token_id).long()
-            states = tower.transformer(input_ids=ids, attention_mask=mask).last_hidden_state
-            return tower.proj(states)
+            return tower.proj(tower.transformer(input_ids=ids, attention_mask=mask).last_hidden_state)
         if hasattr(tower, "_embeds"):  # TextTransformer: embeddings + causal (and, if configured, padding) mask
             x, attn_mask = tower._embeds(ids)
         else:  # CLIP keeps the text tower's parts as its own attributes (as in CLIP.encode_text)
@@ -276,6 +207,3 @@ class OpenCLIPPromptEncoder(CachedPromptEncoder):
         if proj is None:
             return x
         return proj(x) if isinstance(proj, nn.Linear) else x @ proj
-
-    def _encode_new(self, prompts: list[str]) -> torch.Tensor:
-        return self._token_states(self.tokenizer(prompts).to(self.device))  # [M, L, D]

@@ -1,13 +1,8 @@
 """Text pathway: a frozen CLIP-aligned text encoder and learned per-level projections into the U-Net.
 
-Level l of the U-Net (of `num_levels` = len(block_out_channels)) has its own projection P_l: encoder features
-[B, L, D] -> [B, L, C] (C = cross_attention_dim), which every cross-attention layer at that level attends to.
-The projections live in `TextPathway`, not in the U-Net, so the U-Net stays a stock `UNet2DConditionModel`;
-small attention processors route each level's features to its layers. Every P_l starts as the (rectangular,
-when D != C) identity, so with the backbone's own encoder step 0 reproduces the pretrained U-Net exactly.
-Levels without cross-attention (SDXL's first) get no projection. SDXL's pooled embedding (`pooled_dim` > 0)
-arrives as the last features of the encoder states and leaves unprojected, after the levels: `text_embeds`.
-"""
+Level l of the U-Net has its own projection P_l: encoder features [B, L, D] -> [B, L, C] (C = cross_attention_dim),
+which every cross-attention layer at that level attends to. The projections live in `TextPathway`, so the U-Net
+stays a stock `UNet2DConditionModel`; attention processors route each level's features to its layers."""
 
 from __future__ import annotations
 
@@ -21,6 +16,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from torch import nn
 
 from ..errors import DigsegError
+from .backbone_layout import SDXL_TIME_IDS
 
 
 class CachedPromptEncoder:
@@ -29,9 +25,6 @@ class CachedPromptEncoder:
 
     def __init__(self) -> None:
         self._cache: dict[str, torch.Tensor] = {}
-
-    def _encode_new(self, prompts: list[str]) -> torch.Tensor:
-        raise NotImplementedError
 
     def clear_cache(self) -> None:
         self._cache.clear()
@@ -43,8 +36,7 @@ class CachedPromptEncoder:
                 raise DigsegError(f"empty prompt {prompt!r}: give a class name or a phrase")
         missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
         if missing:
-            for prompt, state in zip(missing, self._encode_new(missing)):  # [M, L, D]
-                self._cache[prompt] = state
+            self._cache.update(zip(missing, self._encode_new(missing)))  # [M, L, D]
         return torch.stack([self._cache[p] for p in prompts])  # [N, L, D]
 
 
@@ -57,20 +49,41 @@ class CLIPPromptEncoder(CachedPromptEncoder):
         self.tokenizer = tokenizer
 
     def _encode_new(self, prompts: list[str]) -> torch.Tensor:
-        ids = self.tokenizer(
-            prompts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.text_encoder.device)
+        ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids.to(self.text_encoder.device)
         return self.text_encoder(ids)[0]  # [M, L, D]
 
 
+class SDXLPromptEncoder(CachedPromptEncoder):
+    """SDXL's two frozen CLIP text encoders: `encode(prompts)` -> [N, L, D1 + D2 + P]: both penultimate hidden
+    states (as SDXL's `encode_prompt`), then the second encoder's pooled `text_embeds` [N, P] on every token (one
+    tensor for the prompt cache and template averaging; `TextPathway` splits it off)."""
+
+    def __init__(self, text_encoder: nn.Module, tokenizer, text_encoder_2: nn.Module, tokenizer_2) -> None:
+        super().__init__()
+        self.text_encoder = text_encoder.requires_grad_(False).eval()
+        self.text_encoder_2 = text_encoder_2.requires_grad_(False).eval()
+        self.tokenizer, self.tokenizer_2 = tokenizer, tokenizer_2
+
+    def _encode_new(self, prompts: list[str]) -> torch.Tensor:
+        states, pooled = [], None
+        for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
+            ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                            return_tensors="pt").input_ids.to(encoder.device)
+            out = encoder(ids, output_hidden_states=True)
+            states.append(out.hidden_states[-2])  # [M, L, D_i]
+            pooled = out[0]  # the last encoder's: CLIPTextModelWithProjection's text_embeds [M, P]
+        if states[0].shape[1] != states[1].shape[1]:
+            raise DigsegError(f"SDXL's tokenizers pad to different lengths ({states[0].shape[1]} and "
+                              f"{states[1].shape[1]}): their model_max_length must match")
+        tokens = torch.cat(states, dim=-1)  # [M, L, D1 + D2]
+        return torch.cat([tokens, pooled[:, None].expand(-1, tokens.shape[1], -1).to(tokens.dtype)], dim=-1)
+
+
 class TextPathway(ModelMixin, ConfigMixin):
-    """One learned linear projection per U-Net level with cross-attention (`levels`; None: all).
-
-    forward(states [B, L, D + P] or [B, D + P]) -> num_levels x [B, L, C] (or [B, C]), then, when `pooled_dim`
-    P > 0, the pooled embedding [B, P] (the last P features of the first token)."""
-
-    config_name = "config.json"
+    """One learned linear projection per U-Net level with cross-attention (`levels`; None: all). forward(states
+    [B, L, D + P] or [B, D + P]) -> num_levels x [B, L, C] (or [B, C]), then, when `pooled_dim` P > 0, the pooled
+    embedding [B, P] (the last P features of the first token)."""
 
     @register_to_config
     def __init__(self, encoder_dim: int, cross_attention_dim: int, num_levels: int, pooled_dim: int = 0,
@@ -81,12 +94,7 @@ class TextPathway(ModelMixin, ConfigMixin):
             raise ValueError(f"levels must be a non-empty subset of 0..{num_levels - 1}, got {levels}")
         # keys "0", "1", ...: the state-dict names of a ModuleList, as saved models have them
         self.projections = nn.ModuleDict({str(level): nn.Linear(encoder_dim, cross_attention_dim) for level in levels})
-        self.reset_to_identity()
-
-    @torch.no_grad()
-    def reset_to_identity(self) -> None:
-        """Identity when D == C (step 0 = pretrained U-Net); rectangular identity shared by all levels otherwise."""
-        for proj in self.projections.values():
+        for proj in self.projections.values():  # identity (rectangular when D != C): step 0 = the pretrained U-Net
             nn.init.eye_(proj.weight)
             nn.init.zeros_(proj.bias)
 
@@ -129,18 +137,14 @@ class _LevelContext:
     num_levels: int
     needs_size_ids: bool  # SDXL: the U-Net also takes text_embeds and time_ids
     levels: list[torch.Tensor] | None = None
-    # when a list: each cross-attention layer appends its attention probabilities, averaged over heads and maxed
-    # over positions, [B, K] (`class_relevance`)
-    record: list[torch.Tensor] | None = None
+    record: list[torch.Tensor] | None = None  # a list: each layer appends its attention, head mean, position max [B, K]
 
 
 class LevelCrossAttnProcessor:
     """Cross-attention that attends to its level's projected text instead of the U-Net's shared input."""
 
     def __init__(self, level: int, context: _LevelContext) -> None:
-        self.level = level
-        self.context = context
-        self.base = AttnProcessor2_0()
+        self.level, self.context, self.base = level, context, AttnProcessor2_0()
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args,
                  **kwargs):
@@ -159,33 +163,25 @@ def install_level_processors(unet: UNet2DConditionModel) -> _LevelContext:
     """Give every cross-attention layer a level-routing processor; returns the shared context."""
     num_levels = len(unet.config.block_out_channels)
     context = _LevelContext(num_levels, unet.config.addition_embed_type == "text_time")
-    processors = {}
-    for name, processor in unet.attn_processors.items():
-        level = unet_level_of(name, num_levels)
-        processors[name] = processor if level is None else LevelCrossAttnProcessor(level, context)
-    unet.set_attn_processor(processors)
+    unet.set_attn_processor({name: processor if (level := unet_level_of(name, num_levels)) is None
+                             else LevelCrossAttnProcessor(level, context)
+                             for name, processor in unet.attn_processors.items()})
     return context
 
 
-def unet_forward_with_text(
-    unet: UNet2DConditionModel,
-    context: _LevelContext,
-    sample: torch.Tensor,
-    timestep: torch.Tensor,
-    text_levels: list[torch.Tensor],
-    image_size: tuple[int, int] | None = None,
-) -> torch.Tensor:
+def unet_forward_with_text(unet: UNet2DConditionModel, context: _LevelContext, sample: torch.Tensor,
+                           timestep: torch.Tensor, text_levels: list[torch.Tensor],
+                           image_size: tuple[int, int] | None = None) -> torch.Tensor:
     """sample [B, 8, h, w], timestep [B] or scalar, text_levels num_levels x [B, L, C] (then SDXL's pooled [B, P])
     -> prediction [B, 4, h, w]. `image_size`: (H, W) of the processed image, for SDXL's size ids."""
     added = None
     if context.needs_size_ids:
-        from .sdxl import sdxl_time_ids
-
         if len(text_levels) <= context.num_levels or image_size is None:
             raise DigsegError("an SDXL U-Net needs the pooled text embedding and the image size")
         pooled = text_levels[context.num_levels]  # [B, P]
-        added = {"text_embeds": pooled, "time_ids": sdxl_time_ids(pooled.shape[0], *image_size, pooled.device,
-                                                                  torch.float32)}
+        # the processed image's (H, W) as original and target size, crop top-left (0, 0): [B, 6]
+        time_ids = torch.tensor([*image_size, 0, 0, *image_size], device=pooled.device, dtype=torch.float32)
+        added = {"text_embeds": pooled, "time_ids": time_ids.expand(pooled.shape[0], SDXL_TIME_IDS)}
     context.levels = text_levels[: context.num_levels]
     try:
         return unet(sample, timestep, encoder_hidden_states=text_levels[0], added_cond_kwargs=added,

@@ -1,13 +1,5 @@
-"""Tiny random Stable-Diffusion components, built offline and written with diffusers' own `save_pretrained`, so
-tests and `digseg quickstart` run the loaders a real SD folder goes through.
-
-Sizes: images 64x64, VAE factor 4 -> latents [B, 4, 16, 16]; U-Net channels (32, 64); CLIP text encoder width
-32, 2 layers; a byte-level BPE tokenizer with a small, fixed merge table. Families, each in its real layout:
-"sd1" (convolutional projections, quick-GELU text encoder, epsilon), "sd2" (linear projections, head widths per
-level, GELU), "sd2-v" (v-prediction), and SDXL (`save_tiny_sdxl_backbone`: two text encoders, no cross-attention
-at the first level, `addition_embed_type="text_time"`, Euler scheduler). `variants`: None the float32 files,
-"fp16" *.fp16.safetensors in float16.
-"""
+"""Tiny random Stable-Diffusion components, built offline and written with diffusers' own `save_pretrained`, so tests
+and `digseg quickstart` run the loaders a real SD folder goes through. Images 64x64 -> latents [B, 4, 16, 16]."""
 
 from __future__ import annotations
 
@@ -16,54 +8,37 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, UNet2DConditionModel
+from diffusers import (AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline,
+                       StableDiffusionXLPipeline, UNet2DConditionModel)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 # Words given whole-word tokens in the tiny tokenizer (anything else falls back to characters).
-_TINY_WORDS = (
-    "a an the of in on with photo picture image this that and or "
-    "background circle square triangle object shape thing "
-    "red green blue yellow magenta cyan white orange black "
-    "road car person sky building tree grass cup disc nucleus nuclei crop weed soil"
-).split()
+_TINY_WORDS = ("a an the of in on with photo picture image this that and or background circle square triangle object "
+               "shape thing red green blue yellow magenta cyan white orange black road car person sky building tree "
+               "grass cup disc nucleus nuclei crop weed soil").split()
 
 TINY_MAX_LENGTH = 32
 TINY_FAMILIES = ("sd1", "sd2", "sd2-v")  # save_tiny_backbone's; SDXL: save_tiny_sdxl_backbone
 VARIANT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}  # the dtype each weight variant is written in
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP byte -> printable unicode character table (the standard byte-level BPE alphabet)."""
-    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
-
-
 def tiny_tokenizer(max_length: int = TINY_MAX_LENGTH) -> CLIPTokenizer:
     """A CLIP tokenizer over the byte alphabet plus whole-word merges for `_TINY_WORDS`."""
-    chars = list(_bytes_to_unicode().values())
-    vocab: dict[str, int] = {}
-    for token in chars + [c + "</w>" for c in chars]:
-        vocab.setdefault(token, len(vocab))
+    # GPT-2/CLIP's byte-level BPE alphabet: the printable bytes as themselves, then the others from chr(256) on
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = [chr(c) for c in printable] + [chr(256 + n) for n in range(256 - len(printable))]
+    vocab = {token: i for i, token in enumerate(chars + [c + "</w>" for c in chars])}
     merges: list[tuple[str, str]] = []
     for word in _TINY_WORDS:
-        symbols = list(word[:-1]) + [word[-1] + "</w>"]
-        current = symbols[0]
-        for symbol in symbols[1:]:
+        current, *rest = list(word[:-1]) + [word[-1] + "</w>"]
+        for symbol in rest:
             merged = current + symbol
             if merged not in vocab:
                 merges.append((current, symbol))
                 vocab[merged] = len(vocab)
             current = merged
-    for special in ("<|startoftext|>", "<|endoftext|>"):
-        vocab[special] = len(vocab)
     end = "<|endoftext|>"
+    vocab.update({"<|startoftext|>": len(vocab), end: len(vocab) + 1})
     return CLIPTokenizer(vocab=vocab, merges=merges, unk_token=end, bos_token="<|startoftext|>", eos_token=end,
                          pad_token=end, model_max_length=max_length)
 
@@ -76,8 +51,7 @@ def tiny_text_encoder(tokenizer: CLIPTokenizer, hidden_size: int = 32, seed: int
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
         num_attention_heads=2, max_position_embeddings=tokenizer.model_max_length, hidden_act=hidden_act,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        projection_dim=hidden_size,
-    )
+        projection_dim=hidden_size)
     return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config).eval()
 
 
@@ -87,8 +61,7 @@ def tiny_vae(seed: int = 0) -> AutoencoderKL:
     return AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
         up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(16, 32, 32), layers_per_block=1,
-        latent_channels=4, norm_num_groups=8, mid_block_add_attention=False, sample_size=64, scaling_factor=1.0,
-    )
+        latent_channels=4, norm_num_groups=8, mid_block_add_attention=False, sample_size=64, scaling_factor=1.0)
 
 
 def tiny_unet(cross_attention_dim: int = 32, block_out_channels: tuple[int, ...] = (32, 64), seed: int = 0,
@@ -103,21 +76,7 @@ def tiny_unet(cross_attention_dim: int = 32, block_out_channels: tuple[int, ...]
         down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
         block_out_channels=block_out_channels, cross_attention_dim=cross_attention_dim,
-        attention_head_dim=tuple(c // 8 for c in block_out_channels) if sd2 else 8, use_linear_projection=sd2,
-    )
-
-
-def tiny_sdxl_unet(cross_attention_dim: int = 64, pooled_dim: int = 32, seed: int = 0) -> UNet2DConditionModel:
-    """SDXL's U-Net layout, tiny: no cross-attention at the first level, two transformer layers at the second,
-    linear projections, and the added embedding of 6 size ids (8 sinusoids each) and the pooled text embedding."""
-    torch.manual_seed(seed)
-    return UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, norm_num_groups=16,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        block_out_channels=(32, 64), transformer_layers_per_block=(1, 2), attention_head_dim=(4, 8),
-        use_linear_projection=True, cross_attention_dim=cross_attention_dim, addition_embed_type="text_time",
-        addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + pooled_dim,
-    )
+        attention_head_dim=tuple(c // 8 for c in block_out_channels) if sd2 else 8, use_linear_projection=sd2)
 
 
 def tiny_scheduler(prediction_type: str = "epsilon") -> DDIMScheduler:
@@ -142,8 +101,6 @@ def save_tiny_backbone(path: str | Path, seed: int = 0, vae: AutoencoderKL | Non
                        variants: Sequence[str | None] = (None,)) -> Path:
     """Write a tiny random Stable Diffusion folder; `vae` replaces the random VAE (e.g. one trained by
     `digseg.training.vae.train_tiny_vae`); `family`: one of `TINY_FAMILIES`; `variants`: see `save_variants`."""
-    from diffusers import StableDiffusionPipeline
-
     if family not in TINY_FAMILIES:
         raise ValueError(f"family must be one of {', '.join(TINY_FAMILIES)}, got {family!r}")
     tokenizer = tiny_tokenizer()
@@ -153,21 +110,26 @@ def save_tiny_backbone(path: str | Path, seed: int = 0, vae: AutoencoderKL | Non
         vae=vae if vae is not None else tiny_vae(seed), text_encoder=text_encoder, tokenizer=tokenizer,
         unet=tiny_unet(text_encoder.config.hidden_size, unet_channels, seed, family),
         scheduler=tiny_scheduler("v_prediction" if family == "sd2-v" else "epsilon"),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     return save_variants(pipe, path, variants)
 
 
 def save_tiny_sdxl_backbone(path: str | Path, seed: int = 0, variants: Sequence[str | None] = (None,)) -> Path:
     """Write a tiny random SDXL folder: text encoders of width 32 (the second with a 32-wide projection)."""
-    from diffusers import StableDiffusionXLPipeline
-
     tokenizer = tiny_tokenizer()
     text_encoder = tiny_text_encoder(tokenizer, seed=seed)
     text_encoder_2 = tiny_text_encoder(tokenizer, seed=seed + 1, hidden_act="gelu", with_projection=True)
     scheduler = EulerDiscreteScheduler.from_config(tiny_scheduler().config, timestep_spacing="leading")
-    pipe = StableDiffusionXLPipeline(
-        vae=tiny_vae(seed), text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
-        tokenizer_2=tokenizer, unet=tiny_sdxl_unet(64, text_encoder_2.config.projection_dim, seed), scheduler=scheduler,
-    )
+    vae = tiny_vae(seed)
+    # SDXL's U-Net layout: no cross-attention at the first level, two transformer layers at the second, linear
+    # projections, and the added embedding of 6 size ids (8 sinusoids each) and the pooled text embedding
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, norm_num_groups=16,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(32, 64), transformer_layers_per_block=(1, 2), attention_head_dim=(4, 8),
+        use_linear_projection=True, cross_attention_dim=64, addition_embed_type="text_time",
+        addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + text_encoder_2.config.projection_dim)
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                     tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler)
     return save_variants(pipe, path, variants)

@@ -37,7 +37,6 @@ from .sliding import combine_views, group_views, make_views, view_noise
 from .window_grid import single_window_warning
 from ..models.choices import MASK_DECODERS, OBJECTIVES
 from ..models.digseg_model import (
-    DIFFUSERS_DTYPE_KWARG,
     check_clip_text_encoder,
     decode_latents,
     load_backbone,
@@ -48,8 +47,8 @@ from ..models.digseg_model import (
     widen_conv_in,
 )
 from ..models.mask_decoder import LightMaskDecoder
-from ..models.sdxl import SDXLPromptEncoder
-from ..models.text import CLIPPromptEncoder, TextPathway, cross_attention_levels, install_level_processors
+from ..models.text import (CLIPPromptEncoder, SDXLPromptEncoder, TextPathway, cross_attention_levels,
+                           install_level_processors)
 
 
 @functools.lru_cache(maxsize=2)
@@ -191,7 +190,7 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
         refused if its trained weights hold a non-finite value; `dtype` and `torch_dtype` both work."""
         if "torch_dtype" in kwargs or "dtype" in kwargs:
             dtype, torch_dtype = kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None)
-            kwargs[DIFFUSERS_DTYPE_KWARG] = dtype or torch_dtype
+            kwargs["dtype"] = dtype or torch_dtype
         for refused in ("custom_pipeline", "trust_remote_code"):
             if kwargs.get(refused):
                 raise DigsegError(f"{refused}={kwargs[refused]!r}: digseg runs no code from a model folder")
