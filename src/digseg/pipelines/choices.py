@@ -1,9 +1,13 @@
-"""The pipeline's lists of choices and the checks both pipelines (PyTorch and onnxruntime) make of a call's
-arguments before any work, as plain Python (no torch import)."""
+"""What both pipelines (PyTorch and onnxruntime) share, torch-free: the checks of a call's arguments before any
+work, the mask decoder a call selects, and the output it returns."""
 
 from __future__ import annotations
 
+import warnings
+
 from ..errors import DigsegError
+from ..models.choices import MASK_DECODERS
+from ..outputs import DiGSegOutput
 from .window_grid import INFERENCE_MODES, check_test_protocol, pair  # noqa: F401  (INFERENCE_MODES re-exported)
 
 ENSEMBLE_REDUCTIONS = ("median", "mean")  # how ensemble members' latents are combined (ensemble.py)
@@ -11,9 +15,13 @@ ENSEMBLE_REDUCTIONS = ("median", "mean")  # how ensemble members' latents are co
 
 def check_call(num_images: int, generator, ensemble_size: int, steps: int, ensemble_reduction: str, one_step: bool,
                max_probability_classes: int | None, processing_resolution: int | None, default_resolution: int,
-               scale, mode: str, crop_size, stride, global_view: bool):
-    """The arguments of a pipeline call that both pipelines take, checked: a one-line DigsegError naming a bad value.
+               scale, mode: str, crop_size, stride, global_view: bool, output_type: str, top_k: int | None):
+    """The arguments of a pipeline call, checked: a one-line DigsegError naming a bad value.
     -> (processing resolution, sliding window (crop, stride) or None, scale (w, h) or None)."""
+    if output_type not in ("np", "pt"):
+        raise DigsegError(f"output_type must be 'np' or 'pt', got {output_type!r}")
+    if top_k is not None and top_k < 1:
+        raise DigsegError(f"top_k must be >= 1, got {top_k}")
     if ensemble_reduction not in ENSEMBLE_REDUCTIONS:
         raise DigsegError(f"ensemble_reduction must be one of {', '.join(ENSEMBLE_REDUCTIONS)}, "
                           f"got {ensemble_reduction!r}")
@@ -34,3 +42,37 @@ def check_call(num_images: int, generator, ensemble_size: int, steps: int, ensem
     resolution = default_resolution if processing_resolution is None else processing_resolution
     window = check_test_protocol(mode, crop_size, stride, global_view, resolution or default_resolution)
     return resolution, window, pair(scale, "scale")
+
+
+def uses_light_decoder(choice: str, config, has_light: bool) -> bool:
+    """Whether `mask_decoder` `choice` ("auto", "light", "vae") selects the light decoder (else the VAE). "auto" is
+    the decoder a one-step model was trained through, else the light one when the model (`config`) has one."""
+    if choice not in MASK_DECODERS:
+        raise DigsegError(f"mask_decoder must be one of {', '.join(MASK_DECODERS)}, got {choice!r}")
+    if choice == "auto" and config.objective == "one-step":
+        choice = config.one_step_decoder or "auto"
+    if choice == "light" and not has_light:
+        raise DigsegError("this model has no light mask decoder: train one with `digseg train-mask-decoder`, "
+                          "or use mask_decoder='vae'")
+    return choice == "light" or (choice == "auto" and has_light)
+
+
+def warn_single_window(window: tuple[int, int] | None, grids: list, stacklevel: int) -> None:
+    """Warn when mode='slide' slides nowhere: one `window` (crop) covers a whole processed image; `grids`: each
+    image's (processed size (h, w), window boxes)."""
+    single = [size for size, boxes in grids if window is not None and len(boxes) == 1]
+    if single:
+        h, w = single[0]
+        warnings.warn(f"mode='slide': one {window[0]}x{window[1]} window covers the whole {w}x{h} processed image "
+                      f"({len(single)} of {len(grids)} image(s)), which equals mode='whole'; give a larger scale or "
+                      "a smaller crop_size", UserWarning, stacklevel=stacklevel + 1)
+
+
+def call_output(labels: list, probabilities: list, uncertainty: list, class_ids: list, class_names: list[str],
+                stack, return_dict: bool) -> DiGSegOutput | tuple:
+    """Per-image results -> the call's output: stacked by `stack` into [N, ...] when every image has the same size,
+    else lists; uncertainty None when there is none."""
+    same = stack if len({tuple(p.shape) for p in probabilities}) == 1 else list
+    out = (same(labels), same(probabilities), same(uncertainty) if uncertainty else None, class_names,
+           stack(class_ids))
+    return DiGSegOutput(*out) if return_dict else out

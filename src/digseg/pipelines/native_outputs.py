@@ -65,13 +65,3 @@ def native_outputs(probs: torch.Tensor, size: tuple[int, int], mode: str, thresh
     ids = torch.arange(k) if keep is None or keep >= k else best_classes(labels, probs, keep)
     return labels, resize_probs(probs[ids] if len(ids) < k else probs, size), ids
 
-
-def stack_outputs(labels: list, probabilities: list, uncertainty: list, class_ids: list, numpy: bool) -> list:
-    """Per-image results -> [labels, probabilities, uncertainty or None, class ids]: stacked into [N, ...] when
-    every image has the same size, else lists; numpy arrays when `numpy`."""
-    same_size = len({tuple(p.shape) for p in probabilities}) == 1
-    stack = torch.stack if same_size else list
-    out = [stack(labels), stack(probabilities), stack(uncertainty) if uncertainty else None, torch.stack(class_ids)]
-    if numpy:
-        out = [x if x is None else x.numpy() if isinstance(x, torch.Tensor) else [t.numpy() for t in x] for x in out]
-    return out

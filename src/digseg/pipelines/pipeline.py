@@ -1,21 +1,17 @@
 """`DiGSegPipeline`: text-prompted segmentation by few-step latent diffusion.
 
-Three ways to ask (by the arguments of `__call__`): `prompt` (binary, K = 2); nothing, or `classes` equal to the
-model's own list (palette: one pass over the closed class set); `classes=[...]` of any other names (one binary
-query per class, label = per-pixel argmax of the class scores: open vocabulary).
-Each image is encoded once and prompts once per call (cached); E ensemble members denoise independent noise
-in DDIM steps with trailing spacing, are combined in latent space and decoded once (VAE or `LightMaskDecoder`).
-A one-step model (`config.objective == "one-step"`) runs one deterministic pass instead. The latent-space work
-lives in `digseg.pipelines.latent_segmentation`, mixed into this class.
+Three ways to ask: `prompt` (binary, K = 2); nothing, or the model's own `classes` (palette: one pass over the
+closed class set); `classes=[...]` of other names (one binary query per class, label = per-pixel argmax: open
+vocabulary). The latent-space work lives in `digseg.pipelines.latent_segmentation`, mixed into this class.
 """
 
 from __future__ import annotations
 
 import functools
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
@@ -30,12 +26,11 @@ from .image_processing import processed_size, resize_to, to_image_list
 from .masks import MaskCodec
 from .model_folder import OPTIONAL_COMPONENTS, TRAINED_COMPONENTS, check_finite, check_model_folder, check_model_index
 from .model_card import model_facts, write_model_card
-from .native_outputs import PROBABILITY_CLASSES_KEPT, native_outputs, resize_probs, stack_outputs
+from .native_outputs import PROBABILITY_CLASSES_KEPT, native_outputs, resize_probs
 from .prompts import palette_prompt, resolve_queries
-from .choices import check_call
+from .choices import call_output, check_call, uses_light_decoder, warn_single_window
 from .sliding import combine_views, group_views, make_views, view_noise
-from .window_grid import single_window_warning
-from ..models.choices import MASK_DECODERS, OBJECTIVES
+from ..models.choices import OBJECTIVES
 from ..models.digseg_model import (
     DIFFUSERS_DTYPE_KWARG,
     check_clip_text_encoder,
@@ -87,11 +82,10 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
         tokenizer_2: CLIPTokenizer | None = None,
         backbone: dict | None = None,
     ) -> None:
-        """`objective`: "diffusion" or "one-step" (one pass from a zero latent at t = T-1, `one_step_latents`);
-        `one_step_decoder`: the decoder a one-step model was trained through ("light" or "vae"); `task`: the
-        queries it was trained on ("binary", "palette", "both" or None), which `digseg eval` follows;
-        `training_data`: its data and split rule (`digseg.data.model_data`); `text_encoder_2`, `tokenizer_2`:
-        SDXL's second text encoder; `backbone`: {"pretrained", "revision", "variant"} it was built from."""
+        """`objective`: "diffusion" or "one-step" (`one_step_latents`); `one_step_decoder`: the decoder a one-step
+        model was trained through ("light" or "vae"); `task`: the queries it was trained on ("binary", "palette",
+        "both" or None); `training_data`: its data and split rule (`digseg.data.model_data`); `backbone`:
+        {"pretrained", "revision", "variant"} it was built from."""
         if objective not in OBJECTIVES:
             raise DigsegError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
         super().__init__()
@@ -257,22 +251,10 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
             mask_decoder = mask_decoder.to(self.device, self.unet.dtype).eval().requires_grad_(False)
         self.register_modules(mask_decoder=mask_decoder)
 
-    def _light_mask_decoder(self, choice: str) -> LightMaskDecoder | None:
-        """The light decoder that `choice` ("auto", "light", "vae") selects, or None for the VAE. "auto" is the
-        decoder a one-step model was trained through, else the light one when the model has one."""
-        if choice not in MASK_DECODERS:
-            raise DigsegError(f"mask_decoder must be one of {', '.join(MASK_DECODERS)}, got {choice!r}")
-        if choice == "auto" and self.config.objective == "one-step":
-            choice = self.config.one_step_decoder or "auto"
-        if choice == "light" and self.mask_decoder is None:
-            raise DigsegError("this model has no light mask decoder: train one with `digseg train-mask-decoder`, "
-                              "or use mask_decoder='vae'")
-        return None if choice == "vae" else self.mask_decoder
-
     def decode_masks(self, latents: torch.Tensor, mask_decoder: str = "auto") -> torch.Tensor:
         """Mask latents [M, C, h, w] -> mask images [M, 3, H, W] (float32), by the decoder `mask_decoder` chooses."""
-        light = self._light_mask_decoder(mask_decoder)
-        if light is None:
+        light = self.mask_decoder
+        if not uses_light_decoder(mask_decoder, self.config, light is not None):
             return decode_latents(self.vae, latents).float()
         return light(latents.to(light.dtype, memory_format=torch.channels_last)).float()
 
@@ -309,20 +291,6 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
             return states
         return torch.stack([chunk.mean(0) for chunk in states.split(sizes)])
 
-    def check_inputs(self, num_images: int, generator, ensemble_size: int, steps: int, ensemble_reduction: str,
-                     mask_decoder: str, output_type: str, top_k: int | None, max_probability_classes: int | None,
-                     processing_resolution: int | None, scale, mode: str, crop_size, stride, global_view: bool):
-        """Every argument of `__call__` checked before any work: a one-line DigsegError naming a bad value.
-        -> (processing resolution, sliding window (crop, stride) or None, scale (w, h) or None)."""
-        self._light_mask_decoder(mask_decoder)
-        if output_type not in ("np", "pt"):
-            raise DigsegError(f"output_type must be 'np' or 'pt', got {output_type!r}")
-        if top_k is not None and top_k < 1:
-            raise DigsegError(f"top_k must be >= 1, got {top_k}")
-        return check_call(num_images, generator, ensemble_size, steps, ensemble_reduction,
-                          self.config.objective == "one-step", max_probability_classes, processing_resolution,
-                          self.config.default_processing_resolution, scale, mode, crop_size, stride, global_view)
-
     @torch.no_grad()
     def __call__(
         self,
@@ -357,24 +325,22 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
         """Segment `image` (one or a list). Returns labels [N, H, W], probabilities [N, n, H, W] of the classes
         `probability_class_ids` [N, n], uncertainty [N, H, W] (lists of per-image arrays when sizes differ).
 
-        `generator`: one torch.Generator, or one per image (then batching does not change results); a one-step
-        model uses none and runs E-Step 1x1 only. `threshold`: binary foreground; `no_class_threshold`: per-class
-        label 255 below it. Ensembles combine the members' latents by `ensemble_reduction` and decode once, or with
-        `decode_members` average every member's probabilities (Marigold). `mask_decoder`: "auto", "vae", "light".
-
-        Test protocol (docs/eval_protocols.md): resize to `scale` (mmseg's test resize, `keep_ratio` as mmseg's,
-        e.g. (2048, 512)), else the longer side to `processing_resolution`. `mode="slide"`: `crop_size` windows
-        every `stride` pixels (defaults: the processing resolution, 2/3 of it), combined in probability space
-        (`digseg.pipelines.sliding`), plus the whole image with `global_view` (CAT-Seg). `flip`: the mirrored image
-        too, flipped back and averaged. Probabilities are returned for the `max_probability_classes` classes with
-        most pixels (None: all).
+        `generator`: one torch.Generator, or one per image (then batching does not change results). `threshold`:
+        binary foreground; `no_class_threshold`: per-class label 255 below it. Ensembles combine the members'
+        latents by `ensemble_reduction` and decode once, or with `decode_members` average every member's
+        probabilities (Marigold). Test protocol (`scale`, `keep_ratio`, `mode`, `crop_size`, `stride`,
+        `global_view`, `flip`): docs/eval_protocols.md. Probabilities are returned for the
+        `max_probability_classes` classes with most pixels (None: all).
         """
         # 1. check the inputs
         images = to_image_list(image)  # N x [3, H, W] in [-1, 1]
         steps = num_inference_steps or self.config.default_denoising_steps
-        resolution, window, scale = self.check_inputs(
-            len(images), generator, ensemble_size, steps, ensemble_reduction, mask_decoder, output_type, top_k,
-            max_probability_classes, processing_resolution, scale, mode, crop_size, stride, global_view)
+        one_step = self.config.objective == "one-step"
+        resolution, window, scale = check_call(
+            len(images), generator, ensemble_size, steps, ensemble_reduction, one_step, max_probability_classes,
+            processing_resolution, self.config.default_processing_resolution, scale, mode, crop_size, stride,
+            global_view, output_type, top_k)
+        uses_light_decoder(mask_decoder, self.config, self.mask_decoder is not None)
 
         # 2. what is asked (binary prompts, the palette, or per-class queries); every prompt encoded once (cached)
         queries = resolve_queries(len(images), prompt, classes, templates, self.config.prompt_template,
@@ -389,14 +355,11 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
             resized = resize_to(img, processed_size(*img.shape[-2:], resolution, scale, keep_ratio))  # [3, h, w]
             crop, step = window or (tuple(resized.shape[-2:]),) * 2
             views.append(make_views(resized, crop, step, self.pad_multiple, global_view, flip))
-        single = [v.size for v in views if window is not None and len(v.boxes) == 1]
-        if single:  # asked to slide, but nothing slides: the result is whole mode's
-            warnings.warn(single_window_warning(window[0], single, len(views)), UserWarning, stacklevel=3)
+        warn_single_window(window and window[0], [(v.size, v.boxes) for v in views], stacklevel=3)
 
         # 4. groups of consecutive images whose views share a shape: noise, denoise, decode; views combined and
         #    read at each image's native size
         latent_channels, latent_scale = self.vae.config.latent_channels, vae_scale_factor(self.vae)
-        one_step = self.config.objective == "one-step"
         labels, probabilities, class_ids, uncertainty = [], [], [], []
         groups = group_views(views, max(1, batch_size))
         for group in self.progress_bar(groups) if show_progress_bar else groups:
@@ -421,9 +384,9 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
                     uncertainty.append(resize_probs(combine_views(views[i], unc[part, None]).cpu(), size)[0])
 
         # 5. stacked into [N, ...] (lists when the images' sizes differ)
-        out = stack_outputs(labels, probabilities, uncertainty, class_ids, numpy=output_type == "np")
-        if not return_dict:
-            return out[0], out[1], out[2], queries.class_names, out[3]
-        return DiGSegOutput(labels=out[0], probabilities=out[1], uncertainty=out[2], class_names=queries.class_names,
-                            probability_class_ids=out[3])
+        if output_type == "np":
+            labels, probabilities, uncertainty, class_ids = (
+                [t.numpy() for t in part] for part in (labels, probabilities, uncertainty, class_ids))
+        stack = np.stack if output_type == "np" else torch.stack
+        return call_output(labels, probabilities, uncertainty, class_ids, queries.class_names, stack, return_dict)
 

@@ -1,7 +1,5 @@
-"""The test protocol's geometry in plain Python (no torch): the size an image is processed at (mmseg's test
-resize), the sliding-window settings and mmsegmentation's window grid. Shared by the PyTorch pipeline
-(`sliding`, `image_processing`) and the onnxruntime one (`digseg.runtime`).
-"""
+"""The test protocol's geometry, torch-free (shared with `digseg.runtime`): the size an image is processed at
+(mmseg's test resize), the sliding-window settings and mmsegmentation's window grid."""
 
 from __future__ import annotations
 
@@ -70,10 +68,3 @@ def window_grid(height: int, width: int, crop: tuple[int, int],
     return [(y, y + ch, x, x + cw) for y in axis_starts(height, crop[0], stride[0])
             for x in axis_starts(width, crop[1], stride[1])]
 
-
-def single_window_warning(window: tuple[int, int], sizes: list[tuple[int, int]], num_images: int) -> str:
-    """The warning for mode='slide' when one `window` (crop) covers each of these processed `sizes` (h, w)."""
-    h, w = sizes[0]
-    return (f"mode='slide': one {window[0]}x{window[1]} window covers the whole {w}x{h} processed image "
-            f"({len(sizes)} of {num_images} image(s)), which equals mode='whole'; give a larger scale or a smaller "
-            "crop_size")

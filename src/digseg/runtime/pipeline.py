@@ -1,14 +1,10 @@
-"""`OnnxDiGSegPipeline`: an exported folder (`digseg export`) run on onnxruntime with numpy, Pillow and tokenizers.
-
-Neither torch, diffusers nor transformers is imported (tests/test_onnx_export.py checks it in a fresh process).
-The call has `DiGSegPipeline.__call__`'s signature, steps and test protocols (whole, slide, flip, scale) and returns
-the same `DiGSegOutput` (numpy arrays); `digseg.runtime.numpy_ops` names the torch function each step reproduces.
-Noise and seeds (numpy's generator, or torch's draws passed as `noise` for parity): docs/export.md.
+"""`OnnxDiGSegPipeline`: an exported folder (`digseg export`) run on onnxruntime with numpy, Pillow and tokenizers,
+never importing torch, diffusers or transformers. Its call has `DiGSegPipeline.__call__`'s signature, steps and test
+protocols and returns the same `DiGSegOutput` (numpy arrays); noise and seeds: docs/export.md.
 """
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Sequence
@@ -19,8 +15,8 @@ from ..errors import DigsegError, first_line
 from ..outputs import DiGSegOutput
 from ..pipelines.image_inputs import to_image_list
 from ..pipelines.prompts import resolve_queries
-from ..pipelines.choices import check_call
-from ..pipelines.window_grid import processed_size, single_window_warning, window_grid
+from ..pipelines.choices import call_output, check_call, uses_light_decoder, warn_single_window
+from ..pipelines.window_grid import processed_size, window_grid
 from .manifest import read_manifest, trailing_timesteps
 from .numpy_ops import (combine_members, combine_views, cut_views, ddim_step, decode_codec, native_outputs,
                         pad_to_multiple, predicted_sample, resize)
@@ -130,17 +126,6 @@ class OnnxDiGSegPipeline:
     @property
     def providers(self) -> list[str]:
         return self.runners["unet"].get_providers()
-
-    def _decoder(self, choice: str) -> str:
-        """The graph that `mask_decoder` ("auto", "light", "vae") selects, as `DiGSegPipeline._light_mask_decoder`."""
-        if choice not in ("auto", "light", "vae"):
-            raise DigsegError(f"mask_decoder must be one of auto, light, vae, got {choice!r}")
-        if choice == "auto" and self.manifest["objective"] == "one-step":
-            choice = self.manifest["one_step_decoder"] or "auto"
-        has_light = self.manifest["graphs"].get("light_decoder") is not None
-        if choice == "light" and not has_light:
-            raise DigsegError("this model has no light mask decoder: use mask_decoder='vae'")
-        return "light_decoder" if choice == "light" or (choice == "auto" and has_light) else "vae_decoder"
 
     def query_states(self, table: Sequence[Sequence[str]]) -> np.ndarray:
         """[Q, L, D]: each query's prompt variants encoded and averaged (the pathway is affine, as in torch)."""
@@ -257,10 +242,11 @@ class OnnxDiGSegPipeline:
         resolution, window, scale = check_call(
             len(images), generator, ensemble_size, steps, ensemble_reduction, one_step, max_probability_classes,
             processing_resolution, self.manifest["default_processing_resolution"], scale, mode, crop_size, stride,
-            global_view)
+            global_view, output_type, top_k)
         if noise is not None and len(noise) != len(images):
             raise DigsegError(f"got {len(noise)} noise arrays for {len(images)} images")
-        decoder = self._decoder(mask_decoder)
+        has_light = self.manifest["graphs"].get("light_decoder") is not None
+        decoder = "light_decoder" if uses_light_decoder(mask_decoder, self.config, has_light) else "vae_decoder"
 
         # 2. what is asked; every prompt encoded once (cached)
         queries = resolve_queries(len(images), prompt, classes, templates, self.manifest["prompt_template"],
@@ -271,9 +257,7 @@ class OnnxDiGSegPipeline:
         sized = [resize(img, processed_size(*img.shape[-2:], resolution, scale, keep_ratio), antialias=True)
                  for img in images]  # N x [3, h, w]
         grids = [window_grid(*img.shape[-2:], *(window or (img.shape[-2:],) * 2)) for img in sized]
-        single = [img.shape[-2:] for img, boxes in zip(sized, grids) if window is not None and len(boxes) == 1]
-        if single:  # asked to slide, but nothing slides: the result is whole mode's
-            warnings.warn(single_window_warning(window[0], single, len(images)), UserWarning, stacklevel=2)
+        warn_single_window(window and window[0], [(img.shape[-2:], boxes) for img, boxes in zip(sized, grids)], 2)
 
         # 4. per image: starting noise, denoise, decode; views combined and read at the native size
         multiple, f = self.manifest["pad_multiple"], self.manifest["vae_scale_factor"]
@@ -309,11 +293,4 @@ class OnnxDiGSegPipeline:
             if unc is not None:
                 uncertainty.append(resize(combine_views(unc[:, None], boxes, test_size, global_view, flip), size)[0])
 
-        # 5. stacked into [N, ...] (lists when the images' sizes differ)
-        stack = np.stack if len({p.shape for p in probabilities}) == 1 else list
-        out = (stack(labels), stack(probabilities), stack(uncertainty) if uncertainty else None, queries.class_names,
-               np.stack(class_ids))
-        if not return_dict:
-            return out
-        return DiGSegOutput(labels=out[0], probabilities=out[1], uncertainty=out[2], class_names=out[3],
-                            probability_class_ids=out[4])
+        return call_output(labels, probabilities, uncertainty, class_ids, queries.class_names, np.stack, return_dict)
