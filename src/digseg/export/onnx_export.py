@@ -1,8 +1,5 @@
-"""`digseg export`: a trained DiGSeg model -> a folder of ONNX graphs and a manifest (torch side).
-
-`export_pipeline` writes the graphs (batch, height and width dynamic) and `manifest.json`
-(`digseg.runtime.manifest`); `quantize_folder` rewrites an fp32 folder's MatMul / Gemm weights in int8. What each
-graph takes and returns, and why: docs/export.md.
+"""`digseg export`: a trained DiGSeg model -> a folder of ONNX graphs (batch, height and width dynamic) and
+`manifest.json` (`digseg.runtime.manifest`); `quantize_folder`: int8 MatMul / Gemm weights. The graphs: docs/export.md.
 """
 
 from __future__ import annotations
@@ -30,21 +27,19 @@ QUANTIZATIONS = ("int8",)
 
 
 class _Vae(nn.Module):
-    def __init__(self, vae) -> None:
+    """The VAE's encoder, image [B, 3, H, W] -> posterior mean [B, 4, H/f, W/f], or decoder, [B, 4, h, w] ->
+    [B, 3, h*f, w*f] (scaled latents)."""
+
+    def __init__(self, vae, encode: bool) -> None:
         super().__init__()
-        self.vae = vae
+        self.vae, self.encode = vae, encode
         self.shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
         self.scale = float(vae.config.scaling_factor)
 
-
-class _VaeEncoder(_Vae):
-    def forward(self, image: torch.Tensor) -> torch.Tensor:  # [B, 3, H, W] -> [B, 4, H/f, W/f], posterior mean
-        return (self.vae.encode(image).latent_dist.mean - self.shift) * self.scale
-
-
-class _VaeDecoder(_Vae):
-    def forward(self, latents: torch.Tensor) -> torch.Tensor:  # [B, 4, h, w] -> [B, 3, h*f, w*f]
-        return self.vae.decode(latents / self.scale + self.shift).sample
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.encode:
+            return (self.vae.encode(x).latent_dist.mean - self.shift) * self.scale
+        return self.vae.decode(x / self.scale + self.shift).sample
 
 
 class _UNetWithText(nn.Module):
@@ -70,15 +65,11 @@ class _TextEncoder(nn.Module):
         return self.text_encoder(input_ids)[0]
 
 
-def _weight_bytes(module: nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for p in module.parameters())
-
-
 def _export_graph(module: nn.Module, args: tuple, names: list[str], output: str, dynamic: dict, path: Path) -> None:
     """One graph, exported by torch's dynamo exporter; dims in `dynamic` ({input: {axis: name}}) stay symbolic."""
     auto = torch.export.Dim.AUTO
     shapes = {name: {axis: auto for axis in dynamic.get(name, {})} for name in names}
-    external = _weight_bytes(module) > EXTERNAL_DATA_BYTES
+    external = sum(p.numel() * p.element_size() for p in module.parameters()) > EXTERNAL_DATA_BYTES
     program = torch.onnx.export(module.eval(), args, dynamo=True, input_names=names, output_names=[output],
                                 dynamic_shapes=shapes, opset_version=OPSET, verbose=False)
     if program is None:
@@ -86,7 +77,16 @@ def _export_graph(module: nn.Module, args: tuple, names: list[str], output: str,
     program.save(str(path), external_data=external)
 
 
-def _check_exportable(pipe, text_encoder: bool) -> None:
+def _check_exportable(pipe, text_encoder: bool, dtype: str, quantize: str | None) -> None:
+    if dtype not in EXPORT_DTYPES:
+        raise DigsegError(f"export dtype must be one of {', '.join(EXPORT_DTYPES)}, got {dtype!r}")
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise DigsegError(f"quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
+    if dtype == "fp16" and not torch.cuda.is_available():
+        raise DigsegError("export --dtype fp16 needs a CUDA GPU (fp16 graphs are exported and checked on one); "
+                          "use --dtype fp32 on this machine")
+    if dtype == "fp16" and quantize:
+        raise DigsegError("export: --quantize int8 applies to fp32 graphs; use --dtype fp32")
     if pipe.level_context.needs_size_ids:
         raise DigsegError("export: SDXL models (pooled text embedding and size ids) are not supported yet")
     if text_encoder and pipe.config.open_clip_text_encoder:
@@ -141,19 +141,8 @@ def _tokenizer_facts(pipe, folder: Path) -> dict:
 def export_pipeline(pipe, output: str | Path, dtype: str = "fp32", text_encoder: bool = True,
                     quantize: str | None = None) -> Path:
     """Write `pipe` (a loaded `DiGSegPipeline`) to `output` as ONNX graphs and a manifest; returns the folder.
-
-    dtype "fp16" needs a CUDA GPU (the graphs are exported in half precision there); `quantize="int8"` then
-    quantizes the graphs' matrix multiplies (`quantize_folder`)."""
-    if dtype not in EXPORT_DTYPES:
-        raise DigsegError(f"export dtype must be one of {', '.join(EXPORT_DTYPES)}, got {dtype!r}")
-    if quantize is not None and quantize not in QUANTIZATIONS:
-        raise DigsegError(f"quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
-    if dtype == "fp16" and not torch.cuda.is_available():
-        raise DigsegError("export --dtype fp16 needs a CUDA GPU (fp16 graphs are exported and checked on one); "
-                          "use --dtype fp32 on this machine")
-    if dtype == "fp16" and quantize:
-        raise DigsegError("export: --quantize int8 applies to fp32 graphs; use --dtype fp32")
-    _check_exportable(pipe, text_encoder)
+    dtype "fp16" needs a CUDA GPU; `quantize="int8"`: `quantize_folder` of the fp32 graphs."""
+    _check_exportable(pipe, text_encoder, dtype, quantize)
     folder = _check_new_folder(output)
     if quantize:
         with tempfile.TemporaryDirectory() as tmp:
@@ -179,7 +168,7 @@ def export_pipeline(pipe, output: str | Path, dtype: str = "fp32", text_encoder:
         graphs[name] = GRAPH_FILES[name]
 
     with torch.no_grad():
-        write_graph("vae_encoder", _VaeEncoder(pipe.vae), (image,), ["image"], "latent", {"image": spatial})
+        write_graph("vae_encoder", _Vae(pipe.vae, encode=True), (image,), ["image"], "latent", {"image": spatial})
         if text_encoder:
             tokenizer = _tokenizer_facts(pipe, folder)
             states = pipe.query_states([["x"], ["y"]])  # [2, L, D]
@@ -197,7 +186,7 @@ def export_pipeline(pipe, output: str | Path, dtype: str = "fp32", text_encoder:
         write_graph("unet", _UNetWithText(pipe), (sample, timestep, states[:2].to(torch_dtype)),
                     ["sample", "timestep", "states"], "prediction",
                     {"sample": spatial, "timestep": {0: "batch"}, "states": {0: "batch"}})
-        write_graph("vae_decoder", _VaeDecoder(pipe.vae), (latents,), ["latents"], "image", {"latents": spatial})
+        write_graph("vae_decoder", _Vae(pipe.vae, encode=False), (latents,), ["latents"], "image", {"latents": spatial})
         if pipe.mask_decoder is not None:
             write_graph("light_decoder", pipe.mask_decoder, (latents,), ["latents"], "image", {"latents": spatial})
     config = pipe.config

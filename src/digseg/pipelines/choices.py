@@ -10,7 +10,7 @@ from ..models.choices import MASK_DECODERS
 from ..outputs import DiGSegOutput
 from .window_grid import INFERENCE_MODES, check_test_protocol, pair  # noqa: F401  (INFERENCE_MODES re-exported)
 
-ENSEMBLE_REDUCTIONS = ("median", "mean")  # how ensemble members' latents are combined (ensemble.py)
+ENSEMBLE_REDUCTIONS = ("median", "mean")  # how ensemble members' latents are combined
 
 
 def check_call(num_images: int, generator, ensemble_size: int, steps: int, ensemble_reduction: str, one_step: bool,

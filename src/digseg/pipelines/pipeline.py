@@ -31,17 +31,9 @@ from .prompts import palette_prompt, resolve_queries
 from .choices import call_output, check_call, uses_light_decoder, warn_single_window
 from .sliding import combine_views, group_views, make_views, view_noise
 from ..models.choices import OBJECTIVES
-from ..models.digseg_model import (
-    DIFFUSERS_DTYPE_KWARG,
-    check_clip_text_encoder,
-    decode_latents,
-    load_backbone,
-    load_clip_text_encoder,
-    make_scheduler,
-    unet_downsample_factor,
-    vae_scale_factor,
-    widen_conv_in,
-)
+from ..models.digseg_model import (DIFFUSERS_DTYPE_KWARG, check_clip_text_encoder, decode_latents, load_backbone,
+                                   load_clip_text_encoder, make_scheduler, unet_downsample_factor, vae_scale_factor,
+                                   widen_conv_in)
 from ..models.mask_decoder import LightMaskDecoder
 from ..models.sdxl import SDXLPromptEncoder
 from ..models.text import CLIPPromptEncoder, TextPathway, cross_attention_levels, install_level_processors
@@ -60,28 +52,14 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
     # encoder (None for SD 1.x / 2.x); mask_decoder: None until one is trained
     _optional_components = list(OPTIONAL_COMPONENTS)
 
-    def __init__(
-        self,
-        unet: UNet2DConditionModel,
-        vae: AutoencoderKL,
-        scheduler: DDIMScheduler,
-        text_encoder: CLIPTextModel | None,
-        tokenizer: CLIPTokenizer | None,
-        text_pathway: TextPathway,
-        class_names: list[str] | None = None,
-        open_clip_text_encoder: str | None = None,
-        prompt_template: str = "{}",
-        default_denoising_steps: int = 1,
-        default_processing_resolution: int = 512,
-        mask_decoder: LightMaskDecoder | None = None,
-        objective: str = "diffusion",
-        one_step_decoder: str | None = None,
-        task: str | None = None,
-        training_data: dict | None = None,
-        text_encoder_2: CLIPTextModelWithProjection | None = None,
-        tokenizer_2: CLIPTokenizer | None = None,
-        backbone: dict | None = None,
-    ) -> None:
+    def __init__(self, unet: UNet2DConditionModel, vae: AutoencoderKL, scheduler: DDIMScheduler,
+                 text_encoder: CLIPTextModel | None, tokenizer: CLIPTokenizer | None, text_pathway: TextPathway,
+                 class_names: list[str] | None = None, open_clip_text_encoder: str | None = None,
+                 prompt_template: str = "{}", default_denoising_steps: int = 1,
+                 default_processing_resolution: int = 512, mask_decoder: LightMaskDecoder | None = None,
+                 objective: str = "diffusion", one_step_decoder: str | None = None, task: str | None = None,
+                 training_data: dict | None = None, text_encoder_2: CLIPTextModelWithProjection | None = None,
+                 tokenizer_2: CLIPTokenizer | None = None, backbone: dict | None = None) -> None:
         """`objective`: "diffusion" or "one-step" (`one_step_latents`); `one_step_decoder`: the decoder a one-step
         model was trained through ("light" or "vae"); `task`: the queries it was trained on ("binary", "palette",
         "both" or None); `training_data`: its data and split rule (`digseg.data.model_data`); `backbone`:
@@ -111,20 +89,12 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
         self.set_class_names(class_names)
 
     @classmethod
-    def from_backbone(
-        cls,
-        pretrained: str | Path,
-        class_names: Sequence[str] | None = None,
-        prediction_type: str = "sample",
-        prompt_template: str = "{}",
-        processing_resolution: int | None = None,
-        torch_dtype: torch.dtype | None = None,
-        text_encoder: str | Path | None = None,
-        variant: str | None = None,
-        revision: str | None = None,
-        text_encoder_variant: str | None = None,
-        text_encoder_revision: str | None = None,
-    ) -> "DiGSegPipeline":
+    def from_backbone(cls, pretrained: str | Path, class_names: Sequence[str] | None = None,
+                      prediction_type: str = "sample", prompt_template: str = "{}",
+                      processing_resolution: int | None = None, torch_dtype: torch.dtype | None = None,
+                      text_encoder: str | Path | None = None, variant: str | None = None, revision: str | None = None,
+                      text_encoder_variant: str | None = None,
+                      text_encoder_revision: str | None = None) -> "DiGSegPipeline":
         """A fresh DiGSeg model from a Stable Diffusion 1.x / 2.x / XL checkpoint (at `variant`, `revision`) in
         `torch_dtype` (None: float32): widened U-Net, identity pathway. `text_encoder` replaces SD 1.x / 2.x's own:
         a transformers CLIP text encoder folder or hub id (at `text_encoder_variant`, `text_encoder_revision`), or
@@ -160,13 +130,9 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
         if sdxl:
             encoder_dim += backbone.text_encoder_2.config.hidden_size
             pooled_dim = int(backbone.text_encoder_2.config.projection_dim)
-        pathway = TextPathway(
-            encoder_dim=encoder_dim,
-            cross_attention_dim=unet.config.cross_attention_dim,
-            num_levels=len(unet.config.block_out_channels),
-            pooled_dim=pooled_dim,
-            levels=cross_attention_levels(unet),
-        )
+        pathway = TextPathway(encoder_dim=encoder_dim, cross_attention_dim=unet.config.cross_attention_dim,
+                              num_levels=len(unet.config.block_out_channels), pooled_dim=pooled_dim,
+                              levels=cross_attention_levels(unet))
         if torch_dtype is not None:
             pathway.to(torch_dtype)
         if processing_resolution is None:
@@ -292,36 +258,18 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
         return torch.stack([chunk.mean(0) for chunk in states.split(sizes)])
 
     @torch.no_grad()
-    def __call__(
-        self,
-        image: Any,
-        prompt: str | Sequence[str] | None = None,
-        classes: Sequence[str] | None = None,
-        ensemble_size: int = 1,
-        num_inference_steps: int | None = None,
-        processing_resolution: int | None = None,
-        batch_size: int = 1,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        output_type: str = "np",
-        threshold: float = 0.5,
-        no_class_threshold: float | None = None,
-        templates: str | Sequence[str] | None = None,
-        top_k: int | None = None,
-        decode_members: bool = False,
-        ensemble_reduction: str = "median",
-        mask_decoder: str = "auto",
-        mode: str = "whole",
-        crop_size: int | tuple[int, int] | None = None,
-        stride: int | tuple[int, int] | None = None,
-        global_view: bool = False,
-        flip: bool = False,
-        scale: tuple[int, int] | None = None,
-        keep_ratio: bool = True,
-        max_probability_classes: int | None = PROBABILITY_CLASSES_KEPT,
-        max_unet_batch: int = 64,
-        show_progress_bar: bool = True,
-        return_dict: bool = True,
-    ) -> DiGSegOutput | tuple:
+    def __call__(self, image: Any, prompt: str | Sequence[str] | None = None, classes: Sequence[str] | None = None,
+                 ensemble_size: int = 1, num_inference_steps: int | None = None,
+                 processing_resolution: int | None = None, batch_size: int = 1,
+                 generator: torch.Generator | list[torch.Generator] | None = None, output_type: str = "np",
+                 threshold: float = 0.5, no_class_threshold: float | None = None,
+                 templates: str | Sequence[str] | None = None, top_k: int | None = None, decode_members: bool = False,
+                 ensemble_reduction: str = "median", mask_decoder: str = "auto", mode: str = "whole",
+                 crop_size: int | tuple[int, int] | None = None, stride: int | tuple[int, int] | None = None,
+                 global_view: bool = False, flip: bool = False, scale: tuple[int, int] | None = None,
+                 keep_ratio: bool = True, max_probability_classes: int | None = PROBABILITY_CLASSES_KEPT,
+                 max_unet_batch: int = 64, show_progress_bar: bool = True,
+                 return_dict: bool = True) -> DiGSegOutput | tuple:
         """Segment `image` (one or a list). Returns labels [N, H, W], probabilities [N, n, H, W] of the classes
         `probability_class_ids` [N, n], uncertainty [N, H, W] (lists of per-image arrays when sizes differ).
 
