@@ -81,11 +81,9 @@ def unique_stems(paths: list[Path]) -> list[str]:
     seen: set[str] = set()
     stems = []
     for p in paths:
-        stem = p.stem
-        if stem in seen:
-            n = 2
-            while f"{p.stem}-{n}" in taken or f"{p.stem}-{n}" in seen:
-                n += 1
+        stem, n = p.stem, 1
+        while stem in seen or (n > 1 and stem in taken):
+            n += 1
             stem = f"{p.stem}-{n}"
         seen.add(stem)
         stems.append(stem)

@@ -8,7 +8,6 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from diffusers.utils.torch_utils import randn_tensor
 
 from ..models.digseg_model import encode_latents, vae_scale_factor
 from ..models.text import unet_forward_with_text
@@ -101,14 +100,11 @@ class LatentSegmentationMixin:
         return self.predicted_sample(pred, z_t, t)
 
     def denoise(self, image_latents: torch.Tensor, text: list[torch.Tensor], num_inference_steps: int,
-                generator=None, latents: torch.Tensor | None = None) -> torch.Tensor:
-        """image_latents [M, 4, h, w], text num_levels x [M, L, C] -> mask latents [M, 4, h, w], from the starting
-        noise `latents` (drawn from `generator` when None); a one-step model runs `one_step_latents` instead."""
+                latents: torch.Tensor) -> torch.Tensor:
+        """image_latents [M, 4, h, w], text num_levels x [M, L, C], starting noise `latents` [M, 4, h, w] -> mask
+        latents [M, 4, h, w]; a one-step model runs `one_step_latents` instead."""
         if self.config.objective == "one-step":
             return self.one_step_latents(self.unet, image_latents, text)
-        if latents is None:
-            latents = randn_tensor(image_latents.shape, generator=generator, device=image_latents.device,
-                                   dtype=image_latents.dtype)
         self.scheduler.set_timesteps(num_inference_steps, device=image_latents.device)
         for t in self.scheduler.timesteps:
             model_input = torch.cat([image_latents, latents], dim=1)  # [M, 8, h, w]
@@ -166,7 +162,7 @@ class LatentSegmentationMixin:
             sl = slice(start, min(start + chunk, item_image.numel()))
             text = self.text_pathway(states[item_query[sl]])  # num_levels x [m, L, C]
             latents = self.denoise(image_latents[item_image[sl]], text, settings.steps,
-                                   latents=noise[item_image[sl], item_member[sl]])  # [m, 4, h, w]
+                                   noise[item_image[sl], item_member[sl]])  # [m, 4, h, w]
             if combine:
                 latents = latents.view(-1, ensemble_size, *latents.shape[1:])  # [m/E, E, 4, h, w]
                 spreads.append(latents.float().std(dim=1).mean(dim=1))  # [m/E, h, w]: members' disagreement

@@ -1,6 +1,5 @@
-"""Labels and probabilities at the input's native size, in memory bounded whatever the vocabulary size (a full
-[K, H, W] is K images: 847 classes x 683 x 512 x float32 = 1.2 GB): labels by a chunked argmax equal to the full
-one, probabilities resized only for the `keep` classes with most pixels (`keep=None`: all).
+"""Labels and probabilities at the input's native size in bounded memory (847 classes x 683 x 512 x float32 = 1.2 GB):
+labels by a chunked argmax equal to the full one, probabilities resized only for the `keep` classes with most pixels.
 """
 
 from __future__ import annotations
@@ -23,8 +22,7 @@ def resize_probs(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def chunked_argmax(probs: torch.Tensor, size: tuple[int, int], excluded: torch.Tensor | None = None,
                    chunk: int = ARGMAX_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
-    """probs [K, h, w] -> (labels [H, W] int64, best probability [H, W]) at `size`, `chunk` classes at a time.
-
+    """probs [K, h, w] -> (labels [H, W] int64, best probability [H, W]) at `size`, `chunk` classes at a time;
     `excluded` [K] bool: classes that never win (scored -1, as pruned top-k classes are)."""
     best = labels = None
     for start in range(0, probs.shape[0], chunk):

@@ -8,6 +8,7 @@ vocabulary). The latent-space work lives in `digseg.pipelines.latent_segmentatio
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,7 +28,7 @@ from .masks import MaskCodec
 from .model_folder import OPTIONAL_COMPONENTS, TRAINED_COMPONENTS, check_finite, check_model_folder, check_model_index
 from .model_card import model_facts, write_model_card
 from .native_outputs import PROBABILITY_CLASSES_KEPT, native_outputs, resize_probs
-from .prompts import palette_prompt, resolve_queries
+from .prompts import resolve_queries
 from .choices import call_output, check_call, uses_light_decoder, warn_single_window
 from .sliding import combine_views, group_views, make_views, view_noise
 from ..models.choices import OBJECTIVES
@@ -178,8 +179,6 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
     def _hub_snapshot(cls, repo_id: str, kwargs: dict) -> Path:
         """The local snapshot of a hub model as diffusers' `download` resolves it, once its model_index.json alone
         has been fetched and checked (`check_hub_id` first: an id that cannot be had fails at once)."""
-        import json
-
         from huggingface_hub import hf_hub_download
 
         hub = {k: kwargs[k] for k in ("cache_dir", "force_download", "local_files_only", "token", "revision")
@@ -233,11 +232,6 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
     @property
     def class_names(self) -> list[str] | None:
         return self.config.class_names
-
-    @property
-    def palette_prompt(self) -> str:
-        """The text that conditions palette mode: the model's class list."""
-        return palette_prompt(self.config.class_names or [])
 
     @property
     def pad_multiple(self) -> int:

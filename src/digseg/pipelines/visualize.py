@@ -1,5 +1,4 @@
-"""Turning predictions into pictures: palette label PNGs, colour overlays (with a legend), probability and
-uncertainty maps."""
+"""Predictions as pictures: palette label PNGs, colour overlays with a legend, probability and uncertainty maps."""
 
 from __future__ import annotations
 
@@ -162,10 +161,8 @@ def save_prediction(out_dir: Path, stem: str, image: np.ndarray, labels: np.ndar
                     kinds: Collection[str] = ("labels", "overlay", "probabilities", "uncertainty")) -> PredictionFiles:
     """Write the pictures of one prediction of `kinds` into `out_dir`. image uint8 [H, W, 3]; labels [H, W] int
     (255 = no class); probabilities [n, H, W] of the classes `probability_ids` [n] (default: all K); uncertainty
-    [H, W] or None. Files: ``<stem>_label.png`` ('P' mode, pixel = class id, palette attached),
-    ``<stem>_overlay.png`` and ``<stem>_overlay_legend.png`` (with a legend of the classes present),
-    ``<stem>_prob_<class>.png`` ('L' mode, probability x 255; a binary prompt's foreground only; ``-<id>`` added
-    when two names give one file name), ``<stem>_uncertainty.png`` (scaled to its maximum).
+    [H, W] or None. Files: ``<stem>_label.png``, ``<stem>_overlay.png``, ``<stem>_overlay_legend.png``,
+    ``<stem>_prob_<class>.png`` (a binary prompt's foreground only), ``<stem>_uncertainty.png`` (scaled to its max).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     k = len(class_names)

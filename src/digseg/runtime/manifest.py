@@ -1,6 +1,5 @@
-"""The manifest of an exported folder (`manifest.json`, written by `digseg.export.onnx_export.export_pipeline`):
-what the graphs are and everything else inference needs; its keys are listed in docs/export.md. Torch-free.
-"""
+"""`manifest.json` of an exported folder (`digseg.export.onnx_export`): the graphs and everything else inference
+needs (keys: docs/export.md)."""
 
 from __future__ import annotations
 

@@ -1,16 +1,20 @@
 """`OnnxDiGSegPipeline`: an exported folder (`digseg export`) run on onnxruntime with numpy, Pillow and tokenizers,
 never importing torch, diffusers or transformers. Its call has `DiGSegPipeline.__call__`'s signature, steps and test
-protocols and returns the same `DiGSegOutput` (numpy arrays); noise and seeds: docs/export.md.
+protocols and returns the same `DiGSegOutput` (numpy arrays); noise and seeds: docs/export.md. Prompts are encoded by
+`text_encoder.onnx` after the CLIP tokenizer of `tokenizer.json` (`tokenizers`, padded to max_length as the PyTorch
+pipeline's), or for a folder exported with `--no-text-encoder` looked up in `text_features.npy`.
 """
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Sequence
 
 import numpy as np
 
+from .. import __version__
 from ..errors import DigsegError, first_line
 from ..outputs import DiGSegOutput
 from ..pipelines.image_inputs import to_image_list
@@ -20,7 +24,6 @@ from ..pipelines.window_grid import processed_size, window_grid
 from .manifest import read_manifest, trailing_timesteps
 from .numpy_ops import (combine_members, combine_views, cut_views, ddim_step, decode_codec, native_outputs,
                         pad_to_multiple, predicted_sample, resize)
-from .text import OnnxPromptEncoder
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -63,6 +66,43 @@ def _numpy_rng(generator) -> np.random.Generator:
     return np.random.default_rng(generator)
 
 
+class OnnxPromptEncoder:
+    """`encode(prompts)` -> float32 [N, L, D], each distinct prompt encoded once (cached)."""
+
+    def __init__(self, folder: Path, text: dict, runner=None) -> None:
+        self.runner, self.tokenizer, self._cache = runner, None, {}
+        if text["kind"] == "features":  # fixed: only the model's own prompts
+            states = np.load(folder / text["features"], allow_pickle=False)  # [P, L, D]
+            self._cache = {p: states[i] for i, p in enumerate(text["prompts"])}
+        else:
+            from tokenizers import Tokenizer
+
+            facts = text["tokenizer"]
+            self.tokenizer = Tokenizer.from_file(str(folder / facts["file"]))
+            self.tokenizer.enable_truncation(max_length=int(facts["max_length"]))
+            self.tokenizer.enable_padding(length=int(facts["max_length"]), pad_id=int(facts["pad_id"]),
+                                          pad_token=facts["pad_token"])
+
+    def token_ids(self, prompts: Sequence[str]) -> np.ndarray:
+        """[N, L] int64 token ids."""
+        return np.array([e.ids for e in self.tokenizer.encode_batch(list(prompts))], dtype=np.int64)
+
+    def encode(self, prompts: Sequence[str]) -> np.ndarray:
+        for prompt in prompts:
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise DigsegError(f"empty prompt {prompt!r}: give a class name or a phrase")
+        missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
+        if missing and self.tokenizer is None:
+            known = ", ".join(repr(p) for p in list(self._cache)[:8])
+            raise DigsegError(f"prompt {missing[0]!r}: this folder was exported with --no-text-encoder and holds only "
+                              f"the model's own prompts ({known}, ...); export it with its text encoder for others")
+        if missing:
+            states = self.runner.run(None, {"input_ids": self.token_ids(missing)})[0]  # [M, L, D]
+            for prompt, state in zip(missing, states):
+                self._cache[prompt] = state.astype(np.float32)
+        return np.stack([self._cache[p] for p in prompts])  # [N, L, D]
+
+
 class OnnxDiGSegPipeline:
     """An exported digseg model on onnxruntime; see the module docstring."""
 
@@ -94,7 +134,6 @@ class OnnxDiGSegPipeline:
                     raise DigsegError(f"cannot load {folder / file}: {first_line(exc)}") from exc
         return cls(folder, manifest, runners)
 
-    # ----------------------------------------------------------------------------------------- facts
     @property
     def class_names(self) -> list[str] | None:
         return self.manifest["class_names"]
@@ -112,11 +151,7 @@ class OnnxDiGSegPipeline:
 
     def runtime_info(self, num_processes: int = 1) -> dict:
         """What an output records about where it ran (`digseg.devices.runtime_info`'s keys)."""
-        import platform
-
         import onnxruntime as ort
-
-        from .. import __version__
 
         precision = self.manifest["dtype"] + (f"+{self.manifest['quantize']}" if self.manifest.get("quantize") else "")
         return {"device": f"onnxruntime:{self.providers[0]}", "device_name": platform.processor() or platform.machine(),
@@ -136,7 +171,6 @@ class OnnxDiGSegPipeline:
         starts = np.cumsum([0] + sizes)
         return np.stack([states[a:b].mean(axis=0) for a, b in zip(starts[:-1], starts[1:])])
 
-    # ----------------------------------------------------------------------------------------- latent work
     def _run(self, name: str, **inputs: np.ndarray) -> np.ndarray:
         return self.runners[name].run(None, inputs)[0]
 
@@ -195,7 +229,6 @@ class OnnxDiGSegPipeline:
             uncertainty = probs.std(axis=1, ddof=1).mean(axis=1) if ensemble > 1 else None
         return probs.mean(axis=1), uncertainty
 
-    # ----------------------------------------------------------------------------------------- call
     def __call__(self, image: Any, prompt: str | Sequence[str] | None = None, classes: Sequence[str] | None = None,
                  ensemble_size: int = 1, num_inference_steps: int | None = None,
                  processing_resolution: int | None = None, batch_size: int = 1,
