@@ -16,7 +16,7 @@ from torch import nn
 from .. import __version__
 from ..errors import DigsegError
 from ..models.digseg_model import vae_scale_factor
-from ..pipelines.palette import make_palette
+from ..pipelines.common import make_palette
 from ..pipelines.prompts import class_prompts, palette_prompt
 from ..runtime.manifest import FORMAT, FORMAT_VERSION, GRAPH_FILES, MANIFEST_NAME, read_manifest, trailing_timesteps
 

@@ -1,5 +1,5 @@
-"""Image pre-processing for the pipeline: the inputs of `image_inputs` (paths read by `digseg.data.io.load_image`)
-and torch tensors [3, H, W] or [N, 3, H, W] in [0, 1] -> float tensors [3, H, W] in [-1, 1]; resize and pad."""
+"""Image pre-processing for the PyTorch pipeline: `common.to_image_list`'s inputs (paths read by `load_image`) and
+torch tensors [3, H, W] or [N, 3, H, W] in [0, 1] -> float tensors [3, H, W] in [-1, 1]; resize and pad."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ..data.io import load_image
 from ..errors import DigsegError
-from .image_inputs import each_image, image_array
+from .common import each_image, image_array
 from .window_grid import processed_size  # noqa: F401  (re-exported: the test resize, torch-free)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .palette import make_palette  # noqa: F401  (re-exported)
+from .common import make_palette  # noqa: F401  (re-exported)
 
 _MAX_SQ_DIST = 12.0  # largest squared distance between two points of [-1, 1]^3
 

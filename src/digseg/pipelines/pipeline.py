@@ -29,7 +29,7 @@ from .model_folder import OPTIONAL_COMPONENTS, TRAINED_COMPONENTS, check_finite,
 from .model_card import model_facts, write_model_card
 from .native_outputs import PROBABILITY_CLASSES_KEPT, native_outputs, resize_probs
 from .prompts import resolve_queries
-from .choices import call_output, check_call, uses_light_decoder, warn_single_window
+from .common import call_output, check_call, uses_light_decoder, warn_single_window
 from .sliding import combine_views, group_views, make_views, view_noise
 from ..models.choices import OBJECTIVES
 from ..models.digseg_model import (DIFFUSERS_DTYPE_KWARG, check_clip_text_encoder, decode_latents, load_backbone,
