@@ -16,6 +16,7 @@ from torch import nn
 from .. import __version__
 from ..errors import DigsegError
 from ..models.digseg_model import vae_scale_factor
+from ..models.text import unet_forward_with_text
 from ..pipelines.common import make_palette
 from ..pipelines.prompts import class_prompts, palette_prompt
 from ..runtime.manifest import FORMAT, FORMAT_VERSION, GRAPH_FILES, MANIFEST_NAME, read_manifest, trailing_timesteps
@@ -27,19 +28,21 @@ QUANTIZATIONS = ("int8",)
 
 
 class _Vae(nn.Module):
-    """The VAE's encoder, image [B, 3, H, W] -> posterior mean [B, 4, H/f, W/f], or decoder, [B, 4, h, w] ->
-    [B, 3, h*f, w*f] (scaled latents)."""
-
-    def __init__(self, vae, encode: bool) -> None:
+    def __init__(self, vae) -> None:
         super().__init__()
-        self.vae, self.encode = vae, encode
+        self.vae = vae
         self.shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
         self.scale = float(vae.config.scaling_factor)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.encode:
-            return (self.vae.encode(x).latent_dist.mean - self.shift) * self.scale
-        return self.vae.decode(x / self.scale + self.shift).sample
+
+class _VaeEncoder(_Vae):
+    def forward(self, image: torch.Tensor) -> torch.Tensor:  # [B, 3, H, W] -> [B, 4, H/f, W/f], posterior mean
+        return (self.vae.encode(image).latent_dist.mean - self.shift) * self.scale
+
+
+class _VaeDecoder(_Vae):
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:  # [B, 4, h, w] -> [B, 3, h*f, w*f]
+        return self.vae.decode(latents / self.scale + self.shift).sample
 
 
 class _UNetWithText(nn.Module):
@@ -50,8 +53,6 @@ class _UNetWithText(nn.Module):
         self.unet, self.text_pathway, self.context = pipe.unet, pipe.text_pathway, pipe.level_context
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-        from ..models.text import unet_forward_with_text
-
         levels = self.text_pathway(states)  # num_levels x [B, L, C]
         return unet_forward_with_text(self.unet, self.context, sample, timestep, levels)  # [B, 4, h, w]
 
@@ -72,8 +73,6 @@ def _export_graph(module: nn.Module, args: tuple, names: list[str], output: str,
     external = sum(p.numel() * p.element_size() for p in module.parameters()) > EXTERNAL_DATA_BYTES
     program = torch.onnx.export(module.eval(), args, dynamo=True, input_names=names, output_names=[output],
                                 dynamic_shapes=shapes, opset_version=OPSET, verbose=False)
-    if program is None:
-        raise DigsegError(f"torch.onnx.export returned nothing for {path.name}")
     program.save(str(path), external_data=external)
 
 
@@ -168,7 +167,7 @@ def export_pipeline(pipe, output: str | Path, dtype: str = "fp32", text_encoder:
         graphs[name] = GRAPH_FILES[name]
 
     with torch.no_grad():
-        write_graph("vae_encoder", _Vae(pipe.vae, encode=True), (image,), ["image"], "latent", {"image": spatial})
+        write_graph("vae_encoder", _VaeEncoder(pipe.vae), (image,), ["image"], "latent", {"image": spatial})
         if text_encoder:
             tokenizer = _tokenizer_facts(pipe, folder)
             states = pipe.query_states([["x"], ["y"]])  # [2, L, D]
@@ -186,7 +185,7 @@ def export_pipeline(pipe, output: str | Path, dtype: str = "fp32", text_encoder:
         write_graph("unet", _UNetWithText(pipe), (sample, timestep, states[:2].to(torch_dtype)),
                     ["sample", "timestep", "states"], "prediction",
                     {"sample": spatial, "timestep": {0: "batch"}, "states": {0: "batch"}})
-        write_graph("vae_decoder", _Vae(pipe.vae, encode=False), (latents,), ["latents"], "image", {"latents": spatial})
+        write_graph("vae_decoder", _VaeDecoder(pipe.vae), (latents,), ["latents"], "image", {"latents": spatial})
         if pipe.mask_decoder is not None:
             write_graph("light_decoder", pipe.mask_decoder, (latents,), ["latents"], "image", {"latents": spatial})
     config = pipe.config

@@ -9,8 +9,6 @@ import copy
 import inspect
 from pathlib import Path
 
-from torch import nn
-
 from ..errors import DigsegError, first_line
 from ..models.adapters import FACT_KEYS, AdapterParts, has_lora, load_lora, read_adapter, split_tensors
 from ..models.mask_decoder import LightMaskDecoder
@@ -132,11 +130,3 @@ class AdapterMixin:
         if save_directory is not None:
             fused.save_pretrained(save_directory)
         return fused
-
-
-def check_no_adapters(unet: nn.Module, where: str) -> None:
-    """save_pretrained of a U-Net with peft layers would write keys no plain model has: refused in one line."""
-    if has_lora(unet):
-        raise DigsegError(f"{where}: this pipeline has LoRA adapters loaded; fuse_adapter(folder) writes a plain model "
-                          "folder of the active one")
-

@@ -75,10 +75,11 @@ def warn_single_window(window: tuple[int, int] | None, grids: list, stacklevel: 
                       "a smaller crop_size", UserWarning, stacklevel=stacklevel + 1)
 
 
-def call_output(labels: list, probabilities: list, uncertainty: list, class_ids: list, class_names: list[str],
-                stack, return_dict: bool) -> DiGSegOutput | tuple:
-    """Per-image results -> the call's output: stacked by `stack` into [N, ...] when every image has the same size,
-    else lists; uncertainty None when there is none."""
+def call_output(results: list[tuple], uncertainty: list, class_names: list[str], stack,
+                return_dict: bool) -> DiGSegOutput | tuple:
+    """Per-image (labels, probabilities, class ids) and uncertainty maps -> the call's output: stacked by `stack`
+    into [N, ...] when every image has the same size, else lists; uncertainty None when there is none."""
+    labels, probabilities, class_ids = (list(part) for part in zip(*results))
     same = stack if len({tuple(p.shape) for p in probabilities}) == 1 else list
     out = (same(labels), same(probabilities), same(uncertainty) if uncertainty else None, class_names,
            stack(class_ids))

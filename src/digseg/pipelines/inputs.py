@@ -10,8 +10,6 @@ from pathlib import Path
 from ..data.io import IMAGE_EXTENSIONS, read_list_file
 from ..errors import ConfigError
 
-_GLOB_CHARS = set("*?[")
-
 
 def is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
@@ -29,7 +27,7 @@ def expand_image_inputs(items: list[str]) -> list[Path]:
             found = sorted(q for q in p.iterdir() if q.is_file() and is_image_name(q))
             if not found:
                 raise ConfigError(f"folder {p} contains no images ({extensions})")
-        elif not p.exists() and _GLOB_CHARS & set(item):
+        elif not p.exists() and set("*?[") & set(item):
             found = sorted(m for m in map(Path, glob.glob(item, recursive=True)) if m.is_file() and is_image_name(m))
             if not found:
                 raise ConfigError(f"pattern {item!r} matches no images ({extensions})")

@@ -17,7 +17,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from .adapters import AdapterMixin, check_no_adapters
+from .adapters import AdapterMixin
 from .latent_segmentation import LatentSegmentationMixin, SegmentSettings
 from ..devices import runtime_info
 from ..errors import DigsegError, first_line
@@ -35,6 +35,7 @@ from ..models.choices import OBJECTIVES
 from ..models.digseg_model import (DIFFUSERS_DTYPE_KWARG, check_clip_text_encoder, decode_latents, load_backbone,
                                    load_clip_text_encoder, make_scheduler, unet_downsample_factor, vae_scale_factor,
                                    widen_conv_in)
+from ..models.adapters import has_lora
 from ..models.mask_decoder import LightMaskDecoder
 from ..models.sdxl import SDXLPromptEncoder
 from ..models.text import CLIPPromptEncoder, TextPathway, cross_attention_levels, install_level_processors
@@ -193,7 +194,9 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
     def save_pretrained(self, save_directory: str | Path, *args, model_card: dict | None = None, **kwargs) -> None:
         """diffusers' `save_pretrained` plus README.md, the model card of this model's facts and `model_card`'s (a
         training run's). Refused while LoRA adapters are loaded (`fuse_adapter` writes a plain model folder)."""
-        check_no_adapters(self.unet, f"save_pretrained({save_directory})")
+        if has_lora(self.unet):  # peft's layers would write keys no plain model has
+            raise DigsegError(f"save_pretrained({save_directory}): this pipeline has LoRA adapters loaded; "
+                              "fuse_adapter(folder) writes a plain model folder of the active one")
         super().save_pretrained(save_directory, *args, **kwargs)
         write_model_card(save_directory, {**(model_card or {}), "model": model_facts(self)})
 
@@ -302,7 +305,7 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
         # 4. groups of consecutive images whose views share a shape: noise, denoise, decode; views combined and
         #    read at each image's native size
         latent_channels, latent_scale = self.vae.config.latent_channels, vae_scale_factor(self.vae)
-        labels, probabilities, class_ids, uncertainty = [], [], [], []
+        results, uncertainty = [], []
         groups = group_views(views, max(1, batch_size))
         for group in self.progress_bar(groups) if show_progress_bar else groups:
             pixels = torch.cat([views[i].pixels for i in group])  # [V, 3, h, w]
@@ -317,18 +320,15 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
                 start = part.stop
                 size = tuple(images[i].shape[-2:])
                 excluded = None if kept is None else ~kept[part].any(dim=0).cpu()  # pruned in every view
-                label, prob, cid = native_outputs(combine_views(views[i], probs[part]).cpu(), size, queries.mode,
-                                                  threshold, no_class_threshold, excluded, max_probability_classes)
-                labels.append(label)
-                probabilities.append(prob)
-                class_ids.append(cid)
+                results.append(native_outputs(combine_views(views[i], probs[part]).cpu(), size, queries.mode,
+                                              threshold, no_class_threshold, excluded, max_probability_classes))
                 if unc is not None:
                     uncertainty.append(resize_probs(combine_views(views[i], unc[part, None]).cpu(), size)[0])
 
         # 5. stacked into [N, ...] (lists when the images' sizes differ)
         if output_type == "np":
-            labels, probabilities, uncertainty, class_ids = (
-                [t.numpy() for t in part] for part in (labels, probabilities, uncertainty, class_ids))
+            results = [tuple(t.numpy() for t in result) for result in results]
+            uncertainty = [u.numpy() for u in uncertainty]
         stack = np.stack if output_type == "np" else torch.stack
-        return call_output(labels, probabilities, uncertainty, class_ids, queries.class_names, stack, return_dict)
+        return call_output(results, uncertainty, queries.class_names, stack, return_dict)
 

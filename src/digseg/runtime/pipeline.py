@@ -1,9 +1,6 @@
 """`OnnxDiGSegPipeline`: an exported folder (`digseg export`) run on onnxruntime with numpy, Pillow and tokenizers,
-never importing torch, diffusers or transformers. Its call has `DiGSegPipeline.__call__`'s signature, steps and test
-protocols and returns the same `DiGSegOutput` (numpy arrays); noise and seeds: docs/export.md. Prompts are encoded by
-`text_encoder.onnx` after the CLIP tokenizer of `tokenizer.json` (`tokenizers`, padded to max_length as the PyTorch
-pipeline's), or for a folder exported with `--no-text-encoder` looked up in `text_features.npy`.
-"""
+never importing torch, diffusers or transformers: `DiGSegPipeline.__call__`'s signature, steps and test protocols,
+the same `DiGSegOutput` (numpy arrays). Noise and seeds, prompts without a text encoder: docs/export.md."""
 
 from __future__ import annotations
 
@@ -24,11 +21,8 @@ from .manifest import read_manifest, trailing_timesteps
 from .numpy_ops import (combine_members, combine_views, cut_views, ddim_step, decode_codec, native_outputs,
                         pad_to_multiple, predicted_sample, resize)
 
-PROVIDERS = {
-    "cpu": ["CPUExecutionProvider"],
-    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
-}
+PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+             "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
 
 
 def resolve_providers(provider: str | Sequence[str] | None) -> list[str]:
@@ -36,14 +30,11 @@ def resolve_providers(provider: str | Sequence[str] | None) -> list[str]:
     import onnxruntime as ort
 
     available = ort.get_available_providers()
-    if provider is None:
-        provider = "cpu"
+    provider = "cpu" if provider is None else provider
     if isinstance(provider, str):
         key = provider.split(":")[0].lower()
         if key == "auto":
-            for choice in ("tensorrt", "cuda", "cpu"):
-                if PROVIDERS[choice][0] in available:
-                    return [p for p in PROVIDERS[choice] if p in available]
+            key = next(choice for choice in ("tensorrt", "cuda", "cpu") if PROVIDERS[choice][0] in available)
         if key not in PROVIDERS and provider not in available:
             raise DigsegError(f"execution provider {provider!r}: choose cpu, cuda, tensorrt, auto or one of "
                               f"{', '.join(available)}")
@@ -276,7 +267,7 @@ class OnnxDiGSegPipeline:
         multiple, f = self.manifest["pad_multiple"], self.manifest["vae_scale_factor"]
         channels = self.manifest["latent_channels"]
         shared = None if isinstance(generator, list) else _numpy_rng(generator)
-        labels, probabilities, class_ids, uncertainty = [], [], [], []
+        results, uncertainty = [], []
         for i, (img, resized, boxes) in enumerate(zip(images, sized, grids)):
             size, test_size = img.shape[-2:], resized.shape[-2:]
             pixels = pad_to_multiple(cut_views(resized, boxes, global_view, flip), multiple)  # [V, 3, H', W']
@@ -298,12 +289,9 @@ class OnnxDiGSegPipeline:
             probs, unc = self._segment(pixels.astype(np.float32), queries.query_ids[i], states, start, queries.mode,
                                        steps, ensemble_reduction, decode_members, decoder, max_unet_batch)
             combined = combine_views(probs, boxes, test_size, global_view, flip)  # [K, h, w]
-            label, prob, cid = native_outputs(combined, size, queries.mode, threshold, no_class_threshold,
-                                              max_probability_classes)
-            labels.append(label)
-            probabilities.append(prob)
-            class_ids.append(cid)
+            results.append(native_outputs(combined, size, queries.mode, threshold, no_class_threshold,
+                                          max_probability_classes))
             if unc is not None:
                 uncertainty.append(resize(combine_views(unc[:, None], boxes, test_size, global_view, flip), size)[0])
 
-        return call_output(labels, probabilities, uncertainty, class_ids, queries.class_names, np.stack, return_dict)
+        return call_output(results, uncertainty, queries.class_names, np.stack, return_dict)
