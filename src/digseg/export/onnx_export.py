@@ -96,8 +96,7 @@ def _check_exportable(pipe, text_encoder: bool, dtype: str, quantize: str | None
 
 
 def own_prompts(pipe) -> list[str]:
-    """Every prompt a call on the model's own classes asks with the default template: the palette prompt, each class
-    name as a binary prompt, and each class's synonyms as per-class queries."""
+    """Every prompt a call on the model's own classes asks with the default template (palette, binary, per-class)."""
     names = list(pipe.class_names or [])
     template = pipe.config.prompt_template
     prompts = [palette_prompt(names)] if len(names) >= 2 else []
@@ -112,16 +111,11 @@ def _scheduler_facts(pipe) -> dict:
     config = {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")}
     config = json.loads(json.dumps(config, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
     total = int(scheduler.config.num_train_timesteps)
-    return {
-        "class": type(scheduler).__name__,
-        "config": config,
-        "num_train_timesteps": total,
-        "prediction_type": scheduler.config.prediction_type,
-        "timestep_spacing": scheduler.config.timestep_spacing,
-        "alphas_cumprod": [float(a) for a in scheduler.alphas_cumprod.float().numpy()],
-        "final_alpha_cumprod": float(scheduler.final_alpha_cumprod),
-        "trailing_timesteps": {str(k): trailing_timesteps(total, k) for k in range(1, 11)},
-    }
+    return {"class": type(scheduler).__name__, "config": config, "num_train_timesteps": total,
+            "prediction_type": scheduler.config.prediction_type, "timestep_spacing": scheduler.config.timestep_spacing,
+            "alphas_cumprod": [float(a) for a in scheduler.alphas_cumprod.float().numpy()],
+            "final_alpha_cumprod": float(scheduler.final_alpha_cumprod),
+            "trailing_timesteps": {str(k): trailing_timesteps(total, k) for k in range(1, 11)}}
 
 
 def _tokenizer_facts(pipe, folder: Path) -> dict:
@@ -209,8 +203,7 @@ def export_pipeline(pipe, output: str | Path, dtype: str = "fp32", text_encoder:
 
 
 def quantize_folder(source: str | Path, output: str | Path) -> Path:
-    """A copy of an exported fp32 folder whose graphs have int8 MatMul / Gemm weights (onnxruntime's dynamic
-    quantization; activations quantized per call, convolutions left in fp32)."""
+    """A copy of an exported fp32 folder whose graphs have int8 MatMul / Gemm weights (onnxruntime dynamic)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     source, manifest = Path(source), read_manifest(source)

@@ -23,8 +23,7 @@ class AdapterMixin:
     @classmethod
     def from_base(cls, pretrained: str | Path, revision: str | None = None, variant: str | None = None,
                   prediction_type: str = "sample", torch_dtype=None, **kwargs):
-        """The backbone adapters are loaded onto, in `torch_dtype`: a DiGSeg model folder (`from_pretrained`), else
-        a Stable Diffusion folder or hub id (`from_backbone`)."""
+        """The backbone for adapters: a DiGSeg model folder (`from_pretrained`), else `from_backbone`."""
         path = Path(str(pretrained)).expanduser()
         if (path / "text_pathway").is_dir():
             return cls.from_pretrained(str(path), torch_dtype=torch_dtype, **kwargs)

@@ -65,8 +65,7 @@ def uses_light_decoder(choice: str, config, has_light: bool) -> bool:
 
 
 def warn_single_window(window: tuple[int, int] | None, grids: list, stacklevel: int) -> None:
-    """Warn when mode='slide' slides nowhere: one `window` (crop) covers a whole processed image; `grids`: each
-    image's (processed size (h, w), window boxes)."""
+    """Warn when one `window` covers a whole processed image; `grids`: each image's (size (h, w), boxes)."""
     single = [size for size, boxes in grids if window is not None and len(boxes) == 1]
     if single:
         h, w = single[0]

@@ -59,7 +59,6 @@ def pad_to_multiple(images: torch.Tensor, multiple: int) -> torch.Tensor:
 
 def padded_size(height: int, width: int, resolution: int, multiple: int, scale: tuple[int, int] | None = None,
                 keep_ratio: bool = True) -> tuple[int, int]:
-    """(H', W'): the size of the tensor the model sees, `processed_size` padded up to a multiple of `multiple`.
-    Images with the same padded size can share a batch."""
+    """(H', W'): `processed_size` padded up to a multiple of `multiple` (the shape a batch shares)."""
     h, w = processed_size(height, width, resolution, scale, keep_ratio)
     return h + (-h) % multiple, w + (-w) % multiple

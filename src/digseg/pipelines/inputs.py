@@ -48,8 +48,7 @@ def first_of_each(paths: list[Path]) -> list[Path]:
 
 
 def read_image_list(path: str | Path) -> list[str]:
-    """A text file with one image path per line (never a pattern; blank and '#' lines ignored) -> the paths, as
-    written; ConfigError when the file cannot be read or lists no path."""
+    """A text file of image paths, one a line (blank and '#' lines ignored); ConfigError when unreadable or empty."""
     return read_list_file(path, "image list", ConfigError)
 
 
@@ -73,8 +72,7 @@ def check_some_exist(paths: list[Path]) -> list[Path]:
 
 
 def unique_stems(paths: list[Path]) -> list[str]:
-    """Output name stems, one per path: the file's stem, with -2, -3, ... added where stems repeat
-    (``a/x.png`` and ``b/x.jpg`` -> ``x``, ``x-2``)."""
+    """Output name stems, one per path: -2, -3, ... added where stems repeat (a/x.png, b/x.jpg -> x, x-2)."""
     taken = {p.stem for p in paths}
     seen: set[str] = set()
     stems = []
@@ -89,7 +87,6 @@ def unique_stems(paths: list[Path]) -> list[str]:
 
 
 def display_names(paths: list[Path]) -> list[str]:
-    """How each input is named in summaries and the report: its file name, or the path as given when
-    two inputs share a file name."""
+    """How each input is named in reports: its file name, or the path as given when file names repeat."""
     counts = Counter(p.name for p in paths)
     return [p.name if counts[p.name] == 1 else str(p) for p in paths]

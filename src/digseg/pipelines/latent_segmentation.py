@@ -72,8 +72,7 @@ class LatentSegmentationMixin:
 
     def noisy_latents_and_target(self, z0: torch.Tensor, noise: torch.Tensor,
                                  t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mask latents z0 [B, 4, h, w] noised to timesteps t [B], and the regression target of the scheduler's
-        prediction type (noise, z0 or v)."""
+        """z0 [B, 4, h, w] noised to timesteps t [B], and the target of the prediction type (noise, z0 or v)."""
         z_t = self.scheduler.add_noise(z0, noise, t)
         kind = self.scheduler.config.prediction_type
         target = {"epsilon": noise, "sample": z0}.get(kind)

@@ -58,8 +58,7 @@ class MaskCodec:
         return labels
 
     def encode(self, labels: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """Labels ``[B, H, W]`` (or ``[H, W]``) -> image ``[B, 3, H, W]`` float32 in [-1, 1]: class k ->
-        ``palette[k]``, ignore pixels -> 0. ValueError naming any out-of-range value."""
+        """Labels [B, H, W] (or [H, W]) -> image [B, 3, H, W] float32 in [-1, 1]; ignore pixels -> 0."""
         labels = self._check_labels(labels)  # [B, H, W]
         ignore = labels == self.ignore_index  # [B, H, W]
         palette = self.palette.to(labels.device)

@@ -25,18 +25,12 @@ def model_facts(pipe) -> dict[str, Any]:
     else:
         text = f"{type(pipe.text_encoder).__name__} ({pipe.text_encoder.config.hidden_size}-d)"
     record = config.get(TRAINING_DATA_KEY)
-    return {
-        "classes": names,
-        "objective": config.objective,
-        "one_step_decoder": config.one_step_decoder,
-        "light_mask_decoder": pipe.mask_decoder is not None,
-        "prediction_type": pipe.scheduler.config.prediction_type,
-        "processing_resolution": int(config.default_processing_resolution),
-        "denoising_steps": int(config.default_denoising_steps),
-        "prompt_template": config.prompt_template,
-        "text_encoder": str(text),
-        **({TRAINING_DATA_KEY: dict(record)} if record else {}),
-    }
+    return {"classes": names, "objective": config.objective, "one_step_decoder": config.one_step_decoder,
+            "light_mask_decoder": pipe.mask_decoder is not None,
+            "prediction_type": pipe.scheduler.config.prediction_type,
+            "processing_resolution": int(config.default_processing_resolution),
+            "denoising_steps": int(config.default_denoising_steps), "prompt_template": config.prompt_template,
+            "text_encoder": str(text), **({TRAINING_DATA_KEY: dict(record)} if record else {})}
 
 
 def run_facts(config: dict[str, Any], eval_protocol: str, num_processes: int = 1, best: dict | None = None,
@@ -172,8 +166,7 @@ def _decoder_section(facts: dict[str, Any]) -> str:
 
 
 def write_model_card(folder: str | Path, facts: dict[str, Any], model_id: str | None = None) -> Path:
-    """Write `folder`/README.md, YAML metadata + Markdown for `facts`, its loading snippet naming `model_id` (a Hub
-    repository) or `folder`; -> its path."""
+    """Write `folder`/README.md for `facts`, its loading snippet naming `model_id` or `folder`; -> its path."""
     from huggingface_hub import ModelCard, ModelCardData
 
     where = model_id or str(folder)

@@ -69,17 +69,14 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
         if objective not in OBJECTIVES:
             raise DigsegError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
         super().__init__()
-        self.register_modules(
-            unet=unet, vae=vae, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer,
-            text_pathway=text_pathway, mask_decoder=mask_decoder, text_encoder_2=text_encoder_2,
-            tokenizer_2=tokenizer_2,
-        )
-        self.register_to_config(
-            open_clip_text_encoder=open_clip_text_encoder, prompt_template=prompt_template,
-            default_denoising_steps=default_denoising_steps,
-            default_processing_resolution=default_processing_resolution, objective=objective,
-            one_step_decoder=one_step_decoder, task=task, training_data=training_data, backbone=backbone,
-        )
+        self.register_modules(unet=unet, vae=vae, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer,
+                              text_pathway=text_pathway, mask_decoder=mask_decoder, text_encoder_2=text_encoder_2,
+                              tokenizer_2=tokenizer_2)
+        self.register_to_config(open_clip_text_encoder=open_clip_text_encoder, prompt_template=prompt_template,
+                                default_denoising_steps=default_denoising_steps,
+                                default_processing_resolution=default_processing_resolution, objective=objective,
+                                one_step_decoder=one_step_decoder, task=task, training_data=training_data,
+                                backbone=backbone)
         self.level_context = install_level_processors(unet)
         if open_clip_text_encoder:  # an open_clip text tower (e.g. BiomedCLIP), re-created from its name
             self.prompt_encoder = _open_clip_encoder(open_clip_text_encoder)
@@ -192,8 +189,7 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
         return Path(cls.download(repo_id, **hub, **files))
 
     def save_pretrained(self, save_directory: str | Path, *args, model_card: dict | None = None, **kwargs) -> None:
-        """diffusers' `save_pretrained` plus README.md, the model card of this model's facts and `model_card`'s (a
-        training run's). Refused while LoRA adapters are loaded (`fuse_adapter` writes a plain model folder)."""
+        """diffusers' `save_pretrained` plus the model card README.md (this model's facts and `model_card`'s)."""
         if has_lora(self.unet):  # peft's layers would write keys no plain model has
             raise DigsegError(f"save_pretrained({save_directory}): this pipeline has LoRA adapters loaded; "
                               "fuse_adapter(folder) writes a plain model folder of the active one")
@@ -202,8 +198,7 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
 
     def enable_speedups(self, channels_last: bool = True, compile: bool = False,
                         compile_mode: str | None = None) -> "DiGSegPipeline":
-        """Channels-last U-Net, VAE and light mask decoder and, with `compile`, `torch.compile` of them (slow first
-        call). Outputs are unchanged up to float rounding. Returns self."""
+        """Channels-last U-Net, VAE and light decoder and, with `compile`, `torch.compile` of them. Returns self."""
         light = [self.mask_decoder] if self.mask_decoder is not None else []
         if channels_last:
             for module in [self.unet, self.vae] + light:
@@ -245,8 +240,7 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
         return runtime_info(self.device, self.dtype, num_processes)
 
     def query_states(self, table: Sequence[Sequence[str]]) -> torch.Tensor:
-        """Encoder features of Q queries, each the mean over its prompt variants: [Q, L, D], unprojected (the
-        projections are affine: projecting the mean equals averaging the projected variants)."""
+        """Encoder features [Q, L, D] of Q queries, each the mean over its prompt variants (projections are affine)."""
         sizes = [len(variants) for variants in table]
         states = self.prompt_encoder.encode([p for variants in table for p in variants])  # [sum(sizes), L, D]
         states = states.to(self.unet.device, self.text_pathway.dtype)

@@ -22,8 +22,7 @@ FOREGROUND = "foreground"  # a binary query's class 1 when the prompts differ be
 
 
 def is_background(name: str) -> bool:
-    """Whether class `name` is "background" (any case, blanks around ignored; not "background, void"): never
-    queried on its own, left untinted by overlays."""
+    """Whether class `name` is "background" (any case, blanks ignored): never queried alone, left untinted."""
     return name.strip().lower() == BACKGROUND
 
 

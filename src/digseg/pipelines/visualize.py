@@ -129,8 +129,7 @@ def class_overlay(image: np.ndarray, labels: np.ndarray, class_names: list[str],
 
 
 def with_legend(tinted: Image.Image, labels: np.ndarray, class_names: list[str]) -> Image.Image:
-    """An overlay (W x H) + labels [H, W] -> RGB [max(H, legend height), W + legend width]: the overlay, with a
-    legend of the classes present to its right (font size scaled with the image height)."""
+    """An overlay + labels [H, W] -> the overlay with a legend of the classes present to its right."""
     size = int(np.clip(round(tinted.height / 30), 11, 64))
     return side_by_side(tinted, legend(legend_rows(labels, class_names), font_size=size))
 

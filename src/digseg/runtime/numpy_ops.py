@@ -56,8 +56,7 @@ def pad_to_multiple(images: np.ndarray, multiple: int) -> np.ndarray:
 
 def cut_views(image: np.ndarray, boxes: list[tuple[int, int, int, int]], global_view: bool = False,
               flip: bool = False) -> np.ndarray:
-    """image [3, H, W] -> views [V, 3, h, w]: the windows `boxes`, the whole image resized to a window with
-    `global_view`, then with `flip` the same of the mirrored image."""
+    """image [3, H, W] -> views [V, 3, h, w]: the windows, the global view, then with `flip` the mirrored ones."""
     y1, y2, x1, x2 = boxes[0]
     window = (y2 - y1, x2 - x1)
 

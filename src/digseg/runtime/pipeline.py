@@ -78,9 +78,6 @@ class OnnxPromptEncoder:
         return np.array([e.ids for e in self.tokenizer.encode_batch(list(prompts))], dtype=np.int64)
 
     def encode(self, prompts: Sequence[str]) -> np.ndarray:
-        for prompt in prompts:
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise DigsegError(f"empty prompt {prompt!r}: give a class name or a phrase")
         missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
         if missing and self.tokenizer is None:
             known = ", ".join(repr(p) for p in list(self._cache)[:8])
