@@ -12,9 +12,7 @@ INFERENCE_MODES = ("whole", "slide")  # the whole image, or sliding windows (sli
 def processed_size(height: int, width: int, resolution: int, scale: tuple[int, int] | None = None,
                    keep_ratio: bool = True) -> tuple[int, int]:
     """(h, w) the model sees: the longer side resized to `resolution` (0: the native size), or with `scale` mmseg's
-    test resize: with keep_ratio the largest size whose long side is at most max(scale) and short side at most
-    min(scale) (mmcv `rescale_size`, as training's RandomResize), without it exactly (width, height) = scale
-    (CAT-Seg's 640 x 640)."""
+    test resize (mmcv `rescale_size` with keep_ratio, else exactly (width, height) = scale, CAT-Seg's 640 x 640)."""
     if scale is not None:
         if not keep_ratio:
             return int(scale[1]), int(scale[0])

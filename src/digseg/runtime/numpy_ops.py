@@ -16,11 +16,10 @@ def resize_weights(size_in: int, size_out: int, antialias: bool) -> np.ndarray:
     scale = size_in / size_out
     weights = np.zeros((size_out, size_in), dtype=np.float64)
     if antialias and scale > 1.0:  # torch's _upsample_bilinear2d_aa (PIL's ImagingResample)
-        support = scale
-        for i in range(size_out):
+        for i in range(size_out):  # support = scale
             center = scale * (i + 0.5)
-            lo = max(int(center - support + 0.5), 0)
-            hi = min(int(center + support + 0.5), size_in)
+            lo = max(int(center - scale + 0.5), 0)
+            hi = min(int(center + scale + 0.5), size_in)
             j = np.arange(lo, hi)
             w = np.clip(1.0 - np.abs((j - center + 0.5) / scale), 0.0, None)
             weights[i, lo:hi] = w / w.sum()
