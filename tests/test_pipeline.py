@@ -123,7 +123,7 @@ def test_channels_last_keeps_outputs(tiny_pipe):
 
 
 def test_combine_member_latents_median_and_mean():
-    from digseg.pipelines.ensemble import combine_member_latents
+    from digseg.pipelines.latent_segmentation import combine_member_latents
 
     z = torch.randn(2, 5, 4, 3, 3)
     torch.testing.assert_close(combine_member_latents(z, "median"), z.median(dim=1).values)  # odd E: the middle one

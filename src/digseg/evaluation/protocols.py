@@ -8,7 +8,7 @@ import argparse
 from dataclasses import asdict, dataclass, replace
 
 from ..errors import ConfigError
-from ..pipelines.choices import INFERENCE_MODES
+from ..pipelines.common import INFERENCE_MODES
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,5 @@
-"""`digseg export`: a trained DiGSeg model -> a folder of ONNX graphs and a manifest (torch side).
-
-`export_pipeline` writes the graphs (batch, height and width dynamic) and `manifest.json`
-(`digseg.runtime.manifest`); `quantize_folder` rewrites an fp32 folder's MatMul / Gemm weights in int8. What each
-graph takes and returns, and why: docs/export.md.
+"""`digseg export`: a trained DiGSeg model -> a folder of ONNX graphs (batch, height and width dynamic) and
+`manifest.json` (`digseg.runtime.manifest`); `quantize_folder`: int8 MatMul / Gemm weights. The graphs: docs/export.md.
 """
 
 from __future__ import annotations
@@ -19,7 +16,8 @@ from torch import nn
 from .. import __version__
 from ..errors import DigsegError
 from ..models.digseg_model import vae_scale_factor
-from ..pipelines.palette import make_palette
+from ..models.text import unet_forward_with_text
+from ..pipelines.common import make_palette
 from ..pipelines.prompts import class_prompts, palette_prompt
 from ..runtime.manifest import FORMAT, FORMAT_VERSION, GRAPH_FILES, MANIFEST_NAME, read_manifest, trailing_timesteps
 
@@ -55,8 +53,6 @@ class _UNetWithText(nn.Module):
         self.unet, self.text_pathway, self.context = pipe.unet, pipe.text_pathway, pipe.level_context
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-        from ..models.text import unet_forward_with_text
-
         levels = self.text_pathway(states)  # num_levels x [B, L, C]
         return unet_forward_with_text(self.unet, self.context, sample, timestep, levels)  # [B, 4, h, w]
 
@@ -70,23 +66,26 @@ class _TextEncoder(nn.Module):
         return self.text_encoder(input_ids)[0]
 
 
-def _weight_bytes(module: nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for p in module.parameters())
-
-
 def _export_graph(module: nn.Module, args: tuple, names: list[str], output: str, dynamic: dict, path: Path) -> None:
     """One graph, exported by torch's dynamo exporter; dims in `dynamic` ({input: {axis: name}}) stay symbolic."""
     auto = torch.export.Dim.AUTO
     shapes = {name: {axis: auto for axis in dynamic.get(name, {})} for name in names}
-    external = _weight_bytes(module) > EXTERNAL_DATA_BYTES
+    external = sum(p.numel() * p.element_size() for p in module.parameters()) > EXTERNAL_DATA_BYTES
     program = torch.onnx.export(module.eval(), args, dynamo=True, input_names=names, output_names=[output],
                                 dynamic_shapes=shapes, opset_version=OPSET, verbose=False)
-    if program is None:
-        raise DigsegError(f"torch.onnx.export returned nothing for {path.name}")
     program.save(str(path), external_data=external)
 
 
-def _check_exportable(pipe, text_encoder: bool) -> None:
+def _check_exportable(pipe, text_encoder: bool, dtype: str, quantize: str | None) -> None:
+    if dtype not in EXPORT_DTYPES:
+        raise DigsegError(f"export dtype must be one of {', '.join(EXPORT_DTYPES)}, got {dtype!r}")
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise DigsegError(f"quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
+    if dtype == "fp16" and not torch.cuda.is_available():
+        raise DigsegError("export --dtype fp16 needs a CUDA GPU (fp16 graphs are exported and checked on one); "
+                          "use --dtype fp32 on this machine")
+    if dtype == "fp16" and quantize:
+        raise DigsegError("export: --quantize int8 applies to fp32 graphs; use --dtype fp32")
     if pipe.level_context.needs_size_ids:
         raise DigsegError("export: SDXL models (pooled text embedding and size ids) are not supported yet")
     if text_encoder and pipe.config.open_clip_text_encoder:
@@ -97,8 +96,7 @@ def _check_exportable(pipe, text_encoder: bool) -> None:
 
 
 def own_prompts(pipe) -> list[str]:
-    """Every prompt a call on the model's own classes asks with the default template: the palette prompt, each class
-    name as a binary prompt, and each class's synonyms as per-class queries."""
+    """Every prompt a call on the model's own classes asks with the default template (palette, binary, per-class)."""
     names = list(pipe.class_names or [])
     template = pipe.config.prompt_template
     prompts = [palette_prompt(names)] if len(names) >= 2 else []
@@ -113,16 +111,11 @@ def _scheduler_facts(pipe) -> dict:
     config = {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")}
     config = json.loads(json.dumps(config, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
     total = int(scheduler.config.num_train_timesteps)
-    return {
-        "class": type(scheduler).__name__,
-        "config": config,
-        "num_train_timesteps": total,
-        "prediction_type": scheduler.config.prediction_type,
-        "timestep_spacing": scheduler.config.timestep_spacing,
-        "alphas_cumprod": [float(a) for a in scheduler.alphas_cumprod.float().numpy()],
-        "final_alpha_cumprod": float(scheduler.final_alpha_cumprod),
-        "trailing_timesteps": {str(k): trailing_timesteps(total, k) for k in range(1, 11)},
-    }
+    return {"class": type(scheduler).__name__, "config": config, "num_train_timesteps": total,
+            "prediction_type": scheduler.config.prediction_type, "timestep_spacing": scheduler.config.timestep_spacing,
+            "alphas_cumprod": [float(a) for a in scheduler.alphas_cumprod.float().numpy()],
+            "final_alpha_cumprod": float(scheduler.final_alpha_cumprod),
+            "trailing_timesteps": {str(k): trailing_timesteps(total, k) for k in range(1, 11)}}
 
 
 def _tokenizer_facts(pipe, folder: Path) -> dict:
@@ -141,19 +134,8 @@ def _tokenizer_facts(pipe, folder: Path) -> dict:
 def export_pipeline(pipe, output: str | Path, dtype: str = "fp32", text_encoder: bool = True,
                     quantize: str | None = None) -> Path:
     """Write `pipe` (a loaded `DiGSegPipeline`) to `output` as ONNX graphs and a manifest; returns the folder.
-
-    dtype "fp16" needs a CUDA GPU (the graphs are exported in half precision there); `quantize="int8"` then
-    quantizes the graphs' matrix multiplies (`quantize_folder`)."""
-    if dtype not in EXPORT_DTYPES:
-        raise DigsegError(f"export dtype must be one of {', '.join(EXPORT_DTYPES)}, got {dtype!r}")
-    if quantize is not None and quantize not in QUANTIZATIONS:
-        raise DigsegError(f"quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
-    if dtype == "fp16" and not torch.cuda.is_available():
-        raise DigsegError("export --dtype fp16 needs a CUDA GPU (fp16 graphs are exported and checked on one); "
-                          "use --dtype fp32 on this machine")
-    if dtype == "fp16" and quantize:
-        raise DigsegError("export: --quantize int8 applies to fp32 graphs; use --dtype fp32")
-    _check_exportable(pipe, text_encoder)
+    dtype "fp16" needs a CUDA GPU; `quantize="int8"`: `quantize_folder` of the fp32 graphs."""
+    _check_exportable(pipe, text_encoder, dtype, quantize)
     folder = _check_new_folder(output)
     if quantize:
         with tempfile.TemporaryDirectory() as tmp:
@@ -221,8 +203,7 @@ def export_pipeline(pipe, output: str | Path, dtype: str = "fp32", text_encoder:
 
 
 def quantize_folder(source: str | Path, output: str | Path) -> Path:
-    """A copy of an exported fp32 folder whose graphs have int8 MatMul / Gemm weights (onnxruntime's dynamic
-    quantization; activations quantized per call, convolutions left in fp32)."""
+    """A copy of an exported fp32 folder whose graphs have int8 MatMul / Gemm weights (onnxruntime dynamic)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     source, manifest = Path(source), read_manifest(source)

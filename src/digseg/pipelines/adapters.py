@@ -1,14 +1,6 @@
-"""Several domains on one loaded backbone: LoRA adapter folders (`digseg.models.adapters`) loaded into a pipeline
-and switched at runtime, mixed into `DiGSegPipeline`.
-
-    pipe = DiGSegPipeline.from_base("stabilityai/stable-diffusion-2")   # or a DiGSeg model folder
-    pipe.load_adapter("runs/roads/adapter", name="roads")
-    pipe.set_adapter("roads"); pipe(images)          # roads' LoRA, conv_in, text pathway, decoder and classes
-    pipe.set_adapter(None)                           # back to the base
-    pipe.fuse_adapter("roads-model")                 # a plain model folder of the active adapter, fused
-
-Switching never reloads the backbone: peft switches the U-Net's LoRA matrices, and the adapter's full parts and
-facts, kept in memory, are put in place with them.
+"""Several domains on one loaded backbone, mixed into `DiGSegPipeline`: LoRA adapter folders
+(`digseg.models.adapters`) loaded, switched at runtime without reloading the backbone (peft switches the U-Net's LoRA
+matrices; the adapter's full parts and facts, kept in memory, are put in place with them) and fused (docs/adapters.md).
 """
 
 from __future__ import annotations
@@ -16,8 +8,6 @@ from __future__ import annotations
 import copy
 import inspect
 from pathlib import Path
-
-from torch import nn
 
 from ..errors import DigsegError, first_line
 from ..models.adapters import FACT_KEYS, AdapterParts, has_lora, load_lora, read_adapter, split_tensors
@@ -33,8 +23,7 @@ class AdapterMixin:
     @classmethod
     def from_base(cls, pretrained: str | Path, revision: str | None = None, variant: str | None = None,
                   prediction_type: str = "sample", torch_dtype=None, **kwargs):
-        """The backbone adapters are loaded onto, in `torch_dtype`: a DiGSeg model folder (`from_pretrained`), else
-        a Stable Diffusion folder or hub id (`from_backbone`)."""
+        """The backbone for adapters: a DiGSeg model folder (`from_pretrained`), else `from_backbone`."""
         path = Path(str(pretrained)).expanduser()
         if (path / "text_pathway").is_dir():
             return cls.from_pretrained(str(path), torch_dtype=torch_dtype, **kwargs)
@@ -109,20 +98,17 @@ class AdapterMixin:
             self.unet.set_adapter(name)
         parts = table.get(name)
         if parts is not None:  # nothing loaded yet: the base is in place
-            self._install(parts)
+            self.unet.conv_in = parts.conv_in
+            self.register_modules(text_pathway=parts.text_pathway, mask_decoder=parts.mask_decoder)
+            facts = parts.facts
+            self.set_class_names(facts.get("class_names"))
+            values = {"task": facts.get("task"), "one_step_decoder": facts.get("one_step_decoder")}
+            for key, config_key in (("prompt_template", "prompt_template"), ("objective", "objective"),
+                                    ("processing_resolution", "default_processing_resolution")):
+                if facts.get(key) is not None:
+                    values[config_key] = facts[key]
+            self.register_to_config(**values)
         self.__dict__["_active_adapter"] = name
-
-    def _install(self, parts: AdapterParts) -> None:
-        self.unet.conv_in = parts.conv_in
-        self.register_modules(text_pathway=parts.text_pathway, mask_decoder=parts.mask_decoder)
-        facts = parts.facts
-        self.set_class_names(facts.get("class_names"))
-        values = {"task": facts.get("task"), "one_step_decoder": facts.get("one_step_decoder")}
-        for key, config_key in (("prompt_template", "prompt_template"), ("objective", "objective"),
-                                ("processing_resolution", "default_processing_resolution")):
-            if facts.get(key) is not None:
-                values[config_key] = facts[key]
-        self.register_to_config(**values)
 
     def fuse_adapter(self, save_directory: str | Path | None = None):
         """A plain pipeline (no peft layers, one more U-Net in memory) with the active adapter's LoRA merged into
@@ -143,11 +129,3 @@ class AdapterMixin:
         if save_directory is not None:
             fused.save_pretrained(save_directory)
         return fused
-
-
-def check_no_adapters(unet: nn.Module, where: str) -> None:
-    """save_pretrained of a U-Net with peft layers would write keys no plain model has: refused in one line."""
-    if has_lora(unet):
-        raise DigsegError(f"{where}: this pipeline has LoRA adapters loaded; fuse_adapter(folder) writes a plain model "
-                          "folder of the active one")
-

@@ -1,9 +1,5 @@
-"""Image pre- and post-processing for the pipeline: input normalisation, resize, pad, unpad.
-
-Accepted images: a path (EXIF orientation applied), a PIL image, a numpy array [H, W, 3] (uint8, or float in
-[0, 1]) or [H, W] grey, a torch tensor [3, H, W] or [N, 3, H, W] in [0, 1], or a list of those; each becomes a
-float tensor [3, H, W] in [-1, 1].
-"""
+"""Image pre-processing for the PyTorch pipeline: `common.to_image_list`'s inputs (paths read by `load_image`) and
+torch tensors [3, H, W] or [N, 3, H, W] in [0, 1] -> float tensors [3, H, W] in [-1, 1]; resize and pad."""
 
 from __future__ import annotations
 
@@ -11,26 +7,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from ..data.io import image_to_tensor, load_image
+from ..data.io import load_image
 from ..errors import DigsegError
-from .image_inputs import each_image, from_unit_float, rgb_array
+from .common import each_image, image_array
 from .window_grid import processed_size  # noqa: F401  (re-exported: the test resize, torch-free)
-
-
-def _from_pil(image: Image.Image) -> torch.Tensor:
-    return image_to_tensor(image if image.mode == "RGB" else image.convert("RGB"))  # [3, H, W]
-
-
-def _from_numpy(array: np.ndarray) -> torch.Tensor:
-    array = rgb_array(array)  # [H, W, 3]
-    if array.dtype == np.uint8:
-        return image_to_tensor(array)  # [3, H, W]
-    return torch.from_numpy(from_unit_float(array))
 
 
 def _check_unit_range(tensor: torch.Tensor) -> torch.Tensor:
@@ -43,15 +26,11 @@ def _check_unit_range(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _from_any(image: Any) -> torch.Tensor:
-    if isinstance(image, (str, os.PathLike)):
-        return _from_pil(load_image(Path(image), exif_transpose=True))
-    if isinstance(image, Image.Image):
-        return _from_pil(image)
-    if isinstance(image, np.ndarray):
-        return _from_numpy(image)
     if isinstance(image, torch.Tensor) and image.ndim == 3 and image.shape[0] == 3:
         return _check_unit_range(image) * 2 - 1
-    raise DigsegError(f"unsupported image input of type {type(image).__name__}")
+    if isinstance(image, (str, os.PathLike)):
+        image = load_image(Path(image), exif_transpose=True)
+    return torch.from_numpy(image_array(image))
 
 
 def to_image_list(images: Any) -> list[torch.Tensor]:
@@ -80,7 +59,6 @@ def pad_to_multiple(images: torch.Tensor, multiple: int) -> torch.Tensor:
 
 def padded_size(height: int, width: int, resolution: int, multiple: int, scale: tuple[int, int] | None = None,
                 keep_ratio: bool = True) -> tuple[int, int]:
-    """(H', W'): the size of the tensor the model sees, `processed_size` padded up to a multiple of `multiple`.
-    Images with the same padded size can share a batch."""
+    """(H', W'): `processed_size` padded up to a multiple of `multiple` (the shape a batch shares)."""
     h, w = processed_size(height, width, resolution, scale, keep_ratio)
     return h + (-h) % multiple, w + (-w) % multiple

@@ -10,8 +10,6 @@ from pathlib import Path
 from ..data.io import IMAGE_EXTENSIONS, read_list_file
 from ..errors import ConfigError
 
-_GLOB_CHARS = set("*?[")
-
 
 def is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
@@ -29,7 +27,7 @@ def expand_image_inputs(items: list[str]) -> list[Path]:
             found = sorted(q for q in p.iterdir() if q.is_file() and is_image_name(q))
             if not found:
                 raise ConfigError(f"folder {p} contains no images ({extensions})")
-        elif not p.exists() and _GLOB_CHARS & set(item):
+        elif not p.exists() and set("*?[") & set(item):
             found = sorted(m for m in map(Path, glob.glob(item, recursive=True)) if m.is_file() and is_image_name(m))
             if not found:
                 raise ConfigError(f"pattern {item!r} matches no images ({extensions})")
@@ -50,8 +48,7 @@ def first_of_each(paths: list[Path]) -> list[Path]:
 
 
 def read_image_list(path: str | Path) -> list[str]:
-    """A text file with one image path per line (never a pattern; blank and '#' lines ignored) -> the paths, as
-    written; ConfigError when the file cannot be read or lists no path."""
+    """A text file of image paths, one a line (blank and '#' lines ignored); ConfigError when unreadable or empty."""
     return read_list_file(path, "image list", ConfigError)
 
 
@@ -75,17 +72,14 @@ def check_some_exist(paths: list[Path]) -> list[Path]:
 
 
 def unique_stems(paths: list[Path]) -> list[str]:
-    """Output name stems, one per path: the file's stem, with -2, -3, ... added where stems repeat
-    (``a/x.png`` and ``b/x.jpg`` -> ``x``, ``x-2``)."""
+    """Output name stems, one per path: -2, -3, ... added where stems repeat (a/x.png, b/x.jpg -> x, x-2)."""
     taken = {p.stem for p in paths}
     seen: set[str] = set()
     stems = []
     for p in paths:
-        stem = p.stem
-        if stem in seen:
-            n = 2
-            while f"{p.stem}-{n}" in taken or f"{p.stem}-{n}" in seen:
-                n += 1
+        stem, n = p.stem, 1
+        while stem in seen or (n > 1 and stem in taken):
+            n += 1
             stem = f"{p.stem}-{n}"
         seen.add(stem)
         stems.append(stem)
@@ -93,7 +87,6 @@ def unique_stems(paths: list[Path]) -> list[str]:
 
 
 def display_names(paths: list[Path]) -> list[str]:
-    """How each input is named in summaries and the report: its file name, or the path as given when
-    two inputs share a file name."""
+    """How each input is named in reports: its file name, or the path as given when file names repeat."""
     counts = Counter(p.name for p in paths)
     return [p.name if counts[p.name] == 1 else str(p) for p in paths]

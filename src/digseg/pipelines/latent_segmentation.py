@@ -1,7 +1,5 @@
-"""The pipeline's work in latent space, mixed into `DiGSegPipeline` (as diffusers composes pipelines): the
-interface training shares with inference (`prompt_states`, `unet_prediction`, `noisy_latents_and_target`,
-`predicted_sample`, `one_step_latents`), `denoise`, `class_relevance` (top-k pruning) and `_segment_batch`.
-"""
+"""The pipeline's work in latent space, mixed into `DiGSegPipeline`: the methods training shares with inference,
+`denoise`, `class_relevance` (top-k pruning), `_segment_batch`, and combining ensemble members."""
 
 from __future__ import annotations
 
@@ -9,16 +7,43 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-from diffusers.utils.torch_utils import randn_tensor
+import torch.nn.functional as F
 
-from .ensemble import assemble_probabilities, combine_member_latents, latent_spread_map
 from ..models.digseg_model import encode_latents, vae_scale_factor
 from ..models.text import unet_forward_with_text
 
 
+def combine_member_latents(latents: torch.Tensor, how: str = "median") -> torch.Tensor:
+    """[n, E, C, h, w] members' final latents -> [n, C, h, w]: element-wise "median" (mean of the two middle values
+    when E is even; closer to decoding every member than the mean, docs/benchmarks.md) or "mean"."""
+    if how == "mean":
+        return latents.mean(dim=1)
+    ordered = latents.sort(dim=1).values
+    e = latents.shape[1]
+    return (ordered[:, (e - 1) // 2] + ordered[:, e // 2]) / 2
+
+
+def assemble_probabilities(decoded: torch.Tensor, b: int, q: int, members: int, mode: str,
+                           keep: torch.Tensor | None = None, num_queries: int | None = None) -> torch.Tensor:
+    """Decoded probabilities of items ordered (image, query, member), [B*q*members, K, H, W] in palette mode, else
+    each query's foreground [B*q*members, 1, H, W] -> [B, members, K, H, W] (binary: K = 2; per-class: one channel
+    per query, scattered back among all `num_queries` by `keep` [B, q] after top-k pruning, the others at 0)."""
+    probs = decoded.view(b, q, members, *decoded.shape[1:])
+    if mode == "palette":
+        return probs[:, 0]  # [B, members, K, H, W]
+    probs = probs[:, :, :, 0].transpose(1, 2)  # [B, members, q, H, W]
+    if mode == "binary":
+        return torch.cat([1 - probs, probs], dim=2)  # [B, members, 2, H, W]
+    if keep is not None:
+        full = probs.new_zeros(b, members, num_queries, *probs.shape[-2:])
+        index = keep[:, None, :, None, None].expand(-1, members, -1, *probs.shape[-2:])
+        probs = full.scatter(2, index, probs)
+    return probs
+
+
 @dataclass(frozen=True)
 class SegmentSettings:
-    """How `_segment_batch` runs a batch of views: the query mode, the E-Step, and how members are combined."""
+    """How `_segment_batch` runs a batch of views."""
 
     mode: str = "palette"  # "binary" | "palette" | "per_class" (`prompts.Queries.mode`)
     ensemble_size: int = 1
@@ -31,8 +56,7 @@ class SegmentSettings:
 
 
 class LatentSegmentationMixin:
-    """Latent-space methods of `DiGSegPipeline`; uses its `unet`, `vae`, `scheduler`, `text_pathway`,
-    `level_context`, `decode_masks` and codecs."""
+    """Latent-space methods of `DiGSegPipeline` (its `unet`, `vae`, `scheduler`, `text_pathway`, codecs ...)."""
 
     def prompt_states(self, prompts: Sequence[str]) -> torch.Tensor:
         """Frozen text-encoder features of one prompt per sample (cached by prompt): [B, L, D]."""
@@ -48,16 +72,14 @@ class LatentSegmentationMixin:
 
     def noisy_latents_and_target(self, z0: torch.Tensor, noise: torch.Tensor,
                                  t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mask latents z0 [B, 4, h, w] noised to timesteps t [B], and the regression target of the scheduler's
-        prediction type (noise, z0 or v)."""
+        """z0 [B, 4, h, w] noised to timesteps t [B], and the target of the prediction type (noise, z0 or v)."""
         z_t = self.scheduler.add_noise(z0, noise, t)
         kind = self.scheduler.config.prediction_type
         target = {"epsilon": noise, "sample": z0}.get(kind)
         return z_t, (self.scheduler.get_velocity(z0, noise, t) if target is None else target)
 
     def predicted_sample(self, pred: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The U-Net's prediction [B, 4, h, w] at timesteps t [B] (or a scalar) read as the clean latent z0,
-        whatever the scheduler's prediction type (x0 itself, noise, or v)."""
+        """The U-Net's prediction [B, 4, h, w] at timesteps t [B] (or a scalar) read as the clean latent z0."""
         kind = self.scheduler.config.prediction_type
         if kind == "sample":
             return pred
@@ -69,7 +91,7 @@ class LatentSegmentationMixin:
     def one_step_latents(self, unet: torch.nn.Module, image_latents: torch.Tensor,
                          text_levels: list[torch.Tensor]) -> torch.Tensor:
         """The one-step objective's deterministic pass (E2E-FT, Lotus): image_latents [B, 4, h, w] and per-level
-        text -> predicted mask latents z0 [B, 4, h, w], the U-Net seeing zeros (the noise's mean) at t = T-1."""
+        text -> mask latents z0 [B, 4, h, w], the U-Net seeing zeros (the noise's mean) at t = T-1."""
         z_t = torch.zeros_like(image_latents)  # [B, 4, h, w]
         t = torch.full((image_latents.shape[0],), self.scheduler.config.num_train_timesteps - 1,
                        device=image_latents.device, dtype=torch.long)  # [B]
@@ -77,14 +99,11 @@ class LatentSegmentationMixin:
         return self.predicted_sample(pred, z_t, t)
 
     def denoise(self, image_latents: torch.Tensor, text: list[torch.Tensor], num_inference_steps: int,
-                generator=None, latents: torch.Tensor | None = None) -> torch.Tensor:
-        """image_latents [M, 4, h, w], text num_levels x [M, L, C] -> mask latents [M, 4, h, w], from the starting
-        noise `latents` (drawn from `generator` when None); a one-step model runs `one_step_latents` instead."""
+                latents: torch.Tensor) -> torch.Tensor:
+        """image_latents [M, 4, h, w], text num_levels x [M, L, C], starting noise `latents` [M, 4, h, w] -> mask
+        latents [M, 4, h, w]; a one-step model runs `one_step_latents` instead."""
         if self.config.objective == "one-step":
             return self.one_step_latents(self.unet, image_latents, text)
-        if latents is None:
-            latents = randn_tensor(image_latents.shape, generator=generator, device=image_latents.device,
-                                   dtype=image_latents.dtype)
         self.scheduler.set_timesteps(num_inference_steps, device=image_latents.device)
         for t in self.scheduler.timesteps:
             model_input = torch.cat([image_latents, latents], dim=1)  # [M, 8, h, w]
@@ -113,12 +132,8 @@ class LatentSegmentationMixin:
     def _segment_batch(self, pixels: torch.Tensor, query_ids: list[list[int]], states: torch.Tensor,
                        noise: torch.Tensor, settings: SegmentSettings):
         """pixels [B, 3, H, W]; query_ids: B lists of Q ids into `states` ([U, L, D]); noise [B, E, 4, h, w]
-        -> (probs [B, K, H, W], uncertainty [B, H, W] or None, kept [B, K] bool or None).
-
-        An image's noise is shared by its queries, so an N-class query equals N single-class queries with the same
-        seed. Members are combined in latent space and decoded once per query, or with `decode_members` each
-        decoded. With `top_k`, per-class queries run only the k most relevant classes; the others get 0.
-        """
+        -> (probs [B, K, H, W], uncertainty [B, H, W] or None, kept [B, K] bool or None). An image's noise is shared
+        by its queries (N-class query = N single-class queries); with `top_k` the other classes get 0."""
         mode, ensemble_size = settings.mode, settings.ensemble_size
         device, dtype = self.unet.device, self.unet.dtype
         image_latents = encode_latents(self.vae, pixels.to(device, dtype))  # [B, 4, h, w], once per image
@@ -146,7 +161,7 @@ class LatentSegmentationMixin:
             sl = slice(start, min(start + chunk, item_image.numel()))
             text = self.text_pathway(states[item_query[sl]])  # num_levels x [m, L, C]
             latents = self.denoise(image_latents[item_image[sl]], text, settings.steps,
-                                   latents=noise[item_image[sl], item_member[sl]])  # [m, 4, h, w]
+                                   noise[item_image[sl], item_member[sl]])  # [m, 4, h, w]
             if combine:
                 latents = latents.view(-1, ensemble_size, *latents.shape[1:])  # [m/E, E, 4, h, w]
                 spreads.append(latents.float().std(dim=1).mean(dim=1))  # [m/E, h, w]: members' disagreement
@@ -155,8 +170,9 @@ class LatentSegmentationMixin:
             member_probs.append(probs if mode == "palette" else probs[:, 1:])
         members = 1 if combine else ensemble_size
         probs = assemble_probabilities(torch.cat(member_probs), b, q, members, mode, keep, all_ids.shape[1])
-        if combine:  # latent-space spread, upsampled to pixels
-            uncertainty = latent_spread_map(torch.cat(spreads), b, q, tuple(probs.shape[-2:]))
+        if combine:  # latent-space spread [B*q, h, w]: mean over queries, upsampled to pixels
+            spread = torch.cat(spreads).view(b, q, *spreads[0].shape[-2:]).mean(dim=1, keepdim=True)  # [B, 1, h, w]
+            uncertainty = F.interpolate(spread, size=probs.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         else:
             uncertainty = probs.std(dim=1).mean(dim=1) if ensemble_size > 1 else None
         kept = None

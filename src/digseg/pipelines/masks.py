@@ -1,10 +1,6 @@
-"""Label maps rendered as RGB images in [-1, 1] for the VAE (`MaskCodec.encode`), and decoded images read back
-into per-class probabilities (`MaskCodec.decode`).
-
-Modes: "binary" (2 classes, black / white on all channels) and "palette" (K >= 2 classes, each a fixed,
-well-separated colour from `make_palette`). Pixels equal to `ignore_index` are rendered mid grey (0) and masked
-out of the loss through `MaskCodec.ignore_weights`.
-"""
+"""Label maps rendered as RGB images in [-1, 1] for the VAE (`MaskCodec.encode`) and decoded images read back into
+per-class probabilities (`MaskCodec.decode`): "binary" (black / white) or "palette" (K >= 2 colours of `make_palette`).
+Pixels equal to `ignore_index` are rendered mid grey (0) and masked out of the loss (`MaskCodec.ignore_weights`)."""
 
 from __future__ import annotations
 
@@ -12,11 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .palette import make_palette
+from .common import make_palette  # noqa: F401  (re-exported)
 
-__all__ = ["make_palette", "MaskCodec"]
-
-_MODES = ("binary", "palette")
 _MAX_SQ_DIST = 12.0  # largest squared distance between two points of [-1, 1]^3
 
 
@@ -26,8 +19,8 @@ class MaskCodec:
 
     def __init__(self, mode: str = "binary", num_classes: int = 2, ignore_index: int = 255,
                  temperature: float = 0.05) -> None:
-        if mode not in _MODES:
-            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        if mode not in ("binary", "palette"):
+            raise ValueError(f"mode must be 'binary' or 'palette', got {mode!r}")
         num_classes = int(num_classes)
         if mode == "binary" and num_classes != 2:
             raise ValueError(f"binary mode needs num_classes == 2, got {num_classes}")
@@ -44,10 +37,6 @@ class MaskCodec:
         self.temperature = float(temperature)
         colours = torch.from_numpy(make_palette(num_classes).astype(np.float32))
         self.palette: torch.Tensor = colours / 127.5 - 1.0  # [K, 3] in [-1, 1]
-
-    def __repr__(self) -> str:
-        return (f"MaskCodec(mode={self.mode!r}, num_classes={self.num_classes}, "
-                f"ignore_index={self.ignore_index}, temperature={self.temperature})")
 
     def _check_labels(self, labels: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Validate and return int64 labels ``[B, H, W]`` (``[H, W]`` gets a batch dim)."""
@@ -69,8 +58,7 @@ class MaskCodec:
         return labels
 
     def encode(self, labels: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """Labels ``[B, H, W]`` (or ``[H, W]``) -> image ``[B, 3, H, W]`` float32 in [-1, 1]: class k ->
-        ``palette[k]``, ignore pixels -> 0. ValueError naming any out-of-range value."""
+        """Labels [B, H, W] (or [H, W]) -> image [B, 3, H, W] float32 in [-1, 1]; ignore pixels -> 0."""
         labels = self._check_labels(labels)  # [B, H, W]
         ignore = labels == self.ignore_index  # [B, H, W]
         palette = self.palette.to(labels.device)
@@ -80,10 +68,8 @@ class MaskCodec:
         return image.permute(0, 3, 1, 2).contiguous()  # [B, 3, H, W]
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, K, H, W]`` (float32) = ``-||x - c_k||^2 / (T * 12)`` up to a per-pixel constant: ``2 x.c -
-        ||c||^2``, without ever building ``[B, K, 3, H, W]``. Differentiable (the one-step objective trains on
-        their cross-entropy). Binary mode: foreground minus background logit is ``mean_c(x) / T``.
-        """
+        """Logits ``[B, K, H, W]`` (float32, differentiable) = ``-||x - c_k||^2 / (T * 12)`` up to a per-pixel
+        constant: ``2 x.c - ||c||^2``, without building ``[B, K, 3, H, W]``."""
         x = images.float()
         c = self.palette.to(device=x.device)  # [K, 3]
         logits = 2.0 * torch.einsum("bchw,kc->bkhw", x, c)  # [B, K, H, W]
@@ -92,10 +78,8 @@ class MaskCodec:
         return logits
 
     def decode(self, images: torch.Tensor) -> torch.Tensor:
-        """Decoded images ``[B, 3, H, W]`` (any range) -> per-class probabilities ``[B, K, H, W]``, float32 (fp16
-        would tie neighbouring colours for large K). Binary: ``p_fg = clamp((mean_c x + 1) / 2, 0, 1)``;
-        palette: softmax of `logits` (argmax: the nearest colour).
-        """
+        """Decoded images ``[B, 3, H, W]`` -> probabilities ``[B, K, H, W]``, float32 (fp16 would tie neighbouring
+        colours for large K). Binary: ``p_fg = clamp((mean_c x + 1) / 2, 0, 1)``; palette: softmax of `logits`."""
         if images.dim() == 3:
             images = images.unsqueeze(0)
         if images.dim() != 4 or images.shape[1] != 3:

@@ -1,11 +1,7 @@
-"""The model card: README.md in every saved DiGSeg model folder (`DiGSegPipeline.save_pretrained`,
-`digseg train-mask-decoder`, `run.push_to_hub`).
-
-YAML metadata (the Hub's fields, and `digseg`: every fact) and a text written from those facts alone, so a later
-save reads them back (`read_card_facts`) and keeps them. Facts (a dict; each part optional): `model`
-(`model_facts`), `base_model` / `continued_from`, `datasets`, `training` (`run_facts`), `validation`,
-`evaluation` (the `digseg eval` protocol of the training data), `mask_decoder_training`.
-"""
+"""The model card, README.md in every saved model folder: YAML metadata (the Hub's fields, and `digseg`: every fact,
+read back by a later save) and a text written from the facts alone. Facts, each optional: `model` (`model_facts`),
+`base_model`, `continued_from`, `datasets`, `training` (`run_facts`), `validation`, `evaluation`,
+`mask_decoder_training`."""
 
 from __future__ import annotations
 
@@ -18,7 +14,6 @@ from ..hub_ids import hub_id_or_none
 from ..data.model_data import TRAINING_DATA_KEY, TrainingDataRecord
 
 CARD_FILE = "README.md"
-CARD_TAGS = ["digseg", "image-segmentation", "stable-diffusion", "diffusers"]
 
 
 def model_facts(pipe) -> dict[str, Any]:
@@ -30,18 +25,12 @@ def model_facts(pipe) -> dict[str, Any]:
     else:
         text = f"{type(pipe.text_encoder).__name__} ({pipe.text_encoder.config.hidden_size}-d)"
     record = config.get(TRAINING_DATA_KEY)
-    return {
-        "classes": names,
-        "objective": config.objective,
-        "one_step_decoder": config.one_step_decoder,
-        "light_mask_decoder": pipe.mask_decoder is not None,
-        "prediction_type": pipe.scheduler.config.prediction_type,
-        "processing_resolution": int(config.default_processing_resolution),
-        "denoising_steps": int(config.default_denoising_steps),
-        "prompt_template": config.prompt_template,
-        "text_encoder": str(text),
-        **({TRAINING_DATA_KEY: dict(record)} if record else {}),
-    }
+    return {"classes": names, "objective": config.objective, "one_step_decoder": config.one_step_decoder,
+            "light_mask_decoder": pipe.mask_decoder is not None,
+            "prediction_type": pipe.scheduler.config.prediction_type,
+            "processing_resolution": int(config.default_processing_resolution),
+            "denoising_steps": int(config.default_denoising_steps), "prompt_template": config.prompt_template,
+            "text_encoder": str(text), **({TRAINING_DATA_KEY: dict(record)} if record else {})}
 
 
 def run_facts(config: dict[str, Any], eval_protocol: str, num_processes: int = 1, best: dict | None = None,
@@ -177,16 +166,16 @@ def _decoder_section(facts: dict[str, Any]) -> str:
 
 
 def write_model_card(folder: str | Path, facts: dict[str, Any], model_id: str | None = None) -> Path:
-    """Write `folder`/README.md, YAML metadata + Markdown for `facts`, its loading snippet naming `model_id` (a Hub
-    repository) or `folder`; -> its path."""
+    """Write `folder`/README.md for `facts`, its loading snippet naming `model_id` or `folder`; -> its path."""
     from huggingface_hub import ModelCard, ModelCardData
 
     where = model_id or str(folder)
     datasets = [d.split(" (")[0][len(HF_PREFIX):] for d in facts.get("datasets", [])
                 if d.startswith(HF_PREFIX)]
     datasets = [d for d in (hub_id_or_none(d, canonical=True) for d in datasets) if d]
-    data = ModelCardData(library_name="digseg", pipeline_tag="image-segmentation", tags=list(CARD_TAGS),
-                         base_model=hub_id_or_none(facts.get("base_model")), datasets=datasets or None, digseg=facts)
+    data = ModelCardData(library_name="digseg", pipeline_tag="image-segmentation", datasets=datasets or None,
+                         tags=["digseg", "image-segmentation", "stable-diffusion", "diffusers"],
+                         base_model=hub_id_or_none(facts.get("base_model")), digseg=facts)
     model = facts.get("model", {})
     title = model_id or Path(folder).resolve().name
     usage = (

@@ -1,12 +1,6 @@
-"""A saved DiGSeg model folder is data: what `DiGSegPipeline.from_pretrained` checks before and after loading one.
-
-diffusers imports the module a model_index.json entry names (releases before 0.42.1: any module), and runs .py
-files a folder ships when an entry asks. So `check_model_folder` refuses, in one line naming the entry or file,
-any component entry other than the (library, class) pairs digseg writes (`COMPONENTS`; [null, null] for the
-optional ones), any other [library, class]-shaped entry that is not a pipeline setting, a `_class_name` other
-than "DiGSegPipeline", and any *.py file. A hub id's model_index.json is checked first, then its snapshot.
-After loading, `check_finite` refuses trained tensors holding a NaN or an infinity (a diverged run).
-"""
+"""A saved model folder is data: diffusers imports the module a model_index.json entry names and runs .py files a
+folder ships, so `check_model_folder` refuses any entry other than the (library, class) pairs digseg writes
+(`COMPONENTS`), another `_class_name` and any *.py file; after loading, `check_finite` refuses NaN or inf weights."""
 
 from __future__ import annotations
 

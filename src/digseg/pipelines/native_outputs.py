@@ -1,6 +1,5 @@
-"""Labels and probabilities at the input's native size, in memory bounded whatever the vocabulary size (a full
-[K, H, W] is K images: 847 classes x 683 x 512 x float32 = 1.2 GB): labels by a chunked argmax equal to the full
-one, probabilities resized only for the `keep` classes with most pixels (`keep=None`: all).
+"""Labels and probabilities at the input's native size in bounded memory (847 classes x 683 x 512 x float32 = 1.2 GB):
+labels by a chunked argmax equal to the full one, probabilities resized only for the `keep` classes with most pixels.
 """
 
 from __future__ import annotations
@@ -23,8 +22,7 @@ def resize_probs(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def chunked_argmax(probs: torch.Tensor, size: tuple[int, int], excluded: torch.Tensor | None = None,
                    chunk: int = ARGMAX_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
-    """probs [K, h, w] -> (labels [H, W] int64, best probability [H, W]) at `size`, `chunk` classes at a time.
-
+    """probs [K, h, w] -> (labels [H, W] int64, best probability [H, W]) at `size`, `chunk` classes at a time;
     `excluded` [K] bool: classes that never win (scored -1, as pruned top-k classes are)."""
     best = labels = None
     for start in range(0, probs.shape[0], chunk):
@@ -65,13 +63,3 @@ def native_outputs(probs: torch.Tensor, size: tuple[int, int], mode: str, thresh
     ids = torch.arange(k) if keep is None or keep >= k else best_classes(labels, probs, keep)
     return labels, resize_probs(probs[ids] if len(ids) < k else probs, size), ids
 
-
-def stack_outputs(labels: list, probabilities: list, uncertainty: list, class_ids: list, numpy: bool) -> list:
-    """Per-image results -> [labels, probabilities, uncertainty or None, class ids]: stacked into [N, ...] when
-    every image has the same size, else lists; numpy arrays when `numpy`."""
-    same_size = len({tuple(p.shape) for p in probabilities}) == 1
-    stack = torch.stack if same_size else list
-    out = [stack(labels), stack(probabilities), stack(uncertainty) if uncertainty else None, torch.stack(class_ids)]
-    if numpy:
-        out = [x if x is None else x.numpy() if isinstance(x, torch.Tensor) else [t.numpy() for t in x] for x in out]
-    return out

@@ -1,26 +1,23 @@
 """`DiGSegPipeline`: text-prompted segmentation by few-step latent diffusion.
 
-Three ways to ask (by the arguments of `__call__`): `prompt` (binary, K = 2); nothing, or `classes` equal to the
-model's own list (palette: one pass over the closed class set); `classes=[...]` of any other names (one binary
-query per class, label = per-pixel argmax of the class scores: open vocabulary).
-Each image is encoded once and prompts once per call (cached); E ensemble members denoise independent noise
-in DDIM steps with trailing spacing, are combined in latent space and decoded once (VAE or `LightMaskDecoder`).
-A one-step model (`config.objective == "one-step"`) runs one deterministic pass instead. The latent-space work
-lives in `digseg.pipelines.latent_segmentation`, mixed into this class.
+Three ways to ask: `prompt` (binary, K = 2); nothing, or the model's own `classes` (palette: one pass over the
+closed class set); `classes=[...]` of other names (one binary query per class, label = per-pixel argmax: open
+vocabulary). The latent-space work lives in `digseg.pipelines.latent_segmentation`, mixed into this class.
 """
 
 from __future__ import annotations
 
 import functools
-import warnings
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from .adapters import AdapterMixin, check_no_adapters
+from .adapters import AdapterMixin
 from .latent_segmentation import LatentSegmentationMixin, SegmentSettings
 from ..devices import runtime_info
 from ..errors import DigsegError, first_line
@@ -30,22 +27,14 @@ from .image_processing import processed_size, resize_to, to_image_list
 from .masks import MaskCodec
 from .model_folder import OPTIONAL_COMPONENTS, TRAINED_COMPONENTS, check_finite, check_model_folder, check_model_index
 from .model_card import model_facts, write_model_card
-from .native_outputs import PROBABILITY_CLASSES_KEPT, native_outputs, resize_probs, stack_outputs
-from .prompts import palette_prompt, resolve_queries
-from .choices import check_call
+from .native_outputs import PROBABILITY_CLASSES_KEPT, native_outputs, resize_probs
+from .prompts import resolve_queries
+from .common import call_output, check_call, uses_light_decoder, warn_single_window
 from .sliding import combine_views, group_views, make_views, view_noise
-from .window_grid import single_window_warning
-from ..models.choices import MASK_DECODERS, OBJECTIVES
-from ..models.digseg_model import (
-    check_clip_text_encoder,
-    decode_latents,
-    load_backbone,
-    load_clip_text_encoder,
-    make_scheduler,
-    unet_downsample_factor,
-    vae_scale_factor,
-    widen_conv_in,
-)
+from ..models.choices import OBJECTIVES
+from ..models.digseg_model import (check_clip_text_encoder, decode_latents, load_backbone, load_clip_text_encoder,
+                                   make_scheduler, unet_downsample_factor, vae_scale_factor, widen_conv_in)
+from ..models.adapters import has_lora
 from ..models.mask_decoder import LightMaskDecoder
 from ..models.text import (CLIPPromptEncoder, SDXLPromptEncoder, TextPathway, cross_attention_levels,
                            install_level_processors)
@@ -64,47 +53,29 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
     # encoder (None for SD 1.x / 2.x); mask_decoder: None until one is trained
     _optional_components = list(OPTIONAL_COMPONENTS)
 
-    def __init__(
-        self,
-        unet: UNet2DConditionModel,
-        vae: AutoencoderKL,
-        scheduler: DDIMScheduler,
-        text_encoder: CLIPTextModel | None,
-        tokenizer: CLIPTokenizer | None,
-        text_pathway: TextPathway,
-        class_names: list[str] | None = None,
-        open_clip_text_encoder: str | None = None,
-        prompt_template: str = "{}",
-        default_denoising_steps: int = 1,
-        default_processing_resolution: int = 512,
-        mask_decoder: LightMaskDecoder | None = None,
-        objective: str = "diffusion",
-        one_step_decoder: str | None = None,
-        task: str | None = None,
-        training_data: dict | None = None,
-        text_encoder_2: CLIPTextModelWithProjection | None = None,
-        tokenizer_2: CLIPTokenizer | None = None,
-        backbone: dict | None = None,
-    ) -> None:
-        """`objective`: "diffusion" or "one-step" (one pass from a zero latent at t = T-1, `one_step_latents`);
-        `one_step_decoder`: the decoder a one-step model was trained through ("light" or "vae"); `task`: the
-        queries it was trained on ("binary", "palette", "both" or None), which `digseg eval` follows;
-        `training_data`: its data and split rule (`digseg.data.model_data`); `text_encoder_2`, `tokenizer_2`:
-        SDXL's second text encoder; `backbone`: {"pretrained", "revision", "variant"} it was built from."""
+    def __init__(self, unet: UNet2DConditionModel, vae: AutoencoderKL, scheduler: DDIMScheduler,
+                 text_encoder: CLIPTextModel | None, tokenizer: CLIPTokenizer | None, text_pathway: TextPathway,
+                 class_names: list[str] | None = None, open_clip_text_encoder: str | None = None,
+                 prompt_template: str = "{}", default_denoising_steps: int = 1,
+                 default_processing_resolution: int = 512, mask_decoder: LightMaskDecoder | None = None,
+                 objective: str = "diffusion", one_step_decoder: str | None = None, task: str | None = None,
+                 training_data: dict | None = None, text_encoder_2: CLIPTextModelWithProjection | None = None,
+                 tokenizer_2: CLIPTokenizer | None = None, backbone: dict | None = None) -> None:
+        """`objective`: "diffusion" or "one-step" (`one_step_latents`); `one_step_decoder`: the decoder a one-step
+        model was trained through ("light" or "vae"); `task`: the queries it was trained on ("binary", "palette",
+        "both" or None); `training_data`: its data and split rule (`digseg.data.model_data`); `backbone`:
+        {"pretrained", "revision", "variant"} it was built from."""
         if objective not in OBJECTIVES:
             raise DigsegError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
         super().__init__()
-        self.register_modules(
-            unet=unet, vae=vae, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer,
-            text_pathway=text_pathway, mask_decoder=mask_decoder, text_encoder_2=text_encoder_2,
-            tokenizer_2=tokenizer_2,
-        )
-        self.register_to_config(
-            open_clip_text_encoder=open_clip_text_encoder, prompt_template=prompt_template,
-            default_denoising_steps=default_denoising_steps,
-            default_processing_resolution=default_processing_resolution, objective=objective,
-            one_step_decoder=one_step_decoder, task=task, training_data=training_data, backbone=backbone,
-        )
+        self.register_modules(unet=unet, vae=vae, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer,
+                              text_pathway=text_pathway, mask_decoder=mask_decoder, text_encoder_2=text_encoder_2,
+                              tokenizer_2=tokenizer_2)
+        self.register_to_config(open_clip_text_encoder=open_clip_text_encoder, prompt_template=prompt_template,
+                                default_denoising_steps=default_denoising_steps,
+                                default_processing_resolution=default_processing_resolution, objective=objective,
+                                one_step_decoder=one_step_decoder, task=task, training_data=training_data,
+                                backbone=backbone)
         self.level_context = install_level_processors(unet)
         if open_clip_text_encoder:  # an open_clip text tower (e.g. BiomedCLIP), re-created from its name
             self.prompt_encoder = _open_clip_encoder(open_clip_text_encoder)
@@ -116,20 +87,12 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
         self.set_class_names(class_names)
 
     @classmethod
-    def from_backbone(
-        cls,
-        pretrained: str | Path,
-        class_names: Sequence[str] | None = None,
-        prediction_type: str = "sample",
-        prompt_template: str = "{}",
-        processing_resolution: int | None = None,
-        torch_dtype: torch.dtype | None = None,
-        text_encoder: str | Path | None = None,
-        variant: str | None = None,
-        revision: str | None = None,
-        text_encoder_variant: str | None = None,
-        text_encoder_revision: str | None = None,
-    ) -> "DiGSegPipeline":
+    def from_backbone(cls, pretrained: str | Path, class_names: Sequence[str] | None = None,
+                      prediction_type: str = "sample", prompt_template: str = "{}",
+                      processing_resolution: int | None = None, torch_dtype: torch.dtype | None = None,
+                      text_encoder: str | Path | None = None, variant: str | None = None, revision: str | None = None,
+                      text_encoder_variant: str | None = None,
+                      text_encoder_revision: str | None = None) -> "DiGSegPipeline":
         """A fresh DiGSeg model from a Stable Diffusion 1.x / 2.x / XL checkpoint (at `variant`, `revision`) in
         `torch_dtype` (None: float32): widened U-Net, identity pathway. `text_encoder` replaces SD 1.x / 2.x's own:
         a transformers CLIP text encoder folder or hub id (at `text_encoder_variant`, `text_encoder_revision`), or
@@ -165,13 +128,9 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
         if sdxl:
             encoder_dim += backbone.text_encoder_2.config.hidden_size
             pooled_dim = int(backbone.text_encoder_2.config.projection_dim)
-        pathway = TextPathway(
-            encoder_dim=encoder_dim,
-            cross_attention_dim=unet.config.cross_attention_dim,
-            num_levels=len(unet.config.block_out_channels),
-            pooled_dim=pooled_dim,
-            levels=cross_attention_levels(unet),
-        )
+        pathway = TextPathway(encoder_dim=encoder_dim, cross_attention_dim=unet.config.cross_attention_dim,
+                              num_levels=len(unet.config.block_out_channels), pooled_dim=pooled_dim,
+                              levels=cross_attention_levels(unet))
         if torch_dtype is not None:
             pathway.to(torch_dtype)
         if processing_resolution is None:
@@ -217,8 +176,6 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
     def _hub_snapshot(cls, repo_id: str, kwargs: dict) -> Path:
         """The local snapshot of a hub model as diffusers' `download` resolves it, once its model_index.json alone
         has been fetched and checked (`check_hub_id` first: an id that cannot be had fails at once)."""
-        import json
-
         from huggingface_hub import hf_hub_download
 
         hub = {k: kwargs[k] for k in ("cache_dir", "force_download", "local_files_only", "token", "revision")
@@ -231,16 +188,16 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
         return Path(cls.download(repo_id, **hub, **files))
 
     def save_pretrained(self, save_directory: str | Path, *args, model_card: dict | None = None, **kwargs) -> None:
-        """diffusers' `save_pretrained` plus README.md, the model card of this model's facts and `model_card`'s (a
-        training run's). Refused while LoRA adapters are loaded (`fuse_adapter` writes a plain model folder)."""
-        check_no_adapters(self.unet, f"save_pretrained({save_directory})")
+        """diffusers' `save_pretrained` plus the model card README.md (this model's facts and `model_card`'s)."""
+        if has_lora(self.unet):  # peft's layers would write keys no plain model has
+            raise DigsegError(f"save_pretrained({save_directory}): this pipeline has LoRA adapters loaded; "
+                              "fuse_adapter(folder) writes a plain model folder of the active one")
         super().save_pretrained(save_directory, *args, **kwargs)
         write_model_card(save_directory, {**(model_card or {}), "model": model_facts(self)})
 
     def enable_speedups(self, channels_last: bool = True, compile: bool = False,
                         compile_mode: str | None = None) -> "DiGSegPipeline":
-        """Channels-last U-Net, VAE and light mask decoder and, with `compile`, `torch.compile` of them (slow first
-        call). Outputs are unchanged up to float rounding. Returns self."""
+        """Channels-last U-Net, VAE and light decoder and, with `compile`, `torch.compile` of them. Returns self."""
         light = [self.mask_decoder] if self.mask_decoder is not None else []
         if channels_last:
             for module in [self.unet, self.vae] + light:
@@ -256,22 +213,10 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
             mask_decoder = mask_decoder.to(self.device, self.unet.dtype).eval().requires_grad_(False)
         self.register_modules(mask_decoder=mask_decoder)
 
-    def _light_mask_decoder(self, choice: str) -> LightMaskDecoder | None:
-        """The light decoder that `choice` ("auto", "light", "vae") selects, or None for the VAE. "auto" is the
-        decoder a one-step model was trained through, else the light one when the model has one."""
-        if choice not in MASK_DECODERS:
-            raise DigsegError(f"mask_decoder must be one of {', '.join(MASK_DECODERS)}, got {choice!r}")
-        if choice == "auto" and self.config.objective == "one-step":
-            choice = self.config.one_step_decoder or "auto"
-        if choice == "light" and self.mask_decoder is None:
-            raise DigsegError("this model has no light mask decoder: train one with `digseg train-mask-decoder`, "
-                              "or use mask_decoder='vae'")
-        return None if choice == "vae" else self.mask_decoder
-
     def decode_masks(self, latents: torch.Tensor, mask_decoder: str = "auto") -> torch.Tensor:
         """Mask latents [M, C, h, w] -> mask images [M, 3, H, W] (float32), by the decoder `mask_decoder` chooses."""
-        light = self._light_mask_decoder(mask_decoder)
-        if light is None:
+        light = self.mask_decoder
+        if not uses_light_decoder(mask_decoder, self.config, light is not None):
             return decode_latents(self.vae, latents).float()
         return light(latents.to(light.dtype, memory_format=torch.channels_last)).float()
 
@@ -286,11 +231,6 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
         return self.config.class_names
 
     @property
-    def palette_prompt(self) -> str:
-        """The text that conditions palette mode: the model's class list."""
-        return palette_prompt(self.config.class_names or [])
-
-    @property
     def pad_multiple(self) -> int:
         return vae_scale_factor(self.vae) * unet_downsample_factor(self.unet)
 
@@ -299,8 +239,7 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
         return runtime_info(self.device, self.dtype, num_processes)
 
     def query_states(self, table: Sequence[Sequence[str]]) -> torch.Tensor:
-        """Encoder features of Q queries, each the mean over its prompt variants: [Q, L, D], unprojected (the
-        projections are affine: projecting the mean equals averaging the projected variants)."""
+        """Encoder features [Q, L, D] of Q queries, each the mean over its prompt variants (projections are affine)."""
         sizes = [len(variants) for variants in table]
         states = self.prompt_encoder.encode([p for variants in table for p in variants])  # [sum(sizes), L, D]
         states = states.to(self.unet.device, self.text_pathway.dtype)
@@ -308,72 +247,38 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
             return states
         return torch.stack([chunk.mean(0) for chunk in states.split(sizes)])
 
-    def check_inputs(self, num_images: int, generator, ensemble_size: int, steps: int, ensemble_reduction: str,
-                     mask_decoder: str, output_type: str, top_k: int | None, max_probability_classes: int | None,
-                     processing_resolution: int | None, scale, mode: str, crop_size, stride, global_view: bool):
-        """Every argument of `__call__` checked before any work: a one-line DigsegError naming a bad value.
-        -> (processing resolution, sliding window (crop, stride) or None, scale (w, h) or None)."""
-        self._light_mask_decoder(mask_decoder)
-        if output_type not in ("np", "pt"):
-            raise DigsegError(f"output_type must be 'np' or 'pt', got {output_type!r}")
-        if top_k is not None and top_k < 1:
-            raise DigsegError(f"top_k must be >= 1, got {top_k}")
-        return check_call(num_images, generator, ensemble_size, steps, ensemble_reduction,
-                          self.config.objective == "one-step", max_probability_classes, processing_resolution,
-                          self.config.default_processing_resolution, scale, mode, crop_size, stride, global_view)
-
     @torch.no_grad()
-    def __call__(
-        self,
-        image: Any,
-        prompt: str | Sequence[str] | None = None,
-        classes: Sequence[str] | None = None,
-        ensemble_size: int = 1,
-        num_inference_steps: int | None = None,
-        processing_resolution: int | None = None,
-        batch_size: int = 1,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        output_type: str = "np",
-        threshold: float = 0.5,
-        no_class_threshold: float | None = None,
-        templates: str | Sequence[str] | None = None,
-        top_k: int | None = None,
-        decode_members: bool = False,
-        ensemble_reduction: str = "median",
-        mask_decoder: str = "auto",
-        mode: str = "whole",
-        crop_size: int | tuple[int, int] | None = None,
-        stride: int | tuple[int, int] | None = None,
-        global_view: bool = False,
-        flip: bool = False,
-        scale: tuple[int, int] | None = None,
-        keep_ratio: bool = True,
-        max_probability_classes: int | None = PROBABILITY_CLASSES_KEPT,
-        max_unet_batch: int = 64,
-        show_progress_bar: bool = True,
-        return_dict: bool = True,
-    ) -> DiGSegOutput | tuple:
+    def __call__(self, image: Any, prompt: str | Sequence[str] | None = None, classes: Sequence[str] | None = None,
+                 ensemble_size: int = 1, num_inference_steps: int | None = None,
+                 processing_resolution: int | None = None, batch_size: int = 1,
+                 generator: torch.Generator | list[torch.Generator] | None = None, output_type: str = "np",
+                 threshold: float = 0.5, no_class_threshold: float | None = None,
+                 templates: str | Sequence[str] | None = None, top_k: int | None = None, decode_members: bool = False,
+                 ensemble_reduction: str = "median", mask_decoder: str = "auto", mode: str = "whole",
+                 crop_size: int | tuple[int, int] | None = None, stride: int | tuple[int, int] | None = None,
+                 global_view: bool = False, flip: bool = False, scale: tuple[int, int] | None = None,
+                 keep_ratio: bool = True, max_probability_classes: int | None = PROBABILITY_CLASSES_KEPT,
+                 max_unet_batch: int = 64, show_progress_bar: bool = True,
+                 return_dict: bool = True) -> DiGSegOutput | tuple:
         """Segment `image` (one or a list). Returns labels [N, H, W], probabilities [N, n, H, W] of the classes
         `probability_class_ids` [N, n], uncertainty [N, H, W] (lists of per-image arrays when sizes differ).
 
-        `generator`: one torch.Generator, or one per image (then batching does not change results); a one-step
-        model uses none and runs E-Step 1x1 only. `threshold`: binary foreground; `no_class_threshold`: per-class
-        label 255 below it. Ensembles combine the members' latents by `ensemble_reduction` and decode once, or with
-        `decode_members` average every member's probabilities (Marigold). `mask_decoder`: "auto", "vae", "light".
-
-        Test protocol (docs/eval_protocols.md): resize to `scale` (mmseg's test resize, `keep_ratio` as mmseg's,
-        e.g. (2048, 512)), else the longer side to `processing_resolution`. `mode="slide"`: `crop_size` windows
-        every `stride` pixels (defaults: the processing resolution, 2/3 of it), combined in probability space
-        (`digseg.pipelines.sliding`), plus the whole image with `global_view` (CAT-Seg). `flip`: the mirrored image
-        too, flipped back and averaged. Probabilities are returned for the `max_probability_classes` classes with
-        most pixels (None: all).
+        `generator`: one torch.Generator, or one per image (then batching does not change results). `threshold`:
+        binary foreground; `no_class_threshold`: per-class label 255 below it. Ensembles combine the members'
+        latents by `ensemble_reduction` and decode once, or with `decode_members` average every member's
+        probabilities (Marigold). Test protocol (`scale`, `keep_ratio`, `mode`, `crop_size`, `stride`,
+        `global_view`, `flip`): docs/eval_protocols.md. Probabilities are returned for the
+        `max_probability_classes` classes with most pixels (None: all).
         """
         # 1. check the inputs
         images = to_image_list(image)  # N x [3, H, W] in [-1, 1]
         steps = num_inference_steps or self.config.default_denoising_steps
-        resolution, window, scale = self.check_inputs(
-            len(images), generator, ensemble_size, steps, ensemble_reduction, mask_decoder, output_type, top_k,
-            max_probability_classes, processing_resolution, scale, mode, crop_size, stride, global_view)
+        one_step = self.config.objective == "one-step"
+        resolution, window, scale = check_call(
+            len(images), generator, ensemble_size, steps, ensemble_reduction, one_step, max_probability_classes,
+            processing_resolution, self.config.default_processing_resolution, scale, mode, crop_size, stride,
+            global_view, output_type, top_k)
+        uses_light_decoder(mask_decoder, self.config, self.mask_decoder is not None)
 
         # 2. what is asked (binary prompts, the palette, or per-class queries); every prompt encoded once (cached)
         queries = resolve_queries(len(images), prompt, classes, templates, self.config.prompt_template,
@@ -388,15 +293,12 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
             resized = resize_to(img, processed_size(*img.shape[-2:], resolution, scale, keep_ratio))  # [3, h, w]
             crop, step = window or (tuple(resized.shape[-2:]),) * 2
             views.append(make_views(resized, crop, step, self.pad_multiple, global_view, flip))
-        single = [v.size for v in views if window is not None and len(v.boxes) == 1]
-        if single:  # asked to slide, but nothing slides: the result is whole mode's
-            warnings.warn(single_window_warning(window[0], single, len(views)), UserWarning, stacklevel=3)
+        warn_single_window(window and window[0], [(v.size, v.boxes) for v in views], stacklevel=3)
 
         # 4. groups of consecutive images whose views share a shape: noise, denoise, decode; views combined and
         #    read at each image's native size
         latent_channels, latent_scale = self.vae.config.latent_channels, vae_scale_factor(self.vae)
-        one_step = self.config.objective == "one-step"
-        labels, probabilities, class_ids, uncertainty = [], [], [], []
+        results, uncertainty = [], []
         groups = group_views(views, max(1, batch_size))
         for group in self.progress_bar(groups) if show_progress_bar else groups:
             pixels = torch.cat([views[i].pixels for i in group])  # [V, 3, h, w]
@@ -411,18 +313,15 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
                 start = part.stop
                 size = tuple(images[i].shape[-2:])
                 excluded = None if kept is None else ~kept[part].any(dim=0).cpu()  # pruned in every view
-                label, prob, cid = native_outputs(combine_views(views[i], probs[part]).cpu(), size, queries.mode,
-                                                  threshold, no_class_threshold, excluded, max_probability_classes)
-                labels.append(label)
-                probabilities.append(prob)
-                class_ids.append(cid)
+                results.append(native_outputs(combine_views(views[i], probs[part]).cpu(), size, queries.mode,
+                                              threshold, no_class_threshold, excluded, max_probability_classes))
                 if unc is not None:
                     uncertainty.append(resize_probs(combine_views(views[i], unc[part, None]).cpu(), size)[0])
 
         # 5. stacked into [N, ...] (lists when the images' sizes differ)
-        out = stack_outputs(labels, probabilities, uncertainty, class_ids, numpy=output_type == "np")
-        if not return_dict:
-            return out[0], out[1], out[2], queries.class_names, out[3]
-        return DiGSegOutput(labels=out[0], probabilities=out[1], uncertainty=out[2], class_names=queries.class_names,
-                            probability_class_ids=out[3])
+        if output_type == "np":
+            results = [tuple(t.numpy() for t in result) for result in results]
+            uncertainty = [u.numpy() for u in uncertainty]
+        stack = np.stack if output_type == "np" else torch.stack
+        return call_output(results, uncertainty, queries.class_names, stack, return_dict)
 

@@ -10,22 +10,19 @@ from typing import Sequence
 
 from ..errors import DigsegError
 
-SINGLE_TEMPLATE = ("{}",)
-PHOTO_TEMPLATE = ("a photo of a {}.",)
 # A compact template ensemble in the spirit of CLIP's prompt engineering (written for segmentation crops).
 ENSEMBLE_TEMPLATES = (
     "a photo of a {}.", "a photo of the {}.", "a photo of a small {}.", "a photo of a large {}.",
     "a cropped photo of a {}.", "a close-up photo of a {}.", "a bright photo of a {}.", "a dark photo of a {}.",
     "a blurry photo of a {}.", "a good photo of a {}.", "there is a {} in the scene.", "a {} in the scene.",
 )
-TEMPLATE_SETS = {"single": SINGLE_TEMPLATE, "photo": PHOTO_TEMPLATE, "ensemble": ENSEMBLE_TEMPLATES}
+TEMPLATE_SETS = {"single": ("{}",), "photo": ("a photo of a {}.",), "ensemble": ENSEMBLE_TEMPLATES}
 BACKGROUND = "background"  # the class a binary prompt's "not the prompt" pixels get, and never queried on its own
 FOREGROUND = "foreground"  # a binary query's class 1 when the prompts differ between images
 
 
 def is_background(name: str) -> bool:
-    """Whether class `name` is "background" (any case, blanks around ignored; not "background, void"): never
-    queried on its own, left untinted by overlays."""
+    """Whether class `name` is "background" (any case, blanks ignored): never queried alone, left untinted."""
     return name.strip().lower() == BACKGROUND
 
 

@@ -1,12 +1,6 @@
-"""Sliding-window inference: the window grid, the views run through the model, and combining them.
-
-Grid: mmsegmentation's `slide_inference` (windows every `stride` pixels, the last shifted back to end at the
-border, a crop larger than the image becomes the image size). Overlaps are averaged in probability space (mmseg
-sums logits; DiGSeg's outputs are probabilities, as CAT-Seg's sigmoid outputs are). Optional: a global view
-(CAT-Seg: the whole image resized to the window, averaged 50/50 with the windows) and a horizontal flip (mmseg's
-flip TTA: the mirrored image's windows reuse the same noise, so a flip-symmetric input gives a flip-symmetric
-output). Views of one image share one shape, padded (replicate) to the U-Net's multiple, so they batch together.
-The grid itself is torch-free (`window_grid`, shared with the onnxruntime pipeline).
+"""Sliding-window inference (mmsegmentation's `slide_inference` grid, `window_grid`): the views run through the
+model and their probabilities averaged where they overlap, plus optionally CAT-Seg's global view (the whole image
+resized to the window, averaged 50/50) and a horizontal flip whose views reuse the same noise. docs/eval_protocols.md.
 """
 
 from __future__ import annotations
@@ -18,7 +12,7 @@ import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 
 from .image_processing import pad_to_multiple
-from .window_grid import axis_starts, check_test_protocol, pair, window_grid  # noqa: F401  (re-exported)
+from .window_grid import window_grid
 
 
 def count_map(boxes: list[tuple[int, int, int, int]], size: tuple[int, int]) -> torch.Tensor:
@@ -39,8 +33,8 @@ def combine_windows(probs: torch.Tensor, boxes: list[tuple[int, int, int, int]],
 
 @dataclass
 class SlideViews:
-    """The views of one image: windows in grid order, the global view (if any), then with flip the same of the
-    mirrored image. `pixels` [V, 3, h', w'] padded to the U-Net multiple; `window` (h, w) before padding."""
+    """One image's views: windows in grid order, the global view (if any), then with flip the same of the mirrored
+    image. `pixels` [V, 3, h', w'] padded (replicate) to the U-Net multiple; `window` (h, w) before padding."""
 
     pixels: torch.Tensor
     boxes: list[tuple[int, int, int, int]]
@@ -49,23 +43,18 @@ class SlideViews:
     global_view: bool
     flip: bool
 
-    @property
-    def num_unique(self) -> int:
-        """Views with their own noise (a view of the mirrored image reuses the noise of the same grid position)."""
-        return len(self.boxes) + int(self.global_view)
-
 
 def view_noise(views: SlideViews, member_shape: tuple[int, int, int], generator, index: int,
                device: torch.device, dtype: torch.dtype, deterministic: bool = False) -> torch.Tensor:
-    """Starting noise of one image's views [V, E, C, h, w]: one draw per window (and global view) from `generator`
-    (or generator[index]), reused by the mirrored image's views; zeros when `deterministic` (a one-step model).
-    member_shape: (E, latent channels, VAE downsampling factor)."""
+    """Starting noise of one image's views [V, E, C, h, w], member_shape (E, latent channels, VAE factor): one draw
+    per window (and global view) from `generator` (or generator[index]); zeros when `deterministic` (one-step)."""
     ensemble_size, channels, factor = member_shape
     h, w = (s // factor for s in views.pixels.shape[-2:])
     if deterministic:
         return torch.zeros((len(views.pixels), ensemble_size, channels, h, w), device=device, dtype=dtype)
     gen = generator[index] if isinstance(generator, list) else generator
-    noise = randn_tensor((views.num_unique, ensemble_size, channels, h, w), generator=gen, device=device, dtype=dtype)
+    unique = len(views.boxes) + int(views.global_view)  # the mirrored image's views reuse these
+    noise = randn_tensor((unique, ensemble_size, channels, h, w), generator=gen, device=device, dtype=dtype)
     return torch.cat([noise, noise]) if views.flip else noise  # [V, E, C, h, w]
 
 

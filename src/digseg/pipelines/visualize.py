@@ -1,5 +1,4 @@
-"""Turning predictions into pictures: palette label PNGs, colour overlays (with a legend), probability and
-uncertainty maps."""
+"""Predictions as pictures: palette label PNGs, colour overlays with a legend, probability and uncertainty maps."""
 
 from __future__ import annotations
 
@@ -35,11 +34,9 @@ def overlay(image: np.ndarray, labels: np.ndarray, num_classes: int, alpha: floa
     """image uint8 [H, W, 3], labels [H, W] -> RGB overlay (class 0 left untinted when skip_background)."""
     colours = palette_for(num_classes).astype(np.float32)
     valid = labels < num_classes
-    tint = np.zeros_like(image, dtype=np.float32)
-    tint[valid] = colours[labels[valid]]
     mask = valid & (labels != 0) if skip_background else valid
     out = image.astype(np.float32)
-    out[mask] = (1 - alpha) * out[mask] + alpha * tint[mask]
+    out[mask] = (1 - alpha) * out[mask] + alpha * colours[labels[mask]]
     return Image.fromarray(out.clip(0, 255).astype(np.uint8))
 
 
@@ -82,13 +79,6 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def _draw_text(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, font) -> None:
-    try:
-        draw.text(xy, text, fill=(0, 0, 0), font=font)
-    except UnicodeError:  # the bitmap fallback font is latin-1 only
-        draw.text(xy, text.encode("latin-1", "replace").decode("latin-1"), fill=(0, 0, 0), font=font)
-
-
 def legend(rows: list[tuple[str, tuple[int, int, int] | None]], font_size: int = 12) -> Image.Image:
     """A white RGB panel listing `rows` of (text, swatch colour): a filled, outlined square per colour, a
     crossed-out white square for None (pixels the overlay leaves untinted), then the text."""
@@ -109,7 +99,11 @@ def legend(rows: list[tuple[str, tuple[int, int, int] | None]], font_size: int =
         draw.rectangle(box, fill=fill, outline=(0, 0, 0))  # 1 px outline, the pure class colour inside
         if colour is None:  # crossed out, unlike a white class colour
             draw.line((box[0] + 1, box[3] - 1, box[2] - 1, box[1] + 1), fill=(128, 128, 128), width=max(1, swatch // 8))
-        _draw_text(draw, (pad + swatch + pad, y + (swatch - text_h) // 2), text, font)
+        xy = (pad + swatch + pad, y + (swatch - text_h) // 2)
+        try:
+            draw.text(xy, text, fill=(0, 0, 0), font=font)
+        except UnicodeError:  # the bitmap fallback font is latin-1 only
+            draw.text(xy, text.encode("latin-1", "replace").decode("latin-1"), fill=(0, 0, 0), font=font)
     return panel
 
 
@@ -135,14 +129,9 @@ def class_overlay(image: np.ndarray, labels: np.ndarray, class_names: list[str],
 
 
 def with_legend(tinted: Image.Image, labels: np.ndarray, class_names: list[str]) -> Image.Image:
-    """An overlay (W x H) + labels [H, W] -> RGB [max(H, legend height), W + legend width]: the overlay, with a
-    legend of the classes present to its right (font size scaled with the image height)."""
+    """An overlay + labels [H, W] -> the overlay with a legend of the classes present to its right."""
     size = int(np.clip(round(tinted.height / 30), 11, 64))
-    panel = legend(legend_rows(labels, class_names), font_size=size)
-    canvas = Image.new("RGB", (tinted.width + panel.width, max(tinted.height, panel.height)), (255, 255, 255))
-    canvas.paste(tinted, (0, 0))
-    canvas.paste(panel, (tinted.width, 0))
-    return canvas
+    return side_by_side(tinted, legend(legend_rows(labels, class_names), font_size=size))
 
 
 @dataclass
@@ -162,10 +151,8 @@ def save_prediction(out_dir: Path, stem: str, image: np.ndarray, labels: np.ndar
                     kinds: Collection[str] = ("labels", "overlay", "probabilities", "uncertainty")) -> PredictionFiles:
     """Write the pictures of one prediction of `kinds` into `out_dir`. image uint8 [H, W, 3]; labels [H, W] int
     (255 = no class); probabilities [n, H, W] of the classes `probability_ids` [n] (default: all K); uncertainty
-    [H, W] or None. Files: ``<stem>_label.png`` ('P' mode, pixel = class id, palette attached),
-    ``<stem>_overlay.png`` and ``<stem>_overlay_legend.png`` (with a legend of the classes present),
-    ``<stem>_prob_<class>.png`` ('L' mode, probability x 255; a binary prompt's foreground only; ``-<id>`` added
-    when two names give one file name), ``<stem>_uncertainty.png`` (scaled to its maximum).
+    [H, W] or None. Files: ``<stem>_label.png``, ``<stem>_overlay.png``, ``<stem>_overlay_legend.png``,
+    ``<stem>_prob_<class>.png`` (a binary prompt's foreground only), ``<stem>_uncertainty.png`` (scaled to its max).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     k = len(class_names)

@@ -1,7 +1,5 @@
-"""The test protocol's geometry in plain Python (no torch): the size an image is processed at (mmseg's test
-resize), the sliding-window settings and mmsegmentation's window grid. Shared by the PyTorch pipeline
-(`sliding`, `image_processing`) and the onnxruntime one (`digseg.runtime`).
-"""
+"""The test protocol's geometry, torch-free (shared with `digseg.runtime`): the size an image is processed at
+(mmseg's test resize), the sliding-window settings and mmsegmentation's window grid."""
 
 from __future__ import annotations
 
@@ -14,9 +12,7 @@ INFERENCE_MODES = ("whole", "slide")  # the whole image, or sliding windows (sli
 def processed_size(height: int, width: int, resolution: int, scale: tuple[int, int] | None = None,
                    keep_ratio: bool = True) -> tuple[int, int]:
     """(h, w) the model sees: the longer side resized to `resolution` (0: the native size), or with `scale` mmseg's
-    test resize: with keep_ratio the largest size whose long side is at most max(scale) and short side at most
-    min(scale) (mmcv `rescale_size`, as training's RandomResize), without it exactly (width, height) = scale
-    (CAT-Seg's 640 x 640)."""
+    test resize (mmcv `rescale_size` with keep_ratio, else exactly (width, height) = scale, CAT-Seg's 640 x 640)."""
     if scale is not None:
         if not keep_ratio:
             return int(scale[1]), int(scale[0])
@@ -70,10 +66,3 @@ def window_grid(height: int, width: int, crop: tuple[int, int],
     return [(y, y + ch, x, x + cw) for y in axis_starts(height, crop[0], stride[0])
             for x in axis_starts(width, crop[1], stride[1])]
 
-
-def single_window_warning(window: tuple[int, int], sizes: list[tuple[int, int]], num_images: int) -> str:
-    """The warning for mode='slide' when one `window` (crop) covers each of these processed `sizes` (h, w)."""
-    h, w = sizes[0]
-    return (f"mode='slide': one {window[0]}x{window[1]} window covers the whole {w}x{h} processed image "
-            f"({len(sizes)} of {num_images} image(s)), which equals mode='whole'; give a larger scale or a smaller "
-            "crop_size")

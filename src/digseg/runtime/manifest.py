@@ -1,10 +1,11 @@
-"""The manifest of an exported folder (`manifest.json`, written by `digseg.export.onnx_export.export_pipeline`):
-what the graphs are and everything else inference needs; its keys are listed in docs/export.md. Torch-free.
-"""
+"""`manifest.json` of an exported folder (`digseg.export.onnx_export`): the graphs and everything else inference
+needs (keys: docs/export.md)."""
 
 from __future__ import annotations
 
 import json
+from itertools import accumulate, repeat
+from operator import sub
 from pathlib import Path
 
 from ..errors import DigsegError, first_line
@@ -19,13 +20,8 @@ REQUIRED_GRAPHS = ("vae_encoder", "unet", "vae_decoder")
 
 def trailing_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
     """DDIM's "trailing" spacing (diffusers' DDIMScheduler.set_timesteps): T, T - T/K, ... rounded, minus one."""
-    ratio = num_train_timesteps / steps
-    values = []
-    t = float(num_train_timesteps)
-    for _ in range(steps):  # np.arange(T, 0, -ratio) without numpy float drift
-        values.append(t)
-        t -= ratio
-    return [int(round(v)) - 1 for v in values]
+    values = accumulate(repeat(num_train_timesteps / steps, steps - 1), sub, initial=float(num_train_timesteps))
+    return [int(round(v)) - 1 for v in values]  # np.arange(T, 0, -T/K) without numpy float drift
 
 
 def is_exported_folder(path: str | Path) -> bool:

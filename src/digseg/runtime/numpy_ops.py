@@ -1,15 +1,7 @@
-"""The PyTorch pipeline's non-network steps, in numpy (float32), for the onnxruntime pipeline.
-
-Each function names the torch code it reproduces:
-- `resize_weights` / `resize`: `F.interpolate(..., mode="bilinear", align_corners=False)`, with `antialias=True`
-  (torch's antialiased kernel, PIL's triangle filter widened by the scale when shrinking) or without
-  (plain bilinear, source clamped at the border), as separable [out, in] weight matrices;
-- `pad_to_multiple`: `image_processing.pad_to_multiple` (replicate the bottom and right border);
-- `cut_views`, `combine_views`: `sliding.make_views` and `sliding.combine_views` (windows, global view, flip);
-- `ddim_step`, `predicted_sample`: diffusers' `DDIMScheduler.step` (eta 0), `LatentSegmentationMixin.predicted_sample`;
-- `combine_members`: `ensemble.combine_member_latents`; `decode_codec`: `MaskCodec.decode`;
-- `native_outputs`: `native_outputs.native_outputs` (labels at the native size, the best classes' probabilities).
-"""
+"""The PyTorch pipeline's non-network steps in numpy (float32), each reproducing the torch code it names: `resize`
+is `F.interpolate(mode="bilinear", align_corners=False)` with or without `antialias` (PIL's triangle filter widened
+when shrinking), as separable weight matrices; `cut_views` / `combine_views`: `sliding`; `ddim_step`: diffusers'
+`DDIMScheduler.step` (eta 0); `combine_members`, `decode_codec`, `native_outputs`: their torch namesakes."""
 
 from __future__ import annotations
 
@@ -24,11 +16,10 @@ def resize_weights(size_in: int, size_out: int, antialias: bool) -> np.ndarray:
     scale = size_in / size_out
     weights = np.zeros((size_out, size_in), dtype=np.float64)
     if antialias and scale > 1.0:  # torch's _upsample_bilinear2d_aa (PIL's ImagingResample)
-        support = scale
-        for i in range(size_out):
+        for i in range(size_out):  # support = scale
             center = scale * (i + 0.5)
-            lo = max(int(center - support + 0.5), 0)
-            hi = min(int(center + support + 0.5), size_in)
+            lo = max(int(center - scale + 0.5), 0)
+            hi = min(int(center + scale + 0.5), size_in)
             j = np.arange(lo, hi)
             w = np.clip(1.0 - np.abs((j - center + 0.5) / scale), 0.0, None)
             weights[i, lo:hi] = w / w.sum()
@@ -64,8 +55,7 @@ def pad_to_multiple(images: np.ndarray, multiple: int) -> np.ndarray:
 
 def cut_views(image: np.ndarray, boxes: list[tuple[int, int, int, int]], global_view: bool = False,
               flip: bool = False) -> np.ndarray:
-    """image [3, H, W] -> views [V, 3, h, w]: the windows `boxes`, the whole image resized to a window with
-    `global_view`, then with `flip` the same of the mirrored image."""
+    """image [3, H, W] -> views [V, 3, h, w]: the windows, the global view, then with `flip` the mirrored ones."""
     y1, y2, x1, x2 = boxes[0]
     window = (y2 - y1, x2 - x1)
 
@@ -78,9 +68,7 @@ def cut_views(image: np.ndarray, boxes: list[tuple[int, int, int, int]], global_
 
 def combine_views(probs: np.ndarray, boxes: list[tuple[int, int, int, int]], size: tuple[int, int],
                   global_view: bool = False, flip: bool = False) -> np.ndarray:
-    """The views' probabilities [V, K, h', w'] (padded, in `cut_views`' order) -> [K, *size]: windows summed and
-    divided by the count map, the global view resized back and averaged 50/50, the mirrored image's flipped back
-    and averaged."""
+    """The views' probabilities [V, K, h', w'] (padded, in `cut_views`' order) -> [K, *size]."""
     if flip:
         plain, mirrored = np.split(probs, 2)
         return (combine_views(plain, boxes, size, global_view)
@@ -137,8 +125,7 @@ def combine_members(latents: np.ndarray, how: str = "median") -> np.ndarray:
 
 
 def decode_codec(images: np.ndarray, palette: np.ndarray | None, temperature: float = 0.05) -> np.ndarray:
-    """Decoded mask images [B, 3, H, W] -> probabilities [B, K, H, W]: binary when `palette` is None
-    ([1 - p, p], p = clamp((mean_c x + 1) / 2)), else the softmax over the nearest palette colours."""
+    """Decoded mask images [B, 3, H, W] -> probabilities [B, K, H, W] (binary when `palette` is None)."""
     x = images.astype(np.float32, copy=False)
     if palette is None:
         p = np.clip((x.mean(axis=1, keepdims=True) + 1.0) / 2.0, 0.0, 1.0)

@@ -1,36 +1,28 @@
-"""`OnnxDiGSegPipeline`: an exported folder (`digseg export`) run on onnxruntime with numpy, Pillow and tokenizers.
-
-Neither torch, diffusers nor transformers is imported (tests/test_onnx_export.py checks it in a fresh process).
-The call has `DiGSegPipeline.__call__`'s signature, steps and test protocols (whole, slide, flip, scale) and returns
-the same `DiGSegOutput` (numpy arrays); `digseg.runtime.numpy_ops` names the torch function each step reproduces.
-Noise and seeds (numpy's generator, or torch's draws passed as `noise` for parity): docs/export.md.
-"""
+"""`OnnxDiGSegPipeline`: an exported folder (`digseg export`) run on onnxruntime with numpy, Pillow and tokenizers,
+never importing torch, diffusers or transformers: `DiGSegPipeline.__call__`'s signature, steps and test protocols,
+the same `DiGSegOutput` (numpy arrays). Noise and seeds, prompts without a text encoder: docs/export.md."""
 
 from __future__ import annotations
 
-import warnings
+import platform
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Sequence
 
 import numpy as np
 
+from .. import __version__
 from ..errors import DigsegError, first_line
 from ..outputs import DiGSegOutput
-from ..pipelines.image_inputs import to_image_list
 from ..pipelines.prompts import resolve_queries
-from ..pipelines.choices import check_call
-from ..pipelines.window_grid import processed_size, single_window_warning, window_grid
+from ..pipelines.common import call_output, check_call, to_image_list, uses_light_decoder, warn_single_window
+from ..pipelines.window_grid import processed_size, window_grid
 from .manifest import read_manifest, trailing_timesteps
 from .numpy_ops import (combine_members, combine_views, cut_views, ddim_step, decode_codec, native_outputs,
                         pad_to_multiple, predicted_sample, resize)
-from .text import OnnxPromptEncoder
 
-PROVIDERS = {
-    "cpu": ["CPUExecutionProvider"],
-    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
-}
+PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+             "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
 
 
 def resolve_providers(provider: str | Sequence[str] | None) -> list[str]:
@@ -38,14 +30,11 @@ def resolve_providers(provider: str | Sequence[str] | None) -> list[str]:
     import onnxruntime as ort
 
     available = ort.get_available_providers()
-    if provider is None:
-        provider = "cpu"
+    provider = "cpu" if provider is None else provider
     if isinstance(provider, str):
         key = provider.split(":")[0].lower()
         if key == "auto":
-            for choice in ("tensorrt", "cuda", "cpu"):
-                if PROVIDERS[choice][0] in available:
-                    return [p for p in PROVIDERS[choice] if p in available]
+            key = next(choice for choice in ("tensorrt", "cuda", "cpu") if PROVIDERS[choice][0] in available)
         if key not in PROVIDERS and provider not in available:
             raise DigsegError(f"execution provider {provider!r}: choose cpu, cuda, tensorrt, auto or one of "
                               f"{', '.join(available)}")
@@ -65,6 +54,40 @@ def _numpy_rng(generator) -> np.random.Generator:
     if hasattr(generator, "initial_seed"):
         return np.random.default_rng(int(generator.initial_seed()))
     return np.random.default_rng(generator)
+
+
+class OnnxPromptEncoder:
+    """`encode(prompts)` -> float32 [N, L, D], each distinct prompt encoded once (cached)."""
+
+    def __init__(self, folder: Path, text: dict, runner=None) -> None:
+        self.runner, self.tokenizer, self._cache = runner, None, {}
+        if text["kind"] == "features":  # fixed: only the model's own prompts
+            states = np.load(folder / text["features"], allow_pickle=False)  # [P, L, D]
+            self._cache = {p: states[i] for i, p in enumerate(text["prompts"])}
+        else:
+            from tokenizers import Tokenizer
+
+            facts = text["tokenizer"]
+            self.tokenizer = Tokenizer.from_file(str(folder / facts["file"]))
+            self.tokenizer.enable_truncation(max_length=int(facts["max_length"]))
+            self.tokenizer.enable_padding(length=int(facts["max_length"]), pad_id=int(facts["pad_id"]),
+                                          pad_token=facts["pad_token"])
+
+    def token_ids(self, prompts: Sequence[str]) -> np.ndarray:
+        """[N, L] int64 token ids."""
+        return np.array([e.ids for e in self.tokenizer.encode_batch(list(prompts))], dtype=np.int64)
+
+    def encode(self, prompts: Sequence[str]) -> np.ndarray:
+        missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
+        if missing and self.tokenizer is None:
+            known = ", ".join(repr(p) for p in list(self._cache)[:8])
+            raise DigsegError(f"prompt {missing[0]!r}: this folder was exported with --no-text-encoder and holds only "
+                              f"the model's own prompts ({known}, ...); export it with its text encoder for others")
+        if missing:
+            states = self.runner.run(None, {"input_ids": self.token_ids(missing)})[0]  # [M, L, D]
+            for prompt, state in zip(missing, states):
+                self._cache[prompt] = state.astype(np.float32)
+        return np.stack([self._cache[p] for p in prompts])  # [N, L, D]
 
 
 class OnnxDiGSegPipeline:
@@ -98,7 +121,6 @@ class OnnxDiGSegPipeline:
                     raise DigsegError(f"cannot load {folder / file}: {first_line(exc)}") from exc
         return cls(folder, manifest, runners)
 
-    # ----------------------------------------------------------------------------------------- facts
     @property
     def class_names(self) -> list[str] | None:
         return self.manifest["class_names"]
@@ -116,11 +138,7 @@ class OnnxDiGSegPipeline:
 
     def runtime_info(self, num_processes: int = 1) -> dict:
         """What an output records about where it ran (`digseg.devices.runtime_info`'s keys)."""
-        import platform
-
         import onnxruntime as ort
-
-        from .. import __version__
 
         precision = self.manifest["dtype"] + (f"+{self.manifest['quantize']}" if self.manifest.get("quantize") else "")
         return {"device": f"onnxruntime:{self.providers[0]}", "device_name": platform.processor() or platform.machine(),
@@ -131,17 +149,6 @@ class OnnxDiGSegPipeline:
     def providers(self) -> list[str]:
         return self.runners["unet"].get_providers()
 
-    def _decoder(self, choice: str) -> str:
-        """The graph that `mask_decoder` ("auto", "light", "vae") selects, as `DiGSegPipeline._light_mask_decoder`."""
-        if choice not in ("auto", "light", "vae"):
-            raise DigsegError(f"mask_decoder must be one of auto, light, vae, got {choice!r}")
-        if choice == "auto" and self.manifest["objective"] == "one-step":
-            choice = self.manifest["one_step_decoder"] or "auto"
-        has_light = self.manifest["graphs"].get("light_decoder") is not None
-        if choice == "light" and not has_light:
-            raise DigsegError("this model has no light mask decoder: use mask_decoder='vae'")
-        return "light_decoder" if choice == "light" or (choice == "auto" and has_light) else "vae_decoder"
-
     def query_states(self, table: Sequence[Sequence[str]]) -> np.ndarray:
         """[Q, L, D]: each query's prompt variants encoded and averaged (the pathway is affine, as in torch)."""
         sizes = [len(variants) for variants in table]
@@ -151,7 +158,6 @@ class OnnxDiGSegPipeline:
         starts = np.cumsum([0] + sizes)
         return np.stack([states[a:b].mean(axis=0) for a, b in zip(starts[:-1], starts[1:])])
 
-    # ----------------------------------------------------------------------------------------- latent work
     def _run(self, name: str, **inputs: np.ndarray) -> np.ndarray:
         return self.runners[name].run(None, inputs)[0]
 
@@ -210,38 +216,18 @@ class OnnxDiGSegPipeline:
             uncertainty = probs.std(axis=1, ddof=1).mean(axis=1) if ensemble > 1 else None
         return probs.mean(axis=1), uncertainty
 
-    # ----------------------------------------------------------------------------------------- call
-    def __call__(
-        self,
-        image: Any,
-        prompt: str | Sequence[str] | None = None,
-        classes: Sequence[str] | None = None,
-        ensemble_size: int = 1,
-        num_inference_steps: int | None = None,
-        processing_resolution: int | None = None,
-        batch_size: int = 1,
-        generator: np.random.Generator | int | list | None = None,
-        output_type: str = "np",
-        threshold: float = 0.5,
-        no_class_threshold: float | None = None,
-        templates: str | Sequence[str] | None = None,
-        top_k: int | None = None,
-        decode_members: bool = False,
-        ensemble_reduction: str = "median",
-        mask_decoder: str = "auto",
-        mode: str = "whole",
-        crop_size: int | tuple[int, int] | None = None,
-        stride: int | tuple[int, int] | None = None,
-        global_view: bool = False,
-        flip: bool = False,
-        scale: tuple[int, int] | None = None,
-        keep_ratio: bool = True,
-        max_probability_classes: int | None = 16,
-        max_unet_batch: int = 64,
-        show_progress_bar: bool = True,
-        return_dict: bool = True,
-        noise: Sequence[np.ndarray] | np.ndarray | None = None,
-    ) -> DiGSegOutput | tuple:
+    def __call__(self, image: Any, prompt: str | Sequence[str] | None = None, classes: Sequence[str] | None = None,
+                 ensemble_size: int = 1, num_inference_steps: int | None = None,
+                 processing_resolution: int | None = None, batch_size: int = 1,
+                 generator: np.random.Generator | int | list | None = None, output_type: str = "np",
+                 threshold: float = 0.5, no_class_threshold: float | None = None,
+                 templates: str | Sequence[str] | None = None, top_k: int | None = None, decode_members: bool = False,
+                 ensemble_reduction: str = "median", mask_decoder: str = "auto", mode: str = "whole",
+                 crop_size: int | tuple[int, int] | None = None, stride: int | tuple[int, int] | None = None,
+                 global_view: bool = False, flip: bool = False, scale: tuple[int, int] | None = None,
+                 keep_ratio: bool = True, max_probability_classes: int | None = 16, max_unet_batch: int = 64,
+                 show_progress_bar: bool = True, return_dict: bool = True,
+                 noise: Sequence[np.ndarray] | np.ndarray | None = None) -> DiGSegOutput | tuple:
         """`DiGSegPipeline.__call__` on onnxruntime (numpy outputs). `noise`: per image, the starting noise of its
         views [num_unique_views, E, C, h, w] (windows, then the global view; the mirrored image's views reuse them),
         or [E, C, h, w] in whole mode. Refused in one line: top_k, output_type="pt". `batch_size` and
@@ -257,10 +243,11 @@ class OnnxDiGSegPipeline:
         resolution, window, scale = check_call(
             len(images), generator, ensemble_size, steps, ensemble_reduction, one_step, max_probability_classes,
             processing_resolution, self.manifest["default_processing_resolution"], scale, mode, crop_size, stride,
-            global_view)
+            global_view, output_type, top_k)
         if noise is not None and len(noise) != len(images):
             raise DigsegError(f"got {len(noise)} noise arrays for {len(images)} images")
-        decoder = self._decoder(mask_decoder)
+        has_light = self.manifest["graphs"].get("light_decoder") is not None
+        decoder = "light_decoder" if uses_light_decoder(mask_decoder, self.config, has_light) else "vae_decoder"
 
         # 2. what is asked; every prompt encoded once (cached)
         queries = resolve_queries(len(images), prompt, classes, templates, self.manifest["prompt_template"],
@@ -271,15 +258,13 @@ class OnnxDiGSegPipeline:
         sized = [resize(img, processed_size(*img.shape[-2:], resolution, scale, keep_ratio), antialias=True)
                  for img in images]  # N x [3, h, w]
         grids = [window_grid(*img.shape[-2:], *(window or (img.shape[-2:],) * 2)) for img in sized]
-        single = [img.shape[-2:] for img, boxes in zip(sized, grids) if window is not None and len(boxes) == 1]
-        if single:  # asked to slide, but nothing slides: the result is whole mode's
-            warnings.warn(single_window_warning(window[0], single, len(images)), UserWarning, stacklevel=2)
+        warn_single_window(window and window[0], [(img.shape[-2:], boxes) for img, boxes in zip(sized, grids)], 2)
 
         # 4. per image: starting noise, denoise, decode; views combined and read at the native size
         multiple, f = self.manifest["pad_multiple"], self.manifest["vae_scale_factor"]
         channels = self.manifest["latent_channels"]
         shared = None if isinstance(generator, list) else _numpy_rng(generator)
-        labels, probabilities, class_ids, uncertainty = [], [], [], []
+        results, uncertainty = [], []
         for i, (img, resized, boxes) in enumerate(zip(images, sized, grids)):
             size, test_size = img.shape[-2:], resized.shape[-2:]
             pixels = pad_to_multiple(cut_views(resized, boxes, global_view, flip), multiple)  # [V, 3, H', W']
@@ -301,19 +286,9 @@ class OnnxDiGSegPipeline:
             probs, unc = self._segment(pixels.astype(np.float32), queries.query_ids[i], states, start, queries.mode,
                                        steps, ensemble_reduction, decode_members, decoder, max_unet_batch)
             combined = combine_views(probs, boxes, test_size, global_view, flip)  # [K, h, w]
-            label, prob, cid = native_outputs(combined, size, queries.mode, threshold, no_class_threshold,
-                                              max_probability_classes)
-            labels.append(label)
-            probabilities.append(prob)
-            class_ids.append(cid)
+            results.append(native_outputs(combined, size, queries.mode, threshold, no_class_threshold,
+                                          max_probability_classes))
             if unc is not None:
                 uncertainty.append(resize(combine_views(unc[:, None], boxes, test_size, global_view, flip), size)[0])
 
-        # 5. stacked into [N, ...] (lists when the images' sizes differ)
-        stack = np.stack if len({p.shape for p in probabilities}) == 1 else list
-        out = (stack(labels), stack(probabilities), stack(uncertainty) if uncertainty else None, queries.class_names,
-               np.stack(class_ids))
-        if not return_dict:
-            return out
-        return DiGSegOutput(labels=out[0], probabilities=out[1], uncertainty=out[2], class_names=out[3],
-                            probability_class_ids=out[4])
+        return call_output(results, uncertainty, queries.class_names, np.stack, return_dict)

@@ -1,0 +1,153 @@
+"""What both pipelines (PyTorch and onnxruntime) share, torch-free: the checks of a call's arguments, the mask
+decoder it selects and the output it returns; inputs as numpy arrays (a path, EXIF orientation applied; a PIL image;
+a numpy array [H, W, 3], uint8 or float in [0, 1], or [H, W] grey) and the palette that renders K classes."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from ..errors import DigsegError
+from ..models.choices import MASK_DECODERS
+from ..outputs import DiGSegOutput
+from .window_grid import INFERENCE_MODES, check_test_protocol, pair  # noqa: F401  (INFERENCE_MODES re-exported)
+
+ENSEMBLE_REDUCTIONS = ("median", "mean")  # how ensemble members' latents are combined
+
+
+def check_call(num_images: int, generator, ensemble_size: int, steps: int, ensemble_reduction: str, one_step: bool,
+               max_probability_classes: int | None, processing_resolution: int | None, default_resolution: int,
+               scale, mode: str, crop_size, stride, global_view: bool, output_type: str, top_k: int | None):
+    """The arguments of a pipeline call, checked: a one-line DigsegError naming a bad value.
+    -> (processing resolution, sliding window (crop, stride) or None, scale (w, h) or None)."""
+    if output_type not in ("np", "pt"):
+        raise DigsegError(f"output_type must be 'np' or 'pt', got {output_type!r}")
+    if top_k is not None and top_k < 1:
+        raise DigsegError(f"top_k must be >= 1, got {top_k}")
+    if ensemble_reduction not in ENSEMBLE_REDUCTIONS:
+        raise DigsegError(f"ensemble_reduction must be one of {', '.join(ENSEMBLE_REDUCTIONS)}, "
+                          f"got {ensemble_reduction!r}")
+    if ensemble_size < 1:
+        raise DigsegError(f"ensemble_size must be >= 1, got {ensemble_size}")
+    if steps < 1:
+        raise DigsegError(f"num_inference_steps must be >= 1, got {steps}")
+    if one_step and (ensemble_size > 1 or steps > 1):
+        raise DigsegError(f"this model was trained with the one-step objective: it runs one deterministic pass, "
+                          f"so {ensemble_size} ensemble members x {steps} steps would repeat the same result; "
+                          "use ensemble_size=1 and num_inference_steps=1 (E-Step 1x1)")
+    if scale is not None and processing_resolution is not None:
+        raise DigsegError("give either scale or processing_resolution, not both")
+    if max_probability_classes is not None and max_probability_classes < 1:
+        raise DigsegError(f"max_probability_classes must be >= 1 or None, got {max_probability_classes}")
+    if isinstance(generator, list) and len(generator) != num_images:
+        raise DigsegError(f"got {len(generator)} generators for {num_images} images")
+    resolution = default_resolution if processing_resolution is None else processing_resolution
+    window = check_test_protocol(mode, crop_size, stride, global_view, resolution or default_resolution)
+    return resolution, window, pair(scale, "scale")
+
+
+def uses_light_decoder(choice: str, config, has_light: bool) -> bool:
+    """Whether `mask_decoder` `choice` ("auto", "light", "vae") selects the light decoder (else the VAE). "auto" is
+    the decoder a one-step model was trained through, else the light one when the model (`config`) has one."""
+    if choice not in MASK_DECODERS:
+        raise DigsegError(f"mask_decoder must be one of {', '.join(MASK_DECODERS)}, got {choice!r}")
+    if choice == "auto" and config.objective == "one-step":
+        choice = config.one_step_decoder or "auto"
+    if choice == "light" and not has_light:
+        raise DigsegError("this model has no light mask decoder: train one with `digseg train-mask-decoder`, "
+                          "or use mask_decoder='vae'")
+    return choice == "light" or (choice == "auto" and has_light)
+
+
+def warn_single_window(window: tuple[int, int] | None, grids: list, stacklevel: int) -> None:
+    """Warn when one `window` covers a whole processed image; `grids`: each image's (size (h, w), boxes)."""
+    single = [size for size, boxes in grids if window is not None and len(boxes) == 1]
+    if single:
+        h, w = single[0]
+        warnings.warn(f"mode='slide': one {window[0]}x{window[1]} window covers the whole {w}x{h} processed image "
+                      f"({len(single)} of {len(grids)} image(s)), which equals mode='whole'; give a larger scale or "
+                      "a smaller crop_size", UserWarning, stacklevel=stacklevel + 1)
+
+
+def call_output(results: list[tuple], uncertainty: list, class_names: list[str], stack,
+                return_dict: bool) -> DiGSegOutput | tuple:
+    """Per-image (labels, probabilities, class ids) and uncertainty maps -> the call's output: stacked by `stack`
+    into [N, ...] when every image has the same size, else lists; uncertainty None when there is none."""
+    labels, probabilities, class_ids = (list(part) for part in zip(*results))
+    same = stack if len({tuple(p.shape) for p in probabilities}) == 1 else list
+    out = (same(labels), same(probabilities), same(uncertainty) if uncertainty else None, class_names,
+           stack(class_ids))
+    return DiGSegOutput(*out) if return_dict else out
+
+
+def make_palette(num_classes: int) -> np.ndarray:
+    """Fixed, well-separated colours for ``num_classes`` classes: uint8 ``[K, 3]``, by farthest-point sampling over
+    the smallest ``n x n x n`` RGB grid (n >= 2) with ``n**3 >= K``, from black, ties to the lowest grid index
+    (deterministic). K == 2: black, white."""
+    k = int(num_classes)
+    if k < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    n = 2
+    while n**3 < k:
+        n += 1
+    levels = np.rint(np.linspace(0.0, 255.0, n)).astype(np.int64)
+    r, g, b = np.meshgrid(levels, levels, levels, indexing="ij")
+    grid = np.stack([r.ravel(), g.ravel(), b.ravel()], axis=1)  # [n^3, 3], index 0 = black
+    chosen = np.empty(k, dtype=np.int64)
+    chosen[0] = 0
+    min_d2 = ((grid - grid[0]) ** 2).sum(axis=1)  # [n^3] squared distance to the chosen set
+    for i in range(1, k):
+        j = int(np.argmax(min_d2))  # first maximum -> lowest index on ties
+        chosen[i] = j
+        np.minimum(min_d2, ((grid - grid[j]) ** 2).sum(axis=1), out=min_d2)
+    return grid[chosen].astype(np.uint8)
+
+
+def image_array(image: Any) -> np.ndarray:
+    """A PIL image or a numpy array -> float32 [3, H, W] in [-1, 1]; DigsegError for another shape, range or type."""
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    if not isinstance(image, np.ndarray):
+        raise DigsegError(f"unsupported image input of type {type(image).__name__} (give paths, PIL images, numpy "
+                          "arrays or, to the PyTorch pipeline, torch tensors)")
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise DigsegError(f"image array must be [H, W, 3], got shape {tuple(image.shape)}")
+    image = image[:, :, :3] if image.shape[2] != 1 else np.repeat(image, 3, axis=2)
+    if image.dtype == np.uint8:
+        return np.ascontiguousarray(image.transpose(2, 0, 1)).astype(np.float32) / np.float32(127.5) - np.float32(1)
+    array = image.astype(np.float32).transpose(2, 0, 1)
+    if not np.isfinite(array).all():
+        raise DigsegError("image contains NaN or infinite values")
+    if array.min() < -1e-3 or array.max() > 1 + 1e-3:
+        raise DigsegError(f"float images must have values in [0, 1], got [{array.min():.3g}, {array.max():.3g}]")
+    return np.ascontiguousarray(array) * 2 - 1
+
+
+def each_image(images: Any, convert: Callable[[Any], Any]) -> list:
+    """`convert` applied to `images`, one image or a list of them; DigsegError for an empty list."""
+    if not isinstance(images, (list, tuple)):
+        images = [images]
+    if not images:
+        raise DigsegError("no images given")
+    return [convert(image) for image in images]
+
+
+def _from_any(image: Any) -> np.ndarray:
+    if not isinstance(image, (str, os.PathLike)):
+        return image_array(image)
+    try:
+        with Image.open(image) as opened:
+            return image_array(ImageOps.exif_transpose(opened))
+    except (OSError, ValueError) as exc:
+        raise DigsegError(f"cannot read image {Path(image)}: {exc}") from exc
+
+
+def to_image_list(images: Any) -> list[np.ndarray]:
+    return each_image(images, _from_any)
