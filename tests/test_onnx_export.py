@@ -1,9 +1,10 @@
 """`digseg export` and the exported folder on onnxruntime: the contract is parity with the PyTorch pipeline.
 
 Three tiny models are exported once for the module: a diffusion model with its CLIP text encoder, a one-step
-model with a light mask decoder exported by the CLI with --no-text-encoder, and an SDXL model with both encoders. Exported vs PyTorch labels must agree on
->= 99.9% of pixels (int8: >= 99%), whole-image and with the test protocols (slide, global view, flip, scale), the
-starting noise being the torch generator's draws passed as `noise`.
+model with a light mask decoder exported by the CLI with --no-text-encoder, and an SDXL diffusion model with both
+text encoders. Exported vs PyTorch labels must agree on >= 99.9% of pixels (int8: >= 99%), whole-image and with
+the test protocols (slide, global view, flip, scale), the starting noise being the torch generator's draws passed
+as `noise`.
 """
 
 from __future__ import annotations

@@ -287,7 +287,8 @@ def precompute_own_prompts(source: str | Path, output: str | Path) -> Path:
             shutil.copy2(item, folder / item.name)
     np.save(folder / "text_features.npy", states.astype(np.float32))
     manifest["graphs"]["text_encoder"] = None
-    manifest["text"].update(kind="features", tokenizer=None, tokenizer_2=None, features="text_features.npy", prompts=prompts)
+    manifest["text"].update(kind="features", tokenizer=None, tokenizer_2=None, features="text_features.npy",
+                            prompts=prompts)
     (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
     return folder
 
