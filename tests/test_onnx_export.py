@@ -1,9 +1,10 @@
 """`digseg export` and the exported folder on onnxruntime: the contract is parity with the PyTorch pipeline.
 
-Two tiny models are exported once for the module: a diffusion model with its CLIP text encoder, and a one-step
-model with a light mask decoder exported by the CLI with --no-text-encoder. Exported vs PyTorch labels must agree on
->= 99.9% of pixels (int8: >= 99%), whole-image and with the test protocols (slide, global view, flip, scale), the
-starting noise being the torch generator's draws passed as `noise`.
+Three tiny models are exported once for the module: a diffusion model with its CLIP text encoder, a one-step
+model with a light mask decoder exported by the CLI with --no-text-encoder, and an SDXL diffusion model with both
+text encoders. Exported vs PyTorch labels must agree on >= 99.9% of pixels (int8: >= 99%), whole-image and with
+the test protocols (slide, global view, flip, scale), the starting noise being the torch generator's draws passed
+as `noise`.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from digseg.cli import main  # noqa: E402
 from digseg.data.synthetic import SYNTHETIC_CLASSES  # noqa: E402
 from digseg.errors import DigsegError  # noqa: E402
 from digseg.runtime.manifest import read_manifest  # noqa: E402
-from digseg.export.onnx_export import export_pipeline, quantize_folder  # noqa: E402
+from digseg.export.onnx_export import export_pipeline, precompute_own_prompts, quantize_folder  # noqa: E402
 from digseg.runtime.pipeline import OnnxDiGSegPipeline  # noqa: E402
 from digseg.models.mask_decoder import LightMaskDecoder  # noqa: E402
-from digseg.models.tiny import save_tiny_backbone  # noqa: E402
+from digseg.models.tiny import save_tiny_backbone, save_tiny_sdxl_backbone  # noqa: E402
 from digseg.pipelines.image_processing import padded_size  # noqa: E402
 from digseg.pipelines.window_grid import pair, processed_size, window_grid  # noqa: E402
 
@@ -67,6 +68,19 @@ def exported(tiny_backbone, tmp_path_factory):
     one = DiGSegPipeline.from_pretrained(root / "one-step")
     one.set_progress_bar_config(disable=True)
     return {"diffusion": (pipe, folder), "int8": int8, "one-step": (one, root / "one-step-onnx")}
+
+
+@pytest.fixture(scope="module")
+def sdxl_exported(tmp_path_factory):
+    """(torch pipe, folder): a tiny SDXL diffusion model, both text encoders exported."""
+    root = tmp_path_factory.mktemp("sdxl")
+    pipe = DiGSegPipeline.from_backbone(save_tiny_sdxl_backbone(root / "backbone"), class_names=list(SYNTHETIC_CLASSES))
+    torch.manual_seed(1)
+    with torch.no_grad():  # a pathway away from the identity: prompts change the result
+        for param in pipe.text_pathway.parameters():
+            param.add_(torch.randn_like(param) * 0.3)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, export_pipeline(pipe, root / "onnx")
 
 
 def torch_noise(pipe, images, ensemble_size: int, seed: int, resolution: int | None = None, scale=None,
@@ -158,6 +172,36 @@ def test_one_step_light_decoder_without_text_encoder_matches_pytorch(exported, q
         onnx(IMAGES[0], prompt="a zebra")
     with pytest.raises(DigsegError, match="one-step objective"):
         onnx(IMAGES[0], ensemble_size=2)
+
+
+@pytest.mark.parametrize("query", ["binary", "palette"])
+def test_sdxl_exported_labels_match_pytorch(sdxl_exported, query):
+    """The size ids come from the sample's shape inside the U-Net graph: 37x61 at 64 px and 100x100 at 100 px
+    (25x25 latents, padded to 26) agree."""
+    pipe, folder = sdxl_exported
+    onnx = OnnxDiGSegPipeline.from_pretrained(folder)
+    assert read_manifest(folder)["text"]["tokenizer_2"]["file"] == "tokenizer_2.json"
+    for images, resolution in ((IMAGES[1:], None), (ODD, 100)):
+        expected, got = compare(pipe, onnx, images, query, resolution=resolution)
+        print(f"SDXL {query} at {resolution or 64} px: {agreement(expected, got):.4%} of pixels agree")
+        assert agreement(expected, got) >= 0.999
+        for a, b in zip(expected.probabilities, got.probabilities):
+            np.testing.assert_allclose(b, np.asarray(a), atol=1e-3)
+    assert len(np.unique(np.concatenate([b.ravel() for b in got.labels]))) >= 2
+
+
+def test_sdxl_tokenizers_and_own_prompts_precomputed(sdxl_exported, tmp_path):
+    pipe, folder = sdxl_exported
+    onnx = OnnxDiGSegPipeline.from_pretrained(folder)
+    prompts = ["circle", "a photo of a Square.", "wörd çà!! 12"]
+    for which, tokenizer in enumerate((pipe.tokenizer, pipe.tokenizer_2)):
+        ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="np").input_ids
+        np.testing.assert_array_equal(onnx.prompt_encoder.token_ids(prompts, which), ids)
+    own = precompute_own_prompts(folder, tmp_path / "own")
+    assert not (own / "tokenizer_2.json").exists() and read_manifest(own)["text"]["tokenizer_2"] is None
+    want, got = onnx(IMAGES[0], generator=0), OnnxDiGSegPipeline.from_pretrained(own)(IMAGES[0], generator=0)
+    np.testing.assert_array_equal(want.labels, got.labels)
 
 
 # The issue asks >= 99%. Binary meets it; palette on this random-weight model measured 98.74% (its 4-class labels

@@ -16,7 +16,7 @@ from torch import nn
 from .. import __version__
 from ..errors import DigsegError
 from ..models.digseg_model import vae_scale_factor
-from ..models.text import unet_forward_with_text
+from ..models.text import SDXLPromptEncoder, unet_forward_with_text
 from ..pipelines.common import make_palette
 from ..pipelines.prompts import class_prompts, palette_prompt
 from ..runtime.manifest import FORMAT, FORMAT_VERSION, GRAPH_FILES, MANIFEST_NAME, read_manifest, trailing_timesteps
@@ -51,10 +51,12 @@ class _UNetWithText(nn.Module):
     def __init__(self, pipe) -> None:
         super().__init__()
         self.unet, self.text_pathway, self.context = pipe.unet, pipe.text_pathway, pipe.level_context
+        self.factor = vae_scale_factor(pipe.vae)
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-        levels = self.text_pathway(states)  # num_levels x [B, L, C]
-        return unet_forward_with_text(self.unet, self.context, sample, timestep, levels)  # [B, 4, h, w]
+        levels = self.text_pathway(states)  # num_levels x [B, L, C] (then SDXL's pooled [B, P])
+        size = (sample.shape[-2] * self.factor, sample.shape[-1] * self.factor)  # SDXL's size ids: the padded view
+        return unet_forward_with_text(self.unet, self.context, sample, timestep, levels, size)  # [B, 4, h, w]
 
 
 class _TextEncoder(nn.Module):
@@ -64,6 +66,17 @@ class _TextEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:  # [B, L] -> [B, L, D]
         return self.text_encoder(input_ids)[0]
+
+
+class _SDXLTextEncoders(nn.Module):
+    """SDXL's two encoders -> the packed states of `SDXLPromptEncoder`: [B, L, D1 + D2 + P]."""
+
+    def __init__(self, pipe) -> None:
+        super().__init__()
+        self.text_encoder, self.text_encoder_2 = pipe.text_encoder, pipe.text_encoder_2
+
+    def forward(self, input_ids: torch.Tensor, input_ids_2: torch.Tensor) -> torch.Tensor:
+        return SDXLPromptEncoder.states(self, input_ids, input_ids_2)  # reads the same two attributes
 
 
 def _export_graph(module: nn.Module, args: tuple, names: list[str], output: str, dynamic: dict, path: Path) -> None:
@@ -86,8 +99,6 @@ def _check_exportable(pipe, text_encoder: bool, dtype: str, quantize: str | None
                           "use --dtype fp32 on this machine")
     if dtype == "fp16" and quantize:
         raise DigsegError("export: --quantize int8 applies to fp32 graphs; use --dtype fp32")
-    if pipe.level_context.needs_size_ids:
-        raise DigsegError("export: SDXL models (pooled text embedding and size ids) are not supported yet")
     if text_encoder and pipe.config.open_clip_text_encoder:
         raise DigsegError("export: an open_clip text encoder cannot be exported; use --no-text-encoder "
                           "(the model's own class prompts precomputed)")
@@ -118,16 +129,15 @@ def _scheduler_facts(pipe) -> dict:
             "trailing_timesteps": {str(k): trailing_timesteps(total, k) for k in range(1, 11)}}
 
 
-def _tokenizer_facts(pipe, folder: Path) -> dict:
-    """The CLIP tokenizer as a `tokenizers` file (no transformers needed to read it) and how ids are padded."""
+def _tokenizer_facts(slow, folder: Path, file: str) -> dict:
+    """A CLIP tokenizer as a `tokenizers` file (no transformers needed to read it) and how ids are padded."""
     from transformers import CLIPTokenizerFast
 
-    slow = pipe.tokenizer
     with tempfile.TemporaryDirectory() as tmp:
         slow.save_pretrained(tmp)
         fast = CLIPTokenizerFast.from_pretrained(tmp)
-    fast.backend_tokenizer.save(str(folder / "tokenizer.json"))
-    return {"file": "tokenizer.json", "max_length": int(slow.model_max_length), "pad_id": int(slow.pad_token_id),
+    fast.backend_tokenizer.save(str(folder / file))
+    return {"file": file, "max_length": int(slow.model_max_length), "pad_id": int(slow.pad_token_id),
             "pad_token": str(slow.pad_token)}
 
 
@@ -163,17 +173,23 @@ def export_pipeline(pipe, output: str | Path, dtype: str = "fp32", text_encoder:
     with torch.no_grad():
         write_graph("vae_encoder", _VaeEncoder(pipe.vae), (image,), ["image"], "latent", {"image": spatial})
         if text_encoder:
-            tokenizer = _tokenizer_facts(pipe, folder)
+            tokenizer = _tokenizer_facts(pipe.tokenizer, folder, "tokenizer.json")
             states = pipe.query_states([["x"], ["y"]])  # [2, L, D]
             ids = torch.zeros(2, tokenizer["max_length"], device=device, dtype=torch.long)
-            write_graph("text_encoder", _TextEncoder(pipe.text_encoder), (ids,), ["input_ids"], "states",
-                        {"input_ids": {0: "batch"}})
-            text = {"kind": "encoder", "tokenizer": tokenizer, "features": None, "prompts": None}
+            text = {"kind": "encoder", "tokenizer": tokenizer, "tokenizer_2": None, "features": None, "prompts": None}
+            if pipe.text_encoder_2 is None:
+                write_graph("text_encoder", _TextEncoder(pipe.text_encoder), (ids,), ["input_ids"], "states",
+                            {"input_ids": {0: "batch"}})
+            else:  # SDXL: both encoders in one graph, each with its own tokenizer
+                text["tokenizer_2"] = _tokenizer_facts(pipe.tokenizer_2, folder, "tokenizer_2.json")
+                write_graph("text_encoder", _SDXLTextEncoders(pipe), (ids, ids), ["input_ids", "input_ids_2"],
+                            "states", {"input_ids": {0: "batch"}, "input_ids_2": {0: "batch"}})
         else:
             prompts = own_prompts(pipe)
             states = pipe.query_states([[p] for p in prompts])  # [P, L, D]
             np.save(folder / "text_features.npy", states.float().cpu().numpy())
-            text = {"kind": "features", "tokenizer": None, "features": "text_features.npy", "prompts": prompts}
+            text = {"kind": "features", "tokenizer": None, "tokenizer_2": None, "features": "text_features.npy",
+                    "prompts": prompts}
         text["hidden_size"] = int(states.shape[-1])
         text["length"] = int(states.shape[1])
         write_graph("unet", _UNetWithText(pipe), (sample, timestep, states[:2].to(torch_dtype)),
@@ -240,14 +256,16 @@ def precompute_own_prompts(source: str | Path, output: str | Path) -> Path:
     prompts = own_prompts(runtime)
     states = runtime.query_states([[p] for p in prompts])  # [P, L, D]
     encoder = manifest["graphs"]["text_encoder"]
-    left_out = {MANIFEST_NAME, encoder, f"{encoder}.data", manifest["text"]["tokenizer"]["file"]}
+    left_out = {MANIFEST_NAME, encoder, f"{encoder}.data", manifest["text"]["tokenizer"]["file"],
+                (manifest["text"].get("tokenizer_2") or {}).get("file")}
     folder.mkdir(parents=True, exist_ok=True)
     for item in source.iterdir():
         if item.name not in left_out:
             shutil.copy2(item, folder / item.name)
     np.save(folder / "text_features.npy", states.astype(np.float32))
     manifest["graphs"]["text_encoder"] = None
-    manifest["text"].update(kind="features", tokenizer=None, features="text_features.npy", prompts=prompts)
+    manifest["text"].update(kind="features", tokenizer=None, tokenizer_2=None, features="text_features.npy",
+                            prompts=prompts)
     (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
     return folder
 

@@ -66,17 +66,20 @@ class SDXLPromptEncoder(CachedPromptEncoder):
         self.tokenizer, self.tokenizer_2 = tokenizer, tokenizer_2
 
     def _encode_new(self, prompts: list[str]) -> torch.Tensor:
-        states, pooled = [], None
-        for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
-            ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                            return_tensors="pt").input_ids.to(encoder.device)
-            out = encoder(ids, output_hidden_states=True)
-            states.append(out.hidden_states[-2])  # [M, L, D_i]
-            pooled = out[0]  # the last encoder's: CLIPTextModelWithProjection's text_embeds [M, P]
-        if states[0].shape[1] != states[1].shape[1]:
-            raise DigsegError(f"SDXL's tokenizers pad to different lengths ({states[0].shape[1]} and "
-                              f"{states[1].shape[1]}): their model_max_length must match")
-        tokens = torch.cat(states, dim=-1)  # [M, L, D1 + D2]
+        ids = [tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                         return_tensors="pt").input_ids.to(encoder.device)
+               for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2))]
+        if ids[0].shape[1] != ids[1].shape[1]:
+            raise DigsegError(f"SDXL's tokenizers pad to different lengths ({ids[0].shape[1]} and "
+                              f"{ids[1].shape[1]}): their model_max_length must match")
+        return self.states(*ids)
+
+    def states(self, ids: torch.Tensor, ids_2: torch.Tensor) -> torch.Tensor:
+        """Each tokenizer's ids [M, L] -> [M, L, D1 + D2 + P] (the exported text graph runs this too)."""
+        first = self.text_encoder(ids, output_hidden_states=True)
+        second = self.text_encoder_2(ids_2, output_hidden_states=True)
+        tokens = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1)  # [M, L, D1 + D2]
+        pooled = second[0]  # CLIPTextModelWithProjection's text_embeds [M, P]
         return torch.cat([tokens, pooled[:, None].expand(-1, tokens.shape[1], -1).to(tokens.dtype)], dim=-1)
 
 

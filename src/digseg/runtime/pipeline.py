@@ -60,31 +60,34 @@ class OnnxPromptEncoder:
     """`encode(prompts)` -> float32 [N, L, D], each distinct prompt encoded once (cached)."""
 
     def __init__(self, folder: Path, text: dict, runner=None) -> None:
-        self.runner, self.tokenizer, self._cache = runner, None, {}
+        self.runner, self.tokenizers, self._cache = runner, [], {}
         if text["kind"] == "features":  # fixed: only the model's own prompts
             states = np.load(folder / text["features"], allow_pickle=False)  # [P, L, D]
             self._cache = {p: states[i] for i, p in enumerate(text["prompts"])}
         else:
             from tokenizers import Tokenizer
 
-            facts = text["tokenizer"]
-            self.tokenizer = Tokenizer.from_file(str(folder / facts["file"]))
-            self.tokenizer.enable_truncation(max_length=int(facts["max_length"]))
-            self.tokenizer.enable_padding(length=int(facts["max_length"]), pad_id=int(facts["pad_id"]),
-                                          pad_token=facts["pad_token"])
+            for facts in filter(None, (text["tokenizer"], text.get("tokenizer_2"))):  # SDXL: two tokenizers
+                tokenizer = Tokenizer.from_file(str(folder / facts["file"]))
+                tokenizer.enable_truncation(max_length=int(facts["max_length"]))
+                tokenizer.enable_padding(length=int(facts["max_length"]), pad_id=int(facts["pad_id"]),
+                                         pad_token=facts["pad_token"])
+                self.tokenizers.append(tokenizer)
 
-    def token_ids(self, prompts: Sequence[str]) -> np.ndarray:
-        """[N, L] int64 token ids."""
-        return np.array([e.ids for e in self.tokenizer.encode_batch(list(prompts))], dtype=np.int64)
+    def token_ids(self, prompts: Sequence[str], which: int = 0) -> np.ndarray:
+        """[N, L] int64 token ids of tokenizer `which` (1: SDXL's second)."""
+        return np.array([e.ids for e in self.tokenizers[which].encode_batch(list(prompts))], dtype=np.int64)
 
     def encode(self, prompts: Sequence[str]) -> np.ndarray:
         missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
-        if missing and self.tokenizer is None:
+        if missing and not self.tokenizers:
             known = ", ".join(repr(p) for p in list(self._cache)[:8])
             raise DigsegError(f"prompt {missing[0]!r}: this folder was exported with --no-text-encoder and holds only "
                               f"the model's own prompts ({known}, ...); export it with its text encoder for others")
         if missing:
-            states = self.runner.run(None, {"input_ids": self.token_ids(missing)})[0]  # [M, L, D]
+            names = ("input_ids", "input_ids_2")[:len(self.tokenizers)]  # SDXL's graph takes both
+            feed = {name: self.token_ids(missing, i) for i, name in enumerate(names)}
+            states = self.runner.run(None, feed)[0]  # [M, L, D]
             for prompt, state in zip(missing, states):
                 self._cache[prompt] = state.astype(np.float32)
         return np.stack([self._cache[p] for p in prompts])  # [N, L, D]
