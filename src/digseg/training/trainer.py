@@ -159,7 +159,7 @@ class Trainer:
         self.last_loss = float("nan")
         self.best: dict | None = None  # {"step", "metric", "value"}: the best validated step so far
         self.last_validation: dict | None = None  # {"step", "val/mIoU", ...}: the latest scores (the model card's)
-        self.config_changes: list[dict] = []  # changes made on resume (resume_check.history_entry)
+        self.config_changes: list[dict] = []  # changes made on resume (resume_check.plan_resume)
         self.guard = DivergenceGuard(self.output_dir, opt.max_consecutive_skips, opt.learning_rate)
         self._lock = RunFolderLock(self.output_dir, TRAIN)
         if acc.is_main_process:
@@ -307,7 +307,7 @@ class Trainer:
         if plan is not None:
             self.load_checkpoint(plan.checkpoint, new_values=plan.trajectory_changed)
             if plan.changes:
-                change = plan.history[-1]  # resume_check.history_entry
+                change = plan.history[-1]  # resume_check.plan_resume
                 self.logs.log_note(change["step"], config_change=change["fields"], trajectory=change["trajectory"])
                 say = logger.warning if plan.trajectory_changed else logger.info
                 say("resumed at step %d with a changed config (recorded in config.yaml): %s", self.step,
