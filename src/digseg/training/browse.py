@@ -1,8 +1,5 @@
-"""`digseg browse-data` (as mmsegmentation's browse_dataset; docs/training.md): training samples exactly as the
-trainer reads them. Sample k is micro-step k // B, slot k % B (B = optim.batch_size of one process), read and
-augmented by the same `TrainingSamples` with the same generators: <k>_image.png (the augmented crop, padding in
-mid-grey), <k>_label.png (class ids as `digseg eval` writes them) and <k>_overlay.png (ignore and padding untinted).
-"""
+"""`digseg browse-data` (docs/training.md): training samples exactly as the trainer reads them (sample k: micro-step
+k // B, slot k % B of one process), as <k>_image.png, <k>_label.png and <k>_overlay.png (ignore untinted)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,5 @@
-"""`LatentKey`: which of a training sample's latents is meant, the image's or one rendering of its label map.
-
-A sample's latents (encoded by the frozen VAE, kept in memory or in a `digseg cache-latents` folder) are
-- `IMAGE`: the image itself;
-- `PALETTE`: the palette rendering of all classes (the target of a palette query);
-- `LatentKey.of_class(c)`: the binary mask of class c (the target of a binary query for a present class);
-- `EMPTY`: the empty binary mask, the one target shared by every absent class.
-"""
+"""`LatentKey`: which of a training sample's latents is meant: `IMAGE`, `PALETTE` (all classes rendered),
+`LatentKey.of_class(c)` (class c's binary mask) or `EMPTY` (the empty mask, shared by every absent class)."""
 
 from __future__ import annotations
 
@@ -27,7 +21,6 @@ class LatentKey:
 
     @classmethod
     def of_class(cls, class_id: int) -> LatentKey:
-        """The binary mask of class `class_id`."""
         return cls("class", int(class_id))
 
 

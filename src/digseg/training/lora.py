@@ -1,8 +1,6 @@
 """LoRA fine-tuning in the trainer (`optim.finetune: lora`): the U-Net frozen but for conv_in and LoRA matrices
-(models/adapters.py; lora_A seeded by `run.seed`, so every process and restart draws the same), the text pathway in
-full. Checkpoints hold only the U-Net's trainable tensors, by their peft names, and the run saves `adapter/` (an
-adapter folder) instead of a whole model.
-"""
+(seeded by `run.seed`), the text pathway in full; checkpoints hold the U-Net's trainable tensors only, and the run
+saves `adapter/` instead of a whole model."""
 
 from __future__ import annotations
 
@@ -29,8 +27,7 @@ def begin_lora(unet: nn.Module, optim: OptimConfig, seed: int) -> None:
 
 
 def load_unet_weights(unet: nn.Module, weights: dict[str, torch.Tensor], keys: list[str] | None) -> None:
-    """A checkpoint's U-Net weights into `unet`: the whole state dict (`keys` None), or exactly the trainable
-    tensors `keys` of a LoRA run (RuntimeError naming the first one that does not fit, as load_state_dict's)."""
+    """A checkpoint's U-Net weights into `unet`: the whole state dict (`keys` None), or exactly a LoRA run's `keys`."""
     if keys is None:
         unet.load_state_dict(weights)
         return
@@ -44,8 +41,7 @@ def load_unet_weights(unet: nn.Module, weights: dict[str, torch.Tensor], keys: l
 
 
 def save_run_adapter(folder: Path, pipe, config: TrainConfig) -> Path:
-    """The trained adapter of `pipe` (its LoRA matrices, conv_in, text pathway, light mask decoder if any) as an
-    adapter folder naming `config.model`'s backbone as its base."""
+    """The trained adapter of `pipe` as an adapter folder naming `config.model`'s backbone as its base."""
     model, optim = config.model, config.optim
     facts = {"class_names": pipe.config.class_names, "task": pipe.config.task,
              "processing_resolution": pipe.config.default_processing_resolution,

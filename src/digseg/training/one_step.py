@@ -1,8 +1,5 @@
-"""The one-step objective (`model.objective: one-step`; docs/training.md, "Objectives"): one deterministic U-Net
-pass (`DiGSegPipeline.one_step_latents`: image latent and zeros at t = T-1 -> mask latent z0), decoded by the run's
-frozen mask decoder and read as class scores by `MaskCodec.logits` as inference reads them, trained with
-cross-entropy on the query's labels.
-"""
+"""The one-step objective (`model.objective: one-step`; docs/training.md): one deterministic U-Net pass decoded by
+the frozen mask decoder, read as class scores as inference reads them, trained with cross-entropy on the labels."""
 
 from __future__ import annotations
 
@@ -17,12 +14,8 @@ from .batches import Batch
 
 def one_step_loss(pipe: DiGSegPipeline, unet: nn.Module, pathway: nn.Module, batch: Batch, palette_codec: MaskCodec,
                   binary_codec: MaskCodec, mask_decoder: str) -> torch.Tensor:
-    """Cross-entropy of the decoded one-step prediction against `batch.targets` -> scalar.
-
-    Ignore pixels are masked out; the loss is averaged per sample, then over samples, as `diffusion_loss`'s. `batch`
-    must carry label targets (`LatentBatcher(label_targets=True)`); `mask_decoder` is "light" or "vae"; `unet` and
-    `pathway` may be the accelerate-wrapped modules.
-    """
+    """Cross-entropy of the decoded one-step prediction against `batch.targets` (ignore masked out), averaged per
+    sample, then over samples. `mask_decoder`: "light" or "vae"."""
     if batch.targets is None or batch.palette is None:
         raise ValueError("the one-step loss needs label targets: build the LatentBatcher with label_targets=True")
     device = batch.image_latents.device

@@ -50,8 +50,7 @@ def training_augmentation(data: DataConfig) -> Augmentation:
 
 
 def build_dataset(data: DataConfig, seed: int, split: str = "train") -> Dataset:
-    """The dataset a `data` section names, split "train" or "val" (`digseg.data.splits`, `data.hf`); synthetic scenes
-    of the crop's size, readers at native size."""
+    """The dataset a `data` section names, split "train" or "val"; synthetic scenes of the crop's size."""
     from ..data.registry import build_dataset as build
 
     crop = training_augmentation(data).crop_size
@@ -71,8 +70,8 @@ def class_names(data: DataConfig, dataset: Dataset) -> list[str]:
 
 def checked_dataset(data: DataConfig, dataset: Dataset, run_dir: str | Path | None, split: str = "train",
                     show_progress: bool = True) -> tuple[Dataset, DataCheck | None]:
-    """The class list checked, then every sample of `dataset` read once (`digseg.data.check`, kept in `run_dir` so
-    that a resume of unchanged files reads none again) -> (the dataset `data.bad_samples` leaves, the check)."""
+    """The class list checked, then every sample read once (`digseg.data.check`, kept in `run_dir` for a resume)
+    -> (the dataset `data.bad_samples` leaves, the check)."""
     class_names(data, dataset)
     cache = Path(run_dir) / ("data-check.json" if split == "train" else f"data-check-{split}.json") if run_dir else None
     check = check_dataset(dataset, cache, data.num_workers, show_progress, desc=f"check {split} data")
@@ -82,7 +81,7 @@ def checked_dataset(data: DataConfig, dataset: Dataset, run_dir: str | Path | No
 def build_training_data(data: DataConfig, pipe: DiGSegPipeline, dataset: Dataset, seed: int,
                         check: DataCheck | None = None) -> TrainingData:
     """The batcher and samples of `dataset`; the pipeline gets the classes and what it is trained on. `check`: the
-    data check that left `dataset` (`checked_dataset`)."""
+    data check that left `dataset`."""
     names = class_names(data, dataset)
     pipe.set_class_names(names)
     augmentation = training_augmentation(data)
@@ -111,7 +110,7 @@ def build_training_data(data: DataConfig, pipe: DiGSegPipeline, dataset: Dataset
 
 def validation_split(config: TrainConfig) -> Dataset | None:
     """The validation split, for validation and previews; None when neither is on, or when only previews want one
-    and there is none (they then show training images)."""
+    and there is none."""
     from .tracking import tracker_names
 
     previews = config.run.sample_every and tracker_names(config.run.log_with)
@@ -128,7 +127,7 @@ def validation_split(config: TrainConfig) -> Dataset | None:
 
 
 def set_objective(pipe: DiGSegPipeline, model: ModelConfig) -> None:
-    """The training objective (for one-step, and the mask decoder it trains through) into the pipeline's config."""
+    """The training objective (and for one-step the mask decoder it trains through) into the pipeline's config."""
     decoder = None
     if model.objective == "one-step":
         decoder = model.one_step_decoder
@@ -143,10 +142,9 @@ def set_objective(pipe: DiGSegPipeline, model: ModelConfig) -> None:
 def build_run(config: TrainConfig, pipe: DiGSegPipeline | None = None, dataset: Dataset | None = None,
               show_progress: bool = True, val_dataset: Dataset | None = None, resume: str | None = None,
               allow_config_change: bool = False) -> Trainer:
-    """The `Trainer` of a run: the pipeline (from `config.model` unless given) and training data (from
-    `config.data`, over `dataset` if given). `val_dataset`: the validation split; built from `config.data` when
-    neither it nor `dataset` is given. The data and `resume` (`resume_check.plan_resume`) are checked before the
-    model loads; `train()` then continues from that checkpoint."""
+    """The `Trainer` of a run: the pipeline (from `config.model` unless given), training data (from `config.data`
+    unless given) and validation split (built when neither it nor `dataset` is given). The data and `resume` are
+    checked before the model loads; `train()` then continues from that checkpoint."""
     from ..distributed import is_main_process, process_info
     from .resume_check import launch_facts, plan_resume
     from .tracking import tracker_names
