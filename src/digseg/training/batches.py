@@ -18,7 +18,32 @@ from ..pipelines.masks import MaskCodec
 from ..models.digseg_model import encode_latents
 from ..pipelines.prompts import is_background, palette_prompt, synonyms
 from ..seeding import seeded_generator
-from .latent_key import EMPTY, IMAGE, PALETTE, LatentKey
+
+KINDS = ("image", "palette", "class", "empty")
+
+
+@dataclass(frozen=True)
+class LatentKey:
+    """Which of a sample's latents is meant: `IMAGE`, `PALETTE` (all classes rendered), `LatentKey.of_class(c)`
+    (class c's binary mask) or `EMPTY` (the empty mask, shared by every absent class)."""
+
+    kind: str  # one of KINDS
+    class_id: int | None = None  # the class of kind "class"; None for the others
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"latent key kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if (self.kind == "class") != (self.class_id is not None):
+            raise ValueError(f"a latent key has a class id exactly when its kind is 'class', got {self}")
+
+    @classmethod
+    def of_class(cls, class_id: int) -> LatentKey:
+        return cls("class", int(class_id))
+
+
+IMAGE = LatentKey("image")
+PALETTE = LatentKey("palette")
+EMPTY = LatentKey("empty")
 
 
 def step_generator(seed: int, step: int, slot: int = 0) -> torch.Generator:
@@ -69,23 +94,16 @@ class LatentBatcher:
         """`fixed_samples`: sample i is the same at every step (no augmentation), so its latents, present classes
         and loss weights may be kept (`cache`: in memory up to `cache_max_mib`; `store`: a `LatentCache` on disk).
         `label_targets`: batches carry each query's label map (`Batch.targets`) instead of its mask latents."""
-        self.dataset = dataset
-        self.class_names = class_names
-        self.vae = vae
-        self.task = task
-        self.prompt_template = prompt_template
-        self.negative_prob = negative_prob
-        self.fixed_samples = fixed_samples
+        self.dataset, self.class_names, self.vae, self.store = dataset, class_names, vae, store
+        self.task, self.prompt_template, self.negative_prob = task, prompt_template, negative_prob
+        self.fixed_samples, self.label_targets, self.ignore_index = fixed_samples, label_targets, ignore_index
         self.cache_enabled = cache and fixed_samples
         self.cache_max_bytes = int(cache_max_mib * 2**20)
-        self.label_targets = label_targets
         self.cache_bytes = 0  # bytes held by _latents and the keep masks in _info
-        self.ignore_index = ignore_index
         self.palette_prompt = palette_prompt(class_names)  # as the pipeline asks at inference
         self.binary_codec = MaskCodec("binary", ignore_index=ignore_index)
         self.palette_codec = MaskCodec("palette", len(class_names), ignore_index=ignore_index)
         self.queryable = [c for c, n in enumerate(class_names) if not is_background(n)]
-        self.store = store
         self._latents: dict[tuple[int, LatentKey], torch.Tensor] = {}  # (index, key) -> [4, h, w]
         self._info: dict[int, tuple[list[int], torch.Tensor]] = {}  # index -> (present classes, keep [1, h, w])
 

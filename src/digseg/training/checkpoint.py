@@ -85,29 +85,20 @@ def optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) 
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def _to_json(value: Any) -> Any:
-    """One-element tensors (torchao's `lr`) as {"tensor", "dtype"}, dtypes as {"dtype"}; `_from_json` reverses it."""
+def _to_json(value: Any) -> dict[str, Any]:
+    """json.dumps's `default`: a one-element tensor (torchao's `lr`) as {"tensor", "dtype"}, a dtype as {"dtype"}."""
     if isinstance(value, torch.Tensor):
         return {"tensor": value.item(), "dtype": str(value.dtype).removeprefix("torch.")}
     if isinstance(value, torch.dtype):
         return {"dtype": str(value).removeprefix("torch.")}
-    if isinstance(value, dict):
-        return {k: _to_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_to_json(v) for v in value]
-    return value
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def _from_json(value: Any) -> Any:
-    if isinstance(value, dict) and set(value) == {"tensor", "dtype"}:
+def _from_json(value: dict[str, Any]) -> Any:
+    """json.loads's `object_hook`, reversing `_to_json` bit for bit."""
+    if set(value) == {"tensor", "dtype"}:
         return torch.tensor(value["tensor"], dtype=getattr(torch, value["dtype"]))
-    if isinstance(value, dict) and set(value) == {"dtype"}:
-        return getattr(torch, value["dtype"])
-    if isinstance(value, dict):
-        return {k: _from_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_from_json(v) for v in value]
-    return value
+    return getattr(torch, value["dtype"]) if set(value) == {"dtype"} else value
 
 
 def kill_point(name: str) -> None:
@@ -136,8 +127,8 @@ def checkpoint_step(path: Path) -> int:
 
 
 def staging_folder(root: Path, step: int, best: bool = False) -> Path:
-    """The temporary folder of a sharded checkpoint, a name every process computes alike; the main process creates
-    it (`begin_staging`), every process writes its shards into its `shards/`, `save_checkpoint(staged=)` completes it."""
+    """The temporary folder of a sharded checkpoint, a name every process computes alike: the main process creates
+    it (`begin_staging`), each process writes into its `shards/`, `save_checkpoint(staged=)` completes it."""
     return root / f".tmp-{BEST if best else f'{PREFIX}{step:08d}'}-sharded"
 
 
@@ -166,8 +157,8 @@ def save_checkpoint(root: Path, step: int, weights: dict[str, dict[str, torch.Te
         opt_tensors, opt_meta = optimizer_to_flat(optimizer_state)
         if staged is None:
             save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-        (tmp / STATE_FILE).write_text(json.dumps(_to_json({"step": step, "optimizer": opt_meta, **extra_state}),
-                                                 indent=1))
+        state = {"step": step, "optimizer": opt_meta, **extra_state}
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1, default=_to_json))
         if best is not None:
             (tmp / "best.json").write_text(json.dumps(best, indent=1))
         for path in [*tmp.rglob("*"), tmp]:
@@ -230,7 +221,7 @@ def resolve_resume(resume: str, output_dir: Path) -> Path | None:
 def read_trainer_state(path: Path) -> dict[str, Any]:
     """A checkpoint's trainer_state.json (step, config, schedule, ...); no tensor file is read."""
     try:
-        return _from_json(json.loads((path / STATE_FILE).read_text()))
+        return json.loads((path / STATE_FILE).read_text(), object_hook=_from_json)
     except (OSError, ValueError) as exc:
         raise DigsegError(f"cannot read checkpoint {path}: {exc}") from exc
 

@@ -215,13 +215,19 @@ class TrainConfig:
                 if isinstance(value, float) and not math.isfinite(value):
                     raise ConfigError(f"{name}.{f.name} must be a finite number, got {value}")
             section.validate()
-        if self.optim.finetune == "lora":
-            if self.run.sharding != "none":
-                raise ConfigError("optim.finetune lora with run.sharding fsdp is not supported: LoRA's trainable "
-                                  "weights are small, use run.sharding none (DDP)")
-            if self.run.push_to_hub:
-                raise ConfigError("run.push_to_hub uploads a model folder; a LoRA run saves an adapter folder "
-                                  "(<output_dir>/adapter): upload that one yourself")
+        sharded, lora = self.run.sharding == "fsdp", self.optim.finetune == "lora"
+        if sharded and lora:
+            raise ConfigError("optim.finetune lora with run.sharding fsdp is not supported: LoRA's trainable "
+                              "weights are small, use run.sharding none (DDP)")
+        if sharded and self.optim.optimizer != "adamw":
+            raise ConfigError(f"run.sharding fsdp checkpoints AdamW's moments as sharded tensors; optimizer "
+                              f"{self.optim.optimizer} keeps them in another form: use optim.optimizer adamw")
+        if sharded and self.run.eval_every:
+            raise ConfigError("run.eval_every (--eval-every) runs the pipeline on whole weights, which run.sharding "
+                              "fsdp splits over the processes: score the trained model with `digseg eval` instead")
+        if lora and self.run.push_to_hub:
+            raise ConfigError("run.push_to_hub uploads a model folder; a LoRA run saves an adapter folder "
+                              "(<output_dir>/adapter): upload that one yourself")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -262,14 +268,12 @@ class TrainConfig:
         merged over the file's mapping) on top."""
         values = read_yaml_with_base(Path(path)) if path else {}
         for section, keys in (overrides or {}).items():
-            values.setdefault(section, {})
-            merged = dict(values[section] or {})
+            merged = values[section] = dict(values.get(section) or {})
             for key, value in keys.items():
                 if isinstance(value, dict) and isinstance(merged.get(key), dict):
-                    merged[key] = {**merged[key], **value}  # a mapping's keys: over the file's mapping
-                elif value is not None:
+                    value = {**merged[key], **value}  # a mapping's keys: over the file's mapping
+                if value is not None:
                     merged[key] = value
-            values[section] = merged
         return cls.from_dict(values)
 
 

@@ -60,9 +60,8 @@ class DivergenceGuard:
         return {"skipped": self.skipped, "consecutive": self.consecutive, "since": self.since}
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
-        state = state or {}
-        self.skipped, self.consecutive = int(state.get("skipped", 0)), int(state.get("consecutive", 0))
-        self.since = int(state.get("since", 0))
+        for key in ("skipped", "consecutive", "since"):
+            setattr(self, key, int((state or {}).get(key, 0)))
 
     def updated(self) -> bool:
         """A step updated the weights. -> whether older checkpoints may now be pruned."""

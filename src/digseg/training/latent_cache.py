@@ -15,8 +15,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ..errors import DataError, DigsegError
-from .batches import LatentBatcher
-from .latent_key import LatentKey
+from .batches import LatentBatcher, LatentKey
 
 INDEX = "index.json"
 

@@ -14,9 +14,8 @@ from tqdm.auto import tqdm
 from ..errors import DataError, DigsegError
 from ..models.digseg_model import decode_latents
 from ..models.mask_decoder import LightMaskDecoder
-from .batches import LatentBatcher
 from .config import MASK_DECODER_STEPS, MASK_DECODER_TARGETS
-from .latent_key import IMAGE, LatentKey
+from .batches import IMAGE, LatentBatcher, LatentKey
 
 
 @dataclass
@@ -41,8 +40,7 @@ def collect_mask_latents(batcher: LatentBatcher, indices: list[int] | range, sto
             if store is not None and store.has(i):
                 label = batcher.dataset[i]["label"]  # [H, W]: the targets are rendered from it
                 present, _ = store.info(i)
-                found = {key: store.get(i, key) for key in batcher.mask_keys(present)}
-                found = {key: z for key, z in found.items() if z is not None}
+                found = {key: z for key in batcher.mask_keys(present) if (z := store.get(i, key)) is not None}
             else:  # one read of the sample: encode_all returns its label too
                 entry = batcher.encode_all(i)
                 found, label = entry["latents"], entry["label"]
@@ -50,10 +48,9 @@ def collect_mask_latents(batcher: LatentBatcher, indices: list[int] | range, sto
         except (DataError, OSError, ValueError) as exc:
             skipped.append(f"sample {i}: {exc}")
             continue
-        for key, z in found.items():
-            latents.append(z.float())
-            sample.append(len(labels))
-            keys.append(key)
+        latents += [z.float() for z in found.values()]
+        sample += [len(labels)] * len(found)
+        keys += list(found)
         labels.append(label.long())
     if not latents:
         raise DigsegError(f"no mask latents: none of {len(indices)} samples could be read" +
@@ -62,9 +59,9 @@ def collect_mask_latents(batcher: LatentBatcher, indices: list[int] | range, sto
 
 
 def train_mask_decoder(decoder: LightMaskDecoder, data: MaskLatents, batcher: LatentBatcher,
-                       steps: int = MASK_DECODER_STEPS,
-                       batch_size: int = 32, learning_rate: float = 1e-3, latent_noise: float = 0.2, seed: int = 0,
-                       target: str = "mask", vae=None, show_progress: bool = True) -> list[float]:
+                       steps: int = MASK_DECODER_STEPS, batch_size: int = 32, learning_rate: float = 1e-3,
+                       latent_noise: float = 0.2, seed: int = 0, target: str = "mask", vae=None,
+                       show_progress: bool = True) -> list[float]:
     """Fit `decoder` in place (AdamW, cosine decay) -> the loss of every step. `target="vae"` needs `vae`."""
     if target not in MASK_DECODER_TARGETS or (target == "vae" and vae is None):
         raise DigsegError(f"target must be one of {', '.join(MASK_DECODER_TARGETS)} (\"vae\" needs the VAE), "

@@ -10,17 +10,21 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+from PIL import Image
 from torch.utils.data import Dataset
 
 from ..data.augment import Augmentation
 from ..data.check import DataCheck, check_dataset, keep_good
 from ..data.augment_presets import augmentation_for
+from ..data.io import save_label_png, tensor_to_image
 from ..data.model_data import record_training_data
-from ..errors import ConfigError, DigsegError
+from ..errors import ConfigError, DataError, DigsegError
 from ..pipelines.pipeline import DiGSegPipeline
+from ..pipelines.visualize import class_overlay
 from .batches import LatentBatcher
 from .config import DataConfig, ModelConfig, TrainConfig
-from .samples import TrainingData, TrainingSamples
+from .samples import MicroStepSampler, TrainingData, TrainingSamples
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -171,3 +175,31 @@ def build_run(config: TrainConfig, pipe: DiGSegPipeline | None = None, dataset: 
     trainer = Trainer(config, pipe, data, show_progress=show_progress, val_dataset=val_dataset)
     trainer.resume_plan = plan
     return trainer
+
+
+def write_training_samples(config: TrainConfig, output: str | Path, num: int) -> int:
+    """`digseg browse-data` (docs/training.md): the first `num` training samples exactly as the trainer reads them
+    (sample k: micro-step k // B, slot k % B of one process) into `output`; -> how many were written."""
+    if num < 1:
+        raise DataError(f"--num must be >= 1, got {num}")
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    dataset, _ = checked_dataset(config.data, build_dataset(config.data, config.run.seed), None)  # as training
+    names = class_names(config.data, dataset)
+    ignore = getattr(dataset, "ignore_index", 255)
+    samples = TrainingSamples(dataset, training_augmentation(config.data), config.run.seed, ignore,
+                              skip_bad=config.data.bad_samples == "skip")
+    batch = config.optim.batch_size
+    sampler = MicroStepSampler(len(dataset), batch, 1, 0, config.run.seed, 0, -(-num // batch))
+    requests = [r for step in sampler for r in step][:num]
+    for k, request in enumerate(requests):
+        sample = samples[request]
+        if "error" in sample:
+            raise DataError(sample["error"])
+        image = tensor_to_image(sample["image"])  # uint8 [h, w, 3]
+        label = sample["label"].numpy()  # int64 [h, w]
+        Image.fromarray(image).save(out / f"{k:04d}_image.png")
+        save_label_png(out / f"{k:04d}_label.png", label, len(names))  # ignore: 255 (65535 over 255 classes)
+        shown = np.where(label == ignore, len(names), label)  # ignore: untinted
+        class_overlay(image, shown, names).save(out / f"{k:04d}_overlay.png")
+    return len(requests)

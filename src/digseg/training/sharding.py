@@ -18,7 +18,7 @@ from ..errors import ConfigError, DigsegError
 UNET_BLOCKS = ("down_blocks", "mid_block", "up_blocks")  # each part of these blocks is one FSDP unit
 
 
-def check_sharding(distributed_type: DistributedType, sharding: str, optimizer: str, mixed_precision: str) -> None:
+def check_sharding(distributed_type: DistributedType, sharding: str, mixed_precision: str) -> None:
     """ConfigError for a launch or settings that sharded training cannot honour."""
     if distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
         raise ConfigError(f"digseg train does not use accelerate's {distributed_type.value} mode: launch with a DDP "
@@ -35,9 +35,6 @@ def check_sharding(distributed_type: DistributedType, sharding: str, optimizer: 
     if mixed_precision == "fp16":
         raise ConfigError("run.sharding fsdp trains in fp32 or bf16: fp16's loss scaler checks each process's own "
                           "shards for overflow, so processes could skip different steps; use --dtype bf16")
-    if optimizer != "adamw":
-        raise ConfigError(f"run.sharding fsdp checkpoints AdamW's moments as sharded tensors; optimizer {optimizer} "
-                          "keeps them in another form: use optim.optimizer adamw")
 
 
 def _units(module: nn.Module | None) -> list[nn.Module]:
@@ -85,9 +82,7 @@ class ShardedState:
         """`params`: the `modules`' parameters in order; `optimizer`: the torch optimizer over them (not
         accelerate's wrapper); `ema`: EMAModel over `local_shards(params)`, or None."""
         self.container = nn.ModuleDict(modules)  # parameter names "unet.<name>", "text_pathway.<name>"
-        self.optimizer = optimizer
-        self.params = params
-        self.ema = ema
+        self.optimizer, self.params, self.ema = optimizer, params, ema
         self.names = [name for name, _ in self.container.named_parameters()]
         assert len(self.names) == len(params), "params must be the modules' parameters, in order"
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
+from accelerate.utils import LoggerType
 from PIL import Image
 
 from ..data.io import tensor_to_image
@@ -39,14 +40,6 @@ def tracker_names(log_with: str | list[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _installed(name: str) -> bool:
-    """A built-in tracker whose package is installed, or one registered with `register_tracker_class`."""
-    from accelerate.utils import LoggerType
-
-    available = {getattr(t, "value", t) for t in get_available_trackers()}
-    return name in available or name not in {t.value for t in LoggerType}
-
-
 def _hparams(config: dict[str, Any]) -> dict[str, Any]:
     """The config as "section.key" scalars (what TensorBoard's hparams accept)."""
     def scalar(value: Any) -> Any:
@@ -61,9 +54,7 @@ class TrainingLogger:
     """The run's logs. With `use_trackers`, `accelerator` was built with `tracker_kwargs`."""
 
     def __init__(self, accelerator: Accelerator, output_dir: Path, config: dict[str, Any], use_trackers: bool) -> None:
-        self.accelerator = accelerator
-        self.output_dir = output_dir
-        self.use_trackers = use_trackers
+        self.accelerator, self.output_dir, self.use_trackers = accelerator, output_dir, use_trackers
         self._no_images: set[str] = set()  # trackers already said to take no images
         if use_trackers:
             try:
@@ -84,7 +75,9 @@ class TrainingLogger:
         if "tensorboard" in names and find_spec("tensorboard") is None:  # torch's SummaryWriter needs it
             logger.warning("TensorBoard logs are off: `pip install tensorboard` to get them (log.jsonl is written)")
             names.remove("tensorboard")
-        missing = [name for name in names if name != "all" and not _installed(name)]
+        available = {getattr(t, "value", t) for t in get_available_trackers()}
+        builtin = {t.value for t in LoggerType} - {"all"}  # a registered tracker class is not built in
+        missing = [name for name in names if name in builtin and name not in available]
         if missing:
             raise ConfigError(f"run.log_with names {', '.join(missing)}, which is not installed: "
                               f"pip install {' '.join(missing)}")

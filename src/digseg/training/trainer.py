@@ -1,6 +1,5 @@
 """The DiGSeg trainer, on accelerate: the widened U-Net and the text pathway trained (VAE and text encoder frozen)
-with `diffusion_loss` or the one-step loss (`one_step.py`). The run folder gets config.yaml, checkpoints, logs and
-the trained pipeline; the main process holds its lock (`digseg.run_lock`) from construction to the end of `train`."""
+with `diffusion_loss` or `one_step_loss`, into a run folder (config.yaml, checkpoints, logs, the trained model)."""
 
 from __future__ import annotations
 
@@ -10,6 +9,7 @@ import weakref
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from accelerate import Accelerator
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
@@ -19,23 +19,23 @@ from tqdm.auto import tqdm
 
 from ..distributed import launched_without_accelerator
 from ..data.check import write_sample_list
-from ..errors import DigsegError, first_line
+from ..errors import ConfigError, DigsegError, first_line
+from ..pipelines.masks import MaskCodec
 from ..pipelines.model_card import read_card_facts, run_facts
 from ..pipelines.pipeline import DiGSegPipeline
 from ..evaluation.protocols import protocol_for
+from ..models.adapters import TRAINED_ADAPTER, AdapterParts, add_lora, has_lora, lora_state_dict, save_adapter
 from .batches import Batch, per_sample, slot_generators
-from .checkpoint import (SHARDS, begin_staging, kill_point, load_checkpoint,
-                         prune_checkpoints, remove_stale, save_checkpoint, staging_folder)
+from .checkpoint import (SHARDS, begin_staging, kill_point, load_checkpoint, prune_checkpoints, remove_stale,
+                         save_checkpoint, staging_folder)
 from .config import OptimConfig, RunConfig, TrainConfig
-from .lora import ADAPTER_FOLDER, begin_lora, load_unet_weights, save_run_adapter
 from .divergence import DivergenceGuard, all_finite, inject_nan_gradient
-from .one_step import one_step_loss
 from .resume_check import ResumePlan, launch_facts, mixed_precision_of, plan_resume, samples_facts
 from ..run_lock import TRAIN, RunFolderLock
 from .samples import TrainingData
 from .sharding import ShardedState, check_sharding, local_shards, shard_modules
 from .tracking import TrainingLogger
-from .validation import check_can_validate, evaluate, evaluation_weights
+from .validation import evaluate, evaluation_weights
 
 logger = logging.getLogger("digseg.train")
 
@@ -63,6 +63,34 @@ def diffusion_loss(pipe: DiGSegPipeline, unet: nn.Module, pathway: nn.Module, ba
     weights = batch.keep.expand_as(pred)  # [B, 4, h, w]
     per_sample_loss = ((pred.float() - target.float()) ** 2 * weights).flatten(1).sum(1)  # [B]
     return (per_sample_loss / weights.flatten(1).sum(1).clamp(min=1.0)).mean()
+
+
+def one_step_loss(pipe: DiGSegPipeline, unet: nn.Module, pathway: nn.Module, batch: Batch, palette_codec: MaskCodec,
+                  binary_codec: MaskCodec, mask_decoder: str) -> torch.Tensor:
+    """The one-step objective: one deterministic U-Net pass decoded by the frozen mask decoder ("light" or "vae"),
+    read as class scores as inference reads them; cross-entropy against `batch.targets` (ignore masked out),
+    averaged per sample, then over samples."""
+    if batch.targets is None or batch.palette is None:
+        raise ValueError("the one-step loss needs label targets: build the LatentBatcher with label_targets=True")
+    device = batch.image_latents.device
+    text = pathway(pipe.prompt_states(batch.prompts).to(device))  # num_levels x [B, L, C]
+    z0 = pipe.one_step_latents(unet, batch.image_latents, text)  # [B, 4, h, w]
+    images = pipe.decode_masks(z0, mask_decoder)  # [B, 3, H', W'], float32, differentiable
+    targets = batch.targets  # [B, H, W]
+    if tuple(images.shape[-2:]) != tuple(targets.shape[-2:]):  # a crop that is not a multiple of the VAE's factor
+        images = F.interpolate(images, size=targets.shape[-2:], mode="bilinear", align_corners=False)
+    is_palette = torch.tensor(batch.palette, device=device)  # [B] bool
+    per_sample = images.new_zeros(len(batch.palette))  # [B]
+    with torch.autocast(device.type, enabled=False):  # palette logits of many classes need float32
+        for codec, rows in ((palette_codec, is_palette), (binary_codec, ~is_palette)):
+            if not bool(rows.any()):
+                continue
+            logits = codec.logits(images[rows].float())  # [n, K, H, W]
+            target = targets[rows]  # [n, H, W]
+            pixel = F.cross_entropy(logits, target, ignore_index=codec.ignore_index, reduction="none")  # [n, H, W]
+            counted = (target != codec.ignore_index).flatten(1).sum(1).clamp(min=1)  # [n]
+            per_sample = per_sample.index_put((rows.nonzero()[:, 0],), pixel.flatten(1).sum(1) / counted)
+    return per_sample.mean()
 
 
 def _make_accelerator(optim: OptimConfig, run: RunConfig) -> Accelerator:
@@ -97,6 +125,30 @@ def make_optimizer(name: str, params: list[nn.Parameter], lr: float, weight_deca
     return AdamW8bit(params, lr=lr, weight_decay=weight_decay)
 
 
+def begin_lora(unet: nn.Module, optim: OptimConfig, seed: int) -> None:
+    """`optim.finetune: lora`: LoRA adapter `TRAINED_ADAPTER` on `unet` (seeded); only it and conv_in train."""
+    if has_lora(unet):
+        raise DigsegError("optim.finetune lora: this model has LoRA adapters loaded already; train from the base "
+                          "model (model.pretrained) instead")
+    unet.requires_grad_(False)
+    add_lora(unet, optim.lora_rank, optim.lora_alpha, optim.lora_targets, TRAINED_ADAPTER, seed=seed)
+    unet.conv_in.requires_grad_(True)
+
+
+def save_run_adapter(folder: Path, pipe, config: TrainConfig) -> Path:
+    """A LoRA run's result: the trained adapter of `pipe` (docs/adapters.md), naming `config.model`'s backbone."""
+    model, optim = config.model, config.optim
+    facts = {"class_names": pipe.config.class_names, "task": pipe.config.task,
+             "processing_resolution": pipe.config.default_processing_resolution,
+             "prompt_template": pipe.config.prompt_template,
+             "prediction_type": pipe.scheduler.config.prediction_type, "objective": pipe.config.objective,
+             "one_step_decoder": pipe.config.one_step_decoder}
+    parts = AdapterParts(pipe.unet.conv_in, pipe.text_pathway, pipe.mask_decoder, facts)
+    base = {"pretrained": model.pretrained, "revision": model.revision, "variant": model.variant}
+    return save_adapter(folder, lora_state_dict(pipe.unet, TRAINED_ADAPTER), parts, base, optim.lora_rank,
+                        optim.lora_alpha, list(optim.lora_targets))
+
+
 class Trainer:
     """`Trainer(config, pipe, data).train()`, built by `digseg.training.run.build_run`."""
 
@@ -111,8 +163,10 @@ class Trainer:
         self._preview_samples: list[dict] | None = None
         self.output_dir = Path(run.output_dir)
         self.accelerator = acc = _make_accelerator(opt, run)
-        check_sharding(acc.distributed_type, run.sharding, opt.optimizer, acc.mixed_precision)
-        check_can_validate(run.eval_every, val_dataset, run.sharding)
+        check_sharding(acc.distributed_type, run.sharding, acc.mixed_precision)
+        if run.eval_every and val_dataset is None:
+            raise ConfigError("run.eval_every (--eval-every) needs a validation split: build the run with build_run "
+                              "from a config, or pass `val_dataset=` the validation split")
         pipe.to(acc.device)
         pipe.unet.float()  # float32 master weights, whatever dtype the files or the caller's pipeline had
         pipe.text_pathway.float()
@@ -245,8 +299,14 @@ class Trainer:
             self.shards.load(path / SHARDS, optimizer_state["param_groups"])
         else:
             unwrap = self.accelerator.unwrap_model
+            keys = set(self.unet_keys or weights["unet"])  # a LoRA run's: exactly its trainable U-Net tensors
+            missing, unexpected = sorted(keys - set(weights["unet"])), sorted(set(weights["unet"]) - keys)
             try:
-                load_unet_weights(unwrap(self.unet), weights["unet"], self.unet_keys)
+                if missing or unexpected:
+                    raise RuntimeError(f"the LoRA run's U-Net tensors differ: "
+                                       f"{'missing ' + missing[0] if missing else 'unexpected ' + unexpected[0]} "
+                                       f"({len(missing)} missing, {len(unexpected)} unexpected)")
+                unwrap(self.unet).load_state_dict(weights["unet"], strict=self.unet_keys is None)
                 unwrap(self.text_pathway).load_state_dict(weights["text_pathway"])
             except RuntimeError as exc:
                 raise DigsegError(f"checkpoint {path} does not fit this run's model: {first_line(exc)}") from exc
@@ -455,7 +515,7 @@ class Trainer:
         if self.accelerator.is_main_process:
             prune_checkpoints(self.output_dir / "checkpoints", self.run.keep_checkpoints)
             if self.lora:  # the run's result is the adapter folder, not a whole model (docs/adapters.md)
-                save_run_adapter(self.output_dir / ADAPTER_FOLDER, self.pipe, self.config)
+                save_run_adapter(self.output_dir / "adapter", self.pipe, self.config)
             else:
                 card = run_facts(self.config.to_dict(), protocol_for(self.config.data.dataset).source,
                                  self.accelerator.num_processes, self.best, self.last_validation,

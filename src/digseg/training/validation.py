@@ -18,7 +18,7 @@ from ..data.base import MetricKind, SegmentationDataset
 from ..data.synthetic import ItemsView
 from ..distributed import is_main_process
 from ..evaluation.dataset_eval import HEADLINE_METRIC, SUMMARY_COLUMNS, Scores, predict_dataset
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from ..evaluation.protocols import TestProtocol
 
 
@@ -27,18 +27,6 @@ class ValidationResult:
     metric: str  # the headline score's name, e.g. "mIoU"
     value: float  # its value (percent)
     scores: dict[str, float]  # every summary score as "val/<name>", e.g. {"val/mIoU": 41.2, "val/aAcc": 80.3}
-
-
-def check_can_validate(every: int, dataset: Dataset | None, sharding: str = "none") -> None:
-    """ConfigError for validation without a validation split or on sharded weights."""
-    if not every:
-        return
-    if dataset is None:
-        raise ConfigError("run.eval_every (--eval-every) needs a validation split: build the run with build_run "
-                          "from a config, or pass `val_dataset=` the validation split")
-    if sharding != "none":
-        raise ConfigError(f"run.eval_every (--eval-every) runs the pipeline on whole weights, which run.sharding "
-                          f"{sharding} splits over the processes: score the trained model with `digseg eval` instead")
 
 
 @contextmanager
