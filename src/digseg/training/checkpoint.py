@@ -59,17 +59,8 @@ def optimizer_to_flat(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tenso
 
 
 def optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
-    subclasses = meta.get("subclasses", {})
-    state: dict[int, dict[str, Any]] = {}
-    inner: dict[str, dict[str, torch.Tensor]] = {}
-    for name, value in tensors.items():
-        _, param_id, key = name.split(".", 2)
-        owner, _, part = key.rpartition(".")  # "exp_avg.codes": inner tensor `codes` of subclass state `exp_avg`
-        if f"{param_id}.{owner}" in subclasses:
-            inner.setdefault(f"{param_id}.{owner}", {})[part] = value
-        else:
-            state.setdefault(int(param_id), {})[key] = value
-    for where, info in subclasses.items():
+    tensors, state = dict(tensors), {}
+    for where, info in meta.get("subclasses", {}).items():
         param_id, key = where.split(".", 1)
         module, _, name = info["class"].rpartition(".")
         if not module.startswith("torchao."):  # nothing else is imported
@@ -78,8 +69,12 @@ def optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) 
             cls = getattr(importlib.import_module(module), name)
         except (ImportError, AttributeError) as exc:
             raise DigsegError(f"checkpoint needs {info['class']} to restore its optimizer state: {exc}") from exc
+        inner = {part: tensors.pop(f"state.{where}.{part}") for part in info["inner"]}
         state.setdefault(int(param_id), {})[key] = cls.__tensor_unflatten__(
-            inner[where], info["context"], torch.Size(info["size"]), tuple(info["stride"]))
+            inner, info["context"], torch.Size(info["size"]), tuple(info["stride"]))
+    for name, value in tensors.items():
+        _, param_id, key = name.split(".", 2)
+        state.setdefault(int(param_id), {})[key] = value
     for param_id, entries in meta.get("scalars", {}).items():
         state.setdefault(int(param_id), {}).update(entries)
     return {"state": state, "param_groups": meta["param_groups"]}

@@ -85,19 +85,16 @@ class DivergenceGuard:
         """Raise the error naming the newest checkpoint before w_`bad_weights_step` and a tenth of the learning rate
         (or that checkpoint's, if lower)."""
         older = [p for p in list_checkpoints(self.output_dir / "checkpoints") if checkpoint_step(p) < bad_weights_step]
-        healthy = older[-1] if older else None
         lr = self.learning_rate / 10
-        if healthy is not None:
+        if older:
             try:
-                lr = min(lr, float(read_trainer_state(healthy)["config"]["optim"]["learning_rate"]))
+                lr = min(lr, float(read_trainer_state(older[-1])["config"]["optim"]["learning_rate"]))
             except (DigsegError, KeyError, TypeError, ValueError):
                 pass  # a checkpoint that records no config: a tenth
-        config, lr = self.output_dir / "config.yaml", f"{lr:g}"
-        if healthy is not None:
-            todo = (f"the last healthy checkpoint is {healthy}; resume from it with a lower learning rate: "
-                    f"digseg train --output {self.output_dir} --resume {healthy} --learning-rate {lr} "
+            todo = (f"the last healthy checkpoint is {older[-1]}; resume from it with a lower learning rate: "
+                    f"digseg train --output {self.output_dir} --resume {older[-1]} --learning-rate {lr:g} "
                     "--allow-config-change")
         else:
             todo = (f"no checkpoint is older than step {bad_weights_step}; start again with a lower learning rate: "
-                    f"digseg train --config {config} --learning-rate {lr}")
+                    f"digseg train --config {self.output_dir / 'config.yaml'} --learning-rate {lr:g}")
         raise DigsegError(f"training stopped: {reason}; nothing non-finite was saved; {todo}")

@@ -41,6 +41,5 @@ def push_to_hub(folder: str | Path, repo_id: str, private: bool | None = None) -
         api.upload_folder(repo_id=repo_id, folder_path=str(folder), allow_patterns=patterns,
                           repo_type="model", commit_message="Upload DiGSeg model")
     except Exception as exc:  # network, authentication and Hub errors have many types
-        reason = first_line(exc)
-        raise DigsegError(f"pushing {folder} to the Hub repository {repo_id} failed: {reason}") from exc
+        raise DigsegError(f"pushing {folder} to the Hub repository {repo_id} failed: {first_line(exc)}") from exc
     return str(url)
