@@ -154,8 +154,7 @@ class LatentBatcher:
 
     @torch.no_grad()
     def encode_all(self, index: int) -> dict:
-        """{"latents": {LatentKey: [4, h, w]} of IMAGE and `mask_keys`, "keep": [1, h, w], "present", "label":
-        [H, W]}: all sample `index` can need."""
+        """All sample `index` can need: {"latents": {key: [4, h, w]}, "keep": [1, h, w], "present", "label"}."""
         sample = self._load(index)
         label = sample["label"]
         present = self.present_classes(label)
@@ -170,8 +169,7 @@ class LatentBatcher:
         return encode_latents(self.vae, torch.stack(pixels).to(self.vae.device), channels_last=False).float().cpu()
 
     def mask_keys(self, present: list[int]) -> list[LatentKey]:
-        """The query targets of a sample with classes `present`: PALETTE (unless the task is binary), each present
-        queryable class and EMPTY (unless it is palette)."""
+        """The query targets the task asks of a sample with classes `present`."""
         keys = [PALETTE] if self.task != "binary" else []
         if self.task != "palette":
             keys += [LatentKey.of_class(c) for c in self.queryable if c in present] + [EMPTY]
@@ -232,8 +230,7 @@ class LatentBatcher:
                                  keys, labels)
 
     def _fixed_latents(self, wanted: list[tuple[int, LatentKey]], sample) -> dict[tuple[int, LatentKey], torch.Tensor]:
-        """The latents [4, h, w] of (index, key) pairs: from memory, the on-disk cache, else encoded in one VAE
-        call (and kept in memory while the cap allows)."""
+        """The latents [4, h, w] of (index, key) pairs: from memory, the on-disk cache, else one VAE call."""
         missing = list(dict.fromkeys(w for w in wanted if w not in self._latents))
         found = {w: self._latents[w] for w in wanted if w in self._latents}
         for w in missing if self.store is not None else ():

@@ -39,8 +39,8 @@ def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def optimizer_to_flat(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """`optimizer.state_dict()` -> (tensors "state.<param>.<key>", JSON-able metadata). A tensor subclass (torchao's
-    8-bit moments) is stored as its inner tensors "state.<param>.<key>.<inner>" (`__tensor_flatten__`)."""
+    """`optimizer.state_dict()` -> (tensors, JSON-able metadata); a tensor subclass (torchao's 8-bit moments) as its
+    inner tensors (`__tensor_flatten__`)."""
     tensors, scalars, subclasses = {}, {}, {}
     for param_id, entries in state_dict["state"].items():
         for key, value in entries.items():
@@ -222,8 +222,7 @@ def read_trainer_state(path: Path) -> dict[str, Any]:
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any], dict[str, Any]]:
-    """-> (weights by name, optimizer state_dict, trainer state); of a sharded checkpoint (sharding.py reads its
-    `shards/`) no weights, and the param groups only."""
+    """-> (weights by name, optimizer state_dict, trainer state); a sharded one's: no weights, the param groups."""
     state = read_trainer_state(path)
     try:
         weights = {f.stem: load_file(str(f)) for f in path.glob("*.safetensors") if f.name != "optimizer.safetensors"}

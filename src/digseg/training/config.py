@@ -264,8 +264,7 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> "TrainConfig":
-        """The YAML file (if any), then `overrides` ({section: {key: value}}, None values skipped; a mapping's keys
-        merged over the file's mapping) on top."""
+        """The YAML file (if any), then `overrides` ({section: {key: value}}, None skipped) on top."""
         values = read_yaml_with_base(Path(path)) if path else {}
         for section, keys in (overrides or {}).items():
             merged = values[section] = dict(values.get(section) or {})
@@ -305,8 +304,7 @@ TYPES = {"bool": bool, "list": list, "tuple": list, "dict": dict}  # what YAML r
 
 
 def _typed(item: str, annotation: str, text: str) -> Any:
-    """`text` read as YAML, then as the `annotation`'s type (`1e-4` is a float for a float field, `2017` a name for
-    a str field); ConfigError naming the --cfg-options `item` for a value of another type."""
+    """`text` read as YAML, then as the `annotation`'s type (`1e-4`: a float for a float field, `2017`: a str)."""
     try:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError as exc:
@@ -326,8 +324,7 @@ def _typed(item: str, annotation: str, text: str) -> Any:
 
 
 def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
-    """["section.field=value", "section.mapping.key=value", ...] (`--cfg-options`) -> {section: {field: value}}
-    ({section: {mapping: {key: value}}} for a mapping key), each value read as `_typed`."""
+    """`--cfg-options` ["section.field=value", "section.mapping.key=value"] -> {section: {field: value}}."""
     from ..data.augment import Augmentation
     from ..data.hf_options import HFOptions
 

@@ -39,8 +39,7 @@ SCHEDULES_WITHOUT_END = ("constant", "constant_with_warmup", "piecewise_constant
 
 
 def mixed_precision_of(optim: OptimConfig) -> str:
-    """The precision a run computes in: optim.mixed_precision, or for "" the launcher's (`accelerate launch`
-    exports its config's), else the best for the machine."""
+    """The precision a run computes in: optim.mixed_precision, else the launcher's, else the machine's best."""
     from ..devices import best_mixed_precision
 
     return optim.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION") or best_mixed_precision()
@@ -115,8 +114,7 @@ def _safe_in_context(name: str, old: dict[str, Any], new: dict[str, Any], step: 
 
 def config_changes(saved: dict[str, Any], given: dict[str, Any], step: int, saved_launch: dict[str, Any] | None = None,
                    given_launch: dict[str, Any] | None = None) -> list[Change]:
-    """The fields that differ between the checkpoint's config (`saved`, at `step`) and the `given` one, each
-    classified. Launch facts are compared when both sides have them."""
+    """The fields that differ between the checkpoint's config (`saved`, at `step`) and `given`, each classified."""
     both = bool(saved_launch) and bool(given_launch)
     old, new = _flat(saved, saved_launch if both else None), _flat(given, given_launch if both else None)
     return [Change(name, old.get(name), new[name], *_safe_in_context(name, old, new, step))

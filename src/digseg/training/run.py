@@ -84,8 +84,7 @@ def checked_dataset(data: DataConfig, dataset: Dataset, run_dir: str | Path | No
 
 def build_training_data(data: DataConfig, pipe: DiGSegPipeline, dataset: Dataset, seed: int,
                         check: DataCheck | None = None) -> TrainingData:
-    """The batcher and samples of `dataset`; the pipeline gets the classes and what it is trained on. `check`: the
-    data check that left `dataset`."""
+    """The batcher and samples of `dataset`; the pipeline gets the classes and what it is trained on."""
     names = class_names(data, dataset)
     pipe.set_class_names(names)
     augmentation = training_augmentation(data)
@@ -113,8 +112,7 @@ def build_training_data(data: DataConfig, pipe: DiGSegPipeline, dataset: Dataset
 
 
 def validation_split(config: TrainConfig) -> Dataset | None:
-    """The validation split, for validation and previews; None when neither is on, or when only previews want one
-    and there is none."""
+    """The validation split, for validation and previews; None when none is needed or, for previews only, found."""
     from .tracking import tracker_names
 
     previews = config.run.sample_every and tracker_names(config.run.log_with)
@@ -146,9 +144,8 @@ def set_objective(pipe: DiGSegPipeline, model: ModelConfig) -> None:
 def build_run(config: TrainConfig, pipe: DiGSegPipeline | None = None, dataset: Dataset | None = None,
               show_progress: bool = True, val_dataset: Dataset | None = None, resume: str | None = None,
               allow_config_change: bool = False) -> Trainer:
-    """The `Trainer` of a run: the pipeline (from `config.model` unless given), training data (from `config.data`
-    unless given) and validation split (built when neither it nor `dataset` is given). The data and `resume` are
-    checked before the model loads; `train()` then continues from that checkpoint."""
+    """The `Trainer` of a run, its pipeline, data and validation split (when `dataset` is not given either) built
+    from `config` unless given; the data and `resume` are checked before the model loads."""
     from ..distributed import is_main_process, process_info
     from .resume_check import launch_facts, plan_resume
     from .tracking import tracker_names

@@ -28,10 +28,8 @@ def augmentation_generator(seed: int, micro_step: int, slot: int) -> torch.Gener
 
 
 class TrainingSamples(Dataset):
-    """Request -> {"request", "image": float [3, h, w] in [-1, 1], "label": int64 [h, w], "skipped": [problems of
-    unreadable samples replaced]} at the training crop, or {"request", "error"}; the request's index is the sample's
-    read. With `read=False`, {"request"} alone (latents come from a cache). `dataset.load_pair(i)` -> (RGB image,
-    label [H, W])."""
+    """Request -> {"request" (of the sample read), "image": float [3, h, w] in [-1, 1], "label": int64 [h, w],
+    "skipped": [problems of unreadable samples replaced]} or {"request", "error"}; with `read=False`, {"request"}."""
 
     def __init__(self, dataset: Dataset, augmentation: Augmentation, seed: int, ignore_index: int = 255,
                  read: bool = True, skip_bad: bool = False) -> None:

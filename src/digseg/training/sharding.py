@@ -74,8 +74,7 @@ def local_shards(params: list[nn.Parameter]) -> list[torch.Tensor]:
 
 
 class ShardedState:
-    """A sharded run's trainable state (weights, AdamW moments, EMA) as one flat dict of DTensors for DCP; every
-    method is a collective."""
+    """A sharded run's weights, AdamW moments and EMA as one flat dict for DCP; every method is a collective."""
 
     def __init__(self, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
                  ema=None) -> None:
@@ -87,8 +86,7 @@ class ShardedState:
         assert len(self.names) == len(params), "params must be the modules' parameters, in order"
 
     def _tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
-        """-> ({model.<name>, optim.<name>.<exp_avg|exp_avg_sq|step>, ema.<name>: tensor}, the optimizer's state
-        dict by parameter name)."""
+        """-> ({model.<name>, optim.<name>.<key>, ema.<name>: tensor}, the optimizer's state dict by name)."""
         from torch.distributed.checkpoint.state_dict import get_state_dict
         from torch.distributed.tensor import DTensor
 

@@ -69,8 +69,7 @@ class TrainingLogger:
 
     @staticmethod
     def tracker_kwargs(log_with: str | list[str], output_dir: Path) -> dict[str, Any]:
-        """Accelerator(...) arguments for this run's trackers; TensorBoard, the default, is dropped with a warning
-        when not installed, another tracker that is not is a ConfigError."""
+        """Accelerator(...) arguments for this run's trackers (TensorBoard, if not installed, dropped)."""
         names = tracker_names(log_with)
         if "tensorboard" in names and find_spec("tensorboard") is None:  # torch's SummaryWriter needs it
             logger.warning("TensorBoard logs are off: `pip install tensorboard` to get them (log.jsonl is written)")

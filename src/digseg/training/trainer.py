@@ -42,12 +42,10 @@ logger = logging.getLogger("digseg.train")
 
 def diffusion_loss(pipe: DiGSegPipeline, unet: nn.Module, pathway: nn.Module, batch: Batch,
                    gen: torch.Generator | list[torch.Generator], max_timestep_prob: float = 0.0) -> torch.Tensor:
-    """MSE between the U-Net's prediction and the scheduler's target, ignore cells masked out. -> scalar.
-
-    Averaged per sample over its kept cells, then over samples: N processes' mean loss is that of their joint batch.
-    `gen`: one generator per sample (its noise and timestep) or one for all. The timestep is T-1 with probability
-    `max_timestep_prob`, else uniform over [0, T). `unet` and `pathway` may be accelerate-wrapped.
-    """
+    """MSE between the U-Net's prediction and the scheduler's target, ignore cells masked out, averaged per sample
+    over its kept cells, then over samples (N processes' mean loss is that of their joint batch). `gen`: one
+    generator per sample (its noise and timestep) or one for all; the timestep is T-1 with probability
+    `max_timestep_prob`, else uniform over [0, T)."""
     z0 = batch.mask_latents  # [B, 4, h, w]
     T = pipe.scheduler.config.num_train_timesteps
     noise, t = [], []
@@ -94,8 +92,8 @@ def one_step_loss(pipe: DiGSegPipeline, unet: nn.Module, pathway: nn.Module, bat
 
 
 def _make_accelerator(optim: OptimConfig, run: RunConfig) -> Accelerator:
-    """An Accelerator for this run. accelerate keeps one process-wide state; a second trainer in the same
-    Python process (a notebook, a test) with another precision resets it instead of failing."""
+    """An Accelerator for this run; a second trainer in one process (a notebook) with another precision resets
+    accelerate's process-wide state instead of failing."""
     kwargs = dict(gradient_accumulation_steps=optim.gradient_accumulation_steps,
                   mixed_precision=mixed_precision_of(optim),
                   cpu=launched_without_accelerator(),
@@ -154,8 +152,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, pipe: DiGSegPipeline, data: TrainingData, show_progress: bool = True,
                  val_dataset: Dataset | None = None) -> None:
-        """`val_dataset`: the validation split, previewed every `sample_every` steps (None: training images are)
-        and scored every `eval_every` steps (needed then)."""
+        """`val_dataset`: the validation split, previewed (None: training images are) and scored (needed then)."""
         self.config = config.validate()
         self.optim, self.run = opt, run = config.optim, config.run
         self.pipe, self.data, self.val_dataset, self.show_progress = pipe, data, val_dataset, show_progress
@@ -232,8 +229,7 @@ class Trainer:
         return local_shards(self.params) if self.sharded else self.params
 
     def save_checkpoint(self, best: bool = False) -> Path | None:
-        """Every process calls this (under sharding each writes its shards); the main process writes
-        `checkpoints/step-<step>` (with `best`: `checkpoints/best`) -> its path."""
+        """Every process calls this; the main one writes `checkpoints/step-<step>` (or `best`) -> its path."""
         acc = self.accelerator
         acc.wait_for_everyone()
         ema = list(self.ema.shadow_params) if self.ema is not None else []
@@ -436,8 +432,7 @@ class Trainer:
                 self.validate()
 
     def _optimizer_step(self) -> bool:
-        """Clip the gradients (to `optim.max_grad_norm`, if > 0), then update the weights unless the gradients are not
-        finite (divergence.py) -> whether they were updated."""
+        """Clip the gradients, then update the weights unless they are not finite -> whether they were updated."""
         acc = self.accelerator
         limit = self.optim.max_grad_norm if self.optim.max_grad_norm > 0 else math.inf
         norm = acc.clip_grad_norm_(self.params, limit)  # unscaled first under fp16; reduced over every process
@@ -484,8 +479,7 @@ class Trainer:
         return every > 0 and (self.step % every == 0 or self.step == self.optim.max_steps)
 
     def validate(self) -> None:
-        """Score this step's weights (the EMA ones, if on) on the validation split, log the scores, and on a new
-        best write `checkpoints/best`. Every process calls this (each predicts its share of the images)."""
+        """Score this step's (EMA, if on) weights, log the scores, and on a new best write `checkpoints/best`."""
         with evaluation_weights([self.pipe.unet, self.pipe.text_pathway], self.ema, self.params):
             result = evaluate(self.pipe, self.val_dataset, self.run.eval_samples, self.run.seed,
                               self.optim.batch_size)
