@@ -220,9 +220,8 @@ class Trainer:
 
     def _make_lr_scheduler(self, optimizer: torch.optim.Optimizer, step: int = 0):
         """`optim.lr_scheduler` over `optim.max_steps`, at `step` (then the param groups must hold "initial_lr")."""
-        opt = self.optim
-        return get_scheduler(opt.lr_scheduler, optimizer, num_warmup_steps=opt.lr_warmup_steps,
-                             num_training_steps=opt.max_steps, last_epoch=step - 1)
+        return get_scheduler(self.optim.lr_scheduler, optimizer, num_warmup_steps=self.optim.lr_warmup_steps,
+                             num_training_steps=self.optim.max_steps, last_epoch=step - 1)
 
     def _ema_params(self) -> list[torch.Tensor]:
         """What the EMA averages: the trainable parameters, or under sharding this process's chunks of them."""
