@@ -13,9 +13,8 @@ from digseg.cli import main
 from digseg.data.synthetic import SYNTHETIC_CLASSES, SyntheticScenes
 from digseg.errors import DigsegError
 from training_helpers import train_config, trainer
-from digseg.training.batches import LatentBatcher
+from digseg.training.batches import EMPTY, IMAGE, PALETTE, LatentBatcher, LatentKey
 from digseg.training.latent_cache import LatentCache, build_latent_cache
-from digseg.training.latent_key import EMPTY, IMAGE, PALETTE, LatentKey
 
 
 def _train(backbone, out, **extra):

@@ -16,10 +16,9 @@ from digseg.cli import main
 from digseg.data.synthetic import SYNTHETIC_CLASSES, SyntheticScenes, save_scenes_as_folder
 from digseg.errors import ConfigError, DigsegError
 from digseg.models.mask_decoder import LightMaskDecoder
-from digseg.training.batches import LatentBatcher, step_generator
+from digseg.training.batches import EMPTY, IMAGE, PALETTE, LatentBatcher, LatentKey, step_generator
 from digseg.training.config import PREDICTION_TYPES
-from digseg.training.latent_key import EMPTY, IMAGE, PALETTE, LatentKey
-from digseg.training.one_step import one_step_loss
+from digseg.training.trainer import one_step_loss
 from training_helpers import fresh_pipe, miou_by_hand, train_config, trainer
 
 

@@ -139,7 +139,7 @@ def cmd_cache_latents(args: argparse.Namespace) -> None:
 
 
 def cmd_browse_data(args: argparse.Namespace) -> None:
-    from ..training.browse import write_training_samples
+    from ..training.run import write_training_samples
 
     config = _train_config(args)
     written = write_training_samples(config, args.output, args.num)

@@ -1,14 +1,9 @@
 """Deterministic training batches: which samples, which query, and the frozen VAE's latents.
 
-Everything random about micro-step m is drawn from generators seeded by the run's seed and m: the sample order
-from (seed, epoch), and each sample's query, noise and timestep from its own generator seeded by (seed, m, slot),
-slot being the sample's place in the global batch. So a resumed run continues the exact trajectory with no RNG
-state saved, and N processes with batch B draw exactly what one process with batch N*B draws.
-
-Queries: `palette` renders all classes and is conditioned on the class list; `binary` picks one class (present, or
-with `negative_prob` an absent one, whose target is an empty mask) and is conditioned on
-`prompt_template.format(name)` with one of its comma-separated synonyms. "background" classes are never queried.
-"""
+Micro-step m's sample order is drawn from (seed, epoch), each sample's query, noise and timestep from a generator of
+(seed, m, slot), slot being its place in the global batch: a resumed run continues exactly with no RNG state saved,
+and N processes with batch B draw what one with batch N*B draws. A `palette` query renders all classes; a `binary`
+one picks a class (present, or with `negative_prob` an absent one: an empty mask) and one of its synonyms."""
 
 from __future__ import annotations
 
@@ -23,21 +18,45 @@ from ..pipelines.masks import MaskCodec
 from ..models.digseg_model import encode_latents
 from ..pipelines.prompts import is_background, palette_prompt, synonyms
 from ..seeding import seeded_generator
-from .latent_key import EMPTY, IMAGE, PALETTE, LatentKey
+
+KINDS = ("image", "palette", "class", "empty")
+
+
+@dataclass(frozen=True)
+class LatentKey:
+    """Which of a sample's latents is meant: `IMAGE`, `PALETTE` (all classes rendered), `LatentKey.of_class(c)`
+    (class c's binary mask) or `EMPTY` (the empty mask, shared by every absent class)."""
+
+    kind: str  # one of KINDS
+    class_id: int | None = None  # the class of kind "class"; None for the others
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"latent key kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if (self.kind == "class") != (self.class_id is not None):
+            raise ValueError(f"a latent key has a class id exactly when its kind is 'class', got {self}")
+
+    @classmethod
+    def of_class(cls, class_id: int) -> LatentKey:
+        return cls("class", int(class_id))
+
+
+IMAGE = LatentKey("image")
+PALETTE = LatentKey("palette")
+EMPTY = LatentKey("empty")
 
 
 def step_generator(seed: int, step: int, slot: int = 0) -> torch.Generator:
-    """The generator of one sample slot of micro-step `step` (a CPU generator, whatever the device)."""
+    """The (CPU) generator of one sample slot of micro-step `step`."""
     return seeded_generator(seed, step, slot)
 
 
 def slot_generators(seed: int, step: int, slots: range | list[int]) -> list[torch.Generator]:
-    """One generator per global-batch slot, e.g. `range(rank * B, rank * B + B)` on process `rank`."""
     return [step_generator(seed, step, slot) for slot in slots]
 
 
 def per_sample(gen: torch.Generator | list[torch.Generator], n: int) -> list[torch.Generator]:
-    """A list of n generators: `gen` itself if it is a list (checked), else n times the same generator."""
+    """n generators: `gen` itself if it is a list (checked), else n times the same one."""
     if isinstance(gen, torch.Generator):
         return [gen] * n
     if len(gen) != n:
@@ -67,36 +86,28 @@ class Batch:
 
 
 class LatentBatcher:
-    """Builds `Batch`es from a dataset, encoding images/masks with the frozen VAE (cached when asked)."""
+    """Builds `Batch`es from a dataset, encoding images and masks with the frozen VAE."""
 
     def __init__(self, dataset: Dataset, class_names: list[str], vae, task: str, prompt_template: str,
                  negative_prob: float, cache: bool, ignore_index: int = 255, store=None,
                  fixed_samples: bool = True, cache_max_mib: float = 2048, label_targets: bool = False) -> None:
         """`fixed_samples`: sample i is the same at every step (no augmentation), so its latents, present classes
-        and loss weights may be kept by index (`cache` in memory up to `cache_max_mib`, `store` on disk).
+        and loss weights may be kept (`cache`: in memory up to `cache_max_mib`; `store`: a `LatentCache` on disk).
         `label_targets`: batches carry each query's label map (`Batch.targets`) instead of its mask latents."""
-        self.dataset = dataset
-        self.class_names = class_names
-        self.vae = vae
-        self.task = task
-        self.prompt_template = prompt_template
-        self.negative_prob = negative_prob
-        self.fixed_samples = fixed_samples
+        self.dataset, self.class_names, self.vae, self.store = dataset, class_names, vae, store
+        self.task, self.prompt_template, self.negative_prob = task, prompt_template, negative_prob
+        self.fixed_samples, self.label_targets, self.ignore_index = fixed_samples, label_targets, ignore_index
         self.cache_enabled = cache and fixed_samples
         self.cache_max_bytes = int(cache_max_mib * 2**20)
-        self.label_targets = label_targets
         self.cache_bytes = 0  # bytes held by _latents and the keep masks in _info
-        self.ignore_index = ignore_index
         self.palette_prompt = palette_prompt(class_names)  # as the pipeline asks at inference
         self.binary_codec = MaskCodec("binary", ignore_index=ignore_index)
         self.palette_codec = MaskCodec("palette", len(class_names), ignore_index=ignore_index)
         self.queryable = [c for c, n in enumerate(class_names) if not is_background(n)]
-        self.store = store  # a LatentCache on disk (`digseg cache-latents`), read before encoding anything
         self._latents: dict[tuple[int, LatentKey], torch.Tensor] = {}  # (index, key) -> [4, h, w]
         self._info: dict[int, tuple[list[int], torch.Tensor]] = {}  # index -> (present classes, keep [1, h, w])
 
     def _choose_query(self, present: list[int], gen: torch.Generator) -> tuple[LatentKey, str]:
-        """-> (the query's target, prompt)."""
         use_palette = self.task == "palette" or (self.task == "both" and torch.rand(1, generator=gen).item() < 0.5)
         if use_palette or not self.queryable:
             return PALETTE, self.palette_prompt
@@ -117,7 +128,7 @@ class LatentBatcher:
 
     def target_labels(self, label: torch.Tensor, key: LatentKey) -> torch.Tensor:
         """label [H, W] -> the query target `key`'s labels [H, W] int64: the classes (PALETTE) or 1 = the class,
-        0 = not (a class's binary mask; EMPTY: all 0); ignore pixels stay ignore."""
+        0 = not (EMPTY: all 0); ignore pixels stay ignore."""
         if key == PALETTE:
             return label.long()
         if key == IMAGE:
@@ -133,7 +144,7 @@ class LatentBatcher:
 
     def _query_batch(self, image_latents: torch.Tensor, mask_latents: torch.Tensor | None, keep: torch.Tensor,
                      keys: list[tuple[LatentKey, str]], labels: list[torch.Tensor] | None) -> Batch:
-        """The Batch of queries `keys` ((target, prompt) per sample); `labels`: [H, W] per sample."""
+        """`keys`: (target, prompt) per sample; `labels`: [H, W] per sample."""
         targets = None
         if self.label_targets:
             targets = torch.stack([self.target_labels(lab, k) for lab, (k, _) in zip(labels, keys)])  # [B, H, W]
@@ -143,8 +154,7 @@ class LatentBatcher:
 
     @torch.no_grad()
     def encode_all(self, index: int) -> dict:
-        """Every latent sample `index` can need (for `cache-latents`), {LatentKey: [4, h, w]}: IMAGE and `mask_keys`;
-        also its label map [H, W], its present classes and the latent-cell keep mask [1, h, w]."""
+        """All sample `index` can need: {"latents": {key: [4, h, w]}, "keep": [1, h, w], "present", "label"}."""
         sample = self._load(index)
         label = sample["label"]
         present = self.present_classes(label)
@@ -159,8 +169,7 @@ class LatentBatcher:
         return encode_latents(self.vae, torch.stack(pixels).to(self.vae.device), channels_last=False).float().cpu()
 
     def mask_keys(self, present: list[int]) -> list[LatentKey]:
-        """The query targets the task asks of a sample with classes `present`: PALETTE (unless the task is binary),
-        each present queryable class and EMPTY (unless it is palette)."""
+        """The query targets the task asks of a sample with classes `present`."""
         keys = [PALETTE] if self.task != "binary" else []
         if self.task != "palette":
             keys += [LatentKey.of_class(c) for c in self.queryable if c in present] + [EMPTY]
@@ -178,7 +187,7 @@ class LatentBatcher:
                             f"({self.ignore_index} = ignore)")
 
     def _keep_in_cache(self, nbytes: int) -> bool:
-        """Room for `nbytes` more in the in-memory cache (which never grows past its cap)?"""
+        """Room for `nbytes` more in the in-memory cache? (Counted in if so.)"""
         if not self.cache_enabled or self.cache_bytes + nbytes > self.cache_max_bytes:
             return False
         self.cache_bytes += nbytes
@@ -186,8 +195,8 @@ class LatentBatcher:
 
     @torch.no_grad()
     def make_batch(self, indices: list[int], gen: torch.Generator | list[torch.Generator], read=None) -> Batch:
-        """`gen`: one generator per sample (see `slot_generators`), or one shared by all samples.
-        `read`: the micro-step's `SampleBatch` (images and labels the data loader read); None: read here."""
+        """`gen`: one generator per sample (`slot_generators`), or one for all. `read`: the micro-step's
+        `SampleBatch` (images and labels the data loader read); None: read here."""
         gens = per_sample(gen, len(indices))
         if not self.fixed_samples:
             return self._encode_batch(read.images, read.labels, gens)
@@ -195,8 +204,7 @@ class LatentBatcher:
             i: {"image": read.images[j], "label": read.labels[j]} for j, i in enumerate(indices)}
         samples: dict[int, dict] = {}
 
-        def sample(i: int) -> dict:
-            """Sample i, read at most once per batch: from the loader's batch, else from the dataset."""
+        def sample(i: int) -> dict:  # read at most once per batch: from the loader's batch, else the dataset
             if i not in samples:
                 samples[i] = given.get(i) or self._load(i)
             return samples[i]
@@ -222,8 +230,7 @@ class LatentBatcher:
                                  keys, labels)
 
     def _fixed_latents(self, wanted: list[tuple[int, LatentKey]], sample) -> dict[tuple[int, LatentKey], torch.Tensor]:
-        """The latents [4, h, w] of (index, key) pairs: from memory, the on-disk cache, else encoded in one VAE
-        call (and kept in memory while the cap allows). `sample(i)` reads sample i."""
+        """The latents [4, h, w] of (index, key) pairs: from memory, the on-disk cache, else one VAE call."""
         missing = list(dict.fromkeys(w for w in wanted if w not in self._latents))
         found = {w: self._latents[w] for w in wanted if w in self._latents}
         for w in missing if self.store is not None else ():
@@ -242,8 +249,7 @@ class LatentBatcher:
         return found
 
     def _keep_mask(self, i: int, sample, size: tuple[int, int]) -> torch.Tensor:
-        """Sample i's loss weights at latent size [1, h, w] (0 where a cell covers an ignore pixel), kept in memory
-        while the cap allows."""
+        """Sample i's loss weights [1, h, w] (0 where a cell covers an ignore pixel)."""
         present, weights = self._info[i]
         if weights is None:
             weights = self.palette_codec.ignore_weights(sample(i)["label"][None], size)[0]  # [1, h, w]
@@ -252,7 +258,7 @@ class LatentBatcher:
         return weights
 
     def _encode_batch(self, images: torch.Tensor, labels: torch.Tensor, gens: list[torch.Generator]) -> Batch:
-        """Augmented samples, new at every step: images [B, 3, h, w], labels [B, h, w] -> Batch, one VAE call."""
+        """Augmented samples: images [B, 3, h, w], labels [B, h, w] -> Batch, one VAE call."""
         self._check_labels(labels, "an augmented training sample")
         device = self.vae.device
         present = [self.present_classes(lab) for lab in labels]

@@ -1,11 +1,6 @@
-"""Training configuration: four sections, each read in one place (model: `run.build_pipeline`, data:
-`run.build_training_data`, optim and run: `Trainer`), written to / read from YAML.
-
-A YAML file may name a parent with `base: other.yaml` (relative to the file, to any depth), merged section by
-section, the child's keys winning. A run folder's config.yaml may also hold `config_changes` (resume_check.py),
-which loading it as a config skips. `parse_overrides` reads `--cfg-options`, so every field is reachable from the
-command line.
-"""
+"""Training configuration: four sections (model: `run.build_pipeline`, data: `run.build_training_data`, optim and
+run: `Trainer`) in YAML, which may name a parent (`base: other.yaml`, any depth, the child's keys winning), and
+`--cfg-options` (`parse_overrides`)."""
 
 from __future__ import annotations
 
@@ -23,16 +18,9 @@ from ..data.splits import split_options
 from ..errors import ConfigError
 from ..models.choices import MASK_DECODERS, OBJECTIVES, PREDICTION_TYPES  # noqa: F401  (re-read by the CLI)
 
-# The choices of the fields below and of the `digseg` flags that set them
 TASKS = ("binary", "palette", "both")
 MASK_DECODER_TARGETS = ("mask", "vae")  # what `digseg train-mask-decoder --target` learns (training/mask_decoder.py)
-# `digseg train-mask-decoder --steps` by default: enough to read masks back as well as the VAE (docs/mask_decoder.md)
-MASK_DECODER_STEPS = 500
-MIXED_PRECISION = ("no", "fp16", "bf16")  # optim.mixed_precision may also be "": the launcher's choice
-OPTIMIZERS = ("adamw", "adamw8bit")  # adamw8bit: torchao's AdamW8bit (pip install -e ".[lowmem]")
-EMA_DEVICES = ("accelerator", "cpu")  # where optim.use_ema keeps its copy of the weights between steps
-FINETUNE = ("full", "lora")  # optim.finetune: every U-Net weight, or LoRA adapters (models/adapters.py)
-SHARDING = ("none", "fsdp")  # run.sharding: whole weights on every process (DDP), or FSDP2 (training/sharding.py)
+MASK_DECODER_STEPS = 500  # enough to read masks back as well as the VAE (docs/mask_decoder.md)
 
 
 def _one_of(name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -114,8 +102,7 @@ class DataConfig:
                               "turn augmentation off (data.augmentation: false) to use them")
 
     def hf_options(self):
-        """How an hf: dataset is read (`digseg.data.hf_options.HFOptions`); None for another dataset, ConfigError
-        when `hf` is set for one."""
+        """How an hf: dataset is read (`HFOptions`); None for another dataset."""
         return hf_options(self.dataset, self.hf)
 
     @property
@@ -136,7 +123,7 @@ class OptimConfig:
     lr_warmup_steps: int = 50
     weight_decay: float = 1e-2
     max_grad_norm: float = 1.0
-    optimizer: str = "adamw"  # adamw8bit: moments stored in 8 bits (a quarter of AdamW's 8 bytes per parameter)
+    optimizer: str = "adamw"  # adamw8bit: torchao's, moments in 8 bits (pip install -e ".[lowmem]")
     mixed_precision: str = ""  # no | fp16 | bf16 | "" = what the launcher says (accelerate config), else no
     gradient_checkpointing: bool = False  # recompute U-Net activations in backward: less memory, ~30% slower
     use_ema: bool = False
@@ -148,8 +135,8 @@ class OptimConfig:
     max_timestep_prob: float = 0.5
     # steps with non-finite gradients are skipped; this many in a row stop the run (divergence.py)
     max_consecutive_skips: int = 20
-    # lora: the U-Net frozen but for conv_in and LoRA matrices (scale lora_alpha / lora_rank; alpha None = the rank)
-    # on the modules lora_targets names; the run saves an adapter folder (docs/adapters.md)
+    # full | lora: the U-Net frozen but for conv_in and LoRA matrices (scale lora_alpha / lora_rank; alpha None = the
+    # rank) on the modules lora_targets names; the run saves an adapter folder (docs/adapters.md)
     finetune: str = "full"
     lora_rank: int = 16
     lora_alpha: float | None = None
@@ -157,17 +144,17 @@ class OptimConfig:
 
     def validate(self) -> None:
         if self.mixed_precision:
-            _one_of("optim.mixed_precision", self.mixed_precision, MIXED_PRECISION)
+            _one_of("optim.mixed_precision", self.mixed_precision, ("no", "fp16", "bf16"))
         _at_least(1, "optim", self, ("max_steps", "batch_size", "gradient_accumulation_steps", "max_consecutive_skips",
                                      "lora_rank"))
         _at_least(0, "optim", self, ("weight_decay", "max_grad_norm"))
         if not self.learning_rate > 0:
             raise ConfigError(f"optim.learning_rate must be > 0, got {self.learning_rate}")
-        _one_of("optim.optimizer", self.optimizer, OPTIMIZERS)
-        _one_of("optim.ema_device", self.ema_device, EMA_DEVICES)
+        _one_of("optim.optimizer", self.optimizer, ("adamw", "adamw8bit"))
+        _one_of("optim.ema_device", self.ema_device, ("accelerator", "cpu"))
         if not 0.0 <= self.max_timestep_prob <= 1.0:
             raise ConfigError(f"optim.max_timestep_prob must be in [0, 1], got {self.max_timestep_prob}")
-        _one_of("optim.finetune", self.finetune, FINETUNE)
+        _one_of("optim.finetune", self.finetune, ("full", "lora"))
         if self.lora_alpha is not None and not self.lora_alpha > 0:
             raise ConfigError(f"optim.lora_alpha must be > 0 (or null: the rank), got {self.lora_alpha}")
         targets = self.lora_targets
@@ -199,7 +186,7 @@ class RunConfig:
     hub_private: bool | None = None
 
     def validate(self) -> None:
-        _one_of("run.sharding", self.sharding, SHARDING)
+        _one_of("run.sharding", self.sharding, ("none", "fsdp"))
         _at_least(1, "run", self, ("checkpoint_every", "keep_checkpoints", "log_every", "num_sample_images",
                                    "eval_samples"))
         names = self.log_with if isinstance(self.log_with, list) else [self.log_with]
@@ -210,7 +197,7 @@ class RunConfig:
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "run": RunConfig}
-CHANGES_KEY = "config_changes"  # config.yaml's history of changes made on resume: not a section, skipped on load
+CHANGES_KEY = "config_changes"  # config.yaml's history of changes made on resume (resume_check.py), skipped on load
 
 
 @dataclass
@@ -228,13 +215,19 @@ class TrainConfig:
                 if isinstance(value, float) and not math.isfinite(value):
                     raise ConfigError(f"{name}.{f.name} must be a finite number, got {value}")
             section.validate()
-        if self.optim.finetune == "lora":
-            if self.run.sharding != "none":
-                raise ConfigError("optim.finetune lora with run.sharding fsdp is not supported: LoRA's trainable "
-                                  "weights are small, use run.sharding none (DDP)")
-            if self.run.push_to_hub:
-                raise ConfigError("run.push_to_hub uploads a model folder; a LoRA run saves an adapter folder "
-                                  "(<output_dir>/adapter): upload that one yourself")
+        sharded, lora = self.run.sharding == "fsdp", self.optim.finetune == "lora"
+        if sharded and lora:
+            raise ConfigError("optim.finetune lora with run.sharding fsdp is not supported: LoRA's trainable "
+                              "weights are small, use run.sharding none (DDP)")
+        if sharded and self.optim.optimizer != "adamw":
+            raise ConfigError(f"run.sharding fsdp checkpoints AdamW's moments as sharded tensors; optimizer "
+                              f"{self.optim.optimizer} keeps them in another form: use optim.optimizer adamw")
+        if sharded and self.run.eval_every:
+            raise ConfigError("run.eval_every (--eval-every) runs the pipeline on whole weights, which run.sharding "
+                              "fsdp splits over the processes: score the trained model with `digseg eval` instead")
+        if lora and self.run.push_to_hub:
+            raise ConfigError("run.push_to_hub uploads a model folder; a LoRA run saves an adapter folder "
+                              "(<output_dir>/adapter): upload that one yourself")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -271,18 +264,15 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> "TrainConfig":
-        """The YAML file (if any), then `overrides` ({section: {key: value}}, None values skipped; a mapping's keys
-        merged over the file's mapping) on top."""
+        """The YAML file (if any), then `overrides` ({section: {key: value}}, None skipped) on top."""
         values = read_yaml_with_base(Path(path)) if path else {}
         for section, keys in (overrides or {}).items():
-            values.setdefault(section, {})
-            merged = dict(values[section] or {})
+            merged = values[section] = dict(values.get(section) or {})
             for key, value in keys.items():
                 if isinstance(value, dict) and isinstance(merged.get(key), dict):
-                    merged[key] = {**merged[key], **value}  # a mapping's keys: over the file's mapping
-                elif value is not None:
+                    value = {**merged[key], **value}  # a mapping's keys: over the file's mapping
+                if value is not None:
                     merged[key] = value
-            values[section] = merged
         return cls.from_dict(values)
 
 
@@ -310,50 +300,38 @@ def read_yaml_with_base(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, A
     return merged
 
 
-def _mapping_fields() -> dict[tuple[str, str], dict[str, str]]:
-    """The mapping fields whose keys --cfg-options sets one by one (`data.hf.label_column=mask`): {(section, field):
-    {key: its annotation}}, from the dataclass each mapping overrides."""
-    from ..data.augment import Augmentation
-    from ..data.hf_options import HFOptions
-
-    return {(section, name): {f.name: str(f.type) for f in dataclasses.fields(cls)}
-            for (section, name), cls in {("data", "hf"): HFOptions, ("data", "augmentation"): Augmentation}.items()}
+TYPES = {"bool": bool, "list": list, "tuple": list, "dict": dict}  # what YAML reads for each annotation
 
 
-def _typed(item: str, key: str, annotation: str, text: str) -> Any:
-    """`text` read as YAML, then as the `annotation`'s type (`1e-4` is a float for a float field, `2017` a name for
-    a str field); ConfigError naming the --cfg-options `item` for a value of another type."""
+def _typed(item: str, annotation: str, text: str) -> Any:
+    """`text` read as YAML, then as the `annotation`'s type (`1e-4`: a float for a float field, `2017`: a str)."""
     try:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"--cfg-options {item}: cannot read the value: {exc}") from exc
-    types = {part.strip().split("[")[0] for part in annotation.split("|")}  # "int | list[int]" -> {"int", "list"}
-    if isinstance(value, str) and ("float" in types or "int" in types):
-        for kind in (int, float) if "int" in types else (float,):
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    for kind in (part.strip().split("[")[0] for part in annotation.split("|")):  # "int | list[int]": int, list
+        if kind in ("int", "float") and (isinstance(value, str) or number and (kind == "float" or type(value) is int)):
             try:
-                value = kind(value)
-                break
+                return int(value) if kind == "int" else float(value)
             except ValueError:
                 pass
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and types & {"int", "float"} == set() \
-            and "str" in types:
-        value = text.strip()  # a name that looks like a number
-    if isinstance(value, int) and not isinstance(value, bool) and "float" in types and "int" not in types:
-        value = float(value)
-    admitted = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "tuple": list, "dict": dict}
-    ok = (value is None and "None" in types) or any(
-        isinstance(value, admitted[t]) and not (t in ("int", "float") and isinstance(value, bool))
-        for t in types if t in admitted)
-    if not ok:
-        raise ConfigError(f"--cfg-options {item}: {key} takes {annotation}, got {value!r}")
-    return value
+        elif kind == "str" and (isinstance(value, str) or number):
+            return value if isinstance(value, str) else text.strip()  # a name that looks like a number
+        elif (kind == "None" and value is None) or isinstance(value, TYPES.get(kind, ())):
+            return value
+    raise ConfigError(f"--cfg-options {item}: {item.partition('=')[0].strip()} takes {annotation}, got {value!r}")
 
 
 def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
-    """["section.field=value", "section.mapping.key=value", ...] (`--cfg-options`) -> {section: {field: value}}
-    ({section: {mapping: {key: value}}} for a mapping key), each value read as `_typed`."""
-    fields = {section: {f.name: str(f.type) for f in dataclasses.fields(cls)} for section, cls in SECTIONS.items()}
-    mappings = _mapping_fields()
+    """`--cfg-options` ["section.field=value", "section.mapping.key=value"] -> {section: {field: value}}."""
+    from ..data.augment import Augmentation
+    from ..data.hf_options import HFOptions
+
+    def annotations(cls) -> dict[str, str]:
+        return {f.name: str(f.type) for f in dataclasses.fields(cls)}
+
+    mappings = {"hf": HFOptions, "augmentation": Augmentation}  # data.hf.label_column=mask sets one key
     out: dict[str, dict[str, Any]] = {}
     for item in items:
         key, eq, text = item.partition("=")
@@ -361,18 +339,19 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
         name, _, sub = name.partition(".")
         if not eq or not name:
             raise ConfigError(f"--cfg-options takes section.field=value, got {item!r} (e.g. optim.lr_warmup_steps=0)")
-        if section not in fields or name not in fields[section]:
-            known = ", ".join(sorted(fields[section])) if section in fields else ", ".join(SECTIONS)
+        fields = annotations(SECTIONS[section]) if section in SECTIONS else {}
+        if name not in fields:
+            known = ", ".join(sorted(fields) if fields else SECTIONS)
             raise ConfigError(f"--cfg-options {item}: no field '{section}.{name}'; known: {known}")
         if not sub:
-            out.setdefault(section, {})[name] = _typed(item, key, fields[section][name], text)
+            out.setdefault(section, {})[name] = _typed(item, fields[name], text)
             continue
-        keys = mappings.get((section, name))
-        if keys is None or sub not in keys:
+        keys = annotations(mappings[name]) if section == "data" and name in mappings else {}
+        if sub not in keys:
             known = f"known: {', '.join(keys)}" if keys else f"{section}.{name} is no mapping"
-            raise ConfigError(f"--cfg-options {item}: no field {key!r}; {known}")
+            raise ConfigError(f"--cfg-options {item}: no field {key.strip()!r}; {known}")
         mapping = out.setdefault(section, {}).setdefault(name, {})
         if not isinstance(mapping, dict):
             raise ConfigError(f"--cfg-options {item}: {section}.{name} is also given whole")
-        mapping[sub] = _typed(item, key, keys[sub], text)
+        mapping[sub] = _typed(item, keys[sub], text)
     return out

@@ -1,14 +1,8 @@
 """What a diverging run does (docs/training.md, "When a run diverges"): skip steps with non-finite gradients, stop
-naming the last healthy checkpoint.
-
-Weights w_k are those after k updates (checkpoint `step-k` holds them); the step that makes update k+1 starts from
-w_k. The newest checkpoint from before the weights that failed is the healthy one: so nothing non-finite is saved
-(`all_finite` before every write), no checkpoint is written during a row of skips, and older checkpoints are
-pruned only once the newest has proved healthy (`updated`).
-
-Fault injection for tests: `DIGSEG_NAN_GRADIENT_AT=<k>` (or `<k>@<rank>`: that process only) gives the step from
-w_k NaN gradients (`inject_nan_gradient`).
-"""
+naming the last healthy checkpoint, the newest from before the weights w_k (after k updates) that failed: nothing
+non-finite is saved, no checkpoint is written during a row of skips, and older ones are pruned only once the newest
+has proved healthy. `DIGSEG_NAN_GRADIENT_AT=<k>` (`<k>@<rank>`: that process only) gives the step from w_k NaN
+gradients."""
 
 from __future__ import annotations
 
@@ -22,8 +16,7 @@ from ..errors import DigsegError
 from .checkpoint import checkpoint_step, list_checkpoints, read_trainer_state
 
 def all_finite(tensors: Iterable[torch.Tensor], accelerator=None) -> bool:
-    """True when every floating-point tensor (this process's shard of a DTensor) holds only finite values, on every
-    process of `accelerator` (a collective call: every process must make it)."""
+    """Every floating-point tensor finite, on every process of `accelerator` (a collective)."""
     bad = 0
     for t in tensors:
         t = t.to_local() if hasattr(t, "to_local") else t
@@ -36,8 +29,6 @@ def all_finite(tensors: Iterable[torch.Tensor], accelerator=None) -> bool:
 
 
 class NanGradient(torch.autograd.Function):
-    """The identity forward; NaN gradients backward."""
-
     @staticmethod
     def forward(ctx, x):
         return x.clone()
@@ -56,7 +47,7 @@ def inject_nan_gradient(loss: torch.Tensor, weights_step: int, rank: int) -> tor
 
 
 class DivergenceGuard:
-    """The skipped-step counters of a run (checkpointed with it) and the error that stops a diverging run."""
+    """The skipped-step counters of a run (checkpointed) and the error that stops a diverging run."""
 
     def __init__(self, output_dir: Path, max_consecutive: int, learning_rate: float) -> None:
         self.output_dir, self.max_consecutive, self.learning_rate = Path(output_dir), max_consecutive, learning_rate
@@ -69,20 +60,17 @@ class DivergenceGuard:
         return {"skipped": self.skipped, "consecutive": self.consecutive, "since": self.since}
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
-        state = state or {}
-        self.skipped, self.consecutive = int(state.get("skipped", 0)), int(state.get("consecutive", 0))
-        self.since = int(state.get("since", 0))
+        for key in ("skipped", "consecutive", "since"):
+            setattr(self, key, int((state or {}).get(key, 0)))
 
     def updated(self) -> bool:
-        """A step updated the weights: its starting weights were healthy. -> whether older checkpoints may now be
-        pruned (the newest one has proved healthy)."""
+        """A step updated the weights. -> whether older checkpoints may now be pruned."""
         self.consecutive = 0
         due, self.prune_pending = self.prune_pending, False
         return due
 
     def skipped_step(self, weights_step: int, norm: float) -> str:
-        """The step from w_`weights_step` was skipped (gradient norm `norm`). -> the warning to log; raises the
-        stopping error at the `max_consecutive`-th skip in a row."""
+        """The step from w_`weights_step` was skipped. -> the warning; raises at `max_consecutive` in a row."""
         if self.consecutive == 0:
             self.since = weights_step
         self.skipped += 1
@@ -94,22 +82,19 @@ class DivergenceGuard:
                 f"{self.skipped} in all; the run stops at {self.max_consecutive} in a row)")
 
     def stop(self, reason: str, bad_weights_step: int):
-        """Raise the one-line error of a run that cannot go on from w_`bad_weights_step`: it names the newest
-        checkpoint from before those weights, and a tenth of the learning rate (or that checkpoint's, if lower)."""
+        """Raise the error naming the newest checkpoint before w_`bad_weights_step` and a tenth of the learning rate
+        (or that checkpoint's, if lower)."""
         older = [p for p in list_checkpoints(self.output_dir / "checkpoints") if checkpoint_step(p) < bad_weights_step]
-        healthy = older[-1] if older else None
         lr = self.learning_rate / 10
-        if healthy is not None:
+        if older:
             try:
-                lr = min(lr, float(read_trainer_state(healthy)["config"]["optim"]["learning_rate"]))
+                lr = min(lr, float(read_trainer_state(older[-1])["config"]["optim"]["learning_rate"]))
             except (DigsegError, KeyError, TypeError, ValueError):
                 pass  # a checkpoint that records no config: a tenth
-        config, lr = self.output_dir / "config.yaml", f"{lr:g}"
-        if healthy is not None:
-            todo = (f"the last healthy checkpoint is {healthy}; resume from it with a lower learning rate: "
-                    f"digseg train --output {self.output_dir} --resume {healthy} --learning-rate {lr} "
+            todo = (f"the last healthy checkpoint is {older[-1]}; resume from it with a lower learning rate: "
+                    f"digseg train --output {self.output_dir} --resume {older[-1]} --learning-rate {lr:g} "
                     "--allow-config-change")
         else:
             todo = (f"no checkpoint is older than step {bad_weights_step}; start again with a lower learning rate: "
-                    f"digseg train --config {config} --learning-rate {lr}")
+                    f"digseg train --config {self.output_dir / 'config.yaml'} --learning-rate {lr:g}")
         raise DigsegError(f"training stopped: {reason}; nothing non-finite was saved; {todo}")

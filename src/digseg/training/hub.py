@@ -1,9 +1,5 @@
-"""`run.push_to_hub: REPO`: a trained model folder uploaded to a Hugging Face Hub model repository.
-
-The upload holds the model (model_index.json and its component folders), its model card README.md (rewritten first,
-so its loading snippet names the repository), and the run's config.yaml and log.jsonl. The token is
-huggingface_hub's: HF_TOKEN, else the one `hf auth login` stored.
-"""
+"""`run.push_to_hub: REPO`: a trained model folder (its components, model card naming the repository, config.yaml and
+log.jsonl) uploaded to a Hugging Face Hub model repository with huggingface_hub's token."""
 
 from __future__ import annotations
 
@@ -30,9 +26,7 @@ def check_hub_target(repo_id: str) -> None:
 
 
 def push_to_hub(folder: str | Path, repo_id: str, private: bool | None = None) -> str:
-    """Upload the model in `folder` to the model repository `repo_id` (created if needed; `private` as
-    huggingface_hub's create_repo takes it, None: the Hub's default); -> the repository's URL. DigsegError when the
-    Hub refuses (no network, no write access)."""
+    """Upload the model in `folder` to `repo_id` (created if needed; `private` None: the Hub's default) -> its URL."""
     from huggingface_hub import HfApi
 
     folder = Path(folder)
@@ -47,6 +41,5 @@ def push_to_hub(folder: str | Path, repo_id: str, private: bool | None = None) -
         api.upload_folder(repo_id=repo_id, folder_path=str(folder), allow_patterns=patterns,
                           repo_type="model", commit_message="Upload DiGSeg model")
     except Exception as exc:  # network, authentication and Hub errors have many types
-        reason = first_line(exc)
-        raise DigsegError(f"pushing {folder} to the Hub repository {repo_id} failed: {reason}") from exc
+        raise DigsegError(f"pushing {folder} to the Hub repository {repo_id} failed: {first_line(exc)}") from exc
     return str(url)

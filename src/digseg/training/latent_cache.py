@@ -1,12 +1,6 @@
-"""`digseg cache-latents`: the frozen VAE's latents of a dataset, written once, read by the trainer.
-
-Layout of a cache folder:
-  index.json                  class names, resolution, VAE fingerprint, and per sample: shard, present classes
-  shard-00000.safetensors     "<i>.image", "<i>.palette", "<i>.class<c>", "<i>.empty" latents [4, h, w]
-                              (`tensor_name`) and "<i>.keep", the latent-cell keep mask [1, h, w]
-Every class present in sample i has its binary-mask latent; absent classes share the "empty" one. A cache is only
-valid for the VAE and resolution it was built with; both are checked.
-"""
+"""`digseg cache-latents`: the frozen VAE's latents of a dataset, written once, read by the trainer. A folder of
+index.json (class names, resolution, VAE fingerprint; per sample its shard and present classes) and
+shard-00000.safetensors files of latents [4, h, w] (`tensor_name`) and keep masks "<i>.keep" [1, h, w]."""
 
 from __future__ import annotations
 
@@ -21,8 +15,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ..errors import DataError, DigsegError
-from .batches import LatentBatcher
-from .latent_key import LatentKey
+from .batches import LatentBatcher, LatentKey
 
 INDEX = "index.json"
 
@@ -33,7 +26,7 @@ def tensor_name(index: int, key: LatentKey) -> str:
 
 
 def vae_fingerprint(vae) -> str:
-    """A short hash of the VAE's weights: a cache built with another VAE is refused."""
+    """A short hash of the VAE's weights."""
     digest = hashlib.sha256()
     for name, tensor in sorted(vae.state_dict().items()):
         digest.update(name.encode())

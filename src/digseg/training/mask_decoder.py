@@ -1,9 +1,6 @@
-"""Training a `LightMaskDecoder` (`digseg train-mask-decoder`; docs/mask_decoder.md) to invert the frozen VAE's
-mask latents: those of each sample's palette rendering and of each present class's binary mask (and the empty one),
-read from a latent cache or encoded. Its target is the rendered mask (`target="mask"`) or the VAE decoder's output
-for the same latent (`target="vae"`); each latent gets Gaussian noise of a std drawn from [0, latent_noise], since
-the U-Net's latents are not exactly the encoder's.
-"""
+"""Training a `LightMaskDecoder` (`digseg train-mask-decoder`; docs/mask_decoder.md) to invert the frozen VAE's mask
+latents, to the rendered mask (`target="mask"`) or the VAE decoder's output (`target="vae"`); each latent gets noise
+of a std drawn from [0, latent_noise], since the U-Net's latents are not exactly the encoder's."""
 
 from __future__ import annotations
 
@@ -17,15 +14,12 @@ from tqdm.auto import tqdm
 from ..errors import DataError, DigsegError
 from ..models.digseg_model import decode_latents
 from ..models.mask_decoder import LightMaskDecoder
-from .batches import LatentBatcher
 from .config import MASK_DECODER_STEPS, MASK_DECODER_TARGETS
-from .latent_key import IMAGE, LatentKey
+from .batches import IMAGE, LatentBatcher, LatentKey
 
 
 @dataclass
 class MaskLatents:
-    """N (latent, mask) training pairs over S samples."""
-
     latents: torch.Tensor  # [N, C, h, w] float32, the VAE's scaled posterior means
     labels: torch.Tensor  # [S, H, W] int64, each sample's label map
     sample: torch.Tensor  # [N] int64, index into labels
@@ -46,8 +40,7 @@ def collect_mask_latents(batcher: LatentBatcher, indices: list[int] | range, sto
             if store is not None and store.has(i):
                 label = batcher.dataset[i]["label"]  # [H, W]: the targets are rendered from it
                 present, _ = store.info(i)
-                found = {key: store.get(i, key) for key in batcher.mask_keys(present)}
-                found = {key: z for key, z in found.items() if z is not None}
+                found = {key: z for key in batcher.mask_keys(present) if (z := store.get(i, key)) is not None}
             else:  # one read of the sample: encode_all returns its label too
                 entry = batcher.encode_all(i)
                 found, label = entry["latents"], entry["label"]
@@ -55,10 +48,9 @@ def collect_mask_latents(batcher: LatentBatcher, indices: list[int] | range, sto
         except (DataError, OSError, ValueError) as exc:
             skipped.append(f"sample {i}: {exc}")
             continue
-        for key, z in found.items():
-            latents.append(z.float())
-            sample.append(len(labels))
-            keys.append(key)
+        latents += [z.float() for z in found.values()]
+        sample += [len(labels)] * len(found)
+        keys += list(found)
         labels.append(label.long())
     if not latents:
         raise DigsegError(f"no mask latents: none of {len(indices)} samples could be read" +
@@ -67,14 +59,10 @@ def collect_mask_latents(batcher: LatentBatcher, indices: list[int] | range, sto
 
 
 def train_mask_decoder(decoder: LightMaskDecoder, data: MaskLatents, batcher: LatentBatcher,
-                       steps: int = MASK_DECODER_STEPS,
-                       batch_size: int = 32, learning_rate: float = 1e-3, latent_noise: float = 0.2, seed: int = 0,
-                       target: str = "mask", vae=None, show_progress: bool = True) -> list[float]:
-    """Fit `decoder` (in place, on its own device) to map `data`'s latents to their rendered masks.
-
-    AdamW with cosine decay; returns the loss of every step. Raises DigsegError on a non-finite loss.
-    `target="vae"` needs `vae` (the frozen VAE whose decoder is imitated).
-    """
+                       steps: int = MASK_DECODER_STEPS, batch_size: int = 32, learning_rate: float = 1e-3,
+                       latent_noise: float = 0.2, seed: int = 0, target: str = "mask", vae=None,
+                       show_progress: bool = True) -> list[float]:
+    """Fit `decoder` in place (AdamW, cosine decay) -> the loss of every step. `target="vae"` needs `vae`."""
     if target not in MASK_DECODER_TARGETS or (target == "vae" and vae is None):
         raise DigsegError(f"target must be one of {', '.join(MASK_DECODER_TARGETS)} (\"vae\" needs the VAE), "
                           f"got {target!r}")
@@ -119,10 +107,8 @@ def train_mask_decoder(decoder: LightMaskDecoder, data: MaskLatents, batcher: La
 def fit_light_mask_decoder(pipe, dataset, resolution: int, task: str = "both", latent_cache: str | None = None,
                            num_samples: int | None = None, block_channels=None, seed: int = 0,
                            show_progress: bool = True, **train_kwargs):
-    """Collect `dataset`'s mask latents with `pipe`'s VAE, train a `LightMaskDecoder` on them and install it
-    in `pipe` (`pipe.set_mask_decoder`, in the pipe's dtype). `block_channels`: its widths (default
-    `LightMaskDecoder.for_vae`'s). `train_kwargs` go to `train_mask_decoder`. -> (decoder, losses, data): the
-    decoder as trained, in fp32 whatever the pipe's dtype."""
+    """Train a `LightMaskDecoder` (`block_channels`: its widths) on `dataset`'s mask latents and install it in `pipe`
+    (in the pipe's dtype). `train_kwargs` go to `train_mask_decoder`. -> (decoder in fp32, losses, data)."""
     from .latent_cache import LatentCache
 
     names = list(pipe.config.class_names or dataset.class_names)

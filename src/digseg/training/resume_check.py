@@ -1,10 +1,7 @@
-"""What a resumed run may change (docs/training.md, "Resuming a run"): every config field classified once, the
-check against the checkpoint, the history.
-
-Before any step, `plan_resume` compares the config with the one the checkpoint recorded (and its launch facts:
-process count, the precision used). A change of a SAFE_FIELDS field is accepted; any other leaves the run's
-trajectory and is refused with a one-line ConfigError listing each `section.field: old -> new`, unless
---allow-config-change. Accepted changes are appended to the history ("trajectory": "kept" or "changed").
+"""What a resumed run may change (docs/training.md, "Resuming a run"). Before any step, `plan_resume` compares the
+config (and the launch: process count, precision used; and the samples) with the checkpoint's: a change of a
+SAFE_FIELDS field is accepted, any other leaves the run's trajectory and is refused with a one-line ConfigError
+naming each `section.field: old -> new`, unless --allow-config-change. Accepted changes join the history.
 """
 
 from __future__ import annotations
@@ -42,15 +39,14 @@ SCHEDULES_WITHOUT_END = ("constant", "constant_with_warmup", "piecewise_constant
 
 
 def mixed_precision_of(optim: OptimConfig) -> str:
-    """The precision a run computes in: optim.mixed_precision, or for "" the launcher's (`accelerate launch`
-    exports its config's), else the best for the machine (`digseg.devices.best_mixed_precision`)."""
+    """The precision a run computes in: optim.mixed_precision, else the launcher's, else the machine's best."""
     from ..devices import best_mixed_precision
 
     return optim.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION") or best_mixed_precision()
 
 
 def launch_facts(optim: OptimConfig, num_processes: int) -> dict[str, Any]:
-    """What a checkpoint records besides the config: {"num_processes", "mixed_precision"}."""
+    """What a checkpoint records besides the config."""
     return {"num_processes": num_processes, "mixed_precision": mixed_precision_of(optim)}
 
 
@@ -69,8 +65,6 @@ class Change:
 
 @dataclass
 class ResumePlan:
-    """What resuming from `checkpoint` does: the step it continues at, the config changes, the history."""
-
     checkpoint: Path
     step: int
     changes: list[Change]  # every changed field, safe or not
@@ -78,27 +72,25 @@ class ResumePlan:
 
     @property
     def trajectory_changed(self) -> bool:
-        """True when this resume applies changes that leave the trajectory (--allow-config-change)."""
         return any(not c.safe for c in self.changes)
 
 
 def _flat(config: dict[str, Any], launch: dict[str, Any] | None) -> dict[str, Any]:
     """{"section.field": value} over the current fields (a missing one at its default), JSON-normalized; a crop `n`
     is [n, n]. With `launch`, optim.mixed_precision is the precision used and launch.num_processes is added."""
+    from ..data.hf_options import HFOptions
+
     flat = {}
     for section, cls in SECTIONS.items():
         given = config.get(section) or {}
         for f in dataclasses.fields(cls):
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             flat[f"{section}.{f.name}"] = json.loads(json.dumps(given.get(f.name, default)))
-    from ..data.hf_options import HFOptions
-
     hf = flat.pop("data.hf") or {}
     for key, default in dataclasses.asdict(HFOptions()).items():
         flat[f"data.hf.{key}"] = hf.get(key, default)
-    crop = flat["data.crop_size"]
-    if isinstance(crop, int):
-        flat["data.crop_size"] = [crop, crop]
+    if isinstance(flat["data.crop_size"], int):
+        flat["data.crop_size"] = [flat["data.crop_size"]] * 2
     if launch:
         flat["optim.mixed_precision"] = launch["mixed_precision"]
         flat["launch.num_processes"] = launch["num_processes"]
@@ -106,8 +98,8 @@ def _flat(config: dict[str, Any], launch: dict[str, Any] | None) -> dict[str, An
 
 
 def _safe_in_context(name: str, old: dict[str, Any], new: dict[str, Any], step: int) -> tuple[bool, str]:
-    """The rules that depend on other values -> (safe, why not): max_steps is safe when the schedule does not depend
-    on it or no step is left; the global batch may be split otherwise (each sample's draws follow its slot in it)."""
+    """-> (safe, why not). max_steps is safe when the schedule does not depend on it or no step is left; the global
+    batch may be split otherwise (each sample's draws follow its slot in it)."""
     if name == "optim.max_steps":
         schedule = new["optim.lr_scheduler"]
         if schedule in SCHEDULES_WITHOUT_END or new[name] <= step:
@@ -116,24 +108,17 @@ def _safe_in_context(name: str, old: dict[str, Any], new: dict[str, Any], step: 
     if name in ("optim.batch_size", "launch.num_processes"):
         before = old["optim.batch_size"] * old.get("launch.num_processes", 1)
         after = new["optim.batch_size"] * new.get("launch.num_processes", 1)
-        if before == after:
-            return True, ""
-        return False, f"global batch {before} -> {after}"
+        return before == after, "" if before == after else f"global batch {before} -> {after}"
     return name in SAFE_FIELDS, ""
 
 
 def config_changes(saved: dict[str, Any], given: dict[str, Any], step: int, saved_launch: dict[str, Any] | None = None,
                    given_launch: dict[str, Any] | None = None) -> list[Change]:
-    """The fields that differ between the checkpoint's config (`saved`, at `step`) and the `given` one, each
-    classified. Launch facts are compared when both sides have them."""
+    """The fields that differ between the checkpoint's config (`saved`, at `step`) and `given`, each classified."""
     both = bool(saved_launch) and bool(given_launch)
     old, new = _flat(saved, saved_launch if both else None), _flat(given, given_launch if both else None)
-    changes = []
-    for name in new:
-        if old.get(name) != new[name]:
-            safe, why = _safe_in_context(name, old, new, step)
-            changes.append(Change(name, old.get(name), new[name], safe, why))
-    return changes
+    return [Change(name, old.get(name), new[name], *_safe_in_context(name, old, new, step))
+            for name in new if old.get(name) != new[name]]
 
 
 def check_changes(changes: list[Change], allow: bool, checkpoint: Path) -> None:
@@ -147,20 +132,13 @@ def check_changes(changes: list[Change], allow: bool, checkpoint: Path) -> None:
                           "to continue with the new ones (the run then no longer follows one config's trajectory)")
 
 
-def history_entry(step: int, changes: list[Change]) -> dict[str, Any]:
-    """One entry of config.yaml's `config_changes` (and log.jsonl's note): the new values apply from `step` on."""
-    return {"step": step, "trajectory": "changed" if any(not c.safe for c in changes) else "kept",
-            "fields": {c.field: [c.old, c.new] for c in changes}}
-
-
 def samples_facts(check: DataCheck | None) -> dict[str, Any] | None:
-    """What a checkpoint records of the samples trained on ({"digest", "count"}); None for generated data."""
+    """What a checkpoint records of the samples trained on; None for generated data."""
     return None if check is None else {"digest": check.kept_digest(), "count": len(check.kept)}
 
 
 def samples_change(saved: dict[str, Any] | None, check: DataCheck | None, run_dir: Path) -> Change | None:
-    """A change of the list of samples trained on (files added or removed, a file gone bad under
-    data.bad_samples: skip), named file by file when the run folder kept the checkpoint's list; None if the same."""
+    """A change of the samples trained on, named file by file when the run folder kept the checkpoint's list."""
     now = samples_facts(check)
     if saved is None or now is None or saved["digest"] == now["digest"]:
         return None
@@ -176,25 +154,21 @@ def samples_change(saved: dict[str, Any] | None, check: DataCheck | None, run_di
 
 def plan_resume(config: TrainConfig, resume: str | None, allow: bool = False,
                 launch: dict[str, Any] | None = None, samples: DataCheck | None = None) -> ResumePlan | None:
-    """Resolve `resume` ("latest" or a checkpoint folder) and check `config`, and with `samples` (the training
-    data's check) the list of samples, against the checkpoint's; ConfigError on a change that leaves the trajectory,
-    unless `allow`. None when there is nothing to resume from. Reads only JSON and the run folder's sample lists."""
-    if not resume:
-        return None
-    path = resolve_resume(resume, Path(config.run.output_dir))
+    """Resolve `resume` ("latest" or a checkpoint folder) and check `config` (and with `samples`, the training data's
+    check) against the checkpoint's; None when there is nothing to resume from. Reads no tensor."""
+    path = resolve_resume(resume, Path(config.run.output_dir)) if resume else None
     if path is None:
         return None
     state = read_trainer_state(path)
     step = int(state["step"])
-    saved = state.get("config")
-    if saved is None:
+    if state.get("config") is None:
         logger.warning("%s records no config: the resumed config is not checked against it", path)
         return ResumePlan(path, step, [], [])
-    changes = config_changes(saved, config.to_dict(), step, state.get("launch"), launch)
-    data_change = samples_change(state.get("samples"), samples, Path(config.run.output_dir))
-    changes += [data_change] if data_change else []
+    changes = config_changes(state["config"], config.to_dict(), step, state.get("launch"), launch)
+    changes += filter(None, [samples_change(state.get("samples"), samples, Path(config.run.output_dir))])
     check_changes(changes, allow, path)
     history = list(state.get("config_changes") or [])
-    if changes:
-        history.append(history_entry(step, changes))
+    if changes:  # config.yaml's `config_changes` (and log.jsonl's note): the new values apply from `step` on
+        history.append({"step": step, "trajectory": "changed" if any(not c.safe for c in changes) else "kept",
+                        "fields": {c.field: [c.old, c.new] for c in changes}})
     return ResumePlan(path, step, changes, history)

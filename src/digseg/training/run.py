@@ -10,16 +10,20 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+from PIL import Image
 from torch.utils.data import Dataset
 
 from ..data.augment import Augmentation, augmentation_for
 from ..data.check import DataCheck, check_dataset, keep_good
+from ..data.io import save_label_png, tensor_to_image
 from ..data.model_data import record_training_data
-from ..errors import ConfigError, DigsegError
+from ..errors import ConfigError, DataError, DigsegError
 from ..pipelines.pipeline import DiGSegPipeline
+from ..pipelines.visualize import class_overlay
 from .batches import LatentBatcher
 from .config import DataConfig, ModelConfig, TrainConfig
-from .samples import TrainingData, TrainingSamples
+from .samples import MicroStepSampler, TrainingData, TrainingSamples
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -49,8 +53,7 @@ def training_augmentation(data: DataConfig) -> Augmentation:
 
 
 def build_dataset(data: DataConfig, seed: int, split: str = "train") -> Dataset:
-    """The dataset a `data` section names, split "train" or "val" (`digseg.data.splits`, `data.hf`); synthetic scenes
-    of the crop's size, readers at native size."""
+    """The dataset a `data` section names, split "train" or "val"; synthetic scenes of the crop's size."""
     from ..data.registry import build_dataset as build
 
     crop = training_augmentation(data).crop_size
@@ -70,8 +73,8 @@ def class_names(data: DataConfig, dataset: Dataset) -> list[str]:
 
 def checked_dataset(data: DataConfig, dataset: Dataset, run_dir: str | Path | None, split: str = "train",
                     show_progress: bool = True) -> tuple[Dataset, DataCheck | None]:
-    """The class list checked, then every sample of `dataset` read once (`digseg.data.check`, kept in `run_dir` so
-    that a resume of unchanged files reads none again) -> (the dataset `data.bad_samples` leaves, the check)."""
+    """The class list checked, then every sample read once (`digseg.data.check`, kept in `run_dir` for a resume)
+    -> (the dataset `data.bad_samples` leaves, the check)."""
     class_names(data, dataset)
     cache = Path(run_dir) / ("data-check.json" if split == "train" else f"data-check-{split}.json") if run_dir else None
     check = check_dataset(dataset, cache, data.num_workers, show_progress, desc=f"check {split} data")
@@ -80,8 +83,7 @@ def checked_dataset(data: DataConfig, dataset: Dataset, run_dir: str | Path | No
 
 def build_training_data(data: DataConfig, pipe: DiGSegPipeline, dataset: Dataset, seed: int,
                         check: DataCheck | None = None) -> TrainingData:
-    """The batcher and samples of `dataset`; the pipeline gets the classes and what it is trained on. `check`: the
-    data check that left `dataset` (`checked_dataset`)."""
+    """The batcher and samples of `dataset`; the pipeline gets the classes and what it is trained on."""
     names = class_names(data, dataset)
     pipe.set_class_names(names)
     augmentation = training_augmentation(data)
@@ -109,8 +111,7 @@ def build_training_data(data: DataConfig, pipe: DiGSegPipeline, dataset: Dataset
 
 
 def validation_split(config: TrainConfig) -> Dataset | None:
-    """The validation split, for validation and previews; None when neither is on, or when only previews want one
-    and there is none (they then show training images)."""
+    """The validation split, for validation and previews; None when none is needed or, for previews only, found."""
     from .tracking import tracker_names
 
     previews = config.run.sample_every and tracker_names(config.run.log_with)
@@ -127,7 +128,7 @@ def validation_split(config: TrainConfig) -> Dataset | None:
 
 
 def set_objective(pipe: DiGSegPipeline, model: ModelConfig) -> None:
-    """The training objective (for one-step, and the mask decoder it trains through) into the pipeline's config."""
+    """The training objective (and for one-step the mask decoder it trains through) into the pipeline's config."""
     decoder = None
     if model.objective == "one-step":
         decoder = model.one_step_decoder
@@ -142,10 +143,8 @@ def set_objective(pipe: DiGSegPipeline, model: ModelConfig) -> None:
 def build_run(config: TrainConfig, pipe: DiGSegPipeline | None = None, dataset: Dataset | None = None,
               show_progress: bool = True, val_dataset: Dataset | None = None, resume: str | None = None,
               allow_config_change: bool = False) -> Trainer:
-    """The `Trainer` of a run: the pipeline (from `config.model` unless given) and training data (from
-    `config.data`, over `dataset` if given). `val_dataset`: the validation split; built from `config.data` when
-    neither it nor `dataset` is given. The data and `resume` (`resume_check.plan_resume`) are checked before the
-    model loads; `train()` then continues from that checkpoint."""
+    """The `Trainer` of a run, its pipeline, data and validation split (when `dataset` is not given either) built
+    from `config` unless given; the data and `resume` are checked before the model loads."""
     from ..distributed import is_main_process, process_info
     from .resume_check import launch_facts, plan_resume
     from .tracking import tracker_names
@@ -172,3 +171,31 @@ def build_run(config: TrainConfig, pipe: DiGSegPipeline | None = None, dataset: 
     trainer = Trainer(config, pipe, data, show_progress=show_progress, val_dataset=val_dataset)
     trainer.resume_plan = plan
     return trainer
+
+
+def write_training_samples(config: TrainConfig, output: str | Path, num: int) -> int:
+    """`digseg browse-data` (docs/training.md): the first `num` training samples exactly as the trainer reads them
+    (sample k: micro-step k // B, slot k % B of one process) into `output`; -> how many were written."""
+    if num < 1:
+        raise DataError(f"--num must be >= 1, got {num}")
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    dataset, _ = checked_dataset(config.data, build_dataset(config.data, config.run.seed), None)  # as training
+    names = class_names(config.data, dataset)
+    ignore = getattr(dataset, "ignore_index", 255)
+    samples = TrainingSamples(dataset, training_augmentation(config.data), config.run.seed, ignore,
+                              skip_bad=config.data.bad_samples == "skip")
+    batch = config.optim.batch_size
+    sampler = MicroStepSampler(len(dataset), batch, 1, 0, config.run.seed, 0, -(-num // batch))
+    requests = [r for step in sampler for r in step][:num]
+    for k, request in enumerate(requests):
+        sample = samples[request]
+        if "error" in sample:
+            raise DataError(sample["error"])
+        image = tensor_to_image(sample["image"])  # uint8 [h, w, 3]
+        label = sample["label"].numpy()  # int64 [h, w]
+        Image.fromarray(image).save(out / f"{k:04d}_image.png")
+        save_label_png(out / f"{k:04d}_label.png", label, len(names))  # ignore: 255 (65535 over 255 classes)
+        shown = np.where(label == ignore, len(names), label)  # ignore: untinted
+        class_overlay(image, shown, names).save(out / f"{k:04d}_overlay.png")
+    return len(requests)

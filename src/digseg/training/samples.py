@@ -1,15 +1,8 @@
-"""The data stage of training: which samples each micro-step reads, and reading + augmenting them in workers.
-
-`MicroStepSampler` yields each micro-step's requests `(index, micro_step, slot)` for this process (`slot`: the
-sample's place in the global batch, batches.py); `TrainingSamples` reads and augments a request with the generator
-of (seed, micro_step, slot), so a sample depends on its request alone, not on workers, processes or resumes. One
-DataLoader spans the run (its workers live as long), stacks each micro-step (`collate_samples`) and pins it on CUDA.
-
-A sample that cannot be read does not raise in the worker (PyTorch would wrap it in a traceback): its batch carries
-the error, raised in the training process as a one-line `DataError`. With `skip_bad` (data.bad_samples: skip) it is
-replaced by the next readable one in dataset order (the same on every run, so resume stays exact) and listed in
-the batch's `skipped`.
-"""
+"""The data stage of training: `MicroStepSampler` yields this process's requests `(index, micro_step, slot)` (`slot`:
+the place in the global batch), `TrainingSamples` reads and augments one with the generator of (seed, micro_step,
+slot), so a sample depends on its request alone. One DataLoader spans the run. An unreadable sample's error travels
+in its batch, raised in the training process as a one-line `DataError`; with `skip_bad` it is replaced by the next
+readable one in dataset order (the same on every run, so resume stays exact)."""
 
 from __future__ import annotations
 
@@ -35,12 +28,8 @@ def augmentation_generator(seed: int, micro_step: int, slot: int) -> torch.Gener
 
 
 class TrainingSamples(Dataset):
-    """Request (index, micro_step, slot) -> {"request", "image": float [3, h, w] in [-1, 1], "label": int64
-    [h, w]} at the training crop (h, w), or {"request", "error": "one line"}; with `read=False`, {"request"}
-    alone (latents come from a cache, and the batcher reads a sample itself only when its latents are missing).
-
-    `dataset` gives native samples through `load_pair(i)` -> (RGB PIL image, int label [H, W]), as every
-    registered reader and `SyntheticScenes` do."""
+    """Request -> {"request" (of the sample read), "image": float [3, h, w] in [-1, 1], "label": int64 [h, w],
+    "skipped": [problems of unreadable samples replaced]} or {"request", "error"}; with `read=False`, {"request"}."""
 
     def __init__(self, dataset: Dataset, augmentation: Augmentation, seed: int, ignore_index: int = 255,
                  read: bool = True, skip_bad: bool = False) -> None:
@@ -60,8 +49,6 @@ class TrainingSamples(Dataset):
         return {"image": pixels, "label": label}
 
     def __getitem__(self, request: Request) -> dict:
-        """{"request", "image", "label", "skipped": [problems of unreadable samples replaced]} or {"request",
-        "error"}; the request's index is the sample's actually read."""
         if not self.read:
             return {"request": request}
         index, micro_step, slot = request
@@ -78,8 +65,6 @@ class TrainingSamples(Dataset):
 
 @dataclass
 class SampleBatch:
-    """One micro-step's samples on this process."""
-
     micro_step: int
     indices: list[int]
     slots: list[int]
@@ -89,14 +74,13 @@ class SampleBatch:
     skipped: list[str] | None = None  # samples that could not be read and were replaced (data.bad_samples: skip)
 
     def pin_memory(self) -> "SampleBatch":
-        """Page-locked images (the DataLoader's pin thread calls this on CUDA): asynchronous host-to-GPU copies."""
+        """Page-locked images (the DataLoader's pin thread calls this on CUDA)."""
         if self.images is not None:
             self.images = self.images.pin_memory()
         return self
 
 
 def collate_samples(items: list[dict]) -> SampleBatch:
-    """The samples of one micro-step -> SampleBatch (in the workers)."""
     requests = [s["request"] for s in items]
     errors = [s["error"] for s in items if "error" in s]
     read = not errors and "image" in items[0]
@@ -114,9 +98,8 @@ class MicroStepSampler(Sampler[list[Request]]):
 
     def __init__(self, num_samples: int, batch_size: int, num_processes: int, process_index: int, seed: int,
                  start: int, stop: int) -> None:
-        self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
+        self.num_samples, self.batch_size, self.seed, self.start, self.stop = num_samples, batch_size, seed, start, stop
         self.num_processes, self.process_index = num_processes, process_index
-        self.start, self.stop = start, stop
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
@@ -144,8 +127,7 @@ def micro_step_batches(samples: TrainingSamples, sampler: MicroStepSampler, num_
 
 @dataclass
 class TrainingData:
-    """What the trainer reads: samples (read and augmented in `num_workers` DataLoader workers) and the
-    batcher that turns them into latents on the model's device."""
+    """What the trainer reads: samples (read and augmented in DataLoader workers) and the batcher (-> latents)."""
 
     samples: TrainingSamples
     batcher: LatentBatcher

@@ -1,11 +1,7 @@
-"""Sharded training (`run.sharding: fsdp`; docs/distributed.md): FSDP2 over the trainable modules and their
-sharded checkpoints, one code path on CUDA (NCCL) and CPU (gloo); the frozen VAE and text encoder stay whole.
-
-digseg applies FSDP2 itself because accelerate applies it only on GPU-class devices and to one model (a DiGSeg run
-trains two); accelerate's own FSDP and DeepSpeed modes are refused. Checkpoints go through DCP's
-`HuggingFaceStorageWriter`, one safetensors file per process in the checkpoint's `shards/` (DCP's default format
-keeps a pickle); loading reshards to any process count.
-"""
+"""Sharded training (`run.sharding: fsdp`; docs/distributed.md): FSDP2 over the trainable modules, on CUDA (NCCL)
+and CPU (gloo), applied here because accelerate's applies only on GPU-class devices and to one model. Checkpoints:
+DCP's `HuggingFaceStorageWriter`, one safetensors file per process (DCP's default format pickles); loading reshards
+to any process count. FSDP2 and DCP are imported where used: they need torch >= 2.9, unsharded runs do not."""
 
 from __future__ import annotations
 
@@ -19,13 +15,11 @@ from torch import nn
 
 from ..errors import ConfigError, DigsegError
 
-# FSDP2 and DCP are imported where used: they need torch >= 2.9 (`check_sharding` says so), unsharded runs do not
-
 UNET_BLOCKS = ("down_blocks", "mid_block", "up_blocks")  # each part of these blocks is one FSDP unit
 
 
-def check_sharding(distributed_type: DistributedType, sharding: str, optimizer: str, mixed_precision: str) -> None:
-    """ConfigError, before any weight is touched, for a launch or settings that sharded training cannot honour."""
+def check_sharding(distributed_type: DistributedType, sharding: str, mixed_precision: str) -> None:
+    """ConfigError for a launch or settings that sharded training cannot honour."""
     if distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
         raise ConfigError(f"digseg train does not use accelerate's {distributed_type.value} mode: launch with a DDP "
                           "config (distributed_type: MULTI_GPU, e.g. configs/accelerate/ddp_8gpu.yaml) and shard "
@@ -41,9 +35,6 @@ def check_sharding(distributed_type: DistributedType, sharding: str, optimizer: 
     if mixed_precision == "fp16":
         raise ConfigError("run.sharding fsdp trains in fp32 or bf16: fp16's loss scaler checks each process's own "
                           "shards for overflow, so processes could skip different steps; use --dtype bf16")
-    if optimizer != "adamw":
-        raise ConfigError(f"run.sharding fsdp checkpoints AdamW's moments as sharded tensors; optimizer {optimizer} "
-                          "keeps them in another form: use optim.optimizer adamw")
 
 
 def _units(module: nn.Module | None) -> list[nn.Module]:
@@ -56,9 +47,8 @@ def _units(module: nn.Module | None) -> list[nn.Module]:
 
 
 def shard_modules(unet: nn.Module, pathway: nn.Module, device: torch.device) -> None:
-    """Apply FSDP2 in place: each part of each U-Net block (parts, not blocks, so that what is whole at once stays
-    small: SD2's largest block has 260 M parameters, its largest part 49 M), the U-Net, the text pathway. Their
-    parameters become DTensors holding this process's chunk; call before the optimizer is built over them."""
+    """Apply FSDP2 in place to each part of each U-Net block (parts: SD2's largest block has 260 M parameters, its
+    largest part 49 M), the U-Net and the text pathway; call before the optimizer is built over them."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
@@ -78,30 +68,25 @@ def shard_modules(unet: nn.Module, pathway: nn.Module, device: torch.device) -> 
 
 
 def local_shards(params: list[nn.Parameter]) -> list[torch.Tensor]:
-    """This process's chunk of each DTensor parameter: views of the storage that the optimizer updates in place,
-    requiring grad as the parameters do (diffusers' EMAModel averages only those)."""
+    """This process's chunk of each DTensor parameter, requiring grad (diffusers' EMAModel averages only those)."""
     with torch.enable_grad():
         return [p.to_local() for p in params]
 
 
 class ShardedState:
-    """A sharded run's trainable state (weights, AdamW moments, EMA) as one flat dict of DTensors for DCP.
-    Every process calls every method (they are collectives)."""
+    """A sharded run's weights, AdamW moments and EMA as one flat dict for DCP; every method is a collective."""
 
     def __init__(self, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
                  ema=None) -> None:
-        """`modules`: the sharded modules by name, whose parameters in this order are `params`; `optimizer`: the
-        torch optimizer over them (not accelerate's wrapper); `ema`: EMAModel over `local_shards(params)`, or None."""
+        """`params`: the `modules`' parameters in order; `optimizer`: the torch optimizer over them (not
+        accelerate's wrapper); `ema`: EMAModel over `local_shards(params)`, or None."""
         self.container = nn.ModuleDict(modules)  # parameter names "unet.<name>", "text_pathway.<name>"
-        self.optimizer = optimizer
-        self.params = params
-        self.ema = ema
+        self.optimizer, self.params, self.ema = optimizer, params, ema
         self.names = [name for name, _ in self.container.named_parameters()]
         assert len(self.names) == len(params), "params must be the modules' parameters, in order"
 
     def _tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
-        """-> (flat {key: tensor}, the optimizer's state dict by parameter name). Keys: model.<name>,
-        optim.<name>.<exp_avg|exp_avg_sq|step>, ema.<name>; DTensors except AdamW's replicated `step` scalars."""
+        """-> ({model.<name>, optim.<name>.<key>, ema.<name>: tensor}, the optimizer's state dict by name)."""
         from torch.distributed.checkpoint.state_dict import get_state_dict
         from torch.distributed.tensor import DTensor
 
@@ -117,8 +102,7 @@ class ShardedState:
         return flat, optim
 
     def save(self, folder: Path) -> list[dict]:
-        """Write this process's shards into `folder` (one safetensors file per process); returns the optimizer's
-        param groups (hyperparameters, parameters by name) for the checkpoint's JSON state."""
+        """Write this process's shards into `folder` -> the optimizer's param groups (for the JSON state)."""
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint import HuggingFaceStorageWriter
 
@@ -127,7 +111,7 @@ class ShardedState:
         return optim["param_groups"]
 
     def load(self, folder: Path, param_groups: list[dict]) -> None:
-        """Read the shards in `folder` (written by any number of processes) into the weights, moments and EMA."""
+        """Read the shards in `folder` (of any process count) into the weights, moments and EMA."""
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint import HuggingFaceStorageReader
         from torch.distributed.checkpoint.state_dict import set_state_dict
@@ -148,8 +132,7 @@ class ShardedState:
                 shadow.copy_(flat[f"ema.{name}"].to_local())
 
     def whole_modules(self) -> dict[str, nn.Module]:
-        """Unsharded copies of the trained modules on every process, with the EMA weights if EMA is on. Ends
-        training: the optimizer's moments and the gradients are freed first."""
+        """Unsharded copies of the trained modules (EMA weights if on) on every process; frees the moments."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         if self.ema is not None:
@@ -162,8 +145,7 @@ class ShardedState:
 
 
 def _unsharded_copy(module: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Module:
-    """A plain module of `module`'s class and config holding `weights` (its full state dict) and, for a U-Net, its
-    attention processors (which route the text pathway's levels)."""
+    """A plain module of `module`'s class and config holding `weights` and, for a U-Net, its attention processors."""
     from torch.distributed.fsdp import FSDPModule
 
     cls = next(c for c in type(module).__mro__ if not issubclass(c, FSDPModule))

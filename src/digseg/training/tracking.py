@@ -1,11 +1,6 @@
-"""Training logs (docs/training.md, "Experiment trackers"): `log.jsonl` always (main process only), experiment
-trackers through accelerate's (`run.log_with`), and sample predictions.
-
-log.jsonl lines: {"step", "loss", "lr"} every `log_every` steps (the loss averaged over them; on CUDA also the
-peak GPU memory so far), the validation scores, and notes (`log_note`): a resume's config changes, bad samples,
-skipped steps. Trackers get the same scalars, and those that take images "samples/prediction": rows of
-input | ground truth | prediction (1x1) for a fixed batch of images.
-"""
+"""Training logs (docs/training.md, "Experiment trackers"): `log.jsonl` always (main process only: loss, lr and peak
+memory, validation scores, notes), accelerate's trackers (`run.log_with`) the same scalars, and those that take
+images "samples/prediction": rows of input | ground truth | prediction for a fixed batch of images."""
 
 from __future__ import annotations
 
@@ -19,6 +14,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
+from accelerate.utils import LoggerType
 from PIL import Image
 
 from ..data.io import tensor_to_image
@@ -31,8 +27,7 @@ logger = logging.getLogger("digseg.train")
 
 
 def tracker_names(log_with: str | list[str]) -> list[str]:
-    """`run.log_with` ("tensorboard", "wandb,mlflow", ["aim"], "all", "none") as accelerate's tracker names; [] for
-    "none". ConfigError naming the trackers accelerate knows for any other name."""
+    """`run.log_with` ("tensorboard", "wandb,mlflow", ["aim"], "all", "none") as accelerate's tracker names."""
     names = log_with.split(",") if isinstance(log_with, str) else list(log_with)
     names = [str(name).strip() for name in names if str(name).strip()]
     if names == ["none"]:
@@ -45,35 +40,21 @@ def tracker_names(log_with: str | list[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _installed(name: str) -> bool:
-    """A built-in tracker whose package is installed, or one registered with `register_tracker_class`."""
-    from accelerate.utils import LoggerType
-
-    available = {getattr(t, "value", t) for t in get_available_trackers()}
-    return name in available or name not in {t.value for t in LoggerType}
-
-
 def _hparams(config: dict[str, Any]) -> dict[str, Any]:
-    """The config's entries as "section.key" scalars (what TensorBoard's hparams accept); lists are joined."""
-    out = {}
-    for section, keys in config.items():
-        for key, value in keys.items():
-            if isinstance(value, (list, tuple)):
-                value = ", ".join(map(str, value))[:500]
-            elif value is None or isinstance(value, dict):
-                value = "" if value is None else str(value)
-            out[f"{section}.{key}"] = value
-    return out
+    """The config as "section.key" scalars (what TensorBoard's hparams accept)."""
+    def scalar(value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return ", ".join(map(str, value))[:500]
+        return "" if value is None else str(value) if isinstance(value, dict) else value
+
+    return {f"{section}.{key}": scalar(value) for section, keys in config.items() for key, value in keys.items()}
 
 
 class TrainingLogger:
-    """Owns the run's logs. With `use_trackers`, `accelerator` must have been built with the arguments
-    `tracker_kwargs` returns (its trackers)."""
+    """The run's logs. With `use_trackers`, `accelerator` was built with `tracker_kwargs`."""
 
     def __init__(self, accelerator: Accelerator, output_dir: Path, config: dict[str, Any], use_trackers: bool) -> None:
-        self.accelerator = accelerator
-        self.output_dir = output_dir
-        self.use_trackers = use_trackers
+        self.accelerator, self.output_dir, self.use_trackers = accelerator, output_dir, use_trackers
         self._no_images: set[str] = set()  # trackers already said to take no images
         if use_trackers:
             try:
@@ -84,18 +65,18 @@ class TrainingLogger:
                 raise
             except Exception as exc:  # a tracker's own setup (no login, an unreachable server...)
                 names = ", ".join(str(t) for t in accelerator.log_with)
-                reason = first_line(exc)
-                raise ConfigError(f"cannot start the tracker(s) {names} of run.log_with: {reason}") from exc
+                raise ConfigError(f"cannot start the tracker(s) {names} of run.log_with: {first_line(exc)}") from exc
 
     @staticmethod
     def tracker_kwargs(log_with: str | list[str], output_dir: Path) -> dict[str, Any]:
-        """Accelerator(...) arguments for this run's trackers (`tracker_names`); {} for none. TensorBoard, the
-        default, is dropped with a warning when not installed; another tracker that is not is a ConfigError."""
+        """Accelerator(...) arguments for this run's trackers (TensorBoard, if not installed, dropped)."""
         names = tracker_names(log_with)
         if "tensorboard" in names and find_spec("tensorboard") is None:  # torch's SummaryWriter needs it
             logger.warning("TensorBoard logs are off: `pip install tensorboard` to get them (log.jsonl is written)")
             names.remove("tensorboard")
-        missing = [name for name in names if name != "all" and not _installed(name)]
+        available = {getattr(t, "value", t) for t in get_available_trackers()}
+        builtin = {t.value for t in LoggerType} - {"all"}  # a registered tracker class is not built in
+        missing = [name for name in names if name in builtin and name not in available]
         if missing:
             raise ConfigError(f"run.log_with names {', '.join(missing)}, which is not installed: "
                               f"pip install {' '.join(missing)}")
@@ -105,9 +86,8 @@ class TrainingLogger:
         return {"log_with": names, "project_dir": str(output_dir / "logs")} if names else {}
 
     def truncate_after(self, step: int, revalidate: bool = False) -> None:
-        """Drop log.jsonl lines after `step` (written by a killed run after its last checkpoint), and those of `step`
-        that a resume from it writes again: its config-change and bad-samples notes, and with `revalidate` its
-        validation scores."""
+        """Drop log.jsonl lines after `step` (a killed run's), and those of `step` that a resume writes again: its
+        config-change and bad-samples notes, and with `revalidate` its validation scores."""
         log = self.output_dir / "log.jsonl"
         if not (self.accelerator.is_main_process and log.is_file()):
             return
@@ -122,15 +102,13 @@ class TrainingLogger:
         self._log(step, {"loss": loss, "lr": lr, **memory}, {"train/loss": loss, "train/lr": lr})
 
     def log_note(self, step: int, **note: Any) -> None:
-        """Facts of a step (a config change, bad samples trained without, a skipped step), log.jsonl only."""
+        """Facts of a step (a config change, bad samples, a skipped step), log.jsonl only."""
         self._log(step, note, {})
 
     def log_validation(self, step: int, scores: dict[str, float]) -> None:
-        """`scores`: {"val/mIoU": 41.2, ...}, under the same names in log.jsonl and TensorBoard."""
         self._log(step, scores, scores)
 
     def _log(self, step: int, line: dict[str, float], scalars: dict[str, float]) -> None:
-        """One log.jsonl line {"step": step, **line}; `scalars` at `step` to every tracker. Main process only."""
         if not self.accelerator.is_main_process:
             return
         with open(self.output_dir / "log.jsonl", "a") as log:
@@ -162,8 +140,7 @@ class TrainingLogger:
 
 
 def log_image(tracker, name: str, image: np.ndarray, step: int) -> bool:
-    """Log `image` (uint8 [H, W, 3]) as `name` at `step` to an accelerate tracker, as its library takes images;
-    False for a tracker without images here (comet_ml, dvclive, trackio, custom ones)."""
+    """Log `image` (uint8 [H, W, 3]) to an accelerate tracker; False for one without images here (comet_ml, ...)."""
     kind = tracker.name
     if kind == "tensorboard":
         tracker.writer.add_image(name, image, global_step=step, dataformats="HWC")

@@ -1,10 +1,5 @@
 """The DiGSeg trainer, on accelerate: the widened U-Net and the text pathway trained (VAE and text encoder frozen)
-with `diffusion_loss` or the one-step task loss (`one_step.py`).
-
-The run folder gets config.yaml at the start, checkpoints (`checkpoint.py`) and logs (`tracking.py`) on the way,
-and the trained pipeline with its model card (`digseg.pipelines.model_card`) at the end. The main process holds
-the run folder's lock (`digseg.run_lock`) from the trainer's construction to the end of `train`.
-"""
+with `diffusion_loss` or `one_step_loss`, into a run folder (config.yaml, checkpoints, logs, the trained model)."""
 
 from __future__ import annotations
 
@@ -14,6 +9,7 @@ import weakref
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from accelerate import Accelerator
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
@@ -23,37 +19,33 @@ from tqdm.auto import tqdm
 
 from ..distributed import launched_without_accelerator
 from ..data.check import write_sample_list
-from ..errors import DigsegError, first_line
+from ..errors import ConfigError, DigsegError, first_line
+from ..pipelines.masks import MaskCodec
 from ..pipelines.model_card import read_card_facts, run_facts
 from ..pipelines.pipeline import DiGSegPipeline
 from ..evaluation.protocols import protocol_for
+from ..models.adapters import TRAINED_ADAPTER, AdapterParts, add_lora, has_lora, lora_state_dict, save_adapter
 from .batches import Batch, per_sample, slot_generators
-from .checkpoint import (SHARDS, begin_staging, checkpoint_folder, kill_point, load_checkpoint,
-                         prune_checkpoints, remove_stale, save_checkpoint, staging_folder)
+from .checkpoint import (SHARDS, begin_staging, kill_point, load_checkpoint, prune_checkpoints, remove_stale,
+                         save_checkpoint, staging_folder)
 from .config import OptimConfig, RunConfig, TrainConfig
-from .lora import ADAPTER_FOLDER, begin_lora, load_unet_weights, save_run_adapter
 from .divergence import DivergenceGuard, all_finite, inject_nan_gradient
-from .one_step import one_step_loss
 from .resume_check import ResumePlan, launch_facts, mixed_precision_of, plan_resume, samples_facts
 from ..run_lock import TRAIN, RunFolderLock
 from .samples import TrainingData
 from .sharding import ShardedState, check_sharding, local_shards, shard_modules
 from .tracking import TrainingLogger
-from .validation import check_can_validate, evaluate, evaluation_weights
+from .validation import evaluate, evaluation_weights
 
 logger = logging.getLogger("digseg.train")
 
 
 def diffusion_loss(pipe: DiGSegPipeline, unet: nn.Module, pathway: nn.Module, batch: Batch,
                    gen: torch.Generator | list[torch.Generator], max_timestep_prob: float = 0.0) -> torch.Tensor:
-    """MSE between the U-Net's prediction and the scheduler's target, ignore cells masked out. -> scalar.
-
-    Each sample's squared error is averaged over its kept cells, then samples are averaged, so the mean of N
-    processes' losses (what DDP's gradient averaging computes) equals the loss of their concatenated batch.
-    `gen`: one generator per sample (noise and timestep of that sample) or one for all. The timestep is T-1 with
-    probability `max_timestep_prob`, else uniform over [0, T). `unet` and `pathway` may be the accelerate-wrapped
-    modules (so DDP syncs their gradients).
-    """
+    """MSE between the U-Net's prediction and the scheduler's target, ignore cells masked out, averaged per sample
+    over its kept cells, then over samples (N processes' mean loss is that of their joint batch). `gen`: one
+    generator per sample (its noise and timestep) or one for all; the timestep is T-1 with probability
+    `max_timestep_prob`, else uniform over [0, T)."""
     z0 = batch.mask_latents  # [B, 4, h, w]
     T = pipe.scheduler.config.num_train_timesteps
     noise, t = [], []
@@ -71,9 +63,37 @@ def diffusion_loss(pipe: DiGSegPipeline, unet: nn.Module, pathway: nn.Module, ba
     return (per_sample_loss / weights.flatten(1).sum(1).clamp(min=1.0)).mean()
 
 
+def one_step_loss(pipe: DiGSegPipeline, unet: nn.Module, pathway: nn.Module, batch: Batch, palette_codec: MaskCodec,
+                  binary_codec: MaskCodec, mask_decoder: str) -> torch.Tensor:
+    """The one-step objective: one deterministic U-Net pass decoded by the frozen mask decoder ("light" or "vae"),
+    read as class scores as inference reads them; cross-entropy against `batch.targets` (ignore masked out),
+    averaged per sample, then over samples."""
+    if batch.targets is None or batch.palette is None:
+        raise ValueError("the one-step loss needs label targets: build the LatentBatcher with label_targets=True")
+    device = batch.image_latents.device
+    text = pathway(pipe.prompt_states(batch.prompts).to(device))  # num_levels x [B, L, C]
+    z0 = pipe.one_step_latents(unet, batch.image_latents, text)  # [B, 4, h, w]
+    images = pipe.decode_masks(z0, mask_decoder)  # [B, 3, H', W'], float32, differentiable
+    targets = batch.targets  # [B, H, W]
+    if tuple(images.shape[-2:]) != tuple(targets.shape[-2:]):  # a crop that is not a multiple of the VAE's factor
+        images = F.interpolate(images, size=targets.shape[-2:], mode="bilinear", align_corners=False)
+    is_palette = torch.tensor(batch.palette, device=device)  # [B] bool
+    per_sample = images.new_zeros(len(batch.palette))  # [B]
+    with torch.autocast(device.type, enabled=False):  # palette logits of many classes need float32
+        for codec, rows in ((palette_codec, is_palette), (binary_codec, ~is_palette)):
+            if not bool(rows.any()):
+                continue
+            logits = codec.logits(images[rows].float())  # [n, K, H, W]
+            target = targets[rows]  # [n, H, W]
+            pixel = F.cross_entropy(logits, target, ignore_index=codec.ignore_index, reduction="none")  # [n, H, W]
+            counted = (target != codec.ignore_index).flatten(1).sum(1).clamp(min=1)  # [n]
+            per_sample = per_sample.index_put((rows.nonzero()[:, 0],), pixel.flatten(1).sum(1) / counted)
+    return per_sample.mean()
+
+
 def _make_accelerator(optim: OptimConfig, run: RunConfig) -> Accelerator:
-    """An Accelerator for this run. accelerate keeps one process-wide state; a second trainer in the same
-    Python process (a notebook, a test) with another precision resets it instead of failing."""
+    """An Accelerator for this run; a second trainer in one process (a notebook) with another precision resets
+    accelerate's process-wide state instead of failing."""
     kwargs = dict(gradient_accumulation_steps=optim.gradient_accumulation_steps,
                   mixed_precision=mixed_precision_of(optim),
                   cpu=launched_without_accelerator(),
@@ -89,19 +109,13 @@ def _make_accelerator(optim: OptimConfig, run: RunConfig) -> Accelerator:
         return Accelerator(**kwargs)
 
 
-def make_adamw(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW, fused (one kernel over all tensors) where torch has a fused kernel for the parameters' device: on CPU
-    about 5x faster for the SD2 U-Net (docs/benchmarks.md), equal to the unfused step up to float rounding."""
-    device = params[0].device.type
-    fused = device in ("cpu", "cuda", "xpu", "mps") and all(p.dtype.is_floating_point for p in params)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
-
-
 def make_optimizer(name: str, params: list[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """`optim.optimizer`: "adamw" (`make_adamw`) or "adamw8bit", torchao's AdamW8bit (moments in 8 bits with a scale
-    per block), checkpointed exactly too (checkpoint.optimizer_to_flat)."""
+    """`optim.optimizer`: "adamw", fused where torch has a kernel for the device (on CPU ~5x faster for the SD2
+    U-Net, docs/benchmarks.md), or "adamw8bit", torchao's AdamW8bit (moments in 8 bits with a scale per block)."""
     if name == "adamw":
-        return make_adamw(params, lr, weight_decay)
+        fused = params[0].device.type in ("cpu", "cuda", "xpu", "mps") and all(p.dtype.is_floating_point
+                                                                                 for p in params)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
     try:
         from torchao.optim import AdamW8bit
     except ImportError as exc:
@@ -109,27 +123,48 @@ def make_optimizer(name: str, params: list[nn.Parameter], lr: float, weight_deca
     return AdamW8bit(params, lr=lr, weight_decay=weight_decay)
 
 
+def begin_lora(unet: nn.Module, optim: OptimConfig, seed: int) -> None:
+    """`optim.finetune: lora`: LoRA adapter `TRAINED_ADAPTER` on `unet` (seeded); only it and conv_in train."""
+    if has_lora(unet):
+        raise DigsegError("optim.finetune lora: this model has LoRA adapters loaded already; train from the base "
+                          "model (model.pretrained) instead")
+    unet.requires_grad_(False)
+    add_lora(unet, optim.lora_rank, optim.lora_alpha, optim.lora_targets, TRAINED_ADAPTER, seed=seed)
+    unet.conv_in.requires_grad_(True)
+
+
+def save_run_adapter(folder: Path, pipe, config: TrainConfig) -> Path:
+    """A LoRA run's result: the trained adapter of `pipe` (docs/adapters.md), naming `config.model`'s backbone."""
+    model, optim = config.model, config.optim
+    facts = {"class_names": pipe.config.class_names, "task": pipe.config.task,
+             "processing_resolution": pipe.config.default_processing_resolution,
+             "prompt_template": pipe.config.prompt_template,
+             "prediction_type": pipe.scheduler.config.prediction_type, "objective": pipe.config.objective,
+             "one_step_decoder": pipe.config.one_step_decoder}
+    parts = AdapterParts(pipe.unet.conv_in, pipe.text_pathway, pipe.mask_decoder, facts)
+    base = {"pretrained": model.pretrained, "revision": model.revision, "variant": model.variant}
+    return save_adapter(folder, lora_state_dict(pipe.unet, TRAINED_ADAPTER), parts, base, optim.lora_rank,
+                        optim.lora_alpha, list(optim.lora_targets))
+
+
 class Trainer:
-    """`Trainer(config, pipe, data).train()`, built by `digseg.training.run.build_run`; reads `config.optim` and
-    `config.run`."""
+    """`Trainer(config, pipe, data).train()`, built by `digseg.training.run.build_run`."""
 
     def __init__(self, config: TrainConfig, pipe: DiGSegPipeline, data: TrainingData, show_progress: bool = True,
                  val_dataset: Dataset | None = None) -> None:
-        """`val_dataset`: the validation split, previewed every `sample_every` steps (None: training images are)
-        and scored every `eval_every` steps (needed then)."""
+        """`val_dataset`: the validation split, previewed (None: training images are) and scored (needed then)."""
         self.config = config.validate()
         self.optim, self.run = opt, run = config.optim, config.run
-        self.pipe = pipe
-        self.data = data
+        self.pipe, self.data, self.val_dataset, self.show_progress = pipe, data, val_dataset, show_progress
         self.resume_plan: ResumePlan | None = None  # what build_run(resume=...) checked: train() continues it
-        self.val_dataset = val_dataset
         self._preview_samples: list[dict] | None = None
-        self.show_progress = show_progress
         self.output_dir = Path(run.output_dir)
-        self.accelerator = _make_accelerator(opt, run)
-        check_sharding(self.accelerator.distributed_type, run.sharding, opt.optimizer, self.accelerator.mixed_precision)
-        check_can_validate(run.eval_every, val_dataset, run.sharding)
-        pipe.to(self.accelerator.device)
+        self.accelerator = acc = _make_accelerator(opt, run)
+        check_sharding(acc.distributed_type, run.sharding, acc.mixed_precision)
+        if run.eval_every and val_dataset is None:
+            raise ConfigError("run.eval_every (--eval-every) needs a validation split: build the run with build_run "
+                              "from a config, or pass `val_dataset=` the validation split")
+        pipe.to(acc.device)
         pipe.unet.float()  # float32 master weights, whatever dtype the files or the caller's pipeline had
         pipe.text_pathway.float()
         self.one_step = pipe.config.objective == "one-step"
@@ -140,11 +175,11 @@ class Trainer:
         pipe.unet.train().requires_grad_(True)
         pipe.text_pathway.train().requires_grad_(True)
         self.lora = opt.finetune == "lora"
-        if self.lora:  # the U-Net frozen but for the LoRA matrices and conv_in (models/adapters.py)
+        if self.lora:
             begin_lora(pipe.unet, opt, run.seed)
         self.sharded = run.sharding == "fsdp"
         if self.sharded:  # in place: the parameters become DTensors holding this process's chunks
-            shard_modules(pipe.unet, pipe.text_pathway, self.accelerator.device)
+            shard_modules(pipe.unet, pipe.text_pathway, acc.device)
         params = [p for m in (pipe.unet, pipe.text_pathway) for p in m.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(opt.optimizer, params, opt.learning_rate, opt.weight_decay)
         self.lr_scheduler = self._make_lr_scheduler(self.optimizer)
@@ -155,50 +190,45 @@ class Trainer:
                            opt.learning_rate * opt.max_steps / max(opt.lr_warmup_steps, 1))
         if self.sharded:  # FSDP2 reduces the gradients itself; accelerate wraps the optimizer (accumulation, scaler)
             self.unet, self.text_pathway = pipe.unet, pipe.text_pathway
-            self.optimizer = self.accelerator.prepare(self.optimizer)
+            self.optimizer = acc.prepare(self.optimizer)
         else:
-            self.unet, self.text_pathway, self.optimizer = self.accelerator.prepare(pipe.unet, pipe.text_pathway,
-                                                                                   self.optimizer)
+            self.unet, self.text_pathway, self.optimizer = acc.prepare(pipe.unet, pipe.text_pathway, self.optimizer)
         self.params = [p for m in (self.unet, self.text_pathway) for p in m.parameters() if p.requires_grad]
         # the U-Net tensors a LoRA run checkpoints (None: the whole state dict)
-        self.unet_keys = [name for name, p in self.accelerator.unwrap_model(self.unet).named_parameters()
+        self.unet_keys = [name for name, p in acc.unwrap_model(self.unet).named_parameters()
                           if p.requires_grad] if self.lora else None
         self.ema = EMAModel(self._ema_params(), decay=opt.ema_decay) if opt.use_ema else None
-        self.ema_device = torch.device("cpu") if opt.ema_device == "cpu" else self.accelerator.device
+        self.ema_device = torch.device("cpu") if opt.ema_device == "cpu" else acc.device
         if self.ema is not None:
             self.ema.to(self.ema_device)
         self.shards = ShardedState({"unet": self.unet, "text_pathway": self.text_pathway}, self.optimizer.optimizer,
                                    self.params, self.ema) if self.sharded else None
-        if self.sharded and run.sample_every and self.accelerator.log_with and self.accelerator.is_main_process:
+        if self.sharded and run.sample_every and acc.log_with and acc.is_main_process:
             logger.warning("sample previews are off with run.sharding fsdp: the sharded U-Net runs only when every "
                            "process runs it")
         self.step = 0
         self.last_loss = float("nan")
         self.best: dict | None = None  # {"step", "metric", "value"}: the best validated step so far
         self.last_validation: dict | None = None  # {"step", "val/mIoU", ...}: the latest scores (the model card's)
-        self.config_changes: list[dict] = []  # changes made on resume (resume_check.history_entry)
+        self.config_changes: list[dict] = []  # changes made on resume (resume_check.plan_resume)
         self.guard = DivergenceGuard(self.output_dir, opt.max_consecutive_skips, opt.learning_rate)
         self._lock = RunFolderLock(self.output_dir, TRAIN)
-        if self.accelerator.is_main_process:
+        if acc.is_main_process:
             self._lock.acquire()
         self._unlock = weakref.finalize(self, self._lock.release)  # a trainer dropped untrained lets go too
-        self.logs = TrainingLogger(self.accelerator, self.output_dir, config.to_dict(),
-                                   use_trackers=bool(self.accelerator.log_with))
+        self.logs = TrainingLogger(acc, self.output_dir, config.to_dict(), use_trackers=bool(acc.log_with))
 
     def _make_lr_scheduler(self, optimizer: torch.optim.Optimizer, step: int = 0):
         """`optim.lr_scheduler` over `optim.max_steps`, at `step` (then the param groups must hold "initial_lr")."""
-        opt = self.optim
-        return get_scheduler(opt.lr_scheduler, optimizer, num_warmup_steps=opt.lr_warmup_steps,
-                             num_training_steps=opt.max_steps, last_epoch=step - 1)
+        return get_scheduler(self.optim.lr_scheduler, optimizer, num_warmup_steps=self.optim.lr_warmup_steps,
+                             num_training_steps=self.optim.max_steps, last_epoch=step - 1)
 
-    # ------------------------------------------------------------------------------------ checkpoints
     def _ema_params(self) -> list[torch.Tensor]:
         """What the EMA averages: the trainable parameters, or under sharding this process's chunks of them."""
         return local_shards(self.params) if self.sharded else self.params
 
     def save_checkpoint(self, best: bool = False) -> Path | None:
-        """Every process calls this (under sharding each writes its shards); the main process writes
-        `checkpoints/step-<step>` (with `best`: `checkpoints/best`, `self.best` in its best.json) -> its path."""
+        """Every process calls this; the main one writes `checkpoints/step-<step>` (or `best`) -> its path."""
         acc = self.accelerator
         acc.wait_for_everyone()
         ema = list(self.ema.shadow_params) if self.ema is not None else []
@@ -208,11 +238,12 @@ class Trainer:
             self.guard.stop(f"the weights after step {self.step} are not finite", self.step)
         root = self.output_dir / "checkpoints"
         staged = None
-        if self.shards is not None:
-            final = checkpoint_folder(root, self.step, best)
-            staged = begin_staging(final) if acc.is_main_process else None
+        if self.sharded:
+            staged = staging_folder(root, self.step, best)
+            if acc.is_main_process:
+                begin_staging(staged)
             acc.wait_for_everyone()  # the folder exists (and older leftovers are gone) before anyone writes
-            param_groups = self.shards.save(staging_folder(final) / SHARDS)  # every process writes its own file
+            param_groups = self.shards.save(staged / SHARDS)  # every process writes its own file
             weights, optimizer_state = {}, {"state": {}, "param_groups": param_groups}
         else:
             unet = acc.get_state_dict(self.unet)
@@ -234,7 +265,7 @@ class Trainer:
             "launch": launch_facts(self.optim, acc.num_processes),
             "config_changes": self.config_changes,
             "sharding": self.run.sharding,
-            "samples": samples_facts(self.data.check),  # the list of samples trained on (resume_check.py)
+            "samples": samples_facts(self.data.check),
             "skips": self.guard.state_dict(),
         }
         # one more kept until the newest proves healthy (divergence.py): the error of a diverging run names it
@@ -246,9 +277,9 @@ class Trainer:
         return path
 
     def load_checkpoint(self, path: Path, new_values: bool = False) -> None:
-        """Continue from checkpoint `path`; every process calls this. `new_values` (--allow-config-change): the
-        learning rate, weight decay and schedule are the config's at the checkpoint's step, and an optimizer of
-        another kind, or an EMA turned on, starts afresh."""
+        """Continue from checkpoint `path` (every process). `new_values` (--allow-config-change): the learning rate,
+        weight decay and schedule are the config's at the checkpoint's step, and an optimizer of another kind, or
+        an EMA turned on, starts afresh."""
         weights, optimizer_state, state = load_checkpoint(path)
         saved = state.get("sharding", "none")
         if saved != self.run.sharding:
@@ -256,15 +287,21 @@ class Trainer:
                               f"run.sharding={saved} (with any number of processes)")
         self.step = int(state["step"])
         saved_optimizer = ((state.get("config") or {}).get("optim") or {}).get("optimizer", self.optim.optimizer)
-        has_ema = state.get("ema") is not None and (self.shards is not None or "ema" in weights)
-        if self.shards is not None:
+        has_ema = state.get("ema") is not None and (self.sharded or "ema" in weights)
+        if self.sharded:
             if saved_optimizer != self.optim.optimizer or (self.ema is not None and not has_ema):
                 raise DigsegError(f"checkpoint {path} is sharded: its optimizer and EMA cannot change on resume")
             self.shards.load(path / SHARDS, optimizer_state["param_groups"])
         else:
             unwrap = self.accelerator.unwrap_model
+            keys = set(self.unet_keys or weights["unet"])  # a LoRA run's: exactly its trainable U-Net tensors
+            missing, unexpected = sorted(keys - set(weights["unet"])), sorted(set(weights["unet"]) - keys)
             try:
-                load_unet_weights(unwrap(self.unet), weights["unet"], self.unet_keys)
+                if missing or unexpected:
+                    raise RuntimeError(f"the LoRA run's U-Net tensors differ: "
+                                       f"{'missing ' + missing[0] if missing else 'unexpected ' + unexpected[0]} "
+                                       f"({len(missing)} missing, {len(unexpected)} unexpected)")
+                unwrap(self.unet).load_state_dict(weights["unet"], strict=self.unet_keys is None)
                 unwrap(self.text_pathway).load_state_dict(weights["text_pathway"])
             except RuntimeError as exc:
                 raise DigsegError(f"checkpoint {path} does not fit this run's model: {first_line(exc)}") from exc
@@ -273,12 +310,20 @@ class Trainer:
                                self.optim.optimizer)
             else:
                 self.optimizer.load_state_dict(optimizer_state)
-        if new_values:
-            self._apply_optim_values()
+        if new_values:  # the config's learning rate and weight decay, the schedule rebuilt at this step
+            optimizer = self.lr_scheduler.optimizer  # the one under accelerate's wrapper, which the schedule drives
+            for group in optimizer.param_groups:
+                for key, value in (("lr", self.optim.learning_rate), ("initial_lr", self.optim.learning_rate),
+                                   ("weight_decay", self.optim.weight_decay)):
+                    if isinstance(group.get(key), torch.Tensor):  # torchao keeps lr as a tensor
+                        group[key].fill_(value)
+                    else:
+                        group[key] = value
+            self.lr_scheduler = self._make_lr_scheduler(optimizer, self.step)
         else:
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         if self.ema is not None and has_ema:
-            if self.shards is None:
+            if not self.sharded:
                 shadow = weights["ema"]
                 self.ema.shadow_params = [shadow[k].to(self.ema_device) for k in sorted(shadow)]
             self.ema.optimization_step = state["ema"]["optimization_step"]
@@ -292,34 +337,9 @@ class Trainer:
         self.logs.truncate_after(self.step, revalidate=self._validation_due())
         logger.info("resumed from %s at step %d", path, self.step)
 
-    def _resume(self, plan: ResumePlan) -> None:
-        self.load_checkpoint(plan.checkpoint, new_values=plan.trajectory_changed)
-        if plan.changes:
-            change = plan.history[-1]  # resume_check.history_entry
-            self.logs.log_note(change["step"], config_change=change["fields"], trajectory=change["trajectory"])
-            say = logger.warning if plan.trajectory_changed else logger.info
-            say("resumed at step %d with a changed config (recorded in config.yaml): %s", self.step,
-                ", ".join(map(str, plan.changes)))
-        if self._validation_due():  # the checkpoint was written before its step's validation
-            self.validate()
-
-    def _apply_optim_values(self) -> None:
-        """The config's learning rate and weight decay in the optimizer, its schedule rebuilt at the current step."""
-        optimizer = self.lr_scheduler.optimizer  # the one under accelerate's wrapper, which the schedule drives
-        for group in optimizer.param_groups:
-            for key, value in (("lr", self.optim.learning_rate), ("initial_lr", self.optim.learning_rate),
-                               ("weight_decay", self.optim.weight_decay)):
-                if isinstance(group.get(key), torch.Tensor):  # torchao keeps lr as a tensor
-                    group[key].fill_(value)
-                else:
-                    group[key] = value
-        self.lr_scheduler = self._make_lr_scheduler(optimizer, self.step)
-
-    # ------------------------------------------------------------------------------------ loop
     def train(self, resume: str | None = None, allow_config_change: bool = False) -> DiGSegPipeline:
         """Train to `optim.max_steps`, from checkpoint `resume` ("latest": the newest in the run folder, if any;
-        None: the one `build_run(resume=...)` checked, if any), checked by resume_check.py before any step. Gives
-        the run folder's lock back at the end, error or not."""
+        None: the one `build_run(resume=...)` checked), checked by resume_check.py first. Unlocks the run folder."""
         try:
             return self._train(resume, allow_config_change)
         finally:
@@ -340,7 +360,15 @@ class Trainer:
             # ... or unpruned ones (one more kept: the newest may not have proved healthy, divergence.py)
             prune_checkpoints(self.output_dir / "checkpoints", self.run.keep_checkpoints + 1)
         if plan is not None:
-            self._resume(plan)
+            self.load_checkpoint(plan.checkpoint, new_values=plan.trajectory_changed)
+            if plan.changes:
+                change = plan.history[-1]  # resume_check.plan_resume
+                self.logs.log_note(change["step"], config_change=change["fields"], trajectory=change["trajectory"])
+                say = logger.warning if plan.trajectory_changed else logger.info
+                say("resumed at step %d with a changed config (recorded in config.yaml): %s", self.step,
+                    ", ".join(map(str, plan.changes)))
+            if self._validation_due():  # the checkpoint was written before its step's validation
+                self.validate()
         if check is not None and check.bad:
             logger.warning("training without %d bad sample(s) (data.bad_samples: skip), listed in %s",
                            len(check.bad), self.output_dir / "data-check.json")
@@ -378,8 +406,10 @@ class Trainer:
                         updated = self._optimizer_step()
                     self.optimizer.zero_grad(set_to_none=True)
             self.lr_scheduler.step()
-            if updated and self.ema is not None:
-                self._ema_step()
+            if updated and self.ema is not None:  # an EMA kept on the CPU visits the accelerator for its update
+                self.ema.to(acc.device, non_blocking=True)
+                self.ema.step(self._ema_params())
+                self.ema.to(self.ema_device, non_blocking=True)
             if updated and self.guard.updated() and acc.is_main_process:  # the newest checkpoint proved healthy
                 prune_checkpoints(self.output_dir / "checkpoints", run.keep_checkpoints)
             self.step += 1
@@ -401,8 +431,7 @@ class Trainer:
                 self.validate()
 
     def _optimizer_step(self) -> bool:
-        """Clip the gradients (to `optim.max_grad_norm`, if > 0), then update the weights unless the gradients are not
-        finite (divergence.py) -> whether the weights were updated."""
+        """Clip the gradients, then update the weights unless they are not finite -> whether they were updated."""
         acc = self.accelerator
         limit = self.optim.max_grad_norm if self.optim.max_grad_norm > 0 else math.inf
         norm = acc.clip_grad_norm_(self.params, limit)  # unscaled first under fp16; reduced over every process
@@ -420,16 +449,6 @@ class Trainer:
             self.logs.log_note(self.step + 1, skipped_step=message, skipped_steps=self.guard.skipped)
         return finite
 
-    def _ema_step(self) -> None:
-        """Update the EMA from the weights just stepped; an EMA kept off the accelerator visits it for the update
-        (the step's gradients are freed by then) and goes back, as diffusers' --offload_ema does."""
-        away = self.ema_device != self.accelerator.device
-        if away:
-            self.ema.to(self.accelerator.device, non_blocking=True)
-        self.ema.step(self._ema_params())
-        if away:
-            self.ema.to(self.ema_device, non_blocking=True)
-
     def _loss(self, batch: Batch, gen: list[torch.Generator]) -> torch.Tensor:
         """The objective's loss of one micro-batch (the pipeline's config names the objective)."""
         if self.one_step:
@@ -441,7 +460,7 @@ class Trainer:
     def _log_samples(self) -> None:
         """Predictions for the same `num_sample_images` images (validation, else training) into the trackers."""
         run = self.run
-        if not self.logs.use_trackers or not self.accelerator.is_main_process or self.shards is not None:
+        if not self.logs.use_trackers or not self.accelerator.is_main_process or self.sharded:
             return
         if self._preview_samples is None:
             source = self.val_dataset if self.val_dataset is not None else self.data.samples.dataset
@@ -459,8 +478,7 @@ class Trainer:
         return every > 0 and (self.step % every == 0 or self.step == self.optim.max_steps)
 
     def validate(self) -> None:
-        """Score this step's weights (the EMA ones, if on) on the validation split, log the scores, and on a new
-        best write `checkpoints/best`. Every process calls this (each predicts its share of the images)."""
+        """Score this step's (EMA, if on) weights, log the scores, and on a new best write `checkpoints/best`."""
         with evaluation_weights([self.pipe.unet, self.pipe.text_pathway], self.ema, self.params):
             result = evaluate(self.pipe, self.val_dataset, self.run.eval_samples, self.run.seed,
                               self.optim.batch_size)
@@ -473,7 +491,7 @@ class Trainer:
 
     def finish(self) -> DiGSegPipeline:
         """Put the trained (EMA, if on) weights into the pipeline, in eval mode, and save it in the run folder."""
-        if self.shards is not None:  # every process gathers whole copies (with the EMA weights, if on)
+        if self.sharded:  # every process gathers whole copies (with the EMA weights, if on)
             whole = self.shards.whole_modules()
             unet, pathway = whole["unet"], whole["text_pathway"]
         else:
@@ -490,7 +508,7 @@ class Trainer:
         if self.accelerator.is_main_process:
             prune_checkpoints(self.output_dir / "checkpoints", self.run.keep_checkpoints)
             if self.lora:  # the run's result is the adapter folder, not a whole model (docs/adapters.md)
-                save_run_adapter(self.output_dir / ADAPTER_FOLDER, self.pipe, self.config)
+                save_run_adapter(self.output_dir / "adapter", self.pipe, self.config)
             else:
                 card = run_facts(self.config.to_dict(), protocol_for(self.config.data.dataset).source,
                                  self.accelerator.num_processes, self.best, self.last_validation,

@@ -1,10 +1,5 @@
-"""Training the tiny VAE for `digseg quickstart` (no pretrained weights can be downloaded).
-
-DiGSeg needs a VAE that reconstructs rendered masks (binary white/black and palette colours) and whose
-image latents carry the scene. The tiny VAE is trained on a mix of synthetic scenes and their rendered
-masks with an L1 + small-KL loss; its `scaling_factor` is then set to 1 / std of the latents, as Stable
-Diffusion's 0.18215 does for its own VAE. A real Stable Diffusion VAE needs none of this.
-"""
+"""Training the tiny VAE for `digseg quickstart` on synthetic scenes and their rendered masks (MSE + small KL); its
+`scaling_factor` is then 1 / std of the latents, as Stable Diffusion's 0.18215 is for its own VAE."""
 
 from __future__ import annotations
 

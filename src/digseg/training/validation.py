@@ -1,10 +1,6 @@
-"""Validation during training (`run.eval_every`; docs/training.md, "Validation during training"), as
-mmsegmentation's `val_interval` and `save_best`: the validation split scored with `digseg eval`'s own code on a
-fixed, cheap protocol, and the best step's checkpoint kept in `checkpoints/best/`.
-
-A step due for both is checkpointed first, then validated, and a run resumed from `step-N` validates step N again,
-so a kill during validation (or while `best/` is replaced) ends with the uninterrupted run's scores and best step.
-"""
+"""Validation during training (`run.eval_every`; docs/training.md): the validation split scored with `digseg eval`'s
+code, the best step kept in `checkpoints/best/`. A step is checkpointed, then validated, and a run resumed from
+`step-N` validates step N again, so a kill during validation ends with the uninterrupted run's scores."""
 
 from __future__ import annotations
 
@@ -22,7 +18,7 @@ from ..data.base import MetricKind, SegmentationDataset
 from ..data.synthetic import ItemsView
 from ..distributed import is_main_process
 from ..evaluation.dataset_eval import HEADLINE_METRIC, SUMMARY_COLUMNS, Scores, predict_dataset
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from ..evaluation.protocols import TestProtocol
 
 
@@ -33,23 +29,10 @@ class ValidationResult:
     scores: dict[str, float]  # every summary score as "val/<name>", e.g. {"val/mIoU": 41.2, "val/aAcc": 80.3}
 
 
-def check_can_validate(every: int, dataset: Dataset | None, sharding: str = "none") -> None:
-    """ConfigError, before training starts, for validation without a validation split or on sharded weights."""
-    if not every:
-        return
-    if dataset is None:
-        raise ConfigError("run.eval_every (--eval-every) needs a validation split: build the run with build_run "
-                          "from a config, or pass `val_dataset=` the validation split")
-    if sharding != "none":
-        raise ConfigError(f"run.eval_every (--eval-every) runs the pipeline on whole weights, which run.sharding "
-                          f"{sharding} splits over the processes: score the trained model with `digseg eval` instead")
-
-
 @contextmanager
 def evaluation_weights(modules: Sequence[nn.Module], ema: EMAModel | None = None,
                        params: Sequence[nn.Parameter] = ()) -> Iterator[None]:
-    """`modules` in eval mode under no_grad, holding the EMA weights (into `params`) if `ema` is given; their
-    weights and train mode are restored on exit."""
+    """`modules` in eval mode under no_grad, holding the EMA weights (into `params`) if `ema` is given."""
     modes = [m.training for m in modules]
     if ema is not None:
         ema.store(params)
@@ -67,8 +50,7 @@ def evaluation_weights(modules: Sequence[nn.Module], ema: EMAModel | None = None
 
 
 def evaluate(pipe, dataset: Dataset, limit: int, seed: int, batch_size: int) -> ValidationResult:
-    """Score `pipe` on the first `limit` images of `dataset`: E-Step 1x1, image i's noise seeded by (`seed`, i).
-    Every process calls this and predicts its share; predictions are scored as they come (no files)."""
+    """Score `pipe` on the first `limit` images of `dataset` (1x1, seeded); every process predicts its share."""
     if isinstance(dataset, SegmentationDataset):  # what `predict_dataset` reads
         images = copy.copy(dataset)
         images.samples = dataset.samples[:limit]
