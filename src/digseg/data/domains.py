@@ -13,8 +13,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..errors import DataError
-from .base import (ImagesFirst, MetricKind, Sample, SegmentationDataset, list_files, make_lut, pair_by_image,
-                   register_dataset, remap, require_dir)
+from .base import (MetricKind, Sample, SegmentationDataset, StandardLayout, list_files, make_lut, pair_files,
+                   register_dataset, require_dir)
 from .io import load_image, load_label, read_class_list, read_list_file
 from .splits import (BY_HASH, BY_SPLIT_FILE, BY_SPLIT_FOLDERS, BY_SPLIT_LISTS, DEFAULT_VAL_FRACTION, FOLDER_DATASET,
                      is_held_out, split_options)
@@ -33,6 +33,7 @@ class Cityscapes(SegmentationDataset):
     name = "cityscapes"
     class_names = CITYSCAPES_CLASSES
     splits = {"train": "train", "val": "val", "test": "test"}
+    converted, label_lut, strict_lut = "_labelTrainIds.png", CITYSCAPES_LUT, False  # labelIds -> trainIds
 
     def layout_hint(self) -> str:
         return ("expected leftImg8bit/<split>/<city>/<id>_leftImg8bit.png and "
@@ -44,17 +45,12 @@ class Cityscapes(SegmentationDataset):
         cities = sorted(d for d in image_root.iterdir() if d.is_dir() and not d.name.startswith("."))
         images = list_files(self, cities, ("_leftImg8bit.png",))
         labels = self.root / "gtFine" / split  # gtFine/<split>/<city>/, as leftImg8bit/
-        return pair_by_image(self, images, lambda stem, image: [
+        return pair_files(self, images, lambda stem, image: [
             labels / image.parent.name / f"{stem}_gtFine_{ids}.png" for ids in ("labelTrainIds", "labelIds")])
-
-    def convert_label(self, raw: np.ndarray, path: Path) -> np.ndarray:
-        if path.name.endswith("_labelIds.png"):
-            return remap(self, raw, CITYSCAPES_LUT, path, strict=False)
-        return raw  # labelTrainIds: already 0..18 / 255
 
 
 @register_dataset
-class BDD100K(ImagesFirst):
+class BDD100K(StandardLayout):
     name = "bdd100k"
     class_names = CITYSCAPES_CLASSES
     image_dir, label_dir = "images/10k/{split}", "labels/sem_seg/masks/{split}"
@@ -62,7 +58,7 @@ class BDD100K(ImagesFirst):
 
 
 @register_dataset
-class DeepGlobeRoads(ImagesFirst):
+class DeepGlobeRoads(StandardLayout):
     name = "deepglobe-roads"
     metric = MetricKind.ROAD
     class_names = ["background", "road"]
@@ -78,7 +74,7 @@ REFUGE2_LUT = np.array([2 if v <= 64 else 1 if v < 192 else 0 for v in range(256
 
 
 @register_dataset
-class REFUGE2(ImagesFirst):
+class REFUGE2(StandardLayout):
     name = "refuge2"
     metric = MetricKind.MEDICAL
     class_names = ["background", "optic disc", "optic cup"]
@@ -93,14 +89,11 @@ class REFUGE2(ImagesFirst):
 
 
 @register_dataset
-class PhenoBench(ImagesFirst):
+class PhenoBench(StandardLayout):
     name = "phenobench"
     class_names = ["soil", "crop", "weed"]
     image_dir, label_dir = "{split}/images", "{split}/semantics"
-    LUT = make_lut({0: 0, 1: 1, 2: 2, 3: 1, 4: 2})  # 3 partial crop -> crop, 4 partial weed -> weed
-
-    def convert_label(self, raw: np.ndarray, path: Path) -> np.ndarray:
-        return remap(self, raw, self.LUT, path, strict=False)
+    label_lut, strict_lut = make_lut({0: 0, 1: 1, 2: 2, 3: 1, 4: 2}), False  # 3 partial crop -> crop, 4 -> weed
 
 
 @register_dataset
@@ -152,7 +145,7 @@ class FolderPairs(SegmentationDataset):
                                     f"{self.train_split_file}")
             images = kept
         masks = self.root / "masks"  # masks/<stem>.png, or masks/<split>/<stem>.png for a split folder's image
-        return pair_by_image(self, images, lambda stem, image: [
+        return pair_files(self, images, lambda stem, image: [
             masks / image.parent.relative_to(self.root / "images") / f"{stem}.png"])
 
     def _images_of_split(self) -> tuple[dict[str, Path], str, str]:
@@ -228,7 +221,7 @@ class MoNuSeg(SegmentationDataset):
         tissue, notes = folder / "Tissue Images", folder / "Annotations"
         images = list_files(self, tissue if tissue.is_dir() else folder, (".tif", ".tiff"))
         label_dirs = [notes, folder] if notes.is_dir() else [folder]
-        return pair_by_image(self, images, lambda stem, _: [d / f"{stem}.xml" for d in label_dirs])
+        return pair_files(self, images, lambda stem, _: [d / f"{stem}.xml" for d in label_dirs])
 
     def read_raw_label(self, sample: Sample) -> np.ndarray:
         """1 inside (and on the outline of) any polygon of the Aperio XML, 0 elsewhere."""
