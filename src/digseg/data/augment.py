@@ -41,22 +41,13 @@ SATURATION_RANGE = (0.5, 1.5)
 HUE_DELTA = 18  # OpenCV hue units (0..180 for 360 degrees)
 
 
-def _int_pair(name: str, value: Any, allow_none: bool = False) -> tuple[int, int] | None:
-    if value is None and allow_none:
-        return None
-    if (isinstance(value, (list, tuple)) and len(value) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
-        return (int(value[0]), int(value[1]))
-    raise ConfigError(f"augmentation {name} must be two positive integers{' or null' if allow_none else ''}, "
-                      f"got {value!r}")
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _number(name: str, value: Any, low: float, high: float, low_open: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if ok and (low < value <= high if low_open else low <= value <= high):
-        return float(value)
-    raise ConfigError(f"augmentation {name} must be a number in {'(' if low_open else '['}{low}, {high}], "
-                      f"got {value!r}")
+def _is_pair(value: Any, item: type = object) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) == 2 and all(
+        _is_number(v) and isinstance(v, item) and v > 0 for v in value)
 
 
 @dataclass(frozen=True)
@@ -73,23 +64,23 @@ class Augmentation:
     enabled: bool = True
 
     def __post_init__(self) -> None:
-        put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731  (frozen dataclass)
-        put("scale", _int_pair("scale", self.scale, allow_none=True))
-        put("crop_size", _int_pair("crop_size", self.crop_size))
-        pair = self.ratio_range
-        if pair is not None:
-            numbers = isinstance(pair, (list, tuple)) and len(pair) == 2 and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in pair)
-            if not (numbers and 0 < pair[0] <= pair[1]):
-                raise ConfigError(f"augmentation ratio_range must be (low, high) with 0 < low <= high, or null, "
-                                  f"got {pair!r}")
-            put("ratio_range", (float(pair[0]), float(pair[1])))
-        put("cat_max_ratio", _number("cat_max_ratio", self.cat_max_ratio, 0.0, 1.0, low_open=True))
-        put("flip_prob", _number("flip_prob", self.flip_prob, 0.0, 1.0))
-        put("vflip_prob", _number("vflip_prob", self.vflip_prob, 0.0, 1.0))
+        def check(name: str, ok: bool, kind: str, convert: Any = float) -> None:
+            value = getattr(self, name)
+            if not ok:
+                raise ConfigError(f"augmentation {name} must be {kind}, got {value!r}")
+            object.__setattr__(self, name, convert(value))  # frozen dataclass
+
+        ints = "two positive integers"
+        check("scale", self.scale is None or _is_pair(self.scale, int), ints + " or null", lambda v: v and tuple(v))
+        check("crop_size", _is_pair(self.crop_size, int), ints, tuple)
+        ratio = self.ratio_range
+        check("ratio_range", ratio is None or (_is_pair(ratio) and ratio[0] <= ratio[1]),
+              "(low, high) with 0 < low <= high, or null", lambda v: v and (float(v[0]), float(v[1])))
+        check("cat_max_ratio", _is_number(self.cat_max_ratio) and 0 < self.cat_max_ratio <= 1, "a number in (0.0, 1.0]")
+        for name in ("flip_prob", "vflip_prob"):
+            check(name, _is_number(getattr(self, name)) and 0 <= getattr(self, name) <= 1, "a number in [0.0, 1.0]")
         for name in ("photometric", "enabled"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"augmentation {name} must be true or false, got {getattr(self, name)!r}")
+            check(name, isinstance(getattr(self, name), bool), "true or false", bool)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (pairs as lists), as a config file's `augmentation:` section holds them."""
