@@ -22,7 +22,6 @@ logger = logging.getLogger("digseg.data")
 
 BAD_SAMPLES = ("error", "skip")  # data.bad_samples: refuse a dataset with bad samples, or train without them
 SMALL = 1000  # a dataset of fewer samples is scanned in the calling process
-LISTED = 20  # bad samples an error message lists (the rest are counted; `digseg check-data` lists them all)
 
 
 @dataclass
@@ -147,13 +146,9 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def describe_bad(bad: list[BadSample], limit: int | None = LISTED) -> str:
-    """One line per bad sample ("  <problem>"), the first `limit` of them, then how many more."""
-    shown = bad if limit is None else bad[:limit]
-    lines = [f"  {b.problem}" for b in shown]
-    if len(bad) > len(shown):
-        lines.append(f"  ... and {len(bad) - len(shown)} more")
-    return "\n".join(lines)
+def describe_bad(bad: list[BadSample]) -> str:
+    """One line per bad sample: "  <problem>"."""
+    return "\n".join(f"  {b.problem}" for b in bad)
 
 
 def keep_good(dataset, check: DataCheck | None, policy: str, where: str = ""):
