@@ -1,7 +1,7 @@
 """Base class of the readers of datasets in their official layouts (`@register_dataset`), the registry by name, and
 the readers' helpers: listing and pairing files (DataError naming the dataset and paths at fault), `StandardLayout`
 and label lookup tables. A reader sets `name`, `metric`, `class_names`, `splits` and implements `find_samples` (or
-is a `StandardLayout`), with `label_lut` when stored values are not contiguous class ids.
+is a `StandardLayout`), and `label_lut` when stored values are not contiguous class ids.
 """
 
 from __future__ import annotations
@@ -97,12 +97,6 @@ class SegmentationDataset(Dataset):
         """One line telling where images and labels are expected (used in error messages)."""
         return "see README: datasets"
 
-    def convert_label(self, raw: np.ndarray, path: Path) -> np.ndarray:
-        """Stored label values -> contiguous class ids with `ignore_index` for unlabelled pixels."""
-        if self.label_lut is None or (self.converted and path.name.endswith(self.converted)):
-            return raw
-        return remap(self, raw, self.label_lut, path, self.strict_lut)
-
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
@@ -115,8 +109,11 @@ class SegmentationDataset(Dataset):
         return load_image(sample.image)
 
     def read_raw_label(self, sample: Sample) -> np.ndarray:
-        """The label file as class ids (override for labels that are not images, e.g. XML polygons)."""
-        return self.convert_label(load_label(sample.label), sample.label)
+        """The label file as class ids, through `label_lut` (override for labels that are not images, e.g. XML)."""
+        raw, path = load_label(sample.label), sample.label
+        if self.label_lut is None or (self.converted and path.name.endswith(self.converted)):
+            return raw
+        return remap(self, raw, self.label_lut, path, self.strict_lut)
 
     def read_label(self, sample: Sample) -> np.ndarray:
         """int64 [H, W] class ids with `ignore_index`; DataError naming the file if missing or out of range."""
