@@ -224,34 +224,25 @@ class MoNuSeg(SegmentationDataset):
         return pair_files(self, images, lambda stem, _: [d / f"{stem}.xml" for d in label_dirs])
 
     def read_raw_label(self, sample: Sample) -> np.ndarray:
-        """1 inside (and on the outline of) any polygon of the Aperio XML, 0 elsewhere."""
-        canvas = Image.new("L", load_image(sample.image).size, 0)
+        """1 inside (and on the outline of) any Region/Vertices/Vertex polygon of the Aperio XML, 0 elsewhere;
+        DataError when the file is missing, not well-formed XML, or a vertex lacks a finite numeric X / Y."""
+        canvas, path = Image.new("L", load_image(sample.image).size, 0), sample.label
+        try:
+            root = ET.parse(path).getroot()
+        except (OSError, ET.ParseError) as exc:
+            raise DataError(f"cannot read annotation {path}: {exc}") from exc
         draw = ImageDraw.Draw(canvas)
-        for points in read_aperio_polygons(sample.label):
+        for region in root.iter("Region"):
+            points = []
+            for vertex in region.iter("Vertex"):
+                try:
+                    x, y = float(vertex.attrib["X"]), float(vertex.attrib["Y"])
+                except (KeyError, ValueError) as exc:
+                    raise DataError(f"annotation {path}: a vertex of region {region.get('Id', '?')} has no valid "
+                                    f"X / Y ({vertex.attrib})") from exc
+                if not (math.isfinite(x) and math.isfinite(y)):
+                    raise DataError(f"annotation {path}: non-finite vertex ({x}, {y})")
+                points.append((x, y))
             if len(points) >= 2:  # 2 points draw a line; a single point is skipped
                 draw.polygon(points, fill=1, outline=1)
         return np.asarray(canvas, dtype=np.uint8).astype(np.int64)
-
-
-def read_aperio_polygons(path: Path) -> list[list[tuple[float, float]]]:
-    """Polygons [(x, y), ...] of every Region/Vertices/Vertex in an Aperio XML; DataError when the file is missing,
-    not well-formed XML, or a vertex lacks a finite numeric X / Y."""
-    try:
-        root = ET.parse(path).getroot()
-    except (OSError, ET.ParseError) as exc:
-        raise DataError(f"cannot read annotation {path}: {exc}") from exc
-    polygons = []
-    for region in root.iter("Region"):
-        points = []
-        for vertex in region.iter("Vertex"):
-            try:
-                x, y = float(vertex.attrib["X"]), float(vertex.attrib["Y"])
-            except (KeyError, ValueError) as exc:
-                raise DataError(f"annotation {path}: a vertex of region {region.get('Id', '?')} has no valid "
-                                f"X / Y ({vertex.attrib})") from exc
-            if not (math.isfinite(x) and math.isfinite(y)):
-                raise DataError(f"annotation {path}: non-finite vertex ({x}, {y})")
-            points.append((x, y))
-        if points:
-            polygons.append(points)
-    return polygons
