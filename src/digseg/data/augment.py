@@ -106,13 +106,6 @@ class Augmentation:
         return dataclasses.replace(base, **dict(values))
 
 
-def _resized_size(width: int, height: int, aug: Augmentation, u_ratio: float) -> tuple[int, int]:
-    ratio = 1.0 if aug.ratio_range is None else aug.ratio_range[0] + u_ratio * (aug.ratio_range[1] - aug.ratio_range[0])
-    if aug.scale is None:
-        return max(1, int(width * ratio + 0.5)), max(1, int(height * ratio + 0.5))
-    return rescale_size(width, height, (int(aug.scale[0] * ratio), int(aug.scale[1] * ratio)))
-
-
 def _nearest_rows(start: int, count: int, size: int, new_size: int) -> np.ndarray:
     """Source indices [count] of output pixels start..start+count on an axis resized size -> new_size."""
     centres = (np.arange(start, start + count, dtype=np.float64) + 0.5) * (size / new_size)
@@ -145,20 +138,6 @@ def _crop_ok(window: np.ndarray, cat_max_ratio: float, ignore_index: int) -> boo
     counts = np.bincount(values) if values.min() >= 0 else np.unique(values, return_counts=True)[1]
     counts = counts[counts > 0]
     return len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio
-
-
-def _choose_crop(label: np.ndarray, new_hw: tuple[int, int], hw: tuple[int, int], aug: Augmentation,
-                 u: np.ndarray, ignore_index: int) -> tuple[int, int, np.ndarray]:
-    """(top, left, label window [h, w]) of the kept crop candidate."""
-    margin_h, margin_w = new_hw[0] - hw[0], new_hw[1] - hw[1]
-    tries = CROP_TRIES if aug.cat_max_ratio < 1.0 else 0
-    for k in range(tries + 1):
-        top = min(int(u[_U_CROP + 2 * k] * (margin_h + 1)), margin_h)
-        left = min(int(u[_U_CROP + 2 * k + 1] * (margin_w + 1)), margin_w)
-        window = _label_window(label, new_hw, top, left, hw)
-        if k == tries or _crop_ok(window, aug.cat_max_ratio, ignore_index):
-            break
-    return top, left, window
 
 
 def _lut(alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
@@ -208,9 +187,21 @@ def apply_augmentation(image: Image.Image, label: np.ndarray, aug: Augmentation,
         return pixels, torch.from_numpy(np.ascontiguousarray(window))
 
     u = torch.rand(NUM_DRAWS, generator=gen, dtype=torch.float64).numpy()
-    new_w, new_h = _resized_size(image.width, image.height, aug, float(u[_U_RATIO]))
+    low, high = aug.ratio_range or (1.0, 1.0)
+    ratio = low + float(u[_U_RATIO]) * (high - low)
+    if aug.scale is None:
+        new_w, new_h = max(1, int(image.width * ratio + 0.5)), max(1, int(image.height * ratio + 0.5))
+    else:
+        new_w, new_h = rescale_size(image.width, image.height, (int(aug.scale[0] * ratio), int(aug.scale[1] * ratio)))
     hw = (min(crop_h, new_h), min(crop_w, new_w))  # a side shorter than the crop is taken whole, then padded
-    top, left, window = _choose_crop(label, (new_h, new_w), hw, aug, u, ignore_index)
+    margin_h, margin_w = new_h - hw[0], new_w - hw[1]
+    tries = CROP_TRIES if aug.cat_max_ratio < 1.0 else 0
+    for k in range(tries + 1):  # the first crop candidate that `_crop_ok`, else the last
+        top = min(int(u[_U_CROP + 2 * k] * (margin_h + 1)), margin_h)
+        left = min(int(u[_U_CROP + 2 * k + 1] * (margin_w + 1)), margin_w)
+        window = _label_window(label, (new_h, new_w), top, left, hw)
+        if k == tries or _crop_ok(window, aug.cat_max_ratio, ignore_index):
+            break
     crop = _image_window(image, (new_h, new_w), top, left, hw)
     if u[_U_FLIP] < aug.flip_prob:
         crop, window = crop.transpose(Image.FLIP_LEFT_RIGHT), window[:, ::-1]
