@@ -6,6 +6,7 @@ samples. `check_dataset` keeps the result under `scan_key`, so a resume of an un
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import logging
@@ -80,23 +81,18 @@ def scan_key(dataset) -> str:
     return h.hexdigest()
 
 
-class _ScanItems:
-    """A map-style dataset for DataLoader: index i -> (i, None) or (i, "problem"), reading sample i as training does."""
-
-    def __init__(self, dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> tuple[int, str | None]:
+def _read_each(dataset, indices: list[int]) -> list[tuple[int, str | None]]:
+    """(i, None) or (i, "problem") for each sample i, read as training reads it (DataLoader's collate_fn: in workers)."""
+    found = []
+    for i in indices:
         try:
-            self.dataset.load_pair(i)
+            dataset.load_pair(i)
+            found.append((i, None))
         except DigsegError as exc:  # names the file
-            return i, first_line(exc)
+            found.append((i, first_line(exc)))
         except Exception as exc:  # noqa: BLE001 (a scan reports every problem, of whatever kind, and goes on)
-            return i, f"sample {self.dataset.samples[i].image}: {type(exc).__name__}: {first_line(exc)}"
-        return i, None
+            found.append((i, f"sample {dataset.samples[i].image}: {type(exc).__name__}: {first_line(exc)}"))
+    return found
 
 
 def scan_dataset(dataset, num_workers: int = 0, show_progress: bool = True,
@@ -110,7 +106,8 @@ def scan_dataset(dataset, num_workers: int = 0, show_progress: bool = True,
         raise DataError(f"{type(dataset).__name__} is not read from storage: nothing to check")
     names = [str(s.image) for s in samples]
     num_workers = 0 if len(names) < SMALL else min(num_workers, os.cpu_count() or 1)
-    loader = DataLoader(_ScanItems(dataset), batch_size=16, num_workers=num_workers, collate_fn=list)
+    loader = DataLoader(range(len(names)), batch_size=16, num_workers=num_workers,
+                        collate_fn=functools.partial(_read_each, dataset))
     bad = []
     with tqdm(total=len(names), desc=desc, unit="img", disable=not show_progress or len(names) < SMALL) as bar:
         for chunk in loader:
