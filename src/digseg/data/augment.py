@@ -3,8 +3,7 @@ ratio) -> RandomCrop with `cat_max_ratio` retries -> flips -> PhotoMetricDistort
 
 Randomness: one `torch.rand(NUM_DRAWS, generator=gen, dtype=torch.float64)` per sample whatever the settings and the
 image, each value's role fixed (`_U_*` below): the same generator state gives bit-identical output, a sample's draws
-never shift another's, and turning a step off leaves every sample's geometry unchanged. `augmentation_for` gives a
-dataset's preset.
+never shift another's, and turning a step off leaves every sample's geometry unchanged.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ from .rescale import rescale_size
 from .splits import FOLDER_DATASET
 
 IMAGE_PAD_VALUE = 0.0  # mid-grey in the [-1, 1] output, as mmseg pads with the mean after normalising
-
 CROP_TRIES = 10  # mmseg RandomCrop: candidates checked against cat_max_ratio before taking the next one blindly
 
 # Layout of the uniform draws u[0..NUM_DRAWS) of one sample: crop candidate k's (y, x) at _U_CROP + 2k, _U_CROP + 2k + 1
@@ -34,11 +32,8 @@ _U_RATIO, _U_CROP = 0, 1
  _U_HUE, _U_HUE_DELTA) = range(_U_CROP + 2 * (CROP_TRIES + 1), _U_CROP + 2 * (CROP_TRIES + 1) + 11)
 NUM_DRAWS = _U_HUE_DELTA + 1
 
-# mmseg PhotoMetricDistortion defaults.
-BRIGHTNESS_DELTA = 32.0
-CONTRAST_RANGE = (0.5, 1.5)
-SATURATION_RANGE = (0.5, 1.5)
-HUE_DELTA = 18  # OpenCV hue units (0..180 for 360 degrees)
+# mmseg PhotoMetricDistortion defaults; the hue delta in OpenCV units (0..180 for 360 degrees)
+BRIGHTNESS_DELTA, CONTRAST_RANGE, SATURATION_RANGE, HUE_DELTA = 32.0, (0.5, 1.5), (0.5, 1.5), 18
 
 
 def _is_number(value: Any) -> bool:

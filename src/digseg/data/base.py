@@ -37,8 +37,7 @@ class MetricKind(str, Enum):
 
 @dataclass(frozen=True)
 class Sample:
-    """One image and its label: files, or for a table's row (`digseg.data.hf`) strings naming the row and column
-    (what error messages print) with `row` its index."""
+    """One image and its label: files, or strings naming a table's cells (`digseg.data.hf`) with `row` its index."""
 
     stem: str
     image: Path | str
@@ -160,9 +159,6 @@ def register_dataset(cls: type[SegmentationDataset]) -> type[SegmentationDataset
     return cls
 
 
-Candidates = Callable[[str, Path], Sequence[Path]]  # (stem, file) -> partner paths to try, preferred first
-
-
 def pick_root(root: Path, *candidates: str) -> Path:
     """The first of `root/<candidate>` that is a folder, else `root` itself (root may already be that folder)."""
     return next((root / c for c in candidates if (root / c).is_dir()), root)
@@ -200,7 +196,7 @@ def list_files(ds: SegmentationDataset, folders: Path | Sequence[Path], suffixes
     return found
 
 
-def pair_files(ds: SegmentationDataset, files: Mapping[str, Path], candidates: Candidates,
+def pair_files(ds: SegmentationDataset, files: Mapping[str, Path], candidates: Callable[[str, Path], Sequence[Path]],
                by_label: bool = False) -> list[Sample]:
     """One Sample per file of `files` ({stem: path}): images, or labels when `by_label` (the labels choose the
     samples); `candidates(stem, file)` lists its partner's possible paths, best first. DataError for files whose

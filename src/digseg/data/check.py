@@ -52,6 +52,7 @@ class DataCheck:
         """A name for the list of good samples (their names, in order)."""
         return hashlib.sha256("\n".join(self.kept_names()).encode()).hexdigest()[:16]
 
+
 def stored_samples(dataset) -> Sequence | None:
     """The samples of a dataset read from storage (`SegmentationDataset.samples`); None for generated data."""
     samples = getattr(dataset, "samples", None)
@@ -82,7 +83,7 @@ def scan_key(dataset) -> str:
 
 
 def _read_each(dataset, indices: list[int]) -> list[tuple[int, str | None]]:
-    """(i, None) or (i, "problem") for each sample i, read as training reads it (DataLoader's collate_fn: in workers)."""
+    """(i, None) or (i, "problem") per sample i, read as training reads it (the DataLoader's collate_fn)."""
     found = []
     for i in indices:
         try:
