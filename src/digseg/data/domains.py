@@ -1,7 +1,5 @@
-"""Readers for domain datasets in their official on-disk layouts (see DESIGN.md "Datasets: official layouts"):
-"cityscapes", "bdd100k", "deepglobe-roads", "refuge2", "phenobench", "monuseg" and "folder" (a user's own image/mask
-pairs, split as `digseg.data.splits` describes).
-"""
+"""Readers for domain datasets in their official on-disk layouts (docs/datasets.md): "cityscapes", "bdd100k",
+"deepglobe-roads", "refuge2", "phenobench", "monuseg" and "folder" (a user's own image/mask pairs)."""
 
 from __future__ import annotations
 
@@ -115,7 +113,6 @@ class FolderPairs(SegmentationDataset):
             split_file, train_split_file = train_split_file, None
         self.split_file = Path(split_file).expanduser() if split_file is not None else None
         self.train_split_file = Path(train_split_file).expanduser() if train_split_file is not None else None
-        self.split_rule = self.split_by = ""  # set by find_samples
         super().__init__(root, split=split, size=size)
 
     def __repr__(self) -> str:
@@ -185,9 +182,8 @@ class FolderPairs(SegmentationDataset):
     def _split_folders(self) -> list[str]:
         """The names of the folders in images/ (split folders), sorted; [] for a flat folder."""
         images = self.root / "images"
-        if not images.is_dir():
-            return []
-        return sorted(p.name for p in images.iterdir() if p.is_dir() and not p.name.startswith("."))
+        folders = images.iterdir() if images.is_dir() else []
+        return sorted(p.name for p in folders if p.is_dir() and not p.name.startswith("."))
 
     def _listed_images(self, split_file: Path) -> dict[str, Path]:
         """The images a split file names, in its order, looked up among images/* and the split folders."""
