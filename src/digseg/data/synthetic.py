@@ -108,9 +108,7 @@ def make_scene(rng: np.random.Generator, size: int = 64) -> tuple[np.ndarray, np
             margin = 0.85 * _EXTENT[kind] * r  # keeps the shape mostly inside the image
             cx, cy = rng.uniform(margin, size - margin, size=2)
             mask = _shape_mask(kind, float(cx), float(cy), float(r), rng, size)
-            if not mask.any():
-                continue
-            if all(np.count_nonzero((owner == k) & ~mask) >= 0.5 * a for k, a in enumerate(areas)):
+            if mask.any() and all(np.count_nonzero((owner == k) & ~mask) >= 0.5 * a for k, a in enumerate(areas)):
                 break
         else:
             continue
