@@ -238,9 +238,8 @@ AUGMENT_PRESETS: dict[str, Augmentation] = {  # mmseg configs/_base_/datasets/<n
 
 def augmentation_for(dataset_name: str, crop_size: tuple[int, int] | int | None = None,
                      overrides: Mapping[str, Any] | bool | None = None) -> Augmentation:
-    """The preset of `dataset_name`, then `crop_size` (an int: square), then `overrides` (a config's `augmentation:`
-    section). `crop_size` also scales the preset's `scale` by the ratio of the short crop sides, so the crop keeps
-    covering the same share of the image (ADE20K at crop 256: scale (1024, 256))."""
+    """The preset of `dataset_name`, then `crop_size` (an int: square; the preset's `scale` scaled by the ratio of the
+    short crop sides, e.g. ADE20K at crop 256: scale (1024, 256)), then `overrides` (a config's `augmentation:`)."""
     if is_hf_dataset(dataset_name):
         dataset_name = FOLDER_DATASET
     if dataset_name not in AUGMENT_PRESETS:

@@ -173,9 +173,8 @@ def require_dir(ds: SegmentationDataset, folder: Path, what: str) -> Path:
 
 def list_files(ds: SegmentationDataset, folders: Path | Sequence[Path], suffixes: Sequence[str] = IMAGE_EXTENSIONS,
                what: str = "image") -> dict[str, Path]:
-    """{stem: path} of the non-hidden files directly in `folders` whose name ends with one of `suffixes` (any case),
-    sorted by stem within each folder, folders in the order given. The stem is the name without the matched suffix,
-    so a suffix such as `"_leftImg8bit.png"` yields the sample id."""
+    """{stem: path} of the non-hidden files directly in `folders` (in order; sorted by stem within each) whose name
+    ends with one of `suffixes` (any case); the stem is the name less that suffix (`"_leftImg8bit.png"`: the id)."""
     ends = sorted((s.lower() for s in suffixes), key=len, reverse=True)  # longest match first
     found: dict[str, Path] = {}
     for folder in [folders] if isinstance(folders, Path) else folders:
@@ -198,9 +197,8 @@ def list_files(ds: SegmentationDataset, folders: Path | Sequence[Path], suffixes
 
 def pair_files(ds: SegmentationDataset, files: Mapping[str, Path], candidates: Callable[[str, Path], Sequence[Path]],
                by_label: bool = False) -> list[Sample]:
-    """One Sample per file of `files` ({stem: path}): images, or labels when `by_label` (the labels choose the
-    samples); `candidates(stem, file)` lists its partner's possible paths, best first. DataError for files whose
-    candidates all do not exist."""
+    """One Sample per file of `files` ({stem: path}: images, or labels `by_label`); `candidates(stem, file)` lists
+    its partner's possible paths, best first. DataError for files whose candidates all do not exist."""
     what, partner = ("label", "image") if by_label else ("image", "label")
     listed: dict[Path, set[str]] = {}
 
@@ -225,10 +223,10 @@ def pair_files(ds: SegmentationDataset, files: Mapping[str, Path], candidates: C
 
 
 class StandardLayout(SegmentationDataset):
-    """A reader of `base/<image_dir>/<stem><suffix>` (a suffix of `image_suffixes`) with the label
-    `base/<label_dir>/<name>`, the first of `label_names` (formatted with the stem) that exists; the images choose
-    the samples, or the labels when `labels_first`. `{split}` in the folders is the layout's split name; `base` is the
-    first of root/<inner_roots> that is a folder, else root."""
+    """Images `base/<image_dir>/<stem><suffix>` (a suffix of `image_suffixes`), each with the first existing label
+    `base/<label_dir>/<name>` of `label_names` (formatted with the stem); the labels ("{}<suffix>") choose the samples
+    when `labels_first`. `{split}` in the folders is the layout's split name; `base` is the first folder of
+    root/<inner_roots>, else root."""
 
     inner_roots: tuple[str, ...] = ()
     image_dir, label_dir = "images/{split}", "annotations/{split}"
