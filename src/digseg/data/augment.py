@@ -115,16 +115,6 @@ def _label_window(label: np.ndarray, new_hw: tuple[int, int], top: int, left: in
     return np.take(np.take(label, rows, axis=0), cols, axis=1)  # rows first: whole-row copies
 
 
-def _image_window(image: Image.Image, new_hw: tuple[int, int], top: int, left: int,
-                  hw: tuple[int, int]) -> Image.Image:
-    """Window of `image` resized to new_hw (BILINEAR, antialiased), resampling only that window."""
-    if new_hw == (image.height, image.width):
-        return image.crop((left, top, left + hw[1], top + hw[0]))
-    sy, sx = image.height / new_hw[0], image.width / new_hw[1]
-    box = (left * sx, top * sy, (left + hw[1]) * sx, (top + hw[0]) * sy)
-    return image.resize((hw[1], hw[0]), Image.BILINEAR, box=box)
-
-
 def _crop_ok(window: np.ndarray, cat_max_ratio: float, ignore_index: int) -> bool:
     """mmseg's test: >= 2 classes among labelled pixels and the largest covers < cat_max_ratio of them."""
     values = window[window != ignore_index]
@@ -197,7 +187,12 @@ def apply_augmentation(image: Image.Image, label: np.ndarray, aug: Augmentation,
         window = _label_window(label, (new_h, new_w), top, left, hw)
         if k == tries or _crop_ok(window, aug.cat_max_ratio, ignore_index):
             break
-    crop = _image_window(image, (new_h, new_w), top, left, hw)
+    if (new_h, new_w) == (image.height, image.width):
+        crop = image.crop((left, top, left + hw[1], top + hw[0]))
+    else:  # only the window of the image resized to (new_h, new_w) is resampled (BILINEAR, antialiased)
+        sy, sx = image.height / new_h, image.width / new_w
+        box = (left * sx, top * sy, (left + hw[1]) * sx, (top + hw[0]) * sy)
+        crop = image.resize((hw[1], hw[0]), Image.BILINEAR, box=box)
     if u[_U_FLIP] < aug.flip_prob:
         crop, window = crop.transpose(Image.FLIP_LEFT_RIGHT), window[:, ::-1]
     if u[_U_VFLIP] < aug.vflip_prob:

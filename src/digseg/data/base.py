@@ -248,7 +248,7 @@ class StandardLayout(SegmentationDataset):
         labels = " or ".join(str(labels / name.format("<stem>")) for name in self.label_names)
         holding = " or ".join(f"{r}/" for r in self.inner_roots)
         return f"expected images {images / f'<stem>{suffix}'} and labels {labels}" + (
-            f"; root may be the folder holding {holding}, or that folder itself" if self.inner_roots else "")
+            f"; root may be the folder holding {holding} or that folder itself" if self.inner_roots else "")
 
     def find_samples(self) -> list[Sample]:
         images, labels = self.folders()
