@@ -87,8 +87,6 @@ def _class_file(source: str) -> Path | None:
     if path.exists():
         folder = path if path.is_dir() else path.parent
         return next((folder / name for name in CLASS_FILES if (folder / name).is_file()), None)
-    if not looks_like_hub_id(source, canonical=True):
-        return None
     from huggingface_hub import hf_hub_download  # a dependency of diffusers
 
     for name in CLASS_FILES:
