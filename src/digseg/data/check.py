@@ -98,14 +98,11 @@ def _read_each(dataset, indices: list[int]) -> list[tuple[int, str | None]]:
 
 def scan_dataset(dataset, num_workers: int = 0, show_progress: bool = True,
                  desc: str = "check data") -> DataCheck:
-    """Read every sample of `dataset` (in `num_workers` DataLoader workers, at most one per core; none below SMALL
-    samples) -> DataCheck with every problem."""
+    """Read every sample of a dataset read from storage (in `num_workers` DataLoader workers, at most one per core;
+    none below SMALL samples) -> DataCheck with every problem."""
     from torch.utils.data import DataLoader  # here: the training config imports this module, and --help no torch
 
-    samples = stored_samples(dataset)
-    if samples is None:
-        raise DataError(f"{type(dataset).__name__} is not read from storage: nothing to check")
-    names = [str(s.image) for s in samples]
+    names = [str(s.image) for s in dataset.samples]
     num_workers = 0 if len(names) < SMALL else min(num_workers, os.cpu_count() or 1)
     loader = DataLoader(range(len(names)), batch_size=16, num_workers=num_workers,
                         collate_fn=functools.partial(_read_each, dataset))
