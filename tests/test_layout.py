@@ -9,8 +9,7 @@ from PIL import Image
 from digseg.data.base import (
     list_files,
     make_lut,
-    pair_by_image,
-    pair_by_label,
+    pair_files,
     pick_root,
     remap,
     require_dir,
@@ -65,7 +64,7 @@ def test_list_files_errors_name_paths(tmp_path):
         list_files(DS, [touch(tmp_path / "x", "a.png"), touch(tmp_path / "y", "a.png")])
 
 
-def test_pair_by_image_prefers_first_candidate_and_reports_missing(tmp_path):
+def test_pair_files_prefers_first_candidate_and_reports_missing(tmp_path):
     img = touch(tmp_path / "img", "a.png", "b.png", "c.png", "d.png")
     touch(tmp_path / "lab", "a_fine.png", "a.png", "b.png")
     images = list_files(DS, img)
@@ -75,22 +74,23 @@ def test_pair_by_image_prefers_first_candidate_and_reports_missing(tmp_path):
 
     with pytest.raises(DataError, match=r"toy: image .*c\.png has no label \(expected .*c_fine\.png or .*lab/c\.png\)"
                                         r" \(1 more images without labels\)"):
-        pair_by_image(DS, images, candidates)
+        pair_files(DS, images, candidates)
     del images["c"], images["d"]
-    samples = pair_by_image(DS, images, candidates)
+    samples = pair_files(DS, images, candidates)
     assert [(s.stem, s.image.name, s.label.name) for s in samples] == [("a", "a.png", "a_fine.png"),
                                                                        ("b", "b.png", "b.png")]
     # a label folder that does not exist: every image lacks its label
     with pytest.raises(DataError, match=r"a\.png has no label \(expected .*nowhere/a\.png\) \(1 more"):
-        pair_by_image(DS, images, lambda stem, _: [tmp_path / "nowhere" / f"{stem}.png"])
+        pair_files(DS, images, lambda stem, _: [tmp_path / "nowhere" / f"{stem}.png"])
 
 
-def test_pair_by_label(tmp_path):
+def test_pair_files_by_label(tmp_path):
     labels = list_files(DS, touch(tmp_path / "lab", "a.png", "b.png"), (".png",), "label")
     touch(tmp_path / "img", "a.jpg")
     with pytest.raises(DataError, match=r"toy: label .*b\.png has no image \(expected .*img/b\.jpg\)$"):
-        pair_by_label(DS, labels, lambda stem, _: [tmp_path / "img" / f"{stem}.jpg"])
-    samples = pair_by_label(DS, {"a": labels["a"]}, lambda stem, _: [tmp_path / "img" / f"{stem}.jpg"])
+        pair_files(DS, labels, lambda stem, _: [tmp_path / "img" / f"{stem}.jpg"], by_label=True)
+    samples = pair_files(DS, {"a": labels["a"]}, lambda stem, _: [tmp_path / "img" / f"{stem}.jpg"],
+                         by_label=True)
     assert samples[0].image == tmp_path / "img" / "a.jpg" and samples[0].label == labels["a"]
 
 

@@ -169,7 +169,7 @@ def cmd_check_data(args: argparse.Namespace) -> int:
         found += len(check.bad)
         print(f"{split}: {len(check.names)} samples, {len(check.bad)} bad" + (":" if check.bad else ""))
         if check.bad:
-            print(describe_bad(check.bad, limit=None))
+            print(describe_bad(check.bad))
     if found:
         print("train with --bad-samples skip to leave them out, or fix them and check again")
     return 1 if found else 0

@@ -3,8 +3,7 @@ ratio) -> RandomCrop with `cat_max_ratio` retries -> flips -> PhotoMetricDistort
 
 Randomness: one `torch.rand(NUM_DRAWS, generator=gen, dtype=torch.float64)` per sample whatever the settings and the
 image, each value's role fixed (`_U_*` below): the same generator state gives bit-identical output, a sample's draws
-never shift another's, and turning a step off leaves every sample's geometry unchanged. `augmentation_for` gives a
-dataset's preset.
+never shift another's, and turning a step off leaves every sample's geometry unchanged.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ from .rescale import rescale_size
 from .splits import FOLDER_DATASET
 
 IMAGE_PAD_VALUE = 0.0  # mid-grey in the [-1, 1] output, as mmseg pads with the mean after normalising
-
 CROP_TRIES = 10  # mmseg RandomCrop: candidates checked against cat_max_ratio before taking the next one blindly
 
 # Layout of the uniform draws u[0..NUM_DRAWS) of one sample: crop candidate k's (y, x) at _U_CROP + 2k, _U_CROP + 2k + 1
@@ -34,29 +32,17 @@ _U_RATIO, _U_CROP = 0, 1
  _U_HUE, _U_HUE_DELTA) = range(_U_CROP + 2 * (CROP_TRIES + 1), _U_CROP + 2 * (CROP_TRIES + 1) + 11)
 NUM_DRAWS = _U_HUE_DELTA + 1
 
-# mmseg PhotoMetricDistortion defaults.
-BRIGHTNESS_DELTA = 32.0
-CONTRAST_RANGE = (0.5, 1.5)
-SATURATION_RANGE = (0.5, 1.5)
-HUE_DELTA = 18  # OpenCV hue units (0..180 for 360 degrees)
+# mmseg PhotoMetricDistortion defaults; the hue delta in OpenCV units (0..180 for 360 degrees)
+BRIGHTNESS_DELTA, CONTRAST_RANGE, SATURATION_RANGE, HUE_DELTA = 32.0, (0.5, 1.5), (0.5, 1.5), 18
 
 
-def _int_pair(name: str, value: Any, allow_none: bool = False) -> tuple[int, int] | None:
-    if value is None and allow_none:
-        return None
-    if (isinstance(value, (list, tuple)) and len(value) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
-        return (int(value[0]), int(value[1]))
-    raise ConfigError(f"augmentation {name} must be two positive integers{' or null' if allow_none else ''}, "
-                      f"got {value!r}")
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _number(name: str, value: Any, low: float, high: float, low_open: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if ok and (low < value <= high if low_open else low <= value <= high):
-        return float(value)
-    raise ConfigError(f"augmentation {name} must be a number in {'(' if low_open else '['}{low}, {high}], "
-                      f"got {value!r}")
+def _is_pair(value: Any, item: type = object) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) == 2 and all(
+        _is_number(v) and isinstance(v, item) and v > 0 for v in value)
 
 
 @dataclass(frozen=True)
@@ -73,23 +59,23 @@ class Augmentation:
     enabled: bool = True
 
     def __post_init__(self) -> None:
-        put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731  (frozen dataclass)
-        put("scale", _int_pair("scale", self.scale, allow_none=True))
-        put("crop_size", _int_pair("crop_size", self.crop_size))
-        pair = self.ratio_range
-        if pair is not None:
-            numbers = isinstance(pair, (list, tuple)) and len(pair) == 2 and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in pair)
-            if not (numbers and 0 < pair[0] <= pair[1]):
-                raise ConfigError(f"augmentation ratio_range must be (low, high) with 0 < low <= high, or null, "
-                                  f"got {pair!r}")
-            put("ratio_range", (float(pair[0]), float(pair[1])))
-        put("cat_max_ratio", _number("cat_max_ratio", self.cat_max_ratio, 0.0, 1.0, low_open=True))
-        put("flip_prob", _number("flip_prob", self.flip_prob, 0.0, 1.0))
-        put("vflip_prob", _number("vflip_prob", self.vflip_prob, 0.0, 1.0))
+        def check(name: str, ok: bool, kind: str, convert: Any = float) -> None:
+            value = getattr(self, name)
+            if not ok:
+                raise ConfigError(f"augmentation {name} must be {kind}, got {value!r}")
+            object.__setattr__(self, name, convert(value))  # frozen dataclass
+
+        ints = "two positive integers"
+        check("scale", self.scale is None or _is_pair(self.scale, int), ints + " or null", lambda v: v and tuple(v))
+        check("crop_size", _is_pair(self.crop_size, int), ints, tuple)
+        ratio = self.ratio_range
+        check("ratio_range", ratio is None or (_is_pair(ratio) and ratio[0] <= ratio[1]),
+              "(low, high) with 0 < low <= high, or null", lambda v: v and (float(v[0]), float(v[1])))
+        check("cat_max_ratio", _is_number(self.cat_max_ratio) and 0 < self.cat_max_ratio <= 1, "a number in (0.0, 1.0]")
+        for name in ("flip_prob", "vflip_prob"):
+            check(name, _is_number(getattr(self, name)) and 0 <= getattr(self, name) <= 1, "a number in [0.0, 1.0]")
         for name in ("photometric", "enabled"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"augmentation {name} must be true or false, got {getattr(self, name)!r}")
+            check(name, isinstance(getattr(self, name), bool), "true or false", bool)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (pairs as lists), as a config file's `augmentation:` section holds them."""
@@ -115,13 +101,6 @@ class Augmentation:
         return dataclasses.replace(base, **dict(values))
 
 
-def _resized_size(width: int, height: int, aug: Augmentation, u_ratio: float) -> tuple[int, int]:
-    ratio = 1.0 if aug.ratio_range is None else aug.ratio_range[0] + u_ratio * (aug.ratio_range[1] - aug.ratio_range[0])
-    if aug.scale is None:
-        return max(1, int(width * ratio + 0.5)), max(1, int(height * ratio + 0.5))
-    return rescale_size(width, height, (int(aug.scale[0] * ratio), int(aug.scale[1] * ratio)))
-
-
 def _nearest_rows(start: int, count: int, size: int, new_size: int) -> np.ndarray:
     """Source indices [count] of output pixels start..start+count on an axis resized size -> new_size."""
     centres = (np.arange(start, start + count, dtype=np.float64) + 0.5) * (size / new_size)
@@ -136,16 +115,6 @@ def _label_window(label: np.ndarray, new_hw: tuple[int, int], top: int, left: in
     return np.take(np.take(label, rows, axis=0), cols, axis=1)  # rows first: whole-row copies
 
 
-def _image_window(image: Image.Image, new_hw: tuple[int, int], top: int, left: int,
-                  hw: tuple[int, int]) -> Image.Image:
-    """Window of `image` resized to new_hw (BILINEAR, antialiased), resampling only that window."""
-    if new_hw == (image.height, image.width):
-        return image.crop((left, top, left + hw[1], top + hw[0]))
-    sy, sx = image.height / new_hw[0], image.width / new_hw[1]
-    box = (left * sx, top * sy, (left + hw[1]) * sx, (top + hw[0]) * sy)
-    return image.resize((hw[1], hw[0]), Image.BILINEAR, box=box)
-
-
 def _crop_ok(window: np.ndarray, cat_max_ratio: float, ignore_index: int) -> bool:
     """mmseg's test: >= 2 classes among labelled pixels and the largest covers < cat_max_ratio of them."""
     values = window[window != ignore_index]
@@ -154,20 +123,6 @@ def _crop_ok(window: np.ndarray, cat_max_ratio: float, ignore_index: int) -> boo
     counts = np.bincount(values) if values.min() >= 0 else np.unique(values, return_counts=True)[1]
     counts = counts[counts > 0]
     return len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio
-
-
-def _choose_crop(label: np.ndarray, new_hw: tuple[int, int], hw: tuple[int, int], aug: Augmentation,
-                 u: np.ndarray, ignore_index: int) -> tuple[int, int, np.ndarray]:
-    """(top, left, label window [h, w]) of the kept crop candidate."""
-    margin_h, margin_w = new_hw[0] - hw[0], new_hw[1] - hw[1]
-    tries = CROP_TRIES if aug.cat_max_ratio < 1.0 else 0
-    for k in range(tries + 1):
-        top = min(int(u[_U_CROP + 2 * k] * (margin_h + 1)), margin_h)
-        left = min(int(u[_U_CROP + 2 * k + 1] * (margin_w + 1)), margin_w)
-        window = _label_window(label, new_hw, top, left, hw)
-        if k == tries or _crop_ok(window, aug.cat_max_ratio, ignore_index):
-            break
-    return top, left, window
 
 
 def _lut(alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
@@ -217,10 +172,27 @@ def apply_augmentation(image: Image.Image, label: np.ndarray, aug: Augmentation,
         return pixels, torch.from_numpy(np.ascontiguousarray(window))
 
     u = torch.rand(NUM_DRAWS, generator=gen, dtype=torch.float64).numpy()
-    new_w, new_h = _resized_size(image.width, image.height, aug, float(u[_U_RATIO]))
+    low, high = aug.ratio_range or (1.0, 1.0)
+    ratio = low + float(u[_U_RATIO]) * (high - low)
+    if aug.scale is None:
+        new_w, new_h = max(1, int(image.width * ratio + 0.5)), max(1, int(image.height * ratio + 0.5))
+    else:
+        new_w, new_h = rescale_size(image.width, image.height, (int(aug.scale[0] * ratio), int(aug.scale[1] * ratio)))
     hw = (min(crop_h, new_h), min(crop_w, new_w))  # a side shorter than the crop is taken whole, then padded
-    top, left, window = _choose_crop(label, (new_h, new_w), hw, aug, u, ignore_index)
-    crop = _image_window(image, (new_h, new_w), top, left, hw)
+    margin_h, margin_w = new_h - hw[0], new_w - hw[1]
+    tries = CROP_TRIES if aug.cat_max_ratio < 1.0 else 0
+    for k in range(tries + 1):  # the first crop candidate that `_crop_ok`, else the last
+        top = min(int(u[_U_CROP + 2 * k] * (margin_h + 1)), margin_h)
+        left = min(int(u[_U_CROP + 2 * k + 1] * (margin_w + 1)), margin_w)
+        window = _label_window(label, (new_h, new_w), top, left, hw)
+        if k == tries or _crop_ok(window, aug.cat_max_ratio, ignore_index):
+            break
+    if (new_h, new_w) == (image.height, image.width):
+        crop = image.crop((left, top, left + hw[1], top + hw[0]))
+    else:  # only the window of the image resized to (new_h, new_w) is resampled (BILINEAR, antialiased)
+        sy, sx = image.height / new_h, image.width / new_w
+        box = (left * sx, top * sy, (left + hw[1]) * sx, (top + hw[0]) * sy)
+        crop = image.resize((hw[1], hw[0]), Image.BILINEAR, box=box)
     if u[_U_FLIP] < aug.flip_prob:
         crop, window = crop.transpose(Image.FLIP_LEFT_RIGHT), window[:, ::-1]
     if u[_U_VFLIP] < aug.vflip_prob:
@@ -261,9 +233,8 @@ AUGMENT_PRESETS: dict[str, Augmentation] = {  # mmseg configs/_base_/datasets/<n
 
 def augmentation_for(dataset_name: str, crop_size: tuple[int, int] | int | None = None,
                      overrides: Mapping[str, Any] | bool | None = None) -> Augmentation:
-    """The preset of `dataset_name`, then `crop_size` (an int: square), then `overrides` (a config's `augmentation:`
-    section). `crop_size` also scales the preset's `scale` by the ratio of the short crop sides, so the crop keeps
-    covering the same share of the image (ADE20K at crop 256: scale (1024, 256))."""
+    """The preset of `dataset_name`, then `crop_size` (an int: square; the preset's `scale` scaled by the ratio of the
+    short crop sides, e.g. ADE20K at crop 256: scale (1024, 256)), then `overrides` (a config's `augmentation:`)."""
     if is_hf_dataset(dataset_name):
         dataset_name = FOLDER_DATASET
     if dataset_name not in AUGMENT_PRESETS:

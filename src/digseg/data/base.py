@@ -1,7 +1,7 @@
 """Base class of the readers of datasets in their official layouts (`@register_dataset`), the registry by name, and
-the readers' helpers: listing and pairing files (one `os.scandir` per folder; DataError naming the dataset and paths
-at fault), `ImagesFirst` layouts and label lookup tables. A reader sets `name`, `metric`, `class_names`, `splits` and
-implements `find_samples` (and `convert_label` when stored values are not contiguous class ids).
+the readers' helpers: listing and pairing files (DataError naming the dataset and paths at fault), `StandardLayout`
+and label lookup tables. A reader sets `name`, `metric`, `class_names`, `splits` and implements `find_samples` (or
+is a `StandardLayout`), and `label_lut` when stored values are not contiguous class ids.
 """
 
 from __future__ import annotations
@@ -37,8 +37,7 @@ class MetricKind(str, Enum):
 
 @dataclass(frozen=True)
 class Sample:
-    """One image and its label: files, or for a table's row (`digseg.data.hf`) strings naming the row and column
-    (what error messages print) with `row` its index."""
+    """One image and its label: files, or strings naming a table's cells (`digseg.data.hf`) with `row` its index."""
 
     stem: str
     image: Path | str
@@ -74,6 +73,9 @@ class SegmentationDataset(Dataset):
     ignore_index: ClassVar[int] = 255
     splits: ClassVar[dict[str, str]] = {"train": "train", "val": "val"}  # our split name -> the layout's
     prompt_template: ClassVar[str] = "{}"  # default prompt per class name, e.g. "a photo of a {}."
+    label_lut: ClassVar[np.ndarray | None] = None  # stored value -> class id (`make_lut`); None: stored as class ids
+    strict_lut: ClassVar[bool] = True  # values outside `label_lut`: DataError (else ignored)
+    converted: ClassVar[str] = ""  # label files ending with it already hold class ids
 
     def __init__(self, root: str | Path, split: str = "val", size: int | None = None) -> None:
         self.root = Path(root).expanduser()
@@ -94,10 +96,6 @@ class SegmentationDataset(Dataset):
         """One line telling where images and labels are expected (used in error messages)."""
         return "see README: datasets"
 
-    def convert_label(self, raw: np.ndarray, path: Path) -> np.ndarray:
-        """Stored label values -> contiguous class ids with `ignore_index` for unlabelled pixels."""
-        return raw
-
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
@@ -110,8 +108,11 @@ class SegmentationDataset(Dataset):
         return load_image(sample.image)
 
     def read_raw_label(self, sample: Sample) -> np.ndarray:
-        """The label file as class ids (override for labels that are not images, e.g. XML polygons)."""
-        return self.convert_label(load_label(sample.label), sample.label)
+        """The label file as class ids, through `label_lut` (override for labels that are not images, e.g. XML)."""
+        raw, path = load_label(sample.label), sample.label
+        if self.label_lut is None or (self.converted and path.name.endswith(self.converted)):
+            return raw
+        return remap(self, raw, self.label_lut, path, self.strict_lut)
 
     def read_label(self, sample: Sample) -> np.ndarray:
         """int64 [H, W] class ids with `ignore_index`; DataError naming the file if missing or out of range."""
@@ -158,9 +159,6 @@ def register_dataset(cls: type[SegmentationDataset]) -> type[SegmentationDataset
     return cls
 
 
-Candidates = Callable[[str, Path], Sequence[Path]]  # (stem, file) -> partner paths to try, preferred first
-
-
 def pick_root(root: Path, *candidates: str) -> Path:
     """The first of `root/<candidate>` that is a folder, else `root` itself (root may already be that folder)."""
     return next((root / c for c in candidates if (root / c).is_dir()), root)
@@ -175,9 +173,8 @@ def require_dir(ds: SegmentationDataset, folder: Path, what: str) -> Path:
 
 def list_files(ds: SegmentationDataset, folders: Path | Sequence[Path], suffixes: Sequence[str] = IMAGE_EXTENSIONS,
                what: str = "image") -> dict[str, Path]:
-    """{stem: path} of the non-hidden files directly in `folders` whose name ends with one of `suffixes` (any case),
-    sorted by stem within each folder, folders in the order given. The stem is the name without the matched suffix,
-    so a suffix such as `"_leftImg8bit.png"` yields the sample id."""
+    """{stem: path} of the non-hidden files directly in `folders` (in order; sorted by stem within each) whose name
+    ends with one of `suffixes` (any case); the stem is the name less that suffix (`"_leftImg8bit.png"`: the id)."""
     ends = sorted((s.lower() for s in suffixes), key=len, reverse=True)  # longest match first
     found: dict[str, Path] = {}
     for folder in [folders] if isinstance(folders, Path) else folders:
@@ -198,9 +195,11 @@ def list_files(ds: SegmentationDataset, folders: Path | Sequence[Path], suffixes
     return found
 
 
-def _pair(ds: SegmentationDataset, files: Mapping[str, Path], candidates: Candidates, what: str,
-          partner: str) -> list[tuple[str, Path, Path]]:
-    """(stem, file, partner path) for every file; DataError for files whose candidates all do not exist."""
+def pair_files(ds: SegmentationDataset, files: Mapping[str, Path], candidates: Callable[[str, Path], Sequence[Path]],
+               by_label: bool = False) -> list[Sample]:
+    """One Sample per file of `files` ({stem: path}: images, or labels `by_label`); `candidates(stem, file)` lists
+    its partner's possible paths, best first. DataError for files whose candidates all do not exist."""
+    what, partner = ("label", "image") if by_label else ("image", "label")
     listed: dict[Path, set[str]] = {}
 
     def exists(path: Path) -> bool:  # one listing per folder (a missing folder holds nothing)
@@ -219,51 +218,49 @@ def _pair(ds: SegmentationDataset, files: Mapping[str, Path], candidates: Candid
         more = f" ({len(missing) - 1} more {what}s without {partner}s)" if len(missing) > 1 else ""
         expected = " or ".join(str(t) for t in tried[missing[0]])
         raise DataError(f"{ds.name}: {what} {files[missing[0]]} has no {partner} (expected {expected}){more}")
-    return [(stem, path, found[stem]) for stem, path in files.items()]
+    return [Sample(stem, found[stem], path) if by_label else Sample(stem, path, found[stem])
+            for stem, path in files.items()]
 
 
-def pair_by_image(ds: SegmentationDataset, images: Mapping[str, Path], label_candidates: Candidates) -> list[Sample]:
-    """One Sample per image ({stem: path}); `label_candidates(stem, image)` lists its possible labels, best first."""
-    return [Sample(stem, image, label) for stem, image, label in _pair(ds, images, label_candidates, "image", "label")]
-
-
-def pair_by_label(ds: SegmentationDataset, labels: Mapping[str, Path], image_candidates: Candidates) -> list[Sample]:
-    """One Sample per label file (the labels choose the samples); `image_candidates(stem, label)` as above."""
-    return [Sample(stem, image, label) for stem, label, image in _pair(ds, labels, image_candidates, "label", "image")]
-
-
-class ImagesFirst(SegmentationDataset):
-    """A reader whose images choose the samples: `base/<image_dir>/<stem><suffix>` (a suffix of `image_suffixes`)
-    with the label `base/<label_dir>/<name>`, the first of `label_names` (formatted with the stem) that exists.
-    `{split}` in the folders is the layout's split name; `base` is the first of root/<inner_roots> that is a
-    folder, else root."""
+class StandardLayout(SegmentationDataset):
+    """Images `base/<image_dir>/<stem><suffix>` (a suffix of `image_suffixes`), each with the first existing label
+    `base/<label_dir>/<name>` of `label_names` (formatted with the stem); the labels ("{}<suffix>") choose the samples
+    when `labels_first`. `{split}` in the folders is the layout's split name; `base` is the first folder of
+    root/<inner_roots>, else root."""
 
     inner_roots: tuple[str, ...] = ()
     image_dir, label_dir = "images/{split}", "annotations/{split}"
     image_suffixes: tuple[str, ...] = IMAGE_EXTENSIONS
     label_names: tuple[str, ...] = ("{}.png",)
+    labels_first = False
 
     @property
     def base(self) -> Path:
         return pick_root(self.root, *self.inner_roots)
 
-    def layout_hint(self) -> str:
+    def folders(self) -> tuple[Path, Path]:
         split = self.splits[self.split]
+        return self.base / self.image_dir.format(split=split), self.base / self.label_dir.format(split=split)
+
+    def layout_hint(self) -> str:
+        images, labels = self.folders()
         suffix = self.image_suffixes[0] if len(self.image_suffixes) == 1 else ".*"
-        images = self.base / self.image_dir.format(split=split) / f"<stem>{suffix}"
-        labels = " or ".join(str(self.base / self.label_dir.format(split=split) / name.format("<stem>"))
-                             for name in self.label_names)
-        hint = f"expected images {images} and labels {labels}"
-        return hint + (f"; root may be the folder holding {self.inner_roots[0]}/ or that folder itself"
-                       if self.inner_roots else "")
+        labels = " or ".join(str(labels / name.format("<stem>")) for name in self.label_names)
+        holding = " or ".join(f"{r}/" for r in self.inner_roots)
+        return f"expected images {images / f'<stem>{suffix}'} and labels {labels}" + (
+            f"; root may be the folder holding {holding} or that folder itself" if self.inner_roots else "")
 
     def find_samples(self) -> list[Sample]:
-        split = self.splits[self.split]
-        images = list_files(self, self.base / self.image_dir.format(split=split), self.image_suffixes)
-        labels = self.base / self.label_dir.format(split=split)
-        if images:  # none: "no images found", from the base class
+        images, labels = self.folders()
+        if self.labels_first:
+            found = list_files(self, labels, [name.format("") for name in self.label_names], "label")
+            require_dir(self, images, "image")
+            return pair_files(self, found, lambda stem, _: [images / f"{stem}{s}" for s in self.image_suffixes],
+                              by_label=True)
+        found = list_files(self, images, self.image_suffixes)
+        if found:  # none: "no images found", from the base class
             require_dir(self, labels, "label")
-        return pair_by_image(self, images, lambda stem, _: [labels / name.format(stem) for name in self.label_names])
+        return pair_files(self, found, lambda stem, _: [labels / name.format(stem) for name in self.label_names])
 
 
 def make_lut(pairs: Mapping[int, int], default: int = 255) -> np.ndarray:

@@ -6,6 +6,7 @@ samples. `check_dataset` keeps the result under `scan_key`, so a resume of an un
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import logging
@@ -22,7 +23,6 @@ logger = logging.getLogger("digseg.data")
 
 BAD_SAMPLES = ("error", "skip")  # data.bad_samples: refuse a dataset with bad samples, or train without them
 SMALL = 1000  # a dataset of fewer samples is scanned in the calling process
-LISTED = 20  # bad samples an error message lists (the rest are counted; `digseg check-data` lists them all)
 
 
 @dataclass
@@ -51,6 +51,7 @@ class DataCheck:
     def kept_digest(self) -> str:
         """A name for the list of good samples (their names, in order)."""
         return hashlib.sha256("\n".join(self.kept_names()).encode()).hexdigest()[:16]
+
 
 def stored_samples(dataset) -> Sequence | None:
     """The samples of a dataset read from storage (`SegmentationDataset.samples`); None for generated data."""
@@ -81,37 +82,30 @@ def scan_key(dataset) -> str:
     return h.hexdigest()
 
 
-class _ScanItems:
-    """A map-style dataset for DataLoader: index i -> (i, None) or (i, "problem"), reading sample i as training does."""
-
-    def __init__(self, dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> tuple[int, str | None]:
+def _read_each(dataset, indices: list[int]) -> list[tuple[int, str | None]]:
+    """(i, None) or (i, "problem") per sample i, read as training reads it (the DataLoader's collate_fn)."""
+    found = []
+    for i in indices:
         try:
-            self.dataset.load_pair(i)
+            dataset.load_pair(i)
+            found.append((i, None))
         except DigsegError as exc:  # names the file
-            return i, first_line(exc)
+            found.append((i, first_line(exc)))
         except Exception as exc:  # noqa: BLE001 (a scan reports every problem, of whatever kind, and goes on)
-            return i, f"sample {self.dataset.samples[i].image}: {type(exc).__name__}: {first_line(exc)}"
-        return i, None
+            found.append((i, f"sample {dataset.samples[i].image}: {type(exc).__name__}: {first_line(exc)}"))
+    return found
 
 
 def scan_dataset(dataset, num_workers: int = 0, show_progress: bool = True,
                  desc: str = "check data") -> DataCheck:
-    """Read every sample of `dataset` (in `num_workers` DataLoader workers, at most one per core; none below SMALL
-    samples) -> DataCheck with every problem."""
+    """Read every sample of a dataset read from storage (in `num_workers` DataLoader workers, at most one per core;
+    none below SMALL samples) -> DataCheck with every problem."""
     from torch.utils.data import DataLoader  # here: the training config imports this module, and --help no torch
 
-    samples = stored_samples(dataset)
-    if samples is None:
-        raise DataError(f"{type(dataset).__name__} is not read from storage: nothing to check")
-    names = [str(s.image) for s in samples]
+    names = [str(s.image) for s in dataset.samples]
     num_workers = 0 if len(names) < SMALL else min(num_workers, os.cpu_count() or 1)
-    loader = DataLoader(_ScanItems(dataset), batch_size=16, num_workers=num_workers, collate_fn=list)
+    loader = DataLoader(range(len(names)), batch_size=16, num_workers=num_workers,
+                        collate_fn=functools.partial(_read_each, dataset))
     bad = []
     with tqdm(total=len(names), desc=desc, unit="img", disable=not show_progress or len(names) < SMALL) as bar:
         for chunk in loader:
@@ -147,13 +141,9 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def describe_bad(bad: list[BadSample], limit: int | None = LISTED) -> str:
-    """One line per bad sample ("  <problem>"), the first `limit` of them, then how many more."""
-    shown = bad if limit is None else bad[:limit]
-    lines = [f"  {b.problem}" for b in shown]
-    if len(bad) > len(shown):
-        lines.append(f"  ... and {len(bad) - len(shown)} more")
-    return "\n".join(lines)
+def describe_bad(bad: list[BadSample]) -> str:
+    """One line per bad sample: "  <problem>"."""
+    return "\n".join(f"  {b.problem}" for b in bad)
 
 
 def keep_good(dataset, check: DataCheck | None, policy: str, where: str = ""):

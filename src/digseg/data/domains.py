@@ -1,7 +1,5 @@
-"""Readers for domain datasets in their official on-disk layouts (see DESIGN.md "Datasets: official layouts"):
-"cityscapes", "bdd100k", "deepglobe-roads", "refuge2", "phenobench", "monuseg" and "folder" (a user's own image/mask
-pairs, split as `digseg.data.splits` describes).
-"""
+"""Readers for domain datasets in their official on-disk layouts (docs/datasets.md): "cityscapes", "bdd100k",
+"deepglobe-roads", "refuge2", "phenobench", "monuseg" and "folder" (a user's own image/mask pairs)."""
 
 from __future__ import annotations
 
@@ -13,8 +11,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..errors import DataError
-from .base import (ImagesFirst, MetricKind, Sample, SegmentationDataset, list_files, make_lut, pair_by_image,
-                   register_dataset, remap, require_dir)
+from .base import (MetricKind, Sample, SegmentationDataset, StandardLayout, list_files, make_lut, pair_files,
+                   register_dataset, require_dir)
 from .io import load_image, load_label, read_class_list, read_list_file
 from .splits import (BY_HASH, BY_SPLIT_FILE, BY_SPLIT_FOLDERS, BY_SPLIT_LISTS, DEFAULT_VAL_FRACTION, FOLDER_DATASET,
                      is_held_out, split_options)
@@ -33,6 +31,7 @@ class Cityscapes(SegmentationDataset):
     name = "cityscapes"
     class_names = CITYSCAPES_CLASSES
     splits = {"train": "train", "val": "val", "test": "test"}
+    converted, label_lut, strict_lut = "_labelTrainIds.png", CITYSCAPES_LUT, False  # labelIds -> trainIds
 
     def layout_hint(self) -> str:
         return ("expected leftImg8bit/<split>/<city>/<id>_leftImg8bit.png and "
@@ -44,17 +43,12 @@ class Cityscapes(SegmentationDataset):
         cities = sorted(d for d in image_root.iterdir() if d.is_dir() and not d.name.startswith("."))
         images = list_files(self, cities, ("_leftImg8bit.png",))
         labels = self.root / "gtFine" / split  # gtFine/<split>/<city>/, as leftImg8bit/
-        return pair_by_image(self, images, lambda stem, image: [
+        return pair_files(self, images, lambda stem, image: [
             labels / image.parent.name / f"{stem}_gtFine_{ids}.png" for ids in ("labelTrainIds", "labelIds")])
-
-    def convert_label(self, raw: np.ndarray, path: Path) -> np.ndarray:
-        if path.name.endswith("_labelIds.png"):
-            return remap(self, raw, CITYSCAPES_LUT, path, strict=False)
-        return raw  # labelTrainIds: already 0..18 / 255
 
 
 @register_dataset
-class BDD100K(ImagesFirst):
+class BDD100K(StandardLayout):
     name = "bdd100k"
     class_names = CITYSCAPES_CLASSES
     image_dir, label_dir = "images/10k/{split}", "labels/sem_seg/masks/{split}"
@@ -62,7 +56,7 @@ class BDD100K(ImagesFirst):
 
 
 @register_dataset
-class DeepGlobeRoads(ImagesFirst):
+class DeepGlobeRoads(StandardLayout):
     name = "deepglobe-roads"
     metric = MetricKind.ROAD
     class_names = ["background", "road"]
@@ -78,7 +72,7 @@ REFUGE2_LUT = np.array([2 if v <= 64 else 1 if v < 192 else 0 for v in range(256
 
 
 @register_dataset
-class REFUGE2(ImagesFirst):
+class REFUGE2(StandardLayout):
     name = "refuge2"
     metric = MetricKind.MEDICAL
     class_names = ["background", "optic disc", "optic cup"]
@@ -93,14 +87,11 @@ class REFUGE2(ImagesFirst):
 
 
 @register_dataset
-class PhenoBench(ImagesFirst):
+class PhenoBench(StandardLayout):
     name = "phenobench"
     class_names = ["soil", "crop", "weed"]
     image_dir, label_dir = "{split}/images", "{split}/semantics"
-    LUT = make_lut({0: 0, 1: 1, 2: 2, 3: 1, 4: 2})  # 3 partial crop -> crop, 4 partial weed -> weed
-
-    def convert_label(self, raw: np.ndarray, path: Path) -> np.ndarray:
-        return remap(self, raw, self.LUT, path, strict=False)
+    label_lut, strict_lut = make_lut({0: 0, 1: 1, 2: 2, 3: 1, 4: 2}), False  # 3 partial crop -> crop, 4 -> weed
 
 
 @register_dataset
@@ -122,7 +113,6 @@ class FolderPairs(SegmentationDataset):
             split_file, train_split_file = train_split_file, None
         self.split_file = Path(split_file).expanduser() if split_file is not None else None
         self.train_split_file = Path(train_split_file).expanduser() if train_split_file is not None else None
-        self.split_rule = self.split_by = ""  # set by find_samples
         super().__init__(root, split=split, size=size)
 
     def __repr__(self) -> str:
@@ -152,7 +142,7 @@ class FolderPairs(SegmentationDataset):
                                     f"{self.train_split_file}")
             images = kept
         masks = self.root / "masks"  # masks/<stem>.png, or masks/<split>/<stem>.png for a split folder's image
-        return pair_by_image(self, images, lambda stem, image: [
+        return pair_files(self, images, lambda stem, image: [
             masks / image.parent.relative_to(self.root / "images") / f"{stem}.png"])
 
     def _images_of_split(self) -> tuple[dict[str, Path], str, str]:
@@ -192,9 +182,8 @@ class FolderPairs(SegmentationDataset):
     def _split_folders(self) -> list[str]:
         """The names of the folders in images/ (split folders), sorted; [] for a flat folder."""
         images = self.root / "images"
-        if not images.is_dir():
-            return []
-        return sorted(p.name for p in images.iterdir() if p.is_dir() and not p.name.startswith("."))
+        folders = images.iterdir() if images.is_dir() else []
+        return sorted(p.name for p in folders if p.is_dir() and not p.name.startswith("."))
 
     def _listed_images(self, split_file: Path) -> dict[str, Path]:
         """The images a split file names, in its order, looked up among images/* and the split folders."""
@@ -228,37 +217,28 @@ class MoNuSeg(SegmentationDataset):
         tissue, notes = folder / "Tissue Images", folder / "Annotations"
         images = list_files(self, tissue if tissue.is_dir() else folder, (".tif", ".tiff"))
         label_dirs = [notes, folder] if notes.is_dir() else [folder]
-        return pair_by_image(self, images, lambda stem, _: [d / f"{stem}.xml" for d in label_dirs])
+        return pair_files(self, images, lambda stem, _: [d / f"{stem}.xml" for d in label_dirs])
 
     def read_raw_label(self, sample: Sample) -> np.ndarray:
-        """1 inside (and on the outline of) any polygon of the Aperio XML, 0 elsewhere."""
-        canvas = Image.new("L", load_image(sample.image).size, 0)
+        """1 inside (and on the outline of) any Region/Vertices/Vertex polygon of the Aperio XML, 0 elsewhere;
+        DataError when the file is missing, not well-formed XML, or a vertex lacks a finite numeric X / Y."""
+        canvas, path = Image.new("L", load_image(sample.image).size, 0), sample.label
+        try:
+            root = ET.parse(path).getroot()
+        except (OSError, ET.ParseError) as exc:
+            raise DataError(f"cannot read annotation {path}: {exc}") from exc
         draw = ImageDraw.Draw(canvas)
-        for points in read_aperio_polygons(sample.label):
+        for region in root.iter("Region"):
+            points = []
+            for vertex in region.iter("Vertex"):
+                try:
+                    x, y = float(vertex.attrib["X"]), float(vertex.attrib["Y"])
+                except (KeyError, ValueError) as exc:
+                    raise DataError(f"annotation {path}: a vertex of region {region.get('Id', '?')} has no valid "
+                                    f"X / Y ({vertex.attrib})") from exc
+                if not (math.isfinite(x) and math.isfinite(y)):
+                    raise DataError(f"annotation {path}: non-finite vertex ({x}, {y})")
+                points.append((x, y))
             if len(points) >= 2:  # 2 points draw a line; a single point is skipped
                 draw.polygon(points, fill=1, outline=1)
         return np.asarray(canvas, dtype=np.uint8).astype(np.int64)
-
-
-def read_aperio_polygons(path: Path) -> list[list[tuple[float, float]]]:
-    """Polygons [(x, y), ...] of every Region/Vertices/Vertex in an Aperio XML; DataError when the file is missing,
-    not well-formed XML, or a vertex lacks a finite numeric X / Y."""
-    try:
-        root = ET.parse(path).getroot()
-    except (OSError, ET.ParseError) as exc:
-        raise DataError(f"cannot read annotation {path}: {exc}") from exc
-    polygons = []
-    for region in root.iter("Region"):
-        points = []
-        for vertex in region.iter("Vertex"):
-            try:
-                x, y = float(vertex.attrib["X"]), float(vertex.attrib["Y"])
-            except (KeyError, ValueError) as exc:
-                raise DataError(f"annotation {path}: a vertex of region {region.get('Id', '?')} has no valid "
-                                f"X / Y ({vertex.attrib})") from exc
-            if not (math.isfinite(x) and math.isfinite(y)):
-                raise DataError(f"annotation {path}: non-finite vertex ({x}, {y})")
-            points.append((x, y))
-        if points:
-            polygons.append(points)
-    return polygons

@@ -87,8 +87,6 @@ def _class_file(source: str) -> Path | None:
     if path.exists():
         folder = path if path.is_dir() else path.parent
         return next((folder / name for name in CLASS_FILES if (folder / name).is_file()), None)
-    if not looks_like_hub_id(source, canonical=True):
-        return None
     from huggingface_hub import hf_hub_download  # a dependency of diffusers
 
     for name in CLASS_FILES:
@@ -120,11 +118,6 @@ def class_names_of(source: str, label_feature, options: HFOptions) -> list[str]:
                         f"ClassLabel names and there is no {' or '.join(CLASS_FILES)} beside the data; give the "
                         "hf option classes_file=FILE (one class name per line)")
     return stored[1:] if options.reduce_zero_label else stored
-
-
-def cell_name(where: str, row: int, column: str) -> str:
-    """How errors name a cell: "hf:beans (train) row 12 column 'label'"."""
-    return f"{where} row {row} column {column!r}"
 
 
 class HFSegmentation(SegmentationDataset):
@@ -161,34 +154,32 @@ class HFSegmentation(SegmentationDataset):
     def __repr__(self) -> str:
         return f"HFSegmentation({self.source!r}, split={self.split!r}): {len(self)} rows of split {self.hf_split!r}"
 
-    def _row_sample(self, row: int) -> Sample:
-        return Sample(f"{row:06d}", cell_name(self.where, row, self.options.image_column),
-                      cell_name(self.where, row, self.options.label_column), row=row)
+    def _row_sample(self, row: int) -> Sample:  # errors name a cell "hf:beans (train) row 12 column 'label'"
+        return Sample(f"{row:06d}", f"{self.where} row {row} column {self.options.image_column!r}",
+                      f"{self.where} row {row} column {self.options.label_column!r}", row=row)
 
-    def _cell(self, sample: Sample, column: str):
+    def _cell(self, sample: Sample, label: bool) -> tuple[Image.Image | np.ndarray, str]:
+        """(the sample's label or image cell as a decoded image (stored mode) or an array of pixel values, its name)"""
+        name = str(sample.label if label else sample.image)
+        column = self.options.label_column if label else self.options.image_column
         if self._row is None or self._row[0] != sample.row:
             self._row = (sample.row, self.table[sample.row])
         value = self._row[1][column]
         if value is None or (isinstance(value, dict) and not (value.get("bytes") or value.get("path"))):
-            raise DataError(f"{cell_name(self.where, sample.row, column)} is empty")
-        return value
-
-    def _decoded(self, value, name: str) -> Image.Image | np.ndarray:
-        """A cell as a decoded image (stored mode), or as an array when it holds pixel values."""
+            raise DataError(f"{name} is empty")
         if isinstance(value, Image.Image):
-            return value
+            return value, name
         if isinstance(value, dict):  # the Image feature's storage: file bytes, or a path when not embedded
             try:
                 value = value.get("bytes") or Path(value["path"]).read_bytes()
             except OSError as exc:
                 raise DataError(f"cannot read {name}: {exc.strerror or exc} ({value['path']})") from exc
         if isinstance(value, (bytes, bytearray)):
-            return decode_image_bytes(bytes(value), name)
-        return np.asarray(value)
+            return decode_image_bytes(bytes(value), name), name
+        return np.asarray(value), name
 
     def read_image(self, sample: Sample) -> Image.Image:
-        name = str(sample.image)
-        value = self._decoded(self._cell(sample, self.options.image_column), name)
+        value, name = self._cell(sample, label=False)
         if isinstance(value, np.ndarray):
             if value.ndim not in (2, 3) or value.dtype.kind not in "uif":
                 raise DataError(f"cannot read {name}: an array of shape {value.shape} is not an image")
@@ -196,20 +187,14 @@ class HFSegmentation(SegmentationDataset):
         return image_to_rgb(value, name)
 
     def read_raw_label(self, sample: Sample) -> np.ndarray:
-        name = str(sample.label)
-        value = self._decoded(self._cell(sample, self.options.label_column), name)
+        value, name = self._cell(sample, label=True)
         if isinstance(value, Image.Image):
             value = label_to_array(value, name)
         elif value.ndim != 2 or value.dtype.kind not in "iub":
             raise DataError(f"{name} must be a 2-D array of class ids, got {value.dtype} of shape {value.shape}")
-        return self.convert_label(value, sample.label)
-
-    def convert_label(self, raw: np.ndarray, path) -> np.ndarray:
-        """Stored values -> class ids: the stored ignore value (and 0, with reduce_zero_label) -> `ignore_index`."""
-        values = raw.astype(np.int64)
+        values = value.astype(np.int64)  # the stored ignore value (and 0, with reduce_zero_label) -> ignore_index
         unlabelled = values == self.options.ignore_index
         if self.options.reduce_zero_label:
             unlabelled |= values == 0
             values = values - 1
         return np.where(unlabelled, self.ignore_index, values)
-

@@ -1,6 +1,5 @@
-"""Reading images and label maps, with one-line `DataError`s that name the file (or a table's cell, `digseg.data.hf`)
-at fault. Dataset readers keep an image's stored pixels (`exif_transpose=False`): label maps are aligned with them
-whatever the EXIF tag says; `digseg predict`, the demo and the pipeline given a path apply the tag.
+"""Reading images and label maps, with one-line `DataError`s that name the file (or a table's cell) at fault.
+Dataset readers keep an image's stored pixels (`exif_transpose=False`), which label maps are aligned with.
 """
 
 from __future__ import annotations
@@ -139,11 +138,9 @@ def read_class_list(path: str | os.PathLike[str]) -> list[str]:
     """Class names from a class file by `read_list_file`'s rule: a line's place among the kept lines is its class id
     ("wall, walls" is one class with synonyms). DataError naming the file when it lists a name twice."""
     names = read_list_file(path, "class", DataError)
-    seen: set[str] = set()
-    for name in names:
-        if name in seen:
-            raise DataError(f"class file {Path(path)} lists {name!r} twice")
-        seen.add(name)
+    if len(set(names)) < len(names):
+        twice = next(name for i, name in enumerate(names) if name in names[:i])
+        raise DataError(f"class file {Path(path)} lists {twice!r} twice")
     return names
 
 

@@ -1,7 +1,6 @@
-"""What a trained model was trained and validated on: the `training_data` record in its pipeline config
-(model_index.json), written by training (`record_training_data`). With it `digseg eval --model M` scores the model's
-validation split by default and warns of training images among those it scores, `train-mask-decoder` trains on the
-model's training split, and the model card's eval command names the data. This module imports no torch.
+"""What a trained model was trained and validated on: the `training_data` record of its model_index.json, written by
+training. `digseg eval --model M` scores the model's validation split by default and warns of training images among
+those it scores; `train-mask-decoder` and the model card's eval command read the same record. Imports no torch.
 """
 
 from __future__ import annotations

@@ -3,12 +3,7 @@ COCO-Stuff-171) in their official on-disk layouts; docs/datasets.md gives each l
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
-
-from .base import (ImagesFirst, MetricKind, Sample, SegmentationDataset, list_files, make_lut, pair_by_label,
-                   pick_root, read_class_file, register_dataset, remap, require_dir)
+from .base import MetricKind, StandardLayout, make_lut, read_class_file, register_dataset
 
 PHOTO_PROMPT = "a photo of a {}."
 
@@ -23,19 +18,17 @@ COCO_STUFF_LUT = make_lut({**{v: i for i, v in enumerate(v for v in range(182) i
 
 
 @register_dataset
-class ADE20K150(ImagesFirst):
+class ADE20K150(StandardLayout):
     name = "ade20k-150"
     class_names = read_class_file("ade20k_150.txt")
     splits = {"train": "training", "val": "validation"}
     prompt_template = PHOTO_PROMPT
     inner_roots = ("ADEChallengeData2016",)
-
-    def convert_label(self, raw: np.ndarray, path: Path) -> np.ndarray:
-        return remap(self, raw, ADE20K_LUT, path)
+    label_lut = ADE20K_LUT
 
 
 @register_dataset
-class ADE20K847(ImagesFirst):
+class ADE20K847(StandardLayout):
     name = "ade20k-847"
     metric = MetricKind.OPEN_VOCAB
     class_names = read_class_file("ade20k_847.txt")
@@ -47,23 +40,10 @@ class ADE20K847(ImagesFirst):
     label_names = ("{}.tif",)
 
 
-class _PascalContext(SegmentationDataset):
-    label_suffix = ".png"
-
-    @property
-    def base(self) -> Path:
-        return pick_root(self.root, "VOCdevkit/VOC2010", "VOC2010")
-
-    def layout_hint(self) -> str:
-        return (f"expected labels {self.base}/annotations_detectron2/{self.splits[self.split]}/<stem>"
-                f"{self.label_suffix} and images {self.base}/JPEGImages/<stem>.jpg; root may be the folder "
-                "holding VOCdevkit/, VOCdevkit/ or VOC2010/ itself")
-
-    def find_samples(self) -> list[Sample]:
-        labels = list_files(self, self.base / "annotations_detectron2" / self.splits[self.split],
-                            (self.label_suffix,), "label")
-        images = require_dir(self, self.base / "JPEGImages", "image")
-        return pair_by_label(self, labels, lambda stem, _: [images / f"{stem}.jpg"])
+class _PascalContext(StandardLayout):  # the labels choose the samples
+    inner_roots = ("VOCdevkit/VOC2010", "VOC2010")
+    image_dir, label_dir = "JPEGImages", "annotations_detectron2/{split}"
+    image_suffixes, labels_first = (".jpg",), True
 
 
 @register_dataset
@@ -83,19 +63,14 @@ class PascalContext459(_PascalContext):
     ignore_index = 65535
     splits = {"train": "pc459_train", "val": "pc459_val"}
     prompt_template = PHOTO_PROMPT
-    label_suffix = ".tif"
+    label_names = ("{}.tif",)
 
 
 @register_dataset
-class COCOStuff171(ImagesFirst):
+class COCOStuff171(StandardLayout):
     name = "coco-stuff-171"
     class_names = read_class_file("coco_stuff_171.txt")
     splits = {"train": "train2017", "val": "val2017"}
     prompt_template = PHOTO_PROMPT
-    CONVERTED = "_labelTrainIds.png"
-    label_names = ("{}" + CONVERTED, "{}.png")  # a converted file wins over the raw one beside it
-
-    def convert_label(self, raw: np.ndarray, path: Path) -> np.ndarray:
-        if path.name.endswith(self.CONVERTED):
-            return raw  # already contiguous train ids (255 = ignore)
-        return remap(self, raw, COCO_STUFF_LUT, path)
+    converted, label_lut = "_labelTrainIds.png", COCO_STUFF_LUT  # train ids (255 = ignore), or raw ids
+    label_names = ("{}" + converted, "{}.png")  # a converted file wins over the raw one beside it

@@ -94,8 +94,6 @@ def make_scene(rng: np.random.Generator, size: int = 64) -> tuple[np.ndarray, np
     """One scene: image uint8 [size, size, 3], label uint8 [size, size] with ids into `SYNTHETIC_CLASSES`.
     Later shapes occlude earlier ones; placements that would hide more than half of an earlier shape are re-drawn
     (a shape is dropped after 6 tries)."""
-    if size < 8:
-        raise DataError(f"synthetic scene size must be >= 8 pixels, got {size}")
     yy, xx, _ = _grid(size)
     img, base = _background(rng, size)
     label = np.zeros((size, size), dtype=np.uint8)
@@ -110,9 +108,7 @@ def make_scene(rng: np.random.Generator, size: int = 64) -> tuple[np.ndarray, np
             margin = 0.85 * _EXTENT[kind] * r  # keeps the shape mostly inside the image
             cx, cy = rng.uniform(margin, size - margin, size=2)
             mask = _shape_mask(kind, float(cx), float(cy), float(r), rng, size)
-            if not mask.any():
-                continue
-            if all(np.count_nonzero((owner == k) & ~mask) >= 0.5 * a for k, a in enumerate(areas)):
+            if mask.any() and all(np.count_nonzero((owner == k) & ~mask) >= 0.5 * a for k, a in enumerate(areas)):
                 break
         else:
             continue
