@@ -130,11 +130,10 @@ class RecordIndex:
     def finished(self, stem: str, source: Path) -> bool:
         """True when `stem` has a record for this `source` and every file it lists is in the output folder."""
         record = self.get(stem)
-        if record is None or Path(str(record.get("source", ""))).resolve() != source.resolve():
+        if record is None or Path(record["source"]).resolve() != source.resolve():
             return False
-        files = record.get("files") or {}
-        listed = [v for v in files.values() if isinstance(v, str)]
-        listed += [m["file"] for m in files.get("probabilities") or []]
+        files = record["files"]
+        listed = [v for v in files.values() if isinstance(v, str)] + [m["file"] for m in files["probabilities"]]
         return all((self.out_dir / name).is_file() for name in listed)
 
 

@@ -274,8 +274,6 @@ def write_report(out_dir: Path, entries: Iterable[dict], settings: dict | None =
     -> the path of `index.html`. `settings` are listed at the top of every page; the `skipped` files ({"name",
     "reason"} each) on page 1. `entries` may be an iterator (pass `num_entries` then): each panel is written as it
     comes. Each page replaces an earlier one atomically."""
-    if page_size < 1:
-        raise ValueError(f"page_size must be at least 1, not {page_size}")
     out_dir = Path(out_dir)
     skipped = skipped or []
     total = len(entries) if num_entries is None else num_entries  # type: ignore[arg-type]

@@ -5,7 +5,7 @@ default, the command line overrides any field, and `metrics.json` records the pr
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 from ..errors import ConfigError
 from ..pipelines.common import INFERENCE_MODES
@@ -63,9 +63,8 @@ def parse_pair(text: str) -> tuple[int, int]:
     try:
         values = [int(v) for v in text.replace("x", ",").split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected N or N,M (positive integers), got {text!r}") from None
-    if len(values) == 1:
-        values *= 2
+        values = []
+    values *= 2 if len(values) == 1 else 1
     if len(values) != 2 or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected N or N,M (positive integers), got {text!r}")
     return values[0], values[1]
@@ -96,9 +95,8 @@ def protocol_from_args(args: argparse.Namespace, preset: TestProtocol) -> TestPr
         if args.scale is not None:
             raise ConfigError("give either --scale or --processing-resolution, not both")
         preset = replace(preset, scale=None)
-    flags = {"mode": "mode", "crop_size": "window_size", "stride": "stride", "scale": "scale",
-             "keep_ratio": "keep_ratio", "global_view": "global_view", "flip": "flip"}  # field -> the flag's dest
-    given = {f: getattr(args, dest) for f, dest in flags.items() if getattr(args, dest, None) is not None}
+    dests = {f.name: "window_size" if f.name == "crop_size" else f.name for f in fields(TestProtocol)}  # field -> dest
+    given = {f: getattr(args, dest) for f, dest in dests.items() if getattr(args, dest, None) is not None}
     protocol = replace(preset, **given)
     if protocol.mode == "whole":
         if "crop_size" in given or "stride" in given or given.get("global_view"):
