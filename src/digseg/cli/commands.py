@@ -260,11 +260,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ..evaluation.protocols import TestProtocol, protocol_from_args, tiling_scale
 
     placement = resolve_device_and_dtype(args.device, args.dtype)
-    classes = [c.strip() for c in args.classes.split(",")] if args.classes is not None else None
-    if classes is not None and not all(classes):
+    classes = read_class_list(args.classes_file) if args.classes_file is not None else None
+    if args.classes is not None and not all(classes := [c.strip() for c in args.classes.split(",")]):
         raise ConfigError(f"--classes has an empty class name: {args.classes!r}")
-    if args.classes_file is not None:
-        classes = read_class_list(args.classes_file)
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     outputs = parse_outputs(args.outputs)
@@ -311,6 +309,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
                                            search_threshold)
     from ..distributed import is_main_process, process_info
     from ..evaluation.metrics import format_markdown_table
+    from ..evaluation.protocols import protocol_from_args, tiling_scale
 
     if (args.predictions is None) == (args.model is None):
         raise ConfigError("give exactly one of --predictions DIR (score label PNGs) or --model DIR (predict, then "
@@ -330,17 +329,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
         reader.update(record.default_reader(args.dataset, args.data_root,
                                             {flag: getattr(args, flag) for flag in EVAL_SPLIT_FLAGS}))
     dataset = read_dataset(args.dataset, args.data_root, split=args.split, **reader)
-    search_set = None
-    if args.model and args.threshold_search:  # its split read before the model loads too
-        search_set = read_dataset(args.dataset, args.data_root, split=args.search_split, **reader)
+    search_set = (read_dataset(args.dataset, args.data_root, split=args.search_split, **reader)  # before the model
+                  if args.model and args.threshold_search else None)
     warning = record.overlap_warning(dataset) if record is not None else None
     if warning and is_main_process():
         print(warning, file=sys.stderr)
     predictions = Path(args.predictions) if args.predictions else output / "predictions"
     info: dict = {}
     if args.model:
-        from ..evaluation.protocols import protocol_from_args, tiling_scale
-
         pipe = load_model(args.model, placement, [args.adapter] if args.adapter else None)
         protocol = tiling_scale(protocol_from_args(args, default_protocol(pipe, dataset)),
                                 pipe.config.default_processing_resolution, args.processing_resolution is not None)

@@ -27,9 +27,6 @@ class EStep:
         e, k = text.lower().split("x")
         return cls(int(e), int(k))
 
-    def __str__(self) -> str:
-        return f"{self.ensemble_size}x{self.steps}"
-
 
 def _load(dataset: Dataset, limit: int | None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     n = len(dataset) if limit is None else min(limit, len(dataset))

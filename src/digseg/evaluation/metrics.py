@@ -39,8 +39,6 @@ class SegmentationMetric:
     """Dataset-level semantic segmentation metric over ``num_classes`` classes."""
 
     def __init__(self, num_classes: int, ignore_index: int = 255, class_names: list[str] | None = None) -> None:
-        if int(num_classes) < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = k = int(num_classes)
         self.ignore_index = int(ignore_index)
         if 0 <= self.ignore_index < k:
@@ -73,8 +71,6 @@ class SegmentationMetric:
 
     def merge(self, other: "SegmentationMetric") -> None:
         """Add another metric's counts (e.g. from another process)."""
-        if other.num_classes != self.num_classes:
-            raise ValueError(f"cannot merge {other.num_classes} classes into {self.num_classes}")
         self.confusion += other.confusion.to(self.confusion.device)
         self.invalid_pred += other.invalid_pred.to(self.invalid_pred.device)
 
