@@ -14,7 +14,7 @@ import shutil
 import sys
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Collection, Iterable, Iterator, Sequence
 
@@ -93,33 +93,17 @@ def images_by_adapter(items: list[str] | None, image_list: str | Path | None, ad
     return groups
 
 
-@dataclass
-class SizeBatcher:
-    """Groups items by key (an image's processed size) into batches of up to `batch_size`, holding at most
-    `max_pending` items: beyond that, the key waiting longest goes out as a smaller batch."""
-
-    batch_size: int
-    max_pending: int
-    buckets: dict[Any, list] = field(default_factory=dict)  # insertion order: the oldest waiting key first
-    pending: int = 0
-
-    def add(self, key, item) -> list[list]:
-        """Add one item -> the batches now ready (often none)."""
-        self.buckets.setdefault(key, []).append(item)
-        self.pending += 1
-        ready = [self._pop(key)] if len(self.buckets[key]) >= self.batch_size else []
-        while self.pending > self.max_pending:
-            ready.append(self._pop(next(iter(self.buckets))))
-        return ready
-
-    def drain(self) -> list[list]:
-        """Every batch still waiting (at the end of the input)."""
-        return [self._pop(key) for key in list(self.buckets)]
-
-    def _pop(self, key) -> list:
-        batch = self.buckets.pop(key)
-        self.pending -= len(batch)
-        return batch
+def size_batches(keyed: Iterable[tuple[Any, Any]], batch_size: int, max_pending: int) -> Iterator[list]:
+    """(key, item) pairs (key: an image's processed size) -> batches of up to `batch_size` items of one key, holding
+    at most `max_pending` items: beyond that, the key waiting longest goes out as a smaller batch."""
+    buckets: dict[Any, list] = {}  # insertion order: the oldest waiting key first
+    for key, item in keyed:
+        buckets.setdefault(key, []).append(item)
+        if len(buckets[key]) >= batch_size:
+            yield buckets.pop(key)
+        while sum(map(len, buckets.values())) > max_pending:
+            yield buckets.pop(next(iter(buckets)))
+    yield from buckets.values()
 
 
 def _read_ahead(paths: list[Path], indices: list[int]) -> Iterator[tuple[int, Any]]:
@@ -242,19 +226,18 @@ def run_predict(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
                 bar.write(f"{names[i]}: " + ", ".join(f"{c['name']} {c['fraction']:.1%}" for c in record["classes"]))
                 bar.update(1)
 
-        batcher = SizeBatcher(batch_size, max_pending=2 * batch_size)
-        try:
+        def readable() -> Iterator[tuple[tuple[int, int], tuple[int, Image.Image]]]:  # (processed size, (i, image))
             for i, image in _read_ahead(paths, mine):
                 if isinstance(image, DataError):
                     skipped[i] = {"name": names[i], "source": str(paths[i]), "reason": str(image)}
                     bar.write(f"skipped: {image}", file=sys.stderr)  # the reason names the file
                     bar.update(1)
                     continue
-                size = padded_size(image.height, image.width, resolution, pipe.pad_multiple, call_kwargs.get("scale"),
-                                   call_kwargs.get("keep_ratio", True))
-                for batch in batcher.add(size, (i, image)):
-                    run_batch(batch)
-            for batch in batcher.drain():
+                yield padded_size(image.height, image.width, resolution, pipe.pad_multiple, call_kwargs.get("scale"),
+                                  call_kwargs.get("keep_ratio", True)), (i, image)
+
+        try:
+            for batch in size_batches(readable(), batch_size, max_pending=2 * batch_size):
                 run_batch(batch)
         finally:
             bar.close()
