@@ -47,20 +47,9 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
 _FLAG_ALIASES = {"output": ("run", "output_dir"), "dtype": ("optim", "mixed_precision")}
 
 
-def _run_config_file(args: argparse.Namespace) -> str | None:
-    """The config a run starts from: --config; else, resuming, the run folder's own config.yaml (so that
-    `digseg train --output RUN --resume latest` continues RUN with the values it was trained with)."""
-    if args.config or not getattr(args, "resume", None):  # only `train` resumes
-        return args.config
-    from ..training.config import RunConfig
-
-    run = Path(args.resume).parent.parent if args.resume != "latest" else Path(args.output or RunConfig().output_dir)
-    return str(run / "config.yaml") if (run / "config.yaml").is_file() else None
-
-
 def _train_config(args: argparse.Namespace):
     """The --config file (or a resumed run's own config.yaml), --cfg-options, and the flags given, on top."""
-    from ..training.config import SECTIONS, TrainConfig, parse_overrides
+    from ..training.config import SECTIONS, RunConfig, TrainConfig, parse_overrides
 
     if args.crop_size is not None:
         args.crop_size = list(args.crop_size)  # YAML (the run's config.yaml) holds lists, not tuples
@@ -75,18 +64,12 @@ def _train_config(args: argparse.Namespace):
         if key in overrides.get(section, {}):
             raise ConfigError(f"{section}.{key} is given twice: by --cfg-options and by its own flag")
         overrides.setdefault(section, {})[key] = value
-    return TrainConfig.load(_run_config_file(args), overrides)
-
-
-def _training_device(args: argparse.Namespace) -> None:
-    """--device for training: accelerate places each process (the launcher's GPU, else the GPU, else the CPU);
-    `cpu` keeps it on the CPU, as `accelerate launch --cpu` does."""
-    device = resolve_device(args.device)
-    if device.type == "cpu":
-        os.environ["ACCELERATE_USE_CPU"] = "true"  # accelerate's own switch
-    elif device.index not in (None, int(os.environ.get("LOCAL_RANK", "0"))):
-        raise ConfigError(f"--device {args.device}: training runs each process on the GPU its launcher gives it; "
-                          f"choose the GPU with CUDA_VISIBLE_DEVICES={device.index} and --device cuda")
+    config_file = args.config
+    if not config_file and getattr(args, "resume", None):  # only `train` resumes
+        # `digseg train --output RUN --resume latest` continues RUN with the values it was trained with
+        run = Path(args.resume).parent.parent if args.resume != "latest" else Path(args.output or RunConfig.output_dir)
+        config_file = str(run / "config.yaml") if (run / "config.yaml").is_file() else None
+    return TrainConfig.load(config_file, overrides)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -94,7 +77,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     from ..training.run import build_run
     from ..run_lock import TRAIN, main_process_holds
 
-    _training_device(args)
+    # accelerate places each process (the launcher's GPU, else the GPU, else the CPU); `--device cpu` keeps it on the
+    # CPU, as `accelerate launch --cpu` does
+    device = resolve_device(args.device)
+    if device.type == "cpu":
+        os.environ["ACCELERATE_USE_CPU"] = "true"  # accelerate's own switch
+    elif device.index not in (None, int(os.environ.get("LOCAL_RANK", "0"))):
+        raise ConfigError(f"--device {args.device}: training runs each process on the GPU its launcher gives it; "
+                          f"choose the GPU with CUDA_VISIBLE_DEVICES={device.index} and --device cuda")
     config = _train_config(args)
     if config.run.push_to_hub:
         from ..training.hub import check_hub_target, push_to_hub
@@ -288,7 +278,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 "ensemble_size": args.ensemble_size, "steps": args.steps or pipe.config.default_denoising_steps,
                 "seed": args.seed, "processing_resolution": args.processing_resolution
                 if args.processing_resolution is not None else pipe.config.default_processing_resolution,
-                **query, "protocol": protocol.to_dict()}
+                **query, "protocol": dataclasses.asdict(protocol)}
             call_kwargs = dict(prompt=args.prompt, classes=classes, ensemble_size=args.ensemble_size,
                                num_inference_steps=args.steps, processing_resolution=args.processing_resolution,
                                **query, **protocol.call_kwargs())
@@ -353,8 +343,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
         report = predict_dataset(pipe, dataset, predictions, threshold=threshold, **kwargs, **query)
         info.update(model=str(args.model), ensemble_size=args.ensemble_size,
                     steps=args.steps or pipe.config.default_denoising_steps, predictions=str(predictions),
-                    prediction_skipped=report["skipped"], protocol=protocol.to_dict(), batch_size=args.batch_size,
-                    runtime=pipe.runtime_info(process_info()[1]))
+                    prediction_skipped=report["skipped"], protocol=dataclasses.asdict(protocol),
+                    batch_size=args.batch_size, runtime=pipe.runtime_info(process_info()[1]))
     metrics = score_predictions(dataset, predictions, present_only=True if args.present_only else None)
     metrics.update(info)
     if not is_main_process():  # under accelerate launch / torchrun: every process has the same metrics

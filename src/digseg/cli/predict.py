@@ -9,7 +9,9 @@ settings: name, source, image_size, classes (those present), unlabelled_fraction
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import sys
 from collections import deque
@@ -221,7 +223,9 @@ def run_predict(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
                 record = write_image_outputs(staging, stems[i], names[i], paths[i], image, result.labels[j],
                                              result.probabilities[j], result.class_names, unc, settings,
                                              result.probability_class_ids[j], kinds)
-                predict_records.publish(staging, out_dir)
+                for path in sorted(staging.iterdir()):  # into out_dir, each file atomically
+                    os.replace(path, out_dir / path.name)
+                staging.rmdir()
                 records.add(stems[i], record)  # from here on the image counts as finished
                 bar.write(f"{names[i]}: " + ", ".join(f"{c['name']} {c['fraction']:.1%}" for c in record["classes"]))
                 bar.update(1)
@@ -251,7 +255,8 @@ def run_predict(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
         done = [stems[i] for i in range(len(paths)) if i not in every_skipped]
         out_dir.mkdir(parents=True, exist_ok=True)
         if rank == 0:
-            predict_records.clean_partial(out_dir)
+            with contextlib.suppress(OSError):  # a staging folder still holding files: another run writes here
+                predict_records.partial_dir(out_dir).rmdir()
             index = RecordIndex(out_dir)
             runtime = pipe.runtime_info(world)
             write_run_summary(out_dir, map(index.get, done), missed, runtime)

@@ -28,16 +28,13 @@ from .protocols import TestProtocol, protocol_for
 
 logger = logging.getLogger("digseg.eval")
 
-# The scores `digseg eval` prints for each kind of metric (all are in the metrics JSON).
+# The scores `digseg eval` prints for each kind of metric (all are in the metrics JSON); validation during training
+# tracks the first (higher is better; training/validation.py).
 SUMMARY_COLUMNS: dict[MetricKind, tuple[str, ...]] = {
     MetricKind.SEMANTIC: ("mIoU", "aAcc", "mAcc", "mDice"),
     MetricKind.OPEN_VOCAB: ("mIoU", "aAcc", "mAcc"),
     MetricKind.ROAD: ("IoU", "precision", "recall", "F1"),
     MetricKind.MEDICAL: ("Dice", "IoU"),
-}
-# The one score per kind of metric that validation during training tracks (higher is better; training/validation.py).
-HEADLINE_METRIC: dict[MetricKind, str] = {
-    MetricKind.SEMANTIC: "mIoU", MetricKind.OPEN_VOCAB: "mIoU", MetricKind.ROAD: "IoU", MetricKind.MEDICAL: "Dice",
 }
 
 

@@ -28,9 +28,6 @@ class TestProtocol:
         """Keyword arguments for `DiGSegPipeline.__call__`."""
         return {k: v for k, v in asdict(self).items() if k != "source"}
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 def _mmseg(config: str, crop: int, stride: int, scale: tuple[int, int]) -> TestProtocol:
     """mmseg's slide test of `config` (configs/_base_/datasets/<config>.py) at keep-ratio `scale`."""
