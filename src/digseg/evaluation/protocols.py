@@ -74,12 +74,10 @@ def add_protocol_flags(parser: argparse.ArgumentParser, preset_note: str) -> Non
     g.add_argument("--mode", choices=INFERENCE_MODES, help="whole image, or sliding windows")
     g.add_argument("--window-size", type=parse_pair, metavar="H[,W]", help="slide: window size")
     g.add_argument("--stride", type=parse_pair, metavar="H[,W]", help="slide: window step")
-    g.add_argument("--scale", type=parse_pair, metavar="LONG,SHORT",
-                   help="test resize: keep-ratio (long cap, short side), e.g. 2048,512; "
-                        "with --no-keep-ratio exactly W,H")
-    g.add_argument("--keep-ratio", action=argparse.BooleanOptionalAction,
-                   help="test resize: keep the aspect ratio "
-                        "(default: the protocol's; --no-keep-ratio: exactly --scale)")
+    g.add_argument("--scale", type=parse_pair, metavar="LONG,SHORT", help="test resize: keep-ratio (long cap, short "
+                   "side), e.g. 2048,512; with --no-keep-ratio exactly W,H")
+    g.add_argument("--keep-ratio", action=argparse.BooleanOptionalAction, help="test resize: keep the aspect ratio "
+                   "(default: the protocol's; --no-keep-ratio: exactly --scale)")
     g.add_argument("--global-view", action=argparse.BooleanOptionalAction,
                    help="slide: also run the whole image as one window (CAT-Seg)")
     g.add_argument("--flip", action=argparse.BooleanOptionalAction, help="horizontal flip test-time augmentation")
