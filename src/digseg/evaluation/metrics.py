@@ -14,14 +14,10 @@ ArrayLike = torch.Tensor | np.ndarray
 
 def _as_long(x: ArrayLike) -> torch.Tensor:
     """Integer array -> flat int64 CPU tensor ``[N]``."""
-    if isinstance(x, np.ndarray):
-        if x.dtype.kind not in "biu":
-            raise ValueError(f"expected an integer array, got dtype {x.dtype}")
-        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64)).reshape(-1)
-    x = torch.as_tensor(x)
-    if x.is_floating_point() or x.is_complex():
-        raise ValueError(f"expected an integer tensor, got dtype {x.dtype}")
-    return x.detach().reshape(-1).to(device="cpu", dtype=torch.int64)
+    x = x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
+    if x.dtype.kind not in "biu":
+        raise ValueError(f"expected an integer array, got dtype {x.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64)).reshape(-1)
 
 
 def _pct(num: torch.Tensor, den: torch.Tensor) -> list[float | None]:
