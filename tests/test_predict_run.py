@@ -17,7 +17,7 @@ from digseg.data.io import load_image
 from digseg.data.synthetic import SYNTHETIC_CLASSES
 from digseg.errors import ConfigError
 from digseg.pipelines.inputs import read_image_list, select_images
-from digseg.cli.predict import EXIT_SKIPPED, SizeBatcher
+from digseg.cli.predict import EXIT_SKIPPED, size_batches
 from digseg.cli.predict_records import RecordIndex
 from digseg.seeding import seeded_generator
 
@@ -166,13 +166,17 @@ def test_batch_size_gives_the_labels_of_batch_1(model, tmp_path):
         assert np.abs(a - b).max() <= 1, name
 
 
-def test_size_batcher_groups_by_size_and_holds_a_bounded_number():
-    batcher = SizeBatcher(batch_size=2, max_pending=3)
-    out = []
-    for item, key in enumerate("ababcdd"):
-        out += batcher.add(key, item)
-        assert batcher.pending <= 3
-    out += batcher.drain()
+def test_size_batches_groups_by_size_and_holds_a_bounded_number():
+    fed, out = [], []
+
+    def keyed():
+        for item, key in enumerate("ababcdd"):
+            assert len(fed) - sum(map(len, out)) <= 3  # the items held
+            fed.append(item)
+            yield key, item
+
+    for batch in size_batches(keyed(), batch_size=2, max_pending=3):
+        out.append(batch)
     assert sorted(i for batch in out for i in batch) == list(range(7))  # every item once
     assert out[:2] == [[0, 2], [1, 3]]  # same size together, in input order
     assert all(len({"ababcdd"[i] for i in batch}) == 1 and len(batch) <= 2 for batch in out)

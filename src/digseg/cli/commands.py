@@ -47,20 +47,9 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
 _FLAG_ALIASES = {"output": ("run", "output_dir"), "dtype": ("optim", "mixed_precision")}
 
 
-def _run_config_file(args: argparse.Namespace) -> str | None:
-    """The config a run starts from: --config; else, resuming, the run folder's own config.yaml (so that
-    `digseg train --output RUN --resume latest` continues RUN with the values it was trained with)."""
-    if args.config or not getattr(args, "resume", None):  # only `train` resumes
-        return args.config
-    from ..training.config import RunConfig
-
-    run = Path(args.resume).parent.parent if args.resume != "latest" else Path(args.output or RunConfig().output_dir)
-    return str(run / "config.yaml") if (run / "config.yaml").is_file() else None
-
-
 def _train_config(args: argparse.Namespace):
     """The --config file (or a resumed run's own config.yaml), --cfg-options, and the flags given, on top."""
-    from ..training.config import SECTIONS, TrainConfig, parse_overrides
+    from ..training.config import SECTIONS, RunConfig, TrainConfig, parse_overrides
 
     if args.crop_size is not None:
         args.crop_size = list(args.crop_size)  # YAML (the run's config.yaml) holds lists, not tuples
@@ -75,18 +64,12 @@ def _train_config(args: argparse.Namespace):
         if key in overrides.get(section, {}):
             raise ConfigError(f"{section}.{key} is given twice: by --cfg-options and by its own flag")
         overrides.setdefault(section, {})[key] = value
-    return TrainConfig.load(_run_config_file(args), overrides)
-
-
-def _training_device(args: argparse.Namespace) -> None:
-    """--device for training: accelerate places each process (the launcher's GPU, else the GPU, else the CPU);
-    `cpu` keeps it on the CPU, as `accelerate launch --cpu` does."""
-    device = resolve_device(args.device)
-    if device.type == "cpu":
-        os.environ["ACCELERATE_USE_CPU"] = "true"  # accelerate's own switch
-    elif device.index not in (None, int(os.environ.get("LOCAL_RANK", "0"))):
-        raise ConfigError(f"--device {args.device}: training runs each process on the GPU its launcher gives it; "
-                          f"choose the GPU with CUDA_VISIBLE_DEVICES={device.index} and --device cuda")
+    config_file = args.config
+    if not config_file and getattr(args, "resume", None):  # only `train` resumes
+        # `digseg train --output RUN --resume latest` continues RUN with the values it was trained with
+        run = Path(args.resume).parent.parent if args.resume != "latest" else Path(args.output or RunConfig.output_dir)
+        config_file = str(run / "config.yaml") if (run / "config.yaml").is_file() else None
+    return TrainConfig.load(config_file, overrides)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -94,7 +77,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     from ..training.run import build_run
     from ..run_lock import TRAIN, main_process_holds
 
-    _training_device(args)
+    # accelerate places each process (the launcher's GPU, else the GPU, else the CPU); `--device cpu` keeps it on the
+    # CPU, as `accelerate launch --cpu` does
+    device = resolve_device(args.device)
+    if device.type == "cpu":
+        os.environ["ACCELERATE_USE_CPU"] = "true"  # accelerate's own switch
+    elif device.index not in (None, int(os.environ.get("LOCAL_RANK", "0"))):
+        raise ConfigError(f"--device {args.device}: training runs each process on the GPU its launcher gives it; "
+                          f"choose the GPU with CUDA_VISIBLE_DEVICES={device.index} and --device cuda")
     config = _train_config(args)
     if config.run.push_to_hub:
         from ..training.hub import check_hub_target, push_to_hub
@@ -260,11 +250,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ..evaluation.protocols import TestProtocol, protocol_from_args, tiling_scale
 
     placement = resolve_device_and_dtype(args.device, args.dtype)
-    classes = [c.strip() for c in args.classes.split(",")] if args.classes is not None else None
-    if classes is not None and not all(classes):
+    classes = read_class_list(args.classes_file) if args.classes_file is not None else None
+    if args.classes is not None and not all(classes := [c.strip() for c in args.classes.split(",")]):
         raise ConfigError(f"--classes has an empty class name: {args.classes!r}")
-    if args.classes_file is not None:
-        classes = read_class_list(args.classes_file)
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     outputs = parse_outputs(args.outputs)
@@ -290,7 +278,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 "ensemble_size": args.ensemble_size, "steps": args.steps or pipe.config.default_denoising_steps,
                 "seed": args.seed, "processing_resolution": args.processing_resolution
                 if args.processing_resolution is not None else pipe.config.default_processing_resolution,
-                **query, "protocol": protocol.to_dict()}
+                **query, "protocol": dataclasses.asdict(protocol)}
             call_kwargs = dict(prompt=args.prompt, classes=classes, ensemble_size=args.ensemble_size,
                                num_inference_steps=args.steps, processing_resolution=args.processing_resolution,
                                **query, **protocol.call_kwargs())
@@ -311,6 +299,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
                                            search_threshold)
     from ..distributed import is_main_process, process_info
     from ..evaluation.metrics import format_markdown_table
+    from ..evaluation.protocols import protocol_from_args, tiling_scale
 
     if (args.predictions is None) == (args.model is None):
         raise ConfigError("give exactly one of --predictions DIR (score label PNGs) or --model DIR (predict, then "
@@ -330,17 +319,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
         reader.update(record.default_reader(args.dataset, args.data_root,
                                             {flag: getattr(args, flag) for flag in EVAL_SPLIT_FLAGS}))
     dataset = read_dataset(args.dataset, args.data_root, split=args.split, **reader)
-    search_set = None
-    if args.model and args.threshold_search:  # its split read before the model loads too
-        search_set = read_dataset(args.dataset, args.data_root, split=args.search_split, **reader)
+    search_set = (read_dataset(args.dataset, args.data_root, split=args.search_split, **reader)  # before the model
+                  if args.model and args.threshold_search else None)
     warning = record.overlap_warning(dataset) if record is not None else None
     if warning and is_main_process():
         print(warning, file=sys.stderr)
     predictions = Path(args.predictions) if args.predictions else output / "predictions"
     info: dict = {}
     if args.model:
-        from ..evaluation.protocols import protocol_from_args, tiling_scale
-
         pipe = load_model(args.model, placement, [args.adapter] if args.adapter else None)
         protocol = tiling_scale(protocol_from_args(args, default_protocol(pipe, dataset)),
                                 pipe.config.default_processing_resolution, args.processing_resolution is not None)
@@ -357,8 +343,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
         report = predict_dataset(pipe, dataset, predictions, threshold=threshold, **kwargs, **query)
         info.update(model=str(args.model), ensemble_size=args.ensemble_size,
                     steps=args.steps or pipe.config.default_denoising_steps, predictions=str(predictions),
-                    prediction_skipped=report["skipped"], protocol=protocol.to_dict(), batch_size=args.batch_size,
-                    runtime=pipe.runtime_info(process_info()[1]))
+                    prediction_skipped=report["skipped"], protocol=dataclasses.asdict(protocol),
+                    batch_size=args.batch_size, runtime=pipe.runtime_info(process_info()[1]))
     metrics = score_predictions(dataset, predictions, present_only=True if args.present_only else None)
     metrics.update(info)
     if not is_main_process():  # under accelerate launch / torchrun: every process has the same metrics

@@ -221,6 +221,7 @@ def build_demo(pipe: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
     names = getattr(pipe, "adapters", None) or []  # loaded LoRA adapters (none: no chooser)
     # Gradio < 6 takes the theme here, Gradio >= 6 in launch() (see `start_demo`)
     theme = {} if _accepts(gr.Blocks.launch, "theme") else {"theme": _system_theme(gr)}
+    view = dict(type="pil", interactive=False, height=VIEW_HEIGHT)  # each picture shown
     with gr.Blocks(title="DiGSeg demo", analytics_enabled=False, **theme) as demo:
         header = gr.Markdown(page_header(pipe, max_pixels), elem_id="digseg-header")
         with gr.Row():
@@ -229,8 +230,7 @@ def build_demo(pipe: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
                                       label="Adapter", info=f"{BASE_CHOICE}: the model without adapter",
                                       elem_id="digseg-adapter") if names else None
                 upload = gr.File(label="Image", type="filepath", elem_id="digseg-upload")
-                preview = gr.Image(label="Input", type="pil", interactive=False, height=VIEW_HEIGHT,
-                                   elem_id="digseg-preview")
+                preview = gr.Image(label="Input", elem_id="digseg-preview", **view)
                 mode = gr.Radio([MODE_PROMPT, MODE_CLASSES], value=MODE_PROMPT, label="Ask with",
                                 info="prompt: one thing (binary); classes: a comma-separated list",
                                 elem_id="digseg-mode")
@@ -245,14 +245,11 @@ def build_demo(pipe: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
                 seed = gr.Number(value=0, precision=0, label="Seed", elem_id="digseg-seed")
                 run = gr.Button("Segment", variant="primary", elem_id="digseg-run")
             with gr.Column():
-                result = gr.Image(label="Prediction", type="pil", interactive=False, format="png",
-                                  height=VIEW_HEIGHT, elem_id="digseg-overlay")
-                compare = (gr.ImageSlider(label="Input | prediction", type="pil", interactive=False,
-                                          height=VIEW_HEIGHT, elem_id="digseg-compare") if has_slider
+                result = gr.Image(label="Prediction", format="png", elem_id="digseg-overlay", **view)
+                compare = (gr.ImageSlider(label="Input | prediction", elem_id="digseg-compare", **view) if has_slider
                            else gr.HTML(label="Input | prediction", elem_id="digseg-compare"))
-                uncertainty = gr.Image(label="Uncertainty (ensemble spread; brighter = less sure)", type="pil",
-                                       interactive=False, format="png", height=VIEW_HEIGHT,
-                                       elem_id="digseg-uncertainty")
+                uncertainty = gr.Image(label="Uncertainty (ensemble spread; brighter = less sure)", format="png",
+                                       elem_id="digseg-uncertainty", **view)
                 summary = gr.Markdown(elem_id="digseg-summary")
         gr.Markdown(f"Runs on {runtime_footer(pipe)}.", elem_id="digseg-runtime")
 

@@ -9,12 +9,14 @@ settings: name, source, image_size, classes (those present), unlabelled_fraction
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import sys
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Collection, Iterable, Iterator, Sequence
 
@@ -93,33 +95,17 @@ def images_by_adapter(items: list[str] | None, image_list: str | Path | None, ad
     return groups
 
 
-@dataclass
-class SizeBatcher:
-    """Groups items by key (an image's processed size) into batches of up to `batch_size`, holding at most
-    `max_pending` items: beyond that, the key waiting longest goes out as a smaller batch."""
-
-    batch_size: int
-    max_pending: int
-    buckets: dict[Any, list] = field(default_factory=dict)  # insertion order: the oldest waiting key first
-    pending: int = 0
-
-    def add(self, key, item) -> list[list]:
-        """Add one item -> the batches now ready (often none)."""
-        self.buckets.setdefault(key, []).append(item)
-        self.pending += 1
-        ready = [self._pop(key)] if len(self.buckets[key]) >= self.batch_size else []
-        while self.pending > self.max_pending:
-            ready.append(self._pop(next(iter(self.buckets))))
-        return ready
-
-    def drain(self) -> list[list]:
-        """Every batch still waiting (at the end of the input)."""
-        return [self._pop(key) for key in list(self.buckets)]
-
-    def _pop(self, key) -> list:
-        batch = self.buckets.pop(key)
-        self.pending -= len(batch)
-        return batch
+def size_batches(keyed: Iterable[tuple[Any, Any]], batch_size: int, max_pending: int) -> Iterator[list]:
+    """(key, item) pairs (key: an image's processed size) -> batches of up to `batch_size` items of one key, holding
+    at most `max_pending` items: beyond that, the key waiting longest goes out as a smaller batch."""
+    buckets: dict[Any, list] = {}  # insertion order: the oldest waiting key first
+    for key, item in keyed:
+        buckets.setdefault(key, []).append(item)
+        if len(buckets[key]) >= batch_size:
+            yield buckets.pop(key)
+        while sum(map(len, buckets.values())) > max_pending:
+            yield buckets.pop(next(iter(buckets)))
+    yield from buckets.values()
 
 
 def _read_ahead(paths: list[Path], indices: list[int]) -> Iterator[tuple[int, Any]]:
@@ -192,111 +178,103 @@ def run_predict(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
     call_kwargs: the pipeline's arguments, the same for every image; settings: what the run records (JSON values;
     the outputs are added). show_progress: None shows the bar only when stderr is a terminal.
     """
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
-    with main_process_holds(out_dir, PREDICT):
-        return _run_locked(pipe, paths, Path(out_dir), call_kwargs, settings, seed, batch_size, skip_existing,
-                           show_progress, outputs)
-
-
-def _run_locked(pipe, paths, out_dir, call_kwargs, settings, seed, batch_size, skip_existing, show_progress,
-                outputs) -> PredictResult:
     from tqdm import tqdm
 
-    rank, world = process_info()
-    kinds = [k for k in PER_IMAGE_OUTPUTS if k in outputs]
-    settings = json.loads(json.dumps({**settings, "outputs": list(outputs)}))  # as stored: earlier runs compare equal
-    names, stems = display_names(paths), unique_stems(paths)
+    out_dir = Path(out_dir)
+    with main_process_holds(out_dir, PREDICT):
+        rank, world = process_info()
+        kinds = [k for k in PER_IMAGE_OUTPUTS if k in outputs]
+        # as stored: earlier runs compare equal
+        settings = json.loads(json.dumps({**settings, "outputs": list(outputs)}))
+        names, stems = display_names(paths), unique_stems(paths)
 
-    # 1. what is left to do: with skip_existing, the images an earlier run of the same settings finished
-    finished = [False] * len(paths)
-    if skip_existing:
-        predict_records.check_same_settings(out_dir, settings)
-        index = RecordIndex(out_dir)
-        finished = [index.finished(stem, path) for path, stem in zip(paths, stems)]
-    todo = [i for i, done in enumerate(finished) if not done]
-    if len(todo) < len(paths) and rank == 0:
-        print(f"--skip-existing: {len(paths) - len(todo)} of {len(paths)} image(s) already finished in {out_dir}")
-    wait_for_everyone()  # every process has read the records before the main process may drop them
-    if rank == 0 and not skip_existing:  # a new run: forget the images of an earlier run here
-        for path in predict_records.state_dir(out_dir).glob("records-*.jsonl"):
-            path.unlink()
-    wait_for_everyone()
+        # 1. what is left to do: with skip_existing, the images an earlier run of the same settings finished
+        finished = [False] * len(paths)
+        if skip_existing:
+            predict_records.check_same_settings(out_dir, settings)
+            index = RecordIndex(out_dir)
+            finished = [index.finished(stem, path) for path, stem in zip(paths, stems)]
+        todo = [i for i, done in enumerate(finished) if not done]
+        if len(todo) < len(paths) and rank == 0:
+            print(f"--skip-existing: {len(paths) - len(todo)} of {len(paths)} image(s) already finished in {out_dir}")
+        wait_for_everyone()  # every process has read the records before the main process may drop them
+        if rank == 0 and not skip_existing:  # a new run: forget the images of an earlier run here
+            for path in predict_records.state_dir(out_dir).glob("records-*.jsonl"):
+                path.unlink()
+        wait_for_everyone()
 
-    # 2. this process's share, batched by processed size
-    mine = [i for _, i in shard(todo)]
-    resolution = call_kwargs.get("processing_resolution")
-    resolution = pipe.config.default_processing_resolution if resolution is None else resolution
-    skipped: dict[int, dict] = {}
-    bar = tqdm(total=len(mine), desc="predict", unit="image",
-               disable=rank != 0 or ((not show_progress) if show_progress is not None else None))
-    records = RecordWriter(out_dir, rank, settings)
+        # 2. this process's share, batched by processed size
+        mine = [i for _, i in shard(todo)]
+        resolution = call_kwargs.get("processing_resolution")
+        resolution = pipe.config.default_processing_resolution if resolution is None else resolution
+        skipped: dict[int, dict] = {}
+        bar = tqdm(total=len(mine), desc="predict", unit="image",
+                   disable=rank != 0 or ((not show_progress) if show_progress is not None else None))
+        records = RecordWriter(out_dir, rank, settings)
 
-    def run_batch(batch: list[tuple[int, Any]]) -> None:
-        images = [image for _, image in batch]
-        result = pipe(images, generator=[seeded_generator(seed, i) for i, _ in batch], batch_size=len(batch),
-                      show_progress_bar=False, **call_kwargs)
-        for j, (i, image) in enumerate(batch):
-            staging = predict_records.partial_dir(out_dir) / stems[i]
-            shutil.rmtree(staging, ignore_errors=True)  # left by a run killed while writing this image
-            unc = result.uncertainty[j] if result.uncertainty is not None else None
-            record = write_image_outputs(staging, stems[i], names[i], paths[i], image, result.labels[j],
-                                         result.probabilities[j], result.class_names, unc, settings,
-                                         result.probability_class_ids[j], kinds)
-            predict_records.publish(staging, out_dir)
-            records.add(stems[i], record)  # from here on the image counts as finished
-            bar.write(f"{names[i]}: " + ", ".join(f"{c['name']} {c['fraction']:.1%}" for c in record["classes"]))
-            bar.update(1)
-
-    batcher = SizeBatcher(batch_size, max_pending=2 * batch_size)
-    try:
-        for i, image in _read_ahead(paths, mine):
-            if isinstance(image, DataError):
-                skipped[i] = {"name": names[i], "source": str(paths[i]), "reason": str(image)}
-                bar.write(f"skipped: {image}", file=sys.stderr)  # the reason names the file
+        def run_batch(batch: list[tuple[int, Any]]) -> None:
+            images = [image for _, image in batch]
+            result = pipe(images, generator=[seeded_generator(seed, i) for i, _ in batch], batch_size=len(batch),
+                          show_progress_bar=False, **call_kwargs)
+            for j, (i, image) in enumerate(batch):
+                staging = predict_records.partial_dir(out_dir) / stems[i]
+                shutil.rmtree(staging, ignore_errors=True)  # left by a run killed while writing this image
+                unc = result.uncertainty[j] if result.uncertainty is not None else None
+                record = write_image_outputs(staging, stems[i], names[i], paths[i], image, result.labels[j],
+                                             result.probabilities[j], result.class_names, unc, settings,
+                                             result.probability_class_ids[j], kinds)
+                for path in sorted(staging.iterdir()):  # into out_dir, each file atomically
+                    os.replace(path, out_dir / path.name)
+                staging.rmdir()
+                records.add(stems[i], record)  # from here on the image counts as finished
+                bar.write(f"{names[i]}: " + ", ".join(f"{c['name']} {c['fraction']:.1%}" for c in record["classes"]))
                 bar.update(1)
-                continue
-            size = padded_size(image.height, image.width, resolution, pipe.pad_multiple, call_kwargs.get("scale"),
-                               call_kwargs.get("keep_ratio", True))
-            for batch in batcher.add(size, (i, image)):
+
+        def readable() -> Iterator[tuple[tuple[int, int], tuple[int, Image.Image]]]:  # (processed size, (i, image))
+            for i, image in _read_ahead(paths, mine):
+                if isinstance(image, DataError):
+                    skipped[i] = {"name": names[i], "source": str(paths[i]), "reason": str(image)}
+                    bar.write(f"skipped: {image}", file=sys.stderr)  # the reason names the file
+                    bar.update(1)
+                    continue
+                yield padded_size(image.height, image.width, resolution, pipe.pad_multiple, call_kwargs.get("scale"),
+                                  call_kwargs.get("keep_ratio", True)), (i, image)
+
+        try:
+            for batch in size_batches(readable(), batch_size, max_pending=2 * batch_size):
                 run_batch(batch)
-        for batch in batcher.drain():
-            run_batch(batch)
-    finally:
-        bar.close()
-        records.close()
+        finally:
+            bar.close()
+            records.close()
 
-    # 3. every process's outcome; the main process writes summary.json and the report
-    wait_for_everyone()
-    every_skipped = dict(gather_objects(list(skipped.items())))  # {image index: entry}, all processes'
-    missed = [every_skipped[i] for i in sorted(every_skipped)]
-    written = int(sum_tensor(torch.tensor(len(mine) - len(skipped))))
-    done = [stems[i] for i in range(len(paths)) if i not in every_skipped]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    summary, report = out_dir / "summary.json", None
-    if rank == 0:
-        predict_records.clean_partial(out_dir)
-        index = RecordIndex(out_dir)
-        runtime = pipe.runtime_info(world)
-        summary = write_run_summary(out_dir, map(index.get, done), missed, runtime)
-        if "report" in outputs:
-            shown = dict(settings, runtime=f"{runtime['device']} ({runtime['device_name']}), {runtime['dtype']}, "
-                                           f"torch {runtime['torch']}, diffusers {runtime['diffusers']}")
-            report = write_report(out_dir, map(index.get, done), shown, skipped=missed, num_entries=len(done))
-    elif "report" in outputs:
-        report = out_dir / "index.html"
-    return PredictResult(images=len(done), written=written, reused=len(paths) - len(todo), skipped=missed,
-                         summary=summary, report=report, num_processes=world)
+        # 3. every process's outcome; the main process writes summary.json and the report
+        wait_for_everyone()
+        every_skipped = dict(gather_objects(list(skipped.items())))  # {image index: entry}, all processes'
+        missed = [every_skipped[i] for i in sorted(every_skipped)]
+        written = int(sum_tensor(torch.tensor(len(mine) - len(skipped))))
+        done = [stems[i] for i in range(len(paths)) if i not in every_skipped]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if rank == 0:
+            with contextlib.suppress(OSError):  # a staging folder still holding files: another run writes here
+                predict_records.partial_dir(out_dir).rmdir()
+            index = RecordIndex(out_dir)
+            runtime = pipe.runtime_info(world)
+            write_run_summary(out_dir, map(index.get, done), missed, runtime)
+            if "report" in outputs:
+                shown = dict(settings, runtime=f"{runtime['device']} ({runtime['device_name']}), {runtime['dtype']}, "
+                                               f"torch {runtime['torch']}, diffusers {runtime['diffusers']}")
+                write_report(out_dir, map(index.get, done), shown, skipped=missed, num_entries=len(done))
+        return PredictResult(images=len(done), written=written, reused=len(paths) - len(todo), skipped=missed,
+                             summary=out_dir / "summary.json",
+                             report=out_dir / "index.html" if "report" in outputs else None, num_processes=world)
 
 
-def write_run_summary(out_dir: Path, records: Iterable[dict], skipped: list[dict], runtime: dict) -> Path:
+def write_run_summary(out_dir: Path, records: Iterable[dict], skipped: list[dict], runtime: dict) -> None:
     """`<out_dir>/summary.json` (docs/predict.md), written one image at a time and replaced atomically."""
-    path = out_dir / "summary.json"
-    with open_atomically(path) as f:
+    with open_atomically(out_dir / "summary.json") as f:
         f.write('{\n  "runtime": ' + json.dumps(runtime, ensure_ascii=False) + ',\n  "images": {')
         for k, r in enumerate(records):
             fractions = {c["name"]: c["fraction"] for c in r["classes"]}
             f.write(f'{"," if k else ""}\n    {json.dumps(r["name"], ensure_ascii=False)}: '
                     f'{json.dumps(fractions, ensure_ascii=False)}')
         f.write('\n  },\n  "skipped": ' + json.dumps(skipped, indent=4, ensure_ascii=False) + "\n}\n")
-    return path

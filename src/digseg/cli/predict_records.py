@@ -60,19 +60,6 @@ def check_same_settings(out_dir: Path, settings: dict) -> None:
                               "use another --output, or drop --skip-existing to predict every image again")
 
 
-def publish(staging: Path, out_dir: Path) -> None:
-    """Move an image's files from `staging` into `out_dir` (os.replace: each atomic), then remove `staging`."""
-    for path in sorted(staging.iterdir()):
-        os.replace(path, out_dir / path.name)
-    staging.rmdir()
-
-
-def clean_partial(out_dir: Path) -> None:
-    """Remove the (empty) staging folder; one still holding files (a run writing into this folder) is left."""
-    with contextlib.suppress(OSError):
-        partial_dir(out_dir).rmdir()
-
-
 class RecordWriter:
     """Appends this process's finished images to its records file, one line each, flushed at once. The file (and
     its settings line) is made at the first image; one of the same settings from an earlier run is continued."""
@@ -130,11 +117,10 @@ class RecordIndex:
     def finished(self, stem: str, source: Path) -> bool:
         """True when `stem` has a record for this `source` and every file it lists is in the output folder."""
         record = self.get(stem)
-        if record is None or Path(str(record.get("source", ""))).resolve() != source.resolve():
+        if record is None or Path(record["source"]).resolve() != source.resolve():
             return False
-        files = record.get("files") or {}
-        listed = [v for v in files.values() if isinstance(v, str)]
-        listed += [m["file"] for m in files.get("probabilities") or []]
+        files = record["files"]
+        listed = [v for v in files.values() if isinstance(v, str)] + [m["file"] for m in files["probabilities"]]
         return all((self.out_dir / name).is_file() for name in listed)
 
 

@@ -45,9 +45,8 @@ def _save_overlays(pipe: DiGSegPipeline, dataset: SyntheticScenes, out_dir: Path
         image, label = dataset.scene(i)
         rgb = torch.from_numpy(image).permute(2, 0, 1).float() / 255  # [3, H, W]
         pred = pipe(rgb, generator=torch.Generator().manual_seed(seed), show_progress_bar=False).labels[0]
-        side_by_side(
-            overlay(image, np.zeros_like(label), k), overlay(image, label, k), overlay(image, pred, k)
-        ).resize((3 * 192, 192), 0).save(out_dir / f"scene_{i:03d}_palette.png")
+        side_by_side(overlay(image, np.zeros_like(label), k), overlay(image, label, k), overlay(image, pred, k)).resize(
+            (3 * 192, 192), 0).save(out_dir / f"scene_{i:03d}_palette.png")
         shape = dataset.class_names[1 + i % (k - 1)]
         binary = pipe(rgb, prompt=shape, generator=torch.Generator().manual_seed(seed),
                       show_progress_bar=False).labels[0]

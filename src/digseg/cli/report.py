@@ -110,18 +110,17 @@ def _url(file_name: str) -> str:
 
 
 def _legend(entry: dict) -> str:
-    items = []
+    untinted = '<span class="swatch untinted" title="left untinted in the overlay"></span>'
+    rows = []  # (swatch, escaped name, fraction)
     for c in entry["classes"]:
         colour = c.get("colour") if isinstance(c.get("colour"), str) and _HEX.match(c["colour"]) else "#808080"
-        swatch = (f'<span class="swatch" style="background:{colour}"></span>' if c.get("tinted", True)
-                  else '<span class="swatch untinted" title="left untinted in the overlay"></span>')
-        items.append(f'<li>{swatch}<span class="name">{_esc(c["name"])}</span>'
-                     f'<span class="frac">{c["fraction"] * 100:.1f}%</span></li>')
+        swatch = f'<span class="swatch" style="background:{colour}"></span>' if c.get("tinted", True) else untinted
+        rows.append((swatch, _esc(c["name"]), c["fraction"]))
     if entry.get("unlabelled_fraction"):
-        items.append('<li><span class="swatch untinted" title="left untinted in the overlay"></span>'
-                     '<span class="name">no class</span>'
-                     f'<span class="frac">{entry["unlabelled_fraction"] * 100:.1f}%</span></li>')
-    return f'<ul class="legend">{"".join(items)}</ul>'
+        rows.append((untinted, "no class", entry["unlabelled_fraction"]))
+    items = "".join(f'<li>{swatch}<span class="name">{name}</span><span class="frac">{fraction * 100:.1f}%</span></li>'
+                    for swatch, name, fraction in rows)
+    return f'<ul class="legend">{items}</ul>'
 
 
 def _probability_maps(entry: dict, small: str) -> str:
@@ -274,8 +273,6 @@ def write_report(out_dir: Path, entries: Iterable[dict], settings: dict | None =
     -> the path of `index.html`. `settings` are listed at the top of every page; the `skipped` files ({"name",
     "reason"} each) on page 1. `entries` may be an iterator (pass `num_entries` then): each panel is written as it
     comes. Each page replaces an earlier one atomically."""
-    if page_size < 1:
-        raise ValueError(f"page_size must be at least 1, not {page_size}")
     out_dir = Path(out_dir)
     skipped = skipped or []
     total = len(entries) if num_entries is None else num_entries  # type: ignore[arg-type]

@@ -28,16 +28,13 @@ from .protocols import TestProtocol, protocol_for
 
 logger = logging.getLogger("digseg.eval")
 
-# The scores `digseg eval` prints for each kind of metric (all are in the metrics JSON).
+# The scores `digseg eval` prints for each kind of metric (all are in the metrics JSON); validation during training
+# tracks the first (higher is better; training/validation.py).
 SUMMARY_COLUMNS: dict[MetricKind, tuple[str, ...]] = {
     MetricKind.SEMANTIC: ("mIoU", "aAcc", "mAcc", "mDice"),
     MetricKind.OPEN_VOCAB: ("mIoU", "aAcc", "mAcc"),
     MetricKind.ROAD: ("IoU", "precision", "recall", "F1"),
     MetricKind.MEDICAL: ("Dice", "IoU"),
-}
-# The one score per kind of metric that validation during training tracks (higher is better; training/validation.py).
-HEADLINE_METRIC: dict[MetricKind, str] = {
-    MetricKind.SEMANTIC: "mIoU", MetricKind.OPEN_VOCAB: "mIoU", MetricKind.ROAD: "IoU", MetricKind.MEDICAL: "Dice",
 }
 
 
@@ -191,13 +188,12 @@ def predict_dataset(pipe, dataset: SegmentationDataset, out_dir: str | Path | No
     return {"written": int(sum_tensor(torch.tensor(written))), "skipped": gather_objects(skipped)}
 
 
-def search_threshold(pipe, dataset: SegmentationDataset, grid: np.ndarray | None = None,
-                     **predict_kwargs) -> tuple[float, float]:
+def search_threshold(pipe, dataset: SegmentationDataset, **predict_kwargs) -> tuple[float, float]:
     """Binary datasets: (the threshold on the foreground probability that maximises mean per-image Dice, that
-    Dice %), from one run of the model over `dataset` (a validation split) scored at every threshold of `grid`."""
+    Dice %), from one run of the model over `dataset` (a validation split) scored at thresholds 0.05, 0.10, ... 0.95."""
     if dataset.num_classes != 2:
         raise DigsegError(f"threshold search applies to 2-class datasets; {dataset.name} has {dataset.num_classes}")
-    grid = np.round(np.arange(0.05, 0.96, 0.05), 2) if grid is None else grid
+    grid = np.round(np.arange(0.05, 0.96, 0.05), 2)
     dice = np.zeros(len(grid))  # running sums: memory independent of the number of images
     count = 0
 

@@ -27,20 +27,15 @@ class EStep:
         e, k = text.lower().split("x")
         return cls(int(e), int(k))
 
-    def __str__(self) -> str:
-        return f"{self.ensemble_size}x{self.steps}"
 
-
-def _load(dataset: Dataset, limit: int | None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    n = len(dataset) if limit is None else min(limit, len(dataset))
-    samples = [dataset[i] for i in range(n)]
+def _load(dataset: Dataset) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    samples = [dataset[i] for i in range(len(dataset))]
     return [s["image"] * 0.5 + 0.5 for s in samples], [s["label"] for s in samples]  # [3, H, W] in [0, 1]
 
 
 @torch.no_grad()
-def evaluate_binary(pipe: DiGSegPipeline, dataset: Dataset, setting: EStep, seed: int = 0, batch_size: int = 32,
-                    limit: int | None = None, **call_kwargs) -> dict:
-    images, labels = _load(dataset, limit)
+def evaluate_binary(pipe: DiGSegPipeline, dataset: Dataset, setting: EStep, seed: int = 0, **call_kwargs) -> dict:
+    images, labels = _load(dataset)
     ignore = getattr(dataset, "ignore_index", 255)
     metric = SegmentationMetric(2, ignore_index=ignore, class_names=[BACKGROUND, FOREGROUND])
     queried, seconds = 0, 0.0
@@ -49,7 +44,7 @@ def evaluate_binary(pipe: DiGSegPipeline, dataset: Dataset, setting: EStep, seed
             continue
         start = time.perf_counter()
         out = pipe(images, prompt=name, ensemble_size=setting.ensemble_size, num_inference_steps=setting.steps,
-                   batch_size=batch_size, generator=torch.Generator().manual_seed(seed), show_progress_bar=False,
+                   batch_size=32, generator=torch.Generator().manual_seed(seed), show_progress_bar=False,
                    **call_kwargs)
         seconds += time.perf_counter() - start
         queried += len(images)
@@ -62,13 +57,12 @@ def evaluate_binary(pipe: DiGSegPipeline, dataset: Dataset, setting: EStep, seed
 
 
 @torch.no_grad()
-def evaluate_palette(pipe: DiGSegPipeline, dataset: Dataset, setting: EStep, seed: int = 0, batch_size: int = 32,
-                     limit: int | None = None, **call_kwargs) -> dict:
-    images, labels = _load(dataset, limit)
+def evaluate_palette(pipe: DiGSegPipeline, dataset: Dataset, setting: EStep, seed: int = 0, **call_kwargs) -> dict:
+    images, labels = _load(dataset)
     names = list(dataset.class_names)
     metric = SegmentationMetric(len(names), getattr(dataset, "ignore_index", 255), names)
     start = time.perf_counter()
-    out = pipe(images, ensemble_size=setting.ensemble_size, num_inference_steps=setting.steps, batch_size=batch_size,
+    out = pipe(images, ensemble_size=setting.ensemble_size, num_inference_steps=setting.steps, batch_size=32,
                generator=torch.Generator().manual_seed(seed), show_progress_bar=False, **call_kwargs)
     seconds = time.perf_counter() - start
     for label, pred in zip(labels, out.labels):

@@ -5,7 +5,7 @@ default, the command line overrides any field, and `metrics.json` records the pr
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 from ..errors import ConfigError
 from ..pipelines.common import INFERENCE_MODES
@@ -27,9 +27,6 @@ class TestProtocol:
     def call_kwargs(self) -> dict:
         """Keyword arguments for `DiGSegPipeline.__call__`."""
         return {k: v for k, v in asdict(self).items() if k != "source"}
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _mmseg(config: str, crop: int, stride: int, scale: tuple[int, int]) -> TestProtocol:
@@ -63,9 +60,8 @@ def parse_pair(text: str) -> tuple[int, int]:
     try:
         values = [int(v) for v in text.replace("x", ",").split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected N or N,M (positive integers), got {text!r}") from None
-    if len(values) == 1:
-        values *= 2
+        values = []
+    values *= 2 if len(values) == 1 else 1
     if len(values) != 2 or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected N or N,M (positive integers), got {text!r}")
     return values[0], values[1]
@@ -78,12 +74,10 @@ def add_protocol_flags(parser: argparse.ArgumentParser, preset_note: str) -> Non
     g.add_argument("--mode", choices=INFERENCE_MODES, help="whole image, or sliding windows")
     g.add_argument("--window-size", type=parse_pair, metavar="H[,W]", help="slide: window size")
     g.add_argument("--stride", type=parse_pair, metavar="H[,W]", help="slide: window step")
-    g.add_argument("--scale", type=parse_pair, metavar="LONG,SHORT",
-                   help="test resize: keep-ratio (long cap, short side), e.g. 2048,512; "
-                        "with --no-keep-ratio exactly W,H")
-    g.add_argument("--keep-ratio", action=argparse.BooleanOptionalAction,
-                   help="test resize: keep the aspect ratio "
-                        "(default: the protocol's; --no-keep-ratio: exactly --scale)")
+    g.add_argument("--scale", type=parse_pair, metavar="LONG,SHORT", help="test resize: keep-ratio (long cap, short "
+                   "side), e.g. 2048,512; with --no-keep-ratio exactly W,H")
+    g.add_argument("--keep-ratio", action=argparse.BooleanOptionalAction, help="test resize: keep the aspect ratio "
+                   "(default: the protocol's; --no-keep-ratio: exactly --scale)")
     g.add_argument("--global-view", action=argparse.BooleanOptionalAction,
                    help="slide: also run the whole image as one window (CAT-Seg)")
     g.add_argument("--flip", action=argparse.BooleanOptionalAction, help="horizontal flip test-time augmentation")
@@ -96,9 +90,8 @@ def protocol_from_args(args: argparse.Namespace, preset: TestProtocol) -> TestPr
         if args.scale is not None:
             raise ConfigError("give either --scale or --processing-resolution, not both")
         preset = replace(preset, scale=None)
-    flags = {"mode": "mode", "crop_size": "window_size", "stride": "stride", "scale": "scale",
-             "keep_ratio": "keep_ratio", "global_view": "global_view", "flip": "flip"}  # field -> the flag's dest
-    given = {f: getattr(args, dest) for f, dest in flags.items() if getattr(args, dest, None) is not None}
+    dests = {f.name: "window_size" if f.name == "crop_size" else f.name for f in fields(TestProtocol)}  # field -> dest
+    given = {f: getattr(args, dest) for f, dest in dests.items() if getattr(args, dest, None) is not None}
     protocol = replace(preset, **given)
     if protocol.mode == "whole":
         if "crop_size" in given or "stride" in given or given.get("global_view"):

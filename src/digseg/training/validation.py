@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from ..data.base import MetricKind, SegmentationDataset
 from ..data.synthetic import ItemsView
 from ..distributed import is_main_process
-from ..evaluation.dataset_eval import HEADLINE_METRIC, SUMMARY_COLUMNS, Scores, predict_dataset
+from ..evaluation.dataset_eval import SUMMARY_COLUMNS, Scores, predict_dataset
 from ..errors import DataError
 from ..evaluation.protocols import TestProtocol
 
@@ -70,6 +70,6 @@ def evaluate(pipe, dataset: Dataset, limit: int, seed: int, batch_size: int) -> 
         scores.skip(-1, message)
     metrics = scores.result()
     kind = MetricKind(metrics["metric"])
-    metric = HEADLINE_METRIC[kind]
+    metric = SUMMARY_COLUMNS[kind][0]
     summary = {f"val/{c}": float(metrics[c]) for c in SUMMARY_COLUMNS[kind]}
     return ValidationResult(metric, float(metrics[metric]), summary)
