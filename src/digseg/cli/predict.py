@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import sys
 from collections import deque
@@ -223,9 +222,7 @@ def run_predict(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
                 record = write_image_outputs(staging, stems[i], names[i], paths[i], image, result.labels[j],
                                              result.probabilities[j], result.class_names, unc, settings,
                                              result.probability_class_ids[j], kinds)
-                for path in sorted(staging.iterdir()):  # into out_dir, each file atomically
-                    os.replace(path, out_dir / path.name)
-                staging.rmdir()
+                predict_records.publish(staging, out_dir)
                 records.add(stems[i], record)  # from here on the image counts as finished
                 bar.write(f"{names[i]}: " + ", ".join(f"{c['name']} {c['fraction']:.1%}" for c in record["classes"]))
                 bar.update(1)

@@ -60,6 +60,13 @@ def check_same_settings(out_dir: Path, settings: dict) -> None:
                               "use another --output, or drop --skip-existing to predict every image again")
 
 
+def publish(staging: Path, out_dir: Path) -> None:
+    """Move an image's files from `staging` into `out_dir` (os.replace: each atomic), then remove `staging`."""
+    for path in sorted(staging.iterdir()):
+        os.replace(path, out_dir / path.name)
+    staging.rmdir()
+
+
 class RecordWriter:
     """Appends this process's finished images to its records file, one line each, flushed at once. The file (and
     its settings line) is made at the first image; one of the same settings from an earlier run is continued."""
