@@ -27,10 +27,10 @@ from .image_processing import processed_size, resize_to, to_image_list
 from .masks import MaskCodec
 from .model_folder import OPTIONAL_COMPONENTS, TRAINED_COMPONENTS, check_finite, check_model_folder, check_model_index
 from .model_card import model_facts, write_model_card
-from .native_outputs import PROBABILITY_CLASSES_KEPT, native_outputs, resize_probs
 from .prompts import resolve_queries
 from .common import call_output, check_call, uses_light_decoder, warn_single_window
-from .sliding import combine_views, group_views, make_views, view_noise
+from .sliding import (PROBABILITY_CLASSES_KEPT, combine_views, group_views, make_views, native_outputs, resize_probs,
+                      view_noise)
 from ..models.choices import OBJECTIVES
 from ..models.digseg_model import (check_clip_text_encoder, decode_latents, load_backbone, load_clip_text_encoder,
                                    make_scheduler, unet_downsample_factor, vae_scale_factor, widen_conv_in)

@@ -16,7 +16,7 @@ from ..errors import DigsegError, first_line
 from ..outputs import DiGSegOutput
 from ..pipelines.prompts import resolve_queries
 from ..pipelines.common import call_output, check_call, to_image_list, uses_light_decoder, warn_single_window
-from ..pipelines.window_grid import processed_size, window_grid
+from ..pipelines.common import processed_size, window_grid
 from .manifest import read_manifest, trailing_timesteps
 from .numpy_ops import (combine_members, combine_views, cut_views, ddim_step, decode_codec, native_outputs,
                         pad_to_multiple, predicted_sample, resize)
