@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -17,9 +18,11 @@ from ..data.rescale import rescale_size
 from ..errors import DigsegError
 from ..models.choices import MASK_DECODERS
 from ..outputs import DiGSegOutput
+from .prompts import Queries, resolve_queries
 
 ENSEMBLE_REDUCTIONS = ("median", "mean")  # how ensemble members' latents are combined
 INFERENCE_MODES = ("whole", "slide")  # the whole image, or sliding windows (sliding.py)
+PROBABILITY_CLASSES_KEPT = 16  # default number of classes whose native-size probabilities are returned
 
 
 def processed_size(height: int, width: int, resolution: int, scale: tuple[int, int] | None = None,
@@ -144,6 +147,119 @@ def call_output(results: list[tuple], uncertainty: list, class_names: list[str],
     out = (same(labels), same(probabilities), same(uncertainty) if uncertainty else None, class_names,
            stack(class_ids))
     return DiGSegOutput(*out) if return_dict else out
+
+
+@dataclass(frozen=True)
+class SegmentSettings:
+    """One call's checked settings, as `SegmentationCall.__call__` passes them to a pipeline's `_segment_images`."""
+
+    mode: str  # "binary" | "palette" | "per_class" (`prompts.Queries.mode`)
+    ensemble_size: int
+    steps: int
+    one_step: bool
+    max_unet_batch: int  # (view, query, member) items per U-Net call
+    top_k: int | None  # per-class queries: run only the k most relevant classes
+    decode_members: bool  # decode every member (Marigold) instead of their combined latent
+    ensemble_reduction: str
+    mask_decoder: str
+    light_decoder: bool  # whether `mask_decoder` selects the light decoder (else the VAE's)
+    global_view: bool
+    flip: bool
+    threshold: float
+    no_class_threshold: float | None
+    max_probability_classes: int | None
+    batch_size: int
+    show_progress_bar: bool
+    output_type: str
+
+
+class SegmentationCall:
+    """`__call__` of both pipelines: checks, queries and the images at the test scale, then the pipeline's
+    `_segment_images` (its networks). A subclass has `config`, `query_states`, `has_light_decoder`, `to_images`
+    (inputs -> N x [3, H, W] in [-1, 1]), `resize_image` (antialiased) and `NUMPY_ONLY` (onnxruntime)."""
+
+    NUMPY_ONLY = False
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.config.class_names
+
+    def __call__(self, image: Any, prompt: str | Sequence[str] | None = None, classes: Sequence[str] | None = None,
+                 ensemble_size: int = 1, num_inference_steps: int | None = None,
+                 processing_resolution: int | None = None, batch_size: int = 1, generator: Any = None,
+                 output_type: str = "np", threshold: float = 0.5, no_class_threshold: float | None = None,
+                 templates: str | Sequence[str] | None = None, top_k: int | None = None, decode_members: bool = False,
+                 ensemble_reduction: str = "median", mask_decoder: str = "auto", mode: str = "whole",
+                 crop_size: int | tuple[int, int] | None = None, stride: int | tuple[int, int] | None = None,
+                 global_view: bool = False, flip: bool = False, scale: tuple[int, int] | None = None,
+                 keep_ratio: bool = True, max_probability_classes: int | None = PROBABILITY_CLASSES_KEPT,
+                 max_unet_batch: int = 64, show_progress_bar: bool = True, return_dict: bool = True,
+                 noise: Sequence[np.ndarray] | np.ndarray | None = None) -> DiGSegOutput | tuple:
+        """Segment `image` (one or a list). Returns labels [N, H, W], probabilities [N, n, H, W] of the classes
+        `probability_class_ids` [N, n], uncertainty [N, H, W] (lists of per-image arrays when sizes differ).
+
+        `generator`: one torch.Generator, or one per image (then batching does not change results); onnxruntime
+        also takes numpy generators and int seeds. `noise`: per image, the starting noise of its views
+        [num_unique_views, E, C, h, w] (windows, then the global view; the mirrored image's views reuse them), or
+        [E, C, h, w] in whole mode, instead of drawing it. `threshold`: binary foreground; `no_class_threshold`:
+        per-class label 255 below it. Ensembles combine the members' latents by `ensemble_reduction` and decode
+        once, or with `decode_members` average every member's probabilities (Marigold). Test protocol (`scale`,
+        `keep_ratio`, `mode`, `crop_size`, `stride`, `global_view`, `flip`): docs/eval_protocols.md. Probabilities
+        are returned for the `max_probability_classes` classes with most pixels (None: all). onnxruntime refuses
+        top_k and output_type="pt" in one line; there `batch_size` and `show_progress_bar` change nothing.
+        """
+        # 1. check the inputs
+        images = self.to_images(image)  # N x [3, H, W] in [-1, 1]
+        steps = num_inference_steps or self.config.default_denoising_steps
+        one_step = self.config.objective == "one-step"
+        for name, value, default in (("top_k", top_k, None), ("output_type", output_type, "np")):
+            if self.NUMPY_ONLY and value != default:
+                raise DigsegError(f"{name}={value!r} is not supported by the onnxruntime pipeline (the U-Net graph "
+                                  "has no cross-attention output; numpy outputs); run the PyTorch model for it")
+        resolution, window, scale = check_call(
+            len(images), generator, ensemble_size, steps, ensemble_reduction, one_step, max_probability_classes,
+            processing_resolution, self.config.default_processing_resolution, scale, mode, crop_size, stride,
+            global_view, output_type, top_k)
+        if noise is not None and len(noise) != len(images):
+            raise DigsegError(f"got {len(noise)} noise arrays for {len(images)} images")
+        light = uses_light_decoder(mask_decoder, self.config, self.has_light_decoder)
+
+        # 2. what is asked (binary prompts, the palette, or per-class queries); every prompt encoded once (cached)
+        queries = resolve_queries(len(images), prompt, classes, templates, self.config.prompt_template,
+                                  self.config.class_names)
+        settings = SegmentSettings(
+            queries.mode, ensemble_size, steps, one_step, max_unet_batch, top_k, decode_members, ensemble_reduction,
+            mask_decoder, light, global_view, flip, threshold, no_class_threshold, max_probability_classes,
+            batch_size, show_progress_bar, output_type)
+        states = self.query_states(queries.table)  # [U, L, D], projected per level when used
+
+        # 3. each image resized to the test scale and its window grid (one window, the whole image, in whole mode)
+        sized = [self.resize_image(img, processed_size(*img.shape[-2:], resolution, scale, keep_ratio))
+                 for img in images]  # N x [3, h, w]
+        grids = [window_grid(*img.shape[-2:], *(window or (tuple(img.shape[-2:]),) * 2)) for img in sized]
+        warn_single_window(window and window[0], [(img.shape[-2:], boxes) for img, boxes in zip(sized, grids)], 2)
+
+        # 4. the pipeline's networks, per image or per group of images; 5. stacked into [N, ...]
+        results, uncertainty, stack = self._segment_images(images, sized, grids, queries, states, settings,
+                                                           generator, noise)
+        return call_output(results, uncertainty, queries.class_names, stack, return_dict)
+
+    def _segment_images(self, images: list, sized: list, grids: list, queries: Queries, states,
+                        settings: SegmentSettings, generator, noise) -> tuple[list[tuple], list, Callable]:
+        """Each image's views (`grids`: its windows at the test scale) through the networks -> per image (labels,
+        probabilities, class ids) at its native size, uncertainty maps (possibly none) and the function that stacks
+        them."""
+        raise NotImplementedError
+
+
+def given_noise(noise, index: int, shape: tuple[int, ...]) -> np.ndarray:
+    """`noise[index]`, a caller's starting noise of image `index`'s views, as float32 `shape`; DigsegError if it
+    does not fit."""
+    start = np.asarray(noise[index], dtype=np.float32)
+    if start.size != np.prod(shape):
+        raise DigsegError(f"noise[{index}] has shape {start.shape}; image {index}'s views need {shape} "
+                          "(views with their own noise, E, C, h, w)")
+    return start.reshape(shape)
 
 
 def make_palette(num_classes: int) -> np.ndarray:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -11,6 +10,7 @@ import torch.nn.functional as F
 
 from ..models.digseg_model import encode_latents, vae_scale_factor
 from ..models.text import unet_forward_with_text
+from .common import SegmentSettings
 
 
 def combine_member_latents(latents: torch.Tensor, how: str = "median") -> torch.Tensor:
@@ -39,20 +39,6 @@ def assemble_probabilities(decoded: torch.Tensor, b: int, q: int, members: int, 
         index = keep[:, None, :, None, None].expand(-1, members, -1, *probs.shape[-2:])
         probs = full.scatter(2, index, probs)
     return probs
-
-
-@dataclass(frozen=True)
-class SegmentSettings:
-    """How `_segment_batch` runs a batch of views."""
-
-    mode: str = "palette"  # "binary" | "palette" | "per_class" (`prompts.Queries.mode`)
-    ensemble_size: int = 1
-    steps: int = 1
-    max_unet_batch: int = 64  # (view, query, member) items per U-Net call
-    top_k: int | None = None  # per-class queries: run only the k most relevant classes
-    decode_members: bool = False  # decode every member (Marigold) instead of their combined latent
-    ensemble_reduction: str = "median"
-    mask_decoder: str = "auto"
 
 
 class LatentSegmentationMixin:

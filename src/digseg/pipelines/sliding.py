@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 
 from .image_processing import pad_to_multiple
-from .common import window_grid
+from .common import PROBABILITY_CLASSES_KEPT, given_noise
 
 
 def count_map(boxes: list[tuple[int, int, int, int]], size: tuple[int, int]) -> torch.Tensor:
@@ -47,24 +47,27 @@ class SlideViews:
 
 
 def view_noise(views: SlideViews, member_shape: tuple[int, int, int], generator, index: int,
-               device: torch.device, dtype: torch.dtype, deterministic: bool = False) -> torch.Tensor:
+               device: torch.device, dtype: torch.dtype, deterministic: bool = False, given=None) -> torch.Tensor:
     """Starting noise of one image's views [V, E, C, h, w], member_shape (E, latent channels, VAE factor): one draw
-    per window (and global view) from `generator` (or generator[index]); zeros when `deterministic` (one-step)."""
+    per window (and global view) from `generator` (or generator[index]), or `given[index]` (`common.given_noise`);
+    zeros when `deterministic` (one-step)."""
     ensemble_size, channels, factor = member_shape
     h, w = (s // factor for s in views.pixels.shape[-2:])
     if deterministic:
         return torch.zeros((len(views.pixels), ensemble_size, channels, h, w), device=device, dtype=dtype)
     gen = generator[index] if isinstance(generator, list) else generator
-    unique = len(views.boxes) + int(views.global_view)  # the mirrored image's views reuse these
-    noise = randn_tensor((unique, ensemble_size, channels, h, w), generator=gen, device=device, dtype=dtype)
+    shape = (len(views.boxes) + int(views.global_view), ensemble_size, channels, h, w)  # the mirrored views reuse it
+    if given is not None:
+        noise = torch.from_numpy(given_noise(given, index, shape)).to(device, dtype)
+    else:
+        noise = randn_tensor(shape, generator=gen, device=device, dtype=dtype)
     return torch.cat([noise, noise]) if views.flip else noise  # [V, E, C, h, w]
 
 
-def make_views(image: torch.Tensor, crop: tuple[int, int], stride: tuple[int, int], multiple: int,
-               global_view: bool = False, flip: bool = False) -> SlideViews:
-    """image [3, H, W] (already at the test scale) -> its views, padded for the U-Net."""
+def make_views(image: torch.Tensor, boxes: list[tuple[int, int, int, int]], multiple: int, global_view: bool = False,
+               flip: bool = False) -> SlideViews:
+    """image [3, H, W] (already at the test scale) and its `window_grid` -> its views, padded for the U-Net."""
     size = (image.shape[-2], image.shape[-1])
-    boxes = window_grid(*size, crop, stride)
     window = (boxes[0][1] - boxes[0][0], boxes[0][3] - boxes[0][2])
 
     def cut(picture: torch.Tensor) -> list[torch.Tensor]:
@@ -103,7 +106,6 @@ def combine_views(views: SlideViews, probs: torch.Tensor) -> torch.Tensor:
     return combined
 
 
-PROBABILITY_CLASSES_KEPT = 16  # default number of classes whose native-size probabilities are returned
 # classes resized to the native size at a time; a multiple of 8: torch's CPU bilinear kernel was seen to round
 # differently (1e-7) for chunks of fewer than 8 channels, which can flip near-ties against the full argmax
 ARGMAX_CHUNK = 32
