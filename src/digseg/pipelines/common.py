@@ -18,7 +18,7 @@ from ..data.rescale import rescale_size
 from ..errors import DigsegError
 from ..models.choices import MASK_DECODERS
 from ..outputs import DiGSegOutput
-from .prompts import Queries, resolve_queries
+from .prompts import resolve_queries
 
 ENSEMBLE_REDUCTIONS = ("median", "mean")  # how ensemble members' latents are combined
 INFERENCE_MODES = ("whole", "slide")  # the whole image, or sliding windows (sliding.py)
@@ -156,13 +156,11 @@ class SegmentSettings:
     mode: str  # "binary" | "palette" | "per_class" (`prompts.Queries.mode`)
     ensemble_size: int
     steps: int
-    one_step: bool
     max_unet_batch: int  # (view, query, member) items per U-Net call
     top_k: int | None  # per-class queries: run only the k most relevant classes
     decode_members: bool  # decode every member (Marigold) instead of their combined latent
     ensemble_reduction: str
     mask_decoder: str
-    light_decoder: bool  # whether `mask_decoder` selects the light decoder (else the VAE's)
     global_view: bool
     flip: bool
     threshold: float
@@ -175,8 +173,11 @@ class SegmentSettings:
 
 class SegmentationCall:
     """`__call__` of both pipelines: checks, queries and the images at the test scale, then the pipeline's
-    `_segment_images` (its networks). A subclass has `config`, `query_states`, `has_light_decoder`, `to_images`
-    (inputs -> N x [3, H, W] in [-1, 1]), `resize_image` (antialiased) and `NUMPY_ONLY` (onnxruntime)."""
+    `_segment_images(images, sized, grids, queries, states, settings, generator, noise)` runs each image's views
+    (`grids`: its windows at the test scale) through its networks -> (per image (labels, probabilities, class ids)
+    at its native size, uncertainty maps (possibly none), the function that stacks them). A subclass also has
+    `config`, `query_states`, `has_light_decoder`, `to_images` (inputs -> N x [3, H, W] in [-1, 1]) and
+    `resize_image` (antialiased); `NUMPY_ONLY`: onnxruntime's."""
 
     NUMPY_ONLY = False
 
@@ -222,14 +223,14 @@ class SegmentationCall:
             global_view, output_type, top_k)
         if noise is not None and len(noise) != len(images):
             raise DigsegError(f"got {len(noise)} noise arrays for {len(images)} images")
-        light = uses_light_decoder(mask_decoder, self.config, self.has_light_decoder)
+        uses_light_decoder(mask_decoder, self.config, self.has_light_decoder)
 
         # 2. what is asked (binary prompts, the palette, or per-class queries); every prompt encoded once (cached)
         queries = resolve_queries(len(images), prompt, classes, templates, self.config.prompt_template,
                                   self.config.class_names)
         settings = SegmentSettings(
-            queries.mode, ensemble_size, steps, one_step, max_unet_batch, top_k, decode_members, ensemble_reduction,
-            mask_decoder, light, global_view, flip, threshold, no_class_threshold, max_probability_classes,
+            queries.mode, ensemble_size, steps, max_unet_batch, top_k, decode_members, ensemble_reduction, mask_decoder,
+            global_view, flip, threshold, no_class_threshold, max_probability_classes,
             batch_size, show_progress_bar, output_type)
         states = self.query_states(queries.table)  # [U, L, D], projected per level when used
 
@@ -244,17 +245,9 @@ class SegmentationCall:
                                                            generator, noise)
         return call_output(results, uncertainty, queries.class_names, stack, return_dict)
 
-    def _segment_images(self, images: list, sized: list, grids: list, queries: Queries, states,
-                        settings: SegmentSettings, generator, noise) -> tuple[list[tuple], list, Callable]:
-        """Each image's views (`grids`: its windows at the test scale) through the networks -> per image (labels,
-        probabilities, class ids) at its native size, uncertainty maps (possibly none) and the function that stacks
-        them."""
-        raise NotImplementedError
-
 
 def given_noise(noise, index: int, shape: tuple[int, ...]) -> np.ndarray:
-    """`noise[index]`, a caller's starting noise of image `index`'s views, as float32 `shape`; DigsegError if it
-    does not fit."""
+    """A caller's starting noise of image `index`'s views as float32 `shape`; DigsegError if it does not fit."""
     start = np.asarray(noise[index], dtype=np.float32)
     if start.size != np.prod(shape):
         raise DigsegError(f"noise[{index}] has shape {start.shape}; image {index}'s views need {shape} "

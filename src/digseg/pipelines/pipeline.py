@@ -2,7 +2,8 @@
 
 Three ways to ask: `prompt` (binary, K = 2); nothing, or the model's own `classes` (palette: one pass over the
 closed class set); `classes=[...]` of other names (one binary query per class, label = per-pixel argmax: open
-vocabulary). The latent-space work lives in `digseg.pipelines.latent_segmentation`, mixed into this class.
+vocabulary). `__call__` is `common.SegmentationCall`'s (shared with onnxruntime); the latent-space work lives in
+`digseg.pipelines.latent_segmentation`, mixed into this class.
 """
 
 from __future__ import annotations
@@ -254,13 +255,14 @@ class DiGSegPipeline(SegmentationCall, AdapterMixin, LatentSegmentationMixin, Di
         views = [make_views(resized, boxes, self.pad_multiple, settings.global_view, settings.flip)
                  for resized, boxes in zip(sized, grids)]
         latent_channels, latent_scale = self.vae.config.latent_channels, vae_scale_factor(self.vae)
+        one_step = self.config.objective == "one-step"
         results, uncertainty = [], []
         groups = group_views(views, max(1, settings.batch_size))
         for group in self.progress_bar(groups) if settings.show_progress_bar else groups:
             pixels = torch.cat([views[i].pixels for i in group])  # [V, 3, h, w]
             # [V, E, 4, h/f, w/f]; a one-step model's input is zeros (top-k's relevance pass too)
             noise_v = torch.cat([view_noise(views[i], (settings.ensemble_size, latent_channels, latent_scale),
-                                            generator, i, self.unet.device, self.unet.dtype, settings.one_step, noise)
+                                            generator, i, self.unet.device, self.unet.dtype, one_step, noise)
                                  for i in group])
             ids = [queries.query_ids[i] for i in group for _ in range(len(views[i].pixels))]
             probs, unc, kept = self._segment_batch(pixels, ids, states, noise_v, settings)  # [V, K, h, w], [V, h, w]

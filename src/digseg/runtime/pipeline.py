@@ -1,6 +1,7 @@
 """`OnnxDiGSegPipeline`: an exported folder (`digseg export`) run on onnxruntime with numpy, Pillow and tokenizers,
-never importing torch, diffusers or transformers: `DiGSegPipeline.__call__`'s signature, steps and test protocols,
-the same `DiGSegOutput` (numpy arrays). Noise and seeds, prompts without a text encoder: docs/export.md."""
+never importing torch, diffusers or transformers: `DiGSegPipeline.__call__` (`SegmentationCall`), its steps and
+test protocols, the same `DiGSegOutput` (numpy arrays). Noise and seeds, prompts without a text encoder:
+docs/export.md."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import DigsegError, first_line
-from ..pipelines.common import SegmentationCall, given_noise, to_image_list
+from ..pipelines.common import SegmentSettings, SegmentationCall, given_noise, to_image_list, uses_light_decoder
 from .manifest import read_manifest, trailing_timesteps
 from .numpy_ops import (combine_members, combine_views, cut_views, ddim_step, decode_codec, native_outputs,
                         pad_to_multiple, predicted_sample, resize)
@@ -184,8 +185,8 @@ class OnnxDiGSegPipeline(SegmentationCall):
             latents = ddim_step(pred, t, latents, s, steps)
         return latents
 
-    def _segment(self, pixels: np.ndarray, ids: list[int], states: np.ndarray, noise: np.ndarray, mode: str,
-                 steps: int, combine_how: str, decode_members: bool, decoder: str, max_batch: int):
+    def _segment(self, pixels: np.ndarray, ids: list[int], states: np.ndarray, noise: np.ndarray,
+                 settings: SegmentSettings, decoder: str):
         """One image's views: pixels [V, 3, H, W], its query ids into states [U, L, D], noise [V, E, 4, h, w]
         -> (probabilities [V, K, H, W], uncertainty [V, H, W] or None), as `LatentSegmentationMixin._segment_batch`."""
         v, ensemble = noise.shape[:2]
@@ -194,17 +195,18 @@ class OnnxDiGSegPipeline(SegmentationCall):
         item_view = np.repeat(np.arange(v), q * ensemble)  # items ordered (view, query, member)
         item_query = np.tile(np.repeat(np.asarray(ids), ensemble), v)
         item_member = np.tile(np.arange(ensemble), v * q)
-        combine = not decode_members and ensemble > 1
+        mode, max_batch = settings.mode, settings.max_unet_batch
+        combine = not settings.decode_members and ensemble > 1
         chunk = max(ensemble, max_batch // ensemble * ensemble) if combine else max_batch
         decoded, spreads = [], []
         for start in range(0, len(item_query), chunk):
             sl = slice(start, min(start + chunk, len(item_query)))
-            latents = self.denoise(image_latents[item_view[sl]], states[item_query[sl]], steps,
+            latents = self.denoise(image_latents[item_view[sl]], states[item_query[sl]], settings.steps,
                                    noise[item_view[sl], item_member[sl]])  # [m, 4, h, w]
             if combine:
                 latents = latents.reshape(-1, ensemble, *latents.shape[1:])  # [m/E, E, 4, h, w]
                 spreads.append(latents.std(axis=1, ddof=1).mean(axis=1))  # [m/E, h, w]
-                latents = combine_members(latents, combine_how)  # [m/E, 4, h, w]
+                latents = combine_members(latents, settings.ensemble_reduction)  # [m/E, 4, h, w]
             images = self._run(decoder, latents=latents.astype(np.float32))  # [m', 3, H, W]
             probs = decode_codec(images, self.palette if mode == "palette" else None, self.temperature)
             decoded.append(probs if mode == "palette" else probs[:, 1:])
@@ -227,7 +229,8 @@ class OnnxDiGSegPipeline(SegmentationCall):
         """`SegmentationCall._segment_images`, image by image: starting noise, denoise, decode; views combined and
         read at the native size."""
         states = states.astype(np.float32)
-        decoder = "light_decoder" if settings.light_decoder else "vae_decoder"
+        light = uses_light_decoder(settings.mask_decoder, self.config, self.has_light_decoder)
+        decoder = "light_decoder" if light else "vae_decoder"
         multiple, f = self.manifest["pad_multiple"], self.manifest["vae_scale_factor"]
         channels = self.manifest["latent_channels"]
         global_view, flip = settings.global_view, settings.flip
@@ -238,7 +241,7 @@ class OnnxDiGSegPipeline(SegmentationCall):
             pixels = pad_to_multiple(cut_views(resized, boxes, global_view, flip), multiple)  # [V, 3, H', W']
             unique = len(boxes) + int(global_view)  # views with their own noise
             latent_shape = (unique, settings.ensemble_size, channels, pixels.shape[-2] // f, pixels.shape[-1] // f)
-            if settings.one_step:
+            if self.manifest["objective"] == "one-step":
                 start = np.zeros(latent_shape, dtype=np.float32)
             elif noise is not None:
                 start = given_noise(noise, i, latent_shape)
@@ -247,9 +250,8 @@ class OnnxDiGSegPipeline(SegmentationCall):
                 start = rng.standard_normal(latent_shape, dtype=np.float32)
             if flip:  # the mirrored image's views reuse the noise of the same grid position
                 start = np.concatenate([start, start])  # [V, E, C, h, w]
-            probs, unc = self._segment(pixels.astype(np.float32), queries.query_ids[i], states, start, queries.mode,
-                                       settings.steps, settings.ensemble_reduction, settings.decode_members, decoder,
-                                       settings.max_unet_batch)
+            probs, unc = self._segment(pixels.astype(np.float32), queries.query_ids[i], states, start, settings,
+                                       decoder)
             combined = combine_views(probs, boxes, test_size, global_view, flip)  # [K, h, w]
             results.append(native_outputs(combined, size, queries.mode, settings.threshold,
                                           settings.no_class_threshold, settings.max_probability_classes))
