@@ -5,6 +5,7 @@ docs/export.md."""
 
 from __future__ import annotations
 
+import functools
 import platform
 from pathlib import Path
 from types import SimpleNamespace
@@ -128,10 +129,7 @@ class OnnxDiGSegPipeline(SegmentationCall):
     def has_light_decoder(self) -> bool:
         return self.manifest["graphs"].get("light_decoder") is not None
 
-    to_images = staticmethod(to_image_list)
-
-    def resize_image(self, image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-        return resize(image, size, antialias=True)
+    to_images, resize_image = staticmethod(to_image_list), staticmethod(functools.partial(resize, antialias=True))
 
     @property
     def config(self) -> SimpleNamespace:
