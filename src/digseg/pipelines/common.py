@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -149,28 +149,6 @@ def call_output(results: list[tuple], uncertainty: list, class_names: list[str],
     return DiGSegOutput(*out) if return_dict else out
 
 
-@dataclass(frozen=True)
-class SegmentSettings:
-    """One call's checked settings, as `SegmentationCall.__call__` passes them to a pipeline's `_segment_images`."""
-
-    mode: str  # "binary" | "palette" | "per_class" (`prompts.Queries.mode`)
-    ensemble_size: int
-    steps: int
-    max_unet_batch: int  # (view, query, member) items per U-Net call
-    top_k: int | None  # per-class queries: run only the k most relevant classes
-    decode_members: bool  # decode every member (Marigold) instead of their combined latent
-    ensemble_reduction: str
-    mask_decoder: str
-    global_view: bool
-    flip: bool
-    threshold: float
-    no_class_threshold: float | None
-    max_probability_classes: int | None
-    batch_size: int
-    show_progress_bar: bool
-    output_type: str
-
-
 class SegmentationCall:
     """`__call__` of both pipelines: checks, queries and the images at the test scale, then the pipeline's
     `_segment_images(images, sized, grids, queries, states, settings, generator, noise)` runs each image's views
@@ -228,10 +206,12 @@ class SegmentationCall:
         # 2. what is asked (binary prompts, the palette, or per-class queries); every prompt encoded once (cached)
         queries = resolve_queries(len(images), prompt, classes, templates, self.config.prompt_template,
                                   self.config.class_names)
-        settings = SegmentSettings(
-            queries.mode, ensemble_size, steps, max_unet_batch, top_k, decode_members, ensemble_reduction, mask_decoder,
-            global_view, flip, threshold, no_class_threshold, max_probability_classes,
-            batch_size, show_progress_bar, output_type)
+        settings = SimpleNamespace(  # what the pipeline's networks and outputs need
+            mode=queries.mode, ensemble_size=ensemble_size, steps=steps, max_unet_batch=max_unet_batch, top_k=top_k,
+            decode_members=decode_members, ensemble_reduction=ensemble_reduction, mask_decoder=mask_decoder,
+            global_view=global_view, flip=flip, threshold=threshold, no_class_threshold=no_class_threshold,
+            max_probability_classes=max_probability_classes, batch_size=batch_size,
+            show_progress_bar=show_progress_bar, output_type=output_type)
         states = self.query_states(queries.table)  # [U, L, D], projected per level when used
 
         # 3. each image resized to the test scale and its window grid (one window, the whole image, in whole mode)

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 
 from ..models.digseg_model import encode_latents, vae_scale_factor
 from ..models.text import unet_forward_with_text
-from .common import SegmentSettings
 
 
 def combine_member_latents(latents: torch.Tensor, how: str = "median") -> torch.Tensor:
@@ -116,10 +115,11 @@ class LatentSegmentationMixin:
             self.level_context.record = None
 
     def _segment_batch(self, pixels: torch.Tensor, query_ids: list[list[int]], states: torch.Tensor,
-                       noise: torch.Tensor, settings: SegmentSettings):
-        """pixels [B, 3, H, W]; query_ids: B lists of Q ids into `states` ([U, L, D]); noise [B, E, 4, h, w]
-        -> (probs [B, K, H, W], uncertainty [B, H, W] or None, kept [B, K] bool or None). An image's noise is shared
-        by its queries (N-class query = N single-class queries); with `top_k` the other classes get 0."""
+                       noise: torch.Tensor, settings):
+        """pixels [B, 3, H, W]; query_ids: B lists of Q ids into `states` ([U, L, D]); noise [B, E, 4, h, w]; the
+        call's `settings` -> (probs [B, K, H, W], uncertainty [B, H, W] or None, kept [B, K] bool or None). An
+        image's noise is shared by its queries (N-class query = N single-class queries); with `top_k` the other
+        classes get 0."""
         mode, ensemble_size = settings.mode, settings.ensemble_size
         device, dtype = self.unet.device, self.unet.dtype
         image_latents = encode_latents(self.vae, pixels.to(device, dtype))  # [B, 4, h, w], once per image

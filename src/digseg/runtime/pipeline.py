@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import DigsegError, first_line
-from ..pipelines.common import SegmentSettings, SegmentationCall, given_noise, to_image_list, uses_light_decoder
+from ..pipelines.common import SegmentationCall, given_noise, to_image_list, uses_light_decoder
 from .manifest import read_manifest, trailing_timesteps
 from .numpy_ops import (combine_members, combine_views, cut_views, ddim_step, decode_codec, native_outputs,
                         pad_to_multiple, predicted_sample, resize)
@@ -183,8 +183,8 @@ class OnnxDiGSegPipeline(SegmentationCall):
             latents = ddim_step(pred, t, latents, s, steps)
         return latents
 
-    def _segment(self, pixels: np.ndarray, ids: list[int], states: np.ndarray, noise: np.ndarray,
-                 settings: SegmentSettings, decoder: str):
+    def _segment(self, pixels: np.ndarray, ids: list[int], states: np.ndarray, noise: np.ndarray, settings,
+                 decoder: str):
         """One image's views: pixels [V, 3, H, W], its query ids into states [U, L, D], noise [V, E, 4, h, w]
         -> (probabilities [V, K, H, W], uncertainty [V, H, W] or None), as `LatentSegmentationMixin._segment_batch`."""
         v, ensemble = noise.shape[:2]
