@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from digseg.pipelines.masks import MaskCodec, make_palette
-from digseg.pipelines.native_outputs import native_outputs
+from digseg.pipelines.sliding import native_outputs
 
 
 def _min_pairwise(p: np.ndarray) -> float:

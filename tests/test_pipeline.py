@@ -50,6 +50,15 @@ def test_generator_determinism(tiny_pipe):
     assert not np.array_equal(a, c)
 
 
+
+def test_given_noise_replaces_the_draw(tiny_pipe):
+    image = torch.rand(3, 64, 64)
+    drawn = tiny_pipe(image, prompt="square", ensemble_size=2, generator=generator(1)).probabilities
+    noise = [torch.randn((1, 2, 4, 16, 16), generator=generator(1)).numpy()]  # [views, E, C, h, w]
+    np.testing.assert_array_equal(tiny_pipe(image, prompt="square", ensemble_size=2, noise=noise).probabilities, drawn)
+    with pytest.raises(DigsegError, match="views need"):
+        tiny_pipe(image, prompt="square", noise=[np.zeros((1, 1, 4, 8, 8))])
+
 def test_resize_back_to_input_size(tiny_pipe):
     out = tiny_pipe(torch.rand(3, 50, 90), prompt="circle", processing_resolution=64, generator=generator())
     assert out.labels.shape == (1, 50, 90)

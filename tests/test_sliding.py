@@ -9,8 +9,8 @@ import torch
 
 from digseg.errors import DigsegError
 from digseg.pipelines.image_processing import processed_size
-from digseg.pipelines.native_outputs import best_classes, chunked_argmax, native_outputs
-from digseg.pipelines.sliding import combine_windows, count_map, window_grid
+from digseg.pipelines.common import window_grid
+from digseg.pipelines.sliding import best_classes, chunked_argmax, combine_windows, count_map, native_outputs
 from training_helpers import generator
 
 

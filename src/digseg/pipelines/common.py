@@ -1,23 +1,87 @@
-"""What both pipelines (PyTorch and onnxruntime) share, torch-free: the checks of a call's arguments, the mask
-decoder it selects and the output it returns; inputs as numpy arrays (a path, EXIF orientation applied; a PIL image;
-a numpy array [H, W, 3], uint8 or float in [0, 1], or [H, W] grey) and the palette that renders K classes."""
+"""What both pipelines (PyTorch and onnxruntime) share, torch-free: the checks of a call's arguments, the test
+protocol's geometry (mmseg's test resize and window grid), the mask decoder a call selects and the output it
+returns; inputs as numpy arrays (a path, EXIF orientation applied; a PIL image; a numpy array [H, W, 3], uint8 or
+float in [0, 1], or [H, W] grey) and the palette that renders K classes."""
 
 from __future__ import annotations
 
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from types import SimpleNamespace
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from ..data.rescale import rescale_size
 from ..errors import DigsegError
 from ..models.choices import MASK_DECODERS
 from ..outputs import DiGSegOutput
-from .window_grid import INFERENCE_MODES, check_test_protocol, pair  # noqa: F401  (INFERENCE_MODES re-exported)
+from .prompts import resolve_queries
 
 ENSEMBLE_REDUCTIONS = ("median", "mean")  # how ensemble members' latents are combined
+INFERENCE_MODES = ("whole", "slide")  # the whole image, or sliding windows (sliding.py)
+PROBABILITY_CLASSES_KEPT = 16  # default number of classes whose native-size probabilities are returned
+
+
+def processed_size(height: int, width: int, resolution: int, scale: tuple[int, int] | None = None,
+                   keep_ratio: bool = True) -> tuple[int, int]:
+    """(h, w) the model sees: the longer side resized to `resolution` (0: the native size), or with `scale` mmseg's
+    test resize (mmcv `rescale_size` with keep_ratio, else exactly (width, height) = scale, CAT-Seg's 640 x 640)."""
+    if scale is not None:
+        if not keep_ratio:
+            return int(scale[1]), int(scale[0])
+        new_width, new_height = rescale_size(width, height, scale)
+        return new_height, new_width
+    if resolution <= 0:
+        return height, width
+    factor = resolution / max(height, width)
+    return max(1, round(height * factor)), max(1, round(width * factor))
+
+
+def pair(value: int | tuple[int, int] | list[int] | None, what: str) -> tuple[int, int] | None:
+    """An int or (H, W) -> (H, W) of positive ints; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, int):
+        value = (value, value)
+    if len(value) != 2 or not all(isinstance(v, int) and v >= 1 for v in value):
+        raise DigsegError(f"{what} must be a positive int or (height, width), got {value!r}")
+    return int(value[0]), int(value[1])
+
+
+def check_test_protocol(mode: str, crop_size, stride, global_view: bool,
+                        default_crop: int) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """(crop, stride) for mode "slide": crop defaults to `default_crop` square, stride to 2/3 of the crop (mmseg's
+    512 / 341); None for "whole" (where crop_size, stride and global_view mean nothing)."""
+    if mode not in INFERENCE_MODES:
+        raise DigsegError(f"mode must be one of {', '.join(INFERENCE_MODES)}, got {mode!r}")
+    if mode == "whole":
+        if crop_size is not None or stride is not None or global_view:
+            raise DigsegError("crop_size, stride and global_view apply to mode='slide' only")
+        return None
+    crop = pair(crop_size, "crop_size") or (default_crop, default_crop)
+    step = pair(stride, "stride") or (max(1, crop[0] * 2 // 3), max(1, crop[1] * 2 // 3))
+    if step[0] > crop[0] or step[1] > crop[1]:
+        raise DigsegError(f"stride {step} is larger than crop_size {crop}: some pixels would be in no window")
+    return crop, step
+
+
+def axis_starts(size: int, crop: int, stride: int) -> list[int]:
+    """Window starts along one axis (mmseg's grid, the last window shifted to end at the border)."""
+    count = max(size - crop + stride - 1, 0) // stride + 1
+    last = max(size - crop, 0)
+    return [min(i * stride, last) for i in range(count)]
+
+
+def window_grid(height: int, width: int, crop: tuple[int, int],
+                stride: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+    """(y1, y2, x1, x2) of every window over a height x width image, row by row."""
+    ch, cw = min(crop[0], height), min(crop[1], width)
+    return [(y, y + ch, x, x + cw) for y in axis_starts(height, crop[0], stride[0])
+            for x in axis_starts(width, crop[1], stride[1])]
+
 
 
 def check_call(num_images: int, generator, ensemble_size: int, steps: int, ensemble_reduction: str, one_step: bool,
@@ -83,6 +147,92 @@ def call_output(results: list[tuple], uncertainty: list, class_names: list[str],
     out = (same(labels), same(probabilities), same(uncertainty) if uncertainty else None, class_names,
            stack(class_ids))
     return DiGSegOutput(*out) if return_dict else out
+
+
+class SegmentationCall:
+    """`__call__` of both pipelines: checks, queries and the images at the test scale, then the pipeline's
+    `_segment_images(images, sized, grids, queries, states, settings, generator, noise)` runs each image's views
+    (`grids`: its windows at the test scale) through its networks -> (per image (labels, probabilities, class ids)
+    at its native size, uncertainty maps (possibly none), the function that stacks them). A subclass also has
+    `config`, `query_states`, `has_light_decoder`, `to_images` (inputs -> N x [3, H, W] in [-1, 1]) and
+    `resize_image` (antialiased); `NUMPY_ONLY`: onnxruntime's."""
+
+    NUMPY_ONLY = False
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.config.class_names
+
+    def __call__(self, image: Any, prompt: str | Sequence[str] | None = None, classes: Sequence[str] | None = None,
+                 ensemble_size: int = 1, num_inference_steps: int | None = None,
+                 processing_resolution: int | None = None, batch_size: int = 1, generator: Any = None,
+                 output_type: str = "np", threshold: float = 0.5, no_class_threshold: float | None = None,
+                 templates: str | Sequence[str] | None = None, top_k: int | None = None, decode_members: bool = False,
+                 ensemble_reduction: str = "median", mask_decoder: str = "auto", mode: str = "whole",
+                 crop_size: int | tuple[int, int] | None = None, stride: int | tuple[int, int] | None = None,
+                 global_view: bool = False, flip: bool = False, scale: tuple[int, int] | None = None,
+                 keep_ratio: bool = True, max_probability_classes: int | None = PROBABILITY_CLASSES_KEPT,
+                 max_unet_batch: int = 64, show_progress_bar: bool = True, return_dict: bool = True,
+                 noise: Sequence[np.ndarray] | np.ndarray | None = None) -> DiGSegOutput | tuple:
+        """Segment `image` (one or a list). Returns labels [N, H, W], probabilities [N, n, H, W] of the classes
+        `probability_class_ids` [N, n], uncertainty [N, H, W] (lists of per-image arrays when sizes differ).
+
+        `generator`: one torch.Generator, or one per image (then batching does not change results); onnxruntime
+        also takes numpy generators and int seeds. `noise`: per image, the starting noise of its views
+        [num_unique_views, E, C, h, w] (windows, then the global view; the mirrored image's views reuse them), or
+        [E, C, h, w] in whole mode, instead of drawing it. `threshold`: binary foreground; `no_class_threshold`:
+        per-class label 255 below it. Ensembles combine the members' latents by `ensemble_reduction` and decode
+        once, or with `decode_members` average every member's probabilities (Marigold). Test protocol (`scale`,
+        `keep_ratio`, `mode`, `crop_size`, `stride`, `global_view`, `flip`): docs/eval_protocols.md. Probabilities
+        are returned for the `max_probability_classes` classes with most pixels (None: all). onnxruntime refuses
+        top_k and output_type="pt" in one line; there `batch_size` and `show_progress_bar` change nothing.
+        """
+        # 1. check the inputs
+        images = self.to_images(image)  # N x [3, H, W] in [-1, 1]
+        steps = num_inference_steps or self.config.default_denoising_steps
+        one_step = self.config.objective == "one-step"
+        for name, value, default in (("top_k", top_k, None), ("output_type", output_type, "np")):
+            if self.NUMPY_ONLY and value != default:
+                raise DigsegError(f"{name}={value!r} is not supported by the onnxruntime pipeline (the U-Net graph "
+                                  "has no cross-attention output; numpy outputs); run the PyTorch model for it")
+        resolution, window, scale = check_call(
+            len(images), generator, ensemble_size, steps, ensemble_reduction, one_step, max_probability_classes,
+            processing_resolution, self.config.default_processing_resolution, scale, mode, crop_size, stride,
+            global_view, output_type, top_k)
+        if noise is not None and len(noise) != len(images):
+            raise DigsegError(f"got {len(noise)} noise arrays for {len(images)} images")
+        uses_light_decoder(mask_decoder, self.config, self.has_light_decoder)
+
+        # 2. what is asked (binary prompts, the palette, or per-class queries); every prompt encoded once (cached)
+        queries = resolve_queries(len(images), prompt, classes, templates, self.config.prompt_template,
+                                  self.config.class_names)
+        settings = SimpleNamespace(  # what the pipeline's networks and outputs need
+            mode=queries.mode, ensemble_size=ensemble_size, steps=steps, max_unet_batch=max_unet_batch, top_k=top_k,
+            decode_members=decode_members, ensemble_reduction=ensemble_reduction, mask_decoder=mask_decoder,
+            global_view=global_view, flip=flip, threshold=threshold, no_class_threshold=no_class_threshold,
+            max_probability_classes=max_probability_classes, batch_size=batch_size,
+            show_progress_bar=show_progress_bar, output_type=output_type)
+        states = self.query_states(queries.table)  # [U, L, D], projected per level when used
+
+        # 3. each image resized to the test scale and its window grid (one window, the whole image, in whole mode)
+        sized = [self.resize_image(img, processed_size(*img.shape[-2:], resolution, scale, keep_ratio))
+                 for img in images]  # N x [3, h, w]
+        grids = [window_grid(*img.shape[-2:], *(window or (tuple(img.shape[-2:]),) * 2)) for img in sized]
+        warn_single_window(window and window[0], [(img.shape[-2:], boxes) for img, boxes in zip(sized, grids)], 2)
+
+        # 4. the pipeline's networks, per image or per group of images; 5. stacked into [N, ...]
+        results, uncertainty, stack = self._segment_images(images, sized, grids, queries, states, settings,
+                                                           generator, noise)
+        return call_output(results, uncertainty, queries.class_names, stack, return_dict)
+
+
+def given_noise(noise, index: int, shape: tuple[int, ...]) -> np.ndarray:
+    """A caller's starting noise of image `index`'s views as float32 `shape`; DigsegError if it does not fit."""
+    start = np.asarray(noise[index], dtype=np.float32)
+    if start.size != np.prod(shape):
+        raise DigsegError(f"noise[{index}] has shape {start.shape}; image {index}'s views need {shape} "
+                          "(views with their own noise, E, C, h, w)")
+    return start.reshape(shape)
 
 
 def make_palette(num_classes: int) -> np.ndarray:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from ..data.io import load_image
 from ..errors import DigsegError
 from .common import each_image, image_array
-from .window_grid import processed_size  # noqa: F401  (re-exported: the test resize, torch-free)
+from .common import processed_size  # noqa: F401  (re-exported: the test resize, torch-free)
 
 
 def _check_unit_range(tensor: torch.Tensor) -> torch.Tensor:

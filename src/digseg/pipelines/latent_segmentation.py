@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -39,20 +38,6 @@ def assemble_probabilities(decoded: torch.Tensor, b: int, q: int, members: int, 
         index = keep[:, None, :, None, None].expand(-1, members, -1, *probs.shape[-2:])
         probs = full.scatter(2, index, probs)
     return probs
-
-
-@dataclass(frozen=True)
-class SegmentSettings:
-    """How `_segment_batch` runs a batch of views."""
-
-    mode: str = "palette"  # "binary" | "palette" | "per_class" (`prompts.Queries.mode`)
-    ensemble_size: int = 1
-    steps: int = 1
-    max_unet_batch: int = 64  # (view, query, member) items per U-Net call
-    top_k: int | None = None  # per-class queries: run only the k most relevant classes
-    decode_members: bool = False  # decode every member (Marigold) instead of their combined latent
-    ensemble_reduction: str = "median"
-    mask_decoder: str = "auto"
 
 
 class LatentSegmentationMixin:
@@ -130,10 +115,11 @@ class LatentSegmentationMixin:
             self.level_context.record = None
 
     def _segment_batch(self, pixels: torch.Tensor, query_ids: list[list[int]], states: torch.Tensor,
-                       noise: torch.Tensor, settings: SegmentSettings):
-        """pixels [B, 3, H, W]; query_ids: B lists of Q ids into `states` ([U, L, D]); noise [B, E, 4, h, w]
-        -> (probs [B, K, H, W], uncertainty [B, H, W] or None, kept [B, K] bool or None). An image's noise is shared
-        by its queries (N-class query = N single-class queries); with `top_k` the other classes get 0."""
+                       noise: torch.Tensor, settings):
+        """pixels [B, 3, H, W]; query_ids: B lists of Q ids into `states` ([U, L, D]); noise [B, E, 4, h, w]; the
+        call's `settings` -> (probs [B, K, H, W], uncertainty [B, H, W] or None, kept [B, K] bool or None). An
+        image's noise is shared by its queries (N-class query = N single-class queries); with `top_k` the other
+        classes get 0."""
         mode, ensemble_size = settings.mode, settings.ensemble_size
         device, dtype = self.unet.device, self.unet.dtype
         image_latents = encode_latents(self.vae, pixels.to(device, dtype))  # [B, 4, h, w], once per image

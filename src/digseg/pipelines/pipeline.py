@@ -2,7 +2,8 @@
 
 Three ways to ask: `prompt` (binary, K = 2); nothing, or the model's own `classes` (palette: one pass over the
 closed class set); `classes=[...]` of other names (one binary query per class, label = per-pixel argmax: open
-vocabulary). The latent-space work lives in `digseg.pipelines.latent_segmentation`, mixed into this class.
+vocabulary). `__call__` is `common.SegmentationCall`'s (shared with onnxruntime); the latent-space work lives in
+`digseg.pipelines.latent_segmentation`, mixed into this class.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -18,19 +19,17 @@ from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DCon
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from .adapters import AdapterMixin
-from .latent_segmentation import LatentSegmentationMixin, SegmentSettings
+from .latent_segmentation import LatentSegmentationMixin
 from ..devices import runtime_info
 from ..errors import DigsegError, first_line
 from ..outputs import DiGSegOutput  # noqa: F401  (re-exported: digseg.pipelines.pipeline.DiGSegOutput)
 from ..hub_ids import check_hub_id, hub_id_or_none
-from .image_processing import processed_size, resize_to, to_image_list
+from .image_processing import resize_to, to_image_list
 from .masks import MaskCodec
 from .model_folder import OPTIONAL_COMPONENTS, TRAINED_COMPONENTS, check_finite, check_model_folder, check_model_index
 from .model_card import model_facts, write_model_card
-from .native_outputs import PROBABILITY_CLASSES_KEPT, native_outputs, resize_probs
-from .prompts import resolve_queries
-from .common import call_output, check_call, uses_light_decoder, warn_single_window
-from .sliding import combine_views, group_views, make_views, view_noise
+from .common import SegmentationCall, uses_light_decoder
+from .sliding import combine_views, group_views, make_views, native_outputs, resize_probs, view_noise
 from ..models.choices import OBJECTIVES
 from ..models.digseg_model import (check_clip_text_encoder, decode_latents, load_backbone, load_clip_text_encoder,
                                    make_scheduler, unet_downsample_factor, vae_scale_factor, widen_conv_in)
@@ -48,7 +47,7 @@ def _open_clip_encoder(name: str):
     return OpenCLIPPromptEncoder.from_pretrained(name)
 
 
-class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
+class DiGSegPipeline(SegmentationCall, AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
     # text_encoder, tokenizer: None with an open_clip text tower; text_encoder_2, tokenizer_2: SDXL's second text
     # encoder (None for SD 1.x / 2.x); mask_decoder: None until one is trained
     _optional_components = list(OPTIONAL_COMPONENTS)
@@ -227,8 +226,10 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
         self.palette_codec = MaskCodec("palette", len(names)) if names and len(names) >= 2 else None
 
     @property
-    def class_names(self) -> list[str] | None:
-        return self.config.class_names
+    def has_light_decoder(self) -> bool:
+        return self.mask_decoder is not None
+
+    to_images, resize_image = staticmethod(to_image_list), staticmethod(resize_to)
 
     @property
     def pad_multiple(self) -> int:
@@ -248,65 +249,23 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
         return torch.stack([chunk.mean(0) for chunk in states.split(sizes)])
 
     @torch.no_grad()
-    def __call__(self, image: Any, prompt: str | Sequence[str] | None = None, classes: Sequence[str] | None = None,
-                 ensemble_size: int = 1, num_inference_steps: int | None = None,
-                 processing_resolution: int | None = None, batch_size: int = 1,
-                 generator: torch.Generator | list[torch.Generator] | None = None, output_type: str = "np",
-                 threshold: float = 0.5, no_class_threshold: float | None = None,
-                 templates: str | Sequence[str] | None = None, top_k: int | None = None, decode_members: bool = False,
-                 ensemble_reduction: str = "median", mask_decoder: str = "auto", mode: str = "whole",
-                 crop_size: int | tuple[int, int] | None = None, stride: int | tuple[int, int] | None = None,
-                 global_view: bool = False, flip: bool = False, scale: tuple[int, int] | None = None,
-                 keep_ratio: bool = True, max_probability_classes: int | None = PROBABILITY_CLASSES_KEPT,
-                 max_unet_batch: int = 64, show_progress_bar: bool = True,
-                 return_dict: bool = True) -> DiGSegOutput | tuple:
-        """Segment `image` (one or a list). Returns labels [N, H, W], probabilities [N, n, H, W] of the classes
-        `probability_class_ids` [N, n], uncertainty [N, H, W] (lists of per-image arrays when sizes differ).
-
-        `generator`: one torch.Generator, or one per image (then batching does not change results). `threshold`:
-        binary foreground; `no_class_threshold`: per-class label 255 below it. Ensembles combine the members'
-        latents by `ensemble_reduction` and decode once, or with `decode_members` average every member's
-        probabilities (Marigold). Test protocol (`scale`, `keep_ratio`, `mode`, `crop_size`, `stride`,
-        `global_view`, `flip`): docs/eval_protocols.md. Probabilities are returned for the
-        `max_probability_classes` classes with most pixels (None: all).
-        """
-        # 1. check the inputs
-        images = to_image_list(image)  # N x [3, H, W] in [-1, 1]
-        steps = num_inference_steps or self.config.default_denoising_steps
-        one_step = self.config.objective == "one-step"
-        resolution, window, scale = check_call(
-            len(images), generator, ensemble_size, steps, ensemble_reduction, one_step, max_probability_classes,
-            processing_resolution, self.config.default_processing_resolution, scale, mode, crop_size, stride,
-            global_view, output_type, top_k)
-        uses_light_decoder(mask_decoder, self.config, self.mask_decoder is not None)
-
-        # 2. what is asked (binary prompts, the palette, or per-class queries); every prompt encoded once (cached)
-        queries = resolve_queries(len(images), prompt, classes, templates, self.config.prompt_template,
-                                  self.config.class_names)
-        settings = SegmentSettings(queries.mode, ensemble_size, steps, max_unet_batch, top_k, decode_members,
-                                   ensemble_reduction, mask_decoder)
-        states = self.query_states(queries.table)  # [U, L, D], projected per level when used
-
-        # 3. each image resized to the test scale and cut into views (one, the whole image, in whole mode)
-        views = []
-        for img in images:
-            resized = resize_to(img, processed_size(*img.shape[-2:], resolution, scale, keep_ratio))  # [3, h, w]
-            crop, step = window or (tuple(resized.shape[-2:]),) * 2
-            views.append(make_views(resized, crop, step, self.pad_multiple, global_view, flip))
-        warn_single_window(window and window[0], [(v.size, v.boxes) for v in views], stacklevel=3)
-
-        # 4. groups of consecutive images whose views share a shape: noise, denoise, decode; views combined and
-        #    read at each image's native size
+    def _segment_images(self, images, sized, grids, queries, states, settings, generator, noise):
+        """`SegmentationCall._segment_images`: groups of consecutive images whose views share a shape: noise,
+        denoise, decode; views combined and read at each image's native size."""
+        views = [make_views(resized, boxes, self.pad_multiple, settings.global_view, settings.flip)
+                 for resized, boxes in zip(sized, grids)]
         latent_channels, latent_scale = self.vae.config.latent_channels, vae_scale_factor(self.vae)
+        one_step = self.config.objective == "one-step"
         results, uncertainty = [], []
-        groups = group_views(views, max(1, batch_size))
-        for group in self.progress_bar(groups) if show_progress_bar else groups:
+        groups = group_views(views, max(1, settings.batch_size))
+        for group in self.progress_bar(groups) if settings.show_progress_bar else groups:
             pixels = torch.cat([views[i].pixels for i in group])  # [V, 3, h, w]
             # [V, E, 4, h/f, w/f]; a one-step model's input is zeros (top-k's relevance pass too)
-            noise = torch.cat([view_noise(views[i], (ensemble_size, latent_channels, latent_scale), generator, i,
-                                          self.unet.device, self.unet.dtype, deterministic=one_step) for i in group])
+            noise_v = torch.cat([view_noise(views[i], (settings.ensemble_size, latent_channels, latent_scale),
+                                            generator, i, self.unet.device, self.unet.dtype, one_step, noise)
+                                 for i in group])
             ids = [queries.query_ids[i] for i in group for _ in range(len(views[i].pixels))]
-            probs, unc, kept = self._segment_batch(pixels, ids, states, noise, settings)  # [V, K, h, w], [V, h, w]
+            probs, unc, kept = self._segment_batch(pixels, ids, states, noise_v, settings)  # [V, K, h, w], [V, h, w]
             start = 0
             for i in group:
                 part = slice(start, start + len(views[i].pixels))
@@ -314,14 +273,11 @@ class DiGSegPipeline(AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
                 size = tuple(images[i].shape[-2:])
                 excluded = None if kept is None else ~kept[part].any(dim=0).cpu()  # pruned in every view
                 results.append(native_outputs(combine_views(views[i], probs[part]).cpu(), size, queries.mode,
-                                              threshold, no_class_threshold, excluded, max_probability_classes))
+                                              settings.threshold, settings.no_class_threshold, excluded,
+                                              settings.max_probability_classes))
                 if unc is not None:
                     uncertainty.append(resize_probs(combine_views(views[i], unc[part, None]).cpu(), size)[0])
-
-        # 5. stacked into [N, ...] (lists when the images' sizes differ)
-        if output_type == "np":
+        if settings.output_type == "np":
             results = [tuple(t.numpy() for t in result) for result in results]
-            uncertainty = [u.numpy() for u in uncertainty]
-        stack = np.stack if output_type == "np" else torch.stack
-        return call_output(results, uncertainty, queries.class_names, stack, return_dict)
-
+            return results, [u.numpy() for u in uncertainty], np.stack
+        return results, uncertainty, torch.stack

@@ -1,7 +1,9 @@
 """Sliding-window inference (mmsegmentation's `slide_inference` grid, `window_grid`): the views run through the
 model and their probabilities averaged where they overlap, plus optionally CAT-Seg's global view (the whole image
 resized to the window, averaged 50/50) and a horizontal flip whose views reuse the same noise. docs/eval_protocols.md.
-"""
+Then labels and probabilities at the input's native size in bounded memory (847 classes x 683 x 512 x float32 =
+1.2 GB): labels by a chunked argmax equal to the full one, probabilities resized only for the `keep` classes with
+most pixels."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 
 from .image_processing import pad_to_multiple
-from .window_grid import window_grid
+from .common import PROBABILITY_CLASSES_KEPT, given_noise
 
 
 def count_map(boxes: list[tuple[int, int, int, int]], size: tuple[int, int]) -> torch.Tensor:
@@ -45,24 +47,27 @@ class SlideViews:
 
 
 def view_noise(views: SlideViews, member_shape: tuple[int, int, int], generator, index: int,
-               device: torch.device, dtype: torch.dtype, deterministic: bool = False) -> torch.Tensor:
+               device: torch.device, dtype: torch.dtype, deterministic: bool = False, given=None) -> torch.Tensor:
     """Starting noise of one image's views [V, E, C, h, w], member_shape (E, latent channels, VAE factor): one draw
-    per window (and global view) from `generator` (or generator[index]); zeros when `deterministic` (one-step)."""
+    per window (and global view) from `generator` (or generator[index]), or `given[index]` (`common.given_noise`);
+    zeros when `deterministic` (one-step)."""
     ensemble_size, channels, factor = member_shape
     h, w = (s // factor for s in views.pixels.shape[-2:])
     if deterministic:
         return torch.zeros((len(views.pixels), ensemble_size, channels, h, w), device=device, dtype=dtype)
     gen = generator[index] if isinstance(generator, list) else generator
-    unique = len(views.boxes) + int(views.global_view)  # the mirrored image's views reuse these
-    noise = randn_tensor((unique, ensemble_size, channels, h, w), generator=gen, device=device, dtype=dtype)
+    shape = (len(views.boxes) + int(views.global_view), ensemble_size, channels, h, w)  # the mirrored views reuse it
+    if given is not None:
+        noise = torch.from_numpy(given_noise(given, index, shape)).to(device, dtype)
+    else:
+        noise = randn_tensor(shape, generator=gen, device=device, dtype=dtype)
     return torch.cat([noise, noise]) if views.flip else noise  # [V, E, C, h, w]
 
 
-def make_views(image: torch.Tensor, crop: tuple[int, int], stride: tuple[int, int], multiple: int,
-               global_view: bool = False, flip: bool = False) -> SlideViews:
-    """image [3, H, W] (already at the test scale) -> its views, padded for the U-Net."""
+def make_views(image: torch.Tensor, boxes: list[tuple[int, int, int, int]], multiple: int, global_view: bool = False,
+               flip: bool = False) -> SlideViews:
+    """image [3, H, W] (already at the test scale) and its `window_grid` -> its views, padded for the U-Net."""
     size = (image.shape[-2], image.shape[-1])
-    boxes = window_grid(*size, crop, stride)
     window = (boxes[0][1] - boxes[0][0], boxes[0][3] - boxes[0][2])
 
     def cut(picture: torch.Tensor) -> list[torch.Tensor]:
@@ -99,3 +104,60 @@ def combine_views(views: SlideViews, probs: torch.Tensor) -> torch.Tensor:
         whole = F.interpolate(probs[-1:], size=views.size, mode="bilinear", align_corners=False)[0]
         combined = (combined + whole) / 2
     return combined
+
+
+# classes resized to the native size at a time; a multiple of 8: torch's CPU bilinear kernel was seen to round
+# differently (1e-7) for chunks of fewer than 8 channels, which can flip near-ties against the full argmax
+ARGMAX_CHUNK = 32
+
+
+def resize_probs(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[C, h, w] -> [C, *size], bilinear (unchanged when the size already matches)."""
+    if tuple(probs.shape[-2:]) == tuple(size):
+        return probs
+    return F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
+def chunked_argmax(probs: torch.Tensor, size: tuple[int, int], excluded: torch.Tensor | None = None,
+                   chunk: int = ARGMAX_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+    """probs [K, h, w] -> (labels [H, W] int64, best probability [H, W]) at `size`, `chunk` classes at a time;
+    `excluded` [K] bool: classes that never win (scored -1, as pruned top-k classes are)."""
+    best = labels = None
+    for start in range(0, probs.shape[0], chunk):
+        part = resize_probs(probs[start : start + chunk], size)  # [c, H, W]
+        if excluded is not None and bool(excluded[start : start + chunk].any()):
+            part = part.masked_fill(excluded[start : start + chunk, None, None], -1.0)
+        value, index = part.max(dim=0)  # first maximum within the chunk
+        if best is None:
+            best, labels = value, index
+        else:
+            better = value > best  # strictly: an earlier chunk keeps its ties
+            best = torch.where(better, value, best)
+            labels = torch.where(better, index + start, labels)
+    return labels.long(), best
+
+
+def best_classes(labels: torch.Tensor, probs: torch.Tensor, count: int) -> torch.Tensor:
+    """The `count` classes with most pixels in `labels` [H, W] (ties: higher peak in `probs` [K, h, w]), ascending."""
+    k = probs.shape[0]
+    pixels = torch.bincount(labels[labels < k].reshape(-1), minlength=k).double()  # [K]
+    peak = probs.reshape(k, -1).amax(dim=1).double().clamp(0, 1)  # [K] in [0, 1]: orders classes with no pixels
+    return torch.sort((pixels + peak / 2).topk(count).indices).values
+
+
+def native_outputs(probs: torch.Tensor, size: tuple[int, int], mode: str, threshold: float = 0.5,
+                   no_class_threshold: float | None = None, excluded: torch.Tensor | None = None,
+                   keep: int | None = PROBABILITY_CLASSES_KEPT) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One image's probabilities [K, h, w] (padding removed) -> at `size`: (labels [H, W] int64, probabilities
+    [n, H, W] of the classes `ids` [n], ascending; n = K when `keep` is None). Binary: foreground > `threshold`;
+    else the chunked argmax, per-class mode labelling 255 where the best score is below `no_class_threshold`."""
+    k = probs.shape[0]
+    if mode == "binary":
+        full = resize_probs(probs, size)
+        return (full[1] > threshold).long(), full, torch.arange(k)
+    labels, best = chunked_argmax(probs, size, excluded)
+    if mode == "per_class" and no_class_threshold is not None:
+        labels[best < no_class_threshold] = 255
+    ids = torch.arange(k) if keep is None or keep >= k else best_classes(labels, probs, keep)
+    return labels, resize_probs(probs[ids] if len(ids) < k else probs, size), ids
+

@@ -1,22 +1,21 @@
 """`OnnxDiGSegPipeline`: an exported folder (`digseg export`) run on onnxruntime with numpy, Pillow and tokenizers,
-never importing torch, diffusers or transformers: `DiGSegPipeline.__call__`'s signature, steps and test protocols,
-the same `DiGSegOutput` (numpy arrays). Noise and seeds, prompts without a text encoder: docs/export.md."""
+never importing torch, diffusers or transformers: `DiGSegPipeline.__call__` (`SegmentationCall`), its steps and
+test protocols, the same `DiGSegOutput` (numpy arrays). Noise and seeds, prompts without a text encoder:
+docs/export.md."""
 
 from __future__ import annotations
 
+import functools
 import platform
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from .. import __version__
 from ..errors import DigsegError, first_line
-from ..outputs import DiGSegOutput
-from ..pipelines.prompts import resolve_queries
-from ..pipelines.common import call_output, check_call, to_image_list, uses_light_decoder, warn_single_window
-from ..pipelines.window_grid import processed_size, window_grid
+from ..pipelines.common import SegmentationCall, given_noise, to_image_list, uses_light_decoder
 from .manifest import read_manifest, trailing_timesteps
 from .numpy_ops import (combine_members, combine_views, cut_views, ddim_step, decode_codec, native_outputs,
                         pad_to_multiple, predicted_sample, resize)
@@ -93,8 +92,10 @@ class OnnxPromptEncoder:
         return np.stack([self._cache[p] for p in prompts])  # [N, L, D]
 
 
-class OnnxDiGSegPipeline:
+class OnnxDiGSegPipeline(SegmentationCall):
     """An exported digseg model on onnxruntime; see the module docstring."""
+
+    NUMPY_ONLY = True
 
     def __init__(self, folder: Path, manifest: dict, runners: dict) -> None:
         self.folder, self.manifest, self.runners = folder, manifest, runners
@@ -125,8 +126,10 @@ class OnnxDiGSegPipeline:
         return cls(folder, manifest, runners)
 
     @property
-    def class_names(self) -> list[str] | None:
-        return self.manifest["class_names"]
+    def has_light_decoder(self) -> bool:
+        return self.manifest["graphs"].get("light_decoder") is not None
+
+    to_images, resize_image = staticmethod(to_image_list), staticmethod(functools.partial(resize, antialias=True))
 
     @property
     def config(self) -> SimpleNamespace:
@@ -180,8 +183,8 @@ class OnnxDiGSegPipeline:
             latents = ddim_step(pred, t, latents, s, steps)
         return latents
 
-    def _segment(self, pixels: np.ndarray, ids: list[int], states: np.ndarray, noise: np.ndarray, mode: str,
-                 steps: int, combine_how: str, decode_members: bool, decoder: str, max_batch: int):
+    def _segment(self, pixels: np.ndarray, ids: list[int], states: np.ndarray, noise: np.ndarray, settings,
+                 decoder: str):
         """One image's views: pixels [V, 3, H, W], its query ids into states [U, L, D], noise [V, E, 4, h, w]
         -> (probabilities [V, K, H, W], uncertainty [V, H, W] or None), as `LatentSegmentationMixin._segment_batch`."""
         v, ensemble = noise.shape[:2]
@@ -190,17 +193,18 @@ class OnnxDiGSegPipeline:
         item_view = np.repeat(np.arange(v), q * ensemble)  # items ordered (view, query, member)
         item_query = np.tile(np.repeat(np.asarray(ids), ensemble), v)
         item_member = np.tile(np.arange(ensemble), v * q)
-        combine = not decode_members and ensemble > 1
+        mode, max_batch = settings.mode, settings.max_unet_batch
+        combine = not settings.decode_members and ensemble > 1
         chunk = max(ensemble, max_batch // ensemble * ensemble) if combine else max_batch
         decoded, spreads = [], []
         for start in range(0, len(item_query), chunk):
             sl = slice(start, min(start + chunk, len(item_query)))
-            latents = self.denoise(image_latents[item_view[sl]], states[item_query[sl]], steps,
+            latents = self.denoise(image_latents[item_view[sl]], states[item_query[sl]], settings.steps,
                                    noise[item_view[sl], item_member[sl]])  # [m, 4, h, w]
             if combine:
                 latents = latents.reshape(-1, ensemble, *latents.shape[1:])  # [m/E, E, 4, h, w]
                 spreads.append(latents.std(axis=1, ddof=1).mean(axis=1))  # [m/E, h, w]
-                latents = combine_members(latents, combine_how)  # [m/E, 4, h, w]
+                latents = combine_members(latents, settings.ensemble_reduction)  # [m/E, 4, h, w]
             images = self._run(decoder, latents=latents.astype(np.float32))  # [m', 3, H, W]
             probs = decode_codec(images, self.palette if mode == "palette" else None, self.temperature)
             decoded.append(probs if mode == "palette" else probs[:, 1:])
@@ -219,79 +223,36 @@ class OnnxDiGSegPipeline:
             uncertainty = probs.std(axis=1, ddof=1).mean(axis=1) if ensemble > 1 else None
         return probs.mean(axis=1), uncertainty
 
-    def __call__(self, image: Any, prompt: str | Sequence[str] | None = None, classes: Sequence[str] | None = None,
-                 ensemble_size: int = 1, num_inference_steps: int | None = None,
-                 processing_resolution: int | None = None, batch_size: int = 1,
-                 generator: np.random.Generator | int | list | None = None, output_type: str = "np",
-                 threshold: float = 0.5, no_class_threshold: float | None = None,
-                 templates: str | Sequence[str] | None = None, top_k: int | None = None, decode_members: bool = False,
-                 ensemble_reduction: str = "median", mask_decoder: str = "auto", mode: str = "whole",
-                 crop_size: int | tuple[int, int] | None = None, stride: int | tuple[int, int] | None = None,
-                 global_view: bool = False, flip: bool = False, scale: tuple[int, int] | None = None,
-                 keep_ratio: bool = True, max_probability_classes: int | None = 16, max_unet_batch: int = 64,
-                 show_progress_bar: bool = True, return_dict: bool = True,
-                 noise: Sequence[np.ndarray] | np.ndarray | None = None) -> DiGSegOutput | tuple:
-        """`DiGSegPipeline.__call__` on onnxruntime (numpy outputs). `noise`: per image, the starting noise of its
-        views [num_unique_views, E, C, h, w] (windows, then the global view; the mirrored image's views reuse them),
-        or [E, C, h, w] in whole mode. Refused in one line: top_k, output_type="pt". `batch_size` and
-        `show_progress_bar` are accepted and change nothing."""
-        # 1. check the inputs
-        images = to_image_list(image)  # N x [3, H, W] float32 in [-1, 1]
-        steps = num_inference_steps or self.manifest["default_denoising_steps"]
-        one_step = self.manifest["objective"] == "one-step"
-        for name, value, default in (("top_k", top_k, None), ("output_type", output_type, "np")):
-            if value != default:
-                raise DigsegError(f"{name}={value!r} is not supported by the onnxruntime pipeline (the U-Net graph "
-                                  "has no cross-attention output; numpy outputs); run the PyTorch model for it")
-        resolution, window, scale = check_call(
-            len(images), generator, ensemble_size, steps, ensemble_reduction, one_step, max_probability_classes,
-            processing_resolution, self.manifest["default_processing_resolution"], scale, mode, crop_size, stride,
-            global_view, output_type, top_k)
-        if noise is not None and len(noise) != len(images):
-            raise DigsegError(f"got {len(noise)} noise arrays for {len(images)} images")
-        has_light = self.manifest["graphs"].get("light_decoder") is not None
-        decoder = "light_decoder" if uses_light_decoder(mask_decoder, self.config, has_light) else "vae_decoder"
-
-        # 2. what is asked; every prompt encoded once (cached)
-        queries = resolve_queries(len(images), prompt, classes, templates, self.manifest["prompt_template"],
-                                  self.class_names)
-        states = self.query_states(queries.table).astype(np.float32)  # [U, L, D]
-
-        # 3. each image resized to the test scale and cut into views (one, the whole image, in whole mode)
-        sized = [resize(img, processed_size(*img.shape[-2:], resolution, scale, keep_ratio), antialias=True)
-                 for img in images]  # N x [3, h, w]
-        grids = [window_grid(*img.shape[-2:], *(window or (img.shape[-2:],) * 2)) for img in sized]
-        warn_single_window(window and window[0], [(img.shape[-2:], boxes) for img, boxes in zip(sized, grids)], 2)
-
-        # 4. per image: starting noise, denoise, decode; views combined and read at the native size
+    def _segment_images(self, images, sized, grids, queries, states, settings, generator, noise):
+        """`SegmentationCall._segment_images`, image by image: starting noise, denoise, decode; views combined and
+        read at the native size."""
+        states = states.astype(np.float32)
+        light = uses_light_decoder(settings.mask_decoder, self.config, self.has_light_decoder)
+        decoder = "light_decoder" if light else "vae_decoder"
         multiple, f = self.manifest["pad_multiple"], self.manifest["vae_scale_factor"]
         channels = self.manifest["latent_channels"]
+        global_view, flip = settings.global_view, settings.flip
         shared = None if isinstance(generator, list) else _numpy_rng(generator)
         results, uncertainty = [], []
         for i, (img, resized, boxes) in enumerate(zip(images, sized, grids)):
             size, test_size = img.shape[-2:], resized.shape[-2:]
             pixels = pad_to_multiple(cut_views(resized, boxes, global_view, flip), multiple)  # [V, 3, H', W']
             unique = len(boxes) + int(global_view)  # views with their own noise
-            latent_shape = (unique, ensemble_size, channels, pixels.shape[-2] // f, pixels.shape[-1] // f)
-            if one_step:
+            latent_shape = (unique, settings.ensemble_size, channels, pixels.shape[-2] // f, pixels.shape[-1] // f)
+            if self.manifest["objective"] == "one-step":
                 start = np.zeros(latent_shape, dtype=np.float32)
             elif noise is not None:
-                start = np.asarray(noise[i], dtype=np.float32)
-                if start.size != np.prod(latent_shape):
-                    raise DigsegError(f"noise[{i}] has shape {start.shape}; image {i}'s views need {latent_shape} "
-                                      "(views with their own noise, E, C, h, w)")
-                start = start.reshape(latent_shape)
+                start = given_noise(noise, i, latent_shape)
             else:
                 rng = shared if shared is not None else _numpy_rng(generator[i])
                 start = rng.standard_normal(latent_shape, dtype=np.float32)
             if flip:  # the mirrored image's views reuse the noise of the same grid position
                 start = np.concatenate([start, start])  # [V, E, C, h, w]
-            probs, unc = self._segment(pixels.astype(np.float32), queries.query_ids[i], states, start, queries.mode,
-                                       steps, ensemble_reduction, decode_members, decoder, max_unet_batch)
+            probs, unc = self._segment(pixels.astype(np.float32), queries.query_ids[i], states, start, settings,
+                                       decoder)
             combined = combine_views(probs, boxes, test_size, global_view, flip)  # [K, h, w]
-            results.append(native_outputs(combined, size, queries.mode, threshold, no_class_threshold,
-                                          max_probability_classes))
+            results.append(native_outputs(combined, size, queries.mode, settings.threshold,
+                                          settings.no_class_threshold, settings.max_probability_classes))
             if unc is not None:
                 uncertainty.append(resize(combine_views(unc[:, None], boxes, test_size, global_view, flip), size)[0])
-
-        return call_output(results, uncertainty, queries.class_names, np.stack, return_dict)
+        return results, uncertainty, np.stack
