@@ -249,7 +249,7 @@ def test_threshold_search_on_a_binary_dataset(tmp_path):
       a (1x4): label 0 1 1 0, p .30 .72 .90 .68 -> t = 0.70: 0 1 1 0, Dice 100; t in [.30, .68): Dice 80
       b (2x2): label 1 1 / 0 0, p .90 .50 / .60 .10 -> t = 0.70: 1 0 / 0 0, Dice 2*1/(1+2) = 66.7; t in [.1, .5): 80
     mean Dice: 83.3 at 0.70, at most 80 elsewhere (Dice of the pooled pixels would be 6/7 = 85.7 at 0.70)."""
-    from digseg.pipelines.pipeline import DiGSegOutput
+    from digseg.outputs import DiGSegOutput
 
     root = tmp_path / "bin"
     _write(root, {"a": np.array([[0, 1, 1, 0]]), "b": np.array([[1, 1], [0, 0]])})

@@ -20,7 +20,7 @@ from ..data.base import MetricKind, Sample, SegmentationDataset
 from ..data.io import save_label_png
 from ..distributed import gather_objects, is_main_process, shard, sum_tensor, wait_for_everyone
 from ..errors import DataError, DigsegError
-from ..pipelines.pipeline import DiGSegOutput
+from ..outputs import DiGSegOutput
 from ..pipelines.prompts import is_background
 from ..seeding import seeded_generator
 from .metrics import SegmentationMetric, binary_scores, per_image_dice_iou

@@ -22,7 +22,6 @@ from .adapters import AdapterMixin
 from .latent_segmentation import LatentSegmentationMixin
 from ..devices import runtime_info
 from ..errors import DigsegError, first_line
-from ..outputs import DiGSegOutput  # noqa: F401  (re-exported: digseg.pipelines.pipeline.DiGSegOutput)
 from ..hub_ids import check_hub_id, hub_id_or_none
 from .image_processing import resize_to, to_image_list
 from .masks import MaskCodec
