@@ -15,12 +15,12 @@ def test_short_training_run_learns(tmp_path):
     torch.manual_seed(0)
     train_set, held_out = SyntheticScenes(500, seed=0), SyntheticScenes(24, seed=1)
     vae = tiny_vae()
-    report = train_tiny_vae(vae, train_set, len(SYNTHETIC_CLASSES), steps=150, show_progress=False)
+    report = train_tiny_vae(vae, train_set, len(SYNTHETIC_CLASSES), steps=150, batch_size=16, show_progress=False)
     assert report["mask_l1"] < 0.25, report
     backbone = save_tiny_backbone(tmp_path / "backbone", vae=vae)
 
     untrained = evaluate_binary(fresh_pipe(backbone), held_out, EStep(1, 1))
-    config = train_config(pretrained=str(backbone), output_dir=str(tmp_path / "run"), max_steps=200, batch_size=16,
+    config = train_config(pretrained=str(backbone), output_dir=str(tmp_path / "run"), max_steps=200, batch_size=12,
                          learning_rate=1e-3, lr_warmup_steps=20, task="binary", checkpoint_every=1000, seed=0,
                          class_names=list(SYNTHETIC_CLASSES))
     trained = evaluate_binary(trainer(config, fresh_pipe(backbone), train_set, show_progress=False).train(), held_out, EStep(1, 1))
