@@ -83,7 +83,6 @@ def window_grid(height: int, width: int, crop: tuple[int, int],
             for x in axis_starts(width, crop[1], stride[1])]
 
 
-
 def check_call(num_images: int, generator, ensemble_size: int, steps: int, ensemble_reduction: str, one_step: bool,
                max_probability_classes: int | None, processing_resolution: int | None, default_resolution: int,
                scale, mode: str, crop_size, stride, global_view: bool, output_type: str, top_k: int | None):
