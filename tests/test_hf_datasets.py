@@ -17,7 +17,7 @@ from digseg.data.hf_options import HFOptions, hf_options, parse_hf_pairs
 from digseg.data.registry import read_dataset
 from digseg.errors import ConfigError, DataError
 from digseg.training.run import build_dataset, training_augmentation
-from digseg.training.samples import MicroStepSampler, TrainingSamples, micro_step_batches
+from digseg.training.samples import TrainingData, TrainingSamples
 from hf_fixtures import CLASSES, write_hf_copies, write_pairs
 from training_helpers import error_line, train_config
 
@@ -36,8 +36,8 @@ def _batches(config, start: int, stop: int, num_workers: int):
     """Micro-steps [start, stop) of `config` as the trainer reads them: (indices, images, labels) per step."""
     dataset = build_dataset(config.data, config.run.seed)
     samples = TrainingSamples(dataset, training_augmentation(config.data), config.run.seed, dataset.ignore_index)
-    sampler = MicroStepSampler(len(dataset), config.optim.batch_size, 1, 0, config.run.seed, start, stop)
-    batches = list(micro_step_batches(samples, sampler, num_workers, 2, False))
+    batches = list(TrainingData(samples, None, num_workers).micro_steps(start, stop, config.optim.batch_size,
+                                                                        seed=config.run.seed))
     assert all(b.error is None for b in batches), [b.error for b in batches]
     return [(b.indices, b.images.clone(), b.labels.clone()) for b in batches]
 

@@ -186,14 +186,13 @@ class RunConfig:
     hub_private: bool | None = None
 
     def validate(self) -> None:
+        from .tracking import tracker_names
+
         _one_of("run.sharding", self.sharding, ("none", "fsdp"))
         _at_least(1, "run", self, ("checkpoint_every", "keep_checkpoints", "log_every", "num_sample_images",
                                    "eval_samples"))
-        names = self.log_with if isinstance(self.log_with, list) else [self.log_with]
-        if not names or not all(isinstance(name, str) and name.strip() for name in names):
-            raise ConfigError(f"run.log_with must name trackers (tensorboard, wandb, mlflow, ..., all, none), got "
-                              f"{self.log_with!r}")
         _at_least(0, "run", self, ("sample_every", "eval_every", "seed"))
+        tracker_names(self.log_with)
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "run": RunConfig}

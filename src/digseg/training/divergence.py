@@ -15,6 +15,7 @@ import torch
 from ..errors import DigsegError
 from .checkpoint import checkpoint_step, list_checkpoints, read_trainer_state
 
+
 def all_finite(tensors: Iterable[torch.Tensor], accelerator=None) -> bool:
     """Every floating-point tensor finite, on every process of `accelerator` (a collective)."""
     bad = 0
@@ -28,22 +29,17 @@ def all_finite(tensors: Iterable[torch.Tensor], accelerator=None) -> bool:
     return bad == 0
 
 
-class NanGradient(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad * float("nan")
+def nan_gradient(loss: torch.Tensor) -> torch.Tensor:
+    """A copy of `loss` whose gradient is NaN."""
+    loss = loss.clone()
+    loss.register_hook(lambda grad: grad * float("nan"))
+    return loss
 
 
 def inject_nan_gradient(loss: torch.Tensor, weights_step: int, rank: int) -> torch.Tensor:
     """`loss`, or with `DIGSEG_NAN_GRADIENT_AT` naming this step (and process) the same loss with NaN gradients."""
     at, _, on = os.environ.get("DIGSEG_NAN_GRADIENT_AT", "").partition("@")
-    if at and int(at) == weights_step and (not on or int(on) == rank):
-        return NanGradient.apply(loss)
-    return loss
+    return nan_gradient(loss) if at and int(at) == weights_step and (not on or int(on) == rank) else loss
 
 
 class DivergenceGuard:

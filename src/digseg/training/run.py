@@ -147,11 +147,9 @@ def build_run(config: TrainConfig, pipe: DiGSegPipeline | None = None, dataset: 
     from `config` unless given; the data and `resume` are checked before the model loads."""
     from ..distributed import is_main_process, process_info
     from .resume_check import launch_facts, plan_resume
-    from .tracking import tracker_names
     from .trainer import Trainer
 
-    config.validate()
-    tracker_names(config.run.log_with)  # an unknown tracker fails before the model loads
+    config.validate()  # an unknown tracker, too, fails before the model loads
     if pipe is None:
         require_backbone(config.model)  # before the data is read
     own_val = val_dataset is None and dataset is None

@@ -112,19 +112,6 @@ class MicroStepSampler(Sampler[list[Request]]):
             yield [(indices[s], m, s) for s in slots]
 
 
-def micro_step_batches(samples: TrainingSamples, sampler: MicroStepSampler, num_workers: int = 0,
-                       prefetch_factor: int = 2, pin_memory: bool = False):
-    """Yields one `SampleBatch` per micro-step of `sampler`, read (and augmented) by `num_workers` workers."""
-    loader = DataLoader(
-        samples, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate_samples, pin_memory=pin_memory,
-        prefetch_factor=prefetch_factor if num_workers else None,
-    )
-    for batch in loader:
-        if batch.error:
-            raise DataError(batch.error)
-        yield batch
-
-
 @dataclass
 class TrainingData:
     """What the trainer reads: samples (read and augmented in DataLoader workers) and the batcher (-> latents)."""
@@ -141,6 +128,11 @@ class TrainingData:
 
     def micro_steps(self, start: int, stop: int, batch_size: int, num_processes: int = 1, process_index: int = 0,
                     seed: int = 0, pin_memory: bool = False) -> Iterator[SampleBatch]:
-        """This process's samples of micro-steps [start, stop), in order."""
+        """This process's samples of micro-steps [start, stop), in order, read (and augmented) by the workers."""
         sampler = MicroStepSampler(len(self.samples), batch_size, num_processes, process_index, seed, start, stop)
-        return micro_step_batches(self.samples, sampler, self.num_workers, self.prefetch_factor, pin_memory)
+        for batch in DataLoader(self.samples, batch_sampler=sampler, num_workers=self.num_workers,
+                                collate_fn=collate_samples, pin_memory=pin_memory,
+                                prefetch_factor=self.prefetch_factor if self.num_workers else None):
+            if batch.error:
+                raise DataError(batch.error)
+            yield batch

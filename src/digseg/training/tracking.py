@@ -28,7 +28,7 @@ logger = logging.getLogger("digseg.train")
 
 def tracker_names(log_with: str | list[str]) -> list[str]:
     """`run.log_with` ("tensorboard", "wandb,mlflow", ["aim"], "all", "none") as accelerate's tracker names."""
-    names = log_with.split(",") if isinstance(log_with, str) else list(log_with)
+    names = log_with.split(",") if isinstance(log_with, str) else log_with if isinstance(log_with, list) else [log_with]
     names = [str(name).strip() for name in names if str(name).strip()]
     if names == ["none"]:
         return []
@@ -117,8 +117,9 @@ class TrainingLogger:
             self.accelerator.log(scalars, step=step)
 
     def log_samples(self, step: int, pipe, samples: list[dict], resolution: int, seed: int) -> None:
-        """Predict `samples` (dataset items: image [3, H, W] in [-1, 1], label [H, W]) and log one grid image."""
-        if not (self.use_trackers and self.accelerator.is_main_process and samples):
+        """Predict `samples` (dataset items: image [3, H, W] in [-1, 1], label [H, W]) and log one grid image (the main
+        process, with trackers)."""
+        if not samples:
             return
         images = [tensor_to_image(s["image"]) for s in samples]  # uint8 [H, W, 3]
         with evaluation_weights([pipe.unet, pipe.text_pathway]):

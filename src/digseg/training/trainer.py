@@ -68,8 +68,6 @@ def one_step_loss(pipe: DiGSegPipeline, unet: nn.Module, pathway: nn.Module, bat
     """The one-step objective: one deterministic U-Net pass decoded by the frozen mask decoder ("light" or "vae"),
     read as class scores as inference reads them; cross-entropy against `batch.targets` (ignore masked out),
     averaged per sample, then over samples."""
-    if batch.targets is None or batch.palette is None:
-        raise ValueError("the one-step loss needs label targets: build the LatentBatcher with label_targets=True")
     device = batch.image_latents.device
     text = pathway(pipe.prompt_states(batch.prompts).to(device))  # num_levels x [B, L, C]
     z0 = pipe.one_step_latents(unet, batch.image_latents, text)  # [B, 4, h, w]
@@ -94,9 +92,8 @@ def one_step_loss(pipe: DiGSegPipeline, unet: nn.Module, pathway: nn.Module, bat
 def _make_accelerator(optim: OptimConfig, run: RunConfig) -> Accelerator:
     """An Accelerator for this run; a second trainer in one process (a notebook) with another precision resets
     accelerate's process-wide state instead of failing."""
-    kwargs = dict(gradient_accumulation_steps=optim.gradient_accumulation_steps,
+    kwargs = dict(gradient_accumulation_steps=optim.gradient_accumulation_steps, cpu=launched_without_accelerator(),
                   mixed_precision=mixed_precision_of(optim),
-                  cpu=launched_without_accelerator(),
                   **TrainingLogger.tracker_kwargs(run.log_with, Path(run.output_dir)))
     try:
         return Accelerator(**kwargs)
@@ -135,16 +132,12 @@ def begin_lora(unet: nn.Module, optim: OptimConfig, seed: int) -> None:
 
 def save_run_adapter(folder: Path, pipe, config: TrainConfig) -> Path:
     """A LoRA run's result: the trained adapter of `pipe` (docs/adapters.md), naming `config.model`'s backbone."""
-    model, optim = config.model, config.optim
-    facts = {"class_names": pipe.config.class_names, "task": pipe.config.task,
-             "processing_resolution": pipe.config.default_processing_resolution,
-             "prompt_template": pipe.config.prompt_template,
-             "prediction_type": pipe.scheduler.config.prediction_type, "objective": pipe.config.objective,
-             "one_step_decoder": pipe.config.one_step_decoder}
+    optim = config.optim
+    facts = {**pipe.config, "processing_resolution": pipe.config.default_processing_resolution,
+             "prediction_type": pipe.scheduler.config.prediction_type}  # save_adapter keeps its FACT_KEYS
     parts = AdapterParts(pipe.unet.conv_in, pipe.text_pathway, pipe.mask_decoder, facts)
-    base = {"pretrained": model.pretrained, "revision": model.revision, "variant": model.variant}
-    return save_adapter(folder, lora_state_dict(pipe.unet, TRAINED_ADAPTER), parts, base, optim.lora_rank,
-                        optim.lora_alpha, list(optim.lora_targets))
+    return save_adapter(folder, lora_state_dict(pipe.unet, TRAINED_ADAPTER), parts, vars(config.model),
+                        optim.lora_rank, optim.lora_alpha, list(optim.lora_targets))
 
 
 class Trainer:
@@ -184,15 +177,14 @@ class Trainer:
         self.optimizer = make_optimizer(opt.optimizer, params, opt.learning_rate, opt.weight_decay)
         self.lr_scheduler = self._make_lr_scheduler(self.optimizer)
         if opt.lr_warmup_steps >= opt.max_steps and opt.lr_scheduler != "constant":
+            lr = opt.learning_rate
             logger.warning("optim.max_steps (%d) <= optim.lr_warmup_steps (%d): the learning rate never reaches %g "
                            "(at most %.2g); lower the warm-up: --cfg-options optim.lr_warmup_steps=N", opt.max_steps,
-                           opt.lr_warmup_steps, opt.learning_rate,
-                           opt.learning_rate * opt.max_steps / max(opt.lr_warmup_steps, 1))
-        if self.sharded:  # FSDP2 reduces the gradients itself; accelerate wraps the optimizer (accumulation, scaler)
-            self.unet, self.text_pathway = pipe.unet, pipe.text_pathway
-            self.optimizer = acc.prepare(self.optimizer)
-        else:
-            self.unet, self.text_pathway, self.optimizer = acc.prepare(pipe.unet, pipe.text_pathway, self.optimizer)
+                           opt.lr_warmup_steps, lr, lr * opt.max_steps / opt.lr_warmup_steps)
+        # sharded: FSDP2 reduces the gradients itself; accelerate wraps only the optimizer (accumulation, scaler)
+        modules = (pipe.unet, pipe.text_pathway)
+        self.unet, self.text_pathway = modules if self.sharded else acc.prepare(*modules)
+        self.optimizer = acc.prepare(self.optimizer)
         self.params = [p for m in (self.unet, self.text_pathway) for p in m.parameters() if p.requires_grad]
         # the U-Net tensors a LoRA run checkpoints (None: the whole state dict)
         self.unet_keys = [name for name, p in acc.unwrap_model(self.unet).named_parameters()
@@ -294,13 +286,11 @@ class Trainer:
             self.shards.load(path / SHARDS, optimizer_state["param_groups"])
         else:
             unwrap = self.accelerator.unwrap_model
-            keys = set(self.unet_keys or weights["unet"])  # a LoRA run's: exactly its trainable U-Net tensors
-            missing, unexpected = sorted(keys - set(weights["unet"])), sorted(set(weights["unet"]) - keys)
+            # a LoRA run's checkpoint holds exactly its trainable U-Net tensors
+            differ = sorted(set(self.unet_keys or weights["unet"]) ^ set(weights["unet"]))
             try:
-                if missing or unexpected:
-                    raise RuntimeError(f"the LoRA run's U-Net tensors differ: "
-                                       f"{'missing ' + missing[0] if missing else 'unexpected ' + unexpected[0]} "
-                                       f"({len(missing)} missing, {len(unexpected)} unexpected)")
+                if differ:
+                    raise RuntimeError(f"the LoRA run's U-Net tensors differ: {len(differ)}, e.g. {differ[0]}")
                 unwrap(self.unet).load_state_dict(weights["unet"], strict=self.unet_keys is None)
                 unwrap(self.text_pathway).load_state_dict(weights["text_pathway"])
             except RuntimeError as exc:
