@@ -19,22 +19,13 @@ from ..models.digseg_model import encode_latents
 from ..pipelines.prompts import is_background, palette_prompt, synonyms
 from ..seeding import seeded_generator
 
-KINDS = ("image", "palette", "class", "empty")
-
-
 @dataclass(frozen=True)
 class LatentKey:
     """Which of a sample's latents is meant: `IMAGE`, `PALETTE` (all classes rendered), `LatentKey.of_class(c)`
     (class c's binary mask) or `EMPTY` (the empty mask, shared by every absent class)."""
 
-    kind: str  # one of KINDS
+    kind: str  # "image", "palette", "class" or "empty"
     class_id: int | None = None  # the class of kind "class"; None for the others
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"latent key kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
-        if (self.kind == "class") != (self.class_id is not None):
-            raise ValueError(f"a latent key has a class id exactly when its kind is 'class', got {self}")
 
     @classmethod
     def of_class(cls, class_id: int) -> LatentKey:
@@ -56,12 +47,8 @@ def slot_generators(seed: int, step: int, slots: range | list[int]) -> list[torc
 
 
 def per_sample(gen: torch.Generator | list[torch.Generator], n: int) -> list[torch.Generator]:
-    """n generators: `gen` itself if it is a list (checked), else n times the same one."""
-    if isinstance(gen, torch.Generator):
-        return [gen] * n
-    if len(gen) != n:
-        raise ValueError(f"{len(gen)} generators for {n} samples")
-    return list(gen)
+    """n generators: `gen` itself if it is a list (of n), else n times the same one."""
+    return [gen] * n if isinstance(gen, torch.Generator) else list(gen)
 
 
 def sample_indices(num_samples: int, global_batch: int, micro_step: int, seed: int) -> list[int]:
@@ -131,8 +118,6 @@ class LatentBatcher:
         0 = not (EMPTY: all 0); ignore pixels stay ignore."""
         if key == PALETTE:
             return label.long()
-        if key == IMAGE:
-            raise ValueError("the image latent is not a query target")
         binary = (label == (-1 if key == EMPTY else key.class_id)).long()
         binary[label == self.ignore_index] = self.ignore_index
         return binary

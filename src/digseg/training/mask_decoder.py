@@ -58,59 +58,18 @@ def collect_mask_latents(batcher: LatentBatcher, indices: list[int] | range, sto
     return MaskLatents(torch.stack(latents), torch.stack(labels), torch.tensor(sample), keys, skipped)
 
 
-def train_mask_decoder(decoder: LightMaskDecoder, data: MaskLatents, batcher: LatentBatcher,
-                       steps: int = MASK_DECODER_STEPS, batch_size: int = 32, learning_rate: float = 1e-3,
-                       latent_noise: float = 0.2, seed: int = 0, target: str = "mask", vae=None,
-                       show_progress: bool = True) -> list[float]:
-    """Fit `decoder` in place (AdamW, cosine decay) -> the loss of every step. `target="vae"` needs `vae`."""
-    if target not in MASK_DECODER_TARGETS or (target == "vae" and vae is None):
-        raise DigsegError(f"target must be one of {', '.join(MASK_DECODER_TARGETS)} (\"vae\" needs the VAE), "
-                          f"got {target!r}")
-    if steps < 1 or batch_size < 1:
-        raise DigsegError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
-    device = decoder.device
-    decoder.train().requires_grad_(True)
-    optimizer = torch.optim.AdamW(decoder.parameters(), lr=learning_rate, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
-    gen = torch.Generator().manual_seed(seed)
-    ignore = batcher.ignore_index
-    losses: list[float] = []
-    bar = tqdm(range(steps), desc="train mask decoder", disable=not show_progress)
-    for step in bar:
-        pick = torch.randint(len(data), (batch_size,), generator=gen)  # [B]
-        z = data.latents[pick]  # [B, C, h, w]
-        sigma = torch.rand(batch_size, 1, 1, 1, generator=gen) * latent_noise
-        z = z + sigma * torch.randn(z.shape, generator=gen)
-        label = data.labels[data.sample[pick]]  # [B, H, W]
-        if target == "vae":
-            with torch.no_grad():
-                goal = decode_latents(vae, z.to(vae.device)).float()  # [B, 3, H, W]
-        else:
-            goal = torch.stack([batcher.target_image(lab, data.keys[int(j)]) for lab, j in zip(label, pick)])
-        weight = (label != ignore).unsqueeze(1).float()  # [B, 1, H, W]
-        pred = decoder(z.to(device))  # [B, 3, H, W]
-        err = (pred - goal.to(device)).pow(2) * weight.to(device)
-        loss = err.sum() / (weight.sum().to(device) * 3).clamp(min=1)
-        if not torch.isfinite(loss):
-            raise DigsegError(f"mask decoder training: loss is {loss.item()} at step {step}; lower --learning-rate")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        if step % 50 == 0 or step == steps - 1:
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
-    decoder.eval().requires_grad_(False)
-    return losses
-
-
 def fit_light_mask_decoder(pipe, dataset, resolution: int, task: str = "both", latent_cache: str | None = None,
-                           num_samples: int | None = None, block_channels=None, seed: int = 0,
-                           show_progress: bool = True, **train_kwargs):
-    """Train a `LightMaskDecoder` (`block_channels`: its widths) on `dataset`'s mask latents and install it in `pipe`
-    (in the pipe's dtype). `train_kwargs` go to `train_mask_decoder`. -> (decoder in fp32, losses, data)."""
+                           num_samples: int | None = None, block_channels=None, steps: int = MASK_DECODER_STEPS,
+                           batch_size: int = 32, learning_rate: float = 1e-3, latent_noise: float = 0.2,
+                           target: str = "mask", seed: int = 0, show_progress: bool = True):
+    """Train a `LightMaskDecoder` (`block_channels`: its widths; AdamW, cosine decay) on `dataset`'s mask latents and
+    install it in `pipe` (in the pipe's dtype). -> (decoder in fp32, the loss of every step, data)."""
     from .latent_cache import LatentCache
 
+    if target not in MASK_DECODER_TARGETS:
+        raise DigsegError(f"target must be one of {', '.join(MASK_DECODER_TARGETS)}, got {target!r}")
+    if steps < 1 or batch_size < 1:
+        raise DigsegError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
     names = list(pipe.config.class_names or dataset.class_names)
     if len(names) != len(dataset.class_names):
         raise DigsegError(f"the model has {len(names)} classes but the dataset has {len(dataset.class_names)}")
@@ -125,8 +84,38 @@ def fit_light_mask_decoder(pipe, dataset, resolution: int, task: str = "both", l
             decoder = LightMaskDecoder.for_vae(pipe.vae, block_channels).to(pipe.device)
     except ValueError as exc:
         raise DigsegError(f"light mask decoder: {exc}") from exc
-    losses = train_mask_decoder(decoder, data, batcher, vae=pipe.vae, seed=seed, show_progress=show_progress,
-                                **train_kwargs)
+    device, vae = decoder.device, pipe.vae
+    decoder.train().requires_grad_(True)
+    optimizer = torch.optim.AdamW(decoder.parameters(), lr=learning_rate, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    gen = torch.Generator().manual_seed(seed)
+    losses: list[float] = []
+    bar = tqdm(range(steps), desc="train mask decoder", disable=not show_progress)
+    for step in bar:
+        pick = torch.randint(len(data), (batch_size,), generator=gen)  # [B]
+        z = data.latents[pick]  # [B, C, h, w]
+        sigma = torch.rand(batch_size, 1, 1, 1, generator=gen) * latent_noise
+        z = z + sigma * torch.randn(z.shape, generator=gen)
+        label = data.labels[data.sample[pick]]  # [B, H, W]
+        if target == "vae":
+            with torch.no_grad():
+                goal = decode_latents(vae, z.to(vae.device)).float()  # [B, 3, H, W]
+        else:
+            goal = torch.stack([batcher.target_image(lab, data.keys[int(j)]) for lab, j in zip(label, pick)])
+        weight = (label != batcher.ignore_index).unsqueeze(1).float()  # [B, 1, H, W]
+        pred = decoder(z.to(device))  # [B, 3, H, W]
+        err = (pred - goal.to(device)).pow(2) * weight.to(device)
+        loss = err.sum() / (weight.sum().to(device) * 3).clamp(min=1)
+        if not torch.isfinite(loss):
+            raise DigsegError(f"mask decoder training: loss is {loss.item()} at step {step}; lower --learning-rate")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        if step % 50 == 0 or step == steps - 1:
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    decoder.eval().requires_grad_(False)
     same_dtype = decoder.dtype == pipe.unet.dtype
     pipe.set_mask_decoder(decoder if same_dtype else copy.deepcopy(decoder))  # a copy takes a bf16/fp16 pipe's dtype
     return decoder, losses, data

@@ -83,9 +83,8 @@ def _flat(config: dict[str, Any], launch: dict[str, Any] | None) -> dict[str, An
     flat = {}
     for section, cls in SECTIONS.items():
         given = config.get(section) or {}
-        for f in dataclasses.fields(cls):
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            flat[f"{section}.{f.name}"] = json.loads(json.dumps(given.get(f.name, default)))
+        flat.update({f"{section}.{name}": json.loads(json.dumps(given.get(name, default)))
+                     for name, default in dataclasses.asdict(cls()).items()})
     hf = flat.pop("data.hf") or {}
     for key, default in dataclasses.asdict(HFOptions()).items():
         flat[f"data.hf.{key}"] = hf.get(key, default)

@@ -85,30 +85,28 @@ class ShardedState:
         self.names = [name for name, _ in self.container.named_parameters()]
         assert len(self.names) == len(params), "params must be the modules' parameters, in order"
 
-    def _tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
-        """-> ({model.<name>, optim.<name>.<key>, ema.<name>: tensor}, the optimizer's state dict by name)."""
+    def _tensors(self) -> tuple[dict[str, dict], list[dict]]:
+        """-> ({"model": {name: tensor}, "optim": {name: {key: tensor}}, "ema": {name: tensor}} (DCP stores them as
+        model.<name>, optim.<name>.<key>, ema.<name>), the optimizer's param groups)."""
         from torch.distributed.checkpoint.state_dict import get_state_dict
         from torch.distributed.tensor import DTensor
 
         model, optim = get_state_dict(self.container, self.optimizer)
-        flat = {f"model.{name}": value for name, value in model.items()}
-        for name, entries in optim["state"].items():
-            for key, value in entries.items():
-                flat[f"optim.{name}.{key}"] = value
+        tensors = {"model": model, "optim": optim["state"]}
         if self.ema is not None:
-            for name, param, shadow in zip(self.names, self.params, self.ema.shadow_params):
-                flat[f"ema.{name}"] = DTensor.from_local(shadow.to(param.device), param.device_mesh, param.placements,
-                                                         run_check=False, shape=param.shape, stride=param.stride())
-        return flat, optim
+            tensors["ema"] = {name: DTensor.from_local(shadow.to(param.device), param.device_mesh, param.placements,
+                                                       run_check=False, shape=param.shape, stride=param.stride())
+                              for name, param, shadow in zip(self.names, self.params, self.ema.shadow_params)}
+        return tensors, optim["param_groups"]
 
     def save(self, folder: Path) -> list[dict]:
         """Write this process's shards into `folder` -> the optimizer's param groups (for the JSON state)."""
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint import HuggingFaceStorageWriter
 
-        flat, optim = self._tensors()
-        dcp.save(flat, storage_writer=HuggingFaceStorageWriter(str(folder), save_distributed=True))
-        return optim["param_groups"]
+        tensors, param_groups = self._tensors()
+        dcp.save(tensors, storage_writer=HuggingFaceStorageWriter(str(folder), save_distributed=True))
+        return param_groups
 
     def load(self, folder: Path, param_groups: list[dict]) -> None:
         """Read the shards in `folder` (of any process count) into the weights, moments and EMA."""
@@ -116,20 +114,17 @@ class ShardedState:
         from torch.distributed.checkpoint import HuggingFaceStorageReader
         from torch.distributed.checkpoint.state_dict import set_state_dict
 
-        flat, optim = self._tensors()
+        tensors, _ = self._tensors()
         try:
-            dcp.load(flat, storage_reader=HuggingFaceStorageReader(str(folder)))
+            dcp.load(tensors, storage_reader=HuggingFaceStorageReader(str(folder)))
         except Exception as exc:  # DCP reports each process's failure as a traceback in one CheckpointException
             reason = [line for line in str(exc).splitlines() if line.strip()][-1][:300]  # e.g. "ValueError: Size ..."
             raise DigsegError(f"cannot read sharded checkpoint {folder}: {reason}") from exc
-        model = {key.removeprefix("model."): value for key, value in flat.items() if key.startswith("model.")}
-        state = {name: {key: flat[f"optim.{name}.{key}"] for key in entries}
-                 for name, entries in optim["state"].items()}
-        set_state_dict(self.container, self.optimizer, model_state_dict=model,
-                       optim_state_dict={"state": state, "param_groups": param_groups})
+        set_state_dict(self.container, self.optimizer, model_state_dict=tensors["model"],
+                       optim_state_dict={"state": tensors["optim"], "param_groups": param_groups})
         if self.ema is not None:
             for name, shadow in zip(self.names, self.ema.shadow_params):
-                shadow.copy_(flat[f"ema.{name}"].to_local())
+                shadow.copy_(tensors["ema"][name].to_local())
 
     def whole_modules(self) -> dict[str, nn.Module]:
         """Unsharded copies of the trained modules (EMA weights if on) on every process; frees the moments."""

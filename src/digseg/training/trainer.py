@@ -229,14 +229,13 @@ class Trainer:
         if not all_finite(self.params + ema + moments, acc):
             self.guard.stop(f"the weights after step {self.step} are not finite", self.step)
         root = self.output_dir / "checkpoints"
-        staged = None
+        staged = staging_folder(root, self.step, best) if self.sharded else None
         if self.sharded:
-            staged = staging_folder(root, self.step, best)
             if acc.is_main_process:
                 begin_staging(staged)
             acc.wait_for_everyone()  # the folder exists (and older leftovers are gone) before anyone writes
-            param_groups = self.shards.save(staged / SHARDS)  # every process writes its own file
-            weights, optimizer_state = {}, {"state": {}, "param_groups": param_groups}
+            # every process writes its own file
+            weights, optimizer_state = {}, {"state": {}, "param_groups": self.shards.save(staged / SHARDS)}
         else:
             unet = acc.get_state_dict(self.unet)
             if self.unet_keys is not None:  # LoRA: the LoRA matrices and conv_in, not the frozen backbone
@@ -244,7 +243,7 @@ class Trainer:
             weights = {"unet": unet, "text_pathway": acc.get_state_dict(self.text_pathway)}
             if ema:
                 weights["ema"] = {f"{i:06d}": p for i, p in enumerate(ema)}
-            optimizer_state = None
+            optimizer_state = self.optimizer.state_dict()
         if not acc.is_main_process:
             acc.wait_for_everyone()
             return None
@@ -261,8 +260,8 @@ class Trainer:
             "skips": self.guard.state_dict(),
         }
         # one more kept until the newest proves healthy (divergence.py): the error of a diverging run names it
-        path = save_checkpoint(root, self.step, weights, optimizer_state or self.optimizer.state_dict(), extra,
-                               self.run.keep_checkpoints + 1, staged, self.best if best else None)
+        path = save_checkpoint(root, self.step, weights, optimizer_state, extra, self.run.keep_checkpoints + 1, staged,
+                               self.best if best else None)
         if not best:
             self.guard.prune_pending = True
         acc.wait_for_everyone()  # nobody runs ahead (or is killed) before the checkpoint exists
