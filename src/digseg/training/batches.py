@@ -185,13 +185,12 @@ class LatentBatcher:
         gens = per_sample(gen, len(indices))
         if not self.fixed_samples:
             return self._encode_batch(read.images, read.labels, gens)
-        given = {} if read is None or read.images is None else {
+        samples = {} if read is None or read.images is None else {
             i: {"image": read.images[j], "label": read.labels[j]} for j, i in enumerate(indices)}
-        samples: dict[int, dict] = {}
 
         def sample(i: int) -> dict:  # read at most once per batch: from the loader's batch, else the dataset
             if i not in samples:
-                samples[i] = given.get(i) or self._load(i)
+                samples[i] = self._load(i)
             return samples[i]
 
         for i in indices:

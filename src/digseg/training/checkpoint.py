@@ -1,15 +1,13 @@
 """Training checkpoints: safetensors for every tensor, JSON for the rest, written atomically; nothing is unpickled.
 
-`<output_dir>/checkpoints/step-00000100/`: unet, text_pathway, optimizer (`optimizer_to_flat`) and ema .safetensors
-(a sharded run: `shards/` instead, one file per process, sharding.py) and trainer_state.json (step, param groups, LR
-schedule, what a resume is checked against). `checkpoints/best/` (validation.py) holds the best validated step the
-same way, plus best.json; it is never pruned. Each is written into a `.tmp-*` folder, fsync'ed and renamed into
-place; a failed write removes its folder and raises a one-line `DigsegError`.
+`checkpoints/step-00000100/`: unet, text_pathway, optimizer (`optimizer_to_flat`) and ema .safetensors (a sharded
+run: `shards/`, one file per process) and trainer_state.json; `checkpoints/best/` (validation.py) the same plus
+best.json, never pruned. Each is written into a `.tmp-*` folder, fsync'ed and renamed into place; a failed write
+removes its folder and raises a one-line `DigsegError`.
 
 Fault injection (`kill_point`): `DIGSEG_KILL_AT=<point>` SIGKILLs the process at that point (e.g. `step-3`,
 `checkpoint-3:weights`, `checkpoint-3:before-rename`, `best-3:weights`, `delete-step-00000002`, `validation-3`);
-`DIGSEG_FAIL_AT=<point>` raises the OSError of a full disk there (`<point>=EACCES`: that errno).
-"""
+`DIGSEG_FAIL_AT=<point>` raises the OSError of a full disk there (`<point>=EACCES`: that errno)."""
 
 from __future__ import annotations
 

@@ -86,12 +86,11 @@ class DataConfig:
 
     def validate(self) -> None:
         split_options(self.dataset, self.val_fraction, self.split_file)
-        self.hf_options()
+        hf_options(self.dataset, self.hf)
         _one_of("data.bad_samples", self.bad_samples, BAD_SAMPLES)
         _one_of("data.task", self.task, TASKS)
-        if self.num_workers < 0 or self.prefetch_factor < 1 or self.cache_max_mib < 0:
-            raise ConfigError(f"data.num_workers and data.cache_max_mib must be >= 0 and prefetch_factor >= 1, got "
-                              f"{self.num_workers}, {self.cache_max_mib}, {self.prefetch_factor}")
+        _at_least(0, "data", self, ("num_workers", "cache_max_mib"))
+        _at_least(1, "data", self, ("prefetch_factor",))
         if not 0.0 <= self.negative_prob <= 1.0:
             raise ConfigError(f"data.negative_prob must be in [0, 1], got {self.negative_prob}")
         if not isinstance(self.augmentation, (bool, dict)):
@@ -100,10 +99,6 @@ class DataConfig:
         if self.augments and (self.cache_latents or self.latent_cache):
             raise ConfigError("latent caches (data.cache_latents, data.latent_cache) need fixed samples: "
                               "turn augmentation off (data.augmentation: false) to use them")
-
-    def hf_options(self):
-        """How an hf: dataset is read (`HFOptions`); None for another dataset."""
-        return hf_options(self.dataset, self.hf)
 
     @property
     def augments(self) -> bool:

@@ -166,8 +166,8 @@ def plan_resume(config: TrainConfig, resume: str | None, allow: bool = False,
     changes = config_changes(state["config"], config.to_dict(), step, state.get("launch"), launch)
     changes += filter(None, [samples_change(state.get("samples"), samples, Path(config.run.output_dir))])
     check_changes(changes, allow, path)
-    history = list(state.get("config_changes") or [])
+    plan = ResumePlan(path, step, changes, list(state.get("config_changes") or []))
     if changes:  # config.yaml's `config_changes` (and log.jsonl's note): the new values apply from `step` on
-        history.append({"step": step, "trajectory": "changed" if any(not c.safe for c in changes) else "kept",
-                        "fields": {c.field: [c.old, c.new] for c in changes}})
-    return ResumePlan(path, step, changes, history)
+        plan.history.append({"step": step, "trajectory": "changed" if plan.trajectory_changed else "kept",
+                             "fields": {c.field: [c.old, c.new] for c in changes}})
+    return plan

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from ..data.augment import Augmentation, augmentation_for
 from ..data.check import DataCheck, check_dataset, keep_good
+from ..data.hf_options import hf_options
 from ..data.io import save_label_png, tensor_to_image
 from ..data.model_data import record_training_data
 from ..errors import ConfigError, DataError, DigsegError
@@ -59,7 +60,7 @@ def build_dataset(data: DataConfig, seed: int, split: str = "train") -> Dataset:
     crop = training_augmentation(data).crop_size
     return build(data.dataset, data.data_root, split=split, size=crop[0] if crop[0] == crop[1] else None,
                  num_scenes=data.num_scenes, seed=seed, val_fraction=data.val_fraction,
-                 train_split_file=data.split_file, hf=data.hf_options())
+                 train_split_file=data.split_file, hf=hf_options(data.dataset, data.hf))
 
 
 def class_names(data: DataConfig, dataset: Dataset) -> list[str]:

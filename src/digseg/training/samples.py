@@ -42,12 +42,6 @@ class TrainingSamples(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def sample(self, index: int, micro_step: int, slot: int) -> dict:
-        image, label = self.dataset.load_pair(index)  # DataError naming the file when unreadable
-        gen = augmentation_generator(self.seed, micro_step, slot)
-        pixels, label = apply_augmentation(image, label, self.augmentation, gen, self.ignore_index)
-        return {"image": pixels, "label": label}
-
     def __getitem__(self, request: Request) -> dict:
         if not self.read:
             return {"request": request}
@@ -56,7 +50,10 @@ class TrainingSamples(Dataset):
         for offset in range(len(self) if self.skip_bad else 1):
             i = (index + offset) % len(self)
             try:
-                return {"request": (i, micro_step, slot), **self.sample(i, micro_step, slot), "skipped": skipped}
+                image, label = self.dataset.load_pair(i)  # DataError naming the file when unreadable
+                gen = augmentation_generator(self.seed, micro_step, slot)
+                image, label = apply_augmentation(image, label, self.augmentation, gen, self.ignore_index)
+                return {"request": (i, micro_step, slot), "image": image, "label": label, "skipped": skipped}
             except (DigsegError, OSError, ValueError) as exc:  # DataError names the file; the others come from PIL
                 skipped.append(first_line(exc))
         return {"request": request, "error": skipped[0] if len(skipped) == 1 else
@@ -84,13 +81,11 @@ def collate_samples(items: list[dict]) -> SampleBatch:
     requests = [s["request"] for s in items]
     errors = [s["error"] for s in items if "error" in s]
     read = not errors and "image" in items[0]
-    return SampleBatch(
-        micro_step=requests[0][1], indices=[r[0] for r in requests], slots=[r[2] for r in requests],
-        images=torch.stack([s["image"] for s in items]) if read else None,
-        labels=torch.stack([s["label"] for s in items]) if read else None,
-        error=errors[0] if errors else None,
-        skipped=[problem for s in items for problem in s.get("skipped", ())],
-    )
+    return SampleBatch(requests[0][1], [r[0] for r in requests], [r[2] for r in requests],
+                       images=torch.stack([s["image"] for s in items]) if read else None,
+                       labels=torch.stack([s["label"] for s in items]) if read else None,
+                       error=errors[0] if errors else None,
+                       skipped=[problem for s in items for problem in s.get("skipped", ())])
 
 
 class MicroStepSampler(Sampler[list[Request]]):

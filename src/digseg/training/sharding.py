@@ -86,8 +86,7 @@ class ShardedState:
         assert len(self.names) == len(params), "params must be the modules' parameters, in order"
 
     def _tensors(self) -> tuple[dict[str, dict], list[dict]]:
-        """-> ({"model": {name: tensor}, "optim": {name: {key: tensor}}, "ema": {name: tensor}} (DCP stores them as
-        model.<name>, optim.<name>.<key>, ema.<name>), the optimizer's param groups)."""
+        """-> ({"model": {name: tensor}, "optim": {name: {key: tensor}}, "ema": {name: tensor}}, param groups)."""
         from torch.distributed.checkpoint.state_dict import get_state_dict
         from torch.distributed.tensor import DTensor
 
@@ -127,11 +126,9 @@ class ShardedState:
                 shadow.copy_(tensors["ema"][name].to_local())
 
     def whole_modules(self) -> dict[str, nn.Module]:
-        """Unsharded copies of the trained modules (EMA weights if on) on every process; frees the moments."""
+        """Unsharded copies of the trained modules on every process; frees the moments."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        if self.ema is not None:
-            self.ema.copy_to(local_shards(self.params))
         self.optimizer.state.clear()
         self.optimizer.zero_grad(set_to_none=True)
         options = StateDictOptions(full_state_dict=True)

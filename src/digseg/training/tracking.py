@@ -19,7 +19,7 @@ from PIL import Image
 
 from ..data.io import tensor_to_image
 from ..devices import peak_memory_mib
-from ..errors import ConfigError, DigsegError, first_line
+from ..errors import ConfigError, first_line
 from ..pipelines.visualize import overlay, side_by_side
 from .validation import evaluation_weights
 
@@ -61,8 +61,6 @@ class TrainingLogger:
                 accelerator.init_trackers("digseg", config=_hparams(config),
                                           init_kwargs={"mlflow": {"run_name": output_dir.name},
                                                        "wandb": {"name": output_dir.name}})
-            except DigsegError:
-                raise
             except Exception as exc:  # a tracker's own setup (no login, an unreachable server...)
                 names = ", ".join(str(t) for t in accelerator.log_with)
                 raise ConfigError(f"cannot start the tracker(s) {names} of run.log_with: {first_line(exc)}") from exc

@@ -247,18 +247,13 @@ class Trainer:
         if not acc.is_main_process:
             acc.wait_for_everyone()
             return None
-        extra = {
-            "lr_scheduler": self.lr_scheduler.state_dict(),
-            "ema": {"optimization_step": self.ema.optimization_step} if self.ema else None,
-            "loss": self.last_loss,
-            "best": self.best,
-            "config": self.config.to_dict(),  # what a resume is checked against (resume_check.py)
-            "launch": launch_facts(self.optim, acc.num_processes),
-            "config_changes": self.config_changes,
-            "sharding": self.run.sharding,
-            "samples": samples_facts(self.data.check),
-            "skips": self.guard.state_dict(),
-        }
+        extra = {"lr_scheduler": self.lr_scheduler.state_dict(),
+                 "ema": {"optimization_step": self.ema.optimization_step} if self.ema else None,
+                 "loss": self.last_loss, "best": self.best,
+                 "config": self.config.to_dict(),  # what a resume is checked against (resume_check.py)
+                 "launch": launch_facts(self.optim, acc.num_processes), "config_changes": self.config_changes,
+                 "sharding": self.run.sharding, "samples": samples_facts(self.data.check),
+                 "skips": self.guard.state_dict()}
         # one more kept until the newest proves healthy (divergence.py): the error of a diverging run names it
         path = save_checkpoint(root, self.step, weights, optimizer_state, extra, self.run.keep_checkpoints + 1, staged,
                                self.best if best else None)
@@ -480,14 +475,12 @@ class Trainer:
 
     def finish(self) -> DiGSegPipeline:
         """Put the trained (EMA, if on) weights into the pipeline, in eval mode, and save it in the run folder."""
-        if self.sharded:  # every process gathers whole copies (with the EMA weights, if on)
-            whole = self.shards.whole_modules()
-            unet, pathway = whole["unet"], whole["text_pathway"]
+        if self.ema is not None:
+            self.ema.copy_to(self._ema_params())
+        if self.sharded:  # every process gathers whole copies
+            unet, pathway = self.shards.whole_modules().values()
         else:
-            unwrap = self.accelerator.unwrap_model
-            unet, pathway = unwrap(self.unet), unwrap(self.text_pathway)
-            if self.ema is not None:
-                self.ema.copy_to(self.params)  # the trainable parameters of unet and pathway
+            unet, pathway = map(self.accelerator.unwrap_model, (self.unet, self.text_pathway))
         unet.eval().requires_grad_(False)
         pathway.eval().requires_grad_(False)
         if not all_finite(list(unet.parameters()) + list(pathway.parameters())):  # the EMA's, if on
