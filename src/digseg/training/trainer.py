@@ -110,9 +110,8 @@ def make_optimizer(name: str, params: list[nn.Parameter], lr: float, weight_deca
     """`optim.optimizer`: "adamw", fused where torch has a kernel for the device (on CPU ~5x faster for the SD2
     U-Net, docs/benchmarks.md), or "adamw8bit", torchao's AdamW8bit (moments in 8 bits with a scale per block)."""
     if name == "adamw":
-        fused = params[0].device.type in ("cpu", "cuda", "xpu", "mps") and all(p.dtype.is_floating_point
-                                                                                 for p in params)
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+        fused = params[0].device.type in ("cpu", "cuda", "xpu", "mps") or None
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
     try:
         from torchao.optim import AdamW8bit
     except ImportError as exc:
