@@ -204,10 +204,9 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         for name in SECTIONS:
             section = getattr(self, name)
-            for f in dataclasses.fields(section):  # inf or nan in any number: a one-line error naming the field
-                value = getattr(section, f.name)
+            for key, value in vars(section).items():  # inf or nan in any number: a one-line error naming the field
                 if isinstance(value, float) and not math.isfinite(value):
-                    raise ConfigError(f"{name}.{f.name} must be a finite number, got {value}")
+                    raise ConfigError(f"{name}.{key} must be a finite number, got {value}")
             section.validate()
         sharded, lora = self.run.sharding == "fsdp", self.optim.finetune == "lora"
         if sharded and lora:
