@@ -150,11 +150,7 @@ DATASETS: dict[str, type[SegmentationDataset]] = {}
 def register_dataset(cls: type[SegmentationDataset]) -> type[SegmentationDataset]:
     if not cls.name or cls.name in DATASETS:
         raise ValueError(f"dataset name {cls.name!r} is empty or registered twice")
-    try:
-        cls.metric = MetricKind(cls.metric)
-    except ValueError:
-        raise ValueError(f"{cls.name}: metric must be one of {', '.join(k.value for k in MetricKind)}, "
-                         f"got {cls.metric!r}") from None
+    cls.metric = MetricKind(cls.metric)
     DATASETS[cls.name] = cls
     return cls
 
@@ -162,6 +158,11 @@ def register_dataset(cls: type[SegmentationDataset]) -> type[SegmentationDataset
 def pick_root(root: Path, *candidates: str) -> Path:
     """The first of `root/<candidate>` that is a folder, else `root` itself (root may already be that folder)."""
     return next((root / c for c in candidates if (root / c).is_dir()), root)
+
+
+def subfolders(folder: Path) -> list[Path]:
+    """The non-hidden folders in `folder` (none when it is no folder), sorted."""
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) if folder.is_dir() else []
 
 
 def require_dir(ds: SegmentationDataset, folder: Path, what: str) -> Path:
@@ -273,15 +274,10 @@ def make_lut(pairs: Mapping[int, int], default: int = 255) -> np.ndarray:
 def remap(ds: SegmentationDataset, raw: np.ndarray, lut: np.ndarray, path: Path, strict: bool = True) -> np.ndarray:
     """Stored values mapped through `lut` (a `make_lut` table) as one array operation. Values outside the table, or
     whose entry is -1, raise DataError naming `path` and the values when `strict`; otherwise they become 255."""
-    raw = np.asarray(raw)
-    if raw.dtype == np.uint8:  # every value is inside the table
-        out = lut[raw]
-        bad = out < 0
-    else:
-        values = raw.astype(np.int64, copy=False)
-        inside = (values >= 0) & (values < len(lut))
-        out = lut[np.where(inside, values, 0)]
-        bad = ~inside | (out < 0)
+    values = np.asarray(raw).astype(np.int64, copy=False)
+    inside = (values >= 0) & (values < len(lut))
+    out = lut[np.where(inside, values, 0)]
+    bad = ~inside | (out < 0)
     if not bad.any():
         return out
     if strict:

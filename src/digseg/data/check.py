@@ -141,11 +141,6 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def describe_bad(bad: list[BadSample]) -> str:
-    """One line per bad sample: "  <problem>"."""
-    return "\n".join(f"  {b.problem}" for b in bad)
-
-
 def keep_good(dataset, check: DataCheck | None, policy: str, where: str = ""):
     """`dataset` without its bad samples (policy "skip"), or itself when it has none; policy "error": every bad
     sample logged (one line each, on stderr), then a one-line DataError that counts them, names the first and says

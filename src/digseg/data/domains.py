@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 
 from ..errors import DataError
 from .base import (MetricKind, Sample, SegmentationDataset, StandardLayout, list_files, make_lut, pair_files,
-                   register_dataset, require_dir)
+                   register_dataset, require_dir, subfolders)
 from .io import load_image, load_label, read_class_list, read_list_file
 from .splits import (BY_HASH, BY_SPLIT_FILE, BY_SPLIT_FOLDERS, BY_SPLIT_LISTS, DEFAULT_VAL_FRACTION, FOLDER_DATASET,
                      is_held_out, split_options)
@@ -39,8 +39,7 @@ class Cityscapes(SegmentationDataset):
 
     def find_samples(self) -> list[Sample]:
         split = self.splits[self.split]
-        image_root = require_dir(self, self.root / "leftImg8bit" / split, "image")
-        cities = sorted(d for d in image_root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        cities = subfolders(require_dir(self, self.root / "leftImg8bit" / split, "image"))
         images = list_files(self, cities, ("_leftImg8bit.png",))
         labels = self.root / "gtFine" / split  # gtFine/<split>/<city>/, as leftImg8bit/
         return pair_files(self, images, lambda stem, image: [
@@ -156,7 +155,7 @@ class FolderPairs(SegmentationDataset):
                 raise DataError(f"{self.name}: split {self.split!r} has no split file {lists / f'{name}.txt'}; the "
                                 f"split files there are {', '.join(present)}")
             return self._listed_images(lists / f"{name}.txt"), f"listed in {lists / f'{name}.txt'}", BY_SPLIT_LISTS
-        folders = self._split_folders()
+        folders = [folder.name for folder in subfolders(self.root / "images")]
         if folders:
             if name not in folders:
                 raise DataError(f"{self.name}: split {self.split!r} has no folder {self.root / 'images' / name}; "
@@ -179,16 +178,10 @@ class FolderPairs(SegmentationDataset):
                             f"masks/{{train,val}}/ or a split file")
         return chosen, f"by file-name hash, val_fraction {self.val_fraction:g}", BY_HASH
 
-    def _split_folders(self) -> list[str]:
-        """The names of the folders in images/ (split folders), sorted; [] for a flat folder."""
-        images = self.root / "images"
-        folders = images.iterdir() if images.is_dir() else []
-        return sorted(p.name for p in folders if p.is_dir() and not p.name.startswith("."))
-
     def _listed_images(self, split_file: Path) -> dict[str, Path]:
         """The images a split file names, in its order, looked up among images/* and the split folders."""
         stems = dict.fromkeys(read_list_file(split_file, "split", DataError))
-        images = list_files(self, [self.root / "images", *(self.root / "images" / n for n in self._split_folders())])
+        images = list_files(self, [self.root / "images", *subfolders(self.root / "images")])
         missing = [stem for stem in stems if stem not in images]
         if missing:
             more = f" ({len(missing) - 1} more listed stems have none)" if len(missing) > 1 else ""

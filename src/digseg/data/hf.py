@@ -167,8 +167,6 @@ class HFSegmentation(SegmentationDataset):
         value = self._row[1][column]
         if value is None or (isinstance(value, dict) and not (value.get("bytes") or value.get("path"))):
             raise DataError(f"{name} is empty")
-        if isinstance(value, Image.Image):
-            return value, name
         if isinstance(value, dict):  # the Image feature's storage: file bytes, or a path when not embedded
             try:
                 value = value.get("bytes") or Path(value["path"]).read_bytes()

@@ -51,9 +51,8 @@ def build_dataset(name: str, root: str | None = None, split: str = "train", size
                   train_split_file: str | None = None) -> Dataset:
     """The dataset `name` (its `split`, items squashed to `size`): synthetic scenes, or `read_dataset`'s."""
     if name == "synthetic":
-        split_options(name, val_fraction, split_file, train_split_file)  # ConfigError: no folder splits
-        if hf is not None:
-            raise ConfigError(f"hf options apply to {HF_PREFIX} datasets; synthetic scenes have their own")
+        if any(option is not None for option in (val_fraction, split_file, train_split_file, hf)):
+            raise ConfigError("synthetic scenes have their own splits: split and hf options do not apply to them")
         from .synthetic import SyntheticScenes
 
         return SyntheticScenes(num_scenes, size=size or 64, seed=seed if split == "train" else seed + 1)

@@ -94,7 +94,7 @@ class Scores:
                      **{key: result[key] for key in ("mIoU", "aAcc", "mAcc", "mDice", "per_class")},
                      "present_only": present_only}
         if kind is MetricKind.ROAD:
-            out.update(binary_scores(confusion, positive=1))
+            out.update(binary_scores(confusion))
         if kind is MetricKind.MEDICAL:
             out["per_target"] = {name: {m: 100 * float(np.mean([v[j] for v in scores]))
                                         for j, m in enumerate(("Dice", "IoU"))} for name, scores in per_image.items()}

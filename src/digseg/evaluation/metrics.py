@@ -3,7 +3,6 @@ means), road scores of one class (`binary_scores`), medical per-image Dice and I
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -89,17 +88,12 @@ class SegmentationMetric:
                 "per_class": dict(zip(self.class_names, iou)), "per_class_acc": dict(zip(self.class_names, acc))}
 
 
-def binary_scores(confusion: torch.Tensor | np.ndarray | SegmentationMetric, positive: int = 1) -> dict[str, float]:
-    """IoU, precision, recall, F1 (percent; 0 / 0 is NaN) of class ``positive`` from a ``[K, K]`` confusion matrix;
-    a `SegmentationMetric`'s out-of-range predictions count as missed positives."""
-    missed = 0
-    if isinstance(confusion, SegmentationMetric):
-        missed = int(confusion.invalid_pred[positive])
-        confusion = confusion.confusion
-    cm = torch.as_tensor(confusion)
-    tp = int(cm[positive, positive])
-    fp = int(cm[:, positive].sum()) - tp
-    fn = int(cm[positive, :].sum()) - tp + missed
+def binary_scores(metric: SegmentationMetric) -> dict[str, float]:
+    """IoU, precision, recall, F1 (percent; 0 / 0 is NaN) of class 1; out-of-range predictions count as missed."""
+    cm = metric.confusion
+    tp = int(cm[1, 1])
+    fp = int(cm[:, 1].sum()) - tp
+    fn = int(cm[1, :].sum()) - tp + int(metric.invalid_pred[1])
 
     def ratio(n: int, d: int) -> float:
         return 100.0 * n / d if d > 0 else float("nan")
@@ -108,34 +102,18 @@ def binary_scores(confusion: torch.Tensor | np.ndarray | SegmentationMetric, pos
             "F1": ratio(2 * tp, 2 * tp + fp + fn)}
 
 
-def per_image_dice_iou(pred: ArrayLike, label: ArrayLike, positive: int = 1,
-                       ignore_index: int = 255) -> tuple[float, float]:
-    """Foreground Dice and IoU of one image, fractions in [0, 1], from integer maps of one shape (e.g. ``[H, W]``);
-    pixels with ``label == ignore_index`` are dropped; empty prediction and empty ground truth give (1.0, 1.0)."""
-    if tuple(pred.shape) != tuple(label.shape):
-        raise ValueError(f"pred shape {tuple(pred.shape)} != label shape {tuple(label.shape)}")
-    p, lab = _as_long(pred), _as_long(label)
-    keep = lab != ignore_index
-    p_pos, l_pos = p[keep] == positive, lab[keep] == positive
-    inter = int((p_pos & l_pos).sum())
-    sp, sl = int(p_pos.sum()), int(l_pos.sum())
+def per_image_dice_iou(pred: ArrayLike, label: ArrayLike) -> tuple[float, float]:
+    """Dice and IoU of one image's foreground masks (bool, one shape, ignored pixels False in both), fractions in
+    [0, 1]; empty prediction and empty ground truth give (1.0, 1.0)."""
+    inter, sp, sl = int((pred & label).sum()), int(pred.sum()), int(label.sum())
     union = sp + sl - inter
-    if union == 0:
-        return 1.0, 1.0
-    return 2.0 * inter / (sp + sl), inter / union
-
-
-def _fmt(v: Any, digits: int) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return "nan" if math.isnan(v) else f"{v:.{digits}f}"
-    return str(v)
+    return (1.0, 1.0) if union == 0 else (2.0 * inter / (sp + sl), inter / union)
 
 
 def format_markdown_table(rows: list[dict], columns: Sequence[str], digits: int = 2) -> str:
     """Markdown table of ``rows`` restricted to ``columns``; floats to ``digits`` places, None -> '-'."""
-    cells = [[_fmt(r.get(c), digits) for c in columns] for r in rows]
+    cells = [["-" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+              for v in (r.get(c) for c in columns)] for r in rows]
     widths = [max([len(str(c))] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     head = "| " + " | ".join(str(c).ljust(w) for c, w in zip(columns, widths)) + " |"
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
