@@ -150,7 +150,11 @@ DATASETS: dict[str, type[SegmentationDataset]] = {}
 def register_dataset(cls: type[SegmentationDataset]) -> type[SegmentationDataset]:
     if not cls.name or cls.name in DATASETS:
         raise ValueError(f"dataset name {cls.name!r} is empty or registered twice")
-    cls.metric = MetricKind(cls.metric)
+    try:
+        cls.metric = MetricKind(cls.metric)
+    except ValueError:
+        raise ValueError(f"{cls.name}: metric must be one of {', '.join(k.value for k in MetricKind)}, "
+                         f"got {cls.metric!r}") from None
     DATASETS[cls.name] = cls
     return cls
 

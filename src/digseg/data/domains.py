@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 
 from ..errors import DataError
 from .base import (MetricKind, Sample, SegmentationDataset, StandardLayout, list_files, make_lut, pair_files,
-                   register_dataset, require_dir, subfolders)
+                   pick_root, register_dataset, require_dir, subfolders)
 from .io import load_image, load_label, read_class_list, read_list_file
 from .splits import (BY_HASH, BY_SPLIT_FILE, BY_SPLIT_FOLDERS, BY_SPLIT_LISTS, DEFAULT_VAL_FRACTION, FOLDER_DATASET,
                      is_held_out, split_options)
@@ -207,10 +207,8 @@ class MoNuSeg(SegmentationDataset):
 
     def find_samples(self) -> list[Sample]:
         folder = require_dir(self, self.root / self.splits[self.split], "split")
-        tissue, notes = folder / "Tissue Images", folder / "Annotations"
-        images = list_files(self, tissue if tissue.is_dir() else folder, (".tif", ".tiff"))
-        label_dirs = [notes, folder] if notes.is_dir() else [folder]
-        return pair_files(self, images, lambda stem, _: [d / f"{stem}.xml" for d in label_dirs])
+        images = list_files(self, pick_root(folder, "Tissue Images"), (".tif", ".tiff"))
+        return pair_files(self, images, lambda stem, _: [d / f"{stem}.xml" for d in (folder / "Annotations", folder)])
 
     def read_raw_label(self, sample: Sample) -> np.ndarray:
         """1 inside (and on the outline of) any Region/Vertices/Vertex polygon of the Aperio XML, 0 elsewhere;

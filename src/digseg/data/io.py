@@ -86,11 +86,11 @@ def image_to_rgb(img: Image.Image, name: str) -> Image.Image:
         raise DataError(f"cannot read {name}: cannot convert mode {img.mode} to RGB ({exc})") from exc
 
 
-def load_label(path: PathLike, first_channel: bool = False) -> np.ndarray:
-    """A label map as an integer array [H, W], values as stored (a palette PNG's indices, not colours). An RGB(A) label
-    whose colour channels are equal gives its first channel, and so does any with `first_channel` (a mask whose
+def load_label(path: PathLike, first_channel: bool = False, what: str = "label") -> np.ndarray:
+    """A label map (`what` it is, in errors) as an integer array [H, W], values as stored (a palette's indices). An
+    RGB(A) label whose channels are equal gives its first channel, and so does any with `first_channel` (a mask whose
     channels differ by JPEG noise or resizing); float labels only if every value is an integer."""
-    return label_to_array(_open(path, "label"), f"label {Path(path)}", first_channel)
+    return label_to_array(_open(path, what), f"{what} {Path(path)}", first_channel)
 
 
 def label_to_array(img: Image.Image, name: str, first_channel: bool = False) -> np.ndarray:

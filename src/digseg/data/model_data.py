@@ -85,14 +85,6 @@ class TrainingDataRecord:
                  "hf": self.hf}
         return {key: value for key, value in flags.items() if value is not None}
 
-    def describe(self) -> str:
-        """The training split in words, e.g. "folder data at /data/mine, by file-name hash, val_fraction 0.1"."""
-        where = self.dataset + (f" data at {self.data_root}" if self.data_root else "")
-        how = {BY_HASH: f"by file-name hash, val_fraction {self.val_fraction or 0:g}",
-               BY_SPLIT_FILE: f"listed in {self.split_file}", BY_SPLIT_LISTS: "listed in splits/train.txt",
-               BY_SPLIT_FOLDERS: "in images/train/"}.get(self.split_rule or "", f"split {self.hf_split or 'train'}")
-        return f"{where}, {how}"
-
     def describe_val(self) -> str:
         """The validation split in words: what `digseg eval` scores by default on the model's data."""
         rules = {BY_HASH: f"the images held out by file-name hash at val_fraction {self.val_fraction or 0:g}",
@@ -136,8 +128,12 @@ class TrainingDataRecord:
             count = sum(str(sample.image) in seen for sample in dataset.samples)
         if not count:
             return None
+        where = self.dataset + (f" data at {self.data_root}" if self.data_root else "")
+        how = {BY_HASH: f"by file-name hash, val_fraction {self.val_fraction or 0:g}",
+               BY_SPLIT_FILE: f"listed in {self.split_file}", BY_SPLIT_LISTS: "listed in splits/train.txt",
+               BY_SPLIT_FOLDERS: "in images/train/"}.get(self.split_rule or "", f"split {self.hf_split or 'train'}")
         return (f"warning: {count} of the {len(dataset)} images scored were in the model's training split "
-                f"({self.describe()}); their scores overstate accuracy on unseen images (leave out --val-fraction "
+                f"({where}, {how}); their scores overstate accuracy on unseen images (leave out --val-fraction "
                 f"and --split-file to score the model's validation split: {self.describe_val()})")
 
 

@@ -17,7 +17,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..data.base import MetricKind, Sample, SegmentationDataset
-from ..data.io import save_label_png
+from ..data.io import load_label, save_label_png
 from ..distributed import gather_objects, is_main_process, shard, sum_tensor, wait_for_everyone
 from ..errors import DataError, DigsegError
 from ..outputs import DiGSegOutput
@@ -39,13 +39,7 @@ SUMMARY_COLUMNS: dict[MetricKind, tuple[str, ...]] = {
 
 
 def _read_prediction(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    if not path.is_file():
-        raise DataError(f"no prediction {path}")
-    try:
-        with Image.open(path) as im:
-            pred = np.asarray(im).astype(np.int64)
-    except OSError as exc:
-        raise DataError(f"cannot read prediction {path}: {exc}") from exc
+    pred = load_label(path, what="prediction").astype(np.int64)
     if pred.shape != shape:
         raise DataError(f"prediction {path} is {pred.shape[1]}x{pred.shape[0]} but its label is {shape[1]}x{shape[0]}")
     return pred
