@@ -1,8 +1,6 @@
-"""Base class of the readers of datasets in their official layouts (`@register_dataset`), the registry by name, and
-the readers' helpers: listing and pairing files (DataError naming the dataset and paths at fault), `StandardLayout`
-and label lookup tables. A reader sets `name`, `metric`, `class_names`, `splits` and implements `find_samples` (or
-is a `StandardLayout`), and `label_lut` when stored values are not contiguous class ids.
-"""
+"""Base class of the dataset readers (`@register_dataset`, `DATASETS` by name) and their helpers: listing and pairing
+files (DataError naming the dataset and paths), `StandardLayout` and label lookup tables. A reader sets `name`,
+`metric`, `class_names`, `splits`, implements `find_samples` (or is a `StandardLayout`) and may set `label_lut`."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
-"""Checking a dataset read from storage before it is used: every sample read as training reads it (`load_pair`), in
-DataLoader workers, every problem collected (`scan_dataset`); `keep_good` then refuses the dataset or drops the bad
-samples. `check_dataset` keeps the result under `scan_key`, so a resume of an unchanged dataset is not scanned again.
-"""
+"""Checking a dataset read from storage before use: every sample read as training reads it (`load_pair`), in DataLoader
+workers (`scan_dataset`); `keep_good` refuses the dataset or drops the bad samples. `check_dataset` keeps the result
+under `scan_key`, so a resume of an unchanged dataset is not scanned again."""
 
 from __future__ import annotations
 

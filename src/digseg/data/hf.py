@@ -1,7 +1,6 @@
-"""Datasets of the Hugging Face `datasets` library as digseg datasets: `--dataset hf:NAME_OR_PATH` (docs/data.md
-states the rules). Tables are read map-style (memory-mapped, shared with DataLoader workers); cells are decoded by
-`digseg.data.io`'s rules, as the `folder` reader decodes files, and errors name the dataset, split, row and column.
-"""
+"""`--dataset hf:NAME_OR_PATH`: datasets of the Hugging Face `datasets` library (docs/data.md), read map-style
+(memory-mapped, shared with DataLoader workers); cells are decoded by `digseg.data.io`'s rules, as the `folder`
+reader decodes files, and errors name the dataset, split, row and column."""
 
 from __future__ import annotations
 

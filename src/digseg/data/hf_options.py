@@ -1,7 +1,5 @@
-"""The options of `--dataset hf:NAME_OR_PATH` (`HFOptions`: columns, splits, class names, label conventions), given
-as the training config's `data.hf` mapping and as `--hf KEY=VALUE` on the command line. Imports neither torch nor
-`datasets`: the command line and the training config read it.
-"""
+"""The options of `--dataset hf:NAME_OR_PATH` (`HFOptions`), given as the training config's `data.hf` mapping or as
+`--hf KEY=VALUE`. Imports neither torch nor `datasets`: the command line and the training config read it."""
 
 from __future__ import annotations
 

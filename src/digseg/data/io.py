@@ -1,6 +1,5 @@
-"""Reading images and label maps, with one-line `DataError`s that name the file (or a table's cell) at fault.
-Dataset readers keep an image's stored pixels (`exif_transpose=False`), which label maps are aligned with.
-"""
+"""Reading images and label maps, with one-line `DataError`s naming the file (or a table's cell) at fault. Dataset
+readers keep an image's stored pixels (`exif_transpose=False`), which label maps are aligned with."""
 
 from __future__ import annotations
 

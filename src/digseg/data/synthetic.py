@@ -1,7 +1,6 @@
 """Built-in synthetic, text-prompted scenes: circles, squares and triangles on textured backgrounds; scene `i` of
-`SyntheticScenes(seed=s)` depends only on `(s, i)`. Each kind of shape has its own family of colours: with colour
-drawn independently of kind, a tiny model trained for a few CPU minutes could not tell the kinds apart.
-"""
+`SyntheticScenes(seed=s)` depends only on `(s, i)`. Each kind of shape has its own colours: a tiny model trained for
+a few CPU minutes could not tell the kinds apart by shape alone."""
 
 from __future__ import annotations
 
@@ -154,9 +153,8 @@ class SyntheticScenes(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         i = range(self.num_scenes)[int(i)]
-        image, label = self.scene(i)
-        return {"image": image_to_tensor(image), "label": torch.from_numpy(label.astype(np.int64)),
-                "stem": f"scene_{i:05d}"}
+        image, label = self.load_pair(i)
+        return {"image": image_to_tensor(image), "label": torch.from_numpy(label), "stem": f"scene_{i:05d}"}
 
 
 def save_scenes_as_folder(scenes: SyntheticScenes, root: str | os.PathLike[str]) -> Path:
@@ -179,11 +177,11 @@ class ItemsView(SegmentationDataset):
 
     name = "synthetic"
 
-    def __init__(self, dataset: Dataset, limit: int | None = None) -> None:  # noqa: D107  (no files: no root)
+    def __init__(self, dataset: Dataset, limit: int) -> None:  # noqa: D107  (no files: no root)
         self.items, self.root, self.split, self.size = dataset, None, "val", None
-        self.class_names = list(getattr(dataset, "class_names"))
-        count = len(dataset) if limit is None else min(limit, len(dataset))  # type: ignore[arg-type]
-        self.samples = [Sample(f"item_{i:05d}", f"item {i}", f"item {i}", row=i) for i in range(count)]
+        self.class_names = list(dataset.class_names)
+        self.samples = [Sample(f"item_{i:05d}", f"item {i}", f"item {i}", row=i)
+                        for i in range(min(limit, len(dataset)))]  # type: ignore[arg-type]
 
     def read_image(self, sample: Sample) -> Image.Image:
         return Image.fromarray(tensor_to_image(self.items[sample.row]["image"]))

@@ -1,8 +1,6 @@
-"""`digseg eval`: run a model over a dataset split (writing `<predictions>/<stem>.png`, class ids, "none" = 255, or
-65535 in 16-bit PNGs above 255 classes) and score label PNGs by the dataset's `metric`, kept apart. Memory is one
-K x K matrix whatever the dataset size; a sample that cannot be read is reported and skipped. With N processes each
-predicts and scores every N-th sample and the results are merged in sample order: the metrics equal one process's.
-"""
+"""`digseg eval`: run a model over a dataset split (writing `<predictions>/<stem>.png`: class ids, "none" = 255, or
+65535 in 16-bit PNGs above 255 classes) and score label PNGs by the dataset's `metric`, in one K x K matrix; an
+unreadable sample is reported and skipped. N processes each take every N-th sample, merged as one process's."""
 
 from __future__ import annotations
 
