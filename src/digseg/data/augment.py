@@ -84,8 +84,7 @@ class Augmentation:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | bool | None,
                   base: "Augmentation | None" = None) -> "Augmentation":
-        """`base` (default: `Augmentation()`) with the keys of `values` overriding it; False turns augmentation off,
-        True or None keeps `base`."""
+        """`base` (default `Augmentation()`) with `values` overriding it; False: off, True or None: `base`."""
         base = base if base is not None else cls()
         if values is None or values is True:
             return base
@@ -161,9 +160,8 @@ def photometric_distortion(image: Image.Image, u: np.ndarray) -> Image.Image:
 
 def apply_augmentation(image: Image.Image, label: np.ndarray, aug: Augmentation, gen: torch.Generator,
                        ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One training sample: RGB image + int label [H, W] -> (float32 [3, h, w] in [-1, 1], int64 [h, w]),
-    (h, w) == aug.crop_size, from a pair of one size (`load_pair` checks it). Draws exactly NUM_DRAWS values
-    from `gen` when enabled, none when disabled."""
+    """RGB image + int label [H, W] of one size -> (float32 [3, h, w] in [-1, 1], int64 [h, w]), (h, w) the crop
+    size. Draws exactly NUM_DRAWS values from `gen` when enabled, none when disabled."""
     label = np.asarray(label).astype(np.int64, copy=False)
     crop_h, crop_w = aug.crop_size
     if not aug.enabled:  # the plain squash to the crop, deterministic

@@ -200,8 +200,7 @@ def list_files(ds: SegmentationDataset, folders: Path | Sequence[Path], suffixes
 
 def pair_files(ds: SegmentationDataset, files: Mapping[str, Path], candidates: Callable[[str, Path], Sequence[Path]],
                by_label: bool = False) -> list[Sample]:
-    """One Sample per file of `files` ({stem: path}: images, or labels `by_label`); `candidates(stem, file)` lists
-    its partner's possible paths, best first. DataError for files whose candidates all do not exist."""
+    """A Sample per file of `files` ({stem: path}; labels `by_label`), paired with its first existing candidate."""
     what, partner = ("label", "image") if by_label else ("image", "label")
     listed: dict[Path, set[str]] = {}
 
@@ -226,10 +225,9 @@ def pair_files(ds: SegmentationDataset, files: Mapping[str, Path], candidates: C
 
 
 class StandardLayout(SegmentationDataset):
-    """Images `base/<image_dir>/<stem><suffix>` (a suffix of `image_suffixes`), each with the first existing label
-    `base/<label_dir>/<name>` of `label_names` (formatted with the stem); the labels ("{}<suffix>") choose the samples
-    when `labels_first`. `{split}` in the folders is the layout's split name; `base` is the first folder of
-    root/<inner_roots>, else root."""
+    """Images `base/<image_dir>/<stem><one of image_suffixes>`, each with the first existing `base/<label_dir>/<one of
+    label_names>` (the labels choose the samples when `labels_first`); `{split}` is the layout's split name, `base`
+    the first folder of root/<inner_roots>, else root."""
 
     inner_roots: tuple[str, ...] = ()
     image_dir, label_dir = "images/{split}", "annotations/{split}"
@@ -274,8 +272,7 @@ def make_lut(pairs: Mapping[int, int], default: int = 255) -> np.ndarray:
 
 
 def remap(ds: SegmentationDataset, raw: np.ndarray, lut: np.ndarray, path: Path, strict: bool = True) -> np.ndarray:
-    """Stored values mapped through `lut` (a `make_lut` table) as one array operation. Values outside the table, or
-    whose entry is -1, raise DataError naming `path` and the values when `strict`; otherwise they become 255."""
+    """`raw` through `lut` (`make_lut`); values outside it or mapped to -1: DataError when `strict`, else 255."""
     values = np.asarray(raw).astype(np.int64, copy=False)
     inside = (values >= 0) & (values < len(lut))
     out = lut[np.where(inside, values, 0)]

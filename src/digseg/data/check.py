@@ -67,8 +67,7 @@ def _file_facts(path) -> str:
 
 
 def scan_key(dataset) -> str:
-    """What a check of `dataset` depends on: its class count and ignore index, and each sample's files with their
-    sizes and modification times (a table: its fingerprint and row count)."""
+    """What a check depends on: class count, ignore index, each sample's files, sizes, times (a table: fingerprint)."""
     samples = stored_samples(dataset)
     h = hashlib.sha256(f"{type(dataset).__name__}|{len(getattr(dataset, 'class_names', []))}|"
                        f"{getattr(dataset, 'ignore_index', 255)}|{len(samples)}".encode())
@@ -97,8 +96,7 @@ def _read_each(dataset, indices: list[int]) -> list[tuple[int, str | None]]:
 
 def scan_dataset(dataset, num_workers: int = 0, show_progress: bool = True,
                  desc: str = "check data") -> DataCheck:
-    """Read every sample of a dataset read from storage (in `num_workers` DataLoader workers, at most one per core;
-    none below SMALL samples) -> DataCheck with every problem."""
+    """Every sample read (in up to `num_workers` DataLoader workers; none below SMALL samples) -> DataCheck."""
     from torch.utils.data import DataLoader  # here: the training config imports this module, and --help no torch
 
     names = [str(s.image) for s in dataset.samples]
@@ -115,8 +113,8 @@ def scan_dataset(dataset, num_workers: int = 0, show_progress: bool = True,
 
 def check_dataset(dataset, cache: Path | None = None, num_workers: int = 0,
                   show_progress: bool = True, desc: str = "check data") -> DataCheck | None:
-    """`scan_dataset`, or the check kept in `cache` (a JSON file) when it is of the same files; the new check is
-    kept there (written atomically). None for a dataset that is not read from storage."""
+    """`scan_dataset`, or the check kept in `cache` (JSON) when of the same files, else kept there; None for a dataset
+    not read from storage."""
     if stored_samples(dataset) is None:
         return None
     if cache is not None and cache.is_file():
@@ -140,18 +138,16 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def keep_good(dataset, check: DataCheck | None, policy: str, where: str = ""):
-    """`dataset` without its bad samples (policy "skip"), or itself when it has none; policy "error": every bad
-    sample logged (one line each, on stderr), then a one-line DataError that counts them, names the first and says
-    what to do (`policy` is one of BAD_SAMPLES, as the config and the command line check)."""
+def keep_good(dataset, check: DataCheck | None, policy: str, where: str):
+    """`dataset` without its bad samples (policy "skip"), or itself when it has none; policy "error": each bad sample
+    logged, then a one-line DataError that counts them, names the first and says what to do."""
     if check is None or not check.bad:
         return dataset
     if policy == "error":
         for bad in check.bad:
             logger.error("bad sample: %s", bad.problem)
-        where = f" ({where})" if where else ""
         raise DataError(f"{len(check.bad)} of {len(check.names)} samples of {getattr(dataset, 'name', 'the dataset')}"
-                        f"{where} cannot be used, each listed above (the first: {check.bad[0].problem}); fix or "
+                        f" ({where}) cannot be used, each listed above (the first: {check.bad[0].problem}); fix or "
                         "remove them, or train without them with --bad-samples skip (data.bad_samples: skip)")
     from .base import LazySamples  # here: importing this module imports no torch
 

@@ -95,10 +95,9 @@ class PhenoBench(StandardLayout):
 
 @register_dataset
 class FolderPairs(SegmentationDataset):
-    """A user's own data: root/images/<stem>.*, root/masks/<stem>.png (value = class id, 255 ignore) and
-    root/classes.txt (at most 255 classes), or the same per split in images/<split>/ and masks/<split>/, split by
-    the rules of `digseg.data.splits`. `split_rule` says which rule chose the images, in words, `split_by` by its
-    name in `SPLIT_RULES`. `class_names` is per instance."""
+    """A user's own data: root/images/<stem>.*, root/masks/<stem>.png (class ids, 255 ignore), root/classes.txt,
+    or images/<split>/ and masks/<split>/, split by `digseg.data.splits`' rules (`split_rule` in words, `split_by`
+    its name in `SPLIT_RULES`). `class_names` is per instance."""
 
     name = FOLDER_DATASET
     splits = {"train": "train", "val": "val", "test": "test"}
@@ -192,8 +191,7 @@ class FolderPairs(SegmentationDataset):
 
 @register_dataset
 class MoNuSeg(SegmentationDataset):
-    """H&E tissue tiles with Aperio XML nucleus outlines, rasterised to a nuclei mask on read. MoNuSeg has no
-    validation split: "val" reads the test data (as is usual for this dataset)."""
+    """H&E tissue tiles with Aperio XML nucleus outlines, rasterised on read; "val" reads the test data (no val)."""
 
     name = "monuseg"
     metric = MetricKind.MEDICAL
@@ -211,8 +209,7 @@ class MoNuSeg(SegmentationDataset):
         return pair_files(self, images, lambda stem, _: [d / f"{stem}.xml" for d in (folder / "Annotations", folder)])
 
     def read_raw_label(self, sample: Sample) -> np.ndarray:
-        """1 inside (and on the outline of) any Region/Vertices/Vertex polygon of the Aperio XML, 0 elsewhere;
-        DataError when the file is missing, not well-formed XML, or a vertex lacks a finite numeric X / Y."""
+        """1 inside (and on) any Region's Vertex polygon, 0 elsewhere; DataError for bad XML or vertices."""
         canvas, path = Image.new("L", load_image(sample.image).size, 0), sample.label
         try:
             root = ET.parse(path).getroot()

@@ -120,8 +120,7 @@ def class_names_of(source: str, label_feature, options: HFOptions) -> list[str]:
 
 
 class HFSegmentation(SegmentationDataset):
-    """One split of an hf: dataset; `name` is "hf:<source>", `split` digseg's split name (or the dataset's own),
-    `hf_split` the dataset's name for it. Samples are rows: stems are row numbers (000000, 000001, ...)."""
+    """One split of an hf: dataset (`hf_split`: the dataset's name for it); samples are rows, stems row numbers."""
 
     def __init__(self, source: str, split: str = "val", size: int | None = None,
                  options: HFOptions | None = None) -> None:  # noqa: D107  (no super().__init__: rows, not files)

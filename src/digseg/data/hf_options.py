@@ -43,9 +43,8 @@ FIELDS = tuple(f.name for f in dataclasses.fields(HFOptions))
 
 
 def hf_options(dataset: str, given: Mapping[str, Any] | None, where: str = "data.hf") -> HFOptions | None:
-    """The options of an hf: dataset from `given` ({HFOptions field: value}; `where` names them in errors, e.g.
-    "--hf"); None for another dataset. ConfigError for an unknown field, a value of the wrong type, or options
-    given with another dataset."""
+    """HFOptions from `given` ({field: value}; `where` names them in errors); None for another dataset. ConfigError
+    for an unknown field, a value of the wrong type, or options given with another dataset."""
     given = dict(given or {})
     if not is_hf_dataset(dataset):
         if given:
@@ -69,8 +68,7 @@ def hf_options(dataset: str, given: Mapping[str, Any] | None, where: str = "data
 
 
 def parse_hf_pairs(items: list[str] | None) -> dict[str, Any]:
-    """`--hf KEY=VALUE ...` -> {KEY: VALUE}, each value read as YAML (`reduce_zero_label=true`, `ignore_index=0`);
-    names stay text (`val_split=2017` is the split "2017"). Checked by `hf_options`."""
+    """`--hf KEY=VALUE ...` -> {KEY: VALUE}: YAML for `ignore_index` and `reduce_zero_label`, text for names."""
     given: dict[str, Any] = {}
     for item in items or []:
         key, eq, text = item.partition("=")

@@ -31,8 +31,7 @@ def _open(path: PathLike, what: str) -> Image.Image:
 
 
 def decode_image_bytes(data: bytes, name: str) -> Image.Image:
-    """The image encoded in `data` (an image file's bytes), fully decoded in its stored mode (so truncated files fail
-    here); DataError "cannot read <name>: <reason>" for bytes that are not a readable image."""
+    """An image file's bytes fully decoded in their stored mode (truncated files fail here), else DataError."""
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
@@ -93,8 +92,7 @@ def load_label(path: PathLike, first_channel: bool = False, what: str = "label")
 
 
 def label_to_array(img: Image.Image, name: str, first_channel: bool = False) -> np.ndarray:
-    """A decoded label image as an integer array [H, W] by `load_label`'s rules; DataError "<name> must be
-    single-channel ..." (or "<name> holds non-integer float values ...") otherwise."""
+    """A decoded label image as an integer array [H, W] by `load_label`'s rules, else DataError naming `name`."""
     mode = img.mode
     if mode in ("LA", "PA"):
         return np.array(np.asarray(img)[..., 0])  # alpha ignored
@@ -118,8 +116,7 @@ def label_to_array(img: Image.Image, name: str, first_channel: bool = False) -> 
 
 
 def read_list_file(path: str | os.PathLike[str], what: str, error: type[Exception] = DataError) -> list[str]:
-    """The entries of a UTF-8 text file, one per line, stripped; blank lines and lines starting with '#' skipped.
-    `error` (naming the file and `what` it should list) when it is missing, unreadable or lists nothing."""
+    """A UTF-8 file's stripped lines but blank and '#' ones; `error` when it is missing, unreadable or empty."""
     p = Path(path)
     try:
         lines = p.read_text(encoding="utf-8-sig").splitlines()
@@ -134,8 +131,7 @@ def read_list_file(path: str | os.PathLike[str], what: str, error: type[Exceptio
 
 
 def read_class_list(path: str | os.PathLike[str]) -> list[str]:
-    """Class names from a class file by `read_list_file`'s rule: a line's place among the kept lines is its class id
-    ("wall, walls" is one class with synonyms). DataError naming the file when it lists a name twice."""
+    """A class file's names (`read_list_file`; a line's place is its class id), DataError for a name listed twice."""
     names = read_list_file(path, "class", DataError)
     if len(set(names)) < len(names):
         twice = next(name for i, name in enumerate(names) if name in names[:i])

@@ -26,8 +26,7 @@ def _absolute(path: str | Path) -> str:
 
 @dataclass(frozen=True)
 class TrainingDataRecord:
-    """A model's record of its training data (a JSON object; a field is left out when it does not apply). Split
-    lists and split folders need no more than the rule: the data root's layout rebuilds them."""
+    """A model's record of its training data (JSON; fields that do not apply left out)."""
 
     dataset: str  # the name given to --dataset: "folder", a reader such as "cityscapes", "hf:NAME", "synthetic"
     data_root: str | None = None  # the data's root folder, absolute (datasets read from a folder)
@@ -45,8 +44,7 @@ class TrainingDataRecord:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> TrainingDataRecord | None:
-        """The record under `TRAINING_DATA_KEY` of a config (a pipeline's, model_index.json, a card's model facts);
-        None when there is none. Fields this version does not know are skipped."""
+        """The record under `TRAINING_DATA_KEY` of a config, unknown fields skipped; None when there is none."""
         value = config.get(TRAINING_DATA_KEY) if isinstance(config, Mapping) else None
         if not isinstance(value, Mapping) or not isinstance(value.get("dataset"), str):
             return None
@@ -58,8 +56,7 @@ class TrainingDataRecord:
         return dataset == self.dataset and (_absolute(data_root) if data_root else None) == self.data_root
 
     def split_options(self) -> dict[str, Any]:
-        """The folder reader's keyword arguments that rebuild the model's splits (any split: a training list
-        gives split train its images and leaves them out of the others); {} for other datasets."""
+        """The folder reader's keyword arguments that rebuild the model's splits; {} for other datasets."""
         if self.split_rule == BY_HASH and self.val_fraction is not None:
             return {"val_fraction": self.val_fraction}
         if self.split_rule == BY_SPLIT_FILE and self.split_file:
@@ -67,8 +64,8 @@ class TrainingDataRecord:
         return {}
 
     def default_reader(self, dataset: str, data_root: str | None, given: Mapping[str, Any]) -> dict[str, Any]:
-        """`digseg eval`'s reader options for `dataset` at `data_root` when it is the model's data and
-        `given` ({EVAL_SPLIT_FLAGS dest: value}) holds no value: the model's split rule. {} otherwise."""
+        """The model's split rule as reader options, for its own data when `given` ({EVAL_SPLIT_FLAGS dest: value})
+        sets none; {} otherwise."""
         if not self.same_data(dataset, data_root) or any(given.get(key) is not None for key in EVAL_SPLIT_FLAGS):
             return {}
         if is_hf_dataset(self.dataset):
@@ -76,8 +73,7 @@ class TrainingDataRecord:
         return self.split_options()
 
     def flag_defaults(self) -> dict[str, Any]:
-        """{argparse dest: value} of the flags `digseg train` / `train-mask-decoder` read the training split with
-        (--dataset, --data-root, --val-fraction, --split-file, --hf, --num-scenes)."""
+        """{argparse dest: value} of the data flags that read the training split."""
         split = self.split_options()
         flags = {"dataset": self.dataset, "data_root": self.data_root, "num_scenes": self.num_scenes,
                  "val_fraction": split.get("val_fraction"), "split_file": split.get("train_split_file"),
@@ -93,9 +89,8 @@ class TrainingDataRecord:
         return rules.get(self.split_rule or "", "the dataset's validation split" + (f" {named}" if named else ""))
 
     def eval_flags(self) -> list[str]:
-        """`digseg eval` arguments that read the model's validation split on any machine with the data at
-        `data_root`: --dataset, --data-root, --val-fraction, and an hf: dataset's --hf options (a training list
-        has no eval flag: `digseg eval` applies the model's own, as for every split option left out)."""
+        """`digseg eval` arguments that read the model's validation split (a training list needs none: eval applies
+        the model's own)."""
         flags = ["--dataset", self.dataset]
         if self.data_root:
             flags += ["--data-root", self.data_root]
@@ -107,8 +102,7 @@ class TrainingDataRecord:
         return flags
 
     def overlap_warning(self, dataset) -> str | None:
-        """A one-line warning when `dataset` (a reader's split, e.g. the one `digseg eval` scores) holds images of the
-        model's training split; None when it holds none or cannot tell (other data, a split that cannot be rebuilt)."""
+        """A one-line warning when `dataset` holds images of the model's training split; None if none or unknown."""
         name, root = getattr(dataset, "name", None), getattr(dataset, "root", None)
         if name != self.dataset or not hasattr(dataset, "samples"):
             return None
@@ -137,8 +131,7 @@ class TrainingDataRecord:
 
 
 def record_training_data(data, dataset) -> dict[str, Any] | None:
-    """The record (a dict, for the pipeline's config) of training on `dataset` (the training split a `DataConfig`
-    `data` built: its reader, or synthetic scenes); None for a dataset no name rebuilds."""
+    """The record (a dict) of training on `dataset`, built from `data`; None for a dataset no name rebuilds."""
     from .synthetic import SyntheticScenes
 
     if isinstance(dataset, SyntheticScenes):
@@ -160,8 +153,7 @@ def record_training_data(data, dataset) -> dict[str, Any] | None:
 
 
 def model_training_data(model: str | Path) -> TrainingDataRecord | None:
-    """The record in a local model folder's model_index.json, read before the model loads; None when the folder
-    has none (or is no local folder: a hub id)."""
+    """The record in a local model folder's model_index.json; None without one (or for a hub id)."""
     index = Path(model).expanduser() / "model_index.json"
     try:
         return TrainingDataRecord.from_config(json.loads(index.read_text(encoding="utf-8")))

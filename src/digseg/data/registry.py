@@ -26,9 +26,8 @@ def get_dataset_class(name: str):
 def read_dataset(name: str, root: str | None = None, split: str = "val", size: int | None = None,
                  val_fraction: float | None = None, split_file: str | None = None,
                  hf: HFOptions | None = None, train_split_file: str | None = None) -> SegmentationDataset:
-    """The split of a reader: "hf:..." or a registered name (root: its folder). `val_fraction`, `split_file` and
-    `train_split_file` (a training list) choose a folder dataset's splits, `hf` how an hf: dataset is read
-    (ConfigError for another dataset)."""
+    """The split of a reader: "hf:..." (read by `hf`) or a registered name (at `root`); `val_fraction`, `split_file`
+    and `train_split_file` (a training list) split the folder dataset."""
     options = split_options(name, val_fraction, split_file, train_split_file)
     if is_hf_dataset(name):
         if root:

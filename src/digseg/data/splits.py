@@ -27,9 +27,8 @@ def is_held_out(stem: str, val_fraction: float) -> bool:
 
 def split_options(dataset: str, val_fraction: float | None = None, split_file: str | Path | None = None,
                   train_split_file: str | Path | None = None) -> dict[str, Any]:
-    """The keyword arguments choosing a folder dataset's splits (those given), for its reader; {} when none is.
-    ConfigError for a fraction outside [0, 1], for a fraction with a split file or training list (which then
-    chooses val), for both files, or for any option with another dataset (its splits are fixed)."""
+    """The given options for the folder reader; ConfigError for a fraction outside [0, 1], a fraction with a file,
+    both files, or any option with another dataset."""
     options = {key: value for key, value in (("val_fraction", val_fraction), ("split_file", split_file),
                                              ("train_split_file", train_split_file)) if value is not None}
     if options and dataset != FOLDER_DATASET:

@@ -90,9 +90,8 @@ def _sample_kinds(rng: np.random.Generator) -> list[int]:
 
 
 def make_scene(rng: np.random.Generator, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """One scene: image uint8 [size, size, 3], label uint8 [size, size] with ids into `SYNTHETIC_CLASSES`.
-    Later shapes occlude earlier ones; placements that would hide more than half of an earlier shape are re-drawn
-    (a shape is dropped after 6 tries)."""
+    """Image uint8 [size, size, 3], label uint8 [size, size] (`SYNTHETIC_CLASSES` ids). A placement hiding over half
+    of an earlier shape is re-drawn (a shape is dropped after 6 tries)."""
     yy, xx, _ = _grid(size)
     img, base = _background(rng, size)
     label = np.zeros((size, size), dtype=np.uint8)
@@ -126,8 +125,7 @@ def make_scene(rng: np.random.Generator, size: int = 64) -> tuple[np.ndarray, np
 
 
 class SyntheticScenes(Dataset):
-    """`num_scenes` synthetic scenes, scene `i` from `(seed, i)` only; items are {"image": float32 [3, H, W] in
-    [-1, 1], "label": int64 [H, W], "stem": "scene_00042"}."""
+    """Scene `i` from `(seed, i)` only; items {"image": float32 [3, H, W] in [-1, 1], "label": int64 [H, W], "stem"}."""
 
     ignore_index: int = 255
 
@@ -158,8 +156,7 @@ class SyntheticScenes(Dataset):
 
 
 def save_scenes_as_folder(scenes: SyntheticScenes, root: str | os.PathLike[str]) -> Path:
-    """Write `scenes` as a `folder` dataset: `root/images/scene_<i>.png` (RGB), `root/masks/scene_<i>.png` (grey,
-    pixel = class id) and `root/classes.txt`. Returns `root` as a Path."""
+    """`scenes` written as a `folder` dataset (images/, masks/, classes.txt) at `root`, returned as a Path."""
     root = Path(root)
     for folder in ("images", "masks"):
         (root / folder).mkdir(parents=True, exist_ok=True)
@@ -172,8 +169,7 @@ def save_scenes_as_folder(scenes: SyntheticScenes, root: str | os.PathLike[str])
 
 
 class ItemsView(SegmentationDataset):
-    """The first `limit` items of a dataset of dict items ({"image", "label", "stem"}: synthetic scenes) as a reader's
-    samples, read from the items when asked (no files): what `predict_dataset` and `Scores` take."""
+    """The first `limit` items of synthetic scenes as a reader's samples (no files), for `predict_dataset`."""
 
     name = "synthetic"
 

@@ -44,8 +44,7 @@ def _read_prediction(path: Path, shape: tuple[int, int]) -> np.ndarray:
 
 
 class Scores:
-    """Running scores of a dataset's predictions by its metric: `add` each image's prediction and label (or `skip`
-    it, with why), then `result()` merges every process's and computes the percentages."""
+    """Running scores by the dataset's metric: `add` (or `skip`) each image, then `result()` over every process's."""
 
     def __init__(self, dataset: SegmentationDataset) -> None:
         self.dataset, self.kind = dataset, MetricKind(dataset.metric)
@@ -112,9 +111,8 @@ def score_predictions(dataset: SegmentationDataset, predictions: str | Path, pre
 
 
 def _query_kwargs(pipe, dataset: SegmentationDataset) -> dict:
-    """How to ask the model about the dataset's classes: palette (one pass) for the model's own classes when trained
-    with palette queries, one binary prompt for class 1 of a 2-class dataset whose class 0 is background, else one
-    binary query per class name."""
+    """How to query the dataset's classes: palette for a palette-trained model's own classes, one prompt for class 1
+    of a background + 1 dataset, else one binary query per class."""
     names = list(dataset.class_names)
     palette_trained = getattr(pipe.config, "task", None) != "binary"  # None: saved before the task was recorded
     if palette_trained and pipe.config.class_names and list(pipe.config.class_names) == names:
@@ -125,8 +123,7 @@ def _query_kwargs(pipe, dataset: SegmentationDataset) -> dict:
 
 
 def default_protocol(pipe, dataset: SegmentationDataset) -> TestProtocol:
-    """The dataset's preset (`digseg.evaluation.protocols`): CAT-Seg's when its classes are queried one by one (open
-    vocabulary), else the closed-set one."""
+    """The dataset's test protocol: CAT-Seg's when its classes are queried one by one, else the closed-set one."""
     open_vocab = MetricKind(dataset.metric) is MetricKind.OPEN_VOCAB or "classes" in _query_kwargs(pipe, dataset)
     return protocol_for(dataset.name, open_vocab)
 
@@ -136,10 +133,9 @@ def predict_dataset(pipe, dataset: SegmentationDataset, out_dir: str | Path | No
                     threshold: float = 0.5, seed: int = 0, show_progress: bool = True, top_k: int | None = None,
                     templates: str | None = None, mask_decoder: str = "auto", protocol: TestProtocol | None = None,
                     batch_size: int = 1, on_result: Callable[[int, Sample, DiGSegOutput], None] | None = None) -> dict:
-    """Write `<out_dir>/<stem>.png` for every readable image (`out_dir` None: no files) and pass each image's output
-    to `on_result(index, sample, output)`; returns {"written", "skipped"} (all processes'). Image i's noise is seeded
-    by (seed, i), so a prediction does not depend on the process, the other images or `batch_size` (up to the float
-    rounding of batched U-Net passes). `protocol`: default whole image at `processing_resolution`."""
+    """Write `<out_dir>/<stem>.png` for every readable image (unless `out_dir` is None) and pass each output to
+    `on_result(index, sample, output)` -> {"written", "skipped"}. Image i's noise is seeded by (seed, i): it does not
+    depend on the process, the other images or `batch_size` (up to float rounding)."""
     out = None if out_dir is None else Path(out_dir)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -181,8 +177,8 @@ def predict_dataset(pipe, dataset: SegmentationDataset, out_dir: str | Path | No
 
 
 def search_threshold(pipe, dataset: SegmentationDataset, **predict_kwargs) -> tuple[float, float]:
-    """Binary datasets: (the threshold on the foreground probability that maximises mean per-image Dice, that
-    Dice %), from one run of the model over `dataset` (a validation split) scored at thresholds 0.05, 0.10, ... 0.95."""
+    """Binary datasets: (the foreground threshold of 0.05, 0.10, ... 0.95 with the best mean per-image Dice, that
+    Dice %), from one run over `dataset`."""
     if dataset.num_classes != 2:
         raise DigsegError(f"threshold search applies to 2-class datasets; {dataset.name} has {dataset.num_classes}")
     grid = np.round(np.arange(0.05, 0.96, 0.05), 2)

@@ -46,8 +46,7 @@ class SegmentationMetric:
         self.invalid_pred = torch.zeros(k, dtype=torch.int64)
 
     def update(self, pred: ArrayLike, label: ArrayLike) -> None:
-        """Add one batch: ``pred`` and ``label`` integer arrays of the same (any) shape; pixels with
-        ``label == ignore_index`` are dropped, other label values outside [0, K) raise ValueError."""
+        """Add integer ``pred`` and ``label`` of one shape; ignored pixels dropped, labels outside [0, K) refused."""
         if tuple(pred.shape) != tuple(label.shape):
             raise ValueError(f"pred shape {tuple(pred.shape)} != label shape {tuple(label.shape)}")
         p, lab = _as_long(pred), _as_long(label)  # [N], [N]
@@ -103,8 +102,7 @@ def binary_scores(metric: SegmentationMetric) -> dict[str, float]:
 
 
 def per_image_dice_iou(pred: ArrayLike, label: ArrayLike) -> tuple[float, float]:
-    """Dice and IoU of one image's foreground masks (bool, one shape, ignored pixels False in both), fractions in
-    [0, 1]; empty prediction and empty ground truth give (1.0, 1.0)."""
+    """Dice and IoU (fractions) of one image's bool foreground masks, ignored pixels False; both empty: (1.0, 1.0)."""
     inter, sp, sl = int((pred & label).sum()), int(pred.sum()), int(label.sum())
     union = sp + sl - inter
     return (1.0, 1.0) if union == 0 else (2.0 * inter / (sp + sl), inter / union)
