@@ -26,8 +26,7 @@ from .protocols import TestProtocol, protocol_for
 
 logger = logging.getLogger("digseg.eval")
 
-# The scores `digseg eval` prints for each kind of metric (all are in the metrics JSON); validation during training
-# tracks the first (higher is better; training/validation.py).
+# the scores `digseg eval` prints per kind of metric; validation during training tracks the first (higher is better)
 SUMMARY_COLUMNS: dict[MetricKind, tuple[str, ...]] = {
     MetricKind.SEMANTIC: ("mIoU", "aAcc", "mAcc", "mDice"),
     MetricKind.OPEN_VOCAB: ("mIoU", "aAcc", "mAcc"),
@@ -36,23 +35,15 @@ SUMMARY_COLUMNS: dict[MetricKind, tuple[str, ...]] = {
 }
 
 
-def _read_prediction(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    pred = load_label(path, what="prediction").astype(np.int64)
-    if pred.shape != shape:
-        raise DataError(f"prediction {path} is {pred.shape[1]}x{pred.shape[0]} but its label is {shape[1]}x{shape[0]}")
-    return pred
-
-
 class Scores:
     """Running scores by the dataset's metric: `add` (or `skip`) each image, then `result()` over every process's."""
 
     def __init__(self, dataset: SegmentationDataset) -> None:
         self.dataset, self.kind = dataset, MetricKind(dataset.metric)
         self.confusion = SegmentationMetric(dataset.num_classes, dataset.ignore_index, list(dataset.class_names))
-        self.targets = {}  # medical: {name: class ids}, the reader's `medical_targets` or else its last class
-        if self.kind is MetricKind.MEDICAL:
-            self.targets = (getattr(dataset, "medical_targets", None)
-                            or {dataset.class_names[-1]: (dataset.num_classes - 1,)})
+        # medical: {name: class ids}, the reader's `medical_targets` or else its last class
+        self.targets = {} if self.kind is not MetricKind.MEDICAL else (
+            getattr(dataset, "medical_targets", None) or {dataset.class_names[-1]: (dataset.num_classes - 1,)})
         self.per_image: dict[str, list] = {name: [] for name in self.targets}  # name -> [(index, (dice, iou))]
         self.skipped: list[tuple[int, str]] = []
 
@@ -103,8 +94,12 @@ def score_predictions(dataset: SegmentationDataset, predictions: str | Path, pre
     scores = Scores(dataset)
     for index, sample in tqdm(shard(dataset.samples), desc="score", disable=not (show_progress and is_main_process())):
         try:
-            label = dataset.read_label(sample)
-            scores.add(index, _read_prediction(pred_dir / f"{sample.stem}.png", label.shape), label)
+            label, path = dataset.read_label(sample), pred_dir / f"{sample.stem}.png"
+            pred = load_label(path, what="prediction").astype(np.int64)
+            if pred.shape != label.shape:
+                raise DataError(f"prediction {path} is {pred.shape[1]}x{pred.shape[0]} but its label is "
+                                f"{label.shape[1]}x{label.shape[0]}")
+            scores.add(index, pred, label)
         except DataError as exc:
             scores.skip(index, str(exc))
     return scores.result(present_only)
@@ -136,9 +131,8 @@ def predict_dataset(pipe, dataset: SegmentationDataset, out_dir: str | Path | No
     """Write `<out_dir>/<stem>.png` for every readable image (unless `out_dir` is None) and pass each output to
     `on_result(index, sample, output)` -> {"written", "skipped"}. Image i's noise is seeded by (seed, i): it does not
     depend on the process, the other images or `batch_size` (up to float rounding)."""
-    out = None if out_dir is None else Path(out_dir)
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
     query = _query_kwargs(pipe, dataset)
     if query:  # binary or per-class queries (a palette query has no template)
         query.update(templates=templates, **({"top_k": top_k} if "classes" in query else {}))
@@ -153,8 +147,8 @@ def predict_dataset(pipe, dataset: SegmentationDataset, out_dir: str | Path | No
                       generator=[seeded_generator(seed, index) for index, _, _ in pending], threshold=threshold,
                       batch_size=len(pending), show_progress_bar=False, mask_decoder=mask_decoder, **query, **settings)
         for j, (index, sample, _) in enumerate(pending):
-            if out is not None:
-                save_label_png(out / f"{sample.stem}.png", result.labels[j], dataset.num_classes)
+            if out_dir is not None:
+                save_label_png(Path(out_dir) / f"{sample.stem}.png", result.labels[j], dataset.num_classes)
             if on_result is not None:
                 one = {k: None if v is None else v[j][None] for k, v in vars(result).items() if k != "class_names"}
                 on_result(index, sample, dataclasses.replace(result, **one))  # image j as a one-image output
