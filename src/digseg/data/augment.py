@@ -1,10 +1,7 @@
-"""Training augmentation as mmsegmentation does it (docs/augmentation.md gives each step's rule): RandomResize (keep
-ratio) -> RandomCrop with `cat_max_ratio` retries -> flips -> PhotoMetricDistortion -> pad to the crop.
-
-Randomness: one `torch.rand(NUM_DRAWS, generator=gen, dtype=torch.float64)` per sample whatever the settings and the
-image, each value's role fixed (`_U_*` below): the same generator state gives bit-identical output, a sample's draws
-never shift another's, and turning a step off leaves every sample's geometry unchanged.
-"""
+"""Training augmentation as mmsegmentation does it (docs/augmentation.md): RandomResize (keep ratio) -> RandomCrop with
+`cat_max_ratio` retries -> flips -> PhotoMetricDistortion -> pad to the crop. Each sample draws NUM_DRAWS uniforms
+whatever the settings, each with a fixed role (`_U_*`): the same generator state gives bit-identical output, a
+sample's draws never shift another's, and turning a step off leaves every sample's geometry unchanged."""
 
 from __future__ import annotations
 
@@ -205,7 +202,6 @@ def apply_augmentation(image: Image.Image, label: np.ndarray, aug: Augmentation,
     return pixels, target
 
 
-# Presets per dataset (docs/augmentation.md gives the table with reasons).
 _ADE = Augmentation(scale=(2048, 512), ratio_range=(0.5, 2.0), crop_size=(512, 512))
 _CITYSCAPES = Augmentation(scale=(2048, 1024), ratio_range=(0.5, 2.0), crop_size=(512, 1024))
 

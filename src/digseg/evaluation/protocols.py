@@ -1,6 +1,5 @@
-"""Test protocols: the pipeline's test-time settings (`TestProtocol`) with which a benchmark's published tables were
-produced, one preset per dataset (docs/eval_protocols.md gives the sources); `digseg eval` uses `protocol_for` by
-default, the command line overrides any field, and `metrics.json` records the protocol used."""
+"""Test protocols (`TestProtocol`): the test-time settings of each benchmark's published tables (docs/eval_protocols.md
+gives the sources); `digseg eval` uses `protocol_for`'s, with any field overridden on the command line."""
 
 from __future__ import annotations
 
@@ -53,7 +52,6 @@ def protocol_for(dataset_name: str, open_vocab: bool = False) -> TestProtocol:
     return CATSEG if open_vocab else PRESETS.get(dataset_name, TestProtocol())
 
 
-# ---------------------------------------------------------------------------------------------- command line
 def parse_pair(text: str) -> tuple[int, int]:
     """'512' -> (512, 512); '512,1024' -> (512, 1024)."""
     try:
