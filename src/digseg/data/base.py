@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from importlib import resources
 from pathlib import Path
 from typing import ClassVar
@@ -21,16 +21,13 @@ from ..errors import ConfigError, DataError
 from .io import IMAGE_EXTENSIONS, image_to_tensor, load_image, load_label, read_class_list
 
 
-class MetricKind(str, Enum):
+class MetricKind(StrEnum):
     """How `digseg eval` scores a dataset (its `metric`); a reader may write the value ("semantic")."""
 
     SEMANTIC = "semantic"  # one confusion matrix; mIoU over classes whose union > 0 (mmsegmentation)
     OPEN_VOCAB = "open_vocab"  # the same matrix; means over classes present in the ground truth (CAT-Seg)
     ROAD = "road"  # IoU, precision, recall, F1 of class 1
     MEDICAL = "medical"  # per-image foreground Dice and IoU of each target, averaged over images
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True)

@@ -113,8 +113,7 @@ def scan_dataset(dataset, num_workers: int = 0, show_progress: bool = True,
 
 def check_dataset(dataset, cache: Path | None = None, num_workers: int = 0,
                   show_progress: bool = True, desc: str = "check data") -> DataCheck | None:
-    """`scan_dataset`, or the check kept in `cache` (JSON) when of the same files, else kept there; None for a dataset
-    not read from storage."""
+    """`scan_dataset` (kept in `cache`), or the check kept there of the same files; None for generated data."""
     if stored_samples(dataset) is None:
         return None
     if cache is not None and cache.is_file():

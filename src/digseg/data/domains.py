@@ -95,9 +95,8 @@ class PhenoBench(StandardLayout):
 
 @register_dataset
 class FolderPairs(SegmentationDataset):
-    """A user's own data: root/images/<stem>.*, root/masks/<stem>.png (class ids, 255 ignore), root/classes.txt,
-    or images/<split>/ and masks/<split>/, split by `digseg.data.splits`' rules (`split_rule` in words, `split_by`
-    its name in `SPLIT_RULES`). `class_names` is per instance."""
+    """A user's own data: images/<stem>.*, masks/<stem>.png (class ids, 255 ignore), classes.txt, split by the rules
+    of `digseg.data.splits` (`split_rule` in words, `split_by` its name); `class_names` is per instance."""
 
     name = FOLDER_DATASET
     splits = {"train": "train", "val": "val", "test": "test"}

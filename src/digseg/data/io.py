@@ -58,9 +58,8 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
 
 
 def load_image(path: PathLike, exif_transpose: bool = False) -> Image.Image:
-    """An image file as an RGB `PIL.Image.Image`, as viewers display it with `exif_transpose`, else the stored pixels.
-    Grey is replicated to three channels, alpha dropped, a palette expanded; 16-bit and float grey are scaled to 8
-    bits (kept as-is when already in 0..255, otherwise stretched to the image's range)."""
+    """An image file as RGB (as viewers show it with `exif_transpose`): alpha dropped, 16-bit and float grey scaled
+    to 8 bits (kept when already in 0..255, else stretched to the image's range)."""
     img = _open(path, "image")
     if exif_transpose:
         try:
@@ -85,9 +84,8 @@ def image_to_rgb(img: Image.Image, name: str) -> Image.Image:
 
 
 def load_label(path: PathLike, first_channel: bool = False, what: str = "label") -> np.ndarray:
-    """A label map (`what` it is, in errors) as an integer array [H, W], values as stored (a palette's indices). An
-    RGB(A) label whose channels are equal gives its first channel, and so does any with `first_channel` (a mask whose
-    channels differ by JPEG noise or resizing); float labels only if every value is an integer."""
+    """A label map (`what`, in errors) as stored integers [H, W]: an RGB(A) one's first channel if all are equal or
+    `first_channel` (JPEG noise), a float one's if every value is an integer."""
     return label_to_array(_open(path, what), f"{what} {Path(path)}", first_channel)
 
 

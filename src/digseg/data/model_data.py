@@ -64,8 +64,7 @@ class TrainingDataRecord:
         return {}
 
     def default_reader(self, dataset: str, data_root: str | None, given: Mapping[str, Any]) -> dict[str, Any]:
-        """The model's split rule as reader options, for its own data when `given` ({EVAL_SPLIT_FLAGS dest: value})
-        sets none; {} otherwise."""
+        """The model's split rule as reader options on its own data when `given` sets no split flag, else {}."""
         if not self.same_data(dataset, data_root) or any(given.get(key) is not None for key in EVAL_SPLIT_FLAGS):
             return {}
         if is_hf_dataset(self.dataset):
@@ -89,8 +88,7 @@ class TrainingDataRecord:
         return rules.get(self.split_rule or "", "the dataset's validation split" + (f" {named}" if named else ""))
 
     def eval_flags(self) -> list[str]:
-        """`digseg eval` arguments that read the model's validation split (a training list needs none: eval applies
-        the model's own)."""
+        """`digseg eval` arguments that read the model's validation split (eval applies a training list itself)."""
         flags = ["--dataset", self.dataset]
         if self.data_root:
             flags += ["--data-root", self.data_root]

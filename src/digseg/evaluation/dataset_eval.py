@@ -128,9 +128,8 @@ def predict_dataset(pipe, dataset: SegmentationDataset, out_dir: str | Path | No
                     threshold: float = 0.5, seed: int = 0, show_progress: bool = True, top_k: int | None = None,
                     templates: str | None = None, mask_decoder: str = "auto", protocol: TestProtocol | None = None,
                     batch_size: int = 1, on_result: Callable[[int, Sample, DiGSegOutput], None] | None = None) -> dict:
-    """Write `<out_dir>/<stem>.png` for every readable image (unless `out_dir` is None) and pass each output to
-    `on_result(index, sample, output)` -> {"written", "skipped"}. Image i's noise is seeded by (seed, i): it does not
-    depend on the process, the other images or `batch_size` (up to float rounding)."""
+    """`<out_dir>/<stem>.png` (`out_dir` not None) and `on_result(index, sample, output)` per readable image ->
+    {"written", "skipped"}. Image i's noise is seeded by (seed, i), whatever the process or `batch_size`."""
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
     query = _query_kwargs(pipe, dataset)
@@ -171,8 +170,7 @@ def predict_dataset(pipe, dataset: SegmentationDataset, out_dir: str | Path | No
 
 
 def search_threshold(pipe, dataset: SegmentationDataset, **predict_kwargs) -> tuple[float, float]:
-    """Binary datasets: (the foreground threshold of 0.05, 0.10, ... 0.95 with the best mean per-image Dice, that
-    Dice %), from one run over `dataset`."""
+    """Binary datasets: (the foreground threshold of 0.05 ... 0.95 with the best mean per-image Dice, that Dice %)."""
     if dataset.num_classes != 2:
         raise DigsegError(f"threshold search applies to 2-class datasets; {dataset.name} has {dataset.num_classes}")
     grid = np.round(np.arange(0.05, 0.96, 0.05), 2)

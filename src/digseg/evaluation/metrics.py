@@ -69,9 +69,8 @@ class SegmentationMetric:
         self.invalid_pred += other.invalid_pred.to(self.invalid_pred.device)
 
     def compute(self, present_only: bool = False) -> dict[str, Any]:
-        """Percentages: ``mIoU``, ``aAcc``, ``mAcc``, ``mDice``, ``per_class``, ``per_class_acc`` (class name -> value,
-        None where undefined). mIoU / mDice average over classes with union > 0 (mmsegmentation), mAcc over classes in
-        the label; ``present_only`` (CAT-Seg): every mean over classes in the label. No eligible class: NaN."""
+        """Percentages (None where undefined, NaN means of nothing): mIoU / mDice over classes with union > 0 (mmseg),
+        mAcc over classes in the label, every mean over those with ``present_only`` (CAT-Seg); per-class IoU / acc."""
         inter = self.confusion.diagonal()  # [K] each
         area_pred = self.confusion.sum(dim=0)
         area_label = self.confusion.sum(dim=1) + self.invalid_pred

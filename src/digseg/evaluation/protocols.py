@@ -81,8 +81,7 @@ def add_protocol_flags(parser: argparse.ArgumentParser, preset_note: str) -> Non
 
 
 def protocol_from_args(args: argparse.Namespace, preset: TestProtocol) -> TestProtocol:
-    """`preset` with each flag given overriding its field; --processing-resolution drops its scale, whole mode its
-    windows."""
+    """`preset` with the flags given; --processing-resolution drops its scale, whole mode its windows."""
     if getattr(args, "processing_resolution", None) is not None:
         if args.scale is not None:
             raise ConfigError("give either --scale or --processing-resolution, not both")
