@@ -106,8 +106,7 @@ def score_predictions(dataset: SegmentationDataset, predictions: str | Path, pre
 
 
 def _query_kwargs(pipe, dataset: SegmentationDataset) -> dict:
-    """How to query the dataset's classes: palette for a palette-trained model's own classes, one prompt for class 1
-    of a background + 1 dataset, else one binary query per class."""
+    """Palette for a palette-trained model's own classes, a prompt for background + 1 class, else a query per class."""
     names = list(dataset.class_names)
     palette_trained = getattr(pipe.config, "task", None) != "binary"  # None: saved before the task was recorded
     if palette_trained and pipe.config.class_names and list(pipe.config.class_names) == names:

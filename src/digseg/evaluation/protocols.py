@@ -99,8 +99,7 @@ def protocol_from_args(args: argparse.Namespace, preset: TestProtocol) -> TestPr
 
 
 def tiling_scale(protocol: TestProtocol, default_crop: int, resolution_given: bool = False) -> TestProtocol:
-    """Slide mode without a scale or a given resolution -> keep-ratio scale (4 x crop, crop), so windows tile the
-    image (`default_crop`: the window when the protocol names none)."""
+    """Slide mode without a scale or given resolution: keep-ratio scale (4 x crop, crop), so windows tile the image."""
     if protocol.mode != "slide" or protocol.scale is not None or resolution_given:
         return protocol
     crop = max(protocol.crop_size or (default_crop, default_crop))
