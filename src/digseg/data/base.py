@@ -222,15 +222,15 @@ def pair_files(ds: SegmentationDataset, files: Mapping[str, Path], candidates: C
 
 
 class StandardLayout(SegmentationDataset):
-    """Images `base/<image_dir>/<stem><one of image_suffixes>`, each with the first existing `base/<label_dir>/<one of
-    label_names>` (the labels choose the samples when `labels_first`); `{split}` is the layout's split name, `base`
-    the first folder of root/<inner_roots>, else root."""
+    """Images `base/<image_dir>/<stem><one of image_suffixes>` (in its subfolders when `nested`), each with the first
+    existing `base/<label_dir>/<one of label_names>` (in the same subfolder; the labels choose the samples when
+    `labels_first`); `{split}` is the layout's split name, `base` the first folder of root/<inner_roots>, else root."""
 
     inner_roots: tuple[str, ...] = ()
     image_dir, label_dir = "images/{split}", "annotations/{split}"
     image_suffixes: tuple[str, ...] = IMAGE_EXTENSIONS
     label_names: tuple[str, ...] = ("{}.png",)
-    labels_first = False
+    labels_first = nested = False
 
     @property
     def base(self) -> Path:
@@ -241,7 +241,7 @@ class StandardLayout(SegmentationDataset):
         return self.base / self.image_dir.format(split=split), self.base / self.label_dir.format(split=split)
 
     def layout_hint(self) -> str:
-        images, labels = self.folders()
+        images, labels = (folder / "<folder>" if self.nested else folder for folder in self.folders())
         suffix = self.image_suffixes[0] if len(self.image_suffixes) == 1 else ".*"
         labels = " or ".join(str(labels / name.format("<stem>")) for name in self.label_names)
         holding = " or ".join(f"{r}/" for r in self.inner_roots)
@@ -252,13 +252,12 @@ class StandardLayout(SegmentationDataset):
         images, labels = self.folders()
         if self.labels_first:
             found = list_files(self, labels, [name.format("") for name in self.label_names], "label")
-            require_dir(self, images, "image")
             return pair_files(self, found, lambda stem, _: [images / f"{stem}{s}" for s in self.image_suffixes],
                               by_label=True)
-        found = list_files(self, images, self.image_suffixes)
-        if found:  # none: "no images found", from the base class
-            require_dir(self, labels, "label")
-        return pair_files(self, found, lambda stem, _: [labels / name.format(stem) for name in self.label_names])
+        found = list_files(self, subfolders(require_dir(self, images, "image")) if self.nested else images,
+                           self.image_suffixes)
+        return pair_files(self, found, lambda stem, image: [
+            labels / image.parent.relative_to(images) / name.format(stem) for name in self.label_names])
 
 
 def make_lut(pairs: Mapping[int, int], default: int = 255) -> np.ndarray:

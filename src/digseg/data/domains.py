@@ -27,23 +27,13 @@ CITYSCAPES_LUT = make_lut({7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7,
 
 
 @register_dataset
-class Cityscapes(SegmentationDataset):
+class Cityscapes(StandardLayout):
     name = "cityscapes"
     class_names = CITYSCAPES_CLASSES
     splits = {"train": "train", "val": "val", "test": "test"}
     converted, label_lut, strict_lut = "_labelTrainIds.png", CITYSCAPES_LUT, False  # labelIds -> trainIds
-
-    def layout_hint(self) -> str:
-        return ("expected leftImg8bit/<split>/<city>/<id>_leftImg8bit.png and "
-                "gtFine/<split>/<city>/<id>_gtFine_labelTrainIds.png (or _gtFine_labelIds.png)")
-
-    def find_samples(self) -> list[Sample]:
-        split = self.splits[self.split]
-        cities = subfolders(require_dir(self, self.root / "leftImg8bit" / split, "image"))
-        images = list_files(self, cities, ("_leftImg8bit.png",))
-        labels = self.root / "gtFine" / split  # gtFine/<split>/<city>/, as leftImg8bit/
-        return pair_files(self, images, lambda stem, image: [
-            labels / image.parent.name / f"{stem}_gtFine_{ids}.png" for ids in ("labelTrainIds", "labelIds")])
+    image_dir, label_dir, nested = "leftImg8bit/{split}", "gtFine/{split}", True  # <split>/<city>/<id>_...
+    image_suffixes, label_names = ("_leftImg8bit.png",), ("{}_gtFine_labelTrainIds.png", "{}_gtFine_labelIds.png")
 
 
 @register_dataset
