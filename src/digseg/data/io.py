@@ -19,7 +19,6 @@ PathLike = str | os.PathLike[str]
 
 
 def _open(path: PathLike, what: str) -> Image.Image:
-    """Open and fully decode `path`, or raise `DataError`."""
     p = Path(path)
     try:
         data = p.read_bytes()

@@ -173,11 +173,9 @@ def search_threshold(pipe, dataset: SegmentationDataset, **predict_kwargs) -> tu
     if dataset.num_classes != 2:
         raise DigsegError(f"threshold search applies to 2-class datasets; {dataset.name} has {dataset.num_classes}")
     grid = np.round(np.arange(0.05, 0.96, 0.05), 2)
-    dice = np.zeros(len(grid))  # running sums: memory independent of the number of images
-    count = 0
+    sums = np.zeros(len(grid) + 1)  # each threshold's Dice, then the count of images: running sums
 
     def score(index: int, sample: Sample, result: DiGSegOutput) -> None:
-        nonlocal count
         try:
             label = dataset.read_label(sample)
         except DataError:
@@ -185,13 +183,12 @@ def search_threshold(pipe, dataset: SegmentationDataset, **predict_kwargs) -> tu
         probs = result.probabilities[0, 1]  # [H, W] foreground
         valid = label != dataset.ignore_index
         for j, t in enumerate(grid):
-            dice[j] += per_image_dice_iou((probs > t) & valid, (label == 1) & valid)[0]
-        count += 1
+            sums[j] += per_image_dice_iou((probs > t) & valid, (label == 1) & valid)[0]
+        sums[-1] += 1
 
     predict_dataset(pipe, dataset, None, on_result=score, **predict_kwargs)  # scores only, no files
-    dice = sum_tensor(torch.from_numpy(dice)).numpy()
-    count = int(sum_tensor(torch.tensor(count)))
-    if count == 0:
+    sums = sum_tensor(torch.from_numpy(sums)).numpy()
+    if sums[-1] == 0:
         raise DigsegError(f"threshold search: no readable sample in {dataset.name} {dataset.split}")
-    best = int(np.argmax(dice))
-    return float(grid[best]), 100 * float(dice[best] / count)
+    best = int(np.argmax(sums[:-1]))
+    return float(grid[best]), 100 * float(sums[best] / sums[-1])
