@@ -45,15 +45,13 @@ def read_dataset(name: str, root: str | None = None, split: str = "val", size: i
 
 
 def build_dataset(name: str, root: str | None = None, split: str = "train", size: int | None = None,
-                  num_scenes: int = 2000, seed: int = 0, val_fraction: float | None = None,
-                  split_file: str | None = None, hf: HFOptions | None = None,
-                  train_split_file: str | None = None) -> Dataset:
-    """The dataset `name` (its `split`, items squashed to `size`): synthetic scenes, or `read_dataset`'s."""
+                  num_scenes: int = 2000, seed: int = 0, **reader) -> Dataset:
+    """The dataset `name` (its `split`, items squashed to `size`): synthetic scenes, or `read_dataset`'s (`reader`:
+    its split and hf options, which synthetic scenes refuse)."""
     if name == "synthetic":
-        if any(option is not None for option in (val_fraction, split_file, train_split_file, hf)):
+        if any(option is not None for option in reader.values()):
             raise ConfigError("synthetic scenes have their own splits: split and hf options do not apply to them")
         from .synthetic import SyntheticScenes
 
         return SyntheticScenes(num_scenes, size=size or 64, seed=seed if split == "train" else seed + 1)
-    return read_dataset(name, root, split=split, size=size, val_fraction=val_fraction, split_file=split_file, hf=hf,
-                        train_split_file=train_split_file)
+    return read_dataset(name, root, split=split, size=size, **reader)
