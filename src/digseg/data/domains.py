@@ -209,13 +209,12 @@ class MoNuSeg(SegmentationDataset):
             points = []
             for vertex in region.iter("Vertex"):
                 try:
-                    x, y = float(vertex.attrib["X"]), float(vertex.attrib["Y"])
+                    points.append((float(vertex.attrib["X"]), float(vertex.attrib["Y"])))
+                    if not all(math.isfinite(v) for v in points[-1]):
+                        raise ValueError("not finite")
                 except (KeyError, ValueError) as exc:
                     raise DataError(f"annotation {path}: a vertex of region {region.get('Id', '?')} has no valid "
-                                    f"X / Y ({vertex.attrib})") from exc
-                if not (math.isfinite(x) and math.isfinite(y)):
-                    raise DataError(f"annotation {path}: non-finite vertex ({x}, {y})")
-                points.append((x, y))
+                                    f"finite X / Y ({vertex.attrib})") from exc
             if len(points) >= 2:  # 2 points draw a line; a single point is skipped
                 draw.polygon(points, fill=1, outline=1)
         return np.asarray(canvas, dtype=np.uint8).astype(np.int64)

@@ -46,8 +46,7 @@ def read_dataset(name: str, root: str | None = None, split: str = "val", size: i
 
 def build_dataset(name: str, root: str | None = None, split: str = "train", size: int | None = None,
                   num_scenes: int = 2000, seed: int = 0, **reader) -> Dataset:
-    """The dataset `name` (its `split`, items squashed to `size`): synthetic scenes, or `read_dataset`'s (`reader`:
-    its split and hf options, which synthetic scenes refuse)."""
+    """The dataset `name`: synthetic scenes, or `read_dataset`'s with the `reader` options (which scenes refuse)."""
     if name == "synthetic":
         if any(option is not None for option in reader.values()):
             raise ConfigError("synthetic scenes have their own splits: split and hf options do not apply to them")

@@ -135,11 +135,10 @@ def predict_dataset(pipe, dataset: SegmentationDataset, out_dir: str | Path | No
     if query:  # binary or per-class queries (a palette query has no template)
         query.update(templates=templates, **({"top_k": top_k} if "classes" in query else {}))
     settings = (protocol or TestProtocol()).call_kwargs()
-    written, skipped = 0, []
+    skipped, mine = [], shard(dataset.samples)
     pending: list[tuple[int, Sample, Image.Image]] = []
 
     def run() -> None:
-        nonlocal written
         result = pipe([image for _, _, image in pending], ensemble_size=ensemble_size,
                       num_inference_steps=num_inference_steps, processing_resolution=processing_resolution,
                       generator=[seeded_generator(seed, index) for index, _, _ in pending], threshold=threshold,
@@ -150,10 +149,9 @@ def predict_dataset(pipe, dataset: SegmentationDataset, out_dir: str | Path | No
             if on_result is not None:
                 one = {k: None if v is None else v[j][None] for k, v in vars(result).items() if k != "class_names"}
                 on_result(index, sample, dataclasses.replace(result, **one))  # image j as a one-image output
-        written += len(pending)
         pending.clear()
 
-    for index, sample in tqdm(shard(dataset.samples), desc=f"predict {dataset.name}",
+    for index, sample in tqdm(mine, desc=f"predict {dataset.name}",
                               disable=not (show_progress and is_main_process())):
         try:
             pending.append((index, sample, dataset.read_image(sample)))
@@ -165,7 +163,7 @@ def predict_dataset(pipe, dataset: SegmentationDataset, out_dir: str | Path | No
     if pending:
         run()
     wait_for_everyone()  # every PNG is written before anyone scores them
-    return {"written": int(sum_tensor(torch.tensor(written))), "skipped": gather_objects(skipped)}
+    return {"written": int(sum_tensor(torch.tensor(len(mine) - len(skipped)))), "skipped": gather_objects(skipped)}
 
 
 def search_threshold(pipe, dataset: SegmentationDataset, **predict_kwargs) -> tuple[float, float]:
