@@ -71,6 +71,7 @@ class SegmentationDataset(Dataset):
     label_lut: ClassVar[np.ndarray | None] = None  # stored value -> class id (`make_lut`); None: stored as class ids
     strict_lut: ClassVar[bool] = True  # values outside `label_lut`: DataError (else ignored)
     converted: ClassVar[str] = ""  # label files ending with it already hold class ids
+    layout_hint = "see README: datasets"  # where images and labels are expected, for error messages
 
     def __init__(self, root: str | Path, split: str = "val", size: int | None = None) -> None:
         self.root = Path(root).expanduser()
@@ -82,14 +83,10 @@ class SegmentationDataset(Dataset):
         self.samples: list[Sample] = self.find_samples()
         if not self.samples:
             raise DataError(f"{self.name}: no images found for split {split!r} under {self.root} "
-                            f"({self.layout_hint()})")
+                            f"({self.layout_hint})")
 
     def find_samples(self) -> list[Sample]:
         raise NotImplementedError
-
-    def layout_hint(self) -> str:
-        """One line telling where images and labels are expected (used in error messages)."""
-        return "see README: datasets"
 
     @property
     def num_classes(self) -> int:
@@ -167,7 +164,7 @@ def subfolders(folder: Path) -> list[Path]:
 def require_dir(ds: SegmentationDataset, folder: Path, what: str) -> Path:
     """`folder` if it is a folder, else DataError naming it, the split and the reader's layout hint."""
     if not folder.is_dir():
-        raise DataError(f"{ds.name}: {what} folder for split {ds.split!r} not found: {folder} ({ds.layout_hint()})")
+        raise DataError(f"{ds.name}: {what} folder for split {ds.split!r} not found: {folder} ({ds.layout_hint})")
     return folder
 
 
@@ -240,7 +237,8 @@ class StandardLayout(SegmentationDataset):
         split = self.splits[self.split]
         return self.base / self.image_dir.format(split=split), self.base / self.label_dir.format(split=split)
 
-    def layout_hint(self) -> str:
+    @property
+    def layout_hint(self) -> str:  # type: ignore[override]
         images, labels = (folder / "<folder>" if self.nested else folder for folder in self.folders())
         suffix = self.image_suffixes[0] if len(self.image_suffixes) == 1 else ".*"
         labels = " or ".join(str(labels / name.format("<stem>")) for name in self.label_names)

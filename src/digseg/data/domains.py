@@ -90,6 +90,8 @@ class FolderPairs(SegmentationDataset):
 
     name = FOLDER_DATASET
     splits = {"train": "train", "val": "val", "test": "test"}
+    layout_hint = ("expected images/<stem>.* and masks/<stem>.png (or images/<split>/ and masks/<split>/) and "
+                   "classes.txt (one class name per line)")
 
     def __init__(self, root: str | Path, split: str = "val", size: int | None = None,
                  val_fraction: float | None = None, split_file: str | Path | None = None,
@@ -105,10 +107,6 @@ class FolderPairs(SegmentationDataset):
     def __repr__(self) -> str:
         count = f"{len(self)} image{'' if len(self) == 1 else 's'}"
         return f"FolderPairs({str(self.root)!r}, split={self.split!r}): {count} {self.split_rule}"
-
-    def layout_hint(self) -> str:
-        return ("expected images/<stem>.* and masks/<stem>.png (or images/<split>/ and masks/<split>/) and "
-                "classes.txt (one class name per line)")
 
     def find_samples(self) -> list[Sample]:
         classes = self.root / "classes.txt"
@@ -187,10 +185,8 @@ class MoNuSeg(SegmentationDataset):
     class_names = ["background", "nucleus"]
     splits = {"train": "MoNuSegTrainingData", "val": "MoNuSegTestData", "test": "MoNuSegTestData"}
     medical_targets = {"nucleus": (1,)}
-
-    def layout_hint(self) -> str:
-        return ("expected MoNuSegTrainingData/Tissue Images/<stem>.tif + MoNuSegTrainingData/Annotations/<stem>.xml, "
-                "and MoNuSegTestData/<stem>.tif + <stem>.xml")
+    layout_hint = ("expected MoNuSegTrainingData/Tissue Images/<stem>.tif + MoNuSegTrainingData/Annotations/"
+                   "<stem>.xml, and MoNuSegTestData/<stem>.tif + <stem>.xml")
 
     def find_samples(self) -> list[Sample]:
         folder = require_dir(self, self.root / self.splits[self.split], "split")
