@@ -85,9 +85,6 @@ class SegmentationDataset(Dataset):
             raise DataError(f"{self.name}: no images found for split {split!r} under {self.root} "
                             f"({self.layout_hint})")
 
-    def find_samples(self) -> list[Sample]:
-        raise NotImplementedError
-
     @property
     def num_classes(self) -> int:
         return len(self.class_names)

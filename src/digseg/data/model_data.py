@@ -101,18 +101,17 @@ class TrainingDataRecord:
 
     def overlap_warning(self, dataset) -> str | None:
         """A one-line warning when `dataset` holds images of the model's training split; None if none or unknown."""
-        name, root = getattr(dataset, "name", None), getattr(dataset, "root", None)
-        if name != self.dataset or not hasattr(dataset, "samples"):
+        if dataset.name != self.dataset:
             return None
-        if is_hf_dataset(name):
-            count = len(dataset) if self.hf_split and getattr(dataset, "hf_split", None) == self.hf_split else 0
-        elif root is None or not self.same_data(name, str(root)):
+        if is_hf_dataset(self.dataset):
+            count = len(dataset) if self.hf_split and dataset.hf_split == self.hf_split else 0
+        elif not self.same_data(self.dataset, str(dataset.root)):
             return None
         else:
             from .registry import read_dataset
 
             try:
-                train = read_dataset(name, str(root), split="train", **self.split_options())
+                train = read_dataset(self.dataset, str(dataset.root), split="train", **self.split_options())
             except (DigsegError, OSError):
                 return None
             seen = {str(sample.image) for sample in train.samples}
