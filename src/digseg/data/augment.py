@@ -129,12 +129,9 @@ def _lut(alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
 def photometric_distortion(image: Image.Image, u: np.ndarray) -> Image.Image:
     """mmseg PhotoMetricDistortion on an RGB image, driven by the draws u[_U_BRIGHT.._U_HUE_DELTA]."""
     identity = np.arange(256, dtype=np.uint8)
-    rgb = identity
-    if u[_U_BRIGHT] < 0.5:
-        rgb = _lut(beta=(2.0 * u[_U_BRIGHT_DELTA] - 1.0) * BRIGHTNESS_DELTA)
-    contrast = None
-    if u[_U_CONTRAST] < 0.5:
-        contrast = _lut(alpha=CONTRAST_RANGE[0] + u[_U_CONTRAST_ALPHA] * (CONTRAST_RANGE[1] - CONTRAST_RANGE[0]))
+    rgb = _lut(beta=(2.0 * u[_U_BRIGHT_DELTA] - 1.0) * BRIGHTNESS_DELTA) if u[_U_BRIGHT] < 0.5 else identity
+    low, high = CONTRAST_RANGE
+    contrast = _lut(alpha=low + u[_U_CONTRAST_ALPHA] * (high - low)) if u[_U_CONTRAST] < 0.5 else None
     contrast_first = u[_U_CONTRAST_FIRST] < 0.5
     if contrast is not None and contrast_first:
         rgb = contrast[rgb]  # composed tables: each step still clips and truncates to uint8, as mmseg
@@ -229,8 +226,7 @@ def augmentation_for(dataset_name: str, crop_size: tuple[int, int] | int | None 
                      overrides: Mapping[str, Any] | bool | None = None) -> Augmentation:
     """The preset of `dataset_name`, then `crop_size` (an int: square; the preset's `scale` scaled by the ratio of the
     short crop sides, e.g. ADE20K at crop 256: scale (1024, 256)), then `overrides` (a config's `augmentation:`)."""
-    if is_hf_dataset(dataset_name):
-        dataset_name = FOLDER_DATASET
+    dataset_name = FOLDER_DATASET if is_hf_dataset(dataset_name) else dataset_name
     if dataset_name not in AUGMENT_PRESETS:
         raise ConfigError(f"no augmentation preset for dataset {dataset_name!r}; "
                           f"known: {', '.join(sorted(AUGMENT_PRESETS))}")

@@ -70,16 +70,6 @@ def open_split(source: str, split: str, hf_split: str | None = None):
     return tables[name], name
 
 
-def _feature_names(feature) -> list[str] | None:
-    """The names of a ClassLabel feature, also inside sequences of them; None for other features."""
-    while feature is not None:
-        names = getattr(feature, "names", None)
-        if names:
-            return list(names)
-        feature = getattr(feature, "feature", None)
-    return None
-
-
 def _class_file(source: str) -> Path | None:
     """classes.txt or id2label.json beside a local dataset, or in a Hub dataset's repository (when reachable)."""
     path = Path(source).expanduser()
@@ -100,7 +90,10 @@ def class_names_of(source: str, label_feature, options: HFOptions) -> list[str]:
     """The class names by the rules of docs/data.md; DataError saying where names may come from."""
     if options.classes_file:
         return read_class_list(options.classes_file)
-    stored = _feature_names(label_feature)
+    feature = label_feature  # a ClassLabel feature, or a sequence of them, has names
+    while feature is not None and not getattr(feature, "names", None):
+        feature = getattr(feature, "feature", None)
+    stored = None if feature is None else list(feature.names)
     file = _class_file(source) if stored is None else None
     if file is not None and file.name == "classes.txt":
         return read_class_list(file)

@@ -78,17 +78,6 @@ def _shape_mask(kind: int, cx: float, cy: float, r: float, rng: np.random.Genera
     return ((d[0] >= 0) & (d[1] >= 0) & (d[2] >= 0)) | ((d[0] <= 0) & (d[1] <= 0) & (d[2] <= 0))
 
 
-def _sample_kinds(rng: np.random.Generator) -> list[int]:
-    """1-3 shape kinds; each new shape usually takes a kind not used yet (repeats occasionally)."""
-    n = int(rng.choice([1, 2, 3], p=[0.2, 0.45, 0.35]))
-    kinds: list[int] = []
-    for _ in range(n):
-        unused = [k for k in (_CIRCLE, _SQUARE, _TRIANGLE) if k not in kinds]
-        pool = unused if (unused and rng.random() < 0.85) else [_CIRCLE, _SQUARE, _TRIANGLE]
-        kinds.append(int(rng.choice(pool)))
-    return kinds
-
-
 def make_scene(rng: np.random.Generator, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Image uint8 [size, size, 3], label uint8 [size, size] (`SYNTHETIC_CLASSES` ids). A placement hiding over half
     of an earlier shape is re-drawn (a shape is dropped after 6 tries)."""
@@ -100,7 +89,11 @@ def make_scene(rng: np.random.Generator, size: int = 64) -> tuple[np.ndarray, np
     # Colours of the kind's family, far from the background's base colour first, so shapes stay findable.
     far = {i for i in range(len(_COLOURS)) if np.linalg.norm(_COLOURS[i] - base) > 110.0}
     used: list[int] = []
-    for kind in _sample_kinds(rng):
+    kinds: list[int] = []  # 1-3 shapes, each usually of a kind not used yet
+    for _ in range(int(rng.choice([1, 2, 3], p=[0.2, 0.45, 0.35]))):
+        unused = [k for k in (_CIRCLE, _SQUARE, _TRIANGLE) if k not in kinds]
+        kinds.append(int(rng.choice(unused if (unused and rng.random() < 0.85) else [_CIRCLE, _SQUARE, _TRIANGLE])))
+    for kind in kinds:
         for _ in range(6):
             r = rng.uniform(0.12, 0.25) * size
             margin = 0.85 * _EXTENT[kind] * r  # keeps the shape mostly inside the image
