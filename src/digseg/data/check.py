@@ -138,8 +138,7 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 def keep_good(dataset, check: DataCheck | None, policy: str, where: str):
-    """`dataset` without its bad samples (policy "skip"), or itself when it has none; policy "error": each bad sample
-    logged, then a one-line DataError that counts them, names the first and says what to do."""
+    """`dataset` less its bad samples (policy "skip"); "error": each logged, then one DataError saying what to do."""
     if check is None or not check.bad:
         return dataset
     if policy == "error":

@@ -43,8 +43,7 @@ FIELDS = tuple(f.name for f in dataclasses.fields(HFOptions))
 
 
 def hf_options(dataset: str, given: Mapping[str, Any] | None, where: str = "data.hf") -> HFOptions | None:
-    """HFOptions from `given` ({field: value}; `where` names them in errors); None for another dataset. ConfigError
-    for an unknown field, a value of the wrong type, or options given with another dataset."""
+    """HFOptions from `given` ({field: value}; `where` in errors), None for another dataset; ConfigError if invalid."""
     given = dict(given or {})
     if not is_hf_dataset(dataset):
         if given:

@@ -27,8 +27,7 @@ def is_held_out(stem: str, val_fraction: float) -> bool:
 
 def split_options(dataset: str, val_fraction: float | None = None, split_file: str | Path | None = None,
                   train_split_file: str | Path | None = None) -> dict[str, Any]:
-    """The given options for the folder reader; ConfigError for a fraction outside [0, 1], a fraction with a file,
-    both files, or any option with another dataset."""
+    """The given options for the folder reader; ConfigError for a bad fraction or combination, or another dataset."""
     options = {key: value for key, value in (("val_fraction", val_fraction), ("split_file", split_file),
                                              ("train_split_file", train_split_file)) if value is not None}
     if options and dataset != FOLDER_DATASET:
