@@ -71,6 +71,7 @@ class SegmentationDataset(Dataset):
     label_lut: ClassVar[np.ndarray | None] = None  # stored value -> class id (`make_lut`); None: stored as class ids
     strict_lut: ClassVar[bool] = True  # values outside `label_lut`: DataError (else ignored)
     converted: ClassVar[str] = ""  # label files ending with it already hold class ids
+    first_channel: ClassVar[bool] = False  # labels read by their first channel (masks whose channels differ by noise)
     layout_hint = "see README: datasets"  # where images and labels are expected, for error messages
 
     def __init__(self, root: str | Path, split: str = "val", size: int | None = None) -> None:
@@ -98,7 +99,7 @@ class SegmentationDataset(Dataset):
 
     def read_raw_label(self, sample: Sample) -> np.ndarray:
         """The label file as class ids, through `label_lut` (override for labels that are not images, e.g. XML)."""
-        raw, path = load_label(sample.label), sample.label
+        raw, path = load_label(sample.label, self.first_channel), sample.label
         if self.label_lut is None or (self.converted and path.name.endswith(self.converted)):
             return raw
         return remap(self, raw, self.label_lut, path, self.strict_lut)

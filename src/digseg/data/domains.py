@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 from ..errors import DataError
 from .base import (MetricKind, Sample, SegmentationDataset, StandardLayout, list_files, make_lut, pair_files,
                    pick_root, register_dataset, require_dir, subfolders)
-from .io import load_image, load_label, read_class_list, read_list_file
+from .io import load_image, read_class_list, read_list_file
 from .splits import (BY_HASH, BY_SPLIT_FILE, BY_SPLIT_FOLDERS, BY_SPLIT_LISTS, DEFAULT_VAL_FRACTION, FOLDER_DATASET,
                      is_held_out, split_options)
 
@@ -52,9 +52,7 @@ class DeepGlobeRoads(StandardLayout):
     splits = {"train": "train", "val": "valid", "test": "test"}
     image_dir = label_dir = "{split}"
     image_suffixes, label_names = ("_sat.jpg",), ("{}_mask.png",)
-
-    def read_raw_label(self, sample: Sample) -> np.ndarray:
-        return (load_label(sample.label, first_channel=True) >= 128).astype(np.int64)  # road = white
+    first_channel, label_lut = True, (np.arange(65536) >= 128).astype(np.int64)  # road = white (8 or 16 bits)
 
 
 REFUGE2_LUT = np.array([2 if v <= 64 else 1 if v < 192 else 0 for v in range(256)], dtype=np.uint8)  # nearest
@@ -69,10 +67,7 @@ class REFUGE2(StandardLayout):
     medical_targets = {"disc": (1, 2), "cup": (2,)}
     image_dir, label_dir = "{split}/images", "{split}"
     image_suffixes, label_names = (".jpg", ".jpeg", ".png"), ("mask/{}.bmp", "masks/{}.bmp")
-
-    def read_raw_label(self, sample: Sample) -> np.ndarray:
-        raw = np.clip(load_label(sample.label, first_channel=True).astype(np.int64), 0, 255)  # >255 is nearest to 255
-        return REFUGE2_LUT[raw].astype(np.int64)  # 255 bg -> 0, 128 rim -> 1, 0 cup -> 2; others to nearest
+    first_channel, label_lut = True, REFUGE2_LUT  # 8-bit BMP: 255 bg -> 0, 128 rim -> 1, 0 cup -> 2, others nearest
 
 
 @register_dataset
