@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 
 from ..errors import DataError
 from .base import (MetricKind, Sample, SegmentationDataset, StandardLayout, list_files, make_lut, pair_files,
-                   pick_root, register_dataset, require_dir, subfolders)
+                   pick_root, register_dataset, subfolders)
 from .io import load_image, read_class_list, read_list_file
 from .splits import (BY_HASH, BY_SPLIT_FILE, BY_SPLIT_FOLDERS, BY_SPLIT_LISTS, DEFAULT_VAL_FRACTION, FOLDER_DATASET,
                      is_held_out, split_options)
@@ -172,7 +172,7 @@ class FolderPairs(SegmentationDataset):
 
 
 @register_dataset
-class MoNuSeg(SegmentationDataset):
+class MoNuSeg(StandardLayout):
     """H&E tissue tiles with Aperio XML nucleus outlines, rasterised on read; "val" reads the test data (no val)."""
 
     name = "monuseg"
@@ -180,13 +180,12 @@ class MoNuSeg(SegmentationDataset):
     class_names = ["background", "nucleus"]
     splits = {"train": "MoNuSegTrainingData", "val": "MoNuSegTestData", "test": "MoNuSegTestData"}
     medical_targets = {"nucleus": (1,)}
-    layout_hint = ("expected MoNuSegTrainingData/Tissue Images/<stem>.tif + MoNuSegTrainingData/Annotations/"
-                   "<stem>.xml, and MoNuSegTestData/<stem>.tif + <stem>.xml")
+    image_dir = label_dir = "{split}"
+    image_suffixes, label_names = (".tif", ".tiff"), ("Annotations/{}.xml", "{}.xml")
 
-    def find_samples(self) -> list[Sample]:
-        folder = require_dir(self, self.root / self.splits[self.split], "split")
-        images = list_files(self, pick_root(folder, "Tissue Images"), (".tif", ".tiff"))
-        return pair_files(self, images, lambda stem, _: [d / f"{stem}.xml" for d in (folder / "Annotations", folder)])
+    def folders(self) -> tuple[Path, Path]:  # images in <split>/Tissue Images/ (the training data) or in <split>/
+        images, labels = super().folders()
+        return pick_root(images, "Tissue Images"), labels
 
     def read_raw_label(self, sample: Sample) -> np.ndarray:
         """1 inside (and on) any Region's Vertex polygon, 0 elsewhere; DataError for bad XML or vertices."""
