@@ -109,8 +109,7 @@ def format_markdown_table(rows: list[dict], columns: Sequence[str], digits: int 
     """Markdown table of ``rows`` restricted to ``columns``; floats to ``digits`` places, None -> '-'."""
     cells = [["-" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
               for v in (r.get(c) for c in columns)] for r in rows]
-    widths = [max([len(str(c))] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    head = "| " + " | ".join(str(c).ljust(w) for c, w in zip(columns, widths)) + " |"
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    body = ["| " + " | ".join(v.ljust(w) for v, w in zip(row, widths)) + " |" for row in cells]
-    return "\n".join([head, sep, *body])
+    table = [[str(c) for c in columns], *cells]
+    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
+    lines = ["| " + " | ".join(v.ljust(w) for v, w in zip(row, widths)) + " |" for row in table]
+    return "\n".join([lines[0], "|" + "|".join("-" * (w + 2) for w in widths) + "|", *lines[1:]])
