@@ -71,12 +71,11 @@ def parse_hf_pairs(items: list[str] | None) -> dict[str, Any]:
     given: dict[str, Any] = {}
     for item in items or []:
         key, eq, text = item.partition("=")
-        if not eq or not key.strip():
-            raise ConfigError(f"--hf takes KEY=VALUE, got {item!r} (e.g. label_column=mask; keys: {', '.join(FIELDS)})")
         key = key.strip()
+        if not eq or not key:
+            raise ConfigError(f"--hf takes KEY=VALUE, got {item!r} (e.g. label_column=mask; keys: {', '.join(FIELDS)})")
         try:
-            value = yaml.safe_load(text) if key in ("ignore_index", "reduce_zero_label") else text
+            given[key] = yaml.safe_load(text) if key in ("ignore_index", "reduce_zero_label") else text
         except yaml.YAMLError as exc:
             raise ConfigError(f"--hf {item}: cannot read the value: {exc}") from exc
-        given[key] = value
     return given

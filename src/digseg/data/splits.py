@@ -21,8 +21,7 @@ HASH_RULE = "sha1-52"  # the flat folder's position of a stem, as a model's reco
 
 def is_held_out(stem: str, val_fraction: float) -> bool:
     """True when the image `stem` of a flat folder belongs to val at this fraction."""
-    position = int(hashlib.sha1(stem.encode("utf-8")).hexdigest()[:13], 16) / 16**13  # 52 bits: exact in a float
-    return position < val_fraction
+    return int(hashlib.sha1(stem.encode("utf-8")).hexdigest()[:13], 16) / 16**13 < val_fraction  # 52 bits: exact
 
 
 def split_options(dataset: str, val_fraction: float | None = None, split_file: str | Path | None = None,
