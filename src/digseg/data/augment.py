@@ -224,8 +224,7 @@ AUGMENT_PRESETS: dict[str, Augmentation] = {  # mmseg configs/_base_/datasets/<n
 
 def augmentation_for(dataset_name: str, crop_size: tuple[int, int] | int | None = None,
                      overrides: Mapping[str, Any] | bool | None = None) -> Augmentation:
-    """The preset of `dataset_name`, then `crop_size` (an int: square; the preset's `scale` scaled by the ratio of the
-    short crop sides, e.g. ADE20K at crop 256: scale (1024, 256)), then `overrides` (a config's `augmentation:`)."""
+    """The preset of `dataset_name` at `crop_size` (an int: square; its scale scaled alike), then `overrides`."""
     dataset_name = FOLDER_DATASET if is_hf_dataset(dataset_name) else dataset_name
     if dataset_name not in AUGMENT_PRESETS:
         raise ConfigError(f"no augmentation preset for dataset {dataset_name!r}; "

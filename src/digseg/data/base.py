@@ -168,8 +168,7 @@ def require_dir(ds: SegmentationDataset, folder: Path, what: str) -> Path:
 
 def list_files(ds: SegmentationDataset, folders: Path | Sequence[Path], suffixes: Sequence[str] = IMAGE_EXTENSIONS,
                what: str = "image") -> dict[str, Path]:
-    """{stem: path} of the non-hidden files directly in `folders` (in order; sorted by stem within each) whose name
-    ends with one of `suffixes` (any case); the stem is the name less that suffix (`"_leftImg8bit.png"`: the id)."""
+    """{stem: path} of the non-hidden files in `folders` ending with a suffix (any case, cut off), sorted per folder."""
     ends = sorted((s.lower() for s in suffixes), key=len, reverse=True)  # longest match first
     found: dict[str, Path] = {}
     for folder in [folders] if isinstance(folders, Path) else folders:
@@ -217,9 +216,8 @@ def pair_files(ds: SegmentationDataset, files: Mapping[str, Path], candidates: C
 
 
 class StandardLayout(SegmentationDataset):
-    """Images `base/<image_dir>/<stem><one of image_suffixes>` (in its subfolders when `nested`), each with the first
-    existing `base/<label_dir>/<one of label_names>` (in the same subfolder; the labels choose the samples when
-    `labels_first`); `{split}` is the layout's split name, `base` the first folder of root/<inner_roots>, else root."""
+    """Images `base/<image_dir>/[<subfolder, if nested>/]<stem><suffix>` with the first existing label of `label_names`
+    in `base/<label_dir>/[<subfolder>/]` (labels first: `labels_first`); `base`: the first of root/<inner_roots>."""
 
     inner_roots: tuple[str, ...] = ()
     image_dir, label_dir = "images/{split}", "annotations/{split}"

@@ -80,8 +80,7 @@ class PhenoBench(StandardLayout):
 
 @register_dataset
 class FolderPairs(SegmentationDataset):
-    """A user's own data: images/<stem>.*, masks/<stem>.png (class ids, 255 ignore), classes.txt, split by the rules
-    of `digseg.data.splits` (`split_rule` in words, `split_by` its name); `class_names` is per instance."""
+    """A user's images/<stem>.*, masks/<stem>.png and classes.txt, split by `digseg.data.splits` (`split_rule`)."""
 
     name = FOLDER_DATASET
     splits = {"train": "train", "val": "val", "test": "test"}

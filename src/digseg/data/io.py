@@ -57,8 +57,7 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
 
 
 def load_image(path: PathLike, exif_transpose: bool = False) -> Image.Image:
-    """An image file as RGB (as viewers show it with `exif_transpose`): alpha dropped, 16-bit and float grey scaled
-    to 8 bits (kept when already in 0..255, else stretched to the image's range)."""
+    """An image file as RGB (as viewers show it with `exif_transpose`); grey beyond 0..255 stretched to 8 bits."""
     img = _open(path, "image")
     if exif_transpose:
         try:

@@ -1,6 +1,5 @@
-"""A trained model's `training_data` record (model_index.json): what it was trained and validated on. `digseg eval
---model M` scores the model's validation split by default and warns of training images among those it scores;
-`train-mask-decoder` and the model card's eval command read the same record. Imports no torch."""
+"""A trained model's `training_data` record (model_index.json): what it was trained and validated on, read by `digseg
+eval` (the default split, and overlap warnings), `train-mask-decoder` and the model card. Imports no torch."""
 
 from __future__ import annotations
 

@@ -26,8 +26,7 @@ def get_dataset_class(name: str):
 def read_dataset(name: str, root: str | None = None, split: str = "val", size: int | None = None,
                  val_fraction: float | None = None, split_file: str | None = None,
                  hf: HFOptions | None = None, train_split_file: str | None = None) -> SegmentationDataset:
-    """The split of a reader: "hf:..." (read by `hf`) or a registered name (at `root`); `val_fraction`, `split_file`
-    and `train_split_file` (a training list) split the folder dataset."""
+    """A reader's split: "hf:..." (read by `hf`), or a registered name at `root` (folder data split by the rest)."""
     options = split_options(name, val_fraction, split_file, train_split_file)
     if is_hf_dataset(name):
         if root:

@@ -1,6 +1,5 @@
-"""How the `folder` dataset (`FolderPairs`) is split (docs/training.md): the first rule that applies of a split file
-given, `ROOT/splits/<split>.txt`, split folders `images/<split>/`, and a flat folder, where an image is held out for
-val when its stem's position (`is_held_out`) is below `val_fraction`. A training list (`train_split_file=`) names
+"""How the `folder` dataset is split (docs/training.md): the first that applies of a split file, splits/<split>.txt,
+images/<split>/ folders, and a flat folder's `is_held_out` images for val. A training list (`train_split_file=`) names
 split train's images and is left out of the others. Imports no torch."""
 
 from __future__ import annotations

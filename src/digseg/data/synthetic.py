@@ -79,8 +79,7 @@ def _shape_mask(kind: int, cx: float, cy: float, r: float, rng: np.random.Genera
 
 
 def make_scene(rng: np.random.Generator, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Image uint8 [size, size, 3], label uint8 [size, size] (`SYNTHETIC_CLASSES` ids). A placement hiding over half
-    of an earlier shape is re-drawn (a shape is dropped after 6 tries)."""
+    """Image uint8 [S, S, 3], label uint8 [S, S]; a shape hiding half an earlier one is re-placed (up to 6 tries)."""
     yy, xx, _ = _grid(size)
     img, base = _background(rng, size)
     label = np.zeros((size, size), dtype=np.uint8)
