@@ -1,7 +1,6 @@
 """Training augmentation as mmsegmentation does it (docs/augmentation.md): RandomResize (keep ratio) -> RandomCrop with
-`cat_max_ratio` retries -> flips -> PhotoMetricDistortion -> pad to the crop. Each sample draws NUM_DRAWS uniforms
-whatever the settings, each with a fixed role (`_U_*`): the same generator state gives bit-identical output, a
-sample's draws never shift another's, and turning a step off leaves every sample's geometry unchanged."""
+`cat_max_ratio` retries -> flips -> PhotoMetricDistortion -> pad. Each sample draws NUM_DRAWS uniforms, each with a
+fixed role (`_U_*`), so a step turned off or another sample's draws never change a sample's geometry."""
 
 from __future__ import annotations
 

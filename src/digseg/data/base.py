@@ -1,6 +1,5 @@
 """Base class of the dataset readers (`@register_dataset`, `DATASETS` by name) and their helpers: listing and pairing
-files (DataError naming the dataset and paths), `StandardLayout` and label lookup tables. A reader sets `name`,
-`metric`, `class_names`, `splits`, implements `find_samples` (or is a `StandardLayout`) and may set `label_lut`."""
+files (DataError naming the dataset and paths), `StandardLayout` and label lookup tables."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
-"""Checking a dataset read from storage before use: every sample read as training reads it (`load_pair`), in DataLoader
-workers (`scan_dataset`); `keep_good` refuses the dataset or drops the bad samples. `check_dataset` keeps the result
-under `scan_key`, so a resume of an unchanged dataset is not scanned again."""
+"""Every sample of a dataset read as training reads it (`check_dataset`, kept under `scan_key` so a resume does not
+scan again); `keep_good` then refuses the dataset or drops its bad samples."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
-"""`--dataset hf:NAME_OR_PATH`: datasets of the Hugging Face `datasets` library (docs/data.md), read map-style
-(memory-mapped, shared with DataLoader workers); cells are decoded by `digseg.data.io`'s rules, as the `folder`
-reader decodes files, and errors name the dataset, split, row and column."""
+"""`--dataset hf:NAME_OR_PATH`: `datasets` tables (docs/data.md) read map-style, cells decoded as the `folder` reader
+decodes files; errors name the dataset, split, row and column."""
 
 from __future__ import annotations
 

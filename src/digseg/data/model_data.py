@@ -15,8 +15,7 @@ from .hf_options import hf_options, is_hf_dataset
 from .splits import BY_HASH, BY_SPLIT_FILE, BY_SPLIT_FOLDERS, BY_SPLIT_LISTS, FOLDER_DATASET, HASH_RULE
 
 TRAINING_DATA_KEY = "training_data"  # the pipeline config's field (model_index.json)
-# the `digseg eval` flags (argparse dests) that choose the split read; given any, the model's rule is not applied
-EVAL_SPLIT_FLAGS = ("val_fraction", "split_file", "hf")
+EVAL_SPLIT_FLAGS = ("val_fraction", "split_file", "hf")  # `digseg eval` dests that override the model's split rule
 
 
 def _absolute(path: str | Path) -> str:
@@ -29,7 +28,7 @@ class TrainingDataRecord:
 
     dataset: str  # the name given to --dataset: "folder", a reader such as "cityscapes", "hf:NAME", "synthetic"
     data_root: str | None = None  # the data's root folder, absolute (datasets read from a folder)
-    split_rule: str | None = None  # folder: the rule that chose the training images (`splits.SPLIT_RULES`)
+    split_rule: str | None = None  # folder: the rule that chose the training images (one of `splits.BY_*`)
     val_fraction: float | None = None  # folder, rule "file-name hash": the share held out for val
     hash: str | None = None  # that rule's position of a stem (`splits.HASH_RULE`)
     split_file: str | None = None  # folder, rule "split file": the training list, absolute

@@ -1,5 +1,4 @@
-"""Datasets by name: "synthetic" scenes, "hf:<name or path>" (`digseg.data.hf`), or a registered reader
-(`digseg.data.semantic`, `digseg.data.domains`)."""
+"""Datasets by name: "synthetic" scenes, "hf:<name or path>" (`digseg.data.hf`), or a registered reader."""
 
 from __future__ import annotations
 

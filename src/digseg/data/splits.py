@@ -12,8 +12,7 @@ from ..errors import ConfigError
 
 FOLDER_DATASET = "folder"  # the registered name of the reader these rules split
 DEFAULT_VAL_FRACTION = 0.1  # share of a flat folder held out for val when no fraction is given
-# the rules above, in order, as a model's record of its data names the one that chose its splits
-BY_SPLIT_FILE, BY_SPLIT_LISTS, BY_SPLIT_FOLDERS, BY_HASH = SPLIT_RULES = (
+BY_SPLIT_FILE, BY_SPLIT_LISTS, BY_SPLIT_FOLDERS, BY_HASH = (  # the rules, in order, as a model's record names them
     "split file", "split lists", "split folders", "file-name hash")
 HASH_RULE = "sha1-52"  # the flat folder's position of a stem, as a model's record names it
 

@@ -1,6 +1,5 @@
-"""Built-in synthetic, text-prompted scenes: circles, squares and triangles on textured backgrounds; scene `i` of
-`SyntheticScenes(seed=s)` depends only on `(s, i)`. Each kind of shape has its own colours: a tiny model trained for
-a few CPU minutes could not tell the kinds apart by shape alone."""
+"""Synthetic scenes of circles, squares and triangles on textured backgrounds, scene `i` from `(seed, i)` only. Each
+kind has its own colours: a tiny model trained for a few CPU minutes could not tell them apart by shape alone."""
 
 from __future__ import annotations
 
@@ -24,10 +23,8 @@ _CIRCLE, _SQUARE, _TRIANGLE = 1, 2, 3
 # Saturated shape colours (RGB): red, green, blue, yellow, magenta, cyan, white, orange.
 _COLOURS = np.array([[230, 30, 30], [30, 200, 40], [40, 60, 230], [240, 220, 30],
                      [220, 40, 220], [30, 220, 230], [245, 245, 245], [250, 140, 20]], dtype=np.float32)
-# Colour family (indices into _COLOURS) of each kind.
-_FAMILY = {_CIRCLE: (0, 7, 3), _SQUARE: (1, 5), _TRIANGLE: (2, 4, 6)}
-# Extent (farthest point from the centre) of each kind in units of its radius `r`.
-_EXTENT = {_CIRCLE: 1.0, _SQUARE: 0.85 * np.sqrt(2.0), _TRIANGLE: 1.4}
+_FAMILY = {_CIRCLE: (0, 7, 3), _SQUARE: (1, 5), _TRIANGLE: (2, 4, 6)}  # each kind's colours (indices into _COLOURS)
+_EXTENT = {_CIRCLE: 1.0, _SQUARE: 0.85 * np.sqrt(2.0), _TRIANGLE: 1.4}  # farthest point from the centre, in radii
 
 
 @functools.lru_cache(maxsize=8)

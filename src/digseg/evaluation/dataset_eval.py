@@ -1,6 +1,5 @@
-"""`digseg eval`: run a model over a dataset split (writing `<predictions>/<stem>.png`: class ids, "none" = 255, or
-65535 in 16-bit PNGs above 255 classes) and score label PNGs by the dataset's `metric`, in one K x K matrix; an
-unreadable sample is reported and skipped. N processes each take every N-th sample, merged as one process's."""
+"""`digseg eval`: predict a split (`<predictions>/<stem>.png`, class ids, "none" 255 or 65535) and score label PNGs
+by the dataset's `metric`; unreadable samples are skipped. N processes take every N-th sample, merged as one's."""
 
 from __future__ import annotations
 
