@@ -3,6 +3,7 @@ files (DataError naming the dataset and paths), `StandardLayout` and label looku
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -192,19 +193,17 @@ def pair_files(ds: SegmentationDataset, files: Mapping[str, Path], candidates: C
                by_label: bool = False) -> list[Sample]:
     """A Sample per file of `files` ({stem: path}; labels `by_label`), paired with its first existing candidate."""
     what, partner = ("label", "image") if by_label else ("image", "label")
-    listed: dict[Path, set[str]] = {}
 
-    def exists(path: Path) -> bool:  # one listing per folder (a missing folder holds nothing)
-        if path.parent not in listed:
-            try:
-                with os.scandir(path.parent) as entries:
-                    listed[path.parent] = {e.name for e in entries if e.is_file()}
-            except (FileNotFoundError, NotADirectoryError):
-                listed[path.parent] = set()
-        return path.name in listed[path.parent]
+    @functools.cache
+    def listing(folder: Path) -> set[str]:  # one listing per folder (a missing folder holds nothing)
+        try:
+            with os.scandir(folder) as entries:
+                return {e.name for e in entries if e.is_file()}
+        except (FileNotFoundError, NotADirectoryError):
+            return set()
 
     tried = {stem: list(candidates(stem, path)) for stem, path in files.items()}
-    found = {stem: next((c for c in paths if exists(c)), None) for stem, paths in tried.items()}
+    found = {stem: next((c for c in paths if c.name in listing(c.parent)), None) for stem, paths in tried.items()}
     missing = [stem for stem, partner_path in found.items() if partner_path is None]
     if missing:
         more = f" ({len(missing) - 1} more {what}s without {partner}s)" if len(missing) > 1 else ""
