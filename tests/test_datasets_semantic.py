@@ -200,5 +200,5 @@ def test_coco_stuff_bad_data(tmp_path):
 
 def test_layout_hints_name_paths(tmp_path):
     ade150(tmp_path)
-    hint = ADE20K150(tmp_path).layout_hint()
+    hint = ADE20K150(tmp_path).layout_hint
     assert "ADEChallengeData2016/images/validation" in hint and "annotations/validation" in hint

@@ -21,9 +21,7 @@ from digseg.errors import DataError
 class Reader:  # the attributes the helpers use for their messages
     name = "toy"
     split = "val"
-
-    def layout_hint(self) -> str:
-        return "expected img/*.png"
+    layout_hint = "expected img/*.png"
 
 
 DS = Reader()

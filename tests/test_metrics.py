@@ -99,18 +99,17 @@ def test_merge_equals_single_update() -> None:
 
 def test_binary_scores() -> None:
     # TP = 3, FP = 2, FN = 1 -> IoU 3/6, precision 3/5, recall 3/4, F1 6/9
-    cm = torch.tensor([[5, 2], [1, 3]])
-    s = binary_scores(cm)
-    assert s == pytest.approx({"IoU": 50.0, "precision": 60.0, "recall": 75.0, "F1": 200 / 3})
-    assert binary_scores(cm.numpy()) == pytest.approx(s)
+    m = SegmentationMetric(2)
+    m.update(np.array([0] * 5 + [1] * 2 + [0] + [1] * 3), np.array([0] * 7 + [1] * 4))  # confusion [[5, 2], [1, 3]]
+    assert binary_scores(m) == pytest.approx({"IoU": 50.0, "precision": 60.0, "recall": 75.0, "F1": 200 / 3})
 
 
 def test_per_image_dice_iou() -> None:
-    # ignore pixel dropped: pred 1 1 0, label 1 0 1 -> I=1, |P|=2, |G|=2 -> dice 0.5, IoU 1/3
-    dice, iou = per_image_dice_iou(np.array([1, 1, 0, 0]), np.array([1, 0, 1, 255]))
+    # pred 1 1 0, label 1 0 1 -> I=1, |P|=2, |G|=2 -> dice 0.5, IoU 1/3
+    dice, iou = per_image_dice_iou(np.array([1, 1, 0]) == 1, np.array([1, 0, 1]) == 1)
     assert dice == pytest.approx(0.5) and iou == pytest.approx(1 / 3)
-    assert per_image_dice_iou(np.zeros((4, 4), int), np.zeros((4, 4), int)) == (1.0, 1.0)
-    assert per_image_dice_iou(np.array([1, 0]), np.array([0, 0])) == (0.0, 0.0)
+    assert per_image_dice_iou(np.zeros((4, 4), bool), np.zeros((4, 4), bool)) == (1.0, 1.0)
+    assert per_image_dice_iou(np.array([True, False]), np.array([False, False])) == (0.0, 0.0)
 
 
 def test_format_markdown_table() -> None:

@@ -138,7 +138,6 @@ def cmd_browse_data(args: argparse.Namespace) -> None:
 
 def cmd_check_data(args: argparse.Namespace) -> int:
     """List every bad sample of the training and validation splits -> 0 when every sample is good, 1 otherwise."""
-    from ..data.check import describe_bad
     from ..training.run import build_dataset, checked_dataset
 
     config = _train_config(args)
@@ -158,8 +157,8 @@ def cmd_check_data(args: argparse.Namespace) -> int:
             continue
         found += len(check.bad)
         print(f"{split}: {len(check.names)} samples, {len(check.bad)} bad" + (":" if check.bad else ""))
-        if check.bad:
-            print(describe_bad(check.bad))
+        for bad in check.bad:
+            print(f"  {bad.problem}")
     if found:
         print("train with --bad-samples skip to leave them out, or fix them and check again")
     return 1 if found else 0

@@ -1,10 +1,6 @@
-"""Training augmentation as mmsegmentation does it (docs/augmentation.md gives each step's rule): RandomResize (keep
-ratio) -> RandomCrop with `cat_max_ratio` retries -> flips -> PhotoMetricDistortion -> pad to the crop.
-
-Randomness: one `torch.rand(NUM_DRAWS, generator=gen, dtype=torch.float64)` per sample whatever the settings and the
-image, each value's role fixed (`_U_*` below): the same generator state gives bit-identical output, a sample's draws
-never shift another's, and turning a step off leaves every sample's geometry unchanged.
-"""
+"""Training augmentation as mmsegmentation does it (docs/augmentation.md): RandomResize (keep ratio) -> RandomCrop with
+`cat_max_ratio` retries -> flips -> PhotoMetricDistortion -> pad. Each sample draws NUM_DRAWS uniforms, each with a
+fixed role (`_U_*`), so a step turned off or another sample's draws never change a sample's geometry."""
 
 from __future__ import annotations
 
@@ -84,8 +80,7 @@ class Augmentation:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | bool | None,
                   base: "Augmentation | None" = None) -> "Augmentation":
-        """`base` (default: `Augmentation()`) with the keys of `values` overriding it; False turns augmentation off,
-        True or None keeps `base`."""
+        """`base` (default `Augmentation()`) with `values` overriding it; False: off, True or None: `base`."""
         base = base if base is not None else cls()
         if values is None or values is True:
             return base
@@ -133,12 +128,9 @@ def _lut(alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
 def photometric_distortion(image: Image.Image, u: np.ndarray) -> Image.Image:
     """mmseg PhotoMetricDistortion on an RGB image, driven by the draws u[_U_BRIGHT.._U_HUE_DELTA]."""
     identity = np.arange(256, dtype=np.uint8)
-    rgb = identity
-    if u[_U_BRIGHT] < 0.5:
-        rgb = _lut(beta=(2.0 * u[_U_BRIGHT_DELTA] - 1.0) * BRIGHTNESS_DELTA)
-    contrast = None
-    if u[_U_CONTRAST] < 0.5:
-        contrast = _lut(alpha=CONTRAST_RANGE[0] + u[_U_CONTRAST_ALPHA] * (CONTRAST_RANGE[1] - CONTRAST_RANGE[0]))
+    rgb = _lut(beta=(2.0 * u[_U_BRIGHT_DELTA] - 1.0) * BRIGHTNESS_DELTA) if u[_U_BRIGHT] < 0.5 else identity
+    low, high = CONTRAST_RANGE
+    contrast = _lut(alpha=low + u[_U_CONTRAST_ALPHA] * (high - low)) if u[_U_CONTRAST] < 0.5 else None
     contrast_first = u[_U_CONTRAST_FIRST] < 0.5
     if contrast is not None and contrast_first:
         rgb = contrast[rgb]  # composed tables: each step still clips and truncates to uint8, as mmseg
@@ -161,9 +153,8 @@ def photometric_distortion(image: Image.Image, u: np.ndarray) -> Image.Image:
 
 def apply_augmentation(image: Image.Image, label: np.ndarray, aug: Augmentation, gen: torch.Generator,
                        ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One training sample: RGB image + int label [H, W] -> (float32 [3, h, w] in [-1, 1], int64 [h, w]),
-    (h, w) == aug.crop_size, from a pair of one size (`load_pair` checks it). Draws exactly NUM_DRAWS values
-    from `gen` when enabled, none when disabled."""
+    """RGB image + int label [H, W] of one size -> (float32 [3, h, w] in [-1, 1], int64 [h, w]), (h, w) the crop
+    size. Draws exactly NUM_DRAWS values from `gen` when enabled, none when disabled."""
     label = np.asarray(label).astype(np.int64, copy=False)
     crop_h, crop_w = aug.crop_size
     if not aug.enabled:  # the plain squash to the crop, deterministic
@@ -207,7 +198,6 @@ def apply_augmentation(image: Image.Image, label: np.ndarray, aug: Augmentation,
     return pixels, target
 
 
-# Presets per dataset (docs/augmentation.md gives the table with reasons).
 _ADE = Augmentation(scale=(2048, 512), ratio_range=(0.5, 2.0), crop_size=(512, 512))
 _CITYSCAPES = Augmentation(scale=(2048, 1024), ratio_range=(0.5, 2.0), crop_size=(512, 1024))
 
@@ -233,10 +223,8 @@ AUGMENT_PRESETS: dict[str, Augmentation] = {  # mmseg configs/_base_/datasets/<n
 
 def augmentation_for(dataset_name: str, crop_size: tuple[int, int] | int | None = None,
                      overrides: Mapping[str, Any] | bool | None = None) -> Augmentation:
-    """The preset of `dataset_name`, then `crop_size` (an int: square; the preset's `scale` scaled by the ratio of the
-    short crop sides, e.g. ADE20K at crop 256: scale (1024, 256)), then `overrides` (a config's `augmentation:`)."""
-    if is_hf_dataset(dataset_name):
-        dataset_name = FOLDER_DATASET
+    """The preset of `dataset_name` at `crop_size` (an int: square; its scale scaled alike), then `overrides`."""
+    dataset_name = FOLDER_DATASET if is_hf_dataset(dataset_name) else dataset_name
     if dataset_name not in AUGMENT_PRESETS:
         raise ConfigError(f"no augmentation preset for dataset {dataset_name!r}; "
                           f"known: {', '.join(sorted(AUGMENT_PRESETS))}")

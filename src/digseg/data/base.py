@@ -1,15 +1,13 @@
-"""Base class of the readers of datasets in their official layouts (`@register_dataset`), the registry by name, and
-the readers' helpers: listing and pairing files (DataError naming the dataset and paths at fault), `StandardLayout`
-and label lookup tables. A reader sets `name`, `metric`, `class_names`, `splits` and implements `find_samples` (or
-is a `StandardLayout`), and `label_lut` when stored values are not contiguous class ids.
-"""
+"""Base class of the dataset readers (`@register_dataset`, `DATASETS` by name) and their helpers: listing and pairing
+files (DataError naming the dataset and paths), `StandardLayout` and label lookup tables."""
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from importlib import resources
 from pathlib import Path
 from typing import ClassVar
@@ -23,16 +21,13 @@ from ..errors import ConfigError, DataError
 from .io import IMAGE_EXTENSIONS, image_to_tensor, load_image, load_label, read_class_list
 
 
-class MetricKind(str, Enum):
+class MetricKind(StrEnum):
     """How `digseg eval` scores a dataset (its `metric`); a reader may write the value ("semantic")."""
 
     SEMANTIC = "semantic"  # one confusion matrix; mIoU over classes whose union > 0 (mmsegmentation)
     OPEN_VOCAB = "open_vocab"  # the same matrix; means over classes present in the ground truth (CAT-Seg)
     ROAD = "road"  # IoU, precision, recall, F1 of class 1
     MEDICAL = "medical"  # per-image foreground Dice and IoU of each target, averaged over images
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True)
@@ -76,6 +71,8 @@ class SegmentationDataset(Dataset):
     label_lut: ClassVar[np.ndarray | None] = None  # stored value -> class id (`make_lut`); None: stored as class ids
     strict_lut: ClassVar[bool] = True  # values outside `label_lut`: DataError (else ignored)
     converted: ClassVar[str] = ""  # label files ending with it already hold class ids
+    first_channel: ClassVar[bool] = False  # labels read by their first channel (masks whose channels differ by noise)
+    layout_hint = "see README: datasets"  # where images and labels are expected, for error messages
 
     def __init__(self, root: str | Path, split: str = "val", size: int | None = None) -> None:
         self.root = Path(root).expanduser()
@@ -87,14 +84,7 @@ class SegmentationDataset(Dataset):
         self.samples: list[Sample] = self.find_samples()
         if not self.samples:
             raise DataError(f"{self.name}: no images found for split {split!r} under {self.root} "
-                            f"({self.layout_hint()})")
-
-    def find_samples(self) -> list[Sample]:
-        raise NotImplementedError
-
-    def layout_hint(self) -> str:
-        """One line telling where images and labels are expected (used in error messages)."""
-        return "see README: datasets"
+                            f"({self.layout_hint})")
 
     @property
     def num_classes(self) -> int:
@@ -109,7 +99,7 @@ class SegmentationDataset(Dataset):
 
     def read_raw_label(self, sample: Sample) -> np.ndarray:
         """The label file as class ids, through `label_lut` (override for labels that are not images, e.g. XML)."""
-        raw, path = load_label(sample.label), sample.label
+        raw, path = load_label(sample.label, self.first_channel), sample.label
         if self.label_lut is None or (self.converted and path.name.endswith(self.converted)):
             return raw
         return remap(self, raw, self.label_lut, path, self.strict_lut)
@@ -164,17 +154,21 @@ def pick_root(root: Path, *candidates: str) -> Path:
     return next((root / c for c in candidates if (root / c).is_dir()), root)
 
 
+def subfolders(folder: Path) -> list[Path]:
+    """The non-hidden folders in `folder` (none when it is no folder), sorted."""
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) if folder.is_dir() else []
+
+
 def require_dir(ds: SegmentationDataset, folder: Path, what: str) -> Path:
     """`folder` if it is a folder, else DataError naming it, the split and the reader's layout hint."""
     if not folder.is_dir():
-        raise DataError(f"{ds.name}: {what} folder for split {ds.split!r} not found: {folder} ({ds.layout_hint()})")
+        raise DataError(f"{ds.name}: {what} folder for split {ds.split!r} not found: {folder} ({ds.layout_hint})")
     return folder
 
 
 def list_files(ds: SegmentationDataset, folders: Path | Sequence[Path], suffixes: Sequence[str] = IMAGE_EXTENSIONS,
                what: str = "image") -> dict[str, Path]:
-    """{stem: path} of the non-hidden files directly in `folders` (in order; sorted by stem within each) whose name
-    ends with one of `suffixes` (any case); the stem is the name less that suffix (`"_leftImg8bit.png"`: the id)."""
+    """{stem: path} of the non-hidden files in `folders` ending with a suffix (any case, cut off), sorted per folder."""
     ends = sorted((s.lower() for s in suffixes), key=len, reverse=True)  # longest match first
     found: dict[str, Path] = {}
     for folder in [folders] if isinstance(folders, Path) else folders:
@@ -197,22 +191,19 @@ def list_files(ds: SegmentationDataset, folders: Path | Sequence[Path], suffixes
 
 def pair_files(ds: SegmentationDataset, files: Mapping[str, Path], candidates: Callable[[str, Path], Sequence[Path]],
                by_label: bool = False) -> list[Sample]:
-    """One Sample per file of `files` ({stem: path}: images, or labels `by_label`); `candidates(stem, file)` lists
-    its partner's possible paths, best first. DataError for files whose candidates all do not exist."""
+    """A Sample per file of `files` ({stem: path}; labels `by_label`), paired with its first existing candidate."""
     what, partner = ("label", "image") if by_label else ("image", "label")
-    listed: dict[Path, set[str]] = {}
 
-    def exists(path: Path) -> bool:  # one listing per folder (a missing folder holds nothing)
-        if path.parent not in listed:
-            try:
-                with os.scandir(path.parent) as entries:
-                    listed[path.parent] = {e.name for e in entries if e.is_file()}
-            except (FileNotFoundError, NotADirectoryError):
-                listed[path.parent] = set()
-        return path.name in listed[path.parent]
+    @functools.cache
+    def listing(folder: Path) -> set[str]:  # one listing per folder (a missing folder holds nothing)
+        try:
+            with os.scandir(folder) as entries:
+                return {e.name for e in entries if e.is_file()}
+        except (FileNotFoundError, NotADirectoryError):
+            return set()
 
     tried = {stem: list(candidates(stem, path)) for stem, path in files.items()}
-    found = {stem: next((c for c in paths if exists(c)), None) for stem, paths in tried.items()}
+    found = {stem: next((c for c in paths if c.name in listing(c.parent)), None) for stem, paths in tried.items()}
     missing = [stem for stem, partner_path in found.items() if partner_path is None]
     if missing:
         more = f" ({len(missing) - 1} more {what}s without {partner}s)" if len(missing) > 1 else ""
@@ -223,16 +214,14 @@ def pair_files(ds: SegmentationDataset, files: Mapping[str, Path], candidates: C
 
 
 class StandardLayout(SegmentationDataset):
-    """Images `base/<image_dir>/<stem><suffix>` (a suffix of `image_suffixes`), each with the first existing label
-    `base/<label_dir>/<name>` of `label_names` (formatted with the stem); the labels ("{}<suffix>") choose the samples
-    when `labels_first`. `{split}` in the folders is the layout's split name; `base` is the first folder of
-    root/<inner_roots>, else root."""
+    """Images `base/<image_dir>/[<subfolder, if nested>/]<stem><suffix>` with the first existing label of `label_names`
+    in `base/<label_dir>/[<subfolder>/]` (labels first: `labels_first`); `base`: the first of root/<inner_roots>."""
 
     inner_roots: tuple[str, ...] = ()
     image_dir, label_dir = "images/{split}", "annotations/{split}"
     image_suffixes: tuple[str, ...] = IMAGE_EXTENSIONS
     label_names: tuple[str, ...] = ("{}.png",)
-    labels_first = False
+    labels_first = nested = False
 
     @property
     def base(self) -> Path:
@@ -242,8 +231,9 @@ class StandardLayout(SegmentationDataset):
         split = self.splits[self.split]
         return self.base / self.image_dir.format(split=split), self.base / self.label_dir.format(split=split)
 
-    def layout_hint(self) -> str:
-        images, labels = self.folders()
+    @property
+    def layout_hint(self) -> str:  # type: ignore[override]
+        images, labels = (folder / "<folder>" if self.nested else folder for folder in self.folders())
         suffix = self.image_suffixes[0] if len(self.image_suffixes) == 1 else ".*"
         labels = " or ".join(str(labels / name.format("<stem>")) for name in self.label_names)
         holding = " or ".join(f"{r}/" for r in self.inner_roots)
@@ -254,13 +244,12 @@ class StandardLayout(SegmentationDataset):
         images, labels = self.folders()
         if self.labels_first:
             found = list_files(self, labels, [name.format("") for name in self.label_names], "label")
-            require_dir(self, images, "image")
             return pair_files(self, found, lambda stem, _: [images / f"{stem}{s}" for s in self.image_suffixes],
                               by_label=True)
-        found = list_files(self, images, self.image_suffixes)
-        if found:  # none: "no images found", from the base class
-            require_dir(self, labels, "label")
-        return pair_files(self, found, lambda stem, _: [labels / name.format(stem) for name in self.label_names])
+        found = list_files(self, subfolders(require_dir(self, images, "image")) if self.nested else images,
+                           self.image_suffixes)
+        return pair_files(self, found, lambda stem, image: [
+            labels / image.parent.relative_to(images) / name.format(stem) for name in self.label_names])
 
 
 def make_lut(pairs: Mapping[int, int], default: int = 255) -> np.ndarray:
@@ -271,17 +260,11 @@ def make_lut(pairs: Mapping[int, int], default: int = 255) -> np.ndarray:
 
 
 def remap(ds: SegmentationDataset, raw: np.ndarray, lut: np.ndarray, path: Path, strict: bool = True) -> np.ndarray:
-    """Stored values mapped through `lut` (a `make_lut` table) as one array operation. Values outside the table, or
-    whose entry is -1, raise DataError naming `path` and the values when `strict`; otherwise they become 255."""
-    raw = np.asarray(raw)
-    if raw.dtype == np.uint8:  # every value is inside the table
-        out = lut[raw]
-        bad = out < 0
-    else:
-        values = raw.astype(np.int64, copy=False)
-        inside = (values >= 0) & (values < len(lut))
-        out = lut[np.where(inside, values, 0)]
-        bad = ~inside | (out < 0)
+    """`raw` through `lut` (`make_lut`); values outside it or mapped to -1: DataError when `strict`, else 255."""
+    values = np.asarray(raw).astype(np.int64, copy=False)
+    inside = (values >= 0) & (values < len(lut))
+    out = lut[np.where(inside, values, 0)]
+    bad = ~inside | (out < 0)
     if not bad.any():
         return out
     if strict:

@@ -1,7 +1,5 @@
-"""Checking a dataset read from storage before it is used: every sample read as training reads it (`load_pair`), in
-DataLoader workers, every problem collected (`scan_dataset`); `keep_good` then refuses the dataset or drops the bad
-samples. `check_dataset` keeps the result under `scan_key`, so a resume of an unchanged dataset is not scanned again.
-"""
+"""Every sample of a dataset read as training reads it (`check_dataset`, kept under `scan_key` so a resume does not
+scan again); `keep_good` then refuses the dataset or drops its bad samples."""
 
 from __future__ import annotations
 
@@ -68,8 +66,7 @@ def _file_facts(path) -> str:
 
 
 def scan_key(dataset) -> str:
-    """What a check of `dataset` depends on: its class count and ignore index, and each sample's files with their
-    sizes and modification times (a table: its fingerprint and row count)."""
+    """What a check depends on: class count, ignore index, each sample's files, sizes, times (a table: fingerprint)."""
     samples = stored_samples(dataset)
     h = hashlib.sha256(f"{type(dataset).__name__}|{len(getattr(dataset, 'class_names', []))}|"
                        f"{getattr(dataset, 'ignore_index', 255)}|{len(samples)}".encode())
@@ -98,8 +95,7 @@ def _read_each(dataset, indices: list[int]) -> list[tuple[int, str | None]]:
 
 def scan_dataset(dataset, num_workers: int = 0, show_progress: bool = True,
                  desc: str = "check data") -> DataCheck:
-    """Read every sample of a dataset read from storage (in `num_workers` DataLoader workers, at most one per core;
-    none below SMALL samples) -> DataCheck with every problem."""
+    """Every sample read (in up to `num_workers` DataLoader workers; none below SMALL samples) -> DataCheck."""
     from torch.utils.data import DataLoader  # here: the training config imports this module, and --help no torch
 
     names = [str(s.image) for s in dataset.samples]
@@ -116,8 +112,7 @@ def scan_dataset(dataset, num_workers: int = 0, show_progress: bool = True,
 
 def check_dataset(dataset, cache: Path | None = None, num_workers: int = 0,
                   show_progress: bool = True, desc: str = "check data") -> DataCheck | None:
-    """`scan_dataset`, or the check kept in `cache` (a JSON file) when it is of the same files; the new check is
-    kept there (written atomically). None for a dataset that is not read from storage."""
+    """`scan_dataset` (kept in `cache`), or the check kept there of the same files; None for generated data."""
     if stored_samples(dataset) is None:
         return None
     if cache is not None and cache.is_file():
@@ -141,23 +136,15 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def describe_bad(bad: list[BadSample]) -> str:
-    """One line per bad sample: "  <problem>"."""
-    return "\n".join(f"  {b.problem}" for b in bad)
-
-
-def keep_good(dataset, check: DataCheck | None, policy: str, where: str = ""):
-    """`dataset` without its bad samples (policy "skip"), or itself when it has none; policy "error": every bad
-    sample logged (one line each, on stderr), then a one-line DataError that counts them, names the first and says
-    what to do (`policy` is one of BAD_SAMPLES, as the config and the command line check)."""
+def keep_good(dataset, check: DataCheck | None, policy: str, where: str):
+    """`dataset` less its bad samples (policy "skip"); "error": each logged, then one DataError saying what to do."""
     if check is None or not check.bad:
         return dataset
     if policy == "error":
         for bad in check.bad:
             logger.error("bad sample: %s", bad.problem)
-        where = f" ({where})" if where else ""
         raise DataError(f"{len(check.bad)} of {len(check.names)} samples of {getattr(dataset, 'name', 'the dataset')}"
-                        f"{where} cannot be used, each listed above (the first: {check.bad[0].problem}); fix or "
+                        f" ({where}) cannot be used, each listed above (the first: {check.bad[0].problem}); fix or "
                         "remove them, or train without them with --bad-samples skip (data.bad_samples: skip)")
     from .base import LazySamples  # here: importing this module imports no torch
 

@@ -12,8 +12,8 @@ from PIL import Image, ImageDraw
 
 from ..errors import DataError
 from .base import (MetricKind, Sample, SegmentationDataset, StandardLayout, list_files, make_lut, pair_files,
-                   register_dataset, require_dir)
-from .io import load_image, load_label, read_class_list, read_list_file
+                   pick_root, register_dataset, subfolders)
+from .io import load_image, read_class_list, read_list_file
 from .splits import (BY_HASH, BY_SPLIT_FILE, BY_SPLIT_FOLDERS, BY_SPLIT_LISTS, DEFAULT_VAL_FRACTION, FOLDER_DATASET,
                      is_held_out, split_options)
 
@@ -27,24 +27,13 @@ CITYSCAPES_LUT = make_lut({7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7,
 
 
 @register_dataset
-class Cityscapes(SegmentationDataset):
+class Cityscapes(StandardLayout):
     name = "cityscapes"
     class_names = CITYSCAPES_CLASSES
     splits = {"train": "train", "val": "val", "test": "test"}
     converted, label_lut, strict_lut = "_labelTrainIds.png", CITYSCAPES_LUT, False  # labelIds -> trainIds
-
-    def layout_hint(self) -> str:
-        return ("expected leftImg8bit/<split>/<city>/<id>_leftImg8bit.png and "
-                "gtFine/<split>/<city>/<id>_gtFine_labelTrainIds.png (or _gtFine_labelIds.png)")
-
-    def find_samples(self) -> list[Sample]:
-        split = self.splits[self.split]
-        image_root = require_dir(self, self.root / "leftImg8bit" / split, "image")
-        cities = sorted(d for d in image_root.iterdir() if d.is_dir() and not d.name.startswith("."))
-        images = list_files(self, cities, ("_leftImg8bit.png",))
-        labels = self.root / "gtFine" / split  # gtFine/<split>/<city>/, as leftImg8bit/
-        return pair_files(self, images, lambda stem, image: [
-            labels / image.parent.name / f"{stem}_gtFine_{ids}.png" for ids in ("labelTrainIds", "labelIds")])
+    image_dir, label_dir, nested = "leftImg8bit/{split}", "gtFine/{split}", True  # <split>/<city>/<id>_...
+    image_suffixes, label_names = ("_leftImg8bit.png",), ("{}_gtFine_labelTrainIds.png", "{}_gtFine_labelIds.png")
 
 
 @register_dataset
@@ -63,9 +52,7 @@ class DeepGlobeRoads(StandardLayout):
     splits = {"train": "train", "val": "valid", "test": "test"}
     image_dir = label_dir = "{split}"
     image_suffixes, label_names = ("_sat.jpg",), ("{}_mask.png",)
-
-    def read_raw_label(self, sample: Sample) -> np.ndarray:
-        return (load_label(sample.label, first_channel=True) >= 128).astype(np.int64)  # road = white
+    first_channel, label_lut = True, (np.arange(65536) >= 128).astype(np.int64)  # road = white (8 or 16 bits)
 
 
 REFUGE2_LUT = np.array([2 if v <= 64 else 1 if v < 192 else 0 for v in range(256)], dtype=np.uint8)  # nearest
@@ -80,10 +67,7 @@ class REFUGE2(StandardLayout):
     medical_targets = {"disc": (1, 2), "cup": (2,)}
     image_dir, label_dir = "{split}/images", "{split}"
     image_suffixes, label_names = (".jpg", ".jpeg", ".png"), ("mask/{}.bmp", "masks/{}.bmp")
-
-    def read_raw_label(self, sample: Sample) -> np.ndarray:
-        raw = np.clip(load_label(sample.label, first_channel=True).astype(np.int64), 0, 255)  # >255 is nearest to 255
-        return REFUGE2_LUT[raw].astype(np.int64)  # 255 bg -> 0, 128 rim -> 1, 0 cup -> 2; others to nearest
+    first_channel, label_lut = True, REFUGE2_LUT  # 8-bit BMP: 255 bg -> 0, 128 rim -> 1, 0 cup -> 2, others nearest
 
 
 @register_dataset
@@ -96,13 +80,12 @@ class PhenoBench(StandardLayout):
 
 @register_dataset
 class FolderPairs(SegmentationDataset):
-    """A user's own data: root/images/<stem>.*, root/masks/<stem>.png (value = class id, 255 ignore) and
-    root/classes.txt (at most 255 classes), or the same per split in images/<split>/ and masks/<split>/, split by
-    the rules of `digseg.data.splits`. `split_rule` says which rule chose the images, in words, `split_by` by its
-    name in `SPLIT_RULES`. `class_names` is per instance."""
+    """A user's images/<stem>.*, masks/<stem>.png and classes.txt, split by `digseg.data.splits` (`split_rule`)."""
 
     name = FOLDER_DATASET
     splits = {"train": "train", "val": "val", "test": "test"}
+    layout_hint = ("expected images/<stem>.* and masks/<stem>.png (or images/<split>/ and masks/<split>/) and "
+                   "classes.txt (one class name per line)")
 
     def __init__(self, root: str | Path, split: str = "val", size: int | None = None,
                  val_fraction: float | None = None, split_file: str | Path | None = None,
@@ -118,10 +101,6 @@ class FolderPairs(SegmentationDataset):
     def __repr__(self) -> str:
         count = f"{len(self)} image{'' if len(self) == 1 else 's'}"
         return f"FolderPairs({str(self.root)!r}, split={self.split!r}): {count} {self.split_rule}"
-
-    def layout_hint(self) -> str:
-        return ("expected images/<stem>.* and masks/<stem>.png (or images/<split>/ and masks/<split>/) and "
-                "classes.txt (one class name per line)")
 
     def find_samples(self) -> list[Sample]:
         classes = self.root / "classes.txt"
@@ -156,7 +135,7 @@ class FolderPairs(SegmentationDataset):
                 raise DataError(f"{self.name}: split {self.split!r} has no split file {lists / f'{name}.txt'}; the "
                                 f"split files there are {', '.join(present)}")
             return self._listed_images(lists / f"{name}.txt"), f"listed in {lists / f'{name}.txt'}", BY_SPLIT_LISTS
-        folders = self._split_folders()
+        folders = [folder.name for folder in subfolders(self.root / "images")]
         if folders:
             if name not in folders:
                 raise DataError(f"{self.name}: split {self.split!r} has no folder {self.root / 'images' / name}; "
@@ -179,16 +158,10 @@ class FolderPairs(SegmentationDataset):
                             f"masks/{{train,val}}/ or a split file")
         return chosen, f"by file-name hash, val_fraction {self.val_fraction:g}", BY_HASH
 
-    def _split_folders(self) -> list[str]:
-        """The names of the folders in images/ (split folders), sorted; [] for a flat folder."""
-        images = self.root / "images"
-        folders = images.iterdir() if images.is_dir() else []
-        return sorted(p.name for p in folders if p.is_dir() and not p.name.startswith("."))
-
     def _listed_images(self, split_file: Path) -> dict[str, Path]:
         """The images a split file names, in its order, looked up among images/* and the split folders."""
         stems = dict.fromkeys(read_list_file(split_file, "split", DataError))
-        images = list_files(self, [self.root / "images", *(self.root / "images" / n for n in self._split_folders())])
+        images = list_files(self, [self.root / "images", *subfolders(self.root / "images")])
         missing = [stem for stem in stems if stem not in images]
         if missing:
             more = f" ({len(missing) - 1} more listed stems have none)" if len(missing) > 1 else ""
@@ -198,30 +171,23 @@ class FolderPairs(SegmentationDataset):
 
 
 @register_dataset
-class MoNuSeg(SegmentationDataset):
-    """H&E tissue tiles with Aperio XML nucleus outlines, rasterised to a nuclei mask on read. MoNuSeg has no
-    validation split: "val" reads the test data (as is usual for this dataset)."""
+class MoNuSeg(StandardLayout):
+    """H&E tissue tiles with Aperio XML nucleus outlines, rasterised on read; "val" reads the test data (no val)."""
 
     name = "monuseg"
     metric = MetricKind.MEDICAL
     class_names = ["background", "nucleus"]
     splits = {"train": "MoNuSegTrainingData", "val": "MoNuSegTestData", "test": "MoNuSegTestData"}
     medical_targets = {"nucleus": (1,)}
+    image_dir = label_dir = "{split}"
+    image_suffixes, label_names = (".tif", ".tiff"), ("Annotations/{}.xml", "{}.xml")
 
-    def layout_hint(self) -> str:
-        return ("expected MoNuSegTrainingData/Tissue Images/<stem>.tif + MoNuSegTrainingData/Annotations/<stem>.xml, "
-                "and MoNuSegTestData/<stem>.tif + <stem>.xml")
-
-    def find_samples(self) -> list[Sample]:
-        folder = require_dir(self, self.root / self.splits[self.split], "split")
-        tissue, notes = folder / "Tissue Images", folder / "Annotations"
-        images = list_files(self, tissue if tissue.is_dir() else folder, (".tif", ".tiff"))
-        label_dirs = [notes, folder] if notes.is_dir() else [folder]
-        return pair_files(self, images, lambda stem, _: [d / f"{stem}.xml" for d in label_dirs])
+    def folders(self) -> tuple[Path, Path]:  # images in <split>/Tissue Images/ (the training data) or in <split>/
+        images, labels = super().folders()
+        return pick_root(images, "Tissue Images"), labels
 
     def read_raw_label(self, sample: Sample) -> np.ndarray:
-        """1 inside (and on the outline of) any Region/Vertices/Vertex polygon of the Aperio XML, 0 elsewhere;
-        DataError when the file is missing, not well-formed XML, or a vertex lacks a finite numeric X / Y."""
+        """1 inside (and on) any Region's Vertex polygon, 0 elsewhere; DataError for bad XML or vertices."""
         canvas, path = Image.new("L", load_image(sample.image).size, 0), sample.label
         try:
             root = ET.parse(path).getroot()
@@ -232,13 +198,12 @@ class MoNuSeg(SegmentationDataset):
             points = []
             for vertex in region.iter("Vertex"):
                 try:
-                    x, y = float(vertex.attrib["X"]), float(vertex.attrib["Y"])
+                    points.append((float(vertex.attrib["X"]), float(vertex.attrib["Y"])))
+                    if not all(math.isfinite(v) for v in points[-1]):
+                        raise ValueError("not finite")
                 except (KeyError, ValueError) as exc:
                     raise DataError(f"annotation {path}: a vertex of region {region.get('Id', '?')} has no valid "
-                                    f"X / Y ({vertex.attrib})") from exc
-                if not (math.isfinite(x) and math.isfinite(y)):
-                    raise DataError(f"annotation {path}: non-finite vertex ({x}, {y})")
-                points.append((x, y))
+                                    f"finite X / Y ({vertex.attrib})") from exc
             if len(points) >= 2:  # 2 points draw a line; a single point is skipped
                 draw.polygon(points, fill=1, outline=1)
         return np.asarray(canvas, dtype=np.uint8).astype(np.int64)

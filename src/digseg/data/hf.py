@@ -1,7 +1,5 @@
-"""Datasets of the Hugging Face `datasets` library as digseg datasets: `--dataset hf:NAME_OR_PATH` (docs/data.md
-states the rules). Tables are read map-style (memory-mapped, shared with DataLoader workers); cells are decoded by
-`digseg.data.io`'s rules, as the `folder` reader decodes files, and errors name the dataset, split, row and column.
-"""
+"""`--dataset hf:NAME_OR_PATH`: `datasets` tables (docs/data.md) read map-style, cells decoded as the `folder` reader
+decodes files; errors name the dataset, split, row and column."""
 
 from __future__ import annotations
 
@@ -71,16 +69,6 @@ def open_split(source: str, split: str, hf_split: str | None = None):
     return tables[name], name
 
 
-def _feature_names(feature) -> list[str] | None:
-    """The names of a ClassLabel feature, also inside sequences of them; None for other features."""
-    while feature is not None:
-        names = getattr(feature, "names", None)
-        if names:
-            return list(names)
-        feature = getattr(feature, "feature", None)
-    return None
-
-
 def _class_file(source: str) -> Path | None:
     """classes.txt or id2label.json beside a local dataset, or in a Hub dataset's repository (when reachable)."""
     path = Path(source).expanduser()
@@ -101,7 +89,10 @@ def class_names_of(source: str, label_feature, options: HFOptions) -> list[str]:
     """The class names by the rules of docs/data.md; DataError saying where names may come from."""
     if options.classes_file:
         return read_class_list(options.classes_file)
-    stored = _feature_names(label_feature)
+    feature = label_feature  # a ClassLabel feature, or a sequence of them, has names
+    while feature is not None and not getattr(feature, "names", None):
+        feature = getattr(feature, "feature", None)
+    stored = None if feature is None else list(feature.names)
     file = _class_file(source) if stored is None else None
     if file is not None and file.name == "classes.txt":
         return read_class_list(file)
@@ -121,8 +112,7 @@ def class_names_of(source: str, label_feature, options: HFOptions) -> list[str]:
 
 
 class HFSegmentation(SegmentationDataset):
-    """One split of an hf: dataset; `name` is "hf:<source>", `split` digseg's split name (or the dataset's own),
-    `hf_split` the dataset's name for it. Samples are rows: stems are row numbers (000000, 000001, ...)."""
+    """One split of an hf: dataset (`hf_split`: the dataset's name for it); samples are rows, stems row numbers."""
 
     def __init__(self, source: str, split: str = "val", size: int | None = None,
                  options: HFOptions | None = None) -> None:  # noqa: D107  (no super().__init__: rows, not files)
@@ -167,8 +157,6 @@ class HFSegmentation(SegmentationDataset):
         value = self._row[1][column]
         if value is None or (isinstance(value, dict) and not (value.get("bytes") or value.get("path"))):
             raise DataError(f"{name} is empty")
-        if isinstance(value, Image.Image):
-            return value, name
         if isinstance(value, dict):  # the Image feature's storage: file bytes, or a path when not embedded
             try:
                 value = value.get("bytes") or Path(value["path"]).read_bytes()

@@ -1,7 +1,5 @@
-"""The options of `--dataset hf:NAME_OR_PATH` (`HFOptions`: columns, splits, class names, label conventions), given
-as the training config's `data.hf` mapping and as `--hf KEY=VALUE` on the command line. Imports neither torch nor
-`datasets`: the command line and the training config read it.
-"""
+"""The options of `--dataset hf:NAME_OR_PATH` (`HFOptions`), given as the training config's `data.hf` mapping or as
+`--hf KEY=VALUE`. Imports neither torch nor `datasets`: the command line and the training config read it."""
 
 from __future__ import annotations
 
@@ -45,9 +43,7 @@ FIELDS = tuple(f.name for f in dataclasses.fields(HFOptions))
 
 
 def hf_options(dataset: str, given: Mapping[str, Any] | None, where: str = "data.hf") -> HFOptions | None:
-    """The options of an hf: dataset from `given` ({HFOptions field: value}; `where` names them in errors, e.g.
-    "--hf"); None for another dataset. ConfigError for an unknown field, a value of the wrong type, or options
-    given with another dataset."""
+    """HFOptions from `given` ({field: value}; `where` in errors), None for another dataset; ConfigError if invalid."""
     given = dict(given or {})
     if not is_hf_dataset(dataset):
         if given:
@@ -71,17 +67,15 @@ def hf_options(dataset: str, given: Mapping[str, Any] | None, where: str = "data
 
 
 def parse_hf_pairs(items: list[str] | None) -> dict[str, Any]:
-    """`--hf KEY=VALUE ...` -> {KEY: VALUE}, each value read as YAML (`reduce_zero_label=true`, `ignore_index=0`);
-    names stay text (`val_split=2017` is the split "2017"). Checked by `hf_options`."""
+    """`--hf KEY=VALUE ...` -> {KEY: VALUE}: YAML for `ignore_index` and `reduce_zero_label`, text for names."""
     given: dict[str, Any] = {}
     for item in items or []:
         key, eq, text = item.partition("=")
-        if not eq or not key.strip():
-            raise ConfigError(f"--hf takes KEY=VALUE, got {item!r} (e.g. label_column=mask; keys: {', '.join(FIELDS)})")
         key = key.strip()
+        if not eq or not key:
+            raise ConfigError(f"--hf takes KEY=VALUE, got {item!r} (e.g. label_column=mask; keys: {', '.join(FIELDS)})")
         try:
-            value = yaml.safe_load(text) if key in ("ignore_index", "reduce_zero_label") else text
+            given[key] = yaml.safe_load(text) if key in ("ignore_index", "reduce_zero_label") else text
         except yaml.YAMLError as exc:
             raise ConfigError(f"--hf {item}: cannot read the value: {exc}") from exc
-        given[key] = value
     return given

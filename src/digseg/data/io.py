@@ -1,6 +1,5 @@
-"""Reading images and label maps, with one-line `DataError`s that name the file (or a table's cell) at fault.
-Dataset readers keep an image's stored pixels (`exif_transpose=False`), which label maps are aligned with.
-"""
+"""Reading images and label maps, with one-line `DataError`s naming the file (or a table's cell) at fault. Dataset
+readers keep an image's stored pixels (`exif_transpose=False`), which label maps are aligned with."""
 
 from __future__ import annotations
 
@@ -20,7 +19,6 @@ PathLike = str | os.PathLike[str]
 
 
 def _open(path: PathLike, what: str) -> Image.Image:
-    """Open and fully decode `path`, or raise `DataError`."""
     p = Path(path)
     try:
         data = p.read_bytes()
@@ -32,8 +30,7 @@ def _open(path: PathLike, what: str) -> Image.Image:
 
 
 def decode_image_bytes(data: bytes, name: str) -> Image.Image:
-    """The image encoded in `data` (an image file's bytes), fully decoded in its stored mode (so truncated files fail
-    here); DataError "cannot read <name>: <reason>" for bytes that are not a readable image."""
+    """An image file's bytes fully decoded in their stored mode (truncated files fail here), else DataError."""
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
@@ -60,9 +57,7 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
 
 
 def load_image(path: PathLike, exif_transpose: bool = False) -> Image.Image:
-    """An image file as an RGB `PIL.Image.Image`, as viewers display it with `exif_transpose`, else the stored pixels.
-    Grey is replicated to three channels, alpha dropped, a palette expanded; 16-bit and float grey are scaled to 8
-    bits (kept as-is when already in 0..255, otherwise stretched to the image's range)."""
+    """An image file as RGB (as viewers show it with `exif_transpose`); grey beyond 0..255 stretched to 8 bits."""
     img = _open(path, "image")
     if exif_transpose:
         try:
@@ -86,16 +81,14 @@ def image_to_rgb(img: Image.Image, name: str) -> Image.Image:
         raise DataError(f"cannot read {name}: cannot convert mode {img.mode} to RGB ({exc})") from exc
 
 
-def load_label(path: PathLike, first_channel: bool = False) -> np.ndarray:
-    """A label map as an integer array [H, W], values as stored (a palette PNG's indices, not colours). An RGB(A) label
-    whose colour channels are equal gives its first channel, and so does any with `first_channel` (a mask whose
-    channels differ by JPEG noise or resizing); float labels only if every value is an integer."""
-    return label_to_array(_open(path, "label"), f"label {Path(path)}", first_channel)
+def load_label(path: PathLike, first_channel: bool = False, what: str = "label") -> np.ndarray:
+    """A label map (`what`, in errors) as stored integers [H, W]: an RGB(A) one's first channel if all are equal or
+    `first_channel` (JPEG noise), a float one's if every value is an integer."""
+    return label_to_array(_open(path, what), f"{what} {Path(path)}", first_channel)
 
 
 def label_to_array(img: Image.Image, name: str, first_channel: bool = False) -> np.ndarray:
-    """A decoded label image as an integer array [H, W] by `load_label`'s rules; DataError "<name> must be
-    single-channel ..." (or "<name> holds non-integer float values ...") otherwise."""
+    """A decoded label image as an integer array [H, W] by `load_label`'s rules, else DataError naming `name`."""
     mode = img.mode
     if mode in ("LA", "PA"):
         return np.array(np.asarray(img)[..., 0])  # alpha ignored
@@ -119,8 +112,7 @@ def label_to_array(img: Image.Image, name: str, first_channel: bool = False) -> 
 
 
 def read_list_file(path: str | os.PathLike[str], what: str, error: type[Exception] = DataError) -> list[str]:
-    """The entries of a UTF-8 text file, one per line, stripped; blank lines and lines starting with '#' skipped.
-    `error` (naming the file and `what` it should list) when it is missing, unreadable or lists nothing."""
+    """A UTF-8 file's stripped lines but blank and '#' ones; `error` when it is missing, unreadable or empty."""
     p = Path(path)
     try:
         lines = p.read_text(encoding="utf-8-sig").splitlines()
@@ -135,8 +127,7 @@ def read_list_file(path: str | os.PathLike[str], what: str, error: type[Exceptio
 
 
 def read_class_list(path: str | os.PathLike[str]) -> list[str]:
-    """Class names from a class file by `read_list_file`'s rule: a line's place among the kept lines is its class id
-    ("wall, walls" is one class with synonyms). DataError naming the file when it lists a name twice."""
+    """A class file's names (`read_list_file`; a line's place is its class id), DataError for a name listed twice."""
     names = read_list_file(path, "class", DataError)
     if len(set(names)) < len(names):
         twice = next(name for i, name in enumerate(names) if name in names[:i])

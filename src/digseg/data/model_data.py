@@ -1,7 +1,5 @@
-"""What a trained model was trained and validated on: the `training_data` record of its model_index.json, written by
-training. `digseg eval --model M` scores the model's validation split by default and warns of training images among
-those it scores; `train-mask-decoder` and the model card's eval command read the same record. Imports no torch.
-"""
+"""A trained model's `training_data` record (model_index.json): what it was trained and validated on, read by `digseg
+eval` (the default split, and overlap warnings), `train-mask-decoder` and the model card. Imports no torch."""
 
 from __future__ import annotations
 
@@ -17,8 +15,7 @@ from .hf_options import hf_options, is_hf_dataset
 from .splits import BY_HASH, BY_SPLIT_FILE, BY_SPLIT_FOLDERS, BY_SPLIT_LISTS, FOLDER_DATASET, HASH_RULE
 
 TRAINING_DATA_KEY = "training_data"  # the pipeline config's field (model_index.json)
-# the `digseg eval` flags (argparse dests) that choose the split read; given any, the model's rule is not applied
-EVAL_SPLIT_FLAGS = ("val_fraction", "split_file", "hf")
+EVAL_SPLIT_FLAGS = ("val_fraction", "split_file", "hf")  # `digseg eval` dests that override the model's split rule
 
 
 def _absolute(path: str | Path) -> str:
@@ -27,12 +24,11 @@ def _absolute(path: str | Path) -> str:
 
 @dataclass(frozen=True)
 class TrainingDataRecord:
-    """A model's record of its training data (a JSON object; a field is left out when it does not apply). Split
-    lists and split folders need no more than the rule: the data root's layout rebuilds them."""
+    """A model's record of its training data (JSON; fields that do not apply left out)."""
 
     dataset: str  # the name given to --dataset: "folder", a reader such as "cityscapes", "hf:NAME", "synthetic"
     data_root: str | None = None  # the data's root folder, absolute (datasets read from a folder)
-    split_rule: str | None = None  # folder: the rule that chose the training images (`splits.SPLIT_RULES`)
+    split_rule: str | None = None  # folder: the rule that chose the training images (one of `splits.BY_*`)
     val_fraction: float | None = None  # folder, rule "file-name hash": the share held out for val
     hash: str | None = None  # that rule's position of a stem (`splits.HASH_RULE`)
     split_file: str | None = None  # folder, rule "split file": the training list, absolute
@@ -46,8 +42,7 @@ class TrainingDataRecord:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> TrainingDataRecord | None:
-        """The record under `TRAINING_DATA_KEY` of a config (a pipeline's, model_index.json, a card's model facts);
-        None when there is none. Fields this version does not know are skipped."""
+        """The record under `TRAINING_DATA_KEY` of a config, unknown fields skipped; None when there is none."""
         value = config.get(TRAINING_DATA_KEY) if isinstance(config, Mapping) else None
         if not isinstance(value, Mapping) or not isinstance(value.get("dataset"), str):
             return None
@@ -59,8 +54,7 @@ class TrainingDataRecord:
         return dataset == self.dataset and (_absolute(data_root) if data_root else None) == self.data_root
 
     def split_options(self) -> dict[str, Any]:
-        """The folder reader's keyword arguments that rebuild the model's splits (any split: a training list
-        gives split train its images and leaves them out of the others); {} for other datasets."""
+        """The folder reader's keyword arguments that rebuild the model's splits; {} for other datasets."""
         if self.split_rule == BY_HASH and self.val_fraction is not None:
             return {"val_fraction": self.val_fraction}
         if self.split_rule == BY_SPLIT_FILE and self.split_file:
@@ -68,8 +62,7 @@ class TrainingDataRecord:
         return {}
 
     def default_reader(self, dataset: str, data_root: str | None, given: Mapping[str, Any]) -> dict[str, Any]:
-        """`digseg eval`'s reader options for `dataset` at `data_root` when it is the model's data and
-        `given` ({EVAL_SPLIT_FLAGS dest: value}) holds no value: the model's split rule. {} otherwise."""
+        """The model's split rule as reader options on its own data when `given` sets no split flag, else {}."""
         if not self.same_data(dataset, data_root) or any(given.get(key) is not None for key in EVAL_SPLIT_FLAGS):
             return {}
         if is_hf_dataset(self.dataset):
@@ -77,21 +70,12 @@ class TrainingDataRecord:
         return self.split_options()
 
     def flag_defaults(self) -> dict[str, Any]:
-        """{argparse dest: value} of the flags `digseg train` / `train-mask-decoder` read the training split with
-        (--dataset, --data-root, --val-fraction, --split-file, --hf, --num-scenes)."""
+        """{argparse dest: value} of the data flags that read the training split."""
         split = self.split_options()
         flags = {"dataset": self.dataset, "data_root": self.data_root, "num_scenes": self.num_scenes,
                  "val_fraction": split.get("val_fraction"), "split_file": split.get("train_split_file"),
                  "hf": self.hf}
         return {key: value for key, value in flags.items() if value is not None}
-
-    def describe(self) -> str:
-        """The training split in words, e.g. "folder data at /data/mine, by file-name hash, val_fraction 0.1"."""
-        where = self.dataset + (f" data at {self.data_root}" if self.data_root else "")
-        how = {BY_HASH: f"by file-name hash, val_fraction {self.val_fraction or 0:g}",
-               BY_SPLIT_FILE: f"listed in {self.split_file}", BY_SPLIT_LISTS: "listed in splits/train.txt",
-               BY_SPLIT_FOLDERS: "in images/train/"}.get(self.split_rule or "", f"split {self.hf_split or 'train'}")
-        return f"{where}, {how}"
 
     def describe_val(self) -> str:
         """The validation split in words: what `digseg eval` scores by default on the model's data."""
@@ -102,9 +86,7 @@ class TrainingDataRecord:
         return rules.get(self.split_rule or "", "the dataset's validation split" + (f" {named}" if named else ""))
 
     def eval_flags(self) -> list[str]:
-        """`digseg eval` arguments that read the model's validation split on any machine with the data at
-        `data_root`: --dataset, --data-root, --val-fraction, and an hf: dataset's --hf options (a training list
-        has no eval flag: `digseg eval` applies the model's own, as for every split option left out)."""
+        """`digseg eval` arguments that read the model's validation split (eval applies a training list itself)."""
         flags = ["--dataset", self.dataset]
         if self.data_root:
             flags += ["--data-root", self.data_root]
@@ -116,34 +98,35 @@ class TrainingDataRecord:
         return flags
 
     def overlap_warning(self, dataset) -> str | None:
-        """A one-line warning when `dataset` (a reader's split, e.g. the one `digseg eval` scores) holds images of the
-        model's training split; None when it holds none or cannot tell (other data, a split that cannot be rebuilt)."""
-        name, root = getattr(dataset, "name", None), getattr(dataset, "root", None)
-        if name != self.dataset or not hasattr(dataset, "samples"):
+        """A one-line warning when `dataset` holds images of the model's training split; None if none or unknown."""
+        if dataset.name != self.dataset:
             return None
-        if is_hf_dataset(name):
-            count = len(dataset) if self.hf_split and getattr(dataset, "hf_split", None) == self.hf_split else 0
-        elif root is None or not self.same_data(name, str(root)):
+        if is_hf_dataset(self.dataset):
+            count = len(dataset) if self.hf_split and dataset.hf_split == self.hf_split else 0
+        elif not self.same_data(self.dataset, str(dataset.root)):
             return None
         else:
             from .registry import read_dataset
 
             try:
-                train = read_dataset(name, str(root), split="train", **self.split_options())
+                train = read_dataset(self.dataset, str(dataset.root), split="train", **self.split_options())
             except (DigsegError, OSError):
                 return None
             seen = {str(sample.image) for sample in train.samples}
             count = sum(str(sample.image) in seen for sample in dataset.samples)
         if not count:
             return None
+        where = self.dataset + (f" data at {self.data_root}" if self.data_root else "")
+        how = {BY_HASH: f"by file-name hash, val_fraction {self.val_fraction or 0:g}",
+               BY_SPLIT_FILE: f"listed in {self.split_file}", BY_SPLIT_LISTS: "listed in splits/train.txt",
+               BY_SPLIT_FOLDERS: "in images/train/"}.get(self.split_rule or "", f"split {self.hf_split or 'train'}")
         return (f"warning: {count} of the {len(dataset)} images scored were in the model's training split "
-                f"({self.describe()}); their scores overstate accuracy on unseen images (leave out --val-fraction "
+                f"({where}, {how}); their scores overstate accuracy on unseen images (leave out --val-fraction "
                 f"and --split-file to score the model's validation split: {self.describe_val()})")
 
 
 def record_training_data(data, dataset) -> dict[str, Any] | None:
-    """The record (a dict, for the pipeline's config) of training on `dataset` (the training split a `DataConfig`
-    `data` built: its reader, or synthetic scenes); None for a dataset no name rebuilds."""
+    """The record (a dict) of training on `dataset`, built from `data`; None for a dataset no name rebuilds."""
     from .synthetic import SyntheticScenes
 
     if isinstance(dataset, SyntheticScenes):
@@ -165,8 +148,7 @@ def record_training_data(data, dataset) -> dict[str, Any] | None:
 
 
 def model_training_data(model: str | Path) -> TrainingDataRecord | None:
-    """The record in a local model folder's model_index.json, read before the model loads; None when the folder
-    has none (or is no local folder: a hub id)."""
+    """The record in a local model folder's model_index.json; None without one (or for a hub id)."""
     index = Path(model).expanduser() / "model_index.json"
     try:
         return TrainingDataRecord.from_config(json.loads(index.read_text(encoding="utf-8")))

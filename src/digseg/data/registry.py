@@ -1,5 +1,4 @@
-"""Datasets by name: "synthetic" scenes, "hf:<name or path>" (`digseg.data.hf`), or a registered reader
-(`digseg.data.semantic`, `digseg.data.domains`)."""
+"""Datasets by name: "synthetic" scenes, "hf:<name or path>" (`digseg.data.hf`), or a registered reader."""
 
 from __future__ import annotations
 
@@ -26,9 +25,7 @@ def get_dataset_class(name: str):
 def read_dataset(name: str, root: str | None = None, split: str = "val", size: int | None = None,
                  val_fraction: float | None = None, split_file: str | None = None,
                  hf: HFOptions | None = None, train_split_file: str | None = None) -> SegmentationDataset:
-    """The split of a reader: "hf:..." or a registered name (root: its folder). `val_fraction`, `split_file` and
-    `train_split_file` (a training list) choose a folder dataset's splits, `hf` how an hf: dataset is read
-    (ConfigError for another dataset)."""
+    """A reader's split: "hf:..." (read by `hf`), or a registered name at `root` (folder data split by the rest)."""
     options = split_options(name, val_fraction, split_file, train_split_file)
     if is_hf_dataset(name):
         if root:
@@ -46,16 +43,12 @@ def read_dataset(name: str, root: str | None = None, split: str = "val", size: i
 
 
 def build_dataset(name: str, root: str | None = None, split: str = "train", size: int | None = None,
-                  num_scenes: int = 2000, seed: int = 0, val_fraction: float | None = None,
-                  split_file: str | None = None, hf: HFOptions | None = None,
-                  train_split_file: str | None = None) -> Dataset:
-    """The dataset `name` (its `split`, items squashed to `size`): synthetic scenes, or `read_dataset`'s."""
+                  num_scenes: int = 2000, seed: int = 0, **reader) -> Dataset:
+    """The dataset `name`: synthetic scenes, or `read_dataset`'s with the `reader` options (which scenes refuse)."""
     if name == "synthetic":
-        split_options(name, val_fraction, split_file, train_split_file)  # ConfigError: no folder splits
-        if hf is not None:
-            raise ConfigError(f"hf options apply to {HF_PREFIX} datasets; synthetic scenes have their own")
+        if any(option is not None for option in reader.values()):
+            raise ConfigError("synthetic scenes have their own splits: split and hf options do not apply to them")
         from .synthetic import SyntheticScenes
 
         return SyntheticScenes(num_scenes, size=size or 64, seed=seed if split == "train" else seed + 1)
-    return read_dataset(name, root, split=split, size=size, val_fraction=val_fraction, split_file=split_file, hf=hf,
-                        train_split_file=train_split_file)
+    return read_dataset(name, root, split=split, size=size, **reader)

@@ -1,8 +1,6 @@
-"""How the `folder` dataset (`FolderPairs`) is split (docs/training.md, "Your own data: train and val splits"). The
-first rule that applies: a split file given; `ROOT/splits/<split>.txt`; split folders `images/<split>/`; a flat
-folder, where an image is held out for val when its stem's position (`is_held_out`) is below `val_fraction`. A
-training list (`train_split_file=`) names split train's images and is left out of the others. Imports no torch.
-"""
+"""How the `folder` dataset is split (docs/training.md): the first that applies of a split file, splits/<split>.txt,
+images/<split>/ folders, and a flat folder's `is_held_out` images for val. A training list (`train_split_file=`) names
+split train's images and is left out of the others. Imports no torch."""
 
 from __future__ import annotations
 
@@ -14,23 +12,19 @@ from ..errors import ConfigError
 
 FOLDER_DATASET = "folder"  # the registered name of the reader these rules split
 DEFAULT_VAL_FRACTION = 0.1  # share of a flat folder held out for val when no fraction is given
-# the rules above, in order, as a model's record of its data names the one that chose its splits
-BY_SPLIT_FILE, BY_SPLIT_LISTS, BY_SPLIT_FOLDERS, BY_HASH = SPLIT_RULES = (
+BY_SPLIT_FILE, BY_SPLIT_LISTS, BY_SPLIT_FOLDERS, BY_HASH = (  # the rules, in order, as a model's record names them
     "split file", "split lists", "split folders", "file-name hash")
 HASH_RULE = "sha1-52"  # the flat folder's position of a stem, as a model's record names it
 
 
 def is_held_out(stem: str, val_fraction: float) -> bool:
     """True when the image `stem` of a flat folder belongs to val at this fraction."""
-    position = int(hashlib.sha1(stem.encode("utf-8")).hexdigest()[:13], 16) / 16**13  # 52 bits: exact in a float
-    return position < val_fraction
+    return int(hashlib.sha1(stem.encode("utf-8")).hexdigest()[:13], 16) / 16**13 < val_fraction  # 52 bits: exact
 
 
 def split_options(dataset: str, val_fraction: float | None = None, split_file: str | Path | None = None,
                   train_split_file: str | Path | None = None) -> dict[str, Any]:
-    """The keyword arguments choosing a folder dataset's splits (those given), for its reader; {} when none is.
-    ConfigError for a fraction outside [0, 1], for a fraction with a split file or training list (which then
-    chooses val), for both files, or for any option with another dataset (its splits are fixed)."""
+    """The given options for the folder reader; ConfigError for a bad fraction or combination, or another dataset."""
     options = {key: value for key, value in (("val_fraction", val_fraction), ("split_file", split_file),
                                              ("train_split_file", train_split_file)) if value is not None}
     if options and dataset != FOLDER_DATASET:

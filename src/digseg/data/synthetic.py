@@ -1,7 +1,5 @@
-"""Built-in synthetic, text-prompted scenes: circles, squares and triangles on textured backgrounds; scene `i` of
-`SyntheticScenes(seed=s)` depends only on `(s, i)`. Each kind of shape has its own family of colours: with colour
-drawn independently of kind, a tiny model trained for a few CPU minutes could not tell the kinds apart.
-"""
+"""Synthetic scenes of circles, squares and triangles on textured backgrounds, scene `i` from `(seed, i)` only. Each
+kind has its own colours: a tiny model trained for a few CPU minutes could not tell them apart by shape alone."""
 
 from __future__ import annotations
 
@@ -25,10 +23,8 @@ _CIRCLE, _SQUARE, _TRIANGLE = 1, 2, 3
 # Saturated shape colours (RGB): red, green, blue, yellow, magenta, cyan, white, orange.
 _COLOURS = np.array([[230, 30, 30], [30, 200, 40], [40, 60, 230], [240, 220, 30],
                      [220, 40, 220], [30, 220, 230], [245, 245, 245], [250, 140, 20]], dtype=np.float32)
-# Colour family (indices into _COLOURS) of each kind.
-_FAMILY = {_CIRCLE: (0, 7, 3), _SQUARE: (1, 5), _TRIANGLE: (2, 4, 6)}
-# Extent (farthest point from the centre) of each kind in units of its radius `r`.
-_EXTENT = {_CIRCLE: 1.0, _SQUARE: 0.85 * np.sqrt(2.0), _TRIANGLE: 1.4}
+_FAMILY = {_CIRCLE: (0, 7, 3), _SQUARE: (1, 5), _TRIANGLE: (2, 4, 6)}  # each kind's colours (indices into _COLOURS)
+_EXTENT = {_CIRCLE: 1.0, _SQUARE: 0.85 * np.sqrt(2.0), _TRIANGLE: 1.4}  # farthest point from the centre, in radii
 
 
 @functools.lru_cache(maxsize=8)
@@ -79,21 +75,8 @@ def _shape_mask(kind: int, cx: float, cy: float, r: float, rng: np.random.Genera
     return ((d[0] >= 0) & (d[1] >= 0) & (d[2] >= 0)) | ((d[0] <= 0) & (d[1] <= 0) & (d[2] <= 0))
 
 
-def _sample_kinds(rng: np.random.Generator) -> list[int]:
-    """1-3 shape kinds; each new shape usually takes a kind not used yet (repeats occasionally)."""
-    n = int(rng.choice([1, 2, 3], p=[0.2, 0.45, 0.35]))
-    kinds: list[int] = []
-    for _ in range(n):
-        unused = [k for k in (_CIRCLE, _SQUARE, _TRIANGLE) if k not in kinds]
-        pool = unused if (unused and rng.random() < 0.85) else [_CIRCLE, _SQUARE, _TRIANGLE]
-        kinds.append(int(rng.choice(pool)))
-    return kinds
-
-
 def make_scene(rng: np.random.Generator, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """One scene: image uint8 [size, size, 3], label uint8 [size, size] with ids into `SYNTHETIC_CLASSES`.
-    Later shapes occlude earlier ones; placements that would hide more than half of an earlier shape are re-drawn
-    (a shape is dropped after 6 tries)."""
+    """Image uint8 [S, S, 3], label uint8 [S, S]; a shape hiding half an earlier one is re-placed (up to 6 tries)."""
     yy, xx, _ = _grid(size)
     img, base = _background(rng, size)
     label = np.zeros((size, size), dtype=np.uint8)
@@ -102,7 +85,11 @@ def make_scene(rng: np.random.Generator, size: int = 64) -> tuple[np.ndarray, np
     # Colours of the kind's family, far from the background's base colour first, so shapes stay findable.
     far = {i for i in range(len(_COLOURS)) if np.linalg.norm(_COLOURS[i] - base) > 110.0}
     used: list[int] = []
-    for kind in _sample_kinds(rng):
+    kinds: list[int] = []  # 1-3 shapes, each usually of a kind not used yet
+    for _ in range(int(rng.choice([1, 2, 3], p=[0.2, 0.45, 0.35]))):
+        unused = [k for k in (_CIRCLE, _SQUARE, _TRIANGLE) if k not in kinds]
+        kinds.append(int(rng.choice(unused if (unused and rng.random() < 0.85) else [_CIRCLE, _SQUARE, _TRIANGLE])))
+    for kind in kinds:
         for _ in range(6):
             r = rng.uniform(0.12, 0.25) * size
             margin = 0.85 * _EXTENT[kind] * r  # keeps the shape mostly inside the image
@@ -127,8 +114,7 @@ def make_scene(rng: np.random.Generator, size: int = 64) -> tuple[np.ndarray, np
 
 
 class SyntheticScenes(Dataset):
-    """`num_scenes` synthetic scenes, scene `i` from `(seed, i)` only; items are {"image": float32 [3, H, W] in
-    [-1, 1], "label": int64 [H, W], "stem": "scene_00042"}."""
+    """Scene `i` from `(seed, i)` only; items {"image": float32 [3, H, W] in [-1, 1], "label": int64 [H, W], "stem"}."""
 
     ignore_index: int = 255
 
@@ -154,14 +140,12 @@ class SyntheticScenes(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         i = range(self.num_scenes)[int(i)]
-        image, label = self.scene(i)
-        return {"image": image_to_tensor(image), "label": torch.from_numpy(label.astype(np.int64)),
-                "stem": f"scene_{i:05d}"}
+        image, label = self.load_pair(i)
+        return {"image": image_to_tensor(image), "label": torch.from_numpy(label), "stem": f"scene_{i:05d}"}
 
 
 def save_scenes_as_folder(scenes: SyntheticScenes, root: str | os.PathLike[str]) -> Path:
-    """Write `scenes` as a `folder` dataset: `root/images/scene_<i>.png` (RGB), `root/masks/scene_<i>.png` (grey,
-    pixel = class id) and `root/classes.txt`. Returns `root` as a Path."""
+    """`scenes` written as a `folder` dataset (images/, masks/, classes.txt) at `root`, returned as a Path."""
     root = Path(root)
     for folder in ("images", "masks"):
         (root / folder).mkdir(parents=True, exist_ok=True)
@@ -174,16 +158,15 @@ def save_scenes_as_folder(scenes: SyntheticScenes, root: str | os.PathLike[str])
 
 
 class ItemsView(SegmentationDataset):
-    """The first `limit` items of a dataset of dict items ({"image", "label", "stem"}: synthetic scenes) as a reader's
-    samples, read from the items when asked (no files): what `predict_dataset` and `Scores` take."""
+    """The first `limit` items of synthetic scenes as a reader's samples (no files), for `predict_dataset`."""
 
     name = "synthetic"
 
-    def __init__(self, dataset: Dataset, limit: int | None = None) -> None:  # noqa: D107  (no files: no root)
+    def __init__(self, dataset: Dataset, limit: int) -> None:  # noqa: D107  (no files: no root)
         self.items, self.root, self.split, self.size = dataset, None, "val", None
-        self.class_names = list(getattr(dataset, "class_names"))
-        count = len(dataset) if limit is None else min(limit, len(dataset))  # type: ignore[arg-type]
-        self.samples = [Sample(f"item_{i:05d}", f"item {i}", f"item {i}", row=i) for i in range(count)]
+        self.class_names = list(dataset.class_names)
+        self.samples = [Sample(f"item_{i:05d}", f"item {i}", f"item {i}", row=i)
+                        for i in range(min(limit, len(dataset)))]  # type: ignore[arg-type]
 
     def read_image(self, sample: Sample) -> Image.Image:
         return Image.fromarray(tensor_to_image(self.items[sample.row]["image"]))

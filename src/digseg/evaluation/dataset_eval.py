@@ -1,8 +1,5 @@
-"""`digseg eval`: run a model over a dataset split (writing `<predictions>/<stem>.png`, class ids, "none" = 255, or
-65535 in 16-bit PNGs above 255 classes) and score label PNGs by the dataset's `metric`, kept apart. Memory is one
-K x K matrix whatever the dataset size; a sample that cannot be read is reported and skipped. With N processes each
-predicts and scores every N-th sample and the results are merged in sample order: the metrics equal one process's.
-"""
+"""`digseg eval`: predict a split (`<predictions>/<stem>.png`, class ids, "none" 255 or 65535) and score label PNGs
+by the dataset's `metric`; unreadable samples are skipped. N processes take every N-th sample, merged as one's."""
 
 from __future__ import annotations
 
@@ -17,7 +14,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..data.base import MetricKind, Sample, SegmentationDataset
-from ..data.io import save_label_png
+from ..data.io import load_label, save_label_png
 from ..distributed import gather_objects, is_main_process, shard, sum_tensor, wait_for_everyone
 from ..errors import DataError, DigsegError
 from ..outputs import DiGSegOutput
@@ -28,8 +25,7 @@ from .protocols import TestProtocol, protocol_for
 
 logger = logging.getLogger("digseg.eval")
 
-# The scores `digseg eval` prints for each kind of metric (all are in the metrics JSON); validation during training
-# tracks the first (higher is better; training/validation.py).
+# the scores `digseg eval` prints per kind of metric; validation during training tracks the first (higher is better)
 SUMMARY_COLUMNS: dict[MetricKind, tuple[str, ...]] = {
     MetricKind.SEMANTIC: ("mIoU", "aAcc", "mAcc", "mDice"),
     MetricKind.OPEN_VOCAB: ("mIoU", "aAcc", "mAcc"),
@@ -38,30 +34,15 @@ SUMMARY_COLUMNS: dict[MetricKind, tuple[str, ...]] = {
 }
 
 
-def _read_prediction(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    if not path.is_file():
-        raise DataError(f"no prediction {path}")
-    try:
-        with Image.open(path) as im:
-            pred = np.asarray(im).astype(np.int64)
-    except OSError as exc:
-        raise DataError(f"cannot read prediction {path}: {exc}") from exc
-    if pred.shape != shape:
-        raise DataError(f"prediction {path} is {pred.shape[1]}x{pred.shape[0]} but its label is {shape[1]}x{shape[0]}")
-    return pred
-
-
 class Scores:
-    """Running scores of a dataset's predictions by its metric: `add` each image's prediction and label (or `skip`
-    it, with why), then `result()` merges every process's and computes the percentages."""
+    """Running scores by the dataset's metric: `add` (or `skip`) each image, then `result()` over every process's."""
 
     def __init__(self, dataset: SegmentationDataset) -> None:
         self.dataset, self.kind = dataset, MetricKind(dataset.metric)
         self.confusion = SegmentationMetric(dataset.num_classes, dataset.ignore_index, list(dataset.class_names))
-        self.targets = {}  # medical: {name: class ids}, the reader's `medical_targets` or else its last class
-        if self.kind is MetricKind.MEDICAL:
-            self.targets = (getattr(dataset, "medical_targets", None)
-                            or {dataset.class_names[-1]: (dataset.num_classes - 1,)})
+        # medical: {name: class ids}, the reader's `medical_targets` or else its last class
+        self.targets = {} if self.kind is not MetricKind.MEDICAL else (
+            getattr(dataset, "medical_targets", None) or {dataset.class_names[-1]: (dataset.num_classes - 1,)})
         self.per_image: dict[str, list] = {name: [] for name in self.targets}  # name -> [(index, (dice, iou))]
         self.skipped: list[tuple[int, str]] = []
 
@@ -94,7 +75,7 @@ class Scores:
                      **{key: result[key] for key in ("mIoU", "aAcc", "mAcc", "mDice", "per_class")},
                      "present_only": present_only}
         if kind is MetricKind.ROAD:
-            out.update(binary_scores(confusion, positive=1))
+            out.update(binary_scores(confusion))
         if kind is MetricKind.MEDICAL:
             out["per_target"] = {name: {m: 100 * float(np.mean([v[j] for v in scores]))
                                         for j, m in enumerate(("Dice", "IoU"))} for name, scores in per_image.items()}
@@ -112,17 +93,19 @@ def score_predictions(dataset: SegmentationDataset, predictions: str | Path, pre
     scores = Scores(dataset)
     for index, sample in tqdm(shard(dataset.samples), desc="score", disable=not (show_progress and is_main_process())):
         try:
-            label = dataset.read_label(sample)
-            scores.add(index, _read_prediction(pred_dir / f"{sample.stem}.png", label.shape), label)
+            label, path = dataset.read_label(sample), pred_dir / f"{sample.stem}.png"
+            pred = load_label(path, what="prediction").astype(np.int64)
+            if pred.shape != label.shape:
+                raise DataError(f"prediction {path} is {pred.shape[1]}x{pred.shape[0]} but its label is "
+                                f"{label.shape[1]}x{label.shape[0]}")
+            scores.add(index, pred, label)
         except DataError as exc:
             scores.skip(index, str(exc))
     return scores.result(present_only)
 
 
 def _query_kwargs(pipe, dataset: SegmentationDataset) -> dict:
-    """How to ask the model about the dataset's classes: palette (one pass) for the model's own classes when trained
-    with palette queries, one binary prompt for class 1 of a 2-class dataset whose class 0 is background, else one
-    binary query per class name."""
+    """Palette for a palette-trained model's own classes, a prompt for background + 1 class, else a query per class."""
     names = list(dataset.class_names)
     palette_trained = getattr(pipe.config, "task", None) != "binary"  # None: saved before the task was recorded
     if palette_trained and pipe.config.class_names and list(pipe.config.class_names) == names:
@@ -133,8 +116,7 @@ def _query_kwargs(pipe, dataset: SegmentationDataset) -> dict:
 
 
 def default_protocol(pipe, dataset: SegmentationDataset) -> TestProtocol:
-    """The dataset's preset (`digseg.evaluation.protocols`): CAT-Seg's when its classes are queried one by one (open
-    vocabulary), else the closed-set one."""
+    """The dataset's test protocol: CAT-Seg's when its classes are queried one by one, else the closed-set one."""
     open_vocab = MetricKind(dataset.metric) is MetricKind.OPEN_VOCAB or "classes" in _query_kwargs(pipe, dataset)
     return protocol_for(dataset.name, open_vocab)
 
@@ -144,36 +126,31 @@ def predict_dataset(pipe, dataset: SegmentationDataset, out_dir: str | Path | No
                     threshold: float = 0.5, seed: int = 0, show_progress: bool = True, top_k: int | None = None,
                     templates: str | None = None, mask_decoder: str = "auto", protocol: TestProtocol | None = None,
                     batch_size: int = 1, on_result: Callable[[int, Sample, DiGSegOutput], None] | None = None) -> dict:
-    """Write `<out_dir>/<stem>.png` for every readable image (`out_dir` None: no files) and pass each image's output
-    to `on_result(index, sample, output)`; returns {"written", "skipped"} (all processes'). Image i's noise is seeded
-    by (seed, i), so a prediction does not depend on the process, the other images or `batch_size` (up to the float
-    rounding of batched U-Net passes). `protocol`: default whole image at `processing_resolution`."""
-    out = None if out_dir is None else Path(out_dir)
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+    """`<out_dir>/<stem>.png` (`out_dir` not None) and `on_result(index, sample, output)` per readable image ->
+    {"written", "skipped"}. Image i's noise is seeded by (seed, i), whatever the process or `batch_size`."""
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
     query = _query_kwargs(pipe, dataset)
     if query:  # binary or per-class queries (a palette query has no template)
         query.update(templates=templates, **({"top_k": top_k} if "classes" in query else {}))
     settings = (protocol or TestProtocol()).call_kwargs()
-    written, skipped = 0, []
+    skipped, mine = [], shard(dataset.samples)
     pending: list[tuple[int, Sample, Image.Image]] = []
 
     def run() -> None:
-        nonlocal written
         result = pipe([image for _, _, image in pending], ensemble_size=ensemble_size,
                       num_inference_steps=num_inference_steps, processing_resolution=processing_resolution,
                       generator=[seeded_generator(seed, index) for index, _, _ in pending], threshold=threshold,
                       batch_size=len(pending), show_progress_bar=False, mask_decoder=mask_decoder, **query, **settings)
         for j, (index, sample, _) in enumerate(pending):
-            if out is not None:
-                save_label_png(out / f"{sample.stem}.png", result.labels[j], dataset.num_classes)
+            if out_dir is not None:
+                save_label_png(Path(out_dir) / f"{sample.stem}.png", result.labels[j], dataset.num_classes)
             if on_result is not None:
                 one = {k: None if v is None else v[j][None] for k, v in vars(result).items() if k != "class_names"}
                 on_result(index, sample, dataclasses.replace(result, **one))  # image j as a one-image output
-        written += len(pending)
         pending.clear()
 
-    for index, sample in tqdm(shard(dataset.samples), desc=f"predict {dataset.name}",
+    for index, sample in tqdm(mine, desc=f"predict {dataset.name}",
                               disable=not (show_progress and is_main_process())):
         try:
             pending.append((index, sample, dataset.read_image(sample)))
@@ -185,20 +162,17 @@ def predict_dataset(pipe, dataset: SegmentationDataset, out_dir: str | Path | No
     if pending:
         run()
     wait_for_everyone()  # every PNG is written before anyone scores them
-    return {"written": int(sum_tensor(torch.tensor(written))), "skipped": gather_objects(skipped)}
+    return {"written": int(sum_tensor(torch.tensor(len(mine) - len(skipped)))), "skipped": gather_objects(skipped)}
 
 
 def search_threshold(pipe, dataset: SegmentationDataset, **predict_kwargs) -> tuple[float, float]:
-    """Binary datasets: (the threshold on the foreground probability that maximises mean per-image Dice, that
-    Dice %), from one run of the model over `dataset` (a validation split) scored at thresholds 0.05, 0.10, ... 0.95."""
+    """Binary datasets: (the foreground threshold of 0.05 ... 0.95 with the best mean per-image Dice, that Dice %)."""
     if dataset.num_classes != 2:
         raise DigsegError(f"threshold search applies to 2-class datasets; {dataset.name} has {dataset.num_classes}")
     grid = np.round(np.arange(0.05, 0.96, 0.05), 2)
-    dice = np.zeros(len(grid))  # running sums: memory independent of the number of images
-    count = 0
+    sums = np.zeros(len(grid) + 1)  # each threshold's Dice, then the count of images: running sums
 
     def score(index: int, sample: Sample, result: DiGSegOutput) -> None:
-        nonlocal count
         try:
             label = dataset.read_label(sample)
         except DataError:
@@ -206,13 +180,12 @@ def search_threshold(pipe, dataset: SegmentationDataset, **predict_kwargs) -> tu
         probs = result.probabilities[0, 1]  # [H, W] foreground
         valid = label != dataset.ignore_index
         for j, t in enumerate(grid):
-            dice[j] += per_image_dice_iou((probs > t) & valid, (label == 1) & valid)[0]
-        count += 1
+            sums[j] += per_image_dice_iou((probs > t) & valid, (label == 1) & valid)[0]
+        sums[-1] += 1
 
     predict_dataset(pipe, dataset, None, on_result=score, **predict_kwargs)  # scores only, no files
-    dice = sum_tensor(torch.from_numpy(dice)).numpy()
-    count = int(sum_tensor(torch.tensor(count)))
-    if count == 0:
+    sums = sum_tensor(torch.from_numpy(sums)).numpy()
+    if sums[-1] == 0:
         raise DigsegError(f"threshold search: no readable sample in {dataset.name} {dataset.split}")
-    best = int(np.argmax(dice))
-    return float(grid[best]), 100 * float(dice[best] / count)
+    best = int(np.argmax(sums[:-1]))
+    return float(grid[best]), 100 * float(sums[best] / sums[-1])

@@ -1,6 +1,5 @@
-"""Evaluating a pipeline on a labelled dataset with throughput (segmented (image, query) pairs per second of pipeline
-time): binary, one query per class but the background, scored as one 2-class (background, foreground) confusion
-matrix; palette, one pass per image over the model's own classes, scored as K-class mIoU."""
+"""A pipeline's scores and throughput ((image, query) pairs per second) on a labelled dataset: binary, one query per
+class but the background, in one 2-class confusion matrix; palette, one pass per image, as K-class mIoU."""
 
 from __future__ import annotations
 

@@ -3,7 +3,6 @@ means), road scores of one class (`binary_scores`), medical per-image Dice and I
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -40,15 +39,12 @@ class SegmentationMetric:
         if 0 <= self.ignore_index < k:
             raise ValueError(f"ignore_index {ignore_index} collides with a class id in [0, {num_classes})")
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
-        if len(self.class_names) != k:
-            raise ValueError(f"got {len(self.class_names)} class names for {k} classes")
         self.confusion = torch.zeros(k, k, dtype=torch.int64)  # [K, K]: rows label class, columns predicted class
         # [K]: pixels of each label class predicted outside [0, K) ("none"): in the label's area, in no column
         self.invalid_pred = torch.zeros(k, dtype=torch.int64)
 
     def update(self, pred: ArrayLike, label: ArrayLike) -> None:
-        """Add one batch: ``pred`` and ``label`` integer arrays of the same (any) shape; pixels with
-        ``label == ignore_index`` are dropped, other label values outside [0, K) raise ValueError."""
+        """Add integer ``pred`` and ``label`` of one shape; ignored pixels dropped, labels outside [0, K) refused."""
         if tuple(pred.shape) != tuple(label.shape):
             raise ValueError(f"pred shape {tuple(pred.shape)} != label shape {tuple(label.shape)}")
         p, lab = _as_long(pred), _as_long(label)  # [N], [N]
@@ -71,9 +67,8 @@ class SegmentationMetric:
         self.invalid_pred += other.invalid_pred.to(self.invalid_pred.device)
 
     def compute(self, present_only: bool = False) -> dict[str, Any]:
-        """Percentages: ``mIoU``, ``aAcc``, ``mAcc``, ``mDice``, ``per_class``, ``per_class_acc`` (class name -> value,
-        None where undefined). mIoU / mDice average over classes with union > 0 (mmsegmentation), mAcc over classes in
-        the label; ``present_only`` (CAT-Seg): every mean over classes in the label. No eligible class: NaN."""
+        """Percentages (None where undefined, NaN means of nothing): mIoU / mDice over classes with union > 0 (mmseg),
+        mAcc over classes in the label, every mean over those with ``present_only`` (CAT-Seg); per-class IoU / acc."""
         inter = self.confusion.diagonal()  # [K] each
         area_pred = self.confusion.sum(dim=0)
         area_label = self.confusion.sum(dim=1) + self.invalid_pred
@@ -89,17 +84,12 @@ class SegmentationMetric:
                 "per_class": dict(zip(self.class_names, iou)), "per_class_acc": dict(zip(self.class_names, acc))}
 
 
-def binary_scores(confusion: torch.Tensor | np.ndarray | SegmentationMetric, positive: int = 1) -> dict[str, float]:
-    """IoU, precision, recall, F1 (percent; 0 / 0 is NaN) of class ``positive`` from a ``[K, K]`` confusion matrix;
-    a `SegmentationMetric`'s out-of-range predictions count as missed positives."""
-    missed = 0
-    if isinstance(confusion, SegmentationMetric):
-        missed = int(confusion.invalid_pred[positive])
-        confusion = confusion.confusion
-    cm = torch.as_tensor(confusion)
-    tp = int(cm[positive, positive])
-    fp = int(cm[:, positive].sum()) - tp
-    fn = int(cm[positive, :].sum()) - tp + missed
+def binary_scores(metric: SegmentationMetric) -> dict[str, float]:
+    """IoU, precision, recall, F1 (percent; 0 / 0 is NaN) of class 1; out-of-range predictions count as missed."""
+    cm = metric.confusion
+    tp = int(cm[1, 1])
+    fp = int(cm[:, 1].sum()) - tp
+    fn = int(cm[1, :].sum()) - tp + int(metric.invalid_pred[1])
 
     def ratio(n: int, d: int) -> float:
         return 100.0 * n / d if d > 0 else float("nan")
@@ -108,36 +98,18 @@ def binary_scores(confusion: torch.Tensor | np.ndarray | SegmentationMetric, pos
             "F1": ratio(2 * tp, 2 * tp + fp + fn)}
 
 
-def per_image_dice_iou(pred: ArrayLike, label: ArrayLike, positive: int = 1,
-                       ignore_index: int = 255) -> tuple[float, float]:
-    """Foreground Dice and IoU of one image, fractions in [0, 1], from integer maps of one shape (e.g. ``[H, W]``);
-    pixels with ``label == ignore_index`` are dropped; empty prediction and empty ground truth give (1.0, 1.0)."""
-    if tuple(pred.shape) != tuple(label.shape):
-        raise ValueError(f"pred shape {tuple(pred.shape)} != label shape {tuple(label.shape)}")
-    p, lab = _as_long(pred), _as_long(label)
-    keep = lab != ignore_index
-    p_pos, l_pos = p[keep] == positive, lab[keep] == positive
-    inter = int((p_pos & l_pos).sum())
-    sp, sl = int(p_pos.sum()), int(l_pos.sum())
+def per_image_dice_iou(pred: ArrayLike, label: ArrayLike) -> tuple[float, float]:
+    """Dice and IoU (fractions) of one image's bool foreground masks, ignored pixels False; both empty: (1.0, 1.0)."""
+    inter, sp, sl = int((pred & label).sum()), int(pred.sum()), int(label.sum())
     union = sp + sl - inter
-    if union == 0:
-        return 1.0, 1.0
-    return 2.0 * inter / (sp + sl), inter / union
-
-
-def _fmt(v: Any, digits: int) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return "nan" if math.isnan(v) else f"{v:.{digits}f}"
-    return str(v)
+    return (1.0, 1.0) if union == 0 else (2.0 * inter / (sp + sl), inter / union)
 
 
 def format_markdown_table(rows: list[dict], columns: Sequence[str], digits: int = 2) -> str:
     """Markdown table of ``rows`` restricted to ``columns``; floats to ``digits`` places, None -> '-'."""
-    cells = [[_fmt(r.get(c), digits) for c in columns] for r in rows]
-    widths = [max([len(str(c))] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    head = "| " + " | ".join(str(c).ljust(w) for c, w in zip(columns, widths)) + " |"
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    body = ["| " + " | ".join(v.ljust(w) for v, w in zip(row, widths)) + " |" for row in cells]
-    return "\n".join([head, sep, *body])
+    cells = [["-" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+              for v in (r.get(c) for c in columns)] for r in rows]
+    table = [[str(c) for c in columns], *cells]
+    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
+    lines = ["| " + " | ".join(v.ljust(w) for v, w in zip(row, widths)) + " |" for row in table]
+    return "\n".join([lines[0], "|" + "|".join("-" * (w + 2) for w in widths) + "|", *lines[1:]])

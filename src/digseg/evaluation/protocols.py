@@ -1,6 +1,5 @@
-"""Test protocols: the pipeline's test-time settings (`TestProtocol`) with which a benchmark's published tables were
-produced, one preset per dataset (docs/eval_protocols.md gives the sources); `digseg eval` uses `protocol_for` by
-default, the command line overrides any field, and `metrics.json` records the protocol used."""
+"""Test protocols (`TestProtocol`): the test-time settings of each benchmark's published tables (docs/eval_protocols.md
+gives the sources); `digseg eval` uses `protocol_for`'s, with any field overridden on the command line."""
 
 from __future__ import annotations
 
@@ -49,12 +48,10 @@ CATSEG = TestProtocol("slide", (384, 384), (256, 256), (640, 640), keep_ratio=Fa
 
 
 def protocol_for(dataset_name: str, open_vocab: bool = False) -> TestProtocol:
-    """The preset for a dataset: CAT-Seg's for open-vocabulary evaluation (any dataset queried class by class),
-    else mmseg's for the closed-set benchmarks above, else whole image at the model's resolution."""
+    """CAT-Seg's protocol for open-vocabulary evaluation, else the dataset's preset, else whole image."""
     return CATSEG if open_vocab else PRESETS.get(dataset_name, TestProtocol())
 
 
-# ---------------------------------------------------------------------------------------------- command line
 def parse_pair(text: str) -> tuple[int, int]:
     """'512' -> (512, 512); '512,1024' -> (512, 1024)."""
     try:
@@ -84,8 +81,7 @@ def add_protocol_flags(parser: argparse.ArgumentParser, preset_note: str) -> Non
 
 
 def protocol_from_args(args: argparse.Namespace, preset: TestProtocol) -> TestProtocol:
-    """`preset` with every flag the user gave overriding its field. --processing-resolution drops the preset's
-    scale (the two are alternatives); whole mode drops the preset's window settings."""
+    """`preset` with the flags given; --processing-resolution drops its scale, whole mode its windows."""
     if getattr(args, "processing_resolution", None) is not None:
         if args.scale is not None:
             raise ConfigError("give either --scale or --processing-resolution, not both")
@@ -103,9 +99,7 @@ def protocol_from_args(args: argparse.Namespace, preset: TestProtocol) -> TestPr
 
 
 def tiling_scale(protocol: TestProtocol, default_crop: int, resolution_given: bool = False) -> TestProtocol:
-    """Slide mode with no test scale -> the keep-ratio scale (4 x crop, crop), so the windows tile the image;
-    `default_crop`: the window when the protocol names none. Unchanged in whole mode, with a scale, or when the user
-    gave a processing resolution."""
+    """Slide mode without a scale or given resolution: keep-ratio scale (4 x crop, crop), so windows tile the image."""
     if protocol.mode != "slide" or protocol.scale is not None or resolution_given:
         return protocol
     crop = max(protocol.crop_size or (default_crop, default_crop))
