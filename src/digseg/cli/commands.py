@@ -73,7 +73,7 @@ def _train_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from ..distributed import process_info
+    from ..distributed import is_main_process
     from ..training.run import build_run
     from ..run_lock import TRAIN, main_process_holds
 
@@ -90,10 +90,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         from ..training.hub import check_hub_target, push_to_hub
 
         check_hub_target(config.run.push_to_hub)  # before training, not after it
-    rank, _ = process_info()
     with main_process_holds(config.run.output_dir, TRAIN):  # a second run on this folder stops here, every process
         build_run(config, resume=args.resume, allow_config_change=args.allow_config_change).train()
-    if rank != 0:
+    if not is_main_process():
         return
     print(f"saved trained model to {config.run.output_dir}")
     if config.run.push_to_hub:

@@ -127,8 +127,6 @@ def segment(pipe: Any, path: str | os.PathLike[str] | None, mode: str, text: str
     image = check_image_file(path, max_pixels)
     if adapter is not None:
         use_adapter(pipe, adapter)
-    if mode not in (MODE_PROMPT, MODE_CLASSES):
-        raise ConfigError(f"unknown mode {mode!r}: choose {MODE_PROMPT!r} or {MODE_CLASSES!r}")
     prompt = text.strip() if mode == MODE_PROMPT and text and text.strip() else None
     classes = parse_classes(text) if mode == MODE_CLASSES else None
     ensemble_size, steps = int(ensemble_size), int(steps)
@@ -272,8 +270,8 @@ def build_demo(pipe: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
         def on_adapter(choice):  # the header and sliders follow the chosen adapter's classes, task and objective
             use_adapter(pipe, choice)
             note = one_step_note(pipe)
-            sliders = [gr.update(interactive=note is None, info=note) for _ in range(2)]
-            return page_header(pipe, max_pixels), *sliders
+            slider = gr.update(interactive=note is None, info=note)
+            return page_header(pipe, max_pixels), slider, slider
 
         upload.upload(on_upload, inputs=upload, outputs=preview)
         upload.clear(lambda: None, outputs=preview)

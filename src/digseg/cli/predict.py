@@ -143,7 +143,6 @@ def write_image_outputs(out_dir: Path, stem: str, name: str, source: Path, image
                         kinds: Collection[str] = PER_IMAGE_OUTPUTS) -> dict:
     """Write the files of `kinds` for one image -> its record (module docstring). image RGB, W x H; labels [H, W]
     int; probabilities [n, H, W] of the classes `probability_class_ids` [n] (default: all K); uncertainty [H, W]."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     files = save_prediction(out_dir, stem, np.asarray(image), labels, probabilities, class_names, uncertainty,
                             probability_class_ids, kinds)
     copy = None

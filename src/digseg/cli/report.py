@@ -23,15 +23,15 @@ PAGE_NEIGHBOURS = 2  # the navigation links this many pages either side of the c
 _PAGE_FILE = re.compile(r"index-(\d+)\.html")
 
 _CSS = """
-:root { color-scheme: light; font-family: system-ui, -apple-system, "Segoe UI", sans-serif; }
-body { margin: 0 auto; max-width: 1200px; padding: 1rem 1.5rem 3rem; color: #1d1d1f; background: #fafafa; }
+body { margin: 0 auto; max-width: 1200px; padding: 1rem 1.5rem 3rem; color: #1d1d1f; background: #fafafa;
+  font-family: system-ui, sans-serif; }
 h1 { font-size: 1.5rem; margin: 0.5rem 0; }
 h2 { font-size: 1.1rem; margin: 0; overflow-wrap: anywhere; }
 h3 { font-size: 0.95rem; margin: 1rem 0 0.4rem; }
 dl.settings { display: grid; grid-template-columns: max-content 1fr; gap: 0.15rem 1rem; font-size: 0.9rem; }
 dl.settings dt { font-weight: 600; }
 dl.settings dd { margin: 0; overflow-wrap: anywhere; }
-.hint { color: #555; font-size: 0.9rem; }
+.hint, .note { color: #666; font-size: 0.85rem; }
 figure.entry { margin: 1.5rem 0; padding: 1rem; background: #fff; border: 1px solid #ddd; border-radius: 8px;
   display: grid; grid-template-columns: minmax(0, 3fr) minmax(14rem, 2fr); gap: 1.25rem; }
 figure.entry > figcaption { grid-column: 1 / -1; display: flex; gap: 1rem; align-items: baseline; }
@@ -58,45 +58,41 @@ ul.legend li { display: flex; align-items: center; gap: 0.5rem; padding: 0.15rem
 .maps a { display: flex; flex-direction: column; align-items: center; font-size: 0.8rem; text-decoration: none;
   color: inherit; max-width: 7rem; }
 .maps img { width: 6rem; height: auto; border: 1px solid #ccc; background: #000; }
-.note { color: #666; font-size: 0.85rem; }
 section.skipped { margin: 1rem 0; padding: 0.5rem 1rem; background: #fff4f0; border: 1px solid #e0b4a8; border-radius: 8px; }
 section.skipped li { overflow-wrap: anywhere; }
 nav.pages { display: flex; flex-wrap: wrap; align-items: baseline; gap: 0.4rem 1rem; margin: 1rem 0;
   padding: 0.5rem 1rem; background: #fff; border: 1px solid #ddd; border-radius: 8px; }
 nav.pages .page-links { display: flex; gap: 0.5rem; }
 nav.pages .current { font-weight: 600; }
-nav.pages .disabled, nav.pages .gap { color: #999; }
+nav.pages .gap { color: #999; }
 nav.pages .page-of { margin-left: auto; }
-nav.pages .range { color: #555; }
 @media (max-width: 800px) { figure.entry { grid-template-columns: 1fr; } }
 """
 
 _JS = """
-(function () {
-  function setSplit(fig, pct) {
-    pct = Math.min(100, Math.max(0, pct));
-    fig.querySelector('.over').style.clipPath = 'inset(0 ' + (100 - pct) + '% 0 0)';
-    fig.querySelector('.divider').style.left = pct + '%';
-    fig.querySelector('input.split').value = String(pct);
+function setSplit(fig, pct) {
+  pct = Math.min(100, Math.max(0, pct));
+  fig.querySelector('.over').style.clipPath = 'inset(0 ' + (100 - pct) + '% 0 0)';
+  fig.querySelector('.divider').style.left = pct + '%';
+  fig.querySelector('input.split').value = String(pct);
+}
+document.querySelectorAll('figure.entry .compare').forEach(function (box) {
+  var fig = box.closest('figure.entry');
+  var range = fig.querySelector('input.split');
+  range.addEventListener('input', function () { setSplit(fig, parseFloat(range.value)); });
+  function follow(e) {
+    var r = box.getBoundingClientRect();
+    setSplit(fig, (e.clientX - r.left) / r.width * 100);
   }
-  document.querySelectorAll('figure.entry .compare').forEach(function (box) {
-    var fig = box.closest('figure.entry');
-    var range = fig.querySelector('input.split');
-    range.addEventListener('input', function () { setSplit(fig, parseFloat(range.value)); });
-    function follow(e) {
-      var r = box.getBoundingClientRect();
-      setSplit(fig, (e.clientX - r.left) / r.width * 100);
-    }
-    box.addEventListener('pointerdown', function (e) {
-      box.setPointerCapture(e.pointerId);
-      follow(e);
-      e.preventDefault();
-    });
-    box.addEventListener('pointermove', function (e) {
-      if (box.hasPointerCapture(e.pointerId)) follow(e);
-    });
+  box.addEventListener('pointerdown', function (e) {
+    box.setPointerCapture(e.pointerId);
+    follow(e);
+    e.preventDefault();
   });
-})();
+  box.addEventListener('pointermove', function (e) {
+    if (box.hasPointerCapture(e.pointerId)) follow(e);
+  });
+});
 """
 
 
@@ -223,10 +219,8 @@ def _navigation(page: int, pages: int, page_size: int, total: int) -> str:
             links.append('<span class="gap">&hellip;</span>')
         links.append(f'<span class="current" aria-current="page">{k}</span>' if k == page else _page_link(k, str(k)))
         last_linked = k
-    previous = (_page_link(page - 1, "&larr; previous", ' class="previous" rel="prev"') if page > 1
-                else '<span class="previous disabled">&larr; previous</span>')
-    following = (_page_link(page + 1, "next &rarr;", ' class="next" rel="next"') if page < pages
-                 else '<span class="next disabled">next &rarr;</span>')
+    previous = _page_link(page - 1, "&larr; previous", ' class="previous" rel="prev"') if page > 1 else ""
+    following = _page_link(page + 1, "next &rarr;", ' class="next" rel="next"') if page < pages else ""
     first, last = (page - 1) * page_size + 1, min(page * page_size, total)
     return (f'<nav class="pages" aria-label="report pages">{previous} '
             f'<span class="page-links">{" ".join(links)}</span> '
