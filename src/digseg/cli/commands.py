@@ -275,8 +275,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 **({"adapter": name, "adapters": adapters} if adapters else {}),
                 "classes": None if args.prompt is not None else (classes or list(pipe.config.class_names or [])),
                 "ensemble_size": args.ensemble_size, "steps": args.steps or pipe.config.default_denoising_steps,
-                "seed": args.seed, "processing_resolution": args.processing_resolution
-                if args.processing_resolution is not None else pipe.config.default_processing_resolution,
+                "seed": args.seed,
+                "processing_resolution": args.processing_resolution or pipe.config.default_processing_resolution,
                 **query, "protocol": dataclasses.asdict(protocol)}
             call_kwargs = dict(prompt=args.prompt, classes=classes, ensemble_size=args.ensemble_size,
                                num_inference_steps=args.steps, processing_resolution=args.processing_resolution,
@@ -364,11 +364,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from .demo import DEFAULT_MAX_PIXELS, launch_demo
+    from .demo import launch_demo
 
-    launch_demo(args.model, host=args.host, port=args.port,
-                max_pixels=DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels,
-                device=args.device, dtype=args.dtype, adapters=args.adapter)
+    launch_demo(args.model, host=args.host, port=args.port, max_pixels=args.max_pixels, device=args.device,
+                dtype=args.dtype, adapters=args.adapter)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
