@@ -409,8 +409,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         print(f"wrote {folder} from {args.model} ({', '.join(done)})")
         return
     pipe = DiGSegPipeline.from_pretrained(args.model)  # fp32 on the CPU; export_pipeline moves it for fp16
-    folder = export_pipeline(pipe, output, dtype=dtype, text_encoder=not args.no_text_encoder,
-                             quantize=args.quantize)
+    folder = export_pipeline(pipe, output, dtype=dtype, text_encoder=not args.no_text_encoder, quantize=args.quantize)
     graphs = sorted(p.name for p in folder.glob("*.onnx"))
     print(f"exported {args.model} to {folder}: {', '.join(graphs)} and manifest.json "
           f"({dtype}{', int8 matrix multiplies' if args.quantize else ''})")

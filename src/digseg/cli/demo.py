@@ -5,9 +5,7 @@
 
 from __future__ import annotations
 
-import base64
 import inspect
-import io
 import ipaddress
 import os
 from dataclasses import dataclass
@@ -20,7 +18,7 @@ from PIL import Image
 from ..data.io import IMAGE_EXTENSIONS, load_image
 from ..devices import resolve_device_and_dtype
 from ..errors import ConfigError, DataError, DigsegError
-from ..pipelines.visualize import class_overlay, grey_map, with_legend
+from ..pipelines.visualize import class_overlay, grey_map, side_by_side, with_legend
 from .loading import load_model, parse_adapters
 
 DEFAULT_MODEL = Path("digseg-quickstart") / "model"
@@ -83,23 +81,6 @@ def display_factor(height: int, width: int) -> int:
 def enlarge(array: np.ndarray, factor: int) -> np.ndarray:
     """[H, W, ...] -> [H * factor, W * factor, ...], each pixel repeated (no smoothing: labels stay labels)."""
     return array if factor == 1 else array.repeat(factor, axis=0).repeat(factor, axis=1)
-
-
-def slider_html(before: Image.Image, after: Image.Image) -> str:
-    """A before/after comparison with a drag slider, for Gradio versions without `gr.ImageSlider`."""
-
-    def uri(im: Image.Image) -> str:
-        buf = io.BytesIO()
-        im.convert("RGB").save(buf, format="PNG")
-        return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-    return ('<div style="position:relative;display:inline-block;max-width:100%">'
-            f'<img src="{uri(before)}" style="display:block;max-width:100%">'
-            f'<img src="{uri(after.resize(before.size))}" '
-            'style="position:absolute;top:0;left:0;width:100%;clip-path:inset(0 0 0 50%)">'
-            '<input type="range" min="0" max="100" value="50" aria-label="compare input and prediction" '
-            'style="width:100%" oninput="this.previousElementSibling.style.clipPath=`inset(0 0 0 ${this.value}%)`">'
-            "</div>")
 
 
 @dataclass
@@ -244,8 +225,9 @@ def build_demo(pipe: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
                 run = gr.Button("Segment", variant="primary", elem_id="digseg-run")
             with gr.Column():
                 result = gr.Image(label="Prediction", format="png", elem_id="digseg-overlay", **view)
-                compare = (gr.ImageSlider(label="Input | prediction", elem_id="digseg-compare", **view) if has_slider
-                           else gr.HTML(label="Input | prediction", elem_id="digseg-compare"))
+                # Gradio versions without ImageSlider show the two side by side
+                compare = (gr.ImageSlider if has_slider else gr.Image)(label="Input | prediction",
+                                                                       elem_id="digseg-compare", **view)
                 uncertainty = gr.Image(label="Uncertainty (ensemble spread; brighter = less sure)", format="png",
                                        elem_id="digseg-uncertainty", **view)
                 summary = gr.Markdown(elem_id="digseg-summary")
@@ -264,7 +246,7 @@ def build_demo(pipe: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
                               adapter_value)
             except DigsegError as exc:
                 raise gr.Error(str(exc)) from exc
-            pair = out.comparison if has_slider else slider_html(*out.comparison)
+            pair = out.comparison if has_slider else side_by_side(*out.comparison)
             return out.overlay, pair, out.uncertainty, out.summary
 
         def on_adapter(choice):  # the header and sliders follow the chosen adapter's classes, task and objective

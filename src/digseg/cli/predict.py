@@ -37,7 +37,6 @@ from ..pipelines.visualize import hex_colour, palette_for, save_prediction, tint
 from ..seeding import seeded_generator
 
 READ_AHEAD = 1  # images decoded on a thread while the model runs
-NO_UNCERTAINTY = "no uncertainty map: ensemble size 1 (pass --ensemble-size 2 or more)"
 
 
 @dataclass
@@ -160,7 +159,7 @@ def write_image_outputs(out_dir: Path, stem: str, name: str, source: Path, image
                         "probabilities": [{"class": c, "file": p.name} for c, p in files.probabilities],
                         "uncertainty": name_of(files.uncertainty)}}
     if files.uncertainty is None and "uncertainty" in kinds:
-        record["uncertainty_note"] = NO_UNCERTAINTY
+        record["uncertainty_note"] = "no uncertainty map: ensemble size 1 (pass --ensemble-size 2 or more)"
     if summary_path is not None:
         summary_path.write_text(json.dumps({**record, "settings": settings}, indent=2, ensure_ascii=False),
                                 encoding="utf-8")

@@ -16,11 +16,9 @@ from urllib.parse import quote
 
 from .predict_records import open_atomically
 
-_HEX = re.compile(r"^#[0-9a-fA-F]{6}$")
 THUMBNAILS_ALWAYS = 8  # show every probability map as a thumbnail up to this many; else only present classes
 REPORT_PAGE_SIZE = 100  # panels per report page
 PAGE_NEIGHBOURS = 2  # the navigation links this many pages either side of the current one (and the first and last)
-_PAGE_FILE = re.compile(r"index-(\d+)\.html")
 
 _CSS = """
 body { margin: 0 auto; max-width: 1200px; padding: 1rem 1.5rem 3rem; color: #1d1d1f; background: #fafafa;
@@ -109,7 +107,7 @@ def _legend(entry: dict) -> str:
     untinted = '<span class="swatch untinted" title="left untinted in the overlay"></span>'
     rows = []  # (swatch, escaped name, fraction)
     for c in entry["classes"]:
-        colour = c.get("colour") if isinstance(c.get("colour"), str) and _HEX.match(c["colour"]) else "#808080"
+        colour = c.get("colour") if re.fullmatch("#[0-9a-fA-F]{6}", str(c.get("colour"))) else "#808080"
         swatch = f'<span class="swatch" style="background:{colour}"></span>' if c.get("tinted", True) else untinted
         rows.append((swatch, _esc(c["name"]), c["fraction"]))
     if entry.get("unlabelled_fraction"):
@@ -288,7 +286,6 @@ def write_report(out_dir: Path, entries: Iterable[dict], settings: dict | None =
     if next(panels, None) is not None:
         raise ValueError(f"entries has more than num_entries={total} items")
     for path in out_dir.glob("index-*.html"):  # the pages of an earlier, larger report
-        match = _PAGE_FILE.fullmatch(path.name)
-        if match and int(match.group(1)) > pages:
+        if (match := re.fullmatch(r"index-(\d+)\.html", path.name)) and int(match.group(1)) > pages:
             path.unlink(missing_ok=True)
     return out_dir / page_file_name(1)
