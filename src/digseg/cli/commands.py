@@ -379,13 +379,11 @@ def cmd_export(args: argparse.Namespace) -> None:
     dtype = "fp32" if args.dtype == "auto" else args.dtype
     if dtype not in ("fp32", "fp16"):
         raise ConfigError(f"--dtype {dtype}: export writes fp32 or fp16 graphs")
-    if dtype == "fp16":
+    if dtype == "fp16":  # before the model loads (export_pipeline checks the rest)
         import torch
 
         if not torch.cuda.is_available():
             raise ConfigError("--dtype fp16 needs a CUDA GPU (fp16 graphs are exported on one); use --dtype fp32")
-        if args.quantize:
-            raise ConfigError("--quantize int8 applies to fp32 graphs; use --dtype fp32")
     output = Path(args.output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise ConfigError(f"--output {output} exists and is not an empty folder; choose a new one")

@@ -186,12 +186,11 @@ def run_predict(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
         names, stems = display_names(paths), unique_stems(paths)
 
         # 1. what is left to do: with skip_existing, the images an earlier run of the same settings finished
-        finished = [False] * len(paths)
+        todo = list(range(len(paths)))
         if skip_existing:
             predict_records.check_same_settings(out_dir, settings)
             index = RecordIndex(out_dir)
-            finished = [index.finished(stem, path) for path, stem in zip(paths, stems)]
-        todo = [i for i, done in enumerate(finished) if not done]
+            todo = [i for i in todo if not index.finished(stems[i], paths[i])]
         if len(todo) < len(paths) and rank == 0:
             print(f"--skip-existing: {len(paths) - len(todo)} of {len(paths)} image(s) already finished in {out_dir}")
         wait_for_everyone()  # every process has read the records before the main process may drop them

@@ -241,14 +241,9 @@ def _page_head(count: str, page: int, pages: int, settings: dict, skipped: list[
                          f'that could not be read</h2><ul>{items}</ul></section>')
     return f"""<!DOCTYPE html>
 <html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>digseg predict: {count}{on_page}</title>
-<style>{_CSS}</style>
-</head>
-<body>
-<header>
+<head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>digseg predict: {count}{on_page}</title><style>{_CSS}</style></head>
+<body><header>
   <h1>digseg predict: {count}</h1>
   {f'<dl class="settings">{rows}</dl>' if rows else ""}
   <p class="hint">Drag across an image, or move the slider under it: the prediction is left of the divider,
