@@ -229,10 +229,9 @@ def cmd_train_mask_decoder(args: argparse.Namespace) -> None:
     decoder.save_pretrained(out / "mask_decoder")
     pipe.save_config(out)
     final_loss = sum(losses[-20:]) / len(losses[-20:])
-    dataset_name = args.dataset + (f" ({args.data_root})" if args.data_root else "")
     write_model_card(out, {**read_card_facts(out), "model": model_facts(pipe), "mask_decoder_training": {
-        "dataset": dataset_name, "samples": len(data.labels), "steps": args.max_steps, "target": args.target,
-        "resolution": resolution, "final_loss": round(final_loss, 5)}})
+        "dataset": args.dataset + (f" ({args.data_root})" if args.data_root else ""), "samples": len(data.labels),
+        "steps": args.max_steps, "target": args.target, "resolution": resolution, "final_loss": round(final_loss, 5)}})
     print(f"light mask decoder: {len(data)} mask latents of {len(data.labels)} samples, {args.max_steps} steps, "
           f"final loss {final_loss:.4f}; wrote the model with it to {args.output} "
           f"(it decodes masks by default; pass --mask-decoder vae to use the VAE)")

@@ -111,10 +111,9 @@ def segment(pipe: Any, path: str | os.PathLike[str] | None, mode: str, text: str
     prompt = text.strip() if mode == MODE_PROMPT and text and text.strip() else None
     classes = parse_classes(text) if mode == MODE_CLASSES else None
     ensemble_size, steps = int(ensemble_size), int(steps)
-    if not 1 <= ensemble_size <= MAX_ENSEMBLE:
-        raise ConfigError(f"ensemble size must be 1..{MAX_ENSEMBLE}, got {ensemble_size}")
-    if not 1 <= steps <= MAX_STEPS:
-        raise ConfigError(f"steps must be 1..{MAX_STEPS}, got {steps}")
+    for what, value, most in (("ensemble size", ensemble_size, MAX_ENSEMBLE), ("steps", steps, MAX_STEPS)):
+        if not 1 <= value <= most:
+            raise ConfigError(f"{what} must be 1..{most}, got {value}")
     try:
         seed = int(seed)
     except (TypeError, ValueError) as exc:
