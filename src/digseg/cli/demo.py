@@ -150,9 +150,10 @@ def page_header(pipe: Any, max_pixels: int) -> str:
             f"Images up to {max_pixels:,} pixels ({', '.join(IMAGE_EXTENSIONS)}).")
 
 
-def one_step_note(pipe: Any) -> str | None:
-    """What the sliders say for a one-step model (one deterministic pass); None otherwise."""
-    return "one-step model: one deterministic pass" if pipe.config.objective == "one-step" else None
+def slider_state(pipe: Any) -> dict:
+    """The ensemble and steps sliders: fixed, with a note, for a one-step model (one deterministic pass)."""
+    one_step = pipe.config.objective == "one-step"
+    return {"interactive": not one_step, "info": "one-step model: one deterministic pass" if one_step else None}
 
 
 def runtime_footer(pipe: Any) -> str:
@@ -209,17 +210,14 @@ def build_demo(pipe: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
                                       elem_id="digseg-adapter") if names else None
                 upload = gr.File(label="Image", type="filepath", elem_id="digseg-upload")
                 preview = gr.Image(label="Input", elem_id="digseg-preview", **view)
-                mode = gr.Radio([MODE_PROMPT, MODE_CLASSES], value=MODE_PROMPT, label="Ask with",
-                                info="prompt: one thing (binary); classes: a comma-separated list",
-                                elem_id="digseg-mode")
-                text = gr.Textbox(label="Prompt or classes", placeholder="empty: the model's own classes",
-                                  elem_id="digseg-text")
-                note = one_step_note(pipe)
+                mode = gr.Radio([MODE_PROMPT, MODE_CLASSES], value=MODE_PROMPT, label="Ask with", elem_id="digseg-mode",
+                                info="prompt: one thing (binary); classes: a comma-separated list")
+                text = gr.Textbox(label="Prompt or classes", elem_id="digseg-text",
+                                  placeholder="empty: the model's own classes")
                 ensemble = gr.Slider(1, MAX_ENSEMBLE, value=1, step=1, label="Ensemble size", elem_id="digseg-ensemble",
-                                     interactive=note is None, info=note)
+                                     **slider_state(pipe))
                 steps = gr.Slider(1, MAX_STEPS, value=min(max(1, pipe.config.default_denoising_steps), MAX_STEPS),
-                                  step=1, label="Denoising steps", elem_id="digseg-steps", interactive=note is None,
-                                  info=note)
+                                  step=1, label="Denoising steps", elem_id="digseg-steps", **slider_state(pipe))
                 seed = gr.Number(value=0, precision=0, label="Seed", elem_id="digseg-seed")
                 run = gr.Button("Segment", variant="primary", elem_id="digseg-run")
             with gr.Column():
@@ -250,8 +248,7 @@ def build_demo(pipe: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
 
         def on_adapter(choice):  # the header and sliders follow the chosen adapter's classes, task and objective
             use_adapter(pipe, choice)
-            note = one_step_note(pipe)
-            slider = gr.update(interactive=note is None, info=note)
+            slider = gr.update(**slider_state(pipe))
             return page_header(pipe, max_pixels), slider, slider
 
         upload.upload(on_upload, inputs=upload, outputs=preview)

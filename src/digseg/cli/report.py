@@ -185,14 +185,9 @@ def _figure(index: int, entry: dict) -> str:
     return f"""
 <figure class="entry" id="image-{index}">
   <figcaption><h2 class="file-name">{name}</h2><span class="size">{w} &times; {h} px</span></figcaption>
-  <div class="view">
-    {_view(files, name, w, h, small)}
-  </div>
-  <div class="details">
-    {_legend(entry)}
-    {f'<p class="links">{links}</p>' if links else ""}
-    {_probability_maps(entry, small)}{_uncertainty(entry, small)}
-  </div>
+  <div class="view">{_view(files, name, w, h, small)}</div>
+  <div class="details">{_legend(entry)}{f'<p class="links">{links}</p>' if links else ""}
+    {_probability_maps(entry, small)}{_uncertainty(entry, small)}</div>
 </figure>"""
 
 
