@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import importlib.util
 import json
 import os
+import shutil
 import sys
+import tempfile
+import warnings
 from pathlib import Path
 
 from ..devices import resolve_device, resolve_device_and_dtype, training_precision
@@ -19,8 +24,6 @@ from .parser import build_parser
 def _quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    import warnings
-
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="transformers")
     import diffusers.utils.logging
@@ -185,9 +188,6 @@ def _model_data_flags(args: argparse.Namespace) -> int:
 
 
 def cmd_train_mask_decoder(args: argparse.Namespace) -> None:
-    import functools
-    import shutil
-
     from ..data.check import check_dataset, keep_good
     from ..data.registry import build_dataset
     from ..pipelines.model_card import model_facts, read_card_facts, write_model_card
@@ -370,8 +370,6 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    import importlib.util
-
     missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
     if missing:
         raise ConfigError(f"digseg export needs {', '.join(missing)}: pip install -e '.[onnx]'")
@@ -394,8 +392,6 @@ def cmd_export(args: argparse.Namespace) -> None:
         if not (args.quantize or args.no_text_encoder):
             raise ConfigError(f"--model {args.model} is already exported; --quantize int8 quantizes it and "
                               "--no-text-encoder precomputes its own prompts")
-        import tempfile
-
         with tempfile.TemporaryDirectory() as tmp:
             source = args.model
             if args.no_text_encoder:  # then quantized, when asked, from a temporary folder

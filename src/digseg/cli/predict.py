@@ -22,6 +22,7 @@ from typing import Any, Collection, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from . import predict_records
 from ..data.io import load_image
@@ -175,8 +176,6 @@ def run_predict(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
     call_kwargs: the pipeline's arguments, the same for every image; settings: what the run records (JSON values;
     the outputs are added). show_progress: None shows the bar only when stderr is a terminal.
     """
-    from tqdm import tqdm
-
     out_dir = Path(out_dir)
     with main_process_holds(out_dir, PREDICT):
         rank, world = process_info()
