@@ -56,7 +56,8 @@ ul.legend li { display: flex; align-items: center; gap: 0.5rem; padding: 0.15rem
 .maps a { display: flex; flex-direction: column; align-items: center; font-size: 0.8rem; text-decoration: none;
   color: inherit; max-width: 7rem; }
 .maps img { width: 6rem; height: auto; border: 1px solid #ccc; background: #000; }
-section.skipped { margin: 1rem 0; padding: 0.5rem 1rem; background: #fff4f0; border: 1px solid #e0b4a8; border-radius: 8px; }
+section.skipped { margin: 1rem 0; padding: 0.5rem 1rem; background: #fff4f0; border: 1px solid #e0b4a8;
+  border-radius: 8px; }
 section.skipped li { overflow-wrap: anywhere; }
 nav.pages { display: flex; flex-wrap: wrap; align-items: baseline; gap: 0.4rem 1rem; margin: 1rem 0;
   padding: 0.5rem 1rem; background: #fff; border: 1px solid #ddd; border-radius: 8px; }
@@ -224,9 +225,8 @@ def _navigation(page: int, pages: int, page_size: int, total: int) -> str:
 def _page_head(count: str, page: int, pages: int, settings: dict, skipped: list[dict]) -> str:
     """Title, settings, the hint and the skipped files (later pages: a link to page 1 for those)."""
     on_page = f" (page {page} of {pages})" if pages > 1 else ""
-    shown = {key: value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-             for key, value in settings.items() if value is not None}
-    rows = "".join(f"<dt>{_esc(key)}</dt><dd>{_esc(value)}</dd>" for key, value in shown.items())
+    rows = "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v if isinstance(v, str) else json.dumps(v, ensure_ascii=False))}</dd>"
+                   for k, v in settings.items() if v is not None)
     if page > 1:
         skipped_block = f'<p class="hint">The files that could not be read are listed on {_page_link(1, "page 1")}.</p>'
     else:
