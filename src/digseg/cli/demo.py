@@ -8,9 +8,8 @@ from __future__ import annotations
 import inspect
 import ipaddress
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -83,8 +82,7 @@ def enlarge(array: np.ndarray, factor: int) -> np.ndarray:
     return array if factor == 1 else array.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
-@dataclass
-class DemoResult:
+class DemoResult(NamedTuple):
     """What one run shows; uncertainty: None for an ensemble of 1."""
 
     overlay: Image.Image
@@ -243,8 +241,7 @@ def build_demo(pipe: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
                               adapter_value)
             except DigsegError as exc:
                 raise gr.Error(str(exc)) from exc
-            pair = out.comparison if has_slider else side_by_side(*out.comparison)
-            return out.overlay, pair, out.uncertainty, out.summary
+            return out if has_slider else out._replace(comparison=side_by_side(*out.comparison))
 
         def on_adapter(choice):  # the header and sliders follow the chosen adapter's classes, task and objective
             use_adapter(pipe, choice)
