@@ -171,6 +171,7 @@ def _model_data_flags(args: argparse.Namespace) -> int:
     """train-mask-decoder's data flags left out: the model's training data (`digseg.data.model_data`) when --dataset
     is left out or names it (the split flags as a pair), else synthetic scenes -> the seed of synthetic scenes."""
     from ..data.model_data import model_training_data
+    from ..training.config import DataConfig
 
     record = model_training_data(args.model)
     if record is not None and record.same_data(args.dataset or record.dataset, args.data_root or record.data_root):
@@ -180,8 +181,6 @@ def _model_data_flags(args: argparse.Namespace) -> int:
                 setattr(args, flag, value)
         if record.dataset == "synthetic" and record.seed is not None:
             return record.seed
-    from ..training.config import DataConfig
-
     args.dataset = args.dataset or "synthetic"
     args.num_scenes = DataConfig.num_scenes if args.num_scenes is None else args.num_scenes
     return args.seed
