@@ -120,8 +120,7 @@ def _legend(entry: dict) -> str:
 
 def _probability_maps(entry: dict, small: str) -> str:
     """Thumbnails (all of them up to THUMBNAILS_ALWAYS, else the classes in the label map), links for the rest."""
-    maps = entry["files"].get("probabilities") or []
-    if not maps:
+    if not (maps := entry["files"].get("probabilities")):
         return ""
     present = {c["name"] for c in entry["classes"]}
     thumbs, others = [], []
@@ -143,8 +142,7 @@ def _probability_maps(entry: dict, small: str) -> str:
 
 def _uncertainty(entry: dict, small: str) -> str:
     """The uncertainty map, else the note saying why there is none; "" when the entry has neither."""
-    file = entry["files"].get("uncertainty")
-    if file:
+    if file := entry["files"].get("uncertainty"):
         u = _url(file)
         return (f'<h3>Uncertainty</h3><div class="maps{small}"><a href="{u}"><img src="{u}" alt="ensemble uncertainty" '
                 'draggable="false"><span>ensemble spread (white = most)</span></a></div>')
