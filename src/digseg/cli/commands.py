@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import importlib.util
 import json
 import os
+import shutil
 import sys
+import tempfile
+import warnings
 from pathlib import Path
 
 from ..devices import resolve_device, resolve_device_and_dtype, training_precision
@@ -19,8 +24,6 @@ from .parser import build_parser
 def _quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    import warnings
-
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="transformers")
     import diffusers.utils.logging
@@ -73,7 +76,7 @@ def _train_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from ..distributed import process_info
+    from ..distributed import is_main_process
     from ..training.run import build_run
     from ..run_lock import TRAIN, main_process_holds
 
@@ -90,10 +93,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         from ..training.hub import check_hub_target, push_to_hub
 
         check_hub_target(config.run.push_to_hub)  # before training, not after it
-    rank, _ = process_info()
     with main_process_holds(config.run.output_dir, TRAIN):  # a second run on this folder stops here, every process
         build_run(config, resume=args.resume, allow_config_change=args.allow_config_change).train()
-    if rank != 0:
+    if not is_main_process():
         return
     print(f"saved trained model to {config.run.output_dir}")
     if config.run.push_to_hub:
@@ -168,6 +170,7 @@ def _model_data_flags(args: argparse.Namespace) -> int:
     """train-mask-decoder's data flags left out: the model's training data (`digseg.data.model_data`) when --dataset
     is left out or names it (the split flags as a pair), else synthetic scenes -> the seed of synthetic scenes."""
     from ..data.model_data import model_training_data
+    from ..training.config import DataConfig
 
     record = model_training_data(args.model)
     if record is not None and record.same_data(args.dataset or record.dataset, args.data_root or record.data_root):
@@ -177,17 +180,12 @@ def _model_data_flags(args: argparse.Namespace) -> int:
                 setattr(args, flag, value)
         if record.dataset == "synthetic" and record.seed is not None:
             return record.seed
-    from ..training.config import DataConfig
-
     args.dataset = args.dataset or "synthetic"
     args.num_scenes = DataConfig.num_scenes if args.num_scenes is None else args.num_scenes
     return args.seed
 
 
 def cmd_train_mask_decoder(args: argparse.Namespace) -> None:
-    import functools
-    import shutil
-
     from ..data.check import check_dataset, keep_good
     from ..data.registry import build_dataset
     from ..pipelines.model_card import model_facts, read_card_facts, write_model_card
@@ -229,10 +227,9 @@ def cmd_train_mask_decoder(args: argparse.Namespace) -> None:
     decoder.save_pretrained(out / "mask_decoder")
     pipe.save_config(out)
     final_loss = sum(losses[-20:]) / len(losses[-20:])
-    dataset_name = args.dataset + (f" ({args.data_root})" if args.data_root else "")
     write_model_card(out, {**read_card_facts(out), "model": model_facts(pipe), "mask_decoder_training": {
-        "dataset": dataset_name, "samples": len(data.labels), "steps": args.max_steps, "target": args.target,
-        "resolution": resolution, "final_loss": round(final_loss, 5)}})
+        "dataset": args.dataset + (f" ({args.data_root})" if args.data_root else ""), "samples": len(data.labels),
+        "steps": args.max_steps, "target": args.target, "resolution": resolution, "final_loss": round(final_loss, 5)}})
     print(f"light mask decoder: {len(data)} mask latents of {len(data.labels)} samples, {args.max_steps} steps, "
           f"final loss {final_loss:.4f}; wrote the model with it to {args.output} "
           f"(it decodes masks by default; pass --mask-decoder vae to use the VAE)")
@@ -275,8 +272,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 **({"adapter": name, "adapters": adapters} if adapters else {}),
                 "classes": None if args.prompt is not None else (classes or list(pipe.config.class_names or [])),
                 "ensemble_size": args.ensemble_size, "steps": args.steps or pipe.config.default_denoising_steps,
-                "seed": args.seed, "processing_resolution": args.processing_resolution
-                if args.processing_resolution is not None else pipe.config.default_processing_resolution,
+                "seed": args.seed,
+                "processing_resolution": args.processing_resolution or pipe.config.default_processing_resolution,
                 **query, "protocol": dataclasses.asdict(protocol)}
             call_kwargs = dict(prompt=args.prompt, classes=classes, ensemble_size=args.ensemble_size,
                                num_inference_steps=args.steps, processing_resolution=args.processing_resolution,
@@ -364,29 +361,24 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from .demo import DEFAULT_MAX_PIXELS, launch_demo
+    from .demo import launch_demo
 
-    launch_demo(args.model, host=args.host, port=args.port,
-                max_pixels=DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels,
-                device=args.device, dtype=args.dtype, adapters=args.adapter)
+    launch_demo(args.model, host=args.host, port=args.port, max_pixels=args.max_pixels, device=args.device,
+                dtype=args.dtype, adapters=args.adapter)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    import importlib.util
-
     missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
     if missing:
         raise ConfigError(f"digseg export needs {', '.join(missing)}: pip install -e '.[onnx]'")
     dtype = "fp32" if args.dtype == "auto" else args.dtype
     if dtype not in ("fp32", "fp16"):
         raise ConfigError(f"--dtype {dtype}: export writes fp32 or fp16 graphs")
-    if dtype == "fp16":
+    if dtype == "fp16":  # before the model loads (export_pipeline checks the rest)
         import torch
 
         if not torch.cuda.is_available():
             raise ConfigError("--dtype fp16 needs a CUDA GPU (fp16 graphs are exported on one); use --dtype fp32")
-        if args.quantize:
-            raise ConfigError("--quantize int8 applies to fp32 graphs; use --dtype fp32")
     output = Path(args.output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise ConfigError(f"--output {output} exists and is not an empty folder; choose a new one")
@@ -398,8 +390,6 @@ def cmd_export(args: argparse.Namespace) -> None:
         if not (args.quantize or args.no_text_encoder):
             raise ConfigError(f"--model {args.model} is already exported; --quantize int8 quantizes it and "
                               "--no-text-encoder precomputes its own prompts")
-        import tempfile
-
         with tempfile.TemporaryDirectory() as tmp:
             source = args.model
             if args.no_text_encoder:  # then quantized, when asked, from a temporary folder
@@ -410,8 +400,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         print(f"wrote {folder} from {args.model} ({', '.join(done)})")
         return
     pipe = DiGSegPipeline.from_pretrained(args.model)  # fp32 on the CPU; export_pipeline moves it for fp16
-    folder = export_pipeline(pipe, output, dtype=dtype, text_encoder=not args.no_text_encoder,
-                             quantize=args.quantize)
+    folder = export_pipeline(pipe, output, dtype=dtype, text_encoder=not args.no_text_encoder, quantize=args.quantize)
     graphs = sorted(p.name for p in folder.glob("*.onnx"))
     print(f"exported {args.model} to {folder}: {', '.join(graphs)} and manifest.json "
           f"({dtype}{', int8 matrix multiplies' if args.quantize else ''})")

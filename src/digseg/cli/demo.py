@@ -5,14 +5,11 @@
 
 from __future__ import annotations
 
-import base64
 import inspect
-import io
 import ipaddress
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -20,7 +17,7 @@ from PIL import Image
 from ..data.io import IMAGE_EXTENSIONS, load_image
 from ..devices import resolve_device_and_dtype
 from ..errors import ConfigError, DataError, DigsegError
-from ..pipelines.visualize import class_overlay, grey_map, with_legend
+from ..pipelines.visualize import class_overlay, grey_map, side_by_side, with_legend
 from .loading import load_model, parse_adapters
 
 DEFAULT_MODEL = Path("digseg-quickstart") / "model"
@@ -85,25 +82,7 @@ def enlarge(array: np.ndarray, factor: int) -> np.ndarray:
     return array if factor == 1 else array.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
-def slider_html(before: Image.Image, after: Image.Image) -> str:
-    """A before/after comparison with a drag slider, for Gradio versions without `gr.ImageSlider`."""
-
-    def uri(im: Image.Image) -> str:
-        buf = io.BytesIO()
-        im.convert("RGB").save(buf, format="PNG")
-        return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-    return ('<div style="position:relative;display:inline-block;max-width:100%">'
-            f'<img src="{uri(before)}" style="display:block;max-width:100%">'
-            f'<img src="{uri(after.resize(before.size))}" '
-            'style="position:absolute;top:0;left:0;width:100%;clip-path:inset(0 0 0 50%)">'
-            '<input type="range" min="0" max="100" value="50" aria-label="compare input and prediction" '
-            'style="width:100%" oninput="this.previousElementSibling.style.clipPath=`inset(0 0 0 ${this.value}%)`">'
-            "</div>")
-
-
-@dataclass
-class DemoResult:
+class DemoResult(NamedTuple):
     """What one run shows; uncertainty: None for an ensemble of 1."""
 
     overlay: Image.Image
@@ -127,15 +106,12 @@ def segment(pipe: Any, path: str | os.PathLike[str] | None, mode: str, text: str
     image = check_image_file(path, max_pixels)
     if adapter is not None:
         use_adapter(pipe, adapter)
-    if mode not in (MODE_PROMPT, MODE_CLASSES):
-        raise ConfigError(f"unknown mode {mode!r}: choose {MODE_PROMPT!r} or {MODE_CLASSES!r}")
     prompt = text.strip() if mode == MODE_PROMPT and text and text.strip() else None
     classes = parse_classes(text) if mode == MODE_CLASSES else None
     ensemble_size, steps = int(ensemble_size), int(steps)
-    if not 1 <= ensemble_size <= MAX_ENSEMBLE:
-        raise ConfigError(f"ensemble size must be 1..{MAX_ENSEMBLE}, got {ensemble_size}")
-    if not 1 <= steps <= MAX_STEPS:
-        raise ConfigError(f"steps must be 1..{MAX_STEPS}, got {steps}")
+    for what, value, most in (("ensemble size", ensemble_size, MAX_ENSEMBLE), ("steps", steps, MAX_STEPS)):
+        if not 1 <= value <= most:
+            raise ConfigError(f"{what} must be 1..{most}, got {value}")
     try:
         seed = int(seed)
     except (TypeError, ValueError) as exc:
@@ -172,9 +148,10 @@ def page_header(pipe: Any, max_pixels: int) -> str:
             f"Images up to {max_pixels:,} pixels ({', '.join(IMAGE_EXTENSIONS)}).")
 
 
-def one_step_note(pipe: Any) -> str | None:
-    """What the sliders say for a one-step model (one deterministic pass); None otherwise."""
-    return "one-step model: one deterministic pass" if pipe.config.objective == "one-step" else None
+def slider_state(pipe: Any) -> dict:
+    """The ensemble and steps sliders: fixed, with a note, for a one-step model (one deterministic pass)."""
+    one_step = pipe.config.objective == "one-step"
+    return {"interactive": not one_step, "info": "one-step model: one deterministic pass" if one_step else None}
 
 
 def runtime_footer(pipe: Any) -> str:
@@ -231,23 +208,21 @@ def build_demo(pipe: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
                                       elem_id="digseg-adapter") if names else None
                 upload = gr.File(label="Image", type="filepath", elem_id="digseg-upload")
                 preview = gr.Image(label="Input", elem_id="digseg-preview", **view)
-                mode = gr.Radio([MODE_PROMPT, MODE_CLASSES], value=MODE_PROMPT, label="Ask with",
-                                info="prompt: one thing (binary); classes: a comma-separated list",
-                                elem_id="digseg-mode")
-                text = gr.Textbox(label="Prompt or classes", placeholder="empty: the model's own classes",
-                                  elem_id="digseg-text")
-                note = one_step_note(pipe)
+                mode = gr.Radio([MODE_PROMPT, MODE_CLASSES], value=MODE_PROMPT, label="Ask with", elem_id="digseg-mode",
+                                info="prompt: one thing (binary); classes: a comma-separated list")
+                text = gr.Textbox(label="Prompt or classes", elem_id="digseg-text",
+                                  placeholder="empty: the model's own classes")
                 ensemble = gr.Slider(1, MAX_ENSEMBLE, value=1, step=1, label="Ensemble size", elem_id="digseg-ensemble",
-                                     interactive=note is None, info=note)
+                                     **slider_state(pipe))
                 steps = gr.Slider(1, MAX_STEPS, value=min(max(1, pipe.config.default_denoising_steps), MAX_STEPS),
-                                  step=1, label="Denoising steps", elem_id="digseg-steps", interactive=note is None,
-                                  info=note)
+                                  step=1, label="Denoising steps", elem_id="digseg-steps", **slider_state(pipe))
                 seed = gr.Number(value=0, precision=0, label="Seed", elem_id="digseg-seed")
                 run = gr.Button("Segment", variant="primary", elem_id="digseg-run")
             with gr.Column():
                 result = gr.Image(label="Prediction", format="png", elem_id="digseg-overlay", **view)
-                compare = (gr.ImageSlider(label="Input | prediction", elem_id="digseg-compare", **view) if has_slider
-                           else gr.HTML(label="Input | prediction", elem_id="digseg-compare"))
+                # Gradio versions without ImageSlider show the two side by side
+                compare = (gr.ImageSlider if has_slider else gr.Image)(label="Input | prediction",
+                                                                       elem_id="digseg-compare", **view)
                 uncertainty = gr.Image(label="Uncertainty (ensemble spread; brighter = less sure)", format="png",
                                        elem_id="digseg-uncertainty", **view)
                 summary = gr.Markdown(elem_id="digseg-summary")
@@ -266,14 +241,12 @@ def build_demo(pipe: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
                               adapter_value)
             except DigsegError as exc:
                 raise gr.Error(str(exc)) from exc
-            pair = out.comparison if has_slider else slider_html(*out.comparison)
-            return out.overlay, pair, out.uncertainty, out.summary
+            return out if has_slider else out._replace(comparison=side_by_side(*out.comparison))
 
         def on_adapter(choice):  # the header and sliders follow the chosen adapter's classes, task and objective
             use_adapter(pipe, choice)
-            note = one_step_note(pipe)
-            sliders = [gr.update(interactive=note is None, info=note) for _ in range(2)]
-            return page_header(pipe, max_pixels), *sliders
+            slider = gr.update(**slider_state(pipe))
+            return page_header(pipe, max_pixels), slider, slider
 
         upload.upload(on_upload, inputs=upload, outputs=preview)
         upload.clear(lambda: None, outputs=preview)

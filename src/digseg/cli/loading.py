@@ -12,20 +12,18 @@ def load_model(model, placement, adapters: list[str] | None = None, use: str | N
     """`model` loaded in the dtype and moved to the device of `placement` (torch.device, torch.dtype). An exported
     folder runs on CUDA's execution provider on a CUDA device, else the CPU's. With `adapters` (--adapter values):
     `model` is their base, each adapter is loaded onto it and `use` (default: the only one) is active."""
+    from ..models.adapters import adapter_config
     from ..pipelines.pipeline import DiGSegPipeline
     from ..runtime.manifest import is_exported_folder
+    from ..runtime.pipeline import OnnxDiGSegPipeline
 
     device, dtype = placement
     if not adapters:
         if use:
             raise ConfigError(f"--use-adapter {use}: no --adapter was given")
         if is_exported_folder(model):
-            from ..runtime.pipeline import OnnxDiGSegPipeline
-
             return OnnxDiGSegPipeline.from_pretrained(model, provider="cuda" if device.type == "cuda" else "cpu")
         return DiGSegPipeline.from_pretrained(model, dtype=dtype).to(device)
-    from ..models.adapters import adapter_config
-
     named = parse_adapters(adapters)
     if use is None and len(named) > 1:
         raise ConfigError(f"several adapters ({', '.join(named)}): say which one predicts with --use-adapter NAME")

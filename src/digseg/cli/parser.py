@@ -42,14 +42,14 @@ HELP = {
 
 def _add_device_flags(parser: argparse.ArgumentParser, training: bool = False) -> None:
     """--device and --dtype (`digseg.devices`); `training`: --dtype is optim.mixed_precision, default the config's."""
-    parser.add_argument("--device", default="auto", metavar="DEVICE",
-                        help=f"where the model runs: {DEVICE_CHOICES_TEXT} (default auto: this process's GPU under "
-                             "accelerate launch / torchrun, else CUDA, else MPS, else CPU)")
+    parser.add_argument("--device", default="auto", metavar="DEVICE", help=f"where the model runs: "
+                        f"{DEVICE_CHOICES_TEXT} (default auto: this process's GPU under accelerate launch / torchrun, "
+                        "else CUDA, else MPS, else CPU)")
     auto = "auto: bf16 on CUDA GPUs that have it, fp16 on older ones (and on MPS, inference), fp32 on CPU"
     if training:
-        parser.add_argument("--dtype", default=None, choices=DTYPE_CHOICES,
-                            help=f"the model's precision (default: optim.mixed_precision of the config, else {auto}); "
-                                 "training computes in it (autocast) and keeps fp32 weights")
+        parser.add_argument("--dtype", choices=DTYPE_CHOICES, help=f"the model's precision (default: "
+                            f"optim.mixed_precision of the config, else {auto}); training computes in it (autocast) "
+                            "and keeps fp32 weights")
     else:
         parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                             help=f"the model's precision (default {auto}); the model is loaded in it")
@@ -59,17 +59,17 @@ def _add_inference_flags(parser: argparse.ArgumentParser, resolution_default: st
     """The E-Step, the queries, the mask decoder, the device and the test protocol: predict's and eval's."""
     parser.add_argument("--ensemble-size", type=int, default=1,
                         help="E-Step ensemble members, each from its own noise (default 1)")
-    parser.add_argument("--steps", type=int, default=None, help="E-Step denoising (DDIM) steps (default: the model's)")
-    parser.add_argument("--processing-resolution", type=int, default=None,
+    parser.add_argument("--steps", type=int, help="E-Step denoising (DDIM) steps (default: the model's)")
+    parser.add_argument("--processing-resolution", type=int,
                         help=HELP["processing_resolution"] + f" (default: {resolution_default})")
     parser.add_argument("--templates", help="prompt templates of per-class and binary queries: single | photo | "
                                             "ensemble, or one with {}, e.g. 'a photo of a {}.' (default: the model's)")
-    parser.add_argument("--top-k", type=int, default=None, help="open vocabulary: rank all classes in one pass, then "
-                                                                "run exact queries for the k most relevant only")
+    parser.add_argument("--top-k", type=int, help="open vocabulary: rank all classes in one pass, then run exact "
+                                                  "queries for the k most relevant only")
     parser.add_argument("--seed", type=int, default=0, help=HELP["seed"])
-    parser.add_argument("--mask-decoder", choices=MASK_DECODERS, default="auto",
-                        help="decode masks with the model's light mask decoder or the VAE (auto: a one-step "
-                             "model's training decoder, else the light one if any)")
+    parser.add_argument("--mask-decoder", choices=MASK_DECODERS, default="auto", help="decode masks with the "
+                        "model's light mask decoder or the VAE (auto: a one-step model's training decoder, else the "
+                        "light one if any)")
     _add_device_flags(parser)
     add_protocol_flags(parser, protocol_note)
 
@@ -85,12 +85,12 @@ def _add_data_flags(parser, dataset: str, data_root: str, val_fraction: str, spl
     parser.add_argument("--val-fraction", type=float, help="folder dataset, flat: the share of images held out for val "
                         f"by file-name hash, the rest being train (default {DEFAULT_VAL_FRACTION:g}; 1: every image "
                         f"is val){val_fraction}")
-    parser.add_argument("--split-file", help="folder dataset: a text file of the stems of the split read, one per "
+    parser.add_argument("--split-file", help=f"folder dataset: a text file of the stems of the split read, one per "
                                              f"line{split_file}")
     if hf:
-        parser.add_argument("--hf", nargs="+", action="extend", metavar="KEY=VALUE",
-                            help=f"{HF_PREFIX} datasets: how they are read, e.g. label_column=mask "
-                                 f"reduce_zero_label=true (keys: {', '.join(HF_FIELDS)}; docs/data.md)")
+        parser.add_argument("--hf", nargs="+", action="extend", metavar="KEY=VALUE", help=f"{HF_PREFIX} datasets: "
+                            f"how they are read, e.g. label_column=mask reduce_zero_label=true (keys: "
+                            f"{', '.join(HF_FIELDS)}; docs/data.md)")
 
 
 def _share_train_flags(parser, train: argparse.ArgumentParser, data_flags, dests: tuple[str, ...]) -> None:
@@ -110,24 +110,23 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train a tiny model on synthetic scenes, evaluate, save overlays (CPU, minutes)")
     q.add_argument("--output", default="digseg-quickstart", help="output folder (default: ./digseg-quickstart)")
     q.add_argument("--seed", type=int, default=0, help=HELP["seed"])
-    q.add_argument("--max-steps", type=int, default=None, help=HELP["max_steps"] + " (default 2000)")
+    q.add_argument("--max-steps", type=int, help=HELP["max_steps"] + " (default 2000)")
     _add_device_flags(q)
 
-    t = sub.add_parser("train", help="train DiGSeg from a Stable Diffusion backbone",
-                       epilog="Config files hold the sections model, data, optim and run; --cfg-options sets any of "
-                              "their fields (docs/training.md lists them all).")
+    t = sub.add_parser("train", help="train DiGSeg from a Stable Diffusion backbone", epilog="Config files hold the "
+                       "sections model, data, optim and run; --cfg-options sets any of their fields (docs/training.md "
+                       "lists them all).")
     t.add_argument("--config", help="YAML config (default: resuming, the run folder's config.yaml); the flags below "
                                     "and --cfg-options override it")
     t.add_argument("--cfg-options", nargs="+", action="extend", metavar="SECTION.FIELD=VALUE",
                    help="set any config field, typed and checked, e.g. optim.lr_warmup_steps=0 data.num_workers=4 "
                         "data.hf.label_column=mask (every field: docs/training.md)")
-    t.add_argument("--pretrained", help="Stable Diffusion 1.x / 2.x / XL folder or hub id (or a DiGSeg model folder "
-                                        "to continue)")
+    t.add_argument("--pretrained",
+                   help="Stable Diffusion 1.x / 2.x / XL folder or hub id (or a DiGSeg model folder to continue)")
     data_flags = t.add_argument_group("data (config section `data`)")
     _add_data_flags(data_flags, " (default synthetic)", "", "", " (here: the training images)", hf=False)
-    data_flags.add_argument("--crop-size", type=parse_pair, metavar="H[,W]",
-                            help="training crop, H,W or N for N x N (default: the dataset's preset, "
-                                 "docs/augmentation.md)")
+    data_flags.add_argument("--crop-size", type=parse_pair, metavar="H[,W]", help="training crop, H,W or N for N x N "
+                            "(default: the dataset's preset, docs/augmentation.md)")
     data_flags.add_argument("--bad-samples", choices=BAD_SAMPLES, help=HELP["bad_samples"])
     t.add_argument("--output", help="run folder: config.yaml, checkpoints/, the trained model")
     t.add_argument("--max-steps", type=int, help=HELP["max_steps"] + " (default 1000)")
@@ -171,8 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
                     " (here: the training images; default: the model's, if it was trained with one)")
     m.add_argument("--processing-resolution", type=int,
                    help=HELP["processing_resolution"] + " (default: the model's, its training crop)")
-    m.add_argument("--num-scenes", type=int, help=f"synthetic dataset size (default: the model's, else "
-                                                  f"{DataConfig.num_scenes})")
+    m.add_argument("--num-scenes", type=int,
+                   help=f"synthetic dataset size (default: the model's, else {DataConfig.num_scenes})")
     m.add_argument("--num-samples", type=int, help="use the first N samples (default: all)")
     m.add_argument("--bad-samples", choices=BAD_SAMPLES, default="error", help=HELP["bad_samples"])
     m.add_argument("--latent-cache", help="a folder written by `digseg cache-latents` for the same VAE and size")
@@ -206,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--classes", help="comma-separated class names (default: the model's own classes)")
     group.add_argument("--classes-file",
                        help="a text file with one class name per line ('wall, walls': synonyms; '#' comments)")
-    p.add_argument("--no-class-threshold", type=float, default=None, help="label 255 where no class scores above this")
+    p.add_argument("--no-class-threshold", type=float, help="label 255 where no class scores above this")
     p.add_argument("--output", required=True,
                    help="output folder: per-image maps and JSON, summary.json, index.html (see docs/predict.md)")
     p.add_argument("--outputs", default="all", metavar="KINDS",
@@ -217,9 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images of the same processed size per pipeline call (same labels as 1; more memory)")
     p.add_argument("--skip-existing", action="store_true",
                    help="continue an interrupted run: keep images whose outputs are complete in --output")
-    _add_inference_flags(p, "the model's, its training crop",
-                         "default: whole image at the processing resolution; slide without --scale: a keep-ratio "
-                         "scale whose short side is the crop")
+    _add_inference_flags(p, "the model's, its training crop", "default: whole image at the processing resolution; "
+                         "slide without --scale: a keep-ratio scale whose short side is the crop")
 
     e = sub.add_parser("eval", help="score label PNGs, or run a model over a dataset split and score it")
     own = "default: the --model's split rule on its own data"
@@ -243,24 +241,22 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="a local web app (Gradio) to try a model in the browser")
     d.add_argument("--model", help="a DiGSeg model folder or a `digseg export` folder (default: "
                                    "digseg-quickstart/model; with --adapter: their base, also a Stable Diffusion one)")
-    d.add_argument("--adapter", action="append", metavar="NAME=PATH",
-                   help=HELP["adapter"] + " (repeatable: the page chooses among them, or 'base' for none; the first "
-                                          "is chosen when the page opens)")
+    d.add_argument("--adapter", action="append", metavar="NAME=PATH", help=HELP["adapter"] + " (repeatable: the page "
+                   "chooses among them, or 'base' for none; the first is chosen when the page opens)")
     d.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    d.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
-    d.add_argument("--max-pixels", type=int, default=None, help="largest upload, in pixels (default 4096x4096)")
+    d.add_argument("--port", type=int, help="port (default: the first free one from 7860)")
+    d.add_argument("--max-pixels", type=int, default=4096 * 4096, help="largest upload, in pixels (default 4096x4096)")
     _add_device_flags(d)
 
-    x = sub.add_parser("export", help="write a model as ONNX graphs and a manifest, to run on onnxruntime "
-                                      "(docs/export.md)")
+    x = sub.add_parser("export",
+                       help="write a model as ONNX graphs and a manifest, to run on onnxruntime (docs/export.md)")
     x.add_argument("--model", required=True, help="a DiGSeg model folder to export, or an exported folder to "
                                                   "--quantize or strip of its text encoder")
     x.add_argument("--output", required=True, help="the new folder: *.onnx graphs and manifest.json")
     x.add_argument("--dtype", default="fp32", choices=DTYPE_CHOICES,
                    help="the model's precision (default fp32, as auto; fp16 on a CUDA GPU only; bf16 is refused)")
-    x.add_argument("--quantize", default=None, choices=("int8",),
+    x.add_argument("--quantize", choices=("int8",),
                    help="int8: onnxruntime dynamic quantization of matrix multiplies (convolutions stay fp32)")
     x.add_argument("--no-text-encoder", action="store_true",
                    help="leave the text encoder out: the model's own class prompts are precomputed (its classes only)")
-
     return parser

@@ -22,6 +22,7 @@ from typing import Any, Collection, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from . import predict_records
 from ..data.io import load_image
@@ -37,7 +38,6 @@ from ..pipelines.visualize import hex_colour, palette_for, save_prediction, tint
 from ..seeding import seeded_generator
 
 READ_AHEAD = 1  # images decoded on a thread while the model runs
-NO_UNCERTAINTY = "no uncertainty map: ensemble size 1 (pass --ensemble-size 2 or more)"
 
 
 @dataclass
@@ -143,7 +143,6 @@ def write_image_outputs(out_dir: Path, stem: str, name: str, source: Path, image
                         kinds: Collection[str] = PER_IMAGE_OUTPUTS) -> dict:
     """Write the files of `kinds` for one image -> its record (module docstring). image RGB, W x H; labels [H, W]
     int; probabilities [n, H, W] of the classes `probability_class_ids` [n] (default: all K); uncertainty [H, W]."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     files = save_prediction(out_dir, stem, np.asarray(image), labels, probabilities, class_names, uncertainty,
                             probability_class_ids, kinds)
     copy = None
@@ -161,7 +160,7 @@ def write_image_outputs(out_dir: Path, stem: str, name: str, source: Path, image
                         "probabilities": [{"class": c, "file": p.name} for c, p in files.probabilities],
                         "uncertainty": name_of(files.uncertainty)}}
     if files.uncertainty is None and "uncertainty" in kinds:
-        record["uncertainty_note"] = NO_UNCERTAINTY
+        record["uncertainty_note"] = "no uncertainty map: ensemble size 1 (pass --ensemble-size 2 or more)"
     if summary_path is not None:
         summary_path.write_text(json.dumps({**record, "settings": settings}, indent=2, ensure_ascii=False),
                                 encoding="utf-8")
@@ -177,8 +176,6 @@ def run_predict(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
     call_kwargs: the pipeline's arguments, the same for every image; settings: what the run records (JSON values;
     the outputs are added). show_progress: None shows the bar only when stderr is a terminal.
     """
-    from tqdm import tqdm
-
     out_dir = Path(out_dir)
     with main_process_holds(out_dir, PREDICT):
         rank, world = process_info()
@@ -188,12 +185,11 @@ def run_predict(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
         names, stems = display_names(paths), unique_stems(paths)
 
         # 1. what is left to do: with skip_existing, the images an earlier run of the same settings finished
-        finished = [False] * len(paths)
+        todo = list(range(len(paths)))
         if skip_existing:
             predict_records.check_same_settings(out_dir, settings)
             index = RecordIndex(out_dir)
-            finished = [index.finished(stem, path) for path, stem in zip(paths, stems)]
-        todo = [i for i, done in enumerate(finished) if not done]
+            todo = [i for i in todo if not index.finished(stems[i], paths[i])]
         if len(todo) < len(paths) and rank == 0:
             print(f"--skip-existing: {len(paths) - len(todo)} of {len(paths)} image(s) already finished in {out_dir}")
         wait_for_everyone()  # every process has read the records before the main process may drop them
@@ -204,8 +200,7 @@ def run_predict(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
 
         # 2. this process's share, batched by processed size
         mine = [i for _, i in shard(todo)]
-        resolution = call_kwargs.get("processing_resolution")
-        resolution = pipe.config.default_processing_resolution if resolution is None else resolution
+        resolution = call_kwargs.get("processing_resolution") or pipe.config.default_processing_resolution
         skipped: dict[int, dict] = {}
         bar = tqdm(total=len(mine), desc="predict", unit="image",
                    disable=rank != 0 or ((not show_progress) if show_progress is not None else None))

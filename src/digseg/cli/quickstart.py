@@ -102,11 +102,9 @@ def run_quickstart(output: str | Path, settings: QuickstartSettings | None = Non
                    train_time_s=round(train_done - started, 1))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
-    rows = []
-    for text in s.settings:
-        b, p = metrics["binary"][text], metrics["palette"][text]
-        rows.append({"E-Step": text, "binary mIoU": b["mIoU"], "binary IoU fg": b["IoU_foreground"],
-                     "binary img/s": b["images_per_s"], "palette mIoU": p["mIoU"], "palette img/s": p["images_per_s"]})
+    rows = [{"E-Step": text, "binary mIoU": b["mIoU"], "binary IoU fg": b["IoU_foreground"],
+             "binary img/s": b["images_per_s"], "palette mIoU": p["mIoU"], "palette img/s": p["images_per_s"]}
+            for text, b, p in zip(s.settings, metrics["binary"].values(), metrics["palette"].values())]
     print("\n" + format_markdown_table(rows, list(rows[0])))
     print(f"\n(tiny model, synthetic data; mIoU in percent)  wall time {wall:.0f} s")
     print(f"model: {out / 'model'}   overlays: {out / 'overlays'}   metrics: {out / 'metrics.json'}")
