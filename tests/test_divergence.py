@@ -103,3 +103,15 @@ def test_a_blown_up_run_names_a_checkpoint_from_before_and_its_command_resumes(t
     assert command.startswith("digseg train ") and "--learning-rate 0.001" in command  # the rate step-2 was trained at
     assert main(shlex.split(command)[1:]) == 0  # the printed command, as printed
     _everything_on_disk_is_finite(run)
+
+
+def test_non_finite_weights_are_seen_in_parameters_and_tensors():
+    """The checks before a checkpoint and the final save read parameters themselves, not only plain tensors."""
+    from digseg.training.divergence import all_finite
+
+    weight = torch.nn.Parameter(torch.ones(3))
+    assert all_finite([weight, torch.zeros(2), torch.arange(3)])
+    with torch.no_grad():
+        weight[1] = float("nan")
+    assert not all_finite([weight])
+    assert not all_finite([torch.tensor([1.0, float("inf")])])

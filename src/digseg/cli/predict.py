@@ -200,7 +200,8 @@ def run_predict(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
 
         # 2. this process's share, batched by processed size
         mine = [i for _, i in shard(todo)]
-        resolution = call_kwargs.get("processing_resolution") or pipe.config.default_processing_resolution
+        resolution = call_kwargs.get("processing_resolution")
+        resolution = pipe.config.default_processing_resolution if resolution is None else resolution  # 0: native
         skipped: dict[int, dict] = {}
         bar = tqdm(total=len(mine), desc="predict", unit="image",
                    disable=rank != 0 or ((not show_progress) if show_progress is not None else None))

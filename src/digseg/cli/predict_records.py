@@ -79,8 +79,11 @@ class RecordWriter:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if self.path.is_file() and _settings_of(self.path) == self.settings:
+                with open(self.path, "rb") as f:
+                    f.seek(-1, os.SEEK_END)
+                    cut_short = f.read(1) != b"\n"
                 self._file = open(self.path, "a", encoding="utf-8")
-                self._file.write("\n")  # ends a line cut short by a kill (an empty line is skipped as it is)
+                self._file.write("\n" if cut_short else "")  # a line cut short by a kill stays alone on its line
             else:
                 self._file = open(self.path, "w", encoding="utf-8")
                 self._file.write(json.dumps({"settings": self.settings}, ensure_ascii=False) + "\n")

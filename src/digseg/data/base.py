@@ -261,10 +261,15 @@ def make_lut(pairs: Mapping[int, int], default: int = 255) -> np.ndarray:
 
 def remap(ds: SegmentationDataset, raw: np.ndarray, lut: np.ndarray, path: Path, strict: bool = True) -> np.ndarray:
     """`raw` through `lut` (`make_lut`); values outside it or mapped to -1: DataError when `strict`, else 255."""
-    values = np.asarray(raw).astype(np.int64, copy=False)
-    inside = (values >= 0) & (values < len(lut))
-    out = lut[np.where(inside, values, 0)]
-    bad = ~inside | (out < 0)
+    raw = np.asarray(raw)
+    if raw.dtype == np.uint8:  # every value is inside the table: one lookup, no int64 copy
+        out = lut[raw]
+        bad = out < 0
+    else:
+        values = raw.astype(np.int64, copy=False)
+        inside = (values >= 0) & (values < len(lut))
+        out = lut[np.where(inside, values, 0)]
+        bad = ~inside | (out < 0)
     if not bad.any():
         return out
     if strict:
