@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from .adapters import AdapterMixin
@@ -27,8 +28,8 @@ from .image_processing import resize_to, to_image_list
 from .masks import MaskCodec
 from .model_folder import OPTIONAL_COMPONENTS, TRAINED_COMPONENTS, check_finite, check_model_folder, check_model_index
 from .model_card import model_facts, write_model_card
-from .common import SegmentationCall, uses_light_decoder
-from .sliding import combine_views, group_views, make_views, native_outputs, resize_probs, view_noise
+from .common import SegmentationCall, uses_light_decoder, view_noise
+from .sliding import combine_views, group_views, make_views, native_outputs, resize_probs
 from ..models.choices import OBJECTIVES
 from ..models.digseg_model import (check_clip_text_encoder, decode_latents, load_backbone, load_clip_text_encoder,
                                    make_scheduler, unet_downsample_factor, vae_scale_factor, widen_conv_in)
@@ -253,16 +254,16 @@ class DiGSegPipeline(SegmentationCall, AdapterMixin, LatentSegmentationMixin, Di
         denoise, decode; views combined and read at each image's native size."""
         views = [make_views(resized, boxes, self.pad_multiple, settings.global_view, settings.flip)
                  for resized, boxes in zip(sized, grids)]
-        latent_channels, latent_scale = self.vae.config.latent_channels, vae_scale_factor(self.vae)
-        one_step = self.config.objective == "one-step"
+        channels, f = self.vae.config.latent_channels, vae_scale_factor(self.vae)
+        device, dtype, one_step = self.unet.device, self.unet.dtype, self.config.objective == "one-step"
         results, uncertainty = [], []
         groups = group_views(views, max(1, settings.batch_size))
         for group in self.progress_bar(groups) if settings.show_progress_bar else groups:
             pixels = torch.cat([views[i].pixels for i in group])  # [V, 3, h, w]
-            # [V, E, 4, h/f, w/f]; a one-step model's input is zeros (top-k's relevance pass too)
-            noise_v = torch.cat([view_noise(views[i], (settings.ensemble_size, latent_channels, latent_scale),
-                                            generator, i, self.unet.device, self.unet.dtype, one_step, noise)
-                                 for i in group])
+            noise_v = torch.cat([torch.as_tensor(view_noise(  # a one-step model's input is zeros (top-k's relevance too)
+                i, views[i].boxes, [s // f for s in views[i].pixels.shape[-2:]], channels, settings, one_step, noise,
+                generator, lambda shape, gen: randn_tensor(shape, generator=gen, device=device, dtype=dtype)))
+                for i in group])  # [V, E, 4, h/f, w/f]
             ids = [queries.query_ids[i] for i in group for _ in range(len(views[i].pixels))]
             probs, unc, kept = self._segment_batch(pixels, ids, states, noise_v, settings)  # [V, K, h, w], [V, h, w]
             start = 0

@@ -11,10 +11,9 @@ from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
-from diffusers.utils.torch_utils import randn_tensor
 
 from .image_processing import pad_to_multiple
-from .common import PROBABILITY_CLASSES_KEPT, given_noise
+from .common import PROBABILITY_CLASSES_KEPT
 
 
 def count_map(boxes: list[tuple[int, int, int, int]], size: tuple[int, int]) -> torch.Tensor:
@@ -44,24 +43,6 @@ class SlideViews:
     window: tuple[int, int]
     global_view: bool
     flip: bool
-
-
-def view_noise(views: SlideViews, member_shape: tuple[int, int, int], generator, index: int,
-               device: torch.device, dtype: torch.dtype, deterministic: bool = False, given=None) -> torch.Tensor:
-    """Starting noise of one image's views [V, E, C, h, w], member_shape (E, latent channels, VAE factor): one draw
-    per window (and global view) from `generator` (or generator[index]), or `given[index]` (`common.given_noise`);
-    zeros when `deterministic` (one-step)."""
-    ensemble_size, channels, factor = member_shape
-    h, w = (s // factor for s in views.pixels.shape[-2:])
-    if deterministic:
-        return torch.zeros((len(views.pixels), ensemble_size, channels, h, w), device=device, dtype=dtype)
-    gen = generator[index] if isinstance(generator, list) else generator
-    shape = (len(views.boxes) + int(views.global_view), ensemble_size, channels, h, w)  # the mirrored views reuse it
-    if given is not None:
-        noise = torch.from_numpy(given_noise(given, index, shape)).to(device, dtype)
-    else:
-        noise = randn_tensor(shape, generator=gen, device=device, dtype=dtype)
-    return torch.cat([noise, noise]) if views.flip else noise  # [V, E, C, h, w]
 
 
 def make_views(image: torch.Tensor, boxes: list[tuple[int, int, int, int]], multiple: int, global_view: bool = False,

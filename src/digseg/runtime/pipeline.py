@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import DigsegError, first_line
-from ..pipelines.common import SegmentationCall, given_noise, to_image_list, uses_light_decoder
+from ..pipelines.common import SegmentationCall, to_image_list, uses_light_decoder, view_noise
 from .manifest import read_manifest, trailing_timesteps
 from .numpy_ops import (combine_members, combine_views, cut_views, ddim_step, decode_codec, native_outputs,
                         pad_to_multiple, predicted_sample, resize)
@@ -232,22 +232,14 @@ class OnnxDiGSegPipeline(SegmentationCall):
         multiple, f = self.manifest["pad_multiple"], self.manifest["vae_scale_factor"]
         channels = self.manifest["latent_channels"]
         global_view, flip = settings.global_view, settings.flip
-        shared = None if isinstance(generator, list) else _numpy_rng(generator)
+        generator = [_numpy_rng(g) for g in generator] if isinstance(generator, list) else _numpy_rng(generator)
         results, uncertainty = [], []
         for i, (img, resized, boxes) in enumerate(zip(images, sized, grids)):
             size, test_size = img.shape[-2:], resized.shape[-2:]
             pixels = pad_to_multiple(cut_views(resized, boxes, global_view, flip), multiple)  # [V, 3, H', W']
-            unique = len(boxes) + int(global_view)  # views with their own noise
-            latent_shape = (unique, settings.ensemble_size, channels, pixels.shape[-2] // f, pixels.shape[-1] // f)
-            if self.manifest["objective"] == "one-step":
-                start = np.zeros(latent_shape, dtype=np.float32)
-            elif noise is not None:
-                start = given_noise(noise, i, latent_shape)
-            else:
-                rng = shared if shared is not None else _numpy_rng(generator[i])
-                start = rng.standard_normal(latent_shape, dtype=np.float32)
-            if flip:  # the mirrored image's views reuse the noise of the same grid position
-                start = np.concatenate([start, start])  # [V, E, C, h, w]
+            start = view_noise(i, boxes, [s // f for s in pixels.shape[-2:]], channels, settings,
+                               self.manifest["objective"] == "one-step", noise, generator,
+                               lambda shape, rng: rng.standard_normal(shape, dtype=np.float32))  # [V, E, C, h, w]
             probs, unc = self._segment(pixels.astype(np.float32), queries.query_ids[i], states, start, settings,
                                        decoder)
             combined = combine_views(probs, boxes, test_size, global_view, flip)  # [K, h, w]
