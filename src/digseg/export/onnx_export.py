@@ -28,21 +28,19 @@ QUANTIZATIONS = ("int8",)
 
 
 class _Vae(nn.Module):
-    def __init__(self, vae) -> None:
+    """The VAE's scaled encoder (image [B, 3, H, W] -> posterior mean [B, 4, H/f, W/f]) or decoder (latents
+    [B, 4, h, w] -> [B, 3, h*f, w*f])."""
+
+    def __init__(self, vae, decode: bool) -> None:
         super().__init__()
-        self.vae = vae
+        self.vae, self.decode = vae, decode
         self.shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
         self.scale = float(vae.config.scaling_factor)
 
-
-class _VaeEncoder(_Vae):
-    def forward(self, image: torch.Tensor) -> torch.Tensor:  # [B, 3, H, W] -> [B, 4, H/f, W/f], posterior mean
-        return (self.vae.encode(image).latent_dist.mean - self.shift) * self.scale
-
-
-class _VaeDecoder(_Vae):
-    def forward(self, latents: torch.Tensor) -> torch.Tensor:  # [B, 4, h, w] -> [B, 3, h*f, w*f]
-        return self.vae.decode(latents / self.scale + self.shift).sample
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.decode:
+            return self.vae.decode(x / self.scale + self.shift).sample
+        return (self.vae.encode(x).latent_dist.mean - self.shift) * self.scale
 
 
 class _UNetWithText(nn.Module):
@@ -82,7 +80,7 @@ class _SDXLTextEncoders(nn.Module):
 def _export_graph(module: nn.Module, args: tuple, names: list[str], output: str, dynamic: dict, path: Path) -> None:
     """One graph, exported by torch's dynamo exporter; dims in `dynamic` ({input: {axis: name}}) stay symbolic."""
     auto = torch.export.Dim.AUTO
-    shapes = {name: {axis: auto for axis in dynamic.get(name, {})} for name in names}
+    shapes = tuple({axis: auto for axis in dynamic.get(name, {})} for name in names)  # in the order of `args`
     external = sum(p.numel() * p.element_size() for p in module.parameters()) > EXTERNAL_DATA_BYTES
     program = torch.onnx.export(module.eval(), args, dynamo=True, input_names=names, output_names=[output],
                                 dynamic_shapes=shapes, opset_version=OPSET, verbose=False)
@@ -146,12 +144,11 @@ def export_pipeline(pipe, output: str | Path, dtype: str = "fp32", text_encoder:
     """Write `pipe` (a loaded `DiGSegPipeline`) to `output` as ONNX graphs and a manifest; returns the folder.
     dtype "fp16" needs a CUDA GPU; `quantize="int8"`: `quantize_folder` of the fp32 graphs."""
     _check_exportable(pipe, text_encoder, dtype, quantize)
-    folder = _check_new_folder(output)
+    folder = _new_folder(output)
     if quantize:
         with tempfile.TemporaryDirectory() as tmp:
             export_pipeline(pipe, Path(tmp) / "fp32", dtype, text_encoder)
             return quantize_folder(Path(tmp) / "fp32", folder)
-    folder.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda") if dtype == "fp16" else torch.device("cpu")
     torch_dtype = torch.float16 if dtype == "fp16" else torch.float32
     pipe = pipe.to(device, torch_dtype)
@@ -171,7 +168,7 @@ def export_pipeline(pipe, output: str | Path, dtype: str = "fp32", text_encoder:
         graphs[name] = GRAPH_FILES[name]
 
     with torch.no_grad():
-        write_graph("vae_encoder", _VaeEncoder(pipe.vae), (image,), ["image"], "latent", {"image": spatial})
+        write_graph("vae_encoder", _Vae(pipe.vae, decode=False), (image,), ["image"], "latent", {"image": spatial})
         if text_encoder:
             tokenizer = _tokenizer_facts(pipe.tokenizer, folder, "tokenizer.json")
             states = pipe.query_states([["x"], ["y"]])  # [2, L, D]
@@ -195,7 +192,7 @@ def export_pipeline(pipe, output: str | Path, dtype: str = "fp32", text_encoder:
         write_graph("unet", _UNetWithText(pipe), (sample, timestep, states[:2].to(torch_dtype)),
                     ["sample", "timestep", "states"], "prediction",
                     {"sample": spatial, "timestep": {0: "batch"}, "states": {0: "batch"}})
-        write_graph("vae_decoder", _VaeDecoder(pipe.vae), (latents,), ["latents"], "image", {"latents": spatial})
+        write_graph("vae_decoder", _Vae(pipe.vae, decode=True), (latents,), ["latents"], "image", {"latents": spatial})
         if pipe.mask_decoder is not None:
             write_graph("light_decoder", pipe.mask_decoder, (latents,), ["latents"], "image", {"latents": spatial})
     config = pipe.config
@@ -214,8 +211,7 @@ def export_pipeline(pipe, output: str | Path, dtype: str = "fp32", text_encoder:
                                    "palette": make_palette(len(names)).tolist()} if len(names) >= 2 else None},
         "text": text, "training_data": config.training_data, "backbone": config.backbone,
     }
-    (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
-    return folder
+    return _write_manifest(folder, manifest)
 
 
 def quantize_folder(source: str | Path, output: str | Path) -> Path:
@@ -225,19 +221,14 @@ def quantize_folder(source: str | Path, output: str | Path) -> Path:
     source, manifest = Path(source), read_manifest(source)
     if manifest["dtype"] != "fp32" or manifest.get("quantize"):
         raise DigsegError(f"quantize: {source} is not an fp32 export")
-    folder = _check_new_folder(output)
-    folder.mkdir(parents=True, exist_ok=True)
-    for item in source.iterdir():
-        if item.suffix != ".onnx" and item.name != MANIFEST_NAME and not item.name.endswith(".data"):
-            shutil.copy2(item, folder / item.name)
+    folder = _new_folder(output, source, lambda name: name == MANIFEST_NAME or name.endswith((".onnx", ".data")))
     for name in manifest["graphs"].values():
         if name:
             external = (source / f"{name}.data").is_file()  # where the exporter put weights over 2 GB
             quantize_dynamic(str(source / name), str(folder / name), op_types_to_quantize=["MatMul", "Gemm"],
                              weight_type=QuantType.QInt8, use_external_data_format=external)
     manifest["quantize"] = "int8"
-    (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
-    return folder
+    return _write_manifest(folder, manifest)
 
 
 def precompute_own_prompts(source: str | Path, output: str | Path) -> Path:
@@ -251,27 +242,32 @@ def precompute_own_prompts(source: str | Path, output: str | Path) -> Path:
         raise DigsegError(f"export: {source} has no text encoder (its prompts are already precomputed)")
     if not manifest.get("class_names"):
         raise DigsegError("export: --no-text-encoder needs a model with a class list (its prompts are precomputed)")
-    folder = _check_new_folder(output)
     runtime = OnnxDiGSegPipeline.from_pretrained(source)
     prompts = own_prompts(runtime)
     states = runtime.query_states([[p] for p in prompts])  # [P, L, D]
     encoder = manifest["graphs"]["text_encoder"]
     left_out = {MANIFEST_NAME, encoder, f"{encoder}.data", manifest["text"]["tokenizer"]["file"],
                 (manifest["text"].get("tokenizer_2") or {}).get("file")}
-    folder.mkdir(parents=True, exist_ok=True)
-    for item in source.iterdir():
-        if item.name not in left_out:
-            shutil.copy2(item, folder / item.name)
+    folder = _new_folder(output, source, left_out.__contains__)
     np.save(folder / "text_features.npy", states.astype(np.float32))
     manifest["graphs"]["text_encoder"] = None
     manifest["text"].update(kind="features", tokenizer=None, tokenizer_2=None, features="text_features.npy",
                             prompts=prompts)
-    (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
-    return folder
+    return _write_manifest(folder, manifest)
 
 
-def _check_new_folder(output: str | Path) -> Path:
+def _new_folder(output: str | Path, source: Path | None = None, skip=None) -> Path:
+    """`output` created (refused when it exists and is not empty), with `source`'s files but those `skip` names."""
     folder = Path(output)
     if folder.exists() and any(folder.iterdir()):
         raise DigsegError(f"export: {folder} exists and is not empty; choose a new folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    for item in source.iterdir() if source else []:
+        if not skip(item.name):
+            shutil.copy2(item, folder / item.name)
+    return folder
+
+
+def _write_manifest(folder: Path, manifest: dict) -> Path:
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
     return folder

@@ -48,13 +48,9 @@ def resize_to(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def pad_to_multiple(images: torch.Tensor, multiple: int) -> torch.Tensor:
-    """[3, H, W] or [V, 3, H, W] -> H', W' multiples of `multiple` (replicated border, bottom and right)."""
+    """[V, 3, H, W] -> H', W' multiples of `multiple` (replicated border, bottom and right)."""
     pad_h, pad_w = (-images.shape[-2]) % multiple, (-images.shape[-1]) % multiple
-    if not (pad_h or pad_w):
-        return images
-    batch = images if images.dim() == 4 else images[None]
-    padded = F.pad(batch, (0, pad_w, 0, pad_h), mode="replicate")
-    return padded if images.dim() == 4 else padded[0]
+    return F.pad(images, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else images
 
 
 def padded_size(height: int, width: int, resolution: int, multiple: int, scale: tuple[int, int] | None = None,
