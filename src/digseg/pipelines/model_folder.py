@@ -81,19 +81,12 @@ def check_model_folder(folder: Path, pipeline_class: type, where: str) -> None:
 def configured_setting(model: str | Path, key: str) -> Any:
     """Setting `key` of the model_index.json of a local folder or a cached hub model, read without loading any
     weights; None when there is no such file here or it cannot be read (loading the model then says why)."""
-    from ..hub_ids import hub_id_or_none
+    from diffusers import DiffusionPipeline
 
-    index = Path(model).expanduser() / "model_index.json"
-    if hub_id_or_none(str(model)) is not None:
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(str(model), "model_index.json")
-        index = Path(cached) if isinstance(cached, str) else None
     try:
-        values = json.loads(index.read_text()) if index is not None and index.is_file() else {}
+        return DiffusionPipeline.load_config(str(Path(model).expanduser()), local_files_only=True).get(key)
     except (OSError, ValueError):
         return None
-    return values.get(key) if isinstance(values, dict) else None
 
 
 @torch.no_grad()

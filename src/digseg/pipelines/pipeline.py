@@ -1,10 +1,7 @@
-"""`DiGSegPipeline`: text-prompted segmentation by few-step latent diffusion.
-
-Three ways to ask: `prompt` (binary, K = 2); nothing, or the model's own `classes` (palette: one pass over the
-closed class set); `classes=[...]` of other names (one binary query per class, label = per-pixel argmax: open
-vocabulary). `__call__` is `common.SegmentationCall`'s (shared with onnxruntime); the latent-space work lives in
-`digseg.pipelines.latent_segmentation`, mixed into this class.
-"""
+"""`DiGSegPipeline`: text-prompted segmentation by few-step latent diffusion. Three ways to ask: `prompt` (binary);
+nothing, or the model's own `classes` (palette: one pass over the closed class set); `classes=[...]` of other names
+(one binary query per class, label = per-pixel argmax). `__call__`: `common.SegmentationCall` (shared with
+onnxruntime); latent-space work: `latent_segmentation`."""
 
 from __future__ import annotations
 
@@ -173,8 +170,7 @@ class DiGSegPipeline(SegmentationCall, AdapterMixin, LatentSegmentationMixin, Di
 
     @classmethod
     def _hub_snapshot(cls, repo_id: str, kwargs: dict) -> Path:
-        """The local snapshot of a hub model as diffusers' `download` resolves it, once its model_index.json alone
-        has been fetched and checked (`check_hub_id` first: an id that cannot be had fails at once)."""
+        """The local snapshot of a hub model (diffusers' `download`), once its model_index.json alone is checked."""
         from huggingface_hub import hf_hub_download
 
         hub = {k: kwargs[k] for k in ("cache_dir", "force_download", "local_files_only", "token", "revision")
@@ -250,8 +246,7 @@ class DiGSegPipeline(SegmentationCall, AdapterMixin, LatentSegmentationMixin, Di
 
     @torch.no_grad()
     def _segment_images(self, images, sized, grids, queries, states, settings, generator, noise):
-        """`SegmentationCall._segment_images`: groups of consecutive images whose views share a shape: noise,
-        denoise, decode; views combined and read at each image's native size."""
+        """`SegmentationCall._segment_images`, by groups of consecutive images whose views share a shape."""
         views = [make_views(resized, boxes, self.pad_multiple, settings.global_view, settings.flip)
                  for resized, boxes in zip(sized, grids)]
         channels, f = self.vae.config.latent_channels, vae_scale_factor(self.vae)

@@ -48,8 +48,6 @@ def resize(array: np.ndarray, size: tuple[int, int], antialias: bool = False) ->
 def pad_to_multiple(images: np.ndarray, multiple: int) -> np.ndarray:
     """[B, 3, H, W] -> H', W' multiples of `multiple` (replicated border, bottom and right)."""
     pad_h, pad_w = (-images.shape[-2]) % multiple, (-images.shape[-1]) % multiple
-    if not (pad_h or pad_w):
-        return images
     return np.pad(images, ((0, 0), (0, 0), (0, pad_h), (0, pad_w)), mode="edge")
 
 
