@@ -113,7 +113,7 @@ def ddim_step(pred: np.ndarray, t: int, latents: np.ndarray, scheduler: dict, st
     return (alpha_prev ** np.float32(0.5) * x0 + direction).astype(np.float32)
 
 
-def combine_members(latents: np.ndarray, how: str = "median") -> np.ndarray:
+def combine_members(latents: np.ndarray, how: str) -> np.ndarray:
     """[n, E, C, h, w] -> [n, C, h, w]: element-wise median (mean of the two middle values) or mean."""
     if how == "mean":
         return latents.mean(axis=1)
@@ -122,12 +122,12 @@ def combine_members(latents: np.ndarray, how: str = "median") -> np.ndarray:
     return (ordered[:, (e - 1) // 2] + ordered[:, e // 2]) / 2
 
 
-def decode_codec(images: np.ndarray, palette: np.ndarray | None, temperature: float = 0.05) -> np.ndarray:
-    """Decoded mask images [B, 3, H, W] -> probabilities [B, K, H, W] (binary when `palette` is None)."""
+def decode_codec(images: np.ndarray, palette: np.ndarray | None, temperature: float) -> np.ndarray:
+    """Decoded mask images [B, 3, H, W] -> probabilities [B, K, H, W], or without `palette` the foreground's
+    [B, 1, H, W]."""
     x = images.astype(np.float32, copy=False)
     if palette is None:
-        p = np.clip((x.mean(axis=1, keepdims=True) + 1.0) / 2.0, 0.0, 1.0)
-        return np.concatenate([1.0 - p, p], axis=1)
+        return np.clip((x.mean(axis=1, keepdims=True) + 1.0) / 2.0, 0.0, 1.0)
     c = palette.astype(np.float32) / np.float32(127.5) - np.float32(1.0)  # [K, 3] in [-1, 1]
     logits = 2.0 * np.einsum("bchw,kc->bkhw", x, c)
     logits -= (c * c).sum(axis=1).reshape(1, -1, 1, 1)
@@ -147,15 +147,15 @@ def best_classes(labels: np.ndarray, probs: np.ndarray, count: int) -> np.ndarra
     return np.sort(np.argsort(-score, kind="stable")[:count])
 
 
-def native_outputs(probs: np.ndarray, size: tuple[int, int], mode: str, threshold: float = 0.5,
-                   no_class_threshold: float | None = None, keep: int | None = 16):
-    """One image's probabilities [K, h, w] -> at `size`: (labels [H, W] int64, probabilities [n, H, W], ids [n])."""
-    k = probs.shape[0]
+def native_outputs(probs: np.ndarray, size: tuple[int, int], mode: str, settings):
+    """One image's probabilities [K, h, w] -> at `size`: (labels [H, W] int64, probabilities [n, H, W], ids [n]);
+    the call's `settings`: threshold, no_class_threshold, max_probability_classes."""
+    k, keep = probs.shape[0], settings.max_probability_classes
     full = resize(probs, size)  # [K, H, W]
     if mode == "binary":
-        return (full[1] > threshold).astype(np.int64), full, np.arange(k)
+        return (full[1] > settings.threshold).astype(np.int64), full, np.arange(k)
     labels = full.argmax(axis=0).astype(np.int64)
-    if mode == "per_class" and no_class_threshold is not None:
-        labels[full.max(axis=0) < no_class_threshold] = 255
+    if mode == "per_class" and settings.no_class_threshold is not None:
+        labels[full.max(axis=0) < settings.no_class_threshold] = 255
     ids = np.arange(k) if keep is None or keep >= k else best_classes(labels, probs, keep)
     return labels, full[ids], ids

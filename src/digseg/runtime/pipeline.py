@@ -188,17 +188,15 @@ class OnnxDiGSegPipeline(SegmentationCall):
         """One image's views: pixels [V, 3, H, W], its query ids into states [U, L, D], noise [V, E, 4, h, w]
         -> (probabilities [V, K, H, W], uncertainty [V, H, W] or None), as `LatentSegmentationMixin._segment_batch`."""
         v, ensemble = noise.shape[:2]
+        q, mode, max_batch = len(ids), settings.mode, settings.max_unet_batch
         image_latents = self._run("vae_encoder", image=pixels)  # [V, 4, h, w]
-        q = len(ids)
-        item_view = np.repeat(np.arange(v), q * ensemble)  # items ordered (view, query, member)
-        item_query = np.tile(np.repeat(np.asarray(ids), ensemble), v)
-        item_member = np.tile(np.arange(ensemble), v * q)
-        mode, max_batch = settings.mode, settings.max_unet_batch
+        item_view, item_query, item_member = np.indices((v, q, ensemble)).reshape(3, -1)  # items (view, query, member)
+        item_query = np.asarray(ids)[item_query]
         combine = not settings.decode_members and ensemble > 1
         chunk = max(ensemble, max_batch // ensemble * ensemble) if combine else max_batch
         decoded, spreads = [], []
         for start in range(0, len(item_query), chunk):
-            sl = slice(start, min(start + chunk, len(item_query)))
+            sl = slice(start, start + chunk)
             latents = self.denoise(image_latents[item_view[sl]], states[item_query[sl]], settings.steps,
                                    noise[item_view[sl], item_member[sl]])  # [m, 4, h, w]
             if combine:
@@ -206,8 +204,7 @@ class OnnxDiGSegPipeline(SegmentationCall):
                 spreads.append(latents.std(axis=1, ddof=1).mean(axis=1))  # [m/E, h, w]
                 latents = combine_members(latents, settings.ensemble_reduction)  # [m/E, 4, h, w]
             images = self._run(decoder, latents=latents.astype(np.float32))  # [m', 3, H, W]
-            probs = decode_codec(images, self.palette if mode == "palette" else None, self.temperature)
-            decoded.append(probs if mode == "palette" else probs[:, 1:])
+            decoded.append(decode_codec(images, self.palette if mode == "palette" else None, self.temperature))
         members = 1 if combine else ensemble
         probs = np.concatenate(decoded)  # [V * q * members, K or 1, H, W]
         size = probs.shape[-2:]
@@ -224,27 +221,22 @@ class OnnxDiGSegPipeline(SegmentationCall):
         return probs.mean(axis=1), uncertainty
 
     def _segment_images(self, images, sized, grids, queries, states, settings, generator, noise):
-        """`SegmentationCall._segment_images`, image by image: starting noise, denoise, decode; views combined and
-        read at the native size."""
-        states = states.astype(np.float32)
+        """`SegmentationCall._segment_images`, image by image."""
         light = uses_light_decoder(settings.mask_decoder, self.config, self.has_light_decoder)
-        decoder = "light_decoder" if light else "vae_decoder"
-        multiple, f = self.manifest["pad_multiple"], self.manifest["vae_scale_factor"]
-        channels = self.manifest["latent_channels"]
-        global_view, flip = settings.global_view, settings.flip
+        f, channels = self.manifest["vae_scale_factor"], self.manifest["latent_channels"]
+        global_view, flip, states = settings.global_view, settings.flip, states.astype(np.float32)
         generator = [_numpy_rng(g) for g in generator] if isinstance(generator, list) else _numpy_rng(generator)
         results, uncertainty = [], []
         for i, (img, resized, boxes) in enumerate(zip(images, sized, grids)):
             size, test_size = img.shape[-2:], resized.shape[-2:]
-            pixels = pad_to_multiple(cut_views(resized, boxes, global_view, flip), multiple)  # [V, 3, H', W']
+            pixels = pad_to_multiple(cut_views(resized, boxes, global_view, flip), self.pad_multiple)  # [V, 3, H', W']
             start = view_noise(i, boxes, [s // f for s in pixels.shape[-2:]], channels, settings,
                                self.manifest["objective"] == "one-step", noise, generator,
                                lambda shape, rng: rng.standard_normal(shape, dtype=np.float32))  # [V, E, C, h, w]
             probs, unc = self._segment(pixels.astype(np.float32), queries.query_ids[i], states, start, settings,
-                                       decoder)
+                                       "light_decoder" if light else "vae_decoder")
             combined = combine_views(probs, boxes, test_size, global_view, flip)  # [K, h, w]
-            results.append(native_outputs(combined, size, queries.mode, settings.threshold,
-                                          settings.no_class_threshold, settings.max_probability_classes))
+            results.append(native_outputs(combined, size, queries.mode, settings))
             if unc is not None:
                 uncertainty.append(resize(combine_views(unc[:, None], boxes, test_size, global_view, flip), size)[0])
         return results, uncertainty, np.stack
