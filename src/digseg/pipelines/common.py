@@ -63,47 +63,6 @@ def window_grid(height: int, width: int, crop: tuple[int, int],
             for x in starts(width, crop[1], stride[1])]
 
 
-def check_call(num_images: int, generator, ensemble_size: int, steps: int, ensemble_reduction: str, one_step: bool,
-               max_probability_classes: int | None, processing_resolution: int | None, default_resolution: int,
-               scale, mode: str, crop_size, stride, global_view: bool, output_type: str, top_k: int | None):
-    """The arguments of a pipeline call, checked: a one-line DigsegError naming a bad value. -> (processing
-    resolution, sliding window (crop, stride) or None, scale (w, h) or None). In mode "slide" the crop defaults to
-    the resolution square, the stride to 2/3 of the crop (mmseg's 512 / 341)."""
-    if output_type not in ("np", "pt"):
-        raise DigsegError(f"output_type must be 'np' or 'pt', got {output_type!r}")
-    if top_k is not None and top_k < 1:
-        raise DigsegError(f"top_k must be >= 1, got {top_k}")
-    if ensemble_reduction not in ENSEMBLE_REDUCTIONS:
-        raise DigsegError(f"ensemble_reduction must be one of {', '.join(ENSEMBLE_REDUCTIONS)}, "
-                          f"got {ensemble_reduction!r}")
-    if ensemble_size < 1:
-        raise DigsegError(f"ensemble_size must be >= 1, got {ensemble_size}")
-    if steps < 1:
-        raise DigsegError(f"num_inference_steps must be >= 1, got {steps}")
-    if one_step and (ensemble_size > 1 or steps > 1):
-        raise DigsegError(f"this model was trained with the one-step objective: it runs one deterministic pass, "
-                          f"so {ensemble_size} ensemble members x {steps} steps would repeat the same result; "
-                          "use ensemble_size=1 and num_inference_steps=1 (E-Step 1x1)")
-    if scale is not None and processing_resolution is not None:
-        raise DigsegError("give either scale or processing_resolution, not both")
-    if max_probability_classes is not None and max_probability_classes < 1:
-        raise DigsegError(f"max_probability_classes must be >= 1 or None, got {max_probability_classes}")
-    if isinstance(generator, list) and len(generator) != num_images:
-        raise DigsegError(f"got {len(generator)} generators for {num_images} images")
-    if mode not in INFERENCE_MODES:
-        raise DigsegError(f"mode must be one of {', '.join(INFERENCE_MODES)}, got {mode!r}")
-    resolution = default_resolution if processing_resolution is None else processing_resolution
-    if mode == "whole":
-        if crop_size is not None or stride is not None or global_view:
-            raise DigsegError("crop_size, stride and global_view apply to mode='slide' only")
-        return resolution, None, pair(scale, "scale")
-    crop = pair(crop_size, "crop_size") or (resolution or default_resolution,) * 2
-    step = pair(stride, "stride") or (max(1, crop[0] * 2 // 3), max(1, crop[1] * 2 // 3))
-    if step[0] > crop[0] or step[1] > crop[1]:
-        raise DigsegError(f"stride {step} is larger than crop_size {crop}: some pixels would be in no window")
-    return resolution, (crop, step), pair(scale, "scale")
-
-
 def uses_light_decoder(choice: str, config, has_light: bool) -> bool:
     """Whether `mask_decoder` `choice` ("auto", "light", "vae") selects the light decoder (else the VAE). "auto" is
     the decoder a one-step model was trained through, else the light one when the model (`config`) has one."""
@@ -155,18 +114,48 @@ class SegmentationCall:
         are returned for the `max_probability_classes` classes with most pixels (None: all). onnxruntime refuses
         top_k and output_type="pt" in one line; there `batch_size` and `show_progress_bar` change nothing.
         """
-        # 1. check the inputs
+        # 1. check the inputs: a one-line DigsegError naming a bad value
         images = self.to_images(image)  # N x [3, H, W] in [-1, 1]
         steps = num_inference_steps or self.config.default_denoising_steps
-        one_step = self.config.objective == "one-step"
         for name, value, default in (("top_k", top_k, None), ("output_type", output_type, "np")):
             if self.NUMPY_ONLY and value != default:
                 raise DigsegError(f"{name}={value!r} is not supported by the onnxruntime pipeline (the U-Net graph "
                                   "has no cross-attention output; numpy outputs); run the PyTorch model for it")
-        resolution, window, scale = check_call(
-            len(images), generator, ensemble_size, steps, ensemble_reduction, one_step, max_probability_classes,
-            processing_resolution, self.config.default_processing_resolution, scale, mode, crop_size, stride,
-            global_view, output_type, top_k)
+        if output_type not in ("np", "pt"):
+            raise DigsegError(f"output_type must be 'np' or 'pt', got {output_type!r}")
+        if top_k is not None and top_k < 1:
+            raise DigsegError(f"top_k must be >= 1, got {top_k}")
+        if ensemble_reduction not in ENSEMBLE_REDUCTIONS:
+            raise DigsegError(f"ensemble_reduction must be one of {', '.join(ENSEMBLE_REDUCTIONS)}, "
+                              f"got {ensemble_reduction!r}")
+        if ensemble_size < 1:
+            raise DigsegError(f"ensemble_size must be >= 1, got {ensemble_size}")
+        if steps < 1:
+            raise DigsegError(f"num_inference_steps must be >= 1, got {steps}")
+        if self.config.objective == "one-step" and (ensemble_size > 1 or steps > 1):
+            raise DigsegError(f"this model was trained with the one-step objective: it runs one deterministic pass, "
+                              f"so {ensemble_size} ensemble members x {steps} steps would repeat the same result; "
+                              "use ensemble_size=1 and num_inference_steps=1 (E-Step 1x1)")
+        if scale is not None and processing_resolution is not None:
+            raise DigsegError("give either scale or processing_resolution, not both")
+        if max_probability_classes is not None and max_probability_classes < 1:
+            raise DigsegError(f"max_probability_classes must be >= 1 or None, got {max_probability_classes}")
+        if isinstance(generator, list) and len(generator) != len(images):
+            raise DigsegError(f"got {len(generator)} generators for {len(images)} images")
+        if mode not in INFERENCE_MODES:
+            raise DigsegError(f"mode must be one of {', '.join(INFERENCE_MODES)}, got {mode!r}")
+        if mode == "whole" and (crop_size is not None or stride is not None or global_view):
+            raise DigsegError("crop_size, stride and global_view apply to mode='slide' only")
+        default_resolution = self.config.default_processing_resolution
+        resolution = default_resolution if processing_resolution is None else processing_resolution
+        window = None  # mode "slide": (crop, stride), by default the resolution square and 2/3 of it (mmseg's 512 / 341)
+        if mode == "slide":
+            crop = pair(crop_size, "crop_size") or (resolution or default_resolution,) * 2
+            step = pair(stride, "stride") or (max(1, crop[0] * 2 // 3), max(1, crop[1] * 2 // 3))
+            if step[0] > crop[0] or step[1] > crop[1]:
+                raise DigsegError(f"stride {step} is larger than crop_size {crop}: some pixels would be in no window")
+            window = (crop, step)
+        scale = pair(scale, "scale")
         if noise is not None and len(noise) != len(images):
             raise DigsegError(f"got {len(noise)} noise arrays for {len(images)} images")
         uses_light_decoder(mask_decoder, self.config, self.has_light_decoder)
