@@ -148,7 +148,7 @@ class SegmentationCall:
             raise DigsegError("crop_size, stride and global_view apply to mode='slide' only")
         default_resolution = self.config.default_processing_resolution
         resolution = default_resolution if processing_resolution is None else processing_resolution
-        window = None  # mode "slide": (crop, stride), by default the resolution square and 2/3 of it (mmseg's 512 / 341)
+        window = None  # mode "slide": (crop, stride), by default the resolution square and 2/3 of it (mmseg 512 / 341)
         if mode == "slide":
             crop = pair(crop_size, "crop_size") or (resolution or default_resolution,) * 2
             step = pair(stride, "stride") or (max(1, crop[0] * 2 // 3), max(1, crop[1] * 2 // 3))
