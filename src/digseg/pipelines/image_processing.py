@@ -1,5 +1,5 @@
 """Image pre-processing for the PyTorch pipeline: `common.to_image_list`'s inputs (paths read by `load_image`) and
-torch tensors [3, H, W] or [N, 3, H, W] in [0, 1] -> float tensors [3, H, W] in [-1, 1]; resize and pad."""
+torch tensors [3, H, W] or [N, 3, H, W] in [0, 1] -> float tensors [3, H, W] in [-1, 1]; resize."""
 
 from __future__ import annotations
 
@@ -45,12 +45,6 @@ def resize_to(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(size) == tuple(image.shape[-2:]):
         return image
     return F.interpolate(image[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
-
-
-def pad_to_multiple(images: torch.Tensor, multiple: int) -> torch.Tensor:
-    """[V, 3, H, W] -> H', W' multiples of `multiple` (replicated border, bottom and right)."""
-    pad_h, pad_w = (-images.shape[-2]) % multiple, (-images.shape[-1]) % multiple
-    return F.pad(images, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else images
 
 
 def padded_size(height: int, width: int, resolution: int, multiple: int, scale: tuple[int, int] | None = None,

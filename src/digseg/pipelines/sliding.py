@@ -1,9 +1,7 @@
-"""Sliding-window inference (mmsegmentation's `slide_inference` grid, `window_grid`): the views run through the
-model and their probabilities averaged where they overlap, plus optionally CAT-Seg's global view (the whole image
-resized to the window, averaged 50/50) and a horizontal flip whose views reuse the same noise. docs/eval_protocols.md.
-Then labels and probabilities at the input's native size in bounded memory (847 classes x 683 x 512 x float32 =
-1.2 GB): labels by a chunked argmax equal to the full one, probabilities resized only for the `keep` classes with
-most pixels."""
+"""Sliding-window inference (mmseg's `slide_inference` grid, `window_grid`; CAT-Seg's global view averaged 50/50;
+a flip whose views reuse the same noise: docs/eval_protocols.md), then labels and probabilities at the native size
+in bounded memory (847 classes x 683 x 512 x float32 = 1.2 GB): a chunked argmax equal to the full one, and
+probabilities resized only for the `keep` classes with most pixels."""
 
 from __future__ import annotations
 
@@ -12,7 +10,6 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from .image_processing import pad_to_multiple
 from .common import PROBABILITY_CLASSES_KEPT
 
 
@@ -58,8 +55,9 @@ def make_views(image: torch.Tensor, boxes: list[tuple[int, int, int, int]], mult
                                        align_corners=False)[0])
         return views
 
-    pixels = pad_to_multiple(torch.stack(cut(image) + (cut(image.flip(-1)) if flip else [])), multiple)
-    return SlideViews(pixels, boxes, size, window, global_view, flip)
+    pixels = torch.stack(cut(image) + (cut(image.flip(-1)) if flip else []))  # [V, 3, h, w]
+    pad = (0, -window[1] % multiple, 0, -window[0] % multiple)  # replicated border, bottom and right
+    return SlideViews(F.pad(pixels, pad, mode="replicate"), boxes, size, window, global_view, flip)
 
 
 def group_views(views: list[SlideViews], max_images: int) -> list[list[int]]:

@@ -45,15 +45,10 @@ def resize(array: np.ndarray, size: tuple[int, int], antialias: bool = False) ->
     return out.astype(np.float32, copy=False)
 
 
-def pad_to_multiple(images: np.ndarray, multiple: int) -> np.ndarray:
-    """[B, 3, H, W] -> H', W' multiples of `multiple` (replicated border, bottom and right)."""
-    pad_h, pad_w = (-images.shape[-2]) % multiple, (-images.shape[-1]) % multiple
-    return np.pad(images, ((0, 0), (0, 0), (0, pad_h), (0, pad_w)), mode="edge")
-
-
-def cut_views(image: np.ndarray, boxes: list[tuple[int, int, int, int]], global_view: bool = False,
-              flip: bool = False) -> np.ndarray:
-    """image [3, H, W] -> views [V, 3, h, w]: the windows, the global view, then with `flip` the mirrored ones."""
+def cut_views(image: np.ndarray, boxes: list[tuple[int, int, int, int]], global_view: bool, flip: bool,
+              multiple: int) -> np.ndarray:
+    """image [3, H, W] -> views [V, 3, h', w']: the windows, the global view, then with `flip` the mirrored ones,
+    padded to multiples of `multiple` (replicated border, bottom and right)."""
     y1, y2, x1, x2 = boxes[0]
     window = (y2 - y1, x2 - x1)
 
@@ -61,7 +56,8 @@ def cut_views(image: np.ndarray, boxes: list[tuple[int, int, int, int]], global_
         views = [picture[:, a:b, c:d] for a, b, c, d in boxes]
         return views + [resize(picture, window, antialias=True)] if global_view else views
 
-    return np.stack(cut(image) + (cut(image[:, :, ::-1]) if flip else []))
+    pad = ((0, 0), (0, 0), (0, -window[0] % multiple), (0, -window[1] % multiple))
+    return np.pad(np.stack(cut(image) + (cut(image[:, :, ::-1]) if flip else [])), pad, mode="edge")
 
 
 def combine_views(probs: np.ndarray, boxes: list[tuple[int, int, int, int]], size: tuple[int, int],

@@ -18,7 +18,7 @@ from ..errors import DigsegError, first_line
 from ..pipelines.common import SegmentationCall, to_image_list, uses_light_decoder, view_noise
 from .manifest import read_manifest, trailing_timesteps
 from .numpy_ops import (combine_members, combine_views, cut_views, ddim_step, decode_codec, native_outputs,
-                        pad_to_multiple, predicted_sample, resize)
+                        predicted_sample, resize)
 
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
              "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
@@ -229,7 +229,7 @@ class OnnxDiGSegPipeline(SegmentationCall):
         results, uncertainty = [], []
         for i, (img, resized, boxes) in enumerate(zip(images, sized, grids)):
             size, test_size = img.shape[-2:], resized.shape[-2:]
-            pixels = pad_to_multiple(cut_views(resized, boxes, global_view, flip), self.pad_multiple)  # [V, 3, H', W']
+            pixels = cut_views(resized, boxes, global_view, flip, self.pad_multiple)  # [V, 3, H', W']
             start = view_noise(i, boxes, [s // f for s in pixels.shape[-2:]], channels, settings,
                                self.manifest["objective"] == "one-step", noise, generator,
                                lambda shape, rng: rng.standard_normal(shape, dtype=np.float32))  # [V, E, C, h, w]
