@@ -1,5 +1,5 @@
 """Image pre-processing for the PyTorch pipeline: `common.to_image_list`'s inputs (paths read by `load_image`) and
-torch tensors [3, H, W] or [N, 3, H, W] in [0, 1] -> float tensors [3, H, W] in [-1, 1]; resize."""
+torch tensors [3, H, W] or [N, 3, H, W] in [0, 1] -> float tensors [3, H, W] in [-1, 1]."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..data.io import load_image
 from ..errors import DigsegError
@@ -38,13 +37,6 @@ def to_image_list(images: Any) -> list[torch.Tensor]:
     if isinstance(images, torch.Tensor) and images.ndim == 4:
         return [_check_unit_range(img) * 2 - 1 for img in images]
     return each_image(images, _from_any)
-
-
-def resize_to(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """[3, H, W] -> [3, *size] (antialiased bilinear; unchanged when the size already matches)."""
-    if tuple(size) == tuple(image.shape[-2:]):
-        return image
-    return F.interpolate(image[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
 
 
 def padded_size(height: int, width: int, resolution: int, multiple: int, scale: tuple[int, int] | None = None,

@@ -21,12 +21,12 @@ from .latent_segmentation import LatentSegmentationMixin
 from ..devices import runtime_info
 from ..errors import DigsegError, first_line
 from ..hub_ids import check_hub_id, hub_id_or_none
-from .image_processing import resize_to, to_image_list
+from .image_processing import to_image_list
 from .masks import MaskCodec
 from .model_folder import OPTIONAL_COMPONENTS, TRAINED_COMPONENTS, check_finite, check_model_folder, check_model_index
 from .model_card import model_facts, write_model_card
 from .common import SegmentationCall, uses_light_decoder, view_noise
-from .sliding import combine_views, group_views, make_views, native_outputs, resize_probs
+from .sliding import combine_views, group_views, make_views, native_outputs, resize
 from ..models.choices import OBJECTIVES
 from ..models.digseg_model import (check_clip_text_encoder, decode_latents, load_backbone, load_clip_text_encoder,
                                    make_scheduler, unet_downsample_factor, vae_scale_factor, widen_conv_in)
@@ -225,7 +225,7 @@ class DiGSegPipeline(SegmentationCall, AdapterMixin, LatentSegmentationMixin, Di
     def has_light_decoder(self) -> bool:
         return self.mask_decoder is not None
 
-    to_images, resize_image = staticmethod(to_image_list), staticmethod(resize_to)
+    to_images, resize_image = staticmethod(to_image_list), staticmethod(functools.partial(resize, antialias=True))
 
     @property
     def pad_multiple(self) -> int:
@@ -255,7 +255,7 @@ class DiGSegPipeline(SegmentationCall, AdapterMixin, LatentSegmentationMixin, Di
         groups = group_views(views, max(1, settings.batch_size))
         for group in self.progress_bar(groups) if settings.show_progress_bar else groups:
             pixels = torch.cat([views[i].pixels for i in group])  # [V, 3, h, w]
-            noise_v = torch.cat([torch.as_tensor(view_noise(  # a one-step model's input is zeros (top-k's relevance too)
+            noise_v = torch.cat([torch.as_tensor(view_noise(  # one-step: zeros (top-k's relevance pass too)
                 i, views[i].boxes, [s // f for s in views[i].pixels.shape[-2:]], channels, settings, one_step, noise,
                 generator, lambda shape, gen: randn_tensor(shape, generator=gen, device=device, dtype=dtype)))
                 for i in group])  # [V, E, 4, h/f, w/f]
@@ -271,7 +271,7 @@ class DiGSegPipeline(SegmentationCall, AdapterMixin, LatentSegmentationMixin, Di
                                               settings.threshold, settings.no_class_threshold, excluded,
                                               settings.max_probability_classes))
                 if unc is not None:
-                    uncertainty.append(resize_probs(combine_views(views[i], unc[part, None]).cpu(), size)[0])
+                    uncertainty.append(resize(combine_views(views[i], unc[part, None]).cpu(), size)[0])
         if settings.output_type == "np":
             results = [tuple(t.numpy() for t in result) for result in results]
             return results, [u.numpy() for u in uncertainty], np.stack

@@ -50,10 +50,7 @@ def make_views(image: torch.Tensor, boxes: list[tuple[int, int, int, int]], mult
 
     def cut(picture: torch.Tensor) -> list[torch.Tensor]:
         views = [picture[:, y1:y2, x1:x2] for y1, y2, x1, x2 in boxes]
-        if global_view:
-            views.append(F.interpolate(picture[None], size=window, mode="bilinear", antialias=True,
-                                       align_corners=False)[0])
-        return views
+        return views + [resize(picture, window, antialias=True)] if global_view else views
 
     pixels = torch.stack(cut(image) + (cut(image.flip(-1)) if flip else []))  # [V, 3, h, w]
     pad = (0, -window[1] % multiple, 0, -window[0] % multiple)  # replicated border, bottom and right
@@ -80,8 +77,7 @@ def combine_views(views: SlideViews, probs: torch.Tensor) -> torch.Tensor:
                 + combine_views(replace(views, flip=False), mirrored).flip(-1)) / 2
     combined = combine_windows(probs[: len(views.boxes)], views.boxes, views.size)
     if views.global_view:  # CAT-Seg: (windows + global view resized back) / 2
-        whole = F.interpolate(probs[-1:], size=views.size, mode="bilinear", align_corners=False)[0]
-        combined = (combined + whole) / 2
+        combined = (combined + resize(probs[-1], views.size)) / 2
     return combined
 
 
@@ -90,11 +86,12 @@ def combine_views(views: SlideViews, probs: torch.Tensor) -> torch.Tensor:
 ARGMAX_CHUNK = 32
 
 
-def resize_probs(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """[C, h, w] -> [C, *size], bilinear (unchanged when the size already matches)."""
-    if tuple(probs.shape[-2:]) == tuple(size):
-        return probs
-    return F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
+def resize(x: torch.Tensor, size: tuple[int, int], antialias: bool = False) -> torch.Tensor:
+    """[C, h, w] -> [C, *size], bilinear, with `antialias` PIL's triangle filter when shrinking (unchanged when the
+    size already matches)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x[None], size=size, mode="bilinear", antialias=antialias, align_corners=False)[0]
 
 
 def chunked_argmax(probs: torch.Tensor, size: tuple[int, int], excluded: torch.Tensor | None = None,
@@ -103,7 +100,7 @@ def chunked_argmax(probs: torch.Tensor, size: tuple[int, int], excluded: torch.T
     `excluded` [K] bool: classes that never win (scored -1, as pruned top-k classes are)."""
     best = labels = None
     for start in range(0, probs.shape[0], chunk):
-        part = resize_probs(probs[start : start + chunk], size)  # [c, H, W]
+        part = resize(probs[start : start + chunk], size)  # [c, H, W]
         if excluded is not None and bool(excluded[start : start + chunk].any()):
             part = part.masked_fill(excluded[start : start + chunk, None, None], -1.0)
         value, index = part.max(dim=0)  # first maximum within the chunk
@@ -132,11 +129,11 @@ def native_outputs(probs: torch.Tensor, size: tuple[int, int], mode: str, thresh
     else the chunked argmax, per-class mode labelling 255 where the best score is below `no_class_threshold`."""
     k = probs.shape[0]
     if mode == "binary":
-        full = resize_probs(probs, size)
+        full = resize(probs, size)
         return (full[1] > threshold).long(), full, torch.arange(k)
     labels, best = chunked_argmax(probs, size, excluded)
     if mode == "per_class" and no_class_threshold is not None:
         labels[best < no_class_threshold] = 255
     ids = torch.arange(k) if keep is None or keep >= k else best_classes(labels, probs, keep)
-    return labels, resize_probs(probs[ids] if len(ids) < k else probs, size), ids
+    return labels, resize(probs[ids] if len(ids) < k else probs, size), ids
 
