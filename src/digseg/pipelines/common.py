@@ -40,6 +40,13 @@ def processed_size(height: int, width: int, resolution: int, scale: tuple[int, i
     return max(1, round(height * factor)), max(1, round(width * factor))
 
 
+def padded_size(height: int, width: int, resolution: int, multiple: int, scale: tuple[int, int] | None = None,
+                keep_ratio: bool = True) -> tuple[int, int]:
+    """(H', W'): `processed_size` padded up to a multiple of `multiple` (the shape a batch shares)."""
+    h, w = processed_size(height, width, resolution, scale, keep_ratio)
+    return h + (-h) % multiple, w + (-w) % multiple
+
+
 def pair(value: int | tuple[int, int] | list[int] | None, what: str) -> tuple[int, int] | None:
     """An int or (H, W) -> (H, W) of positive ints; None stays None."""
     if value is None:

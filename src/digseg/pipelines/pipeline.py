@@ -21,12 +21,11 @@ from .latent_segmentation import LatentSegmentationMixin
 from ..devices import runtime_info
 from ..errors import DigsegError, first_line
 from ..hub_ids import check_hub_id, hub_id_or_none
-from .image_processing import to_image_list
 from .masks import MaskCodec
 from .model_folder import OPTIONAL_COMPONENTS, TRAINED_COMPONENTS, check_finite, check_model_folder, check_model_index
 from .model_card import model_facts, write_model_card
 from .common import SegmentationCall, uses_light_decoder, view_noise
-from .sliding import combine_views, group_views, make_views, native_outputs, resize
+from .sliding import combine_views, group_views, make_views, native_outputs, resize, to_image_list
 from ..models.choices import OBJECTIVES
 from ..models.digseg_model import (check_clip_text_encoder, decode_latents, load_backbone, load_clip_text_encoder,
                                    make_scheduler, unet_downsample_factor, vae_scale_factor, widen_conv_in)

@@ -1,16 +1,40 @@
-"""Sliding-window inference (mmseg's `slide_inference` grid, `window_grid`; CAT-Seg's global view averaged 50/50;
-a flip whose views reuse the same noise: docs/eval_protocols.md), then labels and probabilities at the native size
-in bounded memory (847 classes x 683 x 512 x float32 = 1.2 GB): a chunked argmax equal to the full one, and
-probabilities resized only for the `keep` classes with most pixels."""
+"""Tensor inputs; sliding-window inference (mmseg's `slide_inference` grid, `window_grid`; CAT-Seg's global view
+averaged 50/50; a flip whose views reuse the same noise: docs/eval_protocols.md), then labels and probabilities at
+the native size in bounded memory (847 classes x 683 x 512 x float32 = 1.2 GB): a chunked argmax equal to the full
+one, and probabilities resized only for the `keep` classes with most pixels."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from .common import PROBABILITY_CLASSES_KEPT
+from ..data.io import load_image
+from ..errors import DigsegError
+from .common import PROBABILITY_CLASSES_KEPT, each_image, image_array
+
+
+def to_image_list(images: Any) -> list[torch.Tensor]:
+    """`common.to_image_list`'s inputs (paths read by `load_image`) and torch tensors [3, H, W] or [N, 3, H, W] in
+    [0, 1] -> N x [3, H, W] float tensors in [-1, 1]."""
+    return each_image(list(images) if isinstance(images, torch.Tensor) and images.ndim == 4 else images, _from_any)
+
+
+def _from_any(image: Any) -> torch.Tensor:
+    if isinstance(image, (str, os.PathLike)):
+        image = load_image(Path(image), exif_transpose=True)
+    if not (isinstance(image, torch.Tensor) and image.ndim == 3 and image.shape[0] == 3):
+        return torch.from_numpy(image_array(image))
+    if not torch.isfinite(image).all():
+        raise DigsegError("image contains NaN or infinite values")
+    lo, hi = float(image.min()), float(image.max())
+    if lo < -1e-3 or hi > 1 + 1e-3:
+        raise DigsegError(f"float images must have values in [0, 1], got [{lo:.3g}, {hi:.3g}]")
+    return image.float() * 2 - 1
 
 
 def count_map(boxes: list[tuple[int, int, int, int]], size: tuple[int, int]) -> torch.Tensor:
