@@ -77,33 +77,6 @@ class _SDXLTextEncoders(nn.Module):
         return SDXLPromptEncoder.states(self, input_ids, input_ids_2)  # reads the same two attributes
 
 
-def _export_graph(module: nn.Module, args: tuple, names: list[str], output: str, dynamic: dict, path: Path) -> None:
-    """One graph, exported by torch's dynamo exporter; dims in `dynamic` ({input: {axis: name}}) stay symbolic."""
-    auto = torch.export.Dim.AUTO
-    shapes = tuple({axis: auto for axis in dynamic.get(name, {})} for name in names)  # in the order of `args`
-    external = sum(p.numel() * p.element_size() for p in module.parameters()) > EXTERNAL_DATA_BYTES
-    program = torch.onnx.export(module.eval(), args, dynamo=True, input_names=names, output_names=[output],
-                                dynamic_shapes=shapes, opset_version=OPSET, verbose=False)
-    program.save(str(path), external_data=external)
-
-
-def _check_exportable(pipe, text_encoder: bool, dtype: str, quantize: str | None) -> None:
-    if dtype not in EXPORT_DTYPES:
-        raise DigsegError(f"export dtype must be one of {', '.join(EXPORT_DTYPES)}, got {dtype!r}")
-    if quantize is not None and quantize not in QUANTIZATIONS:
-        raise DigsegError(f"quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
-    if dtype == "fp16" and not torch.cuda.is_available():
-        raise DigsegError("export --dtype fp16 needs a CUDA GPU (fp16 graphs are exported and checked on one); "
-                          "use --dtype fp32 on this machine")
-    if dtype == "fp16" and quantize:
-        raise DigsegError("export: --quantize int8 applies to fp32 graphs; use --dtype fp32")
-    if text_encoder and pipe.config.open_clip_text_encoder:
-        raise DigsegError("export: an open_clip text encoder cannot be exported; use --no-text-encoder "
-                          "(the model's own class prompts precomputed)")
-    if not pipe.class_names and not text_encoder:
-        raise DigsegError("export: --no-text-encoder needs a model with a class list (its prompts are precomputed)")
-
-
 def own_prompts(pipe) -> list[str]:
     """Every prompt a call on the model's own classes asks with the default template (palette, binary, per-class)."""
     names = list(pipe.class_names or [])
@@ -143,7 +116,20 @@ def export_pipeline(pipe, output: str | Path, dtype: str = "fp32", text_encoder:
                     quantize: str | None = None) -> Path:
     """Write `pipe` (a loaded `DiGSegPipeline`) to `output` as ONNX graphs and a manifest; returns the folder.
     dtype "fp16" needs a CUDA GPU; `quantize="int8"`: `quantize_folder` of the fp32 graphs."""
-    _check_exportable(pipe, text_encoder, dtype, quantize)
+    if dtype not in EXPORT_DTYPES:
+        raise DigsegError(f"export dtype must be one of {', '.join(EXPORT_DTYPES)}, got {dtype!r}")
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise DigsegError(f"quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
+    if dtype == "fp16" and not torch.cuda.is_available():
+        raise DigsegError("export --dtype fp16 needs a CUDA GPU (fp16 graphs are exported and checked on one); "
+                          "use --dtype fp32 on this machine")
+    if dtype == "fp16" and quantize:
+        raise DigsegError("export: --quantize int8 applies to fp32 graphs; use --dtype fp32")
+    if text_encoder and pipe.config.open_clip_text_encoder:
+        raise DigsegError("export: an open_clip text encoder cannot be exported; use --no-text-encoder "
+                          "(the model's own class prompts precomputed)")
+    if not pipe.class_names and not text_encoder:
+        raise DigsegError("export: --no-text-encoder needs a model with a class list (its prompts are precomputed)")
     folder = _new_folder(output)
     if quantize:
         with tempfile.TemporaryDirectory() as tmp:
@@ -164,7 +150,12 @@ def export_pipeline(pipe, output: str | Path, dtype: str = "fp32", text_encoder:
     graphs: dict[str, str | None] = dict.fromkeys(GRAPH_FILES)
 
     def write_graph(name: str, module: nn.Module, args: tuple, names: list[str], output: str, dynamic: dict) -> None:
-        _export_graph(module, args, names, output, dynamic, folder / GRAPH_FILES[name])
+        """One graph by torch's dynamo exporter; the axes in `dynamic` ({input: {axis: name}}) stay symbolic."""
+        shapes = tuple({axis: torch.export.Dim.AUTO for axis in dynamic.get(n, {})} for n in names)  # as `args`
+        external = sum(p.numel() * p.element_size() for p in module.parameters()) > EXTERNAL_DATA_BYTES
+        program = torch.onnx.export(module.eval(), args, dynamo=True, input_names=names, output_names=[output],
+                                    dynamic_shapes=shapes, opset_version=OPSET, verbose=False)
+        program.save(str(folder / GRAPH_FILES[name]), external_data=external)
         graphs[name] = GRAPH_FILES[name]
 
     with torch.no_grad():

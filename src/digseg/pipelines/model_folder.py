@@ -13,17 +13,14 @@ import torch
 
 from ..errors import DigsegError
 
-# component -> the (library, class) pairs digseg writes for it ("digseg.*": recorded under the full module path)
-COMPONENTS: dict[str, frozenset[tuple[str, str]]] = {
-    "unet": frozenset({("diffusers", "UNet2DConditionModel")}),
-    "vae": frozenset({("diffusers", "AutoencoderKL")}),
-    "scheduler": frozenset({("diffusers", "DDIMScheduler")}),
-    "text_encoder": frozenset({("transformers", "CLIPTextModel")}),
-    "tokenizer": frozenset({("transformers", "CLIPTokenizer")}),
-    "text_pathway": frozenset({("digseg.models.text", "TextPathway")}),
-    "mask_decoder": frozenset({("digseg.models.mask_decoder", "LightMaskDecoder")}),
-    "text_encoder_2": frozenset({("transformers", "CLIPTextModelWithProjection")}),  # SDXL's second encoder
-    "tokenizer_2": frozenset({("transformers", "CLIPTokenizer")}),
+# component -> the (library, class) pair digseg writes for it ("digseg.*": recorded under the full module path)
+COMPONENTS: dict[str, tuple[str, str]] = {
+    "unet": ("diffusers", "UNet2DConditionModel"), "vae": ("diffusers", "AutoencoderKL"),
+    "scheduler": ("diffusers", "DDIMScheduler"), "text_encoder": ("transformers", "CLIPTextModel"),
+    "tokenizer": ("transformers", "CLIPTokenizer"), "text_pathway": ("digseg.models.text", "TextPathway"),
+    "mask_decoder": ("digseg.models.mask_decoder", "LightMaskDecoder"),
+    "text_encoder_2": ("transformers", "CLIPTextModelWithProjection"),  # SDXL's second encoder
+    "tokenizer_2": ("transformers", "CLIPTokenizer"),
 }
 # [null, null] allowed: an open_clip text tower, SD 1.x / 2.x (no second encoder), no light mask decoder yet
 OPTIONAL_COMPONENTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "mask_decoder")
@@ -35,8 +32,8 @@ def _allowed(key: str) -> str:
     """What digseg loads for entry `key` of model_index.json, in words."""
     if key not in COMPONENTS:
         return f"digseg writes no such component (its components: {', '.join(COMPONENTS)})"
-    pairs = " or ".join(f"{library}.{name}" for library, name in sorted(COMPONENTS[key]))
-    return f'digseg loads "{key}" only as {pairs}' + (", or null when absent" if key in OPTIONAL_COMPONENTS else "")
+    absent = ", or null when absent" if key in OPTIONAL_COMPONENTS else ""
+    return f'digseg loads "{key}" only as {".".join(COMPONENTS[key])}{absent}'
 
 
 def _looks_like_entry(value: Any) -> bool:
@@ -54,9 +51,7 @@ def check_model_index(index: Any, where: str, pipeline_class: type) -> None:
     for key, value in index.items():
         if key in COMPONENTS:
             pair = tuple(value) if _looks_like_entry(value) else None
-            if pair == (None, None) and key in OPTIONAL_COMPONENTS:
-                continue
-            if pair in COMPONENTS[key]:
+            if pair == COMPONENTS[key] or (pair == (None, None) and key in OPTIONAL_COMPONENTS):
                 continue
         elif key == "_class_name" or key in settings or not _looks_like_entry(value):
             continue
