@@ -1,6 +1,5 @@
 """`digseg export`: a trained DiGSeg model -> a folder of ONNX graphs (batch, height and width dynamic) and
-`manifest.json` (`digseg.runtime.manifest`); `quantize_folder`: int8 MatMul / Gemm weights. The graphs: docs/export.md.
-"""
+`manifest.json` (`digseg.runtime.manifest`); `quantize_folder`: int8 MatMul / Gemm weights. docs/export.md."""
 
 from __future__ import annotations
 
@@ -57,23 +56,16 @@ class _UNetWithText(nn.Module):
         return unet_forward_with_text(self.unet, self.context, sample, timestep, levels, size)  # [B, 4, h, w]
 
 
-class _TextEncoder(nn.Module):
-    def __init__(self, text_encoder) -> None:
-        super().__init__()
-        self.text_encoder = text_encoder
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:  # [B, L] -> [B, L, D]
-        return self.text_encoder(input_ids)[0]
-
-
-class _SDXLTextEncoders(nn.Module):
-    """SDXL's two encoders -> the packed states of `SDXLPromptEncoder`: [B, L, D1 + D2 + P]."""
+class _TextEncoders(nn.Module):
+    """The text encoder: ids [B, L] -> [B, L, D]; SDXL's two: both ids -> `SDXLPromptEncoder.states`' packing."""
 
     def __init__(self, pipe) -> None:
         super().__init__()
         self.text_encoder, self.text_encoder_2 = pipe.text_encoder, pipe.text_encoder_2
 
-    def forward(self, input_ids: torch.Tensor, input_ids_2: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, input_ids_2: torch.Tensor | None = None) -> torch.Tensor:
+        if self.text_encoder_2 is None:
+            return self.text_encoder(input_ids)[0]
         return SDXLPromptEncoder.states(self, input_ids, input_ids_2)  # reads the same two attributes
 
 
@@ -165,13 +157,11 @@ def export_pipeline(pipe, output: str | Path, dtype: str = "fp32", text_encoder:
             states = pipe.query_states([["x"], ["y"]])  # [2, L, D]
             ids = torch.zeros(2, tokenizer["max_length"], device=device, dtype=torch.long)
             text = {"kind": "encoder", "tokenizer": tokenizer, "tokenizer_2": None, "features": None, "prompts": None}
-            if pipe.text_encoder_2 is None:
-                write_graph("text_encoder", _TextEncoder(pipe.text_encoder), (ids,), ["input_ids"], "states",
-                            {"input_ids": {0: "batch"}})
-            else:  # SDXL: both encoders in one graph, each with its own tokenizer
+            names = ["input_ids"] if pipe.text_encoder_2 is None else ["input_ids", "input_ids_2"]
+            if pipe.text_encoder_2 is not None:  # SDXL: both encoders in one graph, each with its own tokenizer
                 text["tokenizer_2"] = _tokenizer_facts(pipe.tokenizer_2, folder, "tokenizer_2.json")
-                write_graph("text_encoder", _SDXLTextEncoders(pipe), (ids, ids), ["input_ids", "input_ids_2"],
-                            "states", {"input_ids": {0: "batch"}, "input_ids_2": {0: "batch"}})
+            write_graph("text_encoder", _TextEncoders(pipe), (ids,) * len(names), names, "states",
+                        dict.fromkeys(names, {0: "batch"}))
         else:
             prompts = own_prompts(pipe)
             states = pipe.query_states([[p] for p in prompts])  # [P, L, D]
@@ -223,9 +213,8 @@ def quantize_folder(source: str | Path, output: str | Path) -> Path:
 
 
 def precompute_own_prompts(source: str | Path, output: str | Path) -> Path:
-    """A copy of an exported folder without its text encoder: the encoder states of the model's own prompts
-    (`own_prompts`) are computed by its `text_encoder.onnx` on onnxruntime and saved, as `--no-text-encoder` saves
-    them at export time."""
+    """A copy of an exported folder without its text encoder, the states of the model's own prompts (`own_prompts`)
+    computed on onnxruntime and saved instead (as `--no-text-encoder` does at export time)."""
     from ..runtime.pipeline import OnnxDiGSegPipeline
 
     source, manifest = Path(source), read_manifest(source)

@@ -1,7 +1,5 @@
-"""Several domains on one loaded backbone, mixed into `DiGSegPipeline`: LoRA adapter folders
-(`digseg.models.adapters`) loaded, switched at runtime without reloading the backbone (peft switches the U-Net's LoRA
-matrices; the adapter's full parts and facts, kept in memory, are put in place with them) and fused (docs/adapters.md).
-"""
+"""Several domains on one loaded backbone, mixed into `DiGSegPipeline`: LoRA adapter folders (`digseg.models.adapters`)
+loaded, switched at runtime (peft's LoRA matrices, the adapter's full parts and facts) and fused (docs/adapters.md)."""
 
 from __future__ import annotations
 
@@ -111,9 +109,8 @@ class AdapterMixin:
         self.__dict__["_active_adapter"] = name
 
     def fuse_adapter(self, save_directory: str | Path | None = None):
-        """A plain pipeline (no peft layers, one more U-Net in memory) with the active adapter's LoRA merged into
-        its U-Net and the adapter's conv_in, text pathway, decoder and facts, saved to `save_directory` if given;
-        this pipeline is left as it was."""
+        """A new plain pipeline (one more U-Net in memory) with the active adapter's LoRA merged and its parts and
+        facts, saved to `save_directory` if given; this pipeline is left as it was."""
         name = self.active_adapter
         if name is BASE:
             raise DigsegError("fuse_adapter: no adapter is active (set_adapter(name) first)")

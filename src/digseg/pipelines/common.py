@@ -84,12 +84,10 @@ def uses_light_decoder(choice: str, config, has_light: bool) -> bool:
 
 
 class SegmentationCall:
-    """`__call__` of both pipelines: checks, queries and the images at the test scale, then the pipeline's
-    `_segment_images(images, sized, grids, queries, states, settings, generator, noise)` runs each image's views
-    (`grids`: its windows at the test scale) through its networks -> (per image (labels, probabilities, class ids)
-    at its native size, uncertainty maps (possibly none), the function that stacks them). A subclass also has
-    `config`, `query_states`, `has_light_decoder`, `to_images` (inputs -> N x [3, H, W] in [-1, 1]) and
-    `resize_image` (antialiased); `NUMPY_ONLY`: onnxruntime's."""
+    """`__call__` of both pipelines. A subclass has `config`, `query_states`, `has_light_decoder`, `to_images` (inputs
+    -> N x [3, H, W] in [-1, 1]), `resize_image` (antialiased) and `_segment_images(images, sized, grids, queries,
+    states, settings, generator, noise)`: each image's views (`grids`: its windows at the test scale) through its
+    networks -> (per image (labels, probabilities, class ids) at the native size, uncertainty maps, a stack)."""
 
     NUMPY_ONLY = False
 

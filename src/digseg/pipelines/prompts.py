@@ -1,7 +1,5 @@
-"""Prompts for class names: templates, template ensembles, synonyms and the background class. A class name may
-list synonyms separated by commas ("wall, walls"), as ADE20K's and PASCAL-Context's do; a class is conditioned on
-the mean text features of every template x synonym prompt.
-"""
+"""Prompts for class names: templates, template ensembles, synonyms ("wall, walls", as ADE20K's and PASCAL-Context's
+class names list them; a class is conditioned on the mean text features of every template x synonym prompt)."""
 
 from __future__ import annotations
 
