@@ -23,9 +23,7 @@ def palette_for(num_classes: int) -> np.ndarray:
 def label_png(labels: np.ndarray, num_classes: int) -> Image.Image:
     """labels [H, W] int -> 'P'-mode PNG: pixel value = class id (255 = none), palette for viewing."""
     image = Image.fromarray(labels.astype(np.uint8), mode="P")
-    flat = np.zeros((256, 3), dtype=np.uint8)
-    flat[:num_classes] = palette_for(num_classes)[:256]
-    image.putpalette(flat.reshape(-1).tolist())
+    image.putpalette(np.pad(palette_for(num_classes)[:256], ((0, max(256 - num_classes, 0)), (0, 0))).tobytes())
     return image
 
 
