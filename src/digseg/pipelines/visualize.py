@@ -20,13 +20,6 @@ def palette_for(num_classes: int) -> np.ndarray:
     return colours
 
 
-def label_png(labels: np.ndarray, num_classes: int) -> Image.Image:
-    """labels [H, W] int -> 'P'-mode PNG: pixel value = class id (255 = none), palette for viewing."""
-    image = Image.fromarray(labels.astype(np.uint8), mode="P")
-    image.putpalette(np.pad(palette_for(num_classes)[:256], ((0, max(256 - num_classes, 0)), (0, 0))).tobytes())
-    return image
-
-
 def overlay(image: np.ndarray, labels: np.ndarray, num_classes: int, alpha: float = 0.5,
             skip_background: bool = True) -> Image.Image:
     """image uint8 [H, W, 3], labels [H, W] -> RGB overlay (class 0 left untinted when skip_background)."""
@@ -54,11 +47,6 @@ def side_by_side(*images: Image.Image) -> Image.Image:
     return canvas
 
 
-def safe_name(text: str) -> str:
-    """A prompt or class name as a file-name fragment."""
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text.strip())[:60] or "class"
-
-
 def tints_class_zero(class_names: list[str]) -> bool:
     """Whether overlays colour class 0: not when it is called "background" (binary prompts, most class lists)."""
     return not is_background(class_names[0])
@@ -69,18 +57,13 @@ def hex_colour(colour) -> str:
     return "#{:02x}{:02x}{:02x}".format(*(int(v) for v in colour))
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    """Pillow's built-in font at `size` px (FreeType builds), else its fixed bitmap font."""
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, ImportError, OSError):
-        return ImageFont.load_default()
-
-
 def legend(rows: list[tuple[str, tuple[int, int, int] | None]], font_size: int = 12) -> Image.Image:
     """A white RGB panel listing `rows` of (text, swatch colour): a filled, outlined square per colour, a
     crossed-out white square for None (pixels the overlay leaves untinted), then the text."""
-    font = _font(font_size)
+    try:  # Pillow's built-in font at `font_size` px (FreeType builds), else its fixed bitmap font
+        font = ImageFont.load_default(size=font_size)
+    except (TypeError, ImportError, OSError):
+        font = ImageFont.load_default()
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     boxes = [measure.textbbox((0, 0), text, font=font) for text, _ in rows]
     text_h = max([b[3] for b in boxes] + [font_size])
@@ -157,7 +140,9 @@ def save_prediction(out_dir: Path, stem: str, image: np.ndarray, labels: np.ndar
     files = PredictionFiles()
     if "labels" in kinds:
         files.label = out_dir / f"{stem}_label.png"
-        label_png(labels, k).save(files.label)
+        png = Image.fromarray(labels.astype(np.uint8), mode="P")  # pixel value = class id (255 = none)
+        png.putpalette(np.pad(palette_for(k)[:256], ((0, max(256 - k, 0)), (0, 0))).tobytes())  # for viewing
+        png.save(files.label)
     if "overlay" in kinds:
         files.overlay, files.overlay_legend = out_dir / f"{stem}_overlay.png", out_dir / f"{stem}_overlay_legend.png"
         tinted = class_overlay(image, labels, class_names)
@@ -169,7 +154,7 @@ def save_prediction(out_dir: Path, stem: str, image: np.ndarray, labels: np.ndar
         if k == 2 and c == 0 and not tints_class_zero(class_names):
             continue  # binary prompt: the background map is 1 - foreground
         name = class_names[c]
-        fragment = safe_name(name)
+        fragment = "".join(c if c.isalnum() or c in "-_" else "_" for c in name.strip())[:60] or "class"
         if fragment in used:
             fragment = f"{fragment}-{c}"
         used.add(fragment)
