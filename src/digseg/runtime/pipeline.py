@@ -46,15 +46,6 @@ def resolve_providers(provider: str | Sequence[str] | None) -> list[str]:
     return [p for p in wanted if p in available]
 
 
-def _numpy_rng(generator) -> np.random.Generator:
-    """A numpy generator from one, from an int seed, or from a torch.Generator's seed (duck-typed: no torch here)."""
-    if isinstance(generator, np.random.Generator):
-        return generator
-    if hasattr(generator, "initial_seed"):
-        return np.random.default_rng(int(generator.initial_seed()))
-    return np.random.default_rng(generator)
-
-
 class OnnxPromptEncoder:
     """`encode(prompts)` -> float32 [N, L, D], each distinct prompt encoded once (cached)."""
 
@@ -225,7 +216,10 @@ class OnnxDiGSegPipeline(SegmentationCall):
         light = uses_light_decoder(settings.mask_decoder, self.config, self.has_light_decoder)
         f, channels = self.manifest["vae_scale_factor"], self.manifest["latent_channels"]
         global_view, flip, states = settings.global_view, settings.flip, states.astype(np.float32)
-        generator = [_numpy_rng(g) for g in generator] if isinstance(generator, list) else _numpy_rng(generator)
+        def numpy_rng(g) -> np.random.Generator:  # from a numpy generator, an int seed or a torch.Generator's seed
+            return np.random.default_rng(int(g.initial_seed()) if hasattr(g, "initial_seed") else g)
+
+        generator = [numpy_rng(g) for g in generator] if isinstance(generator, list) else numpy_rng(generator)
         results, uncertainty = [], []
         for i, (img, resized, boxes) in enumerate(zip(images, sized, grids)):
             size, test_size = img.shape[-2:], resized.shape[-2:]
