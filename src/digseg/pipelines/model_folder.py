@@ -28,14 +28,6 @@ TRAINED_COMPONENTS = ("unet", "text_pathway", "mask_decoder")
 PIPELINE_CLASS = "DiGSegPipeline"
 
 
-def _allowed(key: str) -> str:
-    """What digseg loads for entry `key` of model_index.json, in words."""
-    if key not in COMPONENTS:
-        return f"digseg writes no such component (its components: {', '.join(COMPONENTS)})"
-    absent = ", or null when absent" if key in OPTIONAL_COMPONENTS else ""
-    return f'digseg loads "{key}" only as {".".join(COMPONENTS[key])}{absent}'
-
-
 def _looks_like_entry(value: Any) -> bool:
     return isinstance(value, (list, tuple)) and len(value) == 2 and all(v is None or isinstance(v, str) for v in value)
 
@@ -49,16 +41,20 @@ def check_model_index(index: Any, where: str, pipeline_class: type) -> None:
         raise DigsegError(f"model folder {where}: model_index.json _class_name is {index.get('_class_name')!r}; "
                           f"digseg loads only {PIPELINE_CLASS!r} folders and runs no pipeline code from a folder")
     for key, value in index.items():
+        entry = tuple(value) if _looks_like_entry(value) else None
         if key in COMPONENTS:
-            pair = tuple(value) if _looks_like_entry(value) else None
-            if pair == COMPONENTS[key] or (pair == (None, None) and key in OPTIONAL_COMPONENTS):
+            if entry == COMPONENTS[key] or (entry == (None, None) and key in OPTIONAL_COMPONENTS):
                 continue
-        elif key == "_class_name" or key in settings or not _looks_like_entry(value):
+            allowed = f'digseg loads "{key}" only as {".".join(COMPONENTS[key])}' + (
+                ", or null when absent" if key in OPTIONAL_COMPONENTS else "")
+        elif key == "_class_name" or key in settings or entry is None:
             continue
+        else:
+            allowed = f"digseg writes no such component (its components: {', '.join(COMPONENTS)})"
         shown = json.dumps(value)
         shown = shown if len(shown) <= 80 else shown[:77] + "..."
         raise DigsegError(f'model folder {where}: model_index.json entry "{key}" names {shown}, which digseg does '
-                          f"not load; {_allowed(key)}")
+                          f"not load; {allowed}")
 
 
 def check_model_folder(folder: Path, pipeline_class: type, where: str) -> None:
