@@ -88,31 +88,26 @@ def legend(rows: list[tuple[str, tuple[int, int, int] | None]], font_size: int =
     return panel
 
 
-def legend_rows(labels: np.ndarray, class_names: list[str]) -> list[tuple[str, tuple[int, int, int] | None]]:
-    """labels [H, W] -> legend rows for the classes present (and "no class" for label 255), in class order."""
-    k = len(class_names)
-    colours = palette_for(k)
-    present = np.bincount(labels[labels < k].ravel(), minlength=k) > 0
-    rows: list[tuple[str, tuple[int, int, int] | None]] = []
-    for c in np.flatnonzero(present):
-        if c == 0 and not tints_class_zero(class_names):
-            rows.append((f"{class_names[0]} (untinted)", None))
-        else:
-            rows.append((class_names[c], tuple(int(v) for v in colours[c])))
-    if (labels >= k).any():
-        rows.append(("no class (untinted)", None))
-    return rows
-
-
 def class_overlay(image: np.ndarray, labels: np.ndarray, class_names: list[str], alpha: float = 0.5) -> Image.Image:
     """`overlay` with class 0 untinted only when it is called "background"."""
     return overlay(image, labels, len(class_names), alpha=alpha, skip_background=not tints_class_zero(class_names))
 
 
 def with_legend(tinted: Image.Image, labels: np.ndarray, class_names: list[str]) -> Image.Image:
-    """An overlay + labels [H, W] -> the overlay with a legend of the classes present to its right."""
+    """An overlay + labels [H, W] -> the overlay with a legend to its right: the classes present, in class order (and
+    "no class" for label 255)."""
+    k = len(class_names)
+    colours = palette_for(k)
+    rows: list[tuple[str, tuple[int, int, int] | None]] = []
+    for c in np.flatnonzero(np.bincount(labels[labels < k].ravel(), minlength=k)):  # the classes present
+        if c == 0 and not tints_class_zero(class_names):
+            rows.append((f"{class_names[0]} (untinted)", None))
+        else:
+            rows.append((class_names[c], tuple(int(v) for v in colours[c])))
+    if (labels >= k).any():
+        rows.append(("no class (untinted)", None))
     size = int(np.clip(round(tinted.height / 30), 11, 64))
-    return side_by_side(tinted, legend(legend_rows(labels, class_names), font_size=size))
+    return side_by_side(tinted, legend(rows, font_size=size))
 
 
 @dataclass
