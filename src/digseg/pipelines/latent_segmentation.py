@@ -116,10 +116,9 @@ class LatentSegmentationMixin:
         else:
             keep, run_ids = None, all_ids
         q = run_ids.shape[1]
-        # items ordered (image, query, member): [B * q * E]
-        item_image = torch.arange(b, device=device).repeat_interleave(q * ensemble_size)
-        item_member = torch.arange(ensemble_size, device=device).repeat(b * q)
-        item_query = run_ids.repeat_interleave(ensemble_size, dim=1).reshape(-1)
+        grid = torch.meshgrid(*(torch.arange(n, device=device) for n in (b, q, ensemble_size)), indexing="ij")
+        item_image, position, item_member = (g.reshape(-1) for g in grid)  # items (image, query, member): [B*q*E]
+        item_query = run_ids[item_image, position]
         codec = self.palette_codec if mode == "palette" else self.binary_codec
         combine = not settings.decode_members and ensemble_size > 1  # combine members' latents, decode once per query
         max_batch = settings.max_unet_batch

@@ -31,10 +31,8 @@ class MaskCodec:
                              "use a value outside that range (e.g. 65535)")
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.mode = mode
-        self.num_classes = num_classes
+        self.mode, self.num_classes, self.temperature = mode, num_classes, float(temperature)
         self.ignore_index = int(ignore_index)
-        self.temperature = float(temperature)
         colours = torch.from_numpy(make_palette(num_classes).astype(np.float32))
         self.palette: torch.Tensor = colours / 127.5 - 1.0  # [K, 3] in [-1, 1]
 

@@ -77,9 +77,7 @@ class OnnxPromptEncoder:
         if missing:
             names = ("input_ids", "input_ids_2")[:len(self.tokenizers)]  # SDXL's graph takes both
             feed = {name: self.token_ids(missing, i) for i, name in enumerate(names)}
-            states = self.runner.run(None, feed)[0]  # [M, L, D]
-            for prompt, state in zip(missing, states):
-                self._cache[prompt] = state.astype(np.float32)
+            self._cache.update(zip(missing, self.runner.run(None, feed)[0].astype(np.float32)))  # M x [L, D]
         return np.stack([self._cache[p] for p in prompts])  # [N, L, D]
 
 
