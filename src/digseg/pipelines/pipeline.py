@@ -141,9 +141,8 @@ class DiGSegPipeline(SegmentationCall, AdapterMixin, LatentSegmentationMixin, Di
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "DiGSegPipeline":
         """diffusers' `from_pretrained` of a folder (or hub snapshot) checked by `digseg.pipelines.model_folder`,
         refused if its trained weights hold a non-finite value; `dtype` and `torch_dtype` both work."""
-        if "torch_dtype" in kwargs or "dtype" in kwargs:
-            dtype, torch_dtype = kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None)
-            kwargs["dtype"] = dtype or torch_dtype
+        dtype, torch_dtype = kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None)  # the latter: deprecated
+        kwargs["dtype"] = dtype or torch_dtype
         for refused in ("custom_pipeline", "trust_remote_code"):
             if kwargs.get(refused):
                 raise DigsegError(f"{refused}={kwargs[refused]!r}: digseg runs no code from a model folder")

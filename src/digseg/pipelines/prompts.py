@@ -26,8 +26,7 @@ def is_background(name: str) -> bool:
 
 def synonyms(name: str) -> list[str]:
     """'wall, walls' -> ['wall', 'walls'] (order kept, blanks and repeats dropped)."""
-    parts = [p.strip() for p in name.split(",")]
-    out = list(dict.fromkeys(p for p in parts if p))
+    out = list(dict.fromkeys(filter(None, (p.strip() for p in name.split(",")))))
     if not out:
         raise DigsegError(f"empty class name {name!r}")
     return out

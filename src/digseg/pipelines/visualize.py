@@ -37,9 +37,7 @@ def grey_map(values: np.ndarray, vmax: float = 1.0) -> Image.Image:
 
 
 def side_by_side(*images: Image.Image) -> Image.Image:
-    width = sum(im.width for im in images)
-    height = max(im.height for im in images)
-    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    canvas = Image.new("RGB", (sum(im.width for im in images), max(im.height for im in images)), (255, 255, 255))
     x = 0
     for im in images:
         canvas.paste(im.convert("RGB"), (x, 0))
