@@ -227,10 +227,8 @@ def make_palette(num_classes: int) -> np.ndarray:
     while n**3 < k:
         n += 1
     levels = np.rint(np.linspace(0.0, 255.0, n)).astype(np.int64)
-    r, g, b = np.meshgrid(levels, levels, levels, indexing="ij")
-    grid = np.stack([r.ravel(), g.ravel(), b.ravel()], axis=1)  # [n^3, 3], index 0 = black
-    chosen = np.empty(k, dtype=np.int64)
-    chosen[0] = 0
+    grid = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), axis=-1).reshape(-1, 3)  # [n^3, 3], 0: black
+    chosen = np.zeros(k, dtype=np.int64)
     min_d2 = ((grid - grid[0]) ** 2).sum(axis=1)  # [n^3] squared distance to the chosen set
     for i in range(1, k):
         j = int(np.argmax(min_d2))  # first maximum -> lowest index on ties

@@ -70,8 +70,7 @@ class MaskCodec:
         c = self.palette.to(device=x.device)  # [K, 3]
         logits = 2.0 * torch.einsum("bchw,kc->bkhw", x, c)  # [B, K, H, W]
         logits.sub_((c * c).sum(dim=1).view(1, -1, 1, 1))
-        logits.mul_(1.0 / (self.temperature * _MAX_SQ_DIST))
-        return logits
+        return logits.mul_(1.0 / (self.temperature * _MAX_SQ_DIST))
 
     def decode(self, images: torch.Tensor) -> torch.Tensor:
         """Decoded images ``[B, 3, H, W]`` -> probabilities ``[B, K, H, W]``, float32 (fp16 would tie neighbouring
@@ -80,10 +79,8 @@ class MaskCodec:
             p_fg = ((images.float().mean(dim=1, keepdim=True) + 1.0) / 2.0).clamp(0.0, 1.0)
             return torch.cat([1.0 - p_fg, p_fg], dim=1)  # [B, 2, H, W]
         logits = self.logits(images)  # [B, K, H, W]
-        # in-place softmax: one [B, K, H, W] buffer
-        logits.sub_(logits.amax(dim=1, keepdim=True)).exp_()
-        logits.div_(logits.sum(dim=1, keepdim=True))
-        return logits
+        logits.sub_(logits.amax(dim=1, keepdim=True)).exp_()  # in-place softmax: one [B, K, H, W] buffer
+        return logits.div_(logits.sum(dim=1, keepdim=True))
 
     def ignore_weights(self, labels: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tensor:
         """Loss weights at latent resolution: labels ``[B, H, W]`` -> float32 ``[B, 1, h, w]``, 1 where the latent

@@ -91,8 +91,7 @@ class DiGSegPipeline(SegmentationCall, AdapterMixin, LatentSegmentationMixin, Di
         """A fresh DiGSeg model from a Stable Diffusion 1.x / 2.x / XL checkpoint (at `variant`, `revision`) in
         `torch_dtype` (None: float32): widened U-Net, identity pathway. `text_encoder` replaces SD 1.x / 2.x's own:
         a transformers CLIP text encoder folder or hub id (at `text_encoder_variant`, `text_encoder_revision`), or
-        "open_clip:<name>" ("open_clip:hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224").
-        """
+        "open_clip:<name>" ("open_clip:hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224")."""
         open_clip_name = None
         if str(text_encoder).startswith("open_clip:"):
             open_clip_name = str(text_encoder).removeprefix("open_clip:")
