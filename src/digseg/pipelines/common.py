@@ -244,8 +244,7 @@ def image_array(image: Any) -> np.ndarray:
     if not isinstance(image, np.ndarray):
         raise DigsegError(f"unsupported image input of type {type(image).__name__} (give paths, PIL images, numpy "
                           "arrays or, to the PyTorch pipeline, torch tensors)")
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
+    image = image[:, :, None] if image.ndim == 2 else image  # grey: repeated below
     if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
         raise DigsegError(f"image array must be [H, W, 3], got shape {tuple(image.shape)}")
     image = image[:, :, :3] if image.shape[2] != 1 else np.repeat(image, 3, axis=2)

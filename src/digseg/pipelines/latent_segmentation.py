@@ -108,10 +108,9 @@ class LatentSegmentationMixin:
         b = len(query_ids)
         noise = noise.to(device, dtype)
         all_ids = torch.tensor(query_ids, device=device)  # [B, Q]
-        top_k = settings.top_k
-        if mode == "per_class" and top_k and top_k < all_ids.shape[1]:
+        if mode == "per_class" and settings.top_k and settings.top_k < all_ids.shape[1]:
             relevance = self.class_relevance(image_latents, states[all_ids[0]], noise[:, 0])  # [B, Q]
-            keep = relevance.topk(top_k, dim=1).indices.sort(dim=1).values  # [B, k] positions into the Q classes
+            keep = relevance.topk(settings.top_k, dim=1).indices.sort(dim=1).values  # [B, k] positions into Q
             run_ids = torch.gather(all_ids, 1, keep)
         else:
             keep, run_ids = None, all_ids

@@ -29,9 +29,8 @@ def resolve_providers(provider: str | Sequence[str] | None) -> list[str]:
     import onnxruntime as ort
 
     available = ort.get_available_providers()
-    provider = "cpu" if provider is None else provider
-    if isinstance(provider, str):
-        key = provider.split(":")[0].lower()
+    if provider is None or isinstance(provider, str):
+        key = (provider or "cpu").split(":")[0].lower()
         if key == "auto":
             key = next(choice for choice in ("tensorrt", "cuda", "cpu") if PROVIDERS[choice][0] in available)
         if key not in PROVIDERS and provider not in available:
@@ -150,8 +149,7 @@ class OnnxDiGSegPipeline(SegmentationCall):
         states = self.prompt_encoder.encode([p for variants in table for p in variants])  # [sum(sizes), L, D]
         if max(sizes) == 1:
             return states
-        starts = np.cumsum([0] + sizes)
-        return np.stack([states[a:b].mean(axis=0) for a, b in zip(starts[:-1], starts[1:])])
+        return np.stack([chunk.mean(axis=0) for chunk in np.split(states, np.cumsum(sizes)[:-1])])
 
     def _run(self, name: str, **inputs: np.ndarray) -> np.ndarray:
         return self.runners[name].run(None, inputs)[0]
