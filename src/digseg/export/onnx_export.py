@@ -168,8 +168,7 @@ def export_pipeline(pipe, output: str | Path, dtype: str = "fp32", text_encoder:
             np.save(folder / "text_features.npy", states.float().cpu().numpy())
             text = {"kind": "features", "tokenizer": None, "tokenizer_2": None, "features": "text_features.npy",
                     "prompts": prompts}
-        text["hidden_size"] = int(states.shape[-1])
-        text["length"] = int(states.shape[1])
+        text.update(hidden_size=int(states.shape[-1]), length=int(states.shape[1]))
         write_graph("unet", _UNetWithText(pipe), (sample, timestep, states[:2].to(torch_dtype)),
                     ["sample", "timestep", "states"], "prediction",
                     {"sample": spatial, "timestep": {0: "batch"}, "states": {0: "batch"}})
