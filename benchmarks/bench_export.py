@@ -257,7 +257,7 @@ def child_agreement(model: Path, fp32: Path, int8: Path, num_scenes: int) -> dic
 
     from digseg import DiGSegPipeline
     from digseg.data.synthetic import SyntheticScenes
-    from digseg.pipelines.image_processing import padded_size
+    from digseg.pipelines.common import padded_size
     from digseg.runtime.pipeline import OnnxDiGSegPipeline
 
     pipe = DiGSegPipeline.from_pretrained(model)

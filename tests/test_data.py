@@ -18,7 +18,7 @@ from digseg.data.synthetic import (
     save_scenes_as_folder,
 )
 from digseg.errors import DataError, DigsegError
-from digseg.pipelines.image_processing import to_image_list
+from digseg.pipelines.sliding import to_image_list
 
 
 # ----------------------------------------------------------------------------- synthetic scenes

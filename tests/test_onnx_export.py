@@ -30,8 +30,7 @@ from digseg.export.onnx_export import export_pipeline, precompute_own_prompts, q
 from digseg.runtime.pipeline import OnnxDiGSegPipeline  # noqa: E402
 from digseg.models.mask_decoder import LightMaskDecoder  # noqa: E402
 from digseg.models.tiny import save_tiny_backbone, save_tiny_sdxl_backbone  # noqa: E402
-from digseg.pipelines.image_processing import padded_size  # noqa: E402
-from digseg.pipelines.common import pair, processed_size, window_grid  # noqa: E402
+from digseg.pipelines.common import padded_size, pair, processed_size, window_grid  # noqa: E402
 
 RNG = np.random.default_rng(0)
 # 48x64 and an odd 37x61 at the model's 64 px; 100x100 at processing_resolution=100: 25x25 latents, padded to 26

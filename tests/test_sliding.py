@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from digseg.errors import DigsegError
-from digseg.pipelines.image_processing import processed_size
-from digseg.pipelines.common import window_grid
+from digseg.pipelines.common import processed_size, window_grid
 from digseg.pipelines.sliding import best_classes, chunked_argmax, combine_windows, count_map, native_outputs
 from training_helpers import generator
 

@@ -28,7 +28,7 @@ from . import predict_records
 from ..data.io import load_image
 from ..distributed import gather_objects, process_info, shard, sum_tensor, wait_for_everyone
 from ..errors import EXIT_SKIPPED, ConfigError, DataError
-from ..pipelines.image_processing import padded_size
+from ..pipelines.common import padded_size
 from ..pipelines.inputs import (check_some_exist, display_names, expand_image_inputs, first_of_each, read_image_list,
                                 select_images, unique_stems)
 from ..run_lock import PREDICT, main_process_holds

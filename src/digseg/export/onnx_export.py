@@ -1,6 +1,5 @@
 """`digseg export`: a trained DiGSeg model -> a folder of ONNX graphs (batch, height and width dynamic) and
-`manifest.json` (`digseg.runtime.manifest`); `quantize_folder`: int8 MatMul / Gemm weights. The graphs: docs/export.md.
-"""
+`manifest.json` (`digseg.runtime.manifest`); `quantize_folder`: int8 MatMul / Gemm weights. docs/export.md."""
 
 from __future__ import annotations
 
@@ -28,21 +27,19 @@ QUANTIZATIONS = ("int8",)
 
 
 class _Vae(nn.Module):
-    def __init__(self, vae) -> None:
+    """The VAE's scaled encoder (image [B, 3, H, W] -> posterior mean [B, 4, H/f, W/f]) or decoder (latents
+    [B, 4, h, w] -> [B, 3, h*f, w*f])."""
+
+    def __init__(self, vae, decode: bool) -> None:
         super().__init__()
-        self.vae = vae
+        self.vae, self.decode = vae, decode
         self.shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
         self.scale = float(vae.config.scaling_factor)
 
-
-class _VaeEncoder(_Vae):
-    def forward(self, image: torch.Tensor) -> torch.Tensor:  # [B, 3, H, W] -> [B, 4, H/f, W/f], posterior mean
-        return (self.vae.encode(image).latent_dist.mean - self.shift) * self.scale
-
-
-class _VaeDecoder(_Vae):
-    def forward(self, latents: torch.Tensor) -> torch.Tensor:  # [B, 4, h, w] -> [B, 3, h*f, w*f]
-        return self.vae.decode(latents / self.scale + self.shift).sample
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.decode:
+            return self.vae.decode(x / self.scale + self.shift).sample
+        return (self.vae.encode(x).latent_dist.mean - self.shift) * self.scale
 
 
 class _UNetWithText(nn.Module):
@@ -59,51 +56,17 @@ class _UNetWithText(nn.Module):
         return unet_forward_with_text(self.unet, self.context, sample, timestep, levels, size)  # [B, 4, h, w]
 
 
-class _TextEncoder(nn.Module):
-    def __init__(self, text_encoder) -> None:
-        super().__init__()
-        self.text_encoder = text_encoder
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:  # [B, L] -> [B, L, D]
-        return self.text_encoder(input_ids)[0]
-
-
-class _SDXLTextEncoders(nn.Module):
-    """SDXL's two encoders -> the packed states of `SDXLPromptEncoder`: [B, L, D1 + D2 + P]."""
+class _TextEncoders(nn.Module):
+    """The text encoder: ids [B, L] -> [B, L, D]; SDXL's two: both ids -> `SDXLPromptEncoder.states`' packing."""
 
     def __init__(self, pipe) -> None:
         super().__init__()
         self.text_encoder, self.text_encoder_2 = pipe.text_encoder, pipe.text_encoder_2
 
-    def forward(self, input_ids: torch.Tensor, input_ids_2: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, input_ids_2: torch.Tensor | None = None) -> torch.Tensor:
+        if self.text_encoder_2 is None:
+            return self.text_encoder(input_ids)[0]
         return SDXLPromptEncoder.states(self, input_ids, input_ids_2)  # reads the same two attributes
-
-
-def _export_graph(module: nn.Module, args: tuple, names: list[str], output: str, dynamic: dict, path: Path) -> None:
-    """One graph, exported by torch's dynamo exporter; dims in `dynamic` ({input: {axis: name}}) stay symbolic."""
-    auto = torch.export.Dim.AUTO
-    shapes = {name: {axis: auto for axis in dynamic.get(name, {})} for name in names}
-    external = sum(p.numel() * p.element_size() for p in module.parameters()) > EXTERNAL_DATA_BYTES
-    program = torch.onnx.export(module.eval(), args, dynamo=True, input_names=names, output_names=[output],
-                                dynamic_shapes=shapes, opset_version=OPSET, verbose=False)
-    program.save(str(path), external_data=external)
-
-
-def _check_exportable(pipe, text_encoder: bool, dtype: str, quantize: str | None) -> None:
-    if dtype not in EXPORT_DTYPES:
-        raise DigsegError(f"export dtype must be one of {', '.join(EXPORT_DTYPES)}, got {dtype!r}")
-    if quantize is not None and quantize not in QUANTIZATIONS:
-        raise DigsegError(f"quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
-    if dtype == "fp16" and not torch.cuda.is_available():
-        raise DigsegError("export --dtype fp16 needs a CUDA GPU (fp16 graphs are exported and checked on one); "
-                          "use --dtype fp32 on this machine")
-    if dtype == "fp16" and quantize:
-        raise DigsegError("export: --quantize int8 applies to fp32 graphs; use --dtype fp32")
-    if text_encoder and pipe.config.open_clip_text_encoder:
-        raise DigsegError("export: an open_clip text encoder cannot be exported; use --no-text-encoder "
-                          "(the model's own class prompts precomputed)")
-    if not pipe.class_names and not text_encoder:
-        raise DigsegError("export: --no-text-encoder needs a model with a class list (its prompts are precomputed)")
 
 
 def own_prompts(pipe) -> list[str]:
@@ -145,13 +108,25 @@ def export_pipeline(pipe, output: str | Path, dtype: str = "fp32", text_encoder:
                     quantize: str | None = None) -> Path:
     """Write `pipe` (a loaded `DiGSegPipeline`) to `output` as ONNX graphs and a manifest; returns the folder.
     dtype "fp16" needs a CUDA GPU; `quantize="int8"`: `quantize_folder` of the fp32 graphs."""
-    _check_exportable(pipe, text_encoder, dtype, quantize)
-    folder = _check_new_folder(output)
+    if dtype not in EXPORT_DTYPES:
+        raise DigsegError(f"export dtype must be one of {', '.join(EXPORT_DTYPES)}, got {dtype!r}")
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise DigsegError(f"quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
+    if dtype == "fp16" and not torch.cuda.is_available():
+        raise DigsegError("export --dtype fp16 needs a CUDA GPU (fp16 graphs are exported and checked on one); "
+                          "use --dtype fp32 on this machine")
+    if dtype == "fp16" and quantize:
+        raise DigsegError("export: --quantize int8 applies to fp32 graphs; use --dtype fp32")
+    if text_encoder and pipe.config.open_clip_text_encoder:
+        raise DigsegError("export: an open_clip text encoder cannot be exported; use --no-text-encoder "
+                          "(the model's own class prompts precomputed)")
+    if not pipe.class_names and not text_encoder:
+        raise DigsegError("export: --no-text-encoder needs a model with a class list (its prompts are precomputed)")
+    folder = _new_folder(output)
     if quantize:
         with tempfile.TemporaryDirectory() as tmp:
             export_pipeline(pipe, Path(tmp) / "fp32", dtype, text_encoder)
             return quantize_folder(Path(tmp) / "fp32", folder)
-    folder.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda") if dtype == "fp16" else torch.device("cpu")
     torch_dtype = torch.float16 if dtype == "fp16" else torch.float32
     pipe = pipe.to(device, torch_dtype)
@@ -167,35 +142,37 @@ def export_pipeline(pipe, output: str | Path, dtype: str = "fp32", text_encoder:
     graphs: dict[str, str | None] = dict.fromkeys(GRAPH_FILES)
 
     def write_graph(name: str, module: nn.Module, args: tuple, names: list[str], output: str, dynamic: dict) -> None:
-        _export_graph(module, args, names, output, dynamic, folder / GRAPH_FILES[name])
+        """One graph by torch's dynamo exporter; the axes in `dynamic` ({input: {axis: name}}) stay symbolic."""
+        shapes = tuple({axis: torch.export.Dim.AUTO for axis in dynamic.get(n, {})} for n in names)  # as `args`
+        external = sum(p.numel() * p.element_size() for p in module.parameters()) > EXTERNAL_DATA_BYTES
+        program = torch.onnx.export(module.eval(), args, dynamo=True, input_names=names, output_names=[output],
+                                    dynamic_shapes=shapes, opset_version=OPSET, verbose=False)
+        program.save(str(folder / GRAPH_FILES[name]), external_data=external)
         graphs[name] = GRAPH_FILES[name]
 
     with torch.no_grad():
-        write_graph("vae_encoder", _VaeEncoder(pipe.vae), (image,), ["image"], "latent", {"image": spatial})
+        write_graph("vae_encoder", _Vae(pipe.vae, decode=False), (image,), ["image"], "latent", {"image": spatial})
         if text_encoder:
             tokenizer = _tokenizer_facts(pipe.tokenizer, folder, "tokenizer.json")
             states = pipe.query_states([["x"], ["y"]])  # [2, L, D]
             ids = torch.zeros(2, tokenizer["max_length"], device=device, dtype=torch.long)
             text = {"kind": "encoder", "tokenizer": tokenizer, "tokenizer_2": None, "features": None, "prompts": None}
-            if pipe.text_encoder_2 is None:
-                write_graph("text_encoder", _TextEncoder(pipe.text_encoder), (ids,), ["input_ids"], "states",
-                            {"input_ids": {0: "batch"}})
-            else:  # SDXL: both encoders in one graph, each with its own tokenizer
+            names = ["input_ids"] if pipe.text_encoder_2 is None else ["input_ids", "input_ids_2"]
+            if pipe.text_encoder_2 is not None:  # SDXL: both encoders in one graph, each with its own tokenizer
                 text["tokenizer_2"] = _tokenizer_facts(pipe.tokenizer_2, folder, "tokenizer_2.json")
-                write_graph("text_encoder", _SDXLTextEncoders(pipe), (ids, ids), ["input_ids", "input_ids_2"],
-                            "states", {"input_ids": {0: "batch"}, "input_ids_2": {0: "batch"}})
+            write_graph("text_encoder", _TextEncoders(pipe), (ids,) * len(names), names, "states",
+                        dict.fromkeys(names, {0: "batch"}))
         else:
             prompts = own_prompts(pipe)
             states = pipe.query_states([[p] for p in prompts])  # [P, L, D]
             np.save(folder / "text_features.npy", states.float().cpu().numpy())
             text = {"kind": "features", "tokenizer": None, "tokenizer_2": None, "features": "text_features.npy",
                     "prompts": prompts}
-        text["hidden_size"] = int(states.shape[-1])
-        text["length"] = int(states.shape[1])
+        text.update(hidden_size=int(states.shape[-1]), length=int(states.shape[1]))
         write_graph("unet", _UNetWithText(pipe), (sample, timestep, states[:2].to(torch_dtype)),
                     ["sample", "timestep", "states"], "prediction",
                     {"sample": spatial, "timestep": {0: "batch"}, "states": {0: "batch"}})
-        write_graph("vae_decoder", _VaeDecoder(pipe.vae), (latents,), ["latents"], "image", {"latents": spatial})
+        write_graph("vae_decoder", _Vae(pipe.vae, decode=True), (latents,), ["latents"], "image", {"latents": spatial})
         if pipe.mask_decoder is not None:
             write_graph("light_decoder", pipe.mask_decoder, (latents,), ["latents"], "image", {"latents": spatial})
     config = pipe.config
@@ -214,8 +191,7 @@ def export_pipeline(pipe, output: str | Path, dtype: str = "fp32", text_encoder:
                                    "palette": make_palette(len(names)).tolist()} if len(names) >= 2 else None},
         "text": text, "training_data": config.training_data, "backbone": config.backbone,
     }
-    (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
-    return folder
+    return _write_manifest(folder, manifest)
 
 
 def quantize_folder(source: str | Path, output: str | Path) -> Path:
@@ -225,25 +201,19 @@ def quantize_folder(source: str | Path, output: str | Path) -> Path:
     source, manifest = Path(source), read_manifest(source)
     if manifest["dtype"] != "fp32" or manifest.get("quantize"):
         raise DigsegError(f"quantize: {source} is not an fp32 export")
-    folder = _check_new_folder(output)
-    folder.mkdir(parents=True, exist_ok=True)
-    for item in source.iterdir():
-        if item.suffix != ".onnx" and item.name != MANIFEST_NAME and not item.name.endswith(".data"):
-            shutil.copy2(item, folder / item.name)
+    folder = _new_folder(output, source, lambda name: name == MANIFEST_NAME or name.endswith((".onnx", ".data")))
     for name in manifest["graphs"].values():
         if name:
             external = (source / f"{name}.data").is_file()  # where the exporter put weights over 2 GB
             quantize_dynamic(str(source / name), str(folder / name), op_types_to_quantize=["MatMul", "Gemm"],
                              weight_type=QuantType.QInt8, use_external_data_format=external)
     manifest["quantize"] = "int8"
-    (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
-    return folder
+    return _write_manifest(folder, manifest)
 
 
 def precompute_own_prompts(source: str | Path, output: str | Path) -> Path:
-    """A copy of an exported folder without its text encoder: the encoder states of the model's own prompts
-    (`own_prompts`) are computed by its `text_encoder.onnx` on onnxruntime and saved, as `--no-text-encoder` saves
-    them at export time."""
+    """A copy of an exported folder without its text encoder, the states of the model's own prompts (`own_prompts`)
+    computed on onnxruntime and saved instead (as `--no-text-encoder` does at export time)."""
     from ..runtime.pipeline import OnnxDiGSegPipeline
 
     source, manifest = Path(source), read_manifest(source)
@@ -251,27 +221,32 @@ def precompute_own_prompts(source: str | Path, output: str | Path) -> Path:
         raise DigsegError(f"export: {source} has no text encoder (its prompts are already precomputed)")
     if not manifest.get("class_names"):
         raise DigsegError("export: --no-text-encoder needs a model with a class list (its prompts are precomputed)")
-    folder = _check_new_folder(output)
     runtime = OnnxDiGSegPipeline.from_pretrained(source)
     prompts = own_prompts(runtime)
     states = runtime.query_states([[p] for p in prompts])  # [P, L, D]
     encoder = manifest["graphs"]["text_encoder"]
     left_out = {MANIFEST_NAME, encoder, f"{encoder}.data", manifest["text"]["tokenizer"]["file"],
                 (manifest["text"].get("tokenizer_2") or {}).get("file")}
-    folder.mkdir(parents=True, exist_ok=True)
-    for item in source.iterdir():
-        if item.name not in left_out:
-            shutil.copy2(item, folder / item.name)
+    folder = _new_folder(output, source, left_out.__contains__)
     np.save(folder / "text_features.npy", states.astype(np.float32))
     manifest["graphs"]["text_encoder"] = None
     manifest["text"].update(kind="features", tokenizer=None, tokenizer_2=None, features="text_features.npy",
                             prompts=prompts)
-    (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
-    return folder
+    return _write_manifest(folder, manifest)
 
 
-def _check_new_folder(output: str | Path) -> Path:
+def _new_folder(output: str | Path, source: Path | None = None, skip=None) -> Path:
+    """`output` created (refused when it exists and is not empty), with `source`'s files but those `skip` names."""
     folder = Path(output)
     if folder.exists() and any(folder.iterdir()):
         raise DigsegError(f"export: {folder} exists and is not empty; choose a new folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    for item in source.iterdir() if source else []:
+        if not skip(item.name):
+            shutil.copy2(item, folder / item.name)
+    return folder
+
+
+def _write_manifest(folder: Path, manifest: dict) -> Path:
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
     return folder

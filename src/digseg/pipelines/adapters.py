@@ -1,7 +1,5 @@
-"""Several domains on one loaded backbone, mixed into `DiGSegPipeline`: LoRA adapter folders
-(`digseg.models.adapters`) loaded, switched at runtime without reloading the backbone (peft switches the U-Net's LoRA
-matrices; the adapter's full parts and facts, kept in memory, are put in place with them) and fused (docs/adapters.md).
-"""
+"""Several domains on one loaded backbone, mixed into `DiGSegPipeline`: LoRA adapter folders (`digseg.models.adapters`)
+loaded, switched at runtime (peft's LoRA matrices, the adapter's full parts and facts) and fused (docs/adapters.md)."""
 
 from __future__ import annotations
 
@@ -43,12 +41,6 @@ class AdapterMixin:
     def active_adapter(self) -> str | None:
         return self.__dict__.get("_active_adapter", BASE)
 
-    def _current_parts(self) -> AdapterParts:
-        facts = {key: self.config.get(key) for key in FACT_KEYS if key in self.config}
-        facts.update(processing_resolution=self.config.default_processing_resolution,
-                     prediction_type=self.scheduler.config.prediction_type)
-        return AdapterParts(self.unet.conv_in, self.text_pathway, self.mask_decoder, facts)
-
     def load_adapter(self, path: str | Path, name: str | None = None, activate: bool = True) -> str:
         """Load the adapter folder `path` as `name` (default: the folder's name), active unless not `activate`
         -> its name; a one-line DigsegError for a folder that is not an adapter or does not fit this backbone."""
@@ -64,7 +56,10 @@ class AdapterMixin:
                               f"{self.scheduler.config.prediction_type}: load the base with prediction_type={wanted}")
         parts = split_tensors(tensors)
         if BASE not in table:
-            table[BASE] = self._current_parts()
+            facts = {key: self.config.get(key) for key in FACT_KEYS if key in self.config}  # the backbone's own
+            facts.update(processing_resolution=self.config.default_processing_resolution,
+                         prediction_type=self.scheduler.config.prediction_type)
+            table[BASE] = AdapterParts(self.unet.conv_in, self.text_pathway, self.mask_decoder, facts)
         device, dtype = self.unet.device, self.unet.dtype
         conv_in = copy.deepcopy(table[BASE].conv_in)
         pathway = TextPathway.from_config(config["text_pathway"])
@@ -111,9 +106,8 @@ class AdapterMixin:
         self.__dict__["_active_adapter"] = name
 
     def fuse_adapter(self, save_directory: str | Path | None = None):
-        """A plain pipeline (no peft layers, one more U-Net in memory) with the active adapter's LoRA merged into
-        its U-Net and the adapter's conv_in, text pathway, decoder and facts, saved to `save_directory` if given;
-        this pipeline is left as it was."""
+        """A new plain pipeline (one more U-Net in memory) with the active adapter's LoRA merged and its parts and
+        facts, saved to `save_directory` if given; this pipeline is left as it was."""
         name = self.active_adapter
         if name is BASE:
             raise DigsegError("fuse_adapter: no adapter is active (set_adapter(name) first)")

@@ -40,6 +40,13 @@ def processed_size(height: int, width: int, resolution: int, scale: tuple[int, i
     return max(1, round(height * factor)), max(1, round(width * factor))
 
 
+def padded_size(height: int, width: int, resolution: int, multiple: int, scale: tuple[int, int] | None = None,
+                keep_ratio: bool = True) -> tuple[int, int]:
+    """(H', W'): `processed_size` padded up to a multiple of `multiple` (the shape a batch shares)."""
+    h, w = processed_size(height, width, resolution, scale, keep_ratio)
+    return h + (-h) % multiple, w + (-w) % multiple
+
+
 def pair(value: int | tuple[int, int] | list[int] | None, what: str) -> tuple[int, int] | None:
     """An int or (H, W) -> (H, W) of positive ints; None stays None."""
     if value is None:
@@ -51,67 +58,16 @@ def pair(value: int | tuple[int, int] | list[int] | None, what: str) -> tuple[in
     return int(value[0]), int(value[1])
 
 
-def check_test_protocol(mode: str, crop_size, stride, global_view: bool,
-                        default_crop: int) -> tuple[tuple[int, int], tuple[int, int]] | None:
-    """(crop, stride) for mode "slide": crop defaults to `default_crop` square, stride to 2/3 of the crop (mmseg's
-    512 / 341); None for "whole" (where crop_size, stride and global_view mean nothing)."""
-    if mode not in INFERENCE_MODES:
-        raise DigsegError(f"mode must be one of {', '.join(INFERENCE_MODES)}, got {mode!r}")
-    if mode == "whole":
-        if crop_size is not None or stride is not None or global_view:
-            raise DigsegError("crop_size, stride and global_view apply to mode='slide' only")
-        return None
-    crop = pair(crop_size, "crop_size") or (default_crop, default_crop)
-    step = pair(stride, "stride") or (max(1, crop[0] * 2 // 3), max(1, crop[1] * 2 // 3))
-    if step[0] > crop[0] or step[1] > crop[1]:
-        raise DigsegError(f"stride {step} is larger than crop_size {crop}: some pixels would be in no window")
-    return crop, step
-
-
-def axis_starts(size: int, crop: int, stride: int) -> list[int]:
-    """Window starts along one axis (mmseg's grid, the last window shifted to end at the border)."""
-    count = max(size - crop + stride - 1, 0) // stride + 1
-    last = max(size - crop, 0)
-    return [min(i * stride, last) for i in range(count)]
-
-
 def window_grid(height: int, width: int, crop: tuple[int, int],
                 stride: tuple[int, int]) -> list[tuple[int, int, int, int]]:
-    """(y1, y2, x1, x2) of every window over a height x width image, row by row."""
+    """(y1, y2, x1, x2) of every window over a height x width image, row by row (mmseg's grid, the last window of
+    each axis shifted to end at the border)."""
+    def starts(size: int, crop: int, stride: int) -> list[int]:
+        return [min(i * stride, max(size - crop, 0)) for i in range(max(size - crop + stride - 1, 0) // stride + 1)]
+
     ch, cw = min(crop[0], height), min(crop[1], width)
-    return [(y, y + ch, x, x + cw) for y in axis_starts(height, crop[0], stride[0])
-            for x in axis_starts(width, crop[1], stride[1])]
-
-
-def check_call(num_images: int, generator, ensemble_size: int, steps: int, ensemble_reduction: str, one_step: bool,
-               max_probability_classes: int | None, processing_resolution: int | None, default_resolution: int,
-               scale, mode: str, crop_size, stride, global_view: bool, output_type: str, top_k: int | None):
-    """The arguments of a pipeline call, checked: a one-line DigsegError naming a bad value.
-    -> (processing resolution, sliding window (crop, stride) or None, scale (w, h) or None)."""
-    if output_type not in ("np", "pt"):
-        raise DigsegError(f"output_type must be 'np' or 'pt', got {output_type!r}")
-    if top_k is not None and top_k < 1:
-        raise DigsegError(f"top_k must be >= 1, got {top_k}")
-    if ensemble_reduction not in ENSEMBLE_REDUCTIONS:
-        raise DigsegError(f"ensemble_reduction must be one of {', '.join(ENSEMBLE_REDUCTIONS)}, "
-                          f"got {ensemble_reduction!r}")
-    if ensemble_size < 1:
-        raise DigsegError(f"ensemble_size must be >= 1, got {ensemble_size}")
-    if steps < 1:
-        raise DigsegError(f"num_inference_steps must be >= 1, got {steps}")
-    if one_step and (ensemble_size > 1 or steps > 1):
-        raise DigsegError(f"this model was trained with the one-step objective: it runs one deterministic pass, "
-                          f"so {ensemble_size} ensemble members x {steps} steps would repeat the same result; "
-                          "use ensemble_size=1 and num_inference_steps=1 (E-Step 1x1)")
-    if scale is not None and processing_resolution is not None:
-        raise DigsegError("give either scale or processing_resolution, not both")
-    if max_probability_classes is not None and max_probability_classes < 1:
-        raise DigsegError(f"max_probability_classes must be >= 1 or None, got {max_probability_classes}")
-    if isinstance(generator, list) and len(generator) != num_images:
-        raise DigsegError(f"got {len(generator)} generators for {num_images} images")
-    resolution = default_resolution if processing_resolution is None else processing_resolution
-    window = check_test_protocol(mode, crop_size, stride, global_view, resolution or default_resolution)
-    return resolution, window, pair(scale, "scale")
+    return [(y, y + ch, x, x + cw) for y in starts(height, crop[0], stride[0])
+            for x in starts(width, crop[1], stride[1])]
 
 
 def uses_light_decoder(choice: str, config, has_light: bool) -> bool:
@@ -127,34 +83,11 @@ def uses_light_decoder(choice: str, config, has_light: bool) -> bool:
     return choice == "light" or (choice == "auto" and has_light)
 
 
-def warn_single_window(window: tuple[int, int] | None, grids: list, stacklevel: int) -> None:
-    """Warn when one `window` covers a whole processed image; `grids`: each image's (size (h, w), boxes)."""
-    single = [size for size, boxes in grids if window is not None and len(boxes) == 1]
-    if single:
-        h, w = single[0]
-        warnings.warn(f"mode='slide': one {window[0]}x{window[1]} window covers the whole {w}x{h} processed image "
-                      f"({len(single)} of {len(grids)} image(s)), which equals mode='whole'; give a larger scale or "
-                      "a smaller crop_size", UserWarning, stacklevel=stacklevel + 1)
-
-
-def call_output(results: list[tuple], uncertainty: list, class_names: list[str], stack,
-                return_dict: bool) -> DiGSegOutput | tuple:
-    """Per-image (labels, probabilities, class ids) and uncertainty maps -> the call's output: stacked by `stack`
-    into [N, ...] when every image has the same size, else lists; uncertainty None when there is none."""
-    labels, probabilities, class_ids = (list(part) for part in zip(*results))
-    same = stack if len({tuple(p.shape) for p in probabilities}) == 1 else list
-    out = (same(labels), same(probabilities), same(uncertainty) if uncertainty else None, class_names,
-           stack(class_ids))
-    return DiGSegOutput(*out) if return_dict else out
-
-
 class SegmentationCall:
-    """`__call__` of both pipelines: checks, queries and the images at the test scale, then the pipeline's
-    `_segment_images(images, sized, grids, queries, states, settings, generator, noise)` runs each image's views
-    (`grids`: its windows at the test scale) through its networks -> (per image (labels, probabilities, class ids)
-    at its native size, uncertainty maps (possibly none), the function that stacks them). A subclass also has
-    `config`, `query_states`, `has_light_decoder`, `to_images` (inputs -> N x [3, H, W] in [-1, 1]) and
-    `resize_image` (antialiased); `NUMPY_ONLY`: onnxruntime's."""
+    """`__call__` of both pipelines. A subclass has `config`, `query_states`, `has_light_decoder`, `to_images` (inputs
+    -> N x [3, H, W] in [-1, 1]), `resize_image` (antialiased) and `_segment_images(images, sized, grids, queries,
+    states, settings, generator, noise)`: each image's views (`grids`: its windows at the test scale) through its
+    networks -> (per image (labels, probabilities, class ids) at the native size, uncertainty maps, a stack)."""
 
     NUMPY_ONLY = False
 
@@ -186,18 +119,48 @@ class SegmentationCall:
         are returned for the `max_probability_classes` classes with most pixels (None: all). onnxruntime refuses
         top_k and output_type="pt" in one line; there `batch_size` and `show_progress_bar` change nothing.
         """
-        # 1. check the inputs
+        # 1. check the inputs: a one-line DigsegError naming a bad value
         images = self.to_images(image)  # N x [3, H, W] in [-1, 1]
         steps = num_inference_steps or self.config.default_denoising_steps
-        one_step = self.config.objective == "one-step"
         for name, value, default in (("top_k", top_k, None), ("output_type", output_type, "np")):
             if self.NUMPY_ONLY and value != default:
                 raise DigsegError(f"{name}={value!r} is not supported by the onnxruntime pipeline (the U-Net graph "
                                   "has no cross-attention output; numpy outputs); run the PyTorch model for it")
-        resolution, window, scale = check_call(
-            len(images), generator, ensemble_size, steps, ensemble_reduction, one_step, max_probability_classes,
-            processing_resolution, self.config.default_processing_resolution, scale, mode, crop_size, stride,
-            global_view, output_type, top_k)
+        if output_type not in ("np", "pt"):
+            raise DigsegError(f"output_type must be 'np' or 'pt', got {output_type!r}")
+        if top_k is not None and top_k < 1:
+            raise DigsegError(f"top_k must be >= 1, got {top_k}")
+        if ensemble_reduction not in ENSEMBLE_REDUCTIONS:
+            raise DigsegError(f"ensemble_reduction must be one of {', '.join(ENSEMBLE_REDUCTIONS)}, "
+                              f"got {ensemble_reduction!r}")
+        if ensemble_size < 1:
+            raise DigsegError(f"ensemble_size must be >= 1, got {ensemble_size}")
+        if steps < 1:
+            raise DigsegError(f"num_inference_steps must be >= 1, got {steps}")
+        if self.config.objective == "one-step" and (ensemble_size > 1 or steps > 1):
+            raise DigsegError(f"this model was trained with the one-step objective: it runs one deterministic pass, "
+                              f"so {ensemble_size} ensemble members x {steps} steps would repeat the same result; "
+                              "use ensemble_size=1 and num_inference_steps=1 (E-Step 1x1)")
+        if scale is not None and processing_resolution is not None:
+            raise DigsegError("give either scale or processing_resolution, not both")
+        if max_probability_classes is not None and max_probability_classes < 1:
+            raise DigsegError(f"max_probability_classes must be >= 1 or None, got {max_probability_classes}")
+        if isinstance(generator, list) and len(generator) != len(images):
+            raise DigsegError(f"got {len(generator)} generators for {len(images)} images")
+        if mode not in INFERENCE_MODES:
+            raise DigsegError(f"mode must be one of {', '.join(INFERENCE_MODES)}, got {mode!r}")
+        if mode == "whole" and (crop_size is not None or stride is not None or global_view):
+            raise DigsegError("crop_size, stride and global_view apply to mode='slide' only")
+        default_resolution = self.config.default_processing_resolution
+        resolution = default_resolution if processing_resolution is None else processing_resolution
+        window = None  # mode "slide": (crop, stride), by default the resolution square and 2/3 of it (mmseg 512 / 341)
+        if mode == "slide":
+            crop = pair(crop_size, "crop_size") or (resolution or default_resolution,) * 2
+            step = pair(stride, "stride") or (max(1, crop[0] * 2 // 3), max(1, crop[1] * 2 // 3))
+            if step[0] > crop[0] or step[1] > crop[1]:
+                raise DigsegError(f"stride {step} is larger than crop_size {crop}: some pixels would be in no window")
+            window = (crop, step)
+        scale = pair(scale, "scale")
         if noise is not None and len(noise) != len(images):
             raise DigsegError(f"got {len(noise)} noise arrays for {len(images)} images")
         uses_light_decoder(mask_decoder, self.config, self.has_light_decoder)
@@ -217,21 +180,40 @@ class SegmentationCall:
         sized = [self.resize_image(img, processed_size(*img.shape[-2:], resolution, scale, keep_ratio))
                  for img in images]  # N x [3, h, w]
         grids = [window_grid(*img.shape[-2:], *(window or (tuple(img.shape[-2:]),) * 2)) for img in sized]
-        warn_single_window(window and window[0], [(img.shape[-2:], boxes) for img, boxes in zip(sized, grids)], 2)
+        single = [img.shape[-2:] for img, boxes in zip(sized, grids) if window and len(boxes) == 1]
+        if single:
+            (h, w), (ch, cw) = single[0], window[0]
+            warnings.warn(f"mode='slide': one {ch}x{cw} window covers the whole {w}x{h} processed image "
+                          f"({len(single)} of {len(grids)} image(s)), which equals mode='whole'; give a larger "
+                          "scale or a smaller crop_size", UserWarning, stacklevel=2)
 
         # 4. the pipeline's networks, per image or per group of images; 5. stacked into [N, ...]
         results, uncertainty, stack = self._segment_images(images, sized, grids, queries, states, settings,
                                                            generator, noise)
-        return call_output(results, uncertainty, queries.class_names, stack, return_dict)
+        labels, probabilities, class_ids = (list(part) for part in zip(*results))
+        same = stack if len({tuple(p.shape) for p in probabilities}) == 1 else list  # else lists of per-image arrays
+        out = (same(labels), same(probabilities), same(uncertainty) if uncertainty else None, queries.class_names,
+               stack(class_ids))
+        return DiGSegOutput(*out) if return_dict else out
 
 
-def given_noise(noise, index: int, shape: tuple[int, ...]) -> np.ndarray:
-    """A caller's starting noise of image `index`'s views as float32 `shape`; DigsegError if it does not fit."""
-    start = np.asarray(noise[index], dtype=np.float32)
-    if start.size != np.prod(shape):
-        raise DigsegError(f"noise[{index}] has shape {start.shape}; image {index}'s views need {shape} "
-                          "(views with their own noise, E, C, h, w)")
-    return start.reshape(shape)
+def view_noise(index: int, boxes: list, latent_size: tuple[int, int], channels: int, settings, one_step: bool, noise,
+               generator, draw: Callable):
+    """Starting noise of image `index`'s views [V, E, C, h, w]: one draw per window (and global view), the mirrored
+    image's views reusing it; zeros for a one-step model, else the caller's `noise[index]` (numpy float32), else
+    `draw(shape, generator or generator[index])`."""
+    shape = (len(boxes) + int(settings.global_view), settings.ensemble_size, channels, *latent_size)
+    if one_step:
+        start = np.zeros(shape, dtype=np.float32)
+    elif noise is not None:
+        start = np.asarray(noise[index], dtype=np.float32)
+        if start.size != np.prod(shape):
+            raise DigsegError(f"noise[{index}] has shape {start.shape}; image {index}'s views need {shape} "
+                              "(views with their own noise, E, C, h, w)")
+        start = start.reshape(shape)
+    else:
+        start = draw(shape, generator[index] if isinstance(generator, list) else generator)
+    return start[list(range(shape[0])) * 2] if settings.flip else start
 
 
 def make_palette(num_classes: int) -> np.ndarray:
@@ -245,10 +227,8 @@ def make_palette(num_classes: int) -> np.ndarray:
     while n**3 < k:
         n += 1
     levels = np.rint(np.linspace(0.0, 255.0, n)).astype(np.int64)
-    r, g, b = np.meshgrid(levels, levels, levels, indexing="ij")
-    grid = np.stack([r.ravel(), g.ravel(), b.ravel()], axis=1)  # [n^3, 3], index 0 = black
-    chosen = np.empty(k, dtype=np.int64)
-    chosen[0] = 0
+    grid = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), axis=-1).reshape(-1, 3)  # [n^3, 3], 0: black
+    chosen = np.zeros(k, dtype=np.int64)
     min_d2 = ((grid - grid[0]) ** 2).sum(axis=1)  # [n^3] squared distance to the chosen set
     for i in range(1, k):
         j = int(np.argmax(min_d2))  # first maximum -> lowest index on ties
@@ -264,8 +244,7 @@ def image_array(image: Any) -> np.ndarray:
     if not isinstance(image, np.ndarray):
         raise DigsegError(f"unsupported image input of type {type(image).__name__} (give paths, PIL images, numpy "
                           "arrays or, to the PyTorch pipeline, torch tensors)")
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
+    image = image[:, :, None] if image.ndim == 2 else image  # grey: repeated below
     if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
         raise DigsegError(f"image array must be [H, W, 3], got shape {tuple(image.shape)}")
     image = image[:, :, :3] if image.shape[2] != 1 else np.repeat(image, 3, axis=2)

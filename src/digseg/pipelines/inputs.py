@@ -11,10 +11,6 @@ from ..data.io import IMAGE_EXTENSIONS, read_list_file
 from ..errors import ConfigError
 
 
-def is_image_name(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS
-
-
 def expand_image_inputs(items: list[str]) -> list[Path]:
     """Files, folders and glob patterns -> image paths, in the order given, each file once: a folder's image files
     (not recursive) sorted; a file or a name without ``*?[`` as is (a missing one fails when read); a pattern's
@@ -24,11 +20,12 @@ def expand_image_inputs(items: list[str]) -> list[Path]:
     for item in items:
         p = Path(item)
         if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.is_file() and is_image_name(q))
+            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS)
             if not found:
                 raise ConfigError(f"folder {p} contains no images ({extensions})")
         elif not p.exists() and set("*?[") & set(item):
-            found = sorted(m for m in map(Path, glob.glob(item, recursive=True)) if m.is_file() and is_image_name(m))
+            found = sorted(m for m in map(Path, glob.glob(item, recursive=True))
+                           if m.is_file() and m.suffix.lower() in IMAGE_EXTENSIONS)
             if not found:
                 raise ConfigError(f"pattern {item!r} matches no images ({extensions})")
         else:

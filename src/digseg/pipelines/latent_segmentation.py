@@ -22,24 +22,6 @@ def combine_member_latents(latents: torch.Tensor, how: str = "median") -> torch.
     return (ordered[:, (e - 1) // 2] + ordered[:, e // 2]) / 2
 
 
-def assemble_probabilities(decoded: torch.Tensor, b: int, q: int, members: int, mode: str,
-                           keep: torch.Tensor | None = None, num_queries: int | None = None) -> torch.Tensor:
-    """Decoded probabilities of items ordered (image, query, member), [B*q*members, K, H, W] in palette mode, else
-    each query's foreground [B*q*members, 1, H, W] -> [B, members, K, H, W] (binary: K = 2; per-class: one channel
-    per query, scattered back among all `num_queries` by `keep` [B, q] after top-k pruning, the others at 0)."""
-    probs = decoded.view(b, q, members, *decoded.shape[1:])
-    if mode == "palette":
-        return probs[:, 0]  # [B, members, K, H, W]
-    probs = probs[:, :, :, 0].transpose(1, 2)  # [B, members, q, H, W]
-    if mode == "binary":
-        return torch.cat([1 - probs, probs], dim=2)  # [B, members, 2, H, W]
-    if keep is not None:
-        full = probs.new_zeros(b, members, num_queries, *probs.shape[-2:])
-        index = keep[:, None, :, None, None].expand(-1, members, -1, *probs.shape[-2:])
-        probs = full.scatter(2, index, probs)
-    return probs
-
-
 class LatentSegmentationMixin:
     """Latent-space methods of `DiGSegPipeline` (its `unet`, `vae`, `scheduler`, `text_pathway`, codecs ...)."""
 
@@ -126,18 +108,16 @@ class LatentSegmentationMixin:
         b = len(query_ids)
         noise = noise.to(device, dtype)
         all_ids = torch.tensor(query_ids, device=device)  # [B, Q]
-        top_k = settings.top_k
-        if mode == "per_class" and top_k and top_k < all_ids.shape[1]:
+        if mode == "per_class" and settings.top_k and settings.top_k < all_ids.shape[1]:
             relevance = self.class_relevance(image_latents, states[all_ids[0]], noise[:, 0])  # [B, Q]
-            keep = relevance.topk(top_k, dim=1).indices.sort(dim=1).values  # [B, k] positions into the Q classes
+            keep = relevance.topk(settings.top_k, dim=1).indices.sort(dim=1).values  # [B, k] positions into Q
             run_ids = torch.gather(all_ids, 1, keep)
         else:
             keep, run_ids = None, all_ids
         q = run_ids.shape[1]
-        # items ordered (image, query, member): [B * q * E]
-        item_image = torch.arange(b, device=device).repeat_interleave(q * ensemble_size)
-        item_member = torch.arange(ensemble_size, device=device).repeat(b * q)
-        item_query = run_ids.repeat_interleave(ensemble_size, dim=1).reshape(-1)
+        grid = torch.meshgrid(*(torch.arange(n, device=device) for n in (b, q, ensemble_size)), indexing="ij")
+        item_image, position, item_member = (g.reshape(-1) for g in grid)  # items (image, query, member): [B*q*E]
+        item_query = run_ids[item_image, position]
         codec = self.palette_codec if mode == "palette" else self.binary_codec
         combine = not settings.decode_members and ensemble_size > 1  # combine members' latents, decode once per query
         max_batch = settings.max_unet_batch
@@ -155,7 +135,17 @@ class LatentSegmentationMixin:
             probs = codec.decode(self.decode_masks(latents, settings.mask_decoder))  # [m or m/E, K_codec, H, W]
             member_probs.append(probs if mode == "palette" else probs[:, 1:])
         members = 1 if combine else ensemble_size
-        probs = assemble_probabilities(torch.cat(member_probs), b, q, members, mode, keep, all_ids.shape[1])
+        probs = torch.cat(member_probs)  # items ordered (image, query, member): [B*q*members, K or 1, H, W]
+        probs = probs.view(b, q, members, *probs.shape[1:])
+        if mode == "palette":
+            probs = probs[:, 0]  # [B, members, K, H, W]
+        else:
+            probs = probs[:, :, :, 0].transpose(1, 2)  # [B, members, q, H, W]
+            if mode == "binary":
+                probs = torch.cat([1 - probs, probs], dim=2)  # [B, members, 2, H, W]
+            elif keep is not None:  # per-class after top-k: scattered back among all Q queries, the others at 0
+                index = keep[:, None, :, None, None].expand(-1, members, -1, *probs.shape[-2:])
+                probs = probs.new_zeros(b, members, all_ids.shape[1], *probs.shape[-2:]).scatter(2, index, probs)
         if combine:  # latent-space spread [B*q, h, w]: mean over queries, upsampled to pixels
             spread = torch.cat(spreads).view(b, q, *spreads[0].shape[-2:]).mean(dim=1, keepdim=True)  # [B, 1, h, w]
             uncertainty = F.interpolate(spread, size=probs.shape[-2:], mode="bilinear", align_corners=False)[:, 0]

@@ -31,17 +31,13 @@ class MaskCodec:
                              "use a value outside that range (e.g. 65535)")
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.mode = mode
-        self.num_classes = num_classes
+        self.mode, self.num_classes, self.temperature = mode, num_classes, float(temperature)
         self.ignore_index = int(ignore_index)
-        self.temperature = float(temperature)
         colours = torch.from_numpy(make_palette(num_classes).astype(np.float32))
         self.palette: torch.Tensor = colours / 127.5 - 1.0  # [K, 3] in [-1, 1]
 
-    def _check_labels(self, labels: torch.Tensor | np.ndarray) -> torch.Tensor:
+    def _check_labels(self, labels: torch.Tensor) -> torch.Tensor:
         """Validate and return int64 labels ``[B, H, W]`` (``[H, W]`` gets a batch dim)."""
-        if isinstance(labels, np.ndarray):
-            labels = torch.from_numpy(labels.astype(np.int64))
         if labels.is_floating_point() or labels.is_complex():
             raise ValueError(f"labels must be an integer tensor, got dtype {labels.dtype}")
         if labels.dim() == 2:
@@ -57,7 +53,7 @@ class MaskCodec:
                              f"({self.ignore_index}): {shown}")
         return labels
 
-    def encode(self, labels: torch.Tensor | np.ndarray) -> torch.Tensor:
+    def encode(self, labels: torch.Tensor) -> torch.Tensor:
         """Labels [B, H, W] (or [H, W]) -> image [B, 3, H, W] float32 in [-1, 1]; ignore pixels -> 0."""
         labels = self._check_labels(labels)  # [B, H, W]
         ignore = labels == self.ignore_index  # [B, H, W]
@@ -74,32 +70,20 @@ class MaskCodec:
         c = self.palette.to(device=x.device)  # [K, 3]
         logits = 2.0 * torch.einsum("bchw,kc->bkhw", x, c)  # [B, K, H, W]
         logits.sub_((c * c).sum(dim=1).view(1, -1, 1, 1))
-        logits.mul_(1.0 / (self.temperature * _MAX_SQ_DIST))
-        return logits
+        return logits.mul_(1.0 / (self.temperature * _MAX_SQ_DIST))
 
     def decode(self, images: torch.Tensor) -> torch.Tensor:
         """Decoded images ``[B, 3, H, W]`` -> probabilities ``[B, K, H, W]``, float32 (fp16 would tie neighbouring
         colours for large K). Binary: ``p_fg = clamp((mean_c x + 1) / 2, 0, 1)``; palette: softmax of `logits`."""
-        if images.dim() == 3:
-            images = images.unsqueeze(0)
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be [B, 3, H, W], got shape {tuple(images.shape)}")
         if self.mode == "binary":
             p_fg = ((images.float().mean(dim=1, keepdim=True) + 1.0) / 2.0).clamp(0.0, 1.0)
             return torch.cat([1.0 - p_fg, p_fg], dim=1)  # [B, 2, H, W]
         logits = self.logits(images)  # [B, K, H, W]
-        # in-place softmax: one [B, K, H, W] buffer
-        logits.sub_(logits.amax(dim=1, keepdim=True)).exp_()
-        logits.div_(logits.sum(dim=1, keepdim=True))
-        return logits
+        logits.sub_(logits.amax(dim=1, keepdim=True)).exp_()  # in-place softmax: one [B, K, H, W] buffer
+        return logits.div_(logits.sum(dim=1, keepdim=True))
 
-    def ignore_weights(self, labels: torch.Tensor | np.ndarray, latent_size: tuple[int, int]) -> torch.Tensor:
+    def ignore_weights(self, labels: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tensor:
         """Loss weights at latent resolution: labels ``[B, H, W]`` -> float32 ``[B, 1, h, w]``, 1 where the latent
         cell covers no ignore pixel, 0 where it covers any (adaptive max-pool of the ignore indicator)."""
-        if isinstance(labels, np.ndarray):
-            labels = torch.from_numpy(labels.astype(np.int64))
-        if labels.dim() == 2:
-            labels = labels.unsqueeze(0)
-        h, w = int(latent_size[0]), int(latent_size[1])
         ignore = (labels == self.ignore_index).float().unsqueeze(1)  # [B, 1, H, W]
-        return 1.0 - F.adaptive_max_pool2d(ignore, (h, w))  # [B, 1, h, w]
+        return 1.0 - F.adaptive_max_pool2d(ignore, tuple(latent_size))  # [B, 1, h, w]

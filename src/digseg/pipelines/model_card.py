@@ -79,9 +79,8 @@ def read_card_facts(folder: str | Path) -> dict[str, Any]:
 
 
 def _rows(pairs: list[tuple[str, Any]]) -> str:
-    lines = ["| | |", "|---|---|"]
-    lines += [f"| {key} | {value} |" for key, value in pairs if value not in (None, "", [])]
-    return "\n".join(lines)
+    return "\n".join(["| | |", "|---|---|"] + [f"| {key} | {value} |" for key, value in pairs
+                                              if value not in (None, "", [])])
 
 
 def _model_section(model: dict[str, Any], facts: dict[str, Any]) -> str:

@@ -13,30 +13,19 @@ import torch
 
 from ..errors import DigsegError
 
-# component -> the (library, class) pairs digseg writes for it ("digseg.*": recorded under the full module path)
-COMPONENTS: dict[str, frozenset[tuple[str, str]]] = {
-    "unet": frozenset({("diffusers", "UNet2DConditionModel")}),
-    "vae": frozenset({("diffusers", "AutoencoderKL")}),
-    "scheduler": frozenset({("diffusers", "DDIMScheduler")}),
-    "text_encoder": frozenset({("transformers", "CLIPTextModel")}),
-    "tokenizer": frozenset({("transformers", "CLIPTokenizer")}),
-    "text_pathway": frozenset({("digseg.models.text", "TextPathway")}),
-    "mask_decoder": frozenset({("digseg.models.mask_decoder", "LightMaskDecoder")}),
-    "text_encoder_2": frozenset({("transformers", "CLIPTextModelWithProjection")}),  # SDXL's second encoder
-    "tokenizer_2": frozenset({("transformers", "CLIPTokenizer")}),
+# component -> the (library, class) pair digseg writes for it ("digseg.*": recorded under the full module path)
+COMPONENTS: dict[str, tuple[str, str]] = {
+    "unet": ("diffusers", "UNet2DConditionModel"), "vae": ("diffusers", "AutoencoderKL"),
+    "scheduler": ("diffusers", "DDIMScheduler"), "text_encoder": ("transformers", "CLIPTextModel"),
+    "tokenizer": ("transformers", "CLIPTokenizer"), "text_pathway": ("digseg.models.text", "TextPathway"),
+    "mask_decoder": ("digseg.models.mask_decoder", "LightMaskDecoder"),
+    "text_encoder_2": ("transformers", "CLIPTextModelWithProjection"),  # SDXL's second encoder
+    "tokenizer_2": ("transformers", "CLIPTokenizer"),
 }
 # [null, null] allowed: an open_clip text tower, SD 1.x / 2.x (no second encoder), no light mask decoder yet
 OPTIONAL_COMPONENTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "mask_decoder")
 TRAINED_COMPONENTS = ("unet", "text_pathway", "mask_decoder")
 PIPELINE_CLASS = "DiGSegPipeline"
-
-
-def _allowed(key: str) -> str:
-    """What digseg loads for entry `key` of model_index.json, in words."""
-    if key not in COMPONENTS:
-        return f"digseg writes no such component (its components: {', '.join(COMPONENTS)})"
-    pairs = " or ".join(f"{library}.{name}" for library, name in sorted(COMPONENTS[key]))
-    return f'digseg loads "{key}" only as {pairs}' + (", or null when absent" if key in OPTIONAL_COMPONENTS else "")
 
 
 def _looks_like_entry(value: Any) -> bool:
@@ -52,18 +41,20 @@ def check_model_index(index: Any, where: str, pipeline_class: type) -> None:
         raise DigsegError(f"model folder {where}: model_index.json _class_name is {index.get('_class_name')!r}; "
                           f"digseg loads only {PIPELINE_CLASS!r} folders and runs no pipeline code from a folder")
     for key, value in index.items():
+        entry = tuple(value) if _looks_like_entry(value) else None
         if key in COMPONENTS:
-            pair = tuple(value) if _looks_like_entry(value) else None
-            if pair == (None, None) and key in OPTIONAL_COMPONENTS:
+            if entry == COMPONENTS[key] or (entry == (None, None) and key in OPTIONAL_COMPONENTS):
                 continue
-            if pair in COMPONENTS[key]:
-                continue
-        elif key == "_class_name" or key in settings or not _looks_like_entry(value):
+            allowed = f'digseg loads "{key}" only as {".".join(COMPONENTS[key])}' + (
+                ", or null when absent" if key in OPTIONAL_COMPONENTS else "")
+        elif key == "_class_name" or key in settings or entry is None:
             continue
+        else:
+            allowed = f"digseg writes no such component (its components: {', '.join(COMPONENTS)})"
         shown = json.dumps(value)
         shown = shown if len(shown) <= 80 else shown[:77] + "..."
         raise DigsegError(f'model folder {where}: model_index.json entry "{key}" names {shown}, which digseg does '
-                          f"not load; {_allowed(key)}")
+                          f"not load; {allowed}")
 
 
 def check_model_folder(folder: Path, pipeline_class: type, where: str) -> None:
@@ -81,19 +72,12 @@ def check_model_folder(folder: Path, pipeline_class: type, where: str) -> None:
 def configured_setting(model: str | Path, key: str) -> Any:
     """Setting `key` of the model_index.json of a local folder or a cached hub model, read without loading any
     weights; None when there is no such file here or it cannot be read (loading the model then says why)."""
-    from ..hub_ids import hub_id_or_none
+    from diffusers import DiffusionPipeline
 
-    index = Path(model).expanduser() / "model_index.json"
-    if hub_id_or_none(str(model)) is not None:
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(str(model), "model_index.json")
-        index = Path(cached) if isinstance(cached, str) else None
     try:
-        values = json.loads(index.read_text()) if index is not None and index.is_file() else {}
+        return DiffusionPipeline.load_config(str(Path(model).expanduser()), local_files_only=True).get(key)
     except (OSError, ValueError):
         return None
-    return values.get(key) if isinstance(values, dict) else None
 
 
 @torch.no_grad()

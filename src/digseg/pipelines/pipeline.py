@@ -1,10 +1,7 @@
-"""`DiGSegPipeline`: text-prompted segmentation by few-step latent diffusion.
-
-Three ways to ask: `prompt` (binary, K = 2); nothing, or the model's own `classes` (palette: one pass over the
-closed class set); `classes=[...]` of other names (one binary query per class, label = per-pixel argmax: open
-vocabulary). `__call__` is `common.SegmentationCall`'s (shared with onnxruntime); the latent-space work lives in
-`digseg.pipelines.latent_segmentation`, mixed into this class.
-"""
+"""`DiGSegPipeline`: text-prompted segmentation by few-step latent diffusion. Three ways to ask: `prompt` (binary);
+nothing, or the model's own `classes` (palette: one pass over the closed class set); `classes=[...]` of other names
+(one binary query per class, label = per-pixel argmax). `__call__`: `common.SegmentationCall` (shared with
+onnxruntime); latent-space work: `latent_segmentation`."""
 
 from __future__ import annotations
 
@@ -16,6 +13,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from .adapters import AdapterMixin
@@ -23,12 +21,11 @@ from .latent_segmentation import LatentSegmentationMixin
 from ..devices import runtime_info
 from ..errors import DigsegError, first_line
 from ..hub_ids import check_hub_id, hub_id_or_none
-from .image_processing import resize_to, to_image_list
 from .masks import MaskCodec
 from .model_folder import OPTIONAL_COMPONENTS, TRAINED_COMPONENTS, check_finite, check_model_folder, check_model_index
 from .model_card import model_facts, write_model_card
-from .common import SegmentationCall, uses_light_decoder
-from .sliding import combine_views, group_views, make_views, native_outputs, resize_probs, view_noise
+from .common import SegmentationCall, uses_light_decoder, view_noise
+from .sliding import combine_views, group_views, make_views, native_outputs, resize, to_image_list
 from ..models.choices import OBJECTIVES
 from ..models.digseg_model import (check_clip_text_encoder, decode_latents, load_backbone, load_clip_text_encoder,
                                    make_scheduler, unet_downsample_factor, vae_scale_factor, widen_conv_in)
@@ -94,8 +91,7 @@ class DiGSegPipeline(SegmentationCall, AdapterMixin, LatentSegmentationMixin, Di
         """A fresh DiGSeg model from a Stable Diffusion 1.x / 2.x / XL checkpoint (at `variant`, `revision`) in
         `torch_dtype` (None: float32): widened U-Net, identity pathway. `text_encoder` replaces SD 1.x / 2.x's own:
         a transformers CLIP text encoder folder or hub id (at `text_encoder_variant`, `text_encoder_revision`), or
-        "open_clip:<name>" ("open_clip:hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224").
-        """
+        "open_clip:<name>" ("open_clip:hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224")."""
         open_clip_name = None
         if str(text_encoder).startswith("open_clip:"):
             open_clip_name = str(text_encoder).removeprefix("open_clip:")
@@ -116,10 +112,9 @@ class DiGSegPipeline(SegmentationCall, AdapterMixin, LatentSegmentationMixin, Di
             record.update(text_encoder=str(text_encoder), text_encoder_revision=text_encoder_revision,
                           text_encoder_variant=text_encoder_variant)
         unet = widen_conv_in(backbone.unet)
-        backbone.vae.requires_grad_(False)
-        for encoder in (backbone.text_encoder, backbone.text_encoder_2):
-            if encoder is not None:
-                encoder.requires_grad_(False)
+        for frozen in (backbone.vae, backbone.text_encoder, backbone.text_encoder_2):
+            if frozen is not None:
+                frozen.requires_grad_(False)
         encoder_dim = (_open_clip_encoder(open_clip_name).hidden_size if open_clip_name is not None
                        else backbone.text_encoder.config.hidden_size)
         pooled_dim = 0
@@ -145,9 +140,8 @@ class DiGSegPipeline(SegmentationCall, AdapterMixin, LatentSegmentationMixin, Di
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "DiGSegPipeline":
         """diffusers' `from_pretrained` of a folder (or hub snapshot) checked by `digseg.pipelines.model_folder`,
         refused if its trained weights hold a non-finite value; `dtype` and `torch_dtype` both work."""
-        if "torch_dtype" in kwargs or "dtype" in kwargs:
-            dtype, torch_dtype = kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None)
-            kwargs["dtype"] = dtype or torch_dtype
+        dtype, torch_dtype = kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None)  # the latter: deprecated
+        kwargs["dtype"] = dtype or torch_dtype
         for refused in ("custom_pipeline", "trust_remote_code"):
             if kwargs.get(refused):
                 raise DigsegError(f"{refused}={kwargs[refused]!r}: digseg runs no code from a model folder")
@@ -172,8 +166,7 @@ class DiGSegPipeline(SegmentationCall, AdapterMixin, LatentSegmentationMixin, Di
 
     @classmethod
     def _hub_snapshot(cls, repo_id: str, kwargs: dict) -> Path:
-        """The local snapshot of a hub model as diffusers' `download` resolves it, once its model_index.json alone
-        has been fetched and checked (`check_hub_id` first: an id that cannot be had fails at once)."""
+        """The local snapshot of a hub model (diffusers' `download`), once its model_index.json alone is checked."""
         from huggingface_hub import hf_hub_download
 
         hub = {k: kwargs[k] for k in ("cache_dir", "force_download", "local_files_only", "token", "revision")
@@ -228,7 +221,7 @@ class DiGSegPipeline(SegmentationCall, AdapterMixin, LatentSegmentationMixin, Di
     def has_light_decoder(self) -> bool:
         return self.mask_decoder is not None
 
-    to_images, resize_image = staticmethod(to_image_list), staticmethod(resize_to)
+    to_images, resize_image = staticmethod(to_image_list), staticmethod(functools.partial(resize, antialias=True))
 
     @property
     def pad_multiple(self) -> int:
@@ -249,20 +242,19 @@ class DiGSegPipeline(SegmentationCall, AdapterMixin, LatentSegmentationMixin, Di
 
     @torch.no_grad()
     def _segment_images(self, images, sized, grids, queries, states, settings, generator, noise):
-        """`SegmentationCall._segment_images`: groups of consecutive images whose views share a shape: noise,
-        denoise, decode; views combined and read at each image's native size."""
+        """`SegmentationCall._segment_images`, by groups of consecutive images whose views share a shape."""
         views = [make_views(resized, boxes, self.pad_multiple, settings.global_view, settings.flip)
                  for resized, boxes in zip(sized, grids)]
-        latent_channels, latent_scale = self.vae.config.latent_channels, vae_scale_factor(self.vae)
-        one_step = self.config.objective == "one-step"
+        channels, f = self.vae.config.latent_channels, vae_scale_factor(self.vae)
+        device, dtype, one_step = self.unet.device, self.unet.dtype, self.config.objective == "one-step"
         results, uncertainty = [], []
         groups = group_views(views, max(1, settings.batch_size))
         for group in self.progress_bar(groups) if settings.show_progress_bar else groups:
             pixels = torch.cat([views[i].pixels for i in group])  # [V, 3, h, w]
-            # [V, E, 4, h/f, w/f]; a one-step model's input is zeros (top-k's relevance pass too)
-            noise_v = torch.cat([view_noise(views[i], (settings.ensemble_size, latent_channels, latent_scale),
-                                            generator, i, self.unet.device, self.unet.dtype, one_step, noise)
-                                 for i in group])
+            noise_v = torch.cat([torch.as_tensor(view_noise(  # one-step: zeros (top-k's relevance pass too)
+                i, views[i].boxes, [s // f for s in views[i].pixels.shape[-2:]], channels, settings, one_step, noise,
+                generator, lambda shape, gen: randn_tensor(shape, generator=gen, device=device, dtype=dtype)))
+                for i in group])  # [V, E, 4, h/f, w/f]
             ids = [queries.query_ids[i] for i in group for _ in range(len(views[i].pixels))]
             probs, unc, kept = self._segment_batch(pixels, ids, states, noise_v, settings)  # [V, K, h, w], [V, h, w]
             start = 0
@@ -275,7 +267,7 @@ class DiGSegPipeline(SegmentationCall, AdapterMixin, LatentSegmentationMixin, Di
                                               settings.threshold, settings.no_class_threshold, excluded,
                                               settings.max_probability_classes))
                 if unc is not None:
-                    uncertainty.append(resize_probs(combine_views(views[i], unc[part, None]).cpu(), size)[0])
+                    uncertainty.append(resize(combine_views(views[i], unc[part, None]).cpu(), size)[0])
         if settings.output_type == "np":
             results = [tuple(t.numpy() for t in result) for result in results]
             return results, [u.numpy() for u in uncertainty], np.stack

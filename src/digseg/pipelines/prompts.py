@@ -1,7 +1,5 @@
-"""Prompts for class names: templates, template ensembles, synonyms and the background class. A class name may
-list synonyms separated by commas ("wall, walls"), as ADE20K's and PASCAL-Context's do; a class is conditioned on
-the mean text features of every template x synonym prompt.
-"""
+"""Prompts for class names: templates, template ensembles, synonyms ("wall, walls", as ADE20K's and PASCAL-Context's
+class names list them; a class is conditioned on the mean text features of every template x synonym prompt)."""
 
 from __future__ import annotations
 
@@ -28,8 +26,7 @@ def is_background(name: str) -> bool:
 
 def synonyms(name: str) -> list[str]:
     """'wall, walls' -> ['wall', 'walls'] (order kept, blanks and repeats dropped)."""
-    parts = [p.strip() for p in name.split(",")]
-    out = list(dict.fromkeys(p for p in parts if p))
+    out = list(dict.fromkeys(filter(None, (p.strip() for p in name.split(",")))))
     if not out:
         raise DigsegError(f"empty class name {name!r}")
     return out

@@ -1,20 +1,40 @@
-"""Sliding-window inference (mmsegmentation's `slide_inference` grid, `window_grid`): the views run through the
-model and their probabilities averaged where they overlap, plus optionally CAT-Seg's global view (the whole image
-resized to the window, averaged 50/50) and a horizontal flip whose views reuse the same noise. docs/eval_protocols.md.
-Then labels and probabilities at the input's native size in bounded memory (847 classes x 683 x 512 x float32 =
-1.2 GB): labels by a chunked argmax equal to the full one, probabilities resized only for the `keep` classes with
-most pixels."""
+"""Tensor inputs; sliding-window inference (mmseg's `slide_inference` grid, `window_grid`; CAT-Seg's global view
+averaged 50/50; a flip whose views reuse the same noise: docs/eval_protocols.md), then labels and probabilities at
+the native size in bounded memory (847 classes x 683 x 512 x float32 = 1.2 GB): a chunked argmax equal to the full
+one, and probabilities resized only for the `keep` classes with most pixels."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers.utils.torch_utils import randn_tensor
 
-from .image_processing import pad_to_multiple
-from .common import PROBABILITY_CLASSES_KEPT, given_noise
+from ..data.io import load_image
+from ..errors import DigsegError
+from .common import PROBABILITY_CLASSES_KEPT, each_image, image_array
+
+
+def to_image_list(images: Any) -> list[torch.Tensor]:
+    """`common.to_image_list`'s inputs (paths read by `load_image`) and torch tensors [3, H, W] or [N, 3, H, W] in
+    [0, 1] -> N x [3, H, W] float tensors in [-1, 1]."""
+    return each_image(list(images) if isinstance(images, torch.Tensor) and images.ndim == 4 else images, _from_any)
+
+
+def _from_any(image: Any) -> torch.Tensor:
+    if isinstance(image, (str, os.PathLike)):
+        image = load_image(Path(image), exif_transpose=True)
+    if not (isinstance(image, torch.Tensor) and image.ndim == 3 and image.shape[0] == 3):
+        return torch.from_numpy(image_array(image))
+    if not torch.isfinite(image).all():
+        raise DigsegError("image contains NaN or infinite values")
+    lo, hi = float(image.min()), float(image.max())
+    if lo < -1e-3 or hi > 1 + 1e-3:
+        raise DigsegError(f"float images must have values in [0, 1], got [{lo:.3g}, {hi:.3g}]")
+    return image.float() * 2 - 1
 
 
 def count_map(boxes: list[tuple[int, int, int, int]], size: tuple[int, int]) -> torch.Tensor:
@@ -46,24 +66,6 @@ class SlideViews:
     flip: bool
 
 
-def view_noise(views: SlideViews, member_shape: tuple[int, int, int], generator, index: int,
-               device: torch.device, dtype: torch.dtype, deterministic: bool = False, given=None) -> torch.Tensor:
-    """Starting noise of one image's views [V, E, C, h, w], member_shape (E, latent channels, VAE factor): one draw
-    per window (and global view) from `generator` (or generator[index]), or `given[index]` (`common.given_noise`);
-    zeros when `deterministic` (one-step)."""
-    ensemble_size, channels, factor = member_shape
-    h, w = (s // factor for s in views.pixels.shape[-2:])
-    if deterministic:
-        return torch.zeros((len(views.pixels), ensemble_size, channels, h, w), device=device, dtype=dtype)
-    gen = generator[index] if isinstance(generator, list) else generator
-    shape = (len(views.boxes) + int(views.global_view), ensemble_size, channels, h, w)  # the mirrored views reuse it
-    if given is not None:
-        noise = torch.from_numpy(given_noise(given, index, shape)).to(device, dtype)
-    else:
-        noise = randn_tensor(shape, generator=gen, device=device, dtype=dtype)
-    return torch.cat([noise, noise]) if views.flip else noise  # [V, E, C, h, w]
-
-
 def make_views(image: torch.Tensor, boxes: list[tuple[int, int, int, int]], multiple: int, global_view: bool = False,
                flip: bool = False) -> SlideViews:
     """image [3, H, W] (already at the test scale) and its `window_grid` -> its views, padded for the U-Net."""
@@ -72,13 +74,11 @@ def make_views(image: torch.Tensor, boxes: list[tuple[int, int, int, int]], mult
 
     def cut(picture: torch.Tensor) -> list[torch.Tensor]:
         views = [picture[:, y1:y2, x1:x2] for y1, y2, x1, x2 in boxes]
-        if global_view:
-            views.append(F.interpolate(picture[None], size=window, mode="bilinear", antialias=True,
-                                       align_corners=False)[0])
-        return views
+        return views + [resize(picture, window, antialias=True)] if global_view else views
 
-    pixels = pad_to_multiple(torch.stack(cut(image) + (cut(image.flip(-1)) if flip else [])), multiple)
-    return SlideViews(pixels, boxes, size, window, global_view, flip)
+    pixels = torch.stack(cut(image) + (cut(image.flip(-1)) if flip else []))  # [V, 3, h, w]
+    pad = (0, -window[1] % multiple, 0, -window[0] % multiple)  # replicated border, bottom and right
+    return SlideViews(F.pad(pixels, pad, mode="replicate"), boxes, size, window, global_view, flip)
 
 
 def group_views(views: list[SlideViews], max_images: int) -> list[list[int]]:
@@ -101,8 +101,7 @@ def combine_views(views: SlideViews, probs: torch.Tensor) -> torch.Tensor:
                 + combine_views(replace(views, flip=False), mirrored).flip(-1)) / 2
     combined = combine_windows(probs[: len(views.boxes)], views.boxes, views.size)
     if views.global_view:  # CAT-Seg: (windows + global view resized back) / 2
-        whole = F.interpolate(probs[-1:], size=views.size, mode="bilinear", align_corners=False)[0]
-        combined = (combined + whole) / 2
+        combined = (combined + resize(probs[-1], views.size)) / 2
     return combined
 
 
@@ -111,11 +110,12 @@ def combine_views(views: SlideViews, probs: torch.Tensor) -> torch.Tensor:
 ARGMAX_CHUNK = 32
 
 
-def resize_probs(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """[C, h, w] -> [C, *size], bilinear (unchanged when the size already matches)."""
-    if tuple(probs.shape[-2:]) == tuple(size):
-        return probs
-    return F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
+def resize(x: torch.Tensor, size: tuple[int, int], antialias: bool = False) -> torch.Tensor:
+    """[C, h, w] -> [C, *size], bilinear, with `antialias` PIL's triangle filter when shrinking (unchanged when the
+    size already matches)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x[None], size=size, mode="bilinear", antialias=antialias, align_corners=False)[0]
 
 
 def chunked_argmax(probs: torch.Tensor, size: tuple[int, int], excluded: torch.Tensor | None = None,
@@ -124,7 +124,7 @@ def chunked_argmax(probs: torch.Tensor, size: tuple[int, int], excluded: torch.T
     `excluded` [K] bool: classes that never win (scored -1, as pruned top-k classes are)."""
     best = labels = None
     for start in range(0, probs.shape[0], chunk):
-        part = resize_probs(probs[start : start + chunk], size)  # [c, H, W]
+        part = resize(probs[start : start + chunk], size)  # [c, H, W]
         if excluded is not None and bool(excluded[start : start + chunk].any()):
             part = part.masked_fill(excluded[start : start + chunk, None, None], -1.0)
         value, index = part.max(dim=0)  # first maximum within the chunk
@@ -153,11 +153,11 @@ def native_outputs(probs: torch.Tensor, size: tuple[int, int], mode: str, thresh
     else the chunked argmax, per-class mode labelling 255 where the best score is below `no_class_threshold`."""
     k = probs.shape[0]
     if mode == "binary":
-        full = resize_probs(probs, size)
+        full = resize(probs, size)
         return (full[1] > threshold).long(), full, torch.arange(k)
     labels, best = chunked_argmax(probs, size, excluded)
     if mode == "per_class" and no_class_threshold is not None:
         labels[best < no_class_threshold] = 255
     ids = torch.arange(k) if keep is None or keep >= k else best_classes(labels, probs, keep)
-    return labels, resize_probs(probs[ids] if len(ids) < k else probs, size), ids
+    return labels, resize(probs[ids] if len(ids) < k else probs, size), ids
 

@@ -20,15 +20,6 @@ def palette_for(num_classes: int) -> np.ndarray:
     return colours
 
 
-def label_png(labels: np.ndarray, num_classes: int) -> Image.Image:
-    """labels [H, W] int -> 'P'-mode PNG: pixel value = class id (255 = none), palette for viewing."""
-    image = Image.fromarray(labels.astype(np.uint8), mode="P")
-    flat = np.zeros((256, 3), dtype=np.uint8)
-    flat[:num_classes] = palette_for(num_classes)[:256]
-    image.putpalette(flat.reshape(-1).tolist())
-    return image
-
-
 def overlay(image: np.ndarray, labels: np.ndarray, num_classes: int, alpha: float = 0.5,
             skip_background: bool = True) -> Image.Image:
     """image uint8 [H, W, 3], labels [H, W] -> RGB overlay (class 0 left untinted when skip_background)."""
@@ -46,19 +37,12 @@ def grey_map(values: np.ndarray, vmax: float = 1.0) -> Image.Image:
 
 
 def side_by_side(*images: Image.Image) -> Image.Image:
-    width = sum(im.width for im in images)
-    height = max(im.height for im in images)
-    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    canvas = Image.new("RGB", (sum(im.width for im in images), max(im.height for im in images)), (255, 255, 255))
     x = 0
     for im in images:
         canvas.paste(im.convert("RGB"), (x, 0))
         x += im.width
     return canvas
-
-
-def safe_name(text: str) -> str:
-    """A prompt or class name as a file-name fragment."""
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text.strip())[:60] or "class"
 
 
 def tints_class_zero(class_names: list[str]) -> bool:
@@ -71,18 +55,13 @@ def hex_colour(colour) -> str:
     return "#{:02x}{:02x}{:02x}".format(*(int(v) for v in colour))
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    """Pillow's built-in font at `size` px (FreeType builds), else its fixed bitmap font."""
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, ImportError, OSError):
-        return ImageFont.load_default()
-
-
 def legend(rows: list[tuple[str, tuple[int, int, int] | None]], font_size: int = 12) -> Image.Image:
     """A white RGB panel listing `rows` of (text, swatch colour): a filled, outlined square per colour, a
     crossed-out white square for None (pixels the overlay leaves untinted), then the text."""
-    font = _font(font_size)
+    try:  # Pillow's built-in font at `font_size` px (FreeType builds), else its fixed bitmap font
+        font = ImageFont.load_default(size=font_size)
+    except (TypeError, ImportError, OSError):
+        font = ImageFont.load_default()
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     boxes = [measure.textbbox((0, 0), text, font=font) for text, _ in rows]
     text_h = max([b[3] for b in boxes] + [font_size])
@@ -107,31 +86,26 @@ def legend(rows: list[tuple[str, tuple[int, int, int] | None]], font_size: int =
     return panel
 
 
-def legend_rows(labels: np.ndarray, class_names: list[str]) -> list[tuple[str, tuple[int, int, int] | None]]:
-    """labels [H, W] -> legend rows for the classes present (and "no class" for label 255), in class order."""
-    k = len(class_names)
-    colours = palette_for(k)
-    present = np.bincount(labels[labels < k].ravel(), minlength=k) > 0
-    rows: list[tuple[str, tuple[int, int, int] | None]] = []
-    for c in np.flatnonzero(present):
-        if c == 0 and not tints_class_zero(class_names):
-            rows.append((f"{class_names[0]} (untinted)", None))
-        else:
-            rows.append((class_names[c], tuple(int(v) for v in colours[c])))
-    if (labels >= k).any():
-        rows.append(("no class (untinted)", None))
-    return rows
-
-
 def class_overlay(image: np.ndarray, labels: np.ndarray, class_names: list[str], alpha: float = 0.5) -> Image.Image:
     """`overlay` with class 0 untinted only when it is called "background"."""
     return overlay(image, labels, len(class_names), alpha=alpha, skip_background=not tints_class_zero(class_names))
 
 
 def with_legend(tinted: Image.Image, labels: np.ndarray, class_names: list[str]) -> Image.Image:
-    """An overlay + labels [H, W] -> the overlay with a legend of the classes present to its right."""
+    """An overlay + labels [H, W] -> the overlay with a legend to its right: the classes present, in class order (and
+    "no class" for label 255)."""
+    k = len(class_names)
+    colours = palette_for(k)
+    rows: list[tuple[str, tuple[int, int, int] | None]] = []
+    for c in np.flatnonzero(np.bincount(labels[labels < k].ravel(), minlength=k)):  # the classes present
+        if c == 0 and not tints_class_zero(class_names):
+            rows.append((f"{class_names[0]} (untinted)", None))
+        else:
+            rows.append((class_names[c], tuple(int(v) for v in colours[c])))
+    if (labels >= k).any():
+        rows.append(("no class (untinted)", None))
     size = int(np.clip(round(tinted.height / 30), 11, 64))
-    return side_by_side(tinted, legend(legend_rows(labels, class_names), font_size=size))
+    return side_by_side(tinted, legend(rows, font_size=size))
 
 
 @dataclass
@@ -159,7 +133,9 @@ def save_prediction(out_dir: Path, stem: str, image: np.ndarray, labels: np.ndar
     files = PredictionFiles()
     if "labels" in kinds:
         files.label = out_dir / f"{stem}_label.png"
-        label_png(labels, k).save(files.label)
+        png = Image.fromarray(labels.astype(np.uint8), mode="P")  # pixel value = class id (255 = none)
+        png.putpalette(np.pad(palette_for(k)[:256], ((0, max(256 - k, 0)), (0, 0))).tobytes())  # for viewing
+        png.save(files.label)
     if "overlay" in kinds:
         files.overlay, files.overlay_legend = out_dir / f"{stem}_overlay.png", out_dir / f"{stem}_overlay_legend.png"
         tinted = class_overlay(image, labels, class_names)
@@ -171,7 +147,7 @@ def save_prediction(out_dir: Path, stem: str, image: np.ndarray, labels: np.ndar
         if k == 2 and c == 0 and not tints_class_zero(class_names):
             continue  # binary prompt: the background map is 1 - foreground
         name = class_names[c]
-        fragment = safe_name(name)
+        fragment = "".join(c if c.isalnum() or c in "-_" else "_" for c in name.strip())[:60] or "class"
         if fragment in used:
             fragment = f"{fragment}-{c}"
         used.add(fragment)

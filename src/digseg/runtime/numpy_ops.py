@@ -24,13 +24,11 @@ def resize_weights(size_in: int, size_out: int, antialias: bool) -> np.ndarray:
             w = np.clip(1.0 - np.abs((j - center + 0.5) / scale), 0.0, None)
             weights[i, lo:hi] = w / w.sum()
         return weights.astype(np.float32)
-    for i in range(size_out):  # plain bilinear (what antialias gives too when enlarging)
-        src = max((i + 0.5) * scale - 0.5, 0.0)
-        i0 = min(int(np.floor(src)), size_in - 1)
-        i1 = min(i0 + 1, size_in - 1)
-        lam = src - i0
-        weights[i, i0] += 1.0 - lam
-        weights[i, i1] += lam
+    rows = np.arange(size_out)  # plain bilinear (what antialias gives too when enlarging)
+    src = np.maximum((rows + 0.5) * scale - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), size_in - 1)
+    np.add.at(weights, (rows, i0), 1.0 - (src - i0))
+    np.add.at(weights, (rows, np.minimum(i0 + 1, size_in - 1)), src - i0)
     return weights.astype(np.float32)
 
 
@@ -45,17 +43,10 @@ def resize(array: np.ndarray, size: tuple[int, int], antialias: bool = False) ->
     return out.astype(np.float32, copy=False)
 
 
-def pad_to_multiple(images: np.ndarray, multiple: int) -> np.ndarray:
-    """[B, 3, H, W] -> H', W' multiples of `multiple` (replicated border, bottom and right)."""
-    pad_h, pad_w = (-images.shape[-2]) % multiple, (-images.shape[-1]) % multiple
-    if not (pad_h or pad_w):
-        return images
-    return np.pad(images, ((0, 0), (0, 0), (0, pad_h), (0, pad_w)), mode="edge")
-
-
-def cut_views(image: np.ndarray, boxes: list[tuple[int, int, int, int]], global_view: bool = False,
-              flip: bool = False) -> np.ndarray:
-    """image [3, H, W] -> views [V, 3, h, w]: the windows, the global view, then with `flip` the mirrored ones."""
+def cut_views(image: np.ndarray, boxes: list[tuple[int, int, int, int]], global_view: bool, flip: bool,
+              multiple: int) -> np.ndarray:
+    """image [3, H, W] -> views [V, 3, h', w']: the windows, the global view, then with `flip` the mirrored ones,
+    padded to multiples of `multiple` (replicated border, bottom and right)."""
     y1, y2, x1, x2 = boxes[0]
     window = (y2 - y1, x2 - x1)
 
@@ -63,7 +54,8 @@ def cut_views(image: np.ndarray, boxes: list[tuple[int, int, int, int]], global_
         views = [picture[:, a:b, c:d] for a, b, c, d in boxes]
         return views + [resize(picture, window, antialias=True)] if global_view else views
 
-    return np.stack(cut(image) + (cut(image[:, :, ::-1]) if flip else []))
+    pad = ((0, 0), (0, 0), (0, -window[0] % multiple), (0, -window[1] % multiple))
+    return np.pad(np.stack(cut(image) + (cut(image[:, :, ::-1]) if flip else [])), pad, mode="edge")
 
 
 def combine_views(probs: np.ndarray, boxes: list[tuple[int, int, int, int]], size: tuple[int, int],
@@ -115,7 +107,7 @@ def ddim_step(pred: np.ndarray, t: int, latents: np.ndarray, scheduler: dict, st
     return (alpha_prev ** np.float32(0.5) * x0 + direction).astype(np.float32)
 
 
-def combine_members(latents: np.ndarray, how: str = "median") -> np.ndarray:
+def combine_members(latents: np.ndarray, how: str) -> np.ndarray:
     """[n, E, C, h, w] -> [n, C, h, w]: element-wise median (mean of the two middle values) or mean."""
     if how == "mean":
         return latents.mean(axis=1)
@@ -124,12 +116,12 @@ def combine_members(latents: np.ndarray, how: str = "median") -> np.ndarray:
     return (ordered[:, (e - 1) // 2] + ordered[:, e // 2]) / 2
 
 
-def decode_codec(images: np.ndarray, palette: np.ndarray | None, temperature: float = 0.05) -> np.ndarray:
-    """Decoded mask images [B, 3, H, W] -> probabilities [B, K, H, W] (binary when `palette` is None)."""
+def decode_codec(images: np.ndarray, palette: np.ndarray | None, temperature: float) -> np.ndarray:
+    """Decoded mask images [B, 3, H, W] -> probabilities [B, K, H, W], or without `palette` the foreground's
+    [B, 1, H, W]."""
     x = images.astype(np.float32, copy=False)
     if palette is None:
-        p = np.clip((x.mean(axis=1, keepdims=True) + 1.0) / 2.0, 0.0, 1.0)
-        return np.concatenate([1.0 - p, p], axis=1)
+        return np.clip((x.mean(axis=1, keepdims=True) + 1.0) / 2.0, 0.0, 1.0)
     c = palette.astype(np.float32) / np.float32(127.5) - np.float32(1.0)  # [K, 3] in [-1, 1]
     logits = 2.0 * np.einsum("bchw,kc->bkhw", x, c)
     logits -= (c * c).sum(axis=1).reshape(1, -1, 1, 1)
@@ -149,15 +141,15 @@ def best_classes(labels: np.ndarray, probs: np.ndarray, count: int) -> np.ndarra
     return np.sort(np.argsort(-score, kind="stable")[:count])
 
 
-def native_outputs(probs: np.ndarray, size: tuple[int, int], mode: str, threshold: float = 0.5,
-                   no_class_threshold: float | None = None, keep: int | None = 16):
-    """One image's probabilities [K, h, w] -> at `size`: (labels [H, W] int64, probabilities [n, H, W], ids [n])."""
-    k = probs.shape[0]
+def native_outputs(probs: np.ndarray, size: tuple[int, int], mode: str, settings):
+    """One image's probabilities [K, h, w] -> at `size`: (labels [H, W] int64, probabilities [n, H, W], ids [n]);
+    the call's `settings`: threshold, no_class_threshold, max_probability_classes."""
+    k, keep = probs.shape[0], settings.max_probability_classes
     full = resize(probs, size)  # [K, H, W]
     if mode == "binary":
-        return (full[1] > threshold).astype(np.int64), full, np.arange(k)
+        return (full[1] > settings.threshold).astype(np.int64), full, np.arange(k)
     labels = full.argmax(axis=0).astype(np.int64)
-    if mode == "per_class" and no_class_threshold is not None:
-        labels[full.max(axis=0) < no_class_threshold] = 255
+    if mode == "per_class" and settings.no_class_threshold is not None:
+        labels[full.max(axis=0) < settings.no_class_threshold] = 255
     ids = np.arange(k) if keep is None or keep >= k else best_classes(labels, probs, keep)
     return labels, full[ids], ids

@@ -15,10 +15,10 @@ import numpy as np
 
 from .. import __version__
 from ..errors import DigsegError, first_line
-from ..pipelines.common import SegmentationCall, given_noise, to_image_list, uses_light_decoder
+from ..pipelines.common import SegmentationCall, to_image_list, uses_light_decoder, view_noise
 from .manifest import read_manifest, trailing_timesteps
 from .numpy_ops import (combine_members, combine_views, cut_views, ddim_step, decode_codec, native_outputs,
-                        pad_to_multiple, predicted_sample, resize)
+                        predicted_sample, resize)
 
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
              "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
@@ -29,9 +29,8 @@ def resolve_providers(provider: str | Sequence[str] | None) -> list[str]:
     import onnxruntime as ort
 
     available = ort.get_available_providers()
-    provider = "cpu" if provider is None else provider
-    if isinstance(provider, str):
-        key = provider.split(":")[0].lower()
+    if provider is None or isinstance(provider, str):
+        key = (provider or "cpu").split(":")[0].lower()
         if key == "auto":
             key = next(choice for choice in ("tensorrt", "cuda", "cpu") if PROVIDERS[choice][0] in available)
         if key not in PROVIDERS and provider not in available:
@@ -44,15 +43,6 @@ def resolve_providers(provider: str | Sequence[str] | None) -> list[str]:
         raise DigsegError(f"execution provider {wanted[0]} is not in this onnxruntime build (it has "
                           f"{', '.join(available)})")
     return [p for p in wanted if p in available]
-
-
-def _numpy_rng(generator) -> np.random.Generator:
-    """A numpy generator from one, from an int seed, or from a torch.Generator's seed (duck-typed: no torch here)."""
-    if isinstance(generator, np.random.Generator):
-        return generator
-    if hasattr(generator, "initial_seed"):
-        return np.random.default_rng(int(generator.initial_seed()))
-    return np.random.default_rng(generator)
 
 
 class OnnxPromptEncoder:
@@ -86,9 +76,7 @@ class OnnxPromptEncoder:
         if missing:
             names = ("input_ids", "input_ids_2")[:len(self.tokenizers)]  # SDXL's graph takes both
             feed = {name: self.token_ids(missing, i) for i, name in enumerate(names)}
-            states = self.runner.run(None, feed)[0]  # [M, L, D]
-            for prompt, state in zip(missing, states):
-                self._cache[prompt] = state.astype(np.float32)
+            self._cache.update(zip(missing, self.runner.run(None, feed)[0].astype(np.float32)))  # M x [L, D]
         return np.stack([self._cache[p] for p in prompts])  # [N, L, D]
 
 
@@ -161,8 +149,7 @@ class OnnxDiGSegPipeline(SegmentationCall):
         states = self.prompt_encoder.encode([p for variants in table for p in variants])  # [sum(sizes), L, D]
         if max(sizes) == 1:
             return states
-        starts = np.cumsum([0] + sizes)
-        return np.stack([states[a:b].mean(axis=0) for a, b in zip(starts[:-1], starts[1:])])
+        return np.stack([chunk.mean(axis=0) for chunk in np.split(states, np.cumsum(sizes)[:-1])])
 
     def _run(self, name: str, **inputs: np.ndarray) -> np.ndarray:
         return self.runners[name].run(None, inputs)[0]
@@ -188,17 +175,15 @@ class OnnxDiGSegPipeline(SegmentationCall):
         """One image's views: pixels [V, 3, H, W], its query ids into states [U, L, D], noise [V, E, 4, h, w]
         -> (probabilities [V, K, H, W], uncertainty [V, H, W] or None), as `LatentSegmentationMixin._segment_batch`."""
         v, ensemble = noise.shape[:2]
+        q, mode, max_batch = len(ids), settings.mode, settings.max_unet_batch
         image_latents = self._run("vae_encoder", image=pixels)  # [V, 4, h, w]
-        q = len(ids)
-        item_view = np.repeat(np.arange(v), q * ensemble)  # items ordered (view, query, member)
-        item_query = np.tile(np.repeat(np.asarray(ids), ensemble), v)
-        item_member = np.tile(np.arange(ensemble), v * q)
-        mode, max_batch = settings.mode, settings.max_unet_batch
+        item_view, item_query, item_member = np.indices((v, q, ensemble)).reshape(3, -1)  # items (view, query, member)
+        item_query = np.asarray(ids)[item_query]
         combine = not settings.decode_members and ensemble > 1
         chunk = max(ensemble, max_batch // ensemble * ensemble) if combine else max_batch
         decoded, spreads = [], []
         for start in range(0, len(item_query), chunk):
-            sl = slice(start, min(start + chunk, len(item_query)))
+            sl = slice(start, start + chunk)
             latents = self.denoise(image_latents[item_view[sl]], states[item_query[sl]], settings.steps,
                                    noise[item_view[sl], item_member[sl]])  # [m, 4, h, w]
             if combine:
@@ -206,8 +191,7 @@ class OnnxDiGSegPipeline(SegmentationCall):
                 spreads.append(latents.std(axis=1, ddof=1).mean(axis=1))  # [m/E, h, w]
                 latents = combine_members(latents, settings.ensemble_reduction)  # [m/E, 4, h, w]
             images = self._run(decoder, latents=latents.astype(np.float32))  # [m', 3, H, W]
-            probs = decode_codec(images, self.palette if mode == "palette" else None, self.temperature)
-            decoded.append(probs if mode == "palette" else probs[:, 1:])
+            decoded.append(decode_codec(images, self.palette if mode == "palette" else None, self.temperature))
         members = 1 if combine else ensemble
         probs = np.concatenate(decoded)  # [V * q * members, K or 1, H, W]
         size = probs.shape[-2:]
@@ -224,35 +208,25 @@ class OnnxDiGSegPipeline(SegmentationCall):
         return probs.mean(axis=1), uncertainty
 
     def _segment_images(self, images, sized, grids, queries, states, settings, generator, noise):
-        """`SegmentationCall._segment_images`, image by image: starting noise, denoise, decode; views combined and
-        read at the native size."""
-        states = states.astype(np.float32)
+        """`SegmentationCall._segment_images`, image by image."""
         light = uses_light_decoder(settings.mask_decoder, self.config, self.has_light_decoder)
-        decoder = "light_decoder" if light else "vae_decoder"
-        multiple, f = self.manifest["pad_multiple"], self.manifest["vae_scale_factor"]
-        channels = self.manifest["latent_channels"]
-        global_view, flip = settings.global_view, settings.flip
-        shared = None if isinstance(generator, list) else _numpy_rng(generator)
+        f, channels = self.manifest["vae_scale_factor"], self.manifest["latent_channels"]
+        global_view, flip, states = settings.global_view, settings.flip, states.astype(np.float32)
+        def numpy_rng(g) -> np.random.Generator:  # from a numpy generator, an int seed or a torch.Generator's seed
+            return np.random.default_rng(int(g.initial_seed()) if hasattr(g, "initial_seed") else g)
+
+        generator = [numpy_rng(g) for g in generator] if isinstance(generator, list) else numpy_rng(generator)
         results, uncertainty = [], []
         for i, (img, resized, boxes) in enumerate(zip(images, sized, grids)):
             size, test_size = img.shape[-2:], resized.shape[-2:]
-            pixels = pad_to_multiple(cut_views(resized, boxes, global_view, flip), multiple)  # [V, 3, H', W']
-            unique = len(boxes) + int(global_view)  # views with their own noise
-            latent_shape = (unique, settings.ensemble_size, channels, pixels.shape[-2] // f, pixels.shape[-1] // f)
-            if self.manifest["objective"] == "one-step":
-                start = np.zeros(latent_shape, dtype=np.float32)
-            elif noise is not None:
-                start = given_noise(noise, i, latent_shape)
-            else:
-                rng = shared if shared is not None else _numpy_rng(generator[i])
-                start = rng.standard_normal(latent_shape, dtype=np.float32)
-            if flip:  # the mirrored image's views reuse the noise of the same grid position
-                start = np.concatenate([start, start])  # [V, E, C, h, w]
+            pixels = cut_views(resized, boxes, global_view, flip, self.pad_multiple)  # [V, 3, H', W']
+            start = view_noise(i, boxes, [s // f for s in pixels.shape[-2:]], channels, settings,
+                               self.manifest["objective"] == "one-step", noise, generator,
+                               lambda shape, rng: rng.standard_normal(shape, dtype=np.float32))  # [V, E, C, h, w]
             probs, unc = self._segment(pixels.astype(np.float32), queries.query_ids[i], states, start, settings,
-                                       decoder)
+                                       "light_decoder" if light else "vae_decoder")
             combined = combine_views(probs, boxes, test_size, global_view, flip)  # [K, h, w]
-            results.append(native_outputs(combined, size, queries.mode, settings.threshold,
-                                          settings.no_class_threshold, settings.max_probability_classes))
+            results.append(native_outputs(combined, size, queries.mode, settings))
             if unc is not None:
                 uncertainty.append(resize(combine_views(unc[:, None], boxes, test_size, global_view, flip), size)[0])
         return results, uncertainty, np.stack
