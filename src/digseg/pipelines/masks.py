@@ -36,8 +36,9 @@ class MaskCodec:
         colours = torch.from_numpy(make_palette(num_classes).astype(np.float32))
         self.palette: torch.Tensor = colours / 127.5 - 1.0  # [K, 3] in [-1, 1]
 
-    def _check_labels(self, labels: torch.Tensor) -> torch.Tensor:
+    def _check_labels(self, labels: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Validate and return int64 labels ``[B, H, W]`` (``[H, W]`` gets a batch dim)."""
+        labels = torch.as_tensor(labels)
         if labels.is_floating_point() or labels.is_complex():
             raise ValueError(f"labels must be an integer tensor, got dtype {labels.dtype}")
         if labels.dim() == 2:
@@ -53,7 +54,7 @@ class MaskCodec:
                              f"({self.ignore_index}): {shown}")
         return labels
 
-    def encode(self, labels: torch.Tensor) -> torch.Tensor:
+    def encode(self, labels: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Labels [B, H, W] (or [H, W]) -> image [B, 3, H, W] float32 in [-1, 1]; ignore pixels -> 0."""
         labels = self._check_labels(labels)  # [B, H, W]
         ignore = labels == self.ignore_index  # [B, H, W]
