@@ -16,20 +16,22 @@ from urllib.parse import quote
 
 from .predict_records import open_atomically
 
+_HEX = re.compile(r"^#[0-9a-fA-F]{6}$")
 THUMBNAILS_ALWAYS = 8  # show every probability map as a thumbnail up to this many; else only present classes
 REPORT_PAGE_SIZE = 100  # panels per report page
 PAGE_NEIGHBOURS = 2  # the navigation links this many pages either side of the current one (and the first and last)
+_PAGE_FILE = re.compile(r"index-(\d+)\.html")
 
 _CSS = """
-body { margin: 0 auto; max-width: 1200px; padding: 1rem 1.5rem 3rem; color: #1d1d1f; background: #fafafa;
-  font-family: system-ui, sans-serif; }
+:root { color-scheme: light; font-family: system-ui, -apple-system, "Segoe UI", sans-serif; }
+body { margin: 0 auto; max-width: 1200px; padding: 1rem 1.5rem 3rem; color: #1d1d1f; background: #fafafa; }
 h1 { font-size: 1.5rem; margin: 0.5rem 0; }
 h2 { font-size: 1.1rem; margin: 0; overflow-wrap: anywhere; }
 h3 { font-size: 0.95rem; margin: 1rem 0 0.4rem; }
 dl.settings { display: grid; grid-template-columns: max-content 1fr; gap: 0.15rem 1rem; font-size: 0.9rem; }
 dl.settings dt { font-weight: 600; }
 dl.settings dd { margin: 0; overflow-wrap: anywhere; }
-.hint, .note { color: #666; font-size: 0.85rem; }
+.hint { color: #555; font-size: 0.9rem; }
 figure.entry { margin: 1.5rem 0; padding: 1rem; background: #fff; border: 1px solid #ddd; border-radius: 8px;
   display: grid; grid-template-columns: minmax(0, 3fr) minmax(14rem, 2fr); gap: 1.25rem; }
 figure.entry > figcaption { grid-column: 1 / -1; display: flex; gap: 1rem; align-items: baseline; }
@@ -56,42 +58,45 @@ ul.legend li { display: flex; align-items: center; gap: 0.5rem; padding: 0.15rem
 .maps a { display: flex; flex-direction: column; align-items: center; font-size: 0.8rem; text-decoration: none;
   color: inherit; max-width: 7rem; }
 .maps img { width: 6rem; height: auto; border: 1px solid #ccc; background: #000; }
-section.skipped { margin: 1rem 0; padding: 0.5rem 1rem; background: #fff4f0; border: 1px solid #e0b4a8;
-  border-radius: 8px; }
+.note { color: #666; font-size: 0.85rem; }
+section.skipped { margin: 1rem 0; padding: 0.5rem 1rem; background: #fff4f0; border: 1px solid #e0b4a8; border-radius: 8px; }
 section.skipped li { overflow-wrap: anywhere; }
 nav.pages { display: flex; flex-wrap: wrap; align-items: baseline; gap: 0.4rem 1rem; margin: 1rem 0;
   padding: 0.5rem 1rem; background: #fff; border: 1px solid #ddd; border-radius: 8px; }
 nav.pages .page-links { display: flex; gap: 0.5rem; }
 nav.pages .current { font-weight: 600; }
-nav.pages .gap { color: #999; }
+nav.pages .disabled, nav.pages .gap { color: #999; }
 nav.pages .page-of { margin-left: auto; }
+nav.pages .range { color: #555; }
 @media (max-width: 800px) { figure.entry { grid-template-columns: 1fr; } }
 """
 
 _JS = """
-function setSplit(fig, pct) {
-  pct = Math.min(100, Math.max(0, pct));
-  fig.querySelector('.over').style.clipPath = 'inset(0 ' + (100 - pct) + '% 0 0)';
-  fig.querySelector('.divider').style.left = pct + '%';
-  fig.querySelector('input.split').value = String(pct);
-}
-document.querySelectorAll('figure.entry .compare').forEach(function (box) {
-  var fig = box.closest('figure.entry');
-  var range = fig.querySelector('input.split');
-  range.addEventListener('input', function () { setSplit(fig, parseFloat(range.value)); });
-  function follow(e) {
-    var r = box.getBoundingClientRect();
-    setSplit(fig, (e.clientX - r.left) / r.width * 100);
+(function () {
+  function setSplit(fig, pct) {
+    pct = Math.min(100, Math.max(0, pct));
+    fig.querySelector('.over').style.clipPath = 'inset(0 ' + (100 - pct) + '% 0 0)';
+    fig.querySelector('.divider').style.left = pct + '%';
+    fig.querySelector('input.split').value = String(pct);
   }
-  box.addEventListener('pointerdown', function (e) {
-    box.setPointerCapture(e.pointerId);
-    follow(e);
-    e.preventDefault();
+  document.querySelectorAll('figure.entry .compare').forEach(function (box) {
+    var fig = box.closest('figure.entry');
+    var range = fig.querySelector('input.split');
+    range.addEventListener('input', function () { setSplit(fig, parseFloat(range.value)); });
+    function follow(e) {
+      var r = box.getBoundingClientRect();
+      setSplit(fig, (e.clientX - r.left) / r.width * 100);
+    }
+    box.addEventListener('pointerdown', function (e) {
+      box.setPointerCapture(e.pointerId);
+      follow(e);
+      e.preventDefault();
+    });
+    box.addEventListener('pointermove', function (e) {
+      if (box.hasPointerCapture(e.pointerId)) follow(e);
+    });
   });
-  box.addEventListener('pointermove', function (e) {
-    if (box.hasPointerCapture(e.pointerId)) follow(e);
-  });
-});
+})();
 """
 
 
@@ -108,7 +113,7 @@ def _legend(entry: dict) -> str:
     untinted = '<span class="swatch untinted" title="left untinted in the overlay"></span>'
     rows = []  # (swatch, escaped name, fraction)
     for c in entry["classes"]:
-        colour = c.get("colour") if re.fullmatch("#[0-9a-fA-F]{6}", str(c.get("colour"))) else "#808080"
+        colour = c.get("colour") if isinstance(c.get("colour"), str) and _HEX.match(c["colour"]) else "#808080"
         swatch = f'<span class="swatch" style="background:{colour}"></span>' if c.get("tinted", True) else untinted
         rows.append((swatch, _esc(c["name"]), c["fraction"]))
     if entry.get("unlabelled_fraction"):
@@ -120,7 +125,8 @@ def _legend(entry: dict) -> str:
 
 def _probability_maps(entry: dict, small: str) -> str:
     """Thumbnails (all of them up to THUMBNAILS_ALWAYS, else the classes in the label map), links for the rest."""
-    if not (maps := entry["files"].get("probabilities")):
+    maps = entry["files"].get("probabilities") or []
+    if not maps:
         return ""
     present = {c["name"] for c in entry["classes"]}
     thumbs, others = [], []
@@ -142,7 +148,8 @@ def _probability_maps(entry: dict, small: str) -> str:
 
 def _uncertainty(entry: dict, small: str) -> str:
     """The uncertainty map, else the note saying why there is none; "" when the entry has neither."""
-    if file := entry["files"].get("uncertainty"):
+    file = entry["files"].get("uncertainty")
+    if file:
         u = _url(file)
         return (f'<h3>Uncertainty</h3><div class="maps{small}"><a href="{u}"><img src="{u}" alt="ensemble uncertainty" '
                 'draggable="false"><span>ensemble spread (white = most)</span></a></div>')
@@ -184,9 +191,14 @@ def _figure(index: int, entry: dict) -> str:
     return f"""
 <figure class="entry" id="image-{index}">
   <figcaption><h2 class="file-name">{name}</h2><span class="size">{w} &times; {h} px</span></figcaption>
-  <div class="view">{_view(files, name, w, h, small)}</div>
-  <div class="details">{_legend(entry)}{f'<p class="links">{links}</p>' if links else ""}
-    {_probability_maps(entry, small)}{_uncertainty(entry, small)}</div>
+  <div class="view">
+    {_view(files, name, w, h, small)}
+  </div>
+  <div class="details">
+    {_legend(entry)}
+    {f'<p class="links">{links}</p>' if links else ""}
+    {_probability_maps(entry, small)}{_uncertainty(entry, small)}
+  </div>
 </figure>"""
 
 
@@ -211,8 +223,10 @@ def _navigation(page: int, pages: int, page_size: int, total: int) -> str:
             links.append('<span class="gap">&hellip;</span>')
         links.append(f'<span class="current" aria-current="page">{k}</span>' if k == page else _page_link(k, str(k)))
         last_linked = k
-    previous = _page_link(page - 1, "&larr; previous", ' class="previous" rel="prev"') if page > 1 else ""
-    following = _page_link(page + 1, "next &rarr;", ' class="next" rel="next"') if page < pages else ""
+    previous = (_page_link(page - 1, "&larr; previous", ' class="previous" rel="prev"') if page > 1
+                else '<span class="previous disabled">&larr; previous</span>')
+    following = (_page_link(page + 1, "next &rarr;", ' class="next" rel="next"') if page < pages
+                 else '<span class="next disabled">next &rarr;</span>')
     first, last = (page - 1) * page_size + 1, min(page * page_size, total)
     return (f'<nav class="pages" aria-label="report pages">{previous} '
             f'<span class="page-links">{" ".join(links)}</span> '
@@ -223,8 +237,9 @@ def _navigation(page: int, pages: int, page_size: int, total: int) -> str:
 def _page_head(count: str, page: int, pages: int, settings: dict, skipped: list[dict]) -> str:
     """Title, settings, the hint and the skipped files (later pages: a link to page 1 for those)."""
     on_page = f" (page {page} of {pages})" if pages > 1 else ""
-    rows = "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v if isinstance(v, str) else json.dumps(v, ensure_ascii=False))}</dd>"
-                   for k, v in settings.items() if v is not None)
+    shown = {key: value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+             for key, value in settings.items() if value is not None}
+    rows = "".join(f"<dt>{_esc(key)}</dt><dd>{_esc(value)}</dd>" for key, value in shown.items())
     if page > 1:
         skipped_block = f'<p class="hint">The files that could not be read are listed on {_page_link(1, "page 1")}.</p>'
     else:
@@ -234,9 +249,14 @@ def _page_head(count: str, page: int, pages: int, settings: dict, skipped: list[
                          f'that could not be read</h2><ul>{items}</ul></section>')
     return f"""<!DOCTYPE html>
 <html lang="en">
-<head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>digseg predict: {count}{on_page}</title><style>{_CSS}</style></head>
-<body><header>
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>digseg predict: {count}{on_page}</title>
+<style>{_CSS}</style>
+</head>
+<body>
+<header>
   <h1>digseg predict: {count}</h1>
   {f'<dl class="settings">{rows}</dl>' if rows else ""}
   <p class="hint">Drag across an image, or move the slider under it: the prediction is left of the divider,
@@ -274,6 +294,7 @@ def write_report(out_dir: Path, entries: Iterable[dict], settings: dict | None =
     if next(panels, None) is not None:
         raise ValueError(f"entries has more than num_entries={total} items")
     for path in out_dir.glob("index-*.html"):  # the pages of an earlier, larger report
-        if (match := re.fullmatch(r"index-(\d+)\.html", path.name)) and int(match.group(1)) > pages:
+        match = _PAGE_FILE.fullmatch(path.name)
+        if match and int(match.group(1)) > pages:
             path.unlink(missing_ok=True)
     return out_dir / page_file_name(1)
