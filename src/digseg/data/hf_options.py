@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -21,7 +20,7 @@ def is_hf_dataset(name: str) -> bool:
     return str(name).startswith(HF_PREFIX)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class HFOptions:
     """How to read an hf: dataset (docs/data.md)."""
 

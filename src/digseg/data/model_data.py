@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ def _absolute(path: str | Path) -> str:
     return str(Path(path).expanduser().resolve())
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class TrainingDataRecord:
     """A model's record of its training data (JSON; fields that do not apply left out)."""
 
