@@ -33,10 +33,6 @@ class HFOptions:
     ignore_index: int = 255  # the stored label value of unlabelled pixels
     reduce_zero_label: bool = False  # mmsegmentation's: stored 0 is unlabelled and v becomes v - 1
 
-    def split_name(self, split: str) -> str | None:
-        """The dataset's split named for digseg's `split` ("train", "val"); None: by `SPLIT_NAMES` (or as given)."""
-        return {"train": self.train_split, "val": self.val_split}.get(split)
-
 
 FIELDS = tuple(f.name for f in dataclasses.fields(HFOptions))
 
