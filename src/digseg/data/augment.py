@@ -5,7 +5,6 @@ fixed role (`_U_*`), so a step turned off or another sample's draws never change
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
@@ -41,7 +40,7 @@ def _is_pair(value: Any, item: type = object) -> bool:
         _is_number(v) and isinstance(v, item) and v > 0 for v in value)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Augmentation:
     """Per-sample training transforms in mmsegmentation's vocabulary; `enabled=False` squashes to `crop_size`."""
 

@@ -117,8 +117,7 @@ class SegmentationDataset(Dataset):
     def load_pair(self, i: int) -> tuple[Image.Image, np.ndarray]:
         """Native-size (RGB image, int64 label [H, W]); DataError naming the file on any problem."""
         sample = self.samples[i]
-        image = self.read_image(sample)
-        label = self.read_label(sample)
+        image, label = self.read_image(sample), self.read_label(sample)
         if label.shape != (image.height, image.width):
             raise DataError(f"label {sample.label} is {label.shape[1]}x{label.shape[0]} but image {sample.image} "
                             f"is {image.width}x{image.height}")
@@ -223,13 +222,9 @@ class StandardLayout(SegmentationDataset):
     label_names: tuple[str, ...] = ("{}.png",)
     labels_first = nested = False
 
-    @property
-    def base(self) -> Path:
-        return pick_root(self.root, *self.inner_roots)
-
     def folders(self) -> tuple[Path, Path]:
-        split = self.splits[self.split]
-        return self.base / self.image_dir.format(split=split), self.base / self.label_dir.format(split=split)
+        base, split = pick_root(self.root, *self.inner_roots), self.splits[self.split]
+        return base / self.image_dir.format(split=split), base / self.label_dir.format(split=split)
 
     @property
     def layout_hint(self) -> str:  # type: ignore[override]

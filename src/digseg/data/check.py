@@ -53,8 +53,7 @@ class DataCheck:
 
 def stored_samples(dataset) -> Sequence | None:
     """The samples of a dataset read from storage (`SegmentationDataset.samples`); None for generated data."""
-    samples = getattr(dataset, "samples", None)
-    return samples if samples is not None and hasattr(dataset, "load_pair") else None
+    return getattr(dataset, "samples", None)
 
 
 def _file_facts(path) -> str:

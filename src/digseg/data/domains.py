@@ -21,17 +21,16 @@ CITYSCAPES_CLASSES = ["road", "sidewalk", "building", "wall", "fence", "pole", "
                       "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
                       "motorcycle", "bicycle"]
 
-# cityscapesScripts helpers/labels.py: labelId -> trainId for the 19 evaluated classes; all others are ignored (255)
-CITYSCAPES_LUT = make_lut({7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
-                           25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18})
-
 
 @register_dataset
 class Cityscapes(StandardLayout):
     name = "cityscapes"
     class_names = CITYSCAPES_CLASSES
     splits = {"train": "train", "val": "val", "test": "test"}
-    converted, label_lut, strict_lut = "_labelTrainIds.png", CITYSCAPES_LUT, False  # labelIds -> trainIds
+    converted, strict_lut = "_labelTrainIds.png", False
+    # cityscapesScripts helpers/labels.py: labelId -> trainId for the 19 evaluated classes; all others are ignored (255)
+    label_lut = make_lut({7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
+                          26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18})
     image_dir, label_dir, nested = "leftImg8bit/{split}", "gtFine/{split}", True  # <split>/<city>/<id>_...
     image_suffixes, label_names = ("_leftImg8bit.png",), ("{}_gtFine_labelTrainIds.png", "{}_gtFine_labelIds.png")
 
@@ -55,9 +54,6 @@ class DeepGlobeRoads(StandardLayout):
     first_channel, label_lut = True, (np.arange(65536) >= 128).astype(np.int64)  # road = white (8 or 16 bits)
 
 
-REFUGE2_LUT = np.array([2 if v <= 64 else 1 if v < 192 else 0 for v in range(256)], dtype=np.uint8)  # nearest
-
-
 @register_dataset
 class REFUGE2(StandardLayout):
     name = "refuge2"
@@ -67,7 +63,8 @@ class REFUGE2(StandardLayout):
     medical_targets = {"disc": (1, 2), "cup": (2,)}
     image_dir, label_dir = "{split}/images", "{split}"
     image_suffixes, label_names = (".jpg", ".jpeg", ".png"), ("mask/{}.bmp", "masks/{}.bmp")
-    first_channel, label_lut = True, REFUGE2_LUT  # 8-bit BMP: 255 bg -> 0, 128 rim -> 1, 0 cup -> 2, others nearest
+    first_channel = True  # 8-bit BMP: 255 bg -> 0, 128 rim -> 1, 0 cup -> 2, others to the nearest
+    label_lut = np.array([2 if v <= 64 else 1 if v < 192 else 0 for v in range(256)], dtype=np.uint8)
 
 
 @register_dataset

@@ -119,7 +119,8 @@ class HFSegmentation(SegmentationDataset):
         self.options = options = options or HFOptions()
         self.source, self.root, self.split, self.size = source, source, split, size
         self.name = f"{HF_PREFIX}{source}"
-        table, self.hf_split = open_split(source, split, options.split_name(split))
+        named = {"train": options.train_split, "val": options.val_split}.get(split)  # None: by SPLIT_NAMES
+        table, self.hf_split = open_split(source, split, named)
         self.where = f"{self.name} ({self.hf_split})"
         columns = list(table.column_names)
         for option, column in (("image_column", options.image_column), ("label_column", options.label_column)):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -21,7 +20,7 @@ def is_hf_dataset(name: str) -> bool:
     return str(name).startswith(HF_PREFIX)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class HFOptions:
     """How to read an hf: dataset (docs/data.md)."""
 
@@ -33,10 +32,6 @@ class HFOptions:
     classes_file: str | None = None  # class names, one per line (None: the label column's or a file beside the data)
     ignore_index: int = 255  # the stored label value of unlabelled pixels
     reduce_zero_label: bool = False  # mmsegmentation's: stored 0 is unlabelled and v becomes v - 1
-
-    def split_name(self, split: str) -> str | None:
-        """The dataset's split named for digseg's `split` ("train", "val"); None: by `SPLIT_NAMES` (or as given)."""
-        return {"train": self.train_split, "val": self.val_split}.get(split)
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(HFOptions))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ def _absolute(path: str | Path) -> str:
     return str(Path(path).expanduser().resolve())
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class TrainingDataRecord:
     """A model's record of its training data (JSON; fields that do not apply left out)."""
 
@@ -103,6 +102,7 @@ class TrainingDataRecord:
             return None
         if is_hf_dataset(self.dataset):
             count = len(dataset) if self.hf_split and dataset.hf_split == self.hf_split else 0
+            how = f"split {self.hf_split or 'train'}"
         elif not self.same_data(self.dataset, str(dataset.root)):
             return None
         else:
@@ -114,12 +114,10 @@ class TrainingDataRecord:
                 return None
             seen = {str(sample.image) for sample in train.samples}
             count = sum(str(sample.image) in seen for sample in dataset.samples)
+            how = getattr(train, "split_rule", "split train")  # the folder reader's rule, in words
         if not count:
             return None
         where = self.dataset + (f" data at {self.data_root}" if self.data_root else "")
-        how = {BY_HASH: f"by file-name hash, val_fraction {self.val_fraction or 0:g}",
-               BY_SPLIT_FILE: f"listed in {self.split_file}", BY_SPLIT_LISTS: "listed in splits/train.txt",
-               BY_SPLIT_FOLDERS: "in images/train/"}.get(self.split_rule or "", f"split {self.hf_split or 'train'}")
         return (f"warning: {count} of the {len(dataset)} images scored were in the model's training split "
                 f"({where}, {how}); their scores overstate accuracy on unseen images (leave out --val-fraction "
                 f"and --split-file to score the model's validation split: {self.describe_val()})")
