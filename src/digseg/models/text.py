@@ -128,9 +128,7 @@ def unet_level_of(processor_name: str, num_levels: int) -> int | None:
         return int(parts[1])
     if parts[0] == "up_blocks":
         return num_levels - 1 - int(parts[1])
-    if parts[0] == "mid_block":
-        return num_levels - 1
-    raise ValueError(f"unexpected attention processor name {processor_name}")
+    return num_levels - 1  # mid_block
 
 
 @dataclass
