@@ -43,9 +43,6 @@ def vae_scale_factor(model: AutoencoderKL | UNet2DConditionModel) -> int:
     return 2 ** (len(model.config.block_out_channels) - 1)
 
 
-unet_downsample_factor = vae_scale_factor
-
-
 def encode_latents(vae: AutoencoderKL, images: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
     """images [B, 3, H, W] in [-1, 1] -> latents [B, C, H/f, W/f] (posterior mean, scaled). `channels_last` halves
     the VAE's bf16 time on CPU; the trainer passes False, where a latent does not depend on its batch (resumes)."""

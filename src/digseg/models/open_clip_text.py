@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import DigsegError, first_line
-from ..hub_ids import check_hub_id, looks_like_hub_id
+from ..hub_ids import check_hub_id
 from .text import CachedPromptEncoder
 
 INSTALL_HINT = "open_clip text encoders need: pip install --no-deps open_clip_torch ftfy regex"
@@ -88,10 +88,9 @@ def _resolve_config_and_checkpoint(name: str) -> tuple[dict, str]:
     if schema is None:
         raise DigsegError(f"unknown open_clip text encoder {name!r}: use hf-hub:org/name or local-dir:FOLDER")
     if schema == "hf-hub":
-        if looks_like_hub_id(identifier):  # cached, or the Hub reachable and holding it: else one line at once
-            check_hub_id(identifier, "open_clip text encoder", "open_clip_config.json", "a local open_clip "
-                         "folder (local-dir:FOLDER; model.text_encoder=open_clip:local-dir:FOLDER)",
-                         named_as_hub_id=True)
+        # cached, or the Hub reachable and holding it: else one line at once
+        check_hub_id(identifier, "open_clip text encoder", "open_clip_config.json", "a local open_clip folder "
+                     "(local-dir:FOLDER; model.text_encoder=open_clip:local-dir:FOLDER)", named_as_hub_id=True)
         config = factory._get_hf_config(identifier)
     elif not config_path.is_file():
         raise DigsegError(f"{name}: {config_path} not found")
