@@ -47,9 +47,8 @@ def check_hub_id(repo_id: str, what: str, filename: str, local_hint: str, revisi
     not_cached = f"it is not in the local cache ({cache_dir or constants.HF_HUB_CACHE})"
     advice = f"pass {local_hint}, or run once with network to cache it"
     why = "local_files_only=True" if local_files_only else "offline mode: HF_HUB_OFFLINE is set"
-    # offline mode: HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) set at huggingface_hub's import or since
     offline_now = any(os.environ.get(var, "").strip().upper() in constants.ENV_VARS_TRUE_VALUES
-                      for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+                      for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))  # set since huggingface_hub's import
     if local_files_only or constants.HF_HUB_OFFLINE or offline_now:  # where huggingface_hub would refuse to ask
         raise DigsegError(f"{lead}: {not_cached} and the Hub is not asked ({why}); {advice}")
     network_errors = [OSError]  # sockets, and the transport errors of huggingface_hub's HTTP client

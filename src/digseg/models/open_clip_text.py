@@ -10,7 +10,6 @@ import enum
 import importlib
 import importlib.machinery
 import importlib.util
-import json
 import sys
 import types
 from pathlib import Path
@@ -84,25 +83,17 @@ def _resolve_config_and_checkpoint(name: str) -> tuple[dict, str]:
     from open_clip.pretrained import download_pretrained_from_hf
 
     schema, identifier = factory.parse_model_name(name)
-    config_path = Path(identifier) / "open_clip_config.json"
     if schema is None:
         raise DigsegError(f"unknown open_clip text encoder {name!r}: use hf-hub:org/name or local-dir:FOLDER")
-    if schema == "hf-hub":
-        # cached, or the Hub reachable and holding it: else one line at once
+    if schema == "hf-hub":  # cached, or the Hub reachable and holding it: else one line at once
         check_hub_id(identifier, "open_clip text encoder", "open_clip_config.json", "a local open_clip folder "
                      "(local-dir:FOLDER; model.text_encoder=open_clip:local-dir:FOLDER)", named_as_hub_id=True)
-        config = factory._get_hf_config(identifier)
-    elif not config_path.is_file():
-        raise DigsegError(f"{name}: {config_path} not found")
-    else:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    if "model_cfg" not in config:
-        raise DigsegError(f"{name}: {config_path} has no model_cfg")
+    model_cfg = factory.get_model_config(name)  # open_clip_config.json's model_cfg
     checkpoint = (download_pretrained_from_hf(identifier) if schema == "hf-hub"
                   else factory._find_checkpoint_in_dir(Path(identifier)))
     if checkpoint is None:
         raise DigsegError(f"{name}: no .safetensors/.bin/.pth weights in {identifier}")
-    return config["model_cfg"], checkpoint
+    return model_cfg, checkpoint
 
 
 class OpenCLIPPromptEncoder(CachedPromptEncoder):
