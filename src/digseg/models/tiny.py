@@ -17,12 +17,11 @@ _TINY_WORDS = ("a an the of in on with photo picture image this that and or back
                "shape thing red green blue yellow magenta cyan white orange black road car person sky building tree "
                "grass cup disc nucleus nuclei crop weed soil").split()
 
-TINY_MAX_LENGTH = 32
 TINY_FAMILIES = ("sd1", "sd2", "sd2-v")  # save_tiny_backbone's; SDXL: save_tiny_sdxl_backbone
 VARIANT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}  # the dtype each weight variant is written in
 
 
-def tiny_tokenizer(max_length: int = TINY_MAX_LENGTH) -> CLIPTokenizer:
+def tiny_tokenizer(max_length: int = 32) -> CLIPTokenizer:
     """A CLIP tokenizer over the byte alphabet plus whole-word merges for `_TINY_WORDS`."""
     # GPT-2/CLIP's byte-level BPE alphabet: the printable bytes as themselves, then the others from chr(256) on
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
