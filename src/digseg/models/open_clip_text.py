@@ -125,9 +125,7 @@ class OpenCLIPPromptEncoder(CachedPromptEncoder):
             from open_clip.model import _build_text_tower
 
             model_cfg, checkpoint = _resolve_config_and_checkpoint(name_or_path)
-            text_cfg = dict(model_cfg["text_cfg"])
-            if text_cfg.get("hf_model_name"):
-                text_cfg["hf_model_pretrained"] = False  # the full checkpoint below holds the text weights
+            text_cfg = {**model_cfg["text_cfg"], "hf_model_pretrained": False}  # HF weights come from the checkpoint
             tower = _build_text_tower(model_cfg["embed_dim"], text_cfg)
             state = factory.load_state_dict(checkpoint, device="cpu", weights_only=True)
             if not any(key.startswith("text.") for key in state):  # CLIP's layout (CustomTextCLIP's: text.*)
