@@ -36,8 +36,8 @@ def check_hub_id(repo_id: str, what: str, filename: str, local_hint: str, revisi
     without retries finds the Hub answering for it. Else a one-line DigsegError saying why `what` cannot be had, and
     to pass `local_hint`. `named_as_hub_id`: the name itself says it is a Hub id (open_clip's "hf-hub:")."""
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
-    from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError, OfflineModeIsEnabled,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
 
     cached = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision)
     if isinstance(cached, str):
@@ -47,10 +47,9 @@ def check_hub_id(repo_id: str, what: str, filename: str, local_hint: str, revisi
     not_cached = f"it is not in the local cache ({cache_dir or constants.HF_HUB_CACHE})"
     advice = f"pass {local_hint}, or run once with network to cache it"
     why = "local_files_only=True" if local_files_only else "offline mode: HF_HUB_OFFLINE is set"
-    # offline mode: HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) set at huggingface_hub's import or since
     offline_now = any(os.environ.get(var, "").strip().upper() in constants.ENV_VARS_TRUE_VALUES
-                      for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-    if local_files_only or constants.HF_HUB_OFFLINE or offline_now:
+                      for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))  # set since huggingface_hub's import
+    if local_files_only or constants.HF_HUB_OFFLINE or offline_now:  # where huggingface_hub would refuse to ask
         raise DigsegError(f"{lead}: {not_cached} and the Hub is not asked ({why}); {advice}")
     network_errors = [OSError]  # sockets, and the transport errors of huggingface_hub's HTTP client
     for module in ("httpx", "httpx2"):
@@ -69,8 +68,6 @@ def check_hub_id(repo_id: str, what: str, filename: str, local_hint: str, revisi
                           f"{local_hint}") from None
     except (EntryNotFoundError, HfHubHTTPError):
         return  # the Hub answered for the repository; the loader names what is missing or wrong
-    except OfflineModeIsEnabled:
-        raise DigsegError(f"{lead}: {not_cached} and the Hub is not asked (offline mode); {advice}") from None
     except tuple(network_errors) as exc:
         raise DigsegError(f"{lead}: {not_cached} and the Hub cannot be reached ({first_line(exc)}); "
                           f"{advice}") from None

@@ -95,31 +95,23 @@ def save_adapter(folder: str | Path, lora: dict[str, torch.Tensor], parts: Adapt
                  for name, module in (("text_pathway", parts.text_pathway), ("mask_decoder", parts.mask_decoder))},
               **{key: parts.facts.get(key) for key in FACT_KEYS}}
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-    (folder / CARD_FILE).write_text(adapter_card(config, tensors))
-    return folder
-
-
-def adapter_card(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:
-    """A short model card: what the adapter is, its base, its domain, its size and how to use it."""
-    lora = config["lora"]
+    backbone, alpha, classes = config["base"], config["lora"]["alpha"], config["class_names"] or []
     count = sum(t.numel() for t in tensors.values())
     lora_count = sum(t.numel() for k, t in tensors.items() if k.startswith("unet."))
-    classes = config.get("class_names") or []
-    shown = ", ".join(classes[:12]) + (", ..." if len(classes) > 12 else "")
-    base = config["base"]
-    return "\n".join([
+    (folder / CARD_FILE).write_text("\n".join([  # a short model card: what it is, its base and domain, how to use it
         "---", "library_name: digseg", "tags: [segmentation, lora, digseg-adapter]", "---", "",
         "# DiGSeg LoRA adapter", "",
-        f"A LoRA adapter (rank {lora['rank']}, alpha {lora['alpha']}, on {', '.join(lora['targets'])}) with the "
-        f"domain's conv_in, text pathway{' and light mask decoder' if config.get('mask_decoder') else ''} in full.",
+        f"A LoRA adapter (rank {rank}, alpha {alpha}, on {', '.join(targets)}) with the "
+        f"domain's conv_in, text pathway{' and light mask decoder' if config['mask_decoder'] else ''} in full.",
         "",
-        f"- base: `{base['pretrained']}` (revision {base['revision']}, variant {base['variant']})",
-        f"- task: {config.get('task')}; processing resolution: {config.get('processing_resolution')}",
-        f"- classes ({len(classes)}): {shown}",
+        f"- base: `{backbone['pretrained']}` (revision {backbone['revision']}, variant {backbone['variant']})",
+        f"- task: {config['task']}; processing resolution: {config['processing_resolution']}",
+        f"- classes ({len(classes)}): {', '.join(classes[:12]) + (', ...' if len(classes) > 12 else '')}",
         f"- parameters: {count:,} ({lora_count:,} in the LoRA matrices)", "",
-        "```", f"digseg predict --model {base['pretrained']} --adapter domain=PATH_TO_THIS_FOLDER --input IMAGES "
+        "```", f"digseg predict --model {backbone['pretrained']} --adapter domain=PATH_TO_THIS_FOLDER --input IMAGES "
         "--output OUT", "```", "",
-    ])
+    ]))
+    return folder
 
 
 def adapter_config(folder: str | Path) -> dict[str, Any]:

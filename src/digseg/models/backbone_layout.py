@@ -39,10 +39,8 @@ def read_layout(path_or_id: str, local: bool, revision: str | None = None) -> st
     missing, incomplete or a DiGSeg model."""
     root = Path(path_or_id)
     if local:
-        if not root.exists():
-            raise DigsegError(f"model folder not found: {root}")
         if not root.is_dir():
-            raise DigsegError(f"not a model folder: {root}")
+            raise DigsegError(f"model folder not found: {root}")
         if (root / "text_pathway").is_dir():
             raise DigsegError(f"{root} is a DiGSeg model, not a Stable Diffusion backbone: load it with "
                               "DiGSegPipeline.from_pretrained (digseg train --pretrained continues training it)")

@@ -43,9 +43,6 @@ def vae_scale_factor(model: AutoencoderKL | UNet2DConditionModel) -> int:
     return 2 ** (len(model.config.block_out_channels) - 1)
 
 
-unet_downsample_factor = vae_scale_factor
-
-
 def encode_latents(vae: AutoencoderKL, images: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
     """images [B, 3, H, W] in [-1, 1] -> latents [B, C, H/f, W/f] (posterior mean, scaled). `channels_last` halves
     the VAE's bf16 time on CPU; the trainer passes False, where a latent does not depend on its batch (resumes)."""
@@ -135,9 +132,8 @@ def load_clip_text_encoder(path_or_id: str | os.PathLike, torch_dtype: torch.dty
     """A frozen CLIP text encoder + tokenizer from a CLIP folder / hub id (e.g. openai/clip-vit-large-patch14) or
     a Stable Diffusion folder's text_encoder/ + tokenizer/, in `torch_dtype` (None: float32)."""
     path = check_clip_text_encoder(path_or_id, revision)
-    source, encoder_folder, tokenizer_folder = str(path_or_id), {}, {}
+    source, encoder_folder, tokenizer_folder = str(path or path_or_id), {}, {}  # the local folder, or the hub id
     if path is not None:
-        source = str(path)
         if (path / "text_encoder").is_dir() and (path / "tokenizer").is_dir():  # a Stable Diffusion folder
             encoder_folder, tokenizer_folder = {"subfolder": "text_encoder"}, {"subfolder": "tokenizer"}
         variant = resolve_variant(path, [encoder_folder.get("subfolder", ".")], variant)

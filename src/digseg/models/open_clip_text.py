@@ -10,8 +10,6 @@ import enum
 import importlib
 import importlib.machinery
 import importlib.util
-import json
-import os
 import sys
 import types
 from pathlib import Path
@@ -20,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import DigsegError, first_line
-from ..hub_ids import check_hub_id, looks_like_hub_id
+from ..hub_ids import check_hub_id
 from .text import CachedPromptEncoder
 
 INSTALL_HINT = "open_clip text encoders need: pip install --no-deps open_clip_torch ftfy regex"
@@ -79,46 +77,23 @@ def import_open_clip():
                 del sys.modules[name]
 
 
-def _resolve_config_and_checkpoint(name: str, pretrained: str | None, cache_dir: str | None):
-    """(model_cfg, checkpoint path, quick_gelu, tokenizer name) the way open_clip.create_model resolves them."""
+def _resolve_config_and_checkpoint(name: str) -> tuple[dict, str]:
+    """(model_cfg, checkpoint path) of an `hf-hub:` or `local-dir:` name, as open_clip.create_model finds them."""
     from open_clip import factory
-    from open_clip import pretrained as oc_pretrained
+    from open_clip.pretrained import download_pretrained_from_hf
 
     schema, identifier = factory.parse_model_name(name)
-    if schema in ("hf-hub", "local-dir"):
-        config_path = Path(identifier) / "open_clip_config.json"
-        if schema == "hf-hub":
-            if looks_like_hub_id(identifier):  # cached, or the Hub reachable and holding it: else one line at once
-                check_hub_id(identifier, "open_clip text encoder", "open_clip_config.json", "a local open_clip "
-                             "folder (local-dir:FOLDER; model.text_encoder=open_clip:local-dir:FOLDER)",
-                             cache_dir=cache_dir, named_as_hub_id=True)
-            config = factory._get_hf_config(identifier, cache_dir=cache_dir)
-        elif not config_path.is_file():
-            raise DigsegError(f"{name}: {config_path} not found")
-        else:
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-        if "model_cfg" not in config:
-            raise DigsegError(f"{name}: {config_path} has no model_cfg")
-        checkpoint = (oc_pretrained.download_pretrained_from_hf(identifier, cache_dir=cache_dir)
-                      if schema == "hf-hub" else factory._find_checkpoint_in_dir(Path(identifier)))
-        if checkpoint is None:
-            raise DigsegError(f"{name}: no .safetensors/.bin/.pth weights in {identifier}")
-        return config["model_cfg"], checkpoint, False, name
-
-    model_name = identifier.replace("/", "-")
-    model_cfg = factory.get_model_config(model_name)
-    if model_cfg is None:
-        raise DigsegError(f"unknown open_clip model {name!r}; see open_clip.list_models(), or use hf-hub:org/name")
-    tag_cfg = oc_pretrained.get_pretrained_cfg(model_name, pretrained) if pretrained else {}
-    if not tag_cfg and not (pretrained and os.path.isfile(pretrained)):
-        tags = ", ".join(oc_pretrained.list_pretrained_tags_by_model(model_name)) or "none known"
-        raise DigsegError(f"{name}: pretrained={pretrained!r} is neither a pretrained tag ({tags}) nor a weights file")
-    checkpoint = oc_pretrained.download_pretrained(tag_cfg, cache_dir=cache_dir) if tag_cfg else pretrained
-    # create_model only warns on a QuickGELU mismatch; the text tower must use the activation it was trained with
-    quick_gelu = bool(model_cfg.get("quick_gelu", False) or tag_cfg.get("quick_gelu", False))
-    if not checkpoint:
-        raise DigsegError(f"{name}: no weights found for pretrained={pretrained!r}")
-    return model_cfg, checkpoint, quick_gelu, model_name
+    if schema is None:
+        raise DigsegError(f"unknown open_clip text encoder {name!r}: use hf-hub:org/name or local-dir:FOLDER")
+    if schema == "hf-hub":  # cached, or the Hub reachable and holding it: else one line at once
+        check_hub_id(identifier, "open_clip text encoder", "open_clip_config.json", "a local open_clip folder "
+                     "(local-dir:FOLDER; model.text_encoder=open_clip:local-dir:FOLDER)", named_as_hub_id=True)
+    model_cfg = factory.get_model_config(name)  # open_clip_config.json's model_cfg
+    checkpoint = (download_pretrained_from_hf(identifier) if schema == "hf-hub"
+                  else factory._find_checkpoint_in_dir(Path(identifier)))
+    if checkpoint is None:
+        raise DigsegError(f"{name}: no .safetensors/.bin/.pth weights in {identifier}")
+    return model_cfg, checkpoint
 
 
 class OpenCLIPPromptEncoder(CachedPromptEncoder):
@@ -141,24 +116,17 @@ class OpenCLIPPromptEncoder(CachedPromptEncoder):
             raise DigsegError(f"{type(model).__name__} is not an open_clip CLIP model or text tower")
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, pretrained: str | None = None,
-                        cache_dir: str | None = None) -> "OpenCLIPPromptEncoder":
-        """`hf-hub:org/name` (e.g. hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224), `local-dir:/folder`
-        (open_clip_config.json + weights), or a model name with a `pretrained` tag or weights file ("ViT-B-16")."""
+    def from_pretrained(cls, name_or_path: str) -> "OpenCLIPPromptEncoder":
+        """`hf-hub:org/name` (e.g. hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224) or
+        `local-dir:/folder` (open_clip_config.json + weights)."""
         try:
             open_clip = import_open_clip()
             from open_clip import factory
             from open_clip.model import _build_text_tower
 
-            model_cfg, checkpoint, quick_gelu, tokenizer_name = _resolve_config_and_checkpoint(
-                name_or_path, pretrained, cache_dir)
-            if Path(checkpoint).suffix in (".npz", ".npy"):
-                raise DigsegError(f"{name_or_path}: numpy (big_vision) checkpoints are not supported; use an "
-                                  "open_clip/hub checkpoint")
-            text_cfg = dict(model_cfg["text_cfg"])
-            if text_cfg.get("hf_model_name"):
-                text_cfg["hf_model_pretrained"] = False  # the full checkpoint below holds the text weights
-            tower = _build_text_tower(model_cfg["embed_dim"], text_cfg, quick_gelu=quick_gelu, cast_dtype=None)
+            model_cfg, checkpoint = _resolve_config_and_checkpoint(name_or_path)
+            text_cfg = {**model_cfg["text_cfg"], "hf_model_pretrained": False}  # HF weights come from the checkpoint
+            tower = _build_text_tower(model_cfg["embed_dim"], text_cfg)
             state = factory.load_state_dict(checkpoint, device="cpu", weights_only=True)
             if not any(key.startswith("text.") for key in state):  # CLIP's layout (CustomTextCLIP's: text.*)
                 clip_text = ("text_projection", "positional_embedding", "token_embedding", "transformer", "ln_final")
@@ -169,7 +137,7 @@ class OpenCLIPPromptEncoder(CachedPromptEncoder):
             if missing:
                 raise DigsegError(f"{name_or_path}: checkpoint {Path(checkpoint).name} lacks {len(missing)} "
                                   f"text-tower weights, e.g. {missing[:3]}")
-            tokenizer = open_clip.get_tokenizer(tokenizer_name, cache_dir=cache_dir)
+            tokenizer = open_clip.get_tokenizer(name_or_path)
         except DigsegError:
             raise
         except Exception as exc:

@@ -54,16 +54,14 @@ class CLIPPromptEncoder(CachedPromptEncoder):
         return self.text_encoder(ids)[0]  # [M, L, D]
 
 
-class SDXLPromptEncoder(CachedPromptEncoder):
+class SDXLPromptEncoder(CLIPPromptEncoder):
     """SDXL's two frozen CLIP text encoders: `encode(prompts)` -> [N, L, D1 + D2 + P]: both penultimate hidden
     states (as SDXL's `encode_prompt`), then the second encoder's pooled `text_embeds` [N, P] on every token (one
     tensor for the prompt cache and template averaging; `TextPathway` splits it off)."""
 
     def __init__(self, text_encoder: nn.Module, tokenizer, text_encoder_2: nn.Module, tokenizer_2) -> None:
-        super().__init__()
-        self.text_encoder = text_encoder.requires_grad_(False).eval()
-        self.text_encoder_2 = text_encoder_2.requires_grad_(False).eval()
-        self.tokenizer, self.tokenizer_2 = tokenizer, tokenizer_2
+        super().__init__(text_encoder, tokenizer)
+        self.text_encoder_2, self.tokenizer_2 = text_encoder_2.requires_grad_(False).eval(), tokenizer_2
 
     def _encode_new(self, prompts: list[str]) -> torch.Tensor:
         ids = [tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
@@ -128,9 +126,7 @@ def unet_level_of(processor_name: str, num_levels: int) -> int | None:
         return int(parts[1])
     if parts[0] == "up_blocks":
         return num_levels - 1 - int(parts[1])
-    if parts[0] == "mid_block":
-        return num_levels - 1
-    raise ValueError(f"unexpected attention processor name {processor_name}")
+    return num_levels - 1  # mid_block
 
 
 @dataclass

@@ -17,12 +17,11 @@ _TINY_WORDS = ("a an the of in on with photo picture image this that and or back
                "shape thing red green blue yellow magenta cyan white orange black road car person sky building tree "
                "grass cup disc nucleus nuclei crop weed soil").split()
 
-TINY_MAX_LENGTH = 32
 TINY_FAMILIES = ("sd1", "sd2", "sd2-v")  # save_tiny_backbone's; SDXL: save_tiny_sdxl_backbone
 VARIANT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}  # the dtype each weight variant is written in
 
 
-def tiny_tokenizer(max_length: int = TINY_MAX_LENGTH) -> CLIPTokenizer:
+def tiny_tokenizer(max_length: int = 32) -> CLIPTokenizer:
     """A CLIP tokenizer over the byte alphabet plus whole-word merges for `_TINY_WORDS`."""
     # GPT-2/CLIP's byte-level BPE alphabet: the printable bytes as themselves, then the others from chr(256) on
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
@@ -64,19 +63,16 @@ def tiny_vae(seed: int = 0) -> AutoencoderKL:
         latent_channels=4, norm_num_groups=8, mid_block_add_attention=False, sample_size=64, scaling_factor=1.0)
 
 
-def tiny_unet(cross_attention_dim: int = 32, block_out_channels: tuple[int, ...] = (32, 64), seed: int = 0,
-              family: str = "sd1") -> UNet2DConditionModel:
-    """A 4-channel (pretrained-style, not yet widened) conditional U-Net; one cross-attention per level but the
-    last (whose cross-attention is the mid block's). SD 2 layouts: linear projections, head widths per level."""
+def tiny_unet(seed: int = 0, family: str = "sd1") -> UNet2DConditionModel:
+    """A 4-channel (pretrained-style, not yet widened) two-level conditional U-Net for 32-wide text, cross-attention
+    at the first level (the second's is the mid block's). SD 2 layouts: linear projections, head widths per level."""
     torch.manual_seed(seed)
-    n = len(block_out_channels)
     sd2 = family.startswith("sd2")
     return UNet2DConditionModel(
         sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, norm_num_groups=16,
-        down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
-        block_out_channels=block_out_channels, cross_attention_dim=cross_attention_dim,
-        attention_head_dim=tuple(c // 8 for c in block_out_channels) if sd2 else 8, use_linear_projection=sd2)
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(32, 64), cross_attention_dim=32, attention_head_dim=(4, 8) if sd2 else 8,
+        use_linear_projection=sd2)
 
 
 def tiny_scheduler(prediction_type: str = "epsilon") -> DDIMScheduler:
@@ -96,8 +92,7 @@ def save_variants(pipe, path: str | Path, variants: Sequence[str | None] = (None
     return path
 
 
-def save_tiny_backbone(path: str | Path, seed: int = 0, vae: AutoencoderKL | None = None,
-                       unet_channels: tuple[int, ...] = (32, 64), family: str = "sd1",
+def save_tiny_backbone(path: str | Path, seed: int = 0, vae: AutoencoderKL | None = None, family: str = "sd1",
                        variants: Sequence[str | None] = (None,)) -> Path:
     """Write a tiny random Stable Diffusion folder; `vae` replaces the random VAE (e.g. one trained by
     `digseg.training.vae.train_tiny_vae`); `family`: one of `TINY_FAMILIES`; `variants`: see `save_variants`."""
@@ -108,7 +103,7 @@ def save_tiny_backbone(path: str | Path, seed: int = 0, vae: AutoencoderKL | Non
     text_encoder = tiny_text_encoder(tokenizer, seed=seed, hidden_act="gelu" if sd2 else "quick_gelu")
     pipe = StableDiffusionPipeline(
         vae=vae if vae is not None else tiny_vae(seed), text_encoder=text_encoder, tokenizer=tokenizer,
-        unet=tiny_unet(text_encoder.config.hidden_size, unet_channels, seed, family),
+        unet=tiny_unet(seed, family),
         scheduler=tiny_scheduler("v_prediction" if family == "sd2-v" else "epsilon"),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     return save_variants(pipe, path, variants)

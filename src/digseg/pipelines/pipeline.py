@@ -28,7 +28,7 @@ from .common import SegmentationCall, uses_light_decoder, view_noise
 from .sliding import combine_views, group_views, make_views, native_outputs, resize, to_image_list
 from ..models.choices import OBJECTIVES
 from ..models.digseg_model import (check_clip_text_encoder, decode_latents, load_backbone, load_clip_text_encoder,
-                                   make_scheduler, unet_downsample_factor, vae_scale_factor, widen_conv_in)
+                                   make_scheduler, vae_scale_factor, widen_conv_in)
 from ..models.adapters import has_lora
 from ..models.mask_decoder import LightMaskDecoder
 from ..models.text import (CLIPPromptEncoder, SDXLPromptEncoder, TextPathway, cross_attention_levels,
@@ -225,7 +225,7 @@ class DiGSegPipeline(SegmentationCall, AdapterMixin, LatentSegmentationMixin, Di
 
     @property
     def pad_multiple(self) -> int:
-        return vae_scale_factor(self.vae) * unet_downsample_factor(self.unet)
+        return vae_scale_factor(self.vae) * vae_scale_factor(self.unet)  # latent size, then U-Net levels
 
     def runtime_info(self, num_processes: int = 1) -> dict:
         """What an output records about where this pipeline runs (`digseg.devices.runtime_info`)."""
