@@ -22,11 +22,11 @@ TASKS = ("binary", "palette", "both")
 MASK_DECODER_TARGETS = ("mask", "vae")  # what `digseg train-mask-decoder --target` learns (training/mask_decoder.py)
 MASK_DECODER_STEPS = 500  # enough to read masks back as well as the VAE (docs/mask_decoder.md)
 
-
 CHOICES = {  # "section.field": its allowed values
     "model.prediction_type": PREDICTION_TYPES, "model.objective": OBJECTIVES, "model.one_step_decoder": MASK_DECODERS,
     "data.bad_samples": BAD_SAMPLES, "data.task": TASKS, "optim.optimizer": ("adamw", "adamw8bit"),
     "optim.ema_device": ("accelerator", "cpu"), "optim.finetune": ("full", "lora"), "run.sharding": ("none", "fsdp"),
+    "optim.mixed_precision": ("", "no", "fp16", "bf16"),  # "": the launcher's
 }
 AT_LEAST = {  # "section.field": its lowest value
     **dict.fromkeys(("data.num_workers", "data.cache_max_mib", "optim.weight_decay", "optim.max_grad_norm",
@@ -43,7 +43,7 @@ def _check_field(name: str, value: Any) -> None:
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{name} must be a finite number, got {value}")
     if name in CHOICES and value not in CHOICES[name]:
-        raise ConfigError(f"{name} must be one of {', '.join(CHOICES[name])}, got {value!r}")
+        raise ConfigError(f"{name} must be one of {', '.join(filter(None, CHOICES[name]))}, got {value!r}")
     if name in AT_LEAST and value < AT_LEAST[name]:
         raise ConfigError(f"{name} must be >= {AT_LEAST[name]}, got {value}")
     if name in FRACTIONS and not 0.0 <= value <= 1.0:
@@ -180,8 +180,6 @@ class TrainConfig:
         if data.augments and (data.cache_latents or data.latent_cache):
             raise ConfigError("latent caches (data.cache_latents, data.latent_cache) need fixed samples: "
                               "turn augmentation off (data.augmentation: false) to use them")
-        if optim.mixed_precision not in ("", "no", "fp16", "bf16"):
-            raise ConfigError(f"optim.mixed_precision must be one of no, fp16, bf16, got {optim.mixed_precision!r}")
         if not optim.learning_rate > 0:
             raise ConfigError(f"optim.learning_rate must be > 0, got {optim.learning_rate}")
         if optim.lora_alpha is not None and not optim.lora_alpha > 0:
