@@ -16,22 +16,38 @@ from ..data.check import BAD_SAMPLES
 from ..data.hf_options import hf_options
 from ..data.splits import split_options
 from ..errors import ConfigError
-from ..models.choices import MASK_DECODERS, OBJECTIVES, PREDICTION_TYPES  # noqa: F401  (re-read by the CLI)
+from ..models.choices import MASK_DECODERS, OBJECTIVES, PREDICTION_TYPES  # (re-read by the CLI)
 
 TASKS = ("binary", "palette", "both")
 MASK_DECODER_TARGETS = ("mask", "vae")  # what `digseg train-mask-decoder --target` learns (training/mask_decoder.py)
 MASK_DECODER_STEPS = 500  # enough to read masks back as well as the VAE (docs/mask_decoder.md)
 
+CHOICES = {  # "section.field": its allowed values
+    "model.prediction_type": PREDICTION_TYPES, "model.objective": OBJECTIVES, "model.one_step_decoder": MASK_DECODERS,
+    "data.bad_samples": BAD_SAMPLES, "data.task": TASKS, "optim.optimizer": ("adamw", "adamw8bit"),
+    "optim.ema_device": ("accelerator", "cpu"), "optim.finetune": ("full", "lora"), "run.sharding": ("none", "fsdp"),
+    "optim.mixed_precision": ("", "no", "fp16", "bf16"),  # "": the launcher's
+}
+AT_LEAST = {  # "section.field": its lowest value
+    **dict.fromkeys(("data.num_workers", "data.cache_max_mib", "optim.weight_decay", "optim.max_grad_norm",
+                     "run.sample_every", "run.eval_every", "run.seed"), 0),
+    **dict.fromkeys(("data.prefetch_factor", "optim.max_steps", "optim.batch_size", "optim.gradient_accumulation_steps",
+                     "optim.max_consecutive_skips", "optim.lora_rank", "run.checkpoint_every", "run.keep_checkpoints",
+                     "run.log_every", "run.num_sample_images", "run.eval_samples"), 1),
+}
+FRACTIONS = ("data.negative_prob", "optim.max_timestep_prob")  # in [0, 1]
 
-def _one_of(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
 
-
-def _at_least(low: int, section: str, values: Any, names: tuple[str, ...]) -> None:
-    for name in names:
-        if getattr(values, name) < low:
-            raise ConfigError(f"{section}.{name} must be >= {low}, got {getattr(values, name)}")
+def _check_field(name: str, value: Any) -> None:
+    """A one-line ConfigError naming `name` ("section.field") when `value` is outside what the tables above allow."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value}")
+    if name in CHOICES and value not in CHOICES[name]:
+        raise ConfigError(f"{name} must be one of {', '.join(filter(None, CHOICES[name]))}, got {value!r}")
+    if name in AT_LEAST and value < AT_LEAST[name]:
+        raise ConfigError(f"{name} must be >= {AT_LEAST[name]}, got {value}")
+    if name in FRACTIONS and not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{name} must be in [0, 1], got {value}")
 
 
 @dataclass
@@ -49,13 +65,6 @@ class ModelConfig:
     # trained with cross-entropy on the labels (one_step.py)
     objective: str = "diffusion"
     one_step_decoder: str = "auto"  # one-step: the mask decoder trained through (light | vae | auto)
-
-    def validate(self) -> None:
-        _one_of("model.prediction_type", self.prediction_type, PREDICTION_TYPES)
-        _one_of("model.objective", self.objective, OBJECTIVES)
-        _one_of("model.one_step_decoder", self.one_step_decoder, MASK_DECODERS)
-        if self.prompt_template and "{}" not in self.prompt_template:
-            raise ConfigError(f"model.prompt_template must contain '{{}}', got {self.prompt_template!r}")
 
 
 @dataclass
@@ -83,22 +92,6 @@ class DataConfig:
     latent_cache: str = ""  # a folder written by `digseg cache-latents` (only without augmentation)
     # every sample is read once before step 1 (digseg.data.check); error: refuse bad samples; skip: train without them
     bad_samples: str = "error"
-
-    def validate(self) -> None:
-        split_options(self.dataset, self.val_fraction, self.split_file)
-        hf_options(self.dataset, self.hf)
-        _one_of("data.bad_samples", self.bad_samples, BAD_SAMPLES)
-        _one_of("data.task", self.task, TASKS)
-        _at_least(0, "data", self, ("num_workers", "cache_max_mib"))
-        _at_least(1, "data", self, ("prefetch_factor",))
-        if not 0.0 <= self.negative_prob <= 1.0:
-            raise ConfigError(f"data.negative_prob must be in [0, 1], got {self.negative_prob}")
-        if not isinstance(self.augmentation, (bool, dict)):
-            raise ConfigError(f"data.augmentation must be true, false or a mapping of overrides, got "
-                              f"{self.augmentation!r}")
-        if self.augments and (self.cache_latents or self.latent_cache):
-            raise ConfigError("latent caches (data.cache_latents, data.latent_cache) need fixed samples: "
-                              "turn augmentation off (data.augmentation: false) to use them")
 
     @property
     def augments(self) -> bool:
@@ -137,28 +130,6 @@ class OptimConfig:
     lora_alpha: float | None = None
     lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
 
-    def validate(self) -> None:
-        if self.mixed_precision:
-            _one_of("optim.mixed_precision", self.mixed_precision, ("no", "fp16", "bf16"))
-        _at_least(1, "optim", self, ("max_steps", "batch_size", "gradient_accumulation_steps", "max_consecutive_skips",
-                                     "lora_rank"))
-        _at_least(0, "optim", self, ("weight_decay", "max_grad_norm"))
-        if not self.learning_rate > 0:
-            raise ConfigError(f"optim.learning_rate must be > 0, got {self.learning_rate}")
-        _one_of("optim.optimizer", self.optimizer, ("adamw", "adamw8bit"))
-        _one_of("optim.ema_device", self.ema_device, ("accelerator", "cpu"))
-        if not 0.0 <= self.max_timestep_prob <= 1.0:
-            raise ConfigError(f"optim.max_timestep_prob must be in [0, 1], got {self.max_timestep_prob}")
-        _one_of("optim.finetune", self.finetune, ("full", "lora"))
-        if self.lora_alpha is not None and not self.lora_alpha > 0:
-            raise ConfigError(f"optim.lora_alpha must be > 0 (or null: the rank), got {self.lora_alpha}")
-        targets = self.lora_targets
-        if not isinstance(targets, list) or not targets or not all(isinstance(t, str) and t.strip() for t in targets):
-            raise ConfigError(f"optim.lora_targets must list module names (e.g. [to_q, to_k, to_v, to_out.0]), "
-                              f"got {targets!r}")
-        if "conv_in" in targets:
-            raise ConfigError("optim.lora_targets: conv_in trains in full beside the LoRA; leave it out")
-
 
 @dataclass
 class RunConfig:
@@ -180,15 +151,6 @@ class RunConfig:
     push_to_hub: str = ""
     hub_private: bool | None = None
 
-    def validate(self) -> None:
-        from .tracking import tracker_names
-
-        _one_of("run.sharding", self.sharding, ("none", "fsdp"))
-        _at_least(1, "run", self, ("checkpoint_every", "keep_checkpoints", "log_every", "num_sample_images",
-                                   "eval_samples"))
-        _at_least(0, "run", self, ("sample_every", "eval_every", "seed"))
-        tracker_names(self.log_with)
-
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "run": RunConfig}
 CHANGES_KEY = "config_changes"  # config.yaml's history of changes made on resume (resume_check.py), skipped on load
@@ -202,19 +164,40 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def validate(self) -> "TrainConfig":
+        from .tracking import tracker_names
+
         for name in SECTIONS:
-            section = getattr(self, name)
-            for key, value in vars(section).items():  # inf or nan in any number: a one-line error naming the field
-                if isinstance(value, float) and not math.isfinite(value):
-                    raise ConfigError(f"{name}.{key} must be a finite number, got {value}")
-            section.validate()
-        sharded, lora = self.run.sharding == "fsdp", self.optim.finetune == "lora"
+            for key, value in vars(getattr(self, name)).items():
+                _check_field(f"{name}.{key}", value)
+        model, data, optim = self.model, self.data, self.optim
+        if model.prompt_template and "{}" not in model.prompt_template:
+            raise ConfigError(f"model.prompt_template must contain '{{}}', got {model.prompt_template!r}")
+        split_options(data.dataset, data.val_fraction, data.split_file)
+        hf_options(data.dataset, data.hf)
+        if not isinstance(data.augmentation, (bool, dict)):
+            raise ConfigError(f"data.augmentation must be true, false or a mapping of overrides, got "
+                              f"{data.augmentation!r}")
+        if data.augments and (data.cache_latents or data.latent_cache):
+            raise ConfigError("latent caches (data.cache_latents, data.latent_cache) need fixed samples: "
+                              "turn augmentation off (data.augmentation: false) to use them")
+        if not optim.learning_rate > 0:
+            raise ConfigError(f"optim.learning_rate must be > 0, got {optim.learning_rate}")
+        if optim.lora_alpha is not None and not optim.lora_alpha > 0:
+            raise ConfigError(f"optim.lora_alpha must be > 0 (or null: the rank), got {optim.lora_alpha}")
+        targets = optim.lora_targets
+        if not isinstance(targets, list) or not targets or not all(isinstance(t, str) and t.strip() for t in targets):
+            raise ConfigError(f"optim.lora_targets must list module names (e.g. [to_q, to_k, to_v, to_out.0]), "
+                              f"got {targets!r}")
+        if "conv_in" in targets:
+            raise ConfigError("optim.lora_targets: conv_in trains in full beside the LoRA; leave it out")
+        tracker_names(self.run.log_with)
+        sharded, lora = self.run.sharding == "fsdp", optim.finetune == "lora"
         if sharded and lora:
             raise ConfigError("optim.finetune lora with run.sharding fsdp is not supported: LoRA's trainable "
                               "weights are small, use run.sharding none (DDP)")
-        if sharded and self.optim.optimizer != "adamw":
+        if sharded and optim.optimizer != "adamw":
             raise ConfigError(f"run.sharding fsdp checkpoints AdamW's moments as sharded tensors; optimizer "
-                              f"{self.optim.optimizer} keeps them in another form: use optim.optimizer adamw")
+                              f"{optim.optimizer} keeps them in another form: use optim.optimizer adamw")
         if sharded and self.run.eval_every:
             raise ConfigError("run.eval_every (--eval-every) runs the pipeline on whole weights, which run.sharding "
                               "fsdp splits over the processes: score the trained model with `digseg eval` instead")

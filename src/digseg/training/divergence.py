@@ -20,7 +20,8 @@ def all_finite(tensors: Iterable[torch.Tensor], accelerator=None) -> bool:
     """Every floating-point tensor or parameter finite, on every process of `accelerator` (a collective); tensor
     subclasses (torchao's 8-bit optimizer states) are not read."""
     local = (t.to_local() if hasattr(t, "to_local") else t for t in tensors)  # a DTensor: this process's chunk
-    bad = sum(type(t) in (torch.Tensor, torch.nn.Parameter) and t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in local)
+    bad = sum(type(t) in (torch.Tensor, torch.nn.Parameter) and t.is_floating_point()
+              and not bool(torch.isfinite(t).all()) for t in local)
     if accelerator is not None and accelerator.num_processes > 1:
         count = torch.tensor([float(bad)], device=accelerator.device)
         bad = int(accelerator.reduce(count, reduction="sum").item())

@@ -1,8 +1,7 @@
 """What a resumed run may change (docs/training.md, "Resuming a run"). Before any step, `plan_resume` compares the
 config (and the launch: process count, precision used; and the samples) with the checkpoint's: a change of a
 SAFE_FIELDS field is accepted, any other leaves the run's trajectory and is refused with a one-line ConfigError
-naming each `section.field: old -> new`, unless --allow-config-change. Accepted changes join the history.
-"""
+naming each `section.field: old -> new`, unless --allow-config-change. Accepted changes join the history."""
 
 from __future__ import annotations
 

@@ -129,16 +129,6 @@ def begin_lora(unet: nn.Module, optim: OptimConfig, seed: int) -> None:
     unet.conv_in.requires_grad_(True)
 
 
-def save_run_adapter(folder: Path, pipe, config: TrainConfig) -> Path:
-    """A LoRA run's result: the trained adapter of `pipe` (docs/adapters.md), naming `config.model`'s backbone."""
-    optim = config.optim
-    facts = {**pipe.config, "processing_resolution": pipe.config.default_processing_resolution,
-             "prediction_type": pipe.scheduler.config.prediction_type}  # save_adapter keeps its FACT_KEYS
-    parts = AdapterParts(pipe.unet.conv_in, pipe.text_pathway, pipe.mask_decoder, facts)
-    return save_adapter(folder, lora_state_dict(pipe.unet, TRAINED_ADAPTER), parts, vars(config.model),
-                        optim.lora_rank, optim.lora_alpha, list(optim.lora_targets))
-
-
 class Trainer:
     """`Trainer(config, pipe, data).train()`, built by `digseg.training.run.build_run`."""
 
@@ -157,22 +147,21 @@ class Trainer:
             raise ConfigError("run.eval_every (--eval-every) needs a validation split: build the run with build_run "
                               "from a config, or pass `val_dataset=` the validation split")
         pipe.to(acc.device)
-        pipe.unet.float()  # float32 master weights, whatever dtype the files or the caller's pipeline had
-        pipe.text_pathway.float()
+        modules = (pipe.unet, pipe.text_pathway)
+        for module in modules:  # float32 master weights, whatever dtype the files or the caller's pipeline had
+            module.float().train().requires_grad_(True)
         self.one_step = pipe.config.objective == "one-step"
         if opt.gradient_checkpointing:
             pipe.unet.enable_gradient_checkpointing()
             if self.one_step and pipe.config.one_step_decoder == "vae":  # backward runs through the VAE decoder
                 pipe.vae.enable_gradient_checkpointing()
-        pipe.unet.train().requires_grad_(True)
-        pipe.text_pathway.train().requires_grad_(True)
         self.lora = opt.finetune == "lora"
         if self.lora:
             begin_lora(pipe.unet, opt, run.seed)
         self.sharded = run.sharding == "fsdp"
         if self.sharded:  # in place: the parameters become DTensors holding this process's chunks
             shard_modules(pipe.unet, pipe.text_pathway, acc.device)
-        params = [p for m in (pipe.unet, pipe.text_pathway) for p in m.parameters() if p.requires_grad]
+        params = [p for m in modules for p in m.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(opt.optimizer, params, opt.learning_rate, opt.weight_decay)
         self.lr_scheduler = self._make_lr_scheduler(self.optimizer)
         if opt.lr_warmup_steps >= opt.max_steps and opt.lr_scheduler != "constant":
@@ -181,7 +170,6 @@ class Trainer:
                            "(at most %.2g); lower the warm-up: --cfg-options optim.lr_warmup_steps=N", opt.max_steps,
                            opt.lr_warmup_steps, lr, lr * opt.max_steps / opt.lr_warmup_steps)
         # sharded: FSDP2 reduces the gradients itself; accelerate wraps only the optimizer (accumulation, scaler)
-        modules = (pipe.unet, pipe.text_pathway)
         self.unet, self.text_pathway = modules if self.sharded else acc.prepare(*modules)
         self.optimizer = acc.prepare(self.optimizer)
         self.params = [p for m in (self.unet, self.text_pathway) for p in m.parameters() if p.requires_grad]
@@ -197,8 +185,7 @@ class Trainer:
         if self.sharded and run.sample_every and acc.log_with and acc.is_main_process:
             logger.warning("sample previews are off with run.sharding fsdp: the sharded U-Net runs only when every "
                            "process runs it")
-        self.step = 0
-        self.last_loss = float("nan")
+        self.step, self.last_loss = 0, float("nan")
         self.best: dict | None = None  # {"step", "metric", "value"}: the best validated step so far
         self.last_validation: dict | None = None  # {"step", "val/mIoU", ...}: the latest scores (the model card's)
         self.config_changes: list[dict] = []  # changes made on resume (resume_check.plan_resume)
@@ -232,8 +219,7 @@ class Trainer:
         if self.sharded:
             if acc.is_main_process:
                 begin_staging(staged)
-            acc.wait_for_everyone()  # the folder exists (and older leftovers are gone) before anyone writes
-            # every process writes its own file
+            acc.wait_for_everyone()  # the folder exists (older leftovers gone) before each process writes its file
             weights, optimizer_state = {}, {"state": {}, "param_groups": self.shards.save(staged / SHARDS)}
         else:
             unet = acc.get_state_dict(self.unet)
@@ -243,21 +229,20 @@ class Trainer:
             if ema:
                 weights["ema"] = {f"{i:06d}": p for i, p in enumerate(ema)}
             optimizer_state = self.optimizer.state_dict()
-        if not acc.is_main_process:
-            acc.wait_for_everyone()
-            return None
-        extra = {"lr_scheduler": self.lr_scheduler.state_dict(),
-                 "ema": {"optimization_step": self.ema.optimization_step} if self.ema else None,
-                 "loss": self.last_loss, "best": self.best,
-                 "config": self.config.to_dict(),  # what a resume is checked against (resume_check.py)
-                 "launch": launch_facts(self.optim, acc.num_processes), "config_changes": self.config_changes,
-                 "sharding": self.run.sharding, "samples": samples_facts(self.data.check),
-                 "skips": self.guard.state_dict()}
-        # one more kept until the newest proves healthy (divergence.py): the error of a diverging run names it
-        path = save_checkpoint(root, self.step, weights, optimizer_state, extra, self.run.keep_checkpoints + 1, staged,
-                               self.best if best else None)
-        if not best:
-            self.guard.prune_pending = True
+        path = None
+        if acc.is_main_process:
+            extra = {"lr_scheduler": self.lr_scheduler.state_dict(),
+                     "ema": {"optimization_step": self.ema.optimization_step} if self.ema else None,
+                     "loss": self.last_loss, "best": self.best,
+                     "config": self.config.to_dict(),  # what a resume is checked against (resume_check.py)
+                     "launch": launch_facts(self.optim, acc.num_processes), "config_changes": self.config_changes,
+                     "sharding": self.run.sharding, "samples": samples_facts(self.data.check),
+                     "skips": self.guard.state_dict()}
+            # one more kept until the newest proves healthy (divergence.py): the error of a diverging run names it
+            path = save_checkpoint(root, self.step, weights, optimizer_state, extra, self.run.keep_checkpoints + 1,
+                                   staged, self.best if best else None)
+            if not best:
+                self.guard.prune_pending = True
         acc.wait_for_everyone()  # nobody runs ahead (or is killed) before the checkpoint exists
         return path
 
@@ -324,43 +309,40 @@ class Trainer:
         """Train to `optim.max_steps`, from checkpoint `resume` ("latest": the newest in the run folder, if any;
         None: the one `build_run(resume=...)` checked), checked by resume_check.py first. Unlocks the run folder."""
         try:
-            return self._train(resume, allow_config_change)
+            acc = self.accelerator
+            check = self.data.check
+            plan = self.resume_plan if resume is None else plan_resume(
+                self.config, resume, allow_config_change, launch_facts(self.optim, acc.num_processes), check)
+            self.config_changes = plan.history if plan is not None else []
+            if acc.is_main_process:
+                self.output_dir.mkdir(parents=True, exist_ok=True)
+                self.config.save(self.output_dir / "config.yaml", self.config_changes)
+                if check is not None:
+                    write_sample_list(self.output_dir, check)  # what a later resume names added and removed files by
+                remove_stale(self.output_dir / "checkpoints")  # a killed run's half-written or half-deleted folders
+                # ... or unpruned ones (one more kept: the newest may not have proved healthy, divergence.py)
+                prune_checkpoints(self.output_dir / "checkpoints", self.run.keep_checkpoints + 1)
+            if plan is not None:
+                self.load_checkpoint(plan.checkpoint, new_values=plan.trajectory_changed)
+                if plan.changes:
+                    change = plan.history[-1]  # resume_check.plan_resume
+                    self.logs.log_note(change["step"], config_change=change["fields"], trajectory=change["trajectory"])
+                    say = logger.warning if plan.trajectory_changed else logger.info
+                    say("resumed at step %d with a changed config (recorded in config.yaml): %s", self.step,
+                        ", ".join(map(str, plan.changes)))
+                if self._validation_due():  # the checkpoint was written before its step's validation
+                    self.validate()
+            if check is not None and check.bad:
+                logger.warning("training without %d bad sample(s) (data.bad_samples: skip), listed in %s",
+                               len(check.bad), self.output_dir / "data-check.json")
+                self.logs.log_note(self.step, bad_samples=[{"name": b.name, "problem": b.problem} for b in check.bad])
+            bar = tqdm(total=self.optim.max_steps, initial=self.step, desc="train",
+                       disable=not (self.show_progress and acc.is_main_process))
+            with bar:  # closed (its line ended) before any error below reaches the user
+                self._run_steps(bar)
+            return self.finish()
         finally:
             self._unlock()
-
-    def _train(self, resume: str | None, allow_config_change: bool) -> DiGSegPipeline:
-        acc = self.accelerator
-        check = self.data.check
-        plan = self.resume_plan if resume is None else plan_resume(self.config, resume, allow_config_change,
-                                                                   launch_facts(self.optim, acc.num_processes), check)
-        self.config_changes = plan.history if plan is not None else []
-        if acc.is_main_process:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            self.config.save(self.output_dir / "config.yaml", self.config_changes)
-            if check is not None:
-                write_sample_list(self.output_dir, check)  # what a later resume names added and removed files by
-            remove_stale(self.output_dir / "checkpoints")  # a killed run's half-written or half-deleted folders
-            # ... or unpruned ones (one more kept: the newest may not have proved healthy, divergence.py)
-            prune_checkpoints(self.output_dir / "checkpoints", self.run.keep_checkpoints + 1)
-        if plan is not None:
-            self.load_checkpoint(plan.checkpoint, new_values=plan.trajectory_changed)
-            if plan.changes:
-                change = plan.history[-1]  # resume_check.plan_resume
-                self.logs.log_note(change["step"], config_change=change["fields"], trajectory=change["trajectory"])
-                say = logger.warning if plan.trajectory_changed else logger.info
-                say("resumed at step %d with a changed config (recorded in config.yaml): %s", self.step,
-                    ", ".join(map(str, plan.changes)))
-            if self._validation_due():  # the checkpoint was written before its step's validation
-                self.validate()
-        if check is not None and check.bad:
-            logger.warning("training without %d bad sample(s) (data.bad_samples: skip), listed in %s",
-                           len(check.bad), self.output_dir / "data-check.json")
-            self.logs.log_note(self.step, bad_samples=[{"name": b.name, "problem": b.problem} for b in check.bad])
-        bar = tqdm(total=self.optim.max_steps, initial=self.step, desc="train",
-                   disable=not (self.show_progress and acc.is_main_process))
-        with bar:  # closed (its line ended) before any error below reaches the user
-            self._run_steps(bar)
-        return self.finish()
 
     def _run_steps(self, bar) -> None:
         opt, run, acc = self.optim, self.run, self.accelerator
@@ -442,18 +424,17 @@ class Trainer:
 
     def _log_samples(self) -> None:
         """Predictions for the same `num_sample_images` images (validation, else training) into the trackers."""
-        run = self.run
         if not self.logs.use_trackers or not self.accelerator.is_main_process or self.sharded:
             return
         if self._preview_samples is None:
             source = self.val_dataset if self.val_dataset is not None else self.data.samples.dataset
             self._preview_samples = []
-            for i in range(min(run.num_sample_images, len(source))):
+            for i in range(min(self.run.num_sample_images, len(source))):
                 try:
                     self._preview_samples.append(source[i])
                 except DigsegError as exc:  # a preview is not worth stopping training for
                     logger.warning("sample preview skips image %d: %s", i, exc)
-        self.logs.log_samples(self.step, self.pipe, self._preview_samples, max(self.data.crop_size), run.seed)
+        self.logs.log_samples(self.step, self.pipe, self._preview_samples, max(self.data.crop_size), self.run.seed)
 
     def _validation_due(self) -> bool:
         """Every `run.eval_every` steps and the last one; never when it is 0."""
@@ -463,8 +444,7 @@ class Trainer:
     def validate(self) -> None:
         """Score this step's (EMA, if on) weights, log the scores, and on a new best write `checkpoints/best`."""
         with evaluation_weights([self.pipe.unet, self.pipe.text_pathway], self.ema, self.params):
-            result = evaluate(self.pipe, self.val_dataset, self.run.eval_samples, self.run.seed,
-                              self.optim.batch_size)
+            result = evaluate(self.pipe, self.val_dataset, self.run.eval_samples, self.run.seed, self.optim.batch_size)
         kill_point(f"validation-{self.step}")
         self.logs.log_validation(self.step, result.scores)
         self.last_validation = {"step": self.step, **result.scores}
@@ -480,8 +460,8 @@ class Trainer:
             unet, pathway = self.shards.whole_modules().values()
         else:
             unet, pathway = map(self.accelerator.unwrap_model, (self.unet, self.text_pathway))
-        unet.eval().requires_grad_(False)
-        pathway.eval().requires_grad_(False)
+        for module in (unet, pathway):
+            module.eval().requires_grad_(False)
         if not all_finite(list(unet.parameters()) + list(pathway.parameters())):  # the EMA's, if on
             self.guard.stop("the trained weights are not finite", self.step)
         self.pipe.register_modules(unet=unet, text_pathway=pathway)
@@ -489,7 +469,12 @@ class Trainer:
         if self.accelerator.is_main_process:
             prune_checkpoints(self.output_dir / "checkpoints", self.run.keep_checkpoints)
             if self.lora:  # the run's result is the adapter folder, not a whole model (docs/adapters.md)
-                save_run_adapter(self.output_dir / "adapter", self.pipe, self.config)
+                pipe, opt = self.pipe, self.optim
+                facts = {**pipe.config, "processing_resolution": pipe.config.default_processing_resolution,
+                         "prediction_type": pipe.scheduler.config.prediction_type}  # save_adapter keeps its FACT_KEYS
+                parts = AdapterParts(pipe.unet.conv_in, pipe.text_pathway, pipe.mask_decoder, facts)
+                save_adapter(self.output_dir / "adapter", lora_state_dict(pipe.unet, TRAINED_ADAPTER), parts,
+                             vars(self.config.model), opt.lora_rank, opt.lora_alpha, list(opt.lora_targets))
             else:
                 card = run_facts(self.config.to_dict(), protocol_for(self.config.data.dataset).source,
                                  self.accelerator.num_processes, self.best, self.last_validation,
