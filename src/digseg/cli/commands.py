@@ -1,5 +1,5 @@
-"""What each `digseg` command does (`COMMANDS`). User errors (a missing file, a bad value) print one line,
-`error: ...`, and exit with status 2; no traceback."""
+"""What each `digseg` command does (`COMMANDS`) and how it opens its model (`load_model`). User errors (a missing
+file, a bad value) print one line, `error: ...`, and exit with status 2; no traceback."""
 
 from __future__ import annotations
 
@@ -17,8 +17,52 @@ from pathlib import Path
 
 from ..devices import resolve_device, resolve_device_and_dtype, training_precision
 from ..errors import ConfigError, DigsegError
-from .loading import load_model, parse_adapters
 from .parser import build_parser
+
+
+def load_model(model, placement, adapters: list[str] | None = None, use: str | None = None):
+    """`model` loaded in the dtype and moved to the device of `placement` (torch.device, torch.dtype). An exported
+    folder runs on CUDA's execution provider on a CUDA device, else the CPU's. With `adapters` (--adapter values):
+    `model` is their base, each adapter is loaded onto it and `use` (default: the only one) is active."""
+    from ..models.adapters import adapter_config
+    from ..pipelines.pipeline import DiGSegPipeline
+    from ..runtime.manifest import is_exported_folder
+    from ..runtime.pipeline import OnnxDiGSegPipeline
+
+    device, dtype = placement
+    if not adapters:
+        if use:
+            raise ConfigError(f"--use-adapter {use}: no --adapter was given")
+        if is_exported_folder(model):
+            return OnnxDiGSegPipeline.from_pretrained(model, provider="cuda" if device.type == "cuda" else "cpu")
+        return DiGSegPipeline.from_pretrained(model, dtype=dtype).to(device)
+    named = parse_adapters(adapters)
+    if use is None and len(named) > 1:
+        raise ConfigError(f"several adapters ({', '.join(named)}): say which one predicts with --use-adapter NAME")
+    use = use if use is not None else next(iter(named))
+    if use not in named:
+        raise ConfigError(f"--use-adapter {use}: no --adapter of that name (given: {', '.join(named)})")
+    prediction_type = adapter_config(named[use]).get("prediction_type") or "sample"
+    pipe = DiGSegPipeline.from_base(model, prediction_type=prediction_type, torch_dtype=dtype).to(device)
+    for name, path in named.items():
+        pipe.load_adapter(path, name=name, activate=False)
+    pipe.set_adapter(use)
+    return pipe
+
+
+def parse_adapters(items: list[str]) -> dict[str, str]:
+    """--adapter values ("NAME=PATH", or "PATH": named after its folder) -> {name: path}."""
+    named: dict[str, str] = {}
+    for item in items:
+        name, eq, path = item.partition("=")
+        if not eq:
+            name, path = Path(item).name, item
+        if not name or not path:
+            raise ConfigError(f"--adapter takes NAME=PATH or PATH, got {item!r}")
+        if name in named:
+            raise ConfigError(f"--adapter: two adapters named {name!r}; name them apart with NAME=PATH")
+        named[name] = path
+    return named
 
 
 def _quiet_libraries() -> None:
@@ -241,8 +285,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ..data.io import read_class_list
     from ..distributed import is_main_process
     from ..run_lock import PREDICT, main_process_holds
+    from .parser import parse_outputs
     from .predict import images_by_adapter, run_predict
-    from .predict_records import parse_outputs
     from ..evaluation.protocols import TestProtocol, protocol_from_args, tiling_scale
 
     placement = resolve_device_and_dtype(args.device, args.dtype)
@@ -371,21 +415,20 @@ def cmd_export(args: argparse.Namespace) -> None:
     missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
     if missing:
         raise ConfigError(f"digseg export needs {', '.join(missing)}: pip install -e '.[onnx]'")
-    dtype = "fp32" if args.dtype == "auto" else args.dtype
-    if dtype not in ("fp32", "fp16"):
-        raise ConfigError(f"--dtype {dtype}: export writes fp32 or fp16 graphs")
-    if dtype == "fp16":  # before the model loads (export_pipeline checks the rest)
-        import torch
+    import torch
 
-        if not torch.cuda.is_available():
-            raise ConfigError("--dtype fp16 needs a CUDA GPU (fp16 graphs are exported on one); use --dtype fp32")
-    output = Path(args.output)
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise ConfigError(f"--output {output} exists and is not an empty folder; choose a new one")
     from ..export.onnx_export import export_pipeline, precompute_own_prompts, quantize_folder
     from ..pipelines.pipeline import DiGSegPipeline
     from ..runtime.manifest import is_exported_folder
 
+    dtype = "fp32" if args.dtype == "auto" else args.dtype
+    if dtype not in ("fp32", "fp16"):
+        raise ConfigError(f"--dtype {dtype}: export writes fp32 or fp16 graphs")
+    if dtype == "fp16" and not torch.cuda.is_available():  # before the model loads (export_pipeline checks the rest)
+        raise ConfigError("--dtype fp16 needs a CUDA GPU (fp16 graphs are exported on one); use --dtype fp32")
+    output = Path(args.output)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise ConfigError(f"--output {output} exists and is not an empty folder; choose a new one")
     if is_exported_folder(args.model):  # an export made smaller as it is: nothing exported again
         if not (args.quantize or args.no_text_encoder):
             raise ConfigError(f"--model {args.model} is already exported; --quantize int8 quantizes it and "
