@@ -124,11 +124,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     from ..training.run import build_run
     from ..run_lock import TRAIN, main_process_holds
 
-    # accelerate places each process (the launcher's GPU, else the GPU, else the CPU); `--device cpu` keeps it on the
-    # CPU, as `accelerate launch --cpu` does
-    device = resolve_device(args.device)
+    device = resolve_device(args.device)  # accelerate places each process: its launcher's GPU, else the GPU, else CPU
     if device.type == "cpu":
-        os.environ["ACCELERATE_USE_CPU"] = "true"  # accelerate's own switch
+        os.environ["ACCELERATE_USE_CPU"] = "true"  # as `accelerate launch --cpu` does
     elif device.index not in (None, int(os.environ.get("LOCAL_RANK", "0"))):
         raise ConfigError(f"--device {args.device}: training runs each process on the GPU its launcher gives it; "
                           f"choose the GPU with CUDA_VISIBLE_DEVICES={device.index} and --device cuda")
@@ -243,8 +241,7 @@ def cmd_train_mask_decoder(args: argparse.Namespace) -> None:
         raise ConfigError(f"--widths must be comma-separated integers, got {args.widths!r}") from None
     data_seed = _model_data_flags(args)
     hf = _hf_options(args)
-    # the data before the model (root, split, class list, every sample), at the model's resolution as its
-    # model_index.json says (read without loading weights; a hub model not cached yet: after it loads)
+    # the data before the model, at the resolution of its model_index.json (a hub model not cached yet: after it loads)
     resolution = args.processing_resolution or configured_setting(args.model, "default_processing_resolution")
     train_split = functools.partial(build_dataset, args.dataset, args.data_root, split="train",
                                     num_scenes=args.num_scenes, seed=data_seed, hf=hf, val_fraction=args.val_fraction,
@@ -262,8 +259,7 @@ def cmd_train_mask_decoder(args: argparse.Namespace) -> None:
         latent_noise=args.latent_noise, target=args.target, seed=args.seed)
     for reason in data.skipped:
         print(f"skipped {reason}", file=sys.stderr)
-    # the model's files stay as they are (whatever --dtype it ran in): a copy, plus mask_decoder/ (trained in
-    # fp32) and model_index.json naming it
+    # a copy of the model's files (whatever --dtype it ran in), then mask_decoder/ (fp32) and model_index.json naming it
     out = Path(args.output)
     if not (out.exists() and out.resolve() == Path(args.model).resolve()):
         shutil.copytree(args.model, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("mask_decoder"))
@@ -342,8 +338,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from ..evaluation.protocols import protocol_from_args, tiling_scale
 
     if (args.predictions is None) == (args.model is None):
-        raise ConfigError("give exactly one of --predictions DIR (score label PNGs) or --model DIR (predict, then "
-                          "score)")
+        raise ConfigError("give exactly one of --predictions DIR (label PNGs) or --model DIR (predict, then score)")
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise ConfigError(f"--output {output} is a file: eval's --output is a folder, holding metrics.json "
@@ -352,8 +347,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     reader = dict(val_fraction=args.val_fraction, split_file=args.split_file, hf=_hf_options(args))
     if args.adapter and not args.model:
         raise ConfigError("--adapter is loaded onto --model (its base): give --model too")
-    # on the model's own data with no split flag given, its split rule (`digseg.data.model_data`); an adapter's
-    # data is not its base's, so with --adapter the flags say it
+    # the model's split rule on its own data (`digseg.data.model_data`); an adapter's data is not its base's
     record = model_training_data(args.model) if args.model and not args.adapter else None
     if record is not None:
         reader.update(record.default_reader(args.dataset, args.data_root,

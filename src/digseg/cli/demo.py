@@ -123,12 +123,10 @@ def segment(pipe: Any, path: str | os.PathLike[str] | None, mode: str, text: str
         generator = torch.Generator().manual_seed(seed)
     result = pipe(image, prompt=prompt, classes=classes, ensemble_size=ensemble_size, num_inference_steps=steps,
                   generator=generator, show_progress_bar=False)
-    names = result.class_names
     zoom = display_factor(image.height, image.width)
     rgb = enlarge(np.asarray(image), zoom)  # [H', W', 3]
     labels = enlarge(np.asarray(result.labels[0]), zoom)  # [H', W']
-    plain = class_overlay(rgb, labels, names)
-    picture = with_legend(plain, labels, names)
+    plain = class_overlay(rgb, labels, result.class_names)
     u = enlarge(np.asarray(result.uncertainty[0]), zoom) if result.uncertainty is not None else None
     unc = grey_map(u, vmax=max(float(u.max()), 1e-6)) if u is not None else None
     ask = (f"prompt {prompt!r}" if prompt else "classes " + ", ".join(classes) if classes
@@ -136,7 +134,7 @@ def segment(pipe: Any, path: str | os.PathLike[str] | None, mode: str, text: str
     summary = (f"{image.width}x{image.height} image; {ask}; ensemble {ensemble_size}, {steps} step(s), seed {seed}"
                + ("" if adapter is None else f"; adapter {adapter}")
                + ("" if unc is not None else "; uncertainty needs ensemble size > 1"))
-    return DemoResult(picture, (Image.fromarray(rgb), plain), unc, summary)
+    return DemoResult(with_legend(plain, labels, result.class_names), (Image.fromarray(rgb), plain), unc, summary)
 
 
 def page_header(pipe: Any, max_pixels: int) -> str:

@@ -283,8 +283,7 @@ def run_predict(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
     with main_process_holds(out_dir, PREDICT):
         rank, world = process_info()
         kinds = [k for k in PER_IMAGE_OUTPUTS if k in outputs]
-        # as stored: earlier runs compare equal
-        settings = json.loads(json.dumps({**settings, "outputs": list(outputs)}))
+        settings = json.loads(json.dumps({**settings, "outputs": list(outputs)}))  # as stored, to compare with them
         names, stems = display_names(paths), unique_stems(paths)
 
         # 1. what is left to do: with skip_existing, the images an earlier run of the same settings finished
