@@ -112,8 +112,7 @@ def _train_config(args: argparse.Namespace):
             raise ConfigError(f"{section}.{key} is given twice: by --cfg-options and by its own flag")
         overrides.setdefault(section, {})[key] = value
     config_file = args.config
-    if not config_file and getattr(args, "resume", None):  # only `train` resumes
-        # `digseg train --output RUN --resume latest` continues RUN with the values it was trained with
+    if not config_file and getattr(args, "resume", None):  # only `train` resumes: RUN/config.yaml, its values
         run = Path(args.resume).parent.parent if args.resume != "latest" else Path(args.output or RunConfig.output_dir)
         config_file = str(run / "config.yaml") if (run / "config.yaml").is_file() else None
     return TrainConfig.load(config_file, overrides)

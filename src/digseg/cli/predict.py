@@ -274,11 +274,9 @@ def run_predict(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
                 batch_size: int = 1, skip_existing: bool = False, show_progress: bool | None = None,
                 outputs: Sequence[str] = OUTPUTS) -> PredictResult:
     """Predict every image of `paths` into `out_dir`, holding its lock; write summary.json and, with "report" in
-    `outputs`, index.html. Under a launcher, every process calls this with the same arguments.
-
-    call_kwargs: the pipeline's arguments, the same for every image; settings: what the run records (JSON values;
-    the outputs are added). show_progress: None shows the bar only when stderr is a terminal.
-    """
+    `outputs`, index.html. Under a launcher, every process calls this with the same arguments. call_kwargs: the
+    pipeline's arguments, the same for every image; settings: what the run records (JSON values; the outputs are
+    added). show_progress: None shows the bar only when stderr is a terminal."""
     out_dir = Path(out_dir)
     with main_process_holds(out_dir, PREDICT):
         rank, world = process_info()
