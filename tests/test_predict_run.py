@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from digseg.cli import predict_records
+from digseg.cli import predict
 from digseg.cli import main
 from digseg.data.io import load_image
 from digseg.data.synthetic import SYNTHETIC_CLASSES
 from digseg.errors import ConfigError
 from digseg.pipelines.inputs import read_image_list, select_images
-from digseg.cli.predict import EXIT_SKIPPED, size_batches
-from digseg.cli.predict_records import RecordIndex
+from digseg.cli.predict import EXIT_SKIPPED, RecordIndex, size_batches
 from digseg.seeding import seeded_generator
 
 
@@ -91,7 +90,7 @@ def test_unreadable_files_are_skipped_named_and_reported(model, tmp_path, capsys
     page = (out / "index.html").read_text(encoding="utf-8")
     assert page.count('<figure class="entry"') == 8 and "8 images, 3 skipped" in page
     assert all(f'<span class="skipped-name">{name}</span>' in page for name in bad)
-    assert not predict_records.partial_dir(out).exists()
+    assert not predict.partial_dir(out).exists()
 
 
 def test_a_run_without_bad_files_exits_0_and_one_with_only_missing_files_fails_early(model, tmp_path, capsys):
@@ -194,7 +193,7 @@ def test_skip_existing_continues_a_run_killed_midway(model, tmp_path, monkeypatc
     assert _predict(model, tmp_path / "reference", *args) == EXIT_SKIPPED
 
     out = tmp_path / "out"
-    real_publish, published = predict_records.publish, []
+    real_publish, published = predict.publish, []
 
     def killed_on_the_third(staging, out_dir):  # killed while moving the third image's files
         if len(published) == 2:
@@ -204,12 +203,12 @@ def test_skip_existing_continues_a_run_killed_midway(model, tmp_path, monkeypatc
         real_publish(staging, out_dir)
         published.append(staging.name)
 
-    monkeypatch.setattr(predict_records, "publish", killed_on_the_third)
+    monkeypatch.setattr(predict, "publish", killed_on_the_third)
     assert _predict(model, out, *args) == 130
-    monkeypatch.setattr(predict_records, "publish", real_publish)
+    monkeypatch.setattr(predict, "publish", real_publish)
     assert published == ["p0", "p1"]
     assert sorted(RecordIndex(out).where) == ["p0", "p1"]  # p2 is not finished: it has no record
-    assert (out / "p2_input.png").is_file() and predict_records.partial_dir(out).joinpath("p2").is_dir()
+    assert (out / "p2_input.png").is_file() and predict.partial_dir(out).joinpath("p2").is_dir()
     assert not (out / "summary.json").exists()
     finished = {p.name: p.stat().st_mtime_ns for p in out.glob("p[01]_*")}
     capsys.readouterr()
@@ -218,7 +217,7 @@ def test_skip_existing_continues_a_run_killed_midway(model, tmp_path, monkeypatc
     printed = capsys.readouterr().out
     assert "2 of 6 image(s) already finished" in printed and "(2 kept from an earlier run)" in printed
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("p[01]_*")} == finished  # not redone
-    assert not predict_records.partial_dir(out).exists()
+    assert not predict.partial_dir(out).exists()
     reference, resumed = _labels(tmp_path / "reference"), _labels(out)
     assert resumed.keys() == reference.keys() and len(resumed) == 5
     for name in reference:

@@ -1,5 +1,5 @@
-"""What each `digseg` command does (`COMMANDS`). User errors (a missing file, a bad value) print one line,
-`error: ...`, and exit with status 2; no traceback."""
+"""What each `digseg` command does (`COMMANDS`) and how it opens its model (`load_model`). User errors (a missing
+file, a bad value) print one line, `error: ...`, and exit with status 2; no traceback."""
 
 from __future__ import annotations
 
@@ -17,8 +17,52 @@ from pathlib import Path
 
 from ..devices import resolve_device, resolve_device_and_dtype, training_precision
 from ..errors import ConfigError, DigsegError
-from .loading import load_model, parse_adapters
 from .parser import build_parser
+
+
+def load_model(model, placement, adapters: list[str] | None = None, use: str | None = None):
+    """`model` loaded in the dtype and moved to the device of `placement` (torch.device, torch.dtype). An exported
+    folder runs on CUDA's execution provider on a CUDA device, else the CPU's. With `adapters` (--adapter values):
+    `model` is their base, each adapter is loaded onto it and `use` (default: the only one) is active."""
+    from ..models.adapters import adapter_config
+    from ..pipelines.pipeline import DiGSegPipeline
+    from ..runtime.manifest import is_exported_folder
+    from ..runtime.pipeline import OnnxDiGSegPipeline
+
+    device, dtype = placement
+    if not adapters:
+        if use:
+            raise ConfigError(f"--use-adapter {use}: no --adapter was given")
+        if is_exported_folder(model):
+            return OnnxDiGSegPipeline.from_pretrained(model, provider="cuda" if device.type == "cuda" else "cpu")
+        return DiGSegPipeline.from_pretrained(model, dtype=dtype).to(device)
+    named = parse_adapters(adapters)
+    if use is None and len(named) > 1:
+        raise ConfigError(f"several adapters ({', '.join(named)}): say which one predicts with --use-adapter NAME")
+    use = use if use is not None else next(iter(named))
+    if use not in named:
+        raise ConfigError(f"--use-adapter {use}: no --adapter of that name (given: {', '.join(named)})")
+    prediction_type = adapter_config(named[use]).get("prediction_type") or "sample"
+    pipe = DiGSegPipeline.from_base(model, prediction_type=prediction_type, torch_dtype=dtype).to(device)
+    for name, path in named.items():
+        pipe.load_adapter(path, name=name, activate=False)
+    pipe.set_adapter(use)
+    return pipe
+
+
+def parse_adapters(items: list[str]) -> dict[str, str]:
+    """--adapter values ("NAME=PATH", or "PATH": named after its folder) -> {name: path}."""
+    named: dict[str, str] = {}
+    for item in items:
+        name, eq, path = item.partition("=")
+        if not eq:
+            name, path = Path(item).name, item
+        if not name or not path:
+            raise ConfigError(f"--adapter takes NAME=PATH or PATH, got {item!r}")
+        if name in named:
+            raise ConfigError(f"--adapter: two adapters named {name!r}; name them apart with NAME=PATH")
+        named[name] = path
+    return named
 
 
 def _quiet_libraries() -> None:
@@ -68,8 +112,7 @@ def _train_config(args: argparse.Namespace):
             raise ConfigError(f"{section}.{key} is given twice: by --cfg-options and by its own flag")
         overrides.setdefault(section, {})[key] = value
     config_file = args.config
-    if not config_file and getattr(args, "resume", None):  # only `train` resumes
-        # `digseg train --output RUN --resume latest` continues RUN with the values it was trained with
+    if not config_file and getattr(args, "resume", None):  # only `train` resumes: RUN/config.yaml, its values
         run = Path(args.resume).parent.parent if args.resume != "latest" else Path(args.output or RunConfig.output_dir)
         config_file = str(run / "config.yaml") if (run / "config.yaml").is_file() else None
     return TrainConfig.load(config_file, overrides)
@@ -80,11 +123,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     from ..training.run import build_run
     from ..run_lock import TRAIN, main_process_holds
 
-    # accelerate places each process (the launcher's GPU, else the GPU, else the CPU); `--device cpu` keeps it on the
-    # CPU, as `accelerate launch --cpu` does
-    device = resolve_device(args.device)
+    device = resolve_device(args.device)  # accelerate places each process: its launcher's GPU, else the GPU, else CPU
     if device.type == "cpu":
-        os.environ["ACCELERATE_USE_CPU"] = "true"  # accelerate's own switch
+        os.environ["ACCELERATE_USE_CPU"] = "true"  # as `accelerate launch --cpu` does
     elif device.index not in (None, int(os.environ.get("LOCAL_RANK", "0"))):
         raise ConfigError(f"--device {args.device}: training runs each process on the GPU its launcher gives it; "
                           f"choose the GPU with CUDA_VISIBLE_DEVICES={device.index} and --device cuda")
@@ -199,8 +240,7 @@ def cmd_train_mask_decoder(args: argparse.Namespace) -> None:
         raise ConfigError(f"--widths must be comma-separated integers, got {args.widths!r}") from None
     data_seed = _model_data_flags(args)
     hf = _hf_options(args)
-    # the data before the model (root, split, class list, every sample), at the model's resolution as its
-    # model_index.json says (read without loading weights; a hub model not cached yet: after it loads)
+    # the data before the model, at the resolution of its model_index.json (a hub model not cached yet: after it loads)
     resolution = args.processing_resolution or configured_setting(args.model, "default_processing_resolution")
     train_split = functools.partial(build_dataset, args.dataset, args.data_root, split="train",
                                     num_scenes=args.num_scenes, seed=data_seed, hf=hf, val_fraction=args.val_fraction,
@@ -218,8 +258,7 @@ def cmd_train_mask_decoder(args: argparse.Namespace) -> None:
         latent_noise=args.latent_noise, target=args.target, seed=args.seed)
     for reason in data.skipped:
         print(f"skipped {reason}", file=sys.stderr)
-    # the model's files stay as they are (whatever --dtype it ran in): a copy, plus mask_decoder/ (trained in
-    # fp32) and model_index.json naming it
+    # a copy of the model's files (whatever --dtype it ran in), then mask_decoder/ (fp32) and model_index.json naming it
     out = Path(args.output)
     if not (out.exists() and out.resolve() == Path(args.model).resolve()):
         shutil.copytree(args.model, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("mask_decoder"))
@@ -241,8 +280,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ..data.io import read_class_list
     from ..distributed import is_main_process
     from ..run_lock import PREDICT, main_process_holds
+    from .parser import parse_outputs
     from .predict import images_by_adapter, run_predict
-    from .predict_records import parse_outputs
     from ..evaluation.protocols import TestProtocol, protocol_from_args, tiling_scale
 
     placement = resolve_device_and_dtype(args.device, args.dtype)
@@ -298,8 +337,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from ..evaluation.protocols import protocol_from_args, tiling_scale
 
     if (args.predictions is None) == (args.model is None):
-        raise ConfigError("give exactly one of --predictions DIR (score label PNGs) or --model DIR (predict, then "
-                          "score)")
+        raise ConfigError("give exactly one of --predictions DIR (label PNGs) or --model DIR (predict, then score)")
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise ConfigError(f"--output {output} is a file: eval's --output is a folder, holding metrics.json "
@@ -308,8 +346,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     reader = dict(val_fraction=args.val_fraction, split_file=args.split_file, hf=_hf_options(args))
     if args.adapter and not args.model:
         raise ConfigError("--adapter is loaded onto --model (its base): give --model too")
-    # on the model's own data with no split flag given, its split rule (`digseg.data.model_data`); an adapter's
-    # data is not its base's, so with --adapter the flags say it
+    # the model's split rule on its own data (`digseg.data.model_data`); an adapter's data is not its base's
     record = model_training_data(args.model) if args.model and not args.adapter else None
     if record is not None:
         reader.update(record.default_reader(args.dataset, args.data_root,
@@ -371,21 +408,20 @@ def cmd_export(args: argparse.Namespace) -> None:
     missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
     if missing:
         raise ConfigError(f"digseg export needs {', '.join(missing)}: pip install -e '.[onnx]'")
-    dtype = "fp32" if args.dtype == "auto" else args.dtype
-    if dtype not in ("fp32", "fp16"):
-        raise ConfigError(f"--dtype {dtype}: export writes fp32 or fp16 graphs")
-    if dtype == "fp16":  # before the model loads (export_pipeline checks the rest)
-        import torch
+    import torch
 
-        if not torch.cuda.is_available():
-            raise ConfigError("--dtype fp16 needs a CUDA GPU (fp16 graphs are exported on one); use --dtype fp32")
-    output = Path(args.output)
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise ConfigError(f"--output {output} exists and is not an empty folder; choose a new one")
     from ..export.onnx_export import export_pipeline, precompute_own_prompts, quantize_folder
     from ..pipelines.pipeline import DiGSegPipeline
     from ..runtime.manifest import is_exported_folder
 
+    dtype = "fp32" if args.dtype == "auto" else args.dtype
+    if dtype not in ("fp32", "fp16"):
+        raise ConfigError(f"--dtype {dtype}: export writes fp32 or fp16 graphs")
+    if dtype == "fp16" and not torch.cuda.is_available():  # before the model loads (export_pipeline checks the rest)
+        raise ConfigError("--dtype fp16 needs a CUDA GPU (fp16 graphs are exported on one); use --dtype fp32")
+    output = Path(args.output)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise ConfigError(f"--output {output} exists and is not an empty folder; choose a new one")
     if is_exported_folder(args.model):  # an export made smaller as it is: nothing exported again
         if not (args.quantize or args.no_text_encoder):
             raise ConfigError(f"--model {args.model} is already exported; --quantize int8 quantizes it and "

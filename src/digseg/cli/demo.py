@@ -18,7 +18,7 @@ from ..data.io import IMAGE_EXTENSIONS, load_image
 from ..devices import resolve_device_and_dtype
 from ..errors import ConfigError, DataError, DigsegError
 from ..pipelines.visualize import class_overlay, grey_map, side_by_side, with_legend
-from .loading import load_model, parse_adapters
+from .commands import load_model, parse_adapters
 
 DEFAULT_MODEL = Path("digseg-quickstart") / "model"
 DEFAULT_MAX_PIXELS = 4096 * 4096  # 16.7 megapixels
@@ -123,12 +123,10 @@ def segment(pipe: Any, path: str | os.PathLike[str] | None, mode: str, text: str
         generator = torch.Generator().manual_seed(seed)
     result = pipe(image, prompt=prompt, classes=classes, ensemble_size=ensemble_size, num_inference_steps=steps,
                   generator=generator, show_progress_bar=False)
-    names = result.class_names
     zoom = display_factor(image.height, image.width)
     rgb = enlarge(np.asarray(image), zoom)  # [H', W', 3]
     labels = enlarge(np.asarray(result.labels[0]), zoom)  # [H', W']
-    plain = class_overlay(rgb, labels, names)
-    picture = with_legend(plain, labels, names)
+    plain = class_overlay(rgb, labels, result.class_names)
     u = enlarge(np.asarray(result.uncertainty[0]), zoom) if result.uncertainty is not None else None
     unc = grey_map(u, vmax=max(float(u.max()), 1e-6)) if u is not None else None
     ask = (f"prompt {prompt!r}" if prompt else "classes " + ", ".join(classes) if classes
@@ -136,7 +134,7 @@ def segment(pipe: Any, path: str | os.PathLike[str] | None, mode: str, text: str
     summary = (f"{image.width}x{image.height} image; {ask}; ensemble {ensemble_size}, {steps} step(s), seed {seed}"
                + ("" if adapter is None else f"; adapter {adapter}")
                + ("" if unc is not None else "; uncertainty needs ensemble size > 1"))
-    return DemoResult(picture, (Image.fromarray(rgb), plain), unc, summary)
+    return DemoResult(with_legend(plain, labels, result.class_names), (Image.fromarray(rgb), plain), unc, summary)
 
 
 def page_header(pipe: Any, max_pixels: int) -> str:
@@ -177,17 +175,13 @@ def _system_theme(gr):
                              font_mono=["ui-monospace", "Consolas", "monospace"])
 
 
-def _accepts(fn, name: str) -> bool:
-    return name in inspect.signature(fn).parameters
-
-
 def start_demo(demo: Any, host: str = "127.0.0.1", port: int | None = None, block: bool = True) -> None:
     """Launch a built demo with the safe defaults (one run at a time, no run history kept in the browser).
     `block=False` returns at once (stop it with `demo.close()`)."""
     gr = import_gradio()
     options = dict(server_name=host, server_port=port, share=False, prevent_thread_lock=not block, quiet=not block,
                    max_file_size=MAX_UPLOAD_SIZE, theme=_system_theme(gr), run_history=False)
-    options = {k: v for k, v in options.items() if _accepts(demo.launch, k)}  # Gradio 4 to 6
+    options = {k: v for k, v in options.items() if k in inspect.signature(demo.launch).parameters}  # Gradio 4 to 6
     demo.queue(default_concurrency_limit=1).launch(**options)
 
 
@@ -197,7 +191,7 @@ def build_demo(pipe: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
     has_slider = hasattr(gr, "ImageSlider")
     names = getattr(pipe, "adapters", None) or []  # loaded LoRA adapters (none: no chooser)
     # Gradio < 6 takes the theme here, Gradio >= 6 in launch() (see `start_demo`)
-    theme = {} if _accepts(gr.Blocks.launch, "theme") else {"theme": _system_theme(gr)}
+    theme = {} if "theme" in inspect.signature(gr.Blocks.launch).parameters else {"theme": _system_theme(gr)}
     view = dict(type="pil", interactive=False, height=VIEW_HEIGHT)  # each picture shown
     with gr.Blocks(title="DiGSeg demo", analytics_enabled=False, **theme) as demo:
         header = gr.Markdown(page_header(pipe, max_pixels), elem_id="digseg-header")

@@ -9,8 +9,7 @@ from ..data.hf_options import FIELDS as HF_FIELDS
 from ..data.hf_options import HF_PREFIX
 from ..data.splits import DEFAULT_VAL_FRACTION
 from ..devices import DEVICE_CHOICES_TEXT, DTYPE_CHOICES
-from ..errors import EXIT_SKIPPED
-from .predict_records import OUTPUTS
+from ..errors import EXIT_SKIPPED, ConfigError
 from ..evaluation.protocols import add_protocol_flags, parse_pair
 from ..training.config import MASK_DECODER_STEPS, MASK_DECODER_TARGETS, MASK_DECODERS, TASKS, DataConfig
 
@@ -38,6 +37,23 @@ HELP = {
     "bad_samples": "every sample is read once before training: error (default) refuses a dataset with unreadable "
                    "or inconsistent samples, listing them all; skip trains without them",
 }
+
+
+# what `predict --outputs` chooses from: per image, then the run's HTML report (summary.json is always written)
+PER_IMAGE_OUTPUTS = ("labels", "overlay", "probabilities", "uncertainty", "input", "json")
+OUTPUTS = (*PER_IMAGE_OUTPUTS, "report")
+
+
+def parse_outputs(text: str) -> tuple[str, ...]:
+    """'labels,json' -> ('labels', 'json') in OUTPUTS order; 'all' -> OUTPUTS. ConfigError names an unknown kind."""
+    kinds = {k.strip() for k in text.split(",") if k.strip()}
+    if kinds == {"all"}:
+        return OUTPUTS
+    unknown = sorted(kinds - set(OUTPUTS))
+    if unknown or not kinds:
+        raise ConfigError(f"--outputs: unknown kind(s) {', '.join(unknown) or repr(text)}; choose from "
+                          f"{', '.join(OUTPUTS)} or all (comma-separated)")
+    return tuple(k for k in OUTPUTS if k in kinds)
 
 
 def _add_device_flags(parser: argparse.ArgumentParser, training: bool = False) -> None:

@@ -4,13 +4,18 @@ image, resumable, shared between launched processes, and going on past files tha
 eval` does: its result depends neither on the batch size, nor on the other images, nor on the number of processes.
 
 An image's record, from which summary.json and the report are written, is its `<stem>_summary.json` without the
-settings: name, source, image_size, classes (those present), unlabelled_fraction, files (None: not written).
+settings: name, source, image_size, classes (those present), unlabelled_fraction, files (None: not written). A run
+keeps in `<output>/.digseg-predict/`: per process, `records-<rank>.jsonl`, a line {"settings": ...} then one line
+per finished image, its record, appended once its files are in place (a line cut short by a kill is ignored);
+`partial/<stem>/`, an image's files while they are written. summary.json and the report are written from the
+records (`RecordIndex`) one image at a time: memory holds one file offset per image.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import sys
 from collections import deque
@@ -24,7 +29,6 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from . import predict_records
 from ..data.io import load_image
 from ..distributed import gather_objects, process_info, shard, sum_tensor, wait_for_everyone
 from ..errors import EXIT_SKIPPED, ConfigError, DataError
@@ -32,8 +36,8 @@ from ..pipelines.common import padded_size
 from ..pipelines.inputs import (check_some_exist, display_names, expand_image_inputs, first_of_each, read_image_list,
                                 select_images, unique_stems)
 from ..run_lock import PREDICT, main_process_holds
-from .predict_records import OUTPUTS, PER_IMAGE_OUTPUTS, RecordIndex, RecordWriter, open_atomically
-from .report import write_report
+from .parser import OUTPUTS, PER_IMAGE_OUTPUTS
+from .report import open_atomically, write_report
 from ..pipelines.visualize import hex_colour, palette_for, save_prediction, tints_class_zero
 from ..seeding import seeded_generator
 
@@ -125,6 +129,105 @@ def _read_ahead(paths: list[Path], indices: list[int]) -> Iterator[tuple[int, An
                 yield j, future.result()
 
 
+def state_dir(out_dir: Path) -> Path:
+    return Path(out_dir) / ".digseg-predict"
+
+
+def partial_dir(out_dir: Path) -> Path:
+    """Where images are written before they are moved into `out_dir`."""
+    return state_dir(out_dir) / "partial"
+
+
+def _settings_of(path: Path) -> dict | None:
+    """The settings line a records file starts with (None: no complete settings line)."""
+    with open(path, "rb") as f:
+        try:
+            return json.loads(f.readline())["settings"]
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+def check_same_settings(out_dir: Path, settings: dict) -> None:
+    """For --skip-existing: ConfigError naming the settings that differ when `out_dir` holds another run's images."""
+    for path in sorted(state_dir(out_dir).glob("records-*.jsonl")):
+        earlier = _settings_of(path)
+        if earlier is not None and earlier != settings:
+            changed = sorted(k for k in set(settings) | set(earlier) if settings.get(k) != earlier.get(k))
+            raise ConfigError(f"--skip-existing: {out_dir} holds a run with other settings ({', '.join(changed)}); "
+                              "use another --output, or drop --skip-existing to predict every image again")
+
+
+def publish(staging: Path, out_dir: Path) -> None:
+    """Move an image's files from `staging` into `out_dir` (os.replace: each atomic), then remove `staging`."""
+    for path in sorted(staging.iterdir()):
+        os.replace(path, out_dir / path.name)
+    staging.rmdir()
+
+
+class RecordWriter:
+    """Appends this process's finished images to its records file, one line each, flushed at once. The file (and
+    its settings line) is made at the first image; one of the same settings from an earlier run is continued."""
+
+    def __init__(self, out_dir: Path, rank: int, settings: dict):
+        self.path, self.settings = state_dir(out_dir) / f"records-{rank:05d}.jsonl", settings
+        self._file = None
+
+    def add(self, stem: str, record: dict) -> None:
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.is_file() and _settings_of(self.path) == self.settings:
+                with open(self.path, "rb") as f:
+                    f.seek(-1, os.SEEK_END)
+                    cut_short = f.read(1) != b"\n"
+                self._file = open(self.path, "a", encoding="utf-8")
+                self._file.write("\n" if cut_short else "")  # a line cut short by a kill stays alone on its line
+            else:
+                self._file = open(self.path, "w", encoding="utf-8")
+                self._file.write(json.dumps({"settings": self.settings}, ensure_ascii=False) + "\n")
+        self._file.write(json.dumps({"stem": stem, **record}, ensure_ascii=False) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+class RecordIndex:
+    """Where each finished image's record is: stem -> (records file, byte offset), over every process's file."""
+
+    def __init__(self, out_dir: Path):
+        self.out_dir = Path(out_dir)
+        self.where: dict[str, tuple[Path, int]] = {}
+        for path in sorted(state_dir(out_dir).glob("records-*.jsonl")):
+            with open(path, "rb") as f:
+                offset = len(f.readline())  # the settings line
+                for line in f:
+                    try:
+                        self.where[json.loads(line)["stem"]] = (path, offset)
+                    except (ValueError, KeyError, TypeError):
+                        pass  # cut short by a kill: the image was not finished
+                    offset += len(line)
+
+    def get(self, stem: str) -> dict | None:
+        if stem not in self.where:
+            return None
+        path, offset = self.where[stem]
+        with open(path, "rb") as f:
+            f.seek(offset)
+            record = json.loads(f.readline())
+        record.pop("stem")
+        return record
+
+    def finished(self, stem: str, source: Path) -> bool:
+        """True when `stem` has a record for this `source` and every file it lists is in the output folder."""
+        record = self.get(stem)
+        if record is None or Path(record["source"]).resolve() != source.resolve():
+            return False
+        files = record["files"]
+        listed = [v for v in files.values() if isinstance(v, str)] + [m["file"] for m in files["probabilities"]]
+        return all((self.out_dir / name).is_file() for name in listed)
+
+
 def class_fractions(labels: np.ndarray, class_names: list[str]) -> tuple[list[dict], float]:
     """labels [H, W] int (255 = no class) -> (one dict per class present, fraction of unlabelled pixels)."""
     k = len(class_names)
@@ -171,30 +274,27 @@ def run_predict(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
                 batch_size: int = 1, skip_existing: bool = False, show_progress: bool | None = None,
                 outputs: Sequence[str] = OUTPUTS) -> PredictResult:
     """Predict every image of `paths` into `out_dir`, holding its lock; write summary.json and, with "report" in
-    `outputs`, index.html. Under a launcher, every process calls this with the same arguments.
-
-    call_kwargs: the pipeline's arguments, the same for every image; settings: what the run records (JSON values;
-    the outputs are added). show_progress: None shows the bar only when stderr is a terminal.
-    """
+    `outputs`, index.html. Under a launcher, every process calls this with the same arguments. call_kwargs: the
+    pipeline's arguments, the same for every image; settings: what the run records (JSON values; the outputs are
+    added). show_progress: None shows the bar only when stderr is a terminal."""
     out_dir = Path(out_dir)
     with main_process_holds(out_dir, PREDICT):
         rank, world = process_info()
         kinds = [k for k in PER_IMAGE_OUTPUTS if k in outputs]
-        # as stored: earlier runs compare equal
-        settings = json.loads(json.dumps({**settings, "outputs": list(outputs)}))
+        settings = json.loads(json.dumps({**settings, "outputs": list(outputs)}))  # as stored, to compare with them
         names, stems = display_names(paths), unique_stems(paths)
 
         # 1. what is left to do: with skip_existing, the images an earlier run of the same settings finished
         todo = list(range(len(paths)))
         if skip_existing:
-            predict_records.check_same_settings(out_dir, settings)
+            check_same_settings(out_dir, settings)
             index = RecordIndex(out_dir)
             todo = [i for i in todo if not index.finished(stems[i], paths[i])]
         if len(todo) < len(paths) and rank == 0:
             print(f"--skip-existing: {len(paths) - len(todo)} of {len(paths)} image(s) already finished in {out_dir}")
         wait_for_everyone()  # every process has read the records before the main process may drop them
         if rank == 0 and not skip_existing:  # a new run: forget the images of an earlier run here
-            for path in predict_records.state_dir(out_dir).glob("records-*.jsonl"):
+            for path in state_dir(out_dir).glob("records-*.jsonl"):
                 path.unlink()
         wait_for_everyone()
 
@@ -212,13 +312,13 @@ def run_predict(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
             result = pipe(images, generator=[seeded_generator(seed, i) for i, _ in batch], batch_size=len(batch),
                           show_progress_bar=False, **call_kwargs)
             for j, (i, image) in enumerate(batch):
-                staging = predict_records.partial_dir(out_dir) / stems[i]
+                staging = partial_dir(out_dir) / stems[i]
                 shutil.rmtree(staging, ignore_errors=True)  # left by a run killed while writing this image
                 unc = result.uncertainty[j] if result.uncertainty is not None else None
                 record = write_image_outputs(staging, stems[i], names[i], paths[i], image, result.labels[j],
                                              result.probabilities[j], result.class_names, unc, settings,
                                              result.probability_class_ids[j], kinds)
-                predict_records.publish(staging, out_dir)
+                publish(staging, out_dir)
                 records.add(stems[i], record)  # from here on the image counts as finished
                 bar.write(f"{names[i]}: " + ", ".join(f"{c['name']} {c['fraction']:.1%}" for c in record["classes"]))
                 bar.update(1)
@@ -249,7 +349,7 @@ def run_predict(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
         out_dir.mkdir(parents=True, exist_ok=True)
         if rank == 0:
             with contextlib.suppress(OSError):  # a staging folder still holding files: another run writes here
-                predict_records.partial_dir(out_dir).rmdir()
+                partial_dir(out_dir).rmdir()
             index = RecordIndex(out_dir)
             runtime = pipe.runtime_info(world)
             write_run_summary(out_dir, map(index.get, done), missed, runtime)

@@ -6,15 +6,15 @@ missing). Files are referenced relative to the pages; all text is HTML-escaped, 
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
+import os
 import re
 from pathlib import Path
 from itertools import islice
-from typing import Iterable
+from typing import Iterable, Iterator, TextIO
 from urllib.parse import quote
-
-from .predict_records import open_atomically
 
 _HEX = re.compile(r"^#[0-9a-fA-F]{6}$")
 THUMBNAILS_ALWAYS = 8  # show every probability map as a thumbnail up to this many; else only present classes
@@ -264,6 +264,19 @@ def _page_head(count: str, page: int, pages: int, settings: dict, skipped: list[
   {skipped_block if skipped else ""}
 </header>
 """
+
+
+@contextlib.contextmanager
+def open_atomically(path: Path) -> Iterator[TextIO]:
+    """A text file to write `path` through: a temporary file beside it, moved over `path` with `os.replace`
+    when the block ends without error (removed otherwise): readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_report(out_dir: Path, entries: Iterable[dict], settings: dict | None = None,
