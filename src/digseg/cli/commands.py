@@ -311,8 +311,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 **({"adapter": name, "adapters": adapters} if adapters else {}),
                 "classes": None if args.prompt is not None else (classes or list(pipe.config.class_names or [])),
                 "ensemble_size": args.ensemble_size, "steps": args.steps or pipe.config.default_denoising_steps,
-                "seed": args.seed,
-                "processing_resolution": args.processing_resolution or pipe.config.default_processing_resolution,
+                "seed": args.seed, "processing_resolution": args.processing_resolution
+                if args.processing_resolution is not None else pipe.config.default_processing_resolution,
                 **query, "protocol": dataclasses.asdict(protocol)}
             call_kwargs = dict(prompt=args.prompt, classes=classes, ensemble_size=args.ensemble_size,
                                num_inference_steps=args.steps, processing_resolution=args.processing_resolution,
