@@ -99,11 +99,6 @@ def best_mixed_precision() -> str:
     return dtype_name(resolve_dtype("auto", torch.device("cuda")))
 
 
-def training_precision(dtype: str) -> str:
-    """A --dtype choice as `optim.mixed_precision`: auto -> "" (the launcher's, else `best_mixed_precision`)."""
-    return {"auto": "", "fp32": "no"}.get(dtype, dtype)
-
-
 def dtype_name(dtype: "torch.dtype") -> str:
     """torch.bfloat16 -> "bf16" (the --dtype spelling); other dtypes as torch names them."""
     name = str(dtype).removeprefix("torch.")

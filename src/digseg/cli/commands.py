@@ -15,7 +15,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from ..devices import resolve_device, resolve_device_and_dtype, training_precision
+from ..devices import resolve_device, resolve_device_and_dtype
 from ..errors import ConfigError, DigsegError
 from .parser import build_parser
 
@@ -106,8 +106,8 @@ def _train_config(args: argparse.Namespace):
         section, key = _FLAG_ALIASES.get(dest, (sections.get(dest), dest))
         if section is None or value is None:  # a flag left off does not override the file
             continue
-        if dest == "dtype":
-            value = training_precision(value)
+        if dest == "dtype":  # a --dtype choice as optim.mixed_precision; auto: "" (the launcher's, else the best)
+            value = {"auto": "", "fp32": "no"}.get(value, value)
         if key in overrides.get(section, {}):
             raise ConfigError(f"{section}.{key} is given twice: by --cfg-options and by its own flag")
         overrides.setdefault(section, {})[key] = value
