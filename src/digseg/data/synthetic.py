@@ -54,8 +54,7 @@ def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nda
     return img, base
 
 
-def _shape_mask(kind: int, cx: float, cy: float, r: float, rng: np.random.Generator,
-                size: int) -> np.ndarray:
+def _shape_mask(kind: int, cx: float, cy: float, r: float, rng: np.random.Generator, size: int) -> np.ndarray:
     """Boolean mask [S, S] of one shape centred at (cx, cy) with radius r (pixels)."""
     yy, xx, _ = _grid(size)
     dx, dy = xx - cx, yy - cy
@@ -67,11 +66,9 @@ def _shape_mask(kind: int, cx: float, cy: float, r: float, rng: np.random.Genera
         half = 0.85 * r
         return (np.abs(dx * c + dy * s) <= half) & (np.abs(-dx * s + dy * c) <= half)
     # Triangle: near-equilateral, any rotation, vertices on a circle of radius 1.4 r.
-    ang = rng.uniform(0.0, 2 * np.pi) + np.array([0.0, 2 * np.pi / 3, 4 * np.pi / 3])
-    ang = ang + rng.normal(0.0, 0.1, size=3)
+    ang = rng.uniform(0.0, 2 * np.pi) + np.array([0.0, 2 * np.pi / 3, 4 * np.pi / 3]) + rng.normal(0.0, 0.1, size=3)
     vx, vy = cx + 1.4 * r * np.cos(ang), cy + 1.4 * r * np.sin(ang)
-    d = [(vx[(k + 1) % 3] - vx[k]) * (yy - vy[k]) - (vy[(k + 1) % 3] - vy[k]) * (xx - vx[k])
-         for k in range(3)]
+    d = [(vx[(k + 1) % 3] - vx[k]) * (yy - vy[k]) - (vy[(k + 1) % 3] - vy[k]) * (xx - vx[k]) for k in range(3)]
     return ((d[0] >= 0) & (d[1] >= 0) & (d[2] >= 0)) | ((d[0] <= 0) & (d[1] <= 0) & (d[2] <= 0))
 
 

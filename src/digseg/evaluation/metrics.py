@@ -1,5 +1,4 @@
-"""Segmentation metrics: a dataset-level confusion matrix (`SegmentationMetric`, mmsegmentation's and CAT-Seg's
-means), road scores of one class (`binary_scores`), medical per-image Dice and IoU (`per_image_dice_iou`)."""
+"""Segmentation metrics: a dataset-level confusion matrix (mmseg's and CAT-Seg's means), road and medical scores."""
 
 from __future__ import annotations
 
@@ -20,12 +19,10 @@ def _as_long(x: ArrayLike) -> torch.Tensor:
 
 
 def _pct(num: torch.Tensor, den: torch.Tensor) -> list[float | None]:
-    """Elementwise ``100 * num / den`` as Python floats; None where ``den == 0``."""
     return [100.0 * float(n) / float(d) if d > 0 else None for n, d in zip(num.tolist(), den.tolist())]
 
 
 def _mean(values: list[float | None], keep: list[bool]) -> float:
-    """Mean of ``values`` where ``keep`` (and not None); NaN if nothing is kept."""
     vals = [v for v, k in zip(values, keep) if k and v is not None]
     return sum(vals) / len(vals) if vals else float("nan")
 

@@ -1,5 +1,4 @@
-"""Test protocols (`TestProtocol`): the test-time settings of each benchmark's published tables (docs/eval_protocols.md
-gives the sources); `digseg eval` uses `protocol_for`'s, with any field overridden on the command line."""
+"""Test-time settings of each benchmark's published tables (docs/eval_protocols.md), overridable by flags."""
 
 from __future__ import annotations
 
