@@ -89,8 +89,7 @@ class Augmentation:
         known = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(values) - set(known))
         if unknown:
-            raise ConfigError(f"unknown augmentation key(s): {', '.join(map(str, unknown))}; "
-                              f"valid: {', '.join(known)}")
+            raise ConfigError(f"unknown augmentation key(s): {', '.join(map(str, unknown))}; valid: {', '.join(known)}")
         return dataclasses.replace(base, **dict(values))
 
 
@@ -203,8 +202,7 @@ AUGMENT_PRESETS: dict[str, Augmentation] = {  # mmseg configs/_base_/datasets/<n
     "pascal-context-459": _ADE,
     "cityscapes": _CITYSCAPES,
     "bdd100k": _CITYSCAPES,  # the same 19 trainIds
-    # fixed physical pixel size: native pixels (scale None) times the ratio; overhead and microscope views
-    # have no "up", so vertical flips too; roads cover ~4% of a tile, so crop retries are off
+    # native pixels (a fixed physical size); top views have no "up": vertical flips; roads are ~4%: no crop retries
     "deepglobe-roads": Augmentation(scale=None, crop_size=(512, 512), cat_max_ratio=1.0, vflip_prob=0.5),
     "monuseg": Augmentation(scale=None, crop_size=(512, 512), vflip_prob=0.5),
     "refuge2": Augmentation(scale=(2124, 2056), crop_size=(512, 512)),  # the 2124x2056 Zeiss images

@@ -4,7 +4,6 @@ kind has its own colours: a tiny model trained for a few CPU minutes could not t
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError
 from .base import Sample, SegmentationDataset
-from .io import image_to_tensor, tensor_to_image
+from .io import PathLike, image_to_tensor, tensor_to_image
 
 SYNTHETIC_CLASSES: tuple[str, ...] = ("background", "circle", "square", "triangle")
 _CIRCLE, _SQUARE, _TRIANGLE = 1, 2, 3
@@ -141,7 +140,7 @@ class SyntheticScenes(Dataset):
         return {"image": image_to_tensor(image), "label": torch.from_numpy(label), "stem": f"scene_{i:05d}"}
 
 
-def save_scenes_as_folder(scenes: SyntheticScenes, root: str | os.PathLike[str]) -> Path:
+def save_scenes_as_folder(scenes: SyntheticScenes, root: PathLike) -> Path:
     """`scenes` written as a `folder` dataset (images/, masks/, classes.txt) at `root`, returned as a Path."""
     root = Path(root)
     for folder in ("images", "masks"):

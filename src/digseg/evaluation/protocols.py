@@ -28,7 +28,6 @@ class TestProtocol:
 
 
 def _mmseg(config: str, crop: int, stride: int, scale: tuple[int, int]) -> TestProtocol:
-    """mmseg's slide test of `config` (configs/_base_/datasets/<config>.py) at keep-ratio `scale`."""
     return TestProtocol("slide", (crop, crop), (stride, stride), scale, source=f"mmseg: configs/_base_/datasets/"
                         f"{config}.py scale {scale} keep_ratio; slide {crop} / {stride}")
 
