@@ -77,8 +77,7 @@ class Augmentation:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any] | bool | None,
-                  base: "Augmentation | None" = None) -> "Augmentation":
+    def from_dict(cls, values: Mapping[str, Any] | bool | None, base: "Augmentation | None" = None) -> "Augmentation":
         """`base` (default `Augmentation()`) with `values` overriding it; False: off, True or None: `base`."""
         base = base if base is not None else cls()
         if values is None or values is True:
@@ -90,23 +89,18 @@ class Augmentation:
         known = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(values) - set(known))
         if unknown:
-            raise ConfigError(f"unknown augmentation key(s): {', '.join(map(str, unknown))}; "
-                              f"valid: {', '.join(known)}")
+            raise ConfigError(f"unknown augmentation key(s): {', '.join(map(str, unknown))}; valid: {', '.join(known)}")
         return dataclasses.replace(base, **dict(values))
 
 
-def _nearest_rows(start: int, count: int, size: int, new_size: int) -> np.ndarray:
-    """Source indices [count] of output pixels start..start+count on an axis resized size -> new_size."""
-    centres = (np.arange(start, start + count, dtype=np.float64) + 0.5) * (size / new_size)
-    return np.minimum(centres.astype(np.int64), size - 1)
-
-
-def _label_window(label: np.ndarray, new_hw: tuple[int, int], top: int, left: int,
-                  hw: tuple[int, int]) -> np.ndarray:
+def _label_window(label: np.ndarray, new_hw: tuple[int, int], top: int, left: int, hw: tuple[int, int]) -> np.ndarray:
     """Window [h, w] at (top, left) of `label` [H, W] resized (nearest) to new_hw, without resizing the rest."""
-    rows = _nearest_rows(top, hw[0], label.shape[0], new_hw[0])
-    cols = _nearest_rows(left, hw[1], label.shape[1], new_hw[1])
-    return np.take(np.take(label, rows, axis=0), cols, axis=1)  # rows first: whole-row copies
+    window = label
+    for axis, start in ((0, top), (1, left)):  # rows first: whole-row copies
+        size = label.shape[axis]
+        centres = (np.arange(start, start + hw[axis], dtype=np.float64) + 0.5) * (size / new_hw[axis])
+        window = np.take(window, np.minimum(centres.astype(np.int64), size - 1), axis=axis)
+    return window
 
 
 def _crop_ok(window: np.ndarray, cat_max_ratio: float, ignore_index: int) -> bool:
@@ -208,8 +202,7 @@ AUGMENT_PRESETS: dict[str, Augmentation] = {  # mmseg configs/_base_/datasets/<n
     "pascal-context-459": _ADE,
     "cityscapes": _CITYSCAPES,
     "bdd100k": _CITYSCAPES,  # the same 19 trainIds
-    # fixed physical pixel size: native pixels (scale None) times the ratio; overhead and microscope views
-    # have no "up", so vertical flips too; roads cover ~4% of a tile, so crop retries are off
+    # native pixels (a fixed physical size); top views have no "up": vertical flips; roads are ~4%: no crop retries
     "deepglobe-roads": Augmentation(scale=None, crop_size=(512, 512), cat_max_ratio=1.0, vflip_prob=0.5),
     "monuseg": Augmentation(scale=None, crop_size=(512, 512), vflip_prob=0.5),
     "refuge2": Augmentation(scale=(2124, 2056), crop_size=(512, 512)),  # the 2124x2056 Zeiss images

@@ -1,5 +1,4 @@
-"""Every sample of a dataset read as training reads it (`check_dataset`, kept under `scan_key` so a resume does not
-scan again); `keep_good` then refuses the dataset or drops its bad samples."""
+"""Every sample read as training reads it (cached by `scan_key` for a resume); `keep_good` refuses or drops bad ones."""
 
 from __future__ import annotations
 
@@ -9,7 +8,6 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -51,11 +49,6 @@ class DataCheck:
         return hashlib.sha256("\n".join(self.kept_names()).encode()).hexdigest()[:16]
 
 
-def stored_samples(dataset) -> Sequence | None:
-    """The samples of a dataset read from storage (`SegmentationDataset.samples`); None for generated data."""
-    return getattr(dataset, "samples", None)
-
-
 def _file_facts(path) -> str:
     try:
         st = os.stat(path)
@@ -66,14 +59,13 @@ def _file_facts(path) -> str:
 
 def scan_key(dataset) -> str:
     """What a check depends on: class count, ignore index, each sample's files, sizes, times (a table: fingerprint)."""
-    samples = stored_samples(dataset)
     h = hashlib.sha256(f"{type(dataset).__name__}|{len(getattr(dataset, 'class_names', []))}|"
-                       f"{getattr(dataset, 'ignore_index', 255)}|{len(samples)}".encode())
+                       f"{getattr(dataset, 'ignore_index', 255)}|{len(dataset.samples)}".encode())
     table = getattr(dataset, "table", None)
     if table is not None:  # an hf: dataset's rows: the datasets library's fingerprint of the table
         h.update(f"table:{getattr(table, '_fingerprint', None) or id(table)}".encode())
         return h.hexdigest()
-    for s in samples:
+    for s in dataset.samples:
         h.update(f"{s.image}|{_file_facts(s.image)}|{s.label}|{_file_facts(s.label)}\n".encode())
     return h.hexdigest()
 
@@ -92,8 +84,7 @@ def _read_each(dataset, indices: list[int]) -> list[tuple[int, str | None]]:
     return found
 
 
-def scan_dataset(dataset, num_workers: int = 0, show_progress: bool = True,
-                 desc: str = "check data") -> DataCheck:
+def scan_dataset(dataset, num_workers: int = 0, show_progress: bool = True, desc: str = "check data") -> DataCheck:
     """Every sample read (in up to `num_workers` DataLoader workers; none below SMALL samples) -> DataCheck."""
     from torch.utils.data import DataLoader  # here: the training config imports this module, and --help no torch
 
@@ -112,7 +103,7 @@ def scan_dataset(dataset, num_workers: int = 0, show_progress: bool = True,
 def check_dataset(dataset, cache: Path | None = None, num_workers: int = 0,
                   show_progress: bool = True, desc: str = "check data") -> DataCheck | None:
     """`scan_dataset` (kept in `cache`), or the check kept there of the same files; None for generated data."""
-    if stored_samples(dataset) is None:
+    if getattr(dataset, "samples", None) is None:  # generated data: nothing read from storage
         return None
     if cache is not None and cache.is_file():
         try:
@@ -148,7 +139,7 @@ def keep_good(dataset, check: DataCheck | None, policy: str, where: str):
     from .base import LazySamples  # here: importing this module imports no torch
 
     kept = copy.copy(dataset)  # the same reader over the good samples only
-    kept.samples = LazySamples(stored_samples(dataset).__getitem__, check.kept)
+    kept.samples = LazySamples(dataset.samples.__getitem__, check.kept)
     return kept
 
 

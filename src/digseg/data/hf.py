@@ -85,12 +85,11 @@ def _class_file(source: str) -> Path | None:
     return None
 
 
-def class_names_of(source: str, label_feature, options: HFOptions) -> list[str]:
+def class_names_of(source: str, feature, options: HFOptions) -> list[str]:
     """The class names by the rules of docs/data.md; DataError saying where names may come from."""
     if options.classes_file:
         return read_class_list(options.classes_file)
-    feature = label_feature  # a ClassLabel feature, or a sequence of them, has names
-    while feature is not None and not getattr(feature, "names", None):
+    while feature is not None and not getattr(feature, "names", None):  # a ClassLabel, or a sequence of them
         feature = getattr(feature, "feature", None)
     stored = None if feature is None else list(feature.names)
     file = _class_file(source) if stored is None else None

@@ -4,7 +4,6 @@ kind has its own colours: a tiny model trained for a few CPU minutes could not t
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError
 from .base import Sample, SegmentationDataset
-from .io import image_to_tensor, tensor_to_image
+from .io import PathLike, image_to_tensor, tensor_to_image
 
 SYNTHETIC_CLASSES: tuple[str, ...] = ("background", "circle", "square", "triangle")
 _CIRCLE, _SQUARE, _TRIANGLE = 1, 2, 3
@@ -54,8 +53,7 @@ def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nda
     return img, base
 
 
-def _shape_mask(kind: int, cx: float, cy: float, r: float, rng: np.random.Generator,
-                size: int) -> np.ndarray:
+def _shape_mask(kind: int, cx: float, cy: float, r: float, rng: np.random.Generator, size: int) -> np.ndarray:
     """Boolean mask [S, S] of one shape centred at (cx, cy) with radius r (pixels)."""
     yy, xx, _ = _grid(size)
     dx, dy = xx - cx, yy - cy
@@ -67,11 +65,9 @@ def _shape_mask(kind: int, cx: float, cy: float, r: float, rng: np.random.Genera
         half = 0.85 * r
         return (np.abs(dx * c + dy * s) <= half) & (np.abs(-dx * s + dy * c) <= half)
     # Triangle: near-equilateral, any rotation, vertices on a circle of radius 1.4 r.
-    ang = rng.uniform(0.0, 2 * np.pi) + np.array([0.0, 2 * np.pi / 3, 4 * np.pi / 3])
-    ang = ang + rng.normal(0.0, 0.1, size=3)
+    ang = rng.uniform(0.0, 2 * np.pi) + np.array([0.0, 2 * np.pi / 3, 4 * np.pi / 3]) + rng.normal(0.0, 0.1, size=3)
     vx, vy = cx + 1.4 * r * np.cos(ang), cy + 1.4 * r * np.sin(ang)
-    d = [(vx[(k + 1) % 3] - vx[k]) * (yy - vy[k]) - (vy[(k + 1) % 3] - vy[k]) * (xx - vx[k])
-         for k in range(3)]
+    d = [(vx[(k + 1) % 3] - vx[k]) * (yy - vy[k]) - (vy[(k + 1) % 3] - vy[k]) * (xx - vx[k]) for k in range(3)]
     return ((d[0] >= 0) & (d[1] >= 0) & (d[2] >= 0)) | ((d[0] <= 0) & (d[1] <= 0) & (d[2] <= 0))
 
 
@@ -144,7 +140,7 @@ class SyntheticScenes(Dataset):
         return {"image": image_to_tensor(image), "label": torch.from_numpy(label), "stem": f"scene_{i:05d}"}
 
 
-def save_scenes_as_folder(scenes: SyntheticScenes, root: str | os.PathLike[str]) -> Path:
+def save_scenes_as_folder(scenes: SyntheticScenes, root: PathLike) -> Path:
     """`scenes` written as a `folder` dataset (images/, masks/, classes.txt) at `root`, returned as a Path."""
     root = Path(root)
     for folder in ("images", "masks"):

@@ -150,8 +150,7 @@ def predict_dataset(pipe, dataset: SegmentationDataset, out_dir: str | Path | No
                 on_result(index, sample, dataclasses.replace(result, **one))  # image j as a one-image output
         pending.clear()
 
-    for index, sample in tqdm(mine, desc=f"predict {dataset.name}",
-                              disable=not (show_progress and is_main_process())):
+    for index, sample in tqdm(mine, desc=f"predict {dataset.name}", disable=not (show_progress and is_main_process())):
         try:
             pending.append((index, sample, dataset.read_image(sample)))
         except DataError as exc:

@@ -43,8 +43,7 @@ def evaluate_binary(pipe: DiGSegPipeline, dataset: Dataset, setting: EStep, seed
             continue
         start = time.perf_counter()
         out = pipe(images, prompt=name, ensemble_size=setting.ensemble_size, num_inference_steps=setting.steps,
-                   batch_size=32, generator=torch.Generator().manual_seed(seed), show_progress_bar=False,
-                   **call_kwargs)
+                   batch_size=32, generator=torch.Generator().manual_seed(seed), show_progress_bar=False, **call_kwargs)
         seconds += time.perf_counter() - start
         queried += len(images)
         for label, pred in zip(labels, out.labels):

@@ -1,5 +1,4 @@
-"""Segmentation metrics: a dataset-level confusion matrix (`SegmentationMetric`, mmsegmentation's and CAT-Seg's
-means), road scores of one class (`binary_scores`), medical per-image Dice and IoU (`per_image_dice_iou`)."""
+"""Segmentation metrics: a dataset-level confusion matrix (mmseg's and CAT-Seg's means), road and medical scores."""
 
 from __future__ import annotations
 
@@ -12,7 +11,6 @@ ArrayLike = torch.Tensor | np.ndarray
 
 
 def _as_long(x: ArrayLike) -> torch.Tensor:
-    """Integer array -> flat int64 CPU tensor ``[N]``."""
     x = x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
     if x.dtype.kind not in "biu":
         raise ValueError(f"expected an integer array, got dtype {x.dtype}")
@@ -20,12 +18,10 @@ def _as_long(x: ArrayLike) -> torch.Tensor:
 
 
 def _pct(num: torch.Tensor, den: torch.Tensor) -> list[float | None]:
-    """Elementwise ``100 * num / den`` as Python floats; None where ``den == 0``."""
     return [100.0 * float(n) / float(d) if d > 0 else None for n, d in zip(num.tolist(), den.tolist())]
 
 
 def _mean(values: list[float | None], keep: list[bool]) -> float:
-    """Mean of ``values`` where ``keep`` (and not None); NaN if nothing is kept."""
     vals = [v for v, k in zip(values, keep) if k and v is not None]
     return sum(vals) / len(vals) if vals else float("nan")
 
@@ -53,9 +49,8 @@ class SegmentationMetric:
         p, lab = p[keep], lab[keep]
         bad = (lab < 0) | (lab >= k)
         if bool(bad.any()):
-            values = torch.unique(lab[bad]).tolist()[:10]
             raise ValueError(f"label values out of range [0, {k}) and not ignore_index ({self.ignore_index}): "
-                             + ", ".join(str(v) for v in values))
+                             + ", ".join(str(v) for v in torch.unique(lab[bad]).tolist()[:10]))
         valid = (p >= 0) & (p < k)
         idx = lab[valid] * k + p[valid]
         self.confusion += torch.bincount(idx, minlength=k * k).view(k, k)
@@ -73,13 +68,11 @@ class SegmentationMetric:
         area_pred = self.confusion.sum(dim=0)
         area_label = self.confusion.sum(dim=1) + self.invalid_pred
         union = area_pred + area_label - inter
-        iou, acc = _pct(inter, union), _pct(inter, area_label)
-        dice = _pct(2 * inter, area_pred + area_label)
+        iou, acc, dice = _pct(inter, union), _pct(inter, area_label), _pct(2 * inter, area_pred + area_label)
         present = (area_label > 0).tolist()
         keep = present if present_only else (union > 0).tolist()
         total = int(area_label.sum())
-        return {"mIoU": _mean(iou, keep),
-                "aAcc": 100.0 * int(inter.sum()) / total if total > 0 else float("nan"),
+        return {"mIoU": _mean(iou, keep), "aAcc": 100.0 * int(inter.sum()) / total if total > 0 else float("nan"),
                 "mAcc": _mean(acc, present), "mDice": _mean(dice, keep),
                 "per_class": dict(zip(self.class_names, iou)), "per_class_acc": dict(zip(self.class_names, acc))}
 
@@ -90,12 +83,9 @@ def binary_scores(metric: SegmentationMetric) -> dict[str, float]:
     tp = int(cm[1, 1])
     fp = int(cm[:, 1].sum()) - tp
     fn = int(cm[1, :].sum()) - tp + int(metric.invalid_pred[1])
-
-    def ratio(n: int, d: int) -> float:
-        return 100.0 * n / d if d > 0 else float("nan")
-
-    return {"IoU": ratio(tp, tp + fp + fn), "precision": ratio(tp, tp + fp), "recall": ratio(tp, tp + fn),
-            "F1": ratio(2 * tp, 2 * tp + fp + fn)}
+    ratios = {"IoU": (tp, tp + fp + fn), "precision": (tp, tp + fp), "recall": (tp, tp + fn),
+              "F1": (2 * tp, 2 * tp + fp + fn)}  # (numerator, denominator)
+    return {name: 100.0 * n / d if d > 0 else float("nan") for name, (n, d) in ratios.items()}
 
 
 def per_image_dice_iou(pred: ArrayLike, label: ArrayLike) -> tuple[float, float]:

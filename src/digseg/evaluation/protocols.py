@@ -1,5 +1,4 @@
-"""Test protocols (`TestProtocol`): the test-time settings of each benchmark's published tables (docs/eval_protocols.md
-gives the sources); `digseg eval` uses `protocol_for`'s, with any field overridden on the command line."""
+"""Test-time settings of each benchmark's published tables (docs/eval_protocols.md), overridable by flags."""
 
 from __future__ import annotations
 
@@ -29,7 +28,6 @@ class TestProtocol:
 
 
 def _mmseg(config: str, crop: int, stride: int, scale: tuple[int, int]) -> TestProtocol:
-    """mmseg's slide test of `config` (configs/_base_/datasets/<config>.py) at keep-ratio `scale`."""
     return TestProtocol("slide", (crop, crop), (stride, stride), scale, source=f"mmseg: configs/_base_/datasets/"
                         f"{config}.py scale {scale} keep_ratio; slide {crop} / {stride}")
 
