@@ -8,8 +8,9 @@ from __future__ import annotations
 import inspect
 import ipaddress
 import os
+from collections import namedtuple
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -82,13 +83,8 @@ def enlarge(array: np.ndarray, factor: int) -> np.ndarray:
     return array if factor == 1 else array.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
-class DemoResult(NamedTuple):
-    """What one run shows; uncertainty: None for an ensemble of 1."""
-
-    overlay: Image.Image
-    comparison: tuple[Image.Image, Image.Image]
-    uncertainty: Image.Image | None
-    summary: str
+# What one run shows: overlay, comparison (input, prediction), uncertainty (None for an ensemble of 1), summary
+DemoResult = namedtuple("DemoResult", "overlay comparison uncertainty summary")
 
 
 def use_adapter(pipe: Any, choice: str) -> None:

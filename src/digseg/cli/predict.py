@@ -3,12 +3,9 @@ image, resumable, shared between launched processes, and going on past files tha
 (docs/predict.md). Image i (its place in `paths`) draws its noise from `seeded_generator(seed, i)`, as `digseg
 eval` does: its result depends neither on the batch size, nor on the other images, nor on the number of processes.
 
-An image's record, from which summary.json and the report are written, is its `<stem>_summary.json` without the
-settings: name, source, image_size, classes (those present), unlabelled_fraction, files (None: not written). A run
-keeps in `<output>/.digseg-predict/`: per process, `records-<rank>.jsonl`, a line {"settings": ...} then one line
-per finished image, its record, appended once its files are in place (a line cut short by a kill is ignored);
-`partial/<stem>/`, an image's files while they are written. summary.json and the report are written from the
-records (`RecordIndex`) one image at a time: memory holds one file offset per image.
+An image's record is its `<stem>_summary.json` without the settings. Each process appends it, once the image's
+files are in place, to `<output>/.digseg-predict/records-<rank>.jsonl` after a {"settings": ...} line (a line cut
+short by a kill is ignored). summary.json and the report are written from the records one image at a time.
 """
 
 from __future__ import annotations
@@ -147,16 +144,6 @@ def _settings_of(path: Path) -> dict | None:
             return None
 
 
-def check_same_settings(out_dir: Path, settings: dict) -> None:
-    """For --skip-existing: ConfigError naming the settings that differ when `out_dir` holds another run's images."""
-    for path in sorted(state_dir(out_dir).glob("records-*.jsonl")):
-        earlier = _settings_of(path)
-        if earlier is not None and earlier != settings:
-            changed = sorted(k for k in set(settings) | set(earlier) if settings.get(k) != earlier.get(k))
-            raise ConfigError(f"--skip-existing: {out_dir} holds a run with other settings ({', '.join(changed)}); "
-                              "use another --output, or drop --skip-existing to predict every image again")
-
-
 def publish(staging: Path, out_dir: Path) -> None:
     """Move an image's files from `staging` into `out_dir` (os.replace: each atomic), then remove `staging`."""
     for path in sorted(staging.iterdir()):
@@ -287,7 +274,13 @@ def run_predict(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
         # 1. what is left to do: with skip_existing, the images an earlier run of the same settings finished
         todo = list(range(len(paths)))
         if skip_existing:
-            check_same_settings(out_dir, settings)
+            for path in sorted(state_dir(out_dir).glob("records-*.jsonl")):  # another run's images: refused
+                earlier = _settings_of(path)
+                if earlier is not None and earlier != settings:
+                    changed = sorted(k for k in set(settings) | set(earlier) if settings.get(k) != earlier.get(k))
+                    raise ConfigError(f"--skip-existing: {out_dir} holds a run with other settings "
+                                      f"({', '.join(changed)}); use another --output, or drop --skip-existing to "
+                                      "predict every image again")
             index = RecordIndex(out_dir)
             todo = [i for i in todo if not index.finished(stems[i], paths[i])]
         if len(todo) < len(paths) and rank == 0:
