@@ -39,6 +39,7 @@ from ..pipelines.visualize import hex_colour, palette_for, save_prediction, tint
 from ..seeding import seeded_generator
 
 READ_AHEAD = 1  # images decoded on a thread while the model runs
+STATE_DIR = ".digseg-predict"  # the run's records and staging folder, in the output folder
 
 
 @dataclass
@@ -126,13 +127,9 @@ def _read_ahead(paths: list[Path], indices: list[int]) -> Iterator[tuple[int, An
                 yield j, future.result()
 
 
-def state_dir(out_dir: Path) -> Path:
-    return Path(out_dir) / ".digseg-predict"
-
-
 def partial_dir(out_dir: Path) -> Path:
     """Where images are written before they are moved into `out_dir`."""
-    return state_dir(out_dir) / "partial"
+    return Path(out_dir) / STATE_DIR / "partial"
 
 
 def _settings_of(path: Path) -> dict | None:
@@ -156,7 +153,7 @@ class RecordWriter:
     its settings line) is made at the first image; one of the same settings from an earlier run is continued."""
 
     def __init__(self, out_dir: Path, rank: int, settings: dict):
-        self.path, self.settings = state_dir(out_dir) / f"records-{rank:05d}.jsonl", settings
+        self.path, self.settings = Path(out_dir) / STATE_DIR / f"records-{rank:05d}.jsonl", settings
         self._file = None
 
     def add(self, stem: str, record: dict) -> None:
@@ -185,7 +182,7 @@ class RecordIndex:
     def __init__(self, out_dir: Path):
         self.out_dir = Path(out_dir)
         self.where: dict[str, tuple[Path, int]] = {}
-        for path in sorted(state_dir(out_dir).glob("records-*.jsonl")):
+        for path in sorted((self.out_dir / STATE_DIR).glob("records-*.jsonl")):
             with open(path, "rb") as f:
                 offset = len(f.readline())  # the settings line
                 for line in f:
@@ -274,7 +271,7 @@ def run_predict(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
         # 1. what is left to do: with skip_existing, the images an earlier run of the same settings finished
         todo = list(range(len(paths)))
         if skip_existing:
-            for path in sorted(state_dir(out_dir).glob("records-*.jsonl")):  # another run's images: refused
+            for path in sorted((out_dir / STATE_DIR).glob("records-*.jsonl")):  # another run's images: refused
                 earlier = _settings_of(path)
                 if earlier is not None and earlier != settings:
                     changed = sorted(k for k in set(settings) | set(earlier) if settings.get(k) != earlier.get(k))
@@ -287,7 +284,7 @@ def run_predict(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
             print(f"--skip-existing: {len(paths) - len(todo)} of {len(paths)} image(s) already finished in {out_dir}")
         wait_for_everyone()  # every process has read the records before the main process may drop them
         if rank == 0 and not skip_existing:  # a new run: forget the images of an earlier run here
-            for path in state_dir(out_dir).glob("records-*.jsonl"):
+            for path in (out_dir / STATE_DIR).glob("records-*.jsonl"):
                 path.unlink()
         wait_for_everyone()
 
