@@ -1,7 +1,6 @@
 """`digseg demo`: a local Gradio web app around a trained `DiGSegPipeline` (or an exported folder's
 `OnnxDiGSegPipeline`); with LoRA adapters loaded, the page chooses among them ("base": none). Safety defaults
-(docs/demo.md): bound to 127.0.0.1, no share link, analytics off, system fonts only, uploads checked first.
-"""
+(docs/demo.md): bound to 127.0.0.1, no share link, analytics off, system fonts only, uploads checked first."""
 
 from __future__ import annotations
 

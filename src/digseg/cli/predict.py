@@ -5,8 +5,7 @@ eval` does: its result depends neither on the batch size, nor on the other image
 
 An image's record is its `<stem>_summary.json` without the settings. Each process appends it, once the image's
 files are in place, to `<output>/.digseg-predict/records-<rank>.jsonl` after a {"settings": ...} line (a line cut
-short by a kill is ignored). summary.json and the report are written from the records one image at a time.
-"""
+short by a kill is ignored). summary.json and the report are written from the records one image at a time."""
 
 from __future__ import annotations
 
@@ -57,8 +56,7 @@ class PredictResult:
 
     @property
     def exit_status(self) -> int:
-        """EXIT_SKIPPED when files were skipped, in a single process. Launched processes exit 0: a launcher takes
-        any other status for a crash, reports the job as failed and may restart it (torchrun --max-restarts)."""
+        """EXIT_SKIPPED when files were skipped, in a single process (a launcher takes any other status for a crash)."""
         return EXIT_SKIPPED if self.skipped and self.num_processes == 1 else 0
 
     def message(self) -> str:
@@ -110,8 +108,7 @@ def size_batches(keyed: Iterable[tuple[Any, Any]], batch_size: int, max_pending:
 
 
 def _read_ahead(paths: list[Path], indices: list[int]) -> Iterator[tuple[int, Any]]:
-    """(i, RGB image as displayed, or the DataError saying why it cannot be read), decoding READ_AHEAD images
-    ahead on a thread."""
+    """(i, RGB image as displayed, or the DataError saying why it cannot be read), read READ_AHEAD ahead on a thread."""
     def read(i: int):
         try:
             return load_image(paths[i], exif_transpose=True)
@@ -192,9 +189,7 @@ class RecordIndex:
                         pass  # cut short by a kill: the image was not finished
                     offset += len(line)
 
-    def get(self, stem: str) -> dict | None:
-        if stem not in self.where:
-            return None
+    def get(self, stem: str) -> dict:
         path, offset = self.where[stem]
         with open(path, "rb") as f:
             f.seek(offset)
@@ -204,7 +199,7 @@ class RecordIndex:
 
     def finished(self, stem: str, source: Path) -> bool:
         """True when `stem` has a record for this `source` and every file it lists is in the output folder."""
-        record = self.get(stem)
+        record = self.get(stem) if stem in self.where else None
         if record is None or Path(record["source"]).resolve() != source.resolve():
             return False
         files = record["files"]
@@ -342,7 +337,13 @@ def run_predict(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
                 partial_dir(out_dir).rmdir()
             index = RecordIndex(out_dir)
             runtime = pipe.runtime_info(world)
-            write_run_summary(out_dir, map(index.get, done), missed, runtime)
+            with open_atomically(out_dir / "summary.json") as f:  # docs/predict.md; written one image at a time
+                f.write('{\n  "runtime": ' + json.dumps(runtime, ensure_ascii=False) + ',\n  "images": {')
+                for k, r in enumerate(map(index.get, done)):
+                    fractions = {c["name"]: c["fraction"] for c in r["classes"]}
+                    f.write(f'{"," if k else ""}\n    {json.dumps(r["name"], ensure_ascii=False)}: '
+                            f'{json.dumps(fractions, ensure_ascii=False)}')
+                f.write('\n  },\n  "skipped": ' + json.dumps(missed, indent=4, ensure_ascii=False) + "\n}\n")
             if "report" in outputs:
                 shown = dict(settings, runtime=f"{runtime['device']} ({runtime['device_name']}), {runtime['dtype']}, "
                                                f"torch {runtime['torch']}, diffusers {runtime['diffusers']}")
@@ -350,14 +351,3 @@ def run_predict(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
         return PredictResult(images=len(done), written=written, reused=len(paths) - len(todo), skipped=missed,
                              summary=out_dir / "summary.json",
                              report=out_dir / "index.html" if "report" in outputs else None, num_processes=world)
-
-
-def write_run_summary(out_dir: Path, records: Iterable[dict], skipped: list[dict], runtime: dict) -> None:
-    """`<out_dir>/summary.json` (docs/predict.md), written one image at a time and replaced atomically."""
-    with open_atomically(out_dir / "summary.json") as f:
-        f.write('{\n  "runtime": ' + json.dumps(runtime, ensure_ascii=False) + ',\n  "images": {')
-        for k, r in enumerate(records):
-            fractions = {c["name"]: c["fraction"] for c in r["classes"]}
-            f.write(f'{"," if k else ""}\n    {json.dumps(r["name"], ensure_ascii=False)}: '
-                    f'{json.dumps(fractions, ensure_ascii=False)}')
-        f.write('\n  },\n  "skipped": ' + json.dumps(skipped, indent=4, ensure_ascii=False) + "\n}\n")

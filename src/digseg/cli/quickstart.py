@@ -1,7 +1,6 @@
 """`digseg quickstart`: the whole method end to end on a CPU in minutes, on built-in synthetic scenes: a tiny
 random Stable-Diffusion-layout backbone (its VAE trained on scenes and masks), DiGSeg trained on it, evaluated on
-held-out scenes, with overlays. Every figure it prints is a tiny model on synthetic data, not the paper's accuracy.
-"""
+held-out scenes, with overlays. Every figure it prints is a tiny model on synthetic data, not the paper's accuracy."""
 
 from __future__ import annotations
 
