@@ -1,15 +1,15 @@
 """`digseg demo`: a local Gradio web app around a trained `DiGSegPipeline` (or an exported folder's
 `OnnxDiGSegPipeline`); with LoRA adapters loaded, the page chooses among them ("base": none). Safety defaults
-(docs/demo.md): bound to 127.0.0.1, no share link, analytics off, system fonts only, uploads checked first.
-"""
+(docs/demo.md): bound to 127.0.0.1, no share link, analytics off, system fonts only, uploads checked first."""
 
 from __future__ import annotations
 
 import inspect
 import ipaddress
 import os
+from collections import namedtuple
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -29,6 +29,9 @@ MIN_DISPLAY_SIDE = 256  # smaller images are shown enlarged (pixels repeated), e
 MODE_PROMPT, MODE_CLASSES = "prompt", "classes"
 BASE_CHOICE = "base"  # the adapter chooser's entry for the model without adapter
 INSTALL_HINT = 'the demo needs Gradio: pip install -e ".[demo]"'
+# Gradio's default look with system fonts (the default theme of Gradio 4 and 5 fetches Google fonts)
+SYSTEM_FONTS = dict(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                    font_mono=["ui-monospace", "Consolas", "monospace"])
 
 
 def check_image_file(path: str | os.PathLike[str] | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -82,13 +85,8 @@ def enlarge(array: np.ndarray, factor: int) -> np.ndarray:
     return array if factor == 1 else array.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
-class DemoResult(NamedTuple):
-    """What one run shows; uncertainty: None for an ensemble of 1."""
-
-    overlay: Image.Image
-    comparison: tuple[Image.Image, Image.Image]
-    uncertainty: Image.Image | None
-    summary: str
+# What one run shows: overlay, comparison (input, prediction), uncertainty (None for an ensemble of 1), summary
+DemoResult = namedtuple("DemoResult", "overlay comparison uncertainty summary")
 
 
 def use_adapter(pipe: Any, choice: str) -> None:
@@ -169,18 +167,12 @@ def import_gradio():
     return gr
 
 
-def _system_theme(gr):
-    """Gradio's default look with system fonts (the default theme of Gradio 4 and 5 fetches Google fonts)."""
-    return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
-                             font_mono=["ui-monospace", "Consolas", "monospace"])
-
-
 def start_demo(demo: Any, host: str = "127.0.0.1", port: int | None = None, block: bool = True) -> None:
     """Launch a built demo with the safe defaults (one run at a time, no run history kept in the browser).
     `block=False` returns at once (stop it with `demo.close()`)."""
     gr = import_gradio()
     options = dict(server_name=host, server_port=port, share=False, prevent_thread_lock=not block, quiet=not block,
-                   max_file_size=MAX_UPLOAD_SIZE, theme=_system_theme(gr), run_history=False)
+                   max_file_size=MAX_UPLOAD_SIZE, theme=gr.themes.Default(**SYSTEM_FONTS), run_history=False)
     options = {k: v for k, v in options.items() if k in inspect.signature(demo.launch).parameters}  # Gradio 4 to 6
     demo.queue(default_concurrency_limit=1).launch(**options)
 
@@ -191,7 +183,8 @@ def build_demo(pipe: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
     has_slider = hasattr(gr, "ImageSlider")
     names = getattr(pipe, "adapters", None) or []  # loaded LoRA adapters (none: no chooser)
     # Gradio < 6 takes the theme here, Gradio >= 6 in launch() (see `start_demo`)
-    theme = {} if "theme" in inspect.signature(gr.Blocks.launch).parameters else {"theme": _system_theme(gr)}
+    theme = ({} if "theme" in inspect.signature(gr.Blocks.launch).parameters
+             else {"theme": gr.themes.Default(**SYSTEM_FONTS)})
     view = dict(type="pil", interactive=False, height=VIEW_HEIGHT)  # each picture shown
     with gr.Blocks(title="DiGSeg demo", analytics_enabled=False, **theme) as demo:
         header = gr.Markdown(page_header(pipe, max_pixels), elem_id="digseg-header")

@@ -109,13 +109,6 @@ def _add_data_flags(parser, dataset: str, data_root: str, val_fraction: str, spl
                             f"{', '.join(HF_FIELDS)}; docs/data.md)")
 
 
-def _share_train_flags(parser, train: argparse.ArgumentParser, data_flags, dests: tuple[str, ...]) -> None:
-    """Give `parser` the data flags of `train` and its flags of `dests`, the same actions."""
-    for action in train._actions:
-        if action.dest in dests or action in data_flags._group_actions:
-            parser._add_action(action)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """`digseg` and its commands, one block each."""
     parser = argparse.ArgumentParser(prog="digseg",
@@ -129,31 +122,36 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-steps", type=int, help=HELP["max_steps"] + " (default 2000)")
     _add_device_flags(q)
 
-    t = sub.add_parser("train", help="train DiGSeg from a Stable Diffusion backbone", epilog="Config files hold the "
-                       "sections model, data, optim and run; --cfg-options sets any of their fields (docs/training.md "
-                       "lists them all).")
-    t.add_argument("--config", help="YAML config (default: resuming, the run folder's config.yaml); the flags below "
-                                    "and --cfg-options override it")
-    t.add_argument("--cfg-options", nargs="+", action="extend", metavar="SECTION.FIELD=VALUE",
-                   help="set any config field, typed and checked, e.g. optim.lr_warmup_steps=0 data.num_workers=4 "
-                        "data.hf.label_column=mask (every field: docs/training.md)")
-    t.add_argument("--pretrained",
-                   help="Stable Diffusion 1.x / 2.x / XL folder or hub id (or a DiGSeg model folder to continue)")
-    data_flags = t.add_argument_group("data (config section `data`)")
+    # train's flags that the commands reading its data share: the config, the data and the seed; the backbone
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument("--config", help="YAML config (default: resuming, the run folder's config.yaml); the flags "
+                                         "below and --cfg-options override it")
+    config.add_argument("--cfg-options", nargs="+", action="extend", metavar="SECTION.FIELD=VALUE",
+                        help="set any config field, typed and checked, e.g. optim.lr_warmup_steps=0 "
+                             "data.num_workers=4 data.hf.label_column=mask (every field: docs/training.md)")
+    config.add_argument("--seed", type=int, help=HELP["seed"])
+    data_flags = config.add_argument_group("data (config section `data`)")
     _add_data_flags(data_flags, " (default synthetic)", "", "", " (here: the training images)", hf=False)
     data_flags.add_argument("--crop-size", type=parse_pair, metavar="H[,W]", help="training crop, H,W or N for N x N "
                             "(default: the dataset's preset, docs/augmentation.md)")
     data_flags.add_argument("--bad-samples", choices=BAD_SAMPLES, help=HELP["bad_samples"])
+    backbone = argparse.ArgumentParser(add_help=False)
+    backbone.add_argument("--pretrained", help="Stable Diffusion 1.x / 2.x / XL folder or hub id (or a DiGSeg model "
+                                               "folder to continue)")
+    batch = argparse.ArgumentParser(add_help=False)
+    batch.add_argument("--batch-size", type=int, help="samples per process and micro-step; the global batch is this x "
+                                                      "processes x optim.gradient_accumulation_steps (default 4)")
+
+    t = sub.add_parser("train", parents=[config, backbone, batch], help="train DiGSeg from a Stable Diffusion "
+                       "backbone", epilog="Config files hold the sections model, data, optim and run; --cfg-options "
+                       "sets any of their fields (docs/training.md lists them all).")
     t.add_argument("--output", help="run folder: config.yaml, checkpoints/, the trained model")
     t.add_argument("--max-steps", type=int, help=HELP["max_steps"] + " (default 1000)")
-    t.add_argument("--batch-size", type=int, help="samples per process and micro-step; the global batch is this x "
-                                                  "processes x optim.gradient_accumulation_steps (default 4)")
     t.add_argument("--learning-rate", type=float, help=HELP["learning_rate"] + " (default 3e-5)")
     t.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 500)")
     t.add_argument("--eval-every", type=int, metavar="N",
                    help="score the validation split every N steps and at the last (default 0: never); the best "
                         "step's checkpoint is kept in checkpoints/best/ (docs/training.md)")
-    t.add_argument("--seed", type=int, help=HELP["seed"])
     t.add_argument("--resume", help="'latest' or a checkpoint folder; the config is checked against the checkpoint's "
                                     "(a change that alters the trajectory is refused: docs/training.md)")
     t.add_argument("--allow-config-change", action="store_true",
@@ -161,22 +159,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "instead of refusing it; config.yaml records each change and the step it took effect")
     _add_device_flags(t, training=True)
 
-    c = sub.add_parser("cache-latents", help="encode a training set's images and masks once with the frozen VAE")
+    c = sub.add_parser("cache-latents", parents=[config, backbone],
+                       help="encode a training set's images and masks once with the frozen VAE")
     c.add_argument("--output", required=True,
                    help="the latent cache's folder (train with --cfg-options data.latent_cache=FOLDER)")
     _add_device_flags(c)  # where the frozen VAE encodes, in which precision (latents are stored in fp32)
-    _share_train_flags(c, t, data_flags, ("config", "pretrained", "seed", "cfg_options"))
 
-    b = sub.add_parser("browse-data", help="write training samples exactly as the trainer sees them (augmented)")
+    b = sub.add_parser("browse-data", parents=[config, batch],
+                       help="write training samples exactly as the trainer sees them (augmented)")
     b.add_argument("--output", required=True, help="folder for <k>_image.png, <k>_label.png, <k>_overlay.png")
     b.add_argument("--num", type=int, default=16, help="how many samples (default 16)")
-    _share_train_flags(b, t, data_flags, ("config", "seed", "batch_size", "cfg_options"))
 
-    k = sub.add_parser("check-data", help="read every sample of the training and validation splits once and list "
-                                          "every unreadable or inconsistent one (what train does before step 1)")
+    k = sub.add_parser("check-data", parents=[config], help="read every sample of the training and validation "
+                       "splits once and list every unreadable or inconsistent one (what train does before step 1)")
     k.add_argument("--output", help="a run folder: the result is kept there, and `digseg train --output` with the "
                                     "same folder does not read unchanged files again")
-    _share_train_flags(k, t, data_flags, ("config", "seed", "cfg_options"))
 
     m = sub.add_parser("train-mask-decoder", help="train a light mask decoder that replaces the VAE decoder for masks")
     m.add_argument("--model", required=True, help="a trained DiGSeg model folder")

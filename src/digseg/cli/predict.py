@@ -3,13 +3,9 @@ image, resumable, shared between launched processes, and going on past files tha
 (docs/predict.md). Image i (its place in `paths`) draws its noise from `seeded_generator(seed, i)`, as `digseg
 eval` does: its result depends neither on the batch size, nor on the other images, nor on the number of processes.
 
-An image's record, from which summary.json and the report are written, is its `<stem>_summary.json` without the
-settings: name, source, image_size, classes (those present), unlabelled_fraction, files (None: not written). A run
-keeps in `<output>/.digseg-predict/`: per process, `records-<rank>.jsonl`, a line {"settings": ...} then one line
-per finished image, its record, appended once its files are in place (a line cut short by a kill is ignored);
-`partial/<stem>/`, an image's files while they are written. summary.json and the report are written from the
-records (`RecordIndex`) one image at a time: memory holds one file offset per image.
-"""
+An image's record is its `<stem>_summary.json` without the settings. Each process appends it, once the image's
+files are in place, to `<output>/.digseg-predict/records-<rank>.jsonl` after a {"settings": ...} line (a line cut
+short by a kill is ignored). summary.json and the report are written from the records one image at a time."""
 
 from __future__ import annotations
 
@@ -42,6 +38,7 @@ from ..pipelines.visualize import hex_colour, palette_for, save_prediction, tint
 from ..seeding import seeded_generator
 
 READ_AHEAD = 1  # images decoded on a thread while the model runs
+STATE_DIR = ".digseg-predict"  # the run's records and staging folder, in the output folder
 
 
 @dataclass
@@ -59,8 +56,7 @@ class PredictResult:
 
     @property
     def exit_status(self) -> int:
-        """EXIT_SKIPPED when files were skipped, in a single process. Launched processes exit 0: a launcher takes
-        any other status for a crash, reports the job as failed and may restart it (torchrun --max-restarts)."""
+        """EXIT_SKIPPED when files were skipped, in a single process (a launcher takes any other status for a crash)."""
         return EXIT_SKIPPED if self.skipped and self.num_processes == 1 else 0
 
     def message(self) -> str:
@@ -112,8 +108,7 @@ def size_batches(keyed: Iterable[tuple[Any, Any]], batch_size: int, max_pending:
 
 
 def _read_ahead(paths: list[Path], indices: list[int]) -> Iterator[tuple[int, Any]]:
-    """(i, RGB image as displayed, or the DataError saying why it cannot be read), decoding READ_AHEAD images
-    ahead on a thread."""
+    """(i, RGB image as displayed, or the DataError saying why it cannot be read), read READ_AHEAD ahead on a thread."""
     def read(i: int):
         try:
             return load_image(paths[i], exif_transpose=True)
@@ -129,13 +124,9 @@ def _read_ahead(paths: list[Path], indices: list[int]) -> Iterator[tuple[int, An
                 yield j, future.result()
 
 
-def state_dir(out_dir: Path) -> Path:
-    return Path(out_dir) / ".digseg-predict"
-
-
 def partial_dir(out_dir: Path) -> Path:
     """Where images are written before they are moved into `out_dir`."""
-    return state_dir(out_dir) / "partial"
+    return Path(out_dir) / STATE_DIR / "partial"
 
 
 def _settings_of(path: Path) -> dict | None:
@@ -145,16 +136,6 @@ def _settings_of(path: Path) -> dict | None:
             return json.loads(f.readline())["settings"]
         except (ValueError, KeyError, TypeError):
             return None
-
-
-def check_same_settings(out_dir: Path, settings: dict) -> None:
-    """For --skip-existing: ConfigError naming the settings that differ when `out_dir` holds another run's images."""
-    for path in sorted(state_dir(out_dir).glob("records-*.jsonl")):
-        earlier = _settings_of(path)
-        if earlier is not None and earlier != settings:
-            changed = sorted(k for k in set(settings) | set(earlier) if settings.get(k) != earlier.get(k))
-            raise ConfigError(f"--skip-existing: {out_dir} holds a run with other settings ({', '.join(changed)}); "
-                              "use another --output, or drop --skip-existing to predict every image again")
 
 
 def publish(staging: Path, out_dir: Path) -> None:
@@ -169,7 +150,7 @@ class RecordWriter:
     its settings line) is made at the first image; one of the same settings from an earlier run is continued."""
 
     def __init__(self, out_dir: Path, rank: int, settings: dict):
-        self.path, self.settings = state_dir(out_dir) / f"records-{rank:05d}.jsonl", settings
+        self.path, self.settings = Path(out_dir) / STATE_DIR / f"records-{rank:05d}.jsonl", settings
         self._file = None
 
     def add(self, stem: str, record: dict) -> None:
@@ -198,7 +179,7 @@ class RecordIndex:
     def __init__(self, out_dir: Path):
         self.out_dir = Path(out_dir)
         self.where: dict[str, tuple[Path, int]] = {}
-        for path in sorted(state_dir(out_dir).glob("records-*.jsonl")):
+        for path in sorted((self.out_dir / STATE_DIR).glob("records-*.jsonl")):
             with open(path, "rb") as f:
                 offset = len(f.readline())  # the settings line
                 for line in f:
@@ -208,9 +189,7 @@ class RecordIndex:
                         pass  # cut short by a kill: the image was not finished
                     offset += len(line)
 
-    def get(self, stem: str) -> dict | None:
-        if stem not in self.where:
-            return None
+    def get(self, stem: str) -> dict:
         path, offset = self.where[stem]
         with open(path, "rb") as f:
             f.seek(offset)
@@ -220,7 +199,7 @@ class RecordIndex:
 
     def finished(self, stem: str, source: Path) -> bool:
         """True when `stem` has a record for this `source` and every file it lists is in the output folder."""
-        record = self.get(stem)
+        record = self.get(stem) if stem in self.where else None
         if record is None or Path(record["source"]).resolve() != source.resolve():
             return False
         files = record["files"]
@@ -287,14 +266,20 @@ def run_predict(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
         # 1. what is left to do: with skip_existing, the images an earlier run of the same settings finished
         todo = list(range(len(paths)))
         if skip_existing:
-            check_same_settings(out_dir, settings)
+            for path in sorted((out_dir / STATE_DIR).glob("records-*.jsonl")):  # another run's images: refused
+                earlier = _settings_of(path)
+                if earlier is not None and earlier != settings:
+                    changed = sorted(k for k in set(settings) | set(earlier) if settings.get(k) != earlier.get(k))
+                    raise ConfigError(f"--skip-existing: {out_dir} holds a run with other settings "
+                                      f"({', '.join(changed)}); use another --output, or drop --skip-existing to "
+                                      "predict every image again")
             index = RecordIndex(out_dir)
             todo = [i for i in todo if not index.finished(stems[i], paths[i])]
         if len(todo) < len(paths) and rank == 0:
             print(f"--skip-existing: {len(paths) - len(todo)} of {len(paths)} image(s) already finished in {out_dir}")
         wait_for_everyone()  # every process has read the records before the main process may drop them
         if rank == 0 and not skip_existing:  # a new run: forget the images of an earlier run here
-            for path in state_dir(out_dir).glob("records-*.jsonl"):
+            for path in (out_dir / STATE_DIR).glob("records-*.jsonl"):
                 path.unlink()
         wait_for_everyone()
 
@@ -352,7 +337,13 @@ def run_predict(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
                 partial_dir(out_dir).rmdir()
             index = RecordIndex(out_dir)
             runtime = pipe.runtime_info(world)
-            write_run_summary(out_dir, map(index.get, done), missed, runtime)
+            with open_atomically(out_dir / "summary.json") as f:  # docs/predict.md; written one image at a time
+                f.write('{\n  "runtime": ' + json.dumps(runtime, ensure_ascii=False) + ',\n  "images": {')
+                for k, r in enumerate(map(index.get, done)):
+                    fractions = {c["name"]: c["fraction"] for c in r["classes"]}
+                    f.write(f'{"," if k else ""}\n    {json.dumps(r["name"], ensure_ascii=False)}: '
+                            f'{json.dumps(fractions, ensure_ascii=False)}')
+                f.write('\n  },\n  "skipped": ' + json.dumps(missed, indent=4, ensure_ascii=False) + "\n}\n")
             if "report" in outputs:
                 shown = dict(settings, runtime=f"{runtime['device']} ({runtime['device_name']}), {runtime['dtype']}, "
                                                f"torch {runtime['torch']}, diffusers {runtime['diffusers']}")
@@ -360,14 +351,3 @@ def run_predict(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
         return PredictResult(images=len(done), written=written, reused=len(paths) - len(todo), skipped=missed,
                              summary=out_dir / "summary.json",
                              report=out_dir / "index.html" if "report" in outputs else None, num_processes=world)
-
-
-def write_run_summary(out_dir: Path, records: Iterable[dict], skipped: list[dict], runtime: dict) -> None:
-    """`<out_dir>/summary.json` (docs/predict.md), written one image at a time and replaced atomically."""
-    with open_atomically(out_dir / "summary.json") as f:
-        f.write('{\n  "runtime": ' + json.dumps(runtime, ensure_ascii=False) + ',\n  "images": {')
-        for k, r in enumerate(records):
-            fractions = {c["name"]: c["fraction"] for c in r["classes"]}
-            f.write(f'{"," if k else ""}\n    {json.dumps(r["name"], ensure_ascii=False)}: '
-                    f'{json.dumps(fractions, ensure_ascii=False)}')
-        f.write('\n  },\n  "skipped": ' + json.dumps(skipped, indent=4, ensure_ascii=False) + "\n}\n")

@@ -1,7 +1,6 @@
 """`digseg quickstart`: the whole method end to end on a CPU in minutes, on built-in synthetic scenes: a tiny
 random Stable-Diffusion-layout backbone (its VAE trained on scenes and masks), DiGSeg trained on it, evaluated on
-held-out scenes, with overlays. Every figure it prints is a tiny model on synthetic data, not the paper's accuracy.
-"""
+held-out scenes, with overlays. Every figure it prints is a tiny model on synthetic data, not the paper's accuracy."""
 
 from __future__ import annotations
 
@@ -17,7 +16,6 @@ from ..data.synthetic import SYNTHETIC_CLASSES, SyntheticScenes
 from ..evaluation.estep import EStep, evaluate_binary, evaluate_palette
 from ..evaluation.metrics import format_markdown_table
 from ..models.tiny import save_tiny_backbone, tiny_vae
-from ..pipelines.pipeline import DiGSegPipeline
 from ..training.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from ..training.run import build_run
 from ..training.vae import train_tiny_vae
@@ -35,23 +33,6 @@ class QuickstartSettings:
     num_eval_scenes: int = 100
     settings: tuple[str, ...] = ("1x1", "1x2", "4x2")
     num_overlays: int = 8
-
-
-def _save_overlays(pipe: DiGSegPipeline, dataset: SyntheticScenes, out_dir: Path, count: int, seed: int) -> None:
-    """<stem>_<prompt>.png: input | binary overlay, and <stem>_palette.png: input | ground truth | prediction."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    k = len(dataset.class_names)
-    for i in range(min(count, len(dataset))):
-        image, label = dataset.scene(i)
-        rgb = torch.from_numpy(image).permute(2, 0, 1).float() / 255  # [3, H, W]
-        pred = pipe(rgb, generator=torch.Generator().manual_seed(seed), show_progress_bar=False).labels[0]
-        side_by_side(overlay(image, np.zeros_like(label), k), overlay(image, label, k), overlay(image, pred, k)).resize(
-            (3 * 192, 192), 0).save(out_dir / f"scene_{i:03d}_palette.png")
-        shape = dataset.class_names[1 + i % (k - 1)]
-        binary = pipe(rgb, prompt=shape, generator=torch.Generator().manual_seed(seed),
-                      show_progress_bar=False).labels[0]
-        side_by_side(overlay(image, np.zeros_like(label), 2), overlay(image, binary, 2)).resize(
-            (2 * 192, 192), 0).save(out_dir / f"scene_{i:03d}_{shape}.png")
 
 
 def run_quickstart(output: str | Path, settings: QuickstartSettings | None = None, device: torch.device | str = "cpu",
@@ -94,12 +75,24 @@ def run_quickstart(output: str | Path, settings: QuickstartSettings | None = Non
         metrics["palette"][text] = evaluate_palette(pipe, eval_set, setting, seed=s.seed)
 
     print("[4/4] overlays", flush=True)
-    _save_overlays(pipe, eval_set, out / "overlays", s.num_overlays, s.seed)
+    overlays = out / "overlays"  # scene_<i>_palette.png: input | ground truth | prediction
+    overlays.mkdir(exist_ok=True)
+    k = len(eval_set.class_names)
+    for i in range(min(s.num_overlays, len(eval_set))):
+        image, label = eval_set.scene(i)
+        rgb = torch.from_numpy(image).permute(2, 0, 1).float() / 255  # [3, H, W]
+        pred = pipe(rgb, generator=torch.Generator().manual_seed(s.seed), show_progress_bar=False).labels[0]
+        side_by_side(overlay(image, np.zeros_like(label), k), overlay(image, label, k), overlay(image, pred, k)).resize(
+            (3 * 192, 192), 0).save(overlays / f"scene_{i:03d}_palette.png")
+        shape = eval_set.class_names[1 + i % (k - 1)]  # scene_<i>_<shape>.png: input | binary overlay
+        binary = pipe(rgb, prompt=shape, generator=torch.Generator().manual_seed(s.seed),
+                      show_progress_bar=False).labels[0]
+        side_by_side(overlay(image, np.zeros_like(label), 2), overlay(image, binary, 2)).resize(
+            (2 * 192, 192), 0).save(overlays / f"scene_{i:03d}_{shape}.png")
     wall = time.perf_counter() - started
     metrics.update(about="tiny random-initialised backbone trained from scratch on synthetic scenes (CPU); "
-                         "not comparable with the paper's figures",
-                   runtime=pipe.runtime_info(), wall_time_s=round(wall, 1),
-                   train_time_s=round(train_done - started, 1))
+                         "not comparable with the paper's figures", runtime=pipe.runtime_info(),
+                   wall_time_s=round(wall, 1), train_time_s=round(train_done - started, 1))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
     rows = [{"E-Step": text, "binary mIoU": b["mIoU"], "binary IoU fg": b["IoU_foreground"],
@@ -107,5 +100,5 @@ def run_quickstart(output: str | Path, settings: QuickstartSettings | None = Non
             for text, b, p in zip(s.settings, metrics["binary"].values(), metrics["palette"].values())]
     print("\n" + format_markdown_table(rows, list(rows[0])))
     print(f"\n(tiny model, synthetic data; mIoU in percent)  wall time {wall:.0f} s")
-    print(f"model: {out / 'model'}   overlays: {out / 'overlays'}   metrics: {out / 'metrics.json'}")
+    print(f"model: {out / 'model'}   overlays: {overlays}   metrics: {out / 'metrics.json'}")
     return metrics
