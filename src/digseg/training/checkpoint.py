@@ -120,8 +120,7 @@ def checkpoint_step(path: Path) -> int:
 
 
 def staging_folder(root: Path, step: int, best: bool = False) -> Path:
-    """The temporary folder of a sharded checkpoint, a name every process computes alike: the main process creates
-    it (`begin_staging`), each process writes into its `shards/`, `save_checkpoint(staged=)` completes it."""
+    """A sharded checkpoint's staging folder, named alike by all processes; `save_checkpoint(staged=)` completes it."""
     return root / f".tmp-{BEST if best else f'{PREFIX}{step:08d}'}-sharded"
 
 

@@ -15,8 +15,6 @@ from torch import nn
 
 from ..errors import ConfigError, DigsegError
 
-UNET_BLOCKS = ("down_blocks", "mid_block", "up_blocks")  # each part of these blocks is one FSDP unit
-
 
 def check_sharding(distributed_type: DistributedType, sharding: str, mixed_precision: str) -> None:
     """ConfigError for a launch or settings that sharded training cannot honour."""
@@ -58,7 +56,7 @@ def shard_modules(unet: nn.Module, pathway: nn.Module, device: torch.device) -> 
             raise ConfigError(f"run.sharding fsdp runs on CUDA or CPU devices, not {device.type}")
         dist.init_process_group(backend=backends[device.type], store=dist.HashStore(), rank=0, world_size=1)
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
-    for name in UNET_BLOCKS:
+    for name in ("down_blocks", "mid_block", "up_blocks"):  # each part of these blocks is one FSDP unit
         for block in _units(getattr(unet, name, None)):
             for part in (unit for group in block.children() for unit in _units(group)):
                 if next(part.parameters(), None) is not None:
@@ -83,7 +81,6 @@ class ShardedState:
         self.container = nn.ModuleDict(modules)  # parameter names "unet.<name>", "text_pathway.<name>"
         self.optimizer, self.params, self.ema = optimizer, params, ema
         self.names = [name for name, _ in self.container.named_parameters()]
-        assert len(self.names) == len(params), "params must be the modules' parameters, in order"
 
     def _tensors(self) -> tuple[dict[str, dict], list[dict]]:
         """-> ({"model": {name: tensor}, "optim": {name: {key: tensor}}, "ema": {name: tensor}}, param groups)."""
