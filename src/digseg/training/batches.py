@@ -21,10 +21,9 @@ from ..seeding import seeded_generator
 
 @dataclass(frozen=True)
 class LatentKey:
-    """Which of a sample's latents is meant: `IMAGE`, `PALETTE` (all classes rendered), `LatentKey.of_class(c)`
-    (class c's binary mask) or `EMPTY` (the empty mask, shared by every absent class)."""
+    """One of a sample's latents: `IMAGE`, `PALETTE`, `LatentKey.of_class(c)` or `EMPTY` (shared by absent classes)."""
 
-    kind: str  # "image", "palette", "class" or "empty"
+    kind: str  # "image", "palette" (all classes rendered), "class" (one class's binary mask) or "empty"
     class_id: int | None = None  # the class of kind "class"; None for the others
 
     @classmethod

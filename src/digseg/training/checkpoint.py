@@ -195,8 +195,7 @@ def _remove_checkpoint(path: Path) -> None:
 
 def list_checkpoints(root: Path) -> list[Path]:
     """Complete checkpoints under `root`, oldest first."""
-    found = [p for p in root.glob(f"{PREFIX}*") if (p / STATE_FILE).is_file()]
-    return sorted(found, key=checkpoint_step)
+    return sorted((p for p in root.glob(f"{PREFIX}*") if (p / STATE_FILE).is_file()), key=checkpoint_step)
 
 
 def resolve_resume(resume: str, output_dir: Path) -> Path | None:

@@ -123,24 +123,21 @@ class ShardedState:
                 shadow.copy_(tensors["ema"][name].to_local())
 
     def whole_modules(self) -> dict[str, nn.Module]:
-        """Unsharded copies of the trained modules on every process; frees the moments."""
+        """Unsharded copies of the trained modules on every process (plain modules of their class and config, a
+        U-Net with its attention processors); frees the moments."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        from torch.distributed.fsdp import FSDPModule
 
         self.optimizer.state.clear()
         self.optimizer.zero_grad(set_to_none=True)
-        options = StateDictOptions(full_state_dict=True)
-        return {name: _unsharded_copy(module, get_model_state_dict(module, options=options))
-                for name, module in self.container.items()}
-
-
-def _unsharded_copy(module: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Module:
-    """A plain module of `module`'s class and config holding `weights` and, for a U-Net, its attention processors."""
-    from torch.distributed.fsdp import FSDPModule
-
-    cls = next(c for c in type(module).__mro__ if not issubclass(c, FSDPModule))
-    with init_empty_weights():
-        plain = cls.from_config(module.config)
-    plain.load_state_dict(weights, assign=True)
-    if hasattr(module, "attn_processors"):
-        plain.set_attn_processor(module.attn_processors)
-    return plain.to(next(iter(weights.values())).device)
+        copies = {}
+        for name, module in self.container.items():
+            weights = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True))
+            cls = next(c for c in type(module).__mro__ if not issubclass(c, FSDPModule))
+            with init_empty_weights():
+                plain = cls.from_config(module.config)
+            plain.load_state_dict(weights, assign=True)
+            if hasattr(module, "attn_processors"):
+                plain.set_attn_processor(module.attn_processors)
+            copies[name] = plain.to(next(iter(weights.values())).device)
+        return copies
