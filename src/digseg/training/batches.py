@@ -217,8 +217,7 @@ class LatentBatcher:
         missing = list(dict.fromkeys(w for w in wanted if w not in self._latents))
         found = {w: self._latents[w] for w in wanted if w in self._latents}
         for w in missing if self.store is not None else ():
-            z = self.store.get(*w)  # None when not stored
-            if z is not None:
+            if (z := self.store.get(*w)) is not None:  # None when not stored
                 found[w] = z
         missing = [w for w in missing if w not in found]
         if missing:

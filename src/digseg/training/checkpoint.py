@@ -134,9 +134,8 @@ def begin_staging(tmp: Path) -> None:
 def save_checkpoint(root: Path, step: int, weights: dict[str, dict[str, torch.Tensor]], optimizer_state: dict[str, Any],
                     extra_state: dict[str, Any], keep: int, staged: Path | None = None,
                     best: dict[str, Any] | None = None) -> Path:
-    """Write `root/step-<step>` and keep the newest `keep` checkpoints; or with `best` (best.json's record)
-    `root/best`, replacing the previous one. -> its path. `staged`: a sharded checkpoint's `staging_folder`, its
-    shards written (`optimizer_state` then holds only the param groups)."""
+    """Write `root/step-<step>` (the newest `keep` kept) or with `best` (best.json's record) `root/best` -> its path.
+    `staged`: a sharded checkpoint's `staging_folder`, shards written (`optimizer_state`: the param groups only)."""
     final = root / (BEST if best is not None else f"{PREFIX}{step:08d}")
     kind = BEST if best is not None else "checkpoint"  # names the kill and fault points
     tmp = staged or root / f".tmp-{final.name}-{os.getpid()}"
