@@ -21,10 +21,9 @@ from ..seeding import seeded_generator
 
 @dataclass(frozen=True)
 class LatentKey:
-    """Which of a sample's latents is meant: `IMAGE`, `PALETTE` (all classes rendered), `LatentKey.of_class(c)`
-    (class c's binary mask) or `EMPTY` (the empty mask, shared by every absent class)."""
+    """One of a sample's latents: `IMAGE`, `PALETTE`, `LatentKey.of_class(c)` or `EMPTY` (shared by absent classes)."""
 
-    kind: str  # "image", "palette", "class" or "empty"
+    kind: str  # "image", "palette" (all classes rendered), "class" (one class's binary mask) or "empty"
     class_id: int | None = None  # the class of kind "class"; None for the others
 
     @classmethod
@@ -218,8 +217,7 @@ class LatentBatcher:
         missing = list(dict.fromkeys(w for w in wanted if w not in self._latents))
         found = {w: self._latents[w] for w in wanted if w in self._latents}
         for w in missing if self.store is not None else ():
-            z = self.store.get(*w)  # None when not stored
-            if z is not None:
+            if (z := self.store.get(*w)) is not None:  # None when not stored
                 found[w] = z
         missing = [w for w in missing if w not in found]
         if missing:

@@ -120,8 +120,7 @@ def checkpoint_step(path: Path) -> int:
 
 
 def staging_folder(root: Path, step: int, best: bool = False) -> Path:
-    """The temporary folder of a sharded checkpoint, a name every process computes alike: the main process creates
-    it (`begin_staging`), each process writes into its `shards/`, `save_checkpoint(staged=)` completes it."""
+    """A sharded checkpoint's staging folder, named alike by all processes; `save_checkpoint(staged=)` completes it."""
     return root / f".tmp-{BEST if best else f'{PREFIX}{step:08d}'}-sharded"
 
 
@@ -135,9 +134,8 @@ def begin_staging(tmp: Path) -> None:
 def save_checkpoint(root: Path, step: int, weights: dict[str, dict[str, torch.Tensor]], optimizer_state: dict[str, Any],
                     extra_state: dict[str, Any], keep: int, staged: Path | None = None,
                     best: dict[str, Any] | None = None) -> Path:
-    """Write `root/step-<step>` and keep the newest `keep` checkpoints; or with `best` (best.json's record)
-    `root/best`, replacing the previous one. -> its path. `staged`: a sharded checkpoint's `staging_folder`, its
-    shards written (`optimizer_state` then holds only the param groups)."""
+    """Write `root/step-<step>` (the newest `keep` kept) or with `best` (best.json's record) `root/best` -> its path.
+    `staged`: a sharded checkpoint's `staging_folder`, shards written (`optimizer_state`: the param groups only)."""
     final = root / (BEST if best is not None else f"{PREFIX}{step:08d}")
     kind = BEST if best is not None else "checkpoint"  # names the kill and fault points
     tmp = staged or root / f".tmp-{final.name}-{os.getpid()}"
@@ -196,8 +194,7 @@ def _remove_checkpoint(path: Path) -> None:
 
 def list_checkpoints(root: Path) -> list[Path]:
     """Complete checkpoints under `root`, oldest first."""
-    found = [p for p in root.glob(f"{PREFIX}*") if (p / STATE_FILE).is_file()]
-    return sorted(found, key=checkpoint_step)
+    return sorted((p for p in root.glob(f"{PREFIX}*") if (p / STATE_FILE).is_file()), key=checkpoint_step)
 
 
 def resolve_resume(resume: str, output_dir: Path) -> Path | None:

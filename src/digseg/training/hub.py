@@ -9,8 +9,6 @@ from pathlib import Path
 from ..errors import ConfigError, DigsegError, first_line
 from ..pipelines.model_card import CARD_FILE, read_card_facts, write_model_card
 
-RUN_FILES = ("model_index.json", CARD_FILE, "config.yaml", "log.jsonl")  # besides the component folders
-
 
 def check_hub_target(repo_id: str) -> None:
     """ConfigError, before a run trains, for a repository id the Hub would refuse or when no token is found."""
@@ -34,7 +32,8 @@ def push_to_hub(folder: str | Path, repo_id: str, private: bool | None = None) -
         raise DigsegError(f"cannot push {folder} to the Hub: it holds no model (model_index.json is missing)")
     write_model_card(folder, read_card_facts(folder), model_id=repo_id)
     index = json.loads((folder / "model_index.json").read_text())
-    patterns = [*RUN_FILES, *(f"{name}/*" for name in sorted(index) if (folder / name).is_dir())]  # unet/, vae/, ...
+    patterns = ["model_index.json", CARD_FILE, "config.yaml", "log.jsonl",
+                *(f"{name}/*" for name in sorted(index) if (folder / name).is_dir())]  # unet/, vae/, ...
     api = HfApi()
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")

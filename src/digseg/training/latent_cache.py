@@ -46,13 +46,6 @@ def build_latent_cache(dataset: Dataset, class_names: list[str], vae, out_dir: s
     skipped: list[str] = []
     shard: dict[str, torch.Tensor] = {}
     shard_id = 0
-
-    def flush() -> None:
-        nonlocal shard, shard_id
-        if shard:
-            save_file(shard, str(out / f"shard-{shard_id:05d}.safetensors"))
-            shard, shard_id = {}, shard_id + 1
-
     for i in tqdm(range(len(dataset)), desc="cache latents", disable=not show_progress):
         try:
             entry = batcher.encode_all(i)
@@ -64,8 +57,10 @@ def build_latent_cache(dataset: Dataset, class_names: list[str], vae, out_dir: s
         shard[f"{i}.keep"] = entry["keep"].contiguous()
         samples[str(i)] = {"shard": shard_id, "present": entry["present"]}
         if len(samples) % shard_size == 0:
-            flush()
-    flush()
+            save_file(shard, str(out / f"shard-{shard_id:05d}.safetensors"))
+            shard, shard_id = {}, shard_id + 1
+    if shard:
+        save_file(shard, str(out / f"shard-{shard_id:05d}.safetensors"))
     index = {"class_names": list(class_names), "resolution": resolution, "task": task,
              "vae": vae_fingerprint(vae), "num_samples": len(dataset), "samples": samples, "skipped": skipped}
     (out / INDEX).write_text(json.dumps(index))

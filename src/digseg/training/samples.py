@@ -18,13 +18,11 @@ from ..errors import ConfigError, DataError, DigsegError, first_line
 from ..seeding import seeded_generator
 from .batches import LatentBatcher, sample_indices
 
-AUGMENT_STREAM = 1  # 4th seeding key: a slot's augmentation draws, apart from its query/noise/timestep draws
-
 Request = tuple[int, int, int]  # (sample index, micro-step, slot in the global batch)
 
 
 def augmentation_generator(seed: int, micro_step: int, slot: int) -> torch.Generator:
-    return seeded_generator(seed, micro_step, slot, AUGMENT_STREAM)
+    return seeded_generator(seed, micro_step, slot, 1)  # 4th key: apart from the slot's query/noise/timestep draws
 
 
 class TrainingSamples(Dataset):

@@ -15,8 +15,6 @@ from torch import nn
 
 from ..errors import ConfigError, DigsegError
 
-UNET_BLOCKS = ("down_blocks", "mid_block", "up_blocks")  # each part of these blocks is one FSDP unit
-
 
 def check_sharding(distributed_type: DistributedType, sharding: str, mixed_precision: str) -> None:
     """ConfigError for a launch or settings that sharded training cannot honour."""
@@ -58,7 +56,7 @@ def shard_modules(unet: nn.Module, pathway: nn.Module, device: torch.device) -> 
             raise ConfigError(f"run.sharding fsdp runs on CUDA or CPU devices, not {device.type}")
         dist.init_process_group(backend=backends[device.type], store=dist.HashStore(), rank=0, world_size=1)
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
-    for name in UNET_BLOCKS:
+    for name in ("down_blocks", "mid_block", "up_blocks"):  # each part of these blocks is one FSDP unit
         for block in _units(getattr(unet, name, None)):
             for part in (unit for group in block.children() for unit in _units(group)):
                 if next(part.parameters(), None) is not None:
@@ -83,7 +81,6 @@ class ShardedState:
         self.container = nn.ModuleDict(modules)  # parameter names "unet.<name>", "text_pathway.<name>"
         self.optimizer, self.params, self.ema = optimizer, params, ema
         self.names = [name for name, _ in self.container.named_parameters()]
-        assert len(self.names) == len(params), "params must be the modules' parameters, in order"
 
     def _tensors(self) -> tuple[dict[str, dict], list[dict]]:
         """-> ({"model": {name: tensor}, "optim": {name: {key: tensor}}, "ema": {name: tensor}}, param groups)."""
@@ -126,24 +123,21 @@ class ShardedState:
                 shadow.copy_(tensors["ema"][name].to_local())
 
     def whole_modules(self) -> dict[str, nn.Module]:
-        """Unsharded copies of the trained modules on every process; frees the moments."""
+        """Unsharded copies of the trained modules on every process (plain modules of their class and config, a
+        U-Net with its attention processors); frees the moments."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        from torch.distributed.fsdp import FSDPModule
 
         self.optimizer.state.clear()
         self.optimizer.zero_grad(set_to_none=True)
-        options = StateDictOptions(full_state_dict=True)
-        return {name: _unsharded_copy(module, get_model_state_dict(module, options=options))
-                for name, module in self.container.items()}
-
-
-def _unsharded_copy(module: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Module:
-    """A plain module of `module`'s class and config holding `weights` and, for a U-Net, its attention processors."""
-    from torch.distributed.fsdp import FSDPModule
-
-    cls = next(c for c in type(module).__mro__ if not issubclass(c, FSDPModule))
-    with init_empty_weights():
-        plain = cls.from_config(module.config)
-    plain.load_state_dict(weights, assign=True)
-    if hasattr(module, "attn_processors"):
-        plain.set_attn_processor(module.attn_processors)
-    return plain.to(next(iter(weights.values())).device)
+        copies = {}
+        for name, module in self.container.items():
+            weights = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True))
+            cls = next(c for c in type(module).__mro__ if not issubclass(c, FSDPModule))
+            with init_empty_weights():
+                plain = cls.from_config(module.config)
+            plain.load_state_dict(weights, assign=True)
+            if hasattr(module, "attn_processors"):
+                plain.set_attn_processor(module.attn_processors)
+            copies[name] = plain.to(next(iter(weights.values())).device)
+        return copies

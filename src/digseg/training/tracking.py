@@ -115,8 +115,7 @@ class TrainingLogger:
             self.accelerator.log(scalars, step=step)
 
     def log_samples(self, step: int, pipe, samples: list[dict], resolution: int, seed: int) -> None:
-        """Predict `samples` (dataset items: image [3, H, W] in [-1, 1], label [H, W]) and log one grid image (the main
-        process, with trackers)."""
+        """Predict `samples` (items: image [3, H, W] in [-1, 1], label [H, W]); log one grid image to the trackers."""
         if not samples:
             return
         images = [tensor_to_image(s["image"]) for s in samples]  # uint8 [H, W, 3]
@@ -128,8 +127,19 @@ class TrainingLogger:
                              overlay(img, labels, k, skip_background=False))
                 for img, s, labels in zip(images, samples, result.labels)]
         grid = np.concatenate([np.asarray(r) for r in rows], axis=0)  # [rows*H, 3*W, 3]
+        name = "samples/prediction"
         for tracker in self.accelerator.trackers:
-            if not log_image(tracker, "samples/prediction", grid, step) and tracker.name not in self._no_images:
+            if tracker.name == "tensorboard":
+                tracker.writer.add_image(name, grid, global_step=step, dataformats="HWC")
+            elif tracker.name == "mlflow":
+                import mlflow
+
+                mlflow.log_image(grid, key=name, step=step)
+            elif tracker.name in ("wandb", "swanlab"):
+                tracker.log_images({name: [grid]}, step=step)
+            elif tracker.name in ("aim", "clearml"):
+                tracker.log_images({name: grid}, step=step)
+            elif tracker.name not in self._no_images:  # comet_ml, ...
                 self._no_images.add(tracker.name)
                 logger.info("sample predictions are not sent to %s, which digseg logs no images to", tracker.name)
 
@@ -137,20 +147,3 @@ class TrainingLogger:
         if self.use_trackers:
             self.accelerator.end_training()
 
-
-def log_image(tracker, name: str, image: np.ndarray, step: int) -> bool:
-    """Log `image` (uint8 [H, W, 3]) to an accelerate tracker; False for one without images here (comet_ml, ...)."""
-    kind = tracker.name
-    if kind == "tensorboard":
-        tracker.writer.add_image(name, image, global_step=step, dataformats="HWC")
-    elif kind == "mlflow":
-        import mlflow
-
-        mlflow.log_image(image, key=name, step=step)
-    elif kind in ("wandb", "swanlab"):
-        tracker.log_images({name: [image]}, step=step)
-    elif kind in ("aim", "clearml"):
-        tracker.log_images({name: image}, step=step)
-    else:
-        return False
-    return True

@@ -69,7 +69,5 @@ def evaluate(pipe, dataset: Dataset, limit: int, seed: int, batch_size: int) -> 
     for message in report["skipped"] if is_main_process() else []:  # images that could not be read (all processes')
         scores.skip(-1, message)
     metrics = scores.result()
-    kind = MetricKind(metrics["metric"])
-    metric = SUMMARY_COLUMNS[kind][0]
-    summary = {f"val/{c}": float(metrics[c]) for c in SUMMARY_COLUMNS[kind]}
-    return ValidationResult(metric, float(metrics[metric]), summary)
+    columns = SUMMARY_COLUMNS[MetricKind(metrics["metric"])]  # the headline score first
+    return ValidationResult(columns[0], float(metrics[columns[0]]), {f"val/{c}": float(metrics[c]) for c in columns})
