@@ -175,8 +175,6 @@ def unet_forward_with_text(unet: UNet2DConditionModel, context: _LevelContext, s
     -> prediction [B, 4, h, w]. `image_size`: (H, W) of the processed image, for SDXL's size ids."""
     added = None
     if context.needs_size_ids:
-        if len(text_levels) <= context.num_levels or image_size is None:
-            raise DigsegError("an SDXL U-Net needs the pooled text embedding and the image size")
         pooled = text_levels[context.num_levels]  # [B, P]
         # the processed image's (H, W) as original and target size, crop top-left (0, 0): [B, 6]
         time_ids = torch.tensor([*image_size, 0, 0, *image_size], device=pooled.device, dtype=torch.float32)

@@ -151,7 +151,5 @@ class LatentSegmentationMixin:
             uncertainty = F.interpolate(spread, size=probs.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         else:
             uncertainty = probs.std(dim=1).mean(dim=1) if ensemble_size > 1 else None
-        kept = None
-        if keep is not None:
-            kept = torch.zeros(all_ids.shape, dtype=torch.bool, device=device).scatter(1, keep, True)  # [B, Q]
+        kept = None if keep is None else torch.zeros_like(all_ids, dtype=torch.bool).scatter(1, keep, True)  # [B, Q]
         return probs.mean(dim=1), uncertainty, kept

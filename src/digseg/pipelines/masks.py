@@ -58,9 +58,7 @@ class MaskCodec:
         """Labels [B, H, W] (or [H, W]) -> image [B, 3, H, W] float32 in [-1, 1]; ignore pixels -> 0."""
         labels = self._check_labels(labels)  # [B, H, W]
         ignore = labels == self.ignore_index  # [B, H, W]
-        palette = self.palette.to(labels.device)
-        idx = torch.where(ignore, torch.zeros_like(labels), labels)
-        image = palette[idx]  # [B, H, W, 3]
+        image = self.palette.to(labels.device)[labels.masked_fill(ignore, 0)]  # [B, H, W, 3]
         image = image.masked_fill(ignore.unsqueeze(-1), 0.0)
         return image.permute(0, 3, 1, 2).contiguous()  # [B, 3, H, W]
 

@@ -44,8 +44,6 @@ def _open_clip_encoder(name: str):
 
 
 class DiGSegPipeline(SegmentationCall, AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
-    # text_encoder, tokenizer: None with an open_clip text tower; text_encoder_2, tokenizer_2: SDXL's second text
-    # encoder (None for SD 1.x / 2.x); mask_decoder: None until one is trained
     _optional_components = list(OPTIONAL_COMPONENTS)
 
     def __init__(self, unet: UNet2DConditionModel, vae: AutoencoderKL, scheduler: DDIMScheduler,
