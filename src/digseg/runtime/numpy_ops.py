@@ -46,8 +46,7 @@ def cut_views(image: np.ndarray, boxes: list[tuple[int, int, int, int]], global_
               multiple: int) -> np.ndarray:
     """image [3, H, W] -> views [V, 3, h', w']: the windows, the global view, then with `flip` the mirrored ones,
     padded to multiples of `multiple` (replicated border, bottom and right)."""
-    y1, y2, x1, x2 = boxes[0]
-    window = (y2 - y1, x2 - x1)
+    window = (boxes[0][1] - boxes[0][0], boxes[0][3] - boxes[0][2])
 
     def cut(picture: np.ndarray) -> list[np.ndarray]:
         views = [picture[:, a:b, c:d] for a, b, c, d in boxes]
@@ -64,8 +63,7 @@ def combine_views(probs: np.ndarray, boxes: list[tuple[int, int, int, int]], siz
         plain, mirrored = np.split(probs, 2)
         return (combine_views(plain, boxes, size, global_view)
                 + combine_views(mirrored, boxes, size, global_view)[..., ::-1]) / 2
-    y1, y2, x1, x2 = boxes[0]
-    probs = probs[:, :, : y2 - y1, : x2 - x1]  # padding removed
+    probs = probs[:, :, : boxes[0][1] - boxes[0][0], : boxes[0][3] - boxes[0][2]]  # padding removed
     total = np.zeros((probs.shape[1], *size), dtype=np.float32)
     count = np.zeros(size, dtype=np.float32)
     for window, (y1, y2, x1, x2) in zip(probs, boxes):
