@@ -1,8 +1,7 @@
-"""Text pathway: a frozen CLIP-aligned text encoder and learned per-level projections into the U-Net.
-
-Level l of the U-Net has its own projection P_l: encoder features [B, L, D] -> [B, L, C] (C = cross_attention_dim),
-which every cross-attention layer at that level attends to. The projections live in `TextPathway`, so the U-Net
-stays a stock `UNet2DConditionModel`; attention processors route each level's features to its layers."""
+"""Text pathway: a frozen CLIP-aligned text encoder and learned per-level projections into the U-Net. Level l of
+the U-Net has its own projection P_l: encoder features [B, L, D] -> [B, L, C] (C = cross_attention_dim), which every
+cross-attention layer at that level attends to. The projections live in `TextPathway`, so the U-Net stays a stock
+`UNet2DConditionModel`; attention processors route each level's features to its layers."""
 
 from __future__ import annotations
 

@@ -41,8 +41,7 @@ class LatentSegmentationMixin:
                                  t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """z0 [B, 4, h, w] noised to timesteps t [B], and the target of the prediction type (noise, z0 or v)."""
         z_t = self.scheduler.add_noise(z0, noise, t)
-        kind = self.scheduler.config.prediction_type
-        target = {"epsilon": noise, "sample": z0}.get(kind)
+        target = {"epsilon": noise, "sample": z0}.get(self.scheduler.config.prediction_type)
         return z_t, (self.scheduler.get_velocity(z0, noise, t) if target is None else target)
 
     def predicted_sample(self, pred: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

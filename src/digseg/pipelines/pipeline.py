@@ -110,9 +110,7 @@ class DiGSegPipeline(SegmentationCall, AdapterMixin, LatentSegmentationMixin, Di
             record.update(text_encoder=str(text_encoder), text_encoder_revision=text_encoder_revision,
                           text_encoder_variant=text_encoder_variant)
         unet = widen_conv_in(backbone.unet)
-        for frozen in (backbone.vae, backbone.text_encoder, backbone.text_encoder_2):
-            if frozen is not None:
-                frozen.requires_grad_(False)
+        backbone.vae.requires_grad_(False)  # the text encoders are frozen by their prompt encoder
         encoder_dim = (_open_clip_encoder(open_clip_name).hidden_size if open_clip_name is not None
                        else backbone.text_encoder.config.hidden_size)
         pooled_dim = 0
