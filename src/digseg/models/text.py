@@ -1,8 +1,7 @@
-"""Text pathway: a frozen CLIP-aligned text encoder and learned per-level projections into the U-Net.
-
-Level l of the U-Net has its own projection P_l: encoder features [B, L, D] -> [B, L, C] (C = cross_attention_dim),
-which every cross-attention layer at that level attends to. The projections live in `TextPathway`, so the U-Net
-stays a stock `UNet2DConditionModel`; attention processors route each level's features to its layers."""
+"""Text pathway: a frozen CLIP-aligned text encoder and learned per-level projections into the U-Net. Level l of
+the U-Net has its own projection P_l: encoder features [B, L, D] -> [B, L, C] (C = cross_attention_dim), which every
+cross-attention layer at that level attends to. The projections live in `TextPathway`, so the U-Net stays a stock
+`UNet2DConditionModel`; attention processors route each level's features to its layers."""
 
 from __future__ import annotations
 
@@ -175,8 +174,6 @@ def unet_forward_with_text(unet: UNet2DConditionModel, context: _LevelContext, s
     -> prediction [B, 4, h, w]. `image_size`: (H, W) of the processed image, for SDXL's size ids."""
     added = None
     if context.needs_size_ids:
-        if len(text_levels) <= context.num_levels or image_size is None:
-            raise DigsegError("an SDXL U-Net needs the pooled text embedding and the image size")
         pooled = text_levels[context.num_levels]  # [B, P]
         # the processed image's (H, W) as original and target size, crop top-left (0, 0): [B, 6]
         time_ids = torch.tensor([*image_size, 0, 0, *image_size], device=pooled.device, dtype=torch.float32)

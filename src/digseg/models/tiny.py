@@ -115,7 +115,6 @@ def save_tiny_sdxl_backbone(path: str | Path, seed: int = 0, variants: Sequence[
     text_encoder = tiny_text_encoder(tokenizer, seed=seed)
     text_encoder_2 = tiny_text_encoder(tokenizer, seed=seed + 1, hidden_act="gelu", with_projection=True)
     scheduler = EulerDiscreteScheduler.from_config(tiny_scheduler().config, timestep_spacing="leading")
-    vae = tiny_vae(seed)
     # SDXL's U-Net layout: no cross-attention at the first level, two transformer layers at the second, linear
     # projections, and the added embedding of 6 size ids (8 sinusoids each) and the pooled text embedding
     torch.manual_seed(seed)
@@ -125,6 +124,6 @@ def save_tiny_sdxl_backbone(path: str | Path, seed: int = 0, variants: Sequence[
         block_out_channels=(32, 64), transformer_layers_per_block=(1, 2), attention_head_dim=(4, 8),
         use_linear_projection=True, cross_attention_dim=64, addition_embed_type="text_time",
         addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + text_encoder_2.config.projection_dim)
-    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+    pipe = StableDiffusionXLPipeline(vae=tiny_vae(seed), text_encoder=text_encoder, text_encoder_2=text_encoder_2,
                                      tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler)
     return save_variants(pipe, path, variants)

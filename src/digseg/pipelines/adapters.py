@@ -115,10 +115,8 @@ class AdapterMixin:
         unet.fuse_lora(adapter_names=[name])
         unet.unload_lora()  # peft's layers replaced by the plain ones, holding the fused weights
         accepted = set(inspect.signature(type(self).__init__).parameters)
-        kwargs = {k: v for k, v in self.config.items() if k in accepted and not k.startswith("_")}
-        kwargs.update(self.components)
-        kwargs.update(unet=unet, text_pathway=copy.deepcopy(self.text_pathway),
-                      mask_decoder=copy.deepcopy(self.mask_decoder))
+        kwargs = {**self.config, **self.components, "unet": unet, "text_pathway": copy.deepcopy(self.text_pathway),
+                  "mask_decoder": copy.deepcopy(self.mask_decoder)}
         fused = type(self)(**{k: v for k, v in kwargs.items() if k in accepted})
         if save_directory is not None:
             fused.save_pretrained(save_directory)

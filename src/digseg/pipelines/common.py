@@ -1,7 +1,6 @@
-"""What both pipelines (PyTorch and onnxruntime) share, torch-free: the checks of a call's arguments, the test
-protocol's geometry (mmseg's test resize and window grid), the mask decoder a call selects and the output it
-returns; inputs as numpy arrays (a path, EXIF orientation applied; a PIL image; a numpy array [H, W, 3], uint8 or
-float in [0, 1], or [H, W] grey) and the palette that renders K classes."""
+"""What both pipelines (PyTorch and onnxruntime) share, torch-free: argument checks, the test protocol's geometry
+(mmseg's test resize and window grid), the mask decoder choice, the output; inputs as numpy arrays (paths, EXIF
+applied; PIL images; numpy [H, W, 3] uint8 or float in [0, 1], or [H, W] grey) and the K-class palette."""
 
 from __future__ import annotations
 

@@ -19,15 +19,12 @@ def expand_image_inputs(items: list[str]) -> list[Path]:
     paths: list[Path] = []
     for item in items:
         p = Path(item)
-        if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS)
+        if p.is_dir() or (not p.exists() and set("*?[") & set(item)):
+            candidates = p.iterdir() if p.is_dir() else map(Path, glob.glob(item, recursive=True))
+            found = sorted(q for q in candidates if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS)
             if not found:
-                raise ConfigError(f"folder {p} contains no images ({extensions})")
-        elif not p.exists() and set("*?[") & set(item):
-            found = sorted(m for m in map(Path, glob.glob(item, recursive=True))
-                           if m.is_file() and m.suffix.lower() in IMAGE_EXTENSIONS)
-            if not found:
-                raise ConfigError(f"pattern {item!r} matches no images ({extensions})")
+                what = f"folder {p} contains" if p.is_dir() else f"pattern {item!r} matches"
+                raise ConfigError(f"{what} no images ({extensions})")
         else:
             found = [p]
         paths.extend(found)

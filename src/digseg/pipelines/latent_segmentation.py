@@ -41,8 +41,7 @@ class LatentSegmentationMixin:
                                  t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """z0 [B, 4, h, w] noised to timesteps t [B], and the target of the prediction type (noise, z0 or v)."""
         z_t = self.scheduler.add_noise(z0, noise, t)
-        kind = self.scheduler.config.prediction_type
-        target = {"epsilon": noise, "sample": z0}.get(kind)
+        target = {"epsilon": noise, "sample": z0}.get(self.scheduler.config.prediction_type)
         return z_t, (self.scheduler.get_velocity(z0, noise, t) if target is None else target)
 
     def predicted_sample(self, pred: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -151,7 +150,5 @@ class LatentSegmentationMixin:
             uncertainty = F.interpolate(spread, size=probs.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         else:
             uncertainty = probs.std(dim=1).mean(dim=1) if ensemble_size > 1 else None
-        kept = None
-        if keep is not None:
-            kept = torch.zeros(all_ids.shape, dtype=torch.bool, device=device).scatter(1, keep, True)  # [B, Q]
+        kept = None if keep is None else torch.zeros_like(all_ids, dtype=torch.bool).scatter(1, keep, True)  # [B, Q]
         return probs.mean(dim=1), uncertainty, kept

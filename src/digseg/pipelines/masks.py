@@ -29,8 +29,6 @@ class MaskCodec:
         if 0 <= int(ignore_index) < num_classes:
             raise ValueError(f"ignore_index {ignore_index} collides with a class id in [0, {num_classes}); "
                              "use a value outside that range (e.g. 65535)")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
         self.mode, self.num_classes, self.temperature = mode, num_classes, float(temperature)
         self.ignore_index = int(ignore_index)
         colours = torch.from_numpy(make_palette(num_classes).astype(np.float32))
@@ -58,9 +56,7 @@ class MaskCodec:
         """Labels [B, H, W] (or [H, W]) -> image [B, 3, H, W] float32 in [-1, 1]; ignore pixels -> 0."""
         labels = self._check_labels(labels)  # [B, H, W]
         ignore = labels == self.ignore_index  # [B, H, W]
-        palette = self.palette.to(labels.device)
-        idx = torch.where(ignore, torch.zeros_like(labels), labels)
-        image = palette[idx]  # [B, H, W, 3]
+        image = self.palette.to(labels.device)[labels.masked_fill(ignore, 0)]  # [B, H, W, 3]
         image = image.masked_fill(ignore.unsqueeze(-1), 0.0)
         return image.permute(0, 3, 1, 2).contiguous()  # [B, 3, H, W]
 

@@ -175,7 +175,6 @@ def write_model_card(folder: str | Path, facts: dict[str, Any], model_id: str | 
     data = ModelCardData(library_name="digseg", pipeline_tag="image-segmentation", datasets=datasets or None,
                          tags=["digseg", "image-segmentation", "stable-diffusion", "diffusers"],
                          base_model=hub_id_or_none(facts.get("base_model")), digseg=facts)
-    model = facts.get("model", {})
     title = model_id or Path(folder).resolve().name
     usage = (
         "## How to use\n\n"
@@ -186,7 +185,7 @@ def write_model_card(folder: str | Path, facts: dict[str, Any], model_id: str | 
         f"```bash\ndigseg predict --model {where} --image photo.jpg --output predictions/\n```")
     sections = [f"# {title}", "A DiGSeg text-prompted segmenter: a Stable Diffusion model fine-tuned to generate "
                 "segmentation masks, conditioned on the image and on class names.",
-                _model_section(model, facts), _training_section(facts), _validation_section(facts),
+                _model_section(facts.get("model", {}), facts), _training_section(facts), _validation_section(facts),
                 _evaluation_section(facts, where), _decoder_section(facts), usage]
     content = "\n\n".join(s for s in sections if s) + "\n"
     path = Path(folder) / CARD_FILE

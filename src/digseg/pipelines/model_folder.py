@@ -28,10 +28,6 @@ TRAINED_COMPONENTS = ("unet", "text_pathway", "mask_decoder")
 PIPELINE_CLASS = "DiGSegPipeline"
 
 
-def _looks_like_entry(value: Any) -> bool:
-    return isinstance(value, (list, tuple)) and len(value) == 2 and all(v is None or isinstance(v, str) for v in value)
-
-
 def check_model_index(index: Any, where: str, pipeline_class: type) -> None:
     """One-line DigsegError for any entry of model_index.json (`index`) that digseg does not write."""
     if not isinstance(index, dict):
@@ -41,7 +37,8 @@ def check_model_index(index: Any, where: str, pipeline_class: type) -> None:
         raise DigsegError(f"model folder {where}: model_index.json _class_name is {index.get('_class_name')!r}; "
                           f"digseg loads only {PIPELINE_CLASS!r} folders and runs no pipeline code from a folder")
     for key, value in index.items():
-        entry = tuple(value) if _looks_like_entry(value) else None
+        pair = isinstance(value, (list, tuple)) and len(value) == 2
+        entry = tuple(value) if pair and all(v is None or isinstance(v, str) for v in value) else None
         if key in COMPONENTS:
             if entry == COMPONENTS[key] or (entry == (None, None) and key in OPTIONAL_COMPONENTS):
                 continue

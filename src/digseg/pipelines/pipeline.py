@@ -44,8 +44,6 @@ def _open_clip_encoder(name: str):
 
 
 class DiGSegPipeline(SegmentationCall, AdapterMixin, LatentSegmentationMixin, DiffusionPipeline):
-    # text_encoder, tokenizer: None with an open_clip text tower; text_encoder_2, tokenizer_2: SDXL's second text
-    # encoder (None for SD 1.x / 2.x); mask_decoder: None until one is trained
     _optional_components = list(OPTIONAL_COMPONENTS)
 
     def __init__(self, unet: UNet2DConditionModel, vae: AutoencoderKL, scheduler: DDIMScheduler,
@@ -112,9 +110,7 @@ class DiGSegPipeline(SegmentationCall, AdapterMixin, LatentSegmentationMixin, Di
             record.update(text_encoder=str(text_encoder), text_encoder_revision=text_encoder_revision,
                           text_encoder_variant=text_encoder_variant)
         unet = widen_conv_in(backbone.unet)
-        for frozen in (backbone.vae, backbone.text_encoder, backbone.text_encoder_2):
-            if frozen is not None:
-                frozen.requires_grad_(False)
+        backbone.vae.requires_grad_(False)  # the text encoders are frozen by their prompt encoder
         encoder_dim = (_open_clip_encoder(open_clip_name).hidden_size if open_clip_name is not None
                        else backbone.text_encoder.config.hidden_size)
         pooled_dim = 0

@@ -96,12 +96,9 @@ def with_legend(tinted: Image.Image, labels: np.ndarray, class_names: list[str])
     "no class" for label 255)."""
     k = len(class_names)
     colours = palette_for(k)
-    rows: list[tuple[str, tuple[int, int, int] | None]] = []
-    for c in np.flatnonzero(np.bincount(labels[labels < k].ravel(), minlength=k)):  # the classes present
-        if c == 0 and not tints_class_zero(class_names):
-            rows.append((f"{class_names[0]} (untinted)", None))
-        else:
-            rows.append((class_names[c], tuple(int(v) for v in colours[c])))
+    untinted = not tints_class_zero(class_names)
+    rows = [(f"{class_names[0]} (untinted)", None) if c == 0 and untinted else (class_names[c], tuple(colours[c]))
+            for c in np.flatnonzero(np.bincount(labels[labels < k].ravel(), minlength=k))]  # the classes present
     if (labels >= k).any():
         rows.append(("no class (untinted)", None))
     size = int(np.clip(round(tinted.height / 30), 11, 64))

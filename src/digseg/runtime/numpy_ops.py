@@ -39,16 +39,14 @@ def resize(array: np.ndarray, size: tuple[int, int], antialias: bool = False) ->
         return array
     wh = resize_weights(h, int(size[0]), antialias)  # [H', H]
     ww = resize_weights(w, int(size[1]), antialias)  # [W', W]
-    out = np.matmul(wh, np.matmul(array.astype(np.float32, copy=False), ww.T))  # [..., H', W']
-    return out.astype(np.float32, copy=False)
+    return np.matmul(wh, np.matmul(array.astype(np.float32, copy=False), ww.T)).astype(np.float32, copy=False)
 
 
 def cut_views(image: np.ndarray, boxes: list[tuple[int, int, int, int]], global_view: bool, flip: bool,
               multiple: int) -> np.ndarray:
     """image [3, H, W] -> views [V, 3, h', w']: the windows, the global view, then with `flip` the mirrored ones,
     padded to multiples of `multiple` (replicated border, bottom and right)."""
-    y1, y2, x1, x2 = boxes[0]
-    window = (y2 - y1, x2 - x1)
+    window = (boxes[0][1] - boxes[0][0], boxes[0][3] - boxes[0][2])
 
     def cut(picture: np.ndarray) -> list[np.ndarray]:
         views = [picture[:, a:b, c:d] for a, b, c, d in boxes]
@@ -65,8 +63,7 @@ def combine_views(probs: np.ndarray, boxes: list[tuple[int, int, int, int]], siz
         plain, mirrored = np.split(probs, 2)
         return (combine_views(plain, boxes, size, global_view)
                 + combine_views(mirrored, boxes, size, global_view)[..., ::-1]) / 2
-    y1, y2, x1, x2 = boxes[0]
-    probs = probs[:, :, : y2 - y1, : x2 - x1]  # padding removed
+    probs = probs[:, :, : boxes[0][1] - boxes[0][0], : boxes[0][3] - boxes[0][2]]  # padding removed
     total = np.zeros((probs.shape[1], *size), dtype=np.float32)
     count = np.zeros(size, dtype=np.float32)
     for window, (y1, y2, x1, x2) in zip(probs, boxes):
@@ -90,21 +87,17 @@ def ddim_step(pred: np.ndarray, t: int, latents: np.ndarray, scheduler: dict, st
     """One deterministic DDIM step (eta = 0) from timestep t with `steps` steps in all: diffusers' formula."""
     alphas = scheduler["_alphas"]  # float32 [T]
     prev_t = t - scheduler["num_train_timesteps"] // steps
-    alpha_t = alphas[t]
     alpha_prev = alphas[prev_t] if prev_t >= 0 else np.float32(scheduler["final_alpha_cumprod"])
-    beta_t = np.float32(1) - alpha_t
+    half = np.float32(0.5)
+    a, b = alphas[t] ** half, (np.float32(1) - alphas[t]) ** half  # sqrt(alpha_t), sqrt(1 - alpha_t)
     kind = scheduler["prediction_type"]
     if kind == "epsilon":
-        x0 = (latents - beta_t ** np.float32(0.5) * pred) / alpha_t ** np.float32(0.5)
-        eps = pred
+        x0, eps = (latents - b * pred) / a, pred
     elif kind == "sample":
-        x0 = pred
-        eps = (latents - alpha_t ** np.float32(0.5) * x0) / beta_t ** np.float32(0.5)
+        x0, eps = pred, (latents - a * pred) / b
     else:  # v_prediction
-        x0 = alpha_t ** np.float32(0.5) * latents - beta_t ** np.float32(0.5) * pred
-        eps = alpha_t ** np.float32(0.5) * pred + beta_t ** np.float32(0.5) * latents
-    direction = (np.float32(1) - alpha_prev) ** np.float32(0.5) * eps
-    return (alpha_prev ** np.float32(0.5) * x0 + direction).astype(np.float32)
+        x0, eps = a * latents - b * pred, a * pred + b * latents
+    return (alpha_prev ** half * x0 + (np.float32(1) - alpha_prev) ** half * eps).astype(np.float32)
 
 
 def combine_members(latents: np.ndarray, how: str) -> np.ndarray:
@@ -137,8 +130,7 @@ def best_classes(labels: np.ndarray, probs: np.ndarray, count: int) -> np.ndarra
     k = probs.shape[0]
     pixels = np.bincount(labels[labels < k].reshape(-1), minlength=k).astype(np.float64)
     peak = np.clip(probs.reshape(k, -1).max(axis=1).astype(np.float64), 0, 1)
-    score = pixels + peak / 2
-    return np.sort(np.argsort(-score, kind="stable")[:count])
+    return np.sort(np.argsort(-(pixels + peak / 2), kind="stable")[:count])
 
 
 def native_outputs(probs: np.ndarray, size: tuple[int, int], mode: str, settings):
