@@ -29,6 +29,8 @@ class MaskCodec:
         if 0 <= int(ignore_index) < num_classes:
             raise ValueError(f"ignore_index {ignore_index} collides with a class id in [0, {num_classes}); "
                              "use a value outside that range (e.g. 65535)")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
         self.mode, self.num_classes, self.temperature = mode, num_classes, float(temperature)
         self.ignore_index = int(ignore_index)
         colours = torch.from_numpy(make_palette(num_classes).astype(np.float32))
