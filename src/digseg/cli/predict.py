@@ -337,13 +337,7 @@ def run_predict(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
                 partial_dir(out_dir).rmdir()
             index = RecordIndex(out_dir)
             runtime = pipe.runtime_info(world)
-            with open_atomically(out_dir / "summary.json") as f:  # docs/predict.md; written one image at a time
-                f.write('{\n  "runtime": ' + json.dumps(runtime, ensure_ascii=False) + ',\n  "images": {')
-                for k, r in enumerate(map(index.get, done)):
-                    fractions = {c["name"]: c["fraction"] for c in r["classes"]}
-                    f.write(f'{"," if k else ""}\n    {json.dumps(r["name"], ensure_ascii=False)}: '
-                            f'{json.dumps(fractions, ensure_ascii=False)}')
-                f.write('\n  },\n  "skipped": ' + json.dumps(missed, indent=4, ensure_ascii=False) + "\n}\n")
+            write_run_summary(out_dir, map(index.get, done), missed, runtime)
             if "report" in outputs:
                 shown = dict(settings, runtime=f"{runtime['device']} ({runtime['device_name']}), {runtime['dtype']}, "
                                                f"torch {runtime['torch']}, diffusers {runtime['diffusers']}")
@@ -351,3 +345,14 @@ def run_predict(pipe, paths: list[Path], out_dir: Path, call_kwargs: dict, setti
         return PredictResult(images=len(done), written=written, reused=len(paths) - len(todo), skipped=missed,
                              summary=out_dir / "summary.json",
                              report=out_dir / "index.html" if "report" in outputs else None, num_processes=world)
+
+
+def write_run_summary(out_dir: Path, records: Iterable[dict], skipped: list[dict], runtime: dict) -> None:
+    """`<out_dir>/summary.json` (docs/predict.md), written one image at a time and replaced atomically."""
+    with open_atomically(out_dir / "summary.json") as f:
+        f.write('{\n  "runtime": ' + json.dumps(runtime, ensure_ascii=False) + ',\n  "images": {')
+        for k, r in enumerate(records):
+            fractions = {c["name"]: c["fraction"] for c in r["classes"]}
+            f.write(f'{"," if k else ""}\n    {json.dumps(r["name"], ensure_ascii=False)}: '
+                    f'{json.dumps(fractions, ensure_ascii=False)}')
+        f.write('\n  },\n  "skipped": ' + json.dumps(skipped, indent=4, ensure_ascii=False) + "\n}\n")
