@@ -258,7 +258,7 @@ def _sd2_adapters(work: Path, backbone_dir: Path | None) -> tuple[Path, list[Pat
             for name, p in pipe.unet.named_parameters():
                 if "lora_B" in name:
                     p.normal_(0.0, 1e-3)
-        save_adapter(folder, lora_state_dict(pipe.unet, TRAINED_ADAPTER), pipe._current_parts(),
+        save_adapter(folder, lora_state_dict(pipe.unet, TRAINED_ADAPTER), pipe.current_parts(),
                      {"pretrained": str(model), "revision": None, "variant": None}, 16, None, targets)
         pipe.unet.delete_adapters(TRAINED_ADAPTER)
     if backbone_dir is None:

@@ -56,6 +56,7 @@ def test_cfg_options_reach_every_field_typed():
                             "optim.use_ema=true", "data.val_fraction=null"]) == {
         "optim": {"learning_rate": 1e-4, "use_ema": True}, "data": {"crop_size": [32, 48], "val_fraction": None},
         "run": {"log_with": "none"}}
+    assert parse_overrides(["optim.mixed_precision=no"]) == {"optim": {"mixed_precision": "no"}}  # not YAML's false
     for bad, said in (("optim.learning_rate=fast", "takes float"), ("optim.max_steps=2.5", "takes int"),
                       ("optim.nope=1", "no field 'optim.nope'"), ("learning_rate", "section.field=value"),
                       ("data.hf.ignore_index=x", "takes int"), ("data.hf.column=x", "known: image_column"),

@@ -86,7 +86,10 @@ def test_ade150_missing_and_empty_split(tmp_path):
     ade150(tmp_path)  # only validation exists
     with pytest.raises(DataError, match=r"images/training"):
         ADE20K150(tmp_path, split="train")
-    (tmp_path / "ADEChallengeData2016" / "images" / "training").mkdir()
+    write_image(tmp_path / "ADEChallengeData2016" / "images" / "training" / "ADE_train_00000001.jpg")
+    with pytest.raises(DataError, match=r"label folder for split 'train' not found: .*annotations/training \(expected"):
+        ADE20K150(tmp_path, split="train")
+    (tmp_path / "ADEChallengeData2016" / "images" / "training" / "ADE_train_00000001.jpg").unlink()
     (tmp_path / "ADEChallengeData2016" / "annotations" / "training").mkdir()
     with pytest.raises(DataError, match="no images found"):
         ADE20K150(tmp_path, split="train")

@@ -89,6 +89,14 @@ def test_medical_per_image_average(tmp_path):
     assert result["Dice"] == pytest.approx(70)
 
 
+def test_medical_per_image_scores_drop_ignored_pixels(tmp_path):
+    # label 1 255, pred 1 1: the ignored pixel counts on neither side -> Dice 1 and IoU 1 (2/3 and 1/2 if it counted)
+    _write(tmp_path, {"m": np.array([[1, 255]])}, {"m": np.array([[1, 1]])})
+    kind = _kind("medical", ("background", "nucleus"), medical_targets={"nucleus": (1,)})
+    result = score_predictions(kind(tmp_path), tmp_path / "preds", show_progress=False)
+    assert result["per_target"]["nucleus"] == pytest.approx({"Dice": 100.0, "IoU": 100.0})
+
+
 @pytest.mark.parametrize("kind", list(MetricKind))
 def test_every_metric_kind_reports_its_summary_columns(tmp_path, kind):
     label = np.array([[0, 1], [1, 0]])

@@ -1,4 +1,6 @@
-"""A short seeded training run learns: held-out IoU clearly above the untrained model's."""
+"""A short seeded training run learns: held-out IoU clearly above the untrained model's (48 px scenes).
+
+Seen on an AMD EPYC (2 cores): +35.8 foreground IoU and +25.4 mIoU over the untrained model."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from digseg.training.vae import train_tiny_vae
 
 def test_short_training_run_learns(tmp_path):
     torch.manual_seed(0)
-    train_set, held_out = SyntheticScenes(500, seed=0), SyntheticScenes(24, seed=1)
+    train_set, held_out = SyntheticScenes(500, size=48, seed=0), SyntheticScenes(24, size=48, seed=1)
     vae = tiny_vae()
     report = train_tiny_vae(vae, train_set, len(SYNTHETIC_CLASSES), steps=150, batch_size=16, show_progress=False)
     assert report["mask_l1"] < 0.25, report
@@ -22,8 +24,9 @@ def test_short_training_run_learns(tmp_path):
     untrained = evaluate_binary(fresh_pipe(backbone), held_out, EStep(1, 1))
     config = train_config(pretrained=str(backbone), output_dir=str(tmp_path / "run"), max_steps=200, batch_size=12,
                          learning_rate=1e-3, lr_warmup_steps=20, task="binary", checkpoint_every=1000, seed=0,
-                         class_names=list(SYNTHETIC_CLASSES))
-    trained = evaluate_binary(trainer(config, fresh_pipe(backbone), train_set, show_progress=False).train(), held_out, EStep(1, 1))
+                         resolution=48, class_names=list(SYNTHETIC_CLASSES))
+    trained_pipe = trainer(config, fresh_pipe(backbone), train_set, show_progress=False).train()
+    trained = evaluate_binary(trained_pipe, held_out, EStep(1, 1))
     print(f"held-out gain: {trained['IoU_foreground'] - untrained['IoU_foreground']:+.1f} foreground IoU, "
           f"{trained['mIoU'] - untrained['mIoU']:+.1f} mIoU")
     assert trained["IoU_foreground"] > untrained["IoU_foreground"] + 20, (untrained, trained)

@@ -75,7 +75,8 @@ def test_lora_resume_continues_the_same_run(tiny_backbone, tmp_path, use_ema):
 def test_a_full_checkpoint_does_not_resume_a_lora_run(tiny_backbone, tmp_path):
     data = SyntheticScenes(4, size=32)
     trainer(_config(tmp_path, finetune="full", max_steps=2), fresh_pipe(tiny_backbone), data, show_progress=False).train()
-    with pytest.raises(DigsegError, match="does not fit this run's model"):
+    with pytest.raises(DigsegError, match=r"does not fit this run's model: the LoRA run's U-Net tensors differ: "
+                                          r"missing \S+lora_\S+ \(\d+ missing, \d+ unexpected\)"):
         trainer(_config(tmp_path, max_steps=3), fresh_pipe(tiny_backbone), data,
                 show_progress=False).train(resume="latest", allow_config_change=True)
 

@@ -105,6 +105,11 @@ def test_encode_2d_and_ignore() -> None:
     assert img[0, :, 1, 0].tolist() == [0.0, 0.0, 0.0]  # ignore -> mid grey
     assert img[0, :, 0, 0].tolist() == [-1.0, -1.0, -1.0]  # class 0 -> black
     torch.testing.assert_close(img[0, :, 1, 1], codec.palette[4])
+    flipped = np.fliplr(np.array([[0, 1], [255, 4]], dtype=np.uint8))  # numpy: negative strides, read-only
+    flipped.flags.writeable = False
+    torch.testing.assert_close(codec.encode(flipped), img.flip(-1))
+    with pytest.raises(ValueError, match=r"images must be \[B, 3, H, W\], got shape \(1, 2, 8, 6\)"):
+        codec.decode(torch.zeros(2, 8, 6))
 
 
 def test_out_of_range_label_raises_naming_value() -> None:

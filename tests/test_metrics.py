@@ -79,6 +79,8 @@ def test_bad_label_raises() -> None:
         m.update(np.array([0, 1, 2]), np.array([0, 1]))
     with pytest.raises(ValueError, match="ignore_index"):
         SegmentationMetric(300)  # 255 would be a class id
+    with pytest.raises(ValueError, match="got 2 class names for 3 classes"):
+        SegmentationMetric(3, class_names=["a", "b"])
     SegmentationMetric(300, ignore_index=65535).update(np.array([299]), np.array([65535]))
 
 

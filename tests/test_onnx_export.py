@@ -31,6 +31,7 @@ from digseg.runtime.pipeline import OnnxDiGSegPipeline  # noqa: E402
 from digseg.models.mask_decoder import LightMaskDecoder  # noqa: E402
 from digseg.models.tiny import save_tiny_backbone, save_tiny_sdxl_backbone  # noqa: E402
 from digseg.pipelines.common import padded_size, pair, processed_size, window_grid  # noqa: E402
+from training_helpers import cli_env  # noqa: E402
 
 RNG = np.random.default_rng(0)
 # 48x64 and an odd 37x61 at the model's 64 px; 100x100 at processing_resolution=100: 25x25 latents, padded to 26
@@ -39,21 +40,27 @@ ODD = [RNG.integers(0, 256, (100, 100, 3), dtype=np.uint8)]
 QUERIES = {"binary": dict(prompt="circle"), "palette": dict(), "per_class": dict(classes=["circle", "square", "blob"])}
 
 
-@pytest.fixture(scope="module")
-def exported(tiny_backbone, tmp_path_factory):
-    """{"diffusion": (torch pipe, fp32 folder), "int8": folder, "one-step": (torch pipe, folder)}: an SD 1.x
-    diffusion model and an SD 2 one-step model."""
-    root = tmp_path_factory.mktemp("onnx")
-    pipe = DiGSegPipeline.from_backbone(tiny_backbone, class_names=list(SYNTHETIC_CLASSES))
-    torch.manual_seed(1)
-    with torch.no_grad():  # a pathway away from the identity: prompts change the result
+def _away_from_identity(pipe, seed: int) -> None:
+    """Random text-pathway weights: prompts change the result."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
         for param in pipe.text_pathway.parameters():
             param.add_(torch.randn_like(param) * 0.3)
-    pipe.set_progress_bar_config(disable=True)
-    folder = export_pipeline(pipe, root / "diffusion-onnx")
-    int8 = root / "diffusion-int8"  # `digseg export` on an fp32 export quantizes it, exporting nothing again
-    assert main(["export", "--model", str(folder), "--output", str(int8), "--quantize", "int8"]) == 0
 
+
+def _loaded(folder: Path) -> DiGSegPipeline:
+    pipe = DiGSegPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_backbone, tmp_path_factory):
+    """{"diffusion": (torch pipe, fp32 folder), "int8": folder, "one-step": (torch pipe, folder), "sdxl": (torch
+    pipe, folder)}: an SD 1.x diffusion model, an SD 2 one-step model and an SDXL diffusion model (both text
+    encoders). The SD 1.x model is exported in this process while `digseg export` exports the other two, saved
+    first, in child processes (tracing a graph keeps one core busy)."""
+    root = tmp_path_factory.mktemp("onnx")
     # the one-step model on an SD 2 layout (linear projections, per-level head widths, GELU text encoder), the
     # diffusion model on SD 1.x's: both layouts exported, no export more
     sd2 = save_tiny_backbone(root / "sd2-backbone", family="sd2-v")
@@ -62,24 +69,32 @@ def exported(tiny_backbone, tmp_path_factory):
     torch.manual_seed(2)
     one.set_mask_decoder(LightMaskDecoder.for_vae(one.vae))
     one.save_pretrained(root / "one-step")
-    assert main(["export", "--model", str(root / "one-step"), "--output", str(root / "one-step-onnx"),
-                 "--no-text-encoder"]) == 0
-    one = DiGSegPipeline.from_pretrained(root / "one-step")
-    one.set_progress_bar_config(disable=True)
-    return {"diffusion": (pipe, folder), "int8": int8, "one-step": (one, root / "one-step-onnx")}
+    sdxl = DiGSegPipeline.from_backbone(save_tiny_sdxl_backbone(root / "sdxl-backbone"),
+                                        class_names=list(SYNTHETIC_CLASSES))
+    _away_from_identity(sdxl, seed=1)
+    sdxl.save_pretrained(root / "sdxl")
+    children = [subprocess.Popen([sys.executable, "-m", "digseg.cli", "export", "--model", str(root / name),
+                                  "--output", str(root / f"{name}-onnx"), *extra], env=cli_env(),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for name, extra in (("one-step", ["--no-text-encoder"]), ("sdxl", []))]
 
-
-@pytest.fixture(scope="module")
-def sdxl_exported(tmp_path_factory):
-    """(torch pipe, folder): a tiny SDXL diffusion model, both text encoders exported."""
-    root = tmp_path_factory.mktemp("sdxl")
-    pipe = DiGSegPipeline.from_backbone(save_tiny_sdxl_backbone(root / "backbone"), class_names=list(SYNTHETIC_CLASSES))
-    torch.manual_seed(1)
-    with torch.no_grad():  # a pathway away from the identity: prompts change the result
-        for param in pipe.text_pathway.parameters():
-            param.add_(torch.randn_like(param) * 0.3)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe, export_pipeline(pipe, root / "onnx")
+    try:
+        pipe = DiGSegPipeline.from_backbone(tiny_backbone, class_names=list(SYNTHETIC_CLASSES))
+        _away_from_identity(pipe, seed=1)
+        pipe.set_progress_bar_config(disable=True)
+        folder = export_pipeline(pipe, root / "diffusion-onnx")
+        int8 = root / "diffusion-int8"  # `digseg export` on an fp32 export quantizes it, exporting nothing again
+        assert main(["export", "--model", str(folder), "--output", str(int8), "--quantize", "int8"]) == 0
+        for child in children:
+            _, err = child.communicate(timeout=600)
+            assert child.returncode == 0, err[-3000:]
+    finally:  # a failure here stops the other exports
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.communicate()
+    return {"diffusion": (pipe, folder), "int8": int8, "one-step": (_loaded(root / "one-step"), root / "one-step-onnx"),
+            "sdxl": (_loaded(root / "sdxl"), root / "sdxl-onnx")}
 
 
 def torch_noise(pipe, images, ensemble_size: int, seed: int, resolution: int | None = None, scale=None,
@@ -174,10 +189,10 @@ def test_one_step_light_decoder_without_text_encoder_matches_pytorch(exported, q
 
 
 @pytest.mark.parametrize("query", ["binary", "palette"])
-def test_sdxl_exported_labels_match_pytorch(sdxl_exported, query):
+def test_sdxl_exported_labels_match_pytorch(exported, query):
     """The size ids come from the sample's shape inside the U-Net graph: 37x61 at 64 px and 100x100 at 100 px
     (25x25 latents, padded to 26) agree."""
-    pipe, folder = sdxl_exported
+    pipe, folder = exported["sdxl"]
     onnx = OnnxDiGSegPipeline.from_pretrained(folder)
     assert read_manifest(folder)["text"]["tokenizer_2"]["file"] == "tokenizer_2.json"
     for images, resolution in ((IMAGES[1:], None), (ODD, 100)):
@@ -189,8 +204,8 @@ def test_sdxl_exported_labels_match_pytorch(sdxl_exported, query):
     assert len(np.unique(np.concatenate([b.ravel() for b in got.labels]))) >= 2
 
 
-def test_sdxl_tokenizers_and_own_prompts_precomputed(sdxl_exported, tmp_path):
-    pipe, folder = sdxl_exported
+def test_sdxl_tokenizers_and_own_prompts_precomputed(exported, tmp_path):
+    pipe, folder = exported["sdxl"]
     onnx = OnnxDiGSegPipeline.from_pretrained(folder)
     prompts = ["circle", "a photo of a Square.", "wörd çà!! 12"]
     for which, tokenizer in enumerate((pipe.tokenizer, pipe.tokenizer_2)):
@@ -293,8 +308,9 @@ def test_refusals_are_one_line(exported, tmp_path, capsys):
         onnx(IMAGES[0], mode="slide", crop_size=32, noise=[np.zeros((1, 1, 4, 8, 8))])
     with pytest.warns(UserWarning, match="window covers the whole"):
         onnx(IMAGES[0], prompt="circle", mode="slide", crop_size=64)
-    with pytest.raises(DigsegError, match="execution provider"):
-        OnnxDiGSegPipeline.from_pretrained(folder, provider="nonsense")
+    for provider in ("nonsense", ""):
+        with pytest.raises(DigsegError, match="execution provider"):
+            OnnxDiGSegPipeline.from_pretrained(folder, provider=provider)
     with pytest.raises(DigsegError, match="not empty"):
         export_pipeline(pipe, folder)
     with pytest.raises(DigsegError, match="is not an fp32 export"):
@@ -302,6 +318,10 @@ def test_refusals_are_one_line(exported, tmp_path, capsys):
     assert main(["export", "--model", str(folder), "--output", str(tmp_path / "y")]) == 2
     assert capsys.readouterr().err.strip() == (f"error: --model {folder} is already exported; --quantize int8 "
                                                "quantizes it and --no-text-encoder precomputes its own prompts")
+    # refused on any machine, before a model is loaded (an exported --model would be quantized, fp16 ignored)
+    assert main(["export", "--model", str(folder), "--output", str(tmp_path / "z"), "--dtype", "fp16",
+                 "--quantize", "int8"]) == 2
+    assert "--quantize int8 applies to fp32 graphs" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert main(["export", "--model", "unused", "--output", str(tmp_path / "x"), "--dtype", "fp16"]) == 2
         assert "fp16 needs a CUDA GPU" in capsys.readouterr().err

@@ -177,6 +177,9 @@ def test_config_yaml_base_and_errors(tmp_path):
     assert config.optim.lr_warmup_steps == 7  # a section is merged key by key: the base's other keys stay
     config.save(tmp_path / "saved.yaml")
     assert TrainConfig.load(tmp_path / "saved.yaml") == config
+    for written, meant in (("no", "no"), ("null", ""), ("bf16", "bf16")):  # YAML reads an unquoted no as false
+        (tmp_path / "precision.yaml").write_text(f"optim: {{mixed_precision: {written}}}\n")
+        assert TrainConfig.load(tmp_path / "precision.yaml").optim.mixed_precision == meant
     (tmp_path / "typo.yaml").write_text("optim: {max_stpes: 3}\n")
     with pytest.raises(ConfigError, match="unknown key.*in section optim: max_stpes"):
         TrainConfig.load(tmp_path / "typo.yaml")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..devices import resolve_device, resolve_device_and_dtype
 from ..errors import ConfigError, DigsegError
-from .parser import build_parser
+from .parser import build_parser, parse_outputs
 
 
 def load_model(model, placement, adapters: list[str] | None = None, use: str | None = None):
@@ -174,8 +174,7 @@ def cmd_cache_latents(args: argparse.Namespace) -> None:
 def cmd_browse_data(args: argparse.Namespace) -> None:
     from ..training.run import write_training_samples
 
-    config = _train_config(args)
-    written = write_training_samples(config, args.output, args.num)
+    written = write_training_samples(_train_config(args), args.output, args.num)
     print(f"wrote {written} training samples, as the trainer sees them, to {args.output}")
 
 
@@ -280,7 +279,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ..data.io import read_class_list
     from ..distributed import is_main_process
     from ..run_lock import PREDICT, main_process_holds
-    from .parser import parse_outputs
     from .predict import images_by_adapter, run_predict
     from ..evaluation.protocols import TestProtocol, protocol_from_args, tiling_scale
 
@@ -417,7 +415,9 @@ def cmd_export(args: argparse.Namespace) -> None:
     dtype = "fp32" if args.dtype == "auto" else args.dtype
     if dtype not in ("fp32", "fp16"):
         raise ConfigError(f"--dtype {dtype}: export writes fp32 or fp16 graphs")
-    if dtype == "fp16" and not torch.cuda.is_available():  # before the model loads (export_pipeline checks the rest)
+    if dtype == "fp16" and args.quantize:  # checked before the model loads, as the next
+        raise ConfigError("--quantize int8 applies to fp32 graphs; use --dtype fp32")
+    if dtype == "fp16" and not torch.cuda.is_available():
         raise ConfigError("--dtype fp16 needs a CUDA GPU (fp16 graphs are exported on one); use --dtype fp32")
     output = Path(args.output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):

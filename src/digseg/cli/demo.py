@@ -19,9 +19,9 @@ from ..devices import resolve_device_and_dtype
 from ..errors import ConfigError, DataError, DigsegError
 from ..pipelines.visualize import class_overlay, grey_map, side_by_side, with_legend
 from .commands import load_model, parse_adapters
+from .parser import DEFAULT_MAX_PIXELS
 
 DEFAULT_MODEL = Path("digseg-quickstart") / "model"
-DEFAULT_MAX_PIXELS = 4096 * 4096  # 16.7 megapixels
 MAX_UPLOAD_SIZE = "100mb"  # Gradio rejects larger uploads before they reach `check_image_file`
 MAX_ENSEMBLE, MAX_STEPS = 20, 50
 VIEW_HEIGHT = 320  # pixels: each picture in the page
@@ -104,6 +104,8 @@ def segment(pipe: Any, path: str | os.PathLike[str] | None, mode: str, text: str
     image = check_image_file(path, max_pixels)
     if adapter is not None:
         use_adapter(pipe, adapter)
+    if mode not in (MODE_PROMPT, MODE_CLASSES):
+        raise ConfigError(f"unknown mode {mode!r}: choose {MODE_PROMPT!r} or {MODE_CLASSES!r}")
     prompt = text.strip() if mode == MODE_PROMPT and text and text.strip() else None
     classes = parse_classes(text) if mode == MODE_CLASSES else None
     ensemble_size, steps = int(ensemble_size), int(steps)

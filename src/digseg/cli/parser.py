@@ -13,6 +13,8 @@ from ..errors import EXIT_SKIPPED, ConfigError
 from ..evaluation.protocols import add_protocol_flags, parse_pair
 from ..training.config import MASK_DECODER_STEPS, MASK_DECODER_TARGETS, MASK_DECODERS, TASKS, DataConfig
 
+DEFAULT_MAX_PIXELS = 4096 * 4096  # 16.7 megapixels: the largest upload `digseg demo` takes by default
+
 _PREDICT_EPILOG = f"""\
 A file that cannot be read (missing, empty, not an image, truncated) is named on stderr and skipped; the
 run goes on and lists it in summary.json and index.html. EXIF orientation is applied: outputs line up with
@@ -258,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "chooses among them, or 'base' for none; the first is chosen when the page opens)")
     d.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     d.add_argument("--port", type=int, help="port (default: the first free one from 7860)")
-    d.add_argument("--max-pixels", type=int, default=4096 * 4096, help="largest upload, in pixels (default 4096x4096)")
+    d.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="largest upload, in pixels (default 4096x4096)")
     _add_device_flags(d)
 
     x = sub.add_parser("export",

@@ -3,9 +3,8 @@ image, resumable, shared between launched processes, and going on past files tha
 (docs/predict.md). Image i (its place in `paths`) draws its noise from `seeded_generator(seed, i)`, as `digseg
 eval` does: its result depends neither on the batch size, nor on the other images, nor on the number of processes.
 
-An image's record is its `<stem>_summary.json` without the settings. Each process appends it, once the image's
-files are in place, to `<output>/.digseg-predict/records-<rank>.jsonl` after a {"settings": ...} line (a line cut
-short by a kill is ignored). summary.json and the report are written from the records one image at a time."""
+An image's record is its `<stem>_summary.json` without the settings, appended once its files are in place to the
+process's records file (docs/predict.md; a line cut short by a kill is ignored), which summary.json is built from."""
 
 from __future__ import annotations
 

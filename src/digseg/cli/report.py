@@ -1,8 +1,7 @@
 """The report of a `digseg predict` run: static, self-contained HTML pages (inline CSS and JS, no external URLs) of
 REPORT_PAGE_SIZE panels each, `index.html` first, then `index-2.html`, ... Per image: the input with the colour
 overlay on top, clipped by a divider the reader drags; the legend; links to the image's other files (any may be
-missing). Files are referenced relative to the pages; all text is HTML-escaped, file names URL-quoted.
-"""
+missing). Files are referenced relative to the pages; all text is HTML-escaped, file names URL-quoted."""
 
 from __future__ import annotations
 

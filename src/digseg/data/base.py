@@ -239,10 +239,13 @@ class StandardLayout(SegmentationDataset):
         images, labels = self.folders()
         if self.labels_first:
             found = list_files(self, labels, [name.format("") for name in self.label_names], "label")
+            require_dir(self, images, "image")
             return pair_files(self, found, lambda stem, _: [images / f"{stem}{s}" for s in self.image_suffixes],
                               by_label=True)
         found = list_files(self, subfolders(require_dir(self, images, "image")) if self.nested else images,
                            self.image_suffixes)
+        if found and not self.nested:  # none: "no images found", from the base class; nested: per image
+            require_dir(self, labels, "label")
         return pair_files(self, found, lambda stem, image: [
             labels / image.parent.relative_to(images) / name.format(stem) for name in self.label_names])
 

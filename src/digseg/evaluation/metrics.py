@@ -35,6 +35,8 @@ class SegmentationMetric:
         if 0 <= self.ignore_index < k:
             raise ValueError(f"ignore_index {ignore_index} collides with a class id in [0, {num_classes})")
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
+        if len(self.class_names) != k:
+            raise ValueError(f"got {len(self.class_names)} class names for {k} classes")
         self.confusion = torch.zeros(k, k, dtype=torch.int64)  # [K, K]: rows label class, columns predicted class
         # [K]: pixels of each label class predicted outside [0, K) ("none"): in the label's area, in no column
         self.invalid_pred = torch.zeros(k, dtype=torch.int64)
@@ -52,8 +54,7 @@ class SegmentationMetric:
             raise ValueError(f"label values out of range [0, {k}) and not ignore_index ({self.ignore_index}): "
                              + ", ".join(str(v) for v in torch.unique(lab[bad]).tolist()[:10]))
         valid = (p >= 0) & (p < k)
-        idx = lab[valid] * k + p[valid]
-        self.confusion += torch.bincount(idx, minlength=k * k).view(k, k)
+        self.confusion += torch.bincount(lab[valid] * k + p[valid], minlength=k * k).view(k, k)
         self.invalid_pred += torch.bincount(lab[~valid], minlength=k)
 
     def merge(self, other: "SegmentationMetric") -> None:

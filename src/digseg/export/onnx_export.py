@@ -14,8 +14,8 @@ from torch import nn
 
 from .. import __version__
 from ..errors import DigsegError
-from ..models.digseg_model import vae_scale_factor
-from ..models.text import SDXLPromptEncoder, unet_forward_with_text
+from ..models.digseg_model import decode_latents, encode_latents, vae_scale_factor
+from ..models.text import SDXLPromptEncoder
 from ..pipelines.common import make_palette
 from ..pipelines.prompts import class_prompts, palette_prompt
 from ..runtime.manifest import FORMAT, FORMAT_VERSION, GRAPH_FILES, MANIFEST_NAME, read_manifest, trailing_timesteps
@@ -33,13 +33,11 @@ class _Vae(nn.Module):
     def __init__(self, vae, decode: bool) -> None:
         super().__init__()
         self.vae, self.decode = vae, decode
-        self.shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
-        self.scale = float(vae.config.scaling_factor)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.decode:
-            return self.vae.decode(x / self.scale + self.shift).sample
-        return (self.vae.encode(x).latent_dist.mean - self.shift) * self.scale
+            return decode_latents(self.vae, x)
+        return encode_latents(self.vae, x)
 
 
 class _UNetWithText(nn.Module):
@@ -47,13 +45,11 @@ class _UNetWithText(nn.Module):
 
     def __init__(self, pipe) -> None:
         super().__init__()
-        self.unet, self.text_pathway, self.context = pipe.unet, pipe.text_pathway, pipe.level_context
-        self.factor = vae_scale_factor(pipe.vae)
+        self.unet, self.text_pathway, self.prediction = pipe.unet, pipe.text_pathway, pipe.unet_prediction
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
         levels = self.text_pathway(states)  # num_levels x [B, L, C] (then SDXL's pooled [B, P])
-        size = (sample.shape[-2] * self.factor, sample.shape[-1] * self.factor)  # SDXL's size ids: the padded view
-        return unet_forward_with_text(self.unet, self.context, sample, timestep, levels, size)  # [B, 4, h, w]
+        return self.prediction(self.unet, sample, timestep, levels)  # [B, 4, h, w]
 
 
 class _TextEncoders(nn.Module):
@@ -98,8 +94,7 @@ def _tokenizer_facts(slow, folder: Path, file: str) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         slow.save_pretrained(tmp)
-        fast = CLIPTokenizerFast.from_pretrained(tmp)
-    fast.backend_tokenizer.save(str(folder / file))
+        CLIPTokenizerFast.from_pretrained(tmp).backend_tokenizer.save(str(folder / file))
     return {"file": file, "max_length": int(slow.model_max_length), "pad_id": int(slow.pad_token_id),
             "pad_token": str(slow.pad_token)}
 

@@ -3,10 +3,7 @@ U-Net's frozen layers (`optim.lora_targets`), and the parts a domain needs in fu
 `modules_to_save` diffusers' adapter switching ignores): the widened `conv_in`, the text pathway, the mask decoder.
 
 The folder (`save_adapter` / `read_adapter`; nothing is unpickled, a folder that does not fit is refused):
-    adapter_model.safetensors   "unet.<peft key>" (no adapter name), "conv_in.*", "text_pathway.*", "mask_decoder.*"
-    adapter_config.json         {"format", "base": {"pretrained", "revision", "variant"}, "lora": {"rank", "alpha",
-                                "targets"}, "text_pathway", "mask_decoder" (configs or null), and FACT_KEYS}
-    README.md                   a short model card"""
+docs/adapters.md, "The adapter folder"."""
 
 from __future__ import annotations
 
@@ -21,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..errors import DigsegError, first_line
+from ..errors import DigsegError, first_line, read_json
 
 TRAINED_ADAPTER = "trained"  # the peft adapter name a training run uses
 FORMAT = "digseg-adapter/1"
@@ -80,7 +77,7 @@ class AdapterParts:
 
 def save_adapter(folder: str | Path, lora: dict[str, torch.Tensor], parts: AdapterParts, base: dict[str, Any],
                  rank: int, alpha: float | None, targets: list[str]) -> Path:
-    """Write the adapter folder (module docstring); `base`: the backbone's {"pretrained", "revision", "variant"}."""
+    """Write the adapter folder (docs/adapters.md); `base`: the backbone's {"pretrained", "revision", "variant"}."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"unet.{k}": v for k, v in lora.items()}
@@ -120,19 +117,12 @@ def adapter_config(folder: str | Path) -> dict[str, Any]:
     config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     if not config_path.is_file() or not weights_path.is_file():
         raise DigsegError(f"{folder} is not a DiGSeg adapter folder: {CONFIG_FILE} or {WEIGHTS_FILE} is missing")
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DigsegError(f"cannot read {config_path}: {first_line(exc)}") from exc
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise DigsegError(f"{config_path}: not a DiGSeg adapter config (format {FORMAT} expected)")
-    return config
+    return read_json(config_path, FORMAT, "a DiGSeg adapter config")
 
 
 def read_adapter(folder: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(config, tensors) of an adapter folder; DigsegError in one line for a folder that is not one."""
-    folder = Path(folder)
-    config, weights_path = adapter_config(folder), folder / WEIGHTS_FILE
+    config, weights_path = adapter_config(folder), Path(folder) / WEIGHTS_FILE
     try:
         tensors = load_file(str(weights_path))
     except (OSError, SafetensorError) as exc:

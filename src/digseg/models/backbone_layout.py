@@ -4,13 +4,12 @@ weight variant to load) and `backbone_record` (id, revision and variant, as a sa
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import DigsegError, first_line
+from ..errors import DigsegError, first_line, read_json
 
 logger = logging.getLogger("digseg.models")
 
@@ -26,13 +25,6 @@ _SHARD = re.compile(r"-\d{5}-of-\d{5}$")
 _SNAPSHOT = re.compile(r"models--(?P<org>[^/]+?)--(?P<name>[^/]+)/snapshots/(?P<sha>[0-9a-f]{40})/?$")
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DigsegError(f"cannot read {path}: {exc}") from exc
-
-
 def read_layout(path_or_id: str, local: bool, revision: str | None = None) -> str:
     """The family ("sd" / "sdxl") of a backbone folder or hub id; a one-line DigsegError for what digseg cannot
     fine-tune (DiT / MMDiT, U-Nets with inputs beyond text and SDXL's size ids) and for a local folder that is
@@ -40,12 +32,12 @@ def read_layout(path_or_id: str, local: bool, revision: str | None = None) -> st
     root = Path(path_or_id)
     if local:
         if not root.is_dir():
-            raise DigsegError(f"model folder not found: {root}")
+            raise DigsegError(f"{'not a model folder' if root.exists() else 'model folder not found'}: {root}")
         if (root / "text_pathway").is_dir():
             raise DigsegError(f"{root} is a DiGSeg model, not a Stable Diffusion backbone: load it with "
                               "DiGSegPipeline.from_pretrained (digseg train --pretrained continues training it)")
-        index = _read_json(root / "model_index.json") if (root / "model_index.json").is_file() else {}
-        unet = _read_json(root / "unet" / "config.json") if (root / "unet" / "config.json").is_file() else None
+        index = read_json(root / "model_index.json") if (root / "model_index.json").is_file() else {}
+        unet = read_json(root / "unet" / "config.json") if (root / "unet" / "config.json").is_file() else None
     else:
         from diffusers import DiffusionPipeline, UNet2DConditionModel
 

@@ -94,8 +94,7 @@ def save_variants(pipe, path: str | Path, variants: Sequence[str | None] = (None
 
 def save_tiny_backbone(path: str | Path, seed: int = 0, vae: AutoencoderKL | None = None, family: str = "sd1",
                        variants: Sequence[str | None] = (None,)) -> Path:
-    """Write a tiny random Stable Diffusion folder; `vae` replaces the random VAE (e.g. one trained by
-    `digseg.training.vae.train_tiny_vae`); `family`: one of `TINY_FAMILIES`; `variants`: see `save_variants`."""
+    """Write a tiny random SD folder (`family` in `TINY_FAMILIES`, `variants` as `save_variants`, `vae` its own VAE)."""
     if family not in TINY_FAMILIES:
         raise ValueError(f"family must be one of {', '.join(TINY_FAMILIES)}, got {family!r}")
     tokenizer = tiny_tokenizer()

@@ -41,6 +41,13 @@ class AdapterMixin:
     def active_adapter(self) -> str | None:
         return self.__dict__.get("_active_adapter", BASE)
 
+    def current_parts(self) -> AdapterParts:
+        """The modules and facts (FACT_KEYS) an adapter replaces, as the pipeline has them now (`save_adapter`'s)."""
+        facts = {key: self.config.get(key) for key in FACT_KEYS if key in self.config}
+        facts.update(processing_resolution=self.config.default_processing_resolution,
+                     prediction_type=self.scheduler.config.prediction_type)
+        return AdapterParts(self.unet.conv_in, self.text_pathway, self.mask_decoder, facts)
+
     def load_adapter(self, path: str | Path, name: str | None = None, activate: bool = True) -> str:
         """Load the adapter folder `path` as `name` (default: the folder's name), active unless not `activate`
         -> its name; a one-line DigsegError for a folder that is not an adapter or does not fit this backbone."""
@@ -49,17 +56,13 @@ class AdapterMixin:
         if name in table:
             raise DigsegError(f"an adapter named {name!r} is loaded already")
         config, tensors = read_adapter(path)
-        where = str(path)
         wanted = config.get("prediction_type")
         if wanted and wanted != self.scheduler.config.prediction_type:
-            raise DigsegError(f"adapter {where} predicts {wanted} but this backbone's scheduler predicts "
+            raise DigsegError(f"adapter {path} predicts {wanted} but this backbone's scheduler predicts "
                               f"{self.scheduler.config.prediction_type}: load the base with prediction_type={wanted}")
         parts = split_tensors(tensors)
         if BASE not in table:
-            facts = {key: self.config.get(key) for key in FACT_KEYS if key in self.config}  # the backbone's own
-            facts.update(processing_resolution=self.config.default_processing_resolution,
-                         prediction_type=self.scheduler.config.prediction_type)
-            table[BASE] = AdapterParts(self.unet.conv_in, self.text_pathway, self.mask_decoder, facts)
+            table[BASE] = self.current_parts()  # the backbone's own
         device, dtype = self.unet.device, self.unet.dtype
         conv_in = copy.deepcopy(table[BASE].conv_in)
         pathway = TextPathway.from_config(config["text_pathway"])
@@ -70,10 +73,10 @@ class AdapterMixin:
             try:
                 module.load_state_dict(parts.get(label, {}))
             except RuntimeError as exc:
-                raise DigsegError(f"adapter {where}: its {label} does not fit this backbone: "
+                raise DigsegError(f"adapter {path}: its {label} does not fit this backbone: "
                                   f"{first_line(exc)}") from exc
             module.to(device, dtype).eval().requires_grad_(False)
-        load_lora(self.unet, name, config, parts.get("unet", {}), where)
+        load_lora(self.unet, name, config, parts.get("unet", {}), str(path))
         self.unet.requires_grad_(False).to(device, dtype)
         table[name] = AdapterParts(conv_in, pathway, decoder, {key: config.get(key) for key in FACT_KEYS})
         self.set_adapter(name if activate else self.active_adapter)

@@ -38,7 +38,8 @@ class MaskCodec:
 
     def _check_labels(self, labels: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Validate and return int64 labels ``[B, H, W]`` (``[H, W]`` gets a batch dim)."""
-        labels = torch.as_tensor(labels)
+        if isinstance(labels, np.ndarray):  # copied: any strides, read-only arrays too
+            labels = torch.from_numpy(labels.astype(np.int64))
         if labels.is_floating_point() or labels.is_complex():
             raise ValueError(f"labels must be an integer tensor, got dtype {labels.dtype}")
         if labels.dim() == 2:
@@ -74,6 +75,9 @@ class MaskCodec:
     def decode(self, images: torch.Tensor) -> torch.Tensor:
         """Decoded images ``[B, 3, H, W]`` -> probabilities ``[B, K, H, W]``, float32 (fp16 would tie neighbouring
         colours for large K). Binary: ``p_fg = clamp((mean_c x + 1) / 2, 0, 1)``; palette: softmax of `logits`."""
+        images = images.unsqueeze(0) if images.dim() == 3 else images
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be [B, 3, H, W], got shape {tuple(images.shape)}")
         if self.mode == "binary":
             p_fg = ((images.float().mean(dim=1, keepdim=True) + 1.0) / 2.0).clamp(0.0, 1.0)
             return torch.cat([1.0 - p_fg, p_fg], dim=1)  # [B, 2, H, W]

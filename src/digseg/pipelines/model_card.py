@@ -169,8 +169,7 @@ def write_model_card(folder: str | Path, facts: dict[str, Any], model_id: str | 
     from huggingface_hub import ModelCard, ModelCardData
 
     where = model_id or str(folder)
-    datasets = [d.split(" (")[0][len(HF_PREFIX):] for d in facts.get("datasets", [])
-                if d.startswith(HF_PREFIX)]
+    datasets = [d.split(" (")[0][len(HF_PREFIX):] for d in facts.get("datasets", []) if d.startswith(HF_PREFIX)]
     datasets = [d for d in (hub_id_or_none(d, canonical=True) for d in datasets) if d]
     data = ModelCardData(library_name="digseg", pipeline_tag="image-segmentation", datasets=datasets or None,
                          tags=["digseg", "image-segmentation", "stable-diffusion", "diffusers"],

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..errors import DigsegError
+from ..errors import DigsegError, read_json
 
 # component -> the (library, class) pair digseg writes for it ("digseg.*": recorded under the full module path)
 COMPONENTS: dict[str, tuple[str, str]] = {
@@ -56,11 +56,7 @@ def check_model_index(index: Any, where: str, pipeline_class: type) -> None:
 
 def check_model_folder(folder: Path, pipeline_class: type, where: str) -> None:
     """Check a local model folder's model_index.json (`check_model_index`) and refuse any *.py file in it."""
-    try:
-        index = json.loads((folder / "model_index.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise DigsegError(f"model folder {where}: cannot read model_index.json: {exc}") from exc
-    check_model_index(index, where, pipeline_class)
+    check_model_index(read_json(folder / "model_index.json"), where, pipeline_class)
     for file in sorted(folder.rglob("*.py")):
         raise DigsegError(f"model folder {where} holds code ({file.relative_to(folder)}); a model folder is data "
                           "and digseg runs no code from one: remove the file")
@@ -72,9 +68,10 @@ def configured_setting(model: str | Path, key: str) -> Any:
     from diffusers import DiffusionPipeline
 
     try:
-        return DiffusionPipeline.load_config(str(Path(model).expanduser()), local_files_only=True).get(key)
+        values = DiffusionPipeline.load_config(str(Path(model).expanduser()), local_files_only=True)
     except (OSError, ValueError):
         return None
+    return values.get(key) if isinstance(values, dict) else None  # a file of another JSON value: None
 
 
 @torch.no_grad()

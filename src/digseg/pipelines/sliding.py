@@ -78,7 +78,8 @@ def make_views(image: torch.Tensor, boxes: list[tuple[int, int, int, int]], mult
 
     pixels = torch.stack(cut(image) + (cut(image.flip(-1)) if flip else []))  # [V, 3, h, w]
     pad = (0, -window[1] % multiple, 0, -window[0] % multiple)  # replicated border, bottom and right
-    return SlideViews(F.pad(pixels, pad, mode="replicate"), boxes, size, window, global_view, flip)
+    pixels = F.pad(pixels, pad, mode="replicate") if any(pad) else pixels  # no copy when none is needed
+    return SlideViews(pixels, boxes, size, window, global_view, flip)
 
 
 def group_views(views: list[SlideViews], max_images: int) -> list[list[int]]:

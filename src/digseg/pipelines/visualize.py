@@ -101,8 +101,7 @@ def with_legend(tinted: Image.Image, labels: np.ndarray, class_names: list[str])
             for c in np.flatnonzero(np.bincount(labels[labels < k].ravel(), minlength=k))]  # the classes present
     if (labels >= k).any():
         rows.append(("no class (untinted)", None))
-    size = int(np.clip(round(tinted.height / 30), 11, 64))
-    return side_by_side(tinted, legend(rows, font_size=size))
+    return side_by_side(tinted, legend(rows, font_size=int(np.clip(round(tinted.height / 30), 11, 64))))
 
 
 @dataclass
@@ -123,8 +122,7 @@ def save_prediction(out_dir: Path, stem: str, image: np.ndarray, labels: np.ndar
     """Write the pictures of one prediction of `kinds` into `out_dir`. image uint8 [H, W, 3]; labels [H, W] int
     (255 = no class); probabilities [n, H, W] of the classes `probability_ids` [n] (default: all K); uncertainty
     [H, W] or None. Files: ``<stem>_label.png``, ``<stem>_overlay.png``, ``<stem>_overlay_legend.png``,
-    ``<stem>_prob_<class>.png`` (a binary prompt's foreground only), ``<stem>_uncertainty.png`` (scaled to its max).
-    """
+    ``<stem>_prob_<class>.png`` (a binary prompt's foreground only), ``<stem>_uncertainty.png`` (scaled to its max)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     k = len(class_names)
     files = PredictionFiles()

@@ -3,12 +3,11 @@ needs (keys: docs/export.md)."""
 
 from __future__ import annotations
 
-import json
 from itertools import accumulate, repeat
 from operator import sub
 from pathlib import Path
 
-from ..errors import DigsegError, first_line
+from ..errors import DigsegError, read_json
 
 FORMAT = "digseg-onnx"
 FORMAT_VERSION = 1
@@ -35,12 +34,7 @@ def read_manifest(folder: str | Path) -> dict:
     path = folder / MANIFEST_NAME
     if not path.is_file():
         raise DigsegError(f"{folder} is not an exported digseg folder: {MANIFEST_NAME} is missing")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DigsegError(f"{path}: not readable JSON ({first_line(exc)})") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise DigsegError(f"{path}: not a digseg export manifest (format must be {FORMAT!r})")
+    manifest = read_json(path, FORMAT, "a digseg export manifest")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise DigsegError(f"{path}: format_version {manifest.get('format_version')!r}; this digseg reads "
                           f"{FORMAT_VERSION}")

@@ -20,8 +20,7 @@ def resize_weights(size_in: int, size_out: int, antialias: bool) -> np.ndarray:
             center = scale * (i + 0.5)
             lo = max(int(center - scale + 0.5), 0)
             hi = min(int(center + scale + 0.5), size_in)
-            j = np.arange(lo, hi)
-            w = np.clip(1.0 - np.abs((j - center + 0.5) / scale), 0.0, None)
+            w = np.clip(1.0 - np.abs((np.arange(lo, hi) - center + 0.5) / scale), 0.0, None)
             weights[i, lo:hi] = w / w.sum()
         return weights.astype(np.float32)
     rows = np.arange(size_out)  # plain bilinear (what antialias gives too when enlarging)
@@ -52,8 +51,9 @@ def cut_views(image: np.ndarray, boxes: list[tuple[int, int, int, int]], global_
         views = [picture[:, a:b, c:d] for a, b, c, d in boxes]
         return views + [resize(picture, window, antialias=True)] if global_view else views
 
+    views = np.stack(cut(image) + (cut(image[:, :, ::-1]) if flip else []))  # [V, 3, h, w]
     pad = ((0, 0), (0, 0), (0, -window[0] % multiple), (0, -window[1] % multiple))
-    return np.pad(np.stack(cut(image) + (cut(image[:, :, ::-1]) if flip else [])), pad, mode="edge")
+    return np.pad(views, pad, mode="edge") if pad[2][1] or pad[3][1] else views  # no copy when none is needed
 
 
 def combine_views(probs: np.ndarray, boxes: list[tuple[int, int, int, int]], size: tuple[int, int],

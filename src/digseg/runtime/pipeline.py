@@ -30,7 +30,7 @@ def resolve_providers(provider: str | Sequence[str] | None) -> list[str]:
 
     available = ort.get_available_providers()
     if provider is None or isinstance(provider, str):
-        key = (provider or "cpu").split(":")[0].lower()
+        key = ("cpu" if provider is None else provider).split(":")[0].lower()
         if key == "auto":
             key = next(choice for choice in ("tensorrt", "cuda", "cpu") if PROVIDERS[choice][0] in available)
         if key not in PROVIDERS and provider not in available:

@@ -243,8 +243,7 @@ class LatentBatcher:
         """Augmented samples: images [B, 3, h, w], labels [B, h, w] -> Batch, one VAE call."""
         self._check_labels(labels, "an augmented training sample")
         device = self.vae.device
-        present = [self.present_classes(lab) for lab in labels]
-        keys = [self._choose_query(p, g) for p, g in zip(present, gens)]
+        keys = [self._choose_query(self.present_classes(lab), g) for lab, g in zip(labels, gens)]
         # images may be pinned: copied as they are (asynchronously), then joined on the device
         pixels = images.to(device, non_blocking=True)  # [B, 3, h, w]
         if not self.label_targets:  # the rendered masks are encoded in the same VAE call

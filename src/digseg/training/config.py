@@ -4,6 +4,7 @@ run: `Trainer`) in YAML, which may name a parent (`base: other.yaml`, any depth,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -129,6 +130,10 @@ class OptimConfig:
     lora_rank: int = 16
     lora_alpha: float | None = None
     lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+
+    def __post_init__(self) -> None:
+        if self.mixed_precision is None or self.mixed_precision is False:  # YAML reads an unquoted `no` as false
+            self.mixed_precision = "" if self.mixed_precision is None else "no"
 
 
 @dataclass
@@ -288,12 +293,10 @@ def _typed(item: str, annotation: str, text: str) -> Any:
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     for kind in (part.strip().split("[")[0] for part in annotation.split("|")):  # "int | list[int]": int, list
         if kind in ("int", "float") and (isinstance(value, str) or number and (kind == "float" or type(value) is int)):
-            try:
+            with contextlib.suppress(ValueError):
                 return int(value) if kind == "int" else float(value)
-            except ValueError:
-                pass
-        elif kind == "str" and (isinstance(value, str) or number):
-            return value if isinstance(value, str) else text.strip()  # a name that looks like a number
+        elif kind == "str" and (isinstance(value, (str, bool)) or number):
+            return value if isinstance(value, str) else text.strip()  # a name that looks like a number or a bool
         elif (kind == "None" and value is None) or isinstance(value, TYPES.get(kind, ())):
             return value
     raise ConfigError(f"--cfg-options {item}: {item.partition('=')[0].strip()} takes {annotation}, got {value!r}")

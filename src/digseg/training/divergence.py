@@ -6,6 +6,7 @@ gradients."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any, Iterable
@@ -82,10 +83,8 @@ class DivergenceGuard:
         older = [p for p in list_checkpoints(self.output_dir / "checkpoints") if checkpoint_step(p) < bad_weights_step]
         lr = self.learning_rate / 10
         if older:
-            try:
+            with contextlib.suppress(DigsegError, KeyError, TypeError, ValueError):  # no config recorded: a tenth
                 lr = min(lr, float(read_trainer_state(older[-1])["config"]["optim"]["learning_rate"]))
-            except (DigsegError, KeyError, TypeError, ValueError):
-                pass  # a checkpoint that records no config: a tenth
             todo = (f"the last healthy checkpoint is {older[-1]}; resume from it with a lower learning rate: "
                     f"digseg train --output {self.output_dir} --resume {older[-1]} --learning-rate {lr:g} "
                     "--allow-config-change")

@@ -72,7 +72,7 @@ def local_shards(params: list[nn.Parameter]) -> list[torch.Tensor]:
 
 
 class ShardedState:
-    """A sharded run's weights, AdamW moments and EMA as one flat dict for DCP; every method is a collective."""
+    """A sharded run's weights, AdamW moments and EMA as DCP's nested state dict; every method is a collective."""
 
     def __init__(self, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
                  ema=None) -> None:
@@ -81,6 +81,7 @@ class ShardedState:
         self.container = nn.ModuleDict(modules)  # parameter names "unet.<name>", "text_pathway.<name>"
         self.optimizer, self.params, self.ema = optimizer, params, ema
         self.names = [name for name, _ in self.container.named_parameters()]
+        assert len(self.names) == len(params), "params must be the modules' parameters, in order"  # names the EMA
 
     def _tensors(self) -> tuple[dict[str, dict], list[dict]]:
         """-> ({"model": {name: tensor}, "optim": {name: {key: tensor}}, "ema": {name: tensor}}, param groups)."""

@@ -33,8 +33,7 @@ def tracker_names(log_with: str | list[str]) -> list[str]:
     if names == ["none"]:
         return []
     known = sorted(LOGGER_TYPE_TO_CLASS)
-    bad = [name for name in names if name not in (*known, "all")]
-    if bad or not names:
+    if not names or any(name not in (*known, "all") for name in names):
         raise ConfigError(f"run.log_with takes trackers accelerate supports, comma-separated: "
                           f"{', '.join(known)}; or all, or none; got {log_with!r}")
     return list(dict.fromkeys(names))

@@ -24,7 +24,7 @@ from ..pipelines.masks import MaskCodec
 from ..pipelines.model_card import read_card_facts, run_facts
 from ..pipelines.pipeline import DiGSegPipeline
 from ..evaluation.protocols import protocol_for
-from ..models.adapters import TRAINED_ADAPTER, AdapterParts, add_lora, has_lora, lora_state_dict, save_adapter
+from ..models.adapters import TRAINED_ADAPTER, add_lora, has_lora, lora_state_dict, save_adapter
 from .batches import Batch, per_sample, slot_generators
 from .checkpoint import (SHARDS, begin_staging, kill_point, load_checkpoint, prune_checkpoints, remove_stale,
                          save_checkpoint, staging_folder)
@@ -264,11 +264,13 @@ class Trainer:
             self.shards.load(path / SHARDS, optimizer_state["param_groups"])
         else:
             unwrap = self.accelerator.unwrap_model
-            # a LoRA run's checkpoint holds exactly its trainable U-Net tensors
-            differ = sorted(set(self.unet_keys or weights["unet"]) ^ set(weights["unet"]))
+            keys = set(self.unet_keys or weights["unet"])  # a LoRA run's: exactly its trainable U-Net tensors
+            missing, unexpected = sorted(keys - set(weights["unet"])), sorted(set(weights["unet"]) - keys)
             try:
-                if differ:
-                    raise RuntimeError(f"the LoRA run's U-Net tensors differ: {len(differ)}, e.g. {differ[0]}")
+                if missing or unexpected:
+                    raise RuntimeError(f"the LoRA run's U-Net tensors differ: "
+                                       f"{'missing ' + missing[0] if missing else 'unexpected ' + unexpected[0]} "
+                                       f"({len(missing)} missing, {len(unexpected)} unexpected)")
                 unwrap(self.unet).load_state_dict(weights["unet"], strict=self.unet_keys is None)
                 unwrap(self.text_pathway).load_state_dict(weights["text_pathway"])
             except RuntimeError as exc:
@@ -469,12 +471,10 @@ class Trainer:
         if self.accelerator.is_main_process:
             prune_checkpoints(self.output_dir / "checkpoints", self.run.keep_checkpoints)
             if self.lora:  # the run's result is the adapter folder, not a whole model (docs/adapters.md)
-                pipe, opt = self.pipe, self.optim
-                facts = {**pipe.config, "processing_resolution": pipe.config.default_processing_resolution,
-                         "prediction_type": pipe.scheduler.config.prediction_type}  # save_adapter keeps its FACT_KEYS
-                parts = AdapterParts(pipe.unet.conv_in, pipe.text_pathway, pipe.mask_decoder, facts)
-                save_adapter(self.output_dir / "adapter", lora_state_dict(pipe.unet, TRAINED_ADAPTER), parts,
-                             vars(self.config.model), opt.lora_rank, opt.lora_alpha, list(opt.lora_targets))
+                opt = self.optim
+                save_adapter(self.output_dir / "adapter", lora_state_dict(self.pipe.unet, TRAINED_ADAPTER),
+                             self.pipe.current_parts(), vars(self.config.model), opt.lora_rank, opt.lora_alpha,
+                             list(opt.lora_targets))
             else:
                 card = run_facts(self.config.to_dict(), protocol_for(self.config.data.dataset).source,
                                  self.accelerator.num_processes, self.best, self.last_validation,

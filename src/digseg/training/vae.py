@@ -29,8 +29,7 @@ def train_tiny_vae(vae: AutoencoderKL, dataset: Dataset, num_classes: int, steps
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
     vae.train()
     for _ in tqdm(range(steps), desc="train VAE", disable=not show_progress):
-        idx = torch.randint(len(dataset), (batch_size,), generator=gen).tolist()
-        samples = [dataset[i] for i in idx]
+        samples = [dataset[i] for i in torch.randint(len(dataset), (batch_size,), generator=gen).tolist()]
         images = torch.stack([s["image"] for s in samples])  # [B, 3, H, W]
         labels = torch.stack([s["label"] for s in samples])  # [B, H, W]
         masks = _mask_images(labels, num_classes, gen)
