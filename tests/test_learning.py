@@ -1,6 +1,7 @@
 """A short seeded training run learns: held-out IoU clearly above the untrained model's (48 px scenes).
 
-Seen on an AMD EPYC (2 cores): +35.8 foreground IoU and +25.4 mIoU over the untrained model."""
+Seen on an AMD EPYC and an Intel Xeon (2 cores each), printed with `pytest -s`: +35.8 foreground IoU and
++25.4 mIoU over the untrained model."""
 
 from __future__ import annotations
 

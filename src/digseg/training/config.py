@@ -113,7 +113,7 @@ class OptimConfig:
     weight_decay: float = 1e-2
     max_grad_norm: float = 1.0
     optimizer: str = "adamw"  # adamw8bit: torchao's, moments in 8 bits (pip install -e ".[lowmem]")
-    mixed_precision: str = ""  # no | fp16 | bf16 | "" = what the launcher says (accelerate config), else no
+    mixed_precision: str = ""  # no | fp16 | bf16 | "": the launcher's, else the machine's best (--dtype auto)
     gradient_checkpointing: bool = False  # recompute U-Net activations in backward: less memory, ~30% slower
     use_ema: bool = False
     ema_decay: float = 0.999
